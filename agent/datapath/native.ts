@@ -1,0 +1,176 @@
+// The N-API addon (native/, built by node-gyp into build/Release/sockmesh.node).
+// The C++ layer is deliberately thin: every decision is made in TypeScript above it.
+// Every function throws a KernelError on failure, with the errno name and the operation in the
+// message, e.g. "attach cgroup/connect4 to /sys/fs/cgroup/x: EPERM".
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Project root: works from agent/datapath (ts-node) and dist/agent/datapath (compiled). */
+export function projectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir;
+    dir = dirname(dir);
+  }
+  throw new Error('sockmesh: cannot find the project root (package.json next to binding.gyp)');
+}
+
+/** Compiled BPF objects, built by binding.gyp from bpf/*.bpf.c. */
+export function bpfObjectPath(name: string): string {
+  return resolve(projectRoot(), 'build', 'bpf', `${name}.bpf.o`);
+}
+
+export interface KernelError extends Error {
+  /** errno name, e.g. 'EPERM' */
+  code: string;
+  /** positive errno number */
+  errno: number;
+  /** what was being done, e.g. 'attach cgroup/connect4 to /sys/fs/cgroup/x' */
+  op: string;
+}
+
+export interface MapInfo {
+  id: number;
+  name: string;
+  type: number; // BPF_MAP_TYPE_*
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+}
+
+export interface ProgInfo {
+  id: number;
+  name: string;
+  type: number;
+}
+
+export interface LinkInfo {
+  id: number;
+  progId: number;
+  type: number; // BPF_LINK_TYPE_*
+  attachType: number; // BPF_CGROUP_* for cgroup links
+  cgroupId: number; // for cgroup links, else 0
+}
+
+export interface BpfObject {
+  /** Program names (the C function names) in this object. */
+  programs(): string[];
+  /** Map names in this object. */
+  maps(): string[];
+  /** fd of a loaded program (owned by the object; do not close). */
+  progFd(name: string): number;
+  /** fd of a loaded map (owned by the object; do not close). */
+  mapFd(name: string): number;
+  /** Section name of a program, e.g. 'cgroup/connect4'. */
+  progSection(name: string): string;
+  /** Unload: closes program and map fds (pins and links stay). */
+  close(): void;
+}
+
+export interface RingBufferSubscription {
+  close(): void;
+}
+
+export interface Probes {
+  /** BPF_PROG_TYPE_* name (e.g. 'cgroup_sock_addr') -> supported */
+  progTypes: Record<string, boolean>;
+  /** BPF_MAP_TYPE_* name (e.g. 'sockhash', 'ringbuf', 'hash_of_maps', 'lru_hash') -> supported */
+  mapTypes: Record<string, boolean>;
+  /** helper name -> supported for the program type it is probed with */
+  helpers: Record<string, boolean>;
+}
+
+export interface StructLayout {
+  size: number;
+  /** field name -> byte offset */
+  offsets: Record<string, number>;
+}
+
+export interface Native {
+  /**
+   * Open and load an ELF object. Maps declared with LIBBPF_PIN_BY_NAME are pinned under
+   * pinRoot, and existing pins there are reused (so a restarted agent keeps its state).
+   */
+  loadObject(path: string, pinRoot: string): BpfObject;
+
+  /** Attach a cgroup program (by its fd) to the cgroup dir with BPF_LINK_CREATE; pin the link at linkPin. Returns the link fd. */
+  attachCgroup(progFd: number, attachType: string, cgroupPath: string, linkPin: string): number;
+  /** Replace the program behind a pinned link atomically (bpf_link_update). */
+  updateLink(linkPin: string, progFd: number): void;
+  /** Detach a pinned link (bpf_link_detach) and remove its pin. No-op (returns false) if absent. */
+  detachLink(linkPin: string): boolean;
+  /** Info about a pinned link. */
+  linkInfo(linkPin: string): LinkInfo;
+
+  /** Attach an sk_msg program to a SOCKHASH (BPF_SK_MSG_VERDICT); replaces a previous one. */
+  attachSkMsg(progFd: number, mapFd: number): void;
+  /** Detach an sk_msg program from a SOCKHASH. */
+  detachSkMsg(progFd: number, mapFd: number): void;
+
+  /** Open a pinned object (map, prog or link) and return a new fd (caller closes). */
+  objGet(path: string): number;
+  /** Pin an fd at path. */
+  objPin(fd: number, path: string): void;
+  close(fd: number): void;
+
+  mapInfo(fd: number): MapInfo;
+  progInfo(fd: number): ProgInfo;
+  /** Open a map by id (e.g. an inner map id read from a map-of-maps); caller closes. */
+  mapFdById(id: number): number;
+  /** Create a map; innerMapFd only for map-of-maps. Returns an fd (caller closes). */
+  mapCreate(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags: number, innerMapFd?: number): number;
+
+  /** Value buffer, or null when the key is absent (ENOENT). For per-CPU maps the value is valueSize*nCPU (8-byte aligned per CPU). */
+  mapLookup(fd: number, key: Buffer): Buffer | null;
+  /** flags: 0 BPF_ANY, 1 BPF_NOEXIST, 2 BPF_EXIST */
+  mapUpdate(fd: number, key: Buffer, value: Buffer, flags?: number): void;
+  /** false when the key was absent */
+  mapDelete(fd: number, key: Buffer): boolean;
+  /** Update many entries: keys and values are concatenated buffers of count entries each. Uses BPF_MAP_UPDATE_BATCH where the map supports it, else a loop. */
+  mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, count: number): void;
+  /** Every key and value (values per-CPU sized for per-CPU maps), read with get_next_key + lookup in C++. */
+  mapDump(fd: number): { keys: Buffer[]; values: Buffer[] };
+  /** Only the keys. */
+  mapKeys(fd: number): Buffer[];
+
+  /** Subscribe to a BPF_MAP_TYPE_RINGBUF map; callback runs on the event loop thread, never blocking it. */
+  ringbufSubscribe(mapFd: number, callback: (record: Buffer) => void): RingBufferSubscription;
+
+  /** Kernel feature probes (libbpf_probe_*). */
+  probe(): Probes;
+  /** Number of possible CPUs (libbpf_num_possible_cpus), the per-CPU value multiplier. */
+  numPossibleCpus(): number;
+
+  /** Sizes and offsets of every struct in bpf/include/sockmesh_abi.h, computed by the compiler. */
+  abiLayout(): Record<string, StructLayout>;
+  /** Constants from the ABI header (SM_ABI_VERSION, map limits, enum values). */
+  abiConstants(): Record<string, number>;
+
+  /** SO_COOKIE of a socket fd. */
+  socketCookie(fd: number): bigint;
+  /** SO_NETNS_COOKIE of a socket fd (kernel 5.14+), or the netns cookie of the current thread's netns. */
+  netnsCookie(fd: number): bigint;
+
+  /**
+   * Destroy UDP sockets (sock_diag SOCK_DESTROY) in the caller's network namespace whose
+   * destination is addr:port (addr as text, v4 or v6). Returns how many were destroyed.
+   */
+  destroyUdpSockets(addr: string, port: number): number;
+}
+
+let cached: Native | undefined;
+
+/** Load the addon once. Throws a clear error when it was not built. */
+export function native(): Native {
+  if (cached) return cached;
+  const path = resolve(projectRoot(), 'build', 'Release', 'sockmesh.node');
+  if (!existsSync(path)) {
+    throw new Error(`sockmesh: native addon missing at ${path}: run 'npm ci' (needs clang, libbpf-dev, libelf-dev)`);
+  }
+  const require = createRequire(import.meta.url);
+  cached = require(path) as Native;
+  return cached;
+}

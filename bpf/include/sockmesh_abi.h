@@ -1,0 +1,205 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * sockmesh kernel ABI: every map key and value shared by bpf/ and native/.
+ *
+ * This is the only place these structs are declared. bpf/*.bpf.c include it, native/ includes it
+ * to report sizes and field offsets (see abiLayout() in the addon), and agent/datapath/abi.ts
+ * encodes the same layouts; test/unit/abi.test.ts fails if the TypeScript side drifts.
+ *
+ * Conventions:
+ *  - Addresses are always 16 bytes, network byte order. IPv4 is stored IPv4-mapped
+ *    (::ffff:a.b.c.d) so one service key serves connect4 and a connect6 to a v4-mapped address.
+ *  - Ports in service/backend/revnat structs are network byte order (as in sockaddr).
+ *  - Ports in struct sm_sock_key are host byte order (converted once in sock_ops/sk_msg).
+ *  - Every struct is padded explicitly: no implicit holes, so the TS codec and the C compiler agree.
+ *  - Changing a layout means bumping SM_ABI_VERSION: pinned maps of another version are not reused.
+ */
+#ifndef SOCKMESH_ABI_H
+#define SOCKMESH_ABI_H
+
+#include <linux/types.h>
+
+#define SM_ABI_VERSION 1
+
+/* ---- limits ---- */
+#define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
+#define SM_MAX_BACKENDS      262144
+#define SM_MAX_TABLES        (SM_MAX_SERVICES * 2) /* room for make-before-break swaps */
+#define SM_MAX_TABLE_SIZE    65537   /* largest selection table (Maglev M) */
+#define SM_MAX_AFFINITY      262144
+#define SM_MAX_REVNAT        524288
+#define SM_MAX_SOCKETS       131072
+#define SM_MAX_LOCAL_ADDRS   256
+#define SM_EVENTS_BYTES      (256 * 1024)
+
+/* ---- enums ---- */
+enum sm_proto {
+	SM_PROTO_TCP = 6,
+	SM_PROTO_UDP = 17,
+};
+
+enum sm_algo {
+	SM_ALGO_RANDOM = 0,   /* uniform over the table, table has one entry per backend */
+	SM_ALGO_WEIGHTED = 1, /* uniform over the table, table entries proportional to weight */
+	SM_ALGO_MAGLEV = 2,   /* table is a Maglev lookup table, index = hash(netns, cookie) % size */
+};
+
+/* struct sm_service.flags */
+#define SM_SVC_F_AFFINITY   (1u << 0) /* session affinity per client netns */
+
+/* struct sm_backend.flags */
+#define SM_BE_F_LOCAL       (1u << 0) /* backend address is on this node: sockmap candidate */
+
+/* struct sm_sock_meta.flags */
+#define SM_SOCK_F_ACTIVE    (1u << 0) /* the connecting side */
+#define SM_SOCK_F_TCP_ONLY  (1u << 1) /* bytes already took the TCP path: never redirect again
+                                       * (redirected data would be read before them) */
+
+/* struct sm_config.flags */
+#define SM_CFG_F_SOCKMAP    (1u << 0) /* sockmap fast path enabled */
+
+/* sm_flow_event.kind */
+enum sm_event_kind {
+	SM_EV_CONNECT = 1,     /* TCP/UDP connect() balanced to a backend */
+	SM_EV_NO_BACKEND = 2,  /* connect()/sendmsg() to a service without usable backend: refused */
+	SM_EV_UDP_SEND = 3,    /* unconnected UDP sendmsg() balanced to a backend */
+};
+
+/* sm_global counter indices (PERCPU_ARRAY of __u64) */
+enum sm_global_counter {
+	SM_G_LB_CONNECT = 0,     /* connect() rewritten to a backend */
+	SM_G_LB_UDP_SEND,        /* sendmsg() rewritten to a backend */
+	SM_G_LB_NO_BACKEND,      /* refused: service without usable backend */
+	SM_G_AFFINITY_HIT,       /* backend taken from the affinity map */
+	SM_G_REVNAT_MISS,        /* getpeername/recvmsg without a revnat entry (normal for non-VIP) */
+	SM_G_SOCK_INSERT,        /* sockets inserted into the SOCKHASH */
+	SM_G_SOCK_INSERT_FAIL,   /* bpf_sock_hash_update failed */
+	SM_G_REDIRECT,           /* sk_msg redirected to the local peer */
+	SM_G_REDIRECT_MISS,      /* sk_msg: peer not in the map, normal path */
+	SM_G_TCP_ONLY,           /* sk_msg: socket pinned to the TCP path (ordering guard) */
+	SM_G_EVENT_DROP,         /* ring buffer full */
+	SM_G__MAX,
+};
+
+/* ---- maps (pinned by name under the agent's bpffs directory) ----
+ *  sm_services      HASH         struct sm_service_key -> struct sm_service
+ *  sm_backends      HASH         __u32 backend_id      -> struct sm_backend
+ *  sm_tables        HASH_OF_MAPS __u32 table_id        -> ARRAY(__u32 idx -> __u32 backend_id),
+ *                                 inner arrays created with BPF_F_INNER_MAP, size = table_size
+ *  sm_affinity      LRU_HASH     struct sm_affinity_key -> struct sm_affinity
+ *  sm_revnat        LRU_HASH     struct sm_revnat_key  -> struct sm_revnat
+ *  sm_sockets       SOCKHASH     struct sm_sock_key    -> socket
+ *  sm_sock_meta     LRU_HASH     struct sm_sock_key    -> struct sm_sock_meta
+ *  sm_local_addrs   HASH         struct sm_addr        -> __u32 (1)
+ *  sm_svc_stats     PERCPU_HASH  __u32 service_id      -> struct sm_counters
+ *  sm_backend_stats PERCPU_HASH  __u32 backend_id      -> struct sm_counters
+ *  sm_global        PERCPU_ARRAY __u32 index (enum sm_global_counter) -> __u64
+ *  sm_config        ARRAY[1]     __u32 0               -> struct sm_config
+ *  sm_events        RINGBUF      struct sm_flow_event records
+ */
+
+struct sm_addr {
+	__u32 a[4];
+};
+
+struct sm_service_key {
+	__u32 addr[4]; /* VIP */
+	__u16 port;    /* VIP port, network order */
+	__u8 proto;    /* enum sm_proto */
+	__u8 pad;
+};
+
+struct sm_service {
+	__u32 service_id;         /* the configured service (counters) */
+	__u32 frontend_id;        /* this VIP:port:proto (affinity scope) */
+	__u32 table_id;           /* key in sm_tables */
+	__u32 table_size;         /* entries in the table; 0 = no usable backend */
+	__u32 affinity_timeout_s; /* with SM_SVC_F_AFFINITY */
+	__u8 algo;                /* enum sm_algo */
+	__u8 flags;               /* SM_SVC_F_* */
+	__u16 pad;
+};
+
+struct sm_backend {
+	__u32 addr[4];
+	__u16 port;        /* network order */
+	__u8 family;       /* AF_INET (2) or AF_INET6 (10) */
+	__u8 flags;        /* SM_BE_F_* */
+	__u32 service_id;  /* backends are per service: ids are never shared between services */
+	__u32 weight;
+};
+
+struct sm_affinity_key {
+	__u64 netns_cookie; /* the client */
+	__u32 frontend_id;
+	__u32 pad;
+};
+
+struct sm_affinity {
+	__u64 last_used_ns; /* bpf_ktime_get_ns() */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+struct sm_revnat_key {
+	__u64 cookie;   /* socket cookie */
+	__u32 addr[4];  /* backend address the socket was sent to */
+	__u16 port;     /* backend port, network order */
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct sm_revnat {
+	__u32 vip[4];
+	__u16 vport;    /* network order */
+	__u16 pad;
+	__u32 service_id;
+	__u32 backend_id;
+};
+
+struct sm_sock_key {
+	__u64 netns_cookie;  /* SOCKHASH is global across namespaces */
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
+	__u32 local_port;    /* host order */
+	__u32 remote_port;   /* host order */
+};
+
+struct sm_sock_meta {
+	__u32 service_id;  /* 0 when the connection did not go through a VIP */
+	__u32 backend_id;
+	__u32 flags;       /* SM_SOCK_F_* */
+	__u32 pad;
+};
+
+struct sm_counters {
+	__u64 connections;     /* connect() balanced to this service/backend */
+	__u64 udp_messages;    /* unconnected sendmsg() balanced */
+	__u64 no_backend;      /* refused for lack of a usable backend (service only) */
+	__u64 redirects;       /* sk_msg redirects on connections of this service/backend */
+	__u64 redirect_bytes;  /* bytes handed over by those redirects */
+	__u64 affinity_hits;   /* backend chosen from the affinity map */
+};
+
+struct sm_config {
+	__u32 flags;             /* SM_CFG_F_* */
+	__u32 event_sample;      /* emit one flow event in N (0 = none, 1 = all) */
+	__u64 reserved[3];
+};
+
+struct sm_flow_event {
+	__u64 ts_ns;
+	__u64 cookie;
+	__u64 netns_cookie;
+	__u32 vip[4];
+	__u32 backend_addr[4];
+	__u16 vport;         /* network order */
+	__u16 backend_port;  /* network order */
+	__u32 service_id;
+	__u32 backend_id;
+	__u8 kind;           /* enum sm_event_kind */
+	__u8 proto;          /* enum sm_proto */
+	__u16 pad;
+};
+
+#endif /* SOCKMESH_ABI_H */

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Build the N-API addon and the BPF objects from binding.gyp without any network:
+# node-gyp must find Node's headers locally, so point it at them.
+set -euo pipefail
+if [ -z "${npm_config_nodedir:-}" ]; then
+  for prefix in /usr /usr/local "$(dirname "$(dirname "$(command -v node)")")"; do
+    if [ -f "$prefix/include/node/node.h" ]; then export npm_config_nodedir="$prefix"; break; fi
+  done
+fi
+if [ -z "${npm_config_nodedir:-}" ]; then
+  echo "sockmesh: Node.js headers (include/node/node.h) not found; install them (Debian: libnode-dev) or set npm_config_nodedir" >&2
+  exit 1
+fi
+exec node-gyp rebuild --nodedir="$npm_config_nodedir" "$@"
