@@ -2,7 +2,7 @@
 /*
  * sockmesh kernel ABI: every map key and value shared by bpf/ and native/.
  *
- * This is the only place these structs are declared. bpf/*.bpf.c include it, native/ includes it
+ * This is the only place these structs are declared. The bpf/ programs include it, native/ includes it
  * to report sizes and field offsets (see abiLayout() in the addon), and agent/datapath/abi.ts
  * encodes the same layouts; test/unit/abi.test.ts fails if the TypeScript side drifts.
  *
