@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Sampled flow events into the sm_events ring buffer: one in sm_config.event_sample.
+ */
+#ifndef SM_EVENTS_H
+#define SM_EVENTS_H
+
+#include "maps.h"
+#include "addr.h"
+#include "counters.h"
+
+struct sm_flow {
+	__u64 cookie;
+	__u64 netns_cookie;
+	const __u32 *vip;
+	__u16 vport;
+	__u8 proto;
+	__u32 service_id;
+};
+
+static __always_inline int sm_event_sampled(void)
+{
+	const struct sm_config *cfg = sm_config_get();
+	__u32 every;
+
+	if (!cfg)
+		return 0;
+	every = cfg->event_sample;
+	if (every == 0)
+		return 0;
+	return every == 1 || bpf_get_prandom_u32() % every == 0;
+}
+
+/* be may be NULL (SM_EV_NO_BACKEND): the backend fields stay zero. */
+static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f,
+					  const struct sm_backend *be, __u32 backend_id)
+{
+	struct sm_flow_event *ev;
+
+	if (!sm_event_sampled())
+		return;
+	ev = bpf_ringbuf_reserve(&sm_events, sizeof(*ev), 0);
+	if (!ev) {
+		sm_global_inc(SM_G_EVENT_DROP);
+		return;
+	}
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->cookie = f->cookie;
+	ev->netns_cookie = f->netns_cookie;
+	sm_addr_copy(ev->vip, f->vip);
+	ev->vport = f->vport;
+	if (be) {
+		sm_addr_copy(ev->backend_addr, be->addr);
+		ev->backend_port = be->port;
+	} else {
+		ev->backend_addr[0] = 0;
+		ev->backend_addr[1] = 0;
+		ev->backend_addr[2] = 0;
+		ev->backend_addr[3] = 0;
+		ev->backend_port = 0;
+	}
+	ev->service_id = f->service_id;
+	ev->backend_id = backend_id;
+	ev->kind = kind;
+	ev->proto = f->proto;
+	ev->pad = 0;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+#endif /* SM_EVENTS_H */

@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every sockmesh map, defined once. Both objects (sock_lb, sockmap) include this file and
+ * the loader opens them with the same pin root, so LIBBPF_PIN_BY_NAME makes them share one
+ * instance of each map: whichever object loads first creates and pins, the other reuses.
+ * Names, types and limits are the ones documented in sockmesh_abi.h.
+ */
+#ifndef SM_MAPS_H
+#define SM_MAPS_H
+
+#include "common.h"
+
+/* HASH maps written by userland while programs read them: without preallocation an update
+ * swaps in a new element, so a reader sees either the old or the new value, never a mix. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sm_service_key);
+	__type(value, struct sm_service);
+	__uint(max_entries, SM_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct sm_backend);
+	__uint(max_entries, SM_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_backends SEC(".maps");
+
+/* Template for the selection tables. BPF_F_INNER_MAP lets userland insert arrays of any
+ * size (the verifier then checks the index at run time instead of against max_entries). */
+struct sm_table_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, SM_MAX_TABLES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct sm_table_inner);
+} sm_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sm_affinity_key);
+	__type(value, struct sm_affinity);
+	__uint(max_entries, SM_MAX_AFFINITY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sm_revnat_key);
+	__type(value, struct sm_revnat);
+	__uint(max_entries, SM_MAX_REVNAT);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_revnat SEC(".maps");
+
+/* Userland sees the value as a socket fd (__u32); the kernel stores the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct sm_sock_key);
+	__type(value, __u32);
+	__uint(max_entries, SM_MAX_SOCKETS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sm_sock_key);
+	__type(value, struct sm_sock_meta);
+	__uint(max_entries, SM_MAX_SOCKETS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_sock_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sm_addr);
+	__type(value, __u32);
+	__uint(max_entries, SM_MAX_LOCAL_ADDRS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_local_addrs SEC(".maps");
+
+/* Stats entries are created lazily by the programs: no preallocation of
+ * SM_MAX_BACKENDS x nr_cpus counter blocks that mostly stay unused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, struct sm_counters);
+	__uint(max_entries, SM_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_svc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, struct sm_counters);
+	__uint(max_entries, SM_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, SM_G__MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_global SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct sm_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SM_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_events SEC(".maps");
+
+static __always_inline const struct sm_config *sm_config_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sm_config, &zero);
+}
+
+#endif /* SM_MAPS_H */

@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Socket-level L4 load balancing (cgroup/sock_addr hooks).
+ *
+ * connect()/sendmsg() to a service VIP:port is rewritten to a backend before any packet
+ * exists; getpeername()/recvmsg() rewrite the backend back to the VIP so the application
+ * only ever sees the address it asked for.
+ */
+#include "common.h"
+#include "maps.h"
+#include "addr.h"
+#include "counters.h"
+#include "events.h"
+#include "lb.h"
+#include "revnat.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline __u8 sm_proto_of(__u32 sock_type)
+{
+	if (sock_type == SM_SOCK_STREAM)
+		return SM_PROTO_TCP;
+	if (sock_type == SM_SOCK_DGRAM)
+		return SM_PROTO_UDP;
+	return 0;
+}
+
+/* The destination of the call as a service key (v4 as v4-mapped). */
+static __always_inline void sm_dest_key(struct bpf_sock_addr *ctx, int v6, __u8 proto,
+					struct sm_service_key *key)
+{
+	if (v6) {
+		key->addr[0] = ctx->user_ip6[0];
+		key->addr[1] = ctx->user_ip6[1];
+		key->addr[2] = ctx->user_ip6[2];
+		key->addr[3] = ctx->user_ip6[3];
+	} else {
+		sm_addr_from_v4(key->addr, ctx->user_ip4);
+	}
+	/* user_port: the sockaddr's network-order port in the low 16 bits */
+	key->port = (__u16)ctx->user_port;
+	key->proto = proto;
+	key->pad = 0;
+}
+
+static __always_inline void sm_set_dest(struct bpf_sock_addr *ctx, int v6, const __u32 *addr,
+					__u16 port)
+{
+	if (v6) {
+		ctx->user_ip6[0] = addr[0];
+		ctx->user_ip6[1] = addr[1];
+		ctx->user_ip6[2] = addr[2];
+		ctx->user_ip6[3] = addr[3];
+	} else {
+		ctx->user_ip4 = addr[3];
+	}
+	ctx->user_port = port;
+}
+
+/* connect() (udp_send = 0) or unconnected UDP sendmsg() (udp_send = 1). */
+static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp_send)
+{
+	struct sm_service_key key;
+	struct sm_service *svc;
+	struct sm_counters *c;
+	struct sm_flow flow;
+	struct sm_pick pick;
+	__u8 proto;
+
+	proto = sm_proto_of(ctx->type);
+	if (!proto)
+		return SM_SYSCALL_ALLOW;
+	sm_dest_key(ctx, v6, proto, &key);
+	svc = bpf_map_lookup_elem(&sm_services, &key);
+	if (!svc)
+		return SM_SYSCALL_ALLOW;
+
+	flow.cookie = bpf_get_socket_cookie(ctx);
+	flow.netns_cookie = bpf_get_netns_cookie(ctx);
+	flow.vip = key.addr;
+	flow.vport = key.port;
+	flow.proto = proto;
+	flow.service_id = svc->service_id;
+
+	/* A v4 socket cannot reach a v6 backend; a v6 socket reaches v4 ones v4-mapped
+	 * (backend addresses are stored mapped already). */
+	if (sm_lb_select(svc, flow.netns_cookie, flow.cookie, &pick) < 0 ||
+	    (!v6 && pick.be->family != SM_AF_INET)) {
+		/* Refuse at once (EPERM) rather than let the call hang on a VIP nobody serves. */
+		sm_global_inc(SM_G_LB_NO_BACKEND);
+		c = sm_svc_stats_get(flow.service_id);
+		if (c)
+			c->no_backend++;
+		sm_event_emit(SM_EV_NO_BACKEND, &flow, NULL, 0);
+		return SM_SYSCALL_DENY;
+	}
+
+	sm_set_dest(ctx, v6, pick.be->addr, pick.be->port);
+	sm_revnat_record(flow.cookie, pick.be, pick.backend_id, &key, flow.service_id);
+
+	sm_global_inc(udp_send ? SM_G_LB_UDP_SEND : SM_G_LB_CONNECT);
+	if (pick.affinity_hit)
+		sm_global_inc(SM_G_AFFINITY_HIT);
+	c = sm_svc_stats_get(flow.service_id);
+	if (c) {
+		if (udp_send)
+			c->udp_messages++;
+		else
+			c->connections++;
+		if (pick.affinity_hit)
+			c->affinity_hits++;
+	}
+	c = sm_backend_stats_get(pick.backend_id);
+	if (c) {
+		if (udp_send)
+			c->udp_messages++;
+		else
+			c->connections++;
+		if (pick.affinity_hit)
+			c->affinity_hits++;
+	}
+	sm_event_emit(udp_send ? SM_EV_UDP_SEND : SM_EV_CONNECT, &flow, pick.be, pick.backend_id);
+	return SM_SYSCALL_ALLOW;
+}
+
+/* getpeername() (the connected peer) or recvmsg() (the datagram's source): a backend this
+ * socket was balanced to becomes the VIP again. These hooks must always return 1. */
+static __always_inline int sm_reverse(struct bpf_sock_addr *ctx, int v6)
+{
+	struct sm_revnat *rn;
+	__u32 addr[4];
+
+	if (v6) {
+		addr[0] = ctx->user_ip6[0];
+		addr[1] = ctx->user_ip6[1];
+		addr[2] = ctx->user_ip6[2];
+		addr[3] = ctx->user_ip6[3];
+	} else {
+		sm_addr_from_v4(addr, ctx->user_ip4);
+	}
+	rn = sm_revnat_lookup(bpf_get_socket_cookie(ctx), addr, (__u16)ctx->user_port);
+	if (!rn) {
+		sm_global_inc(SM_G_REVNAT_MISS);
+		return SM_SYSCALL_ALLOW;
+	}
+	sm_set_dest(ctx, v6, rn->vip, rn->vport);
+	return SM_SYSCALL_ALLOW;
+}
+
+SEC("cgroup/connect4")
+int sm_connect4(struct bpf_sock_addr *ctx)
+{
+	return sm_balance(ctx, 0, 0);
+}
+
+SEC("cgroup/connect6")
+int sm_connect6(struct bpf_sock_addr *ctx)
+{
+	return sm_balance(ctx, 1, 0);
+}
+
+SEC("cgroup/sendmsg4")
+int sm_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sm_balance(ctx, 0, 1);
+}
+
+SEC("cgroup/sendmsg6")
+int sm_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sm_balance(ctx, 1, 1);
+}
+
+SEC("cgroup/recvmsg4")
+int sm_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return sm_reverse(ctx, 0);
+}
+
+SEC("cgroup/recvmsg6")
+int sm_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return sm_reverse(ctx, 1);
+}
+
+SEC("cgroup/getpeername4")
+int sm_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return sm_reverse(ctx, 0);
+}
+
+SEC("cgroup/getpeername6")
+int sm_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return sm_reverse(ctx, 1);
+}

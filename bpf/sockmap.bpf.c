@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * sockmap fast path: sock_ops puts established TCP sockets whose peer is on this node into the
+ * sm_sockets SOCKHASH; sk_msg hands each send straight to the peer socket's receive queue.
+ *
+ * Ordering: redirected bytes are read by the peer before anything in its TCP receive queue.
+ * Both ends are inserted in their ESTABLISHED callbacks, before connect()/accept() return, so
+ * normally every byte is redirected. If a send finds no peer in the map its bytes take TCP,
+ * and from then on that socket stays on TCP (SM_SOCK_F_TCP_ONLY) so nothing can overtake them.
+ */
+#include "common.h"
+#include "maps.h"
+#include "addr.h"
+#include "counters.h"
+#include "revnat.h"
+#include "sock_key.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int sm_sockmap_enabled(void)
+{
+	const struct sm_config *cfg = sm_config_get();
+
+	return cfg && (cfg->flags & SM_CFG_F_SOCKMAP);
+}
+
+/* Is the remote end of this connection on this node? */
+static __always_inline int sm_peer_is_local(const struct sm_sock_key *k)
+{
+	struct sm_addr a;
+
+	if (sm_addr_is_loopback(k->remote_ip))
+		return 1;
+	sm_addr_copy(a.a, k->remote_ip);
+	return bpf_map_lookup_elem(&sm_local_addrs, &a) != NULL;
+}
+
+static __always_inline void sm_sock_insert(struct bpf_sock_ops *skops, struct sm_sock_key *k,
+					   const struct sm_sock_meta *meta)
+{
+	bpf_map_update_elem(&sm_sock_meta, k, meta, BPF_ANY);
+	if (bpf_sock_hash_update(skops, &sm_sockets, k, BPF_ANY) != 0) {
+		bpf_map_delete_elem(&sm_sock_meta, k);
+		sm_global_inc(SM_G_SOCK_INSERT_FAIL);
+		return;
+	}
+	sm_global_inc(SM_G_SOCK_INSERT);
+	/* to forget the meta when the connection closes (the map is LRU, this keeps it small) */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* Connecting side: insert when the server is local. The ids come from the connect-time
+ * rewrite (revnat), if this connection went through a VIP. */
+static __always_inline void sm_active_established(struct bpf_sock_ops *skops, struct sm_sock_key *k)
+{
+	struct sm_sock_meta meta = {};
+	struct sm_revnat *rn;
+
+	if (!sm_peer_is_local(k))
+		return;
+	rn = sm_revnat_lookup(bpf_get_socket_cookie(skops), k->remote_ip,
+			      bpf_htons((__u16)k->remote_port));
+	if (rn) {
+		meta.service_id = rn->service_id;
+		meta.backend_id = rn->backend_id;
+	}
+	meta.flags = SM_SOCK_F_ACTIVE;
+	sm_sock_insert(skops, k, &meta);
+}
+
+/* Accepting side: insert only when the client socket is already in the map (a local client in
+ * a meshed cgroup); otherwise every send would pay for sk_msg and then take TCP anyway. */
+static __always_inline void sm_passive_established(struct bpf_sock_ops *skops, struct sm_sock_key *k)
+{
+	struct sm_sock_meta meta = {};
+	struct sm_sock_meta *peer;
+	struct sm_sock_key pk;
+
+	sm_sock_key_reverse(k, &pk);
+	peer = bpf_map_lookup_elem(&sm_sock_meta, &pk);
+	if (!peer)
+		return;
+	meta.service_id = peer->service_id;
+	meta.backend_id = peer->backend_id;
+	sm_sock_insert(skops, k, &meta);
+}
+
+SEC("sockops")
+int sm_sockops(struct bpf_sock_ops *skops)
+{
+	struct sm_sock_key k = {};
+	__u32 op = skops->op;
+
+	switch (op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (!sm_sockmap_enabled())
+			break;
+		if (sm_sock_key_from_ops(skops, &k) < 0)
+			break;
+		if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+			sm_active_established(skops, &k);
+		else
+			sm_passive_established(skops, &k);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		/* Only sockets we inserted asked for this callback. The kernel removes the
+		 * socket from the SOCKHASH itself; the meta is ours to delete. */
+		if (skops->args[1] == BPF_TCP_CLOSE && sm_sock_key_from_ops(skops, &k) == 0)
+			bpf_map_delete_elem(&sm_sock_meta, &k);
+		break;
+	default:
+		break;
+	}
+	return 1;
+}
+
+static __always_inline void sm_count_redirect(__u32 id, void *map, __u32 bytes)
+{
+	struct sm_counters *c;
+
+	if (!id)
+		return;
+	c = sm_stats_get(map, id);
+	if (c) {
+		c->redirects++;
+		c->redirect_bytes += bytes;
+	}
+}
+
+SEC("sk_msg")
+int sm_sk_msg(struct sk_msg_md *msg)
+{
+	struct sm_sock_meta fresh = {};
+	struct sm_sock_key me = {}, peer = {};
+	struct sm_sock_meta *meta;
+	__u32 size = msg->size;
+	long ret;
+
+	if (sm_sock_key_from_msg(msg, &me) < 0)
+		return SK_PASS;
+	meta = bpf_map_lookup_elem(&sm_sock_meta, &me);
+	if (meta && (meta->flags & SM_SOCK_F_TCP_ONLY)) {
+		sm_global_inc(SM_G_TCP_ONLY);
+		return SK_PASS;
+	}
+
+	sm_sock_key_reverse(&me, &peer);
+	ret = bpf_msg_redirect_hash(msg, &sm_sockets, &peer, BPF_F_INGRESS);
+	if (ret == SK_PASS) {
+		sm_global_inc(SM_G_REDIRECT);
+		if (meta) {
+			sm_count_redirect(meta->service_id, &sm_svc_stats, size);
+			sm_count_redirect(meta->backend_id, &sm_backend_stats, size);
+		}
+		return SK_PASS;
+	}
+
+	/* Peer not in the map: SK_DROP here would drop the data. Let it take TCP, and keep
+	 * this socket on TCP from now on so later redirected bytes cannot overtake it. */
+	sm_global_inc(SM_G_REDIRECT_MISS);
+	if (meta) {
+		meta->flags |= SM_SOCK_F_TCP_ONLY;
+	} else {
+		fresh.flags = SM_SOCK_F_TCP_ONLY;
+		bpf_map_update_elem(&sm_sock_meta, &me, &fresh, BPF_ANY);
+	}
+	return SK_PASS;
+}
