@@ -1,0 +1,51 @@
+// The admin API: HTTP over a unix socket that only root can open (mode 0600), read by meshctl.
+import { createServer, type Server } from 'node:http';
+import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Logger } from '../observe/log.js';
+
+export type Handler = () => unknown | Promise<unknown>;
+
+export class AdminServer {
+  private server?: Server;
+
+  constructor(readonly socketPath: string, private readonly routes: Record<string, Handler>, private readonly log: Logger) {}
+
+  async start(): Promise<void> {
+    mkdirSync(dirname(this.socketPath), { recursive: true, mode: 0o700 });
+    // A socket file left by a killed agent would make listen() fail with EADDRINUSE.
+    if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
+    this.server = createServer(async (req, res) => {
+      const path = (req.url ?? '/').split('?')[0]!;
+      const handler = req.method === 'GET' ? this.routes[path] : undefined;
+      const send = (status: number, body: unknown): void => {
+        const text = JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+        res.writeHead(status, { 'content-type': 'application/json' });
+        res.end(text);
+      };
+      if (!handler) return send(404, { error: `no such endpoint: ${req.method} ${path}` });
+      try {
+        send(200, await handler());
+      } catch (e) {
+        this.log.warn({ err: e, path }, 'admin request failed');
+        send(500, { error: (e as Error).message });
+      }
+    });
+    const server = this.server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      // Restrictive umask while the socket file is created, then chmod to be sure.
+      const old = process.umask(0o177);
+      server.listen(this.socketPath, () => { process.umask(old); resolve(); });
+    });
+    chmodSync(this.socketPath, 0o600);
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeAllConnections?.();
+    if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
+  }
+}

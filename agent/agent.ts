@@ -1,0 +1,217 @@
+// The agent: a source of desired state, the model, the datapath, and the admin API around them.
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Model } from './model/types.js';
+import { Datapath, type AttachReport } from './datapath/datapath.js';
+import { Reconciler, type ReconcileResult } from './datapath/reconcile.js';
+import { MapReader } from './datapath/inspect.js';
+import { native } from './datapath/native.js';
+import { cgroup2Root, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
+import { FileSource } from './sources/file.js';
+import { AdminServer } from './admin/server.js';
+import type { StatusReport } from './admin/protocol.js';
+import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
+import { nodeFacts, type NodeFacts } from './observe/node.js';
+import type { Logger } from './observe/log.js';
+import type { RingBufferSubscription } from './datapath/native.js';
+
+export const VERSION: string = (() => {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  }
+})();
+
+export interface AgentOptions {
+  cgroup: string;
+  bpffs: string;
+  runDir: string;
+  /** a file to watch, or an embedded model (the default demo config) */
+  config: { file: string } | { embedded: Model; name: string };
+  allowRootCgroup: boolean;
+  sockmap: boolean;
+  eventSample: number;
+}
+
+/** What the agent needs of the kernel; checked before anything is loaded so a missing feature gets a clear message. */
+const REQUIRED_FEATURES: [string, string][] = [
+  ['progTypes.cgroup_sock_addr', 'BPF cgroup/connect programs (kernel 4.17+, CONFIG_CGROUP_BPF)'],
+  ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
+  ['progTypes.sk_msg', 'BPF sk_msg programs (CONFIG_BPF_STREAM_PARSER / CONFIG_NET_SOCK_MSG)'],
+  ['mapTypes.sockhash', 'BPF SOCKHASH maps'],
+  ['mapTypes.hash_of_maps', 'BPF hash-of-maps'],
+  ['mapTypes.lru_hash', 'BPF LRU hash maps'],
+  ['mapTypes.ringbuf', 'BPF ring buffers (kernel 5.8+)'],
+];
+
+export class Agent {
+  private datapath?: Datapath;
+  private reconciler?: Reconciler;
+  private reader?: MapReader;
+  private source?: FileSource;
+  private admin?: AdminServer;
+  private events = new EventRing();
+  private ringbuf?: RingBufferSubscription;
+  private facts?: NodeFacts;
+  private features: Record<string, boolean> = {};
+  private programs: AttachReport[] = [];
+  private readonly startedAt = new Date();
+  private configVersion = 0;
+  private lastConfigError: string | null = null;
+  private lastReconcile: { at: string; ms: number } | null = null;
+  private model?: Model;
+
+  constructor(readonly opts: AgentOptions, private readonly log: Logger) {}
+
+  /** Check the kernel, load and attach, apply the config, serve the admin API. */
+  async start(): Promise<void> {
+    const { opts, log } = this;
+    const root = cgroup2Root();
+    if (!root) throw new Error('this kernel has no cgroup v2 mounted: sockmesh attaches its programs to a cgroup v2 directory');
+    if (process.getuid?.() !== 0) throw new Error('sockmesh-agent must run as root (it loads BPF programs)');
+    ensureCgroup(opts.cgroup);
+    if (isRootCgroup(opts.cgroup, root) && !opts.allowRootCgroup) {
+      throw new Error(`refusing to attach to the root cgroup ${opts.cgroup}: that would mesh every process on this machine; ` +
+        `pass --allow-root-cgroup if you really mean it`);
+    }
+    this.checkFeatures();
+    ensureBpffs(opts.bpffs);
+
+    // The config is validated before anything touches the kernel: a bad file at start changes nothing.
+    let model: Model;
+    if ('file' in opts.config) {
+      this.source = new FileSource(opts.config.file, {
+        onModel: (m) => this.applyModel(m, 'file change'),
+        onError: (e) => {
+          this.lastConfigError = e.message;
+          log.error({ file: (opts.config as { file: string }).file, error: e.message }, 'config rejected; the last good config stays in force');
+        },
+      });
+      model = this.source.start();
+    } else {
+      model = opts.config.embedded;
+    }
+
+    const dp = new Datapath({ bpffs: opts.bpffs, cgroup: opts.cgroup, sockmap: opts.sockmap, eventSample: opts.eventSample });
+    dp.load();
+    dp.configure();
+    this.datapath = dp;
+    const n = native();
+    this.reconciler = new Reconciler(dp.maps, n, {
+      destroyUdp: (addr, port) => {
+        try {
+          return n.destroyUdpSockets(addr, port);
+        } catch (e) {
+          log.warn({ addr, port, error: (e as Error).message }, 'could not destroy UDP sockets of a removed backend');
+          return 0;
+        }
+      },
+    });
+    const adopted = this.reconciler.adopt();
+    if (adopted.frontends || adopted.backends) log.info(adopted, 'adopted the datapath state a previous agent left pinned');
+    this.reconciler.syncLocalAddresses();
+    this.applyModel(model, 'start');
+    // Programs go in after the maps hold the config, so the first connect() is already balanced.
+    this.programs = dp.attach();
+    this.reader = MapReader.fromFds(dp.maps.fds);
+    const epoch = monotonicEpochMs();
+    this.ringbuf = n.ringbufSubscribe(dp.maps.fd('sm_events'), (rec) => {
+      const ev = decodeFlowEvent(rec, this.names(), epoch);
+      this.events.push(ev);
+      log.debug({ event: ev }, 'flow');
+    });
+    this.facts = await nodeFacts();
+
+    this.admin = new AdminServer(join(opts.runDir, 'admin.sock'), {
+      '/v1/status': () => this.status(),
+      '/v1/services': () => this.reader!.frontends(this.names()),
+      '/v1/stats': () => this.reader!.stats(this.names()),
+      '/v1/sockets': () => this.reader!.sockets(),
+      '/v1/events': () => this.events.recent(),
+    }, log);
+    await this.admin.start();
+    log.info({
+      cgroup: opts.cgroup, bpffs: opts.bpffs, admin: this.admin.socketPath,
+      programs: this.programs.map((p) => `${p.program}:${p.how}`).join(' '),
+    }, 'datapath ready');
+  }
+
+  private checkFeatures(): void {
+    const p = native().probe();
+    const flat: Record<string, boolean> = {};
+    for (const [group, entries] of Object.entries(p)) {
+      for (const [k, v] of Object.entries(entries as Record<string, boolean>)) flat[`${group}.${k}`] = v;
+    }
+    this.features = flat;
+    const missing = REQUIRED_FEATURES.filter(([k]) => flat[k] === false).map(([, what]) => what);
+    if (missing.length) throw new Error(`this kernel lacks what sockmesh needs: ${missing.join('; ')}`);
+  }
+
+  private names(): Map<number, string> {
+    return this.reconciler?.snapshot().serviceNames ?? new Map();
+  }
+
+  /** Apply a validated model; on a kernel error keep the previous one as the last good config. */
+  applyModel(model: Model, why: string): ReconcileResult | undefined {
+    const r = this.reconciler;
+    if (!r) return undefined;
+    try {
+      const res = r.apply(model);
+      this.model = model;
+      this.configVersion++;
+      this.lastConfigError = null;
+      this.lastReconcile = { at: new Date().toISOString(), ms: Math.round(res.ms * 1000) / 1000 };
+      this.writeState();
+      this.log.info({ why, version: this.configVersion, services: model.services.length, ...res }, 'config applied');
+      return res;
+    } catch (e) {
+      this.lastConfigError = (e as Error).message;
+      this.log.error({ why, error: (e as Error).message }, 'applying the config to the kernel failed');
+      if (this.model && why !== 'start') {
+        try { r.apply(this.model); } catch { /* reported above */ }
+      }
+      if (why === 'start') throw e;
+      return undefined;
+    }
+  }
+
+  /** Names and settings for meshctl to use while the agent is down (the kernel maps only hold ids). */
+  private writeState(): void {
+    mkdirSync(this.opts.runDir, { recursive: true, mode: 0o700 });
+    const state = {
+      pid: process.pid, bpffs: this.opts.bpffs, cgroup: this.opts.cgroup,
+      services: Object.fromEntries(this.names()),
+    };
+    const file = join(this.opts.runDir, 'state.json');
+    writeFileSync(`${file}.tmp`, JSON.stringify(state, null, 2));
+    renameSync(`${file}.tmp`, file);
+  }
+
+  status(): StatusReport {
+    const f = this.facts!;
+    return {
+      agent: {
+        pid: process.pid, version: VERSION, startedAt: this.startedAt.toISOString(),
+        uptimeSeconds: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
+        configSource: 'file' in this.opts.config ? `file:${this.opts.config.file}` : `embedded:${this.opts.config.name}`,
+        configVersion: this.configVersion, lastConfigError: this.lastConfigError, lastReconcile: this.lastReconcile,
+      },
+      node: f,
+      kernel: {
+        cgroup2Root: cgroup2Root() ?? '', cgroup: this.opts.cgroup, bpffs: this.opts.bpffs, sockmap: this.opts.sockmap,
+        features: this.features,
+      },
+      programs: this.programs,
+      maps: this.reader!.fill(),
+    };
+  }
+
+  /** Stop serving; the datapath keeps running from its pins. */
+  async stop(): Promise<void> {
+    this.source?.stop();
+    this.ringbuf?.close();
+    await this.admin?.stop();
+    this.datapath?.close();
+  }
+}

@@ -1,0 +1,170 @@
+// Reading the datapath's pinned maps into reports. Used by the agent's admin API and by meshctl directly when the
+// agent is down (read-only: it only looks things up).
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  GLOBAL_COUNTERS, PROTO, decode, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
+  type Counters,
+} from './abi.js';
+import { native, type Native } from './native.js';
+import type { MapName } from './datapath.js';
+
+const ALGO_NAMES = ['random', 'weighted', 'maglev'];
+const PROTO_NAMES: Record<number, string> = { [PROTO.tcp]: 'tcp', [PROTO.udp]: 'udp' };
+
+export interface CountersJson {
+  connections: number; udpMessages: number; noBackend: number; redirects: number; redirectBytes: number; affinityHits: number;
+}
+
+export interface BackendReport {
+  id: number; address: string; port: number; weight: number; local: boolean;
+  /** share of the frontend's selection table (what fraction of new connections it gets) */
+  share: number;
+  state: 'active' | 'drained';
+  counters: CountersJson;
+}
+
+export interface FrontendReport {
+  serviceId: number; service: string; frontendId: number; vip: string; port: number; protocol: string;
+  algorithm: string; affinityTimeoutSeconds: number; tableId: number; tableSize: number;
+  backends: BackendReport[];
+}
+
+export interface ServiceStats { serviceId: number; service: string; counters: CountersJson }
+
+export interface StatsReport {
+  global: Record<string, number>;
+  services: ServiceStats[];
+}
+
+export interface SocketReport {
+  netnsCookie: string; local: string; remote: string; serviceId: number; backendId: number; tcpOnly: boolean; active: boolean;
+}
+
+function countersJson(c: Counters): CountersJson {
+  return {
+    connections: Number(c.connections), udpMessages: Number(c.udp_messages), noBackend: Number(c.no_backend),
+    redirects: Number(c.redirects), redirectBytes: Number(c.redirect_bytes), affinityHits: Number(c.affinity_hits),
+  };
+}
+
+const hostport = (addr: string, port: number): string => (addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`);
+
+/** Map fds for inspection: either handed over by a running datapath or opened from the pins. */
+export class MapReader {
+  private readonly owned: number[] = [];
+  private constructor(private readonly fds: Partial<Record<MapName, number>>, readonly n: Native) {}
+
+  static fromFds(fds: Record<MapName, number>, n = native()): MapReader { return new MapReader(fds, n); }
+
+  /** Open the pins of an agent instance; throws naming the directory when there is nothing pinned there. */
+  static fromPins(bpffs: string, n = native()): MapReader {
+    if (!existsSync(join(bpffs, 'sm_services'))) {
+      throw new Error(`no sockmesh datapath pinned at ${bpffs} (is the agent installed there? see --bpffs)`);
+    }
+    const r = new MapReader({}, n);
+    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta'] as MapName[]) {
+      const p = join(bpffs, name);
+      if (!existsSync(p)) continue;
+      const fd = n.objGet(p);
+      r.fds[name] = fd;
+      r.owned.push(fd);
+    }
+    return r;
+  }
+
+  close(): void { for (const fd of this.owned) this.n.close(fd); }
+
+  private fd(name: MapName): number {
+    const fd = this.fds[name];
+    if (fd === undefined) throw new Error(`map ${name} is not pinned`);
+    return fd;
+  }
+
+  private tableCounts(tableId: number): Map<number, number> {
+    const counts = new Map<number, number>();
+    const inner = this.n.mapLookup(this.fd('sm_tables'), u32(tableId));
+    if (!inner) return counts;
+    const fd = this.n.mapFdById(inner.readUInt32LE(0));
+    try {
+      for (const v of this.n.mapDump(fd).values) {
+        const id = v.readUInt32LE(0);
+        counts.set(id, (counts.get(id) ?? 0) + 1);
+      }
+    } finally {
+      this.n.close(fd);
+    }
+    return counts;
+  }
+
+  private counters(map: MapName, id: number): CountersJson {
+    const v = this.n.mapLookup(this.fd(map), u32(id));
+    return countersJson(v ? sumCounters(v) : { connections: 0n, udp_messages: 0n, no_backend: 0n, redirects: 0n, redirect_bytes: 0n, affinity_hits: 0n });
+  }
+
+  frontends(names: Map<number, string> = new Map()): FrontendReport[] {
+    const backends = new Map<number, ReturnType<typeof decodeBackend>>();
+    const bd = this.n.mapDump(this.fd('sm_backends'));
+    bd.keys.forEach((k, i) => backends.set(k.readUInt32LE(0), decodeBackend(bd.values[i]!)));
+    const sd = this.n.mapDump(this.fd('sm_services'));
+    const out: FrontendReport[] = sd.keys.map((k, i) => {
+      const key = decodeServiceKey(k);
+      const v = decodeService(sd.values[i]!);
+      const counts = v.table_size ? this.tableCounts(v.table_id) : new Map<number, number>();
+      const family = key.addr.includes(':') ? 10 : 2;
+      const mine = [...backends.entries()].filter(([, b]) => b.service_id === v.service_id && b.family === family);
+      return {
+        serviceId: v.service_id, service: names.get(v.service_id) ?? `#${v.service_id}`, frontendId: v.frontend_id,
+        vip: key.addr, port: key.port, protocol: PROTO_NAMES[key.proto] ?? String(key.proto),
+        algorithm: ALGO_NAMES[v.algo] ?? String(v.algo), affinityTimeoutSeconds: v.affinity_timeout_s,
+        tableId: v.table_id, tableSize: v.table_size,
+        backends: mine.map(([id, b]) => ({
+          id, address: b.addr, port: b.port, weight: b.weight, local: (b.flags & 1) !== 0,
+          share: v.table_size ? (counts.get(id) ?? 0) / v.table_size : 0,
+          state: b.weight === 0 || !counts.has(id) ? 'drained' as const : 'active' as const,
+          counters: this.counters('sm_backend_stats', id),
+        })).sort((a, b) => a.address.localeCompare(b.address) || a.port - b.port),
+      };
+    });
+    return out.sort((a, b) => a.service.localeCompare(b.service) || a.vip.localeCompare(b.vip) || a.port - b.port);
+  }
+
+  stats(names: Map<number, string> = new Map()): StatsReport {
+    const global: Record<string, number> = {};
+    GLOBAL_COUNTERS.forEach((name, i) => {
+      const v = this.n.mapLookup(this.fd('sm_global'), u32(i));
+      global[name] = v ? Number(sumU64(v)) : 0;
+    });
+    const sd = this.n.mapDump(this.fd('sm_svc_stats'));
+    const services = sd.keys.map((k, i) => {
+      const id = k.readUInt32LE(0);
+      return { serviceId: id, service: names.get(id) ?? `#${id}`, counters: countersJson(sumCounters(sd.values[i]!)) };
+    }).sort((a, b) => a.service.localeCompare(b.service));
+    return { global, services };
+  }
+
+  /** SOCKHASH entries, with their metadata. Keys of a SOCKHASH can be iterated but not its values (sockets). */
+  sockets(): SocketReport[] {
+    const metaFd = this.fds.sm_sock_meta;
+    return this.n.mapKeys(this.fd('sm_sockets')).map((k) => {
+      const key = decode('sm_sock_key', k);
+      const meta = metaFd !== undefined ? this.n.mapLookup(metaFd, k) : null;
+      const m = meta ? decode('sm_sock_meta', meta) : undefined;
+      const flags = Number(m?.flags ?? 0);
+      return {
+        netnsCookie: String(key.netns_cookie),
+        local: hostport(String(key.local_ip), Number(key.local_port)),
+        remote: hostport(String(key.remote_ip), Number(key.remote_port)),
+        serviceId: Number(m?.service_id ?? 0), backendId: Number(m?.backend_id ?? 0),
+        tcpOnly: (flags & 2) !== 0, active: (flags & 1) !== 0,
+      };
+    });
+  }
+
+  /** Entry counts and capacities of every map we can see. */
+  fill(): { map: string; entries: number; maxEntries: number }[] {
+    return (Object.entries(this.fds) as [MapName, number][])
+      .filter(([name]) => !['sm_global', 'sm_events', 'sm_config'].includes(name))
+      .map(([name, fd]) => ({ map: name, entries: this.n.mapKeys(fd).length, maxEntries: this.n.mapInfo(fd).maxEntries }));
+  }
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env node
+// sockmesh-agent: run the node agent, or remove what it installed.
+import { Command, Option } from 'commander';
+import { resolve } from 'node:path';
+import { Agent, VERSION } from './agent.js';
+import { createLogger } from './observe/log.js';
+import { cleanup } from './datapath/datapath.js';
+import { requireCgroup2Root, resolveCgroup } from './datapath/cgroup.js';
+import { runDirFor } from './admin/protocol.js';
+import { DEMO_PORT, DEMO_VIP, demoModel, serveDemoBackends, spawnDemoBackends } from './demo.js';
+import { rmSync, existsSync, rmdirSync } from 'node:fs';
+
+const program = new Command();
+program
+  .name('sockmesh-agent')
+  .enablePositionalOptions()
+  .description('eBPF service mesh node agent: balances service VIPs at connect() and hands same-node traffic over without the TCP/IP stack')
+  .version(VERSION)
+  .option('--config <file>', 'YAML or JSON config, watched for changes (default: an embedded demo config)')
+  .option('--cgroup <path>', 'cgroup v2 directory whose processes are meshed (absolute, or relative to the cgroup2 mount)', 'sockmesh')
+  .option('--bpffs <dir>', 'bpffs directory for this instance\'s pins', '/sys/fs/bpf/sockmesh')
+  .option('--run-dir <dir>', 'directory for the admin socket and state (default: /run/sockmesh/<bpffs name>)')
+  .option('--allow-root-cgroup', 'allow --cgroup to name the root cgroup (meshes every process on the machine)', false)
+  .option('--no-sockmap', 'disable the sockmap fast path (connect-time balancing only)')
+  .addOption(new Option('--event-sample <n>', 'emit one flow event per N balanced connections (0 = off)').default(1).argParser((v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new Error(`--event-sample: expected a non-negative integer, got '${v}'`);
+    return n;
+  }))
+  .action(async (opts: { config?: string; cgroup: string; bpffs: string; runDir?: string; allowRootCgroup: boolean; sockmap: boolean; eventSample: number }) => {
+    const log = createLogger();
+    const bpffs = resolve(opts.bpffs);
+    let demo: ReturnType<typeof spawnDemoBackends> | undefined;
+    try {
+      const cgroup = resolveCgroup(opts.cgroup);
+      const agent = new Agent({
+        cgroup, bpffs,
+        runDir: opts.runDir ? resolve(opts.runDir) : runDirFor(bpffs),
+        config: opts.config ? { file: resolve(opts.config) } : { embedded: demoModel(), name: 'demo' },
+        allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
+      }, log);
+      await agent.start();
+      if (!opts.config) {
+        demo = spawnDemoBackends(cgroup);
+        const bin = 'node dist/cli/meshctl.js';
+        process.stderr.write(
+          `\nsockmesh is running on the embedded demo config: ${DEMO_VIP}:${DEMO_PORT} -> three demo backends.\n` +
+          `Try, in another terminal (as root, from this directory):\n` +
+          `  ${bin} exec -- curl -s http://${DEMO_VIP}/     # a program inside the mesh reaches the VIP\n` +
+          `  ${bin} services                                  # VIP -> backends, shares, connections\n` +
+          `  ${bin} sockets                                   # sockets on the sockmap fast path\n` +
+          `  ${bin} stats\n` +
+          `Stop with Ctrl-C; the datapath stays in the kernel until 'node dist/agent/main.js cleanup'.\n\n`);
+      }
+      const stop = async (sig: string): Promise<void> => {
+        log.info({ signal: sig }, 'stopping; the datapath keeps running from its pins');
+        demo?.kill('SIGTERM');
+        await agent.stop();
+        process.exit(0);
+      };
+      process.on('SIGINT', () => void stop('SIGINT'));
+      process.on('SIGTERM', () => void stop('SIGTERM'));
+    } catch (e) {
+      demo?.kill('SIGTERM');
+      log.fatal((e as Error).message);
+      process.stderr.write(`sockmesh-agent: ${(e as Error).message}\n`);
+      process.exit(1);
+    }
+  });
+
+program
+  .command('cleanup')
+  .description('remove every program, link and pin this agent instance made (and its admin socket and state)')
+  .option('--bpffs <dir>', 'bpffs directory of the instance', '/sys/fs/bpf/sockmesh')
+  .option('--run-dir <dir>', 'run directory of the instance (default: /run/sockmesh/<bpffs name>)')
+  .option('--cgroup <path>', 'also remove this cgroup directory if it is empty')
+  .action((opts: { bpffs: string; runDir?: string; cgroup?: string }) => {
+    const bpffs = resolve(opts.bpffs);
+    try {
+      const removed = cleanup(bpffs);
+      const runDir = opts.runDir ? resolve(opts.runDir) : runDirFor(bpffs);
+      if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true });
+      if (opts.cgroup) {
+        requireCgroup2Root();
+        const cg = resolveCgroup(opts.cgroup);
+        if (existsSync(cg)) {
+          try { rmdirSync(cg); removed.push(`cgroup ${cg}`); } catch (e) {
+            process.stderr.write(`sockmesh-agent: cgroup ${cg} not removed: ${(e as NodeJS.ErrnoException).code} (processes still in it?)\n`);
+          }
+        }
+      }
+      process.stdout.write(removed.length ? `removed: ${removed.join(', ')}\n` : `nothing to remove at ${bpffs}\n`);
+    } catch (e) {
+      process.stderr.write(`sockmesh-agent cleanup: ${(e as Error).message}\n`);
+      process.exit(1);
+    }
+  });
+
+program
+  .command('demo-backends', { hidden: true })
+  .description('serve the demo backends (started by the agent inside the meshed cgroup)')
+  .action(() => serveDemoBackends());
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,176 @@
+// Test harness for kernel tests: a private cgroup and bpffs directory per test, the real agent as a child process,
+// and cleanup that runs also when the test fails. Nothing here ever touches the root cgroup.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cgroup2Root } from '../../agent/datapath/cgroup.js';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const AGENT = join(ROOT, 'dist', 'agent', 'main.js');
+export const MESHCTL = join(ROOT, 'dist', 'cli', 'meshctl.js');
+
+interface Teardown { teardown(fn: () => void | Promise<void>): void }
+
+/** Why kernel tests cannot run here, or null when they can. */
+export function kernelSkipReason(): string | null {
+  if (process.platform !== 'linux') return 'not Linux';
+  if (process.getuid?.() !== 0) return 'needs root (loads BPF programs)';
+  if (!cgroup2Root()) return 'no cgroup v2 mounted';
+  if (!existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'))) return 'native addon not built (npm ci)';
+  if (!existsSync(join(ROOT, 'build', 'bpf', 'sock_lb.bpf.o'))) return 'BPF objects not built (npm ci)';
+  if (!existsSync(AGENT)) return 'agent not compiled (npm ci / tsc)';
+  return null;
+}
+
+let seq = 0;
+const uniq = (name: string): string => `sockmesh-test-${name}-${process.pid}-${++seq}`;
+
+function killCgroup(path: string): void {
+  if (!existsSync(path)) return;
+  for (const sub of readdirSync(path, { withFileTypes: true })) if (sub.isDirectory()) killCgroup(join(path, sub.name));
+  if (existsSync(join(path, 'cgroup.kill'))) {
+    try { writeFileSync(join(path, 'cgroup.kill'), '1'); } catch { /* older kernel */ }
+  }
+  for (const pid of readFileSync(join(path, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+    if (Number(pid) === process.pid) continue;
+    try { process.kill(Number(pid), 'SIGKILL'); } catch { /* gone */ }
+  }
+}
+
+function removeCgroup(path: string): void {
+  if (!existsSync(path)) return;
+  for (const sub of readdirSync(path, { withFileTypes: true })) if (sub.isDirectory()) removeCgroup(join(path, sub.name));
+  for (let i = 0; i < 50; i++) {
+    try { rmdirSync(path); return; } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e;
+      spawnSync('sleep', ['0.05']);
+    }
+  }
+  rmdirSync(path);
+}
+
+export interface TestCgroup {
+  path: string;
+  /** the cgroup the test runner started in (the agent runs there, never inside the meshed cgroup) */
+  original: string;
+  /** a child cgroup for clients/servers (processes never live in the attached cgroup itself) */
+  child(name: string): string;
+  /** Move this test process into a child cgroup (undone at teardown, before the cgroup is removed). */
+  enter(name?: string): void;
+  leave(): void;
+}
+
+/** A cgroup of the test's own under the cgroup2 mount, removed at teardown with everything in it. */
+export function testCgroup(t: Teardown, name: string): TestCgroup {
+  const root = cgroup2Root()!;
+  const path = join(root, uniq(name));
+  mkdirSync(path);
+  const original = join(root, readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))!.slice(3));
+  const cg: TestCgroup = {
+    path,
+    original,
+    child(n: string) {
+      const p = join(path, n);
+      if (!existsSync(p)) mkdirSync(p);
+      return p;
+    },
+    enter(n = 'self') { writeFileSync(join(cg.child(n), 'cgroup.procs'), String(process.pid)); },
+    leave() { writeFileSync(join(original, 'cgroup.procs'), String(process.pid)); },
+  };
+  t.teardown(() => {
+    cg.leave();
+    killCgroup(path);
+    removeCgroup(path);
+  });
+  return cg;
+}
+
+export interface AgentHandle {
+  proc: ChildProcess;
+  bpffs: string;
+  runDir: string;
+  configFile: string;
+  cgroup: string;
+  /** every stdout line, parsed (pino JSON) */
+  logs: Record<string, unknown>[];
+  /** resolves when a log line matching pred appears (rejects after timeoutMs) */
+  waitLog(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  writeConfig(text: string): void;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  restart(): Promise<void>;
+}
+
+export interface AgentOpts { config: string; configName?: string; extraArgs?: string[] }
+
+/** Start the real agent (compiled) on a private bpffs dir and config file; torn down (and cleaned) at teardown. */
+export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpts): Promise<AgentHandle> {
+  const id = uniq('agent');
+  const bpffs = join('/sys/fs/bpf', id);
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-test-'));
+  const runDir = join(dir, 'run');
+  const configFile = join(dir, opts.configName ?? 'config.yaml');
+  writeFileSync(configFile, opts.config);
+  const h: AgentHandle = {
+    proc: undefined as unknown as ChildProcess, bpffs, runDir, configFile, cgroup: cgroup.path, logs: [],
+    waitLog: (pred, timeoutMs = 15000) => new Promise((res, rej) => {
+      const found = h.logs.find(pred);
+      if (found) return res(found);
+      const timer = setTimeout(() => { clearInterval(iv); rej(new Error(`agent log line not seen in ${timeoutMs} ms; last lines:\n${h.logs.slice(-5).map((l) => JSON.stringify(l)).join('\n')}`)); }, timeoutMs);
+      let seen = h.logs.length;
+      const iv = setInterval(() => {
+        for (; seen < h.logs.length; seen++) {
+          if (pred(h.logs[seen]!)) { clearTimeout(timer); clearInterval(iv); return res(h.logs[seen]!); }
+        }
+      }, 10);
+    }),
+    writeConfig: (text) => {
+      // Write-then-rename, as editors and config management do: the agent never sees half a file.
+      writeFileSync(`${configFile}.tmp`, text);
+      spawnSync('mv', [`${configFile}.tmp`, configFile]);
+    },
+    kill: async (signal = 'SIGTERM') => {
+      const p = h.proc;
+      if (p.exitCode !== null || p.signalCode !== null) return;
+      await new Promise<void>((res) => { p.once('exit', () => res()); p.kill(signal); });
+    },
+    restart: async () => { await launch(); },
+  };
+  const launch = async (): Promise<void> => {
+    // The agent runs in the cgroup the test started in, even when the test process has entered the meshed one.
+    const args = [AGENT, '--config', configFile, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...(opts.extraArgs ?? [])];
+    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...args],
+      { stdio: ['ignore', 'pipe', 'pipe'] });
+    h.proc = proc;
+    let buf = '';
+    proc.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const lines = buf.split('\n');
+      buf = lines.pop()!;
+      for (const l of lines) {
+        try { h.logs.push(JSON.parse(l) as Record<string, unknown>); } catch { h.logs.push({ msg: l }); }
+      }
+    });
+    let err = '';
+    proc.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+    const start = h.logs.length;
+    await Promise.race([
+      h.waitLog((l) => l.msg === 'datapath ready' && h.logs.indexOf(l) >= start, 20000),
+      new Promise((_, rej) => proc.once('exit', (code) => rej(new Error(`agent exited with ${code}: ${err.trim()}`)))),
+    ]);
+  };
+  t.teardown(async () => {
+    await h.kill('SIGTERM');
+    spawnSync(process.execPath, [AGENT, 'cleanup', '--bpffs', bpffs, '--run-dir', runDir], { stdio: 'ignore' });
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await launch();
+  return h;
+}
+
+/** Run meshctl against an agent instance; returns exit code and output. */
+export function meshctl(agent: Pick<AgentHandle, 'bpffs' | 'runDir'>, args: string[]): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [MESHCTL, '--bpffs', agent.bpffs, '--run-dir', agent.runDir, ...args], { encoding: 'utf8', timeout: 20000 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
