@@ -1,0 +1,458 @@
+// Config text -> validated Model. Every problem in a config is collected and reported together,
+// each with the file, the path to the field and what is wrong, so one edit-reload cycle fixes all
+// of them. Unknown fields are errors: a misspelt 'wieght' must not silently mean weight 1.
+import { LineCounter, parseDocument } from 'yaml';
+import { canonicalAddress, formatEndpoint, type CanonicalAddress } from './address.js';
+import { defaultMaglevTableSize, isPrime, MAGLEV_MAX_SIZE, MAGLEV_MIN_SIZE } from './maglev.js';
+import { closest } from './suggest.js';
+import {
+  ConfigError,
+  type Algorithm,
+  type ConfigIssue,
+  type Frontend,
+  type Model,
+  type Protocol,
+  type Service,
+} from './types.js';
+
+export { canonicalAddress } from './address.js';
+
+export const MAX_VIPS = 8;
+export const MAX_PORTS = 32;
+export const MAX_WEIGHT = 10000;
+export const MAX_AFFINITY_SECONDS = 86400;
+export const DEFAULT_AFFINITY_SECONDS = 10800;
+const ALGORITHMS: readonly Algorithm[] = ['random', 'weighted', 'maglev'];
+const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp'];
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+const TOP_FIELDS = ['services'] as const;
+const SERVICE_FIELDS = ['name', 'vips', 'ports', 'algorithm', 'affinity', 'maglev', 'backends'] as const;
+const PORT_FIELDS = ['port', 'protocol', 'targetPort'] as const;
+const AFFINITY_FIELDS = ['timeoutSeconds'] as const;
+const MAGLEV_FIELDS = ['tableSize'] as const;
+const BACKEND_FIELDS = ['address', 'port', 'weight'] as const;
+
+/** Parse YAML or JSON (chosen by the file name) and validate it into a Model; throws ConfigError. */
+export function parseConfig(text: string, file: string): Model {
+  const isJson = file.toLowerCase().endsWith('.json');
+  const obj = isJson ? parseJson(text, file) : parseYaml(text, file);
+  return modelFromObject(obj, file);
+}
+
+function lineCol(text: string, offset: number): { line: number; col: number } {
+  const lc = new LineCounter();
+  let start = 0;
+  for (;;) {
+    lc.addNewLine(start);
+    const nl = text.indexOf('\n', start);
+    if (nl < 0) break;
+    start = nl + 1;
+  }
+  return lc.linePos(Math.min(offset, text.length));
+}
+
+function parseJson(text: string, file: string): unknown {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    const message = (e as Error).message;
+    // V8: "Expected ',' or '}' after property value in JSON at position 42" (newer ones add
+    // "(line 3 column 5)"); "Unexpected end of JSON input" carries no position: it is the end.
+    const m = /^(.*?)(?: in JSON)? at position (\d+)/s.exec(message);
+    const what = (m ? m[1]! : message).trim();
+    const offset = m ? Number(m[2]) : text.length;
+    const { line, col } = lineCol(text, offset);
+    throw new ConfigError([{ file, path: '', message: `JSON syntax error at line ${line}, column ${col}: ${what}` }]);
+  }
+  // JSON.parse keeps the last of two equal keys without a word; JSON is YAML 1.2, so let the YAML
+  // parser find duplicate keys (with their line), and report those only.
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  const dups = doc.errors.filter((err) => err.code === 'DUPLICATE_KEY');
+  if (dups.length > 0) {
+    throw new ConfigError(
+      dups.map((err) => {
+        const { line, col } = lc.linePos(err.pos[0]);
+        return { file, path: '', message: `JSON error at line ${line}, column ${col}: duplicate key` };
+      }),
+    );
+  }
+  return value;
+}
+
+function parseYaml(text: string, file: string): unknown {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      doc.errors.map((err) => {
+        const { line, col } = lc.linePos(err.pos[0]);
+        return { file, path: '', message: `YAML syntax error at line ${line}, column ${col}: ${err.message}` };
+      }),
+    );
+  }
+  try {
+    return doc.toJS({ maxAliasCount: 1000 });
+  } catch (e) {
+    // e.g. too many alias expansions (a "billion laughs" file)
+    throw new ConfigError([{ file, path: '', message: `YAML error: ${(e as Error).message}` }]);
+  }
+}
+
+// ---- validation ----
+
+type Obj = Record<string, unknown>;
+
+function isMapping(v: unknown): v is Obj {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** A value as a person would recognise it in their file. */
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'null (an empty value)';
+  if (typeof v === 'string') return `${JSON.stringify(v)} (a string)`;
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  return String(v);
+}
+
+class Issues {
+  readonly list: ConfigIssue[] = [];
+  constructor(readonly file: string) {}
+  add(path: string, message: string): void {
+    this.list.push({ file: this.file, path, message });
+  }
+}
+
+const join = (path: string, key: string) => (path ? `${path}.${key}` : key);
+
+/** Report every key that is not a known field, naming the likely intended one. */
+function checkFields(obj: Obj, path: string, known: readonly string[], issues: Issues): void {
+  for (const key of Object.keys(obj)) {
+    if (known.includes(key)) continue;
+    const guess = closest(key, known);
+    const hint = guess ? ` (did you mean '${guess}'?)` : ` (known fields: ${known.join(', ')})`;
+    issues.add(join(path, key), `unknown field '${key}'${hint}`);
+  }
+}
+
+/** An integer field; undefined when absent (and not required) or invalid (reported). */
+function intField(obj: Obj, key: string, path: string, min: number, max: number, required: boolean, issues: Issues): number | undefined {
+  const v = obj[key];
+  if (v === undefined || (v === null && !required)) {
+    if (required) issues.add(join(path, key), `is required (an integer between ${min} and ${max})`);
+    return undefined;
+  }
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    issues.add(join(path, key), `must be an integer between ${min} and ${max}, got ${describe(v)}`);
+    return undefined;
+  }
+  return v;
+}
+
+/** One of a few words, case-insensitive; undefined when absent or invalid (reported). */
+function enumField<T extends string>(obj: Obj, key: string, path: string, allowed: readonly T[], issues: Issues): T | undefined {
+  const v = obj[key];
+  if (v === undefined || v === null) return undefined;
+  const word = typeof v === 'string' ? v.toLowerCase() : undefined;
+  if (word !== undefined && (allowed as readonly string[]).includes(word)) return word as T;
+  const guess = typeof v === 'string' ? closest(v, allowed) : undefined;
+  issues.add(join(path, key), `must be one of ${allowed.join(', ')}, got ${describe(v)}${guess ? ` (did you mean '${guess}'?)` : ''}`);
+  return undefined;
+}
+
+/** A list field; undefined when absent (reported if required) or not a list (reported). */
+function listField(obj: Obj, key: string, path: string, required: boolean, issues: Issues): unknown[] | undefined {
+  const v = obj[key];
+  if (v === undefined || (v === null && !required)) {
+    if (required) issues.add(join(path, key), 'is required (a list)');
+    return undefined;
+  }
+  if (!Array.isArray(v)) {
+    issues.add(join(path, key), `must be a list, got ${describe(v)}`);
+    return undefined;
+  }
+  return v;
+}
+
+function addressValue(v: unknown, path: string, issues: Issues): CanonicalAddress | undefined {
+  const a = typeof v === 'string' ? canonicalAddress(v.trim()) : null;
+  if (a === null) {
+    issues.add(path, `must be an IPv4 or IPv6 address literal (like 10.0.0.1 or fd00::1), got ${describe(v)}`);
+    return undefined;
+  }
+  if (a.address === '0.0.0.0' || a.address === '::') {
+    issues.add(path, `must not be the unspecified address ${a.address}`);
+    return undefined;
+  }
+  return a;
+}
+
+/** A port entry as written; fields undefined where absent or invalid. */
+interface PortEntry {
+  index: number;
+  port?: number;
+  protocol: Protocol;
+  targetPort?: number;
+  valid: boolean;
+}
+
+interface BackendEntry {
+  index: number;
+  address?: CanonicalAddress;
+  port?: number;
+  weight: number;
+  valid: boolean;
+}
+
+interface Where {
+  service: string;
+  path: string;
+}
+
+/**
+ * Validate an already-parsed object (from YAML, JSON, or a control plane's translation) into a
+ * Model; throws ConfigError listing every problem found.
+ */
+export function modelFromObject(obj: unknown, file: string): Model {
+  const issues = new Issues(file);
+  const services: Service[] = [];
+  if (obj === null || obj === undefined) {
+    issues.add('', "the configuration is empty: expected a mapping with a 'services' list");
+  } else if (!isMapping(obj)) {
+    issues.add('', `must be a mapping with a 'services' list, got ${describe(obj)}`);
+  } else {
+    checkFields(obj, '', TOP_FIELDS, issues);
+    const list = listField(obj, 'services', '', true, issues);
+    const names = new Map<string, number>();
+    const frontends = new Map<string, Where>();
+    list?.forEach((raw, i) => {
+      const svc = validateService(raw, i, issues, names, frontends);
+      if (svc) services.push(svc);
+    });
+  }
+  if (issues.list.length > 0) throw new ConfigError(issues.list);
+  return { services };
+}
+
+function validateService(
+  raw: unknown,
+  index: number,
+  issues: Issues,
+  names: Map<string, number>,
+  frontendOwners: Map<string, Where>,
+): Service | undefined {
+  const path = `services[${index}]`;
+  if (!isMapping(raw)) {
+    issues.add(path, `must be a mapping (a service), got ${describe(raw)}`);
+    return undefined;
+  }
+  const before = issues.list.length;
+  checkFields(raw, path, SERVICE_FIELDS, issues);
+
+  // name
+  let name: string | undefined;
+  const n = raw['name'];
+  if (n === undefined || n === null) {
+    issues.add(join(path, 'name'), 'is required');
+  } else if (typeof n !== 'string' || n.length > 63 || !DNS_LABEL.test(n)) {
+    issues.add(
+      join(path, 'name'),
+      `must be a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit, got ${describe(n)}`,
+    );
+  } else {
+    const seen = names.get(n);
+    if (seen !== undefined) issues.add(join(path, 'name'), `duplicate service name '${n}', also used by services[${seen}]`);
+    else names.set(n, index);
+    name = n;
+  }
+  const label = name ?? path;
+
+  // vips
+  const vips: CanonicalAddress[] = [];
+  let vipsValid = true;
+  const vipList = listField(raw, 'vips', path, true, issues);
+  if (vipList === undefined) vipsValid = false;
+  else if (vipList.length < 1 || vipList.length > MAX_VIPS) {
+    issues.add(join(path, 'vips'), `must list 1 to ${MAX_VIPS} addresses, got ${vipList.length}`);
+    vipsValid = false;
+  } else {
+    const seen = new Map<string, number>();
+    vipList.forEach((v, k) => {
+      const a = addressValue(v, `${path}.vips[${k}]`, issues);
+      if (!a) return void (vipsValid = false);
+      const first = seen.get(a.address);
+      if (first !== undefined) {
+        issues.add(`${path}.vips[${k}]`, `duplicate VIP ${a.address}, same as vips[${first}]`);
+        vipsValid = false;
+        return;
+      }
+      seen.set(a.address, k);
+      vips.push(a);
+    });
+  }
+
+  // ports
+  const ports: PortEntry[] = [];
+  let portsValid = true;
+  const portList = listField(raw, 'ports', path, true, issues);
+  if (portList === undefined) portsValid = false;
+  else if (portList.length < 1 || portList.length > MAX_PORTS) {
+    issues.add(join(path, 'ports'), `must list 1 to ${MAX_PORTS} port entries, got ${portList.length}`);
+    portsValid = false;
+  } else {
+    const seen = new Map<string, number>();
+    portList.forEach((p, k) => {
+      const pp = `${path}.ports[${k}]`;
+      if (!isMapping(p)) {
+        issues.add(pp, `must be a mapping like {port: 80, protocol: tcp}, got ${describe(p)}`);
+        portsValid = false;
+        return;
+      }
+      const mark = issues.list.length;
+      checkFields(p, pp, PORT_FIELDS, issues);
+      const port = intField(p, 'port', pp, 1, 65535, true, issues);
+      const protocol = enumField(p, 'protocol', pp, PROTOCOLS, issues) ?? 'tcp';
+      const targetPort = intField(p, 'targetPort', pp, 1, 65535, false, issues);
+      if (portList.length > 1 && targetPort === undefined && (p['targetPort'] === undefined || p['targetPort'] === null)) {
+        issues.add(
+          join(pp, 'targetPort'),
+          'is required when a service has more than one port entry (otherwise the backend port is ambiguous)',
+        );
+      }
+      const valid = issues.list.length === mark;
+      if (!valid) portsValid = false;
+      if (port !== undefined) {
+        const key = `${port}/${protocol}`;
+        const first = seen.get(key);
+        if (first !== undefined) {
+          issues.add(pp, `duplicate port ${key}, same as ports[${first}]`);
+          portsValid = false;
+        } else seen.set(key, k);
+      }
+      ports.push({ index: k, port, protocol, targetPort, valid });
+    });
+  }
+  const multiPort = (portList?.length ?? 0) > 1;
+
+  // algorithm
+  const algorithm = enumField(raw, 'algorithm', path, ALGORITHMS, issues) ?? 'random';
+
+  // affinity: absent = off; `affinity: {}` = on with the default timeout.
+  let affinityTimeoutSeconds = 0;
+  if (raw['affinity'] !== undefined) {
+    const a = raw['affinity'];
+    const ap = join(path, 'affinity');
+    if (!isMapping(a)) {
+      issues.add(ap, `must be a mapping (write 'affinity: {}' for the default timeout of ${DEFAULT_AFFINITY_SECONDS} s), got ${describe(a)}`);
+    } else {
+      checkFields(a, ap, AFFINITY_FIELDS, issues);
+      affinityTimeoutSeconds =
+        intField(a, 'timeoutSeconds', ap, 1, MAX_AFFINITY_SECONDS, false, issues) ?? DEFAULT_AFFINITY_SECONDS;
+    }
+  }
+
+  // maglev
+  let tableSize: number | undefined;
+  const mg = raw['maglev'];
+  if (mg !== undefined && mg !== null) {
+    const mp = join(path, 'maglev');
+    if (!isMapping(mg)) issues.add(mp, `must be a mapping like {tableSize: 1021}, got ${describe(mg)}`);
+    else {
+      checkFields(mg, mp, MAGLEV_FIELDS, issues);
+      const size = intField(mg, 'tableSize', mp, MAGLEV_MIN_SIZE, MAGLEV_MAX_SIZE, false, issues);
+      if (size !== undefined && !isPrime(size)) {
+        let below = size - 1;
+        while (!isPrime(below)) below--;
+        let above = size + 1;
+        while (!isPrime(above)) above++;
+        const near = [below, above].filter((x) => x >= MAGLEV_MIN_SIZE && x <= MAGLEV_MAX_SIZE).join(' or ');
+        issues.add(join(mp, 'tableSize'), `must be a prime, got ${size} (nearest primes: ${near})`);
+      } else tableSize = size;
+    }
+  }
+
+  // backends
+  const backends: BackendEntry[] = [];
+  const backendList = listField(raw, 'backends', path, false, issues) ?? [];
+  backendList.forEach((b, j) => {
+    const bp = `${path}.backends[${j}]`;
+    if (!isMapping(b)) {
+      issues.add(bp, `must be a mapping like {address: 10.0.0.1, port: 8080}, got ${describe(b)}`);
+      return;
+    }
+    const mark = issues.list.length;
+    checkFields(b, bp, BACKEND_FIELDS, issues);
+    let address: CanonicalAddress | undefined;
+    if (b['address'] === undefined || b['address'] === null) issues.add(join(bp, 'address'), 'is required (an IPv4 or IPv6 address)');
+    else address = addressValue(b['address'], join(bp, 'address'), issues);
+    const port = intField(b, 'port', bp, 1, 65535, false, issues);
+    if (multiPort && port !== undefined) {
+      issues.add(
+        join(bp, 'port'),
+        "must not be set when the service has more than one port entry (ambiguous: each entry's targetPort is the backend port)",
+      );
+    }
+    const weight = intField(b, 'weight', bp, 0, MAX_WEIGHT, false, issues) ?? 1;
+    backends.push({ index: j, address, port, weight, valid: issues.list.length === mark });
+  });
+
+  // Duplicate backends: the same address and the same resolved port. With several port entries
+  // backends carry no port, so equal addresses are duplicates; with one, resolve against it.
+  const single = !multiPort && ports.length === 1 ? ports[0] : undefined;
+  const resolveFor = (entry: PortEntry | undefined, b: BackendEntry): number | undefined =>
+    entry ? entry.targetPort ?? b.port ?? entry.port : b.port;
+  const seenBackends = new Map<string, number>();
+  for (const b of backends) {
+    if (!b.address) continue;
+    const port = multiPort ? undefined : resolveFor(single, b);
+    const key = `${b.address.address}|${port ?? ''}`;
+    const first = seenBackends.get(key);
+    if (first !== undefined) {
+      const what = port !== undefined ? formatEndpoint(b.address.address, port) : b.address.address;
+      issues.add(`${path}.backends[${b.index}]`, `duplicate backend ${what}, same as backends[${first}]`);
+    } else seenBackends.set(key, b.index);
+  }
+
+  // Frontends: every VIP x every port entry; each gets the backends of its family, port resolved.
+  const frontends: Frontend[] = [];
+  if (vipsValid && portsValid) {
+    const looped = new Set<number>();
+    for (const vip of vips) {
+      for (const entry of ports) {
+        const fe: Frontend = { vip: vip.address, family: vip.family, port: entry.port!, protocol: entry.protocol, backends: [] };
+        const fkey = `${fe.vip}|${fe.port}|${fe.protocol}`;
+        const owner = frontendOwners.get(fkey);
+        const shown = `${formatEndpoint(fe.vip, fe.port)}/${fe.protocol}`;
+        if (owner) {
+          issues.add(`${path}.ports[${entry.index}]`, `duplicate frontend ${shown}, also defined by service '${owner.service}' at ${owner.path}`);
+        } else frontendOwners.set(fkey, { service: label, path });
+        for (const b of backends) {
+          if (!b.address || b.address.family !== vip.family) continue;
+          const port = resolveFor(entry, b)!;
+          if (b.address.address === fe.vip && port === fe.port && !looped.has(b.index)) {
+            looped.add(b.index);
+            issues.add(
+              `${path}.backends[${b.index}]`,
+              `backend ${formatEndpoint(b.address.address, port)} is the service's own frontend ${shown}: connections would loop`,
+            );
+          }
+          fe.backends.push({ address: b.address.address, family: b.address.family, port, weight: b.weight });
+        }
+        frontends.push(fe);
+      }
+    }
+  }
+
+  if (issues.list.length > before || name === undefined) return undefined;
+  return {
+    name,
+    algorithm,
+    affinityTimeoutSeconds,
+    maglevTableSize: tableSize ?? defaultMaglevTableSize(backends.length),
+    frontends,
+  };
+}
