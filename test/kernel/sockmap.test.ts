@@ -1,6 +1,7 @@
 // The sockmap fast path: same-node sockets hand data over without the TCP/IP stack, and the stream stays exact.
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
@@ -94,6 +95,26 @@ services:
     const got = await exchange('127.0.0.1', echo.port, (s) => s.write(payload));
     t.ok(got.equals(payload), 'byte-exact');
     t.ok(reader.stats().global.redirect! > before.redirect!, 'redirected');
+  });
+
+  t.test('a peer outside the mesh: the message takes the normal path, and the stream is not reordered', async (t) => {
+    // An echo server in the test runner's original cgroup: its accepted sockets are never in the SOCKHASH, so our
+    // client's first send misses and the socket is pinned to TCP (redirecting later bytes would reorder them).
+    const script = "require('net').createServer({allowHalfOpen:true},c=>{c.on('data',d=>c.write(d));c.on('end',()=>c.end())})" +
+      ".listen(0,'127.0.0.1',function(){console.log(this.address().port)})";
+    const child = spawn('/bin/sh', ['-c', `echo $$ > '${cg.original}/cgroup.procs' && exec "$0" -e "$1"`, process.execPath, script],
+      { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.teardown(() => { child.kill('SIGKILL'); });
+    const port = await new Promise<number>((r) => child.stdout!.once('data', (d: Buffer) => r(Number(d.toString().trim()))));
+    const before = reader.stats().global;
+    const parts: Buffer[] = [];
+    for (let i = 0; i < 3000; i++) parts.push(Buffer.from(`outside:${i};`));
+    const want = Buffer.concat(parts);
+    const got = await exchange('127.0.0.1', port, (s) => { for (const p of parts) s.write(p); });
+    t.ok(got.equals(want), `byte-exact (${got.length}/${want.length} bytes)`);
+    const after = reader.stats().global;
+    t.ok(after.redirect_miss! > before.redirect_miss!, `a miss was counted (${after.redirect_miss! - before.redirect_miss!})`);
+    t.ok(after.tcp_only! > before.tcp_only!, `later sends stayed on TCP (${after.tcp_only! - before.tcp_only!})`);
   });
 
   t.test('redirects are counted per service and backend', async (t) => {

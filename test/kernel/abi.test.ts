@@ -1,0 +1,53 @@
+// The kernel ABI has three descriptions that must agree: the C header (compiled into the BPF objects and the addon),
+// and the TypeScript codecs. The addon reports what the compiler computed; this test compares it with abi.ts.
+import t from 'tap';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
+import { ROOT } from '../lib/kernel.js';
+
+const built = existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'));
+
+t.test('TypeScript codecs match the compiler\'s layout of sockmesh_abi.h', { skip: built ? false : 'native addon not built (npm ci)' }, async (t) => {
+  const { native } = await import('../../agent/datapath/native.js');
+  const layout = native().abiLayout();
+  t.same(Object.keys(layout).sort(), Object.keys(STRUCTS).sort(), 'the same structs on both sides');
+  for (const [name, def] of Object.entries(STRUCTS)) {
+    const c = layout[name];
+    if (!c) continue;
+    t.equal(def.size, c.size, `${name}: size ${c.size}`);
+    const ts = Object.fromEntries(def.fields.map((f) => [f.name, f.offset]));
+    t.same(ts, c.offsets, `${name}: every field at the same offset`);
+  }
+});
+
+t.test('constants match the header', { skip: built ? false : 'native addon not built (npm ci)' }, async (t) => {
+  const { native } = await import('../../agent/datapath/native.js');
+  const k = native().abiConstants();
+  t.equal(k.SM_ABI_VERSION, ABI_VERSION);
+  t.equal(k.SM_PROTO_TCP, PROTO.tcp);
+  t.equal(k.SM_PROTO_UDP, PROTO.udp);
+  t.equal(k.SM_ALGO_RANDOM, ALGO.random);
+  t.equal(k.SM_ALGO_WEIGHTED, ALGO.weighted);
+  t.equal(k.SM_ALGO_MAGLEV, ALGO.maglev);
+  t.equal(k.SM_SVC_F_AFFINITY, SVC_F_AFFINITY);
+  t.equal(k.SM_BE_F_LOCAL, BE_F_LOCAL);
+  t.equal(k.SM_SOCK_F_ACTIVE, SOCK_F_ACTIVE);
+  t.equal(k.SM_SOCK_F_TCP_ONLY, SOCK_F_TCP_ONLY);
+  t.equal(k.SM_CFG_F_SOCKMAP, CFG_F_SOCKMAP);
+  t.equal(k.SM_G__MAX, GLOBAL_COUNTERS.length, 'one name per global counter');
+  t.equal(k.SM_G_REDIRECT, GLOBAL_COUNTERS.indexOf('redirect'));
+  t.equal(k.SM_G_EVENT_DROP, GLOBAL_COUNTERS.indexOf('event_drop'));
+});
+
+t.test('address codec: v4 as v4-mapped, v6 compressed, round trips', async (t) => {
+  t.equal(addrToBytes('127.0.0.1').toString('hex'), '00000000000000000000ffff7f000001');
+  t.equal(addrToBytes('::1').toString('hex'), '00000000000000000000000000000001');
+  t.equal(addrToBytes('::ffff:10.1.2.3').toString('hex'), '00000000000000000000ffff0a010203');
+  for (const a of ['127.77.1.1', '::1', 'fd00::77', '2001:db8:0:1::5', 'fe80::1:2:3:4', '1:2:3:4:5:6:7:8']) {
+    t.equal(bytesToAddr(addrToBytes(a)), a, a);
+  }
+  const key = encode('sm_service_key', { addr: '127.100.0.1', port: 80, proto: 6 });
+  t.equal(key.toString('hex'), '00000000000000000000ffff7f6400010050' + '0600', 'port in network order');
+  t.same(decode('sm_service_key', key), { addr: '127.100.0.1', port: 80, proto: 6 });
+});
