@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+// meshctl: inspect a sockmesh agent instance through its admin socket, or through its pinned maps when it is down.
+import { Command, CommanderError, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { AgentError } from './client.js';
+import { Context, DEFAULT_BPFFS, type GlobalOptions } from './context.js';
+import { CliError, EXIT } from './errors.js';
+import { events } from './commands/events.js';
+import { execInMesh } from './commands/exec.js';
+import { services } from './commands/services.js';
+import { sockets } from './commands/sockets.js';
+import { stats } from './commands/stats.js';
+import { status } from './commands/status.js';
+
+// The version of the package this file ships in (dist/cli/meshctl.js or cli/meshctl.ts: two levels below it).
+// Read here rather than imported from the agent, which would load the whole agent just to print a number.
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const EXIT_HELP = `
+Exit codes:
+  0  ok
+  1  usage error, or an unexpected error (including an error answer from the agent)
+  3  the agent is not running and the answer could not be given from the pinned maps
+     (events always need the agent; status exits 3 when the agent is down, after printing what the pins say)
+  4  no sockmesh datapath is pinned at --bpffs
+  exec exits with the program's own exit code (128+N when it was killed by signal N).
+
+With the agent down, services, stats and sockets are read from the pinned maps (a note on stderr says so):
+the datapath keeps running without the agent. --json prints exactly one JSON document on stdout.`;
+
+function timeoutSeconds(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new CliError(`--timeout: expected a positive number of seconds, got '${v}'`);
+  return n;
+}
+
+/** The global options, declared on the program and again on each command so they work on either side of it. */
+function globalOptions(cmd: Command, withDefaults: boolean): Command {
+  const bpffs = new Option('--bpffs <dir>', 'bpffs directory of the agent instance');
+  const timeout = new Option('--timeout <seconds>', 'how long to wait for the agent').argParser(timeoutSeconds);
+  if (withDefaults) {
+    bpffs.default(DEFAULT_BPFFS);
+    timeout.default(5);
+  }
+  return cmd
+    .addOption(bpffs)
+    .option('--run-dir <dir>', 'run directory with the admin socket and state.json (default: /run/sockmesh/<bpffs name>)')
+    .option('--json', 'machine-readable output: exactly one JSON document on stdout')
+    .addOption(timeout);
+}
+
+/** Options given after the command win over those given before it; defaults come from the program. */
+function optionsOf(cmd: Command): GlobalOptions {
+  const local = cmd.opts<Partial<GlobalOptions>>();
+  const global = cmd.parent!.opts<GlobalOptions>();
+  return {
+    bpffs: local.bpffs ?? global.bpffs,
+    runDir: local.runDir ?? global.runDir,
+    json: Boolean(local.json ?? global.json),
+    timeout: (local.timeout ?? global.timeout) * 1000,
+  };
+}
+
+const program = new Command()
+  .name('meshctl')
+  .description('Inspect sockmesh, the eBPF service mesh agent on this node (run as root)')
+  .version(VERSION)
+  .enablePositionalOptions()
+  .showHelpAfterError('(run meshctl --help for usage)')
+  .exitOverride()
+  // Commander's own usage errors in meshctl's one-line form: "meshctl: unknown option '--x'".
+  .configureOutput({ outputError: (s, write) => write(`meshctl: ${s.replace(/^error: /, '')}`) })
+  .addHelpText('after', EXIT_HELP);
+globalOptions(program, true);
+
+let exitCode: number = EXIT.ok;
+
+function command(name: string, description: string, run: (ctx: Context, cmd: Command) => Promise<number | void>): Command {
+  const cmd = program.command(name).description(description);
+  globalOptions(cmd, false);
+  return cmd.action(async (...args: unknown[]) => {
+    const self = args[args.length - 1] as Command;
+    const code = await run(new Context(optionsOf(self)), self);
+    if (typeof code === 'number') exitCode = code;
+  });
+}
+
+command('status', 'agent up or down, node facts, attached programs, map fill', (ctx) => status(ctx));
+command('services', 'frontends (service, VIP:port/proto, algorithm) and their backends: weight, share, state, traffic',
+  (ctx) => services(ctx));
+command('stats', 'global datapath counters and per-service counters', (ctx) => stats(ctx));
+command('sockets', 'sockets on the sockmap fast path (the SOCKHASH entries)', (ctx) => sockets(ctx));
+command('events', 'recent sampled flow events (needs the agent)', (ctx) => events(ctx));
+command('exec', 'run a program inside the meshed cgroup (meshctl exec -- curl -s http://127.100.0.1/)',
+  (ctx, cmd) => execInMesh(ctx, cmd.processedArgs[0] as string, (cmd.processedArgs[1] as string[] | undefined) ?? []))
+  .argument('<command>', 'program to run')
+  .argument('[args...]', 'its arguments')
+  .passThroughOptions()
+  .addHelpText('after', '\nmeshctl options go before the program; everything from the program on is its own.\n' +
+    'The exit code is the program\'s (128+N when it was killed by signal N).');
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) {
+    // --help and --version "fail" with code 0; commander already printed the usage error otherwise.
+    exitCode = e.exitCode === 0 ? EXIT.ok : EXIT.error;
+  } else if (e instanceof CliError) {
+    process.stderr.write(`meshctl: ${e.message}\n`);
+    exitCode = e.exitCode;
+  } else if (e instanceof AgentError) {
+    process.stderr.write(`meshctl: ${e.message}\n`);
+    exitCode = EXIT.error;
+  } else {
+    process.stderr.write(`meshctl: ${(e as Error).message ?? String(e)}\n`);
+    if (process.env.MESHCTL_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
+    exitCode = EXIT.error;
+  }
+}
+// Let stdout drain (a pipe may still hold the JSON) instead of exiting at once.
+process.exitCode = exitCode;
