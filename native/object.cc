@@ -17,12 +17,17 @@ static constexpr size_t kLogTail = 4 * 1024;   // what goes into the error messa
 
 static int CollectPrint(enum libbpf_print_level level, const char* fmt, va_list args) {
   if (level == LIBBPF_DEBUG) return 0;
-  char line[1024];
-  int n = vsnprintf(line, sizeof(line), fmt, args);
-  if (n > 0) {
-    g_libbpf_log.append(line, std::min<size_t>(n, sizeof(line) - 1));
-    if (g_libbpf_log.size() > kLogKeep) g_libbpf_log.erase(0, g_libbpf_log.size() - kLogKeep / 2);
-  }
+  // libbpf prints a whole verifier log in one call: size the message first, never cut it.
+  va_list copy;
+  va_copy(copy, args);
+  int n = vsnprintf(nullptr, 0, fmt, copy);
+  va_end(copy);
+  if (n <= 0) return n;
+  std::string text(static_cast<size_t>(n) + 1, '\0');
+  vsnprintf(text.data(), text.size(), fmt, args);
+  text.resize(static_cast<size_t>(n));
+  g_libbpf_log += text;
+  if (g_libbpf_log.size() > kLogKeep) g_libbpf_log.erase(0, g_libbpf_log.size() - kLogKeep / 2);
   return n;
 }
 

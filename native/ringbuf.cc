@@ -41,6 +41,8 @@ static void CloseState(RingState* st) {
 
 // Runs inside libbpf (C code): no C++ exception may cross it, so an exception from the JS
 // callback is kept and consumption stops (returning < 0 ends ring_buffer__consume).
+// libbpf advances past the record it was handing over when we return < 0: after close() from
+// inside the callback, that one next record is dropped (the rest stay for another reader).
 static int OnRecord(void* ctx, void* data, size_t size) {
   RingState* st = static_cast<RingState*>(ctx);
   if (st->closed) return -ECANCELED;
