@@ -11,4 +11,10 @@ if [ -z "${npm_config_nodedir:-}" ]; then
   echo "sockmesh: Node.js headers (include/node/node.h) not found; install them (Debian: libnode-dev) or set npm_config_nodedir" >&2
   exit 1
 fi
-exec node-gyp rebuild --nodedir="$npm_config_nodedir" "$@"
+# Run from npm (npm ci) or by hand: prefer the project's node-gyp, then npm's bundled one, then PATH.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+gyp="$here/node_modules/.bin/node-gyp"
+[ -x "$gyp" ] || gyp="$(command -v node-gyp || true)"
+if [ -z "$gyp" ]; then echo "sockmesh: node-gyp not found (run npm ci)" >&2; exit 1; fi
+cd "$here"
+exec "$gyp" rebuild --nodedir="$npm_config_nodedir" "$@"
