@@ -1,0 +1,86 @@
+// `npm run bench -- <name> [options]`: runs one named benchmark.
+// Exit status: 0 = ran and met its targets, 1 = could not run (or a scenario failed/was skipped),
+// 2 = ran but missed a target.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runDatapath } from './datapath.js';
+import { installSignalCleanup, runCleanups } from './lib/proc.js';
+import type { ScenarioName } from './lib/report.js';
+
+const USAGE = `usage: npm run bench -- <name> [options]
+
+benchmarks:
+  datapath   latency (sockperf) and throughput (iperf3): loopback vs sockmesh vs iptables DNAT
+
+datapath options:
+  --seconds N          sockperf run per case (default 5)
+  --stream-seconds N   iperf3 run (default 5)
+  --only a,b,c         scenarios to run: direct,sockmesh,iptables (default all)
+`;
+
+/** The project root, found from this file (dist/bench/ when compiled, bench/ under ts-node). */
+function projectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'sockmesh') return dir;
+    dir = dirname(dir);
+  }
+  throw new Error('cannot find the sockmesh project root');
+}
+
+function positiveInt(flag: string, v: string | undefined): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0 || n > 600) throw new Error(`${flag} needs a whole number of seconds (1..600)`);
+  return n;
+}
+
+async function datapath(argv: string[]): Promise<number> {
+  let seconds = 5, streamSeconds = 5;
+  let scenarios: ScenarioName[] = ['direct', 'sockmesh', 'iptables'];
+  const aliases: Record<string, ScenarioName> = { a: 'direct', b: 'sockmesh', c: 'iptables' };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    if (flag === '--seconds') seconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--stream-seconds') streamSeconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--only') {
+      scenarios = (argv[++i] ?? '').split(',').map((s) => {
+        const n = aliases[s] ?? s;
+        if (!['direct', 'sockmesh', 'iptables'].includes(n)) throw new Error(`unknown scenario ${s}`);
+        return n as ScenarioName;
+      });
+    } else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
+  }
+  return runDatapath({ root: projectRoot(), seconds, streamSeconds, scenarios });
+}
+
+const benches: Record<string, (argv: string[]) => Promise<number>> = { datapath };
+
+async function main(): Promise<number> {
+  const [name, ...rest] = process.argv.slice(2);
+  if (!name || name === '-h' || name === '--help') {
+    process.stdout.write(USAGE);
+    return name ? 0 : 1;
+  }
+  const bench = benches[name];
+  if (!bench) {
+    process.stderr.write(`unknown benchmark ${name}\n\n${USAGE}`);
+    return 1;
+  }
+  installSignalCleanup();
+  try {
+    return await bench(rest);
+  } finally {
+    await runCleanups();
+  }
+}
+
+main().then(
+  (status) => process.exit(status),
+  async (e: Error) => {
+    process.stderr.write(`bench: ${e.message}\n`);
+    await runCleanups();
+    process.exit(1);
+  },
+);
