@@ -299,6 +299,10 @@ function validateService(
   const ports: PortEntry[] = [];
   let portsValid = true;
   const portList = listField(raw, 'ports', path, true, issues);
+  // "Several ports" means several port numbers: 53/udp + 53/tcp leave no doubt about which
+  // backend port a backend without targetPort means, 80 + 443 do.
+  const portNumbers = new Set((portList ?? []).map((p) => (isMapping(p) ? p['port'] : undefined)));
+  const multiPort = portNumbers.size > 1;
   if (portList === undefined) portsValid = false;
   else if (portList.length < 1 || portList.length > MAX_PORTS) {
     issues.add(join(path, 'ports'), `must list 1 to ${MAX_PORTS} port entries, got ${portList.length}`);
@@ -317,11 +321,8 @@ function validateService(
       const port = intField(p, 'port', pp, 1, 65535, true, issues);
       const protocol = enumField(p, 'protocol', pp, PROTOCOLS, issues) ?? 'tcp';
       const targetPort = intField(p, 'targetPort', pp, 1, 65535, false, issues);
-      if (portList.length > 1 && targetPort === undefined && (p['targetPort'] === undefined || p['targetPort'] === null)) {
-        issues.add(
-          join(pp, 'targetPort'),
-          'is required when a service has more than one port entry (otherwise the backend port is ambiguous)',
-        );
+      if (multiPort && targetPort === undefined && (p['targetPort'] === undefined || p['targetPort'] === null)) {
+        issues.add(join(pp, 'targetPort'), 'is required when a service has several port numbers (otherwise the backend port is ambiguous)');
       }
       const valid = issues.list.length === mark;
       if (!valid) portsValid = false;
@@ -336,7 +337,6 @@ function validateService(
       ports.push({ index: k, port, protocol, targetPort, valid });
     });
   }
-  const multiPort = (portList?.length ?? 0) > 1;
 
   // algorithm
   const algorithm = enumField(raw, 'algorithm', path, ALGORITHMS, issues) ?? 'random';
@@ -393,28 +393,32 @@ function validateService(
     if (multiPort && port !== undefined) {
       issues.add(
         join(bp, 'port'),
-        "must not be set when the service has more than one port entry (ambiguous: each entry's targetPort is the backend port)",
+        "must not be set when the service has several port numbers (ambiguous: each port entry's targetPort is the backend port)",
       );
     }
     const weight = intField(b, 'weight', bp, 0, MAX_WEIGHT, false, issues) ?? 1;
     backends.push({ index: j, address, port, weight, valid: issues.list.length === mark });
   });
 
-  // Duplicate backends: the same address and the same resolved port. With several port entries
-  // backends carry no port, so equal addresses are duplicates; with one, resolve against it.
-  const single = !multiPort && ports.length === 1 ? ports[0] : undefined;
-  const resolveFor = (entry: PortEntry | undefined, b: BackendEntry): number | undefined =>
-    entry ? entry.targetPort ?? b.port ?? entry.port : b.port;
+  // Duplicate backends: the same address and the same resolved port for some port entry (with
+  // several port numbers backends carry no port, so equal addresses are duplicates).
+  const resolveFor = (entry: PortEntry, b: BackendEntry): number | undefined => entry.targetPort ?? b.port ?? entry.port;
+  const entries = ports.filter((e) => e.port !== undefined);
   const seenBackends = new Map<string, number>();
   for (const b of backends) {
     if (!b.address) continue;
-    const port = multiPort ? undefined : resolveFor(single, b);
-    const key = `${b.address.address}|${port ?? ''}`;
-    const first = seenBackends.get(key);
-    if (first !== undefined) {
-      const what = port !== undefined ? formatEndpoint(b.address.address, port) : b.address.address;
-      issues.add(`${path}.backends[${b.index}]`, `duplicate backend ${what}, same as backends[${first}]`);
-    } else seenBackends.set(key, b.index);
+    const endpoints = entries.length > 0 ? entries.map((e) => resolveFor(e, b)) : [b.port];
+    for (const port of new Set(endpoints)) {
+      const key = `${b.address.address}|${port ?? ''}`;
+      const first = seenBackends.get(key);
+      if (first === undefined) {
+        seenBackends.set(key, b.index);
+      } else if (first !== b.index) {
+        const what = port !== undefined ? formatEndpoint(b.address.address, port) : b.address.address;
+        issues.add(`${path}.backends[${b.index}]`, `duplicate backend ${what}, same as backends[${first}]`);
+        break;
+      }
+    }
   }
 
   // Frontends: every VIP x every port entry; each gets the backends of its family, port resolved.
