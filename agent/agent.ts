@@ -37,12 +37,18 @@ export interface AgentOptions {
 /** What the agent needs of the kernel; checked before anything is loaded so a missing feature gets a clear message. */
 const REQUIRED_FEATURES: [string, string][] = [
   ['progTypes.cgroup_sock_addr', 'BPF cgroup/connect programs (kernel 4.17+, CONFIG_CGROUP_BPF)'],
-  ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
-  ['progTypes.sk_msg', 'BPF sk_msg programs (CONFIG_BPF_STREAM_PARSER / CONFIG_NET_SOCK_MSG)'],
-  ['mapTypes.sockhash', 'BPF SOCKHASH maps'],
   ['mapTypes.hash_of_maps', 'BPF hash-of-maps'],
   ['mapTypes.lru_hash', 'BPF LRU hash maps'],
   ['mapTypes.ringbuf', 'BPF ring buffers (kernel 5.8+)'],
+  ['helpers.cgroup_sock_addr:get_netns_cookie', 'bpf_get_netns_cookie in cgroup/connect programs (kernel 5.7+)'],
+];
+/** Only for the sockmap fast path (--no-sockmap runs without them). */
+const SOCKMAP_FEATURES: [string, string][] = [
+  ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
+  ['progTypes.sk_msg', 'BPF sk_msg programs (CONFIG_BPF_STREAM_PARSER / CONFIG_NET_SOCK_MSG)'],
+  ['mapTypes.sockhash', 'BPF SOCKHASH maps'],
+  ['helpers.sock_ops:get_netns_cookie', 'bpf_get_netns_cookie in sock_ops (kernel 5.15+)'],
+  ['helpers.sk_msg:get_netns_cookie', 'bpf_get_netns_cookie in sk_msg (kernel 5.15+)'],
 ];
 
 export class Agent {
@@ -146,6 +152,10 @@ export class Agent {
     this.features = flat;
     const missing = REQUIRED_FEATURES.filter(([k]) => flat[k] === false).map(([, what]) => what);
     if (missing.length) throw new Error(`this kernel lacks what sockmesh needs: ${missing.join('; ')}`);
+    const fast = SOCKMAP_FEATURES.filter(([k]) => flat[k] === false).map(([, what]) => what);
+    if (fast.length && this.opts.sockmap) {
+      throw new Error(`this kernel lacks what the sockmap fast path needs: ${fast.join('; ')} (run with --no-sockmap to balance at connect() only)`);
+    }
   }
 
   private names(): Map<number, string> {

@@ -10,7 +10,7 @@ export type { FrontendReport, SocketReport, StatsReport };
 
 export const DEFAULT_RUN_DIR = '/run/sockmesh';
 
-export interface ProgramReport { program: string; attachType: string; how: 'attached' | 'adopted' }
+export interface ProgramReport { program: string; attachType: string; how: 'attached' | 'adopted' | 'detached' }
 
 export interface StatusReport {
   agent: { pid: number; version: string; startedAt: string; uptimeSeconds: number; configSource: string; configVersion: number;

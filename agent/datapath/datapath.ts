@@ -41,7 +41,7 @@ export interface AttachReport {
   program: string;
   attachType: string;
   /** 'attached' on a fresh start, 'adopted' when an existing pinned link got the new program */
-  how: 'attached' | 'adopted';
+  how: 'attached' | 'adopted' | 'detached';
 }
 
 /** The maps of a running datapath, opened by fd. */
@@ -63,7 +63,12 @@ export class Datapath {
   /** Load both objects, reusing pinned maps. Programs are not attached yet. */
   load(): void {
     mkdirSync(this.linkDir, { recursive: true, mode: 0o700 });
-    for (const name of OBJECTS) this.objects.push(this.n.loadObject(bpfObjectPath(name), this.opts.bpffs));
+    // Without the fast path the sockmap object is not even loaded: its helpers (netns cookie in sock_ops/sk_msg) need
+    // kernel 5.15, while connect-time balancing alone runs on older kernels.
+    for (const name of OBJECTS) {
+      if (name === 'sockmap' && !this.opts.sockmap) continue;
+      this.objects.push(this.n.loadObject(bpfObjectPath(name), this.opts.bpffs));
+    }
     const fds = {} as Record<MapName, number>;
     for (const m of MAP_NAMES) {
       const owner = this.objects.find((o) => o.maps().includes(m));
@@ -90,6 +95,11 @@ export class Datapath {
     const cgroupId = statSync(this.opts.cgroup).ino; // cgroup id == inode number of its directory (cgroup2)
     for (const [prog, type] of Object.entries(CGROUP_PROGRAMS)) {
       const pin = join(this.linkDir, prog);
+      if (prog === 'sm_sockops' && !this.opts.sockmap) {
+        // A previous agent ran with the fast path: take it out (sockets already in the map keep working).
+        if (this.n.detachLink(pin)) this.attached.push({ program: prog, attachType: type, how: 'detached' });
+        continue;
+      }
       const fd = this.programFd(prog);
       if (existsSync(pin)) {
         const info = this.n.linkInfo(pin);
@@ -105,6 +115,7 @@ export class Datapath {
         this.attached.push({ program: prog, attachType: type, how: 'attached' });
       }
     }
+    if (!this.opts.sockmap) return this.attached;
     // The sk_msg verdict program hangs off the SOCKHASH itself; attaching again replaces the old program.
     this.n.attachSkMsg(this.programFd('sm_sk_msg'), this.maps.fd('sm_sockets'));
     this.attached.push({ program: 'sm_sk_msg', attachType: 'sk_msg', how: 'attached' });

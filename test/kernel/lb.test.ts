@@ -1,7 +1,8 @@
 // Socket-level load balancing at connect(): real programs, real sockets, the real agent, in a cgroup of our own.
 import t from 'tap';
 import { kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
-import { connectId, distribution, idServer, udpAsk, udpServer, type IdServer } from '../lib/net.js';
+import { MapReader } from '../../agent/datapath/inspect.js';
+import { connectId, sleep, distribution, idServer, udpAsk, udpServer, type IdServer } from '../lib/net.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
@@ -14,11 +15,12 @@ t.test('load balancing at connect()', { skip: skip ?? false }, async (t) => {
   for (const id of ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']) servers.push(await idServer(id));
   const v6 = [await idServer('v6a', '::1'), await idServer('v6b', '::1')];
   const udp = [await udpServer('u1'), await udpServer('u2')];
-  t.teardown(async () => { for (const s of [...servers, ...v6]) await s.close(); for (const u of udp) u.close(); });
+  const udp6 = [await udpServer('u6', '::1')];
+  t.teardown(async () => { for (const s of [...servers, ...v6]) await s.close(); for (const u of [...udp, ...udp6]) u.close(); });
   const [a, b, c, d, e, f, g, h] = servers as [IdServer, IdServer, IdServer, IdServer, IdServer, IdServer, IdServer, IdServer];
   const be = (s: IdServer, weight = 1, address = '127.0.0.1'): string => `{ address: "${address}", port: ${s.port}, weight: ${weight} }`;
 
-  await startAgent(t, cg, {
+  const agent = await startAgent(t, cg, {
     config: `
 services:
   - name: weighted
@@ -53,8 +55,19 @@ services:
     vips: [127.77.1.53]
     ports: [{ port: 53, protocol: udp }]
     backends: [{ address: 127.0.0.1, port: ${udp[0]!.port} }, { address: 127.0.0.1, port: ${udp[1]!.port} }]
+  - name: dns6
+    vips: ["::1"]
+    ports: [{ port: 5353, protocol: udp }]
+    backends: [{ address: "::1", port: ${udp6[0]!.port} }]
+  - name: shortaffinity
+    vips: [127.77.1.7]
+    ports: [{ port: 8080 }]
+    affinity: { timeoutSeconds: 1 }
+    backends: [${be(a)}, ${be(b)}, ${be(c)}]
 `,
   });
+  const reader = MapReader.fromPins(agent.bpffs);
+  t.teardown(() => reader.close());
   cg.enter('client');
 
   t.test('weighted: shares follow weights 1:2:3 within 5 points (n=1200)', async (t) => {
@@ -134,5 +147,41 @@ services:
       seen.add(r.text.split(':')[0]!);
     }
     t.same([...seen].sort(), ['u1', 'u2'], 'both UDP backends answered over 40 requests');
+  });
+
+  t.test('UDP over IPv6: the answer comes from the VIP', async (t) => {
+    const r = await udpAsk('::1', 5353, 'q6');
+    t.equal(r.text, 'u6:q6');
+    t.equal(`[${r.from}]:${r.fromPort}`, '[::1]:5353');
+  });
+
+  t.test('affinity expires after its timeout, and holds within it', async (t) => {
+    const rounds: string[][] = [];
+    for (let i = 0; i < 8; i++) {
+      const ids: string[] = [];
+      for (let j = 0; j < 4; j++) ids.push((await connectId('127.77.1.7', 8080)).id);
+      rounds.push(ids);
+      await sleep(1150);
+    }
+    t.ok(rounds.every((r) => new Set(r).size === 1), `within the timeout one backend: ${rounds.map((r) => r.join('')).join(' ')}`);
+    t.ok(new Set(rounds.map((r) => r[0])).size > 1, 'after the timeout a new backend may be chosen (8 rounds, 3 backends)');
+  });
+
+  t.test('per-service and per-backend counters count what happened', async (t) => {
+    const fe = reader.frontends();
+    const weighted = fe.find((f) => f.vip === '127.77.1.1')!;
+    const total = weighted.backends.reduce((n, b) => n + b.counters.connections, 0);
+    t.equal(total, 1200, 'weighted: 1200 connections over its backends');
+    const stats = reader.stats();
+    const byId = new Map(stats.services.map((s) => [s.serviceId, s.counters]));
+    t.equal(byId.get(weighted.serviceId)?.connections, 1200, 'and on the service');
+    const empty = fe.find((f) => f.vip === '127.77.1.5')!;
+    t.equal(byId.get(empty.serviceId)?.noBackend, 1, 'the refused connect() is counted as no-backend');
+    const dns = fe.find((f) => f.vip === '127.77.1.53')!;
+    t.equal(byId.get(dns.serviceId)?.udpMessages, 40, '40 unconnected UDP requests');
+    const sticky = fe.find((f) => f.vip === '127.77.1.4')!;
+    t.ok((byId.get(sticky.serviceId)?.affinityHits ?? 0) >= 99, `affinity hits ${byId.get(sticky.serviceId)?.affinityHits}`);
+    t.ok(stats.global.lb_connect! >= 1200 + 800 + 900 + 100, `global connects ${stats.global.lb_connect}`);
+    t.equal(stats.global.lb_no_backend, 1);
   });
 });
