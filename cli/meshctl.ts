@@ -61,6 +61,11 @@ function optionsOf(cmd: Command): GlobalOptions {
   };
 }
 
+// `meshctl status | head` closes the pipe early: that is the reader's choice, not an error worth a stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (e: NodeJS.ErrnoException) => { if (e.code !== 'EPIPE') throw e; });
+}
+
 const program = new Command()
   .name('meshctl')
   .description('Inspect sockmesh, the eBPF service mesh agent on this node (run as root)')
