@@ -1,11 +1,15 @@
 // meshctl sockets: the SOCKHASH, i.e. the sockets on the sockmap fast path, with what the kernel noted about them.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import type { SocketReport } from '../../agent/admin/protocol.js';
 import type { Context } from '../context.js';
 import { renderTable } from '../table.js';
 import type { Style } from '../style.js';
 
 export async function sockets(ctx: Context): Promise<void> {
-  const { value } = await ctx.fromAgentOrPins<SocketReport[]>('/v1/sockets', (r) => r.sockets());
+  // An agent run with --no-sockmap pins no SOCKHASH: then there is simply nothing on the fast path.
+  const { value } = await ctx.fromAgentOrPins<SocketReport[]>('/v1/sockets',
+    (r) => (existsSync(join(ctx.bpffs, 'sm_sockets')) ? r.sockets() : []));
   const names = ctx.serviceNames();
   ctx.print(value, () => renderSockets(value, names, ctx.style));
 }
