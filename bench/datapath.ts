@@ -10,7 +10,7 @@ import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
 import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
 import { iperf3ClientArgv, iperf3ServerArgv, parseIperf3, type Stream } from './lib/iperf3.js';
 import { addNetns, delNetns, inCgroupNetns, inNetns, waitListening } from './lib/netns.js';
-import { Background, onCleanup, run, runChecked } from './lib/proc.js';
+import { Background, interrupted, onCleanup, run, runChecked } from './lib/proc.js';
 import {
   formatTable, LATENCY_CASES, ratiosToDirect, round, SCENARIO_LABELS, targetChecks,
   type ScenarioName, type ScenarioResult,
@@ -74,7 +74,7 @@ async function listening(ns: string, server: Background): Promise<void> {
 /** Mark a scenario failed; it takes no further part in the run. */
 function fail(s: Scenario, e: unknown): void {
   s.result.error = (e as Error).message.split('\n')[0];
-  log(`${label(s)} failed: ${(e as Error).message}`);
+  if (!interrupted()) log(`${label(s)} failed: ${(e as Error).message}`);
 }
 
 const active = (all: Scenario[]) => all.filter((s) => !s.result.error && !s.result.skipped);
@@ -262,8 +262,11 @@ export async function runDatapath(opts: DatapathOptions): Promise<number> {
       fail(s, e);
     }
   }
-  log(`measured in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  if (!interrupted()) log(`measured in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   const results = scenarios.map((s) => s.result);
+
+  const signal = interrupted();
+  if (signal) throw new Error(`interrupted by ${signal}: no results`);
 
   const checks = targetChecks(results);
   const out: string[] = [];

@@ -1,5 +1,6 @@
 // Child processes for benchmarks: every child is bounded in time and remembered, so that an
 // error, a timeout or Ctrl-C never leaves a sockperf/iperf3/agent running behind us.
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { spawn, type ChildProcess } from 'node:child_process';
 
 export interface RunResult {
@@ -36,6 +37,7 @@ export class Background {
 
   /** @param maxMs hard lifetime: the child is killed after it even if nobody stops it */
   constructor(readonly name: string, cmd: string, args: string[], maxMs: number) {
+    if (abortedBy && !inCleanup.getStore()) throw new Error(`not starting ${name}: interrupted by ${abortedBy}`);
     this.child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     live.add(this.child);
     this.child.stdout!.setEncoding('utf8').on('data', (s: string) => this.onStdout(s));
@@ -128,6 +130,15 @@ export function killAll(): void {
 
 // ---- cleanup on every way out (normal end, error, SIGINT/SIGTERM) ----
 
+let abortedBy: NodeJS.Signals | undefined;
+/** Set while cleanup steps run: they may still start children (ip netns del, agent cleanup). */
+const inCleanup = new AsyncLocalStorage<boolean>();
+
+/** The signal that interrupted the run, if any: no new child starts after it, no report is printed. */
+export function interrupted(): NodeJS.Signals | undefined {
+  return abortedBy;
+}
+
 const cleanups: Array<{ what: string; fn: () => Promise<void> | void }> = [];
 let cleaning: Promise<void> | undefined;
 
@@ -137,7 +148,7 @@ export function onCleanup(what: string, fn: () => Promise<void> | void): void {
 }
 
 export function runCleanups(): Promise<void> {
-  cleaning ??= (async () => {
+  cleaning ??= inCleanup.run(true, async () => {
     killAll();
     while (cleanups.length > 0) {
       const step = cleanups.pop()!;
@@ -147,7 +158,7 @@ export function runCleanups(): Promise<void> {
         process.stderr.write(`cleanup: ${step.what}: ${(e as Error).message}\n`);
       }
     }
-  })();
+  });
   return cleaning;
 }
 
@@ -155,6 +166,7 @@ export function runCleanups(): Promise<void> {
 export function installSignalCleanup(): void {
   for (const [sig, status] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
     process.once(sig, () => {
+      abortedBy = sig;
       process.stderr.write(`\n${sig}: cleaning up\n`);
       void runCleanups().finally(() => process.exit(status));
     });
