@@ -15,7 +15,7 @@ benchmarks:
 
 datapath options:
   --seconds N          sockperf run per case (default 5)
-  --stream-seconds N   iperf3 run (default 5)
+  --stream-seconds N   each of the 3 iperf3 runs (default 3)
   --only a,b,c         scenarios to run: direct,sockmesh,iptables (default all)
 `;
 
@@ -37,7 +37,7 @@ function positiveInt(flag: string, v: string | undefined): number {
 }
 
 async function datapath(argv: string[]): Promise<number> {
-  let seconds = 5, streamSeconds = 5;
+  let seconds = 5, streamSeconds = 3;
   let scenarios: ScenarioName[] = ['direct', 'sockmesh', 'iptables'];
   const aliases: Record<string, ScenarioName> = { a: 'direct', b: 'sockmesh', c: 'iptables' };
   for (let i = 0; i < argv.length; i++) {
