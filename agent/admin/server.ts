@@ -44,8 +44,9 @@ export class AdminServer {
   async stop(): Promise<void> {
     const server = this.server;
     if (!server) return;
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeAllConnections?.();
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeAllConnections(); // idle keep-alive connections would hold close() open
+    await closed;
     if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
   }
 }

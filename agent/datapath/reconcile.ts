@@ -159,8 +159,9 @@ export class Reconciler {
       for (const fe of svc.frontends) {
         const ids = fe.backends.map((b) => {
           const k = beKey(serviceId, b.address, b.port);
-          const existing = byKey.get(k) ?? wantBackends.get(byKey.get(k)?.id ?? -1);
-          const id = existing?.id ?? this.nextBackendId++;
+          // byKey holds the kernel's backends and those already placed in this pass (a service's backend is shared
+          // by all its VIPs of one family): either way the id is reused.
+          const id = byKey.get(k)?.id ?? this.nextBackendId++;
           const value: KernelBackend = {
             id, addr: b.address, port: b.port, family: b.family === 4 ? 2 : 10,
             flags: isLoopback(b.address) || this.local.has(b.address) ? BE_F_LOCAL : 0, service_id: serviceId, weight: b.weight,
