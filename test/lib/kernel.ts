@@ -62,9 +62,33 @@ export interface TestCgroup {
   leave(): void;
 }
 
+const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+let swept = false;
+
+/**
+ * Remove what a test run killed before its teardown (SIGKILL, a crashed runner) left behind: cgroups and pins named
+ * sockmesh-test-*-<pid>-* whose pid is gone. Runs once per test process.
+ */
+function sweepStale(root: string): void {
+  if (swept) return;
+  swept = true;
+  const stale = (name: string): boolean => {
+    const m = /^sockmesh-test-.+-(\d+)-\d+$/.exec(name);
+    return m !== null && Number(m[1]) !== process.pid && !alive(Number(m[1]));
+  };
+  for (const name of existsSync('/sys/fs/bpf') ? readdirSync('/sys/fs/bpf') : []) {
+    if (stale(name)) spawnSync(process.execPath, [AGENT, 'cleanup', '--bpffs', join('/sys/fs/bpf', name)], { stdio: 'ignore' });
+  }
+  for (const name of readdirSync(root)) {
+    if (!stale(name)) continue;
+    try { killCgroup(join(root, name)); removeCgroup(join(root, name)); } catch { /* reported by the next run */ }
+  }
+}
+
 /** A cgroup of the test's own under the cgroup2 mount, removed at teardown with everything in it. */
 export function testCgroup(t: Teardown, name: string): TestCgroup {
   const root = cgroup2Root()!;
+  sweepStale(root);
   const path = join(root, uniq(name));
   mkdirSync(path);
   const original = join(root, readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))!.slice(3));
