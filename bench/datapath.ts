@@ -1,18 +1,21 @@
 // The datapath benchmark: the same sockperf/iperf3 workload through
-//  (a) plain loopback, (b) a sockmesh VIP (connect-time rewrite + sockmap fast path) and
-//  (c) the same VIP through iptables DNAT as kube-proxy would program it.
+//  (a) plain loopback, (b) a sockmesh VIP (connect-time rewrite + sockmap fast path),
+//  (c) the same VIP through iptables DNAT as kube-proxy would program it, and
+//  (d) plain loopback under a minimal sockmap program (bench/minimal/): not a competitor but the
+//      reference for (b), i.e. what the kernel's sockmap path itself does on this machine.
 // Every process runs in the bench's own cgroup and network namespaces; everything is removed on
 // the way out, also on error or Ctrl-C.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
+import { compileMinimal, MinimalSockmap, minimalSource } from './lib/minimal.js';
 import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
 import { iperf3ClientArgv, iperf3ServerArgv, parseIperf3, type Stream } from './lib/iperf3.js';
 import { addNetns, delNetns, inCgroupNetns, inNetns, waitListening } from './lib/netns.js';
 import { Background, interrupted, onCleanup, run, runChecked } from './lib/proc.js';
 import {
-  formatTable, LATENCY_CASES, ratiosToDirect, round, SCENARIO_LABELS, targetChecks,
+  formatTable, LATENCY_CASES, ratiosToDirect, referenceInfo, round, SCENARIO_LABELS, SCENARIO_NAMES, targetChecks,
   type ScenarioName, type ScenarioResult,
 } from './lib/report.js';
 import { parseSockperf, sockperfClientArgv, sockperfServerArgv } from './lib/sockperf.js';
@@ -212,6 +215,39 @@ function sockmesh(ctx: Ctx, parentCgroup: string, id: string, workDir: string): 
   return s;
 }
 
+/**
+ * (d): the client connects to the server directly, as in (a), but the scenario's cgroup carries the
+ * minimal sockmap program, so every send goes through the kernel's sockmap redirect and nothing else.
+ */
+function minimalSockmap(ctx: Ctx, parentCgroup: string, id: string, workDir: string): Scenario {
+  const s = newScenario('minimal', parentCgroup, id, BACKEND);
+  const prog = new MinimalSockmap(join('/sys/fs/bpf', `${id}-min`), s.cgroup);
+  const base = s.setup;
+  s.setup = async () => {
+    if (!existsSync(join(ctx.opts.root, 'build', 'Release', 'sockmesh.node'))) {
+      s.result.skipped = 'native addon not built (build/Release/sockmesh.node missing)';
+      return;
+    }
+    if ((await run('sh', ['-c', 'command -v clang'], 5000)).code !== 0) {
+      s.result.skipped = `clang is not installed (needed to compile ${minimalSource(ctx.opts.root)})`;
+      return;
+    }
+    await base();
+    const object = await compileMinimal(ctx.opts.root, workDir);
+    // Registered before attaching, so that Ctrl-C or a failed attach still detaches and unpins.
+    onCleanup('minimal sockmap link and pins', () => prog.detach());
+    prog.attach(object);
+    log(`${label(s)}: attached (cgroup ${s.cgroup}, pins ${prog.pinRoot})`);
+  };
+  s.evidence = async () => {
+    const c = prog.counters();
+    s.result.evidence.redirects = c.redirects;
+    s.result.evidence.misses = c.misses;
+  };
+  s.teardown = async () => prog.detach();
+  return s;
+}
+
 async function preflight(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the datapath bench needs root (netns, cgroups, BPF)');
   for (const tool of ['ip', 'ss', 'taskset', 'sockperf', 'iperf3', 'iptables', 'bpftool']) {
@@ -237,8 +273,9 @@ export async function runDatapath(opts: DatapathOptions): Promise<number> {
     direct: () => direct(cgroup, id),
     sockmesh: () => sockmesh(ctx, cgroup, id, workDir),
     iptables: () => iptablesDnat(cgroup, id),
+    minimal: () => minimalSockmap(ctx, cgroup, id, workDir),
   };
-  const scenarios = (['direct', 'sockmesh', 'iptables'] as const).filter((n) => opts.scenarios.includes(n)).map((n) => makers[n]());
+  const scenarios = SCENARIO_NAMES.filter((n) => opts.scenarios.includes(n)).map((n) => makers[n]());
   const started = Date.now();
   for (const s of scenarios) {
     try {
@@ -283,6 +320,7 @@ export async function runDatapath(opts: DatapathOptions): Promise<number> {
   if (signal) throw new Error(`interrupted by ${signal}: no results`);
 
   const checks = targetChecks(results);
+  const info = referenceInfo(results);
   const out: string[] = [];
   out.push(`datapath bench — kernel ${release()}, ${ctx.cpuCount} CPUs (${cpus()[0]?.model ?? '?'})`);
   out.push(`latency: sockperf TCP ping-pong, one-way µs (RTT/2), ${opts.seconds} s per case; ` +
@@ -299,7 +337,12 @@ export async function runDatapath(opts: DatapathOptions): Promise<number> {
   if (b && !b.error && !b.skipped && !(b.evidence.SM_G_REDIRECT > 0)) {
     out.push('WARNING: (b) made no sockmap redirects: the fast path was not used');
   }
+  const d = results.find((r) => r.name === 'minimal');
+  if (d && !d.error && !d.skipped && !(d.evidence.redirects > 0)) {
+    out.push('WARNING: (d) made no sockmap redirects: it measured plain loopback, not the kernel sockmap path');
+  }
   for (const c of checks) out.push(`${c.status} ${c.name}: ${c.detail}`);
+  for (const i of info) out.push(`INFO ${i.detail}`);
   process.stdout.write(out.join('\n') + '\n');
 
   const failedRun = results.some((r) => r.error || r.skipped);
@@ -324,6 +367,8 @@ export async function runDatapath(opts: DatapathOptions): Promise<number> {
       }]),
     ),
     ratiosToDirect: ratiosToDirect(results),
+    // (b) over (d): sockmesh's cost on top of the kernel's sockmap path (context, not a target)
+    sockmeshToMinimal: Object.fromEntries(info.filter((i) => i.ratio !== undefined).map((i) => [i.key, round(i.ratio!, 3)])),
     checks: checks.map((c) => ({ name: c.name, status: c.status, ratio: c.ratio === undefined ? null : round(c.ratio, 3), limit: c.limit })),
     ok: !failedRun && !missed,
   };

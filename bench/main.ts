@@ -6,17 +6,18 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runDatapath } from './datapath.js';
 import { installSignalCleanup, runCleanups } from './lib/proc.js';
-import type { ScenarioName } from './lib/report.js';
+import { SCENARIO_NAMES, type ScenarioName } from './lib/report.js';
 
 const USAGE = `usage: npm run bench -- <name> [options]
 
 benchmarks:
-  datapath   latency (sockperf) and throughput (iperf3): loopback vs sockmesh vs iptables DNAT
+  datapath   latency (sockperf) and throughput (iperf3): loopback vs sockmesh vs iptables DNAT,
+             with a minimal sockmap program as the kernel's own ceiling
 
 datapath options:
   --seconds N          sockperf run per case (default 5)
   --stream-seconds N   each of the 3 iperf3 runs (default 3)
-  --only a,b,c         scenarios to run: direct,sockmesh,iptables (default all)
+  --only a,b,c,d       scenarios to run: direct,sockmesh,iptables,minimal (default all)
 `;
 
 /** The project root, found from this file (dist/bench/ when compiled, bench/ under ts-node). */
@@ -38,8 +39,8 @@ function positiveInt(flag: string, v: string | undefined): number {
 
 async function datapath(argv: string[]): Promise<number> {
   let seconds = 5, streamSeconds = 3;
-  let scenarios: ScenarioName[] = ['direct', 'sockmesh', 'iptables'];
-  const aliases: Record<string, ScenarioName> = { a: 'direct', b: 'sockmesh', c: 'iptables' };
+  let scenarios: ScenarioName[] = [...SCENARIO_NAMES];
+  const aliases: Record<string, ScenarioName> = { a: 'direct', b: 'sockmesh', c: 'iptables', d: 'minimal' };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '--seconds') seconds = positiveInt(flag, argv[++i]);
@@ -47,7 +48,7 @@ async function datapath(argv: string[]): Promise<number> {
     else if (flag === '--only') {
       scenarios = (argv[++i] ?? '').split(',').map((s) => {
         const n = aliases[s] ?? s;
-        if (!['direct', 'sockmesh', 'iptables'].includes(n)) throw new Error(`unknown scenario ${s}`);
+        if (!(SCENARIO_NAMES as readonly string[]).includes(n)) throw new Error(`unknown scenario ${s}`);
         return n as ScenarioName;
       });
     } else throw new Error(`unknown option ${flag}\n\n${USAGE}`);

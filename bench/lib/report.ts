@@ -10,11 +10,13 @@ export const LATENCY_CASES = [
 ] as const;
 export type LatencyKey = (typeof LATENCY_CASES)[number]['key'];
 
-export type ScenarioName = 'direct' | 'sockmesh' | 'iptables';
+export const SCENARIO_NAMES = ['direct', 'sockmesh', 'iptables', 'minimal'] as const;
+export type ScenarioName = (typeof SCENARIO_NAMES)[number];
 export const SCENARIO_LABELS: Record<ScenarioName, string> = {
   direct: '(a) direct',
   sockmesh: '(b) sockmesh',
   iptables: '(c) iptables DNAT',
+  minimal: '(d) minimal sockmap',
 };
 
 export interface ScenarioResult {
@@ -56,6 +58,34 @@ export function targetChecks(results: ScenarioResult[]): Check[] {
     check('(b) p50 64B same-CPU <= 0.70x (a)', ratio(b?.latency.lat64Same?.p50, a?.latency.lat64Same?.p50), '<=', 0.7, why(a, b)),
     check('(b) p50 64B same-CPU <= 0.55x (c)', ratio(b?.latency.lat64Same?.p50, c?.latency.lat64Same?.p50), '<=', 0.55, why(b, c)),
     check('(b) stream throughput >= 1.5x (a)', ratio(b?.stream?.gbps, a?.stream?.gbps), '>=', 1.5, why(a, b)),
+  ];
+}
+
+/** A figure shown for context, never a target: it neither passes nor fails a run. */
+export interface Info {
+  name: string;
+  /** the JSON key (same `case.percentile` form as ratiosToDirect) */
+  key: string;
+  ratio?: number;
+  detail: string;
+}
+
+/**
+ * sockmesh (b) against the minimal sockmap program (d): both take the kernel's sockmap path, so the
+ * ratio is what sockmesh's own program costs on top of it (1.00x = nothing), and (d) vs (a) shows
+ * what the kernel path itself can do on this machine.
+ */
+export function referenceInfo(results: ScenarioResult[]): Info[] {
+  const b = results.find((r) => r.name === 'sockmesh'), d = results.find((r) => r.name === 'minimal');
+  const why = [b, d].map((r) => r?.skipped ?? r?.error).filter(Boolean).join('; ') || 'scenario not run';
+  const info = (name: string, key: string, v: number | undefined, note: string): Info =>
+    v === undefined
+      ? { name, key, detail: `${name}: not measured: ${why}` }
+      : { name, key, ratio: v, detail: `${name} = ${v.toFixed(2)}x${note}` };
+  return [
+    info('(b)/(d) p50 64B same-CPU', 'lat64Same.p50', ratio(b?.latency.lat64Same?.p50, d?.latency.lat64Same?.p50),
+      ' (sockmesh program overhead over the kernel path)'),
+    info('(b)/(d) stream', 'streamGbps', ratio(b?.stream?.gbps, d?.stream?.gbps), ''),
   ];
 }
 

@@ -6,7 +6,8 @@ import { parseSockperf } from '../../bench/lib/sockperf.js';
 import { parseIperf3 } from '../../bench/lib/iperf3.js';
 import { globalCounterNames, sumPerCpu } from '../../bench/lib/agent.js';
 import { cgroup2Mount } from '../../bench/lib/cgroup.js';
-import { targetChecks, type ScenarioResult } from '../../bench/lib/report.js';
+import { sumPerCpuU64 } from '../../bench/lib/minimal.js';
+import { formatTable, ratiosToDirect, referenceInfo, targetChecks, type ScenarioResult } from '../../bench/lib/report.js';
 
 // `sockperf pp --tcp -i 127.0.0.1 -p 11111 -t 2 -m 64`, stdout and stderr together (note the colour codes)
 const SOCKPERF_64 = `sockperf: \x1b[2;35m== version #3.7-no.git == \x1b[0m
@@ -303,4 +304,39 @@ t.test('target checks', async (t) => {
   const skipped = targetChecks(r);
   t.same(skipped.map((c) => c.status), ['SKIP', 'SKIP', 'SKIP']);
   t.match(skipped[0].detail, /agent not built/);
+});
+
+t.test('per-CPU u64 counter as a map lookup returns it (8 bytes per possible CPU)', async (t) => {
+  const v = Buffer.alloc(16);
+  v.writeBigUInt64LE(1951808n, 0);
+  v.writeBigUInt64LE(7n, 8);
+  t.equal(sumPerCpuU64(v), 1951815);
+  t.equal(sumPerCpuU64(Buffer.alloc(0)), 0);
+});
+
+t.test('(d) minimal sockmap: a row with ratios to (a), and (b)/(d) as information, not a target', async (t) => {
+  const lat = (p50: number) => ({ lat64Same: { p50, p99: p50 * 2, avg: p50, min: p50, max: p50, observations: 1 } });
+  const stream = (gbps: number) => ({ gbps, bytes: 1, seconds: 1, retransmits: 0 });
+  const r: ScenarioResult[] = [
+    { name: 'direct', latency: lat(3.4), stream: stream(34), evidence: {} },
+    { name: 'sockmesh', latency: lat(2.5), stream: stream(24), evidence: {} },
+    { name: 'minimal', latency: lat(2.0), stream: stream(25), evidence: { redirects: 10 } },
+  ];
+  const table = formatTable(r).split('\n');
+  const row = table.findIndex((l) => l.startsWith('(d) minimal sockmap '));
+  t.ok(row > 0, 'row for (d)');
+  t.match(table[row + 1], /^ {4}vs \(a\)\s+0\.59x\s+0\.59x\s.*0\.74x$/); // p50 2.0/3.4, p99 4.0/6.8, stream 25/34
+  t.equal(ratiosToDirect(r).minimal?.streamGbps, 0.735);
+
+  const info = referenceInfo(r);
+  t.same(info.map((i) => i.key), ['lat64Same.p50', 'streamGbps']);
+  t.equal(info[0].detail, '(b)/(d) p50 64B same-CPU = 1.25x (sockmesh program overhead over the kernel path)');
+  t.equal(info[1].detail, '(b)/(d) stream = 0.96x');
+  t.equal(targetChecks(r).length, 3, 'no new target');
+
+  r[2] = { name: 'minimal', latency: {}, error: 'clang failed', evidence: {} };
+  const missing = referenceInfo(r);
+  t.equal(missing[0].ratio, undefined);
+  t.match(missing[0].detail, /not measured: clang failed/);
+  t.match(referenceInfo(r.slice(0, 2))[1].detail, /not measured: scenario not run/);
 });
