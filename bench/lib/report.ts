@@ -50,7 +50,7 @@ export function targetChecks(results: ScenarioResult[]): Check[] {
   const check = (name: string, value: number | undefined, cmp: '<=' | '>=', limit: number, missing: string): Check => {
     if (value === undefined) return { name, status: 'SKIP', limit, detail: `not measured: ${missing}` };
     const ok = cmp === '<=' ? value <= limit : value >= limit;
-    return { name, status: ok ? 'PASS' : 'FAIL', ratio: value, limit, detail: `${value.toFixed(2)}x ${cmp} ${limit}x` };
+    return { name, status: ok ? 'PASS' : 'FAIL', ratio: value, limit, detail: `${value.toFixed(3)}x ${cmp} ${limit}x` };
   };
   const why = (...rs: Array<ScenarioResult | undefined>) =>
     rs.map((r) => r?.skipped ?? r?.error).filter(Boolean).join('; ') || 'scenario not run';
