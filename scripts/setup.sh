@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS="clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make g++ iproute2 sockperf iperf3 iptables"
+# Debian's own nodejs package ships its headers (needed by node-gyp, offline) separately.
+if [ "$(command -v node)" = /usr/bin/node ] && [ ! -f /usr/include/node/node.h ] && dpkg-query -W nodejs >/dev/null 2>&1; then
+  PKGS="$PKGS libnode-dev"
+fi
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
