@@ -1,0 +1,123 @@
+// Envoy's xDS v3 protocol definitions, as shipped by @grpc/grpc-js-xds (the gRPC team's own xDS client bundles the
+// envoy, xds, googleapis and validate .proto trees): nothing is copied into this repository.
+//
+// Two views of the same files:
+//  - @grpc/proto-loader gives the AggregatedDiscoveryService definition that @grpc/grpc-js serves and calls;
+//  - protobufjs (proto-loader's own engine) gives the message types, to pack and unpack the google.protobuf.Any
+//    resources inside DiscoveryRequest/Response.
+// Both use the same conversion options, so a resource looks the same whichever side decoded it.
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { existsSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import protobuf from 'protobufjs';
+
+const require = createRequire(import.meta.url);
+const DEPS = join(dirname(require.resolve('@grpc/grpc-js-xds/package.json')), 'deps');
+export const INCLUDE_DIRS = ['envoy-api', 'xds', 'googleapis', 'protoc-gen-validate'].map((d) => join(DEPS, d));
+
+/** Every resource type sockmesh reads or serves, by type URL. */
+export const TYPE = {
+  listener: 'type.googleapis.com/envoy.config.listener.v3.Listener',
+  route: 'type.googleapis.com/envoy.config.route.v3.RouteConfiguration',
+  cluster: 'type.googleapis.com/envoy.config.cluster.v3.Cluster',
+  endpoint: 'type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment',
+} as const;
+export type TypeUrl = (typeof TYPE)[keyof typeof TYPE];
+export const TYPE_URLS: readonly string[] = Object.values(TYPE);
+
+/** Filter configs we understand inside listeners (typed_config type URLs). */
+export const FILTER = {
+  tcpProxy: 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
+  udpProxy: 'type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig',
+  httpConnectionManager: 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+  router: 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
+  networkRbac: 'type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC',
+  httpRbac: 'type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC',
+} as const;
+
+const PROTO_FILES = [
+  'envoy/service/discovery/v3/ads.proto',
+  'envoy/service/discovery/v3/discovery.proto',
+  'envoy/config/listener/v3/listener.proto',
+  'envoy/config/route/v3/route.proto',
+  'envoy/config/cluster/v3/cluster.proto',
+  'envoy/config/endpoint/v3/endpoint.proto',
+  'envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto',
+  'envoy/extensions/filters/udp/udp_proxy/v3/udp_proxy.proto',
+  'envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto',
+  'envoy/extensions/filters/http/router/v3/router.proto',
+  'envoy/extensions/filters/network/rbac/v3/rbac.proto',
+  'envoy/extensions/filters/http/rbac/v3/rbac.proto',
+];
+
+/** Plain-object conversion shared by both views: field names as in the .proto, 64-bit ints and enums as strings. */
+export const CONVERSION = { keepCase: true, longs: String, enums: String, defaults: false, oneofs: true } as const;
+
+let rootCache: protobuf.Root | undefined;
+let adsCache: grpc.ServiceDefinition | undefined;
+
+function findInclude(target: string): string {
+  for (const dir of INCLUDE_DIRS) {
+    const p = join(dir, target);
+    if (existsSync(p)) return p;
+  }
+  return target; // google/protobuf/*: protobufjs has them built in
+}
+
+/** The protobufjs root with every message type above (loaded once, about 0.5 s). */
+export function protoRoot(): protobuf.Root {
+  if (rootCache) return rootCache;
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => findInclude(target);
+  root.loadSync(PROTO_FILES, { keepCase: true });
+  root.resolveAll();
+  rootCache = root;
+  return root;
+}
+
+/** The AggregatedDiscoveryService definition for @grpc/grpc-js (client constructor or server addService). */
+export function adsService(): grpc.ServiceDefinition {
+  if (adsCache) return adsCache;
+  const def = protoLoader.loadSync(PROTO_FILES.slice(0, 2), { ...CONVERSION, includeDirs: INCLUDE_DIRS });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    envoy: { service: { discovery: { v3: { AggregatedDiscoveryService: grpc.ServiceClientConstructor } } } };
+  };
+  adsCache = pkg.envoy.service.discovery.v3.AggregatedDiscoveryService.service;
+  return adsCache;
+}
+
+export function adsClientConstructor(): grpc.ServiceClientConstructor {
+  return grpc.makeGenericClientConstructor(adsService(), 'AggregatedDiscoveryService');
+}
+
+/** A google.protobuf.Any as it travels inside a DiscoveryRequest/Response (plain object). */
+export interface AnyMessage { type_url: string; value: Buffer | Uint8Array }
+
+function typeOf(typeUrl: string): protobuf.Type {
+  const name = typeUrl.slice(typeUrl.lastIndexOf('/') + 1);
+  try {
+    return protoRoot().lookupType(name);
+  } catch {
+    throw new Error(`unknown type URL ${typeUrl}`);
+  }
+}
+
+/** Decode an Any into a plain object (same conversion as the ADS messages). Throws naming the type on bad bytes. */
+export function unpackAny<T = Record<string, unknown>>(any: AnyMessage): T {
+  const type = typeOf(any.type_url);
+  try {
+    return type.toObject(type.decode(any.value), CONVERSION as protobuf.IConversionOptions) as T;
+  } catch (e) {
+    throw new Error(`cannot decode ${any.type_url}: ${(e as Error).message}`);
+  }
+}
+
+/** Encode a plain object (field names as in the .proto) into an Any of the given type. Throws naming the field. */
+export function packAny(typeUrl: string, obj: Record<string, unknown>): AnyMessage {
+  const type = typeOf(typeUrl);
+  const err = type.verify(obj);
+  if (err) throw new Error(`${typeUrl}: ${err}`);
+  return { type_url: typeUrl, value: Buffer.from(type.encode(type.fromObject(obj)).finish()) };
+}
