@@ -1,0 +1,556 @@
+// xDS resources -> the sockmesh model. Pure: no I/O, no gRPC.
+//
+// Two steps, so that a bad resource is rejected when it arrives (NACK names it) and the model is built only from
+// resources that each made sense on their own:
+//  1. digest*(): one decoded resource -> a small digest (what sockmesh uses of it, plus notes on what it does not
+//     support). Throws XdsResourceError naming the resource and the field.
+//  2. buildModel(): the digests of the current state -> the plain config object the file source parses, validated by
+//     the same modelFromObject(); ConfigError issues are mapped back to the resource and field they came from.
+import { MAX_WEIGHT, modelFromObject } from '../../model/config.js';
+import { ConfigError, type Algorithm, type Model } from '../../model/types.js';
+import { FILTER, unpackAny, type AnyMessage } from '../../xds/protos.js';
+
+type Obj = Record<string, any>; // decoded protobuf plain objects (keepCase, longs/enums as strings)
+
+/** A resource that cannot be used; the message names the resource and the field. */
+export class XdsResourceError extends Error {}
+
+export interface ClusterRef { name: string; weight: number }
+
+export interface ListenerDigest {
+  name: string;
+  /** 'api': a proxyless-gRPC api_listener (no VIP, ignored); 'skip': nothing for sockmesh (reported in notes). */
+  kind: 'l4' | 'api' | 'skip';
+  vip?: string;
+  port?: number;
+  protocol?: 'tcp' | 'udp';
+  /** Clusters the listener sends to directly (tcp_proxy / udp_proxy / inline route config). */
+  clusters: ClusterRef[];
+  /** RDS route configuration named by an HttpConnectionManager. */
+  routeName?: string;
+  notes: string[];
+}
+
+export interface RouteDigest { name: string; clusters: ClusterRef[]; notes: string[] }
+
+export interface ClusterDigest {
+  name: string;
+  algorithm: Algorithm;
+  affinitySeconds?: number;
+  tableSize?: number;
+  /** The ClusterLoadAssignment name to fetch over EDS; undefined when endpoints are inline or unsupported. */
+  edsName?: string;
+  /** Inline endpoints (STATIC), or [] for a cluster type we cannot resolve (reported in notes). */
+  inline?: EndpointsDigest;
+  notes: string[];
+}
+
+export interface EndpointDigest { address: string; port: number; weight: number; locality?: string; field: string }
+export interface EndpointsDigest { name: string; endpoints: EndpointDigest[]; notes: string[] }
+
+const num = (v: unknown): number | undefined => {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'object') return num((v as Obj)['value']); // google.protobuf.UInt32Value and friends
+  const n = Number(v);
+  return Number.isFinite(n) ? n : undefined;
+};
+
+function fail(what: string, field: string, message: string): never {
+  throw new XdsResourceError(`${what}: ${field}: ${message}`);
+}
+
+function unpack(what: string, field: string, any: unknown): Obj {
+  if (!any || typeof any !== 'object') fail(what, field, 'missing typed_config');
+  try {
+    return unpackAny(any as AnyMessage);
+  } catch (e) {
+    fail(what, field, (e as Error).message);
+  }
+}
+
+// ---- listeners ----
+
+export function digestListener(name: string, l: Obj): ListenerDigest {
+  const what = `listener '${name}'`;
+  const d: ListenerDigest = { name, kind: 'skip', clusters: [], notes: [] };
+  if (!l.address) {
+    if (l.api_listener) d.kind = 'api'; // proxyless gRPC: describes no VIP
+    else d.notes.push(`${what}: no address (skipped)`);
+    return d;
+  }
+  const sa = l.address.socket_address;
+  if (!sa) fail(what, 'address', `only socket_address is supported, got ${Object.keys(l.address).join(', ') || 'nothing'}`);
+  const port = num(sa.port_value);
+  if (port === undefined || port < 1 || port > 65535) fail(what, 'address.socket_address.port_value', `must be a port 1..65535, got ${sa.port_value ?? 'nothing'}`);
+  if (typeof sa.address !== 'string' || sa.address === '') fail(what, 'address.socket_address.address', 'is required');
+  if (sa.address === '0.0.0.0' || sa.address === '::') {
+    d.notes.push(`${what}: wildcard address ${sa.address} is not a VIP (skipped)`);
+    return d;
+  }
+  const udp = sa.protocol === 'UDP' || !!l.udp_listener_config;
+  d.kind = 'l4';
+  d.vip = sa.address;
+  d.port = port;
+  d.protocol = udp ? 'udp' : 'tcp';
+  if (udp) digestUdp(what, l, d);
+  else digestTcp(what, l, d);
+  if (d.clusters.length === 0 && d.routeName === undefined) fail(what, udp ? 'listener_filters' : 'filter_chains', 'names no cluster');
+  return d;
+}
+
+function digestUdp(what: string, l: Obj, d: ListenerDigest): void {
+  const filters: Obj[] = l.listener_filters ?? [];
+  filters.forEach((f, i) => {
+    const field = `listener_filters[${i}].typed_config`;
+    const url = f.typed_config?.type_url;
+    if (url !== FILTER.udpProxy) fail(what, field, `unsupported filter type ${url ?? `(none, name '${f.name}')`}`);
+    const cfg = unpack(what, field, f.typed_config);
+    if (cfg.matcher) fail(what, `${field}.matcher`, 'matcher-based UDP routing is not supported (use cluster)');
+    if (!cfg.cluster) fail(what, `${field}.cluster`, 'is required');
+    d.clusters.push({ name: cfg.cluster, weight: 1 });
+  });
+}
+
+function digestTcp(what: string, l: Obj, d: ListenerDigest): void {
+  const chains: Obj[] = l.filter_chains ?? [];
+  if (chains.length === 0) fail(what, 'filter_chains', 'is empty');
+  if (chains.length > 1 || l.default_filter_chain) {
+    d.notes.push(`${what}: only filter_chains[0] is used (filter chain matching is not supported at L4)`);
+  }
+  if (chains[0]!.transport_socket) d.notes.push(`${what}: filter_chains[0].transport_socket (TLS) not applied`);
+  const filters: Obj[] = chains[0]!.filters ?? [];
+  let terminal = false;
+  filters.forEach((f, i) => {
+    const field = `filter_chains[0].filters[${i}].typed_config`;
+    if (f.config_discovery) fail(what, `filter_chains[0].filters[${i}].config_discovery`, 'filter config discovery is not supported');
+    const url = f.typed_config?.type_url;
+    if (terminal) fail(what, field, 'a filter after the terminal filter');
+    if (url === FILTER.networkRbac) {
+      unpack(what, field, f.typed_config);
+      d.notes.push(`${what}: RBAC filter not supported (not enforced)`);
+    } else if (url === FILTER.tcpProxy) {
+      const cfg = unpack(what, field, f.typed_config);
+      d.clusters.push(...specifiedClusters(what, field, cfg));
+      terminal = true;
+    } else if (url === FILTER.httpConnectionManager) {
+      digestHcm(what, field, unpack(what, field, f.typed_config), d);
+      terminal = true;
+    } else {
+      fail(what, field, `unsupported filter type ${url ?? `(none, name '${f.name}')`}`);
+    }
+  });
+}
+
+/** tcp_proxy: cluster, or weighted_clusters (plain uint32 weights). */
+function specifiedClusters(what: string, field: string, cfg: Obj): ClusterRef[] {
+  if (cfg.cluster) return [{ name: cfg.cluster, weight: 1 }];
+  const list: Obj[] = cfg.weighted_clusters?.clusters ?? [];
+  if (list.length === 0) fail(what, `${field}.cluster`, 'is required (or weighted_clusters)');
+  return list.map((c, k) => {
+    const weight = num(c.weight) ?? 0;
+    if (!c.name) fail(what, `${field}.weighted_clusters.clusters[${k}].name`, 'is required');
+    return { name: c.name, weight };
+  });
+}
+
+function digestHcm(what: string, field: string, hcm: Obj, d: ListenerDigest): void {
+  d.notes.push(`${what}: HTTP routes not applied (L7 path not implemented)`);
+  (hcm.http_filters ?? []).forEach((f: Obj, i: number) => {
+    const ff = `${field}.http_filters[${i}].typed_config`;
+    const url = f.typed_config?.type_url;
+    if (url === FILTER.router) return;
+    if (url === FILTER.httpRbac) d.notes.push(`${what}: HTTP RBAC filter not supported (not enforced)`);
+    else if (f.is_optional) d.notes.push(`${what}: optional HTTP filter ${url ?? f.name} ignored`);
+    else fail(what, ff, `unsupported HTTP filter type ${url ?? `(none, name '${f.name}')`}`);
+  });
+  if (hcm.rds) {
+    if (!hcm.rds.route_config_name) fail(what, `${field}.rds.route_config_name`, 'is required');
+    d.routeName = hcm.rds.route_config_name;
+  } else if (hcm.route_config) {
+    d.clusters.push(...digestRoute(`${what} inline route_config`, hcm.route_config).clusters);
+  } else {
+    fail(what, `${field}.route_specifier`, `only rds and route_config are supported, got ${hcm.scoped_routes ? 'scoped_routes' : 'nothing'}`);
+  }
+}
+
+// ---- routes ----
+
+/** The union of the clusters the routes use; each route has an equal share, split by its cluster weights. */
+export function digestRoute(name: string, r: Obj): RouteDigest {
+  const what = name.startsWith('listener') ? name : `route_configuration '${name}'`;
+  const d: RouteDigest = { name, clusters: [], notes: [] };
+  const shares = new Map<string, number>();
+  (r.virtual_hosts ?? []).forEach((vh: Obj, v: number) => {
+    (vh.routes ?? []).forEach((route: Obj, k: number) => {
+      const field = `virtual_hosts[${v}].routes[${k}].route`;
+      const action = route.route;
+      if (!action) {
+        d.notes.push(`${what}: virtual_hosts[${v}].routes[${k}]: ${route.redirect ? 'redirect' : route.direct_response ? 'direct_response' : 'non-forwarding'} route not applied`);
+        return;
+      }
+      if (action.cluster) shares.set(action.cluster, (shares.get(action.cluster) ?? 0) + 1);
+      else if (action.weighted_clusters) {
+        const list: Obj[] = action.weighted_clusters.clusters ?? [];
+        const total = list.reduce((s, c) => s + (num(c.weight) ?? 0), 0);
+        list.forEach((c, j) => {
+          if (!c.name) fail(what, `${field}.weighted_clusters.clusters[${j}].name`, 'is required');
+          const w = total > 0 ? (num(c.weight) ?? 0) / total : 1 / list.length;
+          shares.set(c.name, (shares.get(c.name) ?? 0) + w);
+        });
+      } else d.notes.push(`${what}: ${field}: cluster_header / cluster_specifier_plugin not supported`);
+      if (action.retry_policy || action.timeout) d.notes.push(`${what}: ${field}: retry policy and timeouts not applied (L7 path not implemented)`);
+    });
+  });
+  d.clusters = [...shares].map(([n, weight]) => ({ name: n, weight }));
+  return d;
+}
+
+// ---- clusters ----
+
+const LB: Record<string, Algorithm> = { ROUND_ROBIN: 'weighted', LEAST_REQUEST: 'weighted', RANDOM: 'random', MAGLEV: 'maglev', RING_HASH: 'maglev' };
+
+export function digestCluster(name: string, c: Obj): ClusterDigest {
+  const what = `cluster '${name}'`;
+  const policy: string = c.lb_policy ?? 'ROUND_ROBIN';
+  const d: ClusterDigest = { name, algorithm: LB[policy] ?? 'weighted', notes: [] };
+  if (!LB[policy] || c.load_balancing_policy) d.notes.push(`${what}: lb_policy ${c.load_balancing_policy ? 'load_balancing_policy' : policy} not supported (weighted used)`);
+  if (policy === 'RING_HASH') d.notes.push(`${what}: RING_HASH approximated by maglev`);
+  if (policy === 'MAGLEV' && c.maglev_lb_config?.table_size !== undefined) {
+    const size = num(c.maglev_lb_config.table_size);
+    if (size === undefined) fail(what, 'maglev_lb_config.table_size', `not a number: ${JSON.stringify(c.maglev_lb_config.table_size)}`);
+    d.tableSize = size;
+  }
+  const aff = c.metadata?.filter_metadata?.sockmesh?.fields?.affinity_timeout_seconds;
+  if (aff !== undefined) {
+    const secs = num(aff.number_value ?? aff.string_value);
+    if (secs === undefined) fail(what, 'metadata.filter_metadata.sockmesh.affinity_timeout_seconds', 'must be a number');
+    d.affinitySeconds = secs;
+  }
+  if (c.circuit_breakers) d.notes.push(`${what}: circuit_breakers not applied (L7 path not implemented)`);
+  if (c.outlier_detection) d.notes.push(`${what}: outlier_detection not applied (L7 path not implemented)`);
+  if (c.health_checks?.length) d.notes.push(`${what}: active health_checks not supported (endpoint health_status is used)`);
+
+  if (c.cluster_type) {
+    d.notes.push(`${what}: custom cluster_type ${c.cluster_type.name ?? ''} not supported (no endpoints)`);
+    d.inline = { name, endpoints: [], notes: [] };
+    return d;
+  }
+  const type: string = c.type ?? 'STATIC';
+  if (type === 'EDS') {
+    d.edsName = c.eds_cluster_config?.service_name || name;
+  } else if (type === 'STATIC') {
+    d.inline = c.load_assignment ? digestEndpoints(name, c.load_assignment, `${what}: load_assignment`) : { name, endpoints: [], notes: [] };
+  } else {
+    d.notes.push(`${what}: cluster type ${type} not supported (no endpoints)`);
+    d.inline = { name, endpoints: [], notes: [] };
+  }
+  return d;
+}
+
+// ---- endpoints ----
+
+export function digestEndpoints(name: string, cla: Obj, whatOverride?: string): EndpointsDigest {
+  const what = whatOverride ?? `cluster_load_assignment '${name}'`;
+  const d: EndpointsDigest = { name, endpoints: [], notes: [] };
+  (cla.endpoints ?? []).forEach((le: Obj, p: number) => {
+    const priority = num(le.priority) ?? 0;
+    const lbs: Obj[] = le.lb_endpoints ?? [];
+    if (priority !== 0) {
+      if (lbs.length > 0) d.notes.push(`${what}: endpoints[${p}]: priority ${priority} endpoints not used (priority 0 only)`);
+      return;
+    }
+    const loc = le.locality ? [le.locality.region, le.locality.zone, le.locality.sub_zone].filter(Boolean).join('/') : undefined;
+    lbs.forEach((lb, q) => {
+      const field = `endpoints[${p}].lb_endpoints[${q}]`;
+      if (lb.endpoint_name) fail(what, `${field}.endpoint_name`, 'named endpoints are not supported');
+      const health: string = lb.health_status ?? 'UNKNOWN';
+      if (health === 'UNHEALTHY' || health === 'TIMEOUT') return;
+      const sa = lb.endpoint?.address?.socket_address;
+      if (!sa) fail(what, `${field}.endpoint.address`, 'only socket_address is supported');
+      const port = num(sa.port_value);
+      if (port === undefined || port < 1 || port > 65535) fail(what, `${field}.endpoint.address.socket_address.port_value`, `must be a port 1..65535, got ${sa.port_value ?? 'nothing'}`);
+      const weight = health === 'DRAINING' ? 0 : num(lb.load_balancing_weight) ?? 1;
+      d.endpoints.push({ address: sa.address, port, weight, locality: loc || undefined, field });
+    });
+  });
+  return d;
+}
+
+// ---- the model ----
+
+export interface XdsState {
+  listeners: ReadonlyMap<string, ListenerDigest>;
+  routes: ReadonlyMap<string, RouteDigest>;
+  clusters: ReadonlyMap<string, ClusterDigest>;
+  endpoints: ReadonlyMap<string, EndpointsDigest>;
+}
+
+export const emptyState = (): XdsState => ({ listeners: new Map(), routes: new Map(), clusters: new Map(), endpoints: new Map() });
+
+/** What a state references: the names to subscribe to for RDS, CDS and EDS. */
+export function references(state: XdsState): { routes: Set<string>; clusters: Set<string>; endpoints: Set<string> } {
+  const routes = new Set<string>();
+  const clusters = new Set<string>();
+  const endpoints = new Set<string>();
+  for (const l of state.listeners.values()) {
+    if (l.kind !== 'l4') continue;
+    for (const c of l.clusters) clusters.add(c.name);
+    if (l.routeName !== undefined) {
+      routes.add(l.routeName);
+      for (const c of state.routes.get(l.routeName)?.clusters ?? []) clusters.add(c.name);
+    }
+  }
+  for (const name of clusters) {
+    const eds = state.clusters.get(name)?.edsName;
+    if (eds !== undefined) endpoints.add(eds);
+  }
+  return { routes, clusters, endpoints };
+}
+
+export interface Resolved { listener: ListenerDigest; clusters: { ref: ClusterRef; cluster: ClusterDigest; endpoints: EndpointsDigest }[]; notes: string[] }
+
+/** Everything a listener needs, from one state; undefined (with the missing names) while it is warming. */
+function resolve(state: XdsState, l: ListenerDigest, missing: string[]): Resolved | undefined {
+  const notes = [...l.notes];
+  let refs = l.clusters;
+  if (l.routeName !== undefined) {
+    const route = state.routes.get(l.routeName);
+    if (!route) return void missing.push(`route_configuration '${l.routeName}'`);
+    notes.push(...route.notes);
+    refs = [...refs, ...route.clusters];
+  }
+  const out: Resolved['clusters'] = [];
+  let complete = true;
+  for (const ref of refs) {
+    const cluster = state.clusters.get(ref.name);
+    if (!cluster) {
+      missing.push(`cluster '${ref.name}'`);
+      complete = false;
+      continue;
+    }
+    const endpoints = cluster.inline ?? state.endpoints.get(cluster.edsName!);
+    if (!endpoints) {
+      missing.push(`cluster_load_assignment '${cluster.edsName}'`);
+      complete = false;
+      continue;
+    }
+    notes.push(...cluster.notes, ...endpoints.notes);
+    out.push({ ref, cluster, endpoints });
+  }
+  return complete ? { listener: l, clusters: out, notes } : undefined;
+}
+
+export interface BuildResult {
+  /** The validated model; undefined when `error` is set. */
+  model?: Model;
+  /** A ConfigError mapped back to resources and fields (the NACK message). */
+  error?: string;
+  /** Listeners left out because something they reference has not arrived yet, with what is missing. */
+  warming: string[];
+  /** Listeners that used their previously applied resources because their new ones are warming. */
+  heldBack: string[];
+  /** Per listener, the resources the model was built from (pass it back as `previous` once applied). */
+  used: Map<string, Resolved>;
+  unsupported: string[];
+}
+
+const OWN_NAME = /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):\d+\/(tcp|udp)$/;
+
+/** A DNS label from any name: lowercase, other characters -> '-', at most 63 characters. */
+export function dnsLabel(name: string): string {
+  const s = name.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+/, '').slice(0, 63).replace(/-+$/, '');
+  return s || 'service';
+}
+
+interface Frontend { r: Resolved; vip: string; port: number; protocol: 'tcp' | 'udp'; backends: Backend[] }
+interface Backend { address: string; port: number; weight: number; origin: string }
+
+/** Backends of a resolved listener: endpoint weights, times cluster shares when several clusters are combined. */
+function backendsOf(r: Resolved): Backend[] {
+  if (r.clusters.length === 1) {
+    const { endpoints } = r.clusters[0]!;
+    const max = Math.max(0, ...endpoints.endpoints.map((e) => e.weight));
+    const scale = max > MAX_WEIGHT ? MAX_WEIGHT / max : 1; // Envoy weights go to 2^32-1, ours to MAX_WEIGHT
+    return endpoints.endpoints.map((e) => ({
+      address: e.address, port: e.port, weight: e.weight === 0 ? 0 : Math.max(1, Math.round(e.weight * scale)),
+      origin: `cluster_load_assignment '${endpoints.name}': ${e.field}`,
+    }));
+  }
+  const total = r.clusters.reduce((s, c) => s + c.ref.weight, 0);
+  const raw = new Map<string, Backend>();
+  for (const { ref, endpoints } of r.clusters) {
+    const share = total > 0 ? ref.weight / total : 1 / r.clusters.length;
+    const sum = endpoints.endpoints.reduce((s, e) => s + e.weight, 0);
+    for (const e of endpoints.endpoints) {
+      const key = `${e.address}|${e.port}`;
+      const w = sum > 0 ? (share * e.weight) / sum : 0;
+      const seen = raw.get(key);
+      if (seen) seen.weight += w;
+      else raw.set(key, { address: e.address, port: e.port, weight: w, origin: `cluster_load_assignment '${endpoints.name}': ${e.field}` });
+    }
+  }
+  const max = Math.max(0, ...[...raw.values()].map((b) => b.weight));
+  return [...raw.values()].map((b) => ({ ...b, weight: b.weight === 0 ? 0 : Math.max(1, Math.round((b.weight * MAX_WEIGHT) / max)) }));
+}
+
+/** Algorithm, affinity and table size of a listener's clusters (several clusters: weighted unless all agree). */
+function policyOf(r: Resolved, notes: string[]): { algorithm: Algorithm; affinity?: number; tableSize?: number; origin: string } {
+  const first = r.clusters[0]!.cluster;
+  const origin = `cluster '${first.name}'`;
+  if (r.clusters.length === 1) return { algorithm: first.algorithm, affinity: first.affinitySeconds, tableSize: first.tableSize, origin };
+  const algos = new Set(r.clusters.map((c) => c.cluster.algorithm));
+  const algorithm: Algorithm = algos.size === 1 && first.algorithm === 'maglev' ? 'maglev' : 'weighted';
+  if (algos.size > 1 || !algos.has(algorithm)) notes.push(`listener '${r.listener.name}': clusters combined with weighted balancing (their lb_policy differs or ignores weights)`);
+  const affs = new Set(r.clusters.map((c) => c.cluster.affinitySeconds));
+  if (affs.size > 1) notes.push(`listener '${r.listener.name}': clusters disagree on affinity; cluster '${first.name}' used`);
+  return { algorithm, affinity: first.affinitySeconds, tableSize: r.clusters.find((c) => c.cluster.tableSize)?.cluster.tableSize, origin };
+}
+
+type ServiceObj = Record<string, unknown>;
+
+/**
+ * Build the model from `state`. A listener whose references are not all present is warming: it keeps the resources
+ * it was last applied with (`previous`, from the last applied BuildResult.used) if any, otherwise it is left out.
+ */
+export function buildModel(state: XdsState, previous?: ReadonlyMap<string, Resolved>): BuildResult {
+  const warming: string[] = [];
+  const heldBack: string[] = [];
+  const notes: string[] = [];
+  const resolved: Resolved[] = [];
+  const used = new Map<string, Resolved>();
+  for (const l of [...state.listeners.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    if (l.kind !== 'l4') {
+      notes.push(...l.notes);
+      continue;
+    }
+    const missing: string[] = [];
+    const r = resolve(state, l, missing);
+    if (r) {
+      resolved.push(r);
+      used.set(l.name, r);
+      continue;
+    }
+    const prev = previous?.get(l.name);
+    if (prev) {
+      resolved.push(prev);
+      used.set(l.name, prev);
+      heldBack.push(l.name);
+    }
+    warming.push(`listener '${l.name}' waits for ${[...new Set(missing)].join(', ')}`);
+  }
+
+  // Group listeners into services: our own listeners (vip:port/proto -> one cluster) by cluster, with a ':port'
+  // suffix dropped so that one service's port entries come back together; foreign listeners one service each.
+  const groups = new Map<string, { name: string; fronts: Frontend[] }>();
+  for (const r of resolved) {
+    const l = r.listener;
+    const own = OWN_NAME.test(l.name) && r.clusters.length === 1;
+    const base = own ? r.clusters[0]!.ref.name.replace(/:\d+(\/(tcp|udp))?$/, '') : l.name;
+    const key = own ? `c:${base}` : `l:${base}`;
+    let g = groups.get(key);
+    if (!g) groups.set(key, (g = { name: dnsLabel(base), fronts: [] }));
+    g.fronts.push({ r, vip: l.vip!, port: l.port!, protocol: l.protocol!, backends: backendsOf(r) });
+    notes.push(...r.notes);
+  }
+
+  const services: ServiceObj[] = [];
+  const origins: Origin[] = [];
+  const taken = new Set<string>();
+  const unique = (name: string) => {
+    let n = name;
+    for (let k = 2; taken.has(n); k++) n = `${name.slice(0, 63 - String(k).length - 1).replace(/-+$/, '')}-${k}`;
+    taken.add(n);
+    return n;
+  };
+  for (const g of groups.values()) {
+    const merged = mergeFronts(g.fronts);
+    if (merged) services.push(serviceObj(unique(g.name), g.fronts, merged, notes, origins, services.length));
+    else {
+      for (const f of g.fronts) {
+        const one = mergeFronts([f])!;
+        services.push(serviceObj(unique(dnsLabel(`${g.name}-${f.port}-${f.protocol}`)), [f], one, notes, origins, services.length));
+      }
+    }
+  }
+
+  const unsupported = [...new Set(notes)];
+  try {
+    return { model: modelFromObject({ services }, 'xds'), warming, heldBack, used, unsupported };
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    const lines = e.issues.map((i) => mapIssue(i.path, i.message, origins));
+    return { error: [...new Set(lines)].join('; '), warming, heldBack, used, unsupported };
+  }
+}
+
+interface Merged { vips: string[]; ports: { port: number; protocol: string; targetPort?: number }[]; backends: Backend[] }
+
+/**
+ * One service from several frontends when the config schema can say it: every VIP with every port entry, the same
+ * backends (address and weight) for all, and either one port number or a uniform backend port per entry (targetPort).
+ */
+function mergeFronts(fronts: Frontend[]): Merged | undefined {
+  const vips = [...new Set(fronts.map((f) => f.vip))];
+  const entries = [...new Map(fronts.map((f) => [`${f.port}/${f.protocol}`, f])).values()];
+  if (vips.length * entries.length !== fronts.length) return undefined;
+  const have = new Set(fronts.map((f) => `${f.vip}|${f.port}/${f.protocol}`));
+  if (have.size !== fronts.length) return undefined; // duplicates: leave them for validation to report
+  const sig = (f: Frontend, withPort: boolean) => f.backends.map((b) => `${b.address}|${withPort ? b.port : ''}|${b.weight}`).join(',');
+  const pol = (f: Frontend) => JSON.stringify(f.r.clusters.map((c) => [c.ref.weight, c.cluster.algorithm, c.cluster.affinitySeconds, c.cluster.tableSize]));
+  if (fronts.some((f) => pol(f) !== pol(fronts[0]!))) return undefined;
+  const multiPort = new Set(entries.map((e) => e.port)).size > 1;
+  if (!multiPort) {
+    if (fronts.some((f) => sig(f, true) !== sig(fronts[0]!, true))) return undefined;
+    return { vips, ports: entries.map((e) => ({ port: e.port, protocol: e.protocol })), backends: fronts[0]!.backends };
+  }
+  if (fronts.some((f) => sig(f, false) !== sig(fronts[0]!, false))) return undefined;
+  const ports: Merged['ports'] = [];
+  for (const e of entries) {
+    const bports = new Set(e.backends.map((b) => b.port));
+    if (bports.size > 1) return undefined;
+    ports.push({ port: e.port, protocol: e.protocol, targetPort: bports.size === 1 ? [...bports][0]! : e.port });
+  }
+  return { vips, ports, backends: fronts[0]!.backends.map((b) => ({ ...b, port: 0 })) };
+}
+
+interface Origin { path: string; resource: string; fields?: Record<string, string> }
+
+function serviceObj(name: string, fronts: Frontend[], m: Merged, notes: string[], origins: Origin[], index: number): ServiceObj {
+  const r = fronts[0]!.r;
+  const pol = policyOf(r, notes);
+  const path = `services[${index}]`;
+  const lname = (vip: string) => fronts.find((f) => f.vip === vip)!.r.listener.name;
+  origins.push({ path, resource: `listener '${r.listener.name}'` });
+  m.vips.forEach((v, k) => origins.push({ path: `${path}.vips[${k}]`, resource: `listener '${lname(v)}': address.socket_address.address` }));
+  m.ports.forEach((p, k) => {
+    const f = fronts.find((x) => x.port === p.port && x.protocol === p.protocol)!;
+    origins.push({ path: `${path}.ports[${k}]`, resource: `listener '${f.r.listener.name}': address.socket_address` });
+  });
+  origins.push({ path: `${path}.maglev`, resource: `${pol.origin}: maglev_lb_config` });
+  origins.push({ path: `${path}.affinity`, resource: `${pol.origin}: metadata.filter_metadata.sockmesh.affinity_timeout_seconds` });
+  m.backends.forEach((b, j) =>
+    origins.push({ path: `${path}.backends[${j}]`, resource: b.origin, fields: { address: 'endpoint.address.socket_address.address', port: 'endpoint.address.socket_address.port_value', weight: 'load_balancing_weight' } }),
+  );
+  const svc: ServiceObj = {
+    name,
+    vips: m.vips,
+    ports: m.ports,
+    algorithm: pol.algorithm,
+    backends: m.backends.map((b) => (b.port ? { address: b.address, port: b.port, weight: b.weight } : { address: b.address, weight: b.weight })),
+  };
+  if (pol.affinity !== undefined && pol.affinity > 0) svc['affinity'] = { timeoutSeconds: pol.affinity };
+  if (pol.tableSize !== undefined && pol.algorithm === 'maglev') svc['maglev'] = { tableSize: pol.tableSize };
+  return svc;
+}
+
+/** A model validation issue -> "resource 'name': field: message". */
+function mapIssue(path: string, message: string, origins: Origin[]): string {
+  let best: Origin | undefined;
+  for (const o of origins) {
+    if ((path === o.path || path.startsWith(`${o.path}.`) || path.startsWith(`${o.path}[`)) && (!best || o.path.length > best.path.length)) best = o;
+  }
+  if (!best) return `${path}: ${message}`;
+  const rest = path.slice(best.path.length).replace(/^\./, '');
+  const field = rest && best.fields?.[rest] ? `.${best.fields[rest]}` : rest ? ` (${rest})` : best.fields ? '.endpoint.address.socket_address' : '';
+  return `${best.resource}${field}: ${message}`;
+}
