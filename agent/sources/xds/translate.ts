@@ -222,7 +222,8 @@ export function digestCluster(name: string, c: Obj): ClusterDigest {
   }
   const aff = c.metadata?.filter_metadata?.sockmesh?.fields?.affinity_timeout_seconds;
   if (aff !== undefined) {
-    const secs = num(aff.number_value ?? aff.string_value);
+    // protobufjs' built-in google.protobuf.Value has camelCase fields (numberValue) whatever keepCase says.
+    const secs = num(aff.numberValue ?? aff.number_value ?? aff.stringValue ?? aff.string_value);
     if (secs === undefined) fail(what, 'metadata.filter_metadata.sockmesh.affinity_timeout_seconds', 'must be a number');
     d.affinitySeconds = secs;
   }
@@ -526,8 +527,8 @@ function serviceObj(name: string, fronts: Frontend[], m: Merged, notes: string[]
     const f = fronts.find((x) => x.port === p.port && x.protocol === p.protocol)!;
     origins.push({ path: `${path}.ports[${k}]`, resource: `listener '${f.r.listener.name}': address.socket_address` });
   });
-  origins.push({ path: `${path}.maglev`, resource: `${pol.origin}: maglev_lb_config` });
-  origins.push({ path: `${path}.affinity`, resource: `${pol.origin}: metadata.filter_metadata.sockmesh.affinity_timeout_seconds` });
+  origins.push({ path: `${path}.maglev`, resource: `${pol.origin}: maglev_lb_config`, fields: { tableSize: 'table_size' } });
+  origins.push({ path: `${path}.affinity`, resource: `${pol.origin}: metadata.filter_metadata.sockmesh`, fields: { timeoutSeconds: 'affinity_timeout_seconds' } });
   m.backends.forEach((b, j) =>
     origins.push({ path: `${path}.backends[${j}]`, resource: b.origin, fields: { address: 'endpoint.address.socket_address.address', port: 'endpoint.address.socket_address.port_value', weight: 'load_balancing_weight' } }),
   );
@@ -551,6 +552,6 @@ function mapIssue(path: string, message: string, origins: Origin[]): string {
   }
   if (!best) return `${path}: ${message}`;
   const rest = path.slice(best.path.length).replace(/^\./, '');
-  const field = rest && best.fields?.[rest] ? `.${best.fields[rest]}` : rest ? ` (${rest})` : best.fields ? '.endpoint.address.socket_address' : '';
+  const field = rest && best.fields?.[rest] ? `.${best.fields[rest]}` : rest ? ` (${rest})` : '';
   return `${best.resource}${field}: ${message}`;
 }

@@ -1,0 +1,405 @@
+// The xDS source: the agent's desired state from an xDS (v3) control plane over one ADS stream.
+//
+// Subscriptions: LDS wildcard (every listener for this node); RDS, CDS and EDS by name, for what the listeners use.
+// Named CDS rather than wildcard: the agent needs only the clusters its listeners reference, every server supports
+// named CDS (proxyless gRPC clients use nothing else), and a fleet plane need not send each node every cluster.
+//
+// Mode: delta by default. On a reconnect it sends initial_resource_versions, so a server with unchanged state sends
+// nothing again (10k services is ~100k endpoints to resend otherwise), and an endpoint change travels alone.
+//
+// Safety: a response is decoded, checked and translated into a candidate state; only when that state builds a valid
+// model (and, before the first apply, is complete) is `apply` called; then the cache moves on and the response is
+// ACKed. Anything else is NACKed with the previous version and nothing changes. When the stream fails, the cache
+// and the kernel keep the last good state while the source reconnects with backoff.
+import * as grpc from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import type { Logger } from '../../observe/log.js';
+import type { Model } from '../../model/types.js';
+import { adsClientConstructor, TYPE, type AnyMessage } from '../../xds/protos.js';
+import { unpackAny } from '../../xds/protos.js';
+import {
+  buildModel,
+  digestCluster,
+  digestEndpoints,
+  digestListener,
+  digestRoute,
+  emptyState,
+  references,
+  XdsResourceError,
+  type Resolved,
+  type XdsState,
+} from './translate.js';
+
+export interface XdsStatus {
+  server: string;
+  mode: 'sotw' | 'delta';
+  state: 'connecting' | 'connected' | 'backoff';
+  connectedSince: string | null;
+  lastError: string | null;
+  reconnects: number;
+  /** By type URL: the last ACKed version (SotW version_info; delta system_version_info, else the nonce). */
+  acked: Record<string, { version: string; at: string; resources: number }>;
+  lastNack: { typeUrl: string; version: string; at: string; reason: string } | null;
+  /** What the applied resources ask for that sockmesh does not do (reported, not applied). */
+  unsupported: string[];
+  /** Listeners waiting for resources they reference (kept at their last applied version, or not applied yet). */
+  warming: string[];
+  /** True once a complete state has been applied (before that the kernel is left as it was). */
+  synced: boolean;
+}
+
+export interface XdsSourceOptions {
+  address: string;
+  tls?: { caFile: string; serverName?: string };
+  mode?: 'sotw' | 'delta';
+  node: { id: string; cluster: string; locality?: { region?: string; zone?: string; sub_zone?: string }; metadata: Record<string, string> };
+  log: Logger;
+  /** Apply a complete, consistent model. Return null when applied, or an error message (then NACK, nothing changed). */
+  apply(model: Model): string | null;
+  backoff?: { initialMs: number; maxMs: number };
+  /** Responses above these are NACKed unread (defaults: 200,000 resources, 64 MiB of resource bytes). */
+  limits?: { maxResources: number; maxBytes: number };
+}
+
+type Obj = Record<string, any>;
+type Kind = 'listener' | 'route' | 'cluster' | 'endpoint';
+const KIND_OF: Record<string, Kind> = { [TYPE.listener]: 'listener', [TYPE.route]: 'route', [TYPE.cluster]: 'cluster', [TYPE.endpoint]: 'endpoint' };
+const STATE_KEY = { listener: 'listeners', route: 'routes', cluster: 'clusters', endpoint: 'endpoints' } as const;
+/** Request order on a new stream: listeners first, then what they reference. */
+const ORDER = [TYPE.listener, TYPE.route, TYPE.cluster, TYPE.endpoint] as const;
+const INVALID_ARGUMENT = 3;
+
+/** The name a resource carries inside itself (SotW responses name resources only there). */
+function nameOf(kind: Kind, r: Obj): string {
+  return (kind === 'endpoint' ? r.cluster_name : r.name) ?? '';
+}
+
+function digest(kind: Kind, name: string, r: Obj) {
+  switch (kind) {
+    case 'listener': return digestListener(name, r);
+    case 'route': return digestRoute(name, r);
+    case 'cluster': return digestCluster(name, r);
+    case 'endpoint': return digestEndpoints(name, r);
+  }
+}
+
+const now = () => new Date().toISOString();
+
+interface Incoming {
+  typeUrl: string;
+  nonce: string;
+  /** SotW version_info / delta system_version_info. */
+  version: string;
+  resources: { name?: string; version?: string; any: AnyMessage }[];
+  removed: string[];
+  /** SotW LDS/CDS: the response is the whole set of that type. */
+  complete: boolean;
+}
+
+export class XdsSource {
+  private readonly mode: 'sotw' | 'delta';
+  private readonly backoff: { initialMs: number; maxMs: number };
+  private readonly limits: { maxResources: number; maxBytes: number };
+  private client?: grpc.Client;
+  private call?: grpc.ClientDuplexStream<Obj, Obj>;
+  private gen = 0;
+  private stopped = true;
+  private timer?: NodeJS.Timeout;
+  private attempt = 0;
+
+  /** Accepted resources (digests) and, for delta, their versions. */
+  private state: XdsState = emptyState();
+  private readonly resourceVersions = new Map<string, Map<string, string>>();
+  /** SotW: the last ACKed version_info per type. */
+  private readonly versions = new Map<string, string>();
+  private readonly lastNonce = new Map<string, string>();
+  /** Names subscribed on the current stream, per type (LDS: wildcard, kept empty). */
+  private readonly sent = new Map<string, Set<string>>();
+  private previous?: Map<string, Resolved>;
+  private lastModelJson?: string;
+
+  private readonly st: XdsStatus;
+
+  constructor(private readonly opts: XdsSourceOptions) {
+    this.mode = opts.mode ?? 'delta';
+    this.backoff = opts.backoff ?? { initialMs: 500, maxMs: 30_000 };
+    this.limits = opts.limits ?? { maxResources: 200_000, maxBytes: 64 * 1024 * 1024 };
+    this.st = {
+      server: opts.address, mode: this.mode, state: 'connecting', connectedSince: null, lastError: null, reconnects: 0,
+      acked: {}, lastNack: null, unsupported: [], warming: [], synced: false,
+    };
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    const creds = this.opts.tls ? grpc.credentials.createSsl(readFileSync(this.opts.tls.caFile)) : grpc.credentials.createInsecure();
+    const options: grpc.ChannelOptions = {
+      'grpc.max_receive_message_length': 256 * 1024 * 1024, // a full state of 10k services
+      'grpc.max_send_message_length': 64 * 1024 * 1024,
+      // Keepalive finds a dead control plane on an idle stream. 5.5 min: servers built on grpc-go or grpc core
+      // answer pings more often than every 5 min (their default) with GOAWAY too_many_pings.
+      'grpc.keepalive_time_ms': 330_000,
+      'grpc.keepalive_timeout_ms': 20_000,
+      'grpc.keepalive_permit_without_calls': 1,
+    };
+    if (this.opts.tls?.serverName) options['grpc.ssl_target_name_override'] = this.opts.tls.serverName;
+    const Ctor = adsClientConstructor();
+    this.client = new Ctor(this.opts.address, creds, options);
+    this.connect();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.gen++;
+    clearTimeout(this.timer);
+    this.call?.cancel();
+    this.call = undefined;
+    this.client?.close();
+    this.client = undefined;
+  }
+
+  status(): XdsStatus {
+    return structuredClone(this.st);
+  }
+
+  // ---- the stream ----
+
+  private connect(): void {
+    if (this.stopped || !this.client) return;
+    const gen = ++this.gen;
+    this.st.state = 'connecting';
+    this.sent.clear();
+    this.lastNonce.clear();
+    const method = this.mode === 'delta' ? 'DeltaAggregatedResources' : 'StreamAggregatedResources';
+    const call = (this.client as unknown as Record<string, () => grpc.ClientDuplexStream<Obj, Obj>>)[method]!.call(this.client);
+    this.call = call;
+    call.on('data', (msg: Obj) => {
+      if (gen !== this.gen) return;
+      if (this.st.state !== 'connected') {
+        this.st.state = 'connected';
+        this.st.connectedSince = now();
+        this.attempt = 0;
+        this.opts.log.info({ server: this.opts.address, mode: this.mode }, 'xds: connected');
+      }
+      try {
+        this.onResponse(msg);
+      } catch (e) {
+        // A bug of ours must not take the agent down with it; the stream is restarted cleanly.
+        this.opts.log.error({ err: e }, 'xds: response handling failed');
+        this.streamEnded(gen, `internal error: ${(e as Error).message}`);
+      }
+    });
+    call.on('error', (e: grpc.ServiceError) => this.streamEnded(gen, e.details || e.message));
+    call.on('status', (s: grpc.StatusObject) => this.streamEnded(gen, s.code === grpc.status.OK ? 'stream closed by the server' : s.details));
+    call.on('end', () => this.streamEnded(gen, 'stream closed by the server'));
+    // Resubscribe: what we have cached is announced so the server need not resend it.
+    for (const typeUrl of ORDER) this.subscribe(typeUrl, true);
+  }
+
+  private streamEnded(gen: number, reason: string): void {
+    if (gen !== this.gen || this.stopped) return;
+    this.gen++;
+    this.call?.cancel();
+    this.call = undefined;
+    this.st.lastError = reason;
+    this.st.state = 'backoff';
+    this.st.connectedSince = null;
+    const base = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** this.attempt);
+    const delay = Math.round(base / 2 + (Math.random() * base) / 2); // "equal jitter": never a thundering herd
+    this.attempt = Math.min(this.attempt + 1, 30);
+    this.opts.log.warn({ server: this.opts.address, reason, retryInMs: delay }, 'xds: stream lost, keeping the last good state');
+    this.timer = setTimeout(() => {
+      this.st.reconnects++;
+      this.connect();
+    }, delay);
+    this.timer.unref?.();
+  }
+
+  private send(req: Obj): void {
+    this.call?.write(req);
+  }
+
+  private node(): Obj {
+    const { id, cluster, locality, metadata } = this.opts.node;
+    const fields: Obj = {};
+    // google.protobuf.* comes from protobufjs' built-in descriptors, whose field names are camelCase whatever keepCase says.
+    for (const [k, v] of Object.entries(metadata)) fields[k] = { stringValue: v };
+    return { id, cluster, locality: locality ?? {}, metadata: { fields }, user_agent_name: 'sockmesh-agent' };
+  }
+
+  /** The names we want per type: LDS is wildcard; the others follow the accepted listeners. */
+  private wanted(typeUrl: string): Set<string> | 'wildcard' {
+    if (typeUrl === TYPE.listener) return 'wildcard';
+    const refs = references(this.state);
+    return typeUrl === TYPE.route ? refs.routes : typeUrl === TYPE.cluster ? refs.clusters : refs.endpoints;
+  }
+
+  /** Send a (re)subscription for one type when what we want differs from what the stream has. */
+  private subscribe(typeUrl: string, initial: boolean): void {
+    const want = this.wanted(typeUrl);
+    const had = this.sent.get(typeUrl);
+    const names = want === 'wildcard' ? new Set<string>() : want;
+    if (had) {
+      if (had.size === names.size && [...names].every((n) => had.has(n))) return;
+    } else if (want !== 'wildcard' && names.size === 0) {
+      return; // a first request without names would mean "everything" (legacy wildcard)
+    }
+    this.sent.set(typeUrl, new Set(names));
+    if (this.mode === 'delta') {
+      const req: Obj = { type_url: typeUrl };
+      if (!had) {
+        req.node = this.node();
+        req.resource_names_subscribe = [...names];
+        const versions: Record<string, string> = {};
+        for (const [n, v] of this.resourceVersions.get(typeUrl) ?? []) if (want === 'wildcard' || names.has(n)) versions[n] = v;
+        req.initial_resource_versions = versions;
+      } else {
+        req.resource_names_subscribe = [...names].filter((n) => !had.has(n));
+        req.resource_names_unsubscribe = [...had].filter((n) => !names.has(n));
+      }
+      this.send(req);
+    } else {
+      this.send({
+        node: initial || !had ? this.node() : undefined,
+        type_url: typeUrl,
+        resource_names: [...names],
+        version_info: this.versions.get(typeUrl) ?? '',
+        response_nonce: this.lastNonce.get(typeUrl) ?? '',
+      });
+    }
+  }
+
+  private ack(typeUrl: string, nonce: string, version: string): void {
+    if (this.mode === 'delta') this.send({ type_url: typeUrl, response_nonce: nonce });
+    else this.send({ type_url: typeUrl, version_info: version, resource_names: [...(this.sent.get(typeUrl) ?? [])], response_nonce: nonce });
+  }
+
+  private nack(typeUrl: string, nonce: string, version: string, reason: string): void {
+    const previous = this.mode === 'delta' ? (this.st.acked[typeUrl]?.version ?? '') : (this.versions.get(typeUrl) ?? '');
+    const error_detail = { code: INVALID_ARGUMENT, message: reason };
+    if (this.mode === 'delta') this.send({ type_url: typeUrl, response_nonce: nonce, error_detail });
+    else this.send({ type_url: typeUrl, version_info: previous, resource_names: [...(this.sent.get(typeUrl) ?? [])], response_nonce: nonce, error_detail });
+    this.st.lastNack = { typeUrl, version, at: now(), reason };
+    this.opts.log.warn({ typeUrl, version, previous, reason }, 'xds: update rejected (NACK), previous state kept');
+  }
+
+  // ---- responses ----
+
+  private onResponse(msg: Obj): void {
+    const typeUrl: string = msg.type_url ?? '';
+    const nonce: string = msg.nonce ?? '';
+    const kind = KIND_OF[typeUrl];
+    if (!kind) {
+      // Never subscribed to: answering would read as a subscription. Logged and dropped.
+      this.opts.log.warn({ typeUrl, nonce }, 'xds: response of an unknown type ignored');
+      return;
+    }
+    if (nonce !== '' && this.lastNonce.get(typeUrl) === nonce) {
+      this.opts.log.warn({ typeUrl, nonce }, 'xds: response repeats the last nonce, ignored');
+      return;
+    }
+    this.lastNonce.set(typeUrl, nonce);
+    const inc: Incoming =
+      this.mode === 'delta'
+        ? {
+            typeUrl, nonce, version: msg.system_version_info || nonce,
+            resources: (msg.resources ?? []).map((r: Obj) => ({ name: r.name, version: r.version, any: r.resource })),
+            removed: msg.removed_resources ?? [], complete: false,
+          }
+        : {
+            typeUrl, nonce, version: msg.version_info ?? '',
+            resources: (msg.resources ?? []).map((any: AnyMessage) => ({ any })),
+            removed: [], complete: typeUrl === TYPE.listener || typeUrl === TYPE.cluster,
+          };
+    const error = this.consider(kind, inc);
+    if (error !== null) return this.nack(typeUrl, nonce, inc.version, error);
+    if (this.mode === 'sotw') this.versions.set(typeUrl, inc.version);
+    this.ack(typeUrl, nonce, inc.version);
+    this.st.acked[typeUrl] = { version: inc.version, at: now(), resources: this.state[STATE_KEY[kind]].size };
+    // New listeners or clusters may reference more; removed ones less.
+    for (const t of ORDER) if (t !== TYPE.listener) this.subscribe(t, false);
+  }
+
+  /** Check, translate and apply one response. Null when accepted (state moved on), else the NACK reason. */
+  private consider(kind: Kind, inc: Incoming): string | null {
+    if (inc.resources.length > this.limits.maxResources) {
+      return `response too large: ${inc.resources.length} resources (limit ${this.limits.maxResources})`;
+    }
+    let bytes = 0;
+    for (const r of inc.resources) bytes += r.any?.value?.length ?? 0;
+    if (bytes > this.limits.maxBytes) return `response too large: ${bytes} bytes of resources (limit ${this.limits.maxBytes})`;
+
+    const key = STATE_KEY[kind];
+    const map = inc.complete ? new Map() : new Map(this.state[key] as Map<string, unknown>);
+    const versions = new Map(inc.complete ? [] : this.resourceVersions.get(inc.typeUrl) ?? []);
+    const errors: string[] = [];
+    inc.resources.forEach((r, i) => {
+      if (!r.any) {
+        if (r.name) versions.set(r.name, r.version ?? ''); // delta: a version bump with no body
+        return;
+      }
+      if (r.any.type_url !== inc.typeUrl) {
+        errors.push(`resources[${i}]${r.name ? ` '${r.name}'` : ''}: type ${r.any.type_url} in a ${inc.typeUrl} response`);
+        return;
+      }
+      try {
+        const obj = unpackAny<Obj>(r.any);
+        const name = nameOf(kind, obj) || r.name || '';
+        if (!name) throw new XdsResourceError(`resources[${i}]: the ${kind} has no name`);
+        if (r.name && name !== r.name) throw new XdsResourceError(`resources[${i}] '${r.name}': names itself '${name}'`);
+        map.set(name, digest(kind, name, obj));
+        if (r.version !== undefined) versions.set(name, r.version);
+      } catch (e) {
+        errors.push(e instanceof XdsResourceError ? e.message : `resources[${i}]${r.name ? ` '${r.name}'` : ''}: ${(e as Error).message}`);
+      }
+    });
+    if (errors.length > 0) return errors.join('; ');
+    for (const name of inc.removed) {
+      map.delete(name);
+      versions.delete(name);
+    }
+
+    // Drop what no listener references any more (named subscriptions shrink with it).
+    let candidate: XdsState = { ...this.state, [key]: map };
+    const refs = references(candidate);
+    const keep = <T>(m: ReadonlyMap<string, T>, names: Set<string>) => new Map([...m].filter(([n]) => names.has(n)));
+    candidate = {
+      listeners: candidate.listeners,
+      routes: keep(candidate.routes, refs.routes),
+      clusters: keep(candidate.clusters, refs.clusters),
+      endpoints: keep(candidate.endpoints, refs.endpoints),
+    };
+
+    const result = buildModel(candidate, this.previous);
+    if (result.error !== undefined) return result.error;
+    const ready = this.st.synced || result.warming.length === 0;
+    if (ready) {
+      const json = JSON.stringify(result.model);
+      if (json !== this.lastModelJson) {
+        let err: string | null;
+        try {
+          err = this.opts.apply(result.model!);
+        } catch (e) {
+          err = (e as Error).message;
+        }
+        if (err !== null) return `not applied: ${err}`;
+        this.lastModelJson = json;
+        this.opts.log.info({ services: result.model!.services.length, warming: result.warming.length }, 'xds: model applied');
+      }
+      this.previous = result.used;
+      this.st.synced = true;
+      this.st.unsupported = result.unsupported;
+    } else {
+      this.opts.log.info({ warming: result.warming.length }, 'xds: waiting for a complete state before the first apply');
+    }
+    this.st.warming = result.warming;
+    this.state = candidate;
+    this.resourceVersions.set(inc.typeUrl, versions);
+    for (const [t, k] of [[TYPE.route, 'routes'], [TYPE.cluster, 'clusters'], [TYPE.endpoint, 'endpoints']] as const) {
+      const v = this.resourceVersions.get(t);
+      if (v) this.resourceVersions.set(t, keep(v, new Set(candidate[k].keys())));
+    }
+    return null;
+  }
+}

@@ -1,0 +1,351 @@
+// The xDS source against a scripted ADS server over real gRPC on 127.0.0.1: full sync, ACK/NACK contents, warming,
+// incremental change, removal, reconnect with backoff (delta: initial_resource_versions), hostile responses.
+import t from 'tap';
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import { XdsSource, type XdsSourceOptions } from '../../agent/sources/xds/source.js';
+import { adsService, FILTER, packAny, protoRoot, TYPE } from '../../agent/xds/protos.js';
+import type { Model } from '../../agent/model/types.js';
+
+type Obj = Record<string, any>;
+const log = pino({ level: 'silent' });
+
+// ---- a scripted ADS server ----
+
+class Stream {
+  readonly requests: Obj[] = [];
+  private waiters: (() => void)[] = [];
+  ended = false;
+  constructor(readonly call: grpc.ServerDuplexStream<Obj, Obj>) {
+    call.on('data', (m: Obj) => {
+      this.requests.push(m);
+      for (const w of this.waiters.splice(0)) w();
+    });
+    call.on('error', () => {});
+    call.on('end', () => { this.ended = true; call.end(); });
+  }
+  private seen = 0;
+  /** The next request not yet returned (optionally of one type), waiting up to 3 s. */
+  async next(typeUrl?: string, ms = 3000): Promise<Obj> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      while (this.seen < this.requests.length) {
+        const r = this.requests[this.seen++]!;
+        if (!typeUrl || r.type_url === typeUrl) return r;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`no ${typeUrl ?? ''} request within ${ms} ms`);
+      await new Promise<void>((res) => {
+        const timer = setTimeout(res, left);
+        this.waiters.push(() => { clearTimeout(timer); res(); });
+      });
+    }
+  }
+  /** True when no further request arrives within `ms`. */
+  async quiet(ms = 300): Promise<Obj[]> {
+    await new Promise((r) => setTimeout(r, ms));
+    const rest = this.requests.slice(this.seen);
+    this.seen = this.requests.length;
+    return rest;
+  }
+  send(msg: Obj): void { this.call.write(msg); }
+}
+
+class FakeAds {
+  server = new grpc.Server();
+  streams: Stream[] = [];
+  private waiters: (() => void)[] = [];
+  port = 0;
+  async start(port = 0): Promise<void> {
+    const handler = (call: grpc.ServerDuplexStream<Obj, Obj>) => {
+      this.streams.push(new Stream(call));
+      for (const w of this.waiters.splice(0)) w();
+    };
+    this.server.addService(adsService(), { StreamAggregatedResources: handler, DeltaAggregatedResources: handler });
+    this.port = await new Promise<number>((res, rej) =>
+      this.server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  }
+  async stream(index: number, ms = 5000): Promise<Stream> {
+    const deadline = Date.now() + ms;
+    while (this.streams.length <= index) {
+      if (Date.now() > deadline) throw new Error(`no stream #${index}`);
+      await new Promise<void>((res) => { const tm = setTimeout(res, 50); this.waiters.push(() => { clearTimeout(tm); res(); }); });
+    }
+    return this.streams[index]!;
+  }
+  kill(): void { this.server.forceShutdown(); }
+}
+
+// ---- resources as our own control plane writes them ----
+// packAny() verifies before converting, and protobufjs' verify wants enum numbers: look them up by name.
+const E = (enumName: string, value: string): number => protoRoot().lookupEnum(enumName).values[value]!;
+const TCP = E('envoy.config.core.v3.SocketAddress.Protocol', 'TCP');
+const lbPolicy = (name: string) => E('envoy.config.cluster.v3.Cluster.LbPolicy', name);
+const EDS = E('envoy.config.cluster.v3.Cluster.DiscoveryType', 'EDS');
+const V3 = E('envoy.config.core.v3.ApiVersion', 'V3');
+const HEALTHY = E('envoy.config.core.v3.HealthStatus', 'HEALTHY');
+
+const tcpListener = (vip: string, port: number, cluster: string): Obj => ({
+  name: `${vip}:${port}/tcp`,
+  address: { socket_address: { address: vip, port_value: port, protocol: TCP } },
+  filter_chains: [{ filters: [{ name: 'envoy.filters.network.tcp_proxy', typed_config: packAny(FILTER.tcpProxy, { stat_prefix: cluster, cluster }) }] }],
+});
+const edsCluster = (name: string, lb = 'ROUND_ROBIN', extra: Obj = {}): Obj => ({
+  name, type: EDS, eds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3 } }, lb_policy: lbPolicy(lb), ...extra,
+});
+const cla = (name: string, eps: [string, number, number?][]): Obj => ({
+  cluster_name: name,
+  endpoints: [{ lb_endpoints: eps.map(([address, port, weight]) => ({
+    endpoint: { address: { socket_address: { address, port_value: port } } },
+    load_balancing_weight: { value: weight ?? 1 }, health_status: HEALTHY,
+  })) }],
+});
+const any = (typeUrl: string, objs: Obj[]) => objs.map((o) => packAny(typeUrl, o));
+const sotw = (typeUrl: string, version: string, nonce: string, objs: Obj[]) => ({ version_info: version, type_url: typeUrl, nonce, resources: any(typeUrl, objs) });
+const delta = (typeUrl: string, nonce: string, objs: [string, string, Obj][], removed: string[] = []) => ({
+  type_url: typeUrl, nonce, system_version_info: nonce, removed_resources: removed,
+  resources: objs.map(([name, version, o]) => ({ name, version, resource: packAny(typeUrl, o) })),
+});
+
+function source(port: number, mode: 'sotw' | 'delta', applied: Model[], extra: Partial<XdsSourceOptions> = {}): XdsSource {
+  return new XdsSource({
+    address: `127.0.0.1:${port}`, mode, log,
+    node: { id: 'node-1', cluster: 'sockmesh', metadata: { node_name: 'n1', agent_version: '0.1.0' } },
+    apply: (m) => { applied.push(m); return null; },
+    backoff: { initialMs: 50, maxMs: 200 },
+    ...extra,
+  });
+}
+
+const wait = async (cond: () => boolean, ms = 3000) => {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+const webModel = (backends: [string, number, number][]) => ({
+  services: [{
+    name: 'web', algorithm: 'weighted', affinityTimeoutSeconds: 0, maglevTableSize: backends.length > 2 ? 509 : 251,
+    frontends: [{ vip: '127.77.1.1', family: 4, port: 80, protocol: 'tcp', backends: backends.map(([address, port, weight]) => ({ address, family: 4, port, weight })) }],
+  }],
+});
+
+t.test('SotW: warming, full sync, ACK, NACK, incremental change, removal', async (t) => {
+  const ads = new FakeAds();
+  await ads.start();
+  const applied: Model[] = [];
+  const src = source(ads.port, 'sotw', applied);
+  t.teardown(async () => { await src.stop(); ads.kill(); });
+  src.start();
+  const s = await ads.stream(0);
+
+  const lds = await s.next(TYPE.listener);
+  t.equal(lds.node?.id, 'node-1', 'node identity in the first request');
+  t.same(lds.node.metadata.fields.agent_version, { stringValue: '0.1.0', kind: 'stringValue' });
+  t.same(lds.resource_names ?? [], [], 'LDS is a wildcard subscription');
+
+  s.send(sotw(TYPE.listener, '1', 'l1', [tcpListener('127.77.1.1', 80, 'web')]));
+  const ldsAck = await s.next(TYPE.listener);
+  t.equal(ldsAck.version_info, '1', 'ACK carries the version');
+  t.equal(ldsAck.response_nonce, 'l1', 'ACK carries the nonce');
+  t.notOk(ldsAck.error_detail, 'no error in an ACK');
+  const cds = await s.next(TYPE.cluster);
+  t.same(cds.resource_names, ['web'], 'CDS for the cluster the listener references');
+  t.equal(applied.length, 0, 'warming: nothing applied with the cluster missing');
+
+  s.send(sotw(TYPE.cluster, '1', 'c1', [edsCluster('web')]));
+  t.equal((await s.next(TYPE.cluster)).response_nonce, 'c1');
+  const eds = await s.next(TYPE.endpoint);
+  t.same(eds.resource_names, ['web']);
+  t.equal(applied.length, 0, 'warming: nothing applied with the endpoints missing');
+
+  s.send(sotw(TYPE.endpoint, '1', 'e1', [cla('web', [['127.0.0.1', 8080, 1], ['127.0.0.2', 8080, 3]])]));
+  t.equal((await s.next(TYPE.endpoint)).version_info, '1');
+  t.equal(applied.length, 1, 'apply called once for the full state');
+  t.same(applied[0], webModel([['127.0.0.1', 8080, 1], ['127.0.0.2', 8080, 3]]));
+  const st = src.status();
+  t.equal(st.state, 'connected');
+  t.same(Object.keys(st.acked).sort(), [TYPE.cluster, TYPE.endpoint, TYPE.listener].sort());
+  t.equal(st.acked[TYPE.endpoint]!.resources, 1);
+
+  // NACK: a non-prime maglev table size. Previous version, error_detail naming resource and field, nothing applied.
+  s.send(sotw(TYPE.cluster, '2', 'c2', [edsCluster('web', 'MAGLEV', { maglev_lb_config: { table_size: { value: 1000 } } })]));
+  const nack = await s.next(TYPE.cluster);
+  t.equal(nack.version_info, '1', 'NACK carries the previous version');
+  t.equal(nack.response_nonce, 'c2');
+  t.equal(nack.error_detail?.code, 3, 'INVALID_ARGUMENT');
+  t.match(nack.error_detail?.message, /cluster 'web': maglev_lb_config\.table_size: must be a prime, got 1000/);
+  t.equal(applied.length, 1, 'a NACKed update applies nothing');
+  t.equal(src.status().lastNack?.version, '2');
+
+  // An unknown listener filter: NACK naming the listener and the field.
+  s.send(sotw(TYPE.listener, '2', 'l2', [{
+    ...tcpListener('127.77.1.1', 80, 'web'),
+    filter_chains: [{ filters: [{ name: 'x', typed_config: packAny(TYPE.endpoint, { cluster_name: 'x' }) }] }],
+  }]));
+  const lnack = await s.next(TYPE.listener);
+  t.equal(lnack.version_info, '1');
+  t.match(lnack.error_detail?.message, /listener '127\.77\.1\.1:80\/tcp': filter_chains\[0\]\.filters\[0\]\.typed_config: unsupported filter type/);
+
+  // Incremental endpoint change; the cluster cache still holds the pre-NACK version (round robin -> weighted).
+  s.send(sotw(TYPE.endpoint, '2', 'e2', [cla('web', [['127.0.0.1', 8080, 1], ['127.0.0.2', 8080, 3], ['127.0.0.3', 8081, 0]])]));
+  t.equal((await s.next(TYPE.endpoint)).version_info, '2');
+  t.equal(applied.length, 2);
+  t.same(applied[1], webModel([['127.0.0.1', 8080, 1], ['127.0.0.2', 8080, 3], ['127.0.0.3', 8081, 0]]));
+
+  // A second listener with a new cluster: the first keeps working, the new one waits for its cluster.
+  s.send(sotw(TYPE.listener, '3', 'l3', [tcpListener('127.77.1.1', 80, 'web'), tcpListener('127.77.1.2', 53, 'dns')]));
+  t.equal((await s.next(TYPE.listener)).version_info, '3');
+  t.same((await s.next(TYPE.cluster)).resource_names.sort(), ['dns', 'web']);
+  t.equal(applied.length, 2, 'model unchanged while the new listener warms');
+  t.match(src.status().warming, [/listener '127\.77\.1\.2:53\/tcp' waits for cluster 'dns'/]);
+  s.send(sotw(TYPE.cluster, '3', 'c3', [edsCluster('web'), edsCluster('dns', 'RANDOM')]));
+  t.same((await s.next(TYPE.endpoint)).resource_names?.sort(), ['dns', 'web'].sort());
+  s.send(sotw(TYPE.endpoint, '3', 'e3', [cla('dns', [['127.0.0.1', 5353]])]));
+  await wait(() => applied.length === 3);
+  t.same(applied[2]!.services.map((x) => x.name), ['web', 'dns']);
+  t.equal(applied[2]!.services[1]!.algorithm, 'random');
+
+  // Removal: the listener goes, its service goes; CDS shrinks.
+  s.send(sotw(TYPE.listener, '4', 'l4', [tcpListener('127.77.1.2', 53, 'dns')]));
+  await wait(() => applied.length === 4);
+  t.same(applied[3]!.services.map((x) => x.name), ['dns']);
+  t.same((await s.next(TYPE.cluster)).resource_names, ['dns'], 'unsubscribed from the removed cluster');
+});
+
+t.test('delta: full sync, server killed (backoff, static state), restart with initial_resource_versions', async (t) => {
+  let ads = new FakeAds();
+  await ads.start();
+  const port = ads.port;
+  const applied: Model[] = [];
+  const src = source(port, 'delta', applied);
+  t.teardown(async () => { await src.stop(); ads.kill(); });
+  src.start();
+  let s = await ads.stream(0);
+  const lds = await s.next(TYPE.listener);
+  t.equal(lds.node?.id, 'node-1');
+  t.same(lds.resource_names_subscribe ?? [], [], 'legacy wildcard');
+  s.send(delta(TYPE.listener, 'n1', [['127.77.1.1:80/tcp', 'lv1', tcpListener('127.77.1.1', 80, 'web')]]));
+  t.equal((await s.next(TYPE.listener)).response_nonce, 'n1');
+  const cds = await s.next(TYPE.cluster);
+  t.same(cds.resource_names_subscribe, ['web']);
+  s.send(delta(TYPE.cluster, 'n2', [['web', 'cv1', edsCluster('web')]]));
+  t.same((await s.next(TYPE.endpoint)).resource_names_subscribe, ['web']);
+  s.send(delta(TYPE.endpoint, 'n3', [['web', 'ev1', cla('web', [['127.0.0.1', 8080, 1], ['127.0.0.2', 8080, 3]])]]));
+  const ack = await s.next(TYPE.endpoint);
+  t.equal(ack.response_nonce, 'n3');
+  t.notOk(ack.error_detail);
+  t.equal(applied.length, 1);
+
+  // Endpoint change alone.
+  s.send(delta(TYPE.endpoint, 'n4', [['web', 'ev2', cla('web', [['127.0.0.1', 8080, 1]])]]));
+  await wait(() => applied.length === 2);
+  t.same(applied[1], webModel([['127.0.0.1', 8080, 1]]));
+
+  // The control plane dies: nothing is applied, the status says why, backoff.
+  ads.kill();
+  await wait(() => src.status().state !== 'connected');
+  await wait(() => src.status().lastError !== null && src.status().reconnects >= 2, 5000);
+  t.equal(applied.length, 2, 'the last good state stays');
+  t.ok(src.status().lastError, `lastError: ${src.status().lastError}`);
+
+  // It comes back on the same port: the source resubscribes announcing what it has.
+  ads = new FakeAds();
+  await ads.start(port);
+  s = await ads.stream(0);
+  const relds = await s.next(TYPE.listener);
+  t.same(relds.initial_resource_versions, { '127.77.1.1:80/tcp': 'lv1' });
+  const recds = await s.next(TYPE.cluster);
+  t.same(recds.resource_names_subscribe, ['web']);
+  t.same(recds.initial_resource_versions, { web: 'cv1' });
+  const reeds = await s.next(TYPE.endpoint);
+  t.same(reeds.initial_resource_versions, { web: 'ev2' });
+  t.ok(reeds.node?.id, 'node identity on the new stream');
+  // A server that had everything already sends an empty response; nothing changes.
+  s.send(delta(TYPE.endpoint, 'm1', []));
+  await s.next(TYPE.endpoint);
+  await wait(() => src.status().state === 'connected');
+  t.equal(applied.length, 2, 'no re-apply after the reconnect');
+  // Removal through removed_resources.
+  s.send(delta(TYPE.listener, 'm2', [], ['127.77.1.1:80/tcp']));
+  await wait(() => applied.length === 3);
+  t.same(applied[2], { services: [] });
+  const unsub = await s.next(TYPE.cluster);
+  t.same(unsub.resource_names_unsubscribe, ['web']);
+});
+
+t.test('hostile responses: unknown type, repeated nonce, garbage Any, huge response', async (t) => {
+  const ads = new FakeAds();
+  await ads.start();
+  const applied: Model[] = [];
+  const src = source(ads.port, 'sotw', applied, { limits: { maxResources: 1000, maxBytes: 1024 * 1024 } });
+  t.teardown(async () => { await src.stop(); ads.kill(); });
+  src.start();
+  const s = await ads.stream(0);
+  await s.next(TYPE.listener);
+  s.send(sotw(TYPE.listener, '1', 'l1', [tcpListener('127.77.1.1', 80, 'web')]));
+  await s.next(TYPE.cluster);
+  s.send(sotw(TYPE.cluster, '1', 'c1', [edsCluster('web')]));
+  await s.next(TYPE.endpoint);
+  s.send(sotw(TYPE.endpoint, '1', 'e1', [cla('web', [['127.0.0.1', 8080, 1]])]));
+  await wait(() => applied.length === 1);
+  await s.quiet(100);
+
+  s.send({ version_info: '9', type_url: 'type.googleapis.com/evil.Thing', nonce: 'x1', resources: [] });
+  t.same(await s.quiet(), [], 'unknown type URL: ignored, not answered');
+
+  s.send(sotw(TYPE.endpoint, '7', 'e1', [cla('web', [['127.0.0.9', 8080, 1]])]));
+  t.same(await s.quiet(), [], 'a repeated nonce is ignored');
+  t.equal(applied.length, 1);
+
+  s.send({ version_info: '2', type_url: TYPE.endpoint, nonce: 'e2', resources: [{ type_url: TYPE.endpoint, value: Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]) }] });
+  const bad = await s.next(TYPE.endpoint);
+  t.equal(bad.version_info, '1');
+  t.match(bad.error_detail?.message, /resources\[0\].*cannot decode/);
+
+  s.send({ version_info: '3', type_url: TYPE.endpoint, nonce: 'e3', resources: [{ type_url: TYPE.cluster, value: Buffer.alloc(0) }] });
+  t.match((await s.next(TYPE.endpoint)).error_detail?.message, /type .*Cluster in a .*ClusterLoadAssignment response/);
+
+  const huge = cla('web', Array.from({ length: 40_000 }, (_, i) => [`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 8080, 1] as [string, number, number]));
+  s.send(sotw(TYPE.endpoint, '4', 'e4', [huge]));
+  t.match((await s.next(TYPE.endpoint)).error_detail?.message, /response too large: \d+ bytes/);
+  s.send({ version_info: '5', type_url: TYPE.endpoint, nonce: 'e5', resources: any(TYPE.endpoint, Array.from({ length: 1001 }, () => cla('web', []))) });
+  t.match((await s.next(TYPE.endpoint)).error_detail?.message, /1001 resources/);
+
+  t.equal(applied.length, 1, 'nothing applied from hostile input');
+  const st = src.status();
+  t.equal(st.state, 'connected');
+  t.equal(st.acked[TYPE.endpoint]!.version, '1');
+  t.equal(st.reconnects, 0, 'no reconnect needed');
+
+  // Still healthy: a good update goes through.
+  s.send(sotw(TYPE.endpoint, '6', 'e6', [cla('web', [['127.0.0.2', 8080, 1]])]));
+  await wait(() => applied.length === 2);
+  t.equal(applied[1]!.services[0]!.frontends[0]!.backends[0]!.address, '127.0.0.2');
+});
+
+t.test('apply refusing a model: NACK with its reason, state not advanced', async (t) => {
+  const ads = new FakeAds();
+  await ads.start();
+  const applied: Model[] = [];
+  let refuse = true;
+  const src = source(ads.port, 'delta', applied, { apply: (m) => (refuse ? 'datapath full' : (applied.push(m), null)) });
+  t.teardown(async () => { await src.stop(); ads.kill(); });
+  src.start();
+  const s = await ads.stream(0);
+  await s.next(TYPE.listener);
+  s.send(delta(TYPE.listener, 'n1', [['127.77.1.1:80/tcp', 'lv1', tcpListener('127.77.1.1', 80, 'web')]]));
+  await s.next(TYPE.cluster);
+  s.send(delta(TYPE.cluster, 'n2', [['web', 'cv1', edsCluster('web')]]));
+  await s.next(TYPE.endpoint);
+  s.send(delta(TYPE.endpoint, 'n3', [['web', 'ev1', cla('web', [['127.0.0.1', 8080, 1]])]]));
+  const nack = await s.next(TYPE.endpoint);
+  t.match(nack.error_detail?.message, /datapath full/);
+  t.equal(src.status().synced, false);
+  refuse = false;
+  s.send(delta(TYPE.endpoint, 'n4', [['web', 'ev2', cla('web', [['127.0.0.1', 8080, 1]])]]));
+  await wait(() => applied.length === 1);
+  t.equal(src.status().synced, true);
+});
