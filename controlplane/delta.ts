@@ -1,0 +1,140 @@
+// Incremental ADS (DeltaAggregatedResources): one handler per stream.
+//
+// Per type the stream tracks what the client subscribed to (names, or the wildcard for listeners and clusters) and
+// which version of each resource the client has: first from initial_resource_versions (a reconnecting client says
+// what it kept, so nothing unchanged is sent again, also after a control-plane restart, since versions are content
+// hashes), then from what was sent. A response carries only resources whose version differs from the client's, plus
+// removed_resources for those the client has that are gone (or that it asked for and do not exist).
+//
+// Nonces: a request naming the last nonce sent is an ACK or a NACK (error_detail). Unlike state of the world, a
+// request with a stale nonce still carries subscription changes that no later request repeats, so those are
+// applied; only its ACK/NACK meaning is ignored.
+import type * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { encodeDeltaResponse, type Changes, type Resource, type Snapshot } from './snapshot.js';
+import { acceptedType, describeNode, shortType, stringList, wildcardType, type StreamHost, type XdsStream } from './stream.js';
+
+interface Subscription {
+  wildcard: boolean;
+  names: Set<string>;
+  /** Resource versions the client has (name -> version). */
+  has: Map<string, string>;
+  lastNonce: string;
+}
+
+export class DeltaStream implements XdsStream {
+  private readonly subs = new Map<string, Subscription>();
+  private readonly warnedUnknown = new Set<string>();
+  private log: Logger;
+  private nodeId?: string;
+
+  constructor(
+    private readonly call: grpc.ServerDuplexStream<unknown, Buffer>,
+    private readonly host: StreamHost,
+    readonly id: number,
+  ) {
+    this.log = host.log.child({ stream: id, variant: 'delta' });
+  }
+
+  onRequest(req: Record<string, unknown>): void {
+    if (this.nodeId === undefined) {
+      const node = describeNode(req['node']);
+      this.nodeId = node.id ?? '';
+      this.log = this.log.child({ node: node.id });
+      this.log.info({ peer: this.call.getPeer(), nodeInfo: node }, 'ADS stream (delta) opened');
+    }
+    const typeUrl = acceptedType(req['type_url'], this.log, this.warnedUnknown);
+    if (!typeUrl) return;
+    const subscribe = stringList(req['resource_names_subscribe']);
+    const unsubscribe = stringList(req['resource_names_unsubscribe']);
+    const initial = req['initial_resource_versions'];
+    if (subscribe === undefined || unsubscribe === undefined || (initial !== undefined && (typeof initial !== 'object' || initial === null))) {
+      return void this.log.warn({ type: shortType(typeUrl) }, 'malformed delta request: ignored');
+    }
+    const nonce = typeof req['response_nonce'] === 'string' ? req['response_nonce'] : '';
+    let sub = this.subs.get(typeUrl);
+    const first = !sub;
+    const known = (sub?.names.size ?? 0) + subscribe.length + (first ? Object.keys(initial ?? {}).length : 0);
+    if (known > this.host.maxNames) {
+      return void this.log.warn({ type: shortType(typeUrl), count: known, max: this.host.maxNames }, 'request subscribes to too many names: ignored');
+    }
+
+    if (sub && nonce !== '') {
+      if (nonce !== sub.lastNonce) {
+        this.log.debug({ type: shortType(typeUrl), nonce, expected: sub.lastNonce }, 'stale nonce: ACK/NACK ignored');
+      } else {
+        const error = req['error_detail'] as { code?: number; message?: string } | undefined;
+        if (error) this.log.warn({ type: shortType(typeUrl), nonce, code: error.code, reason: error.message }, 'NACK: client rejected the update');
+        else this.log.debug({ type: shortType(typeUrl), nonce }, 'ACK');
+      }
+    }
+
+    const state = this.host.snapshot().type(typeUrl)!;
+    const candidates = new Set<string>();
+    const toldAbsent = new Set<string>();
+    if (!sub) {
+      const has = new Map<string, string>();
+      for (const [name, v] of Object.entries(initial ?? {})) if (typeof v === 'string') has.set(name, v);
+      sub = { wildcard: wildcardType(typeUrl) && subscribe.length === 0, names: new Set(), has, lastNonce: '' };
+      this.subs.set(typeUrl, sub);
+      // What the client says it has is checked too: changed or gone since.
+      for (const name of has.keys()) candidates.add(name);
+    }
+    for (const name of unsubscribe) {
+      if (name === '*') sub.wildcard = false;
+      else {
+        sub.names.delete(name);
+        sub.has.delete(name);
+      }
+    }
+    for (const name of subscribe) {
+      if (name === '*') {
+        if (!sub.wildcard && wildcardType(typeUrl)) for (const n of state.resources.keys()) candidates.add(n);
+        sub.wildcard = wildcardType(typeUrl);
+      } else if (!sub.names.has(name)) {
+        sub.names.add(name);
+        candidates.add(name);
+        toldAbsent.add(name);
+      }
+    }
+    if (first && sub.wildcard) for (const n of state.resources.keys()) candidates.add(n);
+    this.send(typeUrl, sub, state, candidates, toldAbsent, first);
+  }
+
+  push(snapshot: Snapshot, changes: Changes): void {
+    for (const [typeUrl, sub] of this.subs) {
+      const changed = changes.get(typeUrl);
+      if (changed) this.send(typeUrl, sub, snapshot.type(typeUrl)!, changed, new Set(), false);
+    }
+  }
+
+  /**
+   * Compare the candidate names the client is interested in with what it has; send the differences. `absentToo`:
+   * names just subscribed to, reported removed if they do not exist so the client need not wait for a timeout.
+   */
+  private send(
+    typeUrl: string,
+    sub: Subscription,
+    state: { version: string; resources: Map<string, Resource> },
+    candidates: Iterable<string>,
+    absentToo: Set<string>,
+    always: boolean,
+  ): void {
+    const resources: Resource[] = [];
+    const removed: string[] = [];
+    for (const name of candidates) {
+      if (!sub.wildcard && !sub.names.has(name)) continue;
+      const r = state.resources.get(name);
+      if (r) {
+        if (sub.has.get(name) !== r.version) resources.push(r);
+      } else if (sub.has.has(name) || absentToo.has(name)) removed.push(name);
+    }
+    if (!always && resources.length === 0 && removed.length === 0) return;
+    for (const r of resources) sub.has.set(r.name, r.version);
+    for (const name of removed) sub.has.delete(name);
+    const nonce = this.host.nextNonce();
+    sub.lastNonce = nonce;
+    this.call.write(encodeDeltaResponse(state.version, typeUrl, nonce, resources, removed));
+    this.log.debug({ type: shortType(typeUrl), version: state.version, nonce, resources: resources.length, removed: removed.length }, 'sent');
+  }
+}

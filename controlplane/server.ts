@@ -1,0 +1,224 @@
+// The control plane: a gRPC server with the Aggregated Discovery Service (state of the world and delta), serving
+// one snapshot of the model to every stream and pushing each change to all of them.
+//
+// Responses are pre-encoded Buffers (see snapshot.ts); the ADS method definitions are used as they are except that
+// their response serializer passes a Buffer through untouched.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import pino, { type Logger } from 'pino';
+import { adsService, protoRoot } from '../agent/xds/protos.js';
+import { ConfigError, type Model } from '../agent/model/types.js';
+import { DeltaStream } from './delta.js';
+import { Snapshot, type Changes } from './snapshot.js';
+import { SotwStream } from './sotw.js';
+import { shortType, type StreamHost, type XdsStream } from './stream.js';
+import { DirWatcher, loadConfigDir } from './watch.js';
+
+export const DEFAULT_MAX_NAMES = 100_000;
+
+/** The ADS service with a response serializer that sends pre-encoded responses as they are. */
+function adsServiceBufferResponses(): grpc.ServiceDefinition {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(adsService())) {
+    const m = method as grpc.MethodDefinition<unknown, unknown>;
+    out[name] = { ...m, responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : m.responseSerialize(v)) };
+  }
+  return out as grpc.ServiceDefinition;
+}
+
+export interface ControlPlaneOptions {
+  log?: Logger;
+  maxNames?: number;
+}
+
+export class ControlPlane implements StreamHost {
+  readonly log: Logger;
+  readonly maxNames: number;
+  private current = Snapshot.empty();
+  private readonly streams = new Set<XdsStream>();
+  private readonly calls = new Set<grpc.ServerDuplexStream<unknown, Buffer>>();
+  private nonces = 0;
+  private streamIds = 0;
+  /** Nonces of an earlier server process can never match ours. */
+  private readonly noncePrefix = randomBytes(3).toString('hex');
+
+  constructor(opts: ControlPlaneOptions = {}) {
+    this.log = opts.log ?? pino({ level: 'silent' });
+    this.maxNames = opts.maxNames ?? DEFAULT_MAX_NAMES;
+  }
+
+  snapshot(): Snapshot {
+    return this.current;
+  }
+
+  nextNonce(): string {
+    return `${this.noncePrefix}-${++this.nonces}`;
+  }
+
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  /** Serve `model` from now on and push what changed to every stream. Returns the changes (empty: nothing did). */
+  setModel(model: Model): Changes {
+    const started = performance.now();
+    const { snapshot, changes } = this.current.next(model);
+    if (changes.size === 0) return changes;
+    this.current = snapshot;
+    const built = performance.now() - started;
+    for (const s of this.streams) {
+      try {
+        s.push(snapshot, changes);
+      } catch (e) {
+        this.log.error({ err: e }, 'push to a stream failed');
+      }
+    }
+    this.log.info(
+      {
+        snapshot: snapshot.serial,
+        services: model.services.length,
+        versions: Object.fromEntries([...snapshot.types].map(([url, t]) => [shortType(url), t.version])),
+        changed: Object.fromEntries([...changes].map(([url, names]) => [shortType(url), names.size])),
+        streams: this.streams.size,
+        buildMs: Math.round(built),
+        pushMs: Math.round(performance.now() - started - built),
+      },
+      'snapshot updated',
+    );
+    return changes;
+  }
+
+  /** The handlers for grpc.Server#addService. */
+  handlers(): grpc.UntypedServiceImplementation {
+    const attach = (call: grpc.ServerDuplexStream<unknown, Buffer>, stream: XdsStream & { onRequest(r: Record<string, unknown>): void }) => {
+      this.streams.add(stream);
+      this.calls.add(call);
+      const done = () => {
+        this.streams.delete(stream);
+        this.calls.delete(call);
+      };
+      call.on('data', (req: unknown) => {
+        if (!req || typeof req !== 'object') return void this.log.warn('malformed request: not a message');
+        try {
+          stream.onRequest(req as Record<string, unknown>);
+        } catch (e) {
+          // A bug in handling one request must not take down the stream, let alone the server.
+          this.log.error({ err: e }, 'request handling failed');
+        }
+      });
+      call.on('end', () => {
+        done();
+        call.end();
+      });
+      call.on('error', (e) => {
+        done();
+        this.log.debug({ err: e.message }, 'stream error');
+      });
+      call.on('cancelled', done);
+      call.on('close', done);
+    };
+    return {
+      StreamAggregatedResources: (call: grpc.ServerDuplexStream<unknown, Buffer>) => attach(call, new SotwStream(call, this, ++this.streamIds)),
+      DeltaAggregatedResources: (call: grpc.ServerDuplexStream<unknown, Buffer>) => attach(call, new DeltaStream(call, this, ++this.streamIds)),
+    } as unknown as grpc.UntypedServiceImplementation;
+  }
+
+  /** End every open stream (clients see UNAVAILABLE and reconnect elsewhere or later). */
+  endStreams(): void {
+    for (const call of this.calls) call.end();
+    this.calls.clear();
+    this.streams.clear();
+  }
+}
+
+export interface ServeOptions extends ControlPlaneOptions {
+  /** host:port; port 0 picks a free one. Default 127.0.0.1:18000. */
+  listen?: string;
+  tls?: { cert: string; key: string };
+}
+
+export interface RunningControlPlane {
+  readonly port: number;
+  readonly controlPlane: ControlPlane;
+  /** Serial number of the snapshot being served (moves with every change). */
+  readonly snapshotVersion: number;
+  setModel(model: Model): Changes;
+  /** Re-read the config directory now (only for startControlPlane). */
+  reload(): void;
+  close(): Promise<void>;
+}
+
+async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () => void, reload: () => void): Promise<RunningControlPlane> {
+  protoRoot(); // load the protos before the first client connects
+  const server = new grpc.Server({
+    // Full states of large fleets are several MiB; requests are small (the receive limit stays the default 4 MiB).
+    'grpc.max_send_message_length': -1,
+  });
+  server.addService(adsServiceBufferResponses(), cp.handlers());
+  const creds = opts.tls
+    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: readFileSync(opts.tls.cert), private_key: readFileSync(opts.tls.key) }], false)
+    : grpc.ServerCredentials.createInsecure();
+  const listen = opts.listen ?? '127.0.0.1:18000';
+  const port = await new Promise<number>((resolvePort, reject) =>
+    server.bindAsync(listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${listen}: ${err.message}`)) : resolvePort(p))),
+  );
+  cp.log.info({ listen, port, tls: !!opts.tls }, 'control plane listening');
+  return {
+    port,
+    controlPlane: cp,
+    get snapshotVersion() {
+      return cp.snapshot().serial;
+    },
+    setModel: (m) => cp.setModel(m),
+    reload,
+    close: () =>
+      new Promise<void>((done) => {
+        onClose();
+        cp.endStreams();
+        // Streams are ended above; forceShutdown after a grace period covers clients that never half-close.
+        const timer = setTimeout(() => server.forceShutdown(), 2000);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          done();
+        });
+      }),
+  };
+}
+
+/** A control plane serving a model held in memory (benches, tests). */
+export async function startControlPlaneFromModel(model: Model, opts: ServeOptions = {}): Promise<RunningControlPlane> {
+  const cp = new ControlPlane(opts);
+  cp.setModel(model);
+  return serve(cp, opts, () => {}, () => {});
+}
+
+/**
+ * A control plane serving a config directory, watched for changes. Throws ConfigError (every issue of every file)
+ * when the directory does not load at start: there is no last good state to fall back on.
+ */
+export async function startControlPlane(opts: ServeOptions & { dir: string; debounceMs?: number }): Promise<RunningControlPlane> {
+  const cp = new ControlPlane(opts);
+  const { model, files } = loadConfigDir(opts.dir);
+  if (files.length === 0) cp.log.warn({ dir: opts.dir }, 'no *.yaml, *.yml or *.json file in the config directory: serving nothing');
+  cp.setModel(model);
+  const watcher = new DirWatcher(
+    opts.dir,
+    {
+      onModel: (m) => cp.setModel(m),
+      onError: (err) => {
+        if (err instanceof ConfigError) {
+          for (const i of err.issues) cp.log.error({ file: i.file, field: i.path || '(root)', reason: i.message }, 'config change rejected; still serving the last good state');
+        } else cp.log.error({ err: err.message }, 'config change rejected; still serving the last good state');
+      },
+    },
+    opts.debounceMs,
+  );
+  watcher.start();
+  try {
+    return await serve(cp, opts, () => watcher.stop(), () => watcher.reload());
+  } catch (e) {
+    watcher.stop();
+    throw e;
+  }
+}

@@ -1,0 +1,125 @@
+// State-of-the-world ADS (StreamAggregatedResources): one handler per stream.
+//
+// Per type the client subscribes to, the stream remembers what it asked for and the nonce of the last response.
+// A request carrying that nonce is an ACK (or a NACK, when error_detail is set); one carrying an older nonce is
+// stale (a response crossed it) and ignored; one without a nonce is the client's first request for the type.
+// A response goes out when the subscription changes or when the content of a subscribed resource changes; an ACK
+// alone sends nothing. Listeners and clusters always go out complete (a missing one means deleted); routes and
+// endpoints on a push carry only what changed, as the protocol allows, so one endpoint change costs one
+// ClusterLoadAssignment per stream instead of ten thousand.
+import type * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { encodeSotwResponse, type Changes, type Resource, type Snapshot } from './snapshot.js';
+import { acceptedType, describeNode, shortType, stringList, wildcardType, type StreamHost, type XdsStream } from './stream.js';
+
+interface Subscription {
+  wildcard: boolean;
+  /** The first request had no names: legacy wildcard, which a later empty list keeps. */
+  legacyWildcard: boolean;
+  names: Set<string>;
+  lastNonce: string;
+  lastVersion: string;
+  ackedVersion?: string;
+}
+
+export class SotwStream implements XdsStream {
+  private readonly subs = new Map<string, Subscription>();
+  private readonly warnedUnknown = new Set<string>();
+  private log: Logger;
+  private nodeId?: string;
+
+  constructor(
+    private readonly call: grpc.ServerDuplexStream<unknown, Buffer>,
+    private readonly host: StreamHost,
+    readonly id: number,
+  ) {
+    this.log = host.log.child({ stream: id, variant: 'sotw' });
+  }
+
+  onRequest(req: Record<string, unknown>): void {
+    if (this.nodeId === undefined) {
+      const node = describeNode(req['node']);
+      this.nodeId = node.id ?? '';
+      this.log = this.log.child({ node: node.id });
+      this.log.info({ peer: this.call.getPeer(), nodeInfo: node }, 'ADS stream (state of the world) opened');
+    }
+    const typeUrl = acceptedType(req['type_url'], this.log, this.warnedUnknown);
+    if (!typeUrl) return;
+    const names = stringList(req['resource_names']);
+    if (names === undefined) return void this.log.warn({ type: shortType(typeUrl) }, 'malformed request: resource_names is not a list of strings');
+    if (names.length > this.host.maxNames) {
+      return void this.log.warn({ type: shortType(typeUrl), count: names.length, max: this.host.maxNames }, 'request subscribes to too many names: ignored');
+    }
+    const nonce = typeof req['response_nonce'] === 'string' ? req['response_nonce'] : '';
+    const version = typeof req['version_info'] === 'string' ? req['version_info'] : '';
+    let sub = this.subs.get(typeUrl);
+
+    if (sub && nonce !== '') {
+      if (nonce !== sub.lastNonce) {
+        this.log.debug({ type: shortType(typeUrl), nonce, expected: sub.lastNonce }, 'stale nonce: request ignored');
+        return;
+      }
+      const error = req['error_detail'] as { code?: number; message?: string } | undefined;
+      if (error) {
+        this.log.warn(
+          { type: shortType(typeUrl), rejectedVersion: sub.lastVersion, keptVersion: version, code: error.code, reason: error.message },
+          'NACK: client rejected the update',
+        );
+      } else {
+        sub.ackedVersion = version;
+        this.log.debug({ type: shortType(typeUrl), version }, 'ACK');
+      }
+    }
+
+    const first = !sub;
+    if (!sub) {
+      sub = { wildcard: false, legacyWildcard: wildcardType(typeUrl) && names.length === 0, names: new Set(), lastNonce: '', lastVersion: '' };
+      this.subs.set(typeUrl, sub);
+    }
+    const wildcard = wildcardType(typeUrl) && (names.includes('*') || (sub.legacyWildcard && names.length === 0));
+    const nameSet = new Set(names.filter((n) => n !== '*'));
+    const changed = first || nonce === '' || wildcard !== sub.wildcard || !sameSet(nameSet, sub.names);
+    sub.wildcard = wildcard;
+    sub.names = nameSet;
+    if (changed) this.send(typeUrl, sub, this.host.snapshot(), undefined);
+  }
+
+  push(snapshot: Snapshot, changes: Changes): void {
+    for (const [typeUrl, sub] of this.subs) {
+      const changed = changes.get(typeUrl);
+      if (!changed) continue;
+      let relevant = sub.wildcard;
+      if (!relevant) for (const n of changed) if (sub.names.has(n)) { relevant = true; break; }
+      if (!relevant) continue;
+      this.send(typeUrl, sub, snapshot, wildcardType(typeUrl) ? undefined : changed);
+    }
+  }
+
+  /** Send the subscribed resources of one type (`only`: just these names, for routes and endpoints on a push). */
+  private send(typeUrl: string, sub: Subscription, snapshot: Snapshot, only: Set<string> | undefined): void {
+    const state = snapshot.type(typeUrl)!;
+    const chosen: Resource[] = [];
+    if (sub.wildcard) for (const r of state.resources.values()) chosen.push(r);
+    else {
+      for (const name of only ?? sub.names) {
+        if (only && !sub.names.has(name)) continue;
+        const r = state.resources.get(name);
+        if (r) chosen.push(r);
+      }
+      // A push whose changes were all removals of named routes/endpoints: nothing to send (SotW cannot say removed
+      // for these types; the listener or cluster that named them changes too).
+      if (only && chosen.length === 0) return;
+    }
+    const nonce = this.host.nextNonce();
+    sub.lastNonce = nonce;
+    sub.lastVersion = state.version;
+    this.call.write(encodeSotwResponse(state.version, typeUrl, nonce, chosen));
+    this.log.debug({ type: shortType(typeUrl), version: state.version, nonce, resources: chosen.length }, 'sent');
+  }
+}
+
+function sameSet(a: Set<string>, b: Set<string>): boolean {
+  if (a.size !== b.size) return false;
+  for (const x of a) if (!b.has(x)) return false;
+  return true;
+}

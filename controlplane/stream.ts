@@ -1,0 +1,96 @@
+// What the state-of-the-world and the delta stream handlers share: the server they belong to, the node they serve,
+// and the checks every request goes through before it means anything.
+import type { Logger } from 'pino';
+import { TYPE, TYPE_URLS } from '../agent/xds/protos.js';
+import type { Changes, Snapshot } from './snapshot.js';
+
+/** The part of the server a stream handler needs. */
+export interface StreamHost {
+  snapshot(): Snapshot;
+  nextNonce(): string;
+  readonly log: Logger;
+  /** Most resource names one stream may subscribe to per type: a hostile client must not exhaust memory. */
+  readonly maxNames: number;
+}
+
+export interface XdsStream {
+  push(snapshot: Snapshot, changes: Changes): void;
+}
+
+/** Listeners and clusters have wildcard subscriptions; routes and endpoints are always asked for by name. */
+export function wildcardType(typeUrl: string): boolean {
+  return typeUrl === TYPE.listener || typeUrl === TYPE.cluster;
+}
+
+const SHORT: Record<string, string> = { [TYPE.listener]: 'LDS', [TYPE.route]: 'RDS', [TYPE.cluster]: 'CDS', [TYPE.endpoint]: 'EDS' };
+export const shortType = (typeUrl: string) => SHORT[typeUrl] ?? typeUrl;
+
+/** google.protobuf.Struct (as proto-loader decodes it) -> plain JSON, for logs. */
+export function structToPlain(s: unknown): unknown {
+  if (!s || typeof s !== 'object') return undefined;
+  const fields = (s as { fields?: Record<string, unknown> }).fields ?? {};
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(fields)) out[k] = valueToPlain(v);
+  return out;
+}
+
+function valueToPlain(v: unknown): unknown {
+  if (!v || typeof v !== 'object') return undefined;
+  const val = v as Record<string, unknown>;
+  if ('struct_value' in val) return structToPlain(val['struct_value']);
+  if ('list_value' in val) return ((val['list_value'] as { values?: unknown[] }).values ?? []).map(valueToPlain);
+  if ('string_value' in val) return val['string_value'];
+  if ('number_value' in val) return val['number_value'];
+  if ('bool_value' in val) return val['bool_value'];
+  return null;
+}
+
+export interface NodeInfo {
+  id?: string;
+  cluster?: string;
+  locality?: unknown;
+  metadata?: unknown;
+  user_agent_name?: string;
+  user_agent_version?: string;
+}
+
+/** The node identity as logged: id, cluster, locality, metadata (as plain JSON), user agent. */
+export function describeNode(node: unknown): NodeInfo {
+  if (!node || typeof node !== 'object') return {};
+  const n = node as Record<string, unknown>;
+  return {
+    id: typeof n['id'] === 'string' ? n['id'] : undefined,
+    cluster: typeof n['cluster'] === 'string' ? n['cluster'] : undefined,
+    locality: n['locality'],
+    metadata: structToPlain(n['metadata']),
+    user_agent_name: typeof n['user_agent_name'] === 'string' ? n['user_agent_name'] : undefined,
+    user_agent_version: typeof n['user_agent_version'] === 'string' ? n['user_agent_version'] : undefined,
+  };
+}
+
+/**
+ * The type URL of a request if the server can act on it, else undefined after logging why (a missing type URL is a
+ * malformed request; an unknown one is logged once per stream and ignored: a newer client may ask for types we do
+ * not serve, and that must never take the stream down).
+ */
+export function acceptedType(typeUrl: unknown, log: Logger, warnedUnknown: Set<string>): string | undefined {
+  if (typeof typeUrl !== 'string' || typeUrl === '') {
+    log.warn('malformed request without type_url: ignored');
+    return undefined;
+  }
+  if (!TYPE_URLS.includes(typeUrl)) {
+    if (warnedUnknown.size < 64 && !warnedUnknown.has(typeUrl)) {
+      warnedUnknown.add(typeUrl);
+      log.warn({ typeUrl: typeUrl.slice(0, 200) }, 'request for a type URL this control plane does not serve: ignored');
+    }
+    return undefined;
+  }
+  return typeUrl;
+}
+
+/** A list of strings from a decoded request (absent = empty); undefined if it is not one. */
+export function stringList(v: unknown): string[] | undefined {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) return undefined;
+  return v as string[];
+}

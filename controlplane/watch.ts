@@ -1,0 +1,101 @@
+// The config directory: every *.yaml, *.yml and *.json in it, each validated by the agent's own parseConfig, merged
+// into one model. A service name or a frontend defined by two files is an error naming both. The directory is
+// watched (editors save by rename as often as by write) and changes are debounced; a change that does not load is
+// reported whole and the caller keeps serving the last good model.
+import { readdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseConfig } from '../agent/model/config.js';
+import { ConfigError, type ConfigIssue, type Model, type Service } from '../agent/model/types.js';
+
+const CONFIG_FILE = /^[^.].*\.(ya?ml|json)$/i; // hidden files (editor swap and lock files) are not config
+
+export function configFiles(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new ConfigError([{ file: dir, path: '', message: `cannot read the config directory: ${err.code ?? err.message}` }]);
+  }
+  return names.filter((n) => CONFIG_FILE.test(n)).sort().map((n) => join(dir, n));
+}
+
+/** Load and merge every config file of `dir`; throws ConfigError listing every issue of every file. */
+export function loadConfigDir(dir: string): { model: Model; files: string[] } {
+  const files = configFiles(resolve(dir));
+  const issues: ConfigIssue[] = [];
+  const services: Service[] = [];
+  const owners = new Map<string, string>(); // service name -> file
+  const frontends = new Map<string, { file: string; service: string }>();
+  for (const file of files) {
+    let model: Model;
+    try {
+      model = parseConfig(readFileSync(file, 'utf8'), file);
+    } catch (e) {
+      if (e instanceof ConfigError) issues.push(...e.issues);
+      else issues.push({ file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
+      continue;
+    }
+    model.services.forEach((svc, i) => {
+      // parseConfig keeps services in file order and returns only when all are valid: index i is services[i].
+      const other = owners.get(svc.name);
+      if (other !== undefined) {
+        issues.push({ file, path: `services[${i}].name`, message: `service '${svc.name}' is also defined in ${other}` });
+        return;
+      }
+      owners.set(svc.name, file);
+      for (const fe of svc.frontends) {
+        const key = `${fe.vip}|${fe.port}|${fe.protocol}`;
+        const prev = frontends.get(key);
+        const shown = `${fe.vip.includes(':') ? `[${fe.vip}]` : fe.vip}:${fe.port}/${fe.protocol}`;
+        if (prev) issues.push({ file, path: `services[${i}]`, message: `frontend ${shown} of service '${svc.name}' is also defined by service '${prev.service}' in ${prev.file}` });
+        else frontends.set(key, { file, service: svc.name });
+      }
+      services.push(svc);
+    });
+  }
+  if (issues.length > 0) throw new ConfigError(issues);
+  return { model: { services }, files };
+}
+
+export interface DirWatcherEvents {
+  onModel(model: Model, files: string[]): void;
+  onError(err: Error): void;
+}
+
+export class DirWatcher {
+  private watcher?: FSWatcher;
+  private timer?: NodeJS.Timeout;
+  readonly dir: string;
+
+  constructor(dir: string, private readonly events: DirWatcherEvents, private readonly debounceMs = 150) {
+    this.dir = resolve(dir);
+  }
+
+  start(): void {
+    this.watcher = watch(this.dir, (_event, name) => {
+      if (name && !CONFIG_FILE.test(name.toString())) return;
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.reload(), this.debounceMs);
+    });
+    this.watcher.on('error', (e) => this.events.onError(new Error(`watching ${this.dir}: ${e.message}`)));
+  }
+
+  /** Load now; the outcome goes to the events. */
+  reload(): void {
+    let loaded: { model: Model; files: string[] };
+    try {
+      loaded = loadConfigDir(this.dir);
+    } catch (e) {
+      // A file caught half-written shows up here too; the event of the write that completes it retries.
+      this.events.onError(e as Error);
+      return;
+    }
+    this.events.onModel(loaded.model, loaded.files);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.watcher?.close();
+  }
+}
