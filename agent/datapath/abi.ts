@@ -3,7 +3,7 @@
 // offset here with what the compiler computed from the header (native abiLayout()), so the two cannot drift.
 import { isIPv4, isIPv6 } from 'node:net';
 
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 export const PROTO = { tcp: 6, udp: 17 } as const;
 export const ALGO = { random: 0, weighted: 1, maglev: 2 } as const;
@@ -12,8 +12,6 @@ export const BE_F_LOCAL = 1 << 0;
 export const SOCK_F_ACTIVE = 1 << 0;
 export const SOCK_F_TCP_ONLY = 1 << 1;
 export const CFG_F_SOCKMAP = 1 << 0;
-export const BPF_F_INNER_MAP = 1 << 12;
-export const BPF_MAP_TYPE_ARRAY = 2;
 
 export const EVENT_KIND: Record<number, string> = { 1: 'connect', 2: 'no-backend', 3: 'udp-send' };
 
@@ -44,6 +42,7 @@ export const STRUCTS = {
     ['addr', 'addr', 0], ['port', 'u16be', 16], ['family', 'u8', 18], ['flags', 'u8', 19], ['service_id', 'u32', 20],
     ['weight', 'u32', 24],
   ]),
+  sm_table_key: def('sm_table_key', 8, [['table_id', 'u32', 0], ['index', 'u32', 4]]),
   sm_affinity_key: def('sm_affinity_key', 16, [['netns_cookie', 'u64', 0], ['frontend_id', 'u32', 8], ['pad', 'u32', 12]]),
   sm_affinity: def('sm_affinity', 16, [['last_used_ns', 'u64', 0], ['backend_id', 'u32', 8], ['pad', 'u32', 12]]),
   sm_revnat_key: def('sm_revnat_key', 32, [
@@ -167,6 +166,13 @@ export interface ServiceValue {
   affinity_timeout_s: number; algo: number; flags: number;
 }
 export interface BackendValue { addr: string; port: number; family: number; flags: number; service_id: number; weight: number }
+
+/** struct sm_table_key */
+export function tableKey(tableId: number, index: number, out = Buffer.alloc(8), at = 0): Buffer {
+  out.writeUInt32LE(tableId >>> 0, at);
+  out.writeUInt32LE(index >>> 0, at + 4);
+  return out;
+}
 
 export const u32 = (n: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32LE(n >>> 0); return b; };
 export const readU32 = (b: Buffer, o = 0): number => b.readUInt32LE(o);

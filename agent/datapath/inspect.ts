@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  GLOBAL_COUNTERS, PROTO, decode, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
+  GLOBAL_COUNTERS, PROTO, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
   type Counters,
 } from './abi.js';
 import { native, type Native } from './native.js';
@@ -81,18 +81,13 @@ export class MapReader {
     return fd;
   }
 
-  private tableCounts(tableId: number): Map<number, number> {
+  private tableCounts(tableId: number, size: number): Map<number, number> {
     const counts = new Map<number, number>();
-    const inner = this.n.mapLookup(this.fd('sm_tables'), u32(tableId));
-    if (!inner) return counts;
-    const fd = this.n.mapFdById(inner.readUInt32LE(0));
-    try {
-      for (const v of this.n.mapDump(fd).values) {
-        const id = v.readUInt32LE(0);
-        counts.set(id, (counts.get(id) ?? 0) + 1);
-      }
-    } finally {
-      this.n.close(fd);
+    for (let i = 0; i < size; i++) {
+      const v = this.n.mapLookup(this.fd('sm_tables'), tableKey(tableId, i));
+      if (!v) continue;
+      const id = v.readUInt32LE(0);
+      counts.set(id, (counts.get(id) ?? 0) + 1);
     }
     return counts;
   }
@@ -110,7 +105,7 @@ export class MapReader {
     const out: FrontendReport[] = sd.keys.map((k, i) => {
       const key = decodeServiceKey(k);
       const v = decodeService(sd.values[i]!);
-      const counts = v.table_size ? this.tableCounts(v.table_id) : new Map<number, number>();
+      const counts = v.table_size ? this.tableCounts(v.table_id, v.table_size) : new Map<number, number>();
       const family = key.addr.includes(':') ? 10 : 2;
       const mine = [...backends.entries()].filter(([, b]) => b.service_id === v.service_id && b.family === family);
       return {

@@ -13,8 +13,8 @@ import { networkInterfaces } from 'node:os';
 import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
 import {
-  ALGO, BE_F_LOCAL, BPF_F_INNER_MAP, BPF_MAP_TYPE_ARRAY, PROTO, SVC_F_AFFINITY, addrToBytes, backendValue,
-  decodeBackend, decodeService, decodeServiceKey, serviceKey, serviceValue, u32, type BackendValue, type ServiceValue,
+  ALGO, BE_F_LOCAL, PROTO, SVC_F_AFFINITY, addrToBytes, backendValue,
+  decodeBackend, decodeService, decodeServiceKey, serviceKey, serviceValue, tableKey, u32, type BackendValue, type ServiceValue,
 } from './abi.js';
 import type { Maps } from './datapath.js';
 import type { Native } from './native.js';
@@ -62,7 +62,12 @@ export class Reconciler {
   /** what the kernel holds, as we last wrote or read it */
   private frontends = new Map<string, KernelFrontend>();
   private backends = new Map<number, KernelBackend>();
+  /** indexes over the two maps above, so that a change to one service costs work for that service only */
+  private frontendsBySvc = new Map<number, Set<string>>();
+  private backendsBySvc = new Map<number, Map<string, KernelBackend>>(); // service id -> addr|port -> backend
+  private endpointUsers = new Map<string, number>(); // addr|port -> backends using it (any service)
   private serviceIds = new Map<string, number>(); // service name -> id
+  private usedServiceIds = new Set<number>();
   private nextServiceId = 1;
   private nextFrontendId = 1;
   private nextBackendId = 1;
@@ -71,57 +76,87 @@ export class Reconciler {
 
   constructor(private readonly maps: Maps, private readonly n: Native, private readonly opts: ReconcilerOptions = {}) {}
 
+  private indexBackend(b: KernelBackend): void {
+    const prev = this.backends.get(b.id);
+    if (prev) this.unindexBackend(prev);
+    this.backends.set(b.id, b);
+    let m = this.backendsBySvc.get(b.service_id);
+    if (!m) this.backendsBySvc.set(b.service_id, (m = new Map()));
+    m.set(`${b.addr}|${b.port}`, b);
+    const ep = `${b.addr}|${b.port}`;
+    this.endpointUsers.set(ep, (this.endpointUsers.get(ep) ?? 0) + 1);
+  }
+
+  private unindexBackend(b: KernelBackend): void {
+    this.backends.delete(b.id);
+    const m = this.backendsBySvc.get(b.service_id);
+    m?.delete(`${b.addr}|${b.port}`);
+    if (m && m.size === 0) this.backendsBySvc.delete(b.service_id);
+    const ep = `${b.addr}|${b.port}`;
+    const n = (this.endpointUsers.get(ep) ?? 1) - 1;
+    if (n > 0) this.endpointUsers.set(ep, n); else this.endpointUsers.delete(ep);
+  }
+
+  private indexFrontend(f: KernelFrontend): void {
+    const prev = this.frontends.get(f.key);
+    if (prev) this.frontendsBySvc.get(prev.value.service_id)?.delete(f.key);
+    this.frontends.set(f.key, f);
+    let set = this.frontendsBySvc.get(f.value.service_id);
+    if (!set) this.frontendsBySvc.set(f.value.service_id, (set = new Set()));
+    set.add(f.key);
+  }
+
+  private unindexFrontend(f: KernelFrontend): void {
+    this.frontends.delete(f.key);
+    const set = this.frontendsBySvc.get(f.value.service_id);
+    set?.delete(f.key);
+    if (set && set.size === 0) this.frontendsBySvc.delete(f.value.service_id);
+  }
+
   /** Read the kernel's current state (adoption after a restart). Returns how many frontends/backends were found. */
   adopt(): { frontends: number; backends: number } {
     const { keys: bk, values: bv } = this.n.mapDump(this.maps.fd('sm_backends'));
     bk.forEach((k, i) => {
       const id = k.readUInt32LE(0);
-      this.backends.set(id, { id, ...decodeBackend(bv[i]!) });
+      this.indexBackend({ id, ...decodeBackend(bv[i]!) });
       this.nextBackendId = Math.max(this.nextBackendId, id + 1);
     });
     const { keys: sk, values: sv } = this.n.mapDump(this.maps.fd('sm_services'));
     sk.forEach((k, i) => {
       const key = decodeServiceKey(k);
       const value = decodeService(sv[i]!);
-      const table = value.table_size > 0 ? this.readTable(value.table_id) : [];
-      this.frontends.set(feKey(key.addr, key.port, key.proto), { key: feKey(key.addr, key.port, key.proto), vip: key.addr, port: key.port, proto: key.proto, value, table });
+      const table = value.table_size > 0 ? this.readTable(value.table_id, value.table_size) : [];
+      this.indexFrontend({ key: feKey(key.addr, key.port, key.proto), vip: key.addr, port: key.port, proto: key.proto, value, table });
       this.nextServiceId = Math.max(this.nextServiceId, value.service_id + 1);
       this.nextFrontendId = Math.max(this.nextFrontendId, value.frontend_id + 1);
       this.nextTableId = Math.max(this.nextTableId, value.table_id + 1);
     });
     // Tables left behind by an agent killed between steps 2 and 3 are unreferenced: remove them.
     const referenced = new Set([...this.frontends.values()].map((f) => f.value.table_id));
-    for (const k of this.n.mapKeys(this.maps.fd('sm_tables'))) {
+    const fdTables = this.maps.fd('sm_tables');
+    for (const k of this.n.mapKeys(fdTables)) {
       const id = k.readUInt32LE(0);
       this.nextTableId = Math.max(this.nextTableId, id + 1);
-      if (!referenced.has(id)) this.n.mapDelete(this.maps.fd('sm_tables'), k);
+      if (!referenced.has(id)) this.n.mapDelete(fdTables, k);
     }
     return { frontends: this.frontends.size, backends: this.backends.size };
   }
 
-  private readTable(tableId: number): number[] {
-    const innerId = this.n.mapLookup(this.maps.fd('sm_tables'), u32(tableId));
-    if (!innerId) return [];
-    const fd = this.n.mapFdById(innerId.readUInt32LE(0));
-    try {
-      const info = this.n.mapInfo(fd);
-      const out: number[] = [];
-      for (let i = 0; i < info.maxEntries; i++) out.push(this.n.mapLookup(fd, u32(i))!.readUInt32LE(0));
-      return out;
-    } finally {
-      this.n.close(fd);
+  private readTable(tableId: number, size: number): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < size; i++) {
+      const v = this.n.mapLookup(this.maps.fd('sm_tables'), tableKey(tableId, i));
+      out.push(v ? v.readUInt32LE(0) : 0); // a hole makes the table differ, so it is rewritten whole
     }
+    return out;
   }
 
   /** Write the node's addresses for the sockops program (which sockets have a local peer). */
   syncLocalAddresses(addrs = localAddresses()): void {
     const fd = this.maps.fd('sm_local_addrs');
-    const want = new Set(addrs.filter((a) => !isLoopback(a)));
-    for (const k of this.n.mapKeys(fd)) {
-      const a = k.toString('hex');
-      if (![...want].some((w) => addrToBytes(w).toString('hex') === a)) this.n.mapDelete(fd, k);
-    }
-    for (const a of want) this.n.mapUpdate(fd, addrToBytes(a), u32(1));
+    const want = new Map(addrs.filter((a) => !isLoopback(a)).map((a) => [addrToBytes(a).toString('hex'), a]));
+    for (const k of this.n.mapKeys(fd)) if (!want.has(k.toString('hex'))) this.n.mapDelete(fd, k);
+    for (const a of want.values()) this.n.mapUpdate(fd, addrToBytes(a), u32(1));
     this.local = new Set(addrs);
   }
 
@@ -131,43 +166,62 @@ export class Reconciler {
     // After a restart the name is not in the kernel, but its frontends are: reuse their service id.
     for (const fe of svc.frontends) {
       const k = this.frontends.get(feKey(fe.vip, fe.port, PROTO[fe.protocol]));
-      if (k && ![...this.serviceIds.values()].includes(k.value.service_id)) { id = k.value.service_id; break; }
+      if (k && !this.usedServiceIds.has(k.value.service_id)) { id = k.value.service_id; break; }
     }
     id ??= this.nextServiceId++;
     this.serviceIds.set(svc.name, id);
+    this.usedServiceIds.add(id);
     return id;
   }
 
-  /** Apply a model. Throws on a kernel error (the caller keeps the previous model as the last good one). */
-  apply(model: Model): ReconcileResult {
+  /**
+   * Apply a model. With `changed` (names of services that may differ from the last apply, including removed ones),
+   * only those services are looked at: an endpoint change costs work for its service, not for the whole model.
+   * Without it, everything is compared (and kernel state of services no longer in the model is removed).
+   * Throws on a kernel error (the caller keeps the previous model as the last good one).
+   */
+  apply(model: Model, changed?: ReadonlySet<string>): ReconcileResult {
     const t0 = performance.now();
     const res: ReconcileResult = { backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, udpSocketsDestroyed: 0, ms: 0 };
     const fdBackends = this.maps.fd('sm_backends');
     const fdServices = this.maps.fd('sm_services');
-    const fdTables = this.maps.fd('sm_tables');
 
-    // Desired backends, reusing ids of (service, address, port) the kernel already has.
-    const byKey = new Map<string, KernelBackend>();
-    for (const b of this.backends.values()) byKey.set(beKey(b.service_id, b.addr, b.port), b);
+    // The scope: services to compute, and the service ids whose kernel state may be replaced or removed.
+    const services = changed ? model.services.filter((s) => changed.has(s.name)) : model.services;
+    const scopeIds = new Set<number>();
+    if (changed) {
+      for (const name of changed) {
+        const id = this.serviceIds.get(name);
+        if (id !== undefined) scopeIds.add(id);
+      }
+    } else {
+      for (const id of this.frontendsBySvc.keys()) scopeIds.add(id);
+      for (const id of this.backendsBySvc.keys()) scopeIds.add(id);
+    }
+    const live = new Set(model.services.map((s) => s.name));
+    for (const name of changed ?? [...this.serviceIds.keys()]) {
+      const id = this.serviceIds.get(name);
+      if (id !== undefined && !live.has(name)) { this.serviceIds.delete(name); this.usedServiceIds.delete(id); }
+    }
+
+    // Desired state of the scope, reusing the ids of (service, address, port) the kernel already has.
     const wantBackends = new Map<number, KernelBackend>();
     const wantFrontends = new Map<string, { fe: Frontend; svc: Service; serviceId: number; table: number[] }>();
-    const liveServiceNames = new Set(model.services.map((s) => s.name));
-    for (const name of [...this.serviceIds.keys()]) if (!liveServiceNames.has(name)) this.serviceIds.delete(name);
-
-    for (const svc of model.services) {
+    for (const svc of services) {
       const serviceId = this.serviceIdFor(svc);
+      scopeIds.add(serviceId);
+      const mine = this.backendsBySvc.get(serviceId);
+      const placed = new Map<string, number>();
       for (const fe of svc.frontends) {
         const ids = fe.backends.map((b) => {
-          const k = beKey(serviceId, b.address, b.port);
-          // byKey holds the kernel's backends and those already placed in this pass (a service's backend is shared
-          // by all its VIPs of one family): either way the id is reused.
-          const id = byKey.get(k)?.id ?? this.nextBackendId++;
-          const value: KernelBackend = {
+          const ep = `${b.address}|${b.port}`;
+          // A service's backend is shared by all its VIPs of one family: one id per (service, address, port).
+          const id = placed.get(ep) ?? mine?.get(ep)?.id ?? this.nextBackendId++;
+          placed.set(ep, id);
+          wantBackends.set(id, {
             id, addr: b.address, port: b.port, family: b.family === 4 ? 2 : 10,
             flags: isLoopback(b.address) || this.local.has(b.address) ? BE_F_LOCAL : 0, service_id: serviceId, weight: b.weight,
-          };
-          byKey.set(k, value);
-          wantBackends.set(id, value);
+          });
           return id;
         });
         const table = tableFor(svc, fe).map((i) => ids[i]!);
@@ -180,13 +234,13 @@ export class Reconciler {
     const changedValues: Buffer[] = [];
     for (const [id, b] of wantBackends) {
       const cur = this.backends.get(id);
-      if (cur && cur.addr === b.addr && cur.port === b.port && cur.weight === b.weight && cur.flags === b.flags && cur.service_id === b.service_id) continue;
+      if (cur && cur.addr === b.addr && cur.port === b.port && cur.weight === b.weight && cur.flags === b.flags && cur.service_id === b.service_id && cur.family === b.family) continue;
       changedKeys.push(u32(id));
       changedValues.push(backendValue(b));
     }
     if (changedKeys.length) {
       this.n.mapUpdateBatch(fdBackends, Buffer.concat(changedKeys), Buffer.concat(changedValues), changedKeys.length);
-      for (const k of changedKeys) { const id = k.readUInt32LE(0); this.backends.set(id, wantBackends.get(id)!); }
+      for (const k of changedKeys) this.indexBackend(wantBackends.get(k.readUInt32LE(0))!);
       res.backendsWritten = changedKeys.length;
     }
 
@@ -194,7 +248,6 @@ export class Reconciler {
     for (const [key, want] of wantFrontends) {
       const cur = this.frontends.get(key);
       const { fe, svc, serviceId, table } = want;
-      const affinity = svc.affinityTimeoutSeconds > 0;
       const value: ServiceValue = {
         service_id: serviceId,
         frontend_id: cur?.value.frontend_id ?? this.nextFrontendId++,
@@ -202,60 +255,64 @@ export class Reconciler {
         table_size: table.length,
         affinity_timeout_s: svc.affinityTimeoutSeconds,
         algo: ALGO[svc.algorithm],
-        flags: affinity ? SVC_F_AFFINITY : 0,
+        flags: svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0,
       };
       const sameTable = cur !== undefined && cur.table.length === table.length && cur.table.every((x, i) => x === table[i]);
       if (!sameTable) value.table_id = table.length ? this.writeTable(table) : 0;
       const sameValue = cur !== undefined && sameTable && Object.entries(value).every(([k, v]) => cur.value[k as keyof ServiceValue] === v);
       if (sameValue) continue;
       this.n.mapUpdate(fdServices, serviceKey({ addr: fe.vip, port: fe.port, proto: PROTO[fe.protocol] }), serviceValue(value));
-      if (cur && !sameTable && cur.value.table_id !== 0) this.n.mapDelete(fdTables, u32(cur.value.table_id));
-      this.frontends.set(key, { key, vip: fe.vip, port: fe.port, proto: PROTO[fe.protocol], value, table });
+      if (cur && !sameTable && cur.value.table_id !== 0) this.deleteTable(cur.value.table_id, cur.table.length);
+      this.indexFrontend({ key, vip: fe.vip, port: fe.port, proto: PROTO[fe.protocol], value, table });
       res.frontendsWritten++;
     }
 
-    // 3. frontends that went away
-    for (const [key, cur] of [...this.frontends]) {
-      if (wantFrontends.has(key)) continue;
-      this.n.mapDelete(fdServices, serviceKey({ addr: cur.vip, port: cur.port, proto: cur.proto }));
-      if (cur.value.table_id !== 0) this.n.mapDelete(fdTables, u32(cur.value.table_id));
-      if (![...wantFrontends.values()].some((w) => w.serviceId === cur.value.service_id)) {
-        this.n.mapDelete(this.maps.fd('sm_svc_stats'), u32(cur.value.service_id));
+    // 3. frontends of the scope that went away
+    const liveIds = new Set([...wantFrontends.values()].map((w) => w.serviceId));
+    for (const id of scopeIds) {
+      for (const key of [...(this.frontendsBySvc.get(id) ?? [])]) {
+        if (wantFrontends.has(key)) continue;
+        const cur = this.frontends.get(key)!;
+        this.n.mapDelete(fdServices, serviceKey({ addr: cur.vip, port: cur.port, proto: cur.proto }));
+        if (cur.value.table_id !== 0) this.deleteTable(cur.value.table_id, cur.table.length);
+        this.unindexFrontend(cur);
+        res.frontendsDeleted++;
       }
-      this.frontends.delete(key);
-      res.frontendsDeleted++;
+      if (!liveIds.has(id)) this.n.mapDelete(this.maps.fd('sm_svc_stats'), u32(id));
     }
 
-    // 4. backends no table references any more
-    const stillUsed = new Set<string>();
-    for (const b of wantBackends.values()) stillUsed.add(`${b.addr}|${b.port}`);
-    for (const [id, b] of [...this.backends]) {
-      if (wantBackends.has(id)) continue;
-      this.n.mapDelete(fdBackends, u32(id));
-      this.n.mapDelete(this.maps.fd('sm_backend_stats'), u32(id));
-      this.backends.delete(id);
-      res.backendsDeleted++;
-      // Connected UDP sockets would keep sending to the removed backend forever: destroy them so their owners
-      // reconnect (and get balanced again). Not when another service still uses the same address and port.
-      if (this.opts.destroyUdp && !stillUsed.has(`${b.addr}|${b.port}`)) res.udpSocketsDestroyed += this.opts.destroyUdp(b.addr, b.port);
+    // 4. backends of the scope that no table references any more
+    for (const id of scopeIds) {
+      for (const b of [...(this.backendsBySvc.get(id)?.values() ?? [])]) {
+        if (wantBackends.has(b.id)) continue;
+        this.n.mapDelete(fdBackends, u32(b.id));
+        this.n.mapDelete(this.maps.fd('sm_backend_stats'), u32(b.id));
+        this.unindexBackend(b);
+        res.backendsDeleted++;
+        // Connected UDP sockets would keep sending to the removed backend forever: destroy them so their owners
+        // reconnect (and get balanced again). Not when another service still uses the same address and port.
+        if (this.opts.destroyUdp && !this.endpointUsers.has(`${b.addr}|${b.port}`)) {
+          res.udpSocketsDestroyed += this.opts.destroyUdp(b.addr, b.port);
+        }
+      }
     }
     res.ms = performance.now() - t0;
     return res;
   }
 
+  /** Write a complete table under a fresh id (nothing points at it yet) and return the id. */
   private writeTable(table: number[]): number {
-    const fd = this.n.mapCreate(BPF_MAP_TYPE_ARRAY, 'sm_table', 4, 4, table.length, BPF_F_INNER_MAP);
-    try {
-      const keys = Buffer.alloc(4 * table.length);
-      const values = Buffer.alloc(4 * table.length);
-      table.forEach((id, i) => { keys.writeUInt32LE(i, 4 * i); values.writeUInt32LE(id, 4 * i); });
-      this.n.mapUpdateBatch(fd, keys, values, table.length);
-      const tableId = this.nextTableId++;
-      this.n.mapUpdate(this.maps.fd('sm_tables'), u32(tableId), u32(fd), 1 /* BPF_NOEXIST */);
-      return tableId;
-    } finally {
-      this.n.close(fd); // the outer map holds the inner array now
-    }
+    const tableId = this.nextTableId++;
+    const keys = Buffer.alloc(8 * table.length);
+    const values = Buffer.alloc(4 * table.length);
+    table.forEach((id, i) => { tableKey(tableId, i, keys, 8 * i); values.writeUInt32LE(id, 4 * i); });
+    this.n.mapUpdateBatch(this.maps.fd('sm_tables'), keys, values, table.length);
+    return tableId;
+  }
+
+  private deleteTable(tableId: number, size: number): void {
+    const fd = this.maps.fd('sm_tables');
+    for (let i = 0; i < size; i++) this.n.mapDelete(fd, tableKey(tableId, i));
   }
 
   /** The kernel state as the reconciler knows it (for the admin API). */

@@ -19,12 +19,12 @@
 
 #include <linux/types.h>
 
-#define SM_ABI_VERSION 1
+#define SM_ABI_VERSION 2
 
 /* ---- limits ---- */
 #define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
 #define SM_MAX_BACKENDS      262144
-#define SM_MAX_TABLES        (SM_MAX_SERVICES * 2) /* room for make-before-break swaps */
+#define SM_MAX_TABLE_ENTRIES (1u << 22) /* all selection tables together, room for make-before-break swaps */
 #define SM_MAX_TABLE_SIZE    65537   /* largest selection table (Maglev M) */
 #define SM_MAX_AFFINITY      262144
 #define SM_MAX_REVNAT        524288
@@ -84,8 +84,10 @@ enum sm_global_counter {
 /* ---- maps (pinned by name under the agent's bpffs directory) ----
  *  sm_services      HASH         struct sm_service_key -> struct sm_service
  *  sm_backends      HASH         __u32 backend_id      -> struct sm_backend
- *  sm_tables        HASH_OF_MAPS __u32 table_id        -> ARRAY(__u32 idx -> __u32 backend_id),
- *                                 inner arrays created with BPF_F_INNER_MAP, size = table_size
+ *  sm_tables        HASH         struct sm_table_key   -> __u32 backend_id, index 0..table_size-1 of each
+ *                                 table. One flat map rather than a map of arrays: every update of a
+ *                                 map-of-maps from userland waits for an RCU grace period (~10 ms here),
+ *                                 which made a 10,000-service sync take minutes.
  *  sm_affinity      LRU_HASH     struct sm_affinity_key -> struct sm_affinity
  *  sm_revnat        LRU_HASH     struct sm_revnat_key  -> struct sm_revnat
  *  sm_sockets       SOCKHASH     struct sm_sock_key    -> socket
@@ -127,6 +129,11 @@ struct sm_backend {
 	__u8 flags;        /* SM_BE_F_* */
 	__u32 service_id;  /* backends are per service: ids are never shared between services */
 	__u32 weight;
+};
+
+struct sm_table_key {
+	__u32 table_id;
+	__u32 index;
 };
 
 struct sm_affinity_key {

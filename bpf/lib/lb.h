@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Backend selection for a service frontend: session affinity first, then the service's
- * selection table (sm_tables[table_id][index] -> backend_id -> sm_backends).
+ * selection table (sm_tables[{table_id, index}] -> backend_id -> sm_backends).
  */
 #ifndef SM_LB_H
 #define SM_LB_H
@@ -51,19 +51,15 @@ static __always_inline struct sm_backend *sm_table_pick(const struct sm_service 
 							__u64 netns_cookie, __u64 sock_cookie,
 							__u32 *backend_id)
 {
-	__u32 table_id = svc->table_id;
+	struct sm_table_key key = { .table_id = svc->table_id };
 	__u32 table_size = svc->table_size;
-	__u32 idx, *slot;
-	void *table;
+	__u32 *slot;
 
 	if (table_size == 0)
 		return NULL;
-	table = bpf_map_lookup_elem(&sm_tables, &table_id);
-	if (!table)
-		return NULL;
-	idx = sm_table_index(svc, table_size, netns_cookie, sock_cookie);
-	/* The inner array bounds idx at run time: a table shorter than table_size is a miss. */
-	slot = bpf_map_lookup_elem(table, &idx);
+	key.index = sm_table_index(svc, table_size, netns_cookie, sock_cookie);
+	/* A missing entry (table being replaced under us) is a miss, never a wrong backend. */
+	slot = bpf_map_lookup_elem(&sm_tables, &key);
 	if (!slot)
 		return NULL;
 	*backend_id = *slot;

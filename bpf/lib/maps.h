@@ -30,22 +30,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_backends SEC(".maps");
 
-/* Template for the selection tables. BPF_F_INNER_MAP lets userland insert arrays of any
- * size (the verifier then checks the index at run time instead of against max_entries). */
-struct sm_table_inner {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_INNER_MAP);
-};
-
+/* Selection tables: (table_id, index) -> backend_id. No preallocation: memory follows the
+ * tables actually written, and an update replaces an element atomically for readers. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__type(key, __u32);
-	__uint(max_entries, SM_MAX_TABLES);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SM_MAX_TABLE_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sm_table_key);
+	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct sm_table_inner);
 } sm_tables SEC(".maps");
 
 struct {
