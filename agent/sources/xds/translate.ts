@@ -13,7 +13,9 @@ import { FILTER, unpackAny, type AnyMessage } from '../../xds/protos.js';
 type Obj = Record<string, any>; // decoded protobuf plain objects (keepCase, longs/enums as strings)
 
 /** A resource that cannot be used; the message names the resource and the field. */
-export class XdsResourceError extends Error {}
+export class XdsResourceError extends Error {
+  override name = 'XdsResourceError';
+}
 
 export interface ClusterRef { name: string; weight: number }
 
@@ -492,7 +494,7 @@ interface Merged { vips: string[]; ports: { port: number; protocol: string; targ
  */
 function mergeFronts(fronts: Frontend[]): Merged | undefined {
   const vips = [...new Set(fronts.map((f) => f.vip))];
-  const entries = [...new Map(fronts.map((f) => [`${f.port}/${f.protocol}`, f])).values()];
+  const entries = [...new Map(fronts.map((f) => [`${f.port}/${f.protocol}`, f])).values()].sort((a, b) => a.port - b.port || (a.protocol < b.protocol ? -1 : 1));
   if (vips.length * entries.length !== fronts.length) return undefined;
   const have = new Set(fronts.map((f) => `${f.vip}|${f.port}/${f.protocol}`));
   if (have.size !== fronts.length) return undefined; // duplicates: leave them for validation to report
