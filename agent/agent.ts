@@ -8,6 +8,7 @@ import { MapReader } from './datapath/inspect.js';
 import { native } from './datapath/native.js';
 import { cgroup2Root, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
 import { FileSource } from './sources/file.js';
+import { XdsSource, type XdsStatus } from './sources/xds/source.js';
 import { AdminServer } from './admin/server.js';
 import type { StatusReport } from './admin/protocol.js';
 import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
@@ -23,12 +24,22 @@ export const VERSION: string = (() => {
   }
 })();
 
+export interface XdsConfig {
+  address: string;
+  caFile?: string;
+  serverName?: string;
+  mode: 'sotw' | 'delta';
+  nodeId: string;
+  cluster: string;
+  locality?: { region?: string; zone?: string; sub_zone?: string };
+}
+
 export interface AgentOptions {
   cgroup: string;
   bpffs: string;
   runDir: string;
-  /** a file to watch, or an embedded model (the default demo config) */
-  config: { file: string } | { embedded: Model; name: string };
+  /** a file to watch, an xDS control plane, or an embedded model (the default demo config) */
+  config: { file: string } | { embedded: Model; name: string } | { xds: XdsConfig };
   allowRootCgroup: boolean;
   sockmap: boolean;
   eventSample: number;
@@ -56,6 +67,7 @@ export class Agent {
   private reconciler?: Reconciler;
   private reader?: MapReader;
   private source?: FileSource;
+  private xds?: XdsSource;
   private admin?: AdminServer;
   private events = new EventRing();
   private ringbuf?: RingBufferSubscription;
@@ -85,8 +97,11 @@ export class Agent {
     ensureBpffs(opts.bpffs);
 
     // The config is validated before anything touches the kernel: a bad file at start changes nothing.
-    let model: Model;
-    if ('file' in opts.config) {
+    // With a control plane there is no model yet: the kernel keeps what it has until the first complete sync.
+    let model: Model | undefined;
+    if ('xds' in opts.config) {
+      model = undefined;
+    } else if ('file' in opts.config) {
       this.source = new FileSource(opts.config.file, {
         onModel: (m) => this.applyModel(m, 'file change'),
         onError: (e) => {
@@ -117,7 +132,7 @@ export class Agent {
     const adopted = this.reconciler.adopt();
     if (adopted.frontends || adopted.backends) log.info(adopted, 'adopted the datapath state a previous agent left pinned');
     this.reconciler.syncLocalAddresses();
-    this.applyModel(model, 'start');
+    if (model) this.applyModel(model, 'start');
     // Programs go in after the maps hold the config, so the first connect() is already balanced.
     this.programs = dp.attach();
     this.reader = MapReader.fromFds(dp.maps.fds);
@@ -128,6 +143,7 @@ export class Agent {
       log.debug({ event: ev }, 'flow');
     });
     this.facts = await nodeFacts();
+    if ('xds' in opts.config) this.startXds(opts.config.xds);
 
     this.admin = new AdminServer(join(opts.runDir, 'admin.sock'), {
       '/v1/status': () => this.status(),
@@ -162,27 +178,47 @@ export class Agent {
     return this.reconciler?.snapshot().serviceNames ?? new Map();
   }
 
-  /** Apply a validated model; on a kernel error keep the previous one as the last good config. */
-  applyModel(model: Model, why: string): ReconcileResult | undefined {
+  private startXds(cfg: XdsConfig): void {
+    const hostname = this.facts?.hostname ?? 'unknown';
+    this.xds = new XdsSource({
+      address: cfg.address,
+      tls: cfg.caFile ? { caFile: cfg.caFile, serverName: cfg.serverName } : undefined,
+      mode: cfg.mode,
+      node: {
+        id: cfg.nodeId, cluster: cfg.cluster, locality: cfg.locality,
+        metadata: { node_name: hostname, agent_version: VERSION, cgroup: this.opts.cgroup },
+      },
+      log: this.log.child({ source: 'xds' }),
+      apply: (model: Model, changed?: ReadonlySet<string>) => this.applyModel(model, 'xds', changed),
+    });
+    this.xds.start();
+  }
+
+  /**
+   * Apply a validated model (only the services named in `changed`, when given). On a kernel error the previous model
+   * is put back and the error returned: the source rejects the update (an xDS NACK) and the last good config stays.
+   */
+  applyModel(model: Model, why: string, changed?: ReadonlySet<string>): string | null {
     const r = this.reconciler;
-    if (!r) return undefined;
+    if (!r) return 'the datapath is not loaded';
     try {
-      const res = r.apply(model);
+      const res = r.apply(model, changed);
       this.model = model;
       this.configVersion++;
       this.lastConfigError = null;
       this.lastReconcile = { at: new Date().toISOString(), ms: Math.round(res.ms * 1000) / 1000 };
       this.writeState();
-      this.log.info({ why, version: this.configVersion, services: model.services.length, ...res }, 'config applied');
-      return res;
+      this.log.info({ why, version: this.configVersion, services: model.services.length, changed: changed?.size, ...res }, 'config applied');
+      return null;
     } catch (e) {
-      this.lastConfigError = (e as Error).message;
-      this.log.error({ why, error: (e as Error).message }, 'applying the config to the kernel failed');
-      if (this.model && why !== 'start') {
+      const msg = (e as Error).message;
+      this.lastConfigError = msg;
+      this.log.error({ why, error: msg }, 'applying the config to the kernel failed');
+      if (why === 'start') throw e;
+      if (this.model) {
         try { r.apply(this.model); } catch { /* reported above */ }
       }
-      if (why === 'start') throw e;
-      return undefined;
+      return `applying to the kernel failed: ${msg}`;
     }
   }
 
@@ -204,7 +240,8 @@ export class Agent {
       agent: {
         pid: process.pid, version: VERSION, startedAt: this.startedAt.toISOString(),
         uptimeSeconds: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
-        configSource: 'file' in this.opts.config ? `file:${this.opts.config.file}` : `embedded:${this.opts.config.name}`,
+        configSource: 'file' in this.opts.config ? `file:${this.opts.config.file}`
+          : 'xds' in this.opts.config ? `xds:${this.opts.config.xds.address}` : `embedded:${this.opts.config.name}`,
         configVersion: this.configVersion, lastConfigError: this.lastConfigError, lastReconcile: this.lastReconcile,
       },
       node: f,
@@ -214,12 +251,14 @@ export class Agent {
       },
       programs: this.programs,
       maps: this.reader!.fill(),
+      controlPlane: this.xds?.status() ?? null,
     };
   }
 
   /** Stop serving; the datapath keeps running from its pins. */
   async stop(): Promise<void> {
     this.source?.stop();
+    await this.xds?.stop();
     this.ringbuf?.close();
     await this.admin?.stop();
     this.datapath?.close();

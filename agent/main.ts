@@ -2,13 +2,27 @@
 // sockmesh-agent: run the node agent, or remove what it installed.
 import { Command, Option } from 'commander';
 import { resolve } from 'node:path';
-import { Agent, VERSION } from './agent.js';
+import { hostname } from 'node:os';
+import { Agent, VERSION, type XdsConfig } from './agent.js';
 import { createLogger } from './observe/log.js';
 import { cleanup } from './datapath/datapath.js';
 import { requireCgroup2Root, resolveCgroup } from './datapath/cgroup.js';
 import { runDirFor } from './admin/protocol.js';
 import { DEMO_PORT, DEMO_VIP, demoModel, serveDemoBackends, spawnDemoBackends } from './demo.js';
 import { rmSync, existsSync, rmdirSync } from 'node:fs';
+
+/** --xds and friends into the agent's control-plane settings, with clear errors for bad values. */
+function xdsConfig(opts: { xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string }): XdsConfig {
+  const address = opts.xds!;
+  if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(address)) throw new Error(`--xds ${address}: expected host:port (IPv6 as [addr]:port)`);
+  if (opts.xdsCa && !existsSync(opts.xdsCa)) throw new Error(`--xds-ca ${opts.xdsCa}: no such file`);
+  const [region, zone, sub_zone] = (opts.nodeLocality ?? '').split('/');
+  return {
+    address, caFile: opts.xdsCa ? resolve(opts.xdsCa) : undefined, serverName: opts.xdsServerName, mode: opts.xdsMode,
+    nodeId: opts.nodeId ?? hostname(), cluster: opts.nodeCluster,
+    locality: opts.nodeLocality ? { region: region || undefined, zone: zone || undefined, sub_zone: sub_zone || undefined } : undefined,
+  };
+}
 
 const program = new Command();
 program
@@ -17,6 +31,13 @@ program
   .description('eBPF service mesh node agent: balances service VIPs at connect() and hands same-node traffic over without the TCP/IP stack')
   .version(VERSION)
   .option('--config <file>', 'YAML or JSON config, watched for changes (default: an embedded demo config)')
+  .option('--xds <host:port>', 'take the config from an xDS control plane (ADS) instead of a file')
+  .option('--xds-ca <file>', 'CA bundle: connect to the control plane over TLS (plaintext without it)')
+  .option('--xds-server-name <name>', 'TLS server name to verify (default: the host in --xds)')
+  .addOption(new Option('--xds-mode <mode>', 'ADS variant').choices(['delta', 'sotw']).default('delta'))
+  .option('--node-id <id>', 'xDS node id (default: the hostname)')
+  .option('--node-cluster <name>', 'xDS node cluster', 'sockmesh')
+  .option('--node-locality <region/zone/subzone>', 'xDS node locality')
   .option('--cgroup <path>', 'cgroup v2 directory whose processes are meshed (absolute, or relative to the cgroup2 mount)', 'sockmesh')
   .option('--bpffs <dir>', 'bpffs directory for this instance\'s pins', '/sys/fs/bpf/sockmesh')
   .option('--run-dir <dir>', 'directory for the admin socket and state (default: /run/sockmesh/<bpffs name>)')
@@ -27,20 +48,25 @@ program
     if (!Number.isInteger(n) || n < 0) throw new Error(`--event-sample: expected a non-negative integer, got '${v}'`);
     return n;
   }))
-  .action(async (opts: { config?: string; cgroup: string; bpffs: string; runDir?: string; allowRootCgroup: boolean; sockmap: boolean; eventSample: number }) => {
+  .action(async (opts: {
+    config?: string; cgroup: string; bpffs: string; runDir?: string; allowRootCgroup: boolean; sockmap: boolean; eventSample: number;
+    xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
+  }) => {
     const log = createLogger();
     const bpffs = resolve(opts.bpffs);
     let demo: ReturnType<typeof spawnDemoBackends> | undefined;
     try {
       const cgroup = resolveCgroup(opts.cgroup);
+      if (opts.config && opts.xds) throw new Error('--config and --xds are exclusive: the config comes from one source');
+      const config = opts.xds ? { xds: xdsConfig(opts) } : opts.config ? { file: resolve(opts.config) } : { embedded: demoModel(), name: 'demo' };
       const agent = new Agent({
         cgroup, bpffs,
         runDir: opts.runDir ? resolve(opts.runDir) : runDirFor(bpffs),
-        config: opts.config ? { file: resolve(opts.config) } : { embedded: demoModel(), name: 'demo' },
+        config,
         allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
       }, log);
       await agent.start();
-      if (!opts.config) {
+      if ('embedded' in config) {
         demo = spawnDemoBackends(cgroup);
         const bin = 'node dist/cli/meshctl.js';
         process.stderr.write(

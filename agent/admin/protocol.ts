@@ -6,6 +6,7 @@
 //   GET /v1/events    FlowEvent[] (most recent sampled flow events)
 // Errors: a non-2xx status with { error: string }.
 import type { FrontendReport, SocketReport, StatsReport } from '../datapath/inspect.js';
+import type { XdsStatus } from '../sources/xds/source.js';
 export type { FrontendReport, SocketReport, StatsReport };
 
 export const DEFAULT_RUN_DIR = '/run/sockmesh';
@@ -19,6 +20,8 @@ export interface StatusReport {
   kernel: { cgroup2Root: string; cgroup: string; bpffs: string; sockmap: boolean; features: Record<string, boolean> };
   programs: ProgramReport[];
   maps: { map: string; entries: number; maxEntries: number }[];
+  /** the xDS control-plane connection, when the config comes from one */
+  controlPlane: XdsStatus | null;
 }
 
 export interface FlowEvent {
