@@ -132,11 +132,34 @@ export function renderStatus(s: StatusReport, style: Style): string[] {
   const missing = Object.entries(s.kernel.features)
     .filter(([k, ok]) => !ok && (k.startsWith('progTypes.') || k.startsWith('mapTypes.'))).map(([k]) => k);
   if (missing.length) out.push(...renderFacts([['kernel lacks', style.yellow(missing.join(', '))]], { style }));
+  if (s.controlPlane) out.push('', ...renderControlPlane(s.controlPlane, style));
   out.push('');
   out.push(...renderTable([{ header: 'PROGRAM' }, { header: 'ATTACH TYPE' }, { header: 'HOW' }],
     s.programs.map((p: ProgramReport) => [p.program, p.attachType, p.how]), { style }));
   out.push('');
   out.push(...renderTable(FILL_COLUMNS, fillRows(s.maps, style), { style }));
+  return out;
+}
+
+/** The xDS connection: state, what was last ACKed per type, the last NACK and what is not supported. */
+export function renderControlPlane(cp: NonNullable<StatusReport['controlPlane']>, style: Style): string[] {
+  const state = cp.state === 'connected' ? style.green('connected') : style.yellow(cp.state);
+  const since = cp.connectedSince ? ` since ${cp.connectedSince}` : '';
+  const out = renderFacts([
+    ['control plane', `${cp.server}  ${cp.mode === 'delta' ? 'delta ADS' : 'state-of-the-world ADS'}  ${state}${since}`],
+    ['synced', cp.synced ? 'yes' : style.yellow('not yet: the kernel keeps its previous state')],
+    ['reconnects', String(cp.reconnects)],
+    ['last error', cp.lastError ? style.yellow(cp.lastError) : 'none'],
+    ['last NACK', cp.lastNack ? style.red(`${cp.lastNack.typeUrl.split('.').pop()} version ${cp.lastNack.version || '(none)'} at ${cp.lastNack.at}: ${cp.lastNack.reason}`) : 'none'],
+  ], { style });
+  const acked = Object.entries(cp.acked).sort(([a], [b]) => a.localeCompare(b));
+  if (acked.length) {
+    out.push('');
+    out.push(...renderTable([{ header: 'TYPE' }, { header: 'ACKED VERSION' }, { header: 'RESOURCES', align: 'right' as const }, { header: 'AT' }],
+      acked.map(([type, a]) => [type.split('.').pop()!, a.version, String(a.resources), a.at]), { style }));
+  }
+  for (const w of cp.warming) out.push(style.yellow(`warming: ${w}`));
+  for (const u of cp.unsupported) out.push(style.yellow(`not supported: ${u}`));
   return out;
 }
 
