@@ -126,7 +126,8 @@ export interface AgentHandle {
   restart(): Promise<void>;
 }
 
-export interface AgentOpts { config: string; configName?: string; extraArgs?: string[] }
+/** config: the text of a config file the agent watches; or xds: a control plane address (no file). */
+export interface AgentOpts { config?: string; configName?: string; xds?: string; extraArgs?: string[] }
 
 /** Start the real agent (compiled) on a private bpffs dir and config file; torn down (and cleaned) at teardown. */
 export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpts): Promise<AgentHandle> {
@@ -135,7 +136,7 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
   const dir = mkdtempSync(join(tmpdir(), 'sockmesh-test-'));
   const runDir = join(dir, 'run');
   const configFile = join(dir, opts.configName ?? 'config.yaml');
-  writeFileSync(configFile, opts.config);
+  if (opts.config !== undefined) writeFileSync(configFile, opts.config);
   const h: AgentHandle = {
     proc: undefined as unknown as ChildProcess, bpffs, runDir, configFile, cgroup: cgroup.path, logs: [],
     waitLog: (pred, timeoutMs = 15000) => new Promise((res, rej) => {
@@ -163,7 +164,8 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
   };
   const launch = async (): Promise<void> => {
     // The agent runs in the cgroup the test started in, even when the test process has entered the meshed one.
-    const args = [AGENT, '--config', configFile, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...(opts.extraArgs ?? [])];
+    const source = opts.xds ? ['--xds', opts.xds] : ['--config', configFile];
+    const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...(opts.extraArgs ?? [])];
     const proc = spawn('/bin/sh', ['-c', `echo $$ > '${cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] });
     h.proc = proc;

@@ -70,6 +70,13 @@ const STATUS: StatusReport = {
     features: { 'progTypes.sk_msg': true, 'mapTypes.sockhash': true } },
   programs: [{ program: 'sm_connect4', attachType: 'cgroup/connect4', how: 'attached' }, { program: 'sm_sockops', attachType: 'sockops', how: 'adopted' }],
   maps: [{ map: 'sm_services', entries: 1, maxEntries: 65536 }, { map: 'sm_sockets', entries: 120000, maxEntries: 131072 }],
+  controlPlane: {
+    server: '127.0.0.1:18000', mode: 'delta', state: 'connected', connectedSince: '2026-01-01T00:00:01.000Z', lastError: null,
+    reconnects: 2, synced: true, warming: [], unsupported: ['listener web-http: HTTP routes not applied (L7 path not implemented)'],
+    acked: { 'type.googleapis.com/envoy.config.cluster.v3.Cluster': { version: '7', at: '2026-01-01T00:00:02.000Z', resources: 3 } },
+    lastNack: { typeUrl: 'type.googleapis.com/envoy.config.listener.v3.Listener', version: '6', at: '2026-01-01T00:00:03.000Z',
+      reason: "listener 'x': unsupported filter" },
+  },
 };
 
 const EVENTS: FlowEvent[] = [
@@ -145,6 +152,10 @@ t.test('with an agent', async (t) => {
     t.match(r.stdout, /^sm_sockops\s+sockops\s+adopted$/m);
     t.match(r.stdout, /^sm_sockets\s+120000\s+131072\s+91\.6%$/m);
     t.match(r.stdout, /^sm_services\s+1\s+65536\s+<0\.1%$/m);
+    t.match(r.stdout, /^control plane\s+127\.0\.0\.1:18000 {2}delta ADS {2}connected since 2026-01-01T00:00:01\.000Z$/m);
+    t.match(r.stdout, /^last NACK\s+Listener version 6 at 2026-01-01T00:00:03\.000Z: listener 'x': unsupported filter$/m);
+    t.match(r.stdout, /^Cluster\s+7\s+3\s+2026-01-01T00:00:02\.000Z$/m);
+    t.match(r.stdout, /^not supported: listener web-http: HTTP routes not applied/m);
   });
 
   t.test('sockets and events', async (t) => {
