@@ -40,7 +40,7 @@ t.test('foreign tcp_proxy listener, LEAST_REQUEST cluster, health statuses, prio
       ep('10.1.0.4', 9000, 1, 'UNHEALTHY'), ep('10.1.0.5', 9000, 1, 'TIMEOUT'), ep('10.1.0.6', 9001, 1, 'UNKNOWN'),
     ], [{ priority: 1, lb_endpoints: [ep('10.2.0.1', 9000)] }])],
   }));
-  t.notOk(r.error, r.error);
+  t.notOk(r.error, String(r.error));
   t.same(r.model!.services.map((s) => [s.name, s.algorithm]), [['ingress-listener-0', 'weighted']]);
   t.same(r.model!.services[0]!.frontends[0]!.backends.map((b) => `${b.address}:${b.port}w${b.weight}`),
     ['10.1.0.1:9000w5', '10.1.0.2:9000w1', '10.1.0.3:9000w0', '10.1.0.6:9001w1']);
@@ -53,7 +53,7 @@ t.test('weighted clusters combine cluster weight x endpoint weight', async (t) =
     clusters: [{ name: 'v1', type: 'EDS', lb_policy: 'ROUND_ROBIN' }, { name: 'v2', type: 'EDS', lb_policy: 'RANDOM' }],
     endpoints: [endpoints('v1', [ep('10.0.0.1', 80, 1), ep('10.0.0.2', 80, 2)]), endpoints('v2', [ep('10.0.0.3', 80, 1)])],
   }));
-  t.notOk(r.error, r.error);
+  t.notOk(r.error, String(r.error));
   const b = r.model!.services[0]!.frontends[0]!.backends.map((x) => x.weight);
   // shares 30% / 60% / 10% of the traffic
   t.same(b, [5000, 10000, 1667]);
@@ -80,7 +80,7 @@ t.test('HTTP connection manager over RDS: L4 over the routes\' clusters, reporte
     endpoints: [endpoints('api', [ep('10.0.2.1', 8080)])],
   });
   const r = buildModel(s);
-  t.notOk(r.error, r.error);
+  t.notOk(r.error, String(r.error));
   t.equal(r.model!.services[0]!.frontends[0]!.backends.length, 2);
   t.match(r.unsupported.join('\n'), /listener 'web-http': HTTP routes not applied \(L7 path not implemented\)/);
   t.match(r.unsupported.join('\n'), /listener 'web-http': RBAC filter not supported/);
@@ -105,7 +105,7 @@ t.test('our own naming: VIPs and ports of one service come back as one service',
     ],
     endpoints: [endpoints('web:80', [ep('127.0.0.1', 8080), ep('::1', 8080)]), endpoints('web:443', [ep('127.0.0.1', 8443), ep('::1', 8443)])],
   }));
-  t.notOk(r.error, r.error);
+  t.notOk(r.error, String(r.error));
   t.equal(r.model!.services.length, 1);
   const svc = r.model!.services[0]!;
   t.same([svc.name, svc.algorithm, svc.affinityTimeoutSeconds, svc.maglevTableSize], ['web', 'maglev', 300, 1021]);

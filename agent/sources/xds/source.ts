@@ -54,8 +54,12 @@ export interface XdsSourceOptions {
   mode?: 'sotw' | 'delta';
   node: { id: string; cluster: string; locality?: { region?: string; zone?: string; sub_zone?: string }; metadata: Record<string, string> };
   log: Logger;
-  /** Apply a complete, consistent model. Return null when applied, or an error message (then NACK, nothing changed). */
-  apply(model: Model): string | null;
+  /**
+   * Apply a complete, consistent model. `changed` names the services added, changed or removed since the last applied
+   * model (absent on the first apply: everything). Return null when applied, or an error message (then NACK, nothing
+   * changed).
+   */
+  apply(model: Model, changed?: ReadonlySet<string>): string | null;
   backoff?: { initialMs: number; maxMs: number };
   /** Responses above these are NACKed unread (defaults: 200,000 resources, 64 MiB of resource bytes). */
   limits?: { maxResources: number; maxBytes: number };
@@ -116,7 +120,8 @@ export class XdsSource {
   /** Names subscribed on the current stream, per type (LDS: wildcard, kept empty). */
   private readonly sent = new Map<string, Set<string>>();
   private previous?: Map<string, Resolved>;
-  private lastModelJson?: string;
+  /** Each applied service as JSON, by name: to tell apply() which services changed, and to skip no-op updates. */
+  private appliedServices?: Map<string, string>;
 
   private readonly st: XdsStatus;
 
@@ -375,17 +380,23 @@ export class XdsSource {
     if (result.error !== undefined) return result.error;
     const ready = this.st.synced || result.warming.length === 0;
     if (ready) {
-      const json = JSON.stringify(result.model);
-      if (json !== this.lastModelJson) {
+      const services = new Map(result.model!.services.map((svc) => [svc.name, JSON.stringify(svc)]));
+      const before = this.appliedServices;
+      const changed = new Set<string>();
+      if (before) {
+        for (const [name, json] of services) if (before.get(name) !== json) changed.add(name);
+        for (const name of before.keys()) if (!services.has(name)) changed.add(name);
+      }
+      if (!before || changed.size > 0) {
         let err: string | null;
         try {
-          err = this.opts.apply(result.model!);
+          err = before ? this.opts.apply(result.model!, changed) : this.opts.apply(result.model!);
         } catch (e) {
           err = (e as Error).message;
         }
         if (err !== null) return `not applied: ${err}`;
-        this.lastModelJson = json;
-        this.opts.log.info({ services: result.model!.services.length, warming: result.warming.length }, 'xds: model applied');
+        this.appliedServices = services;
+        this.opts.log.info({ services: services.size, changed: before ? changed.size : undefined, warming: result.warming.length }, 'xds: model applied');
       }
       this.previous = result.used;
       this.st.synced = true;
