@@ -186,9 +186,10 @@ export function serviceResources(svc: Service): Array<[string, Resource]> {
     };
     if (svc.algorithm === 'maglev') cluster['maglev_lb_config'] = { table_size: { value: svc.maglevTableSize } };
     if (svc.affinityTimeoutSeconds > 0) {
-      // Envoy has no cluster-level source affinity: carried as sockmesh filter metadata (a Struct).
+      // Envoy has no cluster-level source affinity: carried as sockmesh filter metadata (a Struct). protobufjs'
+      // built-in google.protobuf.Value has camelCase field names (numberValue) whatever keepCase says.
       cluster['metadata'] = {
-        filter_metadata: { sockmesh: { fields: { affinity_timeout_seconds: { number_value: svc.affinityTimeoutSeconds } } } },
+        filter_metadata: { sockmesh: { fields: { affinity_timeout_seconds: { numberValue: svc.affinityTimeoutSeconds } } } },
       };
     }
     out.push([TYPE.cluster, resource(TYPE.cluster, e.cluster, cluster)]);

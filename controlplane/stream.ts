@@ -37,11 +37,12 @@ export function structToPlain(s: unknown): unknown {
 function valueToPlain(v: unknown): unknown {
   if (!v || typeof v !== 'object') return undefined;
   const val = v as Record<string, unknown>;
-  if ('struct_value' in val) return structToPlain(val['struct_value']);
-  if ('list_value' in val) return ((val['list_value'] as { values?: unknown[] }).values ?? []).map(valueToPlain);
-  if ('string_value' in val) return val['string_value'];
-  if ('number_value' in val) return val['number_value'];
-  if ('bool_value' in val) return val['bool_value'];
+  // protobufjs' built-in google.protobuf.Value keeps camelCase names (stringValue) whatever keepCase says.
+  if ('structValue' in val) return structToPlain(val['structValue']);
+  if ('listValue' in val) return ((val['listValue'] as { values?: unknown[] }).values ?? []).map(valueToPlain);
+  if ('stringValue' in val) return val['stringValue'];
+  if ('numberValue' in val) return val['numberValue'];
+  if ('boolValue' in val) return val['boolValue'];
   return null;
 }
 
