@@ -117,7 +117,14 @@ export function unpackAny<T = Record<string, unknown>>(any: AnyMessage): T {
 /** Encode a plain object (field names as in the .proto) into an Any of the given type. Throws naming the field. */
 export function packAny(typeUrl: string, obj: Record<string, unknown>): AnyMessage {
   const type = typeOf(typeUrl);
-  const err = type.verify(obj);
+  // fromObject first: it turns enum names ('TCP', 'EDS') into numbers, which verify() alone would reject.
+  let msg: protobuf.Message;
+  try {
+    msg = type.fromObject(obj);
+  } catch (e) {
+    throw new Error(`${typeUrl}: ${(e as Error).message}`);
+  }
+  const err = type.verify(msg);
   if (err) throw new Error(`${typeUrl}: ${err}`);
-  return { type_url: typeUrl, value: Buffer.from(type.encode(type.fromObject(obj)).finish()) };
+  return { type_url: typeUrl, value: Buffer.from(type.encode(msg).finish()) };
 }

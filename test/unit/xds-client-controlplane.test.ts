@@ -40,7 +40,7 @@ const wait = async (cond: () => boolean, ms = 5000) => {
 
 // Affinity is left out above: controlplane/snapshot.ts writes the Struct value as number_value, but protobufjs'
 // built-in google.protobuf.Value only knows numberValue, so the value is encoded empty and the client NACKs it.
-t.test('affinity metadata round trip', { todo: 'controlplane: write numberValue in the sockmesh filter_metadata Struct' }, async (t) => {
+t.test('affinity metadata round trip', async (t) => {
   const model = parseConfig(CONFIG.replace('algorithm: maglev', 'algorithm: maglev\n    affinity: { timeoutSeconds: 300 }'), 'test.yaml');
   const cp = await startControlPlaneFromModel(model, { listen: '127.0.0.1:0' });
   const applied: Model[] = [];
