@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runDatapath } from './datapath.js';
+import { runXds } from './xds.js';
 import { installSignalCleanup, runCleanups } from './lib/proc.js';
 import { SCENARIO_NAMES, type ScenarioName } from './lib/report.js';
 
@@ -18,6 +19,17 @@ datapath options:
   --seconds N          sockperf run per case (default 5)
   --stream-seconds N   each of the 3 iperf3 runs (default 3)
   --only a,b,c,d       scenarios to run: direct,sockmesh,iptables,minimal (default all)
+
+  xds        the agent on xDS against the control plane at fleet scale: full sync time, one endpoint
+             change to the kernel map (p50/p99 over many), agent RSS at rest
+
+xds options:
+  --services N         services (default 10000)
+  --backends N         backends per service (default 10)
+  --changes N          endpoint changes, one after the other (default 1000)
+  --change-budget N    seconds the changes may take in all before the bench gives up (default 60)
+  --rest N             seconds at rest before each RSS reading (default 3)
+  --seed N             seed of the random change sequence (default 1)
 `;
 
 /** The project root, found from this file (dist/bench/ when compiled, bench/ under ts-node). */
@@ -56,7 +68,30 @@ async function datapath(argv: string[]): Promise<number> {
   return runDatapath({ root: projectRoot(), seconds, streamSeconds, scenarios });
 }
 
-const benches: Record<string, (argv: string[]) => Promise<number>> = { datapath };
+function count(flag: string, v: string | undefined, max: number, min = 1): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${flag} needs a whole number (${min}..${max})`);
+  return n;
+}
+
+async function xds(argv: string[]): Promise<number> {
+  const opts = {
+    root: projectRoot(), services: 10_000, backendsPerService: 10, changes: 1000, changeBudgetSeconds: 60, restSeconds: 3, seed: 1,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    if (flag === '--services') opts.services = count(flag, argv[++i], 50_000);
+    else if (flag === '--backends') opts.backendsPerService = count(flag, argv[++i], 100);
+    else if (flag === '--changes') opts.changes = count(flag, argv[++i], 50_000);
+    else if (flag === '--change-budget') opts.changeBudgetSeconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--rest') opts.restSeconds = count(flag, argv[++i], 60, 0);
+    else if (flag === '--seed') opts.seed = count(flag, argv[++i], 2 ** 31, 0);
+    else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
+  }
+  return runXds(opts);
+}
+
+const benches: Record<string, (argv: string[]) => Promise<number>> = { datapath, xds };
 
 async function main(): Promise<number> {
   const [name, ...rest] = process.argv.slice(2);

@@ -79,6 +79,14 @@ export class Background {
     return (this.out + '\n' + this.err).trim().split('\n').slice(-lines).join('\n');
   }
 
+  /** Call `listener` with every later stdout line (without its newline); returns the unsubscribe function. */
+  onLine(listener: (line: string) => void): () => void {
+    this.lineListeners.push(listener);
+    return () => {
+      this.lineListeners = this.lineListeners.filter((l) => l !== listener);
+    };
+  }
+
   /** Resolves with the first stdout line accepted by `match`; rejects on exit or timeout. */
   waitForLine(match: (line: string) => boolean, timeoutMs: number): Promise<string> {
     return new Promise((resolve, reject) => {
