@@ -200,7 +200,10 @@ export async function runXds(opts: XdsOptions): Promise<number> {
   try {
     // ---- the agent syncs to the empty state ----
     const first = await applied.next(START_TIMEOUT_MS);
-    if (!first) throw new Error(`the agent did not apply the empty xDS state within ${START_TIMEOUT_MS / 1000} s\n${agent.tail()}`);
+    if (!first) {
+      const why = agent.running ? `did not apply the empty xDS state within ${START_TIMEOUT_MS / 1000} s` : 'exited during start-up';
+      throw new Error(`the agent ${why}\n${agent.tail()}`);
+    }
     if (first.why !== 'xds' || first.services !== 0) throw new Error(`unexpected first apply: ${JSON.stringify(first)}`);
     maps = new PinnedMaps(bpffs);
     log(`agent pid ${pid} synced to the empty state (cgroup ${meshCgroup}, pins ${bpffs}); RSS ${(rssBytes(pid) / MiB).toFixed(1)} MiB`);

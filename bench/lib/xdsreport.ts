@@ -105,7 +105,7 @@ export function xdsChecks(r: XdsResults): XdsCheck[] {
     value === undefined
       ? { name, status: 'SKIP', unit, limit, detail: `not measured${why ? `: ${why}` : ''}` }
       : { name, status: value <= limit ? 'PASS' : 'FAIL', value, unit, limit, detail: `${fmt(value)} ${unit} <= ${limit} ${unit}${extra}` };
-  const why = r.error ?? '';
+  const why = r.error?.split('\n')[0] ?? '';
   const c = r.changes;
   const changeCheck = le('one change p99', c.p99Ms, TARGETS.changeP99Ms, 'ms', why,
     c.completed < c.planned ? ` (only ${c.completed} of ${c.planned} changes in ${c.budgetSeconds} s)` : '');
@@ -164,7 +164,7 @@ export function xdsSummary(r: XdsResults, checks: XdsCheck[], extra: Record<stri
     rssAfterSyncMiB: o(r.rssAfterSyncMiB, 1),
     rssAfterChangesMiB: o(r.rssAfterChangesMiB, 1),
     peakRssMiB: o(r.peakRssMiB, 1),
-    ...(r.error ? { error: r.error } : {}),
+    ...(r.error ? { error: r.error.split('\n')[0] } : {}),
     checks: checks.map((c) => ({ name: c.name, status: c.status, value: o(c.value, 3), unit: c.unit, limit: c.limit })),
     ok: !r.error && checks.every((c) => c.status === 'PASS'),
   };
