@@ -214,12 +214,33 @@ interface Where {
 }
 
 /**
+ * What a subset of services is validated against (see validateServices): the names and frontends of every other
+ * service of the model. Frontends are keyed 'vip|port|protocol' (canonical VIP) and name their service.
+ */
+export interface OtherServices {
+  names: { has(name: string): boolean };
+  frontends: { get(key: string): string | undefined };
+}
+
+const NO_OTHERS: OtherServices = { names: new Set<string>(), frontends: new Map<string, string>() };
+
+/** The uniqueness checks across services: within the list being validated, and against the others. */
+class Registry {
+  readonly names = new Map<string, number>();
+  readonly frontends = new Map<string, Where>();
+  constructor(readonly others: OtherServices) {}
+}
+
+/** The key of a frontend in OtherServices.frontends. */
+export const frontendKey = (vip: string, port: number, protocol: Protocol) => `${vip}|${port}|${protocol}`;
+
+/**
  * Validate an already-parsed object (from YAML, JSON, or a control plane's translation) into a
  * Model; throws ConfigError listing every problem found.
  */
 export function modelFromObject(obj: unknown, file: string): Model {
   const issues = new Issues(file);
-  const services: Service[] = [];
+  let services: Service[] = [];
   if (obj === null || obj === undefined) {
     issues.add('', "the configuration is empty: expected a mapping with a 'services' list");
   } else if (!isMapping(obj)) {
@@ -227,24 +248,36 @@ export function modelFromObject(obj: unknown, file: string): Model {
   } else {
     checkFields(obj, '', TOP_FIELDS, issues);
     const list = listField(obj, 'services', '', true, issues);
-    const names = new Map<string, number>();
-    const frontends = new Map<string, Where>();
-    list?.forEach((raw, i) => {
-      const svc = validateService(raw, i, issues, names, frontends);
-      if (svc) services.push(svc);
-    });
+    if (list) services = validateList(list, issues, NO_OTHERS);
   }
   if (issues.list.length > 0) throw new ConfigError(issues.list);
   return { services };
 }
 
-function validateService(
-  raw: unknown,
-  index: number,
-  issues: Issues,
-  names: Map<string, number>,
-  frontendOwners: Map<string, Where>,
-): Service | undefined {
+/**
+ * Validate some services of a model against the rest of it, which is already valid: the same checks as
+ * modelFromObject, with service names and frontends also unique against `others`. For a source that changes a few
+ * services of a large model at a time (xDS): the cost follows the change, not the model. Issue paths are
+ * `services[i]` with i the index in `objs`. Returns one Service per object, in order; throws ConfigError.
+ */
+export function validateServices(objs: readonly unknown[], file: string, others: OtherServices): Service[] {
+  const issues = new Issues(file);
+  const services = validateList(objs, issues, others);
+  if (issues.list.length > 0) throw new ConfigError(issues.list);
+  return services;
+}
+
+function validateList(list: readonly unknown[], issues: Issues, others: OtherServices): Service[] {
+  const registry = new Registry(others);
+  const services: Service[] = [];
+  list.forEach((raw, i) => {
+    const svc = validateService(raw, i, issues, registry);
+    if (svc) services.push(svc);
+  });
+  return services;
+}
+
+function validateService(raw: unknown, index: number, issues: Issues, registry: Registry): Service | undefined {
   const path = `services[${index}]`;
   if (!isMapping(raw)) {
     issues.add(path, `must be a mapping (a service), got ${describe(raw)}`);
@@ -264,9 +297,10 @@ function validateService(
       `must be a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit, got ${describe(n)}`,
     );
   } else {
-    const seen = names.get(n);
+    const seen = registry.names.get(n);
     if (seen !== undefined) issues.add(join(path, 'name'), `duplicate service name '${n}', also used by services[${seen}]`);
-    else names.set(n, index);
+    else if (registry.others.names.has(n)) issues.add(join(path, 'name'), `duplicate service name '${n}', also used by another service`);
+    else registry.names.set(n, index);
     name = n;
   }
   const label = name ?? path;
@@ -428,12 +462,15 @@ function validateService(
     for (const vip of vips) {
       for (const entry of ports) {
         const fe: Frontend = { vip: vip.address, family: vip.family, port: entry.port!, protocol: entry.protocol, backends: [] };
-        const fkey = `${fe.vip}|${fe.port}|${fe.protocol}`;
-        const owner = frontendOwners.get(fkey);
+        const fkey = frontendKey(fe.vip, fe.port, fe.protocol);
+        const owner = registry.frontends.get(fkey);
+        const other = owner ? undefined : registry.others.frontends.get(fkey);
         const shown = `${formatEndpoint(fe.vip, fe.port)}/${fe.protocol}`;
         if (owner) {
           issues.add(`${path}.ports[${entry.index}]`, `duplicate frontend ${shown}, also defined by service '${owner.service}' at ${owner.path}`);
-        } else frontendOwners.set(fkey, { service: label, path });
+        } else if (other !== undefined) {
+          issues.add(`${path}.ports[${entry.index}]`, `duplicate frontend ${shown}, also defined by service '${other}'`);
+        } else registry.frontends.set(fkey, { service: label, path });
         for (const b of backends) {
           if (!b.address || b.address.family !== vip.family) continue;
           const port = resolveFor(entry, b)!;

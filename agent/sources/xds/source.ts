@@ -17,17 +17,19 @@ import type { Logger } from '../../observe/log.js';
 import type { Model } from '../../model/types.js';
 import { adsClientConstructor, TYPE, type AnyMessage } from '../../xds/protos.js';
 import { unpackAny } from '../../xds/protos.js';
+import { Journal } from './journal.js';
+import { noRefChanges, References, type Kind, type RefChanges } from './refs.js';
 import {
-  buildModel,
   digestCluster,
   digestEndpoints,
   digestListener,
   digestRoute,
-  emptyState,
-  references,
+  ModelBuilder,
   XdsResourceError,
-  type Resolved,
-  type XdsState,
+  type ClusterDigest,
+  type EndpointsDigest,
+  type ListenerDigest,
+  type RouteDigest,
 } from './translate.js';
 
 export interface XdsStatus {
@@ -66,7 +68,6 @@ export interface XdsSourceOptions {
 }
 
 type Obj = Record<string, any>;
-type Kind = 'listener' | 'route' | 'cluster' | 'endpoint';
 const KIND_OF: Record<string, Kind> = { [TYPE.listener]: 'listener', [TYPE.route]: 'route', [TYPE.cluster]: 'cluster', [TYPE.endpoint]: 'endpoint' };
 const STATE_KEY = { listener: 'listeners', route: 'routes', cluster: 'clusters', endpoint: 'endpoints' } as const;
 /** Request order on a new stream: listeners first, then what they reference. */
@@ -78,7 +79,9 @@ function nameOf(kind: Kind, r: Obj): string {
   return (kind === 'endpoint' ? r.cluster_name : r.name) ?? '';
 }
 
-function digest(kind: Kind, name: string, r: Obj) {
+type Digest = ListenerDigest | RouteDigest | ClusterDigest | EndpointsDigest;
+
+function digest(kind: Kind, name: string, r: Obj): Digest {
   switch (kind) {
     case 'listener': return digestListener(name, r);
     case 'route': return digestRoute(name, r);
@@ -88,6 +91,17 @@ function digest(kind: Kind, name: string, r: Obj) {
 }
 
 const now = () => new Date().toISOString();
+
+/** Digests as JSON, computed once each: a resource sent again unchanged (every SotW response) changes nothing. */
+const digestJson = new WeakMap<Digest, string>();
+function sameDigest(before: Digest | undefined, after: Digest): boolean {
+  if (!before) return false;
+  let a = digestJson.get(before);
+  if (a === undefined) digestJson.set(before, (a = JSON.stringify(before)));
+  const b = JSON.stringify(after);
+  digestJson.set(after, b);
+  return a === b;
+}
 
 interface Incoming {
   typeUrl: string;
@@ -111,17 +125,25 @@ export class XdsSource {
   private timer?: NodeJS.Timeout;
   private attempt = 0;
 
-  /** Accepted resources (digests) and, for delta, their versions. */
-  private state: XdsState = emptyState();
+  /** Accepted resources (digests) and, for delta, their versions. Changed in place, through a Journal. */
+  private readonly state = {
+    listeners: new Map<string, ListenerDigest>(),
+    routes: new Map<string, RouteDigest>(),
+    clusters: new Map<string, ClusterDigest>(),
+    endpoints: new Map<string, EndpointsDigest>(),
+  };
+  /** What the listeners reference (subscriptions; which listeners a resource change affects). */
+  private readonly refs = new References();
+  /** The model of the accepted state, kept up to date listener by listener. */
+  private readonly builder = new ModelBuilder();
+  /** Types whose wanted names changed with the last accepted response (to resubscribe). */
+  private refsChanged: RefChanges = noRefChanges();
   private readonly resourceVersions = new Map<string, Map<string, string>>();
   /** SotW: the last ACKed version_info per type. */
   private readonly versions = new Map<string, string>();
   private readonly lastNonce = new Map<string, string>();
   /** Names subscribed on the current stream, per type (LDS: wildcard, kept empty). */
   private readonly sent = new Map<string, Set<string>>();
-  private previous?: Map<string, Resolved>;
-  /** Each applied service as JSON, by name: to tell apply() which services changed, and to skip no-op updates. */
-  private appliedServices?: Map<string, string>;
 
   private readonly st: XdsStatus;
 
@@ -221,23 +243,27 @@ export class XdsSource {
     this.timer.unref?.();
   }
 
+  /** Every request carries the node identity (as Envoy does by default), ACKs and NACKs included. */
   private send(req: Obj): void {
-    this.call?.write(req);
+    this.call?.write({ ...req, node: this.node() });
   }
 
+  private nodeCache?: Obj;
   private node(): Obj {
+    if (this.nodeCache) return this.nodeCache;
     const { id, cluster, locality, metadata } = this.opts.node;
     const fields: Obj = {};
     // google.protobuf.* comes from protobufjs' built-in descriptors, whose field names are camelCase whatever keepCase says.
     for (const [k, v] of Object.entries(metadata)) fields[k] = { stringValue: v };
-    return { id, cluster, locality: locality ?? {}, metadata: { fields }, user_agent_name: 'sockmesh-agent' };
+    this.nodeCache = { id, cluster, locality: locality ?? {}, metadata: { fields }, user_agent_name: 'sockmesh-agent' };
+    return this.nodeCache;
   }
 
   /** The names we want per type: LDS is wildcard; the others follow the accepted listeners. */
   private wanted(typeUrl: string): Set<string> | 'wildcard' {
     if (typeUrl === TYPE.listener) return 'wildcard';
-    const refs = references(this.state);
-    return typeUrl === TYPE.route ? refs.routes : typeUrl === TYPE.cluster ? refs.clusters : refs.endpoints;
+    const index = typeUrl === TYPE.route ? this.refs.routes : typeUrl === TYPE.cluster ? this.refs.clusters : this.refs.endpoints;
+    return new Set(index.keys());
   }
 
   /** Send a (re)subscription for one type when what we want differs from what the stream has. */
@@ -254,7 +280,6 @@ export class XdsSource {
     if (this.mode === 'delta') {
       const req: Obj = { type_url: typeUrl };
       if (!had) {
-        req.node = this.node();
         req.resource_names_subscribe = [...names];
         const versions: Record<string, string> = {};
         for (const [n, v] of this.resourceVersions.get(typeUrl) ?? []) if (want === 'wildcard' || names.has(n)) versions[n] = v;
@@ -266,7 +291,6 @@ export class XdsSource {
       this.send(req);
     } else {
       this.send({
-        node: initial || !had ? this.node() : undefined,
         type_url: typeUrl,
         resource_names: [...names],
         version_info: this.versions.get(typeUrl) ?? '',
@@ -323,11 +347,15 @@ export class XdsSource {
     this.ack(typeUrl, nonce, inc.version);
     this.st.acked[typeUrl] = { version: inc.version, at: now(), resources: this.state[STATE_KEY[kind]].size };
     // New listeners or clusters may reference more; removed ones less.
-    for (const t of ORDER) if (t !== TYPE.listener) this.subscribe(t, false);
+    const moved = this.refsChanged;
+    if (moved.routes.size > 0) this.subscribe(TYPE.route, false);
+    if (moved.clusters.size > 0) this.subscribe(TYPE.cluster, false);
+    if (moved.endpoints.size > 0) this.subscribe(TYPE.endpoint, false);
   }
 
   /** Check, translate and apply one response. Null when accepted (state moved on), else the NACK reason. */
   private consider(kind: Kind, inc: Incoming): string | null {
+    const started = performance.now();
     if (inc.resources.length > this.limits.maxResources) {
       return `response too large: ${inc.resources.length} resources (limit ${this.limits.maxResources})`;
     }
@@ -336,12 +364,15 @@ export class XdsSource {
     if (bytes > this.limits.maxBytes) return `response too large: ${bytes} bytes of resources (limit ${this.limits.maxBytes})`;
 
     const key = STATE_KEY[kind];
-    const map = inc.complete ? new Map() : new Map(this.state[key] as Map<string, unknown>);
-    const versions = new Map(inc.complete ? [] : this.resourceVersions.get(inc.typeUrl) ?? []);
+    const map = this.state[key] as Map<string, Digest>;
+    let versions = this.resourceVersions.get(inc.typeUrl);
+    if (!versions) this.resourceVersions.set(inc.typeUrl, (versions = new Map()));
+    const incoming = new Map<string, Digest>();
+    const newVersions = new Map<string, string>();
     const errors: string[] = [];
     inc.resources.forEach((r, i) => {
       if (!r.any) {
-        if (r.name) versions.set(r.name, r.version ?? ''); // delta: a version bump with no body
+        if (r.name) newVersions.set(r.name, r.version ?? ''); // delta: a version bump with no body
         return;
       }
       if (r.any.type_url !== inc.typeUrl) {
@@ -353,64 +384,92 @@ export class XdsSource {
         const name = nameOf(kind, obj) || r.name || '';
         if (!name) throw new XdsResourceError(`resources[${i}]: the ${kind} has no name`);
         if (r.name && name !== r.name) throw new XdsResourceError(`resources[${i}] '${r.name}': names itself '${name}'`);
-        map.set(name, digest(kind, name, obj));
-        if (r.version !== undefined) versions.set(name, r.version);
+        incoming.set(name, digest(kind, name, obj));
+        if (r.version !== undefined) newVersions.set(name, r.version);
       } catch (e) {
         errors.push(e instanceof XdsResourceError ? e.message : `resources[${i}]${r.name ? ` '${r.name}'` : ''}: ${(e as Error).message}`);
       }
     });
     if (errors.length > 0) return errors.join('; ');
-    for (const name of inc.removed) {
-      map.delete(name);
-      versions.delete(name);
+
+    // From here on every change is journaled: a rejected response is rolled back and changes nothing.
+    const j = new Journal();
+    try {
+      const error = this.accept(kind, inc, map, versions, incoming, newVersions, j, started);
+      if (error !== null) j.rollback();
+      else j.commit();
+      return error;
+    } catch (e) {
+      j.rollback();
+      throw e;
     }
+  }
 
-    // Drop what no listener references any more (named subscriptions shrink with it).
-    let candidate: XdsState = { ...this.state, [key]: map };
-    const refs = references(candidate);
-    const keep = <T>(m: ReadonlyMap<string, T>, names: Set<string>) => new Map([...m].filter(([n]) => names.has(n)));
-    candidate = {
-      listeners: candidate.listeners,
-      routes: keep(candidate.routes, refs.routes),
-      clusters: keep(candidate.clusters, refs.clusters),
-      endpoints: keep(candidate.endpoints, refs.endpoints),
+  private accept(
+    kind: Kind, inc: Incoming, map: Map<string, Digest>, versions: Map<string, string>,
+    incoming: Map<string, Digest>, newVersions: Map<string, string>, j: Journal, started: number,
+  ): string | null {
+    // The resources that really changed (a resource sent again as it was changes nothing).
+    const touched = new Set<string>();
+    for (const [name, d] of incoming) {
+      if (sameDigest(map.get(name), d)) continue;
+      touched.add(name);
+      j.set(map, name, d);
+    }
+    const removed = inc.complete ? [...map.keys()].filter((n) => !incoming.has(n)) : inc.removed;
+    for (const name of removed) {
+      if (map.has(name)) touched.add(name);
+      j.delete(map, name);
+      j.delete(versions, name);
+    }
+    for (const [name, v] of newVersions) j.set(versions, name, v);
+    // A version is announced on reconnect (initial_resource_versions) only for what we hold: the server would not
+    // send a resource whose version we claim.
+    if (kind !== 'listener') for (const name of newVersions.keys()) if (!map.has(name)) j.delete(versions, name);
+
+    // The listeners this affects (found from the links before the change), relinked; then drop what no listener
+    // references any more (named subscriptions shrink with it), and what arrived unasked.
+    const moved = noRefChanges();
+    const dirty = this.refs.affected(kind, touched);
+    if (kind === 'listener' || kind === 'route') for (const l of dirty) this.refs.relink(this.state, l, j, moved);
+    if (kind === 'cluster') for (const c of touched) this.refs.reindexCluster(this.state, c, j, moved);
+    const prune = <T>(type: string, m: Map<string, T>, index: Map<string, unknown>, names: Iterable<string>) => {
+      const v = this.resourceVersions.get(type);
+      for (const n of names) {
+        if (index.has(n)) continue;
+        j.delete(m, n);
+        if (v) j.delete(v, n);
+      }
     };
+    const own = kind === 'listener' ? [] : [...incoming.keys(), ...newVersions.keys()];
+    prune(TYPE.route, this.state.routes, this.refs.routes, kind === 'route' ? [...moved.routes, ...own] : moved.routes);
+    prune(TYPE.cluster, this.state.clusters, this.refs.clusters, kind === 'cluster' ? [...moved.clusters, ...own] : moved.clusters);
+    prune(TYPE.endpoint, this.state.endpoints, this.refs.endpoints, kind === 'endpoint' ? [...moved.endpoints, ...own] : moved.endpoints);
 
-    const result = buildModel(candidate, this.previous);
+    const result = this.builder.update(this.state, dirty, j);
     if (result.error !== undefined) return result.error;
+    const ms = Math.round((performance.now() - started) * 100) / 100;
     const ready = this.st.synced || result.warming.length === 0;
     if (ready) {
-      const services = new Map(result.model!.services.map((svc) => [svc.name, JSON.stringify(svc)]));
-      const before = this.appliedServices;
-      const changed = new Set<string>();
-      if (before) {
-        for (const [name, json] of services) if (before.get(name) !== json) changed.add(name);
-        for (const name of before.keys()) if (!services.has(name)) changed.add(name);
-      }
-      if (!before || changed.size > 0) {
+      const first = !this.st.synced;
+      if (first || result.changed.size > 0) {
         let err: string | null;
         try {
-          err = before ? this.opts.apply(result.model!, changed) : this.opts.apply(result.model!);
+          err = first ? this.opts.apply(result.model!) : this.opts.apply(result.model!, result.changed);
         } catch (e) {
           err = (e as Error).message;
         }
         if (err !== null) return `not applied: ${err}`;
-        this.appliedServices = services;
-        this.opts.log.info({ services: services.size, changed: before ? changed.size : undefined, warming: result.warming.length }, 'xds: model applied');
+        const services = result.model!.services.length;
+        this.opts.log.info({ services, changed: first ? undefined : result.changed.size, warming: result.warming.length, ms }, 'xds: model applied');
       }
-      this.previous = result.used;
       this.st.synced = true;
       this.st.unsupported = result.unsupported;
     } else {
       this.opts.log.info({ warming: result.warming.length }, 'xds: waiting for a complete state before the first apply');
     }
     this.st.warming = result.warming;
-    this.state = candidate;
-    this.resourceVersions.set(inc.typeUrl, versions);
-    for (const [t, k] of [[TYPE.route, 'routes'], [TYPE.cluster, 'clusters'], [TYPE.endpoint, 'endpoints']] as const) {
-      const v = this.resourceVersions.get(t);
-      if (v) this.resourceVersions.set(t, keep(v, new Set(candidate[k].keys())));
-    }
+    this.refsChanged = moved;
     return null;
   }
 }

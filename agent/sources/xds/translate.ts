@@ -6,8 +6,9 @@
 //     support). Throws XdsResourceError naming the resource and the field.
 //  2. buildModel(): the digests of the current state -> the plain config object the file source parses, validated by
 //     the same modelFromObject(); ConfigError issues are mapped back to the resource and field they came from.
-import { MAX_WEIGHT, modelFromObject } from '../../model/config.js';
-import { ConfigError, type Algorithm, type Model } from '../../model/types.js';
+import { frontendKey, MAX_WEIGHT, validateServices } from '../../model/config.js';
+import { ConfigError, type Algorithm, type Model, type Service } from '../../model/types.js';
+import { Journal } from './journal.js';
 import { FILTER, unpackAny, type AnyMessage } from '../../xds/protos.js';
 
 type Obj = Record<string, any>; // decoded protobuf plain objects (keepCase, longs/enums as strings)
@@ -290,26 +291,6 @@ export interface XdsState {
 
 export const emptyState = (): XdsState => ({ listeners: new Map(), routes: new Map(), clusters: new Map(), endpoints: new Map() });
 
-/** What a state references: the names to subscribe to for RDS, CDS and EDS. */
-export function references(state: XdsState): { routes: Set<string>; clusters: Set<string>; endpoints: Set<string> } {
-  const routes = new Set<string>();
-  const clusters = new Set<string>();
-  const endpoints = new Set<string>();
-  for (const l of state.listeners.values()) {
-    if (l.kind !== 'l4') continue;
-    for (const c of l.clusters) clusters.add(c.name);
-    if (l.routeName !== undefined) {
-      routes.add(l.routeName);
-      for (const c of state.routes.get(l.routeName)?.clusters ?? []) clusters.add(c.name);
-    }
-  }
-  for (const name of clusters) {
-    const eds = state.clusters.get(name)?.edsName;
-    if (eds !== undefined) endpoints.add(eds);
-  }
-  return { routes, clusters, endpoints };
-}
-
 export interface Resolved { listener: ListenerDigest; clusters: { ref: ClusterRef; cluster: ClusterDigest; endpoints: EndpointsDigest }[]; notes: string[] }
 
 /** Everything a listener needs, from one state; undefined (with the missing names) while it is warming. */
@@ -341,20 +322,6 @@ function resolve(state: XdsState, l: ListenerDigest, missing: string[]): Resolve
     out.push({ ref, cluster, endpoints });
   }
   return complete ? { listener: l, clusters: out, notes } : undefined;
-}
-
-export interface BuildResult {
-  /** The validated model; undefined when `error` is set. */
-  model?: Model;
-  /** A ConfigError mapped back to resources and fields (the NACK message). */
-  error?: string;
-  /** Listeners left out because something they reference has not arrived yet, with what is missing. */
-  warming: string[];
-  /** Listeners that used their previously applied resources because their new ones are warming. */
-  heldBack: string[];
-  /** Per listener, the resources the model was built from (pass it back as `previous` once applied). */
-  used: Map<string, Resolved>;
-  unsupported: string[];
 }
 
 const OWN_NAME = /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):\d+\/(tcp|udp)$/;
@@ -411,79 +378,252 @@ function policyOf(r: Resolved, notes: string[]): { algorithm: Algorithm; affinit
 
 type ServiceObj = Record<string, unknown>;
 
+/** Listeners -> services: our own listeners (vip:port/proto -> one cluster) by cluster, with a ':port' suffix dropped
+ * so that one service's port entries come back together; foreign listeners one service each. */
+function groupOf(r: Resolved): { key: string; base: string } {
+  const l = r.listener;
+  const own = OWN_NAME.test(l.name) && r.clusters.length === 1;
+  const base = own ? r.clusters[0]!.ref.name.replace(/:\d+(\/(tcp|udp))?$/, '') : l.name;
+  return { key: own ? `c:${base}` : `l:${base}`, base };
+}
+
+interface Group {
+  /** Listener names (resolved or held back) that make this group. */
+  members: Set<string>;
+  /** Its services (one, or one per frontend when the schema cannot say it as one), validated. */
+  services: Service[];
+  /** Wanted name -> name given (with a -N suffix when it was taken): a service keeps its name across updates. */
+  names: Map<string, string>;
+  /** Notes from combining the listeners' clusters. */
+  notes: string[];
+}
+
+const byListenerName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+export interface ModelUpdate {
+  /** The validated model; undefined when `error` is set. The same object as before when nothing changed. */
+  model?: Model;
+  /** Names of the services added, changed or removed by this update. */
+  changed: Set<string>;
+  /** A ConfigError mapped back to resources and fields (the NACK message). */
+  error?: string;
+  /** Listeners left out (or kept at their last resources) because something they reference has not arrived yet. */
+  warming: string[];
+  unsupported: string[];
+}
+
 /**
- * Build the model from `state`. A listener whose references are not all present is warming: it keeps the resources
- * it was last applied with (`previous`, from the last applied BuildResult.used) if any, otherwise it is left out.
+ * The model of an xDS state, kept up to date listener by listener. update() re-resolves only the listeners it is
+ * told about, rebuilds and re-validates only the services those listeners make (validateServices, against the names
+ * and frontends of the others), and reuses every other Service object as it is. Each write goes through the Journal
+ * passed in, so a rejected update is undone by its rollback().
+ *
+ * A listener whose references are not all present is warming: it keeps the resources it was last built with, if
+ * any, otherwise it is left out.
  */
-export function buildModel(state: XdsState, previous?: ReadonlyMap<string, Resolved>): BuildResult {
-  const warming: string[] = [];
-  const heldBack: string[] = [];
-  const notes: string[] = [];
-  const resolved: Resolved[] = [];
-  const used = new Map<string, Resolved>();
-  for (const l of [...state.listeners.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-    if (l.kind !== 'l4') {
-      notes.push(...l.notes);
-      continue;
-    }
-    const missing: string[] = [];
-    const r = resolve(state, l, missing);
-    if (r) {
-      resolved.push(r);
-      used.set(l.name, r);
-      continue;
-    }
-    const prev = previous?.get(l.name);
-    if (prev) {
-      resolved.push(prev);
-      used.set(l.name, prev);
-      heldBack.push(l.name);
-    }
-    warming.push(`listener '${l.name}' waits for ${[...new Set(missing)].join(', ')}`);
-  }
-
-  // Group listeners into services: our own listeners (vip:port/proto -> one cluster) by cluster, with a ':port'
-  // suffix dropped so that one service's port entries come back together; foreign listeners one service each.
-  const groups = new Map<string, { name: string; fronts: Frontend[] }>();
-  for (const r of resolved) {
-    const l = r.listener;
-    const own = OWN_NAME.test(l.name) && r.clusters.length === 1;
-    const base = own ? r.clusters[0]!.ref.name.replace(/:\d+(\/(tcp|udp))?$/, '') : l.name;
-    const key = own ? `c:${base}` : `l:${base}`;
-    let g = groups.get(key);
-    if (!g) groups.set(key, (g = { name: dnsLabel(base), fronts: [] }));
-    g.fronts.push({ r, vip: l.vip!, port: l.port!, protocol: l.protocol!, backends: backendsOf(r) });
-    notes.push(...r.notes);
-  }
-
-  const services: ServiceObj[] = [];
-  const origins: Origin[] = [];
-  const taken = new Set<string>();
-  const unique = (name: string) => {
-    let n = name;
-    for (let k = 2; taken.has(n); k++) n = `${name.slice(0, 63 - String(k).length - 1).replace(/-+$/, '')}-${k}`;
-    taken.add(n);
-    return n;
+export class ModelBuilder {
+  private readonly resolved = new Map<string, Resolved>();
+  private readonly warmingBy = new Map<string, string>();
+  /** Per listener, its notes as one string (to see when unsupported must be recomputed). */
+  private readonly notesBy = new Map<string, string>();
+  private readonly groupKey = new Map<string, string>();
+  private readonly groups = new Map<string, Group>();
+  /** Service name -> group key, and the frontend index, of the services in the model (what others are checked against). */
+  private readonly names = new Map<string, string>();
+  private readonly frontends = new Map<string, string>();
+  /** The model's services and where each group's start in it. */
+  private readonly cur: { model: Model; groupAt: Map<string, number>; warming: string[]; unsupported: string[] } = {
+    model: { services: [] }, groupAt: new Map(), warming: [], unsupported: [],
   };
-  for (const g of groups.values()) {
-    const merged = mergeFronts(g.fronts);
-    if (merged) services.push(serviceObj(unique(g.name), g.fronts, merged, notes, origins, services.length));
-    else {
-      for (const f of g.fronts) {
-        const one = mergeFronts([f])!;
-        services.push(serviceObj(unique(dnsLabel(`${g.name}-${f.port}-${f.protocol}`)), [f], one, notes, origins, services.length));
+
+  get model(): Model {
+    return this.cur.model;
+  }
+
+  /** Rebuild what `listeners` (names; added, changed, removed, or whose references changed) make of `state`. */
+  update(state: XdsState, listeners: Iterable<string>, j: Journal): ModelUpdate {
+    let structural = false;
+    let notesChanged = false;
+    let warmingChanged = false;
+    const touched = new Set<string>();
+    for (const name of new Set(listeners)) {
+      const l = state.listeners.get(name);
+      let r: Resolved | undefined;
+      let wait: string | undefined;
+      let notes = '';
+      if (l && l.kind !== 'l4') notes = JSON.stringify(['x', l.notes]);
+      else if (l) {
+        const missing: string[] = [];
+        r = resolve(state, l, missing);
+        if (!r) {
+          r = this.resolved.get(name);
+          wait = `listener '${name}' waits for ${[...new Set(missing)].join(', ')}`;
+        }
+        if (r) notes = JSON.stringify(['r', r.notes]);
+      }
+      if (r) j.set(this.resolved, name, r);
+      else j.delete(this.resolved, name);
+      if (this.warmingBy.get(name) !== wait) {
+        warmingChanged = true;
+        if (wait === undefined) j.delete(this.warmingBy, name);
+        else j.set(this.warmingBy, name, wait);
+      }
+      if ((this.notesBy.get(name) ?? '') !== notes) {
+        notesChanged = true;
+        if (notes) j.set(this.notesBy, name, notes);
+        else j.delete(this.notesBy, name);
+      }
+      const oldKey = this.groupKey.get(name);
+      const newKey = r ? groupOf(r).key : undefined;
+      if (oldKey !== newKey) {
+        structural = true;
+        if (oldKey !== undefined) j.remove(this.groups.get(oldKey)!.members, name);
+        if (newKey !== undefined) {
+          let g = this.groups.get(newKey);
+          if (!g) j.set(this.groups, newKey, (g = { members: new Set(), services: [], names: new Map(), notes: [] }));
+          j.add(g.members, name);
+          j.set(this.groupKey, name, newKey);
+        } else j.delete(this.groupKey, name);
+      }
+      if (oldKey !== undefined) touched.add(oldKey);
+      if (newKey !== undefined) touched.add(newKey);
+    }
+
+    // The touched groups, in model order (by their first listener), rebuilt into service objects.
+    const firstOf = (g: Group) => [...g.members].sort(byListenerName)[0]!;
+    const order = [...touched].map((key) => ({ key, g: this.groups.get(key)! })).map((x) => ({ ...x, first: x.g.members.size ? firstOf(x.g) : '' }));
+    order.sort((a, b) => byListenerName(a.first, b.first));
+    const taken = new Set<string>();
+    const isTaken = (n: string) => taken.has(n) || (this.names.has(n) && !touched.has(this.names.get(n)!));
+    const give = (g: Group, wanted: string): string => {
+      const before = g.names.get(wanted);
+      let n = before !== undefined && !isTaken(before) ? before : wanted;
+      for (let k = 2; isTaken(n); k++) n = `${wanted.slice(0, 63 - String(k).length - 1).replace(/-+$/, '')}-${k}`;
+      taken.add(n);
+      return n;
+    };
+    const objs: ServiceObj[] = [];
+    const origins: Origin[] = [];
+    const built: { key: string; g: Group; from: number; count: number; names: Map<string, string>; notes: string[] }[] = [];
+    for (const { key, g } of order) {
+      const from = objs.length;
+      const names = new Map<string, string>();
+      const notes: string[] = [];
+      if (g.members.size > 0) {
+        const fronts: Frontend[] = [...g.members].sort(byListenerName).map((name) => {
+          const r = this.resolved.get(name)!;
+          return { r, vip: r.listener.vip!, port: r.listener.port!, protocol: r.listener.protocol!, backends: backendsOf(r) };
+        });
+        const base = dnsLabel(groupOf(fronts[0]!.r).base);
+        const merged = mergeFronts(fronts);
+        if (merged) {
+          const n = give(g, base);
+          names.set(base, n);
+          objs.push(serviceObj(n, fronts, merged, notes, origins, objs.length));
+        } else {
+          for (const f of fronts) {
+            const wanted = dnsLabel(`${base}-${f.port}-${f.protocol}`);
+            const n = give(g, wanted);
+            names.set(wanted, n);
+            objs.push(serviceObj(n, [f], mergeFronts([f])!, notes, origins, objs.length));
+          }
+        }
+      }
+      if (JSON.stringify(notes) !== JSON.stringify(g.notes)) notesChanged = true;
+      built.push({ key, g, from, count: objs.length - from, names, notes });
+    }
+
+    // Validate the rebuilt services against all the others: take the touched groups' names and frontends out of the
+    // indexes first (the journal puts them back if this fails).
+    const changed = new Set<string>();
+    const old = new Map<string, Service>();
+    for (const { g } of built) {
+      for (const s of g.services) {
+        old.set(s.name, s);
+        j.delete(this.names, s.name);
+        for (const f of s.frontends) j.delete(this.frontends, frontendKey(f.vip, f.port, f.protocol));
       }
     }
+    let services: Service[];
+    try {
+      services = validateServices(objs, 'xds', { names: this.names, frontends: this.frontends });
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      const lines = e.issues.map((i) => mapIssue(i.path, i.message, origins));
+      return { error: [...new Set(lines)].join('; '), changed, warming: [], unsupported: [] };
+    }
+    for (const { key, g, from, count, names, notes } of built) {
+      const mine = services.slice(from, from + count);
+      if (mine.length !== g.services.length) structural = true;
+      for (const s of mine) {
+        const before = old.get(s.name);
+        if (!before || JSON.stringify(before) !== JSON.stringify(s)) changed.add(s.name);
+        old.delete(s.name);
+        j.set(this.names, s.name, key);
+        for (const f of s.frontends) j.set(this.frontends, frontendKey(f.vip, f.port, f.protocol), s.name);
+      }
+      j.assign(g, 'services', mine);
+      j.assign(g, 'names', names);
+      j.assign(g, 'notes', notes);
+      if (g.members.size === 0) j.delete(this.groups, key);
+    }
+    for (const name of old.keys()) changed.add(name);
+
+    // The model: the touched groups' services replaced in place, or, when groups came, went or changed size, the
+    // whole order again (listeners sorted by name, each group where its first listener is).
+    let model = this.cur.model;
+    if (structural) {
+      const list: Service[] = [];
+      const groupAt = new Map<string, number>();
+      for (const name of [...this.groupKey.keys()].sort(byListenerName)) {
+        const key = this.groupKey.get(name)!;
+        if (groupAt.has(key)) continue;
+        groupAt.set(key, list.length);
+        list.push(...this.groups.get(key)!.services);
+      }
+      model = { services: list };
+      j.assign(this.cur, 'groupAt', groupAt);
+    } else if (built.length > 0) {
+      const list = model.services.slice();
+      for (const { key, g } of built) {
+        const at = this.cur.groupAt.get(key)!;
+        g.services.forEach((s, k) => (list[at + k] = s));
+      }
+      model = { services: list };
+    }
+    j.assign(this.cur, 'model', model);
+    if (warmingChanged) {
+      j.assign(this.cur, 'warming', [...this.warmingBy].sort(([a], [b]) => byListenerName(a, b)).map(([, w]) => w));
+    }
+    if (notesChanged) j.assign(this.cur, 'unsupported', this.unsupported(state));
+    return { model, changed, warming: this.cur.warming, unsupported: this.cur.unsupported };
   }
 
-  const unsupported = [...new Set(notes)];
-  try {
-    return { model: modelFromObject({ services }, 'xds'), warming, heldBack, used, unsupported };
-  } catch (e) {
-    if (!(e instanceof ConfigError)) throw e;
-    const lines = e.issues.map((i) => mapIssue(i.path, i.message, origins));
-    return { error: [...new Set(lines)].join('; '), warming, heldBack, used, unsupported };
+  /** What the model leaves out, in the order a reader meets it: listener notes, then resolved resources, then groups. */
+  private unsupported(state: XdsState): string[] {
+    const notes: string[] = [];
+    const names = [...state.listeners.keys()].sort(byListenerName);
+    for (const name of names) {
+      const l = state.listeners.get(name)!;
+      if (l.kind !== 'l4') notes.push(...l.notes);
+    }
+    for (const name of [...this.resolved.keys()].sort(byListenerName)) notes.push(...this.resolved.get(name)!.notes);
+    for (const key of this.cur.groupAt.keys()) notes.push(...(this.groups.get(key)?.notes ?? []));
+    return [...new Set(notes)];
   }
+}
+
+export interface BuildResult {
+  model?: Model;
+  error?: string;
+  warming: string[];
+  unsupported: string[];
+}
+
+/** The whole model of a state at once (what ModelBuilder keeps up to date). */
+export function buildModel(state: XdsState): BuildResult {
+  const r = new ModelBuilder().update(state, state.listeners.keys(), new Journal());
+  return { model: r.model, error: r.error, warming: r.warming, unsupported: r.unsupported };
 }
 
 interface Merged { vips: string[]; ports: { port: number; protocol: string; targetPort?: number }[]; backends: Backend[] }

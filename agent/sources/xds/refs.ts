@@ -1,0 +1,90 @@
+// What the accepted listeners reference, kept as reverse indexes so that one changed resource leads straight to the
+// listeners it affects (an endpoint change among 10,000 clusters touches one listener, not all of them), and so that
+// the RDS/CDS/EDS subscriptions follow the listeners without scanning them all on every response.
+import type { Journal } from './journal.js';
+import type { XdsState } from './translate.js';
+
+export type Kind = 'listener' | 'route' | 'cluster' | 'endpoint';
+
+/** Names whose "referenced" status changed (became referenced, or no longer is), per type. */
+export interface RefChanges { routes: Set<string>; clusters: Set<string>; endpoints: Set<string> }
+
+export const noRefChanges = (): RefChanges => ({ routes: new Set(), clusters: new Set(), endpoints: new Set() });
+
+export class References {
+  /** Per listener: the route it names and the clusters it uses (directly and through that route, as last linked). */
+  private readonly byListener = new Map<string, { route?: string; clusters: string[] }>();
+  /** Route name -> listeners naming it; cluster name -> listeners using it; EDS name -> (referenced) clusters. */
+  readonly routes = new Map<string, Set<string>>();
+  readonly clusters = new Map<string, Set<string>>();
+  readonly endpoints = new Map<string, Set<string>>();
+  private readonly edsOf = new Map<string, string>();
+
+  /** The listeners whose model may change when these resources of one kind change (from the current links). */
+  affected(kind: Kind, names: Iterable<string>): Set<string> {
+    const out = new Set<string>();
+    const addAll = (s?: Set<string>) => s?.forEach((l) => out.add(l));
+    for (const n of names) {
+      if (kind === 'listener') out.add(n);
+      else if (kind === 'route') addAll(this.routes.get(n));
+      else if (kind === 'cluster') addAll(this.clusters.get(n));
+      else for (const c of this.endpoints.get(n) ?? []) addAll(this.clusters.get(c));
+    }
+    return out;
+  }
+
+  /** Re-read what a listener references from `state` (after the listener or its route changed). */
+  relink(state: XdsState, name: string, j: Journal, out: RefChanges): void {
+    const before = this.byListener.get(name);
+    const l = state.listeners.get(name);
+    let after: { route?: string; clusters: string[] } | undefined;
+    if (l && l.kind === 'l4') {
+      const clusters = new Set(l.clusters.map((c) => c.name));
+      if (l.routeName !== undefined) for (const c of state.routes.get(l.routeName)?.clusters ?? []) clusters.add(c.name);
+      after = { route: l.routeName, clusters: [...clusters] };
+    }
+    if (before?.route !== after?.route) {
+      if (before?.route !== undefined) this.unlink(this.routes, before.route, name, j, out.routes);
+      if (after?.route !== undefined) this.link(this.routes, after.route, name, j, out.routes);
+    }
+    const had = new Set(before?.clusters ?? []);
+    const has = new Set(after?.clusters ?? []);
+    for (const c of had) if (!has.has(c) && this.unlink(this.clusters, c, name, j, out.clusters)) this.reindexCluster(state, c, j, out);
+    for (const c of has) if (!had.has(c) && this.link(this.clusters, c, name, j, out.clusters)) this.reindexCluster(state, c, j, out);
+    if (after) j.set(this.byListener, name, after);
+    else j.delete(this.byListener, name);
+  }
+
+  /** Re-read which EDS name a cluster uses (after the cluster changed, or became referenced or not). */
+  reindexCluster(state: XdsState, name: string, j: Journal, out: RefChanges): void {
+    const want = this.clusters.has(name) ? state.clusters.get(name)?.edsName : undefined;
+    const have = this.edsOf.get(name);
+    if (want === have) return;
+    if (have !== undefined) this.unlink(this.endpoints, have, name, j, out.endpoints);
+    if (want !== undefined) {
+      this.link(this.endpoints, want, name, j, out.endpoints);
+      j.set(this.edsOf, name, want);
+    } else j.delete(this.edsOf, name);
+  }
+
+  /** True when `key` became referenced. */
+  private link(index: Map<string, Set<string>>, key: string, by: string, j: Journal, changed: Set<string>): boolean {
+    let set = index.get(key);
+    const fresh = !set;
+    if (!set) j.set(index, key, (set = new Set()));
+    j.add(set, by);
+    if (fresh) changed.add(key);
+    return fresh;
+  }
+
+  /** True when `key` is no longer referenced. */
+  private unlink(index: Map<string, Set<string>>, key: string, by: string, j: Journal, changed: Set<string>): boolean {
+    const set = index.get(key);
+    if (!set) return false;
+    j.remove(set, by);
+    if (set.size > 0) return false;
+    j.delete(index, key);
+    changed.add(key);
+    return true;
+  }
+}
