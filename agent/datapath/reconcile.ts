@@ -13,7 +13,7 @@ import { networkInterfaces } from 'node:os';
 import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
 import {
-  ALGO, BE_F_LOCAL, PROTO, SVC_F_AFFINITY, addrToBytes, backendValue,
+  ALGO, BE_F_LOCAL, PROTO, STRUCTS, SVC_F_AFFINITY, addrToBytes, encode, type Decoded,
   decodeBackend, decodeService, decodeServiceKey, serviceKey, serviceValue, tableKey, u32, type BackendValue, type ServiceValue,
 } from './abi.js';
 import type { Maps } from './datapath.js';
@@ -204,8 +204,10 @@ export class Reconciler {
       if (id !== undefined && !live.has(name)) { this.serviceIds.delete(name); this.usedServiceIds.delete(id); }
     }
 
-    // Desired state of the scope, reusing the ids of (service, address, port) the kernel already has.
+    // Desired state of the scope, reusing the ids of (service, address, port) the kernel already has. An unchanged
+    // backend keeps its object: a full sync of 100,000 endpoints must not allocate them all twice.
     const wantBackends = new Map<number, KernelBackend>();
+    const changedBackends: KernelBackend[] = [];
     const wantFrontends = new Map<string, { fe: Frontend; svc: Service; serviceId: number; table: number[] }>();
     for (const svc of services) {
       const serviceId = this.serviceIdFor(svc);
@@ -213,38 +215,47 @@ export class Reconciler {
       const mine = this.backendsBySvc.get(serviceId);
       const placed = new Map<string, number>();
       for (const fe of svc.frontends) {
-        const ids = fe.backends.map((b) => {
+        const ids: number[] = new Array(fe.backends.length);
+        fe.backends.forEach((b, i) => {
           const ep = `${b.address}|${b.port}`;
           // A service's backend is shared by all its VIPs of one family: one id per (service, address, port).
-          const id = placed.get(ep) ?? mine?.get(ep)?.id ?? this.nextBackendId++;
-          placed.set(ep, id);
-          wantBackends.set(id, {
-            id, addr: b.address, port: b.port, family: b.family === 4 ? 2 : 10,
-            flags: isLoopback(b.address) || this.local.has(b.address) ? BE_F_LOCAL : 0, service_id: serviceId, weight: b.weight,
-          });
-          return id;
+          let id = placed.get(ep);
+          if (id === undefined) {
+            const cur = mine?.get(ep);
+            id = cur?.id ?? this.nextBackendId++;
+            placed.set(ep, id);
+            const family = b.family === 4 ? 2 : 10;
+            const flags = isLoopback(b.address) || this.local.has(b.address) ? BE_F_LOCAL : 0;
+            if (cur && cur.weight === b.weight && cur.flags === flags && cur.family === family) {
+              wantBackends.set(id, cur);
+            } else {
+              const nb: KernelBackend = { id, addr: b.address, port: b.port, family, flags, service_id: serviceId, weight: b.weight };
+              wantBackends.set(id, nb);
+              changedBackends.push(nb);
+            }
+          }
+          ids[i] = id;
         });
         const table = tableFor(svc, fe).map((i) => ids[i]!);
         wantFrontends.set(feKey(fe.vip, fe.port, PROTO[fe.protocol]), { fe, svc, serviceId, table });
       }
     }
 
-    // 1. backends: new or changed
-    const changedKeys: Buffer[] = [];
-    const changedValues: Buffer[] = [];
-    for (const [id, b] of wantBackends) {
-      const cur = this.backends.get(id);
-      if (cur && cur.addr === b.addr && cur.port === b.port && cur.weight === b.weight && cur.flags === b.flags && cur.service_id === b.service_id && cur.family === b.family) continue;
-      changedKeys.push(u32(id));
-      changedValues.push(backendValue(b));
-    }
-    if (changedKeys.length) {
-      this.n.mapUpdateBatch(fdBackends, Buffer.concat(changedKeys), Buffer.concat(changedValues), changedKeys.length);
-      for (const k of changedKeys) this.indexBackend(wantBackends.get(k.readUInt32LE(0))!);
-      res.backendsWritten = changedKeys.length;
+    // 1. backends: new or changed, in one batch
+    if (changedBackends.length) {
+      const size = STRUCTS.sm_backend.size;
+      const keys = Buffer.alloc(4 * changedBackends.length);
+      const values = Buffer.alloc(size * changedBackends.length);
+      changedBackends.forEach((b, i) => { keys.writeUInt32LE(b.id, 4 * i); encode('sm_backend', b as unknown as Decoded, values, size * i); });
+      this.n.mapUpdateBatch(fdBackends, keys, values, changedBackends.length);
+      for (const b of changedBackends) this.indexBackend(b);
+      res.backendsWritten = changedBackends.length;
     }
 
-    // 2. frontends: new table first, then switch the service entry, then drop the old table
+    // 2. frontends, make-before-break in three batches: every new table is written in full, then the service
+    //    entries are switched to them, then the old tables are dropped. A connect() sees the old or the new table.
+    const switches: { key: string; fe: Frontend; value: ServiceValue; table: number[]; old?: KernelFrontend }[] = [];
+    const newTables: { tableId: number; table: number[] }[] = [];
     for (const [key, want] of wantFrontends) {
       const cur = this.frontends.get(key);
       const { fe, svc, serviceId, table } = want;
@@ -258,14 +269,33 @@ export class Reconciler {
         flags: svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0,
       };
       const sameTable = cur !== undefined && cur.table.length === table.length && cur.table.every((x, i) => x === table[i]);
-      if (!sameTable) value.table_id = table.length ? this.writeTable(table) : 0;
-      const sameValue = cur !== undefined && sameTable && Object.entries(value).every(([k, v]) => cur.value[k as keyof ServiceValue] === v);
+      if (!sameTable) {
+        value.table_id = table.length ? this.nextTableId++ : 0;
+        if (table.length) newTables.push({ tableId: value.table_id, table });
+      }
+      const c = cur?.value;
+      const sameValue = c !== undefined && sameTable && c.service_id === value.service_id && c.frontend_id === value.frontend_id &&
+        c.table_id === value.table_id && c.table_size === value.table_size && c.affinity_timeout_s === value.affinity_timeout_s &&
+        c.algo === value.algo && c.flags === value.flags;
       if (sameValue) continue;
-      this.n.mapUpdate(fdServices, serviceKey({ addr: fe.vip, port: fe.port, proto: PROTO[fe.protocol] }), serviceValue(value));
-      if (cur && !sameTable && cur.value.table_id !== 0) this.deleteTable(cur.value.table_id, cur.table.length);
-      this.indexFrontend({ key, vip: fe.vip, port: fe.port, proto: PROTO[fe.protocol], value, table });
-      res.frontendsWritten++;
+      switches.push({ key, fe, value, table, old: cur && !sameTable ? cur : undefined });
     }
+    this.writeTables(newTables);
+    if (switches.length) {
+      const ks = STRUCTS.sm_service_key.size, vs = STRUCTS.sm_service.size;
+      const keys = Buffer.alloc(ks * switches.length);
+      const values = Buffer.alloc(vs * switches.length);
+      switches.forEach((w, i) => {
+        encode('sm_service_key', { addr: w.fe.vip, port: w.fe.port, proto: PROTO[w.fe.protocol] }, keys, ks * i);
+        encode('sm_service', w.value as unknown as Decoded, values, vs * i);
+      });
+      this.n.mapUpdateBatch(fdServices, keys, values, switches.length);
+    }
+    for (const w of switches) {
+      if (w.old && w.old.value.table_id !== 0) this.deleteTable(w.old.value.table_id, w.old.table.length);
+      this.indexFrontend({ key: w.key, vip: w.fe.vip, port: w.fe.port, proto: PROTO[w.fe.protocol], value: w.value, table: w.table });
+    }
+    res.frontendsWritten = switches.length;
 
     // 3. frontends of the scope that went away
     const liveIds = new Set([...wantFrontends.values()].map((w) => w.serviceId));
@@ -300,14 +330,20 @@ export class Reconciler {
     return res;
   }
 
-  /** Write a complete table under a fresh id (nothing points at it yet) and return the id. */
-  private writeTable(table: number[]): number {
-    const tableId = this.nextTableId++;
-    const keys = Buffer.alloc(8 * table.length);
-    const values = Buffer.alloc(4 * table.length);
-    table.forEach((id, i) => { tableKey(tableId, i, keys, 8 * i); values.writeUInt32LE(id, 4 * i); });
-    this.n.mapUpdateBatch(this.maps.fd('sm_tables'), keys, values, table.length);
-    return tableId;
+  /** Write complete tables under fresh ids (nothing points at them yet), all in one batch. */
+  private writeTables(tables: { tableId: number; table: number[] }[]): void {
+    const count = tables.reduce((n, t) => n + t.table.length, 0);
+    if (count === 0) return;
+    const keys = Buffer.alloc(8 * count);
+    const values = Buffer.alloc(4 * count);
+    let i = 0;
+    for (const { tableId, table } of tables) {
+      for (let j = 0; j < table.length; j++, i++) {
+        tableKey(tableId, j, keys, 8 * i);
+        values.writeUInt32LE(table[j]!, 4 * i);
+      }
+    }
+    this.n.mapUpdateBatch(this.maps.fd('sm_tables'), keys, values, count);
   }
 
   private deleteTable(tableId: number, size: number): void {
