@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import pino, { type Logger } from 'pino';
 import { adsService, protoRoot } from '../agent/xds/protos.js';
-import { ConfigError, type Model } from '../agent/model/types.js';
+import { ConfigError, type Model, type Service } from '../agent/model/types.js';
 import { DeltaStream } from './delta.js';
 import { Snapshot, type Changes } from './snapshot.js';
 import { SotwStream } from './sotw.js';
@@ -63,9 +63,21 @@ export class ControlPlane implements StreamHost {
   /** Serve `model` from now on and push what changed to every stream. Returns the changes (empty: nothing did). */
   setModel(model: Model): Changes {
     const started = performance.now();
-    const { snapshot, changes } = this.current.next(model);
+    return this.pushed(this.current.apply(model), started);
+  }
+
+  /**
+   * Replace or add `changed` services and drop the services named in `removed`, keeping every other service as it
+   * is: for a source that knows what it changed (the same result as setModel with the model so edited).
+   */
+  updateServices(changed: Service[], removed: string[]): Changes {
+    const started = performance.now();
+    return this.pushed(this.current.applyServices(changed, removed), started);
+  }
+
+  private pushed(changes: Changes, started: number): Changes {
     if (changes.size === 0) return changes;
-    this.current = snapshot;
+    const snapshot = this.current;
     const built = performance.now() - started;
     for (const s of this.streams) {
       try {
@@ -74,18 +86,19 @@ export class ControlPlane implements StreamHost {
         this.log.error({ err: e }, 'push to a stream failed');
       }
     }
-    this.log.info(
-      {
-        snapshot: snapshot.serial,
-        services: model.services.length,
-        versions: Object.fromEntries([...snapshot.types].map(([url, t]) => [shortType(url), t.version])),
-        changed: Object.fromEntries([...changes].map(([url, names]) => [shortType(url), names.size])),
-        streams: this.streams.size,
-        buildMs: Math.round(built),
-        pushMs: Math.round(performance.now() - started - built),
-      },
-      'snapshot updated',
-    );
+    if (this.log.isLevelEnabled('info')) {
+      this.log.info(
+        {
+          snapshot: snapshot.serial,
+          versions: Object.fromEntries([...snapshot.types].map(([url, t]) => [shortType(url), t.version])),
+          changed: Object.fromEntries([...changes].map(([url, names]) => [shortType(url), names.size])),
+          streams: this.streams.size,
+          buildMs: Math.round(built),
+          pushMs: Math.round(performance.now() - started - built),
+        },
+        'snapshot updated',
+      );
+    }
     return changes;
   }
 
@@ -144,6 +157,8 @@ export interface RunningControlPlane {
   /** Serial number of the snapshot being served (moves with every change). */
   readonly snapshotVersion: number;
   setModel(model: Model): Changes;
+  /** Replace or add these services and drop those named, keeping the rest (see ControlPlane#updateServices). */
+  updateServices(changed: Service[], removed: string[]): Changes;
   /** Re-read the config directory now (only for startControlPlane). */
   reload(): void;
   close(): Promise<void>;
@@ -171,6 +186,7 @@ async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () => void, 
       return cp.snapshot().serial;
     },
     setModel: (m) => cp.setModel(m),
+    updateServices: (changed, removed) => cp.updateServices(changed, removed),
     reload,
     close: () =>
       new Promise<void>((done) => {

@@ -149,27 +149,80 @@ export function contentHash(bytes: Uint8Array): string {
   return hash('md5', bytes, 'base64url').slice(0, 12);
 }
 
+/** Bytes of a protobuf varint. */
+function varintLength(n: number): number {
+  let len = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 128);
+    len++;
+  }
+  return len;
+}
+
+function writeVarint(buf: Buffer, at: number, n: number): number {
+  while (n >= 0x80) {
+    buf[at++] = (n & 0x7f) | 0x80;
+    n = Math.floor(n / 128);
+  }
+  buf[at++] = n;
+  return at;
+}
+
+/** `0x0a <len> <type URL>`: field 1 of an Any, the same for every resource of a type. */
+const typeUrlField = new Map<string, Buffer>();
+function anyTypeUrlField(typeUrl: string): Buffer {
+  let f = typeUrlField.get(typeUrl);
+  if (!f) {
+    const url = Buffer.from(typeUrl);
+    f = Buffer.alloc(1 + varintLength(url.length) + url.length);
+    url.copy(f, writeVarint(f, writeVarint(f, 0, 0x0a), url.length));
+    typeUrlField.set(typeUrl, f);
+  }
+  return f;
+}
+
+/**
+ * One resource, framed once into one buffer: the DeltaDiscoveryResponse entry
+ *   0x12 <len> Resource { 0x0a <len> version; 0x12 <len> Any { 0x0a type_url; 0x12 value }; 0x1a <len> name }
+ * whose middle field (`0x12 <len> Any`) is byte for byte also the DiscoveryResponse entry (field 2, an Any): the
+ * state-of-the-world bytes and the Any's value are views into the same buffer. Framing by hand instead of with three
+ * protobufjs writers saves two copies of every value and most of the garbage of a full build.
+ */
 function resource(typeUrl: string, name: string, obj: Record<string, unknown>): Resource {
-  const any = pack(typeUrl, obj);
-  const version = contentHash(any.value);
-  // google.protobuf.Any { type_url = 1; value = 2 }, framed by hand as the repeated field 2 of each response;
-  // DeltaDiscoveryResponse.resources is a Resource { version = 1; resource = 2; name = 3 }.
-  const sotwBytes = protobuf.Writer.create().uint32(0x12).fork().uint32(0x0a).string(typeUrl).uint32(0x12).bytes(any.value).ldelim().finish();
-  const deltaBytes = protobuf.Writer.create()
-    .uint32(0x12).fork()
-    .uint32(0x0a).string(version)
-    .uint32(0x12).fork().uint32(0x0a).string(typeUrl).uint32(0x12).bytes(any.value).ldelim()
-    .uint32(0x1a).string(name)
-    .ldelim()
-    .finish();
+  const value = protoTypes().byUrl.get(typeUrl)!.encode(obj).finish();
+  const version = contentHash(value); // base64url: ASCII, one byte per character
+  const urlField = anyTypeUrlField(typeUrl);
+  const anyLen = urlField.length + 1 + varintLength(value.length) + value.length;
+  const sotwLen = 1 + varintLength(anyLen) + anyLen;
+  const nameLen = Buffer.byteLength(name);
+  const innerLen = 1 + varintLength(version.length) + version.length + sotwLen + 1 + varintLength(nameLen) + nameLen;
+  const buf = Buffer.allocUnsafe(1 + varintLength(innerLen) + innerLen);
+  let at = writeVarint(buf, writeVarint(buf, 0, 0x12), innerLen);
+  at = writeVarint(buf, writeVarint(buf, at, 0x0a), version.length);
+  at += buf.write(version, at, 'latin1');
+  const sotwStart = at;
+  at = writeVarint(buf, writeVarint(buf, at, 0x12), anyLen);
+  at += urlField.copy(buf, at);
+  at = writeVarint(buf, writeVarint(buf, at, 0x12), value.length);
+  const valueStart = at;
+  buf.set(value, at);
+  at += value.length;
+  const sotwEnd = at;
+  at = writeVarint(buf, writeVarint(buf, at, 0x1a), nameLen);
+  at += buf.write(name, at, 'utf8');
+  if (at !== buf.length) throw new Error(`framing ${typeUrl} ${name}: wrote ${at} of ${buf.length} bytes`);
   return {
     name,
     version,
-    any,
-    sotwBytes: sotwBytes as Buffer,
-    deltaBytes: deltaBytes as Buffer,
+    any: { type_url: typeUrl, value: buf.subarray(valueStart, sotwEnd) },
+    sotwBytes: buf.subarray(sotwStart, sotwEnd),
+    deltaBytes: buf,
   };
 }
+
+/** The router filter's config (empty, the same for every service): encoded once. */
+let router: AnyMessage | undefined;
+const routerConfig = () => (router ??= pack(FILTER.router, {}));
 
 /** Every resource one service contributes, as [type URL, resource] pairs. */
 export function serviceResources(svc: Service): Array<[string, Resource]> {
@@ -222,7 +275,7 @@ export function serviceResources(svc: Service): Array<[string, Resource]> {
     const hcm = {
       stat_prefix: svc.name,
       rds: { route_config_name: svc.name, config_source: ads },
-      http_filters: [{ name: 'envoy.filters.http.router', typed_config: pack(FILTER.router, {}) }],
+      http_filters: [{ name: 'envoy.filters.http.router', typed_config: routerConfig() }],
     };
     out.push([TYPE.listener, resource(TYPE.listener, svc.name, { name: svc.name, api_listener: { api_listener: pack(FILTER.httpConnectionManager, hcm) } })]);
     const route = {
@@ -236,111 +289,197 @@ export function serviceResources(svc: Service): Array<[string, Resource]> {
 
 type Built = Array<[string, Resource]>;
 
+/** What the snapshot knows of one service of the model it serves. */
+interface Entry {
+  svc: Service;
+  built: Built;
+  /** Its position in the model's service list (where the next model is compared by identity). */
+  index: number;
+}
+
 /**
- * Built resources by service object: a caller that replaces only the services it changed (the benches, an
- * in-memory model) pays for those only. Models are treated as immutable once handed over.
+ * Plain-data equality (the model is JSON-like data): tells a reloaded but unchanged service from a changed one
+ * without encoding it or building a JSON key of it.
  */
-const byIdentity = new WeakMap<Service, Built>();
-/** The content key (JSON) each built list was made from. */
-const contentKey = new WeakMap<Built, string>();
+function sameData(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!sameData(a[i], b[i])) return false;
+    return true;
+  }
+  if (Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) if (!sameData((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
+  return true;
+}
 
+/**
+ * The resources served, updated in place by each model change at a cost that follows the change: the new model's
+ * service list is compared with the previous one by object identity, position by position (10,000 pointer
+ * comparisons take microseconds), and only services at positions that differ are looked at. A service object seen
+ * before is not looked into again; a new object with the content of the service of the same name (a reloaded file)
+ * costs one data comparison and nothing else; only a service whose content changed is encoded. Models are treated as
+ * immutable once handed over (a service object must not be changed in place; the list itself is copied).
+ *
+ * The per-type maps are mutated in place: only the current snapshot is ever served (streams read it synchronously
+ * through the host), so there is no older snapshot to keep intact, and copying a 10,000-entry map per change is
+ * exactly the cost this avoids.
+ */
 export class Snapshot {
-  /** Increments with every snapshot that changed anything. */
-  readonly serial: number;
+  /** Increments with every change of content. */
+  serial = 0;
   readonly types: Map<string, TypeState>;
-  /** What each service contributed, by service name. */
-  private readonly services: Map<string, Built>;
-  /** Built resources by the service's content (JSON): a reloaded file re-encodes only the services it changed. */
-  private readonly byContent: Map<string, Built>;
+  /** The services of the model served, by name. */
+  private readonly byName = new Map<string, Entry>();
+  /** A copy of the model's service list, as it was handed over. */
+  private list: Service[] = [];
+  /** The complete state-of-the-world body (every resource entry) per type, built on first use after a change. */
+  private readonly sotwBodies = new Map<string, Buffer>();
 
-  private constructor(serial: number, typeStates: Map<string, TypeState>, services: Map<string, Built>, byContent: Map<string, Built>) {
-    this.serial = serial;
-    this.types = typeStates;
-    this.services = services;
-    this.byContent = byContent;
+  private constructor() {
+    this.types = new Map();
+    for (const url of TYPE_URLS) this.types.set(url, { version: '0', resources: new Map() });
   }
 
   static empty(): Snapshot {
-    const m = new Map<string, TypeState>();
-    for (const url of TYPE_URLS) m.set(url, { version: '0', resources: new Map() });
-    return new Snapshot(0, m, new Map(), new Map());
+    return new Snapshot();
   }
 
   type(url: string): TypeState | undefined {
     return this.types.get(url);
   }
 
-  /**
-   * The next snapshot for `model`, and what changed per type. Only services that changed are re-encoded and
-   * re-indexed; per-type versions move only for types whose content changed, so clients of an unchanged type see
-   * nothing. Returns this snapshot itself (and no changes) when nothing changed.
-   */
-  next(model: Model): { snapshot: Snapshot; changes: Changes } {
-    const services = new Map<string, Built>();
-    const byContent = new Map<string, Built>();
-    const changedServices: Array<{ before?: Built; after?: Built }> = [];
-    for (const svc of model.services) {
-      let built = byIdentity.get(svc);
-      if (!built) {
-        const key = JSON.stringify(svc);
-        built = byContent.get(key) ?? this.byContent.get(key) ?? serviceResources(svc);
-        byIdentity.set(svc, built);
-        contentKey.set(built, key);
-      }
-      byContent.set(contentKey.get(built)!, built);
-      if (services.has(svc.name)) throw new Error(`service ${svc.name} twice in one model`);
-      services.set(svc.name, built);
-      const before = this.services.get(svc.name);
-      if (before !== built) changedServices.push({ before, after: built });
-    }
-    for (const [name, before] of this.services) if (!services.has(name)) changedServices.push({ before });
-    if (changedServices.length === 0) return { snapshot: this, changes: new Map() };
+  /** The names of the services served, in model order. */
+  serviceNames(): string[] {
+    return this.list.map((s) => s.name);
+  }
 
-    // Apply: start from the previous maps, drop what the changed services had, add what they have now.
-    const fresh = new Map<string, Map<string, Resource>>();
-    const touched = new Map<string, Set<string>>();
-    const mapFor = (url: string) => {
-      let m = fresh.get(url);
-      if (!m) {
-        m = new Map(this.types.get(url)!.resources);
-        fresh.set(url, m);
-        touched.set(url, new Set());
+  /**
+   * Serve `model` from now on; returns what changed per type (empty: nothing did). Per-type versions move only for
+   * types whose content changed, so clients of an unchanged type see nothing. Throws, changing nothing, when the
+   * model names a service twice.
+   */
+  apply(model: Model): Changes {
+    const cur = model.services;
+    const prev = this.list;
+    const differ: number[] = [];
+    const n = Math.max(cur.length, prev.length);
+    for (let i = 0; i < n; i++) if (cur[i] !== prev[i]) differ.push(i);
+    if (differ.length === 0) return new Map();
+    return this.applyDiff(cur, differ);
+  }
+
+  /**
+   * Replace or add `changed` services and drop the services named in `removed`: for a caller that knows what it
+   * changed. Equivalent to apply() with the model so edited (new services go to the end).
+   */
+  applyServices(changed: Service[], removed: string[]): Changes {
+    const list = this.list.slice();
+    const gone = new Set<number>();
+    for (const name of removed) {
+      const e = this.byName.get(name);
+      if (e) gone.add(e.index);
+    }
+    for (const svc of changed) {
+      const e = this.byName.get(svc.name);
+      if (e && !gone.has(e.index)) list[e.index] = svc;
+      else list.push(svc);
+    }
+    return this.apply({ services: gone.size === 0 ? list : list.filter((_, i) => !gone.has(i)) });
+  }
+
+  /** `differ`: the positions where `cur` and the previous list hold different objects (or only one holds one). */
+  private applyDiff(cur: Service[], differ: number[]): Changes {
+    const prev = this.list;
+    // 1. Plan, changing nothing yet: which services moved, kept their content, changed, appeared or went away.
+    const atChanged = new Map<string, number>(); // name -> position, for every service at a differing position
+    const rebuilt: Array<{ name: string; before?: Built; after?: Built }> = [];
+    const entries: Array<[string, Entry]> = [];
+    for (const i of differ) {
+      const svc = cur[i];
+      if (!svc) continue;
+      if (atChanged.has(svc.name)) throw new Error(`service ${svc.name} twice in one model`);
+      atChanged.set(svc.name, i);
+      const e = this.byName.get(svc.name);
+      // The previous holder of the name still at its unchanged position: the model has the name twice.
+      if (e && e.index !== i && cur[e.index] === e.svc) throw new Error(`service ${svc.name} twice in one model`);
+      if (e && (e.svc === svc || sameData(e.svc, svc))) {
+        entries.push([svc.name, { svc, built: e.built, index: i }]);
+        continue;
       }
+      const built = serviceResources(svc);
+      rebuilt.push({ name: svc.name, before: e?.built, after: built });
+      entries.push([svc.name, { svc, built, index: i }]);
+    }
+    const removed: string[] = [];
+    for (const i of differ) {
+      const old = prev[i];
+      // A name at a differing position of the old list that is at none of the new one's is gone (the old list had
+      // each name once, so it cannot be at an unchanged position either).
+      if (old && !atChanged.has(old.name)) {
+        removed.push(old.name);
+        rebuilt.push({ name: old.name, before: this.byName.get(old.name)!.built });
+      }
+    }
+
+    // 2. Stage the resource changes per type: null = remove. A name added twice, or one owned by a service that
+    // did not change, is a clash (the model's validation keeps names unique: this is a bug), found before any
+    // change is made.
+    const staged = new Map<string, Map<string, Resource | null>>();
+    const stage = (url: string) => {
+      let m = staged.get(url);
+      if (!m) staged.set(url, (m = new Map()));
       return m;
     };
-    // Resources equal in both (same type, name and version) are left alone: an endpoint change copies only the
-    // endpoint map.
-    const same = (url: string, r: Resource, other?: Built) => other?.some(([u, o]) => u === url && o.name === r.name && o.version === r.version);
-    for (const { before, after } of changedServices) {
-      for (const [url, r] of before ?? []) {
-        if (same(url, r, after)) continue;
-        mapFor(url).delete(r.name);
-        touched.get(url)!.add(r.name);
-      }
-    }
-    for (const { before, after } of changedServices) {
+    for (const { before } of rebuilt) for (const [url, r] of before ?? []) stage(url).set(r.name, null);
+    for (const { after } of rebuilt) {
       for (const [url, r] of after ?? []) {
-        if (same(url, r, before)) continue;
-        const m = mapFor(url);
-        // The model's own validation keeps names unique (service names, frontends); a clash here is a bug.
-        if (m.has(r.name)) throw new Error(`two resources named ${r.name} of ${url}`);
+        const m = stage(url);
+        const s = m.get(r.name);
+        if (s || (s === undefined && this.types.get(url)!.resources.has(r.name))) throw new Error(`two resources named ${r.name} of ${url}`);
         m.set(r.name, r);
-        touched.get(url)!.add(r.name);
       }
     }
+
+    // 3. Apply.
+    for (const [name, e] of entries) this.byName.set(name, e);
+    for (const name of removed) this.byName.delete(name);
+    this.list = cur.slice();
     const changes: Changes = new Map();
-    const states = new Map(this.types);
-    for (const [url, names] of touched) {
-      const before = this.types.get(url)!;
-      const now = fresh.get(url)!;
-      const changed = new Set<string>();
-      for (const name of names) if (before.resources.get(name)?.version !== now.get(name)?.version) changed.add(name);
-      if (changed.size === 0) continue;
+    for (const [url, m] of staged) {
+      const state = this.types.get(url)!;
+      let changed: Set<string> | undefined;
+      for (const [name, r] of m) {
+        const was = state.resources.get(name);
+        if (r) state.resources.set(name, r);
+        else state.resources.delete(name);
+        if (was?.version !== r?.version) (changed ??= new Set()).add(name);
+      }
+      if (!changed) continue;
       changes.set(url, changed);
-      states.set(url, { version: String(Number(before.version) + 1), resources: now });
+      state.version = String(Number(state.version) + 1);
+      this.sotwBodies.delete(url);
     }
-    if (changes.size === 0) return { snapshot: new Snapshot(this.serial, this.types, services, byContent), changes };
-    return { snapshot: new Snapshot(this.serial + 1, states, services, byContent), changes };
+    if (changes.size > 0) this.serial++;
+    return changes;
+  }
+
+  /**
+   * Every resource of a type as the body of a DiscoveryResponse (without its header), built once per version and
+   * shared by every state-of-the-world stream that subscribed to the whole type.
+   */
+  sotwBody(url: string): Buffer {
+    let body = this.sotwBodies.get(url);
+    if (!body) {
+      const parts: Buffer[] = [];
+      for (const r of this.types.get(url)!.resources.values()) parts.push(r.sotwBytes);
+      body = Buffer.concat(parts);
+      this.sotwBodies.set(url, body);
+    }
+    return body;
   }
 }
 
@@ -350,6 +489,12 @@ export function encodeSotwResponse(versionInfo: string, typeUrl: string, nonce: 
   const parts: Uint8Array[] = [header];
   for (const r of resources) parts.push(r.sotwBytes);
   return Buffer.concat(parts);
+}
+
+/** A DiscoveryResponse whose resource entries are already one body (Snapshot#sotwBody). */
+export function encodeSotwResponseBody(versionInfo: string, typeUrl: string, nonce: string, body: Buffer): Buffer {
+  const header = protoTypes().response.encode({ version_info: versionInfo, type_url: typeUrl, nonce }).finish();
+  return Buffer.concat([header, body]);
 }
 
 /** A DeltaDiscoveryResponse, built the same way. */

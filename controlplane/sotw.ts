@@ -9,7 +9,7 @@
 // ClusterLoadAssignment per stream instead of ten thousand.
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { encodeSotwResponse, type Changes, type Resource, type Snapshot } from './snapshot.js';
+import { encodeSotwResponse, encodeSotwResponseBody, type Changes, type Resource, type Snapshot } from './snapshot.js';
 import { acceptedType, describeNode, shortType, stringList, wildcardType, type StreamHost, type XdsStream } from './stream.js';
 
 interface Subscription {
@@ -98,9 +98,16 @@ export class SotwStream implements XdsStream {
   /** Send the subscribed resources of one type (`only`: just these names, for routes and endpoints on a push). */
   private send(typeUrl: string, sub: Subscription, snapshot: Snapshot, only: Set<string> | undefined): void {
     const state = snapshot.type(typeUrl)!;
-    const chosen: Resource[] = [];
-    if (sub.wildcard) for (const r of state.resources.values()) chosen.push(r);
-    else {
+    let nonce: string;
+    let response: Buffer;
+    let count: number;
+    if (sub.wildcard) {
+      nonce = this.host.nextNonce();
+      // The whole type: one body per version, shared by every stream (not re-framed per stream).
+      response = encodeSotwResponseBody(state.version, typeUrl, nonce, snapshot.sotwBody(typeUrl));
+      count = state.resources.size;
+    } else {
+      const chosen: Resource[] = [];
       for (const name of only ?? sub.names) {
         if (only && !sub.names.has(name)) continue;
         const r = state.resources.get(name);
@@ -109,12 +116,14 @@ export class SotwStream implements XdsStream {
       // A push whose changes were all removals of named routes/endpoints: nothing to send (SotW cannot say removed
       // for these types; the listener or cluster that named them changes too).
       if (only && chosen.length === 0) return;
+      nonce = this.host.nextNonce();
+      response = encodeSotwResponse(state.version, typeUrl, nonce, chosen);
+      count = chosen.length;
     }
-    const nonce = this.host.nextNonce();
     sub.lastNonce = nonce;
     sub.lastVersion = state.version;
-    this.call.write(encodeSotwResponse(state.version, typeUrl, nonce, chosen));
-    this.log.debug({ type: shortType(typeUrl), version: state.version, nonce, resources: chosen.length }, 'sent');
+    this.call.write(response);
+    this.log.debug({ type: shortType(typeUrl), version: state.version, nonce, resources: count }, 'sent');
   }
 }
 
