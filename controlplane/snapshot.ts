@@ -44,6 +44,15 @@ function lbEndpoint(b: Backend): Record<string, unknown> {
   };
 }
 
+/**
+ * The same ClusterLoadAssignment as a plain object for protobufjs: the reference encodeClusterLoadAssignment is
+ * tested against. One locality with weight 1: gRPC's xDS client ignores localities without a weight.
+ */
+export function clusterLoadAssignmentObject(cluster: string, backends: Backend[]): Record<string, unknown> {
+  const endpoints = backends.length === 0 ? [] : [{ locality: {}, load_balancing_weight: { value: 1 }, lb_endpoints: backends.map(lbEndpoint) }];
+  return { cluster_name: cluster, endpoints };
+}
+
 export function listenerName(vip: string, port: number, protocol: Protocol): string {
   return `${vip.includes(':') ? `[${vip}]` : vip}:${port}/${protocol}`;
 }
@@ -189,7 +198,10 @@ function anyTypeUrlField(typeUrl: string): Buffer {
  * protobufjs writers saves two copies of every value and most of the garbage of a full build.
  */
 function resource(typeUrl: string, name: string, obj: Record<string, unknown>): Resource {
-  const value = protoTypes().byUrl.get(typeUrl)!.encode(obj).finish();
+  return framed(typeUrl, name, protoTypes().byUrl.get(typeUrl)!.encode(obj).finish());
+}
+
+function framed(typeUrl: string, name: string, value: Uint8Array): Resource {
   const version = contentHash(value); // base64url: ASCII, one byte per character
   const urlField = anyTypeUrlField(typeUrl);
   const anyLen = urlField.length + 1 + varintLength(value.length) + value.length;
@@ -220,6 +232,68 @@ function resource(typeUrl: string, name: string, obj: Record<string, unknown>): 
   };
 }
 
+const lenField = (bytes: number) => 1 + varintLength(bytes) + bytes;
+
+/**
+ * A ClusterLoadAssignment encoded by hand: at 100,000 endpoints it is most of a full build, and protobufjs' writer
+ * allocates an object per field written (most of the garbage). The bytes are exactly protobufjs' (fields in number
+ * order, set scalars written even when zero), as the tests check, so versions (content hashes) are unchanged too:
+ *   ClusterLoadAssignment { cluster_name = 1; endpoints = 2 (one LocalityLbEndpoints, if any backend) }
+ *   LocalityLbEndpoints { locality = 1 {}; lb_endpoints = 2 []; load_balancing_weight = 3 { value = 1 } }
+ *   LbEndpoint { endpoint = 1 { address = 1 { socket_address = 1 { address = 2; port_value = 3 } } };
+ *                health_status = 2; load_balancing_weight = 4 { value = 1 } }
+ */
+export function encodeClusterLoadAssignment(cluster: string, backends: Backend[]): Buffer {
+  const e_ = E();
+  const n = backends.length;
+  const addrLen = new Array<number>(n);
+  const epLen = new Array<number>(n);
+  let lbEndpointsLen = 0;
+  for (let i = 0; i < n; i++) {
+    const b = backends[i]!;
+    addrLen[i] = Buffer.byteLength(b.address);
+    const socketAddress = lenField(addrLen[i]!) + 1 + varintLength(b.port);
+    const endpoint = lenField(lenField(socketAddress)); // Endpoint { Address { SocketAddress } }
+    const weight = b.weight === 0 ? 1 : b.weight;
+    const health = b.weight === 0 ? e_['DRAINING']! : e_['HEALTHY']!;
+    epLen[i] = lenField(endpoint) + 1 + varintLength(health) + lenField(1 + varintLength(weight));
+    lbEndpointsLen += lenField(epLen[i]!);
+  }
+  const localityLen = 2 + lbEndpointsLen + lenField(2);
+  const nameLen = Buffer.byteLength(cluster);
+  const buf = Buffer.allocUnsafe(lenField(nameLen) + (n === 0 ? 0 : lenField(localityLen)));
+  let at = writeVarint(buf, writeVarint(buf, 0, 0x0a), nameLen);
+  at += buf.write(cluster, at, 'utf8');
+  if (n > 0) {
+    at = writeVarint(buf, writeVarint(buf, at, 0x12), localityLen);
+    buf[at++] = 0x0a; // locality {}
+    buf[at++] = 0x00;
+    for (let i = 0; i < n; i++) {
+      const b = backends[i]!;
+      const socketAddress = lenField(addrLen[i]!) + 1 + varintLength(b.port);
+      const address = lenField(socketAddress);
+      const endpoint = lenField(address);
+      const weight = b.weight === 0 ? 1 : b.weight;
+      at = writeVarint(buf, writeVarint(buf, at, 0x12), epLen[i]!); // lb_endpoints entry
+      at = writeVarint(buf, writeVarint(buf, at, 0x0a), endpoint); // endpoint
+      at = writeVarint(buf, writeVarint(buf, at, 0x0a), address); // address
+      at = writeVarint(buf, writeVarint(buf, at, 0x0a), socketAddress); // socket_address
+      at = writeVarint(buf, writeVarint(buf, at, 0x12), addrLen[i]!);
+      at += buf.write(b.address, at, 'utf8');
+      at = writeVarint(buf, writeVarint(buf, at, 0x18), b.port);
+      at = writeVarint(buf, writeVarint(buf, at, 0x10), b.weight === 0 ? e_['DRAINING']! : e_['HEALTHY']!);
+      at = writeVarint(buf, writeVarint(buf, at, 0x22), 1 + varintLength(weight));
+      at = writeVarint(buf, writeVarint(buf, at, 0x08), weight);
+    }
+    buf[at++] = 0x1a; // load_balancing_weight { value: 1 }
+    buf[at++] = 0x02;
+    buf[at++] = 0x08;
+    buf[at++] = 0x01;
+  }
+  if (at !== buf.length) throw new Error(`encoding the assignment of ${cluster}: wrote ${at} of ${buf.length} bytes`);
+  return buf;
+}
+
 /** The router filter's config (empty, the same for every service): encoded once. */
 let router: AnyMessage | undefined;
 const routerConfig = () => (router ??= pack(FILTER.router, {}));
@@ -247,9 +321,8 @@ export function serviceResources(svc: Service): Array<[string, Resource]> {
     }
     out.push([TYPE.cluster, resource(TYPE.cluster, e.cluster, cluster)]);
 
-    // One locality with weight 1: gRPC's xDS client ignores localities without a weight.
-    const endpoints = e.backends.length === 0 ? [] : [{ locality: {}, load_balancing_weight: { value: 1 }, lb_endpoints: e.backends.map(lbEndpoint) }];
-    out.push([TYPE.endpoint, resource(TYPE.endpoint, e.cluster, { cluster_name: e.cluster, endpoints })]);
+    // Equal to resource(TYPE.endpoint, e.cluster, clusterLoadAssignmentObject(e.cluster, e.backends)), faster.
+    out.push([TYPE.endpoint, framed(TYPE.endpoint, e.cluster, encodeClusterLoadAssignment(e.cluster, e.backends))]);
 
     for (const vip of e.vips) {
       const name = listenerName(vip, e.port, e.protocol);
@@ -481,6 +554,11 @@ export class Snapshot {
     }
     return body;
   }
+}
+
+/** Encode a plain object of one of the served types with protobufjs (the reference for the hand-made encoders). */
+export function encodeWithProtobufjs(typeUrl: string, obj: Record<string, unknown>): Uint8Array {
+  return protoTypes().byUrl.get(typeUrl)!.encode(obj).finish();
 }
 
 /** A DiscoveryResponse: header fields encoded now, resource entries concatenated from their pre-encoded bytes. */

@@ -7,9 +7,11 @@ import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import { adsClientConstructor, TYPE, unpackAny } from '../../agent/xds/protos.js';
 import { modelFromObject } from '../../agent/model/config.js';
-import type { Model, Service } from '../../agent/model/types.js';
+import type { Backend, Model, Service } from '../../agent/model/types.js';
 import { startControlPlaneFromModel } from '../../controlplane/server.js';
-import { Snapshot } from '../../controlplane/snapshot.js';
+import {
+  Snapshot, clusterLoadAssignmentObject, encodeClusterLoadAssignment, encodeWithProtobufjs,
+} from '../../controlplane/snapshot.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -138,4 +140,22 @@ t.test('10,000 services: full build, then single-service changes cost O(change)'
   const copy = services.slice();
   copy[0] = structuredClone(copy[0]!);
   t.equal(cp.setModel({ services: copy }).size, 0, 'an equal copy of a service: no change');
+});
+
+t.test('the hand-made ClusterLoadAssignment encoder writes exactly the bytes protobufjs writes', async (t) => {
+  const cases: Array<[string, Backend[]]> = [
+    ['empty', []],
+    ['one', [{ address: '127.0.0.1', family: 4, port: 8080, weight: 1 }]],
+    ['drained-and-big', [
+      { address: '127.0.0.2', family: 4, port: 1, weight: 0 },
+      { address: '::1', family: 6, port: 65535, weight: 65535 },
+      { address: '2001:db8::1234:5678', family: 6, port: 128, weight: 127 },
+      { address: '10.255.255.255', family: 4, port: 16384, weight: 16384 },
+    ]],
+    ['svc-with-a-long-name:443/tcp'.repeat(6), Array.from({ length: 300 }, (_, i) => ({ address: `127.1.${i >> 8}.${i & 255}`, family: 4 as const, port: 1 + i * 211, weight: i % 3 }))],
+  ];
+  for (const [name, backends] of cases) {
+    const want = Buffer.from(encodeWithProtobufjs(TYPE.endpoint, clusterLoadAssignmentObject(name, backends)));
+    t.ok(encodeClusterLoadAssignment(name, backends).equals(want), `${name.slice(0, 30)}: ${backends.length} backends, ${want.length} bytes`);
+  }
 });
