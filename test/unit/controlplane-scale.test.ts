@@ -159,3 +159,24 @@ t.test('the hand-made ClusterLoadAssignment encoder writes exactly the bytes pro
     t.ok(encodeClusterLoadAssignment(name, backends).equals(want), `${name.slice(0, 30)}: ${backends.length} backends, ${want.length} bytes`);
   }
 });
+
+t.test('applyServices: replace, add, remove by name; a name twice throws and changes nothing', async (t) => {
+  const model = modelFromObject({ services: [0, 1, 2].map((i) => serviceConfig(i)) }, 'small');
+  const snap = Snapshot.empty();
+  snap.apply(model);
+  const eds = () => [...snap.type(TYPE.endpoint)!.resources.keys()].sort();
+  t.same(eds(), ['svc-0', 'svc-1', 'svc-2']);
+  const [changed1, added3] = modelFromObject({ services: [serviceConfig(1, 0, 9999), serviceConfig(3)] }, 'small').services;
+  const changes = snap.applyServices([changed1!, added3!], ['svc-0']);
+  t.same([...changes.get(TYPE.endpoint)!].sort(), ['svc-0', 'svc-1', 'svc-3']);
+  t.same(eds(), ['svc-1', 'svc-2', 'svc-3']);
+  t.same(snap.serviceNames(), ['svc-1', 'svc-2', 'svc-3']);
+  const version = snap.type(TYPE.endpoint)!.version;
+  const twice = modelFromObject({ services: [serviceConfig(2, 1, 7777)] }, 'small').services[0]!;
+  t.throws(() => snap.apply({ services: [changed1!, twice, twice] }), /twice/);
+  t.throws(() => snap.apply({ services: [twice, changed1!, added3!, added3!] }), /twice/);
+  t.equal(snap.type(TYPE.endpoint)!.version, version, 'nothing changed');
+  t.same(snap.serviceNames(), ['svc-1', 'svc-2', 'svc-3']);
+  // Reordering only: no change at all.
+  t.equal(snap.apply({ services: [added3!, changed1!, modelFromObject({ services: [serviceConfig(2)] }, 'small').services[0]!] }).size, 0);
+});
