@@ -466,7 +466,7 @@ export class XdsSource {
       this.st.synced = true;
       this.st.unsupported = result.unsupported;
     } else {
-      this.opts.log.info({ warming: result.warming.length }, 'xds: waiting for a complete state before the first apply');
+      this.opts.log.info({ warming: result.warming.length, ms }, 'xds: waiting for a complete state before the first apply');
     }
     this.st.warming = result.warming;
     this.refsChanged = moved;

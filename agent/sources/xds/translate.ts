@@ -333,7 +333,8 @@ export function dnsLabel(name: string): string {
 }
 
 interface Frontend { r: Resolved; vip: string; port: number; protocol: 'tcp' | 'udp'; backends: Backend[] }
-interface Backend { address: string; port: number; weight: number; origin: string }
+/** `cla` and `field` say where a backend came from (for error messages; joined only when there is an error). */
+interface Backend { address: string; port: number; weight: number; cla: string; field: string }
 
 /** Backends of a resolved listener: endpoint weights, times cluster shares when several clusters are combined. */
 function backendsOf(r: Resolved): Backend[] {
@@ -343,7 +344,7 @@ function backendsOf(r: Resolved): Backend[] {
     const scale = max > MAX_WEIGHT ? MAX_WEIGHT / max : 1; // Envoy weights go to 2^32-1, ours to MAX_WEIGHT
     return endpoints.endpoints.map((e) => ({
       address: e.address, port: e.port, weight: e.weight === 0 ? 0 : Math.max(1, Math.round(e.weight * scale)),
-      origin: `cluster_load_assignment '${endpoints.name}': ${e.field}`,
+      cla: endpoints.name, field: e.field,
     }));
   }
   const total = r.clusters.reduce((s, c) => s + c.ref.weight, 0);
@@ -356,7 +357,7 @@ function backendsOf(r: Resolved): Backend[] {
       const w = sum > 0 ? (share * e.weight) / sum : 0;
       const seen = raw.get(key);
       if (seen) seen.weight += w;
-      else raw.set(key, { address: e.address, port: e.port, weight: w, origin: `cluster_load_assignment '${endpoints.name}': ${e.field}` });
+      else raw.set(key, { address: e.address, port: e.port, weight: w, cla: endpoints.name, field: e.field });
     }
   }
   const max = Math.max(0, ...[...raw.values()].map((b) => b.weight));
@@ -451,15 +452,16 @@ export class ModelBuilder {
       let r: Resolved | undefined;
       let wait: string | undefined;
       let notes = '';
-      if (l && l.kind !== 'l4') notes = JSON.stringify(['x', l.notes]);
-      else if (l) {
+      if (l && l.kind !== 'l4') {
+        if (l.notes.length > 0) notes = JSON.stringify(['x', l.notes]);
+      } else if (l) {
         const missing: string[] = [];
         r = resolve(state, l, missing);
         if (!r) {
           r = this.resolved.get(name);
           wait = `listener '${name}' waits for ${[...new Set(missing)].join(', ')}`;
         }
-        if (r) notes = JSON.stringify(['r', r.notes]);
+        if (r && r.notes.length > 0) notes = JSON.stringify(['r', r.notes]);
       }
       if (r) j.set(this.resolved, name, r);
       else j.delete(this.resolved, name);
@@ -503,7 +505,7 @@ export class ModelBuilder {
       return n;
     };
     const objs: ServiceObj[] = [];
-    const origins: Origin[] = [];
+    const made: { fronts: Frontend[]; m: Merged; origin: string }[] = [];
     const built: { key: string; g: Group; from: number; count: number; names: Map<string, string>; notes: string[] }[] = [];
     for (const { key, g } of order) {
       const from = objs.length;
@@ -519,13 +521,13 @@ export class ModelBuilder {
         if (merged) {
           const n = give(g, base);
           names.set(base, n);
-          objs.push(serviceObj(n, fronts, merged, notes, origins, objs.length));
+          objs.push(serviceObj(n, fronts, merged, notes, made));
         } else {
           for (const f of fronts) {
             const wanted = dnsLabel(`${base}-${f.port}-${f.protocol}`);
             const n = give(g, wanted);
             names.set(wanted, n);
-            objs.push(serviceObj(n, [f], mergeFronts([f])!, notes, origins, objs.length));
+            objs.push(serviceObj(n, [f], mergeFronts([f])!, notes, made));
           }
         }
       }
@@ -549,6 +551,7 @@ export class ModelBuilder {
       services = validateServices(objs, 'xds', { names: this.names, frontends: this.frontends });
     } catch (e) {
       if (!(e instanceof ConfigError)) throw e;
+      const origins = made.flatMap((x, i) => originsOf(`services[${i}]`, x.fronts, x.m, x.origin));
       const lines = e.issues.map((i) => mapIssue(i.path, i.message, origins));
       return { error: [...new Set(lines)].join('; '), changed, warming: [], unsupported: [] };
     }
@@ -633,6 +636,10 @@ interface Merged { vips: string[]; ports: { port: number; protocol: string; targ
  * backends (address and weight) for all, and either one port number or a uniform backend port per entry (targetPort).
  */
 function mergeFronts(fronts: Frontend[]): Merged | undefined {
+  if (fronts.length === 1) {
+    const f = fronts[0]!; // what the general case below gives for one frontend, without its string signatures
+    return { vips: [f.vip], ports: [{ port: f.port, protocol: f.protocol }], backends: f.backends };
+  }
   const vips = [...new Set(fronts.map((f) => f.vip))];
   const entries = [...new Map(fronts.map((f) => [`${f.port}/${f.protocol}`, f])).values()].sort((a, b) => a.port - b.port || (a.protocol < b.protocol ? -1 : 1));
   if (vips.length * entries.length !== fronts.length) return undefined;
@@ -658,22 +665,9 @@ function mergeFronts(fronts: Frontend[]): Merged | undefined {
 
 interface Origin { path: string; resource: string; fields?: Record<string, string> }
 
-function serviceObj(name: string, fronts: Frontend[], m: Merged, notes: string[], origins: Origin[], index: number): ServiceObj {
-  const r = fronts[0]!.r;
-  const pol = policyOf(r, notes);
-  const path = `services[${index}]`;
-  const lname = (vip: string) => fronts.find((f) => f.vip === vip)!.r.listener.name;
-  origins.push({ path, resource: `listener '${r.listener.name}'` });
-  m.vips.forEach((v, k) => origins.push({ path: `${path}.vips[${k}]`, resource: `listener '${lname(v)}': address.socket_address.address` }));
-  m.ports.forEach((p, k) => {
-    const f = fronts.find((x) => x.port === p.port && x.protocol === p.protocol)!;
-    origins.push({ path: `${path}.ports[${k}]`, resource: `listener '${f.r.listener.name}': address.socket_address` });
-  });
-  origins.push({ path: `${path}.maglev`, resource: `${pol.origin}: maglev_lb_config`, fields: { tableSize: 'table_size' } });
-  origins.push({ path: `${path}.affinity`, resource: `${pol.origin}: metadata.filter_metadata.sockmesh`, fields: { timeoutSeconds: 'affinity_timeout_seconds' } });
-  m.backends.forEach((b, j) =>
-    origins.push({ path: `${path}.backends[${j}]`, resource: b.origin, fields: { address: 'endpoint.address.socket_address.address', port: 'endpoint.address.socket_address.port_value', weight: 'load_balancing_weight' } }),
-  );
+function serviceObj(name: string, fronts: Frontend[], m: Merged, notes: string[], made: { fronts: Frontend[]; m: Merged; origin: string }[]): ServiceObj {
+  const pol = policyOf(fronts[0]!.r, notes);
+  made.push({ fronts, m, origin: pol.origin });
   const svc: ServiceObj = {
     name,
     vips: m.vips,
@@ -684,6 +678,28 @@ function serviceObj(name: string, fronts: Frontend[], m: Merged, notes: string[]
   if (pol.affinity !== undefined && pol.affinity > 0) svc['affinity'] = { timeoutSeconds: pol.affinity };
   if (pol.tableSize !== undefined && pol.algorithm === 'maglev') svc['maglev'] = { tableSize: pol.tableSize };
   return svc;
+}
+
+/** Where each field of a service object came from, to name the resource and field in a NACK. */
+function originsOf(path: string, fronts: Frontend[], m: Merged, polOrigin: string): Origin[] {
+  const origins: Origin[] = [];
+  const r = fronts[0]!.r;
+  const lname = (vip: string) => fronts.find((f) => f.vip === vip)!.r.listener.name;
+  origins.push({ path, resource: `listener '${r.listener.name}'` });
+  m.vips.forEach((v, k) => origins.push({ path: `${path}.vips[${k}]`, resource: `listener '${lname(v)}': address.socket_address.address` }));
+  m.ports.forEach((p, k) => {
+    const f = fronts.find((x) => x.port === p.port && x.protocol === p.protocol)!;
+    origins.push({ path: `${path}.ports[${k}]`, resource: `listener '${f.r.listener.name}': address.socket_address` });
+  });
+  origins.push({ path: `${path}.maglev`, resource: `${polOrigin}: maglev_lb_config`, fields: { tableSize: 'table_size' } });
+  origins.push({ path: `${path}.affinity`, resource: `${polOrigin}: metadata.filter_metadata.sockmesh`, fields: { timeoutSeconds: 'affinity_timeout_seconds' } });
+  m.backends.forEach((b, j) =>
+    origins.push({
+      path: `${path}.backends[${j}]`, resource: `cluster_load_assignment '${b.cla}': ${b.field}`,
+      fields: { address: 'endpoint.address.socket_address.address', port: 'endpoint.address.socket_address.port_value', weight: 'load_balancing_weight' },
+    }),
+  );
+  return origins;
 }
 
 /** A model validation issue -> "resource 'name': field: message". */
