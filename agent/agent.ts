@@ -14,6 +14,10 @@ import type { StatusReport } from './admin/protocol.js';
 import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
 import { nodeFacts, type NodeFacts } from './observe/node.js';
 import type { Logger } from './observe/log.js';
+import { collectGarbage } from './observe/memory.js';
+
+/** Kernel entries written or removed by one change above which the heap is compacted afterwards. */
+const LARGE_CHANGE = 10_000;
 import type { RingBufferSubscription } from './datapath/native.js';
 
 export const VERSION: string = (() => {
@@ -209,6 +213,10 @@ export class Agent {
       this.lastReconcile = { at: new Date().toISOString(), ms: Math.round(res.ms * 1000) / 1000 };
       this.writeState();
       this.log.info({ why, version: this.configVersion, services: model.services.length, changed: changed?.size, ...res }, 'config applied');
+      // After a large change, give the garbage of the sync back now rather than at the next allocation pressure.
+      if (res.backendsWritten + res.backendsDeleted + res.frontendsWritten + res.frontendsDeleted >= LARGE_CHANGE) {
+        setImmediate(() => { collectGarbage(); setTimeout(() => collectGarbage(), 1000).unref(); });
+      }
       return null;
     } catch (e) {
       const msg = (e as Error).message;
@@ -243,6 +251,7 @@ export class Agent {
         configSource: 'file' in this.opts.config ? `file:${this.opts.config.file}`
           : 'xds' in this.opts.config ? `xds:${this.opts.config.xds.address}` : `embedded:${this.opts.config.name}`,
         configVersion: this.configVersion, lastConfigError: this.lastConfigError, lastReconcile: this.lastReconcile,
+        memory: process.memoryUsage(),
       },
       node: f,
       kernel: {

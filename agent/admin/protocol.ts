@@ -15,7 +15,9 @@ export interface ProgramReport { program: string; attachType: string; how: 'atta
 
 export interface StatusReport {
   agent: { pid: number; version: string; startedAt: string; uptimeSeconds: number; configSource: string; configVersion: number;
-    lastConfigError: string | null; lastReconcile: { at: string; ms: number } | null };
+    lastConfigError: string | null; lastReconcile: { at: string; ms: number } | null;
+    /** process.memoryUsage() of the agent: rss, heapTotal, heapUsed, external, arrayBuffers (bytes) */
+    memory?: { rss: number; heapTotal: number; heapUsed: number; external: number; arrayBuffers: number } };
   node: { hostname: string; kernel: string; distro: string; arch: string; cpus: number; cpuModel: string; memoryTotalBytes: number };
   kernel: { cgroup2Root: string; cgroup: string; bpffs: string; sockmap: boolean; features: Record<string, boolean> };
   programs: ProgramReport[];
