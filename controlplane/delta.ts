@@ -10,9 +10,8 @@
 // request with a stale nonce still carries subscription changes that no later request repeats, so those are
 // applied; only its ACK/NACK meaning is ignored.
 import type * as grpc from '@grpc/grpc-js';
-import type { Logger } from 'pino';
 import { encodeDeltaResponse, type Changes, type Resource, type Snapshot } from './snapshot.js';
-import { acceptedType, describeNode, shortType, stringList, wildcardType, type StreamHost, type XdsStream } from './stream.js';
+import { StreamBase, shortType, stringList, wildcardType, type StreamHost } from './stream.js';
 
 interface Subscription {
   wildcard: boolean;
@@ -22,28 +21,15 @@ interface Subscription {
   lastNonce: string;
 }
 
-export class DeltaStream implements XdsStream {
+export class DeltaStream extends StreamBase {
   private readonly subs = new Map<string, Subscription>();
-  private readonly warnedUnknown = new Set<string>();
-  private log: Logger;
-  private nodeId?: string;
 
-  constructor(
-    private readonly call: grpc.ServerDuplexStream<unknown, Buffer>,
-    private readonly host: StreamHost,
-    readonly id: number,
-  ) {
-    this.log = host.log.child({ stream: id, variant: 'delta' });
+  constructor(call: grpc.ServerDuplexStream<unknown, Buffer>, host: StreamHost, id: number) {
+    super(call, host, id, 'delta');
   }
 
   onRequest(req: Record<string, unknown>): void {
-    if (this.nodeId === undefined) {
-      const node = describeNode(req['node']);
-      this.nodeId = node.id ?? '';
-      this.log = this.log.child({ node: node.id });
-      this.log.info({ peer: this.call.getPeer(), nodeInfo: node }, 'ADS stream (delta) opened');
-    }
-    const typeUrl = acceptedType(req['type_url'], this.log, this.warnedUnknown);
+    const typeUrl = this.accept(req);
     if (!typeUrl) return;
     const subscribe = stringList(req['resource_names_subscribe']);
     const unsubscribe = stringList(req['resource_names_unsubscribe']);

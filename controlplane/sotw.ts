@@ -8,9 +8,8 @@
 // endpoints on a push carry only what changed, as the protocol allows, so one endpoint change costs one
 // ClusterLoadAssignment per stream instead of ten thousand.
 import type * as grpc from '@grpc/grpc-js';
-import type { Logger } from 'pino';
 import { encodeSotwResponse, encodeSotwResponseBody, type Changes, type Resource, type Snapshot } from './snapshot.js';
-import { acceptedType, describeNode, shortType, stringList, wildcardType, type StreamHost, type XdsStream } from './stream.js';
+import { StreamBase, shortType, stringList, wildcardType, type StreamHost } from './stream.js';
 
 interface Subscription {
   wildcard: boolean;
@@ -22,28 +21,15 @@ interface Subscription {
   ackedVersion?: string;
 }
 
-export class SotwStream implements XdsStream {
+export class SotwStream extends StreamBase {
   private readonly subs = new Map<string, Subscription>();
-  private readonly warnedUnknown = new Set<string>();
-  private log: Logger;
-  private nodeId?: string;
 
-  constructor(
-    private readonly call: grpc.ServerDuplexStream<unknown, Buffer>,
-    private readonly host: StreamHost,
-    readonly id: number,
-  ) {
-    this.log = host.log.child({ stream: id, variant: 'sotw' });
+  constructor(call: grpc.ServerDuplexStream<unknown, Buffer>, host: StreamHost, id: number) {
+    super(call, host, id, 'sotw');
   }
 
   onRequest(req: Record<string, unknown>): void {
-    if (this.nodeId === undefined) {
-      const node = describeNode(req['node']);
-      this.nodeId = node.id ?? '';
-      this.log = this.log.child({ node: node.id });
-      this.log.info({ peer: this.call.getPeer(), nodeInfo: node }, 'ADS stream (state of the world) opened');
-    }
-    const typeUrl = acceptedType(req['type_url'], this.log, this.warnedUnknown);
+    const typeUrl = this.accept(req);
     if (!typeUrl) return;
     const names = stringList(req['resource_names']);
     if (names === undefined) return void this.log.warn({ type: shortType(typeUrl) }, 'malformed request: resource_names is not a list of strings');

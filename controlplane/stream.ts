@@ -1,5 +1,6 @@
 // What the state-of-the-world and the delta stream handlers share: the server they belong to, the node they serve,
 // and the checks every request goes through before it means anything.
+import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { TYPE, TYPE_URLS } from '../agent/xds/protos.js';
 import type { Changes, Snapshot } from './snapshot.js';
@@ -94,4 +95,37 @@ export function stringList(v: unknown): string[] | undefined {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) return undefined;
   return v as string[];
+}
+
+/**
+ * What every stream does before its variant's logic: log the node once when the stream opens, and keep only
+ * requests of a known type (an unknown type URL is logged once per stream and ignored).
+ */
+export abstract class StreamBase implements XdsStream {
+  protected log: Logger;
+  private nodeId?: string;
+  private readonly warnedUnknown = new Set<string>();
+
+  constructor(
+    protected readonly call: grpc.ServerDuplexStream<unknown, Buffer>,
+    protected readonly host: StreamHost,
+    readonly id: number,
+    private readonly variant: 'delta' | 'sotw',
+  ) {
+    this.log = host.log.child({ stream: id, variant });
+  }
+
+  abstract push(snapshot: Snapshot, changes: Changes): void;
+
+  /** The request's type URL when it is one we serve, else undefined (after logging). */
+  protected accept(req: Record<string, unknown>): string | undefined {
+    if (this.nodeId === undefined) {
+      const node = describeNode(req['node']);
+      this.nodeId = node.id ?? '';
+      this.log = this.log.child({ node: node.id });
+      const what = this.variant === 'delta' ? 'delta' : 'state of the world';
+      this.log.info({ peer: this.call.getPeer(), nodeInfo: node }, `ADS stream (${what}) opened`);
+    }
+    return acceptedType(req['type_url'], this.log, this.warnedUnknown);
+  }
 }
