@@ -74,12 +74,21 @@ export type Decoded = Record<string, number | bigint | string>;
 
 // ---- addresses: 16 bytes, network order, IPv4 as IPv4-mapped ----
 
-export function addrToBytes(address: string): Buffer {
-  const out = Buffer.alloc(16);
+export function addrToBytes(address: string, out: Buffer = Buffer.alloc(16), at = 0): Buffer {
   if (isIPv4(address)) {
-    out[10] = 0xff;
-    out[11] = 0xff;
-    address.split('.').forEach((o, i) => { out[12 + i] = Number(o); });
+    out.fill(0, at, at + 10);
+    out[at + 10] = 0xff;
+    out[at + 11] = 0xff;
+    let octet = 0, i = 12;
+    for (let k = 0; k < address.length; k++) {
+      const c = address.charCodeAt(k);
+      if (c === 46 /* . */) { out[at + i++] = octet; octet = 0; } else octet = octet * 10 + (c - 48);
+    }
+    out[at + i] = octet;
+    return out;
+  }
+  if (at !== 0 || out.length !== 16) {
+    addrToBytes(address).copy(out, at);
     return out;
   }
   if (!isIPv6(address)) throw new Error(`not an IP address: ${address}`);
@@ -134,7 +143,7 @@ export function encode(name: StructName, values: Decoded, out?: Buffer, at = 0):
       case 'u16be': buf.writeUInt16BE(Number(v), o); break;
       case 'u32': buf.writeUInt32LE(Number(v) >>> 0, o); break;
       case 'u64': buf.writeBigUInt64LE(BigInt(v), o); break;
-      case 'addr': addrToBytes(String(v)).copy(buf, o); break;
+      case 'addr': addrToBytes(String(v), buf, o); break;
     }
   }
   return buf;

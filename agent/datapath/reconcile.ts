@@ -49,9 +49,15 @@ const feKey = (vip: string, port: number, proto: number): string => `${vip}|${po
  * double): 100,000 backends keyed by strings like '127.1.2.3|8080' held ~20 MiB of concatenated strings.
  */
 export function endpointKey(addr: string, port: number): number | string {
-  const o = addr.split('.');
-  if (o.length === 4) return ((((+o[0]! * 256 + +o[1]!) * 256 + +o[2]!) * 256 + +o[3]!) * 65536) + port;
-  return `${addr}|${port}`;
+  // Parsed by hand: split('.') allocated four strings per call and showed up in full-sync profiles.
+  let v = 0, octet = 0, dots = 0;
+  for (let i = 0; i < addr.length; i++) {
+    const c = addr.charCodeAt(i);
+    if (c === 46 /* . */) { v = v * 256 + octet; octet = 0; dots++; }
+    else if (c >= 48 && c <= 57) octet = octet * 10 + (c - 48);
+    else return `${addr}|${port}`; // IPv6
+  }
+  return dots === 3 ? (v * 256 + octet) * 65536 + port : `${addr}|${port}`;
 }
 
 /** Addresses of this node: a backend there is a sockmap candidate. */

@@ -144,7 +144,7 @@ t.test('table and summary', (t) => {
   const r = results();
   const checks = xdsChecks(r);
   const table = formatXdsTable(r, checks);
-  t.match(table, /full sync \(setModel -> kernel maps\)\s+1\.20 s/);
+  t.match(table, /full sync \(server sends -> kernel maps\)\s+1\.20 s/);
   t.match(table, /one change \(1000\/1000\)\s+p50 3\.00\s+p99 12\.0\s+max 30\.0 ms/);
   t.match(table, /PASS one change p99: 12\.0 ms <= 20 ms/);
   const line = JSON.stringify(xdsSummary(r, checks, { kernel: 'x' }));
