@@ -52,7 +52,6 @@ export interface AgentOptions {
 /** What the agent needs of the kernel; checked before anything is loaded so a missing feature gets a clear message. */
 const REQUIRED_FEATURES: [string, string][] = [
   ['progTypes.cgroup_sock_addr', 'BPF cgroup/connect programs (kernel 4.17+, CONFIG_CGROUP_BPF)'],
-  ['mapTypes.hash_of_maps', 'BPF hash-of-maps'],
   ['mapTypes.lru_hash', 'BPF LRU hash maps'],
   ['mapTypes.ringbuf', 'BPF ring buffers (kernel 5.8+)'],
   ['helpers.cgroup_sock_addr:get_netns_cookie', 'bpf_get_netns_cookie in cgroup/connect programs (kernel 5.7+)'],
@@ -123,16 +122,7 @@ export class Agent {
     dp.configure();
     this.datapath = dp;
     const n = native();
-    this.reconciler = new Reconciler(dp.maps, n, {
-      destroyUdp: (addr, port) => {
-        try {
-          return n.destroyUdpSockets(addr, port);
-        } catch (e) {
-          log.warn({ addr, port, error: (e as Error).message }, 'could not destroy UDP sockets of a removed backend');
-          return 0;
-        }
-      },
-    });
+    this.reconciler = this.newReconciler();
     const adopted = this.reconciler.adopt();
     if (adopted.frontends || adopted.backends) log.info(adopted, 'adopted the datapath state a previous agent left pinned');
     this.reconciler.syncLocalAddresses();
@@ -178,8 +168,22 @@ export class Agent {
     }
   }
 
-  private names(): Map<number, string> {
-    return this.reconciler?.snapshot().serviceNames ?? new Map();
+  private names(): ReadonlyMap<number, string> {
+    return this.reconciler?.names() ?? new Map();
+  }
+
+  private newReconciler(): Reconciler {
+    const n = native();
+    return new Reconciler(this.datapath!.maps, n, {
+      destroyUdp: (addr, port) => {
+        try {
+          return n.destroyUdpSockets(addr, port);
+        } catch (e) {
+          this.log.warn({ addr, port, error: (e as Error).message }, 'could not destroy UDP sockets of a removed backend');
+          return 0;
+        }
+      },
+    });
   }
 
   private startXds(cfg: XdsConfig): void {
@@ -223,8 +227,16 @@ export class Agent {
       this.lastConfigError = msg;
       this.log.error({ why, error: msg }, 'applying the config to the kernel failed');
       if (why === 'start') throw e;
-      if (this.model) {
-        try { r.apply(this.model); } catch { /* reported above */ }
+      // A batch may have failed half way: what the reconciler believes and what the kernel holds differ now. Read
+      // the kernel back (which also drops tables nothing points at) and put the last good model back in full.
+      try {
+        const fresh = this.newReconciler();
+        fresh.adopt();
+        fresh.syncLocalAddresses();
+        this.reconciler = fresh;
+        if (this.model) fresh.apply(this.model);
+      } catch (again) {
+        this.log.error({ error: (again as Error).message }, 'restoring the last good config failed too');
       }
       return `applying to the kernel failed: ${msg}`;
     }

@@ -67,8 +67,15 @@ function isBpffs(path: string): boolean {
   return mounts().some((m) => m.fstype === 'bpf' && m.target === path);
 }
 
+/** Is path itself a mount point (e.g. the root of a bpf filesystem)? */
+export function isMountPoint(path: string): boolean {
+  return mounts().some((m) => m.target === path.replace(/\/+$/, ''));
+}
+
 /** Make sure the bpf filesystem is mounted at the parent of dir (mounting /sys/fs/bpf when nobody has). */
 export function ensureBpffs(dir: string): void {
+  // The agent pins by name and its cleanup removes those names: it needs a directory of its own.
+  if (isMountPoint(dir)) throw new Error(`--bpffs ${dir} is a mount point: give the agent a directory of its own under it, e.g. ${dir.replace(/\/+$/, '')}/sockmesh`);
   const inBpffs = mounts().some((m) => m.fstype === 'bpf' && (dir === m.target || dir.startsWith(m.target + '/')));
   if (!inBpffs) {
     if (!dir.startsWith(DEFAULT_BPFFS + '/')) {

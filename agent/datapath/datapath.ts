@@ -6,7 +6,8 @@
 import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { bpfObjectPath, native, type BpfObject, type Native } from './native.js';
-import { CFG_F_SOCKMAP, encode, u32 } from './abi.js';
+import { ABI_VERSION, CFG_F_SOCKMAP, encode, u32 } from './abi.js';
+import { isMountPoint } from './cgroup.js';
 
 /** Cgroup programs and where they attach. sm_sk_msg attaches to the SOCKHASH instead. */
 export const CGROUP_PROGRAMS: Record<string, string> = {
@@ -78,10 +79,21 @@ export class Datapath {
     this.maps = new Maps(fds, this.n);
   }
 
-  /** Write the runtime switches the programs read. */
+  /**
+   * Write the runtime switches the programs read, and the ABI version of the maps (sm_config.reserved[0]): libbpf
+   * reuses a pinned map whenever type and sizes match, so a layout change of the same size must be caught here.
+   */
   configure(): void {
+    const fd = this.maps.fd('sm_config');
+    const cur = this.n.mapLookup(fd, u32(0));
+    const pinned = cur ? cur.readBigUInt64LE(8) : 0n;
+    if (pinned !== 0n && pinned !== BigInt(ABI_VERSION)) {
+      throw new Error(`the datapath pinned at ${this.opts.bpffs} uses kernel ABI v${pinned}, this agent v${ABI_VERSION}: ` +
+        `run 'sockmesh-agent cleanup --bpffs ${this.opts.bpffs}' first (connections are balanced again once the new agent starts)`);
+    }
     const cfg = encode('sm_config', { flags: this.opts.sockmap ? CFG_F_SOCKMAP : 0, event_sample: this.opts.eventSample });
-    this.n.mapUpdate(this.maps.fd('sm_config'), u32(0), cfg);
+    cfg.writeBigUInt64LE(BigInt(ABI_VERSION), 8);
+    this.n.mapUpdate(fd, u32(0), cfg);
   }
 
   private programFd(name: string): number {
@@ -90,9 +102,31 @@ export class Datapath {
     return owner.progFd(name);
   }
 
-  /** Attach every program, or swap the new programs into the links a previous agent pinned. */
+  /**
+   * Attach every program, or swap the new programs into the links a previous agent pinned. If attaching fails part
+   * way, the links this call created are taken out again: half a datapath (connect rewritten, getpeername not) is
+   * worse than none.
+   */
   attach(): AttachReport[] {
+    const created: string[] = [];
+    try {
+      return this.attachAll(created);
+    } catch (e) {
+      for (const pin of created) {
+        try { this.n.detachLink(pin); } catch { /* reported by the original error */ }
+      }
+      throw e;
+    }
+  }
+
+  private attachAll(created: string[]): AttachReport[] {
     const cgroupId = statSync(this.opts.cgroup).ino; // cgroup id == inode number of its directory (cgroup2)
+    // sk_msg first: a socket keeps the programs the SOCKHASH had when it was inserted, so sockops must not insert
+    // sockets before the verdict program is there. Attaching again replaces a previous agent's program.
+    if (this.opts.sockmap) {
+      this.n.attachSkMsg(this.programFd('sm_sk_msg'), this.maps.fd('sm_sockets'));
+      this.attached.push({ program: 'sm_sk_msg', attachType: 'sk_msg', how: 'attached' });
+    }
     for (const [prog, type] of Object.entries(CGROUP_PROGRAMS)) {
       const pin = join(this.linkDir, prog);
       if (prog === 'sm_sockops' && !this.opts.sockmap) {
@@ -101,9 +135,13 @@ export class Datapath {
         continue;
       }
       const fd = this.programFd(prog);
+      if (existsSync(pin) && this.n.linkInfo(pin).cgroupId === 0) {
+        // The cgroup this link was attached to is gone (removed, maybe recreated since): the link is dead.
+        this.n.detachLink(pin);
+      }
       if (existsSync(pin)) {
         const info = this.n.linkInfo(pin);
-        if (info.cgroupId !== 0 && info.cgroupId !== cgroupId) {
+        if (info.cgroupId !== cgroupId) {
           throw new Error(`${pin} is attached to another cgroup (id ${info.cgroupId}, not ${this.opts.cgroup}): ` +
             `run 'sockmesh-agent cleanup --bpffs ${this.opts.bpffs}' first or use another --bpffs`);
         }
@@ -111,14 +149,11 @@ export class Datapath {
         this.attached.push({ program: prog, attachType: type, how: 'adopted' });
       } else {
         const linkFd = this.n.attachCgroup(fd, type, this.opts.cgroup, pin);
+        created.push(pin);
         this.n.close(linkFd);
         this.attached.push({ program: prog, attachType: type, how: 'attached' });
       }
     }
-    if (!this.opts.sockmap) return this.attached;
-    // The sk_msg verdict program hangs off the SOCKHASH itself; attaching again replaces the old program.
-    this.n.attachSkMsg(this.programFd('sm_sk_msg'), this.maps.fd('sm_sockets'));
-    this.attached.push({ program: 'sm_sk_msg', attachType: 'sk_msg', how: 'attached' });
     return this.attached;
   }
 
@@ -130,25 +165,27 @@ export class Datapath {
 }
 
 /**
- * Remove everything an agent instance made: links (detaching the programs), the sk_msg attachment (it goes with the
- * SOCKHASH), map pins and the directory. Safe to run when nothing is there. Returns what was removed.
+ * Remove everything an agent instance made: its links (detaching the programs), the sk_msg attachment (it goes with
+ * the SOCKHASH), its map pins and the directory. Only names this agent pins are touched, never a whole bpffs: other
+ * tools keep their pins there. Safe to run when nothing is there. Returns what was removed.
  */
 export function cleanup(bpffs: string): string[] {
   const n = native();
   const removed: string[] = [];
   if (!existsSync(bpffs)) return removed;
+  if (isMountPoint(bpffs)) throw new Error(`--bpffs ${bpffs} is a bpf filesystem's root: give the agent's own directory under it`);
   const links = join(bpffs, 'links');
-  if (existsSync(links)) {
-    for (const l of readdirSync(links)) {
-      if (n.detachLink(join(links, l))) removed.push(`link ${l}`);
-    }
-    rmdirSync(links);
+  for (const prog of Object.keys(CGROUP_PROGRAMS)) {
+    if (n.detachLink(join(links, prog))) removed.push(`link ${prog}`);
   }
-  for (const entry of readdirSync(bpffs)) {
-    const p = join(bpffs, entry);
-    rmSync(p, { recursive: true, force: true });
-    removed.push(`pin ${entry}`);
+  if (existsSync(links) && readdirSync(links).length === 0) rmdirSync(links);
+  for (const name of MAP_NAMES) {
+    const p = join(bpffs, name);
+    if (!existsSync(p)) continue;
+    rmSync(p);
+    removed.push(`pin ${name}`);
   }
-  rmdirSync(bpffs);
+  if (readdirSync(bpffs).length === 0) rmdirSync(bpffs);
+  else removed.push(`(kept ${bpffs}: it holds pins sockmesh did not make)`);
   return removed;
 }

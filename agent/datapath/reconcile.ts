@@ -3,10 +3,10 @@
 // The kernel maps are the source of truth for ids: on start the reconciler reads them back (a restarted agent adopts
 // what the previous one wrote, so nothing is flushed), and every later change only touches what differs:
 //   1. backends that are new or changed are written;
-//   2. a frontend whose selection table changed gets a NEW inner array, filled completely, inserted under a fresh
-//      table id; then the service entry is switched to it in one update; then the old table is deleted — a connect()
-//      always sees a complete table whose every entry names an existing backend;
-//   3. frontends that went away are deleted (service entry first, then its table);
+//   2. a frontend whose selection table changed gets a NEW table under a fresh table id, written completely; then
+//      the service entry is switched to it in one update; the old table is retired and deleted a second later — a
+//      connect() always sees a complete table whose every entry names an existing backend;
+//   3. frontends that went away are deleted (service entry first; their tables are retired the same way);
 //   4. only then backends that no table references any more are deleted, and UDP sockets connected to them are
 //      destroyed so their owners reconnect (established TCP connections are left to finish).
 import { networkInterfaces } from 'node:os';
@@ -43,6 +43,14 @@ export interface ReconcilerOptions {
 }
 
 const feKey = (vip: string, port: number, proto: number): string => `${vip}|${port}|${proto}`;
+
+/**
+ * How long a replaced selection table stays after no service entry points at it: a connect() that read the old
+ * service entry just before the switch must still find its table (it would otherwise miss and refuse the connection
+ * with EPERM). BPF programs run in microseconds; a second is plenty. An agent killed before then leaves the table
+ * unreferenced, and adopt() removes it.
+ */
+const RETIRE_MS = 1000;
 
 /**
  * An endpoint (address, port) as a map key. IPv4 endpoints become one number (address * 65536 + port, exact in a
@@ -82,6 +90,10 @@ export class Reconciler {
   private backendsBySvc = new Map<number, Map<number | string, KernelBackend>>(); // service id -> endpoint -> backend
   private endpointUsers = new Map<number | string, number>(); // endpoint -> backends using it (any service)
   private serviceIds = new Map<string, number>(); // service name -> id
+  private serviceNames = new Map<number, string>(); // and back
+  /** Replaced tables waiting for their grace time (RETIRE_MS) before they are deleted. */
+  private retired: { tableId: number; size: number; at: number }[] = [];
+  private reaper?: NodeJS.Timeout;
   private usedServiceIds = new Set<number>();
   private nextServiceId = 1;
   private nextFrontendId = 1;
@@ -185,6 +197,7 @@ export class Reconciler {
     }
     id ??= this.nextServiceId++;
     this.serviceIds.set(svc.name, id);
+    this.serviceNames.set(id, svc.name);
     this.usedServiceIds.add(id);
     return id;
   }
@@ -216,7 +229,7 @@ export class Reconciler {
     const live = new Set(model.services.map((s) => s.name));
     for (const name of changed ?? [...this.serviceIds.keys()]) {
       const id = this.serviceIds.get(name);
-      if (id !== undefined && !live.has(name)) { this.serviceIds.delete(name); this.usedServiceIds.delete(id); }
+      if (id !== undefined && !live.has(name)) { this.serviceIds.delete(name); this.usedServiceIds.delete(id); this.serviceNames.delete(id); }
     }
 
     // Desired state of the scope, reusing the ids of (service, address, port) the kernel already has. An unchanged
@@ -307,7 +320,7 @@ export class Reconciler {
       this.n.mapUpdateBatch(fdServices, keys, values, switches.length);
     }
     for (const w of switches) {
-      if (w.old && w.old.value.table_id !== 0) this.deleteTable(w.old.value.table_id, w.old.table.length);
+      if (w.old) this.retireTable(w.old.value.table_id, w.old.table.length);
       this.indexFrontend({ key: w.key, vip: w.fe.vip, port: w.fe.port, proto: PROTO[w.fe.protocol], value: w.value, table: w.table });
     }
     res.frontendsWritten = switches.length;
@@ -319,7 +332,7 @@ export class Reconciler {
         if (wantFrontends.has(key)) continue;
         const cur = this.frontends.get(key)!;
         this.n.mapDelete(fdServices, serviceKey({ addr: cur.vip, port: cur.port, proto: cur.proto }));
-        if (cur.value.table_id !== 0) this.deleteTable(cur.value.table_id, cur.table.length);
+        this.retireTable(cur.value.table_id, cur.table.length);
         this.unindexFrontend(cur);
         res.frontendsDeleted++;
       }
@@ -341,6 +354,7 @@ export class Reconciler {
         }
       }
     }
+    this.reapTables();
     res.ms = performance.now() - t0;
     return res;
   }
@@ -366,10 +380,26 @@ export class Reconciler {
     for (let i = 0; i < size; i++) this.n.mapDelete(fd, tableKey(tableId, i));
   }
 
-  /** The kernel state as the reconciler knows it (for the admin API). */
-  snapshot(): { frontends: KernelFrontend[]; backends: KernelBackend[]; serviceNames: Map<number, string> } {
-    const serviceNames = new Map<number, string>();
-    for (const [name, id] of this.serviceIds) serviceNames.set(id, name);
-    return { frontends: [...this.frontends.values()], backends: [...this.backends.values()], serviceNames };
+  /** Service id -> name, kept up to date (read per flow event: no copying here). */
+  names(): ReadonlyMap<number, string> {
+    return this.serviceNames;
+  }
+
+  /** Delete the tables replaced by earlier applies whose grace time has passed (see RETIRE_MS). */
+  private reapTables(now = performance.now()): void {
+    while (this.retired.length && this.retired[0]!.at <= now) {
+      const t = this.retired.shift()!;
+      this.deleteTable(t.tableId, t.size);
+    }
+    if (this.retired.length && !this.reaper) {
+      this.reaper = setTimeout(() => { this.reaper = undefined; this.reapTables(); }, RETIRE_MS);
+      this.reaper.unref();
+    }
+  }
+
+  /** Retire a table that no service entry points at any more: deleted after a grace time, not at once. */
+  private retireTable(tableId: number, size: number): void {
+    if (tableId === 0 || size === 0) return;
+    this.retired.push({ tableId, size, at: performance.now() + RETIRE_MS });
   }
 }

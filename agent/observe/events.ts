@@ -4,7 +4,7 @@ import type { FlowEvent } from '../admin/protocol.js';
 
 const hostport = (a: string, p: number): string => (a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
 
-export function decodeFlowEvent(buf: Buffer, names: Map<number, string>, bootEpochMs: number): FlowEvent {
+export function decodeFlowEvent(buf: Buffer, names: ReadonlyMap<number, string>, bootEpochMs: number): FlowEvent {
   const e = decode('sm_flow_event', buf);
   return {
     // ts_ns is CLOCK_MONOTONIC (bpf_ktime_get_ns): turned into wall time with the boot epoch measured at start.

@@ -91,7 +91,7 @@ enum sm_global_counter {
  *  sm_affinity      LRU_HASH     struct sm_affinity_key -> struct sm_affinity
  *  sm_revnat        LRU_HASH     struct sm_revnat_key  -> struct sm_revnat
  *  sm_sockets       SOCKHASH     struct sm_sock_key    -> socket
- *  sm_sock_meta     LRU_HASH     struct sm_sock_key    -> struct sm_sock_meta
+ *  sm_sock_meta     HASH         struct sm_sock_key    -> struct sm_sock_meta
  *  sm_local_addrs   HASH         struct sm_addr        -> __u32 (1)
  *  sm_svc_stats     PERCPU_HASH  __u32 service_id      -> struct sm_counters
  *  sm_backend_stats PERCPU_HASH  __u32 backend_id      -> struct sm_counters

@@ -66,8 +66,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_sockets SEC(".maps");
 
+/* Not an LRU: the TCP_ONLY flag here is what keeps a stream in order, and an LRU may evict a
+ * live entry long before it is full. Entries are deleted when their socket closes (STATE_CB). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sm_sock_key);
 	__type(value, struct sm_sock_meta);
 	__uint(max_entries, SM_MAX_SOCKETS);

@@ -2,7 +2,8 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { native } from '../../agent/datapath/native.js';
 import { AGENT, kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
 import { connectId, distribution, idServer, sleep, udpServer, type Conn } from '../lib/net.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
@@ -80,6 +81,11 @@ t.test('agent lifecycle', { skip: skip ?? false }, async (t) => {
     t.equal(dnsAfter.tableId, dnsBefore.tableId, 'the other service\'s table was not touched (no flush)');
     const m = await distribution('127.77.3.1', 8080, 300);
     t.same([...m.keys()].sort(), ['a', 'b', 'c']);
+    // The replaced table stays for a grace second (a connect() may still be reading it), then goes.
+    await sleep(1600);
+    const tables = native().mapKeys(native().objGet(`${agent.bpffs}/sm_tables`)).length;
+    const sizes = reader.frontends().reduce((n, f) => n + f.tableSize, 0);
+    t.equal(tables, sizes, `sm_tables holds exactly the live tables (${tables} entries)`);
   });
 
   t.test('removing a backend: no new connection goes to it, established ones finish, connected UDP sockets are destroyed', async (t) => {
@@ -169,6 +175,39 @@ t.test('agent lifecycle', { skip: skip ?? false }, async (t) => {
     const err = await connectId('127.77.3.1', 8080, { timeoutMs: 2000 }).then(() => null, (e: NodeJS.ErrnoException) => e.code);
     t.equal(err, 'ECONNREFUSED', 'the VIP is no longer balanced (nothing listens on it)');
   });
+});
+
+t.test('cleanup touches only what sockmesh pinned, and never a bpffs root', { skip: skip ?? false }, async (t) => {
+  const dir = `/sys/fs/bpf/sockmesh-test-foreign-${process.pid}-1`;
+  mkdirSync(dir);
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const n = native();
+  const fd = n.mapCreate(1 /* HASH */, 'other_tool', 4, 4, 4, 0);
+  n.objPin(fd, `${dir}/other_tool`);
+  n.close(fd);
+  const r = spawnSync(process.execPath, [AGENT, 'cleanup', '--bpffs', dir, '--run-dir', `/tmp/sockmesh-test-foreign-${process.pid}`], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  t.ok(existsSync(`${dir}/other_tool`), 'a pin sockmesh did not make is left alone');
+  t.match(r.stdout, /kept/);
+  const root = spawnSync(process.execPath, [AGENT, 'cleanup', '--bpffs', '/sys/fs/bpf'], { encoding: 'utf8' });
+  t.equal(root.status, 1, 'refused');
+  t.match(root.stderr, /bpf filesystem's root/);
+});
+
+t.test('a datapath pinned by another ABI version is refused with a clear message', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'abi');
+  const agent = await startAgent(t, cg, { config: 'services: []\n' });
+  await agent.kill('SIGKILL');
+  const n = native();
+  const fd = n.objGet(`${agent.bpffs}/sm_config`);
+  const cfg = n.mapLookup(fd, Buffer.alloc(4))!;
+  t.equal(cfg.readBigUInt64LE(8), 2n, 'the running agent recorded ABI v2');
+  cfg.writeBigUInt64LE(1n, 8);
+  n.mapUpdate(fd, Buffer.alloc(4), cfg);
+  n.close(fd);
+  const err = await agent.restart().then(() => null, (e: Error) => e.message);
+  t.match(err, /uses kernel ABI v1, this agent v2/);
+  t.match(err, /cleanup/);
 });
 
 t.test('the agent refuses the root cgroup unless told explicitly', { skip: skip ?? false }, async (t) => {
