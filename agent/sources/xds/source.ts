@@ -400,8 +400,11 @@ export class XdsSource {
       else j.commit();
       return error;
     } catch (e) {
+      // Whatever failed (a bug of ours on input we did not foresee, a stack overflow), the response is undone and
+      // NACKed: rethrowing would restart the stream, the server would resend the same response, and so forever.
       j.rollback();
-      throw e;
+      this.opts.log.error({ err: e, typeUrl: inc.typeUrl }, 'xds: translating a response failed');
+      return `internal error translating the response: ${(e as Error)?.message ?? String(e)}`;
     }
   }
 

@@ -341,7 +341,8 @@ interface Backend { address: string; port: number; weight: number; cla: string; 
 function backendsOf(r: Resolved): Backend[] {
   if (r.clusters.length === 1) {
     const { endpoints } = r.clusters[0]!;
-    const max = Math.max(0, ...endpoints.endpoints.map((e) => e.weight));
+    let max = 0; // a loop, not Math.max(...spread): 150k arguments overflow the stack
+    for (const e of endpoints.endpoints) if (e.weight > max) max = e.weight;
     const scale = max > MAX_WEIGHT ? MAX_WEIGHT / max : 1; // Envoy weights go to 2^32-1, ours to MAX_WEIGHT
     return endpoints.endpoints.map((e) => ({
       address: e.address, port: e.port, weight: e.weight === 0 ? 0 : Math.max(1, Math.round(e.weight * scale)),
@@ -361,7 +362,8 @@ function backendsOf(r: Resolved): Backend[] {
       else raw.set(key, { address: e.address, port: e.port, weight: w, cla: endpoints.name, p: e.p, q: e.q });
     }
   }
-  const max = Math.max(0, ...[...raw.values()].map((b) => b.weight));
+  let max = 0;
+  for (const b of raw.values()) if (b.weight > max) max = b.weight;
   return [...raw.values()].map((b) => ({ ...b, weight: b.weight === 0 ? 0 : Math.max(1, Math.round((b.weight * MAX_WEIGHT) / max)) }));
 }
 
@@ -428,6 +430,8 @@ export class ModelBuilder {
   private readonly warmingBy = new Map<string, string>();
   /** Per listener, its notes as one string (to see when unsupported must be recomputed). */
   private readonly notesBy = new Map<string, string>();
+  /** L4 listeners left out because they resolve to no cluster, with their notes (reported in unsupported). */
+  private readonly skipped = new Map<string, string[]>();
   private readonly groupKey = new Map<string, string>();
   private readonly groups = new Map<string, Group>();
   /** Service name -> group key, and the frontend index, of the services in the model (what others are checked against). */
@@ -453,6 +457,7 @@ export class ModelBuilder {
       let r: Resolved | undefined;
       let wait: string | undefined;
       let notes = '';
+      let skip: string[] | undefined;
       if (l && l.kind !== 'l4') {
         if (l.notes.length > 0) notes = JSON.stringify(['x', l.notes]);
       } else if (l) {
@@ -462,10 +467,20 @@ export class ModelBuilder {
           r = this.resolved.get(name);
           wait = `listener '${name}' waits for ${[...new Set(missing)].join(', ')}`;
         }
+        if (r && r.clusters.length === 0) {
+          // Its routes are all redirects / direct responses (or name no cluster): nothing to balance at L4. Skipped
+          // and reported rather than NACKed: the listener is valid xDS, and rejecting it would block every other
+          // listener in the same LDS response.
+          skip = [...r.notes, `listener '${name}': its routes name no cluster (skipped)`];
+          r = undefined;
+        }
         if (r && r.notes.length > 0) notes = JSON.stringify(['r', r.notes]);
+        if (skip) notes = JSON.stringify(['s', skip]);
       }
       if (r) j.set(this.resolved, name, r);
       else j.delete(this.resolved, name);
+      if (skip) j.set(this.skipped, name, skip);
+      else j.delete(this.skipped, name);
       if (this.warmingBy.get(name) !== wait) {
         warmingChanged = true;
         if (wait === undefined) j.delete(this.warmingBy, name);
@@ -610,6 +625,7 @@ export class ModelBuilder {
     for (const name of names) {
       const l = state.listeners.get(name)!;
       if (l.kind !== 'l4') notes.push(...l.notes);
+      else notes.push(...(this.skipped.get(name) ?? []));
     }
     for (const name of [...this.resolved.keys()].sort(byListenerName)) notes.push(...this.resolved.get(name)!.notes);
     for (const key of this.cur.groupAt.keys()) notes.push(...(this.groups.get(key)?.notes ?? []));
