@@ -82,6 +82,7 @@ export class Agent {
   private lastConfigError: string | null = null;
   private lastReconcile: { at: string; ms: number } | null = null;
   private model?: Model;
+  private needFullApply = false;
 
   constructor(readonly opts: AgentOptions, private readonly log: Logger) {}
 
@@ -209,19 +210,11 @@ export class Agent {
   applyModel(model: Model, why: string, changed?: ReadonlySet<string>): string | null {
     const r = this.reconciler;
     if (!r) return 'the datapath is not loaded';
+    // After a failed apply the kernel may hold part of a rejected update: the next one is applied in full.
+    const scope = this.needFullApply ? undefined : changed;
+    let res: ReconcileResult;
     try {
-      const res = r.apply(model, changed);
-      this.model = model;
-      this.configVersion++;
-      this.lastConfigError = null;
-      this.lastReconcile = { at: new Date().toISOString(), ms: Math.round(res.ms * 1000) / 1000 };
-      this.writeState();
-      this.log.info({ why, version: this.configVersion, services: model.services.length, changed: changed?.size, ...res }, 'config applied');
-      // After a large change, give the garbage of the sync back now rather than at the next allocation pressure.
-      if (res.backendsWritten + res.backendsDeleted + res.frontendsWritten + res.frontendsDeleted >= LARGE_CHANGE) {
-        setImmediate(() => { collectGarbage(); setTimeout(() => collectGarbage(), 1000).unref(); });
-      }
-      return null;
+      res = r.apply(model, scope);
     } catch (e) {
       const msg = (e as Error).message;
       this.lastConfigError = msg;
@@ -229,17 +222,38 @@ export class Agent {
       if (why === 'start') throw e;
       // A batch may have failed half way: what the reconciler believes and what the kernel holds differ now. Read
       // the kernel back (which also drops tables nothing points at) and put the last good model back in full.
+      this.needFullApply = true;
       try {
         const fresh = this.newReconciler();
         fresh.adopt();
         fresh.syncLocalAddresses();
         this.reconciler = fresh;
-        if (this.model) fresh.apply(this.model);
+        if (this.model) {
+          fresh.apply(this.model);
+          this.needFullApply = false;
+        }
       } catch (again) {
         this.log.error({ error: (again as Error).message }, 'restoring the last good config failed too');
       }
       return `applying to the kernel failed: ${msg}`;
     }
+    // Only now is the model the one in force: nothing below may turn an applied update into a rejected one.
+    this.needFullApply = false;
+    this.model = model;
+    this.configVersion++;
+    this.lastConfigError = null;
+    this.lastReconcile = { at: new Date().toISOString(), ms: Math.round(res.ms * 1000) / 1000 };
+    this.log.info({ why, version: this.configVersion, services: model.services.length, changed: scope?.size, ...res }, 'config applied');
+    try {
+      this.writeState();
+    } catch (e) {
+      this.log.warn({ error: (e as Error).message, runDir: this.opts.runDir }, 'could not write state.json (meshctl will show ids, not names, while the agent is down)');
+    }
+    // After a large change, give the garbage of the sync back now rather than at the next allocation pressure.
+    if (res.backendsWritten + res.backendsDeleted + res.frontendsWritten + res.frontendsDeleted >= LARGE_CHANGE) {
+      setImmediate(() => { collectGarbage(); setTimeout(() => collectGarbage(), 1000).unref(); });
+    }
+    return null;
   }
 
   /** Names and settings for meshctl to use while the agent is down (the kernel maps only hold ids). */
@@ -274,6 +288,11 @@ export class Agent {
       maps: this.reader!.fill(),
       controlPlane: this.xds?.status() ?? null,
     };
+  }
+
+  /** Re-read the config file now (SIGHUP); a no-op for other sources. */
+  reload(): void {
+    this.source?.reload();
   }
 
   /** Stop serving; the datapath keeps running from its pins. */

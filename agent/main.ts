@@ -86,6 +86,7 @@ program
       };
       process.on('SIGINT', () => void stop('SIGINT'));
       process.on('SIGTERM', () => void stop('SIGTERM'));
+      process.on('SIGHUP', () => { log.info('SIGHUP: re-reading the config'); agent.reload(); });
     } catch (e) {
       demo?.kill('SIGTERM');
       log.fatal((e as Error).message);

@@ -73,8 +73,9 @@ export class DirWatcher {
   }
 
   start(): void {
-    this.watcher = watch(this.dir, (_event, name) => {
-      if (name && !CONFIG_FILE.test(name.toString())) return;
+    // Every event reloads (debounced): a ConfigMap update or an `ln -sfn` deploy swaps a `..data` symlink and touches
+    // no config file's name. An unchanged directory gives an unchanged model, which the snapshot treats as no change.
+    this.watcher = watch(this.dir, () => {
       clearTimeout(this.timer);
       this.timer = setTimeout(() => this.reload(), this.debounceMs);
     });

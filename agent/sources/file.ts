@@ -1,14 +1,17 @@
 // The file source: a YAML or JSON config file, watched for changes.
 //
-// Editors save by rename as often as by write, so the directory is watched, not the file, and events are debounced.
+// Editors save by rename as often as by write, and Kubernetes ConfigMaps (or `ln -sfn` deploys) swap a `..data` symlink
+// without touching the file's own name: so the whole directory is watched, any event there re-reads the file
+// (debounced), and unchanged text is ignored.
 // A change that does not parse or validate is reported and dropped whole: the caller keeps the last good model.
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { parseConfig } from '../model/config.js';
 import type { Model } from '../model/types.js';
 
 export interface FileSourceEvents {
-  onModel(model: Model, text: string): void;
+  /** Apply; null when applied, else why not (the text is then tried again on the next change or SIGHUP). */
+  onModel(model: Model, text: string): string | null;
   onError(err: Error): void;
 }
 
@@ -37,8 +40,7 @@ export class FileSource {
   start(): Model {
     const { model, text } = loadConfigFile(this.path);
     this.lastText = text;
-    this.watcher = watch(dirname(this.path), (_event, name) => {
-      if (name && name.toString() !== basename(this.path)) return;
+    this.watcher = watch(dirname(this.path), () => {
       clearTimeout(this.timer);
       this.timer = setTimeout(() => this.reload(), this.debounceMs);
     });
@@ -56,8 +58,8 @@ export class FileSource {
       return;
     }
     if (loaded.text === this.lastText) return;
-    this.lastText = loaded.text;
-    this.events.onModel(loaded.model, loaded.text);
+    // Remembered only once applied: a text whose apply failed must be tried again when it is saved again.
+    if (this.events.onModel(loaded.model, loaded.text) === null) this.lastText = loaded.text;
   }
 
   stop(): void {
