@@ -169,6 +169,9 @@ async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () => void, 
   const server = new grpc.Server({
     // Full states of large fleets are several MiB; requests are small (the receive limit stays the default 4 MiB).
     'grpc.max_send_message_length': -1,
+    // Dead or half-open agents are found and their streams (and what is buffered for them) dropped.
+    'grpc.keepalive_time_ms': 60_000,
+    'grpc.keepalive_timeout_ms': 20_000,
   });
   server.addService(adsServiceBufferResponses(), cp.handlers());
   const creds = opts.tls

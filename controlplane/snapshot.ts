@@ -74,16 +74,22 @@ interface PortEntry {
  */
 export function portEntries(svc: Service): PortEntry[] {
   const entries = new Map<string, PortEntry>();
+  const seen = new Map<PortEntry, Set<string>>(); // address|port already in the entry: a scan per backend was O(n^2)
   for (const fe of svc.frontends) {
     const key = `${fe.port}/${fe.protocol}`;
     let e = entries.get(key);
     if (!e) {
       e = { port: fe.port, protocol: fe.protocol, cluster: '', backends: [], vips: [] };
       entries.set(key, e);
+      seen.set(e, new Set());
     }
     e.vips.push(fe.vip);
+    const have = seen.get(e)!;
     for (const b of fe.backends) {
-      if (!e.backends.some((x) => x.address === b.address && x.port === b.port)) e.backends.push(b);
+      const id = `${b.address}|${b.port}`;
+      if (have.has(id)) continue;
+      have.add(id);
+      e.backends.push(b);
     }
   }
   const list = [...entries.values()];
