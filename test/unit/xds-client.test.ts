@@ -337,3 +337,40 @@ t.test('any error while translating is NACKed (rolled back), never a stream rest
   await wait(() => applied.length === 2);
   t.equal(applied[1]!.services[0]!.frontends[0]!.backends[0]!.address, '127.0.0.2');
 });
+
+t.test('backoff grows against a server that answers once (rejected) and resets each stream', async (t) => {
+  const ads = new FakeAds();
+  await ads.start();
+  const applied: Model[] = [];
+  const src = source(ads.port, 'sotw', applied, { backoff: { initialMs: 50, maxMs: 5000 } });
+  let stop = false;
+  t.teardown(async () => { stop = true; await src.stop(); ads.kill(); });
+  src.start();
+  const started = Date.now();
+  // Each stream: one response that is NACKed, then the server closes the stream.
+  void (async () => {
+    for (let i = 0; !stop; i++) {
+      const s = await ads.stream(i, 10_000).catch(() => undefined);
+      if (!s || stop) return;
+      await s.next(TYPE.listener).catch(() => undefined);
+      s.send({ version_info: '1', type_url: TYPE.listener, nonce: `x${i}`, resources: [{ type_url: TYPE.cluster, value: Buffer.alloc(0) }] });
+      await s.next(TYPE.listener).catch(() => undefined); // the NACK
+      s.call.end();
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 2000));
+  const streams = ads.streams.length;
+  // Equal jitter: delays of at least 25, 50, 100, 200, 400, 800 ms... -> at most ~7 streams in 2 s. Reset to the
+  // initial 50 ms on each first message it was 25-50 ms apart: dozens.
+  t.ok(streams >= 3, `reconnected (${streams} streams)`);
+  t.ok(streams <= 8, `backoff grew: ${streams} streams in ${Date.now() - started} ms`);
+  t.match(src.status().lastNack?.reason ?? '', /type .*Cluster in a .*Listener response/);
+});
+
+t.test('an accepted response resets the backoff', async (t) => {
+  const applied: Model[] = [];
+  const { ads, src } = await synced(t, applied, { backoff: { initialMs: 50, maxMs: 5000 } });
+  for (const s of ads.streams) s.call.end(); // the stream ends after accepted responses: retried at the initial delay
+  await wait(() => ads.streams.length === 2, 1000);
+  t.equal(src.status().reconnects, 1);
+});

@@ -73,6 +73,8 @@ const STATE_KEY = { listener: 'listeners', route: 'routes', cluster: 'clusters',
 /** Request order on a new stream: listeners first, then what they reference. */
 const ORDER = [TYPE.listener, TYPE.route, TYPE.cluster, TYPE.endpoint] as const;
 const INVALID_ARGUMENT = 3;
+/** A stream up this long resets the backoff even if nothing on it was accepted. */
+const STABLE_MS = 30_000;
 
 /** The name a resource carries inside itself (SotW responses name resources only there). */
 function nameOf(kind: Kind, r: Obj): string {
@@ -124,6 +126,8 @@ export class XdsSource {
   private stopped = true;
   private timer?: NodeJS.Timeout;
   private attempt = 0;
+  /** When the current stream got its first message (performance.now()). */
+  private connectedAt?: number;
 
   /** Accepted resources (digests) and, for delta, their versions. Changed in place, through a Journal. */
   private readonly state = {
@@ -206,7 +210,7 @@ export class XdsSource {
       if (this.st.state !== 'connected') {
         this.st.state = 'connected';
         this.st.connectedSince = now();
-        this.attempt = 0;
+        this.connectedAt = performance.now();
         this.opts.log.info({ server: this.opts.address, mode: this.mode }, 'xds: connected');
       }
       try {
@@ -230,6 +234,10 @@ export class XdsSource {
     this.call?.cancel();
     this.call = undefined;
     this.st.lastError = reason;
+    // A stream that stayed up long enough was a working one: start the backoff over. A first message alone proves
+    // nothing (a server that answers once and resets would otherwise be redialled at the initial delay forever).
+    if (this.connectedAt !== undefined && performance.now() - this.connectedAt >= STABLE_MS) this.attempt = 0;
+    this.connectedAt = undefined;
     this.st.state = 'backoff';
     this.st.connectedSince = null;
     const base = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** this.attempt);
@@ -345,6 +353,7 @@ export class XdsSource {
     if (error !== null) return this.nack(typeUrl, nonce, inc.version, error);
     if (this.mode === 'sotw') this.versions.set(typeUrl, inc.version);
     this.ack(typeUrl, nonce, inc.version);
+    this.attempt = 0; // an accepted response: this server works, the next failure starts the backoff over
     this.st.acked[typeUrl] = { version: inc.version, at: now(), resources: this.state[STATE_KEY[kind]].size };
     // New listeners or clusters may reference more; removed ones less.
     const moved = this.refsChanged;
