@@ -374,3 +374,27 @@ t.test('an accepted response resets the backoff', async (t) => {
   await wait(() => ads.streams.length === 2, 1000);
   t.equal(src.status().reconnects, 1);
 });
+
+t.test('a NACK reason lists the first 20 errors, counts the rest, and stays under 4 KiB', async (t) => {
+  const applied: Model[] = [];
+  const { src, s } = await synced(t, applied);
+  const bad = Array.from({ length: 500 }, (_, i) => ({ type_url: TYPE.cluster, value: Buffer.from(`x${'y'.repeat(200)}${i}`) }));
+  s.send({ version_info: '2', type_url: TYPE.endpoint, nonce: 'e2', resources: bad });
+  const nack = await s.next(TYPE.endpoint);
+  const msg: string = nack.error_detail?.message ?? '';
+  t.ok(msg.length <= 4096, `reason is ${msg.length} chars`);
+  t.match(msg, /^resources\[0\]: type .*Cluster in a/);
+  t.match(msg, /and 480 more$/);
+  t.equal((msg.match(/resources\[/g) ?? []).length, 20);
+  t.equal(src.status().lastNack?.reason, msg, 'status() holds the same capped reason');
+
+  // A reason made elsewhere (apply's message) is capped too.
+  const big = 'z'.repeat(100_000);
+  const applied2: Model[] = [];
+  const refuse = (m: Model) => m.services[0]?.frontends[0]?.backends[0]?.address === '127.0.0.3';
+  const { src: src2, s: s2 } = await synced(t, applied2, { apply: (m) => (refuse(m) ? big : (applied2.push(m), null)) });
+  s2.send(sotw(TYPE.endpoint, '2', 'e2', [cla('web', [['127.0.0.3', 8080, 1]])]));
+  const n2 = await s2.next(TYPE.endpoint);
+  t.ok((n2.error_detail?.message ?? '').length <= 4096, 'apply reason capped on the wire');
+  t.ok((src2.status().lastNack?.reason ?? '').length <= 4096, 'and in status()');
+});

@@ -20,10 +20,12 @@ import { unpackAny } from '../../xds/protos.js';
 import { Journal } from './journal.js';
 import { noRefChanges, References, type Kind, type RefChanges } from './refs.js';
 import {
+  capReason,
   digestCluster,
   digestEndpoints,
   digestListener,
   digestRoute,
+  joinErrors,
   ModelBuilder,
   XdsResourceError,
   type ClusterDigest,
@@ -312,7 +314,8 @@ export class XdsSource {
     else this.send({ type_url: typeUrl, version_info: version, resource_names: [...(this.sent.get(typeUrl) ?? [])], response_nonce: nonce });
   }
 
-  private nack(typeUrl: string, nonce: string, version: string, reason: string): void {
+  private nack(typeUrl: string, nonce: string, version: string, long: string): void {
+    const reason = capReason(long); // whatever made it (apply's message, an exception): bounded on the wire and in status()
     const previous = this.mode === 'delta' ? (this.st.acked[typeUrl]?.version ?? '') : (this.versions.get(typeUrl) ?? '');
     const error_detail = { code: INVALID_ARGUMENT, message: reason };
     if (this.mode === 'delta') this.send({ type_url: typeUrl, response_nonce: nonce, error_detail });
@@ -399,7 +402,7 @@ export class XdsSource {
         errors.push(e instanceof XdsResourceError ? e.message : `resources[${i}]${r.name ? ` '${r.name}'` : ''}: ${(e as Error).message}`);
       }
     });
-    if (errors.length > 0) return errors.join('; ');
+    if (errors.length > 0) return joinErrors(errors);
 
     // From here on every change is journaled: a rejected response is rolled back and changes nothing.
     const j = new Journal();

@@ -59,6 +59,22 @@ const num = (v: unknown): number | undefined => {
   return Number.isFinite(n) ? n : undefined;
 };
 
+/** Most errors a NACK (and status()) lists; the rest are counted. */
+export const MAX_REASON_ERRORS = 20;
+/** Most characters of a NACK reason: a response with 100k bad resources must not make a 10 MB NACK. */
+export const MAX_REASON_CHARS = 4096;
+
+/** Errors as one NACK reason: the first MAX_REASON_ERRORS, "and K more", at most MAX_REASON_CHARS. */
+export function joinErrors(errors: readonly string[]): string {
+  let s = errors.slice(0, MAX_REASON_ERRORS).join('; ');
+  if (errors.length > MAX_REASON_ERRORS) s += `; and ${errors.length - MAX_REASON_ERRORS} more`;
+  return capReason(s);
+}
+
+export function capReason(s: string): string {
+  return s.length <= MAX_REASON_CHARS ? s : `${s.slice(0, MAX_REASON_CHARS - 20)}... (${s.length} chars)`;
+}
+
 function fail(what: string, field: string, message: string): never {
   throw new XdsResourceError(`${what}: ${field}: ${message}`);
 }
@@ -569,7 +585,7 @@ export class ModelBuilder {
       if (!(e instanceof ConfigError)) throw e;
       const origins = made.flatMap((x, i) => originsOf(`services[${i}]`, x.fronts, x.m, x.origin));
       const lines = e.issues.map((i) => mapIssue(i.path, i.message, origins));
-      return { error: [...new Set(lines)].join('; '), changed, warming: [], unsupported: [] };
+      return { error: joinErrors([...new Set(lines)]), changed, warming: [], unsupported: [] };
     }
     for (const { key, g, from, count, names, notes } of built) {
       const mine = services.slice(from, from + count);
