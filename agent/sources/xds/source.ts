@@ -335,10 +335,8 @@ export class XdsSource {
       this.opts.log.warn({ typeUrl, nonce }, 'xds: response of an unknown type ignored');
       return;
     }
-    if (nonce !== '' && this.lastNonce.get(typeUrl) === nonce) {
-      this.opts.log.warn({ typeUrl, nonce }, 'xds: response repeats the last nonce, ignored');
-      return;
-    }
+    // A response repeating the last nonce is handled like any other (and answered): dropping it unanswered leaves a
+    // server that waits for an ACK waiting, and resent resources cost only a digest comparison.
     this.lastNonce.set(typeUrl, nonce);
     const inc: Incoming =
       this.mode === 'delta'
