@@ -88,8 +88,58 @@ export function adsService(): grpc.ServiceDefinition {
   return adsCache;
 }
 
-export function adsClientConstructor(): grpc.ServiceClientConstructor {
-  return grpc.makeGenericClientConstructor(adsService(), 'AggregatedDiscoveryService');
+/**
+ * The ADS client constructor. With maxResources, every response is checked on the wire before it is decoded: a few
+ * MiB of empty resource entries decode into gigabytes of objects, so the count must be refused before proto-loader
+ * builds them (the stream then fails and the client backs off; the last good state stays).
+ */
+export function adsClientConstructor(maxResources?: number): grpc.ServiceClientConstructor {
+  const def = adsService();
+  if (maxResources === undefined) return grpc.makeGenericClientConstructor(def, 'AggregatedDiscoveryService');
+  const guarded: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, m] of Object.entries(def)) {
+    guarded[name] = {
+      ...m,
+      responseDeserialize: (buf: Buffer) => {
+        const n = countRepeated(buf, RESPONSE_LIST_FIELDS);
+        if (n > maxResources) throw new Error(`response with ${n} resource entries (limit ${maxResources}): refused before decoding`);
+        return m.responseDeserialize(buf);
+      },
+    };
+  }
+  return grpc.makeGenericClientConstructor(guarded as grpc.ServiceDefinition, 'AggregatedDiscoveryService');
+}
+
+/** DiscoveryResponse.resources (2), DeltaDiscoveryResponse.resources (2) and .removed_resources (6). */
+const RESPONSE_LIST_FIELDS = new Set([2, 6]);
+
+/** Count the top-level length-delimited entries of the given field numbers, without decoding anything. */
+export function countRepeated(buf: Uint8Array, fields: ReadonlySet<number>): number {
+  let i = 0, count = 0;
+  const varint = (): number => {
+    let v = 0, shift = 0;
+    for (;;) {
+      if (i >= buf.length) throw new Error('truncated varint in response');
+      const b = buf[i++]!;
+      v += (b & 0x7f) * 2 ** shift;
+      if (b < 0x80) return v;
+      shift += 7;
+      if (shift > 63) throw new Error('bad varint in response');
+    }
+  };
+  while (i < buf.length) {
+    const tag = varint();
+    const field = Math.floor(tag / 8), wire = tag & 7;
+    if (wire === 0) varint();
+    else if (wire === 1) i += 8;
+    else if (wire === 5) i += 4;
+    else if (wire === 2) {
+      const len = varint();
+      i += len;
+      if (fields.has(field)) count++;
+    } else throw new Error(`unexpected wire type ${wire} in response`);
+  }
+  return count;
 }
 
 /** A google.protobuf.Any as it travels inside a DiscoveryRequest/Response (plain object). */

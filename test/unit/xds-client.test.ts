@@ -3,7 +3,7 @@
 import t, { type Test } from 'tap';
 import pino from 'pino';
 import { XdsSource, type XdsSourceOptions } from '../../agent/sources/xds/source.js';
-import { packAny, TYPE } from '../../agent/xds/protos.js';
+import { countRepeated, packAny, TYPE } from '../../agent/xds/protos.js';
 import type { Model } from '../../agent/model/types.js';
 
 const log = pino({ level: 'silent' });
@@ -230,6 +230,18 @@ t.test('hostile responses: unknown type, repeated nonce, garbage Any, huge respo
   s.send(sotw(TYPE.endpoint, '6', 'e6', [cla('web', [['127.0.0.2', 8080, 1]])]));
   await wait(() => applied.length === 2);
   t.equal(applied[1]!.services[0]!.frontends[0]!.backends[0]!.address, '127.0.0.2');
+
+  // A memory bomb: 5,000 empty resource entries (2 bytes each on the wire) against a limit of 1,000 is refused
+  // before decoding (over 4x the limit): the stream fails, nothing changes, the client reconnects.
+  const bomb = Buffer.alloc(5000 * 2);
+  for (let i = 0; i < 5000; i++) bomb[2 * i] = 0x12; // field 2 (resources), length 0
+  t.equal(countRepeated(bomb, new Set([2])), 5000, 'counted on the wire');
+  s.send({ version_info: '7', type_url: TYPE.endpoint, nonce: 'e7', resources: Array.from({ length: 5000 }, () => ({})) });
+  await wait(() => src.status().reconnects >= 1 || src.status().state !== 'connected');
+  t.match(String(src.status().lastError), /refused before decoding/, `stream failed: ${src.status().lastError}`);
+  t.equal(applied.length, 2, 'nothing applied');
+  await ads.stream(1);
+
 });
 
 t.test('apply refusing a model: NACK with its reason, state not advanced', async (t) => {

@@ -177,7 +177,9 @@ export class XdsSource {
       'grpc.keepalive_permit_without_calls': 1,
     };
     if (this.opts.tls?.serverName) options['grpc.ssl_target_name_override'] = this.opts.tls.serverName;
-    const Ctor = adsClientConstructor();
+    // Beyond 4x the resource limit a response is refused before it is decoded (a memory bomb: ~100 MiB of objects
+    // at most); between 1x and 4x it is decoded and NACKed with its size, which tells the operator what happened.
+    const Ctor = adsClientConstructor(4 * this.limits.maxResources);
     this.client = new Ctor(this.opts.address, creds, options);
     this.connect();
   }
