@@ -89,6 +89,14 @@ t.test('HTTP connection manager over RDS: L4 over the routes\' clusters, reporte
   t.match(r.unsupported.join('\n'), /redirect route not applied/);
   t.match(r.unsupported.join('\n'), /retry policy and timeouts not applied/);
 
+  // An RBAC policy that would deny something is refused rather than ignored (it would fail open).
+  const deny = packAny(FILTER.networkRbac, { stat_prefix: 'r', rules: { action: 'DENY', policies: { 'no-evil': {
+    permissions: [{ any: true }], principals: [{ any: true }] } } } });
+  t.throws(() => state({
+    listeners: [listener('web-deny', '10.96.0.13', 80, [{ name: 'rbac', typed_config: deny }, { name: 'tcp', typed_config: packAny(FILTER.tcpProxy, { stat_prefix: 't', cluster: 'static' }) }])],
+    clusters: [{ name: 'static', type: 'STATIC', load_assignment: endpoints('static', [ep('10.0.1.1', 8080)]) }],
+  }), /listener 'web-deny': filter_chains\[0\]\.filters\[0\]\.typed_config\.rules: RBAC is not enforced by sockmesh yet: .*action DENY/);
+
   // Without the route configuration the listener is warming.
   const w = buildModel({ ...s, routes: new Map() });
   t.same(w.model!.services, []);

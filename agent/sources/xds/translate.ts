@@ -146,7 +146,7 @@ function digestTcp(what: string, l: Obj, d: ListenerDigest): void {
     const url = f.typed_config?.type_url;
     if (terminal) fail(what, field, 'a filter after the terminal filter');
     if (url === FILTER.networkRbac) {
-      unpack(what, field, f.typed_config);
+      refuseEnforcingRbac(what, field, unpack(what, field, f.typed_config));
       d.notes.push(`${what}: RBAC filter not supported (not enforced)`);
     } else if (url === FILTER.tcpProxy) {
       const cfg = unpack(what, field, f.typed_config);
@@ -159,6 +159,20 @@ function digestTcp(what: string, l: Obj, d: ListenerDigest): void {
       fail(what, field, `unsupported filter type ${url ?? `(none, name '${f.name}')`}`);
     }
   });
+}
+
+/**
+ * RBAC is not enforced yet (L7 authorization is the L7 path's work). Ignoring a policy that denies something would
+ * fail open while the control plane believes it is in force, so such a policy is refused (NACK); one that denies
+ * nothing (no rules, LOG, or DENY with no policies) is accepted and reported.
+ */
+function refuseEnforcingRbac(what: string, field: string, cfg: Obj): void {
+  const rules: Obj | undefined = cfg.rules;
+  if (!rules) return;
+  const action: string = rules.action ?? 'ALLOW';
+  const policies = Object.keys(rules.policies ?? {}).length;
+  if (action === 'LOG' || (action === 'DENY' && policies === 0)) return;
+  fail(what, `${field}.rules`, `RBAC is not enforced by sockmesh yet: refusing a policy with action ${action} and ${policies} rule(s): ignoring it would fail open`);
 }
 
 /** tcp_proxy: cluster, or weighted_clusters (plain uint32 weights). */
@@ -179,7 +193,10 @@ function digestHcm(what: string, field: string, hcm: Obj, d: ListenerDigest): vo
     const ff = `${field}.http_filters[${i}].typed_config`;
     const url = f.typed_config?.type_url;
     if (url === FILTER.router) return;
-    if (url === FILTER.httpRbac) d.notes.push(`${what}: HTTP RBAC filter not supported (not enforced)`);
+    if (url === FILTER.httpRbac) {
+      refuseEnforcingRbac(what, ff, unpack(what, ff, f.typed_config));
+      d.notes.push(`${what}: HTTP RBAC filter not supported (not enforced)`);
+    }
     else if (f.is_optional) d.notes.push(`${what}: optional HTTP filter ${url ?? f.name} ignored`);
     else fail(what, ff, `unsupported HTTP filter type ${url ?? `(none, name '${f.name}')`}`);
   });
