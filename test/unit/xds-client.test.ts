@@ -413,3 +413,31 @@ t.test('a NACK reason lists the first 20 errors, counts the rest, and stays unde
   t.ok((n2.error_detail?.message ?? '').length <= 4096, 'apply reason capped on the wire');
   t.ok((src2.status().lastNack?.reason ?? '').length <= 4096, 'and in status()');
 });
+
+t.test('initial fetch timeout: a cluster that never arrives does not keep a new node empty', async (t) => {
+  const ads = new FakeAds();
+  await ads.start();
+  const applied: Model[] = [];
+  const src = source(ads.port, 'sotw', applied, { initialFetchTimeoutMs: 300 });
+  t.teardown(async () => { await src.stop(); ads.kill(); });
+  src.start();
+  const s = await ads.stream(0);
+  await s.next(TYPE.listener);
+  s.send(sotw(TYPE.listener, '1', 'l1', [tcpListener('127.77.1.1', 80, 'web'), tcpListener('127.77.1.2', 80, 'ghost')]));
+  await s.next(TYPE.cluster);
+  s.send(sotw(TYPE.cluster, '1', 'c1', [edsCluster('web')])); // 'ghost' never comes
+  await s.next(TYPE.endpoint);
+  s.send(sotw(TYPE.endpoint, '1', 'e1', [cla('web', [['127.0.0.1', 8080, 1]])]));
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(applied.length, 0, 'waiting for the complete state first');
+  await wait(() => applied.length === 1);
+  t.same(applied[0]!.services.map((x) => x.name), ['web'], 'after the timeout: what resolved is applied');
+  t.equal(src.status().synced, true);
+  t.ok(src.status().warming.length > 0, `still warming: ${src.status().warming.join(', ')}`);
+  // The missing cluster arrives later: its service follows.
+  s.send(sotw(TYPE.cluster, '2', 'c2', [edsCluster('web'), edsCluster('ghost')]));
+  await s.next(TYPE.endpoint);
+  s.send(sotw(TYPE.endpoint, '2', 'e2', [cla('web', [['127.0.0.1', 8080, 1]]), cla('ghost', [['127.0.0.1', 9090, 1]])]));
+  await wait(() => applied.length === 2);
+  t.same(applied[1]!.services.map((x) => x.name).sort(), ['ghost', 'web']);
+});

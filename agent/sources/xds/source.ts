@@ -67,6 +67,8 @@ export interface XdsSourceOptions {
   backoff?: { initialMs: number; maxMs: number };
   /** Responses above these are NACKed unread (defaults: 200,000 resources, 64 MiB of resource bytes). */
   limits?: { maxResources: number; maxBytes: number };
+  /** Before the first complete state, apply what resolved after this long (Envoy's initial_fetch_timeout; 15 s). */
+  initialFetchTimeoutMs?: number;
 }
 
 type Obj = Record<string, any>;
@@ -122,6 +124,9 @@ export class XdsSource {
   private readonly mode: 'sotw' | 'delta';
   private readonly backoff: { initialMs: number; maxMs: number };
   private readonly limits: { maxResources: number; maxBytes: number };
+  private readonly initialFetchMs: number;
+  private initialTimer?: NodeJS.Timeout;
+  private pendingFirst?: { model: Model; unsupported: string[] };
   private client?: grpc.Client;
   private call?: grpc.ClientDuplexStream<Obj, Obj>;
   private gen = 0;
@@ -157,6 +162,7 @@ export class XdsSource {
     this.mode = opts.mode ?? 'delta';
     this.backoff = opts.backoff ?? { initialMs: 500, maxMs: 30_000 };
     this.limits = opts.limits ?? { maxResources: 200_000, maxBytes: 64 * 1024 * 1024 };
+    this.initialFetchMs = opts.initialFetchTimeoutMs ?? 15_000;
     this.st = {
       server: opts.address, mode: this.mode, state: 'connecting', connectedSince: null, lastError: null, reconnects: 0,
       acked: {}, lastNack: null, unsupported: [], warming: [], synced: false,
@@ -184,7 +190,29 @@ export class XdsSource {
     this.connect();
   }
 
+  /** The first complete state did not arrive in time: apply what resolved, keep waiting for the rest. */
+  private initialFetchTimeout(): void {
+    const pending = this.pendingFirst;
+    if (this.st.synced || !pending || this.stopped) return;
+    let err: string | null;
+    try {
+      err = this.opts.apply(pending.model);
+    } catch (e) {
+      err = (e as Error).message;
+    }
+    if (err !== null) {
+      this.opts.log.error({ error: err }, 'xds: initial fetch timeout: applying what resolved failed');
+      return;
+    }
+    this.st.synced = true;
+    this.st.unsupported = pending.unsupported;
+    this.pendingFirst = undefined;
+    this.opts.log.warn({ services: pending.model.services.length, warming: this.st.warming },
+      `xds: nothing complete after ${this.initialFetchMs} ms: applied what resolved; the rest follows when it arrives`);
+  }
+
   async stop(): Promise<void> {
+    clearTimeout(this.initialTimer);
     this.stopped = true;
     this.gen++;
     clearTimeout(this.timer);
@@ -482,6 +510,12 @@ export class XdsSource {
       this.st.unsupported = result.unsupported;
     } else {
       this.opts.log.info({ warming: result.warming.length, ms }, 'xds: waiting for a complete state before the first apply');
+      // Like Envoy's initial_fetch_timeout: a reference that never resolves must not keep a new node empty forever.
+      this.pendingFirst = { model: result.model!, unsupported: result.unsupported };
+      if (!this.initialTimer) {
+        this.initialTimer = setTimeout(() => this.initialFetchTimeout(), this.initialFetchMs);
+        this.initialTimer.unref?.();
+      }
     }
     this.st.warming = result.warming;
     this.refsChanged = moved;
