@@ -184,11 +184,8 @@ export function tableKey(tableId: number, index: number, out = Buffer.alloc(8), 
 }
 
 export const u32 = (n: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32LE(n >>> 0); return b; };
-export const readU32 = (b: Buffer, o = 0): number => b.readUInt32LE(o);
 
 export function serviceKey(k: ServiceKey): Buffer { return encode('sm_service_key', { ...k }); }
-export function serviceValue(v: ServiceValue): Buffer { return encode('sm_service', { ...v }); }
-export function backendValue(v: BackendValue): Buffer { return encode('sm_backend', { ...v }); }
 export function decodeServiceKey(b: Buffer): ServiceKey { return decode('sm_service_key', b) as unknown as ServiceKey; }
 export function decodeService(b: Buffer): ServiceValue { return decode('sm_service', b) as unknown as ServiceValue; }
 export function decodeBackend(b: Buffer): BackendValue { return decode('sm_backend', b) as unknown as BackendValue; }

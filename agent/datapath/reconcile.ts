@@ -14,7 +14,7 @@ import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
 import {
   ALGO, BE_F_LOCAL, PROTO, STRUCTS, SVC_F_AFFINITY, addrToBytes, encode, type Decoded,
-  decodeBackend, decodeService, decodeServiceKey, serviceKey, serviceValue, tableKey, u32, type BackendValue, type ServiceValue,
+  decodeBackend, decodeService, decodeServiceKey, serviceKey, tableKey, u32, type BackendValue, type ServiceValue,
 } from './abi.js';
 import type { Maps } from './datapath.js';
 import type { Native } from './native.js';
