@@ -8,7 +8,7 @@ import { MapReader } from './datapath/inspect.js';
 import { native } from './datapath/native.js';
 import { cgroup2Root, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
 import { FileSource } from './sources/file.js';
-import { XdsSource, type XdsStatus } from './sources/xds/source.js';
+import { XdsSource } from './sources/xds/source.js';
 import { AdminServer } from './admin/server.js';
 import type { StatusReport } from './admin/protocol.js';
 import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
