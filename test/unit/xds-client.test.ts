@@ -180,21 +180,8 @@ t.test('delta: full sync, server killed (backoff, static state), restart with in
 });
 
 t.test('hostile responses: unknown type, repeated nonce, garbage Any, huge response', async (t) => {
-  const ads = new FakeAds();
-  await ads.start();
   const applied: Model[] = [];
-  const src = source(ads.port, 'sotw', applied, { limits: { maxResources: 1000, maxBytes: 1024 * 1024 } });
-  t.teardown(async () => { await src.stop(); ads.kill(); });
-  src.start();
-  const s = await ads.stream(0);
-  await s.next(TYPE.listener);
-  s.send(sotw(TYPE.listener, '1', 'l1', [tcpListener('127.77.1.1', 80, 'web')]));
-  await s.next(TYPE.cluster);
-  s.send(sotw(TYPE.cluster, '1', 'c1', [edsCluster('web')]));
-  await s.next(TYPE.endpoint);
-  s.send(sotw(TYPE.endpoint, '1', 'e1', [cla('web', [['127.0.0.1', 8080, 1]])]));
-  await wait(() => applied.length === 1);
-  await s.quiet(100);
+  const { ads, src, s } = await synced(t, applied, { limits: { maxResources: 1000, maxBytes: 1024 * 1024 } });
 
   s.send({ version_info: '9', type_url: 'type.googleapis.com/evil.Thing', nonce: 'x1', resources: [] });
   t.same(await s.quiet(), [], 'unknown type URL: ignored, not answered');
