@@ -1,4 +1,7 @@
 // The one model every source (file, later xDS) is validated into. Pure data, no I/O.
+import type { HealthCheck, HttpPolicy, Workload } from './l7.js';
+
+export type * from './l7.js';
 
 export type Protocol = 'tcp' | 'udp';
 export type Algorithm = 'random' | 'weighted' | 'maglev';
@@ -11,6 +14,8 @@ export interface Backend {
   port: number;
   /** 0 = drained: kept for existing connections, chosen by no new one. */
   weight: number;
+  /** L7 backend group (route splits name groups); undefined = 'default' */
+  group?: string;
 }
 
 export interface Frontend {
@@ -31,10 +36,16 @@ export interface Service {
   /** Maglev lookup table size (a prime); set for every service, used only by 'maglev'. */
   maglevTableSize: number;
   frontends: Frontend[];
+  /** present = an L7 service: connect() to its frontends is redirected to the agent's proxy */
+  http?: HttpPolicy;
+  /** active health checking of its backends (L4 and L7 services alike) */
+  healthCheck?: HealthCheck;
 }
 
 export interface Model {
   services: Service[];
+  /** source identities for L7 authorization */
+  workloads?: Workload[];
 }
 
 /** A validation problem: where (file and path to the field) and what is wrong. */

@@ -1,0 +1,118 @@
+// Why a backend is out of service, and since when. Two sources write here: active health checks
+// (agent/health/checker.ts) and the proxy's outlier detection (agent/proxy/). The agent listens for
+// changes and rewrites the kernel's selection slots of that service without the backends that are
+// out; the proxy's balancer skips them too; meshctl backends shows the reasons.
+//
+// Backends are named by service and endpoint key ('127.0.0.1:8080', '[::1]:8080').
+
+export interface BackendState {
+  service: string;
+  backend: string;
+  /** set while the last health-check verdict is unhealthy */
+  probe?: { since: number; reason: string };
+  /** set while ejected by outlier detection */
+  ejection?: { since: number; until: number; count: number; reason: string };
+}
+
+export type StatesListener = (service: string) => void;
+
+export class BackendStates {
+  private readonly states = new Map<string, Map<string, BackendState>>();
+  private readonly ejectionCounts = new Map<string, number>();
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  private readonly listeners: StatesListener[] = [];
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  onChange(fn: StatesListener): void {
+    this.listeners.push(fn);
+  }
+
+  /** out of service for new connections/requests (failed probe or ejected) */
+  isOut(service: string, backend: string): boolean {
+    const s = this.states.get(service)?.get(backend);
+    return s !== undefined && (s.probe !== undefined || s.ejection !== undefined);
+  }
+
+  /** the backends of a service that are out, for the kernel slots */
+  outOf(service: string): Set<string> {
+    const out = new Set<string>();
+    for (const [key, s] of this.states.get(service) ?? []) if (s.probe || s.ejection) out.add(key);
+    return out;
+  }
+
+  /** a health-check verdict (only changes of verdict need to be reported, repeats are cheap) */
+  setProbe(service: string, backend: string, healthy: boolean, reason = ''): void {
+    const s = this.entry(service, backend);
+    if (healthy === (s.probe === undefined)) return;
+    s.probe = healthy ? undefined : { since: this.now(), reason };
+    this.changed(service, backend);
+  }
+
+  /** outlier ejection for durationMs; count = how many times this backend was ejected so far (incl. this one) */
+  eject(service: string, backend: string, durationMs: number, reason: string): number {
+    const s = this.entry(service, backend);
+    const id = `${service}\0${backend}`;
+    const count = (this.ejectionCounts.get(id) ?? 0) + 1;
+    this.ejectionCounts.set(id, count);
+    const since = this.now();
+    s.ejection = { since, until: since + durationMs, count, reason };
+    clearTimeout(this.timers.get(id));
+    const timer = setTimeout(() => {
+      this.timers.delete(id);
+      const cur = this.states.get(service)?.get(backend);
+      if (cur?.ejection) {
+        cur.ejection = undefined;
+        this.changed(service, backend);
+      }
+    }, durationMs);
+    timer.unref();
+    this.timers.set(id, timer);
+    this.changed(service, backend);
+    return count;
+  }
+
+  /** times this backend has been ejected (for the growing ejection time) */
+  ejections(service: string, backend: string): number {
+    return this.ejectionCounts.get(`${service}\0${backend}`) ?? 0;
+  }
+
+  /** forget backends (and services) no longer in the model */
+  retain(alive: ReadonlyMap<string, ReadonlySet<string>>): void {
+    for (const [service, backends] of this.states) {
+      const keep = alive.get(service);
+      for (const key of [...backends.keys()]) {
+        if (keep?.has(key)) continue;
+        backends.delete(key);
+        const id = `${service}\0${key}`;
+        clearTimeout(this.timers.get(id));
+        this.timers.delete(id);
+        this.ejectionCounts.delete(id);
+      }
+      if (backends.size === 0) this.states.delete(service);
+    }
+  }
+
+  list(): BackendState[] {
+    const out: BackendState[] = [];
+    for (const backends of this.states.values()) for (const s of backends.values()) if (s.probe || s.ejection) out.push({ ...s });
+    return out;
+  }
+
+  close(): void {
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+  }
+
+  private entry(service: string, backend: string): BackendState {
+    let m = this.states.get(service);
+    if (!m) this.states.set(service, (m = new Map()));
+    let s = m.get(backend);
+    if (!s) m.set(backend, (s = { service, backend }));
+    return s;
+  }
+
+  private changed(service: string, _backend: string): void {
+    for (const fn of this.listeners) fn(service);
+  }
+}

@@ -1,0 +1,117 @@
+// The contract between the proxy's protocol engine (server.ts, http1.ts, http2.ts: bytes, sockets,
+// pools) and its policy (policy.ts and friends: routing, retries, breakers, outlier detection,
+// balancing, authorization, metrics). The engine never decides; the policy never touches a socket.
+import type { HeaderRewrite } from '../model/l7.js';
+
+/** Header names lower-case; a repeated header is an array (as node:http gives them). */
+export type Headers = Record<string, string | string[]>;
+
+/** Where the client's connection was going before the kernel redirected it to the proxy. */
+export interface OriginalDst {
+  /** canonical textual VIP ('127.100.0.1', '::1') and port the application connected to */
+  vip: string;
+  port: number;
+  /** cgroup v2 id of the connecting process (the source workload) */
+  cgroupId: bigint;
+}
+
+export interface Source {
+  /** the client socket's address as the proxy sees it */
+  address: string;
+  port: number;
+  cgroupId: bigint;
+}
+
+export interface RequestHead {
+  /** upper-case */
+  method: string;
+  /** request-target in origin form, query included ('/a/b?c=d') */
+  path: string;
+  /** Host header or :authority */
+  authority: string;
+  /** without hop-by-hop headers (connection, keep-alive, transfer-encoding, upgrade, ...) and without pseudo-headers */
+  headers: Headers;
+  protocol: 'http1' | 'h2';
+  /** content-type application/grpc... */
+  grpc: boolean;
+  /** the request has a body (content-length > 0, chunked, or an h2 stream not ended with the head) */
+  hasBody: boolean;
+}
+
+/** An answer made by the proxy itself (no route, denied, overflow, no upstream). */
+export interface LocalReply {
+  status: number;
+  /** e.g. x-sockmesh-denied: <rule>, x-sockmesh-overflow: max-requests */
+  headers: Headers;
+  body: string;
+}
+
+/** The engine's per-group connection accounting; the policy enforces the group's circuit breaker. */
+export interface UpstreamGroup {
+  /** before opening a new connection to one of the group's backends; false = at max connections */
+  tryOpenConnection(): boolean;
+  connectionClosed(): void;
+  /** before queueing a request for a connection; false = at max pending requests */
+  tryPending(): boolean;
+  pendingDone(): void;
+  /** the group's max connections (the engine opens at most this many per group, all backends together) */
+  readonly maxConnections: number;
+}
+
+export interface Upstream {
+  /** 'address:port', '[v6]:port' */
+  key: string;
+  address: string;
+  family: 4 | 6;
+  port: number;
+  group: UpstreamGroup;
+}
+
+export type Outcome =
+  /** a response head arrived (grpcStatus when the head carries grpc-status: a trailers-only response) */
+  | { kind: 'response'; status: number; grpcStatus?: number }
+  | { kind: 'connect-failure' }
+  /** the upstream closed or reset before a complete response head */
+  | { kind: 'reset' }
+  /** the per-try timeout fired before the response head */
+  | { kind: 'timeout' }
+  /** no connection could be had in time (pending overflow counted by the policy) */
+  | { kind: 'overflow'; limit: string };
+
+export interface Attempt {
+  upstream: Upstream;
+  /** exactly once per attempt: when its response head arrives, or when it fails before that */
+  finish(outcome: Outcome): void;
+}
+
+export interface Exchange {
+  /** route name (metrics, access log) */
+  readonly route: string;
+  /** the whole exchange; 0 = none. On expiry the engine answers 504 (or resets a started response). */
+  readonly timeoutMs: number;
+  /** 0 = none */
+  readonly perTryTimeoutMs: number;
+  /** a body larger than this is streamed and the request is not retried (0 = bodies never retried) */
+  readonly bufferLimitBytes: number;
+  readonly requestHeaders: HeaderRewrite;
+  readonly responseHeaders: HeaderRewrite;
+  /**
+   * Attempt n (1 = the first try): an upstream chosen by the balancer among the usable backends of a
+   * group picked by the route's split, or a local reply (503 with x-sockmesh-overflow: max-requests |
+   * max-retries, or 503 "no healthy upstream").
+   */
+  attempt(n: number): Attempt | LocalReply;
+  /**
+   * After attempt n failed with outcome (nothing sent to the client yet): milliseconds to wait before
+   * attempt n+1, or null to give up and answer with this outcome (a response is passed on; connect
+   * failure/reset 502 or 503, timeout 504). bodyReplayable: the request body was buffered whole.
+   */
+  retryDelay(n: number, outcome: Outcome, bodyReplayable: boolean): number | null;
+  /** exactly once at the end: status sent to the client (0 = client gone), grpc-status if any */
+  end(status: number, grpcStatus?: number): void;
+}
+
+export interface Policy {
+  /** the service for original destination vip:port, its route for this request, authorization */
+  begin(dst: OriginalDst, source: Source, head: RequestHead): Exchange | LocalReply;
+}
