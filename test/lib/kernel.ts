@@ -127,7 +127,11 @@ export interface AgentHandle {
 }
 
 /** config: the text of a config file the agent watches; or xds: a control plane address (no file). */
-export interface AgentOpts { config?: string; configName?: string; xds?: string; extraArgs?: string[] }
+export interface AgentOpts {
+  config?: string; configName?: string; xds?: string; extraArgs?: string[];
+  /** run the agent in this cgroup (e.g. a child of the meshed one, as a DaemonSet pod under kubepods) instead of the test's original */
+  inCgroup?: string;
+}
 
 /** Start the real agent (compiled) on a private bpffs dir and config file; torn down (and cleaned) at teardown. */
 export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpts): Promise<AgentHandle> {
@@ -163,10 +167,10 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
     restart: async () => { await launch(); },
   };
   const launch = async (): Promise<void> => {
-    // The agent runs in the cgroup the test started in, even when the test process has entered the meshed one.
+    // The agent runs in the cgroup the test started in (or opts.inCgroup), even when the test process has entered the meshed one.
     const source = opts.xds ? ['--xds', opts.xds] : ['--config', configFile];
     const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...(opts.extraArgs ?? [])];
-    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...args],
+    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] });
     h.proc = proc;
     let buf = '';
