@@ -76,7 +76,12 @@ export type Outcome =
   /** the per-try timeout fired before the response head */
   | { kind: 'timeout' }
   /** no connection could be had in time (pending overflow counted by the policy) */
-  | { kind: 'overflow'; limit: string };
+  | { kind: 'overflow'; limit: string }
+  /**
+   * not the upstream's doing: the client went away, or the route timeout ended the exchange, before the
+   * response head. Never retried (retryDelay is not asked); not an outlier signal.
+   */
+  | { kind: 'cancelled' };
 
 export interface Attempt {
   upstream: Upstream;
@@ -105,6 +110,8 @@ export interface Exchange {
    * After attempt n failed with outcome (nothing sent to the client yet): milliseconds to wait before
    * attempt n+1, or null to give up and answer with this outcome (a response is passed on; connect
    * failure/reset 502 or 503, timeout 504). bodyReplayable: the request body was buffered whole.
+   * The engine asks this after EVERY response head too (a 200 included: the policy alone knows its
+   * retry_on and retriable codes), so return null fast for an outcome that is not retriable.
    */
   retryDelay(n: number, outcome: Outcome, bodyReplayable: boolean): number | null;
   /** exactly once at the end: status sent to the client (0 = client gone), grpc-status if any */
