@@ -4,7 +4,8 @@
  *
  * connect()/sendmsg() to a service VIP:port is rewritten to a backend before any packet
  * exists; getpeername()/recvmsg() rewrite the backend back to the VIP so the application
- * only ever sees the address it asked for.
+ * only ever sees the address it asked for. A TCP connect() to an L7 service goes to the agent's proxy instead
+ * (lib/l7.h).
  */
 #include "common.h"
 #include "maps.h"
@@ -13,6 +14,7 @@
 #include "events.h"
 #include "lb.h"
 #include "revnat.h"
+#include "l7.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -82,6 +84,16 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 	flow.proto = proto;
 	flow.service_id = svc->service_id;
 
+	/* UDP frontends are never L7 (the config validator rejects http on them); the flag is ignored there. */
+	if ((svc->flags & SM_SVC_F_L7) && !udp_send && proto == SM_PROTO_TCP) {
+		int verdict = sm_l7_connect(ctx, v6, &key, svc, &flow);
+
+		if (verdict == SM_L7_DONE)
+			return SM_SYSCALL_ALLOW;
+		if (verdict == SM_L7_REFUSE)
+			return SM_SYSCALL_DENY;
+	}
+
 	/* A v4 socket cannot reach a v6 backend; a v6 socket reaches v4 ones v4-mapped
 	 * (backend addresses are stored mapped already). */
 	if (sm_lb_select(svc, flow.netns_cookie, flow.cookie, &pick) < 0 ||
@@ -91,12 +103,12 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 		c = sm_svc_stats_get(flow.service_id);
 		if (c)
 			c->no_backend++;
-		sm_event_emit(SM_EV_NO_BACKEND, &flow, NULL, 0);
+		sm_event_emit(SM_EV_NO_BACKEND, &flow, NULL, 0, 0);
 		return SM_SYSCALL_DENY;
 	}
 
 	sm_set_dest(ctx, v6, pick.be->addr, pick.be->port);
-	sm_revnat_record(flow.cookie, pick.be, pick.backend_id, &key, flow.service_id);
+	sm_revnat_record(flow.cookie, pick.be->addr, pick.be->port, pick.backend_id, &key, flow.service_id);
 
 	sm_global_inc(udp_send ? SM_G_LB_UDP_SEND : SM_G_LB_CONNECT);
 	if (pick.affinity_hit)
@@ -119,7 +131,7 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 		if (pick.affinity_hit)
 			c->affinity_hits++;
 	}
-	sm_event_emit(udp_send ? SM_EV_UDP_SEND : SM_EV_CONNECT, &flow, pick.be, pick.backend_id);
+	sm_event_emit(udp_send ? SM_EV_UDP_SEND : SM_EV_CONNECT, &flow, pick.be->addr, pick.be->port, pick.backend_id);
 	return SM_SYSCALL_ALLOW;
 }
 

@@ -2,6 +2,7 @@
 // here we only check their sizes against the map (the kernel would read past a short buffer).
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -230,6 +231,89 @@ static Napi::Value MapKeys(const Napi::CallbackInfo& info) {
   return ToBuffers(env, keys);
 }
 
+// A map opened for one hot operation: the proxy takes the original destination of every accepted connection out of
+// sm_l7_peers with exactly one syscall. The generic functions above ask the kernel for the map's sizes on every call
+// (to refuse a short buffer); a handle asks once, on its own dup()ed fd, so the sizes it checks against can never
+// belong to another map that reused the fd number. Values are written into a caller's buffer: no allocation.
+class MapHandle : public Napi::ObjectWrap<MapHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "MapHandle", {
+      InstanceMethod<&MapHandle::LookupAndDelete>("lookupAndDelete"),
+      InstanceMethod<&MapHandle::Close>("close"),
+      InstanceAccessor<&MapHandle::Fallback>("fallback"),
+    });
+  }
+
+  explicit MapHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MapHandle>(info) {
+    Napi::Env env = info.Env();
+    int src = ArgInt(info, 0, "mapHandle", "fd");
+    int fd = fcntl(src, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) ThrowErrno(env, FdOp("map handle (dup)", src), errno);
+    struct bpf_map_info mi;
+    try {
+      mi = MapInfoOf(env, fd, "map handle");
+      if (IsPerCpu(mi.type)) ThrowErrno(env, FdOp("map handle", src) + ": per-CPU maps are not supported", EINVAL);
+    } catch (...) {
+      close(fd);  // the destructor does not run for an object whose constructor threw
+      throw;
+    }
+    fd_ = fd;
+    key_size_ = mi.key_size;
+    value_size_ = mi.value_size;
+    op_ = std::string("map lookup-and-delete (") + std::string(mi.name, strnlen(mi.name, sizeof(mi.name))) + ")";
+  }
+
+  ~MapHandle() override {
+    if (fd_ >= 0) close(fd_);
+  }
+
+ private:
+  // lookupAndDelete(key, value): true with value filled, false when the key is absent.
+  Napi::Value LookupAndDelete(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) ThrowErrno(env, op_ + ": handle closed", EBADF);
+    Napi::Buffer<uint8_t> key = ArgBuffer(info, 0, "lookupAndDelete", "key");
+    Napi::Buffer<uint8_t> value = ArgBuffer(info, 1, "lookupAndDelete", "value");
+    CheckSize(env, op_, "key", key.Length(), key_size_);
+    CheckSize(env, op_, "value", value.Length(), value_size_);
+    if (!fallback_) {
+      int ret = bpf_map_lookup_and_delete_elem(fd_, key.Data(), value.Data());
+      if (ret == 0) return Napi::Boolean::New(env, true);
+      int err = ErrFromRet(ret);
+      if (err == ENOENT) return Napi::Boolean::New(env, false);
+      // Hash maps have BPF_MAP_LOOKUP_AND_DELETE_ELEM since 5.14; before that, two calls.
+      if (!BatchUnsupported(err)) ThrowErrno(env, op_, err);
+      fallback_ = true;
+    }
+    int ret = bpf_map_lookup_elem(fd_, key.Data(), value.Data());
+    if (ret) {
+      int err = ErrFromRet(ret);
+      if (err == ENOENT) return Napi::Boolean::New(env, false);
+      ThrowErrno(env, op_ + " (lookup)", err);
+    }
+    ret = bpf_map_delete_elem(fd_, key.Data());
+    // ENOENT: someone else took it meanwhile; we still have the value we read.
+    if (ret && ErrFromRet(ret) != ENOENT) ThrowErrno(env, op_ + " (delete)", ErrFromRet(ret));
+    return Napi::Boolean::New(env, true);
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+    return info.Env().Undefined();
+  }
+
+  // true once the kernel refused BPF_MAP_LOOKUP_AND_DELETE_ELEM and the handle went to lookup + delete
+  Napi::Value Fallback(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fallback_); }
+
+  int fd_ = -1;
+  size_t key_size_ = 0;
+  size_t value_size_ = 0;
+  bool fallback_ = false;
+  std::string op_;
+};
+
 static Napi::Value NumPossibleCpus(const Napi::CallbackInfo& info) {
   int n = libbpf_num_possible_cpus();
   if (n <= 0) ThrowErrno(info.Env(), "number of possible CPUs", n < 0 ? -n : EINVAL);
@@ -246,6 +330,7 @@ void InitMaps(Napi::Env env, Napi::Object exports) {
   exports.Set("mapUpdateBatch", Napi::Function::New(env, MapUpdateBatch, "mapUpdateBatch"));
   exports.Set("mapDump", Napi::Function::New(env, MapDump, "mapDump"));
   exports.Set("mapKeys", Napi::Function::New(env, MapKeys, "mapKeys"));
+  exports.Set("MapHandle", MapHandle::Define(env));
   exports.Set("numPossibleCpus", Napi::Function::New(env, NumPossibleCpus, "numPossibleCpus"));
 }
 

@@ -71,6 +71,7 @@ static Napi::Value Probe(const Napi::CallbackInfo& info) {
     {"sock_hash_update", BPF_FUNC_sock_hash_update},
     {"ringbuf_output", BPF_FUNC_ringbuf_output},
     {"ktime_get_ns", BPF_FUNC_ktime_get_ns},
+    {"get_current_cgroup_id", BPF_FUNC_get_current_cgroup_id},
   };
 
   Napi::Object progs = Napi::Object::New(env);

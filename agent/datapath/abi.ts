@@ -3,22 +3,25 @@
 // offset here with what the compiler computed from the header (native abiLayout()), so the two cannot drift.
 import { isIPv4, isIPv6 } from 'node:net';
 
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 export const PROTO = { tcp: 6, udp: 17 } as const;
 export const ALGO = { random: 0, weighted: 1, maglev: 2 } as const;
 export const SVC_F_AFFINITY = 1 << 0;
+export const SVC_F_L7 = 1 << 1;
+export const SVC_F_FAIL_OPEN = 1 << 2;
 export const BE_F_LOCAL = 1 << 0;
 export const SOCK_F_ACTIVE = 1 << 0;
 export const SOCK_F_TCP_ONLY = 1 << 1;
 export const CFG_F_SOCKMAP = 1 << 0;
 
-export const EVENT_KIND: Record<number, string> = { 1: 'connect', 2: 'no-backend', 3: 'udp-send' };
+export const EVENT_KIND: Record<number, string> = { 1: 'connect', 2: 'no-backend', 3: 'udp-send', 4: 'l7-redirect', 5: 'l7-refused' };
 
 /** enum sm_global_counter, in order. */
 export const GLOBAL_COUNTERS = [
   'lb_connect', 'lb_udp_send', 'lb_no_backend', 'affinity_hit', 'revnat_miss', 'sock_insert', 'sock_insert_fail',
   'redirect', 'redirect_miss', 'tcp_only', 'event_drop',
+  'l7_redirect', 'l7_fail_open', 'l7_fail_closed', 'l7_from_proxy', 'l7_handoff',
 ] as const;
 export type GlobalCounter = (typeof GLOBAL_COUNTERS)[number];
 
@@ -66,7 +69,18 @@ export const STRUCTS = {
     ['backend_addr', 'addr', 40], ['vport', 'u16be', 56], ['backend_port', 'u16be', 58], ['service_id', 'u32', 60],
     ['backend_id', 'u32', 64], ['kind', 'u8', 68], ['proto', 'u8', 69], ['pad', 'u16', 70],
   ]),
+  sm_proxy: def('sm_proxy', 72, [
+    ['v4', 'addr', 0], ['v6', 'addr', 16], ['port', 'u16be', 32], ['pad', 'u16', 34], ['pad2', 'u32', 36],
+    ['netns_cookie', 'u64', 40], ['cgroup_id', 'u64', 48], ['heartbeat_ns', 'u64', 56], ['timeout_ns', 'u64', 64],
+  ]),
+  sm_orig_dst: def('sm_orig_dst', 32, [
+    ['vip', 'addr', 0], ['vport', 'u16be', 16], ['pad', 'u16', 18], ['service_id', 'u32', 20], ['cgroup_id', 'u64', 24],
+  ]),
+  sm_l7_key: def('sm_l7_key', 32, [['netns_cookie', 'u64', 0], ['addr', 'addr', 8], ['port', 'u32', 24], ['pad', 'u32', 28]]),
 } as const;
+
+/** Byte offsets used on hot paths without the generic codec. */
+export const PROXY_HEARTBEAT_OFFSET = 56;
 
 export type StructName = keyof typeof STRUCTS;
 /** Decoded values: numbers, bigints for u64, textual addresses for 'addr'. */

@@ -61,6 +61,14 @@ export function cgroupOf(pid: number = process.pid, root = requireCgroup2Root())
   return join(root, line ? line.slice(3) : '/');
 }
 
+/**
+ * The cgroup v2 id of this process (what bpf_get_current_cgroup_id() returns for it): the inode number of its cgroup
+ * directory. The L7 proxy's own connect() calls are recognised by it.
+ */
+export function ownCgroupId(root = requireCgroup2Root()): bigint {
+  return statSync(cgroupOf(process.pid, root), { bigint: true }).ino;
+}
+
 export const DEFAULT_BPFFS = '/sys/fs/bpf';
 
 function isBpffs(path: string): boolean {

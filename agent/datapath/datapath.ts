@@ -5,12 +5,16 @@
 // and swaps its new programs into the existing links with bpf_link_update: no detach, no window without programs.
 import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { bpfObjectPath, native, type BpfObject, type Native } from './native.js';
-import { ABI_VERSION, CFG_F_SOCKMAP, encode, u32 } from './abi.js';
+import { isIPv4, isIPv6 } from 'node:net';
+import { bpfObjectPath, native, type BpfObject, type MapHandle, type Native } from './native.js';
+import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_HEARTBEAT_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
+import type { OriginalDst } from '../proxy/types.js';
 import { isMountPoint } from './cgroup.js';
 
 /** Cgroup programs and where they attach. sm_sk_msg attaches to the SOCKHASH instead. */
 export const CGROUP_PROGRAMS: Record<string, string> = {
+  // First: connect4/6 may redirect to the proxy only once the program that hands the original destination over is in.
+  sm_sockops_l7: 'sockops',
   sm_connect4: 'cgroup/connect4',
   sm_connect6: 'cgroup/connect6',
   sm_sendmsg4: 'cgroup/sendmsg4',
@@ -22,11 +26,12 @@ export const CGROUP_PROGRAMS: Record<string, string> = {
   sm_sockops: 'sockops',
 };
 
-export const OBJECTS = ['sock_lb', 'sockmap'] as const;
+export const OBJECTS = ['sock_lb', 'sockmap', 'l7'] as const;
 
 export const MAP_NAMES = [
   'sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_sockets', 'sm_sock_meta',
   'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_config', 'sm_events',
+  'sm_proxy', 'sm_l7_pending', 'sm_l7_peers',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -36,7 +41,28 @@ export interface DatapathOptions {
   sockmap: boolean;
   /** one flow event in N connections (0 = none) */
   eventSample: number;
+  /**
+   * Load the L7 hand-over program (sock_ops, needs bpf_get_netns_cookie there: 5.15). Default true. Without it the
+   * proxy is never announced to the kernel, and L7 services behave as their fail mode says.
+   */
+  l7?: boolean;
 }
+
+/** The agent's L7 proxy as the kernel needs to know it (Datapath.setProxy). */
+export interface ProxySettings {
+  /** IPv4 listener address ('127.0.0.1'), or '' for none */
+  v4: string;
+  /** IPv6 listener address ('::1'), or '' (IPv6 VIPs then go to the v4 listener, v4-mapped) */
+  v6: string;
+  port: number;
+  /** cgroup v2 id of the proxy (see ownCgroupId()): connect() from there is never redirected to the proxy */
+  cgroupId: bigint;
+  /** the kernel treats the proxy as down when the last heartbeat is older than this */
+  timeoutMs: number;
+}
+
+const PROXY_KEY = u32(0);
+const isLoopbackText = (a: string): boolean => a === '::1' || a.startsWith('127.') || a.startsWith('::ffff:127.');
 
 export interface AttachReport {
   program: string;
@@ -56,8 +82,19 @@ export class Datapath {
   maps!: Maps;
   readonly attached: AttachReport[] = [];
   private readonly n = native();
+  /** sm_proxy's value as last written; a heartbeat rewrites one field of it */
+  private proxyValue?: Buffer;
+  private peers?: MapHandle;
+  private netnsCookie?: bigint;
+  /** reused by every originalDst(): the lookup allocates nothing but its result */
+  private readonly peerKey = Buffer.alloc(STRUCTS.sm_l7_key.size);
+  private readonly peerValue = Buffer.alloc(STRUCTS.sm_orig_dst.size);
+  private readonly scratch16 = Buffer.alloc(16);
 
   constructor(readonly opts: DatapathOptions) {}
+
+  /** Whether the L7 hand-over is loaded (opts.l7, default true). */
+  get l7(): boolean { return this.opts.l7 !== false; }
 
   get linkDir(): string { return join(this.opts.bpffs, 'links'); }
 
@@ -68,6 +105,7 @@ export class Datapath {
     // kernel 5.15, while connect-time balancing alone runs on older kernels.
     for (const name of OBJECTS) {
       if (name === 'sockmap' && !this.opts.sockmap) continue;
+      if (name === 'l7' && !this.l7) continue;
       this.objects.push(this.n.loadObject(bpfObjectPath(name), this.opts.bpffs));
     }
     const fds = {} as Record<MapName, number>;
@@ -129,7 +167,7 @@ export class Datapath {
     }
     for (const [prog, type] of Object.entries(CGROUP_PROGRAMS)) {
       const pin = join(this.linkDir, prog);
-      if (prog === 'sm_sockops' && !this.opts.sockmap) {
+      if ((prog === 'sm_sockops' && !this.opts.sockmap) || (prog === 'sm_sockops_l7' && !this.l7)) {
         // A previous agent ran with the fast path: take it out (sockets already in the map keep working).
         if (this.n.detachLink(pin)) this.attached.push({ program: prog, attachType: type, how: 'detached' });
         continue;
@@ -157,8 +195,76 @@ export class Datapath {
     return this.attached;
   }
 
+  /**
+   * Tell the kernel where the proxy listens and who it is. The proxy counts as down (fail modes apply) until the first
+   * heartbeat(): call this at start, then heartbeat() once the proxy listens.
+   */
+  setProxy(p: ProxySettings): void {
+    if (!this.l7) throw new Error('setProxy: the L7 redirect is not loaded (this kernel lacks bpf_get_netns_cookie in sock_ops, 5.15)');
+    if (p.v4 !== '' && !isIPv4(p.v4)) throw new Error(`setProxy: v4 '${p.v4}' is not an IPv4 address`);
+    if (p.v6 !== '' && !isIPv6(p.v6)) throw new Error(`setProxy: v6 '${p.v6}' is not an IPv6 address`);
+    if (p.v4 === '' && p.v6 === '') throw new Error('setProxy: neither a v4 nor a v6 listener address');
+    if (!Number.isInteger(p.port) || p.port < 1 || p.port > 65535) throw new Error(`setProxy: port ${p.port} is not 1..65535`);
+    if (!(p.timeoutMs > 0)) throw new Error(`setProxy: timeoutMs ${p.timeoutMs} must be > 0`);
+    if (typeof p.cgroupId !== 'bigint' || p.cgroupId <= 0n) throw new Error(`setProxy: cgroupId ${String(p.cgroupId)} must be a positive bigint`);
+    // Unset addresses stay all-zero (what the programs test for), not ::ffff:0.0.0.0.
+    const v = encode('sm_proxy', {
+      port: p.port, netns_cookie: this.ownNetnsCookie(), cgroup_id: p.cgroupId, heartbeat_ns: 0n,
+      timeout_ns: BigInt(Math.round(p.timeoutMs * 1e6)),
+    });
+    if (p.v4) addrToBytes(p.v4, v, 0);
+    if (p.v6) addrToBytes(p.v6, v, 16);
+    this.proxyValue = v;
+    this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
+  }
+
+  /** The proxy is alive now (bpf_ktime_get_ns and process.hrtime.bigint() are both CLOCK_MONOTONIC). */
+  heartbeat(): void {
+    const v = this.proxyValue;
+    if (!v) throw new Error('heartbeat: setProxy was not called');
+    v.writeBigUInt64LE(process.hrtime.bigint(), PROXY_HEARTBEAT_OFFSET);
+    this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
+  }
+
+  /** The proxy stopped: the fail mode of every L7 service applies from the next connect(), not after the timeout. */
+  proxyDown(): void {
+    const v = this.proxyValue;
+    if (!v) return; // never announced: the kernel has no live proxy anyway
+    v.writeBigUInt64LE(0n, PROXY_HEARTBEAT_OFFSET);
+    this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
+  }
+
+  private ownNetnsCookie(): bigint {
+    this.netnsCookie ??= this.n.netnsCookie(-1);
+    return this.netnsCookie;
+  }
+
+  /**
+   * Where the connection the proxy accepted from peerAddress:peerPort was going, and who made it; null when the kernel
+   * has nothing for that peer (not redirected by us, or already taken). Takes the entry out (one syscall): a second
+   * call for the same peer returns null. peerAddress as node:net gives it ('127.0.0.1', '::ffff:127.0.0.1', '::1').
+   */
+  originalDst(peerAddress: string, peerPort: number): OriginalDst | null {
+    const key = this.peerKey;
+    if (!this.peers) {
+      if (!this.l7) return null;
+      this.peers = new this.n.MapHandle(this.maps.fd('sm_l7_peers'));
+    }
+    // The netns cookie is part of the key only for loopback peers (struct sm_l7_key).
+    key.writeBigUInt64LE(isLoopbackText(peerAddress) ? this.ownNetnsCookie() : 0n, 0);
+    if (peerAddress.startsWith('::ffff:') && isIPv4(peerAddress.slice(7))) addrToBytes(peerAddress.slice(7), key, 8);
+    else if (isIPv4(peerAddress)) addrToBytes(peerAddress, key, 8);
+    else addrToBytes(peerAddress, this.scratch16).copy(key, 8);
+    key.writeUInt32LE(peerPort, 24);
+    const v = this.peerValue;
+    if (!this.peers.lookupAndDelete(key, v)) return null;
+    return { vip: bytesToAddr(v, 0), port: v.readUInt16BE(16), cgroupId: v.readBigUInt64LE(24) };
+  }
+
   /** Close our fds. Pins and links stay: the datapath keeps running without the agent. */
   close(): void {
+    this.peers?.close();
+    this.peers = undefined;
     for (const o of this.objects) o.close();
     this.objects = [];
   }

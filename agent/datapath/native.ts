@@ -74,6 +74,15 @@ export interface RingBufferSubscription {
   close(): void;
 }
 
+/** A map opened for one hot operation (see native/maps.cc): its own fd, sizes checked without a syscall. */
+export interface MapHandle {
+  /** BPF_MAP_LOOKUP_AND_DELETE_ELEM into `value` (exactly the map's value size): true, or false when absent. */
+  lookupAndDelete(key: Buffer, value: Buffer): boolean;
+  close(): void;
+  /** true once the kernel refused lookup-and-delete and the handle uses lookup + delete */
+  readonly fallback: boolean;
+}
+
 export interface Probes {
   /** BPF_PROG_TYPE_* name (e.g. 'cgroup_sock_addr') -> supported */
   progTypes: Record<string, boolean>;
@@ -131,6 +140,8 @@ export interface Native {
   mapDelete(fd: number, key: Buffer): boolean;
   /** Update many entries: keys and values are concatenated buffers of count entries each. Uses BPF_MAP_UPDATE_BATCH where the map supports it, else a loop. */
   mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, count: number): void;
+  /** A handle on the map behind fd (dup()ed: the handle owns its own fd; close it). Not for per-CPU maps. */
+  MapHandle: new (fd: number) => MapHandle;
   /** Every key and value (values per-CPU sized for per-CPU maps), read with get_next_key + lookup in C++. */
   mapDump(fd: number): { keys: Buffer[]; values: Buffer[] };
   /** Only the keys. */

@@ -13,7 +13,7 @@ import { networkInterfaces } from 'node:os';
 import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
 import {
-  ALGO, BE_F_LOCAL, PROTO, STRUCTS, SVC_F_AFFINITY, addrToBytes, encode, type Decoded,
+  ALGO, BE_F_LOCAL, PROTO, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, addrToBytes, encode, type Decoded,
   decodeBackend, decodeService, decodeServiceKey, serviceKey, tableKey, u32, type BackendValue, type ServiceValue,
 } from './abi.js';
 import type { Maps } from './datapath.js';
@@ -79,6 +79,12 @@ export function localAddresses(): string[] {
 
 function isLoopback(addr: string): boolean {
   return addr === '::1' || /^127\./.test(addr);
+}
+
+/** SM_SVC_F_L7 (+ FAIL_OPEN) for the TCP frontends of a service with HTTP rules: connect() goes to the proxy. */
+function l7Flags(svc: Service, fe: Frontend): number {
+  if (!svc.http || fe.protocol !== 'tcp') return 0;
+  return SVC_F_L7 | (svc.http.failMode === 'open' ? SVC_F_FAIL_OPEN : 0);
 }
 
 export class Reconciler {
@@ -294,7 +300,7 @@ export class Reconciler {
         table_size: table.length,
         affinity_timeout_s: svc.affinityTimeoutSeconds,
         algo: ALGO[svc.algorithm],
-        flags: svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0,
+        flags: (svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0) | l7Flags(svc, fe),
       };
       const sameTable = cur !== undefined && cur.table.length === table.length && cur.table.every((x, i) => x === table[i]);
       if (!sameTable) {

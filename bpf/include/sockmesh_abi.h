@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SM_ABI_VERSION 2
+#define SM_ABI_VERSION 3
 
 /* ---- limits ---- */
 #define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
@@ -31,6 +31,8 @@
 #define SM_MAX_SOCKETS       131072
 #define SM_MAX_LOCAL_ADDRS   256
 #define SM_EVENTS_BYTES      (256 * 1024)
+#define SM_MAX_L7_PENDING    65536   /* connect()ed to the proxy, not yet established */
+#define SM_MAX_L7_PEERS      65536   /* established to the proxy, not yet accepted by it */
 
 /* ---- enums ---- */
 enum sm_proto {
@@ -46,6 +48,8 @@ enum sm_algo {
 
 /* struct sm_service.flags */
 #define SM_SVC_F_AFFINITY   (1u << 0) /* session affinity per client netns */
+#define SM_SVC_F_L7         (1u << 1) /* TCP connect() is redirected to the agent's L7 proxy */
+#define SM_SVC_F_FAIL_OPEN  (1u << 2) /* with SM_SVC_F_L7: proxy down = balance at L4 (else refuse) */
 
 /* struct sm_backend.flags */
 #define SM_BE_F_LOCAL       (1u << 0) /* backend address is on this node: sockmap candidate */
@@ -63,6 +67,8 @@ enum sm_event_kind {
 	SM_EV_CONNECT = 1,     /* TCP/UDP connect() balanced to a backend */
 	SM_EV_NO_BACKEND = 2,  /* connect()/sendmsg() to a service without usable backend: refused */
 	SM_EV_UDP_SEND = 3,    /* unconnected UDP sendmsg() balanced to a backend */
+	SM_EV_L7_REDIRECT = 4, /* connect() to an L7 service redirected to the proxy (backend = the proxy) */
+	SM_EV_L7_REFUSED = 5,  /* connect() to a fail-closed L7 service refused: the proxy is down */
 };
 
 /* sm_global counter indices (PERCPU_ARRAY of __u64) */
@@ -78,6 +84,11 @@ enum sm_global_counter {
 	SM_G_REDIRECT_MISS,      /* sk_msg: peer not in the map, normal path */
 	SM_G_TCP_ONLY,           /* sk_msg: socket pinned to the TCP path (ordering guard) */
 	SM_G_EVENT_DROP,         /* ring buffer full */
+	SM_G_L7_REDIRECT,        /* connect() redirected to the L7 proxy */
+	SM_G_L7_FAIL_OPEN,       /* proxy down, fail-open service: balanced at L4 instead */
+	SM_G_L7_FAIL_CLOSED,     /* proxy down, fail-closed service: connect() refused */
+	SM_G_L7_FROM_PROXY,      /* connect() from the proxy's own cgroup: balanced at L4, never looped back */
+	SM_G_L7_HANDOFF,         /* sock_ops moved an original destination to the key the proxy looks up */
 	SM_G__MAX,
 };
 
@@ -98,6 +109,16 @@ enum sm_global_counter {
  *  sm_global        PERCPU_ARRAY __u32 index (enum sm_global_counter) -> __u64
  *  sm_config        ARRAY[1]     __u32 0               -> struct sm_config
  *  sm_events        RINGBUF      struct sm_flow_event records
+ *  sm_proxy         HASH[1]      __u32 0               -> struct sm_proxy. Its own map: the heartbeat written
+ *                                 every second never rewrites other config. A HASH without preallocation, not an
+ *                                 ARRAY: an update swaps in a whole new element, so connect() never reads a
+ *                                 half-written heartbeat (an ARRAY value is copied in place under the reader).
+ *  sm_l7_pending    LRU_HASH     __u64 socket cookie   -> struct sm_orig_dst, written by connect4/6 when it
+ *                                 redirects to the proxy (the local port is not chosen yet then). LRU: a connect
+ *                                 that never establishes leaves its entry to be evicted.
+ *  sm_l7_peers      LRU_HASH     struct sm_l7_key      -> struct sm_orig_dst, moved there by sock_ops when the
+ *                                 client is established (before the proxy's accept() returns); the proxy takes
+ *                                 it out with one BPF_MAP_LOOKUP_AND_DELETE_ELEM per accepted connection.
  */
 
 struct sm_addr {
@@ -207,6 +228,39 @@ struct sm_flow_event {
 	__u8 kind;           /* enum sm_event_kind */
 	__u8 proto;          /* enum sm_proto */
 	__u16 pad;
+};
+
+/* The agent's L7 proxy. Addresses as everywhere (v4 mapped); an all-zero address = no listener of that family. */
+struct sm_proxy {
+	__u32 v4[4];          /* IPv4 listener (::ffff:a.b.c.d) for AF_INET sockets and v4-mapped VIPs */
+	__u32 v6[4];          /* IPv6 listener for AF_INET6 sockets to IPv6 VIPs (zero: v4-mapped v4 is used) */
+	__u16 port;           /* network order */
+	__u16 pad;
+	__u32 pad2;
+	__u64 netns_cookie;   /* the proxy's netns: a loopback proxy is only reachable from there */
+	__u64 cgroup_id;      /* connect() from this cgroup is never redirected (the proxy's upstreams, probes) */
+	__u64 heartbeat_ns;   /* bpf_ktime_get_ns() clock (CLOCK_MONOTONIC) of the last heartbeat; 0 = down */
+	__u64 timeout_ns;     /* alive while now - heartbeat_ns <= timeout_ns */
+};
+
+/* Where a redirected connection was going, and who asked. */
+struct sm_orig_dst {
+	__u32 vip[4];
+	__u16 vport;          /* network order */
+	__u16 pad;
+	__u32 service_id;
+	__u64 cgroup_id;      /* bpf_get_current_cgroup_id() of the connecting process */
+};
+
+/* The client end of a connection to the proxy, as the proxy sees its peer. The netns cookie is the client's when
+ * the address is loopback (only a client in the proxy's netns reaches a loopback proxy, but other namespaces hold
+ * the same loopback tuples), else 0 (node and pod addresses are unique on the node; the proxy cannot know the
+ * client's netns). */
+struct sm_l7_key {
+	__u64 netns_cookie;
+	__u32 addr[4];        /* client address */
+	__u32 port;           /* client port, host order */
+	__u32 pad;
 };
 
 #endif /* SOCKMESH_ABI_H */

@@ -30,6 +30,11 @@ static __always_inline int sm_addr_is_v4_mapped(const __u32 *a)
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
 }
 
+static __always_inline int sm_addr_is_zero(const __u32 *a)
+{
+	return (a[0] | a[1] | a[2] | a[3]) == 0;
+}
+
 /* 127.0.0.0/8 (plain or mapped) or ::1 */
 static __always_inline int sm_addr_is_loopback(const __u32 *a)
 {

@@ -31,9 +31,10 @@ static __always_inline int sm_event_sampled(void)
 	return every == 1 || bpf_get_prandom_u32() % every == 0;
 }
 
-/* be may be NULL (SM_EV_NO_BACKEND): the backend fields stay zero. */
-static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f,
-					  const struct sm_backend *be, __u32 backend_id)
+/* baddr may be NULL (SM_EV_NO_BACKEND, SM_EV_L7_REFUSED): the backend fields stay zero. For SM_EV_L7_REDIRECT
+ * the "backend" is the proxy. */
+static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f, const __u32 *baddr, __u16 bport,
+					  __u32 backend_id)
 {
 	struct sm_flow_event *ev;
 
@@ -49,9 +50,9 @@ static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f,
 	ev->netns_cookie = f->netns_cookie;
 	sm_addr_copy(ev->vip, f->vip);
 	ev->vport = f->vport;
-	if (be) {
-		sm_addr_copy(ev->backend_addr, be->addr);
-		ev->backend_port = be->port;
+	if (baddr) {
+		sm_addr_copy(ev->backend_addr, baddr);
+		ev->backend_port = bport;
 	} else {
 		ev->backend_addr[0] = 0;
 		ev->backend_addr[1] = 0;

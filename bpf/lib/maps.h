@@ -127,6 +127,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_events SEC(".maps");
 
+/* The proxy's address, cgroup and heartbeat (see sockmesh_abi.h for why a one-entry HASH). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct sm_proxy);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_proxy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct sm_orig_dst);
+	__uint(max_entries, SM_MAX_L7_PENDING);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_l7_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sm_l7_key);
+	__type(value, struct sm_orig_dst);
+	__uint(max_entries, SM_MAX_L7_PEERS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_l7_peers SEC(".maps");
+
 static __always_inline const struct sm_config *sm_config_get(void)
 {
 	__u32 zero = 0;

@@ -19,14 +19,14 @@ static __always_inline void sm_revnat_key_init(struct sm_revnat_key *k, __u64 co
 	k->pad2 = 0;
 }
 
-static __always_inline void sm_revnat_record(__u64 cookie, const struct sm_backend *be,
-					     __u32 backend_id, const struct sm_service_key *vip,
-					     __u32 service_id)
+/* The socket cookie was sent to addr:port (a backend, or the L7 proxy with backend_id 0) in place of vip. */
+static __always_inline void sm_revnat_record(__u64 cookie, const __u32 *addr, __u16 port, __u32 backend_id,
+					     const struct sm_service_key *vip, __u32 service_id)
 {
 	struct sm_revnat_key k = {};
 	struct sm_revnat v = {};
 
-	sm_revnat_key_init(&k, cookie, be->addr, be->port);
+	sm_revnat_key_init(&k, cookie, addr, port);
 	sm_addr_copy(v.vip, vip->addr);
 	v.vport = vip->port;
 	v.service_id = service_id;

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
+import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, PROXY_HEARTBEAT_OFFSET, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
 import { ROOT } from '../lib/kernel.js';
 
 const built = existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'));
@@ -31,6 +31,11 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_ALGO_WEIGHTED, ALGO.weighted);
   t.equal(k.SM_ALGO_MAGLEV, ALGO.maglev);
   t.equal(k.SM_SVC_F_AFFINITY, SVC_F_AFFINITY);
+  t.equal(k.SM_SVC_F_L7, SVC_F_L7);
+  t.equal(k.SM_SVC_F_FAIL_OPEN, SVC_F_FAIL_OPEN);
+  t.equal(EVENT_KIND[k.SM_EV_L7_REDIRECT!], 'l7-redirect');
+  t.equal(EVENT_KIND[k.SM_EV_L7_REFUSED!], 'l7-refused');
+  t.equal(PROXY_HEARTBEAT_OFFSET, native().abiLayout().sm_proxy!.offsets.heartbeat_ns, 'the heartbeat is written at its offset');
   t.equal(k.SM_BE_F_LOCAL, BE_F_LOCAL);
   t.equal(k.SM_SOCK_F_ACTIVE, SOCK_F_ACTIVE);
   t.equal(k.SM_SOCK_F_TCP_ONLY, SOCK_F_TCP_ONLY);
@@ -38,6 +43,8 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_G__MAX, GLOBAL_COUNTERS.length, 'one name per global counter');
   t.equal(k.SM_G_REDIRECT, GLOBAL_COUNTERS.indexOf('redirect'));
   t.equal(k.SM_G_EVENT_DROP, GLOBAL_COUNTERS.indexOf('event_drop'));
+  t.equal(k.SM_G_L7_REDIRECT, GLOBAL_COUNTERS.indexOf('l7_redirect'));
+  t.equal(k.SM_G_L7_HANDOFF, GLOBAL_COUNTERS.indexOf('l7_handoff'));
 });
 
 t.test('address codec: v4 as v4-mapped, v6 compressed, round trips', async (t) => {

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The L7 redirect at connect(): a TCP connect() to a service marked SM_SVC_F_L7 goes to the agent's proxy
+ * instead of a backend, and the original VIP:port (with the caller's cgroup) is kept for the proxy to find.
+ *
+ *  - from the proxy's own cgroup: never to the proxy (its upstream connections and the agent's health probes
+ *    would loop back into it); balanced at L4 like any service.
+ *  - proxy alive (heartbeat younger than its timeout, reachable from the caller's netns): redirected.
+ *  - proxy down: SM_SVC_F_FAIL_OPEN balances at L4 (skipping the L7 rules), otherwise connect() fails at once
+ *    with EPERM, as for a service without backends.
+ */
+#ifndef SM_L7_H
+#define SM_L7_H
+
+#include "maps.h"
+#include "addr.h"
+#include "counters.h"
+#include "events.h"
+#include "revnat.h"
+
+enum sm_l7_verdict {
+	SM_L7_BALANCE = 0,  /* go on with L4 balancing */
+	SM_L7_DONE = 1,     /* redirected to the proxy: allow the call as rewritten */
+	SM_L7_REFUSE = 2,   /* fail closed: refuse the call */
+};
+
+static __always_inline struct sm_proxy *sm_proxy_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sm_proxy, &zero);
+}
+
+/* The proxy listener a socket of this family can reach for this VIP, or NULL. A v4 socket (or a dual-stack socket
+ * asking for a v4-mapped VIP) goes to the v4 listener; a v6 VIP to the v6 listener, else to the v4 one mapped. */
+static __always_inline const __u32 *sm_proxy_dest(const struct sm_proxy *px, int v6, const __u32 *vip)
+{
+	if (!v6 || sm_addr_is_v4_mapped(vip))
+		return sm_addr_is_zero(px->v4) ? NULL : px->v4;
+	if (!sm_addr_is_zero(px->v6))
+		return px->v6;
+	return sm_addr_is_zero(px->v4) ? NULL : px->v4;
+}
+
+static __always_inline int sm_proxy_alive(const struct sm_proxy *px)
+{
+	__u64 hb = px->heartbeat_ns;
+	__u64 now;
+
+	if (hb == 0)
+		return 0;
+	now = bpf_ktime_get_ns();
+	/* now < hb only if userland wrote another clock: treat as dead rather than alive forever */
+	return now >= hb && now - hb <= px->timeout_ns;
+}
+
+static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, const struct sm_service_key *key,
+					 const struct sm_service *svc, const struct sm_flow *flow)
+{
+	struct sm_orig_dst orig = {};
+	struct sm_counters *c;
+	const __u32 *dst = NULL;
+	struct sm_proxy *px;
+	__u64 cgroup_id;
+	__u16 port;
+
+	px = sm_proxy_get();
+	cgroup_id = bpf_get_current_cgroup_id();
+	if (px && px->cgroup_id == cgroup_id) {
+		sm_global_inc(SM_G_L7_FROM_PROXY);
+		return SM_L7_BALANCE;
+	}
+	if (px && sm_proxy_alive(px)) {
+		dst = sm_proxy_dest(px, v6, key->addr);
+		/* A loopback listener exists only in the proxy's netns: from another one the call would reach
+		 * whatever listens on that port there, or nothing. */
+		if (dst && sm_addr_is_loopback(dst) && px->netns_cookie != 0 && px->netns_cookie != flow->netns_cookie)
+			dst = NULL;
+	}
+	if (!dst) {
+		if (svc->flags & SM_SVC_F_FAIL_OPEN) {
+			sm_global_inc(SM_G_L7_FAIL_OPEN);
+			return SM_L7_BALANCE;
+		}
+		sm_global_inc(SM_G_L7_FAIL_CLOSED);
+		c = sm_svc_stats_get(flow->service_id);
+		if (c)
+			c->no_backend++;
+		sm_event_emit(SM_EV_L7_REFUSED, flow, NULL, 0, 0);
+		return SM_L7_REFUSE;
+	}
+
+	port = px->port;
+	sm_addr_copy(orig.vip, key->addr);
+	orig.vport = key->port;
+	orig.service_id = svc->service_id;
+	orig.cgroup_id = cgroup_id;
+	/* Keyed by cookie until sock_ops knows the local port (connect() has not chosen it yet). */
+	bpf_map_update_elem(&sm_l7_pending, &flow->cookie, &orig, BPF_ANY);
+	if (v6) {
+		ctx->user_ip6[0] = dst[0];
+		ctx->user_ip6[1] = dst[1];
+		ctx->user_ip6[2] = dst[2];
+		ctx->user_ip6[3] = dst[3];
+	} else {
+		ctx->user_ip4 = dst[3];
+	}
+	ctx->user_port = port;
+	sm_revnat_record(flow->cookie, dst, port, 0, key, svc->service_id);
+
+	sm_global_inc(SM_G_L7_REDIRECT);
+	c = sm_svc_stats_get(flow->service_id);
+	if (c)
+		c->connections++;
+	sm_event_emit(SM_EV_L7_REDIRECT, flow, dst, port, 0);
+	return SM_L7_DONE;
+}
+
+#endif /* SM_L7_H */
