@@ -78,8 +78,9 @@ export type Outcome =
   /** no connection could be had in time (pending overflow counted by the policy) */
   | { kind: 'overflow'; limit: string }
   /**
-   * not the upstream's doing: the client went away, or the route timeout ended the exchange, before the
-   * response head. Never retried (retryDelay is not asked); not an outlier signal.
+   * not the upstream's doing: the client went away before the response head. Never retried (retryDelay
+   * is not asked); not an outlier signal. (The route timeout firing before the head finishes the attempt
+   * with 'timeout', and is not retried either.)
    */
   | { kind: 'cancelled' };
 
