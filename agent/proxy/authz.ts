@@ -1,0 +1,70 @@
+// L7 authorization of one service, evaluated before routing. The order (as Istio's
+// AuthorizationPolicy, and written the same way in the README):
+//   1. deny rules: if any deny rule matches, the request is denied (403, x-sockmesh-denied: <rule>);
+//   2. allow rules: if any allow rule matches, the request is allowed;
+//   3. otherwise the service's defaultAction: allow, or deny (403, x-sockmesh-denied: default-deny).
+// A rule matches when every condition it states holds: `from` (the source workload, the client's
+// cgroup mapped by the config's workloads; a client in no workload matches no `from`), `methods`,
+// `paths` (any of them, on the normalized path without query; see router.matchPath) and `headers`
+// (all of them). A rule with no conditions matches every request.
+import type { Authz, AuthzRule } from '../model/l7.js';
+import type { RequestHead } from './types.js';
+import { compileHeaderMatches, compileStringMatch, methodSet, type HeadersMatcher, type StringMatcher } from './router.js';
+
+export const DEFAULT_DENY = 'default-deny';
+
+interface CompiledRule {
+  name: string;
+  from?: ReadonlySet<string>;
+  methods?: ReadonlySet<string>;
+  paths?: StringMatcher[];
+  headers?: HeadersMatcher;
+}
+
+function compileRule(r: AuthzRule, where: string): CompiledRule {
+  return {
+    name: r.name,
+    from: r.from && r.from.length > 0 ? new Set(r.from) : undefined,
+    methods: methodSet(r.methods),
+    paths: r.paths && r.paths.length > 0 ? r.paths.map((p, i) => compileStringMatch(p, `${where}.paths[${i}]`)) : undefined,
+    headers: compileHeaderMatches(r.headers, `${where}.headers`),
+  };
+}
+
+function ruleMatches(r: CompiledRule, workload: string | undefined, path: string, head: RequestHead): boolean {
+  if (r.from && (workload === undefined || !r.from.has(workload))) return false;
+  if (r.methods && !r.methods.has(head.method)) return false;
+  if (r.paths) {
+    let any = false;
+    for (const p of r.paths) if (p(path)) { any = true; break; }
+    if (!any) return false;
+  }
+  if (r.headers && !r.headers(head.headers)) return false;
+  return true;
+}
+
+export class Authorizer {
+  private readonly deny: CompiledRule[];
+  private readonly allow: CompiledRule[];
+  private readonly defaultDeny: boolean;
+  /** whether any rule looks at the source (else the workload lookup is skipped) */
+  readonly needsWorkload: boolean;
+
+  constructor(a: Authz, service: string) {
+    const rules = a.rules.map((r, i) => ({ action: r.action, rule: compileRule(r, `service ${service}: authz.rules[${i}] (${r.name})`) }));
+    this.deny = rules.filter((r) => r.action === 'deny').map((r) => r.rule);
+    this.allow = rules.filter((r) => r.action === 'allow').map((r) => r.rule);
+    this.defaultDeny = a.defaultAction === 'deny';
+    this.needsWorkload = rules.some((r) => r.rule.from !== undefined);
+  }
+
+  /**
+   * undefined = allowed; otherwise the name of the deny rule that matched, or 'default-deny'.
+   * workload: the source's workload name (undefined = none); path: router.matchPath(head.path).
+   */
+  check(workload: string | undefined, path: string, head: RequestHead): string | undefined {
+    for (const r of this.deny) if (ruleMatches(r, workload, path, head)) return r.name;
+    for (const r of this.allow) if (ruleMatches(r, workload, path, head)) return undefined;
+    return this.defaultDeny ? DEFAULT_DENY : undefined;
+  }
+}
