@@ -9,13 +9,19 @@ import { native } from './datapath/native.js';
 import { cgroup2Root, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
 import { FileSource } from './sources/file.js';
 import { XdsSource } from './sources/xds/source.js';
-import { AdminServer } from './admin/server.js';
-import type { StatusReport } from './admin/protocol.js';
+import { AdminError, AdminServer } from './admin/server.js';
+import type { BackendsReport, ProxyReports, RoutesReport, StatusReport } from './admin/protocol.js';
+import { backendsReport, routesReport } from './admin/backends.js';
+import { BackendStates } from './health/states.js';
+import { HealthChecker } from './health/checker.js';
+import { effectiveModel, type Panic } from './health/effective.js';
 import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
 import { nodeFacts, type NodeFacts } from './observe/node.js';
 import type { Logger } from './observe/log.js';
 import { collectGarbage } from './observe/memory.js';
 
+/** Backend state changes (probe verdicts, ejections) within this window are applied to the kernel together. */
+const STATES_COALESCE_MS = 20;
 /** Kernel entries written or removed by one change above which the heap is compacted afterwards. */
 const LARGE_CHANGE = 10_000;
 import type { RingBufferSubscription } from './datapath/native.js';
@@ -83,6 +89,16 @@ export class Agent {
   private lastReconcile: { at: string; ms: number } | null = null;
   private model?: Model;
   private needFullApply = false;
+  /** probe verdicts and outlier ejections: backends out of service (the kernel gets the effective model) */
+  readonly states = new BackendStates();
+  private checker?: HealthChecker;
+  /** services whose backend states changed, re-applied together after STATES_COALESCE_MS */
+  private statesPending = new Set<string>();
+  private statesTimer?: NodeJS.Timeout;
+  /** frontends in panic (every usable backend out, all kept), by service */
+  private panics = new Map<string, Panic[]>();
+  /** the proxy policy's live reports for meshctl backends/routes (set by whoever runs the proxy) */
+  proxyReports: ProxyReports = {};
 
   constructor(readonly opts: AgentOptions, private readonly log: Logger) {}
 
@@ -127,6 +143,8 @@ export class Agent {
     const adopted = this.reconciler.adopt();
     if (adopted.frontends || adopted.backends) log.info(adopted, 'adopted the datapath state a previous agent left pinned');
     this.reconciler.syncLocalAddresses();
+    this.checker = new HealthChecker(this.states, { log: log.child({ component: 'health' }) });
+    this.states.onChange((service) => this.statesChanged(service));
     if (model) this.applyModel(model, 'start');
     // Programs go in after the maps hold the config, so the first connect() is already balanced.
     this.programs = dp.attach();
@@ -146,6 +164,8 @@ export class Agent {
       '/v1/stats': () => this.reader!.stats(this.names()),
       '/v1/sockets': () => this.reader!.sockets(),
       '/v1/events': () => this.events.recent(),
+      '/v1/backends': (q) => this.backends(q.get('service') ?? undefined),
+      '/v1/routes': (q) => this.routes(q.get('service') ?? undefined),
     }, log);
     await this.admin.start();
     log.info({
@@ -214,27 +234,13 @@ export class Agent {
     const scope = this.needFullApply ? undefined : changed;
     let res: ReconcileResult;
     try {
-      res = r.apply(model, scope);
+      res = r.apply(this.effective(model, scope), scope);
     } catch (e) {
       const msg = (e as Error).message;
       this.lastConfigError = msg;
       this.log.error({ why, error: msg }, 'applying the config to the kernel failed');
       if (why === 'start') throw e;
-      // A batch may have failed half way: what the reconciler believes and what the kernel holds differ now. Read
-      // the kernel back (which also drops tables nothing points at) and put the last good model back in full.
-      this.needFullApply = true;
-      try {
-        const fresh = this.newReconciler();
-        fresh.adopt();
-        fresh.syncLocalAddresses();
-        this.reconciler = fresh;
-        if (this.model) {
-          fresh.apply(this.model);
-          this.needFullApply = false;
-        }
-      } catch (again) {
-        this.log.error({ error: (again as Error).message }, 'restoring the last good config failed too');
-      }
+      this.restoreLastGood();
       return `applying to the kernel failed: ${msg}`;
     }
     // Only now is the model the one in force: nothing below may turn an applied update into a rejected one.
@@ -244,6 +250,8 @@ export class Agent {
     this.lastConfigError = null;
     this.lastReconcile = { at: new Date().toISOString(), ms: Math.round(res.ms * 1000) / 1000 };
     this.log.info({ why, version: this.configVersion, services: model.services.length, changed: scope?.size, ...res }, 'config applied');
+    // Probes follow the model (new backends start, removed ones stop and are forgotten by BackendStates).
+    this.checker?.update(model, scope);
     try {
       this.writeState();
     } catch (e) {
@@ -254,6 +262,97 @@ export class Agent {
       setImmediate(() => { collectGarbage(); setTimeout(() => collectGarbage(), 1000).unref(); });
     }
     return null;
+  }
+
+  /**
+   * The model as the kernel gets it: backends that are out (failed probe, ejection) at weight 0, except where a
+   * frontend would have none left (panic: all kept, reported). Every apply goes through here, so a config reload
+   * never brings an out backend back.
+   */
+  private effective(model: Model, scope?: ReadonlySet<string>): Model {
+    const eff = effectiveModel(model, this.states, scope);
+    const now = new Map<string, Panic[]>();
+    for (const p of eff.panics) {
+      const list = now.get(p.service);
+      if (list) list.push(p); else now.set(p.service, [p]);
+    }
+    for (const name of scope ?? new Set([...this.panics.keys(), ...now.keys()])) {
+      const was = this.panics.get(name)?.length ?? 0;
+      const is = now.get(name);
+      if (is && is.length > was) {
+        this.log.warn({ service: name, frontends: is.map((p) => `${p.vip}:${p.port}/${p.protocol}`), backends: is[0]!.backends },
+          'every backend of a frontend is out (health checks or ejections): panic, all are kept in the kernel slots');
+      } else if (!is && was) {
+        this.log.info({ service: name }, 'out of panic: some backends are healthy again');
+      }
+      if (is) this.panics.set(name, is); else this.panics.delete(name);
+    }
+    return eff.model;
+  }
+
+  /**
+   * After a failed apply: a batch may have failed half way, so what the reconciler believes and what the kernel holds
+   * differ. Read the kernel back (which also drops tables nothing points at) and put the last good model back in full.
+   */
+  private restoreLastGood(): void {
+    this.needFullApply = true;
+    try {
+      const fresh = this.newReconciler();
+      fresh.adopt();
+      fresh.syncLocalAddresses();
+      this.reconciler = fresh;
+      if (this.model) {
+        fresh.apply(this.effective(this.model));
+        this.needFullApply = false;
+      }
+    } catch (again) {
+      this.log.error({ error: (again as Error).message }, 'restoring the last good config failed too');
+    }
+  }
+
+  /** A backend of `service` went out or came back: re-apply that service (bursts coalesced). */
+  private statesChanged(service: string): void {
+    this.statesPending.add(service);
+    if (this.statesTimer) return;
+    this.statesTimer = setTimeout(() => {
+      this.statesTimer = undefined;
+      const changed = this.statesPending;
+      this.statesPending = new Set();
+      this.applyStates(changed);
+    }, STATES_COALESCE_MS);
+  }
+
+  private applyStates(changed: Set<string>): void {
+    const r = this.reconciler;
+    const model = this.model;
+    if (!r || !model) return;
+    const live = new Set(model.services.map((s) => s.name));
+    const scope = new Set([...changed].filter((n) => live.has(n)));
+    if (scope.size === 0) return;
+    const full = this.needFullApply;
+    try {
+      const res = r.apply(this.effective(model, full ? undefined : scope), full ? undefined : scope);
+      this.needFullApply = false;
+      const out = [...scope].map((s) => ({ service: s, out: [...this.states.outOf(s)] }));
+      this.log.info({ services: out, ...res }, 'backend states applied');
+    } catch (e) {
+      // The last good model is put back in full, with the current states (so this change is applied by it too).
+      this.log.error({ error: (e as Error).message, services: [...scope] }, 'applying backend states to the kernel failed');
+      this.restoreLastGood();
+    }
+  }
+
+  backends(service?: string): BackendsReport {
+    if (service !== undefined && !this.model?.services.some((s) => s.name === service)) {
+      throw new AdminError(404, `no service named '${service}'`);
+    }
+    return backendsReport({ model: this.model, states: this.states, checker: this.checker, proxy: this.proxyReports }, service);
+  }
+
+  routes(service?: string): RoutesReport {
+    const svc = service === undefined ? undefined : this.model?.services.find((s) => s.name === service);
+    if (service !== undefined && !svc) throw new AdminError(404, `no service named '${service}'`);
+    return routesReport(this.model, this.proxyReports, service);
   }
 
   /** Names and settings for meshctl to use while the agent is down (the kernel maps only hold ids). */
@@ -299,6 +398,9 @@ export class Agent {
   async stop(): Promise<void> {
     this.source?.stop();
     await this.xds?.stop();
+    this.checker?.close();
+    clearTimeout(this.statesTimer);
+    this.states.close();
     this.ringbuf?.close();
     await this.admin?.stop();
     this.datapath?.close();

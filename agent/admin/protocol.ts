@@ -4,9 +4,13 @@
 //   GET /v1/stats     StatsReport
 //   GET /v1/sockets   SocketReport[]
 //   GET /v1/events    FlowEvent[] (most recent sampled flow events)
+//   GET /v1/backends  BackendsReport (?service=NAME for one): in or out of service, why and since when
+//   GET /v1/routes    RoutesReport (?service=NAME for one): the L7 routes with the proxy's live numbers
 // Errors: a non-2xx status with { error: string }.
 import type { FrontendReport, SocketReport, StatsReport } from '../datapath/inspect.js';
 import type { XdsStatus } from '../sources/xds/source.js';
+import type { HealthCheck, WeightedGroup } from '../model/l7.js';
+import type { ProbeReport } from '../health/checker.js';
 export type { FrontendReport, SocketReport, StatsReport };
 
 export const DEFAULT_RUN_DIR = '/run/sockmesh';
@@ -34,4 +38,73 @@ export interface FlowEvent {
 export function runDirFor(bpffs: string, base = DEFAULT_RUN_DIR): string {
   const name = bpffs.replace(/\/+$/, '').split('/').pop() || 'sockmesh';
   return `${base}/${name}`;
+}
+
+/** Numbers the proxy policy reports for a backend or a route (active, pending, requests, ...): passed through as given. */
+export type LiveNumbers = Record<string, unknown>;
+
+/**
+ * What the proxy policy may provide to the admin API (ProxyPolicy.backendsReport() / routesReport()). Entries are
+ * matched to the model by service and backend key ('127.0.0.1:8080', '[::1]:8080') or route name; every other field
+ * is shown as it is (meshctl prints active, pending, requests, retries, ... when present).
+ */
+export interface ProxyReports {
+  backends?: () => Iterable<{ service: string; backend: string } & LiveNumbers>;
+  routes?: () => Iterable<{ service: string; route: string } & LiveNumbers>;
+}
+
+export interface BackendHealthReport {
+  /** '127.0.0.1:8080', '[::1]:8080' */
+  backend: string;
+  address: string;
+  port: number;
+  group: string;
+  /** as configured */
+  weight: number;
+  /** what the kernel's selection uses: 0 while out (unless panic) */
+  effectiveWeight: number;
+  /** in: takes new connections; out: failed its health check or ejected; panic: out, but every backend of the
+   *  frontend is, so all are kept; drained: configured with weight 0 */
+  state: 'in' | 'out' | 'panic' | 'drained';
+  /** why it is out: 'health check: connect ECONNREFUSED', 'ejected: 5 consecutive 5xx' */
+  reasons: string[];
+  /** ISO time it went out (the earlier of probe failure and ejection) */
+  since: string | null;
+  /** the health checker's view; null when the service has no health check */
+  probe: (ProbeReport & { failingSince: string | null }) | null;
+  ejection: { since: string; until: string; count: number; reason: string } | null;
+  /** times ejected so far */
+  ejections: number;
+  /** the proxy's live numbers for it (L7 services, when the proxy provides them) */
+  proxy: LiveNumbers | null;
+}
+
+export interface FrontendBackendsReport {
+  vip: string; port: number; protocol: string;
+  /** every usable backend is out: all kept in the kernel's slots */
+  panic: boolean;
+  backends: BackendHealthReport[];
+}
+
+export interface BackendsReport {
+  services: { service: string; l7: boolean; healthCheck: HealthCheck | null; frontends: FrontendBackendsReport[] }[];
+  /** set when the proxy's report failed (the rest is still given) */
+  proxyError: string | null;
+}
+
+export interface RouteReport {
+  service: string;
+  route: string;
+  /** 'GET,POST /api/* x-canary=1' */
+  match: string;
+  split: WeightedGroup[];
+  timeoutMs: number;
+  retries: number;
+  perTryTimeoutMs: number;
+  live: LiveNumbers | null;
+}
+
+export interface RoutesReport {
+  routes: RouteReport[];
+  proxyError: string | null;
 }

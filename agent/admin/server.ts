@@ -4,7 +4,16 @@ import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from '../observe/log.js';
 
-export type Handler = () => unknown | Promise<unknown>;
+/** A GET handler; `query` holds the URL's query parameters (?service=web). */
+export type Handler = (query: URLSearchParams) => unknown | Promise<unknown>;
+
+/** An answer other than 200 on purpose (404 for an unknown service): status and message go to the client as they are. */
+export class AdminError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+    this.name = 'AdminError';
+  }
+}
 
 export class AdminServer {
   private server?: Server;
@@ -16,7 +25,8 @@ export class AdminServer {
     // A socket file left by a killed agent would make listen() fail with EADDRINUSE.
     if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
     this.server = createServer(async (req, res) => {
-      const path = (req.url ?? '/').split('?')[0]!;
+      const url = new URL(req.url ?? '/', 'http://admin');
+      const path = url.pathname;
       const handler = req.method === 'GET' ? this.routes[path] : undefined;
       const send = (status: number, body: unknown): void => {
         const text = JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
@@ -25,8 +35,9 @@ export class AdminServer {
       };
       if (!handler) return send(404, { error: `no such endpoint: ${req.method} ${path}` });
       try {
-        send(200, await handler());
+        send(200, await handler(url.searchParams));
       } catch (e) {
+        if (e instanceof AdminError) return send(e.status, { error: e.message });
         this.log.warn({ err: e, path }, 'admin request failed');
         send(500, { error: (e as Error).message });
       }

@@ -1,0 +1,118 @@
+// The reports behind GET /v1/backends and GET /v1/routes: the model, what BackendStates and the health checker say
+// about each backend, and the proxy's live numbers when the proxy policy provides them (an optional provider, so
+// the admin API works the same with or without the L7 proxy running).
+import type { Model, Route, StringMatch } from '../model/types.js';
+import type { BackendStates, BackendState } from '../health/states.js';
+import type { HealthChecker } from '../health/checker.js';
+import { backendKey, effectiveModel } from '../health/effective.js';
+import type {
+  BackendHealthReport, BackendsReport, FrontendBackendsReport, LiveNumbers, ProxyReports, RouteReport, RoutesReport,
+} from './protocol.js';
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+const id = (service: string, name: string): string => `${service}\0${name}`;
+
+/** The proxy's live entries by service and name (backend key or route name); a failing provider is reported, not fatal. */
+function liveIndex<T extends { service: string }>(provider: (() => Iterable<T>) | undefined, nameOf: (x: T) => string):
+  { index: Map<string, T>; error: string | null } {
+  const index = new Map<string, T>();
+  if (!provider) return { index, error: null };
+  try {
+    for (const x of provider()) index.set(id(x.service, nameOf(x)), x);
+    return { index, error: null };
+  } catch (e) {
+    return { index, error: `the proxy's report failed: ${(e as Error).message}` };
+  }
+}
+
+/** Live numbers without the identifying fields (they are already in the row). */
+function numbers(x: Record<string, unknown> | undefined): LiveNumbers | null {
+  if (!x) return null;
+  const out: LiveNumbers = {};
+  for (const [k, v] of Object.entries(x)) if (k !== 'service' && k !== 'backend' && k !== 'route') out[k] = v;
+  return out;
+}
+
+export interface BackendsSources {
+  model: Model | undefined;
+  states: BackendStates;
+  checker: HealthChecker | undefined;
+  proxy: ProxyReports;
+}
+
+export function backendsReport(src: BackendsSources, only?: string): BackendsReport {
+  const model = src.model ?? { services: [] };
+  const scope = only !== undefined ? new Set([only]) : undefined;
+  const eff = effectiveModel(model, src.states, scope);
+  const panicked = new Set(eff.panics.map((p) => `${p.service}|${p.vip}|${p.port}|${p.protocol}`));
+  const out = new Map<string, BackendState>();
+  for (const s of src.states.list()) out.set(id(s.service, s.backend), s);
+  const live = liveIndex(src.proxy.backends, (x) => x.backend);
+  const services = eff.model.services.filter((s) => only === undefined || s.name === only).map((svc) => {
+    const desired = model.services.find((s) => s.name === svc.name)!;
+    const frontends: FrontendBackendsReport[] = svc.frontends.map((fe, fi) => {
+      const panic = panicked.has(`${svc.name}|${fe.vip}|${fe.port}|${fe.protocol}`);
+      const backends: BackendHealthReport[] = fe.backends.map((b, bi) => {
+        const key = backendKey(b.address, b.port);
+        const weight = desired.frontends[fi]!.backends[bi]!.weight;
+        const st = out.get(id(svc.name, key));
+        const probe = src.checker?.report(svc.name, key) ?? null;
+        const isOut = st !== undefined && (st.probe !== undefined || st.ejection !== undefined);
+        const reasons: string[] = [];
+        if (st?.probe) reasons.push(`health check: ${st.probe.reason}`);
+        if (st?.ejection) reasons.push(`ejected: ${st.ejection.reason}`);
+        const since = [st?.probe?.since, st?.ejection?.since].filter((x): x is number => x !== undefined);
+        return {
+          backend: key, address: b.address, port: b.port, group: b.group ?? 'default',
+          weight, effectiveWeight: b.weight,
+          state: weight === 0 ? 'drained' : !isOut ? 'in' : panic ? 'panic' : 'out',
+          reasons,
+          since: since.length ? iso(Math.min(...since)) : null,
+          probe: probe && {
+            ...probe,
+            failingSince: st?.probe ? iso(st.probe.since) : null,
+          },
+          ejection: st?.ejection ? { since: iso(st.ejection.since), until: iso(st.ejection.until), count: st.ejection.count, reason: st.ejection.reason } : null,
+          ejections: src.states.ejections(svc.name, key),
+          proxy: numbers(live.index.get(id(svc.name, key))),
+        };
+      });
+      return { vip: fe.vip, port: fe.port, protocol: fe.protocol, panic, backends };
+    });
+    return { service: svc.name, l7: svc.http !== undefined, healthCheck: svc.healthCheck ?? null, frontends };
+  });
+  return { services, proxyError: live.error };
+}
+
+function matchText(m: StringMatch): string {
+  if ('exact' in m) return m.exact;
+  if ('prefix' in m) return `${m.prefix}*`;
+  return `~${m.regex}`;
+}
+
+/** A route's match as one line: 'GET,POST /api/* x-canary=1'. */
+export function routeMatchText(r: Route): string {
+  const parts: string[] = [];
+  if (r.match.methods?.length) parts.push(r.match.methods.join(','));
+  parts.push(r.match.path ? matchText(r.match.path) : '*');
+  for (const h of r.match.headers ?? []) {
+    parts.push(`${h.invert ? '!' : ''}${h.name}${h.value ? `=${matchText(h.value)}` : ''}`);
+  }
+  return parts.join(' ');
+}
+
+export function routesReport(model: Model | undefined, proxy: ProxyReports, only?: string): RoutesReport {
+  const live = liveIndex(proxy.routes, (x) => x.route);
+  const routes: RouteReport[] = [];
+  for (const svc of model?.services ?? []) {
+    if (!svc.http || (only !== undefined && svc.name !== only)) continue;
+    for (const r of svc.http.routes) {
+      routes.push({
+        service: svc.name, route: r.name, match: routeMatchText(r), split: r.split.map((s) => ({ ...s })),
+        timeoutMs: r.timeoutMs, retries: r.retry?.attempts ?? 0, perTryTimeoutMs: r.retry?.perTryTimeoutMs ?? 0,
+        live: numbers(live.index.get(id(svc.name, r.name))),
+      });
+    }
+  }
+  return { routes, proxyError: live.error };
+}
