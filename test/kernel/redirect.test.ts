@@ -1,0 +1,322 @@
+// The kernel side of the L7 redirect: real programs attached to a cgroup of our own, a stand-in proxy (a plain net
+// server) and real clients. The datapath runs in this process (Datapath + Reconciler), so the test plays the agent:
+// it announces the proxy, beats (or stops beating) its heart, and takes original destinations out of the kernel.
+import t, { type Test } from 'tap';
+import { spawn } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { kernelSkipReason, testCgroup } from '../lib/kernel.js';
+import { connectId, idServer, sleep, type IdServer } from '../lib/net.js';
+import { Datapath, cleanup, type ProxySettings } from '../../agent/datapath/datapath.js';
+import { Reconciler } from '../../agent/datapath/reconcile.js';
+import { MapReader } from '../../agent/datapath/inspect.js';
+import { native } from '../../agent/datapath/native.js';
+import { ownCgroupId } from '../../agent/datapath/cgroup.js';
+import type { Backend, HttpPolicy, Model, Service } from '../../agent/model/types.js';
+import type { OriginalDst } from '../../agent/proxy/types.js';
+
+const skip = kernelSkipReason();
+if (skip) t.comment(`kernel tests skipped: ${skip}`);
+
+const cgroupId = (path: string): bigint => statSync(path, { bigint: true }).ino;
+let bpffsSeq = 0;
+// Named like testCgroup's directories, so a run killed before its teardown is swept by the next one.
+const bpffsDir = (name: string): string => `/sys/fs/bpf/sockmesh-test-${name}-${process.pid}-${100 + ++bpffsSeq}`;
+
+function service(name: string, vip: string, port: number, backends: IdServer[], http?: Partial<HttpPolicy>, host = '127.0.0.1'): Service {
+  const family = vip.includes(':') ? 6 : 4;
+  const be: Backend[] = backends.map((s) => ({ address: host, family, port: s.port, weight: 1 }));
+  return {
+    name, algorithm: 'random', affinityTimeoutSeconds: 0, maglevTableSize: 251,
+    frontends: [{ vip, family, port, protocol: 'tcp', backends: be }],
+    // Only failMode matters to the kernel; the rest is the proxy's.
+    http: http as HttpPolicy | undefined,
+  };
+}
+
+/** A datapath of our own on a cgroup of our own, removed at teardown. */
+function datapath(t: Test, cgroup: string, name: string, sockmap: boolean, model: Model): { dp: Datapath; reader: MapReader } {
+  const bpffs = bpffsDir(name);
+  const dp = new Datapath({ bpffs, cgroup, sockmap, eventSample: 1 });
+  t.teardown(() => { dp.close(); cleanup(bpffs); });
+  dp.load();
+  dp.configure();
+  const rec = new Reconciler(dp.maps, native());
+  rec.syncLocalAddresses();
+  rec.apply(model);
+  dp.attach();
+  return { dp, reader: MapReader.fromFds(dp.maps.fds) };
+}
+
+interface StandIn {
+  port: number;
+  /** originalDst() results by client `address|port`: the first lookup and a second one */
+  seen: Map<string, { first: OriginalDst | null; second: OriginalDst | null }>;
+  close(): Promise<void>;
+}
+
+/** The stand-in proxy: 127.0.0.1 and ::1 on one port, in this process (outside the meshed cgroup). Greets, then echoes. */
+async function standIn(lookup: () => Datapath): Promise<StandIn> {
+  const seen: StandIn['seen'] = new Map();
+  const sockets = new Set<Socket>();
+  const onConn = (c: Socket): void => {
+    sockets.add(c);
+    c.on('close', () => sockets.delete(c));
+    c.on('error', () => {});
+    const dp = lookup();
+    const first = dp.originalDst(c.remoteAddress!, c.remotePort!);
+    const second = dp.originalDst(c.remoteAddress!, c.remotePort!);
+    seen.set(`${c.remoteAddress}|${c.remotePort}`, { first, second });
+    c.write('proxy\n');
+    c.on('data', (d) => c.write(d));
+  };
+  for (let attempt = 0; ; attempt++) {
+    const v4 = createServer(onConn);
+    await new Promise<void>((r) => v4.listen(0, '127.0.0.1', () => r()));
+    const port = (v4.address() as AddressInfo).port;
+    const v6 = createServer(onConn);
+    const ok = await new Promise<boolean>((r) => { v6.once('error', () => r(false)); v6.listen(port, '::1', () => r(true)); });
+    if (!ok) {
+      v4.close();
+      if (attempt < 5) continue;
+      throw new Error('no port free on both 127.0.0.1 and ::1');
+    }
+    const closeAll = (s: Server): Promise<void> => new Promise((r) => s.close(() => r()));
+    return { port, seen, close: async () => { for (const c of sockets) c.destroy(); await Promise.all([closeAll(v4), closeAll(v6)]); } };
+  }
+}
+
+const refused = async (host: string, port: number): Promise<{ code?: string; ms: number }> => {
+  const t0 = performance.now();
+  const err = await connectId(host, port, { timeoutMs: 3000 }).then(() => null, (e: NodeJS.ErrnoException) => e);
+  return { code: err?.code ?? (err ? err.message : 'connected'), ms: performance.now() - t0 };
+};
+
+t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'redirect');
+  const a = await idServer('a');
+  const b = await idServer('b');
+  const a6 = await idServer('a6', '::1');
+  t.teardown(async () => { await a.close(); await b.close(); await a6.close(); });
+  const model: Model = {
+    services: [
+      service('closed', '127.100.0.1', 80, [a], { failMode: 'closed' }),
+      service('open', '127.100.0.2', 80, [b], { failMode: 'open' }),
+      service('plain', '127.100.0.3', 80, [a]),
+      service('closed6', '::1', 9086, [a6], { failMode: 'closed' }, '::1'),
+    ],
+  };
+  let current!: Datapath;
+  const proxy = await standIn(() => current);
+  t.teardown(() => proxy.close());
+  const { dp, reader } = datapath(t, cg.path, 'redirect', true, model);
+  current = dp;
+  const agentCgroup = ownCgroupId(); // this process plays the agent: its own cgroup is the proxy's
+  const settings: ProxySettings = { v4: '127.0.0.1', v6: '::1', port: proxy.port, cgroupId: agentCgroup, timeoutMs: 60_000 };
+  dp.setProxy(settings);
+  dp.heartbeat();
+  const clientCg = cg.child('client');
+  cg.enter('client');
+  const g = (): Record<string, number> => reader.stats().global;
+
+  t.test('a client is redirected to the proxy, which learns the VIP and the client\'s cgroup once', async (t) => {
+    const before = g();
+    const conn = await connectId('127.100.0.1', 80, { keep: true });
+    t.equal(conn.id, 'proxy', 'the stand-in proxy answered, not the backend');
+    t.equal(`${conn.remoteAddress}:${conn.remotePort}`, '127.100.0.1:80', 'getpeername() shows the VIP');
+    const s = proxy.seen.get(`${conn.socket.localAddress}|${conn.socket.localPort}`);
+    t.same(s?.first, { vip: '127.100.0.1', port: 80, cgroupId: cgroupId(clientCg) }, 'originalDst(peer): VIP, port, client cgroup id');
+    t.equal(s?.second, null, 'a second lookup finds nothing: the entry was taken');
+    conn.socket.write('echo\n');
+    const echoed = await new Promise<string>((r) => conn.socket.once('data', (d) => r(d.toString())));
+    t.equal(echoed, 'echo\n', 'the connection to the proxy carries data');
+    conn.socket.destroy();
+    const after = g();
+    t.equal(after.l7_redirect! - before.l7_redirect!, 1, 'l7_redirect counted');
+    t.equal(after.l7_handoff! - before.l7_handoff!, 1, 'sock_ops handed the entry over');
+    t.equal(dp.originalDst('127.0.0.1', 1), null, 'an unknown peer: null');
+  });
+
+  t.test('a plain (L4) service next to it is balanced as before', async (t) => {
+    const conn = await connectId('127.100.0.3', 80);
+    t.equal(conn.id, 'a');
+  });
+
+  t.test('a dual-stack socket to the v4-mapped VIP goes to the v4 listener', async (t) => {
+    const conn = await connectId('::ffff:127.100.0.1', 80, { keep: true });
+    t.equal(conn.id, 'proxy');
+    t.equal(`${conn.remoteAddress}:${conn.remotePort}`, '::ffff:127.100.0.1:80', 'getpeername() shows the mapped VIP');
+    // The stand-in's v4 listener sees the peer as plain IPv4.
+    const la = conn.socket.localAddress!.replace(/^::ffff:/, '');
+    t.same(proxy.seen.get(`${la}|${conn.socket.localPort}`)?.first, { vip: '127.100.0.1', port: 80, cgroupId: cgroupId(clientCg) });
+    conn.socket.destroy();
+  });
+
+  t.test('IPv6 VIP: redirected to the v6 listener, originalDst has the v6 VIP', async (t) => {
+    const conn = await connectId('::1', 9086, { keep: true });
+    t.equal(conn.id, 'proxy');
+    t.equal(`[${conn.remoteAddress}]:${conn.remotePort}`, '[::1]:9086', 'getpeername() shows the VIP');
+    t.same(proxy.seen.get(`::1|${conn.socket.localPort}`)?.first, { vip: '::1', port: 9086, cgroupId: cgroupId(clientCg) });
+    conn.socket.destroy();
+  });
+
+  t.test('proxy down: fail-closed refuses at once, fail-open goes straight to a backend; back up: redirected again', async (t) => {
+    dp.proxyDown();
+    const before = g();
+    const r = await refused('127.100.0.1', 80);
+    t.equal(r.code, 'EPERM', 'fail-closed: connect() fails with EPERM');
+    t.ok(r.ms < 500, `refused in ${r.ms.toFixed(1)} ms`);
+    const r6 = await refused('::1', 9086);
+    t.equal(r6.code, 'EPERM', 'fail-closed IPv6 too');
+    const open = await connectId('127.100.0.2', 80, { keep: true });
+    t.equal(open.id, 'b', 'fail-open: the backend answered directly');
+    t.equal(`${open.remoteAddress}:${open.remotePort}`, '127.100.0.2:80', 'getpeername() still shows the VIP');
+    open.socket.destroy();
+    const after = g();
+    t.equal(after.l7_fail_closed! - before.l7_fail_closed!, 2, 'two refusals counted');
+    t.equal(after.l7_fail_open! - before.l7_fail_open!, 1, 'one fail-open counted');
+    const ev = reader.stats().services; // refused connects count as no_backend on the service
+    t.ok(ev.some((s) => s.counters.noBackend >= 1), 'the refusal shows on the service counters');
+
+    dp.heartbeat();
+    t.equal((await connectId('127.100.0.1', 80)).id, 'proxy', 'fail-closed service redirected again');
+    t.equal((await connectId('127.100.0.2', 80)).id, 'proxy', 'fail-open service redirected again');
+  });
+
+  t.test('heartbeat expiry: after the timeout without a beat the fail mode applies by itself', async (t) => {
+    dp.setProxy({ ...settings, timeoutMs: 400 });
+    dp.heartbeat();
+    t.equal((await connectId('127.100.0.1', 80)).id, 'proxy', 'fresh heartbeat: redirected');
+    await sleep(900);
+    const r = await refused('127.100.0.1', 80);
+    t.equal(r.code, 'EPERM', `stale heartbeat (900 ms > 400 ms): refused in ${r.ms.toFixed(1)} ms`);
+    t.equal((await connectId('127.100.0.2', 80)).id, 'b', 'fail-open: straight to the backend');
+    dp.heartbeat();
+    t.equal((await connectId('127.100.0.1', 80)).id, 'proxy', 'beating again: redirected');
+    dp.setProxy(settings);
+    dp.heartbeat();
+  });
+
+  t.test('a connect() from the proxy\'s own cgroup is balanced at L4, never looped back to the proxy', async (t) => {
+    const proxySide = cg.child('proxyside');
+    dp.setProxy({ ...settings, cgroupId: cgroupId(proxySide) });
+    dp.heartbeat();
+    cg.enter('proxyside');
+    try {
+      const before = g();
+      const conn = await connectId('127.100.0.1', 80, { keep: true });
+      t.equal(conn.id, 'a', 'the backend answered');
+      t.equal(`${conn.remoteAddress}:${conn.remotePort}`, '127.100.0.1:80', 'getpeername() shows the VIP');
+      conn.socket.destroy();
+      t.equal((await connectId('::1', 9086)).id, 'a6', 'IPv6 too');
+      t.equal(g().l7_from_proxy! - before.l7_from_proxy!, 2, 'counted as from the proxy');
+    } finally {
+      cg.enter('client');
+      dp.setProxy(settings);
+      dp.heartbeat();
+    }
+    t.equal((await connectId('127.100.0.1', 80)).id, 'proxy', 'other cgroups are still redirected');
+  });
+
+  t.test('many clients at once: every accepted connection finds its own original destination', async (t) => {
+    const n = 200;
+    const conns = await Promise.all(Array.from({ length: n }, (_, i) =>
+      connectId(i % 2 ? '127.100.0.1' : '127.100.0.2', 80, { keep: true })));
+    let right = 0;
+    for (const c of conns) {
+      const s = proxy.seen.get(`${c.socket.localAddress}|${c.socket.localPort}`);
+      if (c.id === 'proxy' && s?.first?.vip === c.remoteAddress && s.first.port === 80 && s.second === null) right++;
+      c.socket.destroy();
+    }
+    t.equal(right, n, `${right}/${n} connections matched their VIP`);
+  });
+
+  t.test('the app-to-proxy leg is on the sockmap fast path when the proxy listens inside the meshed cgroup', async (t) => {
+    // A proxy in a child cgroup of the attached one: its accepted sockets get sock_ops too. It only echoes.
+    const proxyCg = cg.child('proxy');
+    const script = "require('net').createServer({allowHalfOpen:true},c=>{c.on('data',d=>c.write(d));c.on('end',()=>c.end())})" +
+      ".listen(0,'127.0.0.1',function(){console.log(this.address().port)})";
+    const child = spawn('/bin/sh', ['-c', `echo $$ > '${proxyCg}/cgroup.procs' && exec "$0" -e "$1"`, process.execPath, script],
+      { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.teardown(() => { child.kill('SIGKILL'); });
+    const port = await new Promise<number>((r) => child.stdout!.once('data', (d: Buffer) => r(Number(d.toString().trim()))));
+    dp.setProxy({ ...settings, v6: '', port, cgroupId: cgroupId(proxyCg) });
+    dp.heartbeat();
+    try {
+      const before = g();
+      const parts: Buffer[] = [];
+      for (let i = 0; i < 4000; i++) parts.push(Buffer.from(`l7:${i};`));
+      const want = Buffer.concat(parts);
+      let local = '';
+      let peer = '';
+      const got = await new Promise<Buffer>((resolve, reject) => {
+        const chunks: Buffer[] = [];
+        const s: Socket = connect({ host: '127.100.0.1', port: 80, allowHalfOpen: true });
+        const timer = setTimeout(() => { s.destroy(); reject(new Error('exchange timed out')); }, 20000);
+        s.on('connect', () => {
+          local = `${s.localAddress}:${s.localPort}`;
+          peer = `${s.remoteAddress}:${s.remotePort}`;
+          const inMap = reader.sockets();
+          t.ok(inMap.some((e) => e.local === local), 'the client socket is in the SOCKHASH');
+          t.ok(inMap.some((e) => e.remote === local), 'and so is the proxy\'s accepted socket');
+          for (const p of parts) s.write(p);
+          s.end();
+        });
+        s.on('data', (d) => chunks.push(d));
+        s.on('error', (e) => { clearTimeout(timer); reject(e); });
+        s.on('close', () => { clearTimeout(timer); resolve(Buffer.concat(chunks)); });
+      });
+      t.equal(peer, '127.100.0.1:80', 'getpeername() shows the VIP');
+      t.equal(got.length, want.length, `${want.length} bytes back`);
+      t.ok(got.equals(want), 'byte-exact through the redirected leg');
+      const after = g();
+      t.ok(after.redirect! > before.redirect!, `sk_msg redirects rose by ${after.redirect! - before.redirect!}`);
+      t.equal(after.tcp_only! - before.tcp_only!, 0, 'no send fell back to TCP');
+      // The hand-over happened too: the entry for this client is waiting in the kernel.
+      const [addr, p] = [local.slice(0, local.lastIndexOf(':')), Number(local.slice(local.lastIndexOf(':') + 1))];
+      t.same(dp.originalDst(addr, p), { vip: '127.100.0.1', port: 80, cgroupId: cgroupId(clientCg) }, 'originalDst for this client');
+    } finally {
+      dp.setProxy(settings);
+      dp.heartbeat();
+    }
+  });
+
+  t.test('flow events name the redirect and the refusal', async (t) => {
+    const events: number[] = [];
+    const sub = native().ringbufSubscribe(dp.maps.fd('sm_events'), (rec) => { events.push(rec.readUInt8(68)); });
+    try {
+      await connectId('127.100.0.1', 80);
+      dp.proxyDown();
+      await refused('127.100.0.1', 80);
+      dp.heartbeat();
+      await sleep(300);
+    } finally {
+      sub.close();
+    }
+    t.ok(events.includes(4), `an l7-redirect event (kinds seen: ${[...new Set(events)].join(',')})`);
+    t.ok(events.includes(5), 'an l7-refused event');
+  });
+});
+
+t.test('without the sockmap fast path the redirect still works (its own sock_ops program)', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'redirect-nosockmap');
+  const a = await idServer('a');
+  t.teardown(() => a.close());
+  let current!: Datapath;
+  const proxy = await standIn(() => current);
+  t.teardown(() => proxy.close());
+  const { dp, reader } = datapath(t, cg.path, 'redirect-nosockmap', false,
+    { services: [service('closed', '127.100.1.1', 80, [a], { failMode: 'closed' })] });
+  current = dp;
+  dp.setProxy({ v4: '127.0.0.1', v6: '::1', port: proxy.port, cgroupId: ownCgroupId(), timeoutMs: 60_000 });
+  dp.heartbeat();
+  const clientCg = cg.child('client');
+  cg.enter('client');
+  const conn = await connectId('127.100.1.1', 80, { keep: true });
+  t.equal(conn.id, 'proxy');
+  t.same(proxy.seen.get(`${conn.socket.localAddress}|${conn.socket.localPort}`)?.first,
+    { vip: '127.100.1.1', port: 80, cgroupId: cgroupId(clientCg) });
+  conn.socket.destroy();
+  t.equal(reader.sockets().length, 0, 'nothing in the SOCKHASH');
+  t.notOk(dp.attached.some((x) => x.program === 'sm_sockops' && x.how !== 'detached'), 'the fast path\'s sock_ops is not attached');
+});
