@@ -4,11 +4,12 @@
 import { LineCounter, parseDocument } from 'yaml';
 import { canonicalAddress, formatEndpoint, type CanonicalAddress } from './address.js';
 import { defaultMaglevTableSize, isPrime, MAGLEV_MAX_SIZE, MAGLEV_MIN_SIZE } from './maglev.js';
-import { closest } from './suggest.js';
+import { checkFields, describe, enumField, intField, isMapping, Issues, join, listField } from './fields.js';
+import { validateHealthCheck, validateHttp, validateWorkloads, type ServiceShape } from './l7config.js';
 import {
   ConfigError,
   type Algorithm,
-  type ConfigIssue,
+  type Family,
   type Frontend,
   type Model,
   type Protocol,
@@ -26,12 +27,12 @@ const ALGORITHMS: readonly Algorithm[] = ['random', 'weighted', 'maglev'];
 const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp'];
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
-const TOP_FIELDS = ['services'] as const;
-const SERVICE_FIELDS = ['name', 'vips', 'ports', 'algorithm', 'affinity', 'maglev', 'backends'] as const;
+const TOP_FIELDS = ['services', 'workloads'] as const;
+const SERVICE_FIELDS = ['name', 'vips', 'ports', 'algorithm', 'affinity', 'maglev', 'backends', 'healthCheck', 'http'] as const;
 const PORT_FIELDS = ['port', 'protocol', 'targetPort'] as const;
 const AFFINITY_FIELDS = ['timeoutSeconds'] as const;
 const MAGLEV_FIELDS = ['tableSize'] as const;
-const BACKEND_FIELDS = ['address', 'port', 'weight'] as const;
+const BACKEND_FIELDS = ['address', 'port', 'weight', 'group'] as const;
 
 /** Parse YAML or JSON (chosen by the file name) and validate it into a Model; throws ConfigError. */
 export function parseConfig(text: string, file: string): Model {
@@ -103,81 +104,6 @@ function parseYaml(text: string, file: string): unknown {
 
 // ---- validation ----
 
-type Obj = Record<string, unknown>;
-
-function isMapping(v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/** A value as a person would recognise it in their file. */
-function describe(v: unknown): string {
-  if (v === undefined) return 'nothing';
-  if (v === null) return 'null (an empty value)';
-  if (typeof v === 'string') return `${JSON.stringify(v)} (a string)`;
-  if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'object') return 'a mapping';
-  return String(v);
-}
-
-class Issues {
-  readonly list: ConfigIssue[] = [];
-  constructor(readonly file: string) {}
-  add(path: string, message: string): void {
-    this.list.push({ file: this.file, path, message });
-  }
-}
-
-const join = (path: string, key: string) => (path ? `${path}.${key}` : key);
-
-/** Report every key that is not a known field, naming the likely intended one. */
-function checkFields(obj: Obj, path: string, known: readonly string[], issues: Issues): void {
-  for (const key of Object.keys(obj)) {
-    if (known.includes(key)) continue;
-    const guess = closest(key, known);
-    const hint = guess ? ` (did you mean '${guess}'?)` : ` (known fields: ${known.join(', ')})`;
-    issues.add(join(path, key), `unknown field '${key}'${hint}`);
-  }
-}
-
-/** An integer field; undefined when absent (and not required) or invalid (reported). */
-function intField(obj: Obj, key: string, path: string, min: number, max: number, required: boolean, issues: Issues): number | undefined {
-  const v = obj[key];
-  if (v === undefined || (v === null && !required)) {
-    if (required) issues.add(join(path, key), `is required (an integer between ${min} and ${max})`);
-    return undefined;
-  }
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    issues.add(join(path, key), `must be an integer between ${min} and ${max}, got ${describe(v)}`);
-    return undefined;
-  }
-  return v;
-}
-
-/** One of a few words, case-insensitive; undefined when absent or invalid (reported). */
-function enumField<T extends string>(obj: Obj, key: string, path: string, allowed: readonly T[], issues: Issues): T | undefined {
-  const v = obj[key];
-  if (v === undefined || v === null) return undefined;
-  const word = typeof v === 'string' ? v.toLowerCase() : undefined;
-  if (word !== undefined && (allowed as readonly string[]).includes(word)) return word as T;
-  const guess = typeof v === 'string' ? closest(v, allowed) : undefined;
-  issues.add(join(path, key), `must be one of ${allowed.join(', ')}, got ${describe(v)}${guess ? ` (did you mean '${guess}'?)` : ''}`);
-  return undefined;
-}
-
-/** A list field; undefined when absent (reported if required) or not a list (reported). */
-function listField(obj: Obj, key: string, path: string, required: boolean, issues: Issues): unknown[] | undefined {
-  const v = obj[key];
-  if (v === undefined || (v === null && !required)) {
-    if (required) issues.add(join(path, key), 'is required (a list)');
-    return undefined;
-  }
-  if (!Array.isArray(v)) {
-    issues.add(join(path, key), `must be a list, got ${describe(v)}`);
-    return undefined;
-  }
-  return v;
-}
-
 function addressValue(v: unknown, path: string, issues: Issues): CanonicalAddress | undefined {
   const a = typeof v === 'string' ? canonicalAddress(v.trim()) : null;
   if (a === null) {
@@ -205,6 +131,8 @@ interface BackendEntry {
   address?: CanonicalAddress;
   port?: number;
   weight: number;
+  /** L7 backend group; undefined = 'default' */
+  group?: string;
   valid: boolean;
 }
 
@@ -220,6 +148,16 @@ interface Where {
 export interface OtherServices {
   names: { has(name: string): boolean };
   frontends: { get(key: string): string | undefined };
+  /** The model's workload names (what L7 authorization rules may name); absent = none. */
+  workloads?: { has(name: string): boolean };
+}
+
+export interface ValidateOptions {
+  /**
+   * A route may split to a backend group with no backends (answered 503 by the proxy). For xDS, where a cluster's
+   * endpoints may all be unhealthy for a while: its clusters exist, refusing the service would NACK a valid update.
+   */
+  emptyGroupsAllowed?: boolean;
 }
 
 const NO_OTHERS: OtherServices = { names: new Set<string>(), frontends: new Map<string, string>() };
@@ -228,7 +166,7 @@ const NO_OTHERS: OtherServices = { names: new Set<string>(), frontends: new Map<
 class Registry {
   readonly names = new Map<string, number>();
   readonly frontends = new Map<string, Where>();
-  constructor(readonly others: OtherServices) {}
+  constructor(readonly others: OtherServices, readonly options: ValidateOptions) {}
 }
 
 /** The key of a frontend in OtherServices.frontends. */
@@ -241,17 +179,21 @@ export const frontendKey = (vip: string, port: number, protocol: Protocol) => `$
 export function modelFromObject(obj: unknown, file: string): Model {
   const issues = new Issues(file);
   let services: Service[] = [];
+  let workloads: Model['workloads'];
   if (obj === null || obj === undefined) {
     issues.add('', "the configuration is empty: expected a mapping with a 'services' list");
   } else if (!isMapping(obj)) {
     issues.add('', `must be a mapping with a 'services' list, got ${describe(obj)}`);
   } else {
     checkFields(obj, '', TOP_FIELDS, issues);
+    const wl = listField(obj, 'workloads', '', false, issues);
+    if (wl) workloads = validateWorkloads(wl, 'workloads', issues);
+    const names = new Set((workloads ?? []).map((w) => w.name));
     const list = listField(obj, 'services', '', true, issues);
-    if (list) services = validateList(list, issues, NO_OTHERS);
+    if (list) services = validateList(list, issues, { ...NO_OTHERS, workloads: names }, {});
   }
   if (issues.list.length > 0) throw new ConfigError(issues.list);
-  return { services };
+  return workloads ? { services, workloads } : { services };
 }
 
 /**
@@ -260,15 +202,15 @@ export function modelFromObject(obj: unknown, file: string): Model {
  * services of a large model at a time (xDS): the cost follows the change, not the model. Issue paths are
  * `services[i]` with i the index in `objs`. Returns one Service per object, in order; throws ConfigError.
  */
-export function validateServices(objs: readonly unknown[], file: string, others: OtherServices): Service[] {
+export function validateServices(objs: readonly unknown[], file: string, others: OtherServices, options: ValidateOptions = {}): Service[] {
   const issues = new Issues(file);
-  const services = validateList(objs, issues, others);
+  const services = validateList(objs, issues, others, options);
   if (issues.list.length > 0) throw new ConfigError(issues.list);
   return services;
 }
 
-function validateList(list: readonly unknown[], issues: Issues, others: OtherServices): Service[] {
-  const registry = new Registry(others);
+function validateList(list: readonly unknown[], issues: Issues, others: OtherServices, options: ValidateOptions): Service[] {
+  const registry = new Registry(others, options);
   const services: Service[] = [];
   list.forEach((raw, i) => {
     const svc = validateService(raw, i, issues, registry);
@@ -431,7 +373,14 @@ function validateService(raw: unknown, index: number, issues: Issues, registry: 
       );
     }
     const weight = intField(b, 'weight', bp, 0, MAX_WEIGHT, false, issues) ?? 1;
-    backends.push({ index: j, address, port, weight, valid: issues.list.length === mark });
+    let group: string | undefined;
+    const g = b['group'];
+    if (g !== undefined && g !== null) {
+      if (typeof g !== 'string' || g.length > 63 || !DNS_LABEL.test(g)) {
+        issues.add(join(bp, 'group'), `must be a group name (a DNS label: lowercase letters, digits or '-'), got ${describe(g)}`);
+      } else if (g !== 'default') group = g; // 'default' is the group of backends without one: one spelling in the model
+    }
+    backends.push({ index: j, address, port, weight, group, valid: issues.list.length === mark });
   });
 
   // Duplicate backends: the same address and the same resolved port for some port entry (with
@@ -481,19 +430,50 @@ function validateService(raw: unknown, index: number, issues: Issues, registry: 
               `backend ${formatEndpoint(b.address.address, port)} is the service's own frontend ${shown}: connections would loop`,
             );
           }
-          fe.backends.push({ address: b.address.address, family: b.address.family, port, weight: b.weight });
+          fe.backends.push(
+            b.group === undefined
+              ? { address: b.address.address, family: b.address.family, port, weight: b.weight }
+              : { address: b.address.address, family: b.address.family, port, weight: b.weight, group: b.group },
+          );
         }
         frontends.push(fe);
       }
     }
   }
 
+  // The L7 part (l7config.ts): what it needs to know of the rest of the service.
+  let http: Service['http'];
+  let healthCheck: Service['healthCheck'];
+  if (raw['http'] !== undefined || raw['healthCheck'] !== undefined) {
+    const groups = new Map<string, Set<Family>>();
+    for (const b of backends) {
+      if (!b.address) continue;
+      const key = b.group ?? 'default';
+      let fams = groups.get(key);
+      if (!fams) groups.set(key, (fams = new Set()));
+      fams.add(b.address.family);
+    }
+    const shape: ServiceShape = {
+      label,
+      ports: ports.map((e) => ({ index: e.index, protocol: e.protocol })),
+      families: new Set(vips.map((v) => v.family)),
+      groups,
+      workloads: registry.others.workloads,
+      emptyGroupsAllowed: registry.options.emptyGroupsAllowed === true,
+    };
+    if (raw['http'] !== undefined) http = validateHttp(raw['http'], join(path, 'http'), shape, issues);
+    if (raw['healthCheck'] !== undefined) healthCheck = validateHealthCheck(raw['healthCheck'], join(path, 'healthCheck'), shape, issues);
+  }
+
   if (issues.list.length > before || name === undefined) return undefined;
-  return {
+  const svc: Service = {
     name,
     algorithm,
     affinityTimeoutSeconds,
     maglevTableSize: tableSize ?? defaultMaglevTableSize(backends.length),
     frontends,
   };
+  if (http) svc.http = http;
+  if (healthCheck) svc.healthCheck = healthCheck;
+  return svc;
 }
