@@ -6,7 +6,8 @@ import { Datapath, type AttachReport } from './datapath/datapath.js';
 import { Reconciler, type ReconcileResult } from './datapath/reconcile.js';
 import { MapReader } from './datapath/inspect.js';
 import { native } from './datapath/native.js';
-import { cgroup2Root, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
+import { cgroup2Root, ensureBpffs, ensureCgroup, isRootCgroup, ownCgroupId } from './datapath/cgroup.js';
+import type { OriginalDst } from './proxy/types.js';
 import { FileSource } from './sources/file.js';
 import { XdsSource } from './sources/xds/source.js';
 import { AdminError, AdminServer } from './admin/server.js';
@@ -53,6 +54,14 @@ export interface AgentOptions {
   allowRootCgroup: boolean;
   sockmap: boolean;
   eventSample: number;
+  /** the L7 proxy's listener port (default 15001); it listens on proxyV4 and proxyV6 */
+  proxyPort?: number;
+  /** default '127.0.0.1'; '' = no IPv4 listener */
+  proxyV4?: string;
+  /** default '::1'; '' = none (IPv6 VIPs then go to the IPv4 listener, v4-mapped) */
+  proxyV6?: string;
+  /** heartbeat interval (default 1000 ms); the kernel counts the proxy as down after 3 intervals without one */
+  proxyHeartbeatMs?: number;
 }
 
 /** What the agent needs of the kernel; checked before anything is loaded so a missing feature gets a clear message. */
@@ -61,6 +70,12 @@ const REQUIRED_FEATURES: [string, string][] = [
   ['mapTypes.lru_hash', 'BPF LRU hash maps'],
   ['mapTypes.ringbuf', 'BPF ring buffers (kernel 5.8+)'],
   ['helpers.cgroup_sock_addr:get_netns_cookie', 'bpf_get_netns_cookie in cgroup/connect programs (kernel 5.7+)'],
+  ['helpers.cgroup_sock_addr:get_current_cgroup_id', 'bpf_get_current_cgroup_id in cgroup/connect programs (kernel 5.7+)'],
+];
+/** Only for the L7 redirect's hand-over (without them L7 services behave as their fail mode says). */
+const L7_FEATURES: [string, string][] = [
+  ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
+  ['helpers.sock_ops:get_netns_cookie', 'bpf_get_netns_cookie in sock_ops (kernel 5.15+)'],
 ];
 /** Only for the sockmap fast path (--no-sockmap runs without them). */
 const SOCKMAP_FEATURES: [string, string][] = [
@@ -73,6 +88,7 @@ const SOCKMAP_FEATURES: [string, string][] = [
 
 export class Agent {
   private datapath?: Datapath;
+  private heartbeatTimer?: NodeJS.Timeout;
   private reconciler?: Reconciler;
   private reader?: MapReader;
   private source?: FileSource;
@@ -134,7 +150,11 @@ export class Agent {
       model = opts.config.embedded;
     }
 
-    const dp = new Datapath({ bpffs: opts.bpffs, cgroup: opts.cgroup, sockmap: opts.sockmap, eventSample: opts.eventSample });
+    const l7Missing = L7_FEATURES.filter(([k]) => this.features[k] === false).map(([, what]) => what);
+    if (l7Missing.length) log.warn({ missing: l7Missing }, 'no L7 redirect on this kernel: L7 services are balanced at L4 (fail open) or refused (fail closed)');
+    const dp = new Datapath({
+      bpffs: opts.bpffs, cgroup: opts.cgroup, sockmap: opts.sockmap, eventSample: opts.eventSample, l7: l7Missing.length === 0,
+    });
     dp.load();
     dp.configure();
     this.datapath = dp;
@@ -146,6 +166,13 @@ export class Agent {
     this.checker = new HealthChecker(this.states, { log: log.child({ component: 'health' }) });
     this.states.onChange((service) => this.statesChanged(service));
     if (model) this.applyModel(model, 'start');
+    // The proxy counts as down until startProxyHeartbeat(): L7 services follow their fail mode meanwhile.
+    if (dp.l7) {
+      dp.setProxy({
+        v4: opts.proxyV4 ?? '127.0.0.1', v6: opts.proxyV6 ?? '::1', port: opts.proxyPort ?? 15001,
+        cgroupId: ownCgroupId(root), timeoutMs: 3 * (opts.proxyHeartbeatMs ?? 1000),
+      });
+    }
     // Programs go in after the maps hold the config, so the first connect() is already balanced.
     this.programs = dp.attach();
     this.reader = MapReader.fromFds(dp.maps.fds);
@@ -389,6 +416,33 @@ export class Agent {
     };
   }
 
+  /**
+   * The proxy listens: tell the kernel now and every proxyHeartbeatMs. The beat runs on the proxy's event loop, so a
+   * loop stalled for 3 intervals makes the kernel apply the fail modes until it recovers.
+   */
+  startProxyHeartbeat(): void {
+    const dp = this.datapath;
+    if (!dp?.l7 || this.heartbeatTimer) return;
+    const beat = (): void => {
+      try { dp.heartbeat(); } catch (e) { this.log.error({ error: (e as Error).message }, 'proxy heartbeat failed'); }
+    };
+    beat();
+    this.heartbeatTimer = setInterval(beat, this.opts.proxyHeartbeatMs ?? 1000);
+    this.heartbeatTimer.unref();
+  }
+
+  /** The proxy stopped listening: the fail modes apply from the next connect(), not after the timeout. */
+  stopProxyHeartbeat(): void {
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = undefined;
+    try { this.datapath?.proxyDown(); } catch (e) { this.log.error({ error: (e as Error).message }, 'marking the proxy down failed'); }
+  }
+
+  /** Where a connection the proxy accepted from peerAddress:peerPort was going (taken out of the kernel: once). */
+  originalDst(peerAddress: string, peerPort: number): OriginalDst | null {
+    return this.datapath?.originalDst(peerAddress, peerPort) ?? null;
+  }
+
   /** Re-read the config file now (SIGHUP); a no-op for other sources. */
   reload(): void {
     this.source?.reload();
@@ -403,6 +457,7 @@ export class Agent {
     this.states.close();
     this.ringbuf?.close();
     await this.admin?.stop();
+    this.stopProxyHeartbeat();
     this.datapath?.close();
   }
 }
