@@ -5,6 +5,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runDatapath } from './datapath.js';
+import { runL7 } from './l7.js';
+import { L7_LETTERS, L7_SCENARIOS, type L7Scenario } from './lib/l7report.js';
 import { runXds } from './xds.js';
 import { installSignalCleanup, runCleanups } from './lib/proc.js';
 import { SCENARIO_NAMES, type ScenarioName } from './lib/report.js';
@@ -19,6 +21,18 @@ datapath options:
   --seconds N          sockperf run per case (default 5)
   --stream-seconds N   each of the 3 iperf3 runs (default 3)
   --only a,b,c,d       scenarios to run: direct,sockmesh,iptables,minimal (default all)
+
+  l7         HTTP/1.1 (wrk) and HTTP/2 (h2load) requests per second and latency: direct vs the sockmesh L7 proxy
+             vs one haproxy vs two chained haproxy (a sidecar pair); a Node.js TCP relay and a 2-thread haproxy
+             for calibration
+
+l7 options:
+  --duration N         seconds per measured run (default 5)
+  --connections N      requests in flight (wrk connections; h2load connections x 8 streams) (default 32)
+  --repetitions N      interleaved runs per scenario and protocol; medians are reported (default 3)
+  --quick              --duration 2 --repetitions 1, 1 s warm-up, no (f)
+  --only a,b,...       scenarios: direct,sockmesh,haproxy,chain,relay,haproxy2 or a,b,c,d,e,f (default all)
+  --no-pin             do not pin (default: client on CPU 1, backend and proxies on CPU 0)
 
   xds        the agent on xDS against the control plane at fleet scale: full sync time, one endpoint
              change to the kernel map (p50/p99 over many), agent RSS at rest
@@ -91,7 +105,35 @@ async function xds(argv: string[]): Promise<number> {
   return runXds(opts);
 }
 
-const benches: Record<string, (argv: string[]) => Promise<number>> = { datapath, xds };
+async function l7(argv: string[]): Promise<number> {
+  let duration = 5, connections = 32, repetitions = 3, warmup = 2, pin = true, quick = false;
+  let only: L7Scenario[] | undefined;
+  const byLetter = Object.fromEntries(Object.entries(L7_LETTERS).map(([n, l]) => [l, n])) as Record<string, L7Scenario>;
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    if (flag === '--duration') duration = positiveInt(flag, argv[++i]);
+    else if (flag === '--connections') connections = count(flag, argv[++i], 1000);
+    else if (flag === '--repetitions') repetitions = count(flag, argv[++i], 20);
+    else if (flag === '--quick') quick = true;
+    else if (flag === '--no-pin') pin = false;
+    else if (flag === '--only') {
+      only = (argv[++i] ?? '').split(',').map((s) => {
+        const n = byLetter[s] ?? s;
+        if (!(L7_SCENARIOS as readonly string[]).includes(n)) throw new Error(`--only: unknown scenario ${s} (${L7_SCENARIOS.join(', ')})`);
+        return n as L7Scenario;
+      });
+    } else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
+  }
+  if (quick) {
+    if (!argv.includes('--duration')) duration = 2;
+    if (!argv.includes('--repetitions')) repetitions = 1;
+    warmup = 1;
+  }
+  const scenarios = only ?? L7_SCENARIOS.filter((n) => !(quick && n === 'haproxy2'));
+  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin });
+}
+
+const benches: Record<string, (argv: string[]) => Promise<number>> = { datapath, l7, xds };
 
 async function main(): Promise<number> {
   const [name, ...rest] = process.argv.slice(2);

@@ -13,6 +13,12 @@ export interface AgentOptions {
   vip: string;
   port: number;
   backend: string;
+  /** the config file's text (default: benchConfig(vip, port, backend), one TCP service) */
+  configText?: string;
+  /** more agent flags (e.g. --proxy-port, --run-dir) */
+  extraArgs?: string[];
+  /** wraps the agent's command line (e.g. into a cgroup and network namespace); default: run it as is */
+  launch?: (argv: string[]) => [string, string[]];
 }
 
 export function agentEntry(root: string): string {
@@ -39,13 +45,13 @@ export class Agent {
   private constructor(private readonly opts: AgentOptions, private readonly proc: Background) {}
 
   static async start(opts: AgentOptions): Promise<Agent> {
-    writeFileSync(opts.configPath, benchConfig(opts.vip, opts.port, opts.backend));
-    const proc = new Background(
-      'sockmesh agent',
-      process.execPath,
-      [agentEntry(opts.root), '--config', opts.configPath, '--cgroup', opts.cgroupDir, '--bpffs', opts.bpffsDir],
-      AGENT_MAX_MS,
-    );
+    writeFileSync(opts.configPath, opts.configText ?? benchConfig(opts.vip, opts.port, opts.backend));
+    const argv = [
+      process.execPath, agentEntry(opts.root), '--config', opts.configPath, '--cgroup', opts.cgroupDir, '--bpffs', opts.bpffsDir,
+      ...(opts.extraArgs ?? []),
+    ];
+    const [cmd, args] = opts.launch ? opts.launch(argv) : [argv[0]!, argv.slice(1)];
+    const proc = new Background('sockmesh agent', cmd, args, AGENT_MAX_MS);
     const agent = new Agent(opts, proc);
     try {
       await proc.waitForLine((line) => isReadyLine(line), READY_TIMEOUT_MS);
@@ -58,6 +64,16 @@ export class Agent {
 
   get running(): boolean {
     return this.proc.running;
+  }
+
+  /** The agent's pid (the launcher execs into it), for its CPU time. */
+  get pid(): number | undefined {
+    return this.proc.child.pid;
+  }
+
+  /** The agent's last output lines, for error messages. */
+  tail(lines = 10): string {
+    return this.proc.tail(lines);
   }
 
   /** The sm_global counters, by name (from the ABI header), summed over CPUs. */

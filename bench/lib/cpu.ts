@@ -1,0 +1,37 @@
+// CPU time of a process (all its threads) from /proc/<pid>/stat, for "agent CPU" and its peers.
+import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+
+/** utime + stime in clock ticks from the text of /proc/<pid>/stat. */
+export function statCpuTicks(stat: string): number {
+  // The command name (field 2) is in parentheses and may itself contain spaces and ')': read after the last one.
+  const close = stat.lastIndexOf(')');
+  if (close < 0) throw new Error('/proc/<pid>/stat: no command name');
+  const f = stat.slice(close + 2).trim().split(/\s+/);
+  // f[0] is field 3 (state); utime and stime are fields 14 and 15.
+  const utime = Number(f[11]), stime = Number(f[12]);
+  if (!Number.isInteger(utime) || !Number.isInteger(stime)) throw new Error('/proc/<pid>/stat: cannot read utime/stime');
+  return utime + stime;
+}
+
+let hz: number | undefined;
+/** Clock ticks per second (USER_HZ; 100 on Linux everywhere in practice, asked once). */
+export function clockTicks(): number {
+  if (hz === undefined) {
+    try {
+      hz = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      hz = 100;
+    }
+  }
+  return hz;
+}
+
+/** CPU seconds the process has used so far; undefined when it is gone. */
+export function cpuSeconds(pid: number): number | undefined {
+  try {
+    return statCpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8')) / clockTicks();
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,203 @@
+// The l7 bench's results: medians over repetitions, ratios, the issue's targets as PASS/FAIL, a table a person
+// reads and the JSON object a machine reads.
+import { round } from './report.js';
+import type { HttpRun } from './loadgen.js';
+
+export const L7_SCENARIOS = ['direct', 'sockmesh', 'haproxy', 'chain', 'relay', 'haproxy2'] as const;
+export type L7Scenario = (typeof L7_SCENARIOS)[number];
+export const L7_LABELS: Record<L7Scenario, string> = {
+  direct: '(a) direct',
+  sockmesh: '(b) sockmesh L7',
+  haproxy: '(c) haproxy',
+  chain: '(d) 2 haproxy',
+  relay: '(e) node relay',
+  haproxy2: '(f) haproxy 2 thr',
+};
+/** Short letters for ratio names and --only. */
+export const L7_LETTERS: Record<L7Scenario, string> = {
+  direct: 'a', sockmesh: 'b', haproxy: 'c', chain: 'd', relay: 'e', haproxy2: 'f',
+};
+
+export const PROTOCOLS = ['http1', 'h2'] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+export const PROTOCOL_TITLES: Record<Protocol, string> = { http1: 'HTTP/1.1 (wrk)', h2: 'HTTP/2 (h2load)' };
+
+/** One measured run of a scenario and protocol, with the CPU its processes used meanwhile. */
+export interface Sample extends HttpRun {
+  /** % of one CPU used by the scenario's proxy process(es) (the agent for (b)); absent for (a) */
+  proxyCpu?: number;
+  /** % of one CPU used by the backend */
+  backendCpu: number;
+  seconds: number;
+}
+
+/** Medians over the samples of one scenario and protocol. */
+export interface Summary {
+  rps: number;
+  p50: number;
+  p99: number;
+  proxyCpu?: number;
+  backendCpu: number;
+  samples: number;
+}
+
+export interface L7Result {
+  name: L7Scenario;
+  samples: Partial<Record<Protocol, Sample[]>>;
+  /** set when the scenario could not run at all */
+  skipped?: string;
+  /** per protocol: why it stopped being measured */
+  errors: Partial<Record<Protocol, string>>;
+  /** facts showing the scenario did what it claims (redirect counters, proxied requests) */
+  evidence: Record<string, number | string>;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** The medians of a scenario's samples for one protocol; undefined when it has none or failed. */
+export function summarize(r: L7Result | undefined, p: Protocol): Summary | undefined {
+  if (!r || r.skipped || r.errors[p]) return undefined;
+  const s = r.samples[p];
+  if (!s || s.length === 0) return undefined;
+  const cpu = s.filter((x) => x.proxyCpu !== undefined).map((x) => x.proxyCpu!);
+  return {
+    rps: median(s.map((x) => x.rps)),
+    p50: median(s.map((x) => x.p50)),
+    p99: median(s.map((x) => x.p99)),
+    ...(cpu.length ? { proxyCpu: median(cpu) } : {}),
+    backendCpu: median(s.map((x) => x.backendCpu)),
+    samples: s.length,
+  };
+}
+
+const ratio = (x: number | undefined, y: number | undefined) => (x !== undefined && y !== undefined && y > 0 ? x / y : undefined);
+
+/** The ratios the issue asks for (b/a, c/a, d/a, b/c, b/d) and the calibration ones (e/a, f/a, b/e). */
+export const RATIO_PAIRS: Array<[L7Scenario, L7Scenario]> = [
+  ['sockmesh', 'direct'], ['haproxy', 'direct'], ['chain', 'direct'], ['sockmesh', 'haproxy'], ['sockmesh', 'chain'],
+  ['relay', 'direct'], ['haproxy2', 'direct'], ['sockmesh', 'relay'],
+];
+
+export interface RatioRow {
+  rps?: number;
+  p50?: number;
+  p99?: number;
+}
+
+export function ratios(results: L7Result[]): Record<string, Partial<Record<Protocol, RatioRow>>> {
+  const get = (n: L7Scenario) => results.find((r) => r.name === n);
+  const out: Record<string, Partial<Record<Protocol, RatioRow>>> = {};
+  for (const [x, y] of RATIO_PAIRS) {
+    const key = `${L7_LETTERS[x]}/${L7_LETTERS[y]}`;
+    for (const p of PROTOCOLS) {
+      const sx = summarize(get(x), p), sy = summarize(get(y), p);
+      if (!sx || !sy) continue;
+      (out[key] ??= {})[p] = { rps: ratio(sx.rps, sy.rps), p50: ratio(sx.p50, sy.p50), p99: ratio(sx.p99, sy.p99) };
+    }
+  }
+  return out;
+}
+
+export interface L7Check {
+  name: string;
+  protocol: Protocol;
+  status: 'PASS' | 'FAIL' | 'SKIP';
+  value?: number;
+  limit: number;
+  detail: string;
+}
+
+/** The issue's targets, for each protocol: (b) >= 0.8x (c) and >= 1.5x (d) in req/s, (b) p99 <= (d) p99. */
+export function l7Checks(results: L7Result[]): L7Check[] {
+  const get = (n: L7Scenario) => results.find((r) => r.name === n);
+  const why = (...ns: L7Scenario[]) => (p: Protocol) =>
+    ns.map((n) => {
+      const r = get(n);
+      if (!r) return `${L7_LABELS[n]} not run`;
+      const w = r.skipped ?? r.errors[p];
+      return w ? `${L7_LABELS[n]}: ${w}` : '';
+    }).filter(Boolean).join('; ') || 'not measured';
+  const out: L7Check[] = [];
+  for (const p of PROTOCOLS) {
+    const b = summarize(get('sockmesh'), p), c = summarize(get('haproxy'), p), d = summarize(get('chain'), p);
+    const check = (name: string, value: number | undefined, cmp: '>=' | '<=', limit: number, missing: string): L7Check => {
+      if (value === undefined) return { name, protocol: p, status: 'SKIP', limit, detail: `not measured: ${missing}` };
+      const ok = cmp === '>=' ? value >= limit : value <= limit;
+      return { name, protocol: p, status: ok ? 'PASS' : 'FAIL', value, limit, detail: `${value.toFixed(2)}x ${cmp} ${limit}x` };
+    };
+    out.push(check('(b) req/s >= 0.8x (c)', ratio(b?.rps, c?.rps), '>=', 0.8, why('sockmesh', 'haproxy')(p)));
+    out.push(check('(b) req/s >= 1.5x (d)', ratio(b?.rps, d?.rps), '>=', 1.5, why('sockmesh', 'chain')(p)));
+    out.push(check('(b) p99 <= (d) p99', ratio(b?.p99, d?.p99), '<=', 1.0, why('sockmesh', 'chain')(p)));
+  }
+  return out;
+}
+
+const fmtInt = (v: number | undefined) => (v === undefined ? '-' : Math.round(v).toString());
+const fmtX = (v: number | undefined) => (v === undefined ? '-' : `${v.toFixed(2)}x`);
+
+/** Absolute figures per scenario and protocol, then the ratio rows. */
+export function formatL7Table(results: L7Result[]): string {
+  const label = 20, w = 9;
+  const pad = (s: string, n: number) => s.padEnd(n);
+  const cols = ['req/s', 'p50 µs', 'p99 µs', 'proxy%', 'bknd%'];
+  const block = cols.length * w + 2;
+  const lines: string[] = [];
+  lines.push(pad('', label) + PROTOCOLS.map((p) => pad(PROTOCOL_TITLES[p], block)).join(''));
+  lines.push(pad('', label) + PROTOCOLS.map(() => pad(cols.map((c) => pad(c, w)).join(''), block)).join(''));
+  for (const r of results) {
+    if (r.skipped) {
+      lines.push(pad(L7_LABELS[r.name], label) + `not available: ${r.skipped}`);
+      continue;
+    }
+    lines.push(pad(L7_LABELS[r.name], label) + PROTOCOLS.map((p) => {
+      const s = summarize(r, p);
+      if (!s) return pad(r.errors[p] ? 'FAILED (below)' : '-', block);
+      return pad([fmtInt(s.rps), fmtInt(s.p50), fmtInt(s.p99), fmtInt(s.proxyCpu), fmtInt(s.backendCpu)].map((c) => pad(c, w)).join(''), block);
+    }).join(''));
+  }
+  for (const r of results) for (const p of PROTOCOLS) if (r.errors[p]) lines.push(`${L7_LABELS[r.name]} ${PROTOCOL_TITLES[p]} FAILED: ${r.errors[p]}`);
+  lines.push('');
+  lines.push(pad('ratios', label) + PROTOCOLS.map((p) => pad(pad('req/s', w) + pad('p50', w) + pad('p99', w), block)).join(''));
+  const rs = ratios(results);
+  for (const [x, y] of RATIO_PAIRS) {
+    const key = `${L7_LETTERS[x]}/${L7_LETTERS[y]}`;
+    const row = rs[key];
+    if (!row) continue;
+    lines.push(pad(`  ${key}`, label) + PROTOCOLS.map((p) => {
+      const v = row[p];
+      return pad(v ? pad(fmtX(v.rps), w) + pad(fmtX(v.p50), w) + pad(fmtX(v.p99), w) : '-', block);
+    }).join(''));
+  }
+  return lines.join('\n');
+}
+
+/** The results for the JSON line. */
+export function l7Json(results: L7Result[], checks: L7Check[]): Record<string, unknown> {
+  const o = (v: number | undefined, d: number) => (v === undefined ? null : round(v, d));
+  const rs = ratios(results);
+  return {
+    scenarios: Object.fromEntries(results.map((r) => [r.name, {
+      label: L7_LABELS[r.name],
+      ...(r.skipped ? { notAvailable: r.skipped } : {}),
+      ...Object.fromEntries(PROTOCOLS.map((p) => {
+        const s = summarize(r, p);
+        if (r.errors[p]) return [p, { error: r.errors[p] }];
+        if (!s) return [p, null];
+        return [p, {
+          rps: o(s.rps, 0), p50Us: o(s.p50, 1), p99Us: o(s.p99, 1),
+          proxyCpuPct: o(s.proxyCpu, 1), backendCpuPct: o(s.backendCpu, 1), samples: s.samples,
+          rpsAll: (r.samples[p] ?? []).map((x) => round(x.rps, 0)),
+        }];
+      })),
+      evidence: r.evidence,
+    }])),
+    ratios: Object.fromEntries(Object.entries(rs).map(([k, row]) => [k, Object.fromEntries(
+      Object.entries(row).map(([p, v]) => [p, { rps: o(v.rps, 3), p50: o(v.p50, 3), p99: o(v.p99, 3) }]),
+    )])),
+    checks: checks.map((c) => ({ name: c.name, protocol: c.protocol, status: c.status, value: o(c.value, 3), limit: c.limit })),
+  };
+}
