@@ -165,29 +165,11 @@ interface FrontendState {
 
 const hostPort = (address: string, port: number): string => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
 
-/** gRPC status for a local reply to a gRPC request (what a gRPC client would derive from the HTTP status) */
-function grpcStatusOf(status: number): number {
-  switch (status) {
-    case 403:
-      return 7; // PERMISSION_DENIED
-    case 404:
-      return 12; // UNIMPLEMENTED
-    default:
-      return 14; // UNAVAILABLE
-  }
-}
-
 /**
- * A local reply. To a gRPC client it is a trailers-only gRPC answer (HTTP 200, grpc-status and
- * grpc-message) as Envoy sends it, so that the client sees a gRPC status instead of a protocol error.
+ * A local reply. To a gRPC client the engine turns it into a trailers-only gRPC answer (grpc-status
+ * from the HTTP status, as Envoy), so the policy answers every client alike.
  */
-function localReply(head: RequestHead, status: number, body: string, headers: Headers): LocalReply {
-  if (head.grpc) {
-    headers['content-type'] = 'application/grpc';
-    headers['grpc-status'] = String(grpcStatusOf(status));
-    headers['grpc-message'] = encodeURIComponent(body);
-    return { status: 200, headers, body: '' };
-  }
+function localReply(_head: RequestHead, status: number, body: string, headers: Headers): LocalReply {
   headers['content-type'] = 'text/plain; charset=utf-8';
   return { status, headers, body: body + '\n' };
 }
@@ -690,7 +672,7 @@ class PolicyExchange implements Exchange {
     if (slot) slot.active--;
     const ms = this.p.now() - this.start;
     const stats = this.r.stats.backend(slot ? slot.upstream.key : '');
-    if (this.localReason !== undefined && (status === 503 || (status === 200 && this.head.grpc))) {
+    if (this.localReason !== undefined && status !== 0) {
       stats.classes[CLASS_LOCAL]!++;
       this.r.stats.localReply(this.localReason);
     } else stats.classes[statusClass(status)]!++;

@@ -1,0 +1,237 @@
+// The proxy policy's request decisions: service lookup, authorization order, routing and splits.
+import t from 'tap';
+import { mkdtempSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BackendStates } from '../../agent/health/states.js';
+import { ProxyPolicy } from '../../agent/proxy/policy.js';
+import { compileStringMatch, matchPath, normalizePath } from '../../agent/proxy/router.js';
+import { resolveWorkloads } from '../../agent/proxy/workloads.js';
+import type { Exchange, LocalReply, OriginalDst, Source } from '../../agent/proxy/types.js';
+import { backend, captureLog, head, http, model, route, seeded, service } from '../lib/l7model.js';
+
+const DST: OriginalDst = { vip: '127.100.0.1', port: 80, cgroupId: 7n };
+const SRC: Source = { address: '127.0.0.1', port: 40000, cgroupId: 7n };
+
+function isLocal(x: Exchange | LocalReply): x is LocalReply {
+  return (x as LocalReply).status !== undefined;
+}
+
+function policy(seed = 1): { p: ProxyPolicy; states: BackendStates; lines: Record<string, unknown>[] } {
+  const states = new BackendStates();
+  const { log, lines } = captureLog();
+  return { p: new ProxyPolicy({ states, log, random: seeded(seed) }), states, lines };
+}
+
+t.test('string matchers: exact, prefix, regex anchored to the whole value', async (t) => {
+  t.ok(compileStringMatch({ exact: '/a' }, 'x')('/a'));
+  t.notOk(compileStringMatch({ exact: '/a' }, 'x')('/a/'));
+  t.ok(compileStringMatch({ prefix: '/api/' }, 'x')('/api/v1'));
+  t.notOk(compileStringMatch({ prefix: '/api/' }, 'x')('/apiv1'));
+  const re = compileStringMatch({ regex: '/users/[0-9]+' }, 'x');
+  t.ok(re('/users/42'));
+  t.notOk(re('/users/42/x'), 'anchored at the end');
+  t.notOk(re('/x/users/42'), 'anchored at the start');
+  // alternation must not escape the anchors
+  const alt = compileStringMatch({ regex: '/a|/b' }, 'x');
+  t.ok(alt('/a'));
+  t.notOk(alt('/a/zzz'));
+  t.throws(() => compileStringMatch({ regex: '(' }, 'service s: routes[0] (r).match.path'), /service s: routes\[0\] \(r\)\.match\.path: invalid regex/);
+});
+
+t.test('matching path: query cut off, tricky spellings normalized', async (t) => {
+  t.equal(matchPath('/a/b?x=/admin'), '/a/b');
+  t.equal(matchPath('/plain'), '/plain');
+  t.equal(matchPath('/./admin'), '/admin');
+  t.equal(matchPath('//admin'), '/admin');
+  t.equal(matchPath('/%61dmin?q'), '/admin');
+  t.equal(matchPath('/x/../admin'), '/admin');
+  t.equal(matchPath('/a\\..\\admin'), '/admin');
+  t.equal(normalizePath('/a/%2f/b'), '/a/%2F/b', 'an encoded slash stays encoded');
+  t.equal(normalizePath('/a/b/..'), '/a/');
+  t.equal(normalizePath('/../../x'), '/x');
+});
+
+t.test('service lookup: unknown destination 503, an L4 service 421', async (t) => {
+  const { p } = policy();
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http()), service('l4', '127.100.0.2', 80, [backend(8081)])), () => undefined);
+  const ok = p.begin(DST, SRC, head());
+  t.notOk(isLocal(ok), 'known L7 service: an exchange');
+  const none = p.begin({ vip: '127.100.0.9', port: 80, cgroupId: 1n }, SRC, head());
+  t.ok(isLocal(none));
+  t.equal((none as LocalReply).status, 503);
+  t.equal((none as LocalReply).headers['x-sockmesh-reason'], 'no-service');
+  const wrongPort = p.begin({ vip: '127.100.0.1', port: 81, cgroupId: 1n }, SRC, head());
+  t.equal((wrongPort as LocalReply).status, 503, 'same vip, other port: no service');
+  const l4 = p.begin({ vip: '127.100.0.2', port: 80, cgroupId: 1n }, SRC, head());
+  t.equal((l4 as LocalReply).status, 421);
+  t.equal((l4 as LocalReply).headers['x-sockmesh-reason'], 'misdirected');
+});
+
+t.test('routes: first match in order on path, methods, headers (with invert); none -> 404', async (t) => {
+  const { p } = policy();
+  const routes = [
+    route('exact', { match: { path: { exact: '/health' } } }),
+    route('post-api', { match: { path: { prefix: '/api/' }, methods: ['POST'] } }),
+    route('canary-header', { match: { path: { prefix: '/api/' }, headers: [{ name: 'x-canary', value: { exact: 'yes' } }] } }),
+    route('not-internal', { match: { path: { regex: '/api/v[0-9]+/.*' }, headers: [{ name: 'x-internal', invert: true }] } }),
+    route('users', { match: { path: { regex: '/users/[0-9]+' } } }),
+  ];
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http({ routes }))), () => undefined);
+  const r = (h: ReturnType<typeof head>): string => {
+    const x = p.begin(DST, SRC, h);
+    if (isLocal(x)) return String(x.status);
+    x.end(200);
+    return x.route;
+  };
+  t.equal(r(head('GET', '/health')), 'exact');
+  t.equal(r(head('GET', '/health?full=1')), 'exact', 'query ignored');
+  t.equal(r(head('GET', '/healthz')), '404');
+  t.equal(r(head('POST', '/api/x')), 'post-api');
+  t.equal(r(head('GET', '/api/x', { 'x-canary': 'yes' })), 'canary-header');
+  t.equal(r(head('GET', '/api/x', { 'x-canary': ['no', 'yes'] })), 'canary-header', 'a repeated header matches on any value');
+  t.equal(r(head('GET', '/api/x', { 'x-canary': 'no' })), '404');
+  t.equal(r(head('GET', '/api/v2/x')), 'not-internal');
+  t.equal(r(head('GET', '/api/v2/x', { 'x-internal': '1' })), '404', 'inverted header: present -> no match');
+  t.equal(r(head('GET', '/users/12')), 'users');
+  t.equal(r(head('GET', '/users/12/x')), '404', 'regex anchored');
+  const nf = p.begin(DST, SRC, head('GET', '/nothing'));
+  t.equal((nf as LocalReply).headers['x-sockmesh-reason'], 'no-route');
+});
+
+t.test('authz: deny before allow, then default; from = workload of the client cgroup', async (t) => {
+  const { p } = policy();
+  const workloads = new Map<bigint, string>([
+    [1n, 'frontend'],
+    [2n, 'batch'],
+    [3n, 'admin-tool'],
+  ]);
+  const authz = {
+    defaultAction: 'deny' as const,
+    rules: [
+      { name: 'allow-frontend', action: 'allow' as const, from: ['frontend', 'admin-tool'] },
+      { name: 'allow-batch-reads', action: 'allow' as const, from: ['batch'], methods: ['GET'] },
+      // a deny listed after the allows still wins
+      { name: 'no-admin', action: 'deny' as const, paths: [{ prefix: '/admin' }], from: ['frontend', 'batch'] },
+      { name: 'no-debug-header', action: 'deny' as const, headers: [{ name: 'x-debug' }] },
+    ],
+  };
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http({ authz }))), (id) => workloads.get(id));
+  const check = (cg: bigint, h: ReturnType<typeof head>): string => {
+    const x = p.begin({ ...DST, cgroupId: cg }, { ...SRC, cgroupId: cg }, h);
+    if (!isLocal(x)) {
+      x.end(200);
+      return 'allowed';
+    }
+    t.equal(x.status, 403);
+    return String(x.headers['x-sockmesh-denied']);
+  };
+  t.equal(check(1n, head('GET', '/')), 'allowed', 'allow rule');
+  t.equal(check(1n, head('POST', '/orders')), 'allowed');
+  t.equal(check(1n, head('GET', '/admin/users')), 'no-admin', 'deny before allow');
+  t.equal(check(1n, head('GET', '/./admin/users')), 'no-admin', 'normalized path cannot sidestep the deny');
+  t.equal(check(1n, head('GET', '/%61dmin')), 'no-admin');
+  t.equal(check(3n, head('GET', '/admin/users')), 'allowed', 'deny scoped by from');
+  t.equal(check(2n, head('GET', '/x')), 'allowed');
+  t.equal(check(2n, head('DELETE', '/x')), 'default-deny', 'batch may only read');
+  t.equal(check(9n, head('GET', '/x')), 'default-deny', 'unknown workload');
+  t.equal(check(1n, head('GET', '/x', { 'x-debug': '1' })), 'no-debug-header');
+
+  // defaultAction allow: only deny rules bite
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http({ authz: { defaultAction: 'allow', rules: [authz.rules[2]!] } }))), (id) => workloads.get(id));
+  t.equal(check(9n, head('GET', '/admin')), 'allowed', 'no from match -> deny rule does not apply');
+  t.equal(check(2n, head('GET', '/admin')), 'no-admin');
+  t.equal(check(2n, head('DELETE', '/x')), 'allowed');
+});
+
+t.test('authz runs before routing (a denied request never reaches the 404)', async (t) => {
+  const { p } = policy();
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http({ routes: [route('only', { match: { path: { exact: '/only' } } })], authz: { defaultAction: 'deny', rules: [] } }))), () => undefined);
+  const x = p.begin(DST, SRC, head('GET', '/nowhere'));
+  t.equal((x as LocalReply).status, 403);
+  t.equal((x as LocalReply).headers['x-sockmesh-denied'], 'default-deny');
+});
+
+t.test('weighted split 90/10 measured within tolerance; a zero-weight group gets nothing', async (t) => {
+  const { p } = policy(42);
+  const routes = [route('split', { split: [{ group: 'stable', weight: 90 }, { group: 'canary', weight: 10 }, { group: 'off', weight: 0 }] })];
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080, 'stable'), backend(8081, 'canary'), backend(8082, 'off')], http({ routes }))), () => undefined);
+  const counts: Record<string, number> = {};
+  const N = 20000;
+  for (let i = 0; i < N; i++) {
+    const x = p.begin(DST, SRC, head()) as Exchange;
+    const a = x.attempt(1);
+    if ('status' in a) throw new Error('unexpected local reply');
+    counts[a.upstream.port] = (counts[a.upstream.port] ?? 0) + 1;
+    a.finish({ kind: 'response', status: 200 });
+    x.end(200);
+  }
+  const canary = (counts[8081] ?? 0) / N;
+  t.comment(`canary share ${(canary * 100).toFixed(2)}% of ${N}`);
+  t.ok(Math.abs(canary - 0.1) < 0.01, `canary ${canary} within 0.10 +- 0.01`);
+  t.equal(counts[8082], undefined, 'weight 0 group unused');
+});
+
+t.test('a split naming a group without backends: 503 no healthy upstream', async (t) => {
+  const { p } = policy();
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http({ routes: [route('r', { split: [{ group: 'ghost', weight: 1 }] })] }))), () => undefined);
+  const x = p.begin(DST, SRC, head());
+  t.equal((x as LocalReply).status, 503);
+  t.match((x as LocalReply).body, /no healthy upstream/);
+});
+
+t.test('an invalid regex in an update throws naming service and route, and keeps the old state', async (t) => {
+  const { p } = policy();
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http())), () => undefined);
+  t.throws(() => p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http({ routes: [route('bad', { match: { path: { regex: '[' } } })] }))), () => undefined), /service web: routes\[0\] \(bad\)\.match\.path: invalid regex/);
+  t.notOk(isLocal(p.begin(DST, SRC, head())), 'the previous model still serves');
+});
+
+t.test('access log: sampled per service, one line per request', async (t) => {
+  const states = new BackendStates();
+  const { log, lines } = captureLog('info');
+  const p = new ProxyPolicy({ states, log, random: seeded(3) });
+  p.update(model(service('all', '127.100.0.1', 80, [backend(8080)], http({ accessLogSample: 1 })), service('some', '127.100.0.2', 80, [backend(8080)], http({ accessLogSample: 0.25 })), service('none', '127.100.0.3', 80, [backend(8080)], http({ accessLogSample: 0 }))), () => undefined);
+  const run = (vip: string, n: number): void => {
+    for (let i = 0; i < n; i++) {
+      const x = p.begin({ vip, port: 80, cgroupId: 1n }, SRC, head('GET', '/p?q=1')) as Exchange;
+      const a = x.attempt(1);
+      if ('status' in a) throw new Error('local');
+      a.finish({ kind: 'response', status: 201 });
+      x.end(201);
+    }
+  };
+  run('127.100.0.1', 10);
+  run('127.100.0.2', 400);
+  run('127.100.0.3', 50);
+  const by = (s: string): Record<string, unknown>[] => lines.filter((l) => l.component === 'access' && l.service === s);
+  t.equal(by('all').length, 10);
+  t.equal(by('none').length, 0);
+  t.ok(by('some').length > 60 && by('some').length < 140, `25% of 400 sampled: ${by('some').length}`);
+  const l = by('all')[0]!;
+  t.match(l, { service: 'all', route: 'all', method: 'GET', path: '/p?q=1', status: 201, backend: '127.0.0.1:8080', attempts: 1 });
+  t.type(l.durationMs, 'number');
+});
+
+t.test('resolveWorkloads: cgroup directory inode -> workload, descendants included, deeper wins', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'sockmesh-wl-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  mkdirSync(join(root, 'pods/a/c1'), { recursive: true });
+  mkdirSync(join(root, 'pods/a/c2'), { recursive: true });
+  mkdirSync(join(root, 'pods/b'), { recursive: true });
+  const ino = (p: string): bigint => statSync(join(root, p), { bigint: true }).ino;
+  const m = resolveWorkloads(
+    [
+      { name: 'pod-a', cgroups: ['/pods/a'] },
+      { name: 'sidecar-ish', cgroups: ['pods/a/c2'] },
+      { name: 'pod-b', cgroups: ['/pods/b', '/pods/missing'] },
+    ],
+    root,
+  );
+  t.equal(m.get(ino('pods/a')), 'pod-a');
+  t.equal(m.get(ino('pods/a/c1')), 'pod-a', 'a container cgroup under the pod');
+  t.equal(m.get(ino('pods/a/c2')), 'sidecar-ish', 'the deeper named workload wins');
+  t.equal(m.get(ino('pods/b')), 'pod-b');
+  t.equal(m.get(ino('pods')), undefined);
+  t.equal(resolveWorkloads(undefined, root).size, 0);
+});
