@@ -16,6 +16,8 @@ import { backendsReport, routesReport } from './admin/backends.js';
 import { BackendStates } from './health/states.js';
 import { HealthChecker } from './health/checker.js';
 import { effectiveModel, type Panic } from './health/effective.js';
+import { Registry } from 'prom-client';
+import { AgentMetrics, readKernelCounters } from './observe/metrics.js';
 import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
 import { nodeFacts, type NodeFacts } from './observe/node.js';
 import type { Logger } from './observe/log.js';
@@ -54,6 +56,8 @@ export interface AgentOptions {
   allowRootCgroup: boolean;
   sockmap: boolean;
   eventSample: number;
+  /** the Prometheus endpoint (GET /metrics); absent or null = none */
+  metricsListen?: { host: string; port: number } | null;
   /** the L7 proxy's listener port (default 15001); it listens on proxyV4 and proxyV6 */
   proxyPort?: number;
   /** default '127.0.0.1'; '' = no IPv4 listener */
@@ -115,6 +119,16 @@ export class Agent {
   private panics = new Map<string, Panic[]>();
   /** the proxy policy's live reports for meshctl backends/routes (set by whoever runs the proxy) */
   proxyReports: ProxyReports = {};
+  /** the one Prometheus registry of this agent: the proxy policy registers its L7 families here too */
+  readonly registry = new Registry();
+  private readonly metrics = new AgentMetrics({
+    kernel: () => (this.datapath && this.reconciler ? readKernelCounters(native(), (m) => this.datapath!.maps.fd(m), this.names()) : undefined),
+    model: () => this.model,
+    states: this.states,
+    checker: () => this.checker,
+    panics: () => [...this.panics.values()].flat(),
+  }, this.registry);
+  private metricsAddress: string | null = null;
 
   constructor(readonly opts: AgentOptions, private readonly log: Logger) {}
 
@@ -163,7 +177,10 @@ export class Agent {
     const adopted = this.reconciler.adopt();
     if (adopted.frontends || adopted.backends) log.info(adopted, 'adopted the datapath state a previous agent left pinned');
     this.reconciler.syncLocalAddresses();
-    this.checker = new HealthChecker(this.states, { log: log.child({ component: 'health' }) });
+    this.checker = new HealthChecker(this.states, {
+      log: log.child({ component: 'health' }),
+      onProbe: (service, _backend, result) => this.metrics.probed(service, result.healthy),
+    });
     this.states.onChange((service) => this.statesChanged(service));
     if (model) this.applyModel(model, 'start');
     // The proxy counts as down until startProxyHeartbeat(): L7 services follow their fail mode meanwhile.
@@ -195,6 +212,16 @@ export class Agent {
       '/v1/routes': (q) => this.routes(q.get('service') ?? undefined),
     }, log);
     await this.admin.start();
+    if (opts.metricsListen) {
+      // Metrics are for looking at the datapath, not part of it: a port already taken is an error in the log, and the
+      // agent keeps serving (a restarting agent must not leave the node without its datapath over a port).
+      try {
+        this.metricsAddress = await this.metrics.listen(opts.metricsListen.host, opts.metricsListen.port, log);
+        log.info({ address: this.metricsAddress }, 'metrics endpoint listening');
+      } catch (e) {
+        log.error({ listen: `${opts.metricsListen.host}:${opts.metricsListen.port}`, error: (e as Error).message }, 'the metrics endpoint could not be started; the agent runs without it');
+      }
+    }
     log.info({
       cgroup: opts.cgroup, bpffs: opts.bpffs, admin: this.admin.socketPath,
       programs: this.programs.map((p) => `${p.program}:${p.how}`).join(' '),
@@ -279,6 +306,7 @@ export class Agent {
     this.log.info({ why, version: this.configVersion, services: model.services.length, changed: scope?.size, ...res }, 'config applied');
     // Probes follow the model (new backends start, removed ones stop and are forgotten by BackendStates).
     this.checker?.update(model, scope);
+    if (!scope) this.metrics.retain(new Set(model.services.map((s) => s.name)));
     try {
       this.writeState();
     } catch (e) {
@@ -455,6 +483,7 @@ export class Agent {
     this.checker?.close();
     clearTimeout(this.statesTimer);
     this.states.close();
+    await this.metrics.close();
     this.ringbuf?.close();
     await this.admin?.stop();
     this.stopProxyHeartbeat();

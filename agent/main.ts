@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { Agent, VERSION, type XdsConfig } from './agent.js';
 import { createLogger } from './observe/log.js';
+import { parseListen } from './observe/metrics.js';
 import { cleanup } from './datapath/datapath.js';
 import { requireCgroup2Root, resolveCgroup } from './datapath/cgroup.js';
 import { runDirFor } from './admin/protocol.js';
@@ -43,13 +44,27 @@ program
   .option('--run-dir <dir>', 'directory for the admin socket and state (default: /run/sockmesh/<bpffs name>)')
   .option('--allow-root-cgroup', 'allow --cgroup to name the root cgroup (meshes every process on the machine)', false)
   .option('--no-sockmap', 'disable the sockmap fast path (connect-time balancing only)')
+  .option('--metrics-listen <host:port>', "Prometheus endpoint (GET /metrics); '' or 'off' = none", '127.0.0.1:9464')
   .addOption(new Option('--event-sample <n>', 'emit one flow event per N balanced connections (0 = off)').default(1).argParser((v) => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < 0) throw new Error(`--event-sample: expected a non-negative integer, got '${v}'`);
     return n;
   }))
+  .addOption(new Option('--proxy-port <port>', 'port of the L7 proxy listener (127.0.0.1 and ::1)').default(15001).argParser((v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--proxy-port: expected a port 1..65535, got '${v}'`);
+    return n;
+  }))
+  .addOption(new Option('--proxy-heartbeat-ms <ms>', 'proxy heartbeat interval; the kernel counts the proxy as down after 3 missed beats')
+    .default(1000).argParser((v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 10) throw new Error(`--proxy-heartbeat-ms: expected an integer >= 10, got '${v}'`);
+      return n;
+    }))
   .action(async (opts: {
     config?: string; cgroup: string; bpffs: string; runDir?: string; allowRootCgroup: boolean; sockmap: boolean; eventSample: number;
+    metricsListen: string;
+    proxyPort: number; proxyHeartbeatMs: number;
     xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
   }) => {
     const log = createLogger();
@@ -64,6 +79,8 @@ program
         runDir: opts.runDir ? resolve(opts.runDir) : runDirFor(bpffs),
         config,
         allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
+        metricsListen: parseListen(opts.metricsListen),
+        proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs,
       }, log);
       await agent.start();
       if ('embedded' in config) {
