@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  GLOBAL_COUNTERS, PROTO, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
+  GLOBAL_COUNTERS, PROTO, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
   type Counters,
 } from './abi.js';
 import { native, type Native } from './native.js';
@@ -27,6 +27,8 @@ export interface BackendReport {
 export interface FrontendReport {
   serviceId: number; service: string; frontendId: number; vip: string; port: number; protocol: string;
   algorithm: string; affinityTimeoutSeconds: number; tableId: number; tableSize: number;
+  /** an L7 service: connect() goes to the proxy; when it is down, to a backend (fail-open) or refused (fail-closed) */
+  l7?: 'fail-open' | 'fail-closed';
   backends: BackendReport[];
 }
 
@@ -119,6 +121,7 @@ export class MapReader {
         vip: key.addr, port: key.port, protocol: PROTO_NAMES[key.proto] ?? String(key.proto),
         algorithm: ALGO_NAMES[v.algo] ?? String(v.algo), affinityTimeoutSeconds: v.affinity_timeout_s,
         tableId: v.table_id, tableSize: v.table_size,
+        ...(v.flags & SVC_F_L7 ? { l7: v.flags & SVC_F_FAIL_OPEN ? 'fail-open' as const : 'fail-closed' as const } : {}),
         backends: mine.map(([id, b]) => ({
           id, address: b.addr, port: b.port, weight: b.weight, local: (b.flags & 1) !== 0,
           share: v.table_size ? (counts.get(id) ?? 0) / v.table_size : 0,

@@ -13,7 +13,8 @@ export function decodeFlowEvent(buf: Buffer, names: ReadonlyMap<number, string>,
     protocol: Number(e.proto) === 17 ? 'udp' : 'tcp',
     service: names.get(Number(e.service_id)) ?? `#${e.service_id}`,
     vip: hostport(String(e.vip), Number(e.vport)),
-    backend: Number(e.kind) === 2 ? '-' : hostport(String(e.backend_addr), Number(e.backend_port)),
+    // no-backend and l7-refused have no backend; for l7-redirect the "backend" is the proxy
+    backend: Number(e.kind) === 2 || Number(e.kind) === 5 ? '-' : hostport(String(e.backend_addr), Number(e.backend_port)),
     cookie: String(e.cookie),
     netnsCookie: String(e.netns_cookie),
   };

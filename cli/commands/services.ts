@@ -35,7 +35,8 @@ export function renderServices(frontends: FrontendReport[], style: Style): strin
     if (i > 0) out.push('');
     const affinity = f.affinityTimeoutSeconds ? `affinity ${duration(f.affinityTimeoutSeconds)}` : 'no affinity';
     const table = f.tableSize ? `${f.tableSize} slots` : 'no table';
-    out.push(`${style.bold(f.service)}  ${hostport(f.vip, f.port)}/${f.protocol}  ${f.algorithm}  ${affinity}  ${style.dim(table)}`);
+    const l7 = f.l7 ? `  ${style.bold('L7')} ${f.l7}` : '';
+    out.push(`${style.bold(f.service)}  ${hostport(f.vip, f.port)}/${f.protocol}${l7}  ${f.algorithm}  ${affinity}  ${style.dim(table)}`);
     if (rows.length === 0) out.push(`  ${style.yellow('no backends')}: connections to this VIP are refused`);
     else out.push(...renderTable(cols, rows, { indent: '  ', widths, style }));
   }

@@ -142,6 +142,14 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
     t.equal(conn.id, 'a');
   });
 
+  t.test('the service entries carry the L7 flags (as meshctl services shows them)', async (t) => {
+    const byVip = new Map(reader.frontends().map((f) => [`${f.vip}:${f.port}`, f.l7]));
+    t.equal(byVip.get('127.100.0.1:80'), 'fail-closed');
+    t.equal(byVip.get('127.100.0.2:80'), 'fail-open');
+    t.equal(byVip.get('127.100.0.3:80'), undefined, 'a plain service is not L7');
+    t.equal(byVip.get('::1:9086'), 'fail-closed');
+  });
+
   t.test('a dual-stack socket to the v4-mapped VIP goes to the v4 listener', async (t) => {
     const conn = await connectId('::ffff:127.100.0.1', 80, { keep: true });
     t.equal(conn.id, 'proxy');
