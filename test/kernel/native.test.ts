@@ -134,6 +134,30 @@ t.test('native addon', { skip: skip ?? false }, async (t) => {
     expectKernelError(t, () => n.mapCreate(BPF_MAP_TYPE_HASH, 'sm_t_bad', 0, 4, 1, 0), /^create map 'sm_t_bad'/, 'EINVAL');
   });
 
+  t.test('MapHandle: lookup-and-delete in one call, into a caller\'s buffer, on its own fd', async (t) => {
+    const BPF_MAP_TYPE_LRU_HASH = 9;
+    for (const type of [BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH]) {
+      const fd = own(n.mapCreate(type, 'sm_t_lad', 4, 8, 16, 0));
+      const v = Buffer.alloc(8);
+      v.writeBigUInt64LE(0x1122334455667788n);
+      n.mapUpdate(fd, u32(7), v);
+      const h = new n.MapHandle(fd);
+      n.close(fd); // the handle holds its own fd
+      fds.splice(fds.indexOf(fd), 1);
+      const out = Buffer.alloc(8);
+      t.equal(h.lookupAndDelete(u32(7), out), true, `type ${type}: present`);
+      t.equal(out.readBigUInt64LE(0), 0x1122334455667788n, 'value written into the buffer');
+      t.equal(h.lookupAndDelete(u32(7), out), false, 'taken: absent the second time');
+      t.equal(h.fallback, false, 'this kernel has BPF_MAP_LOOKUP_AND_DELETE_ELEM for the type');
+      expectKernelError(t, () => h.lookupAndDelete(Buffer.alloc(2), out), /key is 2 bytes, map expects 4/, 'EINVAL');
+      expectKernelError(t, () => h.lookupAndDelete(u32(7), Buffer.alloc(4)), /value is 4 bytes, map expects 8/, 'EINVAL');
+      h.close();
+      expectKernelError(t, () => h.lookupAndDelete(u32(7), out), /handle closed/, 'EBADF');
+    }
+    const pcpu = own(n.mapCreate(BPF_MAP_TYPE_PERCPU_ARRAY, 'sm_t_lad_pcpu', 4, 8, 1, 0));
+    expectKernelError(t, () => new n.MapHandle(pcpu), /per-CPU maps are not supported/, 'EINVAL');
+  });
+
   t.test('probe', async (t) => {
     const p = n.probe();
     for (const k of ['cgroup_sock_addr', 'sock_ops', 'sk_msg']) t.equal(p.progTypes[k], true, `prog type ${k}`);
@@ -142,6 +166,7 @@ t.test('native addon', { skip: skip ?? false }, async (t) => {
     t.equal(p.helpers['sk_msg:msg_redirect_hash'], true);
     t.equal(p.helpers['sock_ops:sock_hash_update'], true);
     t.equal(p.helpers['cgroup_sock_addr:get_socket_cookie'], true);
+    t.equal(p.helpers['cgroup_sock_addr:get_current_cgroup_id'], true, 'the L7 redirect\'s proxy-cgroup rule');
     // The probe must be able to say no (libbpf 1.1's own helper probe says yes to everything on 6.14+).
     t.equal(p.helpers['cgroup_sock_addr:msg_redirect_hash'], false, 'msg_redirect_hash is not for cgroup programs');
   });
@@ -161,7 +186,7 @@ t.test('native addon', { skip: skip ?? false }, async (t) => {
       t.equal(l.size % 4, 0, `${name}: size multiple of 4`);
     }
     const c = n.abiConstants();
-    t.equal(c.SM_ABI_VERSION, 2);
+    t.equal(c.SM_ABI_VERSION, 3);
     t.equal(c.SM_MAX_TABLE_ENTRIES, 1 << 22);
     t.equal(c.SM_EVENTS_BYTES, 256 * 1024);
     t.equal(c.SM_PROTO_UDP, 17);
