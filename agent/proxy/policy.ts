@@ -629,6 +629,8 @@ class PolicyExchange implements Exchange {
       this.retryAttempt = undefined;
       this.group.breaker.retryDone();
     }
+    // the client went away: says nothing about the backend
+    if (o.kind === 'cancelled') return;
     if (o.kind === 'overflow') {
       // the engine could not get a connection; the limit was counted by the breaker itself
       this.localReason = (o.limit as Limit) ?? 'max-pending-requests';
