@@ -5,9 +5,11 @@ import { readFileSync } from 'node:fs';
 import { AgentError } from './client.js';
 import { Context, DEFAULT_BPFFS, type GlobalOptions } from './context.js';
 import { CliError, EXIT } from './errors.js';
+import { backends } from './commands/backends.js';
 import { events } from './commands/events.js';
 import { execInMesh } from './commands/exec.js';
 import { services } from './commands/services.js';
+import { routes } from './commands/routes.js';
 import { sockets } from './commands/sockets.js';
 import { stats } from './commands/stats.js';
 import { status } from './commands/status.js';
@@ -21,7 +23,8 @@ Exit codes:
   0  ok
   1  usage error, or an unexpected error (including an error answer from the agent)
   3  the agent is not running and the answer could not be given from the pinned maps
-     (events always need the agent; status exits 3 when the agent is down, after printing what the pins say)
+     (events, backends and routes always need the agent; status exits 3 when the agent is down, after printing
+     what the pins say)
   4  no sockmesh datapath is pinned at --bpffs
   exec exits with the program's own exit code (128+N when it was killed by signal N).
 
@@ -96,6 +99,12 @@ command('services', 'frontends (service, VIP:port/proto, algorithm) and their ba
 command('stats', 'global datapath counters and per-service counters', (ctx) => stats(ctx));
 command('sockets', 'sockets on the sockmap fast path (the SOCKHASH entries)', (ctx) => sockets(ctx));
 command('events', 'recent sampled flow events (needs the agent)', (ctx) => events(ctx));
+command('backends', 'backends in or out of service: why (failed health check, ejection) and since when (needs the agent)',
+  (ctx, cmd) => backends(ctx, cmd.processedArgs[0] as string | undefined))
+  .argument('[service]', 'only this service');
+command('routes', 'L7 routes with the proxy\'s live numbers (needs the agent)',
+  (ctx, cmd) => routes(ctx, cmd.processedArgs[0] as string | undefined))
+  .argument('[service]', 'only this service');
 command('exec', 'run a program inside the meshed cgroup (meshctl exec -- curl -s http://127.100.0.1/)',
   (ctx, cmd) => execInMesh(ctx, cmd.processedArgs[0] as string, (cmd.processedArgs[1] as string[] | undefined) ?? []))
   .argument('<command>', 'program to run')

@@ -47,7 +47,8 @@ export function backendsReport(src: BackendsSources, only?: string): BackendsRep
   const panicked = new Set(eff.panics.map((p) => `${p.service}|${p.vip}|${p.port}|${p.protocol}`));
   const out = new Map<string, BackendState>();
   for (const s of src.states.list()) out.set(id(s.service, s.backend), s);
-  const live = liveIndex(src.proxy.backends, (x) => x.backend);
+  // The proxy reports a backend once per frontend (its groups are per frontend): keyed by frontend when it says which.
+  const live = liveIndex(src.proxy.backends, (x) => (typeof x['frontend'] === 'string' ? `${x['frontend']}\0${x.backend}` : x.backend));
   const services = eff.model.services.filter((s) => only === undefined || s.name === only).map((svc) => {
     const desired = model.services.find((s) => s.name === svc.name)!;
     const frontends: FrontendBackendsReport[] = svc.frontends.map((fe, fi) => {
@@ -74,7 +75,7 @@ export function backendsReport(src: BackendsSources, only?: string): BackendsRep
           },
           ejection: st?.ejection ? { since: iso(st.ejection.since), until: iso(st.ejection.until), count: st.ejection.count, reason: st.ejection.reason } : null,
           ejections: src.states.ejections(svc.name, key),
-          proxy: numbers(live.index.get(id(svc.name, key))),
+          proxy: numbers(live.index.get(id(svc.name, `${backendKey(fe.vip, fe.port)}\0${key}`)) ?? live.index.get(id(svc.name, key))),
         };
       });
       return { vip: fe.vip, port: fe.port, protocol: fe.protocol, panic, backends };
