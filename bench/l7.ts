@@ -30,6 +30,7 @@ import {
 import { h2loadArgv, h2Shape, parseH2load, parseWrk, wrkArgv, type HttpRun } from './lib/loadgen.js';
 import { addNetns, delNetns, inCgroupNsenter, waitListening } from './lib/netns.js';
 import { Background, interrupted, onCleanup, run } from './lib/proc.js';
+import { sumSamples } from './lib/promtext.js';
 
 export interface L7Options {
   root: string;
@@ -52,6 +53,7 @@ const SIDECAR_IN_PORT = 9003; // (d) the server's sidecar
 const RELAY_PORT = 9004;
 const HAPROXY2_PORT = 9005;
 const PROXY_PORT = 15001; // the agent's L7 listener
+const METRICS_PORT = 9464; // the agent's Prometheus endpoint (inside the namespace)
 const VIP = '127.77.0.1';
 const VIP_PORT = 80;
 const LOCAL = '127.0.0.1';
@@ -87,6 +89,8 @@ interface Scenario {
   procs: Background[];
   /** pid of the proxy, when it is not one of procs (the agent) */
   extraPids: () => number[];
+  /** requests the clients counted as answered, warm-ups included */
+  answered: number;
   start(): Promise<void>;
   /** why the scenario's processes are no longer usable, or undefined */
   dead(): string | undefined;
@@ -123,6 +127,7 @@ function haproxyScenario(ctx: Ctx, name: L7Scenario, hops: Array<{ port: number;
     port: hops[0]!.port,
     procs,
     extraPids: () => [],
+    answered: 0,
     start: async () => {
       // Start from the hop nearest the backend, so that each hop's upstream already listens.
       for (let i = hops.length - 1; i >= 0; i--) {
@@ -147,7 +152,7 @@ function haproxyScenario(ctx: Ctx, name: L7Scenario, hops: Array<{ port: number;
 function directScenario(ctx: Ctx): Scenario {
   return {
     result: newResult('direct'), clientCgroup: ctx.cg.plainClients, host: LOCAL, port: BACKEND_PORT, procs: [],
-    extraPids: () => [], start: async () => {}, dead: () => undefined, evidence: async () => {}, stop: async () => {},
+    extraPids: () => [], answered: 0, start: async () => {}, dead: () => undefined, evidence: async () => {}, stop: async () => {},
   };
 }
 
@@ -155,7 +160,7 @@ function relayScenario(ctx: Ctx): Scenario {
   const procs: Background[] = [];
   const entry = join(ctx.opts.root, 'dist', 'bench', 'lib', 'relay.js');
   return {
-    result: newResult('relay'), clientCgroup: ctx.cg.plainClients, host: LOCAL, port: RELAY_PORT, procs, extraPids: () => [],
+    result: newResult('relay'), clientCgroup: ctx.cg.plainClients, host: LOCAL, port: RELAY_PORT, procs, extraPids: () => [], answered: 0,
     start: async () => {
       const argv = [process.execPath, entry, String(RELAY_PORT), LOCAL, String(BACKEND_PORT)];
       procs.push(await startServer(ctx.ns, '(e) node relay', ctx.cg.plainProxies, ctx.serverCpus, argv, RELAY_PORT));
@@ -201,6 +206,7 @@ function sockmeshScenario(ctx: Ctx): Scenario {
   const s: Scenario = {
     result: newResult('sockmesh'), clientCgroup: ctx.cg.meshClients, host: VIP, port: VIP_PORT, procs: [],
     extraPids: () => (agent?.pid ? [agent.pid] : []),
+    answered: 0,
     start: async () => {
       const why = await l7Unavailable(ctx.opts.root);
       if (why) {
@@ -214,7 +220,10 @@ function sockmeshScenario(ctx: Ctx): Scenario {
           root: ctx.opts.root, cgroupDir: ctx.cg.mesh, bpffsDir: bpffs, configPath: join(ctx.workDir, 'agent.yaml'),
           vip: VIP, port: VIP_PORT, backend: LOCAL,
           configText: l7BenchConfig(VIP, VIP_PORT, LOCAL, BACKEND_PORT),
-          extraArgs: ['--proxy-port', String(PROXY_PORT), '--run-dir', join(ctx.workDir, 'run'), '--event-sample', '0'],
+          extraArgs: [
+            '--proxy-port', String(PROXY_PORT), '--metrics-listen', `${LOCAL}:${METRICS_PORT}`,
+            '--run-dir', join(ctx.workDir, 'run'), '--event-sample', '0',
+          ],
           launch: (argv) => inCgroupNsenter(ctx.cg.meshAgent, ctx.ns, ctx.serverCpus, argv),
         });
         await waitListening(ctx.ns, PROXY_PORT, LISTEN_TIMEOUT_MS, () => agent!.running);
@@ -233,6 +242,20 @@ function sockmeshScenario(ctx: Ctx): Scenario {
         for (const [k, v] of Object.entries(await agent.counters())) if (v !== 0) s.result.evidence[k] = v;
       } catch (e) {
         s.result.evidence.countersError = (e as Error).message.split('\n')[0]!;
+      }
+      // The proxy's own count of answered requests must cover what the clients counted: otherwise some
+      // requests reached the backend some other way, and the figures are not the proxy's.
+      const r = await run('nsenter', [`--net=/run/netns/${ctx.ns}`, 'curl', '-sf', '--max-time', '10', `http://${LOCAL}:${METRICS_PORT}/metrics`], 20_000);
+      if (r.code !== 0) {
+        s.result.evidence.metricsError = `curl /metrics: exit ${r.code ?? r.signal}`;
+        return;
+      }
+      const proxied = sumSamples(r.stdout, 'sockmesh_http_requests_total', { service: 'bench-l7', class: '2xx' });
+      s.result.evidence.proxied2xx = proxied;
+      s.result.evidence.clientsAnswered = s.answered;
+      if (proxied < s.answered * 0.99) {
+        const why = `the proxy answered ${proxied} requests with 2xx, the clients counted ${s.answered}: not all went through it`;
+        for (const p of PROTOCOLS) s.result.errors[p] ??= why;
       }
     },
     stop: async () => {
@@ -302,6 +325,7 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
       throw new Error(`the agent used ${(x.proxyCpu ?? 0).toFixed(1)}% CPU for ${Math.round(x.rps)} req/s: ` +
         'the requests did not pass through its proxy (no L7 redirect?)');
     }
+    s.answered += x.requests;
     if (keep) (s.result.samples[p] ??= []).push(x);
     const cpu = x.proxyCpu === undefined ? '' : `, proxy CPU ${x.proxyCpu.toFixed(0)}%`;
     log(`${label(s)} ${PROTOCOL_TITLES[p]}${keep ? '' : ' warm-up'}: ${Math.round(x.rps)} req/s, p50 ${Math.round(x.p50)} µs, ` +
