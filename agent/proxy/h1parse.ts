@@ -1,0 +1,536 @@
+// A strict HTTP/1.1 message-head parser and chunked-body decoder working on Buffers (RFC 9112).
+// Strict because the proxy sits between a client and servers that may each parse leniently: any
+// ambiguity in framing (both Content-Length and Transfer-Encoding, differing lengths, obs-fold, bare
+// LF, whitespace before the colon...) is an error here, never a guess, so that no request can be
+// read one way by us and another way by the backend (request smuggling).
+//
+// Bytes are decoded as latin1 everywhere: one byte = one UTF-16 unit, so obs-text in a value survives
+// the round trip to the upstream byte for byte.
+import type { Headers } from './types.js';
+
+// Character classes, one table lookup per byte.
+const TOKEN = new Uint8Array(256); // tchar
+const VALUE = new Uint8Array(256); // field-vchar / obs-text / SP / HTAB
+const TARGET = new Uint8Array(256); // request-target: visible ASCII
+const HEX = new Int8Array(256).fill(-1);
+for (const c of "!#$%&'*+-.^_`|~") TOKEN[c.charCodeAt(0)] = 1;
+for (let c = 0x30; c <= 0x39; c++) TOKEN[c] = 1;
+for (let c = 0x41; c <= 0x5a; c++) TOKEN[c] = 1;
+for (let c = 0x61; c <= 0x7a; c++) TOKEN[c] = 1;
+for (let c = 0x21; c <= 0x7e; c++) { VALUE[c] = 1; TARGET[c] = 1; }
+for (let c = 0x80; c <= 0xff; c++) VALUE[c] = 1;
+VALUE[0x20] = 1;
+VALUE[0x09] = 1;
+for (let c = 0; c < 10; c++) HEX[0x30 + c] = c;
+for (let c = 0; c < 6; c++) { HEX[0x41 + c] = 10 + c; HEX[0x61 + c] = 10 + c; }
+
+const CR = 13, LF = 10, SP = 32, HTAB = 9, COLON = 58;
+
+// Plain numeric constants (not const enums): the test loader transpiles file by file.
+/** parse errors, returned negated: 400, 431, 505, 501 (a transfer coding we do not implement) */
+export const ParseError = { Bad: 1, TooLarge: 2, Version: 3, NotImplemented: 4 } as const;
+export type ParseError = (typeof ParseError)[keyof typeof ParseError];
+
+/** Framing of a body; Close (responses only): read until the upstream closes. */
+export const Framing = { None: 0, Length: 1, Chunked: 2, Close: 3 } as const;
+export type Framing = (typeof Framing)[keyof typeof Framing];
+
+/** The head of a request from a client (reused per connection: reset() between messages). */
+export class RequestHeadParse {
+  method = '';
+  target = '';
+  /** 0 = HTTP/1.0, 1 = HTTP/1.1 */
+  minor = 1;
+  host: string | undefined;
+  headers: Headers = Object.create(null) as Headers;
+  framing: Framing = Framing.None;
+  contentLength = 0;
+  /** a content-length header was there (0 included: passed on, some servers want a length on POST) */
+  hasContentLength = false;
+  /** Connection: close (or HTTP/1.0 without keep-alive) */
+  close = false;
+  /** HTTP/1.0 with Connection: keep-alive */
+  keepAlive10 = false;
+  expectContinue = false;
+  /** Upgrade header value when Connection lists upgrade (h2c excluded: see http1.ts) */
+  upgrade: string | undefined;
+  /** te: trailers was asked */
+  teTrailers = false;
+  /** why the last parse failed (for the log) */
+  error = '';
+  /** names listed in Connection, removed from headers after the head is read */
+  private connNames: string[] | undefined;
+
+  reset(): void {
+    this.host = undefined;
+    this.headers = Object.create(null) as Headers;
+    this.framing = Framing.None;
+    this.contentLength = 0;
+    this.hasContentLength = false;
+    this.close = false;
+    this.keepAlive10 = false;
+    this.expectContinue = false;
+    this.upgrade = undefined;
+    this.teTrailers = false;
+    this.connNames = undefined;
+    this.error = '';
+  }
+
+  /**
+   * Parse one request head from buf[start..]. Returns the offset just past the head, 0 when more bytes
+   * are needed, or -ParseError. maxBytes bounds the head (431 beyond).
+   */
+  parse(buf: Buffer, start: number, maxBytes: number): number {
+    const len = buf.length;
+    // RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request line.
+    if (len - start >= 2 && buf[start] === CR && buf[start + 1] === LF) start += 2;
+    const endIdx = buf.indexOf('\r\n\r\n', start, 'latin1');
+    if (endIdx < 0) {
+      if (len - start > maxBytes) return this.fail(ParseError.TooLarge, 'header section too large');
+      // An early look at the method: garbage is refused at once, not after the whole head (or a timeout).
+      let i = start;
+      while (i < len && TOKEN[buf[i]!]) i++;
+      if (i < len && (i === start || buf[i] !== SP)) return this.fail(ParseError.Bad, 'bad method');
+      return 0;
+    }
+    const headEnd = endIdx + 4;
+    if (headEnd - start > maxBytes) return this.fail(ParseError.TooLarge, 'header section too large');
+    this.reset();
+    // request-line = method SP request-target SP HTTP-version CRLF
+    let i = start;
+    while (TOKEN[buf[i]!]) i++;
+    if (i === start || buf[i] !== SP) return this.fail(ParseError.Bad, 'bad method');
+    this.method = buf.toString('latin1', start, i);
+    const t0 = ++i;
+    while (TARGET[buf[i]!]) i++;
+    if (i === t0 || buf[i] !== SP) return this.fail(ParseError.Bad, 'bad request-target');
+    this.target = buf.toString('latin1', t0, i);
+    i++;
+    // HTTP-version = "HTTP/" DIGIT "." DIGIT
+    if (buf[i] !== 0x48 || buf[i + 1] !== 0x54 || buf[i + 2] !== 0x54 || buf[i + 3] !== 0x50 || buf[i + 4] !== 0x2f
+      || buf[i + 6] !== 0x2e || buf[i + 8] !== CR || buf[i + 9] !== LF) return this.fail(ParseError.Bad, 'bad HTTP version');
+    const major = buf[i + 5]! - 0x30, minor = buf[i + 7]! - 0x30;
+    if (major < 0 || major > 9 || minor < 0 || minor > 9) return this.fail(ParseError.Bad, 'bad HTTP version');
+    if (major !== 1) return this.fail(ParseError.Version, `HTTP/${major}.${minor} not supported`);
+    this.minor = minor === 0 ? 0 : 1;
+    i += 10;
+    let te: string | undefined;
+    let sawCl = false;
+    let connClose = false, connKeepAlive = false, connUpgrade = false;
+    let upgrade: string | undefined;
+    const headers = this.headers;
+    // field-line = field-name ":" OWS field-value OWS CRLF
+    while (i < endIdx + 2) {
+      const n0 = i;
+      while (TOKEN[buf[i]!]) i++;
+      if (buf[i] !== COLON) {
+        if (i === n0 && (buf[i] === SP || buf[i] === HTAB)) return this.fail(ParseError.Bad, 'obsolete line folding');
+        return this.fail(ParseError.Bad, i === n0 ? 'bad header line' : 'bad header name (whitespace before colon?)');
+      }
+      if (i === n0) return this.fail(ParseError.Bad, 'empty header name');
+      const name = buf.toString('latin1', n0, i).toLowerCase();
+      i++;
+      while (buf[i] === SP || buf[i] === HTAB) i++;
+      const v0 = i;
+      while (VALUE[buf[i]!]) i++;
+      if (buf[i] !== CR || buf[i + 1] !== LF) return this.fail(ParseError.Bad, `bad character in header ${name}`);
+      let v1 = i;
+      while (v1 > v0 && (buf[v1 - 1] === SP || buf[v1 - 1] === HTAB)) v1--;
+      const value = buf.toString('latin1', v0, v1);
+      i += 2;
+      // Hop-by-hop and framing headers are consumed here, never forwarded as they came.
+      switch (name) {
+        case 'content-length': {
+          const n = parseContentLength(value);
+          if (n < 0) return this.fail(ParseError.Bad, 'bad content-length');
+          if (sawCl && n !== this.contentLength) return this.fail(ParseError.Bad, 'differing content-lengths');
+          sawCl = true;
+          this.contentLength = n;
+          continue;
+        }
+        case 'transfer-encoding':
+          te = te === undefined ? value : `${te}, ${value}`;
+          continue;
+        case 'host':
+          if (this.host !== undefined) return this.fail(ParseError.Bad, 'more than one host header');
+          this.host = value;
+          continue;
+        case 'connection':
+        case 'proxy-connection': {
+          // A comma-separated list of tokens; the names it lists are hop-by-hop too.
+          for (const raw of value.split(',')) {
+            const tok = raw.trim().toLowerCase();
+            if (tok === '') continue;
+            if (tok === 'close') connClose = true;
+            else if (tok === 'keep-alive') connKeepAlive = true;
+            else if (tok === 'upgrade') connUpgrade = true;
+            else (this.connNames ??= []).push(tok);
+          }
+          continue;
+        }
+        case 'keep-alive':
+        case 'http2-settings':
+          continue;
+        case 'upgrade':
+          upgrade = value;
+          continue;
+        case 'te':
+          // Only "trailers" means anything end to end (gRPC); codings are between us and the client.
+          if (/(^|,)\s*trailers\s*(;|,|$)/i.test(value)) this.teTrailers = true;
+          continue;
+        case 'expect':
+          if (value.toLowerCase() === '100-continue') { this.expectContinue = true; continue; }
+          break;
+        case '__proto__':
+          // Headers objects have no prototype, but a policy may copy them into one that has.
+          return this.fail(ParseError.Bad, 'bad header name');
+      }
+      const prev = headers[name];
+      if (prev === undefined) headers[name] = value;
+      else if (typeof prev === 'string') headers[name] = [prev, value];
+      else prev.push(value);
+    }
+    if (te !== undefined) {
+      // RFC 9112 6.1: chunked must be the final coding; with Content-Length too the message is ambiguous.
+      if (sawCl) return this.fail(ParseError.Bad, 'both content-length and transfer-encoding');
+      if (this.minor === 0) return this.fail(ParseError.Bad, 'transfer-encoding in an HTTP/1.0 request');
+      const codings = te.toLowerCase().split(',');
+      const last = codings[codings.length - 1]!.trim();
+      if (last !== 'chunked') return this.fail(ParseError.Bad, 'transfer-encoding without final chunked');
+      if (codings.length > 1) return this.fail(ParseError.NotImplemented, `transfer-coding ${te} not implemented`);
+      this.framing = Framing.Chunked;
+    } else if (sawCl && this.contentLength > 0) {
+      this.framing = Framing.Length;
+    }
+    this.hasContentLength = sawCl;
+    if (this.minor === 1 && this.host === undefined) return this.fail(ParseError.Bad, 'HTTP/1.1 request without host');
+    if (this.connNames) for (const n of this.connNames) delete headers[n];
+    this.close = this.minor === 0 ? !connKeepAlive : connClose;
+    this.keepAlive10 = this.minor === 0 && connKeepAlive && !connClose;
+    // Upgrade: h2c is ignored (RFC 9113 3.1 deprecated it; prior knowledge is the cleartext HTTP/2 path):
+    // the request is answered in HTTP/1.1 as if no Upgrade had been asked.
+    if (connUpgrade && upgrade !== undefined && this.minor === 1 && !/^\s*h2c\s*$/i.test(upgrade)) this.upgrade = upgrade;
+    return headEnd;
+  }
+
+  private fail(code: ParseError, why: string): number {
+    this.error = why;
+    return -code;
+  }
+}
+
+/** Content-Length: 1*DIGIT, or a list of identical values ("5, 5"); -1 when invalid. */
+export function parseContentLength(v: string): number {
+  let n = -1;
+  let cur = -1;
+  let digits = 0;
+  for (let i = 0; i <= v.length; i++) {
+    const c = i < v.length ? v.charCodeAt(i) : 44;
+    if (c >= 48 && c <= 57) {
+      if (++digits > 15) return -1; // beyond any real body, and keeps the arithmetic exact
+      cur = (cur < 0 ? 0 : cur * 10) + (c - 48);
+    } else if (c === 44) {
+      if (cur < 0) return -1;
+      if (n >= 0 && n !== cur) return -1;
+      n = cur;
+      cur = -1;
+      digits = 0;
+      while (i + 1 < v.length && (v.charCodeAt(i + 1) === SP || v.charCodeAt(i + 1) === HTAB)) i++;
+    } else return -1;
+  }
+  return n;
+}
+
+/** The head of a response from an upstream, as flat name/value arrays (reused per connection). */
+export class ResponseHeadParse {
+  status = 0;
+  reason = '';
+  minor = 1;
+  /** lower-case names, parallel to values; hop-by-hop and framing headers excluded */
+  names: string[] = [];
+  values: string[] = [];
+  framing: Framing = Framing.None;
+  contentLength = 0;
+  /** a content-length header was there (a HEAD or 304 response passes it on) */
+  hasContentLength = false;
+  close = false;
+  /** Connection: upgrade + Upgrade value (for a 101) */
+  upgrade: string | undefined;
+  error = '';
+
+  /**
+   * Parse one response head from buf[start..]; noBody: the request was HEAD (or the status forbids a
+   * body). Returns the offset just past the head, 0 for more, or -ParseError.
+   */
+  parse(buf: Buffer, start: number, maxBytes: number, headRequest: boolean): number {
+    const endIdx = buf.indexOf('\r\n\r\n', start, 'latin1');
+    if (endIdx < 0) return buf.length - start > maxBytes ? this.fail(ParseError.TooLarge, 'response head too large') : 0;
+    const headEnd = endIdx + 4;
+    if (headEnd - start > maxBytes) return this.fail(ParseError.TooLarge, 'response head too large');
+    this.names.length = 0;
+    this.values.length = 0;
+    this.framing = Framing.None;
+    this.contentLength = 0;
+    this.upgrade = undefined;
+    this.error = '';
+    let i = start;
+    // status-line = HTTP-version SP status-code SP [ reason-phrase ] CRLF
+    if (buf[i] !== 0x48 || buf[i + 1] !== 0x54 || buf[i + 2] !== 0x54 || buf[i + 3] !== 0x50 || buf[i + 4] !== 0x2f
+      || buf[i + 5] !== 0x31 || buf[i + 6] !== 0x2e || buf[i + 8] !== SP) return this.fail(ParseError.Bad, 'bad status line');
+    this.minor = buf[i + 7] === 0x30 ? 0 : 1;
+    const d0 = buf[i + 9]! - 48, d1 = buf[i + 10]! - 48, d2 = buf[i + 11]! - 48;
+    if (d0 < 1 || d0 > 5 || d1 < 0 || d1 > 9 || d2 < 0 || d2 > 9) return this.fail(ParseError.Bad, 'bad status code');
+    this.status = d0 * 100 + d1 * 10 + d2;
+    i += 12;
+    if (buf[i] === SP) {
+      const r0 = ++i;
+      while (VALUE[buf[i]!]) i++;
+      this.reason = buf.toString('latin1', r0, i);
+    } else this.reason = '';
+    if (buf[i] !== CR || buf[i + 1] !== LF) return this.fail(ParseError.Bad, 'bad status line');
+    i += 2;
+    let te: string | undefined;
+    let sawCl = false;
+    let connClose = false, connKeepAlive = false, connUpgrade = false;
+    let connNames: string[] | undefined;
+    let upgrade: string | undefined;
+    while (i < endIdx + 2) {
+      const n0 = i;
+      while (TOKEN[buf[i]!]) i++;
+      if (i === n0 || buf[i] !== COLON) return this.fail(ParseError.Bad, 'bad header line');
+      const name = buf.toString('latin1', n0, i).toLowerCase();
+      i++;
+      while (buf[i] === SP || buf[i] === HTAB) i++;
+      const v0 = i;
+      while (VALUE[buf[i]!]) i++;
+      if (buf[i] !== CR || buf[i + 1] !== LF) return this.fail(ParseError.Bad, `bad character in header ${name}`);
+      let v1 = i;
+      while (v1 > v0 && (buf[v1 - 1] === SP || buf[v1 - 1] === HTAB)) v1--;
+      const value = buf.toString('latin1', v0, v1);
+      i += 2;
+      switch (name) {
+        case 'content-length': {
+          const n = parseContentLength(value);
+          if (n < 0 || (sawCl && n !== this.contentLength)) return this.fail(ParseError.Bad, 'bad content-length');
+          sawCl = true;
+          this.contentLength = n;
+          continue;
+        }
+        case 'transfer-encoding':
+          te = te === undefined ? value : `${te}, ${value}`;
+          continue;
+        case 'connection':
+        case 'proxy-connection':
+          for (const raw of value.split(',')) {
+            const tok = raw.trim().toLowerCase();
+            if (tok === 'close') connClose = true;
+            else if (tok === 'keep-alive') connKeepAlive = true;
+            else if (tok === 'upgrade') connUpgrade = true;
+            else if (tok !== '') (connNames ??= []).push(tok);
+          }
+          continue;
+        case 'keep-alive':
+          continue;
+        case 'upgrade':
+          upgrade = value;
+          continue;
+      }
+      this.names.push(name);
+      this.values.push(value);
+    }
+    if (connNames) {
+      for (let k = this.names.length - 1; k >= 0; k--) {
+        if (connNames.includes(this.names[k]!)) { this.names.splice(k, 1); this.values.splice(k, 1); }
+      }
+    }
+    this.close = this.minor === 0 ? !connKeepAlive : connClose;
+    if (connUpgrade) this.upgrade = upgrade;
+    this.hasContentLength = sawCl;
+    const st = this.status;
+    if (headRequest || st < 200 || st === 204 || st === 304) {
+      this.framing = Framing.None;
+    } else if (te !== undefined) {
+      // A response with both is a smuggling attempt or a broken server: the connection cannot be trusted.
+      if (sawCl) return this.fail(ParseError.Bad, 'both content-length and transfer-encoding');
+      const codings = te.toLowerCase().split(',');
+      if (codings[codings.length - 1]!.trim() !== 'chunked') {
+        this.framing = Framing.Close; // RFC 9112 6.3 (7): read until close
+        this.close = true;
+      } else if (codings.length > 1) {
+        return this.fail(ParseError.NotImplemented, `transfer-coding ${te}`);
+      } else this.framing = Framing.Chunked;
+    } else if (sawCl) {
+      this.framing = this.contentLength > 0 ? Framing.Length : Framing.None;
+    } else {
+      this.framing = Framing.Close;
+      this.close = true;
+    }
+    return headEnd;
+  }
+
+  private fail(code: ParseError, why: string): number {
+    this.error = why;
+    return -code;
+  }
+}
+
+/** What a chunked decoder reports to whoever consumes the body. */
+export interface ChunkSink {
+  chunkData(buf: Buffer): void;
+  /** the last chunk and trailer section were read; trailers is the raw, validated trailer section ('' = none) */
+  chunkEnd(trailers: string): void;
+}
+
+const CS = { Size: 0, Ext: 1, SizeLf: 2, Data: 3, DataCr: 4, DataLf: 5, Trailer: 6, Done: 7 } as const;
+
+/**
+ * Streaming decoder of the chunked transfer coding (RFC 9112 7.1). feed() takes any slice of the
+ * stream and returns how many bytes it used (it stops right after the last chunk's trailer section,
+ * leaving a pipelined next message to the caller), or -1 on a framing error.
+ */
+export class ChunkedDecoder {
+  private state: number = CS.Size;
+  private size = 0;
+  private digits = 0;
+  private lineBytes = 0;
+  private trailer = '';
+  private trailerLineStart = true;
+  error = '';
+
+  reset(): void {
+    this.state = CS.Size;
+    this.size = 0;
+    this.digits = 0;
+    this.lineBytes = 0;
+    this.trailer = '';
+    this.trailerLineStart = true;
+    this.error = '';
+  }
+
+  get done(): boolean {
+    return this.state === CS.Done;
+  }
+
+  feed(buf: Buffer, start: number, sink: ChunkSink, maxTrailerBytes: number): number {
+    let i = start;
+    const len = buf.length;
+    while (i < len) {
+      switch (this.state) {
+        case CS.Size: {
+          const c = buf[i]!;
+          const h = HEX[c]!;
+          if (h >= 0) {
+            if (++this.digits > 12) return this.fail('chunk size too large');
+            this.size = this.size * 16 + h;
+            i++;
+          } else if (this.digits === 0) {
+            return this.fail('bad chunk size');
+          } else if (c === CR) {
+            this.state = CS.SizeLf;
+            i++;
+          } else if (c === 0x3b /* ; */ || c === SP || c === HTAB) {
+            this.state = CS.Ext;
+            this.lineBytes = 0;
+          } else return this.fail('bad chunk size');
+          break;
+        }
+        case CS.Ext: {
+          // chunk extensions are ignored, but they must be plain visible text and bounded
+          const c = buf[i]!;
+          if (c === CR) { this.state = CS.SizeLf; i++; break; }
+          if (!VALUE[c] || ++this.lineBytes > 4096) return this.fail('bad chunk extension');
+          i++;
+          break;
+        }
+        case CS.SizeLf:
+          if (buf[i] !== LF) return this.fail('bad chunk size line');
+          i++;
+          if (this.size === 0) {
+            this.state = CS.Trailer;
+            this.trailerLineStart = true;
+            this.trailer = '';
+            this.lineBytes = 0;
+          } else this.state = CS.Data;
+          break;
+        case CS.Data: {
+          const n = Math.min(this.size, len - i);
+          sink.chunkData(buf.subarray(i, i + n));
+          i += n;
+          this.size -= n;
+          if (this.size === 0) this.state = CS.DataCr;
+          break;
+        }
+        case CS.DataCr:
+          if (buf[i] !== CR) return this.fail('chunk data longer than its size');
+          this.state = CS.DataLf;
+          i++;
+          break;
+        case CS.DataLf:
+          if (buf[i] !== LF) return this.fail('bad chunk terminator');
+          this.state = CS.Size;
+          this.size = 0;
+          this.digits = 0;
+          i++;
+          break;
+        case CS.Trailer: {
+          // trailer-section = *( field-line CRLF ) CRLF; kept raw (validated) for a chunked receiver.
+          const eol = buf.indexOf(LF, i);
+          const stop = eol < 0 ? len : eol + 1;
+          if ((this.lineBytes += stop - i) > maxTrailerBytes) return this.fail('trailer section too large');
+          const piece = buf.toString('latin1', i, stop);
+          i = stop;
+          this.trailer += piece;
+          if (eol < 0) break;
+          // a complete line sits at the end of this.trailer
+          const lineStart = this.trailer.lastIndexOf('\n', this.trailer.length - 2) + 1;
+          const line = this.trailer.slice(lineStart);
+          if (line === '\r\n') {
+            this.trailer = this.trailer.slice(0, lineStart);
+            this.state = CS.Done;
+            sink.chunkEnd(this.trailer);
+            return i;
+          }
+          if (!validFieldLine(line)) return this.fail('bad trailer field');
+          break;
+        }
+        case CS.Done:
+          return i;
+      }
+    }
+    return i;
+  }
+
+  private fail(why: string): number {
+    this.error = why;
+    return -1;
+  }
+}
+
+/** 'name: value\r\n' with a token name, no whitespace before the colon and a valid value. */
+function validFieldLine(line: string): boolean {
+  const n = line.length;
+  if (n < 3 || line.charCodeAt(n - 2) !== CR || line.charCodeAt(n - 1) !== LF) return false;
+  let i = 0;
+  while (i < n && TOKEN[line.charCodeAt(i)]) i++;
+  if (i === 0 || line.charCodeAt(i) !== COLON) return false;
+  for (i++; i < n - 2; i++) if (!VALUE[line.charCodeAt(i)]) return false;
+  return true;
+}
+
+/** A header value safe to write into an HTTP/1.1 head (no CR/LF/NUL: no response splitting). */
+export function validHeaderValue(v: string): boolean {
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c > 0xff || !VALUE[c]) return false;
+  }
+  return true;
+}
+
+export function validToken(v: string): boolean {
+  if (v.length === 0) return false;
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c > 0xff || !TOKEN[c]) return false;
+  }
+  return true;
+}

@@ -1,0 +1,657 @@
+// One accepted HTTP/1.1 client connection: the hand-written parser reads requests, the policy decides,
+// the exchange loop runs attempts on pooled upstream connections and streams bodies both ways.
+//
+// Requests on a connection are answered strictly in order: a pipelined request is parsed only after
+// the previous response is complete (its bytes wait in the input buffer, the socket is paused when
+// they pile up). Everything per request lives in fields of this object, and the timers and callbacks
+// are bound once per connection: the hot path allocates the request head, the policy's objects and
+// the strings it writes, little else.
+import type { Socket } from 'node:net';
+import {
+  emptyRewrite, failureReply, rewriteHeaders, ROUTE_TIMEOUT_REPLY, statusText, type ConnInfo, type EngineContext,
+} from './engine.js';
+import { ChunkedDecoder, Framing, ParseError, RequestHeadParse, type ChunkSink } from './h1parse.js';
+import { ACQ_OVERFLOW, ACQ_PENDING, type H1Upstream, type UpstreamUser } from './pool.js';
+import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Source } from './types.js';
+
+const BODY_NONE = 0, BODY_LENGTH = 1, BODY_CHUNKED = 2;
+/** unsent request body held while no upstream connection is there yet, before the client is paused */
+const MAX_UNSENT = 256 * 1024;
+/** a connection that sent a bad request or asked to close gets this long to read our answer */
+const LINGER_MS = 5000;
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+const CONTINUE_100 = 'HTTP/1.1 100 Continue\r\n\r\n';
+
+export class H1Conn implements UpstreamUser, ChunkSink {
+  private buf: Buffer | null = null;
+  private readonly req = new RequestHeadParse();
+  private readonly chunked = new ChunkedDecoder();
+  private readonly source: Source;
+  private dead = false;
+  private paused = false;
+  private driving = false;
+  private again = false;
+
+  // the request being read
+  private bodyState = BODY_NONE;
+  private bodyRemaining = 0;
+
+  // the exchange (busy from the request head until the response is complete)
+  private busy = false;
+  private closeAfter = false;
+  private ex: Exchange | null = null;
+  private head: RequestHead | null = null;
+  private n = 0;
+  private attempt: Attempt | null = null;
+  private up: H1Upstream | null = null;
+  private waitingGroup: Attempt['upstream']['group'] | null = null;
+  private upHeadStr = '';
+  private isHeadReq = false;
+  private upgradeReq: string | undefined;
+  private expectContinue = false;
+  private sentContinue = false;
+  private staleRedispatch = 0;
+
+  // the request body: kept whole while it may be replayed (within bufferLimitBytes), else only what is unsent
+  private body: Buffer[] = [];
+  private bodySent = 0;
+  private bodyBytes = 0;
+  private unsentBytes = 0;
+  private bodyDone = true;
+  private replayable = true;
+  private reqChunked = false;
+  private reqTrailers = '';
+
+  // the response
+  private resStarted = false;
+  private resStatus = 0;
+  private grpcStatus: number | undefined;
+  private resChunked = false;
+  private resCloseDelimited = false;
+  private corked = false;
+
+  private tryTimer: NodeJS.Timeout | null = null;
+  private routeTimer: NodeJS.Timeout | null = null;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private readonly onTryTimeout = (): void => { this.tryTimer = null; this.attemptFailed({ kind: 'timeout' }); };
+  private readonly onRouteTimeout = (): void => { this.routeTimer = null; this.routeTimedOut(); };
+  private readonly onRetryTimer = (): void => { this.retryTimer = null; this.nextAttempt(); };
+  private readonly uncork = (): void => { if (this.corked) { this.corked = false; this.socket.uncork(); } };
+
+  constructor(private readonly ctx: EngineContext, private readonly socket: Socket, private readonly info: ConnInfo, first: Buffer) {
+    this.source = { address: info.address, port: info.port, cgroupId: info.dst?.cgroupId ?? 0n };
+    socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('close', () => this.onClientClose());
+    socket.on('error', () => { /* 'close' follows */ });
+    socket.on('drain', () => { if (this.up !== null) this.up.socket.resume(); });
+    ctx.stats.connectionsH1++;
+    this.onData(first);
+  }
+
+  // ---- reading requests ----
+
+  private onData(d: Buffer): void {
+    if (this.dead) return;
+    this.buf = this.buf === null ? d : Buffer.concat([this.buf, d]);
+    this.drive();
+  }
+
+  /** parse and dispatch what the input buffer holds, re-entrancy safe (a local reply ends an exchange synchronously) */
+  private drive(): void {
+    if (this.driving) { this.again = true; return; }
+    this.driving = true;
+    try {
+      do {
+        this.again = false;
+        this.step();
+      } while (this.again && !this.dead);
+    } finally {
+      this.driving = false;
+    }
+  }
+
+  private step(): void {
+    while (!this.dead && this.buf !== null) {
+      if (this.bodyState !== BODY_NONE) {
+        if (!this.readBody()) return;
+        continue;
+      }
+      if (this.busy) {
+        // A pipelined request waits for the response before it; stop reading when too much piles up.
+        if (this.buf.length > this.ctx.maxHeaderBytes && !this.paused) { this.paused = true; this.socket.pause(); }
+        return;
+      }
+      const n = this.req.parse(this.buf, 0, this.ctx.maxHeaderBytes);
+      if (n === 0) return;
+      if (n < 0) { this.badRequest(-n as ParseError); return; }
+      this.buf = n < this.buf.length ? this.buf.subarray(n) : null;
+      this.startRequest();
+    }
+    if (this.paused && !this.busy && !this.dead) { this.paused = false; this.socket.resume(); }
+  }
+
+  /** feed request body bytes from the buffer; false when more are needed */
+  private readBody(): boolean {
+    const buf = this.buf!;
+    if (this.bodyState === BODY_LENGTH) {
+      const take = Math.min(this.bodyRemaining, buf.length);
+      this.buf = take < buf.length ? buf.subarray(take) : null;
+      this.bodyRemaining -= take;
+      this.chunkData(take === buf.length ? buf : buf.subarray(0, take));
+      if (this.bodyRemaining === 0) { this.bodyState = BODY_NONE; this.bodyEnd(); }
+    } else {
+      const n = this.chunked.feed(buf, 0, this, this.ctx.maxHeaderBytes);
+      if (n < 0) { this.bodyError(this.chunked.error); return false; }
+      this.buf = n < buf.length ? buf.subarray(n) : null;
+      if (this.chunked.done) { this.bodyState = BODY_NONE; this.bodyEnd(); }
+    }
+    return this.bodyState === BODY_NONE || this.buf !== null;
+  }
+
+  private badRequest(code: ParseError): void {
+    this.ctx.stats.badRequests++;
+    const why = this.req.error;
+    this.ctx.log.debug({ peer: `${this.info.address}:${this.info.port}`, why }, 'bad HTTP/1.1 request');
+    const status = code === ParseError.TooLarge ? 431 : code === ParseError.Version ? 505 : code === ParseError.NotImplemented ? 501 : 400;
+    this.closeAfter = true;
+    this.writeLocal(status, null, `${statusText(status).toLowerCase()}: ${why}\n`);
+    this.finishConnection();
+  }
+
+  private startRequest(): void {
+    const req = this.req;
+    const ctx = this.ctx;
+    ctx.stats.requests++;
+    this.busy = true;
+    this.closeAfter = req.close;
+    this.isHeadReq = req.method === 'HEAD';
+    this.expectContinue = req.expectContinue && req.minor === 1;
+    this.sentContinue = false;
+    this.upgradeReq = req.upgrade;
+    // request body framing: the upstream gets the same framing (length or chunked)
+    this.bodyState = req.framing === Framing.Length ? BODY_LENGTH : req.framing === Framing.Chunked ? BODY_CHUNKED : BODY_NONE;
+    this.bodyRemaining = req.contentLength;
+    this.reqChunked = req.framing === Framing.Chunked;
+    if (this.reqChunked) this.chunked.reset();
+    this.bodyDone = this.bodyState === BODY_NONE;
+    this.body.length = 0;
+    this.bodySent = 0;
+    this.bodyBytes = 0;
+    this.unsentBytes = 0;
+    this.replayable = true;
+    this.reqTrailers = '';
+    this.resStarted = false;
+    this.resStatus = 0;
+    this.grpcStatus = undefined;
+    this.n = 0;
+    this.staleRedispatch = 0;
+
+    // request-target: origin-form; absolute-form (a client that thinks we are a proxy); * for OPTIONS
+    let path = req.target;
+    let authority = req.host ?? '';
+    if (path.charCodeAt(0) !== 47 /* / */) {
+      const abs = absoluteForm(path);
+      if (abs !== null) { authority = abs[0]; path = abs[1]; }
+      else if (!(path === '*' && req.method === 'OPTIONS')) {
+        this.closeAfter = true;
+        const status = req.method === 'CONNECT' ? 405 : 400;
+        this.localAnswer({ status, headers: {}, body: status === 405 ? 'CONNECT is not supported\n' : 'bad request-target\n' });
+        return;
+      }
+    }
+    if (this.info.dst === null) {
+      // Not redirected by the kernel: nobody should connect to the proxy port directly.
+      this.closeAfter = true;
+      this.localAnswer({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' });
+      return;
+    }
+    const headers = req.headers;
+    const ct = headers['content-type'];
+    const head: RequestHead = {
+      method: req.method,
+      path,
+      authority,
+      headers,
+      protocol: 'http1',
+      grpc: typeof ct === 'string' && ct.startsWith('application/grpc'),
+      hasBody: this.bodyState !== BODY_NONE,
+    };
+    this.head = head;
+    let r: Exchange | LocalReply;
+    try {
+      r = ctx.policy.begin(this.info.dst, this.source, head);
+    } catch (e) {
+      ctx.log.error({ err: e }, 'policy.begin failed');
+      this.closeAfter = true;
+      this.localAnswer({ status: 500, headers: {}, body: 'internal error\n' });
+      return;
+    }
+    if ('status' in r) { this.localAnswer(r); return; }
+    const ex = r;
+    this.ex = ex;
+    if (!emptyRewrite(ex.requestHeaders)) rewriteHeaders(headers, ex.requestHeaders);
+    this.upHeadStr = this.requestHeadString(head);
+    if (ex.timeoutMs > 0) this.routeTimer = setTimeout(this.onRouteTimeout, ex.timeoutMs);
+    this.nextAttempt();
+  }
+
+  /** the upstream request head, once per request (a retry writes the same) */
+  private requestHeadString(head: RequestHead): string {
+    let s = `${head.method} ${head.path} HTTP/1.1\r\nhost: ${head.authority}\r\n`;
+    const h = head.headers;
+    for (const name in h) {
+      const v = h[name]!;
+      if (typeof v === 'string') s += `${name}: ${v}\r\n`;
+      else for (let i = 0; i < v.length; i++) s += `${name}: ${v[i]}\r\n`;
+    }
+    if (this.req.teTrailers) s += 'te: trailers\r\n';
+    if (this.req.hasContentLength) s += `content-length: ${this.req.contentLength}\r\n`;
+    else if (this.reqChunked) s += 'transfer-encoding: chunked\r\n';
+    if (this.upgradeReq !== undefined) s += `connection: upgrade\r\nupgrade: ${this.upgradeReq}\r\n`;
+    return s + '\r\n';
+  }
+
+  // ---- the exchange loop ----
+
+  private nextAttempt(): void {
+    const ex = this.ex;
+    if (ex === null || this.dead) return;
+    const a = ex.attempt(++this.n);
+    if ('status' in a) { this.answerAndEnd(a); return; }
+    this.attempt = a;
+    if (ex.perTryTimeoutMs > 0) this.tryTimer = setTimeout(this.onTryTimeout, ex.perTryTimeoutMs);
+    this.acquire();
+  }
+
+  private acquire(): void {
+    const up = this.attempt!.upstream;
+    const got = this.ctx.pool.acquire(up, this);
+    if (got === ACQ_PENDING) this.waitingGroup = up.group;
+    else if (got === ACQ_OVERFLOW) this.attemptFailed({ kind: 'overflow', limit: 'max-pending-requests' });
+    else this.upReady(got);
+  }
+
+  upReady(c: H1Upstream): void {
+    this.waitingGroup = null;
+    if (this.attempt === null || this.dead) { c.release(true); return; }
+    this.up = c;
+    c.begin(this, this.isHeadReq);
+    if (this.expectContinue && !this.sentContinue && !this.resStarted) {
+      // We answer 100-continue ourselves when forwarding starts (the upstream never sees Expect):
+      // no deadlock whatever the upstream does with it.
+      this.sentContinue = true;
+      this.socket.write(CONTINUE_100, 'latin1');
+    }
+    const us = c.socket;
+    const body = this.body;
+    if (body.length === 0 && this.bodyDone && !this.reqChunked) {
+      us.write(this.upHeadStr, 'latin1');
+    } else {
+      us.cork();
+      us.write(this.upHeadStr, 'latin1');
+      for (let i = 0; i < body.length; i++) this.writeBody(us, body[i]!);
+      if (this.bodyDone) this.writeBodyEnd(us);
+      us.uncork();
+      if (this.replayable) this.bodySent = body.length;
+      else { body.length = 0; this.bodySent = 0; }
+      this.unsentBytes = 0;
+      if (this.paused && this.busy) { this.paused = false; this.socket.resume(); }
+    }
+  }
+
+  upConnectFailed(): void {
+    this.waitingGroup = null;
+    if (this.attempt === null) return;
+    this.attemptFailed({ kind: 'connect-failure' });
+  }
+
+  private writeBody(us: Socket, data: Buffer): boolean {
+    if (!this.reqChunked) return us.write(data);
+    us.write(`${data.length.toString(16)}\r\n`, 'latin1');
+    us.write(data);
+    return us.write('\r\n', 'latin1');
+  }
+
+  private writeBodyEnd(us: Socket): void {
+    if (this.reqChunked) us.write(`0\r\n${this.reqTrailers}\r\n`, 'latin1');
+  }
+
+  /** request body bytes (ChunkSink for chunked bodies, called directly for content-length) */
+  chunkData(data: Buffer): void {
+    if (data.length === 0) return;
+    if (this.ex === null) return; // answered already: the rest of the body is read and dropped
+    const limit = this.ex.bufferLimitBytes;
+    this.bodyBytes += data.length;
+    if (this.replayable && this.bodyBytes > limit) {
+      // From here the body is streamed only: keep just what the upstream has not had yet.
+      this.replayable = false;
+      this.body.splice(0, this.bodySent);
+      this.bodySent = 0;
+    }
+    const up = this.up;
+    if (up !== null) {
+      if (this.replayable) { this.body.push(data); this.bodySent++; }
+      if (!this.writeBody(up.socket, data) && !this.paused) {
+        this.paused = true;
+        this.socket.pause();
+      }
+    } else {
+      this.body.push(data);
+      this.unsentBytes += data.length;
+      if (this.unsentBytes > MAX_UNSENT && !this.paused) { this.paused = true; this.socket.pause(); }
+    }
+  }
+
+  chunkEnd(trailers: string): void {
+    this.reqTrailers = trailers;
+  }
+
+  private bodyEnd(): void {
+    this.bodyDone = true;
+    if (this.up !== null && this.ex !== null) this.writeBodyEnd(this.up.socket);
+  }
+
+  /** the request body's chunked framing is broken */
+  private bodyError(why: string): void {
+    this.ctx.stats.badRequests++;
+    this.ctx.log.debug({ peer: `${this.info.address}:${this.info.port}`, why }, 'bad request body');
+    this.bodyState = BODY_NONE;
+    this.buf = null;
+    this.closeAfter = true;
+    if (this.ex !== null && !this.resStarted) {
+      this.abortAttempt({ kind: 'cancelled' });
+      this.answerAndEnd({ status: 400, headers: {}, body: `bad request: ${why}\n` });
+    } else if (this.ex !== null) {
+      this.abortClient();
+    } else this.finishConnection();
+  }
+
+  upDrain(): void {
+    if (this.paused && !this.dead) { this.paused = false; this.socket.resume(); }
+  }
+
+  upHead(c: H1Upstream): void {
+    if (c !== this.up || this.attempt === null) return;
+    const res = c.res;
+    const status = res.status;
+    if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
+    if (status === 101) {
+      if (this.upgradeReq === undefined || res.upgrade === undefined) { this.upFail(c, 'unexpected 101 response'); return; }
+      this.upgraded(c);
+      return;
+    }
+    let grpcStatus: number | undefined;
+    if (this.head!.grpc) {
+      const i = res.names.indexOf('grpc-status');
+      if (i >= 0) grpcStatus = Number(res.values[i]);
+    }
+    const outcome: Outcome = grpcStatus === undefined ? { kind: 'response', status } : { kind: 'response', status, grpcStatus };
+    const a = this.attempt;
+    this.attempt = null;
+    a.finish(outcome);
+    const delay = this.ex!.retryDelay(this.n, outcome, this.replayable);
+    if (delay !== null && (this.replayable || !this.head!.hasBody)) {
+      // Retried: the rest of this response is not wanted, and the connection cannot be reused mid-body.
+      this.up = null;
+      c.destroy();
+      this.scheduleRetry(delay);
+      return;
+    }
+    this.grpcStatus = grpcStatus;
+    this.writeResponseHead(c);
+  }
+
+  private writeResponseHead(c: H1Upstream): void {
+    const res = c.res;
+    const status = res.status;
+    this.resStarted = true;
+    this.resStatus = status;
+    const minor = this.req.minor;
+    let s = `HTTP/1.1 ${status} ${res.reason}\r\n`;
+    const names = res.names, values = res.values;
+    const rw = this.ex!.responseHeaders;
+    if (emptyRewrite(rw)) {
+      for (let i = 0; i < names.length; i++) s += `${names[i]}: ${values[i]}\r\n`;
+    } else {
+      for (let i = 0; i < names.length; i++) {
+        const name = names[i]!;
+        if (rw.remove.includes(name) || rw.set[name] !== undefined) continue;
+        s += `${name}: ${values[i]}\r\n`;
+      }
+      for (const name in rw.set) s += `${name}: ${rw.set[name]}\r\n`;
+    }
+    this.resChunked = false;
+    this.resCloseDelimited = false;
+    switch (res.framing) {
+      case Framing.None:
+        if (res.hasContentLength && status !== 204 && status >= 200) s += `content-length: ${res.contentLength}\r\n`;
+        break;
+      case Framing.Length:
+        s += `content-length: ${res.contentLength}\r\n`;
+        break;
+      default: // chunked or until close
+        if (minor === 1) { s += 'transfer-encoding: chunked\r\n'; this.resChunked = true; }
+        else { this.resCloseDelimited = true; this.closeAfter = true; }
+    }
+    if (this.closeAfter) s += 'connection: close\r\n';
+    else if (minor === 0) s += 'connection: keep-alive\r\n';
+    s += '\r\n';
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(this.uncork);
+    this.socket.write(s, 'latin1');
+  }
+
+  upData(c: H1Upstream, data: Buffer): void {
+    if (c !== this.up || !this.resStarted) return;
+    const sock = this.socket;
+    let ok: boolean;
+    if (this.resChunked) {
+      sock.write(`${data.length.toString(16)}\r\n`, 'latin1');
+      sock.write(data);
+      ok = sock.write('\r\n', 'latin1');
+    } else ok = sock.write(data);
+    if (!ok) c.socket.pause(); // resumed on the client's 'drain'
+  }
+
+  upEnd(c: H1Upstream, trailers: string): void {
+    if (c !== this.up) return;
+    this.up = null;
+    if (this.resChunked) this.socket.write(`0\r\n${trailers}\r\n`, 'latin1');
+    this.uncork();
+    // The connection is reusable only when our request went out whole too.
+    c.release(this.bodyDone);
+    if (this.resCloseDelimited) this.closeAfter = true;
+    this.endExchange(this.resStatus);
+  }
+
+  upFail(c: H1Upstream, why: string): void {
+    if (c !== this.up) return;
+    this.up = null;
+    if (this.resStarted) {
+      // The response was under way: the client cannot be told but by cutting its connection.
+      this.ctx.log.debug({ upstream: c.key, why }, 'upstream failed mid-response; client connection aborted');
+      this.abortClient();
+      return;
+    }
+    if (this.attempt === null) return;
+    // A reused keep-alive connection that the server had closed: the request never reached it, so it is
+    // sent again on another connection (as Go's transport does: idempotent, replayable, nothing received).
+    if (c.uses > 1 && c.gotBytes === 0 && this.replayable && IDEMPOTENT.has(this.head!.method) && this.staleRedispatch++ < 2) {
+      this.acquire();
+      return;
+    }
+    this.attemptFailed({ kind: 'reset' });
+  }
+
+  private scheduleRetry(delay: number): void {
+    if (delay > 0) this.retryTimer = setTimeout(this.onRetryTimer, delay);
+    else this.nextAttempt();
+  }
+
+  /** the current attempt failed before a response head */
+  private attemptFailed(o: Outcome): void {
+    const a = this.attempt;
+    if (a === null || this.ex === null) return;
+    this.abortAttempt(o);
+    const delay = this.ex.retryDelay(this.n, o, this.replayable);
+    // (a body that was not kept whole is never replayed, whatever the policy says)
+    if (delay === null || (!this.replayable && this.head!.hasBody)) this.answerAndEnd(failureReply(o));
+    else this.scheduleRetry(delay);
+  }
+
+  /** stop the current attempt (timers, waiting, connection) and finish it with o */
+  private abortAttempt(o: Outcome): void {
+    if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
+    if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
+    if (this.waitingGroup !== null) { this.ctx.pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
+    if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
+    const a = this.attempt;
+    if (a !== null) { this.attempt = null; a.finish(o); }
+  }
+
+  private routeTimedOut(): void {
+    if (this.ex === null) return;
+    if (this.resStarted) { this.abortClient(); return; }
+    this.abortAttempt({ kind: 'timeout' });
+    this.answerAndEnd(ROUTE_TIMEOUT_REPLY);
+  }
+
+  /** 101 from the upstream: from now on the two sockets are spliced, raw, both ways */
+  private upgraded(c: H1Upstream): void {
+    const res = c.res;
+    const a = this.attempt!;
+    this.attempt = null;
+    a.finish({ kind: 'response', status: 101 });
+    this.ctx.stats.upgrades++;
+    let s = `HTTP/1.1 101 ${res.reason}\r\n`;
+    for (let i = 0; i < res.names.length; i++) s += `${res.names[i]}: ${res.values[i]}\r\n`;
+    s += `connection: upgrade\r\nupgrade: ${res.upgrade}\r\n\r\n`;
+    const client = this.socket;
+    client.write(s, 'latin1');
+    const us = c.detach();
+    const leftover = c.leftover;
+    this.up = null;
+    this.resStatus = 101;
+    this.clearTimers();
+    const ex = this.ex!;
+    this.ex = null;
+    this.dead = true; // no more HTTP on this connection
+    client.removeAllListeners('data');
+    client.removeAllListeners('drain');
+    if (leftover !== null) client.write(leftover);
+    if (this.buf !== null) { us.write(this.buf); this.buf = null; }
+    us.pipe(client);
+    client.pipe(us);
+    us.on('close', () => client.destroy());
+    client.on('close', () => us.destroy());
+    if (this.paused) { this.paused = false; client.resume(); }
+    us.resume();
+    ex.end(101);
+  }
+
+  // ---- answers and the end of an exchange ----
+
+  /** a local reply with no exchange (policy said no, or the request was refused before it) */
+  private localAnswer(r: LocalReply): void {
+    this.writeLocal(r.status, r.headers, r.body);
+    this.endExchange(r.status);
+  }
+
+  /** a local reply that ends the exchange (a failure, a policy answer to attempt(n)) */
+  private answerAndEnd(r: LocalReply): void {
+    this.writeLocal(r.status, r.headers, r.body);
+    this.endExchange(r.status);
+  }
+
+  private writeLocal(status: number, headers: Headers | null, body: string): void {
+    this.resStarted = true;
+    this.resStatus = status;
+    const len = Buffer.byteLength(body);
+    let s = `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain\r\ncontent-length: ${len}\r\n`;
+    if (headers !== null) {
+      for (const name in headers) {
+        const v = headers[name]!;
+        if (typeof v === 'string') s += `${name}: ${v}\r\n`;
+        else for (const x of v) s += `${name}: ${x}\r\n`;
+      }
+    }
+    // A request whose body we will not read to the end cannot be followed by another on this connection.
+    if (!this.bodyDone && this.bodyState !== BODY_NONE) this.closeAfter = true;
+    if (this.closeAfter) s += 'connection: close\r\n';
+    else if (this.req.minor === 0) s += 'connection: keep-alive\r\n';
+    s += '\r\n';
+    if (this.isHeadReq || len === 0) this.socket.write(s, 'latin1');
+    else this.socket.write(s + body, 'utf8');
+  }
+
+  private clearTimers(): void {
+    if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
+    if (this.routeTimer !== null) { clearTimeout(this.routeTimer); this.routeTimer = null; }
+    if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
+  }
+
+  private endExchange(status: number): void {
+    this.clearTimers();
+    const ex = this.ex;
+    this.ex = null;
+    this.head = null;
+    this.busy = false;
+    this.body.length = 0;
+    if (ex !== null) ex.end(status, this.grpcStatus);
+    if (this.dead) return;
+    // The request body not read to its end (an early answer): the connection cannot carry another request.
+    if (this.closeAfter || !this.bodyDone) { this.finishConnection(); return; }
+    if (this.buf !== null || this.paused) this.drive();
+  }
+
+  /** write what is queued, then close; a client that never closes its side is cut after LINGER_MS */
+  private finishConnection(): void {
+    this.dead = true;
+    this.buf = null;
+    this.uncork();
+    const sock = this.socket;
+    sock.end();
+    setTimeout(() => sock.destroy(), LINGER_MS).unref();
+  }
+
+  /** cut the client's connection (a response could not be completed) */
+  private abortClient(): void {
+    this.dead = true;
+    this.socket.destroy();
+    this.onClientClose();
+  }
+
+  private onClientClose(): void {
+    this.dead = true;
+    this.buf = null;
+    const ex = this.ex;
+    if (ex === null) return;
+    this.ex = null;
+    this.clearTimers();
+    if (this.waitingGroup !== null) { this.ctx.pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
+    if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
+    const a = this.attempt;
+    if (a !== null) { this.attempt = null; a.finish({ kind: 'cancelled' }); }
+    // status sent when the response had started (and was cut), 0 when the client left before it
+    ex.end(this.resStarted ? this.resStatus : 0, this.grpcStatus);
+  }
+}
+
+/** 'http://host[:port]/path?q' -> [authority, path]; null when not an absolute http URI */
+function absoluteForm(target: string): [string, string] | null {
+  let rest: string;
+  if (target.length > 7 && target.slice(0, 7).toLowerCase() === 'http://') rest = target.slice(7);
+  else return null;
+  let end = rest.length;
+  for (let i = 0; i < rest.length; i++) {
+    const c = rest.charCodeAt(i);
+    if (c === 47 || c === 63) { end = i; break; }
+  }
+  const authority = rest.slice(0, end);
+  if (authority === '' || authority.includes('@')) return null;
+  let path = rest.slice(end);
+  if (path === '') path = '/';
+  else if (path.charCodeAt(0) === 63) path = '/' + path;
+  return [authority, path];
+}

@@ -1,0 +1,143 @@
+// The proxy's listener: accepts the connections the kernel redirected, asks once per connection where
+// each was going (Datapath.originalDst, a map lookup by the client's address), and sniffs the first
+// bytes: the HTTP/2 connection preface means HTTP/2 with prior knowledge (handed to node:http2),
+// anything else is HTTP/1.1 (our own parser, http1.ts). The engine never decides: every request goes
+// through the Policy (types.ts), which routes, balances, limits and counts.
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Http2Server, Http2Session } from 'node:http2';
+import type { Logger } from '../observe/log.js';
+import type { ConnInfo, EngineContext, EngineStats } from './engine.js';
+import { createH2Server, H2Pool } from './http2.js';
+import { H1Conn } from './http1.js';
+import { H1Pool } from './pool.js';
+import type { OriginalDst, Policy } from './types.js';
+
+export interface ProxyOptions {
+  policy: Policy;
+  /** original destination of an accepted client connection; null = not redirected by the kernel (answered 421) */
+  originalDst: (remoteAddress: string, remotePort: number) => OriginalDst | null;
+  /** request head limit (default 64 KiB): a larger header section is answered 431 */
+  maxHeaderBytes?: number;
+  /** upstream idle connections/sessions are closed after this long (default 30 s) */
+  upstreamIdleTimeoutMs?: number;
+  /** upstream connect timeout (default 5 s) */
+  connectTimeoutMs?: number;
+  /** a client connection with no request for this long is closed (default 5 min) */
+  clientIdleTimeoutMs?: number;
+  log: Logger;
+}
+
+export interface ProxyStats extends EngineStats {
+  /** client connections open now */
+  clientConnections: number;
+  upstreamConnectionsH1: number;
+  upstreamIdleH1: number;
+  upstreamSessionsH2: number;
+}
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
+export class ProxyServer {
+  private readonly ctx: EngineContext;
+  private readonly servers: Server[] = [];
+  private readonly h2: Http2Server;
+  private readonly clients = new Set<Socket>();
+  private readonly sessionInfo = new WeakMap<Http2Session, ConnInfo>();
+  private readonly clientIdleTimeoutMs: number;
+  /** the ConnInfo of the socket being handed to the h2 server (its 'session' event fires synchronously) */
+  private handing: ConnInfo | undefined;
+  private closed = false;
+
+  constructor(private readonly o: ProxyOptions) {
+    const maxHeaderBytes = o.maxHeaderBytes ?? 64 * 1024;
+    const pool = new H1Pool({ log: o.log, maxHeaderBytes, idleTimeoutMs: o.upstreamIdleTimeoutMs, connectTimeoutMs: o.connectTimeoutMs });
+    const h2pool = new H2Pool(o.log, o.upstreamIdleTimeoutMs, o.connectTimeoutMs);
+    this.ctx = {
+      policy: o.policy, log: o.log, pool, h2pool, maxHeaderBytes,
+      stats: { connectionsH1: 0, connectionsH2: 0, requests: 0, badRequests: 0, upgrades: 0 },
+    };
+    this.clientIdleTimeoutMs = o.clientIdleTimeoutMs ?? 300_000;
+    this.h2 = createH2Server(this.ctx, (s) => this.sessionInfo.get(s));
+    this.h2.on('session', (s: Http2Session) => {
+      if (this.handing !== undefined) this.sessionInfo.set(s, this.handing);
+    });
+  }
+
+  /** listen on port on each of hosts ('127.0.0.1', '::1'); port 0 = any (see ports()) */
+  async listen(port: number, hosts: string[]): Promise<void> {
+    for (const host of hosts) {
+      const server = createServer({ noDelay: true }, (s) => this.accept(s));
+      server.on('error', (e) => this.o.log.error({ err: e.message, host }, 'proxy listener error'));
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ port, host, exclusive: true }, () => { server.off('error', reject); resolve(); });
+      });
+      this.servers.push(server);
+      if (port === 0) port = (server.address() as { port: number }).port; // the same port on every host
+    }
+  }
+
+  /** the bound ports, in the order of hosts */
+  ports(): number[] {
+    return this.servers.map((s) => (s.address() as { port: number }).port);
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closed) { socket.destroy(); return; }
+    this.clients.add(socket);
+    socket.on('close', () => this.clients.delete(socket));
+    socket.on('error', () => { /* handled by the protocol side; 'close' follows */ });
+    const address = socket.remoteAddress, port = socket.remotePort;
+    if (address === undefined || port === undefined) { socket.destroy(); return; }
+    let dst: OriginalDst | null;
+    try {
+      dst = this.o.originalDst(address, port);
+    } catch (e) {
+      this.o.log.warn({ err: (e as Error).message, peer: `${address}:${port}` }, 'original destination lookup failed');
+      dst = null;
+    }
+    const info: ConnInfo = { dst, address, port };
+    socket.setTimeout(this.clientIdleTimeoutMs, () => socket.destroy());
+    let first: Buffer | null = null;
+    const sniff = (d: Buffer): void => {
+      first = first === null ? d : Buffer.concat([first, d]);
+      const n = Math.min(first.length, PREFACE.length);
+      const isH2 = first.compare(PREFACE, 0, n, 0, n) === 0;
+      if (isH2 && first.length < PREFACE.length) return; // could still be the preface: wait for the rest
+      socket.off('data', sniff);
+      if (isH2) {
+        // The h2 server reads the preface itself: put the bytes back first.
+        socket.pause();
+        socket.unshift(first);
+        socket.setTimeout(0);
+        this.handing = info;
+        this.h2.emit('connection', socket);
+        this.handing = undefined;
+        socket.resume();
+      } else {
+        new H1Conn(this.ctx, socket, info, first);
+      }
+    };
+    socket.on('data', sniff);
+  }
+
+  stats(): ProxyStats {
+    return {
+      ...this.ctx.stats,
+      clientConnections: this.clients.size,
+      upstreamConnectionsH1: this.ctx.pool.openCount(),
+      upstreamIdleH1: this.ctx.pool.idleCount(),
+      upstreamSessionsH2: this.ctx.h2pool.openCount(),
+    };
+  }
+
+  /** stop listening, close every client connection and upstream connection */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    for (const s of this.clients) s.destroy();
+    this.ctx.pool.close();
+    this.ctx.h2pool.close();
+    this.h2.close();
+  }
+}
