@@ -63,6 +63,10 @@ services:
       - { address: 127.0.0.1, port: ${servers.a!.port}, weight: ${weightA} }
       - { address: 127.0.0.1, port: ${servers.b!.port} }
       - { address: 127.0.0.1, port: ${servers.c!.port} }
+  - name: other
+    vips: [127.77.6.2]
+    ports: [{ port: ${PORT} }]
+    backends: [{ address: 127.0.0.1, port: ${servers.a!.port} }, { address: 127.0.0.1, port: ${servers.c!.port} }]
 `;
   const agent = await startAgent(t, cg, { config: config(), extraArgs: ['--metrics-listen', '127.0.0.1:0'] });
   const reader = MapReader.fromPins(agent.bpffs);
@@ -103,8 +107,12 @@ services:
   t.test('kill c: out of the kernel slots within two intervals, no new connection reaches it', async (t) => {
     const from = agent.logs.length;
     const t0 = Date.now();
+    const otherTable = reader.frontends().find((f) => f.vip === '127.77.6.2')!.tableId;
     await servers.c!.close();
-    await statesApplied((out) => out.includes(key('c')), from);
+    const applied = await statesApplied((out) => out.includes(key('c')), from);
+    t.equal(applied.frontendsWritten, 1, 'only web\'s frontend was rewritten');
+    t.equal(reader.frontends().find((f) => f.vip === '127.77.6.2')!.tableId, otherTable,
+      'a service without a health check that shares the backend address is untouched');
     outAt = Date.now();
     const took = outAt - t0;
     // unhealthyThreshold 2 at 200 ms: 2 probes, the first at most one interval after the kill; + 20 ms coalescing.
