@@ -61,7 +61,7 @@ t.test('weighted clusters combine cluster weight x endpoint weight', async (t) =
   t.match(r.unsupported, [/combined with weighted balancing/]);
 });
 
-t.test('HTTP connection manager over RDS: L4 over the routes\' clusters, reported; RBAC reported', async (t) => {
+t.test('HTTP connection manager over RDS: an L7 service, one backend group per cluster; what does not map reported', async (t) => {
   const hcm = packAny(FILTER.httpConnectionManager, {
     stat_prefix: 'http', rds: { route_config_name: 'web-routes', config_source: { ads: {} } },
     http_filters: [
@@ -75,19 +75,33 @@ t.test('HTTP connection manager over RDS: L4 over the routes\' clusters, reporte
       { match: { prefix: '/api' }, route: { cluster: 'api', timeout: { seconds: 5 } } },
       { match: { prefix: '/' }, route: { cluster: 'static' } },
       { match: { prefix: '/old' }, redirect: { path_redirect: '/' } },
-    ] }] }],
+    ] }, { name: 'other', domains: ['other.example'], routes: [] }] }],
     clusters: [{ name: 'api', type: 'EDS', lb_policy: 'RING_HASH' }, { name: 'static', type: 'STATIC', load_assignment: endpoints('static', [ep('10.0.1.1', 8080)]) }],
     endpoints: [endpoints('api', [ep('10.0.2.1', 8080)])],
   });
   const r = buildModel(s);
   t.notOk(r.error, String(r.error));
-  t.equal(r.model!.services[0]!.frontends[0]!.backends.length, 2);
-  t.match(r.unsupported.join('\n'), /listener 'web-http': HTTP routes not applied \(L7 path not implemented\)/);
-  t.match(r.unsupported.join('\n'), /listener 'web-http': RBAC filter not supported/);
-  t.match(r.unsupported.join('\n'), /HTTP RBAC filter not supported/);
-  t.match(r.unsupported.join('\n'), /RING_HASH approximated by maglev/);
-  t.match(r.unsupported.join('\n'), /redirect route not applied/);
-  t.match(r.unsupported.join('\n'), /retry policy and timeouts not applied/);
+  const svc = r.model!.services[0]!;
+  t.same(svc.frontends[0]!.backends, [
+    { address: '10.0.2.1', family: 4, port: 8080, weight: 1, group: 'api' },
+    { address: '10.0.1.1', family: 4, port: 8080, weight: 1, group: 'static' },
+  ]);
+  const none = { set: {}, remove: [] };
+  t.strictSame(svc.http, {
+    failMode: 'closed', balancer: 'least-request', accessLogSample: 0,
+    circuitBreaker: { maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 1024, maxRetries: 3 },
+    routes: [
+      { name: 'route-0', match: { path: { prefix: '/api' } }, split: [{ group: 'api', weight: 1 }], timeoutMs: 5000, requestHeaders: none, responseHeaders: none },
+      { name: 'route-1', match: { path: { prefix: '/' } }, split: [{ group: 'static', weight: 1 }], timeoutMs: 15000, requestHeaders: none, responseHeaders: none },
+    ],
+  });
+  const un = r.unsupported.join('\n');
+  t.match(un, /listener 'web-http': RBAC filter not supported/);
+  t.match(un, /RING_HASH approximated by maglev/);
+  t.match(un, /cluster 'api': its lb_policy has no HTTP balancer \(least-request used\)/);
+  t.match(un, /virtual_hosts\[0\]\.routes\[2\]: redirect route not applied/);
+  t.match(un, /virtual_hosts\[1\] \('other'\) not applied: requests are matched by VIP and port/);
+  t.notMatch(un, /L7 path not implemented/);
 
   // An RBAC policy that would deny something is refused rather than ignored (it would fail open).
   const deny = packAny(FILTER.networkRbac, { stat_prefix: 'r', rules: { action: 'DENY', policies: { 'no-evil': {

@@ -7,16 +7,18 @@
 //  2. buildModel(): the digests of the current state -> the plain config object the file source parses, validated by
 //     the same modelFromObject(); ConfigError issues are mapped back to the resource and field they came from.
 import { frontendKey, MAX_WEIGHT, validateServices } from '../../model/config.js';
-import { ConfigError, type Algorithm, type Model, type Service } from '../../model/types.js';
+import { Issues } from '../../model/fields.js';
+import { validateWorkloads } from '../../model/l7config.js';
+import { ConfigError, type Algorithm, type Model, type Service, type Workload } from '../../model/types.js';
 import { Journal } from './journal.js';
 import { FILTER, unpackAny, type AnyMessage } from '../../xds/protos.js';
+import {
+  clusterHttp, httpRoutes, rbacAuthz, sockmeshMeta, XdsResourceError, type ClusterHttp, type HcmDigest, type HttpRoutes, type RouteEntry,
+} from './http.js';
+
+export { XdsResourceError } from './http.js';
 
 type Obj = Record<string, any>; // decoded protobuf plain objects (keepCase, longs/enums as strings)
-
-/** A resource that cannot be used; the message names the resource and the field. */
-export class XdsResourceError extends Error {
-  override name = 'XdsResourceError';
-}
 
 export interface ClusterRef { name: string; weight: number }
 
@@ -31,10 +33,12 @@ export interface ListenerDigest {
   clusters: ClusterRef[];
   /** RDS route configuration named by an HttpConnectionManager. */
   routeName?: string;
+  /** An HttpConnectionManager: the listener is an L7 service (its routes over RDS or inline). */
+  http?: HcmDigest;
   notes: string[];
 }
 
-export interface RouteDigest { name: string; clusters: ClusterRef[]; notes: string[] }
+export interface RouteDigest { name: string; clusters: ClusterRef[]; notes: string[]; http: HttpRoutes }
 
 export interface ClusterDigest {
   name: string;
@@ -45,6 +49,8 @@ export interface ClusterDigest {
   edsName?: string;
   /** Inline endpoints (STATIC), or [] for a cluster type we cannot resolve (reported in notes). */
   inline?: EndpointsDigest;
+  /** What an HTTP listener uses of it (balancer, breakers, outlier detection, its group name) and its health check. */
+  http: ClusterHttp;
   notes: string[];
 }
 
@@ -153,7 +159,7 @@ function digestTcp(what: string, l: Obj, d: ListenerDigest): void {
       d.clusters.push(...specifiedClusters(what, field, cfg));
       terminal = true;
     } else if (url === FILTER.httpConnectionManager) {
-      digestHcm(what, field, unpack(what, field, f.typed_config), d);
+      digestHcm(what, field, unpack(what, field, f.typed_config), d, l);
       terminal = true;
     } else {
       fail(what, field, `unsupported filter type ${url ?? `(none, name '${f.name}')`}`);
@@ -187,59 +193,71 @@ function specifiedClusters(what: string, field: string, cfg: Obj): ClusterRef[] 
   });
 }
 
-function digestHcm(what: string, field: string, hcm: Obj, d: ListenerDigest): void {
-  d.notes.push(`${what}: HTTP routes not applied (L7 path not implemented)`);
+function digestHcm(what: string, field: string, hcm: Obj, d: ListenerDigest, l: Obj): void {
+  const meta = sockmeshMeta(l);
+  const mf = 'metadata.filter_metadata.sockmesh';
+  // Workloads (source identities of RBAC principals) travel with the listeners that name them.
+  let workloads: Workload[] = [];
+  if (meta['workloads'] !== undefined) {
+    const issues = new Issues('xds');
+    workloads = Array.isArray(meta['workloads']) ? validateWorkloads(meta['workloads'], `${mf}.workloads`, issues) : [];
+    if (!Array.isArray(meta['workloads'])) issues.add(`${mf}.workloads`, 'must be a list');
+    if (issues.list.length > 0) fail(what, issues.list[0]!.path, issues.list.map((i) => i.message).join('; '));
+  }
+  const rbac: { field: string; cfg: Obj }[] = [];
   (hcm.http_filters ?? []).forEach((f: Obj, i: number) => {
     const ff = `${field}.http_filters[${i}].typed_config`;
     const url = f.typed_config?.type_url;
     if (url === FILTER.router) return;
-    if (url === FILTER.httpRbac) {
-      refuseEnforcingRbac(what, ff, unpack(what, ff, f.typed_config));
-      d.notes.push(`${what}: HTTP RBAC filter not supported (not enforced)`);
-    }
+    if (url === FILTER.httpRbac) rbac.push({ field: ff, cfg: unpack(what, ff, f.typed_config) });
     else if (f.is_optional) d.notes.push(`${what}: optional HTTP filter ${url ?? f.name} ignored`);
     else fail(what, ff, `unsupported HTTP filter type ${url ?? `(none, name '${f.name}')`}`);
   });
+  if (hcm.access_log?.length) d.notes.push(`${what}: ${field}.access_log not applied (sockmesh logs a sample of requests: accessLogSample)`);
+  const str = (k: string) => (typeof meta[k] === 'string' ? (meta[k] as string) : undefined);
+  const h: HcmDigest = {
+    service: str('service'),
+    failMode: str('failMode'),
+    accessLogSample: typeof meta['accessLogSample'] === 'number' ? meta['accessLogSample'] : undefined,
+    workloads: workloads.map((w) => ({ name: w.name, cgroups: w.cgroups })),
+    extraClusters: Array.isArray(meta['clusters']) ? meta['clusters'].filter((c: unknown): c is string => typeof c === 'string') : [],
+    authz: rbacAuthz(what, rbac, new Set(workloads.map((w) => w.name)), d.notes),
+  };
+  d.http = h;
   if (hcm.rds) {
     if (!hcm.rds.route_config_name) fail(what, `${field}.rds.route_config_name`, 'is required');
     d.routeName = hcm.rds.route_config_name;
   } else if (hcm.route_config) {
-    d.clusters.push(...digestRoute(`${what} inline route_config`, hcm.route_config).clusters);
+    h.inline = httpRoutes(`${what} inline route_config`, hcm.route_config);
+    d.notes.push(...h.inline.notes);
+    d.clusters.push(...routeClusters(h.inline));
   } else {
     fail(what, `${field}.route_specifier`, `only rds and route_config are supported, got ${hcm.scoped_routes ? 'scoped_routes' : 'nothing'}`);
   }
+  for (const c of h.extraClusters) if (!d.clusters.some((x) => x.name === c)) d.clusters.push({ name: c, weight: 1 });
+}
+
+/** The clusters routes send to, each once. */
+function routeClusters(h: HttpRoutes): ClusterRef[] {
+  const seen = new Set<string>();
+  const out: ClusterRef[] = [];
+  for (const r of h.routes) {
+    for (const sp of r.splits) {
+      if (seen.has(sp.cluster)) continue;
+      seen.add(sp.cluster);
+      out.push({ name: sp.cluster, weight: 1 });
+    }
+  }
+  return out;
 }
 
 // ---- routes ----
 
-/** The union of the clusters the routes use; each route has an equal share, split by its cluster weights. */
+/** A RouteConfiguration: its routes (the L7 model of the listeners naming it) and the clusters they use. */
 export function digestRoute(name: string, r: Obj): RouteDigest {
   const what = name.startsWith('listener') ? name : `route_configuration '${name}'`;
-  const d: RouteDigest = { name, clusters: [], notes: [] };
-  const shares = new Map<string, number>();
-  (r.virtual_hosts ?? []).forEach((vh: Obj, v: number) => {
-    (vh.routes ?? []).forEach((route: Obj, k: number) => {
-      const field = `virtual_hosts[${v}].routes[${k}].route`;
-      const action = route.route;
-      if (!action) {
-        d.notes.push(`${what}: virtual_hosts[${v}].routes[${k}]: ${route.redirect ? 'redirect' : route.direct_response ? 'direct_response' : 'non-forwarding'} route not applied`);
-        return;
-      }
-      if (action.cluster) shares.set(action.cluster, (shares.get(action.cluster) ?? 0) + 1);
-      else if (action.weighted_clusters) {
-        const list: Obj[] = action.weighted_clusters.clusters ?? [];
-        const total = list.reduce((s, c) => s + (num(c.weight) ?? 0), 0);
-        list.forEach((c, j) => {
-          if (!c.name) fail(what, `${field}.weighted_clusters.clusters[${j}].name`, 'is required');
-          const w = total > 0 ? (num(c.weight) ?? 0) / total : 1 / list.length;
-          shares.set(c.name, (shares.get(c.name) ?? 0) + w);
-        });
-      } else d.notes.push(`${what}: ${field}: cluster_header / cluster_specifier_plugin not supported`);
-      if (action.retry_policy || action.timeout) d.notes.push(`${what}: ${field}: retry policy and timeouts not applied (L7 path not implemented)`);
-    });
-  });
-  d.clusters = [...shares].map(([n, weight]) => ({ name: n, weight }));
-  return d;
+  const http = httpRoutes(what, r);
+  return { name, clusters: routeClusters(http), notes: http.notes, http };
 }
 
 // ---- clusters ----
@@ -249,10 +267,15 @@ const LB: Record<string, Algorithm> = { ROUND_ROBIN: 'weighted', LEAST_REQUEST: 
 export function digestCluster(name: string, c: Obj): ClusterDigest {
   const what = `cluster '${name}'`;
   const policy: string = c.lb_policy ?? 'ROUND_ROBIN';
-  const d: ClusterDigest = { name, algorithm: LB[policy] ?? 'weighted', notes: [] };
-  if (!LB[policy] || c.load_balancing_policy) d.notes.push(`${what}: lb_policy ${c.load_balancing_policy ? 'load_balancing_policy' : policy} not supported (weighted used)`);
+  const meta = sockmeshMeta(c);
+  const http = clusterHttp(what, c, meta);
+  const d: ClusterDigest = { name, algorithm: LB[policy] ?? 'weighted', http, notes: http.notes };
+  // Own clusters of an HTTP service: lb_policy is the proxy's balancer, the kernel's algorithm is in metadata.
+  const own = meta['algorithm'];
+  if (own === 'random' || own === 'weighted' || own === 'maglev') d.algorithm = own;
+  else if (!LB[policy] || c.load_balancing_policy) d.notes.push(`${what}: lb_policy ${c.load_balancing_policy ? 'load_balancing_policy' : policy} not supported (weighted used)`);
   if (policy === 'RING_HASH') d.notes.push(`${what}: RING_HASH approximated by maglev`);
-  if (policy === 'MAGLEV' && c.maglev_lb_config?.table_size !== undefined) {
+  if ((policy === 'MAGLEV' || d.algorithm === 'maglev') && c.maglev_lb_config?.table_size !== undefined) {
     const size = num(c.maglev_lb_config.table_size);
     if (size === undefined) fail(what, 'maglev_lb_config.table_size', `not a number: ${JSON.stringify(c.maglev_lb_config.table_size)}`);
     d.tableSize = size;
@@ -264,9 +287,6 @@ export function digestCluster(name: string, c: Obj): ClusterDigest {
     if (secs === undefined) fail(what, 'metadata.filter_metadata.sockmesh.affinity_timeout_seconds', 'must be a number');
     d.affinitySeconds = secs;
   }
-  if (c.circuit_breakers) d.notes.push(`${what}: circuit_breakers not applied (L7 path not implemented)`);
-  if (c.outlier_detection) d.notes.push(`${what}: outlier_detection not applied (L7 path not implemented)`);
-  if (c.health_checks?.length) d.notes.push(`${what}: active health_checks not supported (endpoint health_status is used)`);
 
   if (c.cluster_type) {
     d.notes.push(`${what}: custom cluster_type ${c.cluster_type.name ?? ''} not supported (no endpoints)`);
@@ -325,18 +345,41 @@ export interface XdsState {
 
 export const emptyState = (): XdsState => ({ listeners: new Map(), routes: new Map(), clusters: new Map(), endpoints: new Map() });
 
-export interface Resolved { listener: ListenerDigest; clusters: { ref: ClusterRef; cluster: ClusterDigest; endpoints: EndpointsDigest }[]; notes: string[] }
+export interface Resolved {
+  listener: ListenerDigest;
+  clusters: { ref: ClusterRef; cluster: ClusterDigest; endpoints: EndpointsDigest }[];
+  notes: string[];
+  /** an HTTP listener: its service's `http` part */
+  http?: ResolvedHttp;
+  /** the health check of its clusters (file schema) */
+  healthCheck?: Obj;
+}
+
+/** The L7 part of a resolved HTTP listener, in the file schema, ready to be validated with the service. */
+interface ResolvedHttp {
+  obj: Obj;
+  /** cluster name -> backend group (undefined: the default group) */
+  groups: Map<string, string | undefined>;
+  routes: RouteEntry[];
+  /** the cluster the service-wide settings (balancer, breaker, outlier detection) came from */
+  policyCluster: string;
+  /** what must be equal for two listeners to be one service */
+  sig: string;
+}
 
 /** Everything a listener needs, from one state; undefined (with the missing names) while it is warming. */
 function resolve(state: XdsState, l: ListenerDigest, missing: string[]): Resolved | undefined {
   const notes = [...l.notes];
   let refs = l.clusters;
+  let routes: HttpRoutes | undefined = l.http?.inline;
   if (l.routeName !== undefined) {
     const route = state.routes.get(l.routeName);
     if (!route) return void missing.push(`route_configuration '${l.routeName}'`);
     notes.push(...route.notes);
     refs = [...refs, ...route.clusters];
+    routes = route.http;
   }
+  if (l.http) refs = [...new Map(refs.map((c) => [c.name, c])).values()]; // each cluster once: it is one group
   const out: Resolved['clusters'] = [];
   let complete = true;
   for (const ref of refs) {
@@ -352,10 +395,67 @@ function resolve(state: XdsState, l: ListenerDigest, missing: string[]): Resolve
       complete = false;
       continue;
     }
+    if (!l.http) {
+      if (cluster.http.circuitBreaker) notes.push(`cluster '${cluster.name}': circuit_breakers not applied (HTTP listeners only)`);
+      if (cluster.http.outlierDetection) notes.push(`cluster '${cluster.name}': outlier_detection not applied (HTTP listeners only)`);
+    }
     notes.push(...cluster.notes, ...endpoints.notes);
     out.push({ ref, cluster, endpoints });
   }
-  return complete ? { listener: l, clusters: out, notes } : undefined;
+  if (!complete) return undefined;
+  const r: Resolved = { listener: l, clusters: out, notes };
+  if (out.length > 0) {
+    const hc = out[0]!.cluster.http.healthCheck;
+    if (hc) r.healthCheck = hc;
+    if (out.some((c) => JSON.stringify(c.cluster.http.healthCheck) !== JSON.stringify(hc))) {
+      notes.push(`listener '${l.name}': its clusters' health checks differ; cluster '${out[0]!.cluster.name}''s is run for all`);
+    }
+  }
+  if (l.http && routes && out.length > 0) r.http = resolveHttp(l, l.http, routes, out, notes);
+  return r;
+}
+
+/**
+ * An HTTP listener's service-wide L7 settings. Envoy keeps balancer, breakers and outlier detection per cluster, the
+ * model per service (applied to each group on its own): the first cluster's are used, and a difference reported.
+ * Each cluster is a backend group, named by its sockmesh metadata (own clusters) or after the cluster.
+ */
+function resolveHttp(l: ListenerDigest, h: HcmDigest, routes: HttpRoutes, clusters: Resolved['clusters'], notes: string[]): ResolvedHttp {
+  const what = `listener '${l.name}'`;
+  const groups = new Map<string, string | undefined>();
+  const byGroup = new Map<string, string>();
+  for (const { cluster } of clusters) {
+    const g = cluster.http.group ?? dnsLabel(cluster.name);
+    const other = byGroup.get(g);
+    if (other !== undefined) throw new XdsResourceError(`${what}: cluster '${other}' and cluster '${cluster.name}' are both backend group '${g}'`);
+    byGroup.set(g, cluster.name);
+    groups.set(cluster.name, g === 'default' ? undefined : g);
+  }
+  const first = clusters[0]!.cluster;
+  const obj: Obj = {};
+  if (h.failMode !== undefined) obj['failMode'] = h.failMode;
+  if (h.accessLogSample !== undefined) obj['accessLogSample'] = h.accessLogSample;
+  if (first.http.balancer) obj['balancer'] = first.http.balancer;
+  else notes.push(`cluster '${first.name}': its lb_policy has no HTTP balancer (least-request used)`);
+  if (first.http.circuitBreaker) obj['circuitBreaker'] = first.http.circuitBreaker;
+  if (first.http.outlierDetection) obj['outlierDetection'] = first.http.outlierDetection;
+  for (const k of ['balancer', 'circuitBreaker', 'outlierDetection'] as const) {
+    const want = JSON.stringify(first.http[k]);
+    const odd = clusters.find((c) => JSON.stringify(c.cluster.http[k]) !== want);
+    if (odd) notes.push(`${what}: cluster '${odd.cluster.name}' has another ${k} than cluster '${first.name}', whose is used for every group`);
+  }
+  if (h.authz) obj['authz'] = h.authz;
+  const byName = new Map(clusters.map((c) => [c.cluster.name, c.cluster]));
+  obj['routes'] = routes.routes.map((e) => {
+    const route: Obj = { ...e.obj, split: e.splits.map((s) => ({ group: groups.get(s.cluster) ?? 'default', weight: s.weight })) };
+    if (route['retries'] && !route['retries'].budget) {
+      // Envoy keeps the retry budget with a cluster's breaker; without one only max_retries limits retries.
+      const c = byName.get(e.splits[0]!.cluster)!.http;
+      route['retries'] = { ...route['retries'], budget: c.budget ?? { percent: 100, minRetryConcurrency: c.circuitBreaker?.['maxRetries'] ?? 3 } };
+    }
+    return route;
+  });
+  return { obj, groups, routes: routes.routes, policyCluster: first.name, sig: JSON.stringify(obj) };
 }
 
 const OWN_NAME = /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):\d+\/(tcp|udp)$/;
@@ -368,10 +468,24 @@ export function dnsLabel(name: string): string {
 
 interface Frontend { r: Resolved; vip: string; port: number; protocol: 'tcp' | 'udp'; backends: Backend[] }
 /** `cla` and `field` say where a backend came from (for error messages; joined only when there is an error). */
-interface Backend { address: string; port: number; weight: number; cla: string; p: number; q: number }
+interface Backend { address: string; port: number; weight: number; group?: string; cla: string; p: number; q: number }
+
+/** Endpoint weights scaled into the model's range (Envoy's go to 2^32-1, ours to MAX_WEIGHT). */
+function scaled(endpoints: EndpointsDigest, group?: string): Backend[] {
+  let max = 0; // a loop, not Math.max(...spread): 150k arguments overflow the stack
+  for (const e of endpoints.endpoints) if (e.weight > max) max = e.weight;
+  const scale = max > MAX_WEIGHT ? MAX_WEIGHT / max : 1;
+  return endpoints.endpoints.map((e) => {
+    const b: Backend = { address: e.address, port: e.port, weight: e.weight === 0 ? 0 : Math.max(1, Math.round(e.weight * scale)), cla: endpoints.name, p: e.p, q: e.q };
+    if (group !== undefined) b.group = group;
+    return b;
+  });
+}
 
 /** Backends of a resolved listener: endpoint weights, times cluster shares when several clusters are combined. */
 function backendsOf(r: Resolved): Backend[] {
+  // HTTP: each cluster is a backend group, its endpoint weights as they are (routes split between the groups).
+  if (r.http) return r.clusters.flatMap((c) => scaled(c.endpoints, r.http!.groups.get(c.cluster.name)));
   if (r.clusters.length === 1) {
     const { endpoints } = r.clusters[0]!;
     let max = 0; // a loop, not Math.max(...spread): 150k arguments overflow the stack
@@ -404,7 +518,8 @@ function backendsOf(r: Resolved): Backend[] {
 function policyOf(r: Resolved, notes: string[]): { algorithm: Algorithm; affinity?: number; tableSize?: number; origin: string } {
   const first = r.clusters[0]!.cluster;
   const origin = `cluster '${first.name}'`;
-  if (r.clusters.length === 1) return { algorithm: first.algorithm, affinity: first.affinitySeconds, tableSize: first.tableSize, origin };
+  // HTTP: the kernel's algorithm only matters while the proxy is down (fail open); the first cluster's.
+  if (r.clusters.length === 1 || r.http) return { algorithm: first.algorithm, affinity: first.affinitySeconds, tableSize: first.tableSize, origin };
   const algos = new Set(r.clusters.map((c) => c.cluster.algorithm));
   const algorithm: Algorithm = algos.size === 1 && first.algorithm === 'maglev' ? 'maglev' : 'weighted';
   if (algos.size > 1 || !algos.has(algorithm)) notes.push(`listener '${r.listener.name}': clusters combined with weighted balancing (their lb_policy differs or ignores weights)`);
@@ -419,6 +534,8 @@ type ServiceObj = Record<string, unknown>;
  * so that one service's port entries come back together; foreign listeners one service each. */
 function groupOf(r: Resolved): { key: string; base: string } {
   const l = r.listener;
+  // Own HTTP listeners name their service in metadata (they use several clusters: one per backend group).
+  if (l.http?.service) return { key: `c:${l.http.service}`, base: l.http.service };
   const own = OWN_NAME.test(l.name) && r.clusters.length === 1;
   const base = own ? r.clusters[0]!.ref.name.replace(/:\d+(\/(tcp|udp))?$/, '') : l.name;
   return { key: own ? `c:${base}` : `l:${base}`, base };
@@ -434,6 +551,8 @@ interface Group {
   /** Notes from combining the listeners' clusters. */
   notes: string[];
 }
+
+const ANY_NAME = { has: (_: string) => true };
 
 const byListenerName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
@@ -471,9 +590,11 @@ export class ModelBuilder {
   private readonly names = new Map<string, string>();
   private readonly frontends = new Map<string, string>();
   /** The model's services and where each group's start in it. */
-  private readonly cur: { model: Model; groupAt: Map<string, number>; warming: string[]; unsupported: string[] } = {
-    model: { services: [] }, groupAt: new Map(), warming: [], unsupported: [],
+  private readonly cur: { model: Model; groupAt: Map<string, number>; warming: string[]; unsupported: string[]; workloads: Workload[] } = {
+    model: { services: [] }, groupAt: new Map(), warming: [], unsupported: [], workloads: [],
   };
+  /** Per HTTP listener, the workloads its metadata defines (as JSON, to see a change cheaply). */
+  private readonly workloadsBy = new Map<string, string>();
 
   get model(): Model {
     return this.cur.model;
@@ -482,6 +603,7 @@ export class ModelBuilder {
   /** Rebuild what `listeners` (names; added, changed, removed, or whose references changed) make of `state`. */
   update(state: XdsState, listeners: Iterable<string>, j: Journal): ModelUpdate {
     let structural = false;
+    let workloadsChanged = false;
     let notesChanged = false;
     let warmingChanged = false;
     const touched = new Set<string>();
@@ -495,12 +617,17 @@ export class ModelBuilder {
         if (l.notes.length > 0) notes = JSON.stringify(['x', l.notes]);
       } else if (l) {
         const missing: string[] = [];
-        r = resolve(state, l, missing);
+        try {
+          r = resolve(state, l, missing);
+        } catch (e) {
+          if (!(e instanceof XdsResourceError)) throw e;
+          return { error: e.message, changed: new Set(), warming: [], unsupported: [] };
+        }
         if (!r) {
           r = this.resolved.get(name);
           wait = `listener '${name}' waits for ${[...new Set(missing)].join(', ')}`;
         }
-        if (r && r.clusters.length === 0) {
+        if (r && (r.clusters.length === 0 || (r.http && r.http.routes.length === 0))) {
           // Its routes are all redirects / direct responses (or name no cluster): nothing to balance at L4. Skipped
           // and reported rather than NACKed: the listener is valid xDS, and rejecting it would block every other
           // listener in the same LDS response.
@@ -512,6 +639,12 @@ export class ModelBuilder {
       }
       if (r) j.set(this.resolved, name, r);
       else j.delete(this.resolved, name);
+      const wl = r?.listener.http?.workloads.length ? JSON.stringify(r.listener.http.workloads) : undefined;
+      if (this.workloadsBy.get(name) !== wl) {
+        workloadsChanged = true;
+        if (wl === undefined) j.delete(this.workloadsBy, name);
+        else j.set(this.workloadsBy, name, wl);
+      }
       if (skip) j.set(this.skipped, name, skip);
       else j.delete(this.skipped, name);
       if (this.warmingBy.get(name) !== wait) {
@@ -597,7 +730,9 @@ export class ModelBuilder {
     }
     let services: Service[];
     try {
-      services = validateServices(objs, 'xds', { names: this.names, frontends: this.frontends });
+      // Workload names were checked against the listener's own metadata when it was digested; a cluster with no
+      // endpoints (all unhealthy) is a valid, empty group.
+      services = validateServices(objs, 'xds', { names: this.names, frontends: this.frontends, workloads: ANY_NAME }, { emptyGroupsAllowed: true });
     } catch (e) {
       if (!(e instanceof ConfigError)) throw e;
       const origins = made.flatMap((x, i) => originsOf(`services[${i}]`, x.fronts, x.m, x.origin));
@@ -621,9 +756,28 @@ export class ModelBuilder {
     }
     for (const name of old.keys()) changed.add(name);
 
+    if (workloadsChanged) {
+      // The union of the workloads HTTP listeners carry; one name must mean the same cgroups everywhere.
+      const all = new Map<string, { json: string; w: Workload; by: string }>();
+      for (const [listener, json] of this.workloadsBy) {
+        for (const w of JSON.parse(json) as Workload[]) {
+          const one = JSON.stringify(w.cgroups);
+          const seen = all.get(w.name);
+          if (seen && seen.json !== one) {
+            return { error: `listener '${listener}': workload '${w.name}' has other cgroups than in listener '${seen.by}'`, changed, warming: [], unsupported: [] };
+          }
+          if (!seen) all.set(w.name, { json: one, w, by: listener });
+        }
+      }
+      j.assign(this.cur, 'workloads', [...all.values()].map((x) => x.w).sort((a, b) => byListenerName(a.name, b.name)));
+      // the services whose listeners carry workloads are the ones whose authorization may have changed
+      for (const { g } of built) for (const sv of g.services) changed.add(sv.name);
+    }
+
     // The model: the touched groups' services replaced in place, or, when groups came, went or changed size, the
     // whole order again (listeners sorted by name, each group where its first listener is).
     let model = this.cur.model;
+    const withWorkloads = (services: Service[]): Model => (this.cur.workloads.length > 0 ? { services, workloads: this.cur.workloads } : { services });
     if (structural) {
       const list: Service[] = [];
       const groupAt = new Map<string, number>();
@@ -633,7 +787,7 @@ export class ModelBuilder {
         groupAt.set(key, list.length);
         list.push(...this.groups.get(key)!.services);
       }
-      model = { services: list };
+      model = withWorkloads(list);
       j.assign(this.cur, 'groupAt', groupAt);
     } else if (built.length > 0) {
       const list = model.services.slice();
@@ -641,8 +795,8 @@ export class ModelBuilder {
         const at = this.cur.groupAt.get(key)!;
         g.services.forEach((s, k) => (list[at + k] = s));
       }
-      model = { services: list };
-    }
+      model = withWorkloads(list);
+    } else if (workloadsChanged) model = withWorkloads(model.services);
     j.assign(this.cur, 'model', model);
     if (warmingChanged) {
       j.assign(this.cur, 'warming', [...this.warmingBy].sort(([a], [b]) => byListenerName(a, b)).map(([, w]) => w));
@@ -695,8 +849,10 @@ function mergeFronts(fronts: Frontend[]): Merged | undefined {
   if (vips.length * entries.length !== fronts.length) return undefined;
   const have = new Set(fronts.map((f) => `${f.vip}|${f.port}/${f.protocol}`));
   if (have.size !== fronts.length) return undefined; // duplicates: leave them for validation to report
-  const sig = (f: Frontend, withPort: boolean) => f.backends.map((b) => `${b.address}|${withPort ? b.port : ''}|${b.weight}`).join(',');
-  const pol = (f: Frontend) => JSON.stringify(f.r.clusters.map((c) => [c.ref.weight, c.cluster.algorithm, c.cluster.affinitySeconds, c.cluster.tableSize]));
+  const sig = (f: Frontend, withPort: boolean) => f.backends.map((b) => `${b.address}|${withPort ? b.port : ''}|${b.weight}|${b.group ?? ''}`).join(',');
+  const pol = (f: Frontend) =>
+    JSON.stringify(f.r.clusters.map((c) => [c.ref.weight, c.cluster.algorithm, c.cluster.affinitySeconds, c.cluster.tableSize])) +
+    (f.r.http?.sig ?? '') + JSON.stringify(f.r.healthCheck ?? null);
   if (fronts.some((f) => pol(f) !== pol(fronts[0]!))) return undefined;
   const multiPort = new Set(entries.map((e) => e.port)).size > 1;
   if (!multiPort) {
@@ -723,8 +879,15 @@ function serviceObj(name: string, fronts: Frontend[], m: Merged, notes: string[]
     vips: m.vips,
     ports: m.ports,
     algorithm: pol.algorithm,
-    backends: m.backends.map((b) => (b.port ? { address: b.address, port: b.port, weight: b.weight } : { address: b.address, weight: b.weight })),
+    backends: m.backends.map((b) => {
+      const o: ServiceObj = b.port ? { address: b.address, port: b.port, weight: b.weight } : { address: b.address, weight: b.weight };
+      if (b.group !== undefined) o['group'] = b.group;
+      return o;
+    }),
   };
+  const r = fronts[0]!.r;
+  if (r.http) svc['http'] = r.http.obj;
+  if (r.healthCheck) svc['healthCheck'] = r.healthCheck;
   if (pol.affinity !== undefined && pol.affinity > 0) svc['affinity'] = { timeoutSeconds: pol.affinity };
   if (pol.tableSize !== undefined && pol.algorithm === 'maglev') svc['maglev'] = { tableSize: pol.tableSize };
   return svc;
@@ -743,6 +906,15 @@ function originsOf(path: string, fronts: Frontend[], m: Merged, polOrigin: strin
   });
   origins.push({ path: `${path}.maglev`, resource: `${polOrigin}: maglev_lb_config`, fields: { tableSize: 'table_size' } });
   origins.push({ path: `${path}.affinity`, resource: `${polOrigin}: metadata.filter_metadata.sockmesh`, fields: { timeoutSeconds: 'affinity_timeout_seconds' } });
+  const h = r.http;
+  if (h) {
+    origins.push({ path: `${path}.http`, resource: `listener '${r.listener.name}': HttpConnectionManager` });
+    origins.push({ path: `${path}.http.authz`, resource: `listener '${r.listener.name}': HTTP RBAC filters` });
+    origins.push({ path: `${path}.http.circuitBreaker`, resource: `cluster '${h.policyCluster}': circuit_breakers.thresholds` });
+    origins.push({ path: `${path}.http.outlierDetection`, resource: `cluster '${h.policyCluster}': outlier_detection` });
+    h.routes.forEach((e, k) => origins.push({ path: `${path}.http.routes[${k}]`, resource: e.origin }));
+  }
+  if (r.healthCheck) origins.push({ path: `${path}.healthCheck`, resource: `cluster '${r.clusters[0]!.cluster.name}': health_checks[0]` });
   m.backends.forEach((b, j) =>
     origins.push({
       path: `${path}.backends[${j}]`, resource: `cluster_load_assignment '${b.cla}': endpoints[${b.p}].lb_endpoints[${b.q}]`,

@@ -1,0 +1,595 @@
+// The HTTP part of xDS -> the file schema's `http` / `healthCheck` objects (validated afterwards by the same
+// modelFromObject code as a file). Pure: no I/O.
+//
+// Envoy spreads what sockmesh keeps per service over four resources: the HttpConnectionManager (its RBAC filters:
+// authz), the RouteConfiguration (routes, retries, timeouts, header rewrites), the Clusters (lb_policy: balancer,
+// circuit_breakers, outlier_detection, health_checks; one cluster = one backend group) and their endpoints. What
+// has no place in the model is NACKed when ignoring it could change where a request goes or whether it is allowed,
+// and otherwise listed as unsupported (notes); nothing is dropped silently.
+//
+// What Envoy cannot say and sockmesh needs to round-trip its own config travels as `filter_metadata.sockmesh`:
+// on a Listener {service, failMode, accessLogSample, workloads, clusters}, on a Route {retryOn, budget,
+// nonIdempotent}, on a Cluster {group, algorithm, affinity_timeout_seconds}.
+import { formatDuration } from '../../model/duration.js';
+import { regexError } from '../../model/l7config.js';
+
+type Obj = Record<string, any>; // decoded protobuf plain objects (keepCase, longs/enums as strings)
+
+/** A resource that cannot be used (same class as translate.ts's, which re-exports it). */
+export class XdsResourceError extends Error {
+  override name = 'XdsResourceError';
+}
+
+function fail(what: string, field: string, message: string): never {
+  throw new XdsResourceError(`${what}: ${field}: ${message}`);
+}
+
+export const num = (v: unknown): number | undefined => {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'object') return num((v as Obj)['value']); // google.protobuf.UInt32Value and friends
+  const n = Number(v);
+  return Number.isFinite(n) ? n : undefined;
+};
+
+/** google.protobuf.Duration -> milliseconds (undefined when absent). */
+export function durationMs(d: Obj | undefined): number | undefined {
+  if (!d || typeof d !== 'object') return undefined;
+  return Number(d.seconds ?? 0) * 1000 + Math.round(Number(d.nanos ?? 0) / 1e6);
+}
+
+/** Milliseconds -> google.protobuf.Duration (as protobufjs encodes it). */
+export function duration(ms: number): Obj {
+  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+}
+
+// ---- google.protobuf.Struct (filter_metadata) ----
+// protobufjs' built-in google.protobuf.Value has camelCase field names (numberValue) whatever keepCase says.
+
+export function fromValue(v: Obj | undefined): unknown {
+  if (!v || typeof v !== 'object') return undefined;
+  const pick = (camel: string, snake: string) => (v[camel] !== undefined ? v[camel] : v[snake]);
+  const s = pick('stringValue', 'string_value');
+  if (s !== undefined) return s;
+  const n = pick('numberValue', 'number_value');
+  if (n !== undefined) return Number(n);
+  const b = pick('boolValue', 'bool_value');
+  if (b !== undefined) return b;
+  const st = pick('structValue', 'struct_value');
+  if (st !== undefined) return fromStruct(st);
+  const l = pick('listValue', 'list_value');
+  if (l !== undefined) return ((l.values ?? []) as Obj[]).map(fromValue);
+  return null;
+}
+
+export function fromStruct(s: Obj | undefined): Obj {
+  const out: Obj = {};
+  for (const [k, v] of Object.entries((s?.fields ?? {}) as Obj)) out[k] = fromValue(v);
+  return out;
+}
+
+export function toValue(v: unknown): Obj {
+  if (typeof v === 'string') return { stringValue: v };
+  if (typeof v === 'number') return { numberValue: v };
+  if (typeof v === 'boolean') return { boolValue: v };
+  if (Array.isArray(v)) return { listValue: { values: v.map(toValue) } };
+  if (v && typeof v === 'object') return { structValue: toStruct(v as Obj) };
+  return { nullValue: 0 };
+}
+
+export function toStruct(o: Obj): Obj {
+  const fields: Obj = {};
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) fields[k] = toValue(v);
+  return { fields };
+}
+
+/** The `sockmesh` filter metadata of a resource, as plain data; {} when absent. */
+export function sockmeshMeta(resource: Obj): Obj {
+  const s = resource.metadata?.filter_metadata?.sockmesh;
+  return s ? fromStruct(s) : {};
+}
+
+// ---- string and header matchers ----
+
+const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+/** A regex for a literal, case-insensitive ([aA] per letter: the model's regexes carry no flags). */
+const caseless = (s: string) => [...s].map((c) => (c.toLowerCase() !== c.toUpperCase() ? `[${c.toLowerCase()}${c.toUpperCase()}]` : escapeRegex(c))).join('');
+
+/** envoy.type.matcher.v3.StringMatcher -> the file schema's {exact|prefix|regex}. */
+function stringMatcher(what: string, field: string, m: Obj): Obj {
+  const lit = m.ignore_case ? caseless : escapeRegex;
+  if (m.safe_regex) return { regex: regexOf(what, `${field}.safe_regex`, m.safe_regex) };
+  if (m.ignore_case) {
+    if (m.exact !== undefined) return { regex: lit(m.exact) };
+    if (m.prefix !== undefined) return { regex: `${lit(m.prefix)}.*` };
+  }
+  if (m.exact !== undefined) return { exact: m.exact };
+  if (m.prefix !== undefined) return { prefix: m.prefix };
+  if (m.suffix !== undefined) return { regex: `.*${lit(m.suffix)}` };
+  if (m.contains !== undefined) return { regex: `.*${lit(m.contains)}.*` };
+  fail(what, field, `unsupported string matcher (${Object.keys(m).join(', ') || 'empty'}): exact, prefix, suffix, contains and safe_regex are`);
+}
+
+function regexOf(what: string, field: string, r: Obj): string {
+  if (typeof r.regex !== 'string') fail(what, `${field}.regex`, 'is required');
+  const err = regexError(r.regex);
+  if (err !== undefined) fail(what, `${field}.regex`, `not a regular expression sockmesh can run (JavaScript syntax): ${err}`);
+  return r.regex;
+}
+
+/** Methods from a ':method' matcher: an exact value or an alternation of tokens ('GET|POST'). */
+function methodsOf(what: string, field: string, h: Obj): string[] {
+  if (h.invert_match) fail(what, `${field}.invert_match`, 'an inverted :method match is not supported');
+  const exact = h.exact_match ?? h.string_match?.exact;
+  if (typeof exact === 'string' && !h.string_match?.ignore_case) return [exact];
+  const regex = h.safe_regex_match?.regex ?? h.string_match?.safe_regex?.regex;
+  const m = typeof regex === 'string' ? /^\^?\(?([A-Z]+(?:\|[A-Z]+)*)\)?\$?$/.exec(regex) : null;
+  if (m) return m[1]!.split('|');
+  fail(what, field, 'a :method match must be an exact method or a regex alternation like GET|POST');
+}
+
+const PSEUDO_UNSUPPORTED = (name: string) => name.startsWith(':');
+
+/** envoy.config.route.v3.HeaderMatcher (not :method) -> {name, exact|prefix|regex, invert}. */
+function headerMatcher(what: string, field: string, h: Obj): Obj {
+  const name: string = h.name ?? '';
+  if (PSEUDO_UNSUPPORTED(name)) fail(what, `${field}.name`, `matching the pseudo-header ${name} is not supported (:method is)`);
+  const out: Obj = { name };
+  if (h.invert_match) out['invert'] = true;
+  if (h.treat_missing_header_as_empty) fail(what, `${field}.treat_missing_header_as_empty`, 'is not supported');
+  if (h.range_match) fail(what, `${field}.range_match`, 'is not supported');
+  if (h.present_match !== undefined) {
+    if (h.present_match === false) out['invert'] = !out['invert']; // present_match: false = must be absent
+    return out;
+  }
+  let m: Obj | undefined;
+  if (h.string_match) m = stringMatcher(what, `${field}.string_match`, h.string_match);
+  else if (h.exact_match !== undefined) m = { exact: h.exact_match };
+  else if (h.prefix_match !== undefined) m = { prefix: h.prefix_match };
+  else if (h.suffix_match !== undefined) m = { regex: `.*${escapeRegex(h.suffix_match)}` };
+  else if (h.contains_match !== undefined) m = { regex: `.*${escapeRegex(h.contains_match)}.*` };
+  else if (h.safe_regex_match) m = { regex: regexOf(what, `${field}.safe_regex_match`, h.safe_regex_match) };
+  return m ? { ...out, ...m } : out;
+}
+
+// ---- routes ----
+
+export interface SplitRef { cluster: string; weight: number }
+
+/** One route, in the file schema except its split (clusters, named as groups when the service is built). */
+export interface RouteEntry {
+  obj: Obj;
+  splits: SplitRef[];
+  /** where it came from, for NACK messages: "route_configuration 'x': virtual_hosts[0].routes[2]" */
+  origin: string;
+}
+
+export interface HttpRoutes {
+  routes: RouteEntry[];
+  notes: string[];
+}
+
+/** Envoy's retry_on words -> the model's (several Envoy words map onto one of ours). */
+const RETRY_ON: Record<string, string[]> = {
+  '5xx': ['5xx', 'timeout'], // a per-try timeout is a 504 to Envoy: retried under 5xx and gateway-error
+  'gateway-error': ['gateway-error', 'timeout'],
+  reset: ['reset'],
+  'connect-failure': ['connect-failure'],
+  'refused-stream': ['reset'],
+  'retriable-status-codes': ['retriable-status-codes'],
+  cancelled: ['cancelled'],
+  'deadline-exceeded': ['deadline-exceeded'],
+  internal: ['internal'],
+  'resource-exhausted': ['resource-exhausted'],
+  unavailable: ['unavailable'],
+};
+
+function headersToAdd(what: string, field: string, list: Obj[] | undefined, set: Obj, notes: string[]): void {
+  (list ?? []).forEach((o, i) => {
+    const f = `${field}[${i}]`;
+    const key: string | undefined = o.header?.key;
+    if (!key) fail(what, `${f}.header.key`, 'is required');
+    const action: string = o.append_action ?? 'APPEND_IF_EXISTS_OR_ADD';
+    const append = o.append !== undefined ? o.append?.value === true : action === 'APPEND_IF_EXISTS_OR_ADD';
+    if (action === 'ADD_IF_ABSENT') fail(what, `${f}.append_action`, 'ADD_IF_ABSENT is not supported (headers are set, replacing)');
+    if (append) notes.push(`${what}: ${f}: appended header ${key} is set (replacing any value)`);
+    const value = o.header.value ?? (o.header.raw_value ? Buffer.from(o.header.raw_value).toString('latin1') : '');
+    if (/%[A-Z_]+(\(|%)/.test(value)) notes.push(`${what}: ${f}: header ${key} value sent as written (Envoy command operators are not expanded)`);
+    set[key.toLowerCase()] = value;
+  });
+}
+
+function rewriteOf(what: string, field: string, add: Obj[] | undefined, remove: string[] | undefined, notes: string[], base?: Obj): Obj {
+  const set: Obj = { ...(base?.['set'] ?? {}) };
+  headersToAdd(what, `${field}_to_add`, add, set, notes);
+  const rm = [...(base?.['remove'] ?? [])];
+  for (const h of remove ?? []) if (!rm.includes(h.toLowerCase())) rm.push(h.toLowerCase());
+  return { set, remove: rm.filter((h: string) => !(h in set)) };
+}
+
+/** Unsupported route action fields: those that change where or what is forwarded are NACKed, the rest noted. */
+const ACTION_REFUSED = ['cluster_header', 'cluster_specifier_plugin', 'inline_cluster_specifier_plugin', 'prefix_rewrite', 'regex_rewrite', 'path_rewrite_policy', 'host_rewrite_literal', 'host_rewrite_header', 'host_rewrite_path_regex', 'auto_host_rewrite', 'internal_redirect_policy', 'upgrade_configs'];
+const ACTION_NOTED = ['request_mirror_policies', 'hash_policy', 'idle_timeout', 'max_stream_duration', 'rate_limits', 'cors', 'priority', 'metadata_match'];
+const MATCH_REFUSED = ['query_parameters', 'runtime_fraction', 'grpc', 'tls_context', 'dynamic_metadata', 'connect_matcher', 'path_separated_prefix', 'path_match_policy', 'filter_state'];
+
+/** The routes of one RouteConfiguration (or inline route_config). `what` names the resource. */
+export function httpRoutes(what: string, r: Obj): HttpRoutes {
+  const out: HttpRoutes = { routes: [], notes: [] };
+  const vhs: Obj[] = r.virtual_hosts ?? [];
+  // The service is chosen by VIP:port, not by Host: one virtual host's routes apply to every request. The catch-all
+  // one when there are several (the rest cannot be told apart without host matching), reported.
+  let v = vhs.findIndex((vh) => (vh.domains ?? []).includes('*'));
+  if (v < 0) v = 0;
+  vhs.forEach((vh, i) => {
+    if (i !== v) out.notes.push(`${what}: virtual_hosts[${i}] ('${vh.name}') not applied: requests are matched by VIP and port, not by host (virtual_hosts[${v}] is used)`);
+  });
+  const vh = vhs[v];
+  if (!vh) return out;
+  if (vhs.length === 1 && !(vh.domains ?? []).includes('*')) out.notes.push(`${what}: virtual_hosts[0]: domains not matched (every request to the listener uses this virtual host)`);
+  const reqBase = rewriteOf(what, `request_headers`, r.request_headers_to_add, r.request_headers_to_remove, out.notes);
+  const resBase = rewriteOf(what, `response_headers`, r.response_headers_to_add, r.response_headers_to_remove, out.notes);
+  const vhReq = rewriteOf(what, `virtual_hosts[${v}].request_headers`, vh.request_headers_to_add, vh.request_headers_to_remove, out.notes, reqBase);
+  const vhRes = rewriteOf(what, `virtual_hosts[${v}].response_headers`, vh.response_headers_to_add, vh.response_headers_to_remove, out.notes, resBase);
+  if (vh.rate_limits?.length || vh.cors) out.notes.push(`${what}: virtual_hosts[${v}]: rate_limits / cors not applied`);
+  const names = new Set<string>();
+  (vh.routes ?? []).forEach((route: Obj, k: number) => {
+    const field = `virtual_hosts[${v}].routes[${k}]`;
+    const action = route.route;
+    if (!action) {
+      out.notes.push(`${what}: ${field}: ${route.redirect ? 'redirect' : route.direct_response ? 'direct_response' : 'non-forwarding'} route not applied`);
+      return;
+    }
+    out.routes.push(routeEntry(what, field, route, action, vh.retry_policy, vhReq, vhRes, names, out.notes));
+  });
+  return out;
+}
+
+function routeEntry(what: string, field: string, route: Obj, action: Obj, vhRetry: Obj | undefined, vhReq: Obj, vhRes: Obj, names: Set<string>, notes: string[]): RouteEntry {
+  // name: a DNS label, unique within the service
+  let name = typeof route.name === 'string' && route.name ? route.name.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, '') : '';
+  if (!name) name = `route-${field.slice(field.lastIndexOf('[') + 1, -1)}`;
+  for (let n = 2; names.has(name); n++) name = `${name.slice(0, 60)}-${n}`;
+  names.add(name);
+
+  const m: Obj = route.match ?? {};
+  for (const k of MATCH_REFUSED) if (m[k] !== undefined && !(Array.isArray(m[k]) && m[k].length === 0)) fail(what, `${field}.match.${k}`, 'is not supported');
+  if (m.case_sensitive !== undefined && m.case_sensitive.value === false) fail(what, `${field}.match.case_sensitive`, 'case-insensitive path matching is not supported');
+  const match: Obj = {};
+  if (m.path !== undefined) match['path'] = { exact: m.path };
+  else if (m.safe_regex) match['path'] = { regex: regexOf(what, `${field}.match.safe_regex`, m.safe_regex) };
+  else if (typeof m.prefix === 'string') {
+    if (m.prefix !== '') match['path'] = { prefix: m.prefix }; // '' matches every path: no path condition
+  } else fail(what, `${field}.match`, 'needs prefix, path or safe_regex');
+  const headers: Obj[] = [];
+  (m.headers ?? []).forEach((h: Obj, i: number) => {
+    const hf = `${field}.match.headers[${i}]`;
+    if (h.name === ':method') {
+      const methods = methodsOf(what, hf, h);
+      match['methods'] = match['methods'] ? (match['methods'] as string[]).filter((x) => methods.includes(x)) : methods;
+      if ((match['methods'] as string[]).length === 0) fail(what, hf, 'the :method matches of this route exclude every method');
+    } else headers.push(headerMatcher(what, hf, h));
+  });
+  if (headers.length > 0) match['headers'] = headers;
+
+  for (const k of ACTION_REFUSED) {
+    const v = action[k];
+    if (v !== undefined && v !== false && !(Array.isArray(v) && v.length === 0)) fail(what, `${field}.route.${k}`, 'is not supported');
+  }
+  for (const k of ACTION_NOTED) {
+    const v = action[k];
+    if (v !== undefined && !(Array.isArray(v) && v.length === 0)) notes.push(`${what}: ${field}.route.${k} not applied`);
+  }
+  const splits: SplitRef[] = [];
+  if (action.cluster) splits.push({ cluster: action.cluster, weight: 1 });
+  else if (action.weighted_clusters) {
+    const list: Obj[] = action.weighted_clusters.clusters ?? [];
+    list.forEach((c, j) => {
+      const cf = `${field}.route.weighted_clusters.clusters[${j}]`;
+      if (!c.name) fail(what, `${cf}.name`, 'is required');
+      if (c.request_headers_to_add?.length || c.response_headers_to_add?.length || c.request_headers_to_remove?.length || c.response_headers_to_remove?.length) {
+        fail(what, cf, 'header rewrites per weighted cluster are not supported (set them on the route)');
+      }
+      const w = num(c.weight) ?? 0;
+      if (w > 0) splits.push({ cluster: c.name, weight: w });
+    });
+    if (splits.length === 0) fail(what, `${field}.route.weighted_clusters`, 'no cluster with a weight above 0');
+    // Envoy weights go to 2^32-1, the model's to 10000: scale down keeping the ratios as well as integers can.
+    const max = splits.reduce((a, s) => Math.max(a, s.weight), 0);
+    if (max > 10_000) for (const s of splits) s.weight = Math.max(1, Math.round((s.weight * 10_000) / max));
+  } else fail(what, `${field}.route`, 'names no cluster (cluster or weighted_clusters)');
+
+  const meta = sockmeshMeta(route);
+  const obj: Obj = { name, match };
+  const timeout = durationMs(action.timeout);
+  obj['timeout'] = formatDuration(timeout ?? 15_000);
+  const rp: Obj | undefined = action.retry_policy ?? vhRetry;
+  if (rp) obj['retries'] = retriesOf(what, `${field}.route.retry_policy`, rp, meta, route, notes);
+  obj['requestHeaders'] = rewriteOf(what, `${field}.request_headers`, route.request_headers_to_add, route.request_headers_to_remove, notes, vhReq);
+  obj['responseHeaders'] = rewriteOf(what, `${field}.response_headers`, route.response_headers_to_add, route.response_headers_to_remove, notes, vhRes);
+  return { obj, splits, origin: `${what}: ${field}` };
+}
+
+function retriesOf(what: string, field: string, rp: Obj, meta: Obj, route: Obj, notes: string[]): Obj {
+  const out: Obj = {};
+  const n = num(rp.num_retries);
+  out['attempts'] = n ?? 1;
+  const per = durationMs(rp.per_try_timeout);
+  if (per !== undefined && per > 0) out['perTryTimeout'] = formatDuration(per);
+  if (Array.isArray(meta['retryOn'])) out['retryOn'] = meta['retryOn'];
+  else {
+    const on: string[] = [];
+    const codes: number[] = [];
+    for (const word of String(rp.retry_on ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+      const mapped = RETRY_ON[word];
+      if (mapped) {
+        for (const x of mapped) if (!on.includes(x)) on.push(x);
+      } else if (word === 'retriable-4xx') {
+        if (!codes.includes(409)) codes.push(409);
+        if (!on.includes('retriable-status-codes')) on.push('retriable-status-codes');
+      } else notes.push(`${what}: ${field}.retry_on: '${word}' not supported`);
+    }
+    if (on.length === 0 && codes.length === 0) {
+      // Envoy retries nothing without a retry_on it knows: say so with attempts 0 rather than invent conditions.
+      notes.push(`${what}: ${field}: no supported retry_on condition (no retries)`);
+      out['attempts'] = 0;
+      out['retryOn'] = ['connect-failure'];
+    } else {
+      out['retryOn'] = on;
+      if (codes.length) out['retriableStatusCodes'] = codes;
+    }
+  }
+  const codes: number[] = (rp.retriable_status_codes ?? []).map(Number);
+  if (codes.length > 0) out['retriableStatusCodes'] = [...new Set([...(out['retriableStatusCodes'] ?? []), ...codes])];
+  if (rp.retry_back_off) {
+    const base = durationMs(rp.retry_back_off.base_interval);
+    const max = durationMs(rp.retry_back_off.max_interval);
+    out['backoff'] = {};
+    if (base !== undefined) out['backoff'].base = formatDuration(base);
+    if (max !== undefined) out['backoff'].max = formatDuration(max);
+  }
+  if (meta['budget'] && typeof meta['budget'] === 'object') out['budget'] = meta['budget'];
+  // Envoy retries any method the conditions match; sockmesh only when told to (own routes say which in metadata).
+  out['nonIdempotent'] = typeof meta['nonIdempotent'] === 'boolean' ? meta['nonIdempotent'] : true;
+  const limit = num(route.per_request_buffer_limit_bytes);
+  if (limit !== undefined) out['bufferLimit'] = limit;
+  for (const k of ['retry_host_predicate', 'retry_priority', 'retriable_headers', 'retriable_request_headers', 'rate_limited_retry_back_off', 'per_try_idle_timeout']) {
+    const v = rp[k];
+    if (v !== undefined && !(Array.isArray(v) && v.length === 0)) notes.push(`${what}: ${field}.${k} not applied`);
+  }
+  return out;
+}
+
+// ---- clusters ----
+
+/** What an HTTP service takes from a cluster, in the file schema. */
+export interface ClusterHttp {
+  /** backend group named in sockmesh metadata (own resources); otherwise the cluster name makes one */
+  group?: string;
+  balancer?: 'least-request' | 'round-robin';
+  circuitBreaker?: Obj;
+  /** the retry budget of the DEFAULT thresholds (Envoy keeps it with the breaker, sockmesh with the retries) */
+  budget?: Obj;
+  outlierDetection?: Obj;
+  healthCheck?: Obj;
+  notes: string[];
+}
+
+export function clusterHttp(what: string, c: Obj, meta: Obj): ClusterHttp {
+  const d: ClusterHttp = { notes: [] };
+  if (typeof meta['group'] === 'string') d.group = meta['group'];
+  const policy: string = c.lb_policy ?? 'ROUND_ROBIN';
+  if (policy === 'LEAST_REQUEST') d.balancer = 'least-request';
+  else if (policy === 'ROUND_ROBIN') d.balancer = 'round-robin';
+  const cb = c.circuit_breakers;
+  if (cb) {
+    d.circuitBreaker = {}; // present: Envoy's defaults, unless a DEFAULT threshold says otherwise
+    (cb.thresholds ?? []).forEach((t: Obj, i: number) => {
+      if ((t.priority ?? 'DEFAULT') !== 'DEFAULT') {
+        d.notes.push(`${what}: circuit_breakers.thresholds[${i}]: priority ${t.priority} not applied (one priority)`);
+        return;
+      }
+      const o: Obj = {};
+      for (const [k, f] of [['maxConnections', 'max_connections'], ['maxPendingRequests', 'max_pending_requests'], ['maxRequests', 'max_requests'], ['maxRetries', 'max_retries']] as const) {
+        const v = num(t[f]);
+        if (v !== undefined) o[k] = v;
+      }
+      d.circuitBreaker = o;
+      if (t.retry_budget) d.budget = { percent: num(t.retry_budget.budget_percent) ?? 20, minRetryConcurrency: num(t.retry_budget.min_retry_concurrency) ?? 3 };
+    });
+    if (cb.per_host_thresholds?.length) d.notes.push(`${what}: circuit_breakers.per_host_thresholds not applied (limits are per backend group)`);
+  }
+  const od = c.outlier_detection;
+  if (od) {
+    const o: Obj = {};
+    const enf5xx = num(od.enforcing_consecutive_5xx) ?? 100;
+    const enfGw = num(od.enforcing_consecutive_gateway_failure) ?? 0;
+    o['consecutive5xx'] = enf5xx > 0 ? num(od.consecutive_5xx) ?? 5 : 0;
+    o['consecutiveGatewayErrors'] = enfGw > 0 ? num(od.consecutive_gateway_failure) ?? 5 : 0;
+    if ((enf5xx > 0 && enf5xx < 100) || (enfGw > 0 && enfGw < 100)) d.notes.push(`${what}: outlier_detection: enforcing percentages below 100 are applied as 100`);
+    const base = durationMs(od.base_ejection_time);
+    if (base !== undefined) o['baseEjectionTime'] = formatDuration(base);
+    const max = durationMs(od.max_ejection_time);
+    if (max !== undefined) o['maxEjectionTime'] = formatDuration(max);
+    const pct = num(od.max_ejection_percent);
+    if (pct !== undefined) o['maxEjectionPercent'] = pct;
+    if ((num(od.enforcing_success_rate) ?? 100) > 0 && od.success_rate_minimum_hosts !== undefined) d.notes.push(`${what}: outlier_detection: success-rate ejection not applied`);
+    if ((num(od.enforcing_failure_percentage) ?? 0) > 0) d.notes.push(`${what}: outlier_detection: failure-percentage ejection not applied`);
+    if (od.split_external_local_origin_errors) d.notes.push(`${what}: outlier_detection.split_external_local_origin_errors not applied`);
+    d.outlierDetection = o;
+  }
+  const hcs: Obj[] = c.health_checks ?? [];
+  if (hcs.length > 0) {
+    if (hcs.length > 1) d.notes.push(`${what}: health_checks[1..]: only the first health check is run`);
+    d.healthCheck = healthCheckOf(what, 'health_checks[0]', hcs[0]!, d.notes);
+  }
+  return d;
+}
+
+function healthCheckOf(what: string, field: string, h: Obj, notes: string[]): Obj | undefined {
+  const o: Obj = {};
+  if (h.http_health_check) {
+    const hh = h.http_health_check;
+    o['type'] = 'http';
+    o['path'] = hh.path;
+    if (hh.send || hh.receive?.length) notes.push(`${what}: ${field}.http_health_check: send/receive payloads not applied`);
+    if (hh.expected_statuses?.length) {
+      // Envoy's ranges are half-open [start, end); the model's inclusive
+      o['expectedStatuses'] = (hh.expected_statuses as Obj[]).map((r) => `${Number(r.start)}-${Number(r.end) - 1}`);
+    }
+  } else if (h.grpc_health_check) {
+    o['type'] = 'grpc';
+    o['grpcService'] = h.grpc_health_check.service_name ?? '';
+  } else if (h.tcp_health_check) {
+    if (h.tcp_health_check.send || h.tcp_health_check.receive?.length) {
+      notes.push(`${what}: ${field}.tcp_health_check: send/receive payloads not supported (health check not run)`);
+      return undefined;
+    }
+    o['type'] = 'tcp';
+  } else {
+    notes.push(`${what}: ${field}: ${h.custom_health_check ? 'custom' : 'unknown'} health checker not supported (health check not run)`);
+    return undefined;
+  }
+  const interval = durationMs(h.interval);
+  if (interval !== undefined) o['interval'] = formatDuration(interval);
+  const timeout = durationMs(h.timeout);
+  if (timeout !== undefined) o['timeout'] = formatDuration(timeout);
+  const ht = num(h.healthy_threshold);
+  if (ht !== undefined) o['healthyThreshold'] = ht;
+  const ut = num(h.unhealthy_threshold);
+  if (ut !== undefined) o['unhealthyThreshold'] = ut;
+  return o;
+}
+
+// ---- the HttpConnectionManager ----
+
+export interface HcmDigest {
+  /** from the Listener's sockmesh metadata */
+  service?: string;
+  failMode?: string;
+  accessLogSample?: number;
+  /** workloads the RBAC principals name (file schema), from the Listener's sockmesh metadata */
+  workloads: Obj[];
+  /** clusters of backend groups no route names (so their backends are still the service's) */
+  extraClusters: string[];
+  /** file-schema authz, when RBAC filters are present */
+  authz?: Obj;
+  /** inline route_config */
+  inline?: HttpRoutes;
+}
+
+/** The RBAC policy name that stands for "everything else is allowed" (sockmesh's default: allow, in Envoy terms). */
+export const DEFAULT_ALLOW_POLICY = 'sockmesh-default-allow';
+
+/**
+ * HTTP RBAC filters -> authz. Envoy: an ALLOW filter lets through only what one of its policies matches, a DENY
+ * filter stops what one matches; Istio chains a DENY filter before an ALLOW one. The model says the same with deny
+ * rules first, then allow rules, then a default (deny when there is an ALLOW filter). Policies become rules; a
+ * policy's permissions and principals are each OR-ed, so a policy is one rule per permission (every one with the
+ * policy's principals as `from`).
+ */
+export function rbacAuthz(what: string, filters: { field: string; cfg: Obj }[], workloads: Set<string>, notes: string[]): Obj | undefined {
+  const deny: Obj[] = [];
+  const allow: Obj[] = [];
+  let allowFilters = 0;
+  let defaultAllow = false;
+  const names = new Set<string>();
+  for (const { field, cfg } of filters) {
+    if (cfg.shadow_rules) notes.push(`${what}: ${field}.shadow_rules not applied`);
+    if (cfg.matcher || cfg.shadow_matcher) fail(what, `${field}.matcher`, 'matcher-based RBAC is not supported (use rules)');
+    const rules: Obj | undefined = cfg.rules;
+    if (!rules) continue; // no rules: the filter does nothing
+    const action: string = rules.action ?? 'ALLOW';
+    if (action === 'LOG') {
+      notes.push(`${what}: ${field}: RBAC LOG action not applied`);
+      continue;
+    }
+    if (action === 'ALLOW') {
+      if (++allowFilters > 1) fail(what, field, 'more than one RBAC filter with action ALLOW (both would have to allow) is not supported');
+    }
+    for (const [pname, policy] of Object.entries((rules.policies ?? {}) as Record<string, Obj>)) {
+      const pf = `${field}.rules.policies['${pname}']`;
+      if (action === 'ALLOW' && pname === DEFAULT_ALLOW_POLICY) {
+        defaultAllow = true;
+        continue;
+      }
+      if (policy.condition || policy.checked_condition) fail(what, `${pf}.condition`, 'CEL conditions are not supported');
+      const from = principalsOf(what, `${pf}.principals`, policy.principals ?? [], workloads);
+      const perms: Obj[] = policy.permissions ?? [];
+      if (perms.length === 0) fail(what, `${pf}.permissions`, 'is empty (matches nothing)');
+      perms.forEach((p, i) => {
+        const base = pname.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 58) || 'rule';
+        let name = perms.length === 1 ? base : `${base}-${i}`;
+        for (let n = 2; names.has(name); n++) name = `${base}-${n}`;
+        names.add(name);
+        const rule: Obj = { name, action: action === 'DENY' ? 'deny' : 'allow', ...permissionOf(what, `${pf}.permissions[${i}]`, p) };
+        if (from) rule['from'] = from;
+        (action === 'DENY' ? deny : allow).push(rule);
+      });
+    }
+  }
+  if (allowFilters === 0 && deny.length === 0 && !defaultAllow) return undefined;
+  return { default: allowFilters > 0 && !defaultAllow ? 'deny' : 'allow', rules: [...deny, ...allow] };
+}
+
+/** Principals -> workload names (undefined = any source). A workload is an authenticated principal name. */
+function principalsOf(what: string, field: string, list: Obj[], workloads: Set<string>): string[] | undefined {
+  if (list.length === 0) fail(what, field, 'is empty (matches no one)');
+  const names: string[] = [];
+  const walk = (p: Obj, f: string): boolean => {
+    if (p.any) return true;
+    if (p.or_ids) return (p.or_ids.ids ?? []).map((x: Obj, i: number) => walk(x, `${f}.or_ids.ids[${i}]`)).some(Boolean);
+    const exact = p.authenticated?.principal_name?.exact;
+    if (typeof exact === 'string') {
+      if (!workloads.has(exact)) fail(what, `${f}.authenticated.principal_name.exact`, `principal '${exact}' is not a workload sockmesh knows (listener metadata sockmesh.workloads)`);
+      if (!names.includes(exact)) names.push(exact);
+      return false;
+    }
+    fail(what, f, 'only any, or_ids and authenticated.principal_name.exact (a workload name) principals are supported');
+  };
+  const any = list.map((p, i) => walk(p, `${field}[${i}]`)).some(Boolean);
+  return any ? undefined : names;
+}
+
+/** One permission -> rule conditions {methods, paths, headers}; and_rules combine kinds, or_rules one kind. */
+function permissionOf(what: string, field: string, p: Obj): Obj {
+  const out: Obj = {};
+  const add = (q: Obj, f: string): void => {
+    if (q.any) return;
+    if (q.and_rules) {
+      (q.and_rules.rules ?? []).forEach((x: Obj, i: number) => add(x, `${f}.and_rules.rules[${i}]`));
+      return;
+    }
+    if (q.or_rules) {
+      const list: Obj[] = q.or_rules.rules ?? [];
+      const kinds = new Set(list.map((x) => (x.url_path ? 'path' : x.header?.name === ':method' ? 'method' : 'other')));
+      if (kinds.size !== 1 || kinds.has('other')) fail(what, `${f}.or_rules`, 'only an or of paths or of :method matches is supported');
+      if (kinds.has('path')) {
+        if (out['paths']) fail(what, f, 'more than one set of paths in one permission');
+        out['paths'] = list.map((x, i) => pathOf(what, `${f}.or_rules.rules[${i}].url_path`, x.url_path));
+      } else {
+        if (out['methods']) fail(what, f, 'more than one set of methods in one permission');
+        out['methods'] = list.flatMap((x, i) => methodsOf(what, `${f}.or_rules.rules[${i}].header`, x.header));
+      }
+      return;
+    }
+    if (q.url_path) {
+      if (out['paths']) fail(what, f, 'more than one path condition in one permission');
+      out['paths'] = [pathOf(what, `${f}.url_path`, q.url_path)];
+      return;
+    }
+    if (q.header) {
+      if (q.header.name === ':method') {
+        if (out['methods']) fail(what, f, 'more than one :method condition in one permission');
+        out['methods'] = methodsOf(what, `${f}.header`, q.header);
+      } else (out['headers'] ??= []).push(headerMatcher(what, `${f}.header`, q.header));
+      return;
+    }
+    fail(what, f, `permission ${Object.keys(q).filter((k) => k !== 'rule').join(', ') || '(empty)'} is not supported (any, and_rules, or_rules, url_path and header are)`);
+  };
+  add(p, field);
+  return out;
+}
+
+function pathOf(what: string, field: string, pm: Obj): Obj {
+  if (!pm.path) fail(what, `${field}.path`, 'is required');
+  return stringMatcher(what, `${field}.path`, pm.path);
+}
