@@ -49,8 +49,11 @@ export function backendsReport(src: BackendsSources, only?: string): BackendsRep
   for (const s of src.states.list()) out.set(id(s.service, s.backend), s);
   // The proxy reports a backend once per frontend (its groups are per frontend): keyed by frontend when it says which.
   const live = liveIndex(src.proxy.backends, (x) => (typeof x['frontend'] === 'string' ? `${x['frontend']}\0${x.backend}` : x.backend));
-  const services = eff.model.services.filter((s) => only === undefined || s.name === only).map((svc) => {
-    const desired = model.services.find((s) => s.name === svc.name)!;
+  const services: BackendsReport['services'] = [];
+  // effectiveModel keeps the order of services and frontends: index i of one is index i of the other.
+  eff.model.services.forEach((svc, si) => {
+    if (only !== undefined && svc.name !== only) return;
+    const desired = model.services[si]!;
     const frontends: FrontendBackendsReport[] = svc.frontends.map((fe, fi) => {
       const panic = panicked.has(`${svc.name}|${fe.vip}|${fe.port}|${fe.protocol}`);
       const backends: BackendHealthReport[] = fe.backends.map((b, bi) => {
@@ -80,7 +83,7 @@ export function backendsReport(src: BackendsSources, only?: string): BackendsRep
       });
       return { vip: fe.vip, port: fe.port, protocol: fe.protocol, panic, backends };
     });
-    return { service: svc.name, l7: svc.http !== undefined, healthCheck: svc.healthCheck ?? null, frontends };
+    services.push({ service: svc.name, l7: svc.http !== undefined, healthCheck: svc.healthCheck ?? null, frontends });
   });
   return { services, proxyError: live.error };
 }

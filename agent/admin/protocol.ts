@@ -28,6 +28,8 @@ export interface StatusReport {
   maps: { map: string; entries: number; maxEntries: number }[];
   /** the xDS control-plane connection, when the config comes from one */
   controlPlane: XdsStatus | null;
+  /** backends probed by health checks, backends out (probe or ejection), frontends in panic, the metrics URL */
+  health?: { probed: number; out: number; panics: number; metrics: string | null };
 }
 
 export interface FlowEvent {

@@ -127,6 +127,11 @@ export function renderStatus(s: StatusReport, style: Style): string[] {
     ['cgroup', s.kernel.cgroup],
     ['bpffs', s.kernel.bpffs],
     ['sockmap', s.kernel.sockmap ? 'on' : style.yellow('off (connect-time balancing only)')],
+    ...(s.health ? [
+      ['health', `${s.health.probed} backends probed, ${s.health.out ? style.yellow(`${s.health.out} out`) : '0 out'}` +
+        `${s.health.panics ? style.red(`, ${s.health.panics} frontends in panic`) : ''}${s.health.out ? ' (meshctl backends)' : ''}`],
+      ['metrics', s.health.metrics ?? 'off'],
+    ] as [string, string][] : []),
   ], { style });
   // Program and map types only: the helper probes are per program type, and most pairs are unsupported by design.
   const missing = Object.entries(s.kernel.features)

@@ -141,6 +141,10 @@ services:
     t.match(text.stdout, new RegExp(`${key('c').replace(/\./g, '\\.')}\\s+1->0\\s+out\\s+\\d\\d:\\d\\d:\\d\\d \\(.*ago\\)\\s+health check: connect ECONNREFUSED`));
     t.match(text.stdout, /tcp health check every 200 ms \(timeout 150 ms, out after 2, in after 2\)/);
 
+    const st = JSON.parse(meshctl(agent, ['status', '--json']).stdout);
+    t.same(st.health, { probed: 3, out: 1, panics: 0, metrics: metricsAt }, 'status: 3 probed, 1 out');
+    t.match(meshctl(agent, ['status']).stdout, /^health\s+3 backends probed, 1 out \(meshctl backends\)$/m);
+
     const m = await scrape(metricsAt);
     t.equal(metric(m, 'sockmesh_backend_up', `service="web",backend="${key('c')}"`), 0, 'backend_up 0 for c');
     t.equal(metric(m, 'sockmesh_backend_up', `service="web",backend="${key('a')}"`), 1);
