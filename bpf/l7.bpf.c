@@ -15,41 +15,68 @@
 #include "maps.h"
 #include "addr.h"
 #include "counters.h"
+#include "sock_key.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* The client end of a connection as the proxy will see it (struct sm_l7_key). */
+static __always_inline void sm_l7_key_of(const struct sm_sock_key *sk, struct sm_l7_key *k)
+{
+	sm_addr_copy(k->addr, sk->local_ip);
+	k->port = sk->local_port;
+	/* The netns only where the address alone is ambiguous (see struct sm_l7_key). */
+	k->netns_cookie = sm_addr_is_loopback(k->addr) ? sk->netns_cookie : 0;
+	k->pad = 0;
+}
+
+static __always_inline int sm_addr_eq(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/* A connection to the proxy that connect() did not redirect (an application dialing the proxy port itself): any entry
+ * still under this client's key is from an earlier connection the proxy never took, and must not be mistaken for
+ * this one's original destination. */
+static __always_inline void sm_l7_forget_stale(const struct sm_sock_key *sk)
+{
+	struct sm_l7_key k = {};
+	struct sm_proxy *px;
+	__u32 zero = 0;
+
+	px = bpf_map_lookup_elem(&sm_proxy, &zero);
+	if (!px || sk->remote_port != bpf_ntohs(px->port))
+		return;
+	if (!sm_addr_eq(sk->remote_ip, px->v4) && !sm_addr_eq(sk->remote_ip, px->v6))
+		return;
+	sm_l7_key_of(sk, &k);
+	bpf_map_delete_elem(&sm_l7_peers, &k);
+}
 
 SEC("sockops")
 int sm_sockops_l7(struct bpf_sock_ops *skops)
 {
 	struct sm_orig_dst *pending;
 	struct sm_orig_dst orig;
+	struct sm_sock_key sk = {};
 	struct sm_l7_key k = {};
 	__u64 cookie;
 
 	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
+	/* ports host order, addresses v4-mapped, the socket's netns (lib/sock_key.h) */
+	if (sm_sock_key_from_ops(skops, &sk) < 0)
+		return 1;
 	cookie = bpf_get_socket_cookie(skops);
 	pending = bpf_map_lookup_elem(&sm_l7_pending, &cookie);
-	if (!pending)
-		return 1;
-	/* Copied out before the delete: an LRU element may be reused as soon as it is freed. */
-	orig = *pending;
-
-	if (skops->family == SM_AF_INET) {
-		sm_addr_from_v4(k.addr, skops->local_ip4);
-	} else if (skops->family == SM_AF_INET6) {
-		k.addr[0] = skops->local_ip6[0];
-		k.addr[1] = skops->local_ip6[1];
-		k.addr[2] = skops->local_ip6[2];
-		k.addr[3] = skops->local_ip6[3];
-	} else {
+	if (!pending) {
+		sm_l7_forget_stale(&sk);
 		return 1;
 	}
-	k.port = skops->local_port; /* host order in sock_ops */
-	/* The netns only where the address alone is ambiguous (see struct sm_l7_key). */
-	k.netns_cookie = sm_addr_is_loopback(k.addr) ? bpf_get_netns_cookie(skops) : 0;
-	bpf_map_update_elem(&sm_l7_peers, &k, &orig, BPF_ANY);
+	/* Copied out before the delete: an LRU element may be reused as soon as it is freed. */
+	orig = *pending;
 	bpf_map_delete_elem(&sm_l7_pending, &cookie);
+	sm_l7_key_of(&sk, &k);
+	bpf_map_update_elem(&sm_l7_peers, &k, &orig, BPF_ANY);
 	sm_global_inc(SM_G_L7_HANDOFF);
 	return 1;
 }

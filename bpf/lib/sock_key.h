@@ -14,14 +14,23 @@
 #include "common.h"
 #include "addr.h"
 
+/* Keeps a context load in its own branch: clang may otherwise sink the loads of two branches into one load through
+ * a pointer chosen by a phi (ctx + 24 or ctx + 28), which the verifier refuses ("dereference of modified ctx ptr"). */
+#define sm_barrier_var(v) asm volatile("" : "+r"(v))
+
 /* The key of the socket behind skops, as seen from that socket. */
 static __always_inline int sm_sock_key_from_ops(struct bpf_sock_ops *skops, struct sm_sock_key *k)
 {
 	__u32 family = skops->family;
 
 	if (family == SM_AF_INET) {
-		sm_addr_from_v4(k->local_ip, skops->local_ip4);
-		sm_addr_from_v4(k->remote_ip, skops->remote_ip4);
+		__u32 local4 = skops->local_ip4;
+		__u32 remote4 = skops->remote_ip4;
+
+		sm_barrier_var(local4);
+		sm_barrier_var(remote4);
+		sm_addr_from_v4(k->local_ip, local4);
+		sm_addr_from_v4(k->remote_ip, remote4);
 	} else if (family == SM_AF_INET6) {
 		k->local_ip[0] = skops->local_ip6[0];
 		k->local_ip[1] = skops->local_ip6[1];

@@ -11,6 +11,7 @@ import { Datapath, cleanup, type ProxySettings } from '../../agent/datapath/data
 import { Reconciler } from '../../agent/datapath/reconcile.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { native } from '../../agent/datapath/native.js';
+import { encode } from '../../agent/datapath/abi.js';
 import { ownCgroupId } from '../../agent/datapath/cgroup.js';
 import type { Backend, HttpPolicy, Model, Service } from '../../agent/model/types.js';
 import type { OriginalDst } from '../../agent/proxy/types.js';
@@ -135,6 +136,23 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
     t.equal(after.l7_redirect! - before.l7_redirect!, 1, 'l7_redirect counted');
     t.equal(after.l7_handoff! - before.l7_handoff!, 1, 'sock_ops handed the entry over');
     t.equal(dp.originalDst('127.0.0.1', 1), null, 'an unknown peer: null');
+  });
+
+  t.test('dialing the proxy port directly finds no original destination, not a stale one', async (t) => {
+    // A stale entry under the tuple the client will use (as if an earlier redirected connection was never accepted).
+    const free = createServer();
+    await new Promise<void>((r) => free.listen(0, '127.0.0.1', () => r()));
+    const localPort = (free.address() as AddressInfo).port;
+    await new Promise<void>((r) => free.close(() => r()));
+    const key = encode('sm_l7_key', { netns_cookie: native().netnsCookie(-1), addr: '127.0.0.1', port: localPort });
+    native().mapUpdate(dp.maps.fd('sm_l7_peers'), key,
+      encode('sm_orig_dst', { vip: '127.100.0.1', port: 80, service_id: 1, cgroup_id: 1n }));
+    const s = connect({ host: '127.0.0.1', port: proxy.port, localAddress: '127.0.0.1', localPort });
+    await new Promise<void>((r, j) => { s.once('data', () => r()); s.once('error', j); });
+    t.equal(s.localPort, localPort, 'the client used the tuple of the stale entry');
+    const seen = proxy.seen.get(`127.0.0.1|${localPort}`);
+    t.equal(seen?.first, null, 'the proxy learns nothing: sock_ops dropped the stale entry');
+    s.destroy();
   });
 
   t.test('a plain (L4) service next to it is balanced as before', async (t) => {
