@@ -62,7 +62,34 @@ export interface ProxySettings {
 }
 
 const PROXY_KEY = u32(0);
-const isLoopbackText = (a: string): boolean => a === '::1' || a.startsWith('127.') || a.startsWith('::ffff:127.');
+/**
+ * Dotted IPv4 text from `from` to the end, written v4-mapped into out[at..at+16). Returns the first octet, or -1 when
+ * the text is not exactly a.b.c.d (out is then partly written). No allocation: it runs once per accepted connection.
+ */
+export function parseV4Into(text: string, from: number, out: Buffer, at: number): number {
+  let octet = 0, digits = 0, dots = 0, first = -1;
+  for (let i = from; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 46 /* . */) {
+      if (digits === 0 || dots === 3) return -1;
+      if (dots === 0) first = octet;
+      out[at + 12 + dots++] = octet;
+      octet = 0; digits = 0;
+    } else if (c >= 48 && c <= 57 && digits < 3) {
+      octet = octet * 10 + (c - 48);
+      if (octet > 255) return -1;
+      digits++;
+    } else {
+      return -1;
+    }
+  }
+  if (dots !== 3 || digits === 0) return -1;
+  out[at + 15] = octet;
+  out.writeUInt32LE(0, at);
+  out.writeUInt32LE(0, at + 4);
+  out.writeUInt32LE(0xffff0000, at + 8);
+  return first;
+}
 
 export interface AttachReport {
   program: string;
@@ -90,6 +117,8 @@ export class Datapath {
   private readonly peerKey = Buffer.alloc(STRUCTS.sm_l7_key.size);
   private readonly peerValue = Buffer.alloc(STRUCTS.sm_orig_dst.size);
   private readonly scratch16 = Buffer.alloc(16);
+  private netnsLo = 0;
+  private netnsHi = 0;
 
   constructor(readonly opts: DatapathOptions) {}
 
@@ -249,16 +278,29 @@ export class Datapath {
     if (!this.peers) {
       if (!this.l7) return null;
       this.peers = new this.n.MapHandle(this.maps.fd('sm_l7_peers'));
+      const c = this.ownNetnsCookie();
+      this.netnsLo = Number(c & 0xffffffffn);
+      this.netnsHi = Number(c >> 32n);
     }
-    // The netns cookie is part of the key only for loopback peers (struct sm_l7_key).
-    key.writeBigUInt64LE(isLoopbackText(peerAddress) ? this.ownNetnsCookie() : 0n, 0);
-    if (peerAddress.startsWith('::ffff:') && isIPv4(peerAddress.slice(7))) addrToBytes(peerAddress.slice(7), key, 8);
-    else if (isIPv4(peerAddress)) addrToBytes(peerAddress, key, 8);
-    else addrToBytes(peerAddress, this.scratch16).copy(key, 8);
+    // IPv4 (also as node:net shows it on a dual-stack listener, ::ffff:a.b.c.d) parsed straight into the key; the
+    // netns cookie is part of the key only for loopback peers (struct sm_l7_key).
+    const mapped = peerAddress.startsWith('::ffff:') ? 7 : 0;
+    let first = parseV4Into(peerAddress, mapped, key, 8);
+    if (first < 0) {
+      if (!isIPv6(peerAddress)) return null;
+      addrToBytes(peerAddress, this.scratch16).copy(key, 8);
+      first = peerAddress === '::1' ? 127 : 0;
+    }
+    const lo = first === 127;
+    key.writeUInt32LE(lo ? this.netnsLo : 0, 0);
+    key.writeUInt32LE(lo ? this.netnsHi : 0, 4);
     key.writeUInt32LE(peerPort, 24);
     const v = this.peerValue;
     if (!this.peers.lookupAndDelete(key, v)) return null;
-    return { vip: bytesToAddr(v, 0), port: v.readUInt16BE(16), cgroupId: v.readBigUInt64LE(24) };
+    // The VIP as the model writes it: IPv4 dotted (never v4-mapped), IPv6 compressed.
+    const vip = v[10] === 0xff && v[11] === 0xff && v.readUInt32LE(0) === 0 && v.readUInt32LE(4) === 0 && v.readUInt16LE(8) === 0
+      ? `${v[12]}.${v[13]}.${v[14]}.${v[15]}` : bytesToAddr(v, 0);
+    return { vip, port: v.readUInt16BE(16), cgroupId: v.readBigUInt64LE(24) };
   }
 
   /** Close our fds. Pins and links stay: the datapath keeps running without the agent. */

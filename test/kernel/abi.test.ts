@@ -58,3 +58,17 @@ t.test('address codec: v4 as v4-mapped, v6 compressed, round trips', async (t) =
   t.equal(key.toString('hex'), '00000000000000000000ffff7f6400010050' + '0600', 'port in network order');
   t.same(decode('sm_service_key', key), { addr: '127.100.0.1', port: 80, proto: 6 });
 });
+
+t.test('parseV4Into: dotted IPv4 straight into a v4-mapped key, anything else refused', async (t) => {
+  const { parseV4Into } = await import('../../agent/datapath/datapath.js');
+  const out = Buffer.alloc(32, 0xaa);
+  t.equal(parseV4Into('127.0.0.1', 0, out, 8), 127);
+  t.equal(out.subarray(8, 24).toString('hex'), addrToBytes('127.0.0.1').toString('hex'));
+  t.equal(parseV4Into('::ffff:10.1.2.3', 7, out, 8), 10);
+  t.equal(bytesToAddr(out, 8), '10.1.2.3');
+  t.equal(out.subarray(0, 8).toString('hex'), 'aa'.repeat(8), 'nothing written before the address');
+  t.equal(out.subarray(24).toString('hex'), 'aa'.repeat(8), 'nor after it');
+  for (const bad of ['::1', '1.2.3', '1.2.3.4.5', '256.1.1.1', '1..2.3', '1.2.3.', 'a.b.c.d', '1.2.3.4 ', '', '1234.1.1.1']) {
+    t.equal(parseV4Into(bad, 0, Buffer.alloc(16), 0), -1, `'${bad}' refused`);
+  }
+});
