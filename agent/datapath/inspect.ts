@@ -39,6 +39,18 @@ export interface StatsReport {
   services: ServiceStats[];
 }
 
+/** The L7 proxy as the kernel knows it (sm_proxy). */
+export interface ProxyReport {
+  v4: string | null; v6: string | null; port: number;
+  /** cgroup v2 id of the proxy (decimal): its own connect() calls are never redirected */
+  cgroupId: string;
+  /** heartbeat younger than the timeout */
+  alive: boolean;
+  /** ms since the last heartbeat; null = marked down (or never beating) */
+  heartbeatAgeMs: number | null;
+  timeoutMs: number;
+}
+
 export interface SocketReport {
   netnsCookie: string; local: string; remote: string; serviceId: number; backendId: number; tcpOnly: boolean; active: boolean;
 }
@@ -65,7 +77,7 @@ export class MapReader {
       throw new Error(`no sockmesh datapath pinned at ${bpffs} (is the agent installed there? see --bpffs)`);
     }
     const r = new MapReader({}, n);
-    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta'] as MapName[]) {
+    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy'] as MapName[]) {
       const p = join(bpffs, name);
       if (!existsSync(p)) continue;
       const fd = n.objGet(p);
@@ -147,6 +159,24 @@ export class MapReader {
     return { global, services };
   }
 
+  /** The proxy entry, or null when no agent announced one (or the pins predate the L7 redirect). */
+  proxy(): ProxyReport | null {
+    const fd = this.fds.sm_proxy;
+    const v = fd !== undefined ? this.n.mapLookup(fd, u32(0)) : null;
+    if (!v) return null;
+    const d = decode('sm_proxy', v);
+    const zero = (at: number): boolean => v.subarray(at, at + 16).every((b) => b === 0);
+    const hb = d.heartbeat_ns as bigint;
+    const timeout = d.timeout_ns as bigint;
+    // Same clock as bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    const age = hb === 0n ? null : process.hrtime.bigint() - hb;
+    return {
+      v4: zero(0) ? null : String(d.v4), v6: zero(16) ? null : String(d.v6), port: Number(d.port),
+      cgroupId: String(d.cgroup_id), alive: age !== null && age >= 0n && age <= timeout,
+      heartbeatAgeMs: age === null ? null : Number(age / 1_000_000n), timeoutMs: Number(timeout / 1_000_000n),
+    };
+  }
+
   /** SOCKHASH entries, with their metadata. Keys of a SOCKHASH can be iterated but not its values (sockets). */
   sockets(): SocketReport[] {
     const metaFd = this.fds.sm_sock_meta;
@@ -168,7 +198,7 @@ export class MapReader {
   /** Entry counts and capacities of every map we can see. */
   fill(): { map: string; entries: number; maxEntries: number }[] {
     return (Object.entries(this.fds) as [MapName, number][])
-      .filter(([name]) => !['sm_global', 'sm_events', 'sm_config'].includes(name))
+      .filter(([name]) => !['sm_global', 'sm_events', 'sm_config', 'sm_proxy'].includes(name))
       .map(([name, fd]) => ({ map: name, entries: this.n.mapKeys(fd).length, maxEntries: this.n.mapInfo(fd).maxEntries }));
   }
 }

@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { kernelSkipReason, testCgroup } from '../lib/kernel.js';
+import { kernelSkipReason, meshctl, startAgent, testCgroup } from '../lib/kernel.js';
 import { connectId, idServer, sleep, type IdServer } from '../lib/net.js';
 import { Datapath, cleanup, type ProxySettings } from '../../agent/datapath/datapath.js';
 import { Reconciler } from '../../agent/datapath/reconcile.js';
@@ -345,4 +345,38 @@ t.test('without the sockmap fast path the redirect still works (its own sock_ops
   conn.socket.destroy();
   t.equal(reader.sockets().length, 0, 'nothing in the SOCKHASH');
   t.notOk(dp.attached.some((x) => x.program === 'sm_sockops' && x.how !== 'detached'), 'the fast path\'s sock_ops is not attached');
+});
+
+t.test('the agent announces its proxy to the kernel, and marks it down when it stops', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'redirect-agent');
+  const a = await idServer('a');
+  t.teardown(() => a.close());
+  const agent = await startAgent(t, cg, {
+    config: `
+services:
+  - name: shop
+    vips: [127.100.2.1]
+    ports: [{ port: 80 }]
+    backends: [{ address: 127.0.0.1, port: ${a.port} }]
+    http: { failMode: open }
+  - name: plain
+    vips: [127.100.2.2]
+    ports: [{ port: 80 }]
+    backends: [{ address: 127.0.0.1, port: ${a.port} }]
+`,
+    extraArgs: ['--proxy-port', '15999', '--proxy-heartbeat-ms', '200'],
+  });
+  const reader = MapReader.fromPins(agent.bpffs);
+  t.teardown(() => reader.close());
+  const px = reader.proxy();
+  t.match(px, { v4: '127.0.0.1', v6: '::1', port: 15999, timeoutMs: 600 }, 'addresses, --proxy-port, timeout = 3 x --proxy-heartbeat-ms');
+  // The agent runs in the cgroup the test started in (startAgent): that is the proxy's cgroup.
+  t.equal(px?.cgroupId, String(cgroupId(cg.original)), 'the agent\'s own cgroup id');
+  const services = JSON.parse(meshctl(agent, ['services', '--json']).stdout) as { service: string; l7?: string }[];
+  t.equal(services.find((s) => s.service === 'shop')?.l7, 'fail-open', 'meshctl services shows the L7 service');
+  t.equal(services.find((s) => s.service === 'plain')?.l7, undefined);
+  await agent.kill('SIGTERM');
+  const after = reader.proxy();
+  t.equal(after?.heartbeatAgeMs, null, 'a clean stop marks the proxy down at once');
+  t.equal(after?.alive, false);
 });
