@@ -24,6 +24,8 @@ interface SessionEntry {
   up: Upstream;
   active: number;
   connected: boolean;
+  /** the peer's SETTINGS arrived */
+  settled: boolean;
   closed: boolean;
   idleSince: number;
 }
@@ -77,13 +79,17 @@ export class H2Pool {
     if (!up.group.tryOpenConnection()) return null;
     const authority = up.family === 6 ? `http://[${up.address}]:${up.port}` : `http://${up.address}:${up.port}`;
     const session = h2connect(authority, { peerMaxConcurrentStreams: DEFAULT_MAX_STREAMS });
-    const e: SessionEntry = { session, up, active: 0, connected: false, closed: false, idleSince: performance.now() };
+    const e: SessionEntry = { session, up, active: 0, connected: false, settled: false, closed: false, idleSince: performance.now() };
     let list = this.sessions.get(up.key);
     if (list === undefined) this.sessions.set(up.key, (list = []));
     list.push(e);
     const timer = setTimeout(() => { if (!e.connected) session.destroy(new Error('connect timeout')); }, this.connectTimeoutMs);
     session.once('connect', () => { clearTimeout(timer); e.connected = true; });
-    session.on('remoteSettings', () => this.serveWaiters(e.up.group));
+    session.on('remoteSettings', (st) => {
+      e.settled = true;
+      if (st.maxConcurrentStreams !== undefined) knownMax.set(up.key, Math.min(st.maxConcurrentStreams, 1 << 20));
+      this.serveWaiters(e.up.group);
+    });
     session.on('error', (err: Error) => this.log.debug({ upstream: up.key, err: err.message }, 'upstream h2 session error'));
     session.on('goaway', () => this.retire(e));
     session.on('close', () => { clearTimeout(timer); this.retire(e); });
@@ -152,9 +158,12 @@ export class H2Pool {
   }
 }
 
+/** the last SETTINGS_MAX_CONCURRENT_STREAMS each backend sent: a new session assumes it until its own arrive */
+const knownMax = new Map<string, number>();
+
 function maxStreams(e: SessionEntry): number {
-  const m = e.session.remoteSettings?.maxConcurrentStreams;
-  return m === undefined || !e.connected ? DEFAULT_MAX_STREAMS : m;
+  if (e.settled) return e.session.remoteSettings.maxConcurrentStreams ?? DEFAULT_MAX_STREAMS;
+  return knownMax.get(e.up.key) ?? DEFAULT_MAX_STREAMS;
 }
 
 // ---- downstream ----
@@ -168,7 +177,7 @@ export function createH2Server(ctx: EngineContext, infoOf: (s: Http2Session) => 
   });
   server.on('session', (session: Http2Session) => {
     ctx.stats.connectionsH2++;
-    session.on('error', () => { /* logged per stream; the session closes */ });
+    session.on('error', (e: Error) => ctx.log.debug({ err: e.message }, 'downstream h2 session error'));
   });
   server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number) => {
     const info = infoOf(stream.session!);
@@ -176,7 +185,7 @@ export function createH2Server(ctx: EngineContext, infoOf: (s: Http2Session) => 
     ctx.stats.requests++;
     new H2Exchange(ctx, info, stream, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0).start();
   });
-  server.on('sessionError', () => { /* the session is destroyed; its streams were told */ });
+  server.on('sessionError', (e: Error) => ctx.log.debug({ err: e.message }, 'downstream h2 session error'));
   return server;
 }
 
@@ -225,6 +234,7 @@ class H2Exchange {
     const h = this.reqHeaders;
     ds.on('error', () => { /* 'close' follows */ });
     ds.on('close', () => this.clientClosed());
+    ds.on('drain', () => { if (this.us !== null) this.us.resume(); });
     if (this.info.dst === null) { this.localReply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }, false); return; }
     const method = String(h[':method'] ?? 'GET');
     if (method === 'CONNECT') { this.localReply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }, false); return; }
@@ -305,7 +315,7 @@ class H2Exchange {
     us.on('response', (headers: IncomingHttpHeaders, flags: number) => this.onResponse(us, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0));
     us.on('trailers', (t: IncomingHttpHeaders) => { if (us === this.us) this.trailers = t; });
     us.on('data', (d: Buffer) => { if (us === this.us && this.resStarted && !this.ds.write(d)) us.pause(); });
-    us.on('end', () => { if (us === this.us) this.onResponseEnd(); });
+    us.on('end', () => { /* complete only when 'close' says the stream ended without RST_STREAM */ });
     us.on('error', () => { /* 'close' follows */ });
     us.on('close', () => { streamEnded(); if (us === this.us) this.upClosed(us, e); });
     us.on('drain', () => { if (us === this.us && !this.ds.destroyed) this.ds.resume(); });
@@ -410,17 +420,20 @@ class H2Exchange {
     this.finishExchange();
   }
 
-  /** the upstream stream closed: a failure unless the response completed */
+  /** the upstream stream closed: the response is complete, or it failed */
   private upClosed(us: ClientHttp2Stream, e: SessionEntry): void {
-    this.us = null;
     if (this.resStarted) {
-      if (!us.readableEnded || (us.rstCode !== undefined && us.rstCode !== 0)) this.abortClient();
+      if (us.rstCode === constants.NGHTTP2_NO_ERROR && us.readableEnded) this.onResponseEnd();
+      else { this.us = null; this.abortClient(); }
       return;
     }
+    this.us = null;
     if (this.attempt === null) return;
+    this.ctx.log.debug({ upstream: e.up.key, rstCode: us.rstCode, active: e.active, max: maxStreams(e) }, 'upstream h2 stream closed before the response head');
     if (!e.connected) { this.attemptFailed({ kind: 'connect-failure' }); return; }
     // REFUSED_STREAM (a session going away) guarantees the application never saw the request: send it again.
-    if (us.rstCode === NGHTTP2_REFUSED_STREAM && this.replayable && this.staleRedispatch++ < 2) { this.acquire(); return; }
+    // (A burst on a new session, before the peer's SETTINGS told its limit, can be refused in part.)
+    if (us.rstCode === NGHTTP2_REFUSED_STREAM && this.replayable && this.staleRedispatch++ < 5) { this.acquire(); return; }
     this.attemptFailed({ kind: 'reset' });
   }
 

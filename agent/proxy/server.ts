@@ -111,9 +111,8 @@ export class ProxyServer {
         socket.unshift(first);
         socket.setTimeout(0);
         this.handing = info;
-        this.h2.emit('connection', socket);
+        this.h2.emit('connection', socket); // nghttp2 takes the socket over, reading what was put back first
         this.handing = undefined;
-        socket.resume();
       } else {
         new H1Conn(this.ctx, socket, info, first);
       }
