@@ -225,16 +225,19 @@ export class ProxyPolicy implements Policy {
     const groups = new Map<string, GroupState>();
     const routeStats = new Map<string, RouteStats>();
     const alive = new Map<string, Set<string>>();
+    // first what can throw (regexes), so that a bad model changes nothing; then the groups, which are
+    // updated in place
+    const compiled: [Service, ServiceState][] = [];
     for (const svc of model.services) {
-      if (!svc.http) {
+      if (svc.http) compiled.push([svc, this.compileService(svc, svc.http, routeStats)]);
+      else
         for (const f of svc.frontends) {
           let ports = l4.get(f.vip);
           if (!ports) l4.set(f.vip, (ports = new Set()));
           ports.add(f.port);
         }
-        continue;
-      }
-      const state = this.compileService(svc, svc.http, routeStats);
+    }
+    for (const [svc, state] of compiled) {
       services.set(svc.name, state);
       const keys = new Set<string>();
       alive.set(svc.name, keys);
@@ -257,12 +260,12 @@ export class ProxyPolicy implements Policy {
   }
 
   private compileService(svc: Service, http: HttpPolicy, routeStats: Map<string, RouteStats>): ServiceState {
-    const router = compileRoutes<Omit<RouteState, 'match'>>(svc.name, http.routes, (r, match) => {
+    const router = compileRoutes<RouteState>(svc.name, http.routes, (r, match, index) => {
       const id = `${svc.name}\0${r.name}`;
       const stats = this.routeStats.get(id) ?? new RouteStats(svc.name, r.name);
       routeStats.set(id, stats);
       return {
-        index: -1,
+        index,
         name: r.name,
         match,
         def: r,
@@ -273,11 +276,10 @@ export class ProxyPolicy implements Policy {
         stats,
       };
     });
-    router.routes.forEach((r, i) => ((r as { index: number }).index = i));
     return {
       name: svc.name,
       http,
-      router: router as Router<RouteState>,
+      router,
       authz: http.authz ? new Authorizer(http.authz, svc.name) : undefined,
       early: this.metrics.earlyStats(svc.name),
       groups: [],

@@ -136,6 +136,6 @@ export class Router<R extends { match: CompiledMatch }> {
 }
 
 /** Compile a service's routes (throws naming service, route and field on a bad regex). */
-export function compileRoutes<T>(service: string, routes: Route[], make: (r: Route, match: CompiledMatch) => T & { match: CompiledMatch }): Router<T & { match: CompiledMatch }> {
-  return new Router(routes.map((r, i) => make(r, compileRouteMatch(r.match, `service ${service}: routes[${i}] (${r.name}).match`))));
+export function compileRoutes<T extends { match: CompiledMatch }>(service: string, routes: Route[], make: (r: Route, match: CompiledMatch, index: number) => T): Router<T> {
+  return new Router(routes.map((r, i) => make(r, compileRouteMatch(r.match, `service ${service}: routes[${i}] (${r.name}).match`), i)));
 }

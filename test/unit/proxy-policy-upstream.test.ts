@@ -288,6 +288,10 @@ t.test('outlier counting rules and ejection cap', async (t) => {
   t.equal(countOutcome(c, { kind: 'response', status: 404 }, cfg), undefined);
   t.equal(countOutcome(c, { kind: 'overflow', limit: 'max-pending-requests' }, cfg), undefined);
   t.same(c, { consecutive5xx: 0, consecutiveGatewayErrors: 0 }, 'overflow not counted');
+  countOutcome(c, { kind: 'response', status: 500 }, cfg);
+  t.equal(countOutcome(c, { kind: 'cancelled' }, cfg), undefined);
+  t.same(c, { consecutive5xx: 1, consecutiveGatewayErrors: 0 }, 'a client gone neither counts nor resets');
+  c.consecutive5xx = 0;
   t.same([1, 2, 3, 4].map((n) => ejectionMs(cfg, n - 1)), [100, 200, 250, 250], 'base * n, capped at max');
   // cap: 50% of 4 = 2; always one when > 1 backend
   t.ok(mayEject(0, 4, 50) && mayEject(1, 4, 50));

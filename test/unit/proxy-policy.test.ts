@@ -185,6 +185,17 @@ t.test('an invalid regex in an update throws naming service and route, and keeps
   p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http())), () => undefined);
   t.throws(() => p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http({ routes: [route('bad', { match: { path: { regex: '[' } } })] }))), () => undefined), /service web: routes\[0\] \(bad\)\.match\.path: invalid regex/);
   t.notOk(isLocal(p.begin(DST, SRC, head())), 'the previous model still serves');
+  // a good service before the bad one in the same model is not half-applied either
+  const cb = { maxConnections: 1, maxPendingRequests: 1, maxRequests: 1, maxRetries: 1 };
+  t.throws(() =>
+    p.update(
+      model(service('web', '127.100.0.1', 80, [backend(9999)], http({ circuitBreaker: cb })), service('bad', '127.100.0.2', 80, [backend(8080)], http({ routes: [route('r', { match: { headers: [{ name: 'x', value: { regex: '(' } }] } })] }))),
+      () => undefined,
+    ),
+  /service bad: routes\[0\] \(r\)\.match\.headers\[0\]\.value: invalid regex/);
+  const g = p.routesReport()[0]!.groups[0]!;
+  t.equal(g.limits.maxRequests, 1024, 'old limits kept');
+  t.same(p.backendsReport().map((b) => b.backend), ['127.0.0.1:8080'], 'old backends kept');
 });
 
 t.test('access log: sampled per service, one line per request', async (t) => {
