@@ -166,11 +166,11 @@ interface FrontendState {
 const hostPort = (address: string, port: number): string => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
 
 /**
- * A local reply. To a gRPC client the engine turns it into a trailers-only gRPC answer (grpc-status
- * from the HTTP status, as Envoy), so the policy answers every client alike.
+ * A local reply. The engine adds content-type and length, and to a gRPC client turns it into a
+ * trailers-only gRPC answer (grpc-status from the HTTP status, as Envoy), so the policy answers
+ * every client alike and sets only its own x-sockmesh-* headers.
  */
 function localReply(_head: RequestHead, status: number, body: string, headers: Headers): LocalReply {
-  headers['content-type'] = 'text/plain; charset=utf-8';
   return { status, headers, body: body + '\n' };
 }
 
