@@ -13,6 +13,7 @@ import { hash } from 'node:crypto';
 import protobuf from 'protobufjs';
 import { FILTER, TYPE, TYPE_URLS, protoRoot, type AnyMessage } from '../agent/xds/protos.js';
 import type { Backend, Model, Protocol, Service } from '../agent/model/types.js';
+import { clusterHttpFields, groupCluster, httpListener, referencedWorkloads, serviceGroups } from './http.js';
 
 export interface Resource {
   name: string;
@@ -304,13 +305,20 @@ export function encodeClusterLoadAssignment(cluster: string, backends: Backend[]
 let router: AnyMessage | undefined;
 const routerConfig = () => (router ??= pack(FILTER.router, {}));
 
-/** Every resource one service contributes, as [type URL, resource] pairs. */
-export function serviceResources(svc: Service): Array<[string, Resource]> {
+/**
+ * Every resource one service contributes, as [type URL, resource] pairs. `workloads`: the cgroups of the model's
+ * workloads, by name (an HTTP service's listeners carry those its authorization names).
+ */
+export function serviceResources(svc: Service, workloads?: ReadonlyMap<string, string[]>): Array<[string, Resource]> {
   const e_ = E();
   const ads = { ads: {}, resource_api_version: e_['V3'] };
   const out: Array<[string, Resource]> = [];
   const entries = portEntries(svc);
   for (const e of entries) {
+    if (svc.http) {
+      httpEntryResources(svc, e, ads, workloads, out);
+      continue;
+    }
     const cluster: Record<string, unknown> = {
       name: e.cluster,
       type: e_['EDS'],
@@ -325,6 +333,7 @@ export function serviceResources(svc: Service): Array<[string, Resource]> {
         filter_metadata: { sockmesh: { fields: { affinity_timeout_seconds: { numberValue: svc.affinityTimeoutSeconds } } } },
       };
     }
+    if (svc.healthCheck) cluster['health_checks'] = clusterHttpFields(svc, undefined, 0)['health_checks'];
     out.push([TYPE.cluster, resource(TYPE.cluster, e.cluster, cluster)]);
 
     // Equal to resource(TYPE.endpoint, e.cluster, clusterLoadAssignmentObject(e.cluster, e.backends)), faster.
@@ -357,13 +366,47 @@ export function serviceResources(svc: Service): Array<[string, Resource]> {
       http_filters: [{ name: 'envoy.filters.http.router', typed_config: routerConfig() }],
     };
     out.push([TYPE.listener, resource(TYPE.listener, svc.name, { name: svc.name, api_listener: { api_listener: pack(FILTER.httpConnectionManager, hcm) } })]);
+    // an HTTP service: the cluster of its first route's first group
+    const target = svc.http ? groupCluster(grpcEntry.cluster, svc.http.routes[0]?.split[0]?.group ?? 'default') : grpcEntry.cluster;
     const route = {
       name: svc.name,
-      virtual_hosts: [{ name: svc.name, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster: grpcEntry.cluster } }] }],
+      virtual_hosts: [{ name: svc.name, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster: target } }] }],
     };
     out.push([TYPE.route, resource(TYPE.route, svc.name, route)]);
   }
   return out;
+}
+
+/** An HTTP port entry: a Cluster and an assignment per backend group, a Listener per VIP (see http.ts). */
+function httpEntryResources(
+  svc: Service, e: PortEntry, ads: Record<string, unknown>, workloads: ReadonlyMap<string, string[]> | undefined, out: Array<[string, Resource]>,
+): void {
+  const e_ = E();
+  const byGroup = new Map<string, Backend[]>();
+  for (const b of e.backends) {
+    const g = b.group ?? 'default';
+    let list = byGroup.get(g);
+    if (!list) byGroup.set(g, (list = []));
+    list.push(b);
+  }
+  const groups = serviceGroups(svc, byGroup.keys());
+  const clusterOf = (g: string) => groupCluster(e.cluster, g);
+  for (const g of groups) {
+    const name = clusterOf(g);
+    const cluster: Record<string, unknown> = {
+      name, type: e_['EDS'], eds_cluster_config: { eds_config: ads }, ...clusterHttpFields(svc, g, 0),
+    };
+    if (svc.algorithm === 'maglev') cluster['maglev_lb_config'] = { table_size: { value: svc.maglevTableSize } };
+    out.push([TYPE.cluster, resource(TYPE.cluster, name, cluster)]);
+    out.push([TYPE.endpoint, framed(TYPE.endpoint, name, encodeClusterLoadAssignment(name, byGroup.get(g) ?? []))]);
+  }
+  const clusters = groups.map(clusterOf);
+  const wl = referencedWorkloads(svc).map((name) => ({ name, cgroups: workloads?.get(name) ?? [] }));
+  for (const vip of e.vips) {
+    const name = listenerName(vip, e.port, e.protocol);
+    const address = { socket_address: { address: vip, port_value: e.port, protocol: e_['TCP'] } };
+    out.push([TYPE.listener, resource(TYPE.listener, name, httpListener(svc, name, address, e.cluster, clusterOf, clusters, wl))]);
+  }
 }
 
 type Built = Array<[string, Resource]>;
@@ -417,6 +460,10 @@ export class Snapshot {
   private list: Service[] = [];
   /** The complete state-of-the-world body (every resource entry) per type, built on first use after a change. */
   private readonly sotwBodies = new Map<string, Buffer>();
+  /** The model's workloads: name -> cgroups (HTTP listeners carry those their authorization names). */
+  private workloads = new Map<string, string[]>();
+  /** Services to rebuild even if their own data did not change (a workload they name did). */
+  private force = new Set<string>();
 
   private constructor() {
     this.types = new Map();
@@ -447,8 +494,32 @@ export class Snapshot {
     const differ: number[] = [];
     const n = Math.max(cur.length, prev.length);
     for (let i = 0; i < n; i++) if (cur[i] !== prev[i]) differ.push(i);
+    // A workload whose cgroups changed: the listeners of every HTTP service naming it change too. Only looked at
+    // when the workloads changed (rare, and few services are HTTP services with authorization).
+    const wl = new Map((model.workloads ?? []).map((w) => [w.name, w.cgroups]));
+    const changedWl = new Set<string>();
+    for (const [name, cg] of wl) if (!sameData(this.workloads.get(name), cg)) changedWl.add(name);
+    for (const name of this.workloads.keys()) if (!wl.has(name)) changedWl.add(name);
+    const wlBefore = this.workloads;
+    this.workloads = wl;
+    if (changedWl.size > 0) {
+      const marked = new Set(differ);
+      cur.forEach((svc, i) => {
+        if (!referencedWorkloads(svc).some((w) => changedWl.has(w))) return;
+        this.force.add(svc.name);
+        if (!marked.has(i)) differ.push(i);
+      });
+      differ.sort((a, b) => a - b);
+    }
     if (differ.length === 0) return new Map();
-    return this.applyDiff(cur, differ);
+    try {
+      return this.applyDiff(cur, differ);
+    } catch (e) {
+      this.workloads = wlBefore; // changing nothing
+      throw e;
+    } finally {
+      this.force.clear();
+    }
   }
 
   /**
@@ -485,11 +556,11 @@ export class Snapshot {
       const e = this.byName.get(svc.name);
       // The previous holder of the name still at its unchanged position: the model has the name twice.
       if (e && e.index !== i && cur[e.index] === e.svc) throw new Error(`service ${svc.name} twice in one model`);
-      if (e && (e.svc === svc || sameData(e.svc, svc))) {
+      if (e && (e.svc === svc || sameData(e.svc, svc)) && !this.force.has(svc.name)) {
         entries.push([svc.name, { svc, built: e.built, index: i }]);
         continue;
       }
-      const built = serviceResources(svc);
+      const built = serviceResources(svc, this.workloads);
       rebuilt.push({ name: svc.name, before: e?.built, after: built });
       entries.push([svc.name, { svc, built, index: i }]);
     }

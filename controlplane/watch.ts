@@ -5,7 +5,7 @@
 import { readdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseConfig } from '../agent/model/config.js';
-import { ConfigError, type ConfigIssue, type Model, type Service } from '../agent/model/types.js';
+import { ConfigError, type ConfigIssue, type Model, type Service, type Workload } from '../agent/model/types.js';
 
 const CONFIG_FILE = /^[^.].*\.(ya?ml|json)$/i; // hidden files (editor swap and lock files) are not config
 
@@ -25,6 +25,7 @@ export function loadConfigDir(dir: string): { model: Model; files: string[] } {
   const files = configFiles(resolve(dir));
   const issues: ConfigIssue[] = [];
   const services: Service[] = [];
+  const workloads = new Map<string, { w: Workload; file: string }>();
   const owners = new Map<string, string>(); // service name -> file
   const frontends = new Map<string, { file: string; service: string }>();
   for (const file of files) {
@@ -36,6 +37,14 @@ export function loadConfigDir(dir: string): { model: Model; files: string[] } {
       else issues.push({ file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
       continue;
     }
+    // A workload may be defined by several files (each file's authorization names its own), identically.
+    (model.workloads ?? []).forEach((w, i) => {
+      const seen = workloads.get(w.name);
+      if (!seen) workloads.set(w.name, { w, file });
+      else if (JSON.stringify(seen.w.cgroups) !== JSON.stringify(w.cgroups)) {
+        issues.push({ file, path: `workloads[${i}]`, message: `workload '${w.name}' is defined with other cgroups in ${seen.file}` });
+      }
+    });
     model.services.forEach((svc, i) => {
       // parseConfig keeps services in file order and returns only when all are valid: index i is services[i].
       const other = owners.get(svc.name);
@@ -55,7 +64,7 @@ export function loadConfigDir(dir: string): { model: Model; files: string[] } {
     });
   }
   if (issues.length > 0) throw new ConfigError(issues);
-  return { model: { services }, files };
+  return { model: workloads.size > 0 ? { services, workloads: [...workloads.values()].map((x) => x.w) } : { services }, files };
 }
 
 export interface DirWatcherEvents {

@@ -512,6 +512,8 @@ function authz(raw: Obj, path: string, shape: ServiceShape, issues: Issues): Aut
     if (headers) rule.headers = headers;
     if (issues.list.length === mark) out.rules.push(rule);
   });
+  // Deny rules are evaluated before allow rules whatever the order written: the model lists them in that order.
+  out.rules = [...out.rules.filter((r) => r.action === 'deny'), ...out.rules.filter((r) => r.action === 'allow')];
   return out;
 }
 

@@ -26,7 +26,8 @@ function fail(what: string, field: string, message: string): never {
 
 export const num = (v: unknown): number | undefined => {
   if (v === undefined || v === null) return undefined;
-  if (typeof v === 'object') return num((v as Obj)['value']); // google.protobuf.UInt32Value and friends
+  // google.protobuf.UInt32Value and friends: present without a value is 0 (proto3 does not write a zero)
+  if (typeof v === 'object') return num((v as Obj)['value'] ?? 0);
   const n = Number(v);
   return Number.isFinite(n) ? n : undefined;
 };
@@ -122,7 +123,7 @@ function methodsOf(what: string, field: string, h: Obj): string[] {
   const exact = h.exact_match ?? h.string_match?.exact;
   if (typeof exact === 'string' && !h.string_match?.ignore_case) return [exact];
   const regex = h.safe_regex_match?.regex ?? h.string_match?.safe_regex?.regex;
-  const m = typeof regex === 'string' ? /^\^?\(?([A-Z]+(?:\|[A-Z]+)*)\)?\$?$/.exec(regex) : null;
+  const m = typeof regex === 'string' ? /^\^?\(?([A-Z0-9_-]+(?:\|[A-Z0-9_-]+)*)\)?\$?$/.exec(regex) : null;
   if (m) return m[1]!.split('|');
   fail(what, field, 'a :method match must be an exact method or a regex alternation like GET|POST');
 }
@@ -245,14 +246,14 @@ export function httpRoutes(what: string, r: Obj): HttpRoutes {
 
 function routeEntry(what: string, field: string, route: Obj, action: Obj, vhRetry: Obj | undefined, vhReq: Obj, vhRes: Obj, names: Set<string>, notes: string[]): RouteEntry {
   // name: a DNS label, unique within the service
-  let name = typeof route.name === 'string' && route.name ? route.name.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, '') : '';
+  let name = typeof route.name === 'string' && route.name ? route.name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, '') : '';
   if (!name) name = `route-${field.slice(field.lastIndexOf('[') + 1, -1)}`;
   for (let n = 2; names.has(name); n++) name = `${name.slice(0, 60)}-${n}`;
   names.add(name);
 
   const m: Obj = route.match ?? {};
   for (const k of MATCH_REFUSED) if (m[k] !== undefined && !(Array.isArray(m[k]) && m[k].length === 0)) fail(what, `${field}.match.${k}`, 'is not supported');
-  if (m.case_sensitive !== undefined && m.case_sensitive.value === false) fail(what, `${field}.match.case_sensitive`, 'case-insensitive path matching is not supported');
+  if (m.case_sensitive !== undefined && !m.case_sensitive.value) fail(what, `${field}.match.case_sensitive`, 'case-insensitive path matching is not supported');
   const match: Obj = {};
   if (m.path !== undefined) match['path'] = { exact: m.path };
   else if (m.safe_regex) match['path'] = { regex: regexOf(what, `${field}.match.safe_regex`, m.safe_regex) };
@@ -468,7 +469,10 @@ export interface HcmDigest {
   accessLogSample?: number;
   /** workloads the RBAC principals name (file schema), from the Listener's sockmesh metadata */
   workloads: Obj[];
-  /** clusters of backend groups no route names (so their backends are still the service's) */
+  /**
+   * Clusters of the service's backend groups, in the order their backends are listed (own listeners list every
+   * group: also one no route names, whose backends are still the service's).
+   */
   extraClusters: string[];
   /** file-schema authz, when RBAC filters are present */
   authz?: Obj;
@@ -516,7 +520,7 @@ export function rbacAuthz(what: string, filters: { field: string; cfg: Obj }[], 
       const perms: Obj[] = policy.permissions ?? [];
       if (perms.length === 0) fail(what, `${pf}.permissions`, 'is empty (matches nothing)');
       perms.forEach((p, i) => {
-        const base = pname.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 58) || 'rule';
+        const base = pname.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 58) || 'rule';
         let name = perms.length === 1 ? base : `${base}-${i}`;
         for (let n = 2; names.has(name); n++) name = `${base}-${n}`;
         names.add(name);

@@ -230,11 +230,13 @@ function digestHcm(what: string, field: string, hcm: Obj, d: ListenerDigest, l: 
   } else if (hcm.route_config) {
     h.inline = httpRoutes(`${what} inline route_config`, hcm.route_config);
     d.notes.push(...h.inline.notes);
-    d.clusters.push(...routeClusters(h.inline));
   } else {
     fail(what, `${field}.route_specifier`, `only rds and route_config are supported, got ${hcm.scoped_routes ? 'scoped_routes' : 'nothing'}`);
   }
-  for (const c of h.extraClusters) if (!d.clusters.some((x) => x.name === c)) d.clusters.push({ name: c, weight: 1 });
+  // Metadata clusters first: they say the order of the groups (and so of the backends) in the service.
+  const listed = new Set(h.extraClusters);
+  d.clusters.push(...h.extraClusters.map((name) => ({ name, weight: 1 })));
+  if (h.inline) d.clusters.push(...routeClusters(h.inline).filter((c) => !listed.has(c.name)));
 }
 
 /** The clusters routes send to, each once. */

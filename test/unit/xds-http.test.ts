@@ -1,0 +1,309 @@
+// The L7 part of xDS: a file config with http/healthCheck served by the control plane (controlplane/snapshot.ts)
+// and read back by the agent's translator gives the model parseConfig gives; foreign Envoy resources (as Istio or
+// another control plane writes them) translate into the expected routes, groups, retries and authorization; what
+// cannot be translated is NACKed naming the resource and field, or reported.
+import t from 'tap';
+import { parseConfig } from '../../agent/model/config.js';
+import type { Model, Service } from '../../agent/model/types.js';
+import {
+  buildModel, digestCluster, digestEndpoints, digestListener, digestRoute, ModelBuilder, type XdsState,
+} from '../../agent/sources/xds/translate.js';
+import { Journal } from '../../agent/sources/xds/journal.js';
+import { FILTER, packAny, TYPE, unpackAny } from '../../agent/xds/protos.js';
+import { Snapshot } from '../../controlplane/snapshot.js';
+
+type Obj = Record<string, any>;
+
+const CONFIG = `
+workloads:
+  - {name: frontend, cgroups: [/sockmesh-test-abc/client]}
+  - {name: batch, cgroups: [/batch, /batch2]}
+  - {name: unused, cgroups: [/nobody]}
+services:
+  - name: web
+    vips: [127.100.0.1, "::1"]
+    ports: [{port: 80}]
+    algorithm: maglev
+    affinity: {timeoutSeconds: 60}
+    backends:
+      - {address: 127.0.0.1, port: 18081}
+      - {address: 127.0.0.1, port: 18082, group: canary, weight: 3}
+      - {address: "::1", port: 18081}
+      - {address: "::1", port: 18082, group: canary}
+      - {address: 127.0.0.2, port: 18083, group: spare}
+    healthCheck: {type: http, path: /healthz, interval: 2s, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: [200, '204-299']}
+    http:
+      failMode: open
+      balancer: round-robin
+      accessLogSample: 0.25
+      circuitBreaker: {maxConnections: 10, maxPendingRequests: 0, maxRequests: 30, maxRetries: 0}
+      outlierDetection: {consecutive5xx: 0, consecutiveGatewayErrors: 2, baseEjectionTime: 1500ms, maxEjectionTime: 1m, maxEjectionPercent: 0}
+      authz:
+        default: deny
+        rules:
+          - {name: fe-get, action: allow, from: [frontend, batch], methods: [GET, HEAD], paths: [{prefix: /api}, {regex: '/v[0-9]+/.*'}], headers: [{name: x-env, exact: prod}, {name: x-trace}]}
+          - {name: no-admin, action: deny, paths: [{exact: /admin}], headers: [{name: x-bad, prefix: evil, invert: true}]}
+          - {name: all, action: allow, from: [batch]}
+      routes:
+        - name: api
+          match: {path: {prefix: /api}, methods: [GET, POST], headers: [{name: x-canary, exact: "1"}, {name: x-not, regex: 'a.*', invert: true}]}
+          split: [{group: default, weight: 90}, {group: canary, weight: 10}]
+          timeout: 0s
+          retries: {attempts: 0, perTryTimeout: 1s, retryOn: [5xx, timeout, unavailable], retriableStatusCodes: [409, 429],
+                    backoff: {base: 10ms, max: 1s}, budget: {percent: 12.5, minRetryConcurrency: 0}, bufferLimit: 4KiB, nonIdempotent: true}
+          requestHeaders: {set: {x-from-mesh: "1"}, remove: [x-debug]}
+          responseHeaders: {remove: [server]}
+        - name: exact
+          match: {path: {exact: /}}
+          split: [{group: canary, weight: 5}]
+          retries: {}
+        - name: rest
+          match: {path: {regex: '/(a|b)/.*'}}
+  - name: multi
+    vips: [127.100.0.2]
+    ports: [{port: 80, targetPort: 8080}, {port: 443, targetPort: 8443}]
+    backends: [{address: 127.0.0.1}, {address: 127.0.0.3, group: blue}]
+    healthCheck: {type: grpc}
+    http:
+      authz: {default: allow}
+      routes: [{name: all, split: [{group: blue}]}]
+  - name: open
+    vips: [127.100.0.3]
+    ports: [{port: 80}]
+    backends: [{address: 127.0.0.1, port: 9000}]
+    http:
+      authz: {default: allow, rules: [{name: a, action: allow, methods: [GET]}, {name: d, action: deny, from: [frontend]}]}
+  - name: l4
+    vips: [127.100.0.4]
+    ports: [{port: 53, protocol: tcp}, {port: 53, protocol: udp}]   # (port entries come back in port, protocol order)
+    healthCheck: {type: tcp}
+    backends: [{address: 127.0.0.1, port: 5353}]
+  - name: plain
+    vips: [127.100.0.5]
+    ports: [{port: 80}]
+    backends: [{address: 127.0.0.1, port: 8080}]
+`;
+
+/** Every resource a snapshot serves, decoded, into the translator's state. */
+function stateOf(snap: Snapshot): XdsState {
+  const decoded = (url: string) => [...snap.types.get(url)!.resources.values()].map((r) => [r.name, unpackAny<Obj>(r.any)] as const);
+  return {
+    listeners: new Map(decoded(TYPE.listener).map(([n, o]) => [n, digestListener(n, o)])),
+    routes: new Map(decoded(TYPE.route).map(([n, o]) => [n, digestRoute(n, o)])),
+    clusters: new Map(decoded(TYPE.cluster).map(([n, o]) => [n, digestCluster(n, o)])),
+    endpoints: new Map(decoded(TYPE.endpoint).map(([n, o]) => [n, digestEndpoints(n, o)])),
+  };
+}
+
+/** A model as a comparable value: services by name; workloads by name, only those an authorization names. */
+function normal(m: Model): Obj {
+  const named = new Set(m.services.flatMap((s) => s.http?.authz?.rules.flatMap((r) => r.from ?? []) ?? []));
+  const workloads = (m.workloads ?? []).filter((w) => named.has(w.name)).sort((a, b) => (a.name < b.name ? -1 : 1));
+  return { services: [...m.services].sort((a, b) => (a.name < b.name ? -1 : 1)), workloads };
+}
+
+t.test('file -> control plane -> agent translator gives the model parseConfig gives', async (t) => {
+  const model = parseConfig(CONFIG, 'mesh.yaml');
+  t.ok(model.services.find((s) => s.name === 'web')!.http!.authz!.rules[0]!.action === 'deny', 'deny rules first in the model');
+  const snap = Snapshot.empty();
+  snap.apply(model);
+  const r = buildModel(stateOf(snap));
+  t.notOk(r.error, String(r.error));
+  t.strictSame(normal(r.model!), normal(model));
+  t.same(r.unsupported, [], 'nothing of our own config is unsupported');
+
+  // What Envoy sees is Envoy's own vocabulary: the listener has an HCM with inline routes and RBAC filters.
+  const l = unpackAny<Obj>(snap.types.get(TYPE.listener)!.resources.get('127.100.0.1:80/tcp')!.any);
+  const hcm = unpackAny<Obj>(l.filter_chains[0].filters[0].typed_config);
+  t.same(hcm.route_config.virtual_hosts[0].routes.map((x: Obj) => x.name), ['api', 'exact', 'rest']);
+  t.same(hcm.route_config.virtual_hosts[0].routes[0].route.weighted_clusters.clusters.map((c: Obj) => [c.name, c.weight.value]), [['web', 90], ['web~canary', 10]]);
+  t.same(hcm.http_filters.map((f: Obj) => f.typed_config.type_url), [FILTER.httpRbac, FILTER.httpRbac, FILTER.router]);
+  t.same(unpackAny<Obj>(hcm.http_filters[0].typed_config).rules.action, 'DENY');
+  const c = unpackAny<Obj>(snap.types.get(TYPE.cluster)!.resources.get('web~canary')!.any);
+  t.equal(c.lb_policy, 'ROUND_ROBIN');
+  t.same(c.health_checks[0].http_health_check.expected_statuses, [{ start: '200', end: '201' }, { start: '204', end: '300' }]);
+  t.ok(snap.types.get(TYPE.cluster)!.resources.has('web~spare'), 'a group no route names still has its cluster');
+});
+
+t.test('a changed workload rebuilds the listeners of the services naming it, and only those', async (t) => {
+  const model = parseConfig(CONFIG, 'mesh.yaml');
+  const snap = Snapshot.empty();
+  snap.apply(model);
+  const moved = { ...model, workloads: model.workloads!.map((w) => (w.name === 'frontend' ? { ...w, cgroups: ['/elsewhere'] } : w)) };
+  const changes = snap.apply(moved);
+  t.same([...(changes.get(TYPE.listener) ?? [])].sort(), ['127.100.0.1:80/tcp', '127.100.0.3:80/tcp', '[::1]:80/tcp']);
+  t.notOk(changes.has(TYPE.cluster));
+  const r = buildModel(stateOf(snap));
+  t.strictSame(normal(r.model!), normal(moved));
+  t.equal(snap.apply(moved).size, 0, 'the same again changes nothing');
+});
+
+// ---- foreign resources ----
+
+const E = (x: Obj) => x;
+const hcmListener = (name: string, vip: string, port: number, hcm: Obj, metadata?: Obj): Obj => E({
+  name, address: { socket_address: { address: vip, port_value: port } },
+  filter_chains: [{ filters: [{ name: 'hcm', typed_config: packAny(FILTER.httpConnectionManager, { stat_prefix: 'x', ...hcm }) }] }],
+  ...(metadata ? { metadata: { filter_metadata: { sockmesh: metadata } } } : {}),
+});
+const router = { name: 'envoy.filters.http.router', typed_config: packAny(FILTER.router, {}) };
+const rbac = (rules: Obj) => ({ name: 'envoy.filters.http.rbac', typed_config: packAny(FILTER.httpRbac, { rules }) });
+const ep = (address: string, port: number, weight = 1): Obj => ({ endpoint: { address: { socket_address: { address, port_value: port } } }, load_balancing_weight: { value: weight } });
+const cla = (name: string, eps: Obj[]): Obj => ({ cluster_name: name, endpoints: [{ lb_endpoints: eps }] });
+const struct = (o: Obj): Obj => ({ fields: Object.fromEntries(Object.entries(o).map(([k, v]) => [k, typeof v === 'string' ? { stringValue: v } : { listValue: { values: v.map((w: Obj) => ({ structValue: { fields: { name: { stringValue: w.name }, cgroups: { listValue: { values: w.cgroups.map((c: string) => ({ stringValue: c })) } } } } })) } }])) });
+
+function state(parts: { listeners?: Obj[]; routes?: Obj[]; clusters?: Obj[]; endpoints?: Obj[] }): XdsState {
+  return {
+    listeners: new Map((parts.listeners ?? []).map((l) => [l.name, digestListener(l.name, l)])),
+    routes: new Map((parts.routes ?? []).map((r) => [r.name, digestRoute(r.name, r)])),
+    clusters: new Map((parts.clusters ?? []).map((c) => [c.name, digestCluster(c.name, c)])),
+    endpoints: new Map((parts.endpoints ?? []).map((e) => [e.cluster_name, digestEndpoints(e.cluster_name, e)])),
+  };
+}
+
+const ISTIO_RBAC_DENY = { action: 'DENY', policies: { 'ns[default]-policy[deny-admin]-rule[0]': {
+  permissions: [{ and_rules: { rules: [{ or_rules: { rules: [{ url_path: { path: { prefix: '/admin' } } }, { url_path: { path: { exact: '/debug' } } }] } }] } }],
+  principals: [{ any: true }],
+} } };
+const ISTIO_RBAC_ALLOW = { action: 'ALLOW', policies: { 'fe': {
+  permissions: [
+    { and_rules: { rules: [{ header: { name: ':method', string_match: { exact: 'GET' } } }, { header: { name: 'x-env', string_match: { suffix: '-prod', ignore_case: true } } }] } },
+    { url_path: { path: { safe_regex: { regex: '/public/.*' } } } },
+  ],
+  principals: [{ or_ids: { ids: [{ authenticated: { principal_name: { exact: 'frontend' } } }] } }],
+} } };
+
+const foreign = (): { listeners: Obj[]; routes: Obj[]; clusters: Obj[]; endpoints: Obj[] } => ({
+  listeners: [hcmListener('ingress', '10.96.0.20', 8080, {
+    rds: { route_config_name: 'routes', config_source: { ads: {} } },
+    http_filters: [rbac(ISTIO_RBAC_DENY), rbac(ISTIO_RBAC_ALLOW), router],
+  }, struct({ workloads: [{ name: 'frontend', cgroups: ['/kubepods/fe'] }] }))],
+  routes: [{ name: 'routes', request_headers_to_add: [{ header: { key: 'x-mesh', value: 'on' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
+    virtual_hosts: [{ name: 'vh', domains: ['*'], retry_policy: { retry_on: 'connect-failure', num_retries: { value: 4 } }, routes: [
+      { name: 'Reviews API', match: { prefix: '/reviews', headers: [{ name: ':method', safe_regex_match: { regex: '^(GET|HEAD)$' } }, { name: 'x-user', present_match: true }] },
+        route: { weighted_clusters: { clusters: [{ name: 'outbound|9080|v1|reviews', weight: { value: 75 } }, { name: 'outbound|9080|v2|reviews', weight: { value: 25 } }] },
+          timeout: { seconds: 3 }, retry_policy: { retry_on: '5xx,retriable-4xx,refused-stream,envoy-ratelimited', num_retries: { value: 2 }, per_try_timeout: { nanos: 500_000_000 },
+            retry_back_off: { base_interval: { nanos: 50_000_000 } }, retriable_status_codes: [503] } },
+        response_headers_to_remove: ['Server'] },
+      { match: { path: '/health', headers: [{ name: 'x-debug', string_match: { contains: 'y' }, invert_match: true }] }, route: { cluster: 'outbound|9080|v1|reviews' } },
+      { match: { prefix: '' }, route: { cluster: 'outbound|9080|v1|reviews', timeout: {} } },
+    ] }] }],
+  clusters: [
+    { name: 'outbound|9080|v1|reviews', type: 'EDS', lb_policy: 'LEAST_REQUEST',
+      circuit_breakers: { thresholds: [{ max_requests: { value: 100 }, retry_budget: { budget_percent: { value: 25 }, min_retry_concurrency: { value: 5 } } }, { priority: 'HIGH', max_requests: { value: 1 } }] },
+      outlier_detection: { consecutive_5xx: { value: 3 }, enforcing_consecutive_gateway_failure: { value: 100 }, base_ejection_time: { seconds: 10 } },
+      health_checks: [{ timeout: { seconds: 1 }, interval: { seconds: 10 }, healthy_threshold: { value: 1 }, unhealthy_threshold: { value: 2 }, http_health_check: { path: '/ready' } }] },
+    { name: 'outbound|9080|v2|reviews', type: 'EDS', lb_policy: 'LEAST_REQUEST',
+      circuit_breakers: { thresholds: [{ max_requests: { value: 100 }, retry_budget: { budget_percent: { value: 25 }, min_retry_concurrency: { value: 5 } } }, { priority: 'HIGH', max_requests: { value: 1 } }] },
+      outlier_detection: { consecutive_5xx: { value: 3 }, enforcing_consecutive_gateway_failure: { value: 100 }, base_ejection_time: { seconds: 10 } },
+      health_checks: [{ timeout: { seconds: 1 }, interval: { seconds: 10 }, healthy_threshold: { value: 1 }, unhealthy_threshold: { value: 2 }, http_health_check: { path: '/ready' } }] },
+  ],
+  endpoints: [cla('outbound|9080|v1|reviews', [ep('10.1.0.1', 9080), ep('10.1.0.2', 9080, 2)]), cla('outbound|9080|v2|reviews', [ep('10.1.0.3', 9080)])],
+});
+
+t.test('foreign HTTP resources: routes, weighted clusters as groups, retries, breakers, outlier, health, RBAC', async (t) => {
+  const r = buildModel(state(foreign()));
+  t.notOk(r.error, String(r.error));
+  const svc = r.model!.services[0]! as Service;
+  t.equal(svc.name, 'ingress');
+  t.same(svc.frontends[0]!.backends.map((b) => `${b.address}:${b.port} w${b.weight} ${b.group}`), [
+    '10.1.0.1:9080 w1 outbound-9080-v1-reviews', '10.1.0.2:9080 w2 outbound-9080-v1-reviews', '10.1.0.3:9080 w1 outbound-9080-v2-reviews',
+  ]);
+  const v1 = 'outbound-9080-v1-reviews';
+  const h = svc.http!;
+  t.same([h.failMode, h.balancer, h.accessLogSample], ['closed', 'least-request', 0]);
+  t.same(h.circuitBreaker, { maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 100, maxRetries: 3 });
+  t.same(h.outlierDetection, { consecutive5xx: 3, consecutiveGatewayErrors: 5, baseEjectionMs: 10_000, maxEjectionMs: 300_000, maxEjectionPercent: 10 });
+  t.same(svc.healthCheck, { kind: 'http', intervalMs: 10_000, timeoutMs: 1000, healthyThreshold: 1, unhealthyThreshold: 2, path: '/ready', expectedStatuses: [[200, 399]] });
+  const mesh = { set: { 'x-mesh': 'on' }, remove: [] };
+  t.strictSame(h.routes, [
+    {
+      name: 'reviews-api',
+      match: { path: { prefix: '/reviews' }, methods: ['GET', 'HEAD'], headers: [{ name: 'x-user' }] },
+      split: [{ group: v1, weight: 75 }, { group: 'outbound-9080-v2-reviews', weight: 25 }],
+      timeoutMs: 3000,
+      retry: {
+        attempts: 2, perTryTimeoutMs: 500, retryOn: ['5xx', 'timeout', 'retriable-status-codes', 'reset'], retriableStatusCodes: [409, 503],
+        backoffBaseMs: 50, backoffMaxMs: 500, budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true,
+      },
+      requestHeaders: mesh,
+      responseHeaders: { set: {}, remove: ['server'] },
+    },
+    {
+      name: 'route-1', match: { path: { exact: '/health' }, headers: [{ name: 'x-debug', value: { regex: '.*y.*' }, invert: true }] },
+      split: [{ group: v1, weight: 1 }], timeoutMs: 15_000,
+      retry: {
+        attempts: 4, perTryTimeoutMs: 0, retryOn: ['connect-failure'], retriableStatusCodes: [], backoffBaseMs: 25, backoffMaxMs: 250,
+        budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true,
+      },
+      requestHeaders: mesh, responseHeaders: { set: {}, remove: [] },
+    },
+    {
+      name: 'route-2', match: {}, split: [{ group: v1, weight: 1 }], timeoutMs: 0,
+      retry: {
+        attempts: 4, perTryTimeoutMs: 0, retryOn: ['connect-failure'], retriableStatusCodes: [], backoffBaseMs: 25, backoffMaxMs: 250,
+        budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true,
+      },
+      requestHeaders: mesh, responseHeaders: { set: {}, remove: [] },
+    },
+  ]);
+  t.strictSame(h.authz, {
+    defaultAction: 'deny',
+    rules: [
+      { name: 'ns-default-policy-deny-admin-rule-0', action: 'deny', paths: [{ prefix: '/admin' }, { exact: '/debug' }] },
+      { name: 'fe-0', action: 'allow', from: ['frontend'], methods: ['GET'], headers: [{ name: 'x-env', value: { regex: '.*-[pP][rR][oO][dD]' } }] },
+      { name: 'fe-1', action: 'allow', from: ['frontend'], paths: [{ regex: '/public/.*' }] },
+    ],
+  });
+  t.strictSame(r.model!.workloads, [{ name: 'frontend', cgroups: ['/kubepods/fe'] }]);
+  const un = r.unsupported.join('\n');
+  t.match(un, /retry_on: 'envoy-ratelimited' not supported/);
+  t.match(un, /circuit_breakers\.thresholds\[1\]: priority HIGH not applied/);
+  t.notMatch(un, /another/, 'both clusters have the same settings: nothing to report');
+});
+
+t.test('what cannot be translated is NACKed, naming the resource and the field', async (t) => {
+  const withRoute = (route: Obj) => () => digestRoute('rc', { name: 'rc', virtual_hosts: [{ name: 'v', domains: ['*'], routes: [route] }] });
+  t.throws(withRoute({ match: { prefix: '/', query_parameters: [{ name: 'a' }] }, route: { cluster: 'c' } }),
+    { name: 'XdsResourceError', message: /route_configuration 'rc': virtual_hosts\[0\]\.routes\[0\]\.match\.query_parameters: is not supported/ });
+  t.throws(withRoute({ match: { prefix: '/' }, route: { cluster: 'c', prefix_rewrite: '/x' } }), { message: /routes\[0\]\.route\.prefix_rewrite: is not supported/ });
+  t.throws(withRoute({ match: { prefix: '/' }, route: { cluster_header: 'x-cluster' } }), { message: /routes\[0\]\.route\.cluster_header: is not supported/ });
+  t.throws(withRoute({ match: { safe_regex: { regex: '(?P<x>a)' } }, route: { cluster: 'c' } }), { message: /routes\[0\]\.match\.safe_regex\.regex: not a regular expression sockmesh can run/ });
+  t.throws(withRoute({ match: { prefix: '/', headers: [{ name: ':authority', exact_match: 'a' }] }, route: { cluster: 'c' } }), { message: /headers\[0\]\.name: matching the pseudo-header :authority is not supported/ });
+  t.throws(withRoute({ match: { prefix: '/', case_sensitive: { value: false } }, route: { cluster: 'c' } }), { message: /match\.case_sensitive: case-insensitive path matching is not supported/ });
+
+  const listenerWith = (filters: Obj[], metadata?: Obj) => () => digestListener('l', hcmListener('l', '10.0.0.1', 80, { rds: { route_config_name: 'r', config_source: { ads: {} } }, http_filters: [...filters, router] }, metadata));
+  t.throws(listenerWith([rbac({ action: 'ALLOW', policies: { p: { permissions: [{ any: true }], principals: [{ source_ip: { address_prefix: '10.0.0.0', prefix_len: { value: 8 } } }] } } })]),
+    { message: /listener 'l': filter_chains\[0\]\.filters\[0\]\.typed_config\.http_filters\[0\]\.typed_config\.rules\.policies\['p'\]\.principals\[0\]: only any, or_ids and authenticated/ });
+  t.throws(listenerWith([rbac({ action: 'ALLOW', policies: { p: { permissions: [{ any: true }], principals: [{ authenticated: { principal_name: { exact: 'ghost' } } }] } } })]),
+    { message: /principal 'ghost' is not a workload sockmesh knows/ });
+  t.throws(listenerWith([rbac({ action: 'DENY', policies: { p: { permissions: [{ not_rule: { any: true } }], principals: [{ any: true }] } } })]),
+    { message: /permission not_rule is not supported/ });
+  t.throws(listenerWith([rbac({ action: 'ALLOW', policies: {} }), rbac({ action: 'ALLOW', policies: {} })]), { message: /more than one RBAC filter with action ALLOW/ });
+  t.throws(listenerWith([], struct({ workloads: [{ name: 'w', cgroups: ['relative'] }] })), { message: /metadata\.filter_metadata\.sockmesh\.workloads\[0\]\.cgroups\[0\]: must be a cgroup path/ });
+
+  // Validation problems found with the whole service are mapped back to the resource and field.
+  const parts = foreign();
+  parts.routes[0]!.virtual_hosts[0].routes[0].request_headers_to_add = [{ header: { key: 'content-length', value: '1' } }];
+  const bad = buildModel(state(parts));
+  t.match(bad.error, /route_configuration 'routes': virtual_hosts\[0\]\.routes\[0\] \(requestHeaders\.set\.content-length\): header content-length is managed by the proxy/);
+  const dupGroup = foreign();
+  dupGroup.clusters[1]!.metadata = { filter_metadata: { sockmesh: { fields: { group: { stringValue: 'outbound-9080-v1-reviews' } } } } };
+  t.match(buildModel(state(dupGroup)).error, /listener 'ingress': cluster 'outbound\|9080\|v1\|reviews' and cluster 'outbound\|9080\|v2\|reviews' are both backend group/);
+});
+
+t.test('a cluster with no endpoints is an empty group (503 from the proxy), not a NACK; incremental updates', async (t) => {
+  const parts = foreign();
+  parts.endpoints[1] = cla('outbound|9080|v2|reviews', []);
+  const s = state(parts);
+  const b = new ModelBuilder();
+  const first = b.update(s, s.listeners.keys(), new Journal());
+  t.notOk(first.error, String(first.error));
+  t.same(first.model!.services[0]!.http!.routes[0]!.split.map((x) => x.group), ['outbound-9080-v1-reviews', 'outbound-9080-v2-reviews']);
+  // the endpoints arrive: the same listener is rebuilt, the model changes
+  const full = state(foreign());
+  const second = b.update(full, ['ingress'], new Journal());
+  t.same([...second.changed], ['ingress']);
+  t.equal(second.model!.services[0]!.frontends[0]!.backends.length, 3);
+  t.same(second.model!.workloads, [{ name: 'frontend', cgroups: ['/kubepods/fe'] }]);
+});
