@@ -6,7 +6,7 @@ import { Datapath, type AttachReport } from './datapath/datapath.js';
 import { Reconciler, type ReconcileResult } from './datapath/reconcile.js';
 import { MapReader } from './datapath/inspect.js';
 import { native } from './datapath/native.js';
-import { cgroup2Root, ensureBpffs, ensureCgroup, isRootCgroup, ownCgroupId } from './datapath/cgroup.js';
+import { cgroup2Root, cgroupOf, ensureBpffs, ensureCgroup, isRootCgroup, ownCgroupId } from './datapath/cgroup.js';
 import type { OriginalDst } from './proxy/types.js';
 import { FileSource } from './sources/file.js';
 import { XdsSource } from './sources/xds/source.js';
@@ -188,6 +188,8 @@ export class Agent {
       dp.setProxy({
         v4: opts.proxyV4 ?? '127.0.0.1', v6: opts.proxyV6 ?? '::1', port: opts.proxyPort ?? 15001,
         cgroupId: ownCgroupId(root), timeoutMs: 3 * (opts.proxyHeartbeatMs ?? 1000),
+        // Run inside the meshed cgroup (a child of it), the proxy's accepted sockets join the fast path too.
+        inMesh: cgroupOf(process.pid, root).startsWith(`${opts.cgroup.replace(/\/+$/, '')}/`),
       });
     }
     // Programs go in after the maps hold the config, so the first connect() is already balanced.

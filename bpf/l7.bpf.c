@@ -29,11 +29,6 @@ static __always_inline void sm_l7_key_of(const struct sm_sock_key *sk, struct sm
 	k->pad = 0;
 }
 
-static __always_inline int sm_addr_eq(const __u32 *a, const __u32 *b)
-{
-	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
-}
-
 /* A connection to the proxy that connect() did not redirect (an application dialing the proxy port itself): any entry
  * still under this client's key is from an earlier connection the proxy never took, and must not be mistaken for
  * this one's original destination. */

@@ -35,6 +35,19 @@ static __always_inline int sm_peer_is_local(const struct sm_sock_key *k)
 	return bpf_map_lookup_elem(&sm_local_addrs, &a) != NULL;
 }
 
+/* The L7 proxy, listening outside the meshed cgroup: its accepted sockets never enter the map, so the client's would
+ * only pay for sk_msg on every send and then take TCP anyway (see SM_PROXY_F_IN_MESH). */
+static __always_inline int sm_peer_is_proxy_outside_mesh(const struct sm_sock_key *k)
+{
+	struct sm_proxy *px;
+	__u32 zero = 0;
+
+	px = bpf_map_lookup_elem(&sm_proxy, &zero);
+	if (!px || (px->flags & SM_PROXY_F_IN_MESH) || k->remote_port != bpf_ntohs(px->port))
+		return 0;
+	return sm_addr_eq(k->remote_ip, px->v4) || sm_addr_eq(k->remote_ip, px->v6);
+}
+
 static __always_inline void sm_sock_insert(struct bpf_sock_ops *skops, struct sm_sock_key *k,
 					   const struct sm_sock_meta *meta)
 {
@@ -56,7 +69,7 @@ static __always_inline void sm_active_established(struct bpf_sock_ops *skops, st
 	struct sm_sock_meta meta = {};
 	struct sm_revnat *rn;
 
-	if (!sm_peer_is_local(k))
+	if (!sm_peer_is_local(k) || sm_peer_is_proxy_outside_mesh(k))
 		return;
 	rn = sm_revnat_lookup(bpf_get_socket_cookie(skops), k->remote_ip,
 			      bpf_htons((__u16)k->remote_port));

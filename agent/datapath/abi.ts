@@ -14,6 +14,7 @@ export const BE_F_LOCAL = 1 << 0;
 export const SOCK_F_ACTIVE = 1 << 0;
 export const SOCK_F_TCP_ONLY = 1 << 1;
 export const CFG_F_SOCKMAP = 1 << 0;
+export const PROXY_F_IN_MESH = 1 << 0;
 
 export const EVENT_KIND: Record<number, string> = { 1: 'connect', 2: 'no-backend', 3: 'udp-send', 4: 'l7-redirect', 5: 'l7-refused' };
 
@@ -70,7 +71,7 @@ export const STRUCTS = {
     ['backend_id', 'u32', 64], ['kind', 'u8', 68], ['proto', 'u8', 69], ['pad', 'u16', 70],
   ]),
   sm_proxy: def('sm_proxy', 72, [
-    ['v4', 'addr', 0], ['v6', 'addr', 16], ['port', 'u16be', 32], ['pad', 'u16', 34], ['pad2', 'u32', 36],
+    ['v4', 'addr', 0], ['v6', 'addr', 16], ['port', 'u16be', 32], ['pad', 'u16', 34], ['flags', 'u32', 36],
     ['netns_cookie', 'u64', 40], ['cgroup_id', 'u64', 48], ['heartbeat_ns', 'u64', 56], ['timeout_ns', 'u64', 64],
   ]),
   sm_orig_dst: def('sm_orig_dst', 32, [

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statSync } from 
 import { join } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { bpfObjectPath, native, type BpfObject, type MapHandle, type Native } from './native.js';
-import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_HEARTBEAT_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
+import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
 import type { OriginalDst } from '../proxy/types.js';
 import { isMountPoint } from './cgroup.js';
 
@@ -59,6 +59,11 @@ export interface ProxySettings {
   cgroupId: bigint;
   /** the kernel treats the proxy as down when the last heartbeat is older than this */
   timeoutMs: number;
+  /**
+   * The proxy's listener lives in the meshed cgroup (or below it), so its accepted sockets get sock_ops and the
+   * app-to-proxy leg can use the sockmap fast path. Default false: client sockets to the proxy stay off the SOCKHASH.
+   */
+  inMesh?: boolean;
 }
 
 const PROXY_KEY = u32(0);
@@ -238,7 +243,7 @@ export class Datapath {
     if (typeof p.cgroupId !== 'bigint' || p.cgroupId <= 0n) throw new Error(`setProxy: cgroupId ${String(p.cgroupId)} must be a positive bigint`);
     // Unset addresses stay all-zero (what the programs test for), not ::ffff:0.0.0.0.
     const v = encode('sm_proxy', {
-      port: p.port, netns_cookie: this.ownNetnsCookie(), cgroup_id: p.cgroupId, heartbeat_ns: 0n,
+      port: p.port, flags: p.inMesh ? PROXY_F_IN_MESH : 0, netns_cookie: this.ownNetnsCookie(), cgroup_id: p.cgroupId, heartbeat_ns: 0n,
       timeout_ns: BigInt(Math.round(p.timeoutMs * 1e6)),
     });
     if (p.v4) addrToBytes(p.v4, v, 0);

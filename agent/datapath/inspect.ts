@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  GLOBAL_COUNTERS, PROTO, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
+  GLOBAL_COUNTERS, PROTO, PROXY_F_IN_MESH, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
   type Counters,
 } from './abi.js';
 import { native, type Native } from './native.js';
@@ -49,6 +49,8 @@ export interface ProxyReport {
   /** ms since the last heartbeat; null = marked down (or never beating) */
   heartbeatAgeMs: number | null;
   timeoutMs: number;
+  /** the proxy listens inside the meshed cgroup: the app-to-proxy leg can take the fast path */
+  inMesh: boolean;
 }
 
 export interface SocketReport {
@@ -174,6 +176,7 @@ export class MapReader {
       v4: zero(0) ? null : String(d.v4), v6: zero(16) ? null : String(d.v6), port: Number(d.port),
       cgroupId: String(d.cgroup_id), alive: age !== null && age >= 0n && age <= timeout,
       heartbeatAgeMs: age === null ? null : Number(age / 1_000_000n), timeoutMs: Number(timeout / 1_000_000n),
+      inMesh: (Number(d.flags) & PROXY_F_IN_MESH) !== 0,
     };
   }
 

@@ -59,6 +59,12 @@ enum sm_algo {
 #define SM_SOCK_F_TCP_ONLY  (1u << 1) /* bytes already took the TCP path: never redirect again
                                        * (redirected data would be read before them) */
 
+/* struct sm_proxy.flags */
+#define SM_PROXY_F_IN_MESH  (1u << 0) /* the proxy runs inside the meshed cgroup: its accepted sockets get sock_ops,
+                                       * so the app-to-proxy leg can take the fast path. Without it, client sockets
+                                       * to the proxy stay out of the SOCKHASH (every send would pay for sk_msg
+                                       * and then take TCP anyway). */
+
 /* struct sm_config.flags */
 #define SM_CFG_F_SOCKMAP    (1u << 0) /* sockmap fast path enabled */
 
@@ -236,7 +242,7 @@ struct sm_proxy {
 	__u32 v6[4];          /* IPv6 listener for AF_INET6 sockets to IPv6 VIPs (zero: v4-mapped v4 is used) */
 	__u16 port;           /* network order */
 	__u16 pad;
-	__u32 pad2;
+	__u32 flags;          /* SM_PROXY_F_* */
 	__u64 netns_cookie;   /* the proxy's netns: a loopback proxy is only reachable from there */
 	__u64 cgroup_id;      /* connect() from this cgroup is never redirected (the proxy's upstreams, probes) */
 	__u64 heartbeat_ns;   /* bpf_ktime_get_ns() clock (CLOCK_MONOTONIC) of the last heartbeat; 0 = down */

@@ -35,6 +35,11 @@ static __always_inline int sm_addr_is_zero(const __u32 *a)
 	return (a[0] | a[1] | a[2] | a[3]) == 0;
 }
 
+static __always_inline int sm_addr_eq(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
 /* 127.0.0.0/8 (plain or mapped) or ::1 */
 static __always_inline int sm_addr_is_loopback(const __u32 *a)
 {

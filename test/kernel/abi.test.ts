@@ -3,7 +3,7 @@
 import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, PROXY_HEARTBEAT_OFFSET, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
+import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, PROXY_HEARTBEAT_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
 import { ROOT } from '../lib/kernel.js';
 
 const built = existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'));
@@ -32,6 +32,7 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_ALGO_MAGLEV, ALGO.maglev);
   t.equal(k.SM_SVC_F_AFFINITY, SVC_F_AFFINITY);
   t.equal(k.SM_SVC_F_L7, SVC_F_L7);
+  t.equal(k.SM_PROXY_F_IN_MESH, PROXY_F_IN_MESH);
   t.equal(k.SM_SVC_F_FAIL_OPEN, SVC_F_FAIL_OPEN);
   t.equal(EVENT_KIND[k.SM_EV_L7_REDIRECT!], 'l7-redirect');
   t.equal(EVENT_KIND[k.SM_EV_L7_REFUSED!], 'l7-refused');

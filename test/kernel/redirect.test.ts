@@ -128,6 +128,8 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
     const s = proxy.seen.get(`${conn.socket.localAddress}|${conn.socket.localPort}`);
     t.same(s?.first, { vip: '127.100.0.1', port: 80, cgroupId: cgroupId(clientCg) }, 'originalDst(peer): VIP, port, client cgroup id');
     t.equal(s?.second, null, 'a second lookup finds nothing: the entry was taken');
+    t.notOk(reader.sockets().some((e) => e.local === `${conn.socket.localAddress}:${conn.socket.localPort}`),
+      'the proxy is outside the mesh: the client socket stays off the SOCKHASH (no sk_msg cost for nothing)');
     conn.socket.write('echo\n');
     const echoed = await new Promise<string>((r) => conn.socket.once('data', (d) => r(d.toString())));
     t.equal(echoed, 'echo\n', 'the connection to the proxy carries data');
@@ -266,7 +268,7 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
       { stdio: ['ignore', 'pipe', 'inherit'] });
     t.teardown(() => { child.kill('SIGKILL'); });
     const port = await new Promise<number>((r) => child.stdout!.once('data', (d: Buffer) => r(Number(d.toString().trim()))));
-    dp.setProxy({ ...settings, v6: '', port, cgroupId: cgroupId(proxyCg) });
+    dp.setProxy({ ...settings, v6: '', port, cgroupId: cgroupId(proxyCg), inMesh: true });
     dp.heartbeat();
     try {
       const before = g();
@@ -369,7 +371,8 @@ services:
   const reader = MapReader.fromPins(agent.bpffs);
   t.teardown(() => reader.close());
   const px = reader.proxy();
-  t.match(px, { v4: '127.0.0.1', v6: '::1', port: 15999, timeoutMs: 600 }, 'addresses, --proxy-port, timeout = 3 x --proxy-heartbeat-ms');
+  t.match(px, { v4: '127.0.0.1', v6: '::1', port: 15999, timeoutMs: 600, inMesh: false },
+    'addresses, --proxy-port, timeout = 3 x --proxy-heartbeat-ms; the agent runs outside the meshed cgroup');
   // The agent runs in the cgroup the test started in (startAgent): that is the proxy's cgroup.
   t.equal(px?.cgroupId, String(cgroupId(cg.original)), 'the agent\'s own cgroup id');
   const services = JSON.parse(meshctl(agent, ['services', '--json']).stdout) as { service: string; l7?: string }[];
