@@ -108,6 +108,17 @@ t.test('http: GET path with a Host header on a closed connection; statuses decid
   t.same(await probe(target(await deadPort()), check), { healthy: false, reason: 'connect ECONNREFUSED' });
 });
 
+t.test('http over IPv6: the Host header brackets the address', async (t) => {
+  let host = '';
+  const server = createHttpServer((req, res) => { host = String(req.headers.host); res.end('ok'); });
+  await new Promise<void>((r) => server.listen(0, '::1', () => r()));
+  t.teardown(() => closeServer(server));
+  const port = (server.address() as AddressInfo).port;
+  t.same(await probe({ address: '::1', port, family: 6 }, { ...tcpCheck, kind: 'http', path: '/' }), { healthy: true, reason: '' });
+  t.equal(host, `[::1]:${port}`);
+  t.same(await probe({ address: '::1', port, family: 6 }, tcpCheck), { healthy: true, reason: '' }, 'tcp over IPv6');
+});
+
 t.test('http and tcp-level timeouts: a server that accepts and never answers', async (t) => {
   const sockets = new Set<Socket>();
   let closed = 0;
