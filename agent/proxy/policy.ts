@@ -29,7 +29,7 @@ import { Authorizer } from './authz.js';
 import { makeBalancer, type Balancer, type Slot } from './balancer.js';
 import { GroupBreaker, type Limit } from './breaker.js';
 import { compileRoutes, matchPath, type CompiledMatch, type Router } from './router.js';
-import { RetryRules, backoffMs, budgetAllows } from './retry.js';
+import { RETRY_NONE, RETRY_SAFE, RetryRules, backoffMs, budgetAllows } from './retry.js';
 import { countOutcome, tryEject, type OutlierCounters } from './outlier.js';
 import { CLASS_LOCAL, ProxyMetrics, RouteStats, statusClass, type GroupCounts } from './metrics.js';
 import { AccessLog } from './accesslog.js';
@@ -564,6 +564,8 @@ class PolicyExchange implements Exchange {
   localReason: LocalReason | undefined;
   private readonly start: number;
   private readonly retry: RetryRules | undefined;
+  /** a gRPC call retried only on connect failures and the gRPC codes of retry_on (retry.mode) */
+  private readonly safeOnly: boolean;
   private counted = false;
   private slot: BackendSlot | undefined;
   private avoid: BackendSlot | undefined;
@@ -581,8 +583,10 @@ class PolicyExchange implements Exchange {
     this.start = p.now();
     this.route = r.name;
     this.timeoutMs = r.timeoutMs;
-    const retry = r.retry && r.retry.mayRetry(head.method) ? r.retry : undefined;
+    const mode = r.retry ? r.retry.mode(head.method, head.grpc) : RETRY_NONE;
+    const retry = mode !== RETRY_NONE ? r.retry : undefined;
     this.retry = retry;
+    this.safeOnly = mode === RETRY_SAFE;
     this.perTryTimeoutMs = r.retry ? r.retry.perTryTimeoutMs : 0;
     // a request that will never be retried need not be buffered
     this.bufferLimitBytes = retry ? retry.bufferLimitBytes : 0;
@@ -647,7 +651,7 @@ class PolicyExchange implements Exchange {
     const retry = this.retry;
     if (!retry || this.ended || n > retry.attempts) return null;
     if (this.head.hasBody && !bodyReplayable) return null;
-    if (!retry.covers(outcome)) return null;
+    if (!(this.safeOnly ? retry.coversSafe(outcome) : retry.covers(outcome))) return null;
     const b = this.group.breaker;
     if (!budgetAllows(b.retries, b.requests, retry.budgetPercent, retry.minRetryConcurrency)) {
       this.r.stats.budgetExhausted++;

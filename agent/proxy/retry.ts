@@ -20,6 +20,11 @@ export function isIdempotent(method: string): boolean {
   return IDEMPOTENT.has(method);
 }
 
+export type RetryMode = 0 | 1 | 2;
+export const RETRY_NONE = 0;
+export const RETRY_ALL = 1;
+export const RETRY_SAFE = 2;
+
 /**
  * What each retry_on condition covers, as Envoy reads them:
  * - 5xx: any 5xx response, and no response at all (connect failure, reset, per-try timeout);
@@ -67,9 +72,27 @@ export class RetryRules {
     this.grpc = grpc;
   }
 
-  /** whether a request may be retried at all (asked once per request, before any body is buffered) */
+  /**
+   * How a request may be retried (asked once per request, before any body is buffered): 'all' =
+   * every outcome retry_on covers; 'safe' = a gRPC call (always POST) while non-idempotent retries
+   * are off: only what says the call was not processed or what the user named by gRPC code (as
+   * gRPC's own retryableStatusCodes, which apply whatever the method): a connect failure, or a
+   * grpc-status in retry_on; 'none'.
+   */
+  mode(method: string, grpc: boolean): RetryMode {
+    if (this.attempts <= 0) return RETRY_NONE;
+    if (this.retryNonIdempotent || isIdempotent(method)) return RETRY_ALL;
+    return grpc ? RETRY_SAFE : RETRY_NONE;
+  }
+
   mayRetry(method: string): boolean {
-    return this.attempts > 0 && (this.retryNonIdempotent || isIdempotent(method));
+    return this.mode(method, false) === RETRY_ALL;
+  }
+
+  /** covers() for a request in 'safe' mode */
+  coversSafe(o: Outcome): boolean {
+    if (o.kind === 'connect-failure') return this.covers(o);
+    return o.kind === 'response' && o.grpcStatus !== undefined && this.grpc.has(o.grpcStatus);
   }
 
   /** whether retry_on covers this outcome */

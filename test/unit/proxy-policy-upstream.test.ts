@@ -138,6 +138,16 @@ t.test('retry_on coverage, idempotency', async (t) => {
   t.notOk(x5.mayRetry('POST'));
   t.ok(new RetryRules(retry({ retryNonIdempotent: true })).mayRetry('POST'));
   t.notOk(new RetryRules(retry({ attempts: 0 })).mayRetry('GET'));
+  // gRPC calls are POSTs: without retryNonIdempotent only connect failures and the named gRPC codes
+  const g = new RetryRules(retry({ retryOn: ['5xx', 'unavailable'] }));
+  t.equal(g.mode('POST', true), 2, 'safe mode');
+  t.equal(g.mode('POST', false), 0);
+  t.equal(new RetryRules(retry({ retryNonIdempotent: true })).mode('POST', true), 1);
+  t.ok(g.coversSafe(resp(200, 14)));
+  t.ok(g.coversSafe(cf));
+  t.notOk(g.coversSafe(resp(503)), 'a 5xx may have been processed');
+  t.notOk(g.coversSafe(reset));
+  t.notOk(g.coversSafe(resp(200, 13)));
 });
 
 t.test('backoff: full jitter within [0, min(max, base * 2^(n-1)))', async (t) => {

@@ -3,6 +3,7 @@
 // kernel's map in the agent); the client's source address stands for its cgroup (workload).
 import t, { type Test } from 'tap';
 import { createServer, request, Agent, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect as h2connect, createServer as createH2Server } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Registry } from 'prom-client';
@@ -336,4 +337,68 @@ t.test('authorization by workload: allow, deny, default deny', async (t) => {
   t.equal(await check('127.0.0.3', '/', 'DELETE'), '403 default-deny');
   t.equal(await check('127.0.0.4', '/'), '403 default-deny', 'no workload');
   t.equal(env.backends[0]!.hits, 3, 'denied requests never reached the backend');
+});
+
+t.test('gRPC over HTTP/2: a trailers-only UNAVAILABLE is retried (retryOn unavailable); a denied call gets PERMISSION_DENIED', async (t) => {
+  // an h2c backend answering like a gRPC server: the first call trailers-only grpc-status 14, then OK with trailers
+  let hits = 0;
+  const backendServer = createH2Server();
+  backendServer.on('stream', (stream) => {
+    const n = ++hits;
+    stream.resume();
+    stream.on('end', () => {
+      if (n === 1) {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'grpc-message': 'try again' }, { endStream: true });
+        return;
+      }
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(Buffer.from([0, 0, 0, 0, 2, 0x08, 0x01]));
+    });
+  });
+  await new Promise<void>((r) => backendServer.listen(0, '127.0.0.1', () => r()));
+  const port = (backendServer.address() as AddressInfo).port;
+  const states = new BackendStates();
+  const { log } = captureLog('warn');
+  const policy = new ProxyPolicy({ states, log, random: seeded(3) });
+  policy.update(
+    model(service('grpc', VIP, 80, [backend(port)], http({
+      routes: [route('rpc', { retry: retry({ attempts: 2, retryOn: ['unavailable'] }) })],
+      authz: { defaultAction: 'allow', rules: [{ name: 'no-admin-rpc', action: 'deny', paths: [{ prefix: '/admin.' }] }] },
+    }))),
+    () => undefined,
+  );
+  const proxy = new ProxyServer({ policy, log, originalDst: () => ({ vip: VIP, port: 80, cgroupId: 1n }) });
+  await proxy.listen(0, ['127.0.0.1']);
+  const client = h2connect(`http://127.0.0.1:${proxy.ports()[0]}`);
+  t.teardown(async () => {
+    client.destroy();
+    await proxy.close();
+    states.close();
+    await new Promise<void>((r) => backendServer.close(() => r()));
+  });
+  const call = (path: string): Promise<{ headers: Record<string, unknown>; trailers: Record<string, unknown>; bytes: number }> =>
+    new Promise((resolve, reject) => {
+      const s = client.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' });
+      let headers: Record<string, unknown> = {};
+      let trailers: Record<string, unknown> = {};
+      let bytes = 0;
+      s.on('response', (h) => (headers = h));
+      s.on('trailers', (h) => (trailers = h));
+      s.on('data', (d: Buffer) => (bytes += d.length));
+      s.on('end', () => resolve({ headers, trailers, bytes }));
+      s.on('error', reject);
+      s.setTimeout(10_000, () => s.destroy(new Error('timeout')));
+      s.end(Buffer.from([0, 0, 0, 0, 0]));
+    });
+  const ok = await call('/pkg.Svc/Get');
+  t.equal(ok.headers[':status'], 200);
+  t.equal(ok.trailers['grpc-status'], '0', 'the retried call ends OK, trailers intact');
+  t.equal(ok.bytes, 7, 'the message passed through');
+  t.equal(hits, 2, 'UNAVAILABLE was retried once');
+  t.equal(policy.routesReport()[0]!.retries, 1);
+  const denied = await call('/admin.Svc/Drop');
+  t.equal(denied.headers['grpc-status'], '7', 'PERMISSION_DENIED');
+  t.equal(denied.headers['x-sockmesh-denied'], 'no-admin-rpc');
+  t.equal(hits, 2, 'the denied call never reached the backend');
 });
