@@ -116,7 +116,7 @@ services:
     outAt = Date.now();
     const took = outAt - t0;
     // unhealthyThreshold 2 at 200 ms: 2 probes, the first at most one interval after the kill; + 20 ms coalescing.
-    t.ok(took < 2000, `out after ${took} ms`);
+    t.ok(took < 3000, `out after ${took} ms`);
     const k = kernel().get(servers.c!.port)!;
     t.same(k, { share: 0, weight: 0, state: 'drained' }, 'weight 0 and no slot in the selection table');
     const table = reader.frontends().find((f) => f.vip === VIP)!;
@@ -167,7 +167,7 @@ services:
     const t0 = Date.now();
     servers.c = await idServerOn('c', servers.c!.port);
     await statesApplied((out) => !out.includes(key('c')), from);
-    t.ok(Date.now() - t0 < 2500, `back after ${Date.now() - t0} ms`);
+    t.ok(Date.now() - t0 < 3000, `back after ${Date.now() - t0} ms`);
     const k = kernel().get(servers.c!.port)!;
     t.equal(k.weight, 1);
     t.ok(k.share > 0.1, `c holds a share of the table again (${k.share.toFixed(3)})`);

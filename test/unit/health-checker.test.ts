@@ -12,6 +12,11 @@ import type { HealthCheck } from '../../agent/model/l7.js';
 import type { Model, Service } from '../../agent/model/types.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Poll until pred holds (true) or the time is up (false): generous bounds for a loaded machine. */
+async function waitFor(pred: () => boolean, ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(20)) if (pred()) return true;
+  return pred();
+}
 const target = (port: number) => ({ address: '127.0.0.1', port, family: 4 as const });
 const tcpCheck: HealthCheck = { kind: 'tcp', intervalMs: 1000, timeoutMs: 1000, healthyThreshold: 1, unhealthyThreshold: 1 };
 
@@ -226,13 +231,11 @@ t.test('jittered start, update keeps state of backends that stay, removed ones s
   const check: HealthCheck = { kind: 'tcp', intervalMs: 600, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 2 };
   checker.update(model([service('web', [...servers.map((e) => e.port), dead], check), service('plain', [dead])]));
   t.equal(checker.size, 21, 'every backend of the checked service, none of the unchecked one');
-  await sleep(1500);
-  const times = [...firstAt.values()].sort((a, b) => a - b);
-  t.equal(times.length, 21);
-  t.ok(times[times.length - 1]! - times[0]! > 150, `first probes spread over the interval (${Math.round(times[0]!)}..${Math.round(times[times.length - 1]!)} ms)`);
-  t.ok(times[times.length - 1]! < 900, 'every backend probed within about one interval');
   const deadKey = `127.0.0.1:${dead}`;
-  t.ok(states.isOut('web', deadKey), 'the dead backend is out after two failures');
+  t.ok(await waitFor(() => firstAt.size === 21 && states.isOut('web', deadKey), 5000), 'every backend probed; the dead one out after two failures');
+  const times = [...firstAt.values()].sort((a, b) => a - b);
+  t.ok(times[times.length - 1]! - times[0]! > 150, `first probes spread over the interval (${Math.round(times[0]!)}..${Math.round(times[times.length - 1]!)} ms)`);
+  t.ok(times[times.length - 1]! < 1500, 'every backend probed within about one interval');
   t.match(states.list().find((s) => s.backend === deadKey)?.probe?.reason, 'connect ECONNREFUSED');
   t.notOk(states.isOut('plain', deadKey), 'a service without a health check is never probed');
 
@@ -245,9 +248,10 @@ t.test('jittered start, update keeps state of backends that stay, removed ones s
   t.ok(states.isOut('web', deadKey), 'the dead backend stays out across the update');
   t.ok(checker.report('web', deadKey)!.consecutiveFailures >= before.consecutiveFailures, 'its counters were kept');
   const acceptedThen = removed.accepted;
+  const otherThen = servers[1]!.accepted;
   await sleep(1000);
   t.equal(removed.accepted, acceptedThen, 'the removed backend is probed no more');
-  t.ok(servers[1]!.accepted >= 3, `the others keep being probed (${servers[1]!.accepted})`);
+  t.ok(servers[1]!.accepted - otherThen >= 1, `the others keep being probed (${servers[1]!.accepted - otherThen} in 1 s at 400 ms)`);
 
   // The dead backend leaves the model: its state is forgotten (a later return starts fresh, healthy).
   checker.update(model([service('web', servers.slice(1).map((e) => e.port), check)]));
@@ -257,8 +261,7 @@ t.test('jittered start, update keeps state of backends that stay, removed ones s
 
   // Turning the check off clears verdicts it made.
   checker.update(model([service('web', [...servers.slice(1).map((e) => e.port), dead], check)]));
-  await sleep(1400);
-  t.ok(states.isOut('web', deadKey), 'out again once re-added and failing');
+  t.ok(await waitFor(() => states.isOut('web', deadKey), 5000), 'out again once re-added and failing');
   checker.update(model([service('web', [...servers.slice(1).map((e) => e.port), dead])]));
   t.notOk(states.isOut('web', deadKey), 'no health check: no probe verdict keeps it out');
   t.equal(checker.size, 0);
