@@ -55,7 +55,11 @@ interface Target extends ProbeTarget {
 export class HealthChecker {
   /** health-checked services: service -> backend key -> target */
   private readonly targets = new Map<string, Map<string, Target>>();
-  /** every service's backend keys (checked or not): what BackendStates may keep (states.retain) */
+  /**
+   * Backend keys of the services that can have backend states (a health check: probe verdicts; http: the proxy's
+   * ejections): what BackendStates may keep (states.retain). Plain L4 services without a check never have any, and
+   * are left out so that 100,000 endpoints of them cost no memory here.
+   */
   private readonly keysOf = new Map<string, Set<string>>();
   private readonly random: () => number;
   private readonly now: () => number;
@@ -78,7 +82,8 @@ export class HealthChecker {
       inModel.add(svc.name);
       this.updateService(svc);
     }
-    const gone = changed ? [...changed].filter((n) => !inModel.has(n)) : [...this.keysOf.keys()].filter((n) => !inModel.has(n));
+    const known = new Set([...this.keysOf.keys(), ...this.targets.keys()]);
+    const gone = changed ? [...changed].filter((n) => !inModel.has(n)) : [...known].filter((n) => !inModel.has(n));
     for (const name of gone) {
       this.keysOf.delete(name);
       for (const t of this.targets.get(name)?.values() ?? []) this.stopTarget(t);
@@ -89,6 +94,12 @@ export class HealthChecker {
   }
 
   private updateService(svc: Service): void {
+    const mine = this.targets.get(svc.name);
+    const check = svc.healthCheck;
+    if (!check && !svc.http && !mine) {
+      this.keysOf.delete(svc.name);
+      return;
+    }
     const endpoints = new Map<string, ProbeTarget>();
     for (const fe of svc.frontends) {
       for (const b of fe.backends) {
@@ -96,9 +107,8 @@ export class HealthChecker {
         if (!endpoints.has(key)) endpoints.set(key, { address: b.address, port: b.port, family: b.family });
       }
     }
-    this.keysOf.set(svc.name, new Set(endpoints.keys()));
-    const mine = this.targets.get(svc.name);
-    const check = svc.healthCheck;
+    if (check || svc.http) this.keysOf.set(svc.name, new Set(endpoints.keys()));
+    else this.keysOf.delete(svc.name);
     if (!check) {
       if (!mine) return;
       // Checking was turned off: stop, and clear failed verdicts (they would keep backends out forever).

@@ -266,3 +266,24 @@ t.test('jittered start, update keeps state of backends that stay, removed ones s
   t.notOk(states.isOut('web', deadKey), 'no health check: no probe verdict keeps it out');
   t.equal(checker.size, 0);
 });
+
+t.test('ejections of an L7 service without a health check survive updates while its backend stays', async (t) => {
+  const states = new BackendStates();
+  t.teardown(() => states.close());
+  const checker = new HealthChecker(states);
+  t.teardown(() => checker.close());
+  const l7 = (ports: number[]): Service => ({
+    ...service('api', ports),
+    http: { failMode: 'closed', balancer: 'round-robin', routes: [], accessLogSample: 0,
+      circuitBreaker: { maxConnections: 1, maxPendingRequests: 1, maxRequests: 1, maxRetries: 1 } },
+  });
+  checker.update(model([l7([9001, 9002])]));
+  states.eject('api', '127.0.0.1:9001', 60_000, 'consecutive-5xx');
+  checker.update(model([l7([9001, 9002]), service('plain', [9003])]));
+  t.ok(states.isOut('api', '127.0.0.1:9001'), 'kept across a full update');
+  checker.update(model([l7([9001, 9002])]), new Set(['plain']));
+  t.ok(states.isOut('api', '127.0.0.1:9001'), 'kept across a scoped update of another service');
+  checker.update(model([l7([9002])]), new Set(['api']));
+  t.notOk(states.isOut('api', '127.0.0.1:9001'), 'forgotten once it leaves the model');
+  t.equal(states.ejections('api', '127.0.0.1:9001'), 0, 'with its ejection count');
+});
