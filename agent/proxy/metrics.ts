@@ -118,7 +118,7 @@ export class ProxyMetrics {
     reg(new Family('sockmesh_http_request_duration_milliseconds', 'Request duration in the proxy, from the request head to the end of the exchange, per route and backend', 'histogram', () => this.latency()));
     reg(new Family('sockmesh_http_retries_total', 'Retries started, per route', 'counter', () => this.perRoute((s) => s.retries)));
     reg(new Family('sockmesh_http_retry_budget_exhausted_total', 'Retries not made because the retry budget was spent, per route', 'counter', () => this.perRoute((s) => s.budgetExhausted)));
-    reg(new Family('sockmesh_http_overflows_total', 'Circuit breaker overflows per backend group and limit', 'counter', () => this.overflows()));
+    reg(new Family('sockmesh_http_overflows_total', 'Circuit breaker overflows per backend group and limit (max-connections: a new upstream connection refused, the request then waits as pending; the others: a request or retry refused)', 'counter', () => this.overflows()));
     reg(new Family('sockmesh_http_ejections_total', 'Outlier ejections per backend and reason', 'counter', () => [...this.ejections.values()].map((e) => ({ labels: { service: e.service, backend: e.backend, reason: e.reason }, value: e.n }))));
     reg(new Family('sockmesh_http_active_requests', 'Requests in flight per backend group', 'gauge', () => this.groups().map((g) => ({ labels: { service: g.service, frontend: g.frontend, group: g.group }, value: g.active }))));
     reg(new Family('sockmesh_http_pending_requests', 'Requests waiting for an upstream connection per backend group', 'gauge', () => this.groups().map((g) => ({ labels: { service: g.service, frontend: g.frontend, group: g.group }, value: g.pending }))));
