@@ -23,7 +23,8 @@ interface CompiledRule {
 
 function compileRule(r: AuthzRule, where: string): CompiledRule {
   return {
-    name: r.name,
+    // the name goes into a response header: whatever produced the model (file, xDS), it stays one token
+    name: r.name.replace(/[^\x21-\x7e]/g, '_') || 'unnamed',
     from: r.from && r.from.length > 0 ? new Set(r.from) : undefined,
     methods: methodSet(r.methods),
     paths: r.paths && r.paths.length > 0 ? r.paths.map((p, i) => compileStringMatch(p, `${where}.paths[${i}]`)) : undefined,
