@@ -13,6 +13,8 @@ export interface EngineContext {
   pool: H1Pool;
   h2pool: H2Pool;
   maxHeaderBytes: number;
+  /** an HTTP/1.1 client connection with no exchange under way is closed after this long */
+  clientIdleTimeoutMs: number;
   stats: EngineStats;
 }
 

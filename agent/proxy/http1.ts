@@ -73,19 +73,38 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   private tryTimer: NodeJS.Timeout | null = null;
   private routeTimer: NodeJS.Timeout | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
-  private readonly onTryTimeout = (): void => { this.tryTimer = null; this.attemptFailed({ kind: 'timeout' }); };
-  private readonly onRouteTimeout = (): void => { this.routeTimer = null; this.routeTimedOut(); };
-  private readonly onRetryTimer = (): void => { this.retryTimer = null; this.nextAttempt(); };
+  private readonly onTryTimeout = (): void => { this.tryTimer = null; try { this.attemptFailed({ kind: 'timeout' }); } catch (e) { this.fatal(e); } };
+  private readonly onRouteTimeout = (): void => { this.routeTimer = null; try { this.routeTimedOut(); } catch (e) { this.fatal(e); } };
+  private readonly onRetryTimer = (): void => { this.retryTimer = null; try { this.nextAttempt(); } catch (e) { this.fatal(e); } };
   private readonly uncork = (): void => { if (this.corked) { this.corked = false; this.socket.uncork(); } };
 
   constructor(private readonly ctx: EngineContext, private readonly socket: Socket, private readonly info: ConnInfo, first: Buffer) {
     this.source = { address: info.address, port: info.port, cgroupId: info.dst?.cgroupId ?? 0n };
-    socket.on('data', (d: Buffer) => this.onData(d));
-    socket.on('close', () => this.onClientClose());
+    socket.on('data', (d: Buffer) => { try { this.onData(d); } catch (e) { this.fatal(e); } });
+    socket.on('close', () => { try { this.onClientClose(); } catch (e) { this.fatal(e); } });
+    // idle keep-alive connections are closed; a connection with an exchange under way is the exchange's business
+    socket.setTimeout(ctx.clientIdleTimeoutMs, () => { if (!this.busy) socket.destroy(); });
     socket.on('error', () => { /* 'close' follows */ });
     socket.on('drain', () => { if (this.up !== null) this.up.socket.resume(); });
     ctx.stats.connectionsH1++;
-    this.onData(first);
+    try { this.onData(first); } catch (e) { this.fatal(e); }
+  }
+
+  /**
+   * A bug somewhere below (the policy included) threw: this connection and its upstream are dropped,
+   * the process lives on. The policy hears end(0) once if it had not heard end yet.
+   */
+  fatal(e: unknown): void {
+    this.ctx.log.error({ err: e, peer: `${this.info.address}:${this.info.port}` }, 'proxy connection failed; closed');
+    this.dead = true;
+    this.clearTimers();
+    if (this.waitingGroup !== null) { const g = this.waitingGroup; this.waitingGroup = null; try { this.ctx.pool.cancel(this, g); } catch { /* already broken */ } }
+    if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
+    this.socket.destroy();
+    const ex = this.ex;
+    this.ex = null;
+    this.attempt = null;
+    if (ex !== null) { try { ex.end(0); } catch { /* already broken */ } }
   }
 
   // ---- reading requests ----
@@ -539,6 +558,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.dead = true; // no more HTTP on this connection
     client.removeAllListeners('data');
     client.removeAllListeners('drain');
+    client.setTimeout(0); // an idle WebSocket is not an idle HTTP connection
     if (leftover !== null) client.write(leftover);
     if (this.buf !== null) { us.write(this.buf); this.buf = null; }
     us.pipe(client);
@@ -568,7 +588,8 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.resStarted = true;
     this.resStatus = status;
     const len = Buffer.byteLength(body);
-    let s = `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain\r\ncontent-length: ${len}\r\n`;
+    let s = `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-length: ${len}\r\n`;
+    if (headers === null || headers['content-type'] === undefined) s += 'content-type: text/plain\r\n';
     if (headers !== null) {
       for (const name in headers) {
         const v = headers[name]!;

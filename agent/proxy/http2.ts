@@ -8,6 +8,7 @@ import {
   connect as h2connect, constants, createServer, type ClientHttp2Session, type ClientHttp2Stream, type Http2Server,
   type Http2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream,
 } from 'node:http2';
+import { connect as netConnect } from 'node:net';
 import type { Logger } from '../observe/log.js';
 import { emptyRewrite, failureReply, grpcStatusForHttp, rewriteHeaders, ROUTE_TIMEOUT_REPLY, type ConnInfo, type EngineContext } from './engine.js';
 import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Source, Upstream, UpstreamGroup } from './types.js';
@@ -78,7 +79,11 @@ export class H2Pool {
   private open(up: Upstream): SessionEntry | null {
     if (!up.group.tryOpenConnection()) return null;
     const authority = up.family === 6 ? `http://[${up.address}]:${up.port}` : `http://${up.address}:${up.port}`;
-    const session = h2connect(authority, { peerMaxConcurrentStreams: DEFAULT_MAX_STREAMS });
+    // our own socket: Nagle off (a small HEADERS frame must not wait for an ACK)
+    const session = h2connect(authority, {
+      peerMaxConcurrentStreams: DEFAULT_MAX_STREAMS,
+      createConnection: () => netConnect({ host: up.address, port: up.port, family: up.family, noDelay: true }),
+    });
     const e: SessionEntry = { session, up, active: 0, connected: false, settled: false, closed: false, idleSince: performance.now() };
     let list = this.sessions.get(up.key);
     if (list === undefined) this.sessions.set(up.key, (list = []));
@@ -183,7 +188,8 @@ export function createH2Server(ctx: EngineContext, infoOf: (s: Http2Session) => 
     const info = infoOf(stream.session!);
     if (info === undefined) { stream.close(NGHTTP2_INTERNAL_ERROR); return; }
     ctx.stats.requests++;
-    new H2Exchange(ctx, info, stream, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0).start();
+    const x = new H2Exchange(ctx, info, stream, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0);
+    try { x.start(); } catch (e) { x.fatal(e); }
   });
   server.on('sessionError', (e: Error) => ctx.log.debug({ err: e.message }, 'downstream h2 session error'));
   return server;
@@ -215,8 +221,10 @@ class H2Exchange {
   private staleRedispatch = 0;
   private readonly onSession = (e: SessionEntry | null): void => {
     this.waitingGroup = null;
-    if (e === null) this.attemptFailed({ kind: 'connect-failure' });
-    else this.send(e);
+    try {
+      if (e === null) this.attemptFailed({ kind: 'connect-failure' });
+      else this.send(e);
+    } catch (err) { this.fatal(err); }
   };
 
   constructor(
@@ -229,11 +237,25 @@ class H2Exchange {
     this.bodyDone = endStream;
   }
 
+  /** a bug below (the policy included) threw: this stream is reset, the process lives on */
+  fatal(e: unknown): void {
+    this.ctx.log.error({ err: e, peer: `${this.info.address}:${this.info.port}` }, 'proxy h2 stream failed; reset');
+    const wasDone = this.done;
+    this.done = true;
+    this.clearTimers();
+    if (this.us !== null) { const us = this.us; this.us = null; if (!us.closed) us.close(NGHTTP2_CANCEL); }
+    if (!this.ds.destroyed && !this.ds.closed) this.ds.close(NGHTTP2_INTERNAL_ERROR);
+    const ex = this.ex;
+    this.ex = null;
+    this.attempt = null;
+    if (ex !== null && !wasDone) { try { ex.end(0); } catch { /* already broken */ } }
+  }
+
   start(): void {
     const ds = this.ds;
     const h = this.reqHeaders;
     ds.on('error', () => { /* 'close' follows */ });
-    ds.on('close', () => this.clientClosed());
+    ds.on('close', () => { try { this.clientClosed(); } catch (e) { this.fatal(e); } });
     ds.on('drain', () => { if (this.us !== null) this.us.resume(); });
     if (this.info.dst === null) { this.localReply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }, false); return; }
     const method = String(h[':method'] ?? 'GET');
@@ -270,10 +292,10 @@ class H2Exchange {
     for (const name in headers) up[name] = headers[name];
     this.upHeaders = up;
     if (!this.bodyDone) {
-      ds.on('data', (d: Buffer) => this.onBody(d));
-      ds.on('end', () => this.onBodyEnd());
+      ds.on('data', (d: Buffer) => { try { this.onBody(d); } catch (e) { this.fatal(e); } });
+      ds.on('end', () => { try { this.onBodyEnd(); } catch (e) { this.fatal(e); } });
     }
-    if (r.timeoutMs > 0) this.routeTimer = setTimeout(() => { this.routeTimer = null; this.routeTimedOut(); }, r.timeoutMs);
+    if (r.timeoutMs > 0) this.routeTimer = setTimeout(() => { this.routeTimer = null; try { this.routeTimedOut(); } catch (e) { this.fatal(e); } }, r.timeoutMs);
     this.nextAttempt();
   }
 
@@ -283,7 +305,7 @@ class H2Exchange {
     const a = ex.attempt(++this.n);
     if ('status' in a) { this.localReply(a, true); return; }
     this.attempt = a;
-    if (ex.perTryTimeoutMs > 0) this.tryTimer = setTimeout(() => { this.tryTimer = null; this.attemptFailed({ kind: 'timeout' }); }, ex.perTryTimeoutMs);
+    if (ex.perTryTimeoutMs > 0) this.tryTimer = setTimeout(() => { this.tryTimer = null; try { this.attemptFailed({ kind: 'timeout' }); } catch (e) { this.fatal(e); } }, ex.perTryTimeoutMs);
     this.acquire();
   }
 
@@ -312,12 +334,12 @@ class H2Exchange {
     pool.streamStarted(e);
     let ended = false;
     const streamEnded = (): void => { if (!ended) { ended = true; pool.streamEnded(e); } };
-    us.on('response', (headers: IncomingHttpHeaders, flags: number) => this.onResponse(us, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0));
+    us.on('response', (headers: IncomingHttpHeaders, flags: number) => { try { this.onResponse(us, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0); } catch (err) { this.fatal(err); } });
     us.on('trailers', (t: IncomingHttpHeaders) => { if (us === this.us) this.trailers = t; });
     us.on('data', (d: Buffer) => { if (us === this.us && this.resStarted && !this.ds.write(d)) us.pause(); });
     us.on('end', () => { /* complete only when 'close' says the stream ended without RST_STREAM */ });
     us.on('error', () => { /* 'close' follows */ });
-    us.on('close', () => { streamEnded(); if (us === this.us) this.upClosed(us, e); });
+    us.on('close', () => { streamEnded(); try { if (us === this.us) this.upClosed(us, e); } catch (err) { this.fatal(err); } });
     us.on('drain', () => { if (us === this.us && !this.ds.destroyed) this.ds.resume(); });
     for (const chunk of this.body) us.write(chunk);
     this.unsent = 0;
@@ -438,7 +460,7 @@ class H2Exchange {
   }
 
   private scheduleRetry(delay: number): void {
-    if (delay > 0) this.retryTimer = setTimeout(() => { this.retryTimer = null; this.nextAttempt(); }, delay);
+    if (delay > 0) this.retryTimer = setTimeout(() => { this.retryTimer = null; try { this.nextAttempt(); } catch (e) { this.fatal(e); } }, delay);
     else this.nextAttempt();
   }
 
@@ -476,9 +498,9 @@ class H2Exchange {
         const ct = this.reqHeaders['content-type'];
         if (typeof ct === 'string' && ct.startsWith('application/grpc')) {
           this.grpcStatus = grpcStatusForHttp(r.status);
-          ds.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(this.grpcStatus), 'grpc-message': encodeURIComponent(r.body.trim()), ...r.headers }, { endStream: true });
+          ds.respond({ ...r.headers, ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(this.grpcStatus), 'grpc-message': encodeURIComponent(r.body.trim()) }, { endStream: true });
         } else {
-          ds.respond({ ':status': r.status, 'content-type': 'text/plain', ...r.headers });
+          ds.respond({ 'content-type': 'text/plain', ...r.headers, ':status': r.status });
           ds.end(this.reqHeaders[':method'] === 'HEAD' ? undefined : r.body);
         }
       } catch (err) {

@@ -26,6 +26,8 @@ export interface UpstreamUser {
   upFail(c: H1Upstream, why: string): void;
   /** the upstream socket drained (backpressure of the request body) */
   upDrain(): void;
+  /** a callback above threw (a bug): the user drops everything it holds, never crashing the process */
+  fatal(e: unknown): void;
 }
 
 export interface PoolOptions {
@@ -69,10 +71,10 @@ export class H1Upstream implements ChunkSink {
 
   constructor(readonly pool: H1Pool, readonly up: Upstream, readonly socket: Socket) {
     socket.setNoDelay(true);
-    socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('data', (d: Buffer) => { try { this.onData(d); } catch (e) { this.crashed(e); } });
     socket.on('error', (e: Error) => { this.lastError = e.message; });
-    socket.on('close', () => this.onClose());
-    socket.on('drain', () => this.user?.upDrain());
+    socket.on('close', () => { try { this.onClose(); } catch (e) { this.crashed(e); } });
+    socket.on('drain', () => { try { this.user?.upDrain(); } catch (e) { this.crashed(e); } });
   }
 
   lastError = '';
@@ -100,6 +102,13 @@ export class H1Upstream implements ChunkSink {
     this.inHead = true;
     this.gotBytes = 0;
     this.uses++;
+  }
+
+  private crashed(e: unknown): void {
+    const user = this.user;
+    this.destroy();
+    if (user !== null) user.fatal(e);
+    else this.pool.log.error({ err: e, upstream: this.key }, 'proxy upstream handler failed');
   }
 
   private onData(d: Buffer): void {
@@ -306,7 +315,9 @@ export class H1Pool {
     socket.once('connect', () => {
       c.onConnected();
       const u = c.user;
-      if (u !== null) { c.user = null; u.upReady(c); } else this.released(c);
+      if (u === null) { this.released(c); return; }
+      c.user = null;
+      try { u.upReady(c); } catch (e) { c.destroy(); u.fatal(e); }
     });
     return true;
   }

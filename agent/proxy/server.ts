@@ -52,11 +52,11 @@ export class ProxyServer {
     const maxHeaderBytes = o.maxHeaderBytes ?? 64 * 1024;
     const pool = new H1Pool({ log: o.log, maxHeaderBytes, idleTimeoutMs: o.upstreamIdleTimeoutMs, connectTimeoutMs: o.connectTimeoutMs });
     const h2pool = new H2Pool(o.log, o.upstreamIdleTimeoutMs, o.connectTimeoutMs);
+    this.clientIdleTimeoutMs = o.clientIdleTimeoutMs ?? 300_000;
     this.ctx = {
-      policy: o.policy, log: o.log, pool, h2pool, maxHeaderBytes,
+      policy: o.policy, log: o.log, pool, h2pool, maxHeaderBytes, clientIdleTimeoutMs: this.clientIdleTimeoutMs,
       stats: { connectionsH1: 0, connectionsH2: 0, requests: 0, badRequests: 0, upgrades: 0 },
     };
-    this.clientIdleTimeoutMs = o.clientIdleTimeoutMs ?? 300_000;
     this.h2 = createH2Server(this.ctx, (s) => this.sessionInfo.get(s));
     this.h2.on('session', (s: Http2Session) => {
       if (this.handing !== undefined) this.sessionInfo.set(s, this.handing);
@@ -97,6 +97,7 @@ export class ProxyServer {
       dst = null;
     }
     const info: ConnInfo = { dst, address, port };
+    // until the first bytes say which protocol (each protocol then keeps its own idle rules)
     socket.setTimeout(this.clientIdleTimeoutMs, () => socket.destroy());
     let first: Buffer | null = null;
     const sniff = (d: Buffer): void => {
@@ -114,6 +115,8 @@ export class ProxyServer {
         this.h2.emit('connection', socket); // nghttp2 takes the socket over, reading what was put back first
         this.handing = undefined;
       } else {
+        socket.setTimeout(0);
+        socket.removeAllListeners('timeout');
         new H1Conn(this.ctx, socket, info, first);
       }
     };

@@ -496,3 +496,22 @@ t.test('no original destination: 421 and close', async (t) => {
   t.match(r.text, /^HTTP\/1\.1 421 /);
   t.ok(r.closed);
 });
+
+t.test('a policy that throws costs that connection only, never the process', async (t) => {
+  const b = await httpBackend((_req, res) => res.end('ok'));
+  t.teardown(() => b.close());
+  let calls = 0;
+  policy.route = () => ({ upstreams: [upstream(b.port, group)] });
+  const orig = policy.begin.bind(policy);
+  policy.begin = (dst, src, head) => {
+    const ex = orig(dst, src, head);
+    if ('status' in ex || head.path !== '/boom') return ex;
+    return { ...ex, attempt: () => { calls++; throw new Error('policy bug'); } };
+  };
+  t.teardown(() => { policy.begin = orig; });
+  const r = await rawExchange(proxy.port, 'GET /boom HTTP/1.1\r\nhost: x\r\n\r\n');
+  t.ok(r.closed, 'the connection was closed');
+  t.equal(calls, 1);
+  const ok = await get(proxy.port, '/fine');
+  t.equal(ok.status, 200, 'the proxy still serves');
+});
