@@ -78,3 +78,56 @@ for (const mode of ['sotw', 'delta'] as const) {
     t.same([...(applied[1]!.changed ?? [])], ['dns']);
   });
 }
+
+// An L7 service over the wire: HCM listeners with inline routes and RBAC, a cluster per backend group, workloads in
+// listener metadata. The agent gets the model the file gives (workloads: those an authorization names), and a change
+// of a workload's cgroups reaches apply() with the service that names it.
+const L7_CONFIG = `
+workloads:
+  - {name: frontend, cgroups: [/sockmesh-test/client]}
+services:
+  - name: shop
+    vips: [127.77.3.1]
+    ports: [{port: 80}]
+    backends:
+      - {address: 127.0.0.1, port: 18081}
+      - {address: 127.0.0.1, port: 18082, group: canary}
+    healthCheck: {type: http, path: /healthz, interval: 2s}
+    http:
+      outlierDetection: {}
+      authz: {default: deny, rules: [{name: fe, action: allow, from: [frontend], methods: [GET]}]}
+      routes:
+        - {name: api, match: {path: {prefix: /api}}, split: [{group: default, weight: 80}, {group: canary, weight: 20}],
+           retries: {attempts: 2, retryOn: [5xx, reset]}}
+        - {name: rest}
+  - name: other
+    vips: [127.77.3.2]
+    ports: [{port: 80}]
+    backends: [{address: 127.0.0.1, port: 9000}]
+`;
+
+for (const mode of ['sotw', 'delta'] as const) {
+  t.test(`${mode}: an L7 service round trips over gRPC; a workload change reaches apply()`, async (t) => {
+    const model = parseConfig(L7_CONFIG, 'l7.yaml');
+    const cp = await startControlPlaneFromModel(model, { listen: '127.0.0.1:0' });
+    const applied: { model: Model; changed?: ReadonlySet<string> }[] = [];
+    const src = new XdsSource({
+      address: `127.0.0.1:${cp.port}`, mode, log: pino({ level: 'silent' }), node: { id: 'n', cluster: 'c', metadata: {} },
+      apply: (m, changed) => { applied.push({ model: m, changed }); return null; },
+    });
+    t.teardown(async () => { await src.stop(); await cp.close(); });
+    src.start();
+    await wait(() => applied.length === 1 || src.status().lastNack !== null);
+    t.equal(src.status().lastNack, null, String(src.status().lastNack?.reason));
+    t.same(byName(applied[0]!.model), byName(model));
+    t.same(applied[0]!.model.workloads, model.workloads);
+    t.same(src.status().unsupported, []);
+
+    const moved = parseConfig(L7_CONFIG.replace('/sockmesh-test/client', '/sockmesh-test/client2'), 'l7.yaml');
+    cp.setModel(moved);
+    await wait(() => applied.length === 2);
+    t.same(applied[1]!.model.workloads, [{ name: 'frontend', cgroups: ['/sockmesh-test/client2'] }]);
+    t.same([...(applied[1]!.changed ?? [])], ['shop']);
+    t.same(byName(applied[1]!.model), byName(moved));
+  });
+}
