@@ -2,7 +2,7 @@
 // server) and real clients. The datapath runs in this process (Datapath + Reconciler), so the test plays the agent:
 // it announces the proxy, beats (or stops beating) its heart, and takes original destinations out of the kernel.
 import t, { type Test } from 'tap';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { kernelSkipReason, meshctl, startAgent, testCgroup } from '../lib/kernel.js';
@@ -309,6 +309,24 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
       dp.setProxy(settings);
       dp.heartbeat();
     }
+  });
+
+  t.test('a client in another network namespace is not sent to a loopback proxy it cannot reach', async (t) => {
+    // Our own namespace, removed at teardown. The client joins the meshed cgroup first, then enters the namespace
+    // (ip netns exec remounts /sys). Its 127.0.0.1 is not the proxy's: fail-closed must refuse, not redirect there.
+    const ns = `sockmesh-test-redirect-${process.pid}`;
+    const add = spawnSync('ip', ['netns', 'add', ns], { encoding: 'utf8' });
+    if (add.status !== 0) { t.plan(0, `skipped: cannot create a network namespace: ${add.stderr.trim()}`); return; }
+    t.teardown(() => { spawnSync('ip', ['netns', 'del', ns]); });
+    spawnSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    const script = "const s=require('net').connect(80,'127.100.0.1');s.on('connect',()=>{console.log('connected');process.exit(0)});" +
+      "s.on('error',e=>{console.log(e.code);process.exit(0)})";
+    const clientCgProcs = `${cg.child('nsclient')}/cgroup.procs`;
+    const before = g();
+    const r = spawnSync('/bin/sh', ['-c', `echo $$ > '${clientCgProcs}' && exec ip netns exec '${ns}' "$0" -e "$1"`, process.execPath, script],
+      { encoding: 'utf8', timeout: 10000 });
+    t.equal(r.stdout.trim(), 'EPERM', 'fail-closed: refused (redirected, it would have met ECONNREFUSED there)');
+    t.equal(g().l7_redirect! - before.l7_redirect!, 0, 'not redirected');
   });
 
   t.test('flow events name the redirect and the refusal', async (t) => {
