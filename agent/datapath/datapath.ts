@@ -132,7 +132,7 @@ export class Datapath {
 
   get linkDir(): string { return join(this.opts.bpffs, 'links'); }
 
-  /** Load both objects, reusing pinned maps. Programs are not attached yet. */
+  /** Load the objects (sock_lb; sockmap and l7 unless turned off), reusing pinned maps. Programs are not attached yet. */
   load(): void {
     mkdirSync(this.linkDir, { recursive: true, mode: 0o700 });
     // Without the fast path the sockmap object is not even loaded: its helpers (netns cookie in sock_ops/sk_msg) need
@@ -202,7 +202,7 @@ export class Datapath {
     for (const [prog, type] of Object.entries(CGROUP_PROGRAMS)) {
       const pin = join(this.linkDir, prog);
       if ((prog === 'sm_sockops' && !this.opts.sockmap) || (prog === 'sm_sockops_l7' && !this.l7)) {
-        // A previous agent ran with the fast path: take it out (sockets already in the map keep working).
+        // A previous agent ran with it (the fast path, the L7 hand-over): take it out (sockets in the map keep working).
         if (this.n.detachLink(pin)) this.attached.push({ program: prog, attachType: type, how: 'detached' });
         continue;
       }
