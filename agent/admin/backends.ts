@@ -25,11 +25,15 @@ function liveIndex<T extends { service: string }>(provider: (() => Iterable<T>) 
   }
 }
 
-/** Live numbers without the identifying fields (they are already in the row). */
-function numbers(x: Record<string, unknown> | undefined): LiveNumbers | null {
+const IDENTITY = new Set(['service', 'backend', 'route']);
+/** What a route row already says from the model: not repeated from the proxy's report. */
+const ROUTE_DEFINITION = new Set([...IDENTITY, 'match', 'split', 'timeoutMs', 'retry']);
+
+/** Live numbers without the fields the row already has. */
+function numbers(x: object | undefined, omit: ReadonlySet<string> = IDENTITY): LiveNumbers | null {
   if (!x) return null;
   const out: LiveNumbers = {};
-  for (const [k, v] of Object.entries(x)) if (k !== 'service' && k !== 'backend' && k !== 'route') out[k] = v;
+  for (const [k, v] of Object.entries(x as Record<string, unknown>)) if (!omit.has(k)) out[k] = v;
   return out;
 }
 
@@ -48,7 +52,10 @@ export function backendsReport(src: BackendsSources, only?: string): BackendsRep
   const out = new Map<string, BackendState>();
   for (const s of src.states.list()) out.set(id(s.service, s.backend), s);
   // The proxy reports a backend once per frontend (its groups are per frontend): keyed by frontend when it says which.
-  const live = liveIndex(src.proxy.backends, (x) => (typeof x['frontend'] === 'string' ? `${x['frontend']}\0${x.backend}` : x.backend));
+  const live = liveIndex(src.proxy.backends, (x) => {
+    const fe = (x as { frontend?: unknown }).frontend;
+    return typeof fe === 'string' ? `${fe}\0${x.backend}` : x.backend;
+  });
   const services: BackendsReport['services'] = [];
   // effectiveModel keeps the order of services and frontends: index i of one is index i of the other.
   eff.model.services.forEach((svc, si) => {
@@ -114,7 +121,7 @@ export function routesReport(model: Model | undefined, proxy: ProxyReports, only
       routes.push({
         service: svc.name, route: r.name, match: routeMatchText(r), split: r.split.map((s) => ({ ...s })),
         timeoutMs: r.timeoutMs, retries: r.retry?.attempts ?? 0, perTryTimeoutMs: r.retry?.perTryTimeoutMs ?? 0,
-        live: numbers(live.index.get(id(svc.name, r.name))),
+        live: numbers(live.index.get(id(svc.name, r.name)), ROUTE_DEFINITION),
       });
     }
   }

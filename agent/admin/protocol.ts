@@ -51,8 +51,10 @@ export type LiveNumbers = Record<string, unknown>;
  * is shown as it is (meshctl prints active, pending, requests, retries, ... when present).
  */
 export interface ProxyReports {
-  backends?: () => Iterable<{ service: string; backend: string } & LiveNumbers>;
-  routes?: () => Iterable<{ service: string; route: string } & LiveNumbers>;
+  /** e.g. () => policy.backendsReport() (agent/proxy/policy.ts BackendReport[]; 'frontend' is used when present) */
+  backends?: () => Iterable<{ service: string; backend: string }>;
+  /** e.g. () => policy.routesReport() */
+  routes?: () => Iterable<{ service: string; route: string }>;
 }
 
 export interface BackendHealthReport {

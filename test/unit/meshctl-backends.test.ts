@@ -14,6 +14,10 @@ import type { Model } from '../../agent/model/types.js';
 import type { ProxyReports } from '../../agent/admin/protocol.js';
 import { renderBackends } from '../../cli/commands/backends.js';
 import { PLAIN } from '../../cli/style.js';
+import type { ProxyPolicy } from '../../agent/proxy/policy.js';
+
+// What the agent is given by whoever runs the proxy: the policy's own reports, as they are (checked by tsc).
+export const wiring = (policy: ProxyPolicy): ProxyReports => ({ backends: () => policy.backendsReport(), routes: () => policy.routesReport() });
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const MESHCTL = join(ROOT, 'dist', 'cli', 'meshctl.js');
