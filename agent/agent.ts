@@ -15,6 +15,9 @@ import type { BackendsReport, ProxyReports, RoutesReport, StatusReport } from '.
 import { backendsReport, routesReport } from './admin/backends.js';
 import { BackendStates } from './health/states.js';
 import { HealthChecker } from './health/checker.js';
+import { ProxyPolicy } from './proxy/policy.js';
+import { ProxyServer } from './proxy/server.js';
+import { resolveWorkloads } from './proxy/workloads.js';
 import { effectiveModel, type Panic } from './health/effective.js';
 import { Registry } from 'prom-client';
 import { AgentMetrics, readKernelCounters } from './observe/metrics.js';
@@ -129,6 +132,11 @@ export class Agent {
     panics: () => [...this.panics.values()].flat(),
   }, this.registry);
   private metricsAddress: string | null = null;
+  /** the L7 proxy: its policy follows every applied model; the server listens once the datapath is attached */
+  private policy?: ProxyPolicy;
+  private proxy?: ProxyServer;
+  private workloadIds = new Map<bigint, string>();
+  private workloadsResolvedAt = 0;
 
   constructor(readonly opts: AgentOptions, private readonly log: Logger) {}
 
@@ -182,6 +190,10 @@ export class Agent {
       onProbe: (service, _backend, result) => this.metrics.probed(service, result.healthy),
     });
     this.states.onChange((service) => this.statesChanged(service));
+    if (dp.l7) {
+      this.policy = new ProxyPolicy({ states: this.states, log: log.child({ component: 'proxy' }), registry: this.registry });
+      this.proxyReports = { backends: () => this.policy!.backendsReport(), routes: () => this.policy!.routesReport() };
+    }
     if (model) this.applyModel(model, 'start');
     // The proxy counts as down until startProxyHeartbeat(): L7 services follow their fail mode meanwhile.
     if (dp.l7) {
@@ -202,6 +214,7 @@ export class Agent {
       log.debug({ event: ev }, 'flow');
     });
     this.facts = await nodeFacts();
+    await this.startProxy();
     if ('xds' in opts.config) this.startXds(opts.config.xds);
 
     this.admin = new AdminServer(join(opts.runDir, 'admin.sock'), {
@@ -288,6 +301,21 @@ export class Agent {
     if (!r) return 'the datapath is not loaded';
     // After a failed apply the kernel may hold part of a rejected update: the next one is applied in full.
     const scope = this.needFullApply ? undefined : changed;
+    // The proxy's policy first: it compiles every L7 service before replacing anything, so what it refuses (the
+    // validators should have caught it) leaves the kernel and the proxy as they were.
+    if (this.policy) {
+      try {
+        this.policy.update(model, this.workloadOf);
+        this.workloadIds = resolveWorkloads(model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
+        this.workloadsResolvedAt = Date.now();
+      } catch (e) {
+        const msg = (e as Error).message;
+        this.lastConfigError = msg;
+        this.log.error({ why, error: msg }, 'the proxy refused the config');
+        if (why === 'start') throw e;
+        return msg;
+      }
+    }
     let res: ReconcileResult;
     try {
       res = r.apply(this.effective(model, scope), scope);
@@ -297,6 +325,7 @@ export class Agent {
       this.log.error({ why, error: msg }, 'applying the config to the kernel failed');
       if (why === 'start') throw e;
       this.restoreLastGood();
+      if (this.policy && this.model) this.policy.update(this.model, this.workloadOf);
       return `applying to the kernel failed: ${msg}`;
     }
     // Only now is the model the one in force: nothing below may turn an applied update into a rejected one.
@@ -472,6 +501,48 @@ export class Agent {
     try { this.datapath?.proxyDown(); } catch (e) { this.log.error({ error: (e as Error).message }, 'marking the proxy down failed'); }
   }
 
+  /**
+   * The workload of a client's cgroup id. Pods start after the config names them: an id not seen is looked up again
+   * (a walk of the workloads' cgroup directories), at most once a second.
+   */
+  private readonly workloadOf = (cgroupId: bigint): string | undefined => {
+    const w = this.workloadIds.get(cgroupId);
+    if (w !== undefined || !this.model?.workloads?.length || Date.now() - this.workloadsResolvedAt < 1000) return w;
+    this.workloadIds = resolveWorkloads(this.model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
+    this.workloadsResolvedAt = Date.now();
+    return this.workloadIds.get(cgroupId);
+  };
+
+  /** Listen for the connections the kernel redirects to the proxy, then start the heartbeat that lets it redirect. */
+  private async startProxy(): Promise<void> {
+    const dp = this.datapath!;
+    if (!this.policy) return;
+    const { opts, log } = this;
+    const proxy = new ProxyServer({
+      policy: this.policy,
+      originalDst: (address, port) => dp.originalDst(address, port),
+      log: log.child({ component: 'proxy' }),
+    });
+    const port = opts.proxyPort ?? 15001;
+    const [v4, v6] = [opts.proxyV4 ?? '127.0.0.1', opts.proxyV6 ?? '::1'];
+    try {
+      await proxy.listen(port, [v4]);
+    } catch (e) {
+      await proxy.close();
+      log.error({ port, error: (e as Error).message }, 'the L7 proxy cannot listen: L7 services follow their fail mode');
+      return;
+    }
+    try {
+      await proxy.listen(port, [v6]);
+    } catch (e) {
+      // Without IPv6 on loopback, v4 still serves every v4 client; v6 clients of L7 services follow their fail mode.
+      log.warn({ port, host: v6, error: (e as Error).message }, 'the L7 proxy listens on IPv4 only');
+    }
+    this.proxy = proxy;
+    log.info({ port, hosts: [v4, v6] }, 'L7 proxy listening');
+    this.startProxyHeartbeat();
+  }
+
   /** Where a connection the proxy accepted from peerAddress:peerPort was going (taken out of the kernel: once). */
   originalDst(peerAddress: string, peerPort: number): OriginalDst | null {
     return this.datapath?.originalDst(peerAddress, peerPort) ?? null;
@@ -493,6 +564,7 @@ export class Agent {
     this.ringbuf?.close();
     await this.admin?.stop();
     this.stopProxyHeartbeat();
+    await this.proxy?.close();
     this.datapath?.close();
   }
 }
