@@ -84,6 +84,8 @@ export const DEFAULT_UNHEALTHY_THRESHOLD = 3;
 /** inclusive ranges */
 export const DEFAULT_EXPECTED_STATUSES: [number, number][] = [[200, 399]];
 export const DEFAULT_ROUTE_NAME = 'default';
+/** The RBAC policy name the xDS translation uses for "default: allow" (agent/sources/xds/http.ts) */
+export const RESERVED_RULE_NAME = 'sockmesh-default-allow';
 
 export const MAX_ROUTES = 1000;
 export const MAX_RETRY_ATTEMPTS = 100;
@@ -486,6 +488,10 @@ function authz(raw: Obj, path: string, shape: ServiceShape, issues: Issues): Aut
     let name: string | undefined;
     if (r['name'] === undefined || r['name'] === null) issues.add(join(rp, 'name'), 'is required (the reason a denied request is given)');
     else name = nameValue(r['name'], join(rp, 'name'), 'a rule', issues);
+    if (name === RESERVED_RULE_NAME) {
+      issues.add(join(rp, 'name'), `'${name}' is reserved (it stands for the default in Envoy's RBAC terms)`);
+      name = undefined;
+    }
     if (name !== undefined) {
       const seen = names.get(name);
       if (seen !== undefined) issues.add(join(rp, 'name'), `duplicate rule name '${name}', also used by rules[${seen}]`);

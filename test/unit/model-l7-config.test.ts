@@ -285,13 +285,14 @@ const CASES: Array<[string, string, string[]]> = [
     'services[1].healthCheck.path: is required (a string)',
     'services[2].healthCheck.type: must be one of tcp, http, grpc, got "icmp" (a string)',
   ]],
-  ['authz rules', `    http:\n      authz: {default: maybe, rules: [{action: allow}, {name: r, action: permit, paths: [{prefix: admin}, {exact: /a, prefix: /b}]}, {name: r, action: deny}]}`, [
+  ['authz rules', `    http:\n      authz: {default: maybe, rules: [{action: allow}, {name: r, action: permit, paths: [{prefix: admin}, {exact: /a, prefix: /b}]}, {name: r, action: deny}, {name: sockmesh-default-allow, action: allow}]}`, [
     'services[0].http.authz.default: must be one of allow, deny, got "maybe" (a string)',
     'services[0].http.authz.rules[0].name: is required',
     'services[0].http.authz.rules[1].action: must be one of allow, deny, got "permit" (a string)',
     "services[0].http.authz.rules[1].paths[0].prefix: a path must start with '/', got \"admin\"",
     'services[0].http.authz.rules[1].paths[1]: has exact and prefix: give only one of exact, prefix or regex',
     "services[0].http.authz.rules[2].name: duplicate rule name 'r', also used by rules[1]",
+    "services[0].http.authz.rules[3].name: 'sockmesh-default-allow' is reserved",
   ]],
   ['retryOn words', `    http:\n      routes: [{name: a, retries: {retryOn: [5xx, conect-failure, retriable-status-codes]}}]`, [
     "services[0].http.routes[0].retries.retryOn[1]: must be one of 5xx, gateway-error, reset, connect-failure, retriable-status-codes, timeout, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, got \"conect-failure\" (a string) (did you mean 'connect-failure'?)",

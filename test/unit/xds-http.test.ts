@@ -44,6 +44,7 @@ services:
           - {name: fe-get, action: allow, from: [frontend, batch], methods: [GET, HEAD], paths: [{prefix: /api}, {regex: '/v[0-9]+/.*'}], headers: [{name: x-env, exact: prod}, {name: x-trace}]}
           - {name: no-admin, action: deny, paths: [{exact: /admin}], headers: [{name: x-bad, prefix: evil, invert: true}]}
           - {name: all, action: allow, from: [batch]}
+          - {name: a-rule-name-of-sixty-three-characters-which-is-the-most-allowed, action: deny, methods: [TRACE]}
       routes:
         - name: api
           match: {path: {prefix: /api}, methods: [GET, POST], headers: [{name: x-canary, exact: "1"}, {name: x-not, regex: 'a.*', invert: true}]}
@@ -53,7 +54,7 @@ services:
                     backoff: {base: 10ms, max: 1s}, budget: {percent: 12.5, minRetryConcurrency: 0}, bufferLimit: 4KiB, nonIdempotent: true}
           requestHeaders: {set: {x-from-mesh: "1"}, remove: [x-debug]}
           responseHeaders: {remove: [server]}
-        - name: exact
+        - name: exact--match
           match: {path: {exact: /}}
           split: [{group: canary, weight: 5}]
           retries: {}
@@ -115,7 +116,7 @@ t.test('file -> control plane -> agent translator gives the model parseConfig gi
   // What Envoy sees is Envoy's own vocabulary: the listener has an HCM with inline routes and RBAC filters.
   const l = unpackAny<Obj>(snap.types.get(TYPE.listener)!.resources.get('127.100.0.1:80/tcp')!.any);
   const hcm = unpackAny<Obj>(l.filter_chains[0].filters[0].typed_config);
-  t.same(hcm.route_config.virtual_hosts[0].routes.map((x: Obj) => x.name), ['api', 'exact', 'rest']);
+  t.same(hcm.route_config.virtual_hosts[0].routes.map((x: Obj) => x.name), ['api', 'exact--match', 'rest']);
   t.same(hcm.route_config.virtual_hosts[0].routes[0].route.weighted_clusters.clusters.map((c: Obj) => [c.name, c.weight.value]), [['web', 90], ['web~canary', 10]]);
   t.same(hcm.http_filters.map((f: Obj) => f.typed_config.type_url), [FILTER.httpRbac, FILTER.httpRbac, FILTER.router]);
   t.same(unpackAny<Obj>(hcm.http_filters[0].typed_config).rules.action, 'DENY');

@@ -11,7 +11,7 @@
 // on a Listener {service, failMode, accessLogSample, workloads, clusters}, on a Route {retryOn, budget,
 // nonIdempotent}, on a Cluster {group, algorithm, affinity_timeout_seconds}.
 import { formatDuration } from '../../model/duration.js';
-import { regexError } from '../../model/l7config.js';
+import { regexError, RESERVED_RULE_NAME } from '../../model/l7config.js';
 
 type Obj = Record<string, any>; // decoded protobuf plain objects (keepCase, longs/enums as strings)
 
@@ -90,6 +90,11 @@ export function sockmeshMeta(resource: Obj): Obj {
 }
 
 // ---- string and header matchers ----
+
+const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+/** A name as the model wants it (a DNS label): kept when it is one already, else lower-cased with '-' for the rest. */
+const labelOf = (name: string, max: number) =>
+  name.length <= max && NAME.test(name) ? name : name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, max).replace(/-+$/, '');
 
 const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 /** A regex for a literal, case-insensitive ([aA] per letter: the model's regexes carry no flags). */
@@ -246,7 +251,7 @@ export function httpRoutes(what: string, r: Obj): HttpRoutes {
 
 function routeEntry(what: string, field: string, route: Obj, action: Obj, vhRetry: Obj | undefined, vhReq: Obj, vhRes: Obj, names: Set<string>, notes: string[]): RouteEntry {
   // name: a DNS label, unique within the service
-  let name = typeof route.name === 'string' && route.name ? route.name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, '') : '';
+  let name = typeof route.name === 'string' ? labelOf(route.name, 63) : '';
   if (!name) name = `route-${field.slice(field.lastIndexOf('[') + 1, -1)}`;
   for (let n = 2; names.has(name); n++) name = `${name.slice(0, 60)}-${n}`;
   names.add(name);
@@ -481,7 +486,7 @@ export interface HcmDigest {
 }
 
 /** The RBAC policy name that stands for "everything else is allowed" (sockmesh's default: allow, in Envoy terms). */
-export const DEFAULT_ALLOW_POLICY = 'sockmesh-default-allow';
+export const DEFAULT_ALLOW_POLICY = RESERVED_RULE_NAME;
 
 /**
  * HTTP RBAC filters -> authz. Envoy: an ALLOW filter lets through only what one of its policies matches, a DENY
@@ -520,7 +525,7 @@ export function rbacAuthz(what: string, filters: { field: string; cfg: Obj }[], 
       const perms: Obj[] = policy.permissions ?? [];
       if (perms.length === 0) fail(what, `${pf}.permissions`, 'is empty (matches nothing)');
       perms.forEach((p, i) => {
-        const base = pname.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 58) || 'rule';
+        const base = labelOf(pname, perms.length === 1 ? 63 : 58) || 'rule';
         let name = perms.length === 1 ? base : `${base}-${i}`;
         for (let n = 2; names.has(name); n++) name = `${base}-${n}`;
         names.add(name);
