@@ -538,7 +538,9 @@ export class Snapshot {
       if (e && !gone.has(e.index)) list[e.index] = svc;
       else list.push(svc);
     }
-    return this.apply({ services: gone.size === 0 ? list : list.filter((_, i) => !gone.has(i)) });
+    const services = gone.size === 0 ? list : list.filter((_, i) => !gone.has(i));
+    // the workloads stay as they are
+    return this.apply(this.workloads.size === 0 ? { services } : { services, workloads: [...this.workloads].map(([name, cgroups]) => ({ name, cgroups })) });
   }
 
   /** `differ`: the positions where `cur` and the previous list hold different objects (or only one holds one). */

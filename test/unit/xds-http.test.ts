@@ -137,6 +137,15 @@ t.test('a changed workload rebuilds the listeners of the services naming it, and
   const r = buildModel(stateOf(snap));
   t.strictSame(normal(r.model!), normal(moved));
   t.equal(snap.apply(moved).size, 0, 'the same again changes nothing');
+
+  // Services changed one by one (ControlPlane#updateServices) keep the workloads as they are.
+  const plain = moved.services.find((s) => s.name === 'plain')!;
+  const edited = { ...plain, frontends: plain.frontends.map((f) => ({ ...f, backends: f.backends.map((b) => ({ ...b, weight: 7 })) })) };
+  const c2 = snap.applyServices([edited], []);
+  t.same([...(c2.get(TYPE.endpoint) ?? [])], ['plain']);
+  t.notOk(c2.has(TYPE.listener), 'no listener of an HTTP service changes');
+  const after = buildModel(stateOf(snap));
+  t.strictSame(normal(after.model!), normal({ ...moved, services: moved.services.map((s) => (s.name === 'plain' ? edited : s)) }));
 });
 
 // ---- foreign resources ----
