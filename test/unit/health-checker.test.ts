@@ -287,3 +287,22 @@ t.test('ejections of an L7 service without a health check survive updates while 
   t.notOk(states.isOut('api', '127.0.0.1:9001'), 'forgotten once it leaves the model');
   t.equal(states.ejections('api', '127.0.0.1:9001'), 0, 'with its ejection count');
 });
+
+t.test('grpc through the checker: NOT_SERVING takes a backend out, SERVING brings it back', async (t) => {
+  const g = await grpcHealthServer({ 'shop.Cart': 1 });
+  t.teardown(() => g.close());
+  const states = new BackendStates();
+  const checker = new HealthChecker(states);
+  t.teardown(() => checker.close());
+  const key = `127.0.0.1:${g.port}`;
+  checker.update(model([service('cart', [g.port],
+    { kind: 'grpc', grpcService: 'shop.Cart', intervalMs: 50, timeoutMs: 1000, healthyThreshold: 2, unhealthyThreshold: 2 })]));
+  t.ok(await waitFor(() => g.asked.length >= 3, 5000), 'probed');
+  t.notOk(states.isOut('cart', key));
+  g.statuses['shop.Cart'] = 2;
+  t.ok(await waitFor(() => states.isOut('cart', key), 5000), 'out once NOT_SERVING twice');
+  t.equal(states.list()[0]?.probe?.reason, 'grpc NOT_SERVING');
+  g.statuses['shop.Cart'] = 1;
+  t.ok(await waitFor(() => !states.isOut('cart', key), 5000), 'back once SERVING twice');
+  t.ok(g.asked.every((s) => s === 'shop.Cart'), 'every probe asked for the configured service');
+});
