@@ -9,6 +9,8 @@ import type { Model } from './model/types.js';
 export const DEMO_VIP = '127.100.0.1';
 export const DEMO_PORT = 80;
 export const DEMO_BACKEND_PORTS = [18081, 18082, 18083];
+/** the same backends as an L7 service: routes, a canary split, retries and an HTTP health check */
+export const DEMO_HTTP_VIP = '127.100.0.2';
 
 export const DEMO_CONFIG = {
   services: [
@@ -18,6 +20,25 @@ export const DEMO_CONFIG = {
       ports: [{ port: DEMO_PORT, protocol: 'tcp' }],
       algorithm: 'maglev',
       backends: DEMO_BACKEND_PORTS.map((port) => ({ address: '127.0.0.1', port, weight: 1 })),
+    },
+    {
+      name: 'demo-http',
+      vips: [DEMO_HTTP_VIP],
+      ports: [{ port: DEMO_PORT, protocol: 'tcp' }],
+      backends: DEMO_BACKEND_PORTS.map((port, i) => ({ address: '127.0.0.1', port, ...(i === 2 ? { group: 'canary' } : {}) })),
+      healthCheck: { type: 'http', path: '/healthz', interval: '2s' },
+      http: {
+        failMode: 'open',
+        routes: [
+          { name: 'canary', match: { path: { prefix: '/canary' } }, split: [{ group: 'canary', weight: 1 }] },
+          {
+            name: 'default',
+            split: [{ group: 'default', weight: 90 }, { group: 'canary', weight: 10 }],
+            retries: { attempts: 2, retryOn: ['5xx', 'reset', 'connect-failure'] },
+            responseHeaders: { set: { 'x-sockmesh-route': 'default' } },
+          },
+        ],
+      },
     },
   ],
 };

@@ -9,7 +9,7 @@ import { parseListen } from './observe/metrics.js';
 import { cleanup } from './datapath/datapath.js';
 import { requireCgroup2Root, resolveCgroup } from './datapath/cgroup.js';
 import { runDirFor } from './admin/protocol.js';
-import { DEMO_PORT, DEMO_VIP, demoModel, serveDemoBackends, spawnDemoBackends } from './demo.js';
+import { DEMO_HTTP_VIP, DEMO_PORT, DEMO_VIP, demoModel, serveDemoBackends, spawnDemoBackends } from './demo.js';
 import { rmSync, existsSync, rmdirSync } from 'node:fs';
 
 /** --xds and friends into the agent's control-plane settings, with clear errors for bad values. */
@@ -87,9 +87,12 @@ program
         demo = spawnDemoBackends(cgroup);
         const bin = 'node dist/cli/meshctl.js';
         process.stderr.write(
-          `\nsockmesh is running on the embedded demo config: ${DEMO_VIP}:${DEMO_PORT} -> three demo backends.\n` +
+          `\nsockmesh is running on the embedded demo config: ${DEMO_VIP}:${DEMO_PORT} (L4) and ${DEMO_HTTP_VIP}:${DEMO_PORT} (L7) -> three demo backends.\n` +
           `Try, in another terminal (as root, from this directory):\n` +
           `  ${bin} exec -- curl -s http://${DEMO_VIP}/     # a program inside the mesh reaches the VIP\n` +
+          `  ${bin} exec -- curl -si http://${DEMO_HTTP_VIP}/canary   # through the L7 proxy: routes, retries, splits\n` +
+          `  ${bin} routes                                    # per route: requests, retries, latency\n` +
+          `  ${bin} backends                                  # in or out of service, and why\n` +
           `  ${bin} services                                  # VIP -> backends, shares, connections\n` +
           `  ${bin} sockets                                   # sockets on the sockmap fast path\n` +
           `  ${bin} stats\n` +
