@@ -5,7 +5,7 @@ import type { HeaderRewrite } from '../model/l7.js';
 import type { Logger } from '../observe/log.js';
 import type { H1Pool } from './pool.js';
 import type { H2Pool } from './http2.js';
-import type { Headers, LocalReply, OriginalDst, Outcome, Policy } from './types.js';
+import type { Headers, LocalReply, OriginalDst, Outcome, Policy, Source } from './types.js';
 
 export interface EngineContext {
   policy: Policy;
@@ -31,6 +31,8 @@ export interface ConnInfo {
   dst: OriginalDst | null;
   address: string;
   port: number;
+  /** made once per connection, on its first request */
+  source?: Source;
 }
 
 export function statusText(status: number): string {

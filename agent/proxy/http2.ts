@@ -256,7 +256,6 @@ class H2Exchange {
     const h = this.reqHeaders;
     ds.on('error', () => { /* 'close' follows */ });
     ds.on('close', () => { try { this.clientClosed(); } catch (e) { this.fatal(e); } });
-    ds.on('drain', () => { if (this.us !== null) this.us.resume(); });
     if (this.info.dst === null) { this.localReply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }, false); return; }
     const method = String(h[':method'] ?? 'GET');
     if (method === 'CONNECT') { this.localReply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }, false); return; }
@@ -279,7 +278,7 @@ class H2Exchange {
     this.head = head;
     let r: Exchange | LocalReply;
     try {
-      const src: Source = { address: this.info.address, port: this.info.port, cgroupId: this.info.dst.cgroupId };
+      const src: Source = (this.info.source ??= { address: this.info.address, port: this.info.port, cgroupId: this.info.dst.cgroupId });
       r = this.ctx.policy.begin(this.info.dst, src, head);
     } catch (e) {
       this.ctx.log.error({ err: e }, 'policy.begin failed');
@@ -336,17 +335,36 @@ class H2Exchange {
     const streamEnded = (): void => { if (!ended) { ended = true; pool.streamEnded(e); } };
     us.on('response', (headers: IncomingHttpHeaders, flags: number) => { try { this.onResponse(us, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0); } catch (err) { this.fatal(err); } });
     us.on('trailers', (t: IncomingHttpHeaders) => { if (us === this.us) this.trailers = t; });
-    us.on('data', (d: Buffer) => { if (us === this.us && this.resStarted && !this.ds.write(d)) us.pause(); });
-    us.on('end', () => { /* complete only when 'close' says the stream ended without RST_STREAM */ });
+    us.on('data', (d: Buffer) => { if (us === this.us && this.resStarted && !this.ds.write(d)) this.pauseUpstream(us); });
     us.on('error', () => { /* 'close' follows */ });
+    // (completion is decided on 'close': a stream that ended without RST_STREAM)
     us.on('close', () => { streamEnded(); try { if (us === this.us) this.upClosed(us, e); } catch (err) { this.fatal(err); } });
-    us.on('drain', () => { if (us === this.us && !this.ds.destroyed) this.ds.resume(); });
     for (const chunk of this.body) us.write(chunk);
     this.unsent = 0;
     if (!this.replayable) this.body.length = 0;
     if (this.bodyDone && this.body.length > 0) us.end();
     else if (this.bodyDone && !us.writableEnded) us.end();
     if (this.ds.isPaused()) this.ds.resume();
+  }
+
+  // Backpressure listeners are attached only when a write first says "full" (most exchanges never do).
+  private drainDs = false;
+  private drainUs: ClientHttp2Stream | null = null;
+
+  private pauseUpstream(us: ClientHttp2Stream): void {
+    us.pause();
+    if (!this.drainDs) {
+      this.drainDs = true;
+      this.ds.on('drain', () => { if (this.us !== null) this.us.resume(); });
+    }
+  }
+
+  private pauseClient(us: ClientHttp2Stream): void {
+    this.ds.pause();
+    if (this.drainUs !== us) {
+      this.drainUs = us;
+      us.on('drain', () => { if (us === this.us && !this.ds.destroyed) this.ds.resume(); });
+    }
   }
 
   private onBody(d: Buffer): void {
@@ -359,7 +377,7 @@ class H2Exchange {
     const us = this.us;
     if (us !== null) {
       if (this.replayable) this.body.push(d);
-      if (!us.write(d)) this.ds.pause();
+      if (!us.write(d)) this.pauseClient(us);
     } else {
       this.body.push(d);
       this.unsent += d.length;
@@ -410,6 +428,9 @@ class H2Exchange {
         this.us = null;
         this.finishExchange();
       } else {
+        // Always waitForTrailers, even for clients that will get none (sendTrailers({}) is an empty DATA
+        // frame with END_STREAM): without it, node's stream.close(code) ends the stream cleanly before its
+        // RST_STREAM, and a client whose upstream died mid-response would take a cut body for a whole one.
         ds.respond(out, { waitForTrailers: true });
         ds.once('wantTrailers', () => this.sendTrailers());
       }
@@ -446,7 +467,11 @@ class H2Exchange {
   private upClosed(us: ClientHttp2Stream, e: SessionEntry): void {
     if (this.resStarted) {
       if (us.rstCode === constants.NGHTTP2_NO_ERROR && us.readableEnded) this.onResponseEnd();
-      else { this.us = null; this.abortClient(); }
+      else {
+        this.ctx.log.debug({ upstream: e.up.key, rstCode: us.rstCode }, 'upstream h2 stream failed mid-response; client stream reset');
+        this.us = null;
+        this.abortClient();
+      }
       return;
     }
     this.us = null;

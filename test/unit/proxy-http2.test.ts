@@ -86,7 +86,7 @@ t.test('h2 prior knowledge: GET and POST with bodies, headers and rewrites, one 
     responseHeaders: { set: { 'x-proxy': 'sockmesh' }, remove: ['x-remove-me'] },
   });
   const c = client(t);
-  const g = await h2request(c, { ':path': '/a?b=1', ':authority': 'svc.example' });
+  const g = await h2request(c, { ':path': '/a?b=1', ':authority': 'svc.example', te: 'trailers' });
   t.equal(g.headers[':status'], 200);
   t.equal(g.body.toString(), 'hello');
   t.equal(g.headers['x-path'], '/a?b=1');
