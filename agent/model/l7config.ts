@@ -544,9 +544,19 @@ function routes(raw: Obj, path: string, shape: ServiceShape, issues: Issues): Ro
   return out;
 }
 
+/** Issues from `mark` on are about one route: say which, with its service (an index alone is hard to find). */
+function nameRoute(issues: Issues, mark: number, service: string, route: string): void {
+  for (let i = mark; i < issues.list.length; i++) {
+    const issue = issues.list[i]!;
+    issue.message = `service '${service}', route '${route}': ${issue.message}`;
+  }
+}
+
 function defaultRoute(path: string, shape: ServiceShape, issues: Issues): Route {
   const split: WeightedGroup[] = [{ group: 'default', weight: 1 }];
-  checkSplit(split, DEFAULT_ROUTE_NAME, () => path, shape, issues);
+  const mark = issues.list.length;
+  checkSplit(split, () => path, shape, issues);
+  nameRoute(issues, mark, shape.label, DEFAULT_ROUTE_NAME);
   return {
     name: DEFAULT_ROUTE_NAME,
     match: {},
@@ -558,20 +568,19 @@ function defaultRoute(path: string, shape: ServiceShape, issues: Issues): Route 
 }
 
 /** Every group a route splits to has backends of every family the service has VIPs of. */
-function checkSplit(split: WeightedGroup[], route: string, where: (k: number) => string, shape: ServiceShape, issues: Issues): void {
+function checkSplit(split: WeightedGroup[], where: (k: number) => string, shape: ServiceShape, issues: Issues): void {
   if (shape.emptyGroupsAllowed) return;
   split.forEach((g, k) => {
     const fams = shape.groups.get(g.group);
-    const at = `service '${shape.label}', route '${route}'`;
     if (!fams) {
       const known = [...shape.groups.keys()];
       const guess = closest(g.group, known);
       const hint = guess ? ` (did you mean '${guess}'?)` : known.length ? ` (groups with backends: ${known.join(', ')})` : ' (the service has no backends)';
-      issues.add(where(k), `${at}: group '${g.group}' has no backends${hint}`);
+      issues.add(where(k), `group '${g.group}' has no backends${hint}`);
       return;
     }
     for (const f of shape.families) {
-      if (!fams.has(f)) issues.add(where(k), `${at}: group '${g.group}' has no ${familyName(f)} backend, but the service has ${familyName(f)} VIPs`);
+      if (!fams.has(f)) issues.add(where(k), `group '${g.group}' has no ${familyName(f)} backend, but the service has ${familyName(f)} VIPs`);
     }
   });
 }
@@ -622,15 +631,15 @@ function routeOf(r: unknown, rp: string, index: number, shape: ServiceShape, iss
       if (group === undefined) return;
       const first = seen.get(group);
       if (first !== undefined) {
-        issues.add(join(gp, 'group'), `service '${shape.label}', route '${name}': group '${group}' listed twice, also at split[${first}]`);
+        issues.add(join(gp, 'group'), `group '${group}' listed twice, also at split[${first}]`);
         return;
       }
       seen.set(group, k);
       split.push({ group, weight });
     });
     // Group checks on the entries as written (split[k] is the k-th entry only while no entry was dropped).
-    if (split.length === sl.length) checkSplit(split, name, (k) => `${sp}[${k}].group`, shape, issues);
-  } else checkSplit(split, name, () => rp, shape, issues);
+    if (split.length === sl.length) checkSplit(split, (k) => `${sp}[${k}].group`, shape, issues);
+  } else checkSplit(split, () => rp, shape, issues);
 
   const timeoutMs = durationField(r, 'timeout', rp, 0, issues) ?? DEFAULT_ROUTE_TIMEOUT_MS;
   const route: Route = {
@@ -641,12 +650,13 @@ function routeOf(r: unknown, rp: string, index: number, shape: ServiceShape, iss
     requestHeaders: rewrite(r, 'requestHeaders', rp, issues),
     responseHeaders: rewrite(r, 'responseHeaders', rp, issues),
   };
-  const retry = retries(r, rp, name, shape, issues);
+  const retry = retries(r, rp, issues);
   if (retry) route.retry = retry;
+  nameRoute(issues, mark, shape.label, name);
   return issues.list.length === mark ? route : undefined;
 }
 
-function retries(r: Obj, rp: string, route: string, shape: ServiceShape, issues: Issues): RetryPolicy | undefined {
+function retries(r: Obj, rp: string, issues: Issues): RetryPolicy | undefined {
   const o = mappingField(r, 'retries', rp, '{attempts: 2, retryOn: [5xx, reset]}', issues);
   if (!o) return undefined;
   const p = join(rp, 'retries');
@@ -672,7 +682,7 @@ function retries(r: Obj, rp: string, route: string, shape: ServiceShape, issues:
   // Codes listed are meant to be retried (Envoy would also need retry_on: retriable-status-codes; say it once).
   if (retriableStatusCodes.length > 0 && !retryOn.includes('retriable-status-codes')) retryOn.push('retriable-status-codes');
   if (retriableStatusCodes.length === 0 && retryOn.includes('retriable-status-codes')) {
-    issues.add(join(p, 'retryOn'), `service '${shape.label}', route '${route}': retriable-status-codes needs retriableStatusCodes`);
+    issues.add(join(p, 'retryOn'), 'retriable-status-codes needs retriableStatusCodes');
   }
 
   let backoffBaseMs = DEFAULT_BACKOFF_BASE_MS;

@@ -218,13 +218,13 @@ const svc = (extra: string, backends = '[{address: 127.0.0.1, port: 8080}, {addr
 const CASES: Array<[string, string, string[]]> = [
   ['unknown fields with did-you-mean', `    http:\n      balancr: round-robin\n      routes: [{name: a, timout: 1s, retries: {attemps: 2}}]\n    healthCheck: {type: tcp, intervall: 1s}`, [
     "services[0].http.balancr: unknown field 'balancr' (did you mean 'balancer'?)",
-    "services[0].http.routes[0].timout: unknown field 'timout' (did you mean 'timeout'?)",
-    "services[0].http.routes[0].retries.attemps: unknown field 'attemps' (did you mean 'attempts'?)",
+    "services[0].http.routes[0].timout: service 'web', route 'a': unknown field 'timout' (did you mean 'timeout'?)",
+    "services[0].http.routes[0].retries.attemps: service 'web', route 'a': unknown field 'attemps' (did you mean 'attempts'?)",
     "services[0].healthCheck.intervall: unknown field 'intervall' (did you mean 'interval'?)",
   ]],
   ['bad regexes report the engine error', `    http:\n      routes: [{name: a, match: {path: {regex: '/a(['}, headers: [{name: x, regex: '*'}]}}]`, [
-    "services[0].http.routes[0].match.path.regex: invalid regular expression \"/a([\": Invalid regular expression",
-    'services[0].http.routes[0].match.headers[0].regex: invalid regular expression "*": Invalid regular expression',
+    "services[0].http.routes[0].match.path.regex: service 'web', route 'a': invalid regular expression \"/a([\": Invalid regular expression",
+    "services[0].http.routes[0].match.headers[0].regex: service 'web', route 'a': invalid regular expression \"*\": Invalid regular expression",
   ]],
   ['duplicate route names', `    http:\n      routes: [{name: a}, {name: b}, {name: a}]`, [
     "services[0].http.routes[2].name: duplicate route name 'a' in service 'web', also used by routes[0]",
@@ -236,29 +236,29 @@ const CASES: Array<[string, string, string[]]> = [
     "services[0].http.routes[0].split[0].group: service 'web', route 'api': group 'canary' has no IPv6 backend, but the service has IPv6 VIPs",
   ]],
   ['weights', `    http:\n      routes: [{name: api, split: [{group: default, weight: 0}, {group: canary}]}]`, [
-    'services[0].http.routes[0].split[0].weight: must be an integer between 1 and 10000, got 0',
-    'services[0].http.routes[0].split[1].weight: is required (an integer between 1 and 10000)',
+    "services[0].http.routes[0].split[0].weight: service 'web', route 'api': must be an integer between 1 and 10000, got 0",
+    "services[0].http.routes[0].split[1].weight: service 'web', route 'api': is required (an integer between 1 and 10000)",
   ]],
   ['workloads referenced by authz must exist', `    http:\n      authz: {rules: [{name: r, action: allow, from: [frontend]}]}`, [
     "services[0].http.authz.rules[0].from[0]: workload 'frontend' is not defined (in the top-level workloads list)",
   ]],
   ['header names and methods', `    http:\n      routes: [{name: a, match: {methods: [get, 'G T'], headers: [{name: 'bad name'}, {name: ':method', exact: GET}]}}]`, [
-    "services[0].http.routes[0].match.methods[0]: must be upper-case (methods are case-sensitive), got 'get' (did you mean 'GET'?)",
-    'services[0].http.routes[0].match.methods[1]: must be an HTTP method like GET, got "G T" (a string)',
-    'services[0].http.routes[0].match.headers[0].name: must be an HTTP header name',
-    'services[0].http.routes[0].match.headers[1].name: pseudo-header :method cannot be matched or rewritten here (use methods)',
+    "services[0].http.routes[0].match.methods[0]: service 'web', route 'a': must be upper-case (methods are case-sensitive), got 'get' (did you mean 'GET'?)",
+    "services[0].http.routes[0].match.methods[1]: service 'web', route 'a': must be an HTTP method like GET, got \"G T\" (a string)",
+    "services[0].http.routes[0].match.headers[0].name: service 'web', route 'a': must be an HTTP header name",
+    "services[0].http.routes[0].match.headers[1].name: service 'web', route 'a': pseudo-header :method cannot be matched or rewritten here (use methods)",
   ]],
   ['header rewrites', `    http:\n      routes: [{name: a, requestHeaders: {set: {X-A: "1", x-a: "2", content-length: "3", x-b: "a\\nb"}, remove: [x-a, transfer-encoding]}}]`, [
-    'services[0].http.routes[0].requestHeaders.set.x-a: header x-a is set twice (header names are case-insensitive)',
-    'services[0].http.routes[0].requestHeaders.set.content-length: header content-length is managed by the proxy and cannot be set',
-    'services[0].http.routes[0].requestHeaders.set.x-b: must be a header value (a string without control characters)',
-    'services[0].http.routes[0].requestHeaders.remove[0]: header x-a is both set and removed',
-    'services[0].http.routes[0].requestHeaders.remove[1]: header transfer-encoding is managed by the proxy and cannot be removed',
+    "services[0].http.routes[0].requestHeaders.set.x-a: service 'web', route 'a': header x-a is set twice (header names are case-insensitive)",
+    "services[0].http.routes[0].requestHeaders.set.content-length: service 'web', route 'a': header content-length is managed by the proxy and cannot be set",
+    "services[0].http.routes[0].requestHeaders.set.x-b: service 'web', route 'a': must be a header value (a string without control characters)",
+    "services[0].http.routes[0].requestHeaders.remove[0]: service 'web', route 'a': header x-a is both set and removed",
+    "services[0].http.routes[0].requestHeaders.remove[1]: service 'web', route 'a': header transfer-encoding is managed by the proxy and cannot be removed",
   ]],
   ['status codes', `    http:\n      routes: [{name: a, retries: {retriableStatusCodes: [99, 600, '503']}}]\n    healthCheck: {type: http, path: /h, expectedStatuses: [200, '300-200', 700]}`, [
-    'services[0].http.routes[0].retries.retriableStatusCodes[0]: must be an HTTP status code 100-599, got 99',
-    'services[0].http.routes[0].retries.retriableStatusCodes[1]: must be an HTTP status code 100-599, got 600',
-    'services[0].http.routes[0].retries.retriableStatusCodes[2]: must be an HTTP status code 100-599, got "503" (a string)',
+    "services[0].http.routes[0].retries.retriableStatusCodes[0]: service 'web', route 'a': must be an HTTP status code 100-599, got 99",
+    "services[0].http.routes[0].retries.retriableStatusCodes[1]: service 'web', route 'a': must be an HTTP status code 100-599, got 600",
+    "services[0].http.routes[0].retries.retriableStatusCodes[2]: service 'web', route 'a': must be an HTTP status code 100-599, got \"503\" (a string)",
     "services[0].healthCheck.expectedStatuses[1]: must be a status code 100-599 or an inclusive range like '200-299', got \"300-200\" (a string)",
     'services[0].healthCheck.expectedStatuses[2]: must be a status code 100-599',
   ]],
@@ -270,12 +270,12 @@ const CASES: Array<[string, string, string[]]> = [
     'services[0].http.accessLogSample: must be a number between 0 and 1, got 2',
     'services[0].http.outlierDetection.maxEjectionTime: must not be shorter than baseEjectionTime (60000 ms), got 10000 ms',
     'services[0].http.outlierDetection.maxEjectionPercent: must be an integer between 0 and 100, got 101',
-    "services[0].http.routes[0].timeout: must be a duration with a unit like '250ms', '5s' or '1m', got the bare number 5",
-    'services[0].http.routes[0].retries.attempts: must be an integer between 0 and 100, got -1',
-    'services[0].http.routes[0].retries.perTryTimeout: must be more than 0',
-    'services[0].http.routes[0].retries.backoff.max: must not be shorter than base (1000 ms), got 10 ms',
-    'services[0].http.routes[0].retries.budget.percent: must be a number between 0 and 100, got -1',
-    "services[0].http.routes[0].retries.bufferLimit: must be a size like '64KiB'",
+    "services[0].http.routes[0].timeout: service 'web', route 'a': must be a duration with a unit like '250ms', '5s' or '1m', got the bare number 5",
+    "services[0].http.routes[0].retries.attempts: service 'web', route 'a': must be an integer between 0 and 100, got -1",
+    "services[0].http.routes[0].retries.perTryTimeout: service 'web', route 'a': must be more than 0",
+    "services[0].http.routes[0].retries.backoff.max: service 'web', route 'a': must not be shorter than base (1000 ms), got 10 ms",
+    "services[0].http.routes[0].retries.budget.percent: service 'web', route 'a': must be a number between 0 and 100, got -1",
+    "services[0].http.routes[0].retries.bufferLimit: service 'web', route 'a': must be a size like '64KiB'",
     'services[0].healthCheck.timeout: must not be longer than the interval (1000 ms), got 2000 ms',
     'services[0].healthCheck.healthyThreshold: must be an integer between 1 and 1000, got 0',
   ]],
@@ -295,7 +295,7 @@ const CASES: Array<[string, string, string[]]> = [
     "services[0].http.authz.rules[3].name: 'sockmesh-default-allow' is reserved",
   ]],
   ['retryOn words', `    http:\n      routes: [{name: a, retries: {retryOn: [5xx, conect-failure, retriable-status-codes]}}]`, [
-    "services[0].http.routes[0].retries.retryOn[1]: must be one of 5xx, gateway-error, reset, connect-failure, retriable-status-codes, timeout, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, got \"conect-failure\" (a string) (did you mean 'connect-failure'?)",
+    "services[0].http.routes[0].retries.retryOn[1]: service 'web', route 'a': must be one of 5xx, gateway-error, reset, connect-failure, retriable-status-codes, timeout, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, got \"conect-failure\" (a string) (did you mean 'connect-failure'?)",
     "services[0].http.routes[0].retries.retryOn: service 'web', route 'a': retriable-status-codes needs retriableStatusCodes",
   ]],
   ['a default route needs backends in the default group', `    http: {}`, [
@@ -329,7 +329,7 @@ t.test('every error class, with the path to the field', async (t) => {
 t.test('a bad L7 part rejects the whole config, and names service, route and field', async (t) => {
   const yaml = svc('    http:\n      routes: [{name: api, timeout: soon}]\n') + '  - {name: ok, vips: [127.100.0.5], ports: [{port: 80}]}\n';
   const err = t.throws(() => parseConfig(yaml, 'mesh.yaml')) as ConfigError;
-  t.match(err.message, /mesh\.yaml: services\[0\]\.http\.routes\[0\]\.timeout: must be a duration/);
+  t.match(err.message, /mesh\.yaml: services\[0\]\.http\.routes\[0\]\.timeout: service 'web', route 'api': must be a duration/);
   const e2 = t.throws(() => parseConfig(svc('    http:\n      routes: [{name: api, split: [{group: nope}]}]'), 'm.yaml')) as ConfigError;
   t.match(e2.message, /services\[0\]\.http\.routes\[0\]\.split\[0\]\.group: service 'web', route 'api': group 'nope'/);
 });

@@ -296,7 +296,7 @@ t.test('what cannot be translated is NACKed, naming the resource and the field',
   const parts = foreign();
   parts.routes[0]!.virtual_hosts[0].routes[0].request_headers_to_add = [{ header: { key: 'content-length', value: '1' } }];
   const bad = buildModel(state(parts));
-  t.match(bad.error, /route_configuration 'routes': virtual_hosts\[0\]\.routes\[0\] \(requestHeaders\.set\.content-length\): header content-length is managed by the proxy/);
+  t.match(bad.error, /route_configuration 'routes': virtual_hosts\[0\]\.routes\[0\] \(requestHeaders\.set\.content-length\): service 'ingress', route 'reviews-api': header content-length is managed by the proxy/);
   const dupGroup = foreign();
   dupGroup.clusters[1]!.metadata = { filter_metadata: { sockmesh: { fields: { group: { stringValue: 'outbound-9080-v1-reviews' } } } } };
   t.match(buildModel(state(dupGroup)).error, /listener 'ingress': cluster 'outbound\|9080\|v1\|reviews' and cluster 'outbound\|9080\|v2\|reviews' are both backend group/);
