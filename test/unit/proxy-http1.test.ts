@@ -515,3 +515,30 @@ t.test('a policy that throws costs that connection only, never the process', asy
   const ok = await get(proxy.port, '/fine');
   t.equal(ok.status, 200, 'the proxy still serves');
 });
+
+t.test('IPv6 on both legs; an upstream that closes idle keep-alive connections is not a failure', async (t) => {
+  const p6 = await startProxy(policy, { host: '::1' });
+  t.teardown(() => p6.close());
+  const sockets = new Set<Socket>();
+  const b = createServer((req, res) => res.end(`v6 ${req.socket.remoteAddress}`));
+  b.keepAliveTimeout = 100; // closes idle connections quickly, as many servers do
+  b.on('connection', (s: Socket) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  await new Promise<void>((r) => b.listen(0, '::1', () => r()));
+  t.teardown(() => new Promise<void>((r) => { for (const s of sockets) s.destroy(); b.close(() => r()); }));
+  const port = (b.address() as AddressInfo).port;
+  policy.route = () => ({ upstreams: [upstream(port, group, '::1')] });
+  const ask = (): Promise<Got> => new Promise((resolve, reject) => {
+    const req = request({ host: '::1', port: p6.port, path: '/', agent: false }, (res) => {
+      readAll(res).then((body) => resolve({ status: res.statusCode!, headers: res.headers, body }), reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  for (let i = 0; i < 4; i++) {
+    const r = await ask();
+    t.equal(r.status, 200);
+    t.equal(r.body.toString(), 'v6 ::1');
+    await new Promise((r2) => setTimeout(r2, i % 2 === 0 ? 150 : 5)); // let the backend drop the idle connection, or not
+  }
+  t.equal(p6.proxy.stats().upstreamIdleH1 <= 1, true, 'idle connections closed by the backend left the pool');
+});

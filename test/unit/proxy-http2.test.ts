@@ -296,3 +296,27 @@ t.test('a local reply to a gRPC client is a trailers-only response with a mapped
   t.match(err.details, /denied by rule no-way/);
   t.equal(err.metadata.get('x-sockmesh-denied')[0], 'no-way');
 });
+
+t.test('a client that resets its stream cancels the upstream stream; the session lives on', async (t) => {
+  let upstreamCancelled = false;
+  const b = await h2Backend((s, h) => {
+    if (h[':path'] === '/hang') { s.on('close', () => { upstreamCancelled = s.rstCode === constants.NGHTTP2_CANCEL; }); return; }
+    s.respond({ ':status': 200 });
+    s.end('ok');
+  });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)] });
+  const c = client(t);
+  const req = c.request({ ':path': '/hang' });
+  req.on('error', () => {});
+  await new Promise((r) => setTimeout(r, 100));
+  req.close(constants.NGHTTP2_CANCEL);
+  await new Promise((r) => setTimeout(r, 150));
+  t.ok(upstreamCancelled, 'the upstream stream was reset with CANCEL');
+  const x = policy.exchanges.at(-1)!;
+  t.same(x.attempts[0]!.outcomes, [{ kind: 'cancelled' }]);
+  t.same(x.ends, [{ status: 0 }]);
+  const ok = await h2request(c, { ':path': '/ok' });
+  t.equal(ok.headers[':status'], 200, 'the same client session still works');
+  t.equal(policy.contractViolations(), '');
+});
