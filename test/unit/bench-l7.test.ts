@@ -12,6 +12,8 @@ import { statCpuTicks } from '../../bench/lib/cpu.js';
 import { backendConfig, proxyConfig } from '../../bench/lib/haproxy.js';
 import { formatL7Table, l7Checks, l7Json, ratios, summarize, type L7Result, type Sample } from '../../bench/lib/l7report.js';
 import { l7BenchConfig } from '../../bench/l7.js';
+import { sumSamples } from '../../bench/lib/promtext.js';
+import { parseConfig } from '../../agent/model/config.js';
 
 // `wrk -t1 -c16 -d2s --latency http://127.0.0.1:18080/` against the haproxy backend
 const WRK_OK = `Running 2s test @ http://127.0.0.1:18080/
@@ -267,10 +269,43 @@ t.test('generated haproxy configs are valid to haproxy itself', { skip: haproxyM
   }
 });
 
-t.test('the (b) service config', async (t) => {
-  const text = l7BenchConfig('127.77.0.1', 80, '127.0.0.1', 8080);
-  t.match(text, /vips: \[127\.77\.0\.1\]/);
-  t.match(text, /http:/);
+t.test('the (b) service config is valid to the agent: one L7 service, one catch-all route, no access log', async (t) => {
+  const m = parseConfig(l7BenchConfig('127.77.0.1', 80, '127.0.0.1', 8080), 'bench.yaml');
+  t.equal(m.services.length, 1);
+  const http = m.services[0]!.http!;
+  t.ok(http, 'the service is L7');
+  t.equal(http.routes.length, 1);
+  t.same(http.routes[0]!.match.path, { prefix: '/' });
+  t.equal(http.accessLogSample, 0);
+});
+
+// an excerpt of the agent's /metrics after a `--quick --only b --duration 1` run
+const METRICS = `# HELP sockmesh_health_checks_total health check probes completed, per service and result
+# TYPE sockmesh_health_checks_total counter
+
+# HELP sockmesh_http_requests_total HTTP requests through the L7 proxy by service, route, backend and status class (local = answered by the proxy itself, aborted = client gone first)
+# TYPE sockmesh_http_requests_total counter
+sockmesh_http_requests_total{service="bench-l7",route="all",backend="127.0.0.1:8080",class="aborted"} 24
+sockmesh_http_requests_total{service="bench-l7",route="all",backend="127.0.0.1:8080",class="2xx"} 45070
+
+# HELP sockmesh_http_local_replies_total Answers made by the proxy itself, by reason
+# TYPE sockmesh_http_local_replies_total counter
+
+# HELP sockmesh_http_request_duration_milliseconds Request duration in the proxy, from the request head to the end of the exchange, per route and backend
+# TYPE sockmesh_http_request_duration_milliseconds histogram
+sockmesh_http_request_duration_milliseconds_bucket{service="bench-l7",route="all",backend="127.0.0.1:8080",le="0.1"} 349
+sockmesh_http_request_duration_milliseconds_bucket{service="bench-l7",route="all",backend="127.0.0.1:8080",le="0.25"} 1912
+sockmesh_http_request_duration_milliseconds_bucket{service="bench-l7",route="all",backend="127.0.0.1:8080",le="0.5"} 15057
+`;
+
+t.test('Prometheus text: a family summed over the samples with the given labels', async (t) => {
+  t.equal(sumSamples(METRICS, 'sockmesh_http_requests_total', { service: 'bench-l7', class: '2xx' }), 45070);
+  t.equal(sumSamples(METRICS, 'sockmesh_http_requests_total', { service: 'bench-l7' }), 45094);
+  t.equal(sumSamples(METRICS, 'sockmesh_http_requests_total', { service: 'other' }), 0);
+  // a family whose name starts with another's is not mixed in
+  t.equal(sumSamples(METRICS, 'sockmesh_http_request_duration_milliseconds', {}), 0);
+  t.equal(sumSamples(METRICS, 'sockmesh_http_request_duration_milliseconds_bucket', { le: '0.5' }), 15057);
+  t.throws(() => sumSamples('x_total{a="b"} nope\n', 'x_total', {}), /cannot read the value/);
 });
 
 function sample(rps: number, p50: number, p99: number, proxyCpu?: number): Sample {
