@@ -342,8 +342,7 @@ class H2Exchange {
     for (const chunk of this.body) us.write(chunk);
     this.unsent = 0;
     if (!this.replayable) this.body.length = 0;
-    if (this.bodyDone && this.body.length > 0) us.end();
-    else if (this.bodyDone && !us.writableEnded) us.end();
+    if (this.bodyDone && !us.writableEnded) us.end();
     if (this.ds.isPaused()) this.ds.resume();
   }
 
