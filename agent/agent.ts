@@ -472,6 +472,7 @@ export class Agent {
       programs: this.programs,
       maps: this.reader!.fill(),
       controlPlane: this.xds?.status() ?? null,
+      proxy: this.reader!.proxy(),
       health: {
         probed: this.checker?.size ?? 0, out: this.states.list().length,
         panics: [...this.panics.values()].reduce((n, l) => n + l.length, 0), metrics: this.metricsAddress,

@@ -7,11 +7,11 @@
 //   GET /v1/backends  BackendsReport (?service=NAME for one): in or out of service, why and since when
 //   GET /v1/routes    RoutesReport (?service=NAME for one): the L7 routes with the proxy's live numbers
 // Errors: a non-2xx status with { error: string }.
-import type { FrontendReport, SocketReport, StatsReport } from '../datapath/inspect.js';
+import type { FrontendReport, ProxyReport, SocketReport, StatsReport } from '../datapath/inspect.js';
 import type { XdsStatus } from '../sources/xds/source.js';
 import type { HealthCheck, WeightedGroup } from '../model/l7.js';
 import type { ProbeReport } from '../health/checker.js';
-export type { FrontendReport, SocketReport, StatsReport };
+export type { FrontendReport, ProxyReport, SocketReport, StatsReport };
 
 export const DEFAULT_RUN_DIR = '/run/sockmesh';
 
@@ -30,6 +30,8 @@ export interface StatusReport {
   controlPlane: XdsStatus | null;
   /** backends probed by health checks, backends out (probe or ejection), frontends in panic, the metrics URL */
   health?: { probed: number; out: number; panics: number; metrics: string | null };
+  /** the L7 proxy as the kernel sees it (address, alive by heartbeat); null when none is announced */
+  proxy?: ProxyReport | null;
 }
 
 export interface FlowEvent {

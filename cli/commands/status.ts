@@ -100,6 +100,13 @@ async function statusDown(ctx: Context, why: AgentUnreachable): Promise<void> {
     pinned ? EXIT.agentDown : EXIT.noDatapath);
 }
 
+function proxyLine(p: NonNullable<StatusReport['proxy']>, style: Style): string {
+  const where = [p.v4 ? `${p.v4}:${p.port}` : '', p.v6 ? `[${p.v6}]:${p.port}` : ''].filter(Boolean).join(' ');
+  const state = p.alive ? style.green('alive') : style.yellow(p.heartbeatAgeMs === null ? 'down (L7 services follow their fail mode)'
+    : `down: no heartbeat for ${p.heartbeatAgeMs} ms (L7 services follow their fail mode)`);
+  return `${where}  ${state}${p.inMesh ? '  in the mesh (fast path)' : ''}`;
+}
+
 function nodeLine(n: NodeFacts): string {
   return `${n.hostname}  ${n.distro}  kernel ${n.kernel}  ${n.arch}  ${n.cpus} CPU${n.cpus === 1 ? '' : 's'}  ${humanBytes(n.memoryTotalBytes)} memory`;
 }
@@ -127,6 +134,7 @@ export function renderStatus(s: StatusReport, style: Style): string[] {
     ['cgroup', s.kernel.cgroup],
     ['bpffs', s.kernel.bpffs],
     ['sockmap', s.kernel.sockmap ? 'on' : style.yellow('off (connect-time balancing only)')],
+    ...(s.proxy ? [['l7 proxy', proxyLine(s.proxy, style)]] as [string, string][] : []),
     ...(s.health ? [
       ['health', `${s.health.probed} backends probed, ${s.health.out ? style.yellow(`${s.health.out} out`) : '0 out'}` +
         `${s.health.panics ? style.red(`, ${s.health.panics} frontends in panic`) : ''}${s.health.out ? ' (meshctl backends)' : ''}`],

@@ -369,7 +369,7 @@ t.test('without the sockmap fast path the redirect still works (its own sock_ops
   t.notOk(dp.attached.some((x) => x.program === 'sm_sockops' && x.how !== 'detached'), 'the fast path\'s sock_ops is not attached');
 });
 
-t.test('the agent announces its proxy to the kernel, and marks it down when it stops', { skip: skip ?? false }, async (t) => {
+t.test('the agent announces its proxy to the kernel, beats, and marks it down when it stops', { skip: skip ?? false }, async (t) => {
   const cg = testCgroup(t, 'redirect-agent');
   const a = await idServer('a');
   t.teardown(() => a.close());
@@ -398,6 +398,9 @@ services:
   const services = JSON.parse(meshctl(agent, ['services', '--json']).stdout) as { service: string; l7?: string }[];
   t.equal(services.find((s) => s.service === 'shop')?.l7, 'fail-open', 'meshctl services shows the L7 service');
   t.equal(services.find((s) => s.service === 'plain')?.l7, undefined);
+  const status = JSON.parse(meshctl(agent, ['status', '--json']).stdout) as { proxy?: { port: number; alive: boolean } };
+  t.match(status.proxy, { port: 15999, alive: true }, 'meshctl status reports the proxy, alive (the agent runs it and beats)');
+  t.match(meshctl(agent, ['status']).stdout, /l7 proxy\s+127\.0\.0\.1:15999 \[::1\]:15999\s+alive/);
   await agent.kill('SIGTERM');
   const after = reader.proxy();
   t.equal(after?.heartbeatAgeMs, null, 'a clean stop marks the proxy down at once');
