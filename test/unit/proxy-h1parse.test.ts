@@ -1,0 +1,115 @@
+// The HTTP/1.1 parser on its own: heads split at every byte, the chunked decoder fed in every possible
+// piece size (byte-exact), framing decisions for requests and responses, and what it refuses.
+import t from 'tap';
+import { randomBytes } from 'node:crypto';
+import { ChunkedDecoder, Framing, ParseError, RequestHeadParse, ResponseHeadParse, parseContentLength } from '../../agent/proxy/h1parse.js';
+
+t.test('a request head parses the same whatever way it is split', async (t) => {
+  const head = 'POST /a/b?c=d HTTP/1.1\r\nHost: svc\r\nX-Multi: 1\r\nx-multi: 2\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nTE: trailers\r\n\r\nhello';
+  const buf = Buffer.from(head, 'latin1');
+  const p = new RequestHeadParse();
+  const end = head.indexOf('\r\n\r\n') + 4;
+  const wrong: number[] = [];
+  for (let cut = 1; cut < buf.length; cut++) {
+    if (p.parse(buf.subarray(0, cut), 0, 65536) !== (cut < end ? 0 : end)) wrong.push(cut);
+  }
+  t.same(wrong, [], 'every prefix: need more, until the head is whole');
+  const n = p.parse(buf, 0, 65536);
+  t.equal(n, head.indexOf('\r\n\r\n') + 4);
+  t.equal(p.method, 'POST');
+  t.equal(p.target, '/a/b?c=d');
+  t.equal(p.host, 'svc');
+  t.equal(p.framing, Framing.Length);
+  t.equal(p.contentLength, 5);
+  t.ok(p.teTrailers);
+  t.same(Object.keys(p.headers).sort(), ['x-multi']);
+  t.same(p.headers['x-multi'], ['1', '2']);
+  t.equal(Object.getPrototypeOf(p.headers), null, 'headers have no prototype');
+});
+
+t.test('request framing and refusals', async (t) => {
+  const p = new RequestHeadParse();
+  const parse = (s: string): number => p.parse(Buffer.from(s, 'latin1'), 0, 1024);
+  t.ok(parse('GET / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n') > 0);
+  t.equal(p.framing, Framing.Chunked);
+  t.ok(parse('GET / HTTP/1.0\r\n\r\n') > 0);
+  t.ok(p.close, 'HTTP/1.0 closes by default');
+  t.ok(parse('GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n') > 0);
+  t.notOk(p.close);
+  t.ok(p.keepAlive10);
+  t.ok(parse('GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\nhttp2-settings: AAA\r\n\r\n') > 0);
+  t.equal(p.upgrade, undefined, 'Upgrade: h2c is ignored');
+  t.notOk('http2-settings' in p.headers);
+  t.ok(parse('GET / HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n') > 0);
+  t.equal(p.upgrade, 'websocket');
+  t.ok(parse('POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 7, 7\r\n\r\n') > 0, 'identical content-length list accepted');
+  t.equal(p.contentLength, 7);
+  t.ok(parse('\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n') > 0, 'one leading empty line ignored');
+  t.equal(parse('GET / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 1\r\n\r\n'), -ParseError.Bad);
+  t.equal(parse('GET / HTTP/1.1\r\nhost: x\r\n__proto__: 1\r\n\r\n'), -ParseError.Bad);
+  t.equal(parse('GET / HTTP/1.1\r\nhost: x\r\nx-a: \u00ff\u0080ok\r\n\r\n') > 0, true, 'obs-text in a value is kept');
+  t.equal(p.headers['x-a'], '\u00ff\u0080ok');
+  t.equal(parse(`GET / HTTP/1.1\r\nhost: x\r\nx: ${'a'.repeat(2000)}\r\n\r\n`), -ParseError.TooLarge);
+  t.equal(parse('G@T / HTTP/1.1\r\n'), -ParseError.Bad, 'garbage method refused before the head is complete');
+  t.equal(parse('GET / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, chunked\r\n\r\n'), -ParseError.NotImplemented);
+  t.equal(parseContentLength('0'), 0);
+  t.equal(parseContentLength('007'), 7);
+  t.equal(parseContentLength(''), -1);
+  t.equal(parseContentLength('1 2'), -1);
+  t.equal(parseContentLength('-1'), -1);
+  t.equal(parseContentLength('9999999999999999'), -1, 'beyond 15 digits');
+});
+
+t.test('response framing', async (t) => {
+  const r = new ResponseHeadParse();
+  const parse = (s: string, head = false): number => r.parse(Buffer.from(s, 'latin1'), 0, 4096, head);
+  t.ok(parse('HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc') > 0);
+  t.equal(r.framing, Framing.Length);
+  t.ok(parse('HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n', true) > 0);
+  t.equal(r.framing, Framing.None, 'HEAD: no body whatever the length says');
+  t.ok(r.hasContentLength);
+  t.ok(parse('HTTP/1.1 204 No Content\r\n\r\n') > 0);
+  t.equal(r.framing, Framing.None);
+  t.ok(parse('HTTP/1.0 200 OK\r\n\r\n') > 0);
+  t.equal(r.framing, Framing.Close);
+  t.ok(r.close);
+  t.ok(parse('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: x-foo\r\nx-foo: 1\r\nx-keep: 2\r\n\r\n') > 0);
+  t.equal(r.framing, Framing.Chunked);
+  t.same(r.names, ['x-keep'], 'names listed in Connection removed');
+  t.ok(parse('HTTP/1.1 200\r\ncontent-length: 0\r\n\r\n') > 0, 'empty reason phrase');
+  t.equal(r.reason, '');
+  t.equal(parse('HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n'), -ParseError.Bad);
+  t.equal(parse('HTTP/1.1 2x0 OK\r\n\r\n'), -ParseError.Bad);
+});
+
+t.test('chunked decoder: byte-exact for every piece size, trailers kept, the next message left alone', async (t) => {
+  const data = randomBytes(3000);
+  let wire = '';
+  const sizes = [1, 15, 16, 255, 1000, 1713];
+  let off = 0;
+  for (const s of sizes) { wire += `${s.toString(16)}${s === 255 ? ';ext=1' : ''}\r\n${data.subarray(off, off + s).toString('latin1')}\r\n`; off += s; }
+  wire += '0\r\nx-checksum: abc\r\n\r\nNEXT';
+  const bytes = Buffer.from(wire, 'latin1');
+  for (const piece of [1, 2, 3, 7, 64, 1000, bytes.length]) {
+    const d = new ChunkedDecoder();
+    const got: Buffer[] = [];
+    let trailers = '';
+    let used = 0;
+    for (let i = 0; i < bytes.length && !d.done; i += piece) {
+      const part = bytes.subarray(i, Math.min(i + piece, bytes.length));
+      const n = d.feed(part, 0, { chunkData: (b) => got.push(Buffer.from(b)), chunkEnd: (tr) => { trailers = tr; } }, 4096);
+      if (n < 0) { t.fail(`piece ${piece}: error ${d.error}`); break; }
+      used = i + n;
+    }
+    t.ok(d.done, `piece ${piece}: done`);
+    t.equal(Buffer.concat(got).equals(data.subarray(0, off)), true, `piece ${piece}: data byte-exact`);
+    t.equal(trailers, 'x-checksum: abc\r\n');
+    t.equal(bytes.subarray(used).toString(), 'NEXT', `piece ${piece}: stops after the message`);
+  }
+  const bad = (s: string): number => new ChunkedDecoder().feed(Buffer.from(s, 'latin1'), 0, { chunkData: () => {}, chunkEnd: () => {} }, 4096);
+  t.equal(bad('g\r\n'), -1, 'non-hex size');
+  t.equal(bad('1\r\nab\r\n'), -1, 'data longer than the size');
+  t.equal(bad('1\nab'), -1, 'bare LF after the size');
+  t.equal(bad('1000000000000\r\n'), -1, 'size beyond 12 hex digits');
+  t.equal(bad('0\r\nbad trailer\r\n\r\n'), -1, 'malformed trailer');
+});
