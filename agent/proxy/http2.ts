@@ -17,6 +17,9 @@ const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM, NGHTTP2
 /** streams assumed allowed on a new session until the peer's SETTINGS say otherwise */
 const DEFAULT_MAX_STREAMS = 100;
 const MAX_UNSENT = 256 * 1024;
+// request() copies its options; shaped in full once, they skip node's default-filling on every call
+const REQ_END = Object.freeze({ endStream: true, weight: 16, parent: 0, exclusive: false, silent: false, waitForTrailers: false });
+const REQ_OPEN = Object.freeze({ endStream: false, weight: 16, parent: 0, exclusive: false, silent: false, waitForTrailers: false });
 
 // ---- upstream sessions ----
 
@@ -321,7 +324,7 @@ class H2Exchange {
     if (this.attempt === null || this.done) return;
     let us: ClientHttp2Stream;
     try {
-      us = e.session.request(this.upHeaders, { endStream: this.bodyDone && this.body.length === 0 });
+      us = e.session.request(this.upHeaders, this.bodyDone && this.body.length === 0 ? REQ_END : REQ_OPEN);
     } catch (err) {
       this.ctx.log.debug({ upstream: e.up.key, err: (err as Error).message }, 'h2 request failed');
       this.attemptFailed({ kind: e.connected ? 'reset' : 'connect-failure' });
