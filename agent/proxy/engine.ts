@@ -15,6 +15,8 @@ export interface EngineContext {
   maxHeaderBytes: number;
   /** an HTTP/1.1 client connection with no exchange under way is closed after this long */
   clientIdleTimeoutMs: number;
+  /** a request head must be whole this long after its first bytes arrived (a slow drip is not activity) */
+  headTimeoutMs: number;
   stats: EngineStats;
 }
 

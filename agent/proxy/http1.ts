@@ -70,6 +70,14 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   private resCloseDelimited = false;
   private corked = false;
 
+  private headTimer: NodeJS.Timeout | null = null;
+  private readonly onHeadTimeout = (): void => {
+    this.headTimer = null;
+    if (this.dead || this.busy) return;
+    this.closeAfter = true;
+    this.writeLocal(408, null, 'request head not received in time\n');
+    this.finishConnection();
+  };
   private tryTimer: NodeJS.Timeout | null = null;
   private routeTimer: NodeJS.Timeout | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
@@ -98,6 +106,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.ctx.log.error({ err: e, peer: `${this.info.address}:${this.info.port}` }, 'proxy connection failed; closed');
     this.dead = true;
     this.clearTimers();
+    if (this.headTimer !== null) { clearTimeout(this.headTimer); this.headTimer = null; }
     if (this.waitingGroup !== null) { const g = this.waitingGroup; this.waitingGroup = null; try { this.ctx.pool.cancel(this, g); } catch { /* already broken */ } }
     if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
     this.socket.destroy();
@@ -141,7 +150,12 @@ export class H1Conn implements UpstreamUser, ChunkSink {
         return;
       }
       const n = this.req.parse(this.buf, 0, this.ctx.maxHeaderBytes);
-      if (n === 0) return;
+      if (n === 0) {
+        // only a head that arrives in pieces pays for a timer
+        if (this.headTimer === null) this.headTimer = setTimeout(this.onHeadTimeout, this.ctx.headTimeoutMs);
+        return;
+      }
+      if (this.headTimer !== null) { clearTimeout(this.headTimer); this.headTimer = null; }
       if (n < 0) { this.badRequest(-n as ParseError); return; }
       this.buf = n < this.buf.length ? this.buf.subarray(n) : null;
       this.startRequest();
@@ -646,6 +660,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   private onClientClose(): void {
     this.dead = true;
     this.buf = null;
+    if (this.headTimer !== null) { clearTimeout(this.headTimer); this.headTimer = null; }
     const ex = this.ex;
     if (ex === null) return;
     this.ex = null;

@@ -24,6 +24,8 @@ export interface ProxyOptions {
   connectTimeoutMs?: number;
   /** a client connection with no request for this long is closed (default 5 min) */
   clientIdleTimeoutMs?: number;
+  /** an HTTP/1.1 request head must be complete this long after its first byte, else 408 (default 30 s) */
+  headTimeoutMs?: number;
   log: Logger;
 }
 
@@ -55,6 +57,7 @@ export class ProxyServer {
     this.clientIdleTimeoutMs = o.clientIdleTimeoutMs ?? 300_000;
     this.ctx = {
       policy: o.policy, log: o.log, pool, h2pool, maxHeaderBytes, clientIdleTimeoutMs: this.clientIdleTimeoutMs,
+      headTimeoutMs: o.headTimeoutMs ?? 30_000,
       stats: { connectionsH1: 0, connectionsH2: 0, requests: 0, badRequests: 0, upgrades: 0 },
     };
     this.h2 = createH2Server(this.ctx, (s) => this.sessionInfo.get(s));

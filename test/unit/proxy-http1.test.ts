@@ -542,3 +542,20 @@ t.test('IPv6 on both legs; an upstream that closes idle keep-alive connections i
   }
   t.equal(p6.proxy.stats().upstreamIdleH1 <= 1, true, 'idle connections closed by the backend left the pool');
 });
+
+t.test('a request head dripping in too slowly gets 408 and the connection closed', async (t) => {
+  const p2 = await startProxy(policy, { headTimeoutMs: 300 });
+  t.teardown(() => p2.close());
+  const s = await connectTo(p2.port);
+  t.teardown(() => s.destroy());
+  let text = '';
+  s.on('data', (d: Buffer) => { text += d.toString('latin1'); });
+  const closed = new Promise<void>((r) => s.on('close', () => r()));
+  const t0 = Date.now();
+  s.write('GET / HTTP/1.1\r\n');
+  const drip = setInterval(() => { if (!s.destroyed) s.write('x-a: 1\r\n'); }, 50); // activity, but never a whole head
+  await closed;
+  clearInterval(drip);
+  t.match(text, /^HTTP\/1\.1 408 /);
+  t.ok(Date.now() - t0 >= 280, 'after the head timeout');
+});
