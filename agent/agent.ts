@@ -305,7 +305,7 @@ export class Agent {
     // validators should have caught it) leaves the kernel and the proxy as they were.
     if (this.policy) {
       try {
-        this.policy.update(model, this.workloadOf);
+        this.policy.update(model, this.workloadOf, scope);
         this.workloadIds = resolveWorkloads(model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
         this.workloadsResolvedAt = Date.now();
       } catch (e) {

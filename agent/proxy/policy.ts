@@ -192,7 +192,9 @@ export class ProxyPolicy implements Policy {
   /** vip -> port -> frontend of an L7 service */
   private frontends = new Map<string, Map<number, FrontendState>>();
   /** vip -> ports of services without http (for 421) */
-  private l4 = new Map<string, Set<number>>();
+  /** 'vip|port' -> the L4 service there; and per L4 service its keys (scoped updates patch both) */
+  private l4 = new Map<string, string>();
+  private l4Keys = new Map<string, string[]>();
   private services = new Map<string, ServiceState>();
   private groups = new Map<string, GroupState>();
   private routeStats = new Map<string, RouteStats>();
@@ -218,9 +220,17 @@ export class ProxyPolicy implements Policy {
    * kept. Everything is compiled before anything is replaced: a bad regex throws (naming service,
    * route and field) and leaves the previous state in force.
    */
-  update(model: Model, workloadOfCgroup: (cgroupId: bigint) => string | undefined): void {
+  update(model: Model, workloadOfCgroup: (cgroupId: bigint) => string | undefined, changed?: ReadonlySet<string>): void {
+    // A scoped change of L4 services only (the common case at scale: endpoints of 10,000 services) must not cost a
+    // walk that allocates per service: patch the L4 index and keep everything else.
+    if (changed && this.onlyL4(model, changed)) {
+      this.patchL4(model, changed);
+      this.workloadOf = workloadOfCgroup;
+      return;
+    }
     const frontends = new Map<string, Map<number, FrontendState>>();
-    const l4 = new Map<string, Set<number>>();
+    const l4 = new Map<string, string>();
+    const l4Keys = new Map<string, string[]>();
     const services = new Map<string, ServiceState>();
     const groups = new Map<string, GroupState>();
     const routeStats = new Map<string, RouteStats>();
@@ -230,12 +240,7 @@ export class ProxyPolicy implements Policy {
     const compiled: [Service, ServiceState][] = [];
     for (const svc of model.services) {
       if (svc.http) compiled.push([svc, this.compileService(svc, svc.http, routeStats)]);
-      else
-        for (const f of svc.frontends) {
-          let ports = l4.get(f.vip);
-          if (!ports) l4.set(f.vip, (ports = new Set()));
-          ports.add(f.port);
-        }
+      else addL4(svc, l4, l4Keys);
     }
     for (const [svc, state] of compiled) {
       services.set(svc.name, state);
@@ -251,12 +256,28 @@ export class ProxyPolicy implements Policy {
     }
     this.frontends = frontends;
     this.l4 = l4;
+    this.l4Keys = l4Keys;
     this.services = services;
     this.groups = groups;
     this.routeStats = routeStats;
     this.workloadOf = workloadOfCgroup;
     this.metrics.setRoutes([...routeStats.values()]);
     this.metrics.forgetBackends(alive);
+  }
+
+  /** true when no service in changed is L7 now or was before */
+  private onlyL4(model: Model, changed: ReadonlySet<string>): boolean {
+    for (const name of changed) if (this.services.has(name)) return false;
+    for (const svc of model.services) if (svc.http && changed.has(svc.name)) return false;
+    return true;
+  }
+
+  private patchL4(model: Model, changed: ReadonlySet<string>): void {
+    for (const name of changed) {
+      for (const key of this.l4Keys.get(name) ?? []) if (this.l4.get(key) === name) this.l4.delete(key);
+      this.l4Keys.delete(name);
+    }
+    for (const svc of model.services) if (changed.has(svc.name)) addL4(svc, this.l4, this.l4Keys);
   }
 
   private compileService(svc: Service, http: HttpPolicy, routeStats: Map<string, RouteStats>): ServiceState {
@@ -346,7 +367,7 @@ export class ProxyPolicy implements Policy {
   begin(dst: OriginalDst, source: Source, head: RequestHead): Exchange | LocalReply {
     const fe = this.frontends.get(dst.vip)?.get(dst.port);
     if (!fe) {
-      const l4 = this.l4.get(dst.vip)?.has(dst.port) === true;
+      const l4 = this.l4.has(`${dst.vip}|${dst.port}`);
       const reason: LocalReason = l4 ? 'misdirected' : 'no-service';
       const stats = this.metrics.earlyStats('');
       stats.backend('').classes[CLASS_LOCAL]!++;
@@ -692,4 +713,11 @@ class PolicyExchange implements Exchange {
     this.localReason = limit;
     return localReply(this.head, 503, `upstream overflow: ${limit}`, { 'x-sockmesh-overflow': limit });
   }
+}
+
+/** index an L4 service's frontends (for the 421 a connection redirected before it stopped being L7 gets) */
+function addL4(svc: Service, l4: Map<string, string>, l4Keys: Map<string, string[]>): void {
+  const keys = svc.frontends.map((f) => `${f.vip}|${f.port}`);
+  for (const key of keys) l4.set(key, svc.name);
+  l4Keys.set(svc.name, keys);
 }
