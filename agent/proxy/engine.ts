@@ -35,6 +35,8 @@ export interface ConnInfo {
   port: number;
   /** made once per connection, on its first request */
   source?: Source;
+  /** h2: streams open on the connection (an idle session is one without any) */
+  streams?: number;
 }
 
 export function statusText(status: number): string {

@@ -258,7 +258,11 @@ class H2Exchange {
     const ds = this.ds;
     const h = this.reqHeaders;
     ds.on('error', () => { /* 'close' follows */ });
-    ds.on('close', () => { try { this.clientClosed(); } catch (e) { this.fatal(e); } });
+    this.info.streams = (this.info.streams ?? 0) + 1;
+    ds.on('close', () => {
+      this.info.streams!--;
+      try { this.clientClosed(); } catch (e) { this.fatal(e); }
+    });
     if (this.info.dst === null) { this.localReply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }, false); return; }
     const method = String(h[':method'] ?? 'GET');
     if (method === 'CONNECT') { this.localReply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }, false); return; }

@@ -62,7 +62,15 @@ export class ProxyServer {
     };
     this.h2 = createH2Server(this.ctx, (s) => this.sessionInfo.get(s));
     this.h2.on('session', (s: Http2Session) => {
-      if (this.handing !== undefined) this.sessionInfo.set(s, this.handing);
+      const info = this.handing;
+      if (info === undefined) return;
+      this.sessionInfo.set(s, info);
+      info.streams = 0;
+      // idle: no stream open for clientIdleTimeoutMs (a quiet long-lived gRPC stream is not idle)
+      // (node's session timer fires once: re-armed while streams are open)
+      const ms = this.clientIdleTimeoutMs;
+      s.setTimeout(ms);
+      s.on('timeout', () => { if (info.streams === 0) s.close(); else s.setTimeout(ms); });
     });
   }
 

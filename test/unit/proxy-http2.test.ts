@@ -320,3 +320,26 @@ t.test('a client that resets its stream cancels the upstream stream; the session
   t.equal(ok.headers[':status'], 200, 'the same client session still works');
   t.equal(policy.contractViolations(), '');
 });
+
+t.test('an idle client session is closed after the idle timeout, not while a stream is open', async (t) => {
+  const b = await h2Backend((s, h) => {
+    if (h[':path'] === '/slow') { setTimeout(() => { s.respond({ ':status': 200 }); s.end('late'); }, 600); return; }
+    s.respond({ ':status': 200 });
+    s.end('ok');
+  });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)] });
+  const p2 = await startProxy(policy, { clientIdleTimeoutMs: 250 });
+  t.teardown(() => p2.close());
+  const c = h2connect(`http://127.0.0.1:${p2.port}`);
+  c.on('error', () => {});
+  t.teardown(() => c.destroy());
+  const slow = await h2request(c, { ':path': '/slow' });
+  t.equal(slow.body.toString(), 'late', 'a stream open longer than the idle timeout completes');
+  const closed = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), 3000);
+    c.on('close', () => { clearTimeout(timer); resolve(true); });
+    c.on('goaway', () => { clearTimeout(timer); resolve(true); });
+  });
+  t.ok(closed, 'the idle session was closed by the proxy');
+});
