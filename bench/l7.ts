@@ -433,7 +433,8 @@ export async function runL7(opts: L7Options): Promise<number> {
       '(f) may use both CPUs'
     : 'CPUs: nothing pinned');
   out.push('backend: haproxy answering 200 "ok" itself; proxies keep the protocol per hop (h2 upstream for h2); ' +
-    'proxy% / bknd%: CPU of the proxy process(es) (the whole agent for (b)) and of the backend, % of one CPU');
+    'proxy% / bknd%: CPU of the proxy process(es) (the whole agent for (b)) and of the backend, % of one CPU; ' +
+    'µs/req: the proxy\'s CPU time per request');
   out.push('');
   out.push(formatL7Table(results));
   out.push('');

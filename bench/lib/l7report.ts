@@ -37,6 +37,8 @@ export interface Summary {
   p50: number;
   p99: number;
   proxyCpu?: number;
+  /** CPU time of the proxy per request, µs (proxyCpu / rps): what the proxy costs, whatever the load */
+  cpuPerReq?: number;
   backendCpu: number;
   samples: number;
 }
@@ -69,6 +71,7 @@ export function summarize(r: L7Result | undefined, p: Protocol): Summary | undef
     p50: median(s.map((x) => x.p50)),
     p99: median(s.map((x) => x.p99)),
     ...(cpu.length ? { proxyCpu: median(cpu) } : {}),
+    ...(cpu.length ? { cpuPerReq: median(s.filter((x) => x.proxyCpu !== undefined && x.rps > 0).map((x) => (x.proxyCpu! * 1e4) / x.rps)) } : {}),
     backendCpu: median(s.map((x) => x.backendCpu)),
     samples: s.length,
   };
@@ -86,6 +89,8 @@ export interface RatioRow {
   rps?: number;
   p50?: number;
   p99?: number;
+  /** proxy CPU per request, where both scenarios have a proxy */
+  cpuPerReq?: number;
 }
 
 export function ratios(results: L7Result[]): Record<string, Partial<Record<Protocol, RatioRow>>> {
@@ -96,7 +101,10 @@ export function ratios(results: L7Result[]): Record<string, Partial<Record<Proto
     for (const p of PROTOCOLS) {
       const sx = summarize(get(x), p), sy = summarize(get(y), p);
       if (!sx || !sy) continue;
-      (out[key] ??= {})[p] = { rps: ratio(sx.rps, sy.rps), p50: ratio(sx.p50, sy.p50), p99: ratio(sx.p99, sy.p99) };
+      const cpu = ratio(sx.cpuPerReq, sy.cpuPerReq);
+      (out[key] ??= {})[p] = {
+        rps: ratio(sx.rps, sy.rps), p50: ratio(sx.p50, sy.p50), p99: ratio(sx.p99, sy.p99), ...(cpu !== undefined ? { cpuPerReq: cpu } : {}),
+      };
     }
   }
   return out;
@@ -141,9 +149,9 @@ const fmtX = (v: number | undefined) => (v === undefined ? '-' : `${v.toFixed(2)
 
 /** Absolute figures per scenario and protocol, then the ratio rows. */
 export function formatL7Table(results: L7Result[]): string {
-  const label = 20, w = 9;
+  const label = 20, w = 8;
   const pad = (s: string, n: number) => s.padEnd(n);
-  const cols = ['req/s', 'p50 µs', 'p99 µs', 'proxy%', 'bknd%'];
+  const cols = ['req/s', 'p50 µs', 'p99 µs', 'proxy%', 'µs/req', 'bknd%'];
   const block = cols.length * w + 2;
   const lines: string[] = [];
   lines.push(pad('', label) + PROTOCOLS.map((p) => pad(PROTOCOL_TITLES[p], block)).join(''));
@@ -156,12 +164,13 @@ export function formatL7Table(results: L7Result[]): string {
     lines.push(pad(L7_LABELS[r.name], label) + PROTOCOLS.map((p) => {
       const s = summarize(r, p);
       if (!s) return pad(r.errors[p] ? 'FAILED (below)' : '-', block);
-      return pad([fmtInt(s.rps), fmtInt(s.p50), fmtInt(s.p99), fmtInt(s.proxyCpu), fmtInt(s.backendCpu)].map((c) => pad(c, w)).join(''), block);
+      const perReq = s.cpuPerReq === undefined ? '-' : s.cpuPerReq.toFixed(1);
+      return pad([fmtInt(s.rps), fmtInt(s.p50), fmtInt(s.p99), fmtInt(s.proxyCpu), perReq, fmtInt(s.backendCpu)].map((c) => pad(c, w)).join(''), block);
     }).join(''));
   }
   for (const r of results) for (const p of PROTOCOLS) if (r.errors[p]) lines.push(`${L7_LABELS[r.name]} ${PROTOCOL_TITLES[p]} FAILED: ${r.errors[p]}`);
   lines.push('');
-  lines.push(pad('ratios', label) + PROTOCOLS.map((p) => pad(pad('req/s', w) + pad('p50', w) + pad('p99', w), block)).join(''));
+  lines.push(pad('ratios', label) + PROTOCOLS.map(() => pad(pad('req/s', w) + pad('p50', w) + pad('p99', w) + pad('µs/req', w), block)).join(''));
   const rs = ratios(results);
   for (const [x, y] of RATIO_PAIRS) {
     const key = `${L7_LETTERS[x]}/${L7_LETTERS[y]}`;
@@ -169,7 +178,7 @@ export function formatL7Table(results: L7Result[]): string {
     if (!row) continue;
     lines.push(pad(`  ${key}`, label) + PROTOCOLS.map((p) => {
       const v = row[p];
-      return pad(v ? pad(fmtX(v.rps), w) + pad(fmtX(v.p50), w) + pad(fmtX(v.p99), w) : '-', block);
+      return pad(v ? pad(fmtX(v.rps), w) + pad(fmtX(v.p50), w) + pad(fmtX(v.p99), w) + pad(fmtX(v.cpuPerReq), w) : '-', block);
     }).join(''));
   }
   return lines.join('\n');
@@ -189,14 +198,14 @@ export function l7Json(results: L7Result[], checks: L7Check[]): Record<string, u
         if (!s) return [p, null];
         return [p, {
           rps: o(s.rps, 0), p50Us: o(s.p50, 1), p99Us: o(s.p99, 1),
-          proxyCpuPct: o(s.proxyCpu, 1), backendCpuPct: o(s.backendCpu, 1), samples: s.samples,
+          proxyCpuPct: o(s.proxyCpu, 1), proxyCpuUsPerRequest: o(s.cpuPerReq, 2), backendCpuPct: o(s.backendCpu, 1), samples: s.samples,
           rpsAll: (r.samples[p] ?? []).map((x) => round(x.rps, 0)),
         }];
       })),
       evidence: r.evidence,
     }])),
     ratios: Object.fromEntries(Object.entries(rs).map(([k, row]) => [k, Object.fromEntries(
-      Object.entries(row).map(([p, v]) => [p, { rps: o(v.rps, 3), p50: o(v.p50, 3), p99: o(v.p99, 3) }]),
+      Object.entries(row).map(([p, v]) => [p, { rps: o(v.rps, 3), p50: o(v.p50, 3), p99: o(v.p99, 3), cpuPerReq: o(v.cpuPerReq, 3) }]),
     )])),
     checks: checks.map((c) => ({ name: c.name, protocol: c.protocol, status: c.status, value: o(c.value, 3), limit: c.limit })),
   };

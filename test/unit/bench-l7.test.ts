@@ -325,13 +325,17 @@ t.test('report: medians, ratios and the three targets per protocol', async (t) =
   t.equal(r['b/a']!.http1!.rps, 0.4);
   t.equal(r['b/c']!.http1!.rps, 40_000 / 45_000);
   t.equal(r['b/d']!.h2!.p99, 2000 / 1500);
+  // proxy CPU per request: 95% of a CPU at 40k req/s = 23.75 µs; haproxy 60% at 45k = 13.3 µs
+  t.equal(summarize(results[1], 'http1')!.cpuPerReq, 23.75);
+  t.equal(r['b/c']!.http1!.cpuPerReq, 23.75 / ((60 * 1e4) / 45_000));
+  t.equal(r['b/a']!.http1!.cpuPerReq, undefined, 'no ratio of CPU per request against direct (no proxy)');
   const checks = l7Checks(results);
   t.same(checks.map((c) => `${c.protocol} ${c.status}`), [
     'http1 PASS', 'http1 PASS', 'http1 PASS', // 0.89x >= 0.8, 2.0x >= 1.5, p99 0.6x
     'h2 FAIL', 'h2 PASS', 'h2 FAIL', // 0.71x, 1.67x, p99 1.33x
   ]);
   const table = formatL7Table(results);
-  t.match(table, /\(b\) sockmesh L7\s+40000\s+300\s+900\s+95/);
+  t.match(table, /\(b\) sockmesh L7\s+40000\s+300\s+900\s+95\s+23\.8\s+20/);
   t.match(table, /b\/c\s+0\.89x/);
   const json = l7Json(results, checks) as { scenarios: Record<string, { http1: { rps: number } }> };
   t.equal(json.scenarios.direct!.http1.rps, 100_000);
