@@ -21,6 +21,8 @@ const MAX_UNSENT = 256 * 1024;
 const LINGER_MS = 5000;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 const CONTINUE_100 = 'HTTP/1.1 100 Continue\r\n\r\n';
+/** a response head and body bytes up to this size go out in one write */
+const COALESCE_MAX = 16 * 1024;
 
 export class H1Conn implements UpstreamUser, ChunkSink {
   private buf: Buffer | null = null;
@@ -68,7 +70,8 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   private grpcStatus: number | undefined;
   private resChunked = false;
   private resCloseDelimited = false;
-  private corked = false;
+  /** the response head, written with the first body bytes (one write for a small response) */
+  private pendingHead: string | null = null;
 
   private headTimer: NodeJS.Timeout | null = null;
   private readonly onHeadTimeout = (): void => {
@@ -78,13 +81,25 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.writeLocal(408, null, 'request head not received in time\n');
     this.finishConnection();
   };
-  private tryTimer: NodeJS.Timeout | null = null;
-  private routeTimer: NodeJS.Timeout | null = null;
+  // The per-try and route timeouts are deadlines (performance.now() ms, 0 = none) served by one lazy
+  // timer per connection: a request that ends leaves the timer armed, the next request's later
+  // deadline keeps it, and when it fires early it re-arms for what is left. A keep-alive connection
+  // doing fast requests thus creates a timer every timeoutMs, not one per request.
+  private tryDeadline = 0;
+  private routeDeadline = 0;
+  private deadlineTimer: NodeJS.Timeout | null = null;
+  private timerAt = 0;
+  private readonly onDeadline = (): void => {
+    this.deadlineTimer = null;
+    try {
+      const now = performance.now();
+      if (this.tryDeadline !== 0 && now >= this.tryDeadline) { this.tryDeadline = 0; this.attemptFailed({ kind: 'timeout' }); }
+      if (this.routeDeadline !== 0 && now >= this.routeDeadline) { this.routeDeadline = 0; this.routeTimedOut(); }
+      this.armDeadline();
+    } catch (e) { this.fatal(e); }
+  };
   private retryTimer: NodeJS.Timeout | null = null;
-  private readonly onTryTimeout = (): void => { this.tryTimer = null; try { this.attemptFailed({ kind: 'timeout' }); } catch (e) { this.fatal(e); } };
-  private readonly onRouteTimeout = (): void => { this.routeTimer = null; try { this.routeTimedOut(); } catch (e) { this.fatal(e); } };
   private readonly onRetryTimer = (): void => { this.retryTimer = null; try { this.nextAttempt(); } catch (e) { this.fatal(e); } };
-  private readonly uncork = (): void => { if (this.corked) { this.corked = false; this.socket.uncork(); } };
 
   constructor(private readonly ctx: EngineContext, private readonly socket: Socket, private readonly info: ConnInfo, first: Buffer) {
     this.source = { address: info.address, port: info.port, cgroupId: info.dst?.cgroupId ?? 0n };
@@ -264,7 +279,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.ex = ex;
     if (!emptyRewrite(ex.requestHeaders)) rewriteHeaders(headers, ex.requestHeaders);
     this.upHeadStr = this.requestHeadString(head);
-    if (ex.timeoutMs > 0) this.routeTimer = setTimeout(this.onRouteTimeout, ex.timeoutMs);
+    if (ex.timeoutMs > 0) this.routeDeadline = performance.now() + ex.timeoutMs;
     this.nextAttempt();
   }
 
@@ -292,7 +307,8 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     const a = ex.attempt(++this.n);
     if ('status' in a) { this.answerAndEnd(a); return; }
     this.attempt = a;
-    if (ex.perTryTimeoutMs > 0) this.tryTimer = setTimeout(this.onTryTimeout, ex.perTryTimeoutMs);
+    if (ex.perTryTimeoutMs > 0) this.tryDeadline = performance.now() + ex.perTryTimeoutMs;
+    if (this.routeDeadline !== 0 || this.tryDeadline !== 0) this.armDeadline();
     this.acquire();
   }
 
@@ -407,7 +423,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     if (c !== this.up || this.attempt === null) return;
     const res = c.res;
     const status = res.status;
-    if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
+    this.tryDeadline = 0;
     if (status === 101) {
       if (this.upgradeReq === undefined || res.upgrade === undefined) { this.upFail(c, 'unexpected 101 response'); return; }
       this.upgraded(c);
@@ -469,29 +485,59 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     if (this.closeAfter) s += 'connection: close\r\n';
     else if (minor === 0) s += 'connection: keep-alive\r\n';
     s += '\r\n';
-    this.corked = true;
-    this.socket.cork();
-    process.nextTick(this.uncork);
-    this.socket.write(s, 'latin1');
+    // Not written yet: the body bytes that came with it (upData, upEnd) go out in the same write, and
+    // what is still held when the upstream's read is processed is flushed then (upFlush).
+    this.pendingHead = s;
+  }
+
+  upFlush(): void {
+    const head = this.pendingHead;
+    if (head !== null) { this.pendingHead = null; this.socket.write(head, 'latin1'); }
   }
 
   upData(c: H1Upstream, data: Buffer): void {
     if (c !== this.up || !this.resStarted) return;
     const sock = this.socket;
     let ok: boolean;
-    if (this.resChunked) {
-      sock.write(`${data.length.toString(16)}\r\n`, 'latin1');
-      sock.write(data);
-      ok = sock.write('\r\n', 'latin1');
-    } else ok = sock.write(data);
+    const head = this.pendingHead;
+    if (head !== null && data.length <= COALESCE_MAX) {
+      this.pendingHead = null;
+      const hl = head.length;
+      if (this.resChunked) {
+        const hex = data.length.toString(16);
+        const out = Buffer.allocUnsafe(hl + hex.length + 4 + data.length);
+        out.write(head, 0, 'latin1');
+        out.write(`${hex}\r\n`, hl, 'latin1');
+        data.copy(out, hl + hex.length + 2);
+        out[out.length - 2] = 13;
+        out[out.length - 1] = 10;
+        ok = sock.write(out);
+      } else {
+        const out = Buffer.allocUnsafe(hl + data.length);
+        out.write(head, 0, 'latin1');
+        data.copy(out, hl);
+        ok = sock.write(out);
+      }
+    } else {
+      if (head !== null) { this.pendingHead = null; sock.write(head, 'latin1'); }
+      if (this.resChunked) {
+        sock.cork();
+        sock.write(`${data.length.toString(16)}\r\n`, 'latin1');
+        sock.write(data);
+        ok = sock.write('\r\n', 'latin1');
+        sock.uncork();
+      } else ok = sock.write(data);
+    }
     if (!ok) c.socket.pause(); // resumed on the client's 'drain'
   }
 
   upEnd(c: H1Upstream, trailers: string): void {
     if (c !== this.up) return;
     this.up = null;
-    if (this.resChunked) this.socket.write(`0\r\n${trailers}\r\n`, 'latin1');
-    this.uncork();
+    const head = this.pendingHead;
+    this.pendingHead = null;
+    if (this.resChunked) this.socket.write(`${head ?? ''}0\r\n${trailers}\r\n`, 'latin1');
+    else if (head !== null) this.socket.write(head, 'latin1');
     // The connection is reusable only when our request went out whole too.
     c.release(this.bodyDone);
     if (this.resCloseDelimited) this.closeAfter = true;
@@ -535,7 +581,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
 
   /** stop the current attempt (timers, waiting, connection) and finish it with o */
   private abortAttempt(o: Outcome): void {
-    if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
+    this.tryDeadline = 0;
     if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
     if (this.waitingGroup !== null) { this.ctx.pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
     if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
@@ -620,10 +666,26 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     else this.socket.write(s + body, 'utf8');
   }
 
+  /** the exchange's timeouts are over (the lazy timer stays armed while the connection lives) */
   private clearTimers(): void {
-    if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
-    if (this.routeTimer !== null) { clearTimeout(this.routeTimer); this.routeTimer = null; }
+    this.tryDeadline = 0;
+    this.routeDeadline = 0;
     if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
+    if (this.dead && this.deadlineTimer !== null) { clearTimeout(this.deadlineTimer); this.deadlineTimer = null; }
+  }
+
+  /** the timer fires at, or before, the earliest deadline */
+  private armDeadline(): void {
+    if (this.dead) return;
+    let at = this.routeDeadline;
+    if (this.tryDeadline !== 0 && (at === 0 || this.tryDeadline < at)) at = this.tryDeadline;
+    if (at === 0) return;
+    if (this.deadlineTimer !== null) {
+      if (this.timerAt <= at) return;
+      clearTimeout(this.deadlineTimer);
+    }
+    this.timerAt = at;
+    this.deadlineTimer = setTimeout(this.onDeadline, Math.max(1, Math.ceil(at - performance.now())));
   }
 
   private endExchange(status: number): void {
@@ -644,7 +706,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   private finishConnection(): void {
     this.dead = true;
     this.buf = null;
-    this.uncork();
+    this.upFlush();
     const sock = this.socket;
     sock.end();
     setTimeout(() => sock.destroy(), LINGER_MS).unref();
@@ -661,6 +723,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.dead = true;
     this.buf = null;
     if (this.headTimer !== null) { clearTimeout(this.headTimer); this.headTimer = null; }
+    if (this.deadlineTimer !== null) { clearTimeout(this.deadlineTimer); this.deadlineTimer = null; }
     const ex = this.ex;
     if (ex === null) return;
     this.ex = null;

@@ -26,6 +26,8 @@ export interface UpstreamUser {
   upFail(c: H1Upstream, why: string): void;
   /** the upstream socket drained (backpressure of the request body) */
   upDrain(): void;
+  /** one read of the upstream was processed: write out anything held back to coalesce */
+  upFlush(): void;
   /** a callback above threw (a bug): the user drops everything it holds, never crashing the process */
   fatal(e: unknown): void;
 }
@@ -71,7 +73,13 @@ export class H1Upstream implements ChunkSink {
 
   constructor(readonly pool: H1Pool, readonly up: Upstream, readonly socket: Socket) {
     socket.setNoDelay(true);
-    socket.on('data', (d: Buffer) => { try { this.onData(d); } catch (e) { this.crashed(e); } });
+    socket.on('data', (d: Buffer) => {
+      const user = this.user;
+      try {
+        this.onData(d);
+        if (user !== null) user.upFlush();
+      } catch (e) { this.crashed(e); }
+    });
     socket.on('error', (e: Error) => { this.lastError = e.message; });
     socket.on('close', () => { try { this.onClose(); } catch (e) { this.crashed(e); } });
     socket.on('drain', () => { try { this.user?.upDrain(); } catch (e) { this.crashed(e); } });

@@ -559,3 +559,30 @@ t.test('a request head dripping in too slowly gets 408 and the connection closed
   t.match(text, /^HTTP\/1\.1 408 /);
   t.ok(Date.now() - t0 >= 280, 'after the head timeout');
 });
+
+t.test('timeouts on a keep-alive connection count from each request, not from the first', async (t) => {
+  const b = await httpBackend((req, res) => { if (req.url === '/fast') res.end('fast'); /* /stall never answers */ });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)], timeoutMs: 300 });
+  const s = await connectTo(proxy.port);
+  t.teardown(() => s.destroy());
+  s.write('GET /fast HTTP/1.1\r\nhost: x\r\n\r\n');
+  const [r1] = await readResponses(s, 1);
+  t.equal(r1!.status, 200);
+  await new Promise((r) => setTimeout(r, 200)); // the first request's deadline passes while the second runs
+  const t0 = Date.now();
+  s.write('GET /stall HTTP/1.1\r\nhost: x\r\n\r\n');
+  const [r2] = await readResponses(s, 1);
+  const took = Date.now() - t0;
+  t.equal(r2!.status, 504);
+  t.ok(took >= 280 && took < 2000, `504 after the second request's own 300 ms (${took} ms)`);
+  // and a per-try timeout shorter than the route timeout still fires first
+  policy.route = () => ({ upstreams: [upstream(b.port, group)], timeoutMs: 5000, perTryTimeoutMs: 150 });
+  const t1 = Date.now();
+  s.write('GET /stall HTTP/1.1\r\nhost: x\r\n\r\n');
+  const [r3] = await readResponses(s, 1);
+  const took3 = Date.now() - t1;
+  t.equal(r3!.status, 504);
+  t.ok(took3 >= 140 && took3 < 2000, `per-try timeout (${took3} ms)`);
+  t.equal(policy.exchanges.at(-1)!.attempts[0]!.outcomes[0]!.kind, 'timeout');
+});
