@@ -267,8 +267,9 @@ export class ResponseHeadParse {
     if (endIdx < 0) return buf.length - start > maxBytes ? this.fail(ParseError.TooLarge, 'response head too large') : 0;
     const headEnd = endIdx + 4;
     if (headEnd - start > maxBytes) return this.fail(ParseError.TooLarge, 'response head too large');
-    this.names.length = 0;
-    this.values.length = 0;
+    // fresh arrays: cheaper than truncating (length = 0 is a runtime call in V8)
+    this.names = [];
+    this.values = [];
     this.framing = Framing.None;
     this.contentLength = 0;
     this.upgrade = undefined;

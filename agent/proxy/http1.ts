@@ -87,12 +87,15 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   // doing fast requests thus creates a timer every timeoutMs, not one per request.
   private tryDeadline = 0;
   private routeDeadline = 0;
+  /** set while no exchange is under way: the keep-alive idle timeout (no socket timer refreshed on every read) */
+  private idleDeadline = 0;
   private deadlineTimer: NodeJS.Timeout | null = null;
   private timerAt = 0;
   private readonly onDeadline = (): void => {
     this.deadlineTimer = null;
     try {
       const now = performance.now();
+      if (this.idleDeadline !== 0 && now >= this.idleDeadline && !this.busy) { this.socket.destroy(); return; }
       if (this.tryDeadline !== 0 && now >= this.tryDeadline) { this.tryDeadline = 0; this.attemptFailed({ kind: 'timeout' }); }
       if (this.routeDeadline !== 0 && now >= this.routeDeadline) { this.routeDeadline = 0; this.routeTimedOut(); }
       this.armDeadline();
@@ -106,7 +109,8 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     socket.on('data', (d: Buffer) => { try { this.onData(d); } catch (e) { this.fatal(e); } });
     socket.on('close', () => { try { this.onClientClose(); } catch (e) { this.fatal(e); } });
     // idle keep-alive connections are closed; a connection with an exchange under way is the exchange's business
-    socket.setTimeout(ctx.clientIdleTimeoutMs, () => { if (!this.busy) socket.destroy(); });
+    this.idleDeadline = performance.now() + ctx.clientIdleTimeoutMs;
+    this.armDeadline();
     socket.on('error', () => { /* 'close' follows */ });
     socket.on('drain', () => { if (this.up !== null) this.up.socket.resume(); });
     ctx.stats.connectionsH1++;
@@ -211,6 +215,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     const ctx = this.ctx;
     ctx.stats.requests++;
     this.busy = true;
+    this.idleDeadline = 0;
     this.closeAfter = req.close;
     this.isHeadReq = req.method === 'HEAD';
     this.expectContinue = req.expectContinue && req.minor === 1;
@@ -222,7 +227,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.reqChunked = req.framing === Framing.Chunked;
     if (this.reqChunked) this.chunked.reset();
     this.bodyDone = this.bodyState === BODY_NONE;
-    this.body.length = 0;
+    if (this.body.length !== 0) this.body = [];
     this.bodySent = 0;
     this.bodyBytes = 0;
     this.unsentBytes = 0;
@@ -679,6 +684,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     if (this.dead) return;
     let at = this.routeDeadline;
     if (this.tryDeadline !== 0 && (at === 0 || this.tryDeadline < at)) at = this.tryDeadline;
+    if (this.idleDeadline !== 0 && (at === 0 || this.idleDeadline < at)) at = this.idleDeadline;
     if (at === 0) return;
     if (this.deadlineTimer !== null) {
       if (this.timerAt <= at) return;
@@ -694,11 +700,13 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.ex = null;
     this.head = null;
     this.busy = false;
-    this.body.length = 0;
+    if (this.body.length !== 0) this.body = [];
     if (ex !== null) ex.end(status, this.grpcStatus);
     if (this.dead) return;
     // The request body not read to its end (an early answer): the connection cannot carry another request.
     if (this.closeAfter || !this.bodyDone) { this.finishConnection(); return; }
+    this.idleDeadline = performance.now() + this.ctx.clientIdleTimeoutMs;
+    this.armDeadline();
     if (this.buf !== null || this.paused) this.drive();
   }
 

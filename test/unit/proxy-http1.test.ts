@@ -586,3 +586,20 @@ t.test('timeouts on a keep-alive connection count from each request, not from th
   t.ok(took3 >= 140 && took3 < 2000, `per-try timeout (${took3} ms)`);
   t.equal(policy.exchanges.at(-1)!.attempts[0]!.outcomes[0]!.kind, 'timeout');
 });
+
+t.test('an idle keep-alive connection is closed after the idle timeout, a slow exchange is not', async (t) => {
+  const b = await httpBackend((_req, res) => { setTimeout(() => res.end('slow'), 400); });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)] });
+  const p2 = await startProxy(policy, { clientIdleTimeoutMs: 200 });
+  t.teardown(() => p2.close());
+  const s = await connectTo(p2.port);
+  t.teardown(() => s.destroy());
+  s.write('GET /slow HTTP/1.1\r\nhost: x\r\n\r\n');
+  const [r] = await readResponses(s, 1);
+  t.equal(r!.body.toString(), 'slow', 'an exchange longer than the idle timeout completes');
+  const t0 = Date.now();
+  await new Promise<void>((resolve) => s.on('close', () => resolve()));
+  const idle = Date.now() - t0;
+  t.ok(idle >= 150 && idle < 3000, `closed once idle (${idle} ms)`);
+});
