@@ -603,3 +603,22 @@ t.test('an idle keep-alive connection is closed after the idle timeout, a slow e
   const idle = Date.now() - t0;
   t.ok(idle >= 150 && idle < 3000, `closed once idle (${idle} ms)`);
 });
+
+t.test('trailers of chunked bodies pass both ways', async (t) => {
+  let seenTrailers: Record<string, string> = {};
+  const b = await httpBackend((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      seenTrailers = req.trailers as Record<string, string>;
+      res.writeHead(200, { 'transfer-encoding': 'chunked', trailer: 'x-sum' });
+      res.write('part');
+      res.addTrailers({ 'x-sum': 'abc123' });
+      res.end();
+    });
+  });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)] });
+  const r = await rawExchange(proxy.port, 'POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\nx-req-trailer: yes\r\n\r\n');
+  t.equal(seenTrailers['x-req-trailer'], 'yes', 'request trailer reached the backend');
+  t.match(r.text, /\r\n4\r\npart\r\n0\r\nx-sum: abc123\r\n\r\n$/, 'response trailer reached the client');
+});
