@@ -343,3 +343,24 @@ t.test('an idle client session is closed after the idle timeout, not while a str
   });
   t.ok(closed, 'the idle session was closed by the proxy');
 });
+
+t.test('h2 route timeout: 504 before the head, RST_STREAM after it; gRPC clients get DEADLINE_EXCEEDED', async (t) => {
+  const b = await h2Backend((s, h) => {
+    if (h[':path'] === '/late-body') { s.respond({ ':status': 200 }); s.write('part'); return; } // never ends
+    /* /stall: never answers */
+  });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)], timeoutMs: 250 });
+  const c = client(t);
+  const t0 = Date.now();
+  const r = await h2request(c, { ':path': '/stall' });
+  const took = Date.now() - t0;
+  t.equal(r.headers[':status'], 504);
+  t.ok(took >= 230 && took < 3000, `after the route timeout (${took} ms)`);
+  const late = await h2request(c, { ':path': '/late-body' }).catch((e: Error) => ({ error: e.message }));
+  t.ok('error' in late && /NGHTTP2_INTERNAL_ERROR/.test(late.error), `the started response was reset: ${JSON.stringify(late)}`);
+  const g = await h2request(c, { ':path': '/stall', 'content-type': 'application/grpc' }, Buffer.alloc(5));
+  t.equal(g.headers[':status'], 200);
+  t.equal(g.headers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), 'trailers-only DEADLINE_EXCEEDED');
+  t.equal(policy.contractViolations(), '');
+});
