@@ -8,7 +8,8 @@
 //      no-service). A service there but without http (it is L4 now; the connection predates the
 //      change): 421 Misdirected Request, which tells the client to retry on a new connection, and a
 //      new connection goes straight to a backend.
-//   2. authorization (authz.ts: deny rules, then allow rules, then the default) -> 403;
+//   2. a request-target with a #fragment -> 400 (it would be matched one way here, another way by the backend);
+//      then authorization (authz.ts: deny rules, then allow rules, then the default) -> 403;
 //   3. route: the first in order whose path, methods and headers match -> else 404;
 //   4. split: a backend group by weight (random); the exchange stays in that group for its retries;
 //   5. attempt 1: max-requests breaker, then the balancer (least-request P2C or round robin) over the
@@ -37,7 +38,7 @@ import { AccessLog } from './accesslog.js';
 export const DEFAULT_GROUP = 'default';
 
 /** Reasons of local replies (metrics label, access log). */
-export type LocalReason = 'no-service' | 'misdirected' | 'denied' | 'no-route' | 'no-healthy-upstream' | Limit;
+export type LocalReason = 'no-service' | 'misdirected' | 'bad-path' | 'denied' | 'no-route' | 'no-healthy-upstream' | Limit;
 
 export interface RouteReport {
   service: string;
@@ -378,6 +379,12 @@ export class ProxyPolicy implements Policy {
         : localReply(head, 503, `no L7 service at ${hostPort(dst.vip, dst.port)}`, { 'x-sockmesh-reason': reason });
     }
     const svc = fe.service;
+    // A '#' has no place in a request-target (RFC 9112 3.2: a fragment is never sent). Matched as it came, '/admin#x'
+    // escapes a rule on exact /admin, while the backend's URL parser reads the path /admin: refused, as Envoy does.
+    if (head.path.includes('#')) {
+      this.early(svc, head, 'bad-path', 400);
+      return localReply(head, 400, 'a request-target must not carry a #fragment', { 'x-sockmesh-reason': 'bad-path' });
+    }
     const path = matchPath(head.path);
     if (svc.authz) {
       const workload = svc.authz.needsWorkload ? this.workloadOf(source.cgroupId) : undefined;
