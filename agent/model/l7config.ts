@@ -125,6 +125,13 @@ const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
 const METHOD = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Header values: visible characters, spaces and tabs; never CR, LF or NUL (they would split the header section). */
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+/**
+ * Headers a route or authorization rule can never see: the proxy consumes them (hop-by-hop, framing) before the
+ * policy looks at the request, differently for HTTP/1.1 and HTTP/2. A match on one would silently never hold (a deny
+ * rule on upgrade: websocket would let every upgrade through), so it is refused. (host is matched: it reads the
+ * request's authority.)
+ */
+const UNMATCHABLE_HEADERS = new Set(['connection', 'content-length', 'http2-settings', 'keep-alive', 'proxy-connection', 'te', 'transfer-encoding', 'upgrade']);
 /** Headers the proxy itself owns: rewriting them would break framing or the connection. */
 const RESERVED_HEADERS = new Set(['connection', 'content-length', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
 
@@ -250,7 +257,11 @@ function headerMatches(obj: Obj, key: string, path: string, issues: Issues): Hea
       issues.add(join(hp, 'name'), 'is required (a header name)');
       return;
     }
-    const name = headerName(h['name'], join(hp, 'name'), issues);
+    let name = headerName(h['name'], join(hp, 'name'), issues);
+    if (name !== undefined && UNMATCHABLE_HEADERS.has(name)) {
+      issues.add(join(hp, 'name'), `header ${name} cannot be matched: the proxy consumes it (hop-by-hop or framing) before routes and rules see the request`);
+      name = undefined;
+    }
     const mark = issues.list.length;
     const value = stringMatchOf(h, hp, false, issues);
     const invert = boolField(h, 'invert', hp, issues);

@@ -40,7 +40,7 @@ function ruleMatches(r: CompiledRule, workload: string | undefined, path: string
     for (const p of r.paths) if (p(path)) { any = true; break; }
     if (!any) return false;
   }
-  if (r.headers && !r.headers(head.headers)) return false;
+  if (r.headers && !r.headers(head)) return false;
   return true;
 }
 

@@ -28,15 +28,19 @@ export function compileStringMatch(m: StringMatch, where: string): StringMatcher
   return (v) => re.test(v);
 }
 
-export type HeadersMatcher = (headers: Headers) => boolean;
+export type HeadersMatcher = (head: RequestHead) => boolean;
 
-/** One header condition; a repeated header matches when any of its values does. */
+/**
+ * One header condition; a repeated header matches when any of its values does. `host` is the request's authority
+ * (h1 Host, h2 :authority): the engines keep it out of head.headers, so read from there a match on it never held.
+ */
 function compileHeaderMatch(h: HeaderMatch, where: string): HeadersMatcher {
   const name = h.name.toLowerCase();
   const value = h.value ? compileStringMatch(h.value, `${where}.value`) : undefined;
   const invert = h.invert === true;
-  return (headers) => {
-    const v = headers[name];
+  const isHost = name === 'host';
+  return (head) => {
+    const v: Headers[string] | undefined = isHost ? (head.authority === '' ? undefined : head.authority) : head.headers[name];
     let ok: boolean;
     if (v === undefined) ok = false;
     else if (!value) ok = true;
@@ -51,8 +55,8 @@ export function compileHeaderMatches(list: HeaderMatch[] | undefined, where: str
   if (!list || list.length === 0) return undefined;
   const ms = list.map((h, i) => compileHeaderMatch(h, `${where}[${i}]`));
   if (ms.length === 1) return ms[0];
-  return (headers) => {
-    for (const m of ms) if (!m(headers)) return false;
+  return (head) => {
+    for (const m of ms) if (!m(head)) return false;
     return true;
   };
 }
@@ -120,7 +124,7 @@ export function compileRouteMatch(m: RouteMatch, where: string): CompiledMatch {
 export function matches(c: CompiledMatch, path: string, head: RequestHead): boolean {
   if (c.methods && !c.methods.has(head.method)) return false;
   if (c.path && !c.path(path)) return false;
-  if (c.headers && !c.headers(head.headers)) return false;
+  if (c.headers && !c.headers(head)) return false;
   return true;
 }
 

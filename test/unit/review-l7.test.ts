@@ -9,6 +9,7 @@ import { Registry } from 'prom-client';
 import { BackendStates } from '../../agent/health/states.js';
 import { ProxyPolicy } from '../../agent/proxy/policy.js';
 import { ProxyServer } from '../../agent/proxy/server.js';
+import { parseConfig } from '../../agent/model/config.js';
 import type { Exchange, LocalReply, OriginalDst, Source } from '../../agent/proxy/types.js';
 import type { HttpPolicy } from '../../agent/model/l7.js';
 import type { Backend } from '../../agent/model/types.js';
@@ -91,4 +92,46 @@ t.test('authz: a #fragment in the request-target cannot sidestep an exact deny r
   const ok = await rawExchange(env.proxyPort, 'GET /public?a=b HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n');
   t.equal(statusOf(ok.text), 200);
   t.same(env.seen.map((s) => s.url), ['/public?a=b']);
+});
+
+t.test('header matches on host see the request authority (h1 Host, h2 :authority); route and authz alike', async (t) => {
+  // Before the fix: the engines keep Host (h1) and :authority (h2) out of head.headers, so a match on host never
+  // held: a deny rule on host let every request through, a route on host was never taken.
+  const env = await setup(t, http({
+    routes: [route('admin-host', { match: { headers: [{ name: 'host', value: { exact: 'admin.web' } }] }, requestHeaders: { set: { 'x-route': 'admin-host' }, remove: [] } }), route('rest')],
+    authz: { defaultAction: 'allow', rules: [{ name: 'no-internal', action: 'deny', headers: [{ name: 'host', value: { prefix: 'internal.' } }] }] },
+  }));
+  const denied = await rawExchange(env.proxyPort, 'GET / HTTP/1.1\r\nhost: internal.web\r\nconnection: close\r\n\r\n');
+  t.equal(statusOf(denied.text), 403, 'h1: the deny rule on host holds');
+  t.match(denied.text, /x-sockmesh-denied: no-internal/);
+  t.equal(await h2get(env.proxyPort, '/', { ':authority': 'internal.web' }), 403, 'h2: the deny rule on :authority holds');
+  const routed = await rawExchange(env.proxyPort, 'GET / HTTP/1.1\r\nhost: admin.web\r\nconnection: close\r\n\r\n');
+  t.equal(statusOf(routed.text), 200);
+  const other = await rawExchange(env.proxyPort, 'GET / HTTP/1.1\r\nhost: www.web\r\nconnection: close\r\n\r\n');
+  t.equal(statusOf(other.text), 200);
+  t.same(env.seen.map((s) => s.headers['x-route'] ?? 'rest'), ['admin-host', 'rest'], 'the host route taken for admin.web only');
+  t.same(env.seen.map((s) => s.headers.host), ['admin.web', 'www.web'], 'Host forwarded as it came');
+});
+
+t.test('config: header matches on headers the proxy consumes (hop-by-hop, framing) are refused, not silently never matched', async (t) => {
+  // Before the fix: {name: upgrade, exact: websocket} in a deny rule was accepted and never held (the engine takes
+  // Upgrade, Connection, TE, Transfer-Encoding, Content-Length... out of the headers a policy sees): WebSocket
+  // upgrades walked past a rule written to stop them.
+  const cfg = (match: string): string => `
+services:
+  - name: web
+    vips: [127.100.0.1]
+    ports: [{port: 80}]
+    backends: [{address: 127.0.0.1, port: 18081}]
+    http:
+      authz: {rules: [{name: no-ws, action: deny, headers: [${match}]}]}
+      routes: [{name: r, match: {headers: [${match}]}}]
+`;
+  for (const name of ['upgrade', 'Connection', 'transfer-encoding', 'te', 'keep-alive', 'proxy-connection', 'content-length']) {
+    const err = (() => { try { parseConfig(cfg(`{name: ${name}, exact: x}`), 'c.yaml'); return ''; } catch (e) { return (e as Error).message; } })();
+    t.match(err, new RegExp(`authz\\.rules\\[0\\]\\.headers\\[0\\]\\.name.*${name.toLowerCase()}`), `${name}: refused in authz rules`);
+    t.match(err, new RegExp(`routes\\[0\\]\\.match\\.headers\\[0\\]\\.name.*${name.toLowerCase()}`), `${name}: refused in route matches`);
+  }
+  // host stays allowed: it matches the authority
+  t.doesNotThrow(() => parseConfig(cfg('{name: host, exact: web}'), 'c.yaml'));
 });
