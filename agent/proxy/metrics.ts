@@ -50,6 +50,11 @@ export class RouteStats {
     return s;
   }
 
+  /** forget the backends no longer in the model ('' = local replies stays): churn must not grow the series forever */
+  retain(keys: ReadonlySet<string> | undefined): void {
+    for (const k of this.byBackend.keys()) if (k !== '' && !keys?.has(k)) this.byBackend.delete(k);
+  }
+
   backends(): IterableIterator<RouteBackendStats> {
     return this.byBackend.values();
   }

@@ -262,6 +262,7 @@ export class ProxyPolicy implements Policy {
     this.groups = groups;
     this.routeStats = routeStats;
     this.workloadOf = workloadOfCgroup;
+    for (const s of routeStats.values()) s.retain(alive.get(s.service));
     this.metrics.setRoutes([...routeStats.values()]);
     this.metrics.forgetBackends(alive);
   }

@@ -135,3 +135,38 @@ services:
   // host stays allowed: it matches the authority
   t.doesNotThrow(() => parseConfig(cfg('{name: host, exact: web}'), 'c.yaml'));
 });
+
+t.test('metrics: the per-backend series of a route go with their backend (endpoint churn does not grow /metrics forever)', async (t) => {
+  // Before the fix: RouteStats kept a series set (7 classes + 18 buckets) for every backend key a route ever used,
+  // for as long as the route name lived: with pods rescheduled onto new addresses, /metrics and the agent's memory
+  // grew with every rollout.
+  const states = new BackendStates();
+  t.teardown(() => states.close());
+  const registry = new Registry();
+  const policy = new ProxyPolicy({ states, log: captureLog('warn').log, registry, random: seeded(1) });
+  const dst: OriginalDst = { vip: VIP, port: 80, cgroupId: 1n };
+  const src: Source = { address: '127.0.0.1', port: 40000, cgroupId: 1n };
+  for (let i = 0; i < 50; i++) {
+    policy.update(model(service('web', VIP, 80, [backend(20000 + i)], http())), () => undefined);
+    const x = policy.begin(dst, src, head('GET', '/')) as Exchange;
+    const a = x.attempt(1);
+    if ('status' in a) throw new Error('no attempt');
+    a.finish({ kind: 'response', status: 200 });
+    x.end(200);
+  }
+  const text = await registry.metrics();
+  const series = text.split('\n').filter((l) => l.startsWith('sockmesh_http_requests_total{'));
+  t.same(series, [`sockmesh_http_requests_total{service="web",route="all",backend="127.0.0.1:20049",class="2xx"} 1`], 'only the backend in the model');
+  const buckets = text.split('\n').filter((l) => l.startsWith('sockmesh_http_request_duration_milliseconds_count{'));
+  t.equal(buckets.length, 1, 'one latency histogram');
+  // a local reply ('' backend) stays with the route
+  policy.update(model(service('web', VIP, 80, [backend(20049)], http({ circuitBreaker: { maxConnections: 1, maxPendingRequests: 1, maxRequests: 1, maxRetries: 0 } }))), () => undefined);
+  const held = policy.begin(dst, src, head('GET', '/')) as Exchange;
+  held.attempt(1);
+  const over = policy.begin(dst, src, head('GET', '/')) as Exchange;
+  t.ok('status' in over.attempt(1), 'max-requests overflow');
+  over.end(503);
+  held.end(0);
+  policy.update(model(service('web', VIP, 80, [backend(20049)], http())), () => undefined);
+  t.match(await registry.metrics(), /sockmesh_http_requests_total\{service="web",route="all",backend="",class="local"\} 1/, 'local replies kept across updates');
+});
