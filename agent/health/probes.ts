@@ -173,6 +173,19 @@ export function decodeHealthResponse(body: Buffer): number | null {
   return status;
 }
 
+/**
+ * grpc-message is percent-encoded (gRPC over HTTP/2), but what a backend sends is not ours to trust: a bad escape
+ * ('50% down') is shown as it came. decodeURIComponent's URIError thrown inside an h2 event handler would be an
+ * uncaught exception, the end of the agent.
+ */
+function percentDecoded(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
 function probeGrpc(t: ProbeTarget, check: HealthCheck, signal?: AbortSignal): Promise<ProbeResult> {
   return once(check.timeoutMs, signal, (settle) => {
     const authority = `http://${hostHeader(t)}`;
@@ -194,7 +207,7 @@ function probeGrpc(t: ProbeTarget, check: HealthCheck, signal?: AbortSignal): Pr
     let grpcMessage = '';
     const readStatus = (h: Record<string, unknown>): void => {
       if (h['grpc-status'] !== undefined) grpcStatus = Number(h['grpc-status']);
-      if (typeof h['grpc-message'] === 'string') grpcMessage = decodeURIComponent(h['grpc-message']);
+      if (typeof h['grpc-message'] === 'string') grpcMessage = percentDecoded(h['grpc-message']);
     };
     stream.on('response', (h) => { httpStatus = Number(h[':status']); readStatus(h); });
     stream.on('trailers', (h) => readStatus(h));
