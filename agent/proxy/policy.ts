@@ -673,6 +673,9 @@ class PolicyExchange implements Exchange {
     }
     const failed = o.kind !== 'response' || o.status >= 500;
     this.avoid = failed ? a.slot : undefined;
+    // The timeouts run from the request head: while a body was still coming, a timeout may be the client's slowness,
+    // not the backend's; counted, a client stopping halfway through its uploads would eject healthy backends.
+    if (o.kind === 'timeout' && this.head.hasBody && o.requestComplete !== true) return;
     this.p.recordOutcome(this.group, a.slot, o);
   }
 

@@ -73,8 +73,12 @@ export type Outcome =
   | { kind: 'connect-failure' }
   /** the upstream closed or reset before a complete response head */
   | { kind: 'reset' }
-  /** the per-try timeout fired before the response head */
-  | { kind: 'timeout' }
+  /**
+   * the per-try timeout fired before the response head. requestComplete (optional, additive): the request body had
+   * been received whole by then; without it a request with a body is not held against the backend by outlier
+   * detection (a client that sends its body slowly would otherwise eject healthy backends).
+   */
+  | { kind: 'timeout'; requestComplete?: boolean }
   /** no connection could be had in time (pending overflow counted by the policy) */
   | { kind: 'overflow'; limit: string }
   /**

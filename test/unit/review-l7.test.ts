@@ -170,3 +170,27 @@ t.test('metrics: the per-backend series of a route go with their backend (endpoi
   policy.update(model(service('web', VIP, 80, [backend(20049)], http())), () => undefined);
   t.match(await registry.metrics(), /sockmesh_http_requests_total\{service="web",route="all",backend="",class="local"\} 1/, 'local replies kept across updates');
 });
+
+t.test('outlier detection: a client that sends its body slowly cannot eject healthy backends', async (t) => {
+  // Before the fix: the route (or per-try) timeout runs from the request head, so a client that stops halfway through
+  // its body made the attempt end in 'timeout', counted against the backend as a gateway error: two such requests per
+  // backend (here) ejected perfectly healthy ones, one after the other, whatever the backends did.
+  const env = await setup(t, http({
+    balancer: 'round-robin',
+    routes: [route('r', { timeoutMs: 300 })],
+    outlierDetection: { consecutive5xx: 2, consecutiveGatewayErrors: 2, baseEjectionMs: 10_000, maxEjectionMs: 10_000, maxEjectionPercent: 100 },
+  }));
+  for (let i = 0; i < 3; i++) {
+    const r = await rawExchange(env.proxyPort, 'POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: 10\r\n\r\nabcde', 1500);
+    t.equal(statusOf(r.text), 504, 'the slow request times out');
+  }
+  t.same(env.policy.backendsReport().map((b) => b.ejected), [false], 'the backend is not ejected');
+  t.same(env.policy.backendsReport().map((b) => b.consecutiveGatewayErrors), [0], 'nothing counted against it');
+  // a GET that stalls at the backend is still the backend's doing
+  const stall = await setup(t, http({
+    routes: [route('r', { timeoutMs: 200 })],
+    outlierDetection: { consecutive5xx: 2, consecutiveGatewayErrors: 2, baseEjectionMs: 10_000, maxEjectionMs: 10_000, maxEjectionPercent: 100 },
+  }), () => { /* never answers */ });
+  for (let i = 0; i < 2; i++) t.equal(statusOf((await rawExchange(stall.proxyPort, 'GET / HTTP/1.1\r\nhost: web\r\n\r\n', 1500)).text), 504);
+  t.same(stall.policy.backendsReport().map((b) => b.ejected), [true], 'a backend that stalls GETs is ejected');
+});
