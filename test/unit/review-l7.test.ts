@@ -3,8 +3,8 @@
 // node:http / node:http2 backends on loopback; the original destination is a function (the kernel's map).
 import t, { type Test } from 'tap';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect as h2connect } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import { connect as h2connect, createServer as createH2Server } from 'node:http2';
+import { connect, type AddressInfo } from 'node:net';
 import { Registry } from 'prom-client';
 import { BackendStates } from '../../agent/health/states.js';
 import { ProxyPolicy } from '../../agent/proxy/policy.js';
@@ -193,4 +193,105 @@ t.test('outlier detection: a client that sends its body slowly cannot eject heal
   }), () => { /* never answers */ });
   for (let i = 0; i < 2; i++) t.equal(statusOf((await rawExchange(stall.proxyPort, 'GET / HTTP/1.1\r\nhost: web\r\n\r\n', 1500)).text), 504);
   t.same(stall.policy.backendsReport().map((b) => b.ejected), [true], 'a backend that stalls GETs is ejected');
+});
+
+t.test('accounting: after client aborts at every stage, timeouts, retries and overflows, the breaker counts are back to 0', async (t) => {
+  // A backend whose behaviour depends on the path: fail (503, retried), stall, stream slowly, reset.
+  const env = await setup(t, http({
+    circuitBreaker: { maxConnections: 4, maxPendingRequests: 4, maxRequests: 8, maxRetries: 4 },
+    routes: [route('r', { timeoutMs: 400, retry: { attempts: 3, perTryTimeoutMs: 150, retryOn: ['5xx', 'reset', 'timeout'], retriableStatusCodes: [], backoffBaseMs: 50, backoffMaxMs: 200, budgetPercent: 100, minRetryConcurrency: 10, bufferLimitBytes: 1024, retryNonIdempotent: true } })],
+  }), (req, res) => {
+    const p = req.url!;
+    if (p.startsWith('/fail')) { res.statusCode = 503; res.end('no'); }
+    else if (p.startsWith('/stall')) { /* never */ }
+    else if (p.startsWith('/reset')) req.socket.destroy();
+    else if (p.startsWith('/slow')) { res.write('a'); setTimeout(() => res.end('b'), 300); }
+    else res.end('ok');
+  });
+  const paths = ['/fail', '/stall', '/reset', '/slow', '/ok'];
+  const clients: Promise<unknown>[] = [];
+  for (let i = 0; i < 60; i++) {
+    const path = paths[i % paths.length]!;
+    const abortAfter = [5, 40, 120, 250, 1000][Math.floor(i / paths.length) % 5]!;
+    clients.push(new Promise<void>((resolve) => {
+      const s = connect({ port: env.proxyPort, host: '127.0.0.1' });
+      s.on('error', () => {});
+      s.on('close', () => resolve());
+      s.write(i % 7 === 0 ? `POST ${path} HTTP/1.1\r\nhost: web\r\ncontent-length: 4\r\n\r\nbody` : `GET ${path} HTTP/1.1\r\nhost: web\r\n\r\n`);
+      setTimeout(() => s.destroy(), abortAfter);
+    }));
+  }
+  await Promise.all(clients);
+  // let every timer (route timeout 400 ms, backoff) run out
+  await new Promise((r) => setTimeout(r, 1000));
+  const g = env.policy.routesReport()[0]!.groups[0]!;
+  t.comment(JSON.stringify({ active: g.activeRequests, pending: g.pendingRequests, retries: g.activeRetries, connections: g.connections, overflows: g.overflows }));
+  t.equal(g.activeRequests, 0, 'no active request left');
+  t.equal(g.pendingRequests, 0, 'no pending request left');
+  t.equal(g.activeRetries, 0, 'no retry left');
+  t.ok(g.connections <= 4, 'connections within the limit');
+  t.same(env.policy.backendsReport().map((b) => b.activeRequests), [0], 'the backend has no active request left');
+  // and the service still answers
+  t.equal(statusOf((await rawExchange(env.proxyPort, 'GET /ok HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n')).text), 200);
+});
+
+t.test('accounting (h2): streams and sessions cut at every stage leave the breaker counts at 0', async (t) => {
+  const backendServer = createH2Server();
+  backendServer.on('stream', (s, h) => {
+    s.on('error', () => {});
+    const p = String(h[':path']);
+    if (p.startsWith('/fail')) s.respond({ ':status': 503 }, { endStream: true });
+    else if (p.startsWith('/stall')) { /* never */ }
+    else if (p.startsWith('/reset')) s.close(2);
+    else if (p.startsWith('/slow')) { s.respond({ ':status': 200 }); s.write('a'); setTimeout(() => { if (!s.destroyed) s.end('b'); }, 300); }
+    else { s.respond({ ':status': 200 }); s.end('ok'); }
+  });
+  await new Promise<void>((r) => backendServer.listen(0, '127.0.0.1', () => r()));
+  const bport = (backendServer.address() as AddressInfo).port;
+  const states = new BackendStates();
+  const { log } = captureLog('warn');
+  const policy = new ProxyPolicy({ states, log, random: seeded(5) });
+  policy.update(model(service('web', VIP, 80, [backend(bport)], http({
+    circuitBreaker: { maxConnections: 2, maxPendingRequests: 4, maxRequests: 8, maxRetries: 4 },
+    routes: [route('r', { timeoutMs: 400, retry: { attempts: 3, perTryTimeoutMs: 150, retryOn: ['5xx', 'reset', 'timeout'], retriableStatusCodes: [], backoffBaseMs: 50, backoffMaxMs: 200, budgetPercent: 100, minRetryConcurrency: 10, bufferLimitBytes: 1024, retryNonIdempotent: true } })],
+  }))), () => undefined);
+  const proxy = new ProxyServer({ policy, log, originalDst: () => ({ vip: VIP, port: 80, cgroupId: 5n }), connectTimeoutMs: 1000 });
+  await proxy.listen(0, ['127.0.0.1']);
+  t.teardown(async () => {
+    await proxy.close();
+    states.close();
+    await new Promise<void>((r) => backendServer.close(() => r()));
+  });
+  const port = proxy.ports()[0]!;
+  const paths = ['/fail', '/stall', '/reset', '/slow', '/ok'];
+  const sessions = Array.from({ length: 4 }, () => h2connect(`http://127.0.0.1:${port}`));
+  for (const c of sessions) c.on('error', () => {});
+  const done: Promise<void>[] = [];
+  for (let i = 0; i < 80; i++) {
+    const c = sessions[i % sessions.length]!;
+    const path = paths[i % paths.length]!;
+    const abortAfter = [5, 40, 120, 250, 1000][Math.floor(i / paths.length) % 5]!;
+    done.push(new Promise<void>((resolve) => {
+      const post = i % 7 === 0;
+      const r = c.request({ ':path': path, ':method': post ? 'POST' : 'GET' }, { endStream: !post });
+      r.on('error', () => {});
+      r.on('close', () => resolve());
+      r.resume();
+      if (post) r.end('body');
+      setTimeout(() => { if (!r.closed) r.close(8); }, abortAfter);
+    }));
+  }
+  // one session is cut whole, mid-flight
+  setTimeout(() => sessions[3]!.destroy(), 100);
+  await Promise.all(done);
+  for (const c of sessions) c.destroy();
+  await new Promise((r) => setTimeout(r, 1000));
+  const g = policy.routesReport()[0]!.groups[0]!;
+  t.comment(JSON.stringify({ active: g.activeRequests, pending: g.pendingRequests, retries: g.activeRetries, connections: g.connections, overflows: g.overflows }));
+  t.equal(g.activeRequests, 0, 'no active request left');
+  t.equal(g.pendingRequests, 0, 'no pending request left');
+  t.equal(g.activeRetries, 0, 'no retry left');
+  t.ok(g.connections <= 2, 'connections within the limit');
+  t.same(policy.backendsReport().map((b) => b.activeRequests), [0]);
+  t.equal(await h2get(port, '/ok'), 200, 'still answers');
 });
