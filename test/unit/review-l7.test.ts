@@ -10,6 +10,7 @@ import { BackendStates } from '../../agent/health/states.js';
 import { ProxyPolicy } from '../../agent/proxy/policy.js';
 import { ProxyServer } from '../../agent/proxy/server.js';
 import { parseConfig } from '../../agent/model/config.js';
+import { httpRoutes } from '../../agent/sources/xds/http.js';
 import type { Exchange, LocalReply, OriginalDst, Source } from '../../agent/proxy/types.js';
 import type { HttpPolicy } from '../../agent/model/l7.js';
 import type { Backend } from '../../agent/model/types.js';
@@ -294,4 +295,17 @@ t.test('accounting (h2): streams and sessions cut at every stage leave the break
   t.ok(g.connections <= 2, 'connections within the limit');
   t.same(policy.backendsReport().map((b) => b.activeRequests), [0]);
   t.equal(await h2get(port, '/ok'), 200, 'still answers');
+});
+
+t.test('xDS: RE2 syntax that JavaScript reads differently is refused (NACK), not silently misread', async (t) => {
+  // Before the fix: these compile as JavaScript regexes with another meaning ([[:digit:]] is a class of '[', ':', 'd',
+  // 'i', 'g', 't' followed by ']'; \A, \z, \Q, \E, \pN are the letters A, z, Q, E, p): an Envoy route or RBAC rule
+  // written for RE2 never matched what it says, so a deny rule on '\A/admin\z' let /admin through.
+  const rds = (regex: string) => ({ name: 'r', virtual_hosts: [{ name: 'vh', domains: ['*'], routes: [{ name: 'x', match: { safe_regex: { regex } }, route: { cluster: 'c' } }] }] });
+  for (const regex of ['/users/[[:digit:]]+', '/x/[^[:space:]]+', '\\A/admin\\z', '/\\pN+', '/\\p{Greek}', '\\Q/a.b\\E', '/\\x{41}', '/a\\Cb']) {
+    t.throws(() => httpRoutes('route_configuration r', rds(regex)), /safe_regex\.regex.*RE2/, `refused: ${regex}`);
+  }
+  for (const regex of ['/v[0-9]+/.*', '/a\\.b', '/[a-z:]+', '/\\d+/\\w*', '/x\\[\\[:digit:\\]\\]']) {
+    t.doesNotThrow(() => httpRoutes('route_configuration r', rds(regex)), `accepted: ${regex}`);
+  }
 });

@@ -115,8 +115,31 @@ function stringMatcher(what: string, field: string, m: Obj): Obj {
   fail(what, field, `unsupported string matcher (${Object.keys(m).join(', ') || 'empty'}): exact, prefix, suffix, contains and safe_regex are`);
 }
 
+/**
+ * RE2 syntax (what Envoy's safe_regex means) that JavaScript compiles with another meaning: POSIX classes
+ * ([[:digit:]] is a class of '[', ':', 'd', ... there), and the escapes \A \z \Q \E \C \pN \p{..} \x{..}, which
+ * JavaScript without the u flag reads as plain letters. Returns what was found, or undefined.
+ */
+export function re2Only(source: string): string | undefined {
+  for (let i = 0; i < source.length; i++) {
+    const c = source[i];
+    if (c === '\\') {
+      const e = source[i + 1];
+      if (e !== undefined && 'AzQECpP'.includes(e)) return `\\${e}`;
+      if (e === 'x' && source[i + 2] === '{') return '\\x{...}';
+      i++;
+    } else if (c === '[' && source[i + 1] === ':') {
+      const m = /^\[:\^?[a-z]+:\]/.exec(source.slice(i));
+      if (m) return m[0];
+    }
+  }
+  return undefined;
+}
+
 function regexOf(what: string, field: string, r: Obj): string {
   if (typeof r.regex !== 'string') fail(what, `${field}.regex`, 'is required');
+  const re2 = re2Only(r.regex);
+  if (re2 !== undefined) fail(what, `${field}.regex`, `RE2 syntax ${re2} would be read differently as a JavaScript regular expression (sockmesh's engine): write it without (a class like [0-9], ^ and $ anchors)`);
   const err = regexError(r.regex);
   if (err !== undefined) fail(what, `${field}.regex`, `not a regular expression sockmesh can run (JavaScript syntax): ${err}`);
   return r.regex;
