@@ -147,8 +147,11 @@ export class ProxyServer {
   /** stop listening, close every client connection and upstream connection */
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    // server.close() resolves only when every accepted connection has ended: destroy the clients first, or a
+    // keep-alive client keeps close() (and the agent's shutdown) waiting for ever.
+    const listening = this.servers.map((s) => new Promise<void>((r) => s.close(() => r())));
     for (const s of this.clients) s.destroy();
+    await Promise.all(listening);
     this.ctx.pool.close();
     this.ctx.h2pool.close();
     this.h2.close();

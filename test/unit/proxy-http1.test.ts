@@ -622,3 +622,13 @@ t.test('trailers of chunked bodies pass both ways', async (t) => {
   t.equal(seenTrailers['x-req-trailer'], 'yes', 'request trailer reached the backend');
   t.match(r.text, /\r\n4\r\npart\r\n0\r\nx-sum: abc123\r\n\r\n$/, 'response trailer reached the client');
 });
+
+t.test('close() ends with a keep-alive client still connected (the agent stops, it does not hang)', async (t) => {
+  const p = await startProxy(new TestPolicy(() => ({ status: 204, headers: {}, body: '' })));
+  const idle = await connectTo(p.port);
+  idle.write('GET / HTTP/1.1\r\nhost: x\r\n\r\n');
+  await readResponses(idle, 1);
+  const closedBy = await Promise.race([p.proxy.close().then(() => 'close'), new Promise((r) => setTimeout(() => r('timeout'), 3000))]);
+  t.equal(closedBy, 'close', 'close() resolved');
+  t.ok(idle.destroyed || idle.readableEnded || await new Promise((r) => { idle.once('close', () => r(true)); setTimeout(() => r(false), 1000); }), 'the client connection was closed');
+});
