@@ -7,25 +7,71 @@
 //      the service entry is switched to it in one update; the old table is retired and deleted a second later — a
 //      connect() always sees a complete table whose every entry names an existing backend;
 //   3. frontends that went away are deleted (service entry first; their tables are retired the same way);
-//   4. only then backends that no table references any more are deleted, and UDP sockets connected to them are
-//      destroyed so their owners reconnect (established TCP connections are left to finish).
+//   4. only then backends that no table references any more are deleted, and UDP sockets connected to them (when
+//      their service has a UDP frontend) are destroyed so their owners reconnect (established TCP connections are
+//      left to finish).
 import { networkInterfaces } from 'node:os';
 import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
 import {
   ALGO, BE_F_LOCAL, PROTO, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, addrToBytes, encode, type Decoded,
-  decodeBackend, decodeService, decodeServiceKey, serviceKey, tableKey, u32, type BackendValue, type ServiceValue,
+  decodeBackend, decodeService, decodeServiceKey, serviceKey, tableKey, u32, type ServiceValue,
 } from './abi.js';
 import type { Maps } from './datapath.js';
 import type { Native } from './native.js';
 
-export interface KernelBackend extends BackendValue { id: number }
 export interface KernelFrontend {
   key: string; // vip|port|proto
   vip: string; port: number; proto: number;
   value: ServiceValue;
   /** backend ids in table order */
   table: number[];
+}
+
+/**
+ * What the kernel holds for one service id, packed: 100,000 backends as one object each, in a map by id, a map per
+ * service and a map of endpoint users, held ~20 MiB; as parallel arrays per service they take ~5.
+ */
+interface SvcState {
+  /** keys (vip|port|proto) of its frontends */
+  fronts: string[];
+  /** its backends: addrs[i], and nums[B*i ..] = kernel id, port, weight, flags | family << 8 */
+  addrs: string[];
+  nums: number[];
+  /** it has a UDP frontend: its backends count in Reconciler.udpUsers */
+  udp: boolean;
+}
+
+/** Numbers per backend in SvcState.nums. */
+const B = 4;
+/** Up to this many backends a service's endpoint is found by a linear scan; above, through a map built per apply. */
+const LINEAR = 16;
+
+/** The index of endpoint (addr, port) in packed backends, or -1. `index` (endpointKey -> index) for large ones. */
+function findBackend(addrs: readonly string[], nums: readonly number[], index: Map<number | string, number> | undefined, addr: string, port: number): number {
+  if (index) return index.get(endpointKey(addr, port)) ?? -1;
+  for (let i = 0; i < addrs.length; i++) if (nums[B * i + 1] === port && addrs[i] === addr) return i;
+  return -1;
+}
+
+function indexBackends(addrs: readonly string[], nums: readonly number[]): Map<number | string, number> | undefined {
+  if (addrs.length <= LINEAR) return undefined;
+  const m = new Map<number | string, number>();
+  for (let i = 0; i < addrs.length; i++) m.set(endpointKey(addrs[i]!, nums[B * i + 1]!), i);
+  return m;
+}
+
+/** One service's backends in an apply: the packed state it had and the one it gets. */
+interface Plan {
+  id: number;
+  oldAddrs: string[];
+  oldNums: number[];
+  oldUdp: boolean;
+  addrs: string[];
+  nums: number[];
+  /** endpointKey -> index in addrs, while the service has more than LINEAR backends */
+  index?: Map<number | string, number>;
+  udp: boolean;
 }
 
 export interface ReconcileResult {
@@ -90,11 +136,10 @@ function l7Flags(svc: Service, fe: Frontend): number {
 export class Reconciler {
   /** what the kernel holds, as we last wrote or read it */
   private frontends = new Map<string, KernelFrontend>();
-  private backends = new Map<number, KernelBackend>();
-  /** indexes over the two maps above, so that a change to one service costs work for that service only */
-  private frontendsBySvc = new Map<number, Set<string>>();
-  private backendsBySvc = new Map<number, Map<number | string, KernelBackend>>(); // service id -> endpoint -> backend
-  private endpointUsers = new Map<number | string, number>(); // endpoint -> backends using it (any service)
+  /** service id -> its frontends and backends (a change to one service costs work for that service only) */
+  private svcs = new Map<number, SvcState>();
+  /** endpoint -> how many UDP services have it as a backend (a removed one's connected UDP sockets are destroyed) */
+  private udpUsers = new Map<number | string, number>();
   private serviceIds = new Map<string, number>(); // service name -> id
   private serviceNames = new Map<number, string>(); // and back
   /** Replaced tables waiting for their grace time (RETIRE_MS) before they are deleted. */
@@ -109,41 +154,43 @@ export class Reconciler {
 
   constructor(private readonly maps: Maps, private readonly n: Native, private readonly opts: ReconcilerOptions = {}) {}
 
-  private indexBackend(b: KernelBackend): void {
-    const prev = this.backends.get(b.id);
-    if (prev) this.unindexBackend(prev);
-    this.backends.set(b.id, b);
-    let m = this.backendsBySvc.get(b.service_id);
-    if (!m) this.backendsBySvc.set(b.service_id, (m = new Map()));
-    const ep = endpointKey(b.addr, b.port);
-    m.set(ep, b);
-    this.endpointUsers.set(ep, (this.endpointUsers.get(ep) ?? 0) + 1);
+  private state(id: number): SvcState {
+    let st = this.svcs.get(id);
+    if (!st) this.svcs.set(id, (st = { fronts: [], addrs: [], nums: [], udp: false }));
+    return st;
   }
 
-  private unindexBackend(b: KernelBackend): void {
-    this.backends.delete(b.id);
-    const m = this.backendsBySvc.get(b.service_id);
-    const ep = endpointKey(b.addr, b.port);
-    m?.delete(ep);
-    if (m && m.size === 0) this.backendsBySvc.delete(b.service_id);
-    const n = (this.endpointUsers.get(ep) ?? 1) - 1;
-    if (n > 0) this.endpointUsers.set(ep, n); else this.endpointUsers.delete(ep);
+  /** Forget a service id that holds nothing any more. */
+  private dropIfEmpty(id: number): void {
+    const st = this.svcs.get(id);
+    if (st && st.fronts.length === 0 && st.addrs.length === 0) this.svcs.delete(id);
+  }
+
+  private countUdp(addrs: readonly string[], nums: readonly number[], by: 1 | -1): void {
+    for (let i = 0; i < addrs.length; i++) {
+      const ep = endpointKey(addrs[i]!, nums[B * i + 1]!);
+      const n = (this.udpUsers.get(ep) ?? 0) + by;
+      if (n > 0) this.udpUsers.set(ep, n); else this.udpUsers.delete(ep);
+    }
   }
 
   private indexFrontend(f: KernelFrontend): void {
     const prev = this.frontends.get(f.key);
-    if (prev) this.frontendsBySvc.get(prev.value.service_id)?.delete(f.key);
+    if (prev) this.unlistFront(prev.value.service_id, f.key);
     this.frontends.set(f.key, f);
-    let set = this.frontendsBySvc.get(f.value.service_id);
-    if (!set) this.frontendsBySvc.set(f.value.service_id, (set = new Set()));
-    set.add(f.key);
+    this.state(f.value.service_id).fronts.push(f.key);
   }
 
   private unindexFrontend(f: KernelFrontend): void {
     this.frontends.delete(f.key);
-    const set = this.frontendsBySvc.get(f.value.service_id);
-    set?.delete(f.key);
-    if (set && set.size === 0) this.frontendsBySvc.delete(f.value.service_id);
+    this.unlistFront(f.value.service_id, f.key);
+    this.dropIfEmpty(f.value.service_id);
+  }
+
+  private unlistFront(id: number, key: string): void {
+    const st = this.svcs.get(id);
+    const at = st ? st.fronts.indexOf(key) : -1;
+    if (at >= 0) st!.fronts.splice(at, 1);
   }
 
   /** Read the kernel's current state (adoption after a restart). Returns how many frontends/backends were found. */
@@ -151,7 +198,10 @@ export class Reconciler {
     const { keys: bk, values: bv } = this.n.mapDump(this.maps.fd('sm_backends'));
     bk.forEach((k, i) => {
       const id = k.readUInt32LE(0);
-      this.indexBackend({ id, ...decodeBackend(bv[i]!) });
+      const b = decodeBackend(bv[i]!);
+      const st = this.state(b.service_id);
+      st.addrs.push(b.addr);
+      st.nums.push(id, b.port, b.weight, b.flags | (b.family << 8));
       this.nextBackendId = Math.max(this.nextBackendId, id + 1);
     });
     const { keys: sk, values: sv } = this.n.mapDump(this.maps.fd('sm_services'));
@@ -160,10 +210,12 @@ export class Reconciler {
       const value = decodeService(sv[i]!);
       const table = value.table_size > 0 ? this.readTable(value.table_id, value.table_size) : [];
       this.indexFrontend({ key: feKey(key.addr, key.port, key.proto), vip: key.addr, port: key.port, proto: key.proto, value, table });
+      if (key.proto === PROTO.udp) this.state(value.service_id).udp = true;
       this.nextServiceId = Math.max(this.nextServiceId, value.service_id + 1);
       this.nextFrontendId = Math.max(this.nextFrontendId, value.frontend_id + 1);
       this.nextTableId = Math.max(this.nextTableId, value.table_id + 1);
     });
+    for (const st of this.svcs.values()) if (st.udp) this.countUdp(st.addrs, st.nums, 1);
     // Tables left behind by an agent killed between steps 2 and 3 are unreferenced: remove them.
     const referenced = new Set([...this.frontends.values()].map((f) => f.value.table_id));
     const fdTables = this.maps.fd('sm_tables');
@@ -172,7 +224,7 @@ export class Reconciler {
       this.nextTableId = Math.max(this.nextTableId, id + 1);
       if (!referenced.has(id)) this.n.mapDelete(fdTables, k);
     }
-    return { frontends: this.frontends.size, backends: this.backends.size };
+    return { frontends: this.frontends.size, backends: bk.length };
   }
 
   private readTable(tableId: number, size: number): number[] {
@@ -229,61 +281,79 @@ export class Reconciler {
         if (id !== undefined) scopeIds.add(id);
       }
     } else {
-      for (const id of this.frontendsBySvc.keys()) scopeIds.add(id);
-      for (const id of this.backendsBySvc.keys()) scopeIds.add(id);
+      for (const id of this.svcs.keys()) scopeIds.add(id);
     }
-    const live = new Set(model.services.map((s) => s.name));
+    // A name of the scope is live when it is in the model (with `changed`, the model's services of the scope).
+    const live = new Set(services.map((s) => s.name));
     for (const name of changed ?? [...this.serviceIds.keys()]) {
       const id = this.serviceIds.get(name);
       if (id !== undefined && !live.has(name)) { this.serviceIds.delete(name); this.usedServiceIds.delete(id); this.serviceNames.delete(id); }
     }
 
-    // Desired state of the scope, reusing the ids of (service, address, port) the kernel already has. An unchanged
-    // backend keeps its object: a full sync of 100,000 endpoints must not allocate them all twice.
-    const wantBackends = new Map<number, KernelBackend>();
-    const changedBackends: KernelBackend[] = [];
+    // Desired state of the scope, reusing the ids of (service, address, port) the kernel already has.
+    const plans = new Map<number, Plan>();
+    /** backends to write: [plan, index in plan.addrs] */
+    const writes: [Plan, number][] = [];
     const wantFrontends = new Map<string, { fe: Frontend; svc: Service; serviceId: number; table: number[] }>();
     for (const svc of services) {
       const serviceId = this.serviceIdFor(svc);
       scopeIds.add(serviceId);
-      const mine = this.backendsBySvc.get(serviceId);
-      const placed = new Map<number | string, number>();
+      const old = this.svcs.get(serviceId);
+      const oldAddrs = old?.addrs ?? [], oldNums = old?.nums ?? [];
+      const oldIndex = indexBackends(oldAddrs, oldNums);
+      let udp = false;
+      for (const fe of svc.frontends) if (fe.protocol === 'udp') udp = true;
+      const plan: Plan = { id: serviceId, oldAddrs, oldNums, oldUdp: old?.udp ?? false, addrs: [], nums: [], udp };
+      plans.set(serviceId, plan);
       for (const fe of svc.frontends) {
         const ids: number[] = new Array(fe.backends.length);
-        fe.backends.forEach((b, i) => {
-          const ep = endpointKey(b.address, b.port);
+        for (let i = 0; i < fe.backends.length; i++) {
+          const b = fe.backends[i]!;
           // A service's backend is shared by all its VIPs of one family: one id per (service, address, port).
-          let id = placed.get(ep);
-          if (id === undefined) {
-            const cur = mine?.get(ep);
-            id = cur?.id ?? this.nextBackendId++;
-            placed.set(ep, id);
-            const family = b.family === 4 ? 2 : 10;
-            const flags = isLoopback(b.address) || this.local.has(b.address) ? BE_F_LOCAL : 0;
-            if (cur && cur.weight === b.weight && cur.flags === flags && cur.family === family) {
-              wantBackends.set(id, cur);
-            } else {
-              const nb: KernelBackend = { id, addr: b.address, port: b.port, family, flags, service_id: serviceId, weight: b.weight };
-              wantBackends.set(id, nb);
-              changedBackends.push(nb);
-            }
+          let k = findBackend(plan.addrs, plan.nums, plan.index, b.address, b.port);
+          if (k < 0) {
+            const kind = (isLoopback(b.address) || this.local.has(b.address) ? BE_F_LOCAL : 0) | ((b.family === 4 ? 2 : 10) << 8);
+            const j = findBackend(oldAddrs, oldNums, oldIndex, b.address, b.port);
+            const id = j >= 0 ? oldNums[B * j]! : this.nextBackendId++;
+            k = plan.addrs.length;
+            plan.addrs.push(b.address);
+            plan.nums.push(id, b.port, b.weight, kind);
+            if (plan.index) plan.index.set(endpointKey(b.address, b.port), k);
+            else if (plan.addrs.length > LINEAR) plan.index = indexBackends(plan.addrs, plan.nums);
+            if (j < 0 || oldNums[B * j + 2] !== b.weight || oldNums[B * j + 3] !== kind) writes.push([plan, k]);
           }
-          ids[i] = id;
-        });
+          ids[i] = plan.nums[B * k]!;
+        }
         const table = tableFor(svc, fe).map((i) => ids[i]!);
         wantFrontends.set(feKey(fe.vip, fe.port, PROTO[fe.protocol]), { fe, svc, serviceId, table });
       }
     }
 
     // 1. backends: new or changed, in one batch
-    if (changedBackends.length) {
+    if (writes.length) {
       const size = STRUCTS.sm_backend.size;
-      const keys = Buffer.alloc(4 * changedBackends.length);
-      const values = Buffer.alloc(size * changedBackends.length);
-      changedBackends.forEach((b, i) => { keys.writeUInt32LE(b.id, 4 * i); encode('sm_backend', b as unknown as Decoded, values, size * i); });
-      this.n.mapUpdateBatch(fdBackends, keys, values, changedBackends.length);
-      for (const b of changedBackends) this.indexBackend(b);
-      res.backendsWritten = changedBackends.length;
+      const keys = Buffer.alloc(4 * writes.length);
+      const values = Buffer.alloc(size * writes.length);
+      const v = { addr: '', port: 0, family: 0, flags: 0, service_id: 0, weight: 0 };
+      writes.forEach(([p, k], i) => {
+        const at = B * k;
+        keys.writeUInt32LE(p.nums[at]!, 4 * i);
+        v.addr = p.addrs[k]!; v.port = p.nums[at + 1]!; v.weight = p.nums[at + 2]!;
+        v.flags = p.nums[at + 3]! & 0xff; v.family = p.nums[at + 3]! >> 8; v.service_id = p.id;
+        encode('sm_backend', v as unknown as Decoded, values, size * i);
+      });
+      this.n.mapUpdateBatch(fdBackends, keys, values, writes.length);
+      res.backendsWritten = writes.length;
+    }
+    // The kernel holds every wanted backend now: the state moves on (the ones no longer wanted go in step 4).
+    for (const p of plans.values()) {
+      if (p.oldUdp) this.countUdp(p.oldAddrs, p.oldNums, -1);
+      if (p.udp) this.countUdp(p.addrs, p.nums, 1);
+      const st = this.state(p.id);
+      st.addrs = p.addrs;
+      st.nums = p.nums;
+      st.udp = p.udp;
+      p.index = undefined;
     }
 
     // 2. frontends, make-before-break in three batches: every new table is written in full, then the service
@@ -332,9 +402,8 @@ export class Reconciler {
     res.frontendsWritten = switches.length;
 
     // 3. frontends of the scope that went away
-    const liveIds = new Set([...wantFrontends.values()].map((w) => w.serviceId));
     for (const id of scopeIds) {
-      for (const key of [...(this.frontendsBySvc.get(id) ?? [])]) {
+      for (const key of [...(this.svcs.get(id)?.fronts ?? [])]) {
         if (wantFrontends.has(key)) continue;
         const cur = this.frontends.get(key)!;
         this.n.mapDelete(fdServices, serviceKey({ addr: cur.vip, port: cur.port, proto: cur.proto }));
@@ -342,23 +411,39 @@ export class Reconciler {
         this.unindexFrontend(cur);
         res.frontendsDeleted++;
       }
-      if (!liveIds.has(id)) this.n.mapDelete(this.maps.fd('sm_svc_stats'), u32(id));
+      if (!plans.has(id)) this.n.mapDelete(this.maps.fd('sm_svc_stats'), u32(id));
     }
 
-    // 4. backends of the scope that no table references any more
+    // 4. backends of the scope that no table references any more: of the services computed, those their new state
+    //    lacks; of the services that went away, all. Then forget the ids that hold nothing.
     for (const id of scopeIds) {
-      for (const b of [...(this.backendsBySvc.get(id)?.values() ?? [])]) {
-        if (wantBackends.has(b.id)) continue;
-        this.n.mapDelete(fdBackends, u32(b.id));
-        this.n.mapDelete(this.maps.fd('sm_backend_stats'), u32(b.id));
-        this.unindexBackend(b);
+      const p = plans.get(id);
+      let addrs: string[], nums: number[], udp: boolean;
+      if (p) {
+        addrs = p.oldAddrs; nums = p.oldNums; udp = p.oldUdp;
+      } else {
+        const st = this.svcs.get(id);
+        if (!st) continue;
+        addrs = st.addrs; nums = st.nums; udp = st.udp;
+        if (udp) this.countUdp(addrs, nums, -1);
+        st.addrs = []; st.nums = []; st.udp = false;
+      }
+      const index = p ? indexBackends(p.addrs, p.nums) : undefined;
+      for (let i = 0; i < addrs.length; i++) {
+        const addr = addrs[i]!, port = nums[B * i + 1]!;
+        if (p && findBackend(p.addrs, p.nums, index, addr, port) >= 0) continue;
+        const bid = nums[B * i]!;
+        this.n.mapDelete(fdBackends, u32(bid));
+        this.n.mapDelete(this.maps.fd('sm_backend_stats'), u32(bid));
         res.backendsDeleted++;
         // Connected UDP sockets would keep sending to the removed backend forever: destroy them so their owners
-        // reconnect (and get balanced again). Not when another service still uses the same address and port.
-        if (this.opts.destroyUdp && !this.endpointUsers.has(endpointKey(b.addr, b.port))) {
-          res.udpSocketsDestroyed += this.opts.destroyUdp(b.addr, b.port);
+        // reconnect (and get balanced again). Only for a service with a UDP frontend (no other can have balanced a
+        // UDP socket to it), and not while another such service still uses the same address and port.
+        if (udp && this.opts.destroyUdp && !this.udpUsers.has(endpointKey(addr, port))) {
+          res.udpSocketsDestroyed += this.opts.destroyUdp(addr, port);
         }
       }
+      this.dropIfEmpty(id);
     }
     this.reapTables();
     res.ms = performance.now() - t0;
