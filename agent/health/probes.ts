@@ -175,15 +175,18 @@ export function decodeHealthResponse(body: Buffer): number | null {
 
 /**
  * grpc-message is percent-encoded (gRPC over HTTP/2), but what a backend sends is not ours to trust: a bad escape
- * ('50% down') is shown as it came. decodeURIComponent's URIError thrown inside an h2 event handler would be an
+ * ('50% down') is shown as it came, control characters as '?'. decodeURIComponent's URIError thrown inside an h2 event handler would be an
  * uncaught exception, the end of the agent.
  */
 function percentDecoded(s: string): string {
+  let out: string;
   try {
-    return decodeURIComponent(s);
+    out = decodeURIComponent(s);
   } catch {
-    return s;
+    out = s;
   }
+  // The reason goes to logs and to meshctl's table on an operator's terminal: no escape sequences, no line breaks.
+  return out.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
 }
 
 function probeGrpc(t: ProbeTarget, check: HealthCheck, signal?: AbortSignal): Promise<ProbeResult> {

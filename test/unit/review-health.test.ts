@@ -11,7 +11,7 @@ const GRPC: HealthCheck = { kind: 'grpc', intervalMs: 1000, timeoutMs: 1000, hea
 t.test('grpc probe: a grpc-message that is not valid percent-encoding is a failed probe, not an agent crash', async (t) => {
   // Before the fix: decodeURIComponent('50% of shards down') threw URIError inside the h2 stream's event handler, an
   // uncaught exception: any backend (or anything listening on a backend's port) could kill the agent with one answer.
-  const msgs = ['50% of shards down', '%E0%A4%A', 'plain'];
+  const msgs = ['50% of shards down', '%E0%A4%A', 'plain', '%1B%5D0%3Bowned%07%1B%5B2Jred%0Dfake line'];
   let i = 0;
   const server: Http2Server = createH2Server();
   server.on('stream', (s) => {
@@ -30,7 +30,9 @@ t.test('grpc probe: a grpc-message that is not valid percent-encoding is a faile
   for (const msg of msgs) {
     const r = await probe({ address: '127.0.0.1', port, family: 4 }, GRPC);
     t.equal(r.healthy, false, `${JSON.stringify(msg)}: unhealthy`);
-    t.match(r.reason, /^grpc UNAVAILABLE: /, `reason: ${r.reason}`);
+    t.match(r.reason, /^grpc UNAVAILABLE: /, `reason: ${JSON.stringify(r.reason)}`);
+    // the reason reaches logs and meshctl's terminal table: a backend must not write escape sequences or lines there
+    t.notMatch(r.reason, /[\x00-\x1f\x7f]/, 'no control characters from the backend in the reason');
   }
   t.same(uncaught.map(String), [], 'no exception escaped the probe');
 });
