@@ -54,9 +54,16 @@ export interface ClusterDigest {
   notes: string[];
 }
 
-/** `p`/`q`: where in the resource (endpoints[p].lb_endpoints[q]), as numbers: a string per endpoint cost ~20 MiB at 100k. */
-export interface EndpointDigest { address: string; port: number; weight: number; locality?: string; p: number; q: number }
-export interface EndpointsDigest { name: string; endpoints: EndpointDigest[]; notes: string[] }
+/**
+ * The usable endpoints of a ClusterLoadAssignment, packed: endpoint i is addrs[i] with nums[EP*i ..] = port, weight,
+ * p, q, where p/q say where it is in the resource (endpoints[p].lb_endpoints[q]). An object per endpoint cost ~12 MiB
+ * at 100,000 endpoints; these arrays ~4. Locality is not kept: nothing uses it.
+ */
+export interface EndpointsDigest { name: string; addrs: string[]; nums: number[]; notes: string[] }
+/** Numbers per endpoint in EndpointsDigest.nums. */
+export const EP = 4;
+
+const noEndpoints = (name: string): EndpointsDigest => ({ name, addrs: [], nums: [], notes: [] });
 
 const num = (v: unknown): number | undefined => {
   if (v === undefined || v === null) return undefined;
@@ -292,17 +299,17 @@ export function digestCluster(name: string, c: Obj): ClusterDigest {
 
   if (c.cluster_type) {
     d.notes.push(`${what}: custom cluster_type ${c.cluster_type.name ?? ''} not supported (no endpoints)`);
-    d.inline = { name, endpoints: [], notes: [] };
+    d.inline = noEndpoints(name);
     return d;
   }
   const type: string = c.type ?? 'STATIC';
   if (type === 'EDS') {
     d.edsName = c.eds_cluster_config?.service_name || name;
   } else if (type === 'STATIC') {
-    d.inline = c.load_assignment ? digestEndpoints(name, c.load_assignment, `${what}: load_assignment`) : { name, endpoints: [], notes: [] };
+    d.inline = c.load_assignment ? digestEndpoints(name, c.load_assignment, `${what}: load_assignment`) : noEndpoints(name);
   } else {
     d.notes.push(`${what}: cluster type ${type} not supported (no endpoints)`);
-    d.inline = { name, endpoints: [], notes: [] };
+    d.inline = noEndpoints(name);
   }
   return d;
 }
@@ -311,28 +318,32 @@ export function digestCluster(name: string, c: Obj): ClusterDigest {
 
 export function digestEndpoints(name: string, cla: Obj, whatOverride?: string): EndpointsDigest {
   const what = whatOverride ?? `cluster_load_assignment '${name}'`;
-  const d: EndpointsDigest = { name, endpoints: [], notes: [] };
-  (cla.endpoints ?? []).forEach((le: Obj, p: number) => {
+  const d = noEndpoints(name);
+  const groups: Obj[] = cla.endpoints ?? [];
+  for (let p = 0; p < groups.length; p++) {
+    const le = groups[p]!;
     const priority = num(le.priority) ?? 0;
     const lbs: Obj[] = le.lb_endpoints ?? [];
     if (priority !== 0) {
       if (lbs.length > 0) d.notes.push(`${what}: endpoints[${p}]: priority ${priority} endpoints not used (priority 0 only)`);
-      return;
+      continue;
     }
-    const loc = le.locality ? [le.locality.region, le.locality.zone, le.locality.sub_zone].filter(Boolean).join('/') : undefined;
-    lbs.forEach((lb, q) => {
-      const field = `endpoints[${p}].lb_endpoints[${q}]`;
-      if (lb.endpoint_name) fail(what, `${field}.endpoint_name`, 'named endpoints are not supported');
+    for (let q = 0; q < lbs.length; q++) {
+      const lb = lbs[q]!;
+      if (lb.endpoint_name) fail(what, `endpoints[${p}].lb_endpoints[${q}].endpoint_name`, 'named endpoints are not supported');
       const health: string = lb.health_status ?? 'UNKNOWN';
-      if (health === 'UNHEALTHY' || health === 'TIMEOUT') return;
+      if (health === 'UNHEALTHY' || health === 'TIMEOUT') continue;
       const sa = lb.endpoint?.address?.socket_address;
-      if (!sa) fail(what, `${field}.endpoint.address`, 'only socket_address is supported');
+      if (!sa) fail(what, `endpoints[${p}].lb_endpoints[${q}].endpoint.address`, 'only socket_address is supported');
       const port = num(sa.port_value);
-      if (port === undefined || port < 1 || port > 65535) fail(what, `${field}.endpoint.address.socket_address.port_value`, `must be a port 1..65535, got ${sa.port_value ?? 'nothing'}`);
+      if (port === undefined || port < 1 || port > 65535) {
+        fail(what, `endpoints[${p}].lb_endpoints[${q}].endpoint.address.socket_address.port_value`, `must be a port 1..65535, got ${sa.port_value ?? 'nothing'}`);
+      }
       const weight = health === 'DRAINING' ? 0 : num(lb.load_balancing_weight) ?? 1;
-      d.endpoints.push({ address: sa.address, port, weight, locality: loc || undefined, p, q });
-    });
-  });
+      d.addrs.push(sa.address);
+      d.nums.push(port, weight, p, q);
+    }
+  }
   return d;
 }
 
@@ -472,43 +483,45 @@ interface Frontend { r: Resolved; vip: string; port: number; protocol: 'tcp' | '
 /** `cla` and `field` say where a backend came from (for error messages; joined only when there is an error). */
 interface Backend { address: string; port: number; weight: number; group?: string; cla: string; p: number; q: number }
 
+/** The largest endpoint weight. A loop, not Math.max(...spread): 150k arguments overflow the stack. */
+function maxWeight(e: EndpointsDigest): number {
+  let max = 0;
+  for (let i = 1; i < e.nums.length; i += EP) if (e.nums[i]! > max) max = e.nums[i]!;
+  return max;
+}
+
 /** Endpoint weights scaled into the model's range (Envoy's go to 2^32-1, ours to MAX_WEIGHT). */
-function scaled(endpoints: EndpointsDigest, group?: string): Backend[] {
-  let max = 0; // a loop, not Math.max(...spread): 150k arguments overflow the stack
-  for (const e of endpoints.endpoints) if (e.weight > max) max = e.weight;
+function scaled(e: EndpointsDigest, group?: string): Backend[] {
+  const max = maxWeight(e);
   const scale = max > MAX_WEIGHT ? MAX_WEIGHT / max : 1;
-  return endpoints.endpoints.map((e) => {
-    const b: Backend = { address: e.address, port: e.port, weight: e.weight === 0 ? 0 : Math.max(1, Math.round(e.weight * scale)), cla: endpoints.name, p: e.p, q: e.q };
+  const out: Backend[] = new Array(e.addrs.length);
+  for (let i = 0; i < e.addrs.length; i++) {
+    const n = e.nums, at = EP * i, w = n[at + 1]!;
+    const b: Backend = { address: e.addrs[i]!, port: n[at]!, weight: w === 0 ? 0 : Math.max(1, Math.round(w * scale)), cla: e.name, p: n[at + 2]!, q: n[at + 3]! };
     if (group !== undefined) b.group = group;
-    return b;
-  });
+    out[i] = b;
+  }
+  return out;
 }
 
 /** Backends of a resolved listener: endpoint weights, times cluster shares when several clusters are combined. */
 function backendsOf(r: Resolved): Backend[] {
   // HTTP: each cluster is a backend group, its endpoint weights as they are (routes split between the groups).
   if (r.http) return r.clusters.flatMap((c) => scaled(c.endpoints, r.http!.groups.get(c.cluster.name)));
-  if (r.clusters.length === 1) {
-    const { endpoints } = r.clusters[0]!;
-    let max = 0; // a loop, not Math.max(...spread): 150k arguments overflow the stack
-    for (const e of endpoints.endpoints) if (e.weight > max) max = e.weight;
-    const scale = max > MAX_WEIGHT ? MAX_WEIGHT / max : 1; // Envoy weights go to 2^32-1, ours to MAX_WEIGHT
-    return endpoints.endpoints.map((e) => ({
-      address: e.address, port: e.port, weight: e.weight === 0 ? 0 : Math.max(1, Math.round(e.weight * scale)),
-      cla: endpoints.name, p: e.p, q: e.q,
-    }));
-  }
+  if (r.clusters.length === 1) return scaled(r.clusters[0]!.endpoints);
   const total = r.clusters.reduce((s, c) => s + c.ref.weight, 0);
   const raw = new Map<string, Backend>();
-  for (const { ref, endpoints } of r.clusters) {
+  for (const { ref, endpoints: e } of r.clusters) {
     const share = total > 0 ? ref.weight / total : 1 / r.clusters.length;
-    const sum = endpoints.endpoints.reduce((s, e) => s + e.weight, 0);
-    for (const e of endpoints.endpoints) {
-      const key = `${e.address}|${e.port}`;
-      const w = sum > 0 ? (share * e.weight) / sum : 0;
+    let sum = 0;
+    for (let i = 1; i < e.nums.length; i += EP) sum += e.nums[i]!;
+    for (let i = 0; i < e.addrs.length; i++) {
+      const at = EP * i, port = e.nums[at]!, weight = e.nums[at + 1]!;
+      const key = `${e.addrs[i]}|${port}`;
+      const w = sum > 0 ? (share * weight) / sum : 0;
       const seen = raw.get(key);
       if (seen) seen.weight += w;
-      else raw.set(key, { address: e.address, port: e.port, weight: w, cla: endpoints.name, p: e.p, q: e.q });
+      else raw.set(key, { address: e.addrs[i]!, port, weight: w, cla: e.name, p: e.nums[at + 2]!, q: e.nums[at + 3]! });
     }
   }
   let max = 0;
