@@ -4,12 +4,12 @@
 //   2. allow rules: if any allow rule matches, the request is allowed;
 //   3. otherwise the service's defaultAction: allow, or deny (403, x-sockmesh-denied: default-deny).
 // A rule matches when every condition it states holds: `from` (the source workload, the client's
-// cgroup mapped by the config's workloads; a client in no workload matches no `from`), `methods`,
+// cgroup mapped by the config's workloads; a client in no workload matches no `from`), `methods` (in any case),
 // `paths` (any of them, on the normalized path without query; see router.matchPath) and `headers`
 // (all of them). A rule with no conditions matches every request.
 import type { Authz, AuthzRule } from '../model/l7.js';
 import type { RequestHead } from './types.js';
-import { compileHeaderMatches, compileStringMatch, methodSet, type HeadersMatcher, type StringMatcher } from './router.js';
+import { compileHeaderMatches, compileStringMatch, methodIn, methodSet, type HeadersMatcher, type StringMatcher } from './router.js';
 
 export const DEFAULT_DENY = 'default-deny';
 
@@ -34,7 +34,7 @@ function compileRule(r: AuthzRule, where: string): CompiledRule {
 
 function ruleMatches(r: CompiledRule, workload: string | undefined, path: string, head: RequestHead): boolean {
   if (r.from && (workload === undefined || !r.from.has(workload))) return false;
-  if (r.methods && !r.methods.has(head.method)) return false;
+  if (r.methods && !methodIn(r.methods, head.method)) return false;
   if (r.paths) {
     let any = false;
     for (const p of r.paths) if (p(path)) { any = true; break; }

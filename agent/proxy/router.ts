@@ -66,6 +66,17 @@ export function methodSet(methods: string[] | undefined): ReadonlySet<string> | 
   return methods && methods.length > 0 ? new Set(methods.map((m) => m.toUpperCase())) : undefined;
 }
 
+/**
+ * Whether a request's method is in a methodSet, whatever its case: methods are case-sensitive tokens, but many
+ * backends upper-case what they read (Werkzeug, Rack...), so 'delete' must not slip past a rule on DELETE. The
+ * upper-casing is paid only by a method not found as sent.
+ */
+export function methodIn(set: ReadonlySet<string>, method: string): boolean {
+  if (set.has(method)) return true;
+  const upper = method.toUpperCase();
+  return upper !== method && set.has(upper);
+}
+
 // Characters that make a path need normalizing before matching. Most paths have none and are
 // matched as they are.
 const NEEDS_NORMALIZING = /%|\/\.|\/\/|\\/;
@@ -122,7 +133,7 @@ export function compileRouteMatch(m: RouteMatch, where: string): CompiledMatch {
 
 /** path: the matching form from matchPath() */
 export function matches(c: CompiledMatch, path: string, head: RequestHead): boolean {
-  if (c.methods && !c.methods.has(head.method)) return false;
+  if (c.methods && !methodIn(c.methods, head.method)) return false;
   if (c.path && !c.path(path)) return false;
   if (c.headers && !c.headers(head)) return false;
   return true;

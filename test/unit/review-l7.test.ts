@@ -4,7 +4,7 @@
 import t, { type Test } from 'tap';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect as h2connect, createServer as createH2Server } from 'node:http2';
-import { connect, type AddressInfo } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { Registry } from 'prom-client';
 import { BackendStates } from '../../agent/health/states.js';
 import { ProxyPolicy } from '../../agent/proxy/policy.js';
@@ -308,4 +308,32 @@ t.test('xDS: RE2 syntax that JavaScript reads differently is refused (NACK), not
   for (const regex of ['/v[0-9]+/.*', '/a\\.b', '/[a-z:]+', '/\\d+/\\w*', '/x\\[\\[:digit:\\]\\]']) {
     t.doesNotThrow(() => httpRoutes('route_configuration r', rds(regex)), `accepted: ${regex}`);
   }
+});
+
+t.test('authz and routes: a method in lower case cannot sidestep a rule on its upper-case name', async (t) => {
+  // Before the fix: 'delete /admin' matched no rule on DELETE (methods are compared as sent) and was forwarded; many
+  // backends upper-case the method they read (Werkzeug/Flask, Rack...), and deleted.
+  const got: string[] = [];
+  const raw = createNetServer((s) => {
+    s.once('data', (d) => {
+      const method = d.toString('latin1').split(' ')[0]!.toUpperCase(); // as a lenient framework reads it
+      got.push(method);
+      s.end(`HTTP/1.1 200 OK\r\ncontent-length: ${method.length}\r\nconnection: close\r\n\r\n${method}`);
+    });
+  });
+  await new Promise<void>((r) => raw.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => raw.close(() => r())));
+  const env = await setup(t, http({ authz: { defaultAction: 'allow', rules: [{ name: 'no-delete', action: 'deny', methods: ['DELETE'] }] } }));
+  env.update(http({
+    authz: { defaultAction: 'allow', rules: [{ name: 'no-delete', action: 'deny', methods: ['DELETE'] }] },
+    routes: [route('reads', { match: { methods: ['GET'] }, requestHeaders: { set: { 'x-route': 'reads' }, remove: [] } }), route('rest')],
+  }), [backend((raw.address() as AddressInfo).port)]);
+  for (const m of ['DELETE', 'delete', 'Delete']) {
+    const r = await rawExchange(env.proxyPort, `${m} /admin HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n`);
+    t.equal(statusOf(r.text), 403, `${m}: denied`);
+  }
+  t.same(got, [], 'no delete reached the backend');
+  // routes alike: 'get' takes the route on GET
+  t.equal(statusOf((await rawExchange(env.proxyPort, 'get /x HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n')).text), 200);
+  t.same(env.policy.routesReport().map((r) => [r.route, r.requests]), [['reads', { '2xx': 1 }], ['rest', {}]], "'get' routed as GET");
 });
