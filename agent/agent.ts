@@ -306,8 +306,6 @@ export class Agent {
     if (this.policy) {
       try {
         this.policy.update(model, this.workloadOf, scope);
-        this.workloadIds = resolveWorkloads(model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
-        this.workloadsResolvedAt = Date.now();
       } catch (e) {
         const msg = (e as Error).message;
         this.lastConfigError = msg;
@@ -331,6 +329,12 @@ export class Agent {
     // Only now is the model the one in force: nothing below may turn an applied update into a rejected one.
     this.needFullApply = false;
     this.model = model;
+    // Who the clients are follows the model in force: resolved before the kernel said yes, a rejected config's workloads
+    // would have stayed after the last good model was put back.
+    if (this.policy) {
+      this.workloadIds = resolveWorkloads(model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
+      this.workloadsResolvedAt = Date.now();
+    }
     this.configVersion++;
     this.lastConfigError = null;
     this.lastReconcile = { at: new Date().toISOString(), ms: Math.round(res.ms * 1000) / 1000 };
