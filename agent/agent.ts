@@ -137,6 +137,8 @@ export class Agent {
   private proxy?: ProxyServer;
   private workloadIds = new Map<bigint, string>();
   private workloadsResolvedAt = 0;
+  /** cgroup ids found in no workload since the last resolution: not walked for again (see workloadOf) */
+  private workloadMisses = new Set<bigint>();
 
   constructor(readonly opts: AgentOptions, private readonly log: Logger) {}
 
@@ -334,6 +336,7 @@ export class Agent {
     if (this.policy) {
       this.workloadIds = resolveWorkloads(model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
       this.workloadsResolvedAt = Date.now();
+      this.workloadMisses = new Set();
     }
     this.configVersion++;
     this.lastConfigError = null;
@@ -507,15 +510,25 @@ export class Agent {
   }
 
   /**
-   * The workload of a client's cgroup id. Pods start after the config names them: an id not seen is looked up again
-   * (a walk of the workloads' cgroup directories), at most once a second.
+   * The workload of a client's cgroup id. Pods start after the config names them: an id not seen yet is looked up
+   * (a walk of the workloads' cgroup directories) at its first request, whatever other ids did meanwhile: a global
+   * rate limit left a pod started within a second of another lookup in no workload, out of reach of deny rules scoped
+   * to its workload. An id found in none is remembered (a cgroup cannot move under a workload's path), so a client in
+   * no workload costs one walk per config, not one per request; the misses are forgotten after 10 s all the same.
    */
   private readonly workloadOf = (cgroupId: bigint): string | undefined => {
     const w = this.workloadIds.get(cgroupId);
-    if (w !== undefined || !this.model?.workloads?.length || Date.now() - this.workloadsResolvedAt < 1000) return w;
+    if (w !== undefined || !this.model?.workloads?.length) return w;
+    if (Date.now() - this.workloadsResolvedAt > 10_000) this.workloadMisses.clear();
+    else if (this.workloadMisses.has(cgroupId)) return undefined;
     this.workloadIds = resolveWorkloads(this.model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
     this.workloadsResolvedAt = Date.now();
-    return this.workloadIds.get(cgroupId);
+    const found = this.workloadIds.get(cgroupId);
+    if (found === undefined) {
+      if (this.workloadMisses.size >= 65_536) this.workloadMisses.clear();
+      this.workloadMisses.add(cgroupId);
+    }
+    return found;
   };
 
   /** Listen for the connections the kernel redirects to the proxy, then start the heartbeat that lets it redirect. */
