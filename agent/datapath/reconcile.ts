@@ -350,8 +350,9 @@ export class Reconciler {
       if (p.oldUdp) this.countUdp(p.oldAddrs, p.oldNums, -1);
       if (p.udp) this.countUdp(p.addrs, p.nums, 1);
       const st = this.state(p.id);
-      st.addrs = p.addrs;
-      st.nums = p.nums;
+      // Copies of exactly their length: arrays grown by push keep up to half again as much room, for 10,000 services.
+      st.addrs = p.addrs.slice();
+      st.nums = p.nums.slice();
       st.udp = p.udp;
       p.index = undefined;
     }

@@ -556,16 +556,24 @@ function groupOf(r: Resolved): { key: string; base: string } {
   return { key: own ? `c:${base}` : `l:${base}`, base };
 }
 
+// A group is kept per service (10,000 of them): small arrays and shared empty values rather than a Set and a Map each
+// (~400 bytes a group).
 interface Group {
-  /** Listener names (resolved or held back) that make this group. */
-  members: Set<string>;
+  /** Listener names (resolved or held back) that make this group; replaced, never changed in place. */
+  members: readonly string[];
   /** Its services (one, or one per frontend when the schema cannot say it as one), validated. */
   services: Service[];
-  /** Wanted name -> name given (with a -N suffix when it was taken): a service keeps its name across updates. */
-  names: Map<string, string>;
+  /**
+   * Wanted name -> name given when they differ (a -N suffix when the wanted one was taken): a service keeps its name
+   * across updates. Replaced, never changed in place (NO_NAMES when empty).
+   */
+  names: ReadonlyMap<string, string>;
   /** Notes from combining the listeners' clusters. */
-  notes: string[];
+  notes: readonly string[];
 }
+
+const NO_NAMES: ReadonlyMap<string, string> = new Map();
+const NO_NOTES: readonly string[] = Object.freeze([]);
 
 const ANY_NAME = { has: (_: string) => true };
 
@@ -676,11 +684,14 @@ export class ModelBuilder {
       const newKey = r ? groupOf(r).key : undefined;
       if (oldKey !== newKey) {
         structural = true;
-        if (oldKey !== undefined) j.remove(this.groups.get(oldKey)!.members, name);
+        if (oldKey !== undefined) {
+          const was = this.groups.get(oldKey)!;
+          j.assign(was, 'members', was.members.filter((m) => m !== name));
+        }
         if (newKey !== undefined) {
           let g = this.groups.get(newKey);
-          if (!g) j.set(this.groups, newKey, (g = { members: new Set(), services: [], names: new Map(), notes: [] }));
-          j.add(g.members, name);
+          if (!g) j.set(this.groups, newKey, (g = { members: [], services: [], names: NO_NAMES, notes: NO_NOTES }));
+          if (!g.members.includes(name)) j.assign(g, 'members', [...g.members, name]);
           j.set(this.groupKey, name, newKey);
         } else j.delete(this.groupKey, name);
       }
@@ -690,7 +701,7 @@ export class ModelBuilder {
 
     // The touched groups, in model order (by their first listener), rebuilt into service objects.
     const firstOf = (g: Group) => [...g.members].sort(byListenerName)[0]!;
-    const order = [...touched].map((key) => ({ key, g: this.groups.get(key)! })).map((x) => ({ ...x, first: x.g.members.size ? firstOf(x.g) : '' }));
+    const order = [...touched].map((key) => ({ key, g: this.groups.get(key)! })).map((x) => ({ ...x, first: x.g.members.length ? firstOf(x.g) : '' }));
     order.sort((a, b) => byListenerName(a.first, b.first));
     const taken = new Set<string>();
     const isTaken = (n: string) => taken.has(n) || (this.names.has(n) && !touched.has(this.names.get(n)!));
@@ -708,7 +719,7 @@ export class ModelBuilder {
       const from = objs.length;
       const names = new Map<string, string>();
       const notes: string[] = [];
-      if (g.members.size > 0) {
+      if (g.members.length > 0) {
         const fronts: Frontend[] = [...g.members].sort(byListenerName).map((name) => {
           const r = this.resolved.get(name)!;
           return { r, vip: r.listener.vip!, port: r.listener.port!, protocol: r.listener.protocol!, backends: backendsOf(r) };
@@ -765,9 +776,10 @@ export class ModelBuilder {
         for (const f of s.frontends) j.set(this.frontends, frontendKey(f.vip, f.port, f.protocol), s.name);
       }
       j.assign(g, 'services', mine);
-      j.assign(g, 'names', names);
-      j.assign(g, 'notes', notes);
-      if (g.members.size === 0) j.delete(this.groups, key);
+      for (const [wanted, given] of names) if (wanted === given) names.delete(wanted); // the default: not kept
+      j.assign(g, 'names', names.size > 0 ? names : NO_NAMES);
+      j.assign(g, 'notes', notes.length > 0 ? notes : NO_NOTES);
+      if (g.members.length === 0) j.delete(this.groups, key);
     }
     for (const name of old.keys()) changed.add(name);
 
