@@ -2,7 +2,7 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Model } from './model/types.js';
-import { Datapath, type AttachReport } from './datapath/datapath.js';
+import { Datapath, type AttachReport, type ProxySettings } from './datapath/datapath.js';
 import { Reconciler, type ReconcileResult } from './datapath/reconcile.js';
 import { MapReader } from './datapath/inspect.js';
 import { native } from './datapath/native.js';
@@ -135,6 +135,8 @@ export class Agent {
   /** the L7 proxy: its policy follows every applied model; the server listens once the datapath is attached */
   private policy?: ProxyPolicy;
   private proxy?: ProxyServer;
+  /** what the kernel was told of the proxy (Datapath.setProxy) */
+  private proxySettings?: ProxySettings;
   private workloadIds = new Map<bigint, string>();
   private workloadsResolvedAt = 0;
   /** cgroup ids found in no workload since the last resolution: not walked for again (see workloadOf) */
@@ -199,12 +201,13 @@ export class Agent {
     if (model) this.applyModel(model, 'start');
     // The proxy counts as down until startProxyHeartbeat(): L7 services follow their fail mode meanwhile.
     if (dp.l7) {
-      dp.setProxy({
+      this.proxySettings = {
         v4: opts.proxyV4 ?? '127.0.0.1', v6: opts.proxyV6 ?? '::1', port: opts.proxyPort ?? 15001,
         cgroupId: ownCgroupId(root), timeoutMs: 3 * (opts.proxyHeartbeatMs ?? 1000),
         // Run inside the meshed cgroup (a child of it), the proxy's accepted sockets join the fast path too.
         inMesh: cgroupOf(process.pid, root).startsWith(`${opts.cgroup.replace(/\/+$/, '')}/`),
-      });
+      };
+      dp.setProxy(this.proxySettings);
     }
     // Programs go in after the maps hold the config, so the first connect() is already balanced.
     this.programs = dp.attach();
@@ -543,18 +546,26 @@ export class Agent {
     });
     const port = opts.proxyPort ?? 15001;
     const [v4, v6] = [opts.proxyV4 ?? '127.0.0.1', opts.proxyV6 ?? '::1'];
-    try {
-      await proxy.listen(port, [v4]);
-    } catch (e) {
-      await proxy.close();
-      log.error({ port, error: (e as Error).message }, 'the L7 proxy cannot listen: L7 services follow their fail mode');
-      return;
-    }
-    try {
-      await proxy.listen(port, [v6]);
-    } catch (e) {
-      // Without IPv6 on loopback, v4 still serves every v4 client; v6 clients of L7 services follow their fail mode.
-      log.warn({ port, host: v6, error: (e as Error).message }, 'the L7 proxy listens on IPv4 only');
+    // '' = no such listener (Node would take an empty host for every address of the machine)
+    const hosts = [v4, v6].filter((h) => h !== '');
+    for (const [i, host] of hosts.entries()) {
+      try {
+        await proxy.listen(port, [host]);
+      } catch (e) {
+        if (i === 0) {
+          await proxy.close();
+          log.error({ port, host, error: (e as Error).message }, 'the L7 proxy cannot listen: L7 services follow their fail mode');
+          return;
+        }
+        // Without IPv6 on loopback (or with [v6]:port held by another process), v4 serves every client: the kernel is
+        // told so, and IPv6 sockets reach the v4 listener v4-mapped. Left announced, the kernel would redirect them to
+        // [v6]:port, to whoever listens there.
+        log.warn({ port, host, error: (e as Error).message }, 'the L7 proxy listens on IPv4 only');
+        if (this.proxySettings) {
+          this.proxySettings = { ...this.proxySettings, v6: '' };
+          dp.setProxy(this.proxySettings);
+        }
+      }
     }
     this.proxy = proxy;
     log.info({ port, hosts: [v4, v6] }, 'L7 proxy listening');
