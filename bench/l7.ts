@@ -42,7 +42,13 @@ export interface L7Options {
   /** seconds of the unmeasured warm-up run per scenario and protocol */
   warmup: number;
   scenarios: L7Scenario[];
-  /** client on CPU 1, everything else on CPU 0 (false: nothing pinned) */
+  /**
+   * client on CPU 1, everything else on CPU 0. Off by default: on the 2-vCPU VMs a wake-up across CPUs costs
+   * about 40 µs, which the split puts on every client<->server exchange, and a pinned process cannot escape
+   * a CPU that other load lands on (measured here: direct HTTP/1.1 about 2x the req/s unpinned, and p99 in
+   * the hundreds of µs instead of milliseconds). Unpinned, the scheduler places client, proxy and backend as
+   * it would on a node; the interleaving and medians absorb the variation.
+   */
   pin: boolean;
 }
 
@@ -431,7 +437,7 @@ export async function runL7(opts: L7Options): Promise<number> {
   out.push(pin
     ? 'CPUs: client on CPU 1; backend, proxies and agent on CPU 0 (each proxy gets one CPU, shared with the backend); ' +
       '(f) may use both CPUs'
-    : 'CPUs: nothing pinned');
+    : 'CPUs: nothing pinned (the scheduler places client, proxies and backend; --pin splits them)');
   out.push('backend: haproxy answering 200 "ok" itself; proxies keep the protocol per hop (h2 upstream for h2); ' +
     'proxy% / bknd%: CPU of the proxy process(es) (the whole agent for (b)) and of the backend, % of one CPU; ' +
     'µs/req: the proxy\'s CPU time per request');

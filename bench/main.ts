@@ -32,7 +32,7 @@ l7 options:
   --repetitions N      interleaved runs per scenario and protocol; medians are reported (default 3)
   --quick              --duration 2 --repetitions 1, 1 s warm-up, no (f)
   --only a,b,...       scenarios: direct,sockmesh,haproxy,chain,relay,haproxy2 or a,b,c,d,e,f (default all)
-  --no-pin             do not pin (default: client on CPU 1, backend and proxies on CPU 0)
+  --pin                client on CPU 1, backend and proxies on CPU 0 (default: nothing pinned, see README)
 
   xds        the agent on xDS against the control plane at fleet scale: full sync time, one endpoint
              change to the kernel map (p50/p99 over many), agent RSS at rest
@@ -106,7 +106,7 @@ async function xds(argv: string[]): Promise<number> {
 }
 
 async function l7(argv: string[]): Promise<number> {
-  let duration = 5, connections = 32, repetitions = 3, warmup = 2, pin = true, quick = false;
+  let duration = 5, connections = 32, repetitions = 3, warmup = 2, pin = false, quick = false;
   let only: L7Scenario[] | undefined;
   const byLetter = Object.fromEntries(Object.entries(L7_LETTERS).map(([n, l]) => [l, n])) as Record<string, L7Scenario>;
   for (let i = 0; i < argv.length; i++) {
@@ -115,7 +115,7 @@ async function l7(argv: string[]): Promise<number> {
     else if (flag === '--connections') connections = count(flag, argv[++i], 1000);
     else if (flag === '--repetitions') repetitions = count(flag, argv[++i], 20);
     else if (flag === '--quick') quick = true;
-    else if (flag === '--no-pin') pin = false;
+    else if (flag === '--pin') pin = true;
     else if (flag === '--only') {
       only = (argv[++i] ?? '').split(',').map((s) => {
         const n = byLetter[s] ?? s;
