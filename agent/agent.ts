@@ -451,8 +451,17 @@ export class Agent {
     return routesReport(this.model, this.proxyReports, service);
   }
 
+  /**
+   * The reconciler's namesVersion() state.json was last written with: it holds the names and fixed facts only, so an
+   * endpoint change does not rewrite it (10,000 names as JSON were ~1 MB of garbage per change).
+   */
+  private stateWritten?: { reconciler: Reconciler; version: number };
+
   /** Names and settings for meshctl to use while the agent is down (the kernel maps only hold ids). */
   private writeState(): void {
+    const r = this.reconciler;
+    const version = r?.namesVersion() ?? -1;
+    if (r && this.stateWritten?.reconciler === r && this.stateWritten.version === version) return;
     mkdirSync(this.opts.runDir, { recursive: true, mode: 0o700 });
     const state = {
       pid: process.pid, bpffs: this.opts.bpffs, cgroup: this.opts.cgroup,
@@ -461,6 +470,7 @@ export class Agent {
     const file = join(this.opts.runDir, 'state.json');
     writeFileSync(`${file}.tmp`, JSON.stringify(state, null, 2));
     renameSync(`${file}.tmp`, file);
+    this.stateWritten = r ? { reconciler: r, version } : undefined;
   }
 
   status(): StatusReport {

@@ -256,6 +256,7 @@ export class Reconciler {
     id ??= this.nextServiceId++;
     this.serviceIds.set(svc.name, id);
     this.serviceNames.set(id, svc.name);
+    this.namesChanges++;
     this.usedServiceIds.add(id);
     return id;
   }
@@ -287,7 +288,10 @@ export class Reconciler {
     const live = new Set(services.map((s) => s.name));
     for (const name of changed ?? [...this.serviceIds.keys()]) {
       const id = this.serviceIds.get(name);
-      if (id !== undefined && !live.has(name)) { this.serviceIds.delete(name); this.usedServiceIds.delete(id); this.serviceNames.delete(id); }
+      if (id !== undefined && !live.has(name)) {
+        this.serviceIds.delete(name); this.usedServiceIds.delete(id); this.serviceNames.delete(id);
+        this.namesChanges++;
+      }
     }
 
     // Desired state of the scope, reusing the ids of (service, address, port) the kernel already has.
@@ -471,6 +475,15 @@ export class Reconciler {
     const fd = this.maps.fd('sm_tables');
     for (let i = 0; i < size; i++) this.n.mapDelete(fd, tableKey(tableId, i));
   }
+
+  /**
+   * Changes whenever names() does: what depends on the names alone (state.json) is rewritten only then, not on every
+   * endpoint change (10,000 names as JSON is ~1 MB of garbage per change, much of it in large-object space).
+   */
+  namesVersion(): number {
+    return this.namesChanges;
+  }
+  private namesChanges = 0;
 
   /** Service id -> name, kept up to date (read per flow event: no copying here). */
   names(): ReadonlyMap<number, string> {
