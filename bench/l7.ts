@@ -311,7 +311,10 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
   const wall = (t1 - t0) / 1000;
   const pct = (a: number | undefined, b: number | undefined) => (a !== undefined && b !== undefined ? ((b - a) / wall) * 100 : undefined);
   const proxyCpu = pids.length ? pct(p0, p1) : undefined;
-  return { ...h, ...(proxyCpu !== undefined ? { proxyCpu } : {}), backendCpu: pct(b0, b1) ?? 0, seconds: wall };
+  const proxyCpuUs = proxyCpu !== undefined ? (p1! - p0!) * 1e6 : undefined;
+  return {
+    ...h, ...(proxyCpu !== undefined ? { proxyCpu, proxyCpuUs } : {}), backendCpu: pct(b0, b1) ?? 0, seconds: wall,
+  };
 }
 
 /** Mark one protocol of a scenario failed: it is not measured again. */

@@ -26,6 +26,8 @@ export const PROTOCOL_TITLES: Record<Protocol, string> = { http1: 'HTTP/1.1 (wrk
 export interface Sample extends HttpRun {
   /** % of one CPU used by the scenario's proxy process(es) (the agent for (b)); absent for (a) */
   proxyCpu?: number;
+  /** the same as CPU time over the run, µs */
+  proxyCpuUs?: number;
   /** % of one CPU used by the backend */
   backendCpu: number;
   seconds: number;
@@ -71,7 +73,7 @@ export function summarize(r: L7Result | undefined, p: Protocol): Summary | undef
     p50: median(s.map((x) => x.p50)),
     p99: median(s.map((x) => x.p99)),
     ...(cpu.length ? { proxyCpu: median(cpu) } : {}),
-    ...(cpu.length ? { cpuPerReq: median(s.filter((x) => x.proxyCpu !== undefined && x.rps > 0).map((x) => (x.proxyCpu! * 1e4) / x.rps)) } : {}),
+    ...(cpu.length ? { cpuPerReq: median(s.filter((x) => x.proxyCpuUs !== undefined && x.requests > 0).map((x) => x.proxyCpuUs! / x.requests)) } : {}),
     backendCpu: median(s.map((x) => x.backendCpu)),
     samples: s.length,
   };

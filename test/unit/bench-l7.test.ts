@@ -309,7 +309,9 @@ t.test('Prometheus text: a family summed over the samples with the given labels'
 });
 
 function sample(rps: number, p50: number, p99: number, proxyCpu?: number): Sample {
-  return { rps, p50, p99, requests: rps * 5, errors: 0, backendCpu: 20, seconds: 5, ...(proxyCpu !== undefined ? { proxyCpu } : {}) };
+  // a 5 s run: the proxy's CPU time is its share of one CPU over 5 s
+  const cpu = proxyCpu !== undefined ? { proxyCpu, proxyCpuUs: (proxyCpu / 100) * 5e6 } : {};
+  return { rps, p50, p99, requests: rps * 5, errors: 0, backendCpu: 20, seconds: 5, ...cpu };
 }
 const result = (name: L7Result['name'], http1: Sample[], h2: Sample[]): L7Result => ({ name, samples: { http1, h2 }, errors: {}, evidence: {} });
 
