@@ -430,7 +430,13 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     const status = res.status;
     this.tryDeadline = 0;
     if (status === 101) {
-      if (this.upgradeReq === undefined || res.upgrade === undefined) { this.upFail(c, 'unexpected 101 response'); return; }
+      if (this.upgradeReq === undefined || res.upgrade === undefined) {
+        // The socket is still open (upFail normally follows its close): destroy it, or it stays counted against the
+        // group's max connections for as long as the backend keeps it.
+        c.destroy();
+        this.upFail(c, 'unexpected 101 response');
+        return;
+      }
       this.upgraded(c);
       return;
     }

@@ -632,3 +632,17 @@ t.test('close() ends with a keep-alive client still connected (the agent stops, 
   t.equal(closedBy, 'close', 'close() resolved');
   t.ok(idle.destroyed || idle.readableEnded || await new Promise((r) => { idle.once('close', () => r(true)); setTimeout(() => r(false), 1000); }), 'the client connection was closed');
 });
+
+t.test('an unexpected 101 from the upstream is a 502 and its connection is closed, not kept against max connections', async (t) => {
+  const weird = await rawBackend((s) => {
+    s.on('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nupgrade: nonsense\r\nconnection: upgrade\r\n\r\n'));
+  });
+  t.teardown(() => weird.close());
+  const g = new TestGroup(1);
+  policy.route = () => ({ upstreams: [upstream(weird.port, g)] });
+  t.equal((await get(proxy.port, '/')).status, 502, 'a plain GET answered 101 is a bad gateway');
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(g.connections, 0, 'the connection was given back to the group');
+  const next = await Promise.race([get(proxy.port, '/').then((r) => r.status), new Promise<string>((r) => setTimeout(() => r('pending after 3 s'), 3000))]);
+  t.equal(next, 502, 'the next request gets a connection (no pending for ever)');
+});
