@@ -35,7 +35,7 @@ export interface KernelFrontend {
 interface SvcState {
   /** keys (vip|port|proto) of its frontends */
   fronts: string[];
-  /** its backends: addrs[i], and nums[B*i ..] = kernel id, port, weight, flags | family << 8 */
+  /** its backends: addrs[i], and nums[B*i ..] = kernel id, weight, packed(port, flags, family) */
   addrs: string[];
   nums: number[];
   /** it has a UDP frontend: its backends count in Reconciler.udpUsers */
@@ -43,21 +43,25 @@ interface SvcState {
 }
 
 /** Numbers per backend in SvcState.nums. */
-const B = 4;
+const B = 3;
+
+/** Port, flags and family of a backend as one small integer (SvcState.nums[B*i + 2]). */
+const packed = (port: number, flags: number, family: number): number => port | (flags << 16) | (family === 10 ? 1 << 24 : 0);
+const portOf = (nums: readonly number[], i: number): number => nums[B * i + 2]! & 0xffff;
 /** Up to this many backends a service's endpoint is found by a linear scan; above, through a map built per apply. */
 const LINEAR = 16;
 
 /** The index of endpoint (addr, port) in packed backends, or -1. `index` (endpointKey -> index) for large ones. */
 function findBackend(addrs: readonly string[], nums: readonly number[], index: Map<number | string, number> | undefined, addr: string, port: number): number {
   if (index) return index.get(endpointKey(addr, port)) ?? -1;
-  for (let i = 0; i < addrs.length; i++) if (nums[B * i + 1] === port && addrs[i] === addr) return i;
+  for (let i = 0; i < addrs.length; i++) if (portOf(nums, i) === port && addrs[i] === addr) return i;
   return -1;
 }
 
 function indexBackends(addrs: readonly string[], nums: readonly number[]): Map<number | string, number> | undefined {
   if (addrs.length <= LINEAR) return undefined;
   const m = new Map<number | string, number>();
-  for (let i = 0; i < addrs.length; i++) m.set(endpointKey(addrs[i]!, nums[B * i + 1]!), i);
+  for (let i = 0; i < addrs.length; i++) m.set(endpointKey(addrs[i]!, portOf(nums, i)), i);
   return m;
 }
 
@@ -168,7 +172,7 @@ export class Reconciler {
 
   private countUdp(addrs: readonly string[], nums: readonly number[], by: 1 | -1): void {
     for (let i = 0; i < addrs.length; i++) {
-      const ep = endpointKey(addrs[i]!, nums[B * i + 1]!);
+      const ep = endpointKey(addrs[i]!, portOf(nums, i));
       const n = (this.udpUsers.get(ep) ?? 0) + by;
       if (n > 0) this.udpUsers.set(ep, n); else this.udpUsers.delete(ep);
     }
@@ -201,7 +205,7 @@ export class Reconciler {
       const b = decodeBackend(bv[i]!);
       const st = this.state(b.service_id);
       st.addrs.push(b.addr);
-      st.nums.push(id, b.port, b.weight, b.flags | (b.family << 8));
+      st.nums.push(id, b.weight, packed(b.port, b.flags, b.family));
       this.nextBackendId = Math.max(this.nextBackendId, id + 1);
     });
     const { keys: sk, values: sv } = this.n.mapDump(this.maps.fd('sm_services'));
@@ -316,15 +320,15 @@ export class Reconciler {
           // A service's backend is shared by all its VIPs of one family: one id per (service, address, port).
           let k = findBackend(plan.addrs, plan.nums, plan.index, b.address, b.port);
           if (k < 0) {
-            const kind = (isLoopback(b.address) || this.local.has(b.address) ? BE_F_LOCAL : 0) | ((b.family === 4 ? 2 : 10) << 8);
+            const pk = packed(b.port, isLoopback(b.address) || this.local.has(b.address) ? BE_F_LOCAL : 0, b.family === 4 ? 2 : 10);
             const j = findBackend(oldAddrs, oldNums, oldIndex, b.address, b.port);
             const id = j >= 0 ? oldNums[B * j]! : this.nextBackendId++;
             k = plan.addrs.length;
             plan.addrs.push(b.address);
-            plan.nums.push(id, b.port, b.weight, kind);
+            plan.nums.push(id, b.weight, pk);
             if (plan.index) plan.index.set(endpointKey(b.address, b.port), k);
             else if (plan.addrs.length > LINEAR) plan.index = indexBackends(plan.addrs, plan.nums);
-            if (j < 0 || oldNums[B * j + 2] !== b.weight || oldNums[B * j + 3] !== kind) writes.push([plan, k]);
+            if (j < 0 || oldNums[B * j + 1] !== b.weight || oldNums[B * j + 2] !== pk) writes.push([plan, k]);
           }
           ids[i] = plan.nums[B * k]!;
         }
@@ -342,8 +346,9 @@ export class Reconciler {
       writes.forEach(([p, k], i) => {
         const at = B * k;
         keys.writeUInt32LE(p.nums[at]!, 4 * i);
-        v.addr = p.addrs[k]!; v.port = p.nums[at + 1]!; v.weight = p.nums[at + 2]!;
-        v.flags = p.nums[at + 3]! & 0xff; v.family = p.nums[at + 3]! >> 8; v.service_id = p.id;
+        const pk = p.nums[at + 2]!;
+        v.addr = p.addrs[k]!; v.weight = p.nums[at + 1]!; v.port = pk & 0xffff;
+        v.flags = (pk >> 16) & 0xff; v.family = pk >> 24 ? 10 : 2; v.service_id = p.id;
         encode('sm_backend', v as unknown as Decoded, values, size * i);
       });
       this.n.mapUpdateBatch(fdBackends, keys, values, writes.length);
@@ -435,7 +440,7 @@ export class Reconciler {
       }
       const index = p ? indexBackends(p.addrs, p.nums) : undefined;
       for (let i = 0; i < addrs.length; i++) {
-        const addr = addrs[i]!, port = nums[B * i + 1]!;
+        const addr = addrs[i]!, port = portOf(nums, i);
         if (p && findBackend(p.addrs, p.nums, index, addr, port) >= 0) continue;
         const bid = nums[B * i]!;
         this.n.mapDelete(fdBackends, u32(bid));
