@@ -155,6 +155,12 @@ export class Agent {
       throw new Error(`refusing to attach to the root cgroup ${opts.cgroup}: that would mesh every process on this machine; ` +
         `pass --allow-root-cgroup if you really mean it`);
     }
+    // The kernel exempts the proxy's own cgroup from the L7 redirect (its upstream connections must not loop): an
+    // agent in the meshed cgroup itself would exempt every application there from L7 routing and authorization.
+    if (cgroupOf(process.pid, root).replace(/\/+$/, '') === opts.cgroup.replace(/\/+$/, '')) {
+      throw new Error(`the agent runs in the meshed cgroup ${opts.cgroup} itself: every application there would bypass ` +
+        `the L7 proxy (its cgroup is exempt from the redirect); run it in a child cgroup of it, or outside it`);
+    }
     this.checkFeatures();
     ensureBpffs(opts.bpffs);
 

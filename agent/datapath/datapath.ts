@@ -250,6 +250,13 @@ export class Datapath {
     if (p.v6) addrToBytes(p.v6, v, 16);
     this.proxyValue = v;
     this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
+    // Hand-overs a previous agent never accepted would stay in the LRU: a process outside the mesh that later binds
+    // the same source port and dials the proxy would be taken for that client (its cgroup, its workload). The
+    // heartbeat is 0 until this agent listens, so nothing new is redirected while they are dropped.
+    for (const name of ['sm_l7_peers', 'sm_l7_pending'] as const) {
+      const fd = this.maps.fd(name);
+      for (const key of this.n.mapKeys(fd)) this.n.mapDelete(fd, key);
+    }
   }
 
   /** The proxy is alive now (bpf_ktime_get_ns and process.hrtime.bigint() are both CLOCK_MONOTONIC). */

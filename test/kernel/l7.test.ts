@@ -252,3 +252,10 @@ services:
     t.equal(again.body, 'v1', 'the fail-closed service works again');
   });
 });
+
+t.test('an agent in the meshed cgroup itself is refused (its cgroup is exempt from the redirect)', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'l7self');
+  const err = await startAgent(t, cg, { config: 'services: []\n', inCgroup: cg.path }).then(() => null, (e: Error) => e);
+  t.ok(err, 'the agent did not start');
+  t.match(err?.message ?? '', /runs in the meshed cgroup .* itself/, 'and says why');
+});

@@ -157,6 +157,15 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
     s.destroy();
   });
 
+  t.test('a new agent announcing the proxy drops the hand-overs an earlier one never accepted', async (t) => {
+    const key = encode('sm_l7_key', { netns_cookie: native().netnsCookie(-1), addr: '127.0.0.1', port: 1 });
+    native().mapUpdate(dp.maps.fd('sm_l7_peers'), key, encode('sm_orig_dst', { vip: '127.100.0.1', port: 80, service_id: 1, cgroup_id: 1n }));
+    t.equal(native().mapKeys(dp.maps.fd('sm_l7_peers')).length >= 1, true, 'a stale entry is there');
+    dp.setProxy(settings);
+    dp.heartbeat();
+    t.equal(native().mapKeys(dp.maps.fd('sm_l7_peers')).length, 0, 'setProxy removed it');
+  });
+
   t.test('a plain (L4) service next to it is balanced as before', async (t) => {
     const conn = await connectId('127.100.0.3', 80);
     t.equal(conn.id, 'a');

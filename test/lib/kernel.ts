@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSyn
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createServer, type AddressInfo } from 'node:net';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -166,10 +167,15 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
     },
     restart: async () => { await launch(); },
   };
+  // Each test agent gets a proxy port of its own (the default 15001 may be held by another agent on this machine, and
+  // an agent whose proxy cannot listen sends L7 services to their fail mode), and no metrics endpoint unless asked.
+  const extra = [...(opts.extraArgs ?? [])];
+  if (!extra.includes('--proxy-port')) extra.push('--proxy-port', String(await freePort()));
+  if (!extra.includes('--metrics-listen')) extra.push('--metrics-listen', 'off');
   const launch = async (): Promise<void> => {
     // The agent runs in the cgroup the test started in (or opts.inCgroup), even when the test process has entered the meshed one.
     const source = opts.xds ? ['--xds', opts.xds] : ['--config', configFile];
-    const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...(opts.extraArgs ?? [])];
+    const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...extra];
     const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] });
     h.proc = proc;
@@ -197,6 +203,23 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
   });
   await launch();
   return h;
+}
+
+/** A TCP port free on both 127.0.0.1 and ::1 right now. */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const s = createServer();
+      s.once('error', reject);
+      s.listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => resolve(p)); });
+    });
+    const v6free = await new Promise<boolean>((resolve) => {
+      const s = createServer();
+      s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code !== 'EADDRINUSE'));
+      s.listen(port, '::1', () => s.close(() => resolve(true)));
+    });
+    if (v6free) return port;
+  }
 }
 
 /** Run meshctl against an agent instance; returns exit code and output. */
