@@ -137,6 +137,8 @@ export class Agent {
   private proxy?: ProxyServer;
   /** what the kernel was told of the proxy (Datapath.setProxy) */
   private proxySettings?: ProxySettings;
+  /** the cgroup2 mount, found once at start (reading /proc/mounts on every config change was garbage for nothing) */
+  private cgroupRoot = '/sys/fs/cgroup';
   private workloadIds = new Map<bigint, string>();
   private workloadsResolvedAt = 0;
   /** cgroup ids found in no workload since the last resolution: not walked for again (see workloadOf) */
@@ -149,6 +151,7 @@ export class Agent {
     const { opts, log } = this;
     const root = cgroup2Root();
     if (!root) throw new Error('this kernel has no cgroup v2 mounted: sockmesh attaches its programs to a cgroup v2 directory');
+    this.cgroupRoot = root;
     if (process.getuid?.() !== 0) throw new Error('sockmesh-agent must run as root (it loads BPF programs)');
     ensureCgroup(opts.cgroup);
     if (isRootCgroup(opts.cgroup, root) && !opts.allowRootCgroup) {
@@ -343,7 +346,7 @@ export class Agent {
     // Who the clients are follows the model in force: resolved before the kernel said yes, a rejected config's workloads
     // would have stayed after the last good model was put back.
     if (this.policy) {
-      this.workloadIds = resolveWorkloads(model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
+      this.workloadIds = resolveWorkloads(model.workloads, this.cgroupRoot);
       this.workloadsResolvedAt = Date.now();
       this.workloadMisses = new Set();
     }
@@ -540,7 +543,7 @@ export class Agent {
     if (w !== undefined || !this.model?.workloads?.length) return w;
     if (Date.now() - this.workloadsResolvedAt > 10_000) this.workloadMisses.clear();
     else if (this.workloadMisses.has(cgroupId)) return undefined;
-    this.workloadIds = resolveWorkloads(this.model.workloads, cgroup2Root() ?? '/sys/fs/cgroup');
+    this.workloadIds = resolveWorkloads(this.model.workloads, this.cgroupRoot);
     this.workloadsResolvedAt = Date.now();
     const found = this.workloadIds.get(cgroupId);
     if (found === undefined) {

@@ -1,4 +1,5 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=8 --v8-pool-size=1
+// (the flags are agent/runtime.ts AGENT_NODE_FLAGS: a shebang cannot import them)
 // sockmesh-agent: run the node agent, or remove what it installed.
 import { Command, Option } from 'commander';
 import { resolve } from 'node:path';

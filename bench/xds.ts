@@ -18,6 +18,7 @@ import { agentEntry, cleanupAgent } from './lib/agent.js';
 import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
 import { BACKEND_PORT, Fleet, SERVICE_PORT, changedPort, prng, type ServiceConfig } from './lib/fleet.js';
 import { Background, interrupted, onCleanup } from './lib/proc.js';
+import { AGENT_NODE_FLAGS } from '../agent/runtime.js';
 import {
   formatXdsTable, parseConfigApplied, percentile, vmField, xdsChecks, xdsSummary, type ConfigApplied, type XdsResults,
 } from './lib/xdsreport.js';
@@ -186,7 +187,7 @@ export async function runXds(opts: XdsOptions): Promise<number> {
   const agent = new Background(
     'sockmesh agent',
     process.execPath,
-    [agentEntry(opts.root), '--xds', `127.0.0.1:${cp.port}`, '--cgroup', meshCgroup, '--bpffs', bpffs,
+    [...AGENT_NODE_FLAGS, agentEntry(opts.root), '--xds', `127.0.0.1:${cp.port}`, '--cgroup', meshCgroup, '--bpffs', bpffs,
       '--run-dir', join(workDir, 'run'), '--event-sample', '0'],
     AGENT_MAX_MS,
   );

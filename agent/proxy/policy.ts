@@ -38,7 +38,7 @@ import { AccessLog } from './accesslog.js';
 export const DEFAULT_GROUP = 'default';
 
 /** Reasons of local replies (metrics label, access log). */
-export type LocalReason = 'no-service' | 'misdirected' | 'bad-path' | 'denied' | 'no-route' | 'no-healthy-upstream' | Limit;
+export type LocalReason = 'misdirected' | 'bad-path' | 'denied' | 'no-route' | 'no-healthy-upstream' | Limit;
 
 export interface RouteReport {
   service: string;
@@ -193,9 +193,6 @@ export class ProxyPolicy implements Policy {
   /** vip -> port -> frontend of an L7 service */
   private frontends = new Map<string, Map<number, FrontendState>>();
   /** vip -> ports of services without http (for 421) */
-  /** 'vip|port' -> the L4 service there; and per L4 service its keys (scoped updates patch both) */
-  private l4 = new Map<string, string>();
-  private l4Keys = new Map<string, string[]>();
   private services = new Map<string, ServiceState>();
   private groups = new Map<string, GroupState>();
   private routeStats = new Map<string, RouteStats>();
@@ -225,13 +222,10 @@ export class ProxyPolicy implements Policy {
     // A scoped change of L4 services only (the common case at scale: endpoints of 10,000 services) must not cost a
     // walk that allocates per service: patch the L4 index and keep everything else.
     if (changed && this.onlyL4(model, changed)) {
-      this.patchL4(model, changed);
       this.workloadOf = workloadOfCgroup;
       return;
     }
     const frontends = new Map<string, Map<number, FrontendState>>();
-    const l4 = new Map<string, string>();
-    const l4Keys = new Map<string, string[]>();
     const services = new Map<string, ServiceState>();
     const groups = new Map<string, GroupState>();
     const routeStats = new Map<string, RouteStats>();
@@ -241,7 +235,6 @@ export class ProxyPolicy implements Policy {
     const compiled: [Service, ServiceState][] = [];
     for (const svc of model.services) {
       if (svc.http) compiled.push([svc, this.compileService(svc, svc.http, routeStats)]);
-      else addL4(svc, l4, l4Keys);
     }
     for (const [svc, state] of compiled) {
       services.set(svc.name, state);
@@ -256,8 +249,6 @@ export class ProxyPolicy implements Policy {
       }
     }
     this.frontends = frontends;
-    this.l4 = l4;
-    this.l4Keys = l4Keys;
     this.services = services;
     this.groups = groups;
     this.routeStats = routeStats;
@@ -267,19 +258,15 @@ export class ProxyPolicy implements Policy {
     this.metrics.forgetBackends(alive);
   }
 
-  /** true when no service in changed is L7 now or was before */
+  /** true when no service in changed is L7 now or was before (an indexed walk: no allocation per service) */
   private onlyL4(model: Model, changed: ReadonlySet<string>): boolean {
     for (const name of changed) if (this.services.has(name)) return false;
-    for (const svc of model.services) if (svc.http && changed.has(svc.name)) return false;
-    return true;
-  }
-
-  private patchL4(model: Model, changed: ReadonlySet<string>): void {
-    for (const name of changed) {
-      for (const key of this.l4Keys.get(name) ?? []) if (this.l4.get(key) === name) this.l4.delete(key);
-      this.l4Keys.delete(name);
+    const list = model.services;
+    for (let i = 0; i < list.length; i++) {
+      const svc = list[i]!;
+      if (svc.http !== undefined && changed.has(svc.name)) return false;
     }
-    for (const svc of model.services) if (changed.has(svc.name)) addL4(svc, this.l4, this.l4Keys);
+    return true;
   }
 
   private compileService(svc: Service, http: HttpPolicy, routeStats: Map<string, RouteStats>): ServiceState {
@@ -369,15 +356,14 @@ export class ProxyPolicy implements Policy {
   begin(dst: OriginalDst, source: Source, head: RequestHead): Exchange | LocalReply {
     const fe = this.frontends.get(dst.vip)?.get(dst.port);
     if (!fe) {
-      const l4 = this.l4.has(`${dst.vip}|${dst.port}`);
-      const reason: LocalReason = l4 ? 'misdirected' : 'no-service';
+      // The kernel redirected this connection when an L7 service was there; there is none now (removed, or L4 since):
+      // 421 tells the client to connect again, which goes wherever the kernel now sends it.
+      const reason: LocalReason = 'misdirected';
       const stats = this.metrics.earlyStats('');
       stats.backend('').classes[CLASS_LOCAL]!++;
       stats.localReply(reason);
       this.log.debug({ vip: dst.vip, port: dst.port, method: head.method, path: head.path, reason }, 'no L7 service for this destination');
-      return l4
-        ? localReply(head, 421, `${hostPort(dst.vip, dst.port)} is not an L7 service any more: connect again`, { 'x-sockmesh-reason': reason })
-        : localReply(head, 503, `no L7 service at ${hostPort(dst.vip, dst.port)}`, { 'x-sockmesh-reason': reason });
+      return localReply(head, 421, `no L7 service at ${hostPort(dst.vip, dst.port)} (any more): connect again`, { 'x-sockmesh-reason': reason });
     }
     const svc = fe.service;
     // A '#' has no place in a request-target (RFC 9112 3.2: a fragment is never sent). Matched as it came, '/admin#x'
@@ -726,9 +712,3 @@ class PolicyExchange implements Exchange {
   }
 }
 
-/** index an L4 service's frontends (for the 421 a connection redirected before it stopped being L7 gets) */
-function addL4(svc: Service, l4: Map<string, string>, l4Keys: Map<string, string[]>): void {
-  const keys = svc.frontends.map((f) => `${f.vip}|${f.port}`);
-  for (const key of keys) l4.set(key, svc.name);
-  l4Keys.set(svc.name, keys);
-}

@@ -4,6 +4,7 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Background, run } from './proc.js';
+import { AGENT_NODE_FLAGS } from '../../agent/runtime.js';
 
 export interface AgentOptions {
   root: string; // project root (dist/agent/main.js lives under it)
@@ -47,7 +48,7 @@ export class Agent {
   static async start(opts: AgentOptions): Promise<Agent> {
     writeFileSync(opts.configPath, opts.configText ?? benchConfig(opts.vip, opts.port, opts.backend));
     const argv = [
-      process.execPath, agentEntry(opts.root), '--config', opts.configPath, '--cgroup', opts.cgroupDir, '--bpffs', opts.bpffsDir,
+      process.execPath, ...AGENT_NODE_FLAGS, agentEntry(opts.root), '--config', opts.configPath, '--cgroup', opts.cgroupDir, '--bpffs', opts.bpffsDir,
       ...(opts.extraArgs ?? []),
     ];
     const [cmd, args] = opts.launch ? opts.launch(argv) : [argv[0]!, argv.slice(1)];

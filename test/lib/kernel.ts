@@ -7,6 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer, type AddressInfo } from 'node:net';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
+import { AGENT_NODE_FLAGS } from '../../agent/runtime.js';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const AGENT = join(ROOT, 'dist', 'agent', 'main.js');
@@ -176,7 +177,7 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
     // The agent runs in the cgroup the test started in (or opts.inCgroup), even when the test process has entered the meshed one.
     const source = opts.xds ? ['--xds', opts.xds] : ['--config', configFile];
     const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...extra];
-    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...args],
+    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...AGENT_NODE_FLAGS, ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] });
     h.proc = proc;
     let buf = '';

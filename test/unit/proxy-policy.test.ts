@@ -52,20 +52,22 @@ t.test('matching path: query cut off, tricky spellings normalized', async (t) =>
   t.equal(normalizePath('/../../x'), '/x');
 });
 
-t.test('service lookup: unknown destination 503, an L4 service 421', async (t) => {
+t.test('service lookup: a destination with no L7 service (unknown, or L4 now) is 421, connect again', async (t) => {
   const { p } = policy();
   p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http()), service('l4', '127.100.0.2', 80, [backend(8081)])), () => undefined);
   const ok = p.begin(DST, SRC, head());
   t.notOk(isLocal(ok), 'known L7 service: an exchange');
-  const none = p.begin({ vip: '127.100.0.9', port: 80, cgroupId: 1n }, SRC, head());
-  t.ok(isLocal(none));
-  t.equal((none as LocalReply).status, 503);
-  t.equal((none as LocalReply).headers['x-sockmesh-reason'], 'no-service');
-  const wrongPort = p.begin({ vip: '127.100.0.1', port: 81, cgroupId: 1n }, SRC, head());
-  t.equal((wrongPort as LocalReply).status, 503, 'same vip, other port: no service');
-  const l4 = p.begin({ vip: '127.100.0.2', port: 80, cgroupId: 1n }, SRC, head());
-  t.equal((l4 as LocalReply).status, 421);
-  t.equal((l4 as LocalReply).headers['x-sockmesh-reason'], 'misdirected');
+  for (const dst of [{ vip: '127.100.0.9', port: 80 }, { vip: '127.100.0.1', port: 81 }, { vip: '127.100.0.2', port: 80 }]) {
+    const r = p.begin({ ...dst, cgroupId: 1n }, SRC, head());
+    t.ok(isLocal(r));
+    t.equal((r as LocalReply).status, 421, `${dst.vip}:${dst.port}`);
+    t.equal((r as LocalReply).headers['x-sockmesh-reason'], 'misdirected');
+  }
+  // a scoped change that makes web L4 is seen (not skipped as an L4-only change)
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)]), service('l4', '127.100.0.2', 80, [backend(8081)])), () => undefined, new Set(['web']));
+  t.equal((p.begin(DST, SRC, head()) as LocalReply).status, 421, 'web is L4 now');
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http()), service('l4', '127.100.0.2', 80, [backend(8081)])), () => undefined, new Set(['web']));
+  t.notOk(isLocal(p.begin(DST, SRC, head())), 'and L7 again');
 });
 
 t.test('routes: first match in order on path, methods, headers (with invert); none -> 404', async (t) => {
