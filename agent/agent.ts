@@ -138,7 +138,7 @@ export class Agent {
   /** what the kernel was told of the proxy (Datapath.setProxy) */
   private proxySettings?: ProxySettings;
   /** the cgroup2 mount, found once at start (reading /proc/mounts on every config change was garbage for nothing) */
-  private cgroupRoot = '/sys/fs/cgroup';
+  private cgroupRoot = cgroup2Root() ?? '/sys/fs/cgroup';
   private workloadIds = new Map<bigint, string>();
   private workloadsResolvedAt = 0;
   /** cgroup ids found in no workload since the last resolution: not walked for again (see workloadOf) */
