@@ -13,7 +13,7 @@ import { compileMinimal, MinimalSockmap, minimalSource } from './lib/minimal.js'
 import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
 import { iperf3ClientArgv, iperf3ServerArgv, parseIperf3, type Stream } from './lib/iperf3.js';
 import { addNetns, delNetns, inCgroupNetns, inNetns, waitListening } from './lib/netns.js';
-import { Background, interrupted, onCleanup, run, runChecked } from './lib/proc.js';
+import { Background, interrupted, onCleanup, requireRootAndTools, run, runChecked } from './lib/proc.js';
 import {
   formatTable, LATENCY_CASES, ratiosToDirect, referenceInfo, round, SCENARIO_LABELS, SCENARIO_NAMES, targetChecks,
   type ScenarioName, type ScenarioResult,
@@ -248,13 +248,8 @@ function minimalSockmap(ctx: Ctx, parentCgroup: string, id: string, workDir: str
   return s;
 }
 
-async function preflight(): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('the datapath bench needs root (netns, cgroups, BPF)');
-  for (const tool of ['ip', 'ss', 'taskset', 'sockperf', 'iperf3', 'iptables', 'bpftool']) {
-    const r = await run('sh', ['-c', `command -v ${tool}`], 5000);
-    if (r.code !== 0) throw new Error(`${tool} is not installed`);
-  }
-}
+const preflight = (): Promise<void> =>
+  requireRootAndTools('datapath', 'netns, cgroups, BPF', ['ip', 'ss', 'taskset', 'sockperf', 'iperf3', 'iptables', 'bpftool']);
 
 /** Runs the bench, prints the table, the checks and (last line) the JSON; returns the exit status. */
 export async function runDatapath(opts: DatapathOptions): Promise<number> {

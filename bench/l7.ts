@@ -29,7 +29,7 @@ import {
 } from './lib/l7report.js';
 import { h2loadArgv, h2Shape, parseH2load, parseWrk, wrkArgv, type HttpRun } from './lib/loadgen.js';
 import { addNetns, delNetns, inCgroupNsenter, waitListening } from './lib/netns.js';
-import { Background, interrupted, onCleanup, run } from './lib/proc.js';
+import { Background, interrupted, onCleanup, requireRootAndTools, run } from './lib/proc.js';
 import { sumSamples } from './lib/promtext.js';
 
 export interface L7Options {
@@ -344,13 +344,8 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
   }
 }
 
-async function preflight(): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('the l7 bench needs root (netns, cgroups, BPF)');
-  for (const tool of ['ip', 'ss', 'nsenter', 'taskset', 'wrk', 'h2load', 'haproxy']) {
-    const r = await run('sh', ['-c', `command -v ${tool}`], 5000);
-    if (r.code !== 0) throw new Error(`${tool} is not installed`);
-  }
-}
+const preflight = (): Promise<void> =>
+  requireRootAndTools('l7', 'netns, cgroups, BPF', ['ip', 'ss', 'nsenter', 'taskset', 'wrk', 'h2load', 'haproxy']);
 
 /** Runs the bench, prints the table, the checks and (last line) the JSON; returns the exit status. */
 export async function runL7(opts: L7Options): Promise<number> {
@@ -409,13 +404,14 @@ export async function runL7(opts: L7Options): Promise<number> {
       for (const p of PROTOCOLS) fail(s, p, e);
     }
   }
-  for (const s of scenarios) for (const p of PROTOCOLS) if (usable(s, p) && !interrupted()) await measureInto(ctx, s, p, opts.warmup, false);
+  const LOCAL_P = PROTOCOLS.filter((p) => !process.env.LOCAL_PROTOS || process.env.LOCAL_PROTOS.split(",").includes(p));
+  for (const s of scenarios) for (const p of LOCAL_P) if (usable(s, p) && !interrupted()) await measureInto(ctx, s, p, opts.warmup, false);
   // Interleaved: each repetition runs every scenario once (order rotated), so that load from elsewhere on the
   // machine drifts into all scenarios alike; the medians over the repetitions are reported.
   for (let rep = 0; rep < opts.repetitions && !interrupted(); rep++) {
     const k = rep % scenarios.length;
     for (const s of [...scenarios.slice(k), ...scenarios.slice(0, k)]) {
-      for (const p of PROTOCOLS) if (usable(s, p) && !interrupted()) await measureInto(ctx, s, p, opts.duration, true);
+      for (const p of LOCAL_P) if (usable(s, p) && !interrupted()) await measureInto(ctx, s, p, opts.duration, true);
     }
   }
   if (!backend.running && !interrupted()) throw new Error(`the backend exited during the run: ${backend.tail(3)}`);

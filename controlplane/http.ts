@@ -6,27 +6,20 @@
 // `<entry cluster>` for the default group and `<entry cluster>~<group>` for the others (a service name never holds
 // '~'); one Listener per VIP with an HttpConnectionManager carrying the routes inline (no RDS round trip) and the
 // authorization as RBAC filters. What Envoy cannot say travels as filter_metadata.sockmesh (see the agent side).
-import { FILTER, protoRoot, type AnyMessage } from '../agent/xds/protos.js';
+import { FILTER, lazyEnums, protoRoot, type AnyMessage } from '../agent/xds/protos.js';
 import { DEFAULT_ALLOW_POLICY, duration, toStruct } from '../agent/sources/xds/http.js';
 import type { AuthzRule, HeaderMatch, HealthCheck, HeaderRewrite, HttpPolicy, Route, Service, StringMatch } from '../agent/model/types.js';
 import protobuf from 'protobufjs';
 
 type Obj = Record<string, unknown>;
 
-let enums: Record<string, number> | undefined;
-function E(): Record<string, number> {
-  if (enums) return enums;
-  const root = protoRoot();
-  const v = (enumName: string, value: string) => root.lookupEnum(enumName).values[value]!;
-  enums = {
-    LEAST_REQUEST: v('envoy.config.cluster.v3.Cluster.LbPolicy', 'LEAST_REQUEST'),
-    ROUND_ROBIN: v('envoy.config.cluster.v3.Cluster.LbPolicy', 'ROUND_ROBIN'),
-    OVERWRITE: v('envoy.config.core.v3.HeaderValueOption.HeaderAppendAction', 'OVERWRITE_IF_EXISTS_OR_ADD'),
-    ALLOW: v('envoy.config.rbac.v3.RBAC.Action', 'ALLOW'),
-    DENY: v('envoy.config.rbac.v3.RBAC.Action', 'DENY'),
-  };
-  return enums;
-}
+const E = lazyEnums({
+  LEAST_REQUEST: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'LEAST_REQUEST'],
+  ROUND_ROBIN: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'ROUND_ROBIN'],
+  OVERWRITE: ['envoy.config.core.v3.HeaderValueOption.HeaderAppendAction', 'OVERWRITE_IF_EXISTS_OR_ADD'],
+  ALLOW: ['envoy.config.rbac.v3.RBAC.Action', 'ALLOW'],
+  DENY: ['envoy.config.rbac.v3.RBAC.Action', 'DENY'],
+});
 
 const types = new Map<string, protobuf.Type>();
 function pack(typeUrl: string, obj: Obj): AnyMessage {

@@ -11,7 +11,7 @@
 // proxyless gRPC clients one api Listener + RouteConfiguration per service.
 import { hash } from 'node:crypto';
 import protobuf from 'protobufjs';
-import { FILTER, TYPE, TYPE_URLS, protoRoot, type AnyMessage } from '../agent/xds/protos.js';
+import { FILTER, TYPE, TYPE_URLS, lazyEnums, protoRoot, type AnyMessage } from '../agent/xds/protos.js';
 import type { Backend, Model, Protocol, Service } from '../agent/model/types.js';
 import { clusterHttpFields, groupCluster, httpListener, referencedWorkloads, serviceGroups } from './http.js';
 
@@ -137,24 +137,17 @@ function pack(typeUrl: string, obj: Record<string, unknown>): AnyMessage {
 }
 
 /** Enum values by name, looked up once from the loaded protos (encode wants numbers). */
-let enums: Record<string, number> | undefined;
-function E(): Record<string, number> {
-  if (enums) return enums;
-  const root = protoRoot();
-  const v = (enumName: string, value: string) => root.lookupEnum(enumName).values[value]!;
-  enums = {
-    EDS: v('envoy.config.cluster.v3.Cluster.DiscoveryType', 'EDS'),
-    RANDOM: v('envoy.config.cluster.v3.Cluster.LbPolicy', 'RANDOM'),
-    ROUND_ROBIN: v('envoy.config.cluster.v3.Cluster.LbPolicy', 'ROUND_ROBIN'),
-    MAGLEV: v('envoy.config.cluster.v3.Cluster.LbPolicy', 'MAGLEV'),
-    HEALTHY: v('envoy.config.core.v3.HealthStatus', 'HEALTHY'),
-    DRAINING: v('envoy.config.core.v3.HealthStatus', 'DRAINING'),
-    TCP: v('envoy.config.core.v3.SocketAddress.Protocol', 'TCP'),
-    UDP: v('envoy.config.core.v3.SocketAddress.Protocol', 'UDP'),
-    V3: v('envoy.config.core.v3.ApiVersion', 'V3'),
-  };
-  return enums;
-}
+const E = lazyEnums({
+  EDS: ['envoy.config.cluster.v3.Cluster.DiscoveryType', 'EDS'],
+  RANDOM: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'RANDOM'],
+  ROUND_ROBIN: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'ROUND_ROBIN'],
+  MAGLEV: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'MAGLEV'],
+  HEALTHY: ['envoy.config.core.v3.HealthStatus', 'HEALTHY'],
+  DRAINING: ['envoy.config.core.v3.HealthStatus', 'DRAINING'],
+  TCP: ['envoy.config.core.v3.SocketAddress.Protocol', 'TCP'],
+  UDP: ['envoy.config.core.v3.SocketAddress.Protocol', 'UDP'],
+  V3: ['envoy.config.core.v3.ApiVersion', 'V3'],
+});
 
 /**
  * Short content hash of the encoded bytes: the same content gets the same version in every server process, so a

@@ -67,6 +67,23 @@ function findInclude(target: string): string {
 }
 
 /** The protobufjs root with every message type above (loaded once, about 0.5 s). */
+/** Enum numbers by name (protobufjs encodes enums as numbers), looked up in the loaded protos on first use. */
+export function lazyEnums<K extends string>(spec: Record<K, [enumName: string, value: string]>): () => Record<K, number> {
+  let cache: Record<K, number> | undefined;
+  return () => {
+    if (cache) return cache;
+    const root = protoRoot();
+    const out = {} as Record<K, number>;
+    for (const k of Object.keys(spec) as K[]) {
+      const [enumName, value] = spec[k];
+      const n = root.lookupEnum(enumName).values[value];
+      if (n === undefined) throw new Error(`${enumName} has no value ${value}`);
+      out[k] = n;
+    }
+    return (cache = out);
+  };
+}
+
 export function protoRoot(): protobuf.Root {
   if (rootCache) return rootCache;
   const root = new protobuf.Root();

@@ -180,3 +180,12 @@ export function installSignalCleanup(): void {
     });
   }
 }
+
+/** A bench needs root and these tools: say which is missing before anything is set up. */
+export async function requireRootAndTools(bench: string, needs: string, tools: readonly string[]): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error(`the ${bench} bench needs root (${needs})`);
+  for (const tool of tools) {
+    const r = await run('sh', ['-c', `command -v ${tool}`], 5000);
+    if (r.code !== 0) throw new Error(`${tool} is not installed`);
+  }
+}
