@@ -2,7 +2,7 @@
 // listeners it affects (an endpoint change among 10,000 clusters touches one listener, not all of them), and so that
 // the RDS/CDS/EDS subscriptions follow the listeners without scanning them all on every response.
 import type { Journal } from './journal.js';
-import type { XdsState } from './translate.js';
+import type { ListenerDigest, XdsState } from './translate.js';
 
 export type Kind = 'listener' | 'route' | 'cluster' | 'endpoint';
 
@@ -27,9 +27,11 @@ export class References {
   /** The listeners whose model may change when these resources of one kind change (from the current links). */
   affected(kind: Kind, names: Iterable<string>): Set<string> {
     const out = new Set<string>();
+    // A held link's user is HELD + the listener's name: the change affects that listener.
+    const add = (l: string) => out.add(l.charCodeAt(0) === 0 ? l.slice(1) : l);
     const addAll = (u?: Users) => {
-      if (typeof u === 'string') out.add(u);
-      else u?.forEach((l) => out.add(l));
+      if (typeof u === 'string') add(u);
+      else u?.forEach(add);
     };
     for (const n of names) {
       if (kind === 'listener') out.add(n);
@@ -42,8 +44,23 @@ export class References {
 
   /** Re-read what a listener references from `state` (after the listener or its route changed). */
   relink(state: XdsState, name: string, j: Journal, out: RefChanges): void {
+    this.linkAs(state, name, state.listeners.get(name), j, out);
+  }
+
+  /**
+   * Hold what the applied version `l` of a warming listener references (undefined: nothing held, the listener is not
+   * warming). Like Envoy, the old listener keeps its route, clusters and endpoints subscribed, and their updates
+   * applied, until the new one is warm; only then are the old references dropped (and unsubscribed if nothing else
+   * uses them). Held links count as users of their own (HELD + name), beside the wanted links of the same listener.
+   */
+  hold(state: XdsState, name: string, l: ListenerDigest | undefined, j: Journal, out: RefChanges): void {
+    const key = HELD + name;
+    if (l === undefined && !this.byListener.has(key)) return; // the common case: not warming, nothing held
+    this.linkAs(state, key, l, j, out);
+  }
+
+  private linkAs(state: XdsState, name: string, l: ListenerDigest | undefined, j: Journal, out: RefChanges): void {
     const before = this.byListener.get(name);
-    const l = state.listeners.get(name);
     let after: { route?: string; clusters: string[] } | undefined;
     if (l && l.kind === 'l4') {
       const clusters = new Set(l.clusters.map((c) => c.name));
@@ -107,6 +124,9 @@ export class References {
     return true;
   }
 }
+
+/** The user key of a warming listener's held (applied) references: no listener name starts with NUL. */
+const HELD = '\u0000';
 
 /** The users of a name: one (its name) or several. */
 type Users = string | Set<string>;

@@ -470,12 +470,17 @@ export class XdsSource {
     // send a resource whose version we claim.
     if (kind !== 'listener') for (const name of newVersions.keys()) if (!map.has(name)) j.delete(versions, name);
 
-    // The listeners this affects (found from the links before the change), relinked; then drop what no listener
-    // references any more (named subscriptions shrink with it), and what arrived unasked.
+    // The listeners this affects (found from the links before the change), relinked and rebuilt; then drop what no
+    // listener references any more, wanted or held (named subscriptions shrink with it), and what arrived unasked.
     const moved = noRefChanges();
     const dirty = this.refs.affected(kind, touched);
     if (kind === 'listener' || kind === 'route') for (const l of dirty) this.refs.relink(this.state, l, j, moved);
     if (kind === 'cluster') for (const c of touched) this.refs.reindexCluster(this.state, c, j, moved);
+    const result = this.builder.update(this.state, dirty, j);
+    if (result.error !== undefined) return result.error;
+    // A warming listener holds what its applied version references (subscribed, kept, its updates applied); once
+    // it is warm (or gone) those are released, and pruned below if nothing else uses them.
+    for (const l of dirty) this.refs.hold(this.state, l, this.builder.held(l), j, moved);
     const prune = <T>(type: string, m: Map<string, T>, index: Map<string, unknown>, names: Iterable<string>) => {
       const v = this.resourceVersions.get(type);
       for (const n of names) {
@@ -489,8 +494,6 @@ export class XdsSource {
     prune(TYPE.cluster, this.state.clusters, this.refs.clusters, kind === 'cluster' ? [...moved.clusters, ...own] : moved.clusters);
     prune(TYPE.endpoint, this.state.endpoints, this.refs.endpoints, kind === 'endpoint' ? [...moved.endpoints, ...own] : moved.endpoints);
 
-    const result = this.builder.update(this.state, dirty, j);
-    if (result.error !== undefined) return result.error;
     const ms = Math.round((performance.now() - started) * 100) / 100;
     const ready = this.st.synced || result.warming.length === 0;
     if (ready) {

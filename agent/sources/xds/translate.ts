@@ -644,6 +644,11 @@ export class ModelBuilder {
     return this.cur.model;
   }
 
+  /** The applied version of a listener while it warms (what its references must be held for), else undefined. */
+  held(name: string): ListenerDigest | undefined {
+    return this.warmingBy.has(name) ? this.resolved.get(name)?.listener : undefined;
+  }
+
   /** Rebuild what `listeners` (names; added, changed, removed, or whose references changed) make of `state`. */
   update(state: XdsState, listeners: Iterable<string>, j: Journal): ModelUpdate {
     let structural = false;
@@ -668,7 +673,17 @@ export class ModelBuilder {
           return { error: e.message, changed: new Set(), warming: [], unsupported: [] };
         }
         if (!r) {
-          r = this.resolved.get(name);
+          // Warming: the applied version stays, re-resolved against this state so that updates to what it
+          // references (held subscribed, see References.hold) still apply; as it was if that fails now.
+          const old = this.resolved.get(name);
+          r = old;
+          if (old) {
+            try {
+              r = resolve(state, old.listener, []) ?? old;
+            } catch (e) {
+              if (!(e instanceof XdsResourceError)) throw e;
+            }
+          }
           wait = `listener '${name}' waits for ${[...new Set(missing)].join(', ')}`;
         }
         if (r && (r.clusters.length === 0 || (r.http && r.http.routes.length === 0))) {
