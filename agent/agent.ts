@@ -67,6 +67,13 @@ export interface AgentOptions {
   proxyV4?: string;
   /** default '::1'; '' = none (IPv6 VIPs then go to the IPv4 listener, v4-mapped) */
   proxyV6?: string;
+  /**
+   * Node addresses the proxy also listens on, for clients in other network namespaces (pods), which cannot reach its
+   * loopback listener: '' or absent = none (those clients get their service's fail mode). Anything that can route to
+   * them can connect; a connection the kernel did not hand over gets no service (421 and close).
+   */
+  proxyNodeV4?: string;
+  proxyNodeV6?: string;
   /** heartbeat interval (default 1000 ms); the kernel counts the proxy as down after 3 intervals without one */
   proxyHeartbeatMs?: number;
 }
@@ -215,6 +222,7 @@ export class Agent {
         cgroupId: ownCgroupId(root), timeoutMs: 3 * (opts.proxyHeartbeatMs ?? 1000),
         // Run inside the meshed cgroup (a child of it), the proxy's accepted sockets join the fast path too.
         inMesh: cgroupOf(process.pid, root).startsWith(`${opts.cgroup.replace(/\/+$/, '')}/`),
+        nodeV4: opts.proxyNodeV4 ?? '', nodeV6: opts.proxyNodeV6 ?? '',
       };
       dp.setProxy(this.proxySettings);
     }
@@ -586,8 +594,21 @@ export class Agent {
         }
       }
     }
+    // The node addresses (pods' way in) after loopback: one that cannot be listened on is withdrawn from the kernel, so
+    // pod clients get their fail mode rather than a connection to whatever holds that address:port.
+    for (const key of ['nodeV4', 'nodeV6'] as const) {
+      const host = this.proxySettings?.[key];
+      if (!host) continue;
+      try {
+        await proxy.listen(port, [host]);
+      } catch (e) {
+        log.error({ port, host, error: (e as Error).message }, 'the L7 proxy cannot listen on its node address: clients in other network namespaces follow their fail mode');
+        this.proxySettings = { ...this.proxySettings!, [key]: '' };
+        dp.setProxy(this.proxySettings);
+      }
+    }
     this.proxy = proxy;
-    log.info({ port, hosts: [v4, v6] }, 'L7 proxy listening');
+    log.info({ port, hosts: [v4, v6], nodeHosts: [this.proxySettings?.nodeV4 ?? '', this.proxySettings?.nodeV6 ?? ''] }, 'L7 proxy listening');
     this.startProxyHeartbeat();
   }
 

@@ -4,6 +4,7 @@
 import { Command, Option } from 'commander';
 import { resolve } from 'node:path';
 import { hostname } from 'node:os';
+import { isIP } from 'node:net';
 import { Agent, VERSION, type XdsConfig } from './agent.js';
 import { createLogger } from './observe/log.js';
 import { parseListen } from './observe/metrics.js';
@@ -56,6 +57,8 @@ program
     if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--proxy-port: expected a port 1..65535, got '${v}'`);
     return n;
   }))
+  .option('--proxy-node-address <addr[,addr6]>', 'node address(es) the L7 proxy also listens on, for clients in other network ' +
+    'namespaces (pods); default: none (such clients get their service\'s fail mode)')
   .addOption(new Option('--proxy-heartbeat-ms <ms>', 'proxy heartbeat interval; the kernel counts the proxy as down after 3 missed beats')
     .default(1000).argParser((v) => {
       const n = Number(v);
@@ -65,7 +68,7 @@ program
   .action(async (opts: {
     config?: string; cgroup: string; bpffs: string; runDir?: string; allowRootCgroup: boolean; sockmap: boolean; eventSample: number;
     metricsListen: string;
-    proxyPort: number; proxyHeartbeatMs: number;
+    proxyPort: number; proxyHeartbeatMs: number; proxyNodeAddress?: string;
     xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
   }) => {
     const log = createLogger();
@@ -82,6 +85,7 @@ program
         allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
         metricsListen: parseListen(opts.metricsListen),
         proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs,
+        ...parseNodeAddresses(opts.proxyNodeAddress),
       }, log);
       await agent.start();
       if ('embedded' in config) {
@@ -150,3 +154,24 @@ program
   .action(() => serveDemoBackends());
 
 await program.parseAsync(process.argv);
+
+/**
+ * --proxy-node-address: 'ADDR', 'ADDR6' or 'ADDR,ADDR6' (one of each family at most). A loopback or unspecified address
+ * is refused: pods cannot reach the first, and the second would listen on every address of the node.
+ */
+function parseNodeAddresses(value: string | undefined): { proxyNodeV4?: string; proxyNodeV6?: string } {
+  const out: { proxyNodeV4?: string; proxyNodeV6?: string } = {};
+  if (value === undefined || value === '') return out;
+  for (const part of value.split(',')) {
+    const a = part.trim();
+    const family = isIP(a);
+    if (family === 0) throw new Error(`--proxy-node-address: '${a}' is not an IP address`);
+    if (/^(127\.|0\.0\.0\.0$)/.test(a) || a === '::' || a === '::1' || /^::ffff:/i.test(a)) {
+      throw new Error(`--proxy-node-address: '${a}' is not an address pods can reach (loopback, unspecified or v4-mapped)`);
+    }
+    const key = family === 4 ? 'proxyNodeV4' : 'proxyNodeV6';
+    if (out[key] !== undefined) throw new Error(`--proxy-node-address: two IPv${family} addresses ('${out[key]}', '${a}')`);
+    out[key] = a;
+  }
+  return out;
+}

@@ -41,7 +41,8 @@ static __always_inline void sm_l7_forget_stale(const struct sm_sock_key *sk)
 	px = bpf_map_lookup_elem(&sm_proxy, &zero);
 	if (!px || sk->remote_port != bpf_ntohs(px->port))
 		return;
-	if (!sm_addr_eq(sk->remote_ip, px->v4) && !sm_addr_eq(sk->remote_ip, px->v6))
+	if (!sm_addr_eq(sk->remote_ip, px->v4) && !sm_addr_eq(sk->remote_ip, px->v6) &&
+	    !sm_addr_eq(sk->remote_ip, px->node_v4) && !sm_addr_eq(sk->remote_ip, px->node_v6))
 		return;
 	sm_l7_key_of(sk, &k);
 	bpf_map_delete_elem(&sm_l7_peers, &k);

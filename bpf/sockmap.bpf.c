@@ -35,15 +35,23 @@ static __always_inline int sm_peer_is_local(const struct sm_sock_key *k)
 	return bpf_map_lookup_elem(&sm_local_addrs, &a) != NULL;
 }
 
-/* The L7 proxy, listening outside the meshed cgroup: its accepted sockets never enter the map, so the client's would
- * only pay for sk_msg on every send and then take TCP anyway (see SM_PROXY_F_IN_MESH). */
+/* The L7 proxy, listening outside the meshed cgroup, or dialed at its node address from a pod: its accepted sockets
+ * never pair with the client's in the map, so the client's would only pay for sk_msg on every send and then take TCP
+ * anyway (see SM_PROXY_F_IN_MESH). */
 static __always_inline int sm_peer_is_proxy_outside_mesh(const struct sm_sock_key *k)
 {
 	struct sm_proxy *px;
 	__u32 zero = 0;
 
 	px = bpf_map_lookup_elem(&sm_proxy, &zero);
-	if (!px || (px->flags & SM_PROXY_F_IN_MESH) || k->remote_port != bpf_ntohs(px->port))
+	if (!px || k->remote_port != bpf_ntohs(px->port))
+		return 0;
+	/* A client dialing the node address is in another netns (a pod): the proxy's accepted socket has the proxy's
+	 * netns in its key, so the two ends can never pair in the map, in the mesh or not. */
+	if (!sm_addr_is_zero(k->remote_ip) &&
+	    (sm_addr_eq(k->remote_ip, px->node_v4) || sm_addr_eq(k->remote_ip, px->node_v6)))
+		return 1;
+	if (px->flags & SM_PROXY_F_IN_MESH)
 		return 0;
 	return sm_addr_eq(k->remote_ip, px->v4) || sm_addr_eq(k->remote_ip, px->v6);
 }

@@ -3,7 +3,7 @@
 // offset here with what the compiler computed from the header (native abiLayout()), so the two cannot drift.
 import { isIPv4, isIPv6 } from 'node:net';
 
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 export const PROTO = { tcp: 6, udp: 17 } as const;
 export const ALGO = { random: 0, weighted: 1, maglev: 2 } as const;
@@ -70,9 +70,10 @@ export const STRUCTS = {
     ['backend_addr', 'addr', 40], ['vport', 'u16be', 56], ['backend_port', 'u16be', 58], ['service_id', 'u32', 60],
     ['backend_id', 'u32', 64], ['kind', 'u8', 68], ['proto', 'u8', 69], ['pad', 'u16', 70],
   ]),
-  sm_proxy: def('sm_proxy', 72, [
+  sm_proxy: def('sm_proxy', 104, [
     ['v4', 'addr', 0], ['v6', 'addr', 16], ['port', 'u16be', 32], ['pad', 'u16', 34], ['flags', 'u32', 36],
     ['netns_cookie', 'u64', 40], ['cgroup_id', 'u64', 48], ['heartbeat_ns', 'u64', 56], ['timeout_ns', 'u64', 64],
+    ['node_v4', 'addr', 72], ['node_v6', 'addr', 88],
   ]),
   sm_orig_dst: def('sm_orig_dst', 32, [
     ['vip', 'addr', 0], ['vport', 'u16be', 16], ['pad', 'u16', 18], ['service_id', 'u32', 20], ['cgroup_id', 'u64', 24],
@@ -82,6 +83,8 @@ export const STRUCTS = {
 
 /** Byte offsets used on hot paths without the generic codec. */
 export const PROXY_HEARTBEAT_OFFSET = 56;
+export const PROXY_NODE_V4_OFFSET = 72;
+export const PROXY_NODE_V6_OFFSET = 88;
 
 export type StructName = keyof typeof STRUCTS;
 /** Decoded values: numbers, bigints for u64, textual addresses for 'addr'. */

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statSync } from 
 import { join } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { bpfObjectPath, native, type BpfObject, type MapHandle, type Native } from './native.js';
-import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
+import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
 import type { OriginalDst } from '../proxy/types.js';
 import { isMountPoint } from './cgroup.js';
 
@@ -64,6 +64,14 @@ export interface ProxySettings {
    * app-to-proxy leg can use the sockmap fast path. Default false: client sockets to the proxy stay off the SOCKHASH.
    */
   inMesh?: boolean;
+  /**
+   * A node address the proxy also listens on (IPv4; '' or absent = none), for clients in another network namespace
+   * (pods): the kernel sends those there instead of to the loopback listener they cannot reach. Without one they get
+   * their service's fail mode.
+   */
+  nodeV4?: string;
+  /** the same for IPv6 VIPs ('' or absent: nodeV4, v4-mapped) */
+  nodeV6?: string;
 }
 
 const PROXY_KEY = u32(0);
@@ -238,6 +246,8 @@ export class Datapath {
     if (p.v4 !== '' && !isIPv4(p.v4)) throw new Error(`setProxy: v4 '${p.v4}' is not an IPv4 address`);
     if (p.v6 !== '' && !isIPv6(p.v6)) throw new Error(`setProxy: v6 '${p.v6}' is not an IPv6 address`);
     if (p.v4 === '' && p.v6 === '') throw new Error('setProxy: neither a v4 nor a v6 listener address');
+    if (p.nodeV4 && !isIPv4(p.nodeV4)) throw new Error(`setProxy: nodeV4 '${p.nodeV4}' is not an IPv4 address`);
+    if (p.nodeV6 && !isIPv6(p.nodeV6)) throw new Error(`setProxy: nodeV6 '${p.nodeV6}' is not an IPv6 address`);
     if (!Number.isInteger(p.port) || p.port < 1 || p.port > 65535) throw new Error(`setProxy: port ${p.port} is not 1..65535`);
     if (!(p.timeoutMs > 0)) throw new Error(`setProxy: timeoutMs ${p.timeoutMs} must be > 0`);
     if (typeof p.cgroupId !== 'bigint' || p.cgroupId <= 0n) throw new Error(`setProxy: cgroupId ${String(p.cgroupId)} must be a positive bigint`);
@@ -248,6 +258,8 @@ export class Datapath {
     });
     if (p.v4) addrToBytes(p.v4, v, 0);
     if (p.v6) addrToBytes(p.v6, v, 16);
+    if (p.nodeV4) addrToBytes(p.nodeV4, v, PROXY_NODE_V4_OFFSET);
+    if (p.nodeV6) addrToBytes(p.nodeV6, v, PROXY_NODE_V6_OFFSET);
     this.proxyValue = v;
     this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
     // Hand-overs a previous agent never accepted would stay in the LRU: a process outside the mesh that later binds

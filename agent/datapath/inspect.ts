@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  GLOBAL_COUNTERS, PROTO, PROXY_F_IN_MESH, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
+  GLOBAL_COUNTERS, PROTO, PROXY_F_IN_MESH, STRUCTS, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
   type Counters,
 } from './abi.js';
 import { native, type Native } from './native.js';
@@ -42,6 +42,8 @@ export interface StatsReport {
 /** The L7 proxy as the kernel knows it (sm_proxy). */
 export interface ProxyReport {
   v4: string | null; v6: string | null; port: number;
+  /** the node addresses clients in other network namespaces (pods) are sent to; null = none (they get the fail mode) */
+  nodeV4: string | null; nodeV6: string | null;
   /** cgroup v2 id of the proxy (decimal): its own connect() calls are never redirected */
   cgroupId: string;
   /** heartbeat younger than the timeout */
@@ -164,8 +166,11 @@ export class MapReader {
   /** The proxy entry, or null when no agent announced one (or the pins predate the L7 redirect). */
   proxy(): ProxyReport | null {
     const fd = this.fds.sm_proxy;
-    const v = fd !== undefined ? this.n.mapLookup(fd, u32(0)) : null;
-    if (!v) return null;
+    const found = fd !== undefined ? this.n.mapLookup(fd, u32(0)) : null;
+    if (!found) return null;
+    // Pins of an agent before ABI v4 hold a shorter value (no node addresses): read as all-zero there.
+    const size = STRUCTS.sm_proxy.size;
+    const v = found.length >= size ? found : Buffer.concat([found, Buffer.alloc(size - found.length)]);
     const d = decode('sm_proxy', v);
     const zero = (at: number): boolean => v.subarray(at, at + 16).every((b) => b === 0);
     const hb = d.heartbeat_ns as bigint;
@@ -174,6 +179,7 @@ export class MapReader {
     const age = hb === 0n ? null : process.hrtime.bigint() - hb;
     return {
       v4: zero(0) ? null : String(d.v4), v6: zero(16) ? null : String(d.v6), port: Number(d.port),
+      nodeV4: zero(72) ? null : String(d.node_v4), nodeV6: zero(88) ? null : String(d.node_v6),
       cgroupId: String(d.cgroup_id), alive: age !== null && age >= 0n && age <= timeout,
       heartbeatAgeMs: age === null ? null : Number(age / 1_000_000n), timeoutMs: Number(timeout / 1_000_000n),
       inMesh: (Number(d.flags) & PROXY_F_IN_MESH) !== 0,

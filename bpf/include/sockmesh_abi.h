@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SM_ABI_VERSION 3
+#define SM_ABI_VERSION 4
 
 /* ---- limits ---- */
 #define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
@@ -247,6 +247,11 @@ struct sm_proxy {
 	__u64 cgroup_id;      /* connect() from this cgroup is never redirected (the proxy's upstreams, probes) */
 	__u64 heartbeat_ns;   /* bpf_ktime_get_ns() clock (CLOCK_MONOTONIC) of the last heartbeat; 0 = down */
 	__u64 timeout_ns;     /* alive while now - heartbeat_ns <= timeout_ns */
+	/* A node address the proxy also listens on, for clients in other network namespaces (pods): a loopback listener
+	 * exists only in the proxy's netns, a node address is reachable over a pod's normal routes. All-zero = none (such
+	 * clients get their service's fail mode). Used only for a client whose netns differs from netns_cookie. */
+	__u32 node_v4[4];     /* for AF_INET sockets and v4-mapped VIPs */
+	__u32 node_v6[4];     /* for IPv6 VIPs (zero: node_v4, v4-mapped) */
 };
 
 /* Where a redirected connection was going, and who asked. */

@@ -5,7 +5,8 @@
  *
  *  - from the proxy's own cgroup: never to the proxy (its upstream connections and the agent's health probes
  *    would loop back into it); balanced at L4 like any service.
- *  - proxy alive (heartbeat younger than its timeout, reachable from the caller's netns): redirected.
+ *  - proxy alive (heartbeat younger than its timeout, reachable from the caller's netns): redirected, to the
+ *    loopback listener from the proxy's netns, to the node address (--proxy-node-address) from any other.
  *  - proxy down: SM_SVC_F_FAIL_OPEN balances at L4 (skipping the L7 rules), otherwise connect() fails at once
  *    with EPERM, as for a service without backends.
  */
@@ -42,6 +43,16 @@ static __always_inline const __u32 *sm_proxy_dest(const struct sm_proxy *px, int
 	return sm_addr_is_zero(px->v4) ? NULL : px->v4;
 }
 
+/* The same choice among the node addresses, for a client in another netns (a pod): NULL when none is set. */
+static __always_inline const __u32 *sm_proxy_node_dest(const struct sm_proxy *px, int v6, const __u32 *vip)
+{
+	if (!v6 || sm_addr_is_v4_mapped(vip))
+		return sm_addr_is_zero(px->node_v4) ? NULL : px->node_v4;
+	if (!sm_addr_is_zero(px->node_v6))
+		return px->node_v6;
+	return sm_addr_is_zero(px->node_v4) ? NULL : px->node_v4;
+}
+
 static __always_inline int sm_proxy_alive(const struct sm_proxy *px)
 {
 	__u64 hb = px->heartbeat_ns;
@@ -72,10 +83,11 @@ static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, cons
 	}
 	if (px && sm_proxy_alive(px)) {
 		dst = sm_proxy_dest(px, v6, key->addr);
-		/* A loopback listener exists only in the proxy's netns: from another one the call would reach
-		 * whatever listens on that port there, or nothing. */
+		/* A loopback listener exists only in the proxy's netns: from another one (a pod) the call would reach
+		 * whatever listens on that port there, or nothing. Such a client goes to the proxy's node address,
+		 * which its routes reach, or (none set) gets the fail mode. */
 		if (dst && sm_addr_is_loopback(dst) && px->netns_cookie != 0 && px->netns_cookie != flow->netns_cookie)
-			dst = NULL;
+			dst = sm_proxy_node_dest(px, v6, key->addr);
 	}
 	if (!dst) {
 		if (svc->flags & SM_SVC_F_FAIL_OPEN) {
