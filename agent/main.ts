@@ -57,8 +57,8 @@ program
     if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--proxy-port: expected a port 1..65535, got '${v}'`);
     return n;
   }))
-  .option('--proxy-node-address <addr[,addr6]>', 'node address(es) the L7 proxy also listens on, for clients in other network ' +
-    'namespaces (pods); default: none (such clients get their service\'s fail mode)')
+  .addOption(new Option('--proxy-node-address <addr[,addr6]>', 'node address(es) the L7 proxy also listens on, for clients in ' +
+    'other network namespaces (pods); default: none (such clients get their service\'s fail mode)').argParser(parseNodeAddresses))
   .addOption(new Option('--proxy-heartbeat-ms <ms>', 'proxy heartbeat interval; the kernel counts the proxy as down after 3 missed beats')
     .default(1000).argParser((v) => {
       const n = Number(v);
@@ -68,7 +68,7 @@ program
   .action(async (opts: {
     config?: string; cgroup: string; bpffs: string; runDir?: string; allowRootCgroup: boolean; sockmap: boolean; eventSample: number;
     metricsListen: string;
-    proxyPort: number; proxyHeartbeatMs: number; proxyNodeAddress?: string;
+    proxyPort: number; proxyHeartbeatMs: number; proxyNodeAddress?: ReturnType<typeof parseNodeAddresses>;
     xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
   }) => {
     const log = createLogger();
@@ -85,7 +85,7 @@ program
         allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
         metricsListen: parseListen(opts.metricsListen),
         proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs,
-        ...parseNodeAddresses(opts.proxyNodeAddress),
+        ...opts.proxyNodeAddress,
       }, log);
       await agent.start();
       if ('embedded' in config) {
@@ -159,9 +159,9 @@ await program.parseAsync(process.argv);
  * --proxy-node-address: 'ADDR', 'ADDR6' or 'ADDR,ADDR6' (one of each family at most). A loopback or unspecified address
  * is refused: pods cannot reach the first, and the second would listen on every address of the node.
  */
-function parseNodeAddresses(value: string | undefined): { proxyNodeV4?: string; proxyNodeV6?: string } {
+function parseNodeAddresses(value: string): { proxyNodeV4?: string; proxyNodeV6?: string } {
   const out: { proxyNodeV4?: string; proxyNodeV6?: string } = {};
-  if (value === undefined || value === '') return out;
+  if (value === '') return out;
   for (const part of value.split(',')) {
     const a = part.trim();
     const family = isIP(a);
