@@ -404,14 +404,13 @@ export async function runL7(opts: L7Options): Promise<number> {
       for (const p of PROTOCOLS) fail(s, p, e);
     }
   }
-  const LOCAL_P = PROTOCOLS.filter((p) => !process.env.LOCAL_PROTOS || process.env.LOCAL_PROTOS.split(",").includes(p));
-  for (const s of scenarios) for (const p of LOCAL_P) if (usable(s, p) && !interrupted()) await measureInto(ctx, s, p, opts.warmup, false);
+  for (const s of scenarios) for (const p of PROTOCOLS) if (usable(s, p) && !interrupted()) await measureInto(ctx, s, p, opts.warmup, false);
   // Interleaved: each repetition runs every scenario once (order rotated), so that load from elsewhere on the
   // machine drifts into all scenarios alike; the medians over the repetitions are reported.
   for (let rep = 0; rep < opts.repetitions && !interrupted(); rep++) {
     const k = rep % scenarios.length;
     for (const s of [...scenarios.slice(k), ...scenarios.slice(0, k)]) {
-      for (const p of LOCAL_P) if (usable(s, p) && !interrupted()) await measureInto(ctx, s, p, opts.duration, true);
+      for (const p of PROTOCOLS) if (usable(s, p) && !interrupted()) await measureInto(ctx, s, p, opts.duration, true);
     }
   }
   if (!backend.running && !interrupted()) throw new Error(`the backend exited during the run: ${backend.tail(3)}`);
