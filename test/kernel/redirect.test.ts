@@ -320,7 +320,7 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
     }
   });
 
-  t.test('a client in another network namespace is not sent to a loopback proxy it cannot reach', async (t) => {
+  t.test('a client in another network namespace is not sent to a loopback proxy it cannot reach, but to a node address', async (t) => {
     // Our own namespace, removed at teardown. The client joins the meshed cgroup first, then enters the namespace
     // (ip netns exec remounts /sys). Its 127.0.0.1 is not the proxy's: fail-closed must refuse, not redirect there.
     const ns = `sockmesh-test-redirect-${process.pid}`;
@@ -331,11 +331,32 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
     const script = "const s=require('net').connect(80,'127.100.0.1');s.on('connect',()=>{console.log('connected');process.exit(0)});" +
       "s.on('error',e=>{console.log(e.code);process.exit(0)})";
     const clientCgProcs = `${cg.child('nsclient')}/cgroup.procs`;
+    // nsenter, not `ip netns exec` (which remounts /sys, see DESIGN.md): the cgroup is joined before.
+    const inNs = (): string => spawnSync('/bin/sh', ['-c', `echo $$ > '${clientCgProcs}' && exec nsenter --net=/run/netns/${ns} "$0" -e "$1"`,
+      process.execPath, script], { encoding: 'utf8', timeout: 10000 }).stdout.trim();
     const before = g();
-    const r = spawnSync('/bin/sh', ['-c', `echo $$ > '${clientCgProcs}' && exec ip netns exec '${ns}' "$0" -e "$1"`, process.execPath, script],
-      { encoding: 'utf8', timeout: 10000 });
-    t.equal(r.stdout.trim(), 'EPERM', 'fail-closed: refused (redirected, it would have met ECONNREFUSED there)');
+    t.equal(inNs(), 'EPERM', 'fail-closed: refused (redirected, it would have met ECONNREFUSED there)');
     t.equal(g().l7_redirect! - before.l7_redirect!, 0, 'not redirected');
+
+    // With a node address (--proxy-node-address) the same client is redirected there instead. Here the address lives on
+    // the namespace's own loopback device with nothing listening on it, so nothing can leave the namespace: the refused
+    // connection shows where it was sent (kernel/l7-podns goes all the way through a veth pair to a real proxy).
+    const nodeAddr = `10.254.${process.pid % 250}.1`;
+    spawnSync('ip', ['-n', ns, 'addr', 'add', `${nodeAddr}/32`, 'dev', 'lo']);
+    dp.setProxy({ ...settings, nodeV4: nodeAddr });
+    dp.heartbeat();
+    try {
+      t.equal(reader.proxy()?.nodeV4, nodeAddr, 'the kernel has the node address');
+      const b2 = g();
+      t.equal(inNs(), 'ECONNREFUSED', 'redirected to the node address in its namespace (nothing listens there)');
+      t.equal(g().l7_redirect! - b2.l7_redirect!, 1, 'counted as a redirect');
+      t.equal(g().l7_fail_closed! - b2.l7_fail_closed!, 0, 'not refused');
+      const conn = await connectId('127.100.0.1', 80);
+      t.equal(conn.id, 'proxy', 'a client in the proxy\'s own namespace still goes to the loopback listener');
+    } finally {
+      dp.setProxy(settings);
+      dp.heartbeat();
+    }
   });
 
   t.test('flow events name the redirect and the refusal', async (t) => {
