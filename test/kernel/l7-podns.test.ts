@@ -14,7 +14,7 @@ if (skip) t.comment(`kernel tests skipped: ${skip}`);
 interface HttpBackend { port: number; server: Server; seen: { path: string; headers: IncomingHttpHeaders; peer: string }[] }
 
 /** An HTTP backend on 127.0.0.1 in the host namespace, answering 'backend' and remembering what it was asked. */
-async function httpBackend(t: Test): Promise<HttpBackend> {
+async function httpBackend(t: Test, host = '127.0.0.1'): Promise<HttpBackend> {
   const b: HttpBackend = { port: 0, server: undefined as unknown as Server, seen: [] };
   b.server = createServer((req, res) => {
     b.seen.push({ path: req.url ?? '', headers: req.headers, peer: req.socket.remoteAddress ?? '' });
@@ -22,14 +22,18 @@ async function httpBackend(t: Test): Promise<HttpBackend> {
     req.on('end', () => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end('backend'); });
   });
   b.server.keepAliveTimeout = 500;
-  await new Promise<void>((r) => b.server.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => b.server.listen(0, host, () => r()));
   b.port = (b.server.address() as AddressInfo).port;
   t.teardown(async () => { b.server.closeAllConnections(); await new Promise((r) => b.server.close(r)); });
   return b;
 }
 
-/** A namespace of our own with a veth pair to the host: host 10.200.<n>.1/30, namespace .2/30, default route via .1. */
-interface Pod { ns: string; n: number; hostAddr: string; podAddr: string }
+/**
+ * A namespace of our own with a veth pair to the host: host 10.200.<n>.1/30, namespace .2/30, default route via .1;
+ * the same in IPv6 (fd00:200:<n>::1/126 and ::2). The IPv6 VIP is an address on the namespace's own lo: a connect()
+ * the programs missed stays inside the namespace.
+ */
+interface Pod { ns: string; n: number; hostAddr: string; podAddr: string; hostAddr6: string; podAddr6: string; vip6: string }
 
 function run(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10000 });
@@ -60,7 +64,13 @@ function podNamespace(t: Test): Pod | string {
   run('ip', ['-n', ns, 'link', 'set', podIf, 'up']);
   run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
   run('ip', ['-n', ns, 'route', 'add', 'default', 'via', hostAddr]);
-  return { ns, n, hostAddr, podAddr };
+  const hostAddr6 = `fd00:200:${n}::1`, podAddr6 = `fd00:200:${n}::2`, vip6 = `fd00:201:${n}::100`;
+  // nodad: usable at once (a tentative address cannot be bound or connected from)
+  run('ip', ['addr', 'add', `${hostAddr6}/126`, 'dev', hostIf, 'nodad']);
+  run('ip', ['-n', ns, 'addr', 'add', `${podAddr6}/126`, 'dev', podIf, 'nodad']);
+  run('ip', ['-n', ns, '-6', 'route', 'add', 'default', 'via', hostAddr6]);
+  run('ip', ['-n', ns, 'addr', 'add', `${vip6}/128`, 'dev', 'lo']);
+  return { ns, n, hostAddr, podAddr, hostAddr6, podAddr6, vip6 };
 }
 
 interface Answer { status?: number; headers?: IncomingHttpHeaders; body?: string; error?: string; local?: string }
@@ -102,7 +112,7 @@ function podGet(pod: Pod, cgroupDir: string, host: string, port: number, path: s
 
 const cgroupRel = (cg: TestCgroup, child: string): string => `/${cg.path.split('/').slice(-1)[0]}/${child}`;
 
-function config(cg: TestCgroup, backendPort: number): string {
+function config(cg: TestCgroup, backendPort: number, v6?: { vip: string; backendPort: number }): string {
   return `
 workloads:
   - name: pod-a
@@ -131,7 +141,16 @@ services:
         default: deny
         rules:
           - { name: pod-a-only, action: allow, from: [pod-a] }
-`;
+${v6 ? `  - name: web6
+    vips: ['${v6.vip}']
+    ports: [{ port: 80 }]
+    backends: [{ address: '::1', port: ${v6.backendPort} }]
+    http:
+      failMode: closed
+      routes:
+        - name: web6-all
+          responseHeaders: { set: { x-mesh-route: web6-all } }
+` : ''}`;
 }
 
 t.test('a client in a pod network namespace reaches the proxy on its node address', { skip: skip ?? false }, async (t) => {
@@ -139,13 +158,14 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
   const pod = podNamespace(t);
   if (typeof pod === 'string') { t.plan(0, `skipped: ${pod}`); return; }
   const backend = await httpBackend(t);
+  const backend6 = await httpBackend(t, '::1');
   const podA = cg.child('pod-a'), podB = cg.child('pod-b');
   const proxyPort = await freePort();
   // The agent inside the meshed cgroup (as a DaemonSet pod): its accepted sockets get sock_ops, so this also shows the
   // pod's leg to the node address is kept off the SOCKHASH (the two ends are in different namespaces: never a pair).
   const agent = await startAgent(t, cg, {
-    config: config(cg, backend.port), inCgroup: cg.child('agent'),
-    extraArgs: ['--proxy-node-address', pod.hostAddr, '--proxy-port', String(proxyPort)],
+    config: config(cg, backend.port, { vip: pod.vip6, backendPort: backend6.port }), inCgroup: cg.child('agent'),
+    extraArgs: ['--proxy-node-address', `${pod.hostAddr},${pod.hostAddr6}`, '--proxy-port', String(proxyPort)],
   });
   await agent.waitLog((l) => l.msg === 'L7 proxy listening');
   const reader = MapReader.fromPins(agent.bpffs);
@@ -154,7 +174,7 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
   t.test('the kernel knows the node address', async (t) => {
     const px = reader.proxy();
     t.equal(px?.nodeV4, pod.hostAddr, 'sm_proxy.node_v4');
-    t.equal(px?.nodeV6, null, 'no v6 node address');
+    t.equal(px?.nodeV6, pod.hostAddr6, 'sm_proxy.node_v6');
     t.equal(px?.v4, '127.0.0.1', 'the loopback listener stays for clients in the proxy\'s namespace');
   });
 
@@ -174,6 +194,18 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
     t.equal(after.l7_redirect! - before.l7_redirect!, 1, 'one redirect');
     t.equal(after.l7_handoff! - before.l7_handoff!, 1, 'one hand-over to the pod address');
     t.equal(after.l7_fail_closed! - before.l7_fail_closed!, 0, 'not refused');
+  });
+
+  t.test('IPv6: a v6 VIP from the pod goes to the proxy\'s v6 node address', async (t) => {
+    const before = reader.stats(new Map()).global;
+    const r = await podGet(pod, podA, pod.vip6, 80, '/six');
+    t.equal(r.error, undefined, 'no socket error');
+    t.equal(r.status, 200);
+    t.equal(r.headers?.['x-mesh-route'], 'web6-all', 'the route of the v6 service');
+    t.equal(r.local, pod.podAddr6, 'the client spoke from its pod v6 address');
+    t.equal(backend6.seen.at(-1)?.path, '/six', 'the v6 backend answered');
+    const after = reader.stats(new Map()).global;
+    t.equal(after.l7_handoff! - before.l7_handoff!, 1, 'one hand-over to the pod v6 address');
   });
 
   t.test('the proxy takes the original destination from the hand-over: a second VIP is another service', async (t) => {
