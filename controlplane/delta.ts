@@ -9,9 +9,14 @@
 // Nonces: a request naming the last nonce sent is an ACK or a NACK (error_detail). Unlike state of the world, a
 // request with a stale nonce still carries subscription changes that no later request repeats, so those are
 // applied; only its ACK/NACK meaning is ignored.
+//
+// A client that does not read gets nothing new meanwhile (StreamBase#owe): the names that changed are collected per
+// type and, when it reads again, compared with what it has, so it gets the latest version of each once.
 import type * as grpc from '@grpc/grpc-js';
 import { encodeDeltaResponse, type Changes, type Resource, type Snapshot } from './snapshot.js';
-import { StreamBase, shortType, stringList, wildcardType, type StreamHost } from './stream.js';
+import { StreamBase, shortType, stringList, wildcardType, type Owed, type StreamHost } from './stream.js';
+
+const NONE: ReadonlySet<string> = new Set();
 
 interface Subscription {
   wildcard: boolean;
@@ -84,14 +89,33 @@ export class DeltaStream extends StreamBase {
       }
     }
     if (first && sub.wildcard) for (const n of state.resources.keys()) candidates.add(n);
-    this.send(typeUrl, sub, state, candidates, toldAbsent, first);
+    this.owe(typeUrl, candidates, toldAbsent, first);
   }
 
-  push(snapshot: Snapshot, changes: Changes): void {
-    for (const [typeUrl, sub] of this.subs) {
+  push(_snapshot: Snapshot, changes: Changes): void {
+    for (const typeUrl of this.subs.keys()) {
       const changed = changes.get(typeUrl);
-      if (changed) this.send(typeUrl, sub, snapshot.type(typeUrl)!, changed, new Set(), false);
+      if (changed) this.owe(typeUrl, changed);
     }
+  }
+
+  protected types(): Iterable<string> {
+    return this.subs.keys();
+  }
+
+  /** What is owed, compared with what the client has: so changes coalesced while it did not read go out once. */
+  protected emit(typeUrl: string, owed: Owed): void {
+    const sub = this.subs.get(typeUrl);
+    if (!sub) return;
+    const state = this.host.snapshot().type(typeUrl)!;
+    let candidates: Iterable<string> | undefined = owed.names;
+    if (candidates === undefined) {
+      const all = new Set<string>(sub.names);
+      for (const n of sub.has.keys()) all.add(n);
+      if (sub.wildcard) for (const n of state.resources.keys()) all.add(n);
+      candidates = all;
+    }
+    this.send(typeUrl, sub, state, candidates, owed.absent ?? NONE, owed.always);
   }
 
   /**
@@ -103,7 +127,7 @@ export class DeltaStream extends StreamBase {
     sub: Subscription,
     state: { version: string; resources: Map<string, Resource> },
     candidates: Iterable<string>,
-    absentToo: Set<string>,
+    absentToo: ReadonlySet<string>,
     always: boolean,
   ): void {
     const resources: Resource[] = [];
@@ -120,7 +144,7 @@ export class DeltaStream extends StreamBase {
     for (const name of removed) sub.has.delete(name);
     const nonce = this.host.nextNonce();
     sub.lastNonce = nonce;
-    this.call.write(encodeDeltaResponse(state.version, typeUrl, nonce, resources, removed));
+    this.write(encodeDeltaResponse(state.version, typeUrl, nonce, resources, removed));
     this.log.debug({ type: shortType(typeUrl), version: state.version, nonce, resources: resources.length, removed: removed.length }, 'sent');
   }
 }

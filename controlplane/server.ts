@@ -12,7 +12,7 @@ import { ConfigError, type Model, type Service } from '../agent/model/types.js';
 import { DeltaStream } from './delta.js';
 import { Snapshot, type Changes } from './snapshot.js';
 import { SotwStream } from './sotw.js';
-import { shortType, type StreamHost, type XdsStream } from './stream.js';
+import { shortType, type StreamHost, type StreamStats, type XdsStream } from './stream.js';
 import { DirWatcher, loadConfigDir } from './watch.js';
 
 export const DEFAULT_MAX_NAMES = 100_000;
@@ -58,6 +58,11 @@ export class ControlPlane implements StreamHost {
 
   get streamCount(): number {
     return this.streams.size;
+  }
+
+  /** Per open stream, how far its writes are behind (a stalled client's stays bounded: see HIGH_WATER_BYTES). */
+  streamStats(): StreamStats[] {
+    return [...this.streams].map((s) => s.stats());
   }
 
   /** Serve `model` from now on and push what changed to every stream. Returns the changes (empty: nothing did). */

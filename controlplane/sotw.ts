@@ -6,10 +6,11 @@
 // A response goes out when the subscription changes or when the content of a subscribed resource changes; an ACK
 // alone sends nothing. Listeners and clusters always go out complete (a missing one means deleted); routes and
 // endpoints on a push carry only what changed, as the protocol allows, so one endpoint change costs one
-// ClusterLoadAssignment per stream instead of ten thousand.
+// ClusterLoadAssignment per stream instead of ten thousand. A client that does not read gets nothing new meanwhile
+// (StreamBase#owe): when it reads again it gets the latest state once, not every version in between.
 import type * as grpc from '@grpc/grpc-js';
 import { encodeSotwResponse, encodeSotwResponseBody, type Changes, type Resource, type Snapshot } from './snapshot.js';
-import { StreamBase, shortType, stringList, wildcardType, type StreamHost } from './stream.js';
+import { StreamBase, shortType, stringList, wildcardType, type Owed, type StreamHost } from './stream.js';
 
 interface Subscription {
   wildcard: boolean;
@@ -67,7 +68,7 @@ export class SotwStream extends StreamBase {
     const changed = first || nonce === '' || wildcard !== sub.wildcard || !sameSet(nameSet, sub.names);
     sub.wildcard = wildcard;
     sub.names = nameSet;
-    if (changed) this.send(typeUrl, sub, this.host.snapshot(), undefined);
+    if (changed) this.owe(typeUrl, undefined);
   }
 
   push(snapshot: Snapshot, changes: Changes): void {
@@ -77,8 +78,17 @@ export class SotwStream extends StreamBase {
       let relevant = sub.wildcard;
       if (!relevant) for (const n of changed) if (sub.names.has(n)) { relevant = true; break; }
       if (!relevant) continue;
-      this.send(typeUrl, sub, snapshot, wildcardType(typeUrl) ? undefined : changed);
+      this.owe(typeUrl, wildcardType(typeUrl) ? undefined : changed);
     }
+  }
+
+  protected types(): Iterable<string> {
+    return this.subs.keys();
+  }
+
+  protected emit(typeUrl: string, owed: Owed): void {
+    const sub = this.subs.get(typeUrl);
+    if (sub) this.send(typeUrl, sub, this.host.snapshot(), owed.names);
   }
 
   /** Send the subscribed resources of one type (`only`: just these names, for routes and endpoints on a push). */
@@ -108,7 +118,7 @@ export class SotwStream extends StreamBase {
     }
     sub.lastNonce = nonce;
     sub.lastVersion = state.version;
-    this.call.write(response);
+    this.write(response);
     this.log.debug({ type: shortType(typeUrl), version: state.version, nonce, resources: count }, 'sent');
   }
 }

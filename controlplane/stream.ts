@@ -16,6 +16,42 @@ export interface StreamHost {
 
 export interface XdsStream {
   push(snapshot: Snapshot, changes: Changes): void;
+  stats(): StreamStats;
+}
+
+/** How far a stream's writes are behind (tests, logs): see StreamBase#write. */
+export interface StreamStats {
+  id: number;
+  variant: 'delta' | 'sotw';
+  /** Bytes handed to gRPC and not yet written out to the connection. */
+  queuedBytes: number;
+  /** The most queuedBytes has been. */
+  maxQueuedBytes: number;
+  /** Responses written. */
+  responses: number;
+  /** Changes merged into a response still owed (the client was not reading). */
+  coalesced: number;
+  /** Types with a response owed right now. */
+  owed: number;
+}
+
+/**
+ * Past this many bytes handed to gRPC and not yet written out to the connection, a stream writes no new response:
+ * what changes meanwhile is owed per type and coalesced, and goes out (from the then latest snapshot) once the client
+ * reads again. A stalled client so holds at most this plus one response, however many updates pass.
+ */
+export const HIGH_WATER_BYTES = 1 << 20;
+
+/** What a stream still owes its client for one type. */
+export interface Owed {
+  /** The names that changed or were asked for (undefined: every name the client has or may want). */
+  names: Set<string> | undefined;
+  /** Set is one the caller passed (a push's changes, shared by every stream): copied before it is added to. */
+  shared: boolean;
+  /** Delta: names just subscribed to, to be reported removed if they do not exist. */
+  absent: Set<string> | undefined;
+  /** Delta: answer even if nothing differs (the first request of a type). */
+  always: boolean;
 }
 
 /** Listeners and clusters have wildcard subscriptions; routes and endpoints are always asked for by name. */
@@ -116,6 +152,73 @@ export abstract class StreamBase implements XdsStream {
   }
 
   abstract push(snapshot: Snapshot, changes: Changes): void;
+
+  private queuedBytes = 0;
+  private readonly counters = { maxQueuedBytes: 0, responses: 0, coalesced: 0 };
+  private readonly owed = new Map<string, Owed>();
+
+  /** The types the client subscribed to, in the order it did (responses owed go out in this order). */
+  protected abstract types(): Iterable<string>;
+  /** Send what is owed for one type, from the current snapshot (through write()). */
+  protected abstract emit(typeUrl: string, owed: Owed): void;
+
+  stats(): StreamStats {
+    return { id: this.id, variant: this.variant, queuedBytes: this.queuedBytes, ...this.counters, owed: this.owed.size };
+  }
+
+  /**
+   * Owe the client a response for `typeUrl`: for these names (undefined: all), merged with what is owed already.
+   * It goes out at once unless the connection is backed up.
+   */
+  protected owe(typeUrl: string, names: Set<string> | undefined, absent?: Set<string>, always = false): void {
+    const o = this.owed.get(typeUrl);
+    if (!o) this.owed.set(typeUrl, { names, shared: true, absent: absent?.size ? absent : undefined, always });
+    else {
+      this.counters.coalesced++;
+      if (names === undefined || o.names === undefined) o.names = undefined;
+      else {
+        if (o.shared) {
+          o.names = new Set(o.names);
+          o.shared = false;
+        }
+        for (const n of names) o.names.add(n);
+        if (o.names.size > this.host.maxNames) o.names = undefined; // all: bounded whatever the churn
+      }
+      if (absent?.size) o.absent = new Set([...(o.absent ?? []), ...absent]);
+      o.always ||= always;
+    }
+    if (this.queuedBytes < HIGH_WATER_BYTES) this.flush();
+  }
+
+  private flush(): void {
+    for (const typeUrl of this.types()) {
+      if (this.owed.size === 0 || this.queuedBytes >= HIGH_WATER_BYTES) return;
+      const o = this.owed.get(typeUrl);
+      if (!o) continue;
+      this.owed.delete(typeUrl);
+      this.emit(typeUrl, o);
+    }
+  }
+
+  /** Write one response; its bytes count as queued until gRPC has written them out to the connection. */
+  protected write(response: Buffer): void {
+    const n = response.length;
+    this.queuedBytes += n;
+    if (this.queuedBytes > this.counters.maxQueuedBytes) this.counters.maxQueuedBytes = this.queuedBytes;
+    this.counters.responses++;
+    // The callback runs once the HTTP/2 stream took the frame, which flow control holds back while the client does
+    // not read (it never runs for a cancelled call, whose stream is dropped anyway).
+    this.call.write(response, () => {
+      this.queuedBytes -= n;
+      if (this.owed.size > 0 && this.queuedBytes < HIGH_WATER_BYTES) {
+        try {
+          this.flush();
+        } catch (e) {
+          this.log.error({ err: e }, 'sending an owed response failed');
+        }
+      }
+    });
+  }
 
   /** The request's type URL when it is one we serve, else undefined (after logging). */
   protected accept(req: Record<string, unknown>): string | undefined {
