@@ -502,7 +502,10 @@ export class Reconciler {
       this.deleteTable(t.tableId, t.size);
     }
     if (this.retired.length && !this.reaper) {
-      this.reaper = setTimeout(() => { this.reaper = undefined; this.reapTables(); }, RETIRE_MS);
+      // Until the oldest is due, plus 1 ms: a timer may fire a fraction of a ms before performance.now() reaches `at`,
+      // which left the table for one more whole RETIRE_MS.
+      const wait = Math.max(1, Math.ceil(this.retired[0]!.at - performance.now()) + 1);
+      this.reaper = setTimeout(() => { this.reaper = undefined; this.reapTables(); }, wait);
       this.reaper.unref();
     }
   }
