@@ -73,32 +73,49 @@ function podNamespace(t: Test): Pod | string {
   return { ns, n, hostAddr, podAddr, hostAddr6, podAddr6, vip6 };
 }
 
-interface Answer { status?: number; headers?: IncomingHttpHeaders; body?: string; error?: string; local?: string }
+interface Answer { status?: number; headers?: IncomingHttpHeaders; body?: string; error?: string; local?: string; usPerRequest?: number }
 
 // One HTTP GET from inside the pod; prints the answer (or the socket error's code) as JSON, with the client's address.
+// With a count, that many more GETs one after the other on one kept-alive connection, timed.
 const CLIENT = `
 const http = require('http');
-const [host, port, path] = [process.argv[1], Number(process.argv[2]), process.argv[3]];
+const [host, port, path, count] = [process.argv[1], Number(process.argv[2]), process.argv[3], Number(process.argv[4] || 0)];
+const agent = count ? new http.Agent({ keepAlive: true, maxSockets: 1 }) : false;
 let local = '';
-const req = http.get({ host, port, path, agent: false, timeout: 5000 }, (res) => {
-  let body = '';
-  res.setEncoding('utf8');
-  res.on('data', (d) => { body += d; });
-  res.on('end', () => console.log(JSON.stringify({ status: res.statusCode, headers: res.headers, body, local })));
+const one = (done) => {
+  const req = http.get({ host, port, path, agent, timeout: 5000 }, (res) => {
+    let body = '';
+    res.setEncoding('utf8');
+    res.on('data', (d) => { body += d; });
+    res.on('end', () => done({ status: res.statusCode, headers: res.headers, body, local }));
+  });
+  req.on('socket', (s) => { if (s.localAddress) local = s.localAddress; else s.on('connect', () => { local = s.localAddress; }); });
+  req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
+  req.on('error', (e) => { console.log(JSON.stringify({ error: e.code || e.message, local })); process.exit(0); });
+};
+one((first) => {
+  if (!count) { console.log(JSON.stringify(first)); return; }
+  let left = count;
+  const t0 = process.hrtime.bigint();
+  const next = () => one(() => {
+    if (--left > 0) return next();
+    first.usPerRequest = Number(process.hrtime.bigint() - t0) / 1000 / count;
+    console.log(JSON.stringify(first));
+    agent.destroy();
+  });
+  next();
 });
-req.on('socket', (s) => s.on('connect', () => { local = s.localAddress; }));
-req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
-req.on('error', (e) => console.log(JSON.stringify({ error: e.code || e.message, local })));
 `;
 
 /**
  * Run the client in cgroup `cgroupDir` (joined first) and in the pod's namespace (nsenter --net, never `ip netns exec`:
  * it remounts /sys). Asynchronous: the backend answering it lives in this process. Bounded in time.
  */
-function podGet(pod: Pod, cgroupDir: string, host: string, port: number, path: string): Promise<Answer> {
+function podGet(pod: Pod | null, cgroupDir: string, host: string, port: number, path: string, count = 0): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const p = spawn('/bin/sh', ['-c', `echo $$ > '${cgroupDir}/cgroup.procs' && exec nsenter --net=/run/netns/${pod.ns} "$@"`,
-      'sh', process.execPath, '-e', CLIENT, host, String(port), path], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const enter = pod ? `nsenter --net=/run/netns/${pod.ns} ` : ''; // null: the host's (the proxy's) namespace
+    const p = spawn('/bin/sh', ['-c', `echo $$ > '${cgroupDir}/cgroup.procs' && exec ${enter}"$@"`,
+      'sh', process.execPath, '-e', CLIENT, host, String(port), path, String(count)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '', err = '';
     p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
     p.stderr.on('data', (d: Buffer) => { err += d.toString(); });
@@ -238,6 +255,17 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
     t.notOk(socks.some((s) => s.local.includes(`${pod.hostAddr}:${proxyPort}`)), 'no accepted socket on the node address');
     await new Promise((r) => p.on('close', r));
     clearTimeout(timer);
+  });
+
+  t.test('latency through the proxy: a pod client (veth, node address) and a host client (loopback)', async (t) => {
+    // Reported, not asserted (a shared, loaded machine): 300 sequential GETs on one kept-alive connection each.
+    const pod1 = await podGet(pod, podA, '127.89.0.1', 80, '/lat', 300);
+    const host1 = await podGet(null, podA, '127.89.0.1', 80, '/lat', 300);
+    t.equal(pod1.status, 200, 'pod client served');
+    t.equal(host1.status, 200, 'host client served');
+    t.equal(pod1.local, pod.podAddr, 'from the pod address');
+    t.equal(host1.local, '127.0.0.1', 'from loopback');
+    t.comment(`µs per request: pod via node address ${pod1.usPerRequest?.toFixed(0)}, host via loopback ${host1.usPerRequest?.toFixed(0)}`);
   });
 
   t.test('a connection to the node address without a hand-over gets no service', async (t) => {
