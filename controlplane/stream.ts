@@ -184,7 +184,9 @@ export abstract class StreamBase implements XdsStream {
         for (const n of names) o.names.add(n);
         if (o.names.size > this.host.maxNames) o.names = undefined; // all: bounded whatever the churn
       }
-      if (absent?.size) o.absent = new Set([...(o.absent ?? []), ...absent]);
+      // Bounded too: past maxNames, a name subscribed meanwhile that does not exist is not reported absent (the
+      // client's initial fetch timeout covers it); only a client churning names without reading gets there.
+      if (absent?.size && (o.absent?.size ?? 0) < this.host.maxNames) o.absent = new Set([...(o.absent ?? []), ...absent]);
       o.always ||= always;
     }
     if (this.queuedBytes < HIGH_WATER_BYTES) this.flush();
