@@ -33,6 +33,48 @@ export type ParseError = (typeof ParseError)[keyof typeof ParseError];
 
 /** Framing of a body; Close (responses only): read until the upstream closes. */
 export const Framing = { None: 0, Length: 1, Chunked: 2, Close: 3 } as const;
+
+/** One field line as read by fieldLine(): a parser keeps one and reuses it (no allocation per line). */
+interface Field { name: string; value: string; error: string }
+
+/**
+ * field-line = field-name ":" OWS field-value OWS CRLF, starting at i. Returns the index after its CRLF, or -1 with
+ * f.error set. Both parsers read field lines here, so requests and responses follow the same rules.
+ */
+function fieldLine(buf: Buffer, i: number, f: Field): number {
+  const n0 = i;
+  while (TOKEN[buf[i]!]) i++;
+  if (buf[i] !== COLON) {
+    f.error = i !== n0 ? 'bad header name (whitespace before colon?)'
+      : buf[i] === SP || buf[i] === HTAB ? 'obsolete line folding' : 'bad header line';
+    return -1;
+  }
+  if (i === n0) { f.error = 'empty header name'; return -1; }
+  f.name = buf.toString('latin1', n0, i).toLowerCase();
+  i++;
+  while (buf[i] === SP || buf[i] === HTAB) i++;
+  const v0 = i;
+  while (VALUE[buf[i]!]) i++;
+  if (buf[i] !== CR || buf[i + 1] !== LF) { f.error = `bad character in header ${f.name}`; return -1; }
+  let v1 = i;
+  while (v1 > v0 && (buf[v1 - 1] === SP || buf[v1 - 1] === HTAB)) v1--;
+  f.value = buf.toString('latin1', v0, v1);
+  return i + 2;
+}
+
+/** What a Connection (or Proxy-Connection) header says: its tokens, and the other names it lists (hop-by-hop too). */
+interface ConnTokens { close: boolean; keepAlive: boolean; upgrade: boolean; names: string[] | undefined }
+
+function connectionTokens(value: string, c: ConnTokens): void {
+  for (const raw of value.split(',')) {
+    const tok = raw.trim().toLowerCase();
+    if (tok === '') continue;
+    if (tok === 'close') c.close = true;
+    else if (tok === 'keep-alive') c.keepAlive = true;
+    else if (tok === 'upgrade') c.upgrade = true;
+    else (c.names ??= []).push(tok);
+  }
+}
 export type Framing = (typeof Framing)[keyof typeof Framing];
 
 /** The head of a request from a client (reused per connection: reset() between messages). */
@@ -58,8 +100,8 @@ export class RequestHeadParse {
   teTrailers = false;
   /** why the last parse failed (for the log) */
   error = '';
-  /** names listed in Connection, removed from headers after the head is read */
-  private connNames: string[] | undefined;
+  private readonly field: Field = { name: '', value: '', error: '' };
+  private readonly conn: ConnTokens = { close: false, keepAlive: false, upgrade: false, names: undefined };
 
   reset(): void {
     this.host = undefined;
@@ -72,7 +114,6 @@ export class RequestHeadParse {
     this.expectContinue = false;
     this.upgrade = undefined;
     this.teTrailers = false;
-    this.connNames = undefined;
     this.error = '';
   }
 
@@ -116,28 +157,16 @@ export class RequestHeadParse {
     i += 10;
     let te: string | undefined;
     let sawCl = false;
-    let connClose = false, connKeepAlive = false, connUpgrade = false;
+    const conn = this.conn;
+    conn.close = conn.keepAlive = conn.upgrade = false;
+    conn.names = undefined;
     let upgrade: string | undefined;
     const headers = this.headers;
-    // field-line = field-name ":" OWS field-value OWS CRLF
+    const f = this.field;
     while (i < endIdx + 2) {
-      const n0 = i;
-      while (TOKEN[buf[i]!]) i++;
-      if (buf[i] !== COLON) {
-        if (i === n0 && (buf[i] === SP || buf[i] === HTAB)) return this.fail(ParseError.Bad, 'obsolete line folding');
-        return this.fail(ParseError.Bad, i === n0 ? 'bad header line' : 'bad header name (whitespace before colon?)');
-      }
-      if (i === n0) return this.fail(ParseError.Bad, 'empty header name');
-      const name = buf.toString('latin1', n0, i).toLowerCase();
-      i++;
-      while (buf[i] === SP || buf[i] === HTAB) i++;
-      const v0 = i;
-      while (VALUE[buf[i]!]) i++;
-      if (buf[i] !== CR || buf[i + 1] !== LF) return this.fail(ParseError.Bad, `bad character in header ${name}`);
-      let v1 = i;
-      while (v1 > v0 && (buf[v1 - 1] === SP || buf[v1 - 1] === HTAB)) v1--;
-      const value = buf.toString('latin1', v0, v1);
-      i += 2;
+      i = fieldLine(buf, i, f);
+      if (i < 0) return this.fail(ParseError.Bad, f.error);
+      const name = f.name, value = f.value;
       // Hop-by-hop and framing headers are consumed here, never forwarded as they came.
       switch (name) {
         case 'content-length': {
@@ -156,18 +185,9 @@ export class RequestHeadParse {
           this.host = value;
           continue;
         case 'connection':
-        case 'proxy-connection': {
-          // A comma-separated list of tokens; the names it lists are hop-by-hop too.
-          for (const raw of value.split(',')) {
-            const tok = raw.trim().toLowerCase();
-            if (tok === '') continue;
-            if (tok === 'close') connClose = true;
-            else if (tok === 'keep-alive') connKeepAlive = true;
-            else if (tok === 'upgrade') connUpgrade = true;
-            else (this.connNames ??= []).push(tok);
-          }
+        case 'proxy-connection':
+          connectionTokens(value, conn);
           continue;
-        }
         case 'keep-alive':
         case 'http2-settings':
           continue;
@@ -204,12 +224,14 @@ export class RequestHeadParse {
     }
     this.hasContentLength = sawCl;
     if (this.minor === 1 && this.host === undefined) return this.fail(ParseError.Bad, 'HTTP/1.1 request without host');
-    if (this.connNames) for (const n of this.connNames) delete headers[n];
-    this.close = this.minor === 0 ? !connKeepAlive : connClose;
-    this.keepAlive10 = this.minor === 0 && connKeepAlive && !connClose;
+    // (read back through a widened type: connectionTokens() filled it, which TypeScript's narrowing cannot see)
+    const connNames = conn.names as string[] | undefined;
+    if (connNames) for (const n of connNames) delete headers[n];
+    this.close = this.minor === 0 ? !conn.keepAlive : conn.close;
+    this.keepAlive10 = this.minor === 0 && conn.keepAlive && !conn.close;
     // Upgrade: h2c is ignored (RFC 9113 3.1 deprecated it; prior knowledge is the cleartext HTTP/2 path):
     // the request is answered in HTTP/1.1 as if no Upgrade had been asked.
-    if (connUpgrade && upgrade !== undefined && this.minor === 1 && !/^\s*h2c\s*$/i.test(upgrade)) this.upgrade = upgrade;
+    if (conn.upgrade && upgrade !== undefined && this.minor === 1 && !/^\s*h2c\s*$/i.test(upgrade)) this.upgrade = upgrade;
     return headEnd;
   }
 
@@ -257,6 +279,8 @@ export class ResponseHeadParse {
   /** Connection: upgrade + Upgrade value (for a 101) */
   upgrade: string | undefined;
   error = '';
+  private readonly field: Field = { name: '', value: '', error: '' };
+  private readonly conn: ConnTokens = { close: false, keepAlive: false, upgrade: false, names: undefined };
 
   /**
    * Parse one response head from buf[start..]; noBody: the request was HEAD (or the status forbids a
@@ -292,23 +316,15 @@ export class ResponseHeadParse {
     i += 2;
     let te: string | undefined;
     let sawCl = false;
-    let connClose = false, connKeepAlive = false, connUpgrade = false;
-    let connNames: string[] | undefined;
+    const conn = this.conn;
+    conn.close = conn.keepAlive = conn.upgrade = false;
+    conn.names = undefined;
     let upgrade: string | undefined;
+    const f = this.field;
     while (i < endIdx + 2) {
-      const n0 = i;
-      while (TOKEN[buf[i]!]) i++;
-      if (i === n0 || buf[i] !== COLON) return this.fail(ParseError.Bad, 'bad header line');
-      const name = buf.toString('latin1', n0, i).toLowerCase();
-      i++;
-      while (buf[i] === SP || buf[i] === HTAB) i++;
-      const v0 = i;
-      while (VALUE[buf[i]!]) i++;
-      if (buf[i] !== CR || buf[i + 1] !== LF) return this.fail(ParseError.Bad, `bad character in header ${name}`);
-      let v1 = i;
-      while (v1 > v0 && (buf[v1 - 1] === SP || buf[v1 - 1] === HTAB)) v1--;
-      const value = buf.toString('latin1', v0, v1);
-      i += 2;
+      i = fieldLine(buf, i, f);
+      if (i < 0) return this.fail(ParseError.Bad, f.error);
+      const name = f.name, value = f.value;
       switch (name) {
         case 'content-length': {
           const n = parseContentLength(value);
@@ -322,13 +338,7 @@ export class ResponseHeadParse {
           continue;
         case 'connection':
         case 'proxy-connection':
-          for (const raw of value.split(',')) {
-            const tok = raw.trim().toLowerCase();
-            if (tok === 'close') connClose = true;
-            else if (tok === 'keep-alive') connKeepAlive = true;
-            else if (tok === 'upgrade') connUpgrade = true;
-            else if (tok !== '') (connNames ??= []).push(tok);
-          }
+          connectionTokens(value, conn);
           continue;
         case 'keep-alive':
           continue;
@@ -339,13 +349,14 @@ export class ResponseHeadParse {
       this.names.push(name);
       this.values.push(value);
     }
+    const connNames = conn.names as string[] | undefined;
     if (connNames) {
       for (let k = this.names.length - 1; k >= 0; k--) {
         if (connNames.includes(this.names[k]!)) { this.names.splice(k, 1); this.values.splice(k, 1); }
       }
     }
-    this.close = this.minor === 0 ? !connKeepAlive : connClose;
-    if (connUpgrade) this.upgrade = upgrade;
+    this.close = this.minor === 0 ? !conn.keepAlive : conn.close;
+    if (conn.upgrade) this.upgrade = upgrade;
     this.hasContentLength = sawCl;
     const st = this.status;
     if (headRequest || st < 200 || st === 204 || st === 304) {
