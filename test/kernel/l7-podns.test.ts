@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { MapReader } from '../../agent/datapath/inspect.js';
-import { freePort, kernelSkipReason, startAgent, testCgroup, type TestCgroup } from '../lib/kernel.js';
+import { freePort, kernelSkipReason, meshctl, startAgent, testCgroup, type TestCgroup } from '../lib/kernel.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
@@ -193,6 +193,8 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
     t.equal(px?.nodeV4, pod.hostAddr, 'sm_proxy.node_v4');
     t.equal(px?.nodeV6, pod.hostAddr6, 'sm_proxy.node_v6');
     t.equal(px?.v4, '127.0.0.1', 'the loopback listener stays for clients in the proxy\'s namespace');
+    t.match(meshctl(agent, ['status']).stdout, new RegExp(`l7 proxy .* pods via ${pod.hostAddr.replace(/\./g, '\\.')}:${proxyPort}`),
+      'meshctl status says where pods reach the proxy');
   });
 
   t.test('GET to a VIP from the pod goes through the proxy to the backend', async (t) => {

@@ -430,7 +430,7 @@ services:
   t.equal(services.find((s) => s.service === 'plain')?.l7, undefined);
   const status = JSON.parse(meshctl(agent, ['status', '--json']).stdout) as { proxy?: { port: number; alive: boolean } };
   t.match(status.proxy, { port: 15999, alive: true }, 'meshctl status reports the proxy, alive (the agent runs it and beats)');
-  t.match(meshctl(agent, ['status']).stdout, /l7 proxy\s+127\.0\.0\.1:15999 \[::1\]:15999\s+alive/);
+  t.match(meshctl(agent, ['status']).stdout, /l7 proxy\s+127\.0\.0\.1:15999 \[::1\]:15999\s+alive.*pods: not redirected/);
   await agent.kill('SIGTERM');
   const after = reader.proxy();
   t.equal(after?.heartbeatAgeMs, null, 'a clean stop marks the proxy down at once');
