@@ -5,12 +5,12 @@
 //      reference for (b), i.e. what the kernel's sockmap path itself does on this machine.
 // Every process runs in the bench's own cgroup and network namespaces; everything is removed on
 // the way out, also on error or Ctrl-C.
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { availableParallelism, cpus, release, tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
+import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
 import { compileMinimal, MinimalSockmap, minimalSource } from './lib/minimal.js';
-import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
+import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { iperf3ClientArgv, iperf3ServerArgv, parseIperf3, type Stream } from './lib/iperf3.js';
 import { addNetns, delNetns, inCgroupNetns, inNetns, waitListening } from './lib/netns.js';
 import { Background, interrupted, onCleanup, requireRootAndTools, run, runChecked } from './lib/proc.js';
@@ -254,11 +254,7 @@ const preflight = (): Promise<void> =>
 /** Runs the bench, prints the table, the checks and (last line) the JSON; returns the exit status. */
 export async function runDatapath(opts: DatapathOptions): Promise<number> {
   await preflight();
-  const id = `sockmesh-bench-${process.pid}`;
-  const cgroup = createCgroup(id);
-  onCleanup(`cgroup ${cgroup}`, () => removeCgroup(cgroup));
-  const workDir = mkdtempSync(join(tmpdir(), `${id}-`));
-  onCleanup(`dir ${workDir}`, () => rmSync(workDir, { recursive: true, force: true }));
+  const { id, cgroup, workDir } = benchWorkspace();
 
   const ctx: Ctx = { opts, cpuCount: availableParallelism() };
   log(`cgroup ${cgroup}; sockperf -t ${opts.seconds}, iperf3 -t ${opts.streamSeconds}`);

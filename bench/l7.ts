@@ -16,11 +16,11 @@
 // Every process joins its cgroup first and then enters the namespace with nsenter (not `ip netns exec`,
 // which remounts /sys and would hide cgroupfs and bpffs from the agent). Everything is removed on the way
 // out, also on error or Ctrl-C; every process and every load is bounded in time.
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus, release, tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
-import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
+import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { cpuSeconds } from './lib/cpu.js';
 import { backendConfig, haproxyArgv, proxyConfig } from './lib/haproxy.js';
 import {
@@ -350,11 +350,7 @@ const preflight = (): Promise<void> =>
 /** Runs the bench, prints the table, the checks and (last line) the JSON; returns the exit status. */
 export async function runL7(opts: L7Options): Promise<number> {
   await preflight();
-  const id = `sockmesh-bench-${process.pid}`;
-  const cgroup = createCgroup(id);
-  onCleanup(`cgroup ${cgroup}`, () => removeCgroup(cgroup));
-  const workDir = mkdtempSync(join(tmpdir(), `${id}-`));
-  onCleanup(`dir ${workDir}`, () => rmSync(workDir, { recursive: true, force: true }));
+  const { id, cgroup, workDir } = benchWorkspace();
   await addNetns(id);
   onCleanup(`netns ${id}`, () => delNetns(id));
 

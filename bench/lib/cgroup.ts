@@ -1,7 +1,9 @@
 // The benchmark's private cgroup. Programs are attached only to it (never to the root cgroup),
 // and every benchmark process joins it before entering its network namespace.
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
+import { onCleanup } from './proc.js';
 
 /** The cgroup2 mount point, read from /proc/mounts (it is /sys/fs/cgroup/unified on hybrid hosts). */
 export function cgroup2Mount(mounts = readFileSync('/proc/mounts', 'utf8')): string {
@@ -75,4 +77,14 @@ export async function removeCgroup(dir: string): Promise<void> {
     }
   };
   await rmTree(dir);
+}
+
+/** A bench's own cgroup and scratch directory, both removed by the cleanup (also on errors and Ctrl-C). */
+export function benchWorkspace(): { id: string; cgroup: string; workDir: string } {
+  const id = `sockmesh-bench-${process.pid}`;
+  const cgroup = createCgroup(id);
+  onCleanup(`cgroup ${cgroup}`, () => removeCgroup(cgroup));
+  const workDir = mkdtempSync(join(tmpdir(), `${id}-`));
+  onCleanup(`dir ${workDir}`, () => rmSync(workDir, { recursive: true, force: true }));
+  return { id, cgroup, workDir };
 }
