@@ -5,7 +5,8 @@ import type { HeaderRewrite } from '../model/l7.js';
 import type { Logger } from '../observe/log.js';
 import type { H1Pool } from './pool.js';
 import type { H2Pool } from './http2.js';
-import type { Headers, LocalReply, OriginalDst, Outcome, Policy, Source } from './types.js';
+import type { Conn } from './conn.js';
+import type { Headers, LocalReply, OriginalDst, Outcome, Policy, Source, Upstream } from './types.js';
 
 export interface EngineContext {
   policy: Policy;
@@ -18,6 +19,8 @@ export interface EngineContext {
   /** a request head must be whole this long after its first bytes arrived (a slow drip is not activity) */
   headTimeoutMs: number;
   stats: EngineStats;
+  /** a new upstream transport connection to up (emits 'connect', or 'error' then 'close') */
+  connect: (up: Upstream) => Conn;
 }
 
 export interface EngineStats {

@@ -3,7 +3,7 @@
 // bytes: the HTTP/2 connection preface means HTTP/2 with prior knowledge (handed to node:http2),
 // anything else is HTTP/1.1 (our own parser, http1.ts). The engine never decides: every request goes
 // through the Policy (types.ts), which routes, balances, limits and counts.
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Http2Server, Http2Session } from 'node:http2';
 import type { Logger } from '../observe/log.js';
 import type { ConnInfo, EngineContext, EngineStats } from './engine.js';
@@ -59,6 +59,7 @@ export class ProxyServer {
       policy: o.policy, log: o.log, pool, h2pool, maxHeaderBytes, clientIdleTimeoutMs: this.clientIdleTimeoutMs,
       headTimeoutMs: o.headTimeoutMs ?? 30_000,
       stats: { connectionsH1: 0, connectionsH2: 0, requests: 0, badRequests: 0, upgrades: 0 },
+      connect: (up) => connect({ host: up.address, port: up.port, family: up.family, noDelay: true }),
     };
     this.h2 = createH2Server(this.ctx, (s) => this.sessionInfo.get(s));
     this.h2.on('session', (s: Http2Session) => {

@@ -1,0 +1,34 @@
+// The byte-stream connection the protocol engine works with: the part of node:net's Socket it uses.
+// net.Socket satisfies it (tests and the h2 handover use real ones); so does NetConn (netio.ts), the
+// proxy's own sockets over the addon's epoll loop, which skip Node's stream machinery on the hot path.
+
+export interface Conn {
+  readonly remoteAddress: string | undefined;
+  readonly remotePort: number | undefined;
+  readonly destroyed: boolean;
+  /** false when the bytes were queued beyond what the kernel took at once ('drain' follows) */
+  write(data: Buffer | Uint8Array | string, encoding?: BufferEncoding): boolean;
+  /** writes until uncork() are sent together */
+  cork(): void;
+  uncork(): void;
+  /** stop / start delivering 'data' */
+  pause(): this;
+  resume(): this;
+  /** half-close after what is queued is sent; with the peer's end too, 'close' follows */
+  end(): this;
+  /** close now, dropping what is queued; 'close' follows (once) */
+  destroy(): this;
+  setNoDelay(noDelay?: boolean): this;
+  /** idle timeout: 'timeout' (and cb) after ms without reads or writes; 0 turns it off */
+  setTimeout(ms: number, cb?: () => void): this;
+
+  on(event: 'data', fn: (d: Buffer) => void): this;
+  on(event: 'end' | 'close' | 'drain' | 'timeout' | 'connect', fn: () => void): this;
+  on(event: 'error', fn: (e: Error) => void): this;
+  once(event: 'data', fn: (d: Buffer) => void): this;
+  once(event: 'end' | 'close' | 'drain' | 'timeout' | 'connect', fn: () => void): this;
+  once(event: 'error', fn: (e: Error) => void): this;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  off(event: string, fn: (...args: any[]) => void): this;
+  removeAllListeners(event?: string): this;
+}
