@@ -61,6 +61,7 @@ export function clusterHttpFields(svc: Service, group: string | undefined, lbPol
         enforcing_consecutive_gateway_failure: { value: od.consecutiveGatewayErrors > 0 ? 100 : 0 },
         base_ejection_time: duration(od.baseEjectionMs), max_ejection_time: duration(od.maxEjectionMs),
         max_ejection_percent: { value: od.maxEjectionPercent },
+        ...(od.intervalMs !== undefined ? { interval: duration(od.intervalMs) } : {}),
       };
     }
   } else out['lb_policy'] = lbPolicy;

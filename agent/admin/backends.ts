@@ -84,7 +84,7 @@ export function backendsReport(src: BackendsSources, only?: string): BackendsRep
             failingSince: st?.probe ? iso(st.probe.since) : null,
           },
           ejection: st?.ejection ? { since: iso(st.ejection.since), until: iso(st.ejection.until), count: st.ejection.count, reason: st.ejection.reason } : null,
-          ejections: src.states.ejections(svc.name, key),
+          ejections: src.states.ejections(svc.name, key, svc.http?.outlierDetection?.intervalMs),
           proxy: numbers(live.index.get(id(svc.name, `${backendKey(fe.vip, fe.port)}\0${key}`)) ?? live.index.get(id(svc.name, key))),
         };
       });

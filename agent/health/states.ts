@@ -19,6 +19,8 @@ export type StatesListener = (service: string) => void;
 export class BackendStates {
   private readonly states = new Map<string, Map<string, BackendState>>();
   private readonly ejectionCounts = new Map<string, number>();
+  /** when each ejected-before backend came back (the count decays from there) */
+  private readonly returnedAt = new Map<string, number>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private readonly listeners: StatesListener[] = [];
 
@@ -49,12 +51,16 @@ export class BackendStates {
     this.changed(service, backend);
   }
 
-  /** outlier ejection for durationMs; count = how many times this backend was ejected so far (incl. this one) */
-  eject(service: string, backend: string, durationMs: number, reason: string): number {
+  /**
+   * outlier ejection for durationMs; count = the (decayed, see ejections()) times this backend was ejected so
+   * far, this one included
+   */
+  eject(service: string, backend: string, durationMs: number, reason: string, intervalMs?: number): number {
     const s = this.entry(service, backend);
     const id = `${service}\0${backend}`;
-    const count = (this.ejectionCounts.get(id) ?? 0) + 1;
+    const count = this.ejections(service, backend, intervalMs) + 1;
     this.ejectionCounts.set(id, count);
+    this.returnedAt.delete(id);
     const since = this.now();
     s.ejection = { since, until: since + durationMs, count, reason };
     clearTimeout(this.timers.get(id));
@@ -63,6 +69,7 @@ export class BackendStates {
       const cur = this.states.get(service)?.get(backend);
       if (cur?.ejection) {
         cur.ejection = undefined;
+        this.returnedAt.set(id, this.now());
         this.changed(service, backend);
       }
     }, durationMs);
@@ -72,9 +79,18 @@ export class BackendStates {
     return count;
   }
 
-  /** times this backend has been ejected (for the growing ejection time) */
-  ejections(service: string, backend: string): number {
-    return this.ejectionCounts.get(`${service}\0${backend}`) ?? 0;
+  /**
+   * Times this backend has been ejected (for the growing ejection time), less one for every intervalMs it has
+   * been back in service since its last ejection ended (Envoy's decay of the ejection multiplier: without it a
+   * backend that failed a few times long ago would be ejected for the maximum time at its next failure run).
+   * Without intervalMs, the plain count.
+   */
+  ejections(service: string, backend: string, intervalMs?: number): number {
+    const id = `${service}\0${backend}`;
+    const count = this.ejectionCounts.get(id) ?? 0;
+    const back = this.returnedAt.get(id);
+    if (count === 0 || intervalMs === undefined || intervalMs <= 0 || back === undefined) return count;
+    return Math.max(0, count - Math.floor((this.now() - back) / intervalMs));
   }
 
   /** forget backends (and services) no longer in the model */
@@ -88,6 +104,7 @@ export class BackendStates {
         clearTimeout(this.timers.get(id));
         this.timers.delete(id);
         this.ejectionCounts.delete(id);
+        this.returnedAt.delete(id);
       }
       if (backends.size === 0) this.states.delete(service);
     }

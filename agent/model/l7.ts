@@ -106,6 +106,11 @@ export interface OutlierDetection {
   maxEjectionMs: number;
   /** at most this share of a group's backends ejected at once */
   maxEjectionPercent: number;
+  /**
+   * Envoy's interval: the ejection count behind the growing ejection time drops by one for every interval a
+   * backend stays in service, so a backend that failed once last week starts again from base (default 10 s)
+   */
+  intervalMs?: number;
 }
 
 export interface AuthzRule {

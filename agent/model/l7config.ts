@@ -76,6 +76,7 @@ export const DEFAULT_OUTLIER: OutlierDetection = {
   baseEjectionMs: 30_000,
   maxEjectionMs: 300_000,
   maxEjectionPercent: 10,
+  intervalMs: 10_000,
 };
 export const DEFAULT_HEALTH_INTERVAL_MS = 5000;
 export const DEFAULT_HEALTH_TIMEOUT_MS = 1000;
@@ -104,7 +105,7 @@ export const RETRY_ON: readonly RetryOn[] = [
 
 const HTTP_FIELDS = ['failMode', 'balancer', 'accessLogSample', 'circuitBreaker', 'outlierDetection', 'authz', 'routes'] as const;
 const BREAKER_FIELDS = ['maxConnections', 'maxPendingRequests', 'maxRequests', 'maxRetries'] as const;
-const OUTLIER_FIELDS = ['consecutive5xx', 'consecutiveGatewayErrors', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent'] as const;
+const OUTLIER_FIELDS = ['consecutive5xx', 'consecutiveGatewayErrors', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'interval'] as const;
 const AUTHZ_FIELDS = ['default', 'rules'] as const;
 const RULE_FIELDS = ['name', 'action', 'from', 'methods', 'paths', 'headers'] as const;
 const ROUTE_FIELDS = ['name', 'match', 'split', 'timeout', 'retries', 'requestHeaders', 'responseHeaders'] as const;
@@ -478,6 +479,7 @@ function outlier(raw: Obj, path: string, issues: Issues): OutlierDetection | und
     baseEjectionMs: base,
     maxEjectionMs: max,
     maxEjectionPercent: intField(o, 'maxEjectionPercent', p, 0, 100, false, issues) ?? d.maxEjectionPercent,
+    intervalMs: durationField(o, 'interval', p, 1, issues) ?? d.intervalMs!,
   };
 }
 

@@ -91,8 +91,8 @@ export function ejectedAmong(states: BackendStates, service: string, keys: reado
 export function tryEject(states: BackendStates, cfg: OutlierDetection, service: string, backend: string, groupKeys: readonly string[], rule: Ejection): number {
   if (states.isOut(service, backend)) return 0; // already out (probe or ejection): nothing to add
   if (!mayEject(ejectedAmong(states, service, groupKeys), groupKeys.length, cfg.maxEjectionPercent)) return 0;
-  const ms = ejectionMs(cfg, states.ejections(service, backend));
+  const ms = ejectionMs(cfg, states.ejections(service, backend, cfg.intervalMs));
   const threshold = rule === 'consecutive-5xx' ? cfg.consecutive5xx : cfg.consecutiveGatewayErrors;
-  states.eject(service, backend, ms, `${threshold} ${rule === 'consecutive-5xx' ? 'consecutive 5xx' : 'consecutive gateway errors'}`);
+  states.eject(service, backend, ms, `${threshold} ${rule === 'consecutive-5xx' ? 'consecutive 5xx' : 'consecutive gateway errors'}`, cfg.intervalMs);
   return ms;
 }

@@ -511,7 +511,7 @@ export class ProxyPolicy implements Policy {
           activeRequests: slot.active,
           out: st !== undefined,
           ejected: st?.ejection !== undefined,
-          ejections: this.states.ejections(g.service, key),
+          ejections: this.states.ejections(g.service, key, g.outlier?.intervalMs),
           consecutive5xx: slot.consecutive5xx,
           consecutiveGatewayErrors: slot.consecutiveGatewayErrors,
         };

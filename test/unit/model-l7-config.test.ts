@@ -91,7 +91,7 @@ const EXPECTED: Model = {
         balancer: 'least-request',
         accessLogSample: 0.01,
         circuitBreaker: { maxConnections: 100, maxPendingRequests: 50, maxRequests: 200, maxRetries: 5 },
-        outlierDetection: { consecutive5xx: 7, consecutiveGatewayErrors: 4, baseEjectionMs: 10_000, maxEjectionMs: 120_000, maxEjectionPercent: 50 },
+        outlierDetection: { consecutive5xx: 7, consecutiveGatewayErrors: 4, baseEjectionMs: 10_000, maxEjectionMs: 120_000, maxEjectionPercent: 50, intervalMs: 10_000 },
         authz: {
           defaultAction: 'deny',
           rules: [

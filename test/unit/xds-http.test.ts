@@ -223,7 +223,7 @@ t.test('foreign HTTP resources: routes, weighted clusters as groups, retries, br
   const h = svc.http!;
   t.same([h.failMode, h.balancer, h.accessLogSample], ['closed', 'least-request', 0]);
   t.same(h.circuitBreaker, { maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 100, maxRetries: 3 });
-  t.same(h.outlierDetection, { consecutive5xx: 3, consecutiveGatewayErrors: 5, baseEjectionMs: 10_000, maxEjectionMs: 300_000, maxEjectionPercent: 10 });
+  t.same(h.outlierDetection, { consecutive5xx: 3, consecutiveGatewayErrors: 5, baseEjectionMs: 10_000, maxEjectionMs: 300_000, maxEjectionPercent: 10, intervalMs: 10_000 });
   t.same(svc.healthCheck, { kind: 'http', intervalMs: 10_000, timeoutMs: 1000, healthyThreshold: 1, unhealthyThreshold: 2, path: '/ready', expectedStatuses: [[200, 399]] });
   const mesh = { set: { 'x-mesh': 'on' }, remove: [] };
   t.strictSame(h.routes, [

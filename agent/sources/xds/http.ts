@@ -438,6 +438,8 @@ export function clusterHttp(what: string, c: Obj, meta: Obj): ClusterHttp {
     if (base !== undefined) o['baseEjectionTime'] = formatDuration(base);
     const max = durationMs(od.max_ejection_time);
     if (max !== undefined) o['maxEjectionTime'] = formatDuration(max);
+    const interval = durationMs(od.interval);
+    if (interval !== undefined) o['interval'] = formatDuration(interval);
     const pct = num(od.max_ejection_percent);
     if (pct !== undefined) o['maxEjectionPercent'] = pct;
     if ((num(od.enforcing_success_rate) ?? 100) > 0 && od.success_rate_minimum_hosts !== undefined) d.notes.push(`${what}: outlier_detection: success-rate ejection not applied`);
