@@ -365,6 +365,7 @@ export class Agent {
     // Probes follow the model (new backends start, removed ones stop and are forgotten by BackendStates).
     this.checker?.update(model, scope);
     if (!scope) this.metrics.retain(new Set(model.services.map((s) => s.name)));
+    else this.metrics.forgetRemoved(scope, model.services);
     try {
       this.writeState();
     } catch (e) {

@@ -141,6 +141,20 @@ export class AgentMetrics {
     for (const s of this.probes.keys()) if (!services.has(s)) this.probes.delete(s);
   }
 
+  /**
+   * After a scoped update (changed = the services it may have touched, removed ones included): forget the probe
+   * counts of those that are gone. The model is scanned only when one of them has counts, so the common scoped
+   * change (an endpoint moved) costs a few lookups, not a pass over 10,000 services.
+   */
+  forgetRemoved(changed: ReadonlySet<string>, services: readonly { name: string }[]): void {
+    const mine: string[] = [];
+    for (const s of changed) if (this.probes.has(s)) mine.push(s);
+    if (mine.length === 0) return;
+    const present = new Set<string>();
+    for (const svc of services) present.add(svc.name);
+    for (const s of mine) if (!present.has(s)) this.probes.delete(s);
+  }
+
   private verdicts(): Sample[] {
     const checker = this.src.checker();
     const out: Sample[] = [];

@@ -89,4 +89,11 @@ t.test('GET /metrics: kernel counters, health verdicts, panics, process metrics'
   t.equal(kernelReads, 1, 'one kernel read per scrape, shared by every family');
   t.equal((await get(url.replace('/metrics', '/other'))).status, 404);
   t.equal((await get(url, 'HEAD')).status, 200);
+
+  // a scoped update that removes the service (xDS): its probe counts go with it; an unrelated scope keeps them
+  metrics.forgetRemoved(new Set(['other']), model.services);
+  t.match((await get(url)).body, /sockmesh_health_checks_total\{service="web"/, 'kept: web was not in the scope');
+  checker.update({ services: [] }, new Set(['web']));
+  metrics.forgetRemoved(new Set(['web']), []);
+  t.notMatch((await get(url)).body, /sockmesh_health_checks_total\{service="web"/, 'forgotten with the service');
 });
