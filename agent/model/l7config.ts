@@ -20,6 +20,7 @@ import {
   type Obj,
 } from './fields.js';
 import { closest } from './suggest.js';
+import { linearRegex } from './regex.js';
 import {
   DEFAULT_CIRCUIT_BREAKER,
   type Authz,
@@ -192,7 +193,7 @@ function headerName(v: unknown, path: string, issues: Issues): string | undefine
 /** A regex, anchored as the proxy uses it; undefined when it does not compile (reported with the engine's words). */
 export function regexError(source: string): string | undefined {
   try {
-    new RegExp(`^(?:${source})$`);
+    linearRegex(source);
     return undefined;
   } catch (e) {
     return (e as Error).message;

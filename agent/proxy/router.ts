@@ -2,6 +2,7 @@
 // once per model update (regexes included) so that matching a request allocates nothing beyond
 // what the request itself forces (a query string to cut off, a path that needs normalizing).
 import type { HeaderMatch, Route, RouteMatch, StringMatch } from '../model/l7.js';
+import { linearRegex } from '../model/regex.js';
 import type { Headers, RequestHead } from './types.js';
 
 export type StringMatcher = (value: string) => boolean;
@@ -21,7 +22,7 @@ export function compileStringMatch(m: StringMatch, where: string): StringMatcher
   }
   let re: RegExp;
   try {
-    re = new RegExp(`^(?:${m.regex})$`);
+    re = linearRegex(m.regex);
   } catch (e) {
     throw new Error(`${where}: invalid regex ${JSON.stringify(m.regex)}: ${(e as Error).message}`);
   }

@@ -226,6 +226,10 @@ const CASES: Array<[string, string, string[]]> = [
     "services[0].http.routes[0].match.path.regex: service 'web', route 'a': invalid regular expression \"/a([\": Invalid regular expression",
     "services[0].http.routes[0].match.headers[0].regex: service 'web', route 'a': invalid regular expression \"*\": Invalid regular expression",
   ]],
+  ['regexes that need backtracking are refused (linear-time engine, as RE2)', `    http:\n      routes: [{name: a, match: {path: {regex: '/(a+)\\1'}, headers: [{name: x, regex: 'a(?=b)'}]}}]`, [
+    "services[0].http.routes[0].match.path.regex: service 'web', route 'a': invalid regular expression \"/(a+)\\\\1\": needs backtracking (a backreference or lookaround), which sockmesh does not run",
+    "services[0].http.routes[0].match.headers[0].regex: service 'web', route 'a': invalid regular expression \"a(?=b)\": needs backtracking",
+  ]],
   ['duplicate route names', `    http:\n      routes: [{name: a}, {name: b}, {name: a}]`, [
     "services[0].http.routes[2].name: duplicate route name 'a' in service 'web', also used by routes[0]",
   ]],
