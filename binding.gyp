@@ -20,6 +20,7 @@
         'native/errors.cc',
         'native/links.cc',
         'native/maps.cc',
+        'native/netio.cc',
         'native/object.cc',
         'native/probe.cc',
         'native/ringbuf.cc',

@@ -10,6 +10,7 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   sockmesh::InitAbi(env, exports);
   sockmesh::InitSockets(env, exports);
   sockmesh::InitDiag(env, exports);
+  sockmesh::InitNetio(env, exports);
   return exports;
 }
 

@@ -35,5 +35,6 @@ void InitProbe(Napi::Env env, Napi::Object exports);
 void InitAbi(Napi::Env env, Napi::Object exports);
 void InitSockets(Napi::Env env, Napi::Object exports);
 void InitDiag(Napi::Env env, Napi::Object exports);
+void InitNetio(Napi::Env env, Napi::Object exports);
 
 }  // namespace sockmesh

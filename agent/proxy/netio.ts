@@ -1,0 +1,414 @@
+// The proxy's own TCP sockets: NetIo owns one native epoll loop (native/netio.cc) and NetConn is the
+// Conn (conn.ts) over one of its sockets. Node's stream machinery (a 64 KiB allocation per read,
+// Readable/Writable state, a request object per write, one callback per read) costs several times
+// the proxy's own logic per request; here one wake of the loop reads every ready socket into one
+// shared arena and delivers the whole batch in one call, and a write is one send(2) at once.
+//
+// The native side does syscalls, buffering and events only; what they mean is decided here:
+// Errors as Error objects with node's codes, node's default half-close (allowHalfOpen false: the
+// peer's EOF ends our side too), 'close' exactly once and after the call that caused it, and idle
+// timeouts with a lazily re-armed timer instead of one refreshed on every read.
+import { EventEmitter } from 'node:events';
+import { constants as osConstants } from 'node:os';
+import { native } from '../datapath/native.js';
+import type { Conn } from './conn.js';
+
+/** The addon's NetLoop (native/netio.cc). Ids come from a counter: never reused. */
+interface NativeNetLoop {
+  listen(host: string, port: number, backlog: number): number;
+  localPort(id: number): number;
+  connect(host: string, port: number): number;
+  /** bytes queued after the call (0: all sent) or -errno */
+  write(id: number, data: Buffer | Uint8Array | string, utf8: boolean): number;
+  writev(id: number, chunks: (Buffer | Uint8Array | string)[]): number;
+  pause(id: number): void;
+  resume(id: number): void;
+  /** 1 done now, 0 once the queue is flushed (SHUTDOWN event), or -errno */
+  shutdown(id: number): number;
+  close(id: number): void;
+  release(id: number): number;
+  setNoDelay(id: number, on: boolean): void;
+  count(): number;
+  closeAll(): void;
+}
+type NetLoopCtor = new (arena: Buffer, events: Int32Array, cb: (n: number) => void) => NativeNetLoop;
+
+const EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7;
+const OPS = ['', 'read', 'write', 'connect', 'accept', 'shutdown'];
+const ARENA_BYTES = 1024 * 1024;
+const MAX_EVENTS = 4096;
+/** write() returns false once this much is queued natively (node's default highWaterMark) */
+const HIGH_WATER = 16 * 1024;
+const BACKLOG = 511;
+
+const ERRNO_NAMES: string[] = [];
+for (const [name, n] of Object.entries(osConstants.errno)) if (ERRNO_NAMES[n] === undefined) ERRNO_NAMES[n] = name;
+
+export interface NetErrnoError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+function errnoError(errno: number, syscall: string, where = ''): NetErrnoError {
+  const code = ERRNO_NAMES[errno] ?? `E${errno}`;
+  const e = new Error(`${syscall} ${code}${where === '' ? '' : ' ' + where}`) as NetErrnoError;
+  e.code = code;
+  e.errno = -errno; // as node reports it
+  e.syscall = syscall;
+  return e;
+}
+
+export interface NetListener {
+  readonly host: string;
+  readonly port: number;
+  close(): void;
+}
+
+export interface Upstreamish { address: string; port: number; family?: 4 | 6 }
+
+export class NetIo {
+  private readonly loop: NativeNetLoop;
+  private readonly arena = Buffer.allocUnsafeSlow(ARENA_BYTES);
+  private readonly ev = new Int32Array(MAX_EVENTS * 4);
+  /** every open connection by id (listeners in `listeners`) */
+  readonly conns = new Map<number, NetConn>();
+  private readonly listeners = new Map<number, (c: NetConn) => void>();
+  private closed = false;
+
+  constructor() {
+    const Ctor = (native() as unknown as { NetLoop: NetLoopCtor }).NetLoop;
+    this.loop = new Ctor(this.arena, this.ev, (n) => this.onEvents(n));
+  }
+
+  /** listen on host ('127.0.0.1', '::1', any numeric address) and port (0: any); throws "listen 127.0.0.1:15001: EADDRINUSE" */
+  listen(host: string, port: number, onConnection: (c: NetConn) => void): NetListener {
+    if (this.closed) throw new Error('netio: listen on a closed loop');
+    const id = this.loop.listen(host, port, BACKLOG);
+    this.listeners.set(id, onConnection);
+    const bound = this.loop.localPort(id);
+    return {
+      host, port: bound,
+      close: () => {
+        if (!this.listeners.delete(id) || this.closed) return;
+        this.loop.close(id);
+      },
+    };
+  }
+
+  /** a new connection to up: 'connect', or 'error' and 'close' */
+  connect(up: Upstreamish): NetConn {
+    if (this.closed) throw new Error('netio: connect on a closed loop');
+    const id = this.loop.connect(up.address, up.port);
+    const c = new NetConn(this, this.loop, id, up.address, up.port);
+    c.connecting = true;
+    this.conns.set(id, c);
+    return c;
+  }
+
+  /** sockets and listeners open in the native loop */
+  openCount(): number {
+    return this.closed ? 0 : this.loop.count();
+  }
+
+  /** close every listener and connection at once (no events follow); the loop is unusable afterwards */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.listeners.clear();
+    const conns = [...this.conns.values()];
+    this.conns.clear();
+    this.loop.closeAll();
+    for (const c of conns) c.loopClosed();
+  }
+
+  private onEvents(n: number): void {
+    const ev = this.ev, arena = this.arena, conns = this.conns;
+    let thrown: unknown = null;
+    for (let i = 0, p = 0; i < n; i++, p += 4) {
+      const id = ev[p]!, kind = ev[p + 1]!;
+      try {
+        if (kind === EV_ACCEPT) {
+          this.accepted(id, ev[p + 2]!, ev[p + 3]!);
+          continue;
+        }
+        const c = conns.get(id);
+        if (c === undefined) {
+          // a listener's accept error (EMFILE...), or a connection closed earlier in this batch
+          continue;
+        }
+        switch (kind) {
+          case EV_DATA: {
+            const off = ev[p + 2]!, len = ev[p + 3]!;
+            // the listener may keep what it gets: copied out of the arena, which the next wake reuses
+            const b = Buffer.allocUnsafe(len);
+            arena.copy(b, 0, off, off + len);
+            c.onData(b);
+            break;
+          }
+          case EV_EOF: c.onEof(); break;
+          case EV_ERROR: c.onError(ev[p + 2]!, ev[p + 3]!); break;
+          case EV_DRAIN: c.onDrain(); break;
+          case EV_CONNECT: c.onConnect(); break;
+          case EV_SHUTDOWN: c.onShutdown(); break;
+        }
+      } catch (e) {
+        // one listener's exception must not cost the other connections their events
+        if (thrown === null) thrown = e;
+      }
+    }
+    if (thrown !== null) throw thrown;
+  }
+
+  private accepted(listenerId: number, id: number, off: number): void {
+    const arena = this.arena;
+    const port = arena[off]! | (arena[off + 1]! << 8);
+    const len = arena[off + 2]!;
+    const address = arena.toString('latin1', off + 3, off + 3 + len);
+    const onConnection = this.listeners.get(listenerId);
+    if (onConnection === undefined) { this.loop.close(id); return; }
+    const c = new NetConn(this, this.loop, id, address, port);
+    this.conns.set(id, c);
+    onConnection(c);
+  }
+
+  /** @internal the connection is gone from the native loop */
+  forget(id: number): void {
+    this.conns.delete(id);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+}
+
+export class NetConn extends EventEmitter implements Conn {
+  destroyed = false;
+  connecting = false;
+  /** the peer's EOF was seen */
+  private readEnded = false;
+  /** end() was called */
+  private writeEnding = false;
+  /** our side is shut (SHUT_WR done) */
+  private writeDone = false;
+  private needDrain = false;
+  private corked = 0;
+  private corkChunks: (Buffer | Uint8Array | string)[] = [];
+  private closeEmitted = false;
+  private timeoutMs = 0;
+  private lastActive = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly onTimer = (): void => this.checkTimeout();
+
+  constructor(
+    private readonly io: NetIo, private readonly loop: NativeNetLoop, readonly id: number,
+    readonly remoteAddress: string | undefined, readonly remotePort: number | undefined,
+  ) {
+    super();
+  }
+
+  // ---- from the loop ----
+
+  onData(b: Buffer): void {
+    if (this.timeoutMs !== 0) this.lastActive = performance.now();
+    this.emit('data', b);
+  }
+
+  onEof(): void {
+    this.readEnded = true;
+    this.emit('end');
+    if (this.destroyed) return;
+    // node's allowHalfOpen=false: the peer's end ends ours (after what is queued)
+    if (!this.writeEnding) this.end();
+    else this.maybeClose();
+  }
+
+  onError(errno: number, op: number): void {
+    const syscall = OPS[op] ?? 'socket';
+    const where = syscall === 'connect' ? `${this.remoteAddress}:${this.remotePort}` : '';
+    this.fail(errnoError(errno, syscall, where));
+  }
+
+  onDrain(): void {
+    if (this.needDrain) {
+      this.needDrain = false;
+      this.emit('drain');
+    }
+  }
+
+  onConnect(): void {
+    this.connecting = false;
+    this.emit('connect');
+  }
+
+  onShutdown(): void {
+    this.writeDone = true;
+    this.maybeClose();
+  }
+
+  /** the whole loop was closed under us */
+  loopClosed(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.clearTimer();
+    this.scheduleClose(null);
+  }
+
+  // ---- Conn ----
+
+  write(data: Buffer | Uint8Array | string, encoding?: BufferEncoding): boolean {
+    if (this.destroyed || this.writeEnding) return false;
+    if (this.corked > 0) {
+      this.corkChunks.push(typeof data === 'string' && !isLatin1(encoding) ? Buffer.from(data, encoding ?? 'utf8') : data);
+      return true;
+    }
+    const r = this.loop.write(this.id, data, typeof data === 'string' && !isLatin1(encoding));
+    return this.written(r);
+  }
+
+  private written(r: number): boolean {
+    if (this.timeoutMs !== 0) this.lastActive = performance.now();
+    if (r === 0) return true;
+    if (r < 0) { this.failLater(errnoError(-r, 'write')); return false; }
+    if (r < HIGH_WATER) return true;
+    this.needDrain = true;
+    return false;
+  }
+
+  cork(): void {
+    this.corked++;
+  }
+
+  uncork(): void {
+    if (this.corked === 0 || --this.corked > 0) return;
+    this.flushCork();
+  }
+
+  private flushCork(): boolean {
+    const chunks = this.corkChunks;
+    if (chunks.length === 0) return true;
+    this.corkChunks = [];
+    if (this.destroyed) return false;
+    const r = chunks.length === 1 ? this.loop.write(this.id, chunks[0]!, false) : this.loop.writev(this.id, chunks);
+    return this.written(r);
+  }
+
+  pause(): this {
+    if (!this.destroyed) this.loop.pause(this.id);
+    return this;
+  }
+
+  resume(): this {
+    if (!this.destroyed) this.loop.resume(this.id);
+    return this;
+  }
+
+  end(): this {
+    if (this.destroyed || this.writeEnding) return this;
+    this.corked = 0;
+    this.flushCork();
+    if (this.destroyed) return this;
+    this.writeEnding = true;
+    const r = this.loop.shutdown(this.id);
+    if (r < 0) { this.failLater(errnoError(-r, 'shutdown')); return this; }
+    if (r === 1) { this.writeDone = true; this.maybeClose(); }
+    return this;
+  }
+
+  destroy(): this {
+    if (this.destroyed) return this;
+    this.destroyed = true;
+    this.clearTimer();
+    this.io.forget(this.id);
+    if (!this.io.isClosed) this.loop.close(this.id);
+    this.scheduleClose(null);
+    return this;
+  }
+
+  setNoDelay(noDelay = true): this {
+    if (!this.destroyed) this.loop.setNoDelay(this.id, noDelay);
+    return this;
+  }
+
+  setTimeout(ms: number, cb?: () => void): this {
+    if (cb !== undefined) {
+      if (ms === 0) this.off('timeout', cb);
+      else this.once('timeout', cb);
+    }
+    this.timeoutMs = ms;
+    if (ms === 0) { this.clearTimer(); return this; }
+    this.lastActive = performance.now();
+    if (this.timer === null && !this.destroyed) this.timer = setTimeout(this.onTimer, ms).unref();
+    return this;
+  }
+
+  /**
+   * Give the socket up: out of the loop, not closed, no 'close' here. For `new net.Socket({ fd, readable: true,
+   * writable: true })` (the h2 hand-over). Throws when written bytes are still queued.
+   */
+  release(): number {
+    if (this.destroyed) throw new Error(`netio release: connection ${this.id} is closed`);
+    const fd = this.loop.release(this.id);
+    this.destroyed = true;
+    this.closeEmitted = true;
+    this.clearTimer();
+    this.io.forget(this.id);
+    return fd;
+  }
+
+  // ---- internals ----
+
+  private checkTimeout(): void {
+    this.timer = null;
+    if (this.destroyed || this.timeoutMs === 0) return;
+    const left = this.lastActive + this.timeoutMs - performance.now();
+    if (left > 1) { this.timer = setTimeout(this.onTimer, Math.ceil(left)).unref(); return; }
+    // as node: 'timeout' is only a notice, the listener decides; the timer is re-armed for the next period
+    this.lastActive = performance.now();
+    this.timer = setTimeout(this.onTimer, this.timeoutMs).unref();
+    this.emit('timeout');
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== null) { clearTimeout(this.timer); this.timer = null; }
+  }
+
+  private maybeClose(): void {
+    if (this.readEnded && this.writeDone && !this.destroyed) this.destroy();
+  }
+
+  private fail(e: Error): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.clearTimer();
+    this.io.forget(this.id);
+    if (!this.io.isClosed) this.loop.close(this.id);
+    this.emit('error', e);
+    this.scheduleClose(null);
+  }
+
+  /** an error found in a call from the user: reported after the call returns, as node does */
+  private failLater(e: Error): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.clearTimer();
+    this.io.forget(this.id);
+    if (!this.io.isClosed) this.loop.close(this.id);
+    this.scheduleClose(e);
+  }
+
+  private scheduleClose(e: Error | null): void {
+    if (this.closeEmitted) return;
+    this.closeEmitted = true;
+    process.nextTick(emitClose, this, e);
+  }
+}
+
+function emitClose(c: NetConn, e: Error | null): void {
+  if (e !== null) c.emit('error', e);
+  c.emit('close');
+}
+
+function isLatin1(enc: BufferEncoding | undefined): boolean {
+  return enc === 'latin1' || enc === 'binary' || enc === 'ascii';
+}
