@@ -1,0 +1,505 @@
+// HPACK (RFC 7541): the header compression of HTTP/2.
+// Header values are bytes on the wire; they are carried as latin1 strings (one char per byte), as the
+// HTTP/1.1 side does, so nothing is re-encoded on the way through.
+// The proxy runs 4 blocks through here per request (request in/out, response in/out), mostly the same few
+// fields every time, so the repeated case is what is tuned: an indexed field decodes to two string
+// references held by the table (no slicing, no concatenation), and a field the encoder has indexed encodes
+// to one or two Map lookups and a byte.
+import {
+  HUFFMAN_BAD_EOS, huffmanDecode, huffmanEncode, huffmanEncodedLength, huffmanMaxDecodedLength,
+} from './huffman.js';
+
+/** a header block as a flat list: [name0, value0, name1, value1, ...]; names lower-case */
+export type HeaderList = string[];
+
+export class HpackError extends Error {
+  /** 'COMPRESSION_ERROR': the block is malformed (a connection error); 'HEADER_LIST_TOO_LARGE': over the limit (answer 431) */
+  constructor(message: string, readonly code: 'COMPRESSION_ERROR' | 'HEADER_LIST_TOO_LARGE') { super(message); }
+}
+
+// RFC 7541 Appendix A; index 0 is not an entry.
+const STATIC: readonly (readonly [string, string])[] = [
+  ['', ''],
+  [':authority', ''], [':method', 'GET'], [':method', 'POST'], [':path', '/'], [':path', '/index.html'],
+  [':scheme', 'http'], [':scheme', 'https'], [':status', '200'], [':status', '204'], [':status', '206'],
+  [':status', '304'], [':status', '400'], [':status', '404'], [':status', '500'], ['accept-charset', ''],
+  ['accept-encoding', 'gzip, deflate'], ['accept-language', ''], ['accept-ranges', ''], ['accept', ''],
+  ['access-control-allow-origin', ''], ['age', ''], ['allow', ''], ['authorization', ''],
+  ['cache-control', ''], ['content-disposition', ''], ['content-encoding', ''], ['content-language', ''],
+  ['content-length', ''], ['content-location', ''], ['content-range', ''], ['content-type', ''],
+  ['cookie', ''], ['date', ''], ['etag', ''], ['expect', ''], ['expires', ''], ['from', ''], ['host', ''],
+  ['if-match', ''], ['if-modified-since', ''], ['if-none-match', ''], ['if-range', ''],
+  ['if-unmodified-since', ''], ['last-modified', ''], ['link', ''], ['location', ''], ['max-forwards', ''],
+  ['proxy-authenticate', ''], ['proxy-authorization', ''], ['range', ''], ['referer', ''], ['refresh', ''],
+  ['retry-after', ''], ['server', ''], ['set-cookie', ''], ['strict-transport-security', ''],
+  ['transfer-encoding', ''], ['user-agent', ''], ['vary', ''], ['via', ''], ['www-authenticate', ''],
+];
+const STATIC_COUNT = 61;
+const STATIC_NAMES: string[] = STATIC.map((e) => e[0]);
+const STATIC_VALUES: string[] = STATIC.map((e) => e[1]);
+/** RFC 7541 4.1: an entry's size counts 32 bytes of overhead besides its name and value */
+const ENTRY_OVERHEAD = 32;
+/** integers above this are refused (no legitimate length or index comes near it) */
+const MAX_INT = 0x7fffffff;
+
+function compressionError(what: string, at: number): HpackError {
+  return new HpackError(`hpack: ${what} at byte ${at} of the header block`, 'COMPRESSION_ERROR');
+}
+
+/** Buffer's own latin1 codec (what toString('latin1') and write(s, 'latin1') call), minus their argument checks */
+interface Latin1Buffer extends Buffer {
+  latin1Slice(start: number, end: number): string;
+  latin1Write(s: string, offset: number, length: number): number;
+}
+
+/** latin1 text of bytes: very short strings in JS (the native call costs ~60 ns, the loop ~7 ns a byte) */
+function latin1(buf: Buffer, start: number, end: number): string {
+  const n = end - start;
+  if (n > 7) return (buf as Latin1Buffer).latin1Slice(start, end);
+  if (n === 0) return '';
+  let s = '';
+  for (let i = start; i < end; i++) s += String.fromCharCode(buf[i]);
+  return s;
+}
+
+/** Huffman output lands here before it becomes a string (decoding is synchronous, so one is enough) */
+let huffScratch = Buffer.allocUnsafe(1024);
+
+export class HpackDecoder {
+  // The dynamic table: a ring of names and values; slot (next - i) mod cap holds dynamic index i (1 = newest).
+  private names: string[];
+  private values: string[];
+  private cap: number;
+  private next = 0;
+  private count = 0;
+  private size = 0;
+  /** the table's current limit: the last size update, up to maxTableSize */
+  private limit: number;
+  // the block being decoded
+  private buf: Buffer = Buffer.alloc(0);
+  private p = 0;
+  private end = 0;
+
+  /**
+   * maxTableSize: our SETTINGS_HEADER_TABLE_SIZE (the peer's encoder may use at most this much);
+   * maxHeaderListSize: RFC 9113 list size (sum of name + value + 32 per field) above which decode() throws
+   * HEADER_LIST_TOO_LARGE, after decoding the whole block so that the dynamic table stays in step.
+   */
+  constructor(readonly maxTableSize = 4096, readonly maxHeaderListSize = 64 * 1024) {
+    if (!Number.isInteger(maxTableSize) || maxTableSize < 0 || maxTableSize > MAX_INT) {
+      throw new RangeError(`hpack: maxTableSize must be an integer from 0 to ${MAX_INT}, not ${maxTableSize}`);
+    }
+    // RFC 9113 6.5.2: the table starts at 4096; a larger setting only allows the peer's encoder to grow it with a
+    // size update (a smaller one it must announce with an update, which this limit already assumes)
+    this.limit = Math.min(maxTableSize, 4096);
+    // the most entries that fit: every entry is at least 32 bytes (past 4096 bytes the ring grows on demand)
+    this.cap = Math.min(Math.floor(maxTableSize / ENTRY_OVERHEAD) + 1, 129);
+    this.names = new Array<string>(this.cap).fill('');
+    this.values = new Array<string>(this.cap).fill('');
+  }
+
+  /** one complete header block (HEADERS + CONTINUATION payloads joined) */
+  decode(block: Uint8Array): HeaderList {
+    const buf = Buffer.isBuffer(block) ? block : Buffer.from(block.buffer, block.byteOffset, block.byteLength);
+    this.buf = buf;
+    this.p = 0;
+    const end = this.end = buf.length;
+    const out: string[] = [];
+    let listSize = 0;
+    const maxList = this.maxHeaderListSize;
+    let fields = false;
+    while (this.p < end) {
+      const at = this.p;
+      const b = buf[at];
+      let name: string;
+      let value: string;
+      if (b & 0x80) { // 6.1 indexed field
+        let idx = b & 0x7f;
+        this.p = at + 1;
+        if (idx === 0x7f) idx = this.intRest(0x7f);
+        if (idx <= STATIC_COUNT) {
+          if (idx === 0) throw compressionError('index 0', at);
+          name = STATIC_NAMES[idx];
+          value = STATIC_VALUES[idx];
+        } else {
+          const i = idx - STATIC_COUNT;
+          if (i > this.count) throw compressionError(`index ${idx} beyond the ${STATIC_COUNT + this.count} entries of the table`, at);
+          const slot = this.slot(i);
+          name = this.names[slot];
+          value = this.values[slot];
+        }
+      } else if (b & 0x40) { // 6.2.1 literal with incremental indexing
+        let idx = b & 0x3f;
+        this.p = at + 1;
+        if (idx === 0x3f) idx = this.intRest(0x3f);
+        name = idx === 0 ? this.string() : this.nameAt(idx, at);
+        value = this.string();
+        this.insert(name, value);
+      } else if (b & 0x20) { // 6.3 dynamic table size update
+        let n = b & 0x1f;
+        this.p = at + 1;
+        if (n === 0x1f) n = this.intRest(0x1f);
+        if (fields) throw compressionError('dynamic table size update after the first field', at);
+        if (n > this.maxTableSize) throw compressionError(`dynamic table size update to ${n}, above our limit of ${this.maxTableSize}`, at);
+        this.limit = n;
+        this.evictTo(n);
+        continue;
+      } else { // 6.2.2 without indexing (0000xxxx), 6.2.3 never indexed (0001xxxx)
+        let idx = b & 0x0f;
+        this.p = at + 1;
+        if (idx === 0x0f) idx = this.intRest(0x0f);
+        name = idx === 0 ? this.string() : this.nameAt(idx, at);
+        value = this.string();
+      }
+      fields = true;
+      listSize += name.length + value.length + ENTRY_OVERHEAD;
+      // past the limit only the table is kept in step: the list is refused anyway
+      if (listSize <= maxList) out.push(name, value);
+    }
+    this.buf = EMPTY;
+    if (listSize > maxList) {
+      throw new HpackError(`hpack: header list of ${listSize} bytes is over the limit of ${maxList}`, 'HEADER_LIST_TOO_LARGE');
+    }
+    return out;
+  }
+
+  /** the dynamic table's size in bytes (RFC 7541 4.1) */
+  get tableSize(): number { return this.size; }
+  /** the dynamic table's current limit (4096 or maxTableSize if lower, then what the peer's size updates say) */
+  get tableLimit(): number { return this.limit; }
+  /** the dynamic table, newest first, as [name, value] pairs (for tests and debugging) */
+  tableEntries(): [string, string][] {
+    const r: [string, string][] = [];
+    for (let i = 1; i <= this.count; i++) { const s = this.slot(i); r.push([this.names[s], this.values[s]]); }
+    return r;
+  }
+
+  private slot(i: number): number {
+    const s = this.next - i;
+    return s < 0 ? s + this.cap : s;
+  }
+
+  private nameAt(idx: number, at: number): string {
+    if (idx <= STATIC_COUNT) return STATIC_NAMES[idx];
+    const i = idx - STATIC_COUNT;
+    if (i > this.count) throw compressionError(`name index ${idx} beyond the ${STATIC_COUNT + this.count} entries of the table`, at);
+    return this.names[this.slot(i)];
+  }
+
+  /** the continuation bytes of an integer (5.1) whose prefix was all ones (value `v`) */
+  private intRest(v: number): number {
+    const buf = this.buf;
+    let m = 1;
+    for (;;) {
+      if (this.p >= this.end) throw compressionError('truncated integer', this.p);
+      const b = buf[this.p++];
+      v += (b & 0x7f) * m;
+      if (v > MAX_INT) throw compressionError('integer too large', this.p - 1);
+      if ((b & 0x80) === 0) return v;
+      m *= 128;
+      if (m > 2 ** 28) throw compressionError('integer too long', this.p - 1);
+    }
+  }
+
+  /** a string literal (5.2) */
+  private string(): string {
+    const buf = this.buf;
+    let p = this.p;
+    if (p >= this.end) throw compressionError('truncated string literal', p);
+    const b = buf[p];
+    let len = b & 0x7f;
+    this.p = ++p;
+    if (len === 0x7f) { len = this.intRest(0x7f); p = this.p; }
+    if (len > this.end - p) throw compressionError(`string literal of ${len} bytes with only ${this.end - p} left`, p);
+    this.p = p + len;
+    if ((b & 0x80) === 0) return latin1(buf, p, p + len);
+    const max = huffmanMaxDecodedLength(len);
+    if (huffScratch.length < max) huffScratch = Buffer.allocUnsafe(Math.max(max, huffScratch.length * 2));
+    const n = huffmanDecode(buf, p, p + len, huffScratch);
+    if (n < 0) {
+      throw compressionError(n === HUFFMAN_BAD_EOS ? 'EOS symbol inside a Huffman string' : 'bad Huffman padding (longer than 7 bits or not all ones)', p);
+    }
+    return latin1(huffScratch, 0, n);
+  }
+
+  private insert(name: string, value: string): void {
+    const size = name.length + value.length + ENTRY_OVERHEAD;
+    if (size > this.limit) { this.evictTo(0); return; } // 4.4: an entry larger than the table empties it
+    this.evictTo(this.limit - size);
+    if (this.count === this.cap) this.grow();
+    this.names[this.next] = name;
+    this.values[this.next] = value;
+    this.next = this.next + 1 === this.cap ? 0 : this.next + 1;
+    this.count++;
+    this.size += size;
+  }
+
+  /** a larger ring for a large table limit (entries are at least 32 bytes, so this stops at limit / 32 + 1) */
+  private grow(): void {
+    const cap = this.cap * 2;
+    const names = new Array<string>(cap).fill('');
+    const values = new Array<string>(cap).fill('');
+    for (let i = this.count; i >= 1; i--) {
+      const s = this.slot(i);
+      names[this.count - i] = this.names[s];
+      values[this.count - i] = this.values[s];
+    }
+    this.names = names;
+    this.values = values;
+    this.cap = cap;
+    this.next = this.count;
+  }
+
+  /** evicts the oldest entries until the table holds at most `target` bytes */
+  private evictTo(target: number): void {
+    while (this.size > target) {
+      const s = this.slot(this.count);
+      this.size -= this.names[s].length + this.values[s].length + ENTRY_OVERHEAD;
+      this.names[s] = '';
+      this.values[s] = '';
+      this.count--;
+    }
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+// --- encoder ------------------------------------------------------------------------------------------------
+
+/** what the encoder knows about one name: its static entries and its live dynamic entries */
+interface NameEntry {
+  /** the first static index with this name, or 0 */
+  staticIndex: number;
+  /** static entries with this name and a non-empty value: value -> index (shared, never written) */
+  staticValues: Map<string, number> | null;
+  /** live dynamic entries with this name: value -> insertion number */
+  dynamic: Map<string, number> | null;
+  /** the insertion number of the newest live dynamic entry with this name, or -1 */
+  newest: number;
+}
+
+const STATIC_BY_NAME = new Map<string, { index: number; values: Map<string, number> }>();
+for (let i = 1; i <= STATIC_COUNT; i++) {
+  const [n, v] = STATIC[i];
+  let e = STATIC_BY_NAME.get(n);
+  if (!e) STATIC_BY_NAME.set(n, e = { index: i, values: new Map() });
+  if (!e.values!.has(v)) e.values!.set(v, i);
+}
+
+/** values that change with every message: indexing them would only churn the table */
+const NOT_INDEXED = new Set([':path', 'content-length', 'age', 'etag', 'if-modified-since', 'if-none-match', 'content-range', 'x-request-id']);
+/** credentials: never indexed, here or by any intermediary (RFC 7541 7.1.3); cookies only when short */
+const SENSITIVE = new Set(['authorization', 'proxy-authorization']);
+const SENSITIVE_IF_SHORT = new Set(['cookie', 'set-cookie']);
+const SHORT_COOKIE = 20;
+/** longer values are not indexed: they would evict many small useful entries */
+const MAX_INDEXED_VALUE = 512;
+
+let encScratch = Buffer.allocUnsafe(4096);
+
+export interface HpackEncoderOptions {
+  /** Huffman-code string literals when that makes them shorter (default false: loopback bytes are cheap, CPU is not) */
+  huffman?: boolean;
+  /** the most dynamic table this encoder uses, whatever the peer allows (default 4096) */
+  maxTableSize?: number;
+}
+
+export class HpackEncoder {
+  private readonly huffman: boolean;
+  private readonly ownLimit: number;
+  /** the table size in use (min of the peer's and ours); the decoder's starts at 4096 (RFC 7541 4.2) */
+  private limit = 4096;
+  /** the smallest limit since the last block, and the limit to announce at the start of the next block */
+  private pendingMin = -1;
+  private pending = false;
+  private readonly byName = new Map<string, NameEntry>();
+  // the dynamic table in insertion order: a ring with `count` live entries ending at insertion number `inserted`
+  private names: string[] = [];
+  private values: string[] = [];
+  private cap = 0;
+  private inserted = 0;
+  private count = 0;
+  private size = 0;
+
+  constructor(options: HpackEncoderOptions = {}) {
+    this.huffman = options.huffman ?? false;
+    const own = options.maxTableSize ?? 4096;
+    if (!Number.isInteger(own) || own < 0 || own > MAX_INT) throw new RangeError(`hpack: maxTableSize must be an integer from 0 to ${MAX_INT}, not ${own}`);
+    this.ownLimit = own;
+    if (own < 4096) this.setLimit(own);
+    this.resizeRing();
+  }
+
+  /** the peer's SETTINGS_HEADER_TABLE_SIZE: a size update is emitted at the start of the next block */
+  setMaxTableSize(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new RangeError(`hpack: header table size must be a 32-bit unsigned integer, not ${n}`);
+    this.setLimit(Math.min(n, this.ownLimit));
+  }
+
+  private setLimit(n: number): void {
+    if (n === this.limit && !this.pending) return;
+    // RFC 7541 4.2: the smallest size since the last block is announced first, if below the final one
+    this.pendingMin = this.pending ? Math.min(this.pendingMin, n) : n;
+    this.pending = true;
+    this.limit = n;
+    this.evictTo(n);
+    this.resizeRing();
+  }
+
+  encode(headers: HeaderList): Buffer {
+    let buf = encScratch;
+    let p = 0;
+    if (this.pending) {
+      this.pending = false;
+      if (this.pendingMin < this.limit) p = writeInt(buf, p, 0x20, 5, this.pendingMin);
+      p = writeInt(buf, p, 0x20, 5, this.limit);
+    }
+    const n = headers.length;
+    for (let i = 0; i + 1 < n; i += 2) {
+      const name = headers[i];
+      const value = headers[i + 1];
+      // the worst case of one field: two 6-byte integers, the strings, Huffman never longer than raw
+      const need = p + name.length + value.length + 16;
+      if (need > buf.length) buf = growScratch(buf, p, need);
+      let e = this.byName.get(name);
+      if (e === undefined) {
+        const st = STATIC_BY_NAME.get(name);
+        if (st !== undefined) {
+          e = { staticIndex: st.index, staticValues: st.values, dynamic: null, newest: -1 };
+          this.byName.set(name, e);
+        }
+      }
+      let nameIndex = 0;
+      if (e !== undefined) {
+        if (e.staticValues !== null) {
+          const idx = e.staticValues.get(value);
+          if (idx !== undefined) { buf[p++] = 0x80 | idx; continue; }
+        }
+        if (e.dynamic !== null) {
+          const at = e.dynamic.get(value);
+          if (at !== undefined) {
+            const idx = STATIC_COUNT + this.inserted - at;
+            if (idx < 0x7f) buf[p++] = 0x80 | idx;
+            else p = writeInt(buf, p, 0x80, 7, idx);
+            continue;
+          }
+        }
+        nameIndex = e.staticIndex !== 0 ? e.staticIndex : e.newest >= 0 ? STATIC_COUNT + this.inserted - e.newest : 0;
+      }
+      const entrySize = name.length + value.length + ENTRY_OVERHEAD;
+      if (SENSITIVE.has(name) || (value.length < SHORT_COOKIE && SENSITIVE_IF_SHORT.has(name))) {
+        p = writeInt(buf, p, 0x10, 4, nameIndex);
+      } else if (value.length > MAX_INDEXED_VALUE || entrySize > this.limit >>> 1 || NOT_INDEXED.has(name)) {
+        p = writeInt(buf, p, 0x00, 4, nameIndex);
+      } else {
+        p = writeInt(buf, p, 0x40, 6, nameIndex);
+        if (nameIndex === 0) p = this.writeString(buf, p, name);
+        p = this.writeString(buf, p, value);
+        this.insert(name, value, entrySize, e);
+        continue;
+      }
+      if (nameIndex === 0) p = this.writeString(buf, p, name);
+      p = this.writeString(buf, p, value);
+    }
+    encScratch = buf;
+    const out = Buffer.allocUnsafe(p);
+    if (p <= 64) for (let i = 0; i < p; i++) out[i] = buf[i];
+    else buf.copy(out, 0, 0, p);
+    return out;
+  }
+
+  /** the dynamic table's size in bytes (RFC 7541 4.1) */
+  get tableSize(): number { return this.size; }
+  /** the dynamic table's limit in use (the smaller of the peer's and ours) */
+  get tableLimit(): number { return this.limit; }
+  /** the dynamic table, newest first, as [name, value] pairs (for tests and debugging) */
+  tableEntries(): [string, string][] {
+    const r: [string, string][] = [];
+    for (let i = 1; i <= this.count; i++) {
+      const s = (this.inserted - i) % this.cap;
+      r.push([this.names[s], this.values[s]]);
+    }
+    return r;
+  }
+
+  private writeString(buf: Buffer, p: number, s: string): number {
+    const len = s.length;
+    if (this.huffman && len > 0) {
+      const hlen = huffmanEncodedLength(s);
+      if (hlen < len) {
+        p = writeInt(buf, p, 0x80, 7, hlen);
+        return huffmanEncode(s, buf, p);
+      }
+    }
+    if (len < 0x7f) buf[p++] = len;
+    else p = writeInt(buf, p, 0, 7, len);
+    if (len > 32) return p + (buf as Latin1Buffer).latin1Write(s, p, len);
+    for (let i = 0; i < len; i++) buf[p++] = s.charCodeAt(i);
+    return p;
+  }
+
+  private insert(name: string, value: string, size: number, e: NameEntry | undefined): void {
+    this.evictTo(this.limit - size);
+    const at = this.inserted++;
+    const s = at % this.cap;
+    this.names[s] = name;
+    this.values[s] = value;
+    this.count++;
+    this.size += size;
+    if (e === undefined) e = { staticIndex: 0, staticValues: null, dynamic: null, newest: -1 };
+    // the eviction above may have dropped this very name's record (its last entry went)
+    if (e.newest === -1 && e.staticIndex === 0) this.byName.set(name, e);
+    (e.dynamic ??= new Map()).set(value, at);
+    e.newest = at;
+  }
+
+  private evictTo(target: number): void {
+    while (this.size > target) {
+      const at = this.inserted - this.count;
+      const s = at % this.cap;
+      const name = this.names[s];
+      const value = this.values[s];
+      this.names[s] = '';
+      this.values[s] = '';
+      this.count--;
+      this.size -= name.length + value.length + ENTRY_OVERHEAD;
+      const e = this.byName.get(name)!;
+      if (e.dynamic!.get(value) === at) e.dynamic!.delete(value);
+      if (e.newest === at) e.newest = -1;
+      if (e.newest === -1 && e.staticIndex === 0) this.byName.delete(name);
+    }
+  }
+
+  /** the ring holds as many entries as fit in the limit (each is at least 32 bytes) */
+  private resizeRing(): void {
+    const cap = Math.floor(this.limit / ENTRY_OVERHEAD) + 1;
+    if (cap === this.cap) return;
+    const names = new Array<string>(cap).fill('');
+    const values = new Array<string>(cap).fill('');
+    for (let i = this.count; i >= 1; i--) {
+      const at = this.inserted - i;
+      names[at % cap] = this.names[at % this.cap];
+      values[at % cap] = this.values[at % this.cap];
+    }
+    this.names = names;
+    this.values = values;
+    this.cap = cap;
+  }
+}
+
+function growScratch(buf: Buffer, used: number, need: number): Buffer<ArrayBuffer> {
+  const next = Buffer.allocUnsafe(Math.max(need, buf.length * 2));
+  buf.copy(next, 0, 0, used);
+  return next;
+}
+
+/** an integer with an n-bit prefix (5.1) after the flag bits `flags`; returns the offset after it */
+function writeInt(buf: Buffer, p: number, flags: number, n: number, v: number): number {
+  const max = (1 << n) - 1;
+  if (v < max) { buf[p++] = flags | v; return p; }
+  buf[p++] = flags | max;
+  v -= max;
+  while (v >= 128) { buf[p++] = (v & 0x7f) | 0x80; v = Math.floor(v / 128); }
+  buf[p++] = v;
+  return p;
+}
