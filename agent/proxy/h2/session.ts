@@ -1,0 +1,1016 @@
+// HTTP/2 (RFC 9113) connections of the proxy, both roles, on any Conn: framing, SETTINGS, stream states,
+// flow control both ways, PING, GOAWAY, RST_STREAM.
+// No Duplex per stream and no object per header: streams are plain objects with a handler, headers are
+// flat lists straight from HPACK, DATA payloads are views of the bytes read, and every frame produced while
+// handling one read (or one tick) goes out in one transport write.
+import type { Conn } from '../conn.js';
+import { HpackDecoder, HpackEncoder, HpackError, type HeaderList } from './hpack.js';
+import {
+  DEFAULT_WINDOW, FLAG, FRAME, FRAME_HEADER_SIZE, MAX_MAX_FRAME_SIZE, MAX_WINDOW, MIN_MAX_FRAME_SIZE, Output, PREFACE,
+  SETTING,
+} from './frames.js';
+import * as fields from './fields.js';
+
+export const H2_ERROR = {
+  NO_ERROR: 0x0, PROTOCOL_ERROR: 0x1, INTERNAL_ERROR: 0x2, FLOW_CONTROL_ERROR: 0x3, SETTINGS_TIMEOUT: 0x4,
+  STREAM_CLOSED: 0x5, FRAME_SIZE_ERROR: 0x6, REFUSED_STREAM: 0x7, CANCEL: 0x8, COMPRESSION_ERROR: 0x9,
+  CONNECT_ERROR: 0xa, ENHANCE_YOUR_CALM: 0xb, INADEQUATE_SECURITY: 0xc, HTTP_1_1_REQUIRED: 0xd,
+} as const;
+
+const ERROR_NAMES: string[] = [];
+for (const [k, v] of Object.entries(H2_ERROR)) ERROR_NAMES[v] = k;
+/** the name of an error code (for messages) */
+export function h2ErrorName(code: number): string { return ERROR_NAMES[code] ?? `0x${code.toString(16)}`; }
+
+export interface H2Settings {
+  headerTableSize: number;
+  maxConcurrentStreams: number;
+  initialWindowSize: number;
+  maxFrameSize: number;
+  maxHeaderListSize: number;
+}
+
+/** What a stream tells its owner. Set stream.handler before returning from onStream / with request(). */
+export interface H2StreamHandler {
+  /**
+   * A head: the response head in the client role (1xx informational heads too, with endStream false), never
+   * the request head (that is onStream). Trailers come through onTrailers, not here.
+   */
+  onHeaders(headers: HeaderList, endStream: boolean): void;
+  /**
+   * a DATA payload (may be empty with endStream). Count it back with stream.consumed(n) once passed on.
+   * The buffer is the owner's (a view of bytes read from the transport, or a copy): it may be kept.
+   */
+  onData(data: Buffer, endStream: boolean): void;
+  /** a HEADERS frame after the head, with END_STREAM */
+  onTrailers(headers: HeaderList): void;
+  /**
+   * The stream ended abnormally: the peer's RST_STREAM (its code), a stream error we found in what the peer
+   * sent (we sent RST_STREAM with that code), the session died (INTERNAL_ERROR, CANCEL or the connection
+   * error's code) or a GOAWAY left it unprocessed (code REFUSED_STREAM: safe to retry elsewhere).
+   * Called at most once; nothing else is called after it.
+   */
+  onReset(code: number): void;
+  /** sendData returned false earlier and the peer's windows have opened again */
+  onWritable(): void;
+}
+
+/** queued DATA beyond this (bytes not yet sent) makes sendData answer false */
+const HIGH_WATER = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
+const NO_HEADERS: HeaderList = [];
+const NO_SETTINGS: number[] = [];
+
+export class H2Stream {
+  handler: H2StreamHandler | null = null;
+
+  // Bookkeeping of the session (not for the owner).
+  /** removed from the session: ended both ways or reset */
+  _done = false;
+  /** the owner ended its side (END_STREAM sent or queued behind data): nothing more may be sent */
+  _endQueued = false;
+  /** END_STREAM went out */
+  _localEnded = false;
+  /** the peer's END_STREAM arrived */
+  _remoteEnded = false;
+  /** server role: the final (non-1xx) response head was sent */
+  _headSent = false;
+  /** client role: the final response head arrived (server role: always true) */
+  _headReceived = false;
+  _isHead = false;
+  _wantWritable = false;
+  /** in the session's list of streams with something queued */
+  _pending = false;
+  _sendWindow: number;
+  _recvWindow: number;
+  _recvUnacked = 0;
+  _contentLength = -1;
+  _dataReceived = 0;
+  _queue: Buffer[] | null = null;
+  /** bytes of _queue[0] already sent */
+  _qoff = 0;
+  _queued = 0;
+  _trailers: HeaderList | null = null;
+
+  constructor(readonly session: H2Session, readonly id: number) {
+    this._sendWindow = session._peerInitialWindow;
+    this._recvWindow = session._initialWindow;
+  }
+
+  /** both directions done (ended or reset): nothing more may be sent */
+  get closed(): boolean { return this._done; }
+  /** DATA bytes handed to sendData and not yet sent (waiting for the peer's windows or the transport) */
+  get queued(): number { return this._queued; }
+
+  /**
+   * Server role: the response head (:status first). 1xx heads may come before the final one (endStream false).
+   * The head goes out at once (before any DATA of this stream can).
+   */
+  sendHeaders(headers: HeaderList, endStream: boolean): void {
+    if (this._done || this._endQueued) return;
+    if (this._headSent) throw new Error(`h2 stream ${this.id}: a second response head (trailers go through sendTrailers)`);
+    const informational = headers.length >= 2 && headers[0] === ':status' && headers[1].charCodeAt(0) === 0x31;
+    if (informational && endStream) throw new Error(`h2 stream ${this.id}: a 1xx head cannot end the stream`);
+    if (!informational) this._headSent = true;
+    const s = this.session;
+    s._writeHeaders(this.id, headers, endStream);
+    if (endStream) {
+      this._endQueued = this._localEnded = true;
+      s._maybeDone(this);
+    }
+  }
+
+  /**
+   * Queue data (frames split at the peer's max frame size, sent as its windows allow). The buffer is held, not
+   * copied, until it is sent: do not change it afterwards. false when more than a small high-water mark is
+   * queued beyond what the windows let out: stop reading the source until onWritable.
+   */
+  sendData(data: Buffer, endStream: boolean): boolean {
+    if (this._done || this._endQueued) return true;
+    if (endStream) this._endQueued = true;
+    return this.session._sendData(this, data, endStream);
+  }
+
+  /** trailers; ends our side of the stream (after anything queued) */
+  sendTrailers(headers: HeaderList): void {
+    if (this._done || this._endQueued) return;
+    this._endQueued = true;
+    if (this._queued === 0) {
+      this.session._writeHeaders(this.id, headers, true);
+      this._localEnded = true;
+      this.session._maybeDone(this);
+    } else {
+      this._trailers = headers;
+    }
+  }
+
+  /** end our side with an empty DATA frame (after anything queued) */
+  end(): void {
+    if (this._done || this._endQueued) return;
+    this._endQueued = true;
+    this.session._sendData(this, EMPTY, true);
+  }
+
+  /** RST_STREAM now (queued data dropped); onReset is NOT called for a reset we send */
+  reset(code: number): void {
+    if (this._done) return;
+    this.session._reset(this, code, false);
+  }
+
+  /**
+   * Give back n bytes of the receive window (a WINDOW_UPDATE for the stream, batched). The session
+   * replenishes the connection window itself; a stream's window is only what its owner consumed, so a
+   * slow destination holds at most the initial window per stream.
+   */
+  consumed(n: number): void {
+    if (this._done || this._remoteEnded) return;
+    this._recvUnacked += n;
+    if (this._recvUnacked >= this.session._updateThreshold) this.session._windowUpdate(this);
+  }
+}
+
+export interface H2SessionOptions {
+  role: 'server' | 'client';
+  /** ours, announced in our SETTINGS (defaults: maxConcurrentStreams 1000, initialWindowSize 1 MiB, maxHeaderListSize 64 KiB) */
+  settings?: Partial<H2Settings>;
+  /**
+   * The connection receive window (default 8 MiB). The session gives it back as DATA arrives (when half is
+   * used), whatever the streams' owners do with it: what holds a slow reader's peer back is the stream window.
+   */
+  connectionWindowSize?: number;
+  /**
+   * server role: a new stream's request head. Set stream.handler before returning. A head over
+   * maxHeaderListSize arrives with tooLarge true (and headers []) so the engine can answer 431.
+   * May be called from the constructor (for streams in `first`).
+   */
+  onStream?(stream: H2Stream, headers: HeaderList, endStream: boolean, tooLarge: boolean): void;
+  /** client role: the peer's first SETTINGS arrived (peerMaxConcurrentStreams is now real) */
+  onSettings?(): void;
+  /** the peer sent GOAWAY (streams above lastStreamId got onReset(REFUSED_STREAM)) */
+  onGoaway?(lastStreamId: number, code: number): void;
+  /** once, when the session is over (transport closed or protocol error); open streams got onReset before */
+  onClose?(err?: Error): void;
+}
+
+/** streams of ours the peer may open before its first SETTINGS says how many (RFC 9113 leaves it unlimited) */
+const PEER_STREAMS_BEFORE_SETTINGS = 100;
+/** the longest header block (HEADERS + CONTINUATION) read, as a multiple of maxHeaderListSize */
+const BLOCK_CAP_FACTOR = 2;
+/** a session that closed its side waits this long (idle) for the peer to close before destroying the transport */
+const LINGER_MS = 2000;
+
+export class H2Session {
+  // Read by H2Stream (same module): not for the owner.
+  readonly _initialWindow: number;
+  _peerInitialWindow = DEFAULT_WINDOW;
+  readonly _updateThreshold: number;
+
+  private readonly server: boolean;
+  private readonly streams = new Map<number, H2Stream>();
+  private readonly out = new Output();
+  private readonly decoder: HpackDecoder;
+  private readonly encoder = new HpackEncoder();
+
+  private readonly maxStreams: number;
+  private readonly maxFrame: number;
+  private readonly maxHeaderList: number;
+
+  private peerMaxFrame = MIN_MAX_FRAME_SIZE;
+  private peerMaxStreams = PEER_STREAMS_BEFORE_SETTINGS;
+  private connSendWindow = DEFAULT_WINDOW;
+  private connRecvWindow = DEFAULT_WINDOW;
+  private connRecvUnacked = 0;
+  private readonly connWindowSize: number;
+
+  /** highest stream id the peer opened */
+  private lastPeerStreamId = 0;
+  private nextStreamId: number;
+  private peerStreams = 0;
+  private ownStreams = 0;
+
+  private prefaceLeft: number;
+  private gotSettings = false;
+
+  /** a frame split across reads: its bytes so far */
+  private inBuf: Buffer | null = null;
+  private inLen = 0;
+  /** a header block being assembled from CONTINUATION frames */
+  private contId = 0;
+  private contEnd = false;
+  private contBuf: Buffer | null = null;
+  private contLen = 0;
+
+  private reading = false;
+  private flushQueued = false;
+  /** the transport's write() said false: no DATA until 'drain' */
+  private blocked = false;
+  private pending: H2Stream[] = [];
+  private pendingSpare: H2Stream[] = [];
+  private pumping = false;
+  private pumpAgain = false;
+  /** we ended (or destroyed) the transport: nothing more is written */
+  private ended = false;
+
+  private goawaySent = false;
+  private goawayLastId = MAX_WINDOW;
+  private goawayReceived = false;
+  private dead = false;
+  private closeNotified = false;
+  private transportError: Error | undefined;
+  /** ids of streams we reset lately: frames the peer sent before it saw the reset are dropped quietly */
+  private readonly recentResets = new Int32Array(64);
+  private recentPos = 0;
+
+  private readonly onRead = (chunk: Buffer): void => this.read(chunk);
+  private readonly onDrain = (): void => this.drained();
+  private readonly onEnd = (): void => this.transportGone();
+  private readonly onTClose = (): void => this.transportGone();
+  private readonly onTError = (e: Error): void => { this.transportError ??= e; };
+  private readonly flushTask = (): void => { this.flushQueued = false; this.flush(); };
+  private readonly lingerDone = (): void => { this.transport.destroy(); };
+
+  /**
+   * first: bytes already read from the transport (server role: from the connection preface on). The session
+   * owns the transport from now on (its 'data', 'drain', 'close', 'error'). Server role: streams in `first`
+   * reach onStream before the constructor returns.
+   */
+  constructor(readonly transport: Conn, readonly opts: H2SessionOptions, first?: Buffer) {
+    this.server = opts.role === 'server';
+    const set = opts.settings ?? {};
+    this.maxStreams = set.maxConcurrentStreams ?? 1000;
+    this._initialWindow = set.initialWindowSize ?? 1024 * 1024;
+    this.maxFrame = set.maxFrameSize ?? MIN_MAX_FRAME_SIZE;
+    this.maxHeaderList = set.maxHeaderListSize ?? 64 * 1024;
+    const tableSize = set.headerTableSize ?? 4096;
+    if (!(this._initialWindow >= 0 && this._initialWindow <= MAX_WINDOW)) throw new RangeError(`h2 settings: initialWindowSize ${this._initialWindow} out of range`);
+    if (!(this.maxFrame >= MIN_MAX_FRAME_SIZE && this.maxFrame <= MAX_MAX_FRAME_SIZE)) throw new RangeError(`h2 settings: maxFrameSize ${this.maxFrame} out of range`);
+    this._updateThreshold = Math.max(1, this._initialWindow >>> 1);
+    this.connWindowSize = Math.max(DEFAULT_WINDOW, Math.min(MAX_WINDOW, opts.connectionWindowSize ?? 8 * 1024 * 1024));
+    this.decoder = new HpackDecoder(tableSize, this.maxHeaderList);
+    this.nextStreamId = this.server ? 2 : 1;
+    this.prefaceLeft = this.server ? PREFACE.length : 0;
+
+    transport.on('data', this.onRead);
+    transport.on('drain', this.onDrain);
+    transport.on('end', this.onEnd);
+    transport.on('close', this.onTClose);
+    transport.on('error', this.onTError);
+
+    const out = this.out;
+    if (!this.server) { out.reserve(PREFACE.length); out.bytes(PREFACE, 0, PREFACE.length); }
+    out.settings([
+      SETTING.HEADER_TABLE_SIZE, tableSize,
+      SETTING.ENABLE_PUSH, 0,
+      SETTING.MAX_CONCURRENT_STREAMS, this.maxStreams,
+      SETTING.INITIAL_WINDOW_SIZE, this._initialWindow,
+      SETTING.MAX_FRAME_SIZE, this.maxFrame,
+      SETTING.MAX_HEADER_LIST_SIZE, this.maxHeaderList,
+    ], false);
+    if (this.connWindowSize > DEFAULT_WINDOW) {
+      out.frameU32(FRAME.WINDOW_UPDATE, 0, this.connWindowSize - DEFAULT_WINDOW);
+      this.connRecvWindow = this.connWindowSize;
+    }
+    if (first !== undefined && first.length > 0) this.read(first);
+    else this.scheduleFlush();
+  }
+
+  /** client role: open a stream (throws when closed or going away; check canRequest first) */
+  request(headers: HeaderList, endStream: boolean, handler: H2StreamHandler): H2Stream {
+    if (this.server) throw new Error('h2 session: request() in the server role');
+    if (!this.canRequest) throw new Error(`h2 session: cannot open a stream (${this.dead ? 'closed' : this.goawaySent || this.goawayReceived ? 'going away' : 'at the peer\'s max concurrent streams'})`);
+    const st = new H2Stream(this, this.nextStreamId);
+    this.nextStreamId += 2;
+    st.handler = handler;
+    for (let i = 0; i < headers.length && headers[i].charCodeAt(0) === 0x3a; i += 2) {
+      if (headers[i] === ':method') { st._isHead = headers[i + 1] === 'HEAD'; break; }
+    }
+    this.streams.set(st.id, st);
+    this.ownStreams++;
+    this._writeHeaders(st.id, headers, endStream);
+    if (endStream) st._endQueued = st._localEnded = true;
+    return st;
+  }
+
+  /** client role: a new stream may be opened now (not closed, not going away, under the peer's max streams) */
+  get canRequest(): boolean {
+    return !this.dead && !this.goawaySent && !this.goawayReceived && this.ownStreams < this.peerMaxStreams && this.nextStreamId <= MAX_WINDOW;
+  }
+
+  get peerMaxConcurrentStreams(): number { return this.peerMaxStreams; }
+  /** streams open now (either side) */
+  get activeStreams(): number { return this.streams.size; }
+  get closed(): boolean { return this.dead; }
+
+  /** graceful: GOAWAY, no new streams; the transport closes when the open ones are done */
+  goaway(code: number = H2_ERROR.NO_ERROR): void {
+    if (this.dead || this.goawaySent) return;
+    this.goawaySent = true;
+    this.goawayLastId = this.lastPeerStreamId;
+    this.out.goaway(this.lastPeerStreamId, code);
+    this.scheduleFlush();
+    if (this.streams.size === 0) this.finish();
+  }
+
+  /** close now: open streams get onReset(CANCEL), the transport is destroyed */
+  destroy(err?: Error): void {
+    if (this.closeNotified) return;
+    this.dead = true;
+    this.resetAll(H2_ERROR.CANCEL);
+    this.ended = true;
+    this.transport.destroy();
+    this.notifyClose(err);
+  }
+
+  // ---- output
+
+  /** @internal */
+  _writeHeaders(id: number, headers: HeaderList, endStream: boolean): void {
+    const block = this.encoder.encode(headers);
+    this.out.headerBlock(id, block, endStream, this.peerMaxFrame);
+    this.scheduleFlush();
+  }
+
+  /** @internal stream.sendData and stream.end: send what the windows allow now, queue the rest */
+  _sendData(st: H2Stream, data: Buffer, end: boolean): boolean {
+    let off = 0;
+    const len = data.length;
+    if (st._queued === 0 && st._trailers === null && !this.blocked) {
+      const out = this.out;
+      const maxF = this.peerMaxFrame;
+      const id = st.id;
+      while (off < len) {
+        let n = len - off;
+        const w = this.connSendWindow < st._sendWindow ? this.connSendWindow : st._sendWindow;
+        if (w <= 0) break;
+        if (n > w) n = w;
+        if (n > maxF) n = maxF;
+        const last = end && off + n === len;
+        out.reserve(FRAME_HEADER_SIZE + n);
+        out.header(n, FRAME.DATA, last ? FLAG.END_STREAM : 0, id);
+        out.bytes(data, off, off + n);
+        off += n;
+        this.connSendWindow -= n;
+        st._sendWindow -= n;
+        if (last) st._localEnded = true;
+      }
+      if (len === 0 && end) {
+        out.reserve(FRAME_HEADER_SIZE);
+        out.header(0, FRAME.DATA, FLAG.END_STREAM, id);
+        st._localEnded = true;
+      }
+      this.scheduleFlush();
+    }
+    if (off < len) {
+      (st._queue ??= []).push(off === 0 ? data : data.subarray(off));
+      st._queued += len - off;
+      this.addPending(st);
+    } else if (end && !st._localEnded) {
+      this.addPending(st);
+    }
+    if (st._localEnded) this._maybeDone(st);
+    if (st._queued <= HIGH_WATER) return true;
+    st._wantWritable = true;
+    return false;
+  }
+
+  private addPending(st: H2Stream): void {
+    if (st._pending) return;
+    st._pending = true;
+    this.pending.push(st);
+  }
+
+  /** send a stream's queued DATA (and then its END_STREAM or trailers) as far as the windows allow */
+  private pump(st: H2Stream): void {
+    const out = this.out;
+    const maxF = this.peerMaxFrame;
+    const q = st._queue;
+    if (q !== null) {
+      while (st._queued > 0 && !this.blocked) {
+        const w = this.connSendWindow < st._sendWindow ? this.connSendWindow : st._sendWindow;
+        if (w <= 0) break;
+        const b = q[0];
+        let n = b.length - st._qoff;
+        if (n > w) n = w;
+        if (n > maxF) n = maxF;
+        const last = st._endQueued && st._trailers === null && st._queued === n;
+        out.reserve(FRAME_HEADER_SIZE + n);
+        out.header(n, FRAME.DATA, last ? FLAG.END_STREAM : 0, st.id);
+        out.bytes(b, st._qoff, st._qoff + n);
+        st._qoff += n;
+        st._queued -= n;
+        this.connSendWindow -= n;
+        st._sendWindow -= n;
+        if (st._qoff === b.length) { q.shift(); st._qoff = 0; }
+        if (last) st._localEnded = true;
+      }
+    }
+    if (st._queued === 0 && st._endQueued && !st._localEnded) {
+      if (st._trailers !== null) {
+        const tr = st._trailers;
+        st._trailers = null;
+        this._writeHeaders(st.id, tr, true);
+      } else {
+        out.reserve(FRAME_HEADER_SIZE);
+        out.header(0, FRAME.DATA, FLAG.END_STREAM, st.id);
+      }
+      st._localEnded = true;
+    }
+    this.scheduleFlush();
+    if (st._localEnded) this._maybeDone(st);
+  }
+
+  /** windows opened or the transport drained: send what is queued, then tell owners waiting for room */
+  private pumpAll(): void {
+    if (this.pumping) { this.pumpAgain = true; return; }
+    this.pumping = true;
+    try {
+      do {
+        this.pumpAgain = false;
+        if (this.pending.length === 0) break;
+        const list = this.pending;
+        this.pending = this.pendingSpare;
+        for (let i = 0; i < list.length; i++) {
+          const st = list[i];
+          st._pending = false;
+          if (st._done) continue;
+          this.pump(st);
+          if (!st._done && (st._queued > 0 || (st._endQueued && !st._localEnded))) this.addPending(st);
+        }
+        for (let i = 0; i < list.length; i++) {
+          const st = list[i];
+          if (st._wantWritable && !st._done && st._queued <= HIGH_WATER && !this.dead) {
+            st._wantWritable = false;
+            st.handler?.onWritable();
+          }
+        }
+        list.length = 0;
+        this.pendingSpare = list;
+      } while (this.pumpAgain && !this.dead);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private pumpOne(st: H2Stream): void {
+    if (st._queued === 0 && !(st._endQueued && !st._localEnded)) return;
+    this.pump(st);
+    if (st._wantWritable && !st._done && st._queued <= HIGH_WATER) {
+      st._wantWritable = false;
+      st.handler?.onWritable();
+    }
+  }
+
+  /** @internal */
+  _windowUpdate(st: H2Stream): void {
+    const n = st._recvUnacked;
+    st._recvUnacked = 0;
+    st._recvWindow += n;
+    this.out.frameU32(FRAME.WINDOW_UPDATE, st.id, n);
+    this.scheduleFlush();
+  }
+
+  /** @internal our side of a stream: reset (by the owner, or a stream error we found; then the owner hears of it) */
+  _reset(st: H2Stream, code: number, notify: boolean): void {
+    this.out.frameU32(FRAME.RST_STREAM, st.id, code);
+    this.rememberReset(st.id);
+    this.remove(st);
+    this.scheduleFlush();
+    if (notify) st.handler?.onReset(code);
+  }
+
+  /** @internal */
+  _maybeDone(st: H2Stream): void {
+    if (st._localEnded && st._remoteEnded && !st._done) this.remove(st);
+  }
+
+  private remove(st: H2Stream): void {
+    st._done = true;
+    st._queue = null;
+    st._queued = 0;
+    st._trailers = null;
+    if (!this.streams.delete(st.id)) return;
+    if ((st.id & 1) === (this.server ? 1 : 0)) this.peerStreams--;
+    else this.ownStreams--;
+    if ((this.goawaySent || this.goawayReceived) && this.streams.size === 0) this.finish();
+  }
+
+  private scheduleFlush(): void {
+    if (this.reading || this.flushQueued) return;
+    this.flushQueued = true;
+    queueMicrotask(this.flushTask);
+  }
+
+  private flush(): void {
+    const b = this.out.take();
+    if (b === null || this.ended || this.transport.destroyed) return;
+    if (!this.transport.write(b)) this.blocked = true;
+  }
+
+  private drained(): void {
+    this.blocked = false;
+    if (this.dead) return;
+    this.reading = true;
+    try {
+      this.pumpAll();
+    } catch (e) {
+      this.connError(H2_ERROR.INTERNAL_ERROR, `a stream handler threw: ${(e as Error).message}`, e as Error);
+    }
+    this.reading = false;
+    this.flush();
+  }
+
+  // ---- input
+
+  private read(chunk: Buffer): void {
+    if (this.dead) return;
+    this.reading = true;
+    try {
+      this.consume(chunk);
+    } catch (e) {
+      this.connError(H2_ERROR.INTERNAL_ERROR, `a stream handler threw: ${(e as Error).message}`, e as Error);
+    }
+    this.reading = false;
+    this.flush();
+  }
+
+  private consume(chunk: Buffer): void {
+    let pos = 0;
+    const end = chunk.length;
+    if (this.prefaceLeft > 0) {
+      const at = PREFACE.length - this.prefaceLeft;
+      const n = Math.min(this.prefaceLeft, end);
+      for (let i = 0; i < n; i++) {
+        if (chunk[i] !== PREFACE[at + i]) { this.connError(H2_ERROR.PROTOCOL_ERROR, 'not the HTTP/2 connection preface'); return; }
+      }
+      this.prefaceLeft -= n;
+      pos = n;
+    }
+    if (this.inLen > 0) {
+      // complete the frame that began in an earlier read
+      const inb = this.inBuf!;
+      if (this.inLen < FRAME_HEADER_SIZE) {
+        const n = Math.min(FRAME_HEADER_SIZE - this.inLen, end - pos);
+        chunk.copy(inb, this.inLen, pos, pos + n);
+        this.inLen += n;
+        pos += n;
+        if (this.inLen < FRAME_HEADER_SIZE) return;
+        if (!this.lengthOk(inb, 0)) return;
+      }
+      const total = FRAME_HEADER_SIZE + ((inb[0] << 16) | (inb[1] << 8) | inb[2]);
+      const n = Math.min(total - this.inLen, end - pos);
+      chunk.copy(inb, this.inLen, pos, pos + n);
+      this.inLen += n;
+      pos += n;
+      if (this.inLen < total) return;
+      this.inLen = 0;
+      this.frame(inb, 0, true);
+      if (this.dead) return;
+    }
+    while (end - pos >= FRAME_HEADER_SIZE) {
+      if (!this.lengthOk(chunk, pos)) return;
+      const len = (chunk[pos] << 16) | (chunk[pos + 1] << 8) | chunk[pos + 2];
+      if (end - pos - FRAME_HEADER_SIZE < len) break;
+      this.frame(chunk, pos, false);
+      if (this.dead) return;
+      pos += FRAME_HEADER_SIZE + len;
+    }
+    if (pos < end) {
+      if (end - pos >= FRAME_HEADER_SIZE && !this.lengthOk(chunk, pos)) return;
+      this.inBuf ??= Buffer.allocUnsafeSlow(FRAME_HEADER_SIZE + this.maxFrame);
+      chunk.copy(this.inBuf, 0, pos, end);
+      this.inLen = end - pos;
+    }
+  }
+
+  private lengthOk(b: Buffer, p: number): boolean {
+    const len = (b[p] << 16) | (b[p + 1] << 8) | b[p + 2];
+    if (len <= this.maxFrame) return true;
+    this.connError(H2_ERROR.FRAME_SIZE_ERROR, `a frame of ${len} bytes (type ${b[p + 3]}) over our max frame size ${this.maxFrame}`);
+    return false;
+  }
+
+  /** one whole frame at b[p..]; copied: b is our reassembly buffer (payloads handed on must be copies) */
+  private frame(b: Buffer, p: number, copied: boolean): void {
+    const len = (b[p] << 16) | (b[p + 1] << 8) | b[p + 2];
+    const type = b[p + 3];
+    const flags = b[p + 4];
+    const id = ((b[p + 5] & 0x7f) << 24 | (b[p + 6] << 16) | (b[p + 7] << 8) | b[p + 8]) >>> 0;
+    const s = p + FRAME_HEADER_SIZE;
+    if (this.contId !== 0 && type !== FRAME.CONTINUATION) {
+      return this.connError(H2_ERROR.PROTOCOL_ERROR, `a frame of type ${type} inside the header block of stream ${this.contId}`);
+    }
+    if (!this.gotSettings && type !== FRAME.SETTINGS) {
+      return this.connError(H2_ERROR.PROTOCOL_ERROR, `the first frame is of type ${type}, not SETTINGS`);
+    }
+    switch (type) {
+      case FRAME.DATA: return this.onDataFrame(b, s, len, flags, id, copied);
+      case FRAME.HEADERS: return this.onHeadersFrame(b, s, len, flags, id);
+      case FRAME.PRIORITY:
+        if (id === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, 'PRIORITY on stream 0');
+        if (len !== 5) return this.streamErrorId(id, H2_ERROR.FRAME_SIZE_ERROR);
+        return;
+      case FRAME.RST_STREAM: return this.onRstStream(b, s, len, id);
+      case FRAME.SETTINGS: return this.onSettingsFrame(b, s, len, flags, id);
+      case FRAME.PUSH_PROMISE: return this.connError(H2_ERROR.PROTOCOL_ERROR, 'PUSH_PROMISE (we announced ENABLE_PUSH 0)');
+      case FRAME.PING:
+        if (len !== 8) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, `PING of ${len} bytes`);
+        if (id !== 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `PING on stream ${id}`);
+        if ((flags & FLAG.ACK) === 0) this.out.pingAck(b, s);
+        return;
+      case FRAME.GOAWAY: return this.onGoawayFrame(b, s, len, id);
+      case FRAME.WINDOW_UPDATE: return this.onWindowUpdate(b, s, len, id);
+      case FRAME.CONTINUATION: return this.onContinuation(b, s, len, flags, id);
+      default: return; // unknown frame types are ignored (RFC 9113 section 4.1)
+    }
+  }
+
+  /** a stream id of the peer's parity that it has not opened yet, or one of ours we have not */
+  private idle(id: number): boolean {
+    const peers = (id & 1) === (this.server ? 1 : 0);
+    return peers ? id > this.lastPeerStreamId : id >= this.nextStreamId;
+  }
+
+  private rememberReset(id: number): void {
+    this.recentResets[this.recentPos] = id;
+    this.recentPos = (this.recentPos + 1) & 63;
+  }
+
+  private recentlyReset(id: number): boolean {
+    const r = this.recentResets;
+    for (let i = 0; i < 64; i++) if (r[i] === id) return true;
+    return false;
+  }
+
+  private onDataFrame(b: Buffer, s: number, len: number, flags: number, id: number, copied: boolean): void {
+    if (id === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, 'DATA on stream 0');
+    // the whole frame (padding too) counts against the connection window; the session gives it back itself
+    if (len > this.connRecvWindow) return this.connError(H2_ERROR.FLOW_CONTROL_ERROR, `DATA of ${len} bytes beyond the connection window (${this.connRecvWindow})`);
+    this.connRecvWindow -= len;
+    this.connRecvUnacked += len;
+    if (this.connRecvUnacked >= this.connWindowSize >>> 1) {
+      this.out.frameU32(FRAME.WINDOW_UPDATE, 0, this.connRecvUnacked);
+      this.connRecvWindow += this.connRecvUnacked;
+      this.connRecvUnacked = 0;
+    }
+    let ds = s;
+    let de = s + len;
+    if ((flags & FLAG.PADDED) !== 0) {
+      if (len < 1) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, 'padded DATA without a pad length');
+      const pad = b[s];
+      ds++;
+      if (pad > de - ds) return this.connError(H2_ERROR.PROTOCOL_ERROR, `DATA padding of ${pad} bytes in a ${len}-byte frame`);
+      de -= pad;
+    }
+    const st = this.streams.get(id);
+    if (st === undefined) {
+      if (this.idle(id)) return this.connError(H2_ERROR.PROTOCOL_ERROR, `DATA on idle stream ${id}`);
+      if (!this.recentlyReset(id)) this.streamErrorId(id, H2_ERROR.STREAM_CLOSED);
+      return;
+    }
+    if (st._remoteEnded) return this.streamError(st, H2_ERROR.STREAM_CLOSED);
+    if (!st._headReceived) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+    if (len > st._recvWindow) return this.streamError(st, H2_ERROR.FLOW_CONTROL_ERROR);
+    st._recvWindow -= len;
+    const n = de - ds;
+    if (n < len) {
+      // padding is never the owner's to consume: give it back at once
+      st._recvUnacked += len - n;
+      if (st._recvUnacked >= this._updateThreshold) this._windowUpdate(st);
+    }
+    st._dataReceived += n;
+    const endStream = (flags & FLAG.END_STREAM) !== 0;
+    const cl = st._contentLength;
+    if (cl >= 0 && (st._dataReceived > cl || (endStream && st._dataReceived !== cl))) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+    let data: Buffer;
+    if (n === 0) data = EMPTY;
+    else if (copied) { data = Buffer.allocUnsafe(n); b.copy(data, 0, ds, de); }
+    else data = b.subarray(ds, de);
+    if (endStream) st._remoteEnded = true;
+    st.handler?.onData(data, endStream);
+    if (endStream) this._maybeDone(st);
+  }
+
+  private onHeadersFrame(b: Buffer, s: number, len: number, flags: number, id: number): void {
+    if (id === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, 'HEADERS on stream 0');
+    let hs = s;
+    let he = s + len;
+    let pad = 0;
+    if ((flags & FLAG.PADDED) !== 0) {
+      if (len < 1) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, 'padded HEADERS without a pad length');
+      pad = b[hs++];
+    }
+    if ((flags & FLAG.PRIORITY) !== 0) hs += 5;
+    if (hs > he || pad > he - hs) return this.connError(H2_ERROR.PROTOCOL_ERROR, `HEADERS padding or priority beyond its ${len}-byte payload`);
+    he -= pad;
+    const endStream = (flags & FLAG.END_STREAM) !== 0;
+    if ((flags & FLAG.END_HEADERS) !== 0) return this.headerBlock(id, b.subarray(hs, he), endStream);
+    this.contId = id;
+    this.contEnd = endStream;
+    this.contLen = 0;
+    this.appendBlock(b, hs, he);
+  }
+
+  private onContinuation(b: Buffer, s: number, len: number, flags: number, id: number): void {
+    if (this.contId === 0 || id !== this.contId) return this.connError(H2_ERROR.PROTOCOL_ERROR, `CONTINUATION on stream ${id} without a header block under way`);
+    if (!this.appendBlock(b, s, s + len)) return;
+    if ((flags & FLAG.END_HEADERS) === 0) return;
+    this.contId = 0;
+    this.headerBlock(id, this.contBuf!.subarray(0, this.contLen), this.contEnd);
+  }
+
+  private appendBlock(b: Buffer, from: number, to: number): boolean {
+    const n = to - from;
+    const need = this.contLen + n;
+    if (need > BLOCK_CAP_FACTOR * this.maxHeaderList + this.maxFrame) {
+      this.connError(H2_ERROR.ENHANCE_YOUR_CALM, `a header block over ${BLOCK_CAP_FACTOR * this.maxHeaderList + this.maxFrame} bytes`);
+      return false;
+    }
+    if (this.contBuf === null || this.contBuf.length < need) {
+      const next = Buffer.allocUnsafeSlow(Math.max(need, 2 * (this.contBuf?.length ?? 8192)));
+      if (this.contBuf !== null) this.contBuf.copy(next, 0, 0, this.contLen);
+      this.contBuf = next;
+    }
+    b.copy(this.contBuf, this.contLen, from, to);
+    this.contLen = need;
+    return true;
+  }
+
+  /** a whole header block for stream id: decoded always (the HPACK context must stay in step), then used */
+  private headerBlock(id: number, block: Buffer, endStream: boolean): void {
+    let list: HeaderList;
+    let tooLarge = false;
+    try {
+      list = this.decoder.decode(block);
+    } catch (e) {
+      if (e instanceof HpackError && e.code === 'HEADER_LIST_TOO_LARGE') {
+        tooLarge = true;
+        list = NO_HEADERS;
+      } else {
+        return this.connError(H2_ERROR.COMPRESSION_ERROR, `header block of stream ${id}: ${(e as Error).message}`);
+      }
+    }
+    const st = this.streams.get(id);
+    if (st !== undefined) return this.laterHeaders(st, list, endStream, tooLarge);
+    if (!this.server) {
+      if ((id & 1) === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on stream ${id} (the server cannot open streams)`);
+      if (id >= this.nextStreamId) return this.connError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on idle stream ${id}`);
+      if (!this.recentlyReset(id)) this.streamErrorId(id, H2_ERROR.STREAM_CLOSED);
+      return;
+    }
+    if ((id & 1) === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `even stream id ${id} from a client`);
+    if (id <= this.lastPeerStreamId) {
+      if (this.recentlyReset(id)) return;
+      return this.connError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on stream ${id}, not above the last one opened (${this.lastPeerStreamId})`);
+    }
+    this.lastPeerStreamId = id;
+    if (this.goawaySent || this.peerStreams >= this.maxStreams) return this.streamErrorId(id, H2_ERROR.REFUSED_STREAM);
+    let cl = -1;
+    if (!tooLarge) {
+      if (!fields.requestOk(list)) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
+      cl = fields.contentLength;
+      if (endStream && cl > 0) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
+    }
+    const ns = new H2Stream(this, id);
+    ns._headReceived = true;
+    ns._remoteEnded = endStream;
+    ns._contentLength = cl;
+    this.streams.set(id, ns);
+    this.peerStreams++;
+    this.opts.onStream?.(ns, list, endStream, tooLarge);
+  }
+
+  /** a header block on an open stream: the response head (client role) or trailers */
+  private laterHeaders(st: H2Stream, list: HeaderList, endStream: boolean, tooLarge: boolean): void {
+    if (st._remoteEnded) return this.streamError(st, H2_ERROR.STREAM_CLOSED);
+    if (tooLarge) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+    if (!st._headReceived) {
+      if (!fields.responseOk(list)) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+      const status = fields.status;
+      if (status < 200) {
+        if (endStream) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+        st.handler?.onHeaders(list, false);
+        return;
+      }
+      st._headReceived = true;
+      st._contentLength = st._isHead || status === 304 ? -1 : fields.contentLength;
+      if (endStream) {
+        if (st._contentLength > 0) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+        st._remoteEnded = true;
+      }
+      st.handler?.onHeaders(list, endStream);
+      if (endStream) this._maybeDone(st);
+      return;
+    }
+    if (!endStream) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+    if (!fields.trailersOk(list)) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+    if (st._contentLength >= 0 && st._dataReceived !== st._contentLength) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+    st._remoteEnded = true;
+    st.handler?.onTrailers(list);
+    this._maybeDone(st);
+  }
+
+  private onRstStream(b: Buffer, s: number, len: number, id: number): void {
+    if (len !== 4) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, `RST_STREAM of ${len} bytes`);
+    if (id === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, 'RST_STREAM on stream 0');
+    const st = this.streams.get(id);
+    if (st === undefined) {
+      if (this.idle(id)) return this.connError(H2_ERROR.PROTOCOL_ERROR, `RST_STREAM on idle stream ${id}`);
+      return;
+    }
+    const code = b.readUInt32BE(s);
+    this.remove(st);
+    st.handler?.onReset(code);
+  }
+
+  private onSettingsFrame(b: Buffer, s: number, len: number, flags: number, id: number): void {
+    if (id !== 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `SETTINGS on stream ${id}`);
+    if ((flags & FLAG.ACK) !== 0) {
+      if (len !== 0) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, 'SETTINGS ACK with a payload');
+      return;
+    }
+    if (len % 6 !== 0) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, `SETTINGS of ${len} bytes (not a multiple of 6)`);
+    const first = !this.gotSettings;
+    this.gotSettings = true;
+    let streamsSet = false;
+    let grew = false;
+    for (let p = s; p < s + len; p += 6) {
+      const key = (b[p] << 8) | b[p + 1];
+      const v = b.readUInt32BE(p + 2);
+      switch (key) {
+        case SETTING.HEADER_TABLE_SIZE: this.encoder.setMaxTableSize(v); break;
+        case SETTING.ENABLE_PUSH:
+          if (v > 1) return this.connError(H2_ERROR.PROTOCOL_ERROR, `SETTINGS_ENABLE_PUSH ${v}`);
+          break;
+        case SETTING.MAX_CONCURRENT_STREAMS: this.peerMaxStreams = v; streamsSet = true; break;
+        case SETTING.INITIAL_WINDOW_SIZE: {
+          if (v > MAX_WINDOW) return this.connError(H2_ERROR.FLOW_CONTROL_ERROR, `SETTINGS_INITIAL_WINDOW_SIZE ${v}`);
+          const delta = v - this._peerInitialWindow;
+          this._peerInitialWindow = v;
+          if (delta === 0) break;
+          for (const st of this.streams.values()) {
+            st._sendWindow += delta;
+            if (st._sendWindow > MAX_WINDOW) return this.connError(H2_ERROR.FLOW_CONTROL_ERROR, `stream ${st.id} send window over 2^31-1 after SETTINGS_INITIAL_WINDOW_SIZE`);
+          }
+          if (delta > 0) grew = true;
+          break;
+        }
+        case SETTING.MAX_FRAME_SIZE:
+          if (v < MIN_MAX_FRAME_SIZE || v > MAX_MAX_FRAME_SIZE) return this.connError(H2_ERROR.PROTOCOL_ERROR, `SETTINGS_MAX_FRAME_SIZE ${v}`);
+          this.peerMaxFrame = v;
+          break;
+        default: break; // MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored
+      }
+    }
+    if (first && !streamsSet) this.peerMaxStreams = MAX_WINDOW;
+    this.out.settings(NO_SETTINGS, true);
+    if (grew) this.pumpAll();
+    if (first) this.opts.onSettings?.();
+  }
+
+  private onGoawayFrame(b: Buffer, s: number, len: number, id: number): void {
+    if (len < 8) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, `GOAWAY of ${len} bytes`);
+    if (id !== 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `GOAWAY on stream ${id}`);
+    const last = b.readUInt32BE(s) & MAX_WINDOW;
+    const code = b.readUInt32BE(s + 4);
+    this.goawayReceived = true;
+    const ownParity = this.server ? 0 : 1;
+    const refused: H2Stream[] = [];
+    for (const st of this.streams.values()) if ((st.id & 1) === ownParity && st.id > last) refused.push(st);
+    for (const st of refused) this.remove(st);
+    for (const st of refused) st.handler?.onReset(H2_ERROR.REFUSED_STREAM);
+    this.opts.onGoaway?.(last, code);
+    if (this.streams.size === 0) this.finish();
+  }
+
+  private onWindowUpdate(b: Buffer, s: number, len: number, id: number): void {
+    if (len !== 4) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, `WINDOW_UPDATE of ${len} bytes`);
+    const inc = b.readUInt32BE(s) & MAX_WINDOW;
+    if (id === 0) {
+      if (inc === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, 'WINDOW_UPDATE of 0 on the connection');
+      this.connSendWindow += inc;
+      if (this.connSendWindow > MAX_WINDOW) return this.connError(H2_ERROR.FLOW_CONTROL_ERROR, 'connection send window over 2^31-1');
+      this.pumpAll();
+      return;
+    }
+    const st = this.streams.get(id);
+    if (st === undefined) {
+      if (this.idle(id)) return this.connError(H2_ERROR.PROTOCOL_ERROR, `WINDOW_UPDATE on idle stream ${id}`);
+      return;
+    }
+    if (inc === 0) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
+    st._sendWindow += inc;
+    if (st._sendWindow > MAX_WINDOW) return this.streamError(st, H2_ERROR.FLOW_CONTROL_ERROR);
+    this.pumpOne(st);
+  }
+
+  // ---- errors and the end
+
+  /** a stream error on a stream we know: RST_STREAM, and its owner hears onReset(code) */
+  private streamError(st: H2Stream, code: number): void {
+    this._reset(st, code, true);
+  }
+
+  /** a stream error on a stream without an object (refused, malformed head, closed) */
+  private streamErrorId(id: number, code: number): void {
+    const st = this.streams.get(id);
+    if (st !== undefined) return this.streamError(st, code);
+    this.out.frameU32(FRAME.RST_STREAM, id, code);
+    this.rememberReset(id);
+  }
+
+  /** a connection error (RFC 9113 section 5.4.1): GOAWAY with the code, then close once it is written */
+  private connError(code: number, msg: string, cause?: Error): void {
+    if (this.dead) return;
+    this.out.goaway(this.lastPeerStreamId, code, msg);
+    const err = new Error(`h2 ${this.server ? 'server' : 'client'} session: ${msg} (${h2ErrorName(code)})`, cause ? { cause } : undefined);
+    this.dead = true;
+    this.resetAll(code === H2_ERROR.NO_ERROR ? H2_ERROR.INTERNAL_ERROR : code);
+    this.closeTransport();
+    this.notifyClose(err);
+  }
+
+  /** graceful end: everything is done after a GOAWAY */
+  private finish(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.closeTransport();
+    this.notifyClose();
+  }
+
+  private closeTransport(): void {
+    this.flush();
+    this.ended = true;
+    this.transport.end();
+    this.transport.setTimeout(LINGER_MS, this.lingerDone);
+  }
+
+  private transportGone(): void {
+    if (this.closeNotified) return;
+    this.dead = true;
+    this.resetAll(H2_ERROR.INTERNAL_ERROR);
+    this.ended = true;
+    if (!this.transport.destroyed) this.transport.end();
+    this.notifyClose(this.transportError);
+  }
+
+  private resetAll(code: number): void {
+    if (this.streams.size === 0) return;
+    const list = [...this.streams.values()];
+    this.streams.clear();
+    this.peerStreams = this.ownStreams = 0;
+    let thrown: unknown;
+    for (const st of list) {
+      st._done = true;
+      st._queue = null;
+      st._queued = 0;
+      try { st.handler?.onReset(code); } catch (e) { thrown ??= e; }
+    }
+    if (thrown !== undefined) this.transportError ??= thrown as Error;
+  }
+
+  private notifyClose(err?: Error): void {
+    if (this.closeNotified) return;
+    this.closeNotified = true;
+    this.opts.onClose?.(err ?? this.transportError);
+  }
+}
