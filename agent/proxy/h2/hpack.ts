@@ -266,41 +266,78 @@ const EMPTY = Buffer.alloc(0);
 
 // --- encoder ------------------------------------------------------------------------------------------------
 
-/** what the encoder knows about one name: its static entries and its live dynamic entries */
-interface NameEntry {
-  /** the first static index with this name, or 0 */
-  staticIndex: number;
-  /** static entries with this name and a non-empty value: value -> index (shared, never written) */
-  staticValues: Map<string, number> | null;
-  /** live dynamic entries with this name: value -> insertion number */
-  dynamic: Map<string, number> | null;
-  /** the insertion number of the newest live dynamic entry with this name, or -1 */
-  newest: number;
-}
-
-const STATIC_BY_NAME = new Map<string, { index: number; values: Map<string, number> }>();
-for (let i = 1; i <= STATIC_COUNT; i++) {
-  const [n, v] = STATIC[i];
-  let e = STATIC_BY_NAME.get(n);
-  if (!e) STATIC_BY_NAME.set(n, e = { index: i, values: new Map() });
-  if (!e.values!.has(v)) e.values!.set(v, i);
-}
+/** how the encoder sends a literal of some name */
+const enum Literal { Indexed = 0, NotIndexed = 1, NeverIndexed = 2, NeverIfShort = 3 }
 
 /** values that change with every message: indexing them would only churn the table */
 const NOT_INDEXED = new Set([':path', 'content-length', 'age', 'etag', 'if-modified-since', 'if-none-match', 'content-range', 'x-request-id']);
-/** credentials: never indexed, here or by any intermediary (RFC 7541 7.1.3); cookies only when short */
+/** credentials: never indexed, here or by any intermediary (RFC 7541 7.1.3) */
 const SENSITIVE = new Set(['authorization', 'proxy-authorization']);
+/** cookies: never indexed when short (guessable), indexed when long (they repeat on every request) */
 const SENSITIVE_IF_SHORT = new Set(['cookie', 'set-cookie']);
 const SHORT_COOKIE = 20;
 /** longer values are not indexed: they would evict many small useful entries */
 const MAX_INDEXED_VALUE = 512;
 
-let encScratch = Buffer.allocUnsafe(4096);
+function literalMode(name: string): Literal {
+  return SENSITIVE.has(name) ? Literal.NeverIndexed : SENSITIVE_IF_SHORT.has(name) ? Literal.NeverIfShort
+    : NOT_INDEXED.has(name) ? Literal.NotIndexed : Literal.Indexed;
+}
+
+/** what the encoder knows about one name (one per static name, and per name with live dynamic entries) */
+interface NameEntry {
+  /** the first static index with this name, or 0 */
+  staticIndex: number;
+  /** value -> where it is: -(static index) for static entries, insertion number (>= 0) for dynamic ones */
+  values: Map<string, number>;
+  /** the insertion number of the newest live dynamic entry with this name, or -1 */
+  newest: number;
+  mode: Literal;
+}
+
+/** static name -> [first index, value, index, value, index ...] */
+const STATIC_BY_NAME = new Map<string, (string | number)[]>();
+for (let i = 1; i <= STATIC_COUNT; i++) {
+  const [n, v] = STATIC[i];
+  let e = STATIC_BY_NAME.get(n);
+  if (!e) STATIC_BY_NAME.set(n, e = [i]);
+  e.push(v, i);
+}
+
+function staticEntry(name: string): NameEntry | undefined {
+  const st = STATIC_BY_NAME.get(name);
+  if (st === undefined) return undefined;
+  const values = new Map<string, number>();
+  for (let i = 1; i < st.length; i += 2) if (!values.has(st[i] as string)) values.set(st[i] as string, -(st[i + 1] as number));
+  return { staticIndex: st[0] as number, values, newest: -1, mode: literalMode(name) };
+}
+
+/** Where encodeInto() writes: the shape of the session's frame output (h2/frames.ts Output) */
+export interface HpackSink {
+  /** the bytes; reserve() may replace it */
+  buf: Buffer;
+  /** where the next byte goes */
+  end: number;
+  /** makes room for n more bytes after end */
+  reserve(n: number): void;
+}
+
+/** encode() writes here first, then copies out a Buffer of the exact size */
+const scratchSink: HpackSink = {
+  buf: Buffer.allocUnsafe(4096),
+  end: 0,
+  reserve(n: number): void {
+    if (this.end + n <= this.buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(this.end + n, this.buf.length * 2));
+    this.buf.copy(next, 0, 0, this.end);
+    this.buf = next;
+  },
+};
 
 export interface HpackEncoderOptions {
   /** Huffman-code string literals when that makes them shorter (default false: loopback bytes are cheap, CPU is not) */
   huffman?: boolean;
-  /** the most dynamic table this encoder uses, whatever the peer allows (default 4096) */
+  /** the most dynamic table this encoder uses, whatever the peer allows (default 4096, at most 1 MiB) */
   maxTableSize?: number;
 }
 
@@ -309,11 +346,12 @@ export class HpackEncoder {
   private readonly ownLimit: number;
   /** the table size in use (min of the peer's and ours); the decoder's starts at 4096 (RFC 7541 4.2) */
   private limit = 4096;
-  /** the smallest limit since the last block, and the limit to announce at the start of the next block */
-  private pendingMin = -1;
+  /** a size update is due at the start of the next block: the smallest limit since the last block, then limit */
   private pending = false;
+  private pendingMin = -1;
   private readonly byName = new Map<string, NameEntry>();
-  // the dynamic table in insertion order: a ring with `count` live entries ending at insertion number `inserted`
+  // the dynamic table in insertion order: a ring with `count` live entries, the newest being insertion
+  // number `inserted - 1` (insertion numbers only grow, so a Map entry stays valid until its entry is evicted)
   private names: string[] = [];
   private values: string[] = [];
   private cap = 0;
@@ -324,7 +362,7 @@ export class HpackEncoder {
   constructor(options: HpackEncoderOptions = {}) {
     this.huffman = options.huffman ?? false;
     const own = options.maxTableSize ?? 4096;
-    if (!Number.isInteger(own) || own < 0 || own > MAX_INT) throw new RangeError(`hpack: maxTableSize must be an integer from 0 to ${MAX_INT}, not ${own}`);
+    if (!Number.isInteger(own) || own < 0 || own > 1 << 20) throw new RangeError(`hpack: maxTableSize must be an integer from 0 to ${1 << 20}, not ${own}`);
     this.ownLimit = own;
     if (own < 4096) this.setLimit(own);
     this.resizeRing();
@@ -346,9 +384,27 @@ export class HpackEncoder {
     this.resizeRing();
   }
 
+  /** one header block, in a Buffer of its own */
   encode(headers: HeaderList): Buffer {
-    let buf = encScratch;
-    let p = 0;
+    const sink = scratchSink;
+    sink.end = 0;
+    this.encodeInto(headers, sink);
+    const n = sink.end;
+    const out = Buffer.allocUnsafe(n);
+    const buf = sink.buf;
+    if (n <= 64) for (let i = 0; i < n; i++) out[i] = buf[i];
+    else buf.copy(out, 0, 0, n);
+    return out;
+  }
+
+  /**
+   * one header block written at sink.end (sink.end moves past it): saves encode()'s Buffer and copy when the
+   * caller has an output buffer anyway. The block's length is the difference in sink.end.
+   */
+  encodeInto(headers: HeaderList, sink: HpackSink): void {
+    sink.reserve(12);
+    let buf = sink.buf;
+    let p = sink.end;
     if (this.pending) {
       this.pending = false;
       if (this.pendingMin < this.limit) p = writeInt(buf, p, 0x20, 5, this.pendingMin);
@@ -358,54 +414,47 @@ export class HpackEncoder {
     for (let i = 0; i + 1 < n; i += 2) {
       const name = headers[i];
       const value = headers[i + 1];
-      // the worst case of one field: two 6-byte integers, the strings, Huffman never longer than raw
-      const need = p + name.length + value.length + 16;
-      if (need > buf.length) buf = growScratch(buf, p, need);
+      // the most one field takes: two integers of up to 6 bytes and the strings (Huffman is never longer)
+      const need = name.length + value.length + 12;
+      if (p + need > buf.length) {
+        sink.end = p;
+        sink.reserve(need);
+        buf = sink.buf;
+      }
       let e = this.byName.get(name);
       if (e === undefined) {
-        const st = STATIC_BY_NAME.get(name);
-        if (st !== undefined) {
-          e = { staticIndex: st.index, staticValues: st.values, dynamic: null, newest: -1 };
-          this.byName.set(name, e);
-        }
+        e = staticEntry(name);
+        if (e !== undefined) this.byName.set(name, e);
       }
       let nameIndex = 0;
+      let mode: Literal;
       if (e !== undefined) {
-        if (e.staticValues !== null) {
-          const idx = e.staticValues.get(value);
-          if (idx !== undefined) { buf[p++] = 0x80 | idx; continue; }
-        }
-        if (e.dynamic !== null) {
-          const at = e.dynamic.get(value);
-          if (at !== undefined) {
-            const idx = STATIC_COUNT + this.inserted - at;
-            if (idx < 0x7f) buf[p++] = 0x80 | idx;
-            else p = writeInt(buf, p, 0x80, 7, idx);
-            continue;
-          }
+        const at = e.values.get(value);
+        if (at !== undefined) {
+          const idx = at < 0 ? -at : STATIC_COUNT + this.inserted - at;
+          if (idx < 0x7f) buf[p++] = 0x80 | idx;
+          else p = writeInt(buf, p, 0x80, 7, idx);
+          continue;
         }
         nameIndex = e.staticIndex !== 0 ? e.staticIndex : e.newest >= 0 ? STATIC_COUNT + this.inserted - e.newest : 0;
+        mode = e.mode;
+      } else {
+        mode = literalMode(name);
       }
       const entrySize = name.length + value.length + ENTRY_OVERHEAD;
-      if (SENSITIVE.has(name) || (value.length < SHORT_COOKIE && SENSITIVE_IF_SHORT.has(name))) {
-        p = writeInt(buf, p, 0x10, 4, nameIndex);
-      } else if (value.length > MAX_INDEXED_VALUE || entrySize > this.limit >>> 1 || NOT_INDEXED.has(name)) {
-        p = writeInt(buf, p, 0x00, 4, nameIndex);
-      } else {
-        p = writeInt(buf, p, 0x40, 6, nameIndex);
-        if (nameIndex === 0) p = this.writeString(buf, p, name);
-        p = this.writeString(buf, p, value);
+      if (mode === Literal.NeverIfShort) mode = value.length < SHORT_COOKIE ? Literal.NeverIndexed : Literal.Indexed;
+      if (mode === Literal.Indexed && (value.length > MAX_INDEXED_VALUE || entrySize > this.limit >>> 1)) mode = Literal.NotIndexed;
+      if (mode === Literal.Indexed) {
+        p = nameIndex < 0x3f ? (buf[p] = 0x40 | nameIndex, p + 1) : writeInt(buf, p, 0x40, 6, nameIndex);
         this.insert(name, value, entrySize, e);
-        continue;
+      } else {
+        const flags = mode === Literal.NeverIndexed ? 0x10 : 0x00;
+        p = nameIndex < 0x0f ? (buf[p] = flags | nameIndex, p + 1) : writeInt(buf, p, flags, 4, nameIndex);
       }
       if (nameIndex === 0) p = this.writeString(buf, p, name);
       p = this.writeString(buf, p, value);
     }
-    encScratch = buf;
-    const out = Buffer.allocUnsafe(p);
-    if (p <= 64) for (let i = 0; i < p; i++) out[i] = buf[i];
-    else buf.copy(out, 0, 0, p);
-    return out;
+    sink.end = p;
   }
 
   /** the dynamic table's size in bytes (RFC 7541 4.1) */
@@ -427,7 +476,7 @@ export class HpackEncoder {
     if (this.huffman && len > 0) {
       const hlen = huffmanEncodedLength(s);
       if (hlen < len) {
-        p = writeInt(buf, p, 0x80, 7, hlen);
+        p = hlen < 0x7f ? (buf[p] = 0x80 | hlen, p + 1) : writeInt(buf, p, 0x80, 7, hlen);
         return huffmanEncode(s, buf, p);
       }
     }
@@ -446,10 +495,10 @@ export class HpackEncoder {
     this.values[s] = value;
     this.count++;
     this.size += size;
-    if (e === undefined) e = { staticIndex: 0, staticValues: null, dynamic: null, newest: -1 };
+    if (e === undefined) e = { staticIndex: 0, values: new Map(), newest: -1, mode: Literal.Indexed };
     // the eviction above may have dropped this very name's record (its last entry went)
     if (e.newest === -1 && e.staticIndex === 0) this.byName.set(name, e);
-    (e.dynamic ??= new Map()).set(value, at);
+    e.values.set(value, at);
     e.newest = at;
   }
 
@@ -464,9 +513,11 @@ export class HpackEncoder {
       this.count--;
       this.size -= name.length + value.length + ENTRY_OVERHEAD;
       const e = this.byName.get(name)!;
-      if (e.dynamic!.get(value) === at) e.dynamic!.delete(value);
-      if (e.newest === at) e.newest = -1;
-      if (e.newest === -1 && e.staticIndex === 0) this.byName.delete(name);
+      if (e.values.get(value) === at) e.values.delete(value);
+      if (e.newest === at) {
+        e.newest = -1;
+        if (e.staticIndex === 0) this.byName.delete(name);
+      }
     }
   }
 
@@ -485,12 +536,6 @@ export class HpackEncoder {
     this.values = values;
     this.cap = cap;
   }
-}
-
-function growScratch(buf: Buffer, used: number, need: number): Buffer<ArrayBuffer> {
-  const next = Buffer.allocUnsafe(Math.max(need, buf.length * 2));
-  buf.copy(next, 0, 0, used);
-  return next;
 }
 
 /** an integer with an n-bit prefix (5.1) after the flag bits `flags`; returns the offset after it */
