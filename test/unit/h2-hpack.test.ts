@@ -2,6 +2,8 @@
 // dynamic table after every block), the Huffman code against Appendix B, every malformed input the decoder
 // must refuse, table size updates and eviction, the header list limit, and seeded random round trips.
 import t, { type Test } from 'tap';
+import http2 from 'node:http2';
+import net from 'node:net';
 import { HpackDecoder, HpackEncoder, HpackError, type HeaderList } from '../../agent/proxy/h2/hpack.js';
 import {
   HUFFMAN_BAD_EOS, HUFFMAN_BAD_PADDING, HUFFMAN_CODES, HUFFMAN_LENGTHS, huffmanDecode, huffmanEncode,
@@ -478,4 +480,112 @@ t.test('random and mutated bytes: only HpackError, never a hang', async (t) => {
   t.same(other, [], 'nothing but HpackError');
   t.ok(errors > 1000 && ok > 100, `both outcomes happen (${errors} errors, ${ok} decoded)`);
   t.ok(Date.now() - start < 60000, 'in bounded time');
+});
+
+// --- another implementation: node's HTTP/2 (nghttp2) -------------------------------------------------------------
+
+/** the frames a peer sends on a raw socket, after the 24-byte client preface if `preface` */
+function frameReader(sock: net.Socket, preface: boolean, onFrame: (type: number, flags: number, id: number, payload: Buffer) => void): void {
+  let buf = Buffer.alloc(0);
+  let skip = preface ? 24 : 0;
+  sock.on('data', (c: Buffer) => {
+    buf = Buffer.concat([buf, c]);
+    if (skip > 0) {
+      const n = Math.min(skip, buf.length);
+      buf = buf.subarray(n);
+      skip -= n;
+    }
+    while (buf.length >= 9) {
+      const len = buf.readUIntBE(0, 3);
+      if (buf.length < 9 + len) break;
+      onFrame(buf[3], buf[4], buf.readUInt32BE(5) & 0x7fffffff, buf.subarray(9, 9 + len));
+      buf = buf.subarray(9 + len);
+    }
+  });
+}
+const frame = (type: number, flags: number, id: number, payload: Buffer): Buffer => {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(id, 5);
+  return Buffer.concat([h, payload]);
+};
+const EMPTY_SETTINGS = frame(4, 0, 0, Buffer.alloc(0));
+
+t.test("node's HTTP/2 client: its header blocks decode (Huffman, indexing, never-indexed)", async (t) => {
+  const blocks: Buffer[] = [];
+  const server = net.createServer((sock) => {
+    sock.write(EMPTY_SETTINGS);
+    frameReader(sock, true, (type, flags, _id, payload) => {
+      if (type === 1) {
+        t.equal(flags & 0x2c, 0x04, 'one HEADERS frame with END_HEADERS, no padding or priority');
+        blocks.push(Buffer.from(payload));
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  const client = http2.connect(`http://127.0.0.1:${port}`);
+  client.on('error', () => {});
+  const headers = { ':path': '/a/b?c=d', 'x-bytes': 'caf\u00e9 \u00ff\u0080\t~', 'user-agent': 'hpack-test/1', cookie: 'a=1', 'x-long': 'L'.repeat(300) };
+  for (let i = 0; i < 3; i++) client.request({ ...headers, 'x-n': String(i) }).on('error', () => {});
+  const deadline = Date.now() + 10000;
+  while (blocks.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  client.destroy();
+  server.close();
+  t.equal(blocks.length, 3, 'three requests seen');
+  const d = new HpackDecoder();
+  blocks.forEach((b, i) => {
+    const got = Object.fromEntries(pairs(d.decode(b)));
+    t.same(got, { ...headers, 'x-n': String(i), ':method': 'GET', ':scheme': 'http', ':authority': `127.0.0.1:${port}` }, `request ${i + 1}`);
+  });
+  t.ok(blocks[2].length < blocks[0].length / 4, `the repeats are mostly indexes (${blocks[0].length} then ${blocks[2].length} bytes)`);
+});
+
+t.test("node's HTTP/2 server decodes what the encoder writes", async (t) => {
+  const seen: Record<string, string | string[] | undefined>[] = [];
+  const server = http2.createServer();
+  server.on('stream', (stream, h) => {
+    seen.push(h);
+    stream.respond({ ':status': 204 });
+    stream.end();
+  });
+  const sessionErrors: string[] = [];
+  // (a reset is the previous round's socket going away)
+  server.on('sessionError', (e: NodeJS.ErrnoException) => { if (e.code !== 'ECONNRESET') sessionErrors.push(e.message); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  const r = rng(99);
+  const lists: HeaderList[] = [];
+  for (let i = 0; i < 40; i++) {
+    const l = [':method', 'GET', ':scheme', 'http', ':path', `/p/${i % 3}`, ':authority', 'svc.local', 'user-agent', 'hpack-test/1',
+      'cookie', i % 2 ? 'a=1' : 'session=' + 'c'.repeat(40), 'x-bytes', 'caf\u00e9 \u00ff\u0080', 'authorization', 'Basic eA=='];
+    const extra = new Set<number>(); // distinct names: node joins repeated ones
+    while (extra.size < 4) extra.add(Math.floor(r() * 30));
+    for (const x of extra) l.push(`x-r${x}`, 'v'.repeat(Math.floor(r() * 60)) + Math.floor(r() * 5));
+    lists.push(l);
+  }
+  for (const huffman of [false, true]) {
+    seen.length = 0;
+    const e = new HpackEncoder({ huffman, maxTableSize: 1024 }); // the first block opens with a size update
+    const sock = net.connect(port, '127.0.0.1');
+    sock.on('error', () => {});
+    const out: Buffer[] = [Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), EMPTY_SETTINGS];
+    lists.forEach((l, i) => out.push(frame(1, 0x05, 1 + 2 * i, e.encode(l))));
+    frameReader(sock, false, (type, flags) => { if (type === 4 && (flags & 1) === 0) sock.write(frame(4, 1, 0, Buffer.alloc(0))); });
+    sock.write(Buffer.concat(out));
+    const deadline = Date.now() + 10000;
+    while (seen.length < lists.length && Date.now() < deadline && sessionErrors.length === 0) await new Promise((res) => setTimeout(res, 10));
+    sock.destroy();
+    t.same(sessionErrors, [], `no session error (huffman ${huffman})`);
+    t.equal(seen.length, lists.length, 'every request arrived');
+    let bad = 0;
+    seen.forEach((h, i) => {
+      const want = Object.fromEntries(pairs(lists[i]));
+      for (const k of Object.keys(want)) if (h[k] !== want[k]) { bad++; if (bad < 5) t.comment(JSON.stringify([i, k, h[k], want[k]])); }
+    });
+    t.equal(bad, 0, 'every field as sent');
+  }
+  server.close();
 });
