@@ -368,6 +368,22 @@ t.test('what the encoder indexes, and how', async (t) => {
   t.same(e.tableEntries()[0], ['x-custom', 'one'], 'a 600-byte value is not indexed');
 });
 
+t.test('a name a peer sent never-indexed is never indexed by any encoder after (RFC 7541 7.1.3)', async (t) => {
+  const e = new HpackEncoder();
+  const d = new HpackDecoder();
+  const before = e.encode(['x-token-a', 'secret1']);
+  t.equal(before[0], 0x40, 'an unknown name is indexed at first');
+  // 0001 0000, name 'x-token-b', value 'secret2'
+  const block = Buffer.concat([Buffer.from([0x10, 9]), Buffer.from('x-token-b'), Buffer.from([7]), Buffer.from('secret2')]);
+  t.same(d.decode(block), ['x-token-b', 'secret2']);
+  t.same(d.tableEntries(), [], 'the decoder does not store it');
+  const after = e.encode(['x-token-b', 'secret2', 'x-token-b', 'other']);
+  t.equal(after.toString('hex'), block.toString('hex') + '1009' + Buffer.from('x-token-b').toString('hex') + '05' + Buffer.from('other').toString('hex'),
+    'the encoder (another connection) sends it never-indexed, whatever the value');
+  t.same(e.tableEntries(), [['x-token-a', 'secret1']], 'and stores nothing of it');
+  t.same(new HpackDecoder().decode(after), ['x-token-b', 'secret2', 'x-token-b', 'other']);
+});
+
 t.test('setMaxTableSize: the next block starts with the update (the smallest first), the tables follow', async (t) => {
   const e = new HpackEncoder();
   const d = new HpackDecoder();

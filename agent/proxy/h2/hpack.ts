@@ -65,6 +65,18 @@ function latin1(buf: Buffer, start: number, end: number): string {
 /** Huffman output lands here before it becomes a string (decoding is synchronous, so one is enough) */
 let huffScratch = Buffer.allocUnsafe(1024);
 
+/**
+ * Names some peer sent never-indexed (6.2.3). RFC 7541 7.1.3: an intermediary must re-encode such a field
+ * never-indexed too. The decoding and the re-encoding happen on different connections (and the header list
+ * carries no flags), so this is process-wide and by name, which errs on the safe side: once a peer marks a
+ * name, no encoder indexes it. Bounded against a peer inventing names; past the bound, new names go unrecorded.
+ */
+const neverIndexedNames = new Set<string>();
+const MAX_NEVER_INDEXED_NAMES = 4096;
+function noteNeverIndexed(name: string): void {
+  if (neverIndexedNames.size < MAX_NEVER_INDEXED_NAMES && !neverIndexedNames.has(name)) neverIndexedNames.add(name);
+}
+
 export class HpackDecoder {
   // The dynamic table: a ring of names and values; slot (next - i) mod cap holds dynamic index i (1 = newest).
   private names: string[];
@@ -150,6 +162,7 @@ export class HpackDecoder {
         if (idx === 0x0f) idx = this.intRest(0x0f);
         name = idx === 0 ? this.string() : this.nameAt(idx, at);
         value = this.string();
+        if (b & 0x10) noteNeverIndexed(name);
       }
       fields = true;
       listSize += name.length + value.length + ENTRY_OVERHEAD;
@@ -442,7 +455,8 @@ export class HpackEncoder {
         mode = literalMode(name);
       }
       const entrySize = name.length + value.length + ENTRY_OVERHEAD;
-      if (mode === Literal.NeverIfShort) mode = value.length < SHORT_COOKIE ? Literal.NeverIndexed : Literal.Indexed;
+      if (neverIndexedNames.size !== 0 && mode !== Literal.NeverIndexed && neverIndexedNames.has(name)) mode = Literal.NeverIndexed;
+      else if (mode === Literal.NeverIfShort) mode = value.length < SHORT_COOKIE ? Literal.NeverIndexed : Literal.Indexed;
       if (mode === Literal.Indexed && (value.length > MAX_INDEXED_VALUE || entrySize > this.limit >>> 1)) mode = Literal.NotIndexed;
       if (mode === Literal.Indexed) {
         p = nameIndex < 0x3f ? (buf[p] = 0x40 | nameIndex, p + 1) : writeInt(buf, p, 0x40, 6, nameIndex);
