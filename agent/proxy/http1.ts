@@ -6,7 +6,7 @@
 // they pile up). Everything per request lives in fields of this object, and the timers and callbacks
 // are bound once per connection: the hot path allocates the request head, the policy's objects and
 // the strings it writes, little else.
-import type { Socket } from 'node:net';
+import type { Conn } from './conn.js';
 import {
   emptyRewrite, failureReply, rewriteHeaders, ROUTE_TIMEOUT_REPLY, statusText, type ConnInfo, type EngineContext,
 } from './engine.js';
@@ -104,7 +104,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   private retryTimer: NodeJS.Timeout | null = null;
   private readonly onRetryTimer = (): void => { this.retryTimer = null; try { this.nextAttempt(); } catch (e) { this.fatal(e); } };
 
-  constructor(private readonly ctx: EngineContext, private readonly socket: Socket, private readonly info: ConnInfo, first: Buffer) {
+  constructor(private readonly ctx: EngineContext, private readonly socket: Conn, private readonly info: ConnInfo, first: Buffer) {
     this.source = { address: info.address, port: info.port, cgroupId: info.dst?.cgroupId ?? 0n };
     socket.on('data', (d: Buffer) => { try { this.onData(d); } catch (e) { this.fatal(e); } });
     socket.on('close', () => { try { this.onClientClose(); } catch (e) { this.fatal(e); } });
@@ -359,14 +359,14 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.attemptFailed({ kind: 'connect-failure' });
   }
 
-  private writeBody(us: Socket, data: Buffer): boolean {
+  private writeBody(us: Conn, data: Buffer): boolean {
     if (!this.reqChunked) return us.write(data);
     us.write(`${data.length.toString(16)}\r\n`, 'latin1');
     us.write(data);
     return us.write('\r\n', 'latin1');
   }
 
-  private writeBodyEnd(us: Socket): void {
+  private writeBodyEnd(us: Conn): void {
     if (this.reqChunked) us.write(`0\r\n${this.reqTrailers}\r\n`, 'latin1');
   }
 
@@ -632,8 +632,8 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     client.setTimeout(0); // an idle WebSocket is not an idle HTTP connection
     if (leftover !== null) client.write(leftover);
     if (this.buf !== null) { us.write(this.buf); this.buf = null; }
-    us.pipe(client);
-    client.pipe(us);
+    splice(us, client);
+    splice(client, us);
     us.on('close', () => client.destroy());
     client.on('close', () => us.destroy());
     if (this.paused) { this.paused = false; client.resume(); }
@@ -749,6 +749,13 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     // status sent when the response had started (and was cut), 0 when the client left before it
     ex.end(this.resStarted ? this.resStatus : 0, this.grpcStatus);
   }
+}
+
+/** from's bytes to to, with backpressure; from's end ends to (what pipe() does, for any Conn) */
+function splice(from: Conn, to: Conn): void {
+  from.on('data', (d: Buffer) => { if (!to.write(d)) from.pause(); });
+  to.on('drain', () => { from.resume(); });
+  from.on('end', () => { to.end(); });
 }
 
 /** 'http://host[:port]/path?q' -> [authority, path]; null when not an absolute http URI */

@@ -6,8 +6,9 @@
 //
 // A connection carries one exchange at a time. Its response bytes go to its user (the downstream
 // connection doing the exchange) through the UpstreamUser methods: no closure per request.
-import { connect, type Socket } from 'node:net';
+import { connect as netConnect } from 'node:net';
 import type { Logger } from '../observe/log.js';
+import type { Conn } from './conn.js';
 import { ChunkedDecoder, Framing, ResponseHeadParse, type ChunkSink } from './h1parse.js';
 import type { Upstream, UpstreamGroup } from './types.js';
 
@@ -40,6 +41,12 @@ export interface PoolOptions {
   connectTimeoutMs?: number;
   /** response head limit (default 64 KiB) */
   maxHeaderBytes?: number;
+  /** a new transport connection to up ('connect', or 'error' then 'close'); default node:net (the proxy passes its NetIo's) */
+  connect?: (up: Upstream) => Conn;
+}
+
+function nodeConnect(up: Upstream): Conn {
+  return netConnect({ host: up.address, port: up.port, family: up.family, noDelay: true });
 }
 
 const ACQ_PENDING = 1;
@@ -71,7 +78,7 @@ export class H1Upstream implements ChunkSink {
   /** the user will not need the rest of this response (a retry after a response head, an abort) */
   private connectTimer: NodeJS.Timeout | null = null;
 
-  constructor(readonly pool: H1Pool, readonly up: Upstream, readonly socket: Socket) {
+  constructor(readonly pool: H1Pool, readonly up: Upstream, readonly socket: Conn) {
     socket.setNoDelay(true);
     socket.on('data', (d: Buffer) => {
       const user = this.user;
@@ -246,7 +253,7 @@ export class H1Upstream implements ChunkSink {
   }
 
   /** 101: the socket leaves the pool for a raw splice */
-  detach(): Socket {
+  detach(): Conn {
     this.detached = true;
     this.user = null;
     this.socket.removeAllListeners('data');
@@ -260,6 +267,7 @@ export class H1Pool {
   readonly maxHeaderBytes: number;
   private readonly idleTimeoutMs: number;
   private readonly connectTimeoutMs: number;
+  private readonly connect: (up: Upstream) => Conn;
   /** per backend key: idle connections, most recently used last */
   private readonly idle = new Map<string, H1Upstream[]>();
   private readonly queues = new Map<UpstreamGroup, Waiter[]>();
@@ -273,6 +281,7 @@ export class H1Pool {
     this.idleTimeoutMs = o.idleTimeoutMs ?? 30_000;
     this.connectTimeoutMs = o.connectTimeoutMs ?? 5_000;
     this.maxHeaderBytes = o.maxHeaderBytes ?? 64 * 1024;
+    this.connect = o.connect ?? nodeConnect;
     this.sweeper = setInterval(() => this.sweep(), Math.min(1000, this.idleTimeoutMs)).unref();
   }
 
@@ -315,7 +324,7 @@ export class H1Pool {
       // Room may be made by closing an idle connection of the same group to another backend.
       if (!evict || !this.evictIdle(up.group) || !up.group.tryOpenConnection()) return false;
     }
-    const socket = connect({ host: up.address, port: up.port, family: up.family });
+    const socket = this.connect(up);
     const c = new H1Upstream(this, up, socket);
     c.user = user;
     this.all.add(c);

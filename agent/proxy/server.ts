@@ -3,12 +3,18 @@
 // bytes: the HTTP/2 connection preface means HTTP/2 with prior knowledge (handed to node:http2),
 // anything else is HTTP/1.1 (our own parser, http1.ts). The engine never decides: every request goes
 // through the Policy (types.ts), which routes, balances, limits and counts.
-import { connect, createServer, type Server, type Socket } from 'node:net';
+//
+// The proxy's sockets, client and upstream legs alike, are NetConns on the addon's own epoll loop
+// (netio.ts): Node's stream machinery cost more CPU per request than the whole engine. A connection
+// sniffed as HTTP/2 leaves the loop (its fd) for a net.Socket that node:http2 takes over.
+import { Socket } from 'node:net';
 import type { Http2Server, Http2Session } from 'node:http2';
 import type { Logger } from '../observe/log.js';
+import type { Conn } from './conn.js';
 import type { ConnInfo, EngineContext, EngineStats } from './engine.js';
 import { createH2Server, H2Pool } from './http2.js';
 import { H1Conn } from './http1.js';
+import { NetIo, type NetConn, type NetListener } from './netio.js';
 import { H1Pool } from './pool.js';
 import type { OriginalDst, Policy } from './types.js';
 
@@ -41,9 +47,11 @@ const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 export class ProxyServer {
   private readonly ctx: EngineContext;
-  private readonly servers: Server[] = [];
+  private readonly io = new NetIo();
+  private readonly servers: NetListener[] = [];
   private readonly h2: Http2Server;
-  private readonly clients = new Set<Socket>();
+  /** client connections: NetConns, and the net.Sockets of those handed to node:http2 */
+  private readonly clients = new Set<Conn>();
   private readonly sessionInfo = new WeakMap<Http2Session, ConnInfo>();
   private readonly clientIdleTimeoutMs: number;
   /** the ConnInfo of the socket being handed to the h2 server (its 'session' event fires synchronously) */
@@ -52,14 +60,15 @@ export class ProxyServer {
 
   constructor(private readonly o: ProxyOptions) {
     const maxHeaderBytes = o.maxHeaderBytes ?? 64 * 1024;
-    const pool = new H1Pool({ log: o.log, maxHeaderBytes, idleTimeoutMs: o.upstreamIdleTimeoutMs, connectTimeoutMs: o.connectTimeoutMs });
+    const connect = (up: { address: string; port: number; family: 4 | 6 }): Conn => this.io.connect(up);
+    const pool = new H1Pool({ log: o.log, maxHeaderBytes, idleTimeoutMs: o.upstreamIdleTimeoutMs, connectTimeoutMs: o.connectTimeoutMs, connect });
     const h2pool = new H2Pool(o.log, o.upstreamIdleTimeoutMs, o.connectTimeoutMs);
     this.clientIdleTimeoutMs = o.clientIdleTimeoutMs ?? 300_000;
     this.ctx = {
       policy: o.policy, log: o.log, pool, h2pool, maxHeaderBytes, clientIdleTimeoutMs: this.clientIdleTimeoutMs,
       headTimeoutMs: o.headTimeoutMs ?? 30_000,
       stats: { connectionsH1: 0, connectionsH2: 0, requests: 0, badRequests: 0, upgrades: 0 },
-      connect: (up) => connect({ host: up.address, port: up.port, family: up.family, noDelay: true }),
+      connect,
     };
     this.h2 = createH2Server(this.ctx, (s) => this.sessionInfo.get(s));
     this.h2.on('session', (s: Http2Session) => {
@@ -75,26 +84,24 @@ export class ProxyServer {
     });
   }
 
-  /** listen on port on each of hosts ('127.0.0.1', '::1'); port 0 = any (see ports()) */
+  /**
+   * listen on port on each of hosts (numeric: '127.0.0.1', '::1'); port 0 = any (see ports()). Rejects with the
+   * addon's errno error, e.g. "listen 127.0.0.1:15001: EADDRINUSE" (code 'EADDRINUSE').
+   */
   async listen(port: number, hosts: string[]): Promise<void> {
     for (const host of hosts) {
-      const server = createServer({ noDelay: true }, (s) => this.accept(s));
-      server.on('error', (e) => this.o.log.error({ err: e.message, host }, 'proxy listener error'));
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ port, host, exclusive: true }, () => { server.off('error', reject); resolve(); });
-      });
-      this.servers.push(server);
-      if (port === 0) port = (server.address() as { port: number }).port; // the same port on every host
+      const l = this.io.listen(host, port, (c) => this.accept(c));
+      this.servers.push(l);
+      if (port === 0) port = l.port; // the same port on every host
     }
   }
 
   /** the bound ports, in the order of hosts */
   ports(): number[] {
-    return this.servers.map((s) => (s.address() as { port: number }).port);
+    return this.servers.map((s) => s.port);
   }
 
-  private accept(socket: Socket): void {
+  private accept(socket: NetConn): void {
     if (this.closed) { socket.destroy(); return; }
     this.clients.add(socket);
     socket.on('close', () => this.clients.delete(socket));
@@ -118,21 +125,38 @@ export class ProxyServer {
       const isH2 = first.compare(PREFACE, 0, n, 0, n) === 0;
       if (isH2 && first.length < PREFACE.length) return; // could still be the preface: wait for the rest
       socket.off('data', sniff);
-      if (isH2) {
-        // The h2 server reads the preface itself: put the bytes back first.
-        socket.pause();
-        socket.unshift(first);
-        socket.setTimeout(0);
-        this.handing = info;
-        this.h2.emit('connection', socket); // nghttp2 takes the socket over, reading what was put back first
-        this.handing = undefined;
-      } else {
-        socket.setTimeout(0);
-        socket.removeAllListeners('timeout');
-        new H1Conn(this.ctx, socket, info, first);
-      }
+      socket.setTimeout(0);
+      socket.removeAllListeners('timeout');
+      if (isH2) this.handToH2(socket, first, info);
+      else new H1Conn(this.ctx, socket, info, first);
     };
     socket.on('data', sniff);
+  }
+
+  /**
+   * HTTP/2 with prior knowledge: the connection leaves the loop for a net.Socket on the same fd that node:http2
+   * takes over, the sniffed bytes put back first. (Kept apart: our own HTTP/2 engine replaces it.)
+   */
+  private handToH2(c: NetConn, first: Buffer, info: ConnInfo): void {
+    this.clients.delete(c);
+    let socket: Socket;
+    try {
+      socket = new Socket({ fd: c.release(), readable: true, writable: true });
+    } catch (e) {
+      this.o.log.warn({ err: (e as Error).message, peer: `${info.address}:${info.port}` }, 'h2 hand-over failed');
+      c.destroy();
+      return;
+    }
+    this.clients.add(socket);
+    socket.on('close', () => this.clients.delete(socket));
+    socket.on('error', () => { /* handled by the h2 session; 'close' follows */ });
+    socket.setNoDelay(true);
+    // The h2 server reads the preface itself: put the bytes back first.
+    socket.pause();
+    socket.unshift(first);
+    this.handing = info;
+    this.h2.emit('connection', socket); // nghttp2 takes the socket over, reading what was put back first
+    this.handing = undefined;
   }
 
   stats(): ProxyStats {
@@ -148,13 +172,12 @@ export class ProxyServer {
   /** stop listening, close every client connection and upstream connection */
   async close(): Promise<void> {
     this.closed = true;
-    // server.close() resolves only when every accepted connection has ended: destroy the clients first, or a
-    // keep-alive client keeps close() (and the agent's shutdown) waiting for ever.
-    const listening = this.servers.map((s) => new Promise<void>((r) => s.close(() => r())));
-    for (const s of this.clients) s.destroy();
-    await Promise.all(listening);
+    for (const s of this.servers) s.close();
+    for (const s of [...this.clients]) s.destroy();
     this.ctx.pool.close();
     this.ctx.h2pool.close();
     this.h2.close();
+    // what the pool and the clients did not close (nothing, normally) goes with the loop
+    this.io.close();
   }
 }
