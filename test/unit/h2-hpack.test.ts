@@ -211,8 +211,18 @@ t.test('C.3 and C.4: requests, decoded', async (t) => {
 });
 
 t.test('C.5 and C.6: responses with a 256-byte table (evictions), decoded', async (t) => {
-  decodeSeries(t, new HpackDecoder(256), C5, C5_LISTS, C5_TABLES);
-  decodeSeries(t, new HpackDecoder(256), C6, C5_LISTS, C5_TABLES);
+  // our SETTINGS_HEADER_TABLE_SIZE is 256: the peer's first block after it opens with the update to 256 (3fe101)
+  const withUpdate = (blocks: string[]) => blocks.map((b, i) => (i === 0 ? '3fe101' : '') + b);
+  decodeSeries(t, new HpackDecoder(256), withUpdate(C5), C5_LISTS, C5_TABLES);
+  decodeSeries(t, new HpackDecoder(256), withUpdate(C6), C5_LISTS, C5_TABLES);
+  const d = new HpackDecoder(256);
+  t.equal(d.tableLimit, 4096, 'until then the table is the protocol default: a peer that has not seen our SETTINGS uses 4096');
+  d.decode(hex(C5[0]));
+  d.decode(hex(C5[1]));
+  t.equal(d.tableSize, 222 + 42, 'nothing evicted at 4096');
+  compressionError(t, () => d.decode(hex('3f e2 01')), /size update to 257, above our limit of 256/, 'but updates stay within our setting');
+  t.same(d.decode(hex('3f e1 01 be')), [':status', '307'], 'the update to 256 evicts down to it');
+  t.equal(d.tableSize, 222);
 });
 
 t.test('the encoder writes C.3 and C.4 byte for byte', async (t) => {
@@ -270,6 +280,7 @@ t.test('malformed blocks are COMPRESSION_ERROR', async (t) => {
   compressionError(t, () => d().decode(hex('82 20')), /size update after the first field at byte 1/, 'a size update after a field');
   compressionError(t, () => d().decode(hex('3f e2 1f')), /size update to 4097, above our limit of 4096/, 'a size update above our limit');
   compressionError(t, () => new HpackDecoder(0).decode(hex('21')), /size update to 1, above our limit of 0/, 'any update above 0');
+  t.same(new HpackDecoder(0).decode(hex('20 40 01 61 01 62 ')), ['a', 'b'], 'an update to 0 with a setting of 0');
   t.same(d().decode(Buffer.alloc(0)), [], 'an empty block is an empty list');
   t.same(d().decode(hex('20 3f e1 1f 82')), [':method', 'GET'], 'several size updates at the start are fine');
 });
@@ -295,7 +306,7 @@ t.test('a table size update evicts, and a block may only use what is left', asyn
 t.test('an entry larger than the table empties it; eviction keeps the newest', async (t) => {
   const d = new HpackDecoder(100);
   const lit = (n: string, v: string) => Buffer.concat([Buffer.from([0x40, n.length]), Buffer.from(n), Buffer.from([v.length]), Buffer.from(v)]);
-  d.decode(Buffer.concat([lit('a', 'x'.repeat(10)), lit('b', 'y'.repeat(10))])); // 43 + 43
+  d.decode(Buffer.concat([hex('3f 45'), lit('a', 'x'.repeat(10)), lit('b', 'y'.repeat(10))])); // to 100; 43 + 43
   t.same(d.tableEntries().map((e) => e[0]), ['b', 'a']);
   d.decode(lit('c', 'z'.repeat(20))); // 53: 'a' goes
   t.same(d.tableEntries().map((e) => e[0]), ['c', 'b']);

@@ -85,7 +85,7 @@ export class HpackDecoder {
   private next = 0;
   private count = 0;
   private size = 0;
-  /** the table's current limit: the last size update, up to maxTableSize */
+  /** the table's current limit: 4096, then the peer's last size update (at most maxTableSize) */
   private limit: number;
   // the block being decoded
   private buf: Buffer = Buffer.alloc(0);
@@ -101,11 +101,13 @@ export class HpackDecoder {
     if (!Number.isInteger(maxTableSize) || maxTableSize < 0 || maxTableSize > MAX_INT) {
       throw new RangeError(`hpack: maxTableSize must be an integer from 0 to ${MAX_INT}, not ${maxTableSize}`);
     }
-    // RFC 9113 6.5.2: the table starts at 4096; a larger setting only allows the peer's encoder to grow it with a
-    // size update (a smaller one it must announce with an update, which this limit already assumes)
-    this.limit = Math.min(maxTableSize, 4096);
-    // the most entries that fit: every entry is at least 32 bytes (past 4096 bytes the ring grows on demand)
-    this.cap = Math.min(Math.floor(maxTableSize / ENTRY_OVERHEAD) + 1, 129);
+    // The table starts at the protocol's 4096 (RFC 9113 6.5.2) whatever our setting: until the peer has our
+    // SETTINGS it encodes for 4096, and after it must open a block with a size update within maxTableSize,
+    // which is when this table follows. (Starting at a smaller setting would evict differently from a peer
+    // that has not seen it yet.)
+    this.limit = 4096;
+    // the most entries 4096 bytes hold (every entry is at least 32 bytes); larger tables grow the ring on demand
+    this.cap = 4096 / ENTRY_OVERHEAD + 1;
     this.names = new Array<string>(this.cap).fill('');
     this.values = new Array<string>(this.cap).fill('');
   }
@@ -178,7 +180,7 @@ export class HpackDecoder {
 
   /** the dynamic table's size in bytes (RFC 7541 4.1) */
   get tableSize(): number { return this.size; }
-  /** the dynamic table's current limit (4096 or maxTableSize if lower, then what the peer's size updates say) */
+  /** the dynamic table's current limit: 4096, then what the peer's size updates say */
   get tableLimit(): number { return this.limit; }
   /** the dynamic table, newest first, as [name, value] pairs (for tests and debugging) */
   tableEntries(): [string, string][] {
