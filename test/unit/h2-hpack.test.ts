@@ -379,6 +379,31 @@ t.test('what the encoder indexes, and how', async (t) => {
   t.same(e.tableEntries()[0], ['x-custom', 'one'], 'a 600-byte value is not indexed');
 });
 
+t.test('a repeated block is all indexes, and stays right when its entries are evicted between repeats', async (t) => {
+  const e = new HpackEncoder();
+  const d = new HpackDecoder();
+  const list = [':method', 'GET', ':authority', 'svc.local', 'user-agent', 'ua/1', 'x-k', 'v1'];
+  t.same(d.decode(e.encode(list)), list);
+  const again = e.encode(list);
+  t.equal(again.toString('hex'), '82c0bfbe', 'the repeat: four indexes');
+  t.same(d.decode(again), list);
+  t.equal(e.encode(list).toString('hex'), '82c0bfbe', 'and again (remembered by position)');
+  // push them all out with 4 KiB of other entries
+  const filler: HeaderList = [];
+  for (let i = 0; i < 40; i++) filler.push(`x-fill-${i}`, 'f'.repeat(80));
+  t.same(d.decode(e.encode(filler)), filler);
+  t.notOk(e.tableEntries().some(([n]) => n === ':authority'), 'the first entries are gone');
+  const third = e.encode(list);
+  t.same(d.decode(third), list, 'the list still decodes right: nothing stale was referenced');
+  t.equal(third[0], 0x82, 'the static one is still an index');
+  // the same position with another value, then the first value again
+  const other = [':method', 'POST', ':authority', 'svc.local', 'user-agent', 'ua/2', 'x-k', 'v1'];
+  t.same(d.decode(e.encode(other)), other);
+  t.same(d.decode(e.encode(list)), list);
+  t.same(d.decode(e.encode(other)), other);
+  t.same(d.tableEntries(), e.tableEntries());
+});
+
 t.test('a name a peer sent never-indexed is never indexed by any encoder after (RFC 7541 7.1.3)', async (t) => {
   const e = new HpackEncoder();
   const d = new HpackDecoder();

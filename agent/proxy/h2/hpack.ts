@@ -327,6 +327,9 @@ function staticEntry(name: string): NameEntry | undefined {
   return { staticIndex: st[0] as number, values, newest: -1, mode: literalMode(name) };
 }
 
+/** field positions remembered by the encoder */
+const MEMO = 16;
+
 /** Where encodeInto() writes: the shape of the session's frame output (h2/frames.ts Output) */
 export interface HpackSink {
   /** the bytes; reserve() may replace it */
@@ -365,6 +368,11 @@ export class HpackEncoder {
   private pending = false;
   private pendingMin = -1;
   private readonly byName = new Map<string, NameEntry>();
+  // per field position of the block: the last fully indexed field there (requests repeat in the same order)
+  private readonly memoName: string[] = new Array<string>(MEMO).fill('');
+  private readonly memoValue: string[] = new Array<string>(MEMO).fill('');
+  /** -(static index), or the insertion number (valid while >= inserted - count) */
+  private readonly memoAt = new Array<number>(MEMO).fill(0);
   // the dynamic table in insertion order: a ring with `count` live entries, the newest being insertion
   // number `inserted - 1` (insertion numbers only grow, so a Map entry stays valid until its entry is evicted)
   private names: string[] = [];
@@ -436,6 +444,18 @@ export class HpackEncoder {
         sink.reserve(need);
         buf = sink.buf;
       }
+      // the same field at the same place as in the last block, still in the table: its index, no lookups
+      const k = i >>> 1;
+      if (k < MEMO && this.memoName[k] === name && this.memoValue[k] === value) {
+        const at = this.memoAt[k];
+        if (at < 0) { buf[p++] = 0x80 | -at; continue; }
+        if (at >= this.inserted - this.count) {
+          const idx = STATIC_COUNT + this.inserted - at;
+          if (idx < 0x7f) buf[p++] = 0x80 | idx;
+          else p = writeInt(buf, p, 0x80, 7, idx);
+          continue;
+        }
+      }
       let e = this.byName.get(name);
       if (e === undefined) {
         e = staticEntry(name);
@@ -446,6 +466,7 @@ export class HpackEncoder {
       if (e !== undefined) {
         const at = e.values.get(value);
         if (at !== undefined) {
+          if (k < MEMO) { this.memoName[k] = name; this.memoValue[k] = value; this.memoAt[k] = at; }
           const idx = at < 0 ? -at : STATIC_COUNT + this.inserted - at;
           if (idx < 0x7f) buf[p++] = 0x80 | idx;
           else p = writeInt(buf, p, 0x80, 7, idx);
