@@ -104,7 +104,7 @@ static void UpdateRef(LoopState* st) {
 
 static uint32_t Wanted(const Sock* s) {
   if (s->dead) return 0;
-  if (s->listener) return EPOLLIN;
+  if (s->listener) return s->paused ? 0u : static_cast<uint32_t>(EPOLLIN);
   if (s->connecting) return EPOLLOUT;
   uint32_t m = 0;
   if (!s->paused && !s->readEof) m |= EPOLLIN | EPOLLRDHUP;
@@ -644,7 +644,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
 
   Napi::Value SetPaused(const Napi::CallbackInfo& info, bool paused, const char* fn) {
     Sock* s = Find(info, fn);
-    if (s && s->paused != paused && !s->listener) {
+    if (s && s->paused != paused) {
       s->paused = paused;
       if (!s->connecting) Rearm(st_, s);
     }

@@ -40,6 +40,8 @@ const MAX_EVENTS = 4096;
 /** write() returns false once this much is queued natively (node's default highWaterMark) */
 const HIGH_WATER = 16 * 1024;
 const BACKLOG = 511;
+/** a listener whose accept failed (EMFILE...) rests this long: level-triggered, it would spin meanwhile */
+const ACCEPT_RETRY_MS = 100;
 
 const ERRNO_NAMES: string[] = [];
 for (const [name, n] of Object.entries(osConstants.errno)) if (ERRNO_NAMES[n] === undefined) ERRNO_NAMES[n] = name;
@@ -73,7 +75,7 @@ export class NetIo {
   private readonly ev = new Int32Array(MAX_EVENTS * 4);
   /** every open connection by id (listeners in `listeners`) */
   readonly conns = new Map<number, NetConn>();
-  private readonly listeners = new Map<number, (c: NetConn) => void>();
+  private readonly listeners = new Map<number, { onConnection: (c: NetConn) => void; onError: ((e: Error) => void) | undefined }>();
   private closed = false;
 
   constructor() {
@@ -81,11 +83,14 @@ export class NetIo {
     this.loop = new Ctor(this.arena, this.ev, (n) => this.onEvents(n));
   }
 
-  /** listen on host ('127.0.0.1', '::1', any numeric address) and port (0: any); throws "listen 127.0.0.1:15001: EADDRINUSE" */
-  listen(host: string, port: number, onConnection: (c: NetConn) => void): NetListener {
+  /**
+   * listen on host ('127.0.0.1', '::1', any numeric address) and port (0: any); throws "listen 127.0.0.1:15001:
+   * EADDRINUSE". onError hears a failed accept (EMFILE...); the listener then rests ACCEPT_RETRY_MS.
+   */
+  listen(host: string, port: number, onConnection: (c: NetConn) => void, onError?: (e: Error) => void): NetListener {
     if (this.closed) throw new Error('netio: listen on a closed loop');
     const id = this.loop.listen(host, port, BACKLOG);
-    this.listeners.set(id, onConnection);
+    this.listeners.set(id, { onConnection, onError });
     const bound = this.loop.localPort(id);
     return {
       host, port: bound,
@@ -134,8 +139,8 @@ export class NetIo {
         }
         const c = conns.get(id);
         if (c === undefined) {
-          // a listener's accept error (EMFILE...), or a connection closed earlier in this batch
-          continue;
+          if (kind === EV_ERROR) this.acceptFailed(id, ev[p + 2]!);
+          continue; // else: a connection closed earlier in this batch
         }
         switch (kind) {
           case EV_DATA: {
@@ -165,11 +170,19 @@ export class NetIo {
     const port = arena[off]! | (arena[off + 1]! << 8);
     const len = arena[off + 2]!;
     const address = arena.toString('latin1', off + 3, off + 3 + len);
-    const onConnection = this.listeners.get(listenerId);
-    if (onConnection === undefined) { this.loop.close(id); return; }
+    const l = this.listeners.get(listenerId);
+    if (l === undefined) { this.loop.close(id); return; }
     const c = new NetConn(this, this.loop, id, address, port);
     this.conns.set(id, c);
-    onConnection(c);
+    l.onConnection(c);
+  }
+
+  private acceptFailed(listenerId: number, errno: number): void {
+    const l = this.listeners.get(listenerId);
+    if (l === undefined) return;
+    this.loop.pause(listenerId);
+    setTimeout(() => { if (this.listeners.has(listenerId) && !this.closed) this.loop.resume(listenerId); }, ACCEPT_RETRY_MS).unref();
+    l.onError?.(errnoError(errno, 'accept'));
   }
 
   /** @internal the connection is gone from the native loop */
@@ -192,6 +205,7 @@ export class NetConn extends EventEmitter implements Conn {
   /** our side is shut (SHUT_WR done) */
   private writeDone = false;
   private needDrain = false;
+  private paused = false;
   private corked = 0;
   private corkChunks: (Buffer | Uint8Array | string)[] = [];
   private closeEmitted = false;
@@ -294,12 +308,12 @@ export class NetConn extends EventEmitter implements Conn {
   }
 
   pause(): this {
-    if (!this.destroyed) this.loop.pause(this.id);
+    if (!this.paused && !this.destroyed) { this.paused = true; this.loop.pause(this.id); }
     return this;
   }
 
   resume(): this {
-    if (!this.destroyed) this.loop.resume(this.id);
+    if (this.paused && !this.destroyed) { this.paused = false; this.loop.resume(this.id); }
     return this;
   }
 

@@ -90,7 +90,7 @@ export class ProxyServer {
    */
   async listen(port: number, hosts: string[]): Promise<void> {
     for (const host of hosts) {
-      const l = this.io.listen(host, port, (c) => this.accept(c));
+      const l = this.io.listen(host, port, (c) => this.accept(c), (e) => this.o.log.error({ err: e.message, host }, 'proxy listener error'));
       this.servers.push(l);
       if (port === 0) port = l.port; // the same port on every host
     }

@@ -429,3 +429,48 @@ t.test('the loop does not keep the process alive: idle, and after close()', asyn
     t.equal(out.trim(), `done ${mode}`, err);
   }
 });
+
+t.test('out of fds: accept fails with EMFILE, is reported, the listener rests and accepts the rest later', async (t) => {
+  // a child with a low fd limit (prlimit), so that this process keeps its own
+  const src = new URL('../../agent/proxy/netio.ts', import.meta.url).href;
+  const code = `
+    import { NetIo } from ${JSON.stringify(src)};
+    const io = new NetIo();
+    const held = [];
+    let accepted = 0, errors = [];
+    const l = io.listen('127.0.0.1', 0, (c) => {
+      accepted++;
+      held.push(c);
+      if (accepted === 100) { console.log('accepted ' + accepted + ' errors ' + [...new Set(errors)].join(',')); io.close(); }
+    }, (e) => {
+      errors.push(e.code);
+      // make room: the connections held so far go
+      for (const c of held.splice(0)) c.destroy();
+    });
+    console.log('port ' + l.port);
+  `;
+  const child = spawn('prlimit', ['--nofile=80:80', process.execPath, ...process.execArgv, '--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let out = '', err = '';
+  child.stderr.on('data', (d) => { err += d; });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = /port (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', () => reject(new Error(`child exited: ${err}`)));
+  });
+  const clients: Socket[] = [];
+  for (let i = 0; i < 100; i++) {
+    const s = connect({ host: '127.0.0.1', port });
+    s.on('error', () => {});
+    clients.push(s);
+  }
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const status = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  clearTimeout(timer);
+  for (const s of clients) s.destroy();
+  t.equal(status, 0, err);
+  t.match(out, /accepted 100 errors EMFILE/, 'every connection accepted in the end, EMFILE reported');
+});
