@@ -162,3 +162,280 @@ t.test('server role: GET and POST from node:http2', async (t) => {
   t.same(many.map((g) => g.headers['x-path']), Array.from({ length: 50 }, (_, i) => `/${i}`));
   t.equal(srv.sessions.length, 1);
 });
+
+t.test('server role: MiB bodies both ways under flow control, slow consumers on both sides', async (t) => {
+  const WINDOW = 256 * 1024;
+  const up = randomBytes(4 * 1024 * 1024);
+  const down = randomBytes(4 * 1024 * 1024);
+  let serverGot: Got | null = null;
+  let handedWhilePaused = -1;
+  let handed = 0;
+  let falses = 0;
+  let resumeClient: () => void = () => {};
+  const srv = await ourServer((st, h, endStream) => {
+    const g = new Got(false);
+    g.stream = st;
+    st.handler = g;
+    serverGot = g;
+    t.notOk(endStream);
+    // the slow consumer: gives back 64 KiB every 10 ms
+    const timer = setInterval(() => g.consumeHeld(64 * 1024), 10);
+    void g.done.then(async () => {
+      clearInterval(timer);
+      t.equal(g.resetCode, -1, 'upload not reset');
+      st.sendHeaders([':status', '200', 'x-up', sha(g.body)], false);
+      // the client does not read for a while: what we can hand over is bounded by its window + our high-water mark
+      let off = 0;
+      const pump = (): void => {
+        while (off < down.length) {
+          const n = Math.min(32 * 1024, down.length - off);
+          const ok = st.sendData(down.subarray(off, off + n), off + n === down.length);
+          off += n;
+          handed = off;
+          if (!ok && off < down.length) { falses++; g.writable = pump; return; }
+        }
+      };
+      pump();
+      await sleep(300);
+      handedWhilePaused = handed;
+      resumeClient();
+    });
+  }, { settings: { initialWindowSize: WINDOW } });
+  t.teardown(() => srv.close());
+  const c = await nodeClient(srv.port);
+  t.teardown(() => c.close());
+  const req = c.request({ ':path': '/up', ':method': 'POST' });
+  const parts: Buffer[] = [];
+  let status = 0;
+  let upSha = '';
+  req.on('response', (h) => {
+    status = Number(h[':status']);
+    upSha = String(h['x-up']);
+    req.pause();
+    resumeClient = () => { req.on('data', (d: Buffer) => parts.push(d)); req.resume(); };
+  });
+  const closed = new Promise<void>((r) => req.on('close', () => r()));
+  req.end(up);
+  await closed;
+  t.equal(status, 200);
+  t.equal(upSha, sha(up), 'upload byte-exact');
+  const g = serverGot as unknown as Got;
+  t.ok(g.maxHeld <= WINDOW, `the server held at most its stream window (${g.maxHeld} <= ${WINDOW})`);
+  t.ok(g.maxHeld >= WINDOW / 2, `the window was used (${g.maxHeld})`);
+  t.equal(sha(Buffer.concat(parts)), sha(down), 'download byte-exact');
+  t.ok(falses > 0, `sendData said false (${falses} times)`);
+  t.ok(handedWhilePaused < 1024 * 1024, `a paused client held us back (${handedWhilePaused} bytes handed over in 300 ms)`);
+});
+
+t.test('server role: trailers both ways, trailers-only responses', async (t) => {
+  const srv = await ourServer((st, h, endStream) => {
+    const g = new Got();
+    g.stream = st;
+    st.handler = g;
+    if (field(h, ':path') === '/only') {
+      t.ok(endStream);
+      st.sendHeaders([':status', '200', 'content-type', 'application/grpc', 'grpc-status', '7', 'grpc-message', 'denied'], true);
+      return;
+    }
+    void g.done.then(() => {
+      st.sendHeaders([':status', '200', 'content-type', 'application/grpc'], false);
+      st.sendData(g.body, false);
+      st.sendTrailers(['grpc-status', '0', 'x-got-trailer', field(g.trailers ?? [], 'x-req-trailer') ?? 'none']);
+    });
+  });
+  t.teardown(() => srv.close());
+  const c = await nodeClient(srv.port);
+  t.teardown(() => c.close());
+  const req = c.request({ ':path': '/tr', ':method': 'POST', 'content-type': 'application/grpc', te: 'trailers' }, { waitForTrailers: true });
+  req.on('wantTrailers', () => req.sendTrailers({ 'x-req-trailer': 'yes' }));
+  req.end(Buffer.from('payload'));
+  const got = await collect(req);
+  t.equal(got.body.toString(), 'payload');
+  t.equal(got.trailers?.['grpc-status'], '0');
+  t.equal(got.trailers?.['x-got-trailer'], 'yes', 'the request trailers arrived');
+  const only = await collect(c.request({ ':path': '/only', ':method': 'POST', 'content-type': 'application/grpc' }, { endStream: true }));
+  t.equal(only.headers[':status'], 200);
+  t.equal(only.headers['grpc-status'], '7', 'trailers-only: the status in the one head');
+  t.equal(only.body.length, 0);
+  t.equal(only.rstCode, constants.NGHTTP2_NO_ERROR);
+});
+
+t.test('server role: 100-continue', async (t) => {
+  const srv = await ourServer((st, h) => {
+    const g = new Got();
+    g.stream = st;
+    st.handler = g;
+    t.equal(field(h, 'expect'), '100-continue');
+    st.sendHeaders([':status', '100'], false);
+    void g.done.then(() => {
+      st.sendHeaders([':status', '201'], false);
+      st.sendData(g.body, true);
+    });
+  });
+  t.teardown(() => srv.close());
+  const c = await nodeClient(srv.port);
+  t.teardown(() => c.close());
+  const req = c.request({ ':path': '/c', ':method': 'PUT', expect: '100-continue' }, { endStream: false });
+  let continued = false;
+  req.on('continue', () => { continued = true; req.end('after continue'); });
+  const got = await collect(req);
+  t.ok(continued, 'the client saw 100 Continue');
+  t.equal(got.headers[':status'], 201);
+  t.equal(got.body.toString(), 'after continue');
+});
+
+t.test('server role: 1000 concurrent streams, our max concurrent streams respected', async (t) => {
+  let peak = 0;
+  let refused = 0;
+  const srv = await ourServer((st, h) => {
+    const g = new Got();
+    g.stream = st;
+    st.handler = g;
+    peak = Math.max(peak, st.session.activeStreams);
+    setTimeout(() => { st.sendHeaders([':status', '200'], false); st.sendData(Buffer.from(field(h, ':path') ?? ''), true); }, 2);
+  }, { settings: { maxConcurrentStreams: 100 } });
+  t.teardown(() => srv.close());
+  const c = await nodeClient(srv.port, { peerMaxConcurrentStreams: 2000 });
+  t.teardown(() => c.close());
+  const all = await Promise.all(Array.from({ length: 1000 }, (_, i) => collect(c.request({ ':path': `/s${i}` }))));
+  for (const g of all) if (g.rstCode === constants.NGHTTP2_REFUSED_STREAM) refused++;
+  const ok = all.filter((g, i) => Number(g.headers[':status']) === 200 && g.body.toString() === `/s${i}`).length;
+  t.equal(ok + refused, 1000);
+  t.equal(ok, 1000, 'node:http2 held its streams back to our limit');
+  t.ok(peak <= 100, `at most 100 open at once (${peak})`);
+  t.ok(peak >= 50, `and many at once (${peak})`);
+  t.equal(srv.sessions.length, 1);
+});
+
+t.test('server role: RST_STREAM both ways', async (t) => {
+  const resets: number[] = [];
+  const srv = await ourServer((st, h) => {
+    const g = new Got();
+    g.stream = st;
+    st.handler = g;
+    if (field(h, ':path') === '/reset-me') { st.reset(H2_ERROR.ENHANCE_YOUR_CALM); return; }
+    if (field(h, ':path') === '/after') { echo(st, h, false); return; }
+    // /cancel: never answered; the client ends its side, then resets the stream
+    const onReset = g.onReset.bind(g);
+    g.onReset = (code) => { resets.push(code); onReset(code); };
+  });
+  t.teardown(() => srv.close());
+  const c = await nodeClient(srv.port);
+  t.teardown(() => c.close());
+  const ours = await collect(c.request({ ':path': '/reset-me' }));
+  t.equal(ours.rstCode, constants.NGHTTP2_ENHANCE_YOUR_CALM, 'our RST_STREAM reached the client');
+  const req = c.request({ ':path': '/cancel', ':method': 'POST' });
+  req.write('part');
+  await sleep(50);
+  req.close(constants.NGHTTP2_CANCEL);
+  await collect(req);
+  for (let i = 0; i < 100 && resets.length === 0; i++) await sleep(10);
+  t.same(resets, [H2_ERROR.CANCEL], 'the client\'s RST_STREAM reached the handler');
+  // the session lives on
+  const afterReq = c.request({ ':path': '/after', ':method': 'POST' });
+  afterReq.end('x');
+  const after = await collect(afterReq);
+  t.equal(after.rstCode, constants.NGHTTP2_NO_ERROR);
+  t.equal(after.body.toString(), 'x');
+  t.equal(srv.sessions[0].closed, false);
+});
+
+t.test('server role: graceful GOAWAY both ways, PING', async (t) => {
+  const held: H2Stream[] = [];
+  const srv = await ourServer((st, h) => {
+    const g = new Got();
+    g.stream = st;
+    st.handler = g;
+    if (field(h, ':path') === '/hold') { held.push(st); return; }
+    echo(st, h, true);
+  });
+  t.teardown(() => srv.close());
+
+  // PING from the client
+  const c1 = await nodeClient(srv.port);
+  const payload = Buffer.from('8 bytes!');
+  const pong = await new Promise<Buffer>((resolve, reject) => c1.ping(payload, (err, _ms, p) => (err ? reject(err) : resolve(p))));
+  t.equal(pong.toString(), '8 bytes!', 'PING answered with its payload');
+
+  // our GOAWAY: the stream in flight finishes, no new streams, then the connection closes
+  const holding = collect(c1.request({ ':path': '/hold' }));
+  for (let i = 0; i < 100 && held.length === 0; i++) await sleep(10);
+  const goaway = new Promise<[number, number]>((r) => c1.once('goaway', (code, last) => r([code, last])));
+  const c1closed = new Promise<void>((r) => c1.once('close', () => r()));
+  srv.sessions[0].goaway();
+  t.same(await goaway, [constants.NGHTTP2_NO_ERROR, 1], 'GOAWAY(NO_ERROR, last 1)');
+  t.throws(() => c1.request({ ':path': '/new' }), 'no new streams on a session going away');
+  t.equal(srv.sessions[0].closed, false, 'still open for the stream in flight');
+  held[0].sendHeaders([':status', '200'], false);
+  held[0].sendData(Buffer.from('finished'), true);
+  const got = await holding;
+  t.equal(got.body.toString(), 'finished', 'the stream in flight completed');
+  await c1closed;
+  t.equal(srv.sessions[0].closed, true);
+  t.same(srv.closes, [undefined], 'onClose once, without an error');
+
+  // the client's GOAWAY: in flight finishes, then the session closes
+  const c2 = await nodeClient(srv.port);
+  const holding2 = collect(c2.request({ ':path': '/hold' }));
+  for (let i = 0; i < 100 && held.length < 2; i++) await sleep(10);
+  c2.goaway(constants.NGHTTP2_NO_ERROR, 0);
+  for (let i = 0; i < 100 && srv.goaways.length === 0; i++) await sleep(10);
+  t.same(srv.goaways, [[0, 0]], 'onGoaway(last 0, NO_ERROR)');
+  t.equal(srv.sessions[1].closed, false);
+  held[1].sendHeaders([':status', '200'], false);
+  held[1].sendData(Buffer.from('done too'), true);
+  t.equal((await holding2).body.toString(), 'done too');
+  for (let i = 0; i < 100 && !srv.sessions[1].closed; i++) await sleep(10);
+  t.equal(srv.sessions[1].closed, true, 'closed once the last stream was done');
+  c2.destroy();
+});
+
+t.test('server role: header blocks over 16 KiB (CONTINUATION) both ways', async (t) => {
+  const big = 'v'.repeat(40 * 1024);
+  const srv = await ourServer((st, h) => {
+    const g = new Got();
+    g.stream = st;
+    st.handler = g;
+    st.sendHeaders([':status', '200', 'x-len', String(field(h, 'x-big')?.length ?? 0), 'x-big-back', field(h, 'x-big') ?? ''], true);
+  });
+  t.teardown(() => srv.close());
+  const c = await nodeClient(srv.port);
+  t.teardown(() => c.close());
+  const got = await collect(c.request({ ':path': '/big', 'x-big': big }));
+  t.equal(got.headers['x-len'], String(big.length), 'the request header arrived whole');
+  t.equal(got.headers['x-big-back'], big, 'the response header arrived whole');
+});
+
+t.test('server role: the peer changes its initial window mid-flight', async (t) => {
+  const body = randomBytes(1024 * 1024);
+  let stream: H2Stream | null = null;
+  const srv = await ourServer((st) => {
+    const g = new Got();
+    g.stream = st;
+    st.handler = g;
+    stream = st;
+    st.sendHeaders([':status', '200'], false);
+    st.sendData(body, true);
+  });
+  t.teardown(() => srv.close());
+  const c = await nodeClient(srv.port, { settings: { initialWindowSize: 16384 } });
+  t.teardown(() => c.close());
+  c.setLocalWindowSize(16 * 1024 * 1024);
+  const req = c.request({ ':path': '/w' });
+  req.pause();
+  const parts: Buffer[] = [];
+  const closed = new Promise<void>((r) => req.on('close', () => r()));
+  for (let i = 0; i < 100 && stream === null; i++) await sleep(10);
+  await sleep(100);
+  const st = stream as unknown as H2Stream;
+  const sentBefore = body.length - st.queued;
+  t.ok(sentBefore <= 16384, `at most the 16 KiB window went out (${sentBefore})`);
+  c.settings({ initialWindowSize: 256 * 1024 });
+  for (let i = 0; i < 100 && body.length - st.queued <= 16384; i++) await sleep(10);
+  const sentAfter = body.length - st.queued;
+  t.ok(sentAfter > 16384 && sentAfter <= 256 * 1024, `the larger window applied to the open stream (${sentAfter})`);
+  req.on('data', (d: Buffer) => parts.push(d));
+  req.resume();
+  await closed;
+  t.equal(sha(Buffer.concat(parts)), sha(body));
+});
