@@ -81,22 +81,38 @@ const ACCEPT = new Uint8Array(256);
 // 16-23 first symbol, 24-31 second symbol.
 const FAIL = 0x400;
 const TRANS = new Uint32Array(256 * 256);
-for (let state = 0; state < 256; state++) {
-  for (let byte = 0; byte < 256; byte++) {
-    let node = state;
-    let count = 0;
-    let syms = 0;
-    let fail = 0;
-    for (let i = 7; i >= 0; i--) {
-      const next = CHILD[node * 2 + ((byte >>> i) & 1)];
-      if (next >= 0) { node = next; continue; }
-      const sym = -next - 1;
-      if (sym === EOS) { fail = FAIL; node = 0; break; }
-      syms |= sym << (16 + 8 * count);
-      count++;
-      node = 0;
+{
+  // per state and nibble first (codes are >= 5 bits, so a nibble completes at most one symbol), then each byte
+  // is two nibbles: 4096 walks of 4 bits instead of 65536 of 8 at module load
+  const NIB = new Int32Array(256 * 16); // bits 0-7 next state, 8 emitted, 9 EOS, 16-23 symbol
+  for (let state = 0; state < 256; state++) {
+    for (let nib = 0; nib < 16; nib++) {
+      let node = state;
+      let r = 0;
+      for (let i = 3; i >= 0; i--) {
+        const next = CHILD[node * 2 + ((nib >>> i) & 1)];
+        if (next >= 0) { node = next; continue; }
+        const sym = -next - 1;
+        node = 0;
+        if (sym === EOS) { r = 0x200; break; }
+        r = 0x100 | (sym << 16);
+      }
+      NIB[state * 16 + nib] = r | node;
     }
-    TRANS[(state << 8) | byte] = (syms | (count << 8) | fail | node) >>> 0;
+  }
+  for (let state = 0; state < 256; state++) {
+    for (let byte = 0; byte < 256; byte++) {
+      const a = NIB[state * 16 + (byte >>> 4)];
+      let t: number;
+      if (a & 0x200) t = FAIL;
+      else {
+        const b = NIB[(a & 0xff) * 16 + (byte & 15)];
+        if (b & 0x200) t = FAIL;
+        else if (a & 0x100) t = b & 0x100 ? 0x200 | (a & 0xff0000) | ((b & 0xff0000) << 8) | (b & 0xff) : 0x100 | (a & 0xff0000) | (b & 0xff);
+        else t = b;
+      }
+      TRANS[(state << 8) | byte] = t >>> 0;
+    }
   }
 }
 
