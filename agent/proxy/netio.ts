@@ -104,7 +104,15 @@ export class NetIo {
   /** a new connection to up: 'connect', or 'error' and 'close' */
   connect(up: Upstreamish): NetConn {
     if (this.closed) throw new Error('netio: connect on a closed loop');
-    const id = this.loop.connect(up.address, up.port);
+    let id: number;
+    try {
+      id = this.loop.connect(up.address, up.port);
+    } catch (e) {
+      // not a numeric address, no socket to be had (EMFILE): an 'error' after the call, as node reports a failed lookup
+      const c = new NetConn(this, this.loop, 0, up.address, up.port);
+      c.failSoon(e as Error);
+      return c;
+    }
     const c = new NetConn(this, this.loop, id, up.address, up.port);
     c.connecting = true;
     this.conns.set(id, c);
@@ -399,6 +407,11 @@ export class NetConn extends EventEmitter implements Conn {
     if (!this.io.isClosed) this.loop.close(this.id);
     this.emit('error', e);
     this.scheduleClose(null);
+  }
+
+  /** @internal an error before the connection existed (id 0: nothing in the loop) */
+  failSoon(e: Error): void {
+    this.failLater(e);
   }
 
   /** an error found in a call from the user: reported after the call returns, as node does */

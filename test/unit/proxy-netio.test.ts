@@ -244,6 +244,12 @@ t.test("connect refused -> 'error' ECONNREFUSED naming the address, then 'close'
     t.match(err!.message, new RegExp(`connect ECONNREFUSED ${host.replace(/\./g, '\\.')}:${port}`));
     t.equal(closes.n, 1);
   }
+  // not an address: the error comes after the call, like a refused connect
+  const bad = io.connect({ address: 'no-such-host', port: 80 });
+  let badErr: Error | null = null;
+  bad.on('error', (e) => { badErr = e; });
+  await onceEvent(bad, 'close');
+  t.match(badErr!.message, /connect no-such-host:80: not a numeric/);
   t.equal(io.openCount(), 0);
 });
 
