@@ -60,7 +60,7 @@ class Got implements H2StreamHandler {
 }
 
 /** send body in chunks, honouring sendData's false / onWritable; counts the falses */
-function sendBody(st: H2Stream, g: Got, body: Buffer, chunk: number, trailers?: HeaderList): Promise<{ falses: number }> {
+function sendBody(st: H2Stream, g: Got, body: Buffer, chunk: number, progress = { handed: 0 }, trailers?: HeaderList): Promise<{ falses: number }> {
   return new Promise((resolve) => {
     let off = 0;
     let falses = 0;
@@ -70,6 +70,7 @@ function sendBody(st: H2Stream, g: Got, body: Buffer, chunk: number, trailers?: 
         const last = off + n === body.length && trailers === undefined;
         const ok = st.sendData(body.subarray(off, off + n), last);
         off += n;
+        progress.handed = off;
         if (!ok && off < body.length) { falses++; g.writable = pump; return; }
       }
       if (trailers !== undefined) st.sendTrailers(trailers);
@@ -438,4 +439,318 @@ t.test('server role: the peer changes its initial window mid-flight', async (t) 
   req.resume();
   await closed;
   t.equal(sha(Buffer.concat(parts)), sha(body));
+});
+
+// ---- our client role, node:http2 as the server
+
+interface NodeServer { port: number; server: Http2Server; sessions: ServerHttp2Session[]; open: number; peak: number; close(): Promise<void> }
+
+async function nodeServer(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void, settings: Record<string, number> = {}): Promise<NodeServer> {
+  const sockets = new Set<Socket>();
+  const b: NodeServer = {
+    port: 0, sessions: [], open: 0, peak: 0,
+    server: h2server({ settings }),
+    close: () => new Promise((r) => { for (const s of sockets) s.destroy(); b.server.close(() => r()); }),
+  };
+  b.server.on('session', (s) => { b.sessions.push(s); s.on('error', () => {}); });
+  b.server.on('connection', (s: Socket) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  b.server.on('stream', (s, h) => {
+    b.open++;
+    b.peak = Math.max(b.peak, b.open);
+    s.on('close', () => b.open--);
+    s.on('error', () => {});
+    onStream(s, h);
+  });
+  await new Promise<void>((r) => b.server.listen(0, '127.0.0.1', () => r()));
+  b.port = (b.server.address() as AddressInfo).port;
+  return b;
+}
+
+interface OurClient { session: H2Session; sock: Socket; closed: Promise<Error | undefined>; goaways: [number, number][] }
+
+async function ourClient(port: number, extra: Partial<H2SessionOptions> = {}): Promise<OurClient> {
+  const sock = netConnect(port, '127.0.0.1');
+  let closed!: (e: Error | undefined) => void;
+  let settings!: () => void;
+  const c: OurClient = {
+    sock, goaways: [],
+    closed: new Promise((r) => { closed = r; }),
+    session: null as unknown as H2Session,
+  };
+  const gotSettings = new Promise<void>((r) => { settings = r; });
+  c.session = new H2Session(sock, {
+    role: 'client',
+    onSettings: () => settings(),
+    onClose: (e) => closed(e),
+    onGoaway: (last, code) => c.goaways.push([last, code]),
+    ...extra,
+  });
+  await gotSettings;
+  return c;
+}
+
+function req(path: string, method = 'GET', more: HeaderList = []): HeaderList {
+  return [':method', method, ':scheme', 'http', ':authority', 'test', ':path', path, ...more];
+}
+
+function open(c: OurClient, h: HeaderList, endStream: boolean, autoConsume = true): Got {
+  const g = new Got(autoConsume);
+  g.stream = c.session.request(h, endStream, g);
+  return g;
+}
+
+async function readAll(s: ServerHttp2Stream): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const d of s) parts.push(d as Buffer);
+  return Buffer.concat(parts);
+}
+
+t.test('client role: GET and POST to node:http2', async (t) => {
+  const srv = await nodeServer((s, h) => {
+    void readAll(s).then((body) => {
+      s.respond({ ':status': 200, 'x-method': h[':method'], 'x-path': h[':path'], 'x-authority': h[':authority'] });
+      s.end(body.length > 0 ? body : 'hello');
+    });
+  });
+  t.teardown(() => srv.close());
+  const c = await ourClient(srv.port);
+  t.teardown(() => c.session.destroy());
+  const g = open(c, req('/a?b=1'), true);
+  await g.done;
+  t.equal(field(g.head, ':status'), '200');
+  t.equal(field(g.head, 'x-method'), 'GET');
+  t.equal(field(g.head, 'x-path'), '/a?b=1');
+  t.equal(field(g.head, 'x-authority'), 'test');
+  t.equal(g.body.toString(), 'hello');
+  const p = open(c, req('/post', 'POST', ['content-type', 'text/plain', 'content-length', '14']), false);
+  p.stream.sendData(Buffer.from('a request body'), true);
+  await p.done;
+  t.equal(p.body.toString(), 'a request body');
+  const many = Array.from({ length: 50 }, (_, i) => open(c, req(`/${i}`), true));
+  await Promise.all(many.map((m) => m.done));
+  t.same(many.map((m) => field(m.head, 'x-path')), Array.from({ length: 50 }, (_, i) => `/${i}`));
+  t.equal(srv.sessions.length, 1);
+  t.equal(c.session.activeStreams, 0);
+});
+
+t.test('client role: MiB bodies both ways under flow control, slow consumers on both sides', async (t) => {
+  const WINDOW = 256 * 1024;
+  const up = randomBytes(4 * 1024 * 1024);
+  const down = randomBytes(4 * 1024 * 1024);
+  let upSha = '';
+  let serverStream: ServerHttp2Stream | null = null;
+  const srv = await nodeServer((s) => {
+    serverStream = s;
+    s.pause(); // a slow reader: nothing for a while
+    void sleep(300).then(async () => {
+      upSha = sha(await readAll(s));
+      s.respond({ ':status': 200 });
+      s.end(down);
+    });
+  });
+  t.teardown(() => srv.close());
+  const c = await ourClient(srv.port, { settings: { initialWindowSize: WINDOW } });
+  t.teardown(() => c.session.destroy());
+  const g = open(c, req('/up', 'POST'), false, false);
+  const progress = { handed: 0 };
+  const sent = sendBody(g.stream, g, up, 64 * 1024, progress);
+  await sleep(200);
+  t.ok(serverStream !== null);
+  const sentEarly = progress.handed - g.stream.queued;
+  t.ok(sentEarly <= 65535, `a paused server held our upload back to its window (${sentEarly} bytes out in 200 ms)`);
+  t.ok(progress.handed < 1024 * 1024, `and we were told to stop (${progress.handed} bytes handed over)`);
+  const { falses } = await sent;
+  t.ok(falses > 0, `sendData said false (${falses} times)`);
+  // the slow consumer on our side: 64 KiB every 10 ms
+  const timer = setInterval(() => g.consumeHeld(64 * 1024), 10);
+  await g.done;
+  clearInterval(timer);
+  t.equal(upSha, sha(up), 'upload byte-exact');
+  t.equal(sha(g.body), sha(down), 'download byte-exact');
+  t.ok(g.maxHeld <= WINDOW, `we held at most our stream window (${g.maxHeld} <= ${WINDOW})`);
+  t.ok(g.maxHeld >= WINDOW / 2, `the window was used (${g.maxHeld})`);
+});
+
+t.test('client role: trailers both ways, trailers-only responses, 1xx', async (t) => {
+  let reqTrailers: IncomingHttpHeaders | null = null;
+  const srv = await nodeServer((s, h) => {
+    if (h[':path'] === '/only') {
+      s.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '7' }, { endStream: true });
+      return;
+    }
+    if (h[':path'] === '/continue') {
+      s.additionalHeaders({ ':status': 100 });
+      void readAll(s).then((b) => { s.respond({ ':status': 201 }); s.end(b); });
+      return;
+    }
+    s.on('trailers', (tr) => { reqTrailers = tr; });
+    void readAll(s).then((body) => {
+      s.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      s.on('wantTrailers', () => s.sendTrailers({ 'grpc-status': '0', 'grpc-message': 'fine' }));
+      s.end(body);
+    });
+  });
+  t.teardown(() => srv.close());
+  const c = await ourClient(srv.port);
+  t.teardown(() => c.session.destroy());
+
+  const g = open(c, req('/tr', 'POST', ['content-type', 'application/grpc', 'te', 'trailers']), false);
+  g.stream.sendData(Buffer.from('payload'), false);
+  g.stream.sendTrailers(['x-req-trailer', 'yes']);
+  await g.done;
+  t.equal(g.body.toString(), 'payload');
+  t.same(g.trailers, ['grpc-status', '0', 'grpc-message', 'fine'], 'response trailers');
+  t.equal((reqTrailers as IncomingHttpHeaders | null)?.['x-req-trailer'], 'yes', 'request trailers');
+
+  const only = open(c, req('/only', 'POST', ['content-type', 'application/grpc']), true);
+  await only.done;
+  t.equal(only.heads.length, 1);
+  t.ok(only.ended, 'the head ended the stream');
+  t.equal(field(only.head, 'grpc-status'), '7');
+  t.equal(only.chunks.length, 0);
+
+  const cont = open(c, req('/continue', 'PUT', ['expect', '100-continue']), false);
+  for (let i = 0; i < 100 && cont.heads.length === 0; i++) await sleep(10);
+  t.equal(field(cont.heads[0], ':status'), '100', 'the 1xx head came through onHeaders');
+  cont.stream.sendData(Buffer.from('after continue'), true);
+  await cont.done;
+  t.equal(field(cont.head, ':status'), '201');
+  t.equal(cont.body.toString(), 'after continue');
+});
+
+t.test('client role: 1000 streams under the peer\'s max concurrent streams', async (t) => {
+  const srv = await nodeServer((s, h) => {
+    setTimeout(() => { s.respond({ ':status': 200 }); s.end(String(h[':path'])); }, 2);
+  }, { maxConcurrentStreams: 100 });
+  t.teardown(() => srv.close());
+  const c = await ourClient(srv.port);
+  t.teardown(() => c.session.destroy());
+  t.equal(c.session.peerMaxConcurrentStreams, 100);
+  const all: Got[] = [];
+  await new Promise<void>((resolve) => {
+    let next = 0;
+    let done = 0;
+    const more = (): void => {
+      while (next < 1000 && c.session.canRequest) {
+        const g = open(c, req(`/s${next++}`), true);
+        all.push(g);
+        void g.done.then(() => { done++; if (done === 1000) resolve(); else setImmediate(more); });
+      }
+    };
+    more();
+  });
+  t.equal(all.filter((g, i) => g.body.toString() === `/s${i}` && field(g.head, ':status') === '200').length, 1000);
+  t.ok(srv.peak <= 100, `the server saw at most 100 at once (${srv.peak})`);
+  t.ok(srv.peak >= 50, `and many at once (${srv.peak})`);
+});
+
+t.test('client role: RST_STREAM both ways', async (t) => {
+  const serverResets: number[] = [];
+  const srv = await nodeServer((s, h) => {
+    if (h[':path'] === '/reset-me') { s.close(constants.NGHTTP2_ENHANCE_YOUR_CALM); return; }
+    if (h[':path'] === '/cancel') { s.on('close', () => serverResets.push(s.rstCode)); return; }
+    s.respond({ ':status': 200 });
+    s.end('ok');
+  });
+  t.teardown(() => srv.close());
+  const c = await ourClient(srv.port);
+  t.teardown(() => c.session.destroy());
+  const r = open(c, req('/reset-me'), true);
+  await r.done;
+  t.equal(r.resetCode, H2_ERROR.ENHANCE_YOUR_CALM, 'the server\'s RST_STREAM reached the handler');
+  const k = open(c, req('/cancel', 'POST'), false);
+  k.stream.sendData(Buffer.from('part'), false);
+  await sleep(50);
+  k.stream.reset(H2_ERROR.CANCEL);
+  t.ok(k.stream.closed);
+  for (let i = 0; i < 100 && serverResets.length === 0; i++) await sleep(10);
+  t.same(serverResets, [constants.NGHTTP2_CANCEL], 'our RST_STREAM reached the server');
+  const after = open(c, req('/after'), true);
+  await after.done;
+  t.equal(after.body.toString(), 'ok', 'the session lives on');
+});
+
+t.test('client role: graceful GOAWAY both ways, PING', async (t) => {
+  const held: ServerHttp2Stream[] = [];
+  const srv = await nodeServer((s, h) => {
+    if (String(h[':path']).startsWith('/hold')) { held.push(s); return; }
+    s.respond({ ':status': 200 });
+    s.end('ok');
+  });
+  t.teardown(() => srv.close());
+
+  // PING from the server
+  const c1 = await ourClient(srv.port);
+  const pong = await new Promise<Buffer>((resolve, reject) => srv.sessions[0].ping(Buffer.from('abcdefgh'), (err, _ms, p) => (err ? reject(err) : resolve(p))));
+  t.equal(pong.toString(), 'abcdefgh', 'PING answered with its payload');
+
+  // the server's GOAWAY with last stream 1: stream 3 is refused, stream 1 finishes, then the session closes
+  const a = open(c1, req('/hold-a'), true);
+  const b = open(c1, req('/hold-b'), true);
+  for (let i = 0; i < 100 && held.length < 2; i++) await sleep(10);
+  srv.sessions[0].goaway(constants.NGHTTP2_NO_ERROR, 1);
+  await b.done;
+  t.equal(b.resetCode, H2_ERROR.REFUSED_STREAM, 'the stream above the last id: REFUSED_STREAM (safe to retry)');
+  t.same(c1.goaways, [[1, 0]], 'onGoaway(1, NO_ERROR)');
+  t.equal(c1.session.canRequest, false, 'no new streams');
+  t.throws(() => c1.session.request(req('/x'), true, new Got()), /going away/);
+  held[0].respond({ ':status': 200 });
+  held[0].end('finished');
+  await a.done;
+  t.equal(a.body.toString(), 'finished', 'the stream below the last id completed');
+  t.equal(await c1.closed, undefined, 'then the session closed, without an error');
+
+  // our GOAWAY: the stream in flight finishes, then the connection closes
+  const c2 = await ourClient(srv.port);
+  const sess2 = srv.sessions[1];
+  const goaway = new Promise<number>((r) => sess2.once('goaway', (code) => r(code)));
+  const d = open(c2, req('/hold-d'), true);
+  for (let i = 0; i < 100 && held.length < 3; i++) await sleep(10);
+  c2.session.goaway();
+  t.equal(await goaway, constants.NGHTTP2_NO_ERROR, 'the server got our GOAWAY');
+  t.equal(c2.session.closed, false);
+  held[2].respond({ ':status': 200 });
+  held[2].end('done too');
+  await d.done;
+  t.equal(d.body.toString(), 'done too');
+  t.equal(await c2.closed, undefined);
+});
+
+t.test('client role: header blocks over 16 KiB (CONTINUATION) both ways', async (t) => {
+  const big = 'w'.repeat(40 * 1024);
+  const srv = await nodeServer((s, h) => {
+    s.respond({ ':status': 200, 'x-len': String(String(h['x-big']).length), 'x-big-back': String(h['x-big']) }, { endStream: true });
+  }, { maxHeaderListSize: 256 * 1024 });
+  t.teardown(() => srv.close());
+  const c = await ourClient(srv.port);
+  t.teardown(() => c.session.destroy());
+  const g = open(c, req('/big', 'GET', ['x-big', big]), true);
+  await g.done;
+  t.equal(g.resetCode, -1);
+  t.equal(field(g.head, 'x-len'), String(big.length), 'the request header arrived whole');
+  t.equal(field(g.head, 'x-big-back'), big, 'the response header arrived whole');
+});
+
+t.test('client role: the peer changes its initial window mid-flight', async (t) => {
+  const body = randomBytes(1024 * 1024);
+  let serverStream: ServerHttp2Stream | null = null;
+  const srv = await nodeServer((s) => {
+    s.pause();
+    serverStream = s;
+  }, { initialWindowSize: 16384 });
+  t.teardown(() => srv.close());
+  srv.server.on('session', (s) => s.setLocalWindowSize(16 * 1024 * 1024));
+  const c = await ourClient(srv.port);
+  t.teardown(() => c.session.destroy());
+  const g = open(c, req('/w', 'POST'), false);
+  g.stream.sendData(body, true);
+  await sleep(150);
+  const sentBefore = body.length - g.stream.queued;
+  t.ok(sentBefore <= 16384, `at most the 16 KiB window went out (${sentBefore})`);
+  srv.sessions[0].settings({ initialWindowSize: 256 * 1024 });
+  for (let i = 0; i < 100 && body.length - g.stream.queued <= 16384; i++) await sleep(10);
+  const sentAfter = body.length - g.stream.queued;
+  t.ok(sentAfter > 16384 && sentAfter <= 256 * 1024, `the larger window applied to the open stream (${sentAfter})`);
+  const received = await readAll(serverStream as unknown as ServerHttp2Stream);
+  t.equal(sha(received), sha(body));
 });
