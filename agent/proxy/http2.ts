@@ -1,136 +1,234 @@
-// HTTP/2 cleartext (prior knowledge) both ways, with node:http2 (nghttp2 underneath): one downstream
-// session per client connection, upstream sessions pooled per backend and multiplexed up to the peer's
-// SETTINGS_MAX_CONCURRENT_STREAMS (another session is opened when they are full, within the group's
-// max connections). gRPC needs nothing special beyond passing trailers intact: messages are DATA
-// frames streamed both ways, grpc-status/grpc-message travel in trailers (or in a trailers-only
-// HEADERS frame with END_STREAM, passed on as such).
-import {
-  connect as h2connect, constants, createServer, type ClientHttp2Session, type ClientHttp2Stream, type Http2Server,
-  type Http2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream,
-} from 'node:http2';
-import { connect as netConnect } from 'node:net';
+// HTTP/2 cleartext (prior knowledge) both ways, on our own sessions (h2/session.ts: framing, flow control;
+// h2/hpack.ts): one server-role session per client connection, upstream client-role sessions pooled per
+// backend and multiplexed up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS (another session is opened when
+// they are full, within the group's max connections). gRPC needs nothing special beyond passing trailers
+// intact: messages are DATA frames streamed both ways, grpc-status/grpc-message travel in trailers (or in a
+// trailers-only HEADERS frame with END_STREAM, passed on as such).
+//
+// Flow control is end to end: bytes read from one side's stream are counted back to it (stream.consumed)
+// only once the other side's stream took them without asking us to wait (sendData() true, or onWritable
+// later), so a slow reader holds its peer at one stream window instead of filling our memory.
+//
+// Headers are flat lists [name, value, ...] (lower-case names, latin1 values). What we decide ourselves,
+// where node:http2 used to: connection-specific fields (connection, keep-alive, proxy-connection,
+// transfer-encoding, upgrade; te other than "trailers") are dropped both ways (RFC 9113 8.2.2); host is
+// folded into :authority (a request without :authority takes host's value); content-length passes as sent
+// (the session checks DATA against it); no date is added to passed-on responses (the origin's is kept).
+import { EventEmitter } from 'node:events';
+import type { Http2Server, Http2Session } from 'node:http2';
+import { connect as netConnect, type Socket } from 'node:net';
 import type { Logger } from '../observe/log.js';
-import { emptyRewrite, failureReply, grpcStatusForHttp, rewriteHeaders, ROUTE_TIMEOUT_REPLY, type ConnInfo, type EngineContext } from './engine.js';
+import type { Conn } from './conn.js';
+import {
+  emptyRewrite, failureReply, grpcStatusForHttp, rewriteHeaders, ROUTE_TIMEOUT_REPLY, type ConnInfo, type EngineContext,
+} from './engine.js';
+import type { HeaderList } from './h2/hpack.js';
+import { H2_ERROR, H2Session, type H2SessionOptions, type H2Settings, type H2Stream, type H2StreamHandler } from './h2/session.js';
 import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Source, Upstream, UpstreamGroup } from './types.js';
 
-const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM, NGHTTP2_REFUSED_STREAM } = constants;
 /** streams assumed allowed on a new session until the peer's SETTINGS say otherwise */
 const DEFAULT_MAX_STREAMS = 100;
+/** request body held while no upstream stream is there yet, before the client's stream window is held */
 const MAX_UNSENT = 256 * 1024;
-// request() copies its options; shaped in full once, they skip node's default-filling on every call
-const REQ_END = Object.freeze({ endStream: true, weight: 16, parent: 0, exclusive: false, silent: false, waitForTrailers: false });
-const REQ_OPEN = Object.freeze({ endStream: false, weight: 16, parent: 0, exclusive: false, silent: false, waitForTrailers: false });
+/** a stream refused unprocessed (REFUSED_STREAM, GOAWAY) is sent again on another session at most this often */
+const MAX_REDISPATCH = 5;
+
+/** fields that mean something for one connection only: never forwarded (RFC 9113 8.2.2) */
+function connectionSpecific(name: string): boolean {
+  switch (name) {
+    case 'connection': case 'keep-alive': case 'proxy-connection': case 'transfer-encoding': case 'upgrade':
+      return true;
+    default:
+      return false;
+  }
+}
 
 // ---- upstream sessions ----
 
-interface SessionEntry {
-  session: ClientHttp2Session;
-  up: Upstream;
-  active: number;
-  connected: boolean;
-  /** the peer's SETTINGS arrived */
-  settled: boolean;
-  closed: boolean;
-  idleSince: number;
+/** What the pool tells a request that waited for a stream slot. */
+export interface H2PoolWaiter {
+  /** a session with a free stream slot for the waiter's upstream (null: the pool closed) */
+  sessionReady(e: UpstreamSession | null): void;
 }
 
-interface H2Waiter { up: Upstream; cb: (e: SessionEntry | null) => void }
+/** the last SETTINGS_MAX_CONCURRENT_STREAMS each backend sent: a new session assumes it until its own arrive */
+const knownMax = new Map<string, number>();
+
+/** One client-role session to a backend, with the pool's accounting. It is the session's options object too. */
+export class UpstreamSession implements H2SessionOptions {
+  readonly role = 'client' as const;
+  readonly settings: Partial<H2Settings>;
+  readonly session: H2Session;
+  /** streams started on it and not yet ended (the pool's count; the session has its own) */
+  active = 0;
+  /** the transport connected */
+  connected = false;
+  /** the peer's SETTINGS arrived */
+  settled = false;
+  /** retired: takes no new streams; its connection slot was given back */
+  retired = false;
+  idleSince = performance.now();
+  private connectTimer: NodeJS.Timeout | null;
+
+  constructor(private readonly pool: H2Pool, readonly up: Upstream, conn: Conn, connectTimeoutMs: number, settings: Partial<H2Settings>) {
+    this.settings = settings;
+    this.connectTimer = setTimeout(UpstreamSession.connectTimeout, connectTimeoutMs, this);
+    conn.once('connect', () => {
+      this.connected = true;
+      if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null; }
+    });
+    this.session = new H2Session(conn, this);
+  }
+
+  private static connectTimeout(e: UpstreamSession): void {
+    e.connectTimer = null;
+    if (!e.connected) e.session.destroy(new Error(`connect timeout to ${e.up.key}`));
+  }
+
+  /** stream slots: the peer's limit once known, else what this backend said last time */
+  get capacity(): number {
+    if (this.settled) return Math.min(this.session.peerMaxConcurrentStreams, 1 << 20);
+    return knownMax.get(this.up.key) ?? DEFAULT_MAX_STREAMS;
+  }
+
+  /** a new stream may go out on it now */
+  get usable(): boolean {
+    return !this.retired && this.active < this.capacity && this.session.canRequest;
+  }
+
+  onSettings(): void {
+    this.settled = true;
+    knownMax.set(this.up.key, Math.min(this.session.peerMaxConcurrentStreams, 1 << 20));
+    this.pool.serveWaiters(this.up.group);
+  }
+
+  onGoaway(lastStreamId: number, code: number): void {
+    this.pool.log.debug({ upstream: this.up.key, lastStreamId, code }, 'upstream h2 session going away');
+    this.pool.retire(this);
+  }
+
+  onClose(err?: Error): void {
+    if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null; }
+    if (err !== undefined) this.pool.log.debug({ upstream: this.up.key, err: err.message }, 'upstream h2 session error');
+    this.pool.retire(this);
+  }
+}
+
+function defaultConnect(up: Upstream): Conn {
+  // Nagle off: a small HEADERS frame must not wait for an ACK
+  return netConnect({ host: up.address, port: up.port, family: up.family, noDelay: true });
+}
+
+interface Waiting { up: Upstream; w: H2PoolWaiter }
 
 export class H2Pool {
-  private readonly sessions = new Map<string, SessionEntry[]>();
-  private readonly queues = new Map<UpstreamGroup, H2Waiter[]>();
+  private readonly sessions = new Map<string, UpstreamSession[]>();
+  private readonly queues = new Map<UpstreamGroup, Waiting[]>();
   private readonly sweeper: NodeJS.Timeout;
+  private readonly settings: Partial<H2Settings>;
   private closing = false;
 
-  constructor(private readonly log: Logger, private readonly idleTimeoutMs = 30_000, private readonly connectTimeoutMs = 5_000) {
+  /**
+   * connect: a new transport to a backend (server.ts passes ctx.connect; default node:net).
+   * maxHeaderListSize: the largest response head taken from a backend.
+   */
+  constructor(
+    readonly log: Logger,
+    private readonly idleTimeoutMs = 30_000,
+    private readonly connectTimeoutMs = 5_000,
+    private readonly connect: (up: Upstream) => Conn = defaultConnect,
+    maxHeaderListSize = 64 * 1024,
+  ) {
+    // The upstream may not open streams to us (no push): the stream limit we announce is moot.
+    this.settings = { maxHeaderListSize };
     this.sweeper = setInterval(() => this.sweep(), Math.min(1000, idleTimeoutMs)).unref();
   }
 
   /**
-   * A session with a free stream slot for up: returned at once, or 'pending' (cb follows with a session,
-   * or null when the pool closed), or 'overflow' (max connections and max pending reached).
+   * A session with a free stream slot for up: returned at once, or 'pending' (w.sessionReady follows with a
+   * session, or null when the pool closed), or 'overflow' (max connections and max pending reached).
    */
-  acquire(up: Upstream, cb: (e: SessionEntry | null) => void): SessionEntry | 'pending' | 'overflow' {
-    const e = this.free(up);
+  acquire(up: Upstream, w: H2PoolWaiter): UpstreamSession | 'pending' | 'overflow' {
+    const e = this.free(up) ?? this.open(up);
     if (e !== null) return e;
-    const opened = this.open(up);
-    if (opened !== null) return opened;
     if (!up.group.tryPending()) return 'overflow';
     let q = this.queues.get(up.group);
     if (q === undefined) this.queues.set(up.group, (q = []));
-    q.push({ up, cb });
+    q.push({ up, w });
     return 'pending';
   }
 
-  cancel(cb: (e: SessionEntry | null) => void, group: UpstreamGroup): void {
+  /** a waiter gives up its place (its attempt ended otherwise) */
+  cancel(w: H2PoolWaiter, group: UpstreamGroup): void {
     const q = this.queues.get(group);
     if (q === undefined) return;
-    const i = q.findIndex((w) => w.cb === cb);
-    if (i >= 0) { q.splice(i, 1); group.pendingDone(); }
+    for (let i = 0; i < q.length; i++) {
+      if (q[i]!.w === w) {
+        q.splice(i, 1);
+        group.pendingDone();
+        if (q.length === 0) this.queues.delete(group);
+        return;
+      }
+    }
   }
 
-  private free(up: Upstream): SessionEntry | null {
+  private free(up: Upstream): UpstreamSession | null {
     const list = this.sessions.get(up.key);
     if (list === undefined) return null;
+    // the newest first: the older ones drain and idle out when there are more than needed
     for (let i = list.length - 1; i >= 0; i--) {
       const e = list[i]!;
-      if (!e.closed && !e.session.destroyed && e.active < maxStreams(e)) return e;
+      if (e.usable) return e;
     }
     return null;
   }
 
-  private open(up: Upstream): SessionEntry | null {
-    if (!up.group.tryOpenConnection()) return null;
-    const authority = up.family === 6 ? `http://[${up.address}]:${up.port}` : `http://${up.address}:${up.port}`;
-    // our own socket: Nagle off (a small HEADERS frame must not wait for an ACK)
-    const session = h2connect(authority, {
-      peerMaxConcurrentStreams: DEFAULT_MAX_STREAMS,
-      createConnection: () => netConnect({ host: up.address, port: up.port, family: up.family, noDelay: true }),
-    });
-    const e: SessionEntry = { session, up, active: 0, connected: false, settled: false, closed: false, idleSince: performance.now() };
+  private open(up: Upstream): UpstreamSession | null {
+    if (this.closing || !up.group.tryOpenConnection()) return null;
+    let e: UpstreamSession;
+    try {
+      e = new UpstreamSession(this, up, this.connect(up), this.connectTimeoutMs, this.settings);
+    } catch (err) {
+      this.log.warn({ upstream: up.key, err: (err as Error).message }, 'upstream h2 connect failed');
+      up.group.connectionClosed();
+      return null;
+    }
+    if (e.retired) return null; // closed during construction (the transport was dead at once)
     let list = this.sessions.get(up.key);
     if (list === undefined) this.sessions.set(up.key, (list = []));
     list.push(e);
-    const timer = setTimeout(() => { if (!e.connected) session.destroy(new Error('connect timeout')); }, this.connectTimeoutMs);
-    session.once('connect', () => { clearTimeout(timer); e.connected = true; });
-    session.on('remoteSettings', (st) => {
-      e.settled = true;
-      if (st.maxConcurrentStreams !== undefined) knownMax.set(up.key, Math.min(st.maxConcurrentStreams, 1 << 20));
-      this.serveWaiters(e.up.group);
-    });
-    session.on('error', (err: Error) => this.log.debug({ upstream: up.key, err: err.message }, 'upstream h2 session error'));
-    session.on('goaway', () => this.retire(e));
-    session.on('close', () => { clearTimeout(timer); this.retire(e); });
     return e;
   }
 
-  /** a session takes no new streams (goaway, closed); its slot frees when it is closed */
-  private retire(e: SessionEntry): void {
+  /** a session takes no new streams (going away, closed, idle); its connection slot is given back */
+  retire(e: UpstreamSession): void {
+    if (e.retired) return;
+    e.retired = true;
     const list = this.sessions.get(e.up.key);
     if (list !== undefined) {
       const i = list.indexOf(e);
       if (i >= 0) list.splice(i, 1);
       if (list.length === 0) this.sessions.delete(e.up.key);
     }
-    if (!e.closed) {
-      e.closed = true;
-      if (!e.session.closed && !e.session.destroyed) e.session.close(); // in-flight streams finish
-      e.up.group.connectionClosed();
-      this.serveWaiters(e.up.group);
-    }
+    // (undefined while its constructor runs: a transport that failed at once)
+    const s = e.session as H2Session | undefined;
+    if (s !== undefined && !s.closed) s.goaway(); // the streams in flight finish, then the transport closes
+    e.up.group.connectionClosed();
+    this.serveWaiters(e.up.group);
   }
 
-  streamStarted(e: SessionEntry): void {
+  streamStarted(e: UpstreamSession): void {
     e.active++;
   }
 
-  streamEnded(e: SessionEntry): void {
+  streamEnded(e: UpstreamSession): void {
     e.active--;
     if (e.active === 0) e.idleSince = performance.now();
     this.serveWaiters(e.up.group);
   }
 
-  private serveWaiters(group: UpstreamGroup): void {
+  /** hand free slots (or new sessions) to the requests waiting in group's queue, in order */
+  serveWaiters(group: UpstreamGroup): void {
     const q = this.queues.get(group);
     if (q === undefined || this.closing) return;
     while (q.length > 0) {
@@ -139,9 +237,9 @@ export class H2Pool {
       if (e === null) break;
       q.shift();
       group.pendingDone();
-      w.cb(e);
+      w.w.sessionReady(e);
     }
-    if (q.length === 0) this.queues.delete(group);
+    if (q.length === 0 && this.queues.get(group) === q) this.queues.delete(group);
   }
 
   private sweep(): void {
@@ -161,80 +259,154 @@ export class H2Pool {
     this.closing = true;
     clearInterval(this.sweeper);
     for (const list of [...this.sessions.values()]) for (const e of [...list]) { this.retire(e); e.session.destroy(); }
-    for (const [group, q] of this.queues) for (const w of q) { group.pendingDone(); w.cb(null); }
+    for (const [group, q] of this.queues) for (const w of q) { group.pendingDone(); w.w.sessionReady(null); }
     this.queues.clear();
   }
 }
 
-/** the last SETTINGS_MAX_CONCURRENT_STREAMS each backend sent: a new session assumes it until its own arrive */
-const knownMax = new Map<string, number>();
-
-function maxStreams(e: SessionEntry): number {
-  if (e.settled) return e.session.remoteSettings.maxConcurrentStreams ?? DEFAULT_MAX_STREAMS;
-  return knownMax.get(e.up.key) ?? DEFAULT_MAX_STREAMS;
-}
-
 // ---- downstream ----
 
-/** The h2 server the accepted connections are handed to after the preface was sniffed. */
-export function createH2Server(ctx: EngineContext, infoOf: (s: Http2Session) => ConnInfo | undefined): Http2Server {
-  const server = createServer({
-    maxSessionMemory: 64,
-    settings: { maxConcurrentStreams: 1000, maxHeaderListSize: ctx.maxHeaderBytes },
-    maxHeaderListPairs: 512,
-  });
-  server.on('session', (session: Http2Session) => {
-    ctx.stats.connectionsH2++;
-    session.on('error', (e: Error) => ctx.log.debug({ err: e.message }, 'downstream h2 session error'));
-  });
-  server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number) => {
-    const info = infoOf(stream.session!);
-    if (info === undefined) { stream.close(NGHTTP2_INTERNAL_ERROR); return; }
-    ctx.stats.requests++;
-    const x = new H2Exchange(ctx, info, stream, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0);
-    try { x.start(); } catch (e) { x.fatal(e); }
-  });
-  server.on('sessionError', (e: Error) => ctx.log.debug({ err: e.message }, 'downstream h2 session error'));
-  return server;
+/**
+ * A client connection that sent the HTTP/2 preface: one server-role session on it from now on. first: the
+ * bytes the sniffer already read, from the preface on.
+ */
+export function acceptH2(ctx: EngineContext, conn: Conn, info: ConnInfo, first: Buffer): void {
+  ctx.stats.connectionsH2++;
+  info.streams = 0;
+  new ClientSession(ctx, conn, info, first);
 }
 
-/** one request stream: the same exchange loop as HTTP/1.1 (see http1.ts), on h2 streams */
-class H2Exchange {
+/** The session of one client connection; its options object too (onStream: a new exchange). */
+class ClientSession implements H2SessionOptions {
+  readonly role = 'server' as const;
+  readonly settings: Partial<H2Settings>;
+  readonly session: H2Session;
+
+  constructor(private readonly ctx: EngineContext, private readonly conn: Conn, private readonly info: ConnInfo, first: Buffer) {
+    this.settings = { maxConcurrentStreams: 1000, maxHeaderListSize: ctx.maxHeaderBytes };
+    // idle: no stream open for clientIdleTimeoutMs (a quiet long-lived gRPC stream is not idle). The transport's
+    // timer measures quiet time; it is looked at again, not acted on, while a stream is open.
+    conn.removeAllListeners('timeout'); // the sniffer's
+    conn.on('timeout', () => this.idle());
+    conn.setTimeout(ctx.clientIdleTimeoutMs);
+    this.session = new H2Session(conn, this, first);
+  }
+
+  private idle(): void {
+    if (this.session.closed) return;
+    if (this.session.activeStreams === 0 && this.info.streams === 0) this.session.goaway(H2_ERROR.NO_ERROR);
+    else this.conn.setTimeout(this.ctx.clientIdleTimeoutMs);
+  }
+
+  onStream(stream: H2Stream, headers: HeaderList, endStream: boolean, tooLarge: boolean): void {
+    this.ctx.stats.requests++;
+    const x = new H2Exchange(this.ctx, this.info, stream, endStream);
+    stream.handler = x;
+    try { x.start(headers, tooLarge); } catch (e) { x.fatal(e); }
+  }
+
+  onClose(err?: Error): void {
+    // (the transport's timer is the session's from now on: it lingers for the peer's close)
+    if (err !== undefined) this.ctx.log.debug({ err: err.message, peer: `${this.info.address}:${this.info.port}` }, 'downstream h2 session error');
+  }
+}
+
+/**
+ * Transition only, for a server.ts that still hands sockets to a node:http2 server (it should call acceptH2):
+ * stands in for that server. Its 'session' event carries a token the caller maps to the ConnInfo.
+ */
+export function createH2Server(ctx: EngineContext, infoOf: (s: Http2Session) => ConnInfo | undefined): Http2Server {
+  const server = new EventEmitter();
+  server.on('connection', (socket: Socket) => {
+    const token = new EventEmitter() as EventEmitter & { setTimeout(ms: number): unknown };
+    token.setTimeout = () => token;
+    server.emit('session', token);
+    const info = infoOf(token as unknown as Http2Session);
+    if (info === undefined) { socket.destroy(); return; }
+    // the sniffed bytes were put back into the paused socket
+    const first = (socket.read() as Buffer | null) ?? Buffer.alloc(0);
+    acceptH2(ctx, socket, info, first);
+    socket.resume();
+  });
+  return Object.assign(server, { close: () => server }) as unknown as Http2Server;
+}
+
+const HEAD_TOO_LARGE: LocalReply = Object.freeze({
+  status: 431, headers: Object.freeze({}) as Headers, body: 'request header section too large\n',
+});
+
+/** The upstream stream of one attempt: relays what the stream says to its exchange (one object per attempt). */
+class UpLeg implements H2StreamHandler {
+  us: H2Stream | null = null;
+  /** our side of the stream ended (END_STREAM or trailers sent) */
+  sentEnd = false;
+  /** the pool was told the stream ended */
+  ended = false;
+  /** response bytes passed on to the client but not yet counted back to the upstream (the client is slow) */
+  owed = 0;
+  constructor(readonly x: H2Exchange, readonly entry: UpstreamSession) {}
+  onHeaders(headers: HeaderList, endStream: boolean): void {
+    try { this.x.upHead(this, headers, endStream); } catch (e) { this.x.fatal(e); }
+  }
+  onData(data: Buffer, endStream: boolean): void {
+    try { this.x.upData(this, data, endStream); } catch (e) { this.x.fatal(e); }
+  }
+  onTrailers(headers: HeaderList): void {
+    try { this.x.upTrailers(this, headers); } catch (e) { this.x.fatal(e); }
+  }
+  onReset(code: number): void {
+    try { this.x.upReset(this, code); } catch (e) { this.x.fatal(e); }
+  }
+  onWritable(): void {
+    try { this.x.upWritable(this); } catch (e) { this.x.fatal(e); }
+  }
+}
+
+/**
+ * One request stream: the same exchange loop as HTTP/1.1 (see http1.ts), on h2 streams. It is the handler of
+ * the client's stream (request body, trailers, reset, writable) and the pool waiter of its attempts.
+ */
+class H2Exchange implements H2StreamHandler, H2PoolWaiter {
   private ex: Exchange | null = null;
   private head: RequestHead | null = null;
   private n = 0;
   private attempt: Attempt | null = null;
-  private us: ClientHttp2Stream | null = null;
-  private entry: SessionEntry | null = null;
+  private leg: UpLeg | null = null;
   private waitingGroup: UpstreamGroup | null = null;
-  private upHeaders: OutgoingHttpHeaders = {};
+  private upHeaders: HeaderList = [];
+  private isGrpc = false;
+  private isHead = false;
+  private plainResponse = true;
+  // the request body: kept whole while it may be replayed (within bufferLimitBytes), else only what is unsent
   private body: Buffer[] = [];
   private bodyBytes = 0;
   private unsent = 0;
   private bodyDone: boolean;
+  private reqTrailers: HeaderList | null = null;
   private replayable = true;
+  /** client bytes read and not yet counted back to its stream (held while the upstream cannot take more) */
+  private dsOwed = 0;
+  /** the upstream stream asked us to wait (sendData false) */
+  private usBlocked = false;
+  /** the client's stream asked us to wait */
+  private dsBlocked = false;
+  // the response
   private resStarted = false;
+  private headSent = false;
   private resStatus = 0;
   private grpcStatus: number | undefined;
-  private trailers: IncomingHttpHeaders | null = null;
   private done = false;
+  /** counted in info.streams */
+  private counted = false;
   private tryTimer: NodeJS.Timeout | null = null;
   private routeTimer: NodeJS.Timeout | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
-  private staleRedispatch = 0;
-  private readonly onSession = (e: SessionEntry | null): void => {
-    this.waitingGroup = null;
-    try {
-      if (e === null) this.attemptFailed({ kind: 'connect-failure' });
-      else this.send(e);
-    } catch (err) { this.fatal(err); }
-  };
+  private redispatched = 0;
 
   constructor(
     private readonly ctx: EngineContext,
     private readonly info: ConnInfo,
-    private readonly ds: ServerHttp2Stream,
-    private readonly reqHeaders: IncomingHttpHeaders,
+    private readonly ds: H2Stream,
     endStream: boolean,
   ) {
     this.bodyDone = endStream;
@@ -246,42 +418,68 @@ class H2Exchange {
     const wasDone = this.done;
     this.done = true;
     this.clearTimers();
-    if (this.us !== null) { const us = this.us; this.us = null; if (!us.closed) us.close(NGHTTP2_CANCEL); }
-    if (!this.ds.destroyed && !this.ds.closed) this.ds.close(NGHTTP2_INTERNAL_ERROR);
-    const ex = this.ex;
+    this.uncount();
+    try {
+      this.dropLeg(H2_ERROR.CANCEL);
+      if (this.waitingGroup !== null) { this.ctx.h2pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
+      if (!this.ds.closed) this.ds.reset(H2_ERROR.INTERNAL_ERROR);
+    } catch { /* already broken */ }
+    const ex = this.ex, a = this.attempt;
     this.ex = null;
     this.attempt = null;
-    if (ex !== null && !wasDone) { try { ex.end(0); } catch { /* already broken */ } }
+    if (!wasDone) {
+      try { a?.finish({ kind: 'cancelled' }); ex?.end(0); } catch { /* already broken */ }
+    }
   }
 
-  start(): void {
-    const ds = this.ds;
-    const h = this.reqHeaders;
-    ds.on('error', () => { /* 'close' follows */ });
+  start(h: HeaderList, tooLarge: boolean): void {
     this.info.streams = (this.info.streams ?? 0) + 1;
-    ds.on('close', () => {
-      this.info.streams!--;
-      try { this.clientClosed(); } catch (e) { this.fatal(e); }
-    });
-    if (this.info.dst === null) { this.localReply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }, false); return; }
-    const method = String(h[':method'] ?? 'GET');
-    if (method === 'CONNECT') { this.localReply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }, false); return; }
+    this.counted = true;
+    if (tooLarge) { this.ctx.stats.badRequests++; this.localReply(HEAD_TOO_LARGE); return; }
+    // one pass: the policy's Headers record and the upstream head (pseudo-header slots first, filled below)
+    let method = '', path = '', authority = '', scheme = '', host = '', ct = '', bad = '';
+    let extendedConnect = false, teTrailers = false;
     const headers = Object.create(null) as Headers;
-    for (const name in h) {
-      if (name.charCodeAt(0) === 58 /* : */ || name === 'host' || name === 'connection' || name === 'keep-alive') continue;
-      const v = h[name];
-      if (v !== undefined) headers[name] = v;
+    let up: HeaderList = [':method', '', ':scheme', '', ':authority', '', ':path', ''];
+    for (let i = 0; i < h.length; i += 2) {
+      const name = h[i]!, value = h[i + 1]!;
+      if (name.charCodeAt(0) === 58 /* : */) {
+        switch (name) {
+          case ':method': method = value; break;
+          case ':path': path = value; break;
+          case ':authority': authority = value; break;
+          case ':scheme': scheme = value; break;
+          case ':protocol': extendedConnect = true; break;
+          default: bad = `unknown pseudo-header ${name}`;
+        }
+        continue;
+      }
+      switch (name) {
+        case 'host': host = value; continue;
+        case 'connection': case 'keep-alive': case 'proxy-connection': case 'transfer-encoding': case 'upgrade': continue;
+        // only "trailers" may be said in h2; it goes on to the upstream (gRPC servers ask for it)
+        case 'te': if (value === 'trailers') { teTrailers = true; up.push(name, value); } continue;
+        case 'content-type': ct = value; break;
+      }
+      const prev = headers[name];
+      if (prev === undefined) headers[name] = value;
+      else if (typeof prev === 'string') headers[name] = [prev, value];
+      else prev.push(value);
+      up.push(name, value);
     }
-    const ct = headers['content-type'];
-    const head: RequestHead = {
-      method,
-      path: String(h[':path'] ?? '/'),
-      authority: String(h[':authority'] ?? h.host ?? ''),
-      headers,
-      protocol: 'h2',
-      grpc: typeof ct === 'string' && ct.startsWith('application/grpc'),
-      hasBody: !this.bodyDone,
-    };
+    this.isGrpc = ct.startsWith('application/grpc');
+    this.isHead = method === 'HEAD';
+    if (this.info.dst === null) { this.localReply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }); return; }
+    if (method === 'CONNECT' || extendedConnect) { this.localReply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }); return; }
+    if (bad === '' && method === '') bad = 'no :method';
+    if (bad === '' && path === '') bad = 'no :path';
+    if (bad !== '') {
+      this.ctx.stats.badRequests++;
+      this.localReply({ status: 400, headers: {}, body: `bad request: ${bad}\n` });
+      return;
+    }
+    if (authority === '') authority = host;
+    const head: RequestHead = { method, path, authority, headers, protocol: 'h2', grpc: this.isGrpc, hasBody: !this.bodyDone };
     this.head = head;
     let r: Exchange | LocalReply;
     try {
@@ -291,116 +489,197 @@ class H2Exchange {
       this.ctx.log.error({ err: e }, 'policy.begin failed');
       r = { status: 500, headers: {}, body: 'internal error\n' };
     }
-    if ('status' in r) { this.localReply(r, false); return; }
+    if ('status' in r) { this.localReply(r); return; }
     this.ex = r;
-    if (!emptyRewrite(r.requestHeaders)) rewriteHeaders(headers, r.requestHeaders);
-    const up: OutgoingHttpHeaders = { ':method': method, ':path': head.path, ':authority': head.authority, ':scheme': String(h[':scheme'] ?? 'http') };
-    for (const name in headers) up[name] = headers[name];
-    this.upHeaders = up;
-    if (!this.bodyDone) {
-      ds.on('data', (d: Buffer) => { try { this.onBody(d); } catch (e) { this.fatal(e); } });
-      ds.on('end', () => { try { this.onBodyEnd(); } catch (e) { this.fatal(e); } });
+    this.plainResponse = emptyRewrite(r.responseHeaders);
+    if (!emptyRewrite(r.requestHeaders)) {
+      // rare: the list is made again from the rewritten record
+      rewriteHeaders(headers, r.requestHeaders);
+      up = [':method', '', ':scheme', '', ':authority', '', ':path', ''];
+      if (teTrailers) up.push('te', 'trailers');
+      for (const name in headers) {
+        const v = headers[name]!;
+        if (typeof v === 'string') up.push(name, v);
+        else for (let i = 0; i < v.length; i++) up.push(name, v[i]!);
+      }
     }
-    if (r.timeoutMs > 0) this.routeTimer = setTimeout(() => { this.routeTimer = null; try { this.routeTimedOut(); } catch (e) { this.fatal(e); } }, r.timeoutMs);
+    up[1] = method;
+    up[3] = scheme === '' ? 'http' : scheme;
+    up[7] = path;
+    if (authority !== '') up[5] = authority;
+    else up.splice(4, 2); // none to forward (RFC 9113 8.3.1: not made up)
+    this.upHeaders = up;
+    if (r.timeoutMs > 0) this.routeTimer = setTimeout(H2Exchange.routeTimeout, r.timeoutMs, this);
     this.nextAttempt();
   }
 
-  private nextAttempt(): void {
-    const ex = this.ex;
-    if (ex === null || this.done) return;
-    const a = ex.attempt(++this.n);
-    if ('status' in a) { this.localReply(a, true); return; }
-    this.attempt = a;
-    if (ex.perTryTimeoutMs > 0) this.tryTimer = setTimeout(() => { this.tryTimer = null; try { this.attemptFailed({ kind: 'timeout' }); } catch (e) { this.fatal(e); } }, ex.perTryTimeoutMs);
-    this.acquire();
-  }
+  // ---- the client's stream (H2StreamHandler) ----
 
-  private acquire(): void {
-    const up = this.attempt!.upstream;
-    const got = this.ctx.h2pool.acquire(up, this.onSession);
-    if (got === 'pending') this.waitingGroup = up.group;
-    else if (got === 'overflow') this.attemptFailed({ kind: 'overflow', limit: 'max-pending-requests' });
-    else this.send(got);
-  }
+  onHeaders(): void { /* server role: the request head came with onStream */ }
 
-  /** the request goes out on session e */
-  private send(e: SessionEntry): void {
-    if (this.attempt === null || this.done) return;
-    let us: ClientHttp2Stream;
+  onData(d: Buffer, endStream: boolean): void {
     try {
-      us = e.session.request(this.upHeaders, this.bodyDone && this.body.length === 0 ? REQ_END : REQ_OPEN);
-    } catch (err) {
-      this.ctx.log.debug({ upstream: e.up.key, err: (err as Error).message }, 'h2 request failed');
-      this.attemptFailed({ kind: e.connected ? 'reset' : 'connect-failure' });
-      return;
-    }
-    this.us = us;
-    this.entry = e;
-    const pool = this.ctx.h2pool;
-    pool.streamStarted(e);
-    let ended = false;
-    const streamEnded = (): void => { if (!ended) { ended = true; pool.streamEnded(e); } };
-    us.on('response', (headers: IncomingHttpHeaders, flags: number) => { try { this.onResponse(us, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0); } catch (err) { this.fatal(err); } });
-    us.on('trailers', (t: IncomingHttpHeaders) => { if (us === this.us) this.trailers = t; });
-    us.on('data', (d: Buffer) => { if (us === this.us && this.resStarted && !this.ds.write(d)) this.pauseUpstream(us); });
-    us.on('error', () => { /* 'close' follows */ });
-    // (completion is decided on 'close': a stream that ended without RST_STREAM)
-    us.on('close', () => { streamEnded(); try { if (us === this.us) this.upClosed(us, e); } catch (err) { this.fatal(err); } });
-    for (const chunk of this.body) us.write(chunk);
-    this.unsent = 0;
-    if (!this.replayable) this.body.length = 0;
-    if (this.bodyDone && !us.writableEnded) us.end();
-    if (this.ds.isPaused()) this.ds.resume();
+      if (d.length > 0) this.onBody(d);
+      if (endStream) this.onBodyEnd();
+    } catch (e) { this.fatal(e); }
   }
 
-  // Backpressure listeners are attached only when a write first says "full" (most exchanges never do).
-  private drainDs = false;
-  private drainUs: ClientHttp2Stream | null = null;
+  onTrailers(headers: HeaderList): void {
+    try {
+      this.reqTrailers = filterFields(headers);
+      this.onBodyEnd();
+    } catch (e) { this.fatal(e); }
+  }
 
-  private pauseUpstream(us: ClientHttp2Stream): void {
-    us.pause();
-    if (!this.drainDs) {
-      this.drainDs = true;
-      this.ds.on('drain', () => { if (this.us !== null) this.us.resume(); });
+  onReset(): void {
+    try { this.clientClosed(); } catch (e) { this.fatal(e); }
+  }
+
+  /** the client reads again: what the upstream sent meanwhile is counted back to it */
+  onWritable(): void {
+    this.dsBlocked = false;
+    const leg = this.leg;
+    if (leg !== null && leg.owed > 0 && leg.us !== null && !leg.us.closed) {
+      const n = leg.owed;
+      leg.owed = 0;
+      leg.us.consumed(n);
     }
   }
 
-  private pauseClient(us: ClientHttp2Stream): void {
-    this.ds.pause();
-    if (this.drainUs !== us) {
-      this.drainUs = us;
-      us.on('drain', () => { if (us === this.us && !this.ds.destroyed) this.ds.resume(); });
-    }
-  }
+  // ---- the request body ----
 
   private onBody(d: Buffer): void {
-    if (this.ex === null) return;
+    const ex = this.ex;
+    if (ex === null || this.done) { if (!this.ds.closed) this.ds.consumed(d.length); return; } // not wanted
     this.bodyBytes += d.length;
-    if (this.replayable && this.bodyBytes > this.ex.bufferLimitBytes) {
+    if (this.replayable && this.bodyBytes > ex.bufferLimitBytes) {
       this.replayable = false;
-      if (this.us !== null) this.body.length = 0; // all of it was sent
+      if (this.leg !== null) this.body.length = 0; // all of it was sent
     }
-    const us = this.us;
-    if (us !== null) {
+    const leg = this.leg;
+    if (leg !== null && leg.us !== null) {
       if (this.replayable) this.body.push(d);
-      if (!us.write(d)) this.pauseClient(us);
+      if (!leg.us.sendData(d, false)) this.usBlocked = true;
+      if (this.usBlocked) this.dsOwed += d.length;
+      else this.ds.consumed(d.length);
     } else {
       this.body.push(d);
       this.unsent += d.length;
-      if (this.unsent > MAX_UNSENT) this.ds.pause();
+      if (this.unsent <= MAX_UNSENT) this.ds.consumed(d.length);
+      else this.dsOwed += d.length;
     }
   }
 
   private onBodyEnd(): void {
     this.bodyDone = true;
-    if (this.us !== null && !this.us.writableEnded) this.us.end();
+    const leg = this.leg;
+    if (leg !== null && leg.us !== null && !leg.sentEnd) this.endRequest(leg, leg.us);
   }
 
-  private onResponse(us: ClientHttp2Stream, headers: IncomingHttpHeaders, endStream: boolean): void {
-    if (us !== this.us || this.attempt === null) return;
+  private endRequest(leg: UpLeg, us: H2Stream): void {
+    leg.sentEnd = true;
+    if (this.reqTrailers !== null) us.sendTrailers(this.reqTrailers);
+    else us.end();
+  }
+
+  /** count back what the client sent and we held */
+  private releaseDs(): void {
+    if (this.dsOwed === 0) return;
+    const n = this.dsOwed;
+    this.dsOwed = 0;
+    if (!this.ds.closed) this.ds.consumed(n);
+  }
+
+  // ---- the exchange loop ----
+
+  private nextAttempt(): void {
+    const ex = this.ex;
+    if (ex === null || this.done) return;
+    const a = ex.attempt(++this.n);
+    if ('status' in a) { this.localReply(a); return; }
+    this.attempt = a;
+    this.redispatched = 0;
+    if (ex.perTryTimeoutMs > 0) this.tryTimer = setTimeout(H2Exchange.tryTimeout, ex.perTryTimeoutMs, this);
+    this.acquire();
+  }
+
+  private acquire(): void {
+    const up = this.attempt!.upstream;
+    const got = this.ctx.h2pool.acquire(up, this);
+    if (got === 'pending') this.waitingGroup = up.group;
+    else if (got === 'overflow') this.attemptFailed({ kind: 'overflow', limit: 'max-pending-requests' });
+    else this.send(got);
+  }
+
+  sessionReady(e: UpstreamSession | null): void {
+    this.waitingGroup = null;
+    try {
+      if (e === null) this.attemptFailed({ kind: 'connect-failure' });
+      else this.send(e);
+    } catch (err) { this.fatal(err); }
+  }
+
+  /** the request goes out on session e */
+  private send(e: UpstreamSession): void {
+    if (this.attempt === null || this.done) return;
+    const body = this.body;
+    const endNow = this.bodyDone && body.length === 0 && this.reqTrailers === null;
+    const leg = new UpLeg(this, e);
+    // current before the stream exists: whatever the session says from inside request() is heard
+    this.leg = leg;
+    this.usBlocked = false;
+    this.ctx.h2pool.streamStarted(e);
+    let us: H2Stream;
+    try {
+      us = e.session.request(this.upHeaders, endNow, leg);
+    } catch (err) {
+      this.ctx.log.debug({ upstream: e.up.key, err: (err as Error).message }, 'h2 request failed');
+      if (this.leg === leg) {
+        this.leg = null;
+        leg.ended = true;
+        this.ctx.h2pool.streamEnded(e);
+        this.attemptFailed({ kind: e.connected ? 'reset' : 'connect-failure' });
+      }
+      return;
+    }
+    if (this.leg !== leg) return; // reset at once (and handled)
+    leg.us = us;
+    leg.sentEnd = endNow;
+    for (let i = 0, last = body.length - 1; i <= last; i++) {
+      const fin = i === last && this.bodyDone && this.reqTrailers === null;
+      if (!us.sendData(body[i]!, fin)) this.usBlocked = true;
+      if (fin) leg.sentEnd = true;
+    }
+    if (this.bodyDone && !leg.sentEnd) this.endRequest(leg, us);
+    this.unsent = 0;
+    if (!this.replayable) body.length = 0;
+    if (!this.usBlocked) this.releaseDs();
+  }
+
+  /** the upstream can take more of the request body */
+  upWritable(leg: UpLeg): void {
+    if (leg !== this.leg) return;
+    this.usBlocked = false;
+    this.releaseDs();
+  }
+
+  upHead(leg: UpLeg, h: HeaderList, endStream: boolean): void {
+    if (leg !== this.leg || this.attempt === null) return;
+    let statusText = '', gs: string | undefined;
+    for (let i = 0; i < h.length; i += 2) {
+      const name = h[i]!;
+      if (name === ':status') statusText = h[i + 1]!;
+      else if (name === 'grpc-status') gs = h[i + 1]!;
+    }
+    const status = Number(statusText);
+    if (status >= 100 && status < 200 && !endStream) return; // informational: not passed on
+    if (!(status >= 200 && status <= 999)) {
+      this.ctx.log.debug({ upstream: leg.entry.up.key, status: statusText }, 'upstream h2 response without a valid :status');
+      this.dropLeg(H2_ERROR.PROTOCOL_ERROR);
+      this.attemptFailed({ kind: 'reset' });
+      return;
+    }
     if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
-    const status = Number(headers[':status']);
-    const gs = headers['grpc-status'];
     const grpcStatus = gs === undefined ? undefined : Number(gs);
     const outcome: Outcome = grpcStatus === undefined ? { kind: 'response', status } : { kind: 'response', status, grpcStatus };
     const a = this.attempt;
@@ -408,90 +687,121 @@ class H2Exchange {
     a.finish(outcome);
     const delay = this.ex!.retryDelay(this.n, outcome, this.replayable);
     if (delay !== null && (this.replayable || !this.head!.hasBody)) {
-      this.us = null;
-      us.close(NGHTTP2_CANCEL);
+      this.dropLeg(H2_ERROR.CANCEL);
       this.scheduleRetry(delay);
       return;
     }
     this.grpcStatus = grpcStatus;
     this.resStarted = true;
     this.resStatus = status;
-    const out: OutgoingHttpHeaders = { ':status': status };
+    const ds = this.ds;
+    if (ds.closed) { this.clientClosed(); return; }
+    const out: HeaderList = [':status', statusText];
     const rw = this.ex!.responseHeaders;
-    const plain = emptyRewrite(rw);
-    for (const name in headers) {
-      if (name.charCodeAt(0) === 58) continue;
+    const plain = this.plainResponse;
+    for (let i = 0; i < h.length; i += 2) {
+      const name = h[i]!;
+      if (name.charCodeAt(0) === 58 || connectionSpecific(name)) continue;
       if (!plain && (rw.remove.includes(name) || rw.set[name] !== undefined)) continue;
-      out[name] = headers[name];
+      out.push(name, h[i + 1]!);
     }
-    if (!plain) for (const name in rw.set) out[name] = rw.set[name];
-    const ds = this.ds;
-    if (ds.destroyed || ds.closed) return;
-    try {
-      if (endStream) {
-        // trailers-only (gRPC errors) or an empty response: one HEADERS frame with END_STREAM
-        ds.respond(out, { endStream: true });
-        this.us = null;
-        this.finishExchange();
-      } else {
-        // Always waitForTrailers, even for clients that will get none (sendTrailers({}) is an empty DATA
-        // frame with END_STREAM): without it, node's stream.close(code) ends the stream cleanly before its
-        // RST_STREAM, and a client whose upstream died mid-response would take a cut body for a whole one.
-        ds.respond(out, { waitForTrailers: true });
-        ds.once('wantTrailers', () => this.sendTrailers());
-      }
-    } catch (err) {
-      this.ctx.log.debug({ err: (err as Error).message }, 'h2 respond failed');
-      this.abortClient();
+    if (!plain) for (const name in rw.set) out.push(name, rw.set[name]!);
+    this.headSent = true;
+    // endStream: trailers-only (gRPC errors) or an empty response, passed on as one HEADERS frame with END_STREAM
+    ds.sendHeaders(out, endStream);
+    if (endStream) {
+      this.legDone(leg);
+      this.finishExchange();
     }
   }
 
-  private sendTrailers(): void {
-    const t = this.trailers;
-    const out: OutgoingHttpHeaders = {};
-    if (t !== null) {
-      for (const name in t) if (name.charCodeAt(0) !== 58) out[name] = t[name];
-      const gs = t['grpc-status'];
-      if (gs !== undefined) this.grpcStatus = Number(gs);
+  upData(leg: UpLeg, d: Buffer, endStream: boolean): void {
+    if (leg !== this.leg || !this.headSent || this.done) {
+      if (leg.us !== null && !leg.us.closed) leg.us.consumed(d.length);
+      return;
     }
-    try {
-      this.ds.sendTrailers(out);
-    } catch { /* stream gone */ }
+    const ok = this.ds.sendData(d, endStream);
+    if (endStream) {
+      this.legDone(leg);
+      this.finishExchange();
+      return;
+    }
+    if (!ok) this.dsBlocked = true;
+    if (this.dsBlocked) leg.owed += d.length;
+    else leg.us!.consumed(d.length);
   }
 
-  private onResponseEnd(): void {
-    if (!this.resStarted) return;
-    const ds = this.ds;
-    const gs = this.trailers?.['grpc-status'];
-    if (gs !== undefined) this.grpcStatus = Number(gs);
-    if (!ds.destroyed && !ds.writableEnded) ds.end(); // -> wantTrailers -> the upstream's trailers
-    this.us = null;
+  upTrailers(leg: UpLeg, h: HeaderList): void {
+    if (leg !== this.leg || !this.headSent || this.done) return;
+    const out = filterFields(h);
+    for (let i = 0; i < out.length; i += 2) if (out[i] === 'grpc-status') this.grpcStatus = Number(out[i + 1]);
+    if (out.length > 0) this.ds.sendTrailers(out);
+    else this.ds.end();
+    this.legDone(leg);
     this.finishExchange();
   }
 
-  /** the upstream stream closed: the response is complete, or it failed */
-  private upClosed(us: ClientHttp2Stream, e: SessionEntry): void {
+  /** the upstream stream ended abnormally (its RST_STREAM, the session died, GOAWAY) */
+  upReset(leg: UpLeg, code: number): void {
+    if (leg !== this.leg) return;
+    this.leg = null;
+    if (!leg.ended) { leg.ended = true; this.ctx.h2pool.streamEnded(leg.entry); }
     if (this.resStarted) {
-      if (us.rstCode === constants.NGHTTP2_NO_ERROR && us.readableEnded) this.onResponseEnd();
-      else {
-        this.ctx.log.debug({ upstream: e.up.key, rstCode: us.rstCode }, 'upstream h2 stream failed mid-response; client stream reset');
-        this.us = null;
+      if (!this.done) {
+        this.ctx.log.debug({ upstream: leg.entry.up.key, code }, 'upstream h2 stream failed mid-response; client stream reset');
         this.abortClient();
       }
       return;
     }
-    this.us = null;
     if (this.attempt === null) return;
-    this.ctx.log.debug({ upstream: e.up.key, rstCode: us.rstCode, active: e.active, max: maxStreams(e) }, 'upstream h2 stream closed before the response head');
+    const e = leg.entry;
+    this.ctx.log.debug({ upstream: e.up.key, code, active: e.active, max: e.capacity }, 'upstream h2 stream closed before the response head');
     if (!e.connected) { this.attemptFailed({ kind: 'connect-failure' }); return; }
-    // REFUSED_STREAM (a session going away) guarantees the application never saw the request: send it again.
-    // (A burst on a new session, before the peer's SETTINGS told its limit, can be refused in part.)
-    if (us.rstCode === NGHTTP2_REFUSED_STREAM && this.replayable && this.staleRedispatch++ < 5) { this.acquire(); return; }
+    // REFUSED_STREAM (also: above a GOAWAY's last stream id) guarantees the application never saw the request:
+    // it goes again on another session, as the same attempt. (A burst on a new session, before the peer's
+    // SETTINGS told its limit, can be refused in part.)
+    if (code === H2_ERROR.REFUSED_STREAM && this.replayable && this.redispatched++ < MAX_REDISPATCH) { this.acquire(); return; }
     this.attemptFailed({ kind: 'reset' });
   }
 
+  /** the upstream's response is complete: its stream is given back */
+  private legDone(leg: UpLeg): void {
+    if (this.leg === leg) this.leg = null;
+    if (leg.ended) return;
+    leg.ended = true;
+    // the rest of the request is not wanted any more
+    if (!leg.sentEnd && leg.us !== null && !leg.us.closed) leg.us.reset(H2_ERROR.CANCEL);
+    this.ctx.h2pool.streamEnded(leg.entry);
+  }
+
+  /** the attempt's stream is abandoned (retry, timeout, client gone) */
+  private dropLeg(code: number): void {
+    const leg = this.leg;
+    if (leg === null) return;
+    this.leg = null;
+    if (leg.ended) return;
+    leg.ended = true;
+    if (leg.us !== null && !leg.us.closed) leg.us.reset(code);
+    this.ctx.h2pool.streamEnded(leg.entry);
+  }
+
+  private static tryTimeout(x: H2Exchange): void {
+    x.tryTimer = null;
+    try { x.attemptFailed({ kind: 'timeout', requestComplete: x.bodyDone }); } catch (e) { x.fatal(e); }
+  }
+
+  private static routeTimeout(x: H2Exchange): void {
+    x.routeTimer = null;
+    try { x.routeTimedOut(); } catch (e) { x.fatal(e); }
+  }
+
+  private static retryNow(x: H2Exchange): void {
+    x.retryTimer = null;
+    try { x.nextAttempt(); } catch (e) { x.fatal(e); }
+  }
+
   private scheduleRetry(delay: number): void {
-    if (delay > 0) this.retryTimer = setTimeout(() => { this.retryTimer = null; try { this.nextAttempt(); } catch (e) { this.fatal(e); } }, delay);
+    if (delay > 0) this.retryTimer = setTimeout(H2Exchange.retryNow, delay, this);
     else this.nextAttempt();
   }
 
@@ -499,47 +809,48 @@ class H2Exchange {
     if (this.attempt === null || this.ex === null) return;
     this.abortAttempt(o);
     const delay = this.ex.retryDelay(this.n, o, this.replayable);
-    if (delay === null || (!this.replayable && this.head!.hasBody)) this.localReply(failureReply(o), true);
+    if (delay === null || (!this.replayable && this.head!.hasBody)) this.localReply(failureReply(o));
     else this.scheduleRetry(delay);
   }
 
   private abortAttempt(o: Outcome): void {
     if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
     if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
-    if (this.waitingGroup !== null) { this.ctx.h2pool.cancel(this.onSession, this.waitingGroup); this.waitingGroup = null; }
-    if (this.us !== null) { const us = this.us; this.us = null; if (!us.closed) us.close(NGHTTP2_CANCEL); }
+    if (this.waitingGroup !== null) { this.ctx.h2pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
+    this.dropLeg(H2_ERROR.CANCEL);
     const a = this.attempt;
     if (a !== null) { this.attempt = null; a.finish(o); }
   }
 
   private routeTimedOut(): void {
     if (this.ex === null || this.done) return;
-    if (this.resStarted) { this.abortClient(); return; }
-    this.abortAttempt({ kind: 'timeout' });
-    this.localReply(ROUTE_TIMEOUT_REPLY, true);
+    if (this.resStarted) { this.dropLeg(H2_ERROR.CANCEL); this.abortClient(); return; }
+    this.abortAttempt({ kind: 'timeout', requestComplete: this.bodyDone });
+    this.localReply(ROUTE_TIMEOUT_REPLY);
   }
 
   /** an answer made here; gRPC clients get a trailers-only response with a grpc-status they understand */
-  private localReply(r: LocalReply, _fromExchange: boolean): void {
+  private localReply(r: LocalReply): void {
     const ds = this.ds;
     this.resStarted = true;
     this.resStatus = r.status;
-    if (!ds.destroyed && !ds.closed && !ds.headersSent) {
-      try {
-        const ct = this.reqHeaders['content-type'];
-        if (typeof ct === 'string' && ct.startsWith('application/grpc')) {
-          this.grpcStatus = grpcStatusForHttp(r.status);
-          ds.respond({ ...r.headers, ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(this.grpcStatus), 'grpc-message': encodeURIComponent(r.body.trim()) }, { endStream: true });
-        } else {
-          ds.respond({ 'content-type': 'text/plain', ...r.headers, ':status': r.status });
-          ds.end(this.reqHeaders[':method'] === 'HEAD' ? undefined : r.body);
-        }
-      } catch (err) {
-        this.ctx.log.debug({ err: (err as Error).message }, 'h2 local reply failed');
+    if (!ds.closed && !this.headSent) {
+      this.headSent = true;
+      if (this.isGrpc) {
+        this.grpcStatus = grpcStatusForHttp(r.status);
+        const out: HeaderList = [':status', '200', 'content-type', 'application/grpc', 'grpc-status', String(this.grpcStatus), 'grpc-message', encodeURIComponent(r.body.trim())];
+        appendFields(out, r.headers, true);
+        ds.sendHeaders(out, true);
+      } else {
+        const body = this.isHead ? null : Buffer.from(r.body);
+        const out: HeaderList = [':status', String(r.status)];
+        if (r.headers['content-type'] === undefined) out.push('content-type', 'text/plain');
+        appendFields(out, r.headers, false);
+        if (body !== null) out.push('content-length', String(body.length));
+        ds.sendHeaders(out, body === null || body.length === 0);
+        if (body !== null && body.length > 0) ds.sendData(body, true);
       }
     }
-    // the rest of a request body is not wanted
-    if (!this.bodyDone && !ds.destroyed) ds.resume();
     this.finishExchange();
   }
 
@@ -549,32 +860,63 @@ class H2Exchange {
     if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
   }
 
+  private uncount(): void {
+    if (this.counted) { this.counted = false; this.info.streams!--; }
+  }
+
   private finishExchange(): void {
     if (this.done) return;
     this.done = true;
     this.clearTimers();
+    this.uncount();
     const ex = this.ex;
     this.ex = null;
     this.body.length = 0;
+    // the rest of a request body is read and dropped (the client may still be sending it)
+    this.releaseDs();
     if (ex !== null) ex.end(this.resStatus, this.grpcStatus);
   }
 
+  /** a response under way cannot be finished: the client's stream is reset, so a cut body is never taken for whole */
   private abortClient(): void {
-    const ds = this.ds;
-    if (!ds.destroyed && !ds.closed) ds.close(NGHTTP2_INTERNAL_ERROR);
+    if (!this.ds.closed) this.ds.reset(H2_ERROR.INTERNAL_ERROR);
     this.clientClosed();
   }
 
+  /** the client's stream is gone (its RST_STREAM, its session closed, or ours) */
   private clientClosed(): void {
-    if (this.us !== null) { const us = this.us; this.us = null; if (!us.closed) us.close(NGHTTP2_CANCEL); }
+    this.dropLeg(H2_ERROR.CANCEL);
     if (this.done) return;
     this.done = true;
     this.clearTimers();
-    if (this.waitingGroup !== null) { this.ctx.h2pool.cancel(this.onSession, this.waitingGroup); this.waitingGroup = null; }
+    this.uncount();
+    if (this.waitingGroup !== null) { this.ctx.h2pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
     const a = this.attempt;
     if (a !== null) { this.attempt = null; a.finish({ kind: 'cancelled' }); }
     const ex = this.ex;
     this.ex = null;
+    this.body.length = 0;
     if (ex !== null) ex.end(this.resStarted ? this.resStatus : 0, this.grpcStatus);
+  }
+}
+
+/** a field section passed on: without pseudo-headers and connection-specific fields */
+function filterFields(h: HeaderList): HeaderList {
+  const out: HeaderList = [];
+  for (let i = 0; i < h.length; i += 2) {
+    const name = h[i]!;
+    if (name.charCodeAt(0) === 58 || connectionSpecific(name)) continue;
+    out.push(name, h[i + 1]!);
+  }
+  return out;
+}
+
+/** a local reply's headers onto a list (for gRPC, without the fields the reply sets itself) */
+function appendFields(out: HeaderList, h: Headers, grpc: boolean): void {
+  for (const name in h) {
+    if (grpc && (name === 'content-type' || name === 'grpc-status' || name === 'grpc-message')) continue;
+    const v = h[name]!;
+    if (typeof v === 'string') out.push(name, v);
+    else for (let i = 0; i < v.length; i++) out.push(name, v[i]!);
   }
 }
