@@ -122,9 +122,12 @@ t.test('Huffman padding and EOS (5.2)', async (t) => {
   t.equal(unhuff(Buffer.from([0xff])), HUFFMAN_BAD_PADDING, '8 one bits alone');
   // 'a' (00011) then 'e' (00101) then 6 one bits: 2 bytes, a valid 6-bit pad
   t.equal(unhuff(Buffer.from([0b00011001, 0b01111111])), 'ae', '6 bits of padding');
-  // 7 bits exactly: 'z' is 1111011 (7 bits) + 1 one bit, 'z' + '0' = 1111011 00000 + 1111 (4)
+  // 'z' (1111011) then '0' (00000) then 4 one bits
   t.equal(unhuff(Buffer.from([0b11110110, 0b00001111])), 'z0', 'a string ending in 4 bits of padding');
-  // '\\' is 19 bits 1111111111111110000: ending inside it (16 ones... no: 11111111 11111110) is an unfinished code
+  // 'a' 'a' 'z' (00011 00011 1111011) then 7 one bits: the longest padding allowed
+  t.equal(unhuff(Buffer.from([0b00011000, 0b11111101, 0b11111111])), 'aaz', '7 bits of padding');
+  t.equal(unhuff(Buffer.from([0b00011101])), HUFFMAN_BAD_PADDING, "'a' + 101: padding not all ones");
+  // 16 bits 11111111 11111110 are the start of '\\' (19 bits): a string cannot end inside a code that is not EOS
   t.equal(unhuff(Buffer.from([0xff, 0xfe])), HUFFMAN_BAD_PADDING, 'ends inside a long code');
 });
 
