@@ -754,3 +754,148 @@ t.test('client role: the peer changes its initial window mid-flight', async (t) 
   const received = await readAll(serverStream as unknown as ServerHttp2Stream);
   t.equal(sha(received), sha(body));
 });
+
+// ---- malformed input, written raw
+
+interface RawFrame { type: number; flags: number; id: number; payload: Buffer }
+
+function frame(type: number, flags: number, id: number, payload: Buffer | string = Buffer.alloc(0)): Buffer {
+  const p = typeof payload === 'string' ? Buffer.from(payload, 'latin1') : payload;
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(p.length, 0, 3);
+  h[3] = type; h[4] = flags;
+  h.writeUInt32BE(id, 5);
+  return Buffer.concat([h, p]);
+}
+const u32 = (v: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32BE(v); return b; };
+
+/** a header block of literals without indexing (RFC 7541 6.2.2), names and values under 127 bytes */
+function block(pairs: string[]): Buffer {
+  const parts: Buffer[] = [];
+  for (let i = 0; i < pairs.length; i += 2) {
+    parts.push(Buffer.from([0x00, pairs[i].length]), Buffer.from(pairs[i], 'latin1'), Buffer.from([pairs[i + 1].length]), Buffer.from(pairs[i + 1], 'latin1'));
+  }
+  return Buffer.concat(parts);
+}
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+const HELLO = Buffer.concat([PREFACE, frame(4, 0, 0)]);
+const GET = [':method', 'GET', ':scheme', 'http', ':path', '/', ':authority', 'x'];
+const END_STREAM = 0x1, END_HEADERS = 0x4;
+const headers = (id: number, pairs: string[], flags = END_STREAM | END_HEADERS): Buffer => frame(1, flags, id, block(pairs));
+
+/** write bytes raw, read frames until `until` says so or the server closes (bounded) */
+function raw(port: number, bytes: Buffer, until: (f: RawFrame) => boolean): Promise<{ frames: RawFrame[]; closed: boolean }> {
+  return new Promise((resolve) => {
+    const sock = netConnect(port, '127.0.0.1');
+    const frames: RawFrame[] = [];
+    let buf = Buffer.alloc(0);
+    let closed = false;
+    const finish = (): void => { clearTimeout(timer); sock.destroy(); resolve({ frames, closed }); };
+    const timer = setTimeout(finish, 5000);
+    sock.on('error', () => {});
+    sock.on('close', () => { closed = true; finish(); });
+    sock.on('end', () => { closed = true; finish(); });
+    sock.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 9) {
+        const len = buf.readUIntBE(0, 3);
+        if (buf.length < 9 + len) break;
+        const f = { type: buf[3], flags: buf[4], id: buf.readUInt32BE(5) & 0x7fffffff, payload: buf.subarray(9, 9 + len) };
+        frames.push(f);
+        buf = buf.subarray(9 + len);
+        if (until(f)) {
+          // a connection error closes the connection: wait for that too
+          if (f.type === 7) setTimeout(finish, 1000); else finish();
+          return;
+        }
+      }
+    });
+    sock.write(bytes);
+  });
+}
+
+const isGoaway = (f: RawFrame): boolean => f.type === 7;
+const goawayCode = (r: { frames: RawFrame[] }): number => { const g = r.frames.find(isGoaway); return g === undefined ? -1 : g.payload.readUInt32BE(4); };
+const isRst = (id: number) => (f: RawFrame): boolean => (f.type === 3 && f.id === id) || f.type === 7;
+const rstCode = (r: { frames: RawFrame[] }, id: number): number => { const f = r.frames.find((x) => x.type === 3 && x.id === id); return f === undefined ? -1 : f.payload.readUInt32BE(0); };
+/** the response HEADERS on a stream, or a GOAWAY */
+const isAnswer = (id: number) => (f: RawFrame): boolean => (f.type === 1 && f.id === id) || f.type === 7;
+
+t.test('server role: malformed input gets the right GOAWAY or RST_STREAM, never a crash', async (t) => {
+  const tooLarge: boolean[] = [];
+  const srv = await ourServer((st, h, end, large) => {
+    tooLarge.push(large);
+    if (large) { const g = new Got(); g.stream = st; st.handler = g; st.sendHeaders([':status', '431'], true); return; }
+    if (field(h, ':path') === '/hold') { const g = new Got(false); g.stream = st; st.handler = g; return; } // never consumes
+    echo(st, h, end);
+  }, { settings: { maxHeaderListSize: 4096 } });
+  t.teardown(() => srv.close());
+  const conn = async (name: string, bytes: Buffer, code: number): Promise<void> => {
+    const r = await raw(srv.port, bytes, isGoaway);
+    t.equal(goawayCode(r), code, `${name}: GOAWAY ${code}`);
+    t.ok(r.closed, `${name}: connection closed`);
+  };
+  const stream = async (name: string, bytes: Buffer, id: number, code: number, alive = true): Promise<void> => {
+    // a valid request on a later stream after it: the session lives on
+    const next = id + 2;
+    const r = await raw(srv.port, Buffer.concat([HELLO, bytes, headers(next, GET)]), isAnswer(next));
+    t.equal(rstCode(r, id), code, `${name}: RST_STREAM ${code} on stream ${id}`);
+    t.equal(goawayCode(r), -1, `${name}: no GOAWAY`);
+    if (alive) t.ok(r.frames.some((f) => f.type === 1 && f.id === next), `${name}: the next stream was answered`);
+  };
+
+  // the connection preface and framing
+  await conn('HTTP/1.1 instead of the preface', Buffer.from('GET / HTTP/1.1\r\nhost: x\r\n\r\n'), H2_ERROR.PROTOCOL_ERROR);
+  await conn('a first frame other than SETTINGS', Buffer.concat([PREFACE, frame(6, 0, 0, Buffer.alloc(8))]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('a frame over our max frame size', Buffer.concat([HELLO, frame(0, 0, 1, Buffer.alloc(20000))]), H2_ERROR.FRAME_SIZE_ERROR);
+  await conn('DATA on stream 0', Buffer.concat([HELLO, frame(0, 0, 0, 'x')]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('DATA on an idle stream', Buffer.concat([HELLO, frame(0, 0, 5, 'x')]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('WINDOW_UPDATE of 0 on the connection', Buffer.concat([HELLO, frame(8, 0, 0, u32(0))]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('connection window over 2^31-1', Buffer.concat([HELLO, frame(8, 0, 0, u32(0x7fffffff))]), H2_ERROR.FLOW_CONTROL_ERROR);
+  await conn('WINDOW_UPDATE of 3 bytes', Buffer.concat([HELLO, frame(8, 0, 0, Buffer.alloc(3))]), H2_ERROR.FRAME_SIZE_ERROR);
+  await conn('an even stream id from a client', Buffer.concat([HELLO, headers(2, GET)]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('a stream id lower than the last', Buffer.concat([HELLO, headers(5, GET), headers(3, GET)]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('PUSH_PROMISE from a client', Buffer.concat([HELLO, frame(5, END_HEADERS, 1, Buffer.concat([u32(2), block(GET)]))]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('CONTINUATION without HEADERS', Buffer.concat([HELLO, frame(9, END_HEADERS, 1, block(GET))]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('another frame inside a header block', Buffer.concat([HELLO, frame(1, END_STREAM, 1, block(GET)), frame(6, 0, 0, Buffer.alloc(8))]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1', Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.from([0, 4, 0x80, 0, 0, 0]))]), H2_ERROR.FLOW_CONTROL_ERROR);
+  await conn('SETTINGS_MAX_FRAME_SIZE under 16384', Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.from([0, 5, 0, 0, 0x10, 0]))]), H2_ERROR.PROTOCOL_ERROR);
+  await conn('SETTINGS of 5 bytes', Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.alloc(5))]), H2_ERROR.FRAME_SIZE_ERROR);
+  await conn('PING of 7 bytes', Buffer.concat([HELLO, frame(6, 0, 0, Buffer.alloc(7))]), H2_ERROR.FRAME_SIZE_ERROR);
+  await conn('an HPACK index past the tables', Buffer.concat([HELLO, frame(1, END_STREAM | END_HEADERS, 1, Buffer.from([0xff, 0x80, 0x01]))]), H2_ERROR.COMPRESSION_ERROR);
+  await conn('padding longer than the frame', Buffer.concat([HELLO, frame(1, END_STREAM | END_HEADERS | 0x8, 1, Buffer.concat([Buffer.from([200]), block(GET)]))]), H2_ERROR.PROTOCOL_ERROR);
+
+  // stream errors: the session lives on
+  await stream('an upper-case header name', headers(1, [...GET, 'X-Upper', 'v']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('a connection-specific header', headers(1, [...GET, 'connection', 'keep-alive']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('transfer-encoding', headers(1, [...GET, 'transfer-encoding', 'chunked']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('te other than trailers', headers(1, [...GET, 'te', 'gzip']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('a pseudo-header after a regular one', headers(1, [':method', 'GET', ':scheme', 'http', 'x-a', 'b', ':path', '/']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('an unknown pseudo-header', headers(1, [...GET, ':protocol', 'websocket']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('no :path', headers(1, [':method', 'GET', ':scheme', 'http']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('CR LF in a value', headers(1, [...GET, 'x-a', 'b\r\nx-b: c']), 1, H2_ERROR.PROTOCOL_ERROR);
+  const post = [':method', 'POST', ':scheme', 'http', ':path', '/p', ':authority', 'x'];
+  await stream('content-length over the DATA', Buffer.concat([headers(1, [...post, 'content-length', '10'], END_HEADERS), frame(0, END_STREAM, 1, 'short')]), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('DATA over the content-length', Buffer.concat([headers(1, [...post, 'content-length', '2'], END_HEADERS), frame(0, END_STREAM, 1, 'longer')]), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('HEADERS after the head without END_STREAM', Buffer.concat([headers(1, post, END_HEADERS), headers(1, ['x-t', '1'], END_HEADERS)]), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('a pseudo-header in trailers', Buffer.concat([headers(1, post, END_HEADERS), headers(1, [':path', '/x'])]), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('WINDOW_UPDATE of 0 on a stream', Buffer.concat([headers(1, post, END_HEADERS), frame(8, 0, 1, u32(0))]), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('DATA after END_STREAM', Buffer.concat([headers(1, post, END_HEADERS), frame(0, END_STREAM, 1, 'a'), frame(0, 0, 1, 'b')]), 1, H2_ERROR.STREAM_CLOSED);
+  await stream('DATA beyond the stream window (1 MiB)', Buffer.concat([
+    headers(1, [':method', 'POST', ':scheme', 'http', ':path', '/hold', ':authority', 'x'], END_HEADERS), ...Array.from({ length: 70 }, () => frame(0, 0, 1, Buffer.alloc(16384))),
+  ]), 1, H2_ERROR.FLOW_CONTROL_ERROR);
+
+  // a head over maxHeaderListSize reaches onStream as tooLarge (answered 431 here)
+  const big = Array.from({ length: 60 }, (_, i) => [`x-h${i}`, 'v'.repeat(100)]).flat();
+  const r = await raw(srv.port, Buffer.concat([HELLO, headers(1, [...GET, ...big])]), isAnswer(1));
+  t.ok(r.frames.some((f) => f.type === 1 && f.id === 1), 'a response to the head over the limit');
+  t.same(tooLarge.filter((x) => x), [true], 'onStream saw tooLarge once');
+  t.equal(goawayCode(r), -1);
+
+  // and the server still serves a proper client
+  const c = await nodeClient(srv.port);
+  const got = await collect(c.request({ ':path': '/still' }));
+  t.equal(got.headers['x-path'], '/still');
+  c.close();
+});
