@@ -214,6 +214,9 @@ export class NetConn extends EventEmitter implements Conn {
   private writeDone = false;
   private needDrain = false;
   private paused = false;
+  /** data (and the EOF after it) that arrived in the batch in which we were paused */
+  private held: Buffer[] | null = null;
+  private heldEof = false;
   private corked = 0;
   private corkChunks: (Buffer | Uint8Array | string)[] = [];
   private closeEmitted = false;
@@ -233,10 +236,13 @@ export class NetConn extends EventEmitter implements Conn {
 
   onData(b: Buffer): void {
     if (this.timeoutMs !== 0) this.lastActive = performance.now();
+    // read in this wake before a listener earlier in the batch paused us: held until resume()
+    if (this.paused) { (this.held ??= []).push(b); return; }
     this.emit('data', b);
   }
 
   onEof(): void {
+    if (this.paused || this.held !== null) { this.heldEof = true; return; }
     this.readEnded = true;
     this.emit('end');
     if (this.destroyed) return;
@@ -321,8 +327,22 @@ export class NetConn extends EventEmitter implements Conn {
   }
 
   resume(): this {
-    if (this.paused && !this.destroyed) { this.paused = false; this.loop.resume(this.id); }
+    if (this.paused && !this.destroyed) {
+      this.paused = false;
+      this.loop.resume(this.id);
+      if (this.held !== null || this.heldEof) process.nextTick(flushHeld, this);
+    }
     return this;
+  }
+
+  /** @internal what was held while paused, in order, unless paused again meanwhile */
+  flushHeld(): void {
+    while (this.held !== null && !this.paused && !this.destroyed) {
+      const b = this.held.shift()!;
+      if (this.held.length === 0) this.held = null;
+      this.emit('data', b);
+    }
+    if (this.held === null && this.heldEof && !this.paused && !this.destroyed) { this.heldEof = false; this.onEof(); }
   }
 
   end(): this {
@@ -429,6 +449,10 @@ export class NetConn extends EventEmitter implements Conn {
     this.closeEmitted = true;
     process.nextTick(emitClose, this, e);
   }
+}
+
+function flushHeld(c: NetConn): void {
+  c.flushHeld();
 }
 
 function emitClose(c: NetConn, e: Error | null): void {

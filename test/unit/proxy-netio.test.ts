@@ -162,6 +162,37 @@ t.test('pause stops data, resume brings what arrived meanwhile', async (t) => {
   c.destroy();
 });
 
+t.test('a connection paused by another one in the same batch gets its data only after resume, in order, then its end', async (t) => {
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  const server: NetConn[] = [];
+  const got: string[] = [];
+  const l = io.listen('127.0.0.1', 0, (c) => {
+    server.push(c);
+    const me = server.length - 1;
+    c.on('data', (d: Buffer) => {
+      got.push(`${me}:${d.toString()}`);
+      // whoever is first in the batch pauses the other
+      server[1 - me]!.pause();
+    });
+    c.on('end', () => got.push(`${me}:end`));
+  });
+  const a = connect({ host: '127.0.0.1', port: l.port });
+  const b = connect({ host: '127.0.0.1', port: l.port });
+  await Promise.all([onceEvent(a, 'connect'), onceEvent(b, 'connect')]);
+  while (server.length < 2) await new Promise((r) => setTimeout(r, 5));
+  // both in the kernel before the loop wakes: one batch
+  a.end('A');
+  b.end('B');
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(got.length, 2, `one connection's data and end delivered, the other's held: ${got.join(' ')}`);
+  const first = Number(got[0]![0]);
+  t.same(got, [`${first}:${first === 0 ? 'A' : 'B'}`, `${first}:end`]);
+  server[1 - first]!.resume();
+  await new Promise((r) => setTimeout(r, 50));
+  t.same(got.slice(2), [`${1 - first}:${first === 0 ? 'B' : 'A'}`, `${1 - first}:end`], 'held data then end, after resume');
+});
+
 t.test('half-close: our end() with data queued, then the peer answers and ends', async (t) => {
   const io = new NetIo();
   t.teardown(() => io.close());
