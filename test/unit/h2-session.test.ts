@@ -864,6 +864,9 @@ t.test('server role: malformed input gets the right GOAWAY or RST_STREAM, never 
   await conn('SETTINGS of 5 bytes', Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.alloc(5))]), H2_ERROR.FRAME_SIZE_ERROR);
   await conn('PING of 7 bytes', Buffer.concat([HELLO, frame(6, 0, 0, Buffer.alloc(7))]), H2_ERROR.FRAME_SIZE_ERROR);
   await conn('an HPACK index past the tables', Buffer.concat([HELLO, frame(1, END_STREAM | END_HEADERS, 1, Buffer.from([0xff, 0x80, 0x01]))]), H2_ERROR.COMPRESSION_ERROR);
+  await conn('a header block that never ends', Buffer.concat([
+    HELLO, frame(1, 0, 1, block(GET)), ...Array.from({ length: 20 }, () => frame(9, 0, 1, Buffer.alloc(16384, 0x40))),
+  ]), H2_ERROR.ENHANCE_YOUR_CALM);
   await conn('padding longer than the frame', Buffer.concat([HELLO, frame(1, END_STREAM | END_HEADERS | 0x8, 1, Buffer.concat([Buffer.from([200]), block(GET)]))]), H2_ERROR.PROTOCOL_ERROR);
 
   // stream errors: the session lives on

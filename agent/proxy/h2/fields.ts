@@ -15,49 +15,31 @@ export let status = 0;
 /** the last request head was a HEAD request (its response has no body whatever content-length says) */
 export let isHead = false;
 
-// Token characters (RFC 9110 5.6.2): a method; minus upper case: what a field name may hold in HTTP/2.
-const TOKEN = new Uint8Array(128);
-for (let c = 0x21; c < 0x7f; c++) TOKEN[c] = 1;
-for (const ch of '"(),/:;<=>?@[\\]{}') TOKEN[ch.charCodeAt(0)] = 0;
-const NAME_OK = TOKEN.slice();
-for (let c = 0x41; c <= 0x5a; c++) NAME_OK[c] = 0;
-
-function tokenOk(v: string): boolean {
-  if (v.length === 0) return false;
-  for (let i = 0; i < v.length; i++) {
-    const c = v.charCodeAt(i);
-    if (c >= 128 || TOKEN[c] === 0) return false;
-  }
-  return true;
-}
+// Compiled once; a precompiled regular expression scans a short string faster than a charCodeAt loop does.
+/** token characters (RFC 9110 5.6.2): a method */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** a token without upper case: what a field name may be in HTTP/2 */
+const NAME = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
+/** what a value may not hold: NUL, CR, LF (nor white space at either end: checked apart) */
+const BAD_VALUE = /[\0\r\n]/;
 
 function fail(msg: string): false {
   fieldError = msg;
   return false;
 }
 
-function nameOk(name: string, from: number): boolean {
-  if (name.length <= from) return fail('empty field name');
-  for (let i = from; i < name.length; i++) {
-    const c = name.charCodeAt(i);
-    if (c >= 128 || NAME_OK[c] === 0) {
-      return fail(c >= 0x41 && c <= 0x5a ? `upper-case field name ${JSON.stringify(name)}` : `invalid character in field name ${JSON.stringify(name)}`);
-    }
-  }
-  return true;
+function nameOk(name: string): boolean {
+  if (NAME.test(name)) return true;
+  if (name.length === 0) return fail('empty field name');
+  return fail(/[A-Z]/.test(name) ? `upper-case field name ${JSON.stringify(name)}` : `invalid character in field name ${JSON.stringify(name)}`);
 }
 
 function valueOk(name: string, v: string): boolean {
   const n = v.length;
   if (n === 0) return true;
-  let c = v.charCodeAt(0);
-  if (c === 0x20 || c === 0x09) return fail(`leading white space in ${name}`);
-  c = v.charCodeAt(n - 1);
-  if (c === 0x20 || c === 0x09) return fail(`trailing white space in ${name}`);
-  for (let i = 0; i < n; i++) {
-    c = v.charCodeAt(i);
-    if (c === 0 || c === 0x0a || c === 0x0d) return fail(`NUL, CR or LF in the value of ${name}`);
-  }
+  const a = v.charCodeAt(0), z = v.charCodeAt(n - 1);
+  if (a === 0x20 || a === 0x09 || z === 0x20 || z === 0x09) return fail(`white space around the value of ${name}`);
+  if (BAD_VALUE.test(v)) return fail(`NUL, CR or LF in the value of ${name}`);
   return true;
 }
 
@@ -87,7 +69,7 @@ function regularOk(h: HeaderList, i: number, trailers: boolean): boolean {
   for (; i < h.length; i += 2) {
     const name = h[i];
     if (name.charCodeAt(0) === 0x3a) return fail(trailers ? `pseudo-header field ${name} in trailers` : `pseudo-header field ${name} after a regular field`);
-    if (!nameOk(name, 0) || !valueOk(name, h[i + 1])) return false;
+    if (!nameOk(name) || !valueOk(name, h[i + 1])) return false;
     if (connectionSpecific(name)) return fail(`connection-specific field ${name}`);
     if (name === 'te') { if (h[i + 1] !== 'trailers') return fail(`te other than "trailers"`); }
     else if (name === 'content-length' && !trailers && !setContentLength(h[i + 1])) return false;
@@ -104,7 +86,7 @@ export function requestOk(h: HeaderList): boolean {
   for (; i < h.length && h[i].charCodeAt(0) === 0x3a; i += 2) {
     const name = h[i], v = h[i + 1];
     switch (name) {
-      case ':method': if (method !== '') return fail('duplicate :method'); if (!tokenOk(v)) return fail(`invalid :method ${JSON.stringify(v)}`); method = v; break;
+      case ':method': if (method !== '') return fail('duplicate :method'); if (!TOKEN.test(v)) return fail(`invalid :method ${JSON.stringify(v)}`); method = v; break;
       case ':scheme': if (scheme) return fail('duplicate :scheme'); if (v.length === 0) return fail('empty :scheme'); scheme = true; break;
       case ':path': if (path) return fail('duplicate :path'); if (v.length === 0) return fail('empty :path'); path = true; break;
       case ':authority': if (authority) return fail('duplicate :authority'); authority = true; break;

@@ -58,7 +58,6 @@ export interface H2StreamHandler {
 /** queued DATA beyond this (bytes not yet sent) makes sendData answer false */
 const HIGH_WATER = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
-const NO_HEADERS: HeaderList = [];
 const NO_SETTINGS: number[] = [];
 
 export class H2Stream {
@@ -73,7 +72,7 @@ export class H2Stream {
   _localEnded = false;
   /** the peer's END_STREAM arrived */
   _remoteEnded = false;
-  /** server role: the final (non-1xx) response head was sent */
+  /** the request head (client role) or the final (non-1xx) response head (server role) was sent */
   _headSent = false;
   /** client role: the final response head arrived (server role: always true) */
   _headReceived = false;
@@ -127,6 +126,7 @@ export class H2Stream {
    */
   sendData(data: Buffer, endStream: boolean): boolean {
     if (this._done || this._endQueued) return true;
+    if (!this._headSent) throw new Error(`h2 stream ${this.id}: DATA before the response head`);
     if (endStream) this._endQueued = true;
     return this.session._sendData(this, data, endStream);
   }
@@ -134,6 +134,7 @@ export class H2Stream {
   /** trailers; ends our side of the stream (after anything queued) */
   sendTrailers(headers: HeaderList): void {
     if (this._done || this._endQueued) return;
+    if (!this._headSent) throw new Error(`h2 stream ${this.id}: trailers before the response head`);
     this._endQueued = true;
     if (this._queued === 0) {
       this.session._writeHeaders(this.id, headers, true);
@@ -147,6 +148,7 @@ export class H2Stream {
   /** end our side with an empty DATA frame (after anything queued) */
   end(): void {
     if (this._done || this._endQueued) return;
+    if (!this._headSent) throw new Error(`h2 stream ${this.id}: end before the response head`);
     this._endQueued = true;
     this.session._sendData(this, EMPTY, true);
   }
@@ -196,6 +198,8 @@ export interface H2SessionOptions {
 const PEER_STREAMS_BEFORE_SETTINGS = 100;
 /** the longest header block (HEADERS + CONTINUATION) read, as a multiple of maxHeaderListSize */
 const BLOCK_CAP_FACTOR = 2;
+/** how many of the streams we reset last are remembered (frames on them are then dropped, not errors) */
+const RECENT_RESETS = 256;
 /** a session that closed its side waits this long (idle) for the peer to close before destroying the transport */
 const LINGER_MS = 2000;
 
@@ -258,7 +262,7 @@ export class H2Session {
   private closeNotified = false;
   private transportError: Error | undefined;
   /** ids of streams we reset lately: frames the peer sent before it saw the reset are dropped quietly */
-  private readonly recentResets = new Int32Array(64);
+  private readonly recentResets = new Int32Array(RECENT_RESETS);
   private recentPos = 0;
 
   private readonly onRead = (chunk: Buffer): void => this.read(chunk);
@@ -321,6 +325,7 @@ export class H2Session {
     const st = new H2Stream(this, this.nextStreamId);
     this.nextStreamId += 2;
     st.handler = handler;
+    st._headSent = true;
     for (let i = 0; i < headers.length && headers[i].charCodeAt(0) === 0x3a; i += 2) {
       if (headers[i] === ':method') { st._isHead = headers[i + 1] === 'HEAD'; break; }
     }
@@ -672,12 +677,12 @@ export class H2Session {
 
   private rememberReset(id: number): void {
     this.recentResets[this.recentPos] = id;
-    this.recentPos = (this.recentPos + 1) & 63;
+    this.recentPos = (this.recentPos + 1) % RECENT_RESETS;
   }
 
   private recentlyReset(id: number): boolean {
     const r = this.recentResets;
-    for (let i = 0; i < 64; i++) if (r[i] === id) return true;
+    for (let i = 0; i < RECENT_RESETS; i++) if (r[i] === id) return true;
     return false;
   }
 
@@ -784,7 +789,7 @@ export class H2Session {
     } catch (e) {
       if (e instanceof HpackError && e.code === 'HEADER_LIST_TOO_LARGE') {
         tooLarge = true;
-        list = NO_HEADERS;
+        list = [];
       } else {
         return this.connError(H2_ERROR.COMPRESSION_ERROR, `header block of stream ${id}: ${(e as Error).message}`);
       }
