@@ -902,3 +902,102 @@ t.test('server role: malformed input gets the right GOAWAY or RST_STREAM, never 
   t.equal(got.headers['x-path'], '/still');
   c.close();
 });
+
+t.test('client role: malformed responses from a raw server', async (t) => {
+  /** a server that answers stream 1 with `reply` once the request arrived, and records the client's frames */
+  const rawServer = async (reply: Buffer): Promise<{ c: OurClient; frames: RawFrame[]; close(): void }> => {
+    const frames: RawFrame[] = [];
+    const socks: Socket[] = [];
+    const srv = netServer((sock) => {
+      socks.push(sock);
+      sock.on('error', () => {});
+      let buf = Buffer.alloc(0);
+      let replied = false;
+      sock.write(frame(4, 0, 0));
+      sock.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.subarray(0, 24).equals(PREFACE)) buf = buf.subarray(24);
+        while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+          const len = buf.readUIntBE(0, 3);
+          const f = { type: buf[3], flags: buf[4], id: buf.readUInt32BE(5) & 0x7fffffff, payload: buf.subarray(9, 9 + len) };
+          frames.push(f);
+          buf = buf.subarray(9 + len);
+          if (f.type === 1 && !replied) { replied = true; sock.write(reply); }
+        }
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    const c = await ourClient((srv.address() as AddressInfo).port);
+    return { c, frames, close: () => { for (const s of socks) s.destroy(); srv.close(); c.session.destroy(); } };
+  };
+  const resp = (pairs: string[], flags = END_HEADERS): Buffer => frame(1, flags, 1, block(pairs));
+
+  const cases: [string, Buffer, number, boolean][] = [
+    ['an upper-case name in a response', resp([':status', '200', 'X-Up', 'v'], END_HEADERS | END_STREAM), H2_ERROR.PROTOCOL_ERROR, false],
+    ['no :status', resp(['x-a', 'b'], END_HEADERS | END_STREAM), H2_ERROR.PROTOCOL_ERROR, false],
+    ['a request pseudo-header in a response', resp([':status', '200', ':path', '/'], END_HEADERS | END_STREAM), H2_ERROR.PROTOCOL_ERROR, false],
+    ['DATA before the response head', frame(0, END_STREAM, 1, 'x'), H2_ERROR.PROTOCOL_ERROR, false],
+    ['content-length over the DATA', Buffer.concat([resp([':status', '200', 'content-length', '5']), frame(0, END_STREAM, 1, 'abc')]), H2_ERROR.PROTOCOL_ERROR, false],
+    ['a 1xx head with END_STREAM', resp([':status', '100'], END_HEADERS | END_STREAM), H2_ERROR.PROTOCOL_ERROR, false],
+    ['PUSH_PROMISE', frame(5, END_HEADERS, 1, Buffer.concat([u32(2), block(GET)])), H2_ERROR.PROTOCOL_ERROR, true],
+    ['HEADERS on a stream the server opened', frame(1, END_HEADERS | END_STREAM, 2, block([':status', '200'])), H2_ERROR.PROTOCOL_ERROR, true],
+  ];
+  for (const [name, reply, code, connection] of cases) {
+    const r = await rawServer(reply);
+    const g = open(r.c, req('/'), true);
+    await g.done;
+    t.equal(g.resetCode, code, `${name}: the stream got onReset(${code})`);
+    for (let i = 0; i < 100 && !r.frames.some((f) => f.type === (connection ? 7 : 3)); i++) await sleep(10);
+    const sent = r.frames.find((f) => f.type === (connection ? 7 : 3));
+    t.equal(sent === undefined ? -1 : sent.payload.readUInt32BE(connection ? 4 : 0), code, `${name}: ${connection ? 'GOAWAY' : 'RST_STREAM'} ${code}`);
+    if (connection) t.match(String(await r.c.closed), /PROTOCOL_ERROR/, `${name}: onClose with the error`);
+    else t.equal(r.c.session.closed, false, `${name}: the session lives on`);
+    r.close();
+  }
+});
+
+t.test('the transport closing under open streams: onReset for each, onClose once', async (t) => {
+  // server role: the client's socket dies
+  const resets: number[] = [];
+  const srv = await ourServer((st) => {
+    const g = new Got();
+    g.stream = st;
+    st.handler = g;
+    void g.done.then(() => resets.push(g.resetCode));
+  });
+  t.teardown(() => srv.close());
+  const sock = netConnect(srv.port, '127.0.0.1');
+  sock.on('error', () => {});
+  const post = [':method', 'POST', ':scheme', 'http', ':path', '/open', ':authority', 'x'];
+  sock.write(Buffer.concat([HELLO, headers(1, post, END_HEADERS), headers(3, post, END_HEADERS), headers(5, post, END_HEADERS)]));
+  for (let i = 0; i < 100 && srv.sessions[0]?.activeStreams !== 3; i++) await sleep(10);
+  t.equal(srv.sessions[0].activeStreams, 3);
+  sock.destroy();
+  for (let i = 0; i < 100 && srv.closes.length === 0; i++) await sleep(10);
+  t.same(resets, [H2_ERROR.INTERNAL_ERROR, H2_ERROR.INTERNAL_ERROR, H2_ERROR.INTERNAL_ERROR], 'every open stream heard of it');
+  t.equal(srv.closes.length, 1, 'onClose once');
+  t.equal(srv.sessions[0].closed, true);
+  t.equal(srv.sessions[0].activeStreams, 0);
+
+  // client role: the server's socket dies; then destroy() on another session: CANCEL
+  const back = await nodeServer(() => {});
+  t.teardown(() => back.close());
+  const ours = await ourClient(back.port);
+  const streams = [open(ours, req('/a'), true), open(ours, req('/b'), true)];
+  for (let i = 0; i < 100 && back.open < 2; i++) await sleep(10);
+  await back.close();
+  await Promise.all(streams.map((g) => g.done));
+  t.same(streams.map((g) => g.resetCode), [H2_ERROR.INTERNAL_ERROR, H2_ERROR.INTERNAL_ERROR]);
+  await ours.closed;
+  t.equal(ours.session.canRequest, false);
+  t.throws(() => ours.session.request(req('/c'), true, new Got()), /closed/);
+
+  const back2 = await nodeServer(() => {});
+  t.teardown(() => back2.close());
+  const ours2 = await ourClient(back2.port);
+  const g = open(ours2, req('/d'), true);
+  ours2.session.destroy(new Error('shutting down'));
+  await g.done;
+  t.equal(g.resetCode, H2_ERROR.CANCEL);
+  t.match(String(await ours2.closed), /shutting down/);
+});

@@ -48,7 +48,8 @@ export interface H2StreamHandler {
    * The stream ended abnormally: the peer's RST_STREAM (its code), a stream error we found in what the peer
    * sent (we sent RST_STREAM with that code), the session died (INTERNAL_ERROR, CANCEL or the connection
    * error's code) or a GOAWAY left it unprocessed (code REFUSED_STREAM: safe to retry elsewhere).
-   * Called at most once; nothing else is called after it.
+   * Called at most once; nothing else is called after it. After a whole response (client role), the peer's
+   * RST_STREAM(NO_ERROR) says it needs no more of the request body (RFC 9113 8.1): stop sending, not a failure.
    */
   onReset(code: number): void;
   /** sendData returned false earlier and the peer's windows have opened again */
@@ -93,7 +94,7 @@ export class H2Stream {
 
   constructor(readonly session: H2Session, readonly id: number) {
     this._sendWindow = session._peerInitialWindow;
-    this._recvWindow = session._initialWindow;
+    this._recvWindow = session._streamRecvWindow;
   }
 
   /** both directions done (ended or reset): nothing more may be sent */
@@ -206,6 +207,8 @@ const LINGER_MS = 2000;
 export class H2Session {
   // Read by H2Stream (same module): not for the owner.
   readonly _initialWindow: number;
+  /** a new stream's receive window: ours, or the protocol's 65535 if larger until the peer acknowledged our SETTINGS */
+  _streamRecvWindow: number;
   _peerInitialWindow = DEFAULT_WINDOW;
   readonly _updateThreshold: number;
 
@@ -256,7 +259,6 @@ export class H2Session {
   private ended = false;
 
   private goawaySent = false;
-  private goawayLastId = MAX_WINDOW;
   private goawayReceived = false;
   private dead = false;
   private closeNotified = false;
@@ -289,6 +291,7 @@ export class H2Session {
     if (!(this._initialWindow >= 0 && this._initialWindow <= MAX_WINDOW)) throw new RangeError(`h2 settings: initialWindowSize ${this._initialWindow} out of range`);
     if (!(this.maxFrame >= MIN_MAX_FRAME_SIZE && this.maxFrame <= MAX_MAX_FRAME_SIZE)) throw new RangeError(`h2 settings: maxFrameSize ${this.maxFrame} out of range`);
     this._updateThreshold = Math.max(1, this._initialWindow >>> 1);
+    this._streamRecvWindow = Math.max(this._initialWindow, DEFAULT_WINDOW);
     this.connWindowSize = Math.max(DEFAULT_WINDOW, Math.min(MAX_WINDOW, opts.connectionWindowSize ?? 8 * 1024 * 1024));
     this.decoder = new HpackDecoder(tableSize, this.maxHeaderList);
     this.nextStreamId = this.server ? 2 : 1;
@@ -350,7 +353,6 @@ export class H2Session {
   goaway(code: number = H2_ERROR.NO_ERROR): void {
     if (this.dead || this.goawaySent) return;
     this.goawaySent = true;
-    this.goawayLastId = this.lastPeerStreamId;
     this.out.goaway(this.lastPeerStreamId, code);
     this.scheduleFlush();
     if (this.streams.size === 0) this.finish();
@@ -871,6 +873,7 @@ export class H2Session {
     if (id !== 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `SETTINGS on stream ${id}`);
     if ((flags & FLAG.ACK) !== 0) {
       if (len !== 0) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, 'SETTINGS ACK with a payload');
+      this._streamRecvWindow = this._initialWindow;
       return;
     }
     if (len % 6 !== 0) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, `SETTINGS of ${len} bytes (not a multiple of 6)`);
