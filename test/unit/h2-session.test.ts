@@ -1001,3 +1001,57 @@ t.test('the transport closing under open streams: onReset for each, onClose once
   t.equal(g.resetCode, H2_ERROR.CANCEL);
   t.match(String(await ours2.closed), /shutting down/);
 });
+
+t.test('server role: rapid reset (streams opened and reset before an answer) ends the session', async (t) => {
+  let opened = 0;
+  const srv = await ourServer((st) => { opened++; const g = new Got(); g.stream = st; st.handler = g; });
+  t.teardown(() => srv.close());
+  const post = [':method', 'POST', ':scheme', 'http', ':path', '/r', ':authority', 'x'];
+  const bytes: Buffer[] = [HELLO];
+  for (let id = 1; id < 2 * 1000; id += 2) bytes.push(headers(id, post, END_HEADERS), frame(3, 0, id, u32(H2_ERROR.CANCEL)));
+  const r = await raw(srv.port, Buffer.concat(bytes), isGoaway);
+  t.equal(goawayCode(r), H2_ERROR.ENHANCE_YOUR_CALM, 'GOAWAY ENHANCE_YOUR_CALM');
+  t.ok(r.closed);
+  t.ok(opened > 512 && opened < 600, `about half a window of streams reached the owner (${opened})`);
+
+  // streams cancelled after their response head are fine (watches, long polls)
+  const srv2 = await ourServer((st) => { const g = new Got(); g.stream = st; st.handler = g; st.sendHeaders([':status', '200'], false); });
+  t.teardown(() => srv2.close());
+  const c = await nodeClient(srv2.port);
+  t.teardown(() => c.close());
+  for (let round = 0; round < 4; round++) {
+    await Promise.all(Array.from({ length: 200 }, async () => {
+      const q = c.request({ ':path': '/watch' });
+      q.on('error', () => {});
+      await new Promise<void>((res) => q.once('response', () => res()));
+      q.close(constants.NGHTTP2_CANCEL);
+      await new Promise<void>((res) => q.once('close', () => res()));
+    }));
+  }
+  t.equal(srv2.sessions[0].closed, false, '800 watches cancelled after their heads: the session lives on');
+});
+
+t.test('server role: a peer that floods PINGs and never reads is cut off, not buffered without end', async (t) => {
+  const srv = await ourServer(echo);
+  t.teardown(() => srv.close());
+  const sock = netConnect(srv.port, '127.0.0.1');
+  sock.on('error', () => {});
+  sock.pause(); // never reads
+  const pings = Buffer.concat(Array.from({ length: 10000 }, () => frame(6, 0, 0, Buffer.alloc(8))));
+  let sent = 0;
+  const closed = new Promise<void>((resolve) => {
+    sock.on('close', () => resolve());
+    sock.write(HELLO);
+    const more = (): void => {
+      if (sock.destroyed || sent > 3_000_000) return;
+      sent += 10000;
+      if (sock.write(pings)) setImmediate(more); else sock.once('drain', more);
+    };
+    more();
+  });
+  for (let i = 0; i < 300 && srv.closes.length === 0; i++) await sleep(50);
+  sock.destroy();
+  await closed;
+  t.equal(srv.closes.length, 1, `the session gave up after ${sent} PINGs`);
+  t.match(String(srv.closes[0]), /does not read/);
+});

@@ -201,6 +201,10 @@ const PEER_STREAMS_BEFORE_SETTINGS = 100;
 const BLOCK_CAP_FACTOR = 2;
 /** how many of the streams we reset last are remembered (frames on them are then dropped, not errors) */
 const RECENT_RESETS = 256;
+/** the rapid-reset guard: a client may reset at most half of the streams it opens before they are answered, counted in windows of this many */
+const RESET_WINDOW = 1024;
+/** what may be handed to a transport that said wait before the session gives up on the peer */
+const MAX_WRITTEN_BLOCKED = 4 * 1024 * 1024;
 /** a session that closed its side waits this long (idle) for the peer to close before destroying the transport */
 const LINGER_MS = 2000;
 
@@ -257,6 +261,11 @@ export class H2Session {
   private pumpAgain = false;
   /** we ended (or destroyed) the transport: nothing more is written */
   private ended = false;
+  /** bytes handed to the transport since its write() said false (control frames a peer that does not read makes us write) */
+  private writtenBlocked = 0;
+  /** streams the peer opened, and of those the ones it reset itself, in the current window of RESET_WINDOW streams */
+  private windowOpened = 0;
+  private windowResets = 0;
 
   private goawaySent = false;
   private goawayReceived = false;
@@ -550,11 +559,20 @@ export class H2Session {
   private flush(): void {
     const b = this.out.take();
     if (b === null || this.ended || this.transport.destroyed) return;
+    if (this.blocked) {
+      // a peer that sends PINGs, SETTINGS or requests and never reads the answers would grow the queue forever
+      this.writtenBlocked += b.length;
+      if (this.writtenBlocked > MAX_WRITTEN_BLOCKED) {
+        this.destroy(new Error(`h2 ${this.server ? 'server' : 'client'} session: the peer does not read (${this.writtenBlocked} bytes queued after the transport said wait)`));
+        return;
+      }
+    }
     if (!this.transport.write(b)) this.blocked = true;
   }
 
   private drained(): void {
     this.blocked = false;
+    this.writtenBlocked = 0;
     if (this.dead) return;
     this.reading = true;
     try {
@@ -810,6 +828,7 @@ export class H2Session {
       return this.connError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on stream ${id}, not above the last one opened (${this.lastPeerStreamId})`);
     }
     this.lastPeerStreamId = id;
+    if (++this.windowOpened > RESET_WINDOW) { this.windowOpened = 1; this.windowResets = 0; }
     if (this.goawaySent || this.peerStreams >= this.maxStreams) return this.streamErrorId(id, H2_ERROR.REFUSED_STREAM);
     let cl = -1;
     if (!tooLarge) {
@@ -867,6 +886,11 @@ export class H2Session {
     const code = b.readUInt32BE(s);
     this.remove(st);
     st.handler?.onReset(code);
+    // "rapid reset" (CVE-2023-44487): streams opened and cancelled before they were answered cost us (and the
+    // upstream) a request each; a stream cancelled after its response head (a watch, a long poll) does not count
+    if (this.server && !st._headSent && ++this.windowResets > RESET_WINDOW / 2) {
+      this.connError(H2_ERROR.ENHANCE_YOUR_CALM, `the client reset ${this.windowResets} of its last ${this.windowOpened} streams`);
+    }
   }
 
   private onSettingsFrame(b: Buffer, s: number, len: number, flags: number, id: number): void {
