@@ -877,6 +877,8 @@ t.test('server role: malformed input gets the right GOAWAY or RST_STREAM, never 
   await stream('a pseudo-header after a regular one', headers(1, [':method', 'GET', ':scheme', 'http', 'x-a', 'b', ':path', '/']), 1, H2_ERROR.PROTOCOL_ERROR);
   await stream('an unknown pseudo-header', headers(1, [...GET, ':protocol', 'websocket']), 1, H2_ERROR.PROTOCOL_ERROR);
   await stream('no :path', headers(1, [':method', 'GET', ':scheme', 'http']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('a space in :path', headers(1, [':method', 'GET', ':scheme', 'http', ':path', '/a b', ':authority', 'x']), 1, H2_ERROR.PROTOCOL_ERROR);
+  await stream('a relative :path', headers(1, [':method', 'GET', ':scheme', 'http', ':path', 'a', ':authority', 'x']), 1, H2_ERROR.PROTOCOL_ERROR);
   await stream('CR LF in a value', headers(1, [...GET, 'x-a', 'b\r\nx-b: c']), 1, H2_ERROR.PROTOCOL_ERROR);
   const post = [':method', 'POST', ':scheme', 'http', ':path', '/p', ':authority', 'x'];
   await stream('content-length over the DATA', Buffer.concat([headers(1, [...post, 'content-length', '10'], END_HEADERS), frame(0, END_STREAM, 1, 'short')]), 1, H2_ERROR.PROTOCOL_ERROR);

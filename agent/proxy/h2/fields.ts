@@ -20,6 +20,8 @@ export let isHead = false;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** a token without upper case: what a field name may be in HTTP/2 */
 const NAME = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
+/** what :path, :authority and :scheme may not hold (they end up in an HTTP/1.1 request line or Host) */
+const BAD_URI_PART = /[\x00-\x20\x7f]/;
 /** what a value may not hold: NUL, CR, LF (nor white space at either end: checked apart) */
 const BAD_VALUE = /[\0\r\n]/;
 
@@ -88,11 +90,15 @@ export function requestOk(h: HeaderList): boolean {
     switch (name) {
       case ':method': if (method !== '') return fail('duplicate :method'); if (!TOKEN.test(v)) return fail(`invalid :method ${JSON.stringify(v)}`); method = v; break;
       case ':scheme': if (scheme) return fail('duplicate :scheme'); if (v.length === 0) return fail('empty :scheme'); scheme = true; break;
-      case ':path': if (path) return fail('duplicate :path'); if (v.length === 0) return fail('empty :path'); path = true; break;
+      case ':path':
+        if (path) return fail('duplicate :path');
+        if (v.charCodeAt(0) !== 0x2f && v !== '*') return fail(`:path ${JSON.stringify(v)} is neither absolute nor *`);
+        path = true;
+        break;
       case ':authority': if (authority) return fail('duplicate :authority'); authority = true; break;
       default: return fail(`unknown pseudo-header field ${name}`);
     }
-    if (!valueOk(name, v)) return false;
+    if (BAD_URI_PART.test(v)) return fail(`white space or a control character in ${name}`);
   }
   if (method === '') return fail('no :method');
   if (method === 'CONNECT') {
