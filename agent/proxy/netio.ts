@@ -235,7 +235,7 @@ export class NetConn extends EventEmitter implements Conn {
   // ---- from the loop ----
 
   onData(b: Buffer): void {
-    if (this.timeoutMs !== 0) this.lastActive = performance.now();
+    if (this.timeoutMs !== 0) this.active();
     // read in this wake before a listener earlier in the batch paused us: held until resume()
     if (this.paused) { (this.held ??= []).push(b); return; }
     this.emit('data', b);
@@ -295,7 +295,7 @@ export class NetConn extends EventEmitter implements Conn {
   }
 
   private written(r: number): boolean {
-    if (this.timeoutMs !== 0) this.lastActive = performance.now();
+    if (this.timeoutMs !== 0) this.active();
     if (r === 0) return true;
     if (r < 0) { this.failLater(errnoError(-r, 'write')); return false; }
     if (r < HIGH_WATER) return true;
@@ -379,8 +379,7 @@ export class NetConn extends EventEmitter implements Conn {
     }
     this.timeoutMs = ms;
     if (ms === 0) { this.clearTimer(); return this; }
-    this.lastActive = performance.now();
-    if (this.timer === null && !this.destroyed) this.timer = setTimeout(this.onTimer, ms).unref();
+    this.active();
     return this;
   }
 
@@ -405,10 +404,15 @@ export class NetConn extends EventEmitter implements Conn {
     if (this.destroyed || this.timeoutMs === 0) return;
     const left = this.lastActive + this.timeoutMs - performance.now();
     if (left > 1) { this.timer = setTimeout(this.onTimer, Math.ceil(left)).unref(); return; }
-    // as node: 'timeout' is only a notice, the listener decides; the timer is re-armed for the next period
-    this.lastActive = performance.now();
-    this.timer = setTimeout(this.onTimer, this.timeoutMs).unref();
+    // as node: 'timeout' is only a notice, the listener decides; it comes again after the next activity (or
+    // setTimeout) and a whole idle period after that
     this.emit('timeout');
+  }
+
+  /** a read or a write: the idle period starts again (the timer is re-armed only if it had fired) */
+  private active(): void {
+    this.lastActive = performance.now();
+    if (this.timer === null && !this.destroyed) this.timer = setTimeout(this.onTimer, this.timeoutMs).unref();
   }
 
   private clearTimer(): void {

@@ -336,9 +336,17 @@ t.test('idle timeout: fires after the idle period, not while traffic flows; 0 tu
   const waited = performance.now() - lastWrite;
   t.ok(waited >= 250, `timeout after ${waited.toFixed(0)} ms idle`);
   t.equal(fired, 1);
+  // no activity: it does not come again (as node); after activity, a whole idle period later
+  c.on('timeout', () => { fired++; });
+  await new Promise((r) => setTimeout(r, 700));
+  t.equal(fired, 1, 'once per idle period, not every period');
+  c.write('ping');
+  await onceEvent(c, 'timeout', 5000);
+  t.equal(fired, 2, 'again after activity');
   c.setTimeout(0);
+  c.write('ping');
   await new Promise((r) => setTimeout(r, 500));
-  t.equal(fired, 1, 'off after setTimeout(0)');
+  t.equal(fired, 2, 'off after setTimeout(0)');
   t.equal(c.destroyed, false, "'timeout' is only a notice");
   c.destroy();
 });
