@@ -369,7 +369,12 @@ export class H2Session {
 
   /** close now: open streams get onReset(CANCEL), the transport is destroyed */
   destroy(err?: Error): void {
-    if (this.closeNotified) return;
+    if (this.closeNotified) {
+      // over already (a GOAWAY finished, or a connection error): just stop waiting for the peer to close
+      this.ended = true;
+      if (!this.transport.destroyed) this.transport.destroy();
+      return;
+    }
     this.dead = true;
     this.resetAll(H2_ERROR.CANCEL);
     this.ended = true;
