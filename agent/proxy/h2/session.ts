@@ -205,6 +205,8 @@ const RECENT_RESETS = 256;
 const RESET_WINDOW = 1024;
 /** what may be handed to a transport that said wait before the session gives up on the peer */
 const MAX_WRITTEN_BLOCKED = 4 * 1024 * 1024;
+/** frames we send stay under this even when the peer allows more: a 16 MiB frame would hold up every other stream */
+const MAX_SEND_FRAME = 64 * 1024;
 /** a session that closed its side waits this long (idle) for the peer to close before destroying the transport */
 const LINGER_MS = 2000;
 
@@ -226,6 +228,7 @@ export class H2Session {
   private readonly maxFrame: number;
   private readonly maxHeaderList: number;
 
+  /** the largest frame we send: the peer's max frame size, capped */
   private peerMaxFrame = MIN_MAX_FRAME_SIZE;
   private peerMaxStreams = PEER_STREAMS_BEFORE_SETTINGS;
   private connSendWindow = DEFAULT_WINDOW;
@@ -933,7 +936,7 @@ export class H2Session {
         }
         case SETTING.MAX_FRAME_SIZE:
           if (v < MIN_MAX_FRAME_SIZE || v > MAX_MAX_FRAME_SIZE) return this.connError(H2_ERROR.PROTOCOL_ERROR, `SETTINGS_MAX_FRAME_SIZE ${v}`);
-          this.peerMaxFrame = v;
+          this.peerMaxFrame = Math.min(v, MAX_SEND_FRAME);
           break;
         default: break; // MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored
       }
