@@ -1,18 +1,15 @@
 // The proxy's listener: accepts the connections the kernel redirected, asks once per connection where
 // each was going (Datapath.originalDst, a map lookup by the client's address), and sniffs the first
-// bytes: the HTTP/2 connection preface means HTTP/2 with prior knowledge (handed to node:http2),
-// anything else is HTTP/1.1 (our own parser, http1.ts). The engine never decides: every request goes
+// bytes: the HTTP/2 connection preface means HTTP/2 with prior knowledge (our own HTTP/2 session,
+// http2.ts), anything else is HTTP/1.1 (our own parser, http1.ts). The engine never decides: every request goes
 // through the Policy (types.ts), which routes, balances, limits and counts.
 //
 // The proxy's sockets, client and upstream legs alike, are NetConns on the addon's own epoll loop
-// (netio.ts): Node's stream machinery cost more CPU per request than the whole engine. A connection
-// sniffed as HTTP/2 leaves the loop (its fd) for a net.Socket that node:http2 takes over.
-import { Socket } from 'node:net';
-import type { Http2Server, Http2Session } from 'node:http2';
+// (netio.ts): Node's stream machinery cost more CPU per request than the whole engine.
 import type { Logger } from '../observe/log.js';
 import type { Conn } from './conn.js';
 import type { ConnInfo, EngineContext, EngineStats } from './engine.js';
-import { createH2Server, H2Pool } from './http2.js';
+import { acceptH2, H2Pool } from './http2.js';
 import { H1Conn } from './http1.js';
 import { NetIo, type NetConn, type NetListener } from './netio.js';
 import { H1Pool } from './pool.js';
@@ -49,20 +46,15 @@ export class ProxyServer {
   private readonly ctx: EngineContext;
   private readonly io = new NetIo();
   private readonly servers: NetListener[] = [];
-  private readonly h2: Http2Server;
-  /** client connections: NetConns, and the net.Sockets of those handed to node:http2 */
-  private readonly clients = new Set<Conn>();
-  private readonly sessionInfo = new WeakMap<Http2Session, ConnInfo>();
+  private readonly clients = new Set<NetConn>();
   private readonly clientIdleTimeoutMs: number;
-  /** the ConnInfo of the socket being handed to the h2 server (its 'session' event fires synchronously) */
-  private handing: ConnInfo | undefined;
   private closed = false;
 
   constructor(private readonly o: ProxyOptions) {
     const maxHeaderBytes = o.maxHeaderBytes ?? 64 * 1024;
     const connect = (up: { address: string; port: number; family: 4 | 6 }): Conn => this.io.connect(up);
     const pool = new H1Pool({ log: o.log, maxHeaderBytes, idleTimeoutMs: o.upstreamIdleTimeoutMs, connectTimeoutMs: o.connectTimeoutMs, connect });
-    const h2pool = new H2Pool(o.log, o.upstreamIdleTimeoutMs, o.connectTimeoutMs);
+    const h2pool = new H2Pool(o.log, o.upstreamIdleTimeoutMs, o.connectTimeoutMs, connect, maxHeaderBytes);
     this.clientIdleTimeoutMs = o.clientIdleTimeoutMs ?? 300_000;
     this.ctx = {
       policy: o.policy, log: o.log, pool, h2pool, maxHeaderBytes, clientIdleTimeoutMs: this.clientIdleTimeoutMs,
@@ -70,18 +62,6 @@ export class ProxyServer {
       stats: { connectionsH1: 0, connectionsH2: 0, requests: 0, badRequests: 0, upgrades: 0 },
       connect,
     };
-    this.h2 = createH2Server(this.ctx, (s) => this.sessionInfo.get(s));
-    this.h2.on('session', (s: Http2Session) => {
-      const info = this.handing;
-      if (info === undefined) return;
-      this.sessionInfo.set(s, info);
-      info.streams = 0;
-      // idle: no stream open for clientIdleTimeoutMs (a quiet long-lived gRPC stream is not idle)
-      // (node's session timer fires once: re-armed while streams are open)
-      const ms = this.clientIdleTimeoutMs;
-      s.setTimeout(ms);
-      s.on('timeout', () => { if (info.streams === 0) s.close(); else s.setTimeout(ms); });
-    });
   }
 
   /**
@@ -127,36 +107,10 @@ export class ProxyServer {
       socket.off('data', sniff);
       socket.setTimeout(0);
       socket.removeAllListeners('timeout');
-      if (isH2) this.handToH2(socket, first, info);
+      if (isH2) acceptH2(this.ctx, socket, info, first);
       else new H1Conn(this.ctx, socket, info, first);
     };
     socket.on('data', sniff);
-  }
-
-  /**
-   * HTTP/2 with prior knowledge: the connection leaves the loop for a net.Socket on the same fd that node:http2
-   * takes over, the sniffed bytes put back first. (Kept apart: our own HTTP/2 engine replaces it.)
-   */
-  private handToH2(c: NetConn, first: Buffer, info: ConnInfo): void {
-    this.clients.delete(c);
-    let socket: Socket;
-    try {
-      socket = new Socket({ fd: c.release(), readable: true, writable: true });
-    } catch (e) {
-      this.o.log.warn({ err: (e as Error).message, peer: `${info.address}:${info.port}` }, 'h2 hand-over failed');
-      c.destroy();
-      return;
-    }
-    this.clients.add(socket);
-    socket.on('close', () => this.clients.delete(socket));
-    socket.on('error', () => { /* handled by the h2 session; 'close' follows */ });
-    socket.setNoDelay(true);
-    // The h2 server reads the preface itself: put the bytes back first.
-    socket.pause();
-    socket.unshift(first);
-    this.handing = info;
-    this.h2.emit('connection', socket); // nghttp2 takes the socket over, reading what was put back first
-    this.handing = undefined;
   }
 
   stats(): ProxyStats {
@@ -176,7 +130,6 @@ export class ProxyServer {
     for (const s of [...this.clients]) s.destroy();
     this.ctx.pool.close();
     this.ctx.h2pool.close();
-    this.h2.close();
     // what the pool and the clients did not close (nothing, normally) goes with the loop
     this.io.close();
   }
