@@ -9,11 +9,13 @@
 // only once the other side's stream took them without asking us to wait (sendData() true, or onWritable
 // later), so a slow reader holds its peer at one stream window instead of filling our memory.
 //
-// Headers are flat lists [name, value, ...] (lower-case names, latin1 values). What we decide ourselves,
-// where node:http2 used to: connection-specific fields (connection, keep-alive, proxy-connection,
-// transfer-encoding, upgrade; te other than "trailers") are dropped both ways (RFC 9113 8.2.2); host is
-// folded into :authority (a request without :authority takes host's value); content-length passes as sent
-// (the session checks DATA against it); no date is added to passed-on responses (the origin's is kept).
+// Headers are flat lists [name, value, ...] (lower-case names, latin1 values), passed on as the session decoded
+// them: it hands over well-formed sections only (RFC 9113 8.2, 8.3) and refuses the stream otherwise, so a
+// connection-specific field (connection, keep-alive, proxy-connection, transfer-encoding, upgrade; te other than
+// "trailers") never gets through either way. What we decide ourselves, where node:http2 used to: host is folded
+// into :authority (a request without :authority takes host's value) and not forwarded; te: trailers is forwarded;
+// content-length passes as sent (the sessions check DATA against it); no date is added to passed-on responses
+// (the origin's is kept).
 import { EventEmitter } from 'node:events';
 import type { Http2Server, Http2Session } from 'node:http2';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -33,15 +35,12 @@ const MAX_UNSENT = 256 * 1024;
 /** a stream refused unprocessed (REFUSED_STREAM, GOAWAY) is sent again on another session at most this often */
 const MAX_REDISPATCH = 5;
 
-/** fields that mean something for one connection only: never forwarded (RFC 9113 8.2.2) */
-function connectionSpecific(name: string): boolean {
-  switch (name) {
-    case 'connection': case 'keep-alive': case 'proxy-connection': case 'transfer-encoding': case 'upgrade':
-      return true;
-    default:
-      return false;
-  }
-}
+/**
+ * The policy's Headers record: a fast-mode object that inherits nothing (Object.create(null) makes a slow hash
+ * table per request), so that 'constructor' or '__proto__' are names like any other.
+ */
+const HeadersRecord = function HeadersRecord(): void { /* empty */ } as unknown as { new (): Headers };
+HeadersRecord.prototype = Object.create(null) as object;
 
 // ---- upstream sessions ----
 
@@ -436,49 +435,48 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     this.info.streams = (this.info.streams ?? 0) + 1;
     this.counted = true;
     if (tooLarge) { this.ctx.stats.badRequests++; this.localReply(HEAD_TOO_LARGE); return; }
-    // one pass: the policy's Headers record and the upstream head (pseudo-header slots first, filled below)
-    let method = '', path = '', authority = '', scheme = '', host = '', ct = '', bad = '';
-    let extendedConnect = false, teTrailers = false;
-    const headers = Object.create(null) as Headers;
-    let up: HeaderList = [':method', '', ':scheme', '', ':authority', '', ':path', ''];
+    // The session passed a well-formed head only (RFC 9113 8.2, 8.3: the known pseudo-header fields first, no
+    // connection-specific field, te only "trailers"; anything else it refused on the stream), and the list is
+    // ours: it goes upstream as it came, host aside. One pass makes the policy's record.
+    let method = '', path = '', authority = '', ct = '';
+    let hostAt = -1, teTrailers = false;
+    const headers = new HeadersRecord();
     for (let i = 0; i < h.length; i += 2) {
-      const name = h[i]!, value = h[i + 1]!;
+      const name = h[i]!;
       if (name.charCodeAt(0) === 58 /* : */) {
         switch (name) {
-          case ':method': method = value; break;
-          case ':path': path = value; break;
-          case ':authority': authority = value; break;
-          case ':scheme': scheme = value; break;
-          case ':protocol': extendedConnect = true; break;
-          default: bad = `unknown pseudo-header ${name}`;
+          case ':method': method = h[i + 1]!; break;
+          case ':path': path = h[i + 1]!; break;
+          case ':authority': authority = h[i + 1]!; break;
         }
         continue;
       }
       switch (name) {
-        case 'host': host = value; continue;
-        case 'connection': case 'keep-alive': case 'proxy-connection': case 'transfer-encoding': case 'upgrade': continue;
-        // only "trailers" may be said in h2; it goes on to the upstream (gRPC servers ask for it)
-        case 'te': if (value === 'trailers') { teTrailers = true; up.push(name, value); } continue;
-        case 'content-type': ct = value; break;
+        case 'host': hostAt = i; continue;
+        case 'te': teTrailers = true; continue; // between the two ends (gRPC servers ask for it), not the policy's
+        case 'content-type': ct = h[i + 1]!; break;
       }
+      const value = h[i + 1]!;
       const prev = headers[name];
       if (prev === undefined) headers[name] = value;
       else if (typeof prev === 'string') headers[name] = [prev, value];
       else prev.push(value);
-      up.push(name, value);
     }
     this.isGrpc = ct.startsWith('application/grpc');
     this.isHead = method === 'HEAD';
     if (this.info.dst === null) { this.localReply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }); return; }
-    if (method === 'CONNECT' || extendedConnect) { this.localReply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }); return; }
-    if (bad === '' && method === '') bad = 'no :method';
-    if (bad === '' && path === '') bad = 'no :path';
-    if (bad !== '') {
+    if (method === 'CONNECT') { this.localReply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }); return; }
+    if (method === '' || path === '') {
       this.ctx.stats.badRequests++;
-      this.localReply({ status: 400, headers: {}, body: `bad request: ${bad}\n` });
+      this.localReply({ status: 400, headers: {}, body: 'bad request: no :method or :path\n' });
       return;
     }
-    if (authority === '') authority = host;
+    if (hostAt >= 0) {
+      // rare in h2: host goes into :authority when there is none (RFC 9113 8.3.1), and is not forwarded
+      const host = h[hostAt + 1]!;
+      h.splice(hostAt, 2);
+      if (authority === '') { authority = host; h.unshift(':authority', host); }
+    }
     const head: RequestHead = { method, path, authority, headers, protocol: 'h2', grpc: this.isGrpc, hasBody: !this.bodyDone };
     this.head = head;
     let r: Exchange | LocalReply;
@@ -492,10 +490,12 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     if ('status' in r) { this.localReply(r); return; }
     this.ex = r;
     this.plainResponse = emptyRewrite(r.responseHeaders);
+    let up = h;
     if (!emptyRewrite(r.requestHeaders)) {
       // rare: the list is made again from the rewritten record
       rewriteHeaders(headers, r.requestHeaders);
-      up = [':method', '', ':scheme', '', ':authority', '', ':path', ''];
+      up = [];
+      for (let i = 0; i < h.length && h[i]!.charCodeAt(0) === 58; i += 2) up.push(h[i]!, h[i + 1]!);
       if (teTrailers) up.push('te', 'trailers');
       for (const name in headers) {
         const v = headers[name]!;
@@ -503,11 +503,6 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
         else for (let i = 0; i < v.length; i++) up.push(name, v[i]!);
       }
     }
-    up[1] = method;
-    up[3] = scheme === '' ? 'http' : scheme;
-    up[7] = path;
-    if (authority !== '') up[5] = authority;
-    else up.splice(4, 2); // none to forward (RFC 9113 8.3.1: not made up)
     this.upHeaders = up;
     if (r.timeoutMs > 0) this.routeTimer = setTimeout(H2Exchange.routeTimeout, r.timeoutMs, this);
     this.nextAttempt();
@@ -526,7 +521,7 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
 
   onTrailers(headers: HeaderList): void {
     try {
-      this.reqTrailers = filterFields(headers);
+      this.reqTrailers = headers;
       this.onBodyEnd();
     } catch (e) { this.fatal(e); }
   }
@@ -696,16 +691,18 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     this.resStatus = status;
     const ds = this.ds;
     if (ds.closed) { this.clientClosed(); return; }
-    const out: HeaderList = [':status', statusText];
-    const rw = this.ex!.responseHeaders;
-    const plain = this.plainResponse;
-    for (let i = 0; i < h.length; i += 2) {
-      const name = h[i]!;
-      if (name.charCodeAt(0) === 58 || connectionSpecific(name)) continue;
-      if (!plain && (rw.remove.includes(name) || rw.set[name] !== undefined)) continue;
-      out.push(name, h[i + 1]!);
+    // (the session passed a well-formed head only: :status first and alone, no connection-specific field)
+    let out = h;
+    if (!this.plainResponse) {
+      const rw = this.ex!.responseHeaders;
+      out = [':status', statusText];
+      for (let i = 2; i < h.length; i += 2) {
+        const name = h[i]!;
+        if (rw.remove.includes(name) || rw.set[name] !== undefined) continue;
+        out.push(name, h[i + 1]!);
+      }
+      for (const name in rw.set) out.push(name, rw.set[name]!);
     }
-    if (!plain) for (const name in rw.set) out.push(name, rw.set[name]!);
     this.headSent = true;
     // endStream: trailers-only (gRPC errors) or an empty response, passed on as one HEADERS frame with END_STREAM
     ds.sendHeaders(out, endStream);
@@ -733,9 +730,9 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
 
   upTrailers(leg: UpLeg, h: HeaderList): void {
     if (leg !== this.leg || !this.headSent || this.done) return;
-    const out = filterFields(h);
-    for (let i = 0; i < out.length; i += 2) if (out[i] === 'grpc-status') this.grpcStatus = Number(out[i + 1]);
-    if (out.length > 0) this.ds.sendTrailers(out);
+    // (well-formed: no pseudo-header or connection-specific field)
+    for (let i = 0; i < h.length; i += 2) if (h[i] === 'grpc-status') this.grpcStatus = Number(h[i + 1]);
+    if (h.length > 0) this.ds.sendTrailers(h);
     else this.ds.end();
     this.legDone(leg);
     this.finishExchange();
@@ -898,17 +895,6 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     this.body.length = 0;
     if (ex !== null) ex.end(this.resStarted ? this.resStatus : 0, this.grpcStatus);
   }
-}
-
-/** a field section passed on: without pseudo-headers and connection-specific fields */
-function filterFields(h: HeaderList): HeaderList {
-  const out: HeaderList = [];
-  for (let i = 0; i < h.length; i += 2) {
-    const name = h[i]!;
-    if (name.charCodeAt(0) === 58 || connectionSpecific(name)) continue;
-    out.push(name, h[i + 1]!);
-  }
-  return out;
 }
 
 /** a local reply's headers onto a list (for gRPC, without the fields the reply sets itself) */
