@@ -16,9 +16,7 @@
 // into :authority (a request without :authority takes host's value) and not forwarded; te: trailers is forwarded;
 // content-length passes as sent (the sessions check DATA against it); no date is added to passed-on responses
 // (the origin's is kept).
-import { EventEmitter } from 'node:events';
-import type { Http2Server, Http2Session } from 'node:http2';
-import { connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect } from 'node:net';
 import type { Logger } from '../observe/log.js';
 import type { Conn } from './conn.js';
 import {
@@ -308,26 +306,6 @@ class ClientSession implements H2SessionOptions {
     // (the transport's timer is the session's from now on: it lingers for the peer's close)
     if (err !== undefined) this.ctx.log.debug({ err: err.message, peer: `${this.info.address}:${this.info.port}` }, 'downstream h2 session error');
   }
-}
-
-/**
- * Transition only, for a server.ts that still hands sockets to a node:http2 server (it should call acceptH2):
- * stands in for that server. Its 'session' event carries a token the caller maps to the ConnInfo.
- */
-export function createH2Server(ctx: EngineContext, infoOf: (s: Http2Session) => ConnInfo | undefined): Http2Server {
-  const server = new EventEmitter();
-  server.on('connection', (socket: Socket) => {
-    const token = new EventEmitter() as EventEmitter & { setTimeout(ms: number): unknown };
-    token.setTimeout = () => token;
-    server.emit('session', token);
-    const info = infoOf(token as unknown as Http2Session);
-    if (info === undefined) { socket.destroy(); return; }
-    // the sniffed bytes were put back into the paused socket
-    const first = (socket.read() as Buffer | null) ?? Buffer.alloc(0);
-    acceptH2(ctx, socket, info, first);
-    socket.resume();
-  });
-  return Object.assign(server, { close: () => server }) as unknown as Http2Server;
 }
 
 const HEAD_TOO_LARGE: LocalReply = Object.freeze({
