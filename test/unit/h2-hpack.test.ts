@@ -4,6 +4,7 @@
 import t, { type Test } from 'tap';
 import http2 from 'node:http2';
 import net from 'node:net';
+import { seeded } from '../lib/l7model.js';
 import { HpackDecoder, HpackEncoder, HpackError, type HeaderList } from '../../agent/proxy/h2/hpack.js';
 import {
   HUFFMAN_BAD_EOS, HUFFMAN_BAD_PADDING, HUFFMAN_CODES, HUFFMAN_LENGTHS, huffmanDecode, huffmanEncode,
@@ -28,17 +29,8 @@ function unhuff(b: Uint8Array): string | number {
   return n < 0 ? n : out.toString('latin1', 0, n);
 }
 
-/** a seeded generator (mulberry32), so a failure can be replayed */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** a seeded generator, so a failure can be replayed */
+const rng = seeded;
 
 function hpackError(t: Test, fn: () => unknown, code: HpackError['code'], what: RegExp, msg: string): void {
   try {
