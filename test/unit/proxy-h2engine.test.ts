@@ -269,3 +269,43 @@ t.test('h2load through the proxy: every request answered 2xx', async (t) => {
   if (finished) t.comment(`h2load -c4 -m8: ${finished[3]} req/s (loaded machine; not asserted)`);
   t.equal(policy.contractViolations(), '');
 });
+
+t.test('upstream session limits: streams within the peer\'s max, one connection, the rest pending, then overflow', async (t) => {
+  let inFlight = 0, maxInFlight = 0;
+  const b = await h2Backend((s) => {
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    setTimeout(() => { inFlight--; s.respond({ ':status': 200 }); s.end('ok'); }, 80);
+  });
+  t.teardown(() => b.close());
+  b.server.updateSettings({ maxConcurrentStreams: 2 });
+  const g = new TestGroup(1, 4); // one connection, four pending
+  policy.route = () => ({ upstreams: [upstream(b.port, g)] });
+  const c = client(t);
+  t.equal((await h2request(c, { ':path': '/warm' })).headers[':status'], 200, 'warm-up: the backend\'s SETTINGS are known');
+  const rs = await Promise.all(Array.from({ length: 8 }, (_, i) => h2request(c, { ':path': `/p/${i}` })));
+  const statuses = rs.map((r) => Number(r.headers[':status'])).sort();
+  t.same(statuses, [200, 200, 200, 200, 200, 200, 503, 503], '2 at once + 4 pending answered, 2 over the pending limit refused');
+  t.same(rs.filter((r) => r.headers[':status'] === 503).map((r) => r.headers['x-sockmesh-overflow']), ['max-pending-requests', 'max-pending-requests']);
+  t.ok(maxInFlight <= 2, `never more than the peer's 2 streams at once (${maxInFlight})`);
+  t.equal(b.sessions, 1, 'one upstream connection (the group\'s max)');
+  t.equal(g.pending, 0, 'no pending request left');
+  t.ok(g.connections <= 1, 'within max connections');
+  t.equal(policy.contractViolations(), '');
+});
+
+t.test('an upstream that refuses the connection: 503 connect-failure, its connection slot given back', async (t) => {
+  const closed = await h2Backend(() => {});
+  const port = closed.port;
+  await closed.close(); // nothing listens there now
+  const g = new TestGroup();
+  policy.route = () => ({ upstreams: [upstream(port, g)] });
+  const c = client(t);
+  const r = await h2request(c, { ':path': '/nowhere' });
+  t.equal(r.headers[':status'], 503);
+  t.equal(r.headers['x-sockmesh-error'], 'connect-failure');
+  await new Promise((res) => setTimeout(res, 50));
+  t.equal(g.connections, 0, 'the connection slot was given back');
+  t.same(policy.exchanges.at(-1)!.attempts[0]!.outcomes, [{ kind: 'connect-failure' }]);
+  t.equal(policy.contractViolations(), '');
+});
