@@ -179,7 +179,8 @@ export class NetIo {
     const len = arena[off + 2]!;
     const address = arena.toString('latin1', off + 3, off + 3 + len);
     const l = this.listeners.get(listenerId);
-    if (l === undefined) { this.loop.close(id); return; }
+    // no listener: closed, or the whole loop was closed by a listener earlier in this batch (its sockets with it)
+    if (l === undefined) { if (!this.closed) this.loop.close(id); return; }
     const c = new NetConn(this, this.loop, id, address, port);
     this.conns.set(id, c);
     l.onConnection(c);

@@ -988,6 +988,11 @@ export class H2Session {
   /** a stream error on a stream we know: RST_STREAM, and its owner hears onReset(code) */
   private streamError(st: H2Stream, code: number): void {
     this._reset(st, code, true);
+    // "MadeYouReset" (CVE-2025-8671): a client's stream error before its answer is a reset the client chose (the
+    // stream leaves the table at once, its upstream request is cancelled): counted like its own RST_STREAM
+    if (this.server && (st.id & 1) === 1 && !st._headSent && !this.dead && ++this.windowResets > RESET_WINDOW / 2) {
+      this.connError(H2_ERROR.ENHANCE_YOUR_CALM, `the client made us reset ${this.windowResets} of its last ${this.windowOpened} streams`);
+    }
   }
 
   /** a stream error on a stream without an object (refused, malformed head, closed) */

@@ -1,0 +1,161 @@
+// Adversarial review of the proxy's own transport (agent/proxy/netio.ts over native/netio.cc) and HTTP/2
+// session (agent/proxy/h2/session.ts): each test here reproduced a bug found by reading the code, over real
+// loopback sockets, and failed before its fix.
+import t from 'tap';
+import { connect as netConnect, createServer as netServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { NetIo, type NetConn } from '../../agent/proxy/netio.js';
+import { H2_ERROR, H2Session, type H2SessionOptions, type H2Stream, type H2StreamHandler } from '../../agent/proxy/h2/session.js';
+import type { HeaderList } from '../../agent/proxy/h2/hpack.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+// ---- raw HTTP/2 frames
+
+interface RawFrame { type: number; flags: number; id: number; payload: Buffer }
+
+function frame(type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type; h[4] = flags;
+  h.writeUInt32BE(id, 5);
+  return Buffer.concat([h, payload]);
+}
+const u32 = (v: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32BE(v); return b; };
+
+/** a header block of literals without indexing (RFC 7541 6.2.2), names and values under 127 bytes */
+function block(pairs: string[]): Buffer {
+  const parts: Buffer[] = [];
+  for (let i = 0; i < pairs.length; i += 2) {
+    parts.push(Buffer.from([0x00, pairs[i].length]), Buffer.from(pairs[i], 'latin1'), Buffer.from([pairs[i + 1].length]), Buffer.from(pairs[i + 1], 'latin1'));
+  }
+  return Buffer.concat(parts);
+}
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+const HELLO = Buffer.concat([PREFACE, frame(4, 0, 0)]);
+const END_HEADERS = 0x4;
+const POST = [':method', 'POST', ':scheme', 'http', ':path', '/r', ':authority', 'x'];
+
+/** write bytes raw, read frames until `until` says so or the server closes (bounded) */
+function raw(port: number, bytes: Buffer, until: (f: RawFrame) => boolean): Promise<{ frames: RawFrame[]; closed: boolean }> {
+  return new Promise((resolve) => {
+    const sock = netConnect(port, '127.0.0.1');
+    const frames: RawFrame[] = [];
+    let buf = Buffer.alloc(0);
+    let closed = false;
+    const finish = (): void => { clearTimeout(timer); sock.destroy(); resolve({ frames, closed }); };
+    const timer = setTimeout(finish, 5000);
+    sock.on('error', () => {});
+    sock.on('close', () => { closed = true; finish(); });
+    sock.on('end', () => { closed = true; finish(); });
+    sock.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 9) {
+        const len = buf.readUIntBE(0, 3);
+        if (buf.length < 9 + len) break;
+        const f = { type: buf[3], flags: buf[4], id: buf.readUInt32BE(5) & 0x7fffffff, payload: buf.subarray(9, 9 + len) };
+        frames.push(f);
+        buf = buf.subarray(9 + len);
+        if (until(f)) {
+          if (f.type === 7) setTimeout(finish, 1000); else finish();
+          return;
+        }
+      }
+    });
+    sock.write(bytes);
+  });
+}
+const isGoaway = (f: RawFrame): boolean => f.type === 7;
+const goawayCode = (r: { frames: RawFrame[] }): number => { const g = r.frames.find(isGoaway); return g === undefined ? -1 : g.payload.readUInt32BE(4); };
+
+/** a stream owner that records its reset and consumes what it gets */
+class Owner implements H2StreamHandler {
+  resetCode = -1;
+  constructor(readonly stream: H2Stream, private readonly resetSeen: () => void = () => {}) {}
+  onHeaders(): void {}
+  onData(d: Buffer): void { if (!this.stream.closed) this.stream.consumed(d.length); }
+  onTrailers(): void {}
+  onReset(code: number): void { this.resetCode = code; this.resetSeen(); }
+  onWritable(): void {}
+}
+
+interface OurServer { port: number; server: Server; sessions: H2Session[]; closes: (Error | undefined)[]; close(): Promise<void> }
+
+async function ourServer(onStream: H2SessionOptions['onStream']): Promise<OurServer> {
+  const sockets = new Set<Socket>();
+  const o: OurServer = {
+    port: 0, sessions: [], closes: [],
+    server: netServer((sock) => {
+      sockets.add(sock);
+      sock.on('close', () => sockets.delete(sock));
+      o.sessions.push(new H2Session(sock, { role: 'server', onStream, onClose: (e) => o.closes.push(e) }));
+    }),
+    close: () => new Promise((r) => { for (const s of sockets) s.destroy(); o.server.close(() => r()); }),
+  };
+  await new Promise<void>((r) => o.server.listen(0, '127.0.0.1', () => r()));
+  o.port = (o.server.address() as AddressInfo).port;
+  return o;
+}
+
+t.test('h2 server role: resets WE send for a client\'s stream errors count like its own resets ("MadeYouReset")', async (t) => {
+  // The rapid-reset guard counted only the client's RST_STREAM. A client can make the server reset instead: open a
+  // stream (the engine starts the upstream request), then commit a stream error on it (here WINDOW_UPDATE of 0;
+  // DATA past content-length or after END_STREAM do the same). The stream leaves the table at once, so neither
+  // the concurrency limit nor the reset guard held it back: upstream requests at line rate (CVE-2025-8671).
+  let opened = 0, reset = 0;
+  const srv = await ourServer((st: H2Stream, _h: HeaderList) => {
+    opened++;
+    st.handler = new Owner(st, () => { reset++; });
+  });
+  t.teardown(() => srv.close());
+  const bytes: Buffer[] = [HELLO];
+  for (let id = 1; id < 2 * 1000; id += 2) bytes.push(frame(1, END_HEADERS, id, block(POST)), frame(8, 0, id, u32(0)));
+  const r = await raw(srv.port, Buffer.concat(bytes), isGoaway);
+  t.equal(goawayCode(r), H2_ERROR.ENHANCE_YOUR_CALM, `GOAWAY ENHANCE_YOUR_CALM (streams opened ${opened}, reset by us ${reset})`);
+  t.ok(r.closed, 'the connection is closed');
+  t.ok(opened > 512 && opened < 600, `about half a window of streams reached the owner (${opened})`);
+
+  // stream errors after the response head (the answer is under way: nothing more is asked of the upstream) do not count
+  const srv2 = await ourServer((st: H2Stream) => { st.handler = new Owner(st); st.sendHeaders([':status', '200'], false); });
+  t.teardown(() => srv2.close());
+  const bytes2: Buffer[] = [HELLO];
+  for (let id = 1; id < 2 * 1000; id += 2) bytes2.push(frame(1, END_HEADERS, id, block(POST)), frame(8, 0, id, u32(0)));
+  const r2 = await raw(srv2.port, Buffer.concat(bytes2), (f) => f.type === 3 && f.id === 1997);
+  t.equal(goawayCode(r2), -1, 'no GOAWAY when the streams were answered before the errors');
+  t.equal(srv2.closes.length, 0, 'the session lives on');
+});
+
+// ---- netio
+
+t.test('netio: NetIo.close() from a listener while the same batch still holds ACCEPT events does not throw', async (t) => {
+  // close() (the proxy's stop()) cleared the listeners and closed the native loop; an ACCEPT later in the same
+  // batch found no listener and called loop.close(id) on the closed loop, which throws: the exception left the
+  // batch as an uncaught exception (a crash for the agent).
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  const uncaught: unknown[] = [];
+  const onUncaught = (e: unknown): void => { uncaught.push(e); };
+  // tap installs its own handler; ours records what escapes the batch
+  const before = process.listeners('uncaughtException');
+  process.removeAllListeners('uncaughtException');
+  process.on('uncaughtException', onUncaught);
+  t.teardown(() => {
+    process.removeListener('uncaughtException', onUncaught);
+    for (const l of before) process.on('uncaughtException', l);
+  });
+  let accepted = 0;
+  const l = io.listen('127.0.0.1', 0, (c: NetConn) => {
+    accepted++;
+    c.on('error', () => {});
+    io.close(); // the first connection stops the proxy
+  });
+  // several connections complete their handshakes in the kernel before the loop wakes: one batch of ACCEPTs
+  const socks: Socket[] = [];
+  for (let i = 0; i < 4; i++) { const s = netConnect(l.port, '127.0.0.1'); s.on('error', () => {}); socks.push(s); }
+  t.teardown(() => { for (const s of socks) s.destroy(); });
+  for (let i = 0; i < 100 && accepted === 0; i++) await sleep(10);
+  await sleep(50);
+  t.equal(accepted, 1, 'one connection reached the listener before close()');
+  t.same(uncaught.map(String), [], 'nothing escaped the batch');
+  t.equal(io.openCount(), 0, 'everything is closed');
+});
