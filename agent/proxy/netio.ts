@@ -291,6 +291,8 @@ export class NetConn extends EventEmitter implements Conn {
       this.corkChunks.push(typeof data === 'string' && !isLatin1(encoding) ? Buffer.from(data, encoding ?? 'utf8') : data);
       return true;
     }
+    // the addon copies strings as latin1 or utf8 only: other encodings (hex, base64, utf16le) are converted here
+    if (typeof data === 'string' && encoding !== undefined && encoding !== 'utf8' && encoding !== 'utf-8' && !isLatin1(encoding)) data = Buffer.from(data, encoding);
     const r = this.loop.write(this.id, data, typeof data === 'string' && !isLatin1(encoding));
     return this.written(r);
   }

@@ -205,3 +205,25 @@ t.test('h2: SETTINGS_INITIAL_WINDOW_SIZE applied once per frame keeps the RFC\'s
   for (let i = 0; i < 200 && !frames.some(isGoaway); i++) await sleep(10);
   t.equal(goawayCode({ frames }), H2_ERROR.FLOW_CONTROL_ERROR, 'GOAWAY FLOW_CONTROL_ERROR');
 });
+
+t.test('netio: write(string, encoding) honours encodings other than utf8 and latin1, as net.Socket does', async (t) => {
+  // uncorked, a string in any encoding but latin1 went to the addon as utf8 text: write('68656c6c6f', 'hex') sent
+  // the ten characters instead of 'hello' (the corked path converted it right)
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  const got: Buffer[] = [];
+  const srv = netServer((s) => { s.on('data', (d: Buffer) => got.push(d)); s.on('error', () => {}); });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => srv.close());
+  const c = io.connect({ address: '127.0.0.1', port: (srv.address() as AddressInfo).port });
+  c.on('error', () => {});
+  await new Promise<void>((r) => c.once('connect', () => r()));
+  c.write('68656c6c6f', 'hex');
+  c.write('IHdvcmxk', 'base64');
+  c.write(' \u00e9', 'utf8');
+  c.write('\u00e9', 'latin1');
+  const want = Buffer.concat([Buffer.from('hello world '), Buffer.from('\u00e9', 'utf8'), Buffer.from([0xe9])]);
+  for (let i = 0; i < 200 && Buffer.concat(got).length < want.length; i++) await sleep(10);
+  t.same(Buffer.concat(got), want, 'the bytes each encoding means');
+  c.destroy();
+});
