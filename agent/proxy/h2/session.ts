@@ -919,11 +919,17 @@ export class H2Session {
     // The largest value in the frame decides whether some window went over 2^31-1 on the way (RFC 9113 6.9.2).
     let newInitial = -1;
     let maxInitial = -1;
+    let minTable = Infinity;
+    let lastTable = -1;
     for (let p = s; p < s + len; p += 6) {
       const key = (b[p] << 8) | b[p + 1];
       const v = b.readUInt32BE(p + 2);
       switch (key) {
-        case SETTING.HEADER_TABLE_SIZE: this.encoder.setMaxTableSize(v); break;
+        case SETTING.HEADER_TABLE_SIZE:
+          // once per frame too (below): each change costs the encoder an eviction and a new ring
+          if (v < minTable) minTable = v;
+          lastTable = v;
+          break;
         case SETTING.ENABLE_PUSH:
           if (v > 1) return this.connError(H2_ERROR.PROTOCOL_ERROR, `SETTINGS_ENABLE_PUSH ${v}`);
           break;
@@ -940,6 +946,11 @@ export class H2Session {
           break;
         default: break; // MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored
       }
+    }
+    if (lastTable >= 0) {
+      // the smallest size of the frame first: the next block announces it before the final one (RFC 7541 4.2)
+      if (minTable < lastTable) this.encoder.setMaxTableSize(minTable);
+      this.encoder.setMaxTableSize(lastTable);
     }
     let grew = false;
     if (newInitial >= 0 && (newInitial !== this._peerInitialWindow || maxInitial > newInitial)) {
