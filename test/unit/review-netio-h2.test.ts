@@ -242,3 +242,100 @@ t.test('h2: SETTINGS_HEADER_TABLE_SIZE applied once per frame still announces th
   // 001xxxxx size updates: 0, then 4096 (our own encoder limit caps the 8192): 0x20, 0x3f 0xe1 0x1f
   t.same([...h!.payload.subarray(0, 4)], [0x20, 0x3f, 0xe1, 0x1f], 'size update 0, then 4096, before the first field');
 });
+
+t.test('netio: a listener that throws costs the other connections of the batch nothing; the exception is uncaught once per batch', async (t) => {
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  const uncaught: unknown[] = [];
+  const before = process.listeners('uncaughtException');
+  process.removeAllListeners('uncaughtException');
+  const onU = (e: unknown): void => { uncaught.push(e); };
+  process.on('uncaughtException', onU);
+  t.teardown(() => { process.removeListener('uncaughtException', onU); for (const l of before) process.on('uncaughtException', l); });
+  const got = new Map<number, string>();
+  let closes = 0;
+  const l = io.listen('127.0.0.1', 0, (c: NetConn) => {
+    c.on('error', () => {});
+    c.on('close', () => closes++);
+    c.on('data', (d: Buffer) => {
+      got.set(c.id, (got.get(c.id) ?? '') + d.toString());
+      if (d.toString().includes('boom')) throw new Error('listener boom');
+    });
+  });
+  const socks: Socket[] = [];
+  for (let i = 0; i < 3; i++) { const s = netConnect(l.port, '127.0.0.1'); s.on('error', () => {}); socks.push(s); }
+  t.teardown(() => { for (const s of socks) s.destroy(); });
+  for (let i = 0; i < 100 && io.openCount() < 4; i++) await sleep(10);
+  socks[0]!.write('boom'); socks[1]!.write('x1'); socks[2]!.write('boom');
+  for (let i = 0; i < 100 && got.size < 3; i++) await sleep(10);
+  socks[1]!.write('x2'); socks[0]!.write('after');
+  for (let i = 0; i < 100 && [...got.values()].join('').length < 14; i++) await sleep(10);
+  t.ok(uncaught.length >= 1 && uncaught.every((e) => String(e) === 'Error: listener boom'), `the listener's exception reached uncaughtException (${uncaught.length}x)`);
+  t.same([...got.values()].sort(), ['boom', 'boomafter', 'x1x2'], 'every connection got all its bytes, the throwing ones too');
+  for (const s of socks) s.destroy();
+  for (let i = 0; i < 100 && closes < 3; i++) await sleep(10);
+  t.equal(closes, 3, "'close' once each");
+  t.equal(io.openCount(), 1, 'only the listener is left');
+});
+
+t.test('netio: a paused connection whose peer resets: with bytes queued at once, with nothing queued on resume; FIN held until resume', async (t) => {
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  const peer = async (): Promise<{ port: number; sock: () => Socket | null }> => {
+    let sock: Socket | null = null;
+    const srv = netServer((s) => { sock = s; s.pause(); s.on('error', () => {}); });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    t.teardown(() => { sock?.destroy(); srv.close(); });
+    return { port: (srv.address() as AddressInfo).port, sock: () => sock };
+  };
+  const watch = (c: NetConn): { errs: string[]; closes: number; ends: number; data: string } => {
+    const w = { errs: [] as string[], closes: 0, ends: 0, data: '' };
+    c.on('error', (e) => w.errs.push((e as NodeJS.ErrnoException).code ?? '?'));
+    c.on('close', () => w.closes++);
+    c.on('end', () => w.ends++);
+    c.on('data', (d: Buffer) => { w.data += d.toString(); });
+    return w;
+  };
+  const until = async (f: () => boolean): Promise<void> => { for (let i = 0; i < 200 && !f(); i++) await sleep(10); };
+
+  // 1: paused with 8 MiB queued (EPOLLOUT armed): the RST is an error at once
+  const p1 = await peer();
+  const c1 = io.connect({ address: '127.0.0.1', port: p1.port });
+  const w1 = watch(c1);
+  await new Promise<void>((r) => c1.once('connect', () => r()));
+  c1.write(Buffer.alloc(8 << 20));
+  c1.pause();
+  await until(() => p1.sock() !== null);
+  p1.sock()!.resetAndDestroy();
+  await until(() => w1.closes > 0);
+  t.same([w1.closes, w1.errs.length], [1, 1], `an error and 'close' once (${w1.errs})`);
+
+  // 2: paused with nothing queued (out of epoll): nothing until resume, then the error
+  const p2 = await peer();
+  const c2 = io.connect({ address: '127.0.0.1', port: p2.port });
+  const w2 = watch(c2);
+  await new Promise<void>((r) => c2.once('connect', () => r()));
+  c2.pause();
+  await until(() => p2.sock() !== null);
+  p2.sock()!.resetAndDestroy();
+  await sleep(100);
+  t.equal(w2.closes, 0, 'paused: not seen yet');
+  c2.resume();
+  await until(() => w2.closes > 0);
+  t.same([w2.closes, w2.errs.length], [1, 1], `after resume: an error and 'close' once (${w2.errs})`);
+
+  // 3: paused, the peer writes and ends: both wait for resume, then data, 'end', 'close'
+  const p3 = await peer();
+  const c3 = io.connect({ address: '127.0.0.1', port: p3.port });
+  const w3 = watch(c3);
+  await new Promise<void>((r) => c3.once('connect', () => r()));
+  c3.pause();
+  await until(() => p3.sock() !== null);
+  p3.sock()!.end('bye');
+  await sleep(100);
+  t.same([w3.data, w3.ends], ['', 0], 'paused: nothing delivered');
+  c3.resume();
+  await until(() => w3.closes > 0);
+  t.same([w3.data, w3.ends, w3.closes, w3.errs.length], ['bye', 1, 1, 0], "after resume: the bytes, 'end', 'close' once");
+  t.equal(io.openCount(), 0, 'nothing left open');
+});
