@@ -91,6 +91,8 @@ export class HpackDecoder {
   private buf: Buffer = Buffer.alloc(0);
   private p = 0;
   private end = 0;
+  /** where the block starts in buf (error offsets are the block's) */
+  private base = 0;
 
   /**
    * maxTableSize: our SETTINGS_HEADER_TABLE_SIZE (the peer's encoder may use at most this much);
@@ -112,12 +114,17 @@ export class HpackDecoder {
     this.values = new Array<string>(this.cap).fill('');
   }
 
-  /** one complete header block (HEADERS + CONTINUATION payloads joined) */
-  decode(block: Uint8Array): HeaderList {
+  /**
+   * one complete header block (HEADERS + CONTINUATION payloads joined): block[start..end] (the session passes the
+   * frame it read and the block's place in it, not a view per block); error offsets count from start
+   */
+  decode(block: Uint8Array, start = 0, end = block.length): HeaderList {
     const buf = Buffer.isBuffer(block) ? block : Buffer.from(block.buffer, block.byteOffset, block.byteLength);
+    if (!(start >= 0 && start <= end && end <= buf.length)) throw new RangeError(`hpack: block ${start}..${end} outside the ${buf.length} bytes given`);
     this.buf = buf;
-    this.p = 0;
-    const end = this.end = buf.length;
+    this.p = start;
+    this.base = start;
+    this.end = end;
     const out: string[] = [];
     let listSize = 0;
     const maxList = this.maxHeaderListSize;
@@ -132,12 +139,12 @@ export class HpackDecoder {
         this.p = at + 1;
         if (idx === 0x7f) idx = this.intRest(0x7f);
         if (idx <= STATIC_COUNT) {
-          if (idx === 0) throw compressionError('index 0', at);
+          if (idx === 0) throw this.error('index 0', at);
           name = STATIC_NAMES[idx];
           value = STATIC_VALUES[idx];
         } else {
           const i = idx - STATIC_COUNT;
-          if (i > this.count) throw compressionError(`index ${idx} beyond the ${STATIC_COUNT + this.count} entries of the table`, at);
+          if (i > this.count) throw this.error(`index ${idx} beyond the ${STATIC_COUNT + this.count} entries of the table`, at);
           const slot = this.slot(i);
           name = this.names[slot];
           value = this.values[slot];
@@ -153,8 +160,8 @@ export class HpackDecoder {
         let n = b & 0x1f;
         this.p = at + 1;
         if (n === 0x1f) n = this.intRest(0x1f);
-        if (fields) throw compressionError('dynamic table size update after the first field', at);
-        if (n > this.maxTableSize) throw compressionError(`dynamic table size update to ${n}, above our limit of ${this.maxTableSize}`, at);
+        if (fields) throw this.error('dynamic table size update after the first field', at);
+        if (n > this.maxTableSize) throw this.error(`dynamic table size update to ${n}, above our limit of ${this.maxTableSize}`, at);
         this.limit = n;
         this.evictTo(n);
         continue;
@@ -189,6 +196,10 @@ export class HpackDecoder {
     return r;
   }
 
+  private error(what: string, at: number): HpackError {
+    return compressionError(what, at - this.base);
+  }
+
   private slot(i: number): number {
     const s = this.next - i;
     return s < 0 ? s + this.cap : s;
@@ -197,7 +208,7 @@ export class HpackDecoder {
   private nameAt(idx: number, at: number): string {
     if (idx <= STATIC_COUNT) return STATIC_NAMES[idx];
     const i = idx - STATIC_COUNT;
-    if (i > this.count) throw compressionError(`name index ${idx} beyond the ${STATIC_COUNT + this.count} entries of the table`, at);
+    if (i > this.count) throw this.error(`name index ${idx} beyond the ${STATIC_COUNT + this.count} entries of the table`, at);
     return this.names[this.slot(i)];
   }
 
@@ -206,13 +217,13 @@ export class HpackDecoder {
     const buf = this.buf;
     let m = 1;
     for (;;) {
-      if (this.p >= this.end) throw compressionError('truncated integer', this.p);
+      if (this.p >= this.end) throw this.error('truncated integer', this.p);
       const b = buf[this.p++];
       v += (b & 0x7f) * m;
-      if (v > MAX_INT) throw compressionError('integer too large', this.p - 1);
+      if (v > MAX_INT) throw this.error('integer too large', this.p - 1);
       if ((b & 0x80) === 0) return v;
       m *= 128;
-      if (m > 2 ** 28) throw compressionError('integer too long', this.p - 1);
+      if (m > 2 ** 28) throw this.error('integer too long', this.p - 1);
     }
   }
 
@@ -220,19 +231,19 @@ export class HpackDecoder {
   private string(): string {
     const buf = this.buf;
     let p = this.p;
-    if (p >= this.end) throw compressionError('truncated string literal', p);
+    if (p >= this.end) throw this.error('truncated string literal', p);
     const b = buf[p];
     let len = b & 0x7f;
     this.p = ++p;
     if (len === 0x7f) { len = this.intRest(0x7f); p = this.p; }
-    if (len > this.end - p) throw compressionError(`string literal of ${len} bytes with only ${this.end - p} left`, p);
+    if (len > this.end - p) throw this.error(`string literal of ${len} bytes with only ${this.end - p} left`, p);
     this.p = p + len;
     if ((b & 0x80) === 0) return latin1(buf, p, p + len);
     const max = huffmanMaxDecodedLength(len);
     if (huffScratch.length < max) huffScratch = Buffer.allocUnsafe(Math.max(max, huffScratch.length * 2));
     const n = huffmanDecode(buf, p, p + len, huffScratch);
     if (n < 0) {
-      throw compressionError(n === HUFFMAN_BAD_EOS ? 'EOS symbol inside a Huffman string' : 'bad Huffman padding (longer than 7 bits or not all ones)', p);
+      throw this.error(n === HUFFMAN_BAD_EOS ? 'EOS symbol inside a Huffman string' : 'bad Huffman padding (longer than 7 bits or not all ones)', p);
     }
     return latin1(huffScratch, 0, n);
   }
@@ -332,7 +343,7 @@ const MEMO = 16;
 
 /** Where encodeInto() writes: the shape of the session's frame output (h2/frames.ts Output) */
 export interface HpackSink {
-  /** the bytes; reserve() may replace it */
+  /** the bytes; reserve() may replace it, and may move what it holds down to the start of the new one (end moves too) */
   buf: Buffer;
   /** where the next byte goes */
   end: number;
@@ -422,7 +433,8 @@ export class HpackEncoder {
 
   /**
    * one header block written at sink.end (sink.end moves past it): saves encode()'s Buffer and copy when the
-   * caller has an output buffer anyway. The block's length is the difference in sink.end.
+   * caller has an output buffer anyway. The block is what lies between where it began and sink.end, its start
+   * moved down with everything else when reserve() moved the bytes (as Output does).
    */
   encodeInto(headers: HeaderList, sink: HpackSink): void {
     sink.reserve(12);
@@ -443,6 +455,7 @@ export class HpackEncoder {
         sink.end = p;
         sink.reserve(need);
         buf = sink.buf;
+        p = sink.end; // (a sink may move what it holds to the start of a new buffer: frames.ts Output does)
       }
       // the same field at the same place as in the last block, still in the table: its index, no lookups
       const k = i >>> 1;

@@ -391,8 +391,31 @@ export class H2Session {
 
   /** @internal */
   _writeHeaders(id: number, headers: HeaderList, endStream: boolean): void {
-    const block = this.encoder.encode(headers);
-    this.out.headerBlock(id, block, endStream, this.peerMaxFrame);
+    // encoded straight after a HEADERS frame header whose length is filled in afterwards: no Buffer per block
+    const out = this.out;
+    out.reserve(FRAME_HEADER_SIZE);
+    // (reserve() may move the unsent bytes to a new chunk: the header's place is kept relative to out.start)
+    const rel = out.end - out.start;
+    out.end += FRAME_HEADER_SIZE;
+    try {
+      this.encoder.encodeInto(headers, out);
+    } catch (e) {
+      out.end = out.start + rel; // (a list that is not one: no half frame is left behind)
+      throw e;
+    }
+    const at = out.start + rel;
+    const end = out.end;
+    const n = end - at - FRAME_HEADER_SIZE;
+    if (n <= this.peerMaxFrame) {
+      out.end = at;
+      out.header(n, FRAME.HEADERS, endStream ? FLAG.END_STREAM | FLAG.END_HEADERS : FLAG.END_HEADERS, id);
+      out.end = end;
+    } else {
+      // rare: a block over the peer's frame size goes out again as HEADERS + CONTINUATION
+      const block = Buffer.from(out.buf.subarray(at + FRAME_HEADER_SIZE, end));
+      out.end = at;
+      out.headerBlock(id, block, endStream, this.peerMaxFrame);
+    }
     this.scheduleFlush();
   }
 
@@ -778,7 +801,7 @@ export class H2Session {
     if (hs > he || pad > he - hs) return this.connError(H2_ERROR.PROTOCOL_ERROR, `HEADERS padding or priority beyond its ${len}-byte payload`);
     he -= pad;
     const endStream = (flags & FLAG.END_STREAM) !== 0;
-    if ((flags & FLAG.END_HEADERS) !== 0) return this.headerBlock(id, b.subarray(hs, he), endStream);
+    if ((flags & FLAG.END_HEADERS) !== 0) return this.headerBlock(id, b, hs, he, endStream);
     this.contId = id;
     this.contEnd = endStream;
     this.contLen = 0;
@@ -790,7 +813,7 @@ export class H2Session {
     if (!this.appendBlock(b, s, s + len)) return;
     if ((flags & FLAG.END_HEADERS) === 0) return;
     this.contId = 0;
-    this.headerBlock(id, this.contBuf!.subarray(0, this.contLen), this.contEnd);
+    this.headerBlock(id, this.contBuf!, 0, this.contLen, this.contEnd);
   }
 
   private appendBlock(b: Buffer, from: number, to: number): boolean {
@@ -810,12 +833,12 @@ export class H2Session {
     return true;
   }
 
-  /** a whole header block for stream id: decoded always (the HPACK context must stay in step), then used */
-  private headerBlock(id: number, block: Buffer, endStream: boolean): void {
+  /** a whole header block for stream id, b[start..end]: decoded always (the HPACK context must stay in step), then used */
+  private headerBlock(id: number, b: Buffer, start: number, end: number, endStream: boolean): void {
     let list: HeaderList;
     let tooLarge = false;
     try {
-      list = this.decoder.decode(block);
+      list = this.decoder.decode(b, start, end);
     } catch (e) {
       if (e instanceof HpackError && e.code === 'HEADER_LIST_TOO_LARGE') {
         tooLarge = true;
