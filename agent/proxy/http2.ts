@@ -278,6 +278,11 @@ class ClientSession implements H2SessionOptions {
   readonly role = 'server' as const;
   readonly settings: Partial<H2Settings>;
   readonly session: H2Session;
+  // Route timeouts: one timer per connection, at the earliest deadline of its exchanges, instead of a setTimeout
+  // and clearTimeout per request (a Timeout object and two list operations each; a request rarely times out).
+  // Requests of a route share its timeout, so later ones have later deadlines: the timer is rarely moved.
+  private deadlineTimer: NodeJS.Timeout | null = null;
+  private timerAt = Infinity;
 
   constructor(private readonly ctx: EngineContext, private readonly conn: Conn, private readonly info: ConnInfo, first: Buffer) {
     this.settings = { maxConcurrentStreams: 1000, maxHeaderListSize: ctx.maxHeaderBytes };
@@ -297,12 +302,38 @@ class ClientSession implements H2SessionOptions {
 
   onStream(stream: H2Stream, headers: HeaderList, endStream: boolean, tooLarge: boolean): void {
     this.ctx.stats.requests++;
-    const x = new H2Exchange(this.ctx, this.info, stream, endStream);
+    const x = new H2Exchange(this.ctx, this.info, this, stream, endStream);
     stream.handler = x;
     try { x.start(headers, tooLarge); } catch (e) { x.fatal(e); }
   }
 
+  /** an exchange's route deadline (performance.now() ms): the timer fires by then */
+  deadline(at: number): void {
+    // (session is unset while its constructor hands over the streams of the first read)
+    if (at >= this.timerAt || (this.session as H2Session | undefined)?.closed === true) return;
+    if (this.deadlineTimer !== null) clearTimeout(this.deadlineTimer);
+    this.timerAt = at;
+    this.deadlineTimer = setTimeout(ClientSession.sweep, Math.max(1, Math.ceil(at - performance.now())), this);
+  }
+
+  /** the exchanges past their deadline time out; the timer is set again for the earliest of the others */
+  private static sweep(c: ClientSession): void {
+    c.deadlineTimer = null;
+    c.timerAt = Infinity;
+    const now = performance.now();
+    let next = Infinity;
+    for (const st of c.session.openStreams()) {
+      const x = st.handler;
+      if (!(x instanceof H2Exchange)) continue;
+      const d = x.routeDeadline;
+      if (d <= now) x.routeDue();
+      else if (d < next) next = d;
+    }
+    if (next !== Infinity) c.deadline(next);
+  }
+
   onClose(err?: Error): void {
+    if (this.deadlineTimer !== null) { clearTimeout(this.deadlineTimer); this.deadlineTimer = null; }
     // (the transport's timer is the session's from now on: it lingers for the peer's close)
     if (err !== undefined) this.ctx.log.debug({ err: err.message, peer: `${this.info.address}:${this.info.port}` }, 'downstream h2 session error');
   }
@@ -376,13 +407,15 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
   /** counted in info.streams */
   private counted = false;
   private tryTimer: NodeJS.Timeout | null = null;
-  private routeTimer: NodeJS.Timeout | null = null;
+  /** when the route's timeout ends (performance.now() ms; Infinity: none, or over); the client session's timer watches it */
+  routeDeadline = Infinity;
   private retryTimer: NodeJS.Timeout | null = null;
   private redispatched = 0;
 
   constructor(
     private readonly ctx: EngineContext,
     private readonly info: ConnInfo,
+    private readonly client: ClientSession,
     private readonly ds: H2Stream,
     endStream: boolean,
   ) {
@@ -482,7 +515,10 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
       }
     }
     this.upHeaders = up;
-    if (r.timeoutMs > 0) this.routeTimer = setTimeout(H2Exchange.routeTimeout, r.timeoutMs, this);
+    if (r.timeoutMs > 0) {
+      this.routeDeadline = performance.now() + r.timeoutMs;
+      this.client.deadline(this.routeDeadline);
+    }
     this.nextAttempt();
   }
 
@@ -765,9 +801,10 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     try { x.attemptFailed({ kind: 'timeout', requestComplete: x.bodyDone }); } catch (e) { x.fatal(e); }
   }
 
-  private static routeTimeout(x: H2Exchange): void {
-    x.routeTimer = null;
-    try { x.routeTimedOut(); } catch (e) { x.fatal(e); }
+  /** the route's timeout is over (the client session's sweep) */
+  routeDue(): void {
+    this.routeDeadline = Infinity;
+    try { this.routeTimedOut(); } catch (e) { this.fatal(e); }
   }
 
   private static retryNow(x: H2Exchange): void {
@@ -831,7 +868,7 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
 
   private clearTimers(): void {
     if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
-    if (this.routeTimer !== null) { clearTimeout(this.routeTimer); this.routeTimer = null; }
+    this.routeDeadline = Infinity;
     if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
   }
 

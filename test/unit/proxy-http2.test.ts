@@ -364,3 +364,30 @@ t.test('h2 route timeout: 504 before the head, RST_STREAM after it; gRPC clients
   t.equal(g.headers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), 'trailers-only DEADLINE_EXCEEDED');
   t.equal(policy.contractViolations(), '');
 });
+
+t.test('h2 route timeouts of several requests on one connection (one timer per connection): each at its own deadline', async (t) => {
+  const b = await h2Backend((s, h) => {
+    if (h[':path'] === '/fast') s.respond({ ':status': 200 }, { endStream: true });
+    /* /stall-*: never answers */
+  });
+  t.teardown(() => b.close());
+  const timeouts: Record<string, number> = { '/stall-long': 1500, '/stall-short': 300, '/fast': 1000 };
+  policy.route = (head) => ({ upstreams: [upstream(b.port, group)], timeoutMs: timeouts[head.path] ?? 0 });
+  const c = client(t);
+  const t0 = Date.now();
+  const took = (p: Promise<H2Got>): Promise<{ status: unknown; ms: number }> => p.then((r) => ({ status: r.headers[':status'], ms: Date.now() - t0 }));
+  // the long one first: the connection's timer must be moved earlier for the short one
+  const long = took(h2request(c, { ':path': '/stall-long' }));
+  await new Promise((r) => setTimeout(r, 20));
+  const short = took(h2request(c, { ':path': '/stall-short' }));
+  const fast = await Promise.all([1, 2, 3].map(() => took(h2request(c, { ':path': '/fast' }))));
+  for (const f of fast) t.equal(f.status, 200, 'the quick ones are answered meanwhile');
+  const s1 = await short;
+  t.equal(s1.status, 504);
+  t.ok(s1.ms >= 290 && s1.ms < 1300, `the short one at its own deadline (${s1.ms} ms), not the long one's`);
+  const l1 = await long;
+  t.equal(l1.status, 504);
+  t.ok(l1.ms >= 1450 && l1.ms < 5000, `the long one at its deadline (${l1.ms} ms)`);
+  t.equal((await h2request(c, { ':path': '/fast' })).headers[':status'], 200, 'the connection serves on');
+  t.equal(policy.contractViolations(), '');
+});

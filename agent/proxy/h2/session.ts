@@ -362,6 +362,8 @@ export class H2Session {
   /** streams open now (either side) */
   get activeStreams(): number { return this.streams.size; }
   get closed(): boolean { return this.dead; }
+  /** the streams open now, in the order they were opened (a new array each call: for sweeps over them) */
+  openStreams(): H2Stream[] { return this.streams.values(); }
 
   /** graceful: GOAWAY, no new streams; the transport closes when the open ones are done */
   goaway(code: number = H2_ERROR.NO_ERROR): void {
