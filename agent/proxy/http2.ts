@@ -29,6 +29,8 @@ import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Sour
 /** streams assumed allowed on a new session until the peer's SETTINGS say otherwise */
 const DEFAULT_MAX_STREAMS = 100;
 /** request body held while no upstream stream is there yet, before the client's stream window is held */
+/** our receive window per stream on both legs (see ClientSession) */
+const STREAM_WINDOW = 256 * 1024;
 const MAX_UNSENT = 256 * 1024;
 /** a stream refused unprocessed (REFUSED_STREAM, GOAWAY) is sent again on another session at most this often */
 const MAX_REDISPATCH = 5;
@@ -137,7 +139,8 @@ export class H2Pool {
     maxHeaderListSize = 64 * 1024,
   ) {
     // The upstream may not open streams to us (no push): the stream limit we announce is moot.
-    this.settings = { maxHeaderListSize };
+    // (the window bounds what a client that does not read makes us hold per upstream stream, as on the client side)
+    this.settings = { maxHeaderListSize, initialWindowSize: STREAM_WINDOW };
     this.sweeper = setInterval(() => this.sweep(), Math.min(1000, idleTimeoutMs)).unref();
   }
 
@@ -285,7 +288,10 @@ class ClientSession implements H2SessionOptions {
   private timerAt = Infinity;
 
   constructor(private readonly ctx: EngineContext, private readonly conn: Conn, private readonly info: ConnInfo, first: Buffer) {
-    this.settings = { maxConcurrentStreams: 1000, maxHeaderListSize: ctx.maxHeaderBytes };
+    // What one client connection can make the proxy hold is bounded by streams x stream window, each way (the session
+    // gives the connection window back itself): 100 x 256 KiB = 25 MiB, where the session defaults (1000 x 1 MiB)
+    // would let one connection pin about 1 GiB. 100 streams is nghttp2's, haproxy's and node's default.
+    this.settings = { maxConcurrentStreams: 100, initialWindowSize: STREAM_WINDOW, maxHeaderListSize: ctx.maxHeaderBytes };
     // idle: no stream open for clientIdleTimeoutMs (a quiet long-lived gRPC stream is not idle). The transport's
     // timer measures quiet time; it is looked at again, not acted on, while a stream is open.
     conn.removeAllListeners('timeout'); // the sniffer's
