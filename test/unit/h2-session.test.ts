@@ -12,6 +12,7 @@ import {
 import { connect as netConnect, createServer as netServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { H2_ERROR, H2Session, type H2SessionOptions, type H2Stream, type H2StreamHandler } from '../../agent/proxy/h2/session.js';
 import { HpackEncoder, type HeaderList } from '../../agent/proxy/h2/hpack.js';
+import { block, frame, goawayCode, HELLO, isGoaway, PREFACE, raw, u32, type RawFrame } from '../lib/h2raw.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -757,66 +758,9 @@ t.test('client role: the peer changes its initial window mid-flight', async (t) 
 
 // ---- malformed input, written raw
 
-interface RawFrame { type: number; flags: number; id: number; payload: Buffer }
-
-function frame(type: number, flags: number, id: number, payload: Buffer | string = Buffer.alloc(0)): Buffer {
-  const p = typeof payload === 'string' ? Buffer.from(payload, 'latin1') : payload;
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(p.length, 0, 3);
-  h[3] = type; h[4] = flags;
-  h.writeUInt32BE(id, 5);
-  return Buffer.concat([h, p]);
-}
-const u32 = (v: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32BE(v); return b; };
-
-/** a header block of literals without indexing (RFC 7541 6.2.2), names and values under 127 bytes */
-function block(pairs: string[]): Buffer {
-  const parts: Buffer[] = [];
-  for (let i = 0; i < pairs.length; i += 2) {
-    parts.push(Buffer.from([0x00, pairs[i].length]), Buffer.from(pairs[i], 'latin1'), Buffer.from([pairs[i + 1].length]), Buffer.from(pairs[i + 1], 'latin1'));
-  }
-  return Buffer.concat(parts);
-}
-
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-const HELLO = Buffer.concat([PREFACE, frame(4, 0, 0)]);
 const GET = [':method', 'GET', ':scheme', 'http', ':path', '/', ':authority', 'x'];
 const END_STREAM = 0x1, END_HEADERS = 0x4;
 const headers = (id: number, pairs: string[], flags = END_STREAM | END_HEADERS): Buffer => frame(1, flags, id, block(pairs));
-
-/** write bytes raw, read frames until `until` says so or the server closes (bounded) */
-function raw(port: number, bytes: Buffer, until: (f: RawFrame) => boolean): Promise<{ frames: RawFrame[]; closed: boolean }> {
-  return new Promise((resolve) => {
-    const sock = netConnect(port, '127.0.0.1');
-    const frames: RawFrame[] = [];
-    let buf = Buffer.alloc(0);
-    let closed = false;
-    const finish = (): void => { clearTimeout(timer); sock.destroy(); resolve({ frames, closed }); };
-    const timer = setTimeout(finish, 5000);
-    sock.on('error', () => {});
-    sock.on('close', () => { closed = true; finish(); });
-    sock.on('end', () => { closed = true; finish(); });
-    sock.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      while (buf.length >= 9) {
-        const len = buf.readUIntBE(0, 3);
-        if (buf.length < 9 + len) break;
-        const f = { type: buf[3], flags: buf[4], id: buf.readUInt32BE(5) & 0x7fffffff, payload: buf.subarray(9, 9 + len) };
-        frames.push(f);
-        buf = buf.subarray(9 + len);
-        if (until(f)) {
-          // a connection error closes the connection: wait for that too
-          if (f.type === 7) setTimeout(finish, 1000); else finish();
-          return;
-        }
-      }
-    });
-    sock.write(bytes);
-  });
-}
-
-const isGoaway = (f: RawFrame): boolean => f.type === 7;
-const goawayCode = (r: { frames: RawFrame[] }): number => { const g = r.frames.find(isGoaway); return g === undefined ? -1 : g.payload.readUInt32BE(4); };
 const isRst = (id: number) => (f: RawFrame): boolean => (f.type === 3 && f.id === id) || f.type === 7;
 const rstCode = (r: { frames: RawFrame[] }, id: number): number => { const f = r.frames.find((x) => x.type === 3 && x.id === id); return f === undefined ? -1 : f.payload.readUInt32BE(0); };
 /** the response HEADERS on a stream, or a GOAWAY */

@@ -6,67 +6,14 @@ import { connect as netConnect, createServer as netServer, type AddressInfo, typ
 import { NetIo, type NetConn } from '../../agent/proxy/netio.js';
 import { H2_ERROR, H2Session, type H2SessionOptions, type H2Stream, type H2StreamHandler } from '../../agent/proxy/h2/session.js';
 import type { HeaderList } from '../../agent/proxy/h2/hpack.js';
+import { block, frame, goawayCode, HELLO, isGoaway, PREFACE, raw, u32, type RawFrame } from '../lib/h2raw.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 // ---- raw HTTP/2 frames
 
-interface RawFrame { type: number; flags: number; id: number; payload: Buffer }
-
-function frame(type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type; h[4] = flags;
-  h.writeUInt32BE(id, 5);
-  return Buffer.concat([h, payload]);
-}
-const u32 = (v: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32BE(v); return b; };
-
-/** a header block of literals without indexing (RFC 7541 6.2.2), names and values under 127 bytes */
-function block(pairs: string[]): Buffer {
-  const parts: Buffer[] = [];
-  for (let i = 0; i < pairs.length; i += 2) {
-    parts.push(Buffer.from([0x00, pairs[i].length]), Buffer.from(pairs[i], 'latin1'), Buffer.from([pairs[i + 1].length]), Buffer.from(pairs[i + 1], 'latin1'));
-  }
-  return Buffer.concat(parts);
-}
-
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-const HELLO = Buffer.concat([PREFACE, frame(4, 0, 0)]);
 const END_HEADERS = 0x4;
 const POST = [':method', 'POST', ':scheme', 'http', ':path', '/r', ':authority', 'x'];
-
-/** write bytes raw, read frames until `until` says so or the server closes (bounded) */
-function raw(port: number, bytes: Buffer, until: (f: RawFrame) => boolean): Promise<{ frames: RawFrame[]; closed: boolean }> {
-  return new Promise((resolve) => {
-    const sock = netConnect(port, '127.0.0.1');
-    const frames: RawFrame[] = [];
-    let buf = Buffer.alloc(0);
-    let closed = false;
-    const finish = (): void => { clearTimeout(timer); sock.destroy(); resolve({ frames, closed }); };
-    const timer = setTimeout(finish, 5000);
-    sock.on('error', () => {});
-    sock.on('close', () => { closed = true; finish(); });
-    sock.on('end', () => { closed = true; finish(); });
-    sock.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      while (buf.length >= 9) {
-        const len = buf.readUIntBE(0, 3);
-        if (buf.length < 9 + len) break;
-        const f = { type: buf[3], flags: buf[4], id: buf.readUInt32BE(5) & 0x7fffffff, payload: buf.subarray(9, 9 + len) };
-        frames.push(f);
-        buf = buf.subarray(9 + len);
-        if (until(f)) {
-          if (f.type === 7) setTimeout(finish, 1000); else finish();
-          return;
-        }
-      }
-    });
-    sock.write(bytes);
-  });
-}
-const isGoaway = (f: RawFrame): boolean => f.type === 7;
-const goawayCode = (r: { frames: RawFrame[] }): number => { const g = r.frames.find(isGoaway); return g === undefined ? -1 : g.payload.readUInt32BE(4); };
 
 /** a stream owner that records its reset and consumes what it gets */
 class Owner implements H2StreamHandler {
