@@ -2,7 +2,8 @@
 // test says, and a record of every begin/attempt/finish/end so tests can check the contract: finish
 // exactly once per attempt, end exactly once per exchange), a group with breaker counters, and clients
 // that speak raw bytes (for malformed and pipelined requests).
-import { connect, type Socket } from 'node:net';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { createServer as h2server, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import pino from 'pino';
 import { ProxyServer } from '../../agent/proxy/server.js';
 import type {
@@ -217,4 +218,22 @@ export function connectTo(port: number, host = '127.0.0.1'): Promise<Socket> {
     const s = connect({ port, host }, () => resolve(s));
     s.on('error', reject);
   });
+}
+
+/** an HTTP/2 backend (node:http2) counting its sessions and streams; close() drops its connections too */
+export interface H2Backend { port: number; server: Http2Server; sessions: number; streams: number; close(): Promise<void> }
+
+export async function h2Backend(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void): Promise<H2Backend> {
+  const sockets = new Set<Socket>();
+  const b: H2Backend = {
+    port: 0, sessions: 0, streams: 0,
+    server: h2server(),
+    close: () => new Promise((r) => { for (const s of sockets) s.destroy(); b.server.close(() => r()); }),
+  };
+  b.server.on('session', () => { b.sessions++; });
+  b.server.on('connection', (s: Socket) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  b.server.on('stream', (s, h) => { b.streams++; s.on('error', () => {}); onStream(s, h); });
+  await new Promise<void>((r) => b.server.listen(0, '127.0.0.1', () => r()));
+  b.port = (b.server.address() as AddressInfo).port;
+  return b;
 }

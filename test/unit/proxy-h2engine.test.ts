@@ -6,31 +6,12 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import {
-  connect as h2connect, constants, createServer as h2server, type ClientHttp2Session, type Http2Server,
-  type IncomingHttpHeaders, type ServerHttp2Stream,
-} from 'node:http2';
-import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
+import { connect as h2connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { connect as netConnect } from 'node:net';
 import { H2Session, type H2Stream } from '../../agent/proxy/h2/session.js';
 import type { HeaderList } from '../../agent/proxy/h2/hpack.js';
-import { startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
+import { h2Backend, startProxy, TestGroup, TestPolicy, upstream, type H2Backend, type RunningProxy } from '../lib/proxy.js';
 
-interface H2Backend { port: number; server: Http2Server; sessions: number; streams: number; close(): Promise<void> }
-
-async function h2Backend(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void): Promise<H2Backend> {
-  const sockets = new Set<Socket>();
-  const b: H2Backend = {
-    port: 0, sessions: 0, streams: 0,
-    server: h2server(),
-    close: () => new Promise((r) => { for (const s of sockets) s.destroy(); b.server.close(() => r()); }),
-  };
-  b.server.on('session', () => { b.sessions++; });
-  b.server.on('connection', (s: Socket) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
-  b.server.on('stream', (s, h) => { b.streams++; s.on('error', () => {}); onStream(s, h); });
-  await new Promise<void>((r) => b.server.listen(0, '127.0.0.1', () => r()));
-  b.port = (b.server.address() as AddressInfo).port;
-  return b;
-}
 
 interface H2Got { headers: IncomingHttpHeaders; body: Buffer; trailers: IncomingHttpHeaders | null; rstCode?: number }
 

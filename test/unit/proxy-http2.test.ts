@@ -3,32 +3,12 @@
 // responses too), many concurrent streams, retries, upstream failures and local replies to gRPC clients.
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import {
-  connect as h2connect, constants, createServer as h2server, type ClientHttp2Session, type Http2Server,
-  type IncomingHttpHeaders, type ServerHttp2Stream,
-} from 'node:http2';
-import type { AddressInfo, Socket } from 'node:net';
+import { connect as h2connect, constants, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
-import { startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
+import { h2Backend, startProxy, TestGroup, TestPolicy, upstream, type H2Backend, type RunningProxy } from '../lib/proxy.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-interface H2Backend { port: number; server: Http2Server; sessions: number; streams: number; close(): Promise<void> }
-
-async function h2Backend(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void): Promise<H2Backend> {
-  const sockets = new Set<Socket>();
-  const b: H2Backend = {
-    port: 0, sessions: 0, streams: 0,
-    server: h2server(),
-    close: () => new Promise((r) => { for (const s of sockets) s.destroy(); b.server.close(() => r()); }),
-  };
-  b.server.on('session', () => { b.sessions++; });
-  b.server.on('connection', (s: Socket) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
-  b.server.on('stream', (s, h) => { b.streams++; s.on('error', () => {}); onStream(s, h); });
-  await new Promise<void>((r) => b.server.listen(0, '127.0.0.1', () => r()));
-  b.port = (b.server.address() as AddressInfo).port;
-  return b;
-}
 
 function readStream(s: NodeJS.ReadableStream): Promise<Buffer> {
   return new Promise((resolve, reject) => {
