@@ -3,7 +3,7 @@
 // exactly once per attempt, end exactly once per exchange), a group with breaker counters, and clients
 // that speak raw bytes (for malformed and pipelined requests).
 import { connect, type AddressInfo, type Socket } from 'node:net';
-import { createServer as h2server, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { createServer as h2server, type ClientHttp2Session, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import pino from 'pino';
 import { ProxyServer } from '../../agent/proxy/server.js';
 import type {
@@ -236,4 +236,23 @@ export async function h2Backend(onStream: (s: ServerHttp2Stream, h: IncomingHttp
   await new Promise<void>((r) => b.server.listen(0, '127.0.0.1', () => r()));
   b.port = (b.server.address() as AddressInfo).port;
   return b;
+}
+
+/** one request on a node:http2 client session: the response head, body, trailers and reset code */
+export interface H2Got { headers: IncomingHttpHeaders; body: Buffer; trailers: IncomingHttpHeaders | null; rstCode?: number }
+
+export function h2request(session: ClientHttp2Session, headers: Record<string, string>, body?: Buffer | Buffer[]): Promise<H2Got> {
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ':method': body ? 'POST' : 'GET', ...headers }, { endStream: body === undefined });
+    let resHeaders: IncomingHttpHeaders = {};
+    let trailers: IncomingHttpHeaders | null = null;
+    const parts: Buffer[] = [];
+    req.on('response', (h) => { resHeaders = h; });
+    req.on('trailers', (tr) => { trailers = tr; });
+    req.on('data', (d: Buffer) => parts.push(d));
+    req.on('error', (e) => reject(e));
+    req.on('close', () => resolve({ headers: resHeaders, body: Buffer.concat(parts), trailers, rstCode: req.rstCode }));
+    if (Array.isArray(body)) { for (const p of body) req.write(p); req.end(); }
+    else if (body) req.end(body);
+  });
 }

@@ -6,29 +6,13 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { connect as h2connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { connect as h2connect, constants, type ClientHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import { connect as netConnect } from 'node:net';
 import { H2Session, type H2Stream } from '../../agent/proxy/h2/session.js';
 import type { HeaderList } from '../../agent/proxy/h2/hpack.js';
-import { h2Backend, startProxy, TestGroup, TestPolicy, upstream, type H2Backend, type RunningProxy } from '../lib/proxy.js';
+import { h2Backend, h2request, startProxy, TestGroup, TestPolicy, upstream, type H2Backend, type RunningProxy } from '../lib/proxy.js';
 
 
-interface H2Got { headers: IncomingHttpHeaders; body: Buffer; trailers: IncomingHttpHeaders | null; rstCode?: number }
-
-function h2request(session: ClientHttp2Session, headers: Record<string, string>, body?: Buffer): Promise<H2Got> {
-  return new Promise((resolve, reject) => {
-    const req = session.request({ ':method': body ? 'POST' : 'GET', ...headers }, { endStream: body === undefined });
-    let resHeaders: IncomingHttpHeaders = {};
-    let trailers: IncomingHttpHeaders | null = null;
-    const parts: Buffer[] = [];
-    req.on('response', (h) => { resHeaders = h; });
-    req.on('trailers', (tr) => { trailers = tr; });
-    req.on('data', (d: Buffer) => parts.push(d));
-    req.on('error', (e) => reject(e));
-    req.on('close', () => resolve({ headers: resHeaders, body: Buffer.concat(parts), trailers, rstCode: req.rstCode }));
-    if (body) req.end(body);
-  });
-}
 
 let proxy: RunningProxy;
 const group = new TestGroup();

@@ -3,9 +3,9 @@
 // responses too), many concurrent streams, retries, upstream failures and local replies to gRPC clients.
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { connect as h2connect, constants, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
+import { connect as h2connect, constants, type ClientHttp2Session } from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
-import { h2Backend, startProxy, TestGroup, TestPolicy, upstream, type H2Backend, type RunningProxy } from '../lib/proxy.js';
+import { h2Backend, h2request, startProxy, TestGroup, TestPolicy, upstream, type H2Backend, type H2Got, type RunningProxy } from '../lib/proxy.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -19,23 +19,6 @@ function readStream(s: NodeJS.ReadableStream): Promise<Buffer> {
   });
 }
 
-interface H2Got { headers: IncomingHttpHeaders; body: Buffer; trailers: IncomingHttpHeaders | null; rstCode?: number }
-
-function h2request(session: ClientHttp2Session, headers: Record<string, string>, body?: Buffer | Buffer[]): Promise<H2Got> {
-  return new Promise((resolve, reject) => {
-    const req = session.request({ ':method': body ? 'POST' : 'GET', ...headers }, { endStream: body === undefined });
-    let resHeaders: IncomingHttpHeaders = {};
-    let trailers: IncomingHttpHeaders | null = null;
-    const parts: Buffer[] = [];
-    req.on('response', (h) => { resHeaders = h; });
-    req.on('trailers', (tr) => { trailers = tr; });
-    req.on('data', (d: Buffer) => parts.push(d));
-    req.on('error', (e) => reject(e));
-    req.on('close', () => resolve({ headers: resHeaders, body: Buffer.concat(parts), trailers, rstCode: req.rstCode }));
-    if (Array.isArray(body)) { for (const p of body) req.write(p); req.end(); }
-    else if (body) req.end(body);
-  });
-}
 
 let proxy: RunningProxy;
 const group = new TestGroup();
