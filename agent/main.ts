@@ -10,7 +10,7 @@ import { createLogger } from './observe/log.js';
 import { parseListen } from './observe/metrics.js';
 import { cleanup } from './datapath/datapath.js';
 import { requireCgroup2Root, resolveCgroup } from './datapath/cgroup.js';
-import { runDirFor } from './admin/protocol.js';
+import { DEFAULT_BPFFS, runDirFor } from './admin/protocol.js';
 import { DEMO_HTTP_VIP, DEMO_PORT, DEMO_VIP, demoModel, serveDemoBackends, spawnDemoBackends } from './demo.js';
 import { rmSync, existsSync, rmdirSync } from 'node:fs';
 
@@ -42,7 +42,7 @@ program
   .option('--node-cluster <name>', 'xDS node cluster', 'sockmesh')
   .option('--node-locality <region/zone/subzone>', 'xDS node locality')
   .option('--cgroup <path>', 'cgroup v2 directory whose processes are meshed (absolute, or relative to the cgroup2 mount)', 'sockmesh')
-  .option('--bpffs <dir>', 'bpffs directory for this instance\'s pins', '/sys/fs/bpf/sockmesh')
+  .option('--bpffs <dir>', 'bpffs directory for this instance\'s pins', DEFAULT_BPFFS)
   .option('--run-dir <dir>', 'directory for the admin socket and state (default: /run/sockmesh/<bpffs name>)')
   .option('--allow-root-cgroup', 'allow --cgroup to name the root cgroup (meshes every process on the machine)', false)
   .option('--no-sockmap', 'disable the sockmap fast path (connect-time balancing only)')
@@ -123,7 +123,7 @@ program
 program
   .command('cleanup')
   .description('remove every program, link and pin this agent instance made (and its admin socket and state)')
-  .option('--bpffs <dir>', 'bpffs directory of the instance', '/sys/fs/bpf/sockmesh')
+  .option('--bpffs <dir>', 'bpffs directory of the instance', DEFAULT_BPFFS)
   .option('--run-dir <dir>', 'run directory of the instance (default: /run/sockmesh/<bpffs name>)')
   .option('--cgroup <path>', 'also remove this cgroup directory if it is empty')
   .action((opts: { bpffs: string; runDir?: string; cgroup?: string }) => {

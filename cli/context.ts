@@ -2,18 +2,13 @@
 // and how to print (text for people, exactly one JSON document with --json).
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { runDirFor } from '../agent/admin/protocol.js';
+import { runDirFor, type StateFile } from '../agent/admin/protocol.js';
 import { MapReader } from '../agent/datapath/inspect.js';
 import { AdminClient, AgentUnreachable } from './client.js';
 import { CliError, EXIT } from './errors.js';
 import { styleFor, type Style } from './style.js';
 
-export const DEFAULT_BPFFS = '/sys/fs/bpf/sockmesh';
-
 export interface GlobalOptions { bpffs: string; runDir?: string; json: boolean; timeout: number }
-
-/** What the agent leaves in <runDir>/state.json so that meshctl can name things while it is down. */
-export interface AgentState { pid: number; bpffs: string; cgroup: string; services: Record<string, string> }
 
 export interface Output { write(s: string): unknown; isTTY?: boolean }
 
@@ -32,10 +27,10 @@ export class Context {
     this.style = opts.json ? styleFor({}) : styleFor(stdout);
   }
 
-  /** state.json, or null when the agent never ran with this run dir (or the file is unreadable). */
-  state(): AgentState | null {
+  /** state.json (what the agent left for meshctl), or null when the agent never ran with this run dir (or it is unreadable). */
+  state(): StateFile | null {
     try {
-      const s = JSON.parse(readFileSync(join(this.runDir, 'state.json'), 'utf8')) as Partial<AgentState>;
+      const s = JSON.parse(readFileSync(join(this.runDir, 'state.json'), 'utf8')) as Partial<StateFile>;
       return { pid: Number(s.pid ?? 0), bpffs: String(s.bpffs ?? ''), cgroup: String(s.cgroup ?? ''), services: s.services ?? {} };
     } catch {
       return null;

@@ -3,7 +3,8 @@
 import { Command, CommanderError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { AgentError } from './client.js';
-import { Context, DEFAULT_BPFFS, type GlobalOptions } from './context.js';
+import { Context, type GlobalOptions } from './context.js';
+import { DEFAULT_BPFFS } from '../agent/admin/protocol.js';
 import { CliError, EXIT } from './errors.js';
 import { backends } from './commands/backends.js';
 import { events } from './commands/events.js';

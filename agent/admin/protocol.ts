@@ -11,9 +11,24 @@ import type { FrontendReport, ProxyReport, SocketReport, StatsReport } from '../
 import type { XdsStatus } from '../sources/xds/source.js';
 import type { HealthCheck, WeightedGroup } from '../model/l7.js';
 import type { ProbeReport } from '../health/checker.js';
-export type { FrontendReport, ProxyReport, SocketReport, StatsReport };
+import type { FlowEvent } from '../observe/events.js';
+export type { FlowEvent, FrontendReport, ProxyReport, SocketReport, StatsReport };
 
+/** Where an agent instance pins its maps and links unless told otherwise (sockmesh-agent and meshctl --bpffs). */
+export const DEFAULT_BPFFS = '/sys/fs/bpf/sockmesh';
 export const DEFAULT_RUN_DIR = '/run/sockmesh';
+
+/**
+ * What the agent leaves in <runDir>/state.json so that meshctl can name things while it is down (the kernel maps hold
+ * only ids): written by agent/state/statefile.ts, read by cli/context.ts.
+ */
+export interface StateFile {
+  pid: number;
+  bpffs: string;
+  cgroup: string;
+  /** service id (as a string) -> name */
+  services: Record<string, string>;
+}
 
 export interface ProgramReport { program: string; attachType: string; how: 'attached' | 'adopted' | 'detached' }
 
@@ -34,11 +49,8 @@ export interface StatusReport {
   proxy?: ProxyReport | null;
 }
 
-export interface FlowEvent {
-  time: string; kind: string; protocol: string; service: string; vip: string; backend: string; cookie: string; netnsCookie: string;
-}
 
-/** Instance name from the bpffs dir (/sys/fs/bpf/sockmesh -> sockmesh): one run dir per agent instance. */
+/** Instance name from the bpffs dir (DEFAULT_BPFFS -> sockmesh): one run dir per agent instance. */
 export function runDirFor(bpffs: string, base = DEFAULT_RUN_DIR): string {
   const name = bpffs.replace(/\/+$/, '').split('/').pop() || 'sockmesh';
   return `${base}/${name}`;

@@ -1,6 +1,10 @@
 // Sampled flow events from the kernel's ring buffer, kept in a small in-memory ring for meshctl and logged at debug.
 import { EVENT_KIND, decode } from '../datapath/abi.js';
-import type { FlowEvent } from '../admin/protocol.js';
+
+/** One sampled flow event as the admin API serves it (GET /v1/events) and meshctl events prints it. */
+export interface FlowEvent {
+  time: string; kind: string; protocol: string; service: string; vip: string; backend: string; cookie: string; netnsCookie: string;
+}
 
 const hostport = (a: string, p: number): string => (a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
 

@@ -2,12 +2,12 @@
 // With the agent down it still reports what the pins say: the datapath keeps working without the agent.
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ProgramReport, StatusReport } from '../../agent/admin/protocol.js';
+import type { ProgramReport, StateFile, StatusReport } from '../../agent/admin/protocol.js';
 import { CGROUP_PROGRAMS } from '../../agent/datapath/datapath.js';
 import { native } from '../../agent/datapath/native.js';
 import type { NodeFacts } from '../../agent/observe/node.js';
 import { AgentUnreachable } from '../client.js';
-import type { Context, AgentState } from '../context.js';
+import type { Context } from '../context.js';
 import { CliError, EXIT } from '../errors.js';
 import { duration, humanBytes, percent } from '../format.js';
 import { renderFacts, renderTable } from '../table.js';
@@ -22,7 +22,7 @@ export interface PinnedProgram { program: string; attachType: string; attached: 
 export interface DownStatus {
   running: false;
   error: string;
-  lastAgent: (AgentState & { alive: boolean }) | null;
+  lastAgent: (StateFile & { alive: boolean }) | null;
   node: NodeFacts | null;
   bpffs: string;
   pinned: boolean;
