@@ -1,12 +1,11 @@
 // Review: source workloads (cgroup id -> workload name) for L7 authorization, with real cgroups made by the test in
-// its own cgroup (nothing attached, no BPF: the agent's lookup alone, the datapath mocked).
+// its own cgroup (nothing attached, no BPF: the agent's lookup alone, the kernel mocked).
 import t from 'tap';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Agent, type AgentOptions } from '../../agent/agent.js';
-import { BackendStates } from '../../agent/health/states.js';
+import { statSync } from 'node:fs';
+import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 import { ProxyPolicy } from '../../agent/proxy/policy.js';
+import { ApplyTransaction } from '../../agent/state/apply.js';
+import { LiveState } from '../../agent/state/live.js';
 import { backend, captureLog, http, model, service } from '../lib/l7model.js';
 import { kernelSkipReason, testCgroup } from '../lib/kernel.js';
 
@@ -19,22 +18,18 @@ t.test('a workload\'s cgroup made after the config is known at its first request
   // each request to a service with 'from' rules) was 'no workload': a deny rule scoped to its workload did not apply.
   const cg = testCgroup(t, 'review-wl');
   const rel = `/${cg.path.split('/').slice(-1)[0]}`;
-  const runDir = mkdtempSync(join(tmpdir(), 'sockmesh-review-'));
-  t.teardown(() => rmSync(runDir, { recursive: true, force: true }));
-  const agent = new Agent({ runDir } as unknown as AgentOptions, captureLog('silent').log);
-  const states = new BackendStates();
-  t.teardown(() => states.close());
-  const a = agent as unknown as Record<string, unknown>;
-  const reconciler = { apply: () => ({ ms: 0 }), adopt: () => ({}), syncLocalAddresses: () => {} };
-  a['reconciler'] = reconciler;
-  a['newReconciler'] = () => reconciler;
-  a['policy'] = new ProxyPolicy({ states, log: captureLog('silent').log });
+  const state = new LiveState(cgroup2Root()!);
+  t.teardown(() => state.close());
+  const kernel = { apply: () => ({ ms: 0, backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, udpSocketsDestroyed: 0 }), reset: () => {} };
+  const policy = new ProxyPolicy({ states: state.states, log: captureLog('silent').log });
+  const tx = new ApplyTransaction({ state, kernel, policy, log: captureLog('silent').log });
+  t.teardown(() => tx.close());
   const m = {
     ...model(service('web', '127.100.0.1', 80, [backend(18080)], http())),
     workloads: [{ name: 'untrusted', cgroups: [`${rel}/untrusted`] }, { name: 'batch', cgroups: [`${rel}/batch`] }],
   };
-  t.equal(agent.applyModel(m, 'test'), null);
-  const workloadOf = a['workloadOf'] as (id: bigint) => string | undefined;
+  t.equal(tx.apply(m, 'test'), null);
+  const workloadOf = state.identities.of;
   const idOf = (p: string): bigint => statSync(p, { bigint: true }).ino;
   // a meshed client in no workload asks: its lookup walks the workloads' cgroups
   const stranger = idOf(cg.child('stranger'));
@@ -48,5 +43,5 @@ t.test('a workload\'s cgroup made after the config is known at its first request
   let none = 0;
   for (let i = 0; i < 100; i++) if (workloadOf(stranger) === undefined) none++;
   t.equal(none, 100, 'still no workload');
-  t.ok((a['workloadMisses'] as Set<bigint>).has(stranger), 'remembered as a miss');
+  t.ok(state.identities.isMiss(stranger), 'remembered as a miss');
 });

@@ -1,12 +1,8 @@
 // The proxy policy's request decisions: service lookup, authorization order, routing and splits.
 import t from 'tap';
-import { mkdtempSync, mkdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { BackendStates } from '../../agent/health/states.js';
 import { ProxyPolicy } from '../../agent/proxy/policy.js';
 import { compileStringMatch, matchPath, normalizePath } from '../../agent/proxy/router.js';
-import { resolveWorkloads } from '../../agent/proxy/workloads.js';
 import type { Exchange, LocalReply, OriginalDst, Source } from '../../agent/proxy/types.js';
 import { backend, captureLog, head, http, model, route, seeded, service } from '../lib/l7model.js';
 
@@ -235,27 +231,4 @@ t.test('access log: sampled per service, one line per request', async (t) => {
   const l = by('all')[0]!;
   t.match(l, { service: 'all', route: 'all', method: 'GET', path: '/p?q=1', status: 201, backend: '127.0.0.1:8080', attempts: 1 });
   t.type(l.durationMs, 'number');
-});
-
-t.test('resolveWorkloads: cgroup directory inode -> workload, descendants included, deeper wins', async (t) => {
-  const root = mkdtempSync(join(tmpdir(), 'sockmesh-wl-'));
-  t.teardown(() => rmSync(root, { recursive: true, force: true }));
-  mkdirSync(join(root, 'pods/a/c1'), { recursive: true });
-  mkdirSync(join(root, 'pods/a/c2'), { recursive: true });
-  mkdirSync(join(root, 'pods/b'), { recursive: true });
-  const ino = (p: string): bigint => statSync(join(root, p), { bigint: true }).ino;
-  const m = resolveWorkloads(
-    [
-      { name: 'pod-a', cgroups: ['/pods/a'] },
-      { name: 'sidecar-ish', cgroups: ['pods/a/c2'] },
-      { name: 'pod-b', cgroups: ['/pods/b', '/pods/missing'] },
-    ],
-    root,
-  );
-  t.equal(m.get(ino('pods/a')), 'pod-a');
-  t.equal(m.get(ino('pods/a/c1')), 'pod-a', 'a container cgroup under the pod');
-  t.equal(m.get(ino('pods/a/c2')), 'sidecar-ish', 'the deeper named workload wins');
-  t.equal(m.get(ino('pods/b')), 'pod-b');
-  t.equal(m.get(ino('pods')), undefined);
-  t.equal(resolveWorkloads(undefined, root).size, 0);
 });

@@ -10,10 +10,9 @@ import { BackendStates } from '../../agent/health/states.js';
 import { ProxyPolicy } from '../../agent/proxy/policy.js';
 import { ProxyServer } from '../../agent/proxy/server.js';
 import { parseConfig } from '../../agent/model/config.js';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Agent, type AgentOptions } from '../../agent/agent.js';
+import { statSync } from 'node:fs';
+import { LiveState } from '../../agent/state/live.js';
+import { ApplyTransaction } from '../../agent/state/apply.js';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 import { httpRoutes } from '../../agent/sources/xds/http.js';
 import type { Exchange, LocalReply, OriginalDst, Source } from '../../agent/proxy/types.js';
@@ -344,32 +343,28 @@ t.test('authz and routes: a method in lower case cannot sidestep a rule on its u
 });
 
 t.test('agent: a config the kernel rejected does not change who the workloads are', async (t) => {
-  // Before the fix: applyModel re-resolved the workloads' cgroups (cgroup id -> workload name) right after the proxy
-  // accepted the new model, before the kernel did; when the kernel then refused it, the last good model was put back
+  // Before the fix: the agent's applyModel re-resolved the workloads' cgroups (cgroup id -> workload name) right after
+  // the proxy accepted the new model, before the kernel did; when the kernel then refused it, the last good model was put back
   // but the identities of the rejected one stayed: a client got the workload name the rejected config gave its cgroup,
   // under the authorization rules of the model still in force.
   const cgroupRoot = cgroup2Root();
   if (!cgroupRoot) { t.comment('skipped: no cgroup v2 mount'); return; }
   const rootId = statSync(cgroupRoot, { bigint: true }).ino;
-  const runDir = mkdtempSync(join(tmpdir(), 'sockmesh-review-'));
-  t.teardown(() => rmSync(runDir, { recursive: true, force: true }));
-  const agent = new Agent({ runDir } as unknown as AgentOptions, captureLog('silent').log);
-  const states = new BackendStates();
-  t.teardown(() => states.close());
-  const a = agent as unknown as Record<string, unknown>;
+  const state = new LiveState(cgroupRoot);
+  t.teardown(() => state.close());
   let refuse = false;
-  const reconciler = {
-    apply: () => { if (refuse) throw new Error('bpf_map_update_elem sm_services: E2BIG'); return { ms: 0 }; },
-    adopt: () => ({}), syncLocalAddresses: () => {},
+  const kernel = {
+    apply: () => { if (refuse) throw new Error('bpf_map_update_elem sm_services: E2BIG'); return { ms: 0, backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, udpSocketsDestroyed: 0 }; },
+    reset: () => {},
   };
-  a['reconciler'] = reconciler;
-  a['newReconciler'] = () => reconciler;
-  a['policy'] = new ProxyPolicy({ states, log: captureLog('silent').log });
+  const policy = new ProxyPolicy({ states: state.states, log: captureLog('silent').log });
+  const tx = new ApplyTransaction({ state, kernel, policy, log: captureLog('silent').log });
+  t.teardown(() => tx.close());
   const withWorkloads = (name: string) => ({ ...model(service('web', VIP, 80, [backend(18080)], http())), workloads: [{ name, cgroups: ['/'] }] });
-  t.equal(agent.applyModel(withWorkloads('reader'), 'test'), null, 'first model applied');
-  const workloadOf = a['workloadOf'] as (id: bigint) => string | undefined;
+  t.equal(tx.apply(withWorkloads('reader'), 'test'), null, 'first model applied');
+  const workloadOf = state.identities.of;
   t.equal(workloadOf(rootId), 'reader');
   refuse = true;
-  t.match(agent.applyModel(withWorkloads('admin'), 'test'), /E2BIG/, 'the kernel refused the second');
+  t.match(tx.apply(withWorkloads('admin'), 'test'), /E2BIG/, 'the kernel refused the second');
   t.equal(workloadOf(rootId), 'reader', 'the identity is the one of the model in force');
 });

@@ -1,0 +1,90 @@
+// The admin API's routes (agent/admin/protocol.ts lists them): each answers from what is in force (agent/state/), the
+// kernel maps (MapReader), the flow events (observe/) and the proxy's live reports.
+import type { Handler } from './server.js';
+import { AdminError } from './server.js';
+import type { BackendsReport, ProgramReport, ProxyReports, RoutesReport, StatusReport } from './protocol.js';
+import { backendsReport, routesReport } from './backends.js';
+import type { MapReader } from '../datapath/inspect.js';
+import { cgroup2Root } from '../datapath/cgroup.js';
+import type { HealthChecker } from '../health/checker.js';
+import type { EventRing } from '../observe/events.js';
+import type { NodeFacts } from '../observe/node.js';
+import type { XdsStatus } from '../sources/xds/source.js';
+import type { LiveState } from '../state/live.js';
+
+export interface AdminSources {
+  state: LiveState;
+  reader: MapReader;
+  names: () => ReadonlyMap<number, string>;
+  events: EventRing;
+  checker?: HealthChecker;
+  proxy: ProxyReports;
+  status: StatusSources;
+}
+
+/** The fixed facts of this agent for /v1/status, and where its changing parts are read. */
+export interface StatusSources {
+  version: string;
+  startedAt: Date;
+  /** 'file:PATH', 'xds:HOST:PORT', 'embedded:NAME' */
+  configSource: string;
+  cgroup: string;
+  bpffs: string;
+  sockmap: boolean;
+  features: Record<string, boolean>;
+  programs: ProgramReport[];
+  node: NodeFacts;
+  controlPlane: () => XdsStatus | null;
+  metrics: () => string | null;
+}
+
+export function adminRoutes(src: AdminSources): Record<string, Handler> {
+  const { reader, names } = src;
+  return {
+    '/v1/status': () => statusReport(src),
+    '/v1/services': () => reader.frontends(names()),
+    '/v1/stats': () => reader.stats(names()),
+    '/v1/sockets': () => reader.sockets(),
+    '/v1/events': () => src.events.recent(),
+    '/v1/backends': (q) => backends(src, q.get('service') ?? undefined),
+    '/v1/routes': (q) => routes(src, q.get('service') ?? undefined),
+  };
+}
+
+function backends(src: AdminSources, service?: string): BackendsReport {
+  const model = src.state.model;
+  if (service !== undefined && !model?.services.some((s) => s.name === service)) {
+    throw new AdminError(404, `no service named '${service}'`);
+  }
+  return backendsReport({ model, states: src.state.states, checker: src.checker, proxy: src.proxy }, service);
+}
+
+function routes(src: AdminSources, service?: string): RoutesReport {
+  const model = src.state.model;
+  const svc = service === undefined ? undefined : model?.services.find((s) => s.name === service);
+  if (service !== undefined && !svc) throw new AdminError(404, `no service named '${service}'`);
+  return routesReport(model, src.proxy, service);
+}
+
+function statusReport(src: AdminSources): StatusReport {
+  const { state, reader, status: s } = src;
+  return {
+    agent: {
+      pid: process.pid, version: s.version, startedAt: s.startedAt.toISOString(),
+      uptimeSeconds: Math.round((Date.now() - s.startedAt.getTime()) / 1000),
+      configSource: s.configSource,
+      configVersion: state.configVersion, lastConfigError: state.lastConfigError, lastReconcile: state.lastReconcile,
+      memory: process.memoryUsage(),
+    },
+    node: s.node,
+    kernel: { cgroup2Root: cgroup2Root() ?? '', cgroup: s.cgroup, bpffs: s.bpffs, sockmap: s.sockmap, features: s.features },
+    programs: s.programs,
+    maps: reader.fill(),
+    controlPlane: s.controlPlane(),
+    proxy: reader.proxy(),
+    health: {
+      probed: src.checker?.size ?? 0, out: state.states.list().length,
+      panics: state.panicList().length, metrics: s.metrics(),
+    },
+  };
+}

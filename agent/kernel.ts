@@ -1,0 +1,133 @@
+// The kernel side of the agent: what this kernel can do (checked before anything is loaded, so a missing feature gets
+// a clear message), and the Reconciler the apply transaction goes through (replaced by a fresh one that reads the
+// kernel back after a failed apply).
+import type { Model } from './model/types.js';
+import type { Datapath } from './datapath/datapath.js';
+import { Reconciler } from './datapath/reconcile.js';
+import { native } from './datapath/native.js';
+import { cgroup2Root, cgroupOf, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
+import type { Logger } from './observe/log.js';
+import type { KernelApplyResult, KernelTarget } from './state/apply.js';
+import type { NamesSnapshot } from './state/statefile.js';
+
+/** What the agent needs of the kernel. */
+const REQUIRED_FEATURES: [string, string][] = [
+  ['progTypes.cgroup_sock_addr', 'BPF cgroup/connect programs (kernel 4.17+, CONFIG_CGROUP_BPF)'],
+  ['mapTypes.lru_hash', 'BPF LRU hash maps'],
+  ['mapTypes.ringbuf', 'BPF ring buffers (kernel 5.8+)'],
+  ['helpers.cgroup_sock_addr:get_netns_cookie', 'bpf_get_netns_cookie in cgroup/connect programs (kernel 5.7+)'],
+  ['helpers.cgroup_sock_addr:get_current_cgroup_id', 'bpf_get_current_cgroup_id in cgroup/connect programs (kernel 5.7+)'],
+];
+/** Only for the L7 redirect's hand-over (without them L7 services behave as their fail mode says). */
+const L7_FEATURES: [string, string][] = [
+  ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
+  ['helpers.sock_ops:get_netns_cookie', 'bpf_get_netns_cookie in sock_ops (kernel 5.15+)'],
+];
+/** Only for the sockmap fast path (--no-sockmap runs without them). */
+const SOCKMAP_FEATURES: [string, string][] = [
+  ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
+  ['progTypes.sk_msg', 'BPF sk_msg programs (CONFIG_BPF_STREAM_PARSER / CONFIG_NET_SOCK_MSG)'],
+  ['mapTypes.sockhash', 'BPF SOCKHASH maps'],
+  ['helpers.sock_ops:get_netns_cookie', 'bpf_get_netns_cookie in sock_ops (kernel 5.15+)'],
+  ['helpers.sk_msg:get_netns_cookie', 'bpf_get_netns_cookie in sk_msg (kernel 5.15+)'],
+];
+
+export interface KernelFeatures {
+  /** every probed feature, 'group.name' -> present */
+  features: Record<string, boolean>;
+  /** what the L7 redirect needs and this kernel lacks (empty: L7 services get the proxy) */
+  l7Missing: string[];
+}
+
+/** Probe the kernel; throws what it lacks of what the agent needs (and of the sockmap fast path, when asked for). */
+export function checkKernelFeatures(sockmap: boolean): KernelFeatures {
+  const p = native().probe();
+  const flat: Record<string, boolean> = {};
+  for (const [group, entries] of Object.entries(p)) {
+    for (const [k, v] of Object.entries(entries as Record<string, boolean>)) flat[`${group}.${k}`] = v;
+  }
+  const lacking = (list: [string, string][]): string[] => list.filter(([k]) => flat[k] === false).map(([, what]) => what);
+  const missing = lacking(REQUIRED_FEATURES);
+  if (missing.length) throw new Error(`this kernel lacks what sockmesh needs: ${missing.join('; ')}`);
+  const fast = lacking(SOCKMAP_FEATURES);
+  if (fast.length && sockmap) {
+    throw new Error(`this kernel lacks what the sockmap fast path needs: ${fast.join('; ')} (run with --no-sockmap to balance at connect() only)`);
+  }
+  return { features: flat, l7Missing: lacking(L7_FEATURES) };
+}
+
+/**
+ * Everything checked before anything is loaded: cgroup v2, root, the meshed cgroup (made if missing; the root cgroup
+ * only when allowed; not the agent's own), the kernel's features, the bpffs. Returns the cgroup2 mount and the features.
+ */
+export function prepareHost(o: { cgroup: string; bpffs: string; allowRootCgroup: boolean; sockmap: boolean }): KernelFeatures & { root: string } {
+  const root = cgroup2Root();
+  if (!root) throw new Error('this kernel has no cgroup v2 mounted: sockmesh attaches its programs to a cgroup v2 directory');
+  if (process.getuid?.() !== 0) throw new Error('sockmesh-agent must run as root (it loads BPF programs)');
+  ensureCgroup(o.cgroup);
+  if (isRootCgroup(o.cgroup, root) && !o.allowRootCgroup) {
+    throw new Error(`refusing to attach to the root cgroup ${o.cgroup}: that would mesh every process on this machine; ` +
+      `pass --allow-root-cgroup if you really mean it`);
+  }
+  // The kernel exempts the proxy's own cgroup from the L7 redirect (its upstream connections must not loop): an
+  // agent in the meshed cgroup itself would exempt every application there from L7 routing and authorization.
+  if (cgroupOf(process.pid, root).replace(/\/+$/, '') === o.cgroup.replace(/\/+$/, '')) {
+    throw new Error(`the agent runs in the meshed cgroup ${o.cgroup} itself: every application there would bypass ` +
+      `the L7 proxy (its cgroup is exempt from the redirect); run it in a child cgroup of it, or outside it`);
+  }
+  const features = checkKernelFeatures(o.sockmap);
+  ensureBpffs(o.bpffs);
+  return { root, ...features };
+}
+
+/** The loaded datapath's maps as the apply transaction sees them: a Reconciler, replaced on reset(). */
+export class KernelReconciler implements KernelTarget {
+  private r: Reconciler;
+
+  constructor(private readonly dp: Datapath, private readonly log: Logger) {
+    this.r = this.make();
+  }
+
+  /** Take over what a previous agent left pinned, and learn the node's addresses. */
+  adopt(): { frontends: number; backends: number } {
+    const adopted = this.r.adopt();
+    this.r.syncLocalAddresses();
+    return adopted;
+  }
+
+  apply(model: Model, changed?: ReadonlySet<string>): KernelApplyResult {
+    return this.r.apply(model, changed);
+  }
+
+  reset(): void {
+    const fresh = this.make();
+    fresh.adopt();
+    fresh.syncLocalAddresses();
+    this.r = fresh;
+  }
+
+  /** service id -> name, as the kernel maps hold them */
+  names(): ReadonlyMap<number, string> {
+    return this.r.names();
+  }
+
+  /** the names with what tells whether they changed since a snapshot (for state.json) */
+  namesSnapshot(): NamesSnapshot {
+    const r = this.r;
+    return { source: r, version: r.namesVersion(), names: () => r.names() };
+  }
+
+  private make(): Reconciler {
+    const n = native();
+    return new Reconciler(this.dp.maps, n, {
+      destroyUdp: (addr, port) => {
+        try {
+          return n.destroyUdpSockets(addr, port);
+        } catch (e) {
+          this.log.warn({ addr, port, error: (e as Error).message }, 'could not destroy UDP sockets of a removed backend');
+          return 0;
+        }
+      },
+    });
+  }
+}

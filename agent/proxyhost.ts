@@ -1,0 +1,119 @@
+// The L7 proxy as the agent runs it: what the kernel is told of it (Datapath.setProxy), its listeners with their
+// fallbacks (IPv4 only without IPv6 on loopback; a node address that cannot be listened on is withdrawn), and the
+// heartbeat that lets the kernel redirect to it.
+import type { Datapath, ProxySettings } from './datapath/datapath.js';
+import type { ProxyPolicy } from './proxy/policy.js';
+import { ProxyServer } from './proxy/server.js';
+import type { Logger } from './observe/log.js';
+
+export interface ProxyHostOptions {
+  /** the listener port (default 15001) */
+  port?: number;
+  /** default '127.0.0.1'; '' = no IPv4 listener */
+  v4?: string;
+  /** default '::1'; '' = none (IPv6 VIPs then go to the IPv4 listener, v4-mapped) */
+  v6?: string;
+  /** node addresses for clients in other network namespaces; '' or absent = none */
+  nodeV4?: string;
+  nodeV6?: string;
+  /** heartbeat interval (default 1000 ms); the kernel counts the proxy as down after 3 intervals without one */
+  heartbeatMs?: number;
+  /** the proxy's own cgroup id (never redirected to itself) */
+  cgroupId: bigint;
+  /** the proxy runs inside the meshed cgroup: its accepted sockets join the fast path too */
+  inMesh: boolean;
+}
+
+export class ProxyHost {
+  /** what the kernel was told of the proxy */
+  private settings: ProxySettings;
+  private server?: ProxyServer;
+  private heartbeatTimer?: NodeJS.Timeout;
+
+  constructor(private readonly dp: Datapath, private readonly policy: ProxyPolicy, private readonly o: ProxyHostOptions, private readonly log: Logger) {
+    this.settings = {
+      v4: o.v4 ?? '127.0.0.1', v6: o.v6 ?? '::1', port: o.port ?? 15001,
+      cgroupId: o.cgroupId, timeoutMs: 3 * (o.heartbeatMs ?? 1000), inMesh: o.inMesh,
+      nodeV4: o.nodeV4 ?? '', nodeV6: o.nodeV6 ?? '',
+    };
+  }
+
+  /** Tell the kernel where the proxy will listen; it counts as down until start() (L7 services follow their fail mode). */
+  announce(): void {
+    this.dp.setProxy(this.settings);
+  }
+
+  /** Listen for the connections the kernel redirects to the proxy, then start the heartbeat that lets it redirect. */
+  async start(): Promise<void> {
+    const { dp, log } = this;
+    const proxy = new ProxyServer({
+      policy: this.policy,
+      originalDst: (address, port) => dp.originalDst(address, port),
+      log: log.child({ component: 'proxy' }),
+    });
+    const port = this.settings.port;
+    const [v4, v6] = [this.o.v4 ?? '127.0.0.1', this.o.v6 ?? '::1'];
+    // '' = no such listener (Node would take an empty host for every address of the machine)
+    const hosts = [v4, v6].filter((h) => h !== '');
+    for (const [i, host] of hosts.entries()) {
+      try {
+        await proxy.listen(port, [host]);
+      } catch (e) {
+        if (i === 0) {
+          await proxy.close();
+          log.error({ port, host, error: (e as Error).message }, 'the L7 proxy cannot listen: L7 services follow their fail mode');
+          return;
+        }
+        // Without IPv6 on loopback (or with [v6]:port held by another process), v4 serves every client: the kernel is
+        // told so, and IPv6 sockets reach the v4 listener v4-mapped. Left announced, the kernel would redirect them to
+        // [v6]:port, to whoever listens there.
+        log.warn({ port, host, error: (e as Error).message }, 'the L7 proxy listens on IPv4 only');
+        this.withdraw('v6');
+      }
+    }
+    // The node addresses (pods' way in) after loopback: one that cannot be listened on is withdrawn from the kernel, so
+    // pod clients get their fail mode rather than a connection to whatever holds that address:port.
+    for (const key of ['nodeV4', 'nodeV6'] as const) {
+      const host = this.settings[key];
+      if (!host) continue;
+      try {
+        await proxy.listen(port, [host]);
+      } catch (e) {
+        log.error({ port, host, error: (e as Error).message }, 'the L7 proxy cannot listen on its node address: clients in other network namespaces follow their fail mode');
+        this.withdraw(key);
+      }
+    }
+    this.server = proxy;
+    log.info({ port, hosts: [v4, v6], nodeHosts: [this.settings.nodeV4 ?? '', this.settings.nodeV6 ?? ''] }, 'L7 proxy listening');
+    this.startHeartbeat();
+  }
+
+  /**
+   * The proxy listens: tell the kernel now and every heartbeatMs. The beat runs on the proxy's event loop, so a
+   * loop stalled for 3 intervals makes the kernel apply the fail modes until it recovers.
+   */
+  private startHeartbeat(): void {
+    const dp = this.dp;
+    if (this.heartbeatTimer) return;
+    const beat = (): void => {
+      try { dp.heartbeat(); } catch (e) { this.log.error({ error: (e as Error).message }, 'proxy heartbeat failed'); }
+    };
+    beat();
+    this.heartbeatTimer = setInterval(beat, this.o.heartbeatMs ?? 1000);
+    this.heartbeatTimer.unref();
+  }
+
+  /** Stop the heartbeat (the fail modes apply from the next connect(), not after the timeout), then the listeners. */
+  async stop(): Promise<void> {
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = undefined;
+    try { this.dp.proxyDown(); } catch (e) { this.log.error({ error: (e as Error).message }, 'marking the proxy down failed'); }
+    await this.server?.close();
+  }
+
+  /** A listener that could not be had is taken back from the kernel. */
+  private withdraw(key: 'v6' | 'nodeV4' | 'nodeV6'): void {
+    this.settings = { ...this.settings, [key]: '' };
+    this.dp.setProxy(this.settings);
+  }
+}
