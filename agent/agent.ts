@@ -71,7 +71,6 @@ export interface AgentOptions {
   proxyHeartbeatMs?: number;
 }
 
-
 export class Agent {
   /** what is in force: the model, its version, the last error, backend states, panics, workload identities */
   readonly state = new LiveState(cgroup2Root() ?? '/sys/fs/cgroup');
