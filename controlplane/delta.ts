@@ -26,9 +26,7 @@ interface Subscription {
   lastNonce: string;
 }
 
-export class DeltaStream extends StreamBase {
-  private readonly subs = new Map<string, Subscription>();
-
+export class DeltaStream extends StreamBase<Subscription> {
   constructor(call: grpc.ServerDuplexStream<unknown, Buffer>, host: StreamHost, id: number) {
     super(call, host, id, 'delta');
   }
@@ -46,9 +44,7 @@ export class DeltaStream extends StreamBase {
     let sub = this.subs.get(typeUrl);
     const first = !sub;
     const known = (sub?.names.size ?? 0) + subscribe.length + (first ? Object.keys(initial ?? {}).length : 0);
-    if (known > this.host.maxNames) {
-      return void this.log.warn({ type: shortType(typeUrl), count: known, max: this.host.maxNames }, 'request subscribes to too many names: ignored');
-    }
+    if (this.tooManyNames(typeUrl, known)) return;
 
     if (sub && nonce !== '') {
       if (nonce !== sub.lastNonce) {
@@ -97,10 +93,6 @@ export class DeltaStream extends StreamBase {
       const changed = changes.get(typeUrl);
       if (changed) this.owe(typeUrl, changed);
     }
-  }
-
-  protected types(): Iterable<string> {
-    return this.subs.keys();
   }
 
   /** What is owed, compared with what the client has: so changes coalesced while it did not read go out once. */

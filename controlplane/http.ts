@@ -1,4 +1,4 @@
-// The L7 part of a service as Envoy resources (the reverse of agent/sources/xds/http.ts, which must read them back
+// The L7 part of a service as Envoy resources (the reverse of agent/sources/xds/digest-http.ts, which must read them back
 // into the same model). Plain objects shaped as protobufjs encodes them (enums as numbers, wrappers as {value}):
 // snapshot.ts frames them.
 //
@@ -6,32 +6,13 @@
 // `<entry cluster>` for the default group and `<entry cluster>~<group>` for the others (a service name never holds
 // '~'); one Listener per VIP with an HttpConnectionManager carrying the routes inline (no RDS round trip) and the
 // authorization as RBAC filters. What Envoy cannot say travels as filter_metadata.sockmesh (see the agent side).
-import { FILTER, lazyEnums, protoRoot, type AnyMessage } from '../agent/xds/protos.js';
-import { DEFAULT_ALLOW_POLICY, duration, toStruct } from '../agent/sources/xds/http.js';
+import { ENUM as E, FILTER } from '../xds/envoy.js';
+import { encodeAny as pack, type AnyMessage } from '../xds/protos.js';
+import { DEFAULT_ALLOW_POLICY, sockmeshMetadata as meta } from '../xds/sockmesh.js';
+import { duration } from '../xds/wellknown.js';
 import type { AuthzRule, HeaderMatch, HealthCheck, HeaderRewrite, HttpPolicy, Route, Service, StringMatch } from '../agent/model/types.js';
-import protobuf from 'protobufjs';
 
 type Obj = Record<string, unknown>;
-
-const E = lazyEnums({
-  LEAST_REQUEST: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'LEAST_REQUEST'],
-  ROUND_ROBIN: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'ROUND_ROBIN'],
-  OVERWRITE: ['envoy.config.core.v3.HeaderValueOption.HeaderAppendAction', 'OVERWRITE_IF_EXISTS_OR_ADD'],
-  ALLOW: ['envoy.config.rbac.v3.RBAC.Action', 'ALLOW'],
-  DENY: ['envoy.config.rbac.v3.RBAC.Action', 'DENY'],
-});
-
-const types = new Map<string, protobuf.Type>();
-function pack(typeUrl: string, obj: Obj): AnyMessage {
-  let type = types.get(typeUrl);
-  if (!type) types.set(typeUrl, (type = protoRoot().lookupType(typeUrl.slice(typeUrl.lastIndexOf('/') + 1))));
-  return { type_url: typeUrl, value: type.encode(obj).finish() as Buffer };
-}
-
-const meta = (o: Obj) => ({ filter_metadata: { sockmesh: toStruct(o) } });
-
-/** The cluster of a backend group of a port entry. */
-export const groupCluster = (entryCluster: string, group: string) => (group === 'default' ? entryCluster : `${entryCluster}~${group}`);
 
 /** Every group of an HTTP service: those with backends (in the order of their first backend), then the routes'. */
 export function serviceGroups(svc: Service, backendGroups: Iterable<string>): string[] {

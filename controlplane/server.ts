@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import pino, { type Logger } from 'pino';
-import { adsService, protoRoot } from '../agent/xds/protos.js';
+import { adsService, protoRoot } from '../xds/protos.js';
 import { ConfigError, type Model, type Service } from '../agent/model/types.js';
 import { DeltaStream } from './delta.js';
 import { Snapshot, type Changes } from './snapshot.js';

@@ -11,9 +11,11 @@
 // proxyless gRPC clients one api Listener + RouteConfiguration per service.
 import { hash } from 'node:crypto';
 import protobuf from 'protobufjs';
-import { FILTER, TYPE, TYPE_URLS, lazyEnums, protoRoot, type AnyMessage } from '../agent/xds/protos.js';
+import { ENUM as E, FILTER, TYPE, TYPE_URLS } from '../xds/envoy.js';
+import { encodeAny as pack, protoRoot, typeOf, type AnyMessage } from '../xds/protos.js';
+import { entryClusterName, groupCluster, listenerName, sockmeshMetadata } from '../xds/sockmesh.js';
 import type { Backend, Model, Protocol, Service } from '../agent/model/types.js';
-import { clusterHttpFields, groupCluster, httpListener, referencedWorkloads, serviceGroups } from './http.js';
+import { clusterHttpFields, httpListener, referencedWorkloads, serviceGroups } from './http.js';
 
 export interface Resource {
   name: string;
@@ -54,10 +56,6 @@ export function clusterLoadAssignmentObject(cluster: string, backends: Backend[]
   return { cluster_name: cluster, endpoints };
 }
 
-export function listenerName(vip: string, port: number, protocol: Protocol): string {
-  return `${vip.includes(':') ? `[${vip}]` : vip}:${port}/${protocol}`;
-}
-
 const LB_POLICY = { random: 'RANDOM', weighted: 'ROUND_ROBIN', maglev: 'MAGLEV' } as const;
 
 interface PortEntry {
@@ -96,58 +94,24 @@ export function portEntries(svc: Service): PortEntry[] {
   const list = [...entries.values()];
   const perNumber = new Map<number, number>();
   for (const e of list) perNumber.set(e.port, (perNumber.get(e.port) ?? 0) + 1);
-  for (const e of list) {
-    if (list.length === 1) e.cluster = svc.name;
-    else if (perNumber.get(e.port)! > 1) e.cluster = `${svc.name}:${e.port}/${e.protocol}`;
-    else e.cluster = `${svc.name}:${e.port}`;
-  }
+  for (const e of list) e.cluster = entryClusterName(svc.name, e.port, e.protocol, list.length, perNumber.get(e.port)!);
   return list;
 }
 
 interface Types {
-  any: protobuf.Type;
   response: protobuf.Type;
   deltaResponse: protobuf.Type;
-  byUrl: Map<string, protobuf.Type>;
 }
 let types: Types | undefined;
 function protoTypes(): Types {
   if (types) return types;
   const root = protoRoot();
-  const byUrl = new Map<string, protobuf.Type>();
-  for (const url of [...TYPE_URLS, ...Object.values(FILTER)]) byUrl.set(url, root.lookupType(url.slice(url.lastIndexOf('/') + 1)));
   types = {
-    any: root.lookupType('google.protobuf.Any'),
     response: root.lookupType('envoy.service.discovery.v3.DiscoveryResponse'),
     deltaResponse: root.lookupType('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
-    byUrl,
   };
   return types;
 }
-
-/**
- * Encode a plain object (field names as in the .proto, enums as numbers: see E) as an Any. Objects built here
- * have the exact shape protobufjs encodes, so the fromObject/verify passes of packAny are skipped: at 100,000
- * endpoints they cost more than the encoding itself. The tests decode every resource type back.
- */
-function pack(typeUrl: string, obj: Record<string, unknown>): AnyMessage {
-  const type = protoTypes().byUrl.get(typeUrl)!;
-  // In Node, protobufjs writes into a Buffer already: no copy.
-  return { type_url: typeUrl, value: type.encode(obj).finish() as Buffer };
-}
-
-/** Enum values by name, looked up once from the loaded protos (encode wants numbers). */
-const E = lazyEnums({
-  EDS: ['envoy.config.cluster.v3.Cluster.DiscoveryType', 'EDS'],
-  RANDOM: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'RANDOM'],
-  ROUND_ROBIN: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'ROUND_ROBIN'],
-  MAGLEV: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'MAGLEV'],
-  HEALTHY: ['envoy.config.core.v3.HealthStatus', 'HEALTHY'],
-  DRAINING: ['envoy.config.core.v3.HealthStatus', 'DRAINING'],
-  TCP: ['envoy.config.core.v3.SocketAddress.Protocol', 'TCP'],
-  UDP: ['envoy.config.core.v3.SocketAddress.Protocol', 'UDP'],
-  V3: ['envoy.config.core.v3.ApiVersion', 'V3'],
-});
 
 /**
  * Short content hash of the encoded bytes: the same content gets the same version in every server process, so a
@@ -198,7 +162,7 @@ function anyTypeUrlField(typeUrl: string): Buffer {
  * protobufjs writers saves two copies of every value and most of the garbage of a full build.
  */
 function resource(typeUrl: string, name: string, obj: Record<string, unknown>): Resource {
-  return framed(typeUrl, name, protoTypes().byUrl.get(typeUrl)!.encode(obj).finish());
+  return framed(typeUrl, name, typeOf(typeUrl).encode(obj).finish());
 }
 
 function framed(typeUrl: string, name: string, value: Uint8Array): Resource {
@@ -320,11 +284,8 @@ export function serviceResources(svc: Service, workloads?: ReadonlyMap<string, s
     };
     if (svc.algorithm === 'maglev') cluster['maglev_lb_config'] = { table_size: { value: svc.maglevTableSize } };
     if (svc.affinityTimeoutSeconds > 0) {
-      // Envoy has no cluster-level source affinity: carried as sockmesh filter metadata (a Struct). protobufjs'
-      // built-in google.protobuf.Value has camelCase field names (numberValue) whatever keepCase says.
-      cluster['metadata'] = {
-        filter_metadata: { sockmesh: { fields: { affinity_timeout_seconds: { numberValue: svc.affinityTimeoutSeconds } } } },
-      };
+      // Envoy has no cluster-level source affinity: carried as sockmesh filter metadata (a Struct).
+      cluster['metadata'] = sockmeshMetadata({ affinity_timeout_seconds: svc.affinityTimeoutSeconds });
     }
     if (svc.healthCheck) cluster['health_checks'] = clusterHttpFields(svc, undefined, 0)['health_checks'];
     out.push([TYPE.cluster, resource(TYPE.cluster, e.cluster, cluster)]);
@@ -630,7 +591,7 @@ export class Snapshot {
 
 /** Encode a plain object of one of the served types with protobufjs (the reference for the hand-made encoders). */
 export function encodeWithProtobufjs(typeUrl: string, obj: Record<string, unknown>): Uint8Array {
-  return protoTypes().byUrl.get(typeUrl)!.encode(obj).finish();
+  return typeOf(typeUrl).encode(obj).finish();
 }
 
 /** A DiscoveryResponse: header fields encoded now, resource entries concatenated from their pre-encoded bytes. */

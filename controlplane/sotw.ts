@@ -22,9 +22,7 @@ interface Subscription {
   ackedVersion?: string;
 }
 
-export class SotwStream extends StreamBase {
-  private readonly subs = new Map<string, Subscription>();
-
+export class SotwStream extends StreamBase<Subscription> {
   constructor(call: grpc.ServerDuplexStream<unknown, Buffer>, host: StreamHost, id: number) {
     super(call, host, id, 'sotw');
   }
@@ -34,9 +32,7 @@ export class SotwStream extends StreamBase {
     if (!typeUrl) return;
     const names = stringList(req['resource_names']);
     if (names === undefined) return void this.log.warn({ type: shortType(typeUrl) }, 'malformed request: resource_names is not a list of strings');
-    if (names.length > this.host.maxNames) {
-      return void this.log.warn({ type: shortType(typeUrl), count: names.length, max: this.host.maxNames }, 'request subscribes to too many names: ignored');
-    }
+    if (this.tooManyNames(typeUrl, names.length)) return;
     const nonce = typeof req['response_nonce'] === 'string' ? req['response_nonce'] : '';
     const version = typeof req['version_info'] === 'string' ? req['version_info'] : '';
     let sub = this.subs.get(typeUrl);
@@ -80,10 +76,6 @@ export class SotwStream extends StreamBase {
       if (!relevant) continue;
       this.owe(typeUrl, wildcardType(typeUrl) ? undefined : changed);
     }
-  }
-
-  protected types(): Iterable<string> {
-    return this.subs.keys();
   }
 
   protected emit(typeUrl: string, owed: Owed): void {

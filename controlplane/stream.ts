@@ -2,7 +2,8 @@
 // and the checks every request goes through before it means anything.
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { TYPE, TYPE_URLS } from '../agent/xds/protos.js';
+import { TYPE, TYPE_URLS } from '../xds/envoy.js';
+import { fromStruct } from '../xds/wellknown.js';
 import type { Changes, Snapshot } from './snapshot.js';
 
 /** The part of the server a stream handler needs. */
@@ -64,23 +65,7 @@ export const shortType = (typeUrl: string) => SHORT[typeUrl] ?? typeUrl;
 
 /** google.protobuf.Struct (as proto-loader decodes it) -> plain JSON, for logs. */
 export function structToPlain(s: unknown): unknown {
-  if (!s || typeof s !== 'object') return undefined;
-  const fields = (s as { fields?: Record<string, unknown> }).fields ?? {};
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(fields)) out[k] = valueToPlain(v);
-  return out;
-}
-
-function valueToPlain(v: unknown): unknown {
-  if (!v || typeof v !== 'object') return undefined;
-  const val = v as Record<string, unknown>;
-  // protobufjs' built-in google.protobuf.Value keeps camelCase names (stringValue) whatever keepCase says.
-  if ('structValue' in val) return structToPlain(val['structValue']);
-  if ('listValue' in val) return ((val['listValue'] as { values?: unknown[] }).values ?? []).map(valueToPlain);
-  if ('stringValue' in val) return val['stringValue'];
-  if ('numberValue' in val) return val['numberValue'];
-  if ('boolValue' in val) return val['boolValue'];
-  return null;
+  return s && typeof s === 'object' ? fromStruct(s) : undefined;
 }
 
 export interface NodeInfo {
@@ -137,7 +122,9 @@ export function stringList(v: unknown): string[] | undefined {
  * What every stream does before its variant's logic: log the node once when the stream opens, and keep only
  * requests of a known type (an unknown type URL is logged once per stream and ignored).
  */
-export abstract class StreamBase implements XdsStream {
+export abstract class StreamBase<Sub> implements XdsStream {
+  /** Per type URL, what the client subscribed to, in the order it did (responses owed go out in this order). */
+  protected readonly subs = new Map<string, Sub>();
   protected log: Logger;
   private nodeId?: string;
   private readonly warnedUnknown = new Set<string>();
@@ -157,8 +144,6 @@ export abstract class StreamBase implements XdsStream {
   private readonly counters = { maxQueuedBytes: 0, responses: 0, coalesced: 0 };
   private readonly owed = new Map<string, Owed>();
 
-  /** The types the client subscribed to, in the order it did (responses owed go out in this order). */
-  protected abstract types(): Iterable<string>;
   /** Send what is owed for one type, from the current snapshot (through write()). */
   protected abstract emit(typeUrl: string, owed: Owed): void;
 
@@ -193,7 +178,7 @@ export abstract class StreamBase implements XdsStream {
   }
 
   private flush(): void {
-    for (const typeUrl of this.types()) {
+    for (const typeUrl of this.subs.keys()) {
       if (this.owed.size === 0 || this.queuedBytes >= HIGH_WATER_BYTES) return;
       const o = this.owed.get(typeUrl);
       if (!o) continue;
@@ -232,5 +217,12 @@ export abstract class StreamBase implements XdsStream {
       this.log.info({ peer: this.call.getPeer(), nodeInfo: node }, `ADS stream (${what}) opened`);
     }
     return acceptedType(req['type_url'], this.log, this.warnedUnknown);
+  }
+
+  /** True (after logging) when a request would make the stream know more than maxNames names of a type. */
+  protected tooManyNames(typeUrl: string, count: number): boolean {
+    if (count <= this.host.maxNames) return false;
+    this.log.warn({ type: shortType(typeUrl), count, max: this.host.maxNames }, 'request subscribes to too many names: ignored');
+    return true;
   }
 }

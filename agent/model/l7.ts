@@ -1,6 +1,6 @@
 // The L7 part of the model: what a service marked for the L7 path asks of the proxy, and the
 // active health check every service may carry. Pure data, no I/O; validated by config.ts (file)
-// and built by sources/xds/translate.ts (xDS). Durations are milliseconds, sizes bytes.
+// and built by sources/xds/build.ts (xDS). Durations are milliseconds, sizes bytes.
 
 /** What connect() to an L7 service does while the proxy is not alive (no heartbeat). */
 export type FailMode = 'closed' | 'open';

@@ -86,7 +86,7 @@ export const DEFAULT_UNHEALTHY_THRESHOLD = 3;
 /** inclusive ranges */
 export const DEFAULT_EXPECTED_STATUSES: [number, number][] = [[200, 399]];
 export const DEFAULT_ROUTE_NAME = 'default';
-/** The RBAC policy name the xDS translation uses for "default: allow" (agent/sources/xds/http.ts) */
+/** The RBAC policy name the xDS translation uses for "default: allow" (xds/sockmesh.ts DEFAULT_ALLOW_POLICY) */
 export const RESERVED_RULE_NAME = 'sockmesh-default-allow';
 
 export const MAX_ROUTES = 1000;

@@ -1,7 +1,8 @@
 // A scripted ADS server over real gRPC on 127.0.0.1, and xDS resources written as sockmesh's control plane writes
 // them: for tests that must send exactly what they choose (NACK cases, hostile input, foreign resources).
 import * as grpc from '@grpc/grpc-js';
-import { adsService, FILTER, packAny, protoRoot, TYPE } from '../../agent/xds/protos.js';
+import { FILTER, TYPE } from '../../xds/envoy.js';
+import { adsService, packAny, protoRoot } from '../../xds/protos.js';
 
 export type Obj = Record<string, any>;
 export { TYPE, FILTER, packAny };

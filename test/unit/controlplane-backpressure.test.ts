@@ -4,7 +4,8 @@
 // every update promptly, and the stalled one, when it reads again, converges to the latest state.
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
-import { adsClientConstructor, TYPE, unpackAny, type AnyMessage } from '../../agent/xds/protos.js';
+import { TYPE } from '../../xds/envoy.js';
+import { adsClientConstructor, unpackAny, type AnyMessage } from '../../xds/protos.js';
 import type { Model, Service } from '../../agent/model/types.js';
 import { startControlPlaneFromModel } from '../../controlplane/server.js';
 import { HIGH_WATER_BYTES } from '../../controlplane/stream.js';

@@ -5,7 +5,8 @@
 // change). Bounds are loose on purpose (a loaded 2-vCPU VM must not flake); the figures are printed as comments.
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
-import { adsClientConstructor, TYPE, unpackAny } from '../../agent/xds/protos.js';
+import { TYPE } from '../../xds/envoy.js';
+import { adsClientConstructor, unpackAny } from '../../xds/protos.js';
 import { modelFromObject } from '../../agent/model/config.js';
 import type { Backend, Model, Service } from '../../agent/model/types.js';
 import { startControlPlaneFromModel } from '../../controlplane/server.js';

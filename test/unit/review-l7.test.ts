@@ -14,7 +14,7 @@ import { statSync } from 'node:fs';
 import { LiveState } from '../../agent/state/live.js';
 import { ApplyTransaction } from '../../agent/state/apply.js';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
-import { httpRoutes } from '../../agent/sources/xds/http.js';
+import { httpRoutes } from '../../agent/sources/xds/digest-http.js';
 import type { Exchange, LocalReply, OriginalDst, Source } from '../../agent/proxy/types.js';
 import type { HttpPolicy } from '../../agent/model/l7.js';
 import type { Backend } from '../../agent/model/types.js';

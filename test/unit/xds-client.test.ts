@@ -3,7 +3,8 @@
 import t, { type Test } from 'tap';
 import pino from 'pino';
 import { XdsSource, type XdsSourceOptions } from '../../agent/sources/xds/source.js';
-import { countRepeated, packAny, TYPE } from '../../agent/xds/protos.js';
+import { TYPE } from '../../xds/envoy.js';
+import { countRepeated, packAny } from '../../xds/protos.js';
 import type { Model } from '../../agent/model/types.js';
 
 const log = pino({ level: 'silent' });

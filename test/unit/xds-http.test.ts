@@ -5,11 +5,11 @@
 import t from 'tap';
 import { parseConfig } from '../../agent/model/config.js';
 import type { Model, Service } from '../../agent/model/types.js';
-import {
-  buildModel, digestCluster, digestEndpoints, digestListener, digestRoute, ModelBuilder, type XdsState,
-} from '../../agent/sources/xds/translate.js';
+import { buildModel, ModelBuilder } from '../../agent/sources/xds/build.js';
+import { digestCluster, digestEndpoints, digestListener, digestRoute, type XdsState } from '../../agent/sources/xds/digest.js';
 import { Journal } from '../../agent/sources/xds/journal.js';
-import { FILTER, packAny, TYPE, unpackAny } from '../../agent/xds/protos.js';
+import { FILTER, TYPE } from '../../xds/envoy.js';
+import { packAny, unpackAny } from '../../xds/protos.js';
 import { Snapshot } from '../../controlplane/snapshot.js';
 
 type Obj = Record<string, any>;

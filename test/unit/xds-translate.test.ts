@@ -1,10 +1,10 @@
 // Translation alone: foreign-style Envoy resources (as another control plane would send them) into the model, what is
 // reported as unsupported, and errors that name the resource and the field.
 import t from 'tap';
-import {
-  buildModel, digestCluster, digestEndpoints, digestListener, digestRoute, dnsLabel, type XdsState,
-} from '../../agent/sources/xds/translate.js';
-import { FILTER, packAny, protoRoot } from '../../agent/xds/protos.js';
+import { buildModel, dnsLabel } from '../../agent/sources/xds/build.js';
+import { digestCluster, digestEndpoints, digestListener, digestRoute, type XdsState } from '../../agent/sources/xds/digest.js';
+import { FILTER } from '../../xds/envoy.js';
+import { packAny, protoRoot } from '../../xds/protos.js';
 
 type Obj = Record<string, any>;
 const E = (enumName: string, value: string): number => protoRoot().lookupEnum(enumName).values[value]!;

@@ -2,7 +2,7 @@
 // listeners it affects (an endpoint change among 10,000 clusters touches one listener, not all of them), and so that
 // the RDS/CDS/EDS subscriptions follow the listeners without scanning them all on every response.
 import type { Journal } from './journal.js';
-import type { ListenerDigest, XdsState } from './translate.js';
+import type { ListenerDigest, XdsState } from './digest.js';
 
 export type Kind = 'listener' | 'route' | 'cluster' | 'endpoint';
 

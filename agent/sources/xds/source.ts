@@ -15,24 +15,16 @@ import * as grpc from '@grpc/grpc-js';
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../../observe/log.js';
 import type { Model } from '../../model/types.js';
-import { adsClientConstructor, TYPE, type AnyMessage } from '../../xds/protos.js';
-import { unpackAny } from '../../xds/protos.js';
+import { TYPE } from '../../../xds/envoy.js';
+import { adsClientConstructor, unpackAny, type AnyMessage } from '../../../xds/protos.js';
 import { Journal } from './journal.js';
 import { noRefChanges, References, type Kind, type RefChanges } from './refs.js';
+import { ModelBuilder } from './build.js';
 import {
-  capReason,
-  digestCluster,
-  digestEndpoints,
-  digestListener,
-  digestRoute,
-  joinErrors,
-  ModelBuilder,
-  XdsResourceError,
-  type ClusterDigest,
-  type EndpointsDigest,
-  type ListenerDigest,
-  type RouteDigest,
-} from './translate.js';
+  digestCluster, digestEndpoints, digestListener, digestRoute,
+  type ClusterDigest, type EndpointsDigest, type ListenerDigest, type RouteDigest,
+} from './digest.js';
+import { capReason, joinErrors, XdsResourceError } from './errors.js';
 
 export interface XdsStatus {
   server: string;

@@ -17,26 +17,6 @@ const require = createRequire(import.meta.url);
 const DEPS = join(dirname(require.resolve('@grpc/grpc-js-xds/package.json')), 'deps');
 export const INCLUDE_DIRS = ['envoy-api', 'xds', 'googleapis', 'protoc-gen-validate'].map((d) => join(DEPS, d));
 
-/** Every resource type sockmesh reads or serves, by type URL. */
-export const TYPE = {
-  listener: 'type.googleapis.com/envoy.config.listener.v3.Listener',
-  route: 'type.googleapis.com/envoy.config.route.v3.RouteConfiguration',
-  cluster: 'type.googleapis.com/envoy.config.cluster.v3.Cluster',
-  endpoint: 'type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment',
-} as const;
-export type TypeUrl = (typeof TYPE)[keyof typeof TYPE];
-export const TYPE_URLS: readonly string[] = Object.values(TYPE);
-
-/** Filter configs we understand inside listeners (typed_config type URLs). */
-export const FILTER = {
-  tcpProxy: 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
-  udpProxy: 'type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig',
-  httpConnectionManager: 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
-  router: 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
-  networkRbac: 'type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC',
-  httpRbac: 'type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC',
-} as const;
-
 const PROTO_FILES = [
   'envoy/service/discovery/v3/ads.proto',
   'envoy/service/discovery/v3/discovery.proto',
@@ -162,13 +142,20 @@ export function countRepeated(buf: Uint8Array, fields: ReadonlySet<number>): num
 /** A google.protobuf.Any as it travels inside a DiscoveryRequest/Response (plain object). */
 export interface AnyMessage { type_url: string; value: Buffer | Uint8Array }
 
-function typeOf(typeUrl: string): protobuf.Type {
+const typesByUrl = new Map<string, protobuf.Type>();
+
+/** The message type of a type URL (looked up once). Throws on a type the loaded protos do not have. */
+export function typeOf(typeUrl: string): protobuf.Type {
+  let type = typesByUrl.get(typeUrl);
+  if (type) return type;
   const name = typeUrl.slice(typeUrl.lastIndexOf('/') + 1);
   try {
-    return protoRoot().lookupType(name);
+    type = protoRoot().lookupType(name);
   } catch {
     throw new Error(`unknown type URL ${typeUrl}`);
   }
+  typesByUrl.set(typeUrl, type);
+  return type;
 }
 
 /** Decode an Any into a plain object (same conversion as the ADS messages). Throws naming the type on bad bytes. */
@@ -194,4 +181,14 @@ export function packAny(typeUrl: string, obj: Record<string, unknown>): AnyMessa
   const err = type.verify(msg);
   if (err) throw new Error(`${typeUrl}: ${err}`);
   return { type_url: typeUrl, value: Buffer.from(type.encode(msg).finish()) };
+}
+
+/**
+ * Encode a plain object already shaped as protobufjs encodes it (field names as in the .proto, enums as numbers,
+ * wrappers as {value}) into an Any, skipping packAny's fromObject/verify passes: the control plane builds such
+ * objects itself, and at 100,000 endpoints those passes cost more than the encoding. Its tests decode every type back.
+ */
+export function encodeAny(typeUrl: string, obj: Record<string, unknown>): AnyMessage {
+  // In Node, protobufjs writes into a Buffer already: no copy.
+  return { type_url: typeUrl, value: typeOf(typeUrl).encode(obj).finish() as Buffer };
 }

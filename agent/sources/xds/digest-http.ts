@@ -1,4 +1,4 @@
-// The HTTP part of xDS -> the file schema's `http` / `healthCheck` objects (validated afterwards by the same
+// The digest of the HTTP part of xDS (digest.ts calls it): resources -> the file schema's `http` / `healthCheck` objects (validated afterwards by the same
 // modelFromObject code as a file). Pure: no I/O.
 //
 // Envoy spreads what sockmesh keeps per service over four resources: the HttpConnectionManager (its RBAC filters:
@@ -11,82 +11,29 @@
 // on a Listener {service, failMode, accessLogSample, workloads, clusters}, on a Route {retryOn, budget,
 // nonIdempotent}, on a Cluster {group, algorithm, affinity_timeout_seconds}.
 import { formatDuration } from '../../model/duration.js';
-import { regexError, RESERVED_RULE_NAME } from '../../model/l7config.js';
+import { regexError } from '../../model/l7config.js';
+import { durationMs, num } from '../../../xds/wellknown.js';
+import { DEFAULT_ALLOW_POLICY, sockmeshMeta } from '../../../xds/sockmesh.js';
+import { fail } from './errors.js';
 
 type Obj = Record<string, any>; // decoded protobuf plain objects (keepCase, longs/enums as strings)
 
-/** A resource that cannot be used (same class as translate.ts's, which re-exports it). */
-export class XdsResourceError extends Error {
-  override name = 'XdsResourceError';
+/** The Durations of `from` that are present -> `to` under the file schema's names, formatted ('1.5s'). */
+function copyDurations(to: Obj, from: Obj, fields: readonly (readonly [schema: string, proto: string])[]): Obj {
+  for (const [k, f] of fields) {
+    const ms = durationMs(from[f]);
+    if (ms !== undefined) to[k] = formatDuration(ms);
+  }
+  return to;
 }
 
-function fail(what: string, field: string, message: string): never {
-  throw new XdsResourceError(`${what}: ${field}: ${message}`);
-}
-
-export const num = (v: unknown): number | undefined => {
-  if (v === undefined || v === null) return undefined;
-  // google.protobuf.UInt32Value and friends: present without a value is 0 (proto3 does not write a zero)
-  if (typeof v === 'object') return num((v as Obj)['value'] ?? 0);
-  const n = Number(v);
-  return Number.isFinite(n) ? n : undefined;
-};
-
-/** google.protobuf.Duration -> milliseconds (undefined when absent). */
-export function durationMs(d: Obj | undefined): number | undefined {
-  if (!d || typeof d !== 'object') return undefined;
-  return Number(d.seconds ?? 0) * 1000 + Math.round(Number(d.nanos ?? 0) / 1e6);
-}
-
-/** Milliseconds -> google.protobuf.Duration (as protobufjs encodes it). */
-export function duration(ms: number): Obj {
-  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
-}
-
-// ---- google.protobuf.Struct (filter_metadata) ----
-// protobufjs' built-in google.protobuf.Value has camelCase field names (numberValue) whatever keepCase says.
-
-export function fromValue(v: Obj | undefined): unknown {
-  if (!v || typeof v !== 'object') return undefined;
-  const pick = (camel: string, snake: string) => (v[camel] !== undefined ? v[camel] : v[snake]);
-  const s = pick('stringValue', 'string_value');
-  if (s !== undefined) return s;
-  const n = pick('numberValue', 'number_value');
-  if (n !== undefined) return Number(n);
-  const b = pick('boolValue', 'bool_value');
-  if (b !== undefined) return b;
-  const st = pick('structValue', 'struct_value');
-  if (st !== undefined) return fromStruct(st);
-  const l = pick('listValue', 'list_value');
-  if (l !== undefined) return ((l.values ?? []) as Obj[]).map(fromValue);
-  return null;
-}
-
-export function fromStruct(s: Obj | undefined): Obj {
-  const out: Obj = {};
-  for (const [k, v] of Object.entries((s?.fields ?? {}) as Obj)) out[k] = fromValue(v);
-  return out;
-}
-
-export function toValue(v: unknown): Obj {
-  if (typeof v === 'string') return { stringValue: v };
-  if (typeof v === 'number') return { numberValue: v };
-  if (typeof v === 'boolean') return { boolValue: v };
-  if (Array.isArray(v)) return { listValue: { values: v.map(toValue) } };
-  if (v && typeof v === 'object') return { structValue: toStruct(v as Obj) };
-  return { nullValue: 0 };
-}
-
-export function toStruct(o: Obj): Obj {
-  const fields: Obj = {};
-  for (const [k, v] of Object.entries(o)) if (v !== undefined) fields[k] = toValue(v);
-  return { fields };
-}
-
-/** The `sockmesh` filter metadata of a resource, as plain data; {} when absent. */
-export function sockmeshMeta(resource: Obj): Obj {
-  const s = resource.metadata?.filter_metadata?.sockmesh;
-  return s ? fromStruct(s) : {};
+/** The numbers (plain or wrapped) of `from` that are present -> `to` under the file schema's names. */
+function copyNums(to: Obj, from: Obj, fields: readonly (readonly [schema: string, proto: string])[]): Obj {
+  for (const [k, f] of fields) {
+    const v = num(from[f]);
+    if (v !== undefined) to[k] = v;
+  }
+  return to;
 }
 
 // ---- string and header matchers ----
@@ -369,11 +316,7 @@ function retriesOf(what: string, field: string, rp: Obj, meta: Obj, route: Obj, 
   const codes: number[] = (rp.retriable_status_codes ?? []).map(Number);
   if (codes.length > 0) out['retriableStatusCodes'] = [...new Set([...(out['retriableStatusCodes'] ?? []), ...codes])];
   if (rp.retry_back_off) {
-    const base = durationMs(rp.retry_back_off.base_interval);
-    const max = durationMs(rp.retry_back_off.max_interval);
-    out['backoff'] = {};
-    if (base !== undefined) out['backoff'].base = formatDuration(base);
-    if (max !== undefined) out['backoff'].max = formatDuration(max);
+    out['backoff'] = copyDurations({}, rp.retry_back_off, [['base', 'base_interval'], ['max', 'max_interval']]);
   }
   if (meta['budget'] && typeof meta['budget'] === 'object') out['budget'] = meta['budget'];
   // Envoy retries any method the conditions match; sockmesh only when told to (own routes say which in metadata).
@@ -416,12 +359,7 @@ export function clusterHttp(what: string, c: Obj, meta: Obj): ClusterHttp {
         d.notes.push(`${what}: circuit_breakers.thresholds[${i}]: priority ${t.priority} not applied (one priority)`);
         return;
       }
-      const o: Obj = {};
-      for (const [k, f] of [['maxConnections', 'max_connections'], ['maxPendingRequests', 'max_pending_requests'], ['maxRequests', 'max_requests'], ['maxRetries', 'max_retries']] as const) {
-        const v = num(t[f]);
-        if (v !== undefined) o[k] = v;
-      }
-      d.circuitBreaker = o;
+      d.circuitBreaker = copyNums({}, t, [['maxConnections', 'max_connections'], ['maxPendingRequests', 'max_pending_requests'], ['maxRequests', 'max_requests'], ['maxRetries', 'max_retries']]);
       if (t.retry_budget) d.budget = { percent: num(t.retry_budget.budget_percent) ?? 20, minRetryConcurrency: num(t.retry_budget.min_retry_concurrency) ?? 3 };
     });
     if (cb.per_host_thresholds?.length) d.notes.push(`${what}: circuit_breakers.per_host_thresholds not applied (limits are per backend group)`);
@@ -434,14 +372,8 @@ export function clusterHttp(what: string, c: Obj, meta: Obj): ClusterHttp {
     o['consecutive5xx'] = enf5xx > 0 ? num(od.consecutive_5xx) ?? 5 : 0;
     o['consecutiveGatewayErrors'] = enfGw > 0 ? num(od.consecutive_gateway_failure) ?? 5 : 0;
     if ((enf5xx > 0 && enf5xx < 100) || (enfGw > 0 && enfGw < 100)) d.notes.push(`${what}: outlier_detection: enforcing percentages below 100 are applied as 100`);
-    const base = durationMs(od.base_ejection_time);
-    if (base !== undefined) o['baseEjectionTime'] = formatDuration(base);
-    const max = durationMs(od.max_ejection_time);
-    if (max !== undefined) o['maxEjectionTime'] = formatDuration(max);
-    const interval = durationMs(od.interval);
-    if (interval !== undefined) o['interval'] = formatDuration(interval);
-    const pct = num(od.max_ejection_percent);
-    if (pct !== undefined) o['maxEjectionPercent'] = pct;
+    copyDurations(o, od, [['baseEjectionTime', 'base_ejection_time'], ['maxEjectionTime', 'max_ejection_time'], ['interval', 'interval']]);
+    copyNums(o, od, [['maxEjectionPercent', 'max_ejection_percent']]);
     if ((num(od.enforcing_success_rate) ?? 100) > 0 && od.success_rate_minimum_hosts !== undefined) d.notes.push(`${what}: outlier_detection: success-rate ejection not applied`);
     if ((num(od.enforcing_failure_percentage) ?? 0) > 0) d.notes.push(`${what}: outlier_detection: failure-percentage ejection not applied`);
     if (od.split_external_local_origin_errors) d.notes.push(`${what}: outlier_detection.split_external_local_origin_errors not applied`);
@@ -479,15 +411,8 @@ function healthCheckOf(what: string, field: string, h: Obj, notes: string[]): Ob
     notes.push(`${what}: ${field}: ${h.custom_health_check ? 'custom' : 'unknown'} health checker not supported (health check not run)`);
     return undefined;
   }
-  const interval = durationMs(h.interval);
-  if (interval !== undefined) o['interval'] = formatDuration(interval);
-  const timeout = durationMs(h.timeout);
-  if (timeout !== undefined) o['timeout'] = formatDuration(timeout);
-  const ht = num(h.healthy_threshold);
-  if (ht !== undefined) o['healthyThreshold'] = ht;
-  const ut = num(h.unhealthy_threshold);
-  if (ut !== undefined) o['unhealthyThreshold'] = ut;
-  return o;
+  copyDurations(o, h, [['interval', 'interval'], ['timeout', 'timeout']]);
+  return copyNums(o, h, [['healthyThreshold', 'healthy_threshold'], ['unhealthyThreshold', 'unhealthy_threshold']]);
 }
 
 // ---- the HttpConnectionManager ----
@@ -509,9 +434,6 @@ export interface HcmDigest {
   /** inline route_config */
   inline?: HttpRoutes;
 }
-
-/** The RBAC policy name that stands for "everything else is allowed" (sockmesh's default: allow, in Envoy terms). */
-export const DEFAULT_ALLOW_POLICY = RESERVED_RULE_NAME;
 
 /**
  * HTTP RBAC filters -> authz. Envoy: an ALLOW filter lets through only what one of its policies matches, a DENY

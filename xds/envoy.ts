@@ -1,0 +1,40 @@
+// Envoy's names that sockmesh reads (agent/sources/xds) and serves (controlplane/): the type URLs of the resources,
+// of the filters inside listeners and of the load-balancing policies inside clusters, and the enum values both write.
+import { lazyEnums } from './protos.js';
+
+/** Every resource type sockmesh reads or serves, by type URL. */
+export const TYPE = {
+  listener: 'type.googleapis.com/envoy.config.listener.v3.Listener',
+  route: 'type.googleapis.com/envoy.config.route.v3.RouteConfiguration',
+  cluster: 'type.googleapis.com/envoy.config.cluster.v3.Cluster',
+  endpoint: 'type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment',
+} as const;
+export type TypeUrl = (typeof TYPE)[keyof typeof TYPE];
+export const TYPE_URLS: readonly string[] = Object.values(TYPE);
+
+/** Filter configs we understand inside listeners (typed_config type URLs). */
+export const FILTER = {
+  tcpProxy: 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
+  udpProxy: 'type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig',
+  httpConnectionManager: 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+  router: 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
+  networkRbac: 'type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC',
+  httpRbac: 'type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC',
+} as const;
+
+/** Enum numbers the control plane writes (protobufjs encodes enums as numbers), looked up once in the protos. */
+export const ENUM = lazyEnums({
+  EDS: ['envoy.config.cluster.v3.Cluster.DiscoveryType', 'EDS'],
+  RANDOM: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'RANDOM'],
+  ROUND_ROBIN: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'ROUND_ROBIN'],
+  LEAST_REQUEST: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'LEAST_REQUEST'],
+  MAGLEV: ['envoy.config.cluster.v3.Cluster.LbPolicy', 'MAGLEV'],
+  HEALTHY: ['envoy.config.core.v3.HealthStatus', 'HEALTHY'],
+  DRAINING: ['envoy.config.core.v3.HealthStatus', 'DRAINING'],
+  TCP: ['envoy.config.core.v3.SocketAddress.Protocol', 'TCP'],
+  UDP: ['envoy.config.core.v3.SocketAddress.Protocol', 'UDP'],
+  V3: ['envoy.config.core.v3.ApiVersion', 'V3'],
+  OVERWRITE: ['envoy.config.core.v3.HeaderValueOption.HeaderAppendAction', 'OVERWRITE_IF_EXISTS_OR_ADD'],
+  ALLOW: ['envoy.config.rbac.v3.RBAC.Action', 'ALLOW'],
+  DENY: ['envoy.config.rbac.v3.RBAC.Action', 'DENY'],
+});
