@@ -68,6 +68,7 @@ export class WorkloadIdentities {
   private workloads: Workload[] | undefined;
   private ids = new Map<bigint, string>();
   private resolvedAt = 0;
+  private walked = 0;
   /** cgroup ids found in no workload since the last resolution: not walked for again (see of) */
   private readonly misses = new Set<bigint>();
 
@@ -101,6 +102,11 @@ export class WorkloadIdentities {
     return found;
   };
 
+  /** how many times the workloads' cgroups were walked (each follow() and each lookup of an id not known) */
+  get walks(): number {
+    return this.walked;
+  }
+
   /** whether a cgroup id is remembered as in no workload (for tests and reports) */
   isMiss(cgroupId: bigint): boolean {
     return this.misses.has(cgroupId);
@@ -109,5 +115,6 @@ export class WorkloadIdentities {
   private resolve(): void {
     this.ids = resolveWorkloads(this.workloads, this.cgroup2Root);
     this.resolvedAt = this.now();
+    this.walked++;
   }
 }
