@@ -1,7 +1,8 @@
 // TypeScript codecs for the structs of bpf/include/sockmesh_abi.h.
 // This file is the only TypeScript description of the kernel ABI; test/kernel/abi.test.ts compares every size and
 // offset here with what the compiler computed from the header (native abiLayout()), so the two cannot drift.
-import { isIPv4, isIPv6 } from 'node:net';
+import { isIPv6 } from 'node:net';
+import { ipv4Value } from '../model/address.js';
 
 export const ABI_VERSION = 4;
 
@@ -93,16 +94,12 @@ export type Decoded = Record<string, number | bigint | string>;
 // ---- addresses: 16 bytes, network order, IPv4 as IPv4-mapped ----
 
 export function addrToBytes(address: string, out: Buffer = Buffer.alloc(16), at = 0): Buffer {
-  if (isIPv4(address)) {
+  const v4 = ipv4Value(address);
+  if (v4 >= 0) {
     out.fill(0, at, at + 10);
     out[at + 10] = 0xff;
     out[at + 11] = 0xff;
-    let octet = 0, i = 12;
-    for (let k = 0; k < address.length; k++) {
-      const c = address.charCodeAt(k);
-      if (c === 46 /* . */) { out[at + i++] = octet; octet = 0; } else octet = octet * 10 + (c - 48);
-    }
-    out[at + i] = octet;
+    out.writeUInt32BE(v4, at + 12);
     return out;
   }
   if (at !== 0 || out.length !== 16) {

@@ -10,6 +10,7 @@ import { bpfObjectPath, native, type BpfObject, type MapHandle, type Native } fr
 import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
 import type { OriginalDst } from '../proxy/types.js';
 import { isMountPoint } from './cgroup.js';
+import { ipv4Value } from '../model/address.js';
 
 /** Cgroup programs and where they attach. sm_sk_msg attaches to the SOCKHASH instead. */
 export const CGROUP_PROGRAMS: Record<string, string> = {
@@ -77,31 +78,16 @@ export interface ProxySettings {
 const PROXY_KEY = u32(0);
 /**
  * Dotted IPv4 text from `from` to the end, written v4-mapped into out[at..at+16). Returns the first octet, or -1 when
- * the text is not exactly a.b.c.d (out is then partly written). No allocation: it runs once per accepted connection.
+ * the text is not exactly a.b.c.d (out is then untouched). No allocation: it runs once per accepted connection.
  */
 export function parseV4Into(text: string, from: number, out: Buffer, at: number): number {
-  let octet = 0, digits = 0, dots = 0, first = -1;
-  for (let i = from; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 46 /* . */) {
-      if (digits === 0 || dots === 3) return -1;
-      if (dots === 0) first = octet;
-      out[at + 12 + dots++] = octet;
-      octet = 0; digits = 0;
-    } else if (c >= 48 && c <= 57 && digits < 3) {
-      octet = octet * 10 + (c - 48);
-      if (octet > 255) return -1;
-      digits++;
-    } else {
-      return -1;
-    }
-  }
-  if (dots !== 3 || digits === 0) return -1;
-  out[at + 15] = octet;
+  const v = ipv4Value(text, from);
+  if (v < 0) return -1;
   out.writeUInt32LE(0, at);
   out.writeUInt32LE(0, at + 4);
   out.writeUInt32LE(0xffff0000, at + 8);
-  return first;
+  out.writeUInt32BE(v, at + 12);
+  return v >>> 24;
 }
 
 export interface AttachReport {
