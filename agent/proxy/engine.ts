@@ -3,8 +3,8 @@
 import { STATUS_CODES } from 'node:http';
 import type { HeaderRewrite } from '../model/l7.js';
 import type { Logger } from '../observe/log.js';
-import type { H1Pool } from './pool.js';
-import type { H2Pool } from './http2.js';
+import type { H1Pool } from './h1pool.js';
+import type { H2Pool } from './h2pool.js';
 import type { Conn } from './conn.js';
 import type { Headers, LocalReply, OriginalDst, Outcome, Policy, Source, Upstream } from './types.js';
 

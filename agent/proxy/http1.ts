@@ -7,12 +7,11 @@
 // are bound once per connection: the hot path allocates the request head, the policy's objects and
 // the strings it writes, little else.
 import type { Conn } from './conn.js';
-import {
-  emptyRewrite, failureReply, rewriteHeaders, ROUTE_TIMEOUT_REPLY, statusText, type ConnInfo, type EngineContext,
-} from './engine.js';
+import { emptyRewrite, rewriteHeaders, statusText, type ConnInfo, type EngineContext } from './engine.js';
+import { ExchangeDriver } from './exchange.js';
 import { ChunkedDecoder, Framing, ParseError, RequestHeadParse, type ChunkSink } from './h1parse.js';
-import { ACQ_OVERFLOW, ACQ_PENDING, type H1Upstream, type UpstreamUser } from './pool.js';
-import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Source } from './types.js';
+import { ACQ_OVERFLOW, ACQ_PENDING, type H1Upstream, type UpstreamUser } from './h1pool.js';
+import type { Attempt, Exchange, Headers, LocalReply, RequestHead, Source } from './types.js';
 
 const BODY_NONE = 0, BODY_LENGTH = 1, BODY_CHUNKED = 2;
 /** unsent request body held while no upstream connection is there yet, before the client is paused */
@@ -24,7 +23,7 @@ const CONTINUE_100 = 'HTTP/1.1 100 Continue\r\n\r\n';
 /** a response head and body bytes up to this size go out in one write */
 const COALESCE_MAX = 16 * 1024;
 
-export class H1Conn implements UpstreamUser, ChunkSink {
+export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
   private buf: Buffer | null = null;
   private readonly req = new RequestHeadParse();
   private readonly chunked = new ChunkedDecoder();
@@ -41,10 +40,6 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   // the exchange (busy from the request head until the response is complete)
   private busy = false;
   private closeAfter = false;
-  private ex: Exchange | null = null;
-  private head: RequestHead | null = null;
-  private n = 0;
-  private attempt: Attempt | null = null;
   private up: H1Upstream | null = null;
   private waitingGroup: Attempt['upstream']['group'] | null = null;
   private upHeadStr = '';
@@ -59,15 +54,10 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   private bodySent = 0;
   private bodyBytes = 0;
   private unsentBytes = 0;
-  private bodyDone = true;
-  private replayable = true;
   private reqChunked = false;
   private reqTrailers = '';
 
   // the response
-  private resStarted = false;
-  private resStatus = 0;
-  private grpcStatus: number | undefined;
   private resChunked = false;
   private resCloseDelimited = false;
   /** the response head, written with the first body bytes (one write for a small response) */
@@ -96,15 +86,14 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     try {
       const now = performance.now();
       if (this.idleDeadline !== 0 && now >= this.idleDeadline && !this.busy) { this.socket.destroy(); return; }
-      if (this.tryDeadline !== 0 && now >= this.tryDeadline) { this.tryDeadline = 0; this.attemptFailed({ kind: 'timeout' }); }
+      if (this.tryDeadline !== 0 && now >= this.tryDeadline) { this.tryDeadline = 0; this.tryTimedOut(); }
       if (this.routeDeadline !== 0 && now >= this.routeDeadline) { this.routeDeadline = 0; this.routeTimedOut(); }
       this.armDeadline();
     } catch (e) { this.fatal(e); }
   };
-  private retryTimer: NodeJS.Timeout | null = null;
-  private readonly onRetryTimer = (): void => { this.retryTimer = null; try { this.nextAttempt(); } catch (e) { this.fatal(e); } };
 
   constructor(private readonly ctx: EngineContext, private readonly socket: Conn, private readonly info: ConnInfo, first: Buffer) {
+    super();
     this.source = { address: info.address, port: info.port, cgroupId: info.dst?.cgroupId ?? 0n };
     socket.on('data', (d: Buffer) => { try { this.onData(d); } catch (e) { this.fatal(e); } });
     socket.on('close', () => { try { this.onClientClose(); } catch (e) { this.fatal(e); } });
@@ -248,14 +237,14 @@ export class H1Conn implements UpstreamUser, ChunkSink {
       else if (!(path === '*' && req.method === 'OPTIONS')) {
         this.closeAfter = true;
         const status = req.method === 'CONNECT' ? 405 : 400;
-        this.localAnswer({ status, headers: {}, body: status === 405 ? 'CONNECT is not supported\n' : 'bad request-target\n' });
+        this.reply({ status, headers: {}, body: status === 405 ? 'CONNECT is not supported\n' : 'bad request-target\n' });
         return;
       }
     }
     if (this.info.dst === null) {
       // Not redirected by the kernel: nobody should connect to the proxy port directly.
       this.closeAfter = true;
-      this.localAnswer({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' });
+      this.reply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' });
       return;
     }
     const headers = req.headers;
@@ -276,10 +265,10 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     } catch (e) {
       ctx.log.error({ err: e }, 'policy.begin failed');
       this.closeAfter = true;
-      this.localAnswer({ status: 500, headers: {}, body: 'internal error\n' });
+      this.reply({ status: 500, headers: {}, body: 'internal error\n' });
       return;
     }
-    if ('status' in r) { this.localAnswer(r); return; }
+    if ('status' in r) { this.reply(r); return; }
     const ex = r;
     this.ex = ex;
     if (!emptyRewrite(ex.requestHeaders)) rewriteHeaders(headers, ex.requestHeaders);
@@ -304,20 +293,18 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     return s + '\r\n';
   }
 
-  // ---- the exchange loop ----
+  // ---- the exchange loop (ExchangeDriver's hooks) ----
 
-  private nextAttempt(): void {
-    const ex = this.ex;
-    if (ex === null || this.dead) return;
-    const a = ex.attempt(++this.n);
-    if ('status' in a) { this.answerAndEnd(a); return; }
-    this.attempt = a;
-    if (ex.perTryTimeoutMs > 0) this.tryDeadline = performance.now() + ex.perTryTimeoutMs;
-    if (this.routeDeadline !== 0 || this.tryDeadline !== 0) this.armDeadline();
-    this.acquire();
+  protected get stopped(): boolean {
+    return this.dead;
   }
 
-  private acquire(): void {
+  protected startTry(perTryTimeoutMs: number): void {
+    if (perTryTimeoutMs > 0) this.tryDeadline = performance.now() + perTryTimeoutMs;
+    if (this.routeDeadline !== 0 || this.tryDeadline !== 0) this.armDeadline();
+  }
+
+  protected acquire(): void {
     const up = this.attempt!.upstream;
     const got = this.ctx.pool.acquire(up, this);
     if (got === ACQ_PENDING) this.waitingGroup = up.group;
@@ -414,7 +401,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.closeAfter = true;
     if (this.ex !== null && !this.resStarted) {
       this.abortAttempt({ kind: 'cancelled' });
-      this.answerAndEnd({ status: 400, headers: {}, body: `bad request: ${why}\n` });
+      this.reply({ status: 400, headers: {}, body: `bad request: ${why}\n` });
     } else if (this.ex !== null) {
       this.abortClient();
     } else this.finishConnection();
@@ -445,19 +432,8 @@ export class H1Conn implements UpstreamUser, ChunkSink {
       const i = res.names.indexOf('grpc-status');
       if (i >= 0) grpcStatus = Number(res.values[i]);
     }
-    const outcome: Outcome = grpcStatus === undefined ? { kind: 'response', status } : { kind: 'response', status, grpcStatus };
-    const a = this.attempt;
-    this.attempt = null;
-    a.finish(outcome);
-    const delay = this.ex!.retryDelay(this.n, outcome, this.replayable);
-    if (delay !== null && (this.replayable || !this.head!.hasBody)) {
-      // Retried: the rest of this response is not wanted, and the connection cannot be reused mid-body.
-      this.up = null;
-      c.destroy();
-      this.scheduleRetry(delay);
-      return;
-    }
-    this.grpcStatus = grpcStatus;
+    // Retried: the rest of this response is not wanted, and the connection cannot be reused mid-body (released).
+    if (this.responseHead(status, grpcStatus)) return;
     this.writeResponseHead(c);
   }
 
@@ -574,37 +550,11 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.attemptFailed({ kind: 'reset' });
   }
 
-  private scheduleRetry(delay: number): void {
-    if (delay > 0) this.retryTimer = setTimeout(this.onRetryTimer, delay);
-    else this.nextAttempt();
-  }
-
-  /** the current attempt failed before a response head */
-  private attemptFailed(o: Outcome): void {
-    const a = this.attempt;
-    if (a === null || this.ex === null) return;
-    this.abortAttempt(o);
-    const delay = this.ex.retryDelay(this.n, o, this.replayable);
-    // (a body that was not kept whole is never replayed, whatever the policy says)
-    if (delay === null || (!this.replayable && this.head!.hasBody)) this.answerAndEnd(failureReply(o));
-    else this.scheduleRetry(delay);
-  }
-
-  /** stop the current attempt (timers, waiting, connection) and finish it with o */
-  private abortAttempt(o: Outcome): void {
+  /** the attempt's per-try deadline, its place in the pool's queue and its connection are let go */
+  protected releaseAttempt(): void {
     this.tryDeadline = 0;
-    if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
     if (this.waitingGroup !== null) { this.ctx.pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
     if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
-    const a = this.attempt;
-    if (a !== null) { this.attempt = null; a.finish(o); }
-  }
-
-  private routeTimedOut(): void {
-    if (this.ex === null) return;
-    if (this.resStarted) { this.abortClient(); return; }
-    this.abortAttempt({ kind: 'timeout' });
-    this.answerAndEnd(ROUTE_TIMEOUT_REPLY);
   }
 
   /** 101 from the upstream: from now on the two sockets are spliced, raw, both ways */
@@ -643,14 +593,8 @@ export class H1Conn implements UpstreamUser, ChunkSink {
 
   // ---- answers and the end of an exchange ----
 
-  /** a local reply with no exchange (policy said no, or the request was refused before it) */
-  private localAnswer(r: LocalReply): void {
-    this.writeLocal(r.status, r.headers, r.body);
-    this.endExchange(r.status);
-  }
-
-  /** a local reply that ends the exchange (a failure, a policy answer to attempt(n)) */
-  private answerAndEnd(r: LocalReply): void {
+  /** a local reply that ends the exchange (the policy said no, a failure, a request refused before the policy) */
+  protected reply(r: LocalReply): void {
     this.writeLocal(r.status, r.headers, r.body);
     this.endExchange(r.status);
   }
@@ -727,7 +671,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
   }
 
   /** cut the client's connection (a response could not be completed) */
-  private abortClient(): void {
+  protected abortClient(): void {
     this.dead = true;
     this.socket.destroy();
     this.onClientClose();
@@ -744,8 +688,7 @@ export class H1Conn implements UpstreamUser, ChunkSink {
     this.clearTimers();
     if (this.waitingGroup !== null) { this.ctx.pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
     if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
-    const a = this.attempt;
-    if (a !== null) { this.attempt = null; a.finish({ kind: 'cancelled' }); }
+    this.cancelAttempt();
     // status sent when the response had started (and was cut), 0 when the client left before it
     ex.end(this.resStarted ? this.resStatus : 0, this.grpcStatus);
   }

@@ -9,10 +9,11 @@
 import type { Logger } from '../observe/log.js';
 import type { Conn } from './conn.js';
 import type { ConnInfo, EngineContext, EngineStats } from './engine.js';
-import { acceptH2, H2Pool } from './http2.js';
+import { acceptH2 } from './h2server.js';
+import { H2Pool } from './h2pool.js';
 import { H1Conn } from './http1.js';
 import { NetIo, type NetConn, type NetListener } from './netio.js';
-import { H1Pool } from './pool.js';
+import { H1Pool } from './h1pool.js';
 import type { OriginalDst, Policy } from './types.js';
 
 export interface ProxyOptions {

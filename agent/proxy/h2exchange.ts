@@ -1,7 +1,6 @@
-// HTTP/2 cleartext (prior knowledge) both ways, on our own sessions (h2/session.ts: framing, flow control;
-// h2/hpack.ts): one server-role session per client connection, upstream client-role sessions pooled per
-// backend and multiplexed up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS (another session is opened when
-// they are full, within the group's max connections). gRPC needs nothing special beyond passing trailers
+// One HTTP/2 request stream, client side to upstream side: the exchange (exchange.ts's driver: attempts, retries,
+// deadlines) over our own sessions (h2/session.ts: framing, flow control; h2/hpack.ts), the client's stream from
+// h2server.ts, an upstream stream per attempt (h2leg.ts) from the pool (h2pool.ts). gRPC needs nothing special beyond passing trailers
 // intact: messages are DATA frames streamed both ways, grpc-status/grpc-message travel in trailers (or in a
 // trailers-only HEADERS frame with END_STREAM, passed on as such).
 //
@@ -16,21 +15,15 @@
 // into :authority (a request without :authority takes host's value) and not forwarded; te: trailers is forwarded;
 // content-length passes as sent (the sessions check DATA against it); no date is added to passed-on responses
 // (the origin's is kept).
-import { connect as netConnect } from 'node:net';
-import type { Logger } from '../observe/log.js';
-import type { Conn } from './conn.js';
-import {
-  emptyRewrite, failureReply, grpcStatusForHttp, rewriteHeaders, ROUTE_TIMEOUT_REPLY, type ConnInfo, type EngineContext,
-} from './engine.js';
+import { emptyRewrite, grpcStatusForHttp, rewriteHeaders, type ConnInfo, type EngineContext } from './engine.js';
+import { ExchangeDriver } from './exchange.js';
 import type { HeaderList } from './h2/hpack.js';
-import { H2_ERROR, H2Session, type H2SessionOptions, type H2Settings, type H2Stream, type H2StreamHandler } from './h2/session.js';
-import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Source, Upstream, UpstreamGroup } from './types.js';
+import { H2_ERROR, type H2Stream, type H2StreamHandler } from './h2/session.js';
+import { UpLeg, type LegOwner } from './h2leg.js';
+import type { H2PoolWaiter, UpstreamSession } from './h2pool.js';
+import type { Exchange, Headers, LocalReply, RequestHead, Source, UpstreamGroup } from './types.js';
 
-/** streams assumed allowed on a new session until the peer's SETTINGS say otherwise */
-const DEFAULT_MAX_STREAMS = 100;
 /** request body held while no upstream stream is there yet, before the client's stream window is held */
-/** our receive window per stream on both legs (see ClientSession) */
-const STREAM_WINDOW = 256 * 1024;
 const MAX_UNSENT = 256 * 1024;
 /** a stream refused unprocessed (REFUSED_STREAM, GOAWAY) is sent again on another session at most this often */
 const MAX_REDISPATCH = 5;
@@ -42,349 +35,22 @@ const MAX_REDISPATCH = 5;
 const HeadersRecord = function HeadersRecord(): void { /* empty */ } as unknown as { new (): Headers };
 HeadersRecord.prototype = Object.create(null) as object;
 
-// ---- upstream sessions ----
-
-/** What the pool tells a request that waited for a stream slot. */
-export interface H2PoolWaiter {
-  /** a session with a free stream slot for the waiter's upstream (null: the pool closed) */
-  sessionReady(e: UpstreamSession | null): void;
-}
-
-/** the last SETTINGS_MAX_CONCURRENT_STREAMS each backend sent: a new session assumes it until its own arrive */
-const knownMax = new Map<string, number>();
-
-/** One client-role session to a backend, with the pool's accounting. It is the session's options object too. */
-export class UpstreamSession implements H2SessionOptions {
-  readonly role = 'client' as const;
-  readonly settings: Partial<H2Settings>;
-  readonly session: H2Session;
-  /** streams started on it and not yet ended (the pool's count; the session has its own) */
-  active = 0;
-  /** the transport connected */
-  connected = false;
-  /** the peer's SETTINGS arrived */
-  settled = false;
-  /** retired: takes no new streams; its connection slot was given back */
-  retired = false;
-  idleSince = performance.now();
-  private connectTimer: NodeJS.Timeout | null;
-
-  constructor(private readonly pool: H2Pool, readonly up: Upstream, conn: Conn, connectTimeoutMs: number, settings: Partial<H2Settings>) {
-    this.settings = settings;
-    this.connectTimer = setTimeout(UpstreamSession.connectTimeout, connectTimeoutMs, this);
-    conn.once('connect', () => {
-      this.connected = true;
-      if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null; }
-    });
-    this.session = new H2Session(conn, this);
-  }
-
-  private static connectTimeout(e: UpstreamSession): void {
-    e.connectTimer = null;
-    if (!e.connected) e.session.destroy(new Error(`connect timeout to ${e.up.key}`));
-  }
-
-  /** stream slots: the peer's limit once known, else what this backend said last time */
-  get capacity(): number {
-    if (this.settled) return Math.min(this.session.peerMaxConcurrentStreams, 1 << 20);
-    return knownMax.get(this.up.key) ?? DEFAULT_MAX_STREAMS;
-  }
-
-  /** a new stream may go out on it now */
-  get usable(): boolean {
-    return !this.retired && this.active < this.capacity && this.session.canRequest;
-  }
-
-  onSettings(): void {
-    this.settled = true;
-    knownMax.set(this.up.key, Math.min(this.session.peerMaxConcurrentStreams, 1 << 20));
-    this.pool.serveWaiters(this.up.group);
-  }
-
-  onGoaway(lastStreamId: number, code: number): void {
-    this.pool.log.debug({ upstream: this.up.key, lastStreamId, code }, 'upstream h2 session going away');
-    this.pool.retire(this);
-  }
-
-  onClose(err?: Error): void {
-    if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null; }
-    if (err !== undefined) this.pool.log.debug({ upstream: this.up.key, err: err.message }, 'upstream h2 session error');
-    this.pool.retire(this);
-  }
-}
-
-function defaultConnect(up: Upstream): Conn {
-  // Nagle off: a small HEADERS frame must not wait for an ACK
-  return netConnect({ host: up.address, port: up.port, family: up.family, noDelay: true });
-}
-
-interface Waiting { up: Upstream; w: H2PoolWaiter }
-
-export class H2Pool {
-  private readonly sessions = new Map<string, UpstreamSession[]>();
-  private readonly queues = new Map<UpstreamGroup, Waiting[]>();
-  private readonly sweeper: NodeJS.Timeout;
-  private readonly settings: Partial<H2Settings>;
-  private closing = false;
-
-  /**
-   * connect: a new transport to a backend (server.ts passes ctx.connect; default node:net).
-   * maxHeaderListSize: the largest response head taken from a backend.
-   */
-  constructor(
-    readonly log: Logger,
-    private readonly idleTimeoutMs = 30_000,
-    private readonly connectTimeoutMs = 5_000,
-    private readonly connect: (up: Upstream) => Conn = defaultConnect,
-    maxHeaderListSize = 64 * 1024,
-  ) {
-    // The upstream may not open streams to us (no push): the stream limit we announce is moot.
-    // (the window bounds what a client that does not read makes us hold per upstream stream, as on the client side)
-    this.settings = { maxHeaderListSize, initialWindowSize: STREAM_WINDOW };
-    this.sweeper = setInterval(() => this.sweep(), Math.min(1000, idleTimeoutMs)).unref();
-  }
-
-  /**
-   * A session with a free stream slot for up: returned at once, or 'pending' (w.sessionReady follows with a
-   * session, or null when the pool closed), or 'overflow' (max connections and max pending reached).
-   */
-  acquire(up: Upstream, w: H2PoolWaiter): UpstreamSession | 'pending' | 'overflow' {
-    const e = this.free(up) ?? this.open(up);
-    if (e !== null) return e;
-    if (!up.group.tryPending()) return 'overflow';
-    let q = this.queues.get(up.group);
-    if (q === undefined) this.queues.set(up.group, (q = []));
-    q.push({ up, w });
-    return 'pending';
-  }
-
-  /** a waiter gives up its place (its attempt ended otherwise) */
-  cancel(w: H2PoolWaiter, group: UpstreamGroup): void {
-    const q = this.queues.get(group);
-    if (q === undefined) return;
-    for (let i = 0; i < q.length; i++) {
-      if (q[i]!.w === w) {
-        q.splice(i, 1);
-        group.pendingDone();
-        if (q.length === 0) this.queues.delete(group);
-        return;
-      }
-    }
-  }
-
-  private free(up: Upstream): UpstreamSession | null {
-    const list = this.sessions.get(up.key);
-    if (list === undefined) return null;
-    // the newest first: the older ones drain and idle out when there are more than needed
-    for (let i = list.length - 1; i >= 0; i--) {
-      const e = list[i]!;
-      if (e.usable) return e;
-    }
-    return null;
-  }
-
-  private open(up: Upstream): UpstreamSession | null {
-    if (this.closing || !up.group.tryOpenConnection()) return null;
-    let e: UpstreamSession;
-    try {
-      e = new UpstreamSession(this, up, this.connect(up), this.connectTimeoutMs, this.settings);
-    } catch (err) {
-      this.log.warn({ upstream: up.key, err: (err as Error).message }, 'upstream h2 connect failed');
-      up.group.connectionClosed();
-      return null;
-    }
-    if (e.retired) return null; // closed during construction (the transport was dead at once)
-    let list = this.sessions.get(up.key);
-    if (list === undefined) this.sessions.set(up.key, (list = []));
-    list.push(e);
-    return e;
-  }
-
-  /** a session takes no new streams (going away, closed, idle); its connection slot is given back */
-  retire(e: UpstreamSession): void {
-    if (e.retired) return;
-    e.retired = true;
-    const list = this.sessions.get(e.up.key);
-    if (list !== undefined) {
-      const i = list.indexOf(e);
-      if (i >= 0) list.splice(i, 1);
-      if (list.length === 0) this.sessions.delete(e.up.key);
-    }
-    // (undefined while its constructor runs: a transport that failed at once)
-    const s = e.session as H2Session | undefined;
-    if (s !== undefined && !s.closed) s.goaway(); // the streams in flight finish, then the transport closes
-    e.up.group.connectionClosed();
-    this.serveWaiters(e.up.group);
-  }
-
-  streamStarted(e: UpstreamSession): void {
-    e.active++;
-  }
-
-  streamEnded(e: UpstreamSession): void {
-    e.active--;
-    if (e.active === 0) e.idleSince = performance.now();
-    this.serveWaiters(e.up.group);
-  }
-
-  /** hand free slots (or new sessions) to the requests waiting in group's queue, in order */
-  serveWaiters(group: UpstreamGroup): void {
-    const q = this.queues.get(group);
-    if (q === undefined || this.closing) return;
-    while (q.length > 0) {
-      const w = q[0]!;
-      const e = this.free(w.up) ?? this.open(w.up);
-      if (e === null) break;
-      q.shift();
-      group.pendingDone();
-      w.w.sessionReady(e);
-    }
-    if (q.length === 0 && this.queues.get(group) === q) this.queues.delete(group);
-  }
-
-  private sweep(): void {
-    const limit = performance.now() - this.idleTimeoutMs;
-    for (const list of [...this.sessions.values()]) {
-      for (const e of [...list]) if (e.active === 0 && e.idleSince < limit) this.retire(e);
-    }
-  }
-
-  openCount(): number {
-    let n = 0;
-    for (const list of this.sessions.values()) n += list.length;
-    return n;
-  }
-
-  close(): void {
-    this.closing = true;
-    clearInterval(this.sweeper);
-    for (const list of [...this.sessions.values()]) for (const e of [...list]) { this.retire(e); e.session.destroy(); }
-    for (const [group, q] of this.queues) for (const w of q) { group.pendingDone(); w.w.sessionReady(null); }
-    this.queues.clear();
-  }
-}
-
-// ---- downstream ----
-
-/**
- * A client connection that sent the HTTP/2 preface: one server-role session on it from now on. first: the
- * bytes the sniffer already read, from the preface on.
- */
-export function acceptH2(ctx: EngineContext, conn: Conn, info: ConnInfo, first: Buffer): void {
-  ctx.stats.connectionsH2++;
-  info.streams = 0;
-  new ClientSession(ctx, conn, info, first);
-}
-
-/** The session of one client connection; its options object too (onStream: a new exchange). */
-class ClientSession implements H2SessionOptions {
-  readonly role = 'server' as const;
-  readonly settings: Partial<H2Settings>;
-  readonly session: H2Session;
-  // Route timeouts: one timer per connection, at the earliest deadline of its exchanges, instead of a setTimeout
-  // and clearTimeout per request (a Timeout object and two list operations each; a request rarely times out).
-  // Requests of a route share its timeout, so later ones have later deadlines: the timer is rarely moved.
-  private deadlineTimer: NodeJS.Timeout | null = null;
-  private timerAt = Infinity;
-
-  constructor(private readonly ctx: EngineContext, private readonly conn: Conn, private readonly info: ConnInfo, first: Buffer) {
-    // What one client connection can make the proxy hold is bounded by streams x stream window, each way (the session
-    // gives the connection window back itself): 100 x 256 KiB = 25 MiB, where the session defaults (1000 x 1 MiB)
-    // would let one connection pin about 1 GiB. 100 streams is nghttp2's, haproxy's and node's default.
-    this.settings = { maxConcurrentStreams: 100, initialWindowSize: STREAM_WINDOW, maxHeaderListSize: ctx.maxHeaderBytes };
-    // idle: no stream open for clientIdleTimeoutMs (a quiet long-lived gRPC stream is not idle). The transport's
-    // timer measures quiet time; it is looked at again, not acted on, while a stream is open.
-    conn.removeAllListeners('timeout'); // the sniffer's
-    conn.on('timeout', () => this.idle());
-    conn.setTimeout(ctx.clientIdleTimeoutMs);
-    this.session = new H2Session(conn, this, first);
-  }
-
-  private idle(): void {
-    if (this.session.closed) return;
-    if (this.session.activeStreams === 0 && this.info.streams === 0) this.session.goaway(H2_ERROR.NO_ERROR);
-    else this.conn.setTimeout(this.ctx.clientIdleTimeoutMs);
-  }
-
-  onStream(stream: H2Stream, headers: HeaderList, endStream: boolean, tooLarge: boolean): void {
-    this.ctx.stats.requests++;
-    const x = new H2Exchange(this.ctx, this.info, this, stream, endStream);
-    stream.handler = x;
-    try { x.start(headers, tooLarge); } catch (e) { x.fatal(e); }
-  }
-
+/** Who watches the route deadlines of a connection's exchanges (the client session: one timer for all). */
+export interface DeadlineWatch {
   /** an exchange's route deadline (performance.now() ms): the timer fires by then */
-  deadline(at: number): void {
-    // (session is unset while its constructor hands over the streams of the first read)
-    if (at >= this.timerAt || (this.session as H2Session | undefined)?.closed === true) return;
-    if (this.deadlineTimer !== null) clearTimeout(this.deadlineTimer);
-    this.timerAt = at;
-    this.deadlineTimer = setTimeout(ClientSession.sweep, Math.max(1, Math.ceil(at - performance.now())), this);
-  }
-
-  /** the exchanges past their deadline time out; the timer is set again for the earliest of the others */
-  private static sweep(c: ClientSession): void {
-    c.deadlineTimer = null;
-    c.timerAt = Infinity;
-    const now = performance.now();
-    let next = Infinity;
-    for (const st of c.session.openStreams()) {
-      const x = st.handler;
-      if (!(x instanceof H2Exchange)) continue;
-      const d = x.routeDeadline;
-      if (d <= now) x.routeDue();
-      else if (d < next) next = d;
-    }
-    if (next !== Infinity) c.deadline(next);
-  }
-
-  onClose(err?: Error): void {
-    if (this.deadlineTimer !== null) { clearTimeout(this.deadlineTimer); this.deadlineTimer = null; }
-    // (the transport's timer is the session's from now on: it lingers for the peer's close)
-    if (err !== undefined) this.ctx.log.debug({ err: err.message, peer: `${this.info.address}:${this.info.port}` }, 'downstream h2 session error');
-  }
+  deadline(at: number): void;
 }
 
 const HEAD_TOO_LARGE: LocalReply = Object.freeze({
   status: 431, headers: Object.freeze({}) as Headers, body: 'request header section too large\n',
 });
 
-/** The upstream stream of one attempt: relays what the stream says to its exchange (one object per attempt). */
-class UpLeg implements H2StreamHandler {
-  us: H2Stream | null = null;
-  /** our side of the stream ended (END_STREAM or trailers sent) */
-  sentEnd = false;
-  /** the pool was told the stream ended */
-  ended = false;
-  /** response bytes passed on to the client but not yet counted back to the upstream (the client is slow) */
-  owed = 0;
-  constructor(readonly x: H2Exchange, readonly entry: UpstreamSession) {}
-  onHeaders(headers: HeaderList, endStream: boolean): void {
-    try { this.x.upHead(this, headers, endStream); } catch (e) { this.x.fatal(e); }
-  }
-  onData(data: Buffer, endStream: boolean): void {
-    try { this.x.upData(this, data, endStream); } catch (e) { this.x.fatal(e); }
-  }
-  onTrailers(headers: HeaderList): void {
-    try { this.x.upTrailers(this, headers); } catch (e) { this.x.fatal(e); }
-  }
-  onReset(code: number): void {
-    try { this.x.upReset(this, code); } catch (e) { this.x.fatal(e); }
-  }
-  onWritable(): void {
-    try { this.x.upWritable(this); } catch (e) { this.x.fatal(e); }
-  }
-}
-
 /**
- * One request stream: the same exchange loop as HTTP/1.1 (see http1.ts), on h2 streams. It is the handler of
- * the client's stream (request body, trailers, reset, writable) and the pool waiter of its attempts.
+ * One request stream: the same exchange driver as HTTP/1.1 (exchange.ts), on h2 streams. It is the handler of
+ * the client's stream (request body, trailers, reset, writable), the pool waiter of its attempts and the owner of
+ * their upstream legs.
  */
-class H2Exchange implements H2StreamHandler, H2PoolWaiter {
-  private ex: Exchange | null = null;
-  private head: RequestHead | null = null;
-  private n = 0;
-  private attempt: Attempt | null = null;
+export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2PoolWaiter, LegOwner {
   private leg: UpLeg | null = null;
   private waitingGroup: UpstreamGroup | null = null;
   private upHeaders: HeaderList = [];
@@ -395,9 +61,7 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
   private body: Buffer[] = [];
   private bodyBytes = 0;
   private unsent = 0;
-  private bodyDone: boolean;
   private reqTrailers: HeaderList | null = null;
-  private replayable = true;
   /** client bytes read and not yet counted back to its stream (held while the upstream cannot take more) */
   private dsOwed = 0;
   /** the upstream stream asked us to wait (sendData false) */
@@ -405,26 +69,23 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
   /** the client's stream asked us to wait */
   private dsBlocked = false;
   // the response
-  private resStarted = false;
   private headSent = false;
-  private resStatus = 0;
-  private grpcStatus: number | undefined;
   private done = false;
   /** counted in info.streams */
   private counted = false;
   private tryTimer: NodeJS.Timeout | null = null;
   /** when the route's timeout ends (performance.now() ms; Infinity: none, or over); the client session's timer watches it */
   routeDeadline = Infinity;
-  private retryTimer: NodeJS.Timeout | null = null;
   private redispatched = 0;
 
   constructor(
     private readonly ctx: EngineContext,
     private readonly info: ConnInfo,
-    private readonly client: ClientSession,
+    private readonly client: DeadlineWatch,
     private readonly ds: H2Stream,
     endStream: boolean,
   ) {
+    super();
     this.bodyDone = endStream;
   }
 
@@ -451,7 +112,7 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
   start(h: HeaderList, tooLarge: boolean): void {
     this.info.streams = (this.info.streams ?? 0) + 1;
     this.counted = true;
-    if (tooLarge) { this.ctx.stats.badRequests++; this.localReply(HEAD_TOO_LARGE); return; }
+    if (tooLarge) { this.ctx.stats.badRequests++; this.reply(HEAD_TOO_LARGE); return; }
     // The session passed a well-formed head only (RFC 9113 8.2, 8.3: the known pseudo-header fields first, no
     // connection-specific field, te only "trailers"; anything else it refused on the stream), and the list is
     // ours: it goes upstream as it came, host aside. One pass makes the policy's record.
@@ -481,11 +142,11 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     }
     this.isGrpc = ct.startsWith('application/grpc');
     this.isHead = method === 'HEAD';
-    if (this.info.dst === null) { this.localReply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }); return; }
-    if (method === 'CONNECT') { this.localReply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }); return; }
+    if (this.info.dst === null) { this.reply({ status: 421, headers: {}, body: 'connection was not redirected by sockmesh\n' }); return; }
+    if (method === 'CONNECT') { this.reply({ status: 405, headers: {}, body: 'CONNECT is not supported\n' }); return; }
     if (method === '' || path === '') {
       this.ctx.stats.badRequests++;
-      this.localReply({ status: 400, headers: {}, body: 'bad request: no :method or :path\n' });
+      this.reply({ status: 400, headers: {}, body: 'bad request: no :method or :path\n' });
       return;
     }
     if (hostAt >= 0) {
@@ -504,7 +165,7 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
       this.ctx.log.error({ err: e }, 'policy.begin failed');
       r = { status: 500, headers: {}, body: 'internal error\n' };
     }
-    if ('status' in r) { this.localReply(r); return; }
+    if ('status' in r) { this.reply(r); return; }
     this.ex = r;
     this.plainResponse = emptyRewrite(r.responseHeaders);
     let up = h;
@@ -605,20 +266,18 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     if (!this.ds.closed) this.ds.consumed(n);
   }
 
-  // ---- the exchange loop ----
+  // ---- the exchange loop (ExchangeDriver's hooks) ----
 
-  private nextAttempt(): void {
-    const ex = this.ex;
-    if (ex === null || this.done) return;
-    const a = ex.attempt(++this.n);
-    if ('status' in a) { this.localReply(a); return; }
-    this.attempt = a;
-    this.redispatched = 0;
-    if (ex.perTryTimeoutMs > 0) this.tryTimer = setTimeout(H2Exchange.tryTimeout, ex.perTryTimeoutMs, this);
-    this.acquire();
+  protected get stopped(): boolean {
+    return this.done;
   }
 
-  private acquire(): void {
+  protected startTry(perTryTimeoutMs: number): void {
+    this.redispatched = 0;
+    if (perTryTimeoutMs > 0) this.tryTimer = setTimeout(H2Exchange.tryTimeout, perTryTimeoutMs, this);
+  }
+
+  protected acquire(): void {
     const up = this.attempt!.upstream;
     const got = this.ctx.h2pool.acquire(up, this);
     if (got === 'pending') this.waitingGroup = up.group;
@@ -695,18 +354,8 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
       return;
     }
     if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
-    const grpcStatus = gs === undefined ? undefined : Number(gs);
-    const outcome: Outcome = grpcStatus === undefined ? { kind: 'response', status } : { kind: 'response', status, grpcStatus };
-    const a = this.attempt;
-    this.attempt = null;
-    a.finish(outcome);
-    const delay = this.ex!.retryDelay(this.n, outcome, this.replayable);
-    if (delay !== null && (this.replayable || !this.head!.hasBody)) {
-      this.dropLeg(H2_ERROR.CANCEL);
-      this.scheduleRetry(delay);
-      return;
-    }
-    this.grpcStatus = grpcStatus;
+    // retried: the leg is let go (its stream cancelled)
+    if (this.responseHead(status, gs === undefined ? undefined : Number(gs))) return;
     this.resStarted = true;
     this.resStatus = status;
     const ds = this.ds;
@@ -804,7 +453,7 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
 
   private static tryTimeout(x: H2Exchange): void {
     x.tryTimer = null;
-    try { x.attemptFailed({ kind: 'timeout', requestComplete: x.bodyDone }); } catch (e) { x.fatal(e); }
+    try { x.tryTimedOut(); } catch (e) { x.fatal(e); }
   }
 
   /** the route's timeout is over (the client session's sweep) */
@@ -813,42 +462,15 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     try { this.routeTimedOut(); } catch (e) { this.fatal(e); }
   }
 
-  private static retryNow(x: H2Exchange): void {
-    x.retryTimer = null;
-    try { x.nextAttempt(); } catch (e) { x.fatal(e); }
-  }
-
-  private scheduleRetry(delay: number): void {
-    if (delay > 0) this.retryTimer = setTimeout(H2Exchange.retryNow, delay, this);
-    else this.nextAttempt();
-  }
-
-  private attemptFailed(o: Outcome): void {
-    if (this.attempt === null || this.ex === null) return;
-    this.abortAttempt(o);
-    const delay = this.ex.retryDelay(this.n, o, this.replayable);
-    if (delay === null || (!this.replayable && this.head!.hasBody)) this.localReply(failureReply(o));
-    else this.scheduleRetry(delay);
-  }
-
-  private abortAttempt(o: Outcome): void {
+  /** the attempt's per-try timer, its place in the pool's queue and its stream are let go */
+  protected releaseAttempt(): void {
     if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
-    if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
     if (this.waitingGroup !== null) { this.ctx.h2pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
     this.dropLeg(H2_ERROR.CANCEL);
-    const a = this.attempt;
-    if (a !== null) { this.attempt = null; a.finish(o); }
-  }
-
-  private routeTimedOut(): void {
-    if (this.ex === null || this.done) return;
-    if (this.resStarted) { this.dropLeg(H2_ERROR.CANCEL); this.abortClient(); return; }
-    this.abortAttempt({ kind: 'timeout', requestComplete: this.bodyDone });
-    this.localReply(ROUTE_TIMEOUT_REPLY);
   }
 
   /** an answer made here; gRPC clients get a trailers-only response with a grpc-status they understand */
-  private localReply(r: LocalReply): void {
+  protected reply(r: LocalReply): void {
     const ds = this.ds;
     this.resStarted = true;
     this.resStatus = r.status;
@@ -896,7 +518,7 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
   }
 
   /** a response under way cannot be finished: the client's stream is reset, so a cut body is never taken for whole */
-  private abortClient(): void {
+  protected abortClient(): void {
     if (!this.ds.closed) this.ds.reset(H2_ERROR.INTERNAL_ERROR);
     this.clientClosed();
   }
@@ -909,8 +531,7 @@ class H2Exchange implements H2StreamHandler, H2PoolWaiter {
     this.clearTimers();
     this.uncount();
     if (this.waitingGroup !== null) { this.ctx.h2pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
-    const a = this.attempt;
-    if (a !== null) { this.attempt = null; a.finish({ kind: 'cancelled' }); }
+    this.cancelAttempt();
     const ex = this.ex;
     this.ex = null;
     this.body.length = 0;

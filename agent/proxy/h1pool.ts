@@ -10,6 +10,7 @@ import { connect as netConnect } from 'node:net';
 import type { Logger } from '../observe/log.js';
 import type { Conn } from './conn.js';
 import { ChunkedDecoder, Framing, ResponseHeadParse, type ChunkSink } from './h1parse.js';
+import { PendingQueues } from './pending.js';
 import type { Upstream, UpstreamGroup } from './types.js';
 
 /** What the pool and a connection tell the exchange using them. */
@@ -53,8 +54,6 @@ const ACQ_PENDING = 1;
 const ACQ_OVERFLOW = 2;
 export type Acquired = H1Upstream | typeof ACQ_PENDING | typeof ACQ_OVERFLOW;
 export { ACQ_PENDING, ACQ_OVERFLOW };
-
-interface Waiter { user: UpstreamUser; up: Upstream }
 
 export class H1Upstream implements ChunkSink {
   user: UpstreamUser | null = null;
@@ -270,7 +269,7 @@ export class H1Pool {
   private readonly connect: (up: Upstream) => Conn;
   /** per backend key: idle connections, most recently used last */
   private readonly idle = new Map<string, H1Upstream[]>();
-  private readonly queues = new Map<UpstreamGroup, Waiter[]>();
+  private readonly queues = new PendingQueues<UpstreamUser>();
   /** connections opened and not yet closed, for close() */
   private readonly all = new Set<H1Upstream>();
   private readonly sweeper: NodeJS.Timeout;
@@ -297,24 +296,12 @@ export class H1Pool {
       if (!c.closed) return c;
     }
     if (this.open(up, user)) return ACQ_PENDING;
-    if (!up.group.tryPending()) return ACQ_OVERFLOW;
-    let q = this.queues.get(up.group);
-    if (q === undefined) this.queues.set(up.group, (q = []));
-    q.push({ user, up });
-    return ACQ_PENDING;
+    return this.queues.add(up, user) ? ACQ_PENDING : ACQ_OVERFLOW;
   }
 
   /** the user no longer wants what it asked acquire() for (timeout, client gone) */
   cancel(user: UpstreamUser, group: UpstreamGroup): void {
-    const q = this.queues.get(group);
-    if (q === undefined) return;
-    for (let i = 0; i < q.length; i++) {
-      if (q[i]!.user === user) {
-        q.splice(i, 1);
-        group.pendingDone();
-        return;
-      }
-    }
+    if (this.queues.cancel(user, group)) return;
     // Not queued: a connect may be under way for it; the connection goes to the next waiter or idle.
     for (const c of this.all) if (c.user === user && !c.connected) c.user = null;
   }
@@ -355,14 +342,11 @@ export class H1Pool {
   /** a connection is free: a waiter for its backend gets it, else it idles */
   released(c: H1Upstream): void {
     if (this.closing) { c.destroy(); return; }
-    const q = this.queues.get(c.up.group);
-    if (q !== undefined && q.length > 0) {
+    const q = this.queues.of(c.up.group);
+    if (q !== undefined) {
       for (let i = 0; i < q.length; i++) {
-        const w = q[i]!;
-        if (w.up.key === c.key) {
-          q.splice(i, 1);
-          c.up.group.pendingDone();
-          w.user.upReady(c);
+        if (q[i]!.up.key === c.key) {
+          this.queues.take(c.up.group, i).user.upReady(c);
           return;
         }
       }
@@ -389,14 +373,10 @@ export class H1Pool {
     }
     c.up.group.connectionClosed();
     // A slot of the group freed: the first waiter may open a connection now.
-    const q = this.queues.get(c.up.group);
-    if (q !== undefined && q.length > 0 && !this.closing) {
+    const q = this.queues.of(c.up.group);
+    if (q !== undefined && !this.closing) {
       const w = q[0]!;
-      if (this.open(w.up, w.user, false)) {
-        q.shift();
-        w.up.group.pendingDone();
-      }
-      if (q.length === 0) this.queues.delete(c.up.group);
+      if (this.open(w.up, w.user, false)) this.queues.take(c.up.group, 0);
     }
   }
 
@@ -423,9 +403,6 @@ export class H1Pool {
     this.closing = true;
     clearInterval(this.sweeper);
     for (const c of [...this.all]) c.destroy();
-    for (const [group, q] of this.queues) {
-      for (const w of q) { group.pendingDone(); w.user.upConnectFailed(); }
-    }
-    this.queues.clear();
+    for (const w of this.queues.drain()) w.user.upConnectFailed();
   }
 }

@@ -1,0 +1,127 @@
+// The exchange driver: the attempt / retry / backoff / deadline step of one request, shared by both protocols.
+// HTTP/1.1 (http1.ts: H1Conn, one per client connection, one exchange at a time) and HTTP/2 (h2exchange.ts:
+// H2Exchange, one per client stream) extend it and supply the protocol's part through a few hooks: get an upstream
+// for the current attempt and send the request (acquire), let go of what an attempt holds (releaseAttempt: the
+// pool's queue, the upstream connection or stream, the per-try timer), and answer the client locally (reply).
+//
+// The policy (types.ts Exchange) decides; the driver only asks it, in the same order for both protocols:
+//   attempt(n) -> an upstream (or a local reply) -> the attempt's outcome (a response head, or a failure before
+//   one) -> finish(outcome) -> retryDelay(n, outcome) -> another attempt after the backoff, or the answer.
+// Everything is fields of the subclass's object and static functions: nothing is allocated per attempt but the
+// policy's own objects and the outcome (no closure, no timer for a request that does not back off).
+import { failureReply, ROUTE_TIMEOUT_REPLY } from './engine.js';
+import type { Attempt, Exchange, LocalReply, Outcome, RequestHead } from './types.js';
+
+export abstract class ExchangeDriver {
+  /** the policy's exchange (null: none under way) */
+  protected ex: Exchange | null = null;
+  protected head: RequestHead | null = null;
+  /** the current attempt's number (1 = the first try) */
+  protected n = 0;
+  /** the attempt waiting for its outcome (null between attempts and after the response head) */
+  protected attempt: Attempt | null = null;
+  /** the request body is kept whole (within the exchange's bufferLimitBytes) and may be sent again */
+  protected replayable = true;
+  /** the request body was received whole */
+  protected bodyDone = true;
+  /** a response (passed on or local) was begun: the client can no longer be given another answer */
+  protected resStarted = false;
+  /** status given to the client */
+  protected resStatus = 0;
+  protected grpcStatus: number | undefined = undefined;
+  /** the backoff before the next attempt */
+  protected retryTimer: NodeJS.Timeout | null = null;
+
+  /** the exchange can go no further (connection dead, stream done) */
+  protected abstract get stopped(): boolean;
+  /** the current attempt may start: arm its per-try timeout (ms > 0) */
+  protected abstract startTry(perTryTimeoutMs: number): void;
+  /** get an upstream for this.attempt and send the request (or fail the attempt) */
+  protected abstract acquire(): void;
+  /** let go of what the current attempt holds: its per-try timer, its place in a pool's queue, its upstream */
+  protected abstract releaseAttempt(): void;
+  /** answer the client with a reply made here, and end the exchange */
+  protected abstract reply(r: LocalReply): void;
+  /** a response under way cannot be finished: cut the client (connection or stream) */
+  protected abstract abortClient(): void;
+  /** a bug below threw: drop everything, the process lives on */
+  abstract fatal(e: unknown): void;
+
+  /** the next attempt: the policy picks an upstream (or answers), the protocol gets it and sends the request */
+  protected nextAttempt(): void {
+    const ex = this.ex;
+    if (ex === null || this.stopped) return;
+    const a = ex.attempt(++this.n);
+    if ('status' in a) { this.reply(a); return; }
+    this.attempt = a;
+    this.startTry(ex.perTryTimeoutMs);
+    this.acquire();
+  }
+
+  /**
+   * A response head arrived for the current attempt: its outcome goes to the policy, which may retry it. true: it
+   * is retried (the attempt's upstream is let go, the caller drops the response); false: it is the answer.
+   */
+  protected responseHead(status: number, grpcStatus: number | undefined): boolean {
+    const outcome: Outcome = grpcStatus === undefined ? { kind: 'response', status } : { kind: 'response', status, grpcStatus };
+    const a = this.attempt!;
+    this.attempt = null;
+    a.finish(outcome);
+    const delay = this.ex!.retryDelay(this.n, outcome, this.replayable);
+    // (a body that was not kept whole is never replayed, whatever the policy says)
+    if (delay !== null && (this.replayable || !this.head!.hasBody)) {
+      this.releaseAttempt();
+      this.scheduleRetry(delay);
+      return true;
+    }
+    this.grpcStatus = grpcStatus;
+    return false;
+  }
+
+  /** the current attempt failed before a response head: retried, or answered with what the failure was */
+  protected attemptFailed(o: Outcome): void {
+    const ex = this.ex;
+    if (this.attempt === null || ex === null) return;
+    this.abortAttempt(o);
+    const delay = ex.retryDelay(this.n, o, this.replayable);
+    if (delay === null || (!this.replayable && this.head!.hasBody)) this.reply(failureReply(o));
+    else this.scheduleRetry(delay);
+  }
+
+  /** the per-try timeout fired before the response head */
+  protected tryTimedOut(): void {
+    this.attemptFailed({ kind: 'timeout', requestComplete: this.bodyDone });
+  }
+
+  /** the route's timeout is over: 504 before the response head, the client cut after it */
+  protected routeTimedOut(): void {
+    if (this.ex === null || this.stopped) return;
+    if (this.resStarted) { this.abortClient(); return; }
+    this.abortAttempt({ kind: 'timeout', requestComplete: this.bodyDone });
+    this.reply(ROUTE_TIMEOUT_REPLY);
+  }
+
+  /** stop the current attempt (backoff, pool queue, upstream) and finish it with o */
+  protected abortAttempt(o: Outcome): void {
+    if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
+    this.releaseAttempt();
+    const a = this.attempt;
+    if (a !== null) { this.attempt = null; a.finish(o); }
+  }
+
+  /** the client went away: the attempt under way, if any, is finished as not the upstream's doing */
+  protected cancelAttempt(): void {
+    const a = this.attempt;
+    if (a !== null) { this.attempt = null; a.finish({ kind: 'cancelled' }); }
+  }
+
+  private scheduleRetry(delay: number): void {
+    if (delay > 0) this.retryTimer = setTimeout(ExchangeDriver.retryNow, delay, this);
+    else this.nextAttempt();
+  }
+
+  private static retryNow(d: ExchangeDriver): void {
+    d.retryTimer = null;
+    try { d.nextAttempt(); } catch (e) { d.fatal(e); }
+  }
+}
