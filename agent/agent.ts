@@ -12,7 +12,7 @@ import { FileSource } from './sources/file.js';
 import { XdsSource } from './sources/xds/source.js';
 import { AdminServer } from './admin/server.js';
 import { adminRoutes } from './admin/routes.js';
-import type { ProxyReports } from './admin/protocol.js';
+import type { ProxyReportSource } from './admin/protocol.js';
 import { HealthChecker } from './health/checker.js';
 import { ProxyPolicy } from './proxy/policy.js';
 import { ProxyHost } from './proxyhost.js';
@@ -177,7 +177,7 @@ export class Agent {
     await this.proxy?.start();
     if ('xds' in opts.config) this.startXds(opts.config.xds, node.hostname);
 
-    const proxyReports: ProxyReports = policy ? { backends: () => policy.backendsReport(), routes: () => policy.routesReport() } : {};
+    const proxyReports: ProxyReportSource = policy ? { backends: () => policy.backendsReport(), routes: () => policy.routesReport() } : {};
     this.admin = new AdminServer(join(opts.runDir, 'admin.sock'), adminRoutes({
       state: this.state, reader, names: () => kernel.names(), events: this.events, checker, proxy: proxyReports,
       status: {

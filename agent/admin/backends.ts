@@ -6,7 +6,7 @@ import type { BackendStates, BackendState } from '../health/states.js';
 import type { HealthChecker } from '../health/checker.js';
 import { backendKey, effectiveModel } from '../health/effective.js';
 import type {
-  BackendHealthReport, BackendsReport, FrontendBackendsReport, LiveNumbers, ProxyReports, RouteReport, RoutesReport,
+  BackendHealthReport, BackendsReport, FrontendBackendsReport, LiveNumbers, ProxyReportSource, RouteReport, RoutesReport,
 } from './protocol.js';
 
 const iso = (ms: number): string => new Date(ms).toISOString();
@@ -41,7 +41,7 @@ export interface BackendsSources {
   model: Model | undefined;
   states: BackendStates;
   checker: HealthChecker | undefined;
-  proxy: ProxyReports;
+  proxy: ProxyReportSource;
 }
 
 export function backendsReport(src: BackendsSources, only?: string): BackendsReport {
@@ -112,7 +112,7 @@ export function routeMatchText(r: Route): string {
   return parts.join(' ');
 }
 
-export function routesReport(model: Model | undefined, proxy: ProxyReports, only?: string): RoutesReport {
+export function routesReport(model: Model | undefined, proxy: ProxyReportSource, only?: string): RoutesReport {
   const live = liveIndex(proxy.routes, (x) => x.route);
   const routes: RouteReport[] = [];
   for (const svc of model?.services ?? []) {

@@ -7,12 +7,12 @@
 //   GET /v1/backends  BackendsReport (?service=NAME for one): in or out of service, why and since when
 //   GET /v1/routes    RoutesReport (?service=NAME for one): the L7 routes with the proxy's live numbers
 // Errors: a non-2xx status with { error: string }.
-import type { FrontendReport, ProxyReport, SocketReport, StatsReport } from '../datapath/inspect.js';
+import type { FrontendReport, KernelProxyReport, SocketReport, StatsReport } from '../datapath/inspect.js';
 import type { XdsStatus } from '../sources/xds/source.js';
-import type { HealthCheck, WeightedGroup } from '../model/l7.js';
+import type { CircuitBreaker, HealthCheck, StringMatch, WeightedGroup } from '../model/l7.js';
 import type { ProbeReport } from '../health/checker.js';
 import type { FlowEvent } from '../observe/events.js';
-export type { FlowEvent, FrontendReport, ProxyReport, SocketReport, StatsReport };
+export type { FlowEvent, FrontendReport, KernelProxyReport, SocketReport, StatsReport };
 
 /** Where an agent instance pins its maps and links unless told otherwise (sockmesh-agent and meshctl --bpffs). */
 export const DEFAULT_BPFFS = '/sys/fs/bpf/sockmesh';
@@ -46,7 +46,7 @@ export interface StatusReport {
   /** backends probed by health checks, backends out (probe or ejection), frontends in panic, the metrics URL */
   health?: { probed: number; out: number; panics: number; metrics: string | null };
   /** the L7 proxy as the kernel sees it (address, alive by heartbeat); null when none is announced */
-  proxy?: ProxyReport | null;
+  proxy?: KernelProxyReport | null;
 }
 
 
@@ -56,20 +56,77 @@ export function runDirFor(bpffs: string, base = DEFAULT_RUN_DIR): string {
   return `${base}/${name}`;
 }
 
-/** Numbers the proxy policy reports for a backend or a route (active, pending, requests, ...): passed through as given. */
-export type LiveNumbers = Record<string, unknown>;
+// ---- the L7 proxy's own reports (agent/proxy/reports.ts), merged into /v1/backends and /v1/routes ----
+
+/** A backend group of one frontend as the proxy sees it: the unit of circuit breaking and balancing. */
+export interface ProxyGroupReport {
+  group: string;
+  /** the frontend (vip:port) whose backends make this group */
+  frontend: string;
+  backends: number;
+  activeRequests: number;
+  pendingRequests: number;
+  connections: number;
+  activeRetries: number;
+  limits: CircuitBreaker;
+  /** breaker overflows by limit */
+  overflows: Record<string, number>;
+}
+
+/** A route as the proxy runs it: its definition and live numbers (ProxyPolicy.routesReport()). */
+export interface ProxyRouteReport {
+  service: string;
+  route: string;
+  match: { path?: StringMatch; methods?: string[]; headers?: { name: string; value?: StringMatch; invert?: boolean }[] };
+  split: { group: string; weight: number }[];
+  timeoutMs: number;
+  retry?: { attempts: number; perTryTimeoutMs: number; retryOn: string[]; budgetPercent: number; minRetryConcurrency: number };
+  /** requests by status class ('2xx', ..., 'local', 'aborted') */
+  requests: Record<string, number>;
+  localReplies: Record<string, number>;
+  retries: number;
+  budgetExhausted: number;
+  /** breaker overflows of the groups this route splits to */
+  overflows: Record<string, number>;
+  groups: ProxyGroupReport[];
+}
+
+/** A backend of one group of one frontend as the proxy sees it (ProxyPolicy.backendsReport()). */
+export interface ProxyBackendReport {
+  service: string;
+  group: string;
+  frontend: string;
+  /** '127.0.0.1:8080', '[::1]:8080' */
+  backend: string;
+  weight: number;
+  activeRequests: number;
+  /** out of service for this proxy: failed probe or ejected */
+  out: boolean;
+  ejected: boolean;
+  /** why out (probe reason or ejection reason), since/until as epoch ms */
+  reason?: string;
+  since?: number;
+  until?: number;
+  ejections: number;
+  consecutive5xx: number;
+  consecutiveGatewayErrors: number;
+}
 
 /**
- * What the proxy policy may provide to the admin API (ProxyPolicy.backendsReport() / routesReport()). Entries are
- * matched to the model by service and backend key ('127.0.0.1:8080', '[::1]:8080') or route name; every other field
- * is shown as it is (meshctl prints active, pending, requests, retries, ... when present).
+ * Where the admin API gets the proxy's reports: optional providers, so that the API works the same with or without
+ * the L7 proxy running. Entries are matched to the model by service and backend key (and frontend when present) or
+ * route name; every other field is passed through as the row's live numbers.
  */
-export interface ProxyReports {
-  /** e.g. () => policy.backendsReport() (agent/proxy/policy.ts BackendReport[]; 'frontend' is used when present) */
-  backends?: () => Iterable<{ service: string; backend: string }>;
-  /** e.g. () => policy.routesReport() */
-  routes?: () => Iterable<{ service: string; route: string }>;
+export interface ProxyReportSource {
+  /** () => policy.backendsReport() */
+  backends?: () => Iterable<Partial<ProxyBackendReport> & Pick<ProxyBackendReport, 'service' | 'backend'>>;
+  /** () => policy.routesReport() */
+  routes?: () => Iterable<Partial<ProxyRouteReport> & Pick<ProxyRouteReport, 'service' | 'route'>>;
 }
+
+/** The proxy's numbers for a backend or a route as a row of /v1/backends or /v1/routes shows them: its report without
+ * the fields the row already has (meshctl prints active, pending, requests, retries, ... when present). */
+export type LiveNumbers = Record<string, unknown>;
 
 export interface BackendHealthReport {
   /** '127.0.0.1:8080', '[::1]:8080' */

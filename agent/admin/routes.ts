@@ -2,7 +2,7 @@
 // kernel maps (MapReader), the flow events (observe/) and the proxy's live reports.
 import type { Handler } from './server.js';
 import { AdminError } from './server.js';
-import type { BackendsReport, ProgramReport, ProxyReports, RoutesReport, StatusReport } from './protocol.js';
+import type { BackendsReport, ProgramReport, ProxyReportSource, RoutesReport, StatusReport } from './protocol.js';
 import { backendsReport, routesReport } from './backends.js';
 import type { MapReader } from '../datapath/inspect.js';
 import { cgroup2Root } from '../datapath/cgroup.js';
@@ -18,7 +18,7 @@ export interface AdminSources {
   names: () => ReadonlyMap<number, string>;
   events: EventRing;
   checker?: HealthChecker;
-  proxy: ProxyReports;
+  proxy: ProxyReportSource;
   status: StatusSources;
 }
 

@@ -16,7 +16,7 @@ export interface CountersJson {
   connections: number; udpMessages: number; noBackend: number; redirects: number; redirectBytes: number; affinityHits: number;
 }
 
-export interface BackendReport {
+export interface KernelBackendReport {
   id: number; address: string; port: number; weight: number; local: boolean;
   /** share of the frontend's selection table (what fraction of new connections it gets) */
   share: number;
@@ -29,7 +29,7 @@ export interface FrontendReport {
   algorithm: string; affinityTimeoutSeconds: number; tableId: number; tableSize: number;
   /** an L7 service: connect() goes to the proxy; when it is down, to a backend (fail-open) or refused (fail-closed) */
   l7?: 'fail-open' | 'fail-closed';
-  backends: BackendReport[];
+  backends: KernelBackendReport[];
 }
 
 export interface ServiceStats { serviceId: number; service: string; counters: CountersJson }
@@ -40,7 +40,7 @@ export interface StatsReport {
 }
 
 /** The L7 proxy as the kernel knows it (sm_proxy). */
-export interface ProxyReport {
+export interface KernelProxyReport {
   v4: string | null; v6: string | null; port: number;
   /** the node addresses clients in other network namespaces (pods) are sent to; null = none (they get the fail mode) */
   nodeV4: string | null; nodeV6: string | null;
@@ -164,7 +164,7 @@ export class MapReader {
   }
 
   /** The proxy entry, or null when no agent announced one (or the pins predate the L7 redirect). */
-  proxy(): ProxyReport | null {
+  proxy(): KernelProxyReport | null {
     const fd = this.fds.sm_proxy;
     const found = fd !== undefined ? this.n.mapLookup(fd, u32(0)) : null;
     if (!found) return null;

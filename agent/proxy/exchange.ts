@@ -54,7 +54,7 @@ export abstract class ExchangeDriver {
     const a = ex.attempt(++this.n);
     if ('status' in a) { this.reply(a); return; }
     this.attempt = a;
-    this.startTry(ex.perTryTimeoutMs);
+    this.startTry(ex.route.perTryTimeoutMs);
     this.acquire();
   }
 

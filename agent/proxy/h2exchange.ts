@@ -167,11 +167,12 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     }
     if ('status' in r) { this.reply(r); return; }
     this.ex = r;
-    this.plainResponse = emptyRewrite(r.responseHeaders);
+    const route = r.route;
+    this.plainResponse = emptyRewrite(route.responseHeaders);
     let up = h;
-    if (!emptyRewrite(r.requestHeaders)) {
+    if (!emptyRewrite(route.requestHeaders)) {
       // rare: the list is made again from the rewritten record
-      rewriteHeaders(headers, r.requestHeaders);
+      rewriteHeaders(headers, route.requestHeaders);
       up = [];
       for (let i = 0; i < h.length && h[i]!.charCodeAt(0) === 58; i += 2) up.push(h[i]!, h[i + 1]!);
       if (teTrailers) up.push('te', 'trailers');
@@ -182,8 +183,8 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
       }
     }
     this.upHeaders = up;
-    if (r.timeoutMs > 0) {
-      this.routeDeadline = performance.now() + r.timeoutMs;
+    if (route.timeoutMs > 0) {
+      this.routeDeadline = performance.now() + route.timeoutMs;
       this.client.deadline(this.routeDeadline);
     }
     this.nextAttempt();
@@ -363,7 +364,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     // (the session passed a well-formed head only: :status first and alone, no connection-specific field)
     let out = h;
     if (!this.plainResponse) {
-      const rw = this.ex!.responseHeaders;
+      const rw = this.ex!.route.responseHeaders;
       out = [':status', statusText];
       for (let i = 2; i < h.length; i += 2) {
         const name = h[i]!;

@@ -271,9 +271,9 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     if ('status' in r) { this.reply(r); return; }
     const ex = r;
     this.ex = ex;
-    if (!emptyRewrite(ex.requestHeaders)) rewriteHeaders(headers, ex.requestHeaders);
+    if (!emptyRewrite(ex.route.requestHeaders)) rewriteHeaders(headers, ex.route.requestHeaders);
     this.upHeadStr = this.requestHeadString(head);
-    if (ex.timeoutMs > 0) this.routeDeadline = performance.now() + ex.timeoutMs;
+    if (ex.route.timeoutMs > 0) this.routeDeadline = performance.now() + ex.route.timeoutMs;
     this.nextAttempt();
   }
 
@@ -445,7 +445,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     const minor = this.req.minor;
     let s = `HTTP/1.1 ${status} ${res.reason}\r\n`;
     const names = res.names, values = res.values;
-    const rw = this.ex!.responseHeaders;
+    const rw = this.ex!.route.responseHeaders;
     if (emptyRewrite(rw)) {
       for (let i = 0; i < names.length; i++) s += `${names[i]}: ${values[i]}\r\n`;
     } else {

@@ -94,17 +94,22 @@ export interface Attempt {
   finish(outcome: Outcome): void;
 }
 
-export interface Exchange {
+/** What the engine reads of the route an exchange took (one object per route, made when the policy is compiled). */
+export interface RouteSettings {
   /** route name (metrics, access log) */
-  readonly route: string;
+  readonly name: string;
   /** the whole exchange; 0 = none. On expiry the engine answers 504 (or resets a started response). */
   readonly timeoutMs: number;
-  /** 0 = none */
+  /** each attempt, to its response head; 0 = none */
   readonly perTryTimeoutMs: number;
-  /** a body larger than this is streamed and the request is not retried (0 = bodies never retried) */
-  readonly bufferLimitBytes: number;
   readonly requestHeaders: HeaderRewrite;
   readonly responseHeaders: HeaderRewrite;
+}
+
+export interface Exchange {
+  readonly route: RouteSettings;
+  /** a body larger than this is streamed and the request is not retried (0 = bodies never retried) */
+  readonly bufferLimitBytes: number;
   /**
    * Attempt n (1 = the first try): an upstream chosen by the balancer among the usable backends of a
    * group picked by the route's split, or a local reply (503 with x-sockmesh-overflow: max-requests |

@@ -82,12 +82,14 @@ export class TestPolicy implements Policy {
     const rec: ExchangeRecord = { head, source, dst, attempts: [], retryAsks: [], ends: [] };
     this.exchanges.push(rec);
     return {
-      route: 'test',
-      timeoutMs: r.timeoutMs ?? 0,
-      perTryTimeoutMs: r.perTryTimeoutMs ?? 0,
+      route: {
+        name: 'test',
+        timeoutMs: r.timeoutMs ?? 0,
+        perTryTimeoutMs: r.perTryTimeoutMs ?? 0,
+        requestHeaders: r.requestHeaders ?? NO_REWRITE,
+        responseHeaders: r.responseHeaders ?? NO_REWRITE,
+      },
       bufferLimitBytes: r.bufferLimitBytes ?? 64 * 1024,
-      requestHeaders: r.requestHeaders ?? NO_REWRITE,
-      responseHeaders: r.responseHeaders ?? NO_REWRITE,
       attempt(n: number): Attempt {
         const up = r.upstreams[(n - 1) % r.upstreams.length]!;
         const a = { n, upstream: up.key, outcomes: [] as Outcome[] };

@@ -11,13 +11,13 @@ import { fileURLToPath } from 'node:url';
 import { backendsReport, routesReport } from '../../agent/admin/backends.js';
 import { BackendStates } from '../../agent/health/states.js';
 import type { Model } from '../../agent/model/types.js';
-import type { ProxyReports } from '../../agent/admin/protocol.js';
+import type { ProxyReportSource } from '../../agent/admin/protocol.js';
 import { renderBackends } from '../../cli/commands/backends.js';
 import { PLAIN } from '../../cli/style.js';
 import type { ProxyPolicy } from '../../agent/proxy/policy.js';
 
 // What the agent is given by whoever runs the proxy: the policy's own reports, as they are (checked by tsc).
-export const wiring = (policy: ProxyPolicy): ProxyReports => ({ backends: () => policy.backendsReport(), routes: () => policy.routesReport() });
+export const wiring = (policy: ProxyPolicy): ProxyReportSource => ({ backends: () => policy.backendsReport(), routes: () => policy.routesReport() });
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const MESHCTL = join(ROOT, 'dist', 'cli', 'meshctl.js');
@@ -67,7 +67,7 @@ t.teardown(() => states.close());
 states.setProbe('db', '127.0.0.1:6001', false, 'connect ECONNREFUSED');
 now += 1000;
 states.eject('web', '127.0.0.1:7002', 30_000, 'consecutive-5xx');
-const proxy: ProxyReports = {
+const proxy: ProxyReportSource = {
   backends: () => [
     { service: 'web', frontend: '127.77.9.2:80', backend: '127.0.0.1:7001', group: 'default', activeRequests: 4, consecutive5xx: 0 },
     { service: 'web', frontend: '127.77.9.2:80', backend: '127.0.0.1:7002', group: 'canary', activeRequests: 0, consecutive5xx: 5 },

@@ -1,0 +1,195 @@
+// The policy's per-request decisions after a route was chosen (policy.ts begin()): one PolicyExchange per request,
+// one PolicyAttempt per try. Per attempt: the max-requests / max-retries breaker, the balancer over the group's
+// usable backends (a retry avoids the backend whose attempt just failed), then the outcome: outlier detection,
+// retry_on, method idempotency, body replayability, attempts left, the retry budget, the backoff. What an outcome
+// says about the backend is decided once (outcome.ts) for all of them.
+import type { BackendStates } from '../health/states.js';
+import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Upstream } from './types.js';
+import type { Limit } from './breaker.js';
+import type { BackendSlot, GroupState, RouteState, ServiceState } from './compile.js';
+import { RETRY_NONE, RETRY_SAFE, type RetryRules, backoffMs, budgetAllows } from './retry.js';
+import { CLASS_LOCAL, statusClass } from './metrics.js';
+
+/** Reasons of local replies (metrics label, access log). */
+export type LocalReason = 'misdirected' | 'bad-path' | 'denied' | 'no-route' | 'no-healthy-upstream' | Limit;
+
+/**
+ * A local reply. The engine adds content-type and length, and to a gRPC client turns it into a
+ * trailers-only gRPC answer (grpc-status from the HTTP status, as Envoy), so the policy answers
+ * every client alike and sets only its own x-sockmesh-* headers.
+ */
+export function localReply(_head: RequestHead, status: number, body: string, headers: Headers): LocalReply {
+  return { status, headers, body: body + '\n' };
+}
+
+/** What an exchange needs from the policy that made it. */
+export interface ExchangeHost {
+  readonly states: BackendStates;
+  readonly random: () => number;
+  readonly now: () => number;
+  /** outlier detection after an attempt's outcome */
+  recordOutcome(group: GroupState, slot: BackendSlot, o: Outcome): void;
+  /** the exchange's end, for the access log */
+  logAccess(svc: ServiceState, ex: PolicyExchange, status: number, grpcStatus: number | undefined, durationMs: number): void;
+}
+
+/** One attempt: the engine calls finish() once. */
+class PolicyAttempt implements Attempt {
+  finished = false;
+  constructor(
+    private readonly ex: PolicyExchange,
+    readonly slot: BackendSlot,
+    readonly retry: boolean,
+  ) {}
+  get upstream(): Upstream {
+    return this.slot.upstream;
+  }
+  finish(outcome: Outcome): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.ex.finished(this, outcome);
+  }
+}
+
+/**
+ * One request's life in the policy. Accounting it holds and gives back exactly once:
+ * - the group's active requests (from a successful attempt(1) to end());
+ * - the current backend's active requests (from its attempt to the next attempt or end(): the
+ *   response body of the last attempt is still streaming until end());
+ * - a retry slot (from retryDelay's yes, through backoff, until that retry's finish()).
+ */
+export class PolicyExchange implements Exchange {
+  readonly route: RouteState;
+  readonly bufferLimitBytes: number;
+  attempts = 0;
+  localReason: LocalReason | undefined;
+  private readonly start: number;
+  private readonly retry: RetryRules | undefined;
+  /** a gRPC call retried only on connect failures and the gRPC codes of retry_on (retry.mode) */
+  private readonly safeOnly: boolean;
+  private counted = false;
+  private slot: BackendSlot | undefined;
+  private avoid: BackendSlot | undefined;
+  private retryReserved = false;
+  private retryAttempt: PolicyAttempt | undefined;
+  private ended = false;
+
+  constructor(
+    private readonly p: ExchangeHost,
+    private readonly svc: ServiceState,
+    private readonly r: RouteState,
+    private readonly group: GroupState,
+    readonly head: RequestHead,
+  ) {
+    this.start = p.now();
+    this.route = r;
+    const mode = r.retry ? r.retry.mode(head.method, head.grpc) : RETRY_NONE;
+    const retry = mode !== RETRY_NONE ? r.retry : undefined;
+    this.retry = retry;
+    this.safeOnly = mode === RETRY_SAFE;
+    // a request that will never be retried need not be buffered
+    this.bufferLimitBytes = retry ? retry.bufferLimitBytes : 0;
+  }
+
+  lastBackend(): string {
+    return this.slot ? this.slot.upstream.key : '';
+  }
+
+  attempt(n: number): Attempt | LocalReply {
+    const b = this.group.breaker;
+    if (n <= 1) {
+      if (!this.counted) {
+        if (!b.tryRequest()) return this.overflow('max-requests');
+        this.counted = true;
+      }
+    } else {
+      if (!this.retryReserved && !b.tryRetry()) return this.overflow('max-retries');
+      this.retryReserved = false;
+      this.r.stats.retries++;
+    }
+    if (this.slot) {
+      this.slot.active--;
+      this.slot = undefined;
+    }
+    const usable = this.group.usable(this.p.states);
+    if (usable.length === 0) {
+      if (n > 1) b.retryDone();
+      this.localReason = 'no-healthy-upstream';
+      return localReply(this.head, 503, 'no healthy upstream', { 'x-sockmesh-reason': 'no-healthy-upstream' });
+    }
+    const slot = this.group.balancer.pick(usable, this.avoid) as BackendSlot;
+    slot.active++;
+    this.slot = slot;
+    this.attempts = n;
+    const a = new PolicyAttempt(this, slot, n > 1);
+    if (n > 1) this.retryAttempt = a;
+    return a;
+  }
+
+  /** @internal from PolicyAttempt.finish */
+  finished(a: PolicyAttempt, o: Outcome): void {
+    if (a === this.retryAttempt) {
+      this.retryAttempt = undefined;
+      this.group.breaker.retryDone();
+    }
+    // the client went away: says nothing about the backend
+    if (o.kind === 'cancelled') return;
+    if (o.kind === 'overflow') {
+      // the engine could not get a connection; the limit was counted by the breaker itself
+      this.localReason = (o.limit as Limit) ?? 'max-pending-requests';
+      return;
+    }
+    const failed = o.kind !== 'response' || o.status >= 500;
+    this.avoid = failed ? a.slot : undefined;
+    // The timeouts run from the request head: while a body was still coming, a timeout may be the client's slowness,
+    // not the backend's; counted, a client stopping halfway through its uploads would eject healthy backends.
+    if (o.kind === 'timeout' && this.head.hasBody && o.requestComplete !== true) return;
+    this.p.recordOutcome(this.group, a.slot, o);
+  }
+
+  retryDelay(n: number, outcome: Outcome, bodyReplayable: boolean): number | null {
+    const retry = this.retry;
+    if (!retry || this.ended || n > retry.attempts) return null;
+    if (this.head.hasBody && !bodyReplayable) return null;
+    if (!(this.safeOnly ? retry.coversSafe(outcome) : retry.covers(outcome))) return null;
+    const b = this.group.breaker;
+    if (!budgetAllows(b.retries, b.requests, retry.budgetPercent, retry.minRetryConcurrency)) {
+      this.r.stats.budgetExhausted++;
+      return null;
+    }
+    // the retry holds its place from now, through the backoff, until its attempt has an outcome
+    if (!b.tryRetry()) return null;
+    this.retryReserved = true;
+    return backoffMs(n, retry.backoffBaseMs, retry.backoffMaxMs, this.p.random);
+  }
+
+  end(status: number, grpcStatus?: number): void {
+    if (this.ended) return;
+    this.ended = true;
+    const b = this.group.breaker;
+    if (this.counted) b.requestDone();
+    if (this.retryReserved) {
+      this.retryReserved = false;
+      b.retryDone();
+    }
+    if (this.retryAttempt) {
+      this.retryAttempt = undefined;
+      b.retryDone();
+    }
+    const slot = this.slot;
+    if (slot) slot.active--;
+    const ms = this.p.now() - this.start;
+    const stats = this.r.stats.backend(slot ? slot.upstream.key : '');
+    if (this.localReason !== undefined && status !== 0) {
+      stats.classes[CLASS_LOCAL]!++;
+      this.r.stats.localReply(this.localReason);
+    } else stats.classes[statusClass(status)]!++;
+    stats.observe(ms);
+    this.p.logAccess(this.svc, this, status, grpcStatus, ms);
+  }
+
+  private overflow(limit: Limit): LocalReply {
+    this.localReason = limit;
+    return localReply(this.head, 503, `upstream overflow: ${limit}`, { 'x-sockmesh-overflow': limit });
+  }
+}
