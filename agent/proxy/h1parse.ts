@@ -75,6 +75,57 @@ function connectionTokens(value: string, c: ConnTokens): void {
     else (c.names ??= []).push(tok);
   }
 }
+
+const FIELD_OTHER = 0, FIELD_TAKEN = 1, FIELD_BAD = 2;
+
+/**
+ * The framing and hop-by-hop fields of a head, either way (content-length, transfer-encoding, connection,
+ * proxy-connection, keep-alive, upgrade): read while the fields are, never passed on as they came. One per parser,
+ * reset() per head.
+ */
+class FramingFields {
+  /** -1: no content-length */
+  contentLength = -1;
+  /** transfer-encoding, repeated fields joined */
+  te: string | undefined = undefined;
+  upgrade: string | undefined = undefined;
+  readonly conn: ConnTokens = { close: false, keepAlive: false, upgrade: false, names: undefined };
+  error = '';
+
+  reset(): void {
+    this.contentLength = -1;
+    this.te = this.upgrade = undefined;
+    const conn = this.conn;
+    conn.close = conn.keepAlive = conn.upgrade = false;
+    conn.names = undefined;
+  }
+
+  /** FIELD_TAKEN: one of them; FIELD_OTHER: not; FIELD_BAD: a bad one (error says why) */
+  take(name: string, value: string): number {
+    switch (name) {
+      case 'content-length': {
+        const n = parseContentLength(value);
+        if (n < 0) { this.error = 'bad content-length'; return FIELD_BAD; }
+        if (this.contentLength >= 0 && n !== this.contentLength) { this.error = 'differing content-lengths'; return FIELD_BAD; }
+        this.contentLength = n;
+        return FIELD_TAKEN;
+      }
+      case 'transfer-encoding':
+        this.te = this.te === undefined ? value : `${this.te}, ${value}`;
+        return FIELD_TAKEN;
+      case 'connection':
+      case 'proxy-connection':
+        connectionTokens(value, this.conn);
+        return FIELD_TAKEN;
+      case 'keep-alive':
+        return FIELD_TAKEN;
+      case 'upgrade':
+        this.upgrade = value;
+        return FIELD_TAKEN;
+    }
+    return FIELD_OTHER;
+  }
+}
 export type Framing = (typeof Framing)[keyof typeof Framing];
 
 /** The head of a request from a client (reused per connection: reset() between messages). */
@@ -101,7 +152,7 @@ export class RequestHeadParse {
   /** why the last parse failed (for the log) */
   error = '';
   private readonly field: Field = { name: '', value: '', error: '' };
-  private readonly conn: ConnTokens = { close: false, keepAlive: false, upgrade: false, names: undefined };
+  private readonly fr = new FramingFields();
 
   reset(): void {
     this.host = undefined;
@@ -155,12 +206,8 @@ export class RequestHeadParse {
     if (major !== 1) return this.fail(ParseError.Version, `HTTP/${major}.${minor} not supported`);
     this.minor = minor === 0 ? 0 : 1;
     i += 10;
-    let te: string | undefined;
-    let sawCl = false;
-    const conn = this.conn;
-    conn.close = conn.keepAlive = conn.upgrade = false;
-    conn.names = undefined;
-    let upgrade: string | undefined;
+    const fr = this.fr;
+    fr.reset();
     const headers = this.headers;
     const f = this.field;
     while (i < endIdx + 2) {
@@ -168,31 +215,15 @@ export class RequestHeadParse {
       if (i < 0) return this.fail(ParseError.Bad, f.error);
       const name = f.name, value = f.value;
       // Hop-by-hop and framing headers are consumed here, never forwarded as they came.
+      const k = fr.take(name, value);
+      if (k === FIELD_TAKEN) continue;
+      if (k === FIELD_BAD) return this.fail(ParseError.Bad, fr.error);
       switch (name) {
-        case 'content-length': {
-          const n = parseContentLength(value);
-          if (n < 0) return this.fail(ParseError.Bad, 'bad content-length');
-          if (sawCl && n !== this.contentLength) return this.fail(ParseError.Bad, 'differing content-lengths');
-          sawCl = true;
-          this.contentLength = n;
-          continue;
-        }
-        case 'transfer-encoding':
-          te = te === undefined ? value : `${te}, ${value}`;
-          continue;
         case 'host':
           if (this.host !== undefined) return this.fail(ParseError.Bad, 'more than one host header');
           this.host = value;
           continue;
-        case 'connection':
-        case 'proxy-connection':
-          connectionTokens(value, conn);
-          continue;
-        case 'keep-alive':
         case 'http2-settings':
-          continue;
-        case 'upgrade':
-          upgrade = value;
           continue;
         case 'te':
           // Only "trailers" means anything end to end (gRPC); codings are between us and the client.
@@ -210,6 +241,8 @@ export class RequestHeadParse {
       else if (typeof prev === 'string') headers[name] = [prev, value];
       else prev.push(value);
     }
+    const te = fr.te, sawCl = fr.contentLength >= 0, conn = fr.conn, upgrade = fr.upgrade;
+    if (sawCl) this.contentLength = fr.contentLength;
     if (te !== undefined) {
       // RFC 9112 6.1: chunked must be the final coding; with Content-Length too the message is ambiguous.
       if (sawCl) return this.fail(ParseError.Bad, 'both content-length and transfer-encoding');
@@ -280,7 +313,7 @@ export class ResponseHeadParse {
   upgrade: string | undefined;
   error = '';
   private readonly field: Field = { name: '', value: '', error: '' };
-  private readonly conn: ConnTokens = { close: false, keepAlive: false, upgrade: false, names: undefined };
+  private readonly fr = new FramingFields();
 
   /**
    * Parse one response head from buf[start..]; noBody: the request was HEAD (or the status forbids a
@@ -314,41 +347,20 @@ export class ResponseHeadParse {
     } else this.reason = '';
     if (buf[i] !== CR || buf[i + 1] !== LF) return this.fail(ParseError.Bad, 'bad status line');
     i += 2;
-    let te: string | undefined;
-    let sawCl = false;
-    const conn = this.conn;
-    conn.close = conn.keepAlive = conn.upgrade = false;
-    conn.names = undefined;
-    let upgrade: string | undefined;
+    const fr = this.fr;
+    fr.reset();
     const f = this.field;
     while (i < endIdx + 2) {
       i = fieldLine(buf, i, f);
       if (i < 0) return this.fail(ParseError.Bad, f.error);
-      const name = f.name, value = f.value;
-      switch (name) {
-        case 'content-length': {
-          const n = parseContentLength(value);
-          if (n < 0 || (sawCl && n !== this.contentLength)) return this.fail(ParseError.Bad, 'bad content-length');
-          sawCl = true;
-          this.contentLength = n;
-          continue;
-        }
-        case 'transfer-encoding':
-          te = te === undefined ? value : `${te}, ${value}`;
-          continue;
-        case 'connection':
-        case 'proxy-connection':
-          connectionTokens(value, conn);
-          continue;
-        case 'keep-alive':
-          continue;
-        case 'upgrade':
-          upgrade = value;
-          continue;
-      }
-      this.names.push(name);
-      this.values.push(value);
+      const k = fr.take(f.name, f.value);
+      if (k === FIELD_TAKEN) continue;
+      if (k === FIELD_BAD) return this.fail(ParseError.Bad, fr.error);
+      this.names.push(f.name);
+      this.values.push(f.value);
     }
+    const te = fr.te, sawCl = fr.contentLength >= 0, conn = fr.conn, upgrade = fr.upgrade;
+    if (sawCl) this.contentLength = fr.contentLength;
     const connNames = conn.names as string[] | undefined;
     if (connNames) {
       for (let k = this.names.length - 1; k >= 0; k--) {
