@@ -1,6 +1,6 @@
 // Retry decisions: which outcomes a route's retry_on covers, which requests may be replayed at all,
 // the backoff between tries and the retry budget. Pure functions over numbers so that each rule can
-// be tested on its own; the per-exchange bookkeeping is in policy.ts.
+// be tested on its own; the per-exchange bookkeeping is in decide.ts.
 import type { RetryOn, RetryPolicy } from '../model/l7.js';
 import type { Outcome } from './types.js';
 

@@ -1,7 +1,7 @@
 // The proxy's listener: accepts the connections the kernel redirected, asks once per connection where
 // each was going (Datapath.originalDst, a map lookup by the client's address), and sniffs the first
 // bytes: the HTTP/2 connection preface means HTTP/2 with prior knowledge (our own HTTP/2 session,
-// http2.ts), anything else is HTTP/1.1 (our own parser, http1.ts). The engine never decides: every request goes
+// h2server.ts), anything else is HTTP/1.1 (our own parser, http1.ts). The engine never decides: every request goes
 // through the Policy (types.ts), which routes, balances, limits and counts.
 //
 // The proxy's sockets, client and upstream legs alike, are NetConns on the addon's own epoll loop

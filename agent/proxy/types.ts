@@ -1,6 +1,6 @@
-// The contract between the proxy's protocol engine (server.ts, http1.ts, http2.ts: bytes, sockets,
-// pools) and its policy (policy.ts and friends: routing, retries, breakers, outlier detection,
-// balancing, authorization, metrics). The engine never decides; the policy never touches a socket.
+// The contract between the proxy's protocol engine (server.ts, http1.ts, h2server.ts, h2exchange.ts, exchange.ts,
+// h1pool.ts, h2pool.ts: bytes, sockets, pools) and its policy (policy.ts and friends: routing, retries, breakers,
+// outlier detection, balancing, authorization, metrics). The engine never decides; the policy never touches a socket.
 import type { HeaderRewrite } from '../model/l7.js';
 
 /** Header names lower-case; a repeated header is an array (as node:http gives them). */

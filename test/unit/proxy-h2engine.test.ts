@@ -1,4 +1,4 @@
-// The proxy's HTTP/2 engine on our own sessions (agent/proxy/http2.ts over h2/session.ts): what node:http2 did
+// The proxy's HTTP/2 engine on our own sessions (agent/proxy/h2server.ts, h2exchange.ts over h2/session.ts): what node:http2 did
 // for us before and what it could not do. A request head over the limit answered 431 (the session lives on);
 // an upstream that sends GOAWAY with streams in flight (those above its last stream id go again on another
 // session); a client that does not read holds the upstream through flow control (bounded, then byte-exact when
