@@ -4,6 +4,7 @@
 import { LineCounter, parseDocument } from 'yaml';
 import { canonicalAddress, formatEndpoint, type CanonicalAddress } from './address.js';
 import { defaultMaglevTableSize, isPrime, MAGLEV_MAX_SIZE, MAGLEV_MIN_SIZE } from './maglev.js';
+import { clipQuoted } from './reasons.js';
 import { checkFields, describe, enumField, intField, isMapping, Issues, join, listField } from './fields.js';
 import { validateHealthCheck, validateHttp, validateWorkloads, type ServiceShape } from './l7config.js';
 import {
@@ -62,7 +63,7 @@ function parseJson(text: string, file: string): unknown {
     // V8: "Expected ',' or '}' after property value in JSON at position 42" (newer ones add
     // "(line 3 column 5)"); "Unexpected end of JSON input" carries no position: it is the end.
     const m = /^(.*?)(?: in JSON)? at position (\d+)/s.exec(message);
-    const what = (m ? m[1]! : message).trim();
+    const what = clipQuoted((m ? m[1]! : message).trim());
     const offset = m ? Number(m[2]) : text.length;
     const { line, col } = lineCol(text, offset);
     throw new ConfigError([{ file, path: '', message: `JSON syntax error at line ${line}, column ${col}: ${what}` }]);
@@ -83,14 +84,24 @@ function parseJson(text: string, file: string): unknown {
   return value;
 }
 
+/** Characters YAML 1.2 does not allow in a stream (C0 and C1 controls but TAB, LF, CR, NEL; DEL; U+FFFE, U+FFFF). */
+const NOT_YAML = /[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x84\x86-\x9F\uFFFE\uFFFF]/;
+
 function parseYaml(text: string, file: string): unknown {
+  // Binary junk stops here, before the parser spends ~20 bytes of memory per byte of it on hundreds of errors.
+  const bad = NOT_YAML.exec(text);
+  if (bad) {
+    const { line, col } = lineCol(text, bad.index);
+    const code = bad[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0');
+    throw new ConfigError([{ file, path: '', message: `YAML syntax error at line ${line}, column ${col}: control character U+${code} is not allowed (not a text file?)` }]);
+  }
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
       doc.errors.map((err) => {
         const { line, col } = lc.linePos(err.pos[0]);
-        return { file, path: '', message: `YAML syntax error at line ${line}, column ${col}: ${err.message}` };
+        return { file, path: '', message: `YAML syntax error at line ${line}, column ${col}: ${clipQuoted(err.message)}` };
       }),
     );
   }
@@ -98,7 +109,7 @@ function parseYaml(text: string, file: string): unknown {
     return doc.toJS({ maxAliasCount: 1000 });
   } catch (e) {
     // e.g. too many alias expansions (a "billion laughs" file)
-    throw new ConfigError([{ file, path: '', message: `YAML error: ${(e as Error).message}` }]);
+    throw new ConfigError([{ file, path: '', message: `YAML error: ${clipQuoted((e as Error).message)}` }]);
   }
 }
 

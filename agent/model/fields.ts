@@ -1,5 +1,6 @@
 // Field helpers shared by the config validators (config.ts for services, l7config.ts for their L7 part):
 // every problem is collected with the path to the field, never thrown one at a time.
+import { MAX_QUOTED_CHARS } from './reasons.js';
 import { closest } from './suggest.js';
 import type { ConfigIssue } from './types.js';
 
@@ -13,7 +14,10 @@ export function isMapping(v: unknown): v is Obj {
 export function describe(v: unknown): string {
   if (v === undefined) return 'nothing';
   if (v === null) return 'null (an empty value)';
-  if (typeof v === 'string') return `${JSON.stringify(v)} (a string)`;
+  if (typeof v === 'string') {
+    // quoted in full only when short: a 10 MB string in a config must not make a 10 MB message
+    return v.length <= MAX_QUOTED_CHARS ? `${JSON.stringify(v)} (a string)` : `${JSON.stringify(v.slice(0, MAX_QUOTED_CHARS))}... (a string of ${v.length} chars)`;
+  }
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a mapping';
   return String(v);

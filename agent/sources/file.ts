@@ -3,61 +3,226 @@
 // Editors save by rename as often as by write, and Kubernetes ConfigMaps (or `ln -sfn` deploys) swap a `..data` symlink
 // without touching the file's own name: so the whole directory is watched, any event there re-reads the file
 // (debounced), and unchanged text is ignored.
+// A file put in place whole (a rename or a symlink swap: the path names a new inode) is read at once. A file written in
+// place (editors that write through, `cat > file`, a script writing in parts) is read only once it has settled: size and
+// mtime unchanged for SETTLE_MS; read before that, a file written in two parts was applied with half its services.
 // A change that does not parse or validate is reported and dropped whole: the caller keeps the last good model.
-import { readFileSync, watch, type FSWatcher } from 'node:fs';
+// What is reported is bounded: a file over MAX_CONFIG_BYTES is refused before it is read, and an error lists at most
+// MAX_REASON_ERRORS problems in at most MAX_REASON_CHARS (a 50 MiB junk file once made a 130 MB log line).
+import { closeSync, fstatSync, openSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseConfig } from '../model/config.js';
-import type { Model } from '../model/types.js';
+import { joinErrors } from '../model/reasons.js';
+import { ConfigError, type Model } from '../model/types.js';
+
+/**
+ * The largest config file read: 16 MiB. 10,000 services with 10 backends each (two VIPs, maglev, a weight per backend)
+ * are 6.6 MB of YAML or 11 MB of indented JSON; a junk file is refused before it costs memory.
+ */
+export const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
+/**
+ * How long a file written in place must keep its size and mtime before it is read: 1 s, twice the pause between the
+ * two writes of a file that was once applied half-written, and short enough for a save to be in force within ~1 s.
+ */
+export const SETTLE_MS = 1000;
 
 export interface FileSourceEvents {
   /** Apply; null when applied, else why not (the text is then tried again on the next change or SIGHUP). */
   onModel(model: Model, text: string): string | null;
+  /** Why a change was not applied; the message is bounded (MAX_REASON_CHARS). */
   onError(err: Error): void;
 }
 
-export function loadConfigFile(path: string): { model: Model; text: string } {
-  let text: string;
+/** What identifies a version of the file without reading it. */
+const signature = (st: { ino: bigint; size: bigint; mtimeNs: bigint }) => `${st.ino}:${st.size}:${st.mtimeNs}`;
+
+interface FileText {
+  text: string;
+  /** its signature once read */
+  sig: string;
+  ino: bigint;
+  /** the size or mtime changed while it was read: a writer is at work */
+  changedWhileRead: boolean;
+}
+
+/** A file refused for what it is (too big, not text): the version refused, so that it is not read again for nothing. */
+class RefusedFile extends Error {
+  constructor(message: string, readonly sig: string, readonly ino: bigint) {
+    super(message);
+  }
+}
+
+/** The offset of the first byte no text file has (a C0 control but TAB, LF, CR; DEL), or -1. */
+function controlByte(b: Buffer): number {
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i]!;
+    if ((c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) || c === 0x7f) return i;
+  }
+  return -1;
+}
+
+/** The file's text, refused over MAX_CONFIG_BYTES (stat first, and again while reading: it may grow). */
+function readConfigText(path: string): FileText {
+  let fd: number;
   try {
-    text = readFileSync(path, 'utf8');
+    fd = openSync(path, 'r');
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     throw new Error(`${path}: cannot read config: ${err.code ?? err.message}`);
   }
-  return { model: parseConfig(text, path), text };
+  try {
+    const before = fstatSync(fd, { bigint: true });
+    const tooBig = (size: string) => new RefusedFile(
+      `${path}: config file is ${size} bytes, over the limit of ${MAX_CONFIG_BYTES} bytes (16 MiB): not read`, signature(before), before.ino);
+    if (before.size > BigInt(MAX_CONFIG_BYTES)) throw tooBig(before.size.toString());
+    // One buffer of the size stat said (and a little room: a file that grows while read is seen to), grown only if
+    // the file does grow; never past MAX_CONFIG_BYTES + 1.
+    let buf = Buffer.allocUnsafe(Math.min(Number(before.size) + 4096, MAX_CONFIG_BYTES + 1));
+    let total = 0;
+    for (;;) {
+      if (total === buf.length) {
+        if (total > MAX_CONFIG_BYTES) throw tooBig(`more than ${MAX_CONFIG_BYTES}`);
+        const bigger = Buffer.allocUnsafe(Math.min(2 * buf.length, MAX_CONFIG_BYTES + 1));
+        buf.copy(bigger);
+        buf = bigger;
+      }
+      let n: number;
+      try {
+        n = readSync(fd, buf, total, buf.length - total, null);
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        throw new Error(`${path}: cannot read config: ${err.code ?? err.message}`);
+      }
+      if (n === 0) break;
+      total += n;
+    }
+    if (total > MAX_CONFIG_BYTES) throw tooBig(`more than ${MAX_CONFIG_BYTES}`);
+    const after = fstatSync(fd, { bigint: true });
+    const bytes = buf.subarray(0, total);
+    // Binary junk is refused before it is decoded into a string twice its size.
+    const ctl = controlByte(bytes);
+    if (ctl >= 0) {
+      const what = `control byte 0x${bytes[ctl]!.toString(16).padStart(2, '0')} at offset ${ctl}`;
+      throw new RefusedFile(`${path}: not a text file: ${what}`, signature(after), after.ino);
+    }
+    return {
+      text: bytes.toString('utf8'),
+      sig: signature(after),
+      ino: after.ino,
+      changedWhileRead: signature(before) !== signature(after) || BigInt(total) !== after.size,
+    };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** An error as one bounded message: the first MAX_REASON_ERRORS lines (problems), at most MAX_REASON_CHARS. */
+function bounded(e: Error): Error {
+  const lines = e instanceof ConfigError ? e.issues.map((i) => `${i.file}: ${i.path || '(root)'}: ${i.message}`) : [e.message];
+  const out = new Error(joinErrors(lines, '\n'));
+  out.name = e.name;
+  return out;
+}
+
+/** parseConfig with its errors bounded. */
+function parseBounded(text: string, path: string): Model {
+  try {
+    return parseConfig(text, path);
+  } catch (e) {
+    throw e instanceof Error ? bounded(e) : e;
+  }
+}
+
+export function loadConfigFile(path: string): { model: Model; text: string } {
+  const { text } = readConfigText(path);
+  return { model: parseBounded(text, path), text };
 }
 
 export class FileSource {
   private watcher?: FSWatcher;
   private timer?: NodeJS.Timeout;
   private lastText?: string;
+  /** the version last read (whatever came of it): seen again, there is nothing to do */
+  private lastSig?: string;
+  /** the inode last read: a path naming another one was put in place whole */
+  private lastIno?: bigint;
+  /** a file written in place, seen with this signature since this time */
+  private settling?: { sig: string; since: number };
   readonly path: string;
 
-  constructor(path: string, private readonly events: FileSourceEvents, private readonly debounceMs = 100) {
+  constructor(
+    path: string,
+    private readonly events: FileSourceEvents,
+    private readonly debounceMs = 100,
+    private readonly settleMs = SETTLE_MS,
+  ) {
     this.path = resolve(path);
   }
 
   /** Load once (throws on a bad file: at start there is no last good config to keep) and start watching. */
   start(): Model {
-    const { model, text } = loadConfigFile(this.path);
+    const { text, sig, ino } = readConfigText(this.path);
+    const model = parseBounded(text, this.path);
     this.lastText = text;
-    this.watcher = watch(dirname(this.path), () => {
-      clearTimeout(this.timer);
-      this.timer = setTimeout(() => this.reload(), this.debounceMs);
-    });
+    this.lastSig = sig;
+    this.lastIno = ino;
+    this.watcher = watch(dirname(this.path), () => this.schedule(this.debounceMs));
     return model;
+  }
+
+  private schedule(ms: number): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.changed(), ms);
+  }
+
+  /** Something changed in the directory: read the file now if it was put in place whole, else once it settled. */
+  private changed(): void {
+    let sig: string;
+    let ino: bigint;
+    try {
+      const st = statSync(this.path, { bigint: true });
+      sig = signature(st);
+      ino = st.ino;
+    } catch {
+      this.settling = undefined;
+      this.reload(); // reports why it cannot be read
+      return;
+    }
+    if (sig === this.lastSig) {
+      this.settling = undefined; // another file in the directory, or a write that put back what was read
+      return;
+    }
+    const now = Date.now();
+    if (ino !== this.lastIno || (this.settling?.sig === sig && now - this.settling.since >= this.settleMs)) {
+      this.settling = undefined;
+      this.reload();
+      return;
+    }
+    if (this.settling?.sig !== sig) this.settling = { sig, since: now };
+    this.schedule(this.settling.since + this.settleMs - now);
   }
 
   /** Re-read now (also used for SIGHUP). */
   reload(): void {
     let loaded: { model: Model; text: string };
     try {
-      loaded = loadConfigFile(this.path);
+      const file = readConfigText(this.path);
+      this.lastIno = file.ino;
+      this.lastSig = file.changedWhileRead ? undefined : file.sig;
+      if (file.changedWhileRead) {
+        // caught mid-write: read again once it has settled
+        this.settling = undefined;
+        this.schedule(this.debounceMs);
+        return;
+      }
+      if (file.text === this.lastText) return;
+      loaded = { model: parseBounded(file.text, this.path), text: file.text };
     } catch (e) {
-      // A file caught half-written, or removed for a moment by an editor, shows up here too; the next event retries.
-      this.events.onError(e as Error);
+      // A file removed for a moment by an editor shows up here too; the next event retries.
+      if (e instanceof RefusedFile) [this.lastSig, this.lastIno] = [e.sig, e.ino];
+      this.events.onError(bounded(e as Error));
       return;
     }
-    if (loaded.text === this.lastText) return;
     // Remembered only once applied: a text whose apply failed must be tried again when it is saved again.
     if (this.events.onModel(loaded.model, loaded.text) === null) this.lastText = loaded.text;
   }
