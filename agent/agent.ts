@@ -80,13 +80,10 @@ export class Agent {
   private kernel?: KernelReconciler;
   private transaction?: ApplyTransaction;
   private checker?: HealthChecker;
-  /** the L7 proxy's policy: follows every applied model (absent without the L7 redirect) */
-  private policy?: ProxyPolicy;
   /** the L7 proxy's listeners and heartbeat, once the datapath is attached */
   private proxy?: ProxyHost;
   private source?: FileSource;
   private xds?: XdsSource;
-  private reader?: MapReader;
   private admin?: AdminServer;
   private readonly events = new EventRing();
   private ringbuf?: RingBufferSubscription;
@@ -141,8 +138,8 @@ export class Agent {
       log: log.child({ component: 'health' }),
       onProbe: (service, _backend, result) => this.metrics.probed(service, result.healthy),
     }));
+    // The L7 proxy's policy follows every applied model (none without the L7 redirect).
     const policy = dp.l7 ? new ProxyPolicy({ states: this.state.states, log: log.child({ component: 'proxy' }), registry: this.registry }) : undefined;
-    this.policy = policy;
     this.transaction = new ApplyTransaction({
       state: this.state, kernel, policy, log,
       committed: (m, scope) => {
@@ -166,7 +163,7 @@ export class Agent {
     }
     // Programs go in after the maps hold the config, so the first connect() is already balanced.
     const programs: AttachReport[] = dp.attach();
-    const reader = (this.reader = MapReader.fromFds(dp.maps.fds));
+    const reader = MapReader.fromFds(dp.maps.fds);
     const epoch = monotonicEpochMs();
     this.ringbuf = native().ringbufSubscribe(dp.maps.fd('sm_events'), (rec) => {
       const ev = decodeFlowEvent(rec, kernel.names(), epoch);
