@@ -24,13 +24,16 @@ export interface ProxyHostOptions {
   inMesh: boolean;
 }
 
+/** What the host needs of the datapath: announce the proxy, beat, mark it down, and where a connection was going. */
+export type ProxyKernel = Pick<Datapath, 'setProxy' | 'heartbeat' | 'proxyDown' | 'originalDst'>;
+
 export class ProxyHost {
   /** what the kernel was told of the proxy */
   private settings: ProxySettings;
   private server?: ProxyServer;
   private heartbeatTimer?: NodeJS.Timeout;
 
-  constructor(private readonly dp: Datapath, private readonly policy: ProxyPolicy, private readonly o: ProxyHostOptions, private readonly log: Logger) {
+  constructor(private readonly dp: ProxyKernel, private readonly policy: ProxyPolicy, private readonly o: ProxyHostOptions, private readonly log: Logger) {
     this.settings = {
       v4: o.v4 ?? '127.0.0.1', v6: o.v6 ?? '::1', port: o.port ?? 15001,
       cgroupId: o.cgroupId, timeoutMs: 3 * (o.heartbeatMs ?? 1000), inMesh: o.inMesh,

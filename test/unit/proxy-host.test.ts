@@ -1,0 +1,74 @@
+// The agent's L7 proxy host without a kernel: what the kernel is told when a listener cannot be had (IPv6 on
+// loopback taken: IPv4 only; a node address: withdrawn; IPv4 itself: no proxy, no heartbeat), and the heartbeat.
+import t, { type Test } from 'tap';
+import { createServer, type Server } from 'node:net';
+import type { ProxySettings } from '../../agent/datapath/datapath.js';
+import { ProxyPolicy } from '../../agent/proxy/policy.js';
+import { BackendStates } from '../../agent/health/states.js';
+import { ProxyHost, type ProxyKernel } from '../../agent/proxyhost.js';
+import { captureLog } from '../lib/l7model.js';
+
+function fakeKernel() {
+  const told: ProxySettings[] = [];
+  const k = { told, beats: 0, downs: 0 } as { told: ProxySettings[]; beats: number; downs: number };
+  const dp: ProxyKernel = {
+    setProxy: (p) => { told.push(p); },
+    heartbeat: () => { k.beats++; },
+    proxyDown: () => { k.downs++; },
+    originalDst: () => null,
+  };
+  return { k, dp };
+}
+
+/** a port free on 127.0.0.1 whose [host]:port is held by someone else */
+async function hold(t: Test, host: string): Promise<number> {
+  const s: Server = createServer();
+  await new Promise<void>((res, rej) => { s.once('error', rej); s.listen(0, host, () => res()); });
+  t.teardown(() => s.close());
+  return (s.address() as { port: number }).port;
+}
+
+function host(t: Test, dp: ProxyKernel, o: Partial<ConstructorParameters<typeof ProxyHost>[2]>) {
+  const states = new BackendStates();
+  const { log, lines } = captureLog('info');
+  const h = new ProxyHost(dp, new ProxyPolicy({ states, log }), { cgroupId: 7n, inMesh: false, heartbeatMs: 50, ...o }, log);
+  t.teardown(async () => { await h.stop(); states.close(); });
+  return { h, lines };
+}
+
+t.test('IPv6 loopback taken: the proxy listens on IPv4 only and the kernel is told so', async (t) => {
+  let port: number;
+  try { port = await hold(t, '::1'); } catch { t.comment('skipped: no IPv6 on loopback'); return; }
+  const { k, dp } = fakeKernel();
+  const { h, lines } = host(t, dp, { port });
+  h.announce();
+  t.match(k.told, [{ v4: '127.0.0.1', v6: '::1', port, timeoutMs: 150, cgroupId: 7n, nodeV4: '', nodeV6: '' }]);
+  await h.start();
+  t.equal(k.told.length, 2);
+  t.match(k.told[1], { v4: '127.0.0.1', v6: '', port }, 'v6 withdrawn');
+  t.ok(lines.some((l) => l.msg === 'the L7 proxy listens on IPv4 only'));
+  t.ok(k.beats >= 1, 'beating once it listens');
+  await h.stop();
+  t.equal(k.downs, 1, 'marked down at stop');
+});
+
+t.test('IPv4 taken: no proxy, no heartbeat (L7 services follow their fail mode)', async (t) => {
+  const port = await hold(t, '127.0.0.1');
+  const { k, dp } = fakeKernel();
+  const { h, lines } = host(t, dp, { port, v6: '' });
+  h.announce();
+  await h.start();
+  t.equal(k.beats, 0);
+  t.ok(lines.some((l) => l.msg === 'the L7 proxy cannot listen: L7 services follow their fail mode'));
+});
+
+t.test('a node address that cannot be listened on is withdrawn; loopback still serves', async (t) => {
+  const { k, dp } = fakeKernel();
+  // 192.0.2.1 (TEST-NET-1) is on no interface of this machine: listening there fails (EADDRNOTAVAIL)
+  const { h, lines } = host(t, dp, { port: 0, v6: '', nodeV4: '192.0.2.1' });
+  h.announce();
+  await h.start();
+  t.match(k.told.at(-1), { v4: '127.0.0.1', nodeV4: '' }, 'the node address withdrawn');
+  t.ok(lines.some((l) => String(l.msg).startsWith('the L7 proxy cannot listen on its node address')));
+  t.ok(k.beats >= 1);
+});
