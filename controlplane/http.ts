@@ -21,12 +21,14 @@ export function serviceGroups(svc: Service, backendGroups: Iterable<string>): st
   return out;
 }
 
-/** What a Cluster of the service says besides its name and endpoints: balancer, breaker, outlier detection, health. */
-export function clusterHttpFields(svc: Service, group: string | undefined, lbPolicy: number): Obj {
+/**
+ * What a Cluster of the service says besides its name, endpoints and balancing (balancing.ts): breaker, outlier
+ * detection, health check, and its group and the kernel's algorithm in metadata.
+ */
+export function clusterHttpFields(svc: Service, group: string | undefined): Obj {
   const out: Obj = {};
   const h = svc.http;
   if (h) {
-    out['lb_policy'] = E()[h.balancer === 'round-robin' ? 'ROUND_ROBIN' : 'LEAST_REQUEST'];
     const cb = h.circuitBreaker;
     out['circuit_breakers'] = {
       thresholds: [{
@@ -45,7 +47,7 @@ export function clusterHttpFields(svc: Service, group: string | undefined, lbPol
         ...(od.intervalMs !== undefined ? { interval: duration(od.intervalMs) } : {}),
       };
     }
-  } else out['lb_policy'] = lbPolicy;
+  }
   if (svc.healthCheck) out['health_checks'] = [healthCheck(svc.healthCheck)];
   const m: Obj = {};
   if (h) {

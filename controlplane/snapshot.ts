@@ -15,6 +15,7 @@ import { ENUM as E, FILTER, TYPE, TYPE_URLS } from '../xds/envoy.js';
 import { encodeAny as pack, protoRoot, typeOf, type AnyMessage } from '../xds/protos.js';
 import { entryClusterName, groupCluster, listenerName, sockmeshMetadata } from '../xds/sockmesh.js';
 import type { Backend, Model, Protocol, Service } from '../agent/model/types.js';
+import { clusterBalancing, grpcRouteHashPolicy } from './balancing.js';
 import { clusterHttpFields, httpListener, referencedWorkloads, serviceGroups } from './http.js';
 
 export interface Resource {
@@ -55,8 +56,6 @@ export function clusterLoadAssignmentObject(cluster: string, backends: Backend[]
   const endpoints = backends.length === 0 ? [] : [{ locality: {}, load_balancing_weight: { value: 1 }, lb_endpoints: backends.map(lbEndpoint) }];
   return { cluster_name: cluster, endpoints };
 }
-
-const LB_POLICY = { random: 'RANDOM', weighted: 'ROUND_ROBIN', maglev: 'MAGLEV' } as const;
 
 interface PortEntry {
   port: number;
@@ -280,14 +279,13 @@ export function serviceResources(svc: Service, workloads?: ReadonlyMap<string, s
       name: e.cluster,
       type: e_['EDS'],
       eds_cluster_config: { eds_config: ads },
-      lb_policy: e_[LB_POLICY[svc.algorithm]],
+      ...clusterBalancing(svc),
     };
-    if (svc.algorithm === 'maglev') cluster['maglev_lb_config'] = { table_size: { value: svc.maglevTableSize } };
     if (svc.affinityTimeoutSeconds > 0) {
       // Envoy has no cluster-level source affinity: carried as sockmesh filter metadata (a Struct).
       cluster['metadata'] = sockmeshMetadata({ affinity_timeout_seconds: svc.affinityTimeoutSeconds });
     }
-    if (svc.healthCheck) cluster['health_checks'] = clusterHttpFields(svc, undefined, 0)['health_checks'];
+    if (svc.healthCheck) cluster['health_checks'] = clusterHttpFields(svc, undefined)['health_checks'];
     out.push([TYPE.cluster, resource(TYPE.cluster, e.cluster, cluster)]);
 
     // Equal to resource(TYPE.endpoint, e.cluster, clusterLoadAssignmentObject(e.cluster, e.backends)), faster.
@@ -322,9 +320,12 @@ export function serviceResources(svc: Service, workloads?: ReadonlyMap<string, s
     out.push([TYPE.listener, resource(TYPE.listener, svc.name, { name: svc.name, api_listener: { api_listener: pack(FILTER.httpConnectionManager, hcm) } })]);
     // an HTTP service: the cluster of its first route's first group
     const target = svc.http ? groupCluster(grpcEntry.cluster, svc.http.routes[0]?.split[0]?.group ?? 'default') : grpcEntry.cluster;
+    // maglev: gRPC's ring_hash hashes the channel (see balancing.ts)
+    const hashPolicy = grpcRouteHashPolicy(svc);
+    const action = hashPolicy ? { cluster: target, hash_policy: hashPolicy } : { cluster: target };
     const route = {
       name: svc.name,
-      virtual_hosts: [{ name: svc.name, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster: target } }] }],
+      virtual_hosts: [{ name: svc.name, domains: ['*'], routes: [{ match: { prefix: '' }, route: action }] }],
     };
     out.push([TYPE.route, resource(TYPE.route, svc.name, route)]);
   }
@@ -348,9 +349,8 @@ function httpEntryResources(
   for (const g of groups) {
     const name = clusterOf(g);
     const cluster: Record<string, unknown> = {
-      name, type: e_['EDS'], eds_cluster_config: { eds_config: ads }, ...clusterHttpFields(svc, g, 0),
+      name, type: e_['EDS'], eds_cluster_config: { eds_config: ads }, ...clusterBalancing(svc), ...clusterHttpFields(svc, g),
     };
-    if (svc.algorithm === 'maglev') cluster['maglev_lb_config'] = { table_size: { value: svc.maglevTableSize } };
     out.push([TYPE.cluster, resource(TYPE.cluster, name, cluster)]);
     out.push([TYPE.endpoint, framed(TYPE.endpoint, name, encodeClusterLoadAssignment(name, byGroup.get(g) ?? []))]);
   }

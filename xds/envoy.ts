@@ -22,6 +22,20 @@ export const FILTER = {
   httpRbac: 'type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC',
 } as const;
 
+/**
+ * Load-balancing policies of a Cluster's load_balancing_policy (typed_extension_config type URLs), by the name of the
+ * lb_policy value that means the same. A client takes the first policy of the list that it supports, and then
+ * ignores lb_policy.
+ */
+export const LB_POLICY = {
+  RANDOM: 'type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random',
+  ROUND_ROBIN: 'type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin',
+  LEAST_REQUEST: 'type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest',
+  MAGLEV: 'type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev',
+  RING_HASH: 'type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash',
+} as const;
+export type LbPolicyName = keyof typeof LB_POLICY;
+
 /** Enum numbers the control plane writes (protobufjs encodes enums as numbers), looked up once in the protos. */
 export const ENUM = lazyEnums({
   EDS: ['envoy.config.cluster.v3.Cluster.DiscoveryType', 'EDS'],
@@ -34,6 +48,7 @@ export const ENUM = lazyEnums({
   TCP: ['envoy.config.core.v3.SocketAddress.Protocol', 'TCP'],
   UDP: ['envoy.config.core.v3.SocketAddress.Protocol', 'UDP'],
   V3: ['envoy.config.core.v3.ApiVersion', 'V3'],
+  XX_HASH: ['envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash.HashFunction', 'XX_HASH'],
   OVERWRITE: ['envoy.config.core.v3.HeaderValueOption.HeaderAppendAction', 'OVERWRITE_IF_EXISTS_OR_ADD'],
   ALLOW: ['envoy.config.rbac.v3.RBAC.Action', 'ALLOW'],
   DENY: ['envoy.config.rbac.v3.RBAC.Action', 'DENY'],

@@ -345,10 +345,10 @@ export interface ClusterHttp {
   notes: string[];
 }
 
-export function clusterHttp(what: string, c: Obj, meta: Obj): ClusterHttp {
+/** `policy`: the cluster's balancing as lb_policy names it (digest.ts reads it from either field). */
+export function clusterHttp(what: string, c: Obj, meta: Obj, policy: string): ClusterHttp {
   const d: ClusterHttp = { notes: [] };
   if (typeof meta['group'] === 'string') d.group = meta['group'];
-  const policy: string = c.lb_policy ?? 'ROUND_ROBIN';
   if (policy === 'LEAST_REQUEST') d.balancer = 'least-request';
   else if (policy === 'ROUND_ROBIN') d.balancer = 'round-robin';
   const cb = c.circuit_breakers;

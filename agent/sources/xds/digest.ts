@@ -4,7 +4,7 @@
 import { Issues } from '../../model/fields.js';
 import { validateWorkloads } from '../../model/l7config.js';
 import type { Algorithm, Workload } from '../../model/types.js';
-import { FILTER } from '../../../xds/envoy.js';
+import { FILTER, LB_POLICY, type LbPolicyName } from '../../../xds/envoy.js';
 import { unpackAny, type AnyMessage } from '../../../xds/protos.js';
 import { sockmeshMeta } from '../../../xds/sockmesh.js';
 import { num } from '../../../xds/wellknown.js';
@@ -260,20 +260,45 @@ export function digestCluster(name: string, c: Obj): ClusterDigest {
   return d;
 }
 
+const LIST_POLICY = new Map<string, LbPolicyName>(Object.entries(LB_POLICY).map(([k, url]) => [url, k as LbPolicyName]));
+
+/**
+ * The cluster's balancing, named as lb_policy names it, and where a Maglev table size is (field name and value).
+ * lb_policy when the cluster sets it (sockmesh's control plane always does: its load_balancing_policy is for gRPC
+ * clients and says the same with fallbacks); else the first policy of load_balancing_policy sockmesh knows, as a
+ * client that supports that field does (a proto3 encoder omits lb_policy ROUND_ROBIN, the default, so an unset
+ * lb_policy beside a list means the list).
+ */
+function balancingOf(what: string, c: Obj): { policy: string; tableField: string; tableSize: unknown } {
+  const fromEnum = { tableField: 'maglev_lb_config.table_size', tableSize: c.maglev_lb_config?.table_size };
+  if (c.lb_policy !== undefined && c.lb_policy !== 'LOAD_BALANCING_POLICY_CONFIG') return { policy: c.lb_policy, ...fromEnum };
+  const list: Obj[] = c.load_balancing_policy?.policies ?? [];
+  if (list.length === 0) return { policy: c.lb_policy ?? 'ROUND_ROBIN', ...fromEnum };
+  for (let i = 0; i < list.length; i++) {
+    const cfg = list[i]!.typed_extension_config?.typed_config;
+    const policy = LIST_POLICY.get(cfg?.type_url);
+    if (!policy) continue;
+    const field = `load_balancing_policy.policies[${i}].typed_extension_config.typed_config`;
+    if (policy !== 'MAGLEV') return { policy, tableField: field, tableSize: undefined };
+    return { policy, tableField: `${field}.table_size`, tableSize: unpack(what, field, cfg).table_size };
+  }
+  return { policy: 'load_balancing_policy (no policy sockmesh knows)', ...fromEnum };
+}
+
 function clusterDigest(name: string, c: Obj): ClusterDigest {
   const what = `cluster '${name}'`;
-  const policy: string = c.lb_policy ?? 'ROUND_ROBIN';
+  const { policy, tableField, tableSize } = balancingOf(what, c);
   const meta = sockmeshMeta(c);
-  const http = clusterHttp(what, c, meta);
+  const http = clusterHttp(what, c, meta, policy);
   const d: ClusterDigest = { name, algorithm: LB[policy] ?? 'weighted', http, notes: http.notes };
   // Own clusters of an HTTP service: lb_policy is the proxy's balancer, the kernel's algorithm is in metadata.
   const own = meta['algorithm'];
   if (own === 'random' || own === 'weighted' || own === 'maglev') d.algorithm = own;
-  else if (!LB[policy] || c.load_balancing_policy) d.notes.push(`${what}: lb_policy ${c.load_balancing_policy ? 'load_balancing_policy' : policy} not supported (weighted used)`);
+  else if (!LB[policy]) d.notes.push(`${what}: lb_policy ${policy} not supported (weighted used)`);
   if (policy === 'RING_HASH') d.notes.push(`${what}: RING_HASH approximated by maglev`);
-  if ((policy === 'MAGLEV' || d.algorithm === 'maglev') && c.maglev_lb_config?.table_size !== undefined) {
-    const size = num(c.maglev_lb_config.table_size);
-    if (size === undefined) fail(what, 'maglev_lb_config.table_size', `not a number: ${JSON.stringify(c.maglev_lb_config.table_size)}`);
+  if ((policy === 'MAGLEV' || d.algorithm === 'maglev') && tableSize !== undefined) {
+    const size = num(tableSize);
+    if (size === undefined) fail(what, tableField, `not a number: ${JSON.stringify(tableSize)}`);
     d.tableSize = size;
   }
   const aff = c.metadata?.filter_metadata?.sockmesh?.fields?.affinity_timeout_seconds;
