@@ -768,7 +768,9 @@ const isAnswer = (id: number) => (f: RawFrame): boolean => (f.type === 1 && f.id
 
 t.test('server role: malformed input gets the right GOAWAY or RST_STREAM, never a crash', async (t) => {
   const tooLarge: boolean[] = [];
+  const served1: string[] = []; // heads handed on for stream 1
   const srv = await ourServer((st, h, end, large) => {
+    if (st.id === 1) served1.push(field(h, ':path') ?? '');
     tooLarge.push(large);
     if (large) { const g = new Got(); g.stream = st; st.handler = g; st.sendHeaders([':status', '431'], true); return; }
     if (field(h, ':path') === '/hold') { const g = new Got(false); g.stream = st; st.handler = g; return; } // never consumes
@@ -834,6 +836,31 @@ t.test('server role: malformed input gets the right GOAWAY or RST_STREAM, never 
   await stream('DATA beyond the stream window (1 MiB)', Buffer.concat([
     headers(1, [':method', 'POST', ':scheme', 'http', ':path', '/hold', ':authority', 'x'], END_HEADERS), ...Array.from({ length: 70 }, () => frame(0, 0, 1, Buffer.alloc(16384))),
   ]), 1, H2_ERROR.FLOW_CONTROL_ERROR);
+
+  // a stream depending on itself (RFC 9113 5.3.1, a MUST): a stream error, the request not served; the E flag changes nothing
+  const prio = (dep: number) => Buffer.concat([u32(dep), Buffer.from([15])]);
+  const hold = [':method', 'POST', ':scheme', 'http', ':path', '/hold', ':authority', 'x'];
+  const PRIORITY_FLAG = 0x20;
+  const selfDependent: Array<[string, Buffer]> = [
+    ['HEADERS with PRIORITY depending on itself', frame(1, END_STREAM | END_HEADERS | PRIORITY_FLAG, 1, Buffer.concat([prio(1), block(GET)]))],
+    ['HEADERS with PRIORITY depending on itself, exclusive', frame(1, END_STREAM | END_HEADERS | PRIORITY_FLAG, 1, Buffer.concat([prio(0x80000001), block(GET)]))],
+    ['HEADERS with PRIORITY depending on itself, padded', frame(1, END_STREAM | END_HEADERS | PRIORITY_FLAG | 0x8, 1, Buffer.concat([Buffer.from([3]), prio(1), block(GET), Buffer.alloc(3)]))],
+    ['HEADERS with PRIORITY depending on itself, then CONTINUATION', Buffer.concat([
+      frame(1, END_STREAM | PRIORITY_FLAG, 1, Buffer.concat([prio(1), block(GET.slice(0, 4))])), frame(9, END_HEADERS, 1, block(GET.slice(4))),
+    ])],
+    ['PRIORITY depending on itself on an open stream', Buffer.concat([headers(1, hold, END_HEADERS), frame(2, 0, 1, prio(1))])],
+    ['PRIORITY depending on itself on an idle stream', frame(2, 0, 1, prio(0x80000001))],
+  ];
+  for (const [name, bytes] of selfDependent) {
+    const served = served1.length;
+    await stream(name, bytes, 1, H2_ERROR.PROTOCOL_ERROR);
+    if (!name.includes('open stream')) t.equal(served1.length, served, `${name}: not handed on`);
+  }
+  // depending on another stream is fine (and ignored)
+  const r2 = await raw(srv.port, Buffer.concat([HELLO, frame(2, 0, 3, prio(1)), frame(1, END_STREAM | END_HEADERS | PRIORITY_FLAG, 1, Buffer.concat([prio(3), block(GET)]))]), isAnswer(1));
+  t.ok(r2.frames.some((f) => f.type === 1 && f.id === 1), 'HEADERS depending on another stream: answered');
+  t.equal(rstCode(r2, 1), -1);
+  t.equal(rstCode(r2, 3), -1, 'PRIORITY depending on another stream: no reaction');
 
   // a head over maxHeaderListSize reaches onStream as tooLarge (answered 431 here)
   const big = Array.from({ length: 60 }, (_, i) => [`x-h${i}`, 'v'.repeat(100)]).flat();

@@ -211,6 +211,9 @@ const MAX_SEND_FRAME = 64 * 1024;
 /** a session that closed its side waits this long (idle) for the peer to close before destroying the transport */
 const LINGER_MS = 2000;
 
+/** the stream a priority (PRIORITY's payload, HEADERS' priority fields) at b[p..] depends on: 31 bits, the E flag off */
+const dependency = (b: Buffer, p: number): number => ((b[p] & 0x7f) << 24 | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
+
 export class H2Session {
   // Read by H2Stream (same module): not for the owner.
   readonly _initialWindow: number;
@@ -253,6 +256,7 @@ export class H2Session {
   /** a header block being assembled from CONTINUATION frames */
   private contId = 0;
   private contEnd = false;
+  private contSelfDependent = false;
   private contBuf: Buffer | null = null;
   private contLen = 0;
 
@@ -708,6 +712,8 @@ export class H2Session {
       case FRAME.PRIORITY:
         if (id === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, 'PRIORITY on stream 0');
         if (len !== 5) return this.streamErrorId(id, H2_ERROR.FRAME_SIZE_ERROR);
+        // priorities are not acted on, but a stream depending on itself is a stream error (RFC 9113 5.3.1, a MUST)
+        if (dependency(b, s) === id) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
         return;
       case FRAME.RST_STREAM: return this.onRstStream(b, s, len, id);
       case FRAME.SETTINGS: return this.onSettingsFrame(b, s, len, flags, id);
@@ -799,13 +805,17 @@ export class H2Session {
       if (len < 1) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, 'padded HEADERS without a pad length');
       pad = b[hs++];
     }
-    if ((flags & FLAG.PRIORITY) !== 0) hs += 5;
+    const priority = (flags & FLAG.PRIORITY) !== 0;
+    if (priority) hs += 5;
     if (hs > he || pad > he - hs) return this.connError(H2_ERROR.PROTOCOL_ERROR, `HEADERS padding or priority beyond its ${len}-byte payload`);
     he -= pad;
     const endStream = (flags & FLAG.END_STREAM) !== 0;
-    if ((flags & FLAG.END_HEADERS) !== 0) return this.headerBlock(id, b, hs, he, endStream);
+    // a stream depending on itself (RFC 9113 5.3.1): a stream error once the block is decoded (HPACK stays in step)
+    const selfDependent = priority && dependency(b, hs - 5) === id;
+    if ((flags & FLAG.END_HEADERS) !== 0) return this.headerBlock(id, b, hs, he, endStream, selfDependent);
     this.contId = id;
     this.contEnd = endStream;
+    this.contSelfDependent = selfDependent;
     this.contLen = 0;
     this.appendBlock(b, hs, he);
   }
@@ -815,7 +825,7 @@ export class H2Session {
     if (!this.appendBlock(b, s, s + len)) return;
     if ((flags & FLAG.END_HEADERS) === 0) return;
     this.contId = 0;
-    this.headerBlock(id, this.contBuf!, 0, this.contLen, this.contEnd);
+    this.headerBlock(id, this.contBuf!, 0, this.contLen, this.contEnd, this.contSelfDependent);
   }
 
   private appendBlock(b: Buffer, from: number, to: number): boolean {
@@ -836,7 +846,7 @@ export class H2Session {
   }
 
   /** a whole header block for stream id, b[start..end]: decoded always (the HPACK context must stay in step), then used */
-  private headerBlock(id: number, b: Buffer, start: number, end: number, endStream: boolean): void {
+  private headerBlock(id: number, b: Buffer, start: number, end: number, endStream: boolean, selfDependent: boolean): void {
     let list: HeaderList;
     let tooLarge = false;
     try {
@@ -850,6 +860,7 @@ export class H2Session {
       }
     }
     const st = this.streams.get(id);
+    if (st !== undefined && selfDependent) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
     if (st !== undefined) return this.laterHeaders(st, list, endStream, tooLarge);
     if (!this.server) {
       if ((id & 1) === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on stream ${id} (the server cannot open streams)`);
@@ -865,6 +876,7 @@ export class H2Session {
     this.lastPeerStreamId = id;
     if (++this.windowOpened > RESET_WINDOW) { this.windowOpened = 1; this.windowResets = 0; }
     if (this.goawaySent || this.peerStreams >= this.maxStreams) return this.streamErrorId(id, H2_ERROR.REFUSED_STREAM);
+    if (selfDependent) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
     let cl = -1;
     if (!tooLarge) {
       if (!fields.requestOk(list)) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
