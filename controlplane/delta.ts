@@ -31,9 +31,7 @@ export class DeltaStream extends StreamBase<Subscription> {
     super(call, host, id, 'delta');
   }
 
-  onRequest(req: Record<string, unknown>): void {
-    const typeUrl = this.accept(req);
-    if (!typeUrl) return;
+  protected request(typeUrl: string, req: Record<string, unknown>): void {
     const subscribe = stringList(req['resource_names_subscribe']);
     const unsubscribe = stringList(req['resource_names_unsubscribe']);
     const initial = req['initial_resource_versions'];

@@ -27,9 +27,7 @@ export class SotwStream extends StreamBase<Subscription> {
     super(call, host, id, 'sotw');
   }
 
-  onRequest(req: Record<string, unknown>): void {
-    const typeUrl = this.accept(req);
-    if (!typeUrl) return;
+  protected request(typeUrl: string, req: Record<string, unknown>): void {
     const names = stringList(req['resource_names']);
     if (names === undefined) return void this.log.warn({ type: shortType(typeUrl) }, 'malformed request: resource_names is not a list of strings');
     if (this.tooManyNames(typeUrl, names.length)) return;

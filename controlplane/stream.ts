@@ -138,6 +138,15 @@ export abstract class StreamBase<Sub> implements XdsStream {
     this.log = host.log.child({ stream: id, variant });
   }
 
+  /** One request off the stream: its type accepted (accept()), then the variant's handling. */
+  onRequest(req: Record<string, unknown>): void {
+    const typeUrl = this.accept(req);
+    if (typeUrl) this.request(typeUrl, req);
+  }
+
+  /** A request of a type we serve. */
+  protected abstract request(typeUrl: string, req: Record<string, unknown>): void;
+
   abstract push(snapshot: Snapshot, changes: Changes): void;
 
   private queuedBytes = 0;
@@ -208,7 +217,7 @@ export abstract class StreamBase<Sub> implements XdsStream {
   }
 
   /** The request's type URL when it is one we serve, else undefined (after logging). */
-  protected accept(req: Record<string, unknown>): string | undefined {
+  private accept(req: Record<string, unknown>): string | undefined {
     if (this.nodeId === undefined) {
       const node = describeNode(req['node']);
       this.nodeId = node.id ?? '';
