@@ -1,5 +1,7 @@
 # One build description for everything native (no cmake-js):
-#  - sockmesh: the N-API addon (native/*.cc) linked to the system libbpf,
+#  - sockmesh: the BPF addon (native/*.cc but netio.cc) linked to the system libbpf,
+#  - sockmesh_netio: the L7 proxy's epoll socket loop (native/netio.cc), its own addon without libbpf, so that the
+#    proxy loads where libbpf does not,
 #  - bpf_objects: every bpf/*.bpf.c compiled by clang into build/bpf/<name>.bpf.o.
 # File lists are expanded when gyp runs (scripts/gyp.sh does a full rebuild), so new
 # bpf/*.bpf.c files and headers are picked up without editing this file.
@@ -8,6 +10,7 @@
     'bpf_sources': ['<!@(node -p "require(\'fs\').readdirSync(\'bpf\').filter(f => f.endsWith(\'.bpf.c\')).sort().map(f => \'bpf/\' + f).join(\' \')")'],
     'bpf_headers': ['<!@(node -p "[\'bpf/include\', \'bpf/lib\'].flatMap(d => { try { return require(\'fs\').readdirSync(d).filter(f => f.endsWith(\'.h\')).sort().map(f => d + \'/\' + f); } catch { return []; } }).join(\' \')")'],
     'host_triplet': '<!(gcc -dumpmachine)',
+    'addon_warnings': ['-Wall', '-Wextra', '-Wno-unused-parameter', '-Wno-missing-field-initializers'],
   },
   'targets': [
     {
@@ -20,14 +23,13 @@
         'native/errors.cc',
         'native/links.cc',
         'native/maps.cc',
-        'native/netio.cc',
         'native/object.cc',
         'native/probe.cc',
         'native/ringbuf.cc',
         'native/sockets.cc',
       ],
       'include_dirs': ['bpf/include', '<(SHARED_INTERMEDIATE_DIR)'],
-      'cflags': ['<!@(pkg-config --cflags libbpf)', '-Wall', '-Wextra', '-Wno-unused-parameter', '-Wno-missing-field-initializers'],
+      'cflags': ['<!@(pkg-config --cflags libbpf)', '<@(addon_warnings)'],
       'cflags_cc': ['-std=c++17'],
       'cflags_cc!': ['-std=gnu++17', '-std=gnu++20'],
       'libraries': ['<!@(pkg-config --libs libbpf)', '-lelf', '-lz'],
@@ -41,6 +43,14 @@
           'action': ['node', 'native/gen-abi.mjs', 'bpf/include/sockmesh_abi.h', '<@(_outputs)'],
         },
       ],
+    },
+    {
+      'target_name': 'sockmesh_netio',
+      'dependencies': ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+      'sources': ['native/errors.cc', 'native/netio.cc'],
+      'cflags': ['<@(addon_warnings)'],
+      'cflags_cc': ['-std=c++17'],
+      'cflags_cc!': ['-std=gnu++17', '-std=gnu++20'],
     },
     {
       'target_name': 'bpf_objects',

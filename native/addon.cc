@@ -1,4 +1,5 @@
-// Module entry point: each concern registers its own functions.
+// sockmesh.node's entry point (the BPF addon): each concern registers its own functions.
+// The proxy's netio loop is its own addon (netio.cc registers sockmesh_netio.node).
 #include "sockmesh.h"
 
 static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
@@ -10,7 +11,6 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   sockmesh::InitAbi(env, exports);
   sockmesh::InitSockets(env, exports);
   sockmesh::InitDiag(env, exports);
-  sockmesh::InitNetio(env, exports);
   return exports;
 }
 

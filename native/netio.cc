@@ -17,6 +17,9 @@
 //   CONNECT  a non-blocking connect finished
 //   SHUTDOWN the SHUT_WR asked for by shutdown() was done once the queue was flushed
 // Connection ids come from a counter and are never reused; fds are closed only by close().
+//
+// Its own addon (build/Release/sockmesh_netio.node, binding.gyp target sockmesh_netio): no libbpf, so the proxy
+// loads without it. The codes below are exported as `constants` and checked by agent/proxy/netio.ts at load.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -707,17 +710,44 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
   }
 
   Napi::Value CloseAll(const Napi::CallbackInfo& info) {
-    if (st_) {
-      napi_remove_env_cleanup_hook(info.Env(), Cleanup, st_);
-      CloseLoop(st_);
-      st_ = nullptr;
-    }
+    CloseOnce(info.Env(), st_, Cleanup);
     return info.Env().Undefined();
   }
 };
 
-void InitNetio(Napi::Env env, Napi::Object exports) {
+// The codes of the event array and of errors, by name: agent/proxy/netio.ts keeps them as plain numbers for its hot
+// loop and refuses to load when they differ from these.
+static Napi::Object Constants(Napi::Env env) {
+  Napi::Object k = Napi::Object::New(env);
+#define SM_NETIO_CONST(c) k.Set(#c, Napi::Number::New(env, c));
+  SM_NETIO_CONST(EV_ACCEPT)
+  SM_NETIO_CONST(EV_DATA)
+  SM_NETIO_CONST(EV_EOF)
+  SM_NETIO_CONST(EV_ERROR)
+  SM_NETIO_CONST(EV_DRAIN)
+  SM_NETIO_CONST(EV_CONNECT)
+  SM_NETIO_CONST(EV_SHUTDOWN)
+  SM_NETIO_CONST(OP_READ)
+  SM_NETIO_CONST(OP_WRITE)
+  SM_NETIO_CONST(OP_CONNECT)
+  SM_NETIO_CONST(OP_ACCEPT)
+  SM_NETIO_CONST(OP_SHUTDOWN)
+  k.Set("EVENT_INTS", Napi::Number::New(env, kEventInts));
+#undef SM_NETIO_CONST
+  k.Freeze();
+  return k;
+}
+
+static void InitNetio(Napi::Env env, Napi::Object exports) {
   exports.Set("NetLoop", NetLoop::Define(env));
+  exports.Set("constants", Constants(env));
 }
 
 }  // namespace sockmesh
+
+static Napi::Object InitNetioAddon(Napi::Env env, Napi::Object exports) {
+  sockmesh::InitNetio(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(sockmesh_netio, InitNetioAddon)

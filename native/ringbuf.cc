@@ -97,11 +97,7 @@ class RingSub : public Napi::ObjectWrap<RingSub> {
 
  private:
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    if (st_) {
-      napi_remove_env_cleanup_hook(info.Env(), Cleanup, st_);
-      CloseState(st_);
-      st_ = nullptr;
-    }
+    CloseOnce(info.Env(), st_, Cleanup);
     return info.Env().Undefined();
   }
   RingState* st_ = nullptr;

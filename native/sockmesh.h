@@ -1,4 +1,5 @@
-// Shared declarations of the sockmesh addon. The C++ layer is a thin, boring translation of
+// Shared declarations of the sockmesh addons (sockmesh.node: libbpf; sockmesh_netio.node: netio.cc, no libbpf; both
+// link errors.cc, nothing here needs libbpf). The C++ layer is a thin, boring translation of
 // libbpf / syscalls to JavaScript: argument unpacking, one kernel call, errors as KernelError.
 // Every decision (what to attach, when to retry, what a value means) is made in TypeScript.
 #pragma once
@@ -26,7 +27,17 @@ uint32_t ArgUint(const Napi::CallbackInfo& info, size_t i, const char* fn, const
 std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
 Napi::Buffer<uint8_t> ArgBuffer(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
 
-// Registration of each concern's functions on the module exports.
+// close() of a handle over native state that also registered `cleanup` (which frees it) as an environment cleanup
+// hook: idempotent, and the hook is taken back so that it cannot run a second time at teardown.
+template <typename State>
+void CloseOnce(napi_env env, State*& st, void (*cleanup)(void*)) {
+  if (!st) return;
+  napi_remove_env_cleanup_hook(env, cleanup, st);
+  cleanup(st);
+  st = nullptr;
+}
+
+// Registration of each concern's functions on sockmesh.node's exports.
 void InitObject(Napi::Env env, Napi::Object exports);
 void InitLinks(Napi::Env env, Napi::Object exports);
 void InitMaps(Napi::Env env, Napi::Object exports);
@@ -35,6 +46,5 @@ void InitProbe(Napi::Env env, Napi::Object exports);
 void InitAbi(Napi::Env env, Napi::Object exports);
 void InitSockets(Napi::Env env, Napi::Object exports);
 void InitDiag(Napi::Env env, Napi::Object exports);
-void InitNetio(Napi::Env env, Napi::Object exports);
 
 }  // namespace sockmesh

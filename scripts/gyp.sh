@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the N-API addon and the BPF objects from binding.gyp without any network:
+# Build the N-API addons (build/Release/sockmesh.node, sockmesh_netio.node) and the BPF objects from binding.gyp
+# without any network:
 # node-gyp must find Node's headers locally, so point it at them.
 set -euo pipefail
 if [ -z "${npm_config_nodedir:-}" ]; then

@@ -20,7 +20,7 @@ if [ -n "$missing" ]; then
   # bpftool is its own package on Debian 12 / Ubuntu 24.04; older Ubuntus ship it in linux-tools.
   apt-get install -y -qq $missing >/dev/null || apt-get install -y -qq ${missing/bpftool/linux-tools-common} >/dev/null
 fi
-if [ ! -f build/Release/sockmesh.node ] || [ ! -f dist/agent/main.js ] || [ ! -d node_modules ] || \
+if [ ! -f build/Release/sockmesh.node ] || [ ! -f build/Release/sockmesh_netio.node ] || [ ! -f dist/agent/main.js ] || [ ! -d node_modules ] || \
    [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi

@@ -1,21 +1,12 @@
-// The N-API addon (native/, built by node-gyp into build/Release/sockmesh.node).
-// The C++ layer is deliberately thin: every decision is made in TypeScript above it.
+// The face of the BPF addon (native/ except netio.cc, built by node-gyp into build/Release/sockmesh.node, linked to
+// libbpf). The C++ layer is deliberately thin: every decision is made in TypeScript above it.
 // Every function throws a KernelError on failure, with the errno name and the operation in the
 // message, e.g. "attach cgroup/connect4 to /sys/fs/cgroup/x: EPERM".
-import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// The proxy's socket loop is another addon (sockmesh_netio.node, no libbpf), with its face in agent/proxy/netio.ts.
+import { resolve } from 'node:path';
+import { loadAddon, projectRoot } from '../addon.js';
 
-/** Project root: works from agent/datapath (ts-node) and dist/agent/datapath (compiled). */
-export function projectRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir;
-    dir = dirname(dir);
-  }
-  throw new Error('sockmesh: cannot find the project root (package.json next to binding.gyp)');
-}
+export { projectRoot };
 
 /** Compiled BPF objects, built by binding.gyp from bpf/*.bpf.c. */
 export function bpfObjectPath(name: string): string {
@@ -176,12 +167,6 @@ let cached: Native | undefined;
 
 /** Load the addon once. Throws a clear error when it was not built. */
 export function native(): Native {
-  if (cached) return cached;
-  const path = resolve(projectRoot(), 'build', 'Release', 'sockmesh.node');
-  if (!existsSync(path)) {
-    throw new Error(`sockmesh: native addon missing at ${path}: run 'npm ci' (needs clang, libbpf-dev, libelf-dev)`);
-  }
-  const require = createRequire(import.meta.url);
-  cached = require(path) as Native;
+  cached ??= loadAddon<Native>('sockmesh', 'clang, libbpf-dev, libelf-dev');
   return cached;
 }

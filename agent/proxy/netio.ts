@@ -10,11 +10,13 @@
 // timeouts with a lazily re-armed timer instead of one refreshed on every read.
 import { EventEmitter } from 'node:events';
 import { constants as osConstants } from 'node:os';
-import { native } from '../datapath/native.js';
+import { loadAddon } from '../addon.js';
 import type { Conn } from './conn.js';
 
-/** The addon's NetLoop (native/netio.cc). Ids come from a counter: never reused. */
-interface NativeNetLoop {
+// ---- the face of build/Release/sockmesh_netio.node (native/netio.cc; its own gyp target, no libbpf) ----
+
+/** The addon's NetLoop. Ids come from a counter: never reused. */
+export interface NativeNetLoop {
   listen(host: string, port: number, backlog: number): number;
   localPort(id: number): number;
   connect(host: string, port: number): number;
@@ -31,10 +33,57 @@ interface NativeNetLoop {
   count(): number;
   closeAll(): void;
 }
-type NetLoopCtor = new (arena: Buffer, events: Int32Array, cb: (n: number) => void) => NativeNetLoop;
 
+export interface NetioAddon {
+  /** one epoll loop: events are written to `events` (EVENT_INTS int32 each) and data to `arena`, then cb(count) */
+  NetLoop: new (arena: Buffer, events: Int32Array, cb: (n: number) => void) => NativeNetLoop;
+  /** the event kinds, error operations and event size as native/netio.cc declares them, by their C++ names */
+  constants: Readonly<Record<string, number>>;
+}
+
+// Plain numbers in the hot loop (onEvents); that they are native/netio.cc's is checked once, at load.
 const EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7;
-const OPS = ['', 'read', 'write', 'connect', 'accept', 'shutdown'];
+const OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5;
+/** int32 values per event: id, kind, a, b */
+const EVENT_INTS = 4;
+
+/** Every code above by its C++ name: what the addon must export as `constants`. */
+export const NETIO_CONSTANTS: Readonly<Record<string, number>> = Object.freeze({
+  EV_ACCEPT, EV_DATA, EV_EOF, EV_ERROR, EV_DRAIN, EV_CONNECT, EV_SHUTDOWN,
+  OP_READ, OP_WRITE, OP_CONNECT, OP_ACCEPT, OP_SHUTDOWN,
+  EVENT_INTS,
+});
+
+/** The syscall named in an error, by OP_* */
+const OPS: string[] = [];
+OPS[OP_READ] = 'read';
+OPS[OP_WRITE] = 'write';
+OPS[OP_CONNECT] = 'connect';
+OPS[OP_ACCEPT] = 'accept';
+OPS[OP_SHUTDOWN] = 'shutdown';
+
+/** Throws unless `native` (the addon's constants) has exactly NETIO_CONSTANTS' names and values. */
+export function checkNetioConstants(native: Readonly<Record<string, number>>): void {
+  const wrong: string[] = [];
+  for (const name of new Set([...Object.keys(NETIO_CONSTANTS), ...Object.keys(native)])) {
+    if (NETIO_CONSTANTS[name] !== native[name]) wrong.push(`${name}: native ${native[name]}, agent/proxy/netio.ts ${NETIO_CONSTANTS[name]}`);
+  }
+  if (wrong.length > 0) throw new Error(`sockmesh: native/netio.cc and agent/proxy/netio.ts disagree (rebuild with npm ci?): ${wrong.join('; ')}`);
+}
+
+let addon: NetioAddon | undefined;
+
+/** Load the netio addon once and check its constants. */
+export function netioAddon(): NetioAddon {
+  if (addon !== undefined) return addon;
+  const a = loadAddon<NetioAddon>('sockmesh_netio', 'g++ and Node\'s headers');
+  checkNetioConstants(a.constants);
+  addon = a;
+  return a;
+}
+
+// ---- NetIo and NetConn ----
+
 const ARENA_BYTES = 1024 * 1024;
 const MAX_EVENTS = 4096;
 /** write() returns false once this much is queued natively (node's default highWaterMark) */
@@ -72,15 +121,14 @@ export interface Upstreamish { address: string; port: number; family?: 4 | 6 }
 export class NetIo {
   private readonly loop: NativeNetLoop;
   private readonly arena = Buffer.allocUnsafeSlow(ARENA_BYTES);
-  private readonly ev = new Int32Array(MAX_EVENTS * 4);
+  private readonly ev = new Int32Array(MAX_EVENTS * EVENT_INTS);
   /** every open connection by id (listeners in `listeners`) */
   readonly conns = new Map<number, NetConn>();
   private readonly listeners = new Map<number, { onConnection: (c: NetConn) => void; onError: ((e: Error) => void) | undefined }>();
   private closed = false;
 
   constructor() {
-    const Ctor = (native() as unknown as { NetLoop: NetLoopCtor }).NetLoop;
-    this.loop = new Ctor(this.arena, this.ev, (n) => this.onEvents(n));
+    this.loop = new (netioAddon().NetLoop)(this.arena, this.ev, (n) => this.onEvents(n));
   }
 
   /**
@@ -138,7 +186,7 @@ export class NetIo {
   private onEvents(n: number): void {
     const ev = this.ev, arena = this.arena, conns = this.conns;
     let thrown: unknown = null;
-    for (let i = 0, p = 0; i < n; i++, p += 4) {
+    for (let i = 0, p = 0; i < n; i++, p += EVENT_INTS) {
       const id = ev[p]!, kind = ev[p + 1]!;
       try {
         if (kind === EV_ACCEPT) {
@@ -362,10 +410,7 @@ export class NetConn extends EventEmitter implements Conn {
 
   destroy(): this {
     if (this.destroyed) return this;
-    this.destroyed = true;
-    this.clearTimer();
-    this.io.forget(this.id);
-    if (!this.io.isClosed) this.loop.close(this.id);
+    this.closeNative();
     this.scheduleClose(null);
     return this;
   }
@@ -422,16 +467,21 @@ export class NetConn extends EventEmitter implements Conn {
     if (this.timer !== null) { clearTimeout(this.timer); this.timer = null; }
   }
 
+  /** destroyed from here on: no timer, out of the loop and closed there (unless the whole loop was) */
+  private closeNative(): void {
+    this.destroyed = true;
+    this.clearTimer();
+    this.io.forget(this.id);
+    if (!this.io.isClosed) this.loop.close(this.id);
+  }
+
   private maybeClose(): void {
     if (this.readEnded && this.writeDone && !this.destroyed) this.destroy();
   }
 
   private fail(e: Error): void {
     if (this.destroyed) return;
-    this.destroyed = true;
-    this.clearTimer();
-    this.io.forget(this.id);
-    if (!this.io.isClosed) this.loop.close(this.id);
+    this.closeNative();
     this.emit('error', e);
     this.scheduleClose(null);
   }
@@ -444,10 +494,7 @@ export class NetConn extends EventEmitter implements Conn {
   /** an error found in a call from the user: reported after the call returns, as node does */
   private failLater(e: Error): void {
     if (this.destroyed) return;
-    this.destroyed = true;
-    this.clearTimer();
-    this.io.forget(this.id);
-    if (!this.io.isClosed) this.loop.close(this.id);
+    this.closeNative();
     this.scheduleClose(e);
   }
 

@@ -7,7 +7,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import { connect, createServer, Socket, type AddressInfo, type Server } from 'node:net';
-import { NetConn, NetIo } from '../../agent/proxy/netio.js';
+import { NETIO_CONSTANTS, NetConn, NetIo, checkNetioConstants, netioAddon } from '../../agent/proxy/netio.js';
 
 const HOSTS: [string, string][] = [['127.0.0.1', 'v4'], ['::1', 'v6']];
 
@@ -440,6 +440,44 @@ t.test('hundreds of connections at once, interleaved traffic, ids never confused
   t.equal(io.conns.size, 0, 'every server side closed after the clients ended');
   await round(1000);
   t.pass('600 connections, each got exactly its own bytes');
+});
+
+t.test('the event and error codes are native/netio.cc\'s: the addon exports them, netio.ts checks them at load', async (t) => {
+  // as abiConstants for the ABI header: the addon reports what the compiler has
+  t.same({ ...netioAddon().constants }, NETIO_CONSTANTS, 'the same names and values on both sides');
+  t.ok(Object.isFrozen(netioAddon().constants), 'frozen');
+  checkNetioConstants(NETIO_CONSTANTS);
+  t.throws(() => checkNetioConstants({ ...NETIO_CONSTANTS, EV_DATA: 9 }), /EV_DATA: native 9, agent\/proxy\/netio.ts 2/, 'a changed value refuses to load');
+  const { OP_SHUTDOWN: _gone, ...missing } = NETIO_CONSTANTS;
+  t.throws(() => checkNetioConstants(missing), /OP_SHUTDOWN: native undefined/, 'a code the addon lacks');
+  t.throws(() => checkNetioConstants({ ...NETIO_CONSTANTS, EV_NEW: 8 }), /EV_NEW: native 8, agent\/proxy\/netio.ts undefined/, 'a code netio.ts does not know');
+});
+
+t.test('the proxy\'s sockets need neither libbpf nor the BPF addon (sockmesh_netio.node is its own addon)', async (t) => {
+  // a child with the same TypeScript loader: after a connection on NetIo, what the process has mapped
+  const src = new URL('../../agent/proxy/netio.ts', import.meta.url).href;
+  const code = `
+    import { NetIo } from ${JSON.stringify(src)};
+    import { readFileSync } from 'node:fs';
+    const io = new NetIo();
+    const l = io.listen('127.0.0.1', 0, (c) => c.destroy());
+    const c = io.connect({ address: '127.0.0.1', port: l.port });
+    c.on('error', () => {});
+    c.on('close', () => {
+      io.close();
+      const maps = readFileSync('/proc/self/maps', 'utf8');
+      console.log(JSON.stringify({ netio: maps.includes('/sockmesh_netio.node'), bpfAddon: maps.includes('/sockmesh.node'), libbpf: /libbpf/.test(maps) }));
+    });
+  `;
+  const child = spawn(process.execPath, [...process.execArgv, '--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  const status = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  clearTimeout(timer);
+  t.equal(status, 0, err);
+  t.same(JSON.parse(out.trim() || '{}'), { netio: true, bpfAddon: false, libbpf: false }, 'sockmesh_netio.node mapped; sockmesh.node and libbpf not');
 });
 
 t.test('the loop does not keep the process alive: idle, and after close()', async (t) => {
