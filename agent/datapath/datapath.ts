@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { bpfObjectPath, native, type BpfObject, type MapHandle, type Native } from './native.js';
 import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
-import type { OriginalDst } from '../proxy/types.js';
+import type { OriginalDst } from '../model/redirect.js';
 import { isMountPoint } from './cgroup.js';
 import { ipv4Value } from '../model/address.js';
 

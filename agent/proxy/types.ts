@@ -2,18 +2,13 @@
 // h1pool.ts, h2pool.ts: bytes, sockets, pools) and its policy (policy.ts and friends: routing, retries, breakers,
 // outlier detection, balancing, authorization, metrics). The engine never decides; the policy never touches a socket.
 import type { HeaderRewrite } from '../model/l7.js';
+import type { OriginalDst } from '../model/redirect.js';
 
 /** Header names lower-case; a repeated header is an array (as node:http gives them). */
 export type Headers = Record<string, string | string[]>;
 
-/** Where the client's connection was going before the kernel redirected it to the proxy. */
-export interface OriginalDst {
-  /** canonical textual VIP ('127.100.0.1', '::1') and port the application connected to */
-  vip: string;
-  port: number;
-  /** cgroup v2 id of the connecting process (the source workload) */
-  cgroupId: bigint;
-}
+/** Where the client's connection was going: the kernel's hand-over, a model type (the datapath produces it). */
+export type { OriginalDst };
 
 export interface Source {
   /** the client socket's address as the proxy sees it */

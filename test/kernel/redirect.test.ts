@@ -14,7 +14,7 @@ import { native } from '../../agent/datapath/native.js';
 import { encode } from '../../agent/datapath/abi.js';
 import { ownCgroupId } from '../../agent/datapath/cgroup.js';
 import type { Backend, HttpPolicy, Model, Service } from '../../agent/model/types.js';
-import type { OriginalDst } from '../../agent/proxy/types.js';
+import type { OriginalDst } from '../../agent/model/redirect.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
