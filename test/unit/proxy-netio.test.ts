@@ -44,6 +44,18 @@ async function nodeServer(host: string, onConn: (s: Socket) => void): Promise<{ 
   };
 }
 
+/** an ES module `code` run in a child with this test's TypeScript loader (killed after 15 s): exit status and output */
+async function runChild(code: string, ...args: string[]): Promise<{ status: number | null; out: string; err: string }> {
+  const child = spawn(process.execPath, [...process.execArgv, '--input-type=module', '-e', code, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  const status = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  clearTimeout(timer);
+  return { status, out, err };
+}
+
 /** counts 'close' per connection: exactly once is checked at the end of each test */
 function closeCounter(c: NetConn): { n: number } {
   const r = { n: 0 };
@@ -469,13 +481,7 @@ t.test('the proxy\'s sockets need neither libbpf nor the BPF addon (sockmesh_net
       console.log(JSON.stringify({ netio: maps.includes('/sockmesh_netio.node'), bpfAddon: maps.includes('/sockmesh.node'), libbpf: /libbpf/.test(maps) }));
     });
   `;
-  const child = spawn(process.execPath, [...process.execArgv, '--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '', err = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { err += d; });
-  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-  const status = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-  clearTimeout(timer);
+  const { status, out, err } = await runChild(code);
   t.equal(status, 0, err);
   t.same(JSON.parse(out.trim() || '{}'), { netio: true, bpfAddon: false, libbpf: false }, 'sockmesh_netio.node mapped; sockmesh.node and libbpf not');
 });
@@ -501,13 +507,7 @@ t.test('the loop does not keep the process alive: idle, and after close()', asyn
     });
   `;
   for (const mode of ['close', 'each']) {
-    const child = spawn(process.execPath, [...process.execArgv, '--input-type=module', '-e', code, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    const status = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-    clearTimeout(timer);
+    const { status, out, err } = await runChild(code, mode);
     t.equal(status, 0, `${mode}: the process exited by itself`);
     t.equal(out.trim(), `done ${mode}`, err);
   }
