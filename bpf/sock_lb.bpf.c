@@ -14,6 +14,7 @@
 #include "events.h"
 #include "lb.h"
 #include "revnat.h"
+#include "sock_addr.h"
 #include "l7.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -31,32 +32,11 @@ static __always_inline __u8 sm_proto_of(__u32 sock_type)
 static __always_inline void sm_dest_key(struct bpf_sock_addr *ctx, int v6, __u8 proto,
 					struct sm_service_key *key)
 {
-	if (v6) {
-		key->addr[0] = ctx->user_ip6[0];
-		key->addr[1] = ctx->user_ip6[1];
-		key->addr[2] = ctx->user_ip6[2];
-		key->addr[3] = ctx->user_ip6[3];
-	} else {
-		sm_addr_from_v4(key->addr, ctx->user_ip4);
-	}
+	sm_sock_addr_get(ctx, v6, key->addr);
 	/* user_port: the sockaddr's network-order port in the low 16 bits */
 	key->port = (__u16)ctx->user_port;
 	key->proto = proto;
 	key->pad = 0;
-}
-
-static __always_inline void sm_set_dest(struct bpf_sock_addr *ctx, int v6, const __u32 *addr,
-					__u16 port)
-{
-	if (v6) {
-		ctx->user_ip6[0] = addr[0];
-		ctx->user_ip6[1] = addr[1];
-		ctx->user_ip6[2] = addr[2];
-		ctx->user_ip6[3] = addr[3];
-	} else {
-		ctx->user_ip4 = addr[3];
-	}
-	ctx->user_port = port;
 }
 
 /* connect() (udp_send = 0) or unconnected UDP sendmsg() (udp_send = 1). */
@@ -142,14 +122,7 @@ static __always_inline int sm_reverse(struct bpf_sock_addr *ctx, int v6)
 	struct sm_revnat *rn;
 	__u32 addr[4];
 
-	if (v6) {
-		addr[0] = ctx->user_ip6[0];
-		addr[1] = ctx->user_ip6[1];
-		addr[2] = ctx->user_ip6[2];
-		addr[3] = ctx->user_ip6[3];
-	} else {
-		sm_addr_from_v4(addr, ctx->user_ip4);
-	}
+	sm_sock_addr_get(ctx, v6, addr);
 	rn = sm_revnat_lookup(bpf_get_socket_cookie(ctx), addr, (__u16)ctx->user_port);
 	if (!rn) {
 		sm_global_inc(SM_G_REVNAT_MISS);

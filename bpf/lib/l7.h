@@ -18,6 +18,7 @@
 #include "counters.h"
 #include "events.h"
 #include "revnat.h"
+#include "sock_addr.h"
 
 enum sm_l7_verdict {
 	SM_L7_BALANCE = 0,  /* go on with L4 balancing */
@@ -32,25 +33,15 @@ static __always_inline struct sm_proxy *sm_proxy_get(void)
 	return bpf_map_lookup_elem(&sm_proxy, &zero);
 }
 
-/* The proxy listener a socket of this family can reach for this VIP, or NULL. A v4 socket (or a dual-stack socket
- * asking for a v4-mapped VIP) goes to the v4 listener; a v6 VIP to the v6 listener, else to the v4 one mapped. */
-static __always_inline const __u32 *sm_proxy_dest(const struct sm_proxy *px, int v6, const __u32 *vip)
+/* Of a proxy address pair (v4 and v6, zero: not set), the one a socket of this family can reach for this VIP, or
+ * NULL. A v4 socket (or a dual-stack socket asking for a v4-mapped VIP) goes to the v4 address; a v6 VIP to the v6
+ * one, else to the v4 one mapped. Used for the loopback listener and for the node addresses (a client in another
+ * netns). */
+static __always_inline const __u32 *sm_proxy_pick(const __u32 *a4, const __u32 *a6, int v6, const __u32 *vip)
 {
-	if (!v6 || sm_addr_is_v4_mapped(vip))
-		return sm_addr_is_zero(px->v4) ? NULL : px->v4;
-	if (!sm_addr_is_zero(px->v6))
-		return px->v6;
-	return sm_addr_is_zero(px->v4) ? NULL : px->v4;
-}
-
-/* The same choice among the node addresses, for a client in another netns (a pod): NULL when none is set. */
-static __always_inline const __u32 *sm_proxy_node_dest(const struct sm_proxy *px, int v6, const __u32 *vip)
-{
-	if (!v6 || sm_addr_is_v4_mapped(vip))
-		return sm_addr_is_zero(px->node_v4) ? NULL : px->node_v4;
-	if (!sm_addr_is_zero(px->node_v6))
-		return px->node_v6;
-	return sm_addr_is_zero(px->node_v4) ? NULL : px->node_v4;
+	if (v6 && !sm_addr_is_v4_mapped(vip) && !sm_addr_is_zero(a6))
+		return a6;
+	return sm_addr_is_zero(a4) ? NULL : a4;
 }
 
 static __always_inline int sm_proxy_alive(const struct sm_proxy *px)
@@ -82,12 +73,12 @@ static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, cons
 		return SM_L7_BALANCE;
 	}
 	if (px && sm_proxy_alive(px)) {
-		dst = sm_proxy_dest(px, v6, key->addr);
+		dst = sm_proxy_pick(px->v4, px->v6, v6, key->addr);
 		/* A loopback listener exists only in the proxy's netns: from another one (a pod) the call would reach
 		 * whatever listens on that port there, or nothing. Such a client goes to the proxy's node address,
 		 * which its routes reach, or (none set) gets the fail mode. */
 		if (dst && sm_addr_is_loopback(dst) && px->netns_cookie != 0 && px->netns_cookie != flow->netns_cookie)
-			dst = sm_proxy_node_dest(px, v6, key->addr);
+			dst = sm_proxy_pick(px->node_v4, px->node_v6, v6, key->addr);
 	}
 	if (!dst) {
 		if (svc->flags & SM_SVC_F_FAIL_OPEN) {
@@ -109,15 +100,7 @@ static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, cons
 	orig.cgroup_id = cgroup_id;
 	/* Keyed by cookie until sock_ops knows the local port (connect() has not chosen it yet). */
 	bpf_map_update_elem(&sm_l7_pending, &flow->cookie, &orig, BPF_ANY);
-	if (v6) {
-		ctx->user_ip6[0] = dst[0];
-		ctx->user_ip6[1] = dst[1];
-		ctx->user_ip6[2] = dst[2];
-		ctx->user_ip6[3] = dst[3];
-	} else {
-		ctx->user_ip4 = dst[3];
-	}
-	ctx->user_port = port;
+	sm_set_dest(ctx, v6, dst, port);
 	sm_revnat_record(flow->cookie, dst, port, 0, key, svc->service_id);
 
 	sm_global_inc(SM_G_L7_REDIRECT);

@@ -18,35 +18,50 @@
  * a pointer chosen by a phi (ctx + 24 or ctx + 28), which the verifier refuses ("dereference of modified ctx ptr"). */
 #define sm_barrier_var(v) asm volatile("" : "+r"(v))
 
-/* The key of the socket behind skops, as seen from that socket. */
+/* The key of the socket behind a sock_ops or sk_msg context, as seen from that socket: 0, or -1 for a family other
+ * than AF_INET/AF_INET6. Both context types name these fields alike, and their fields must be loaded from the
+ * context itself (not through a pointer a shared helper would take), hence one macro for the two readers below. */
+#define SM_SOCK_KEY_FROM_CTX(ctx, k)							\
+	({										\
+		__u32 family__ = (ctx)->family;						\
+		int ret__ = 0;								\
+											\
+		if (family__ == SM_AF_INET) {						\
+			__u32 local4__ = (ctx)->local_ip4;				\
+			__u32 remote4__ = (ctx)->remote_ip4;				\
+											\
+			sm_barrier_var(local4__);					\
+			sm_barrier_var(remote4__);					\
+			sm_addr_from_v4((k)->local_ip, local4__);			\
+			sm_addr_from_v4((k)->remote_ip, remote4__);			\
+		} else if (family__ == SM_AF_INET6) {					\
+			(k)->local_ip[0] = (ctx)->local_ip6[0];				\
+			(k)->local_ip[1] = (ctx)->local_ip6[1];				\
+			(k)->local_ip[2] = (ctx)->local_ip6[2];				\
+			(k)->local_ip[3] = (ctx)->local_ip6[3];				\
+			(k)->remote_ip[0] = (ctx)->remote_ip6[0];			\
+			(k)->remote_ip[1] = (ctx)->remote_ip6[1];			\
+			(k)->remote_ip[2] = (ctx)->remote_ip6[2];			\
+			(k)->remote_ip[3] = (ctx)->remote_ip6[3];			\
+		} else {								\
+			ret__ = -1;							\
+		}									\
+		if (ret__ == 0) {							\
+			(k)->netns_cookie = bpf_get_netns_cookie(ctx);			\
+			(k)->local_port = (ctx)->local_port;				\
+			(k)->remote_port = bpf_ntohl((ctx)->remote_port);		\
+		}									\
+		ret__;									\
+	})
+
 static __always_inline int sm_sock_key_from_ops(struct bpf_sock_ops *skops, struct sm_sock_key *k)
 {
-	__u32 family = skops->family;
+	return SM_SOCK_KEY_FROM_CTX(skops, k);
+}
 
-	if (family == SM_AF_INET) {
-		__u32 local4 = skops->local_ip4;
-		__u32 remote4 = skops->remote_ip4;
-
-		sm_barrier_var(local4);
-		sm_barrier_var(remote4);
-		sm_addr_from_v4(k->local_ip, local4);
-		sm_addr_from_v4(k->remote_ip, remote4);
-	} else if (family == SM_AF_INET6) {
-		k->local_ip[0] = skops->local_ip6[0];
-		k->local_ip[1] = skops->local_ip6[1];
-		k->local_ip[2] = skops->local_ip6[2];
-		k->local_ip[3] = skops->local_ip6[3];
-		k->remote_ip[0] = skops->remote_ip6[0];
-		k->remote_ip[1] = skops->remote_ip6[1];
-		k->remote_ip[2] = skops->remote_ip6[2];
-		k->remote_ip[3] = skops->remote_ip6[3];
-	} else {
-		return -1;
-	}
-	k->netns_cookie = bpf_get_netns_cookie(skops);
-	k->local_port = skops->local_port;
-	k->remote_port = bpf_ntohl(skops->remote_port);
-	return 0;
+static __always_inline int sm_sock_key_from_msg(struct sk_msg_md *msg, struct sm_sock_key *k)
+{
+	return SM_SOCK_KEY_FROM_CTX(msg, k);
 }
 
 /* The same 4-tuple seen from the other end of the connection. */
@@ -57,32 +72,6 @@ static __always_inline void sm_sock_key_reverse(const struct sm_sock_key *k, str
 	sm_addr_copy(r->remote_ip, k->local_ip);
 	r->local_port = k->remote_port;
 	r->remote_port = k->local_port;
-}
-
-/* The key of the socket behind msg, as seen from that socket. */
-static __always_inline int sm_sock_key_from_msg(struct sk_msg_md *msg, struct sm_sock_key *k)
-{
-	__u32 family = msg->family;
-
-	if (family == SM_AF_INET) {
-		sm_addr_from_v4(k->local_ip, msg->local_ip4);
-		sm_addr_from_v4(k->remote_ip, msg->remote_ip4);
-	} else if (family == SM_AF_INET6) {
-		k->local_ip[0] = msg->local_ip6[0];
-		k->local_ip[1] = msg->local_ip6[1];
-		k->local_ip[2] = msg->local_ip6[2];
-		k->local_ip[3] = msg->local_ip6[3];
-		k->remote_ip[0] = msg->remote_ip6[0];
-		k->remote_ip[1] = msg->remote_ip6[1];
-		k->remote_ip[2] = msg->remote_ip6[2];
-		k->remote_ip[3] = msg->remote_ip6[3];
-	} else {
-		return -1;
-	}
-	k->netns_cookie = bpf_get_netns_cookie(msg);
-	k->local_port = msg->local_port;
-	k->remote_port = bpf_ntohl(msg->remote_port);
-	return 0;
 }
 
 #endif /* SM_SOCK_KEY_H */
