@@ -32,6 +32,20 @@ struct Request {
   struct inet_diag_req_v2 req;
 };
 
+// A sock_diag request about UDP sockets of one family, every state.
+Request UdpRequest(uint16_t type, uint16_t flags, uint32_t seq, uint8_t family) {
+  Request r;
+  memset(&r, 0, sizeof(r));
+  r.nlh.nlmsg_len = sizeof(r);
+  r.nlh.nlmsg_type = type;
+  r.nlh.nlmsg_flags = flags;
+  r.nlh.nlmsg_seq = seq;
+  r.req.sdiag_family = family;
+  r.req.sdiag_protocol = IPPROTO_UDP;
+  r.req.idiag_states = ~0u;
+  return r;
+}
+
 struct NetlinkSocket {
   int fd;
   NetlinkSocket() : fd(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)) {}
@@ -105,30 +119,14 @@ static Napi::Value DestroyUdpSockets(const Napi::CallbackInfo& info) {
   uint32_t seq = 1;
   std::vector<struct inet_diag_msg> found;
   for (int family : {AF_INET, AF_INET6}) {
-    Request r;
-    memset(&r, 0, sizeof(r));
-    r.nlh.nlmsg_len = sizeof(r);
-    r.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    r.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    r.nlh.nlmsg_seq = seq++;
-    r.req.sdiag_family = family;
-    r.req.sdiag_protocol = IPPROTO_UDP;
-    r.req.idiag_states = ~0u;
+    Request r = UdpRequest(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq++, static_cast<uint8_t>(family));
     int err = Exchange(env, nl.fd, &r, &t, &found);
     if (err) ThrowErrno(env, op + (family == AF_INET ? " (dump AF_INET)" : " (dump AF_INET6)"), err);
   }
 
   int destroyed = 0;
   for (const struct inet_diag_msg& m : found) {
-    Request r;
-    memset(&r, 0, sizeof(r));
-    r.nlh.nlmsg_len = sizeof(r);
-    r.nlh.nlmsg_type = SOCK_DESTROY;
-    r.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    r.nlh.nlmsg_seq = seq++;
-    r.req.sdiag_family = m.idiag_family;
-    r.req.sdiag_protocol = IPPROTO_UDP;
-    r.req.idiag_states = ~0u;
+    Request r = UdpRequest(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq++, m.idiag_family);
     r.req.id = m.id;  // exact identity, cookie included: never a different socket
     int err = Exchange(env, nl.fd, &r, nullptr, nullptr);
     if (err == ENOENT) continue;  // closed since the dump

@@ -43,6 +43,18 @@ static void CheckSize(Napi::Env env, const std::string& op, const char* what, si
     ThrowErrno(env, op + ": " + what + " is " + std::to_string(got) + " bytes, map expects " + std::to_string(want), EINVAL);
 }
 
+// The map behind fd, for an operation on one key: the operation's name for errors, the map's info, and the key's
+// size checked against it.
+struct KeyOp {
+  std::string op;
+  struct bpf_map_info mi;
+};
+static KeyOp ForKey(Napi::Env env, int fd, const Napi::Buffer<uint8_t>& key, const char* what) {
+  KeyOp k{FdOp(what, fd), MapInfoOf(env, fd, what)};
+  CheckSize(env, k.op, "key", key.Length(), k.mi.key_size);
+  return k;
+}
+
 static Napi::Value MapInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgInt(info, 0, "mapInfo", "fd");
@@ -89,9 +101,7 @@ static Napi::Value MapLookup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgInt(info, 0, "mapLookup", "fd");
   Napi::Buffer<uint8_t> key = ArgBuffer(info, 1, "mapLookup", "key");
-  std::string op = FdOp("map lookup", fd);
-  struct bpf_map_info mi = MapInfoOf(env, fd, "map lookup");
-  CheckSize(env, op, "key", key.Length(), mi.key_size);
+  auto [op, mi] = ForKey(env, fd, key, "map lookup");
   Napi::Buffer<uint8_t> value = Napi::Buffer<uint8_t>::New(env, UserValueSize(env, mi));
   int ret = bpf_map_lookup_elem(fd, key.Data(), value.Data());
   if (ret) {
@@ -108,9 +118,7 @@ static Napi::Value MapUpdate(const Napi::CallbackInfo& info) {
   Napi::Buffer<uint8_t> key = ArgBuffer(info, 1, "mapUpdate", "key");
   Napi::Buffer<uint8_t> value = ArgBuffer(info, 2, "mapUpdate", "value");
   uint32_t flags = info.Length() > 3 && !info[3].IsUndefined() ? ArgUint(info, 3, "mapUpdate", "flags") : 0;
-  std::string op = FdOp("map update", fd);
-  struct bpf_map_info mi = MapInfoOf(env, fd, "map update");
-  CheckSize(env, op, "key", key.Length(), mi.key_size);
+  auto [op, mi] = ForKey(env, fd, key, "map update");
   CheckSize(env, op, "value", value.Length(), UserValueSize(env, mi));
   int ret = bpf_map_update_elem(fd, key.Data(), value.Data(), flags);
   if (ret) ThrowErrno(env, op, ErrFromRet(ret));
@@ -121,9 +129,7 @@ static Napi::Value MapDelete(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgInt(info, 0, "mapDelete", "fd");
   Napi::Buffer<uint8_t> key = ArgBuffer(info, 1, "mapDelete", "key");
-  std::string op = FdOp("map delete", fd);
-  struct bpf_map_info mi = MapInfoOf(env, fd, "map delete");
-  CheckSize(env, op, "key", key.Length(), mi.key_size);
+  std::string op = ForKey(env, fd, key, "map delete").op;
   int ret = bpf_map_delete_elem(fd, key.Data());
   if (ret) {
     int err = ErrFromRet(ret);

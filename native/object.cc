@@ -75,22 +75,22 @@ class BpfObjectWrap : public Napi::ObjectWrap<BpfObjectWrap> {
     return obj_;
   }
 
-  Napi::Value Programs(const Napi::CallbackInfo& info) {
-    struct bpf_object* obj = Obj(info.Env(), "programs()");
+  // The names of the object's programs or maps: next() walks them (libbpf's bpf_object__next_*), name() names one.
+  template <typename T, typename Next, typename Name>
+  Napi::Value Names(const Napi::CallbackInfo& info, const char* what, Next next, Name name) {
+    struct bpf_object* obj = Obj(info.Env(), what);
     Napi::Array out = Napi::Array::New(info.Env());
-    struct bpf_program* prog;
     uint32_t i = 0;
-    bpf_object__for_each_program(prog, obj) out.Set(i++, bpf_program__name(prog));
+    for (T* it = next(obj, nullptr); it; it = next(obj, it)) out.Set(i++, name(it));
     return out;
   }
 
+  Napi::Value Programs(const Napi::CallbackInfo& info) {
+    return Names<struct bpf_program>(info, "programs()", bpf_object__next_program, bpf_program__name);
+  }
+
   Napi::Value Maps(const Napi::CallbackInfo& info) {
-    struct bpf_object* obj = Obj(info.Env(), "maps()");
-    Napi::Array out = Napi::Array::New(info.Env());
-    struct bpf_map* map;
-    uint32_t i = 0;
-    bpf_object__for_each_map(map, obj) out.Set(i++, bpf_map__name(map));
-    return out;
+    return Names<struct bpf_map>(info, "maps()", bpf_object__next_map, bpf_map__name);
   }
 
   struct bpf_program* Prog(const Napi::CallbackInfo& info, const char* fn) {
