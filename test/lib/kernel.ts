@@ -20,7 +20,10 @@ export function kernelSkipReason(): string | null {
   if (process.platform !== 'linux') return 'not Linux';
   if (process.getuid?.() !== 0) return 'needs root (loads BPF programs)';
   if (!cgroup2Root()) return 'no cgroup v2 mounted';
-  if (!existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'))) return 'native addon not built (npm ci)';
+  // the BPF addon, and the proxy's (the agent under test runs its L7 proxy on it)
+  for (const addon of ['sockmesh', 'sockmesh_netio']) {
+    if (!existsSync(join(ROOT, 'build', 'Release', `${addon}.node`))) return `native addon ${addon}.node not built (npm ci)`;
+  }
   if (!existsSync(join(ROOT, 'build', 'bpf', 'sock_lb.bpf.o'))) return 'BPF objects not built (npm ci)';
   if (!existsSync(AGENT)) return 'agent not compiled (npm ci / tsc)';
   return null;
