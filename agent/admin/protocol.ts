@@ -12,23 +12,12 @@ import type { XdsStatus } from '../sources/xds/source.js';
 import type { CircuitBreaker, HealthCheck, StringMatch, WeightedGroup } from '../model/l7.js';
 import type { ProbeReport } from '../health/checker.js';
 import type { FlowEvent } from '../observe/events.js';
-export type { FlowEvent, FrontendReport, KernelProxyReport, SocketReport, StatsReport };
+import type { StateFile } from '../state/statefile.js';
+export type { FlowEvent, FrontendReport, KernelProxyReport, SocketReport, StateFile, StatsReport };
 
 /** Where an agent instance pins its maps and links unless told otherwise (sockmesh-agent and meshctl --bpffs). */
 export const DEFAULT_BPFFS = '/sys/fs/bpf/sockmesh';
 export const DEFAULT_RUN_DIR = '/run/sockmesh';
-
-/**
- * What the agent leaves in <runDir>/state.json so that meshctl can name things while it is down (the kernel maps hold
- * only ids): written by agent/state/statefile.ts, read by cli/context.ts.
- */
-export interface StateFile {
-  pid: number;
-  bpffs: string;
-  cgroup: string;
-  /** service id (as a string) -> name */
-  services: Record<string, string>;
-}
 
 export interface ProgramReport { program: string; attachType: string; how: 'attached' | 'adopted' | 'detached' }
 

@@ -1,7 +1,7 @@
 // Workload identity: who a client is. Today a workload named by the config (for L7 authorization): the config names
 // each workload's cgroups by path under the cgroup2 mount; the kernel reports the client's cgroup by id, which is the
 // inode number of the cgroup's directory. This maps ids to workload names once per model update, and looks an id not
-// seen yet up at its first request. Pods, service accounts and certificates hang off here next.
+// seen yet up at its first request. Pods, service accounts and certificates will hang off here.
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Workload } from '../model/l7.js';

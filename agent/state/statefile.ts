@@ -1,9 +1,18 @@
 // <runDir>/state.json: the names and fixed facts meshctl needs while the agent is down (the kernel maps hold only
-// ids). Its shape is the admin protocol's StateFile, which meshctl reads (cli/context.ts).
+// ids). Its shape, StateFile, is defined here by its writer; the admin protocol re-exports it for meshctl, which
+// reads it (cli/context.ts).
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { StateFile } from '../admin/protocol.js';
 import type { Logger } from '../observe/log.js';
+
+/** What the agent leaves in <runDir>/state.json so that meshctl can name things while it is down. */
+export interface StateFile {
+  pid: number;
+  bpffs: string;
+  cgroup: string;
+  /** service id (as a string) -> name */
+  services: Record<string, string>;
+}
 
 /** Where the names come from: `source` is replaced when the kernel is read back, `version` moves when a name does. */
 export interface NamesSnapshot {
