@@ -9,9 +9,6 @@ import type { UpstreamGroup } from './types.js';
 export type Limit = 'max-connections' | 'max-pending-requests' | 'max-requests' | 'max-retries';
 export const LIMITS: readonly Limit[] = ['max-connections', 'max-pending-requests', 'max-requests', 'max-retries'];
 
-/** the four counts in flight */
-type Count = 'connections' | 'pending' | 'requests' | 'retries';
-
 export class GroupBreaker implements UpstreamGroup {
   connections = 0;
   pending = 0;
@@ -31,46 +28,43 @@ export class GroupBreaker implements UpstreamGroup {
   }
 
   tryOpenConnection(): boolean {
-    return this.take('connections', this.limits.maxConnections, 'max-connections');
-  }
-
-  connectionClosed(): void {
-    this.give('connections');
-  }
-
-  tryPending(): boolean {
-    return this.take('pending', this.limits.maxPendingRequests, 'max-pending-requests');
-  }
-
-  pendingDone(): void {
-    this.give('pending');
-  }
-
-  tryRequest(): boolean {
-    return this.take('requests', this.limits.maxRequests, 'max-requests');
-  }
-
-  requestDone(): void {
-    this.give('requests');
-  }
-
-  tryRetry(): boolean {
-    return this.take('retries', this.limits.maxRetries, 'max-retries');
-  }
-
-  retryDone(): void {
-    this.give('retries');
-  }
-
-  /** one more of count, unless it is at max (an overflow of limit) */
-  private take(count: Count, max: number, limit: Limit): boolean {
-    if (this[count] >= max) return this.overflow(limit);
-    this[count]++;
+    if (this.connections >= this.limits.maxConnections) return this.overflow('max-connections');
+    this.connections++;
     return true;
   }
 
-  private give(count: Count): void {
-    if (this[count] > 0) this[count]--;
+  connectionClosed(): void {
+    if (this.connections > 0) this.connections--;
+  }
+
+  tryPending(): boolean {
+    if (this.pending >= this.limits.maxPendingRequests) return this.overflow('max-pending-requests');
+    this.pending++;
+    return true;
+  }
+
+  pendingDone(): void {
+    if (this.pending > 0) this.pending--;
+  }
+
+  tryRequest(): boolean {
+    if (this.requests >= this.limits.maxRequests) return this.overflow('max-requests');
+    this.requests++;
+    return true;
+  }
+
+  requestDone(): void {
+    if (this.requests > 0) this.requests--;
+  }
+
+  tryRetry(): boolean {
+    if (this.retries >= this.limits.maxRetries) return this.overflow('max-retries');
+    this.retries++;
+    return true;
+  }
+
+  retryDone(): void {
+    if (this.retries > 0) this.retries--;
   }
 
   private overflow(limit: Limit): false {
