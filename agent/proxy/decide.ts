@@ -9,6 +9,7 @@ import type { Limit } from './breaker.js';
 import type { BackendSlot, GroupState, RouteState, ServiceState } from './compile.js';
 import { RETRY_NONE, RETRY_SAFE, type RetryRules, backoffMs, budgetAllows } from './retry.js';
 import { CLASS_LOCAL, statusClass } from './metrics.js';
+import { isFailure, verdict, type Verdict } from './outcome.js';
 
 /** Reasons of local replies (metrics label, access log). */
 export type LocalReason = 'misdirected' | 'bad-path' | 'denied' | 'no-route' | 'no-healthy-upstream' | Limit;
@@ -28,7 +29,7 @@ export interface ExchangeHost {
   readonly random: () => number;
   readonly now: () => number;
   /** outlier detection after an attempt's outcome */
-  recordOutcome(group: GroupState, slot: BackendSlot, o: Outcome): void;
+  recordOutcome(group: GroupState, slot: BackendSlot, v: Verdict): void;
   /** the exchange's end, for the access log */
   logAccess(svc: ServiceState, ex: PolicyExchange, status: number, grpcStatus: number | undefined, durationMs: number): void;
 }
@@ -139,12 +140,14 @@ export class PolicyExchange implements Exchange {
       this.localReason = (o.limit as Limit) ?? 'max-pending-requests';
       return;
     }
-    const failed = o.kind !== 'response' || o.status >= 500;
-    this.avoid = failed ? a.slot : undefined;
+    // One verdict (outcome.ts) for both: a retry avoids a backend that failed (a gRPC UNAVAILABLE on HTTP 200 as
+    // much as a 503), and outlier detection counts the same failure.
+    const v = verdict(o);
+    this.avoid = isFailure(v) ? a.slot : undefined;
     // The timeouts run from the request head: while a body was still coming, a timeout may be the client's slowness,
     // not the backend's; counted, a client stopping halfway through its uploads would eject healthy backends.
     if (o.kind === 'timeout' && this.head.hasBody && o.requestComplete !== true) return;
-    this.p.recordOutcome(this.group, a.slot, o);
+    this.p.recordOutcome(this.group, a.slot, v);
   }
 
   retryDelay(n: number, outcome: Outcome, bodyReplayable: boolean): number | null {

@@ -6,6 +6,7 @@
 import type { OutlierDetection } from '../model/l7.js';
 import type { BackendStates } from '../health/states.js';
 import type { Outcome } from './types.js';
+import { ANSWERED, FAILED_GATEWAY, NOT_BACKEND, verdict, type Verdict } from './outcome.js';
 
 /** The per-backend counters (kept on the balancer's slot). */
 export interface OutlierCounters {
@@ -17,32 +18,25 @@ export type Ejection = 'consecutive-5xx' | 'consecutive-gateway-errors';
 
 /**
  * Counts one outcome; returns the rule that tripped, if any (counters of the tripped rule restart).
- * A 5xx response counts as 5xx; 502/503/504 also as a gateway error. No response at all (connect
- * failure, reset, per-try timeout) is what a proxy in front of the backend would have answered with
- * 502/503/504, so it counts as both (Envoy without split local-origin errors). Any response below
- * 500 resets both counts. A pending overflow says nothing about the backend and is not counted.
+ * The verdict is outcome.ts's: a failure counts as 5xx, a gateway error (502/503/504, gRPC UNAVAILABLE and
+ * DEADLINE_EXCEEDED, and no response at all: connect failure, reset, per-try timeout) also as a gateway error
+ * (Envoy without split local-origin errors). An answer that is no failure resets both counts. What says nothing
+ * about the backend (a pending overflow, the client gone) is not counted.
  */
 export function countOutcome(c: OutlierCounters, o: Outcome, cfg: OutlierDetection): Ejection | undefined {
-  let gateway: boolean;
-  switch (o.kind) {
-    case 'response':
-      if (o.status < 500) {
-        c.consecutive5xx = 0;
-        c.consecutiveGatewayErrors = 0;
-        return undefined;
-      }
-      gateway = o.status === 502 || o.status === 503 || o.status === 504;
-      break;
-    case 'connect-failure':
-    case 'reset':
-    case 'timeout':
-      gateway = true;
-      break;
-    default:
-      return undefined;
+  return countVerdict(c, verdict(o), cfg);
+}
+
+/** countOutcome() for an outcome already judged */
+export function countVerdict(c: OutlierCounters, v: Verdict, cfg: OutlierDetection): Ejection | undefined {
+  if (v === NOT_BACKEND) return undefined;
+  if (v === ANSWERED) {
+    c.consecutive5xx = 0;
+    c.consecutiveGatewayErrors = 0;
+    return undefined;
   }
   c.consecutive5xx++;
-  if (gateway) c.consecutiveGatewayErrors++;
+  if (v === FAILED_GATEWAY) c.consecutiveGatewayErrors++;
   else c.consecutiveGatewayErrors = 0;
   if (cfg.consecutiveGatewayErrors > 0 && c.consecutiveGatewayErrors >= cfg.consecutiveGatewayErrors) {
     c.consecutiveGatewayErrors = 0;

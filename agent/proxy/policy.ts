@@ -28,9 +28,10 @@ import type { Registry } from 'prom-client';
 import type { BackendStates } from '../health/states.js';
 import type { Model } from '../model/types.js';
 import type { ProxyBackendReport, ProxyRouteReport } from '../admin/protocol.js';
-import type { Exchange, LocalReply, OriginalDst, Outcome, Policy, RequestHead, Source } from './types.js';
+import type { Exchange, LocalReply, OriginalDst, Policy, RequestHead, Source } from './types.js';
 import { matchPath } from './router.js';
-import { countOutcome, tryEject } from './outlier.js';
+import { countVerdict, tryEject } from './outlier.js';
+import type { Verdict } from './outcome.js';
 import { CLASS_LOCAL, ProxyMetrics, RouteStats, type GroupCounts } from './metrics.js';
 import { AccessLog } from './accesslog.js';
 import { compileModel, hostPort, type BackendSlot, type Compiled, type GroupState, type ServiceState } from './compile.js';
@@ -189,10 +190,10 @@ export class ProxyPolicy implements Policy, ExchangeHost {
   }
 
   /** @internal outlier detection after an attempt's outcome */
-  recordOutcome(group: GroupState, slot: BackendSlot, o: Outcome): void {
+  recordOutcome(group: GroupState, slot: BackendSlot, v: Verdict): void {
     const cfg = group.outlier;
     if (!cfg) return;
-    const rule = countOutcome(slot, o, cfg);
+    const rule = countVerdict(slot, v, cfg);
     if (!rule) return;
     const ms = tryEject(this.states, cfg, group.service, slot.upstream.key, group.keys, rule);
     if (ms > 0) {

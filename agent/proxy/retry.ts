@@ -3,6 +3,7 @@
 // be tested on its own; the per-exchange bookkeeping is in decide.ts.
 import type { RetryOn, RetryPolicy } from '../model/l7.js';
 import type { Outcome } from './types.js';
+import { FAILED_GATEWAY, isFailure, verdict } from './outcome.js';
 
 /** gRPC status codes named in retry_on (grpc/doc/statuscodes.md). */
 export const GRPC_STATUS: Readonly<Record<string, number>> = {
@@ -27,8 +28,11 @@ export const RETRY_SAFE = 2;
 
 /**
  * What each retry_on condition covers, as Envoy reads them:
- * - 5xx: any 5xx response, and no response at all (connect failure, reset, per-try timeout);
- * - gateway-error: 502, 503, 504, and no response at all;
+ * - 5xx: any 5xx response, and no response at all (connect failure, reset, per-try timeout): what outcome.ts
+ *   judges a failure of the backend, so a trailers-only gRPC answer whose status maps to 5xx too (INTERNAL,
+ *   UNKNOWN, DATA_LOSS, UNIMPLEMENTED, UNAVAILABLE, DEADLINE_EXCEEDED);
+ * - gateway-error: 502, 503, 504, and no response at all (outcome.ts's gateway errors: gRPC UNAVAILABLE and
+ *   DEADLINE_EXCEEDED too);
  * - reset / connect-failure / timeout: only that failure;
  * - retriable-status-codes: the listed statuses;
  * - gRPC names: a response whose grpc-status (trailers-only head) is that code.
@@ -99,11 +103,11 @@ export class RetryRules {
   covers(o: Outcome): boolean {
     switch (o.kind) {
       case 'response': {
-        const s = o.status;
         if (o.grpcStatus !== undefined && this.grpc.has(o.grpcStatus)) return true;
-        if (s >= 500 && s <= 599 && this.on5xx) return true;
-        if ((s === 502 || s === 503 || s === 504) && this.onGateway) return true;
-        return this.statuses.has(s);
+        const v = verdict(o);
+        if (this.on5xx && isFailure(v)) return true;
+        if (this.onGateway && v === FAILED_GATEWAY) return true;
+        return this.statuses.has(o.status);
       }
       case 'connect-failure':
         return this.onConnect || this.on5xx || this.onGateway;
