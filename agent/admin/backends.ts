@@ -118,9 +118,13 @@ export function routesReport(model: Model | undefined, proxy: ProxyReportSource,
   for (const svc of model?.services ?? []) {
     if (!svc.http || (only !== undefined && svc.name !== only)) continue;
     for (const r of svc.http.routes) {
+      const retry = r.retry && r.retry.attempts > 0 ? r.retry : undefined;
       routes.push({
         service: svc.name, route: r.name, match: routeMatchText(r), split: r.split.map((s) => ({ ...s })),
-        timeoutMs: r.timeoutMs, retries: r.retry?.attempts ?? 0, perTryTimeoutMs: r.retry?.perTryTimeoutMs ?? 0,
+        timeoutMs: r.timeoutMs, retries: retry?.attempts ?? 0, perTryTimeoutMs: retry?.perTryTimeoutMs ?? 0,
+        retryOn: retry ? [...retry.retryOn] : [],
+        retriableStatusCodes: retry && retry.retryOn.includes('retriable-status-codes') ? [...retry.retriableStatusCodes] : [],
+        retryNonIdempotent: retry?.retryNonIdempotent ?? false,
         live: numbers(live.index.get(id(svc.name, r.name)), ROUTE_DEFINITION),
       });
     }

@@ -163,8 +163,16 @@ export interface RouteReport {
   match: string;
   split: WeightedGroup[];
   timeoutMs: number;
+  /** retries after the first try (0: none) */
   retries: number;
   perTryTimeoutMs: number;
+  /** what is retried: the route's retryOn conditions ([] without retries) */
+  retryOn: string[];
+  /** the statuses retryOn's retriable-status-codes names */
+  retriableStatusCodes: number[];
+  /** non-idempotent requests are retried too; without it a POST is never retried and a gRPC call only on a connect
+   *  failure or a gRPC code named in retryOn */
+  retryNonIdempotent: boolean;
   live: LiveNumbers | null;
 }
 

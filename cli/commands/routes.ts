@@ -1,5 +1,6 @@
-// meshctl routes [service]: the L7 routes of each service (match, split, timeout, retries) with the proxy's live
-// numbers (requests, 5xx, retries, budget exhaustions, breaker overflows) when the proxy runs.
+// meshctl routes [service]: the L7 routes of each service (match, split, timeout, retries: how many, per-try timeout,
+// on what, for which methods) with the proxy's live numbers (requests, 5xx, retries, budget exhaustions, breaker
+// overflows) when the proxy runs.
 import type { RouteReport, RoutesReport } from '../../agent/admin/protocol.js';
 import type { Context } from '../context.js';
 import { humanCount } from '../format.js';
@@ -24,6 +25,17 @@ function total(x: unknown): number | undefined {
 
 const ms = (n: number): string => (n === 0 ? '-' : n % 1000 === 0 ? `${n / 1000}s` : `${n} ms`);
 
+/**
+ * '2 x 500 ms on 5xx,unavailable': retries, per-try timeout, what is retried (retriable-status-codes as its codes);
+ * ', any method' when non-idempotent requests are retried too (else only idempotent ones, and gRPC calls only on a
+ * connect failure or a gRPC code named).
+ */
+export function retryText(x: RouteReport): string {
+  if (!x.retries) return 'none';
+  const on = (x.retryOn ?? []).map((c) => (c === 'retriable-status-codes' ? (x.retriableStatusCodes ?? []).join('|') || c : c));
+  return `${x.retries}${x.perTryTimeoutMs ? ` x ${ms(x.perTryTimeoutMs)}` : ''}${on.length ? ` on ${on.join(',')}` : ''}${x.retryNonIdempotent ? ', any method' : ''}`;
+}
+
 export function renderRoutes(r: RoutesReport, style: Style): string[] {
   if (r.routes.length === 0) return [r.proxyError ?? 'no L7 routes (no service has http rules)'];
   const live = r.routes.some((x) => x.live);
@@ -44,7 +56,7 @@ export function renderRoutes(r: RoutesReport, style: Style): string[] {
       x.service, x.route, x.match,
       x.split.length === 1 ? x.split[0]!.group : x.split.map((s) => `${s.group}=${s.weight}`).join(' '),
       ms(x.timeoutMs),
-      x.retries ? `${x.retries}${x.perTryTimeoutMs ? ` x ${ms(x.perTryTimeoutMs)}` : ''}` : 'none',
+      retryText(x),
       ...(live ? [
         cell(total(req)), fivexx ? style.red(humanCount(fivexx)) : cell(fivexx), cell(num(req?.['local'])),
         cell(num(x.live?.['retries'])), cell(num(x.live?.['budgetExhausted'])), cell(total(x.live?.['overflows'])),

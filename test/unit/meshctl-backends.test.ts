@@ -11,8 +11,9 @@ import { fileURLToPath } from 'node:url';
 import { backendsReport, routesReport } from '../../agent/admin/backends.js';
 import { BackendStates } from '../../agent/health/states.js';
 import type { Model } from '../../agent/model/types.js';
-import type { ProxyReportSource } from '../../agent/admin/protocol.js';
+import type { ProxyReportSource, RouteReport } from '../../agent/admin/protocol.js';
 import { renderBackends } from '../../cli/commands/backends.js';
+import { retryText } from '../../cli/commands/routes.js';
 import { PLAIN } from '../../cli/style.js';
 import type { ProxyPolicy } from '../../agent/proxy/policy.js';
 
@@ -105,6 +106,13 @@ t.test('report builders', async (t) => {
   const routes = routesReport(model, proxy);
   t.same(routes.routes.map((x) => [x.route, x.match]), [['api', 'GET,POST /api/* x-canary=1'], ['rest', '*']]);
   t.equal(routes.routes[0]!.live!['retries'], 17);
+  t.same([routes.routes[0]!.retryOn, routes.routes[0]!.retryNonIdempotent], [['5xx'], false], 'what is retried, not only how often');
+  t.same([routes.routes[1]!.retries, routes.routes[1]!.retryOn], [0, []]);
+  const rt = (over: Partial<RouteReport>): string => retryText({ ...routes.routes[0]!, ...over });
+  t.equal(rt({}), '2 x 500 ms on 5xx');
+  t.equal(rt({ perTryTimeoutMs: 0, retryOn: ['unavailable', 'retriable-status-codes'], retriableStatusCodes: [409, 429] }), '2 on unavailable,409|429');
+  t.equal(rt({ retryNonIdempotent: true }), '2 x 500 ms on 5xx, any method');
+  t.equal(rt({ retries: 0 }), 'none');
   t.equal(routes.routes[1]!.live, null);
   const broken = routesReport(model, { routes: () => { throw new Error('boom'); } });
   t.equal(broken.proxyError, "the proxy's report failed: boom");
@@ -163,7 +171,7 @@ t.test('meshctl backends and routes', async (t) => {
   t.equal(rt.code, 0, rt.stderr);
   const rl = rt.stdout.trimEnd().split('\n');
   t.match(rl[0]!, /^SERVICE\s+ROUTE\s+MATCH\s+SPLIT\s+TIMEOUT\s+RETRIES\s+REQUESTS\s+5XX\s+LOCAL\s+RETRIED\s+BUDGET OUT\s+OVERFLOWS$/);
-  t.match(rl[1]!, /^web\s+api\s+GET,POST \/api\/\* x-canary=1\s+default=90 canary=10\s+15s\s+2 x 500 ms\s+1\.2k\s+30\s+2\s+17\s+1\s+3$/);
+  t.match(rl[1]!, /^web\s+api\s+GET,POST \/api\/\* x-canary=1\s+default=90 canary=10\s+15s\s+2 x 500 ms on 5xx\s+1\.2k\s+30\s+2\s+17\s+1\s+3$/);
   t.match(rl[2]!, /^web\s+rest\s+\*\s+default\s+-\s+none\s+-\s+-\s+-\s+-\s+-\s+-$/);
   const rj = JSON.parse((await meshctl(['routes', 'db', '--json'])).stdout);
   t.same(rj, { routes: [], proxyError: null }, 'a service without http rules has no routes');
