@@ -100,7 +100,7 @@ export class ApplyTransaction {
     }
     let res: KernelApplyResult;
     try {
-      res = this.kernel.apply(this.effective(model, scope), scope);
+      res = this.applyEffective(model, scope);
     } catch (e) {
       const msg = (e as Error).message;
       state.rejected(msg);
@@ -126,11 +126,22 @@ export class ApplyTransaction {
   }
 
   /**
-   * The model as the kernel gets it: backends that are out (failed probe, ejection) at weight 0, except where a
+   * Apply the model as the kernel gets it: backends that are out (failed probe, ejection) at weight 0, except where a
    * frontend would have none left (panic: all kept, reported). Every apply goes through here, so a config reload
-   * never brings an out backend back.
+   * never brings an out backend back. Panics entered or left are logged once the kernel was told (whoever waits for
+   * the line finds the kernel as it says).
    */
-  private effective(model: Model, scope?: ReadonlySet<string>): Model {
+  private applyEffective(model: Model, scope?: ReadonlySet<string>): KernelApplyResult {
+    const eff = this.effective(model, scope);
+    try {
+      return this.kernel.apply(eff.model, scope);
+    } finally {
+      eff.announce();
+    }
+  }
+
+  /** The effective model, the panics updated in the state, and the log lines of what changed for later. */
+  private effective(model: Model, scope?: ReadonlySet<string>): { model: Model; announce: () => void } {
     const { panics } = this.state;
     const eff = effectiveModel(model, this.state.states, scope);
     const now = new Map<string, Panic[]>();
@@ -138,18 +149,19 @@ export class ApplyTransaction {
       const list = now.get(p.service);
       if (list) list.push(p); else now.set(p.service, [p]);
     }
+    const lines: (() => void)[] = [];
     for (const name of scope ?? new Set([...panics.keys(), ...now.keys()])) {
       const was = panics.get(name)?.length ?? 0;
       const is = now.get(name);
       if (is && is.length > was) {
-        this.log.warn({ service: name, frontends: is.map((p) => `${p.vip}:${p.port}/${p.protocol}`), backends: is[0]!.backends },
-          'every backend of a frontend is out (health checks or ejections): panic, all are kept in the kernel slots');
+        lines.push(() => this.log.warn({ service: name, frontends: is.map((p) => `${p.vip}:${p.port}/${p.protocol}`), backends: is[0]!.backends },
+          'every backend of a frontend is out (health checks or ejections): panic, all are kept in the kernel slots'));
       } else if (!is && was) {
-        this.log.info({ service: name }, 'out of panic: some backends are healthy again');
+        lines.push(() => this.log.info({ service: name }, 'out of panic: some backends are healthy again'));
       }
       if (is) panics.set(name, is); else panics.delete(name);
     }
-    return eff.model;
+    return { model: eff.model, announce: () => { for (const l of lines) l(); } };
   }
 
   /** After a failed apply: read the kernel back and put the last good model back in full. */
@@ -159,7 +171,7 @@ export class ApplyTransaction {
       this.kernel.reset();
       const model = this.state.model;
       if (model) {
-        this.kernel.apply(this.effective(model));
+        this.applyEffective(model);
         this.needFull = false;
       }
     } catch (again) {
@@ -187,7 +199,7 @@ export class ApplyTransaction {
     if (scope.size === 0) return;
     const full = this.needFull;
     try {
-      const res = this.kernel.apply(this.effective(model, full ? undefined : scope), full ? undefined : scope);
+      const res = this.applyEffective(model, full ? undefined : scope);
       this.needFull = false;
       const out = [...scope].map((s) => ({ service: s, out: [...this.state.states.outOf(s)] }));
       this.log.info({ services: out, ...res }, 'backend states applied');

@@ -16,8 +16,10 @@ class FakeKernel implements KernelTarget {
   resets = 0;
   /** the next this many apply() calls throw */
   failures = 0;
+  onApply?: () => void;
   apply(m: Model, changed?: ReadonlySet<string>): KernelApplyResult {
     this.calls.push({ model: m, changed: changed && [...changed].sort() });
+    this.onApply?.();
     if (this.failures > 0) {
       this.failures--;
       throw new Error('bpf_map_update_elem sm_backends: E2BIG');
@@ -205,11 +207,15 @@ t.test('a backend state change the kernel refuses restores the last good model w
 t.test('panics are entered and left, logged once each, and kept in the state', async (t) => {
   const { state, kernel, tx, lines } = setup(t);
   t.equal(tx.apply(model(web(), api()), 'test'), null);
+  const entered = () => lines.filter((l) => String(l.msg).startsWith('every backend of a frontend is out')).length;
+  let enteredAtApply = -1;
+  kernel.onApply = () => { enteredAtApply = entered(); };
   state.states.setProbe('api', '127.0.0.1:19080', false, 'down');
   await sleep(30);
+  t.equal(enteredAtApply, 0, 'the panic is logged after the kernel was told, not before');
+  kernel.onApply = undefined;
   t.same(weights(kernel.calls.at(-1)!.model, 'api'), [1], 'panic: the only backend is kept');
   t.same(state.panicList().map((p) => [p.service, p.vip, p.backends]), [['api', '127.100.0.2', ['127.0.0.1:19080']]]);
-  const entered = () => lines.filter((l) => String(l.msg).startsWith('every backend of a frontend is out')).length;
   t.equal(entered(), 1);
   t.match(lines.find((l) => String(l.msg).startsWith('every backend')), { level: 40, service: 'api', frontends: ['127.100.0.2:80/tcp'] });
   // another apply while in panic: no second warning
