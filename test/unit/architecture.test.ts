@@ -1,0 +1,131 @@
+// The import direction of ARCHITECTURE.md, kept by a test: every import between the project's own files is mapped to
+// the modules of both ends, and an arrow the table below does not allow fails here, naming the file and the line.
+// Cycles between files are refused too (a cycle is two modules that cannot be understood one without the other).
+import t from 'tap';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import ts from 'typescript';
+
+const root = resolve(dirname(new URL(import.meta.url).pathname), '..', '..');
+
+/**
+ * Modules by path prefix (the longest prefix wins) and what each may import. A module may always import itself.
+ * Leaves first: what is lower in the list may import what is higher, never the other way (bench and the wiring
+ * files at the top of agent/ may import anything).
+ */
+const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
+  ['agent/observe/log.ts', 'log', []],
+  ['agent/runtime.ts', 'runtime', []],
+  ['agent/model/', 'model', []],
+  ['xds/', 'xds', ['model']],
+  ['agent/sources/', 'sources', ['model', 'xds', 'log']],
+  ['agent/datapath/', 'datapath', ['model', 'log']],
+  ['agent/health/', 'health', ['model', 'log']],
+  ['agent/identity/', 'identity', ['model', 'datapath', 'log']],
+  ['agent/proxy/', 'proxy', ['model', 'health', 'identity', 'log']],
+  ['agent/state/', 'state', ['model', 'health', 'identity', 'log']],
+  ['agent/observe/', 'observe', ['model', 'datapath', 'health', 'state', 'log']],
+  ['agent/admin/', 'admin', ['model', 'observe', 'datapath', 'health', 'state', 'identity', 'sources', 'proxy', 'log']],
+  ['agent/', 'wiring', ['*']],
+  ['cli/', 'cli', ['admin', 'datapath', 'observe', 'log', 'runtime']],
+  ['controlplane/', 'controlplane', ['model', 'xds', 'log']],
+  ['bench/', 'bench', ['*']],
+];
+
+function moduleOf(file: string): [string, string[]] | undefined {
+  let best: [string, string, string[]] | undefined;
+  for (const m of MODULES) if (file.startsWith(m[0]) && (!best || m[0].length > best[0].length)) best = m;
+  return best ? [best[1], best[2]] : undefined;
+}
+
+function sources(dir: string): string[] {
+  const out: string[] = [];
+  let names: string[];
+  try { names = readdirSync(join(root, dir)); } catch { return out; }
+  for (const n of names) {
+    const rel = `${dir}/${n}`;
+    if (statSync(join(root, rel)).isDirectory()) out.push(...sources(rel));
+    else if (n.endsWith('.ts') && !n.endsWith('.d.ts')) out.push(rel);
+  }
+  return out;
+}
+
+interface Arrow { from: string; to: string; line: number }
+
+function arrows(): Arrow[] {
+  const out: Arrow[] = [];
+  for (const file of ['agent', 'cli', 'controlplane', 'bench', 'xds'].flatMap(sources)) {
+    const text = readFileSync(join(root, file), 'utf8');
+    for (const ref of ts.preProcessFile(text, true, true).importedFiles) {
+      if (!ref.fileName.startsWith('.')) continue;
+      const target = relative(root, resolve(root, dirname(file), ref.fileName)).replace(/\.js$/, '.ts');
+      const line = text.slice(0, ref.pos).split('\n').length;
+      out.push({ from: file, to: target, line });
+    }
+  }
+  return out;
+}
+
+const all = arrows();
+
+t.test('the graph was read: the wiring imports the datapath, the proxy and the model', async (t) => {
+  t.ok(all.length > 200, `${all.length} imports read`);
+  for (const want of ['agent/datapath/', 'agent/proxy/', 'agent/model/']) {
+    t.ok(all.some((a) => a.to.startsWith(want)), `someone imports ${want}`);
+  }
+});
+
+t.test('every import goes the intended direction (ARCHITECTURE.md)', async (t) => {
+  const wrong: string[] = [];
+  for (const a of all) {
+    const from = moduleOf(a.from);
+    const to = moduleOf(a.to);
+    if (!from || !to) continue;
+    const [fromName, may] = from;
+    if (fromName === to[0] || may.includes('*') || may.includes(to[0])) continue;
+    wrong.push(`${a.from}:${a.line} (${fromName}) imports ${a.to} (${to[0]})`);
+  }
+  t.same(wrong, [], 'arrows against the direction');
+});
+
+t.test('a module outside the table is noticed, not silently allowed', async (t) => {
+  const unknown = [...new Set(all.flatMap((a) => [a.from, a.to]).filter((f) => !moduleOf(f)))];
+  t.same(unknown, [], 'files in no module of the table');
+});
+
+t.test('no import cycles between files', async (t) => {
+  const graph = new Map<string, string[]>();
+  for (const a of all) {
+    const list = graph.get(a.from);
+    if (list) list.push(a.to); else graph.set(a.from, [a.to]);
+  }
+  // Tarjan's strongly connected components: any component of more than one file is a cycle.
+  let index = 0;
+  const idx = new Map<string, number>(), low = new Map<string, number>(), onStack = new Set<string>();
+  const stack: string[] = [];
+  const cycles: string[][] = [];
+  const visit = (v: string): void => {
+    idx.set(v, index); low.set(v, index); index++;
+    stack.push(v); onStack.add(v);
+    for (const w of graph.get(v) ?? []) {
+      if (!idx.has(w)) { visit(w); low.set(v, Math.min(low.get(v)!, low.get(w)!)); }
+      else if (onStack.has(w)) low.set(v, Math.min(low.get(v)!, idx.get(w)!));
+    }
+    if (low.get(v) === idx.get(v)) {
+      const comp: string[] = [];
+      let w: string;
+      do { w = stack.pop()!; onStack.delete(w); comp.push(w); } while (w !== v);
+      if (comp.length > 1) cycles.push(comp.sort());
+    }
+  };
+  for (const v of graph.keys()) if (!idx.has(v)) visit(v);
+  t.same(cycles, [], 'files that import each other, directly or around a loop');
+});
+
+t.test('the checker itself: a made-up arrow against the direction is caught', async (t) => {
+  const model = moduleOf('agent/model/types.ts')!;
+  t.equal(model[0], 'model');
+  t.notOk(model[1].includes('datapath'), 'model may not import datapath');
+  t.equal(moduleOf('agent/observe/log.ts')![0], 'log', 'the longest prefix wins');
+  t.equal(moduleOf('agent/agent.ts')![0], 'wiring');
+});
