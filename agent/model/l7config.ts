@@ -146,6 +146,40 @@ function nameValue(v: unknown, path: string, what: string, issues: Issues): stri
   return undefined;
 }
 
+/**
+ * The start of an entry of a list of named things (workloads, authz rules): a mapping (else an issue showing its shape)
+ * whose fields are checked and whose name is required, valid, not reserved and unique in the list (`names`: name ->
+ * index). Undefined when it is not a mapping; `mark` is where its issues start.
+ */
+function namedEntry(
+  v: unknown, path: string, index: number,
+  o: {
+    kind: string; like: string; fields: readonly string[]; required: string;
+    names: Map<string, number>; seenAt: (index: number) => string; reserved?: [string, string];
+  },
+  issues: Issues,
+): { entry: Obj; name: string | undefined; mark: number } | undefined {
+  if (!isMapping(v)) {
+    issues.add(path, `must be a mapping like ${o.like}, got ${describe(v)}`);
+    return undefined;
+  }
+  const mark = issues.list.length;
+  checkFields(v, path, o.fields, issues);
+  let name: string | undefined;
+  if (v['name'] === undefined || v['name'] === null) issues.add(join(path, 'name'), o.required);
+  else name = nameValue(v['name'], join(path, 'name'), `a ${o.kind}`, issues);
+  if (name !== undefined && name === o.reserved?.[0]) {
+    issues.add(join(path, 'name'), o.reserved[1]);
+    name = undefined;
+  }
+  if (name !== undefined) {
+    const seen = o.names.get(name);
+    if (seen !== undefined) issues.add(join(path, 'name'), `duplicate ${o.kind} name '${name}', also used by ${o.seenAt(seen)}`);
+    else o.names.set(name, index);
+  }
+  return { entry: v, name, mark };
+}
+
 function durationField(obj: Obj, key: string, path: string, min: number, issues: Issues): number | undefined {
   const v = obj[key];
   if (v === undefined || v === null) return undefined;
@@ -320,22 +354,14 @@ export function validateWorkloads(list: readonly unknown[], path: string, issues
   const out: Workload[] = [];
   const names = new Map<string, number>();
   const cgroups = new Map<string, string>();
-  list.forEach((w, i) => {
+  list.forEach((item, i) => {
     const wp = `${path}[${i}]`;
-    if (!isMapping(w)) {
-      issues.add(wp, `must be a mapping like {name: frontend, cgroups: [/kubepods/pod1]}, got ${describe(w)}`);
-      return;
-    }
-    const mark = issues.list.length;
-    checkFields(w, wp, WORKLOAD_FIELDS, issues);
-    let name: string | undefined;
-    if (w['name'] === undefined || w['name'] === null) issues.add(join(wp, 'name'), 'is required');
-    else name = nameValue(w['name'], join(wp, 'name'), 'a workload', issues);
-    if (name !== undefined) {
-      const seen = names.get(name);
-      if (seen !== undefined) issues.add(join(wp, 'name'), `duplicate workload name '${name}', also used by ${path}[${seen}]`);
-      else names.set(name, i);
-    }
+    const e = namedEntry(item, wp, i, {
+      kind: 'workload', like: '{name: frontend, cgroups: [/kubepods/pod1]}', fields: WORKLOAD_FIELDS, required: 'is required',
+      names, seenAt: (seen) => `${path}[${seen}]`,
+    }, issues);
+    if (!e) return;
+    const { entry: w, name, mark } = e;
     const paths: string[] = [];
     const cl = listField(w, 'cgroups', wp, true, issues);
     if (cl && cl.length === 0) issues.add(join(wp, 'cgroups'), 'must list at least one cgroup path');
@@ -491,26 +517,15 @@ function authz(raw: Obj, path: string, shape: ServiceShape, issues: Issues): Aut
   checkFields(a, p, AUTHZ_FIELDS, issues);
   const out: Authz = { defaultAction: enumField(a, 'default', p, ACTIONS, issues) ?? 'allow', rules: [] };
   const names = new Map<string, number>();
-  (listField(a, 'rules', p, false, issues) ?? []).forEach((r, k) => {
+  (listField(a, 'rules', p, false, issues) ?? []).forEach((item, k) => {
     const rp = `${join(p, 'rules')}[${k}]`;
-    if (!isMapping(r)) {
-      issues.add(rp, `must be a mapping like {name: no-admin, action: deny, paths: [{prefix: /admin}]}, got ${describe(r)}`);
-      return;
-    }
-    const mark = issues.list.length;
-    checkFields(r, rp, RULE_FIELDS, issues);
-    let name: string | undefined;
-    if (r['name'] === undefined || r['name'] === null) issues.add(join(rp, 'name'), 'is required (the reason a denied request is given)');
-    else name = nameValue(r['name'], join(rp, 'name'), 'a rule', issues);
-    if (name === RESERVED_RULE_NAME) {
-      issues.add(join(rp, 'name'), `'${name}' is reserved (it stands for the default in Envoy's RBAC terms)`);
-      name = undefined;
-    }
-    if (name !== undefined) {
-      const seen = names.get(name);
-      if (seen !== undefined) issues.add(join(rp, 'name'), `duplicate rule name '${name}', also used by rules[${seen}]`);
-      else names.set(name, k);
-    }
+    const e = namedEntry(item, rp, k, {
+      kind: 'rule', like: '{name: no-admin, action: deny, paths: [{prefix: /admin}]}', fields: RULE_FIELDS,
+      required: 'is required (the reason a denied request is given)', names, seenAt: (seen) => `rules[${seen}]`,
+      reserved: [RESERVED_RULE_NAME, `'${RESERVED_RULE_NAME}' is reserved (it stands for the default in Envoy's RBAC terms)`],
+    }, issues);
+    if (!e) return;
+    const { entry: r, name, mark } = e;
     if (r['action'] === undefined || r['action'] === null) issues.add(join(rp, 'action'), 'is required (allow or deny)');
     const action = enumField(r, 'action', rp, ACTIONS, issues);
     const rule: AuthzRule = { name: name ?? '', action: action ?? 'deny' };
