@@ -13,7 +13,7 @@ import { compileMinimal, MinimalSockmap, minimalSource } from './lib/minimal.js'
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { iperf3ClientArgv, iperf3ServerArgv, parseIperf3, type Stream } from './lib/iperf3.js';
 import { addNetns, delNetns, inCgroupNetns, inNetns, waitListening } from './lib/netns.js';
-import { Background, interrupted, onCleanup, requireRootAndTools, run, runChecked } from './lib/proc.js';
+import { Background, CLIENT_SLACK_MS, interrupted, log, onCleanup, requireRootAndTools, run, runChecked } from './lib/proc.js';
 import {
   formatTable, LATENCY_CASES, ratiosToDirect, referenceInfo, round, SCENARIO_LABELS, SCENARIO_NAMES, targetChecks,
   type ScenarioName, type ScenarioResult,
@@ -33,10 +33,6 @@ const PORT = 11111;
 const VIP = '127.77.0.1';
 const BACKEND = '127.0.0.1';
 const LISTEN_TIMEOUT_MS = 5000;
-/** Beyond its own -t, a client gets this long before it is killed (warm-up, connect, report). */
-const CLIENT_SLACK_MS = 20_000;
-
-const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
 
 interface Ctx {
   opts: DatapathOptions;

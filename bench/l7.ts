@@ -19,7 +19,7 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
-import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
+import { Agent, agentEntry, benchConfig, cleanupAgent } from './lib/agent.js';
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { cpuSeconds } from './lib/cpu.js';
 import { backendConfig, haproxyArgv, proxyConfig } from './lib/haproxy.js';
@@ -29,7 +29,7 @@ import {
 } from './lib/l7report.js';
 import { h2loadArgv, h2Shape, parseH2load, parseWrk, wrkArgv, type HttpRun } from './lib/loadgen.js';
 import { addNetns, delNetns, inCgroupNsenter, waitListening } from './lib/netns.js';
-import { Background, interrupted, onCleanup, requireRootAndTools, run } from './lib/proc.js';
+import { Background, CLIENT_SLACK_MS, interrupted, log, onCleanup, requireRootAndTools, run } from './lib/proc.js';
 import { sumSamples } from './lib/promtext.js';
 
 export interface L7Options {
@@ -65,12 +65,9 @@ const VIP_PORT = 80;
 const LOCAL = '127.0.0.1';
 
 const LISTEN_TIMEOUT_MS = 10_000;
-/** Beyond its own -d, a client gets this long before it is killed. */
-const CLIENT_SLACK_MS = 20_000;
 /** Below this share of one CPU during (b), the requests cannot have passed through the agent's proxy. */
 const MIN_AGENT_CPU_PCT = 2;
 
-const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
 
 interface Ctx {
   opts: L7Options;
@@ -184,18 +181,8 @@ function relayScenario(ctx: Ctx): Scenario {
  * setting at its default) whose VIP is redirected by the kernel to the agent's proxy.
  */
 export function l7BenchConfig(vip: string, port: number, backend: string, backendPort: number): string {
-  return [
-    'services:',
-    '  - name: bench-l7',
-    `    vips: [${vip}]`,
-    `    ports: [{ port: ${port}, protocol: tcp }]`,
-    `    backends: [{ address: ${backend}, port: ${backendPort} }]`,
-    '    http:',
-    '      routes:',
-    '        - name: all',
-    '          match: { path: { prefix: / } }',
-    '',
-  ].join('\n');
+  const http = ['    http:', '      routes:', '        - name: all', '          match: { path: { prefix: / } }'];
+  return benchConfig(vip, port, backend, { name: 'bench-l7', backendPort, more: http });
 }
 
 /** Why this agent build cannot run (b), or undefined when it can. */

@@ -17,7 +17,7 @@ import { native } from '../agent/datapath/native.js';
 import { agentEntry, cleanupAgent } from './lib/agent.js';
 import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
 import { BACKEND_PORT, Fleet, SERVICE_PORT, changedPort, prng, type ServiceConfig } from './lib/fleet.js';
-import { Background, interrupted, onCleanup } from './lib/proc.js';
+import { Background, interrupted, log, onCleanup } from './lib/proc.js';
 import { AGENT_NODE_FLAGS } from '../agent/runtime.js';
 import {
   formatXdsTable, parseConfigApplied, percentile, vmField, xdsChecks, xdsSummary, type ConfigApplied, type XdsResults,
@@ -40,7 +40,6 @@ const SYNC_TIMEOUT_MS = 60_000;
 const AGENT_MAX_MS = 10 * 60_000;
 const MiB = 1024 * 1024;
 
-const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const nowEpochMs = () => performance.timeOrigin + performance.now();
 

@@ -26,14 +26,18 @@ export function agentEntry(root: string): string {
   return join(root, 'dist', 'agent', 'main.js');
 }
 
-/** The config the agent reads: one TCP service, VIP -> the local server. */
-export function benchConfig(vip: string, port: number, backend: string): string {
+/**
+ * The config the agent reads: one TCP service, VIP -> the local server (on the VIP's port unless backendPort says
+ * otherwise); `more`: further lines of the service (e.g. an `http:` block).
+ */
+export function benchConfig(vip: string, port: number, backend: string, o: { name?: string; backendPort?: number; more?: string[] } = {}): string {
   return [
     'services:',
-    '  - name: bench',
+    `  - name: ${o.name ?? 'bench'}`,
     `    vips: [${vip}]`,
     `    ports: [{ port: ${port}, protocol: tcp }]`,
-    `    backends: [{ address: ${backend}, port: ${port} }]`,
+    `    backends: [{ address: ${backend}, port: ${o.backendPort ?? port} }]`,
+    ...(o.more ?? []),
     '',
   ].join('\n');
 }

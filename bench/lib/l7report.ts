@@ -1,22 +1,15 @@
 // The l7 bench's results: medians over repetitions, ratios, the targets as PASS/FAIL, a table a person
 // reads and the JSON object a machine reads.
-import { round } from './report.js';
+import { round, scenarioLabels, scenarioLetters } from './report.js';
 import type { HttpRun } from './loadgen.js';
 
 export const L7_SCENARIOS = ['direct', 'sockmesh', 'haproxy', 'chain', 'relay', 'haproxy2'] as const;
 export type L7Scenario = (typeof L7_SCENARIOS)[number];
-export const L7_LABELS: Record<L7Scenario, string> = {
-  direct: '(a) direct',
-  sockmesh: '(b) sockmesh L7',
-  haproxy: '(c) haproxy',
-  chain: '(d) 2 haproxy',
-  relay: '(e) node relay',
-  haproxy2: '(f) haproxy 2 thr',
-};
+export const L7_LABELS = scenarioLabels(L7_SCENARIOS, {
+  direct: 'direct', sockmesh: 'sockmesh L7', haproxy: 'haproxy', chain: '2 haproxy', relay: 'node relay', haproxy2: 'haproxy 2 thr',
+});
 /** Short letters for ratio names and --only. */
-export const L7_LETTERS: Record<L7Scenario, string> = {
-  direct: 'a', sockmesh: 'b', haproxy: 'c', chain: 'd', relay: 'e', haproxy2: 'f',
-};
+export const L7_LETTERS = scenarioLetters(L7_SCENARIOS);
 
 export const PROTOCOLS = ['http1', 'h2'] as const;
 export type Protocol = (typeof PROTOCOLS)[number];

@@ -3,6 +3,12 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { spawn, type ChildProcess } from 'node:child_process';
 
+/** A bench's progress line, on stderr (stdout is the report). */
+export const log = (s: string): void => { process.stderr.write(`bench: ${s}\n`); };
+
+/** Beyond its own duration (-t, -d), a load client gets this long before it is killed (warm-up, connect, report). */
+export const CLIENT_SLACK_MS = 20_000;
+
 export interface RunResult {
   code: number | null;
   signal: NodeJS.Signals | null;

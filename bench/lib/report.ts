@@ -10,14 +10,20 @@ export const LATENCY_CASES = [
 ] as const;
 export type LatencyKey = (typeof LATENCY_CASES)[number]['key'];
 
+/** Scenarios go by letters, (a), (b), ... in the order a bench lists them: one letter per name. */
+export function scenarioLetters<N extends string>(names: readonly N[]): Record<N, string> {
+  return Object.fromEntries(names.map((n, i) => [n, String.fromCharCode(97 + i)])) as Record<N, string>;
+}
+
+/** A scenario's label in tables and verdicts: its letter and its title, '(a) direct'. */
+export function scenarioLabels<N extends string>(names: readonly N[], titles: Record<N, string>): Record<N, string> {
+  const letters = scenarioLetters(names);
+  return Object.fromEntries(names.map((n) => [n, `(${letters[n]}) ${titles[n]}`])) as Record<N, string>;
+}
+
 export const SCENARIO_NAMES = ['direct', 'sockmesh', 'iptables', 'minimal'] as const;
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
-export const SCENARIO_LABELS: Record<ScenarioName, string> = {
-  direct: '(a) direct',
-  sockmesh: '(b) sockmesh',
-  iptables: '(c) iptables DNAT',
-  minimal: '(d) minimal sockmap',
-};
+export const SCENARIO_LABELS = scenarioLabels(SCENARIO_NAMES, { direct: 'direct', sockmesh: 'sockmesh', iptables: 'iptables DNAT', minimal: 'minimal sockmap' });
 
 export interface ScenarioResult {
   name: ScenarioName;

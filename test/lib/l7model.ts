@@ -7,17 +7,8 @@ import type { HttpPolicy, Route, RetryPolicy } from '../../agent/model/l7.js';
 import { DEFAULT_CIRCUIT_BREAKER } from '../../agent/model/l7.js';
 import type { RequestHead } from '../../agent/proxy/types.js';
 
-/** mulberry32: a small seeded PRNG, so that split and P2C tests are repeatable */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32 (the benches' seeded PRNG), so that split and P2C tests are repeatable */
+export { prng as seeded } from '../../bench/lib/fleet.js';
 
 export const NO_REWRITE = { set: {}, remove: [] };
 
