@@ -195,19 +195,26 @@ function durationField(obj: Obj, key: string, path: string, min: number, issues:
   return ms;
 }
 
-/** Methods: upper-case tokens ('GET'), each once. */
-function methodList(obj: Obj, key: string, path: string, issues: Issues): string[] | undefined {
+/**
+ * An optional list field read item by item: `item` gets each value with its path and adds what it makes to `out`.
+ * Undefined when the field is absent (or not a list: reported).
+ */
+function listOf<T>(obj: Obj, key: string, path: string, issues: Issues, item: (v: unknown, itemPath: string, out: T[]) => void): T[] | undefined {
   const list = listField(obj, key, path, false, issues);
   if (!list) return undefined;
-  const out: string[] = [];
-  list.forEach((m, k) => {
-    const mp = `${join(path, key)}[${k}]`;
+  const out: T[] = [];
+  list.forEach((v, k) => item(v, `${join(path, key)}[${k}]`, out));
+  return out;
+}
+
+/** Methods: upper-case tokens ('GET'), each once. */
+function methodList(obj: Obj, key: string, path: string, issues: Issues): string[] | undefined {
+  return listOf<string>(obj, key, path, issues, (m, mp, out) => {
     if (typeof m !== 'string' || !METHOD.test(m)) issues.add(mp, `must be an HTTP method like GET, got ${describe(m)}`);
     else if (m !== m.toUpperCase()) issues.add(mp, `must be upper-case (methods are case-sensitive), got '${m}' (did you mean '${m.toUpperCase()}'?)`);
     else if (out.includes(m)) issues.add(mp, `duplicate method ${m}`);
     else out.push(m);
   });
-  return out;
 }
 
 /** A header name, lower-cased; undefined when invalid (reported). */
@@ -279,11 +286,7 @@ function stringMatchOf(v: Obj, path: string, pathLike: boolean, issues: Issues):
 }
 
 function headerMatches(obj: Obj, key: string, path: string, issues: Issues): HeaderMatch[] | undefined {
-  const list = listField(obj, key, path, false, issues);
-  if (!list) return undefined;
-  const out: HeaderMatch[] = [];
-  list.forEach((h, k) => {
-    const hp = `${join(path, key)}[${k}]`;
+  return listOf<HeaderMatch>(obj, key, path, issues, (h, hp, out) => {
     if (!isMapping(h)) {
       issues.add(hp, `must be a mapping like {name: x-env, exact: prod}, got ${describe(h)}`);
       return;
@@ -307,7 +310,6 @@ function headerMatches(obj: Obj, key: string, path: string, issues: Issues): Hea
     if (invert) m.invert = true;
     out.push(m);
   });
-  return out;
 }
 
 function rewrite(obj: Obj, key: string, path: string, issues: Issues): HeaderRewrite {
