@@ -10,8 +10,8 @@ import type { Logger } from './observe/log.js';
 import type { KernelApplyResult, KernelTarget } from './state/apply.js';
 import type { NamesSnapshot } from './state/statefile.js';
 
-/** What the agent needs of the kernel. */
-const REQUIRED_FEATURES: [string, string][] = [
+/** What the agent needs of the kernel ('group.name' as probe() reports it, what it is). meshctl doctor checks the same. */
+export const REQUIRED_FEATURES: [string, string][] = [
   ['progTypes.cgroup_sock_addr', 'BPF cgroup/connect programs (kernel 4.17+, CONFIG_CGROUP_BPF)'],
   ['mapTypes.lru_hash', 'BPF LRU hash maps'],
   ['mapTypes.ringbuf', 'BPF ring buffers (kernel 5.8+)'],
@@ -19,12 +19,12 @@ const REQUIRED_FEATURES: [string, string][] = [
   ['helpers.cgroup_sock_addr:get_current_cgroup_id', 'bpf_get_current_cgroup_id in cgroup/connect programs (kernel 5.7+)'],
 ];
 /** Only for the L7 redirect's hand-over (without them L7 services behave as their fail mode says). */
-const L7_FEATURES: [string, string][] = [
+export const L7_FEATURES: [string, string][] = [
   ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
   ['helpers.sock_ops:get_netns_cookie', 'bpf_get_netns_cookie in sock_ops (kernel 5.15+)'],
 ];
 /** Only for the sockmap fast path (--no-sockmap runs without them). */
-const SOCKMAP_FEATURES: [string, string][] = [
+export const SOCKMAP_FEATURES: [string, string][] = [
   ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
   ['progTypes.sk_msg', 'BPF sk_msg programs (CONFIG_BPF_STREAM_PARSER / CONFIG_NET_SOCK_MSG)'],
   ['mapTypes.sockhash', 'BPF SOCKHASH maps'],
@@ -39,13 +39,18 @@ export interface KernelFeatures {
   l7Missing: string[];
 }
 
-/** Probe the kernel; throws what it lacks of what the agent needs (and of the sockmap fast path, when asked for). */
-export function checkKernelFeatures(sockmap: boolean): KernelFeatures {
-  const p = native().probe();
+/** Every feature the addon probes, flattened: 'group.name' -> present (the agent's check and meshctl doctor read this). */
+export function probeFeatures(): Record<string, boolean> {
   const flat: Record<string, boolean> = {};
-  for (const [group, entries] of Object.entries(p)) {
+  for (const [group, entries] of Object.entries(native().probe())) {
     for (const [k, v] of Object.entries(entries as Record<string, boolean>)) flat[`${group}.${k}`] = v;
   }
+  return flat;
+}
+
+/** Probe the kernel; throws what it lacks of what the agent needs (and of the sockmap fast path, when asked for). */
+export function checkKernelFeatures(sockmap: boolean): KernelFeatures {
+  const flat = probeFeatures();
   const lacking = (list: [string, string][]): string[] => list.filter(([k]) => flat[k] === false).map(([, what]) => what);
   const missing = lacking(REQUIRED_FEATURES);
   if (missing.length) throw new Error(`this kernel lacks what sockmesh needs: ${missing.join('; ')}`);

@@ -7,6 +7,7 @@ import { Context, type GlobalOptions } from './context.js';
 import { DEFAULT_BPFFS } from '../agent/admin/protocol.js';
 import { CliError, EXIT } from './errors.js';
 import { backends } from './commands/backends.js';
+import { doctor } from './commands/doctor.js';
 import { events } from './commands/events.js';
 import { execInMesh } from './commands/exec.js';
 import { services } from './commands/services.js';
@@ -28,6 +29,7 @@ Exit codes:
      what the pins say)
   4  no sockmesh datapath is pinned at --bpffs
   exec exits with the program's own exit code (128+N when it was killed by signal N).
+  doctor exits by its worst verdict: 0 all ok (or skipped), 2 warnings only, 1 any check failed.
 
 With the agent down, services, stats and sockets are read from the pinned maps (a note on stderr says so):
 the datapath keeps running without the agent. --json prints exactly one JSON document on stdout.`;
@@ -106,6 +108,11 @@ command('backends', 'backends in or out of service: why (failed health check, ej
 command('routes', 'L7 routes with the proxy\'s live numbers (needs the agent)',
   (ctx, cmd) => routes(ctx, cmd.processedArgs[0] as string | undefined))
   .argument('[service]', 'only this service');
+command('doctor', 'check the node, the kernel, the pins and the agent; a verdict and a fix hint each (exit 0 ok, 2 warnings, 1 failures)',
+  (ctx, cmd) => doctor(ctx, { cgroup: cmd.opts<{ cgroup?: string }>().cgroup }))
+  .option('--cgroup <dir>', 'the meshed cgroup to check (default: what the agent or its state.json says)')
+  .addHelpText('after', '\nExit codes: 0 every check ok (or skipped), 2 the worst verdict is a warning, 1 any check failed.\n' +
+    'Works with the agent down: the kernel-side checks read the pins, the agent-side ones say it is not answering.');
 command('exec', 'run a program inside the meshed cgroup (meshctl exec -- curl -s http://127.100.0.1/)',
   (ctx, cmd) => execInMesh(ctx, cmd.processedArgs[0] as string, (cmd.processedArgs[1] as string[] | undefined) ?? []))
   .argument('<command>', 'program to run')

@@ -3,9 +3,10 @@ import { existsSync, mkdirSync, readFileSync, realpathSync, statSync, writeFileS
 import { execFileSync } from 'node:child_process';
 import { isAbsolute, join, resolve } from 'node:path';
 
-interface Mount { source: string; target: string; fstype: string }
+export interface Mount { source: string; target: string; fstype: string }
 
-function mounts(): Mount[] {
+/** /proc/self/mounts, mount points unescaped. */
+export function mounts(): Mount[] {
   return readFileSync('/proc/self/mounts', 'utf8')
     .split('\n')
     .filter(Boolean)
@@ -80,12 +81,17 @@ export function isMountPoint(path: string): boolean {
   return mounts().some((m) => m.target === path.replace(/\/+$/, ''));
 }
 
+/** The mount point of the bpf filesystem dir lies in (the deepest one), or null when it is not inside one. */
+export function bpffsMountOf(dir: string): string | null {
+  const inside = mounts().filter((m) => m.fstype === 'bpf' && (dir === m.target || dir.startsWith(m.target + '/')));
+  return inside.sort((a, b) => b.target.length - a.target.length)[0]?.target ?? null;
+}
+
 /** Make sure the bpf filesystem is mounted at the parent of dir (mounting /sys/fs/bpf when nobody has). */
 export function ensureBpffs(dir: string): void {
   // The agent pins by name and its cleanup removes those names: it needs a directory of its own.
   if (isMountPoint(dir)) throw new Error(`--bpffs ${dir} is a mount point: give the agent a directory of its own under it, e.g. ${dir.replace(/\/+$/, '')}/sockmesh`);
-  const inBpffs = mounts().some((m) => m.fstype === 'bpf' && (dir === m.target || dir.startsWith(m.target + '/')));
-  if (!inBpffs) {
+  if (!bpffsMountOf(dir)) {
     if (!dir.startsWith(DEFAULT_BPFFS + '/')) {
       throw new Error(`--bpffs ${dir}: not inside a mounted bpf filesystem`);
     }

@@ -90,6 +90,13 @@ export function parseV4Into(text: string, from: number, out: Buffer, at: number)
   return v >>> 24;
 }
 
+/** Where the ABI version of the maps sits in sm_config's value (reserved[0]); 0 = not written yet. */
+const CFG_ABI_VERSION_OFFSET = 8;
+/** The ABI version recorded in an sm_config value (configure() writes it; meshctl doctor reads it from the pins). */
+export function abiVersionOf(cfg: Buffer): bigint {
+  return cfg.readBigUInt64LE(CFG_ABI_VERSION_OFFSET);
+}
+
 export interface AttachReport {
   program: string;
   attachType: string;
@@ -152,13 +159,13 @@ export class Datapath {
   configure(): void {
     const fd = this.maps.fd('sm_config');
     const cur = this.n.mapLookup(fd, u32(0));
-    const pinned = cur ? cur.readBigUInt64LE(8) : 0n;
+    const pinned = cur ? abiVersionOf(cur) : 0n;
     if (pinned !== 0n && pinned !== BigInt(ABI_VERSION)) {
       throw new Error(`the datapath pinned at ${this.opts.bpffs} uses kernel ABI v${pinned}, this agent v${ABI_VERSION}: ` +
         `run 'sockmesh-agent cleanup --bpffs ${this.opts.bpffs}' first (connections are balanced again once the new agent starts)`);
     }
     const cfg = encode('sm_config', { flags: this.opts.sockmap ? CFG_F_SOCKMAP : 0, event_sample: this.opts.eventSample });
-    cfg.writeBigUInt64LE(BigInt(ABI_VERSION), 8);
+    cfg.writeBigUInt64LE(BigInt(ABI_VERSION), CFG_ABI_VERSION_OFFSET);
     this.n.mapUpdate(fd, u32(0), cfg);
   }
 
