@@ -108,6 +108,7 @@ export class KernelReconciler implements KernelTarget {
     const fresh = this.make();
     fresh.adopt();
     fresh.syncLocalAddresses();
+    this.r.close();
     this.r = fresh;
   }
 
@@ -132,6 +133,11 @@ export class KernelReconciler implements KernelTarget {
           this.log.warn({ addr, port, error: (e as Error).message }, 'could not destroy UDP sockets of a removed backend');
           return 0;
         }
+      },
+      // Backends removed while a retired table still named them are deleted with it, a grace time after the apply.
+      onReap: (r) => {
+        if (r.error) this.log.warn({ error: r.error }, 'could not delete retired tables (tried again later)');
+        else if (r.backendsDeleted || r.udpSocketsDestroyed) this.log.info({ ...r }, 'retired tables reaped');
       },
     });
   }

@@ -6,8 +6,6 @@ import type { Native } from './native.js';
 import { B, backendAt, type Op } from './plan.js';
 
 export interface ExecHooks {
-  /** A table no service entry points at any more: delete it (after a grace time). */
-  retire(tableId: number, size: number): void;
   /** Destroy the connected UDP sockets of a removed backend; returns how many. */
   destroyUdp?: (addr: string, port: number) => number;
 }
@@ -59,8 +57,13 @@ export function execute(ops: readonly Op[], maps: Maps, n: Native, hooks: ExecHo
         break;
       }
       case 'retireTables':
-        for (const t of o.tables) hooks.retire(t.tableId, t.size);
+        // Nothing to do in the kernel now: the tables are in the shadow's graves, deleted by a later reap.
         break;
+      case 'deleteTables': {
+        const fd = maps.fd('sm_tables');
+        for (const t of o.tables) for (let i = 0; i < t.size; i++) n.mapDelete(fd, tableKey(t.tableId, i));
+        break;
+      }
       case 'deleteFrontends': {
         const fd = maps.fd('sm_services');
         for (const k of o.keys) n.mapDelete(fd, serviceKey(k));
@@ -86,10 +89,4 @@ export function execute(ops: readonly Op[], maps: Maps, n: Native, hooks: ExecHo
     }
   }
   return { udpSocketsDestroyed };
-}
-
-/** Delete a table's entries (a retired one, after its grace time). */
-export function deleteTable(maps: Maps, n: Native, tableId: number, size: number): void {
-  const fd = maps.fd('sm_tables');
-  for (let i = 0; i < size; i++) n.mapDelete(fd, tableKey(tableId, i));
 }

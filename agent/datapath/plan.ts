@@ -10,9 +10,13 @@
 //   3. frontends that went away are deleted (service entry first; their tables are retired the same way);
 //   4. only then backends that no table references any more are deleted, and UDP sockets connected to them (when
 //      their service has a UDP frontend) are destroyed so their owners reconnect (established TCP connections are
-//      left to finish).
+//      left to finish). "No table" counts the retired ones still in their grace time: a connect() that read the old
+//      service entry reads the old table, and must find every backend it names. A removed backend a retired table
+//      still names goes into that table's grave: it is deleted (and its UDP sockets destroyed) when the table is.
 // planApply() returns these steps as an ordered list of operations (Op), in that order and batched as the executor
 // sends them, with the ids it allocated, and the new shadow state (Commit) to take once the kernel holds it all.
+// planReap() deletes the graves whose grace time is over: their tables, then their backends (the Reconciler runs it
+// on its timer, and at the end of each apply).
 import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
 import { ipv4Value } from '../model/address.js';
@@ -40,6 +44,33 @@ export interface SvcState {
   nums: number[];
   /** it has a UDP frontend: its backends count in Shadow.udpUsers */
   udp: boolean;
+  /** its tables retired and not deleted yet (oldest first): a removed backend one of them names waits for it */
+  retiring?: RetiringTable[];
+}
+
+/** A retired table of a service: the grave it is deleted with, and its entries (backend ids). */
+export interface RetiringTable { grave: number; ids: readonly number[] }
+
+/**
+ * What one reap deletes: the tables one apply retired, then the backends removed while a retired table still named
+ * them (those whose last such table is here). Reaped oldest first, so every older table naming them is gone too.
+ */
+export interface Grave {
+  seq: number;
+  tables: RetiredTable[];
+  doomed: Doomed[];
+}
+
+export interface RetiredTable extends TableRef { serviceId: number }
+
+/** Removed backends of one service waiting in a grave, packed: ids[i], addrs[i], ports[i]. */
+export interface Doomed {
+  serviceId: number;
+  /** the service had a UDP frontend when they were removed: their connected UDP sockets are destroyed at the reap */
+  udp: boolean;
+  ids: number[];
+  addrs: string[];
+  ports: number[];
 }
 
 /** Numbers per backend in SvcState.nums. */
@@ -115,6 +146,8 @@ export type Op =
   | { op: 'deleteFrontends'; keys: ServiceKey[] }
   /** sm_svc_stats of service ids that went away */
   | { op: 'deleteServiceStats'; serviceIds: number[] }
+  /** sm_tables: retired tables whose grace time is over (a reap) */
+  | { op: 'deleteTables'; tables: TableRef[] }
   /** sm_backends (and sm_backend_stats) entries no table references any more */
   | { op: 'deleteBackends'; ids: number[] }
   /** connected UDP sockets of removed backends no UDP service uses any more */
@@ -134,13 +167,20 @@ export interface Commit {
   /** endpoint -> change of its UDP user count */
   udp: Map<number | string, number>;
   scope: number[];
+  /** tables this apply retired: a new grave (Shadow.nextGrave) when any */
+  retired: (RetiredTable & { ids: readonly number[] })[];
+  /** removed backends a retired table still names, with the grave of the last such table */
+  doomed: (Doomed & { grave: number })[];
 }
 
 export interface KernelPlan {
   ops: Op[];
   commit: Commit;
   backendsWritten: number;
+  /** deleted by this plan's operations */
   backendsDeleted: number;
+  /** removed, but a retired table still names them: deleted by the reap of its grave */
+  backendsRetiring: number;
   frontendsWritten: number;
   frontendsDeleted: number;
 }
@@ -163,6 +203,10 @@ export class Shadow {
   local: ReadonlySet<string> = new Set();
   /** counts changes of serviceNames */
   namesChanges = 0;
+  /** retired tables and the backends waiting for them, oldest first (see Grave) */
+  readonly graves: Grave[] = [];
+  /** the seq of the next grave */
+  nextGrave = 1;
 
   private state(id: number): SvcState {
     let st = this.svcs.get(id);
@@ -193,9 +237,24 @@ export class Shadow {
     this.next.table = Math.max(this.next.table, id + 1);
   }
 
-  /** Adoption done: count the UDP users. */
-  adopted(): void {
-    for (const st of this.svcs.values()) if (st.udp) this.countUdp(st.addrs, st.nums);
+  /**
+   * Adoption done: count the UDP users. A backend removed and added again while a retired table still named the old
+   * one is in the kernel twice (a restart came before the reap): the newest id is the live one; the others go to a
+   * grave of their own (no table names them once the unreferenced tables are gone), for the caller to reap now.
+   * Returns that grave's seq, or 0.
+   */
+  adopted(): number {
+    const doomed: Doomed[] = [];
+    for (const [id, st] of this.svcs) {
+      if (st.addrs.length > 1) {
+        const gone = dropDuplicates(id, st);
+        if (gone) doomed.push(gone);
+      }
+      if (st.udp) this.countUdp(st.addrs, st.nums);
+    }
+    if (!doomed.length) return 0;
+    this.graves.push({ seq: this.nextGrave, tables: [], doomed });
+    return this.nextGrave++;
   }
 
   private countUdp(addrs: readonly string[], nums: readonly number[]): void {
@@ -230,10 +289,36 @@ export class Shadow {
       this.unlistFront(f.value.service_id, f.key);
     }
     for (const [ep, by] of c.udp) addCount(this.udpUsers, ep, by);
-    // Forget the service ids that hold nothing.
-    for (const id of c.scope) {
+    if (c.retired.length) {
+      const seq = this.nextGrave++;
+      this.graves.push({ seq, tables: c.retired.map(({ tableId, size, serviceId }) => ({ tableId, size, serviceId })), doomed: [] });
+      for (const t of c.retired) (this.state(t.serviceId).retiring ??= []).push({ grave: seq, ids: t.ids });
+    }
+    for (const { grave, ...d } of c.doomed) this.graves.find((g) => g.seq === grave)!.doomed.push(d);
+    this.forget(c.scope);
+  }
+
+  /** A reap (planReap(this, seq)) is done: the graves up to `seq` are gone from the kernel. */
+  reaped(seq: number): void {
+    const ids = new Set<number>();
+    while (this.graves.length && this.graves[0]!.seq <= seq) {
+      const g = this.graves.shift()!;
+      for (const t of g.tables) ids.add(t.serviceId);
+    }
+    for (const id of ids) {
       const st = this.svcs.get(id);
-      if (st && st.fronts.length === 0 && st.addrs.length === 0) this.svcs.delete(id);
+      if (!st?.retiring) continue;
+      const left = st.retiring.filter((r) => r.grave > seq);
+      if (left.length) st.retiring = left; else delete st.retiring;
+    }
+    this.forget(ids);
+  }
+
+  /** Forget the service ids that hold nothing. */
+  private forget(ids: Iterable<number>): void {
+    for (const id of ids) {
+      const st = this.svcs.get(id);
+      if (st && st.fronts.length === 0 && st.addrs.length === 0 && !st.retiring) this.svcs.delete(id);
     }
   }
 
@@ -249,6 +334,26 @@ export class Shadow {
     const at = st ? st.fronts.indexOf(key) : -1;
     if (at >= 0) st!.fronts.splice(at, 1);
   }
+}
+
+/** Rows of `st` whose endpoint a row with a higher id has too, out of `st`, as a Doomed (no UDP: the endpoint lives). */
+function dropDuplicates(serviceId: number, st: SvcState): Doomed | undefined {
+  const best = new Map<number | string, number>(); // endpoint -> row with the highest id
+  for (let i = 0; i < st.addrs.length; i++) {
+    const ep = endpointKey(st.addrs[i]!, portOf(st.nums, i));
+    const j = best.get(ep);
+    if (j === undefined || st.nums[B * i]! > st.nums[B * j]!) best.set(ep, i);
+  }
+  if (best.size === st.addrs.length) return undefined;
+  const keep = new Set(best.values());
+  const d: Doomed = { serviceId, udp: false, ids: [], addrs: [], ports: [] };
+  const addrs: string[] = [], nums: number[] = [];
+  for (let i = 0; i < st.addrs.length; i++) {
+    if (keep.has(i)) { addrs.push(st.addrs[i]!); nums.push(st.nums[B * i]!, st.nums[B * i + 1]!, st.nums[B * i + 2]!); }
+    else { d.ids.push(st.nums[B * i]!); d.addrs.push(st.addrs[i]!); d.ports.push(portOf(st.nums, i)); }
+  }
+  st.addrs = addrs; st.nums = nums;
+  return d;
 }
 
 function addCount(m: Map<number | string, number>, key: number | string, by: number): void {
@@ -379,7 +484,10 @@ export function planApply(shadow: Shadow, model: Model, changed?: ReadonlySet<st
   //    entries are switched to them, then the old tables are dropped. A connect() sees the old or the new table.
   const entries: { key: ServiceKey; value: ServiceValue }[] = [];
   const newTables: { tableId: number; table: number[] }[] = [];
-  const retired: TableRef[] = [];
+  const retired: Commit['retired'] = [];
+  const retire = (f: KernelFrontend): void => {
+    retired.push({ tableId: f.value.table_id, size: f.table.length, serviceId: f.value.service_id, ids: f.table });
+  };
   const written: KernelFrontend[] = [];
   let tableEntries = 0;
   for (const [key, want] of wantFrontends) {
@@ -407,34 +515,42 @@ export function planApply(shadow: Shadow, model: Model, changed?: ReadonlySet<st
     const proto = PROTO[fe.protocol];
     entries.push({ key: { addr: fe.vip, port: fe.port, proto }, value });
     written.push({ key, vip: fe.vip, port: fe.port, proto, value, table });
-    if (cur && !sameTable) retired.push({ tableId: cur.value.table_id, size: cur.table.length });
+    if (cur && !sameTable) retire(cur);
   }
   if (tableEntries) ops.push({ op: 'writeTables', tables: newTables, count: tableEntries });
   if (entries.length) ops.push({ op: 'writeFrontends', entries });
-  pushRetired(ops, retired);
+  pushRetired(ops, retired, 0);
 
   // 3. frontends of the scope that went away
   const deleted: KernelFrontend[] = [];
   const statsGone: number[] = [];
-  const goneRetired: TableRef[] = [];
+  const switched = retired.length;
   for (const id of scopeIds) {
-    for (const key of shadow.svcs.get(id)?.fronts ?? []) {
+    const st = shadow.svcs.get(id);
+    for (const key of st?.fronts ?? []) {
       if (wantFrontends.has(key)) continue;
       const cur = shadow.frontends.get(key)!;
       deleted.push(cur);
-      goneRetired.push({ tableId: cur.value.table_id, size: cur.table.length });
+      retire(cur);
     }
-    if (!plans.has(id)) statsGone.push(id);
+    // (a service id that holds nothing but retired tables went away before: its stats are gone)
+    if (!plans.has(id) && !(st && st.fronts.length === 0 && st.addrs.length === 0)) statsGone.push(id);
   }
   if (deleted.length) ops.push({ op: 'deleteFrontends', keys: deleted.map((f) => ({ addr: f.vip, port: f.port, proto: f.proto })) });
-  pushRetired(ops, goneRetired);
+  pushRetired(ops, retired, switched);
   if (statsGone.length) ops.push({ op: 'deleteServiceStats', serviceIds: statsGone });
+  // Keep the real ones (a table of size 0 is none).
+  const retiredReal = retired.filter((t) => t.tableId !== 0 && t.size !== 0);
+  const grave = retiredReal.length ? shadow.nextGrave : 0;
 
   // 4. backends of the scope that no table references any more: of the services computed, those their new state
-  //    lacks; of the services that went away, all.
+  //    lacks; of the services that went away, all. One a retired table still names (retired now, or earlier and in
+  //    its grace time) waits in the grave of the last such table.
   const deleteIds: number[] = [];
   const destroy: { addr: string; port: number }[] = [];
   const emptied: number[] = [];
+  const doomed: Commit['doomed'] = [];
+  let backendsRetiring = 0;
   for (const id of scopeIds) {
     const p = plans.get(id);
     let addrs: readonly string[], nums: readonly number[], udp: boolean;
@@ -448,9 +564,20 @@ export function planApply(shadow: Shadow, model: Model, changed?: ReadonlySet<st
       emptied.push(id);
     }
     const index = p ? (p.index ?? indexBackends(p.addrs, p.nums)) : undefined;
+    let namedBy: Map<number, number> | undefined; // backend id -> grave of the last retired table naming it
+    const groups = new Map<number, Doomed & { grave: number }>();
     for (let i = 0; i < addrs.length; i++) {
       const addr = addrs[i]!, port = portOf(nums, i);
       if (p && findBackend(p.addrs, p.nums, index, addr, port) >= 0) continue;
+      namedBy ??= retiredNames(shadow, id, grave);
+      const g = namedBy.get(nums[B * i]!);
+      if (g !== undefined) {
+        let d = groups.get(g);
+        if (!d) groups.set(g, (d = { grave: g, serviceId: id, udp, ids: [], addrs: [], ports: [] }));
+        d.ids.push(nums[B * i]!); d.addrs.push(addr); d.ports.push(port);
+        backendsRetiring++;
+        continue;
+      }
       deleteIds.push(nums[B * i]!);
       // Connected UDP sockets would keep sending to the removed backend forever: destroy them so their owners
       // reconnect (and get balanced again). Only for a service with a UDP frontend (no other can have balanced a
@@ -460,21 +587,80 @@ export function planApply(shadow: Shadow, model: Model, changed?: ReadonlySet<st
         if ((shadow.udpUsers.get(ep) ?? 0) + (udpDelta.get(ep) ?? 0) === 0) destroy.push({ addr, port });
       }
     }
+    for (const d of groups.values()) doomed.push(d);
   }
   if (deleteIds.length) ops.push({ op: 'deleteBackends', ids: deleteIds });
   if (destroy.length) ops.push({ op: 'destroyUdp', endpoints: destroy });
 
   return {
     ops,
-    commit: { namesGone, namesNew, next, services: updates, emptied, written, deleted, udp: udpDelta, scope: [...scopeIds] },
+    commit: {
+      namesGone, namesNew, next, services: updates, emptied, written, deleted, udp: udpDelta, scope: [...scopeIds],
+      retired: retiredReal, doomed,
+    },
     backendsWritten,
     backendsDeleted: deleteIds.length,
+    backendsRetiring,
     frontendsWritten: entries.length,
     frontendsDeleted: deleted.length,
   };
 }
 
-function pushRetired(ops: Op[], tables: TableRef[]): void {
-  const real = tables.filter((t) => t.tableId !== 0 && t.size !== 0);
+/** The retireTables op of tables[from ..] (those of size 0 are none). */
+function pushRetired(ops: Op[], tables: readonly RetiredTable[], from: number): void {
+  const real: TableRef[] = [];
+  for (let i = from; i < tables.length; i++) {
+    const t = tables[i]!;
+    if (t.tableId !== 0 && t.size !== 0) real.push({ tableId: t.tableId, size: t.size });
+  }
   if (real.length) ops.push({ op: 'retireTables', tables: real });
+}
+
+/**
+ * Backend ids of service `id` that a retired table names, with the grave of the last one: its tables retired
+ * earlier and still in their grace time, and the ones of its frontends (every table of theirs that names a removed
+ * backend is retired by this apply, into grave `now`).
+ */
+function retiredNames(shadow: Shadow, id: number, now: number): Map<number, number> {
+  const m = new Map<number, number>();
+  const st = shadow.svcs.get(id);
+  for (const r of st?.retiring ?? []) for (const b of r.ids) m.set(b, r.grave);
+  if (now) for (const key of st?.fronts ?? []) for (const b of shadow.frontends.get(key)!.table) m.set(b, now);
+  return m;
+}
+
+/** The operations of a reap: what the graves up to `seq` hold, tables first. */
+export interface ReapPlan {
+  ops: Op[];
+  seq: number;
+  tables: number;
+  backendsDeleted: number;
+}
+
+/**
+ * Delete the graves up to `seq` (their grace time is over): their tables, then their backends, then the connected
+ * UDP sockets of those that no service with a UDP frontend has as a backend now (one removed and added again in the
+ * grace time lives on under a new id: its sockets stay). Commit with Shadow.reaped(seq). Reads `shadow` only.
+ */
+export function planReap(shadow: Shadow, seq: number): ReapPlan {
+  const tables: TableRef[] = [];
+  const ids: number[] = [];
+  const destroy: { addr: string; port: number }[] = [];
+  const seen = new Set<number | string>();
+  for (const g of shadow.graves) {
+    if (g.seq > seq) break;
+    for (const t of g.tables) tables.push({ tableId: t.tableId, size: t.size });
+    for (const d of g.doomed) {
+      for (let i = 0; i < d.ids.length; i++) {
+        ids.push(d.ids[i]!);
+        const ep = endpointKey(d.addrs[i]!, d.ports[i]!);
+        if (d.udp && !shadow.udpUsers.has(ep) && !seen.has(ep)) { seen.add(ep); destroy.push({ addr: d.addrs[i]!, port: d.ports[i]! }); }
+      }
+    }
+  }
+  const ops: Op[] = [];
+  if (tables.length) ops.push({ op: 'deleteTables', tables });
+  if (ids.length) ops.push({ op: 'deleteBackends', ids });
+  if (destroy.length) ops.push({ op: 'destroyUdp', endpoints: destroy });
+  return { ops, seq, tables: tables.length, backendsDeleted: ids.length };
 }

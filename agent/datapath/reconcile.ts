@@ -6,19 +6,38 @@ import type { Model } from '../model/types.js';
 import { addrToBytes, decodeBackend, decodeService, decodeServiceKey, tableKey, u32 } from './abi.js';
 import type { Maps } from './datapath.js';
 import type { Native } from './native.js';
-import { Shadow, isLoopback, planApply, type KernelPlan } from './plan.js';
-import { deleteTable, execute, type ExecHooks } from './plan-exec.js';
+import { Shadow, isLoopback, planApply, planReap, type KernelPlan } from './plan.js';
+import { execute, type ExecHooks } from './plan-exec.js';
 
 export type { KernelFrontend } from './plan.js';
 export { endpointKey } from './plan.js';
 
+/**
+ * What one apply did. A backend removed while a retired table still names it is deleted (and its UDP sockets
+ * destroyed) by the reap of that table, a grace time later: counted in backendsRetiring here, and in the ReapResult
+ * of that reap (options.onReap) — or here, when the reap is due by the end of this apply (retireMs 0).
+ */
 export interface ReconcileResult {
   backendsWritten: number;
+  /** deleted during this apply: the ones no table names, and those of the graves reaped at its end */
   backendsDeleted: number;
+  /** removed by this apply but still named by a retired table: deleted by a later reap */
+  backendsRetiring: number;
   frontendsWritten: number;
   frontendsDeleted: number;
+  /** destroyed during this apply (like backendsDeleted) */
   udpSocketsDestroyed: number;
   ms: number;
+}
+
+/** What a reap on the timer did: retired tables deleted, then the backends only they named. */
+export interface ReapResult {
+  tables: number;
+  backendsDeleted: number;
+  udpSocketsDestroyed: number;
+  ms: number;
+  /** the kernel refused: the reap is tried again a grace time later */
+  error?: string;
 }
 
 export interface ReconcilerOptions {
@@ -26,13 +45,18 @@ export interface ReconcilerOptions {
   destroyUdp?: (addr: string, port: number) => number;
   /** Grace time of a replaced table (default RETIRE_MS; tests use 0: deleted at the end of the apply). */
   retireMs?: number;
+  /** Told of each reap on the timer that deleted something, or failed (the agent logs it). */
+  onReap?: (r: ReapResult) => void;
+  /** The clock (default performance.now). With one, no timer is armed: the caller calls reap() (tests). */
+  now?: () => number;
 }
 
 /**
  * How long a replaced selection table stays after no service entry points at it: a connect() that read the old
  * service entry just before the switch must still find its table (it would otherwise miss and refuse the connection
  * with EPERM). BPF programs run in microseconds; a second is plenty. An agent killed before then leaves the table
- * unreferenced, and adopt() removes it.
+ * unreferenced, and adopt() removes it; the backends only it named are then deleted by the first full apply (they
+ * are not in the model), or by adopt() when the model has them again under a newer id.
  */
 const RETIRE_MS = 1000;
 
@@ -48,18 +72,18 @@ export function localAddresses(): string[] {
 export class Reconciler {
   /** what the kernel holds, as we last wrote or read it */
   private readonly shadow = new Shadow();
-  /** Replaced tables waiting for their grace time (RETIRE_MS) before they are deleted. */
-  private retired: { tableId: number; size: number; at: number }[] = [];
+  /** The shadow's graves (oldest first) with when their grace time (retireMs) is over. */
+  private due: { seq: number; at: number }[] = [];
   private reaper?: NodeJS.Timeout;
   private readonly hooks: ExecHooks;
+  private readonly retireMs: number;
+  private readonly now: () => number;
+  private closed = false;
 
-  constructor(private readonly maps: Maps, private readonly n: Native, opts: ReconcilerOptions = {}) {
-    const retireMs = opts.retireMs ?? RETIRE_MS;
-    this.hooks = {
-      // A table no service entry points at any more: deleted after a grace time, not at once.
-      retire: (tableId, size) => { this.retired.push({ tableId, size, at: performance.now() + retireMs }); },
-      destroyUdp: opts.destroyUdp,
-    };
+  constructor(private readonly maps: Maps, private readonly n: Native, private readonly opts: ReconcilerOptions = {}) {
+    this.retireMs = opts.retireMs ?? RETIRE_MS;
+    this.now = opts.now ?? (() => performance.now());
+    this.hooks = { destroyUdp: opts.destroyUdp };
   }
 
   /** Read the kernel's current state (adoption after a restart). Returns how many frontends/backends were found. */
@@ -73,8 +97,8 @@ export class Reconciler {
       const table = value.table_size > 0 ? this.readTable(value.table_id, value.table_size) : [];
       sh.adoptFrontend(decodeServiceKey(k), value, table);
     });
-    sh.adopted();
-    // Tables left behind by an agent killed between steps 2 and 3 are unreferenced: remove them.
+    // Tables left behind by an agent killed between steps 2 and 3, or in their grace time, are unreferenced: remove
+    // them. Then the older of a backend there twice (removed and added again in the grace time) names nothing.
     const referenced = new Set([...sh.frontends.values()].map((f) => f.value.table_id));
     const fdTables = this.maps.fd('sm_tables');
     for (const k of this.n.mapKeys(fdTables)) {
@@ -82,6 +106,8 @@ export class Reconciler {
       sh.adoptTableId(id);
       if (!referenced.has(id)) this.n.mapDelete(fdTables, k);
     }
+    const seq = sh.adopted();
+    if (seq) this.reapTo(seq);
     return { frontends: sh.frontends.size, backends: bk.length };
   }
 
@@ -121,12 +147,33 @@ export class Reconciler {
     const t0 = performance.now();
     const p = planApply(this.shadow, model, changed);
     const { udpSocketsDestroyed } = execute(p.ops, this.maps, this.n, this.hooks);
+    const grave = this.shadow.nextGrave;
     this.shadow.commit(p.commit);
-    this.reapTables();
+    if (this.shadow.nextGrave !== grave) this.due.push({ seq: grave, at: this.now() + this.retireMs });
+    const reaped = this.reapDue();
+    if (reaped.error) this.opts.onReap?.(reaped);
     return {
-      backendsWritten: p.backendsWritten, backendsDeleted: p.backendsDeleted, frontendsWritten: p.frontendsWritten,
-      frontendsDeleted: p.frontendsDeleted, udpSocketsDestroyed, ms: performance.now() - t0,
+      backendsWritten: p.backendsWritten, backendsDeleted: p.backendsDeleted + reaped.backendsDeleted,
+      backendsRetiring: p.backendsRetiring, frontendsWritten: p.frontendsWritten, frontendsDeleted: p.frontendsDeleted,
+      udpSocketsDestroyed: udpSocketsDestroyed + reaped.udpSocketsDestroyed, ms: performance.now() - t0,
     };
+  }
+
+  /** Reap the graves whose grace time is over (the timer does it; with options.now, the caller). */
+  reap(): ReapResult {
+    return this.reapDue();
+  }
+
+  /** Graves still waiting for their grace time. */
+  pending(): number {
+    return this.shadow.graves.length;
+  }
+
+  /** No more reaps on the timer (a reconciler replaced by a fresh one after a failed apply). */
+  close(): void {
+    this.closed = true;
+    if (this.reaper) clearTimeout(this.reaper);
+    this.reaper = undefined;
   }
 
   /**
@@ -142,18 +189,49 @@ export class Reconciler {
     return this.shadow.serviceNames;
   }
 
-  /** Delete the tables replaced by earlier applies whose grace time has passed (see RETIRE_MS). */
-  private reapTables(now = performance.now()): void {
-    while (this.retired.length && this.retired[0]!.at <= now) {
-      const t = this.retired.shift()!;
-      deleteTable(this.maps, this.n, t.tableId, t.size);
+  /**
+   * Reap the graves whose grace time has passed (see RETIRE_MS), and arm the timer for the next. A kernel error is
+   * returned, not thrown (the apply that reaps at its end did its own work): the graves stay and are tried again a
+   * grace time later.
+   */
+  private reapDue(): ReapResult {
+    const now = this.now();
+    let seq = 0;
+    for (const d of this.due) if (d.at <= now) seq = d.seq;
+    let r: ReapResult = { tables: 0, backendsDeleted: 0, udpSocketsDestroyed: 0, ms: 0 };
+    if (seq) {
+      try {
+        r = this.reapTo(seq);
+        this.due = this.due.filter((d) => d.seq > seq);
+      } catch (e) {
+        const at = now + this.retireMs;
+        this.due = this.due.map((d) => (d.at < at ? { seq: d.seq, at } : d));
+        r.error = (e as Error).message;
+      }
     }
-    if (this.retired.length && !this.reaper) {
-      // Until the oldest is due, plus 1 ms: a timer may fire a fraction of a ms before performance.now() reaches `at`,
-      // which left the table for one more whole RETIRE_MS.
-      const wait = Math.max(1, Math.ceil(this.retired[0]!.at - performance.now()) + 1);
-      this.reaper = setTimeout(() => { this.reaper = undefined; this.reapTables(); }, wait);
-      this.reaper.unref();
-    }
+    this.arm();
+    return r;
+  }
+
+  /** Delete the graves up to `seq` (planReap), and commit. */
+  private reapTo(seq: number): ReapResult {
+    const t0 = performance.now();
+    const p = planReap(this.shadow, seq);
+    const { udpSocketsDestroyed } = execute(p.ops, this.maps, this.n, this.hooks);
+    this.shadow.reaped(seq);
+    return { tables: p.tables, backendsDeleted: p.backendsDeleted, udpSocketsDestroyed, ms: performance.now() - t0 };
+  }
+
+  private arm(): void {
+    if (!this.due.length || this.reaper || this.opts.now || this.closed) return;
+    // Until the oldest is due, plus 1 ms: a timer may fire a fraction of a ms before performance.now() reaches `at`,
+    // which left the table for one more whole RETIRE_MS.
+    const wait = Math.max(1, Math.ceil(this.due[0]!.at - this.now()) + 1);
+    this.reaper = setTimeout(() => {
+      this.reaper = undefined;
+      const r = this.reapDue();
+      if (r.tables || r.backendsDeleted || r.udpSocketsDestroyed || r.error) this.opts.onReap?.(r);
+    }, wait);
+    this.reaper.unref();
   }
 }

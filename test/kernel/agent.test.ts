@@ -108,8 +108,11 @@ t.test('agent lifecycle', { skip: skip ?? false }, async (t) => {
     t.same(new Set(udp.map((x) => x.backend)), new Set(['u1', 'u2']), 'connected UDP sockets to both backends');
 
     const log = await change(config(be(b, c), be(u2)));
-    t.equal(log.backendsDeleted, 2, 'two backends deleted');
-    t.ok(Number(log.udpSocketsDestroyed) >= 1, `UDP sockets destroyed: ${log.udpSocketsDestroyed}`);
+    // Their retired tables still name them: deleted (and their UDP sockets destroyed) when those are, a second later.
+    t.equal(log.backendsRetiring, 2, 'two backends removed, kept while the retired tables name them');
+    const reaped = await agent.waitLog((l) => l.msg === 'retired tables reaped' && agent.logs.indexOf(l) > agent.logs.indexOf(log));
+    t.equal(reaped.backendsDeleted, 2, 'two backends deleted with the retired tables');
+    t.ok(Number(reaped.udpSocketsDestroyed) >= 1, `UDP sockets destroyed: ${reaped.udpSocketsDestroyed}`);
     const m = await distribution('127.77.3.1', 8080, 200);
     t.same([...m.keys()].sort(), ['b', 'c'], 'a gets no new connection');
     for (const x of live.filter((y) => y.id === 'a')) t.ok(await echoes(x, 'still here'), 'established connection to a still works');

@@ -20,7 +20,7 @@ t.test('a workload\'s cgroup made after the config is known at its first request
   const rel = `/${cg.path.split('/').slice(-1)[0]}`;
   const state = new LiveState(cgroup2Root()!);
   t.teardown(() => state.close());
-  const kernel = { apply: () => ({ ms: 0, backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, udpSocketsDestroyed: 0 }), reset: () => {} };
+  const kernel = { apply: () => ({ ms: 0, backendsWritten: 0, backendsDeleted: 0, backendsRetiring: 0, frontendsWritten: 0, frontendsDeleted: 0, udpSocketsDestroyed: 0 }), reset: () => {} };
   const policy = new ProxyPolicy({ states: state.states, log: captureLog('silent').log });
   const tx = new ApplyTransaction({ state, kernel, policy, log: captureLog('silent').log });
   t.teardown(() => tx.close());

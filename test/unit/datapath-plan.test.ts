@@ -129,6 +129,17 @@ class FakeKernel {
         if (be.service_id !== v.service_id) throw new Error(`${s.key}: backend ${b} is of service ${be.service_id}, not ${v.service_id}`);
       }
     }
+    // Every table that exists, retired ones in their grace time too, names only existing backends of one service: a
+    // connect() that read a service entry just before it was switched away may still be reading its old table.
+    for (const [id, t] of tables) {
+      let service = -1;
+      for (const [i, b] of t) {
+        const be = backends.get(b);
+        if (!be) throw new Error(`table ${id}[${i}] names missing backend ${b}`);
+        if (service >= 0 && be.service_id !== service) throw new Error(`table ${id} names backends of services ${service} and ${be.service_id}`);
+        service = be.service_id;
+      }
+    }
     for (const id of this.referenced) if (!referenced.has(id)) this.dropped.add(id);
     this.referenced = referenced;
   }
@@ -214,8 +225,11 @@ function changedNames(a: Model, b: Model): Set<string> {
 
 const isLocal = (addr: string) => addr === '::1' || addr.startsWith('127.');
 
-/** The fake kernel holds exactly what `model` says (ids aside), and no table nothing points at. */
-function sameAsModel(k: FakeKernel, model: Model): void {
+/**
+ * The fake kernel holds exactly what `model` says (ids aside), and no table nothing points at. With `retiring`, tables
+ * nothing points at may be there (retired, in their grace time), and backends that only they name.
+ */
+function sameAsModel(k: FakeKernel, model: Model, retiring = false): void {
   const svcs = new Map(k.services().map((s) => [s.key, s]));
   const backends = k.backends();
   const want = new Set<string>();
@@ -255,7 +269,9 @@ function sameAsModel(k: FakeKernel, model: Model): void {
       });
       // Every backend of the frontend is in the kernel, drained ones too (no table entry names them).
       for (const mb of fe.backends) {
-        const found = [...backends].find(([, be]) => be.service_id === v.service_id && be.addr === mb.address && be.port === mb.port);
+        // (the newest: one removed and added again is there twice until the old one's retired table is reaped)
+        const found = [...backends].filter(([, be]) => be.service_id === v.service_id && be.addr === mb.address && be.port === mb.port)
+          .sort((x, y) => y[0] - x[0])[0];
         if (!found || found[1].weight !== mb.weight) throw new Error(`${key}: backend ${mb.address}:${mb.port} missing or stale`);
         usedBackends.add(found[0]);
       }
@@ -264,9 +280,15 @@ function sameAsModel(k: FakeKernel, model: Model): void {
   }
   if (new Set(idOf.values()).size !== idOf.size) throw new Error('two services share a service id');
   for (const key of svcs.keys()) if (!want.has(key)) throw new Error(`stale service entry ${key}`);
-  if (backends.size !== distinct || usedBackends.size !== distinct) throw new Error(`${backends.size} backends in the kernel, the model has ${distinct}`);
+  const inRetired = new Set<number>();
+  for (const [id, entries] of k.tables()) if (retiring && !referenced.has(id)) for (const b of entries.values()) inRetired.add(b);
+  const extra = [...backends.keys()].filter((id) => !usedBackends.has(id) && !inRetired.has(id));
+  if (extra.length || usedBackends.size !== distinct) throw new Error(`${backends.size} backends in the kernel (${extra} named by no retired table), the model has ${distinct}`);
   for (const [id, entries] of k.tables()) {
-    if (!referenced.has(id)) throw new Error(`table ${id} is left with nothing pointing at it`);
+    if (!referenced.has(id)) {
+      if (retiring) continue;
+      throw new Error(`table ${id} is left with nothing pointing at it`);
+    }
     const size = [...svcs.values()].find((s) => s.value.table_id === id)!.value.table_size;
     if (entries.size !== size) throw new Error(`table ${id} has ${entries.size} entries, its service entry says ${size}`);
   }
@@ -335,12 +357,24 @@ class Agent {
   destroyed: string[] = [];
   rec: Reconciler;
   needFull = true;
-  constructor(readonly scoped: boolean) { this.rec = this.fresh(); }
+  /** the reconciler's clock (with a grace time: it reaps when the test says, on this clock) */
+  clock = 0;
+  /** `grace`: the retired tables' grace time, on `clock`; 0: reaped at the end of each apply */
+  constructor(readonly scoped: boolean, readonly grace = 0) { this.rec = this.fresh(); }
   fresh(): Reconciler {
     return new Reconciler(this.kernel.maps(), this.kernel.native as unknown as Native, {
-      retireMs: 0,
+      retireMs: this.grace,
       destroyUdp: (addr, port) => { this.destroyed.push(`${addr}|${port}`); return 1; },
+      ...(this.grace ? { now: () => this.clock } : {}),
     });
+  }
+  /** Time passes; the graves due are reaped (what the timer does). */
+  reap(ms: number): void {
+    this.destroyed = [];
+    this.clock += ms;
+    const r = this.rec.reap();
+    if (r.error) throw new Error(r.error);
+    if (r.udpSocketsDestroyed !== this.destroyed.length) throw new Error('udpSocketsDestroyed miscounted in a reap');
   }
   /** A new agent adopting the kernel; `strict`: the kernel was consistent, adopting it changes nothing. */
   restart(strict = true): void {
@@ -362,6 +396,8 @@ class Agent {
     const res = this.rec.apply(model, scope);
     this.needFull = false;
     if (res.udpSocketsDestroyed !== this.destroyed.length) throw new Error('udpSocketsDestroyed miscounted');
+    if (res.backendsDeleted + res.backendsRetiring < p1.backendsDeleted + p1.backendsRetiring) throw new Error('removed backends miscounted');
+    this.clock += 1;
   }
 }
 
@@ -397,6 +433,118 @@ t.test('random model sequences: invariants after every syscall, kernel == model,
         const replay = adopter.plan(m);
         if (replay.ops.length) throw new Error(`replay on the adopted kernel: ${JSON.stringify(replay.ops)}`);
         model = m;
+      }
+    }),
+    { numRuns: 300 },
+  );
+  t.pass('300 random sequences');
+  t.end();
+});
+
+// ---- with a grace time: retired tables and the backends only they name, reaped at random points ----
+
+/** Endpoints of the services with a UDP frontend: their connected UDP sockets must stay. */
+function udpLive(m: Model): Set<string> {
+  const out = new Set<string>();
+  for (const s of m.services) {
+    if (!s.frontends.some((f) => f.protocol === 'udp')) continue;
+    for (const f of s.frontends) for (const b of f.backends) out.add(`${b.address}|${b.port}`);
+  }
+  return out;
+}
+
+/**
+ * Endpoints removed from a service with a UDP frontend (in `a`), that no such service has in `b`; a service is its
+ * kernel id (`ids*`: id -> name; a service renamed keeps its id).
+ */
+function udpRemoved(a: Model, idsA: ReadonlyMap<number, string>, b: Model, idsB: ReadonlyMap<number, string>): string[] {
+  const live = udpLive(b);
+  const eps = (m: Model, name: string | undefined) => new Set(m.services.find((s) => s.name === name)?.frontends.flatMap((f) => f.backends.map((x) => `${x.address}|${x.port}`)));
+  const out: string[] = [];
+  for (const [id, name] of idsA) {
+    if (!a.services.find((s) => s.name === name)?.frontends.some((f) => f.protocol === 'udp')) continue;
+    const now = eps(b, idsB.get(id));
+    for (const ep of eps(a, name)) if (!now.has(ep) && !live.has(ep)) out.push(ep);
+  }
+  return out;
+}
+
+type GraceStep = { kind: 'apply'; step: { step: Step; extra: number[] } } | { kind: 'reap'; ms: number } | { kind: 'restart' };
+
+const graceStepArb: fc.Arbitrary<GraceStep> = fc.oneof(
+  { arbitrary: stepArb.map((step): GraceStep => ({ kind: 'apply', step })), weight: 5 },
+  { arbitrary: fc.integer({ min: 0, max: 4 }).map((ms): GraceStep => ({ kind: 'reap', ms })), weight: 3 },
+  { arbitrary: fc.constant<GraceStep>({ kind: 'restart' }), weight: 1 },
+);
+
+t.test('with a grace time, reaps and restarts at random points: every table that exists names existing backends', (t) => {
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 3 }), fc.array(graceStepArb, { minLength: 1, maxLength: 14 }), (grace, steps) => {
+      const scoped = new Agent(true, grace), full = new Agent(false, grace);
+      let spec: ModelSpec = new Array<null>(SLOTS).fill(null);
+      let model = build(spec);
+      // endpoints whose UDP sockets are owed a destroy (removed from a UDP service, in no UDP service now), and all
+      // that ever were
+      const owed = [new Set<string>(), new Set<string>()], ever = new Set<string>();
+      const paid = (i: number, ag: Agent) => {
+        const live = udpLive(model);
+        for (const ep of ag.destroyed) {
+          if (live.has(ep)) throw new Error(`UDP sockets of ${ep} destroyed while a UDP service has it`);
+          if (!ever.has(ep)) throw new Error(`UDP sockets of ${ep} destroyed, never removed`);
+          owed[i]!.delete(ep);
+        }
+        if (ag.rec.pending() === 0 && owed[i]!.size) throw new Error(`nothing pending, UDP sockets of ${[...owed[i]!]} never destroyed`);
+      };
+      for (const st of steps) {
+        if (st.kind === 'restart') {
+          // A restart in the grace time drops the retired tables (adopt); the backends only they named are deleted by
+          // the next (full) apply. Sockets of one whose service lost its UDP frontend meanwhile are not destroyed
+          // (adopt cannot tell it had one): owed no more; and sockets of one whose service gained a UDP frontend
+          // meanwhile are (adopt judges by the frontends it finds).
+          for (const [i, ag] of [scoped, full].entries()) {
+            if (ag.rec.pending()) {
+              owed[i]!.clear();
+              for (const be of ag.kernel.backends().values()) ever.add(`${be.addr}|${be.port}`);
+            }
+            ag.restart(ag.rec.pending() === 0);
+          }
+          continue;
+        }
+        if (st.kind === 'reap') {
+          for (const [i, ag] of [scoped, full].entries()) { ag.reap(st.ms); paid(i, ag); }
+        } else {
+          const { step, extra } = st.step;
+          if (step.kind === 'restart') continue;
+          spec = next(spec, step);
+          const m = build(spec);
+          const changed = changedNames(model, m);
+          for (const i of extra) changed.add(`s${i}`);
+          const prev = model;
+          model = m;
+          for (const [i, ag] of [scoped, full].entries()) {
+            // (after a restart the reconciler knows no names yet: the kernel's frontends say which service is which)
+            const byKey = new Map(ag.kernel.services().map((x) => [x.key, x.value.service_id]));
+            const idsA = new Map(prev.services.flatMap((x) => x.frontends.slice(0, 1).map((f): [number, string] =>
+              [byKey.get(`${f.vip}|${f.port}|${PROTO[f.protocol]}`)!, x.name])));
+            ag.apply(m, changed);
+            for (const ep of udpRemoved(prev, idsA, m, ag.rec.names())) { ever.add(ep); owed[i]!.add(ep); }
+            for (const ep of udpLive(m)) owed[i]!.delete(ep);
+            paid(i, ag);
+          }
+        }
+        // (a restarted agent's kernel is the model again after its first apply, a full one)
+        if (!scoped.needFull) sameAsModel(scoped.kernel, model, true);
+        if (!full.needFull) sameAsModel(full.kernel, model, true);
+        if (scoped.rec.pending() !== full.rec.pending()) throw new Error('scoped and full applies retired differently');
+        const a = scoped.kernel.dump(), b = full.kernel.dump();
+        if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`scoped and full applies left different kernels:\n${JSON.stringify(a)}\n${JSON.stringify(b)}`);
+      }
+      // Everything reaped: exactly the model, every owed destroy done.
+      for (const [i, ag] of [scoped, full].entries()) {
+        ag.reap(grace + 1);
+        paid(i, ag);
+        if (ag.rec.pending()) throw new Error('graves left after their grace time');
+        if (!ag.needFull) sameAsModel(ag.kernel, model);
       }
     }),
     { numRuns: 300 },
@@ -462,14 +610,102 @@ t.test('a new backend: written first, then a new table, then the switch, then th
   t.end();
 });
 
-t.test('a removed backend: new table, switch, and only then the backend deleted', (t) => {
+t.test('a removed backend: new table, switch, and only then (the old table deleted) the backend deleted', (t) => {
   const k = new FakeKernel();
   const rec = new Reconciler(k.maps(), k.native as unknown as Native, { retireMs: 0 });
   rec.apply({ services: [svc('a', '127.100.0.1', [be(1), be(2)])] });
   const mark = k.trace.length;
   const res = rec.apply({ services: [svc('a', '127.100.0.1', [be(1)])] });
-  t.same(folded(k.trace.slice(mark)), ['sm_tables update', 'sm_services update', 'sm_backends delete', 'sm_tables delete x2']);
-  t.match(res, { backendsWritten: 0, frontendsWritten: 1, backendsDeleted: 1 });
+  t.same(folded(k.trace.slice(mark)), ['sm_tables update', 'sm_services update', 'sm_tables delete x2', 'sm_backends delete']);
+  t.match(res, { backendsWritten: 0, frontendsWritten: 1, backendsDeleted: 1, backendsRetiring: 1 }, 'reaped at the end of the apply (retireMs 0)');
+  t.end();
+});
+
+/** A reconciler with a grace time on a clock the test moves. */
+function graced(k: FakeKernel, destroyed: string[] = []) {
+  const clock = { now: 0 };
+  const rec = new Reconciler(k.maps(), k.native as unknown as Native, {
+    retireMs: 1000, now: () => clock.now, destroyUdp: (a, p) => { destroyed.push(`${a}:${p}`); return 1; },
+  });
+  return { rec, clock };
+}
+const ids = (k: FakeKernel) => [...k.backends().keys()].sort((x, y) => x - y);
+
+t.test('a backend only the retired table names stays until that table is reaped; then it goes, and its UDP sockets', (t) => {
+  const k = new FakeKernel();
+  const destroyed: string[] = [];
+  const { rec, clock } = graced(k, destroyed);
+  rec.apply({ services: [svc('a', '127.100.0.1', [be(1), be(2)], 'udp')] });
+  t.same(ids(k), [1, 2]);
+  const res = rec.apply({ services: [svc('a', '127.100.0.1', [be(1)], 'udp')] });
+  t.match(res, { backendsDeleted: 0, backendsRetiring: 1, udpSocketsDestroyed: 0 }, 'nothing deleted yet');
+  t.same(ids(k), [1, 2], 'backend 2 is still there: the retired table names it');
+  t.equal(k.tables().size, 2, 'the old table and the new one');
+  t.same(destroyed, [], 'its UDP sockets are not destroyed yet either');
+  clock.now = 999;
+  t.match(rec.reap(), { tables: 0, backendsDeleted: 0 }, 'not before the grace time');
+  t.equal(rec.pending(), 1);
+  clock.now = 1000;
+  const mark = k.trace.length;
+  t.match(rec.reap(), { tables: 1, backendsDeleted: 1, udpSocketsDestroyed: 1 });
+  t.same(folded(k.trace.slice(mark)), ['sm_tables delete x2', 'sm_backends delete'], 'the table first, then the backend');
+  t.same(ids(k), [1]);
+  t.same(destroyed, ['10.0.0.2:8080']);
+  t.equal(rec.pending(), 0);
+  t.same(rec.plan({ services: [svc('a', '127.100.0.1', [be(1)], 'udp')] }).ops, [], 'nothing left to do');
+  t.end();
+});
+
+t.test('a removed service: its backends stay with its retired tables until the reap', (t) => {
+  const k = new FakeKernel();
+  const destroyed: string[] = [];
+  const { rec, clock } = graced(k, destroyed);
+  rec.apply({ services: [svc('a', '127.100.0.1', [be(1)], 'udp'), svc('b', '127.100.0.2', [be(3)], 'udp')] });
+  t.match(rec.apply({ services: [svc('a', '127.100.0.1', [be(1)], 'udp')] }, new Set(['b'])), { frontendsDeleted: 1, backendsDeleted: 0, backendsRetiring: 1 });
+  t.equal(k.backends().size, 2, 'b\'s backend is still there');
+  clock.now = 1000;
+  // the reap at the end of an apply (of another service) is the same one
+  t.match(rec.apply({ services: [svc('a', '127.100.0.1', [be(1), be(4)], 'udp')] }, new Set(['a'])), { backendsDeleted: 1, udpSocketsDestroyed: 1 });
+  t.same(destroyed, ['10.0.0.3:8080']);
+  t.end();
+});
+
+t.test('a backend removed and added again in the grace time: a new id, kept; the old id goes with the reap, its sockets stay', (t) => {
+  const k = new FakeKernel();
+  const destroyed: string[] = [];
+  const { rec, clock } = graced(k, destroyed);
+  rec.apply({ services: [svc('a', '127.100.0.1', [be(1), be(2)], 'udp')] });
+  rec.apply({ services: [svc('a', '127.100.0.1', [be(1)], 'udp')] });
+  clock.now = 500;
+  const res = rec.apply({ services: [svc('a', '127.100.0.1', [be(1), be(2)], 'udp')] });
+  t.match(res, { backendsWritten: 1, backendsDeleted: 0 });
+  t.same(ids(k), [1, 2, 3], 'the old id 2 (retired table) and the new id 3 (current table)');
+  t.equal(k.backends().get(3)!.addr, '10.0.0.2');
+  clock.now = 1000;
+  t.match(rec.reap(), { tables: 1, backendsDeleted: 1, udpSocketsDestroyed: 0 }, 'the old one goes; a UDP service has the endpoint again');
+  t.same(ids(k), [1, 3]);
+  clock.now = 1500;
+  t.match(rec.reap(), { tables: 1, backendsDeleted: 0 }, 'the second retired table goes; 10.0.0.2 stays');
+  t.same(ids(k), [1, 3]);
+  t.same(destroyed, []);
+  sameAsModel(k, { services: [svc('a', '127.100.0.1', [be(1), be(2)], 'udp')] });
+  t.end();
+});
+
+t.test('a restart in the grace time: the retired tables are dropped, the older of a backend there twice too; the first apply deletes the rest', (t) => {
+  const k = new FakeKernel();
+  const { rec } = graced(k);
+  rec.apply({ services: [svc('a', '127.100.0.1', [be(1), be(2), be(3)])] });
+  rec.apply({ services: [svc('a', '127.100.0.1', [be(1)])] });
+  rec.apply({ services: [svc('a', '127.100.0.1', [be(1), be(2)])] });
+  t.same(ids(k), [1, 2, 3, 4], '2 and 3 wait for the reap; 2 lives again as 4');
+  const again = new Reconciler(k.maps(), k.native as unknown as Native, { retireMs: 0 });
+  t.same(again.adopt(), { frontends: 1, backends: 4 });
+  t.same(ids(k), [1, 3, 4], 'the old 2 is gone at adopt (nothing names it, 4 is 10.0.0.2 now)');
+  t.equal(k.tables().size, 1, 'only the table in use');
+  const m = { services: [svc('a', '127.100.0.1', [be(1), be(2)])] };
+  t.match(again.apply(m), { backendsDeleted: 1, backendsRetiring: 0 }, '3 is not in the model: deleted at once');
+  sameAsModel(k, m);
   t.end();
 });
 
@@ -491,10 +727,11 @@ t.test('a removed service: entries deleted, tables retired, stats dropped, then 
   });
   rec.apply({ services: [svc('a', '127.100.0.1', [be(1)], 'udp'), svc('b', '127.100.0.2', [be(1), be(2)], 'udp')] });
   const p = rec.plan({ services: [svc('a', '127.100.0.1', [be(1)], 'udp')] }, new Set(['b']));
-  t.same(kinds(p.ops), ['deleteFrontends', 'retireTables', 'deleteServiceStats', 'deleteBackends', 'destroyUdp']);
+  t.same(kinds(p.ops), ['deleteFrontends', 'retireTables', 'deleteServiceStats'], 'its backends wait for its retired table');
+  t.match(p, { backendsDeleted: 0, backendsRetiring: 2 });
   const res = rec.apply({ services: [svc('a', '127.100.0.1', [be(1)], 'udp')] }, new Set(['b']));
   t.same(destroyed, ['10.0.0.2:8080'], '10.0.0.1 is still a backend of UDP service a: its sockets stay');
-  t.match(res, { frontendsDeleted: 1, backendsDeleted: 2, udpSocketsDestroyed: 2 });
+  t.match(res, { frontendsDeleted: 1, backendsDeleted: 2, udpSocketsDestroyed: 2 }, 'reaped at the end of the apply (retireMs 0)');
   t.same([...rec.names().values()], ['a']);
   t.end();
 });
@@ -509,7 +746,7 @@ t.test('a scoped plan touches its service only, and planning changes nothing', (
   const changed = services.slice();
   changed[7] = svc('s7', '127.100.0.7', [be(8), be(202)]);
   const p = rec.plan({ services: changed }, new Set(['s7']));
-  t.same(kinds(p.ops), ['writeBackends', 'writeTables', 'writeFrontends', 'retireTables', 'deleteBackends']);
+  t.same(kinds(p.ops), ['writeBackends', 'writeTables', 'writeFrontends', 'retireTables'], 'the removed backend waits for the reap');
   const id = [...rec.names()].find(([, n]) => n === 's7')![0];
   t.same(p.commit.scope, [id], 'only s7 in scope');
   t.equal(p.commit.services.length, 1);

@@ -354,7 +354,7 @@ t.test('agent: a config the kernel rejected does not change who the workloads ar
   t.teardown(() => state.close());
   let refuse = false;
   const kernel = {
-    apply: () => { if (refuse) throw new Error('bpf_map_update_elem sm_services: E2BIG'); return { ms: 0, backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, udpSocketsDestroyed: 0 }; },
+    apply: () => { if (refuse) throw new Error('bpf_map_update_elem sm_services: E2BIG'); return { ms: 0, backendsWritten: 0, backendsDeleted: 0, backendsRetiring: 0, frontendsWritten: 0, frontendsDeleted: 0, udpSocketsDestroyed: 0 }; },
     reset: () => {},
   };
   const policy = new ProxyPolicy({ states: state.states, log: captureLog('silent').log });

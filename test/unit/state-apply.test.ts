@@ -7,7 +7,7 @@ import { LiveState } from '../../agent/state/live.js';
 import type { Model } from '../../agent/model/types.js';
 import { backend, captureLog, model, service } from '../lib/l7model.js';
 
-const RESULT: KernelApplyResult = { backendsWritten: 1, backendsDeleted: 0, frontendsWritten: 1, frontendsDeleted: 0, udpSocketsDestroyed: 0, ms: 0.25 };
+const RESULT: KernelApplyResult = { backendsWritten: 1, backendsDeleted: 0, backendsRetiring: 0, frontendsWritten: 1, frontendsDeleted: 0, udpSocketsDestroyed: 0, ms: 0.25 };
 
 interface KernelCall { model: Model; changed: string[] | undefined }
 
