@@ -32,7 +32,8 @@ export function kernelSkipReason(): string | null {
 let seq = 0;
 const uniq = (name: string): string => `sockmesh-test-${name}-${process.pid}-${++seq}`;
 
-function killCgroup(path: string): void {
+/** Kill every process in a cgroup and its children (not this one). */
+export function killCgroup(path: string): void {
   if (!existsSync(path)) return;
   for (const sub of readdirSync(path, { withFileTypes: true })) if (sub.isDirectory()) killCgroup(join(path, sub.name));
   if (existsSync(join(path, 'cgroup.kill'))) {
@@ -44,7 +45,8 @@ function killCgroup(path: string): void {
   }
 }
 
-function removeCgroup(path: string): void {
+/** Remove a cgroup and its children, waiting out EBUSY while killed tasks are reaped. */
+export function removeCgroup(path: string): void {
   if (!existsSync(path)) return;
   for (const sub of readdirSync(path, { withFileTypes: true })) if (sub.isDirectory()) removeCgroup(join(path, sub.name));
   for (let i = 0; i < 50; i++) {

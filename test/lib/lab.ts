@@ -1,0 +1,299 @@
+// A node lab: pods as a CNI and the kubelet make them, for kernel tests, benchmarks and people trying sockmesh.
+//
+// Each pod is a network namespace `sockmesh-lab-<prefix>-<pod>` with one veth, `eth0` inside and `smlab<slot>p<i>` in
+// the host namespace, and a cgroup `<meshed>/kubepods-<prefix>/<pod>` its processes run in. The network is ROUTED, as
+// Calico and Cilium do it, not bridged: the pod owns a /32 and a /128, the host has one route per pod address pointing
+// at that pod's veth, and the pod's default route goes to the node address via eth0 (onlink). No bridge, no ARP/FDB
+// learning between pods: every pod-to-pod packet goes through the host's routing, and each pod's reachability is a
+// route of its own that appears and disappears with the pod. That is the shape the fast path has to learn ("this
+// address is a pod on this node"), and the hardest one for it: nothing is on a shared L2 segment.
+//
+// The node address (198.19.255.<slot>, 2001:db8:ffff::<slot>) sits on every host veth of the lab: the host answers
+// ARP/NDP for it on each pod's link, and it is the address a pod reaches the node on (the L7 proxy's hand-over, a
+// hostNetwork server). Forwarding is turned on per host veth only (net.ipv4.conf.<if>.forwarding,
+// net.ipv6.conf.<if>.force_forwarding): nothing machine-wide changes, and it goes with the veth.
+//
+// Unlike a CNI, a pod has no default route: only the node address and the lab's own pod range (198.18.<slot>.0/24,
+// 2001:db8:<slot>::/64) are routed, via the node address (onlink), and the host has an `unreachable` route for that
+// range under the pods' /32s. So nothing a test sends can leave the machine, and a VIP (vip4()/vip6(), routed
+// nowhere: the connect()/sendmsg() rewrite happens before routing) that the programs missed fails at once in the pod.
+//
+// Addresses are only in 198.18.0.0/15 and 2001:db8::/32 (DESIGN.md); host routes are only for those, and all go
+// away with the veths, which go away with the namespaces. Processes join their pod's cgroup FIRST and then enter the
+// namespace with `nsenter --net` (`ip netns exec` remounts /sys, where the cgroup tree would look empty).
+//
+// State (what was made, for `down` from another process and for `npm run lab -- status`) is a JSON file in
+// /run/sockmesh-lab/<prefix>.json. Lab.up() first sweeps whatever an earlier lab of the same prefix left behind.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { inCgroupNsenter } from '../../bench/lib/netns.js';
+import { killCgroup, removeCgroup } from './kernel.js';
+
+export const LAB_STATE_DIR = '/run/sockmesh-lab';
+const NETNS_PREFIX = 'sockmesh-lab-';
+
+export interface PodSpec {
+  name: string;
+  /** give the pod an IPv4 / IPv6 address (both by default) */
+  v4?: boolean;
+  v6?: boolean;
+}
+
+export interface LabOpts {
+  /** the cgroup the agent meshes; the pods' cgroups are made under it (it must exist) */
+  meshedCgroup: string;
+  pods: PodSpec[];
+  /** names every object of this lab ([a-z0-9], up to 24 characters); one lab per prefix at a time */
+  prefix: string;
+  /** make the meshed cgroup if it is missing (and remove it at down() if it is empty by then) */
+  createMeshedCgroup?: boolean;
+  stateDir?: string;
+}
+
+export interface PodState { name: string; ns: string; cgroup: string; hostIf: string; v4?: string; v6?: string }
+
+export interface LabState {
+  prefix: string;
+  slot: number;
+  /** the pods' range: 198.18.<slot>.0/24 and 2001:db8:<slot>::/64 */
+  range4: string;
+  range6: string;
+  meshedCgroup: string;
+  /** <meshed>/kubepods-<prefix>: every pod cgroup is below it */
+  podsCgroup: string;
+  /** the lab made the meshed cgroup */
+  madeMeshedCgroup: boolean;
+  nodeV4: string;
+  nodeV6: string;
+  pods: PodState[];
+}
+
+export interface ExecResult { code: number | null; stdout: string; stderr: string }
+
+/** A pod of the lab: spawn/exec run a command in its cgroup and network namespace. */
+export class LabPod implements PodState {
+  readonly name: string; readonly ns: string; readonly cgroup: string; readonly hostIf: string;
+  readonly v4?: string; readonly v6?: string;
+  constructor(s: PodState) {
+    this.name = s.name; this.ns = s.ns; this.cgroup = s.cgroup; this.hostIf = s.hostIf;
+    if (s.v4) this.v4 = s.v4;
+    if (s.v6) this.v6 = s.v6;
+  }
+
+  /** The command line that runs argv in this pod (cgroup joined first, then the namespace). */
+  argv(cmd: string, args: string[] = []): [string, string[]] {
+    return inCgroupNsenter(this.cgroup, this.ns, undefined, [cmd, ...args]);
+  }
+
+  /** Start cmd in the pod; it lives until it exits or the lab goes down (the pod's cgroup is killed). */
+  spawn(cmd: string, args: string[] = [], stdio: 'pipe' | 'inherit' = 'pipe'): ChildProcess {
+    const [c, a] = this.argv(cmd, args);
+    return spawn(c, a, { stdio });
+  }
+
+  /** Run cmd in the pod to its end (killed after timeoutMs); its exit code and output. */
+  exec(cmd: string, args: string[] = [], opts: { timeoutMs?: number; input?: string } = {}): Promise<ExecResult> {
+    return new Promise((resolve) => {
+      const p = this.spawn(cmd, args);
+      let stdout = '', stderr = '';
+      p.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
+      p.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+      p.stdin!.end(opts.input ?? '');
+      const timer = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 10_000);
+      p.on('error', (e) => { stderr += e.message; });
+      p.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+    });
+  }
+}
+
+function ip(args: string[]): void {
+  const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${(r.stderr || r.error?.message || '').trim()}`);
+}
+
+const ipOut = (args: string[]): string => spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 }).stdout ?? '';
+const netnsList = (): string[] => ipOut(['netns', 'list']).split('\n').map((l) => l.split(' ')[0]!).filter(Boolean);
+const statePath = (dir: string, prefix: string): string => join(dir, `${prefix}.json`);
+
+/** A lab slot no other lab on this machine uses: it numbers the host veths and the addresses. */
+function freeSlot(): number {
+  const links = ipOut(['-o', 'link', 'show']);
+  const routes = ipOut(['-4', 'route', 'show']) + ipOut(['-4', '-o', 'addr', 'show']);
+  for (let s = 1; s < 255; s++) {
+    if (!links.includes(`smlab${s}p`) && !routes.includes(`198.18.${s}.`) && !routes.includes(`198.19.255.${s}/`)) return s;
+  }
+  throw new Error('no free lab slot (254 labs up?)');
+}
+
+export class Lab {
+  private downed = false;
+  private readonly podsByName: Map<string, LabPod>;
+
+  private constructor(readonly state: LabState, private readonly stateDir: string) {
+    this.podsByName = new Map(state.pods.map((p) => [p.name, new LabPod(p)]));
+  }
+
+  get prefix(): string { return this.state.prefix; }
+  get nodeV4(): string { return this.state.nodeV4; }
+  get nodeV6(): string { return this.state.nodeV6; }
+  get pods(): LabPod[] { return [...this.podsByName.values()]; }
+
+  /** A VIP for tests (n: 1..254): 198.19.254.n / 2001:db8:fffe::n, routed nowhere (not even in the pods). */
+  static vip4(n: number): string { return `198.19.254.${n}`; }
+  static vip6(n: number): string { return `2001:db8:fffe::${n.toString(16)}`; }
+
+  pod(name: string): LabPod {
+    const p = this.podsByName.get(name);
+    if (!p) throw new Error(`lab ${this.prefix}: no pod ${name}`);
+    return p;
+  }
+
+  /** Build the lab; on any failure everything made so far is removed before the error is thrown. */
+  static async up(opts: LabOpts): Promise<Lab> {
+    const { prefix, meshedCgroup } = opts;
+    if (!/^[a-z0-9]{1,24}$/.test(prefix)) throw new Error(`lab prefix ${prefix}: want [a-z0-9], up to 24 characters`);
+    const names = new Set<string>();
+    for (const p of opts.pods) {
+      if (!/^[a-z0-9][a-z0-9-]{0,30}$/.test(p.name) || names.has(p.name)) throw new Error(`pod name ${p.name}: want unique [a-z0-9-]`);
+      names.add(p.name);
+    }
+    if (opts.pods.length > 200) throw new Error('at most 200 pods');
+    const made = opts.createMeshedCgroup === true && !existsSync(meshedCgroup);
+    if (made) mkdirSync(meshedCgroup);
+    if (!existsSync(join(meshedCgroup, 'cgroup.procs'))) throw new Error(`${meshedCgroup}: not a cgroup v2 directory`);
+    const stateDir = opts.stateDir ?? LAB_STATE_DIR;
+    Lab.sweep(prefix, stateDir, meshedCgroup);
+    const slot = freeSlot();
+    const state: LabState = {
+      prefix, slot, range4: `198.18.${slot}.0/24`, range6: `2001:db8:${slot.toString(16)}::/64`, meshedCgroup, madeMeshedCgroup: made, podsCgroup: join(meshedCgroup, `kubepods-${prefix}`),
+      nodeV4: `198.19.255.${slot}`, nodeV6: `2001:db8:ffff::${slot.toString(16)}`,
+      pods: opts.pods.map((p, i) => ({
+        name: p.name, ns: `${NETNS_PREFIX}${prefix}-${p.name}`, cgroup: join(meshedCgroup, `kubepods-${prefix}`, p.name),
+        hostIf: `smlab${slot}p${i}`,
+        ...(p.v4 === false ? {} : { v4: `198.18.${slot}.${i + 1}` }),
+        ...(p.v6 === false ? {} : { v6: `2001:db8:${slot.toString(16)}::${(i + 1).toString(16)}` }),
+      })),
+    };
+    // The state goes to disk first: a crash half-way leaves a file that names what to sweep.
+    mkdirSync(stateDir, { recursive: true });
+    writeFileSync(statePath(stateDir, prefix), JSON.stringify(state, null, 2) + '\n');
+    const lab = new Lab(state, stateDir);
+    try {
+      mkdirSync(state.podsCgroup);
+      ip(['route', 'add', 'unreachable', state.range4]);
+      ip(['-6', 'route', 'add', 'unreachable', state.range6]);
+      for (const p of state.pods) lab.makePod(p);
+    } catch (e) {
+      await lab.down();
+      throw e;
+    }
+    return lab;
+  }
+
+  /** The lab of this prefix that is up (from its state file), or null. */
+  static attach(prefix: string, stateDir = LAB_STATE_DIR): Lab | null {
+    const file = statePath(stateDir, prefix);
+    if (!existsSync(file)) return null;
+    return new Lab(JSON.parse(readFileSync(file, 'utf8')) as LabState, stateDir);
+  }
+
+  /** Prefixes of the labs with a state file. */
+  static list(stateDir = LAB_STATE_DIR): string[] {
+    return existsSync(stateDir) ? readdirSync(stateDir).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)) : [];
+  }
+
+  /**
+   * Best effort: remove what an earlier lab of this prefix left (a crashed run): the lab its state file names, and
+   * any namespace or pods cgroup named by the prefix even without a state file.
+   */
+  static sweep(prefix: string, stateDir = LAB_STATE_DIR, meshedCgroup?: string): void {
+    const old = Lab.attach(prefix, stateDir);
+    if (old) old.remove();
+    for (const ns of netnsList()) if (ns.startsWith(`${NETNS_PREFIX}${prefix}-`)) spawnSync('ip', ['netns', 'del', ns]);
+    if (meshedCgroup) removeTree(join(meshedCgroup, `kubepods-${prefix}`));
+  }
+
+  private makePod(p: PodState): void {
+    const { ns, hostIf } = p;
+    mkdirSync(p.cgroup);
+    ip(['netns', 'add', ns]);
+    // The pod end is born in the namespace: deleting the namespace always takes the whole pair (and its routes) along.
+    ip(['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    writeFileSync(`/proc/sys/net/ipv4/conf/${hostIf}/forwarding`, '1');
+    writeFileSync(`/proc/sys/net/ipv6/conf/${hostIf}/force_forwarding`, '1');
+    ip(['addr', 'add', `${this.nodeV4}/32`, 'dev', hostIf]);
+    // nodad: usable at once (a tentative address cannot be bound or connected from)
+    ip(['addr', 'add', `${this.nodeV6}/128`, 'dev', hostIf, 'nodad']);
+    ip(['link', 'set', hostIf, 'up']);
+    ip(['-n', ns, 'link', 'set', 'lo', 'up']);
+    ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
+    if (p.v4) {
+      ip(['-n', ns, 'addr', 'add', `${p.v4}/32`, 'dev', 'eth0']);
+      ip(['-n', ns, 'route', 'add', `${this.nodeV4}/32`, 'dev', 'eth0']);
+      ip(['-n', ns, 'route', 'add', this.state.range4, 'via', this.nodeV4, 'dev', 'eth0', 'onlink']);
+      ip(['route', 'add', `${p.v4}/32`, 'dev', hostIf]);
+    }
+    if (p.v6) {
+      ip(['-n', ns, 'addr', 'add', `${p.v6}/128`, 'dev', 'eth0', 'nodad']);
+      ip(['-n', ns, '-6', 'route', 'add', `${this.nodeV6}/128`, 'dev', 'eth0']);
+      ip(['-n', ns, '-6', 'route', 'add', this.state.range6, 'via', this.nodeV6, 'dev', 'eth0', 'onlink']);
+      ip(['-6', 'route', 'add', `${p.v6}/128`, 'dev', hostIf]);
+    }
+  }
+
+  /** Kill the pods' processes, delete namespaces (veths and routes go with them) and cgroups. */
+  private remove(): void {
+    killCgroup(this.state.podsCgroup);
+    for (const p of this.state.pods) {
+      spawnSync('ip', ['netns', 'del', p.ns], { stdio: 'ignore' });
+      spawnSync('ip', ['link', 'del', p.hostIf], { stdio: 'ignore' }); // only if the pair was half made
+    }
+    spawnSync('ip', ['route', 'del', 'unreachable', this.state.range4], { stdio: 'ignore' });
+    spawnSync('ip', ['-6', 'route', 'del', 'unreachable', this.state.range6], { stdio: 'ignore' });
+    removeTree(this.state.podsCgroup);
+    if (this.state.madeMeshedCgroup) {
+      try { rmdirSync(this.state.meshedCgroup); } catch { /* in use (an agent or a process of someone else's): left */ }
+    }
+    rmSync(statePath(this.stateDir, this.prefix), { force: true });
+  }
+
+  /** Remove everything the lab made. Idempotent. */
+  async down(): Promise<void> {
+    if (this.downed) return;
+    this.downed = true;
+    this.remove();
+  }
+
+  /** What of this lab still exists on the machine (empty after down()): for tests and `status`. */
+  leftovers(): string[] {
+    const left: string[] = [];
+    const nss = new Set(netnsList());
+    const links = ipOut(['-o', 'link', 'show']);
+    const routes = ipOut(['route', 'show']) + ipOut(['-6', 'route', 'show']);
+    for (const p of this.state.pods) {
+      if (nss.has(p.ns)) left.push(`netns ${p.ns}`);
+      if (new RegExp(`^\\d+: ${p.hostIf}@`, 'm').test(links)) left.push(`link ${p.hostIf}`);
+      for (const a of [p.v4, p.v6]) if (a && new RegExp(`^${a.replace(/[.:]/g, '\\$&')} `, 'm').test(routes)) left.push(`route ${a}`);
+    }
+    for (const r of [this.state.range4, this.state.range6]) if (routes.includes(`unreachable ${r}`)) left.push(`route ${r}`);
+    if (existsSync(this.state.podsCgroup)) left.push(`cgroup ${this.state.podsCgroup}`);
+    if (existsSync(statePath(this.stateDir, this.prefix))) left.push(`state ${statePath(this.stateDir, this.prefix)}`);
+    return left;
+  }
+}
+
+function removeTree(dir: string): void {
+  if (!existsSync(dir)) return;
+  killCgroup(dir);
+  removeCgroup(dir);
+}
+
+interface Teardown { teardown(fn: () => void | Promise<void>): void }
+
+/** A lab for one test: down at the test's teardown (also when it fails). */
+export async function testLab(t: Teardown, opts: LabOpts): Promise<Lab> {
+  const lab = await Lab.up(opts);
+  t.teardown(() => lab.down());
+  return lab;
+}
