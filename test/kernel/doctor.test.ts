@@ -1,14 +1,16 @@
 // meshctl doctor against a real agent and datapath: all ok, then each check broken on purpose and seen with its verdict
 // and the exit code: another cgroup with no programs, a wrong bpffs dir, the agent stopped (agent-side checks fail, the
-// kernel-side ones still pass from the pins), a pin removed. (A full map is not tested here: filling one takes long
+// kernel-side ones still pass from the pins), a pin removed, the meshed cgroup removed (defunct links); an xDS agent
+// whose control plane never syncs (warn, exit 2), then goes away (fail). (A full map is not tested here: filling one takes long
 // and would crowd the shared kernel; the fill verdicts are in test/unit/meshctl-doctor.test.ts.)
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 import { freePort, kernelSkipReason, meshctl, startAgent, testCgroup, type AgentHandle } from '../lib/kernel.js';
-import { idServer } from '../lib/net.js';
+import { idServer, sleep } from '../lib/net.js';
+import { FakeAds, TYPE, sotw, tcpListener } from '../lib/ads.js';
 import type { Check, Verdict } from '../../cli/commands/doctor.js';
 
 const skip = kernelSkipReason();
@@ -106,4 +108,48 @@ services:
     t.equal(d.verdict('pins'), 'fail');
     t.match(d.checks.find((c) => c.check === 'pins')!.detail, /missing at .*: sm_affinity$/);
   });
+
+  t.test('the meshed cgroup removed: its links are defunct', async (t) => {
+    rmdirSync(cg.child('unmeshed'));
+    rmdirSync(cg.path);
+    const d = doctor(agent);
+    t.equal(d.code, 1);
+    t.equal(d.verdict('links vs pins'), 'fail');
+    t.match(d.checks.find((c) => c.check === 'links vs pins')!.detail, /defunct \(cgroup gone or unreadable\): sm_connect4/);
+    t.match(d.checks.find((c) => c.check === 'programs on the meshed cgroup')!.detail, /does not exist/);
+  });
+});
+
+t.test('meshctl doctor on an xDS agent: the control-plane connection', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'doctor-xds');
+  const ads = new FakeAds();
+  await ads.start();
+  t.teardown(() => ads.kill());
+  const agent = await startAgent(t, cg, { xds: `127.0.0.1:${ads.port}`, extraArgs: ['--xds-mode', 'sotw'] });
+  const waitFor = async (verdict: Verdict): Promise<ReturnType<typeof doctor>> => {
+    for (let i = 0; ; i++) {
+      const d = doctor(agent);
+      if (d.verdict('control plane') === verdict || i === 50) return d;
+      await sleep(100);
+    }
+  };
+  // The stream is open but nothing came back yet: not connected, a failure.
+  const s = await ads.stream(0);
+  await s.next(TYPE.listener);
+  const silent = doctor(agent);
+  t.equal(silent.verdict('control plane'), 'fail');
+  t.match(silent.checks.find((c) => c.check === 'control plane')!.detail, /: connecting/);
+  t.equal(silent.code, 1);
+  // A listener whose cluster never comes: connected, not synced: a warning, and exit 2.
+  s.send(sotw(TYPE.listener, '1', 'l1', [tcpListener('127.77.16.2', 8080, 'never')]));
+  const warned = await waitFor('warn');
+  t.equal(warned.verdict('control plane'), 'warn');
+  t.match(warned.checks.find((c) => c.check === 'control plane')!.detail, /connected, not synced/);
+  t.same(failing(warned.checks), []);
+  t.equal(warned.code, 2, 'warnings only: exit 2');
+  ads.kill();
+  const down = await waitFor('fail');
+  t.equal(down.verdict('control plane'), 'fail', 'the control plane gone');
+  t.match(down.checks.find((c) => c.check === 'control plane')!.detail, /: (connecting|backoff)/);
+  t.equal(down.code, 1);
 });
