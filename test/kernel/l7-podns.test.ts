@@ -1,12 +1,14 @@
 // The L7 path for clients in another network namespace (a pod): they cannot reach the proxy's loopback listener, so
 // with --proxy-node-address the kernel sends them to the proxy on a node address their routes reach (here the host end
-// of a veth pair into a namespace of the test's own). Real agent, real programs, a real namespace and veth pair.
+// of the veths into a node lab's pods). Real agent, real programs, real namespaces and veths.
 import t, { type Test } from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { MapReader } from '../../agent/datapath/inspect.js';
+import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 import { freePort, kernelSkipReason, meshctl, startAgent, testCgroup, type TestCgroup } from '../lib/kernel.js';
+import { Lab, testLab } from '../lib/lab.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
@@ -29,48 +31,14 @@ async function httpBackend(t: Test, host = '127.0.0.1'): Promise<HttpBackend> {
 }
 
 /**
- * A namespace of our own with a veth pair to the host: host 10.200.<n>.1/30, namespace .2/30, default route via .1;
- * the same in IPv6 (fd00:200:<n>::1/126 and ::2). The IPv6 VIP is an address on the namespace's own lo: a connect()
- * the programs missed stays inside the namespace.
+ * Two pods of a node lab (test/lib/lab.ts), each in its own namespace and cgroup; the lab's node address (on every
+ * pod's host veth) is where pods reach the proxy. The IPv6 VIP is routed nowhere: a connect() the programs missed
+ * fails inside the pod.
  */
-interface Pod { ns: string; n: number; hostAddr: string; podAddr: string; hostAddr6: string; podAddr6: string; vip6: string }
-
-function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10000 });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${(r.stderr || r.error?.message || '').trim()}`);
-}
-
-function podNamespace(t: Test): Pod | string {
-  const ns = `sockmesh-test-podns-${process.pid}`;
-  const hostIf = `smp${process.pid}h`, podIf = `smp${process.pid}n`;
-  // A /30 no interface on this machine uses (other runs, other tests).
-  const used = spawnSync('ip', ['-4', '-o', 'addr', 'show'], { encoding: 'utf8' }).stdout;
-  let n = 20 + (process.pid % 200);
-  while (used.includes(`10.200.${n}.`)) n = n >= 250 ? 20 : n + 1;
-  const add = spawnSync('ip', ['netns', 'add', ns], { encoding: 'utf8' });
-  if (add.status !== 0) return `cannot create a network namespace: ${add.stderr.trim()}`;
-  // Deleting the namespace destroys the veth pair with it; the host end is removed as well in case the pair was
-  // half made.
-  t.teardown(() => {
-    spawnSync('ip', ['netns', 'del', ns]);
-    spawnSync('ip', ['link', 'del', hostIf], { stdio: 'ignore' });
-  });
-  const hostAddr = `10.200.${n}.1`, podAddr = `10.200.${n}.2`;
-  run('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', podIf]);
-  run('ip', ['link', 'set', podIf, 'netns', ns]);
-  run('ip', ['addr', 'add', `${hostAddr}/30`, 'dev', hostIf]);
-  run('ip', ['link', 'set', hostIf, 'up']);
-  run('ip', ['-n', ns, 'addr', 'add', `${podAddr}/30`, 'dev', podIf]);
-  run('ip', ['-n', ns, 'link', 'set', podIf, 'up']);
-  run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-  run('ip', ['-n', ns, 'route', 'add', 'default', 'via', hostAddr]);
-  const hostAddr6 = `fd00:200:${n}::1`, podAddr6 = `fd00:200:${n}::2`, vip6 = `fd00:201:${n}::100`;
-  // nodad: usable at once (a tentative address cannot be bound or connected from)
-  run('ip', ['addr', 'add', `${hostAddr6}/126`, 'dev', hostIf, 'nodad']);
-  run('ip', ['-n', ns, 'addr', 'add', `${podAddr6}/126`, 'dev', podIf, 'nodad']);
-  run('ip', ['-n', ns, '-6', 'route', 'add', 'default', 'via', hostAddr6]);
-  run('ip', ['-n', ns, 'addr', 'add', `${vip6}/128`, 'dev', 'lo']);
-  return { ns, n, hostAddr, podAddr, hostAddr6, podAddr6, vip6 };
+async function podNamespace(t: Test, cg: TestCgroup, prefix: string) {
+  const lab = await testLab(t, { meshedCgroup: cg.path, prefix, pods: [{ name: 'pod-a' }, { name: 'pod-b' }] });
+  const a = lab.pod('pod-a');
+  return { ns: a.ns, hostAddr: lab.nodeV4, podAddr: a.v4!, hostAddr6: lab.nodeV6, podAddr6: a.v6!, vip6: Lab.vip6(1), a, b: lab.pod('pod-b') };
 }
 
 interface Answer { status?: number; headers?: IncomingHttpHeaders; body?: string; error?: string; local?: string; usPerRequest?: number }
@@ -111,7 +79,7 @@ one((first) => {
  * Run the client in cgroup `cgroupDir` (joined first) and in the pod's namespace (nsenter --net, never `ip netns exec`:
  * it remounts /sys). Asynchronous: the backend answering it lives in this process. Bounded in time.
  */
-function podGet(pod: Pod | null, cgroupDir: string, host: string, port: number, path: string, count = 0): Promise<Answer> {
+function podGet(pod: { ns: string } | null, cgroupDir: string, host: string, port: number, path: string, count = 0): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const enter = pod ? `nsenter --net=/run/netns/${pod.ns} ` : ''; // null: the host's (the proxy's) namespace
     const p = spawn('/bin/sh', ['-c', `echo $$ > '${cgroupDir}/cgroup.procs' && exec ${enter}"$@"`,
@@ -127,13 +95,14 @@ function podGet(pod: Pod | null, cgroupDir: string, host: string, port: number, 
   });
 }
 
-const cgroupRel = (cg: TestCgroup, child: string): string => `/${cg.path.split('/').slice(-1)[0]}/${child}`;
+/** A cgroup's path as the config names it: from the cgroup2 mount. */
+const cgroupRel = (dir: string): string => dir.slice(cgroup2Root()!.length);
 
-function config(cg: TestCgroup, backendPort: number, v6?: { vip: string; backendPort: number }): string {
+function config(podA: string, backendPort: number, v6?: { vip: string; backendPort: number }): string {
   return `
 workloads:
   - name: pod-a
-    cgroups: [${cgroupRel(cg, 'pod-a')}]
+    cgroups: [${cgroupRel(podA)}]
 services:
   - name: web
     vips: [127.89.0.1]
@@ -172,16 +141,15 @@ ${v6 ? `  - name: web6
 
 t.test('a client in a pod network namespace reaches the proxy on its node address', { skip: skip ?? false }, async (t) => {
   const cg = testCgroup(t, 'podns');
-  const pod = podNamespace(t);
-  if (typeof pod === 'string') { t.plan(0, `skipped: ${pod}`); return; }
+  const pod = await podNamespace(t, cg, 'l7podns');
   const backend = await httpBackend(t);
   const backend6 = await httpBackend(t, '::1');
-  const podA = cg.child('pod-a'), podB = cg.child('pod-b');
+  const podA = pod.a.cgroup, podB = pod.b.cgroup;
   const proxyPort = await freePort();
   // The agent inside the meshed cgroup (as a DaemonSet pod): its accepted sockets get sock_ops, so this also shows the
   // pod's leg to the node address is kept off the SOCKHASH (the two ends are in different namespaces: never a pair).
   const agent = await startAgent(t, cg, {
-    config: config(cg, backend.port, { vip: pod.vip6, backendPort: backend6.port }), inCgroup: cg.child('agent'),
+    config: config(podA, backend.port, { vip: pod.vip6, backendPort: backend6.port }), inCgroup: cg.child('agent'),
     extraArgs: ['--proxy-node-address', `${pod.hostAddr},${pod.hostAddr6}`, '--proxy-port', String(proxyPort)],
   });
   await agent.waitLog((l) => l.msg === 'L7 proxy listening');
@@ -233,11 +201,11 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
     t.equal(r.headers?.['x-mesh-route'], 'secure-all', 'the route of service secure, not web');
   });
 
-  t.test('authorization sees the client\'s cgroup: pod-a allowed, pod-b (same namespace) denied', async (t) => {
+  t.test('authorization sees the client\'s cgroup: pod-a allowed, pod-b denied', async (t) => {
     const a = await podGet(pod, podA, '127.89.0.2', 80, '/private');
     t.equal(a.status, 200, 'pod-a is the workload the rule allows');
     const n = backend.seen.length;
-    const b = await podGet(pod, podB, '127.89.0.2', 80, '/private');
+    const b = await podGet(pod.b, podB, '127.89.0.2', 80, '/private');
     t.equal(b.status, 403, 'pod-b is in no workload: default deny');
     t.equal(backend.seen.length, n, 'the denied request never reached the backend');
   });
@@ -281,16 +249,15 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
 
 t.test('without --proxy-node-address a pod client still gets its fail mode', { skip: skip ?? false }, async (t) => {
   const cg = testCgroup(t, 'podns-none');
-  const pod = podNamespace(t);
-  if (typeof pod === 'string') { t.plan(0, `skipped: ${pod}`); return; }
+  const pod = await podNamespace(t, cg, 'l7podnsnone');
   const backend = await httpBackend(t);
-  const agent = await startAgent(t, cg, { config: config(cg, backend.port), inCgroup: cg.child('agent') });
+  const agent = await startAgent(t, cg, { config: config(pod.a.cgroup, backend.port), inCgroup: cg.child('agent') });
   await agent.waitLog((l) => l.msg === 'L7 proxy listening');
   const reader = MapReader.fromPins(agent.bpffs);
   t.teardown(() => reader.close());
   t.equal(reader.proxy()?.nodeV4, null, 'no node address in the kernel');
   const before = reader.stats(new Map()).global;
-  const r = await podGet(pod, cg.child('pod-a'), '127.89.0.1', 80, '/');
+  const r = await podGet(pod, pod.a.cgroup, '127.89.0.1', 80, '/');
   t.equal(r.error, 'EPERM', 'fail-closed: connect() refused');
   const after = reader.stats(new Map()).global;
   t.equal(after.l7_fail_closed! - before.l7_fail_closed!, 1, 'counted as fail-closed');
