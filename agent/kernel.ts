@@ -5,47 +5,17 @@ import type { Model } from './model/types.js';
 import type { Datapath } from './datapath/datapath.js';
 import { Reconciler } from './datapath/reconcile.js';
 import { native } from './datapath/native.js';
+import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES, probeFeatures } from './datapath/features.js';
 import { cgroup2Root, cgroupOf, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
 import type { Logger } from './observe/log.js';
 import type { KernelApplyResult, KernelTarget } from './state/apply.js';
 import type { NamesSnapshot } from './state/statefile.js';
-
-/** What the agent needs of the kernel ('group.name' as probe() reports it, what it is). meshctl doctor checks the same. */
-export const REQUIRED_FEATURES: [string, string][] = [
-  ['progTypes.cgroup_sock_addr', 'BPF cgroup/connect programs (kernel 4.17+, CONFIG_CGROUP_BPF)'],
-  ['mapTypes.lru_hash', 'BPF LRU hash maps'],
-  ['mapTypes.ringbuf', 'BPF ring buffers (kernel 5.8+)'],
-  ['helpers.cgroup_sock_addr:get_netns_cookie', 'bpf_get_netns_cookie in cgroup/connect programs (kernel 5.7+)'],
-  ['helpers.cgroup_sock_addr:get_current_cgroup_id', 'bpf_get_current_cgroup_id in cgroup/connect programs (kernel 5.7+)'],
-];
-/** Only for the L7 redirect's hand-over (without them L7 services behave as their fail mode says). */
-export const L7_FEATURES: [string, string][] = [
-  ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
-  ['helpers.sock_ops:get_netns_cookie', 'bpf_get_netns_cookie in sock_ops (kernel 5.15+)'],
-];
-/** Only for the sockmap fast path (--no-sockmap runs without them). */
-export const SOCKMAP_FEATURES: [string, string][] = [
-  ['progTypes.sock_ops', 'BPF sock_ops programs (CONFIG_CGROUP_BPF)'],
-  ['progTypes.sk_msg', 'BPF sk_msg programs (CONFIG_BPF_STREAM_PARSER / CONFIG_NET_SOCK_MSG)'],
-  ['mapTypes.sockhash', 'BPF SOCKHASH maps'],
-  ['helpers.sock_ops:get_netns_cookie', 'bpf_get_netns_cookie in sock_ops (kernel 5.15+)'],
-  ['helpers.sk_msg:get_netns_cookie', 'bpf_get_netns_cookie in sk_msg (kernel 5.15+)'],
-];
 
 export interface KernelFeatures {
   /** every probed feature, 'group.name' -> present */
   features: Record<string, boolean>;
   /** what the L7 redirect needs and this kernel lacks (empty: L7 services get the proxy) */
   l7Missing: string[];
-}
-
-/** Every feature the addon probes, flattened: 'group.name' -> present (the agent's check and meshctl doctor read this). */
-export function probeFeatures(): Record<string, boolean> {
-  const flat: Record<string, boolean> = {};
-  for (const [group, entries] of Object.entries(native().probe())) {
-    for (const [k, v] of Object.entries(entries as Record<string, boolean>)) flat[`${group}.${k}`] = v;
-  }
-  return flat;
 }
 
 /** Probe the kernel; throws what it lacks of what the agent needs (and of the sockmap fast path, when asked for). */

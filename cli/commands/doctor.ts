@@ -13,7 +13,7 @@ import { bpffsMountOf, cgroup2Root, mounts } from '../../agent/datapath/cgroup.j
 import { CGROUP_PROGRAMS, MAP_NAMES, abiVersionOf } from '../../agent/datapath/datapath.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { native, type LinkInfo, type Native } from '../../agent/datapath/native.js';
-import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES, probeFeatures } from '../../agent/kernel.js';
+import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES, probeFeatures } from '../../agent/datapath/features.js';
 import { AgentUnreachable } from '../client.js';
 import type { Context } from '../context.js';
 import { percent } from '../format.js';

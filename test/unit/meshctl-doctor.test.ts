@@ -5,7 +5,7 @@ import {
   fillCheck, linksCheck, renderDoctor, summary, type Check, type Verdict,
 } from '../../cli/commands/doctor.js';
 import { ABI_VERSION } from '../../agent/datapath/abi.js';
-import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES } from '../../agent/kernel.js';
+import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES } from '../../agent/datapath/features.js';
 import { ANSI, PLAIN, visibleWidth } from '../../cli/style.js';
 import type { StatusReport } from '../../agent/admin/protocol.js';
 
