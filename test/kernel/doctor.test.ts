@@ -1,8 +1,9 @@
 // meshctl doctor against a real agent and datapath: all ok, then each check broken on purpose and seen with its verdict
-// and the exit code: another cgroup with no programs, a wrong bpffs dir, the agent stopped (agent-side checks fail, the
-// kernel-side ones still pass from the pins), a pin removed, the meshed cgroup removed (defunct links); an xDS agent
-// whose control plane never syncs (warn, exit 2), then goes away (fail). (A full map is not tested here: filling one takes long
-// and would crowd the shared kernel; the fill verdicts are in test/unit/meshctl-doctor.test.ts.)
+// and the exit code: another cgroup with no programs, the root cgroup named, a wrong bpffs dir, the agent killed (its
+// socket left over) and stopped (agent-side checks fail, the kernel-side ones still pass from the pins), a pin removed,
+// the meshed cgroup removed (defunct links); an xDS agent whose control plane is silent (fail), never syncs (warn,
+// exit 2), then goes away (fail). A full map is not tested here: filling one takes long and would crowd the shared
+// kernel; the fill verdicts are in test/unit/meshctl-doctor.test.ts.
 import t from 'tap';
 import { mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -87,6 +88,19 @@ services:
     t.same(failing(d.checks), ['bpffs mount', 'pins']);
     t.equal(d.verdict('agent'), 'ok', 'the agent still answers on its run dir');
     t.equal(d.verdict('links vs pins'), 'skip', 'nothing pinned there to compare');
+  });
+
+  t.test('the agent killed: its admin socket is left over, nobody answers on it', async (t) => {
+    await agent.kill('SIGKILL');
+    const d = doctor(agent);
+    t.equal(d.code, 1);
+    t.equal(d.verdict('agent'), 'fail');
+    t.match(d.checks.find((c) => c.check === 'agent')!.detail, /last agent: pid \d+, gone/);
+    t.equal(d.verdict('admin socket'), 'fail');
+    t.match(d.checks.find((c) => c.check === 'admin socket')!.detail, /left over: nobody answers on it/);
+    t.equal(d.verdict('links vs pins'), 'ok', 'the datapath is still there');
+    await agent.restart();
+    t.equal(doctor(agent).verdict('admin socket'), 'ok', 'a restarted agent replaces the socket');
   });
 
   t.test('the agent stopped: agent-side checks fail, kernel-side ones pass from the pins', async (t) => {
