@@ -3,7 +3,7 @@
 import t from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import { MapReader } from '../../agent/datapath/inspect.js';
-import { kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
+import { freePort, kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
 import { Lab, testLab, type LabPod } from '../lib/lab.js';
 
 const skip = kernelSkipReason();
@@ -12,14 +12,16 @@ if (skip) t.comment(`kernel tests skipped: ${skip}`);
 const TCP_PORT = 8080, UDP_PORT = 5353;
 
 // A server for a pod: on TCP, answers every connection with "<id> <peer address>" and closes; on UDP, answers every
-// datagram with "<id> <datagram>". Dual-stack (one :: socket each), so it serves the pod's v4 and v6 address.
+// datagram with "<id> <datagram>". On :: it is dual-stack (one socket each), serving the pod's v4 and v6 address.
 const SERVER = `
 import socket, sys, threading
-pid = sys.argv[1]
-t = socket.socket(socket.AF_INET6); t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(('::', ${TCP_PORT})); t.listen(128)
-u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-u.bind(('::', ${UDP_PORT}))
+pid, addr, tport, uport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+fam = socket.AF_INET6 if ':' in addr else socket.AF_INET
+t = socket.socket(fam); u = socket.socket(fam, socket.SOCK_DGRAM)
+if fam == socket.AF_INET6:
+    for x in (t, u): x.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((addr, tport)); t.listen(128)
+u.bind((addr, uport))
 def udp():
     while True:
         d, a = u.recvfrom(2048); u.sendto(pid.encode() + b' ' + d, a)
@@ -58,8 +60,8 @@ async function ask(pod: LabPod, proto: 'tcp' | 'udp', host: string, port: number
   return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Reply);
 }
 
-function startServer(pod: LabPod): Promise<ChildProcess> {
-  const p = pod.spawn('python3', ['-c', SERVER, pod.name]);
+function startServer(pod: LabPod, addr = '::', tcpPort = TCP_PORT, udpPort = UDP_PORT): Promise<ChildProcess> {
+  const p = pod.spawn('python3', ['-c', SERVER, pod.name, addr, String(tcpPort), String(udpPort)]);
   let err = '';
   p.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
   return new Promise((resolve, reject) => {
@@ -74,10 +76,14 @@ t.test('pods: connect-time balancing from a pod to VIPs whose backends are pods'
   const cg = testCgroup(t, 'pods');
   const lab = await testLab(t, {
     meshedCgroup: cg.path, prefix: 'podtest',
-    pods: [{ name: 'client' }, { name: 'client2' }, { name: 'server1' }, { name: 'server2' }],
+    pods: [{ name: 'client' }, { name: 'client2' }, { name: 'server1' }, { name: 'server2' }, { name: 'host', hostNetwork: true }],
   });
-  const [client, client2, s1, s2] = ['client', 'client2', 'server1', 'server2'].map((n) => lab.pod(n)) as [LabPod, LabPod, LabPod, LabPod];
+  const [client, client2, s1, s2, host] = ['client', 'client2', 'server1', 'server2', 'host'].map((n) => lab.pod(n)) as
+    [LabPod, LabPod, LabPod, LabPod, LabPod];
   for (const s of [s1, s2]) await startServer(s);
+  // The hostNetwork pod's server shares the node's ports: free ones, on the node address only.
+  const hostPort = await freePort();
+  await startServer(host, lab.nodeV4, hostPort, await freePort());
   const be = (addr: string | undefined, port: number): string => `{ address: "${addr}", port: ${port} }`;
   const both = (fam: 'v4' | 'v6', port: number): string => `[${be(s1[fam], port)}, ${be(s2[fam], port)}]`;
   const agent = await startAgent(t, cg, {
@@ -104,6 +110,10 @@ services:
     ports: [{ port: 80 }]
     affinity: { timeoutSeconds: 60 }
     backends: ${both('v4', TCP_PORT)}
+  - name: hostnet
+    vips: [${Lab.vip4(4)}]
+    ports: [{ port: 80 }]
+    backends: [${be(lab.nodeV4, hostPort)}]
 `,
   });
   const reader = MapReader.fromPins(agent.bpffs);
@@ -146,6 +156,24 @@ services:
     }
   });
 
+  t.test('pod -> hostNetwork: a VIP whose backend is on the node address', async (t) => {
+    const before = reader.stats().global;
+    const rs = await ask(client, 'tcp', Lab.vip4(4), 80, 10);
+    t.same(answeredBy(rs), ['host'], 'the hostNetwork pod answers');
+    t.ok(rs.every((r) => r.peer === Lab.vip4(4)), 'getpeername() is the VIP');
+    t.ok(rs.every((r) => r.answer?.split(' ')[1] === client.v4), 'the server saw the client pod\'s address');
+    const after = reader.stats().global;
+    t.comment(`pod -> hostNetwork via VIP: sock_insert +${after.sock_insert! - before.sock_insert!}, redirect +${after.redirect! - before.redirect!}`);
+  });
+
+  t.test('hostNetwork -> pod: a VIP whose backends are pods, from the node\'s namespace', async (t) => {
+    const rs = await ask(host, 'tcp', Lab.vip4(1), 80, 20);
+    t.same(rs.filter((r) => r.error), [], 'no connection failed');
+    t.same(answeredBy(rs), ['server1', 'server2'], 'both server pods answer');
+    t.ok(rs.every((r) => r.peer === Lab.vip4(1)), 'getpeername() is the VIP');
+    t.ok(rs.every((r) => r.answer?.split(' ')[1] === lab.nodeV4), `the servers saw the node address ${lab.nodeV4}`);
+  });
+
   t.test('a VIP port the agent does not serve fails in the pod: VIPs are routed nowhere', async (t) => {
     const [r] = await ask(client, 'tcp', Lab.vip4(1), 81);
     t.match(r?.error ?? '', /unreachable/i, `connect() to an unserved VIP port: ${r?.error}`);
@@ -164,6 +192,20 @@ t.test('the lab leaves nothing behind', { skip: skip ?? false }, async (t) => {
   t.same(lab.leftovers(), [], 'no namespace, veth, route, cgroup or state file left');
   await gone;
   t.pass('the pod\'s process was killed');
+
+  t.test('pods come and go: a removed pod leaves nothing, a new one reuses its addresses', async (t) => {
+    const churn = await testLab(t, { meshedCgroup: cg.path, prefix: 'podtestchurn', pods: [{ name: 'a' }, { name: 'b' }] });
+    const b = churn.pod('b');
+    await startServer(b);
+    await churn.removePod('b');
+    t.same(churn.leftovers([b]), [], 'nothing of the removed pod left (its server was killed with it)');
+    t.same(Lab.attach('podtestchurn')?.pods.map((p) => p.name), ['a'], 'the state file follows');
+    const c = await churn.addPod({ name: 'c' });
+    t.same([c.v4, c.v6, c.hostIf], [b.v4, b.v6, b.hostIf], 'the new pod has the removed one\'s addresses (and veth name)');
+    await startServer(c);
+    t.same(answeredBy(await ask(churn.pod('a'), 'tcp', c.v4!, TCP_PORT)), ['c'], 'the new pod answers on the reused v4 address');
+    t.same(answeredBy(await ask(churn.pod('a'), 'tcp', c.v6!, TCP_PORT)), ['c'], 'and on the reused v6 address');
+  });
 
   t.test('a crashed lab is swept: by Lab.sweep, and by the next Lab.up of its prefix', async (t) => {
     const crashed = await Lab.up({ meshedCgroup: cg.path, prefix: 'podtestcrash', pods: [{ name: 'x' }] });

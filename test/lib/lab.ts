@@ -22,6 +22,9 @@
 // away with the veths, which go away with the namespaces. Processes join their pod's cgroup FIRST and then enter the
 // namespace with `nsenter --net` (`ip netns exec` remounts /sys, where the cgroup tree would look empty).
 //
+// Pods come and go (addPod/removePod, a new pod reusing the lowest free addresses, as IPAM does); a hostNetwork pod
+// is a cgroup only, in the node's namespace, with the node address (which exists while the lab has a veth pod).
+//
 // State (what was made, for `down` from another process and for `npm run lab -- status`) is a JSON file in
 // /run/sockmesh-lab/<prefix>.json. Lab.up() first sweeps whatever an earlier lab of the same prefix left behind.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -38,6 +41,8 @@ export interface PodSpec {
   /** give the pod an IPv4 / IPv6 address (both by default) */
   v4?: boolean;
   v6?: boolean;
+  /** a hostNetwork pod: its own cgroup, the node's network namespace; its addresses are the node address */
+  hostNetwork?: boolean;
 }
 
 export interface LabOpts {
@@ -51,7 +56,12 @@ export interface LabOpts {
   stateDir?: string;
 }
 
-export interface PodState { name: string; ns: string; cgroup: string; hostIf: string; v4?: string; v6?: string }
+/** index: the pod's host number in the lab's range (1..254), lowest free first: a new pod reuses a deleted one's addresses. */
+export interface PodState {
+  name: string; index: number; ns: string; cgroup: string; hostIf: string; v4?: string; v6?: string;
+  /** no namespace or veth of its own (ns and hostIf are ''; index 0) */
+  hostNetwork?: boolean;
+}
 
 export interface LabState {
   prefix: string;
@@ -73,16 +83,18 @@ export interface ExecResult { code: number | null; stdout: string; stderr: strin
 
 /** A pod of the lab: spawn/exec run a command in its cgroup and network namespace. */
 export class LabPod implements PodState {
-  readonly name: string; readonly ns: string; readonly cgroup: string; readonly hostIf: string;
-  readonly v4?: string; readonly v6?: string;
+  readonly name: string; readonly index: number; readonly ns: string; readonly cgroup: string; readonly hostIf: string;
+  readonly v4?: string; readonly v6?: string; readonly hostNetwork: boolean;
   constructor(s: PodState) {
-    this.name = s.name; this.ns = s.ns; this.cgroup = s.cgroup; this.hostIf = s.hostIf;
+    this.name = s.name; this.index = s.index; this.ns = s.ns; this.cgroup = s.cgroup; this.hostIf = s.hostIf;
+    this.hostNetwork = s.hostNetwork === true;
     if (s.v4) this.v4 = s.v4;
     if (s.v6) this.v6 = s.v6;
   }
 
   /** The command line that runs argv in this pod (cgroup joined first, then the namespace). */
   argv(cmd: string, args: string[] = []): [string, string[]] {
+    if (this.hostNetwork) return ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', this.cgroup, cmd, ...args]];
     return inCgroupNsenter(this.cgroup, this.ns, undefined, [cmd, ...args]);
   }
 
@@ -153,12 +165,8 @@ export class Lab {
   static async up(opts: LabOpts): Promise<Lab> {
     const { prefix, meshedCgroup } = opts;
     if (!/^[a-z0-9]{1,24}$/.test(prefix)) throw new Error(`lab prefix ${prefix}: want [a-z0-9], up to 24 characters`);
-    const names = new Set<string>();
-    for (const p of opts.pods) {
-      if (!/^[a-z0-9][a-z0-9-]{0,30}$/.test(p.name) || names.has(p.name)) throw new Error(`pod name ${p.name}: want unique [a-z0-9-]`);
-      names.add(p.name);
-    }
-    if (opts.pods.length > 200) throw new Error('at most 200 pods');
+    for (const p of opts.pods) checkPodName(p.name);
+    if (new Set(opts.pods.map((p) => p.name)).size !== opts.pods.length) throw new Error('pod names must be unique');
     const made = opts.createMeshedCgroup === true && !existsSync(meshedCgroup);
     if (made) mkdirSync(meshedCgroup);
     if (!existsSync(join(meshedCgroup, 'cgroup.procs'))) throw new Error(`${meshedCgroup}: not a cgroup v2 directory`);
@@ -168,22 +176,17 @@ export class Lab {
     const state: LabState = {
       prefix, slot, range4: `198.18.${slot}.0/24`, range6: `2001:db8:${slot.toString(16)}::/64`, meshedCgroup, madeMeshedCgroup: made, podsCgroup: join(meshedCgroup, `kubepods-${prefix}`),
       nodeV4: `198.19.255.${slot}`, nodeV6: `2001:db8:ffff::${slot.toString(16)}`,
-      pods: opts.pods.map((p, i) => ({
-        name: p.name, ns: `${NETNS_PREFIX}${prefix}-${p.name}`, cgroup: join(meshedCgroup, `kubepods-${prefix}`, p.name),
-        hostIf: `smlab${slot}p${i}`,
-        ...(p.v4 === false ? {} : { v4: `198.18.${slot}.${i + 1}` }),
-        ...(p.v6 === false ? {} : { v6: `2001:db8:${slot.toString(16)}::${(i + 1).toString(16)}` }),
-      })),
+      pods: [],
     };
-    // The state goes to disk first: a crash half-way leaves a file that names what to sweep.
+    // The state goes to disk first (and again before each pod): a crash half-way leaves a file naming what to sweep.
     mkdirSync(stateDir, { recursive: true });
-    writeFileSync(statePath(stateDir, prefix), JSON.stringify(state, null, 2) + '\n');
     const lab = new Lab(state, stateDir);
+    lab.save();
     try {
       mkdirSync(state.podsCgroup);
       ip(['route', 'add', 'unreachable', state.range4]);
       ip(['-6', 'route', 'add', 'unreachable', state.range6]);
-      for (const p of state.pods) lab.makePod(p);
+      for (const p of opts.pods) await lab.addPod(p);
     } catch (e) {
       await lab.down();
       throw e;
@@ -212,6 +215,63 @@ export class Lab {
     if (old) old.remove();
     for (const ns of netnsList()) if (ns.startsWith(`${NETNS_PREFIX}${prefix}-`)) spawnSync('ip', ['netns', 'del', ns]);
     if (meshedCgroup) removeTree(join(meshedCgroup, `kubepods-${prefix}`));
+  }
+
+  private save(): void {
+    writeFileSync(statePath(this.stateDir, this.prefix), JSON.stringify(this.state, null, 2) + '\n');
+  }
+
+  /**
+   * Add a pod to a lab that is up (as the kubelet starts one): it gets the lowest free host number, so a pod added
+   * after a removal reuses the removed pod's addresses, as a CNI's IPAM does.
+   */
+  async addPod(spec: PodSpec): Promise<LabPod> {
+    checkPodName(spec.name);
+    if (this.podsByName.has(spec.name)) throw new Error(`lab ${this.prefix}: pod ${spec.name} exists`);
+    const { slot, podsCgroup } = this.state;
+    if (spec.hostNetwork) {
+      const h: PodState = {
+        name: spec.name, index: 0, ns: '', hostIf: '', cgroup: join(podsCgroup, spec.name), hostNetwork: true,
+        ...(spec.v4 === false ? {} : { v4: this.nodeV4 }), ...(spec.v6 === false ? {} : { v6: this.nodeV6 }),
+      };
+      this.state.pods.push(h);
+      this.save();
+      mkdirSync(h.cgroup);
+      const pod = new LabPod(h);
+      this.podsByName.set(h.name, pod);
+      return pod;
+    }
+    const used = new Set(this.state.pods.map((p) => p.index));
+    let n = 1;
+    while (used.has(n)) n++;
+    if (n > 254) throw new Error(`lab ${this.prefix}: 254 pods at most`);
+    const p: PodState = {
+      name: spec.name, index: n, ns: `${NETNS_PREFIX}${this.prefix}-${spec.name}`, cgroup: join(podsCgroup, spec.name),
+      hostIf: `smlab${slot}p${n}`,
+      ...(spec.v4 === false ? {} : { v4: `198.18.${slot}.${n}` }),
+      ...(spec.v6 === false ? {} : { v6: `2001:db8:${slot.toString(16)}::${n.toString(16)}` }),
+    };
+    this.state.pods.push(p);
+    this.save();
+    try {
+      this.makePod(p);
+    } catch (e) {
+      await this.removePod(p.name);
+      throw e;
+    }
+    const pod = new LabPod(p);
+    this.podsByName.set(p.name, pod);
+    return pod;
+  }
+
+  /** Delete a pod (as the kubelet does): its processes, namespace, veth, routes and cgroup. */
+  async removePod(name: string): Promise<void> {
+    const p = this.state.pods.find((x) => x.name === name);
+    if (!p) throw new Error(`lab ${this.prefix}: no pod ${name}`);
+    dropPod(p);
+    this.state.pods = this.state.pods.filter((x) => x !== p);
+    this.podsByName.delete(name);
+    this.save();
   }
 
   private makePod(p: PodState): void {
@@ -245,10 +305,7 @@ export class Lab {
   /** Kill the pods' processes, delete namespaces (veths and routes go with them) and cgroups. */
   private remove(): void {
     killCgroup(this.state.podsCgroup);
-    for (const p of this.state.pods) {
-      spawnSync('ip', ['netns', 'del', p.ns], { stdio: 'ignore' });
-      spawnSync('ip', ['link', 'del', p.hostIf], { stdio: 'ignore' }); // only if the pair was half made
-    }
+    for (const p of this.state.pods) dropPod(p);
     spawnSync('ip', ['route', 'del', 'unreachable', this.state.range4], { stdio: 'ignore' });
     spawnSync('ip', ['-6', 'route', 'del', 'unreachable', this.state.range6], { stdio: 'ignore' });
     removeTree(this.state.podsCgroup);
@@ -266,21 +323,42 @@ export class Lab {
   }
 
   /** What of this lab still exists on the machine (empty after down()): for tests and `status`. */
-  leftovers(): string[] {
+  /** With `pods` (e.g. of removed pods): what of those pods still exists, and nothing else. */
+  leftovers(pods?: PodState[]): string[] {
     const left: string[] = [];
     const nss = new Set(netnsList());
     const links = ipOut(['-o', 'link', 'show']);
     const routes = ipOut(['route', 'show']) + ipOut(['-6', 'route', 'show']);
-    for (const p of this.state.pods) {
+    for (const p of pods ?? this.state.pods) {
+      if (p.hostNetwork) {
+        if (existsSync(p.cgroup)) left.push(`cgroup ${p.cgroup}`);
+        continue;
+      }
       if (nss.has(p.ns)) left.push(`netns ${p.ns}`);
       if (new RegExp(`^\\d+: ${p.hostIf}@`, 'm').test(links)) left.push(`link ${p.hostIf}`);
       for (const a of [p.v4, p.v6]) if (a && new RegExp(`^${a.replace(/[.:]/g, '\\$&')} `, 'm').test(routes)) left.push(`route ${a}`);
+      if (existsSync(p.cgroup)) left.push(`cgroup ${p.cgroup}`);
     }
+    if (pods) return left;
     for (const r of [this.state.range4, this.state.range6]) if (routes.includes(`unreachable ${r}`)) left.push(`route ${r}`);
     if (existsSync(this.state.podsCgroup)) left.push(`cgroup ${this.state.podsCgroup}`);
     if (existsSync(statePath(this.stateDir, this.prefix))) left.push(`state ${statePath(this.stateDir, this.prefix)}`);
     return left;
   }
+}
+
+function checkPodName(name: string): void {
+  if (!/^[a-z0-9][a-z0-9-]{0,30}$/.test(name)) throw new Error(`pod name ${name}: want [a-z0-9-], up to 31 characters`);
+}
+
+/** Kill a pod's processes (they hold its namespace), then delete the namespace and its veth, and its cgroup. */
+function dropPod(p: PodState): void {
+  killCgroup(p.cgroup);
+  if (p.hostNetwork) return removeTree(p.cgroup);
+  spawnSync('ip', ['netns', 'del', p.ns], { stdio: 'ignore' });
+  // The namespace's teardown is asynchronous: delete the pair now (its host routes go with it).
+  spawnSync('ip', ['link', 'del', p.hostIf], { stdio: 'ignore' });
+  removeTree(p.cgroup);
 }
 
 function removeTree(dir: string): void {
