@@ -151,6 +151,16 @@ export class Lab {
   get nodeV6(): string { return this.state.nodeV6; }
   get pods(): LabPod[] { return [...this.podsByName.values()]; }
 
+  /**
+   * Whether the host forwards IPv6 between pods. Per-interface IPv6 forwarding (force_forwarding) is Linux 6.17+; on
+   * older kernels only the machine-wide switch does it, which the lab never turns on (it would also stop the host's
+   * interfaces from accepting router advertisements). Pod to node works on every kernel.
+   */
+  static get v6PodToPod(): boolean {
+    if (existsSync('/proc/sys/net/ipv6/conf/all/force_forwarding')) return true;
+    return readFileSync('/proc/sys/net/ipv6/conf/all/forwarding', 'utf8').trim() === '1';
+  }
+
   /** A VIP for tests (n: 1..254): 198.19.254.n / 2001:db8:fffe::n, routed nowhere (not even in the pods). */
   static vip4(n: number): string { return `198.19.254.${n}`; }
   static vip6(n: number): string { return `2001:db8:fffe::${n.toString(16)}`; }
@@ -281,7 +291,8 @@ export class Lab {
     // The pod end is born in the namespace: deleting the namespace always takes the whole pair (and its routes) along.
     ip(['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
     writeFileSync(`/proc/sys/net/ipv4/conf/${hostIf}/forwarding`, '1');
-    writeFileSync(`/proc/sys/net/ipv6/conf/${hostIf}/force_forwarding`, '1');
+    const ff6 = `/proc/sys/net/ipv6/conf/${hostIf}/force_forwarding`;
+    if (existsSync(ff6)) writeFileSync(ff6, '1'); // else see Lab.v6PodToPod
     ip(['addr', 'add', `${this.nodeV4}/32`, 'dev', hostIf]);
     // nodad: usable at once (a tentative address cannot be bound or connected from)
     ip(['addr', 'add', `${this.nodeV6}/128`, 'dev', hostIf, 'nodad']);
