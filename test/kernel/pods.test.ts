@@ -1,9 +1,9 @@
 // Pods on the node lab (test/lib/lab.ts): connect-time balancing from a pod's own network namespace and cgroup to
 // backends that are other pods, through VIPs routed nowhere. Real agent, real programs, real namespaces and veths.
 import t from 'tap';
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { MapReader } from '../../agent/datapath/inspect.js';
-import { freePort, kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
+import { freePort, kernelSkipReason, ROOT, startAgent, testCgroup } from '../lib/kernel.js';
 import { Lab, testLab, type LabPod } from '../lib/lab.js';
 
 const skip = kernelSkipReason();
@@ -208,6 +208,27 @@ t.test('the lab leaves nothing behind', { skip: skip ?? false }, async (t) => {
     await startServer(c);
     t.same(answeredBy(await ask(churn.pod('a'), 'tcp', c.v4!, TCP_PORT)), ['c'], 'the new pod answers on the reused v4 address');
     if (!noV6) t.same(answeredBy(await ask(churn.pod('a'), 'tcp', c.v6!, TCP_PORT)), ['c'], 'and on the reused v6 address');
+  });
+
+  t.test('npm run lab: up, status, exec, down; nothing left', async (t) => {
+    const cli = (...args: string[]): { code: number | null; out: string } => {
+      const r = spawnSync(process.execPath, ['--import', '@tapjs/typescript/import', 'test/lib/lab-cli.ts', '--prefix', 'podtestcli', ...args],
+        { cwd: ROOT, encoding: 'utf8', timeout: 30_000, env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' } });
+      return { code: r.status, out: r.stdout + r.stderr };
+    };
+    const up = cli('up', '--cgroup', cg.path, '--pods', '2');
+    t.equal(up.code, 0, 'up');
+    const made = Lab.attach('podtestcli');
+    t.teardown(() => made?.down());
+    t.same(made?.pods.map((p) => p.name), ['pod-a', 'pod-b'], 'two pods, in the state file');
+    t.match(up.out, made?.pod('pod-b').v4 ?? 'never', 'up prints the pods\' addresses');
+    t.match(cli('status').out, /pod-a .*pod-b/s, 'status lists them');
+    const ex = cli('exec', 'pod-a', '--', 'ip', '-br', 'addr', 'show', 'eth0');
+    t.equal(ex.code, 0, 'exec');
+    t.match(ex.out, `${made?.pod('pod-a').v4}/32`, 'exec runs in the pod\'s namespace');
+    t.equal(cli('down').code, 0, 'down');
+    t.same(made?.leftovers(), [], 'down removed everything up made');
+    t.match(cli('status').out, /no lab up/, 'status says so');
   });
 
   t.test('a crashed lab is swept: by Lab.sweep, and by the next Lab.up of its prefix', async (t) => {

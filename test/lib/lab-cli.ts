@@ -1,14 +1,14 @@
-// `npm run lab -- up [--cgroup sockmesh] [--pods 3] | down | status | exec POD -- CMD...`: a demo node lab to try sockmesh with pods.
+// `npm run lab -- [--prefix demo] up [--cgroup sockmesh] [--pods 3] | down | status | exec POD -- CMD...`: a demo node
+// lab to try sockmesh with pods (--prefix: another lab beside it; tests use it).
 // The pods' cgroups are made under the meshed cgroup (default `sockmesh`, the one `npm start` meshes); `down` removes
 // everything `up` made, from the state file in /run/sockmesh-lab.
 import { resolveCgroup } from '../../agent/datapath/cgroup.js';
 import { Lab } from './lab.js';
 
-const PREFIX = 'demo';
 const POD_NAMES = ['pod-a', 'pod-b', 'pod-c', 'pod-d', 'pod-e', 'pod-f'];
 
 function usage(): never {
-  process.stderr.write('usage: npm run lab -- up [--cgroup PATH] [--pods N] | down | status | exec POD [--] CMD [ARGS...]\n');
+  process.stderr.write('usage: npm run lab -- [--prefix NAME] up [--cgroup PATH] [--pods N] | down | status | exec POD [--] CMD [ARGS...]\n');
   process.exit(2);
 }
 
@@ -32,7 +32,8 @@ function describe(lab: Lab): string {
   return lines.join('\n');
 }
 
-async function main(args: string[]): Promise<void> {
+async function main(argv: string[]): Promise<void> {
+  const [PREFIX, args] = argv[0] === '--prefix' ? [argv[1] ?? usage(), argv.slice(2)] : ['demo', argv];
   const cmd = args[0];
   if (process.getuid?.() !== 0 && cmd !== 'status') throw new Error('the lab needs root (network namespaces, veths, cgroups)');
   if (cmd === 'up') {
