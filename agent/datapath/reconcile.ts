@@ -58,7 +58,7 @@ export interface ReconcilerOptions {
  * unreferenced, and adopt() removes it; the backends only it named are then deleted by the first full apply (they
  * are not in the model), or by adopt() when the model has them again under a newer id.
  */
-const RETIRE_MS = 1000;
+export const RETIRE_MS = 1000;
 
 /** Addresses of this node: a backend there is a sockmap candidate. */
 export function localAddresses(): string[] {
