@@ -7,19 +7,16 @@
 // place (editors that write through, `cat > file`, a script writing in parts) is read only once it has settled: size and
 // mtime unchanged for SETTLE_MS; read before that, a file written in two parts was applied with half its services.
 // A change that does not parse or validate is reported and dropped whole: the caller keeps the last good model.
-// What is reported is bounded: a file over MAX_CONFIG_BYTES is refused before it is read, and an error lists at most
+// What is reported is bounded: a file over MAX_CONFIG_BYTES is refused before it is read (./configtext.ts), and an
+// error lists at most
 // MAX_REASON_ERRORS problems in at most MAX_REASON_CHARS (a 50 MiB junk file once made a 130 MB log line).
-import { closeSync, fstatSync, openSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { statSync, watch, type FSWatcher } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseConfig } from '../model/config.js';
 import { joinErrors } from '../model/reasons.js';
 import { ConfigError, type Model } from '../model/types.js';
+import { RefusedFile, readConfigText, signature } from './configtext.js';
 
-/**
- * The largest config file read: 16 MiB. 10,000 services with 10 backends each (two VIPs, maglev, a weight per backend)
- * are 6.6 MB of YAML or 11 MB of indented JSON; a junk file is refused before it costs memory.
- */
-export const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 /**
  * How long a file written in place must keep its size and mtime before it is read: 1 s, twice the pause between the
  * two writes of a file that was once applied half-written, and short enough for a save to be in force within ~1 s.
@@ -31,89 +28,6 @@ export interface FileSourceEvents {
   onModel(model: Model, text: string): string | null;
   /** Why a change was not applied; the message is bounded (MAX_REASON_CHARS). */
   onError(err: Error): void;
-}
-
-/** What identifies a version of the file without reading it. */
-const signature = (st: { ino: bigint; size: bigint; mtimeNs: bigint }) => `${st.ino}:${st.size}:${st.mtimeNs}`;
-
-interface FileText {
-  text: string;
-  /** its signature once read */
-  sig: string;
-  ino: bigint;
-  /** the size or mtime changed while it was read: a writer is at work */
-  changedWhileRead: boolean;
-}
-
-/** A file refused for what it is (too big, not text): the version refused, so that it is not read again for nothing. */
-class RefusedFile extends Error {
-  constructor(message: string, readonly sig: string, readonly ino: bigint) {
-    super(message);
-  }
-}
-
-/** The offset of the first byte no text file has (a C0 control but TAB, LF, CR; DEL), or -1. */
-function controlByte(b: Buffer): number {
-  for (let i = 0; i < b.length; i++) {
-    const c = b[i]!;
-    if ((c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) || c === 0x7f) return i;
-  }
-  return -1;
-}
-
-/** The file's text, refused over MAX_CONFIG_BYTES (stat first, and again while reading: it may grow). */
-function readConfigText(path: string): FileText {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new Error(`${path}: cannot read config: ${err.code ?? err.message}`);
-  }
-  try {
-    const before = fstatSync(fd, { bigint: true });
-    const tooBig = (size: string) => new RefusedFile(
-      `${path}: config file is ${size} bytes, over the limit of ${MAX_CONFIG_BYTES} bytes (16 MiB): not read`, signature(before), before.ino);
-    if (before.size > BigInt(MAX_CONFIG_BYTES)) throw tooBig(before.size.toString());
-    // One buffer of the size stat said (and a little room: a file that grows while read is seen to), grown only if
-    // the file does grow; never past MAX_CONFIG_BYTES + 1.
-    let buf = Buffer.allocUnsafe(Math.min(Number(before.size) + 4096, MAX_CONFIG_BYTES + 1));
-    let total = 0;
-    for (;;) {
-      if (total === buf.length) {
-        if (total > MAX_CONFIG_BYTES) throw tooBig(`more than ${MAX_CONFIG_BYTES}`);
-        const bigger = Buffer.allocUnsafe(Math.min(2 * buf.length, MAX_CONFIG_BYTES + 1));
-        buf.copy(bigger);
-        buf = bigger;
-      }
-      let n: number;
-      try {
-        n = readSync(fd, buf, total, buf.length - total, null);
-      } catch (e) {
-        const err = e as NodeJS.ErrnoException;
-        throw new Error(`${path}: cannot read config: ${err.code ?? err.message}`);
-      }
-      if (n === 0) break;
-      total += n;
-    }
-    if (total > MAX_CONFIG_BYTES) throw tooBig(`more than ${MAX_CONFIG_BYTES}`);
-    const after = fstatSync(fd, { bigint: true });
-    const bytes = buf.subarray(0, total);
-    // Binary junk is refused before it is decoded into a string twice its size.
-    const ctl = controlByte(bytes);
-    if (ctl >= 0) {
-      const what = `control byte 0x${bytes[ctl]!.toString(16).padStart(2, '0')} at offset ${ctl}`;
-      throw new RefusedFile(`${path}: not a text file: ${what}`, signature(after), after.ino);
-    }
-    return {
-      text: bytes.toString('utf8'),
-      sig: signature(after),
-      ino: after.ino,
-      changedWhileRead: signature(before) !== signature(after) || BigInt(total) !== after.size,
-    };
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** An error as one bounded message: the first MAX_REASON_ERRORS lines (problems), at most MAX_REASON_CHARS. */

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { kernelSkipReason, meshctl, startAgent, testCgroup } from '../lib/kernel.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
-import { MAX_CONFIG_BYTES } from '../../agent/sources/file.js';
+import { MAX_CONFIG_BYTES } from '../../agent/sources/configtext.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);

@@ -11,7 +11,7 @@ import { mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { MAX_CONFIG_BYTES } from '../../agent/sources/file.js';
+import { MAX_CONFIG_BYTES } from '../../agent/sources/configtext.js';
 import { MAX_REASON_CHARS } from '../../agent/model/reasons.js';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
