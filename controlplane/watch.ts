@@ -2,9 +2,10 @@
 // into one model. A service name or a frontend defined by two files is an error naming both. The directory is
 // watched (editors save by rename as often as by write) and changes are debounced; a change that does not load is
 // reported whole and the caller keeps serving the last good model.
-import { readdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
+import { readdirSync, watch, type FSWatcher } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseConfig } from '../agent/model/config.js';
+import { readConfigText } from '../agent/sources/configtext.js';
 import { ConfigError, type ConfigIssue, type Model, type Service, type Workload } from '../agent/model/types.js';
 
 const CONFIG_FILE = /^[^.].*\.(ya?ml|json)$/i; // hidden files (editor swap and lock files) are not config
@@ -31,10 +32,14 @@ export function loadConfigDir(dir: string): { model: Model; files: string[] } {
   for (const file of files) {
     let model: Model;
     try {
-      model = parseConfig(readFileSync(file, 'utf8'), file);
+      // Read as the agent reads its file: over MAX_CONFIG_BYTES or not text, refused unread (and unquoted).
+      model = parseConfig(readConfigText(file).text, file);
     } catch (e) {
       if (e instanceof ConfigError) issues.push(...e.issues);
-      else issues.push({ file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
+      else {
+        const msg = (e as Error).message;
+        issues.push({ file, path: '', message: msg.startsWith(`${file}: `) ? msg.slice(file.length + 2) : msg });
+      }
       continue;
     }
     // A workload may be defined by several files (each file's authorization names its own), identically.

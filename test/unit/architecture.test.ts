@@ -23,7 +23,9 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   ['agent/model/', 'model', []],
   ['xds/', 'xds', ['model']],
   // what fills the model, and the two that enforce it
-  ['agent/sources/', 'sources', ['model', 'xds', 'log']],
+  ['agent/sources/', 'sources', ['model', 'xds', 'configtext', 'log']],
+  // the bounded reader of config files: the agent's file source and the control plane's config directory
+  ['agent/sources/configtext.ts', 'configtext', []],
   ['agent/datapath/', 'datapath', ['model', 'addon', 'log']],
   ['agent/health/', 'health', ['model', 'log']],
   ['agent/identity/', 'identity', ['model', 'log']],
@@ -37,7 +39,7 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   // composition: agent/agent.ts, main.ts and the small wiring modules beside them
   ['agent/', 'wiring', ['*']],
   ['cli/', 'cli', ['protocol', 'datapath', 'observe', 'addon', 'log', 'runtime']],
-  ['controlplane/', 'controlplane', ['model', 'xds', 'log']],
+  ['controlplane/', 'controlplane', ['model', 'xds', 'configtext', 'log']],
   ['bench/', 'bench', ['*']],
 ];
 
