@@ -18,6 +18,8 @@ export interface EngineContext {
   clientIdleTimeoutMs: number;
   /** a request head must be whole this long after its first bytes arrived (a slow drip is not activity) */
   headTimeoutMs: number;
+  /** an HTTP/2 peer (client or backend) that does not acknowledge our SETTINGS this long gets GOAWAY SETTINGS_TIMEOUT (0: never) */
+  h2SettingsTimeoutMs: number;
   stats: EngineStats;
   /** a new upstream transport connection to up (emits 'connect', or 'error' then 'close') */
   connect: (up: Upstream) => Conn;

@@ -27,6 +27,7 @@ const knownMax = new Map<string, number>();
 export class UpstreamSession implements H2SessionOptions {
   readonly role = 'client' as const;
   readonly settings: Partial<H2Settings>;
+  readonly settingsTimeoutMs: number | undefined;
   readonly session: H2Session;
   /** streams started on it and not yet ended (the pool's count; the session has its own) */
   active = 0;
@@ -41,6 +42,7 @@ export class UpstreamSession implements H2SessionOptions {
 
   constructor(private readonly pool: H2Pool, readonly up: Upstream, conn: Conn, connectTimeoutMs: number, settings: Partial<H2Settings>) {
     this.settings = settings;
+    this.settingsTimeoutMs = pool.settingsTimeoutMs;
     this.connectTimer = setTimeout(UpstreamSession.connectTimeout, connectTimeoutMs, this);
     conn.once('connect', () => {
       this.connected = true;
@@ -105,6 +107,8 @@ export class H2Pool {
     private readonly connectTimeoutMs = 5_000,
     private readonly connect: (up: Upstream) => Conn = defaultConnect,
     maxHeaderListSize = 64 * 1024,
+    /** a backend that does not acknowledge our SETTINGS this long gets GOAWAY SETTINGS_TIMEOUT (undefined: the session's default) */
+    readonly settingsTimeoutMs?: number,
   ) {
     // The upstream may not open streams to us (no push): the stream limit we announce is moot.
     // (the window bounds what a client that does not read makes us hold per upstream stream, as on the client side)

@@ -22,6 +22,7 @@ export function acceptH2(ctx: EngineContext, conn: Conn, info: ConnInfo, first: 
 class ClientSession implements H2SessionOptions, DeadlineWatch {
   readonly role = 'server' as const;
   readonly settings: Partial<H2Settings>;
+  readonly settingsTimeoutMs: number;
   readonly session: H2Session;
   // Route timeouts: one timer per connection, at the earliest deadline of its exchanges, instead of a setTimeout
   // and clearTimeout per request (a Timeout object and two list operations each; a request rarely times out).
@@ -34,6 +35,7 @@ class ClientSession implements H2SessionOptions, DeadlineWatch {
     // gives the connection window back itself): 100 x 256 KiB = 25 MiB, where the session defaults (1000 x 1 MiB)
     // would let one connection pin about 1 GiB. 100 streams is nghttp2's, haproxy's and node's default.
     this.settings = { maxConcurrentStreams: 100, initialWindowSize: STREAM_WINDOW, maxHeaderListSize: ctx.maxHeaderBytes };
+    this.settingsTimeoutMs = ctx.h2SettingsTimeoutMs;
     // idle: no stream open for clientIdleTimeoutMs (a quiet long-lived gRPC stream is not idle). The transport's
     // timer measures quiet time; it is looked at again, not acted on, while a stream is open.
     conn.removeAllListeners('timeout'); // the sniffer's

@@ -9,6 +9,7 @@
 import type { Logger } from '../observe/log.js';
 import type { Conn } from './conn.js';
 import type { ConnInfo, EngineContext, EngineStats } from './engine.js';
+import { DEFAULT_SETTINGS_TIMEOUT_MS } from './h2/session.js';
 import { acceptH2 } from './h2server.js';
 import { H2Pool } from './h2pool.js';
 import { H1Conn } from './http1.js';
@@ -30,6 +31,8 @@ export interface ProxyOptions {
   clientIdleTimeoutMs?: number;
   /** an HTTP/1.1 request head must be complete this long after its first byte, else 408 (default 30 s) */
   headTimeoutMs?: number;
+  /** an HTTP/2 peer, client or backend, that does not acknowledge our SETTINGS this long gets GOAWAY SETTINGS_TIMEOUT (default 10 s, nghttpx's; 0 = never) */
+  h2SettingsTimeoutMs?: number;
   log: Logger;
 }
 
@@ -55,11 +58,13 @@ export class ProxyServer {
     const maxHeaderBytes = o.maxHeaderBytes ?? 64 * 1024;
     const connect = (up: { address: string; port: number; family: 4 | 6 }): Conn => this.io.connect(up);
     const pool = new H1Pool({ log: o.log, maxHeaderBytes, idleTimeoutMs: o.upstreamIdleTimeoutMs, connectTimeoutMs: o.connectTimeoutMs, connect });
-    const h2pool = new H2Pool(o.log, o.upstreamIdleTimeoutMs, o.connectTimeoutMs, connect, maxHeaderBytes);
+    const h2SettingsTimeoutMs = o.h2SettingsTimeoutMs ?? DEFAULT_SETTINGS_TIMEOUT_MS;
+    const h2pool = new H2Pool(o.log, o.upstreamIdleTimeoutMs, o.connectTimeoutMs, connect, maxHeaderBytes, h2SettingsTimeoutMs);
     this.clientIdleTimeoutMs = o.clientIdleTimeoutMs ?? 300_000;
     this.ctx = {
       policy: o.policy, log: o.log, pool, h2pool, maxHeaderBytes, clientIdleTimeoutMs: this.clientIdleTimeoutMs,
       headTimeoutMs: o.headTimeoutMs ?? 30_000,
+      h2SettingsTimeoutMs,
       stats: { connectionsH1: 0, connectionsH2: 0, requests: 0, badRequests: 0, upgrades: 0 },
       connect,
     };

@@ -123,11 +123,12 @@ export const TEST_DST: OriginalDst = { vip: '127.100.0.1', port: 80, cgroupId: 4
 
 export interface RunningProxy { proxy: ProxyServer; port: number; close(): Promise<void> }
 
-export async function startProxy(policy: Policy, opts: { maxHeaderBytes?: number; originalDst?: (a: string, p: number) => OriginalDst | null; host?: string; headTimeoutMs?: number; clientIdleTimeoutMs?: number } = {}): Promise<RunningProxy> {
+export async function startProxy(policy: Policy, opts: { maxHeaderBytes?: number; originalDst?: (a: string, p: number) => OriginalDst | null; host?: string; headTimeoutMs?: number; clientIdleTimeoutMs?: number; h2SettingsTimeoutMs?: number } = {}): Promise<RunningProxy> {
   const proxy = new ProxyServer({
     policy,
     headTimeoutMs: opts.headTimeoutMs,
     clientIdleTimeoutMs: opts.clientIdleTimeoutMs,
+    h2SettingsTimeoutMs: opts.h2SettingsTimeoutMs,
     originalDst: opts.originalDst ?? (() => TEST_DST),
     maxHeaderBytes: opts.maxHeaderBytes,
     log: quietLog,

@@ -1028,3 +1028,60 @@ t.test('server role: a peer that floods PINGs and never reads is cut off, not bu
   t.equal(srv.closes.length, 1, `the session gave up after ${sent} PINGs`);
   t.match(String(srv.closes[0]), /does not read/);
 });
+
+t.test('SETTINGS ACK timeout: a peer that never acknowledges our SETTINGS gets GOAWAY SETTINGS_TIMEOUT, both roles', async (t) => {
+  // server role: a raw client sends its preface and SETTINGS, then a request, and never ACKs ours
+  const srv = await ourServer(echo, { settingsTimeoutMs: 300 });
+  t.teardown(() => srv.close());
+  const started = performance.now();
+  const r = await raw(srv.port, Buffer.concat([HELLO, frame(1, END_HEADERS, 1, block(GET))]), isGoaway);
+  const took = performance.now() - started;
+  t.equal(goawayCode(r), H2_ERROR.SETTINGS_TIMEOUT, 'server role: GOAWAY SETTINGS_TIMEOUT');
+  t.ok(r.closed, 'server role: the connection is closed');
+  t.ok(took >= 280 && took < 3000, `after about the timeout (${took.toFixed(0)} ms)`);
+  t.match(String(srv.closes.at(-1)), /SETTINGS not acknowledged within 300 ms.*SETTINGS_TIMEOUT/, 'onClose with the error');
+  // the same raw client that ACKs our SETTINGS is not cut off: its stream is answered after the timeout
+  const ack = frame(4, 1, 0);
+  const alive = await raw(srv.port, Buffer.concat([HELLO, ack]), () => false);
+  t.equal(goawayCode(alive), -1, 'server role: a peer that ACKed gets no GOAWAY (5 s watched)');
+  t.equal(alive.closed, false, 'and stays connected');
+
+  // client role: a raw server sends SETTINGS, never ACKs ours, holds the request
+  const socks: Socket[] = [];
+  const seen: RawFrame[] = [];
+  const rawSrv = netServer((sock) => {
+    socks.push(sock);
+    sock.on('error', () => {});
+    sock.write(frame(4, 0, 0));
+    let buf = Buffer.alloc(0);
+    sock.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.subarray(0, 24).equals(PREFACE)) buf = buf.subarray(24);
+      while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+        const len = buf.readUIntBE(0, 3);
+        seen.push({ type: buf[3]!, flags: buf[4]!, id: buf.readUInt32BE(5) & 0x7fffffff, payload: buf.subarray(9, 9 + len) });
+        buf = buf.subarray(9 + len);
+      }
+    });
+  });
+  await new Promise<void>((res) => rawSrv.listen(0, '127.0.0.1', () => res()));
+  t.teardown(() => { for (const s of socks) s.destroy(); rawSrv.close(); });
+  const c = await ourClient((rawSrv.address() as AddressInfo).port, { settingsTimeoutMs: 300 });
+  const g = open(c, req('/held'), true);
+  await g.done;
+  t.equal(g.resetCode, H2_ERROR.SETTINGS_TIMEOUT, 'client role: the open stream gets onReset(SETTINGS_TIMEOUT)');
+  t.match(String(await c.closed), /SETTINGS_TIMEOUT/, 'client role: onClose with the error');
+  for (let i = 0; i < 100 && !seen.some(isGoaway); i++) await sleep(10);
+  const ga = seen.find(isGoaway);
+  t.equal(ga === undefined ? -1 : ga.payload.readUInt32BE(4), H2_ERROR.SETTINGS_TIMEOUT, 'client role: GOAWAY SETTINGS_TIMEOUT sent');
+
+  // node:http2 ACKs: a session with a short timeout serves on past it
+  const srv2 = await ourServer(echo, { settingsTimeoutMs: 100 });
+  t.teardown(() => srv2.close());
+  const nc = await nodeClient(srv2.port);
+  t.teardown(() => nc.destroy());
+  await sleep(300);
+  const got = await collect(nc.request({ ':path': '/late' }));
+  t.equal(got.headers[':status'], 200, 'an ACKing peer is served after the timeout has passed');
+  t.equal(srv2.closes.length, 0, 'its session is not closed');
+});

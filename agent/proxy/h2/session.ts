@@ -188,6 +188,12 @@ export interface H2SessionOptions {
    * May be called from the constructor (for streams in `first`).
    */
   onStream?(stream: H2Stream, headers: HeaderList, endStream: boolean, tooLarge: boolean): void;
+  /**
+   * A peer that has not acknowledged our SETTINGS this long after we sent them gets GOAWAY SETTINGS_TIMEOUT
+   * (RFC 9113 6.5.3): a connection error, its streams reset. Default 10 s (nghttpx's --frontend- and
+   * --backend-http2-settings-timeout); 0 = wait for ever.
+   */
+  settingsTimeoutMs?: number;
   /** client role: the peer's first SETTINGS arrived (peerMaxConcurrentStreams is now real) */
   onSettings?(): void;
   /** the peer sent GOAWAY (streams above lastStreamId got onReset(REFUSED_STREAM)) */
@@ -210,6 +216,8 @@ const MAX_WRITTEN_BLOCKED = 4 * 1024 * 1024;
 const MAX_SEND_FRAME = 64 * 1024;
 /** a session that closed its side waits this long (idle) for the peer to close before destroying the transport */
 const LINGER_MS = 2000;
+/** our SETTINGS unacknowledged this long: GOAWAY SETTINGS_TIMEOUT (nghttpx's default) */
+export const DEFAULT_SETTINGS_TIMEOUT_MS = 10_000;
 
 /** the stream a priority (PRIORITY's payload, HEADERS' priority fields) at b[p..] depends on: 31 bits, the E flag off */
 const dependency = (b: Buffer, p: number): number => ((b[p] & 0x7f) << 24 | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
@@ -249,6 +257,8 @@ export class H2Session {
 
   private prefaceLeft: number;
   private gotSettings = false;
+  /** runs from our SETTINGS to the peer's ACK of them (one timer per session, none per request) */
+  private settingsTimer: NodeJS.Timeout | null = null;
 
   /** a frame split across reads: its bytes so far */
   private inBuf: Buffer | null = null;
@@ -335,6 +345,8 @@ export class H2Session {
       out.frameU32(FRAME.WINDOW_UPDATE, 0, this.connWindowSize - DEFAULT_WINDOW);
       this.connRecvWindow = this.connWindowSize;
     }
+    const ackMs = opts.settingsTimeoutMs ?? DEFAULT_SETTINGS_TIMEOUT_MS;
+    if (ackMs > 0) this.settingsTimer = setTimeout(H2Session.settingsTimeout, ackMs, this, ackMs);
     if (first !== undefined && first.length > 0) this.read(first);
     else this.scheduleFlush();
   }
@@ -391,6 +403,15 @@ export class H2Session {
     this.ended = true;
     this.transport.destroy();
     this.notifyClose(err);
+  }
+
+  private static settingsTimeout(s: H2Session, ms: number): void {
+    s.settingsTimer = null;
+    s.connError(H2_ERROR.SETTINGS_TIMEOUT, `our SETTINGS not acknowledged within ${ms} ms`);
+  }
+
+  private clearSettingsTimer(): void {
+    if (this.settingsTimer !== null) { clearTimeout(this.settingsTimer); this.settingsTimer = null; }
   }
 
   // ---- output
@@ -944,6 +965,7 @@ export class H2Session {
     if (id !== 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `SETTINGS on stream ${id}`);
     if ((flags & FLAG.ACK) !== 0) {
       if (len !== 0) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, 'SETTINGS ACK with a payload');
+      this.clearSettingsTimer();
       this._streamRecvWindow = this._initialWindow;
       return;
     }
@@ -1113,6 +1135,7 @@ export class H2Session {
   }
 
   private notifyClose(err?: Error): void {
+    this.clearSettingsTimer();
     if (this.closeNotified) return;
     this.closeNotified = true;
     this.opts.onClose?.(err ?? this.transportError);
