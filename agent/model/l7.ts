@@ -5,6 +5,12 @@
 /** What connect() to an L7 service does while the proxy is not alive (no heartbeat). */
 export type FailMode = 'closed' | 'open';
 export type Balancer = 'least-request' | 'round-robin';
+/**
+ * The protocol the proxy speaks to a service's backends: 'downstream' (the default) the client's own, 'http1' or
+ * 'h2' (cleartext, prior knowledge) whatever the client speaks, translated both ways (Envoy's per-cluster
+ * http_protocol_options / http2_protocol_options / use_downstream_protocol_config; Istio's port names).
+ */
+export type UpstreamProtocol = 'downstream' | 'http1' | 'h2';
 
 export type StringMatch =
   | { exact: string }
@@ -132,6 +138,8 @@ export interface Authz {
 export interface HttpPolicy {
   failMode: FailMode;
   balancer: Balancer;
+  /** absent = 'downstream' */
+  upstreamProtocol?: UpstreamProtocol;
   /** evaluated in order; the first match wins; no match = 404 */
   routes: Route[];
   circuitBreaker: CircuitBreaker;

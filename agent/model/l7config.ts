@@ -38,6 +38,7 @@ import {
   type Route,
   type RouteMatch,
   type StringMatch,
+  type UpstreamProtocol,
   type WeightedGroup,
   type Workload,
 } from './l7.js';
@@ -97,6 +98,7 @@ const MAX_SPLIT_WEIGHT = 10_000;
 
 const FAIL_MODES: readonly FailMode[] = ['closed', 'open'];
 const BALANCERS: readonly Balancer[] = ['least-request', 'round-robin'];
+export const UPSTREAM_PROTOCOLS: readonly UpstreamProtocol[] = ['downstream', 'http1', 'h2'];
 const ACTIONS = ['allow', 'deny'] as const;
 const HEALTH_KINDS = ['tcp', 'http', 'grpc'] as const;
 export const RETRY_ON: readonly RetryOn[] = [
@@ -104,7 +106,7 @@ export const RETRY_ON: readonly RetryOn[] = [
   'cancelled', 'deadline-exceeded', 'internal', 'resource-exhausted', 'unavailable',
 ];
 
-const HTTP_FIELDS = ['failMode', 'balancer', 'accessLogSample', 'circuitBreaker', 'outlierDetection', 'authz', 'routes'] as const;
+const HTTP_FIELDS = ['failMode', 'balancer', 'upstreamProtocol', 'accessLogSample', 'circuitBreaker', 'outlierDetection', 'authz', 'routes'] as const;
 const BREAKER_FIELDS = ['maxConnections', 'maxPendingRequests', 'maxRequests', 'maxRetries'] as const;
 const OUTLIER_FIELDS = ['consecutive5xx', 'consecutiveGatewayErrors', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'interval'] as const;
 const AUTHZ_FIELDS = ['default', 'rules'] as const;
@@ -471,6 +473,12 @@ export function validateHttp(raw: unknown, path: string, shape: ServiceShape, is
     circuitBreaker: circuitBreaker(raw, path, issues),
     accessLogSample: numberField(raw, 'accessLogSample', path, 0, 1, issues) ?? 0,
   };
+  // (the closest word to 'http2' or 'h2c' is 'http1': say what is meant instead)
+  const p0 = raw['upstreamProtocol'];
+  const proto = typeof p0 === 'string' && /^(http\/?2(\.0)?|h2c)$/i.test(p0)
+    ? void issues.add(join(path, 'upstreamProtocol'), `must be one of ${UPSTREAM_PROTOCOLS.join(', ')}, got ${describe(p0)} (did you mean 'h2'?)`)
+    : enumField(raw, 'upstreamProtocol', path, UPSTREAM_PROTOCOLS, issues);
+  if (proto !== undefined) policy.upstreamProtocol = proto;
   const od = outlier(raw, path, issues);
   if (od) policy.outlierDetection = od;
   const az = authz(raw, path, shape, issues);

@@ -158,6 +158,7 @@ function compileService(cx: CompileContext, svc: Service, http: HttpPolicy, rout
       retry: r.retry && r.retry.attempts > 0 ? new RetryRules(r.retry) : undefined,
       requestHeaders: r.requestHeaders,
       responseHeaders: r.responseHeaders,
+      upstreamProtocol: http.upstreamProtocol ?? 'downstream',
       stats,
     };
   });

@@ -19,14 +19,18 @@ import { emptyRewrite, grpcStatusForHttp, rewriteHeaders, type ConnInfo, type En
 import { ExchangeDriver } from './exchange.js';
 import type { HeaderList } from './h2/hpack.js';
 import { H2_ERROR, type H2Stream, type H2StreamHandler } from './h2/session.js';
-import { UpLeg, type LegOwner } from './h2leg.js';
+import { UpLeg, type Leg, type LegOwner, type LegStream } from './h2leg.js';
 import type { H2PoolWaiter, UpstreamSession } from './h2pool.js';
-import type { Exchange, Headers, LocalReply, RequestHead, Source, UpstreamGroup } from './types.js';
+import { H1Leg } from './h2toh1.js';
+import { h2RequestToH1, type H1RequestHead } from './translate.js';
+import type { Exchange, Headers, LocalReply, RequestHead, Source, Upstream, UpstreamGroup } from './types.js';
 
 /** request body held while no upstream stream is there yet, before the client's stream window is held */
 const MAX_UNSENT = 256 * 1024;
 /** a stream refused unprocessed (REFUSED_STREAM, GOAWAY) is sent again on another session at most this often */
 const MAX_REDISPATCH = 5;
+/** methods an HTTP/1.1 leg may send again when a reused connection turns out closed (as http1.ts) */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
 /**
  * The policy's Headers record: a fast-mode object that inherits nothing (Object.create(null) makes a slow hash
@@ -51,7 +55,9 @@ const HEAD_TOO_LARGE: LocalReply = Object.freeze({
  * their upstream legs.
  */
 export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2PoolWaiter, LegOwner {
-  private leg: UpLeg | null = null;
+  private leg: Leg | null = null;
+  /** upstreamProtocol http1: the request head translated (h2toh1.ts), made once per request */
+  private h1: H1RequestHead | null = null;
   private waitingGroup: UpstreamGroup | null = null;
   private upHeaders: HeaderList = [];
   private isGrpc = false;
@@ -183,6 +189,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
       }
     }
     this.upHeaders = up;
+    if (route.upstreamProtocol === 'http1') this.h1 = h2RequestToH1(up, head.hasBody);
     if (route.timeoutMs > 0) {
       this.routeDeadline = performance.now() + route.timeoutMs;
       this.client.deadline(this.routeDeadline);
@@ -253,7 +260,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     if (leg !== null && leg.us !== null && !leg.sentEnd) this.endRequest(leg, leg.us);
   }
 
-  private endRequest(leg: UpLeg, us: H2Stream): void {
+  private endRequest(leg: Leg, us: LegStream): void {
     leg.sentEnd = true;
     if (this.reqTrailers !== null) us.sendTrailers(this.reqTrailers);
     else us.end();
@@ -280,6 +287,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
 
   protected acquire(): void {
     const up = this.attempt!.upstream;
+    if (this.h1 !== null) { this.acquireH1(up); return; }
     const got = this.ctx.h2pool.acquire(up, this);
     if (got === 'pending') this.waitingGroup = up.group;
     else if (got === 'overflow') this.attemptFailed({ kind: 'overflow', limit: 'max-pending-requests' });
@@ -320,6 +328,26 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     if (this.leg !== leg) return; // reset at once (and handled)
     leg.us = us;
     leg.sentEnd = endNow;
+    this.flushBody(leg, us);
+  }
+
+  /** the attempt on an HTTP/1.1 backend (upstreamProtocol http1): a connection from the HTTP/1.1 pool */
+  private acquireH1(up: Upstream): void {
+    const leg = new H1Leg(this, this.ctx.pool, up, this.h1!, this.isHead, IDEMPOTENT.has(this.head!.method));
+    this.leg = leg;
+    this.usBlocked = false;
+    if (!leg.start()) { this.leg = null; this.attemptFailed({ kind: 'overflow', limit: 'max-pending-requests' }); }
+  }
+
+  /** an HTTP/1.1 leg wrote the request head: the body follows */
+  upReady(leg: Leg): void {
+    if (leg !== this.leg || this.attempt === null || this.done) return;
+    this.flushBody(leg, leg.us!);
+  }
+
+  /** what the client sent so far goes out on the attempt's leg (ended when the client's side is) */
+  private flushBody(leg: Leg, us: LegStream): void {
+    const body = this.body;
     for (let i = 0, last = body.length - 1; i <= last; i++) {
       const fin = i === last && this.bodyDone && this.reqTrailers === null;
       if (!us.sendData(body[i]!, fin)) this.usBlocked = true;
@@ -332,13 +360,13 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   }
 
   /** the upstream can take more of the request body */
-  upWritable(leg: UpLeg): void {
+  upWritable(leg: Leg): void {
     if (leg !== this.leg) return;
     this.usBlocked = false;
     this.releaseDs();
   }
 
-  upHead(leg: UpLeg, h: HeaderList, endStream: boolean): void {
+  upHead(leg: Leg, h: HeaderList, endStream: boolean): void {
     if (leg !== this.leg || this.attempt === null) return;
     let statusText = '', gs: string | undefined;
     for (let i = 0; i < h.length; i += 2) {
@@ -349,7 +377,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     const status = Number(statusText);
     if (status >= 100 && status < 200 && !endStream) return; // informational: not passed on
     if (!(status >= 200 && status <= 999)) {
-      this.ctx.log.debug({ upstream: leg.entry.up.key, status: statusText }, 'upstream h2 response without a valid :status');
+      this.ctx.log.debug({ upstream: leg.key, status: statusText }, 'upstream h2 response without a valid :status');
       this.dropLeg(H2_ERROR.PROTOCOL_ERROR);
       this.attemptFailed({ kind: 'reset' });
       return;
@@ -382,7 +410,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     }
   }
 
-  upData(leg: UpLeg, d: Buffer, endStream: boolean): void {
+  upData(leg: Leg, d: Buffer, endStream: boolean): void {
     if (leg !== this.leg || !this.headSent || this.done) {
       if (leg.us !== null && !leg.us.closed) leg.us.consumed(d.length);
       return;
@@ -398,7 +426,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     else leg.us!.consumed(d.length);
   }
 
-  upTrailers(leg: UpLeg, h: HeaderList): void {
+  upTrailers(leg: Leg, h: HeaderList): void {
     if (leg !== this.leg || !this.headSent || this.done) return;
     // (well-formed: no pseudo-header or connection-specific field)
     for (let i = 0; i < h.length; i += 2) if (h[i] === 'grpc-status') this.grpcStatus = Number(h[i + 1]);
@@ -409,21 +437,20 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   }
 
   /** the upstream stream ended abnormally (its RST_STREAM, the session died, GOAWAY) */
-  upReset(leg: UpLeg, code: number): void {
+  upReset(leg: Leg, code: number): void {
     if (leg !== this.leg) return;
     this.leg = null;
-    if (!leg.ended) { leg.ended = true; this.ctx.h2pool.streamEnded(leg.entry); }
+    if (!leg.ended) { leg.ended = true; leg.release(); }
     if (this.resStarted) {
       if (!this.done) {
-        this.ctx.log.debug({ upstream: leg.entry.up.key, code }, 'upstream h2 stream failed mid-response; client stream reset');
+        this.ctx.log.debug({ upstream: leg.key, code }, 'upstream stream failed mid-response; client stream reset');
         this.abortClient();
       }
       return;
     }
     if (this.attempt === null) return;
-    const e = leg.entry;
-    this.ctx.log.debug({ upstream: e.up.key, code, active: e.active, max: e.capacity }, 'upstream h2 stream closed before the response head');
-    if (!e.connected) { this.attemptFailed({ kind: 'connect-failure' }); return; }
+    this.ctx.log.debug({ upstream: leg.key, code }, 'upstream stream closed before the response head');
+    if (!leg.connected) { this.attemptFailed({ kind: 'connect-failure' }); return; }
     // REFUSED_STREAM (also: above a GOAWAY's last stream id) guarantees the application never saw the request:
     // it goes again on another session, as the same attempt. (A burst on a new session, before the peer's
     // SETTINGS told its limit, can be refused in part.)
@@ -432,13 +459,13 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   }
 
   /** the upstream's response is complete: its stream is given back */
-  private legDone(leg: UpLeg): void {
+  private legDone(leg: Leg): void {
     if (this.leg === leg) this.leg = null;
     if (leg.ended) return;
     leg.ended = true;
     // the rest of the request is not wanted any more
     if (!leg.sentEnd && leg.us !== null && !leg.us.closed) leg.us.reset(H2_ERROR.CANCEL);
-    this.ctx.h2pool.streamEnded(leg.entry);
+    leg.release();
   }
 
   /** the attempt's stream is abandoned (retry, timeout, client gone) */
@@ -449,7 +476,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     if (leg.ended) return;
     leg.ended = true;
     if (leg.us !== null && !leg.us.closed) leg.us.reset(code);
-    this.ctx.h2pool.streamEnded(leg.entry);
+    leg.release();
   }
 
   private static tryTimeout(x: H2Exchange): void {

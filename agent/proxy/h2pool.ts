@@ -40,7 +40,7 @@ export class UpstreamSession implements H2SessionOptions {
   idleSince = performance.now();
   private connectTimer: NodeJS.Timeout | null;
 
-  constructor(private readonly pool: H2Pool, readonly up: Upstream, conn: Conn, connectTimeoutMs: number, settings: Partial<H2Settings>) {
+  constructor(readonly pool: H2Pool, readonly up: Upstream, conn: Conn, connectTimeoutMs: number, settings: Partial<H2Settings>) {
     this.settings = settings;
     this.settingsTimeoutMs = pool.settingsTimeoutMs;
     this.connectTimer = setTimeout(UpstreamSession.connectTimeout, connectTimeoutMs, this);

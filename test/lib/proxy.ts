@@ -9,7 +9,7 @@ import { ProxyServer } from '../../agent/proxy/server.js';
 import type {
   Attempt, Exchange, LocalReply, OriginalDst, Outcome, Policy, RequestHead, Source, Upstream, UpstreamGroup,
 } from '../../agent/proxy/types.js';
-import type { HeaderRewrite } from '../../agent/model/l7.js';
+import type { HeaderRewrite, UpstreamProtocol } from '../../agent/model/l7.js';
 
 export const quietLog = pino({ level: process.env.SOCKMESH_TEST_LOG ?? 'silent' });
 
@@ -58,6 +58,8 @@ export interface TestRoute {
   backoffMs?: number;
   requestHeaders?: HeaderRewrite;
   responseHeaders?: HeaderRewrite;
+  /** default 'downstream' */
+  upstreamProtocol?: UpstreamProtocol;
 }
 
 export interface ExchangeRecord {
@@ -88,6 +90,7 @@ export class TestPolicy implements Policy {
         perTryTimeoutMs: r.perTryTimeoutMs ?? 0,
         requestHeaders: r.requestHeaders ?? NO_REWRITE,
         responseHeaders: r.responseHeaders ?? NO_REWRITE,
+        upstreamProtocol: r.upstreamProtocol ?? 'downstream',
       },
       bufferLimitBytes: r.bufferLimitBytes ?? 64 * 1024,
       attempt(n: number): Attempt {

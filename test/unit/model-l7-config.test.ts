@@ -222,6 +222,9 @@ const CASES: Array<[string, string, string[]]> = [
     "services[0].http.routes[0].retries.attemps: service 'web', route 'a': unknown field 'attemps' (did you mean 'attempts'?)",
     "services[0].healthCheck.intervall: unknown field 'intervall' (did you mean 'interval'?)",
   ]],
+  ['upstream protocol', `    http:\n      upstreamProtocol: http2`, [
+    "services[0].http.upstreamProtocol: must be one of downstream, http1, h2, got \"http2\" (a string) (did you mean 'h2'?)",
+  ]],
   ['bad regexes report the engine error', `    http:\n      routes: [{name: a, match: {path: {regex: '/a(['}, headers: [{name: x, regex: '*'}]}}]`, [
     "services[0].http.routes[0].match.path.regex: service 'web', route 'a': invalid regular expression \"/a([\": Invalid regular expression",
     "services[0].http.routes[0].match.headers[0].regex: service 'web', route 'a': invalid regular expression \"*\": Invalid regular expression",
@@ -355,4 +358,12 @@ t.test('durations and sizes', async (t) => {
   t.equal(parseSize(4096), 4096);
   t.match(parseSize(-1), /whole number of bytes/);
   t.match(parseSize('1.5KiB'), /must be a size/);
+});
+
+t.test('upstreamProtocol: absent = the client\'s (downstream); http1 or h2, case-insensitive', async (t) => {
+  const http = (v: string): unknown => parseConfig(svc(v === '' ? '    http: {}' : `    http: {upstreamProtocol: ${v}}`), 'x.yaml').services[0]!.http!.upstreamProtocol;
+  t.equal(http(''), undefined);
+  t.equal(http('downstream'), 'downstream');
+  t.equal(http('http1'), 'http1');
+  t.equal(http('H2'), 'h2');
 });
