@@ -42,13 +42,5 @@ export async function waitListening(ns: string, port: number, timeoutMs: number,
   throw new Error(`nothing listens on port ${port} in ${ns} after ${timeoutMs} ms`);
 }
 
-/**
- * Like inCgroupNetns, but entering the namespace with nsenter, which changes the network namespace only:
- * `ip netns exec` also remounts /sys, where a process that needs cgroupfs and bpffs (the agent) would find
- * them empty. `cpus` is a taskset list ('0', '0-1'); undefined = not pinned.
- */
-export function inCgroupNsenter(cgroupDir: string, ns: string, cpus: string | undefined, argv: string[]): [string, string[]] {
-  const script = 'echo $$ > "$0/cgroup.procs" && exec "$@"';
-  const pin = cpus === undefined ? [] : ['taskset', '-c', cpus];
-  return ['sh', ['-c', script, cgroupDir, 'nsenter', `--net=/run/netns/${ns}`, ...pin, ...argv]];
-}
+// Like inCgroupNetns, but entering the namespace with nsenter, which changes the network namespace only (the lab's).
+export { inCgroupNsenter } from '../../lab/cgroup.js';

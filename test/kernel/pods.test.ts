@@ -212,7 +212,7 @@ t.test('the lab leaves nothing behind', { skip: skip ?? false }, async (t) => {
 
   t.test('npm run lab: up, status, exec, down; nothing left', async (t) => {
     const cli = (...args: string[]): { code: number | null; out: string } => {
-      const r = spawnSync(process.execPath, ['--import', '@tapjs/typescript/import', 'test/lib/lab-cli.ts', '--prefix', 'podtestcli', ...args],
+      const r = spawnSync(process.execPath, ['--import', '@tapjs/typescript/import', 'lab/cli.ts', '--prefix', 'podtestcli', ...args],
         { cwd: ROOT, encoding: 'utf8', timeout: 30_000, env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' } });
       return { code: r.status, out: r.stdout + r.stderr };
     };

@@ -1,13 +1,17 @@
 // Test harness for kernel tests: a private cgroup and bpffs directory per test, the real agent as a child process,
 // and cleanup that runs also when the test fails. Nothing here ever touches the root cgroup.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer, type AddressInfo } from 'node:net';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 import { AGENT_NODE_FLAGS } from '../../agent/runtime.js';
+import { killCgroup, removeCgroup } from '../../lab/cgroup.js';
+
+// Killing and removing cgroup trees: the lab's (one definition for the lab, the tests and the benches).
+export { killCgroup, removeCgroup };
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const AGENT = join(ROOT, 'dist', 'agent', 'main.js');
@@ -31,32 +35,6 @@ export function kernelSkipReason(): string | null {
 
 let seq = 0;
 const uniq = (name: string): string => `sockmesh-test-${name}-${process.pid}-${++seq}`;
-
-/** Kill every process in a cgroup and its children (not this one). */
-export function killCgroup(path: string): void {
-  if (!existsSync(path)) return;
-  for (const sub of readdirSync(path, { withFileTypes: true })) if (sub.isDirectory()) killCgroup(join(path, sub.name));
-  if (existsSync(join(path, 'cgroup.kill'))) {
-    try { writeFileSync(join(path, 'cgroup.kill'), '1'); } catch { /* older kernel */ }
-  }
-  for (const pid of readFileSync(join(path, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
-    if (Number(pid) === process.pid) continue;
-    try { process.kill(Number(pid), 'SIGKILL'); } catch { /* gone */ }
-  }
-}
-
-/** Remove a cgroup and its children, waiting out EBUSY while killed tasks are reaped. */
-export function removeCgroup(path: string): void {
-  if (!existsSync(path)) return;
-  for (const sub of readdirSync(path, { withFileTypes: true })) if (sub.isDirectory()) removeCgroup(join(path, sub.name));
-  for (let i = 0; i < 50; i++) {
-    try { rmdirSync(path); return; } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e;
-      spawnSync('sleep', ['0.05']);
-    }
-  }
-  rmdirSync(path);
-}
 
 export interface TestCgroup {
   path: string;

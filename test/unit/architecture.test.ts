@@ -40,6 +40,8 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   ['agent/', 'wiring', ['*']],
   ['cli/', 'cli', ['protocol', 'datapath', 'observe', 'addon', 'log', 'runtime']],
   ['controlplane/', 'controlplane', ['model', 'xds', 'configtext', 'log']],
+  // the node lab (pods as a CNI and the kubelet make them): tests, benches and `npm run lab` share it
+  ['lab/', 'lab', ['datapath']],
   ['bench/', 'bench', ['*']],
 ];
 
@@ -73,7 +75,7 @@ interface Arrow { from: string; to: string; line: number }
 
 function arrows(): Arrow[] {
   const out: Arrow[] = [];
-  for (const file of ['agent', 'cli', 'controlplane', 'bench', 'xds'].flatMap(sources)) {
+  for (const file of ['agent', 'cli', 'controlplane', 'bench', 'xds', 'lab'].flatMap(sources)) {
     const text = readFileSync(join(root, file), 'utf8');
     for (const ref of ts.preProcessFile(text, true, true).importedFiles) {
       if (!ref.fileName.startsWith('.')) continue;

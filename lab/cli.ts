@@ -2,7 +2,7 @@
 // lab to try sockmesh with pods (--prefix: another lab beside it; tests use it).
 // The pods' cgroups are made under the meshed cgroup (default `sockmesh`, the one `npm start` meshes); `down` removes
 // everything `up` made, from the state file in /run/sockmesh-lab.
-import { resolveCgroup } from '../../agent/datapath/cgroup.js';
+import { resolveCgroup } from '../agent/datapath/cgroup.js';
 import { Lab } from './lab.js';
 
 const POD_NAMES = ['pod-a', 'pod-b', 'pod-c', 'pod-d', 'pod-e', 'pod-f'];
