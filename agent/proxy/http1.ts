@@ -11,6 +11,10 @@ import { emptyRewrite, rewriteHeaders, statusText, type ConnInfo, type EngineCon
 import { ExchangeDriver } from './exchange.js';
 import { ChunkedDecoder, Framing, ParseError, RequestHeadParse, type ChunkSink } from './h1parse.js';
 import { ACQ_OVERFLOW, ACQ_PENDING, type H1Upstream, type UpstreamUser } from './h1pool.js';
+import type { HeaderList } from './h2/hpack.js';
+import { H2_ERROR } from './h2/session.js';
+import { H2Link, type H2LinkOwner } from './h1toh2.js';
+import { h1RequestToH2, type ResponseHead } from './translate.js';
 import type { Attempt, Exchange, Headers, LocalReply, RequestHead, Source } from './types.js';
 
 const BODY_NONE = 0, BODY_LENGTH = 1, BODY_CHUNKED = 2;
@@ -23,7 +27,7 @@ const CONTINUE_100 = 'HTTP/1.1 100 Continue\r\n\r\n';
 /** a response head and body bytes up to this size go out in one write */
 const COALESCE_MAX = 16 * 1024;
 
-export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
+export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H2LinkOwner {
   private buf: Buffer | null = null;
   private readonly req = new RequestHeadParse();
   private readonly chunked = new ChunkedDecoder();
@@ -41,6 +45,9 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
   private busy = false;
   private closeAfter = false;
   private up: H1Upstream | null = null;
+  /** upstreamProtocol h2: the attempt's stream (h1toh2.ts), and the request head translated once per request */
+  private h2: H2Link | null = null;
+  private upH2: HeaderList | null = null;
   private waitingGroup: Attempt['upstream']['group'] | null = null;
   private upHeadStr = '';
   private isHeadReq = false;
@@ -101,7 +108,10 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     this.idleDeadline = performance.now() + ctx.clientIdleTimeoutMs;
     this.armDeadline();
     socket.on('error', () => { /* 'close' follows */ });
-    socket.on('drain', () => { if (this.up !== null) this.up.socket.resume(); });
+    socket.on('drain', () => {
+      if (this.up !== null) this.up.socket.resume();
+      else if (this.h2 !== null) this.h2.clientDrained();
+    });
     ctx.stats.connectionsH1++;
     try { this.onData(first); } catch (e) { this.fatal(e); }
   }
@@ -117,6 +127,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     if (this.headTimer !== null) { clearTimeout(this.headTimer); this.headTimer = null; }
     if (this.waitingGroup !== null) { const g = this.waitingGroup; this.waitingGroup = null; try { this.ctx.pool.cancel(this, g); } catch { /* already broken */ } }
     if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
+    if (this.h2 !== null) { const l = this.h2; this.h2 = null; try { l.drop(); } catch { /* already broken */ } }
     this.socket.destroy();
     const ex = this.ex;
     this.ex = null;
@@ -272,7 +283,16 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     const ex = r;
     this.ex = ex;
     if (!emptyRewrite(ex.route.requestHeaders)) rewriteHeaders(headers, ex.route.requestHeaders);
-    this.upHeadStr = this.requestHeadString(head);
+    if (ex.route.upstreamProtocol === 'h2') {
+      // (an Upgrade cannot cross to HTTP/2: the request goes as a plain one)
+      const dst = this.info.dst;
+      const where = dst.vip.includes(':') ? `[${dst.vip}]:${dst.port}` : `${dst.vip}:${dst.port}`;
+      this.upH2 = h1RequestToH2(head, req.teTrailers, req.hasContentLength ? req.contentLength : -1, where);
+      this.upgradeReq = undefined;
+    } else {
+      this.upH2 = null;
+      this.upHeadStr = this.requestHeadString(head);
+    }
     if (ex.route.timeoutMs > 0) this.routeDeadline = performance.now() + ex.route.timeoutMs;
     this.nextAttempt();
   }
@@ -306,6 +326,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
 
   protected acquire(): void {
     const up = this.attempt!.upstream;
+    if (this.upH2 !== null) { this.acquireH2(up); return; }
     const got = this.ctx.pool.acquire(up, this);
     if (got === ACQ_PENDING) this.waitingGroup = up.group;
     else if (got === ACQ_OVERFLOW) this.attemptFailed({ kind: 'overflow', limit: 'max-pending-requests' });
@@ -317,12 +338,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     if (this.attempt === null || this.dead) { c.release(true); return; }
     this.up = c;
     c.begin(this, this.isHeadReq);
-    if (this.expectContinue && !this.sentContinue && !this.resStarted) {
-      // We answer 100-continue ourselves when forwarding starts (the upstream never sees Expect):
-      // no deadlock whatever the upstream does with it.
-      this.sentContinue = true;
-      this.socket.write(CONTINUE_100, 'latin1');
-    }
+    this.continue100();
     const us = c.socket;
     const body = this.body;
     if (body.length === 0 && this.bodyDone && !this.reqChunked) {
@@ -340,10 +356,85 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     }
   }
 
+  /** the attempt on an HTTP/2 backend (upstreamProtocol h2): a stream from the HTTP/2 pool */
+  private acquireH2(up: Attempt['upstream']): void {
+    const link = new H2Link(this, this.ctx.h2pool, up, this.upH2!, !this.head!.hasBody, this.isHeadReq);
+    this.h2 = link;
+    if (!link.start()) { this.h2 = null; this.attemptFailed({ kind: 'overflow', limit: 'max-pending-requests' }); }
+  }
+
+  h2Ready(link: H2Link): void {
+    if (link !== this.h2 || this.attempt === null || this.dead) return;
+    this.continue100();
+    const body = this.body;
+    let ok = true;
+    for (let i = 0; i < body.length; i++) if (!link.sendData(body[i]!)) ok = false;
+    if (this.bodyDone) link.endRequest(this.reqTrailers);
+    if (this.replayable) this.bodySent = body.length;
+    else { body.length = 0; this.bodySent = 0; }
+    this.unsentBytes = 0;
+    if (!ok && !this.paused) { this.paused = true; this.socket.pause(); }
+    else if (ok && this.paused && this.busy) { this.paused = false; this.socket.resume(); }
+  }
+
+  h2Head(link: H2Link, res: ResponseHead, endStream: boolean): void {
+    if (link !== this.h2 || this.attempt === null) return;
+    this.tryDeadline = 0;
+    let grpcStatus: number | undefined;
+    if (this.head!.grpc) {
+      const i = res.names.indexOf('grpc-status');
+      if (i >= 0) grpcStatus = Number(res.values[i]);
+    }
+    if (this.responseHead(res.status, grpcStatus)) return;
+    this.writeResponseHead(res);
+    if (endStream) this.h2Trailers(link, '');
+    else this.upFlush();
+  }
+
+  h2Data(link: H2Link, data: Buffer, endStream: boolean): void {
+    if (link !== this.h2 || !this.resStarted) {
+      if (link.us !== null && !link.us.closed) link.us.consumed(data.length);
+      return;
+    }
+    if (data.length > 0) {
+      if (this.writeResBody(data)) link.us!.consumed(data.length);
+      else link.owed += data.length;
+    }
+    if (endStream) this.h2Trailers(link, '');
+  }
+
+  /** the response is complete (with a trailer section, or '') */
+  h2Trailers(link: H2Link, trailers: string): void {
+    if (link !== this.h2) return;
+    this.h2 = null;
+    this.writeResEnd(trailers);
+    link.done();
+    this.responseEnded();
+  }
+
+  h2Reset(link: H2Link, code: number): void {
+    if (link !== this.h2) return;
+    this.h2 = null;
+    if (this.upstreamGone(link.key, code)) return;
+    if (!link.connected) { this.attemptFailed({ kind: 'connect-failure' }); return; }
+    // REFUSED_STREAM (or above a GOAWAY's last stream id): the backend never saw it; it goes again elsewhere
+    if (code === H2_ERROR.REFUSED_STREAM && this.replayable && this.staleRedispatch++ < 5) { this.acquire(); return; }
+    this.attemptFailed({ kind: 'reset' });
+  }
+
   upConnectFailed(): void {
     this.waitingGroup = null;
     if (this.attempt === null) return;
     this.attemptFailed({ kind: 'connect-failure' });
+  }
+
+  private continue100(): void {
+    if (this.expectContinue && !this.sentContinue && !this.resStarted) {
+      // We answer 100-continue ourselves when forwarding starts (the upstream never sees Expect):
+      // no deadlock whatever the upstream does with it.
+      this.sentContinue = true;
+      this.socket.write(CONTINUE_100, 'latin1');
+    }
   }
 
   private writeBody(us: Conn, data: Buffer): boolean {
@@ -376,6 +467,9 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
         this.paused = true;
         this.socket.pause();
       }
+    } else if (this.h2 !== null && this.h2.us !== null) {
+      if (this.replayable) { this.body.push(data); this.bodySent++; }
+      if (!this.h2.sendData(data) && !this.paused) { this.paused = true; this.socket.pause(); }
     } else {
       this.body.push(data);
       this.unsentBytes += data.length;
@@ -390,6 +484,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
   private bodyEnd(): void {
     this.bodyDone = true;
     if (this.up !== null && this.ex !== null) this.writeBodyEnd(this.up.socket);
+    else if (this.h2 !== null && this.h2.us !== null && this.ex !== null) this.h2.endRequest(this.reqTrailers);
   }
 
   /** the request body's chunked framing is broken */
@@ -434,11 +529,10 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     }
     // Retried: the rest of this response is not wanted, and the connection cannot be reused mid-body (released).
     if (this.responseHead(status, grpcStatus)) return;
-    this.writeResponseHead(c);
+    this.writeResponseHead(c.res);
   }
 
-  private writeResponseHead(c: H1Upstream): void {
-    const res = c.res;
+  private writeResponseHead(res: ResponseHead): void {
     const status = res.status;
     this.resStarted = true;
     this.resStatus = status;
@@ -484,6 +578,11 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
 
   upData(c: H1Upstream, data: Buffer): void {
     if (c !== this.up || !this.resStarted) return;
+    if (!this.writeResBody(data)) c.socket.pause(); // resumed on the client's 'drain'
+  }
+
+  /** response body bytes to the client (with the head if it is still held); false: the client's socket is full */
+  private writeResBody(data: Buffer): boolean {
     const sock = this.socket;
     let ok: boolean;
     const head = this.pendingHead;
@@ -515,32 +614,46 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
         sock.uncork();
       } else ok = sock.write(data);
     }
-    if (!ok) c.socket.pause(); // resumed on the client's 'drain'
+    return ok;
+  }
+
+  /** the end of the response to the client: the held head, the last chunk and trailers */
+  private writeResEnd(trailers: string): void {
+    const head = this.pendingHead;
+    this.pendingHead = null;
+    if (this.resChunked) this.socket.write(`${head ?? ''}0\r\n${trailers}\r\n`, 'latin1');
+    else if (head !== null) this.socket.write(head, 'latin1');
   }
 
   upEnd(c: H1Upstream, trailers: string): void {
     if (c !== this.up) return;
     this.up = null;
-    const head = this.pendingHead;
-    this.pendingHead = null;
-    if (this.resChunked) this.socket.write(`${head ?? ''}0\r\n${trailers}\r\n`, 'latin1');
-    else if (head !== null) this.socket.write(head, 'latin1');
+    this.writeResEnd(trailers);
     // The connection is reusable only when our request went out whole too.
     c.release(this.bodyDone);
+    this.responseEnded();
+  }
+
+  private responseEnded(): void {
     if (this.resCloseDelimited) this.closeAfter = true;
     this.endExchange(this.resStatus);
+  }
+
+  /** the attempt's upstream failed: true when there is nothing more to do (the response was cut, or no attempt) */
+  private upstreamGone(key: string, why: string | number): boolean {
+    if (this.resStarted) {
+      // The response was under way: the client cannot be told but by cutting its connection.
+      this.ctx.log.debug({ upstream: key, why }, 'upstream failed mid-response; client connection aborted');
+      this.abortClient();
+      return true;
+    }
+    return this.attempt === null;
   }
 
   upFail(c: H1Upstream, why: string): void {
     if (c !== this.up) return;
     this.up = null;
-    if (this.resStarted) {
-      // The response was under way: the client cannot be told but by cutting its connection.
-      this.ctx.log.debug({ upstream: c.key, why }, 'upstream failed mid-response; client connection aborted');
-      this.abortClient();
-      return;
-    }
-    if (this.attempt === null) return;
+    if (this.upstreamGone(c.key, why)) return;
     // A reused keep-alive connection that the server had closed: the request never reached it, so it is
     // sent again on another connection (as Go's transport does: idempotent, replayable, nothing received).
     if (c.uses > 1 && c.gotBytes === 0 && this.replayable && IDEMPOTENT.has(this.head!.method) && this.staleRedispatch++ < 2) {
@@ -555,6 +668,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     this.tryDeadline = 0;
     if (this.waitingGroup !== null) { this.ctx.pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
     if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
+    if (this.h2 !== null) { const l = this.h2; this.h2 = null; l.drop(); }
   }
 
   /** 101 from the upstream: from now on the two sockets are spliced, raw, both ways */
@@ -688,6 +802,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink {
     this.clearTimers();
     if (this.waitingGroup !== null) { this.ctx.pool.cancel(this, this.waitingGroup); this.waitingGroup = null; }
     if (this.up !== null) { const c = this.up; this.up = null; c.destroy(); }
+    if (this.h2 !== null) { const l = this.h2; this.h2 = null; l.drop(); }
     this.cancelAttempt();
     // status sent when the response had started (and was cut), 0 when the client left before it
     ex.end(this.resStarted ? this.resStatus : 0, this.grpcStatus);

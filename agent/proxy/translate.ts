@@ -44,10 +44,10 @@ function dropped(name: string): boolean {
 /**
  * An HTTP/1.1 request head as an HTTP/2 request header list. teTrailers: the client asked te: trailers.
  * contentLength: the request's content-length (-1: none; a chunked body goes as DATA frames without one).
+ * defaultAuthority: for a request without Host (HTTP/1.0), the address the client connected to.
  */
-export function h1RequestToH2(head: RequestHead, teTrailers: boolean, contentLength: number): HeaderList {
-  const out: HeaderList = [':method', head.method, ':scheme', 'http'];
-  if (head.authority !== '') out.push(':authority', head.authority);
+export function h1RequestToH2(head: RequestHead, teTrailers: boolean, contentLength: number, defaultAuthority: string): HeaderList {
+  const out: HeaderList = [':method', head.method, ':scheme', 'http', ':authority', head.authority !== '' ? head.authority : defaultAuthority];
   out.push(':path', head.path);
   const h: Headers = head.headers;
   for (const name in h) {
@@ -115,9 +115,9 @@ export function h1ResponseToH2(res: ResponseHead): HeaderList {
 
 /**
  * An HTTP/2 response header list (well-formed, :status first and final) into res, for the HTTP/1.1 writer.
- * endStream: the head ended the stream (no body follows).
+ * endStream: the head ended the stream (no body follows); isHead: the request was HEAD.
  */
-export function h2ResponseToH1(h: HeaderList, endStream: boolean, res: ResponseHead): void {
+export function h2ResponseToH1(h: HeaderList, endStream: boolean, isHead: boolean, res: ResponseHead): void {
   res.names = [];
   res.values = [];
   res.hasContentLength = false;
@@ -130,6 +130,9 @@ export function h2ResponseToH1(h: HeaderList, endStream: boolean, res: ResponseH
     res.names.push(name);
     res.values.push(v);
   }
+  // An empty body said by END_STREAM alone is said by content-length: 0 on HTTP/1.1 (without it, a response that
+  // may have a body is read until the connection closes)
+  if (endStream && !res.hasContentLength && !isHead && res.status !== 204 && res.status !== 304) res.hasContentLength = true;
   res.reason = statusText(res.status);
   res.framing = endStream ? Framing.None : res.hasContentLength ? Framing.Length : Framing.Chunked;
 }

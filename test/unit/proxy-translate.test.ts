@@ -4,12 +4,12 @@
 // :authority, keep-alive reuse, failures. The pure translation functions are checked on their own first.
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer as h1server, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect as h2connect, type ClientHttp2Session } from 'node:http2';
+import { Agent, createServer as h1server, request as h1request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect as h2connect, constants, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { h1RequestToH2, h1ResponseToH2, h1TrailersToH2, h2RequestToH1, h2ResponseToH1, h2TrailersToH1, type ResponseHead } from '../../agent/proxy/translate.js';
 import { Framing } from '../../agent/proxy/h1parse.js';
-import { connectTo, h2request, readResponses, startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
+import { connectTo, h2Backend, h2request, rawExchange, readResponses, startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -18,11 +18,12 @@ t.test('translation functions', async (t) => {
     method: 'POST', path: '/a?b', authority: 'svc:8080', protocol: 'http1' as const, grpc: false, hasBody: true,
     headers: { 'x-a': '1', 'x-multi': ['p', 'q'], connection: 'x', 'keep-alive': 'timeout=5', 'proxy-connection': 'y', 'transfer-encoding': 'chunked', upgrade: 'ws', host: 'h', te: 'gzip' },
   };
-  t.same(h1RequestToH2(head, true, 12), [
+  t.same(h1RequestToH2(head, true, 12, '127.0.0.1:80'), [
     ':method', 'POST', ':scheme', 'http', ':authority', 'svc:8080', ':path', '/a?b',
     'x-a', '1', 'x-multi', 'p', 'x-multi', 'q', 'te', 'trailers', 'content-length', '12',
   ], 'h1 -> h2 request: pseudo-headers first, connection-specific fields dropped, te only trailers');
-  t.same(h1RequestToH2({ ...head, headers: {} }, false, -1).filter((_, i, a) => i % 2 === 0 && a[i] === 'content-length'), [], 'chunked: no content-length');
+  t.equal(h1RequestToH2({ ...head, authority: '' }, false, -1, '[::1]:80')[5], '[::1]:80', 'no Host (HTTP/1.0): the address connected to');
+  t.same(h1RequestToH2({ ...head, headers: {} }, false, -1, '').filter((_, i, a) => i % 2 === 0 && a[i] === 'content-length'), [], 'chunked: no content-length');
   const r = h2RequestToH1([':method', 'PUT', ':scheme', 'http', ':authority', 'svc', ':path', '/p', 'cookie', 'a=1', 'x-b', '2', 'cookie', 'b=2', 'te', 'trailers'], true);
   t.equal(r.head, 'PUT /p HTTP/1.1\r\nhost: svc\r\nx-b: 2\r\nte: trailers\r\ncookie: a=1; b=2\r\ntransfer-encoding: chunked\r\n\r\n', 'h2 -> h1 request: Host from :authority, cookies joined, chunked body');
   t.equal(r.chunked, true);
@@ -33,12 +34,17 @@ t.test('translation functions', async (t) => {
   const res: ResponseHead = { status: 200, reason: 'OK', names: ['x-r', 'set-cookie', 'set-cookie'], values: ['1', 'a', 'b'], framing: Framing.Length, hasContentLength: true, contentLength: 3 };
   t.same(h1ResponseToH2(res), [':status', '200', 'x-r', '1', 'set-cookie', 'a', 'set-cookie', 'b', 'content-length', '3']);
   const back: ResponseHead = { status: 0, reason: '', names: [], values: [], framing: Framing.None, hasContentLength: false, contentLength: 0 };
-  h2ResponseToH1([':status', '404', 'x-r', '1', 'content-length', '7'], false, back);
+  h2ResponseToH1([':status', '404', 'x-r', '1', 'content-length', '7'], false, false, back);
   t.same(back, { status: 404, reason: 'Not Found', names: ['x-r'], values: ['1'], framing: Framing.Length, hasContentLength: true, contentLength: 7 });
-  h2ResponseToH1([':status', '200', 'x-r', '1'], false, back);
+  h2ResponseToH1([':status', '200', 'x-r', '1'], false, false, back);
   t.equal(back.framing, Framing.Chunked, 'no content-length: chunked');
-  h2ResponseToH1([':status', '204'], true, back);
+  h2ResponseToH1([':status', '204'], true, false, back);
   t.equal(back.framing, Framing.None, 'ended with the head: no body');
+  t.equal(back.hasContentLength, false, '204: no content-length');
+  h2ResponseToH1([':status', '200'], true, false, back);
+  t.same([back.framing, back.hasContentLength, back.contentLength], [Framing.None, true, 0], 'an empty 200 says content-length: 0');
+  h2ResponseToH1([':status', '200'], true, true, back);
+  t.equal(back.hasContentLength, false, 'HEAD: no length made up');
   t.same(h1TrailersToH2('Grpc-Status: 0\r\nX-Sum:  abc \r\ncontent-length: 5\r\nTransfer-Encoding: x\r\n'), ['grpc-status', '0', 'x-sum', 'abc'], 'h1 trailers -> h2: lower-case, framing fields dropped');
   t.equal(h2TrailersToH1(['x-sum', 'abc', 'grpc-status', '0']), 'x-sum: abc\r\ngrpc-status: 0\r\n');
 });
@@ -198,5 +204,191 @@ t.test('h2 client -> HTTP/1.1 backend: failures', async (t) => {
   const gone = await h2request(c, { ':path': '/ok' });
   t.equal(gone.headers[':status'], 503, 'backend gone: connect failure');
   t.equal(gone.headers['x-sockmesh-error'], 'connect-failure');
+  t.equal(policy.contractViolations(), '');
+});
+
+// ---- HTTP/1.1 clients to HTTP/2 backends ----
+
+function h2Body(s: NodeJS.ReadableStream): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    s.on('data', (d: Buffer) => parts.push(d));
+    s.on('end', () => resolve(Buffer.concat(parts)));
+    s.on('error', reject);
+  });
+}
+
+t.test('HTTP/1.1 client -> h2 backend: heads, bodies (length, chunked), trailers both ways, one session', async (t) => {
+  const seen: { headers: IncomingHttpHeaders; trailers: IncomingHttpHeaders | null; len: number }[] = [];
+  const b = await h2Backend((s, h) => {
+    const rec = { headers: h, trailers: null as IncomingHttpHeaders | null, len: 0 };
+    seen.push(rec);
+    s.on('trailers', (tr: IncomingHttpHeaders) => { rec.trailers = tr; });
+    h2Body(s).then((body) => {
+      rec.len = body.length;
+      const path = String(h[':path']);
+      if (path === '/trailers') {
+        s.respond({ ':status': 200, 'x-kind': 'trailers' }, { waitForTrailers: true });
+        s.on('wantTrailers', () => s.sendTrailers({ 'x-sum': sha(body), 'grpc-status': '0' }));
+        s.end('streamed');
+        return;
+      }
+      if (path === '/empty') { s.respond({ ':status': 204, 'x-empty': '1' }, { endStream: true }); return; }
+      if (path === '/nolength') { s.respond({ ':status': 200 }); s.write('a'); s.end('b'); return; }
+      if (path === '/emptyok') { s.respond({ ':status': 200 }, { endStream: true }); return; }
+      const out = body.length > 0 ? body : Buffer.from(`hello ${h[':method']}`);
+      s.respond({ ':status': 200, 'content-length': String(out.length), 'x-sha': sha(body) });
+      s.end(h[':method'] === 'HEAD' ? undefined : out);
+    }, () => {});
+  });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)], upstreamProtocol: 'h2' });
+  const sock = await connectTo(proxy.port);
+  t.teardown(() => sock.destroy());
+
+  sock.write('GET /get?x=1 HTTP/1.1\r\nHost: svc.example:80\r\nX-Mixed-Case: v\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nTE: trailers, gzip\r\nProxy-Connection: keep-alive\r\nCookie: a=1\r\n\r\n');
+  const [g] = await readResponses(sock, 1);
+  t.equal(g!.status, 200);
+  t.equal(g!.body.toString(), 'hello GET');
+  t.equal(g!.headers['content-length'], '9', 'the backend\'s content-length');
+  t.notOk(g!.headers['transfer-encoding']);
+  const h0 = seen.at(-1)!.headers;
+  t.equal(h0[':authority'], 'svc.example:80', 'Host became :authority');
+  t.equal(h0[':scheme'], 'http');
+  t.equal(h0[':path'], '/get?x=1');
+  t.equal(h0['x-mixed-case'], 'v', 'names lower-case');
+  t.equal(h0['te'], 'trailers', 'te: only trailers');
+  t.equal(h0['cookie'], 'a=1');
+  for (const name of ['host', 'connection', 'keep-alive', 'proxy-connection', 'x-hop', 'transfer-encoding', 'upgrade']) t.notOk(name in h0, `${name} not sent to the h2 backend`);
+  t.equal(policy.exchanges.at(-1)!.head.protocol, 'http1');
+
+  // content-length body, and a chunked body of many sizes (DATA frames; no content-length made up)
+  for (const size of [1, 100_000, 3_000_001]) {
+    const data = randomBytes(size);
+    sock.write(`POST /len HTTP/1.1\r\nHost: svc\r\nContent-Length: ${size}\r\n\r\n`);
+    sock.write(data);
+    const [p] = await readResponses(sock, 1, 10_000);
+    t.equal(p!.headers['x-sha'], sha(data), `content-length body of ${size} bytes arrived whole`);
+    t.equal(sha(p!.body), sha(data), `response body of ${size} bytes byte-exact`);
+    t.equal(seen.at(-1)!.headers['content-length'], String(size), 'content-length passed on');
+    sock.write('POST /chunked HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n');
+    for (let off = 0; off < size;) {
+      const n = Math.min(size - off, 1 + Math.floor(Math.random() * 70000));
+      sock.write(`${n.toString(16)}\r\n`);
+      sock.write(data.subarray(off, off + n));
+      sock.write('\r\n');
+      off += n;
+    }
+    sock.write('0\r\n\r\n');
+    const [c] = await readResponses(sock, 1, 10_000);
+    t.equal(c!.headers['x-sha'], sha(data), `chunked body of ${size} bytes arrived whole as DATA`);
+    t.notOk(seen.at(-1)!.headers['content-length'], 'no content-length for a chunked body');
+  }
+
+  // trailers both ways: the chunked request's trailer section as trailing HEADERS; the response's as a trailer section
+  sock.write('POST /trailers HTTP/1.1\r\nHost: svc\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Client-Sum: abc\r\nContent-Length: 99\r\n\r\n');
+  const raw = await new Promise<string>((resolve) => {
+    let got = '';
+    const on = (d: Buffer): void => { got += d.toString('latin1'); if (got.endsWith('\r\n\r\n') && got.includes('\r\n0\r\n')) { sock.off('data', on); resolve(got); } };
+    sock.on('data', on);
+  });
+  t.match(raw, /^HTTP\/1\.1 200 OK\r\n/);
+  t.match(raw, /\r\ntransfer-encoding: chunked\r\n/, 'no length from the backend: chunked to the client');
+  t.match(raw, new RegExp(`\\r\\n0\\r\\nx-sum: ${sha(Buffer.from('hello'))}\\r\\ngrpc-status: 0\\r\\n\\r\\n$`), 'the trailing HEADERS as the chunked trailer section');
+  t.same(seen.at(-1)!.trailers?.['x-client-sum'], 'abc', 'the client\'s trailer section came as trailing HEADERS');
+  t.notOk(seen.at(-1)!.trailers?.['content-length'], 'framing fields not passed in trailers');
+
+  sock.write('HEAD /head HTTP/1.1\r\nHost: svc\r\n\r\nGET /empty HTTP/1.1\r\nHost: svc\r\n\r\nGET /emptyok HTTP/1.1\r\nHost: svc\r\n\r\nGET /nolength HTTP/1.1\r\nHost: svc\r\n\r\n');
+  const [hd, e, eok, nl] = await readResponses(sock, 4, 5000, 1);
+  t.equal(e!.status, 204);
+  t.equal(e!.headers['x-empty'], '1');
+  t.notOk(e!.headers['content-length']);
+  t.equal(eok!.headers['content-length'], '0', 'an empty 200 (END_STREAM on the head) says content-length: 0');
+  t.equal(nl!.headers['transfer-encoding'], 'chunked');
+  t.equal(nl!.body.toString(), 'ab');
+  t.equal(hd!.status, 200);
+  t.equal(hd!.headers['content-length'], String('hello HEAD'.length), 'HEAD: the length passed on');
+  t.equal(b.sessions, 1, 'one upstream session for all of it');
+  t.equal(policy.contractViolations(), '');
+});
+
+t.test('HTTP/1.1 client -> h2 backend: HTTP/1.0, Expect, node:http clients in parallel, a slow reader', async (t) => {
+  const big = randomBytes(8 * 1024 * 1024);
+  const b = await h2Backend((s, h) => {
+    h2Body(s).then((body) => {
+      if (h[':path'] === '/big') { s.respond({ ':status': 200 }); s.end(big); return; }
+      s.respond({ ':status': 200, 'x-len': String(body.length) });
+      s.end(String(h[':path']));
+    }, () => {});
+  });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)], upstreamProtocol: 'h2' });
+  // HTTP/1.0 without a length from the backend: the body runs to the close
+  const r10 = await rawExchange(proxy.port, 'GET /ten HTTP/1.0\r\n\r\n');
+  t.match(r10.text, /^HTTP\/1\.1 200 OK\r\n/);
+  t.notMatch(r10.text, /transfer-encoding/i);
+  t.ok(r10.text.endsWith('\r\n\r\n/ten'), 'HTTP/1.0: close-delimited');
+  t.ok(r10.closed);
+  // Expect: 100-continue: answered when the stream opens
+  const sock = await connectTo(proxy.port);
+  t.teardown(() => sock.destroy());
+  sock.write('POST /expect HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n');
+  const cont = await new Promise<string>((resolve) => sock.once('data', (d: Buffer) => resolve(d.toString('latin1'))));
+  t.match(cont, /^HTTP\/1\.1 100 Continue\r\n\r\n/);
+  sock.write('abc');
+  const [x] = await readResponses(sock, 1);
+  t.equal(x!.headers['x-len'], '3');
+  // node:http clients, many in parallel over keep-alive connections: multiplexed on few upstream sessions
+  const agent = new Agent({ keepAlive: true, maxSockets: 20 });
+  t.teardown(() => agent.destroy());
+  const get = (path: string): Promise<{ status: number; body: Buffer }> => new Promise((resolve, reject) => {
+    const req = h1request({ port: proxy.port, host: '127.0.0.1', path, agent, headers: { host: 'svc' } }, (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (d: Buffer) => parts.push(d));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(parts) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  const n = 200;
+  const rs = await Promise.all(Array.from({ length: n }, (_, i) => get(`/p/${i}`)));
+  t.equal(rs.filter((r, i) => r.status === 200 && r.body.toString() === `/p/${i}`).length, n, `${n} requests from 20 connections answered correctly`);
+  t.ok(b.sessions <= 3, `upstream sessions: ${b.sessions}`);
+  // a client that does not read: the proxy holds about one stream window, and the 8 MiB arrive whole later
+  const slow = await connectTo(proxy.port);
+  t.teardown(() => slow.destroy());
+  slow.pause();
+  slow.write('GET /big HTTP/1.1\r\nHost: svc\r\n\r\n');
+  await new Promise((r) => setTimeout(r, 300));
+  slow.resume();
+  const [bigRes] = await readResponses(slow, 1, 10_000);
+  t.equal(sha(bigRes!.body), sha(big), '8 MiB through a paused reader, byte-exact');
+  t.equal(policy.contractViolations(), '');
+});
+
+t.test('HTTP/1.1 client -> h2 backend: failures', async (t) => {
+  const b = await h2Backend((s, h) => {
+    if (h[':path'] === '/reset') { s.close(constants.NGHTTP2_INTERNAL_ERROR); return; }
+    // (node's stream.close() ends the stream cleanly before its RST_STREAM: the session dies instead)
+    if (h[':path'] === '/mid') { s.respond({ ':status': 200 }); s.write('partial'); setTimeout(() => s.session?.destroy(), 20); return; }
+    s.respond({ ':status': 200 });
+    s.end('ok');
+  });
+  t.teardown(() => b.close());
+  policy.route = () => ({ upstreams: [upstream(b.port, group)], upstreamProtocol: 'h2' });
+  const sock = await connectTo(proxy.port);
+  t.teardown(() => sock.destroy());
+  sock.write('GET /reset HTTP/1.1\r\nHost: svc\r\n\r\n');
+  const [r] = await readResponses(sock, 1);
+  t.equal(r!.status, 502, 'reset before the head: 502');
+  const mid = await rawExchange(proxy.port, 'GET /mid HTTP/1.1\r\nHost: svc\r\n\r\n');
+  t.ok(mid.closed && !mid.text.includes('\r\n0\r\n\r\n'), 'reset mid-body: the client connection is cut, never a clean end');
+  sock.write('GET /ok HTTP/1.1\r\nHost: svc\r\n\r\n');
+  const [ok] = await readResponses(sock, 1);
+  t.equal(ok!.body.toString(), 'ok');
+  await b.close();
+  sock.write('GET /ok HTTP/1.1\r\nHost: svc\r\n\r\n');
+  const [gone] = await readResponses(sock, 1);
+  t.equal(gone!.status, 503, 'backend gone: connect failure');
   t.equal(policy.contractViolations(), '');
 });
