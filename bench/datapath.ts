@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
+import { emitResult } from './chart.js';
 import { compileMinimal, MinimalSockmap, minimalSource } from './lib/minimal.js';
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { iperf3ClientArgv, iperf3ServerArgv, parseIperf3, type Stream } from './lib/iperf3.js';
@@ -27,6 +28,8 @@ export interface DatapathOptions {
   /** iperf3 run length, seconds */
   streamSeconds: number;
   scenarios: ScenarioName[];
+  /** where the chart goes (null: none) */
+  chartDir: string | null;
 }
 
 const PORT = 11111;
@@ -359,6 +362,6 @@ export async function runDatapath(opts: DatapathOptions): Promise<number> {
     checks: checks.map((c) => ({ name: c.name, status: c.status, ratio: c.ratio === undefined ? null : round(c.ratio, 3), limit: c.limit })),
     ok: !failedRun && !missed,
   };
-  process.stdout.write(JSON.stringify(summary) + '\n');
+  await emitResult(summary, opts.chartDir);
   return failedRun ? 1 : missed ? 2 : 0;
 }

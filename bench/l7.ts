@@ -20,6 +20,7 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { Agent, agentEntry, benchConfig, cleanupAgent } from './lib/agent.js';
+import { emitResult } from './chart.js';
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { cpuSeconds } from './lib/cpu.js';
 import { backendConfig, haproxyArgv, proxyConfig } from './lib/haproxy.js';
@@ -50,6 +51,8 @@ export interface L7Options {
    * it would on a node; the interleaving and medians absorb the variation.
    */
   pin: boolean;
+  /** where the chart goes (null: none) */
+  chartDir: string | null;
 }
 
 const BACKEND_PORT = 8080;
@@ -454,6 +457,6 @@ export async function runL7(opts: L7Options): Promise<number> {
     ...l7Json(results, checks),
     ok: !failedRun && !missed,
   };
-  process.stdout.write(JSON.stringify(summary) + '\n');
+  await emitResult(summary, opts.chartDir);
   return failedRun ? 1 : missed ? 2 : 0;
 }

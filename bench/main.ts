@@ -2,8 +2,9 @@
 // Exit status: 0 = ran and met its targets, 1 = could not run (or a scenario failed/was skipped),
 // 2 = ran but missed a target.
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { benchJson, writeChart } from './chart.js';
 import { runDatapath } from './datapath.js';
 import { runL7 } from './l7.js';
 import { L7_LETTERS, L7_SCENARIOS, type L7Scenario } from './lib/l7report.js';
@@ -12,6 +13,11 @@ import { installSignalCleanup, runCleanups } from './lib/proc.js';
 import { SCENARIO_NAMES, type ScenarioName } from './lib/report.js';
 
 const USAGE = `usage: npm run bench -- <name> [options]
+
+every bench ends with its results as one JSON line (stdout) and a chart of them (SVG):
+  --chart DIR          write DIR/<name>.svg and DIR/<name>.json (default: bench-charts/ in the project root)
+  --no-chart           no chart
+  chart FILE [--chart DIR]   the chart of a saved result line (FILE: the JSON, '-' for stdin)
 
 benchmarks:
   datapath   latency (sockperf) and throughput (iperf3): loopback vs sockmesh vs iptables DNAT,
@@ -63,7 +69,34 @@ function positiveInt(flag: string, v: string | undefined): number {
   return n;
 }
 
-async function datapath(argv: string[]): Promise<number> {
+/** --chart DIR / --no-chart, taken out of argv (every bench has them). */
+function chartOption(argv: string[]): { chartDir: string | null; rest: string[] } {
+  let chartDir: string | null = join(projectRoot(), 'bench-charts');
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--chart') {
+      const dir = argv[++i];
+      if (!dir || dir.startsWith('--')) throw new Error('--chart needs a directory');
+      chartDir = resolve(dir);
+    } else if (argv[i] === '--no-chart') chartDir = null;
+    else rest.push(argv[i]!);
+  }
+  return { chartDir, rest };
+}
+
+/** `chart FILE`: the chart of a saved result line (the last line of a bench's output, or a file holding it). */
+async function chart(argv: string[], chartDir: string | null): Promise<number> {
+  const [file, ...extra] = argv;
+  if (!file || extra.length) throw new Error(`chart needs one FILE (a bench's JSON result line, '-' for stdin)\n\n${USAGE}`);
+  if (chartDir === null) throw new Error('chart with --no-chart: nothing to do');
+  const text = readFileSync(file === '-' ? 0 : file, 'utf8').trim();
+  const last = text.slice(text.lastIndexOf('\n') + 1);
+  const path = await writeChart(benchJson(JSON.parse(last)), chartDir);
+  process.stderr.write(`bench: chart written to ${path}\n`);
+  return 0;
+}
+
+async function datapath(argv: string[], chartDir: string | null): Promise<number> {
   let seconds = 5, streamSeconds = 3;
   let scenarios: ScenarioName[] = [...SCENARIO_NAMES];
   const aliases: Record<string, ScenarioName> = { a: 'direct', b: 'sockmesh', c: 'iptables', d: 'minimal' };
@@ -79,7 +112,7 @@ async function datapath(argv: string[]): Promise<number> {
       });
     } else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
   }
-  return runDatapath({ root: projectRoot(), seconds, streamSeconds, scenarios });
+  return runDatapath({ root: projectRoot(), seconds, streamSeconds, scenarios, chartDir });
 }
 
 function count(flag: string, v: string | undefined, max: number, min = 1): number {
@@ -88,9 +121,9 @@ function count(flag: string, v: string | undefined, max: number, min = 1): numbe
   return n;
 }
 
-async function xds(argv: string[]): Promise<number> {
+async function xds(argv: string[], chartDir: string | null): Promise<number> {
   const opts = {
-    root: projectRoot(), services: 10_000, backendsPerService: 10, changes: 1000, changeBudgetSeconds: 60, restSeconds: 3, seed: 1,
+    root: projectRoot(), services: 10_000, backendsPerService: 10, changes: 1000, changeBudgetSeconds: 60, restSeconds: 3, seed: 1, chartDir,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -105,7 +138,7 @@ async function xds(argv: string[]): Promise<number> {
   return runXds(opts);
 }
 
-async function l7(argv: string[]): Promise<number> {
+async function l7(argv: string[], chartDir: string | null): Promise<number> {
   let duration = 5, connections = 32, repetitions = 3, warmup = 2, pin = false, quick = false;
   let only: L7Scenario[] | undefined;
   const byLetter = Object.fromEntries(Object.entries(L7_LETTERS).map(([n, l]) => [l, n])) as Record<string, L7Scenario>;
@@ -130,10 +163,10 @@ async function l7(argv: string[]): Promise<number> {
     warmup = 1;
   }
   const scenarios = only ?? L7_SCENARIOS.filter((n) => !(quick && n === 'haproxy2'));
-  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin });
+  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin, chartDir });
 }
 
-const benches: Record<string, (argv: string[]) => Promise<number>> = { datapath, l7, xds };
+const benches: Record<string, (argv: string[], chartDir: string | null) => Promise<number>> = { datapath, l7, xds, chart };
 
 async function main(): Promise<number> {
   const [name, ...rest] = process.argv.slice(2);
@@ -148,7 +181,8 @@ async function main(): Promise<number> {
   }
   installSignalCleanup();
   try {
-    return await bench(rest);
+    const { chartDir, rest: args } = chartOption(rest);
+    return await bench(args, chartDir);
   } finally {
     await runCleanups();
   }

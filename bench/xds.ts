@@ -16,6 +16,7 @@ import { PROTO, STRUCTS, decodeBackend, decodeService, serviceKey } from '../age
 import { native } from '../agent/datapath/native.js';
 import { RETIRE_MS } from '../agent/datapath/reconcile.js';
 import { agentEntry, cleanupAgent } from './lib/agent.js';
+import { emitResult } from './chart.js';
 import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
 import { BACKEND_PORT, Fleet, SERVICE_PORT, changedPort, prng, type ServiceConfig } from './lib/fleet.js';
 import { Background, interrupted, log, onCleanup } from './lib/proc.js';
@@ -34,6 +35,8 @@ export interface XdsOptions {
   /** idle time before each RSS reading */
   restSeconds: number;
   seed: number;
+  /** where the chart goes (null: none) */
+  chartDir: string | null;
 }
 
 const START_TIMEOUT_MS = 30_000;
@@ -323,9 +326,9 @@ export async function runXds(opts: XdsOptions): Promise<number> {
   out.push(formatXdsTable(results, checks));
   if (results.error) out.push(`ERROR ${results.error.split('\n')[0]}`);
   process.stdout.write(out.join('\n') + '\n');
-  process.stdout.write(JSON.stringify(xdsSummary(results, checks, {
+  await emitResult(xdsSummary(results, checks, {
     kernel: release(), cpus: availableParallelism(), cgroup2: cgroup2Mount(), seed: opts.seed, restSeconds: opts.restSeconds,
-  })) + '\n');
+  }), opts.chartDir);
   if (results.error) return 1;
   return checks.every((k) => k.status === 'PASS') ? 0 : 2;
 }
