@@ -4,10 +4,10 @@
 // counters match the connections made; every backend down = panic, all kept.
 import t from 'tap';
 import { createServer, type Server, type Socket } from 'node:net';
-import { request } from 'node:http';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { kernelSkipReason, meshctl, startAgent, testCgroup } from '../lib/kernel.js';
 import { connectId, idServer, sleep, type IdServer } from '../lib/net.js';
+import { scrape } from '../lib/promql.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
@@ -33,14 +33,6 @@ async function idServerOn(id: string, port: number): Promise<IdServer> {
   return s;
 }
 
-function scrape(url: string): Promise<string> {
-  return new Promise((res, rej) => {
-    const req = request(url, (r) => { let b = ''; r.on('data', (d) => { b += d; }); r.on('end', () => res(b)); });
-    req.on('error', rej);
-    req.setTimeout(5000, () => req.destroy(new Error('scrape timeout')));
-    req.end();
-  });
-}
 const metric = (text: string, name: string, labels: string): number | undefined => {
   const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}} `));
   return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
