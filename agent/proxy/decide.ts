@@ -144,8 +144,9 @@ export class PolicyExchange implements Exchange {
     // much as a 503), and outlier detection counts the same failure.
     const v = verdict(o);
     this.avoid = isFailure(v) ? a.slot : undefined;
-    // The timeouts run from the request head: while a body was still coming, a timeout may be the client's slowness,
-    // not the backend's; counted, a client stopping halfway through its uploads would eject healthy backends.
+    // A timeout while a body was still coming may be the client's slowness, not the backend's; counted, a client
+    // stopping halfway through its uploads would eject healthy backends. (The engine starts the timeouts once the body
+    // is whole, so this is a second line: an engine that reports requestComplete false is not believed against a backend.)
     if (o.kind === 'timeout' && this.head.hasBody && o.requestComplete !== true) return;
     this.p.recordOutcome(this.group, a.slot, v);
   }

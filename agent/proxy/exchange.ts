@@ -9,8 +9,18 @@
 //   one) -> finish(outcome) -> retryDelay(n, outcome) -> another attempt after the backoff, or the answer.
 // Everything is fields of the subclass's object and static functions: nothing is allocated per attempt but the
 // policy's own objects and the outcome (no closure, no timer for a request that does not back off).
+//
+// The route and per-try timeouts start once the request was received whole (Envoy's semantics: a client that uploads
+// slowly is not the backend's lateness): at the request head when it has no body, else at its end (bodyReceived()); an
+// attempt that starts later (a retry) arms its per-try timeout at its start. While the body is still coming, the
+// client's silence is what is watched: no body bytes for the connection's idle timeout (clientIdleTimeoutMs) and
+// the request is answered 408 (or its response cut), as Envoy's stream_idle_timeout.
 import { failureReply, ROUTE_TIMEOUT_REPLY } from './engine.js';
-import type { Attempt, Exchange, LocalReply, Outcome, RequestHead } from './types.js';
+import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead } from './types.js';
+
+const UPLOAD_TIMEOUT_REPLY: LocalReply = Object.freeze({
+  status: 408, headers: Object.freeze({ 'x-sockmesh-error': 'request-body-timeout' }) as Headers, body: 'request body not received in time\n',
+});
 
 export abstract class ExchangeDriver {
   /** the policy's exchange (null: none under way) */
@@ -34,8 +44,12 @@ export abstract class ExchangeDriver {
 
   /** the exchange can go no further (connection dead, stream done) */
   protected abstract get stopped(): boolean;
-  /** the current attempt may start: arm its per-try timeout (ms > 0) */
+  /** an attempt starts: arm its per-try timeout when ms > 0 (0 while the request body is still coming) */
   protected abstract startTry(perTryTimeoutMs: number): void;
+  /** the request was received whole while an attempt waits for its response head: arm its per-try timeout */
+  protected abstract armTry(perTryTimeoutMs: number): void;
+  /** arm the route's timeout (from now) */
+  protected abstract armRoute(timeoutMs: number): void;
   /** get an upstream for this.attempt and send the request (or fail the attempt) */
   protected abstract acquire(): void;
   /** let go of what the current attempt holds: its per-try timer, its place in a pool's queue, its upstream */
@@ -47,6 +61,13 @@ export abstract class ExchangeDriver {
   /** a bug below threw: drop everything, the process lives on */
   abstract fatal(e: unknown): void;
 
+  /** the first attempt of a new exchange (this.ex set): the route's timeout starts now if the request is whole */
+  protected firstAttempt(): void {
+    const ms = this.ex!.route.timeoutMs;
+    if (this.bodyDone && ms > 0) this.armRoute(ms);
+    this.nextAttempt();
+  }
+
   /** the next attempt: the policy picks an upstream (or answers), the protocol gets it and sends the request */
   protected nextAttempt(): void {
     const ex = this.ex;
@@ -54,8 +75,26 @@ export abstract class ExchangeDriver {
     const a = ex.attempt(++this.n);
     if ('status' in a) { this.reply(a); return; }
     this.attempt = a;
-    this.startTry(ex.route.perTryTimeoutMs);
+    this.startTry(this.bodyDone ? ex.route.perTryTimeoutMs : 0);
     this.acquire();
+  }
+
+  /** the request body was received whole: the route's timeout, and the waiting attempt's per-try one, start now */
+  protected bodyReceived(): void {
+    this.bodyDone = true;
+    const ex = this.ex;
+    if (ex === null || this.stopped) return;
+    const r = ex.route;
+    if (r.timeoutMs > 0) this.armRoute(r.timeoutMs);
+    if (this.attempt !== null && r.perTryTimeoutMs > 0) this.armTry(r.perTryTimeoutMs);
+  }
+
+  /** the client sent no request body bytes for its idle timeout: 408 before the response head, the client cut after it */
+  protected uploadStalled(): void {
+    if (this.ex === null || this.stopped || this.bodyDone) return;
+    if (this.resStarted) { this.abortClient(); return; }
+    this.abortAttempt({ kind: 'cancelled' });
+    this.reply(UPLOAD_TIMEOUT_REPLY);
   }
 
   /**

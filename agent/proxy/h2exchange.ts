@@ -80,8 +80,13 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   /** counted in info.streams */
   private counted = false;
   private tryTimer: NodeJS.Timeout | null = null;
-  /** when the route's timeout ends (performance.now() ms; Infinity: none, or over); the client session's timer watches it */
+  /**
+   * The exchange's next deadline for the client session's timer (performance.now() ms; Infinity: none, or over): the
+   * route's timeout once the request was received whole, before that the watch on a silent upload (lastBodyAt).
+   */
   routeDeadline = Infinity;
+  /** while the request body is coming: when its last bytes arrived (0: not watched) */
+  private lastBodyAt = 0;
   private redispatched = 0;
 
   constructor(
@@ -190,11 +195,12 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     }
     this.upHeaders = up;
     if (route.upstreamProtocol === 'http1') this.h1 = h2RequestToH1(up, head.hasBody);
-    if (route.timeoutMs > 0) {
-      this.routeDeadline = performance.now() + route.timeoutMs;
+    if (!this.bodyDone) {
+      this.lastBodyAt = performance.now();
+      this.routeDeadline = this.lastBodyAt + this.ctx.clientIdleTimeoutMs;
       this.client.deadline(this.routeDeadline);
     }
-    this.nextAttempt();
+    this.firstAttempt();
   }
 
   // ---- the client's stream (H2StreamHandler) ----
@@ -235,6 +241,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   private onBody(d: Buffer): void {
     const ex = this.ex;
     if (ex === null || this.done) { if (!this.ds.closed) this.ds.consumed(d.length); return; } // not wanted
+    this.lastBodyAt = performance.now();
     this.bodyBytes += d.length;
     if (this.replayable && this.bodyBytes > ex.bufferLimitBytes) {
       this.replayable = false;
@@ -255,7 +262,8 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   }
 
   private onBodyEnd(): void {
-    this.bodyDone = true;
+    if (this.lastBodyAt !== 0) { this.lastBodyAt = 0; this.routeDeadline = Infinity; }
+    this.bodyReceived();
     const leg = this.leg;
     if (leg !== null && leg.us !== null && !leg.sentEnd) this.endRequest(leg, leg.us);
   }
@@ -282,7 +290,17 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
 
   protected startTry(perTryTimeoutMs: number): void {
     this.redispatched = 0;
-    if (perTryTimeoutMs > 0) this.tryTimer = setTimeout(H2Exchange.tryTimeout, perTryTimeoutMs, this);
+    if (perTryTimeoutMs > 0) this.armTry(perTryTimeoutMs);
+  }
+
+  protected armTry(perTryTimeoutMs: number): void {
+    if (this.tryTimer !== null) clearTimeout(this.tryTimer);
+    this.tryTimer = setTimeout(H2Exchange.tryTimeout, perTryTimeoutMs, this);
+  }
+
+  protected armRoute(timeoutMs: number): void {
+    this.routeDeadline = performance.now() + timeoutMs;
+    this.client.deadline(this.routeDeadline);
   }
 
   protected acquire(): void {
@@ -484,10 +502,16 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     try { x.tryTimedOut(); } catch (e) { x.fatal(e); }
   }
 
-  /** the route's timeout is over (the client session's sweep) */
+  /** routeDeadline is here (the client session's sweep): the route's timeout is over, or the upload is watched */
   routeDue(): void {
     this.routeDeadline = Infinity;
-    try { this.routeTimedOut(); } catch (e) { this.fatal(e); }
+    try {
+      if (this.lastBodyAt === 0) { this.routeTimedOut(); return; }
+      const at = this.lastBodyAt + this.ctx.clientIdleTimeoutMs;
+      if (at <= performance.now()) { this.lastBodyAt = 0; this.uploadStalled(); return; }
+      this.routeDeadline = at; // bytes came meanwhile: watched on
+      this.client.deadline(at);
+    } catch (e) { this.fatal(e); }
   }
 
   /** the attempt's per-try timer, its place in the pool's queue and its stream are let go */
@@ -525,6 +549,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   private clearTimers(): void {
     if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null; }
     this.routeDeadline = Infinity;
+    this.lastBodyAt = 0;
     if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
   }
 

@@ -86,6 +86,8 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
   private routeDeadline = 0;
   /** set while no exchange is under way: the keep-alive idle timeout (no socket timer refreshed on every read) */
   private idleDeadline = 0;
+  /** while a request body is coming: when its last bytes arrived (0: not watched); silence for clientIdleTimeoutMs is 408 */
+  private lastBodyAt = 0;
   private deadlineTimer: NodeJS.Timeout | null = null;
   private timerAt = 0;
   private readonly onDeadline = (): void => {
@@ -95,6 +97,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
       if (this.idleDeadline !== 0 && now >= this.idleDeadline && !this.busy) { this.socket.destroy(); return; }
       if (this.tryDeadline !== 0 && now >= this.tryDeadline) { this.tryDeadline = 0; this.tryTimedOut(); }
       if (this.routeDeadline !== 0 && now >= this.routeDeadline) { this.routeDeadline = 0; this.routeTimedOut(); }
+      if (this.lastBodyAt !== 0 && now >= this.lastBodyAt + this.ctx.clientIdleTimeoutMs) { this.lastBodyAt = 0; this.uploadStalled(); }
       this.armDeadline();
     } catch (e) { this.fatal(e); }
   };
@@ -293,8 +296,8 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
       this.upH2 = null;
       this.upHeadStr = this.requestHeadString(head);
     }
-    if (ex.route.timeoutMs > 0) this.routeDeadline = performance.now() + ex.route.timeoutMs;
-    this.nextAttempt();
+    if (!this.bodyDone) { this.lastBodyAt = performance.now(); this.armDeadline(); }
+    this.firstAttempt();
   }
 
   /** the upstream request head, once per request (a retry writes the same) */
@@ -320,8 +323,17 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
   }
 
   protected startTry(perTryTimeoutMs: number): void {
-    if (perTryTimeoutMs > 0) this.tryDeadline = performance.now() + perTryTimeoutMs;
-    if (this.routeDeadline !== 0 || this.tryDeadline !== 0) this.armDeadline();
+    if (perTryTimeoutMs > 0) this.armTry(perTryTimeoutMs);
+  }
+
+  protected armTry(perTryTimeoutMs: number): void {
+    this.tryDeadline = performance.now() + perTryTimeoutMs;
+    this.armDeadline();
+  }
+
+  protected armRoute(timeoutMs: number): void {
+    this.routeDeadline = performance.now() + timeoutMs;
+    this.armDeadline();
   }
 
   protected acquire(): void {
@@ -452,6 +464,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
   chunkData(data: Buffer): void {
     if (data.length === 0) return;
     if (this.ex === null) return; // answered already: the rest of the body is read and dropped
+    this.lastBodyAt = performance.now();
     const limit = this.ex.bufferLimitBytes;
     this.bodyBytes += data.length;
     if (this.replayable && this.bodyBytes > limit) {
@@ -482,7 +495,8 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
   }
 
   private bodyEnd(): void {
-    this.bodyDone = true;
+    this.lastBodyAt = 0;
+    this.bodyReceived();
     if (this.up !== null && this.ex !== null) this.writeBodyEnd(this.up.socket);
     else if (this.h2 !== null && this.h2.us !== null && this.ex !== null) this.h2.endRequest(this.reqTrailers);
   }
@@ -739,6 +753,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
   private clearTimers(): void {
     this.tryDeadline = 0;
     this.routeDeadline = 0;
+    this.lastBodyAt = 0;
     if (this.retryTimer !== null) { clearTimeout(this.retryTimer); this.retryTimer = null; }
     if (this.dead && this.deadlineTimer !== null) { clearTimeout(this.deadlineTimer); this.deadlineTimer = null; }
   }
@@ -749,6 +764,10 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     let at = this.routeDeadline;
     if (this.tryDeadline !== 0 && (at === 0 || this.tryDeadline < at)) at = this.tryDeadline;
     if (this.idleDeadline !== 0 && (at === 0 || this.idleDeadline < at)) at = this.idleDeadline;
+    if (this.lastBodyAt !== 0) {
+      const u = this.lastBodyAt + this.ctx.clientIdleTimeoutMs;
+      if (at === 0 || u < at) at = u;
+    }
     if (at === 0) return;
     if (this.deadlineTimer !== null) {
       if (this.timerAt <= at) return;

@@ -1,17 +1,41 @@
 // Issue 15's HTTP/2 gaps, through the real proxy (agent/proxy/server.ts and the engine under it) with independent
 // clients and backends: node:http2, raw frames, nghttp/curl where they exist. The SETTINGS ACK timeout both ways.
 import t from 'tap';
+import { spawn } from 'node:child_process';
+import { createServer as httpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect as h2connect, type ClientHttp2Session } from 'node:http2';
 import { createServer as netServer, type AddressInfo, type Socket } from 'node:net';
 import { H2_ERROR } from '../../agent/proxy/h2/session.js';
 import { block, frame, goawayCode, HELLO, isGoaway, raw } from '../lib/h2raw.js';
-import { h2request, startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
+import { connectTo, h2Backend, h2request, readResponses, startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** an HTTP/1.1 backend (node:http); close() drops its connections too */
+async function h1Backend(t: { teardown(fn: () => void): void }, handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<number> {
+  const srv = httpServer(handler);
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => { srv.closeAllConnections(); srv.close(); });
+  return (srv.address() as AddressInfo).port;
+}
+
+/** run a command, its stdout and exit code (bounded) */
+function run(cmd: string, args: string[], timeoutMs = 10_000): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    p.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('close', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
+  });
+}
 
 let proxy: RunningProxy;
 const group = new TestGroup();
 const policy = new TestPolicy(() => ({ status: 500, headers: {}, body: 'no route\n' }));
 
-t.before(async () => { proxy = await startProxy(policy, { h2SettingsTimeoutMs: 300 }); });
+t.before(async () => { proxy = await startProxy(policy); });
 t.teardown(async () => { await proxy.close(); });
 
 function client(t: { teardown(fn: () => void): void }): ClientHttp2Session {
@@ -22,8 +46,11 @@ function client(t: { teardown(fn: () => void): void }): ClientHttp2Session {
 }
 
 t.test('SETTINGS ACK timeout through the proxy: a client, then a backend, that never ACK get GOAWAY SETTINGS_TIMEOUT', async (t) => {
+  // (its own proxy: a 300 ms timeout would cut curl --limit-rate, which reads the ACK late)
+  const sp = await startProxy(policy, { h2SettingsTimeoutMs: 300 });
+  t.teardown(() => sp.close());
   const GET = [':method', 'GET', ':scheme', 'http', ':path', '/', ':authority', 'x'];
-  const r = await raw(proxy.port, Buffer.concat([HELLO, frame(1, 0x4 | 0x1, 1, block(GET))]), isGoaway);
+  const r = await raw(sp.port, Buffer.concat([HELLO, frame(1, 0x4 | 0x1, 1, block(GET))]), isGoaway);
   t.equal(goawayCode(r), H2_ERROR.SETTINGS_TIMEOUT, 'a client that never ACKs: GOAWAY SETTINGS_TIMEOUT');
   t.ok(r.closed, 'its connection closed');
 
@@ -34,7 +61,9 @@ t.test('SETTINGS ACK timeout through the proxy: a client, then a backend, that n
   await new Promise<void>((res) => b.listen(0, '127.0.0.1', () => res()));
   t.teardown(() => { for (const s of socks) s.destroy(); b.close(); });
   policy.route = () => ({ upstreams: [upstream((b.address() as AddressInfo).port, group)] });
-  const c = client(t);
+  const c = h2connect(`http://127.0.0.1:${sp.port}`);
+  c.on('error', () => {});
+  t.teardown(() => c.destroy());
   const started = performance.now();
   const got = await h2request(c, { ':path': '/held' });
   const took = performance.now() - started;
@@ -46,5 +75,116 @@ t.test('SETTINGS ACK timeout through the proxy: a client, then a backend, that n
   let code = -1;
   for (let p = 24; p + 9 <= all.length; p += 9 + all.readUIntBE(p, 3)) if (all[p + 3] === 7) code = all.readUInt32BE(p + 9 + 4);
   t.equal(code, H2_ERROR.SETTINGS_TIMEOUT, 'the backend got GOAWAY SETTINGS_TIMEOUT');
+  t.equal(policy.contractViolations(), '');
+});
+
+t.test('route and per-try timeouts start once the request body was received (a slow upload is not the backend late)', async (t) => {
+  // the backend answers 'ok <bytes>' at the body's end, except /stall (never answers); it records when the body ended
+  // (an HTTP/1.1 one for HTTP/1.1 clients, an HTTP/2 one for HTTP/2 clients: each protocol is proxied as itself)
+  let bodyEndAt = 0;
+  const port = await h1Backend(t, (req, res) => {
+    let n = 0;
+    req.on('data', (d: Buffer) => { n += d.length; });
+    req.on('end', () => { bodyEndAt = performance.now(); if (req.url !== '/stall') res.end(`ok ${n}`); });
+  });
+  const b2 = await h2Backend((st, h) => {
+    let n = 0;
+    st.on('data', (d: Buffer) => { n += d.length; });
+    st.on('end', () => { bodyEndAt = performance.now(); if (h[':path'] !== '/stall' && !st.destroyed) { st.respond({ ':status': 200 }); st.end(`ok ${n}`); } });
+  });
+  t.teardown(() => b2.close());
+  policy.route = (head) => ({ upstreams: [upstream(head.protocol === 'h2' ? b2.port : port, group)], timeoutMs: 300, perTryTimeoutMs: 250, retries: 0 });
+  const chunks = Array.from({ length: 5 }, (_, i) => Buffer.from(`chunk${i};`));
+
+  // HTTP/1.1: 5 chunks 150 ms apart (750 ms in all, over both timeouts): answered, not 504
+  const s = await connectTo(proxy.port);
+  t.teardown(() => s.destroy());
+  const total = chunks.reduce((a, c) => a + c.length, 0);
+  s.write(`POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: ${total}\r\n\r\n`);
+  const answer = readResponses(s, 1, 5000);
+  for (const c of chunks) { await sleep(150); s.write(c); }
+  const [r1] = await answer;
+  t.equal(r1!.status, 200, 'HTTP/1.1: a 750 ms upload under a 300 ms route timeout is answered');
+  t.equal(r1!.body.toString(), `ok ${total}`);
+
+  // HTTP/2: the same upload on a stream
+  const c = client(t);
+  const req = c.request({ ':method': 'POST', ':path': '/up' });
+  const got = new Promise<{ status: number; body: string }>((resolve) => {
+    let status = 0, body = '';
+    req.on('response', (h) => { status = Number(h[':status']); });
+    req.on('data', (d: Buffer) => { body += d.toString(); });
+    req.on('close', () => resolve({ status, body }));
+  });
+  for (const ch of chunks) { await sleep(150); req.write(ch); }
+  req.end();
+  const r2 = await got;
+  t.equal(r2.status, 200, 'HTTP/2: a 750 ms upload under a 300 ms route timeout is answered');
+  t.equal(r2.body, `ok ${total}`);
+
+  // the timeouts still hold once the body is in: a backend that stalls after a slow upload gets 504, timed from the body's end
+  for (const proto of ['http1', 'h2'] as const) {
+    let end504 = 0;
+    if (proto === 'http1') {
+      const s2 = await connectTo(proxy.port);
+      t.teardown(() => s2.destroy());
+      s2.write(`POST /stall HTTP/1.1\r\nhost: x\r\ncontent-length: ${total}\r\n\r\n`);
+      const a = readResponses(s2, 1, 5000);
+      for (const ch of chunks) { await sleep(100); s2.write(ch); }
+      const [r] = await a;
+      end504 = performance.now();
+      t.equal(r!.status, 504, `${proto}: a backend that stalls after the upload: 504`);
+    } else {
+      const rq = c.request({ ':method': 'POST', ':path': '/stall' });
+      rq.on('error', () => {});
+      const st = new Promise<number>((resolve) => { rq.on('response', (h) => resolve(Number(h[':status']))); });
+      for (const ch of chunks) { await sleep(100); rq.write(ch); }
+      rq.end();
+      t.equal(await st, 504, `${proto}: a backend that stalls after the upload: 504`);
+      end504 = performance.now();
+    }
+    const after = end504 - bodyEndAt;
+    t.ok(after >= 200 && after < 1500, `${proto}: the 504 came ${after.toFixed(0)} ms after the body's end (per-try 250 ms from there)`);
+  }
+
+  // curl, an independent client, uploading at 4 KB/s (about 1.5 s for 6 KB) under the same 300 ms route timeout
+  const big = 'x'.repeat(6000);
+  const cr = await run('curl', ['-sS', '--limit-rate', '4K', '-H', 'expect:', '--data-binary', big, `http://127.0.0.1:${proxy.port}/up`, '-w', ' %{http_code}']);
+  t.equal(cr.out, 'ok 6000 200', `curl's slow upload answered (${cr.err.trim()})`);
+  const cr2 = await run('curl', ['-sS', '--http2-prior-knowledge', '--limit-rate', '4K', '--data-binary', big, `http://127.0.0.1:${proxy.port}/up`, '-w', ' %{http_code}']);
+  t.equal(cr2.out, 'ok 6000 200', `curl --http2-prior-knowledge's slow upload answered (${cr2.err.trim()})`);
+  t.equal(policy.contractViolations(), '');
+});
+
+t.test('a silent upload: 408 after the client idle timeout (the timeouts above no longer bound it)', async (t) => {
+  const p2 = await startProxy(policy, { clientIdleTimeoutMs: 400 });
+  t.teardown(() => p2.close());
+  const seen: string[] = [];
+  const port = await h1Backend(t, (req, res) => { seen.push(req.url!); req.resume(); req.on('end', () => res.end('ok')); });
+  const b2 = await h2Backend((st) => { st.resume(); st.on('end', () => { if (!st.destroyed) st.respond({ ':status': 200 }); if (!st.destroyed) st.end('ok'); }); });
+  t.teardown(() => b2.close());
+  policy.route = (head) => ({ upstreams: [upstream(head.protocol === 'h2' ? b2.port : port, group)], timeoutMs: 100 });
+  const s = await connectTo(p2.port);
+  t.teardown(() => s.destroy());
+  const started = performance.now();
+  s.write('POST /silent HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc');
+  const [r] = await readResponses(s, 1, 3000);
+  t.equal(r!.status, 408, 'HTTP/1.1: 408');
+  t.equal(r!.headers['x-sockmesh-error'], 'request-body-timeout');
+  t.ok(performance.now() - started >= 380, 'after the idle timeout, not the 100 ms route timeout');
+  const c = h2connect(`http://127.0.0.1:${p2.port}`);
+  c.on('error', () => {});
+  t.teardown(() => c.destroy());
+  const rq = c.request({ ':method': 'POST', ':path': '/silent' });
+  rq.on('error', () => {});
+  rq.write('abc');
+  const h = await new Promise<Record<string, unknown>>((resolve) => { rq.on('response', (hh) => resolve(hh)); });
+  t.equal(h[':status'], 408, 'HTTP/2: 408');
+  // a client that keeps sending (every 150 ms, 1 s in all) is not cut by the 400 ms idle timeout
+  const rq2 = c.request({ ':method': 'POST', ':path': '/steady' });
+  const st = new Promise<number>((resolve) => { rq2.on('response', (hh) => resolve(Number(hh[':status']))); });
+  for (let i = 0; i < 7; i++) { await sleep(150); rq2.write('x'); }
+  rq2.end();
+  t.equal(await st, 200, 'HTTP/2: a steady slow upload is answered');
   t.equal(policy.contractViolations(), '');
 });

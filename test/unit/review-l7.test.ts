@@ -35,7 +35,7 @@ interface Env {
 }
 
 /** proxy + policy + one node:http backend that records what it was asked (pathname as WHATWG URL reads it) */
-async function setup(t: Test, h: HttpPolicy, handler?: (req: IncomingMessage, res: ServerResponse) => void): Promise<Env> {
+async function setup(t: Test, h: HttpPolicy, handler?: (req: IncomingMessage, res: ServerResponse) => void, proxyOpts: { clientIdleTimeoutMs?: number } = {}): Promise<Env> {
   const seen: Seen[] = [];
   const server: Server = createServer((req, res) => {
     seen.push({ url: req.url!, pathname: new URL(req.url!, 'http://backend').pathname, headers: req.headers });
@@ -50,7 +50,7 @@ async function setup(t: Test, h: HttpPolicy, handler?: (req: IncomingMessage, re
   const policy = new ProxyPolicy({ states, log, registry, random: seeded(3) });
   const update = (hp: HttpPolicy, bs?: Backend[]): void => policy.update(model(service('web', VIP, 80, bs ?? [backend(port)], hp)), () => undefined);
   update(h);
-  const proxy = new ProxyServer({ policy, log, originalDst: () => ({ vip: VIP, port: 80, cgroupId: 5n }), connectTimeoutMs: 1000 });
+  const proxy = new ProxyServer({ policy, log, originalDst: () => ({ vip: VIP, port: 80, cgroupId: 5n }), connectTimeoutMs: 1000, ...proxyOpts });
   await proxy.listen(0, ['127.0.0.1']);
   t.teardown(async () => {
     server.closeAllConnections();
@@ -177,17 +177,18 @@ t.test('metrics: the per-backend series of a route go with their backend (endpoi
 });
 
 t.test('outlier detection: a client that sends its body slowly cannot eject healthy backends', async (t) => {
-  // Before the fix: the route (or per-try) timeout runs from the request head, so a client that stops halfway through
+  // Before the fix: the route (or per-try) timeout ran from the request head, so a client that stops halfway through
   // its body made the attempt end in 'timeout', counted against the backend as a gateway error: two such requests per
-  // backend (here) ejected perfectly healthy ones, one after the other, whatever the backends did.
+  // backend (here) ejected perfectly healthy ones, one after the other, whatever the backends did. The timeouts now
+  // start once the body is whole (Envoy's); a silent upload is the client's idle timeout: 408, not the backend's.
   const env = await setup(t, http({
     balancer: 'round-robin',
     routes: [route('r', { timeoutMs: 300 })],
     outlierDetection: { consecutive5xx: 2, consecutiveGatewayErrors: 2, baseEjectionMs: 10_000, maxEjectionMs: 10_000, maxEjectionPercent: 100 },
-  }));
+  }), undefined, { clientIdleTimeoutMs: 400 });
   for (let i = 0; i < 3; i++) {
     const r = await rawExchange(env.proxyPort, 'POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: 10\r\n\r\nabcde', 1500);
-    t.equal(statusOf(r.text), 504, 'the slow request times out');
+    t.equal(statusOf(r.text), 408, 'the stalled upload is answered 408 (the client\'s idle timeout), not 504');
   }
   t.same(env.policy.backendsReport().map((b) => b.ejected), [false], 'the backend is not ejected');
   t.same(env.policy.backendsReport().map((b) => b.consecutiveGatewayErrors), [0], 'nothing counted against it');
