@@ -6,7 +6,7 @@
 // `<entry cluster>` for the default group and `<entry cluster>~<group>` for the others (a service name never holds
 // '~'); one Listener per VIP with an HttpConnectionManager carrying the routes inline (no RDS round trip) and the
 // authorization as RBAC filters. What Envoy cannot say travels as filter_metadata.sockmesh (see the agent side).
-import { ENUM as E, FILTER } from '../xds/envoy.js';
+import { ENUM as E, FILTER, HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOL_OPTIONS_TYPE } from '../xds/envoy.js';
 import { encodeAny as pack, type AnyMessage } from '../xds/protos.js';
 import { DEFAULT_ALLOW_POLICY, sockmeshMetadata as meta } from '../xds/sockmesh.js';
 import { duration } from '../xds/wellknown.js';
@@ -36,6 +36,13 @@ export function clusterHttpFields(svc: Service, group: string | undefined): Obj 
         max_requests: { value: cb.maxRequests }, max_retries: { value: cb.maxRetries },
       }],
     };
+    const proto = h.upstreamProtocol;
+    if (proto !== undefined) {
+      // as Envoy reads it (and Istio writes it for a port named http2/grpc); absent = the client's protocol
+      const o = proto === 'downstream' ? { use_downstream_protocol_config: {} }
+        : { explicit_http_config: proto === 'h2' ? { http2_protocol_options: {} } : { http_protocol_options: {} } };
+      out['typed_extension_protocol_options'] = { [HTTP_PROTOCOL_OPTIONS]: pack(HTTP_PROTOCOL_OPTIONS_TYPE, o) };
+    }
     const od = h.outlierDetection;
     if (od) {
       out['outlier_detection'] = {

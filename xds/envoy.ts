@@ -23,6 +23,13 @@ export const FILTER = {
 } as const;
 
 /**
+ * A Cluster's upstream HTTP protocol options: typed_extension_protocol_options holds one, keyed by this name (Envoy's
+ * extension name, which is also the message's full name).
+ */
+export const HTTP_PROTOCOL_OPTIONS = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions';
+export const HTTP_PROTOCOL_OPTIONS_TYPE = `type.googleapis.com/${HTTP_PROTOCOL_OPTIONS}`;
+
+/**
  * Load-balancing policies of a Cluster's load_balancing_policy (typed_extension_config type URLs), by the name of the
  * lb_policy value that means the same. A client takes the first policy of the list that it supports, and then
  * ignores lb_policy.

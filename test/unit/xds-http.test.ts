@@ -8,7 +8,7 @@ import type { Model, Service } from '../../agent/model/types.js';
 import { buildModel, ModelBuilder } from '../../agent/sources/xds/build.js';
 import { digestCluster, digestEndpoints, digestListener, digestRoute, type XdsState } from '../../agent/sources/xds/digest.js';
 import { Journal } from '../../agent/sources/xds/journal.js';
-import { FILTER, TYPE } from '../../xds/envoy.js';
+import { FILTER, HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOL_OPTIONS_TYPE, TYPE } from '../../xds/envoy.js';
 import { packAny, unpackAny } from '../../xds/protos.js';
 import { Snapshot } from '../../controlplane/snapshot.js';
 
@@ -35,6 +35,7 @@ services:
     http:
       failMode: open
       balancer: round-robin
+      upstreamProtocol: h2
       accessLogSample: 0.25
       circuitBreaker: {maxConnections: 10, maxPendingRequests: 0, maxRequests: 30, maxRetries: 0}
       outlierDetection: {consecutive5xx: 0, consecutiveGatewayErrors: 2, baseEjectionTime: 1500ms, maxEjectionTime: 1m, maxEjectionPercent: 0}
@@ -66,6 +67,7 @@ services:
     backends: [{address: 127.0.0.1}, {address: 127.0.0.3, group: blue}]
     healthCheck: {type: grpc}
     http:
+      upstreamProtocol: http1
       authz: {default: allow}
       routes: [{name: all, split: [{group: blue}]}]
   - name: open
@@ -73,6 +75,7 @@ services:
     ports: [{port: 80}]
     backends: [{address: 127.0.0.1, port: 9000}]
     http:
+      upstreamProtocol: downstream
       authz: {default: allow, rules: [{name: a, action: allow, methods: [GET]}, {name: d, action: deny, from: [frontend]}]}
   - name: l4
     vips: [127.100.0.4]
@@ -270,6 +273,36 @@ t.test('foreign HTTP resources: routes, weighted clusters as groups, retries, br
   t.match(un, /retry_on: 'envoy-ratelimited' not supported/);
   t.match(un, /circuit_breakers\.thresholds\[1\]: priority HIGH not applied/);
   t.notMatch(un, /another/, 'both clusters have the same settings: nothing to report');
+});
+
+t.test('upstream protocol from the clusters\' typed_extension_protocol_options (as Istio writes them), or their deprecated fields', async (t) => {
+  const opts = (o: Obj): Obj => ({ typed_extension_protocol_options: { [HTTP_PROTOCOL_OPTIONS]: packAny(HTTP_PROTOCOL_OPTIONS_TYPE, o) } });
+  const withClusters = (a: Obj, b: Obj): ReturnType<typeof buildModel> => {
+    const parts = foreign();
+    Object.assign(parts.clusters[0]!, a);
+    Object.assign(parts.clusters[1]!, b);
+    return buildModel(state(parts));
+  };
+  const protoOf = (r: ReturnType<typeof buildModel>): unknown => { t.notOk(r.error, String(r.error)); return r.model!.services[0]!.http!.upstreamProtocol; };
+  const h2 = opts({ explicit_http_config: { http2_protocol_options: {} } });
+  const h1 = opts({ explicit_http_config: { http_protocol_options: {} } });
+  t.equal(protoOf(withClusters({}, {})), undefined, 'nothing said: the client\'s protocol (sockmesh\'s default)');
+  t.equal(protoOf(withClusters(h2, h2)), 'h2', 'explicit_http_config.http2_protocol_options: h2');
+  t.equal(protoOf(withClusters(h1, h1)), 'http1', 'explicit_http_config.http_protocol_options: http1');
+  const down = opts({ use_downstream_protocol_config: { http2_protocol_options: {} } });
+  t.equal(protoOf(withClusters(down, down)), 'downstream', 'use_downstream_protocol_config');
+  t.equal(protoOf(withClusters({ http2_protocol_options: {} }, { http2_protocol_options: {} })), 'h2', 'the deprecated Cluster.http2_protocol_options');
+  t.equal(protoOf(withClusters({ protocol_selection: 'USE_DOWNSTREAM_PROTOCOL', http2_protocol_options: {} }, { protocol_selection: 'USE_DOWNSTREAM_PROTOCOL' })), 'downstream', 'protocol_selection USE_DOWNSTREAM_PROTOCOL');
+  const mixed = withClusters(h2, h1);
+  t.equal(protoOf(mixed), 'h2', 'the first cluster\'s, for the service');
+  t.match(mixed.unsupported.join('\n'), /cluster 'outbound\|9080\|v2\|reviews' has another upstreamProtocol than cluster 'outbound\|9080\|v1\|reviews'/);
+  const auto = withClusters(opts({ auto_config: {} }), {});
+  t.equal(protoOf(auto), undefined);
+  t.match(auto.unsupported.join('\n'), /auto_config not supported/);
+  const h3 = withClusters(opts({ explicit_http_config: { http3_protocol_options: {} } }), {});
+  t.match(h3.unsupported.join('\n'), /only HTTP\/1\.1 and HTTP\/2 are supported/);
+  t.throws(() => digestCluster('c', { name: 'c', type: 'EDS', typed_extension_protocol_options: { [HTTP_PROTOCOL_OPTIONS]: packAny(FILTER.router, {}) } }),
+    { message: /cluster 'c': typed_extension_protocol_options\['envoy\.extensions\.upstreams\.http\.v3\.HttpProtocolOptions'\]: must be an envoy\.extensions\.upstreams\.http\.v3\.HttpProtocolOptions, got type\.googleapis\.com\/envoy\.extensions\.filters\.http\.router\.v3\.Router/ });
 });
 
 t.test('what cannot be translated is NACKed, naming the resource and the field', async (t) => {

@@ -103,9 +103,10 @@ function resolveHttp(l: ListenerDigest, h: HcmDigest, routes: HttpRoutes, cluste
   if (h.accessLogSample !== undefined) obj['accessLogSample'] = h.accessLogSample;
   if (first.http.balancer) obj['balancer'] = first.http.balancer;
   else notes.push(`cluster '${first.name}': its lb_policy has no HTTP balancer (least-request used)`);
+  if (first.http.upstreamProtocol) obj['upstreamProtocol'] = first.http.upstreamProtocol;
   if (first.http.circuitBreaker) obj['circuitBreaker'] = first.http.circuitBreaker;
   if (first.http.outlierDetection) obj['outlierDetection'] = first.http.outlierDetection;
-  for (const k of ['balancer', 'circuitBreaker', 'outlierDetection'] as const) {
+  for (const k of ['balancer', 'upstreamProtocol', 'circuitBreaker', 'outlierDetection'] as const) {
     const want = JSON.stringify(first.http[k]);
     const odd = clusters.find((c) => JSON.stringify(c.cluster.http[k]) !== want);
     if (odd) notes.push(`${what}: cluster '${odd.cluster.name}' has another ${k} than cluster '${first.name}', whose is used for every group`);
@@ -603,6 +604,7 @@ function originsOf(path: string, fronts: Frontend[], m: Merged, polOrigin: strin
   if (h) {
     origins.push({ path: `${path}.http`, resource: `listener '${r.listener.name}': HttpConnectionManager` });
     origins.push({ path: `${path}.http.authz`, resource: `listener '${r.listener.name}': HTTP RBAC filters` });
+    origins.push({ path: `${path}.http.upstreamProtocol`, resource: `cluster '${h.policyCluster}': typed_extension_protocol_options` });
     origins.push({ path: `${path}.http.circuitBreaker`, resource: `cluster '${h.policyCluster}': circuit_breakers.thresholds` });
     origins.push({ path: `${path}.http.outlierDetection`, resource: `cluster '${h.policyCluster}': outlier_detection` });
     h.routes.forEach((e, k) => origins.push({ path: `${path}.http.routes[${k}]`, resource: e.origin }));

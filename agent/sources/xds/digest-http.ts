@@ -13,6 +13,8 @@
 import { formatDuration } from '../../model/duration.js';
 import { regexError } from '../../model/l7config.js';
 import { durationMs, num } from '../../../xds/wellknown.js';
+import { HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOL_OPTIONS_TYPE } from '../../../xds/envoy.js';
+import { unpackAny, type AnyMessage } from '../../../xds/protos.js';
 import { DEFAULT_ALLOW_POLICY, sockmeshMeta } from '../../../xds/sockmesh.js';
 import { fail } from './errors.js';
 
@@ -337,6 +339,8 @@ export interface ClusterHttp {
   /** backend group named in sockmesh metadata (own resources); otherwise the cluster name makes one */
   group?: string;
   balancer?: 'least-request' | 'round-robin';
+  /** what typed_extension_protocol_options (or the deprecated Cluster fields) say; absent: nothing (downstream) */
+  upstreamProtocol?: 'http1' | 'h2' | 'downstream';
   circuitBreaker?: Obj;
   /** the retry budget of the DEFAULT thresholds (Envoy keeps it with the breaker, sockmesh with the retries) */
   budget?: Obj;
@@ -351,6 +355,8 @@ export function clusterHttp(what: string, c: Obj, meta: Obj, policy: string): Cl
   if (typeof meta['group'] === 'string') d.group = meta['group'];
   if (policy === 'LEAST_REQUEST') d.balancer = 'least-request';
   else if (policy === 'ROUND_ROBIN') d.balancer = 'round-robin';
+  const proto = upstreamProtocolOf(what, c, d.notes);
+  if (proto !== undefined) d.upstreamProtocol = proto;
   const cb = c.circuit_breakers;
   if (cb) {
     d.circuitBreaker = {}; // present: Envoy's defaults, unless a DEFAULT threshold says otherwise
@@ -385,6 +391,41 @@ export function clusterHttp(what: string, c: Obj, meta: Obj, policy: string): Cl
     d.healthCheck = healthCheckOf(what, 'health_checks[0]', hcs[0]!, d.notes);
   }
   return d;
+}
+
+/**
+ * The protocol a cluster speaks to its endpoints, as Envoy reads it: typed_extension_protocol_options'
+ * HttpProtocolOptions (explicit_http_config http_protocol_options -> http1, http2_protocol_options -> h2;
+ * use_downstream_protocol_config -> downstream), else the deprecated Cluster fields (protocol_selection
+ * USE_DOWNSTREAM_PROTOCOL, http2_protocol_options, http_protocol_options). Nothing at all: undefined (sockmesh's
+ * default, the client's protocol; Envoy's would be HTTP/1.1).
+ */
+function upstreamProtocolOf(what: string, c: Obj, notes: string[]): ClusterHttp['upstreamProtocol'] {
+  const field = `typed_extension_protocol_options['${HTTP_PROTOCOL_OPTIONS}']`;
+  const any = (c.typed_extension_protocol_options ?? {})[HTTP_PROTOCOL_OPTIONS] as { type_url?: string; value?: Uint8Array } | undefined;
+  if (any !== undefined) {
+    if (any.type_url !== HTTP_PROTOCOL_OPTIONS_TYPE) fail(what, field, `must be an ${HTTP_PROTOCOL_OPTIONS}, got ${any.type_url ?? 'no type_url'}`);
+    let o: Obj;
+    try {
+      o = unpackAny<Obj>(any as AnyMessage);
+    } catch (e) {
+      return fail(what, field, (e as Error).message);
+    }
+    const ex = o.explicit_http_config;
+    if (ex) {
+      if (ex.http2_protocol_options) return 'h2';
+      if (ex.http_protocol_options) return 'http1';
+      notes.push(`${what}: ${field}.explicit_http_config: only HTTP/1.1 and HTTP/2 are supported (the client's protocol used)`);
+      return undefined;
+    }
+    if (o.use_downstream_protocol_config) return 'downstream';
+    if (o.auto_config) notes.push(`${what}: ${field}.auto_config not supported (cleartext has no ALPN; the client's protocol used)`);
+    return undefined;
+  }
+  if (c.protocol_selection === 'USE_DOWNSTREAM_PROTOCOL') return 'downstream';
+  if (c.http2_protocol_options) return 'h2';
+  if (c.http_protocol_options) return 'http1';
+  return undefined;
 }
 
 function healthCheckOf(what: string, field: string, h: Obj, notes: string[]): Obj | undefined {
