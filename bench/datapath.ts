@@ -10,7 +10,7 @@ import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
 import { emitResult } from './chart.js';
-import { compileMinimal, MinimalSockmap, minimalSource } from './lib/minimal.js';
+import { compileMinimal, MinimalSockmap, minimalUnavailable } from './lib/minimal.js';
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { iperf3ClientArgv, iperf3ServerArgv, parseIperf3, type Stream } from './lib/iperf3.js';
 import { addNetns, delNetns, inCgroupNetns, inNetns, waitListening } from './lib/netns.js';
@@ -223,12 +223,9 @@ function minimalSockmap(ctx: Ctx, parentCgroup: string, id: string, workDir: str
   const prog = new MinimalSockmap(join('/sys/fs/bpf', `${id}-min`), s.cgroup);
   const base = s.setup;
   s.setup = async () => {
-    if (!existsSync(join(ctx.opts.root, 'build', 'Release', 'sockmesh.node'))) {
-      s.result.skipped = 'native addon not built (build/Release/sockmesh.node missing)';
-      return;
-    }
-    if ((await run('sh', ['-c', 'command -v clang'], 5000)).code !== 0) {
-      s.result.skipped = `clang is not installed (needed to compile ${minimalSource(ctx.opts.root)})`;
+    const unavailable = await minimalUnavailable(ctx.opts.root);
+    if (unavailable) {
+      s.result.skipped = unavailable;
       return;
     }
     await base();

@@ -7,6 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { benchJson, writeChart } from './chart.js';
 import { runDatapath } from './datapath.js';
 import { runL7 } from './l7.js';
+import { runPods } from './pods.js';
+import { POD_LETTERS, POD_SCENARIOS, type PodScenario } from './lib/podsreport.js';
 import { L7_LETTERS, L7_SCENARIOS, type L7Scenario } from './lib/l7report.js';
 import { runXds } from './xds.js';
 import { installSignalCleanup, runCleanups } from './lib/proc.js';
@@ -50,6 +52,19 @@ xds options:
   --change-budget N    seconds the changes may take in all before the bench gives up (default 60)
   --rest N             seconds at rest before each RSS reading (default 3)
   --seed N             seed of the random change sequence (default 1)
+
+  pods       two pods on the node lab (each scenario a lab with a node namespace of its own): the pod IP vs a
+             sockmesh VIP vs kube-proxy's iptables DNAT vs a minimal sockmap program vs sockmesh --no-sockmap;
+             sockperf 64 B / 16 KiB (same CPU and split), iperf3, wrk against nginx, redis-benchmark GET/SET
+
+pods options:
+  --seconds N          sockperf run per case (default 3)
+  --stream-seconds N   iperf3 run (default 3)
+  --http-seconds N     wrk run (default 3)
+  --redis-requests N   redis-benchmark requests per test (default 50000)
+  --connections N      wrk connections and redis-benchmark clients (default 32)
+  --rounds N           interleaved rounds; medians are reported (default 3)
+  --only a,b,...       scenarios: direct,sockmesh,iptables,minimal,nosockmap or a,b,c,d,e (default all)
 `;
 
 /** The project root, found from this file (dist/bench/ when compiled, bench/ under ts-node). */
@@ -166,7 +181,32 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
   return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin, chartDir });
 }
 
-const benches: Record<string, (argv: string[], chartDir: string | null) => Promise<number>> = { datapath, l7, xds, chart };
+async function pods(argv: string[], chartDir: string | null): Promise<number> {
+  const opts = {
+    root: projectRoot(), seconds: 3, streamSeconds: 3, httpSeconds: 3, redisRequests: 50_000, connections: 32, rounds: 3,
+    scenarios: [...POD_SCENARIOS] as PodScenario[], chartDir,
+  };
+  const byLetter = Object.fromEntries(Object.entries(POD_LETTERS).map(([n, l]) => [l, n])) as Record<string, PodScenario>;
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    if (flag === '--seconds') opts.seconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--stream-seconds') opts.streamSeconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--http-seconds') opts.httpSeconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--redis-requests') opts.redisRequests = count(flag, argv[++i], 10_000_000, 1000);
+    else if (flag === '--connections') opts.connections = count(flag, argv[++i], 1000);
+    else if (flag === '--rounds') opts.rounds = count(flag, argv[++i], 20);
+    else if (flag === '--only') {
+      opts.scenarios = (argv[++i] ?? '').split(',').map((s) => {
+        const n = byLetter[s] ?? s;
+        if (!(POD_SCENARIOS as readonly string[]).includes(n)) throw new Error(`--only: unknown scenario ${s} (${POD_SCENARIOS.join(', ')})`);
+        return n as PodScenario;
+      });
+    } else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
+  }
+  return runPods(opts);
+}
+
+const benches: Record<string, (argv: string[], chartDir: string | null) => Promise<number>> = { datapath, l7, xds, pods, chart };
 
 async function main(): Promise<number> {
   const [name, ...rest] = process.argv.slice(2);

@@ -3,7 +3,7 @@
 # the TypeScript). Quick no-op when everything is already there, so `npm start` and `npm test` can always call it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make g++ iproute2 sockperf iperf3 iptables openssl curl wrk haproxy nghttp2-client python3 python3-grpcio"
+PKGS="clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make g++ iproute2 sockperf iperf3 iptables openssl curl wrk haproxy nginx redis-tools nghttp2-client python3 python3-grpcio"
 # Debian's own nodejs package ships its headers (needed by node-gyp, offline) separately.
 if [ "$(command -v node)" = /usr/bin/node ] && [ ! -f /usr/include/node/node.h ] && dpkg-query -W nodejs >/dev/null 2>&1; then
   PKGS="$PKGS libnode-dev"

@@ -6,12 +6,19 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { native, type BpfObject } from '../../agent/datapath/native.js';
 import { cgroup2Mount } from './cgroup.js';
-import { runChecked } from './proc.js';
+import { run, runChecked } from './proc.js';
 
 const COMPILE_TIMEOUT_MS = 60_000;
 
 export function minimalSource(root: string): string {
   return join(root, 'bench', 'minimal', 'sockmap_min.bpf.c');
+}
+
+/** Why the minimal program cannot run here (no addon to load it, no clang to compile it), or undefined. */
+export async function minimalUnavailable(root: string): Promise<string | undefined> {
+  if (!existsSync(join(root, 'build', 'Release', 'sockmesh.node'))) return 'native addon not built (build/Release/sockmesh.node missing)';
+  if ((await run('sh', ['-c', 'command -v clang'], 5000)).code !== 0) return `clang is not installed (needed to compile ${minimalSource(root)})`;
+  return undefined;
 }
 
 /** clang -target bpf, with the multiarch include dir that <linux/bpf.h> needs for <asm/types.h>. */

@@ -134,25 +134,34 @@ export function formatTable(results: ScenarioResult[]): string {
   return lines.join('\n');
 }
 
-/** Ratios of every measured figure to (a), for the JSON line. */
-export function ratiosToDirect(results: ScenarioResult[]): Record<string, Record<string, number>> {
-  const base = results.find((r) => r.name === 'direct');
+/**
+ * Each result's figures over the base result's (those both have), rounded, by the key `keyOf` gives the result; the
+ * base itself has no row. `figures` lists a result's figures by name.
+ */
+export function ratioRows<R>(
+  results: R[], base: R | undefined, keyOf: (r: R) => string, figures: (r: R) => Record<string, number | undefined>,
+): Record<string, Record<string, number>> {
   const out: Record<string, Record<string, number>> = {};
   if (!base) return out;
+  const b = figures(base);
   for (const r of results) {
     if (r === base) continue;
     const row: Record<string, number> = {};
-    for (const c of LATENCY_CASES) {
-      for (const p of ['p50', 'p99'] as const) {
-        const v = ratio(r.latency[c.key]?.[p], base.latency[c.key]?.[p]);
-        if (v !== undefined) row[`${c.key}.${p}`] = round(v, 3);
-      }
+    for (const [k, v] of Object.entries(figures(r))) {
+      const q = ratio(v, b[k]);
+      if (q !== undefined) row[k] = round(q, 3);
     }
-    const t = ratio(r.stream?.gbps, base.stream?.gbps);
-    if (t !== undefined) row.streamGbps = round(t, 3);
-    out[r.name] = row;
+    out[keyOf(r)] = row;
   }
   return out;
+}
+
+/** Ratios of every measured figure to (a), for the JSON line. */
+export function ratiosToDirect(results: ScenarioResult[]): Record<string, Record<string, number>> {
+  return ratioRows(results, results.find((r) => r.name === 'direct'), (r) => r.name, (r) => ({
+    ...Object.fromEntries(LATENCY_CASES.flatMap((c) => (['p50', 'p99'] as const).map((p) => [`${c.key}.${p}`, r.latency[c.key]?.[p]]))),
+    streamGbps: r.stream?.gbps,
+  }));
 }
 
 export function round(v: number, digits: number): number {
