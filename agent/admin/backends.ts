@@ -121,6 +121,7 @@ export function routesReport(model: Model | undefined, proxy: ProxyReportSource,
       const retry = r.retry && r.retry.attempts > 0 ? r.retry : undefined;
       routes.push({
         service: svc.name, route: r.name, match: routeMatchText(r), split: r.split.map((s) => ({ ...s })),
+        upstreamProtocol: svc.http.upstreamProtocol ?? 'downstream',
         timeoutMs: r.timeoutMs, retries: retry?.attempts ?? 0, perTryTimeoutMs: retry?.perTryTimeoutMs ?? 0,
         retryOn: retry ? [...retry.retryOn] : [],
         retriableStatusCodes: retry && retry.retryOn.includes('retriable-status-codes') ? [...retry.retriableStatusCodes] : [],

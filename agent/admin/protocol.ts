@@ -9,7 +9,7 @@
 // Errors: a non-2xx status with { error: string }.
 import type { FrontendReport, KernelProxyReport, SocketReport, StatsReport } from '../datapath/inspect.js';
 import type { XdsStatus } from '../sources/xds/source.js';
-import type { CircuitBreaker, HealthCheck, StringMatch, WeightedGroup } from '../model/l7.js';
+import type { CircuitBreaker, HealthCheck, StringMatch, UpstreamProtocol, WeightedGroup } from '../model/l7.js';
 import type { ProbeReport } from '../health/checker.js';
 import type { FlowEvent } from '../observe/events.js';
 import type { StateFile } from '../state/statefile.js';
@@ -162,6 +162,8 @@ export interface RouteReport {
   /** 'GET,POST /api/* x-canary=1' */
   match: string;
   split: WeightedGroup[];
+  /** the service's: what the proxy speaks to its backends ('downstream': the client's protocol) */
+  upstreamProtocol: UpstreamProtocol;
   timeoutMs: number;
   /** retries after the first try (0: none) */
   retries: number;

@@ -4,7 +4,8 @@ import type { Handler } from './server.js';
 import { AdminError } from './server.js';
 import type { BackendsReport, ProgramReport, ProxyReportSource, RoutesReport, StatusReport } from './protocol.js';
 import { backendsReport, routesReport } from './backends.js';
-import type { MapReader } from '../datapath/inspect.js';
+import type { FrontendReport, MapReader } from '../datapath/inspect.js';
+import type { Model } from '../model/types.js';
 import { cgroup2Root } from '../datapath/cgroup.js';
 import type { HealthChecker } from '../health/checker.js';
 import type { EventRing } from '../observe/events.js';
@@ -42,13 +43,23 @@ export function adminRoutes(src: AdminSources): Record<string, Handler> {
   const { reader, names } = src;
   return {
     '/v1/status': () => statusReport(src),
-    '/v1/services': () => reader.frontends(names()),
+    '/v1/services': () => withUpstream(reader.frontends(names()), src.state.model),
     '/v1/stats': () => reader.stats(names()),
     '/v1/sockets': () => reader.sockets(),
     '/v1/events': () => src.events.recent(),
     '/v1/backends': (q) => backends(src, q.get('service') ?? undefined),
     '/v1/routes': (q) => routes(src, q.get('service') ?? undefined),
   };
+}
+
+/** the model's upstream protocol on the L7 frontends (what the kernel's maps cannot tell) */
+function withUpstream(frontends: FrontendReport[], model: Model | undefined): FrontendReport[] {
+  const http = new Map((model?.services ?? []).map((s) => [s.name, s.http]));
+  for (const f of frontends) {
+    const h = http.get(f.service);
+    if (f.l7 !== undefined && h !== undefined) f.upstreamProtocol = h.upstreamProtocol ?? 'downstream';
+  }
+  return frontends;
 }
 
 function backends(src: AdminSources, service?: string): BackendsReport {

@@ -29,6 +29,8 @@ export interface FrontendReport {
   algorithm: string; affinityTimeoutSeconds: number; tableId: number; tableSize: number;
   /** an L7 service: connect() goes to the proxy; when it is down, to a backend (fail-open) or refused (fail-closed) */
   l7?: 'fail-open' | 'fail-closed';
+  /** an L7 service's upstream protocol (http1, h2, downstream): the agent's model says it, not the kernel */
+  upstreamProtocol?: string;
   backends: KernelBackendReport[];
 }
 

@@ -36,11 +36,16 @@ export function retryText(x: RouteReport): string {
   return `${x.retries}${x.perTryTimeoutMs ? ` x ${ms(x.perTryTimeoutMs)}` : ''}${on.length ? ` on ${on.join(',')}` : ''}${x.retryNonIdempotent ? ', any method' : ''}`;
 }
 
+/** 'h2', 'http1', or 'as client' (downstream: the client's own protocol; '-' from an agent that does not say) */
+export function upstreamText(p: string | undefined): string {
+  return p === undefined ? '-' : p === 'downstream' ? 'as client' : p;
+}
+
 export function renderRoutes(r: RoutesReport, style: Style): string[] {
   if (r.routes.length === 0) return [r.proxyError ?? 'no L7 routes (no service has http rules)'];
   const live = r.routes.some((x) => x.live);
   const cols: Column[] = [
-    { header: 'SERVICE' }, { header: 'ROUTE' }, { header: 'MATCH' }, { header: 'SPLIT' },
+    { header: 'SERVICE' }, { header: 'ROUTE' }, { header: 'MATCH' }, { header: 'SPLIT' }, { header: 'UPSTREAM' },
     { header: 'TIMEOUT', align: 'right' }, { header: 'RETRIES' },
     ...(live ? [
       { header: 'REQUESTS', align: 'right' as const }, { header: '5XX', align: 'right' as const },
@@ -55,6 +60,7 @@ export function renderRoutes(r: RoutesReport, style: Style): string[] {
     return [
       x.service, x.route, x.match,
       x.split.length === 1 ? x.split[0]!.group : x.split.map((s) => `${s.group}=${s.weight}`).join(' '),
+      upstreamText(x.upstreamProtocol),
       ms(x.timeoutMs),
       retryText(x),
       ...(live ? [

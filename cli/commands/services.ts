@@ -4,6 +4,7 @@ import type { Context } from '../context.js';
 import { duration, hostport, humanBytes, humanCount, percent } from '../format.js';
 import { measure, renderTable, type Column, type Row } from '../table.js';
 import type { Style } from '../style.js';
+import { upstreamText } from './routes.js';
 
 export async function services(ctx: Context): Promise<void> {
   const { value } = await ctx.fromAgentOrPins<FrontendReport[]>('/v1/services', (r, names) => r.frontends(names));
@@ -35,7 +36,7 @@ export function renderServices(frontends: FrontendReport[], style: Style): strin
     if (i > 0) out.push('');
     const affinity = f.affinityTimeoutSeconds ? `affinity ${duration(f.affinityTimeoutSeconds)}` : 'no affinity';
     const table = f.tableSize ? `${f.tableSize} slots` : 'no table';
-    const l7 = f.l7 ? `  ${style.bold('L7')} ${f.l7}` : '';
+    const l7 = f.l7 ? `  ${style.bold('L7')} ${f.l7}${f.upstreamProtocol ? ` upstream ${upstreamText(f.upstreamProtocol)}` : ''}` : '';
     out.push(`${style.bold(f.service)}  ${hostport(f.vip, f.port)}/${f.protocol}${l7}  ${f.algorithm}  ${affinity}  ${style.dim(table)}`);
     if (rows.length === 0) out.push(`  ${style.yellow('no backends')}: connections to this VIP are refused`);
     else out.push(...renderTable(cols, rows, { indent: '  ', widths, style }));

@@ -47,7 +47,7 @@ const model: Model = { services: [
     name: 'web', algorithm: 'random', affinityTimeoutSeconds: 0, maglevTableSize: 251,
     frontends: [{ vip: '127.77.9.2', family: 4, port: 80, protocol: 'tcp', backends: [be(7001), be(7002, 'canary')] }],
     http: {
-      failMode: 'open', balancer: 'least-request', accessLogSample: 0,
+      failMode: 'open', balancer: 'least-request', accessLogSample: 0, upstreamProtocol: 'h2',
       circuitBreaker: { maxConnections: 1, maxPendingRequests: 1, maxRequests: 1, maxRetries: 1 },
       routes: [
         { name: 'api', match: { path: { prefix: '/api/' }, methods: ['GET', 'POST'], headers: [{ name: 'x-canary', value: { exact: '1' } }] },
@@ -170,9 +170,9 @@ t.test('meshctl backends and routes', async (t) => {
   const rt = await meshctl(['routes']);
   t.equal(rt.code, 0, rt.stderr);
   const rl = rt.stdout.trimEnd().split('\n');
-  t.match(rl[0]!, /^SERVICE\s+ROUTE\s+MATCH\s+SPLIT\s+TIMEOUT\s+RETRIES\s+REQUESTS\s+5XX\s+LOCAL\s+RETRIED\s+BUDGET OUT\s+OVERFLOWS$/);
-  t.match(rl[1]!, /^web\s+api\s+GET,POST \/api\/\* x-canary=1\s+default=90 canary=10\s+15s\s+2 x 500 ms on 5xx\s+1\.2k\s+30\s+2\s+17\s+1\s+3$/);
-  t.match(rl[2]!, /^web\s+rest\s+\*\s+default\s+-\s+none\s+-\s+-\s+-\s+-\s+-\s+-$/);
+  t.match(rl[0]!, /^SERVICE\s+ROUTE\s+MATCH\s+SPLIT\s+UPSTREAM\s+TIMEOUT\s+RETRIES\s+REQUESTS\s+5XX\s+LOCAL\s+RETRIED\s+BUDGET OUT\s+OVERFLOWS$/);
+  t.match(rl[1]!, /^web\s+api\s+GET,POST \/api\/\* x-canary=1\s+default=90 canary=10\s+h2\s+15s\s+2 x 500 ms on 5xx\s+1\.2k\s+30\s+2\s+17\s+1\s+3$/);
+  t.match(rl[2]!, /^web\s+rest\s+\*\s+default\s+h2\s+-\s+none\s+-\s+-\s+-\s+-\s+-\s+-$/);
   const rj = JSON.parse((await meshctl(['routes', 'db', '--json'])).stdout);
   t.same(rj, { routes: [], proxyError: null }, 'a service without http rules has no routes');
 });

@@ -123,6 +123,10 @@ t.test('services: one heading per frontend, its backends in an indented table al
   t.match(lines[7]!, /no backends/);
   t.same(renderServices([], PLAIN), ['no services configured']);
   t.notOk(renderServices(FRONTENDS.slice(0, 1), PLAIN).join('\n').includes('UDP MSGS'), 'no UDP column without a UDP frontend');
+  const l7 = (extra: Partial<FrontendReport>): string => renderServices([{ ...FRONTENDS[0]!, l7: 'fail-closed', ...extra }], PLAIN)[0]!;
+  t.equal(l7({ upstreamProtocol: 'h2' }), 'web  127.100.0.1:80/tcp  L7 fail-closed upstream h2  maglev  no affinity  509 slots', 'the upstream protocol of an L7 service');
+  t.equal(l7({ upstreamProtocol: 'downstream' }), 'web  127.100.0.1:80/tcp  L7 fail-closed upstream as client  maglev  no affinity  509 slots');
+  t.equal(l7({}), 'web  127.100.0.1:80/tcp  L7 fail-closed  maglev  no affinity  509 slots', 'from the pins (agent down): not known, not shown');
 });
 
 t.test('stats: global counters by their readable names, unknown ones by their own; per-service table', async (t) => {
