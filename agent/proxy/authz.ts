@@ -28,7 +28,8 @@ function compileRule(r: AuthzRule, where: string): CompiledRule {
     from: r.from && r.from.length > 0 ? new Set(r.from) : undefined,
     methods: methodSet(r.methods),
     paths: r.paths && r.paths.length > 0 ? r.paths.map((p, i) => compileStringMatch(p, `${where}.paths[${i}]`)) : undefined,
-    headers: compileHeaderMatches(r.headers, `${where}.headers`),
+    // a repeated header: an allow rule reads the joined value only, a deny rule any reading of it (router.ts)
+    headers: compileHeaderMatches(r.headers, `${where}.headers`, r.action === 'deny' ? 'strict' : 'joined'),
   };
 }
 

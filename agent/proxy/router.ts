@@ -32,29 +32,49 @@ export function compileStringMatch(m: StringMatch, where: string): StringMatcher
 export type HeadersMatcher = (head: RequestHead) => boolean;
 
 /**
- * One header condition; a repeated header matches when any of its values does. `host` is the request's authority
- * (h1 Host, h2 :authority): the engines keep it out of head.headers, so read from there a match on it never held.
+ * A repeated header's one value, as Envoy reads it for route and RBAC matching (getAllOfHeaderAsString): its field
+ * values joined with ',' in the order received; cookie's with '; ' (RFC 9113 8.2.3, the one field whose values an
+ * HTTP/2 client may split and whose own separator is not ','). Only requests that repeat a header pay for the join.
  */
-function compileHeaderMatch(h: HeaderMatch, where: string): HeadersMatcher {
+export function joinedValue(name: string, v: readonly string[]): string {
+  return v.join(name === 'cookie' ? '; ' : ',');
+}
+
+/**
+ * How a condition reads a repeated header. 'joined' (routes, allow rules): on the joined value only, so that a client
+ * cannot meet a condition by adding a copy of the header that the backend never reads (most read the first, or the
+ * joined list). 'strict' (deny rules): the condition holds when the joined value OR any single value meets it (for an
+ * inverted one: unless the joined value and every single value meet its value), so that repeating a header cannot
+ * sidestep a deny either: an exact `x-user: admin` is denied as `x-user: admin` twice ("admin,admin") too.
+ */
+export type RepeatedHeaders = 'joined' | 'strict';
+
+/**
+ * One header condition (see RepeatedHeaders for a repeated header). `host` is the request's authority (h1 Host, h2
+ * :authority): the engines keep it out of head.headers, so read from there a match on it never held.
+ */
+function compileHeaderMatch(h: HeaderMatch, where: string, repeated: RepeatedHeaders): HeadersMatcher {
   const name = h.name.toLowerCase();
   const value = h.value ? compileStringMatch(h.value, `${where}.value`) : undefined;
   const invert = h.invert === true;
   const isHost = name === 'host';
+  const strict = repeated === 'strict';
   return (head) => {
     const v: Headers[string] | undefined = isHost ? (head.authority === '' ? undefined : head.authority) : head.headers[name];
-    let ok: boolean;
-    if (v === undefined) ok = false;
-    else if (!value) ok = true;
-    else if (typeof v === 'string') ok = value(v);
-    else ok = v.some(value);
-    return ok !== invert;
+    if (v === undefined) return invert;
+    if (!value) return !invert;
+    if (typeof v === 'string') return value(v) !== invert;
+    const joined = value(joinedValue(name, v));
+    if (!strict) return joined !== invert;
+    // strict: the condition holds whenever one reading of the header makes it hold
+    return invert ? !(joined && v.every(value)) : joined || v.some(value);
   };
 }
 
-/** All conditions must hold (an empty list holds). */
-export function compileHeaderMatches(list: HeaderMatch[] | undefined, where: string): HeadersMatcher | undefined {
+/** All conditions must hold (an empty list holds). repeated: how a repeated header is read ('joined' for routes). */
+export function compileHeaderMatches(list: HeaderMatch[] | undefined, where: string, repeated: RepeatedHeaders = 'joined'): HeadersMatcher | undefined {
   if (!list || list.length === 0) return undefined;
-  const ms = list.map((h, i) => compileHeaderMatch(h, `${where}[${i}]`));
+  const ms = list.map((h, i) => compileHeaderMatch(h, `${where}[${i}]`, repeated));
   if (ms.length === 1) return ms[0];
   return (head) => {
     for (const m of ms) if (!m(head)) return false;

@@ -5,7 +5,11 @@ import { spawn } from 'node:child_process';
 import { createServer as httpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect as h2connect, type ClientHttp2Session } from 'node:http2';
 import { createServer as netServer, type AddressInfo, type Socket } from 'node:net';
+import { BackendStates } from '../../agent/health/states.js';
 import { H2_ERROR } from '../../agent/proxy/h2/session.js';
+import { ProxyPolicy } from '../../agent/proxy/policy.js';
+import { ProxyServer } from '../../agent/proxy/server.js';
+import { backend, captureLog, http, model, route, service } from '../lib/l7model.js';
 import { block, frame, goawayCode, HELLO, isGoaway, raw } from '../lib/h2raw.js';
 import { connectTo, h2Backend, h2request, readResponses, startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
 
@@ -187,4 +191,30 @@ t.test('a silent upload: 408 after the client idle timeout (the timeouts above n
   rq2.end();
   t.equal(await st, 200, 'HTTP/2: a steady slow upload is answered');
   t.equal(policy.contractViolations(), '');
+});
+
+t.test('repeated request headers through the real policy and proxy, from curl (HTTP/1.1 and HTTP/2)', async (t) => {
+  const port = await h1Backend(t, (req, res) => { req.resume(); res.end(`backend ${req.url}`); });
+  const b2 = await h2Backend((st, h) => { st.respond({ ':status': 200 }); st.end(`backend ${String(h[':path'])}`); });
+  t.teardown(() => b2.close());
+  const states = new BackendStates();
+  t.teardown(() => states.close());
+  const { log } = captureLog('warn');
+  const pol = new ProxyPolicy({ states, log });
+  const routes = [route('ab', { match: { headers: [{ name: 'x-tags', value: { exact: 'a,b' } }] } }), route('b', { match: { headers: [{ name: 'x-tags', value: { exact: 'b' } }] } })];
+  const authz = { defaultAction: 'allow' as const, rules: [{ name: 'no-admin', action: 'deny' as const, headers: [{ name: 'x-user', value: { exact: 'admin' } }] }] };
+  const update = (bport: number): void => pol.update(model(service('web', '127.100.0.1', 80, [backend(bport)], http({ routes, authz }))), () => undefined);
+  const px = new ProxyServer({ policy: pol, log, originalDst: () => ({ vip: '127.100.0.1', port: 80, cgroupId: 5n }) });
+  await px.listen(0, ['127.0.0.1']);
+  t.teardown(() => px.close());
+  const url = `http://127.0.0.1:${px.ports()[0]!}/r`;
+  for (const [proto, flags, bport] of [['HTTP/1.1', [], port], ['HTTP/2', ['--http2-prior-knowledge'], b2.port]] as const) {
+    update(bport);
+    const curl = async (...h: string[]): Promise<string> => (await run('curl', ['-sS', ...flags, ...h.flatMap((x) => ['-H', x]), url, '-w', ' %{http_code}'])).out;
+    t.equal(await curl('x-tags: a', 'x-tags: b'), 'backend /r 200', `${proto}: two x-tags fields match "a,b" (route ab)`);
+    t.match(await curl('x-tags: a, b'), / 404$/, `${proto}: one field "a, b" is not "a,b" (no normalizing of the value)`);
+    t.match(await curl('x-tags: c', 'x-tags: b'), / 404$/, `${proto}: a matching second copy is not a match`);
+    t.match(await curl('x-tags: b', 'x-user: bob', 'x-user: admin'), / 403$/, `${proto}: a deny rule sees through a repeated x-user`);
+    t.equal(await curl('x-tags: b'), 'backend /r 200', `${proto}: the single value still matches route b`);
+  }
 });

@@ -98,7 +98,9 @@ t.test('routes: first match in order on path, methods, headers (with invert); no
   t.equal(r(head('GET', '/healthz')), '404');
   t.equal(r(head('POST', '/api/x')), 'post-api');
   t.equal(r(head('GET', '/api/x', { 'x-canary': 'yes' })), 'canary-header');
-  t.equal(r(head('GET', '/api/x', { 'x-canary': ['no', 'yes'] })), 'canary-header', 'a repeated header matches on any value');
+  // a repeated header is matched on its joined value (Envoy's): one matching copy among others is not a match
+  t.equal(r(head('GET', '/api/x', { 'x-canary': ['no', 'yes'] })), '404', 'a repeated header: its joined value "no,yes" is not exactly "yes"');
+  t.equal(r(head('GET', '/api/x', { 'x-canary': ['yes', 'yes'] })), '404', '"yes,yes" is not "yes" either');
   t.equal(r(head('GET', '/api/x', { 'x-canary': 'no' })), '404');
   t.equal(r(head('GET', '/api/v2/x')), 'not-internal');
   t.equal(r(head('GET', '/api/v2/x', { 'x-internal': '1' })), '404', 'inverted header: present -> no match');
@@ -151,6 +153,45 @@ t.test('authz: deny before allow, then default; from = workload of the client cg
   t.equal(check(9n, head('GET', '/admin')), 'allowed', 'no from match -> deny rule does not apply');
   t.equal(check(2n, head('GET', '/admin')), 'no-admin');
   t.equal(check(2n, head('DELETE', '/x')), 'allowed');
+});
+
+t.test('repeated request headers: routes and allow rules read the joined value, deny rules any reading of it', async (t) => {
+  const { p } = policy();
+  const routes = [
+    route('joined', { match: { headers: [{ name: 'x-tags', value: { regex: 'a,b' } }] } }),
+    route('cookie', { match: { headers: [{ name: 'cookie', value: { exact: 'a=1; b=2' } }] } }),
+    route('prefix', { match: { headers: [{ name: 'x-p', value: { prefix: 'one,' } }] } }),
+  ];
+  const authz = {
+    defaultAction: 'deny' as const,
+    rules: [
+      { name: 'allow-token', action: 'allow' as const, headers: [{ name: 'x-token', value: { exact: 'good' } }] },
+      { name: 'no-admin-user', action: 'deny' as const, headers: [{ name: 'x-user', value: { exact: 'admin' } }] },
+      { name: 'only-known-tenant', action: 'deny' as const, headers: [{ name: 'x-tenant', value: { exact: 't1' }, invert: true }] },
+    ],
+  };
+  p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http({ routes, authz }))), () => undefined);
+  const r = (h: ReturnType<typeof head>): string => {
+    const x = p.begin(DST, SRC, h);
+    if (isLocal(x)) return `${x.status} ${String(x.headers['x-sockmesh-denied'] ?? '')}`.trim();
+    x.end(200);
+    return x.route.name;
+  };
+  const ok = { 'x-token': 'good', 'x-tenant': 't1' };
+  t.equal(r(head('GET', '/', { ...ok, 'x-tags': ['a', 'b'] })), 'joined', 'x-tags: a + x-tags: b is "a,b"');
+  t.equal(r(head('GET', '/', { ...ok, cookie: ['a=1', 'b=2'] })), 'cookie', 'cookie crumbs (HTTP/2) are joined with "; "');
+  t.equal(r(head('GET', '/', { ...ok, 'x-p': ['one', 'two'] })), 'prefix', 'a prefix of the joined value');
+  t.equal(r(head('GET', '/', { ...ok, 'x-p': ['two', 'one'] })), '404', 'the order received counts');
+  // allow: the joined value only (a second copy the backend may never read does not earn an allow)
+  t.equal(r(head('GET', '/', { 'x-token': ['bad', 'good'], 'x-tenant': 't1' })), '403 default-deny', 'allow: "bad,good" is not "good"');
+  // deny: any reading (repeating the header cannot dodge it)
+  t.equal(r(head('GET', '/', { ...ok, 'x-user': 'admin' })), '403 no-admin-user');
+  t.equal(r(head('GET', '/', { ...ok, 'x-user': ['admin', 'admin'] })), '403 no-admin-user', 'deny: admin twice is still admin');
+  t.equal(r(head('GET', '/', { ...ok, 'x-user': ['bob', 'admin'] })), '403 no-admin-user', 'deny: one copy is enough');
+  t.equal(r(head('GET', '/', { ...ok, 'x-user': ['bob', 'carol'] })), '404', 'no copy is admin: not denied (no route matched)');
+  // an inverted deny: every reading must meet the value for the request to pass
+  t.equal(r(head('GET', '/', { 'x-token': 'good', 'x-tenant': ['t1', 't1'] })), '403 only-known-tenant', 'inverted deny: "t1,t1" is not t1');
+  t.equal(r(head('GET', '/', { 'x-token': 'good', 'x-tenant': ['t1', 't2'] })), '403 only-known-tenant', 'inverted deny: t2 among the copies');
 });
 
 t.test('authz runs before routing (a denied request never reaches the 404)', async (t) => {
