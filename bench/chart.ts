@@ -126,31 +126,40 @@ export const AXES = {
   syncS: 'seconds', changeMs: 'ms', rssMiB: 'MiB',
 } as const;
 
-function datapathChart(r: BenchJson): Chart {
-  const scenarios = obj(r.scenarios) ?? {};
-  const label = (n: string) => (SCENARIO_LABELS as Record<string, string>)[n] ?? n;
-  const DATAPATH_CASES = LATENCY_CASES.map((c) => [c.key, c.title] as const);
-  const p50: Bar[] = [], p99: Bar[] = [], stream: Bar[] = [], ratios: Bar[] = [];
-  for (const [name, s0] of Object.entries(scenarios)) {
-    const s = obj(s0) ?? {};
-    const lat = obj(s.latency) ?? {};
-    for (const [key, title] of DATAPATH_CASES) {
-      add(p50, title, label(name), obj(lat[key])?.p50);
-      add(p99, title, label(name), obj(lat[key])?.p99);
+/** sockperf's cases of each series as two panels, p50 and p99; figure(caseKey, percentile) reads one value. */
+function latencyPanels(series: [string, (key: string, p: 'p50' | 'p99') => unknown][], caseTitle = (t: string) => t): Panel[] {
+  const p50: Bar[] = [], p99: Bar[] = [];
+  for (const [name, figure] of series) {
+    for (const c of LATENCY_CASES) {
+      add(p50, caseTitle(c.title), name, figure(c.key, 'p50'));
+      add(p99, caseTitle(c.title), name, figure(c.key, 'p99'));
     }
-    add(stream, 'iperf3 TCP stream', label(name), s.streamGbps);
   }
+  return [
+    { title: 'Latency p50 (lower is better)', axis: AXES.p50, groupAxis: 'message size, CPU placement', bars: p50 },
+    { title: 'Latency p99 (lower is better; log scale)', axis: AXES.p99, groupAxis: 'message size, CPU placement', bars: p99, log: true },
+  ];
+}
+
+/** A panel of ratios to (a), with the 1.0x line. */
+function ratioPanel(bars: Bar[]): Panel {
+  return { title: 'Ratios to (a) direct (latency: lower is better)', axis: AXES.ratio, groupAxis: 'figure', bars, reference: { value: 1, label: '(a) = 1.0x' } };
+}
+
+function datapathChart(r: BenchJson): Chart {
+  const scenarios = Object.entries(obj(r.scenarios) ?? {}).map(([name, s]) => [name, obj(s) ?? {}] as const);
+  const label = (n: string) => (SCENARIO_LABELS as Record<string, string>)[n] ?? n;
+  const stream: Bar[] = [], ratios: Bar[] = [];
+  for (const [name, s] of scenarios) add(stream, 'iperf3 TCP stream', label(name), s.streamGbps);
   for (const [name, row0] of Object.entries(obj(r.ratiosToDirect) ?? {})) {
     const row = obj(row0) ?? {};
-    for (const [key, title] of DATAPATH_CASES) add(ratios, `${title} p50`, label(name), row[`${key}.p50`], 'x');
+    for (const c of LATENCY_CASES) add(ratios, `${c.title} p50`, label(name), row[`${c.key}.p50`], 'x');
     add(ratios, 'stream', label(name), row.streamGbps, 'x');
   }
   const panels: Panel[] = [
-    { title: 'Latency p50 (lower is better)', axis: AXES.p50, groupAxis: 'message size, CPU placement', bars: p50 },
-    { title: 'Latency p99 (lower is better; log scale)', axis: AXES.p99, groupAxis: 'message size, CPU placement', bars: p99, log: true },
+    ...latencyPanels(scenarios.map(([name, s]) => [label(name), (key, p) => obj(obj(s.latency)?.[key])?.[p]])),
     { title: 'Throughput (higher is better)', axis: AXES.gbps, groupAxis: 'iperf3, median of 3 runs', bars: stream },
-    { title: 'Ratios to (a) direct (latency: lower is better)', axis: AXES.ratio, groupAxis: 'figure', bars: ratios,
-      reference: { value: 1, label: '(a) = 1.0x' } },
+    ratioPanel(ratios),
   ];
   return withChecks(r, (c) => str(c.name) ?? '?', {
     bench: 'datapath', title: 'sockmesh datapath bench: loopback vs sockmesh vs iptables DNAT vs a minimal sockmap program',
@@ -235,7 +244,7 @@ function xdsChart(r: BenchJson): Chart {
 }
 
 /**
- * Any other bench (the pods bench until it brings its own): one panel per numeric figure its scenarios share
+ * Any other bench: one panel per numeric figure its scenarios share
  * (`scenarios: { name: { figure: n, nested: { figure: n } } }`), and its checks. A bench with a better idea passes
  * its own Chart to emitResult.
  */
@@ -286,8 +295,10 @@ function panelSpec(p: Panel, series: string[]): Record<string, unknown> {
   const longest = Math.max(0, ...groups.map((g) => g.length));
   const across = p.horizontal ? 'y' : 'x', along = p.horizontal ? 'x' : 'y';
   const band = {
-    field: 'group', type: 'nominal', sort: groups, title: p.groupAxis,
-    axis: { labelAngle: p.horizontal || longest * groups.length <= 80 ? 0 : -25, labelLimit: 400 },
+    // (groups down the side: their labels say it, and a title there would sit on them)
+    field: 'group', type: 'nominal', sort: groups, title: p.horizontal ? null : p.groupAxis,
+    // labels turned when they would not fit their band (about 6 px a character at 10 px)
+    axis: { labelAngle: p.horizontal || longest * 6 <= PANEL_WIDTH / Math.max(1, groups.length) - 8 ? 0 : -25, labelLimit: 400 },
   };
   const log = p.log ? logScale(p) : undefined;
   const value = { field: 'value', type: 'quantitative', title: p.axis, ...(log ? { scale: log.scale } : {}) };

@@ -4,7 +4,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { benchJson, writeChart } from './chart.js';
+import { benchJson, writeChart, type BenchJson, type Chart } from './chart.js';
+import { podsChart } from './lib/podschart.js';
 import { runDatapath } from './datapath.js';
 import { runL7 } from './l7.js';
 import { runPods } from './pods.js';
@@ -99,6 +100,9 @@ function chartOption(argv: string[]): { chartDir: string | null; rest: string[] 
   return { chartDir, rest };
 }
 
+/** Benches whose chart is made outside bench/chart.ts (which cannot import them: they import it); the rest use its adapters. */
+const OWN_CHARTS: Record<string, (r: BenchJson) => Chart> = { pods: podsChart };
+
 /** `chart FILE`: the chart of a saved result line (the last line of a bench's output, or a file holding it). */
 async function chart(argv: string[], chartDir: string | null): Promise<number> {
   const [file, ...extra] = argv;
@@ -106,7 +110,8 @@ async function chart(argv: string[], chartDir: string | null): Promise<number> {
   if (chartDir === null) throw new Error('chart with --no-chart: nothing to do');
   const text = readFileSync(file === '-' ? 0 : file, 'utf8').trim();
   const last = text.slice(text.lastIndexOf('\n') + 1);
-  const path = await writeChart(benchJson(JSON.parse(last)), chartDir);
+  const r = benchJson(JSON.parse(last));
+  const path = await writeChart(r, chartDir, OWN_CHARTS[r.bench]?.(r));
   process.stderr.write(`bench: chart written to ${path}\n`);
   return 0;
 }

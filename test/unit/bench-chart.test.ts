@@ -4,7 +4,8 @@
 // The expectations are read from the fixtures and the bench's own label constants, not from the chart module's
 // adapters, so an adapter that drops a series fails here (shown below by charting a fixture with a scenario removed).
 import t from 'tap';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AXES, benchJson, chartOf, emitResult, formatValue, genericChart, renderSvg, writeChart, type BenchJson } from '../../bench/chart.js';
@@ -156,9 +157,9 @@ t.test('xds: sync, change latency and RSS as bars, each target a tick', async (t
   t.ok(texts(svg).includes(`target <= ${formatValue(limit)} ms`), 'its label');
 });
 
-t.test('a bench without an adapter (the pods bench until it has one) still gets a chart of its scenarios and checks', async (t) => {
+t.test('a bench without an adapter still gets a chart of its scenarios and checks', async (t) => {
   const r = benchJson({
-    bench: 'pods', kernel: 'x', cpus: 2,
+    bench: 'other', kernel: 'x', cpus: 2,
     scenarios: { podToPod: { rps: 1200, latency: { p50Us: 40 } }, podToService: { rps: 1000, latency: { p50Us: 55 } } },
     checks: [{ name: 'pod p50 <= 0.8x', status: 'PASS', value: 0.73, limit: 0.8 }],
   });
@@ -203,4 +204,22 @@ t.test('emitResult: the JSON line first on stdout, then the chart (a chart that 
   t.same(JSON.parse(out[0]!), fixture('xds'));
   t.same(err, [`bench: chart written to ${join(dir, 'xds.svg')}\n`, 'bench: no chart: nothing to chart: the xds result has no measured figure\n']);
   t.match(readFileSync(join(dir, 'xds.svg'), 'utf8'), /^<svg /);
+});
+
+const MAIN = join(import.meta.dirname, '..', '..', 'dist', 'bench', 'main.js');
+t.test('npm run bench -- chart FILE: a saved line drawn again, the pods bench with its own panels', {
+  skip: existsSync(MAIN) ? false : 'dist/bench/main.js not built (npx tsc -p tsconfig.json; the test command does it)',
+}, async (t) => {
+  const main = MAIN;
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-chart-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const [bench, title] of [['pods', 'wrk against nginx'], ['xds', 'Agent RSS at rest']]) {
+    const r = spawnSync(process.execPath, [main, 'chart', join(FIXTURES, `${bench}.json`), '--chart', dir], { encoding: 'utf8', timeout: 60_000 });
+    t.equal(r.status, 0, r.stderr);
+    t.equal(r.stderr, `bench: chart written to ${join(dir, `${bench}.svg`)}\n`);
+    t.ok(texts(readFileSync(join(dir, `${bench}.svg`), 'utf8')).some((x) => x.startsWith(title!)), `${bench}: its panel '${title}'`);
+  }
+  const bad = spawnSync(process.execPath, [main, 'chart', join(dir, 'nothing.json'), '--chart', dir], { encoding: 'utf8', timeout: 60_000 });
+  t.equal(bad.status, 1);
+  t.match(bad.stderr, /ENOENT/);
 });
