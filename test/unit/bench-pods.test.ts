@@ -173,3 +173,20 @@ t.test('the chart of a real run\'s result line: every scenario, each workload\'s
   t.match(svg, /^<svg/);
   for (const l of Object.values(POD_LABELS)) t.ok(svg.includes(`>${l}</text>`), `${l} in the SVG's legend`);
 });
+
+t.test('a gain of the fast path measured while (b) made no redirect is no PASS', async (t) => {
+  const rs = results({
+    direct: [2.8, 20, 13362, 14152, 10462], sockmesh: [2.8, 21, 19803, 13959, 14201], minimal: [1.5, 19, 30439, 19463, 19693],
+    nosockmap: [2.8, 20, 13878, 10284, 11534],
+  }, { SM_G_SOCK_INSERT: 0, SM_G_REDIRECT: 0 });
+  const b = rs.find((r) => r.name === 'sockmesh')!;
+  addCounters(b, 'wrk', {}, { SM_G_LB_CONNECT: 166 });
+  addCounters(b, 'redis', {}, { SM_G_LB_CONNECT: 195 });
+  const checks = podChecks(rs);
+  t.equal(checks[4]!.status, 'FAIL', 'wrk 1.48x without a redirect');
+  t.match(checks[4]!.why, /\(b\) made no sockmap redirect during wrk: 1\.482x is not the fast path's but noise \(\(e\), the same connect-time path, = 1\.039x of \(a\)\)/);
+  t.equal(checks[6]!.status, 'FAIL', 'redis SET 1.36x without a redirect');
+  // with redirects counted, the same figures pass
+  b.counters.wrk = { SM_G_REDIRECT: 500000 };
+  t.equal(podChecks(rs)[4]!.status, 'PASS');
+});
