@@ -5,6 +5,8 @@ import type { Model } from './model/types.js';
 import type { Datapath } from './datapath/datapath.js';
 import { Reconciler } from './datapath/reconcile.js';
 import { native } from './datapath/native.js';
+import { encode } from './datapath/abi.js';
+import { discoverPods, podNetnses } from './identity/pods.js';
 import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES, probeFeatures } from './datapath/features.js';
 import { cgroup2Root, cgroupOf, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
 import type { Logger } from './observe/log.js';
@@ -58,6 +60,7 @@ export function prepareHost(o: { cgroup: string; bpffs: string; allowRootCgroup:
 /** The loaded datapath's maps as the apply transaction sees them: a Reconciler, replaced on reset(). */
 export class KernelReconciler implements KernelTarget {
   private r: Reconciler;
+  private pods?: { at: number; paths: string[] };
 
   constructor(private readonly dp: Datapath, private readonly log: Logger) {
     this.r = this.make();
@@ -93,17 +96,51 @@ export class KernelReconciler implements KernelTarget {
     return { source: r, version: r.namesVersion(), names: () => r.names() };
   }
 
+  /**
+   * Destroy the UDP sockets that sockmesh balanced to a removed backend addr:port, in the agent's network namespace and
+   * in every pod's (the namespaces of the meshed cgroup tree's processes): only a socket with an sm_revnat entry for
+   * addr:port (its connect() was rewritten from a VIP to it) goes; one that merely talks to that address stays.
+   */
+  private destroyUdp(addr: string, port: number): number {
+    const n = native();
+    const revnat = this.dp.maps.fd('sm_revnat');
+    const key = encode('sm_revnat_key', { cookie: 0n, addr, port });
+    const balanced = (cookie: bigint): boolean => {
+      key.writeBigUInt64LE(cookie, 0);
+      return n.mapLookup(revnat, key) !== null;
+    };
+    let destroyed = 0;
+    for (const netns of ['', ...this.podNetnsPaths()]) {
+      try {
+        destroyed += n.destroyUdpSockets(addr, port, netns, balanced);
+      } catch (e) {
+        // a pod gone since the walk: nothing of it to destroy
+        if (netns && (e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        this.log.warn({ addr, port, netns: netns || 'the agent\'s', error: (e as Error).message }, 'could not destroy UDP sockets of a removed backend');
+      }
+    }
+    return destroyed;
+  }
+
+  /** The pods' network namespaces, walked again at most every 500 ms (a reap destroys for many backends at once). */
+  private podNetnsPaths(): string[] {
+    const now = Date.now();
+    if (!this.pods || now - this.pods.at > 500) {
+      let paths: string[] = [];
+      try {
+        paths = podNetnses(discoverPods(this.dp.opts.cgroup)).map((p) => p.netnsPath);
+      } catch (e) {
+        this.log.warn({ cgroup: this.dp.opts.cgroup, error: (e as Error).message }, 'could not list the pods\' network namespaces');
+      }
+      this.pods = { at: now, paths };
+    }
+    return this.pods.paths;
+  }
+
   private make(): Reconciler {
     const n = native();
     return new Reconciler(this.dp.maps, n, {
-      destroyUdp: (addr, port) => {
-        try {
-          return n.destroyUdpSockets(addr, port);
-        } catch (e) {
-          this.log.warn({ addr, port, error: (e as Error).message }, 'could not destroy UDP sockets of a removed backend');
-          return 0;
-        }
-      },
+      destroyUdp: (addr, port) => this.destroyUdp(addr, port),
       // Backends removed while a retired table still named them are deleted with it, a grace time after the apply.
       onReap: (r) => {
         if (r.error) this.log.warn({ error: r.error }, 'could not delete retired tables (tried again later)');

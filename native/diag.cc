@@ -1,6 +1,8 @@
 // destroyUdpSockets(): sock_diag dump of UDP sockets, then SOCK_DESTROY for those connected to
-// addr:port. Used when a UDP service's backends change: a connected socket keeps its old
-// (connect-time rewritten) destination until it is destroyed and the application reconnects.
+// addr:port (and, given a predicate, only those whose socket cookie it accepts), in the caller's
+// network namespace or another one (a pod's). Used when a UDP service's backends change: a connected
+// socket keeps its old (connect-time rewritten) destination until it is destroyed and the
+// application reconnects. Which sockets are the mesh's is decided in TypeScript (the predicate).
 #include <arpa/inet.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -48,7 +50,8 @@ Request UdpRequest(uint16_t type, uint16_t flags, uint32_t seq, uint8_t family) 
 
 struct NetlinkSocket {
   int fd;
-  NetlinkSocket() : fd(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)) {}
+  explicit NetlinkSocket(const std::string& netns)
+      : fd(SocketInNetns(netns, AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)) {}
   ~NetlinkSocket() { if (fd >= 0) close(fd); }
 };
 
@@ -92,7 +95,11 @@ static Napi::Value DestroyUdpSockets(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string addr = ArgString(info, 0, "destroyUdpSockets", "addr");
   uint32_t port = ArgUint(info, 1, "destroyUdpSockets", "port");
-  std::string op = "destroy UDP sockets to " + addr + ":" + std::to_string(port);
+  // optional: the network namespace ('' or undefined = the caller's), and keep(cookie) -> whether to destroy it
+  std::string netns = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "";
+  Napi::Function keep;
+  if (info.Length() > 3 && info[3].IsFunction()) keep = info[3].As<Napi::Function>();
+  std::string op = "destroy UDP sockets to " + addr + ":" + std::to_string(port) + (netns.empty() ? "" : " in " + netns);
   if (port > 65535) ThrowErrno(env, op + " (bad port)", EINVAL);
 
   Target t;
@@ -111,8 +118,8 @@ static Napi::Value DestroyUdpSockets(const Napi::CallbackInfo& info) {
     ThrowErrno(env, op + " (bad address)", EINVAL);
   }
 
-  NetlinkSocket nl;
-  if (nl.fd < 0) ThrowErrno(env, op + " (netlink socket)", errno);
+  NetlinkSocket nl(netns);
+  if (nl.fd < 0) ThrowErrno(env, op + " (netlink socket)", -nl.fd);
   struct timeval tv = {5, 0};
   setsockopt(nl.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 
@@ -126,6 +133,10 @@ static Napi::Value DestroyUdpSockets(const Napi::CallbackInfo& info) {
 
   int destroyed = 0;
   for (const struct inet_diag_msg& m : found) {
+    if (!keep.IsEmpty()) {
+      uint64_t cookie = static_cast<uint64_t>(m.id.idiag_cookie[0]) | (static_cast<uint64_t>(m.id.idiag_cookie[1]) << 32);
+      if (!keep.Call({Napi::BigInt::New(env, cookie)}).ToBoolean().Value()) continue;
+    }
     Request r = UdpRequest(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq++, m.idiag_family);
     r.req.id = m.id;  // exact identity, cookie included: never a different socket
     int err = Exchange(env, nl.fd, &r, nullptr, nullptr);

@@ -37,6 +37,10 @@ void CloseOnce(napi_env env, State*& st, void (*cleanup)(void*)) {
   st = nullptr;
 }
 
+// A socket made in the network namespace at `netns` (a /proc/<pid>/ns/net or /run/netns path; '' = the caller's):
+// its fd, or -errno.
+int SocketInNetns(const std::string& netns, int domain, int type, int protocol);
+
 // Registration of each concern's functions on sockmesh.node's exports.
 void InitObject(Napi::Env env, Napi::Object exports);
 void InitLinks(Napi::Env env, Napi::Object exports);

@@ -153,14 +153,18 @@ export interface Native {
 
   /** SO_COOKIE of a socket fd. */
   socketCookie(fd: number): bigint;
-  /** SO_NETNS_COOKIE of a socket fd (kernel 5.14+), or the netns cookie of the current thread's netns. */
-  netnsCookie(fd: number): bigint;
+  /**
+   * SO_NETNS_COOKIE of a socket fd (kernel 5.14+); without one, the netns cookie of the current thread's netns; with a
+   * namespace path (/proc/<pid>/ns/net, /run/netns/<name>), that namespace's (read on a short-lived thread in it).
+   */
+  netnsCookie(fdOrNetns?: number | string): bigint;
 
   /**
-   * Destroy UDP sockets (sock_diag SOCK_DESTROY) in the caller's network namespace whose
-   * destination is addr:port (addr as text, v4 or v6). Returns how many were destroyed.
+   * Destroy UDP sockets (sock_diag SOCK_DESTROY) whose destination is addr:port (addr as text, v4 or v6), in the
+   * caller's network namespace or in `netns` (a /proc/<pid>/ns/net path: the netlink socket is made there by a
+   * short-lived thread); with `keep`, only those whose socket cookie it returns true for. Returns how many were destroyed.
    */
-  destroyUdpSockets(addr: string, port: number): number;
+  destroyUdpSockets(addr: string, port: number, netns?: string, keep?: (cookie: bigint) => boolean): number;
 }
 
 let cached: Native | undefined;
