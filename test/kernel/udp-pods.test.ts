@@ -3,13 +3,9 @@
 // that merely talks to the same address, in the same pod or another one, is left alone. On the node lab
 // (test/lib/lab.ts); the client is test/lib/udp-probe.c, which reports each call's errno.
 import t from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
 import { Lab, testLab, type LabPod } from '../lib/lab.js';
+import { compileUdpProbe, udpProbe, type Probe } from '../lib/udpprobe.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
@@ -24,33 +20,13 @@ while True:
     d, a = u.recvfrom(2048); u.sendto(sys.argv[1].encode() + b':' + d, a)
 `;
 
-interface Probe { backend: string; go(): Promise<string[]>; kill(): void }
-
-/** udp-probe in a pod, connected to host:port (its first answer names the backend), running ops when told. */
-async function probe(pod: LabPod, bin: string, host: string, port: number, ops: string[]): Promise<Probe> {
-  const proc = pod.spawn(bin, [host, String(port), ...ops]);
-  const lines: string[] = [];
-  let wake = () => {};
-  let exited = false;
-  createInterface({ input: proc.stdout! }).on('line', (l) => { lines.push(l); wake(); }).on('close', () => { exited = true; wake(); });
-  const until = async (n: number): Promise<void> => {
-    const end = Date.now() + 10_000;
-    while (lines.length < n && !exited && Date.now() < end) await new Promise<void>((r) => { wake = r; setTimeout(r, 100); });
-  };
-  await until(1);
-  return {
-    backend: /^backend (\S+)$/.exec(lines[0] ?? '')?.[1] ?? '',
-    go: async () => { proc.stdin!.end('go\n'); await until(1 + ops.length); return lines.slice(1); },
-    kill: () => proc.kill('SIGKILL'),
-  };
-}
+/** udp-probe in a pod, connected to host:port. */
+const probe = (pod: LabPod, bin: string, host: string, port: number, ops: string[]): Promise<Probe> =>
+  udpProbe((args) => pod.spawn(bin, args), host, port, ops);
 
 t.test('pods: a removed backend\'s balanced UDP sockets are destroyed in the pods, unbalanced ones to it are not', { skip: skip ?? false }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-udp-pods-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const bin = join(dir, 'udp-probe');
-  const cc = spawnSync('gcc', ['-O1', '-D_GNU_SOURCE', '-o', bin, new URL('../lib/udp-probe.c', import.meta.url).pathname], { encoding: 'utf8' });
-  if (!t.equal(cc.status, 0, `udp-probe compiled ${cc.stderr ?? cc.error?.message ?? ''}`)) return;
+  const { bin, error } = compileUdpProbe(t);
+  if (!t.equal(error, null, `udp-probe compiled ${error ?? ''}`)) return;
   const cg = testCgroup(t, 'udppods');
   const lab = await testLab(t, {
     meshedCgroup: cg.path, prefix: 'udppods',

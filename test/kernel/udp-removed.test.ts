@@ -3,13 +3,10 @@
 // The README's "Removing a backend" says the same, per call; this checks it (errnos from a small C client,
 // test/lib/udp-probe.c: Node's dgram cannot make every call).
 import t from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
+import { spawn } from 'node:child_process';
 import { kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
 import { udpServer } from '../lib/net.js';
+import { compileUdpProbe, udpProbe, type Probe } from '../lib/udpprobe.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
@@ -22,34 +19,9 @@ const config = (...ports: number[]): string => `services:
     backends: [${ports.map((p) => `{ address: 127.0.0.1, port: ${p} }`).join(', ')}]
 `;
 
-interface Probe { backend: string; go(): Promise<string[]>; kill(): void }
-
-/** A udp-probe connected to the VIP (its backend known), that runs ops when told. */
-async function probe(bin: string, ops: string[]): Promise<Probe> {
-  const proc = spawn(bin, [VIP, '53', ...ops], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const lines: string[] = [];
-  let wake = () => {};
-  let exited = false; // its output read to the end
-  createInterface({ input: proc.stdout! }).on('line', (l) => { lines.push(l); wake(); }).on('close', () => { exited = true; wake(); });
-  const until = async (n: number): Promise<void> => {
-    const end = Date.now() + 10_000;
-    while (lines.length < n && !exited && Date.now() < end) await new Promise<void>((r) => { wake = r; setTimeout(r, 100); });
-  };
-  await until(1);
-  const backend = /^backend (\S+)$/.exec(lines[0] ?? '')?.[1] ?? '';
-  return {
-    backend,
-    go: async () => { proc.stdin!.end('go\n'); await until(1 + ops.length); return lines.slice(1); },
-    kill: () => proc.kill('SIGKILL'),
-  };
-}
-
 t.test('a connected UDP client of a removed backend: what each call returns', { skip: skip ?? false }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-udp-probe-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const bin = join(dir, 'udp-probe');
-  const cc = spawnSync('gcc', ['-O1', '-D_GNU_SOURCE', '-o', bin, new URL('../lib/udp-probe.c', import.meta.url).pathname], { encoding: 'utf8' });
-  if (!t.equal(cc.status, 0, `udp-probe compiled ${cc.stderr ?? cc.error?.message ?? ''}`)) return;
+  const { bin, error } = compileUdpProbe(t);
+  if (!t.equal(error, null, `udp-probe compiled ${error ?? ''}`)) return;
   const cg = testCgroup(t, 'udprm');
   cg.enter('client'); // the probes are children: meshed too
   const u1 = await udpServer('u1');
@@ -74,7 +46,7 @@ t.test('a connected UDP client of a removed backend: what each call returns', { 
   t.teardown(() => { for (const p of [...probes.values(), ...others]) p.kill(); });
   for (const [name, [ops]] of Object.entries(sequences)) {
     for (let i = 0; i < 40 && !probes.has(name); i++) {
-      const p = await probe(bin, ops);
+      const p = await udpProbe((args) => spawn(bin, args, { stdio: ['pipe', 'pipe', 'inherit'] }), VIP, 53, ops);
       if (p.backend === 'u1') probes.set(name, p); else others.push(p);
     }
     t.ok(probes.has(name), `${name}: a socket connected to u1`);
