@@ -113,8 +113,11 @@ command('doctor', 'check the node, the kernel, the pins and the agent; a verdict
   .option('--cgroup <dir>', 'the meshed cgroup to check (default: what the agent or its state.json says)')
   .addHelpText('after', '\nExit codes: 0 every check ok (or skipped), 2 the worst verdict is a warning, 1 any check failed.\n' +
     'Works with the agent down: the kernel-side checks read the pins, the agent-side ones say it is not answering.');
-command('exec', 'run a program inside the meshed cgroup (meshctl exec -- curl -s http://127.100.0.1/)',
-  (ctx, cmd) => execInMesh(ctx, cmd.processedArgs[0] as string, (cmd.processedArgs[1] as string[] | undefined) ?? []))
+command('exec', 'run a program inside the meshed cgroup (meshctl exec -- curl -s http://127.100.0.1/), or in a pod (--pod NAME)',
+  (ctx, cmd) => execInMesh(ctx, cmd.processedArgs[0] as string, (cmd.processedArgs[1] as string[] | undefined) ?? [],
+    cmd.opts<{ pod?: string }>().pod))
+  .option('--pod <name>', 'run it in this pod: its cgroup, then its network namespace (a name as meshctl sockets shows it, ' +
+    'e.g. kubepods-lab/pod-a, or its last part when unique)')
   .argument('<command>', 'program to run')
   .argument('[args...]', 'its arguments')
   .passThroughOptions()

@@ -6,6 +6,7 @@ import type { BackendsReport, ProgramReport, ProxyReportSource, RoutesReport, St
 import { backendsReport, routesReport } from './backends.js';
 import type { FrontendReport, MapReader } from '../datapath/inspect.js';
 import type { Model } from '../model/types.js';
+import { labelBackends, labelSockets, podNamesOf } from '../identity/pods.js';
 import { cgroup2Root } from '../datapath/cgroup.js';
 import type { HealthChecker } from '../health/checker.js';
 import type { EventRing } from '../observe/events.js';
@@ -43,9 +44,10 @@ export function adminRoutes(src: AdminSources): Record<string, Handler> {
   const { reader, names } = src;
   return {
     '/v1/status': () => statusReport(src),
-    '/v1/services': () => withUpstream(reader.frontends(names()), src.state.model),
+    // pods by name (the meshed cgroup tree's, agent/identity/pods.ts) and the fast-path connections per backend
+    '/v1/services': () => labelBackends(withUpstream(reader.frontends(names()), src.state.model), sockets(reader), podNamesOf(src.status.cgroup, reader.n)),
     '/v1/stats': () => reader.stats(names()),
-    '/v1/sockets': () => reader.sockets(),
+    '/v1/sockets': () => labelSockets(reader.sockets(), podNamesOf(src.status.cgroup, reader.n)),
     '/v1/events': () => src.events.recent(),
     '/v1/backends': (q) => backends(src, q.get('service') ?? undefined),
     '/v1/routes': (q) => routes(src, q.get('service') ?? undefined),
@@ -60,6 +62,15 @@ function withUpstream(frontends: FrontendReport[], model: Model | undefined): Fr
     if (f.l7 !== undefined && h !== undefined) f.upstreamProtocol = h.upstreamProtocol ?? 'downstream';
   }
   return frontends;
+}
+
+/** The SOCKHASH entries for the fast-path counts of /v1/services; none with --no-sockmap (no SOCKHASH pinned). */
+function sockets(reader: MapReader): ReturnType<MapReader['sockets']> {
+  try {
+    return reader.sockets();
+  } catch {
+    return [];
+  }
 }
 
 function backends(src: AdminSources, service?: string): BackendsReport {

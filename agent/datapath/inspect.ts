@@ -22,6 +22,10 @@ export interface KernelBackendReport {
   share: number;
   state: 'active' | 'drained';
   counters: CountersJson;
+  /** the local pod with this address ('node' for the node's own), when known (agent/identity/pods.ts labelBackends) */
+  pod?: string;
+  /** connections to it on the fast path now (connecting sockets in the SOCKHASH, not pinned to TCP) */
+  fastPath?: number;
 }
 
 export interface FrontendReport {
@@ -59,6 +63,8 @@ export interface KernelProxyReport {
 
 export interface SocketReport {
   netnsCookie: string; local: string; remote: string; serviceId: number; backendId: number; tcpOnly: boolean; active: boolean;
+  /** the pod the socket is in and its peer's ('node' for the node's namespace), when known (identity/pods.ts labelSockets) */
+  pod?: string; peerPod?: string;
 }
 
 function countersJson(c: Counters): CountersJson {

@@ -147,18 +147,9 @@ const hex4 = (h: string): string => {
 
 const hex6 = (h: string): string => {
   const groups: string[] = [];
-  for (let i = 0; i < 32; i += 4) groups.push(parseInt(h.slice(i, i + 4), 16).toString(16));
-  // compress the longest run of zero groups (RFC 5952)
-  let best = -1, len = 0;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== '0') { i++; continue; }
-    let j = i;
-    while (j < 8 && groups[j] === '0') j++;
-    if (j - i > len && j - i > 1) { best = i; len = j - i; }
-    i = j;
-  }
-  if (best < 0) return groups.join(':');
-  return `${groups.slice(0, best).join(':')}::${groups.slice(best + len).join(':')}`;
+  for (let i = 0; i < 32; i += 4) groups.push(h.slice(i, i + 4));
+  // the WHATWG URL parser writes an IPv6 host in its canonical (RFC 5952) form
+  return new URL(`http://[${groups.join(':')}]/`).hostname.slice(1, -1);
 };
 
 const readOr = (path: string): string => {
@@ -235,4 +226,88 @@ export function podGatewayAddress(pods: LocalPod[], node: Set<string> = nodeAddr
   const best = (v6: boolean): string => [...votes].filter(([a]) => a.includes(':') === v6)
     .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0], 'en', { numeric: true }))[0]?.[0] ?? '';
   return { v4: best(false), v6: best(true) };
+}
+
+/** The address part of 'a.b.c.d:port' or '[v6]:port'. */
+const hostOf = (hostport: string): string => (hostport.startsWith('[') ? hostport.slice(1, hostport.indexOf(']')) : hostport.slice(0, hostport.lastIndexOf(':')));
+const loopback = (a: string): boolean => a.startsWith('127.') || a === '::1';
+
+/**
+ * Pod names for what the kernel maps hold: a socket by its netns cookie (loopback connections inside a pod) or its
+ * address (a pod's own), an address (a backend) by the pod that has it. 'node' for the node's own namespace and
+ * addresses (hostNetwork pods share them: which one cannot be told), '' for anything else.
+ */
+export class PodNames {
+  private readonly byAddress = new Map<string, string>();
+  private readonly byCookie = new Map<string, string>();
+
+  /** netnsCookie: a namespace's cookie from its /proc/<pid>/ns/net path (native), for loopback sockets in pods */
+  constructor(pods: LocalPod[], opts: { netnsCookie?: (path: string) => bigint; ownCookie?: bigint; node?: Set<string>; proc?: string } = {}) {
+    for (const a of opts.node ?? nodeAddresses()) if (!loopback(a)) this.byAddress.set(a, 'node');
+    if (opts.ownCookie !== undefined) this.byCookie.set(String(opts.ownCookie), 'node');
+    for (const p of podNetnses(pods)) {
+      for (const a of netnsAddresses(p.pid, opts.proc)) this.byAddress.set(a, p.name);
+      if (!opts.netnsCookie) continue;
+      try {
+        this.byCookie.set(String(opts.netnsCookie(p.netnsPath)), p.name);
+      } catch { /* the pod is gone since the walk */ }
+    }
+  }
+
+  /** The pod an address belongs to ('' when none is known). */
+  ofAddress(address: string): string {
+    return this.byAddress.get(address.toLowerCase()) ?? '';
+  }
+
+  /** The pod a socket is in, from its netns cookie ('0': none in the key) and its local 'addr:port'. */
+  ofSocket(netnsCookie: string, local: string): string {
+    const host = hostOf(local);
+    if (!loopback(host)) return this.ofAddress(host) || this.byCookie.get(netnsCookie) || '';
+    return this.byCookie.get(netnsCookie) ?? '';
+  }
+
+  /** The pod a socket's peer is in: its remote address's, or (loopback) the socket's own. */
+  peerOf(netnsCookie: string, local: string, remote: string): string {
+    const host = hostOf(remote);
+    return loopback(host) ? this.ofSocket(netnsCookie, local) : this.ofAddress(host);
+  }
+}
+
+/** What labelSockets needs of a SOCKHASH entry (datapath/inspect.ts SocketReport). */
+export interface SocketLike { netnsCookie: string; local: string; remote: string; backendId: number; tcpOnly: boolean; active: boolean }
+
+/** Each socket with the pod it is in (pod) and the pod of its peer (peerPod), where known. */
+export function labelSockets<T extends SocketLike>(list: T[], names: PodNames): (T & { pod?: string; peerPod?: string })[] {
+  return list.map((s) => {
+    const pod = names.ofSocket(s.netnsCookie, s.local), peer = names.peerOf(s.netnsCookie, s.local, s.remote);
+    return { ...s, ...(pod ? { pod } : {}), ...(peer ? { peerPod: peer } : {}) };
+  });
+}
+
+/**
+ * Each frontend's backends with the pod that has the backend's address (pod, where known) and how many connections to
+ * it are on the fast path now (fastPath: connecting sockets in the SOCKHASH with that backend, not pinned to TCP).
+ */
+export function labelBackends<F extends { backends: { id: number; address: string }[] }>(frontends: F[], sockets: SocketLike[], names: PodNames): F[] {
+  const fast = new Map<number, number>();
+  for (const s of sockets) if (s.active && !s.tcpOnly && s.backendId) fast.set(s.backendId, (fast.get(s.backendId) ?? 0) + 1);
+  return frontends.map((f) => ({
+    ...f,
+    backends: f.backends.map((b) => {
+      const pod = names.ofAddress(b.address);
+      return { ...b, ...(pod ? { pod } : {}), fastPath: fast.get(b.id) ?? 0 };
+    }),
+  }));
+}
+
+/**
+ * PodNames for the pods of a meshed cgroup now; `cookies` (the native addon) gives namespaces' cookies for loopback
+ * sockets in pods. Never throws: what cannot be read is simply not named.
+ */
+export function podNamesOf(meshed: string, cookies?: { netnsCookie(fdOrNetns?: number | string): bigint }): PodNames {
+  let pods: LocalPod[] = [];
+  let own: bigint | undefined;
+  try { pods = discoverPods(meshed); } catch { /* no tree: no pods */ }
+  try { own = cookies?.netnsCookie(-1); } catch { /* no addon */ }
+  return new PodNames(pods, { ...(cookies ? { netnsCookie: (p: string) => cookies.netnsCookie(p) } : {}), ...(own !== undefined ? { ownCookie: own } : {}) });
 }

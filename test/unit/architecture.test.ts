@@ -38,7 +38,7 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   ['agent/admin/', 'admin', ['protocol', 'model', 'observe', 'datapath', 'health', 'state', 'identity', 'sources', 'proxy', 'log']],
   // composition: agent/agent.ts, main.ts and the small wiring modules beside them
   ['agent/', 'wiring', ['*']],
-  ['cli/', 'cli', ['protocol', 'datapath', 'observe', 'addon', 'log', 'runtime']],
+  ['cli/', 'cli', ['protocol', 'datapath', 'identity', 'observe', 'addon', 'log', 'runtime']],
   ['controlplane/', 'controlplane', ['model', 'xds', 'configtext', 'log']],
   // the node lab (pods as a CNI and the kubelet make them): tests, benches and `npm run lab` share it
   ['lab/', 'lab', ['datapath']],

@@ -158,3 +158,18 @@ t.test('sockets: names from the state, sides, tcp-only marked', async (t) => {
   t.match(lines[5]!, /^3 sockets, 1 tcp-only/);
   t.same(renderSockets([], new Map(), PLAIN), ['no sockets on the sockmap fast path']);
 });
+
+t.test('sockets and services: POD/PEER and FAST PATH columns when the answer has them', async (t) => {
+  const lines = renderSockets([
+    { netnsCookie: '0', local: '198.18.3.1:41000', remote: '198.18.3.2:8080', serviceId: 1, backendId: 1, tcpOnly: false, active: true, pod: 'kubepods-lab/a', peerPod: 'kubepods-lab/b' },
+    { netnsCookie: '5', local: '127.0.0.1:5000', remote: '127.0.0.1:5001', serviceId: 0, backendId: 0, tcpOnly: false, active: true },
+  ], new Map([[1, 'web']]), PLAIN);
+  t.match(lines[0]!, /^LOCAL\s+REMOTE\s+POD\s+PEER\s+NETNS\s+SIDE\s+SERVICE\s+BACKEND\s+PATH$/);
+  t.match(lines[1]!, /198\.18\.3\.1:41000\s+198\.18\.3\.2:8080\s+kubepods-lab\/a\s+kubepods-lab\/b\s+0\s+connect\s+web/);
+  t.match(lines[2]!, /127\.0\.0\.1:5001\s+-\s+-\s+5\s/, 'a socket in no known pod');
+  const fe = FRONTENDS[0]!;
+  const svc = renderServices([{ ...fe, backends: fe.backends.map((b, i) => ({ ...b, fastPath: i, ...(i === 0 ? { pod: 'kubepods-lab/a' } : {}) })) }], PLAIN);
+  t.match(svc[1]!, /^ {2}BACKEND\s+POD\s+WEIGHT\s+SHARE\s+STATE\s+LOCAL\s+CONNS\s+FAST PATH\s+REDIRECTS\s+REDIRECTED$/);
+  t.match(svc[2]!, /^ {2}127\.0\.0\.1:8081\s+kubepods-lab\/a\s+2\s+66\.6%\s+active\s+yes\s+2\.5k\s+0\s+5\.0k/);
+  t.match(svc[3]!, /:8082\s+-\s+1\s+33\.4%.*yes\s+3\s+1\s+0\s+0 B$/, 'no pod: a dash; its fast-path count after CONNS');
+});

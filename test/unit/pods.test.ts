@@ -4,7 +4,7 @@ import t, { type Test } from 'tap';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { discoverPods, findPod, netnsAddresses, netnsGateways, podGatewayAddress, podNetnses } from '../../agent/identity/pods.js';
+import { PodNames, discoverPods, findPod, labelBackends, labelSockets, netnsAddresses, netnsGateways, podGatewayAddress, podNetnses } from '../../agent/identity/pods.js';
 
 const HOST_NS = 4026531840n;
 
@@ -117,4 +117,36 @@ t.test('the node address pods route to: a gateway that is the node\'s own, the o
   t.same(podGatewayAddress(pods, new Set(['198.19.255.9']), f.proc), { v4: '198.19.255.9', v6: '' }, 'only node addresses count');
   t.same(podGatewayAddress(pods, new Set(['10.0.0.1']), f.proc), { v4: '', v6: '' }, 'a gateway that is not the node\'s (Calico\'s 169.254.1.1): none');
   t.same(podGatewayAddress([], node, f.proc), { v4: '', v6: '' }, 'no pods: none');
+});
+
+t.test('pod names for sockets (loopback by netns cookie, else by address) and backends, with fast-path counts', async (t) => {
+  const f = fake(t);
+  f.process(10, 100n, LAB_NET);
+  f.process(20, 200n, { fib_trie: LAB_NET.fib_trie.replace(/198\.18\.3\.1/g, '198.18.3.2'), if_inet6: '' });
+  f.cgroup('kubepods-lab/a', [10]); f.cgroup('kubepods-lab/b', [20]);
+  const pods = discoverPods(f.meshed, { proc: f.proc, ownNetns: HOST_NS });
+  const cookies: Record<string, bigint> = { [join(f.proc, '10', 'ns', 'net')]: 4097n, [join(f.proc, '20', 'ns', 'net')]: 4098n };
+  const names = new PodNames(pods, { netnsCookie: (p) => cookies[p]!, ownCookie: 1n, node: new Set(['198.19.255.3', '127.0.0.1']), proc: f.proc });
+  t.equal(names.ofAddress('198.18.3.2'), 'kubepods-lab/b');
+  t.equal(names.ofAddress('2001:DB8:3::1'), 'kubepods-lab/a', 'v6, any case');
+  t.equal(names.ofAddress('198.19.255.3'), 'node');
+  t.equal(names.ofAddress('10.9.9.9'), '');
+  const sock = (netnsCookie: string, local: string, remote: string, backendId = 0, active = true, tcpOnly = false) =>
+    ({ netnsCookie, local, remote, serviceId: backendId ? 1 : 0, backendId, tcpOnly, active });
+  const labeled = labelSockets([
+    sock('4097', '127.0.0.1:40000', '127.0.0.1:8080', 7), // loopback inside pod a
+    sock('0', '198.18.3.1:41000', '198.18.3.2:8080', 8), // pod a -> pod b, no netns cookie in the key
+    sock('0', '198.18.3.2:8080', '198.18.3.1:41000', 8, false),
+    sock('1', '127.0.0.1:5000', '127.0.0.1:5001'), // the node's namespace
+    sock('999', '127.0.0.1:5000', '127.0.0.1:5001', 9, true, true), // an unknown namespace: not named
+  ], names);
+  t.same(labeled.map((s) => [s.pod ?? '', s.peerPod ?? '']), [
+    ['kubepods-lab/a', 'kubepods-lab/a'], ['kubepods-lab/a', 'kubepods-lab/b'], ['kubepods-lab/b', 'kubepods-lab/a'], ['node', 'node'], ['', ''],
+  ]);
+  const fes = labelBackends([{ service: 'x', backends: [{ id: 7, address: '127.0.0.1' }, { id: 8, address: '198.18.3.2' }, { id: 9, address: '10.0.0.1' }] }], labeled, names);
+  t.same(fes[0]!.backends, [
+    { id: 7, address: '127.0.0.1', fastPath: 1 },
+    { id: 8, address: '198.18.3.2', pod: 'kubepods-lab/b', fastPath: 1 },
+    { id: 9, address: '10.0.0.1', fastPath: 0 },
+  ], 'pods by address; connecting sockets not pinned to TCP counted (accepted ends and tcp-only ones not)');
 });
