@@ -16,6 +16,7 @@ import type { ProxyReportSource } from './admin/protocol.js';
 import { HealthChecker } from './health/checker.js';
 import { ProxyPolicy } from './proxy/policy.js';
 import { ProxyHost } from './proxyhost.js';
+import { discoverPods, podGatewayAddress } from './identity/pods.js';
 import { LiveState } from './state/live.js';
 import { ApplyTransaction } from './state/apply.js';
 import { StateFileWriter } from './state/statefile.js';
@@ -82,6 +83,8 @@ export class Agent {
   private checker?: HealthChecker;
   /** the L7 proxy's listeners and heartbeat, once the datapath is attached */
   private proxy?: ProxyHost;
+  /** without --proxy-node-address: follows the node address the pods route to (every second) */
+  private nodeTimer?: NodeJS.Timeout;
   private source?: FileSource;
   private xds?: XdsSource;
   private admin?: AdminServer;
@@ -152,9 +155,15 @@ export class Agent {
     });
     if (model) this.transaction.first(model);
     // The proxy counts as down until it listens: L7 services follow their fail mode meanwhile.
+    // Clients in pods reach the proxy on a node address: the one given (--proxy-node-address), else the one the pods'
+    // routes go to (their gateway or host route, when it is an address of the node: a CNI's host-side veth or bridge
+    // address), found now and followed every second (a pod started later, a node address that changes).
+    const found = !opts.proxyNodeV4 && !opts.proxyNodeV6 && policy ? this.podNodeAddress() : undefined;
+    if (found && (found.v4 || found.v6)) log.info({ nodeV4: found.v4 || null, nodeV6: found.v6 || null }, 'L7 proxy: the node address pods route to');
     if (policy) {
       this.proxy = new ProxyHost(dp, policy, {
-        port: opts.proxyPort, v4: opts.proxyV4, v6: opts.proxyV6, nodeV4: opts.proxyNodeV4, nodeV6: opts.proxyNodeV6,
+        port: opts.proxyPort, v4: opts.proxyV4, v6: opts.proxyV6,
+        nodeV4: opts.proxyNodeV4 ?? found?.v4, nodeV6: opts.proxyNodeV6 ?? found?.v6,
         heartbeatMs: opts.proxyHeartbeatMs, cgroupId: ownCgroupId(root),
         // Run inside the meshed cgroup (a child of it), the proxy's accepted sockets join the fast path too.
         inMesh: cgroupOf(process.pid, root).startsWith(`${opts.cgroup.replace(/\/+$/, '')}/`),
@@ -172,6 +181,7 @@ export class Agent {
     });
     const node: NodeFacts = await nodeFacts();
     await this.proxy?.start();
+    if (found) this.followPodNodeAddress();
     if ('xds' in opts.config) this.startXds(opts.config.xds, node.hostname);
 
     const proxyReports: ProxyReportSource = policy ? { backends: () => policy.backendsReport(), routes: () => policy.routesReport() } : {};
@@ -225,6 +235,27 @@ export class Agent {
     this.xds.start();
   }
 
+  /** The node address the meshed cgroup's pods route to, per family ('' = none found). */
+  private podNodeAddress(): { v4: string; v6: string } {
+    try {
+      return podGatewayAddress(discoverPods(this.opts.cgroup));
+    } catch (e) {
+      this.log.warn({ error: (e as Error).message }, 'could not read the pods\' routes');
+      return { v4: '', v6: '' };
+    }
+  }
+
+  private followPodNodeAddress(): void {
+    let busy = false;
+    this.nodeTimer = setInterval(() => {
+      if (busy || !this.proxy) return;
+      busy = true;
+      this.proxy.followNode(this.podNodeAddress()).catch((e: Error) => this.log.error({ error: e.message }, 'following the pods\' node address failed'))
+        .finally(() => { busy = false; });
+    }, 1000);
+    this.nodeTimer.unref();
+  }
+
   /** Re-read the config file now (SIGHUP); a no-op for other sources. */
   reload(): void {
     this.source?.reload();
@@ -232,6 +263,7 @@ export class Agent {
 
   /** Stop serving; the datapath keeps running from its pins. */
   async stop(): Promise<void> {
+    clearInterval(this.nodeTimer);
     this.source?.stop();
     await this.xds?.stop();
     this.checker?.close();

@@ -58,7 +58,8 @@ program
     return n;
   }))
   .addOption(new Option('--proxy-node-address <addr[,addr6]>', 'node address(es) the L7 proxy also listens on, for clients in ' +
-    'other network namespaces (pods); default: none (such clients get their service\'s fail mode)').argParser(parseNodeAddresses))
+    'other network namespaces (pods); default: the node address the pods\' routes go to, found and followed (none found: such ' +
+    'clients get their service\'s fail mode)').argParser(parseNodeAddresses))
   .addOption(new Option('--proxy-heartbeat-ms <ms>', 'proxy heartbeat interval; the kernel counts the proxy as down after 3 missed beats')
     .default(1000).argParser((v) => {
       const n = Number(v);

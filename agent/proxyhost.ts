@@ -25,7 +25,7 @@ export interface ProxyHostOptions {
 }
 
 /** What the host needs of the datapath: announce the proxy, beat, mark it down, and where a connection was going. */
-export type ProxyKernel = Pick<Datapath, 'setProxy' | 'heartbeat' | 'proxyDown' | 'originalDst'>;
+export type ProxyKernel = Pick<Datapath, 'setProxy' | 'setProxyNode' | 'heartbeat' | 'proxyDown' | 'originalDst'>;
 
 export class ProxyHost {
   /** what the kernel was told of the proxy */
@@ -89,6 +89,30 @@ export class ProxyHost {
     this.server = proxy;
     log.info({ port, hosts: [v4, v6], nodeHosts: [this.settings.nodeV4 ?? '', this.settings.nodeV6 ?? ''] }, 'L7 proxy listening');
     this.startHeartbeat();
+  }
+
+  /**
+   * Follow the node address pods route to (found from their routes, not configured): a new address is listened on
+   * first and then given to the kernel (heartbeat and hand-overs kept); the old one's listener goes (its accepted
+   * connections stay). An empty address changes nothing: the last one found stays (pods come back on it).
+   */
+  async followNode(node: { v4: string; v6: string }): Promise<void> {
+    const server = this.server;
+    if (!server) return; // not listening (yet, or it could not)
+    for (const [key, want] of [['nodeV4', node.v4], ['nodeV6', node.v6]] as const) {
+      const have = this.settings[key] ?? '';
+      if (!want || want === have) continue;
+      try {
+        await server.listen(this.settings.port, [want]);
+      } catch (e) {
+        this.log.error({ port: this.settings.port, host: want, error: (e as Error).message }, 'the L7 proxy cannot listen on the node address pods route to');
+        continue;
+      }
+      if (have) server.unlisten(have);
+      this.settings = { ...this.settings, [key]: want };
+      this.dp.setProxyNode(this.settings.nodeV4 ?? '', this.settings.nodeV6 ?? '');
+      this.log.info({ [key]: want, was: have || null }, 'L7 proxy: clients in pods are sent to the node address their routes use');
+    }
   }
 
   /**

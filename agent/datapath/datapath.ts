@@ -264,6 +264,21 @@ export class Datapath {
     }
   }
 
+  /**
+   * Change only the node addresses (where clients in other network namespaces are sent) of what setProxy announced,
+   * e.g. when the address pods route to is found or changes: the heartbeat and the pending hand-overs are kept.
+   */
+  setProxyNode(nodeV4: string, nodeV6: string): void {
+    const v = this.proxyValue;
+    if (!v) throw new Error('setProxyNode: setProxy was not called');
+    if (nodeV4 && !isIPv4(nodeV4)) throw new Error(`setProxyNode: nodeV4 '${nodeV4}' is not an IPv4 address`);
+    if (nodeV6 && !isIPv6(nodeV6)) throw new Error(`setProxyNode: nodeV6 '${nodeV6}' is not an IPv6 address`);
+    v.fill(0, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET + 16);
+    if (nodeV4) addrToBytes(nodeV4, v, PROXY_NODE_V4_OFFSET);
+    if (nodeV6) addrToBytes(nodeV6, v, PROXY_NODE_V6_OFFSET);
+    this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
+  }
+
   /** The proxy is alive now (bpf_ktime_get_ns and process.hrtime.bigint() are both CLOCK_MONOTONIC). */
   heartbeat(): void {
     const v = this.proxyValue;

@@ -82,6 +82,15 @@ export class ProxyServer {
     }
   }
 
+  /** stop listening on host (a node address the pods no longer route to); its accepted connections stay */
+  unlisten(host: string): void {
+    for (let i = this.servers.length - 1; i >= 0; i--) {
+      if (this.servers[i]!.host !== host) continue;
+      this.servers[i]!.close();
+      this.servers.splice(i, 1);
+    }
+  }
+
   /** the bound ports, in the order of hosts */
   ports(): number[] {
     return this.servers.map((s) => s.port);

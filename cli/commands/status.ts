@@ -104,9 +104,10 @@ function proxyLine(p: NonNullable<StatusReport['proxy']>, style: Style): string 
   const where = [p.v4 ? `${p.v4}:${p.port}` : '', p.v6 ? `[${p.v6}]:${p.port}` : ''].filter(Boolean).join(' ');
   const state = p.alive ? style.green('alive') : style.yellow(p.heartbeatAgeMs === null ? 'down (L7 services follow their fail mode)'
     : `down: no heartbeat for ${p.heartbeatAgeMs} ms (L7 services follow their fail mode)`);
-  // Pods in their own network namespaces reach the proxy only through a node address (--proxy-node-address).
+  // Pods in their own network namespaces reach the proxy only through a node address (--proxy-node-address, or the one
+  // the pods' routes go to, found by the agent).
   const node = [p.nodeV4 ? `${p.nodeV4}:${p.port}` : '', p.nodeV6 ? `[${p.nodeV6}]:${p.port}` : ''].filter(Boolean).join(' ');
-  const pods = node ? `  pods via ${node}` : '  pods: not redirected (no --proxy-node-address)';
+  const pods = node ? `  pods via ${node}` : '  pods: not redirected (no node address: none given, and no pod routes to one)';
   return `${where}  ${state}${p.inMesh ? '  in the mesh (fast path)' : ''}${pods}`;
 }
 

@@ -1,6 +1,7 @@
 // The L7 path for clients in another network namespace (a pod): they cannot reach the proxy's loopback listener, so
-// with --proxy-node-address the kernel sends them to the proxy on a node address their routes reach (here the host end
-// of the veths into a node lab's pods). Real agent, real programs, real namespaces and veths.
+// the kernel sends them to the proxy on a node address their routes reach (here the host end of the veths into a node
+// lab's pods): given with --proxy-node-address, or found by the agent from the pods' routes without it. Real agent,
+// real programs, real namespaces and veths.
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
@@ -247,20 +248,47 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
   });
 });
 
-t.test('without --proxy-node-address a pod client still gets its fail mode', { skip: skip ?? false }, async (t) => {
-  const cg = testCgroup(t, 'podns-none');
-  const pod = await podNamespace(t, cg, 'l7podnsnone');
+t.test('without --proxy-node-address: the node address the pods route to is found, and followed', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'podns-auto');
+  const pod = await podNamespace(t, cg, 'l7podnsauto');
   const backend = await httpBackend(t);
-  const agent = await startAgent(t, cg, { config: config(pod.a.cgroup, backend.port), inCgroup: cg.child('agent') });
+  const backend6 = await httpBackend(t, '::1');
+  const proxyPort = await freePort();
+  const agent = await startAgent(t, cg, {
+    config: config(pod.a.cgroup, backend.port, { vip: pod.vip6, backendPort: backend6.port }), inCgroup: cg.child('agent'),
+    extraArgs: ['--proxy-port', String(proxyPort)],
+  });
   await agent.waitLog((l) => l.msg === 'L7 proxy listening');
   const reader = MapReader.fromPins(agent.bpffs);
   t.teardown(() => reader.close());
-  t.equal(reader.proxy()?.nodeV4, null, 'no node address in the kernel');
+  // no process in any pod yet: no pod's routes to read
+  t.equal(reader.proxy()?.nodeV4, null, 'no pod running: no node address in the kernel');
+  // a pod starts (a process in pod-b's cgroup and namespace): its routes name the node address within a second or so
+  const sleeper = pod.b.spawn('sleep', ['60']);
+  t.teardown(() => { sleeper.kill('SIGKILL'); });
+  const started = Date.now();
+  while (reader.proxy()?.nodeV4 !== pod.hostAddr && Date.now() - started < 5000) await new Promise((r) => setTimeout(r, 50));
+  const px = reader.proxy();
+  t.equal(px?.nodeV4, pod.hostAddr, `sm_proxy.node_v4: the pods' gateway (after ${Date.now() - started} ms)`);
+  t.equal(px?.nodeV6, pod.hostAddr6, 'sm_proxy.node_v6');
+  t.ok(px?.alive, 'the heartbeat kept: the proxy is alive');
+  t.ok(agent.logs.some((l) => l.msg === 'L7 proxy: clients in pods are sent to the node address their routes use'), 'logged');
+  t.match(meshctl(agent, ['status']).stdout, new RegExp(`l7 proxy .* pods via ${pod.hostAddr.replace(/\./g, '\\.')}:${proxyPort}`),
+    'meshctl status says where pods reach the proxy');
+
   const before = reader.stats(new Map()).global;
-  const r = await podGet(pod, pod.a.cgroup, '127.89.0.1', 80, '/');
-  t.equal(r.error, 'EPERM', 'fail-closed: connect() refused');
+  const r = await podGet(pod, pod.a.cgroup, '127.89.0.1', 80, '/auto');
+  t.equal(r.error, undefined, 'no socket error');
+  t.equal(r.status, 200);
+  t.equal(r.headers?.['x-mesh-route'], 'web-all', 'through the proxy: the route of the service');
+  t.equal(r.local, pod.podAddr, 'from the pod address');
+  t.equal(backend.seen.at(-1)?.path, '/auto');
+  const r6 = await podGet(pod, pod.a.cgroup, pod.vip6, 80, '/auto6');
+  t.equal(r6.status, 200, 'IPv6 too');
+  t.equal(r6.headers?.['x-mesh-route'], 'web6-all');
   const after = reader.stats(new Map()).global;
-  t.equal(after.l7_fail_closed! - before.l7_fail_closed!, 1, 'counted as fail-closed');
-  t.equal(after.l7_redirect! - before.l7_redirect!, 0, 'not redirected');
-  t.equal(backend.seen.length, 0, 'the backend saw nothing');
+  t.equal(after.l7_handoff! - before.l7_handoff!, 2, 'two hand-overs to pod addresses');
+  t.equal(after.l7_fail_closed! - before.l7_fail_closed!, 0, 'none refused');
+  // authorization still sees the client's cgroup
+  t.equal((await podGet(pod.b, pod.b.cgroup, '127.89.0.2', 80, '/private')).status, 403, 'pod-b denied by the workload rule');
 });

@@ -10,9 +10,10 @@ import { captureLog } from '../lib/l7model.js';
 
 function fakeKernel() {
   const told: ProxySettings[] = [];
-  const k = { told, beats: 0, downs: 0 } as { told: ProxySettings[]; beats: number; downs: number };
+  const k = { told, beats: 0, downs: 0, nodes: [] } as { told: ProxySettings[]; beats: number; downs: number; nodes: [string, string][] };
   const dp: ProxyKernel = {
     setProxy: (p) => { told.push(p); },
+    setProxyNode: (v4, v6) => { k.nodes.push([v4, v6]); },
     heartbeat: () => { k.beats++; },
     proxyDown: () => { k.downs++; },
     originalDst: () => null,
@@ -71,4 +72,31 @@ t.test('a node address that cannot be listened on is withdrawn; loopback still s
   t.match(k.told.at(-1), { v4: '127.0.0.1', nodeV4: '' }, 'the node address withdrawn');
   t.ok(lines.some((l) => String(l.msg).startsWith('the L7 proxy cannot listen on its node address')));
   t.ok(k.beats >= 1);
+});
+
+t.test('following the node address pods route to: the new one listened on, then told; the old one closed', async (t) => {
+  const { createConnection } = await import('node:net');
+  const reach = (addr: string, port: number): Promise<boolean> => new Promise((res) => {
+    const c = createConnection({ host: addr, port }, () => { c.destroy(); res(true); });
+    c.on('error', () => res(false));
+  });
+  const port = await hold(t, '127.0.0.9'); // a port free on 127.0.0.1 (held on another address: never listened on)
+  const { k, dp } = fakeKernel();
+  const { h, lines } = host(t, dp, { port, v6: '' });
+  h.announce();
+  await h.followNode({ v4: '127.0.0.2', v6: '' });
+  t.same(k.nodes, [], 'not listening yet: nothing');
+  await h.start();
+  await h.followNode({ v4: '127.0.0.2', v6: '' });
+  t.same(k.nodes, [['127.0.0.2', '']], 'the kernel told the node address');
+  t.ok(await reach('127.0.0.2', port), 'listening on it');
+  await h.followNode({ v4: '127.0.0.3', v6: '' });
+  t.same(k.nodes[1], ['127.0.0.3', ''], 'a changed address: told');
+  t.ok(await reach('127.0.0.3', port), 'listening on the new one');
+  t.notOk(await reach('127.0.0.2', port), 'the old one closed');
+  await h.followNode({ v4: '', v6: '' });
+  await h.followNode({ v4: '127.0.0.3', v6: '' });
+  t.equal(k.nodes.length, 2, 'none found, or the same: nothing changes');
+  t.equal(k.told.length, 1, 'setProxy only at announce: the heartbeat and hand-overs are never reset');
+  t.ok(lines.some((l) => l.msg === 'L7 proxy: clients in pods are sent to the node address their routes use'));
 });
