@@ -16,7 +16,7 @@ import type { ProxyReportSource } from './admin/protocol.js';
 import { HealthChecker } from './health/checker.js';
 import { ProxyPolicy } from './proxy/policy.js';
 import { ProxyHost } from './proxyhost.js';
-import { discoverPods, podGatewayAddress } from './identity/pods.js';
+import { discoverPods, podGatewayAddress } from './identity/podns.js';
 import { LiveState } from './state/live.js';
 import { ApplyTransaction } from './state/apply.js';
 import { StateFileWriter } from './state/statefile.js';

@@ -6,7 +6,7 @@ import type { Datapath } from './datapath/datapath.js';
 import { Reconciler } from './datapath/reconcile.js';
 import { native } from './datapath/native.js';
 import { encode } from './datapath/abi.js';
-import { discoverPods, podNetnses } from './identity/pods.js';
+import { discoverPods, podNetnses } from './identity/podns.js';
 import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES, probeFeatures } from './datapath/features.js';
 import { cgroup2Root, cgroupOf, ensureBpffs, ensureCgroup, isRootCgroup } from './datapath/cgroup.js';
 import type { Logger } from './observe/log.js';

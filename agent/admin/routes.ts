@@ -6,7 +6,7 @@ import type { BackendsReport, ProgramReport, ProxyReportSource, RoutesReport, St
 import { backendsReport, routesReport } from './backends.js';
 import type { FrontendReport, MapReader } from '../datapath/inspect.js';
 import type { Model } from '../model/types.js';
-import { labelBackends, labelSockets, podNamesOf } from '../identity/pods.js';
+import { labelBackends, labelSockets, podNamesOf } from '../identity/podns.js';
 import { cgroup2Root } from '../datapath/cgroup.js';
 import type { HealthChecker } from '../health/checker.js';
 import type { EventRing } from '../observe/events.js';
@@ -44,7 +44,7 @@ export function adminRoutes(src: AdminSources): Record<string, Handler> {
   const { reader, names } = src;
   return {
     '/v1/status': () => statusReport(src),
-    // pods by name (the meshed cgroup tree's, agent/identity/pods.ts) and the fast-path connections per backend
+    // pods by name (the meshed cgroup tree's, agent/identity/podns.ts) and the fast-path connections per backend
     '/v1/services': () => labelBackends(withUpstream(reader.frontends(names()), src.state.model), sockets(reader), podNamesOf(src.status.cgroup, reader.n)),
     '/v1/stats': () => reader.stats(names()),
     '/v1/sockets': () => labelSockets(reader.sockets(), podNamesOf(src.status.cgroup, reader.n)),

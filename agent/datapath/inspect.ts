@@ -22,7 +22,7 @@ export interface KernelBackendReport {
   share: number;
   state: 'active' | 'drained';
   counters: CountersJson;
-  /** the local pod with this address ('node' for the node's own), when known (agent/identity/pods.ts labelBackends) */
+  /** the local pod with this address ('node' for the node's own), when known (agent/identity/podns.ts labelBackends) */
   pod?: string;
   /** connections to it on the fast path now (connecting sockets in the SOCKHASH, not pinned to TCP) */
   fastPath?: number;
@@ -63,7 +63,7 @@ export interface KernelProxyReport {
 
 export interface SocketReport {
   netnsCookie: string; local: string; remote: string; serviceId: number; backendId: number; tcpOnly: boolean; active: boolean;
-  /** the pod the socket is in and its peer's ('node' for the node's namespace), when known (identity/pods.ts labelSockets) */
+  /** the pod the socket is in and its peer's ('node' for the node's namespace), when known (identity/podns.ts labelSockets) */
   pod?: string; peerPod?: string;
 }
 

@@ -9,7 +9,7 @@ import { constants } from 'node:os';
 import { join, relative } from 'node:path';
 import type { StatusReport } from '../../agent/admin/protocol.js';
 import { cgroupOf, requireCgroup2Root } from '../../agent/datapath/cgroup.js';
-import { discoverPods, findPod } from '../../agent/identity/pods.js';
+import { discoverPods, findPod } from '../../agent/identity/podns.js';
 import { AgentUnreachable } from '../client.js';
 import type { Context } from '../context.js';
 import { CliError, EXIT } from '../errors.js';
@@ -55,7 +55,7 @@ function labPods(meshed: string, dir: string): PodPlace[] {
 
 /**
  * A pod of the meshed cgroup tree by name ('kubepods-lab/pod-a', or 'pod-a' when only one pod is called so): from its
- * processes (agent/identity/pods.ts; its programs join the cgroup of the process found, a leaf), else from the node
+ * processes (agent/identity/podns.ts; its programs join the cgroup of the process found, a leaf), else from the node
  * lab's state. Unknown: an error naming the pods there are.
  */
 export function resolvePod(meshed: string, name: string, labDir = LAB_STATE_DIR): PodPlace {

@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FrontendReport } from '../../agent/admin/protocol.js';
-import { labelBackends, podNamesOf } from '../../agent/identity/pods.js';
+import { labelBackends, podNamesOf } from '../../agent/identity/podns.js';
 import type { Context } from '../context.js';
 import { duration, hostport, humanBytes, humanCount, percent } from '../format.js';
 import { measure, renderTable, type Column, type Row } from '../table.js';

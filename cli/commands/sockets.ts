@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { SocketReport } from '../../agent/admin/protocol.js';
-import { labelSockets, podNamesOf } from '../../agent/identity/pods.js';
+import { labelSockets, podNamesOf } from '../../agent/identity/podns.js';
 import type { Context } from '../context.js';
 import { renderTable } from '../table.js';
 import type { Style } from '../style.js';

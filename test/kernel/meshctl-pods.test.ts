@@ -1,5 +1,5 @@
 // meshctl on the node lab: `sockets` and `services` name pods (their cgroup below the meshed one, found from its
-// processes: agent/identity/pods.ts) and show which connections are on the fast path, from the agent and from the pins;
+// processes: agent/identity/podns.ts) and show which connections are on the fast path, from the agent and from the pins;
 // `exec --pod NAME` runs a program in a pod's cgroup and network namespace, and refuses an unknown pod by name.
 import t, { type Test } from 'tap';
 import { statSync } from 'node:fs';

@@ -1,3 +1,6 @@
+// The pods' network namespaces, for acting in them and naming them (UDP sockets destroyed in each, the node address their
+// routes go to, pod names in meshctl). A walker of the same tree keeping the pods' addresses for the fast path
+// (sm_local_addrs) is meant to share this one (discoverPods, netnsAddresses) rather than walk again.
 // Local pods, found without being told: the processes in the meshed cgroup tree, grouped by network namespace, as a
 // node's pods are (a pod = a network namespace with a veth into the node, and a cgroup of its own under the kubelet's
 // tree). Everything is read from /proc and the cgroup tree, nothing is entered:
@@ -13,7 +16,7 @@ import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { join, relative } from 'node:path';
 
-export interface LocalPod {
+export interface PodNs {
   /** the pod's cgroup below the meshed cgroup ('kubepods-lab/pod-a'): namespace/pod as the tree names it */
   name: string;
   /** its cgroup directory */
@@ -91,11 +94,11 @@ function commonDir(dirs: string[]): string {
  * holding all its processes), and one per cgroup whose processes are in the caller's namespace (hostNetwork). Sorted
  * by name. Processes that exit during the walk are skipped.
  */
-export function discoverPods(meshed: string, opts: DiscoverOptions = {}): LocalPod[] {
+export function discoverPods(meshed: string, opts: DiscoverOptions = {}): PodNs[] {
   const proc = opts.proc ?? '/proc';
   const own = opts.ownNetns ?? netnsOf('self', proc);
   const byNetns = new Map<bigint, { pid: number; dirs: string[] }>();
-  const host: LocalPod[] = [];
+  const host: PodNs[] = [];
   const base = meshed.replace(/\/+$/, '');
   for (const { dir, pids } of cgroupProcs(base, opts.maxCgroups ?? 10_000)) {
     let hostPid = 0;
@@ -114,7 +117,7 @@ export function discoverPods(meshed: string, opts: DiscoverOptions = {}): LocalP
       host.push({ name: relative(base, dir), cgroup: dir, netns: own, pid: hostPid, netnsPath: join(proc, String(hostPid), 'ns', 'net'), hostNetwork: true });
     }
   }
-  const pods: LocalPod[] = [...byNetns].map(([netns, g]) => {
+  const pods: PodNs[] = [...byNetns].map(([netns, g]) => {
     const dir = commonDir(g.dirs);
     // processes of one namespace in unrelated subtrees: named by the first one's cgroup (never the meshed cgroup)
     const cgroup = dir.length > base.length ? dir : g.dirs[0]!;
@@ -124,13 +127,13 @@ export function discoverPods(meshed: string, opts: DiscoverOptions = {}): LocalP
 }
 
 /** The pods' network namespaces other than the caller's, one entry each (the first pod's handle). */
-export function podNetnses(pods: LocalPod[]): LocalPod[] {
+export function podNetnses(pods: PodNs[]): PodNs[] {
   const seen = new Set<bigint>();
   return pods.filter((p) => !p.hostNetwork && !seen.has(p.netns) && (seen.add(p.netns), true));
 }
 
 /** A pod by name: the whole name, or its last part when only one pod has it ('pod-a' for 'kubepods-lab/pod-a'). */
-export function findPod(pods: LocalPod[], name: string): LocalPod | undefined {
+export function findPod(pods: PodNs[], name: string): PodNs | undefined {
   const exact = pods.find((p) => p.name === name);
   if (exact) return exact;
   const tail = pods.filter((p) => p.name.split('/').pop() === name);
@@ -218,7 +221,7 @@ export function nodeAddresses(): Set<string> {
  * that are the node's own, the one most pods use (ties: the lowest). Empty when no pod routes to a node address
  * (no pod yet, or a CNI whose gateway is not a node address, such as Calico's 169.254.1.1: then --proxy-node-address).
  */
-export function podGatewayAddress(pods: LocalPod[], node: Set<string> = nodeAddresses(), proc = '/proc'): { v4: string; v6: string } {
+export function podGatewayAddress(pods: PodNs[], node: Set<string> = nodeAddresses(), proc = '/proc'): { v4: string; v6: string } {
   const votes = new Map<string, number>();
   for (const p of podNetnses(pods)) {
     for (const a of netnsGateways(p.pid, proc)) if (node.has(a)) votes.set(a, (votes.get(a) ?? 0) + 1);
@@ -242,7 +245,7 @@ export class PodNames {
   private readonly byCookie = new Map<string, string>();
 
   /** netnsCookie: a namespace's cookie from its /proc/<pid>/ns/net path (native), for loopback sockets in pods */
-  constructor(pods: LocalPod[], opts: { netnsCookie?: (path: string) => bigint; ownCookie?: bigint; node?: Set<string>; proc?: string } = {}) {
+  constructor(pods: PodNs[], opts: { netnsCookie?: (path: string) => bigint; ownCookie?: bigint; node?: Set<string>; proc?: string } = {}) {
     for (const a of opts.node ?? nodeAddresses()) if (!loopback(a)) this.byAddress.set(a, 'node');
     if (opts.ownCookie !== undefined) this.byCookie.set(String(opts.ownCookie), 'node');
     for (const p of podNetnses(pods)) {
@@ -305,7 +308,7 @@ export function labelBackends<F extends { backends: { id: number; address: strin
  * sockets in pods. Never throws: what cannot be read is simply not named.
  */
 export function podNamesOf(meshed: string, cookies?: { netnsCookie(fdOrNetns?: number | string): bigint }): PodNames {
-  let pods: LocalPod[] = [];
+  let pods: PodNs[] = [];
   let own: bigint | undefined;
   try { pods = discoverPods(meshed); } catch { /* no tree: no pods */ }
   try { own = cookies?.netnsCookie(-1); } catch { /* no addon */ }

@@ -1,10 +1,10 @@
-// Local pod discovery (agent/identity/pods.ts) over a fake cgroup tree and /proc: pods by network namespace, named by
+// Local pod discovery (agent/identity/podns.ts) over a fake cgroup tree and /proc: pods by network namespace, named by
 // their cgroup, hostNetwork ones by cgroup; a namespace's addresses and where its routes go; the node address pods use.
 import t, { type Test } from 'tap';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PodNames, discoverPods, findPod, labelBackends, labelSockets, netnsAddresses, netnsGateways, podGatewayAddress, podNetnses } from '../../agent/identity/pods.js';
+import { PodNames, discoverPods, findPod, labelBackends, labelSockets, netnsAddresses, netnsGateways, podGatewayAddress, podNetnses } from '../../agent/identity/podns.js';
 
 const HOST_NS = 4026531840n;
 
