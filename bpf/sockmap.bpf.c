@@ -7,6 +7,8 @@
  * Both ends are inserted in their ESTABLISHED callbacks, before connect()/accept() return, so
  * normally every byte is redirected. If a send finds no peer in the map its bytes take TCP,
  * and from then on that socket stays on TCP (SM_SOCK_F_TCP_ONLY) so nothing can overtake them.
+ *
+ * Bulk: a one-way stream of large sends leaves the fast path for TCP and the SOCKHASH (bpf/lib/bulk.h).
  */
 #include "common.h"
 #include "maps.h"
@@ -14,6 +16,7 @@
 #include "counters.h"
 #include "revnat.h"
 #include "sock_key.h"
+#include "bulk.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -66,8 +69,10 @@ static __always_inline void sm_sock_insert(struct bpf_sock_ops *skops, struct sm
 		return;
 	}
 	sm_global_inc(SM_G_SOCK_INSERT);
-	/* to forget the meta when the connection closes (the map is LRU, this keeps it small) */
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* STATE: to forget the meta when the connection closes (the map is LRU, this keeps it small); RTT: fires only
+	 * once bytes of this socket take TCP, to take a bulk sender out of the SOCKHASH (bulk.h) */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
+				  BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
 /* Connecting side: insert when the server is local. The ids come from the connect-time
@@ -130,6 +135,10 @@ int sm_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] == BPF_TCP_CLOSE && sm_sock_key_from_ops(skops, &k) == 0)
 			bpf_map_delete_elem(&sm_sock_meta, &k);
 		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		if (sm_sock_key_from_ops(skops, &k) == 0)
+			sm_bulk_rtt(skops, &k);
+		break;
 	default:
 		break;
 	}
@@ -167,6 +176,8 @@ int sm_sk_msg(struct sk_msg_md *msg)
 	}
 
 	sm_sock_key_reverse(&me, &peer);
+	if (meta && sm_bulk_leaves(meta, &peer, size))
+		return SK_PASS;
 	ret = bpf_msg_redirect_hash(msg, &sm_sockets, &peer, BPF_F_INGRESS);
 	if (ret == SK_PASS) {
 		sm_global_inc(SM_G_REDIRECT);

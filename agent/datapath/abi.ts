@@ -14,6 +14,9 @@ export const SVC_F_FAIL_OPEN = 1 << 2;
 export const BE_F_LOCAL = 1 << 0;
 export const SOCK_F_ACTIVE = 1 << 0;
 export const SOCK_F_TCP_ONLY = 1 << 1;
+export const SOCK_F_SENT = 1 << 2;
+export const SOCK_F_BULK = 1 << 3;
+export const SOCK_F_NOT_BULK = 1 << 4;
 export const CFG_F_SOCKMAP = 1 << 0;
 export const PROXY_F_IN_MESH = 1 << 0;
 
@@ -23,7 +26,7 @@ export const EVENT_KIND: Record<number, string> = { 1: 'connect', 2: 'no-backend
 export const GLOBAL_COUNTERS = [
   'lb_connect', 'lb_udp_send', 'lb_no_backend', 'affinity_hit', 'revnat_miss', 'sock_insert', 'sock_insert_fail',
   'redirect', 'redirect_miss', 'tcp_only', 'event_drop',
-  'l7_redirect', 'l7_fail_open', 'l7_fail_closed', 'l7_from_proxy', 'l7_handoff',
+  'l7_redirect', 'l7_fail_open', 'l7_fail_closed', 'l7_from_proxy', 'l7_handoff', 'bulk_leave', 'bulk_kept',
 ] as const;
 export type GlobalCounter = (typeof GLOBAL_COUNTERS)[number];
 
@@ -60,7 +63,7 @@ export const STRUCTS = {
     ['netns_cookie', 'u64', 0], ['local_ip', 'addr', 8], ['remote_ip', 'addr', 24], ['local_port', 'u32', 40],
     ['remote_port', 'u32', 44],
   ]),
-  sm_sock_meta: def('sm_sock_meta', 16, [['service_id', 'u32', 0], ['backend_id', 'u32', 4], ['flags', 'u32', 8], ['pad', 'u32', 12]]),
+  sm_sock_meta: def('sm_sock_meta', 16, [['service_id', 'u32', 0], ['backend_id', 'u32', 4], ['flags', 'u32', 8], ['bulk_kib', 'u32', 12]]),
   sm_counters: def('sm_counters', 48, [
     ['connections', 'u64', 0], ['udp_messages', 'u64', 8], ['no_backend', 'u64', 16], ['redirects', 'u64', 24],
     ['redirect_bytes', 'u64', 32], ['affinity_hits', 'u64', 40],

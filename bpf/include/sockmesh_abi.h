@@ -58,6 +58,11 @@ enum sm_algo {
 #define SM_SOCK_F_ACTIVE    (1u << 0) /* the connecting side */
 #define SM_SOCK_F_TCP_ONLY  (1u << 1) /* bytes already took the TCP path: never redirect again
                                        * (redirected data would be read before them) */
+#define SM_SOCK_F_SENT      (1u << 2) /* sk_msg tried to redirect a send of this socket: its bytes may wait in the
+                                       * peer's redirected queue, so the peer must never leave the SOCKHASH */
+#define SM_SOCK_F_BULK      (1u << 3) /* left the fast path as a bulk sender (with SM_SOCK_F_TCP_ONLY); sock_ops
+                                       * takes it out of the SOCKHASH once TCP carries its bytes (bpf/lib/bulk.h) */
+#define SM_SOCK_F_NOT_BULK  (1u << 4) /* its peer sends on the fast path too: request/response, it never leaves */
 
 /* struct sm_proxy.flags */
 #define SM_PROXY_F_IN_MESH  (1u << 0) /* the proxy runs inside the meshed cgroup: its accepted sockets get sock_ops,
@@ -95,6 +100,8 @@ enum sm_global_counter {
 	SM_G_L7_FAIL_CLOSED,     /* proxy down, fail-closed service: connect() refused */
 	SM_G_L7_FROM_PROXY,      /* connect() from the proxy's own cgroup: balanced at L4, never looped back */
 	SM_G_L7_HANDOFF,         /* sock_ops moved an original destination to the key the proxy looks up */
+	SM_G_BULK_LEAVE,         /* sk_msg: a bulk sender left the fast path for TCP (bpf/lib/bulk.h) */
+	SM_G_BULK_KEPT,          /* sock_ops: a bulk sender stayed in the SOCKHASH (on TCP) because its peer had sent */
 	SM_G__MAX,
 };
 
@@ -203,7 +210,7 @@ struct sm_sock_meta {
 	__u32 service_id;  /* 0 when the connection did not go through a VIP */
 	__u32 backend_id;
 	__u32 flags;       /* SM_SOCK_F_* */
-	__u32 pad;
+	__u32 bulk_kib;    /* KiB this socket sent in large messages while its peer never sent (bpf/lib/bulk.h) */
 };
 
 struct sm_counters {

@@ -22,6 +22,8 @@ export const GLOBAL_LABELS: Record<string, string> = {
   redirect: 'redirects',
   redirect_miss: 'redirect misses',
   tcp_only: 'tcp-only fallbacks',
+  bulk_leave: 'left the fast path (bulk)',
+  bulk_kept: 'bulk senders kept in the sockmap',
   event_drop: 'event drops',
 };
 
