@@ -3,7 +3,7 @@
 import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
+import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
 import { ROOT } from '../lib/kernel.js';
 
 const built = existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'));
@@ -42,12 +42,17 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_BE_F_LOCAL, BE_F_LOCAL);
   t.equal(k.SM_SOCK_F_ACTIVE, SOCK_F_ACTIVE);
   t.equal(k.SM_SOCK_F_TCP_ONLY, SOCK_F_TCP_ONLY);
+  t.equal(k.SM_SOCK_F_SENT, SOCK_F_SENT);
+  t.equal(k.SM_SOCK_F_BULK, SOCK_F_BULK);
+  t.equal(k.SM_SOCK_F_NOT_BULK, SOCK_F_NOT_BULK);
   t.equal(k.SM_CFG_F_SOCKMAP, CFG_F_SOCKMAP);
   t.equal(k.SM_G__MAX, GLOBAL_COUNTERS.length, 'one name per global counter');
   t.equal(k.SM_G_REDIRECT, GLOBAL_COUNTERS.indexOf('redirect'));
   t.equal(k.SM_G_EVENT_DROP, GLOBAL_COUNTERS.indexOf('event_drop'));
   t.equal(k.SM_G_L7_REDIRECT, GLOBAL_COUNTERS.indexOf('l7_redirect'));
   t.equal(k.SM_G_L7_HANDOFF, GLOBAL_COUNTERS.indexOf('l7_handoff'));
+  t.equal(k.SM_G_BULK_LEAVE, GLOBAL_COUNTERS.indexOf('bulk_leave'));
+  t.equal(k.SM_G_BULK_KEPT, GLOBAL_COUNTERS.indexOf('bulk_kept'));
 });
 
 t.test('address codec: v4 as v4-mapped, v6 compressed, round trips', async (t) => {
