@@ -21,6 +21,8 @@ export interface UpstreamUser {
   upConnectFailed(): void;
   /** the response head was parsed (c.res); return false when the user dropped the connection in the call */
   upHead(c: H1Upstream): void;
+  /** an interim head other than 100 and 101 (103 Early Hints) was parsed (c.res); the final head follows */
+  upInformational?(c: H1Upstream): void;
   upData(c: H1Upstream, data: Buffer): void;
   /** the response is complete; trailers: raw trailer section of a chunked response ('' = none) */
   upEnd(c: H1Upstream, trailers: string): void;
@@ -149,7 +151,13 @@ export class H1Upstream implements ChunkSink {
         if (n < 0) { this.fail(`bad response: ${this.res.error}`); return; }
         pos = n;
         const st = this.res.status;
-        if (st >= 100 && st < 200 && st !== 101) continue; // 100 Continue, 103: interim, dropped (we answer 100 ourselves)
+        if (st >= 100 && st < 200 && st !== 101) {
+          // interim: 100 Continue is dropped (the client's Expect is answered by the proxy, never sent upstream);
+          // others (103 Early Hints) go to a user that passes them on
+          if (st !== 100) user.upInformational?.(this);
+          if (this.user !== user || this.detached) return;
+          continue;
+        }
         this.inHead = false;
         const fr = this.res.framing;
         if (fr === Framing.Length) this.remaining = this.res.contentLength;

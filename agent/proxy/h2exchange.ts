@@ -393,7 +393,12 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
       else if (name === 'grpc-status') gs = h[i + 1]!;
     }
     const status = Number(statusText);
-    if (status >= 100 && status < 200 && !endStream) return; // informational: not passed on
+    if (status >= 100 && status < 200 && !endStream) {
+      // informational (100 Continue to the client's Expect, which went upstream with the request; 103 Early Hints):
+      // passed on as it came while no final answer was begun (RFC 9110 15.2: a proxy forwards 1xx responses)
+      if (!this.resStarted && !this.ds.closed) this.ds.sendHeaders(h, false);
+      return;
+    }
     if (!(status >= 200 && status <= 999)) {
       this.ctx.log.debug({ upstream: leg.key, status: statusText }, 'upstream h2 response without a valid :status');
       this.dropLeg(H2_ERROR.PROTOCOL_ERROR);

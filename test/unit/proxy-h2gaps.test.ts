@@ -218,3 +218,80 @@ t.test('repeated request headers through the real policy and proxy, from curl (H
     t.equal(await curl('x-tags: b'), 'backend /r 200', `${proto}: the single value still matches route b`);
   }
 });
+
+t.test('Expect: 100-continue and 1xx heads: passed on to HTTP/2 clients (and 103 to HTTP/1.1 ones); curl does not wait', async (t) => {
+  // the HTTP/2 backend answers an Expect with 100 (node's HTTP/1.1 server does by itself); /refuse answers 417 at
+  // once, before any body
+  const b2 = await h2Backend((st, h) => {
+    if (h[':path'] === '/refuse') { st.respond({ ':status': 417 }); st.end('no'); return; }
+    if (h['expect'] === '100-continue') st.additionalHeaders({ ':status': 100 });
+    if (h[':path'] === '/hints') st.additionalHeaders({ ':status': 103, link: '</a.css>; rel=preload' });
+    let n = 0;
+    st.on('data', (d: Buffer) => { n += d.length; });
+    st.on('end', () => { if (!st.destroyed) { st.respond({ ':status': 200 }); st.end(`got ${n} expect=${String(h['expect'])}`); } });
+  });
+  t.teardown(() => b2.close());
+  const port = await h1Backend(t, (req, res) => {
+    if (req.url === '/hints') res.writeEarlyHints({ link: '</a.css>; rel=preload' });
+    let n = 0;
+    req.on('data', (d: Buffer) => { n += d.length; });
+    req.on('end', () => res.end(`got ${n}`));
+  });
+  policy.route = (head) => ({ upstreams: [upstream(head.protocol === 'h2' ? b2.port : port, group)] });
+  const body = 'b'.repeat(20_000);
+  const url = `http://127.0.0.1:${proxy.port}`;
+
+  // curl waits up to --expect100-timeout for the 100 before it sends the body: through the proxy it comes at once
+  for (const flags of [['--http2-prior-knowledge'], []]) {
+    const name = flags.length > 0 ? 'HTTP/2' : 'HTTP/1.1';
+    const r = await run('curl', ['-sS', ...flags, '-H', 'expect: 100-continue', '--expect100-timeout', '5', '--data-binary', body, `${url}/up`, '-w', ' %{http_code} %{time_total}']);
+    const [text, code, took] = [r.out.split(' ').slice(0, -2).join(' '), r.out.split(' ').at(-2), Number(r.out.split(' ').at(-1))];
+    t.equal(code, '200', `${name}: curl with Expect answered (${r.err.trim()})`);
+    t.match(text, /^got 20000/, `${name}: the whole body arrived`);
+    t.ok(took < 2.5, `${name}: the 100 came at once: ${took} s, not curl's 5 s wait`);
+    if (flags.length > 0) t.equal(text, 'got 20000 expect=100-continue', 'HTTP/2: the Expect went to the backend, whose 100 came back');
+  }
+
+  // node:http2 as the client: 'continue' arrives, then the body is sent; a backend's early final answer, without the body
+  const c = client(t);
+  const req = c.request({ ':method': 'POST', ':path': '/up', expect: '100-continue' });
+  req.on('error', () => {});
+  await new Promise<void>((resolve) => req.once('continue', () => resolve()));
+  t.pass('HTTP/2: the client got 100 Continue');
+  const got = new Promise<string>((resolve) => { let s = ''; req.on('data', (d: Buffer) => { s += d.toString(); }); req.on('close', () => resolve(s)); });
+  req.end('after-continue');
+  t.equal(await got, 'got 14 expect=100-continue');
+  const refuse = await h2request(c, { ':method': 'POST', ':path': '/refuse', expect: '100-continue' }, []);
+  t.equal(refuse.headers[':status'], 417, 'HTTP/2: the backend\'s 417 to the Expect reaches the client');
+
+  // 103 Early Hints: on HTTP/2 as an informational HEADERS frame, on HTTP/1.1 as an interim head, then the answer
+  const hr = c.request({ ':path': '/hints' });
+  const info: Record<string, unknown>[] = [];
+  hr.on('headers', (h) => info.push(h));
+  const final = await new Promise<Record<string, unknown>>((resolve) => { hr.on('response', (h) => resolve(h)); hr.resume(); });
+  t.same(info.map((h) => [h[':status'], h['link']]), [[103, '</a.css>; rel=preload']], 'HTTP/2: the 103 was passed on');
+  t.equal(final[':status'], 200);
+  const s = await connectTo(proxy.port);
+  t.teardown(() => s.destroy());
+  const raw1 = await new Promise<string>((resolve) => {
+    let txt = '';
+    s.on('data', (d: Buffer) => { txt += d.toString('latin1'); if (/\r\n\r\ngot 0$/.test(txt)) resolve(txt); });
+    setTimeout(() => resolve(txt), 3000);
+    s.write('GET /hints HTTP/1.1\r\nhost: x\r\n\r\n');
+  });
+  t.match(raw1, /^HTTP\/1\.1 103 Early Hints\r\nlink: <\/a\.css>; rel=preload\r\n\r\nHTTP\/1\.1 200 /, 'HTTP/1.1: the 103 came before the 200');
+  const raw0 = await rawExchangeText(proxy.port, 'GET /hints HTTP/1.0\r\nhost: x\r\n\r\n');
+  t.match(raw0, /^HTTP\/1\.1 200 /, 'HTTP/1.0: no 1xx (RFC 9110 15.2)');
+  t.equal(policy.contractViolations(), '');
+});
+
+async function rawExchangeText(port: number, data: string): Promise<string> {
+  const s = await connectTo(port);
+  return new Promise((resolve) => {
+    let txt = '';
+    s.on('data', (d: Buffer) => { txt += d.toString('latin1'); });
+    s.on('close', () => resolve(txt));
+    setTimeout(() => { s.destroy(); resolve(txt); }, 3000);
+    s.write(data);
+  });
+}
