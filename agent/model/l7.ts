@@ -135,6 +135,20 @@ export interface Authz {
   rules: AuthzRule[];
 }
 
+/**
+ * x-forwarded-for / x-forwarded-proto / forwarded handling, as Envoy's HTTP connection manager (use_remote_address,
+ * xff_num_trusted_hops). Absent: the headers pass untouched (as before).
+ */
+export interface ForwardedHeaders {
+  /** append the client's address to x-forwarded-for and forwarded (for=...;proto=http), set x-forwarded-proto */
+  useRemoteAddress: boolean;
+  /**
+   * how many proxies in front of the client are trusted: 0 = none, so an incoming x-forwarded-proto is replaced with
+   * the connection's scheme; more = an incoming one is kept (what the nearest trusted proxy said)
+   */
+  trustedHops: number;
+}
+
 export interface HttpPolicy {
   failMode: FailMode;
   balancer: Balancer;
@@ -147,6 +161,8 @@ export interface HttpPolicy {
   authz?: Authz;
   /** share of requests written to the access log, 0..1 */
   accessLogSample: number;
+  /** absent = x-forwarded-* and forwarded pass untouched */
+  forwarded?: ForwardedHeaders;
 }
 
 export interface HealthCheck {

@@ -28,6 +28,7 @@ import {
   type Balancer,
   type CircuitBreaker,
   type FailMode,
+  type ForwardedHeaders,
   type HeaderMatch,
   type HeaderRewrite,
   type HealthCheck,
@@ -106,7 +107,10 @@ export const RETRY_ON: readonly RetryOn[] = [
   'cancelled', 'deadline-exceeded', 'internal', 'resource-exhausted', 'unavailable',
 ];
 
-const HTTP_FIELDS = ['failMode', 'balancer', 'upstreamProtocol', 'accessLogSample', 'circuitBreaker', 'outlierDetection', 'authz', 'routes'] as const;
+const HTTP_FIELDS = ['failMode', 'balancer', 'upstreamProtocol', 'accessLogSample', 'forwarded', 'circuitBreaker', 'outlierDetection', 'authz', 'routes'] as const;
+const FORWARDED_FIELDS = ['useRemoteAddress', 'trustedHops'] as const;
+/** more proxies than this in front of a client is a configuration mistake, not a topology */
+export const MAX_TRUSTED_HOPS = 16;
 const BREAKER_FIELDS = ['maxConnections', 'maxPendingRequests', 'maxRequests', 'maxRetries'] as const;
 const OUTLIER_FIELDS = ['consecutive5xx', 'consecutiveGatewayErrors', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'interval'] as const;
 const AUTHZ_FIELDS = ['default', 'rules'] as const;
@@ -479,12 +483,25 @@ export function validateHttp(raw: unknown, path: string, shape: ServiceShape, is
     ? void issues.add(join(path, 'upstreamProtocol'), `must be one of ${UPSTREAM_PROTOCOLS.join(', ')}, got ${describe(p0)} (did you mean 'h2'?)`)
     : enumField(raw, 'upstreamProtocol', path, UPSTREAM_PROTOCOLS, issues);
   if (proto !== undefined) policy.upstreamProtocol = proto;
+  const fw = forwarded(raw, path, issues);
+  if (fw) policy.forwarded = fw;
   const od = outlier(raw, path, issues);
   if (od) policy.outlierDetection = od;
   const az = authz(raw, path, shape, issues);
   if (az) policy.authz = az;
   policy.routes = routes(raw, path, shape, issues);
   return issues.list.length === mark ? policy : undefined;
+}
+
+function forwarded(raw: Obj, path: string, issues: Issues): ForwardedHeaders | undefined {
+  const f = mappingField(raw, 'forwarded', path, '{useRemoteAddress: true, trustedHops: 0}', issues);
+  if (!f) return undefined;
+  const p = join(path, 'forwarded');
+  checkFields(f, p, FORWARDED_FIELDS, issues);
+  return {
+    useRemoteAddress: boolField(f, 'useRemoteAddress', p, issues) ?? true,
+    trustedHops: intField(f, 'trustedHops', p, 0, MAX_TRUSTED_HOPS, false, issues) ?? 0,
+  };
 }
 
 function circuitBreaker(raw: Obj, path: string, issues: Issues): CircuitBreaker {

@@ -159,6 +159,7 @@ function compileService(cx: CompileContext, svc: Service, http: HttpPolicy, rout
       requestHeaders: r.requestHeaders,
       responseHeaders: r.responseHeaders,
       upstreamProtocol: http.upstreamProtocol ?? 'downstream',
+      forwarded: http.forwarded,
       stats,
     };
   });

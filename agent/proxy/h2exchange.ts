@@ -17,6 +17,7 @@
 // (the origin's is kept).
 import { emptyRewrite, grpcStatusForHttp, rewriteHeaders, type ConnInfo, type EngineContext } from './engine.js';
 import { ExchangeDriver } from './exchange.js';
+import { applyForwarded } from './forwarded.js';
 import type { HeaderList } from './h2/hpack.js';
 import { H2_ERROR, type H2Stream, type H2StreamHandler } from './h2/session.js';
 import { UpLeg, type Leg, type LegOwner, type LegStream } from './h2leg.js';
@@ -181,8 +182,9 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     const route = r.route;
     this.plainResponse = emptyRewrite(route.responseHeaders);
     let up = h;
-    if (!emptyRewrite(route.requestHeaders)) {
-      // rare: the list is made again from the rewritten record
+    if (!emptyRewrite(route.requestHeaders) || route.forwarded !== undefined) {
+      // rare: the list is made again from the rewritten record (the service's x-forwarded-*, then the route's rewrite)
+      if (route.forwarded !== undefined) applyForwarded(headers, route.forwarded, this.info.address);
       rewriteHeaders(headers, route.requestHeaders);
       up = [];
       for (let i = 0; i < h.length && h[i]!.charCodeAt(0) === 58; i += 2) up.push(h[i]!, h[i + 1]!);

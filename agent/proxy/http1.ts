@@ -9,6 +9,7 @@
 import type { Conn } from './conn.js';
 import { emptyRewrite, rewriteHeaders, statusText, type ConnInfo, type EngineContext } from './engine.js';
 import { ExchangeDriver } from './exchange.js';
+import { applyForwarded } from './forwarded.js';
 import { ChunkedDecoder, Framing, ParseError, RequestHeadParse, type ChunkSink } from './h1parse.js';
 import { ACQ_OVERFLOW, ACQ_PENDING, type H1Upstream, type UpstreamUser } from './h1pool.js';
 import type { HeaderList } from './h2/hpack.js';
@@ -285,6 +286,8 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     if ('status' in r) { this.reply(r); return; }
     const ex = r;
     this.ex = ex;
+    // the service's x-forwarded-* first, then the route's rewrite (which may set or remove them), as Envoy orders them
+    if (ex.route.forwarded !== undefined) applyForwarded(headers, ex.route.forwarded, this.info.address);
     if (!emptyRewrite(ex.route.requestHeaders)) rewriteHeaders(headers, ex.route.requestHeaders);
     if (ex.route.upstreamProtocol === 'h2') {
       // (an Upgrade cannot cross to HTTP/2: the request goes as a plain one)

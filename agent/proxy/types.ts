@@ -1,7 +1,7 @@
 // The contract between the proxy's protocol engine (server.ts, http1.ts, h2server.ts, h2exchange.ts, exchange.ts,
 // h1pool.ts, h2pool.ts: bytes, sockets, pools) and its policy (policy.ts and friends: routing, retries, breakers,
 // outlier detection, balancing, authorization, metrics). The engine never decides; the policy never touches a socket.
-import type { HeaderRewrite, UpstreamProtocol } from '../model/l7.js';
+import type { ForwardedHeaders, HeaderRewrite, UpstreamProtocol } from '../model/l7.js';
 import type { OriginalDst } from '../model/redirect.js';
 
 /** Header names lower-case; a repeated header is an array (as node:http gives them). */
@@ -101,6 +101,8 @@ export interface RouteSettings {
   readonly responseHeaders: HeaderRewrite;
   /** the service's: what the engine speaks to the backends ('downstream': the client's protocol) */
   readonly upstreamProtocol: UpstreamProtocol;
+  /** the service's x-forwarded-* / forwarded handling (forwarded.ts); absent: those headers pass untouched */
+  readonly forwarded?: ForwardedHeaders;
 }
 
 export interface Exchange {
