@@ -17,6 +17,8 @@ export interface H2LinkOwner {
   /** the stream is open (the head went out): the request body may follow */
   h2Ready(link: H2Link): void;
   h2Head(link: H2Link, res: ResponseHead, endStream: boolean): void;
+  /** an interim head other than 100 (103 Early Hints) */
+  h2Informational(link: H2Link, res: ResponseHead): void;
   h2Data(link: H2Link, data: Buffer, endStream: boolean): void;
   /** the response ended with trailers (an HTTP/1.1 trailer section, '' = none) */
   h2Trailers(link: H2Link, trailers: string): void;
@@ -123,7 +125,11 @@ export class H2Link implements H2PoolWaiter, H2StreamHandler {
   onHeaders(h: HeaderList, endStream: boolean): void {
     try {
       const st = h[1]!;
-      if (!endStream && st.length === 3 && st.charCodeAt(0) === 0x31) return; // 1xx: not passed on
+      if (!endStream && st.length === 3 && st.charCodeAt(0) === 0x31) {
+        // 1xx: 100 is the proxy's to say (it answered the client's Expect itself); 103 and the like are passed on
+        if (st !== '100') { h2ResponseToH1(h, false, false, this.res); this.owner.h2Informational(this, this.res); }
+        return;
+      }
       h2ResponseToH1(h, endStream, this.isHead, this.res);
       this.owner.h2Head(this, this.res, endStream);
     } catch (e) { this.owner.fatal(e); }

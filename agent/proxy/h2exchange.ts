@@ -362,6 +362,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   /** an HTTP/1.1 leg wrote the request head: the body follows */
   upReady(leg: Leg): void {
     if (leg !== this.leg || this.attempt === null || this.done) return;
+    if (this.h1!.expectContinue && !this.resStarted && !this.ds.closed) this.ds.sendHeaders([':status', '100'], false);
     this.flushBody(leg, leg.us!);
   }
 

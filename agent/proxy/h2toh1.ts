@@ -89,6 +89,11 @@ export class H1Leg implements Leg, LegStream, UpstreamUser {
     this.x.upHead(this, h, false);
   }
 
+  /** a 103 (or other interim head but 100): passed on, the exchange forwards it to the client */
+  upInformational(c: H1Upstream): void {
+    if (c === this.c) this.x.upHead(this, h1ResponseToH2(c.res), false);
+  }
+
   upData(c: H1Upstream, data: Buffer): void {
     if (c !== this.c) return;
     this.x.upData(this, data, false);

@@ -551,8 +551,15 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
 
   /** a 103 (or other interim head) from the upstream: passed on to an HTTP/1.1 client before the final answer (RFC 9110 15.2) */
   upInformational(c: H1Upstream): void {
-    if (c !== this.up || this.resStarted || this.req.minor !== 1) return; // (never to an HTTP/1.0 client)
-    const res = c.res;
+    if (c === this.up) this.writeInformational(c.res);
+  }
+
+  h2Informational(link: H2Link, res: ResponseHead): void {
+    if (link === this.h2) this.writeInformational(res);
+  }
+
+  private writeInformational(res: ResponseHead): void {
+    if (this.resStarted || this.req.minor !== 1) return; // (never to an HTTP/1.0 client)
     let s = `HTTP/1.1 ${res.status} ${res.reason}\r\n`;
     for (let i = 0; i < res.names.length; i++) s += `${res.names[i]}: ${res.values[i]}\r\n`;
     this.socket.write(s + '\r\n', 'latin1');

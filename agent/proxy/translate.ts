@@ -11,7 +11,8 @@
 //   check the body against it); trailers: a chunked body's trailer section <-> a trailing HEADERS frame (names
 //   lower-cased, framing and connection-specific fields dropped). A body framed by content-length has no trailers
 //   on HTTP/1.1: trailers to it are dropped (as Envoy does).
-// - 1xx interim responses are not passed on either way (the HTTP/1.1 leg answers Expect: 100-continue itself).
+// - 1xx: Expect: 100-continue is answered by the proxy when the upstream leg is there (not passed on: the HTTP/1.1
+//   pool drops a backend's 100); other interim heads (103 Early Hints) are passed on, either way.
 // Nothing here runs for a service whose upstreamProtocol is 'downstream' (or the client's own).
 import type { HeaderList } from './h2/hpack.js';
 import { Framing } from './h1parse.js';
@@ -66,6 +67,9 @@ export interface H1RequestHead {
   head: string;
   /** the body goes chunked (no content-length was given and the request has a body) */
   chunked: boolean;
+  /** the client sent expect: 100-continue: not passed on (the HTTP/1.1 pool drops a backend's 100), answered by the
+   *  proxy when the connection is there, as for HTTP/1.1 clients */
+  expectContinue: boolean;
 }
 
 /**
@@ -74,7 +78,7 @@ export interface H1RequestHead {
  */
 export function h2RequestToH1(h: HeaderList, hasBody: boolean): H1RequestHead {
   let method = '', path = '', authority = '', fields = '', cookie = '';
-  let contentLength = -1;
+  let contentLength = -1, expectContinue = false;
   for (let i = 0; i < h.length; i += 2) {
     const name = h[i]!, v = h[i + 1]!;
     if (name.charCodeAt(0) === 58 /* : */) {
@@ -87,6 +91,7 @@ export function h2RequestToH1(h: HeaderList, hasBody: boolean): H1RequestHead {
       case 'content-length': contentLength = Number(v); continue;
       case 'cookie': cookie = cookie === '' ? v : `${cookie}; ${v}`; continue;
       case 'te': fields += 'te: trailers\r\n'; continue; // (the session let only "trailers" through)
+      case 'expect': if (v.toLowerCase() === '100-continue') { expectContinue = true; continue; } break;
     }
     if (dropped(name)) continue;
     fields += `${name}: ${v}\r\n`;
@@ -96,7 +101,7 @@ export function h2RequestToH1(h: HeaderList, hasBody: boolean): H1RequestHead {
   let chunked = false;
   if (contentLength >= 0) s += `content-length: ${contentLength}\r\n`;
   else if (hasBody) { s += 'transfer-encoding: chunked\r\n'; chunked = true; }
-  return { head: s + '\r\n', chunked };
+  return { head: s + '\r\n', chunked, expectContinue };
 }
 
 /** An HTTP/1.1 response head (ResponseHeadParse) as an HTTP/2 response header list. */

@@ -392,3 +392,47 @@ t.test('HTTP/1.1 client -> h2 backend: failures', async (t) => {
   t.equal(gone!.status, 503, 'backend gone: connect failure');
   t.equal(policy.contractViolations(), '');
 });
+
+t.test('interim responses across: Expect: 100-continue from an h2 client to HTTP/1.1, 103 Early Hints both ways', async (t) => {
+  const b1 = await h1Backend((req, res, body) => {
+    if (req.url === '/hints') res.writeEarlyHints({ link: '</a.css>; rel=preload' });
+    res.writeHead(200, { 'content-length': String(body.length), 'x-expect': String(req.headers.expect ?? '') });
+    res.end(body);
+  });
+  t.teardown(() => b1.close());
+  policy.route = () => ({ upstreams: [upstream(b1.port, group)], upstreamProtocol: 'http1' });
+  const c = h2client(t);
+  const got = await new Promise<{ cont: boolean; status: unknown; expect: unknown; body: string }>((resolve, reject) => {
+    const req = c.request({ ':method': 'POST', ':path': '/expect', expect: '100-continue' }, { endStream: false });
+    let cont = false, status: unknown, expect: unknown;
+    const parts: Buffer[] = [];
+    req.on('continue', () => { cont = true; req.end('after 100'); });
+    req.on('response', (h) => { status = h[':status']; expect = h['x-expect']; });
+    req.on('data', (d: Buffer) => parts.push(d));
+    req.on('error', reject);
+    req.on('close', () => resolve({ cont, status, expect, body: Buffer.concat(parts).toString() }));
+  });
+  t.same(got, { cont: true, status: 200, expect: '', body: 'after 100' }, '100 Continue from the proxy, the body followed; Expect not sent to the HTTP/1.1 backend');
+  const hints = await new Promise<{ early: unknown[]; status: unknown }>((resolve, reject) => {
+    const req = c.request({ ':method': 'GET', ':path': '/hints' });
+    const early: unknown[] = [];
+    let status: unknown;
+    req.on('headers', (h) => early.push([h[':status'], h['link']]));
+    req.on('response', (h) => { status = h[':status']; });
+    req.on('error', reject);
+    req.resume();
+    req.on('close', () => resolve({ early, status }));
+  });
+  t.same(hints, { early: [[103, '</a.css>; rel=preload']], status: 200 }, 'an HTTP/1.1 backend\'s 103 reached the h2 client');
+
+  const b2 = await h2Backend((s) => {
+    s.additionalHeaders({ ':status': 103, link: '</b.js>; rel=preload' });
+    s.respond({ ':status': 200, 'content-length': '2' });
+    s.end('ok');
+  });
+  t.teardown(() => b2.close());
+  policy.route = () => ({ upstreams: [upstream(b2.port, group)], upstreamProtocol: 'h2' });
+  const raw = await rawExchange(proxy.port, 'GET /hints HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n');
+  t.match(raw.text, /^HTTP\/1\.1 103 Early Hints\r\nlink: <\/b\.js>; rel=preload\r\n\r\nHTTP\/1\.1 200 OK\r\n/, 'an h2 backend\'s 103 reached the HTTP/1.1 client before the answer');
+  t.equal(policy.contractViolations(), '');
+});
