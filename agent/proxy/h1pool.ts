@@ -162,6 +162,8 @@ export class H1Upstream implements ChunkSink {
         const fr = this.res.framing;
         if (fr === Framing.Length) this.remaining = this.res.contentLength;
         else if (fr === Framing.Chunked) this.chunked.reset();
+        // bytes after a 101's head (in the same read) are the new protocol's: the user takes them when it detaches
+        if (st === 101) this.leftover = pos < len ? buf.subarray(pos) : null;
         user.upHead(this);
         if (this.user !== user || this.detached) {
           // the user let go (a retry, an abort: the connection is gone) or upgraded (the rest is the new protocol's)

@@ -6,6 +6,7 @@ import type { ConnInfo, EngineContext } from './engine.js';
 import type { HeaderList } from './h2/hpack.js';
 import { H2_ERROR, H2Session, type H2SessionOptions, type H2Settings, type H2Stream } from './h2/session.js';
 import { H2Exchange, type DeadlineWatch } from './h2exchange.js';
+import { startTunnel } from './h2tunnel.js';
 import { STREAM_WINDOW } from './h2pool.js';
 
 /**
@@ -23,6 +24,8 @@ class ClientSession implements H2SessionOptions, DeadlineWatch {
   readonly role = 'server' as const;
   readonly settings: Partial<H2Settings>;
   readonly settingsTimeoutMs: number;
+  /** RFC 8441: clients may send an extended CONNECT (WebSocket over HTTP/2, h2tunnel.ts) */
+  readonly enableConnectProtocol = true;
   readonly session: H2Session;
   // Route timeouts: one timer per connection, at the earliest deadline of its exchanges, instead of a setTimeout
   // and clearTimeout per request (a Timeout object and two list operations each; a request rarely times out).
@@ -52,6 +55,7 @@ class ClientSession implements H2SessionOptions, DeadlineWatch {
 
   onStream(stream: H2Stream, headers: HeaderList, endStream: boolean, tooLarge: boolean): void {
     this.ctx.stats.requests++;
+    if (!tooLarge && extendedConnect(headers)) { startTunnel(this.ctx, this.info, stream, headers, endStream); return; }
     const x = new H2Exchange(this.ctx, this.info, this, stream, endStream);
     stream.handler = x;
     try { x.start(headers, tooLarge); } catch (e) { x.fatal(e); }
@@ -87,4 +91,10 @@ class ClientSession implements H2SessionOptions, DeadlineWatch {
     // (the transport's timer is the session's from now on: it lingers for the peer's close)
     if (err !== undefined) this.ctx.log.debug({ err: err.message, peer: `${this.info.address}:${this.info.port}` }, 'downstream h2 session error');
   }
+}
+
+/** the head has :protocol (the session let it through on a CONNECT only: an extended CONNECT); no allocation */
+function extendedConnect(h: HeaderList): boolean {
+  for (let i = 0; i < h.length && h[i]!.charCodeAt(0) === 58; i += 2) if (h[i] === ':protocol') return true;
+  return false;
 }

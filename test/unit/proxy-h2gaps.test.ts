@@ -295,3 +295,80 @@ async function rawExchangeText(port: number, data: string): Promise<string> {
     s.write(data);
   });
 }
+
+t.test('extended CONNECT (RFC 8441): WebSocket over HTTP/2 from node:http2, to an HTTP/1.1 backend as an Upgrade', async (t) => {
+  // an RFC 6455 handshake by hand on node:http's 'upgrade', then an echo of raw bytes (the tunnel carries bytes)
+  const { createHash } = await import('node:crypto');
+  const upgrades: IncomingMessage[] = [];
+  const srv = httpServer((req, res) => { res.statusCode = 426; res.end('upgrade required'); });
+  srv.on('upgrade', (req: IncomingMessage, sock: Socket, head: Buffer) => {
+    upgrades.push(req);
+    if (req.url === '/deny') { sock.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 6\r\n\r\nno way'); return; }
+    const accept = createHash('sha1').update(`${String(req.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    sock.write(`HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: ${accept}\r\nsec-websocket-protocol: chat\r\n\r\nhello`);
+    if (head.length > 0) sock.write(head);
+    sock.on('data', (d: Buffer) => sock.write(Buffer.concat([Buffer.from('echo:'), d])));
+    sock.on('end', () => sock.end());
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => { srv.closeAllConnections(); srv.close(); });
+  const bport = (srv.address() as AddressInfo).port;
+  policy.route = () => ({ upstreams: [upstream(bport, group)], timeoutMs: 2000 });
+  const c = client(t);
+  await new Promise<void>((r) => { if (c.remoteSettings.enableConnectProtocol === true) r(); else c.once('remoteSettings', () => r()); });
+  t.equal(c.remoteSettings.enableConnectProtocol, true, 'the proxy announces SETTINGS_ENABLE_CONNECT_PROTOCOL');
+  const before = policy.exchanges.length;
+  const st = c.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/chat', ':authority': 'ws.example', 'sec-websocket-version': '13', 'sec-websocket-protocol': 'chat' }, { endStream: false });
+  st.on('error', () => {});
+  const head = await new Promise<Record<string, unknown>>((resolve) => st.once('response', (h) => resolve(h)));
+  t.equal(head[':status'], 200, 'the 101 became 200');
+  t.equal(head['sec-websocket-protocol'], 'chat', 'the chosen subprotocol passed on');
+  t.equal(head['sec-websocket-accept'], undefined, 'sec-websocket-accept not passed on (RFC 8441 5)');
+  let got = '';
+  st.on('data', (d: Buffer) => { got += d.toString(); });
+  const until = async (s: string): Promise<void> => { for (let i = 0; i < 200 && !got.includes(s); i++) await sleep(10); };
+  await until('hello');
+  st.write('ping-1');
+  await until('echo:ping-1');
+  const big = 'z'.repeat(300_000); // over the stream window both ways: flow control end to end
+  st.write(big);
+  await until('z'.repeat(1000));
+  for (let i = 0; i < 300 && got.length < 'hello'.length + 'echo:ping-1'.length + 300_000; i++) await sleep(10);
+  t.equal(got.replace(/echo:/g, ''), `helloping-1${big}`, 'bytes both ways, in order, 300 KB included');
+  const closed = new Promise<void>((r) => st.on('close', () => r()));
+  st.end();
+  await closed;
+  t.pass('the client ending the stream ended the backend socket, whose end ended the stream');
+  const up = upgrades.at(-1)!;
+  t.same([up.method, up.url, up.headers['host'], up.headers['upgrade'], up.headers['sec-websocket-version'], typeof up.headers['sec-websocket-key']], ['GET', '/chat', 'ws.example', 'websocket', '13', 'string'], 'the backend got an RFC 6455 Upgrade request');
+  const rec = policy.exchanges[before]!;
+  t.same([rec.head.method, rec.head.path], ['GET', '/chat'], 'the policy routed it as the GET it became');
+  t.same(rec.ends, [{ status: 200 }], 'one end, 200');
+
+  // HTTP/1.1 WebSocket through the proxy (the same backend): the bytes that came with the 101 reach the client too
+  const ws1 = await connectTo(proxy.port);
+  t.teardown(() => ws1.destroy());
+  let got1 = '';
+  ws1.on('data', (d: Buffer) => { got1 += d.toString('latin1'); });
+  ws1.write('GET /chat HTTP/1.1\r\nhost: ws.example\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+  for (let i = 0; i < 200 && !got1.endsWith('hello'); i++) await sleep(10);
+  t.match(got1, /^HTTP\/1\.1 101 [^]*\r\n\r\nhello$/, 'HTTP/1.1: the backend\'s first bytes, sent with its 101, are not lost');
+  ws1.write('x');
+  for (let i = 0; i < 200 && !got1.endsWith('echo:x'); i++) await sleep(10);
+  t.ok(got1.endsWith('helloecho:x'), 'HTTP/1.1: and the tunnel echoes');
+
+  // a backend that refuses the upgrade: its answer is the stream's
+  const st2 = c.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/deny', ':authority': 'ws.example', 'sec-websocket-version': '13' }, { endStream: false });
+  st2.on('error', () => {});
+  const h2 = await new Promise<Record<string, unknown>>((resolve) => st2.once('response', (h) => resolve(h)));
+  let body2 = '';
+  st2.on('data', (d: Buffer) => { body2 += d.toString(); });
+  await new Promise<void>((r) => st2.on('close', () => r()));
+  t.same([h2[':status'], body2], [403, 'no way'], 'the backend\'s 403 passed on');
+  // another :protocol: 501; a plain CONNECT: 405 as before
+  const st3 = c.request({ ':method': 'CONNECT', ':protocol': 'something', ':scheme': 'http', ':path': '/', ':authority': 'x' }, { endStream: false });
+  st3.on('error', () => {});
+  t.equal((await new Promise<Record<string, unknown>>((resolve) => st3.once('response', (h) => resolve(h))))[':status'], 501);
+  st3.close();
+  t.equal(policy.contractViolations(), '');
+});

@@ -14,6 +14,8 @@ export let contentLength = -1;
 export let status = 0;
 /** the last request head was a HEAD request (its response has no body whatever content-length says) */
 export let isHead = false;
+/** :protocol of the last request head (extended CONNECT, RFC 8441); '' when absent */
+export let protocol = '';
 
 // Compiled once; a precompiled regular expression scans a short string faster than a charCodeAt loop does.
 /** token characters (RFC 9110 5.6.2): a method */
@@ -79,10 +81,14 @@ function regularOk(h: HeaderList, i: number, trailers: boolean): boolean {
   return true;
 }
 
-/** a request head (RFC 9113 8.3.1); sets contentLength and isHead */
-export function requestOk(h: HeaderList): boolean {
+/**
+ * a request head (RFC 9113 8.3.1); sets contentLength, isHead and protocol. connectProtocol: we announced
+ * SETTINGS_ENABLE_CONNECT_PROTOCOL, so :protocol is allowed on a CONNECT (RFC 8441 4), which then has :scheme and :path.
+ */
+export function requestOk(h: HeaderList, connectProtocol = false): boolean {
   contentLength = -1;
   isHead = false;
+  protocol = '';
   let method = '', scheme = false, path = false, authority = false;
   let i = 0;
   for (; i < h.length && h[i].charCodeAt(0) === 0x3a; i += 2) {
@@ -96,12 +102,21 @@ export function requestOk(h: HeaderList): boolean {
         path = true;
         break;
       case ':authority': if (authority) return fail('duplicate :authority'); authority = true; break;
+      case ':protocol':
+        if (!connectProtocol) return fail('unknown pseudo-header field :protocol (SETTINGS_ENABLE_CONNECT_PROTOCOL not announced)');
+        if (protocol !== '') return fail('duplicate :protocol');
+        if (v.length === 0) return fail('empty :protocol');
+        protocol = v;
+        break;
       default: return fail(`unknown pseudo-header field ${name}`);
     }
     if (BAD_URI_PART.test(v)) return fail(`white space or a control character in ${name}`);
   }
   if (method === '') return fail('no :method');
-  if (method === 'CONNECT') {
+  if (protocol !== '') {
+    if (method !== 'CONNECT') return fail(':protocol on a method other than CONNECT');
+    if (!authority || !scheme || !path) return fail('an extended CONNECT needs :authority, :scheme and :path');
+  } else if (method === 'CONNECT') {
     if (!authority || scheme || path) return fail('CONNECT needs :authority and no :scheme or :path');
   } else if (!scheme || !path) {
     return fail('no :scheme or :path');

@@ -194,6 +194,11 @@ export interface H2SessionOptions {
    * --backend-http2-settings-timeout); 0 = wait for ever.
    */
   settingsTimeoutMs?: number;
+  /**
+   * server role: announce SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): a client may then send an extended CONNECT
+   * (:protocol, e.g. websocket), handed to onStream as any request; without it :protocol is a malformed request
+   */
+  enableConnectProtocol?: boolean;
   /** client role: the peer's first SETTINGS arrived (peerMaxConcurrentStreams is now real) */
   onSettings?(): void;
   /** the peer sent GOAWAY (streams above lastStreamId got onReset(REFUSED_STREAM)) */
@@ -231,6 +236,8 @@ export class H2Session {
   readonly _updateThreshold: number;
 
   private readonly server: boolean;
+  /** we announced SETTINGS_ENABLE_CONNECT_PROTOCOL (server role) */
+  private readonly connectProtocol: boolean;
   /** (not a Map: see streams.ts) */
   private readonly streams = new StreamTable<H2Stream>();
   private readonly out = new Output();
@@ -310,6 +317,7 @@ export class H2Session {
    */
   constructor(readonly transport: Conn, readonly opts: H2SessionOptions, first?: Buffer) {
     this.server = opts.role === 'server';
+    this.connectProtocol = this.server && opts.enableConnectProtocol === true;
     const set = opts.settings ?? {};
     this.maxStreams = set.maxConcurrentStreams ?? 1000;
     this._initialWindow = set.initialWindowSize ?? 1024 * 1024;
@@ -340,6 +348,7 @@ export class H2Session {
       SETTING.INITIAL_WINDOW_SIZE, this._initialWindow,
       SETTING.MAX_FRAME_SIZE, this.maxFrame,
       SETTING.MAX_HEADER_LIST_SIZE, this.maxHeaderList,
+      ...(this.connectProtocol ? [SETTING.ENABLE_CONNECT_PROTOCOL, 1] : []),
     ], false);
     if (this.connWindowSize > DEFAULT_WINDOW) {
       out.frameU32(FRAME.WINDOW_UPDATE, 0, this.connWindowSize - DEFAULT_WINDOW);
@@ -900,7 +909,7 @@ export class H2Session {
     if (selfDependent) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
     let cl = -1;
     if (!tooLarge) {
-      if (!fields.requestOk(list)) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
+      if (!fields.requestOk(list, this.connectProtocol)) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
       cl = fields.contentLength;
       if (endStream && cl > 0) return this.streamErrorId(id, H2_ERROR.PROTOCOL_ERROR);
     }
