@@ -3,7 +3,7 @@
 // exactly once per attempt, end exactly once per exchange), a group with breaker counters, and clients
 // that speak raw bytes (for malformed and pipelined requests).
 import { connect, type AddressInfo, type Socket } from 'node:net';
-import { createServer as h2server, type ClientHttp2Session, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { connect as h2connect, createServer as h2server, type ClientHttp2Session, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import pino from 'pino';
 import { ProxyServer } from '../../agent/proxy/server.js';
 import type {
@@ -261,4 +261,12 @@ export function h2request(session: ClientHttp2Session, headers: Record<string, s
     if (Array.isArray(body)) { for (const p of body) req.write(p); req.end(); }
     else if (body) req.end(body);
   });
+}
+
+/** a node:http2 client session to a local port, errors swallowed, destroyed at the test's end */
+export function h2Client(t: { teardown(fn: () => void): void }, port: number): ClientHttp2Session {
+  const c = h2connect(`http://127.0.0.1:${port}`);
+  c.on('error', () => {});
+  t.teardown(() => c.destroy());
+  return c;
 }

@@ -11,7 +11,7 @@ import { ProxyPolicy } from '../../agent/proxy/policy.js';
 import { ProxyServer } from '../../agent/proxy/server.js';
 import { backend, captureLog, http, model, route, service } from '../lib/l7model.js';
 import { block, frame, goawayCode, HELLO, isGoaway, raw } from '../lib/h2raw.js';
-import { connectTo, h2Backend, h2request, readResponses, startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
+import { connectTo, h2Backend, h2Client, h2request, readResponses, startProxy, TestGroup, TestPolicy, upstream, type RunningProxy } from '../lib/proxy.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -42,12 +42,7 @@ const policy = new TestPolicy(() => ({ status: 500, headers: {}, body: 'no route
 t.before(async () => { proxy = await startProxy(policy); });
 t.teardown(async () => { await proxy.close(); });
 
-function client(t: { teardown(fn: () => void): void }): ClientHttp2Session {
-  const c = h2connect(`http://127.0.0.1:${proxy.port}`);
-  c.on('error', () => {});
-  t.teardown(() => c.destroy());
-  return c;
-}
+const client = (t: { teardown(fn: () => void): void }): ClientHttp2Session => h2Client(t, proxy.port);
 
 t.test('SETTINGS ACK timeout through the proxy: a client, then a backend, that never ACK get GOAWAY SETTINGS_TIMEOUT', async (t) => {
   // (its own proxy: a 300 ms timeout would cut curl --limit-rate, which reads the ACK late)
