@@ -9,7 +9,7 @@ import type { Model } from './model/types.js';
 export const DEMO_VIP = '127.100.0.1';
 export const DEMO_PORT = 80;
 export const DEMO_BACKEND_PORTS = [18081, 18082, 18083];
-/** the same backends as an L7 service: routes, a canary split, retries and an HTTP health check */
+/** the same backends as an L7 service: routes, a canary split, retries, an HTTP health check, HTTP/1.1 upstream */
 export const DEMO_HTTP_VIP = '127.100.0.2';
 
 export const DEMO_CONFIG = {
@@ -29,6 +29,8 @@ export const DEMO_CONFIG = {
       healthCheck: { type: 'http', path: '/healthz', interval: '2s' },
       http: {
         failMode: 'open',
+        // the demo backends speak HTTP/1.1 only: HTTP/2 clients (curl --http2-prior-knowledge) are translated
+        upstreamProtocol: 'http1',
         routes: [
           { name: 'canary', match: { path: { prefix: '/canary' } }, split: [{ group: 'canary', weight: 1 }] },
           {
