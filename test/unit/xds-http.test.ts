@@ -190,6 +190,7 @@ const foreign = (): { listeners: Obj[]; routes: Obj[]; clusters: Obj[]; endpoint
   listeners: [hcmListener('ingress', '10.96.0.20', 8080, {
     rds: { route_config_name: 'routes', config_source: { ads: {} } },
     http_filters: [rbac(ISTIO_RBAC_DENY), rbac(ISTIO_RBAC_ALLOW), router],
+    use_remote_address: { value: true }, xff_num_trusted_hops: 1,
   }, struct({ workloads: [{ name: 'frontend', cgroups: ['/kubepods/fe'] }] }))],
   routes: [{ name: 'routes', request_headers_to_add: [{ header: { key: 'x-mesh', value: 'on' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
     virtual_hosts: [{ name: 'vh', domains: ['*'], retry_policy: { retry_on: 'connect-failure', num_retries: { value: 4 } }, routes: [
@@ -225,6 +226,7 @@ t.test('foreign HTTP resources: routes, weighted clusters as groups, retries, br
   const v1 = 'outbound-9080-v1-reviews';
   const h = svc.http!;
   t.same([h.failMode, h.balancer, h.accessLogSample], ['closed', 'least-request', 0]);
+  t.same(h.forwarded, { useRemoteAddress: true, trustedHops: 1 }, 'use_remote_address and xff_num_trusted_hops -> http.forwarded');
   t.same(h.circuitBreaker, { maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 100, maxRetries: 3 });
   t.same(h.outlierDetection, { consecutive5xx: 3, consecutiveGatewayErrors: 5, baseEjectionMs: 10_000, maxEjectionMs: 300_000, maxEjectionPercent: 10, intervalMs: 10_000 });
   t.same(svc.healthCheck, { kind: 'http', intervalMs: 10_000, timeoutMs: 1000, healthyThreshold: 1, unhealthyThreshold: 2, path: '/ready', expectedStatuses: [[200, 399]] });

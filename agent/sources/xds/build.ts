@@ -112,6 +112,7 @@ function resolveHttp(l: ListenerDigest, h: HcmDigest, routes: HttpRoutes, cluste
     if (odd) notes.push(`${what}: cluster '${odd.cluster.name}' has another ${k} than cluster '${first.name}', whose is used for every group`);
   }
   if (h.authz) obj['authz'] = h.authz;
+  if (h.forwarded) obj['forwarded'] = h.forwarded;
   const byName = new Map(clusters.map((c) => [c.cluster.name, c.cluster]));
   obj['routes'] = routes.routes.map((e) => {
     const route: Obj = { ...e.obj, split: e.splits.map((s) => ({ group: groups.get(s.cluster) ?? 'default', weight: s.weight })) };

@@ -472,6 +472,8 @@ export interface HcmDigest {
   extraClusters: string[];
   /** file-schema authz, when RBAC filters are present */
   authz?: Obj;
+  /** file-schema http.forwarded, from use_remote_address / xff_num_trusted_hops (absent when neither is set) */
+  forwarded?: Obj;
   /** inline route_config */
   inline?: HttpRoutes;
 }

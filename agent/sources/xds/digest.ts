@@ -210,6 +210,13 @@ function digestHcm(what: string, field: string, hcm: Obj, d: ListenerDigest, l: 
     extraClusters: Array.isArray(meta['clusters']) ? meta['clusters'].filter((c: unknown): c is string => typeof c === 'string') : [],
     authz: rbacAuthz(what, rbac, new Set(workloads.map((w) => w.name)), d.notes),
   };
+  // x-forwarded-* as Envoy's connection manager: use_remote_address (a BoolValue) and xff_num_trusted_hops
+  const ura = hcm.use_remote_address;
+  const useRemote = typeof ura === 'object' && ura !== null ? ura.value : ura;
+  if (useRemote !== undefined || hcm.xff_num_trusted_hops !== undefined) {
+    h.forwarded = { useRemoteAddress: useRemote === true, trustedHops: hcm.xff_num_trusted_hops ?? 0 };
+    if (hcm.skip_xff_append === true) d.notes.push(`${what}: ${field}.skip_xff_append not applied (the client is appended with use_remote_address)`);
+  }
   d.http = h;
   if (hcm.rds) {
     if (!hcm.rds.route_config_name) fail(what, `${field}.rds.route_config_name`, 'is required');
