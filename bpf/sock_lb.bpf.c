@@ -62,7 +62,9 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 	flow.vip = key.addr;
 	flow.vport = key.port;
 	flow.proto = proto;
+	flow.algo = svc->algo;
 	flow.service_id = svc->service_id;
+	flow.cgroup_id = bpf_get_current_cgroup_id();
 
 	/* UDP frontends are never L7 (the config validator rejects http on them); the flag is ignored there. */
 	if ((svc->flags & SM_SVC_F_L7) && !udp_send && proto == SM_PROTO_TCP) {
@@ -83,7 +85,7 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 		c = sm_svc_stats_get(flow.service_id);
 		if (c)
 			c->no_backend++;
-		sm_event_emit(SM_EV_NO_BACKEND, &flow, NULL, 0, 0);
+		sm_event_emit(SM_EV_NO_BACKEND, &flow, NULL, 0, 0, 0);
 		return SM_SYSCALL_DENY;
 	}
 
@@ -111,7 +113,8 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 		if (pick.affinity_hit)
 			c->affinity_hits++;
 	}
-	sm_event_emit(udp_send ? SM_EV_UDP_SEND : SM_EV_CONNECT, &flow, pick.be->addr, pick.be->port, pick.backend_id);
+	sm_event_emit(udp_send ? SM_EV_UDP_SEND : SM_EV_CONNECT, &flow, pick.be->addr, pick.be->port, pick.backend_id,
+		      pick.affinity_hit ? SM_EV_F_AFFINITY_HIT : 0);
 	return SM_SYSCALL_ALLOW;
 }
 

@@ -14,6 +14,7 @@
 #include "maps.h"
 #include "addr.h"
 #include "counters.h"
+#include "events.h"
 #include "revnat.h"
 #include "sock_key.h"
 #include "bulk.h"
@@ -59,6 +60,22 @@ static __always_inline int sm_peer_is_proxy_outside_mesh(const struct sm_sock_ke
 	return sm_addr_eq(k->remote_ip, px->v4) || sm_addr_eq(k->remote_ip, px->v6);
 }
 
+/* A fast-path event (SM_EV_SOCK_INSERT, SM_EV_REDIRECT_MISS): vip = the socket's local end, backend = its peer. */
+static __always_inline void sm_sock_event(__u8 kind, const struct sm_sock_key *k, __u64 cookie,
+					  const struct sm_sock_meta *meta)
+{
+	struct sm_flow f = {};
+
+	f.cookie = cookie;
+	f.netns_cookie = k->netns_cookie;
+	f.vip = k->local_ip;
+	f.vport = bpf_htons((__u16)k->local_port);
+	f.proto = SM_PROTO_TCP;
+	f.service_id = meta ? meta->service_id : 0;
+	sm_event_emit(kind, &f, k->remote_ip, bpf_htons((__u16)k->remote_port), meta ? meta->backend_id : 0,
+		      meta && (meta->flags & SM_SOCK_F_ACTIVE) ? SM_EV_F_ACTIVE : 0);
+}
+
 static __always_inline void sm_sock_insert(struct bpf_sock_ops *skops, struct sm_sock_key *k,
 					   const struct sm_sock_meta *meta)
 {
@@ -69,6 +86,7 @@ static __always_inline void sm_sock_insert(struct bpf_sock_ops *skops, struct sm
 		return;
 	}
 	sm_global_inc(SM_G_SOCK_INSERT);
+	sm_sock_event(SM_EV_SOCK_INSERT, k, bpf_get_socket_cookie(skops), meta);
 	/* STATE: to forget the meta when the connection closes (the map is LRU, this keeps it small); RTT: fires only
 	 * once bytes of this socket take TCP, to take a bulk sender out of the SOCKHASH (bulk.h) */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
@@ -191,6 +209,7 @@ int sm_sk_msg(struct sk_msg_md *msg)
 	/* Peer not in the map: SK_DROP here would drop the data. Let it take TCP, and keep
 	 * this socket on TCP from now on so later redirected bytes cannot overtake it. */
 	sm_global_inc(SM_G_REDIRECT_MISS);
+	sm_sock_event(SM_EV_REDIRECT_MISS, &me, 0, meta);
 	if (meta) {
 		meta->flags |= SM_SOCK_F_TCP_ONLY;
 	} else {

@@ -4,7 +4,7 @@
 import { isIPv6 } from 'node:net';
 import { ipv4Value } from '../model/address.js';
 
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 export const PROTO = { tcp: 6, udp: 17 } as const;
 export const ALGO = { random: 0, weighted: 1, maglev: 2 } as const;
@@ -20,7 +20,12 @@ export const SOCK_F_NOT_BULK = 1 << 4;
 export const CFG_F_SOCKMAP = 1 << 0;
 export const PROXY_F_IN_MESH = 1 << 0;
 
-export const EVENT_KIND: Record<number, string> = { 1: 'connect', 2: 'no-backend', 3: 'udp-send', 4: 'l7-redirect', 5: 'l7-refused' };
+export const EVENT_KIND: Record<number, string> = {
+  1: 'connect', 2: 'no-backend', 3: 'udp-send', 4: 'l7-redirect', 5: 'l7-refused', 6: 'sock-insert', 7: 'redirect-miss',
+};
+/** sm_flow_event.flags */
+export const EV_F_AFFINITY_HIT = 1 << 0;
+export const EV_F_ACTIVE = 1 << 1;
 
 /** enum sm_global_counter, in order. */
 export const GLOBAL_COUNTERS = [
@@ -69,10 +74,11 @@ export const STRUCTS = {
     ['redirect_bytes', 'u64', 32], ['affinity_hits', 'u64', 40],
   ]),
   sm_config: def('sm_config', 32, [['flags', 'u32', 0], ['event_sample', 'u32', 4], ['reserved', 'u64', 8]]),
-  sm_flow_event: def('sm_flow_event', 72, [
+  sm_flow_event: def('sm_flow_event', 80, [
     ['ts_ns', 'u64', 0], ['cookie', 'u64', 8], ['netns_cookie', 'u64', 16], ['vip', 'addr', 24],
     ['backend_addr', 'addr', 40], ['vport', 'u16be', 56], ['backend_port', 'u16be', 58], ['service_id', 'u32', 60],
-    ['backend_id', 'u32', 64], ['kind', 'u8', 68], ['proto', 'u8', 69], ['pad', 'u16', 70],
+    ['backend_id', 'u32', 64], ['kind', 'u8', 68], ['proto', 'u8', 69], ['algo', 'u8', 70], ['flags', 'u8', 71],
+    ['cgroup_id', 'u64', 72],
   ]),
   sm_proxy: def('sm_proxy', 104, [
     ['v4', 'addr', 0], ['v6', 'addr', 16], ['port', 'u16be', 32], ['pad', 'u16', 34], ['flags', 'u32', 36],

@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SM_ABI_VERSION 4
+#define SM_ABI_VERSION 5
 
 /* ---- limits ---- */
 #define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
@@ -80,7 +80,15 @@ enum sm_event_kind {
 	SM_EV_UDP_SEND = 3,    /* unconnected UDP sendmsg() balanced to a backend */
 	SM_EV_L7_REDIRECT = 4, /* connect() to an L7 service redirected to the proxy (backend = the proxy) */
 	SM_EV_L7_REFUSED = 5,  /* connect() to a fail-closed L7 service refused: the proxy is down */
+	SM_EV_SOCK_INSERT = 6, /* sock_ops put a socket into the SOCKHASH (fast path); vip = its local end, backend =
+	                        * its peer, service/backend ids from the VIP it was balanced through (0: none) */
+	SM_EV_REDIRECT_MISS = 7, /* sk_msg found no peer in the SOCKHASH: this socket takes TCP from now on; addresses
+	                          * as for SM_EV_SOCK_INSERT */
 };
+
+/* sm_flow_event.flags */
+#define SM_EV_F_AFFINITY_HIT (1u << 0) /* SM_EV_CONNECT/UDP_SEND: the backend came from the affinity map */
+#define SM_EV_F_ACTIVE       (1u << 1) /* SM_EV_SOCK_INSERT/REDIRECT_MISS: the connecting side */
 
 /* sm_global counter indices (PERCPU_ARRAY of __u64) */
 enum sm_global_counter {
@@ -240,7 +248,9 @@ struct sm_flow_event {
 	__u32 backend_id;
 	__u8 kind;           /* enum sm_event_kind */
 	__u8 proto;          /* enum sm_proto */
-	__u16 pad;
+	__u8 algo;           /* enum sm_algo of the service (balancing events) */
+	__u8 flags;          /* SM_EV_F_* */
+	__u64 cgroup_id;     /* the calling process's cgroup (sock_addr hooks; 0 in sock_ops and sk_msg) */
 };
 
 /* The agent's L7 proxy. Addresses as everywhere (v4 mapped); an all-zero address = no listener of that family. */

@@ -15,7 +15,9 @@ struct sm_flow {
 	const __u32 *vip;
 	__u16 vport;
 	__u8 proto;
+	__u8 algo;          /* enum sm_algo (balancing events) */
 	__u32 service_id;
+	__u64 cgroup_id;    /* the caller's cgroup; 0 where there is no calling process (sock_ops, sk_msg) */
 };
 
 static __always_inline int sm_event_sampled(void)
@@ -32,9 +34,9 @@ static __always_inline int sm_event_sampled(void)
 }
 
 /* baddr may be NULL (SM_EV_NO_BACKEND, SM_EV_L7_REFUSED): the backend fields stay zero. For SM_EV_L7_REDIRECT
- * the "backend" is the proxy. */
+ * the "backend" is the proxy. flags: SM_EV_F_*. */
 static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f, const __u32 *baddr, __u16 bport,
-					  __u32 backend_id)
+					  __u32 backend_id, __u8 flags)
 {
 	struct sm_flow_event *ev;
 
@@ -64,7 +66,9 @@ static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f, co
 	ev->backend_id = backend_id;
 	ev->kind = kind;
 	ev->proto = f->proto;
-	ev->pad = 0;
+	ev->algo = f->algo;
+	ev->flags = flags;
+	ev->cgroup_id = f->cgroup_id;
 	bpf_ringbuf_submit(ev, 0);
 }
 

@@ -67,7 +67,7 @@ static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, cons
 	__u16 port;
 
 	px = sm_proxy_get();
-	cgroup_id = bpf_get_current_cgroup_id();
+	cgroup_id = flow->cgroup_id;
 	if (px && px->cgroup_id == cgroup_id) {
 		sm_global_inc(SM_G_L7_FROM_PROXY);
 		return SM_L7_BALANCE;
@@ -89,7 +89,7 @@ static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, cons
 		c = sm_svc_stats_get(flow->service_id);
 		if (c)
 			c->no_backend++;
-		sm_event_emit(SM_EV_L7_REFUSED, flow, NULL, 0, 0);
+		sm_event_emit(SM_EV_L7_REFUSED, flow, NULL, 0, 0, 0);
 		return SM_L7_REFUSE;
 	}
 
@@ -107,7 +107,7 @@ static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, cons
 	c = sm_svc_stats_get(flow->service_id);
 	if (c)
 		c->connections++;
-	sm_event_emit(SM_EV_L7_REDIRECT, flow, dst, port, 0);
+	sm_event_emit(SM_EV_L7_REDIRECT, flow, dst, port, 0, 0);
 	return SM_L7_DONE;
 }
 

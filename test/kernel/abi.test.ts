@@ -3,7 +3,7 @@
 import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
+import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, EV_F_ACTIVE, EV_F_AFFINITY_HIT, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
 import { ROOT } from '../lib/kernel.js';
 
 const built = existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'));
@@ -36,6 +36,12 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_SVC_F_FAIL_OPEN, SVC_F_FAIL_OPEN);
   t.equal(EVENT_KIND[k.SM_EV_L7_REDIRECT!], 'l7-redirect');
   t.equal(EVENT_KIND[k.SM_EV_L7_REFUSED!], 'l7-refused');
+  t.equal(EVENT_KIND[k.SM_EV_SOCK_INSERT!], 'sock-insert');
+  t.equal(EVENT_KIND[k.SM_EV_REDIRECT_MISS!], 'redirect-miss');
+  t.equal(EVENT_KIND[k.SM_EV_CONNECT!], 'connect');
+  t.equal(EVENT_KIND[k.SM_EV_NO_BACKEND!], 'no-backend');
+  t.equal(k.SM_EV_F_AFFINITY_HIT, EV_F_AFFINITY_HIT);
+  t.equal(k.SM_EV_F_ACTIVE, EV_F_ACTIVE);
   t.equal(PROXY_HEARTBEAT_OFFSET, native().abiLayout().sm_proxy!.offsets.heartbeat_ns, 'the heartbeat is written at its offset');
   t.equal(PROXY_NODE_V4_OFFSET, native().abiLayout().sm_proxy!.offsets.node_v4, 'the node v4 address is written at its offset');
   t.equal(PROXY_NODE_V6_OFFSET, native().abiLayout().sm_proxy!.offsets.node_v6, 'the node v6 address is written at its offset');
