@@ -11,7 +11,7 @@ import { KernelReconciler, prepareHost } from './kernel.js';
 import { FileSource } from './sources/file.js';
 import { XdsSource } from './sources/xds/source.js';
 import { AdminServer } from './admin/server.js';
-import { adminRoutes } from './admin/routes.js';
+import { adminRoutes, adminStreams } from './admin/routes.js';
 import type { ProxyReportSource } from './admin/protocol.js';
 import { HealthChecker } from './health/checker.js';
 import { ProxyPolicy } from './proxy/policy.js';
@@ -24,6 +24,7 @@ import { Registry } from 'prom-client';
 import { AgentMetrics, readKernelCounters } from './observe/metrics.js';
 import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
 import { nodeFacts, type NodeFacts } from './observe/node.js';
+import { MonitorHub } from './observe/monitor.js';
 import type { Logger } from './observe/log.js';
 
 export const VERSION: string = (() => {
@@ -89,6 +90,8 @@ export class Agent {
   private xds?: XdsSource;
   private admin?: AdminServer;
   private readonly events = new EventRing();
+  /** the live monitor's readers (GET /v1/monitor); set up with the datapath */
+  private monitor?: MonitorHub;
   private ringbuf?: RingBufferSubscription;
   private readonly stateFile: StateFileWriter;
   private readonly startedAt = new Date();
@@ -142,7 +145,18 @@ export class Agent {
       onProbe: (service, _backend, result) => this.metrics.probed(service, result.healthy),
     }));
     // The L7 proxy's policy follows every applied model (none without the L7 redirect).
-    const policy = dp.l7 ? new ProxyPolicy({ states: this.state.states, log: log.child({ component: 'proxy' }), registry: this.registry }) : undefined;
+    const reader = MapReader.fromFds(dp.maps.fds);
+    const monitor = (this.monitor = new MonitorHub({
+      sample: opts.eventSample, kernelCounters: () => reader.globals(), cgroup2Root: root, meshedCgroup: opts.cgroup,
+      workloadOf: this.state.identities.of,
+    }));
+    this.watchForMonitor(monitor);
+    const policy = dp.l7
+      ? new ProxyPolicy({ states: this.state.states, log: log.child({ component: 'proxy' }), registry: this.registry, tap: {
+        get active() { return monitor.active; },
+        request: (e) => monitor.publish(e),
+      } })
+      : undefined;
     this.transaction = new ApplyTransaction({
       state: this.state, kernel, policy, log,
       committed: (m, scope) => {
@@ -172,11 +186,12 @@ export class Agent {
     }
     // Programs go in after the maps hold the config, so the first connect() is already balanced.
     const programs: AttachReport[] = dp.attach();
-    const reader = MapReader.fromFds(dp.maps.fds);
     const epoch = monotonicEpochMs();
     this.ringbuf = native().ringbufSubscribe(dp.maps.fd('sm_events'), (rec) => {
       const ev = decodeFlowEvent(rec, kernel.names(), epoch);
-      this.events.push(ev);
+      // meshctl events keeps the balancing decisions; the fast path's events go to the monitor only
+      if (ev.local === undefined) this.events.push(ev);
+      monitor.flow(ev);
       log.debug({ event: ev }, 'flow');
     });
     const node: NodeFacts = await nodeFacts();
@@ -193,7 +208,7 @@ export class Agent {
         controlPlane: () => this.xds?.status() ?? null,
         metrics: () => this.metricsAddress,
       },
-    }), log);
+    }), log, adminStreams(monitor));
     await this.admin.start();
     if (opts.metricsListen) {
       // Metrics are for looking at the datapath, not part of it: a port already taken is an error in the log, and the
@@ -231,6 +246,10 @@ export class Agent {
       },
       log: this.log.child({ source: 'xds' }),
       apply: (model: Model, changed?: ReadonlySet<string>) => this.applyModel(model, 'xds', changed),
+      onNack: (n) => this.monitor?.publish({
+        type: 'config', kind: 'nack', verdict: 'nack', time: new Date().toISOString(), error: n.reason, typeUrl: n.typeUrl,
+        resourceVersion: n.version,
+      }),
     });
     this.xds.start();
   }
@@ -254,6 +273,23 @@ export class Agent {
         .finally(() => { busy = false; });
     }, 1000);
     this.nodeTimer.unref();
+}
+
+  /** Health and config changes for the live monitor (built only while a reader is attached). */
+  private watchForMonitor(monitor: MonitorHub): void {
+    const now = (): string => new Date().toISOString();
+    this.state.states.onChange((service, backend) => {
+      if (!monitor.active) return;
+      const s = this.state.states.get(service, backend);
+      const out = this.state.states.isOut(service, backend);
+      const reason = s?.ejection ? `ejected: ${s.ejection.reason}` : s?.probe ? `health check: ${s.probe.reason}` : '';
+      monitor.publish({ type: 'health', kind: out ? 'out' : 'in', verdict: out ? 'out' : 'in', time: now(), service, backend, reason });
+    });
+    this.state.watch((c) => {
+      if (!monitor.active) return;
+      if (c.verdict === 'applied') monitor.publish({ type: 'config', kind: 'applied', verdict: 'applied', time: now(), version: c.version, why: c.why });
+      else monitor.publish({ type: 'config', kind: 'rejected', verdict: 'rejected', time: now(), error: c.error });
+    });
   }
 
   /** Re-read the config file now (SIGHUP); a no-op for other sources. */
@@ -271,6 +307,7 @@ export class Agent {
     this.state.close();
     await this.metrics.close();
     this.ringbuf?.close();
+    this.monitor?.close();
     await this.admin?.stop();
     // The proxy stopped listening: the fail modes apply from the next connect(), not after the timeout.
     await this.proxy?.stop();

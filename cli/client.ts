@@ -54,11 +54,61 @@ export class AdminClient {
       }, this.timeoutMs);
       req.on('error', (e: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        if (e.code && UNREACHABLE.has(e.code)) reject(new AgentUnreachable(this.socketPath, `connect ${e.code}`));
-        else if (e.code === 'EACCES') reject(new Error(`cannot open ${this.socketPath}: EACCES (the admin socket is root-only: run meshctl as root)`));
-        else reject(new Error(`admin request GET ${path} on ${this.socketPath} failed: ${e.message}`));
+        reject(this.requestError(e, path));
       });
       req.end();
     });
+  }
+
+  /**
+   * A streaming GET (one JSON object per line) until the agent ends it or `signal` aborts it (then it resolves too).
+   * Connecting is bounded by the timeout as for get(); once the stream is open, silence is not an error.
+   */
+  stream(path: string, onObject: (o: unknown) => void, signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const req = request({ socketPath: this.socketPath, path, method: 'GET', headers: { accept: 'application/x-ndjson' } }, (res) => {
+        clearTimeout(timer);
+        const status = res.statusCode ?? 0;
+        if (status < 200 || status > 299) {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let msg = text.slice(0, 200);
+            try { msg = String((JSON.parse(text) as { error?: unknown }).error ?? msg); } catch { /* not JSON: as it came */ }
+            reject(new AgentError(path, status, msg));
+          });
+          return;
+        }
+        let rest = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          const lines = (rest + chunk).split('\n');
+          rest = lines.pop()!;
+          for (const line of lines) if (line.trim() !== '') onObject(JSON.parse(line));
+        });
+        res.on('end', () => resolve());
+        res.on('error', () => resolve());
+        res.on('close', () => resolve());
+      });
+      const timer = setTimeout(() => {
+        req.destroy();
+        reject(new AgentUnreachable(this.socketPath, `no answer within ${this.timeoutMs / 1000}s`));
+      }, this.timeoutMs);
+      signal.addEventListener('abort', () => { clearTimeout(timer); req.destroy(); resolve(); }, { once: true });
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        if (signal.aborted) return resolve();
+        reject(this.requestError(e, path));
+      });
+      req.end();
+    });
+  }
+
+  /** What a failed request means: no agent there, an agent we may not talk to, or something else. */
+  private requestError(e: NodeJS.ErrnoException, path: string): Error {
+    if (e.code && UNREACHABLE.has(e.code)) return new AgentUnreachable(this.socketPath, `connect ${e.code}`);
+    if (e.code === 'EACCES') return new Error(`cannot open ${this.socketPath}: EACCES (the admin socket is root-only: run meshctl as root)`);
+    return new Error(`admin request GET ${path} on ${this.socketPath} failed: ${e.message}`);
   }
 }

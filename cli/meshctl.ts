@@ -10,6 +10,7 @@ import { backends } from './commands/backends.js';
 import { doctor } from './commands/doctor.js';
 import { events } from './commands/events.js';
 import { execInMesh } from './commands/exec.js';
+import { monitor } from './commands/monitor.js';
 import { services } from './commands/services.js';
 import { routes } from './commands/routes.js';
 import { sockets } from './commands/sockets.js';
@@ -102,6 +103,32 @@ command('services', 'frontends (service, VIP:port/proto, algorithm) and their ba
 command('stats', 'global datapath counters and per-service counters', (ctx) => stats(ctx));
 command('sockets', 'sockets on the sockmap fast path (the SOCKHASH entries)', (ctx) => sockets(ctx));
 command('events', 'recent sampled flow events (needs the agent)', (ctx) => events(ctx));
+const list = (v: string, prev: string[] = []): string[] => [...prev, ...v.split(',').map((x) => x.trim()).filter(Boolean)];
+function nonNegative(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new CliError(`${name}: expected a number >= 0, got '${v}'`);
+    return n;
+  };
+}
+command('monitor', 'live stream until Ctrl-C: balancing decisions, refusals, fast-path inserts and misses, L7 requests, health and config changes (needs the agent)',
+  (ctx, cmd) => {
+    const o = cmd.opts<{ service?: string[]; pod?: string[]; cgroup?: string[]; type?: string[]; verdict?: string[]; rate: number; summary: number; duration?: number }>();
+    return monitor(ctx, {
+      service: o.service, pod: o.pod, cgroup: o.cgroup, type: o.type, verdict: o.verdict, rate: o.rate,
+      summaryMs: Math.max(100, Math.round(o.summary * 1000)), durationMs: o.duration ? o.duration * 1000 : undefined,
+    });
+  })
+  .option('--service <name>', 'only this service (repeat or comma-separate for several)', list)
+  .option('--pod <name>', 'only clients in this pod or workload', list)
+  .option('--cgroup <path>', 'only clients in this cgroup (path under the cgroup2 mount, or a parent of it; or an id)', list)
+  .option('--type <type>', 'only these: l4, fastpath, l7, health, config, or a kind (connect, no-backend, sock-insert, redirect-miss, request, ...)', list)
+  .option('--verdict <verdict>', 'only these: forwarded, redirected, refused, inserted, missed, error, local, out, in, applied, rejected, nack', list)
+  .option('--rate <n>', 'at most N events a second (the rest are counted, not shown; 0 = no limit)', nonNegative('--rate'), 1000)
+  .option('--summary <seconds>', 'how often the agent says what was hidden (sampling, rate limit, slow reader)', nonNegative('--summary'), 5)
+  .option('--duration <seconds>', 'stop after this long (default: until Ctrl-C)', nonNegative('--duration'))
+  .addHelpText('after', '\nEvery filter is applied by the agent. --json prints one object per line (events, and {"type":"summary"} lines:\n' +
+    'the kernel\'s sampling rate, its own counts against the events seen, what the rate limit and a slow reader dropped).');
 command('backends', 'backends in or out of service: why (failed health check, ejection) and since when (needs the agent)',
   (ctx, cmd) => backends(ctx, cmd.processedArgs[0] as string | undefined))
   .argument('[service]', 'only this service');

@@ -6,14 +6,25 @@
 //   GET /v1/events    FlowEvent[] (most recent sampled flow events)
 //   GET /v1/backends  BackendsReport (?service=NAME for one): in or out of service, why and since when
 //   GET /v1/routes    RoutesReport (?service=NAME for one): the L7 routes with the proxy's live numbers
+//   GET /v1/monitor   a stream, one JSON object per line, until the client closes it: MonitorEvent and, at the start
+//                     and every summaryMs, MonitorSummary. Query (MonitorQuery): service, pod, cgroup, type, verdict
+//                     (repeatable or comma-separated), rate (events/s, 0 = no limit), summaryMs. A reader that falls
+//                     behind loses lines (counted in its next summary: slowReader); it never slows the agent.
 // Errors: a non-2xx status with { error: string }.
 import type { FrontendReport, KernelProxyReport, SocketReport, StatsReport } from '../datapath/inspect.js';
 import type { XdsStatus } from '../sources/xds/source.js';
 import type { CircuitBreaker, HealthCheck, StringMatch, UpstreamProtocol, WeightedGroup } from '../model/l7.js';
 import type { ProbeReport } from '../health/checker.js';
 import type { FlowEvent } from '../observe/events.js';
+import type { L7Event, MonitorEvent, MonitorQuery, MonitorSummary } from '../observe/filter.js';
 import type { StateFile } from '../state/statefile.js';
-export type { FlowEvent, FrontendReport, KernelProxyReport, SocketReport, StateFile, StatsReport };
+export type { FlowEvent, L7Event, MonitorEvent, MonitorQuery, MonitorSummary, FrontendReport, KernelProxyReport, SocketReport, StateFile, StatsReport };
+
+/** Where the proxy hands its finished requests to the live monitor: `active` is read before an event is built. */
+export interface RequestTap {
+  readonly active: boolean;
+  request(e: L7Event): void;
+}
 
 /** Where an agent instance pins its maps and links unless told otherwise (sockmesh-agent and meshctl --bpffs). */
 export const DEFAULT_BPFFS = '/sys/fs/bpf/sockmesh';

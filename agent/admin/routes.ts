@@ -1,6 +1,6 @@
 // The admin API's routes (agent/admin/protocol.ts lists them): each answers from what is in force (agent/state/), the
 // kernel maps (MapReader), the flow events (observe/) and the proxy's live reports.
-import type { Handler } from './server.js';
+import type { Handler, StreamHandler } from './server.js';
 import { AdminError } from './server.js';
 import type { BackendsReport, ProgramReport, ProxyReportSource, RoutesReport, StatusReport } from './protocol.js';
 import { backendsReport, routesReport } from './backends.js';
@@ -10,6 +10,8 @@ import { labelBackends, labelSockets, podNamesOf } from '../identity/podns.js';
 import { cgroup2Root } from '../datapath/cgroup.js';
 import type { HealthChecker } from '../health/checker.js';
 import type { EventRing } from '../observe/events.js';
+import { parseMonitorQuery } from '../observe/filter.js';
+import type { MonitorHub } from '../observe/monitor.js';
 import type { NodeFacts } from '../observe/node.js';
 import type { XdsStatus } from '../sources/xds/source.js';
 import type { LiveState } from '../state/live.js';
@@ -71,6 +73,21 @@ function sockets(reader: MapReader): ReturnType<MapReader['sockets']> {
   } catch {
     return [];
   }
+}
+
+/** The streaming routes: GET /v1/monitor (see protocol.ts). A bad query is a 400 naming what is wrong. */
+export function adminStreams(hub: MonitorHub): Record<string, StreamHandler> {
+  return {
+    '/v1/monitor': (q, out) => {
+      let query;
+      try {
+        query = parseMonitorQuery(q);
+      } catch (e) {
+        throw new AdminError(400, (e as Error).message);
+      }
+      return hub.attach(query, out);
+    },
+  };
 }
 
 function backends(src: AdminSources, service?: string): BackendsReport {

@@ -8,6 +8,21 @@ import type { Logger } from '../observe/log.js';
 export type Handler = (query: URLSearchParams) => unknown | Promise<unknown>;
 
 /** An answer other than 200 on purpose (404 for an unknown service): status and message go to the client as they are. */
+/**
+ * A streaming GET (GET /v1/monitor): the handler starts writing lines to `out` and returns what stops it; the server
+ * calls that when the client goes away or the server stops. A query it refuses throws (an AdminError, or any Error: 400)
+ * before anything is written.
+ */
+export type StreamHandler = (query: URLSearchParams, out: StreamOut) => () => void;
+
+/** One reader's end of a stream: write() takes a line, or returns false and drops it when the reader is behind. */
+export interface StreamOut { write(line: string): boolean }
+
+/** Bytes a stream reader may have waiting in the agent's memory; past that, lines are dropped for it (and counted). */
+export const STREAM_QUEUE_BYTES = 256 * 1024;
+
+const NDJSON = { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' };
+
 export class AdminError extends Error {
   constructor(readonly status: number, message: string) {
     super(message);
@@ -18,7 +33,8 @@ export class AdminError extends Error {
 export class AdminServer {
   private server?: Server;
 
-  constructor(readonly socketPath: string, private readonly routes: Record<string, Handler>, private readonly log: Logger) {}
+  constructor(readonly socketPath: string, private readonly routes: Record<string, Handler>, private readonly log: Logger,
+    private readonly streams: Record<string, StreamHandler> = {}) {}
 
   async start(): Promise<void> {
     mkdirSync(dirname(this.socketPath), { recursive: true, mode: 0o700 });
@@ -33,6 +49,29 @@ export class AdminServer {
         res.writeHead(status, { 'content-type': 'application/json' });
         res.end(text);
       };
+      const stream = req.method === 'GET' ? this.streams[path] : undefined;
+      if (stream) {
+        let stop: () => void;
+        try {
+          stop = stream(url.searchParams, {
+            // Never wait for a reader: what its socket has not taken yet stays bounded, the rest is dropped.
+            write: (line) => {
+              if (res.destroyed || res.writableLength > STREAM_QUEUE_BYTES) return false;
+              if (!res.headersSent) res.writeHead(200, NDJSON);
+              res.write(line);
+              return true;
+            },
+          });
+        } catch (e) {
+          return send(e instanceof AdminError ? e.status : 400, { error: (e as Error).message });
+        }
+        if (!res.headersSent) {
+          res.writeHead(200, NDJSON);
+          res.flushHeaders();
+        }
+        res.on('close', stop);
+        return;
+      }
       if (!handler) return send(404, { error: `no such endpoint: ${req.method} ${path}` });
       try {
         send(200, await handler(url.searchParams));

@@ -157,12 +157,18 @@ export class MapReader {
     return out.sort((a, b) => a.service.localeCompare(b.service) || a.vip.localeCompare(b.vip) || a.port - b.port);
   }
 
-  stats(names: ReadonlyMap<number, string> = new Map()): StatsReport {
+  /** The global counters (sm_global, summed over CPUs), by name. */
+  globals(): Record<string, number> {
     const global: Record<string, number> = {};
     GLOBAL_COUNTERS.forEach((name, i) => {
       const v = this.n.mapLookup(this.fd('sm_global'), u32(i));
       global[name] = v ? Number(sumU64(v)) : 0;
     });
+    return global;
+  }
+
+  stats(names: ReadonlyMap<number, string> = new Map()): StatsReport {
+    const global = this.globals();
     const sd = this.n.mapDump(this.fd('sm_svc_stats'));
     const services = sd.keys.map((k, i) => {
       const id = k.readUInt32LE(0);

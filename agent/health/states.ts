@@ -14,7 +14,8 @@ export interface BackendState {
   ejection?: { since: number; until: number; count: number; reason: string };
 }
 
-export type StatesListener = (service: string) => void;
+/** a backend of `service` went out of service or came back (`backend`: its key) */
+export type StatesListener = (service: string, backend: string) => void;
 
 export class BackendStates {
   private readonly states = new Map<string, Map<string, BackendState>>();
@@ -110,6 +111,12 @@ export class BackendStates {
     }
   }
 
+  /** one backend's state (a copy), or undefined when it is in service and was never out */
+  get(service: string, backend: string): BackendState | undefined {
+    const s = this.states.get(service)?.get(backend);
+    return s ? { ...s } : undefined;
+  }
+
   list(): BackendState[] {
     const out: BackendState[] = [];
     for (const backends of this.states.values()) for (const s of backends.values()) if (s.probe || s.ejection) out.push({ ...s });
@@ -129,7 +136,7 @@ export class BackendStates {
     return s;
   }
 
-  private changed(service: string, _backend: string): void {
-    for (const fn of this.listeners) fn(service);
+  private changed(service: string, backend: string): void {
+    for (const fn of this.listeners) fn(service, backend);
   }
 }

@@ -27,7 +27,7 @@ import type { Logger } from '../observe/log.js';
 import type { Registry } from 'prom-client';
 import type { BackendStates } from '../health/states.js';
 import type { Model } from '../model/types.js';
-import type { ProxyBackendReport, ProxyRouteReport } from '../admin/protocol.js';
+import type { ProxyBackendReport, ProxyRouteReport, RequestTap } from '../admin/protocol.js';
 import type { Exchange, LocalReply, OriginalDst, Policy, RequestHead, Source } from './types.js';
 import { matchPath } from './router.js';
 import { countVerdict, tryEject } from './outlier.js';
@@ -47,6 +47,8 @@ export interface ProxyPolicyOptions {
   registry?: Registry;
   random?: () => number;
   now?: () => number;
+  /** the live monitor: every finished request while a reader is attached */
+  tap?: RequestTap;
 }
 
 export class ProxyPolicy implements Policy, ExchangeHost {
@@ -66,7 +68,7 @@ export class ProxyPolicy implements Policy, ExchangeHost {
     this.random = o.random ?? Math.random;
     this.now = o.now ?? performance.now.bind(performance);
     this.metrics = new ProxyMetrics(o.registry);
-    this.accessLog = new AccessLog(o.log, this.random);
+    this.accessLog = new AccessLog(o.log, this.random, o.tap);
     this.metrics.setGroups(() => this.groupCounts());
     this.states.onChange((service) => {
       const s = this.c.services.get(service);

@@ -1,8 +1,26 @@
 // The proxy policy's admin reports (GET /v1/routes, GET /v1/backends through agent/admin/backends.ts): the compiled
 // state with its live numbers, in the wire types of agent/admin/protocol.ts. Built when asked, never per request.
 import type { BackendStates } from '../health/states.js';
-import type { ProxyBackendReport, ProxyGroupReport, ProxyRouteReport } from '../admin/protocol.js';
+import type { L7Event, ProxyBackendReport, ProxyGroupReport, ProxyRouteReport } from '../admin/protocol.js';
 import type { Compiled, GroupState } from './compile.js';
+
+/** A finished request (or a local reply): what the access log writes and the live monitor shows (with the attempts made
+ * where the monitor shows the retries). */
+export type RequestOutcome = Pick<L7Event, 'service' | 'route' | 'method' | 'path' | 'status' | 'grpcStatus' | 'backend' | 'durationMs' | 'reason'>
+  & { attempts: number };
+
+/** A finished request as the live monitor shows it (GET /v1/monitor): built only while a reader is attached. */
+export function requestEvent(e: RequestOutcome): L7Event {
+  const verdict = e.reason !== undefined && e.backend === '' ? 'local' : e.status === 0 || e.status >= 500 ? 'error' : 'forwarded';
+  const ev: L7Event = {
+    type: 'l7', kind: 'request', verdict, time: new Date().toISOString(), service: e.service, route: e.route,
+    method: e.method, path: e.path, status: e.status, backend: e.backend, retries: Math.max(0, e.attempts - 1),
+    durationMs: e.durationMs,
+  };
+  if (e.grpcStatus !== undefined) ev.grpcStatus = e.grpcStatus;
+  if (e.reason !== undefined) ev.reason = e.reason;
+  return ev;
+}
 
 export function routesReport(c: Pick<Compiled, 'services' | 'frontends'>): ProxyRouteReport[] {
   const out: ProxyRouteReport[] = [];

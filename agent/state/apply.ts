@@ -115,7 +115,7 @@ export class ApplyTransaction {
     // Who the clients are follows the model in force: resolved before the kernel said yes, a rejected config's workloads
     // would have stayed after the last good model was put back.
     if (this.policy) state.identities.follow(model.workloads);
-    const version = state.committed(model, res.ms);
+    const version = state.committed(model, res.ms, why);
     log.info({ why, version, services: model.services.length, changed: scope?.size, ...res }, 'config applied');
     this.o.committed?.(model, scope);
     // After a large change, give the garbage of the sync back now rather than at the next allocation pressure.

@@ -8,6 +8,9 @@ import { WorkloadIdentities } from '../identity/workloads.js';
 
 export interface ReconcileStamp { at: string; ms: number }
 
+/** A config put in force (its version, what caused it) or rejected (why): for whoever watches (the live monitor). */
+export type ConfigChange = { verdict: 'applied'; version: number; why?: string } | { verdict: 'rejected'; error: string };
+
 export class LiveState {
   /** probe verdicts and outlier ejections: backends out of service (the kernel gets the effective model) */
   readonly states: BackendStates;
@@ -19,6 +22,7 @@ export class LiveState {
   private version = 0;
   private error: string | null = null;
   private reconciled: ReconcileStamp | null = null;
+  private readonly watchers: ((c: ConfigChange) => void)[] = [];
 
   constructor(cgroup2Root: string, states = new BackendStates()) {
     this.states = states;
@@ -38,17 +42,25 @@ export class LiveState {
     return [...this.panics.values()].flat();
   }
 
-  /** `model` is in force now, applied in `ms`: returns its version */
-  committed(model: Model, ms: number): number {
+  /** `model` is in force now, applied in `ms` (because of `why`): returns its version */
+  committed(model: Model, ms: number, why?: string): number {
     this.inForce = model;
     this.error = null;
     this.reconciled = { at: new Date().toISOString(), ms: Math.round(ms * 1000) / 1000 };
-    return ++this.version;
+    ++this.version;
+    for (const fn of this.watchers) fn({ verdict: 'applied', version: this.version, why });
+    return this.version;
   }
 
   /** a config was rejected (by its source, the proxy or the kernel): the model in force stays */
   rejected(error: string): void {
     this.error = error;
+    for (const fn of this.watchers) fn({ verdict: 'rejected', error });
+  }
+
+  /** be told of every config applied or rejected */
+  watch(fn: (c: ConfigChange) => void): void {
+    this.watchers.push(fn);
   }
 
   close(): void {

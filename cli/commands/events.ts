@@ -19,7 +19,7 @@ export async function events(ctx: Context): Promise<void> {
 }
 
 /** Local time of day with milliseconds: events are recent, the date is noise. */
-function clock(iso: string): string {
+export function clock(iso: string): string {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
   const p = (n: number, w = 2): string => String(n).padStart(w, '0');

@@ -56,6 +56,8 @@ export interface XdsSourceOptions {
    * changed).
    */
   apply(model: Model, changed?: ReadonlySet<string>): string | null;
+  /** told of every NACK sent (the live monitor) */
+  onNack?: (n: { typeUrl: string; version: string; reason: string }) => void;
   backoff?: { initialMs: number; maxMs: number };
   /** Responses above these are NACKed unread (defaults: 200,000 resources, 64 MiB of resource bytes). */
   limits?: { maxResources: number; maxBytes: number };
@@ -343,6 +345,7 @@ export class XdsSource {
     if (this.mode === 'delta') this.send({ type_url: typeUrl, response_nonce: nonce, error_detail });
     else this.send({ type_url: typeUrl, version_info: previous, resource_names: [...(this.sent.get(typeUrl) ?? [])], response_nonce: nonce, error_detail });
     this.st.lastNack = { typeUrl, version, at: now(), reason };
+    this.opts.onNack?.({ typeUrl, version, reason });
     this.opts.log.warn({ typeUrl, version, previous, reason }, 'xds: update rejected (NACK), previous state kept');
   }
 
