@@ -30,6 +30,8 @@ export interface DatapathOptions {
   scenarios: ScenarioName[];
   /** where the chart goes (null: none) */
   chartDir: string | null;
+  /** attach one `meshctl monitor --json` reader to the agent during (b), to measure what a monitor costs */
+  monitor?: boolean;
 }
 
 const PORT = 11111;
@@ -188,6 +190,7 @@ function sockmesh(ctx: Ctx, parentCgroup: string, id: string, workDir: string): 
   const s = newScenario('sockmesh', parentCgroup, id, VIP);
   const bpffs = join('/sys/fs/bpf', id);
   let agent: Agent | undefined;
+  let monitor: Background | undefined;
   const base = s.setup;
   s.setup = async () => {
     if (!existsSync(agentEntry(ctx.opts.root))) {
@@ -202,12 +205,27 @@ function sockmesh(ctx: Ctx, parentCgroup: string, id: string, workDir: string): 
       vip: VIP, port: PORT, backend: BACKEND,
     });
     log(`${label(s)}: agent datapath ready (cgroup ${s.cgroup}, pins ${bpffs})`);
+    if (ctx.opts.monitor) {
+      // One live reader, unfiltered and not rate limited, reading everything for the whole scenario.
+      monitor = new Background('meshctl monitor', process.execPath,
+        [join(ctx.opts.root, 'dist', 'cli', 'meshctl.js'), '--bpffs', bpffs, 'monitor', '--json', '--rate', '0'], 60 * 60_000);
+      await monitor.waitForLine((l) => l.includes('"type":"summary"'), 10_000);
+      log(`${label(s)}: meshctl monitor --json attached`);
+    }
   };
   s.evidence = async () => {
     if (!agent?.running) throw new Error('the agent exited during the measurement');
     for (const [k, v] of Object.entries(await agent.counters())) s.result.evidence[k] = v;
   };
   s.teardown = async () => {
+    if (monitor) {
+      // its last word (stderr): 'N events shown; kernel sampling ...'
+      const r = await monitor.stop('SIGINT');
+      const shown = /(\d+) events shown/.exec(r.stderr);
+      s.result.evidence.monitorEvents = shown ? Number(shown[1]) : -1;
+      log(`${label(s)}: meshctl monitor: ${r.stderr.trim().split('\n').pop()}`);
+      monitor = undefined;
+    }
     await agent?.stop();
     agent = undefined;
   };
@@ -328,6 +346,7 @@ export async function runDatapath(opts: DatapathOptions): Promise<number> {
   if (d && !d.error && !d.skipped && !(d.evidence.redirects > 0)) {
     out.push('WARNING: (d) made no sockmap redirects: it measured plain loopback, not the kernel sockmap path');
   }
+  if (opts.monitor && b && !b.error && !b.skipped) out.push(`INFO (b) ran with one meshctl monitor --json attached (${b.evidence.monitorEvents ?? '?'} events read)`);
   for (const c of checks) out.push(`${c.status} ${c.name}: ${c.detail}`);
   for (const i of info) out.push(`INFO ${i.detail}`);
   process.stdout.write(out.join('\n') + '\n');
@@ -342,6 +361,7 @@ export async function runDatapath(opts: DatapathOptions): Promise<number> {
     units: { latency: 'us one-way (sockperf RTT/2)', stream: 'Gbit/s' },
     seconds: opts.seconds,
     streamSeconds: opts.streamSeconds,
+    ...(opts.monitor ? { monitor: 'one meshctl monitor --json reader attached during (b)' } : {}),
     scenarios: Object.fromEntries(
       results.map((r) => [r.name, {
         ...(r.skipped ? { skipped: r.skipped } : {}),

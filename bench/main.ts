@@ -30,6 +30,7 @@ datapath options:
   --seconds N          sockperf run per case (default 5)
   --stream-seconds N   each of the 3 iperf3 runs (default 3)
   --only a,b,c,d       scenarios to run: direct,sockmesh,iptables,minimal (default all)
+  --monitor            attach one \`meshctl monitor --json\` reader to the agent during (b) (what a monitor costs)
 
   l7         HTTP/1.1 (wrk) and HTTP/2 (h2load) requests per second and latency: direct vs the sockmesh L7 proxy
              vs one haproxy vs two chained haproxy (a sidecar pair); a Node.js TCP relay and a 2-thread haproxy
@@ -117,13 +118,14 @@ async function chart(argv: string[], chartDir: string | null): Promise<number> {
 }
 
 async function datapath(argv: string[], chartDir: string | null): Promise<number> {
-  let seconds = 5, streamSeconds = 3;
+  let seconds = 5, streamSeconds = 3, monitor = false;
   let scenarios: ScenarioName[] = [...SCENARIO_NAMES];
   const aliases: Record<string, ScenarioName> = { a: 'direct', b: 'sockmesh', c: 'iptables', d: 'minimal' };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '--seconds') seconds = positiveInt(flag, argv[++i]);
     else if (flag === '--stream-seconds') streamSeconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--monitor') monitor = true;
     else if (flag === '--only') {
       scenarios = (argv[++i] ?? '').split(',').map((s) => {
         const n = aliases[s] ?? s;
@@ -132,7 +134,7 @@ async function datapath(argv: string[], chartDir: string | null): Promise<number
       });
     } else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
   }
-  return runDatapath({ root: projectRoot(), seconds, streamSeconds, scenarios, chartDir });
+  return runDatapath({ root: projectRoot(), seconds, streamSeconds, scenarios, chartDir, monitor });
 }
 
 function count(flag: string, v: string | undefined, max: number, min = 1): number {
