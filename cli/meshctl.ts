@@ -26,7 +26,7 @@ Exit codes:
   0  ok
   1  usage error, or an unexpected error (including an error answer from the agent)
   3  the agent is not running and the answer could not be given from the pinned maps
-     (events, backends and routes always need the agent; status exits 3 when the agent is down, after printing
+     (events, monitor, backends and routes always need the agent; status exits 3 when the agent is down, after printing
      what the pins say)
   4  no sockmesh datapath is pinned at --bpffs
   exec exits with the program's own exit code (128+N when it was killed by signal N).
