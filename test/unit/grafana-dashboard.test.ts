@@ -5,6 +5,7 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { GLOBAL_COUNTERS } from '../../agent/datapath/abi.js';
 import { expandGrafanaVariables, parseScrape, promUses } from '../lib/promql.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -68,6 +69,8 @@ t.test('every query reads, selects sockmesh or process metrics, and names only d
     'sockmesh_http_request_duration_milliseconds', 'sockmesh_datapath_', 'process_']) {
     t.ok([...families].some((f) => f.startsWith(p)), `a panel over ${p}*`);
   }
+  // Every datapath counter the kernel keeps is on the dashboard: a new counter needs a query (or this test fails).
+  for (const g of GLOBAL_COUNTERS) t.ok(families.has(`sockmesh_datapath_${g}_total`), `datapath counter ${g} is queried`);
   t.end();
 });
 
