@@ -39,9 +39,8 @@ static __always_inline int sm_peer_is_local(const struct sm_sock_key *k)
 	return bpf_map_lookup_elem(&sm_local_addrs, &a) != NULL;
 }
 
-/* The L7 proxy, listening outside the meshed cgroup, or dialed at its node address from a pod: its accepted sockets
- * never pair with the client's in the map, so the client's would only pay for sk_msg on every send and then take TCP
- * anyway (see SM_PROXY_F_IN_MESH). */
+/* The L7 proxy, listening outside the meshed cgroup: its accepted sockets never pair with the client's in the map,
+ * so the client's would only pay for sk_msg on every send and then take TCP anyway (see SM_PROXY_F_IN_MESH). */
 static __always_inline int sm_peer_is_proxy_outside_mesh(const struct sm_sock_key *k)
 {
 	struct sm_proxy *px;
@@ -50,14 +49,12 @@ static __always_inline int sm_peer_is_proxy_outside_mesh(const struct sm_sock_ke
 	px = bpf_map_lookup_elem(&sm_proxy, &zero);
 	if (!px || k->remote_port != bpf_ntohs(px->port))
 		return 0;
-	/* A client dialing the node address is in another netns (a pod): the proxy's accepted socket has the proxy's
-	 * netns in its key, so the two ends can never pair in the map, in the mesh or not. */
-	if (!sm_addr_is_zero(k->remote_ip) &&
-	    (sm_addr_eq(k->remote_ip, px->node_v4) || sm_addr_eq(k->remote_ip, px->node_v6)))
-		return 1;
+	/* In the mesh, the proxy's accepted socket pairs with the client's, at its loopback address (same netns) as at
+	 * its node address (a pod: keys without the netns, lib/sock_key.h). */
 	if (px->flags & SM_PROXY_F_IN_MESH)
 		return 0;
-	return sm_addr_eq(k->remote_ip, px->v4) || sm_addr_eq(k->remote_ip, px->v6);
+	return sm_addr_eq(k->remote_ip, px->v4) || sm_addr_eq(k->remote_ip, px->v6) ||
+	       sm_addr_eq(k->remote_ip, px->node_v4) || sm_addr_eq(k->remote_ip, px->node_v6);
 }
 
 /* A fast-path event (SM_EV_SOCK_INSERT, SM_EV_REDIRECT_MISS): vip = the socket's local end, backend = its peer. */
@@ -93,6 +90,21 @@ static __always_inline void sm_sock_insert(struct bpf_sock_ops *skops, struct sm
 				  BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
+/* The connecting side is established before its peer can be (the peer's last ACK is sent after this callback), so
+ * whatever the map holds under the peer's key now is some other socket with the same 4-tuple: one of a pod that is
+ * gone (its netns kept alive by a process) whose address a new pod reuses. Pairing with it would hand this
+ * connection's bytes to that socket, and its bytes to this one. Remove it: the real peer inserts itself when it is
+ * established, and until then sends take TCP (the ordering guard in sm_sk_msg). */
+static __always_inline void sm_sock_forget_stale_peer(const struct sm_sock_key *k)
+{
+	struct sm_sock_key pk;
+
+	sm_sock_key_reverse(k, &pk);
+	if (bpf_map_delete_elem(&sm_sockets, &pk) == 0)
+		sm_global_inc(SM_G_STALE_PEER);
+	bpf_map_delete_elem(&sm_sock_meta, &pk);
+}
+
 /* Connecting side: insert when the server is local. The ids come from the connect-time
  * rewrite (revnat), if this connection went through a VIP. */
 static __always_inline void sm_active_established(struct bpf_sock_ops *skops, struct sm_sock_key *k)
@@ -109,6 +121,7 @@ static __always_inline void sm_active_established(struct bpf_sock_ops *skops, st
 		meta.backend_id = rn->backend_id;
 	}
 	meta.flags = SM_SOCK_F_ACTIVE;
+	sm_sock_forget_stale_peer(k);
 	sm_sock_insert(skops, k, &meta);
 }
 

@@ -32,6 +32,7 @@ export const GLOBAL_COUNTERS = [
   'lb_connect', 'lb_udp_send', 'lb_no_backend', 'affinity_hit', 'revnat_miss', 'sock_insert', 'sock_insert_fail',
   'redirect', 'redirect_miss', 'tcp_only', 'event_drop',
   'l7_redirect', 'l7_fail_open', 'l7_fail_closed', 'l7_from_proxy', 'l7_handoff', 'bulk_leave', 'bulk_kept',
+  'stale_peer',
 ] as const;
 export type GlobalCounter = (typeof GLOBAL_COUNTERS)[number];
 

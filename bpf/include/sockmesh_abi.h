@@ -29,7 +29,7 @@
 #define SM_MAX_AFFINITY      262144
 #define SM_MAX_REVNAT        524288
 #define SM_MAX_SOCKETS       131072
-#define SM_MAX_LOCAL_ADDRS   256
+#define SM_MAX_LOCAL_ADDRS   4096    /* the node's and its pods' addresses (110 pods x 2 by default) */
 #define SM_EVENTS_BYTES      (256 * 1024)
 #define SM_MAX_L7_PENDING    65536   /* connect()ed to the proxy, not yet established */
 #define SM_MAX_L7_PEERS      65536   /* established to the proxy, not yet accepted by it */
@@ -110,6 +110,7 @@ enum sm_global_counter {
 	SM_G_L7_HANDOFF,         /* sock_ops moved an original destination to the key the proxy looks up */
 	SM_G_BULK_LEAVE,         /* sk_msg: a bulk sender left the fast path for TCP (bpf/lib/bulk.h) */
 	SM_G_BULK_KEPT,          /* sock_ops: a bulk sender stayed in the SOCKHASH (on TCP) because its peer had sent */
+	SM_G_STALE_PEER,         /* sock_ops removed another socket from the new connection's peer key (a gone pod's) */
 	SM_G__MAX,
 };
 

@@ -7,6 +7,11 @@
  * the upper 16 bits, so bpf_ntohl(remote_port) is the host-order port itself. Keys store both
  * ports in host order. Addresses are 16 bytes (v4 mapped), so a dual-stack AF_INET6 socket
  * talking to a v4 peer and the AF_INET peer socket build matching keys.
+ *
+ * The netns cookie is in the key only for loopback peers (127/8, ::1): every namespace has its own loopback, so two
+ * namespaces can hold the same 127.0.0.1 4-tuple. Any other address of this node (a pod's, the node's) exists in one
+ * namespace only, and the two ends of a pod <-> pod or pod <-> host connection are in different namespaces: their
+ * keys must mirror each other without it (0 there).
  */
 #ifndef SM_SOCK_KEY_H
 #define SM_SOCK_KEY_H
@@ -47,7 +52,8 @@
 			ret__ = -1;							\
 		}									\
 		if (ret__ == 0) {							\
-			(k)->netns_cookie = bpf_get_netns_cookie(ctx);			\
+			(k)->netns_cookie = sm_addr_is_loopback((k)->remote_ip) ?	\
+				bpf_get_netns_cookie(ctx) : 0;				\
 			(k)->local_port = (ctx)->local_port;				\
 			(k)->remote_port = bpf_ntohl((ctx)->remote_port);		\
 		}									\
