@@ -17,6 +17,7 @@ import { HealthChecker } from './health/checker.js';
 import { ProxyPolicy } from './proxy/policy.js';
 import { ProxyHost } from './proxyhost.js';
 import { discoverPods, podGatewayAddress } from './identity/podns.js';
+import { LocalPods, ProcPodScanner, ProcPodWatcher } from './identity/pods.js';
 import { LiveState } from './state/live.js';
 import { ApplyTransaction } from './state/apply.js';
 import { StateFileWriter } from './state/statefile.js';
@@ -71,7 +72,12 @@ export interface AgentOptions {
   proxyNodeV6?: string;
   /** heartbeat interval (default 1000 ms); the kernel counts the proxy as down after 3 intervals without one */
   proxyHeartbeatMs?: number;
+  /** how often the meshed cgroup tree is scanned for pods (network namespaces and their addresses); default 250, 0 = never */
+  podScanMs?: number;
 }
+
+/** A new pod is on the fast path within this of its first address (and a deleted one's addresses are gone). */
+export const POD_SCAN_MS = 250;
 
 export class Agent {
   /** what is in force: the model, its version, the last error, backend states, panics, workload identities */
@@ -80,6 +86,9 @@ export class Agent {
   readonly registry = new Registry();
   private datapath?: Datapath;
   private kernel?: KernelReconciler;
+  /** the pods on this node (the fast path pairs sockets whose peer address is one of theirs or the node's) */
+  readonly pods = new LocalPods();
+  private podWatcher?: ProcPodWatcher;
   private transaction?: ApplyTransaction;
   private checker?: HealthChecker;
   /** the L7 proxy's listeners and heartbeat, once the datapath is attached */
@@ -140,6 +149,7 @@ export class Agent {
     const kernel = (this.kernel = new KernelReconciler(dp, log));
     const adopted = kernel.adopt();
     if (adopted.frontends || adopted.backends) log.info(adopted, 'adopted the datapath state a previous agent left pinned');
+    this.watchPods(kernel, opts.podScanMs ?? POD_SCAN_MS);
     const checker = (this.checker = new HealthChecker(this.state.states, {
       log: log.child({ component: 'health' }),
       onProbe: (service, _backend, result) => this.metrics.probed(service, result.healthy),
@@ -235,6 +245,25 @@ export class Agent {
     return this.transaction.apply(model, why, changed);
   }
 
+  /** Follow the pods of the meshed cgroup tree into sm_local_addrs (before the programs are attached). */
+  private watchPods(kernel: KernelReconciler, intervalMs: number): void {
+    const log = this.log.child({ component: 'pods' });
+    const sync = (): void => {
+      try {
+        const changed = kernel.syncLocal(this.pods.addresses());
+        if (changed) log.debug({ changed, addresses: this.pods.addresses().size }, 'local addresses');
+      } catch (e) {
+        log.warn({ error: (e as Error).message }, 'could not write the local addresses');
+      }
+    };
+    this.pods.onChange(sync);
+    if (intervalMs <= 0) return;
+    this.podWatcher = new ProcPodWatcher(new ProcPodScanner(this.opts.cgroup), this.pods, {
+      intervalMs, afterScan: sync, onError: (e) => log.warn({ error: e.message }, 'pod scan failed'),
+    });
+    this.podWatcher.start();
+  }
+
   private startXds(cfg: XdsConfig, hostname: string): void {
     this.xds = new XdsSource({
       address: cfg.address,
@@ -301,6 +330,7 @@ export class Agent {
   async stop(): Promise<void> {
     clearInterval(this.nodeTimer);
     this.source?.stop();
+    this.podWatcher?.stop();
     await this.xds?.stop();
     this.checker?.close();
     this.transaction?.close();

@@ -66,11 +66,23 @@ export class KernelReconciler implements KernelTarget {
     this.r = this.make();
   }
 
+  /** the local pods' addresses, as last told (syncLocal) */
+  private podAddresses: ReadonlySet<string> = new Set();
+
   /** Take over what a previous agent left pinned, and learn the node's addresses. */
   adopt(): { frontends: number; backends: number } {
     const adopted = this.r.adopt();
-    this.r.syncLocalAddresses();
+    this.r.syncLocalAddresses(this.podAddresses);
     return adopted;
+  }
+
+  /**
+   * The addresses whose sockets pair on the fast path: the node's (read again now: a hostNetwork process may serve
+   * on one that came up later) and the local pods'. Writes only what changed; returns how many entries did.
+   */
+  syncLocal(pods: ReadonlySet<string>): number {
+    this.podAddresses = pods;
+    return this.r.syncLocalAddresses(pods);
   }
 
   apply(model: Model, changed?: ReadonlySet<string>): KernelApplyResult {
@@ -80,7 +92,7 @@ export class KernelReconciler implements KernelTarget {
   reset(): void {
     const fresh = this.make();
     fresh.adopt();
-    fresh.syncLocalAddresses();
+    fresh.syncLocalAddresses(this.podAddresses);
     this.r.close();
     this.r = fresh;
   }

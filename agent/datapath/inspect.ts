@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  GLOBAL_COUNTERS, PROTO, PROXY_F_IN_MESH, STRUCTS, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
+  GLOBAL_COUNTERS, PROTO, bytesToAddr, PROXY_F_IN_MESH, STRUCTS, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
   type Counters,
 } from './abi.js';
 import { native, type Native } from './native.js';
@@ -216,6 +216,11 @@ export class MapReader {
         tcpOnly: (flags & 2) !== 0, active: (flags & 1) !== 0,
       };
     });
+  }
+
+  /** The addresses in sm_local_addrs: the node's and its pods' (a socket whose peer is one of them may pair). */
+  localAddresses(): string[] {
+    return this.n.mapKeys(this.fd('sm_local_addrs')).map((k) => bytesToAddr(k));
   }
 
   /** Entry counts and capacities of every map we can see. */

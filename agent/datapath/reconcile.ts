@@ -79,6 +79,8 @@ export class Reconciler {
   private readonly retireMs: number;
   private readonly now: () => number;
   private closed = false;
+  /** the keys of sm_local_addrs as last written (undefined: not known yet, read the map) */
+  private localWritten?: Set<string>;
 
   constructor(private readonly maps: Maps, private readonly n: Native, private readonly opts: ReconcilerOptions = {}) {
     this.retireMs = opts.retireMs ?? RETIRE_MS;
@@ -120,13 +122,32 @@ export class Reconciler {
     return out;
   }
 
-  /** Write the node's addresses for the sockops program (which sockets have a local peer). */
-  syncLocalAddresses(addrs = localAddresses()): void {
+  /**
+   * Write the addresses of this node and of its pods (`pods`) for the sockops program (which sockets have a local
+   * peer). The first call reads the map back (a previous agent's entries); later ones write only what changed, and
+   * nothing when nothing did (the pod watcher calls this on every scan). Returns how many entries changed.
+   */
+  syncLocalAddresses(pods: Iterable<string> = [], node: string[] = localAddresses()): number {
     const fd = this.maps.fd('sm_local_addrs');
-    const want = new Map(addrs.filter((a) => !isLoopback(a)).map((a) => [addrToBytes(a).toString('hex'), a]));
-    for (const k of this.n.mapKeys(fd)) if (!want.has(k.toString('hex'))) this.n.mapDelete(fd, k);
-    for (const a of want.values()) this.n.mapUpdate(fd, addrToBytes(a), u32(1));
-    this.shadow.local = new Set(addrs);
+    const all = new Set([...node, ...pods]);
+    const want = new Map([...all].filter((a) => !isLoopback(a)).map((a) => [addrToBytes(a).toString('hex'), a]));
+    const have = this.localWritten ?? new Set(this.n.mapKeys(fd).map((k) => k.toString('hex')));
+    let changed = 0;
+    for (const k of have) {
+      if (!want.has(k)) {
+        this.n.mapDelete(fd, Buffer.from(k, 'hex'));
+        changed++;
+      }
+    }
+    for (const [k, a] of want) {
+      if (!have.has(k)) {
+        this.n.mapUpdate(fd, addrToBytes(a), u32(1));
+        changed++;
+      }
+    }
+    this.localWritten = new Set(want.keys());
+    this.shadow.local = all;
+    return changed;
   }
 
   /**
