@@ -148,7 +148,7 @@ t.test('a client in a pod network namespace reaches the proxy on its node addres
   const podA = pod.a.cgroup, podB = pod.b.cgroup;
   const proxyPort = await freePort();
   // The agent inside the meshed cgroup (as a DaemonSet pod): its accepted sockets get sock_ops, so this also shows the
-  // pod's leg to the node address is kept off the SOCKHASH (the two ends are in different namespaces: never a pair).
+  // pod's leg to the node address on the fast path (keys without the netns for addresses other than loopback).
   const agent = await startAgent(t, cg, {
     config: config(podA, backend.port, { vip: pod.vip6, backendPort: backend6.port }), inCgroup: cg.child('agent'),
     extraArgs: ['--proxy-node-address', `${pod.hostAddr},${pod.hostAddr6}`, '--proxy-port', String(proxyPort)],
