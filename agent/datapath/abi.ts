@@ -4,7 +4,7 @@
 import { isIPv6 } from 'node:net';
 import { ipv4Value } from '../model/address.js';
 
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 6;
 
 export const PROTO = { tcp: 6, udp: 17 } as const;
 export const ALGO = { random: 0, weighted: 1, maglev: 2 } as const;

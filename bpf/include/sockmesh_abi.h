@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SM_ABI_VERSION 5
+#define SM_ABI_VERSION 6
 
 /* ---- limits ---- */
 #define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
