@@ -454,19 +454,27 @@ function udpLive(m: Model): Set<string> {
 }
 
 /**
- * Endpoints removed from a service with a UDP frontend (in `a`), that no such service has in `b`; a service is its
- * kernel id (`ids*`: id -> name; a service renamed keeps its id).
+ * Endpoints removed from a service with a UDP frontend (in `a`); a service is its kernel id (`ids*`: id -> name; a
+ * service renamed keeps its id). `owed`: those no UDP service has in `b` (their connected UDP sockets must be
+ * destroyed); `allowed`: all of them, also those another UDP service still has: sockets balanced to such an endpoint
+ * through the removed one stay while it is live, and may be destroyed later, once no UDP service has it any more (the
+ * removed backend waits in its retired table's grave, and the reap destroys them if the endpoint lost its last UDP
+ * service meanwhile).
  */
-function udpRemoved(a: Model, idsA: ReadonlyMap<number, string>, b: Model, idsB: ReadonlyMap<number, string>): string[] {
+function udpRemoved(a: Model, idsA: ReadonlyMap<number, string>, b: Model, idsB: ReadonlyMap<number, string>): { owed: string[]; allowed: string[] } {
   const live = udpLive(b);
   const eps = (m: Model, name: string | undefined) => new Set(m.services.find((s) => s.name === name)?.frontends.flatMap((f) => f.backends.map((x) => `${x.address}|${x.port}`)));
-  const out: string[] = [];
+  const owed: string[] = [], allowed: string[] = [];
   for (const [id, name] of idsA) {
     if (!a.services.find((s) => s.name === name)?.frontends.some((f) => f.protocol === 'udp')) continue;
     const now = eps(b, idsB.get(id));
-    for (const ep of eps(a, name)) if (!now.has(ep) && !live.has(ep)) out.push(ep);
+    for (const ep of eps(a, name)) {
+      if (now.has(ep)) continue;
+      allowed.push(ep);
+      if (!live.has(ep)) owed.push(ep);
+    }
   }
-  return out;
+  return { owed, allowed };
 }
 
 type GraceStep = { kind: 'apply'; step: { step: Step; extra: number[] } } | { kind: 'reap'; ms: number } | { kind: 'restart' };
@@ -527,7 +535,9 @@ t.test('with a grace time, reaps and restarts at random points: every table that
             const idsA = new Map(prev.services.flatMap((x) => x.frontends.slice(0, 1).map((f): [number, string] =>
               [byKey.get(`${f.vip}|${f.port}|${PROTO[f.protocol]}`)!, x.name])));
             ag.apply(m, changed);
-            for (const ep of udpRemoved(prev, idsA, m, ag.rec.names())) { ever.add(ep); owed[i]!.add(ep); }
+            const removed = udpRemoved(prev, idsA, m, ag.rec.names());
+            for (const ep of removed.allowed) ever.add(ep);
+            for (const ep of removed.owed) owed[i]!.add(ep);
             for (const ep of udpLive(m)) owed[i]!.delete(ep);
             paid(i, ag);
           }
