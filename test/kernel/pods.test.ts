@@ -15,7 +15,7 @@ const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
 const noV6 = skip || Lab.v6PodToPod ? false : 'this kernel has no per-interface IPv6 forwarding (force_forwarding, 6.17+): no IPv6 between pods';
 
-const TCP_PORT = 8080, UDP_PORT = 5353, ECHO_PORT = 7070;
+const TCP_PORT = 8080, UDP_PORT = 5353, ECHO_PORT = 7070, SINK_PORT = 7071;
 
 // A server for a pod: on TCP, answers every connection with "<id> <peer address>" and closes; on UDP, answers every
 // datagram with "<id> <datagram>". On :: it is dual-stack (one socket each), serving the pod's v4 and v6 address.
@@ -96,6 +96,37 @@ for r in range(n):
     s.close(); total += len(want)
     exact += got == want
 print(json.dumps({'exact': exact, 'bytes': total}))
+`;
+
+// A one-way stream: the sink reads until the client half-closes, then answers the sha256 of what it got; the client
+// sends 8 MiB in 64 KiB writes (a bulk stream by the fast path's rule, were it loopback) and prints both digests.
+const SINK = `
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('::', int(sys.argv[1]))); s.listen(16)
+print('ready', flush=True)
+while True:
+    c, a = s.accept(); h = hashlib.sha256()
+    while True:
+        d = c.recv(262144)
+        if not d: break
+        h.update(d)
+    c.sendall(h.hexdigest().encode()); c.close()
+`;
+const STREAM = `
+import hashlib, json, os, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET); s.settimeout(30); s.connect((host, port))
+h = hashlib.sha256()
+for i in range(128):
+    b = os.urandom(65536); h.update(b); s.sendall(b)
+s.shutdown(socket.SHUT_WR)
+got = b''
+while True:
+    d = s.recv(256)
+    if not d: break
+    got += d
+print(json.dumps({'sent': h.hexdigest(), 'got': got.decode()}))
 `;
 
 async function race(pod: LabPod, host: string, port: number, n: number, parts: number): Promise<{ exact: number; bytes: number }> {
@@ -309,6 +340,20 @@ services:
         }
       });
   }
+
+  t.test('a one-way bulk stream pod -> pod stays on the fast path (the bulk rule judges loopback connections only)', async (t) => {
+    const sink = s1.spawn('python3', ['-c', SINK, String(SINK_PORT)]);
+    t.teardown(() => { sink.kill('SIGKILL'); });
+    await lineOf(sink, 'ready');
+    const before = reader.stats().global;
+    const r = await client.exec('python3', ['-c', STREAM, s1.v4!, String(SINK_PORT)], { timeoutMs: 60_000 });
+    t.equal(r.code, 0, `stream client exited 0 ${r.stderr.trim()}`);
+    const { sent, got } = JSON.parse(r.stdout) as { sent: string; got: string };
+    t.equal(got, sent, '8 MiB arrived byte-exact (sha256)');
+    const after = reader.stats().global;
+    t.equal(after.bulk_leave! - before.bulk_leave!, 0, 'no socket left the fast path');
+    t.ok(after.redirect! - before.redirect! >= 100, `the stream's sends were redirected (${after.redirect! - before.redirect!})`);
+  });
 
   t.test('a peer that is not a local pod never gets the fast path (a pod on another node, as the lab shows one)', async (t) => {
     t.notOk(reader.localAddresses().includes(remote.v4!), `${remote.v4} is not in sm_local_addrs (no meshed process there)`);
