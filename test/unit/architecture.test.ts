@@ -22,8 +22,10 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   // the model: pure TypeScript, no I/O
   ['agent/model/', 'model', []],
   ['xds/', 'xds', ['model']],
+  // what both ends read from Kubernetes: the API client and reflectors, and the translation of its objects to the model
+  ['kube/', 'kube', ['model', 'log']],
   // what fills the model, and the two that enforce it
-  ['agent/sources/', 'sources', ['model', 'xds', 'configtext', 'log']],
+  ['agent/sources/', 'sources', ['model', 'xds', 'kube', 'configtext', 'log']],
   // the bounded reader of config files: the agent's file source and the control plane's config directory
   ['agent/sources/configtext.ts', 'configtext', []],
   ['agent/datapath/', 'datapath', ['model', 'addon', 'log']],
@@ -39,7 +41,7 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   // composition: agent/agent.ts, main.ts and the small wiring modules beside them
   ['agent/', 'wiring', ['*']],
   ['cli/', 'cli', ['protocol', 'datapath', 'identity', 'observe', 'addon', 'log', 'runtime']],
-  ['controlplane/', 'controlplane', ['model', 'xds', 'configtext', 'log']],
+  ['controlplane/', 'controlplane', ['model', 'xds', 'kube', 'configtext', 'log']],
   // the node lab (pods as a CNI and the kubelet make them): tests, benches and `npm run lab` share it
   ['lab/', 'lab', ['datapath']],
   ['bench/', 'bench', ['*']],
@@ -75,7 +77,7 @@ interface Arrow { from: string; to: string; line: number }
 
 function arrows(): Arrow[] {
   const out: Arrow[] = [];
-  for (const file of ['agent', 'cli', 'controlplane', 'bench', 'xds', 'lab'].flatMap(sources)) {
+  for (const file of ['agent', 'cli', 'controlplane', 'bench', 'xds', 'kube', 'lab'].flatMap(sources)) {
     const text = readFileSync(join(root, file), 'utf8');
     for (const ref of ts.preProcessFile(text, true, true).importedFiles) {
       if (!ref.fileName.startsWith('.')) continue;
