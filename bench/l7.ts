@@ -28,7 +28,8 @@ import {
   formatL7Table, l7Checks, l7Json, L7_LABELS, L7_SCENARIOS, PROTOCOLS, PROTOCOL_TITLES, summarize,
   type L7Result, type L7Scenario, type Protocol, type Sample,
 } from './lib/l7report.js';
-import { h2loadArgv, h2Shape, parseH2load, parseWrk, wrkArgv, type HttpRun } from './lib/loadgen.js';
+import { GcMeter, type GcStats } from './lib/gctrace.js';
+import { h2loadArgv, h2Shape, P999_LUA, parseH2load, parseWrk, wrkArgv, type HttpRun } from './lib/loadgen.js';
 import { addNetns, delNetns, inCgroupNsenter, waitListening } from './lib/netns.js';
 import { Background, CLIENT_SLACK_MS, interrupted, log, onCleanup, requireRootAndTools, run } from './lib/proc.js';
 import { sumSamples } from './lib/promtext.js';
@@ -82,6 +83,8 @@ interface Ctx {
   serverCpus?: string;
   allCpus?: string;
   backend: Background;
+  /** wrk's script printing p99.9 (P999_LUA) */
+  p999Script: string;
   cg: { meshClients: string; meshAgent: string; meshBackend: string; plainClients: string; plainProxies: string; mesh: string };
 }
 
@@ -97,6 +100,8 @@ interface Scenario {
   extraPids: () => number[];
   /** requests the clients counted as answered, warm-ups included */
   answered: number;
+  /** the proxy's garbage collections since the last call (the agent runs with --trace-gc-nvp) */
+  gc?: () => GcStats;
   start(): Promise<void>;
   /** why the scenario's processes are no longer usable, or undefined */
   dead(): string | undefined;
@@ -199,10 +204,12 @@ async function l7Unavailable(root: string): Promise<string | undefined> {
 function sockmeshScenario(ctx: Ctx): Scenario {
   const bpffs = join('/sys/fs/bpf', ctx.id);
   let agent: Agent | undefined;
+  const meter = new GcMeter();
   const s: Scenario = {
     result: newResult('sockmesh'), clientCgroup: ctx.cg.meshClients, host: VIP, port: VIP_PORT, procs: [],
     extraPids: () => (agent?.pid ? [agent.pid] : []),
     answered: 0,
+    gc: () => meter.take(),
     start: async () => {
       const why = await l7Unavailable(ctx.opts.root);
       if (why) {
@@ -220,8 +227,12 @@ function sockmeshScenario(ctx: Ctx): Scenario {
             '--proxy-port', String(PROXY_PORT), '--metrics-listen', `${LOCAL}:${METRICS_PORT}`,
             '--run-dir', join(ctx.workDir, 'run'), '--event-sample', '0',
           ],
+          // One line per collection on stdout: the allocation budget and the GC pauses of the report. Its own
+          // cost is a printf per collection (tens per second at these rates).
+          nodeFlags: ['--trace-gc-nvp'],
           launch: (argv) => inCgroupNsenter(ctx.cg.meshAgent, ctx.ns, ctx.serverCpus, argv),
         });
+        agent.onLine((line) => meter.feed(line));
         await waitListening(ctx.ns, PROXY_PORT, LISTEN_TIMEOUT_MS, () => agent!.running);
       } catch (e) {
         s.result.skipped = `the agent did not start with an L7 service: ${(e as Error).message.split('\n').slice(0, 3).join(' | ')}`;
@@ -278,11 +289,13 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
   const pids = [...s.procs.map((p) => p.child.pid!), ...s.extraPids()];
   const backendPid = ctx.backend.child.pid!;
   const logFile = join(ctx.workDir, 'h2load.log');
-  const argv = proto === 'http1' ? wrkArgv(url, ctx.opts.connections, seconds) : h2loadArgv(url, ctx.opts.connections, seconds, logFile);
+  const argv = proto === 'http1' ? wrkArgv(url, ctx.opts.connections, seconds, ctx.p999Script) : h2loadArgv(url, ctx.opts.connections, seconds, logFile);
   const [cmd, args] = inCgroupNsenter(s.clientCgroup, ctx.ns, ctx.clientCpus, argv);
+  s.gc?.(); // what came before this run is not its
   const p0 = cpuOf(pids), b0 = cpuSeconds(backendPid), t0 = performance.now();
   const r = await run(cmd, args, seconds * 1000 + CLIENT_SLACK_MS);
   const t1 = performance.now(), p1 = cpuOf(pids), b1 = cpuSeconds(backendPid);
+  const gc = s.gc?.();
   const tool = argv[0]!;
   if (r.code !== 0) {
     const why = r.timedOut ? 'timed out' : `exit ${r.code ?? r.signal}`;
@@ -303,7 +316,7 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
   const proxyCpu = pids.length ? pct(p0, p1) : undefined;
   const proxyCpuUs = proxyCpu !== undefined ? (p1! - p0!) * 1e6 : undefined;
   return {
-    ...h, ...(proxyCpu !== undefined ? { proxyCpu, proxyCpuUs } : {}), backendCpu: pct(b0, b1) ?? 0, seconds: wall,
+    ...h, ...(proxyCpu !== undefined ? { proxyCpu, proxyCpuUs } : {}), backendCpu: pct(b0, b1) ?? 0, seconds: wall, ...(gc ? { gc } : {}),
   };
 }
 
@@ -327,8 +340,11 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
     s.answered += x.requests;
     if (keep) (s.result.samples[p] ??= []).push(x);
     const cpu = x.proxyCpu === undefined ? '' : `, proxy CPU ${x.proxyCpu.toFixed(0)}%`;
+    const gc = x.gc && x.requests > 0
+      ? `; GC ${x.gc.collections} (${x.gc.pauseTotalMs.toFixed(0)} ms, max ${x.gc.pauseMaxMs.toFixed(1)} ms), ${Math.round(x.gc.allocated / x.requests)} B/req`
+      : '';
     log(`${label(s)} ${PROTOCOL_TITLES[p]}${keep ? '' : ' warm-up'}: ${Math.round(x.rps)} req/s, p50 ${Math.round(x.p50)} µs, ` +
-      `p99 ${Math.round(x.p99)} µs${cpu}, backend CPU ${x.backendCpu.toFixed(0)}%`);
+      `p99 ${Math.round(x.p99)} µs, p99.9 ${x.p999 === undefined ? '-' : Math.round(x.p999)} µs${cpu}, backend CPU ${x.backendCpu.toFixed(0)}%${gc}`);
   } catch (e) {
     fail(s, p, e);
   }
@@ -356,12 +372,14 @@ export async function runL7(opts: L7Options): Promise<number> {
     plainClients: createChildCgroup(plain, 'clients'),
     plainProxies: createChildCgroup(plain, 'proxies'),
   };
+  const p999Script = join(workDir, 'p999.lua');
+  writeFileSync(p999Script, P999_LUA);
   const backendFile = join(workDir, 'backend.cfg');
   writeFileSync(backendFile, backendConfig(BACKEND_PORT));
   const serverCpus = pin ? '0' : undefined;
   const backend = await startServer(id, 'backend haproxy', cg.meshBackend, serverCpus, haproxyArgv(backendFile), BACKEND_PORT);
   const ctx: Ctx = {
-    opts, id, ns: id, workDir, cg, backend,
+    opts, id, ns: id, workDir, cg, backend, p999Script,
     clientCpus: pin ? '1' : undefined, serverCpus, allCpus: pin ? `0-${cpuCount - 1}` : undefined,
   };
   const { clients, streams } = h2Shape(opts.connections);

@@ -4,6 +4,7 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Background, run } from './proc.js';
+import { parseGcLine } from './gctrace.js';
 import { AGENT_NODE_FLAGS } from '../../agent/runtime.js';
 
 export interface AgentOptions {
@@ -18,6 +19,8 @@ export interface AgentOptions {
   configText?: string;
   /** more agent flags (e.g. --proxy-port, --run-dir) */
   extraArgs?: string[];
+  /** more Node.js flags after the agent's own (e.g. --trace-gc-nvp) */
+  nodeFlags?: string[];
   /** wraps the agent's command line (e.g. into a cgroup and network namespace); default: run it as is */
   launch?: (argv: string[]) => [string, string[]];
 }
@@ -52,7 +55,7 @@ export class Agent {
   static async start(opts: AgentOptions): Promise<Agent> {
     writeFileSync(opts.configPath, opts.configText ?? benchConfig(opts.vip, opts.port, opts.backend));
     const argv = [
-      process.execPath, ...AGENT_NODE_FLAGS, agentEntry(opts.root), '--config', opts.configPath, '--cgroup', opts.cgroupDir, '--bpffs', opts.bpffsDir,
+      process.execPath, ...AGENT_NODE_FLAGS, ...(opts.nodeFlags ?? []), agentEntry(opts.root), '--config', opts.configPath, '--cgroup', opts.cgroupDir, '--bpffs', opts.bpffsDir,
       ...(opts.extraArgs ?? []),
     ];
     const [cmd, args] = opts.launch ? opts.launch(argv) : [argv[0]!, argv.slice(1)];
@@ -76,9 +79,15 @@ export class Agent {
     return this.proc.child.pid;
   }
 
+  /** Call `listener` with every later stdout line; returns the unsubscribe function. */
+  onLine(listener: (line: string) => void): () => void {
+    return this.proc.onLine(listener);
+  }
+
   /** The agent's last output lines, for error messages. */
   tail(lines = 10): string {
-    return this.proc.tail(lines);
+    // without --trace-gc-nvp's lines (nodeFlags), which would crowd out what the agent said
+    return this.proc.tail(lines + 200).split('\n').filter((l) => !parseGcLine(l)).slice(-lines).join('\n');
   }
 
   /** The sm_global counters, by name (from the ABI header), summed over CPUs. */

@@ -7,6 +7,8 @@ export interface HttpRun {
   /** microseconds */
   p50: number;
   p99: number;
+  /** microseconds; undefined when the tool's output did not carry it (wrk without P999_LUA) */
+  p999?: number;
   /** requests completed (any status; h2load: done) */
   requests: number;
   /** requests answered with something other than 2xx/3xx, plus transport errors and timeouts */
@@ -15,9 +17,19 @@ export interface HttpRun {
   errorDetail?: string;
 }
 
-export function wrkArgv(url: string, connections: number, seconds: number): string[] {
+/**
+ * wrk's `--latency` stops at the 99th percentile; this script (wrk -s) prints the 99.9th from the same
+ * histogram (wrk keeps latencies in µs), which parseWrk reads.
+ */
+export const P999_LUA = `done = function(summary, latency, requests)
+  io.write(string.format("Latency p99.9: %dus\\n", latency:percentile(99.9)))
+end
+`;
+
+/** @param p999Script a file holding P999_LUA (the run then reports p99.9) */
+export function wrkArgv(url: string, connections: number, seconds: number, p999Script?: string): string[] {
   // One thread: the client gets one CPU in every scenario (see the pinning in l7.ts).
-  return ['wrk', '-t1', `-c${connections}`, `-d${seconds}s`, '--latency', url];
+  return ['wrk', '-t1', `-c${connections}`, `-d${seconds}s`, '--latency', ...(p999Script ? ['-s', p999Script] : []), url];
 }
 
 /**
@@ -57,6 +69,7 @@ export function parseWrk(output: string): HttpRun {
   const requests = Number(match(output, /^\s*(\d+) requests in /m, 'request count', 'wrk')[1]);
   const p50 = wrkDuration(match(output, /^\s+50%\s+(\S+)/m, '50% latency (run with --latency)', 'wrk')[1]!);
   const p99 = wrkDuration(match(output, /^\s+99%\s+(\S+)/m, '99% latency (run with --latency)', 'wrk')[1]!);
+  const p999m = /^Latency p99\.9: (\d+)us$/m.exec(output);
   let errors = 0;
   const details: string[] = [];
   const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(output);
@@ -73,7 +86,9 @@ export function parseWrk(output: string): HttpRun {
     details.push(`${non2xx[1]} non-2xx/3xx responses`);
   }
   if (requests === 0 && errors === 0) throw new Error('wrk completed no requests');
-  return { rps, p50, p99, requests, errors, ...(details.length ? { errorDetail: details.join('; ') } : {}) };
+  return {
+    rps, p50, p99, ...(p999m ? { p999: Number(p999m[1]) } : {}), requests, errors, ...(details.length ? { errorDetail: details.join('; ') } : {}),
+  };
 }
 
 export interface H2Summary {
@@ -111,7 +126,7 @@ export function parseH2loadSummary(output: string): H2Summary {
  * `<start µs since epoch>\t<status>\t<duration µs>`. Only answered requests count (status > 0).
  * A histogram by microsecond, not a sort: a 5 s run logs over a million lines. No answered request: 0, count 0.
  */
-export function h2loadLogPercentiles(log: string): { p50: number; p99: number; count: number } {
+export function h2loadLogPercentiles(log: string): { p50: number; p99: number; p999: number; count: number } {
   const counts = new Map<number, number>();
   let n = 0;
   let start = 0;
@@ -135,10 +150,11 @@ export function h2loadLogPercentiles(log: string): { p50: number; p99: number; c
     if (end >= log.length) break;
     start = end + 1;
   }
-  if (n === 0) return { p50: 0, p99: 0, count: 0 };
+  if (n === 0) return { p50: 0, p99: 0, p999: 0, count: 0 };
   const keys = [...counts.keys()].sort((a, b) => a - b);
   const at = (p: number): number => {
-    const rank = Math.max(1, Math.ceil((p / 100) * n)); // nearest rank
+    // nearest rank; the epsilon keeps float error from moving it (99.9 / 100 * 1000 = 999.0000000000001)
+    const rank = Math.max(1, Math.ceil((p / 100) * n - 1e-9));
     let seen = 0;
     for (const k of keys) {
       seen += counts.get(k)!;
@@ -146,7 +162,7 @@ export function h2loadLogPercentiles(log: string): { p50: number; p99: number; c
     }
     return keys[keys.length - 1]!;
   };
-  return { p50: at(50), p99: at(99), count: n };
+  return { p50: at(50), p99: at(99), p999: at(99.9), count: n };
 }
 
 /** h2load's summary and its request log together. */
@@ -164,7 +180,7 @@ export function parseH2load(output: string, log: string): HttpRun {
   if (s.timeout > 0) details.push(`${s.timeout} timed out`);
   if (s.failed > 0 && details.length === 0) details.push(`${s.failed} failed`);
   return {
-    rps: s.rps, p50: pct.p50, p99: pct.p99, requests: s.requests, errors: Math.max(s.failed, notOk),
+    rps: s.rps, p50: pct.p50, p99: pct.p99, p999: pct.p999, requests: s.requests, errors: Math.max(s.failed, notOk),
     ...(details.length ? { errorDetail: details.join('; ') } : {}),
   };
 }

@@ -6,8 +6,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  h2loadArgv, h2loadLogPercentiles, h2Shape, parseH2load, parseH2loadSummary, parseWrk, wrkArgv, wrkDuration,
+  h2loadArgv, h2loadLogPercentiles, h2Shape, P999_LUA, parseH2load, parseH2loadSummary, parseWrk, wrkArgv, wrkDuration,
 } from '../../bench/lib/loadgen.js';
+import { GcMeter, parseGcLine } from '../../bench/lib/gctrace.js';
 import { statCpuTicks } from '../../bench/lib/cpu.js';
 import { backendConfig, proxyConfig } from '../../bench/lib/haproxy.js';
 import { formatL7Table, l7Checks, l7Json, ratios, summarize, type L7Result, type Sample } from '../../bench/lib/l7report.js';
@@ -177,6 +178,11 @@ t.test('wrk: req/s, percentiles in µs, no errors', async (t) => {
   t.equal(r.requests, 357786);
   t.equal(r.errors, 0);
   t.equal(r.errorDetail, undefined);
+  t.equal(r.p999, undefined, 'no p99.9 without the script');
+  // what P999_LUA's done() appends (wrk 4.1.0 -s, captured)
+  t.equal(parseWrk(WRK_OK + 'Latency p99.9: 612us\n').p999, 612);
+  t.ok(wrkArgv('http://x/', 8, 2, '/tmp/p.lua').join(' ').includes('-s /tmp/p.lua http://x/'));
+  t.match(P999_LUA, /latency:percentile\(99\.9\)/);
 });
 
 t.test('wrk: non-2xx answers are errors; ms units', async (t) => {
@@ -226,7 +232,7 @@ t.test('h2load log percentiles: nearest rank over many lines, failed requests le
   for (let i = 1; i <= 1000; i++) lines.push(`1795290559373094\t200\t${i}`);
   lines.push('1795290559373094\t-1\t999999');
   const p = h2loadLogPercentiles(lines.join('\n') + '\n');
-  t.same(p, { p50: 500, p99: 990, count: 1000 });
+  t.same(p, { p50: 500, p99: 990, p999: 999, count: 1000 });
   t.throws(() => h2loadLogPercentiles('garbage\n'), /cannot read line/);
 });
 
@@ -298,6 +304,23 @@ sockmesh_http_request_duration_milliseconds_bucket{service="bench-l7",route="all
 sockmesh_http_request_duration_milliseconds_bucket{service="bench-l7",route="all",backend="127.0.0.1:8080",le="0.5"} 15057
 `;
 
+// one line of `node --trace-gc-nvp` (Node 20.20, V8 11.3), captured from a scavenging script
+const GC_LINE = '[18030:0x4230b870]       18 ms: pause=0.5 mutator=0.9 gc=s reduce_memory=0 time_to_safepoint=0.00 ' +
+  'scavenge=0.45 scavenge_throughput=2391247 total_size_before=4069096 total_size_after=3193168 holes_size_before=7248 ' +
+  'holes_size_after=432896 allocated=882200 promoted=89792 new_space_survived=34000 nodes_died_in_new=0';
+
+t.test('GC trace: pause, collector and bytes allocated from --trace-gc-nvp lines; the agent\'s JSON logs ignored', async (t) => {
+  t.same(parseGcLine(GC_LINE), { pause: 0.5, kind: 's', allocated: 882200 });
+  t.equal(parseGcLine('{"level":30,"msg":"pause=1 gc=s allocated=5"}'), undefined);
+  t.equal(parseGcLine('datapath ready'), undefined);
+  const m = new GcMeter();
+  t.ok(m.feed(GC_LINE));
+  t.ok(m.feed(GC_LINE.replace('pause=0.5', 'pause=1.5').replace('gc=s', 'gc=mc').replace('allocated=882200', 'allocated=100')));
+  t.notOk(m.feed('{"msg":"x"}'));
+  t.same(m.take(), { collections: 2, scavenges: 1, allocated: 882300, pauseTotalMs: 2, pauseMaxMs: 1.5, pausesOver1ms: 1 });
+  t.same(m.take(), GcMeter.empty(), 'take() starts a new window');
+});
+
 t.test('Prometheus text: a family summed over the samples with the given labels', async (t) => {
   t.equal(sumSamples(METRICS, 'sockmesh_http_requests_total', { service: 'bench-l7', class: '2xx' }), 45070);
   t.equal(sumSamples(METRICS, 'sockmesh_http_requests_total', { service: 'bench-l7' }), 45094);
@@ -308,21 +331,29 @@ t.test('Prometheus text: a family summed over the samples with the given labels'
   t.throws(() => sumSamples('x_total{a="b"} nope\n', 'x_total', {}), /cannot read the value/);
 });
 
-function sample(rps: number, p50: number, p99: number, proxyCpu?: number): Sample {
+function sample(rps: number, p50: number, p99: number, proxyCpu?: number, allocPerReq?: number): Sample {
   // a 5 s run: the proxy's CPU time is its share of one CPU over 5 s
   const cpu = proxyCpu !== undefined ? { proxyCpu, proxyCpuUs: (proxyCpu / 100) * 5e6 } : {};
-  return { rps, p50, p99, requests: rps * 5, errors: 0, backendCpu: 20, seconds: 5, ...cpu };
+  // (b): 40 collections of 0.5 ms and one of 2 ms in the 5 s
+  const gc = allocPerReq !== undefined
+    ? { gc: { collections: 41, scavenges: 40, allocated: allocPerReq * rps * 5, pauseTotalMs: 22, pauseMaxMs: 2, pausesOver1ms: 1 } }
+    : {};
+  return { rps, p50, p99, p999: p99 * 2, requests: rps * 5, errors: 0, backendCpu: 20, seconds: 5, ...cpu, ...gc };
 }
 const result = (name: L7Result['name'], http1: Sample[], h2: Sample[]): L7Result => ({ name, samples: { http1, h2 }, errors: {}, evidence: {} });
 
 t.test('report: medians, ratios and the three targets per protocol', async (t) => {
   const results: L7Result[] = [
     result('direct', [sample(100_000, 100, 300), sample(90_000, 90, 200), sample(110_000, 110, 400)], [sample(200_000, 50, 100)]),
-    result('sockmesh', [sample(40_000, 300, 900, 95)], [sample(50_000, 300, 2000, 90)]),
+    result('sockmesh', [sample(40_000, 300, 900, 95, 1200)], [sample(50_000, 300, 2000, 90, 9000)]),
     result('haproxy', [sample(45_000, 300, 1000, 60)], [sample(70_000, 200, 1000, 60)]),
     result('chain', [sample(20_000, 700, 1500, 80)], [sample(30_000, 500, 1500, 80)]),
   ];
-  t.same(summarize(results[0], 'http1'), { rps: 100_000, p50: 100, p99: 300, backendCpu: 20, samples: 3 });
+  t.same(summarize(results[0], 'http1'), { rps: 100_000, p50: 100, p99: 300, p999: 600, backendCpu: 20, samples: 3 });
+  const b = summarize(results[1], 'http1')!;
+  t.equal(b.allocPerReq, 1200);
+  t.equal(b.gcPausePct, (22 / 1000 / 5) * 100, 'pause share: 22 ms of 5 s');
+  t.equal(b.gcPauseMaxMs, 2);
   const r = ratios(results);
   t.equal(r['b/a']!.http1!.rps, 0.4);
   t.equal(r['b/c']!.http1!.rps, 40_000 / 45_000);
@@ -332,12 +363,22 @@ t.test('report: medians, ratios and the three targets per protocol', async (t) =
   t.equal(r['b/c']!.http1!.cpuPerReq, 23.75 / ((60 * 1e4) / 45_000));
   t.equal(r['b/a']!.http1!.cpuPerReq, undefined, 'no ratio of CPU per request against direct (no proxy)');
   const checks = l7Checks(results);
-  t.same(checks.map((c) => `${c.protocol} ${c.status}`), [
-    'http1 PASS', 'http1 PASS', 'http1 PASS', // 0.89x >= 0.8, 2.0x >= 1.5, p99 0.6x
-    'h2 FAIL', 'h2 PASS', 'h2 FAIL', // 0.71x, 1.67x, p99 1.33x
+  t.same(checks.map((c) => `${c.protocol} ${c.name} ${c.status}`), [
+    'http1 (b) req/s >= 1.2x (c) FAIL', // 0.89x
+    'http1 (b) p99 <= (c) p99 PASS', // 0.9x
+    'http1 (b) req/s >= 1.5x (d) PASS', // 2.0x
+    'http1 (b) p99 <= (d) p99 PASS', // 0.6x
+    'http1 (b) allocation per request PASS', // 1200 B
+    'h2 (b) req/s >= 1.2x (c) FAIL', // 0.71x
+    'h2 (b) p99 <= (c) p99 FAIL', // 2.0x
+    'h2 (b) req/s >= 1.5x (d) PASS', // 1.67x
+    'h2 (b) p99 <= (d) p99 FAIL', // 1.33x
+    'h2 (b) allocation per request FAIL', // 9000 B
   ]);
+  t.equal(checks[9]!.detail, '9000 B <= 2560 B');
   const table = formatL7Table(results);
-  t.match(table, /\(b\) sockmesh L7\s+40000\s+300\s+900\s+95\s+23\.8\s+20/);
+  t.match(table, /\(b\) sockmesh L7\s+40000\s+300\s+900\s+1800\s+95\s+23\.8\s+20/);
+  t.match(table, /\(b\) sockmesh L7 GC\s+1200 B\/req, pauses 0\.44% of the time, max 2\.0 ms\s+9000 B\/req/);
   t.match(table, /b\/c\s+0\.89x/);
   const json = l7Json(results, checks) as { scenarios: Record<string, { http1: { rps: number } }> };
   t.equal(json.scenarios.direct!.http1.rps, 100_000);
@@ -354,7 +395,8 @@ t.test('report: (b) not available is a SKIP with the reason, never a number', as
   const checks = l7Checks(results);
   t.ok(checks.every((c) => c.status === 'SKIP'));
   t.match(checks[0]!.detail, /the agent has no L7 proxy yet/);
-  t.match(checks[4]!.detail, /3 failed requests/);
+  t.match(checks[7]!.detail, /3 failed requests/);
+  t.match(checks[4]!.detail, /the agent has no L7 proxy yet/, 'no allocation figure without (b)');
   const table = formatL7Table(results);
   t.match(table, /\(b\) sockmesh L7\s+not available: the agent has no L7 proxy yet/);
   t.match(table, /\(d\) 2 haproxy HTTP\/2 \(h2load\) FAILED: h2load: 3 failed requests/);
