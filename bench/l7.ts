@@ -16,9 +16,10 @@
 // Every process joins its cgroup first and then enters the namespace with nsenter (not `ip netns exec`,
 // which remounts /sys and would hide cgroupfs and bpffs from the agent). Everything is removed on the way
 // out, also on error or Ctrl-C; every process and every load is bounded in time.
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Agent, agentEntry, benchConfig, cleanupAgent } from './lib/agent.js';
 import { emitResult } from './chart.js';
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
@@ -54,6 +55,8 @@ export interface L7Options {
   pin: boolean;
   /** where the chart goes (null: none) */
   chartDir: string | null;
+  /** a directory: (b)'s allocations are profiled during each measured run (lib/allocprof.ts) */
+  allocProfile?: string;
 }
 
 const BACKEND_PORT = 8080;
@@ -85,6 +88,8 @@ interface Ctx {
   backend: Background;
   /** wrk's script printing p99.9 (P999_LUA) */
   p999Script: string;
+  /** allocation profiles written so far (--alloc-profile numbers them) */
+  profiles: number;
   cg: { meshClients: string; meshAgent: string; meshBackend: string; plainClients: string; plainProxies: string; mesh: string };
 }
 
@@ -102,6 +107,8 @@ interface Scenario {
   answered: number;
   /** the proxy's garbage collections since the last call (the agent runs with --trace-gc-nvp) */
   gc?: () => GcStats;
+  /** toggle the agent's allocation profile (--alloc-profile) */
+  profile?: () => void;
   start(): Promise<void>;
   /** why the scenario's processes are no longer usable, or undefined */
   dead(): string | undefined;
@@ -210,6 +217,7 @@ function sockmeshScenario(ctx: Ctx): Scenario {
     extraPids: () => (agent?.pid ? [agent.pid] : []),
     answered: 0,
     gc: () => meter.take(),
+    profile: () => (agent?.pid ? process.kill(agent.pid, 'SIGUSR2') : undefined),
     start: async () => {
       const why = await l7Unavailable(ctx.opts.root);
       if (why) {
@@ -229,7 +237,10 @@ function sockmeshScenario(ctx: Ctx): Scenario {
           ],
           // One line per collection on stdout: the allocation budget and the GC pauses of the report. Its own
           // cost is a printf per collection (tens per second at these rates).
-          nodeFlags: ['--trace-gc-nvp'],
+          nodeFlags: [
+            '--trace-gc-nvp',
+            ...(ctx.opts.allocProfile ? ['--import', pathToFileURL(join(ctx.opts.root, 'dist', 'bench', 'lib', 'allocprof.js')).href] : []),
+          ],
           launch: (argv) => inCgroupNsenter(ctx.cg.meshAgent, ctx.ns, ctx.serverCpus, argv),
         });
         agent.onLine((line) => meter.feed(line));
@@ -332,7 +343,13 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
   try {
     const gone = s.dead();
     if (gone) throw new Error(`${gone} is not running`);
+    const profiling = keep && s.profile && ctx.opts.allocProfile;
+    if (profiling) s.profile!();
     const x = await measure(ctx, s, p, seconds);
+    if (profiling) {
+      s.profile!();
+      log(`${label(s)} ${PROTOCOL_TITLES[p]}: allocation profile ${join(ctx.opts.allocProfile!, `${++ctx.profiles}.txt`)}`);
+    }
     if (s.result.name === 'sockmesh' && x.rps > 1000 && (x.proxyCpu ?? 0) < MIN_AGENT_CPU_PCT) {
       throw new Error(`the agent used ${(x.proxyCpu ?? 0).toFixed(1)}% CPU for ${Math.round(x.rps)} req/s: ` +
         'the requests did not pass through its proxy (no L7 redirect?)');
@@ -356,6 +373,11 @@ const preflight = (): Promise<void> =>
 /** Runs the bench, prints the table, the checks and (last line) the JSON; returns the exit status. */
 export async function runL7(opts: L7Options): Promise<number> {
   await preflight();
+  if (opts.allocProfile) {
+    mkdirSync(opts.allocProfile, { recursive: true });
+    process.env.SOCKMESH_ALLOC_PROFILE_DIR = opts.allocProfile; // read by the agent's preload (lib/allocprof.ts)
+    log(`--alloc-profile: (b) runs with V8's sampling heap profiler; its figures are not comparable to a plain run`);
+  }
   const { id, cgroup, workDir } = benchWorkspace();
   await addNetns(id);
   onCleanup(`netns ${id}`, () => delNetns(id));
@@ -379,7 +401,7 @@ export async function runL7(opts: L7Options): Promise<number> {
   const serverCpus = pin ? '0' : undefined;
   const backend = await startServer(id, 'backend haproxy', cg.meshBackend, serverCpus, haproxyArgv(backendFile), BACKEND_PORT);
   const ctx: Ctx = {
-    opts, id, ns: id, workDir, cg, backend, p999Script,
+    opts, id, ns: id, workDir, cg, backend, p999Script, profiles: 0,
     clientCpus: pin ? '1' : undefined, serverCpus, allCpus: pin ? `0-${cpuCount - 1}` : undefined,
   };
   const { clients, streams } = h2Shape(opts.connections);

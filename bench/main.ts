@@ -43,6 +43,8 @@ l7 options:
   --quick              --duration 2 --repetitions 1, 1 s warm-up, no (f)
   --only a,b,...       scenarios: direct,sockmesh,haproxy,chain,relay,haproxy2 or a,b,c,d,e,f (default all)
   --pin                client on CPU 1, backend and proxies on CPU 0 (default: nothing pinned, see README)
+  --alloc-profile DIR  (b)'s allocations sampled (V8's heap profiler, freed objects included) during each
+                       measured run: DIR/<n>.heapprofile + DIR/<n>.txt (top allocating functions); slows (b)
 
   xds        the agent on xDS against the control plane at fleet scale: full sync time, one endpoint
              change to the kernel map (p50/p99 over many), agent RSS at rest
@@ -163,6 +165,7 @@ async function xds(argv: string[], chartDir: string | null): Promise<number> {
 async function l7(argv: string[], chartDir: string | null): Promise<number> {
   let duration = 5, connections = 32, repetitions = 3, warmup = 2, pin = false, quick = false;
   let only: L7Scenario[] | undefined;
+  let allocProfile: string | undefined;
   const byLetter = Object.fromEntries(Object.entries(L7_LETTERS).map(([n, l]) => [l, n])) as Record<string, L7Scenario>;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -171,7 +174,10 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
     else if (flag === '--repetitions') repetitions = count(flag, argv[++i], 20);
     else if (flag === '--quick') quick = true;
     else if (flag === '--pin') pin = true;
-    else if (flag === '--only') {
+    else if (flag === '--alloc-profile') {
+      if (!argv[i + 1]) throw new Error('--alloc-profile needs a directory');
+      allocProfile = resolve(argv[++i]!);
+    } else if (flag === '--only') {
       only = (argv[++i] ?? '').split(',').map((s) => {
         const n = byLetter[s] ?? s;
         if (!(L7_SCENARIOS as readonly string[]).includes(n)) throw new Error(`--only: unknown scenario ${s} (${L7_SCENARIOS.join(', ')})`);
@@ -185,7 +191,7 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
     warmup = 1;
   }
   const scenarios = only ?? L7_SCENARIOS.filter((n) => !(quick && n === 'haproxy2'));
-  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin, chartDir });
+  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin, chartDir, allocProfile });
 }
 
 async function pods(argv: string[], chartDir: string | null): Promise<number> {
