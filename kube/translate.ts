@@ -1,0 +1,339 @@
+// Kubernetes Services + EndpointSlices (+ GAMMA HTTPRoutes, translate-http.ts) -> the sockmesh model, with
+// kube-proxy's semantics (translate-endpoints.ts). Pure, no I/O: the control plane (cluster-wide) and the agent
+// (for its node) call it with what their reflectors hold.
+//
+// Each Service becomes the plain config object the file source parses, validated by the model's own
+// validateServices(): the result is always something a config file could have said, with the same checks and
+// defaults. Services are validated one at a time, so one bad object costs only itself (reported in `issues` and
+// `unserved`), never the cluster. Output order is by "<namespace>/<name>", so that one slice's change changes one
+// service of the model and the kernel plan's diff stays that small.
+//
+// What is not served (nothing in the kernel), each listed in `unserved` with its kind and reason, as meshctl shows it:
+// headless services (clusterIP None) and ExternalName (no VIP: DNS answers for them); NodePort and LoadBalancer
+// ports and externalIPs (the ClusterIP part of such a service is served); SCTP ports (the datapath balances TCP
+// and UDP); services labelled service.kubernetes.io/service-proxy-name with a value other than 'sockmesh'. That
+// label means "another proxy implements this service": kube-proxy skips every such service, and so do we, except
+// those that name us, which we serve (a cluster can move services to sockmesh one at a time that way).
+//
+// Multi-port services: the model's config form gives every backend of a service to every one of its port entries.
+// A Kubernetes service whose ports have different endpoints (a named targetPort resolving differently, or a slice
+// without one of the ports) cannot be one such service: it becomes one model service per port entry (names in
+// translate-names.ts), as the agent's xDS client does for listeners whose clusters differ.
+import { canonicalAddress } from '../agent/model/address.js';
+import { DEFAULT_AFFINITY_SECONDS, frontendKey, MAX_AFFINITY_SECONDS, validateServices } from '../agent/model/config.js';
+import { ConfigError, type Model, type Protocol, type Service } from '../agent/model/types.js';
+import { modelProtocol, portEndpoints, slicesByService, ZONE_LABEL, type Endpoint, type NodeCtx, type SliceProblem } from './translate-endpoints.js';
+import { buildRouteIndex, httpFor, routeStatuses, type HttpResult } from './translate-http.js';
+import { isDnsLabel, modelServiceName } from './translate-names.js';
+import type { ClusterView, Ctx, NodeScope, RouteStatusUpdate, TranslateIssue, Unserved, UnservedKind } from './translate-types.js';
+import type { KEndpointSlice, KNode, KService, KServicePort } from './types.js';
+
+export type * from './translate-types.js';
+
+export interface TranslateResult {
+  model: Model;
+  unserved: Unserved[];
+  routeStatus: RouteStatusUpdate[];
+  issues: TranslateIssue[];
+  /** model service name -> the Service it came from ("<namespace>/<name>") */
+  origins: ReadonlyMap<string, string>;
+}
+
+export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
+/** The service-proxy-name value that hands a service to sockmesh (kube-proxy skips it then). */
+export const OUR_PROXY_NAME = 'sockmesh';
+const SOURCE = 'kubernetes';
+
+const keyOf = (o: { metadata: { namespace?: string; name?: string } }) => `${o.metadata.namespace ?? ''}/${o.metadata.name ?? ''}`;
+
+/** What one Service made (cached between calls while its inputs are the same objects). */
+interface Made {
+  services: Service[];
+  unserved: Unserved[];
+  issues: TranslateIssue[];
+  http?: HttpResult;
+}
+
+interface CacheEntry {
+  inputs: readonly unknown[];
+  made: Made;
+}
+
+/**
+ * Per Service object, what it made last time and from which inputs (the service, its slices, the routes and
+ * backend services its HTTP policy read, the node): a reflector replaces an object when it changes, so identical
+ * inputs give an identical result, and a change of one slice re-translates one service (10,000 services: a full
+ * translation costs ~100x one service's).
+ */
+const cache = new WeakMap<KService, CacheEntry>();
+
+function sameInputs(a: readonly unknown[], b: readonly unknown[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Translate a whole cluster view for `scope`. Deterministic: the same view gives the same result, in the same order. */
+export function translateCluster(v: ClusterView, scope: NodeScope): TranslateResult {
+  const node: NodeCtx = { ...scope };
+  if (node.zone === undefined && node.nodeName !== undefined) {
+    const z = v.nodes?.get(node.nodeName)?.metadata.labels?.[ZONE_LABEL] ?? findNode(v.nodes, node.nodeName)?.metadata.labels?.[ZONE_LABEL];
+    if (z) node.zone = z;
+  }
+  const nodeKey = `${node.nodeName ?? ''}|${node.zone ?? ''}`;
+  const slices = slicesByService(v.endpointSlices.values());
+  const byKey = new Map<string, KService>();
+  for (const s of v.services.values()) byKey.set(keyOf(s), s);
+  const routes = buildRouteIndex(v.httpRoutes?.values() ?? [], byKey);
+  const keys = [...byKey.keys()].sort();
+
+  const services: Service[] = [];
+  const unserved: Unserved[] = [];
+  const issues: TranslateIssue[] = [...routes.issues];
+  const origins = new Map<string, string>();
+  const names = new Map<string, string>();
+  const frontends = new Map<string, string>();
+  const https: { key: string; http: HttpResult }[] = [];
+  const ctx: Ctx = { node, slices, routes, services: byKey };
+  for (const key of keys) {
+    const svc = byKey.get(key)!;
+    const inputs = [nodeKey, ...inputsOf(svc, key, ctx)];
+    let entry = cache.get(svc);
+    if (!entry || !sameInputs(entry.inputs, inputs)) {
+      entry = { inputs, made: translateService(svc, key, ctx) };
+      cache.set(svc, entry);
+    }
+    const made = entry.made;
+    unserved.push(...made.unserved);
+    issues.push(...made.issues);
+    if (made.http) https.push({ key, http: made.http });
+    // The checks across services (the model's validation saw one service at a time): names and frontends unique.
+    // Within a cluster the API server keeps ClusterIPs unique; a stand-in or a race may not: the first in order wins.
+    for (const s of made.services) {
+      const clash = names.get(s.name) ?? s.frontends.map((f) => frontends.get(frontendKey(f.vip, f.port, f.protocol))).find((x) => x !== undefined);
+      if (clash !== undefined) {
+        const what = names.has(s.name) ? `its model name '${s.name}' is also the name of Service ${clash}` : `a frontend of it is also a frontend of Service ${clash}`;
+        issues.push({ object: `Service ${key}`, path: '', message: `not served: ${what} (first in namespace/name order wins)` });
+        unserved.push({ ...nsName(key), kind: 'invalid', reason: what });
+        continue;
+      }
+      names.set(s.name, key);
+      for (const f of s.frontends) frontends.set(frontendKey(f.vip, f.port, f.protocol), key);
+      origins.set(s.name, key);
+      services.push(s);
+    }
+  }
+  return { model: { services }, unserved, routeStatus: routeStatuses(https, routes), issues, origins };
+}
+
+function findNode(nodes: ReadonlyMap<string, KNode> | undefined, name: string): KNode | undefined {
+  if (!nodes) return undefined;
+  for (const n of nodes.values()) if (n.metadata.name === name) return n;
+  return undefined;
+}
+
+const nsName = (key: string) => {
+  const i = key.indexOf('/');
+  return { namespace: key.slice(0, i), name: key.slice(i + 1) };
+};
+
+
+const NO_SLICES: KEndpointSlice[] = [];
+
+/** The objects one service's translation reads (its cache key, with the node). */
+function inputsOf(svc: KService, key: string, ctx: Ctx): unknown[] {
+  const out: unknown[] = [svc, ...(ctx.slices.get(key) ?? NO_SLICES)];
+  const attached = ctx.routes.byParent.get(key);
+  if (attached) {
+    for (const r of attached) {
+      out.push(r.route);
+      for (const b of r.backends) {
+        const other = ctx.services.get(b);
+        out.push(other, ...(ctx.slices.get(b) ?? NO_SLICES));
+      }
+    }
+  }
+  return out;
+}
+
+/** The served ports of a service: TCP and UDP, with what the model calls them. */
+interface Entry {
+  index: number;
+  sp: KServicePort;
+  port: number;
+  protocol: Protocol;
+}
+
+/** One service port's backends (own endpoints, and groups from HTTPRoute backendRefs), as config backends. */
+interface ConfigBackend {
+  address: string;
+  port: number;
+  group?: string;
+}
+
+function translateService(svc: KService, key: string, ctx: Ctx): Made {
+  const made: Made = { services: [], unserved: [], issues: [] };
+  const { namespace, name } = nsName(key);
+  const object = `Service ${key}`;
+  const issue = (path: string, message: string) => made.issues.push({ object, path, message });
+  const unserve = (kind: UnservedKind, reason: string) => made.unserved.push({ namespace, name, kind, reason });
+  const spec = svc.spec ?? {};
+
+  const proxy = svc.metadata.labels?.[SERVICE_PROXY_NAME_LABEL];
+  if (proxy !== undefined && proxy !== OUR_PROXY_NAME) {
+    unserve('other-proxy', `labelled ${SERVICE_PROXY_NAME_LABEL}=${proxy}: another proxy implements it (kube-proxy skips it too)`);
+    return made;
+  }
+  if (!isDnsLabel(namespace) || !isDnsLabel(name)) {
+    issue('metadata', `namespace and name must be DNS labels, got ${JSON.stringify(key)}`);
+    unserve('invalid', 'its namespace or name is not a DNS label');
+    return made;
+  }
+  if (spec.type === 'ExternalName') {
+    unserve('external-name', `ExternalName ${spec.externalName ?? '(none)'}: a DNS alias, no VIP to balance`);
+    return made;
+  }
+  const ips = spec.clusterIPs && spec.clusterIPs.length > 0 ? spec.clusterIPs : spec.clusterIP !== undefined ? [spec.clusterIP] : [];
+  if (ips[0] === 'None') {
+    unserve('headless', 'headless (clusterIP: None): DNS answers with the endpoints, there is no VIP to balance');
+    return made;
+  }
+  const vips: string[] = [];
+  ips.forEach((ip, i) => {
+    const a = typeof ip === 'string' ? canonicalAddress(ip) : null;
+    if (!a || a.address === '0.0.0.0' || a.address === '::') return void issue(`spec.clusterIPs[${i}]`, `must be an IP address, got ${JSON.stringify(ip)} (left out)`);
+    if (!vips.includes(a.address)) vips.push(a.address);
+  });
+  if (vips.length === 0) {
+    unserve('no-cluster-ip', ips.length === 0 ? 'no cluster IP allocated yet' : 'no valid cluster IP');
+    return made;
+  }
+
+  // ports: TCP and UDP served; SCTP and node/LB/external parts listed
+  const entries: Entry[] = [];
+  const seen = new Map<string, number>();
+  (spec.ports ?? []).forEach((sp, i) => {
+    const p = `spec.ports[${i}]`;
+    if (typeof sp?.port !== 'number' || !Number.isInteger(sp.port) || sp.port < 1 || sp.port > 65535) {
+      return void issue(`${p}.port`, `must be a port number 1-65535, got ${JSON.stringify(sp?.port ?? null)} (port left out)`);
+    }
+    const protocol = modelProtocol(sp.protocol);
+    if (!protocol) {
+      const what = String(sp.protocol).toUpperCase();
+      if (what === 'SCTP') unserve('sctp', `port ${sp.port}/SCTP${sp.name ? ` (${sp.name})` : ''}: the datapath balances TCP and UDP only`);
+      else issue(`${p}.protocol`, `must be TCP, UDP or SCTP, got ${JSON.stringify(sp.protocol)} (port left out)`);
+      return;
+    }
+    const k = `${sp.port}/${protocol}`;
+    if (seen.has(k)) return void issue(p, `duplicate port ${k}, same as spec.ports[${seen.get(k)}] (left out)`);
+    seen.set(k, i);
+    entries.push({ index: i, sp, port: sp.port, protocol });
+  });
+  if (spec.type === 'NodePort' || spec.type === 'LoadBalancer') {
+    const nps = (spec.ports ?? []).filter((p) => p?.nodePort).map((p) => `${p.nodePort}/${(p.protocol ?? 'TCP').toUpperCase()}`);
+    unserve('node-port', `type ${spec.type}: node ports ${nps.join(', ') || '(none allocated)'} are not served (kube-proxy or the cloud's load balancer serves them); the cluster IP is`);
+  }
+  if (spec.type === 'LoadBalancer') {
+    const ingress = (svc.status?.loadBalancer?.ingress ?? []).map((i) => i.ip ?? i.hostname).filter(Boolean);
+    unserve('load-balancer', `load balancer ${ingress.join(', ') || '(no ingress yet)'} is not served; the cluster IP is`);
+  }
+  if (spec.externalIPs && spec.externalIPs.length > 0) unserve('external-ips', `externalIPs ${spec.externalIPs.join(', ')} are not served; the cluster IP is`);
+  if (entries.length === 0) {
+    if (!made.unserved.some((u) => u.kind === 'sctp')) unserve('invalid', (spec.ports ?? []).length === 0 ? 'no ports' : 'no valid TCP or UDP port');
+    return made;
+  }
+
+  // endpoints per entry
+  const problems: SliceProblem[] = [];
+  const slices = ctx.slices.get(key) ?? NO_SLICES;
+  const own = entries.map((e) => portEndpoints(svc, e.sp, slices, ctx.node, problems));
+  const reported = new Set<string>();
+  for (const pr of problems) {
+    const k = `${pr.slice}|${pr.path}`;
+    if (reported.has(k)) continue;
+    reported.add(k);
+    made.issues.push({ object: `EndpointSlice ${namespace}/${pr.slice}`, path: pr.path, message: pr.message });
+  }
+
+  // session affinity, algorithm
+  const base: Record<string, unknown> = { vips };
+  if (spec.sessionAffinity === 'ClientIP') {
+    const t = spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? DEFAULT_AFFINITY_SECONDS;
+    if (!Number.isInteger(t) || t < 1 || t > MAX_AFFINITY_SECONDS) {
+      issue('spec.sessionAffinityConfig.clientIP.timeoutSeconds', `must be 1 to ${MAX_AFFINITY_SECONDS}, got ${JSON.stringify(t)} (the default ${DEFAULT_AFFINITY_SECONDS} is used)`);
+      base['affinity'] = { timeoutSeconds: DEFAULT_AFFINITY_SECONDS };
+    } else base['affinity'] = { timeoutSeconds: t };
+  } else if (spec.sessionAffinity !== undefined && spec.sessionAffinity !== 'None') {
+    issue('spec.sessionAffinity', `must be None or ClientIP, got ${JSON.stringify(spec.sessionAffinity)} (None is used)`);
+  }
+
+  // the L7 part: HTTPRoutes attached to it and sockmesh.io annotations (groups are extra backends)
+  const http = httpFor(svc, key, entries.map((e) => ({ port: e.port, protocol: e.protocol, name: e.sp.name })), ctx);
+  made.issues.push(...http.issues);
+  if (http.routeKeys.length > 0 || http.status.length > 0) made.http = http;
+  Object.assign(base, http.serviceFields);
+  const perEntry: ConfigBackend[][] = own.map((eps, i) => [
+    ...eps.map(toBackend),
+    ...http.groups.flatMap((g) => (g.endpoints[i] ?? []).map((e) => ({ ...toBackend(e), group: g.name }))),
+  ]);
+
+  const objs = configObjects(namespace, name, entries, perEntry, base);
+  for (const obj of objs) {
+    const svcOut = validate(obj, object, made.issues, http.objPaths);
+    if (svcOut) made.services.push(svcOut);
+    else if (obj['http'] !== undefined || obj['healthCheck'] !== undefined) {
+      // Its L7 part was refused (reported above, and in the route status): the VIP is still served at L4, as if no
+      // route were attached, rather than not at all.
+      const l4 = { ...obj };
+      delete l4['http'];
+      delete l4['healthCheck'];
+      l4['backends'] = (l4['backends'] as ConfigBackend[]).filter((b) => b.group === undefined);
+      http.refused = made.issues.at(-1)?.message ?? 'invalid';
+      const again = validate(l4, object, made.issues, http.objPaths);
+      if (again) made.services.push(again);
+      else unserve('invalid', 'refused by the model (see the issues)');
+    } else unserve('invalid', 'refused by the model (see the issues)');
+  }
+  return made;
+}
+
+const toBackend = (e: Endpoint): ConfigBackend => ({ address: e.address, port: e.port });
+
+/** validateServices for one config object; ConfigError issues reported against the Service (model paths). */
+function validate(obj: Record<string, unknown>, object: string, issues: TranslateIssue[], objPaths: (path: string) => { object: string; path: string } | undefined): Service | undefined {
+  try {
+    return validateServices([obj], SOURCE, NO_OTHERS, { emptyGroupsAllowed: true })[0];
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    for (const i of e.issues) {
+      const at = i.path.replace(/^services\[0\]\.?/, '');
+      const mapped = objPaths(at);
+      issues.push(mapped ? { ...mapped, message: i.message } : { object, path: `(model) ${at}`, message: i.message });
+    }
+    return undefined;
+  }
+}
+
+const NO_OTHERS = { names: new Set<string>(), frontends: new Map<string, string>() };
+
+const backendKey = (b: ConfigBackend) => `${b.group ?? ''}|${b.address}|${b.port}`;
+
+/**
+ * The config objects of a service: one when every port entry has the same backends (with one port number: backends
+ * carry their ports; with several: each entry's backends all share one port, its targetPort), else one per entry.
+ */
+function configObjects(namespace: string, name: string, entries: Entry[], perEntry: ConfigBackend[][], base: Record<string, unknown>): Record<string, unknown>[] {
+  const one = (n: string, ports: unknown[], backends: ConfigBackend[]) => ({ name: n, ...base, ports, backends });
+  const numbers = new Set(entries.map((e) => e.port));
+  const keySets = perEntry.map((list) => list.map(backendKey).sort().join(','));
+  if (numbers.size === 1 && keySets.every((k) => k === keySets[0])) {
+    return [one(modelServiceName(namespace, name), entries.map((e) => ({ port: e.port, protocol: e.protocol })), perEntry[0]!)];
+  }
+  const portOf = perEntry.map((list) => new Set(list.map((b) => b.port)));
+  const addrSets = perEntry.map((list) => list.map((b) => `${b.group ?? ''}|${b.address}`).sort().join(','));
+  if (portOf.every((s) => s.size <= 1) && addrSets.every((k) => k === addrSets[0])) {
+    const ports = entries.map((e, i) => ({ port: e.port, protocol: e.protocol, targetPort: [...portOf[i]!][0] ?? e.port }));
+    return [one(modelServiceName(namespace, name), ports, perEntry[0]!.map((b) => (b.group ? { address: b.address, group: b.group } : { address: b.address })) as ConfigBackend[])];
+  }
+  return entries.map((e, i) => one(modelServiceName(namespace, name, e), [{ port: e.port, protocol: e.protocol }], perEntry[i]!));
+}
