@@ -1,8 +1,8 @@
 // The file source: a YAML or JSON config file, watched for changes.
 //
 // Editors save by rename as often as by write, and Kubernetes ConfigMaps (or `ln -sfn` deploys) swap a `..data` symlink
-// without touching the file's own name: so the whole directory is watched, any event there re-reads the file
-// (debounced), and unchanged text is ignored.
+// without touching the file's own name: so the whole directory is watched, an event for the file's name or a `..`
+// name re-reads the file (debounced), and unchanged text is ignored.
 // A file put in place whole (a rename or a symlink swap: the path names a new inode) is read at once. A file written in
 // place (editors that write through, `cat > file`, a script writing in parts) is read only once it has settled: size and
 // mtime unchanged for SETTLE_MS; read before that, a file written in two parts was applied with half its services.
@@ -11,7 +11,7 @@
 // error lists at most
 // MAX_REASON_ERRORS problems in at most MAX_REASON_CHARS (a 50 MiB junk file once made a 130 MB log line).
 import { statSync, watch, type FSWatcher } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import { parseConfig } from '../model/config.js';
 import { joinErrors } from '../model/reasons.js';
 import { ConfigError, type Model } from '../model/types.js';
@@ -80,7 +80,14 @@ export class FileSource {
     this.lastText = text;
     this.lastSig = sig;
     this.lastIno = ino;
-    this.watcher = watch(dirname(this.path), () => this.schedule(this.debounceMs));
+    const name = basename(this.path);
+    // Only events that can concern the file: its own name, the kubelet's `..data` swap (names starting with '..'), or
+    // none given. Any other file in the directory is not ours: a neighbour written continuously (a log beside the
+    // config; the l7 bench's h2load log once) restarted the debounce on every write, so a change of the config itself
+    // waited until the neighbour fell silent, and each write cost a timer.
+    this.watcher = watch(dirname(this.path), (_event, filename) => {
+      if (filename === null || filename === name || filename.startsWith('..')) this.schedule(this.debounceMs);
+    });
     return model;
   }
 

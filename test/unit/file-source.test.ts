@@ -36,6 +36,27 @@ t.test('a ConfigMap-style symlink swap reloads the config', async (t) => {
   t.equal(applied[0] && portOf(applied[0]), 8002);
 });
 
+t.test('a neighbour written all the time does not hold a config change back', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-filesource-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'config.yaml');
+  writeFileSync(file, svc(8001));
+  const applied: number[] = [];
+  // the default 100 ms debounce; the neighbour writes every 30 ms, as a load generator's log beside the config did
+  const src = new FileSource(file, { onModel: (m) => { applied.push(portOf(m)); return null; }, onError: () => {} });
+  t.teardown(() => src.stop());
+  src.start();
+  const log = join(dir, 'h2load.log');
+  const writer = setInterval(() => writeFileSync(log, `${Date.now()}\n`, { flag: 'a' }), 30);
+  t.teardown(() => clearInterval(writer));
+  await new Promise((r) => setTimeout(r, 200));
+  writeFileSync(join(dir, 'config.yaml.new'), svc(8002));
+  renameSync(join(dir, 'config.yaml.new'), file);
+  // before: every neighbour write restarted the debounce, and the change waited for the neighbour to fall silent
+  t.ok(await until(() => applied.length === 1, 2000), 'applied while the neighbour keeps writing');
+  t.same(applied, [8002]);
+});
+
 t.test('a config whose apply failed is applied when saved again', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sockmesh-filesource-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
