@@ -195,9 +195,18 @@ export class AgentMetrics {
   async listen(host: string, port: number, log?: Logger): Promise<string> {
     const server = createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
-      if (path !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
+      const read = req.method === 'GET' || req.method === 'HEAD';
+      // The kubelet's readiness and liveness probe (deploy/agent/daemonset.yaml): cheap (no kernel read, unlike a
+      // scrape), and true by construction: the agent starts this server last, after the programs are attached and the
+      // admin socket serves, and stops it first.
+      if (path === '/healthz' && read) {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end(req.method === 'HEAD' ? undefined : 'ok\n');
+        return;
+      }
+      if (path !== '/metrics' || !read) {
         res.writeHead(404, { 'content-type': 'text/plain' });
-        res.end('not found: the metrics are at GET /metrics\n');
+        res.end('not found: the metrics are at GET /metrics (health at GET /healthz)\n');
         return;
       }
       this.registry.metrics().then((text) => {

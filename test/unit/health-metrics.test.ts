@@ -88,6 +88,11 @@ t.test('GET /metrics: kernel counters, health verdicts, panics, process metrics'
   t.match(r.body, /^process_cpu_user_seconds_total /m, 'default process metrics');
   t.equal(kernelReads, 1, 'one kernel read per scrape, shared by every family');
   t.equal((await get(url.replace('/metrics', '/other'))).status, 404);
+  // the DaemonSet's probe: 200 without touching the kernel (a scrape reads it; a probe every few seconds must not)
+  const health = await get(url.replace('/metrics', '/healthz'));
+  t.same([health.status, health.body], [200, 'ok\n'], 'GET /healthz');
+  t.equal(kernelReads, 1, '/healthz reads no kernel counters');
+  t.equal((await get(url.replace('/metrics', '/healthz'), 'POST')).status, 404, 'only GET and HEAD');
   t.equal((await get(url, 'HEAD')).status, 200);
 
   // a scoped update that removes the service (xDS): its probe counts go with it; an unrelated scope keeps them
