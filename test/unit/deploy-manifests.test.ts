@@ -1,0 +1,306 @@
+// deploy/: every Kubernetes object (each file, and what `kubectl kustomize deploy/` builds from them) against the
+// Kubernetes OpenAPI schemas (kubernetes-models' compiled validators), plus what those schemas cannot see: fields they
+// do not know (a misspelt key is silently accepted by them), rules the API server adds (Bidirectional propagation,
+// allowPrivilegeEscalation), references between the objects, every flag the DaemonSet and the Deployment pass being
+// one the programs define (their --help), and RBAC covering what the code watches.
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseAllDocuments } from 'yaml';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const DEPLOY = join(ROOT, 'deploy');
+const KUBECTL = ['/usr/bin/kubectl', '/usr/local/bin/kubectl'].find((p) => existsSync(p));
+
+type Obj = Record<string, unknown>;
+interface K8s { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; [k: string]: unknown }
+interface Container {
+  name: string; image?: string; command?: string[]; args?: string[];
+  env?: { name: string; value?: string; valueFrom?: { configMapKeyRef?: { name: string; key: string }; fieldRef?: { fieldPath: string } } }[];
+  ports?: { name?: string; containerPort: number }[];
+  volumeMounts?: { name: string; mountPath: string; mountPropagation?: string }[];
+  securityContext?: { privileged?: boolean; allowPrivilegeEscalation?: boolean; capabilities?: { add?: string[]; drop?: string[] } };
+  readinessProbe?: Obj; livenessProbe?: Obj;
+}
+interface PodSpec { containers: Container[]; initContainers?: Container[]; serviceAccountName?: string; volumes?: { name: string }[] }
+interface Workload extends K8s { spec: { selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> }; spec: PodSpec } } }
+interface Rule { apiGroups?: string[]; resources?: string[]; verbs: string[] }
+
+/** Every *.yaml under deploy/ except the kustomizations (not Kubernetes objects); the dashboard JSON is not one either. */
+function manifestFiles(dir = DEPLOY): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...manifestFiles(p));
+    else if (/\.ya?ml$/.test(e.name) && e.name !== 'kustomization.yaml') out.push(p);
+  }
+  return out.sort();
+}
+
+function parseObjects(text: string, where: string): K8s[] {
+  return parseAllDocuments(text).flatMap((d, i) => {
+    if (d.errors.length) throw new Error(`${where}: document ${i + 1}: ${d.errors[0]!.message}`);
+    const o = d.toJS() as K8s | null;
+    return o ? [o] : [];
+  });
+}
+
+type Validate = ((data: unknown) => boolean) & { errors?: { instancePath: string; keyword: string; params: Obj }[] | null };
+const cap = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1);
+
+/** kubernetes-models' validator for apiVersion/kind (its file naming: IoK8sApi<Group><Version><Kind>). */
+async function validatorFor(apiVersion: string, kind: string): Promise<Validate> {
+  const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') as [string, string] : ['', apiVersion];
+  const name = `IoK8sApi${group === '' ? 'Core' : cap(group.split('.')[0]!)}${cap(version)}${kind}`;
+  try {
+    return ((await import(`kubernetes-models/_schemas/${name}`)) as { validate: Validate }).validate;
+  } catch (e) {
+    throw new Error(`no Kubernetes schema for ${apiVersion} ${kind} (kubernetes-models/_schemas/${name}): ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Validate against the schema, and find fields the schema does not know. The compiled validators ignore unknown
+ * properties (no additionalProperties: false in Kubernetes' OpenAPI), so `mountPropogation: Bidirectional` would pass.
+ * They read each property the schema declares, though: every object is handed to them behind a Proxy that records
+ * which keys were read; a key never read is one the schema does not have. Objects the validator enumerates (maps such
+ * as labels or ConfigMap data) are maps: all their keys count as known.
+ */
+async function validate(o: K8s, where: string): Promise<string[]> {
+  const fn = await validatorFor(o.apiVersion, o.kind);
+  const read = new WeakMap<object, Set<PropertyKey>>();
+  const enumerated = new WeakSet<object>();
+  const proxies = new WeakMap<object, object>();
+  const wrap = (v: unknown): unknown => {
+    if (v === null || typeof v !== 'object') return v;
+    const target = v;
+    let p = proxies.get(target);
+    if (!p) {
+      read.set(target, new Set());
+      p = new Proxy(target, {
+        get(tg, key, recv) { read.get(tg)!.add(key); return wrap(Reflect.get(tg, key, recv)); },
+        has(tg, key) { read.get(tg)!.add(key); return Reflect.has(tg, key); },
+        ownKeys(tg) { enumerated.add(tg); return Reflect.ownKeys(tg); },
+      });
+      proxies.set(target, p);
+    }
+    return p;
+  };
+  const problems: string[] = [];
+  if (!fn(wrap(o))) {
+    for (const e of fn.errors ?? []) problems.push(`${where}: ${o.kind} ${o.metadata?.name}: ${e.instancePath || '/'} ${e.keyword} ${JSON.stringify(e.params)}`);
+  }
+  const walk = (v: unknown, path: string): void => {
+    if (v === null || typeof v !== 'object') return;
+    if (Array.isArray(v)) { v.forEach((x, i) => walk(x, `${path}/${i}`)); return; }
+    const seen = read.get(v);
+    for (const [k, x] of Object.entries(v)) {
+      if (!enumerated.has(v) && seen && !seen.has(k)) problems.push(`${where}: ${o.kind} ${o.metadata?.name}: ${path}/${k}: a field the Kubernetes schema does not have`);
+      walk(x, `${path}/${k}`);
+    }
+  };
+  walk(o, '');
+  return problems;
+}
+
+/** The long options a program's --help lists (commander prints each at the start of an indented line). */
+function helpFlags(args: string[]): Set<string> {
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30000 });
+  if (r.status !== 0) throw new Error(`node ${args.join(' ')} exited with ${r.status}: ${r.stderr}`);
+  const flags = new Set<string>();
+  for (const line of r.stdout.split('\n')) {
+    const m = /^ {2}(?:-\w, )?(--[a-z0-9][a-z0-9-]*)/.exec(line);
+    if (m) flags.add(m[1]!);
+  }
+  if (flags.size === 0) throw new Error(`node ${args.join(' ')}: no options found in its help`);
+  return flags;
+}
+
+/**
+ * The flags of `args` the program does not define: `unknown` (a mistake) and `pending` (names agreed for issue 12
+ * that another change is still adding: reported, not failed, until they exist; then they are checked like any other).
+ */
+function checkFlags(args: readonly string[], known: ReadonlySet<string>, agreed: readonly string[]): { unknown: string[]; pending: string[] } {
+  const unknown: string[] = [];
+  const pending: string[] = [];
+  for (const a of args) {
+    if (!a.startsWith('--')) continue;
+    const flag = a.split('=')[0]!;
+    if (known.has(flag)) continue;
+    (agreed.includes(flag) ? pending : unknown).push(flag);
+  }
+  return { unknown, pending };
+}
+
+// The flag names agreed for issue 12 (notes/COMMON.md): the agent's and `sockmesh-controlplane serve`'s.
+const AGREED_AGENT = ['--kubernetes', '--kube-pods', '--kubeconfig', '--trust-domain'];
+const AGREED_CONTROLPLANE = ['--kubernetes', '--kubeconfig', '--trust-domain'];
+
+const allows = (rules: Rule[], group: string, resource: string, verb: string): boolean =>
+  rules.some((r) => (r.apiGroups ?? ['']).some((g) => g === group || g === '*') && (r.resources ?? []).some((x) => x === resource || x === '*') &&
+    r.verbs.some((v) => v === verb || v === '*'));
+
+/** `kubectl kustomize deploy/`: the objects `kubectl apply -k deploy/` sends. */
+function kustomizeBuild(): K8s[] {
+  const r = spawnSync(KUBECTL!, ['kustomize', DEPLOY], { encoding: 'utf8', timeout: 60000 });
+  if (r.status !== 0) throw new Error(`kubectl kustomize deploy/ failed: ${r.stderr}`);
+  return parseObjects(r.stdout, 'kubectl kustomize deploy/');
+}
+
+const files = manifestFiles();
+const find = <T extends K8s>(objs: K8s[], kind: string, name: string): T => {
+  const o = objs.find((x) => x.kind === kind && x.metadata.name === name);
+  if (!o) throw new Error(`no ${kind} ${name} in deploy/`);
+  return o as T;
+};
+const byFile = new Map(files.map((f) => [relative(ROOT, f), parseObjects(readFileSync(f, 'utf8'), relative(ROOT, f))]));
+const all = [...byFile.values()].flat();
+
+t.test('the schema check itself catches what it must (a check that cannot fail proves nothing)', async (t) => {
+  const ds = structuredClone(find<Workload>(all, 'DaemonSet', 'sockmesh-agent'));
+  t.same(await validate(ds, 'copy'), [], 'the DaemonSet as shipped');
+  const typo = structuredClone(ds);
+  const mount = typo.spec.template.spec.containers[0]!.volumeMounts![0]! as Obj;
+  mount.mountPropogation = mount.mountPropagation;
+  delete mount.mountPropagation;
+  t.match((await validate(typo, 'copy')).join('\n'), /volumeMounts\/0\/mountPropogation: a field the Kubernetes schema does not have/, 'a misspelt field');
+  const wrongType = structuredClone(ds);
+  (wrongType.spec.template.spec.containers[0]!.ports![0]! as Obj).containerPort = '9464';
+  t.match((await validate(wrongType, 'copy')).join('\n'), /ports\/0\/containerPort type/, 'a string where the schema wants an integer');
+  const wrongEnum = structuredClone(ds);
+  (wrongEnum.spec.template.spec.containers[0]!.volumeMounts![0]! as Obj).mountPropagation = 'Both';
+  t.match((await validate(wrongEnum, 'copy')).join('\n'), /mountPropagation enum/, 'a value outside an enum');
+  const cm = structuredClone(find(all, 'ConfigMap', 'sockmesh-agent'));
+  t.same(await validate(cm, 'copy'), [], 'map keys (ConfigMap data, labels) are not unknown fields');
+  const flags = checkFlags(['--xds', 'x:1', '--kube-pod', '--node-id', 'n', '--kubeconfig=/k'], new Set(['--xds', '--node-id']), AGREED_AGENT);
+  t.same(flags, { unknown: ['--kube-pod'], pending: ['--kubeconfig'] }, 'a misspelt flag is unknown; an agreed one not yet there is pending');
+});
+
+t.test('every manifest file validates against the Kubernetes schemas', async (t) => {
+  t.ok(files.length >= 8, `${files.length} manifest files`);
+  t.notOk(files.some((f) => f.endsWith('.json')), 'the Grafana dashboard JSON is not taken for a manifest');
+  for (const [file, objs] of byFile) {
+    t.ok(objs.length > 0, `${file}: has objects`);
+    for (const o of objs) t.same(await validate(o, file), [], `${file}: ${o.kind} ${o.metadata?.name}`);
+  }
+});
+
+t.test('kubectl kustomize deploy/ builds, and what it builds validates', { skip: KUBECTL ? false : 'kubectl is not installed (Debian: kubernetes-client)' }, async (t) => {
+  const built = kustomizeBuild();
+  for (const o of built) t.same(await validate(o, 'kustomize'), [], `${o.kind} ${o.metadata.name}`);
+  // Nothing in the files is left out of the build, and the build adds only the dashboard ConfigMap.
+  const key = (o: K8s): string => `${o.kind}/${o.metadata.name}`;
+  t.same(built.map(key).filter((k) => k !== 'ConfigMap/sockmesh-grafana-dashboard').sort(), all.map(key).sort(), 'the build is exactly deploy/\'s objects');
+  const dash = find(built, 'ConfigMap', 'sockmesh-grafana-dashboard') as K8s & { data: Record<string, string> };
+  t.same(JSON.parse(dash.data['sockmesh.json']!), JSON.parse(readFileSync(join(DEPLOY, 'grafana', 'sockmesh.json'), 'utf8')), 'the dashboard ConfigMap holds deploy/grafana/sockmesh.json');
+  for (const o of built) {
+    const clusterScoped = ['Namespace', 'ClusterRole', 'ClusterRoleBinding'].includes(o.kind);
+    t.equal(o.metadata.namespace, clusterScoped ? undefined : 'sockmesh-system', `${key(o)}: namespace`);
+  }
+  const version = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+  for (const w of built.filter((o) => o.kind === 'DaemonSet' || o.kind === 'Deployment') as Workload[]) {
+    for (const c of [...w.spec.template.spec.containers, ...(w.spec.template.spec.initContainers ?? [])]) {
+      t.equal(c.image, `localhost/sockmesh:${version}`, `${key(w)} ${c.name}: the image scripts/image.sh tags (package.json's version)`);
+    }
+  }
+});
+
+t.test('what the API server checks beyond the schemas, and references between the objects', async (t) => {
+  const workloads = all.filter((o) => o.kind === 'DaemonSet' || o.kind === 'Deployment') as Workload[];
+  t.equal(workloads.length, 2);
+  for (const w of workloads) {
+    const spec = w.spec.template.spec;
+    const name = `${w.kind} ${w.metadata.name}`;
+    for (const [k, v] of Object.entries(w.spec.selector.matchLabels)) t.equal(w.spec.template.metadata.labels[k], v, `${name}: the selector matches the pod template (${k})`);
+    t.ok(spec.serviceAccountName && all.some((o) => o.kind === 'ServiceAccount' && o.metadata.name === spec.serviceAccountName), `${name}: its ServiceAccount exists`);
+    const volumes = new Set((spec.volumes ?? []).map((v) => v.name));
+    for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+      const sc = c.securityContext ?? {};
+      const adds = sc.capabilities?.add ?? [];
+      for (const m of c.volumeMounts ?? []) {
+        t.ok(volumes.has(m.name), `${name} ${c.name}: volume ${m.name} exists`);
+        // apiserver: "Bidirectional mount propagation is available only to privileged containers"
+        if (m.mountPropagation === 'Bidirectional') t.equal(sc.privileged, true, `${name} ${c.name}: Bidirectional only in a privileged container`);
+      }
+      // apiserver: allowPrivilegeEscalation: false is refused with privileged or CAP_SYS_ADMIN
+      if (sc.allowPrivilegeEscalation === false) t.ok(!sc.privileged && !adds.includes('SYS_ADMIN'), `${name} ${c.name}: allowPrivilegeEscalation false is allowed`);
+      if (!sc.privileged) t.same(sc.capabilities?.drop, ['ALL'], `${name} ${c.name}: not privileged: drops every capability and adds what it needs`);
+      const env = new Map((c.env ?? []).map((e) => [e.name, e]));
+      for (const a of [...(c.command ?? []), ...(c.args ?? [])]) {
+        for (const [, v] of a.matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) t.ok(env.has(v!), `${name} ${c.name}: $(${v}) is defined in env`);
+      }
+      for (const e of env.values()) {
+        const ref = e.valueFrom?.configMapKeyRef;
+        if (!ref) continue;
+        const cm = all.find((o) => o.kind === 'ConfigMap' && o.metadata.name === ref.name) as (K8s & { data?: Record<string, string> }) | undefined;
+        t.ok(cm?.data && ref.key in cm.data, `${name} ${c.name}: ${e.name} <- ConfigMap ${ref.name} key ${ref.key} exists`);
+      }
+      const ports = new Set((c.ports ?? []).map((p) => p.name));
+      for (const probe of [c.readinessProbe, c.livenessProbe]) {
+        const port = ((probe?.httpGet ?? probe?.tcpSocket) as { port?: string | number } | undefined)?.port;
+        if (typeof port === 'string') t.ok(ports.has(port), `${name} ${c.name}: probe port '${port}' is a named port`);
+      }
+    }
+  }
+  const ds = find<Workload>(all, 'DaemonSet', 'sockmesh-agent');
+  const pod = ds.spec.template.spec as PodSpec & { hostNetwork?: boolean; hostPID?: boolean; priorityClassName?: string; tolerations?: { operator?: string; key?: string }[] };
+  t.equal(pod.hostNetwork, true, 'agent: hostNetwork');
+  t.equal(pod.priorityClassName, 'system-node-critical', 'agent: system-node-critical');
+  t.ok(pod.tolerations?.some((x) => x.operator === 'Exists' && !x.key), 'agent: tolerates every taint');
+  const agent = pod.containers.find((c) => c.name === 'agent')!;
+  t.ok(agent.env?.some((e) => e.name === 'NODE_NAME' && e.valueFrom?.fieldRef?.fieldPath === 'spec.nodeName'), 'agent: NODE_NAME from the downward API');
+  const mounts = new Map((agent.volumeMounts ?? []).map((m) => [m.mountPath, m]));
+  for (const p of ['/sys/fs/bpf', '/sys/fs/cgroup', '/run/sockmesh']) t.ok(mounts.has(p), `agent: ${p} mounted`);
+  t.ok(pod.initContainers?.some((c) => c.volumeMounts?.some((m) => m.mountPath === '/sys/fs/bpf' && m.mountPropagation === 'Bidirectional')), '/sys/fs/bpf with Bidirectional propagation (the bpffs mount reaches the host)');
+  // The agent's --xds names the control plane's Service and port.
+  const args = agent.args ?? [];
+  const xds = args[args.indexOf('--xds') + 1] ?? '';
+  const svc = find(all, 'Service', 'sockmesh-controlplane') as K8s & { spec: { ports: { port: number; targetPort: string | number }[] } };
+  t.equal(xds, `${svc.metadata.name}.${svc.metadata.namespace}:${svc.spec.ports[0]!.port}`, 'agent --xds = the control plane Service');
+  const cp = find<Workload>(all, 'Deployment', 'sockmesh-controlplane');
+  const cpPorts = cp.spec.template.spec.containers[0]!.ports ?? [];
+  t.ok(cpPorts.some((p) => p.name === svc.spec.ports[0]!.targetPort), 'the Service\'s targetPort is the control plane\'s named port');
+  const listen = cp.spec.template.spec.containers[0]!.args ?? [];
+  t.equal(listen[listen.indexOf('--listen') + 1], `0.0.0.0:${cpPorts[0]!.containerPort}`, 'the control plane listens on its container port');
+});
+
+t.test('every flag in the manifests is one the programs define', async (t) => {
+  const agentJs = join(ROOT, 'dist', 'agent', 'main.js');
+  const cpJs = join(ROOT, 'dist', 'controlplane', 'main.js');
+  t.ok(existsSync(agentJs) && existsSync(cpJs), 'dist/ is built (scripts/test.mjs compiles first)');
+  const ds = find<Workload>(all, 'DaemonSet', 'sockmesh-agent');
+  const agent = ds.spec.template.spec.containers.find((c) => c.name === 'agent')!;
+  t.equal(agent.command?.at(-1), 'sockmesh-agent', 'the agent container runs sockmesh-agent (its args are the agent\'s)');
+  const cp = find<Workload>(all, 'Deployment', 'sockmesh-controlplane').spec.template.spec.containers[0]!;
+  t.same([cp.command, cp.args?.[0]], [['sockmesh-controlplane'], 'serve'], 'the control plane container runs sockmesh-controlplane serve');
+  for (const [who, args, known, agreed] of [
+    ['sockmesh-agent', agent.args ?? [], helpFlags([agentJs, '--help']), AGREED_AGENT],
+    ['sockmesh-controlplane serve', (cp.args ?? []).slice(1), helpFlags([cpJs, 'serve', '--help']), AGREED_CONTROLPLANE],
+  ] as const) {
+    const { unknown, pending } = checkFlags(args, known, agreed);
+    t.same(unknown, [], `${who}: every flag exists (${args.filter((a) => a.startsWith('--')).join(' ')})`);
+    // Agreed for issue 12 and being added by the wiring change: visible here until they exist, then checked above.
+    for (const f of pending) t.comment(`PENDING: ${who} has no ${f} yet (agreed for issue 12; the wiring adds it)`);
+    if (pending.length) t.test(`${who}: ${pending.join(', ')} not defined yet`, { todo: 'agreed for issue 12; the wiring change adds them' }, async () => {});
+  }
+});
+
+t.test('RBAC covers what the code reads and writes', async (t) => {
+  const rules = (name: string): Rule[] => (find(all, 'ClusterRole', name) as K8s & { rules: Rule[] }).rules;
+  const cp = rules('sockmesh-controlplane');
+  for (const [group, resources] of [['', ['services', 'pods', 'namespaces', 'nodes']], ['discovery.k8s.io', ['endpointslices']], ['gateway.networking.k8s.io', ['httproutes']]] as const) {
+    for (const r of resources) for (const v of ['get', 'list', 'watch']) t.ok(allows(cp, group, r, v), `control plane: ${v} ${group || 'core'}/${r}`);
+  }
+  for (const v of ['update', 'patch']) t.ok(allows(cp, 'gateway.networking.k8s.io', 'httproutes/status', v), `control plane: ${v} httproutes/status`);
+  t.notOk(allows(cp, 'gateway.networking.k8s.io', 'httproutes', 'update'), 'control plane: writes routes only through their status');
+  t.notOk(allows(cp, '', 'secrets', 'get'), 'control plane: no secrets');
+  const agent = rules('sockmesh-agent');
+  for (const v of ['get', 'list', 'watch']) t.ok(allows(agent, '', 'pods', v), `agent: ${v} pods`);
+  t.notOk(allows(agent, '', 'pods', 'update') || allows(agent, '', 'services', 'list'), 'agent: pods, read-only, and nothing else');
+  for (const b of all.filter((o) => o.kind === 'ClusterRoleBinding') as (K8s & { roleRef: { name: string }; subjects: { name: string; namespace: string }[] })[]) {
+    t.ok(all.some((o) => o.kind === 'ClusterRole' && o.metadata.name === b.roleRef.name), `${b.metadata.name}: its ClusterRole exists`);
+    for (const s of b.subjects) t.ok(all.some((o) => o.kind === 'ServiceAccount' && o.metadata.name === s.name && o.metadata.namespace === s.namespace), `${b.metadata.name}: subject ${s.namespace}/${s.name} exists`);
+  }
+});
