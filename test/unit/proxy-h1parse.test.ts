@@ -113,3 +113,46 @@ t.test('chunked decoder: byte-exact for every piece size, trailers kept, the nex
   t.equal(bad('1000000000000\r\n'), -1, 'size beyond 12 hex digits');
   t.equal(bad('0\r\nbad trailer\r\n\r\n'), -1, 'malformed trailer');
 });
+
+// Findings of the fuzz targets (test/fuzz/: h1-request, h1-smuggling), each once wrong.
+t.test('fuzz findings: the CR of an empty line before a request, alone in a read, waits for its LF', async (t) => {
+  const p = new RequestHeadParse();
+  const stream = Buffer.from('\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n', 'latin1');
+  t.equal(p.parse(stream.subarray(0, 1), 0, 1024), 0, 'a lone CR: more bytes needed (was: 400 bad method)');
+  t.equal(p.parse(stream, 0, 1024), stream.length);
+  t.equal(p.parse(Buffer.from('\rGET', 'latin1'), 0, 1024), -ParseError.Bad, 'a CR followed by anything but LF is still refused');
+});
+
+t.test('fuzz findings: a chunk size line is read by its grammar, as llhttp reads it (no two readings of one body)', async (t) => {
+  const decode = (s: string): { n: number; body: string; error: string } => {
+    const d = new ChunkedDecoder();
+    const parts: Buffer[] = [];
+    const n = d.feed(Buffer.from(s, 'latin1'), 0, { chunkData: (b) => parts.push(b), chunkEnd: () => {} }, 1024);
+    return { n, body: Buffer.concat(parts).toString('latin1'), error: d.error };
+  };
+  for (const ok of ['5;a\r\nhello\r\n0\r\n\r\n', '5;a=b\r\nhello\r\n0\r\n\r\n', '5;a="q\\"x";b\r\nhello\r\n0\r\n\r\n', '5;a=b;c\r\nhello\r\n0;x=1\r\n\r\n']) {
+    t.equal(decode(ok).body, 'hello', `accepted: ${JSON.stringify(ok.split('\r')[0])}`);
+  }
+  for (const bad of ['5 \r\nhello\r\n0\r\n\r\n', '0\t\r\n\r\n', '0;\r\n\r\n', '0; \r\n\r\n', '5;a=\r\nhello\r\n0\r\n\r\n', '5;a="x\r\nhello\r\n0\r\n\r\n', '5 x\r\nhello\r\n0\r\n\r\n', '5;a b\r\nhello\r\n0\r\n\r\n', '5 ;a\r\nhello\r\n0\r\n\r\n', '5;a =b\r\nhello\r\n0\r\n\r\n', '5;a=b \r\nhello\r\n0\r\n\r\n']) {
+    t.equal(decode(bad).n, -1, `refused: ${JSON.stringify(bad.split('\r')[0])} (${decode(bad).error})`);
+  }
+  for (const trailer of ['Transfer-Encoding: chunked', 'content-length: 5']) {
+    const r = decode(`0\r\nx-ok: 1\r\n${trailer}\r\n\r\n`);
+    t.equal(r.n, -1, `a framing field in the trailers is refused: ${trailer}`);
+    t.equal(r.error, 'framing field in trailers');
+  }
+  t.ok(decode('0\r\nx-transfer-encoding: 1\r\n\r\n').n > 0, 'other trailers pass');
+});
+
+t.test('fuzz findings: list elements lose OWS only, not NBSP (0xA0 is obs-text, not whitespace)', async (t) => {
+  const p = new RequestHeadParse();
+  const parse = (s: string): number => p.parse(Buffer.from(s, 'latin1'), 0, 1024);
+  t.equal(parse('POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: \u00a0chunked\r\n\r\n'), -ParseError.Bad, 'not chunked: refused (was: read as chunked)');
+  t.ok(parse('POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: \tchunked \r\n\r\n') > 0);
+  t.equal(p.framing, Framing.Chunked, 'OWS around it is fine');
+  t.ok(parse('GET / HTTP/1.1\r\nhost: x\r\nconnection: close\u00a0\r\n\r\n') > 0);
+  t.notOk(p.close, '"close\\xa0" is not close');
+  const r = new ResponseHeadParse();
+  t.ok(r.parse(Buffer.from('HTTP/1.1 200 OK\r\ntransfer-encoding: \u00a0chunked\r\n\r\n', 'latin1'), 0, 1024, false) > 0);
+  t.equal(r.framing, Framing.Close, 'a response whose last coding is not chunked is read until close');
+});

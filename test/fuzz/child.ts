@@ -1,0 +1,95 @@
+// One fuzz target in one process (started by cli.ts or the suite, with register.mjs so that the target's files are
+// probed). A watchdog thread keeps a copy of the input being run: one that runs longer than --timeout-ms is written
+// out as a hang and the process is killed (a synchronous loop cannot be interrupted any other way).
+//
+//   node --import ./test/fuzz/register.mjs test/fuzz/child.ts --target NAME [--seconds S] [--execs N] [--seed N]
+//     [--timeout-ms T] [--corpus DIR] [--findings DIR] [--blind] [--stop-on-finding]
+// The last line on stdout is `FUZZ-RESULT {json}`; a hang prints `FUZZ-HANG {json}` and the process dies (SIGKILL).
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Worker } from 'node:worker_threads';
+import { fuzz, inputName, type Finding } from './engine.js';
+import { targetSpec } from './targets.js';
+
+const { values: a } = parseArgs({
+  options: {
+    target: { type: 'string' }, seconds: { type: 'string', default: '10' }, execs: { type: 'string' }, seed: { type: 'string' },
+    'timeout-ms': { type: 'string', default: '1000' }, corpus: { type: 'string' }, findings: { type: 'string' },
+    blind: { type: 'boolean', default: false }, 'stop-on-finding': { type: 'boolean', default: false },
+  },
+});
+if (!a.target) throw new Error('child.ts: --target is required');
+const spec = targetSpec(a.target);
+if ((process.env.SOCKMESH_FUZZ_INSTRUMENT ?? '') !== spec.instrument.join(',')) {
+  // the probes are placed at load time by register.mjs, from this variable: without it the run would be blind
+  throw new Error(`child.ts: run through cli.ts (npm run fuzz), or set SOCKMESH_FUZZ_INSTRUMENT=${spec.instrument.join(',')}`);
+}
+const here = new URL('.', import.meta.url).pathname;
+const timeoutMs = Number(a['timeout-ms']);
+const findingsDir = a.findings;
+
+function readDir(dir: string): Buffer[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).sort().filter((f) => !f.startsWith('.') && !f.endsWith('.md')).map((f) => readFileSync(join(dir, f)));
+}
+
+function save(kind: string, data: Buffer, note: string): string | undefined {
+  if (!findingsDir) return undefined;
+  mkdirSync(findingsDir, { recursive: true });
+  const file = join(findingsDir, `${kind}-${inputName(data)}`);
+  writeFileSync(file, data);
+  writeFileSync(`${file}.txt`, `${note}\n`);
+  return file;
+}
+
+// the input in flight: [0] its length; the start time at byte 8 (a Float64); the bytes from 16
+const sab = new SharedArrayBuffer(16 + spec.maxLen + 16);
+const meta = new Int32Array(sab, 0, 2);
+const started = new Float64Array(sab, 8, 1);
+const bytes = new Uint8Array(sab, 16);
+const watchdog = new Worker(`
+  const { workerData: w } = require('node:worker_threads');
+  const fs = require('node:fs'), path = require('node:path'), crypto = require('node:crypto');
+  const meta = new Int32Array(w.sab, 0, 2), started = new Float64Array(w.sab, 8, 1), bytes = new Uint8Array(w.sab, 16);
+  setInterval(() => {
+    const t = started[0];
+    if (t === 0 || Date.now() - t <= w.timeoutMs) return;
+    const input = Buffer.from(bytes.subarray(0, meta[0]));
+    let file = null;
+    if (w.dir) {
+      fs.mkdirSync(w.dir, { recursive: true });
+      file = path.join(w.dir, 'hang-' + crypto.createHash('sha1').update(input).digest('hex').slice(0, 16));
+      fs.writeFileSync(file, input);
+      fs.writeFileSync(file + '.txt', 'ran over ' + w.timeoutMs + ' ms\\n');
+    }
+    fs.writeSync(1, '\\nFUZZ-HANG ' + JSON.stringify({ target: w.target, timeoutMs: w.timeoutMs, file, input: input.toString('base64') }) + '\\n');
+    process.kill(process.pid, 'SIGKILL');
+  }, Math.min(100, w.timeoutMs / 4)).unref();
+`, { eval: true, workerData: { sab, timeoutMs, dir: findingsDir, target: spec.name } });
+watchdog.unref();
+
+const mod = (await import(`./targets/${spec.name}.ts`)) as { run: (d: Buffer) => void | Promise<void>; dict?: string[]; setup?: () => Promise<void> };
+await mod.setup?.();
+const seeds = [...readDir(join(here, spec.name)), ...(a.corpus ? readDir(a.corpus) : [])];
+if (a.corpus) mkdirSync(a.corpus, { recursive: true });
+
+const stats = await fuzz(mod.run, {
+  seeds, dict: mod.dict ?? [], maxLen: spec.maxLen, seconds: Number(a.seconds), maxExecs: a.execs ? Number(a.execs) : undefined,
+  seed: a.seed ? Number(a.seed) : (Date.now() & 0x7fffffff), guided: !a.blind, stopOnFinding: a['stop-on-finding'],
+  beforeExec: (d) => { bytes.set(d.subarray(0, bytes.length)); meta[0] = Math.min(d.length, bytes.length); started[0] = Date.now(); },
+  onNewInput: a.corpus ? (d) => writeFileSync(join(a.corpus!, inputName(d)), d) : undefined,
+  onFinding: (f: Finding) => {
+    const file = save(f.kind, f.input, `${f.signature}\n\n${f.message}`);
+    process.stdout.write(`FUZZ-FINDING ${JSON.stringify({ target: spec.name, signature: f.signature, file, input: f.input.toString('base64') })}\n`);
+  },
+});
+started[0] = 0;
+const result = {
+  target: spec.name, execs: stats.execs, seconds: Math.round(stats.seconds * 10) / 10, execsPerSecond: stats.execsPerSecond,
+  corpus: stats.corpus, seeds: seeds.length, probesHit: stats.probesHit, probesTotal: stats.probesTotal,
+  findings: stats.findings.map((f) => ({ kind: f.kind, signature: f.signature, input: f.input.toString('base64') })),
+};
+process.stdout.write(`FUZZ-RESULT ${JSON.stringify(result)}\n`);
+// targets may leave timers behind (sessions linger): the run is over
+process.exit(stats.findings.length > 0 ? 1 : 0);
