@@ -1,9 +1,9 @@
 // Services + EndpointSlices -> model, with kube-proxy's semantics: one test per rule the translation promises
 // (kube/translate.ts, kube/translate-endpoints.ts). Each builds the objects as the API server sends them.
 import t from 'tap';
-import { translateCluster, type ClusterView, type NodeScope } from '../../kube/translate.js';
+import { directService, translateCluster, type ClusterView, type NodeScope } from '../../kube/translate.js';
 import { modelServiceName } from '../../kube/translate-names.js';
-import { parseConfig } from '../../agent/model/config.js';
+import { parseConfig, validateServices } from '../../agent/model/config.js';
 import type { KEndpoint, KEndpointSlice, KService, KServicePort } from '../../kube/types.js';
 import type { Service } from '../../agent/model/types.js';
 
@@ -270,4 +270,38 @@ t.test('deterministic, and one slice change changes only its service', async (t)
   t.equal(b.model.services.length, a.model.services.length);
   // untouched services are the very same objects (cached by input identity): nothing for the differ to walk
   t.equal(b.model.services.filter((s, i) => s === a.model.services[i]).length, 49);
+});
+
+t.test('directService (the fast path for L4 services) makes exactly what validateServices makes', async (t) => {
+  let seed = 12345;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+  let compared = 0;
+  for (let i = 0; i < 400; i++) {
+    const v4 = rnd(3) !== 0;
+    const v6 = !v4 || rnd(2) === 0;
+    const vips = [...(v4 ? [`10.96.${rnd(256)}.${1 + rnd(250)}`] : []), ...(v6 ? [`fd00::${(1 + rnd(999)).toString(16)}`] : [])];
+    const samePort = rnd(2) === 0;
+    const nports = 1 + rnd(samePort ? 2 : 3); // 53/tcp + 53/udp at most: a third would be a duplicate
+    const ports: Record<string, unknown>[] = [];
+    for (let k = 0; k < nports; k++) ports.push({ port: samePort ? 53 : 80 + k, protocol: k % 2 ? 'udp' : 'tcp' });
+    const backends: Record<string, unknown>[] = [];
+    const nb = rnd(6);
+    for (let k = 0; k < nb; k++) {
+      const address = rnd(2) ? `10.1.${i % 256}.${k + 1}` : `fd00:1::${(k + 1).toString(16)}`;
+      backends.push(samePort || nports === 1 ? { address, port: 8000 + rnd(3) } : { address });
+    }
+    if (!samePort && nports > 1) ports.forEach((p, k) => (p['targetPort'] = 9000 + k));
+    const obj: Record<string, unknown> = { name: `s${i}`, vips, ports, backends };
+    if (rnd(3) === 0) obj['affinity'] = { timeoutSeconds: 1 + rnd(86400) };
+    // (the generator makes valid services only: distinct backends, no loops)
+    const want = validateServices([obj], 'x', { names: new Set(), frontends: new Map() }, { emptyGroupsAllowed: true })[0];
+    const got = directService(obj);
+    if (got === undefined) {
+      t.ok(nb === 0 && ports.some((p) => p['targetPort'] !== undefined), 'declines only what it says it declines');
+      continue;
+    }
+    compared++;
+    t.same(got, want, `service ${i}`);
+  }
+  t.ok(compared > 200, `compared ${compared}`);
 });
