@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS="clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make g++ iproute2 sockperf iperf3 iptables openssl curl wrk haproxy nginx redis-tools nghttp2-client python3 python3-grpcio"
+# issue 12: scripts/image.sh builds the OCI image with these; test/kernel/image.test.ts runs it with podman (runc where
+# crun refuses a hybrid cgroup host).
+PKGS="$PKGS debootstrap buildah podman runc"
 # Debian's own nodejs package ships its headers (needed by node-gyp, offline) separately.
 if [ "$(command -v node)" = /usr/bin/node ] && [ ! -f /usr/include/node/node.h ] && dpkg-query -W nodejs >/dev/null 2>&1; then
   PKGS="$PKGS libnode-dev"
