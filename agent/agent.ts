@@ -10,6 +10,7 @@ import { cgroup2Root, cgroupOf, ownCgroupId } from './datapath/cgroup.js';
 import { KernelReconciler, prepareHost } from './kernel.js';
 import { FileSource } from './sources/file.js';
 import { XdsSource } from './sources/xds/source.js';
+import { KubeSource, type KubeAccess } from './sources/kube.js';
 import { AdminServer } from './admin/server.js';
 import { adminRoutes, adminStreams } from './admin/routes.js';
 import type { ProxyReportSource } from './admin/protocol.js';
@@ -46,12 +47,24 @@ export interface XdsConfig {
   locality?: { region?: string; zone?: string; sub_zone?: string };
 }
 
+/** The Kubernetes API as the agent uses it (agent/main.ts builds it from the kubeconfig). */
+export interface KubeWiring {
+  access: KubeAccess;
+  /** this node's name (--node-id) */
+  nodeName: string;
+  trustDomain: string;
+  /** the API server's URL, for status */
+  server: string;
+}
+
 export interface AgentOptions {
   cgroup: string;
   bpffs: string;
   runDir: string;
   /** a file to watch, an xDS control plane, or an embedded model (the default demo config) */
-  config: { file: string } | { embedded: Model; name: string } | { xds: XdsConfig };
+  config: { file: string } | { embedded: Model; name: string } | { xds: XdsConfig } | { kubernetes: KubeWiring };
+  /** with xds: this node's pods from the API server (addresses for the fast path) */
+  kubePods?: KubeWiring;
   allowRootCgroup: boolean;
   sockmap: boolean;
   eventSample: number;
@@ -97,6 +110,7 @@ export class Agent {
   private nodeTimer?: NodeJS.Timeout;
   private source?: FileSource;
   private xds?: XdsSource;
+  private kube?: KubeSource;
   private admin?: AdminServer;
   private readonly events = new EventRing();
   /** the live monitor's readers (GET /v1/monitor); set up with the datapath */
@@ -137,6 +151,13 @@ export class Agent {
       model = this.source.start();
     } else if ('embedded' in opts.config) {
       model = opts.config.embedded;
+    } else if ('kubernetes' in opts.config) {
+      this.kube = this.kubeSource('direct', opts.config.kubernetes);
+      model = this.kube.cached();
+    }
+    if (opts.kubePods) {
+      if (!('xds' in opts.config)) throw new Error('--kube-pods goes with --xds (with --kubernetes the agent watches its pods anyway)');
+      this.kube = this.kubeSource('pods', opts.kubePods);
     }
 
     if (l7Missing.length) log.warn({ missing: l7Missing }, 'no L7 redirect on this kernel: L7 services are balanced at L4 (fail open) or refused (fail closed)');
@@ -177,7 +198,14 @@ export class Agent {
         this.stateFile.write(kernel.namesSnapshot());
       },
     });
-    if (model) this.transaction.first(model);
+    if (model && 'kubernetes' in opts.config) {
+      // the cache of a previous agent: one the kernel or the proxy refuses is dropped, the first sync brings the state
+      try {
+        this.transaction.first(model);
+      } catch (e) {
+        log.warn({ error: (e as Error).message }, 'kubernetes: the last applied model was refused; waiting for the API server');
+      }
+    } else if (model) this.transaction.first(model);
     // The proxy counts as down until it listens: L7 services follow their fail mode meanwhile.
     // Clients in pods reach the proxy on a node address: the one given (--proxy-node-address), else the one the pods'
     // routes go to (their gateway or host route, when it is an address of the node: a CNI's host-side veth or bridge
@@ -208,6 +236,7 @@ export class Agent {
     await this.proxy?.start();
     if (found) this.followPodNodeAddress();
     if ('xds' in opts.config) this.startXds(opts.config.xds, node.hostname);
+    this.kube?.start();
 
     const proxyReports: ProxyReportSource = policy ? { backends: () => policy.backendsReport(), routes: () => policy.routesReport() } : {};
     this.admin = new AdminServer(join(opts.runDir, 'admin.sock'), adminRoutes({
@@ -216,6 +245,8 @@ export class Agent {
         version: VERSION, startedAt: this.startedAt, configSource: configSource(opts.config),
         cgroup: opts.cgroup, bpffs: opts.bpffs, sockmap: opts.sockmap, features, programs, node,
         controlPlane: () => this.xds?.status() ?? null,
+        kubernetes: () => this.kube?.status() ?? null,
+        kubernetesReport: () => this.kube?.report() ?? null,
         metrics: () => this.metricsAddress,
       },
     }), log, adminStreams(monitor));
@@ -262,6 +293,17 @@ export class Agent {
       intervalMs, afterScan: sync, onError: (e) => log.warn({ error: e.message }, 'pod scan failed'),
     });
     this.podWatcher.start();
+  }
+
+  private kubeSource(mode: 'direct' | 'pods', k: KubeWiring): KubeSource {
+    return new KubeSource({
+      mode, nodeName: k.nodeName, trustDomain: k.trustDomain, access: k.access,
+      log: this.log.child({ source: 'kubernetes' }),
+      apply: (model, changed) => this.applyModel(model, 'kubernetes', changed),
+      // the node's pods from the API server, beside the ones the /proc walk finds (an address is local while either names it)
+      onPods: (pods) => this.pods.set('kubernetes', pods),
+      cacheFile: join(this.opts.runDir, 'kubernetes-model.json'),
+    });
   }
 
   private startXds(cfg: XdsConfig, hostname: string): void {
@@ -332,6 +374,7 @@ export class Agent {
     this.source?.stop();
     this.podWatcher?.stop();
     await this.xds?.stop();
+    await this.kube?.stop();
     this.checker?.close();
     this.transaction?.close();
     this.state.close();
@@ -346,5 +389,6 @@ export class Agent {
 }
 
 function configSource(config: AgentOptions['config']): string {
+  if ('kubernetes' in config) return `kubernetes:${config.kubernetes.server}`;
   return 'file' in config ? `file:${config.file}` : 'xds' in config ? `xds:${config.xds.address}` : `embedded:${config.name}`;
 }

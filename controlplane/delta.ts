@@ -54,7 +54,7 @@ export class DeltaStream extends StreamBase<Subscription> {
       }
     }
 
-    const state = this.host.snapshot().type(typeUrl)!;
+    const state = this.view().type(typeUrl)!;
     const candidates = new Set<string>();
     const toldAbsent = new Set<string>();
     if (!sub) {
@@ -97,7 +97,7 @@ export class DeltaStream extends StreamBase<Subscription> {
   protected emit(typeUrl: string, owed: Owed): void {
     const sub = this.subs.get(typeUrl);
     if (!sub) return;
-    const state = this.host.snapshot().type(typeUrl)!;
+    const state = this.view().type(typeUrl)!;
     let candidates: Iterable<string> | undefined = owed.names;
     if (candidates === undefined) {
       const all = new Set<string>(sub.names);
@@ -115,7 +115,7 @@ export class DeltaStream extends StreamBase<Subscription> {
   private send(
     typeUrl: string,
     sub: Subscription,
-    state: { version: string; resources: Map<string, Resource> },
+    state: { version: string; resources: ReadonlyMap<string, Resource> },
     candidates: Iterable<string>,
     absentToo: ReadonlySet<string>,
     always: boolean,

@@ -10,7 +10,8 @@ import pino, { type Logger } from 'pino';
 import { adsService, protoRoot } from '../xds/protos.js';
 import { ConfigError, type Model, type Service } from '../agent/model/types.js';
 import { DeltaStream } from './delta.js';
-import { Snapshot, type Changes } from './snapshot.js';
+import { Snapshot, type Changes, type SnapshotView } from './snapshot.js';
+import { LayeredView } from './nodeview.js';
 import { SotwStream } from './sotw.js';
 import { shortType, type StreamHost, type StreamStats, type XdsStream } from './stream.js';
 import { DirWatcher, loadConfigDir } from './watch.js';
@@ -40,6 +41,13 @@ export class ControlPlane implements StreamHost {
   private readonly calls = new Set<grpc.ServerDuplexStream<unknown, Buffer>>();
   private nonces = 0;
   private streamIds = 0;
+  /**
+   * Per node with an open stream, the resources only it is served (Kubernetes services translated for that node),
+   * over the shared snapshot; made on the node's first request from nodeModel, dropped with its last stream.
+   */
+  private readonly overlays = new Map<string, { snapshot: Snapshot; view: LayeredView }>();
+  /** The model of a node's own services (undefined: no per-node services, every node gets the shared snapshot). */
+  private nodeModel?: (nodeId: string) => Model;
   /** Nonces of an earlier server process can never match ours. */
   private readonly noncePrefix = randomBytes(3).toString('hex');
 
@@ -50,6 +58,56 @@ export class ControlPlane implements StreamHost {
 
   snapshot(): Snapshot {
     return this.current;
+  }
+
+  /** What `nodeId` is served: the shared snapshot, with its own services over it when there are per-node services. */
+  view(nodeId: string): SnapshotView {
+    if (!this.nodeModel) return this.current;
+    let o = this.overlays.get(nodeId);
+    if (!o) {
+      const snapshot = Snapshot.empty();
+      snapshot.apply(this.nodeModel(nodeId));
+      o = { snapshot, view: new LayeredView(this.current, snapshot) };
+      this.overlays.set(nodeId, o);
+    }
+    return o.view;
+  }
+
+  /** The nodes that have their own overlay now (tests, metrics). */
+  overlayNodes(): string[] {
+    return [...this.overlays.keys()];
+  }
+
+  /**
+   * Serve `base` to every node and `perNode(node)` over it to each node (its services must be disjoint from the
+   * base's), pushing to each stream what changed for its node. Everything is updated before anything is pushed: a
+   * service moving between the base and a node's overlay is never seen missing.
+   */
+  setLayered(base: Model, perNode: (nodeId: string) => Model): Changes {
+    const started = performance.now();
+    this.nodeModel = perNode;
+    const baseChanges = this.current.apply(base);
+    const nodeChanges = new Map<string, Changes>();
+    for (const [node, o] of this.overlays) {
+      const c = o.snapshot.apply(perNode(node));
+      if (c.size > 0) nodeChanges.set(node, c);
+    }
+    if (baseChanges.size === 0 && nodeChanges.size === 0) return baseChanges;
+    for (const s of this.streams) {
+      const mine = nodeChanges.get(s.node);
+      const changes = mine ? mergeChanges(baseChanges, mine) : baseChanges;
+      if (changes.size === 0) continue;
+      try {
+        s.push(this.current, changes);
+      } catch (e) {
+        this.log.error({ err: e }, 'push to a stream failed');
+      }
+    }
+    this.log.info({
+      snapshot: this.current.serial, changed: Object.fromEntries([...baseChanges].map(([url, names]) => [shortType(url), names.size])),
+      nodes: nodeChanges.size, overlays: this.overlays.size, streams: this.streams.size, ms: Math.round(performance.now() - started),
+    }, 'snapshot updated');
+    return baseChanges;
   }
 
   nextNonce(): string {
@@ -115,6 +173,9 @@ export class ControlPlane implements StreamHost {
       const done = () => {
         this.streams.delete(stream);
         this.calls.delete(call);
+        // a node's overlay lives while it has a stream (a reconnect rebuilds it from nodeModel)
+        const node = stream.node;
+        if (this.overlays.has(node) && ![...this.streams].some((s) => s.node === node)) this.overlays.delete(node);
       };
       call.on('data', (req: unknown) => {
         if (!req || typeof req !== 'object') return void this.log.warn('malformed request: not a message');
@@ -169,7 +230,8 @@ export interface RunningControlPlane {
   close(): Promise<void>;
 }
 
-async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () => void, reload: () => void): Promise<RunningControlPlane> {
+/** Serve `cp` over gRPC; `onClose` runs first when it is closed, `reload` is RunningControlPlane#reload. */
+export async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () => void | Promise<void>, reload: () => void): Promise<RunningControlPlane> {
   protoRoot(); // load the protos before the first client connects
   const server = new grpc.Server({
     // Full states of large fleets are several MiB; requests are small (the receive limit stays the default 4 MiB).
@@ -196,17 +258,18 @@ async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () => void, 
     setModel: (m) => cp.setModel(m),
     updateServices: (changed, removed) => cp.updateServices(changed, removed),
     reload,
-    close: () =>
-      new Promise<void>((done) => {
-        onClose();
-        cp.endStreams();
-        // Streams are ended above; forceShutdown after a grace period covers clients that never half-close.
+    close: async () => {
+      await onClose();
+      cp.endStreams();
+      // Streams are ended above; forceShutdown after a grace period covers clients that never half-close.
+      await new Promise<void>((done) => {
         const timer = setTimeout(() => server.forceShutdown(), 2000);
         server.tryShutdown(() => {
           clearTimeout(timer);
           done();
         });
-      }),
+      });
+    },
   };
 }
 
@@ -245,4 +308,16 @@ export async function startControlPlane(opts: ServeOptions & { dir: string; debo
     watcher.stop();
     throw e;
   }
+}
+
+/** The union of two change sets. */
+function mergeChanges(a: Changes, b: Changes): Changes {
+  if (a.size === 0) return b;
+  const out: Changes = new Map([...a].map(([url, names]) => [url, new Set(names)]));
+  for (const [url, names] of b) {
+    const set = out.get(url);
+    if (set) for (const n of names) set.add(n);
+    else out.set(url, names);
+  }
+  return out;
 }

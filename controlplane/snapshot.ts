@@ -35,6 +35,18 @@ export interface TypeState {
   resources: Map<string, Resource>;
 }
 
+/** One type's resources as a stream reads them. */
+export interface TypeView {
+  version: string;
+  resources: ReadonlyMap<string, Resource>;
+}
+
+/** What a stream reads: a Snapshot, or a node's resources layered over one (see nodeview.ts). */
+export interface SnapshotView {
+  type(url: string): TypeView | undefined;
+  sotwBody(url: string): Buffer;
+}
+
 /** Names per type URL that were added, changed or removed between two snapshots. */
 export type Changes = Map<string, Set<string>>;
 
@@ -404,7 +416,7 @@ function sameData(a: unknown, b: unknown): boolean {
  * through the host), so there is no older snapshot to keep intact, and copying a 10,000-entry map per change is
  * exactly the cost this avoids.
  */
-export class Snapshot {
+export class Snapshot implements SnapshotView {
   /** Increments with every change of content. */
   serial = 0;
   readonly types: Map<string, TypeState>;

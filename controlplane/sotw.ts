@@ -9,7 +9,7 @@
 // ClusterLoadAssignment per stream instead of ten thousand. A client that does not read gets nothing new meanwhile
 // (StreamBase#owe): when it reads again it gets the latest state once, not every version in between.
 import type * as grpc from '@grpc/grpc-js';
-import { encodeSotwResponse, encodeSotwResponseBody, type Changes, type Resource, type Snapshot } from './snapshot.js';
+import { encodeSotwResponse, encodeSotwResponseBody, type Changes, type Resource, type Snapshot, type SnapshotView } from './snapshot.js';
 import { StreamBase, shortType, stringList, wildcardType, type Owed, type StreamHost } from './stream.js';
 
 interface Subscription {
@@ -78,11 +78,11 @@ export class SotwStream extends StreamBase<Subscription> {
 
   protected emit(typeUrl: string, owed: Owed): void {
     const sub = this.subs.get(typeUrl);
-    if (sub) this.send(typeUrl, sub, this.host.snapshot(), owed.names);
+    if (sub) this.send(typeUrl, sub, this.view(), owed.names);
   }
 
   /** Send the subscribed resources of one type (`only`: just these names, for routes and endpoints on a push). */
-  private send(typeUrl: string, sub: Subscription, snapshot: Snapshot, only: Set<string> | undefined): void {
+  private send(typeUrl: string, sub: Subscription, snapshot: SnapshotView, only: Set<string> | undefined): void {
     const state = snapshot.type(typeUrl)!;
     let nonce: string;
     let response: Buffer;

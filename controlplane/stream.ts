@@ -4,11 +4,12 @@ import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { TYPE, TYPE_URLS } from '../xds/envoy.js';
 import { fromStruct } from '../xds/wellknown.js';
-import type { Changes, Snapshot } from './snapshot.js';
+import type { Changes, Snapshot, SnapshotView } from './snapshot.js';
 
 /** The part of the server a stream handler needs. */
 export interface StreamHost {
-  snapshot(): Snapshot;
+  /** What a node is served: the snapshot, with that node's own resources over it (per-node Kubernetes services). */
+  view(nodeId: string): SnapshotView;
   nextNonce(): string;
   readonly log: Logger;
   /** Most resource names one stream may subscribe to per type: a hostile client must not exhaust memory. */
@@ -16,6 +17,8 @@ export interface StreamHost {
 }
 
 export interface XdsStream {
+  /** the node id its first request named ('' before that, or when it named none) */
+  readonly node: string;
   push(snapshot: Snapshot, changes: Changes): void;
   stats(): StreamStats;
 }
@@ -148,6 +151,15 @@ export abstract class StreamBase<Sub> implements XdsStream {
   protected abstract request(typeUrl: string, req: Record<string, unknown>): void;
 
   abstract push(snapshot: Snapshot, changes: Changes): void;
+
+  get node(): string {
+    return this.nodeId ?? '';
+  }
+
+  /** What this stream's node is served now. */
+  protected view(): SnapshotView {
+    return this.host.view(this.node);
+  }
 
   private queuedBytes = 0;
   private readonly counters = { maxQueuedBytes: 0, responses: 0, coalesced: 0 };

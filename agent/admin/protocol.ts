@@ -6,6 +6,8 @@
 //   GET /v1/events    FlowEvent[] (most recent sampled flow events)
 //   GET /v1/backends  BackendsReport (?service=NAME for one): in or out of service, why and since when
 //   GET /v1/routes    RoutesReport (?service=NAME for one): the L7 routes with the proxy's live numbers
+//   GET /v1/kubernetes KubeReport: the Kubernetes source's watches and the services it does not serve (404 without
+//                     --kubernetes or --kube-pods)
 //   GET /v1/monitor   a stream, one JSON object per line, until the client closes it: MonitorEvent and, at the start
 //                     and every summaryMs, MonitorSummary. Query (MonitorQuery): service, pod, cgroup, type, verdict
 //                     (repeatable or comma-separated), rate (events/s, 0 = no limit), summaryMs. A reader that falls
@@ -13,11 +15,13 @@
 // Errors: a non-2xx status with { error: string }.
 import type { FrontendReport, KernelProxyReport, SocketReport, StatsReport } from '../datapath/inspect.js';
 import type { XdsStatus } from '../sources/xds/source.js';
+import type { KubeReport, KubeSourceStatus, Unserved } from '../sources/kube.js';
 import type { CircuitBreaker, HealthCheck, StringMatch, UpstreamProtocol, WeightedGroup } from '../model/l7.js';
 import type { ProbeReport } from '../health/checker.js';
 import type { FlowEvent } from '../observe/events.js';
 import type { L7Event, MonitorEvent, MonitorQuery, MonitorSummary } from '../observe/filter.js';
 import type { StateFile } from '../state/statefile.js';
+export type { KubeReport, KubeSourceStatus, Unserved };
 export type { FlowEvent, L7Event, MonitorEvent, MonitorQuery, MonitorSummary, FrontendReport, KernelProxyReport, SocketReport, StateFile, StatsReport };
 
 /** Where the proxy hands its finished requests to the live monitor: `active` is read before an event is built. */
@@ -43,6 +47,8 @@ export interface StatusReport {
   maps: { map: string; entries: number; maxEntries: number }[];
   /** the xDS control-plane connection, when the config comes from one */
   controlPlane: XdsStatus | null;
+  /** the Kubernetes source (--kubernetes, --kube-pods): its watches' health; absent or null = none */
+  kubernetes?: KubeSourceStatus | null;
   /** backends probed by health checks, backends out (probe or ejection), frontends in panic, the metrics URL */
   health?: { probed: number; out: number; panics: number; metrics: string | null };
   /** the L7 proxy as the kernel sees it (address, alive by heartbeat); null when none is announced */

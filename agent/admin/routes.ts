@@ -14,6 +14,7 @@ import { parseMonitorQuery } from '../observe/filter.js';
 import type { MonitorHub } from '../observe/monitor.js';
 import type { NodeFacts } from '../observe/node.js';
 import type { XdsStatus } from '../sources/xds/source.js';
+import type { KubeReport, KubeSourceStatus } from '../sources/kube.js';
 import type { LiveState } from '../state/live.js';
 
 export interface AdminSources {
@@ -39,6 +40,10 @@ export interface StatusSources {
   programs: ProgramReport[];
   node: NodeFacts;
   controlPlane: () => XdsStatus | null;
+  /** the Kubernetes source (--kubernetes, --kube-pods); absent or null = none */
+  kubernetes?: () => KubeSourceStatus | null;
+  /** GET /v1/kubernetes: the source's status and what is not served; absent = not configured (404) */
+  kubernetesReport?: () => KubeReport | null;
   metrics: () => string | null;
 }
 
@@ -53,6 +58,11 @@ export function adminRoutes(src: AdminSources): Record<string, Handler> {
     '/v1/events': () => src.events.recent(),
     '/v1/backends': (q) => backends(src, q.get('service') ?? undefined),
     '/v1/routes': (q) => routes(src, q.get('service') ?? undefined),
+    '/v1/kubernetes': () => {
+      const r = src.status.kubernetesReport?.() ?? null;
+      if (!r) throw new AdminError(404, 'this agent does not watch Kubernetes (--kubernetes or --kube-pods)');
+      return r;
+    },
   };
 }
 
@@ -120,6 +130,7 @@ function statusReport(src: AdminSources): StatusReport {
     programs: s.programs,
     maps: reader.fill(),
     controlPlane: s.controlPlane(),
+    kubernetes: s.kubernetes?.() ?? null,
     proxy: reader.proxy(),
     health: {
       probed: src.checker?.size ?? 0, out: state.states.list().length,

@@ -1,7 +1,7 @@
 // meshctl services: each frontend (service, VIP:port/proto, algorithm, affinity) with its backends underneath.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { FrontendReport } from '../../agent/admin/protocol.js';
+import type { FrontendReport, KubeReport, Unserved } from '../../agent/admin/protocol.js';
 import { labelBackends, podNamesOf } from '../../agent/identity/podns.js';
 import type { Context } from '../context.js';
 import { duration, hostport, humanBytes, humanCount, percent } from '../format.js';
@@ -12,12 +12,42 @@ import { upstreamText } from './routes.js';
 export async function services(ctx: Context): Promise<void> {
   // The agent names the pods and counts fast-path connections; from the pins, meshctl does the same itself.
   const cgroup = ctx.state()?.cgroup;
-  const { value } = await ctx.fromAgentOrPins<FrontendReport[]>('/v1/services', (r, names) => {
+  const { value, source } = await ctx.fromAgentOrPins<FrontendReport[]>('/v1/services', (r, names) => {
     const list = r.frontends(names);
     if (!cgroup) return list;
     return labelBackends(list, existsSync(join(ctx.bpffs, 'sm_sockets')) ? r.sockets() : [], podNamesOf(cgroup, r.n));
   });
-  ctx.print(value, () => renderServices(value, ctx.style));
+  // With Kubernetes, what is not served too (headless, ExternalName: no VIP; NodePort/LoadBalancer/externalIPs parts).
+  // Text only: --json keeps its shape (the frontends); the list is GET /v1/kubernetes.
+  const kube = source === 'agent' && !ctx.json ? await kubeReport(ctx) : null;
+  ctx.print(value, () => [...renderServices(value, ctx.style), ...(kube ? renderUnserved(kube, ctx.style) : [])]);
+}
+
+async function kubeReport(ctx: Context): Promise<KubeReport | null> {
+  try {
+    return await ctx.client.get<KubeReport>('/v1/kubernetes');
+  } catch {
+    return null; // no Kubernetes source (404), or an agent older than it
+  }
+}
+
+const UNSERVED_KIND: Record<Unserved['kind'], string> = {
+  'headless': 'headless (no VIP)', 'external-name': 'ExternalName (no VIP)', 'node-port': 'NodePort: not served',
+  'load-balancer': 'LoadBalancer: not served', 'external-ips': 'externalIPs: not served', 'sctp': 'SCTP: not served',
+  'other-proxy': 'another proxy\'s', 'no-cluster-ip': 'no cluster IP', 'invalid': 'invalid',
+};
+
+/**
+ * The Kubernetes services (or parts) with nothing in the kernel. With --kube-pods the services come over xDS: the
+ * control plane knows what it does not serve (its /v1/kubernetes), the agent does not.
+ */
+export function renderUnserved(k: KubeReport, style: Style): string[] {
+  if (k.status.mode === 'pods') return ['', style.dim('kubernetes: services come from the control plane; what it does not serve is on its status endpoint (/v1/kubernetes)')];
+  if (k.unserved.length === 0) return [];
+  const rows: Row[] = [...k.unserved]
+    .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`) || a.kind.localeCompare(b.kind))
+    .map((u) => [`${u.namespace}/${u.name}`, UNSERVED_KIND[u.kind] ?? u.kind, u.reason]);
+  return ['', style.bold('not served by sockmesh (Kubernetes)'), ...renderTable([{ header: 'SERVICE' }, { header: 'WHAT' }, { header: 'WHY' }], rows, { indent: '  ', style })];
 }
 
 const BACKEND_COLUMNS: Column[] = [

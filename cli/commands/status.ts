@@ -150,6 +150,7 @@ export function renderStatus(s: StatusReport, style: Style): string[] {
     .filter(([k, ok]) => !ok && (k.startsWith('progTypes.') || k.startsWith('mapTypes.'))).map(([k]) => k);
   if (missing.length) out.push(...renderFacts([['kernel lacks', style.yellow(missing.join(', '))]], { style }));
   if (s.controlPlane) out.push('', ...renderControlPlane(s.controlPlane, style));
+  if (s.kubernetes) out.push('', ...renderKubernetes(s.kubernetes, style));
   out.push('');
   out.push(...renderTable([{ header: 'PROGRAM' }, { header: 'ATTACH TYPE' }, { header: 'HOW' }],
     s.programs.map((p: ProgramReport) => [p.program, p.attachType, p.how]), { style }));
@@ -177,6 +178,34 @@ export function renderControlPlane(cp: NonNullable<StatusReport['controlPlane']>
   }
   for (const w of cp.warming) out.push(style.yellow(`warming: ${w}`));
   for (const u of cp.unsupported) out.push(style.yellow(`not supported: ${u}`));
+  return out;
+}
+
+/**
+ * The Kubernetes source: one line that says whether the API server is reachable and since when ("kubernetes:
+ * unreachable since <time>": everything stays as it is meanwhile), then per watch its state, objects and relists.
+ */
+export function renderKubernetes(k: NonNullable<StatusReport['kubernetes']>, style: Style): string[] {
+  const h = k.health;
+  const out = [`kubernetes: ${h.connected ? (h.synced ? style.green(k.summary) : style.yellow(k.summary)) : style.red(k.summary)}`];
+  const what = k.mode === 'direct' ? 'services, endpointslices, httproutes cluster-wide; this node and its pods' : 'this node\'s pods (services over xDS)';
+  const last = k.lastTranslate;
+  out.push(...renderFacts([
+    ['watching', `${what}  node ${k.node}`],
+    ...(k.mode === 'direct' ? [
+      ['last sync', last ? `${last.at}  ${last.services} services, ${last.changed} changed${last.relist ? ' (after a relist)' : ''}, translated in ${last.ms} ms` : style.yellow('none yet')],
+      ['not served', k.unserved ? `${k.unserved} (meshctl services lists them)` : 'none'],
+      ['left out', k.issues ? style.yellow(`${k.issues} problems in objects (GET /v1/kubernetes)`) : 'none'],
+      ['route status', `${k.routeStatus.writes} written${k.routeStatus.failures ? style.yellow(`, ${k.routeStatus.failures} failed`) : ''}`],
+    ] as [string, string][] : []),
+    ...(k.fromCache ? [['model', style.yellow('the last applied one (kept from before the restart), until the API server is synced')]] as [string, string][] : []),
+    ...(k.lastError ? [['last error', style.red(k.lastError)]] as [string, string][] : []),
+  ], { indent: '  ', style }));
+  out.push('');
+  out.push(...renderTable([{ header: 'WATCH' }, { header: 'STATE' }, { header: 'SINCE' }, { header: 'OBJECTS', align: 'right' as const },
+    { header: 'RELISTS', align: 'right' as const }, { header: 'LAST ERROR' }],
+  h.watches.map((w) => [w.resource, w.connected ? (w.synced ? 'watching' : 'listing') : style.red('unreachable'), w.since, String(w.objects),
+    String(w.relists), w.lastError ?? '']), { style }));
   return out;
 }
 

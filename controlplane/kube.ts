@@ -1,0 +1,267 @@
+// `sockmesh-controlplane serve --kubernetes`: the cluster watched once (Services, EndpointSlices, HTTPRoutes, Nodes),
+// translated with kube-proxy's semantics (kube/translate.ts) and served over the same xDS server as a config
+// directory, to every node agent.
+//
+// Per node where it matters: a Service with internalTrafficPolicy Local or topology (PreferClose) has other endpoints
+// on every node. The xDS node id is the node name; those services (and only those) are translated per node with an
+// open stream, into that node's overlay (nodeview.ts); everything else is translated once for the cluster. A node's
+// overlay is recomputed only when a batch touched what it reads (a node-dependent service, its slices or routes, a
+// Node): an EndpointSlice change of an ordinary service costs one translation, whatever the number of nodes.
+//
+// HTTPRoute status (Accepted, ResolvedRefs) is written back through the status subresource, only when it differs
+// from what the API server holds. Watch health goes to the log and to the status endpoint (--status-listen:
+// GET /metrics, GET /v1/kubernetes with what is not served).
+import type { Logger } from 'pino';
+import type { Model } from '../agent/model/types.js';
+import { translateCluster, type TranslateIssue, type TranslateResult, type Unserved } from '../kube/translate.js';
+import type { KEndpointSlice, KHTTPRoute, KNode, KService } from '../kube/types.js';
+import {
+  ClusterWatch, healthLine, nodeDependentServices, RouteStatusWriter,
+  type ClusterHealth, type KubeAccess, type SyncBatch, type WatchKind,
+} from '../kube/watch.js';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Registry } from 'prom-client';
+import { registerKubeMetrics } from '../kube/metrics.js';
+import { ControlPlane, serve, type RunningControlPlane, type ServeOptions } from './server.js';
+
+/** The API server as the control plane uses it (controlplane/main.ts builds it from the kubeconfig). */
+export type ClusterAccess = KubeAccess;
+
+export interface KubeClusterOptions {
+  access: ClusterAccess;
+  /** the API server's URL (logs, status) */
+  server: string;
+  log: Logger;
+  debounceMs?: number;
+  maxDelayMs?: number;
+}
+
+/** GET /v1/kubernetes of the control plane. */
+export interface ClusterReport {
+  server: string;
+  summary: string;
+  health: ClusterHealth;
+  services: number;
+  /** Kubernetes services translated per node (Local, PreferClose), and the nodes with an overlay now */
+  perNodeServices: number;
+  overlayNodes: number;
+  lastTranslate: { at: string; ms: number; services: number; relist: boolean } | null;
+  routeStatus: { writes: number; failures: number };
+  unserved: Unserved[];
+  issues: TranslateIssue[];
+}
+
+const EMPTY: Model = { services: [] };
+const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
+const MAX_REPORTED_ISSUES = 200;
+
+export class KubeCluster {
+  readonly watch: ClusterWatch;
+  private readonly routeWriter?: RouteStatusWriter;
+  private last?: TranslateResult;
+  private dependent = new Set<string>();
+  /** moves when a batch touched what a node's overlay reads */
+  private generation = 0;
+  private readonly perNode = new Map<string, { generation: number; model: Model }>();
+  private lastTranslate: ClusterReport['lastTranslate'] = null;
+  private writing: Promise<void> = Promise.resolve();
+  /** how many per-node translations were made (tests: a plain endpoint change makes none) */
+  nodeTranslations = 0;
+
+  constructor(private readonly cp: ControlPlane, private readonly o: KubeClusterOptions) {
+    const r = (kind: WatchKind) => o.access.reflect(kind, {});
+    this.watch = new ClusterWatch({
+      reflectors: { services: r('services'), endpointslices: r('endpointslices'), httproutes: r('httproutes'), nodes: r('nodes') },
+      debounceMs: o.debounceMs, maxDelayMs: o.maxDelayMs,
+      onSync: (b) => this.sync(b),
+      onHealth: (h) => {
+        if (h.connected) o.log.info({ server: o.server, since: h.since }, 'kubernetes: the API server is reachable again');
+        else o.log.warn({ server: o.server, since: h.since, error: h.lastError }, 'kubernetes: the API server is unreachable; serving the last state');
+      },
+    });
+    if (o.access.patchRouteStatus) {
+      const patch = o.access.patchRouteStatus;
+      this.routeWriter = new RouteStatusWriter({
+        patch: (ns, name, status) => patch(ns, name, status),
+        routes: () => this.watch.store<KHTTPRoute>('httproutes'),
+        onError: (e, route) => o.log.warn({ route, error: e.message }, 'kubernetes: writing the HTTPRoute status failed (tried again with the next change)'),
+      });
+    }
+  }
+
+  start(): void {
+    this.watch.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.watch.stop();
+    await this.writing;
+  }
+
+  /** Route status writes started so far have finished. */
+  settled(): Promise<void> {
+    return this.writing;
+  }
+
+  private view() {
+    return {
+      services: this.watch.store<KService>('services'),
+      endpointSlices: this.watch.store<KEndpointSlice>('endpointslices'),
+      httpRoutes: this.watch.store<KHTTPRoute>('httproutes'),
+      nodes: this.watch.store<KNode>('nodes'),
+    };
+  }
+
+  private sync(b: SyncBatch): void {
+    const t0 = performance.now();
+    const v = this.view();
+    const res = translateCluster(v, {});
+    const dependent = nodeDependentServices(v.services.values(), v.httpRoutes.values());
+    if (b.first || this.touchesNodes(b, dependent)) this.generation++;
+    this.dependent = dependent;
+    this.last = res;
+    const base = dependent.size === 0 ? res.model : { ...res.model, services: res.model.services.filter((s) => !dependent.has(res.origins.get(s.name) ?? '')) };
+    this.cp.setLayered(base, (node) => this.nodeModel(node));
+    for (const node of [...this.perNode.keys()]) if (!this.cp.overlayNodes().includes(node)) this.perNode.delete(node);
+    const ms = performance.now() - t0;
+    this.lastTranslate = { at: new Date().toISOString(), ms: Math.round(ms * 1000) / 1000, services: res.model.services.length, relist: b.relist };
+    for (const i of res.issues.slice(0, 20)) this.o.log.warn({ object: i.object, field: i.path || '(object)', reason: i.message }, 'kubernetes: left out');
+    if (this.routeWriter && res.routeStatus.length > 0) {
+      const w = this.routeWriter;
+      this.writing = this.writing.then(() => w.write(res.routeStatus));
+    }
+  }
+
+  /** Whether a batch changed what the per-node translations read. */
+  private touchesNodes(b: SyncBatch, dependent: ReadonlySet<string>): boolean {
+    if (b.changed.nodes.size > 0 || b.changed.httproutes.size > 0) return dependent.size > 0 || this.dependent.size > 0;
+    for (const k of b.changed.services) if (dependent.has(k) || this.dependent.has(k)) return true;
+    if (dependent.size === 0 && this.dependent.size === 0) return false;
+    const slices = this.watch.store<KEndpointSlice>('endpointslices');
+    for (const k of b.changed.endpointslices) {
+      const s = slices.get(k);
+      if (!s) return true; // deleted: whose it was is not known any more
+      const svc = `${s.metadata.namespace ?? ''}/${s.metadata.labels?.[SERVICE_NAME_LABEL] ?? ''}`;
+      if (dependent.has(svc) || this.dependent.has(svc)) return true;
+    }
+    return false;
+  }
+
+  /**
+   * The node-dependent services for `node`: translated from a view of just them (and the services their routes send
+   * to), the result cut to them. Remembered per node until a batch touches what it read.
+   */
+  private nodeModel(node: string): Model {
+    if (this.dependent.size === 0) return EMPTY;
+    const memo = this.perNode.get(node);
+    if (memo && memo.generation === this.generation) return memo.model;
+    const v = this.view();
+    const wanted = new Set(this.dependent);
+    for (const r of v.httpRoutes.values()) {
+      const ns = r.metadata.namespace ?? '';
+      const parents = (r.spec?.parentRefs ?? []).map((p) => `${p.namespace ?? ns}/${p.name}`);
+      if (!parents.some((p) => this.dependent.has(p))) continue;
+      for (const rule of r.spec?.rules ?? []) for (const ref of rule.backendRefs ?? []) wanted.add(`${ref.namespace ?? ns}/${ref.name}`);
+    }
+    const services = new Map<string, KService>();
+    for (const [k, s] of v.services) if (wanted.has(`${s.metadata.namespace ?? ''}/${s.metadata.name ?? ''}`)) services.set(k, s);
+    const res = translateCluster({ ...v, services }, { nodeName: node });
+    this.nodeTranslations++;
+    const model = { services: res.model.services.filter((s) => this.dependent.has(res.origins.get(s.name) ?? '')) };
+    this.perNode.set(node, { generation: this.generation, model });
+    return model;
+  }
+
+  report(): ClusterReport {
+    const health = this.watch.health();
+    return {
+      server: this.o.server, summary: healthLine(health), health,
+      services: this.last?.model.services.length ?? 0, perNodeServices: this.dependent.size, overlayNodes: this.cp.overlayNodes().length,
+      lastTranslate: this.lastTranslate,
+      routeStatus: { writes: this.routeWriter?.writes ?? 0, failures: this.routeWriter?.failures ?? 0 },
+      unserved: this.last?.unserved ?? [], issues: (this.last?.issues ?? []).slice(0, MAX_REPORTED_ISSUES),
+    };
+  }
+}
+
+export interface KubeServeOptions extends ServeOptions {
+  access: ClusterAccess;
+  server: string;
+  debounceMs?: number;
+  maxDelayMs?: number;
+  /** GET /metrics and GET /v1/kubernetes on this host:port (port 0 picks one); absent = none */
+  statusListen?: { host: string; port: number };
+}
+
+export interface RunningKubeControlPlane extends RunningControlPlane {
+  readonly kube: KubeCluster;
+  /** http://host:port of the status endpoint (null: none) */
+  readonly statusAddress: string | null;
+}
+
+/**
+ * A control plane serving the cluster: xDS as for a config directory, from the start (nothing is served before the
+ * first complete list: agents keep what they have meanwhile, as with any control plane that has no state yet).
+ */
+export async function startKubeControlPlane(opts: KubeServeOptions): Promise<RunningKubeControlPlane> {
+  const cp = new ControlPlane(opts);
+  const kube = new KubeCluster(cp, { access: opts.access, server: opts.server, log: cp.log, debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs });
+  let status: Server | undefined;
+  let statusAddress: string | null = null;
+  if (opts.statusListen) {
+    const registry = new Registry();
+    registerKubeMetrics(registry, 'sockmesh_controlplane', {
+      health: () => kube.watch.health(), unserved: () => kube.report().unserved.length, routeStatus: () => kube.report().routeStatus,
+    });
+    registry.registerMetric({
+      name: 'sockmesh_controlplane_xds_streams', help: 'Open ADS streams', type: 'gauge', aggregator: 'sum',
+      get: () => Promise.resolve({ name: 'sockmesh_controlplane_xds_streams', help: 'Open ADS streams', type: 'gauge', aggregator: 'sum', values: [{ labels: {}, value: cp.streamCount }] }),
+      reset: () => {},
+    } as unknown as Parameters<Registry['registerMetric']>[0]);
+    status = await statusServer(opts.statusListen, registry, () => kube.report());
+    const a = status.address() as AddressInfo;
+    statusAddress = `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+    cp.log.info({ address: statusAddress }, 'status endpoint listening (GET /metrics, GET /v1/kubernetes)');
+  }
+  kube.start();
+  try {
+    const running = await serve(cp, opts, async () => {
+      await kube.stop();
+      if (status) await new Promise<void>((r) => { status!.close(() => r()); status!.closeAllConnections(); });
+    }, () => {});
+    return Object.assign(running, { kube, statusAddress });
+  } catch (e) {
+    await kube.stop();
+    status?.close();
+    throw e;
+  }
+}
+
+async function statusServer(listen: { host: string; port: number }, registry: Registry, report: () => ClusterReport): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' || (path !== '/metrics' && path !== '/v1/kubernetes')) {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found: GET /metrics or GET /v1/kubernetes\n');
+      return;
+    }
+    if (path === '/v1/kubernetes') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(report()));
+      return;
+    }
+    registry.metrics().then((text) => {
+      res.writeHead(200, { 'content-type': registry.contentType });
+      res.end(text);
+    }, (e: Error) => {
+      res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end(`collecting metrics failed: ${e.message}\n`);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e) => reject(new Error(`--status-listen ${listen.host}:${listen.port}: ${e.message}`)));
+    server.listen(listen.port, listen.host, () => resolve());
+  });
+  return server;
+}
