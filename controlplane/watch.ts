@@ -5,7 +5,7 @@
 import { readdirSync, watch, type FSWatcher } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseConfig } from '../agent/model/config.js';
-import { readConfigText } from '../agent/sources/configtext.js';
+import { BurstDebounce, CONFIG_MAX_WAIT_MS, readConfigText } from '../agent/sources/configtext.js';
 import { ConfigError, type ConfigIssue, type Model, type Service, type Workload } from '../agent/model/types.js';
 
 const CONFIG_FILE = /^[^.].*\.(ya?ml|json)$/i; // hidden files (editor swap and lock files) are not config
@@ -79,7 +79,7 @@ export interface DirWatcherEvents {
 
 export class DirWatcher {
   private watcher?: FSWatcher;
-  private timer?: NodeJS.Timeout;
+  private debounce?: BurstDebounce;
   readonly dir: string;
 
   constructor(dir: string, private readonly events: DirWatcherEvents, private readonly debounceMs = 150) {
@@ -89,10 +89,9 @@ export class DirWatcher {
   start(): void {
     // Every event reloads (debounced): a ConfigMap update or an `ln -sfn` deploy swaps a `..data` symlink and touches
     // no config file's name. An unchanged directory gives an unchanged model, which the snapshot treats as no change.
-    this.watcher = watch(this.dir, () => {
-      clearTimeout(this.timer);
-      this.timer = setTimeout(() => this.reload(), this.debounceMs);
-    });
+    // Debounced, but a directory rewritten faster than the debounce is still read every CONFIG_MAX_WAIT_MS.
+    const debounce = (this.debounce = new BurstDebounce(() => this.reload(), this.debounceMs, CONFIG_MAX_WAIT_MS));
+    this.watcher = watch(this.dir, () => debounce.poke());
     this.watcher.on('error', (e) => this.events.onError(new Error(`watching ${this.dir}: ${e.message}`)));
   }
 
@@ -110,7 +109,7 @@ export class DirWatcher {
   }
 
   stop(): void {
-    clearTimeout(this.timer);
+    this.debounce?.cancel();
     this.watcher?.close();
   }
 }

@@ -91,3 +91,36 @@ export function readConfigText(path: string): FileText {
     closeSync(fd);
   }
 }
+
+/**
+ * A trailing debounce with a longest wait, for the watches of config files. A trailing debounce alone never fires
+ * while events keep coming faster than it does: under `npm run soak`'s churn (the config rewritten every 100 ms) the
+ * control plane's directory watch (150 ms) served nothing for as long as the writes went on, and the agent's file
+ * source (100 ms) only applied what it caught in the pauses. Within a burst, `fire` now runs at least every maxWaitMs.
+ */
+export class BurstDebounce {
+  private timer?: NodeJS.Timeout;
+  private since?: number;
+
+  constructor(private readonly fire: () => void, private readonly debounceMs: number, private readonly maxWaitMs: number) {}
+
+  /** An event: fire debounceMs after the last one, and no later than maxWaitMs after the first of the burst. */
+  poke(): void {
+    const now = Date.now();
+    this.since ??= now;
+    clearTimeout(this.timer);
+    const wait = Math.max(0, Math.min(this.debounceMs, this.since + this.maxWaitMs - now));
+    this.timer = setTimeout(() => {
+      this.since = undefined;
+      this.fire();
+    }, wait);
+  }
+
+  cancel(): void {
+    clearTimeout(this.timer);
+    this.since = undefined;
+  }
+}
+
+/** The longest a burst of changes to a config file or directory waits before it is read (see BurstDebounce). */
+export const CONFIG_MAX_WAIT_MS = 500;

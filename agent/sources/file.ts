@@ -15,7 +15,7 @@ import { basename, dirname, resolve } from 'node:path';
 import { parseConfig } from '../model/config.js';
 import { joinErrors } from '../model/reasons.js';
 import { ConfigError, type Model } from '../model/types.js';
-import { RefusedFile, readConfigText, signature } from './configtext.js';
+import { BurstDebounce, CONFIG_MAX_WAIT_MS, RefusedFile, readConfigText, signature } from './configtext.js';
 
 /**
  * How long a file written in place must keep its size and mtime before it is read: 1 s, twice the pause between the
@@ -55,6 +55,8 @@ export function loadConfigFile(path: string): { model: Model; text: string } {
 export class FileSource {
   private watcher?: FSWatcher;
   private timer?: NodeJS.Timeout;
+  /** the watch's events, debounced with a longest wait */
+  private watchEvents?: BurstDebounce;
   private lastText?: string;
   /** the version last read (whatever came of it): seen again, there is nothing to do */
   private lastSig?: string;
@@ -85,8 +87,10 @@ export class FileSource {
     // none given. Any other file in the directory is not ours: a neighbour written continuously (a log beside the
     // config; the l7 bench's h2load log once) restarted the debounce on every write, so a change of the config itself
     // waited until the neighbour fell silent, and each write cost a timer.
+    // Those events are debounced, but a file rewritten faster than the debounce is still read every CONFIG_MAX_WAIT_MS.
+    this.watchEvents = new BurstDebounce(() => this.changed(), this.debounceMs, CONFIG_MAX_WAIT_MS);
     this.watcher = watch(dirname(this.path), (_event, filename) => {
-      if (filename === null || filename === name || filename.startsWith('..')) this.schedule(this.debounceMs);
+      if (filename === null || filename === name || filename.startsWith('..')) this.watchEvents!.poke();
     });
     return model;
   }
@@ -150,6 +154,7 @@ export class FileSource {
 
   stop(): void {
     clearTimeout(this.timer);
+    this.watchEvents?.cancel();
     this.watcher?.close();
   }
 }

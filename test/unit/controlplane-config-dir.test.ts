@@ -2,11 +2,11 @@
 // file over MAX_CONFIG_BYTES or with bytes no text file has is refused unread, its error short, and the other files'
 // problems still reported; a good directory still loads.
 import t from 'tap';
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfigDir } from '../../controlplane/watch.js';
-import { MAX_CONFIG_BYTES } from '../../agent/sources/configtext.js';
+import { DirWatcher, loadConfigDir } from '../../controlplane/watch.js';
+import { CONFIG_MAX_WAIT_MS, MAX_CONFIG_BYTES } from '../../agent/sources/configtext.js';
 import { ConfigError } from '../../agent/model/types.js';
 
 const good = 'services:\n  - {name: a, vips: [127.77.9.1], ports: [{port: 80}]}\n';
@@ -35,4 +35,24 @@ t.test('an oversized file and a binary file are refused unread, with short messa
   rmSync(join(dir, 'huge.yaml'));
   rmSync(join(dir, 'junk.json'));
   t.same(loadConfigDir(dir).model.services.map((s) => s.name), ['a'], 'the directory loads again once they are gone');
+});
+
+t.test('a directory rewritten faster than the debounce is still served while the writes go on', async (t) => {
+  // Under `npm run soak` (a file renamed over every 100 ms) the 150 ms trailing debounce never fired: the control plane
+  // served nothing new until the writes stopped. A burst is now read at least every CONFIG_MAX_WAIT_MS.
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-cpdir-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const text = (port: number) => `services:\n  - name: web\n    vips: [127.77.9.9]\n    ports: [{ port: 80 }]\n    backends: [{ address: 127.0.0.1, port: ${port} }]\n`;
+  writeFileSync(join(dir, 'a.yaml'), text(9000));
+  const loads: number[] = [];
+  const w = new DirWatcher(dir, { onModel: (m) => { loads.push(m.services[0]!.frontends[0]!.backends[0]!.port); }, onError: () => {} });
+  t.teardown(() => w.stop());
+  w.start();
+  const end = Date.now() + 2000;
+  for (let port = 9001; Date.now() < end; port++) {
+    writeFileSync(join(dir, '.a.tmp'), text(port));
+    renameSync(join(dir, '.a.tmp'), join(dir, 'a.yaml'));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.ok(loads.length >= 2, `loaded ${loads.length} times during 2 s of writes every 100 ms (at least every ${CONFIG_MAX_WAIT_MS} ms)`);
 });

@@ -6,6 +6,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, renameSync, rmSync, symlin
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileSource, SETTLE_MS } from '../../agent/sources/file.js';
+import { CONFIG_MAX_WAIT_MS } from '../../agent/sources/configtext.js';
 import type { Model } from '../../agent/model/types.js';
 
 const svc = (port: number) => `services:\n  - name: web\n    vips: [127.77.9.9]\n    ports: [{ port: 80 }]\n    backends: [{ address: 127.0.0.1, port: ${port} }]\n`;
@@ -138,4 +139,26 @@ t.test('a file renamed into place is applied at once; SIGHUP (reload) reads at o
   src.reload();
   t.equal(applied[1]?.port, 8003, 'reload reads at once');
   t.ok(applied[1]!.at - at < 100);
+});
+
+t.test('a file rewritten faster than the debounce is still read while the writes go on (not only in a pause)', async (t) => {
+  // `npm run soak` rewrote its config every 100 ms: the trailing debounce (reset by every event) read it only in the
+  // pauses between writes. A burst is now read at least every CONFIG_MAX_WAIT_MS.
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-filesource-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'config.yaml');
+  writeFileSync(file, svc(9000));
+  const applied: number[] = [];
+  // a debounce longer than the writes' period: before the fix nothing was read until they stopped
+  const src = new FileSource(file, { onModel: (m) => { applied.push(portOf(m)); return null; }, onError: () => {} }, 300);
+  t.teardown(() => src.stop());
+  src.start();
+  const end = Date.now() + 2000;
+  for (let port = 9001; Date.now() < end; port++) {
+    writeFileSync(`${file}.tmp`, svc(port));
+    renameSync(`${file}.tmp`, file);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const during = applied.length;
+  t.ok(during >= 2, `read ${during} times during 2 s of writes every 100 ms (at least every ${CONFIG_MAX_WAIT_MS} ms)`);
 });
