@@ -1,0 +1,713 @@
+// `npm run soak -- --minutes N` (default 30): the agent under churn on the node lab, judged request by request.
+//
+// Setup: a private cgroup (the meshed one), a node lab in it (a client pod `cli` and backend pods b1..b4, each running
+// bench/lib/soakserver.ts), and a host cgroup of the mesh for host-side clients. Traffic (bench/lib/soakclient.ts,
+// from the pod and from the host, to 127.77/16 VIPs, which a missing program would send to loopback and nowhere else):
+// L4 TCP and UDP, and L7 HTTP/1.1 and HTTP/2 to an HTTP/1.1 and an h2c upstream, plus one HTTP/1.1 loop per churned VIP.
+// Changes every 100 ms through the agent's config source: services added and removed, backends added, removed,
+// drained and re-weighted; every few seconds a backend pod turns `unready` (its health probe fails) or answers 5xx
+// (outlier ejection) for 1-3 s. Two phases, half the time each: the file source, then xDS from a
+// sockmesh-controlplane process that is SIGKILLed and restarted (an xDS reconnect) every 20 s (10 s under 5 minutes).
+// b1 is never drained, removed or made sick in the four stable services, so those always have a good backend:
+// every failure there counts. bench/lib/soakmodel.ts says exactly how a failure is judged.
+//
+// Pass: 0 counted failures (every excluded one is reported by reason); the agent's RSS and open fds flat (the slope of a
+// least-squares line over the phase after its warm-up, against the bounds below); the kernel maps back at the end to
+// what the same config held at the start (services, backends, table slots, no affinity entries); bpftool's programs,
+// links and maps the same during the run as after the start, and after cleanup as before. A summary table, PASS/FAIL
+// per criterion, and the result as one JSON line last. Exit 0 = pass, 2 = a criterion failed, 1 = could not run.
+// Bounded: a hard timeout of the run's length plus 5 minutes cleans up and exits; every process, cgroup, namespace and
+// pin it made is removed on every way out (lab down, agent cleanup, the cgroup tree killed and removed).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createServer, connect as tcpConnect, type AddressInfo } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AGENT_NODE_FLAGS } from '../agent/runtime.js';
+import { MapReader } from '../agent/datapath/inspect.js';
+import { native } from '../agent/datapath/native.js';
+import { Lab } from '../lab/lab.js';
+import { emitResult } from './chart.js';
+import { benchWorkspace, createChildCgroup } from './lib/cgroup.js';
+import { prng } from './lib/fleet.js';
+import { Background, installSignalCleanup, log, onCleanup, requireRootAndTools, run, runCleanups } from './lib/proc.js';
+import type { ClientReport, ClientSpec, ClientTarget } from './lib/soakclient.js';
+import {
+  frontendKey, slope, soakConfig, SOAK_HEALTH, SOAK_OUTLIER, Timeline, type ExcludeReason, type FrontendSnap, type SoakService,
+} from './lib/soakmodel.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const DIST = join(ROOT, 'dist');
+const AGENT_JS = join(DIST, 'agent', 'main.js');
+const CP_JS = join(DIST, 'controlplane', 'main.js');
+const SERVER_JS = join(DIST, 'bench', 'lib', 'soakserver.js');
+const CLIENT_JS = join(DIST, 'bench', 'lib', 'soakclient.js');
+
+const BACKENDS = ['b1', 'b2', 'b3', 'b4'];
+/** never drained, removed or made sick in the stable services */
+const ANCHOR = 'b1';
+const CHURN_SLOTS = 12;
+const TICK_MS = 100;
+/**
+ * A listing added (or undrained) is judged in force this long after it was written: the watch reads a changing file at
+ * least every CONFIG_MAX_WAIT_MS (500 ms), then the apply; through xDS the control plane's watch does the same, then the
+ * push and the agent's apply (and a change written while the control plane was down counts from the reconnection).
+ */
+const CONFIG_ALLOWANCE_MS: Record<Phase, number> = { file: 1000, xds: 1500 };
+/** the agent sees a recovered probe after healthyThreshold passes, each up to an interval apart, and one interval more */
+const UNREADY_RECOVERY_MS = (SOAK_HEALTH.healthyThreshold + 1) * SOAK_HEALTH.intervalMs + SOAK_HEALTH.timeoutMs;
+/** a backend that stopped answering 5xx may stay ejected for the longest ejection */
+const ERRORS_RECOVERY_MS = SOAK_OUTLIER.maxEjectionMs + 500;
+/**
+ * Flatness bounds on the slope of a least-squares line over the phase after its warm-up, in units per minute.
+ * RSS: at least 1 MiB a minute (60 MiB an hour). What a flat agent still shows is V8's young generation filling and
+ * emptying (two semi-spaces of 8 MiB with the agent's flags: a sawtooth of up to 16 MiB), which a fit over T minutes
+ * can read as up to 16/T MiB a minute: the bound is the larger of the two (2 min of fit: 8 MiB/min; 12 min: 1.33).
+ * A real leak is far above either: one 1 KiB object kept per request at the soak's ~1000 requests a second is 60 MiB
+ * a minute. fds: at least 0.5 a minute; the count moves with the connections in flight and the proxy's pools (about 30
+ * here), read by a fit over T minutes as up to 30/T a minute; one fd kept per churned service or per request would be
+ * hundreds a minute.
+ */
+const RSS_SAWTOOTH_MIB = 16;
+const FD_SWING = 30;
+const rssBound = (fitMin: number): number => Math.max(1, RSS_SAWTOOTH_MIB / fitMin);
+const fdBound = (fitMin: number): number => Math.max(0.5, FD_SWING / fitMin);
+const SAMPLE_MS = 250;
+const ENVELOPE_MS = 5000;
+
+type Phase = 'file' | 'xds';
+
+export interface SoakOpts { minutes: number; seed: number; phases: Phase[]; pauseMs: number }
+
+interface Check { name: string; pass: boolean; value: string; limit: string }
+
+interface PhaseResult {
+  phase: Phase;
+  seconds: number;
+  requests: number;
+  ok: number;
+  failed: number;
+  counted: number;
+  excluded: Partial<Record<ExcludeReason, number>>;
+  countedByError: Record<string, number>;
+  countedSamples: { key: string; kind: string; t0: number; ms: number; err: string; backend: string }[];
+  perTarget: Record<string, { ok: number; failed: number }>;
+  configWrites: number;
+  configApplied: number;
+  /** from a write to the next 'config applied' (ms) */
+  applyLagMs: { p50: number; p99: number; max: number };
+  modeEvents: number;
+  cpRestarts: number;
+  reconnectMs: number[];
+  rssMiB: { start: number; end: number; slopePerMin: number };
+  fds: { start: number; end: number; slopePerMin: number };
+  maps: { start: MapCounts; end: MapCounts };
+  bpf: { before: BpfCounts; started: BpfCounts; end: BpfCounts; after: BpfCounts };
+  agentErrors: string[];
+  checks: Check[];
+}
+
+interface MapCounts {
+  services: number; backends: number; tableSlots: number; liveTableSlots: number; affinity: number; activeBackends: number; sockets: number;
+  /** slots of tables no frontend uses (table id -> slots): retired tables that were never reaped */
+  strayTables: Record<string, number>;
+}
+interface BpfCounts { progs: number; links: number; maps: number; cgroupProgs: number }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => resolve(p)); });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ host: '127.0.0.1', port });
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** Write-then-rename: the agent (and the control plane) never read half a file. */
+function putFile(path: string, text: string): void {
+  writeFileSync(`${path}.tmp`, text);
+  renameSync(`${path}.tmp`, path);
+}
+
+async function bpfCounts(cgroup: string): Promise<BpfCounts> {
+  const count = async (args: string[]): Promise<number> => {
+    const r = await run('bpftool', ['-j', ...args], 20_000);
+    if (r.code !== 0) throw new Error(`bpftool ${args.join(' ')}: ${r.stderr.trim()}`);
+    return (JSON.parse(r.stdout.trim() || '[]') as unknown[]).length;
+  };
+  return { progs: await count(['prog', 'show']), links: await count(['link', 'show']), maps: await count(['map', 'show']), cgroupProgs: await count(['cgroup', 'show', cgroup]) };
+}
+
+function mapCounts(bpffs: string): MapCounts {
+  const n = native();
+  const dump = (name: string): Buffer[] => {
+    const p = join(bpffs, name);
+    if (!existsSync(p)) return [];
+    const fd = n.objGet(p);
+    try { return n.mapDump(fd).keys; } finally { n.close(fd); }
+  };
+  const raw = (name: string): number => dump(name).length;
+  const r = MapReader.fromPins(bpffs, n);
+  try {
+    const fes = r.frontends();
+    const tables = new Map(fes.map((f) => [f.tableId, f.tableSize]));
+    const strayTables: Record<string, number> = {};
+    for (const k of dump('sm_tables')) {
+      const id = k.readUInt32LE(0); // struct sm_table_key: table id, then the slot
+      if (!tables.has(id)) strayTables[id] = (strayTables[id] ?? 0) + 1;
+    }
+    return {
+      strayTables,
+      services: raw('sm_services'), backends: raw('sm_backends'), tableSlots: raw('sm_tables'),
+      liveTableSlots: [...tables.values()].reduce((a, b) => a + b, 0), affinity: raw('sm_affinity'),
+      activeBackends: fes.reduce((a, f) => a + f.backends.filter((b) => b.state === 'active').length, 0), sockets: raw('sm_sockets'),
+    };
+  } finally { r.close(); }
+}
+
+function procSample(pid: number): { rssMiB: number; fds: number } | null {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return { rssMiB: Number(m?.[1] ?? 0) / 1024, fds: readdirSync(`/proc/${pid}/fd`).length };
+  } catch { return null; }
+}
+
+/** The churn: the services in the config, the backend pods' modes, and the timeline of both. */
+class World {
+  readonly services = new Map<string, SoakService>();
+  readonly timeline = new Timeline();
+  /** (frontend key, pod) -> when its listing counts as in force (Infinity: written while the control plane was down) */
+  private cfgFrom = new Map<string, number>();
+  /** pod -> from when it counts healthy again after a recovery */
+  private modeFrom = new Map<string, number>();
+  readonly modes = new Map<string, { unready: boolean; errors: boolean }>(BACKENDS.map((b) => [b, { unready: false, errors: false }]));
+  cpDown = false;
+  writes = 0;
+  readonly writeTimes: number[] = [];
+  modeEvents = 0;
+
+  constructor(private readonly rand: () => number, private readonly allowanceMs: number) {
+    this.reset();
+  }
+
+  /** The stable services, every backend at weight 1, no churned service: the config at the start and at the end. */
+  reset(): void {
+    this.services.clear();
+    const all = () => new Map(BACKENDS.map((b) => [b, 1]));
+    this.services.set('s-tcp', { name: 's-tcp', kind: 'l4tcp', vip: '127.77.0.1', port: 80, backends: all() });
+    this.services.set('s-udp', { name: 's-udp', kind: 'l4udp', vip: '127.77.0.2', port: 53, backends: all() });
+    this.services.set('s-web', { name: 's-web', kind: 'l7h1', vip: '127.77.0.3', port: 80, backends: all() });
+    this.services.set('s-h2', { name: 's-h2', kind: 'l7h2', vip: '127.77.0.4', port: 80, backends: all() });
+  }
+
+  stable(name: string): boolean { return name.startsWith('s-'); }
+  churnVip(slot: number): string { return `127.77.1.${slot + 1}`; }
+
+  private pick<T>(xs: T[]): T { return xs[Math.floor(this.rand() * xs.length)]!; }
+  private weight(): number { return 1 + Math.floor(this.rand() * 10); }
+
+  /** One random config change (every tick). */
+  mutate(): void {
+    const r = this.rand();
+    const names = [...this.services.keys()];
+    if (r < 0.25) {
+      const slot = Math.floor(this.rand() * CHURN_SLOTS);
+      const name = `c${slot}`;
+      if (this.services.has(name)) this.services.delete(name);
+      else {
+        const backends = new Map<string, number>();
+        for (const b of BACKENDS) if (this.rand() < 0.6) backends.set(b, this.weight());
+        if (backends.size === 0) backends.set(this.pick(BACKENDS), 1);
+        this.services.set(name, { name, kind: this.pick(['l4tcp', 'l7h1', 'l7h2'] as const), vip: this.churnVip(slot), port: 80, backends });
+      }
+      return;
+    }
+    const s = this.services.get(this.pick(names))!;
+    const movable = BACKENDS.filter((b) => !(this.stable(s.name) && b === ANCHOR));
+    const b = this.pick(movable);
+    if (r < 0.55) {
+      // re-weight or drain (weight 0) a backend the service lists
+      if (s.backends.has(b)) s.backends.set(b, this.rand() < 0.3 ? 0 : this.weight());
+    } else if (r < 0.8) {
+      // a backend leaves or comes back
+      if (s.backends.has(b) && s.backends.size > 1) s.backends.delete(b);
+      else if (!s.backends.has(b)) s.backends.set(b, this.weight());
+    } else {
+      for (const x of s.backends.keys()) if (!(this.stable(s.name) && x === ANCHOR)) s.backends.set(x, this.rand() < 0.15 ? 0 : this.weight());
+    }
+  }
+
+  /** A backend pod's mode on or off (recorded; the caller tells the pod). */
+  setMode(pod: string, mode: 'unready' | 'errors', on: boolean, now: number): void {
+    const m = this.modes.get(pod)!;
+    m[mode] = on;
+    if (!on) this.modeFrom.set(pod, Math.max(this.modeFrom.get(pod) ?? 0, now + (mode === 'unready' ? UNREADY_RECOVERY_MS : ERRORS_RECOVERY_MS)));
+    this.modeEvents++;
+  }
+
+  /** Whether a pod serves a service of this kind well now (UDP has no probe and no 5xx; the L4 port answers no 5xx). */
+  private podGood(pod: string, kind: SoakService['kind']): boolean {
+    const m = this.modes.get(pod)!;
+    if (kind === 'l4udp') return true;
+    if (kind === 'l4tcp') return !m.unready;
+    return !m.unready && !m.errors;
+  }
+
+  /** Take a snapshot of what is in force now (after a config write or a mode change). */
+  snapshot(now: number, wrote: boolean): void {
+    const next = new Map<string, number>();
+    const frontends = new Map<string, FrontendSnap>();
+    for (const s of this.services.values()) {
+      const key = frontendKey(s.vip, s.port);
+      const good = new Map<string, number>();
+      for (const [pod, w] of s.backends) {
+        if (w <= 0) continue;
+        const id = `${key}|${s.name}|${s.kind}|${pod}`;
+        // a listing the agent has already (same service, same kind, weight > 0) keeps its time; a new one is in force
+        // after the allowance, or not before the control plane is back
+        const from = this.cfgFrom.get(id) ?? (wrote && this.cpDown ? Infinity : now + this.allowanceMs);
+        next.set(id, from);
+        if (this.podGood(pod, s.kind)) good.set(pod, Math.max(from, this.modeFrom.get(pod) ?? 0));
+      }
+      frontends.set(key, { service: s.name, good, listed: s.backends.size });
+    }
+    this.cfgFrom = next;
+    this.timeline.record(now, frontends);
+  }
+
+  /** The agent reconnected to the control plane at `at`: what was written while it was away is in force from then on. */
+  reconnected(at: number): void {
+    for (const [id, from] of this.cfgFrom) if (from === Infinity) this.cfgFrom.set(id, at + this.allowanceMs);
+    this.snapshot(at, false);
+  }
+}
+
+interface AgentRun {
+  bg: Background;
+  bpffs: string;
+  runDir: string;
+  applied: number[];
+  connected: number[];
+  errors: string[];
+}
+
+async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase, source: string[], lab: Lab, maxMs: number): Promise<AgentRun> {
+  const bpffs = `/sys/fs/bpf/${ws.workDir.split('/').pop()}-${phase}`;
+  const runDir = join(ws.workDir, `run-${phase}`);
+  const argv = [
+    ...AGENT_NODE_FLAGS, AGENT_JS, ...source, '--cgroup', ws.cgroup, '--bpffs', bpffs, '--run-dir', runDir,
+    '--proxy-port', String(await freePort()), '--metrics-listen', 'off', '--proxy-node-address', lab.nodeV4,
+  ];
+  const bg = new Background(`agent (${phase})`, process.execPath, argv, maxMs);
+  const a: AgentRun = { bg, bpffs, runDir, applied: [], connected: [], errors: [] };
+  onCleanup(`agent ${bpffs}`, async () => {
+    await bg.stop('SIGTERM');
+    const r = await run(process.execPath, [AGENT_JS, 'cleanup', '--bpffs', bpffs, '--run-dir', runDir], 20_000);
+    if (r.code !== 0) process.stderr.write(`agent cleanup ${bpffs}: ${r.stderr.trim()}\n`);
+  });
+  bg.onLine((line) => {
+    let l: { msg?: string; level?: number; time?: number; error?: string };
+    try { l = JSON.parse(line) as typeof l; } catch { return; }
+    const t = typeof l.time === 'number' ? l.time : Date.now();
+    if (l.msg === 'config applied') a.applied.push(t);
+    else if (l.msg === 'xds: connected') a.connected.push(t);
+    if ((l.level ?? 0) >= 50 && a.errors.length < 50) a.errors.push(`${l.msg ?? ''}${l.error ? `: ${l.error}` : ''}`);
+  });
+  await bg.waitForLine((l) => l.includes('"datapath ready"'), 30_000);
+  return a;
+}
+
+class ControlPlane {
+  private bg: Background | null = null;
+  restarts = 0;
+  constructor(private readonly dir: string, readonly port: number, private readonly maxMs: number) {}
+  get address(): string { return `127.0.0.1:${this.port}`; }
+
+  async start(): Promise<void> {
+    this.bg = new Background('sockmesh-controlplane', process.execPath, [CP_JS, 'serve', '--dir', this.dir, '--listen', this.address], this.maxMs);
+    const deadline = Date.now() + 20_000;
+    while (!(await canConnect(this.port))) {
+      if (!this.bg.running) throw new Error(`sockmesh-controlplane exited:\n${this.bg.tail()}`);
+      if (Date.now() > deadline) throw new Error(`sockmesh-controlplane not listening on ${this.address} after 20 s:\n${this.bg.tail()}`);
+      await sleep(50);
+    }
+  }
+
+  /** SIGKILL (a crash, no goodbye on the stream). */
+  async kill(): Promise<void> {
+    const bg = this.bg;
+    this.bg = null;
+    if (bg) { bg.child.kill('SIGKILL'); await bg.exited; }
+  }
+
+  async stop(): Promise<void> {
+    const bg = this.bg;
+    this.bg = null;
+    if (bg) await bg.stop('SIGTERM');
+  }
+}
+
+function startClient(name: string, argv: [string, string[]], maxMs: number, sink: (r: ClientReport) => void): Background {
+  const bg = new Background(name, argv[0], argv[1], maxMs);
+  bg.onLine((line) => {
+    try { sink(JSON.parse(line) as ClientReport); } catch { /* not a report */ }
+  });
+  return bg;
+}
+
+async function stopClient(bg: Background): Promise<void> {
+  bg.child.kill('SIGTERM');
+  const t = setTimeout(() => bg.child.kill('SIGKILL'), 10_000);
+  await bg.exited;
+  clearTimeout(t);
+}
+
+function targets(world: World): ClientTarget[] {
+  const t: ClientTarget[] = [
+    { key: '127.77.0.1:80', host: '127.77.0.1', port: 80, kind: 'tcp' },
+    { key: '127.77.0.2:53', host: '127.77.0.2', port: 53, kind: 'udp' },
+    { key: '127.77.0.3:80', host: '127.77.0.3', port: 80, kind: 'h1' },
+    { key: '127.77.0.3:80', host: '127.77.0.3', port: 80, kind: 'h2' },
+    { key: '127.77.0.4:80', host: '127.77.0.4', port: 80, kind: 'h1' },
+    { key: '127.77.0.4:80', host: '127.77.0.4', port: 80, kind: 'h2' },
+  ];
+  for (let s = 0; s < CHURN_SLOTS; s++) {
+    const vip = world.churnVip(s);
+    t.push({ key: frontendKey(vip, 80), host: vip, port: 80, kind: 'h1c' });
+  }
+  return t;
+}
+
+async function runPhase(
+  phase: Phase, ms: number, o: SoakOpts, ws: { workDir: string; cgroup: string }, lab: Lab, hostCg: string,
+  pods: Map<string, ChildProcess>, rand: () => number,
+): Promise<PhaseResult> {
+  log(`phase ${phase}: ${Math.round(ms / 1000)} s`);
+  const world = new World(rand, CONFIG_ALLOWANCE_MS[phase]);
+  const addr = (pod: string): string => lab.pod(pod).v4!;
+  const cfgDir = join(ws.workDir, `config-${phase}`);
+  mkdirSync(cfgDir, { recursive: true });
+  const cfgFile = join(cfgDir, 'soak.yaml');
+  putFile(cfgFile, soakConfig(world.services.values(), addr));
+  const maxMs = ms + 10 * 60_000;
+
+  const before = await bpfCounts(ws.cgroup);
+  let cp: ControlPlane | null = null;
+  if (phase === 'xds') {
+    cp = new ControlPlane(cfgDir, await freePort(), maxMs);
+    const c = cp;
+    onCleanup('control plane', () => c.stop());
+    await cp.start();
+  }
+  const agent = await startAgent(ws, phase, cp ? ['--xds', cp.address] : ['--config', cfgFile], lab, maxMs);
+  if (cp) {
+    const deadline = Date.now() + 30_000;
+    while (agent.applied.length === 0) {
+      if (Date.now() > deadline) throw new Error(`agent (xds): no config applied in 30 s\n${agent.bg.tail()}`);
+      await sleep(50);
+    }
+  }
+  // the start's config settled (health probes ran, nothing retired left): the kernel's counts for this config
+  await sleep(2500);
+  const mapsStart = mapCounts(agent.bpffs);
+  const started = await bpfCounts(ws.cgroup);
+  const agentPid = agent.bg.child.pid!;
+
+  // traffic
+  const perTarget: Record<string, { ok: number; failed: number }> = {};
+  const fails: ClientReport['fails'] = [];
+  const sink = (r: ClientReport) => {
+    for (const [k, n] of Object.entries(r.ok)) (perTarget[k] ??= { ok: 0, failed: 0 }).ok += n;
+    for (const f of r.fails) { (perTarget[f.key] ??= { ok: 0, failed: 0 }).failed++; fails.push(f); }
+  };
+  const t0 = Date.now();
+  world.snapshot(t0 - 5000, true); // the start's config, in force since before the clients
+  const spec = (name: string): string => JSON.stringify({ name, targets: targets(world), pauseMs: o.pauseMs, deadlineMs: ms + 60_000 } satisfies ClientSpec);
+  const clients = [
+    startClient('host client', ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', hostCg, process.execPath, CLIENT_JS, spec('host')]], maxMs, sink),
+    startClient('pod client', lab.pod('cli').argv(process.execPath, [CLIENT_JS, spec('pod')]), maxMs, sink),
+  ];
+
+  const samples: { t: number; rssMiB: number; fds: number }[] = [];
+  const sampler = setInterval(() => {
+    const s = procSample(agentPid);
+    if (s) samples.push({ t: Date.now(), ...s });
+  }, SAMPLE_MS);
+
+  const tell = (pod: string, line: string) => pods.get(pod)!.stdin!.write(`${line}\n`);
+  const modeTimers = new Set<NodeJS.Timeout>();
+  const reconnectMs: number[] = [];
+  const killEvery = o.minutes < 5 ? 10_000 : 20_000;
+  let nextKill = t0 + killEvery;
+  let cpDownAt = 0;
+  let cpBusy = false;
+  const end = t0 + ms;
+  while (Date.now() < end) {
+    if (!agent.bg.running) throw new Error(`agent (${phase}) exited during the soak:\n${agent.bg.tail(20)}`);
+    const now = Date.now();
+    world.mutate();
+    putFile(cfgFile, soakConfig(world.services.values(), addr));
+    world.writes++;
+    world.writeTimes.push(Date.now());
+    world.snapshot(Date.now(), true);
+    // every ~2 s a sick spell for a backend pod that is not already sick that way (never the anchor)
+    if (rand() < TICK_MS / 2000) {
+      const mode = rand() < 0.5 ? 'unready' as const : 'errors' as const;
+      const free = BACKENDS.filter((b) => b !== ANCHOR && !world.modes.get(b)![mode]);
+      if (free.length && BACKENDS.filter((b) => world.modes.get(b)![mode]).length === 0) {
+        const pod = free[Math.floor(rand() * free.length)]!;
+        world.setMode(pod, mode, true, Date.now());
+        world.snapshot(Date.now(), false); // bad from before it is told: never judged good while sick
+        tell(pod, `${mode} on`);
+        const timer = setTimeout(() => {
+          modeTimers.delete(timer);
+          tell(pod, `${mode} off`);
+          world.setMode(pod, mode, false, Date.now());
+          world.snapshot(Date.now(), false);
+        }, 1000 + rand() * 2000);
+        modeTimers.add(timer);
+      }
+    }
+    if (cp && !cpBusy && now >= nextKill) {
+      // an xDS outage: SIGKILL, 1 s down, restarted; in force again once the agent says it reconnected
+      cpBusy = true;
+      const c = cp;
+      void (async () => {
+        cpDownAt = Date.now();
+        world.cpDown = true;
+        await c.kill();
+        await sleep(1000);
+        await c.start();
+        c.restarts++;
+        const since = agent.connected.length;
+        const deadline = Date.now() + 60_000;
+        while (agent.connected.length === since && Date.now() < deadline) await sleep(20);
+        const at = agent.connected[since] ?? Date.now();
+        reconnectMs.push(at - cpDownAt);
+        world.cpDown = false;
+        world.reconnected(Math.max(at, world.timeline.snaps[world.timeline.snaps.length - 1]!.t));
+        nextKill = Date.now() + killEvery;
+        cpBusy = false;
+      })();
+    }
+    await sleep(Math.max(0, TICK_MS - (Date.now() - now)));
+  }
+  // the end: every sick spell over, the start's config again, the control plane up; traffic goes on while it settles
+  while (cpBusy) await sleep(50);
+  for (const t of modeTimers) clearTimeout(t);
+  for (const [pod, m] of world.modes) {
+    for (const mode of ['unready', 'errors'] as const) if (m[mode]) { tell(pod, `${mode} off`); world.setMode(pod, mode, false, Date.now()); }
+  }
+  world.reset();
+  putFile(cfgFile, soakConfig(world.services.values(), addr));
+  world.writes++;
+  world.snapshot(Date.now(), true);
+  await sleep(Math.max(ERRORS_RECOVERY_MS, UNREADY_RECOVERY_MS) + 2000);
+  clearInterval(sampler);
+  await Promise.all(clients.map(stopClient));
+  const seconds = (Date.now() - t0) / 1000;
+  // the retired tables of the last changes are reaped a second after them
+  await sleep(1500);
+  const mapsEnd = mapCounts(agent.bpffs);
+  const endCounts = await bpfCounts(ws.cgroup);
+  const agentErrors = [...agent.errors];
+  const configApplied = agent.applied.length;
+
+  await agent.bg.stop('SIGTERM');
+  const cl = await run(process.execPath, [AGENT_JS, 'cleanup', '--bpffs', agent.bpffs, '--run-dir', agent.runDir], 20_000);
+  if (cl.code !== 0) throw new Error(`agent cleanup: ${cl.stderr.trim()}`);
+  await cp?.stop();
+  const after = await bpfCounts(ws.cgroup);
+
+  // judgement
+  const excluded: Partial<Record<ExcludeReason, number>> = {};
+  const countedByError: Record<string, number> = {};
+  const countedSamples: PhaseResult['countedSamples'] = [];
+  let counted = 0;
+  for (const f of fails) {
+    const v = world.timeline.judge(f.key, f.t0, f.t1);
+    if (v.counts) {
+      counted++;
+      const e = f.err.replace(/\d+ ms/, 'N ms');
+      countedByError[`${f.kind} ${e}`] = (countedByError[`${f.kind} ${e}`] ?? 0) + 1;
+      if (countedSamples.length < 20) countedSamples.push({ key: f.key, kind: f.kind, t0: f.t0, ms: f.t1 - f.t0, err: f.err, backend: v.backend });
+    } else excluded[v.reason] = (excluded[v.reason] ?? 0) + 1;
+  }
+  const ok = Object.values(perTarget).reduce((a, x) => a + x.ok, 0);
+  // how long a written change waited for the next apply (a lower bound of each change's way into the kernel)
+  const lags = world.writeTimes.map((w) => (agent.applied.find((a) => a >= w) ?? Infinity) - w).sort((a, b) => a - b);
+  const applyLagMs = { p50: lags[Math.floor(lags.length / 2)] ?? 0, p99: lags[Math.floor(lags.length * 0.99)] ?? 0, max: lags[lags.length - 1] ?? 0 };
+
+  // flatness after the warm-up: a fifth of the phase, at least 20 s
+  // and on the lower envelope (the least of each 5 s): the young generation's sawtooth off, what stays is what is kept
+  const warm = t0 + Math.max(20_000, ms / 5);
+  const fit: typeof samples = [];
+  for (const s of samples.filter((x) => x.t >= warm)) {
+    const last = fit[fit.length - 1];
+    if (last && Math.floor((s.t - warm) / ENVELOPE_MS) === Math.floor((last.t - warm) / ENVELOPE_MS)) {
+      if (s.rssMiB < last.rssMiB) last.rssMiB = s.rssMiB;
+      if (s.fds < last.fds) last.fds = s.fds;
+    } else fit.push({ ...s });
+  }
+  const per = (f: (s: typeof samples[number]) => number) => slope(fit.map((s) => [(s.t - t0) / 60_000, f(s)] as const));
+  const rss = { start: fit[0]?.rssMiB ?? 0, end: fit[fit.length - 1]?.rssMiB ?? 0, slopePerMin: per((s) => s.rssMiB) };
+  const fds = { start: fit[0]?.fds ?? 0, end: fit[fit.length - 1]?.fds ?? 0, slopePerMin: per((s) => s.fds) };
+
+  const checks: Check[] = [];
+  const check = (name: string, pass: boolean, value: string, limit: string) => checks.push({ name: `${phase}: ${name}`, pass, value, limit });
+  check('counted failed requests', counted === 0, String(counted), '0');
+  // traffic really flowed to every stable frontend, from both clients (a soak that sent nothing would pass the above)
+  const minOk = Math.floor(seconds * 2);
+  for (const key of ['127.77.0.1:80', '127.77.0.2:53', '127.77.0.3:80', '127.77.0.4:80']) {
+    check(`requests served at ${key}`, (perTarget[key]?.ok ?? 0) >= minOk, String(perTarget[key]?.ok ?? 0), `>= ${minOk}`);
+  }
+  const fitMin = fit.length > 1 ? (fit[fit.length - 1]!.t - fit[0]!.t) / 60_000 : 0;
+  check(`agent RSS slope (MiB/min, fit over ${fitMin.toFixed(1)} min)`, fitMin > 0 && rss.slopePerMin <= rssBound(fitMin), rss.slopePerMin.toFixed(3), `<= ${rssBound(fitMin).toFixed(2)}`);
+  check(`agent open fds slope (/min, fit over ${fitMin.toFixed(1)} min)`, fitMin > 0 && fds.slopePerMin <= fdBound(fitMin), fds.slopePerMin.toFixed(3), `<= ${fdBound(fitMin).toFixed(2)}`);
+  const mapKeys: (keyof MapCounts)[] = ['services', 'backends', 'tableSlots', 'activeBackends', 'affinity'];
+  check('kernel maps at the end = at the start (same config)', mapKeys.every((k) => mapsEnd[k] === mapsStart[k]),
+    mapKeys.map((k) => `${k} ${mapsEnd[k]}`).join(', '), mapKeys.map((k) => `${k} ${mapsStart[k]}`).join(', '));
+  check('table slots = the live tables\' (nothing retired left)', mapsEnd.tableSlots === mapsEnd.liveTableSlots, String(mapsEnd.tableSlots), String(mapsEnd.liveTableSlots));
+  check('services 4, backends 16 active', mapsEnd.services === 4 && mapsEnd.backends === 16 && mapsEnd.activeBackends === 16,
+    `${mapsEnd.services}, ${mapsEnd.backends} (${mapsEnd.activeBackends} active)`, '4, 16 (16 active)');
+  const same = (a: BpfCounts, b: BpfCounts) => a.progs === b.progs && a.links === b.links && a.maps === b.maps && a.cgroupProgs === b.cgroupProgs;
+  const fmt = (c: BpfCounts) => `progs ${c.progs} links ${c.links} maps ${c.maps} on-cgroup ${c.cgroupProgs}`;
+  check('bpftool at the end = after the start', same(endCounts, started), fmt(endCounts), fmt(started));
+  check('bpftool after cleanup = before', same(after, before), fmt(after), fmt(before));
+  check('agent logged no error', agentErrors.length === 0, String(agentErrors.length), '0');
+
+  return {
+    phase, seconds, requests: ok + fails.length, ok, failed: fails.length, counted, excluded, countedByError, countedSamples, perTarget,
+    configWrites: world.writes, configApplied, applyLagMs, modeEvents: world.modeEvents, cpRestarts: cp?.restarts ?? 0, reconnectMs,
+    rssMiB: rss, fds, maps: { start: mapsStart, end: mapsEnd }, bpf: { before, started, end: endCounts, after }, agentErrors, checks,
+  };
+}
+
+export async function runSoak(o: SoakOpts): Promise<number> {
+  await requireRootAndTools('soak', 'it loads BPF programs and builds network namespaces', ['bpftool', 'ip', 'nsenter']);
+  for (const f of [AGENT_JS, CP_JS, SERVER_JS, CLIENT_JS]) if (!existsSync(f)) throw new Error(`${f} is missing: compile first (npx tsc -p tsconfig.json)`);
+  const started = Date.now();
+  const ws = benchWorkspace();
+  const lab = await Lab.up({ meshedCgroup: ws.cgroup, prefix: `soak${process.pid}`, pods: [{ name: 'cli', v6: false }, ...BACKENDS.map((name) => ({ name, v6: false }))] });
+  onCleanup(`lab ${lab.prefix}`, () => lab.down());
+  const hostCg = createChildCgroup(ws.cgroup, 'host-clients');
+  const rand = prng(o.seed);
+
+  const pods = new Map<string, ChildProcess>();
+  for (const b of BACKENDS) {
+    const [cmd, args] = lab.pod(b).argv(process.execPath, [SERVER_JS, b, lab.pod(b).v4!]);
+    const p = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    pods.set(b, p);
+    let err = '';
+    p.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+    await new Promise<void>((resolve, reject) => {
+      p.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+      p.once('exit', (code) => reject(new Error(`backend ${b} exited (${code}): ${err.trim()}`)));
+    });
+  }
+  onCleanup('backends', () => { for (const p of pods.values()) p.stdin!.end(); });
+
+  const phaseMs = (o.minutes * 60_000) / o.phases.length;
+  const results: PhaseResult[] = [];
+  for (const phase of o.phases) results.push(await runPhase(phase, phaseMs, o, ws, lab, hostCg, pods, rand));
+
+  report(results, o, (Date.now() - started) / 1000);
+  const pass = results.every((r) => r.checks.every((c) => c.pass));
+  await emitResult({ bench: 'soak', pass, minutes: o.minutes, seed: o.seed, phases: results }, null);
+  return pass ? 0 : 2;
+}
+
+function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
+  const out: string[] = [];
+  out.push(`soak — ${o.minutes} min (${Math.round(seconds)} s with setup and checks), seed ${o.seed}; pods cli, ${BACKENDS.join(', ')} on the node lab; host clients in a mesh cgroup`);
+  out.push('');
+  out.push('phase  seconds  requests  ok        failed  counted  config writes/applied  sick spells  cp restarts  RSS MiB start->end (slope/min)  fds start->end (slope/min)');
+  for (const r of results) {
+    out.push([
+      r.phase.padEnd(6), String(Math.round(r.seconds)).padEnd(8), String(r.requests).padEnd(9), String(r.ok).padEnd(9), String(r.failed).padEnd(7),
+      String(r.counted).padEnd(8), `${r.configWrites}/${r.configApplied}`.padEnd(22), String(r.modeEvents).padEnd(12), String(r.cpRestarts).padEnd(12),
+      `${r.rssMiB.start.toFixed(1)}->${r.rssMiB.end.toFixed(1)} (${r.rssMiB.slopePerMin.toFixed(2)})`.padEnd(31),
+      `${r.fds.start}->${r.fds.end} (${r.fds.slopePerMin.toFixed(2)})`,
+    ].join(' '));
+  }
+  for (const r of results) {
+    out.push('');
+    out.push(`${r.phase}: requests per frontend (ok / failed): ${Object.entries(r.perTarget).sort().map(([k, v]) => `${k} ${v.ok}/${v.failed}`).join(', ')}`);
+    out.push(`${r.phase}: excluded failures by reason: ${Object.entries(r.excluded).map(([k, v]) => `${k}: ${v}`).join('; ') || 'none'}`);
+    if (r.counted) out.push(`${r.phase}: counted failures by error: ${Object.entries(r.countedByError).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
+    for (const s of r.countedSamples.slice(0, 5)) out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend})`);
+    out.push(`${r.phase}: from a config write to the next apply (ms): p50 ${r.applyLagMs.p50}, p99 ${r.applyLagMs.p99}, max ${r.applyLagMs.max}`);
+    if (r.reconnectMs.length) out.push(`${r.phase}: xDS outages, kill to the agent's reconnection (ms): ${r.reconnectMs.join(', ')}`);
+    const counts = (Object.keys(r.maps.start) as (keyof MapCounts)[]).filter((k) => k !== 'strayTables');
+    out.push(`${r.phase}: kernel maps start -> end: ${counts.map((k) => `${k} ${r.maps.start[k]}->${r.maps.end[k]}`).join(', ')}`);
+    const stray = Object.entries(r.maps.end.strayTables);
+    if (stray.length) out.push(`${r.phase}: table slots no frontend uses at the end (table id: slots): ${stray.map(([id, n]) => `${id}: ${n}`).join(', ')}`);
+    out.push(`${r.phase}: bpftool progs/links/maps/on-cgroup: before ${c4(r.bpf.before)}, after start ${c4(r.bpf.started)}, at the end ${c4(r.bpf.end)}, after cleanup ${c4(r.bpf.after)}`);
+    for (const e of r.agentErrors.slice(0, 5)) out.push(`${r.phase}: agent error: ${e}`);
+  }
+  out.push('');
+  for (const r of results) for (const c of r.checks) out.push(`${c.pass ? 'PASS' : 'FAIL'} ${c.name}: ${c.value} (limit ${c.limit})`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+const c4 = (c: BpfCounts): string => `${c.progs}/${c.links}/${c.maps}/${c.cgroupProgs}`;
+
+const USAGE = `usage: npm run soak -- [--minutes N] [--seed N] [--only file|xds] [--pause-ms N]
+  --minutes N    length of the run, split between the phases (default 30; 1..1440)
+  --seed N       seed of the random churn (default: from the clock, printed)
+  --only PHASE   file (the config file source) or xds (sockmesh-controlplane, SIGKILLed and restarted); default both
+  --pause-ms N   each client loop's pause between requests (default 20)
+`;
+
+async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  const o: SoakOpts = { minutes: 30, seed: Date.now() % 2 ** 31, phases: ['file', 'xds'], pauseMs: 20 };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!;
+    const num = (min: number, max: number): number => {
+      const v = Number(argv[++i]);
+      if (!Number.isInteger(v) || v < min || v > max) throw new Error(`${flag} needs a whole number (${min}..${max})\n\n${USAGE}`);
+      return v;
+    };
+    if (flag === '--minutes') o.minutes = num(1, 1440);
+    else if (flag === '--seed') o.seed = num(0, 2 ** 31);
+    else if (flag === '--pause-ms') o.pauseMs = num(0, 10_000);
+    else if (flag === '--only') {
+      const p = argv[++i];
+      if (p !== 'file' && p !== 'xds') throw new Error(`--only needs file or xds\n\n${USAGE}`);
+      o.phases = [p];
+    } else if (flag === '-h' || flag === '--help') { process.stdout.write(USAGE); return 0; }
+    else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
+  }
+  log(`seed ${o.seed}`);
+  installSignalCleanup();
+  // the hard bound: whatever happens, cleanup and out this long after the run's own length
+  const hard = setTimeout(() => {
+    process.stderr.write(`soak: hard timeout (${o.minutes} min + 5 min) reached: cleaning up\n`);
+    void runCleanups().finally(() => process.exit(1));
+  }, (o.minutes + 5) * 60_000);
+  hard.unref();
+  try {
+    return await runSoak(o);
+  } finally {
+    await runCleanups();
+  }
+}
+
+main().then(
+  (status) => process.exit(status),
+  async (e: Error) => {
+    process.stderr.write(`soak: ${e.message}\n`);
+    await runCleanups();
+    process.exit(1);
+  },
+);
