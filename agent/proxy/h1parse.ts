@@ -560,9 +560,10 @@ export class ChunkedDecoder {
             return i;
           }
           if (!validFieldLine(line)) return this.fail('bad trailer field');
-          // framing fields never belong in trailers (RFC 9110 6.5.1), and a receiver that merges trailers into the
-          // head would reframe by them (llhttp refuses Transfer-Encoding here; fuzzing found it passed on)
-          if (FRAMING_TRAILER.test(line)) return this.fail('framing field in trailers');
+          // framing, routing and hop-by-hop fields never belong in trailers (RFC 9110 6.5.1): a receiver that merges
+          // trailers into the head reframes by them (llhttp refuses Transfer-Encoding here, and closes after a
+          // Connection: close; fuzzing found both passed on as they came)
+          if (FRAMING_TRAILER.test(line)) return this.fail('framing or hop-by-hop field in trailers');
           break;
         }
         case CS.Done:
@@ -578,7 +579,7 @@ export class ChunkedDecoder {
   }
 }
 
-const FRAMING_TRAILER = /^(transfer-encoding|content-length):/i;
+const FRAMING_TRAILER = /^(transfer-encoding|content-length|connection|proxy-connection|keep-alive|upgrade|host):/i;
 
 /** 'name: value\r\n' with a token name, no whitespace before the colon and a valid value. */
 function validFieldLine(line: string): boolean {

@@ -191,7 +191,7 @@ export function signatureOf(e: unknown): string {
   const frame = (e.stack ?? '').split('\n').slice(1).find((l) => /\/(agent|xds|cli|kube|controlplane|test\/fuzz)\//.test(l) && !l.includes('/test/fuzz/engine.ts') && !l.includes('/test/fuzz/targets/common.ts'));
   const where = frame ? frame.replace(/^.*\/(agent|xds|cli|kube|controlplane|test)\//, '$1/').replace(/:\d+\)?$/, '') : '?';
   // quoted parts (JSON strings: names, values) and numbers vary between inputs of one bug
-  const message = e.message.replace(/"(?:[^"\\]|\\.)*"/g, '"…"').replace(/\d+/g, 'N').slice(0, 120);
+  const message = e.message.split('\n')[0]!.replace(/"(?:[^"\\]|\\.)*"/g, '"…"').replace(/\d+/g, 'N').slice(0, 120);
   return `${e.constructor?.name ?? 'Error'}: ${message} @ ${where}`;
 }
 

@@ -11,10 +11,16 @@ export interface TargetSpec {
   selftest?: boolean;
 }
 
+const H2 = ['agent/proxy/h2/'];
 export const TARGETS: readonly TargetSpec[] = [
   { name: 'h1-request', instrument: ['agent/proxy/h1parse.ts'], maxLen: 4096, what: 'HTTP/1.1 request heads, chunked bodies, pipelining (h1parse.ts)' },
   { name: 'h1-response', instrument: ['agent/proxy/h1parse.ts'], maxLen: 4096, what: 'HTTP/1.1 response heads and chunked bodies (h1parse.ts)' },
   { name: 'h1-smuggling', instrument: ['agent/proxy/h1parse.ts'], maxLen: 2048, what: 'request framing vs node:http\'s llhttp (differential)' },
+  { name: 'hpack', instrument: ['agent/proxy/h2/hpack.ts', 'agent/proxy/h2/huffman.ts'], maxLen: 4096, what: 'HPACK decoder, table size, encode/decode round trip' },
+  { name: 'h2-server', instrument: H2, maxLen: 8192, what: 'HTTP/2 session, server role, fed a client\'s frames' },
+  { name: 'h2-client', instrument: H2, maxLen: 8192, what: 'HTTP/2 session, client role, fed a server\'s frames' },
+  { name: 'config-yaml', instrument: ['agent/model/'], maxLen: 4096, what: 'config file validation, YAML (model/config.ts, as sources/file.ts reads it)' },
+  { name: 'config-json', instrument: ['agent/model/'], maxLen: 4096, what: 'config file validation, JSON (and the same text as YAML: one model)' },
   { name: 'planted', instrument: ['test/fuzz/targets/planted.ts'], maxLen: 64, what: 'a planted magic value (proves the guidance)', selftest: true },
 ];
 

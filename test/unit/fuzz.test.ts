@@ -11,7 +11,7 @@ import { runTarget } from '../fuzz/spawn.js';
 import { TARGETS } from '../fuzz/targets.js';
 
 /** seconds of fuzzing per target after its corpus (12 targets: the whole file stays well under 3 minutes) */
-const SECONDS = Number(process.env.SOCKMESH_FUZZ_SECONDS ?? 5);
+const SECONDS = Number(process.env.SOCKMESH_FUZZ_SECONDS ?? 4);
 const work = mkdtempSync(join(tmpdir(), 'sockmesh-fuzz-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 

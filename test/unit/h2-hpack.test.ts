@@ -653,3 +653,12 @@ t.test('random and mutated bytes: only HpackError, never a hang', async (t) => {
   t.ok(errors > 1000 && ok > 100, `both outcomes happen (${errors} errors, ${ok} decoded)`);
   t.ok(Date.now() - start < 60000, 'in bounded time');
 });
+
+// A finding of the fuzz target test/fuzz/targets/hpack.ts (encode/decode round trip), once wrong.
+t.test('fuzz finding: an empty name and value is encoded as itself, not as what the encoder\'s memo started with', async (t) => {
+  const enc = new HpackEncoder();
+  const dec = new HpackDecoder();
+  const list = ['', '', 'x', '1', '', ''];
+  t.same(dec.decode(enc.encode(list)), list, 'first block (was: www-authenticate, index 61)');
+  t.same(dec.decode(enc.encode(list)), list, 'second block: the memo and the table are in step');
+});

@@ -383,7 +383,9 @@ export class HpackEncoder {
   private readonly memoName: string[] = new Array<string>(MEMO).fill('');
   private readonly memoValue: string[] = new Array<string>(MEMO).fill('');
   /** -(static index), or the insertion number (valid while >= inserted - count) */
-  private readonly memoAt = new Array<number>(MEMO).fill(0);
+  // NaN until a field is remembered there: it compares false both ways, so an empty name and value (what the memo
+  // arrays start with) is looked up like any field, not sent as index 61 (fuzzing found ['', ''] encoded so)
+  private readonly memoAt = new Array<number>(MEMO).fill(Number.NaN);
   // the dynamic table in insertion order: a ring with `count` live entries, the newest being insertion
   // number `inserted - 1` (insertion numbers only grow, so a Map entry stays valid until its entry is evicted)
   private names: string[] = [];

@@ -1,0 +1,5 @@
+// Config validation, YAML (targets/config.ts).
+import { runFormat } from './config.js';
+
+export { dict } from './config.js';
+export const run = (d: Buffer): void => runFormat(false, d);

@@ -1,0 +1,5 @@
+// HTTP/2, client role (targets/h2.ts).
+import { runRole } from './h2.js';
+
+export { dict } from './h2.js';
+export const run = (d: Buffer): void => runRole('client', d);
