@@ -3,12 +3,14 @@
 // The pods' cgroups are made under the meshed cgroup (default `sockmesh`, the one `npm start` meshes); `down` removes
 // everything `up` made, from the state file in /run/sockmesh-lab.
 import { resolveCgroup } from '../agent/datapath/cgroup.js';
+import { kubeapiMain } from './kubeapi.js';
 import { Lab } from './lab.js';
 
 const POD_NAMES = ['pod-a', 'pod-b', 'pod-c', 'pod-d', 'pod-e', 'pod-f'];
 
 function usage(): never {
   process.stderr.write('usage: npm run lab -- [--prefix NAME] up [--cgroup PATH] [--pods N] | down | status | exec POD [--] CMD [ARGS...]\n');
+  process.stderr.write('       npm run lab -- kubeapi [--port N] [--tls] [--token T] [--kubeconfig FILE]   (the API-server stand-in, no root)\n');
   process.exit(2);
 }
 
@@ -35,6 +37,7 @@ function describe(lab: Lab): string {
 async function main(argv: string[]): Promise<void> {
   const [PREFIX, args] = argv[0] === '--prefix' ? [argv[1] ?? usage(), argv.slice(2)] : ['demo', argv];
   const cmd = args[0];
+  if (cmd === 'kubeapi') return kubeapiMain(args.slice(1));
   if (process.getuid?.() !== 0 && cmd !== 'status') throw new Error('the lab needs root (network namespaces, veths, cgroups)');
   if (cmd === 'up') {
     const existing = Lab.attach(PREFIX);

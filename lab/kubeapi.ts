@@ -364,6 +364,8 @@ export class KubeApi {
   private rv = 1;
   private failWatches: { mode: 'event' | 'http'; count: number } = { mode: 'event', count: 0 };
   readonly requests: Record<Verb, number> & { total: number } = { total: 0, discovery: 0, get: 0, list: 0, watch: 0, create: 0, update: 0, patch: 0, delete: 0 };
+  /** test hook: called before each list page is served (e.g. to compact the history between pages) */
+  beforeList?: (query: URLSearchParams) => void;
   port = 0;
   readonly host: string;
   private readonly historyLimit: number;
@@ -644,6 +646,7 @@ export class KubeApi {
     if (method === 'GET' && name === undefined) {
       if (queryBool(q, 'watch')) { this.requests.watch++; this.watch(c, ns, q, req, res); return; }
       this.requests.list++;
+      this.beforeList?.(q);
       sendRaw(res, 200, this.listJson(c, ns, q));
       return;
     }
