@@ -300,6 +300,12 @@ t.test('RBAC covers what the code reads and writes', async (t) => {
   for (const v of ['update', 'patch']) t.ok(allows(cp, 'gateway.networking.k8s.io', 'httproutes/status', v), `control plane: ${v} httproutes/status`);
   t.notOk(allows(cp, 'gateway.networking.k8s.io', 'httproutes', 'update'), 'control plane: writes routes only through their status');
   t.notOk(allows(cp, '', 'secrets', 'get'), 'control plane: no secrets');
+  // Every resource the code's API client knows (kube/client.ts RESOURCES) is read by the control plane: read it all.
+  const client = readFileSync(join(ROOT, 'kube', 'client.ts'), 'utf8');
+  const block = /export const RESOURCES[^=]*=\s*\{([\s\S]*?)\n\};/.exec(client)?.[1] ?? '';
+  const known = [...block.matchAll(/\{\s*group:\s*'([^']*)',[^}]*?resource:\s*'([^']+)'/g)].map((m) => [m[1]!, m[2]!] as const);
+  t.ok(known.length >= 5, `kube/client.ts RESOURCES parsed: ${known.map(([g, r]) => `${g || 'core'}/${r}`).join(', ')}`);
+  for (const [group, r] of known) for (const v of ['get', 'list', 'watch']) t.ok(allows(cp, group, r, v), `control plane: ${v} ${group || 'core'}/${r} (kube/client.ts RESOURCES)`);
   const agent = rules('sockmesh-agent');
   for (const v of ['get', 'list', 'watch']) t.ok(allows(agent, '', 'pods', v), `agent: ${v} pods`);
   t.notOk(allows(agent, '', 'pods', 'update') || allows(agent, '', 'services', 'list'), 'agent: pods, read-only, and nothing else');
