@@ -962,6 +962,10 @@ function readBody(req: IncomingMessage): Promise<string> {
 }
 
 async function readObject(req: IncomingMessage): Promise<Obj> {
+  // client-go's typed clients (kubectl create <kind>) send protobuf; the stand-in speaks JSON (and YAML) only.
+  if ((req.headers['content-type'] ?? '').includes('protobuf')) {
+    throw new KubeApiError(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (the stand-in does not speak protobuf)');
+  }
   const text = await readBody(req);
   let body: unknown;
   try {

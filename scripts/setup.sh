@@ -7,6 +7,8 @@ PKGS="clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make g++ ip
 # issue 12: scripts/image.sh builds the OCI image with these; test/kernel/image.test.ts runs it with podman (runc where
 # crun refuses a hybrid cgroup host).
 PKGS="$PKGS debootstrap buildah podman runc"
+# issue 12: the Kubernetes stand-in's fidelity tests (test/unit/kubeapi-fidelity.test.ts) drive it with python3-kubernetes.
+PKGS="$PKGS python3-kubernetes"
 # Debian's own nodejs package ships its headers (needed by node-gyp, offline) separately.
 if [ "$(command -v node)" = /usr/bin/node ] && [ ! -f /usr/include/node/node.h ] && dpkg-query -W nodejs >/dev/null 2>&1; then
   PKGS="$PKGS libnode-dev"
