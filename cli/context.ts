@@ -12,6 +12,17 @@ export interface GlobalOptions { bpffs: string; runDir?: string; json: boolean; 
 
 export interface Output { write(s: string): unknown; isTTY?: boolean }
 
+/**
+ * state.json's services as written (integer id -> name), whatever the file holds: a string there read as a list of
+ * its characters, and ids like "-" became NaN keys (found by fuzzing); anything else is dropped.
+ */
+function serviceNamesOf(v: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return out;
+  for (const [id, name] of Object.entries(v)) if (/^(0|[1-9]\d{0,9})$/.test(id) && typeof name === 'string') out[id] = name;
+  return out;
+}
+
 export class Context {
   readonly bpffs: string;
   readonly runDir: string;
@@ -31,7 +42,7 @@ export class Context {
   state(): StateFile | null {
     try {
       const s = JSON.parse(readFileSync(join(this.runDir, 'state.json'), 'utf8')) as Partial<StateFile>;
-      return { pid: Number(s.pid ?? 0), bpffs: String(s.bpffs ?? ''), cgroup: String(s.cgroup ?? ''), services: s.services ?? {} };
+      return { pid: Number(s.pid ?? 0), bpffs: String(s.bpffs ?? ''), cgroup: String(s.cgroup ?? ''), services: serviceNamesOf(s.services) };
     } catch {
       return null;
     }

@@ -41,7 +41,16 @@ export class AdminServer {
     // A socket file left by a killed agent would make listen() fail with EADDRINUSE.
     if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
     this.server = createServer(async (req, res) => {
-      const url = new URL(req.url ?? '/', 'http://admin');
+      let url: URL;
+      try {
+        url = new URL(req.url ?? '/', 'http://admin');
+      } catch {
+        // '//4999999999' is a valid request-target and no URL: thrown here, it was an unhandled rejection that ended
+        // the agent (found by fuzzing)
+        res.writeHead(400, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ error: `bad request-target ${JSON.stringify((req.url ?? '').slice(0, 100))}` }));
+        return;
+      }
       const path = url.pathname;
       const handler = req.method === 'GET' ? this.routes[path] : undefined;
       const send = (status: number, body: unknown): void => {

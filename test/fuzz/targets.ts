@@ -21,6 +21,10 @@ export const TARGETS: readonly TargetSpec[] = [
   { name: 'h2-client', instrument: H2, maxLen: 8192, what: 'HTTP/2 session, client role, fed a server\'s frames' },
   { name: 'config-yaml', instrument: ['agent/model/'], maxLen: 4096, what: 'config file validation, YAML (model/config.ts, as sources/file.ts reads it)' },
   { name: 'config-json', instrument: ['agent/model/'], maxLen: 4096, what: 'config file validation, JSON (and the same text as YAML: one model)' },
+  { name: 'xds-delta', instrument: ['agent/sources/xds/', 'xds/'], maxLen: 8192, what: 'xDS delta responses (protobuf) through the client: digest, references, build' },
+  { name: 'xds-sotw', instrument: ['agent/sources/xds/', 'xds/'], maxLen: 8192, what: 'xDS state-of-the-world responses (protobuf) through the client' },
+  { name: 'admin', instrument: ['agent/admin/', 'agent/observe/filter.ts'], maxLen: 1024, what: 'admin API requests on its unix socket (server.ts routing, the monitor query)' },
+  { name: 'statefile', instrument: ['cli/context.ts'], maxLen: 2048, what: 'state.json as meshctl reads it (cli/context.ts)' },
   { name: 'planted', instrument: ['test/fuzz/targets/planted.ts'], maxLen: 64, what: 'a planted magic value (proves the guidance)', selftest: true },
 ];
 

@@ -169,3 +169,30 @@ t.test('text view: one line per event, the sampling said at the start and when s
     backend: '127.0.0.1:1', retries: 1, durationMs: 2.5 })[0], /api GET \/a -> 200 route r backend 127\.0\.0\.1:1 retries 1 2\.5ms/);
   t.match(hiddenText(sum({ sample: 0 })), /flow events off/);
 });
+
+// A finding of the fuzz target test/fuzz/targets/admin.ts, once wrong.
+t.test('fuzz finding: a request-target that is no URL gets a 400, and the admin server lives on', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-admin-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const sock = join(dir, 'admin.sock');
+  const server = new AdminServer(sock, { '/v1/status': () => ({ ok: true }) }, pino({ level: 'silent' }));
+  await server.start();
+  t.teardown(() => server.stop());
+  const rejections: unknown[] = [];
+  const onRejection = (e: unknown) => { rejections.push(e); };
+  process.on('unhandledRejection', onRejection);
+  t.teardown(() => { process.off('unhandledRejection', onRejection); });
+  const ask = (raw: string) => new Promise<string>((resolve) => {
+    const c = connect(sock);
+    let got = '';
+    c.on('data', (d) => { got += d.toString(); });
+    c.on('close', () => resolve(got));
+    c.end(raw);
+  });
+  const reply = await ask('GET //4999999999 HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n');
+  t.match(reply, /^HTTP\/1\.1 400 /, 'answered 400 (was: an unhandled rejection, which ends the agent)');
+  t.match(reply, /bad request-target/);
+  t.match(await ask('GET /v1/status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 [\s\S]*"ok":true/, 'still serving');
+  await new Promise((r) => setImmediate(r));
+  t.same(rejections, [], 'no unhandled rejection');
+});

@@ -42,3 +42,15 @@ t.test('a state.json that cannot be written is a warning, not an error', async (
   w.write({ source: {}, version: 1, names: () => new Map() });
   t.match(lines, [{ level: 40, msg: /could not write state\.json/ }]);
 });
+
+// A finding of the fuzz target test/fuzz/targets/statefile.ts, once wrong.
+t.test('fuzz finding: a damaged state.json gives meshctl integer ids and string names, or nothing', async (t) => {
+  const runDir = mkdtempSync(join(tmpdir(), 'sockmesh-state-'));
+  t.teardown(() => rmSync(runDir, { recursive: true, force: true }));
+  const ctx = new Context({ bpffs: '/nonexistent', runDir, json: true, timeout: 1 }, { write: () => true }, { write: () => true });
+  const read = (text: string) => { writeFileSync(join(runDir, 'state.json'), text); return [...ctx.serviceNames()]; };
+  t.same(read('{"services":"web"}'), [], 'a string is not read as the list of its characters (was: 0 -> "w", 1 -> "e", ...)');
+  t.same(read('{"services":{"-":"a","1.5":"b","x":"c","2":7,"3":"ok","007":"d"}}'), [[3, 'ok']], 'only integer ids with string names (was: NaN, 1.5, 2 -> 7)');
+  t.same(read('{"services":["a","b"]}'), [], 'an array is not a map');
+  t.same(ctx.state()?.services, {}, 'state() says the same');
+});

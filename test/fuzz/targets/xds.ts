@@ -1,0 +1,60 @@
+// xDS responses as the agent's client receives them: protobuf bytes (each message: a 2-byte length, then a
+// DeltaDiscoveryResponse or DiscoveryResponse), decoded by the same guarded grpc deserializer the client uses, then
+// handed to XdsSource's response handling (check, digest, references, build, apply) - one source for the whole
+// sequence, as one stream. Bytes that do not decode are a stream error (grpc's, expected). Crashes: anything thrown
+// out of the response handling (the stream's own catch would restart the stream: a bug of ours), and the client's
+// safety net NACKing "internal error translating the response" (its catch of our own bugs).
+import { pino } from 'pino';
+import { adsClientConstructor } from '../../../xds/protos.js';
+import { XdsSource } from '../../../agent/sources/xds/source.js';
+import { InvariantBroken, invariant } from './common.js';
+
+export const dict = [
+  'type.googleapis.com/envoy.config.listener.v3.Listener', 'type.googleapis.com/envoy.config.route.v3.RouteConfiguration',
+  'type.googleapis.com/envoy.config.cluster.v3.Cluster', 'type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment',
+  'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+  'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router', 'type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC',
+  'envoy.filters.network.tcp_proxy', 'envoy.filters.network.http_connection_manager', 'sockmesh', '127.0.0.1', '::1',
+  '\x0a\x00', '\x12\x00', '\x1a\x00', '\x22\x00', '\x32\x00', '\x08\x01', '\x10\x01', '\xff\xff\xff\xff\x0f', '\x80\x80\x80\x80\x10',
+];
+
+const SIZE_GUARD = 4 * 200_000; // what XdsSource passes: 4x its resource limit
+const ctor = adsClientConstructor(SIZE_GUARD) as unknown as { service: Record<string, { responseDeserialize(b: Buffer): unknown }> };
+const silent = pino({ level: 'silent' });
+
+type Obj = Record<string, unknown>;
+
+export function runMode(mode: 'delta' | 'sotw', data: Buffer): void {
+  const deserialize = ctor.service[mode === 'delta' ? 'DeltaAggregatedResources' : 'StreamAggregatedResources']!.responseDeserialize;
+  let internal: string | undefined;
+  const log = Object.assign(Object.create(silent) as typeof silent, {
+    error: (o: Obj, msg?: string) => { internal ??= `${msg}: ${(o?.['err'] as Error)?.stack ?? JSON.stringify(o)}`; },
+    warn: () => {}, info: () => {}, debug: () => {},
+  });
+  let applied = 0;
+  const src = new XdsSource({
+    address: 'fuzz', mode, node: { id: 'node-1', cluster: 'c', metadata: {} }, log: log as unknown as typeof silent,
+    apply: (model) => { applied++; invariant(Array.isArray(model.services), 'applied a model without services'); return null; },
+    initialFetchTimeoutMs: 0x7fffffff,
+  });
+  const internals = src as unknown as { call: unknown; onResponse(msg: Obj): void; stopped: boolean };
+  internals.call = { write: () => true, cancel: () => {} };
+  internals.stopped = false;
+  let p = 0;
+  while (p < data.length) {
+    const n = p + 2 <= data.length ? data.readUInt16BE(p) : data.length;
+    const start = Math.min(p + 2, data.length);
+    const end = Math.min(start + n, data.length);
+    p = end;
+    let msg: Obj;
+    try {
+      msg = deserialize(data.subarray(start, end)) as Obj;
+    } catch {
+      return; // grpc ends the stream on a message it cannot decode
+    }
+    internals.onResponse(msg);
+    if (internal !== undefined) throw new InvariantBroken(`the client's safety net caught a bug of ours\n${internal}`);
+  }
+  void applied;
+  clearTimeout((src as unknown as { initialTimer?: NodeJS.Timeout }).initialTimer);
+}
