@@ -159,20 +159,3 @@ export function portEndpoints(svc: KService, sp: KServicePort, slices: readonly 
   }
   return out;
 }
-
-/** 'namespace/service' -> its slices sorted by name (deterministic merge order), from the service-name label. */
-export function slicesByService(slices: Iterable<KEndpointSlice>): Map<string, KEndpointSlice[]> {
-  const out = new Map<string, KEndpointSlice[]>();
-  for (const s of slices) {
-    const svc = s.metadata.labels?.[SERVICE_NAME_LABEL];
-    if (!svc) continue; // not managed for a service: no service reads it (kube-proxy does the same)
-    const key = `${s.metadata.namespace ?? ''}/${svc}`;
-    let list = out.get(key);
-    if (!list) out.set(key, (list = []));
-    list.push(s);
-  }
-  for (const list of out.values()) {
-    if (list.length > 1) list.sort((a, b) => ((a.metadata.name ?? '') < (b.metadata.name ?? '') ? -1 : (a.metadata.name ?? '') > (b.metadata.name ?? '') ? 1 : 0));
-  }
-  return out;
-}

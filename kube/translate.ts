@@ -23,8 +23,9 @@ import { canonicalAddress } from '../agent/model/address.js';
 import { DEFAULT_AFFINITY_SECONDS, frontendKey, MAX_AFFINITY_SECONDS, MAX_PORTS, MAX_VIPS, validateServices } from '../agent/model/config.js';
 import { defaultMaglevTableSize } from '../agent/model/maglev.js';
 import { ConfigError, type Backend, type Family, type Frontend, type Model, type Protocol, type Service } from '../agent/model/types.js';
-import { modelProtocol, portEndpoints, slicesByService, ZONE_LABEL, type Endpoint, type NodeCtx, type SliceProblem } from './translate-endpoints.js';
+import { modelProtocol, portEndpoints, ZONE_LABEL, type Endpoint, type NodeCtx, type SliceProblem } from './translate-endpoints.js';
 import { buildRouteIndex, httpFor, routeStatuses, type HttpResult } from './translate-http.js';
+import { serviceIndex, sliceIndex } from './translate-index.js';
 import { isDnsLabel, modelServiceName } from './translate-names.js';
 import type { ClusterView, Ctx, NodeScope, RouteStatusUpdate, TranslateIssue, Unserved, UnservedKind } from './translate-types.js';
 import type { KEndpointSlice, KNode, KService, KServicePort } from './types.js';
@@ -45,8 +46,6 @@ export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-nam
 export const OUR_PROXY_NAME = 'sockmesh';
 const SOURCE = 'kubernetes';
 
-const keyOf = (o: { metadata: { namespace?: string; name?: string } }) => `${o.metadata.namespace ?? ''}/${o.metadata.name ?? ''}`;
-
 /** What one Service made (cached between calls while its inputs are the same objects). */
 interface Made {
   services: Service[];
@@ -56,19 +55,25 @@ interface Made {
 }
 
 interface CacheEntry {
-  inputs: readonly unknown[];
+  node: string;
+  slices: readonly KEndpointSlice[] | undefined;
+  /** the attached routes and what their backendRefs read (empty without routes: the common case allocates none) */
+  more: readonly unknown[];
   made: Made;
+  /** frontend keys of each of made.services (the checks across services, made once) */
+  fkeys: string[][];
 }
 
 /**
- * Per Service object, what it made last time and from which inputs (the service, its slices, the routes and
- * backend services its HTTP policy read, the node): a reflector replaces an object when it changes, so identical
- * inputs give an identical result, and a change of one slice re-translates one service (10,000 services: a full
- * translation costs ~100x one service's).
+ * Per Service object, what it made last time and from which inputs (the service, its slice list, the routes and
+ * backend services its HTTP policy read, the node): a reflector replaces an object when it changes, and
+ * translate-index.ts replaces a service's slice list when one of its slices does, so identical inputs give an
+ * identical result, and a change of one slice re-translates one service.
  */
 const cache = new WeakMap<KService, CacheEntry>();
+const NONE: readonly unknown[] = [];
 
-function sameInputs(a: readonly unknown[], b: readonly unknown[]): boolean {
+function sameList(a: readonly unknown[], b: readonly unknown[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
@@ -82,11 +87,9 @@ export function translateCluster(v: ClusterView, scope: NodeScope): TranslateRes
     if (z) node.zone = z;
   }
   const nodeKey = `${node.nodeName ?? ''}|${node.zone ?? ''}`;
-  const slices = slicesByService(v.endpointSlices.values());
-  const byKey = new Map<string, KService>();
-  for (const s of v.services.values()) byKey.set(keyOf(s), s);
+  const slices = sliceIndex(v.endpointSlices);
+  const { byKey, keys } = serviceIndex(v.services);
   const routes = buildRouteIndex(v.httpRoutes?.values() ?? [], byKey);
-  const keys = [...byKey.keys()].sort();
 
   const services: Service[] = [];
   const unserved: Unserved[] = [];
@@ -98,10 +101,12 @@ export function translateCluster(v: ClusterView, scope: NodeScope): TranslateRes
   const ctx: Ctx = { node, slices, routes, services: byKey };
   for (const key of keys) {
     const svc = byKey.get(key)!;
-    const inputs = [nodeKey, ...inputsOf(svc, key, ctx)];
+    const mine = slices.get(key);
+    const more = routes.byParent.has(key) ? routeInputs(key, ctx) : NONE;
     let entry = cache.get(svc);
-    if (!entry || !sameInputs(entry.inputs, inputs)) {
-      entry = { inputs, made: translateService(svc, key, ctx) };
+    if (!entry || entry.node !== nodeKey || entry.slices !== mine || !sameList(entry.more, more)) {
+      const made = translateService(svc, key, ctx);
+      entry = { node: nodeKey, slices: mine, more, made, fkeys: made.services.map((s) => s.frontends.map((f) => frontendKey(f.vip, f.port, f.protocol))) };
       cache.set(svc, entry);
     }
     const made = entry.made;
@@ -110,8 +115,11 @@ export function translateCluster(v: ClusterView, scope: NodeScope): TranslateRes
     if (made.http) https.push({ key, http: made.http });
     // The checks across services (the model's validation saw one service at a time): names and frontends unique.
     // Within a cluster the API server keeps ClusterIPs unique; a stand-in or a race may not: the first in order wins.
-    for (const s of made.services) {
-      const clash = names.get(s.name) ?? s.frontends.map((f) => frontends.get(frontendKey(f.vip, f.port, f.protocol))).find((x) => x !== undefined);
+    for (let k = 0; k < made.services.length; k++) {
+      const s = made.services[k]!;
+      const fkeys = entry.fkeys[k]!;
+      let clash = names.get(s.name);
+      for (let j = 0; clash === undefined && j < fkeys.length; j++) clash = frontends.get(fkeys[j]!);
       if (clash !== undefined) {
         const what = names.has(s.name) ? `its model name '${s.name}' is also the name of Service ${clash}` : `a frontend of it is also a frontend of Service ${clash}`;
         issues.push({ object: `Service ${key}`, path: '', message: `not served: ${what} (first in namespace/name order wins)` });
@@ -119,7 +127,7 @@ export function translateCluster(v: ClusterView, scope: NodeScope): TranslateRes
         continue;
       }
       names.set(s.name, key);
-      for (const f of s.frontends) frontends.set(frontendKey(f.vip, f.port, f.protocol), key);
+      for (const f of fkeys) frontends.set(f, key);
       origins.set(s.name, key);
       services.push(s);
     }
@@ -141,18 +149,12 @@ const nsName = (key: string) => {
 
 const NO_SLICES: KEndpointSlice[] = [];
 
-/** The objects one service's translation reads (its cache key, with the node). */
-function inputsOf(svc: KService, key: string, ctx: Ctx): unknown[] {
-  const out: unknown[] = [svc, ...(ctx.slices.get(key) ?? NO_SLICES)];
-  const attached = ctx.routes.byParent.get(key);
-  if (attached) {
-    for (const r of attached) {
-      out.push(r.route);
-      for (const b of r.backends) {
-        const other = ctx.services.get(b);
-        out.push(other, ...(ctx.slices.get(b) ?? NO_SLICES));
-      }
-    }
+/** What a service's HTTP policy reads besides the service and its slices: its routes, their backends and slices. */
+function routeInputs(key: string, ctx: Ctx): unknown[] {
+  const out: unknown[] = [];
+  for (const r of ctx.routes.byParent.get(key) ?? []) {
+    out.push(r.route);
+    for (const b of r.backends) out.push(ctx.services.get(b), ctx.slices.get(b));
   }
   return out;
 }

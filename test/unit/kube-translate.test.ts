@@ -305,3 +305,35 @@ t.test('directService (the fast path for L4 services) makes exactly what validat
   }
   t.ok(compared > 200, `compared ${compared}`);
 });
+
+t.test('a store mutated in place (as a reflector does): updates, adds and deletes all reach the result', async (t) => {
+  const services = new Map<string, KService>();
+  const slices = new Map<string, KEndpointSlice>();
+  for (let i = 0; i < 20; i++) {
+    services.set(`default/s${i}`, svc(`s${i}`, { clusterIPs: [`10.96.2.${i + 1}`], ports: [port(80)] }));
+    slices.set(`default/s${i}-a`, slice(`s${i}-a`, `s${i}`, 'IPv4', [{ port: 80 }], [ep(`10.2.${i}.1`)]));
+  }
+  const v: ClusterView = { services, endpointSlices: slices };
+  const backendsOf = (r: ReturnType<typeof translateCluster>, name: string) => table(r.model.services.find((s) => s.name === `default--${name}`)!)[`10.96.2.${Number(name.slice(1)) + 1}:80/tcp`];
+  const a = translateCluster(v, {});
+  slices.set('default/s3-a', slice('s3-a', 's3', 'IPv4', [{ port: 80 }], [ep('10.2.3.9')])); // update in place
+  const b = translateCluster(v, {});
+  t.same(backendsOf(b, 's3'), ['10.2.3.9:80']);
+  t.equal(b.model.services.filter((s, i) => s !== a.model.services[i]).length, 1, 'one service re-made');
+  slices.set('default/s3-b', slice('s3-b', 's3', 'IPv4', [{ port: 80 }], [ep('10.2.3.10')])); // a second slice added
+  t.same(backendsOf(translateCluster(v, {}), 's3'), ['10.2.3.10:80', '10.2.3.9:80']);
+  slices.delete('default/s3-a');
+  t.same(backendsOf(translateCluster(v, {}), 's3'), ['10.2.3.10:80']);
+  // a slice moved to another service by its label
+  slices.set('default/s3-b', slice('s3-b', 's4', 'IPv4', [{ port: 80 }], [ep('10.2.3.10')]));
+  const c = translateCluster(v, {});
+  t.same(backendsOf(c, 's3'), []);
+  t.same(backendsOf(c, 's4'), ['10.2.3.10:80', '10.2.4.1:80']);
+  services.set('default/s5', svc('s5', { clusterIPs: ['10.96.2.99'], ports: [port(80)] })); // a service updated
+  t.same(Object.keys(table(translateCluster(v, {}).model.services.find((s) => s.name === 'default--s5')!)), ['10.96.2.99:80/tcp']);
+  services.delete('default/s6');
+  t.equal(translateCluster(v, {}).model.services.length, 19);
+  // and the same view from scratch (no index, no cache to lean on) gives the same model
+  const fresh = { services: new Map(services), endpointSlices: new Map([...slices].map(([k, s]) => [k, { ...s }])) };
+  t.same(translateCluster(fresh, {}).model, translateCluster(v, {}).model);
+});
