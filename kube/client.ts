@@ -81,6 +81,8 @@ export interface ListOptions extends SelectorOptions {
   limit?: number;
   continue?: string;
   resourceVersion?: string;
+  /** abandons the request (it rejects) */
+  signal?: AbortSignal;
 }
 
 export interface ListResult<T> {
@@ -143,7 +145,7 @@ export class KubeClient {
 
   async list<T extends KubeObject>(ref: ResourceRef, opts: ListOptions = {}): Promise<ListResult<T>> {
     const q = query({ ...selectors(opts), limit: opts.limit, continue: opts.continue, resourceVersion: opts.resourceVersion });
-    const body = (await this.json('GET', this.path(ref, opts.namespace) + q)) as { metadata?: Record<string, unknown>; items?: T[] };
+    const body = (await this.json('GET', this.path(ref, opts.namespace) + q, undefined, undefined, opts.signal)) as { metadata?: Record<string, unknown>; items?: T[] };
     if (!Array.isArray(body.items)) throw new Error(`list ${ref.resource}: the answer has no items`);
     const md = body.metadata ?? {};
     return {
@@ -285,10 +287,14 @@ export class KubeClient {
     return this.base.protocol === 'https:' ? httpsRequest(opts) : httpRequest(opts);
   }
 
-  private json(method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<unknown> {
+  private json(method: string, path: string, body?: unknown, contentType = 'application/json', signal?: AbortSignal): Promise<unknown> {
     const what = `${method} ${path}`;
     return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(new Error(`${what}: aborted`));
       const req = this.send(method, path, body === undefined ? undefined : contentType);
+      const abort = () => req.destroy(new Error('aborted'));
+      signal?.addEventListener('abort', abort, { once: true });
+      req.on('close', () => signal?.removeEventListener('abort', abort));
       req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`)));
       req.on('error', (e) => reject(new Error(`${what}: ${e.message}`)));
       req.on('response', (res) => {

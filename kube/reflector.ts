@@ -147,7 +147,7 @@ export class Reflector<T extends KubeObject> {
     for (;;) {
       let page;
       try {
-        page = await this.client.list<T>(this.ref, { ...this.selectors(), limit: this.opts.pageSize ?? 500, continue: cont });
+        page = await this.client.list<T>(this.ref, { ...this.selectors(), limit: this.opts.pageSize ?? 500, continue: cont, signal });
       } catch (e) {
         if (cont !== undefined && e instanceof KubeApiStatusError && e.code === 410) {
           // The continue token expired between pages: the pages so far may be from another time; start over.

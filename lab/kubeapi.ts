@@ -691,6 +691,8 @@ export class KubeApi {
     if (method === 'PATCH') {
       this.requests.patch++;
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim();
+      const PATCHES = ['application/merge-patch+json', 'application/json', 'application/strategic-merge-patch+json', 'application/apply-patch+yaml'];
+      if (!PATCHES.includes(type)) throw new KubeApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: ${PATCHES.join(', ')} (not json-patch in the stand-in)`);
       const text = await readBody(req);
       let patch: unknown;
       try {
@@ -712,7 +714,7 @@ export class KubeApi {
           return;
         }
         merged = strategicMerge(current, patch, true) as Obj;
-      } else throw new KubeApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml`);
+      } else throw new Error(`patch type ${type}`); // unreachable: PATCHES is checked above
       if (!current) throw notFound(c.def, name);
       this.checkBody(c, merged, ns, name);
       this.precondition(c, current, patch);

@@ -271,3 +271,20 @@ t.test('the client: get (undefined when absent), status patch, conflicts and err
   t.teardown(() => down.close());
   t.match((await down.list(RESOURCES.services).catch((e) => e)).message, /GET \/api\/v1\/services: .*ECONNREFUSED/);
 });
+
+t.test('stop() ends a list the API server never answers (it does not wait for the request timeout)', async (t) => {
+  const { createServer } = await import('node:net');
+  const held: import('node:net').Socket[] = [];
+  const silent = createServer((s) => held.push(s)); // accepts, never answers
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  t.teardown(() => { held.forEach((s) => s.destroy()); silent.close(); });
+  const client = new KubeClient({ server: `http://127.0.0.1:${(silent.address() as import('node:net').AddressInfo).port}`, source: 'test' });
+  t.teardown(() => client.close());
+  const r = new Reflector(client, RESOURCES.services);
+  r.start();
+  await waitFor('connection', () => held.length === 1);
+  const t0 = Date.now();
+  await r.stop();
+  t.ok(Date.now() - t0 < 1000, `stopped in ${Date.now() - t0} ms`);
+  t.notOk(r.synced);
+});
