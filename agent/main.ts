@@ -5,7 +5,9 @@ import { Command, Option } from 'commander';
 import { resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
-import { Agent, VERSION, type XdsConfig } from './agent.js';
+import { Agent, VERSION, type KubeWiring, type XdsConfig } from './agent.js';
+import { apiAccess } from '../kube/access.js';
+import type { Logger } from './observe/log.js';
 import { createLogger } from './observe/log.js';
 import { parseListen } from './observe/metrics.js';
 import { cleanup } from './datapath/datapath.js';
@@ -27,6 +29,18 @@ function xdsConfig(opts: { xds?: string; xdsCa?: string; xdsServerName?: string;
   };
 }
 
+/** Trust domain of the SPIFFE identities (spiffe://<td>/ns/<ns>/sa/<sa>): a DNS-like name, as SPIFFE defines it. */
+function parseTrustDomain(v: string): string {
+  if (!/^[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?$/.test(v)) throw new Error(`--trust-domain: '${v}' is not a trust domain (lower-case letters, digits, '.', '-', '_')`);
+  return v;
+}
+
+/** --kubernetes / --kube-pods: the API client from --kubeconfig (else in-cluster, else $KUBECONFIG, else ~/.kube/config). */
+function kubeWiring(opts: { kubeconfig?: string; trustDomain: string; nodeId?: string }, log: Logger): KubeWiring {
+  const access = apiAccess({ kubeconfig: opts.kubeconfig ? resolve(opts.kubeconfig) : undefined, log: log.child({ component: 'kubernetes' }) });
+  return { access, server: access.server, nodeName: opts.nodeId ?? hostname(), trustDomain: opts.trustDomain };
+}
+
 const program = new Command();
 program
   .name('sockmesh-agent')
@@ -38,7 +52,11 @@ program
   .option('--xds-ca <file>', 'CA bundle: connect to the control plane over TLS (plaintext without it)')
   .option('--xds-server-name <name>', 'TLS server name to verify (default: the host in --xds)')
   .addOption(new Option('--xds-mode <mode>', 'ADS variant').choices(['delta', 'sotw']).default('delta'))
-  .option('--node-id <id>', 'xDS node id (default: the hostname)')
+  .option('--kubernetes', 'take the config from the Kubernetes API: Services, EndpointSlices, HTTPRoutes cluster-wide, this node and its pods (small clusters; else a control plane with serve --kubernetes, and --xds --kube-pods)')
+  .option('--kube-pods', 'with --xds: watch this node\'s pods in the Kubernetes API (spec.nodeName = --node-id) for the fast path\'s local pods')
+  .option('--kubeconfig <file>', 'kubeconfig for --kubernetes/--kube-pods (default: the in-cluster service account, else $KUBECONFIG, else ~/.kube/config)')
+  .addOption(new Option('--trust-domain <domain>', 'SPIFFE trust domain of the pods\' identities (spiffe://<domain>/ns/<ns>/sa/<sa>)').default('cluster.local').argParser(parseTrustDomain))
+  .option('--node-id <id>', 'xDS node id, and with Kubernetes this node\'s name (default: the hostname)')
   .option('--node-cluster <name>', 'xDS node cluster', 'sockmesh')
   .option('--node-locality <region/zone/subzone>', 'xDS node locality')
   .option('--cgroup <path>', 'cgroup v2 directory whose processes are meshed (absolute, or relative to the cgroup2 mount)', 'sockmesh')
@@ -71,18 +89,25 @@ program
     metricsListen: string;
     proxyPort: number; proxyHeartbeatMs: number; proxyNodeAddress?: ReturnType<typeof parseNodeAddresses>;
     xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
+    kubernetes?: boolean; kubePods?: boolean; kubeconfig?: string; trustDomain: string;
   }) => {
     const log = createLogger();
     const bpffs = resolve(opts.bpffs);
     let demo: ReturnType<typeof spawnDemoBackends> | undefined;
     try {
       const cgroup = resolveCgroup(opts.cgroup);
-      if (opts.config && opts.xds) throw new Error('--config and --xds are exclusive: the config comes from one source');
-      const config = opts.xds ? { xds: xdsConfig(opts) } : opts.config ? { file: resolve(opts.config) } : { embedded: demoModel(), name: 'demo' };
+      const sources = [opts.config && '--config', opts.xds && '--xds', opts.kubernetes && '--kubernetes'].filter(Boolean);
+      if (sources.length > 1) throw new Error(`${sources.join(' and ')} are exclusive: the config comes from one source`);
+      if (opts.kubePods && !opts.xds) throw new Error('--kube-pods goes with --xds (with --kubernetes the agent watches its pods anyway)');
+      if (opts.kubeconfig && !opts.kubernetes && !opts.kubePods) throw new Error('--kubeconfig is for --kubernetes or --kube-pods');
+      if (opts.kubeconfig && !existsSync(opts.kubeconfig)) throw new Error(`--kubeconfig ${opts.kubeconfig}: no such file`);
+      const config = opts.xds ? { xds: xdsConfig(opts) } : opts.kubernetes ? { kubernetes: kubeWiring(opts, log) }
+        : opts.config ? { file: resolve(opts.config) } : { embedded: demoModel(), name: 'demo' };
       const agent = new Agent({
         cgroup, bpffs,
         runDir: opts.runDir ? resolve(opts.runDir) : runDirFor(bpffs),
         config,
+        kubePods: opts.kubePods ? kubeWiring(opts, log) : undefined,
         allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
         metricsListen: parseListen(opts.metricsListen),
         proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs,

@@ -7,8 +7,19 @@ import { Command } from 'commander';
 import { ConfigError } from '../agent/model/types.js';
 import { createLogger } from '../agent/observe/log.js';
 import { startControlPlane, type RunningControlPlane } from './server.js';
+import { startKubeControlPlane } from './kube.js';
+import { apiAccess } from '../kube/access.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+/** --status-listen: HOST:PORT ([ADDR]:PORT for IPv6), or '' / 'off' for none. */
+function parseStatusListen(spec: string): { host: string; port: number } | undefined {
+  const s = spec.trim();
+  if (s === '' || s === 'off') return undefined;
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(s) ?? /^([A-Za-z0-9.-]+):(\d{1,5})$/.exec(s);
+  if (!m || Number(m[2]) > 65535) throw new Error(`--status-listen ${spec}: expected HOST:PORT ([ADDR]:PORT for IPv6), or 'off'`);
+  return { host: m[1]!, port: Number(m[2]) };
+}
 
 const program = new Command();
 program
@@ -19,29 +30,38 @@ program
 
 program
   .command('serve')
-  .description('serve every *.yaml, *.yml and *.json file of a directory; changes are pushed to every client')
-  .requiredOption('--dir <dir>', 'config directory (same schema as the agent\'s --config file)')
+  .description('serve every *.yaml, *.yml and *.json file of a directory, or the Kubernetes cluster; changes are pushed to every client')
+  .option('--dir <dir>', 'config directory (same schema as the agent\'s --config file)')
+  .option('--kubernetes', 'serve the cluster: Services, EndpointSlices, HTTPRoutes (and Nodes, for zones) watched once; Local and PreferClose services per node (the xDS node id is the node name)')
+  .option('--kubeconfig <file>', 'kubeconfig for --kubernetes (default: the in-cluster service account, else $KUBECONFIG, else ~/.kube/config)')
+  .option('--trust-domain <domain>', 'SPIFFE trust domain of the cluster\'s identities', 'cluster.local')
+  .option('--status-listen <host:port>', "with --kubernetes: GET /metrics (watch health) and GET /v1/kubernetes (what is not served); '' or 'off' = none", '127.0.0.1:18001')
   .option('--listen <host:port>', 'address to listen on', '127.0.0.1:18000')
   .option('--tls-cert <file>', 'serve TLS with this certificate chain (PEM); needs --tls-key')
   .option('--tls-key <file>', 'private key (PEM) for --tls-cert')
   .addHelpText('after', '\nExit codes: 0 stopped by a signal; 1 bad arguments, a config directory that does not load, or cannot listen.')
-  .action(async (opts: { dir: string; listen: string; tlsCert?: string; tlsKey?: string }) => {
-    if (!!opts.tlsCert !== !!opts.tlsKey) {
-      process.stderr.write('sockmesh-controlplane: --tls-cert and --tls-key go together\n');
+  .action(async (opts: { dir?: string; kubernetes?: boolean; kubeconfig?: string; trustDomain: string; statusListen: string; listen: string; tlsCert?: string; tlsKey?: string }) => {
+    const usage = !!opts.tlsCert !== !!opts.tlsKey ? '--tls-cert and --tls-key go together'
+      : !opts.dir === !opts.kubernetes ? 'serve what: --dir <dir> or --kubernetes (one of them)'
+        : opts.kubeconfig && !opts.kubernetes ? '--kubeconfig is for --kubernetes' : null;
+    if (usage) {
+      process.stderr.write(`sockmesh-controlplane: ${usage}\n`);
       process.exit(1);
     }
     const log = createLogger();
     let running: RunningControlPlane;
+    const tls = opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey! } : undefined;
     try {
-      running = await startControlPlane({
-        dir: opts.dir,
-        listen: opts.listen,
-        tls: opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey! } : undefined,
-        log,
-      });
+      if (opts.kubernetes) {
+        // The trust domain names identities (spiffe://<td>/ns/<ns>/sa/<sa>); the services served do not depend on it.
+        const access = apiAccess({ kubeconfig: opts.kubeconfig, log: log.child({ component: 'kubernetes' }) });
+        const statusListen = parseStatusListen(opts.statusListen);
+        running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen });
+        log.info({ server: access.server, trustDomain: opts.trustDomain }, 'serving the Kubernetes cluster');
+      } else running = await startControlPlane({ dir: opts.dir!, listen: opts.listen, tls, log });
     } catch (e) {
       if (e instanceof ConfigError) {
-        process.stderr.write(`sockmesh-controlplane: the config directory ${opts.dir} does not load:\n`);
+        process.stderr.write(`sockmesh-controlplane: the config directory ${opts.dir ?? ''} does not load:\n`);
         for (const i of e.issues) process.stderr.write(`  ${i.file}: ${i.path || '(root)'}: ${i.message}\n`);
       } else process.stderr.write(`sockmesh-controlplane: ${(e as Error).message}\n`);
       process.exit(1);

@@ -181,7 +181,8 @@ export class ClusterWatch {
     this.sentFirst = true;
     this.lastSync = new Date().toISOString();
     this.batches++;
-    this.o.onSync({ first, changed, relist });
+    // the first list is a list, not a relist
+    this.o.onSync({ first, changed, relist: relist && !first });
   }
 
   private schedule(): void {
