@@ -98,7 +98,8 @@ t.test('agent --kubernetes: paginated sync, 410 relist as a diff, dropped watche
   api.put('endpointslices', slice('default', 's9-1', 's9', [{ port: 8080 }], [{ address: '10.9.0.9' }]) as never);
   await api.reachable();
   await until('recovered', () => backendsOf(applied.at(-1)?.model, 'default--s9').join() === '10.9.0.9');
-  t.ok(src.status().health.connected);
+  await until('every watch connected again', () => src.status().health.connected);
+  t.match(src.status().summary, /^connected since/);
 });
 
 t.test('control plane serve --kubernetes: agents over xDS follow; route status Accepted in the API server; outage keeps serving', async (t) => {
