@@ -121,3 +121,12 @@ export function httpRoute(ns: string, name: string, parent: string, rules: NonNu
     spec: { parentRefs: [{ group: '', kind: 'Service', name: parent }], rules },
   } as KHTTPRoute;
 }
+
+/** Poll `cond` every few milliseconds until it holds; throws naming `what` after `ms`. */
+export async function until(what: string, cond: () => boolean, ms = 8000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not in time`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

@@ -17,16 +17,9 @@ import { KubeSource } from '../../agent/sources/kube.js';
 import { startKubeControlPlane } from '../../controlplane/kube.js';
 import { XdsSource } from '../../agent/sources/xds/source.js';
 import type { Model } from '../../agent/model/types.js';
-import { httpRoute, service, slice } from '../lib/fakekube.js';
+import { httpRoute, service, slice, until } from '../lib/fakekube.js';
 
 const log = pino({ level: 'silent' });
-const until = async (what: string, cond: () => boolean, ms = 8000): Promise<void> => {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`${what}: not in time`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-};
 
 /** The stand-in with `n` services (one slice each) and the access the wiring uses, with a short backoff. */
 async function cluster(t: Test, n: number) {

@@ -14,16 +14,9 @@ import { KubeCluster, startKubeControlPlane } from '../../controlplane/kube.js';
 import { XdsSource } from '../../agent/sources/xds/source.js';
 import type { Model } from '../../agent/model/types.js';
 import type { KPod } from '../../kube/types.js';
-import { FakeReflector, httpRoute, service, slice } from '../lib/fakekube.js';
+import { FakeReflector, httpRoute, service, slice, until } from '../lib/fakekube.js';
 
 const log = pino({ level: 'silent' });
-const until = async (what: string, cond: () => boolean, ms = 5000): Promise<void> => {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`${what}: not in time`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('ClusterWatch: the first batch waits for every list, later changes are debounced and bounded', async (t) => {
