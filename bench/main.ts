@@ -12,6 +12,7 @@ import { runPods } from './pods.js';
 import { POD_LETTERS, POD_SCENARIOS, type PodScenario } from './lib/podsreport.js';
 import { L7_LETTERS, L7_SCENARIOS, type L7Scenario } from './lib/l7report.js';
 import { runXds } from './xds.js';
+import { KUBE_SCENARIOS, runKubernetes, type KubeScenario } from './kubernetes.js';
 import { installSignalCleanup, runCleanups } from './lib/proc.js';
 import { SCENARIO_NAMES, type ScenarioName } from './lib/report.js';
 
@@ -56,6 +57,19 @@ xds options:
   --change-budget N    seconds the changes may take in all before the bench gives up (default 60)
   --rest N             seconds at rest before each RSS reading (default 3)
   --seed N             seed of the random change sequence (default 1)
+
+  kubernetes 10,000 Services / 100,000 endpoints in lab/kubeapi.ts -> the agent (--kubernetes, direct) and
+             -> serve --kubernetes -> the agent on --xds: full sync, one EndpointSlice change to the kernel map
+             (p50/p99), agent and control plane RSS
+
+kubernetes options:
+  --services N         services (default 10000)
+  --endpoints N        endpoints per service, one slice each (default 10)
+  --changes N          EndpointSlice changes, one after the other (default 300)
+  --change-budget N    seconds the changes may take in all (default 60)
+  --rest N             seconds at rest before each RSS reading (default 3)
+  --seed N             seed of the random change sequence (default 1)
+  --only a,b           scenarios: direct,controlplane (default both)
 
   pods       two pods on the node lab (each scenario a lab with a node namespace of its own): the pod IP vs a
              sockmesh VIP vs kube-proxy's iptables DNAT vs a minimal sockmap program vs sockmesh --no-sockmap;
@@ -162,6 +176,29 @@ async function xds(argv: string[], chartDir: string | null): Promise<number> {
   return runXds(opts);
 }
 
+async function kubernetes(argv: string[], chartDir: string | null): Promise<number> {
+  const opts = {
+    root: projectRoot(), services: 10_000, endpointsPerService: 10, changes: 300, changeBudgetSeconds: 60, restSeconds: 3, seed: 1,
+    scenarios: [...KUBE_SCENARIOS] as KubeScenario[], chartDir,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    if (flag === '--services') opts.services = count(flag, argv[++i], 50_000);
+    else if (flag === '--endpoints') opts.endpointsPerService = count(flag, argv[++i], 100);
+    else if (flag === '--changes') opts.changes = count(flag, argv[++i], 50_000);
+    else if (flag === '--change-budget') opts.changeBudgetSeconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--rest') opts.restSeconds = count(flag, argv[++i], 60, 0);
+    else if (flag === '--seed') opts.seed = count(flag, argv[++i], 2 ** 31, 0);
+    else if (flag === '--only') {
+      opts.scenarios = (argv[++i] ?? '').split(',').map((s) => {
+        if (!(KUBE_SCENARIOS as readonly string[]).includes(s)) throw new Error(`--only: unknown scenario ${s} (${KUBE_SCENARIOS.join(', ')})`);
+        return s as KubeScenario;
+      });
+    } else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
+  }
+  return runKubernetes(opts);
+}
+
 async function l7(argv: string[], chartDir: string | null): Promise<number> {
   let duration = 5, connections = 32, repetitions = 3, warmup = 2, pin = false, quick = false;
   let only: L7Scenario[] | undefined;
@@ -219,7 +256,7 @@ async function pods(argv: string[], chartDir: string | null): Promise<number> {
   return runPods(opts);
 }
 
-const benches: Record<string, (argv: string[], chartDir: string | null) => Promise<number>> = { datapath, l7, xds, pods, chart };
+const benches: Record<string, (argv: string[], chartDir: string | null) => Promise<number>> = { datapath, l7, xds, kubernetes, pods, chart };
 
 async function main(): Promise<number> {
   const [name, ...rest] = process.argv.slice(2);

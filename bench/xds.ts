@@ -54,7 +54,7 @@ interface Applied extends ConfigApplied {
 }
 
 /** Every 'config applied' line of the agent, in order, and a way to wait for the next one. */
-class AppliedLog {
+export class AppliedLog {
   private readonly seen: Applied[] = [];
   private cursor = 0;
   private wake: (() => void) | undefined;
@@ -94,7 +94,7 @@ class AppliedLog {
 }
 
 /** Read-only fds on the agent's pinned maps, opened once. */
-class PinnedMaps {
+export class PinnedMaps {
   readonly services: number;
   readonly backends: number;
   private readonly n = native();

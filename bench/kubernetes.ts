@@ -1,0 +1,300 @@
+// The kubernetes bench: 10,000 Services / 100,000 endpoints (EndpointSlices) in the API-server stand-in
+// (lab/kubeapi.ts, in this process), and the real agent (a child process) reading them two ways:
+//  - direct:        the agent with --kubernetes (it watches and translates for its node itself);
+//  - controlplane:  `sockmesh-controlplane serve --kubernetes` (a child process) watching the cluster once, the agent
+//                   on --xds to it.
+// Each measures (1) full sync: the objects stored in the API server (its watchers told) -> the agent's 'config
+// applied' line with every service, and the kernel maps holding every frontend and backend; (2) one EndpointSlice
+// change (one endpoint's address) -> the agent's 'config applied' line (logged after the kernel maps are written),
+// many times, p50/p99, the last one read back from the kernel maps; (3) the agent's RSS at rest after each (and the
+// control plane's). kube-proxy's default minimum sync period is 1 s: the target for a change is 50 ms.
+// Addresses are all in 127.0.0.0/8 and no traffic is sent; the agent is attached to a child cgroup of the bench's
+// own, and everything is undone on the way out (DESIGN.md's rules).
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { availableParallelism, cpus, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KubeApi, kubeconfigFor } from '../lab/kubeapi.js';
+import { native } from '../agent/datapath/native.js';
+import { AGENT_NODE_FLAGS } from '../agent/runtime.js';
+import type { KEndpointSlice, KService } from '../kube/types.js';
+import { agentEntry, cleanupAgent } from './lib/agent.js';
+import { emitResult } from './chart.js';
+import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
+import { BACKEND_PORT, SERVICE_PORT, loopbackAddress, prng, type ServiceConfig } from './lib/fleet.js';
+import { Background, interrupted, log, onCleanup } from './lib/proc.js';
+import { round } from './lib/report.js';
+import { AppliedLog, PinnedMaps } from './xds.js';
+import { percentile, vmField } from './lib/xdsreport.js';
+
+export type KubeScenario = 'direct' | 'controlplane';
+export const KUBE_SCENARIOS: readonly KubeScenario[] = ['direct', 'controlplane'];
+
+export interface KubeBenchOptions {
+  root: string;
+  services: number;
+  endpointsPerService: number;
+  changes: number;
+  changeBudgetSeconds: number;
+  restSeconds: number;
+  seed: number;
+  scenarios: KubeScenario[];
+  chartDir: string | null;
+}
+
+export const KUBE_TARGETS = { fullSyncSeconds: 3, changeP99Ms: 50, agentRssMiB: 200 } as const;
+
+interface ScenarioResult {
+  scenario: KubeScenario;
+  fullSyncSeconds?: number;
+  changes: { planned: number; completed: number; p50Ms?: number; p99Ms?: number; maxMs?: number; reconcileP99Ms?: number; verified?: boolean; detail?: string };
+  agentRssAfterSyncMiB?: number;
+  agentRssAfterChangesMiB?: number;
+  controlPlaneRssAfterSyncMiB?: number;
+  controlPlaneRssAfterChangesMiB?: number;
+  error?: string;
+}
+
+const START_TIMEOUT_MS = 60_000;
+const SYNC_TIMEOUT_MS = 120_000;
+const PROC_MAX_MS = 15 * 60_000;
+const MiB = 1024 * 1024;
+const NODE = 'bench-node';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const nowEpochMs = () => performance.timeOrigin + performance.now();
+const rssMiB = (pid: number) => vmField(readFileSync(`/proc/${pid}/status`, 'utf8')) / MiB;
+
+/** VIPs 127.200.x.x, endpoints 127.1.x.x (as the xds bench's fleet), changed endpoints 127.160.x.x. */
+function cluster(n: number, k: number): { services: KService[]; slices: KEndpointSlice[] } {
+  const services: KService[] = [];
+  const slices: KEndpointSlice[] = [];
+  for (let i = 0; i < n; i++) {
+    const ns = `ns-${i % 100}`;
+    const name = `svc-${i}`;
+    const vip = loopbackAddress(200, i);
+    services.push({
+      apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: ns },
+      spec: { type: 'ClusterIP', clusterIP: vip, clusterIPs: [vip], ipFamilies: ['IPv4'], selector: { app: name }, ports: [{ name: 'http', port: SERVICE_PORT, protocol: 'TCP', targetPort: BACKEND_PORT }] },
+    });
+    slices.push(sliceOf(ns, name, Array.from({ length: k }, (_, j) => loopbackAddress(1, i * k + j))));
+  }
+  return { services, slices };
+}
+
+function sliceOf(ns: string, service: string, addresses: string[]): KEndpointSlice {
+  return {
+    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice',
+    metadata: { name: `${service}-abcde`, namespace: ns, labels: { 'kubernetes.io/service-name': service } },
+    addressType: 'IPv4',
+    ports: [{ name: 'http', port: BACKEND_PORT, protocol: 'TCP' }],
+    endpoints: addresses.map((a) => ({ addresses: [a], conditions: { ready: true, serving: true, terminating: false }, nodeName: NODE })),
+  };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshCgroup: string, workDir: string): Promise<ScenarioResult> {
+  const res: ScenarioResult = { scenario, changes: { planned: opts.changes, completed: 0 } };
+  const api = await KubeApi.start();
+  onCleanup(`kubeapi (${scenario})`, () => api.close());
+  const kubeconfig = join(workDir, `${scenario}.kubeconfig`);
+  writeFileSync(kubeconfig, kubeconfigFor(api));
+  const bpffs = join('/sys/fs/bpf', `sockmesh-bench-kube-${process.pid}-${scenario}`);
+  const runDir = join(workDir, `run-${scenario}`);
+
+  let cp: Background | undefined;
+  const agentArgs = [...AGENT_NODE_FLAGS, agentEntry(opts.root), '--cgroup', meshCgroup, '--bpffs', bpffs, '--run-dir', runDir,
+    '--event-sample', '0', '--node-id', NODE];
+  if (scenario === 'controlplane') {
+    const port = await freePort();
+    cp = new Background('sockmesh control plane', process.execPath,
+      [join(opts.root, 'dist', 'controlplane', 'main.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--listen', `127.0.0.1:${port}`, '--status-listen', 'off'],
+      PROC_MAX_MS);
+    onCleanup('control plane process', async () => {
+      if (cp!.running) await cp!.stop('SIGTERM');
+    });
+    agentArgs.push('--xds', `127.0.0.1:${port}`);
+  } else agentArgs.push('--kubernetes', '--kubeconfig', kubeconfig);
+
+  onCleanup(`agent pins and links (${scenario})`, () => cleanupAgent(opts.root, bpffs, meshCgroup));
+  const agent = new Background(`sockmesh agent (${scenario})`, process.execPath, agentArgs, PROC_MAX_MS);
+  onCleanup(`agent process (${scenario})`, async () => {
+    if (agent.running) await agent.stop('SIGTERM');
+  });
+  const applied = new AppliedLog(agent);
+  const pid = agent.child.pid!;
+  let maps: PinnedMaps | undefined;
+  try {
+    // ---- the agent syncs to the empty cluster ----
+    const first = await applied.next(START_TIMEOUT_MS);
+    if (!first) {
+      const why = agent.running ? `applied nothing within ${START_TIMEOUT_MS / 1000} s of the empty cluster` : 'exited during start-up';
+      throw new Error(`the agent ${why}\n${agent.tail()}${cp ? `\ncontrol plane:\n${cp.tail()}` : ''}`);
+    }
+    maps = new PinnedMaps(bpffs);
+    log(`${scenario}: agent pid ${pid} synced to the empty cluster; RSS ${rssMiB(pid).toFixed(1)} MiB`);
+
+    // ---- (1) full sync ----
+    const { services, slices } = cluster(opts.services, opts.endpointsPerService);
+    applied.drain();
+    const t0 = nowEpochMs();
+    api.load('services', services as never[]);
+    api.load('endpointslices', slices as never[]);
+    const loadedMs = nowEpochMs() - t0;
+    const endpoints = opts.services * opts.endpointsPerService;
+    const deadline = performance.now() + SYNC_TIMEOUT_MS;
+    for (let applies = 1; ; applies++) {
+      const ev = await applied.next(Math.max(0, deadline - performance.now()));
+      if (!ev) throw new Error(`the kernel maps did not hold the cluster within ${SYNC_TIMEOUT_MS / 1000} s\n${agent.tail()}`);
+      if (ev.services !== opts.services) continue; // a part of it on the way (slices still arriving)
+      const c = maps.counts();
+      if (c.services === opts.services && c.backends === endpoints) {
+        res.fullSyncSeconds = (ev.time - t0) / 1000;
+        log(`${scenario}: full sync ${res.fullSyncSeconds.toFixed(3)} s (${applies} applies; objects stored in ${loadedMs.toFixed(0)} ms; ` +
+          `sm_services ${c.services}, sm_backends ${c.backends}; last reconcile ${ev.ms.toFixed(0)} ms)`);
+        break;
+      }
+    }
+    await sleep(opts.restSeconds * 1000);
+    res.agentRssAfterSyncMiB = rssMiB(pid);
+    if (cp) res.controlPlaneRssAfterSyncMiB = rssMiB(cp.child.pid!);
+
+    // ---- (2) one EndpointSlice change at a time ----
+    applied.drain();
+    const rand = prng(opts.seed);
+    const latencies: number[] = [];
+    const reconcile: number[] = [];
+    let last: ServiceConfig | undefined;
+    const current = slices.map((s) => s.endpoints!.map((e) => e.addresses[0]!));
+    const budgetEnd = performance.now() + opts.changeBudgetSeconds * 1000;
+    for (let n = 0; n < opts.changes && !interrupted(); n++) {
+      const i = Math.floor(rand() * opts.services);
+      const j = Math.floor(rand() * opts.endpointsPerService);
+      const addrs = current[i]!.slice();
+      addrs[j] = loopbackAddress(160, n);
+      current[i] = addrs;
+      const svc = services[i]!;
+      const next = sliceOf(svc.metadata.namespace!, svc.metadata.name!, addrs); // built before t0: not the system's work
+      const ts = performance.now();
+      if (ts >= budgetEnd) break;
+      api.put('endpointslices', next as never);
+      const ev = await applied.next(budgetEnd - ts);
+      if (!ev) {
+        if (!agent.running) throw new Error(`the agent exited during the changes\n${agent.tail()}`);
+        log(`${scenario}: change ${n} not applied before the ${opts.changeBudgetSeconds} s budget ran out`);
+        break;
+      }
+      latencies.push(ev.at - ts);
+      reconcile.push(ev.ms);
+      last = { name: svc.metadata.name!, vips: svc.spec!.clusterIPs!, ports: [{ port: SERVICE_PORT, protocol: 'tcp' }], algorithm: 'random', backends: addrs.map((a) => ({ address: a, port: BACKEND_PORT })) };
+    }
+    const c = res.changes;
+    c.completed = latencies.length;
+    if (latencies.length > 0) {
+      c.p50Ms = percentile(latencies, 50);
+      c.p99Ms = percentile(latencies, 99);
+      c.maxMs = Math.max(...latencies);
+      c.reconcileP99Ms = percentile(reconcile, 99);
+    }
+    if (last) {
+      await sleep(200);
+      const v = maps.verify(last, false);
+      c.verified = v.ok;
+      c.detail = v.detail;
+      log(`${scenario}: kernel check of the last change: ${v.ok ? 'ok' : 'FAILED'}: ${v.detail}`);
+    }
+    log(`${scenario}: changes ${c.completed}/${c.planned}, p50 ${c.p50Ms?.toFixed(2)} ms, p99 ${c.p99Ms?.toFixed(2)} ms, max ${c.maxMs?.toFixed(2)} ms`);
+    await sleep(opts.restSeconds * 1000);
+    res.agentRssAfterChangesMiB = rssMiB(pid);
+    if (cp) res.controlPlaneRssAfterChangesMiB = rssMiB(cp.child.pid!);
+  } catch (e) {
+    if (interrupted()) throw e;
+    res.error = (e as Error).message;
+    log(`${scenario}: error: ${res.error}`);
+  } finally {
+    maps?.close();
+    if (agent.running) await agent.stop('SIGTERM');
+    if (cp?.running) await cp.stop('SIGTERM');
+    await cleanupAgent(opts.root, bpffs, meshCgroup);
+    await api.close();
+  }
+  return res;
+}
+
+interface Check { name: string; status: 'PASS' | 'FAIL' | 'SKIP'; value?: number; unit: string; limit: number }
+
+function checksOf(r: ScenarioResult): Check[] {
+  const le = (name: string, value: number | undefined, limit: number, unit: string): Check =>
+    value === undefined ? { name: `${r.scenario}: ${name}`, status: 'SKIP', unit, limit } : { name: `${r.scenario}: ${name}`, status: value <= limit ? 'PASS' : 'FAIL', value, unit, limit };
+  const change = le('one slice change p99', r.changes.p99Ms, KUBE_TARGETS.changeP99Ms, 'ms');
+  // fewer changes than planned, or one the kernel does not hold, is no pass
+  if (change.status === 'PASS' && (r.changes.completed < r.changes.planned || r.changes.verified === false)) change.status = 'FAIL';
+  return [
+    le('full sync', r.fullSyncSeconds, KUBE_TARGETS.fullSyncSeconds, 's'),
+    change,
+    le('agent RSS after sync', r.agentRssAfterSyncMiB, KUBE_TARGETS.agentRssMiB, 'MiB'),
+    le('agent RSS after the changes', r.agentRssAfterChangesMiB, KUBE_TARGETS.agentRssMiB, 'MiB'),
+  ];
+}
+
+const f = (v: number | undefined, unit = '') => (v === undefined ? '-' : `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)}${unit}`);
+
+export async function runKubernetes(opts: KubeBenchOptions): Promise<number> {
+  if (process.getuid?.() !== 0) throw new Error('the kubernetes bench needs root (cgroups, BPF)');
+  native();
+  const id = `sockmesh-bench-kube-${process.pid}`;
+  const cgroup = createCgroup(id);
+  onCleanup(`cgroup ${cgroup}`, () => removeCgroup(cgroup));
+  const meshCgroup = createChildCgroup(cgroup, 'mesh');
+  const workDir = mkdtempSync(join(tmpdir(), `${id}-`));
+  onCleanup(`dir ${workDir}`, () => rmSync(workDir, { recursive: true, force: true }));
+
+  const results: ScenarioResult[] = [];
+  for (const s of opts.scenarios) {
+    if (interrupted()) break;
+    results.push(await runScenario(s, opts, meshCgroup, workDir));
+  }
+  if (interrupted()) throw new Error(`interrupted by ${interrupted()}: no results`);
+
+  const checks = results.flatMap(checksOf);
+  const rows: string[][] = [['scenario', 'full sync', 'slice change p50 / p99 / max', 'agent reconcile p99', 'agent RSS sync / changes', 'control plane RSS sync / changes']];
+  for (const r of results) {
+    const c = r.changes;
+    rows.push([r.scenario, f(r.fullSyncSeconds, ' s'), `${f(c.p50Ms)} / ${f(c.p99Ms)} / ${f(c.maxMs)} ms (${c.completed}/${c.planned})`, f(c.reconcileP99Ms, ' ms'),
+      `${f(r.agentRssAfterSyncMiB)} / ${f(r.agentRssAfterChangesMiB)} MiB`, r.scenario === 'controlplane' ? `${f(r.controlPlaneRssAfterSyncMiB)} / ${f(r.controlPlaneRssAfterChangesMiB)} MiB` : '-']);
+  }
+  const widths = rows[0]!.map((_, k) => Math.max(...rows.map((r) => r[k]!.length)));
+  const out = [`kubernetes bench — kernel ${release()}, ${availableParallelism()} CPUs (${cpus()[0]?.model ?? '?'}); ${opts.services} services, ` +
+    `${opts.services * opts.endpointsPerService} endpoints in lab/kubeapi.ts`, ''];
+  for (const r of rows) out.push(r.map((x, k) => x.padEnd(widths[k]!)).join('  ').trimEnd());
+  out.push('');
+  for (const r of results) if (r.error) out.push(`ERROR ${r.scenario}: ${r.error.split('\n')[0]}`);
+  for (const k of checks) out.push(`${k.status} ${k.name}: ${k.value === undefined ? 'not measured' : `${f(k.value)} ${k.unit} <= ${k.limit} ${k.unit}`}`);
+  process.stdout.write(out.join('\n') + '\n');
+
+  const o = (v: number | undefined, d: number) => (v === undefined ? null : round(v, d));
+  await emitResult({
+    bench: 'kubernetes', kernel: release(), cpus: availableParallelism(), cgroup2: cgroup2Mount(), seed: opts.seed,
+    services: opts.services, endpoints: opts.services * opts.endpointsPerService,
+    scenarios: Object.fromEntries(results.map((r) => [r.scenario, {
+      fullSyncSeconds: o(r.fullSyncSeconds, 3),
+      change: { p50Ms: o(r.changes.p50Ms, 3), p99Ms: o(r.changes.p99Ms, 3), maxMs: o(r.changes.maxMs, 3), reconcileP99Ms: o(r.changes.reconcileP99Ms, 3), completed: r.changes.completed, planned: r.changes.planned, verified: r.changes.verified ?? null },
+      agentRssMiB: { sync: o(r.agentRssAfterSyncMiB, 1), changes: o(r.agentRssAfterChangesMiB, 1) },
+      ...(r.scenario === 'controlplane' ? { controlPlaneRssMiB: { sync: o(r.controlPlaneRssAfterSyncMiB, 1), changes: o(r.controlPlaneRssAfterChangesMiB, 1) } } : {}),
+      ...(r.error ? { error: r.error.split('\n')[0] } : {}),
+    }])),
+    checks: checks.map((c) => ({ name: c.name, status: c.status, value: o(c.value, 3), unit: c.unit, limit: c.limit })),
+    ok: results.every((r) => !r.error) && checks.every((c) => c.status === 'PASS'),
+  }, opts.chartDir);
+  if (results.some((r) => r.error)) return 1;
+  return checks.every((c) => c.status === 'PASS') ? 0 : 2;
+}
