@@ -16,10 +16,10 @@
 // what the same config held at the start (services, backends, table slots, no affinity entries); bpftool's programs,
 // links and maps the same during the run as after the start, and after cleanup as before. A summary table, PASS/FAIL
 // per criterion, and the result as one JSON line last. Exit 0 = pass, 2 = a criterion failed, 1 = could not run.
-// Bounded: a hard timeout of the run's length plus 5 minutes cleans up and exits; every process, cgroup, namespace and
+// Bounded: a hard timeout of the run's length (warm-ups included) plus 5 minutes cleans up and exits; every process, cgroup, namespace and
 // pin it made is removed on every way out (lab down, agent cleanup, the cgroup tree killed and removed).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect, type AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,7 +33,7 @@ import { prng } from './lib/fleet.js';
 import { Background, installSignalCleanup, log, onCleanup, requireRootAndTools, run, runCleanups } from './lib/proc.js';
 import type { ClientReport, ClientSpec, ClientTarget } from './lib/soakclient.js';
 import {
-  frontendKey, slope, soakConfig, SOAK_HEALTH, SOAK_OUTLIER, Timeline, type ExcludeReason, type FrontendSnap, type SoakService,
+  frontendKey, secondAfter, slope, soakConfig, SOAK_HEALTH, SOAK_OUTLIER, Timeline, type ExcludeReason, type FrontendSnap, type SoakService,
 } from './lib/soakmodel.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -49,15 +49,12 @@ const ANCHOR = 'b1';
 const CHURN_SLOTS = 12;
 const TICK_MS = 100;
 /**
- * A listing added (or undrained) is judged in force this long after it was written: the watch reads a changing file at
- * least every CONFIG_MAX_WAIT_MS (500 ms), then the apply; through xDS the control plane's watch does the same, then the
- * push and the agent's apply (and a change written while the control plane was down counts from the reconnection).
+ * The agent sees a recovered probe after healthyThreshold passes, each up to an interval apart, and one interval more;
+ * plus a second of slack for a busy event loop (its probes are timers).
  */
-const CONFIG_ALLOWANCE_MS: Record<Phase, number> = { file: 1000, xds: 1500 };
-/** the agent sees a recovered probe after healthyThreshold passes, each up to an interval apart, and one interval more */
-const UNREADY_RECOVERY_MS = (SOAK_HEALTH.healthyThreshold + 1) * SOAK_HEALTH.intervalMs + SOAK_HEALTH.timeoutMs;
-/** a backend that stopped answering 5xx may stay ejected for the longest ejection */
-const ERRORS_RECOVERY_MS = SOAK_OUTLIER.maxEjectionMs + 500;
+const UNREADY_RECOVERY_MS = (SOAK_HEALTH.healthyThreshold + 1) * SOAK_HEALTH.intervalMs + SOAK_HEALTH.timeoutMs + 1000;
+/** a backend that stopped answering 5xx may stay ejected for the longest ejection (plus the same slack) */
+const ERRORS_RECOVERY_MS = SOAK_OUTLIER.maxEjectionMs + 1000;
 /**
  * Flatness bounds on the slope of a least-squares line over the phase after its warm-up, in units per minute.
  * RSS: at least 1 MiB a minute (60 MiB an hour). What a flat agent still shows is V8's young generation filling and
@@ -73,11 +70,12 @@ const FD_SWING = 30;
 const rssBound = (fitMin: number): number => Math.max(1, RSS_SAWTOOTH_MIB / fitMin);
 const fdBound = (fitMin: number): number => Math.max(0.5, FD_SWING / fitMin);
 const SAMPLE_MS = 250;
+const REST_MS = 15_000;
 const ENVELOPE_MS = 5000;
 
 type Phase = 'file' | 'xds';
 
-export interface SoakOpts { minutes: number; seed: number; phases: Phase[]; pauseMs: number }
+export interface SoakOpts { minutes: number; seed: number; phases: Phase[]; pauseMs: number; warmupSeconds: number }
 
 interface Check { name: string; pass: boolean; value: string; limit: string }
 
@@ -90,16 +88,20 @@ interface PhaseResult {
   counted: number;
   excluded: Partial<Record<ExcludeReason, number>>;
   countedByError: Record<string, number>;
-  countedSamples: { key: string; kind: string; t0: number; ms: number; err: string; backend: string }[];
+  countedSamples: { key: string; kind: string; t0: number; ms: number; err: string; backend: string; history: string[] }[];
   perTarget: Record<string, { ok: number; failed: number }>;
   configWrites: number;
   configApplied: number;
-  /** from a write to the next 'config applied' (ms) */
+  /** from a write to when it was certainly in force (ms; Infinity: never) */
   applyLagMs: { p50: number; p99: number; max: number };
   modeEvents: number;
   cpRestarts: number;
   reconnectMs: number[];
   rssMiB: { start: number; end: number; slopePerMin: number };
+  /** RSS and fds at rest: before the traffic started, and 15 s after it ended */
+  rest: { start: { rssMiB: number; fds: number } | null; end: { rssMiB: number; fds: number } | null };
+  /** the RSS envelope after the warm-up, every 10 s (MiB) */
+  rssTrace: number[];
   fds: { start: number; end: number; slopePerMin: number };
   maps: { start: MapCounts; end: MapCounts };
   bpf: { before: BpfCounts; started: BpfCounts; end: BpfCounts; after: BpfCounts };
@@ -112,7 +114,9 @@ interface MapCounts {
   /** slots of tables no frontend uses (table id -> slots): retired tables that were never reaped */
   strayTables: Record<string, number>;
 }
-interface BpfCounts { progs: number; links: number; maps: number; cgroupProgs: number }
+interface BpfIds { progs: number[]; links: number[]; maps: number[] }
+/** bpftool's counts, machine-wide (other users' objects too) and the agent's own (`mine`) */
+interface BpfCounts { progs: number; links: number; maps: number; cgroupProgs: number; mine: BpfIds }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -138,13 +142,34 @@ function putFile(path: string, text: string): void {
   renameSync(`${path}.tmp`, path);
 }
 
-async function bpfCounts(cgroup: string): Promise<BpfCounts> {
-  const count = async (args: string[]): Promise<number> => {
+type BpfObj = { id: number; pinned?: string[]; map_ids?: number[]; prog_id?: number };
+
+/**
+ * What bpftool shows: every program, link and map of the machine (other users' too), what is attached to our cgroup,
+ * and the agent's own: the maps pinned under its bpffs directory, the programs using them (and every map those use,
+ * .rodata and the like included), the links of those programs.
+ */
+async function bpfCounts(cgroup: string, bpffs?: string): Promise<BpfCounts & { all: BpfIds }> {
+  const list = async (args: string[]): Promise<BpfObj[]> => {
     const r = await run('bpftool', ['-j', ...args], 20_000);
     if (r.code !== 0) throw new Error(`bpftool ${args.join(' ')}: ${r.stderr.trim()}`);
-    return (JSON.parse(r.stdout.trim() || '[]') as unknown[]).length;
+    return JSON.parse(r.stdout.trim() || '[]') as BpfObj[];
   };
-  return { progs: await count(['prog', 'show']), links: await count(['link', 'show']), maps: await count(['map', 'show']), cgroupProgs: await count(['cgroup', 'show', cgroup]) };
+  const maps = await list(['-f', 'map', 'show']);
+  const progs = await list(['prog', 'show']);
+  const links = await list(['link', 'show']);
+  const onCgroup = await list(['cgroup', 'show', cgroup]);
+  const myMaps = new Set(bpffs ? maps.filter((m) => m.pinned?.some((p) => p.startsWith(`${bpffs}/`))).map((m) => m.id) : []);
+  const myProgs = progs.filter((p) => p.map_ids?.some((id) => myMaps.has(id)));
+  for (const p of myProgs) for (const id of p.map_ids ?? []) myMaps.add(id);
+  const progIds = new Set(myProgs.map((p) => p.id));
+  const myLinks = links.filter((l) => l.prog_id !== undefined && progIds.has(l.prog_id));
+  const ids = (xs: BpfObj[]) => xs.map((x) => x.id).sort((a, b) => a - b);
+  return {
+    progs: progs.length, links: links.length, maps: maps.length, cgroupProgs: onCgroup.length,
+    mine: { progs: [...progIds].sort((a, b) => a - b), links: ids(myLinks), maps: [...myMaps].sort((a, b) => a - b) },
+    all: { progs: ids(progs), links: ids(links), maps: ids(maps) },
+  };
 }
 
 function mapCounts(bpffs: string): MapCounts {
@@ -185,17 +210,16 @@ function procSample(pid: number): { rssMiB: number; fds: number } | null {
 class World {
   readonly services = new Map<string, SoakService>();
   readonly timeline = new Timeline();
-  /** (frontend key, pod) -> when its listing counts as in force (Infinity: written while the control plane was down) */
-  private cfgFrom = new Map<string, number>();
+  /** (frontend key, service, kind, pod) -> when its listing (weight > 0) was written */
+  private written = new Map<string, number>();
   /** pod -> from when it counts healthy again after a recovery */
   private modeFrom = new Map<string, number>();
   readonly modes = new Map<string, { unready: boolean; errors: boolean }>(BACKENDS.map((b) => [b, { unready: false, errors: false }]));
-  cpDown = false;
   writes = 0;
   readonly writeTimes: number[] = [];
   modeEvents = 0;
 
-  constructor(private readonly rand: () => number, private readonly allowanceMs: number) {
+  constructor(private readonly rand: () => number) {
     this.reset();
   }
 
@@ -269,25 +293,24 @@ class World {
     for (const s of this.services.values()) {
       const key = frontendKey(s.vip, s.port);
       const good = new Map<string, number>();
+      const since = new Map<string, { written: number; healthyFrom: number }>();
       for (const [pod, w] of s.backends) {
         if (w <= 0) continue;
         const id = `${key}|${s.name}|${s.kind}|${pod}`;
-        // a listing the agent has already (same service, same kind, weight > 0) keeps its time; a new one is in force
-        // after the allowance, or not before the control plane is back
-        const from = this.cfgFrom.get(id) ?? (wrote && this.cpDown ? Infinity : now + this.allowanceMs);
-        next.set(id, from);
-        if (this.podGood(pod, s.kind)) good.set(pod, Math.max(from, this.modeFrom.get(pod) ?? 0));
+        // a listing the agent has already (same service, same kind, weight > 0) keeps its write; its in-force time is
+        // put in once the run is over, from the agent's applies (Timeline.resolve)
+        const written = this.written.get(id) ?? (wrote ? now : -Infinity);
+        next.set(id, written);
+        if (this.podGood(pod, s.kind)) {
+          const healthyFrom = this.modeFrom.get(pod) ?? 0;
+          since.set(pod, { written, healthyFrom });
+          good.set(pod, Infinity);
+        }
       }
-      frontends.set(key, { service: s.name, good, listed: s.backends.size });
+      frontends.set(key, { service: s.name, kind: s.kind, good, listed: s.backends.size, since });
     }
-    this.cfgFrom = next;
+    this.written = next;
     this.timeline.record(now, frontends);
-  }
-
-  /** The agent reconnected to the control plane at `at`: what was written while it was away is in force from then on. */
-  reconnected(at: number): void {
-    for (const [id, from] of this.cfgFrom) if (from === Infinity) this.cfgFrom.set(id, at + this.allowanceMs);
-    this.snapshot(at, false);
   }
 }
 
@@ -296,6 +319,8 @@ interface AgentRun {
   bpffs: string;
   runDir: string;
   applied: number[];
+  /** 'xds: model applied' with nothing warming: every listener the agent received is in the model it applied */
+  xdsComplete: number[];
   connected: number[];
   errors: string[];
 }
@@ -308,18 +333,21 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
     '--proxy-port', String(await freePort()), '--metrics-listen', 'off', '--proxy-node-address', lab.nodeV4,
   ];
   const bg = new Background(`agent (${phase})`, process.execPath, argv, maxMs);
-  const a: AgentRun = { bg, bpffs, runDir, applied: [], connected: [], errors: [] };
+  const a: AgentRun = { bg, bpffs, runDir, applied: [], xdsComplete: [], connected: [], errors: [] };
   onCleanup(`agent ${bpffs}`, async () => {
     await bg.stop('SIGTERM');
     const r = await run(process.execPath, [AGENT_JS, 'cleanup', '--bpffs', bpffs, '--run-dir', runDir], 20_000);
     if (r.code !== 0) process.stderr.write(`agent cleanup ${bpffs}: ${r.stderr.trim()}\n`);
+    // whatever the cleanup left: unpinned here (the links die with the cgroup, removed last)
+    if (existsSync(bpffs)) rmSync(bpffs, { recursive: true, force: true });
   });
   bg.onLine((line) => {
-    let l: { msg?: string; level?: number; time?: number; error?: string };
+    let l: { msg?: string; level?: number; time?: number; error?: string; warming?: number };
     try { l = JSON.parse(line) as typeof l; } catch { return; }
     const t = typeof l.time === 'number' ? l.time : Date.now();
     if (l.msg === 'config applied') a.applied.push(t);
     else if (l.msg === 'xds: connected') a.connected.push(t);
+    else if (l.msg === 'xds: model applied' && l.warming === 0) a.xdsComplete.push(t);
     if ((l.level ?? 0) >= 50 && a.errors.length < 50) a.errors.push(`${l.msg ?? ''}${l.error ? `: ${l.error}` : ''}`);
   });
   await bg.waitForLine((l) => l.includes('"datapath ready"'), 30_000);
@@ -329,11 +357,18 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
 class ControlPlane {
   private bg: Background | null = null;
   restarts = 0;
+  /** when each directory read it logged was done (its start's load, then every 'snapshot updated'), ascending */
+  readonly reads: number[] = [];
   constructor(private readonly dir: string, readonly port: number, private readonly maxMs: number) {}
   get address(): string { return `127.0.0.1:${this.port}`; }
 
   async start(): Promise<void> {
     this.bg = new Background('sockmesh-controlplane', process.execPath, [CP_JS, 'serve', '--dir', this.dir, '--listen', this.address], this.maxMs);
+    this.bg.onLine((line) => {
+      let l: { msg?: string; time?: number };
+      try { l = JSON.parse(line) as typeof l; } catch { return; }
+      if ((l.msg === 'snapshot updated' || l.msg === 'control plane listening') && typeof l.time === 'number') this.reads.push(l.time);
+    });
     const deadline = Date.now() + 20_000;
     while (!(await canConnect(this.port))) {
       if (!this.bg.running) throw new Error(`sockmesh-controlplane exited:\n${this.bg.tail()}`);
@@ -392,13 +427,13 @@ async function runPhase(
   pods: Map<string, ChildProcess>, rand: () => number,
 ): Promise<PhaseResult> {
   log(`phase ${phase}: ${Math.round(ms / 1000)} s`);
-  const world = new World(rand, CONFIG_ALLOWANCE_MS[phase]);
+  const world = new World(rand);
   const addr = (pod: string): string => lab.pod(pod).v4!;
   const cfgDir = join(ws.workDir, `config-${phase}`);
   mkdirSync(cfgDir, { recursive: true });
   const cfgFile = join(cfgDir, 'soak.yaml');
   putFile(cfgFile, soakConfig(world.services.values(), addr));
-  const maxMs = ms + 10 * 60_000;
+  const maxMs = o.warmupSeconds * 1000 + ms + 10 * 60_000;
 
   const before = await bpfCounts(ws.cgroup);
   let cp: ControlPlane | null = null;
@@ -419,8 +454,9 @@ async function runPhase(
   // the start's config settled (health probes ran, nothing retired left): the kernel's counts for this config
   await sleep(2500);
   const mapsStart = mapCounts(agent.bpffs);
-  const started = await bpfCounts(ws.cgroup);
+  const started = await bpfCounts(ws.cgroup, agent.bpffs);
   const agentPid = agent.bg.child.pid!;
+  const restStart = procSample(agentPid);
 
   // traffic
   const perTarget: Record<string, { ok: number; failed: number }> = {};
@@ -430,8 +466,8 @@ async function runPhase(
     for (const f of r.fails) { (perTarget[f.key] ??= { ok: 0, failed: 0 }).failed++; fails.push(f); }
   };
   const t0 = Date.now();
-  world.snapshot(t0 - 5000, true); // the start's config, in force since before the clients
-  const spec = (name: string): string => JSON.stringify({ name, targets: targets(world), pauseMs: o.pauseMs, deadlineMs: ms + 60_000 } satisfies ClientSpec);
+  world.snapshot(t0 - 5000, false); // the start's config, in force since before the clients
+  const spec = (name: string): string => JSON.stringify({ name, targets: targets(world), pauseMs: o.pauseMs, deadlineMs: o.warmupSeconds * 1000 + ms + 60_000 } satisfies ClientSpec);
   const clients = [
     startClient('host client', ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', hostCg, process.execPath, CLIENT_JS, spec('host')]], maxMs, sink),
     startClient('pod client', lab.pod('cli').argv(process.execPath, [CLIENT_JS, spec('pod')]), maxMs, sink),
@@ -450,7 +486,9 @@ async function runPhase(
   let nextKill = t0 + killEvery;
   let cpDownAt = 0;
   let cpBusy = false;
-  const end = t0 + ms;
+  // the warm-up (the same churn and traffic, judged the same) comes before the measured minutes
+  const warm = t0 + o.warmupSeconds * 1000;
+  const end = warm + ms;
   while (Date.now() < end) {
     if (!agent.bg.running) throw new Error(`agent (${phase}) exited during the soak:\n${agent.bg.tail(20)}`);
     const now = Date.now();
@@ -483,7 +521,6 @@ async function runPhase(
       const c = cp;
       void (async () => {
         cpDownAt = Date.now();
-        world.cpDown = true;
         await c.kill();
         await sleep(1000);
         await c.start();
@@ -493,8 +530,6 @@ async function runPhase(
         while (agent.connected.length === since && Date.now() < deadline) await sleep(20);
         const at = agent.connected[since] ?? Date.now();
         reconnectMs.push(at - cpDownAt);
-        world.cpDown = false;
-        world.reconnected(Math.max(at, world.timeline.snaps[world.timeline.snaps.length - 1]!.t));
         nextKill = Date.now() + killEvery;
         cpBusy = false;
       })();
@@ -515,10 +550,12 @@ async function runPhase(
   clearInterval(sampler);
   await Promise.all(clients.map(stopClient));
   const seconds = (Date.now() - t0) / 1000;
-  // the retired tables of the last changes are reaped a second after them
-  await sleep(1500);
+  // the retired tables of the last changes are reaped a second after them; and at rest (no traffic, no change) V8's
+  // memory reducer runs a full collection within about 10 s: the RSS then is what the agent keeps
+  await sleep(REST_MS);
+  const restEnd = procSample(agentPid);
   const mapsEnd = mapCounts(agent.bpffs);
-  const endCounts = await bpfCounts(ws.cgroup);
+  const endCounts = await bpfCounts(ws.cgroup, agent.bpffs);
   const agentErrors = [...agent.errors];
   const configApplied = agent.applied.length;
 
@@ -528,6 +565,19 @@ async function runPhase(
   await cp?.stop();
   const after = await bpfCounts(ws.cgroup);
 
+  // From when each write is certainly in force (soakmodel.ts's secondAfter): the agent's file source reads serially;
+  // through xDS the control plane's reads do, and then the agent applies what it pushed: its second complete apply
+  // (nothing warming: an added listener waits for its cluster) after the push that holds the write. An upper bound
+  // for the file source; for xDS it assumes the agent is at most one complete apply behind the control plane's push.
+  const inForce = (w: number): number => {
+    if (w === -Infinity) return -Infinity; // the start's config
+    if (!cp) return secondAfter(agent.applied, w);
+    const pushed = secondAfter(cp.reads, w);
+    return pushed === Infinity ? Infinity : secondAfter(agent.xdsComplete, pushed);
+  };
+  world.timeline.resolve(inForce);
+  const lags = world.writeTimes.map((w) => inForce(w) - w).sort((a, b) => a - b);
+  const applyLagMs = { p50: lags[Math.floor(lags.length / 2)] ?? 0, p99: lags[Math.floor(lags.length * 0.99)] ?? 0, max: lags[lags.length - 1] ?? 0 };
   // judgement
   const excluded: Partial<Record<ExcludeReason, number>> = {};
   const countedByError: Record<string, number> = {};
@@ -539,17 +589,15 @@ async function runPhase(
       counted++;
       const e = f.err.replace(/\d+ ms/, 'N ms');
       countedByError[`${f.kind} ${e}`] = (countedByError[`${f.kind} ${e}`] ?? 0) + 1;
-      if (countedSamples.length < 20) countedSamples.push({ key: f.key, kind: f.kind, t0: f.t0, ms: f.t1 - f.t0, err: f.err, backend: v.backend });
+      if (countedSamples.length < 20) countedSamples.push({
+        key: f.key, kind: f.kind, t0: f.t0, ms: f.t1 - f.t0, err: f.err, backend: v.backend, history: world.timeline.history(f.key, f.t0 - 5000, f.t1, f.t0),
+      });
     } else excluded[v.reason] = (excluded[v.reason] ?? 0) + 1;
   }
   const ok = Object.values(perTarget).reduce((a, x) => a + x.ok, 0);
-  // how long a written change waited for the next apply (a lower bound of each change's way into the kernel)
-  const lags = world.writeTimes.map((w) => (agent.applied.find((a) => a >= w) ?? Infinity) - w).sort((a, b) => a - b);
-  const applyLagMs = { p50: lags[Math.floor(lags.length / 2)] ?? 0, p99: lags[Math.floor(lags.length * 0.99)] ?? 0, max: lags[lags.length - 1] ?? 0 };
 
-  // flatness after the warm-up: a fifth of the phase, at least 20 s
-  // and on the lower envelope (the least of each 5 s): the young generation's sawtooth off, what stays is what is kept
-  const warm = t0 + Math.max(20_000, ms / 5);
+  // flatness after the warm-up, on the lower envelope (the least of each 5 s): the young generation's sawtooth off,
+  // what stays is what is kept
   const fit: typeof samples = [];
   for (const s of samples.filter((x) => x.t >= warm)) {
     const last = fit[fit.length - 1];
@@ -561,6 +609,7 @@ async function runPhase(
   const per = (f: (s: typeof samples[number]) => number) => slope(fit.map((s) => [(s.t - t0) / 60_000, f(s)] as const));
   const rss = { start: fit[0]?.rssMiB ?? 0, end: fit[fit.length - 1]?.rssMiB ?? 0, slopePerMin: per((s) => s.rssMiB) };
   const fds = { start: fit[0]?.fds ?? 0, end: fit[fit.length - 1]?.fds ?? 0, slopePerMin: per((s) => s.fds) };
+  const rssTrace = fit.filter((_, i) => i % 2 === 0).map((s) => Math.round(s.rssMiB)); // every 10 s
 
   const checks: Check[] = [];
   const check = (name: string, pass: boolean, value: string, limit: string) => checks.push({ name: `${phase}: ${name}`, pass, value, limit });
@@ -579,18 +628,23 @@ async function runPhase(
   check('table slots = the live tables\' (nothing retired left)', mapsEnd.tableSlots === mapsEnd.liveTableSlots, String(mapsEnd.tableSlots), String(mapsEnd.liveTableSlots));
   check('services 4, backends 16 active', mapsEnd.services === 4 && mapsEnd.backends === 16 && mapsEnd.activeBackends === 16,
     `${mapsEnd.services}, ${mapsEnd.backends} (${mapsEnd.activeBackends} active)`, '4, 16 (16 active)');
-  const same = (a: BpfCounts, b: BpfCounts) => a.progs === b.progs && a.links === b.links && a.maps === b.maps && a.cgroupProgs === b.cgroupProgs;
-  const fmt = (c: BpfCounts) => `progs ${c.progs} links ${c.links} maps ${c.maps} on-cgroup ${c.cgroupProgs}`;
-  check('bpftool at the end = after the start', same(endCounts, started), fmt(endCounts), fmt(started));
-  check('bpftool after cleanup = before', same(after, before), fmt(after), fmt(before));
+  const mine = (c: BpfCounts) => `progs ${c.mine.progs.length} links ${c.mine.links.length} maps ${c.mine.maps.length} on-cgroup ${c.cgroupProgs}`;
+  check('bpftool: the agent\'s programs, links and maps at the end = after the start', mine(endCounts) === mine(started) && started.mine.progs.length > 0, mine(endCounts), mine(started));
+  // every id the agent had, at the start or at the end, gone after its cleanup (ids are not reused at once)
+  const had = { progs: [...started.mine.progs, ...endCounts.mine.progs], links: [...started.mine.links, ...endCounts.mine.links], maps: [...started.mine.maps, ...endCounts.mine.maps] };
+  const left = (['progs', 'links', 'maps'] as const).flatMap((k) => had[k].filter((id) => after.all[k].includes(id)).map((id) => `${k.slice(0, -1)} ${id}`));
+  check('bpftool: nothing of the agent left after cleanup', left.length === 0 && after.cgroupProgs === 0, left.join(', ') || `none, on-cgroup ${after.cgroupProgs}`, 'none, on-cgroup 0');
   check('agent logged no error', agentErrors.length === 0, String(agentErrors.length), '0');
 
   return {
     phase, seconds, requests: ok + fails.length, ok, failed: fails.length, counted, excluded, countedByError, countedSamples, perTarget,
     configWrites: world.writes, configApplied, applyLagMs, modeEvents: world.modeEvents, cpRestarts: cp?.restarts ?? 0, reconnectMs,
-    rssMiB: rss, fds, maps: { start: mapsStart, end: mapsEnd }, bpf: { before, started, end: endCounts, after }, agentErrors, checks,
+    rssMiB: rss, rssTrace, rest: { start: restStart, end: restEnd }, fds, maps: { start: mapsStart, end: mapsEnd },
+    bpf: { before: strip(before), started: strip(started), end: strip(endCounts), after: strip(after) }, agentErrors, checks,
   };
 }
+
+const strip = (c: BpfCounts & { all?: BpfIds }): BpfCounts => ({ progs: c.progs, links: c.links, maps: c.maps, cgroupProgs: c.cgroupProgs, mine: c.mine });
 
 export async function runSoak(o: SoakOpts): Promise<number> {
   await requireRootAndTools('soak', 'it loads BPF programs and builds network namespaces', ['bpftool', 'ip', 'nsenter']);
@@ -644,14 +698,20 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
     out.push(`${r.phase}: requests per frontend (ok / failed): ${Object.entries(r.perTarget).sort().map(([k, v]) => `${k} ${v.ok}/${v.failed}`).join(', ')}`);
     out.push(`${r.phase}: excluded failures by reason: ${Object.entries(r.excluded).map(([k, v]) => `${k}: ${v}`).join('; ') || 'none'}`);
     if (r.counted) out.push(`${r.phase}: counted failures by error: ${Object.entries(r.countedByError).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
-    for (const s of r.countedSamples.slice(0, 5)) out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend})`);
-    out.push(`${r.phase}: from a config write to the next apply (ms): p50 ${r.applyLagMs.p50}, p99 ${r.applyLagMs.p99}, max ${r.applyLagMs.max}`);
+    for (const s of r.countedSamples.slice(0, 5)) {
+      out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend}); the frontend before (ms from the request; @: good from):`);
+      for (const h of s.history.slice(-6)) out.push(`      ${h}`);
+    }
+    out.push(`${r.phase}: from a config write to certainly in force (ms): p50 ${r.applyLagMs.p50}, p99 ${r.applyLagMs.p99}, max ${r.applyLagMs.max}`);
     if (r.reconnectMs.length) out.push(`${r.phase}: xDS outages, kill to the agent's reconnection (ms): ${r.reconnectMs.join(', ')}`);
+    out.push(`${r.phase}: agent RSS after the warm-up, every 10 s (MiB): ${r.rssTrace.join(' ')}`);
+    const rest = (x: { rssMiB: number; fds: number } | null) => (x ? `${x.rssMiB.toFixed(1)} MiB, ${x.fds} fds` : '-');
+    out.push(`${r.phase}: agent at rest before the traffic: ${rest(r.rest.start)}; 15 s after it: ${rest(r.rest.end)}`);
     const counts = (Object.keys(r.maps.start) as (keyof MapCounts)[]).filter((k) => k !== 'strayTables');
     out.push(`${r.phase}: kernel maps start -> end: ${counts.map((k) => `${k} ${r.maps.start[k]}->${r.maps.end[k]}`).join(', ')}`);
     const stray = Object.entries(r.maps.end.strayTables);
     if (stray.length) out.push(`${r.phase}: table slots no frontend uses at the end (table id: slots): ${stray.map(([id, n]) => `${id}: ${n}`).join(', ')}`);
-    out.push(`${r.phase}: bpftool progs/links/maps/on-cgroup: before ${c4(r.bpf.before)}, after start ${c4(r.bpf.started)}, at the end ${c4(r.bpf.end)}, after cleanup ${c4(r.bpf.after)}`);
+    out.push(`${r.phase}: bpftool progs/links/maps/on-cgroup, machine-wide: before ${c4(r.bpf.before)}, after start ${c4(r.bpf.started)}, at the end ${c4(r.bpf.end)}, after cleanup ${c4(r.bpf.after)}`);
     for (const e of r.agentErrors.slice(0, 5)) out.push(`${r.phase}: agent error: ${e}`);
   }
   out.push('');
@@ -659,10 +719,12 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
   process.stdout.write(out.join('\n') + '\n');
 }
 
-const c4 = (c: BpfCounts): string => `${c.progs}/${c.links}/${c.maps}/${c.cgroupProgs}`;
+const c4 = (c: BpfCounts): string => `${c.progs}/${c.links}/${c.maps}/${c.cgroupProgs} (the agent's ${c.mine.progs.length}/${c.mine.links.length}/${c.mine.maps.length})`;
 
-const USAGE = `usage: npm run soak -- [--minutes N] [--seed N] [--only file|xds] [--pause-ms N]
-  --minutes N    length of the run, split between the phases (default 30; 1..1440)
+const USAGE = `usage: npm run soak -- [--minutes N] [--seed N] [--only file|xds] [--pause-ms N] [--warmup S]
+  --minutes N    length of the measured run, split between the phases (default 30; 1..1440)
+  --warmup S     seconds of the same churn and traffic before each phase's measured part (default 30): its failures
+                 are judged too, its RSS and fds are not fitted (a fresh agent's heap grows for a while)
   --seed N       seed of the random churn (default: from the clock, printed)
   --only PHASE   file (the config file source) or xds (sockmesh-controlplane, SIGKILLed and restarted); default both
   --pause-ms N   each client loop's pause between requests (default 20)
@@ -670,7 +732,7 @@ const USAGE = `usage: npm run soak -- [--minutes N] [--seed N] [--only file|xds]
 
 async function main(): Promise<number> {
   const argv = process.argv.slice(2);
-  const o: SoakOpts = { minutes: 30, seed: Date.now() % 2 ** 31, phases: ['file', 'xds'], pauseMs: 20 };
+  const o: SoakOpts = { minutes: 30, seed: Date.now() % 2 ** 31, phases: ['file', 'xds'], pauseMs: 20, warmupSeconds: 30 };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const num = (min: number, max: number): number => {
@@ -681,6 +743,7 @@ async function main(): Promise<number> {
     if (flag === '--minutes') o.minutes = num(1, 1440);
     else if (flag === '--seed') o.seed = num(0, 2 ** 31);
     else if (flag === '--pause-ms') o.pauseMs = num(0, 10_000);
+    else if (flag === '--warmup') o.warmupSeconds = num(0, 3600);
     else if (flag === '--only') {
       const p = argv[++i];
       if (p !== 'file' && p !== 'xds') throw new Error(`--only needs file or xds\n\n${USAGE}`);
@@ -692,9 +755,9 @@ async function main(): Promise<number> {
   installSignalCleanup();
   // the hard bound: whatever happens, cleanup and out this long after the run's own length
   const hard = setTimeout(() => {
-    process.stderr.write(`soak: hard timeout (${o.minutes} min + 5 min) reached: cleaning up\n`);
+    process.stderr.write(`soak: hard timeout (the run + 5 min) reached: cleaning up\n`);
     void runCleanups().finally(() => process.exit(1));
-  }, (o.minutes + 5) * 60_000);
+  }, (o.minutes + 5) * 60_000 + o.phases.length * o.warmupSeconds * 1000);
   hard.unref();
   try {
     return await runSoak(o);

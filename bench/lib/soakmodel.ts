@@ -82,10 +82,16 @@ export function soakConfig(services: Iterable<SoakService>, addressOf: (pod: str
 
 export interface FrontendSnap {
   service: string;
+  kind?: SvcKind;
   /** good backends (pod name) -> the time from which each counts as good (may be later than the snapshot) */
   good: Map<string, number>;
   /** backends listed (any weight) */
   listed: number;
+  /**
+   * For Timeline.resolve: each good backend's listing, by when it was written (the write that added or undrained it)
+   * and from when its pod counts healthy (after a recovery); `good` is then the later of its in-force time and that.
+   */
+  since?: Map<string, { written: number; healthyFrom: number }>;
 }
 
 export interface Snapshot { t: number; frontends: Map<string, FrontendSnap> }
@@ -122,6 +128,39 @@ export class Timeline {
     return found;
   }
 
+  /**
+   * Put in the in-force time of every listing once the run is over and the agent's applies are known (inForce(written):
+   * when the write was certainly applied, Infinity if never).
+   */
+  resolve(inForce: (written: number) => number): void {
+    const memo = new Map<number, number>();
+    for (const snap of this.snaps) {
+      for (const f of snap.frontends.values()) {
+        if (!f.since) continue;
+        for (const [pod, { written, healthyFrom }] of f.since) {
+          let at = memo.get(written);
+          if (at === undefined) memo.set(written, (at = inForce(written)));
+          f.good.set(pod, Math.max(at, healthyFrom));
+        }
+      }
+    }
+  }
+
+  /** What the frontend was from `from` to `to` (ms relative to `at`), one line per change: for a counted failure. */
+  history(key: string, from: number, to: number, at: number): string[] {
+    const out: string[] = [];
+    let last = '';
+    const i0 = Math.max(0, this.at(from));
+    for (let i = i0; i < this.snaps.length && this.snaps[i]!.t <= to; i++) {
+      const f = this.snaps[i]!.frontends.get(key);
+      const good = f ? [...f.good].map(([b, g]) => `${b}${g > this.snaps[i]!.t ? `@${g === Infinity ? 'never' : g - at}` : ''}`).join(',') : '';
+      const line = f ? `${f.service} (${f.kind ?? '?'}) listed ${f.listed}, good ${good || 'none'}` : 'no service';
+      if (line !== last) out.push(`${this.snaps[i]!.t - at} ms: ${line}`);
+      last = line;
+    }
+    return out;
+  }
+
   judge(key: string, t0: number, t1: number): Verdict {
     const i0 = this.at(t0);
     if (i0 < 0) return { counts: false, reason: 'before the first config' };
@@ -129,7 +168,8 @@ export class Timeline {
     if (!first) return { counts: false, reason: 'no service at this VIP' };
     if (first.listed === 0) return { counts: false, reason: 'no backend in the config' };
     if (first.good.size === 0) return { counts: false, reason: 'no healthy backend (drained, unready or answering 5xx)' };
-    let candidates = [...first.good].filter(([, from]) => from <= t0).map(([b, from]) => [b, from] as const);
+    // strictly before: a log line and a request in the same millisecond are not ordered
+    let candidates = [...first.good].filter(([, from]) => from < t0).map(([b, from]) => [b, from] as const);
     if (candidates.length === 0) return { counts: false, reason: 'its backends just added, undrained or recovering (within the allowance)' };
     // every later snapshot up to the request's end must still have the backend good, since the same time
     for (let i = i0 + 1; i < this.snaps.length && this.snaps[i]!.t <= t1; i++) {
@@ -139,6 +179,22 @@ export class Timeline {
     }
     return { counts: true, backend: candidates[0]![0] };
   }
+}
+
+/**
+ * When a write is certainly in force, from the times of the reads that followed it. A reader that reads, applies and
+ * then logs in one synchronous step (the agent's file source; the control plane's directory reload) and is woken by
+ * every write: the write at w is in the first read that starts after w, and each read starts after the previous one
+ * logged. So the read logged second after w holds w (or something newer), and w is in force at that log's time at
+ * the latest. `logs` ascending; Infinity when there is no second log.
+ */
+export function secondAfter(logs: readonly number[], w: number): number {
+  let lo = 0, hi = logs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (logs[mid]! < w) lo = mid + 1; else hi = mid;
+  }
+  return logs[lo + 1] ?? Infinity;
 }
 
 // ---- flatness ----
