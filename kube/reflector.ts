@@ -214,7 +214,10 @@ export class Reflector<T extends KubeObject> {
         if (ev.type === 'DELETED') {
           if (this.items.delete(key)) change.deleted.push(key);
         } else {
-          (this.items.has(key) ? change.updated : change.added).push(key);
+          const old = this.items.get(key);
+          // The same version again (a watch replaying what a paginated list already returned): nothing changed.
+          if (old && rv !== undefined && old.metadata.resourceVersion === rv) return;
+          (old ? change.updated : change.added).push(key);
           this.items.set(key, ev.object);
         }
         if (rv) this.state.resourceVersion = rv;

@@ -288,3 +288,17 @@ t.test('stop() ends a list the API server never answers (it does not wait for th
   t.ok(Date.now() - t0 < 1000, `stopped in ${Date.now() - t0} ms`);
   t.notOk(r.synced);
 });
+
+t.test('a change between list pages is not reported twice (the watch replays it from the first page\'s resourceVersion)', async (t) => {
+  const { api, client } = await setup(t);
+  api.load('services', Array.from({ length: 30 }, (_, i) => svc(`s${String(i).padStart(2, '0')}`)));
+  api.beforeList = (q) => {
+    if (q.get('continue') && !api.get('services', 'default', 's25')?.metadata.labels?.v) api.put('services', svc('s25', 'default', { v: '2' }));
+  };
+  const { r, changes } = reflect(t, client, RESOURCES.services, { pageSize: 10 });
+  await waitFor('watching', () => api.watchCount('services') === 1);
+  t.equal(r.store.get('default/s25')?.metadata.labels?.v, '2', 'the list has the new version');
+  api.put('services', svc('sentinel'));
+  await waitFor('sentinel', () => r.store.has('default/sentinel'));
+  t.same(changes.map((c) => [c.added.length, c.updated, c.relist]), [[30, [], true], [1, [], false]], 'no update for s25');
+});
