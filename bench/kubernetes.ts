@@ -16,15 +16,14 @@ import { availableParallelism, cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeApi, kubeconfigFor } from '../lab/kubeapi.js';
 import { native } from '../agent/datapath/native.js';
-import { AGENT_NODE_FLAGS } from '../agent/runtime.js';
 import type { KEndpointSlice, KService } from '../kube/types.js';
-import { agentEntry, cleanupAgent } from './lib/agent.js';
+import { cleanupAgent } from './lib/agent.js';
 import { emitResult } from './chart.js';
 import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
 import { BACKEND_PORT, SERVICE_PORT, loopbackAddress, prng, type ServiceConfig } from './lib/fleet.js';
 import { Background, interrupted, log, onCleanup } from './lib/proc.js';
 import { round } from './lib/report.js';
-import { AppliedLog, PinnedMaps } from './xds.js';
+import { firstApply, PinnedMaps, spawnAgent } from './xds.js';
 import { percentile, vmField } from './lib/xdsreport.js';
 
 export type KubeScenario = 'direct' | 'controlplane';
@@ -112,8 +111,7 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
   const runDir = join(workDir, `run-${scenario}`);
 
   let cp: Background | undefined;
-  const agentArgs = [...AGENT_NODE_FLAGS, agentEntry(opts.root), '--cgroup', meshCgroup, '--bpffs', bpffs, '--run-dir', runDir,
-    '--event-sample', '0', '--node-id', NODE];
+  const agentArgs = ['--run-dir', runDir, '--event-sample', '0', '--node-id', NODE];
   if (scenario === 'controlplane') {
     const port = await freePort();
     cp = new Background('sockmesh control plane', process.execPath,
@@ -125,21 +123,11 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
     agentArgs.push('--xds', `127.0.0.1:${port}`);
   } else agentArgs.push('--kubernetes', '--kubeconfig', kubeconfig);
 
-  onCleanup(`agent pins and links (${scenario})`, () => cleanupAgent(opts.root, bpffs, meshCgroup));
-  const agent = new Background(`sockmesh agent (${scenario})`, process.execPath, agentArgs, PROC_MAX_MS);
-  onCleanup(`agent process (${scenario})`, async () => {
-    if (agent.running) await agent.stop('SIGTERM');
-  });
-  const applied = new AppliedLog(agent);
-  const pid = agent.child.pid!;
+  const { agent, applied, pid } = spawnAgent(opts.root, `sockmesh agent (${scenario})`, bpffs, meshCgroup, agentArgs, PROC_MAX_MS);
   let maps: PinnedMaps | undefined;
   try {
     // ---- the agent syncs to the empty cluster ----
-    const first = await applied.next(START_TIMEOUT_MS);
-    if (!first) {
-      const why = agent.running ? `applied nothing within ${START_TIMEOUT_MS / 1000} s of the empty cluster` : 'exited during start-up';
-      throw new Error(`the agent ${why}\n${agent.tail()}${cp ? `\ncontrol plane:\n${cp.tail()}` : ''}`);
-    }
+    await firstApply(agent, applied, START_TIMEOUT_MS, 'the empty cluster', cp ? `\ncontrol plane:\n${cp.tail()}` : '');
     maps = new PinnedMaps(bpffs);
     log(`${scenario}: agent pid ${pid} synced to the empty cluster; RSS ${rssMiB(pid).toFixed(1)} MiB`);
 

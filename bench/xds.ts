@@ -149,6 +149,30 @@ export class PinnedMaps {
   }
 }
 
+/**
+ * The agent as a child process with `args` (after its --cgroup and --bpffs), and its 'config applied' lines. Its
+ * pins and links are cleaned up on the way out (registered before the start, so that Ctrl-C during start-up still
+ * unpins and detaches), and it is stopped with SIGTERM before that (the global cleanup would only SIGKILL it).
+ */
+export function spawnAgent(root: string, what: string, bpffs: string, meshCgroup: string, args: string[], maxMs: number): { agent: Background; applied: AppliedLog; pid: number } {
+  onCleanup(`${what}: pins and links`, () => cleanupAgent(root, bpffs, meshCgroup));
+  const agent = new Background(what, process.execPath, [...AGENT_NODE_FLAGS, agentEntry(root), '--cgroup', meshCgroup, '--bpffs', bpffs, ...args], maxMs);
+  onCleanup(`${what}: process`, async () => {
+    if (agent.running) await agent.stop('SIGTERM');
+  });
+  return { agent, applied: new AppliedLog(agent), pid: agent.child.pid! };
+}
+
+/** The agent's first 'config applied' line (of `state`), or an error with the end of its output. */
+export async function firstApply(agent: Background, applied: AppliedLog, timeoutMs: number, state: string, more = ''): Promise<ConfigApplied> {
+  const first = await applied.next(timeoutMs);
+  if (!first) {
+    const why = agent.running ? `did not apply ${state} within ${timeoutMs / 1000} s` : 'exited during start-up';
+    throw new Error(`the agent ${why}\n${agent.tail()}${more}`);
+  }
+  return first;
+}
+
 function rssBytes(pid: number, field = 'VmRSS'): number {
   return vmField(readFileSync(`/proc/${pid}/status`, 'utf8'), field);
 }
@@ -186,30 +210,13 @@ export async function runXds(opts: XdsOptions): Promise<number> {
   onCleanup('control plane', () => cp.close());
   log(`control plane on 127.0.0.1:${cp.port}`);
 
-  // Registered before the start, so that Ctrl-C during start-up still unpins and detaches.
-  onCleanup('agent pins and links', () => cleanupAgent(opts.root, bpffs, meshCgroup));
-  const agent = new Background(
-    'sockmesh agent',
-    process.execPath,
-    [...AGENT_NODE_FLAGS, agentEntry(opts.root), '--xds', `127.0.0.1:${cp.port}`, '--cgroup', meshCgroup, '--bpffs', bpffs,
-      '--run-dir', join(workDir, 'run'), '--event-sample', '0'],
-    AGENT_MAX_MS,
-  );
-  // Stopped with SIGTERM before the agent cleanup runs (the global cleanup would only SIGKILL it).
-  onCleanup('agent process', async () => {
-    if (agent.running) await agent.stop('SIGTERM');
-  });
-  const applied = new AppliedLog(agent);
-  const pid = agent.child.pid!;
+  const { agent, applied, pid } = spawnAgent(opts.root, 'sockmesh agent', bpffs, meshCgroup,
+    ['--xds', `127.0.0.1:${cp.port}`, '--run-dir', join(workDir, 'run'), '--event-sample', '0'], AGENT_MAX_MS);
 
   let maps: PinnedMaps | undefined;
   try {
     // ---- the agent syncs to the empty state ----
-    const first = await applied.next(START_TIMEOUT_MS);
-    if (!first) {
-      const why = agent.running ? `did not apply the empty xDS state within ${START_TIMEOUT_MS / 1000} s` : 'exited during start-up';
-      throw new Error(`the agent ${why}\n${agent.tail()}`);
-    }
+    const first = await firstApply(agent, applied, START_TIMEOUT_MS, 'the empty xDS state');
     if (first.why !== 'xds' || first.services !== 0) throw new Error(`unexpected first apply: ${JSON.stringify(first)}`);
     maps = new PinnedMaps(bpffs);
     log(`agent pid ${pid} synced to the empty state (cgroup ${meshCgroup}, pins ${bpffs}); RSS ${(rssBytes(pid) / MiB).toFixed(1)} MiB`);
