@@ -24,7 +24,7 @@ import { BACKEND_PORT, SERVICE_PORT, loopbackAddress, prng, type ServiceConfig }
 import { Background, interrupted, log, onCleanup } from './lib/proc.js';
 import { round } from './lib/report.js';
 import { firstApply, PinnedMaps, spawnAgent } from './xds.js';
-import { percentile, vmField } from './lib/xdsreport.js';
+import { changeStats, vmField } from './lib/xdsreport.js';
 
 export type KubeScenario = 'direct' | 'controlplane';
 export const KUBE_SCENARIOS: readonly KubeScenario[] = ['direct', 'controlplane'];
@@ -46,7 +46,7 @@ export const KUBE_TARGETS = { fullSyncSeconds: 3, changeP99Ms: 50, agentRssMiB: 
 interface ScenarioResult {
   scenario: KubeScenario;
   fullSyncSeconds?: number;
-  changes: { planned: number; completed: number; p50Ms?: number; p99Ms?: number; maxMs?: number; reconcileP99Ms?: number; verified?: boolean; detail?: string };
+  changes: { planned: number; completed: number; p50Ms?: number; p99Ms?: number; maxMs?: number; meanMs?: number; reconcileP99Ms?: number; verified?: boolean; detail?: string };
   agentRssAfterSyncMiB?: number;
   agentRssAfterChangesMiB?: number;
   controlPlaneRssAfterSyncMiB?: number;
@@ -187,12 +187,7 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
     }
     const c = res.changes;
     c.completed = latencies.length;
-    if (latencies.length > 0) {
-      c.p50Ms = percentile(latencies, 50);
-      c.p99Ms = percentile(latencies, 99);
-      c.maxMs = Math.max(...latencies);
-      c.reconcileP99Ms = percentile(reconcile, 99);
-    }
+    Object.assign(c, changeStats(latencies, reconcile));
     if (last) {
       await sleep(200);
       const v = maps.verify(last, false);

@@ -22,7 +22,7 @@ import { BACKEND_PORT, Fleet, SERVICE_PORT, changedPort, prng, type ServiceConfi
 import { Background, interrupted, log, onCleanup } from './lib/proc.js';
 import { AGENT_NODE_FLAGS } from '../agent/runtime.js';
 import {
-  formatXdsTable, parseConfigApplied, percentile, vmField, xdsChecks, xdsSummary, type ConfigApplied, type XdsResults,
+  changeStats, formatXdsTable, parseConfigApplied, percentile, vmField, xdsChecks, xdsSummary, type ConfigApplied, type XdsResults,
 } from './lib/xdsreport.js';
 
 export interface XdsOptions {
@@ -284,12 +284,8 @@ export async function runXds(opts: XdsOptions): Promise<number> {
     }
     const c = results.changes;
     c.completed = latencies.length;
+    Object.assign(c, changeStats(latencies, reconcile));
     if (latencies.length > 0) {
-      c.p50Ms = percentile(latencies, 50);
-      c.p99Ms = percentile(latencies, 99);
-      c.maxMs = Math.max(...latencies);
-      c.meanMs = latencies.reduce((a, b) => a + b, 0) / latencies.length;
-      c.reconcileP99Ms = percentile(reconcile, 99);
       c.serverP99Ms = percentile(serverMs.slice(0, latencies.length), 99);
     }
     // One change per 'config applied' line: a late second line would have been taken for the next change.

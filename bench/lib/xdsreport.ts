@@ -59,6 +59,18 @@ export function percentile(samples: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
 }
 
+/** The figures of a series of changes: their latencies and the agent's reconcile time of each (ms). */
+export function changeStats(latencies: readonly number[], reconcile: readonly number[]): { p50Ms: number; p99Ms: number; maxMs: number; meanMs: number; reconcileP99Ms: number } | undefined {
+  if (latencies.length === 0) return undefined;
+  return {
+    p50Ms: percentile(latencies, 50),
+    p99Ms: percentile(latencies, 99),
+    maxMs: Math.max(...latencies),
+    meanMs: latencies.reduce((a, b) => a + b, 0) / latencies.length,
+    reconcileP99Ms: percentile(reconcile, 99),
+  };
+}
+
 export interface XdsResults {
   services: number;
   endpoints: number;
