@@ -1,6 +1,7 @@
 # One build description for everything native (no cmake-js):
-#  - sockmesh: the BPF addon (native/*.cc but netio.cc) linked to the system libbpf,
-#  - sockmesh_netio: the L7 proxy's epoll socket loop (native/netio.cc), its own addon without libbpf, so that the
+#  - sockmesh: the BPF addon (native/*.cc but netio.cc and fdpass.cc) linked to the system libbpf,
+#  - sockmesh_netio: the L7 proxy's epoll socket loop (native/netio.cc) and fd passing for the planned restart
+#    (native/fdpass.cc), its own addon without libbpf, so that the
 #    proxy loads where libbpf does not,
 #  - bpf_objects: every bpf/*.bpf.c compiled by clang into build/bpf/<name>.bpf.o.
 # File lists are expanded when gyp runs (scripts/gyp.sh does a full rebuild), so new
@@ -47,7 +48,7 @@
     {
       'target_name': 'sockmesh_netio',
       'dependencies': ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
-      'sources': ['native/errors.cc', 'native/netio.cc'],
+      'sources': ['native/errors.cc', 'native/fdpass.cc', 'native/netio.cc'],
       'cflags': ['<@(addon_warnings)'],
       'cflags_cc': ['-std=c++17'],
       'cflags_cc!': ['-std=gnu++17', '-std=gnu++20'],

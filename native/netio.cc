@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -37,6 +38,8 @@
 #include "sockmesh.h"
 
 namespace sockmesh {
+
+void InitFdpass(Napi::Env env, Napi::Object exports);  // fdpass.cc
 
 enum : int32_t { EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7 };
 enum : int32_t { OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5 };
@@ -373,6 +376,8 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "NetLoop", {
       InstanceMethod("listen", &NetLoop::Listen),
+      InstanceMethod("adopt", &NetLoop::Adopt),
+      InstanceMethod("fdOf", &NetLoop::FdOf),
       InstanceMethod("localPort", &NetLoop::LocalPort),
       InstanceMethod("connect", &NetLoop::Connect),
       InstanceMethod("write", &NetLoop::Write),
@@ -476,6 +481,36 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
       ThrowErrno(env, op + " (epoll_ctl)", err);
     }
     return Napi::Number::New(env, s->id);
+  }
+
+  // adopt(fd) -> id: a listening socket this process received (a planned restart, agent/handover.ts) accepted on
+  // from now on, as if listen() had made it. The loop owns the fd from here (close() closes it). Throws EINVAL for
+  // an fd that is not a listening socket, which the loop would otherwise treat as one.
+  Napi::Value Adopt(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    LoopState* st = Live(info, "adopt");
+    int fd = ArgInt(info, 0, "adopt", "fd");
+    std::string op = "netio adopt fd " + std::to_string(fd);
+    int acc = 0;
+    socklen_t len = sizeof(acc);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len)) ThrowErrno(env, op, errno);
+    if (!acc) ThrowErrno(env, op + " (not a listening socket)", EINVAL);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) || fcntl(fd, F_SETFD, FD_CLOEXEC)) ThrowErrno(env, op, errno);
+    Sock* s = Add(st, fd, true);
+    int err = Rearm(st, s);
+    if (err) {
+      Remove(st, s, false);  // the caller still owns the fd
+      ThrowErrno(env, op + " (epoll_ctl)", err);
+    }
+    return Napi::Number::New(env, s->id);
+  }
+
+  // fdOf(id) -> fd: a listener's fd, to be sent to a new agent (it stays this loop's: the receiver gets a copy).
+  Napi::Value FdOf(const Napi::CallbackInfo& info) {
+    Sock* s = Find(info, "fdOf");
+    if (!s || !s->listener) ThrowErrno(info.Env(), "netio fdOf (no such listener)", EBADF);
+    return Napi::Number::New(info.Env(), s->fd);
   }
 
   Napi::Value LocalPort(const Napi::CallbackInfo& info) {
@@ -741,6 +776,7 @@ static Napi::Object Constants(Napi::Env env) {
 static void InitNetio(Napi::Env env, Napi::Object exports) {
   exports.Set("NetLoop", NetLoop::Define(env));
   exports.Set("constants", Constants(env));
+  InitFdpass(env, exports);
 }
 
 }  // namespace sockmesh

@@ -18,6 +18,10 @@ import type { Conn } from './conn.js';
 /** The addon's NetLoop. Ids come from a counter: never reused. */
 export interface NativeNetLoop {
   listen(host: string, port: number, backlog: number): number;
+  /** a listening socket received from another process (a planned restart): accepted on from now on; the loop owns it */
+  adopt(fd: number): number;
+  /** a listener's fd (still the loop's): what a planned restart sends to the new agent */
+  fdOf(id: number): number;
   localPort(id: number): number;
   connect(host: string, port: number): number;
   /** bytes queued after the call (0: all sent) or -errno */
@@ -39,6 +43,15 @@ export interface NetioAddon {
   NetLoop: new (arena: Buffer, events: Int32Array, cb: (n: number) => void) => NativeNetLoop;
   /** the event kinds, error operations and event size as native/netio.cc declares them, by their C++ names */
   constants: Readonly<Record<string, number>>;
+  // fd passing for the planned restart (native/fdpass.cc; used by agent/handover.ts)
+  /** a blocking connect to a unix stream socket: its fd (ECONNREFUSED: nobody listens there) */
+  unixConnect(path: string): number;
+  /** one message with fds attached (SCM_RIGHTS); waits up to timeoutMs for room */
+  sendFds(fd: number, data: Buffer, fds: number[], timeoutMs: number): void;
+  /** one read (waiting up to timeoutMs for something) and the fds that came with it; data empty at EOF */
+  recvFds(fd: number, maxBytes: number, timeoutMs: number): { data: Buffer; fds: number[] };
+  closeFd(fd: number): void;
+  socketInfo(fd: number): { family: 0 | 4 | 6; stream: boolean; listening: boolean };
 }
 
 // Plain numbers in the hot loop (onEvents); that they are native/netio.cc's is checked once, at load.
@@ -113,6 +126,8 @@ function errnoError(errno: number, syscall: string, where = ''): NetErrnoError {
 export interface NetListener {
   readonly host: string;
   readonly port: number;
+  /** the listening socket's fd (still the loop's: a planned restart sends a copy of it) */
+  fd(): number;
   close(): void;
 }
 
@@ -137,11 +152,25 @@ export class NetIo {
    */
   listen(host: string, port: number, onConnection: (c: NetConn) => void, onError?: (e: Error) => void): NetListener {
     if (this.closed) throw new Error('netio: listen on a closed loop');
-    const id = this.loop.listen(host, port, BACKLOG);
+    return this.listener(this.loop.listen(host, port, BACKLOG), host, onConnection, onError);
+  }
+
+  /**
+   * Accept on a listening socket received from the agent being replaced (agent/handover.ts): the same kernel socket,
+   * so connections waiting in its backlog are accepted here. The loop owns fd from here on; throws (and leaves fd to
+   * the caller) when it is not a listening socket.
+   */
+  adopt(fd: number, host: string, onConnection: (c: NetConn) => void, onError?: (e: Error) => void): NetListener {
+    if (this.closed) throw new Error('netio: adopt on a closed loop');
+    return this.listener(this.loop.adopt(fd), host, onConnection, onError);
+  }
+
+  private listener(id: number, host: string, onConnection: (c: NetConn) => void, onError: ((e: Error) => void) | undefined): NetListener {
     this.listeners.set(id, { onConnection, onError });
     const bound = this.loop.localPort(id);
     return {
       host, port: bound,
+      fd: () => this.loop.fdOf(id),
       close: () => {
         if (!this.listeners.delete(id) || this.closed) return;
         this.loop.close(id);
