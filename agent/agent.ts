@@ -17,6 +17,7 @@ import type { ProxyReportSource } from './admin/protocol.js';
 import { HealthChecker } from './health/checker.js';
 import { ProxyPolicy } from './proxy/policy.js';
 import { ProxyHost } from './proxyhost.js';
+import { HANDOVER_SOCKET, HandoverServer, requestHandover, type Offer, type TakeOver } from './handover.js';
 import { discoverPods, podGatewayAddress } from './identity/podns.js';
 import { LocalPods, ProcPodScanner, ProcPodWatcher } from './identity/pods.js';
 import { LiveState } from './state/live.js';
@@ -87,7 +88,15 @@ export interface AgentOptions {
   proxyHeartbeatMs?: number;
   /** how often the meshed cgroup tree is scanned for pods (network namespaces and their addresses); default 250, 0 = never */
   podScanMs?: number;
+  /**
+   * After handing over to a new agent (a planned restart): how long connections still open may take to finish
+   * (default 30 s); what is left then is cut.
+   */
+  drainTimeoutMs?: number;
 }
+
+/** What the old agent of a planned restart reports once it drained. */
+export interface Drained { drainMs: number; left: number }
 
 /** A new pod is on the fast path within this of its first address (and a deleted one's addresses are gone). */
 export const POD_SCAN_MS = 250;
@@ -112,6 +121,14 @@ export class Agent {
   private xds?: XdsSource;
   private kube?: KubeSource;
   private admin?: AdminServer;
+  /** serves <runDir>/handover.sock: a new agent takes this one's sockets over there (agent/handover.ts) */
+  private handover?: HandoverServer;
+  /** set once a new agent took over: stop() then never marks the proxy down (the record is the new agent's) */
+  private handedOver = false;
+  private servingStopped = false;
+  private drainedResolve?: (d: Drained) => void;
+  /** resolves when this agent handed over to a new one and drained (the process should exit 0 then) */
+  readonly drained = new Promise<Drained>((r) => { this.drainedResolve = r; });
   private readonly events = new EventRing();
   /** the live monitor's readers (GET /v1/monitor); set up with the datapath */
   private monitor?: MonitorHub;
@@ -135,6 +152,20 @@ export class Agent {
   async start(): Promise<void> {
     const { opts, log } = this;
     const { root, features, l7Missing } = prepareHost(opts);
+    // A planned restart: an agent running on this run directory hands its sockets over (null: none runs). Until the
+    // commit below nothing changes for it; if this start fails, it serves on (our end of its socket closes).
+    const taken = requestHandover(opts.runDir, { version: VERSION, log });
+    if (taken) log.info({ from: taken.from, listeners: taken.proxy?.listeners.map((l) => `${l.host}:${l.port}`) ?? [] }, 'handover: took the running agent\'s sockets; starting next to it');
+    try {
+      await this.startWith(taken, root, features, l7Missing);
+    } catch (e) {
+      taken?.abort();
+      throw e;
+    }
+  }
+
+  private async startWith(taken: TakeOver | null, root: string, features: ReturnType<typeof prepareHost>['features'], l7Missing: string[]): Promise<void> {
+    const { opts, log } = this;
 
     // The config is validated before anything touches the kernel: a bad file at start changes nothing.
     // With a control plane there is no model yet: the kernel keeps what it has until the first complete sync.
@@ -212,10 +243,15 @@ export class Agent {
     // address), found now and followed every second (a pod started later, a node address that changes).
     const found = !opts.proxyNodeV4 && !opts.proxyNodeV6 && policy ? this.podNodeAddress() : undefined;
     if (found && (found.v4 || found.v6)) log.info({ nodeV4: found.v4 || null, nodeV6: found.v6 || null }, 'L7 proxy: the node address pods route to');
+    const from = policy ? taken?.proxy : undefined;
+    if (from && opts.proxyPort !== undefined && opts.proxyPort !== from.port) {
+      log.warn({ asked: opts.proxyPort, port: from.port }, 'handover: the proxy keeps the running agent\'s port (a different one would close its listeners)');
+    }
     if (policy) {
       this.proxy = new ProxyHost(dp, policy, {
-        port: opts.proxyPort, v4: opts.proxyV4, v6: opts.proxyV6,
-        nodeV4: opts.proxyNodeV4 ?? found?.v4, nodeV6: opts.proxyNodeV6 ?? found?.v6,
+        ...(from
+          ? { port: from.port, v4: from.v4, v6: from.v6, nodeV4: from.nodeV4, nodeV6: from.nodeV6, takeover: from.listeners }
+          : { port: opts.proxyPort, v4: opts.proxyV4, v6: opts.proxyV6, nodeV4: opts.proxyNodeV4 ?? found?.v4, nodeV6: opts.proxyNodeV6 ?? found?.v6 }),
         heartbeatMs: opts.proxyHeartbeatMs, cgroupId: ownCgroupId(root),
         // Run inside the meshed cgroup (a child of it), the proxy's accepted sockets join the fast path too.
         inMesh: cgroupOf(process.pid, root).startsWith(`${opts.cgroup.replace(/\/+$/, '')}/`),
@@ -234,6 +270,12 @@ export class Agent {
     });
     const node: NodeFacts = await nodeFacts();
     await this.proxy?.start();
+    if (taken) {
+      // We accept and beat now: the old agent stops accepting, beating and serving, and drains.
+      const t0 = performance.now();
+      const released = taken.commit();
+      log.info({ from: taken.from, released, handoverMs: Math.round(performance.now() - t0) }, 'handover: the old agent let go');
+    }
     if (found) this.followPodNodeAddress();
     if ('xds' in opts.config) this.startXds(opts.config.xds, node.hostname);
     this.kube?.start();
@@ -250,8 +292,16 @@ export class Agent {
         metrics: () => this.metricsAddress,
       },
     }), log, adminStreams(monitor));
-    await this.admin.start();
-    if (opts.metricsListen) {
+    await this.admin.start(taken?.adminFd);
+    this.handover = new HandoverServer({
+      path: join(opts.runDir, HANDOVER_SOCKET), log: log.child({ component: 'handover' }),
+      offer: () => this.offer(), release: () => this.release(), released: () => void this.drainAfterHandover(),
+    });
+    await this.handover.start(taken?.handoverFd);
+    if (taken?.metricsFd !== undefined) {
+      this.metricsAddress = await this.metrics.listen('', 0, log, taken.metricsFd);
+      log.info({ address: this.metricsAddress }, 'metrics endpoint listening (taken over)');
+    } else if (opts.metricsListen) {
       // Metrics are for looking at the datapath, not part of it: a port already taken is an error in the log, and the
       // agent keeps serving (a restarting agent must not leave the node without its datapath over a port).
       try {
@@ -368,8 +418,57 @@ export class Agent {
     this.source?.reload();
   }
 
+  /** What a new agent takes over: the proxy's listeners, then the admin, handover and metrics sockets (handover.ts). */
+  private offer(): Offer {
+    const proxy = this.proxy?.handover();
+    const admin = this.admin?.fd(), handover = this.handover?.fd(), metrics = this.metrics.fd();
+    if (admin === undefined || handover === undefined) throw new Error('the admin or handover socket is not listening');
+    const { listeners, ...settings } = proxy ?? { listeners: [] };
+    return {
+      message: {
+        type: 'offer', pid: process.pid, version: VERSION,
+        proxy: proxy ? { ...(settings as Omit<typeof proxy, 'listeners'>), listeners: listeners.map(({ host, port }) => ({ host, port })) } : null,
+        metrics: metrics === undefined ? null : this.metricsAddress,
+      },
+      fds: [...listeners.map((l) => l.fd), admin, handover, ...(metrics === undefined ? [] : [metrics])],
+    };
+  }
+
+  /**
+   * The new agent accepts on our listeners and beats: stop everything but the connections under way. Nothing is
+   * unlinked (the sockets' files are the new agent's now) and the proxy is never marked down.
+   */
+  private async release(): Promise<void> {
+    this.handedOver = true;
+    await this.stopServing(false);
+  }
+
+  private async drainAfterHandover(): Promise<void> {
+    const t0 = performance.now();
+    const { left } = (await this.proxy?.drain(this.opts.drainTimeoutMs ?? 30_000)) ?? { left: 0 };
+    this.datapath?.close();
+    const drainMs = Math.round(performance.now() - t0);
+    this.log.info({ drainMs, left }, left ? 'drain timeout: the connections left were closed' : 'drained: every connection finished');
+    this.drainedResolve?.({ drainMs, left });
+  }
+
   /** Stop serving; the datapath keeps running from its pins. */
   async stop(): Promise<void> {
+    await this.stopServing(true);
+    if (this.handedOver) {
+      // stopped while draining: what is left is cut, the record stays the new agent's
+      await this.proxy?.drain(0);
+    } else {
+      // The proxy stopped listening: the fail modes apply from the next connect(), not after the timeout.
+      await this.proxy?.stop();
+    }
+    this.datapath?.close();
+  }
+
+  /** Everything but the proxy and the datapath; unlink: remove the admin and handover sockets' files. */
+  private async stopServing(unlink: boolean): Promise<void> {
+    if (this.servingStopped) return;
+    this.servingStopped = true;
     clearInterval(this.nodeTimer);
     this.source?.stop();
     this.podWatcher?.stop();
@@ -381,10 +480,8 @@ export class Agent {
     await this.metrics.close();
     this.ringbuf?.close();
     this.monitor?.close();
-    await this.admin?.stop();
-    // The proxy stopped listening: the fail modes apply from the next connect(), not after the timeout.
-    await this.proxy?.stop();
-    this.datapath?.close();
+    await this.admin?.stop(unlink && !this.handedOver);
+    await this.handover?.close(unlink && !this.handedOver);
   }
 }
 

@@ -84,10 +84,16 @@ program
       if (!Number.isInteger(n) || n < 10) throw new Error(`--proxy-heartbeat-ms: expected an integer >= 10, got '${v}'`);
       return n;
     }))
+  .addOption(new Option('--drain-timeout <seconds>', 'after a planned restart handed over to a new agent (started with the ' +
+    'same --run-dir): how long the connections still open may take to finish before they are cut').default(30).argParser((v) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0 || v.trim() === '') throw new Error(`--drain-timeout: expected seconds >= 0, got '${v}'`);
+    return n;
+  }))
   .action(async (opts: {
     config?: string; cgroup: string; bpffs: string; runDir?: string; allowRootCgroup: boolean; sockmap: boolean; eventSample: number;
     metricsListen: string;
-    proxyPort: number; proxyHeartbeatMs: number; proxyNodeAddress?: ReturnType<typeof parseNodeAddresses>;
+    proxyPort: number; proxyHeartbeatMs: number; drainTimeout: number; proxyNodeAddress?: ReturnType<typeof parseNodeAddresses>;
     xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
     kubernetes?: boolean; kubePods?: boolean; kubeconfig?: string; trustDomain: string;
   }) => {
@@ -110,7 +116,7 @@ program
         kubePods: opts.kubePods ? kubeWiring(opts, log) : undefined,
         allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
         metricsListen: parseListen(opts.metricsListen),
-        proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs,
+        proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs, drainTimeoutMs: opts.drainTimeout * 1000,
         ...opts.proxyNodeAddress,
       }, log);
       await agent.start();
@@ -135,6 +141,12 @@ program
         await agent.stop();
         process.exit(0);
       };
+      // A new agent took over (agent/handover.ts) and this one drained: done, successfully.
+      void agent.drained.then((d) => {
+        log.info(d, 'handed over to a new agent and drained; exiting');
+        demo?.kill('SIGTERM');
+        process.exit(0);
+      });
       process.on('SIGINT', () => void stop('SIGINT'));
       process.on('SIGTERM', () => void stop('SIGTERM'));
       process.on('SIGHUP', () => { log.info('SIGHUP: re-reading the config'); agent.reload(); });

@@ -22,6 +22,21 @@ export interface ProxyHostOptions {
   cgroupId: bigint;
   /** the proxy runs inside the meshed cgroup: its accepted sockets join the fast path too */
   inMesh: boolean;
+  /**
+   * A planned restart (agent/handover.ts): the running agent's listening sockets, accepted on instead of listening
+   * (port and addresses then are the ones they are bound to), and the kernel's record is written alive.
+   */
+  takeover?: { host: string; fd: number }[];
+}
+
+/** What a planned restart hands the new agent of the proxy: where it listens, and the listening sockets. */
+export interface ProxyHandover {
+  port: number;
+  v4: string;
+  v6: string;
+  nodeV4: string;
+  nodeV6: string;
+  listeners: { host: string; port: number; fd: number }[];
 }
 
 /** What the host needs of the datapath: announce the proxy, beat, mark it down, and where a connection was going. */
@@ -43,7 +58,7 @@ export class ProxyHost {
 
   /** Tell the kernel where the proxy will listen; it counts as down until start() (L7 services follow their fail mode). */
   announce(): void {
-    this.dp.setProxy(this.settings);
+    this.dp.setProxy(this.settings, this.o.takeover !== undefined);
   }
 
   /** Listen for the connections the kernel redirects to the proxy, then start the heartbeat that lets it redirect. */
@@ -56,6 +71,15 @@ export class ProxyHost {
     });
     const port = this.settings.port;
     const [v4, v6] = [this.o.v4 ?? '127.0.0.1', this.o.v6 ?? '::1'];
+    if (this.o.takeover) {
+      // The same kernel sockets the previous agent accepted on: connections that arrived meanwhile wait in their
+      // backlogs, and both agents accept until it lets go (ProxyHost.drain there).
+      proxy.adopt(this.o.takeover);
+      this.server = proxy;
+      log.info({ port, listeners: this.o.takeover.map((l) => l.host) }, 'L7 proxy accepting on the listeners taken over');
+      this.startHeartbeat();
+      return;
+    }
     // '' = no such listener (Node would take an empty host for every address of the machine)
     const hosts = [v4, v6].filter((h) => h !== '');
     for (const [i, host] of hosts.entries()) {
@@ -128,6 +152,29 @@ export class ProxyHost {
     beat();
     this.heartbeatTimer = setInterval(beat, this.o.heartbeatMs ?? 1000);
     this.heartbeatTimer.unref();
+  }
+
+  /** What a new agent takes over (agent/handover.ts); undefined while not listening (it then listens itself). */
+  handover(): ProxyHandover | undefined {
+    if (!this.server) return undefined;
+    const s = this.settings;
+    return { port: s.port, v4: s.v4, v6: s.v6, nodeV4: s.nodeV4 ?? '', nodeV6: s.nodeV6 ?? '', listeners: this.server.listeners() };
+  }
+
+  /**
+   * A planned restart, once the new agent accepts on our listeners and beats for the proxy: stop beating (the record
+   * is the new agent's: never marked down), stop accepting, finish what is under way (ProxyServer.drain), then close
+   * what is left after timeoutMs.
+   */
+  async drain(timeoutMs: number): Promise<{ left: number }> {
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = undefined;
+    const server = this.server;
+    if (!server) return { left: 0 };
+    const r = await server.drain(timeoutMs);
+    await server.close();
+    this.server = undefined;
+    return r;
   }
 
   /** Stop the heartbeat (the fail modes apply from the next connect(), not after the timeout), then the listeners. */

@@ -1,6 +1,7 @@
 // The admin API: HTTP over a unix socket that only root can open (mode 0600), read by meshctl.
 import { createServer, type Server } from 'node:http';
-import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, renameSync, unlinkSync } from 'node:fs';
+import type { Server as NetServer } from 'node:net';
 import { dirname } from 'node:path';
 import type { Logger } from '../observe/log.js';
 
@@ -30,16 +31,43 @@ export class AdminError extends Error {
   }
 }
 
+/**
+ * Listen on a unix socket at path (mode 0600, root only), or on fd: that socket received from the agent this one
+ * replaces (agent/handover.ts), already bound to path. A new socket is bound under a temporary name and renamed onto
+ * path: the rename replaces a stale file of a killed agent at once, and libuv, which unlinks the path it bound when the
+ * server closes, then unlinks only the temporary name; were it path, the agent handing over would remove the file its
+ * successor serves on.
+ */
+export async function listenUnix(server: Server | NetServer, path: string, fd?: number): Promise<void> {
+  const tmp = `${path}.${process.pid}.new`;
+  if (fd === undefined) {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    if (existsSync(tmp)) unlinkSync(tmp);
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    // Restrictive umask while the socket file is created, then chmod to be sure.
+    const old = process.umask(0o177);
+    const done = (): void => { process.umask(old); server.off('error', reject); resolve(); };
+    if (fd === undefined) server.listen(tmp, done);
+    else server.listen({ fd }, done);
+  });
+  if (fd !== undefined) return;
+  chmodSync(tmp, 0o600);
+  renameSync(tmp, path);
+}
+
 export class AdminServer {
   private server?: Server;
 
   constructor(readonly socketPath: string, private readonly routes: Record<string, Handler>, private readonly log: Logger,
     private readonly streams: Record<string, StreamHandler> = {}) {}
 
-  async start(): Promise<void> {
-    mkdirSync(dirname(this.socketPath), { recursive: true, mode: 0o700 });
-    // A socket file left by a killed agent would make listen() fail with EADDRINUSE.
-    if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
+  /**
+   * Listen on socketPath, or on fd: the admin socket received from the agent this one replaces (agent/handover.ts),
+   * already bound to socketPath, so meshctl never finds the path without a listener.
+   */
+  async start(fd?: number): Promise<void> {
     this.server = createServer(async (req, res) => {
       let url: URL;
       try {
@@ -90,22 +118,23 @@ export class AdminServer {
         send(500, { error: (e as Error).message });
       }
     });
-    const server = this.server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      // Restrictive umask while the socket file is created, then chmod to be sure.
-      const old = process.umask(0o177);
-      server.listen(this.socketPath, () => { process.umask(old); resolve(); });
-    });
-    chmodSync(this.socketPath, 0o600);
+    await listenUnix(this.server, this.socketPath, fd);
   }
 
-  async stop(): Promise<void> {
+  /** the listening socket's fd (what a planned restart hands to the new agent), or undefined when not listening */
+  fd(): number | undefined {
+    // libuv's handle: Node has no public accessor (its cluster module uses the same field)
+    const fd = (this.server as unknown as { _handle?: { fd?: unknown } } | undefined)?._handle?.fd;
+    return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+  }
+
+  /** Stop serving; the socket file is removed unless a new agent serves on it (unlink false: a planned restart). */
+  async stop(unlink = true): Promise<void> {
     const server = this.server;
     if (!server) return;
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeAllConnections(); // idle keep-alive connections would hold close() open
     await closed;
-    if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
+    if (unlink && existsSync(this.socketPath)) unlinkSync(this.socketPath);
   }
 }

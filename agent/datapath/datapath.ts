@@ -233,8 +233,11 @@ export class Datapath {
   /**
    * Tell the kernel where the proxy listens and who it is. The proxy counts as down (fail modes apply) until the first
    * heartbeat(): call this at start, then heartbeat() once the proxy listens.
+   * `takeover` (a planned restart: this agent took the running proxy's listening sockets over) writes the record
+   * alive, with a heartbeat of now, and keeps the pending hand-overs: the connections behind them are being accepted
+   * on those same sockets. The record is thus never down across the restart.
    */
-  setProxy(p: ProxySettings): void {
+  setProxy(p: ProxySettings, takeover = false): void {
     if (!this.l7) throw new Error('setProxy: the L7 redirect is not loaded (this kernel lacks bpf_get_netns_cookie in sock_ops, 5.15)');
     if (p.v4 !== '' && !isIPv4(p.v4)) throw new Error(`setProxy: v4 '${p.v4}' is not an IPv4 address`);
     if (p.v6 !== '' && !isIPv6(p.v6)) throw new Error(`setProxy: v6 '${p.v6}' is not an IPv6 address`);
@@ -246,7 +249,7 @@ export class Datapath {
     if (typeof p.cgroupId !== 'bigint' || p.cgroupId <= 0n) throw new Error(`setProxy: cgroupId ${String(p.cgroupId)} must be a positive bigint`);
     // Unset addresses stay all-zero (what the programs test for), not ::ffff:0.0.0.0.
     const v = encode('sm_proxy', {
-      port: p.port, flags: p.inMesh ? PROXY_F_IN_MESH : 0, netns_cookie: this.ownNetnsCookie(), cgroup_id: p.cgroupId, heartbeat_ns: 0n,
+      port: p.port, flags: p.inMesh ? PROXY_F_IN_MESH : 0, netns_cookie: this.ownNetnsCookie(), cgroup_id: p.cgroupId, heartbeat_ns: takeover ? process.hrtime.bigint() : 0n,
       timeout_ns: BigInt(Math.round(p.timeoutMs * 1e6)),
     });
     if (p.v4) addrToBytes(p.v4, v, 0);
@@ -255,6 +258,7 @@ export class Datapath {
     if (p.nodeV6) addrToBytes(p.nodeV6, v, PROXY_NODE_V6_OFFSET);
     this.proxyValue = v;
     this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
+    if (takeover) return;
     // Hand-overs a previous agent never accepted would stay in the LRU: a process outside the mesh that later binds
     // the same source port and dials the proxy would be taken for that client (its cgroup, its workload). The
     // heartbeat is 0 until this agent listens, so nothing new is redirected while they are dropped.

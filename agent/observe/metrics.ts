@@ -191,8 +191,11 @@ export class AgentMetrics {
     return out;
   }
 
-  /** Serve GET /metrics; resolves with the address it listens on. */
-  async listen(host: string, port: number, log?: Logger): Promise<string> {
+  /**
+   * Serve GET /metrics; resolves with the address it listens on. fd: the listening socket received from the agent
+   * this one replaces (a planned restart: the port is never closed), host and port then are only what was asked.
+   */
+  async listen(host: string, port: number, log?: Logger, fd?: number): Promise<string> {
     const server = createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
       const read = req.method === 'GET' || req.method === 'HEAD';
@@ -220,11 +223,20 @@ export class AgentMetrics {
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, host, () => { server.off('error', reject); resolve(); });
+      const done = (): void => { server.off('error', reject); resolve(); };
+      if (fd === undefined) server.listen(port, host, done);
+      else server.listen({ fd }, done);
     });
     this.server = server;
     const a = server.address() as AddressInfo;
     return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/metrics`;
+  }
+
+  /** the listening socket's fd (what a planned restart hands to the new agent), or undefined when not listening */
+  fd(): number | undefined {
+    // libuv's handle: Node has no public accessor (its cluster module uses the same field)
+    const fd = (this.server as unknown as { _handle?: { fd?: unknown } } | undefined)?._handle?.fd;
+    return typeof fd === 'number' && fd >= 0 ? fd : undefined;
   }
 
   async close(): Promise<void> {

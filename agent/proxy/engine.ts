@@ -21,6 +21,11 @@ export interface EngineContext {
   /** an HTTP/2 peer (client or backend) that does not acknowledge our SETTINGS this long gets GOAWAY SETTINGS_TIMEOUT (0: never) */
   h2SettingsTimeoutMs: number;
   stats: EngineStats;
+  /**
+   * A planned restart: a new agent accepts on our listeners now. HTTP/1.1 responses say `connection: close` and the
+   * connections close after them; HTTP/2 sessions got GOAWAY (ProxyServer.drain).
+   */
+  draining?: boolean;
   /** a new upstream transport connection to up (emits 'connect', or 'error' then 'close') */
   connect: (up: Upstream) => Conn;
 }

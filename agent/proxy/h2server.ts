@@ -13,11 +13,14 @@ import { STREAM_WINDOW } from './h2pool.js';
  * A client connection that sent the HTTP/2 preface: one server-role session on it from now on. first: the
  * bytes the sniffer already read, from the preface on.
  */
-export function acceptH2(ctx: EngineContext, conn: Conn, info: ConnInfo, first: Buffer): void {
+export function acceptH2(ctx: EngineContext, conn: Conn, info: ConnInfo, first: Buffer): { drain(): void } {
   ctx.stats.connectionsH2++;
   info.streams = 0;
-  new ClientSession(ctx, conn, info, first);
+  return new ClientSession(ctx, conn, info, first);
 }
+
+/** Between the GOAWAY notice and the GOAWAY naming the last stream: longer than a round trip on this node by far. */
+const DRAIN_NOTICE_MS = 500;
 
 /** The session of one client connection; its options object too (onStream: a new exchange). */
 class ClientSession implements H2SessionOptions, DeadlineWatch {
@@ -45,6 +48,16 @@ class ClientSession implements H2SessionOptions, DeadlineWatch {
     conn.on('timeout', () => this.idle());
     conn.setTimeout(ctx.clientIdleTimeoutMs);
     this.session = new H2Session(conn, this, first);
+  }
+
+  /**
+   * A planned restart: GOAWAY in two steps (the notice, then the last stream id), the open streams finish, then the
+   * session closes the connection (tunnels too end their streams when they end).
+   */
+  drain(): void {
+    if (this.session.closed) return;
+    this.session.goawayNotice();
+    setTimeout(() => this.session.goaway(H2_ERROR.NO_ERROR), DRAIN_NOTICE_MS).unref();
   }
 
   private idle(): void {

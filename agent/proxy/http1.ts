@@ -23,6 +23,8 @@ const BODY_NONE = 0, BODY_LENGTH = 1, BODY_CHUNKED = 2;
 const MAX_UNSENT = 256 * 1024;
 /** a connection that sent a bad request or asked to close gets this long to read our answer */
 const LINGER_MS = 5000;
+/** draining (a planned restart): a keep-alive connection between requests gets this long for its last one */
+const DRAIN_IDLE_MS = 1000;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 const CONTINUE_100 = 'HTTP/1.1 100 Continue\r\n\r\n';
 /** a response head and body bytes up to this size go out in one write */
@@ -220,7 +222,8 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     ctx.stats.requests++;
     this.busy = true;
     this.idleDeadline = 0;
-    this.closeAfter = req.close;
+    // draining (a planned restart): this is the connection's last request; the next connection goes to the new agent
+    this.closeAfter = req.close || ctx.draining === true;
     this.isHeadReq = req.method === 'HEAD';
     this.expectContinue = req.expectContinue && req.minor === 1;
     this.sentContinue = false;
@@ -596,6 +599,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
         if (minor === 1) { s += 'transfer-encoding: chunked\r\n'; this.resChunked = true; }
         else { this.resCloseDelimited = true; this.closeAfter = true; }
     }
+    if (this.ctx.draining === true) this.closeAfter = true;
     if (this.closeAfter) s += 'connection: close\r\n';
     else if (minor === 0) s += 'connection: keep-alive\r\n';
     s += '\r\n';
@@ -761,6 +765,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     }
     // A request whose body we will not read to the end cannot be followed by another on this connection.
     if (!this.bodyDone && this.bodyState !== BODY_NONE) this.closeAfter = true;
+    if (this.ctx.draining === true) this.closeAfter = true;
     if (this.closeAfter) s += 'connection: close\r\n';
     else if (this.req.minor === 0) s += 'connection: keep-alive\r\n';
     s += '\r\n';
@@ -807,7 +812,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     if (this.dead) return;
     // The request body not read to its end (an early answer): the connection cannot carry another request.
     if (this.closeAfter || !this.bodyDone) { this.finishConnection(); return; }
-    this.idleDeadline = performance.now() + this.ctx.clientIdleTimeoutMs;
+    this.idleDeadline = performance.now() + (this.ctx.draining === true ? DRAIN_IDLE_MS : this.ctx.clientIdleTimeoutMs);
     this.armDeadline();
     if (this.buf !== null || this.paused) this.drive();
   }
@@ -820,6 +825,18 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     const sock = this.socket;
     sock.end();
     setTimeout(() => sock.destroy(), LINGER_MS).unref();
+  }
+
+  /**
+   * A planned restart (ctx.draining is set): a request under way is answered with `connection: close`; a connection
+   * between requests gets DRAIN_IDLE_MS for its next one (a busy keep-alive client sends it at once, and it is
+   * answered with `connection: close`), then is closed as idle. A WebSocket/upgraded connection is not an H1Conn's
+   * any more: it lasts until it ends or the drain timeout.
+   */
+  drain(): void {
+    if (this.dead || this.busy) return;
+    this.idleDeadline = Math.min(this.idleDeadline === 0 ? Infinity : this.idleDeadline, performance.now() + DRAIN_IDLE_MS);
+    this.armDeadline();
   }
 
   /** cut the client's connection (a response could not be completed) */

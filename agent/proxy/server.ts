@@ -51,6 +51,8 @@ export class ProxyServer {
   private readonly io = new NetIo();
   private readonly servers: NetListener[] = [];
   private readonly clients = new Set<NetConn>();
+  /** each client connection's protocol side once its first bytes said which (what drain() tells to finish) */
+  private readonly protocols = new Map<NetConn, { drain(): void }>();
   private readonly clientIdleTimeoutMs: number;
   private closed = false;
 
@@ -82,6 +84,37 @@ export class ProxyServer {
     }
   }
 
+  /**
+   * Accept on listening sockets received from the agent being replaced (agent/handover.ts): the same kernel sockets,
+   * whose backlogs are accepted here from now on. Each fd is the loop's once adopted.
+   */
+  adopt(listeners: { host: string; fd: number }[]): void {
+    for (const { host, fd } of listeners) {
+      this.servers.push(this.io.adopt(fd, host, (c) => this.accept(c), (e) => this.o.log.error({ err: e.message, host }, 'proxy listener error')));
+    }
+  }
+
+  /** the listening sockets (host, port, fd): what a planned restart hands to the new agent */
+  listeners(): { host: string; port: number; fd: number }[] {
+    return this.servers.map((s) => ({ host: s.host, port: s.port, fd: s.fd() }));
+  }
+
+  /**
+   * A planned restart, once the new agent accepts on the same sockets: stop accepting, finish what is under way
+   * (HTTP/1.1: the answer says `connection: close`; HTTP/2: GOAWAY, open streams finish), keep long-lived tunnels
+   * until they end. Resolves when no client connection is left, or after timeoutMs with how many were (close() then
+   * cuts them).
+   */
+  async drain(timeoutMs: number): Promise<{ left: number }> {
+    this.ctx.draining = true;
+    for (const s of this.servers) s.close();
+    this.servers.length = 0;
+    for (const p of this.protocols.values()) p.drain();
+    const until = performance.now() + timeoutMs;
+    while (this.clients.size > 0 && performance.now() < until) await new Promise((r) => setTimeout(r, 20));
+    return { left: this.clients.size };
+  }
+
   /** stop listening on host (a node address the pods no longer route to); its accepted connections stay */
   unlisten(host: string): void {
     for (let i = this.servers.length - 1; i >= 0; i--) {
@@ -99,7 +132,7 @@ export class ProxyServer {
   private accept(socket: NetConn): void {
     if (this.closed) { socket.destroy(); return; }
     this.clients.add(socket);
-    socket.on('close', () => this.clients.delete(socket));
+    socket.on('close', () => { this.clients.delete(socket); this.protocols.delete(socket); });
     socket.on('error', () => { /* handled by the protocol side; 'close' follows */ });
     const address = socket.remoteAddress, port = socket.remotePort;
     if (address === undefined || port === undefined) { socket.destroy(); return; }
@@ -122,8 +155,10 @@ export class ProxyServer {
       socket.off('data', sniff);
       socket.setTimeout(0);
       socket.removeAllListeners('timeout');
-      if (isH2) acceptH2(this.ctx, socket, info, first);
-      else new H1Conn(this.ctx, socket, info, first);
+      const p = isH2 ? acceptH2(this.ctx, socket, info, first) : new H1Conn(this.ctx, socket, info, first);
+      if (socket.destroyed) return;
+      this.protocols.set(socket, p);
+      if (this.ctx.draining === true) p.drain();
     };
     socket.on('data', sniff);
   }

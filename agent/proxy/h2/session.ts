@@ -399,6 +399,17 @@ export class H2Session {
     if (this.streams.size === 0) this.finish();
   }
 
+  /**
+   * The first half of a graceful shutdown (RFC 9113 6.8): GOAWAY with the largest stream id, so that the peer stops
+   * opening streams while the ones already on their way are still served; goaway() some time later (a round trip at
+   * least) then names the last one. Sent alone, goaway() refuses the streams the peer opened meanwhile.
+   */
+  goawayNotice(): void {
+    if (this.dead || this.goawaySent) return;
+    this.out.goaway(0x7fffffff, H2_ERROR.NO_ERROR);
+    this.scheduleFlush();
+  }
+
   /** close now: open streams get onReset(CANCEL), the transport is destroyed */
   destroy(err?: Error): void {
     if (this.closeNotified) {
