@@ -114,6 +114,8 @@ export interface AgentHandle {
 /** config: the text of a config file the agent watches; or xds: a control plane address (no file). */
 export interface AgentOpts {
   config?: string; configName?: string; xds?: string; extraArgs?: string[];
+  /** the agent's config source flags instead of --config/--xds (e.g. ['--kubernetes', '--kubeconfig', f]) */
+  source?: string[];
   /** run the agent in this cgroup (e.g. a child of the meshed one, as a DaemonSet pod under kubepods) instead of the test's original */
   inCgroup?: string;
 }
@@ -158,7 +160,7 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
   if (!extra.includes('--metrics-listen')) extra.push('--metrics-listen', 'off');
   const launch = async (): Promise<void> => {
     // The agent runs in the cgroup the test started in (or opts.inCgroup), even when the test process has entered the meshed one.
-    const source = opts.xds ? ['--xds', opts.xds] : ['--config', configFile];
+    const source = opts.source ?? (opts.xds ? ['--xds', opts.xds] : ['--config', configFile]);
     const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...extra];
     const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...AGENT_NODE_FLAGS, ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] });
