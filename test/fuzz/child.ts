@@ -65,7 +65,7 @@ const watchdog = new Worker(`
     }
     fs.writeSync(1, '\\nFUZZ-HANG ' + JSON.stringify({ target: w.target, timeoutMs: w.timeoutMs, file, input: input.toString('base64') }) + '\\n');
     process.kill(process.pid, 'SIGKILL');
-  }, Math.min(100, w.timeoutMs / 4)).unref();
+  }, Math.min(100, w.timeoutMs / 4)); // (not unref'd: it is all this thread runs; the main thread unrefs the worker)
 `, { eval: true, workerData: { sab, timeoutMs, dir: findingsDir, target: spec.name } });
 watchdog.unref();
 

@@ -1,13 +1,13 @@
 // The fuzzing step of the suite: every target replays its seed corpus (test/fuzz/<target>/) and then fuzzes for a
 // few seconds; any crash, broken invariant or hang fails it (the finding's input is in the message, base64). First,
 // the engine proves it is coverage-guided: it finds a planted six-byte magic value that the same mutations without
-// the coverage feedback do not find in the same number of executions.
+// the coverage feedback do not find in the same number of executions (and minimises it); and that a hang is caught.
 // Long runs: `npm run fuzz -- TARGET --minutes N` (README, "Fuzzing").
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runTarget } from '../fuzz/spawn.js';
+import { runTarget, type TargetRun } from '../fuzz/spawn.js';
 import { TARGETS } from '../fuzz/targets.js';
 
 /** seconds of fuzzing per target after its corpus (12 targets: the whole file stays well under 3 minutes) */
@@ -22,6 +22,7 @@ t.test('the engine is coverage-guided: it finds a planted magic value that blind
     t.equal(guided.findings.length, 1, `seed ${seed}: found after ${guided.execs} executions (corpus ${guided.corpus})`);
     t.match(guided.findings[0]?.signature ?? '', /planted magic value found/);
     t.ok(guided.execs < budget.execs, 'within the budget');
+    t.equal(Buffer.from(guided.findings[0]?.input ?? '', 'base64').toString('latin1'), 'sm!zZ\x0f', 'minimised to the six bytes that matter');
     const blind = await runTarget('planted', { ...budget, seed, blind: true });
     t.equal(blind.findings.length, 0, `seed ${seed}: blind, ${blind.execs} executions find nothing`);
     t.equal(blind.execs, budget.execs, 'the blind run used the whole budget');
@@ -29,9 +30,41 @@ t.test('the engine is coverage-guided: it finds a planted magic value that blind
   }
 });
 
-for (const spec of TARGETS.filter((x) => !x.selftest)) {
+t.test('an input that never returns is a finding (the watchdog), with the input kept', async (t) => {
+  const r = await runTarget('planted-hang', { seconds: 30, timeoutMs: 300, findings: join(work, 'planted-hang') });
+  t.equal(r.findings.length, 1, 'one finding');
+  t.equal(r.findings[0]?.kind, 'hang');
+  t.match(r.findings[0]?.signature ?? '', /hang over 300 ms/);
+  t.equal(Buffer.from(r.findings[0]?.input ?? '', 'base64')[0], 0x68, 'the input that hung (it starts with "h")');
+  t.ok(r.findings[0]?.file && existsSync(r.findings[0].file), 'written to the findings directory');
+});
+
+// Two targets at a time (the machine has two cores; each target's process is single-threaded): the step stays
+// well under 3 minutes even while something else runs. Started after the engine's own checks, which count
+// executions and would only be slowed.
+const parsers = TARGETS.filter((x) => !x.selftest);
+let next = 0;
+const runs = new Map<string, Promise<TargetRun>>();
+const pool: ((name: string) => void)[] = [];
+const start = () => {
+  const spec = parsers[next++];
+  if (!spec) return;
+  const p = runTarget(spec.name, { seconds: SECONDS, findings: join(work, spec.name), stopOnFinding: true });
+  runs.set(spec.name, p);
+  p.finally(start).catch(() => {});
+  for (const f of pool.splice(0)) f(spec.name);
+};
+const started = (name: string) => new Promise<void>((resolve) => {
+  if (runs.has(name)) return resolve();
+  const wait = (n: string) => { if (n === name || runs.has(name)) resolve(); else pool.push(wait); };
+  pool.push(wait);
+});
+
+for (const spec of parsers) {
   t.test(`fuzz target ${spec.name}: its corpus and ${SECONDS} s of fuzzing find nothing`, async (t) => {
-    const r = await runTarget(spec.name, { seconds: SECONDS, findings: join(work, spec.name), stopOnFinding: true });
+    if (runs.size === 0) { start(); start(); }
+    await started(spec.name);
+    const r = await runs.get(spec.name)!;
     t.same(r.findings.map((f) => `${f.kind}: ${f.signature} (input, base64: ${f.input})`), [], `${spec.name}: no crash, broken invariant or hang`);
     t.ok(r.seeds > 0, `a seed corpus (${r.seeds} inputs in test/fuzz/${spec.name}/)`);
     t.ok(r.execs > r.seeds, `fuzzed: ${r.execs} executions (${r.execsPerSecond}/s)`);

@@ -26,3 +26,15 @@ export const HTTP_DICT = [
   'Proxy-Connection: ', 'Expect: 100-continue\r\n', 'TE: trailers\r\n', 'te', 'trailers', '__proto__', 'HTTP2-Settings: ',
   '0\r\n\r\n', '5\r\nhello\r\n', '0\r\nX-T: 1\r\n\r\n', 'ffffffffffff', ';ext=1', '\x00', '\x7f', '\xff', 'HTTP/2.0', 'HTTP/1.9',
 ];
+
+/** The messages of an input from `from` on: each a 2-byte length, then that many bytes (the last takes what is left). */
+export function* messages(data: Buffer, from: number): Generator<[start: number, end: number]> {
+  let p = from;
+  while (p < data.length) {
+    const n = p + 2 <= data.length ? data.readUInt16BE(p) : data.length;
+    const start = Math.min(p + 2, data.length);
+    const end = Math.min(start + n, data.length);
+    p = end;
+    yield [start, end];
+  }
+}

@@ -3,7 +3,7 @@
 // exceeds our SETTINGS_HEADER_TABLE_SIZE, and every decoded list encodes and decodes back to itself (our encoder,
 // both with and without Huffman, through a decoder of its own).
 import { HpackDecoder, HpackEncoder, HpackError } from '../../../agent/proxy/h2/hpack.js';
-import { invariant } from './common.js';
+import { invariant, messages } from './common.js';
 
 export const dict = [
   '\x82', '\x84', '\x86', '\x87', '\x41\x0fwww.example.com', '\x3f\xe1\x1f', '\x20', '\x3f\xe1\x1f', '\x7f\x00', '\x0f\x2f', '\x10',
@@ -20,13 +20,7 @@ export function run(data: Buffer): void {
   const d = new HpackDecoder(maxTable, maxList);
   const enc = [new HpackEncoder(), new HpackEncoder({ huffman: true, maxTableSize: 256 })];
   const dec = [new HpackDecoder(), new HpackDecoder(4096)];
-  let p = 1;
-  while (p < data.length) {
-    // blocks: a 2-byte length, then that many bytes (the last takes what is left)
-    const n = p + 2 <= data.length ? data.readUInt16BE(p) : data.length;
-    const start = Math.min(p + 2, data.length);
-    const end = Math.min(start + n, data.length);
-    p = end;
+  for (const [start, end] of messages(data, 1)) {
     let list: string[];
     try {
       list = d.decode(data, start, end);

@@ -1,5 +1,5 @@
 // xDS delta responses (targets/xds.ts).
 import { runMode } from './xds.js';
 
-export { dict } from './xds.js';
+export { dict, setup } from './xds.js';
 export const run = (d: Buffer): void => runMode('delta', d);

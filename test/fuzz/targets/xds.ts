@@ -5,9 +5,9 @@
 // out of the response handling (the stream's own catch would restart the stream: a bug of ours), and the client's
 // safety net NACKing "internal error translating the response" (its catch of our own bugs).
 import { pino } from 'pino';
-import { adsClientConstructor } from '../../../xds/protos.js';
+import { adsClientConstructor, protoRoot } from '../../../xds/protos.js';
 import { XdsSource } from '../../../agent/sources/xds/source.js';
-import { InvariantBroken, invariant } from './common.js';
+import { InvariantBroken, invariant, messages } from './common.js';
 
 export const dict = [
   'type.googleapis.com/envoy.config.listener.v3.Listener', 'type.googleapis.com/envoy.config.route.v3.RouteConfiguration',
@@ -24,6 +24,11 @@ const silent = pino({ level: 'silent' });
 
 type Obj = Record<string, unknown>;
 
+/** Load the Envoy protos before the first input: that takes a second, the watchdog would call it a hang. */
+export async function setup(): Promise<void> {
+  protoRoot();
+}
+
 export function runMode(mode: 'delta' | 'sotw', data: Buffer): void {
   const deserialize = ctor.service[mode === 'delta' ? 'DeltaAggregatedResources' : 'StreamAggregatedResources']!.responseDeserialize;
   let internal: string | undefined;
@@ -31,21 +36,15 @@ export function runMode(mode: 'delta' | 'sotw', data: Buffer): void {
     error: (o: Obj, msg?: string) => { internal ??= `${msg}: ${(o?.['err'] as Error)?.stack ?? JSON.stringify(o)}`; },
     warn: () => {}, info: () => {}, debug: () => {},
   });
-  let applied = 0;
   const src = new XdsSource({
     address: 'fuzz', mode, node: { id: 'node-1', cluster: 'c', metadata: {} }, log: log as unknown as typeof silent,
-    apply: (model) => { applied++; invariant(Array.isArray(model.services), 'applied a model without services'); return null; },
+    apply: (model) => { invariant(Array.isArray(model.services), 'applied a model without services'); return null; },
     initialFetchTimeoutMs: 0x7fffffff,
   });
   const internals = src as unknown as { call: unknown; onResponse(msg: Obj): void; stopped: boolean };
   internals.call = { write: () => true, cancel: () => {} };
   internals.stopped = false;
-  let p = 0;
-  while (p < data.length) {
-    const n = p + 2 <= data.length ? data.readUInt16BE(p) : data.length;
-    const start = Math.min(p + 2, data.length);
-    const end = Math.min(start + n, data.length);
-    p = end;
+  for (const [start, end] of messages(data, 0)) {
     let msg: Obj;
     try {
       msg = deserialize(data.subarray(start, end)) as Obj;
@@ -55,6 +54,5 @@ export function runMode(mode: 'delta' | 'sotw', data: Buffer): void {
     internals.onResponse(msg);
     if (internal !== undefined) throw new InvariantBroken(`the client's safety net caught a bug of ours\n${internal}`);
   }
-  void applied;
   clearTimeout((src as unknown as { initialTimer?: NodeJS.Timeout }).initialTimer);
 }
