@@ -1,6 +1,7 @@
 // The L7 proxy as the agent runs it: what the kernel is told of it (Datapath.setProxy), its listeners with their
-// fallbacks (IPv4 only without IPv6 on loopback; a node address that cannot be listened on is withdrawn), and the
-// heartbeat that lets the kernel redirect to it.
+// fallbacks (IPv4 only without IPv6 on loopback; a node address that cannot be listened on is withdrawn), the
+// listening sockets themselves (Datapath.proxyListener: the kernel drops them when this process dies, so a crash
+// applies the fail modes at the next connect()), and the heartbeat for a proxy that is there but not serving.
 import type { Datapath, ProxySettings } from './datapath/datapath.js';
 import type { ProxyPolicy } from './proxy/policy.js';
 import { ProxyServer } from './proxy/server.js';
@@ -40,7 +41,7 @@ export interface ProxyHandover {
 }
 
 /** What the host needs of the datapath: announce the proxy, beat, mark it down, and where a connection was going. */
-export type ProxyKernel = Pick<Datapath, 'setProxy' | 'setProxyNode' | 'heartbeat' | 'proxyDown' | 'originalDst'>;
+export type ProxyKernel = Pick<Datapath, 'setProxy' | 'setProxyNode' | 'heartbeat' | 'proxyDown' | 'originalDst' | 'proxyListener'>;
 
 export class ProxyHost {
   /** what the kernel was told of the proxy */
@@ -77,6 +78,9 @@ export class ProxyHost {
       proxy.adopt(this.o.takeover);
       this.server = proxy;
       log.info({ port, listeners: this.o.takeover.map((l) => l.host) }, 'L7 proxy accepting on the listeners taken over');
+      // The same sockets are in the kernel's record already (the old agent's); recorded again so that the record never
+      // depends on what the old agent did.
+      this.recordListeners();
       this.startHeartbeat();
       return;
     }
@@ -111,6 +115,8 @@ export class ProxyHost {
       }
     }
     this.server = proxy;
+    // Before the first beat: the kernel redirects only to a listener it holds.
+    this.recordListeners();
     log.info({ port, hosts: [v4, v6], nodeHosts: [this.settings.nodeV4 ?? '', this.settings.nodeV6 ?? ''] }, 'L7 proxy listening');
     this.startHeartbeat();
   }
@@ -132,10 +138,27 @@ export class ProxyHost {
         this.log.error({ port: this.settings.port, host: want, error: (e as Error).message }, 'the L7 proxy cannot listen on the node address pods route to');
         continue;
       }
+      // in the kernel's record before the kernel is sent there (the old listener leaves it when it closes)
+      this.recordListeners();
       if (have) server.unlisten(have);
       this.settings = { ...this.settings, [key]: want };
       this.dp.setProxyNode(this.settings.nodeV4 ?? '', this.settings.nodeV6 ?? '');
       this.log.info({ [key]: want, was: have || null }, 'L7 proxy: clients in pods are sent to the node address their routes use');
+    }
+  }
+
+  /**
+   * Put every listening socket into the kernel's record (sm_proxy_socks). Also for listeners taken over from another
+   * agent: the same socket under the same key replaces itself. One that cannot be recorded is never redirected to:
+   * its clients get their service's fail mode, said here rather than found out from refused connections.
+   */
+  recordListeners(): void {
+    for (const l of this.server?.listeners() ?? []) {
+      try {
+        this.dp.proxyListener(l.host, l.port, l.fd);
+      } catch (e) {
+        this.log.error({ host: l.host, port: l.port, error: (e as Error).message }, 'the kernel cannot hold the L7 proxy\'s listener: its clients follow their fail mode');
+      }
     }
   }
 

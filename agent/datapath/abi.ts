@@ -4,7 +4,7 @@
 import { isIPv6 } from 'node:net';
 import { ipv4Value } from '../model/address.js';
 
-export const ABI_VERSION = 6;
+export const ABI_VERSION = 7;
 
 export const PROTO = { tcp: 6, udp: 17 } as const;
 export const ALGO = { random: 0, weighted: 1, maglev: 2 } as const;
@@ -32,7 +32,7 @@ export const GLOBAL_COUNTERS = [
   'lb_connect', 'lb_udp_send', 'lb_no_backend', 'affinity_hit', 'revnat_miss', 'sock_insert', 'sock_insert_fail',
   'redirect', 'redirect_miss', 'tcp_only', 'event_drop',
   'l7_redirect', 'l7_fail_open', 'l7_fail_closed', 'l7_from_proxy', 'l7_handoff', 'bulk_leave', 'bulk_kept',
-  'stale_peer',
+  'stale_peer', 'l7_proxy_gone',
 ] as const;
 export type GlobalCounter = (typeof GLOBAL_COUNTERS)[number];
 
@@ -89,6 +89,7 @@ export const STRUCTS = {
   sm_orig_dst: def('sm_orig_dst', 32, [
     ['vip', 'addr', 0], ['vport', 'u16be', 16], ['pad', 'u16', 18], ['service_id', 'u32', 20], ['cgroup_id', 'u64', 24],
   ]),
+  sm_proxy_sock_key: def('sm_proxy_sock_key', 20, [['addr', 'addr', 0], ['port', 'u16be', 16], ['pad', 'u16', 18]]),
   sm_l7_key: def('sm_l7_key', 32, [['netns_cookie', 'u64', 0], ['addr', 'addr', 8], ['port', 'u32', 24], ['pad', 'u32', 28]]),
 } as const;
 

@@ -32,7 +32,7 @@ export const OBJECTS = ['sock_lb', 'sockmap', 'l7'] as const;
 export const MAP_NAMES = [
   'sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_sockets', 'sm_sock_meta',
   'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_config', 'sm_events',
-  'sm_proxy', 'sm_l7_pending', 'sm_l7_peers',
+  'sm_proxy', 'sm_l7_pending', 'sm_l7_peers', 'sm_proxy_socks',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -297,6 +297,26 @@ export class Datapath {
     if (!v) return; // never announced: the kernel has no live proxy anyway
     v.writeBigUInt64LE(0n, PROXY_HEARTBEAT_OFFSET);
     this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
+  }
+
+  /**
+   * Record one of the proxy's listening sockets (by fd) under the address:port the kernel redirects to. While it is in
+   * sm_proxy_socks (and the heartbeat is fresh) the kernel redirects there; the kernel takes it out by itself when the
+   * socket closes, which is what makes a killed agent's proxy count as down from the next connect(). Call it for
+   * every listener once it listens, and again for a listener taken over from another agent (the same socket under
+   * the same key: it replaces itself).
+   */
+  proxyListener(host: string, port: number, fd: number): void {
+    if (!this.l7) throw new Error('proxyListener: the L7 redirect is not loaded');
+    if (!isIPv4(host) && !isIPv6(host)) throw new Error(`proxyListener: host '${host}' is not an IP address`);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`proxyListener ${host}: port ${port} is not 1..65535`);
+    if (!Number.isInteger(fd) || fd < 0) throw new Error(`proxyListener ${host}:${port}: fd ${fd} is not a file descriptor`);
+    const key = encode('sm_proxy_sock_key', { addr: host, port });
+    try {
+      this.n.mapUpdate(this.maps.fd('sm_proxy_socks'), key, u32(fd));
+    } catch (e) {
+      throw new Error(`recording the proxy's listener ${host}:${port} (fd ${fd}) in sm_proxy_socks: ${(e as Error).message}`, { cause: e });
+    }
   }
 
   private ownNetnsCookie(): bigint {

@@ -52,8 +52,13 @@ export interface KernelProxyReport {
   nodeV4: string | null; nodeV6: string | null;
   /** cgroup v2 id of the proxy (decimal): its own connect() calls are never redirected */
   cgroupId: string;
-  /** heartbeat younger than the timeout */
+  /** what the kernel redirects on: heartbeat younger than the timeout, and the loopback listener in sm_proxy_socks */
   alive: boolean;
+  /**
+   * The proxy's listening sockets the kernel holds (sm_proxy_socks), as host:port. One leaves when its socket closes,
+   * so an announced address missing here means the agent died (or could not record it): its clients get the fail mode.
+   */
+  listeners: string[];
   /** ms since the last heartbeat; null = marked down (or never beating) */
   heartbeatAgeMs: number | null;
   timeoutMs: number;
@@ -89,7 +94,7 @@ export class MapReader {
       throw new Error(`no sockmesh datapath pinned at ${bpffs} (is the agent installed there? see --bpffs)`);
     }
     const r = new MapReader({}, n);
-    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy'] as MapName[]) {
+    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy', 'sm_proxy_socks'] as MapName[]) {
       const p = join(bpffs, name);
       if (!existsSync(p)) continue;
       const fd = n.objGet(p);
@@ -191,10 +196,18 @@ export class MapReader {
     const timeout = d.timeout_ns as bigint;
     // Same clock as bpf_ktime_get_ns (CLOCK_MONOTONIC).
     const age = hb === 0n ? null : process.hrtime.bigint() - hb;
+    const socks = this.fds.sm_proxy_socks;
+    const listeners = socks === undefined ? [] : this.n.mapKeys(socks).map((k) => {
+      const key = decode('sm_proxy_sock_key', k);
+      return hostport(String(key.addr), Number(key.port));
+    }).sort();
+    // The first address a client in the proxy's netns is sent to (lib/l7.h sm_proxy_pick): v4, else v6.
+    const first = zero(0) ? (zero(16) ? null : hostport(String(d.v6), Number(d.port))) : hostport(String(d.v4), Number(d.port));
+    const listening = first !== null && listeners.includes(first);
     return {
       v4: zero(0) ? null : String(d.v4), v6: zero(16) ? null : String(d.v6), port: Number(d.port),
       nodeV4: zero(72) ? null : String(d.node_v4), nodeV6: zero(88) ? null : String(d.node_v6),
-      cgroupId: String(d.cgroup_id), alive: age !== null && age >= 0n && age <= timeout,
+      cgroupId: String(d.cgroup_id), alive: age !== null && age >= 0n && age <= timeout && listening, listeners,
       heartbeatAgeMs: age === null ? null : Number(age / 1_000_000n), timeoutMs: Number(timeout / 1_000_000n),
       inMesh: (Number(d.flags) & PROXY_F_IN_MESH) !== 0,
     };

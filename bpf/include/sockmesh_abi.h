@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SM_ABI_VERSION 6
+#define SM_ABI_VERSION 7
 
 /* ---- limits ---- */
 #define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
@@ -33,6 +33,7 @@
 #define SM_EVENTS_BYTES      (256 * 1024)
 #define SM_MAX_L7_PENDING    65536   /* connect()ed to the proxy, not yet established */
 #define SM_MAX_L7_PEERS      65536   /* established to the proxy, not yet accepted by it */
+#define SM_MAX_PROXY_SOCKS   8       /* the proxy's listeners: loopback v4/v6, node v4/v6, room for a node address change */
 
 /* ---- enums ---- */
 enum sm_proto {
@@ -111,6 +112,8 @@ enum sm_global_counter {
 	SM_G_BULK_LEAVE,         /* sk_msg: a bulk sender left the fast path for TCP (bpf/lib/bulk.h) */
 	SM_G_BULK_KEPT,          /* sock_ops: a bulk sender stayed in the SOCKHASH (on TCP) because its peer had sent */
 	SM_G_STALE_PEER,         /* sock_ops removed another socket from the new connection's peer key (a gone pod's) */
+	SM_G_L7_PROXY_GONE,      /* connect() to an L7 service while the heartbeat was fresh but the proxy's listener was
+	                          * not in sm_proxy_socks (the agent died, or never listened there): fail mode applied */
 	SM_G__MAX,
 };
 
@@ -141,6 +144,12 @@ enum sm_global_counter {
  *  sm_l7_peers      LRU_HASH     struct sm_l7_key      -> struct sm_orig_dst, moved there by sock_ops when the
  *                                 client is established (before the proxy's accept() returns); the proxy takes
  *                                 it out with one BPF_MAP_LOOKUP_AND_DELETE_ELEM per accepted connection.
+ *  sm_proxy_socks   SOCKHASH     struct sm_proxy_sock_key -> the proxy's listening socket on that address:port,
+ *                                 inserted by the agent (value: the listener's fd). The kernel takes a socket out
+ *                                 of a sockmap when it closes, so when the agent dies (SIGKILL, OOM) its listeners
+ *                                 leave this map at once and connect() applies the fail mode from the next call,
+ *                                 instead of redirecting to a dead port until the heartbeat is 3 intervals old.
+ *                                 No program is attached to it: it is looked up, never redirected through.
  */
 
 struct sm_addr {
@@ -279,6 +288,13 @@ struct sm_orig_dst {
 	__u16 pad;
 	__u32 service_id;
 	__u64 cgroup_id;      /* bpf_get_current_cgroup_id() of the connecting process */
+};
+
+/* Where a proxy listener is bound (sm_proxy_socks): the address as in struct sm_proxy (v4 mapped), its port. */
+struct sm_proxy_sock_key {
+	__u32 addr[4];
+	__u16 port;           /* network order, as sm_proxy.port */
+	__u16 pad;
 };
 
 /* The client end of a connection to the proxy, as the proxy sees its peer. The netns cookie is the client's when

@@ -9,6 +9,18 @@
  *    loopback listener from the proxy's netns, to the node address (--proxy-node-address) from any other.
  *  - proxy down: SM_SVC_F_FAIL_OPEN balances at L4 (skipping the L7 rules), otherwise connect() fails at once
  *    with EPERM, as for a service without backends.
+ *
+ * "Alive" is two checks. The heartbeat catches a proxy that is there but not serving (stopped, its event loop
+ * stalled). A dead one (SIGKILL, OOM kill, a segfault) is seen from its listening socket: the agent puts each
+ * listener into sm_proxy_socks, and the kernel removes a socket from every sockmap when it closes, which a dying
+ * process's sockets do at exit. So from the first connect() after the death the listener the call would go to is
+ * missing and the fail mode applies, where the heartbeat alone would send calls to a dead port (ECONNREFUSED, or for
+ * failMode open a failure that should have been a backend) for up to 3 intervals.
+ * Why this and not bpf_sk_lookup_tcp(): a sock_addr program looks up in the caller's netns (another one only by a
+ * netns *id* relative to the caller's, which a pod's netns does not have for the node's), and it finds whichever
+ * socket listens on that address:port, while the sockhash holds exactly the agent's own listener. The lookup takes a
+ * reference the program must drop (bpf_sk_release), which the verifier enforces; about 50 ns per L7 connect.
+ * A listener handed to a new agent (hot restart) is the same socket: it stays in the map as long as either holds it.
  */
 #ifndef SM_L7_H
 #define SM_L7_H
@@ -56,6 +68,25 @@ static __always_inline int sm_proxy_alive(const struct sm_proxy *px)
 	return now >= hb && now - hb <= px->timeout_ns;
 }
 
+/* The proxy's listener on dst:port is open (it is in sm_proxy_socks and still listening). */
+static __always_inline int sm_proxy_listening(const __u32 *dst, __u16 port)
+{
+	struct sm_proxy_sock_key k = {};
+	struct bpf_sock *sk;
+	int ok;
+
+	sm_addr_copy(k.addr, dst);
+	k.port = port;
+	sk = bpf_map_lookup_elem(&sm_proxy_socks, &k);
+	if (!sk)
+		return 0;
+	/* A socket is in a sockmap only while listening or established; a listener shut down leaves it. Checked anyway:
+	 * a redirect to anything but a listener is a connection to nothing. */
+	ok = sk->state == BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return ok;
+}
+
 static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, const struct sm_service_key *key,
 					 const struct sm_service *svc, const struct sm_flow *flow)
 {
@@ -79,6 +110,11 @@ static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, cons
 		 * which its routes reach, or (none set) gets the fail mode. */
 		if (dst && sm_addr_is_loopback(dst) && px->netns_cookie != 0 && px->netns_cookie != flow->netns_cookie)
 			dst = sm_proxy_pick(px->node_v4, px->node_v6, v6, key->addr);
+		/* The heartbeat is fresh, but the process may have died since (no beats for up to 3 intervals then). */
+		if (dst && !sm_proxy_listening(dst, px->port)) {
+			sm_global_inc(SM_G_L7_PROXY_GONE);
+			dst = NULL;
+		}
 	}
 	if (!dst) {
 		if (svc->flags & SM_SVC_F_FAIL_OPEN) {

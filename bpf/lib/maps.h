@@ -153,6 +153,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_l7_peers SEC(".maps");
 
+/* The proxy's listening sockets, by the address:port connect() would be sent to (see sockmesh_abi.h). A SOCKHASH, not
+ * a SOCKMAP array: the key is exactly the destination the redirect writes, so a node address that changes (a new
+ * listener inserted before sm_proxy names it, the old one closed after) never leaves a window with the wrong socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct sm_proxy_sock_key);
+	__type(value, __u32);
+	__uint(max_entries, SM_MAX_PROXY_SOCKS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_proxy_socks SEC(".maps");
+
 static __always_inline const struct sm_config *sm_config_get(void)
 {
 	__u32 zero = 0;

@@ -11,7 +11,7 @@ import type { StatusReport } from '../../agent/admin/protocol.js';
 import { ABI_VERSION, u32 } from '../../agent/datapath/abi.js';
 import { bpffsMountOf, cgroup2Root, mounts } from '../../agent/datapath/cgroup.js';
 import { CGROUP_PROGRAMS, MAP_NAMES, abiVersionOf } from '../../agent/datapath/datapath.js';
-import { MapReader } from '../../agent/datapath/inspect.js';
+import { MapReader, type KernelProxyReport } from '../../agent/datapath/inspect.js';
 import { native, type LinkInfo, type Native } from '../../agent/datapath/native.js';
 import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES, probeFeatures } from '../../agent/datapath/features.js';
 import { AgentUnreachable } from '../client.js';
@@ -109,6 +109,23 @@ export function abiCheck(pinned: bigint | null): Check {
 }
 
 /** Map fill: warn above 80%, fail when a map is full (inserts into it fail; LRU maps evict instead). */
+/**
+ * Every address the kernel may redirect to has the proxy's listening socket in sm_proxy_socks. The kernel drops a
+ * socket from there when it closes, so a missing one with the proxy not marked down means the agent died (or could
+ * not record it): the kernel gives those clients the fail mode, whatever the heartbeat says.
+ */
+export function proxyListenersCheck(proxy: KernelProxyReport | null): Check {
+  const name = 'proxy listeners';
+  if (!proxy) return skip(name, 'no L7 proxy announced in sm_proxy');
+  if (proxy.heartbeatAgeMs === null) return skip(name, 'the proxy is marked down: no listener expected');
+  const hp = (a: string): string => (a.includes(':') ? `[${a}]:${proxy.port}` : `${a}:${proxy.port}`);
+  const want = [proxy.v4, proxy.v6, proxy.nodeV4, proxy.nodeV6].filter((a): a is string => a !== null).map(hp);
+  const missing = want.filter((w) => !proxy.listeners.includes(w));
+  if (missing.length === 0) return ok(name, `${want.join(' ')} in sm_proxy_socks`);
+  return fail(name, `not in sm_proxy_socks: ${missing.join(' ')} (${proxy.listeners.length ? `held: ${proxy.listeners.join(' ')}` : 'none held'})`,
+    'the agent that ran the proxy is gone (its sockets closed): its clients get their fail mode; start the agent');
+}
+
 export function fillCheck(maps: readonly { map: string; entries: number; maxEntries: number }[]): Check {
   const name = 'map fill';
   if (!maps.length) return skip(name, 'no maps readable');
@@ -403,6 +420,7 @@ export async function runChecks(ctx: Context, opts: DoctorOptions = {}): Promise
         : proxy.alive ? ok('proxy heartbeat', `${proxy.heartbeatAgeMs} ms old (timeout ${proxy.timeoutMs} ms)`)
           : fail('proxy heartbeat', proxy.heartbeatAgeMs === null ? 'the proxy is marked down' : `stale: ${proxy.heartbeatAgeMs} ms old (timeout ${proxy.timeoutMs} ms)`,
             'L7 services follow their fail mode until the agent (which runs the proxy) is back: start it'));
+      checks.push(proxyListenersCheck(proxy));
       checks.push(fillCheck(reader.fill()));
     } catch (e) {
       checks.push(fail('pinned maps', `cannot read the pins at ${ctx.bpffs}: ${(e as Error).message}`, 'run meshctl doctor as root'));
@@ -411,7 +429,7 @@ export async function runChecks(ctx: Context, opts: DoctorOptions = {}): Promise
     }
   } else {
     const why = !n ? `native addon not loadable: ${addonError}` : `nothing pinned at ${ctx.bpffs}`;
-    for (const c of ['pins ABI version', 'links vs pins', 'programs on the meshed cgroup', 'root cgroup untouched', 'proxy heartbeat', 'map fill']) {
+    for (const c of ['pins ABI version', 'links vs pins', 'programs on the meshed cgroup', 'root cgroup untouched', 'proxy heartbeat', 'proxy listeners', 'map fill']) {
       checks.push(skip(c, why));
     }
   }

@@ -103,7 +103,9 @@ async function statusDown(ctx: Context, why: AgentUnreachable): Promise<void> {
 function proxyLine(p: NonNullable<StatusReport['proxy']>, style: Style): string {
   const where = [p.v4 ? `${p.v4}:${p.port}` : '', p.v6 ? `[${p.v6}]:${p.port}` : ''].filter(Boolean).join(' ');
   const state = p.alive ? style.green('alive') : style.yellow(p.heartbeatAgeMs === null ? 'down (L7 services follow their fail mode)'
-    : `down: no heartbeat for ${p.heartbeatAgeMs} ms (L7 services follow their fail mode)`);
+    // a fresh heartbeat without the listener in the kernel: the process died since its last beat
+    : p.heartbeatAgeMs <= p.timeoutMs ? 'down: its listener is closed, the agent died (L7 services follow their fail mode)'
+      : `down: no heartbeat for ${p.heartbeatAgeMs} ms (L7 services follow their fail mode)`);
   // Pods in their own network namespaces reach the proxy only through a node address (--proxy-node-address, or the one
   // the pods' routes go to, found by the agent).
   const node = [p.nodeV4 ? `${p.nodeV4}:${p.port}` : '', p.nodeV6 ? `[${p.nodeV6}]:${p.port}` : ''].filter(Boolean).join(' ');

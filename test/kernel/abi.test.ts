@@ -60,6 +60,7 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_G_BULK_LEAVE, GLOBAL_COUNTERS.indexOf('bulk_leave'));
   t.equal(k.SM_G_BULK_KEPT, GLOBAL_COUNTERS.indexOf('bulk_kept'));
   t.equal(k.SM_G_STALE_PEER, GLOBAL_COUNTERS.indexOf('stale_peer'));
+  t.equal(k.SM_G_L7_PROXY_GONE, GLOBAL_COUNTERS.indexOf('l7_proxy_gone'));
 });
 
 t.test('address codec: v4 as v4-mapped, v6 compressed, round trips', async (t) => {

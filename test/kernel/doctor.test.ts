@@ -50,7 +50,7 @@ services:
     t.same(notOk, [], 'nothing but host facts and the control plane is other than ok');
     t.equal(d.verdict('control plane'), 'skip', 'config from a file: no control plane to check');
     for (const name of ['agent', 'pins', 'pins ABI version', 'links vs pins', 'programs on the meshed cgroup', 'root cgroup untouched',
-      'proxy heartbeat', 'map fill', 'admin socket', 'metrics endpoint', 'cgroup v2 mount', 'bpffs mount']) {
+      'proxy heartbeat', 'proxy listeners', 'map fill', 'admin socket', 'metrics endpoint', 'cgroup v2 mount', 'bpffs mount']) {
       t.equal(d.verdict(name), 'ok', name);
     }
     t.ok(d.checks.filter((c) => c.check.startsWith('bpf ')).length >= 5, 'one check per probed BPF feature');
@@ -99,8 +99,13 @@ services:
     t.equal(d.verdict('admin socket'), 'fail');
     t.match(d.checks.find((c) => c.check === 'admin socket')!.detail, /left over: nobody answers on it/);
     t.equal(d.verdict('links vs pins'), 'ok', 'the datapath is still there');
+    // The kernel dropped the dead proxy's listeners with its sockets, whatever the heartbeat's age.
+    t.equal(d.verdict('proxy listeners'), 'fail', 'the proxy\'s listeners are gone from the kernel at once');
+    t.match(d.checks.find((c) => c.check === 'proxy listeners')!.detail, /not in sm_proxy_socks: 127\.0\.0\.1:\d+/);
     await agent.restart();
-    t.equal(doctor(agent).verdict('admin socket'), 'ok', 'a restarted agent replaces the socket');
+    const again = doctor(agent);
+    t.equal(again.verdict('admin socket'), 'ok', 'a restarted agent replaces the socket');
+    t.equal(again.verdict('proxy listeners'), 'ok', 'and records its own listeners');
   });
 
   t.test('the agent stopped: agent-side checks fail, kernel-side ones pass from the pins', async (t) => {

@@ -186,7 +186,7 @@ t.test('native addon', { skip: skip ?? false }, async (t) => {
       t.equal(l.size % 4, 0, `${name}: size multiple of 4`);
     }
     const c = n.abiConstants();
-    t.equal(c.SM_ABI_VERSION, 6);
+    t.equal(c.SM_ABI_VERSION, 7);
     t.equal(c.SM_MAX_TABLE_ENTRIES, 1 << 22);
     t.equal(c.SM_EVENTS_BYTES, 256 * 1024);
     t.equal(c.SM_PROTO_UDP, 17);

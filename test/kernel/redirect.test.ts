@@ -11,6 +11,7 @@ import { Datapath, cleanup, type ProxySettings } from '../../agent/datapath/data
 import { Reconciler } from '../../agent/datapath/reconcile.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { native } from '../../agent/datapath/native.js';
+import { addonPath } from '../../agent/addon.js';
 import { encode } from '../../agent/datapath/abi.js';
 import { ownCgroupId } from '../../agent/datapath/cgroup.js';
 import type { Backend, HttpPolicy, Model, Service } from '../../agent/model/types.js';
@@ -51,6 +52,8 @@ function datapath(t: Test, cgroup: string, name: string, sockmap: boolean, model
 
 interface StandIn {
   port: number;
+  /** put the stand-in's listening sockets into the kernel's sm_proxy_socks, as the agent does for its own */
+  record(dp: Datapath): void;
   /** originalDst() results by client `address|port`: the first lookup and a second one */
   seen: Map<string, { first: OriginalDst | null; second: OriginalDst | null }>;
   close(): Promise<void>;
@@ -83,9 +86,25 @@ async function standIn(lookup: () => Datapath): Promise<StandIn> {
       throw new Error('no port free on both 127.0.0.1 and ::1');
     }
     const closeAll = (s: Server): Promise<void> => new Promise((r) => s.close(() => r()));
-    return { port, seen, close: async () => { for (const c of sockets) c.destroy(); await Promise.all([closeAll(v4), closeAll(v6)]); } };
+    const record = (dp: Datapath): void => {
+      dp.proxyListener('127.0.0.1', port, serverFd(v4));
+      dp.proxyListener('::1', port, serverFd(v6));
+    };
+    return { port, seen, record, close: async () => { for (const c of sockets) c.destroy(); await Promise.all([closeAll(v4), closeAll(v6)]); } };
   }
 }
+
+/** A listening net.Server's fd (node keeps it on the handle; the agent's own proxy gets it from its netio loop). */
+const serverFd = (s: Server): number => (s as unknown as { _handle: { fd: number } })._handle.fd;
+
+/**
+ * JS for a child process that listens in another cgroup or namespace: once `server` listens on host, it records its
+ * socket in the pinned sm_proxy_socks itself (a socket cannot be handed to this process without SCM_RIGHTS).
+ */
+const recordInChild = (bpffs: string, host: string): string =>
+  `const rec=(port,fd)=>{const n=require(${JSON.stringify(addonPath('sockmesh'))});const k=Buffer.alloc(20);` +
+  `k[10]=0xff;k[11]=0xff;${JSON.stringify(host)}.split('.').forEach((o,i)=>{k[12+i]=Number(o)});k.writeUInt16BE(port,16);` +
+  `const v=Buffer.alloc(4);v.writeUInt32LE(fd);n.mapUpdate(n.objGet(${JSON.stringify(bpffs + '/sm_proxy_socks')}),k,v)};`;
 
 const refused = async (host: string, port: number): Promise<{ code?: string; ms: number }> => {
   const t0 = performance.now();
@@ -115,6 +134,7 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
   const agentCgroup = ownCgroupId(); // this process plays the agent: its own cgroup is the proxy's
   const settings: ProxySettings = { v4: '127.0.0.1', v6: '::1', port: proxy.port, cgroupId: agentCgroup, timeoutMs: 60_000 };
   dp.setProxy(settings);
+  proxy.record(dp);
   dp.heartbeat();
   const clientCg = cg.child('client');
   cg.enter('client');
@@ -221,6 +241,42 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
     t.equal((await connectId('127.100.0.2', 80)).id, 'proxy', 'fail-open service redirected again');
   });
 
+  t.test('the proxy\'s listener closes (its process died) with the heartbeat fresh: the fail mode at the next connect()', async (t) => {
+    let cur!: Datapath;
+    const gone = await standIn(() => cur);
+    cur = dp;
+    let closed = false;
+    t.teardown(async () => { if (!closed) await gone.close(); });
+    dp.setProxy({ ...settings, port: gone.port });
+    gone.record(dp);
+    dp.heartbeat();
+    try {
+      t.same(reader.proxy()?.listeners, [`127.0.0.1:${gone.port}`, `127.0.0.1:${proxy.port}`, `[::1]:${gone.port}`, `[::1]:${proxy.port}`].sort(),
+        'both stand-ins\' listeners are in sm_proxy_socks');
+      t.equal((await connectId('127.100.0.1', 80)).id, 'proxy', 'redirected while it listens');
+      await gone.close();
+      closed = true;
+      t.same(reader.proxy()?.listeners, [`127.0.0.1:${proxy.port}`, `[::1]:${proxy.port}`], 'closed: the kernel took its sockets out');
+      t.match(reader.proxy(), { alive: false }, 'reported down although the heartbeat is fresh');
+      t.ok(reader.proxy()!.heartbeatAgeMs! < 60_000);
+      const before = g();
+      const r = await refused('127.100.0.1', 80);
+      t.equal(r.code, 'EPERM', `fail-closed: refused in ${r.ms.toFixed(1)} ms`);
+      t.ok(r.ms < 100, 'at once');
+      t.equal((await refused('::1', 9086)).code, 'EPERM', 'IPv6 too');
+      t.equal((await connectId('127.100.0.2', 80)).id, 'b', 'fail-open: straight to the backend');
+      const after = g();
+      t.equal(after.l7_proxy_gone! - before.l7_proxy_gone!, 3, 'l7_proxy_gone counted for each');
+      t.equal(after.l7_fail_closed! - before.l7_fail_closed!, 2);
+      t.equal(after.l7_fail_open! - before.l7_fail_open!, 1);
+      t.equal(after.l7_redirect! - before.l7_redirect!, 0, 'nothing redirected to the closed port');
+    } finally {
+      dp.setProxy(settings);
+      dp.heartbeat();
+    }
+    t.equal((await connectId('127.100.0.1', 80)).id, 'proxy', 'the live proxy again: redirected');
+  });
+
   t.test('heartbeat expiry: after the timeout without a beat the fail mode applies by itself', async (t) => {
     // Generous margins: a loaded machine may take a while between the beat and the connect() that checks it.
     dp.setProxy({ ...settings, timeoutMs: 1500 });
@@ -273,8 +329,9 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
   t.test('the app-to-proxy leg is on the sockmap fast path when the proxy listens inside the meshed cgroup', async (t) => {
     // A proxy in a child cgroup of the attached one: its accepted sockets get sock_ops too. It only echoes.
     const proxyCg = cg.child('proxy');
-    const script = "require('net').createServer({allowHalfOpen:true},c=>{c.on('data',d=>c.write(d));c.on('end',()=>c.end())})" +
-      ".listen(0,'127.0.0.1',function(){console.log(this.address().port)})";
+    const script = recordInChild(dp.opts.bpffs, '127.0.0.1') +
+      "require('net').createServer({allowHalfOpen:true},c=>{c.on('data',d=>c.write(d));c.on('end',()=>c.end())})" +
+      ".listen(0,'127.0.0.1',function(){rec(this.address().port,this._handle.fd);console.log(this.address().port)})";
     const child = spawn('/bin/sh', ['-c', `echo $$ > '${proxyCg}/cgroup.procs' && exec "$0" -e "$1"`, process.execPath, script],
       { stdio: ['ignore', 'pipe', 'inherit'] });
     t.teardown(() => { child.kill('SIGKILL'); });
@@ -339,18 +396,35 @@ t.test('L7 redirect at connect()', { skip: skip ?? false }, async (t) => {
     t.equal(g().l7_redirect! - before.l7_redirect!, 0, 'not redirected');
 
     // With a node address (--proxy-node-address) the same client is redirected there instead. Here the address lives on
-    // the namespace's own loopback device with nothing listening on it, so nothing can leave the namespace: the refused
-    // connection shows where it was sent (kernel/l7-podns goes all the way through a veth pair to a real proxy).
+    // the namespace's own loopback device, so nothing can leave the namespace, and a stand-in listens there (recording
+    // its socket in the kernel as the agent does): the connection shows where it was sent (kernel/l7-podns goes all the
+    // way through a veth pair to a real proxy).
     const nodeAddr = `10.254.${process.pid % 250}.1`;
     spawnSync('ip', ['-n', ns, 'addr', 'add', `${nodeAddr}/32`, 'dev', 'lo']);
     dp.setProxy({ ...settings, nodeV4: nodeAddr });
     dp.heartbeat();
     try {
       t.equal(reader.proxy()?.nodeV4, nodeAddr, 'the kernel has the node address');
+      const b1 = g();
+      t.equal(inNs(), 'EPERM', 'no listener of the proxy on the node address: refused, never sent to a port nobody serves');
+      t.equal(g().l7_proxy_gone! - b1.l7_proxy_gone!, 1, 'counted as l7_proxy_gone');
+      const listenerScript = recordInChild(dp.opts.bpffs, nodeAddr) +
+        `require('net').createServer(c=>c.destroy()).listen(${settings.port},${JSON.stringify(nodeAddr)},function(){rec(${settings.port},this._handle.fd);console.log('listening')})`;
+      const listener = spawn('nsenter', [`--net=/run/netns/${ns}`, process.execPath, '-e', listenerScript], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const exited = new Promise<void>((r) => listener.once('exit', () => r()));
+      t.teardown(() => { listener.kill('SIGKILL'); });
+      await new Promise<void>((r) => listener.stdout!.once('data', () => r()));
+      t.ok(reader.proxy()?.listeners.includes(`${nodeAddr}:${settings.port}`), 'its socket is in sm_proxy_socks');
       const b2 = g();
-      t.equal(inNs(), 'ECONNREFUSED', 'redirected to the node address in its namespace (nothing listens there)');
+      t.equal(inNs(), 'connected', 'redirected to the node address in its namespace, where the listener accepted it');
       t.equal(g().l7_redirect! - b2.l7_redirect!, 1, 'counted as a redirect');
       t.equal(g().l7_fail_closed! - b2.l7_fail_closed!, 0, 'not refused');
+      listener.kill('SIGKILL');
+      await exited;
+      t.notOk(reader.proxy()?.listeners.includes(`${nodeAddr}:${settings.port}`), 'the killed listener left sm_proxy_socks by itself');
+      const b3 = g();
+      t.equal(inNs(), 'EPERM', 'its process killed: refused at once, the heartbeat still fresh');
+      t.equal(g().l7_proxy_gone! - b3.l7_proxy_gone!, 1, 'counted as l7_proxy_gone');
       const conn = await connectId('127.100.0.1', 80);
       t.equal(conn.id, 'proxy', 'a client in the proxy\'s own namespace still goes to the loopback listener');
     } finally {
@@ -387,6 +461,7 @@ t.test('without the sockmap fast path the redirect still works (its own sock_ops
     { services: [service('closed', '127.100.1.1', 80, [a], { failMode: 'closed' })] });
   current = dp;
   dp.setProxy({ v4: '127.0.0.1', v6: '::1', port: proxy.port, cgroupId: ownCgroupId(), timeoutMs: 60_000 });
+  proxy.record(dp);
   dp.heartbeat();
   const clientCg = cg.child('client');
   cg.enter('client');
@@ -425,6 +500,7 @@ services:
     'addresses, --proxy-port, timeout = 3 x --proxy-heartbeat-ms; the agent runs outside the meshed cgroup');
   // The agent runs in the cgroup the test started in (startAgent): that is the proxy's cgroup.
   t.equal(px?.cgroupId, String(cgroupId(cg.original)), 'the agent\'s own cgroup id');
+  t.same(px?.listeners, ['127.0.0.1:15999', '[::1]:15999'], 'the agent recorded its listening sockets in sm_proxy_socks');
   const services = JSON.parse(meshctl(agent, ['services', '--json']).stdout) as { service: string; l7?: string }[];
   t.equal(services.find((s) => s.service === 'shop')?.l7, 'fail-open', 'meshctl services shows the L7 service');
   t.equal(services.find((s) => s.service === 'plain')?.l7, undefined);
@@ -435,4 +511,5 @@ services:
   const after = reader.proxy();
   t.equal(after?.heartbeatAgeMs, null, 'a clean stop marks the proxy down at once');
   t.equal(after?.alive, false);
+  t.same(after?.listeners, [], 'and its listeners left sm_proxy_socks with their sockets');
 });

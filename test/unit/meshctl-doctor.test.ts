@@ -2,7 +2,7 @@
 import t from 'tap';
 import {
   DOCTOR_EXIT, abiCheck, adminSocketCheck, cgroupMountCheck, clockCheck, controlPlaneCheck, diagDestroyCheck, exitCodeFor, featureChecks,
-  fillCheck, linksCheck, renderDoctor, summary, type Check, type Verdict,
+  fillCheck, linksCheck, proxyListenersCheck, renderDoctor, summary, type Check, type Verdict,
 } from '../../cli/commands/doctor.js';
 import { ABI_VERSION } from '../../agent/datapath/abi.js';
 import { L7_FEATURES, REQUIRED_FEATURES, SOCKMAP_FEATURES } from '../../agent/datapath/features.js';
@@ -80,6 +80,23 @@ t.test('map fill: warn above 80%, fail when full', async (t) => {
   t.match(w.detail, /above 80%: b 95\/100 \(95\.0%\), a 81\/100/);
   t.equal(fillCheck([m('a', 100), m('b', 90)]).verdict, 'fail');
   t.equal(fillCheck([]).verdict, 'skip');
+});
+
+t.test('proxy listeners: every address the kernel may redirect to has its listening socket in sm_proxy_socks', async (t) => {
+  const px = {
+    v4: '127.0.0.1', v6: '::1', port: 15001, nodeV4: '10.0.0.1', nodeV6: null, cgroupId: '1', alive: true,
+    listeners: ['10.0.0.1:15001', '127.0.0.1:15001', '[::1]:15001'], heartbeatAgeMs: 100, timeoutMs: 3000, inMesh: false,
+  };
+  t.equal(proxyListenersCheck(null).verdict, 'skip', 'no proxy announced');
+  t.equal(proxyListenersCheck({ ...px, heartbeatAgeMs: null, listeners: [] }).verdict, 'skip', 'marked down: none expected');
+  const good = proxyListenersCheck(px);
+  t.equal(good.verdict, 'ok');
+  t.equal(good.detail, '127.0.0.1:15001 [::1]:15001 10.0.0.1:15001 in sm_proxy_socks');
+  const dead = proxyListenersCheck({ ...px, listeners: [] });
+  t.equal(dead.verdict, 'fail', 'a fresh heartbeat does not hide a dead agent');
+  t.match(dead.detail, /not in sm_proxy_socks: 127\.0\.0\.1:15001 \[::1\]:15001 10\.0\.0\.1:15001 \(none held\)/);
+  t.match(dead.hint!, /agent .* gone/);
+  t.match(proxyListenersCheck({ ...px, listeners: ['127.0.0.1:15001', '[::1]:15001'] }).detail, /not in sm_proxy_socks: 10\.0\.0\.1:15001 \(held: /);
 });
 
 t.test('agent side: admin socket permissions, control plane', async (t) => {

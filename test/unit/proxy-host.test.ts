@@ -10,13 +10,16 @@ import { captureLog } from '../lib/l7model.js';
 
 function fakeKernel() {
   const told: ProxySettings[] = [];
-  const k = { told, beats: 0, downs: 0, nodes: [] } as { told: ProxySettings[]; beats: number; downs: number; nodes: [string, string][] };
+  const k = { told, beats: 0, downs: 0, nodes: [], listeners: [] } as {
+    told: ProxySettings[]; beats: number; downs: number; nodes: [string, string][]; listeners: { host: string; port: number; fd: number; beatsBefore: number }[];
+  };
   const dp: ProxyKernel = {
     setProxy: (p) => { told.push(p); },
     setProxyNode: (v4, v6) => { k.nodes.push([v4, v6]); },
     heartbeat: () => { k.beats++; },
     proxyDown: () => { k.downs++; },
     originalDst: () => null,
+    proxyListener: (host, port, fd) => { k.listeners.push({ host, port, fd, beatsBefore: k.beats }); },
   };
   return { k, dp };
 }
@@ -99,4 +102,35 @@ t.test('following the node address pods route to: the new one listened on, then 
   t.equal(k.nodes.length, 2, 'none found, or the same: nothing changes');
   t.equal(k.told.length, 1, 'setProxy only at announce: the heartbeat and hand-overs are never reset');
   t.ok(lines.some((l) => l.msg === 'L7 proxy: clients in pods are sent to the node address their routes use'));
+  t.same(k.listeners.map((l) => l.host), ['127.0.0.1', '127.0.0.1', '127.0.0.2', '127.0.0.1', '127.0.0.2', '127.0.0.3'],
+    'every listener recorded in the kernel at start and again with each new node address');
+});
+
+t.test('the kernel is given each listening socket (by fd) before the first heartbeat', async (t) => {
+  const { fstatSync } = await import('node:fs');
+  const { k, dp } = fakeKernel();
+  const port = await hold(t, '127.0.0.9'); // free on 127.0.0.1 and .4
+  const { h } = host(t, dp, { port, v6: '', nodeV4: '127.0.0.4' });
+  h.announce();
+  await h.start();
+  t.equal(k.listeners.length, 2, 'loopback and node address');
+  t.same(k.listeners.map((l) => l.host), ['127.0.0.1', '127.0.0.4']);
+  for (const l of k.listeners) {
+    t.equal(l.beatsBefore, 0, `${l.host}: recorded before the first beat`);
+    t.equal(l.port, port, `${l.host}: the port the kernel redirects to`);
+    t.ok(fstatSync(l.fd).isSocket(), `${l.host}: fd ${l.fd} is a socket`);
+  }
+  t.ok(k.beats >= 1);
+});
+
+t.test('a listener the kernel refuses is logged as such; the proxy still serves the others', async (t) => {
+  const { k, dp } = fakeKernel();
+  dp.proxyListener = (host) => { if (host === '127.0.0.1') throw new Error('map update sm_proxy_socks: EOPNOTSUPP'); k.listeners.push({ host, port: 0, fd: 0, beatsBefore: 0 }); };
+  const { h, lines } = host(t, dp, { port: 0, v6: '', nodeV4: '127.0.0.5' });
+  h.announce();
+  await h.start();
+  const line = lines.find((l) => l.msg === 'the kernel cannot hold the L7 proxy\'s listener: its clients follow their fail mode');
+  t.ok(line, 'logged');
+  t.match(line, { host: '127.0.0.1', error: /EOPNOTSUPP/ });
+  t.same(k.listeners.map((l) => l.host), ['127.0.0.5']);
 });
