@@ -268,7 +268,9 @@ export class Agent {
       monitor.flow(ev);
       log.debug({ event: ev }, 'flow');
     });
-    const node: NodeFacts = await nodeFacts();
+    // The proxy first: a restarted agent serves L7 again as soon as it can (nodeFacts spawns tools: ~200 ms under load).
+    const facts = nodeFacts();
+    facts.catch(() => { /* awaited below: not an unhandled rejection meanwhile */ });
     await this.proxy?.start();
     if (taken) {
       // We accept and beat now: the old agent stops accepting, beating and serving, and drains.
@@ -276,6 +278,7 @@ export class Agent {
       const released = taken.commit();
       log.info({ from: taken.from, released, handoverMs: Math.round(performance.now() - t0) }, 'handover: the old agent let go');
     }
+    const node: NodeFacts = await facts;
     if (found) this.followPodNodeAddress();
     if ('xds' in opts.config) this.startXds(opts.config.xds, node.hostname);
     this.kube?.start();

@@ -2,19 +2,18 @@
 // -> ADS over gRPC on 127.0.0.1 -> the agent -> the kernel maps -> real connections. And a scripted ADS server for what
 // our own control plane never sends: an invalid resource, which must be NACKed with the old state left in force.
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, kernelSkipReason, meshctl, startAgent, testCgroup } from '../lib/kernel.js';
+import { kernelSkipReason, meshctl, startAgent, testCgroup } from '../lib/kernel.js';
 import { connectId, distribution, idServer, sleep, type IdServer } from '../lib/net.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
+import { ControlPlaneProcess } from '../lib/controlplane.js';
 import { FakeAds, cla, edsCluster, sotw, tcpListener, TYPE, FILTER, packAny } from '../lib/ads.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
-const CONTROLPLANE = join(ROOT, 'dist', 'controlplane', 'main.js');
 
 async function freePort(): Promise<number> {
   const s = createServer();
@@ -22,30 +21,6 @@ async function freePort(): Promise<number> {
   const port = (s.address() as AddressInfo).port;
   await new Promise<void>((r) => s.close(() => r()));
   return port;
-}
-
-/** sockmesh-controlplane as a child process on a fixed port (so that it can be killed and restarted). */
-class ControlPlaneProcess {
-  proc?: ChildProcess;
-  logs: string[] = [];
-  constructor(readonly dir: string, readonly port: number) {}
-  async start(): Promise<void> {
-    const proc = spawn(process.execPath, [CONTROLPLANE, 'serve', '--dir', this.dir, '--listen', `127.0.0.1:${this.port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.proc = proc;
-    proc.stdout!.on('data', (d: Buffer) => this.logs.push(...d.toString().split('\n').filter(Boolean)));
-    proc.stderr!.on('data', (d: Buffer) => this.logs.push(d.toString()));
-    const deadline = Date.now() + 15000;
-    while (!this.logs.some((l) => l.includes('control plane listening'))) {
-      if (proc.exitCode !== null) throw new Error(`control plane exited: ${this.logs.join('\n')}`);
-      if (Date.now() > deadline) throw new Error(`control plane did not start: ${this.logs.join('\n')}`);
-      await sleep(20);
-    }
-  }
-  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    const p = this.proc;
-    if (!p || p.exitCode !== null || p.signalCode !== null) return;
-    await new Promise<void>((r) => { p.once('exit', () => r()); p.kill(signal); });
-  }
 }
 
 const be = (...ss: IdServer[]): string => ss.map((s) => `{ address: 127.0.0.1, port: ${s.port} }`).join(', ');
