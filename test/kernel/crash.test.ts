@@ -137,7 +137,10 @@ services:
   const serveMs = Math.max(openMs, closedMs);
   const load1 = loadavg()[0]!;
   t.comment(`the new agent used ${cpuAtServe} ms of CPU until then; load average ${load1.toFixed(1)} on ${cpus().length} CPUs`);
-  t.ok(cpuAtServe < 1000, `a start costs < 1 s of CPU until L7 is served (${cpuAtServe} ms)`);
+  // CPU time inflates too when 2 CPUs run 15 jobs (810 and 1410 ms in two such runs): the 1 s bound on an idle machine,
+  // a bound that only a real regression (seconds of work before the proxy listens) crosses otherwise.
+  const cpuBound = overloaded() ? 3000 : 1000;
+  t.ok(cpuAtServe < cpuBound, `a start costs < ${cpuBound} ms of CPU until L7 is served (${cpuAtServe} ms)`);
   if (!overloaded()) t.ok(serveMs < 1000, `serving L7 again within 1 s of start (${fmt(serveMs)} ms)`);
   else t.comment(`not judging the wall time (${fmt(serveMs)} ms): the machine is overloaded (load ${load1.toFixed(1)} > ${cpus().length} CPUs)`);
   await sleep(500);

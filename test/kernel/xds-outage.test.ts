@@ -19,13 +19,13 @@ if (skip) t.comment(`kernel tests skipped: ${skip}`);
 const RESTARTS = 10;
 /**
  * The bound on the RSS slope. What one reconnect allocates is a gRPC channel with its HTTP/2 session and a decoded
- * snapshot: tens of KiB for this config. A leak of it on every reconnect would be a steady climb; V8's young
- * generation (2 x 8 MiB semi-spaces, agent/runtime.ts) and malloc arenas move RSS by a few MiB at GC moments, which a
- * least-squares slope over ten settled samples averages out to well under 256 KiB per restart in the runs measured
- * (reported below). 512 KiB per restart is 5 MiB over the test: a leak of a channel per reconnect (grpc-js keeps its
- * subchannel, session and buffers, over 100 KiB) adds up past it within the run's own noise only if it is real.
+ * snapshot; a leak of it on every reconnect is a steady climb. RSS itself moves by tens of MiB at GC moments (V8's young
+ * generation is 2 x 8 MiB, agent/runtime.ts, plus malloc arenas): one run here settled between 148 and 177 MiB with a
+ * slope of -785 KiB per restart. A least-squares slope over ten such points has a standard error of about 1.6 MiB, so
+ * the bound is 4 MiB per restart (40 MiB over the test): a leak of that size is real, anything smaller is within noise
+ * and left to the soak (issue 14), which runs long enough to see it.
  */
-const SLOPE_BOUND_KIB = 512;
+const SLOPE_BOUND_KIB = 4096;
 
 const rssKiB = (pid: number): number => {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -90,6 +90,7 @@ t.test(`control plane SIGKILLed and restarted ${RESTARTS} times under L4 and L7 
   const connected = (): number => agent.logs.filter((l) => l.msg === 'xds: connected').length;
   for (let i = 0; i < RESTARTS; i++) {
     const before = connected();
+    const cycleFrom = now();
     await cp.kill('SIGKILL');
     await sleep(300);
     await cp.start();
@@ -97,8 +98,8 @@ t.test(`control plane SIGKILLed and restarted ${RESTARTS} times under L4 and L7 
     while (connected() === before && now() < deadline) await sleep(20);
     t.ok(connected() > before, `restart ${i + 1}: the agent reconnected`);
     await sleep(700);
-    // the lowest RSS of the last 0.5 s: after a GC, not in the middle of a young generation filling up
-    settled.push(Math.min(...samples.filter((s) => s.t >= now() - 500).map((s) => s.kib)));
+    // the lowest RSS since the kill: after a GC, not in the middle of a young generation filling up
+    settled.push(Math.min(...samples.filter((s) => s.t >= cycleFrom).map((s) => s.kib)));
   }
   await sleep(500);
   const to = now();
