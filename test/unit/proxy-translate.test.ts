@@ -286,7 +286,7 @@ t.test('HTTP/1.1 client -> h2 backend: heads, bodies (length, chunked), trailers
   }
 
   // trailers both ways: the chunked request's trailer section as trailing HEADERS; the response's as a trailer section
-  sock.write('POST /trailers HTTP/1.1\r\nHost: svc\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Client-Sum: abc\r\nContent-Length: 99\r\n\r\n');
+  sock.write('POST /trailers HTTP/1.1\r\nHost: svc\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Client-Sum: abc\r\n\r\n');
   const raw = await new Promise<string>((resolve) => {
     let got = '';
     const on = (d: Buffer): void => { got += d.toString('latin1'); if (got.endsWith('\r\n\r\n') && got.includes('\r\n0\r\n')) { sock.off('data', on); resolve(got); } };
@@ -296,7 +296,7 @@ t.test('HTTP/1.1 client -> h2 backend: heads, bodies (length, chunked), trailers
   t.match(raw, /\r\ntransfer-encoding: chunked\r\n/, 'no length from the backend: chunked to the client');
   t.match(raw, new RegExp(`\\r\\n0\\r\\nx-sum: ${sha(Buffer.from('hello'))}\\r\\ngrpc-status: 0\\r\\n\\r\\n$`), 'the trailing HEADERS as the chunked trailer section');
   t.same(seen.at(-1)!.trailers?.['x-client-sum'], 'abc', 'the client\'s trailer section came as trailing HEADERS');
-  t.notOk(seen.at(-1)!.trailers?.['content-length'], 'framing fields not passed in trailers');
+  // (a framing field in a trailer section is refused by the parser: proxy-h1parse's trailer tests)
 
   sock.write('HEAD /head HTTP/1.1\r\nHost: svc\r\n\r\nGET /empty HTTP/1.1\r\nHost: svc\r\n\r\nGET /emptyok HTTP/1.1\r\nHost: svc\r\n\r\nGET /nolength HTTP/1.1\r\nHost: svc\r\n\r\n');
   const [hd, e, eok, nl] = await readResponses(sock, 4, 5000, 1);
