@@ -14,14 +14,9 @@ import type { RouteStatusUpdate } from './translate.js';
 export type WatchKind = 'services' | 'endpointslices' | 'httproutes' | 'nodes' | 'pods';
 export const WATCH_KINDS: readonly WatchKind[] = ['services', 'endpointslices', 'httproutes', 'nodes', 'pods'];
 
-/** What a reflector reports of itself (kube/reflector.ts's status()). */
-export interface ReflectorStatus {
-  connected: boolean;
-  since: Date;
-  lastError?: string;
-  relists: number;
-  resourceVersion?: string;
-}
+/** What a reflector reports of itself: declared once, with the reflector. */
+import type { ReflectorStatus } from './reflector.js';
+export type { ReflectorStatus };
 
 export interface StoreChange {
   added: string[];
