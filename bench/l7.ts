@@ -45,6 +45,8 @@ export interface L7Options {
   /** seconds of the unmeasured warm-up run per scenario and protocol */
   warmup: number;
   scenarios: L7Scenario[];
+  /** node flags for (b)'s agent after its own (later flags win): V8 settings compared against the same baselines */
+  agentFlags?: string[];
   /**
    * client on CPU 1, everything else on CPU 0. Off by default: on the 2-vCPU VMs a wake-up across CPUs costs
    * about 40 µs, which the split puts on every client<->server exchange, and a pinned process cannot escape
@@ -239,6 +241,7 @@ function sockmeshScenario(ctx: Ctx): Scenario {
           // cost is a printf per collection (tens per second at these rates).
           nodeFlags: [
             '--trace-gc-nvp',
+            ...(ctx.opts.agentFlags ?? []),
             ...(ctx.opts.allocProfile ? ['--import', pathToFileURL(join(ctx.opts.root, 'dist', 'bench', 'lib', 'allocprof.js')).href] : []),
           ],
           launch: (argv) => inCgroupNsenter(ctx.cg.meshAgent, ctx.ns, ctx.serverCpus, argv),
@@ -407,7 +410,8 @@ export async function runL7(opts: L7Options): Promise<number> {
   const { clients, streams } = h2Shape(opts.connections);
   log(`cgroup ${cgroup}, netns ${id}; ${opts.repetitions} x ${opts.duration} s per scenario and protocol, ` +
     `${opts.connections} requests in flight (wrk -c${opts.connections}; h2load -c${clients} -m${streams}); ` +
-    (pin ? 'clients on CPU 1, backend and proxies on CPU 0' : 'nothing pinned'));
+    (pin ? 'clients on CPU 1, backend and proxies on CPU 0' : 'nothing pinned') +
+    (opts.agentFlags?.length ? `; (b)'s agent with ${opts.agentFlags.join(' ')}` : ''));
 
   const makers: Record<L7Scenario, () => Scenario> = {
     direct: () => directScenario(ctx),
@@ -488,6 +492,7 @@ export async function runL7(opts: L7Options): Promise<number> {
     cpus: cpuCount,
     cgroup2: cgroup2Mount(),
     pinned: pin,
+    ...(opts.agentFlags?.length ? { agentFlags: opts.agentFlags } : {}),
     duration: opts.duration,
     repetitions: opts.repetitions,
     warmup: opts.warmup,

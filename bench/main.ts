@@ -44,6 +44,8 @@ l7 options:
   --quick              --duration 2 --repetitions 1, 1 s warm-up, no (f)
   --only a,b,...       scenarios: direct,sockmesh,haproxy,chain,relay,haproxy2 or a,b,c,d,e,f (default all)
   --pin                client on CPU 1, backend and proxies on CPU 0 (default: nothing pinned, see README)
+  --agent-flags "F"    extra node flags for (b)'s agent after its own (e.g. "--max-semi-space-size=16"): A/B runs
+                       of V8 settings against the same baselines
   --alloc-profile DIR  (b)'s allocations sampled (V8's heap profiler, freed objects included) during each
                        measured run: DIR/<n>.heapprofile + DIR/<n>.txt (top allocating functions); slows (b)
 
@@ -203,6 +205,7 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
   let duration = 5, connections = 32, repetitions = 3, warmup = 2, pin = false, quick = false;
   let only: L7Scenario[] | undefined;
   let allocProfile: string | undefined;
+  let agentFlags: string[] = [];
   const byLetter = Object.fromEntries(Object.entries(L7_LETTERS).map(([n, l]) => [l, n])) as Record<string, L7Scenario>;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -214,6 +217,10 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
     else if (flag === '--alloc-profile') {
       if (!argv[i + 1]) throw new Error('--alloc-profile needs a directory');
       allocProfile = resolve(argv[++i]!);
+    } else if (flag === '--agent-flags') {
+      agentFlags = (argv[++i] ?? '').split(/\s+/).filter((f) => f !== '');
+      const bad = agentFlags.find((f) => !f.startsWith('--'));
+      if (agentFlags.length === 0 || bad !== undefined) throw new Error(`--agent-flags: node flags starting with -- expected, got ${JSON.stringify(bad ?? '')}`);
     } else if (flag === '--only') {
       only = (argv[++i] ?? '').split(',').map((s) => {
         const n = byLetter[s] ?? s;
@@ -228,7 +235,7 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
     warmup = 1;
   }
   const scenarios = only ?? L7_SCENARIOS.filter((n) => !(quick && n === 'haproxy2'));
-  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin, chartDir, allocProfile });
+  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin, chartDir, allocProfile, agentFlags });
 }
 
 async function pods(argv: string[], chartDir: string | null): Promise<number> {
