@@ -86,6 +86,11 @@ export interface LabState {
   nodeV6: string;
   /** the node's own network namespace (nodeNetns); absent: the machine's */
   nodeNs?: string;
+  /**
+   * Other ranges the pods route via the node (addPeerRange): the pod ranges and node addresses of the other nodes of a
+   * cluster (lab/cluster.ts). Nothing else: a pod still has no default route.
+   */
+  peerRanges?: string[];
   pods: PodState[];
 }
 
@@ -314,6 +319,25 @@ export class Lab {
     this.save();
   }
 
+  /**
+   * Route a range (198.18.0.0/15 or 2001:db8::/32 only) from every pod, present and future, via the node: another node's
+   * pods or node address in a cluster (lab/cluster.ts). The node's namespace must route it on (the cluster does).
+   */
+  addPeerRange(cidr: string): void {
+    checkLabRange(cidr);
+    const ranges = this.state.peerRanges ?? (this.state.peerRanges = []);
+    if (ranges.includes(cidr)) return;
+    ranges.push(cidr);
+    this.save();
+    for (const p of this.state.pods) if (!p.hostNetwork) this.routePeer(p, cidr);
+  }
+
+  private routePeer(p: PodState, cidr: string): void {
+    const v6 = cidr.includes(':');
+    if (v6 ? !p.v6 : !p.v4) return;
+    ip(['-n', p.ns, ...(v6 ? ['-6'] : []), 'route', 'add', cidr, 'via', v6 ? this.nodeV6 : this.nodeV4, 'dev', 'eth0', 'onlink']);
+  }
+
   /** Write a per-interface switch of the node (/proc/sys/net is the namespace of whoever opens it). */
   private nodeSysctl(path: string, value: string): void {
     if (!this.state.nodeNs) return writeFileSync(path, value);
@@ -350,6 +374,7 @@ export class Lab {
       ip(['-n', ns, '-6', 'route', 'add', this.state.range6, 'via', this.nodeV6, 'dev', 'eth0', 'onlink']);
       node(['-6', 'route', 'add', `${p.v6}/128`, 'dev', hostIf]);
     }
+    for (const r of this.state.peerRanges ?? []) this.routePeer(p, r);
   }
 
   /** Kill the pods' processes, delete namespaces (veths and routes go with them) and cgroups. */
@@ -401,6 +426,14 @@ export class Lab {
     if (existsSync(statePath(this.stateDir, this.prefix))) left.push(`state ${statePath(this.stateDir, this.prefix)}`);
     return left;
   }
+}
+
+/** A range the lab may route: inside 198.18.0.0/15 or 2001:db8::/32 (DESIGN.md), in CIDR form. */
+export function checkLabRange(cidr: string): void {
+  const m = /^(198\.(18|19)\.\d{1,3}\.\d{1,3})\/(\d{1,2})$/.exec(cidr) ?? /^(2001:db8:[0-9a-f:]*)\/(\d{1,3})$/.exec(cidr);
+  const bits = m ? Number(m[m.length - 1]) : -1;
+  const ok = m !== null && (cidr.includes(':') ? bits >= 32 && bits <= 128 : bits >= 15 && bits <= 32);
+  if (!ok) throw new Error(`lab range ${cidr}: only 198.18.0.0/15 and 2001:db8::/32 (or narrower) may be routed by the lab`);
 }
 
 function checkPodName(name: string): void {

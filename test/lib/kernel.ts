@@ -118,14 +118,19 @@ export interface AgentOpts {
   source?: string[];
   /** run the agent in this cgroup (e.g. a child of the meshed one, as a DaemonSet pod under kubepods) instead of the test's original */
   inCgroup?: string;
+  /** run the agent in this network namespace (a lab node's: lab/cluster.ts), with nsenter --net (bpffs stays visible) */
+  netns?: string;
+  /** the instance's bpffs and run directories (a lab node's) instead of fresh ones named by the test */
+  bpffs?: string;
+  runDir?: string;
 }
 
 /** Start the real agent (compiled) on a private bpffs dir and config file; torn down (and cleaned) at teardown. */
 export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpts): Promise<AgentHandle> {
   const id = uniq('agent');
-  const bpffs = join('/sys/fs/bpf', id);
+  const bpffs = opts.bpffs ?? join('/sys/fs/bpf', id);
   const dir = mkdtempSync(join(tmpdir(), 'sockmesh-test-'));
-  const runDir = join(dir, 'run');
+  const runDir = opts.runDir ?? join(dir, 'run');
   const configFile = join(dir, opts.configName ?? 'config.yaml');
   if (opts.config !== undefined) writeFileSync(configFile, opts.config);
   const h: AgentHandle = {
@@ -162,7 +167,8 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
     // The agent runs in the cgroup the test started in (or opts.inCgroup), even when the test process has entered the meshed one.
     const source = opts.source ?? (opts.xds ? ['--xds', opts.xds] : ['--config', configFile]);
     const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...extra];
-    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...AGENT_NODE_FLAGS, ...args],
+    const netns = opts.netns ? ['nsenter', `--net=/run/netns/${opts.netns}`] : [];
+    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', ...netns, process.execPath, ...AGENT_NODE_FLAGS, ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] });
     h.proc = proc;
     let buf = '';

@@ -32,6 +32,8 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   ['agent/health/', 'health', ['model', 'log']],
   ['agent/identity/', 'identity', ['model', 'log']],
   ['agent/proxy/', 'proxy', ['model', 'health', 'identity', 'protocol', 'addon', 'log']],
+  // HBONE between node agents: the identities' certificates, the model's L4 authorization, report types
+  ['agent/tunnel/', 'tunnel', ['model', 'identity', 'protocol', 'log']],
   // the centre: what is in force, and the transaction that puts a model into the kernel and the proxy
   ['agent/state/', 'state', ['model', 'health', 'identity', 'datapath', 'memory', 'log']],
   // the readers
