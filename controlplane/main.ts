@@ -9,6 +9,8 @@ import { createLogger } from '../agent/observe/log.js';
 import { startControlPlane, type RunningControlPlane } from './server.js';
 import { startKubeControlPlane } from './kube.js';
 import { apiAccess } from '../kube/access.js';
+import { caFromFlags, type CaFlags } from './ca-service.js';
+import { parseDuration } from '../agent/model/duration.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -39,8 +41,14 @@ program
   .option('--listen <host:port>', 'address to listen on', '127.0.0.1:18000')
   .option('--tls-cert <file>', 'serve TLS with this certificate chain (PEM); needs --tls-key')
   .option('--tls-key <file>', 'private key (PEM) for --tls-cert')
+  .option('--ca-dir <dir>', 'run the workload CA from this directory: generated on the first start (keys 0600), reused afterwards')
+  .option('--ca-cert <file>', 'run the workload CA with this signing certificate (PEM); needs --ca-key')
+  .option('--ca-key <file>', 'private key of --ca-cert (PEM, not readable by others)')
+  .option('--ca-chain <file>', 'certificates above --ca-cert up to the root (PEM); the root is the trust bundle')
+  .option('--cert-ttl <duration>', 'lifetime of workload certificates (default 24h)')
+  .option('--node-tokens <file>', 'node credentials for the CA: one \'<token> <node name>\' per line')
   .addHelpText('after', '\nExit codes: 0 stopped by a signal; 1 bad arguments, a config directory that does not load, or cannot listen.')
-  .action(async (opts: { dir?: string; kubernetes?: boolean; kubeconfig?: string; trustDomain: string; statusListen: string; listen: string; tlsCert?: string; tlsKey?: string }) => {
+  .action(async (opts: CaFlags & { dir?: string; kubernetes?: boolean; kubeconfig?: string; trustDomain: string; statusListen: string; listen: string; tlsCert?: string; tlsKey?: string }) => {
     const usage = !!opts.tlsCert !== !!opts.tlsKey ? '--tls-cert and --tls-key go together'
       : !opts.dir === !opts.kubernetes ? 'serve what: --dir <dir> or --kubernetes (one of them)'
         : opts.kubeconfig && !opts.kubernetes ? '--kubeconfig is for --kubernetes' : null;
@@ -52,13 +60,15 @@ program
     let running: RunningControlPlane;
     const tls = opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey! } : undefined;
     try {
+      const ca = await caFromFlags(opts, (v) => parseDuration(v));
+      if (ca) log.info({ trustDomain: opts.trustDomain, certTtlS: ca.authority.certTtlS, bundle: ca.authority.trustBundle().length }, 'serving the certificate-signing API');
       if (opts.kubernetes) {
         // The trust domain names identities (spiffe://<td>/ns/<ns>/sa/<sa>); the services served do not depend on it.
         const access = apiAccess({ kubeconfig: opts.kubeconfig, log: log.child({ component: 'kubernetes' }) });
         const statusListen = parseStatusListen(opts.statusListen);
-        running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen });
+        running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen, ca });
         log.info({ server: access.server, trustDomain: opts.trustDomain }, 'serving the Kubernetes cluster');
-      } else running = await startControlPlane({ dir: opts.dir!, listen: opts.listen, tls, log });
+      } else running = await startControlPlane({ dir: opts.dir!, listen: opts.listen, tls, log, ca });
     } catch (e) {
       if (e instanceof ConfigError) {
         process.stderr.write(`sockmesh-controlplane: the config directory ${opts.dir ?? ''} does not load:\n`);

@@ -15,6 +15,8 @@ import { LayeredView } from './nodeview.js';
 import { SotwStream } from './sotw.js';
 import { shortType, type StreamHost, type StreamStats, type XdsStream } from './stream.js';
 import { DirWatcher, loadConfigDir } from './watch.js';
+import type { CertificateAuthority } from './ca.js';
+import { CaService, identitiesByNode, type NodeTokens } from './ca-service.js';
 
 export const DEFAULT_MAX_NAMES = 100_000;
 
@@ -50,6 +52,8 @@ export class ControlPlane implements StreamHost {
   private nodeModel?: (nodeId: string) => Model;
   /** Nonces of an earlier server process can never match ours. */
   private readonly noncePrefix = randomBytes(3).toString('hex');
+  /** node -> identities of its workloads, from the last model (the CA's authorization reads it) */
+  private nodeIdentities = new Map<string, Set<string>>();
 
   constructor(opts: ControlPlaneOptions = {}) {
     this.log = opts.log ?? pino({ level: 'silent' });
@@ -85,6 +89,7 @@ export class ControlPlane implements StreamHost {
    */
   setLayered(base: Model, perNode: (nodeId: string) => Model): Changes {
     const started = performance.now();
+    this.nodeIdentities = identitiesByNode(base);
     this.nodeModel = perNode;
     const baseChanges = this.current.apply(base);
     const nodeChanges = new Map<string, Changes>();
@@ -110,6 +115,11 @@ export class ControlPlane implements StreamHost {
     return baseChanges;
   }
 
+  /** The identities of the workloads the model places on `node` (the CA issues only those to that node). */
+  identitiesOf(node: string): ReadonlySet<string> {
+    return this.nodeIdentities.get(node) ?? new Set();
+  }
+
   nextNonce(): string {
     return `${this.noncePrefix}-${++this.nonces}`;
   }
@@ -126,6 +136,7 @@ export class ControlPlane implements StreamHost {
   /** Serve `model` from now on and push what changed to every stream. Returns the changes (empty: nothing did). */
   setModel(model: Model): Changes {
     const started = performance.now();
+    this.nodeIdentities = identitiesByNode(model);
     return this.pushed(this.current.apply(model), started);
   }
 
@@ -215,11 +226,15 @@ export interface ServeOptions extends ControlPlaneOptions {
   /** host:port; port 0 picks a free one. Default 127.0.0.1:18000. */
   listen?: string;
   tls?: { cert: string; key: string };
+  /** serve the CA's certificate-signing API too (ca-service.ts) */
+  ca?: { authority: CertificateAuthority; tokens: NodeTokens };
 }
 
 export interface RunningControlPlane {
   readonly port: number;
   readonly controlPlane: ControlPlane;
+  /** the CA's API, when served */
+  readonly ca?: CaService;
   /** Serial number of the snapshot being served (moves with every change). */
   readonly snapshotVersion: number;
   setModel(model: Model): Changes;
@@ -241,6 +256,8 @@ export async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () =>
     'grpc.keepalive_timeout_ms': 20_000,
   });
   server.addService(adsServiceBufferResponses(), cp.handlers());
+  const ca = opts.ca && new CaService({ ca: opts.ca.authority, tokens: opts.ca.tokens, identitiesOf: (n) => cp.identitiesOf(n), log: cp.log.child({ component: 'ca' }) });
+  ca?.addTo(server);
   const creds = opts.tls
     ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: readFileSync(opts.tls.cert), private_key: readFileSync(opts.tls.key) }], false)
     : grpc.ServerCredentials.createInsecure();
@@ -252,6 +269,7 @@ export async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () =>
   return {
     port,
     controlPlane: cp,
+    ca,
     get snapshotVersion() {
       return cp.snapshot().serial;
     },

@@ -1,0 +1,209 @@
+// The CA's gRPC API on the control plane's server (xds/ca.ts has the services): who is asking (node credentials)
+// and what it may have (identities of workloads on its node). The CA (ca.ts) checks the CSR itself.
+//
+// Node credentials:
+//  - lab / static: a tokens file (--node-tokens), one `<token> <node name>` per line ('#' comments); an agent sends
+//    its token (--node-token-file) as `authorization: Bearer <token>`;
+//  - Kubernetes (not implemented yet): the agent sends its projected service-account token (audience: the control
+//    plane); the control plane posts it to the API server's TokenReview (authentication.k8s.io/v1), which answers
+//    with the pod it was issued to (authentication.kubernetes.io/pod-name and node-name extras since 1.30): the node
+//    name is taken from there, and the token must belong to the agent DaemonSet's service account.
+// Authorization: a node may have only identities of workloads on it: the config's workloads[].node and
+// workloads[].identity (and, with --kubernetes, pods' spec.nodeName + serviceAccountName, once pods are served).
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { Model } from '../agent/model/types.js';
+import { caServices, type CertificateRequest, type CertificateResponse, type TrustBundleResponse } from '../xds/ca.js';
+import { CaConfigError, CsrError, type CertificateAuthority } from './ca.js';
+
+/** Shorter tokens are refused when the file is read: a guessable node credential is no credential. */
+const MIN_TOKEN_LENGTH = 16;
+/** A CSR is a few hundred bytes; anything much larger is refused before it is parsed. */
+const MAX_CSR_BYTES = 16 * 1024;
+
+const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+/** token -> node name, from a tokens file. Tokens are kept as hashes and compared in constant time. */
+export class NodeTokens {
+  private constructor(private readonly entries: { hash: Buffer; node: string }[]) {}
+
+  static fromFile(file: string): NodeTokens {
+    let text: string;
+    try {
+      if (statSync(file).mode & 0o004) throw new CaConfigError(`--node-tokens ${file}: readable by everyone; chmod 600 or 640 it`);
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      if (e instanceof CaConfigError) throw e;
+      throw new CaConfigError(`--node-tokens ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    return NodeTokens.parse(text, file);
+  }
+
+  static parse(text: string, file: string): NodeTokens {
+    const entries: { hash: Buffer; node: string }[] = [];
+    const seen = new Set<string>();
+    text.split('\n').forEach((raw, i) => {
+      const line = raw.replace(/#.*/, '').trim();
+      if (line === '') return;
+      const where = `--node-tokens ${file}:${i + 1}`;
+      const parts = line.split(/\s+/);
+      if (parts.length !== 2) throw new CaConfigError(`${where}: expected '<token> <node name>'`);
+      const [token, node] = parts as [string, string];
+      if (token.length < MIN_TOKEN_LENGTH) throw new CaConfigError(`${where}: the token is ${token.length} characters; at least ${MIN_TOKEN_LENGTH} (e.g. openssl rand -hex 16)`);
+      if (!/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/.test(node)) throw new CaConfigError(`${where}: node name ${JSON.stringify(node)} is not a Kubernetes node name`);
+      const h = sha256(token).toString('hex');
+      if (seen.has(h)) throw new CaConfigError(`${where}: the same token is listed twice`);
+      seen.add(h);
+      entries.push({ hash: sha256(token), node });
+    });
+    if (entries.length === 0) throw new CaConfigError(`--node-tokens ${file}: no tokens in it`);
+    return new NodeTokens(entries);
+  }
+
+  /** The node a token belongs to, or undefined. Every entry is compared, so the time taken says nothing. */
+  nodeOf(token: string): string | undefined {
+    const h = sha256(token);
+    let found: string | undefined;
+    for (const e of this.entries) if (timingSafeEqual(e.hash, h)) found = e.node;
+    return found;
+  }
+}
+
+/** node -> identities of its workloads, from a model's workloads[].node and .identity (read as optional fields). */
+export function identitiesByNode(model: Model | undefined): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>();
+  for (const w of model?.workloads ?? []) {
+    const { node, identity } = w as { node?: unknown; identity?: unknown };
+    if (typeof node !== 'string' || typeof identity !== 'string') continue;
+    let set = out.get(node);
+    if (!set) out.set(node, (set = new Set()));
+    set.add(identity);
+  }
+  return out;
+}
+
+export interface CaServiceStats {
+  issued: number;
+  /** refusals by gRPC status name */
+  refused: Record<string, number>;
+}
+
+export interface CaServiceOptions {
+  ca: CertificateAuthority;
+  tokens: NodeTokens;
+  /** the identities a node may have now (read at each request: workloads move) */
+  identitiesOf: (node: string) => ReadonlySet<string>;
+  log: Logger;
+}
+
+class Refusal extends Error {
+  constructor(readonly code: grpc.status, message: string) {
+    super(message);
+  }
+}
+
+export class CaService {
+  readonly stats: CaServiceStats = { issued: 0, refused: {} };
+
+  constructor(private readonly opts: CaServiceOptions) {}
+
+  /** The calling node, from its `authorization: Bearer` metadata; throws a Refusal (UNAUTHENTICATED). */
+  private authenticate(md: grpc.Metadata): string {
+    const v = md.get('authorization')[0];
+    if (typeof v !== 'string' || !/^Bearer \S+$/.test(v)) throw new Refusal(grpc.status.UNAUTHENTICATED, 'no node credential: send metadata authorization: Bearer <node token>');
+    const node = this.opts.tokens.nodeOf(v.slice(7));
+    if (!node) throw new Refusal(grpc.status.UNAUTHENTICATED, 'the node token is not known to this control plane');
+    return node;
+  }
+
+  private refuse(method: string, peer: string, node: string | undefined, e: unknown, cb: (err: grpc.ServiceError) => void): void {
+    const r = e instanceof Refusal ? e
+      : e instanceof CsrError ? new Refusal(grpc.status.INVALID_ARGUMENT, e.message)
+        : new Refusal(grpc.status.INTERNAL, `signing failed: ${(e as Error).message}`);
+    const name = grpc.status[r.code];
+    this.stats.refused[name] = (this.stats.refused[name] ?? 0) + 1;
+    this.opts.log[r.code === grpc.status.INTERNAL ? 'error' : 'warn']({ method, peer, node, code: name, reason: r.message }, 'certificate request refused');
+    cb(Object.assign(new Error(r.message), { code: r.code, details: r.message, metadata: new grpc.Metadata() }) as grpc.ServiceError);
+  }
+
+  /** Handlers of IstioCertificateService. */
+  certificateHandlers(): grpc.UntypedServiceImplementation {
+    return {
+      CreateCertificate: (call: grpc.ServerUnaryCall<CertificateRequest, CertificateResponse>, cb: grpc.sendUnaryData<CertificateResponse>) => {
+        let node: string | undefined;
+        void (async () => {
+          node = this.authenticate(call.metadata);
+          const csr = call.request.csr ?? '';
+          if (csr.length > MAX_CSR_BYTES) throw new CsrError(`csr: ${csr.length} bytes; at most ${MAX_CSR_BYTES}`);
+          const ttl = Number(call.request.validity_duration ?? 0);
+          const mine = this.opts.identitiesOf(node);
+          const issued = await this.opts.ca.sign(csr, ttl, (identity) => {
+            if (!mine.has(identity)) throw new Refusal(grpc.status.PERMISSION_DENIED, `node ${node} may not have ${identity}: no workload with that identity on node ${node}`);
+          });
+          this.stats.issued++;
+          this.opts.log.info({ node, identity: issued.identity, serial: issued.serial, notAfter: issued.notAfter.toISOString() }, 'certificate issued');
+          cb(null, { cert_chain: issued.certChain });
+        })().catch((e: unknown) => this.refuse('CreateCertificate', call.getPeer(), node, e, cb));
+      },
+    } as unknown as grpc.UntypedServiceImplementation;
+  }
+
+  /** Handlers of TrustBundleService (any known node may read the bundle). */
+  bundleHandlers(): grpc.UntypedServiceImplementation {
+    return {
+      GetTrustBundle: (call: grpc.ServerUnaryCall<object, TrustBundleResponse>, cb: grpc.sendUnaryData<TrustBundleResponse>) => {
+        try {
+          this.authenticate(call.metadata);
+          cb(null, { roots: this.opts.ca.trustBundle() });
+        } catch (e) {
+          this.refuse('GetTrustBundle', call.getPeer(), undefined, e, cb);
+        }
+      },
+    } as unknown as grpc.UntypedServiceImplementation;
+  }
+
+  /** Add both services to `server`. */
+  addTo(server: grpc.Server): void {
+    const { certificate, bundle } = caServices();
+    server.addService(certificate, this.certificateHandlers());
+    server.addService(bundle, this.bundleHandlers());
+  }
+}
+
+export interface CaFlags {
+  caDir?: string;
+  caCert?: string;
+  caKey?: string;
+  caChain?: string;
+  certTtl?: string;
+  nodeTokens?: string;
+  trustDomain: string;
+}
+
+/**
+ * The CA and node tokens the flags ask for, or undefined when no CA flag is given (the control plane then serves
+ * xDS only). Throws CaConfigError naming the flag at fault.
+ */
+export async function caFromFlags(f: CaFlags, parseDurationMs: (v: string) => number | string): Promise<{ authority: CertificateAuthority; tokens: NodeTokens } | undefined> {
+  const any = f.caDir || f.caCert || f.caKey || f.caChain || f.nodeTokens || f.certTtl;
+  if (!any) return undefined;
+  if (f.caDir && (f.caCert || f.caKey || f.caChain)) throw new CaConfigError('--ca-dir or --ca-cert/--ca-key (--ca-chain): one of them');
+  if (!f.caDir && !(f.caCert && f.caKey)) throw new CaConfigError('the CA needs --ca-dir <dir>, or --ca-cert <file> with --ca-key <file>');
+  if (!f.nodeTokens) throw new CaConfigError('the CA needs --node-tokens <file>: nodes must authenticate to obtain certificates');
+  let certTtlS: number | undefined;
+  if (f.certTtl !== undefined) {
+    const ms = parseDurationMs(f.certTtl);
+    if (typeof ms === 'string') throw new CaConfigError(`--cert-ttl: ${ms}`);
+    if (ms < 60_000 || ms % 1000 !== 0) throw new CaConfigError(`--cert-ttl ${f.certTtl}: expected whole seconds, at least 1m`);
+    certTtlS = ms / 1000;
+  }
+  const tokens = NodeTokens.fromFile(f.nodeTokens);
+  const { CertificateAuthority } = await import('./ca.js');
+  const common = { trustDomain: f.trustDomain, certTtlS };
+  const authority = f.caDir
+    ? await CertificateAuthority.fromDir({ ...common, dir: f.caDir })
+    : await CertificateAuthority.fromFiles({ ...common, certFile: f.caCert!, keyFile: f.caKey!, chainFile: f.caChain });
+  return { authority, tokens };
+}
