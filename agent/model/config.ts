@@ -394,8 +394,10 @@ function validateService(raw: unknown, index: number, issues: Issues, registry: 
     backends.push({ index: j, address, port, weight, group, valid: issues.list.length === mark });
   });
 
-  // Duplicate backends: the same address and the same resolved port for some port entry (with
-  // several port numbers backends carry no port, so equal addresses are duplicates).
+  // Duplicate backends: the same address and the same resolved port for some port entry within one backend group
+  // (with several port numbers backends carry no port, so equal addresses are duplicates). Two groups may hold the
+  // same endpoint: a canary split between a Service and a subset of its own pods (an HTTPRoute's backendRefs, or two
+  // xDS clusters sharing endpoints) is the usual case; the kernel gives such an endpoint one backend id per service.
   const resolveFor = (entry: PortEntry, b: BackendEntry): number | undefined => entry.targetPort ?? b.port ?? entry.port;
   const entries = ports.filter((e) => e.port !== undefined);
   const seenBackends = new Map<string, number>();
@@ -403,7 +405,7 @@ function validateService(raw: unknown, index: number, issues: Issues, registry: 
     if (!b.address) continue;
     const endpoints = entries.length > 0 ? entries.map((e) => resolveFor(e, b)) : [b.port];
     for (const port of new Set(endpoints)) {
-      const key = `${b.address.address}|${port ?? ''}`;
+      const key = `${b.group ?? ''}|${b.address.address}|${port ?? ''}`;
       const first = seenBackends.get(key);
       if (first === undefined) {
         seenBackends.set(key, b.index);

@@ -77,6 +77,17 @@ t.test('weighted backendRefs to other Services: groups with their endpoints', as
   t.same(conds(r, 'canary')['ResolvedRefs']!.slice(0, 2), ['True', 'ResolvedRefs']);
 });
 
+t.test('a backendRef to a Service whose endpoints repeat the parent\'s own: served at L7, the endpoint in both groups', async (t) => {
+  // web-v2 selects one of web's own pods (a canary of a subset): the same address:port is a backend of both groups.
+  const r = run(base(), [slice('web', ['10.0.0.1', '10.0.0.2']), slice('web-v2', ['10.0.0.2'])], [route('canary', [{ backendRefs: [{ name: 'web', port: 80, weight: 90 }, { name: 'web-v2', port: 80, weight: 10 }] }])]);
+  t.same(r.issues, []);
+  const s = web(r);
+  t.ok(s.http, 'served at L7, not fallen back to L4');
+  t.same(s.http!.routes[0]!.split, [{ group: 'default', weight: 90 }, { group: 'web-v2-80', weight: 10 }]);
+  t.same(s.frontends[0]!.backends.map((b) => `${b.address}:${b.port}@${b.group ?? 'default'}`), ['10.0.0.1:8080@default', '10.0.0.2:8080@default', '10.0.0.2:8080@web-v2-80']);
+  t.same(conds(r, 'canary')['Accepted']!.slice(0, 2), ['True', 'Accepted']);
+});
+
 t.test('unresolved backendRefs: an empty group (503) and ResolvedRefs False with the reason', async (t) => {
   const r = run(base(), baseSlices(), [
     route('missing', [{ backendRefs: [{ name: 'web', port: 80, weight: 1 }, { name: 'nope', port: 80, weight: 1 }] }]),

@@ -341,6 +341,16 @@ t.test('a bad L7 part rejects the whole config, and names service, route and fie
   t.match(e2.message, /services\[0\]\.http\.routes\[0\]\.split\[0\]\.group: service 'web', route 'api': group 'nope'/);
 });
 
+t.test('one endpoint in two backend groups is allowed (a canary of a subset of the same pods); twice in one group is not', async (t) => {
+  const split = '    http:\n      routes: [{name: a, split: [{group: default, weight: 9}, {group: canary, weight: 1}]}]\n';
+  const m = parseConfig(svc(split, '[{address: 127.0.0.1, port: 8080}, {address: 127.0.0.2, port: 8080}, {address: 127.0.0.1, port: 8080, group: canary}]'), 'mesh.yaml');
+  t.same(m.services[0]!.frontends[0]!.backends.map((b) => `${b.address}:${b.port}@${b.group ?? 'default'}`), ['127.0.0.1:8080@default', '127.0.0.2:8080@default', '127.0.0.1:8080@canary']);
+  t.same(issuesOf(t, svc(split, '[{address: 127.0.0.1, port: 8080}, {address: 127.0.0.1, port: 8081, group: canary}, {address: 127.0.0.1, port: 8081, group: canary}]')),
+    ['services[0].backends[2]: duplicate backend 127.0.0.1:8081, same as backends[1]']);
+  t.same(issuesOf(t, svc(split, '[{address: 127.0.0.1, port: 8080}, {address: 127.0.0.1, port: 8080, group: default}, {address: 127.0.0.1, port: 8081, group: canary}]')),
+    ['services[0].backends[1]: duplicate backend 127.0.0.1:8080, same as backends[0]'], "'default' spelled out is the group of backends without one");
+});
+
 t.test('durations and sizes', async (t) => {
   t.equal(parseDuration('250ms'), 250);
   t.equal(parseDuration('5s'), 5000);
