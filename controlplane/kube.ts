@@ -13,10 +13,11 @@
 // GET /metrics, GET /v1/kubernetes with what is not served).
 import type { Logger } from 'pino';
 import type { Model } from '../agent/model/types.js';
-import { translateCluster, type TranslateIssue, type TranslateResult, type Unserved } from '../kube/translate.js';
+import type { TranslateIssue, TranslateResult, Unserved } from '../kube/translate.js';
+import { ClusterTranslator } from '../kube/translate-live.js';
 import type { KEndpointSlice, KHTTPRoute, KNode, KService } from '../kube/types.js';
 import {
-  ClusterWatch, healthLine, nodeDependentServices, RouteStatusWriter,
+  ClusterWatch, healthLine, nodeDependentServices, RouteStatusWriter, viewChanges,
   type ClusterHealth, type KubeAccess, type SyncBatch, type WatchKind,
 } from '../kube/watch.js';
 import { createServer, type Server } from 'node:http';
@@ -60,6 +61,8 @@ export class KubeCluster {
   readonly watch: ClusterWatch;
   private readonly routeWriter?: RouteStatusWriter;
   private last?: TranslateResult;
+  /** the cluster-wide translation, kept up to date from each batch's changes */
+  private readonly translator = new ClusterTranslator({});
   private dependent = new Set<string>();
   /** moves when a batch touched what a node's overlay reads */
   private generation = 0;
@@ -116,7 +119,7 @@ export class KubeCluster {
   private sync(b: SyncBatch): void {
     const t0 = performance.now();
     const v = this.view();
-    const res = translateCluster(v, {});
+    const res = this.translator.translate(v, viewChanges(b));
     const dependent = nodeDependentServices(v.services.values(), v.httpRoutes.values());
     if (b.first || this.touchesNodes(b, dependent)) this.generation++;
     this.dependent = dependent;
@@ -149,26 +152,16 @@ export class KubeCluster {
   }
 
   /**
-   * The node-dependent services for `node`: translated from a view of just them (and the services their routes send
-   * to), the result cut to them. Remembered per node until a batch touches what it read.
+   * The node-dependent services for `node`, translated from the cluster translator's indexes (their routes' backend
+   * services resolved as in the cluster-wide translation). Remembered per node until a batch touches what it read.
    */
   private nodeModel(node: string): Model {
     if (this.dependent.size === 0) return EMPTY;
     const memo = this.perNode.get(node);
     if (memo && memo.generation === this.generation) return memo.model;
-    const v = this.view();
-    const wanted = new Set(this.dependent);
-    for (const r of v.httpRoutes.values()) {
-      const ns = r.metadata.namespace ?? '';
-      const parents = (r.spec?.parentRefs ?? []).map((p) => `${p.namespace ?? ns}/${p.name}`);
-      if (!parents.some((p) => this.dependent.has(p))) continue;
-      for (const rule of r.spec?.rules ?? []) for (const ref of rule.backendRefs ?? []) wanted.add(`${ref.namespace ?? ns}/${ref.name}`);
-    }
-    const services = new Map<string, KService>();
-    for (const [k, s] of v.services) if (wanted.has(`${s.metadata.namespace ?? ''}/${s.metadata.name ?? ''}`)) services.set(k, s);
-    const res = translateCluster({ ...v, services }, { nodeName: node });
+    const res = this.translator.translateFor(this.dependent, { nodeName: node }, this.view());
     this.nodeTranslations++;
-    const model = { services: res.model.services.filter((s) => this.dependent.has(res.origins.get(s.name) ?? '')) };
+    const model = res.model;
     this.perNode.set(node, { generation: this.generation, model });
     return model;
   }

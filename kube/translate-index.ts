@@ -8,8 +8,8 @@
 import { SERVICE_NAME_LABEL } from './translate-endpoints.js';
 import type { KEndpointSlice, KService } from './types.js';
 
-const keyOf = (o: { metadata: { namespace?: string; name?: string } }) => `${o.metadata.namespace ?? ''}/${o.metadata.name ?? ''}`;
-const byName = (a: KEndpointSlice, b: KEndpointSlice) => {
+export const keyOf = (o: { metadata: { namespace?: string; name?: string } }) => `${o.metadata.namespace ?? ''}/${o.metadata.name ?? ''}`;
+export const byName = (a: KEndpointSlice, b: KEndpointSlice) => {
   const x = a.metadata.name ?? '';
   const y = b.metadata.name ?? '';
   return x < y ? -1 : x > y ? 1 : 0;
@@ -63,7 +63,7 @@ const sliceIndexes = new WeakMap<ReadonlyMap<string, KEndpointSlice>, SliceIndex
 let lastSlices: SliceIndex | undefined;
 
 /** The service a slice belongs to (from kubernetes.io/service-name), or undefined for one that names none. */
-function groupKey(s: KEndpointSlice): string | undefined {
+export function groupKey(s: KEndpointSlice): string | undefined {
   const svc = s.metadata.labels?.[SERVICE_NAME_LABEL];
   return svc ? `${s.metadata.namespace ?? ''}/${svc}` : undefined;
 }
@@ -78,34 +78,52 @@ export function sliceIndex(slices: ReadonlyMap<string, KEndpointSlice>): Readonl
   if (idx && changed) {
     for (const [a, b, i] of changed) {
       idx.prev[i] = b;
-      const ka = groupKey(a);
-      const kb = groupKey(b);
-      if (ka !== undefined) {
-        const rest = (idx.groups.get(ka) ?? []).filter((s) => s !== a);
-        if (rest.length > 0) idx.groups.set(ka, rest);
-        else idx.groups.delete(ka);
-      }
-      if (kb !== undefined) idx.groups.set(kb, [...(idx.groups.get(kb) ?? []), b].sort(byName));
+      moveSlice(idx.groups, a, b);
     }
     return idx.groups;
   }
-  const groups = new Map<string, KEndpointSlice[]>();
-  for (const s of slices.values()) {
-    const k = groupKey(s);
-    if (k === undefined) continue;
-    let list = groups.get(k);
-    if (!list) groups.set(k, (list = []));
-    list.push(s);
-  }
+  const groups = groupSlices(slices.values());
   // A rebuild (an object added or deleted, or another Map with the same objects) keeps the old array of every group
   // whose slices are the same: its service's cached translation stays valid.
   const old = idx?.groups;
   for (const [k, list] of groups) {
-    if (list.length > 1) list.sort(byName);
     const was = old?.get(k);
     if (was && was.length === list.length && was.every((s, i) => s === list[i])) groups.set(k, was);
   }
   lastSlices = { prev: [...slices.values()], groups };
   sliceIndexes.set(slices, lastSlices);
   return groups;
+}
+
+/** Slices grouped by their service ("<ns>/<service>"), each group sorted by name. */
+export function groupSlices(slices: Iterable<KEndpointSlice>): Map<string, KEndpointSlice[]> {
+  const groups = new Map<string, KEndpointSlice[]>();
+  for (const s of slices) {
+    const k = groupKey(s);
+    if (k === undefined) continue;
+    let list = groups.get(k);
+    if (!list) groups.set(k, (list = []));
+    list.push(s);
+  }
+  for (const list of groups.values()) if (list.length > 1) list.sort(byName);
+  return groups;
+}
+
+/**
+ * Slice `a` (the old object, if any) out of its group and `b` (the new one, if any) into its own: each group touched
+ * becomes a new array (the old one may be held by a cached translation), its key added to `touched`.
+ */
+export function moveSlice(groups: Map<string, KEndpointSlice[]>, a: KEndpointSlice | undefined, b: KEndpointSlice | undefined, touched?: Set<string>): void {
+  const ka = a && groupKey(a);
+  if (ka !== undefined) {
+    const rest = (groups.get(ka) ?? []).filter((s) => s !== a);
+    if (rest.length > 0) groups.set(ka, rest);
+    else groups.delete(ka);
+    touched?.add(ka);
+  }
+  const kb = b && groupKey(b);
+  if (kb !== undefined) {
+    groups.set(kb, [...(groups.get(kb) ?? []), b!].sort(byName));
+    touched?.add(kb);
+  }
 }

@@ -27,7 +27,7 @@ import { modelProtocol, portEndpoints, ZONE_LABEL, type Endpoint, type NodeCtx, 
 import { buildRouteIndex, httpFor, routeStatuses, type HttpResult } from './translate-http.js';
 import { serviceIndex, sliceIndex } from './translate-index.js';
 import { isDnsLabel, modelServiceName } from './translate-names.js';
-import type { ClusterView, Ctx, NodeScope, RouteStatusUpdate, TranslateIssue, Unserved, UnservedKind } from './translate-types.js';
+import type { ClusterView, Ctx, NodeScope, RouteIndex, RouteStatusUpdate, TranslateIssue, Unserved, UnservedKind } from './translate-types.js';
 import type { KEndpointSlice, KNode, KService, KServicePort } from './types.js';
 
 export type * from './translate-types.js';
@@ -46,12 +46,14 @@ export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-nam
 export const OUR_PROXY_NAME = 'sockmesh';
 const SOURCE = 'kubernetes';
 
-/** What one Service made (cached between calls while its inputs are the same objects). */
-interface Made {
+/** What one Service made, and what the checks across services compare of it. */
+export interface Made {
   services: Service[];
   unserved: Unserved[];
   issues: TranslateIssue[];
   http?: HttpResult;
+  /** per model service: its claims, 'n<name>' and 'f<frontend key>' (names and frontends are unique in a model) */
+  claims: string[][];
 }
 
 interface CacheEntry {
@@ -60,15 +62,14 @@ interface CacheEntry {
   /** the attached routes and what their backendRefs read (empty without routes: the common case allocates none) */
   more: readonly unknown[];
   made: Made;
-  /** frontend keys of each of made.services (the checks across services, made once) */
-  fkeys: string[][];
 }
 
 /**
  * Per Service object, what it made last time and from which inputs (the service, its slice list, the routes and
  * backend services its HTTP policy read, the node): a reflector replaces an object when it changes, and
  * translate-index.ts replaces a service's slice list when one of its slices does, so identical inputs give an
- * identical result, and a change of one slice re-translates one service.
+ * identical result, and a change of one slice re-translates one service. (translate-live.ts's ClusterTranslator,
+ * which the agent and the control plane use, is told what changed instead and keeps its own results.)
  */
 const cache = new WeakMap<KService, CacheEntry>();
 const NONE: readonly unknown[] = [];
@@ -79,60 +80,134 @@ function sameList(a: readonly unknown[], b: readonly unknown[]): boolean {
   return true;
 }
 
-/** Translate a whole cluster view for `scope`. Deterministic: the same view gives the same result, in the same order. */
-export function translateCluster(v: ClusterView, scope: NodeScope): TranslateResult {
+/** The node a result is for, with its zone read from the view's Node objects when the scope does not say it. */
+export function nodeContext(v: ClusterView, scope: NodeScope): NodeCtx {
   const node: NodeCtx = { ...scope };
   if (node.zone === undefined && node.nodeName !== undefined) {
     const z = v.nodes?.get(node.nodeName)?.metadata.labels?.[ZONE_LABEL] ?? findNode(v.nodes, node.nodeName)?.metadata.labels?.[ZONE_LABEL];
     if (z) node.zone = z;
   }
+  return node;
+}
+
+/**
+ * Translate a whole cluster view for `scope`. Deterministic: the same view gives the same result, in the same order.
+ * The reference translation: ClusterTranslator (translate-live.ts) must give exactly this, told only what changed.
+ */
+export function translateCluster(v: ClusterView, scope: NodeScope): TranslateResult {
+  const node = nodeContext(v, scope);
   const nodeKey = `${node.nodeName ?? ''}|${node.zone ?? ''}`;
   const slices = sliceIndex(v.endpointSlices);
   const { byKey, keys } = serviceIndex(v.services);
   const routes = buildRouteIndex(v.httpRoutes?.values() ?? [], byKey);
-
-  const services: Service[] = [];
-  const unserved: Unserved[] = [];
-  const issues: TranslateIssue[] = [...routes.issues];
-  const origins = new Map<string, string>();
-  const names = new Map<string, string>();
-  const frontends = new Map<string, string>();
-  const https: { key: string; http: HttpResult }[] = [];
   const ctx: Ctx = { node, slices, routes, services: byKey };
+  const made: Made[] = [];
+  const claims = new Claims();
   for (const key of keys) {
     const svc = byKey.get(key)!;
     const mine = slices.get(key);
     const more = routes.byParent.has(key) ? routeInputs(key, ctx) : NONE;
     let entry = cache.get(svc);
     if (!entry || entry.node !== nodeKey || entry.slices !== mine || !sameList(entry.more, more)) {
-      const made = translateService(svc, key, ctx);
-      entry = { node: nodeKey, slices: mine, more, made, fkeys: made.services.map((s) => s.frontends.map((f) => frontendKey(f.vip, f.port, f.protocol))) };
+      entry = { node: nodeKey, slices: mine, more, made: translateService(svc, key, ctx) };
       cache.set(svc, entry);
     }
-    const made = entry.made;
-    unserved.push(...made.unserved);
-    issues.push(...made.issues);
-    if (made.http) https.push({ key, http: made.http });
-    // The checks across services (the model's validation saw one service at a time): names and frontends unique.
-    // Within a cluster the API server keeps ClusterIPs unique; a stand-in or a race may not: the first in order wins.
-    for (let k = 0; k < made.services.length; k++) {
-      const s = made.services[k]!;
-      const fkeys = entry.fkeys[k]!;
-      let clash = names.get(s.name);
-      for (let j = 0; clash === undefined && j < fkeys.length; j++) clash = frontends.get(fkeys[j]!);
-      if (clash !== undefined) {
-        const what = names.has(s.name) ? `its model name '${s.name}' is also the name of Service ${clash}` : `a frontend of it is also a frontend of Service ${clash}`;
-        issues.push({ object: `Service ${key}`, path: '', message: `not served: ${what} (first in namespace/name order wins)` });
-        unserved.push({ ...nsName(key), kind: 'invalid', reason: what });
-        continue;
+    made.push(entry.made);
+    claims.add(entry.made);
+  }
+  return assemble(keys, made, claims, routes);
+}
+
+/**
+ * How many model services claim each name and frontend. A model service none of whose claims is shared cannot clash
+ * with any other, whatever the order: only the contested ones (none, in a sane cluster) need the checks across
+ * services, so a translation that re-made one service does not walk 10,000 services' frontends to check them.
+ */
+export class Claims {
+  private readonly counts = new Map<string, number>();
+  /** claims held by more than one model service */
+  contested = 0;
+
+  add(m: Made): void {
+    for (const list of m.claims) {
+      for (const c of list) {
+        const n = (this.counts.get(c) ?? 0) + 1;
+        this.counts.set(c, n);
+        if (n === 2) this.contested++;
       }
-      names.set(s.name, key);
-      for (const f of fkeys) frontends.set(f, key);
-      origins.set(s.name, key);
+    }
+  }
+
+  remove(m: Made): void {
+    for (const list of m.claims) {
+      for (const c of list) {
+        const n = (this.counts.get(c) ?? 0) - 1;
+        if (n === 1) this.contested--;
+        if (n <= 0) this.counts.delete(c);
+        else this.counts.set(c, n);
+      }
+    }
+  }
+
+  shared(list: readonly string[]): boolean {
+    if (this.contested === 0) return false;
+    for (const c of list) if ((this.counts.get(c) ?? 0) > 1) return true;
+    return false;
+  }
+}
+
+/**
+ * The result from each service's translation (`made[i]` of `keys[i]`, in key order), with the checks across services
+ * (the model's validation saw one service at a time): names and frontends unique. Within a cluster the API server
+ * keeps ClusterIPs unique; a stand-in or a race may not: the first in order wins. Walks plain arrays and builds
+ * `origins` only when it is read: at 10,000 services a Map of them built per batch was most of a one-slice batch.
+ */
+export function assemble(keys: readonly string[], made: readonly Made[], claims: Claims, routes: RouteIndex): TranslateResult {
+  const services: Service[] = [];
+  const unserved: Unserved[] = [];
+  const issues: TranslateIssue[] = [...routes.issues];
+  /** claims of the contested model services taken so far -> the Service that took them */
+  const taken = new Map<string, string>();
+  const refused = new Set<Service>();
+  const https: { key: string; http: HttpResult }[] = [];
+  const plain = claims.contested === 0;
+  for (let i = 0; i < keys.length; i++) {
+    const m = made[i]!;
+    if (m.unserved.length > 0) unserved.push(...m.unserved);
+    if (m.issues.length > 0) issues.push(...m.issues);
+    if (m.http) https.push({ key: keys[i]!, http: m.http });
+    for (let k = 0; k < m.services.length; k++) {
+      const s = m.services[k]!;
+      const mine = m.claims[k]!;
+      if (!plain && claims.shared(mine)) {
+        const key = keys[i]!;
+        let clash: string | undefined;
+        for (let j = 0; clash === undefined && j < mine.length; j++) clash = taken.get(mine[j]!);
+        if (clash !== undefined) {
+          const what = taken.has(mine[0]!) ? `its model name '${s.name}' is also the name of Service ${clash}` : `a frontend of it is also a frontend of Service ${clash}`;
+          issues.push({ object: `Service ${key}`, path: '', message: `not served: ${what} (first in namespace/name order wins)` });
+          unserved.push({ ...nsName(key), kind: 'invalid', reason: what });
+          refused.add(s);
+          continue;
+        }
+        for (const c of mine) taken.set(c, key);
+      }
       services.push(s);
     }
   }
-  return { model: { services }, unserved, routeStatus: routeStatuses(https, routes), issues, origins };
+  const keysNow = keys.slice();
+  const madeNow = made.slice();
+  let origins: Map<string, string> | undefined;
+  return {
+    model: { services }, unserved, routeStatus: routeStatuses(https, routes), issues,
+    get origins(): ReadonlyMap<string, string> {
+      if (!origins) {
+        origins = new Map();
+        for (let i = 0; i < keysNow.length; i++) for (const s of madeNow[i]!.services) if (!refused.has(s)) origins.set(s.name, keysNow[i]!);
+      }
+      return origins;
+    },
+  };
 }
 
 function findNode(nodes: ReadonlyMap<string, KNode> | undefined, name: string): KNode | undefined {
@@ -150,7 +225,7 @@ const nsName = (key: string) => {
 const NO_SLICES: KEndpointSlice[] = [];
 
 /** What a service's HTTP policy reads besides the service and its slices: its routes, their backends and slices. */
-function routeInputs(key: string, ctx: Ctx): unknown[] {
+export function routeInputs(key: string, ctx: Ctx): unknown[] {
   const out: unknown[] = [];
   for (const r of ctx.routes.byParent.get(key) ?? []) {
     out.push(r.route);
@@ -174,8 +249,15 @@ interface ConfigBackend {
   group?: string;
 }
 
-function translateService(svc: KService, key: string, ctx: Ctx): Made {
-  const made: Made = { services: [], unserved: [], issues: [] };
+/** One Service's part of the model, with its claims (see Claims). */
+export function translateService(svc: KService, key: string, ctx: Ctx): Made {
+  const made = translateOne(svc, key, ctx);
+  made.claims = made.services.map((s) => [`n${s.name}`, ...s.frontends.map((f) => `f${frontendKey(f.vip, f.port, f.protocol)}`)]);
+  return made;
+}
+
+function translateOne(svc: KService, key: string, ctx: Ctx): Made {
+  const made: Made = { services: [], unserved: [], issues: [], claims: [] };
   const { namespace, name } = nsName(key);
   const object = `Service ${key}`;
   const issue = (path: string, message: string) => made.issues.push({ object, path, message });

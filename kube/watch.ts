@@ -9,6 +9,7 @@
 // kernel plan sees only the changes.
 import type { KCondition, KHTTPRoute, KRouteParentStatus, KService } from './types.js';
 import type { RouteStatusUpdate } from './translate.js';
+import type { ViewChanges } from './translate-live.js';
 
 /** The resources a ClusterWatch follows, by the name the reflectors are given under. */
 export type WatchKind = 'services' | 'endpointslices' | 'httproutes' | 'nodes' | 'pods';
@@ -79,6 +80,12 @@ export interface SyncBatch {
   changed: Changed;
   /** some reflector relisted (410 Gone) since the last batch */
   relist: boolean;
+}
+
+/** A batch's changes as ClusterTranslator takes them; undefined for the first batch (everything: a full translation). */
+export function viewChanges(b: SyncBatch): ViewChanges | undefined {
+  if (b.first) return undefined;
+  return { services: b.changed.services, endpointSlices: b.changed.endpointslices, httpRoutes: b.changed.httproutes, nodes: b.changed.nodes };
 }
 
 export interface ClusterWatchOptions {

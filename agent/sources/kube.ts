@@ -2,7 +2,7 @@
 //
 // Two modes (agent/main.ts's flags):
 // - direct (`--kubernetes`): the agent watches Services, EndpointSlices and HTTPRoutes cluster-wide, its own Node
-//   (for its zone) and its own pods, and translates them itself for its node (translateCluster with scope = this
+//   (for its zone) and its own pods, and translates them itself for its node (ClusterTranslator with scope = this
 //   node): for small clusters, where N agents watching every EndpointSlice is no load worth a control plane.
 // - pods (`--xds --kube-pods`): the services come from the control plane over xDS; the agent watches only its own
 //   node's pods (fieldSelector spec.nodeName=<node>), for the fast path's local pods and the workload identities.
@@ -19,9 +19,10 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from '../observe/log.js';
 import type { Model, Service, Workload } from '../model/types.js';
-import { translateCluster, type TranslateIssue, type Unserved } from '../../kube/translate.js';
+import type { TranslateIssue, Unserved } from '../../kube/translate.js';
+import { ClusterTranslator } from '../../kube/translate-live.js';
 import type { KEndpointSlice, KHTTPRoute, KNode, KPod, KService } from '../../kube/types.js';
-import { ClusterWatch, healthLine, RouteStatusWriter, type ClusterHealth, type KubeAccess, type ReflectorLike, type SyncBatch, type WatchKind } from '../../kube/watch.js';
+import { ClusterWatch, healthLine, RouteStatusWriter, viewChanges, type ClusterHealth, type KubeAccess, type ReflectorLike, type SyncBatch, type WatchKind } from '../../kube/watch.js';
 
 export type { ClusterHealth, KubeAccess, TranslateIssue, Unserved };
 
@@ -122,6 +123,8 @@ export function changedServices(prev: readonly Service[], next: readonly Service
 export class KubeSource {
   readonly watch: ClusterWatch;
   private readonly routeWriter?: RouteStatusWriter;
+  /** this node's translation, kept up to date from each batch's changes (kube/translate-live.ts) */
+  private readonly translator: ClusterTranslator;
   private applied?: Model;
   /** the last apply failed: the next one goes in full */
   private failed = false;
@@ -136,6 +139,7 @@ export class KubeSource {
   private writing: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: KubeSourceOptions) {
+    this.translator = new ClusterTranslator({ nodeName: o.nodeName });
     const node = `metadata.name=${o.nodeName}`;
     const pods = `spec.nodeName=${o.nodeName}`;
     const reflectors: Partial<Record<WatchKind, ReflectorLike>> = o.mode === 'direct'
@@ -204,12 +208,12 @@ export class KubeSource {
     if (b.first || b.changed.pods.size > 0) o.onPods?.(localPods(this.watch.store<KPod>('pods').values()));
     if (o.mode !== 'direct') return;
     const t0 = performance.now();
-    const res = translateCluster({
+    const res = this.translator.translate({
       services: this.watch.store<KService>('services'),
       endpointSlices: this.watch.store<KEndpointSlice>('endpointslices'),
       httpRoutes: this.watch.store<KHTTPRoute>('httproutes'),
       nodes: this.watch.store<KNode>('nodes'),
-    }, { nodeName: o.nodeName });
+    }, viewChanges(b));
     const ms = performance.now() - t0;
     this.unserved = res.unserved;
     this.issues = res.issues;
