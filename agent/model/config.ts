@@ -7,6 +7,7 @@ import { defaultMaglevTableSize, isPrime, MAGLEV_MAX_SIZE, MAGLEV_MIN_SIZE } fro
 import { clipQuoted } from './reasons.js';
 import { checkFields, describe, enumField, intField, isMapping, Issues, join, listField } from './fields.js';
 import { validateHealthCheck, validateHttp, validateWorkloads, type ServiceShape } from './l7config.js';
+import { checkMeshReferences, mtlsModeValue, validateAuthorization, validateMtls, validateNodes } from './meshconfig.js';
 import {
   ConfigError,
   type Algorithm,
@@ -28,8 +29,8 @@ const ALGORITHMS: readonly Algorithm[] = ['random', 'weighted', 'maglev'];
 const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp'];
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
-const TOP_FIELDS = ['services', 'workloads'] as const;
-const SERVICE_FIELDS = ['name', 'vips', 'ports', 'algorithm', 'affinity', 'maglev', 'backends', 'healthCheck', 'http'] as const;
+const TOP_FIELDS = ['services', 'workloads', 'nodes', 'mtls', 'authorization'] as const;
+const SERVICE_FIELDS = ['name', 'vips', 'ports', 'algorithm', 'affinity', 'maglev', 'backends', 'healthCheck', 'http', 'mtls'] as const;
 const PORT_FIELDS = ['port', 'protocol', 'targetPort'] as const;
 const AFFINITY_FIELDS = ['timeoutSeconds'] as const;
 const MAGLEV_FIELDS = ['tableSize'] as const;
@@ -191,6 +192,7 @@ export function modelFromObject(obj: unknown, file: string): Model {
   const issues = new Issues(file);
   let services: Service[] = [];
   let workloads: Model['workloads'];
+  const mesh: Pick<Model, 'nodes' | 'mtls' | 'authorization'> = {};
   if (obj === null || obj === undefined) {
     issues.add('', "the configuration is empty: expected a mapping with a 'services' list");
   } else if (!isMapping(obj)) {
@@ -202,9 +204,23 @@ export function modelFromObject(obj: unknown, file: string): Model {
     const names = new Set((workloads ?? []).map((w) => w.name));
     const list = listField(obj, 'services', '', true, issues);
     if (list) services = validateList(list, issues, { ...NO_OTHERS, workloads: names }, {});
+    const nl = listField(obj, 'nodes', '', false, issues);
+    if (nl) mesh.nodes = validateNodes(nl, 'nodes', issues);
+    if (obj['mtls'] !== undefined && obj['mtls'] !== null) mesh.mtls = validateMtls(obj['mtls'], 'mtls', issues);
+    const al = listField(obj, 'authorization', '', false, issues);
+    if (al) mesh.authorization = validateAuthorization(al, 'authorization', issues);
+    // The references between lists are checked once each list is valid: paths index the lists as written.
+    if (issues.list.length === 0) {
+      const byName = new Map(services.map((s) => [s.name, { l7: s.http !== undefined }]));
+      checkMeshReferences({ workloads, ...mesh }, byName, issues);
+    }
   }
   if (issues.list.length > 0) throw new ConfigError(issues.list);
-  return workloads ? { services, workloads } : { services };
+  const model: Model = workloads ? { services, workloads } : { services };
+  if (mesh.nodes) model.nodes = mesh.nodes;
+  if (mesh.mtls) model.mtls = mesh.mtls;
+  if (mesh.authorization) model.authorization = mesh.authorization;
+  return model;
 }
 
 /**
@@ -478,6 +494,9 @@ function validateService(raw: unknown, index: number, issues: Issues, registry: 
     if (raw['healthCheck'] !== undefined) healthCheck = validateHealthCheck(raw['healthCheck'], join(path, 'healthCheck'), shape, issues);
   }
 
+  let mtls: Service['mtls'];
+  if (raw['mtls'] !== undefined && raw['mtls'] !== null) mtls = mtlsModeValue(raw['mtls'], join(path, 'mtls'), issues);
+
   if (issues.list.length > before || name === undefined) return undefined;
   const svc: Service = {
     name,
@@ -488,5 +507,6 @@ function validateService(raw: unknown, index: number, issues: Issues, registry: 
   };
   if (http) svc.http = http;
   if (healthCheck) svc.healthCheck = healthCheck;
+  if (mtls) svc.mtls = mtls;
   return svc;
 }

@@ -178,10 +178,20 @@ export interface HealthCheck {
   grpcService?: string;
 }
 
-/** A source workload for L7 authorization: the client's cgroup (path under the cgroup2 mount). */
+/**
+ * A workload (a pod): as a client, its cgroups (paths under the cgroup2 mount) say who connects (L7 and L4
+ * authorization); as a destination, its addresses and node say where it runs (the hand-over to the tunnel).
+ */
 export interface Workload {
   name: string;
+  /** empty for a workload of another node (its cgroups are not on this machine) */
   cgroups: string[];
+  /** SPIFFE identity `spiffe://<td>/ns/<ns>/sa/<sa>` (mesh.ts SPIFFE_ID); absent = none (no principal) */
+  identity?: string;
+  /** the --node-id of the node it runs on (a name in Model.nodes); absent = this node */
+  node?: string;
+  /** its pod addresses, canonical (address.ts) */
+  addresses?: string[];
 }
 
 export const DEFAULT_CIRCUIT_BREAKER: CircuitBreaker = {

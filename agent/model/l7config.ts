@@ -19,6 +19,7 @@ import {
   type Issues,
   type Obj,
 } from './fields.js';
+import { workloadMeshFields } from './meshconfig.js';
 import { closest } from './suggest.js';
 import { linearRegex } from './regex.js';
 import {
@@ -125,7 +126,7 @@ const REWRITE_FIELDS = ['set', 'remove'] as const;
 const STRING_MATCH_FIELDS = ['exact', 'prefix', 'regex'] as const;
 const HEADER_MATCH_FIELDS = ['name', 'exact', 'prefix', 'regex', 'invert'] as const;
 const HEALTH_FIELDS = ['type', 'interval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'path', 'expectedStatuses', 'grpcService'] as const;
-const WORKLOAD_FIELDS = ['name', 'cgroups'] as const;
+const WORKLOAD_FIELDS = ['name', 'cgroups', 'identity', 'node', 'addresses'] as const;
 
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 /** RFC 9110 token, lower-case (header names are case-insensitive; the model keeps them lower-case) */
@@ -371,8 +372,10 @@ export function validateWorkloads(list: readonly unknown[], path: string, issues
     if (!e) return;
     const { entry: w, name, mark } = e;
     const paths: string[] = [];
-    const cl = listField(w, 'cgroups', wp, true, issues);
-    if (cl && cl.length === 0) issues.add(join(wp, 'cgroups'), 'must list at least one cgroup path');
+    // A workload of another node has no cgroup on this machine: it is known by its addresses (meshconfig.ts).
+    const remote = w['node'] !== undefined && w['node'] !== null;
+    const cl = listField(w, 'cgroups', wp, !remote, issues);
+    if (cl && cl.length === 0 && !remote) issues.add(join(wp, 'cgroups'), 'must list at least one cgroup path');
     (cl ?? []).forEach((c, k) => {
       const cp = `${join(wp, 'cgroups')}[${k}]`;
       if (typeof c !== 'string' || !c.startsWith('/') || c.includes('\0')) {
@@ -393,7 +396,8 @@ export function validateWorkloads(list: readonly unknown[], path: string, issues
       cgroups.set(norm, name !== undefined ? `workload '${name}'` : wp);
       paths.push(norm);
     });
-    if (name !== undefined && issues.list.length === mark) out.push({ name, cgroups: paths });
+    const mesh = workloadMeshFields(w, wp, issues);
+    if (name !== undefined && issues.list.length === mark) out.push({ name, cgroups: paths, ...mesh });
   });
   return out;
 }

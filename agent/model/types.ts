@@ -1,7 +1,9 @@
 // The one model every source (file, later xDS) is validated into. Pure data, no I/O.
 import type { HealthCheck, HttpPolicy, Workload } from './l7.js';
+import type { AuthorizationPolicy, MeshNode, MtlsMode, MtlsPolicy } from './mesh.js';
 
 export type * from './l7.js';
+export type * from './mesh.js';
 
 export type Protocol = 'tcp' | 'udp';
 export type Algorithm = 'random' | 'weighted' | 'maglev';
@@ -40,12 +42,20 @@ export interface Service {
   http?: HttpPolicy;
   /** active health checking of its backends (L4 and L7 services alike) */
   healthCheck?: HealthCheck;
+  /** the mTLS mode of its backends' ports, over the namespace's and the mesh's (mtls.ts mtlsModeFor) */
+  mtls?: MtlsMode;
 }
 
 export interface Model {
   services: Service[];
-  /** source identities for L7 authorization */
+  /** the pods the mesh knows: source identities (L7 and L4 authorization), local or on another node */
   workloads?: Workload[];
+  /** the mesh's nodes: where a workload's node (Workload.node) runs its tunnel end */
+  nodes?: MeshNode[];
+  /** absent = DEFAULT_MTLS_MODE everywhere */
+  mtls?: MtlsPolicy;
+  /** L4 authorization (Istio AuthorizationPolicy, L4 subset), evaluated by authz4.ts */
+  authorization?: AuthorizationPolicy[];
 }
 
 /** A validation problem: where (file and path to the field) and what is wrong. */
