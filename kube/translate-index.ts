@@ -75,7 +75,9 @@ export function groupKey(s: KEndpointSlice): string | undefined {
 export function sliceIndex(slices: ReadonlyMap<string, KEndpointSlice>): ReadonlyMap<string, KEndpointSlice[]> {
   const idx = sliceIndexes.get(slices) ?? lastSlices;
   const changed = idx && sliceIndexes.has(slices) ? changedSince(slices, idx.prev) : undefined;
-  if (idx && changed) {
+  // Same size is not same layout: a slice deleted and another added since (one batch of a rollout) shifts every later
+  // position, and pairing those by position would take a slice out of its own group. Only in-place updates are patched.
+  if (idx && changed && changed.every(([a, b]) => keyOf(a) === keyOf(b))) {
     for (const [a, b, i] of changed) {
       idx.prev[i] = b;
       moveSlice(idx.groups, a, b);

@@ -337,3 +337,21 @@ t.test('a store mutated in place (as a reflector does): updates, adds and delete
   const fresh = { services: new Map(services), endpointSlices: new Map([...slices].map(([k, s]) => [k, { ...s }])) };
   t.same(translateCluster(fresh, {}).model, translateCluster(v, {}).model);
 });
+
+t.test('a slice deleted and another added between two translations (same count, shifted order) costs no other service its slices', async (t) => {
+  const services = new Map<string, KService>();
+  const slices = new Map<string, KEndpointSlice>();
+  for (const [i, name] of ['a', 'b', 'c', 'e'].entries()) {
+    services.set(`default/${name}`, svc(name, { clusterIPs: [`10.96.3.${i + 1}`], ports: [port(80)] }));
+  }
+  for (const name of ['a', 'b', 'c']) slices.set(`default/${name}-1`, slice(`${name}-1`, name, 'IPv4', [{ port: 80 }], [ep(`10.3.0.${name.charCodeAt(0) - 96}`)]));
+  const v: ClusterView = { services, endpointSlices: slices };
+  const backends = (name: string) => translateCluster(v, {}).model.services.find((s) => s.name === `default--${name}`)!.frontends[0]!.backends.map((b) => b.address);
+  t.same(backends('c'), ['10.3.0.3']);
+  // one batch of a rollout: b's slice goes, e's comes; the Map keeps its size, c's slice moves up one position
+  slices.delete('default/b-1');
+  slices.set('default/e-1', slice('e-1', 'e', 'IPv4', [{ port: 80 }], [ep('10.3.0.5')]));
+  t.same(backends('c'), ['10.3.0.3'], 'c keeps its slice (it was dropped when positions were paired across the shift)');
+  t.same(backends('e'), ['10.3.0.5']);
+  t.same(backends('b'), []);
+});
