@@ -199,3 +199,30 @@ export interface RoutesReport {
   routes: RouteReport[];
   proxyError: string | null;
 }
+
+// ---- the HBONE tunnel between nodes (agent/tunnel/metrics.ts fills it; GET /v1/tunnels, meshctl tunnels) ----
+
+/** One peer of this node's tunnels: out = a pooled connection to another node's agent, in = a client of our 15008. */
+export interface TunnelPeerReport {
+  direction: 'out' | 'in';
+  /** out: the destination node (name or address:port); in: the client's address */
+  peer: string;
+  /** out: the source workload's SPIFFE id (the certificate presented); in: the peer's, from its certificate */
+  identity: string;
+  handshakes: number;
+  connections: number;
+  streamsOpen: number;
+  streamsTotal: number;
+  /** payload bytes from the tunnel to the local side, and from the local side into the tunnel */
+  bytesIn: number;
+  bytesOut: number;
+  lastActive: string;
+}
+
+export interface TunnelReport {
+  peers: TunnelPeerReport[];
+  /** refusals by reason, per direction */
+  refusals: { in: Record<string, number>; out: Record<string, number> };
+  /** where the server listens (address:port), [] when it does not */
+  listening?: string[];
+}

@@ -22,10 +22,11 @@ export interface TunnelRequest {
 /** Why a tunnelled connection was refused (a metric label and a log field; the server's 4xx/5xx map to these). */
 export type RefusalReason =
   | 'no-certificate' | 'bad-certificate' | 'no-identity' | 'not-local' | 'denied' | 'bad-request' | 'upstream-failed'
-  | 'handshake-timeout' | 'too-many-handshakes' | 'peer-refused' | 'tunnel-failed';
+  | 'handshake-timeout' | 'too-many-handshakes' | 'bad-handshake' | 'peer-refused' | 'tunnel-failed';
 
 /** A refusal, on either end: the reason, and the HTTP status the server answered with when there was one. */
 export class TunnelError extends Error {
+  override name = 'TunnelError';
   constructor(readonly reason: RefusalReason, message: string, readonly status?: number) { super(message); }
 }
 

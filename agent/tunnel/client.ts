@@ -1,0 +1,180 @@
+// The sending end of HBONE (issue 13): a pool of mTLS HTTP/2 connections, one per (source identity, destination
+// node), each carrying many CONNECT streams, so that the steady state opens no handshake per connection (counted:
+// handshakes). A connection that gets GOAWAY or closes leaves the pool at once; the streams still on it finish there,
+// and the next open() dials a new one. The certificate presented is the source workload's (IdentityCerts), read at
+// each dial, so a renewal applies to the next connection and drops no stream.
+//
+// The server is checked the other way round: its chain must lead to the trust bundle and its certificate must carry
+// one SPIFFE id of our trust domain (the node agent's identity: one pooled connection serves every pod of the node,
+// so it cannot be the destination workload's, which ztunnel checks per connection).
+import { connect as h2connect, constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
+import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
+import type { Logger } from '../observe/log.js';
+import { secureContextFor, type IdentityCerts } from '../identity/material.js';
+import { parseSpiffeId } from '../model/spiffe.js';
+import type { PeerStats, TunnelMetrics } from './metrics.js';
+import { H2_SETTINGS, SESSION_WINDOW } from './server.js';
+import { splice } from './splice.js';
+import { HBONE_PORT, TunnelError, type RefusalReason, type TunnelOpener, type TunnelRequest } from './types.js';
+
+export interface TunnelClientOpts {
+  certs: IdentityCerts;
+  metrics: TunnelMetrics;
+  log: Logger;
+  /** how long a dial (TCP + TLS + the HTTP/2 preface) or a CONNECT's answer may take */
+  timeoutMs?: number;
+}
+
+interface PoolEntry { session: ClientHttp2Session; ready: Promise<ClientHttp2Session>; stats: PeerStats }
+
+/** The server's answer to a CONNECT, as a refusal reason (server.ts's statuses). */
+function statusReason(status: number): RefusalReason {
+  return status === 403 ? 'denied' : status === 421 ? 'not-local' : status === 400 ? 'bad-request' : status >= 502 && status <= 504 ? 'upstream-failed' : 'peer-refused';
+}
+
+const hostPort = (address: string, port: number): string => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
+
+export class TunnelClient implements TunnelOpener {
+  private readonly pool = new Map<string, PoolEntry>();
+  private closed = false;
+
+  constructor(private readonly opts: TunnelClientOpts) {}
+
+  /** Pooled connections now (tests and meshctl). */
+  get connections(): number { return this.pool.size; }
+
+  async open(req: TunnelRequest, client: Socket): Promise<void> {
+    client.pause(); // what the app sends before the tunnel is up waits in the socket
+    let stream: ClientHttp2Stream;
+    try {
+      stream = await this.connect(req);
+    } catch (e) {
+      if (!client.destroyed) client.resetAndDestroy();
+      throw e;
+    }
+    if (client.destroyed) { stream.close(constants.NGHTTP2_CANCEL); return; }
+    splice(stream, client, this.entryStats(req));
+    client.resume();
+  }
+
+  /**
+   * A CONNECT stream to req.dst through the pooled connection, once the destination node answered 200 (a TunnelError
+   * with the reason and status otherwise). The caller owns the stream (bench and tests use it as a Duplex).
+   */
+  async connect(req: TunnelRequest): Promise<ClientHttp2Stream> {
+    const session = await this.session(req);
+    const authority = hostPort(req.dst.address, req.dst.port);
+    const fail = (reason: RefusalReason, msg: string, status?: number): TunnelError => {
+      this.opts.metrics.refusal('out', reason);
+      this.opts.log.warn({ reason, source: req.source, node: req.node.name, authority, status }, msg);
+      return new TunnelError(reason, msg, status);
+    };
+    let stream: ClientHttp2Stream;
+    try {
+      stream = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
+    } catch (e) {
+      throw fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} not sent: ${(e as Error).message}`);
+    }
+    return new Promise<ClientHttp2Stream>((resolve, reject) => {
+      const timer = setTimeout(() => { stream.close(constants.NGHTTP2_CANCEL); reject(fail('tunnel-failed', `tunnel to ${req.node.name}: no answer to CONNECT ${authority} in ${this.opts.timeoutMs ?? 10_000} ms`)); },
+        this.opts.timeoutMs ?? 10_000);
+      stream.once('response', (h) => {
+        clearTimeout(timer);
+        const status = Number(h[':status']);
+        if (status === 200) return resolve(stream);
+        stream.close();
+        reject(fail(statusReason(status), `tunnel to ${req.node.name}: CONNECT ${authority} refused with ${status}`, status));
+      });
+      stream.once('close', () => {
+        clearTimeout(timer);
+        reject(fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} reset (code ${stream.rstCode})`));
+      });
+      stream.on('error', () => { /* 'close' follows */ });
+    });
+  }
+
+  /** Close every pooled connection (GOAWAY; streams on them finish). */
+  close(): void {
+    this.closed = true;
+    for (const e of this.pool.values()) e.session.close();
+    this.pool.clear();
+  }
+
+  private key(req: TunnelRequest): string {
+    return `${req.source}\0${req.node.address}\0${req.node.port ?? HBONE_PORT}`;
+  }
+
+  private entryStats(req: TunnelRequest): PeerStats {
+    return this.pool.get(this.key(req))?.stats ?? this.opts.metrics.peer('out', req.node.name, req.source);
+  }
+
+  private session(req: TunnelRequest): Promise<ClientHttp2Session> {
+    if (this.closed) return Promise.reject(new TunnelError('tunnel-failed', 'tunnel client closed'));
+    const key = this.key(req);
+    const have = this.pool.get(key);
+    if (have && !have.session.closed && !have.session.destroyed) return have.ready;
+    const m = this.opts.certs.get(req.source);
+    if (!m) {
+      this.opts.metrics.refusal('out', 'no-certificate');
+      return Promise.reject(new TunnelError('no-certificate', `tunnel to ${req.node.name}: no certificate for ${req.source} (yet)`));
+    }
+    const port = req.node.port ?? HBONE_PORT;
+    const trustDomain = parseSpiffeId(req.source).trustDomain;
+    const stats = this.opts.metrics.peer('out', req.node.name, req.source);
+    const log = this.opts.log;
+    const session = h2connect(`https://${hostPort(req.node.address, port)}`, {
+      settings: H2_SETTINGS,
+      createConnection: () => {
+        const sock = tlsConnect({
+          host: req.node.address, port, secureContext: secureContextFor(m), ALPNProtocols: ['h2'],
+          minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3',
+          checkServerIdentity: (_host: string, cert: PeerCertificate) => serverIdentityProblem(cert, trustDomain),
+        });
+        sock.setNoDelay(true);
+        sock.once('secureConnect', () => { stats.handshakes++; });
+        return sock;
+      },
+    });
+    const entry: PoolEntry = {
+      session, stats,
+      ready: new Promise<ClientHttp2Session>((resolve, reject) => {
+        const timer = setTimeout(() => session.destroy(new Error(`no connection in ${this.opts.timeoutMs ?? 10_000} ms`)), this.opts.timeoutMs ?? 10_000);
+        session.once('connect', () => {
+          clearTimeout(timer);
+          stats.connections++;
+          session.setLocalWindowSize(SESSION_WINDOW);
+          log.info({ node: req.node.name, address: hostPort(req.node.address, port), source: req.source }, 'tunnel: connected');
+          resolve(session);
+        });
+        session.once('close', () => {
+          clearTimeout(timer);
+          reject(new TunnelError('tunnel-failed', `tunnel to ${req.node.name} (${hostPort(req.node.address, port)}) closed before it was up`));
+        });
+      }),
+    };
+    // A failed dial is told once, to every open() waiting on it.
+    entry.ready.catch(() => { this.opts.metrics.refusal('out', 'tunnel-failed'); });
+    const leave = (): void => { if (this.pool.get(key) === entry) this.pool.delete(key); };
+    session.on('error', (e: NodeJS.ErrnoException) => {
+      log.warn({ node: req.node.name, source: req.source, err: e.message, code: e.code }, 'tunnel: connection failed');
+      leave();
+    });
+    session.on('goaway', (code: number) => { log.info({ node: req.node.name, code }, 'tunnel: GOAWAY; the next stream dials a new connection'); leave(); });
+    session.once('close', () => { if (stats.connections > 0 && entry.session === session) stats.connections--; leave(); });
+    this.pool.set(key, entry);
+    return entry.ready;
+  }
+}
+
+/** Why the server's certificate is not acceptable (checkServerIdentity: an Error refuses the handshake), or undefined. */
+function serverIdentityProblem(cert: PeerCertificate, trustDomain: string): Error | undefined {
+  const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:spiffe://')).map((s) => s.slice(4));
+  if (uris.length !== 1) return new Error(`tunnel server certificate ${cert.serialNumber}: ${uris.length} SPIFFE URI SANs (want exactly one)`);
+  try {
+    if (parseSpiffeId(uris[0]!).trustDomain !== trustDomain) return new Error(`tunnel server certificate: ${uris[0]} is not of trust domain ${trustDomain}`);
+  } catch (e) {
+    return e as Error;
+  }
+  return undefined;
+}

@@ -1,0 +1,307 @@
+// The node's end of HBONE (issue 13), as ztunnel speaks it: HTTP/2 over mTLS (TLS 1.3 only, ALPN h2) on port 15008;
+// each tunnelled connection is one CONNECT stream (`:method CONNECT`, `:authority <pod ip>:<port>`, no :scheme or
+// :path). The server requires a client certificate chaining to the trust bundle, takes the peer's SPIFFE id from its
+// URI SAN, serves only destinations that are workloads on this node (421 otherwise: no open relay to anywhere the
+// node can reach), applies L4 authorization by identity (403), connects to the pod (503 when it cannot) and splices
+// the stream to that connection (200).
+//
+// node:http2, not the proxy's own h2 engine (agent/proxy/h2): the engine runs on netio's file descriptors (the C++
+// epoll loop reads the sockets itself), and this kernel has no kTLS, so TLS has to be OpenSSL in Node's TLSWrap.
+// node:http2 consumes a TLSSocket natively (nghttp2 reads the TLSWrap stream in C++), while the engine would need
+// every decrypted record handed to JavaScript first, then framed in JavaScript: the same copies plus a parser.
+// bench/tunnel.ts measures the tunnel against a bare TLS relay (no HTTP/2 at all, the ceiling of any h2 engine on
+// Node's TLS) and against a direct connection: see its results in the README.
+//
+// Bad input costs little and is told: a handshake must finish within handshakeTimeoutMs, at most maxPendingHandshakes
+// are in progress at once (more are closed at accept), and every refusal is counted by reason and logged (one line
+// per reason, then a summary per second under a flood, so a flood cannot flood the log).
+import { X509Certificate } from 'node:crypto';
+import { constants, createSecureServer, type Http2SecureServer, type Http2Session, type Http2Stream, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { connect as netConnect, isIP, type Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from '../observe/log.js';
+import type { IdentityCerts } from '../identity/material.js';
+import { parseSpiffeId } from '../model/spiffe.js';
+import type { TunnelMetrics, PeerStats } from './metrics.js';
+import { splice } from './splice.js';
+import { HBONE_PORT, type RefusalReason } from './types.js';
+
+/** A decision on one tunnelled connection (kernel13's authz4 decision fills it once it lands). */
+export interface L4Decision { allow: boolean; /** the policy or rule that decided, for the log */ policy?: string }
+export type L4Authorizer = (q: { source: string; dst: { address: string; port: number } }) => L4Decision;
+
+export interface TunnelServerOpts {
+  certs: IdentityCerts;
+  /** the identity whose certificate the server presents (the node agent's): one pooled connection serves every pod of the node */
+  identity: string;
+  /** the node address(es) to listen on */
+  addresses: string[];
+  port?: number;
+  /** is `address` a workload on this node: the only destinations the server connects to */
+  isLocal(address: string): boolean;
+  /** L4 authorization by the peer's identity; absent: allowed (no policy, as in Istio) */
+  authorize?: L4Authorizer;
+  metrics: TunnelMetrics;
+  log: Logger;
+  handshakeTimeoutMs?: number;
+  maxPendingHandshakes?: number;
+  /** how long the connection to the pod may take (then 504) */
+  connectTimeoutMs?: number;
+}
+
+/** HTTP/2 settings both ends use: windows large enough that one stream is not held to 64 KiB in flight (ztunnel: 256 KiB+ buffers). */
+export const H2_SETTINGS = { initialWindowSize: 4 * 1024 * 1024, maxFrameSize: 64 * 1024, maxConcurrentStreams: 1000 };
+export const SESSION_WINDOW = 16 * 1024 * 1024;
+
+/**
+ * The SPIFFE id in a peer certificate's URI SAN: exactly one, well formed, in `trustDomain`. Throws a message naming
+ * what is wrong (it goes to the log line of the refusal).
+ */
+export function peerIdentity(cert: X509Certificate | undefined, trustDomain: string): string {
+  if (!cert) throw new Error('no certificate');
+  const uris = (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
+  const spiffe = uris.filter((u) => u.startsWith('spiffe://'));
+  if (spiffe.length !== 1) throw new Error(`certificate ${cert.serialNumber}: ${spiffe.length} SPIFFE URI SANs (want exactly one)`);
+  const id = parseSpiffeId(spiffe[0]!);
+  if (id.trustDomain !== trustDomain) throw new Error(`certificate ${cert.serialNumber}: ${spiffe[0]} is not of trust domain ${trustDomain}`);
+  return spiffe[0]!;
+}
+
+/** `<ipv4>:<port>` or `[<ipv6>]:<port>`, the CONNECT authority HBONE uses (an address, never a name). */
+export function parseAuthority(authority: string | undefined): { address: string; port: number } | undefined {
+  if (!authority) return undefined;
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(authority) ?? /^([0-9.]+):(\d{1,5})$/.exec(authority);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  if (!isIP(m[1]!) || port < 1 || port > 65535) return undefined;
+  return { address: m[1]!, port };
+}
+
+/** TLS handshake failures by what they mean for the refusal count (OpenSSL's codes, as Node names them). */
+function handshakeReason(e: NodeJS.ErrnoException): RefusalReason {
+  if (e.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return 'handshake-timeout';
+  if (e.code === 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE') return 'no-certificate';
+  if (/CERTIFICATE|CERT_/.test(e.code ?? '')) return 'bad-certificate';
+  return 'bad-handshake';
+}
+
+/**
+ * Log refusals without letting a flood flood the log: the first of each reason at once, then one summary line per
+ * second with the count of the rest.
+ */
+class RefusalLog {
+  private readonly suppressed = new Map<string, number>();
+  private timer: NodeJS.Timeout | null = null;
+  constructor(private readonly log: Logger) {}
+
+  /** `kind`: what else tells refusals of one reason apart (a TLS error code): the first of each kind is logged whole. */
+  refuse(reason: RefusalReason, fields: Record<string, unknown>, msg: string, kind = ''): void {
+    const key = kind ? `${reason} ${kind}` : reason;
+    const n = this.suppressed.get(key);
+    if (n === undefined) {
+      this.suppressed.set(key, 0);
+      this.log.warn({ reason, ...fields }, msg);
+      this.timer ??= setInterval(() => this.flush(), 1000).unref();
+    } else {
+      this.suppressed.set(key, n + 1);
+    }
+  }
+
+  private flush(): void {
+    for (const [reason, n] of this.suppressed) if (n > 0) this.log.warn({ reason, count: n }, `tunnel: ${n} more refused (${reason}) in the last second`);
+    this.suppressed.clear();
+    if (this.timer) { clearInterval(this.timer); this.timer = null; }
+  }
+
+  close(): void { this.flush(); }
+}
+
+interface SessionInfo { identity: string; stats: PeerStats }
+
+export class TunnelServer {
+  private readonly servers: Http2SecureServer[] = [];
+  private readonly sessions = new WeakMap<Http2Session, SessionInfo>();
+  private readonly live = new Set<Http2Session>();
+  /** raw sockets whose TLS handshake is in progress, by remote address:port */
+  private readonly pending = new Map<string, Socket>();
+  /** TLS connections onSession refused, by remote address:port, closed by the 'secureConnection' listener */
+  private readonly doomed = new Set<string>();
+  private readonly refusals: RefusalLog;
+  private readonly trustDomain: string;
+  private readonly onChange = (identity: string): void => { if (identity === '' || identity === this.opts.identity) this.reloadContext(); };
+
+  constructor(private readonly opts: TunnelServerOpts) {
+    this.refusals = new RefusalLog(opts.log);
+    this.trustDomain = parseSpiffeId(opts.identity).trustDomain;
+  }
+
+  /** Listen on every address; resolves with the address:port strings once all listen (rejects, closing all, if one cannot). */
+  async start(): Promise<string[]> {
+    const tls = this.tlsOptions();
+    try {
+      for (const address of this.opts.addresses) {
+        const server = createSecureServer({
+          ...tls, allowHTTP1: false, settings: H2_SETTINGS, handshakeTimeout: this.opts.handshakeTimeoutMs ?? 5000,
+          // requested, verified by OpenSSL against the bundle, and checked at 'session' (so that the log says why)
+          requestCert: true, rejectUnauthorized: false,
+        });
+        server.on('connection', (sock: Socket) => this.onConnection(sock));
+        server.on('secureConnection', (s: TLSSocket) => {
+          const key = `${s.remoteAddress}|${s.remotePort}`;
+          this.pending.delete(key);
+          // onSession (which ran first, from http2's own listener) refused it: a session's socket cannot be closed
+          // through the session, the TLS socket can
+          if (this.doomed.delete(key)) s.destroy();
+        });
+        server.on('tlsClientError', (e: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(e, s));
+        server.on('unknownProtocol', (s: TLSSocket) => {
+          this.refuse('bad-handshake', { peer: s.remoteAddress, alpn: s.alpnProtocol || null }, 'tunnel: refused a client that did not negotiate ALPN h2');
+          s.destroy();
+        });
+        server.on('session', (session: Http2Session) => this.onSession(session));
+        server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => this.onStream(stream, headers));
+        this.servers.push(server);
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen({ host: address, port: this.opts.port ?? HBONE_PORT }, () => { server.off('error', reject); resolve(); });
+        });
+        server.on('error', (e) => this.opts.log.error({ err: e, address }, 'tunnel: listener error'));
+      }
+    } catch (e) {
+      await this.stop();
+      throw new Error(`tunnel: cannot listen on ${this.opts.addresses.join(', ')} port ${this.opts.port ?? HBONE_PORT}: ${(e as Error).message}`);
+    }
+    this.opts.certs.on('change', this.onChange);
+    const listening = this.listening();
+    this.opts.log.info({ listening, identity: this.opts.identity }, 'tunnel: HBONE server listening');
+    return listening;
+  }
+
+  /** TLS handshakes in progress now (bounded by maxPendingHandshakes). */
+  get pendingHandshakes(): number { return this.pending.size; }
+
+  listening(): string[] {
+    return this.servers.flatMap((s) => {
+      const a = s.address();
+      return a && typeof a === 'object' ? [a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`] : [];
+    });
+  }
+
+  /** Stop listening; open sessions get GOAWAY and their streams finish. */
+  async stop(): Promise<void> {
+    this.opts.certs.off('change', this.onChange);
+    for (const session of this.live) session.close();
+    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    this.servers.length = 0;
+    this.refusals.close();
+  }
+
+  private tlsOptions(): { key: string; cert: string; ca: string; minVersion: 'TLSv1.3'; maxVersion: 'TLSv1.3' } {
+    const m = this.opts.certs.get(this.opts.identity);
+    if (!m) throw new Error(`tunnel: no certificate for ${this.opts.identity} yet`);
+    return { key: m.key, cert: m.chain, ca: m.bundle, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' };
+  }
+
+  /** A renewal or a new bundle: new handshakes use it; established sessions keep theirs (no stream dropped). */
+  private reloadContext(): void {
+    try {
+      const tls = this.tlsOptions();
+      for (const s of this.servers) s.setSecureContext(tls);
+      this.opts.log.info({ identity: this.opts.identity }, 'tunnel: certificate or trust bundle changed; new handshakes use it');
+    } catch (e) {
+      this.opts.log.error({ err: e }, 'tunnel: the new certificate could not be used; keeping the old one');
+    }
+  }
+
+  private refuse(reason: RefusalReason, fields: Record<string, unknown>, msg: string, kind?: string): void {
+    this.opts.metrics.refusal('in', reason);
+    this.refusals.refuse(reason, fields, msg, kind);
+  }
+
+  private onConnection(sock: Socket): void {
+    const key = `${sock.remoteAddress}|${sock.remotePort}`;
+    const max = this.opts.maxPendingHandshakes ?? 64;
+    if (this.pending.size >= max) {
+      this.refuse('too-many-handshakes', { peer: sock.remoteAddress, pending: this.pending.size },
+        `tunnel: ${this.pending.size} handshakes in progress (max ${max}): connection closed at accept`);
+      sock.destroy();
+      return;
+    }
+    this.pending.set(key, sock);
+    sock.once('close', () => { if (this.pending.get(key) === sock) this.pending.delete(key); });
+  }
+
+  private onTlsError(e: NodeJS.ErrnoException, s: TLSSocket): void {
+    this.pending.delete(`${s.remoteAddress}|${s.remotePort}`);
+    const reason = handshakeReason(e);
+    const hint = reason === 'bad-handshake' ? ' (HBONE is TLS 1.3 only, ALPN h2)' : '';
+    // OpenSSL's message is '<hex>:error:<hex>:SSL routines:<function>:<what>:<file>:<line>:': keep the what
+    const what = /routines:[^:]*:([^:]+)/.exec(e.message)?.[1] ?? e.message.trim();
+    this.refuse(reason, { peer: s.remoteAddress, code: e.code }, `tunnel: TLS handshake refused: ${what}${hint}`, e.code);
+  }
+
+  private onSession(session: Http2Session): void {
+    const sock = session.socket as TLSSocket;
+    const peer = sock.remoteAddress ?? '?';
+    const refuse = (reason: RefusalReason, fields: Record<string, unknown>, msg: string, kind?: string): void => {
+      this.refuse(reason, { peer, ...fields }, msg, kind);
+      this.doomed.add(`${sock.remoteAddress}|${sock.remotePort}`);
+      session.destroy();
+    };
+    if (!sock.authorized) {
+      if (!sock.getPeerX509Certificate()) return refuse('no-certificate', {}, 'tunnel: refused a client without a certificate (HBONE is mutual TLS)');
+      // Node's verify codes (CERT_HAS_EXPIRED, UNABLE_TO_GET_ISSUER_CERT_LOCALLY, ...) say what is wrong with it
+      const why = String(sock.authorizationError ?? 'not verified');
+      return refuse('bad-certificate', { error: why }, `tunnel: client certificate refused: ${why}`, why);
+    }
+    let identity: string;
+    try {
+      identity = peerIdentity(sock.getPeerX509Certificate(), this.trustDomain);
+    } catch (e) {
+      return refuse('no-identity', {}, `tunnel: client certificate refused: ${(e as Error).message}`);
+    }
+    const stats = this.opts.metrics.peer('in', peer, identity);
+    stats.handshakes++;
+    stats.connections++;
+    this.sessions.set(session, { identity, stats });
+    this.live.add(session);
+    session.setLocalWindowSize(SESSION_WINDOW);
+    session.on('error', () => { /* the session's 'close' follows */ });
+    session.once('close', () => { stats.connections--; this.live.delete(session); });
+  }
+
+  private onStream(stream: ServerHttp2Stream, h: IncomingHttpHeaders): void {
+    const info = this.sessions.get(stream.session!);
+    if (!info) { stream.close(constants.NGHTTP2_REFUSED_STREAM); return; }
+    const fields = { peer: stream.session?.socket?.remoteAddress, identity: info.identity, authority: h[':authority'] };
+    const answer = (status: number, reason: RefusalReason, msg: string, extra: Record<string, unknown> = {}): void => {
+      this.refuse(reason, { ...fields, status, ...extra }, msg);
+      if (!stream.closed) stream.respond({ ':status': status }, { endStream: true });
+    };
+    if (h[':method'] !== 'CONNECT' || h[':scheme'] !== undefined || h[':path'] !== undefined || h[':protocol'] !== undefined) {
+      return answer(400, 'bad-request', `tunnel: refused a request that is not an HBONE CONNECT (${h[':method']} ${h[':path'] ?? ''})`.trim());
+    }
+    const dst = parseAuthority(h[':authority']);
+    if (!dst) return answer(400, 'bad-request', `tunnel: refused CONNECT to ${JSON.stringify(h[':authority'])}: not <ip>:<port>`);
+    if (!this.opts.isLocal(dst.address)) return answer(421, 'not-local', `tunnel: refused CONNECT to ${h[':authority']}: not a workload on this node`);
+    const decision = this.opts.authorize?.({ source: info.identity, dst }) ?? { allow: true };
+    if (!decision.allow) {
+      return answer(403, 'denied', `tunnel: ${info.identity} denied to ${h[':authority']}`, decision.policy ? { policy: decision.policy } : {});
+    }
+    const sock = netConnect({ host: dst.address, port: dst.port, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => sock.destroy(new Error('connect timed out')), this.opts.connectTimeoutMs ?? 10_000);
+    sock.once('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      if (!sock.connecting && stream.headersSent) return; // after the 200: splice() handles it
+      answer(e.message === 'connect timed out' ? 504 : 503, 'upstream-failed', `tunnel: ${h[':authority']} did not accept: ${e.code ?? e.message}`);
+    });
+    // the client gave up (RST_STREAM) before the pod answered
+    stream.once('close', () => { if (sock.connecting) { clearTimeout(timer); sock.destroy(); } });
+    sock.once('connect', () => {
+      clearTimeout(timer);
+      if (stream.closed || stream.destroyed) { sock.destroy(); return; }
+      stream.respond({ ':status': 200 });
+      splice(stream as Http2Stream, sock, info.stats);
+    });
+  }
+}
