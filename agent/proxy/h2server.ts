@@ -19,9 +19,6 @@ export function acceptH2(ctx: EngineContext, conn: Conn, info: ConnInfo, first: 
   return new ClientSession(ctx, conn, info, first);
 }
 
-/** Between the GOAWAY notice and the GOAWAY naming the last stream: longer than a round trip on this node by far. */
-const DRAIN_NOTICE_MS = 500;
-
 /** The session of one client connection; its options object too (onStream: a new exchange). */
 class ClientSession implements H2SessionOptions, DeadlineWatch {
   readonly role = 'server' as const;
@@ -51,13 +48,12 @@ class ClientSession implements H2SessionOptions, DeadlineWatch {
   }
 
   /**
-   * A planned restart: GOAWAY in two steps (the notice, then the last stream id), the open streams finish, then the
-   * session closes the connection (tunnels too end their streams when they end).
+   * A planned restart: the session's graceful shutdown (a PING fence, the GOAWAY notice, the last stream id after a
+   * round trip: H2Session.shutdown), the open streams finish, then the session closes the connection (tunnels too
+   * end their streams when they end).
    */
   drain(): void {
-    if (this.session.closed) return;
-    this.session.goawayNotice();
-    setTimeout(() => this.session.goaway(H2_ERROR.NO_ERROR), DRAIN_NOTICE_MS).unref();
+    this.session.shutdown();
   }
 
   private idle(): void {

@@ -116,6 +116,13 @@ export class Output {
     this.end += this.buf.write(debug.slice(0, n), this.end, 'latin1');
   }
 
+  /** a PING of ours: 8 bytes of opaque data */
+  ping(data: Uint8Array): void {
+    this.reserve(17);
+    this.header(8, FRAME.PING, 0, 0);
+    this.bytes(data, 0, 8);
+  }
+
   /** the answer to a PING: its 8 bytes back with ACK */
   pingAck(src: Uint8Array, from: number): void {
     this.reserve(17);

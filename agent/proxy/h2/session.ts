@@ -221,6 +221,14 @@ const MAX_WRITTEN_BLOCKED = 4 * 1024 * 1024;
 const MAX_SEND_FRAME = 64 * 1024;
 /** a session that closed its side waits this long (idle) for the peer to close before destroying the transport */
 const LINGER_MS = 2000;
+/**
+ * A graceful shutdown's PING not answered this long: its next step anyway (a peer stalled that long, or one that
+ * does not answer PINGs; RFC 9113 says it must). Our output is held during the first step: it bounds that too.
+ */
+const SHUTDOWN_STEP_MS = 1000;
+/** the opaque data of a graceful shutdown's two PINGs (shutdown()): ours, told apart from any other PING's */
+const PING_FENCE = Buffer.from('sm:fence', 'latin1');
+const PING_NOTICE = Buffer.from('sm:going', 'latin1');
 /** our SETTINGS unacknowledged this long: GOAWAY SETTINGS_TIMEOUT (nghttpx's default) */
 export const DEFAULT_SETTINGS_TIMEOUT_MS = 10_000;
 
@@ -295,6 +303,14 @@ export class H2Session {
 
   private goawaySent = false;
   private goawayReceived = false;
+  /**
+   * shutdown() under way: 'fence' (our PING is out, everything after it held back until it comes back), 'notice'
+   * (GOAWAY with the largest stream id and a second PING are out) or null
+   */
+  private shutdownStep: 'fence' | 'notice' | null = null;
+  private shutdownTimer: NodeJS.Timeout | null = null;
+  /** the first step of shutdown(): frames gather in out but are not written (DATA is not produced either) */
+  private holding = false;
   private dead = false;
   private closeNotified = false;
   private transportError: Error | undefined;
@@ -393,6 +409,7 @@ export class H2Session {
   /** graceful: GOAWAY, no new streams; the transport closes when the open ones are done */
   goaway(code: number = H2_ERROR.NO_ERROR): void {
     if (this.dead || this.goawaySent) return;
+    if (this.shutdownStep !== null) this.release();
     this.goawaySent = true;
     this.out.goaway(this.lastPeerStreamId, code);
     this.scheduleFlush();
@@ -400,14 +417,64 @@ export class H2Session {
   }
 
   /**
-   * The first half of a graceful shutdown (RFC 9113 6.8): GOAWAY with the largest stream id, so that the peer stops
-   * opening streams while the ones already on their way are still served; goaway() some time later (a round trip at
-   * least) then names the last one. Sent alone, goaway() refuses the streams the peer opened meanwhile.
+   * Graceful shutdown (RFC 9113 6.8) without losing a request the peer made, even one its HTTP/2 library made but
+   * had not sent yet. Sent alone, goaway() refuses the streams whose HEADERS are on their way; a GOAWAY with the
+   * largest stream id first, then the real last one after a PING's round trip (what the RFC says) still loses
+   * requests with nghttp2 clients (h2load): a response completed in the same read as the GOAWAY makes the
+   * client open its next stream, which nghttp2 then refuses to send, after the GOAWAY, and fails itself
+   * (REFUSED_STREAM: h2load counts it errored and never retries). So, three steps:
+   *  1. fence: a PING, and nothing after it until it comes back: once it does, the peer has read all we sent and
+   *     acted on it (its new streams came before the ACK), and nothing of ours is waiting unread;
+   *  2. notice: GOAWAY with the largest stream id (and a second PING) ahead of what was held: the peer reads the
+   *     GOAWAY before any response that would make it open a stream, so it opens none;
+   *  3. when that PING comes back, every stream the peer opened before it read the notice has reached us:
+   *     goaway() names the last one, the open streams finish, then the connection closes (FIN after the last byte).
+   * A PING not answered within SHUTDOWN_STEP_MS: the next step anyway.
    */
-  goawayNotice(): void {
-    if (this.dead || this.goawaySent) return;
-    this.out.goaway(0x7fffffff, H2_ERROR.NO_ERROR);
-    this.scheduleFlush();
+  shutdown(): void {
+    if (this.dead || this.goawaySent || this.shutdownStep !== null) return;
+    this.shutdownStep = 'fence';
+    this.out.ping(PING_FENCE);
+    this.flush(); // everything up to the PING leaves now (also from inside a read); what follows is held until step 2
+    this.holding = true;
+    this.shutdownTimer = setTimeout(H2Session.shutdownStepDue, SHUTDOWN_STEP_MS, this);
+  }
+
+  private static shutdownStepDue(s: H2Session): void {
+    s.shutdownTimer = null;
+    s.shutdownNext();
+  }
+
+  /** the PING of the step under way came back (or its time is up): the next step */
+  private shutdownNext(): void {
+    if (this.shutdownTimer !== null) { clearTimeout(this.shutdownTimer); this.shutdownTimer = null; }
+    if (this.dead || this.goawaySent) { this.release(); return; }
+    if (this.shutdownStep === 'fence') {
+      this.shutdownStep = 'notice';
+      // GOAWAY + PING go out ahead of the held frames (a GOAWAY carries no header block: the HPACK order is kept)
+      const held = this.out.take();
+      this.out.goaway(MAX_WINDOW, H2_ERROR.NO_ERROR);
+      this.out.ping(PING_NOTICE);
+      this.holding = false;
+      this.write(this.out.take()!);
+      if (held !== null) this.write(held);
+      this.shutdownTimer = setTimeout(H2Session.shutdownStepDue, SHUTDOWN_STEP_MS, this);
+      this.pumpAll(); // the DATA held back
+    } else if (this.shutdownStep === 'notice') {
+      this.shutdownStep = null;
+      this.goaway(H2_ERROR.NO_ERROR);
+    }
+  }
+
+  /** the hold of shutdown()'s first step ends: what gathered leaves (before anything else is written) */
+  private release(): void {
+    if (this.shutdownTimer !== null) { clearTimeout(this.shutdownTimer); this.shutdownTimer = null; }
+    this.shutdownStep = null;
+    if (!this.holding) return;
+    this.holding = false;
+    const held = this.out.take();
+    if (held !== null) this.write(held);
+    if (!this.dead) this.pumpAll();
   }
 
   /** close now: open streams get onReset(CANCEL), the transport is destroyed */
@@ -470,7 +537,7 @@ export class H2Session {
   _sendData(st: H2Stream, data: Buffer, end: boolean): boolean {
     let off = 0;
     const len = data.length;
-    if (st._queued === 0 && st._trailers === null && !this.blocked) {
+    if (st._queued === 0 && st._trailers === null && !this.blocked && !this.holding) {
       const out = this.out;
       const maxF = this.peerMaxFrame;
       const id = st.id;
@@ -521,7 +588,7 @@ export class H2Session {
     const maxF = this.peerMaxFrame;
     const q = st._queue;
     if (q !== null) {
-      while (st._queued > 0 && !this.blocked) {
+      while (st._queued > 0 && !this.blocked && !this.holding) {
         const w = this.connSendWindow < st._sendWindow ? this.connSendWindow : st._sendWindow;
         if (w <= 0) break;
         const b = q[0];
@@ -637,8 +704,17 @@ export class H2Session {
   }
 
   private flush(): void {
+    if (this.holding) {
+      // (a peer flooding us with PINGs or SETTINGS meanwhile: bounded as below)
+      if (this.out.pending > MAX_WRITTEN_BLOCKED) this.destroy(new Error(`h2 ${this.server ? 'server' : 'client'} session: ${this.out.pending} bytes held for a graceful shutdown whose PING did not come back`));
+      return;
+    }
     const b = this.out.take();
-    if (b === null || this.ended || this.transport.destroyed) return;
+    if (b !== null) this.write(b);
+  }
+
+  private write(b: Buffer): void {
+    if (this.ended || this.transport.destroyed) return;
     if (this.blocked) {
       // a peer that sends PINGs, SETTINGS or requests and never reads the answers would grow the queue forever
       this.writtenBlocked += b.length;
@@ -763,6 +839,7 @@ export class H2Session {
         if (len !== 8) return this.connError(H2_ERROR.FRAME_SIZE_ERROR, `PING of ${len} bytes`);
         if (id !== 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `PING on stream ${id}`);
         if ((flags & FLAG.ACK) === 0) this.out.pingAck(b, s);
+        else if (this.shutdownStep !== null && b.compare(this.shutdownStep === 'fence' ? PING_FENCE : PING_NOTICE, 0, 8, s, s + 8) === 0) this.shutdownNext();
         return;
       case FRAME.GOAWAY: return this.onGoawayFrame(b, s, len, id);
       case FRAME.WINDOW_UPDATE: return this.onWindowUpdate(b, s, len, id);
@@ -1124,6 +1201,7 @@ export class H2Session {
   }
 
   private closeTransport(): void {
+    this.release();
     this.flush();
     this.ended = true;
     this.transport.end();
@@ -1156,6 +1234,7 @@ export class H2Session {
 
   private notifyClose(err?: Error): void {
     this.clearSettingsTimer();
+    if (this.shutdownTimer !== null) { clearTimeout(this.shutdownTimer); this.shutdownTimer = null; }
     if (this.closeNotified) return;
     this.closeNotified = true;
     this.opts.onClose?.(err ?? this.transportError);
