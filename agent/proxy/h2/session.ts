@@ -223,9 +223,11 @@ const MAX_SEND_FRAME = 64 * 1024;
 const LINGER_MS = 2000;
 /**
  * A graceful shutdown's PING not answered this long: its next step anyway (a peer stalled that long, or one that
- * does not answer PINGs; RFC 9113 says it must). Our output is held during the first step: it bounds that too.
+ * does not answer PINGs; RFC 9113 says it must). Our output is held during the first step: it bounds that too. Not
+ * shorter: a client that did not read our PING for a second (a loaded machine) has answers unread before it, and a
+ * GOAWAY behind them is what loses its next requests.
  */
-const SHUTDOWN_STEP_MS = 1000;
+const SHUTDOWN_STEP_MS = 3000;
 /** the opaque data of a graceful shutdown's two PINGs (shutdown()): ours, told apart from any other PING's */
 const PING_FENCE = Buffer.from('sm:fence', 'latin1');
 const PING_NOTICE = Buffer.from('sm:going', 'latin1');
