@@ -120,7 +120,9 @@ export class KubeCluster {
     const t0 = performance.now();
     const v = this.view();
     const res = this.translator.translate(v, viewChanges(b));
-    const dependent = nodeDependentServices(v.services.values(), v.httpRoutes.values());
+    // which services are node-dependent is read from Services and HTTPRoutes only: an EndpointSlice change (the
+    // common batch) does not walk 10,000 services for it
+    const dependent = b.first || b.changed.services.size > 0 || b.changed.httproutes.size > 0 ? nodeDependentServices(v.services.values(), v.httpRoutes.values()) : this.dependent;
     if (b.first || this.touchesNodes(b, dependent)) this.generation++;
     this.dependent = dependent;
     this.last = res;
