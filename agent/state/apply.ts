@@ -13,6 +13,9 @@ import type { LiveState } from './live.js';
 const STATES_COALESCE_MS = 20;
 /** Kernel entries written or removed by one change above which the heap is compacted afterwards. */
 const LARGE_CHANGE = 10_000;
+/** Applies since the last compaction after which, once they stop for CHURN_QUIET_MS, the heap is compacted too. */
+const CHURN_APPLIES = 100;
+const CHURN_QUIET_MS = 1000;
 
 /** What one kernel apply did (the Reconciler's result; a type only: nothing here loads the datapath). */
 export type KernelApplyResult = ReconcileResult;
@@ -42,6 +45,10 @@ export interface ApplyOptions {
   /** after a model is committed: what follows it (probes, metrics, state.json); nothing there may fail the apply */
   committed?: (model: Model, changed: ReadonlySet<string> | undefined) => void;
   coalesceMs?: number;
+  /** compacts the heap (observe/memory.ts collectGarbage; tests count the calls) */
+  collectGarbage?: () => void;
+  /** quiet time after a burst of CHURN_APPLIES applies before the heap is compacted (default 1 s) */
+  churnQuietMs?: number;
 }
 
 export class ApplyTransaction {
@@ -54,6 +61,9 @@ export class ApplyTransaction {
   /** services whose backend states changed, re-applied together after coalesceMs */
   private statesPending = new Set<string>();
   private statesTimer?: NodeJS.Timeout;
+  /** applies since the heap was last compacted, and the timer that waits for them to stop */
+  private churn = 0;
+  private churnTimer?: NodeJS.Timeout;
 
   constructor(private readonly o: ApplyOptions) {
     this.state = o.state;
@@ -119,8 +129,21 @@ export class ApplyTransaction {
     log.info({ why, version, services: model.services.length, changed: scope?.size, ...res }, 'config applied');
     this.o.committed?.(model, scope);
     // After a large change, give the garbage of the sync back now rather than at the next allocation pressure.
+    // Two collections a second apart: the memory V8 grew for the change comes back at the second (measured).
+    const collect = this.o.collectGarbage ?? collectGarbage;
+    const compact = () => { collect(); setTimeout(() => collect(), 1000).unref(); };
     if (res.backendsWritten + res.backendsDeleted + res.frontendsWritten + res.frontendsDeleted >= LARGE_CHANGE) {
-      setImmediate(() => { collectGarbage(); setTimeout(() => collectGarbage(), 1000).unref(); });
+      this.churn = 0;
+      clearTimeout(this.churnTimer);
+      setImmediate(compact);
+    } else if (++this.churn >= CHURN_APPLIES) {
+      // Many small changes (EndpointSlice churn) leave garbage V8 collects only when it next needs room, and the heap
+      // it grew for them stays. Measured with the Kubernetes source alone at 10k services / 100k endpoints: live heap
+      // flat at ~70 MiB, RSS 153 -> 205 MiB after 300 slice changes, 134 MiB after two collections a second apart.
+      // Once the changes stop, that is given back as after a large change; while they go on, V8 decides.
+      clearTimeout(this.churnTimer);
+      this.churnTimer = setTimeout(() => { this.churn = 0; compact(); }, this.o.churnQuietMs ?? CHURN_QUIET_MS);
+      this.churnTimer.unref?.();
     }
     return null;
   }
@@ -214,5 +237,6 @@ export class ApplyTransaction {
   close(): void {
     clearTimeout(this.statesTimer);
     this.statesTimer = undefined;
+    clearTimeout(this.churnTimer);
   }
 }

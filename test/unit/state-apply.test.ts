@@ -245,3 +245,26 @@ t.test('workload identities follow the model in force only', async (t) => {
   t.match(tx.apply(withWorkloads('admin'), 'test'), /E2BIG/);
   t.same(seen, ['reader'], 'the rejected model\'s workloads were never followed');
 });
+
+t.test('after a burst of 100 small applies, once they stop, the heap is compacted once; not while they go on', async (t) => {
+  const state = new LiveState('/nonexistent-cgroup-root');
+  let collected = 0;
+  const tx = new ApplyTransaction({ state, kernel: new FakeKernel(), log: captureLog('silent').log, collectGarbage: () => collected++, churnQuietMs: 400 });
+  t.teardown(() => { tx.close(); state.close(); });
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const tick = () => new Promise((r) => setImmediate(r)); // timers due run, none is due for 400 ms
+  for (let i = 0; i < 99; i++) t.equal(tx.apply(model(web(20000 + 2 * i)), 'test', new Set(['web'])), null);
+  await sleep(900);
+  t.equal(collected, 0, '99 applies: no compaction');
+  for (let i = 0; i < 30; i++) {
+    tx.apply(model(web(30000 + 2 * i)), 'test', new Set(['web']));
+    await tick();
+  }
+  t.equal(collected, 0, 'still changing: V8 decides');
+  await sleep(900);
+  t.equal(collected, 1, 'quiet after the burst: compacted');
+  await sleep(1500);
+  t.equal(collected, 2, 'with a second collection a second later (when V8 gives the memory back)');
+  await sleep(1500);
+  t.equal(collected, 2, 'and not again without another burst');
+});
