@@ -11,26 +11,17 @@ import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { KubeConnection } from './kubeconfig.js';
+import type { ObjectMeta } from './types.js';
 
 export type { KubeConnection } from './kubeconfig.js';
+export type { ObjectMeta } from './types.js';
 export { loadKubeConfig } from './kubeconfig.js';
 
-export interface ObjectMeta {
-  name: string;
-  namespace?: string;
-  uid?: string;
-  resourceVersion?: string;
-  generation?: number;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-  deletionTimestamp?: string;
-  creationTimestamp?: string;
-}
-
+/** An object as the API server returns it (metadata declared once, in kube/types.ts): every stored object has a name. */
 export interface KubeObject {
   apiVersion?: string;
   kind?: string;
-  metadata: ObjectMeta;
+  metadata: ObjectMeta & { name: string };
 }
 
 export interface ResourceRef {

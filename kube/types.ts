@@ -1,7 +1,7 @@
 // The shapes of the Kubernetes resources sockmesh reads, as the API server sends them (JSON): only the fields the
-// translation looks at, every one optional where the API lets it be absent. Structurally compatible with
-// kube/client.ts's `KubeObject { apiVersion?, kind?, metadata: ObjectMeta }`: TypeScript's structural typing lets a
-// reflector's objects be passed here without a cast. Pure types, no code.
+// translation looks at, every one optional where the API lets it be absent. ObjectMeta is declared here only;
+// kube/client.ts's `KubeObject { apiVersion?, kind?, metadata: ObjectMeta & { name } }` is structurally compatible:
+// TypeScript's structural typing lets a reflector's objects be passed here without a cast. Pure types, no code.
 
 export interface ObjectMeta {
   name?: string;
