@@ -6,7 +6,8 @@
 //
 // What it implements, as the real server does (the wire shapes are the API server's):
 // - discovery: /version, /api, /apis, /api/v1, /apis/<group>/<version> (legacy, unaggregated: clients that ask for
-//   aggregated discovery get plain JSON and fall back, as they do against a 1.25 server);
+//   aggregated discovery get plain JSON and fall back, as they do against a 1.25 server); OpenAPI v3 as far as kubectl
+//   reads it, and an OpenAPI v2 document without definitions (kubectl before 1.27, e.g. Debian 12's 1.20, reads it);
 // - core v1 services, pods, namespaces, nodes; discovery.k8s.io/v1 endpointslices; gateway.networking.k8s.io/v1
 //   httproutes (served as a CRD would be: its own group in discovery, merge-patch from kubectl);
 // - list with resourceVersion, limit/continue (the API server's continue token; 410 Expired once the history the
@@ -630,6 +631,11 @@ export class KubeApi {
     const url = new URL(req.url ?? '/', 'http://x');
     const path = url.pathname.replace(/\/+$/, '') || '/';
     const q = url.searchParams;
+    if (path === '/openapi/v2' && req.method === 'GET') {
+      this.requests.discovery++;
+      this.openapiV2(req, res);
+      return;
+    }
     const discovery = this.discovery(path);
     if (discovery !== undefined) {
       if (req.method !== 'GET') throw new KubeApiError(405, 'MethodNotAllowed', `the server does not allow this method on the requested resource`);
@@ -745,6 +751,20 @@ export class KubeApi {
       md.namespace = ns;
       if (!this.collection('namespaces').objects.has(ns)) throw notFound(this.collection('namespaces').def, ns);
     }
+  }
+
+  /**
+   * OpenAPI v2, which kubectl before 1.27 reads (in protobuf) to validate manifests and to build apply's patches: a
+   * document with no definitions. kubectl then finds no schema for any kind, validates nothing client-side and
+   * computes patches from its compiled-in types (as for a CRD without a schema); the stand-in validates nothing either.
+   * An empty OpenAPI Document message is zero bytes in protobuf, so the protobuf answer is an empty body.
+   */
+  private openapiV2(req: IncomingMessage, res: ServerResponse): void {
+    if ((req.headers.accept ?? '').includes('protobuf')) {
+      res.writeHead(200, { 'Content-Type': 'application/com.github.proto-openapi.spec.v2.v1.0+protobuf', 'Content-Length': 0 }).end();
+      return;
+    }
+    send(res, 200, { swagger: '2.0', info: { title: 'Kubernetes', version: 'v1.32.0' }, paths: {}, definitions: {} });
   }
 
   /** discovery documents, or undefined when the path is not one */
