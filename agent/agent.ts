@@ -1,7 +1,7 @@
 // The agent: wiring only. It constructs the parts (the kernel, what is in force and its apply transaction, the health
 // checker, the L7 proxy, the sources, the admin API, metrics), starts them in order and stops them in order.
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import type { Model } from './model/types.js';
 import { Datapath, type AttachReport } from './datapath/datapath.js';
 import { MapReader } from './datapath/inspect.js';
@@ -10,7 +10,7 @@ import { cgroup2Root, cgroupOf, ownCgroupId } from './datapath/cgroup.js';
 import { KernelReconciler, prepareHost } from './kernel.js';
 import { FileSource } from './sources/file.js';
 import { XdsSource } from './sources/xds/source.js';
-import { KubeSource, type KubeAccess } from './sources/kube.js';
+import { KubeSource, kubeletCgroups, type CgroupDriver, type KubeAccess } from './sources/kube.js';
 import { AdminServer } from './admin/server.js';
 import { adminRoutes, adminStreams } from './admin/routes.js';
 import type { ProxyReportSource } from './admin/protocol.js';
@@ -54,6 +54,8 @@ export interface KubeWiring {
   /** this node's name (--node-id) */
   nodeName: string;
   trustDomain: string;
+  /** the kubelet's cgroup driver, where the meshed cgroup's name does not tell it (kube/pods.ts kubeletCgroups) */
+  cgroupDriver: CgroupDriver;
   /** the API server's URL, for status */
   server: string;
 }
@@ -183,12 +185,12 @@ export class Agent {
     } else if ('embedded' in opts.config) {
       model = opts.config.embedded;
     } else if ('kubernetes' in opts.config) {
-      this.kube = this.kubeSource('direct', opts.config.kubernetes);
+      this.kube = this.kubeSource('direct', opts.config.kubernetes, root);
       model = this.kube.cached();
     }
     if (opts.kubePods) {
       if (!('xds' in opts.config)) throw new Error('--kube-pods goes with --xds (with --kubernetes the agent watches its pods anyway)');
-      this.kube = this.kubeSource('pods', opts.kubePods);
+      this.kube = this.kubeSource('pods', opts.kubePods, root);
     }
 
     if (l7Missing.length) log.warn({ missing: l7Missing }, 'no L7 redirect on this kernel: L7 services are balanced at L4 (fail open) or refused (fail closed)');
@@ -348,9 +350,10 @@ export class Agent {
     this.podWatcher.start();
   }
 
-  private kubeSource(mode: 'direct' | 'pods', k: KubeWiring): KubeSource {
+  private kubeSource(mode: 'direct' | 'pods', k: KubeWiring, cgroup2: string): KubeSource {
     return new KubeSource({
       mode, nodeName: k.nodeName, trustDomain: k.trustDomain, access: k.access,
+      kubelet: kubeletCgroups(`/${relative(cgroup2, this.opts.cgroup)}`, k.cgroupDriver),
       log: this.log.child({ source: 'kubernetes' }),
       apply: (model, changed) => this.applyModel(model, 'kubernetes', changed),
       // the node's pods from the API server, beside the ones the /proc walk finds (an address is local while either names it)

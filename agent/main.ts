@@ -36,9 +36,9 @@ function parseTrustDomain(v: string): string {
 }
 
 /** --kubernetes / --kube-pods: the API client from --kubeconfig (else in-cluster, else $KUBECONFIG, else ~/.kube/config). */
-function kubeWiring(opts: { kubeconfig?: string; trustDomain: string; nodeId?: string }, log: Logger): KubeWiring {
+function kubeWiring(opts: { kubeconfig?: string; trustDomain: string; nodeId?: string; kubeCgroupDriver: KubeWiring['cgroupDriver'] }, log: Logger): KubeWiring {
   const access = apiAccess({ kubeconfig: opts.kubeconfig ? resolve(opts.kubeconfig) : undefined, log: log.child({ component: 'kubernetes' }) });
-  return { access, server: access.server, nodeName: opts.nodeId ?? hostname(), trustDomain: opts.trustDomain };
+  return { access, server: access.server, nodeName: opts.nodeId ?? hostname(), trustDomain: opts.trustDomain, cgroupDriver: opts.kubeCgroupDriver };
 }
 
 const program = new Command();
@@ -56,6 +56,7 @@ program
   .option('--kube-pods', 'with --xds: watch this node\'s pods in the Kubernetes API (spec.nodeName = --node-id) for the fast path\'s local pods')
   .option('--kubeconfig <file>', 'kubeconfig for --kubernetes/--kube-pods (default: the in-cluster service account, else $KUBECONFIG, else ~/.kube/config)')
   .addOption(new Option('--trust-domain <domain>', 'SPIFFE trust domain of the pods\' identities (spiffe://<domain>/ns/<ns>/sa/<sa>)').default('cluster.local').argParser(parseTrustDomain))
+  .addOption(new Option('--kube-cgroup-driver <driver>', 'the kubelet\'s cgroup driver, for pods\' cgroups (identities), when --cgroup is not named kubepods.slice (systemd) or kubepods (cgroupfs)').choices(['systemd', 'cgroupfs']).default('systemd'))
   .option('--node-id <id>', 'xDS node id, and with Kubernetes this node\'s name (default: the hostname)')
   .option('--node-cluster <name>', 'xDS node cluster', 'sockmesh')
   .option('--node-locality <region/zone/subzone>', 'xDS node locality')
@@ -95,7 +96,7 @@ program
     metricsListen: string;
     proxyPort: number; proxyHeartbeatMs: number; drainTimeout: number; proxyNodeAddress?: ReturnType<typeof parseNodeAddresses>;
     xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
-    kubernetes?: boolean; kubePods?: boolean; kubeconfig?: string; trustDomain: string;
+    kubernetes?: boolean; kubePods?: boolean; kubeconfig?: string; trustDomain: string; kubeCgroupDriver: KubeWiring['cgroupDriver'];
   }) => {
     const log = createLogger();
     const bpffs = resolve(opts.bpffs);

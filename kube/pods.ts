@@ -12,6 +12,7 @@
 // names every process of it. The model's workloads are per identity (one service account's pods on this node):
 // that is what L7 authorization rules name, and many pods share it. Pure, no I/O.
 import { canonicalAddress } from '../agent/model/address.js';
+import { formatSpiffeId } from '../agent/model/spiffe.js';
 import type { Workload } from '../agent/model/types.js';
 import { modelServiceName } from './translate-names.js';
 import type { TranslateIssue } from './translate-types.js';
@@ -51,7 +52,23 @@ export interface PodWorkload {
 
 /** spiffe://<trust domain>/ns/<namespace>/sa/<service account> */
 export function spiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {
-  return `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`;
+  return formatSpiffeId({ trustDomain, namespace, serviceAccount });
+}
+
+/**
+ * Where the kubelet's pod tree is, from the agent's meshed cgroup (--cgroup, a path under the cgroup2 mount): the
+ * DaemonSet meshes the kubelet's own tree, so a meshed cgroup named `kubepods.slice` says the systemd driver and
+ * `kubepods` the cgroupfs one, with the kubelet's --cgroup-root its parent. Any other meshed cgroup (a test's, or
+ * a node whose kubelet runs under a --cgroup-root of its own that is meshed whole) holds the kubelet's tree below it,
+ * laid out by `driver` (which the name cannot tell).
+ */
+export function kubeletCgroups(meshedCgroup: string, driver: CgroupDriver): { driver: CgroupDriver; cgroupRoot: string } {
+  const parts = meshedCgroup.split('/').filter((p) => p !== '');
+  const last = parts[parts.length - 1];
+  const parent = `/${parts.slice(0, -1).join('/')}`;
+  if (last === 'kubepods.slice') return { driver: 'systemd', cgroupRoot: parent };
+  if (last === 'kubepods') return { driver: 'cgroupfs', cgroupRoot: parent };
+  return { driver, cgroupRoot: `/${parts.join('/')}` };
 }
 
 /**
@@ -157,7 +174,7 @@ export function podWorkload(pod: KPod, opts: PodOptions, issues: TranslateIssue[
 export interface PodsResult {
   /** by namespace/name */
   pods: PodWorkload[];
-  /** the model's workloads: one per identity, its pods' cgroups (sorted), sorted by name */
+  /** the model's workloads: one per identity, its pods' cgroups and addresses (sorted), sorted by name */
   workloads: Workload[];
   /** workload name -> identity (spiffe://...) */
   identities: ReadonlyMap<string, string>;
@@ -173,16 +190,21 @@ export function translatePods(pods: Iterable<KPod>, opts: PodOptions): PodsResul
     if (w) out.push(w);
   }
   out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const byWorkload = new Map<string, { identity: string; cgroups: string[] }>();
+  const byWorkload = new Map<string, { identity: string; cgroups: string[]; addresses: string[] }>();
   for (const p of out) {
     let w = byWorkload.get(p.workload);
-    if (!w) byWorkload.set(p.workload, (w = { identity: p.identity, cgroups: [] }));
+    if (!w) byWorkload.set(p.workload, (w = { identity: p.identity, cgroups: [], addresses: [] }));
     if (!w.cgroups.includes(p.cgroup)) w.cgroups.push(p.cgroup);
+    // the same address twice (a pod replaced by one that got its IP back) is one address of the workload
+    for (const a of p.addresses) if (!w.addresses.includes(a)) w.addresses.push(a);
   }
   const names = [...byWorkload.keys()].sort();
   return {
     pods: out,
-    workloads: names.map((n) => ({ name: n, cgroups: byWorkload.get(n)!.cgroups.sort() })),
+    workloads: names.map((n) => {
+      const w = byWorkload.get(n)!;
+      return { name: n, cgroups: w.cgroups.sort(), identity: w.identity, ...(w.addresses.length ? { addresses: w.addresses.sort() } : {}) };
+    }),
     identities: new Map(names.map((n) => [n, byWorkload.get(n)!.identity])),
     issues,
   };

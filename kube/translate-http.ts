@@ -31,6 +31,8 @@
 //   sockmesh.io/circuit-breaker    {maxConnections: 100, maxRequests: 200, maxPendingRequests: .., maxRetries: ..} (L7)
 //   sockmesh.io/outlier-detection  {consecutive5xx: 5, baseEjectionTime: 30s, ...}  ('{}' = the defaults) (L7)
 //   sockmesh.io/access-log-sample  0..1                                  share of requests logged (L7)
+//   sockmesh.io/authz              {default: deny, rules: [{name: r, action: allow, from: [spiffe://<td>/ns/<ns>/sa/<sa>]}]}
+//                                  L7 authorization; `from` names service accounts' identities (the pods' workloads) (L7)
 // Mapping values are YAML flow mappings or JSON. The L7 ones apply only to a service that is L7 (an accepted
 // HTTPRoute, or sockmesh.io/http: "true"); elsewhere they are reported as ignored. An unknown sockmesh.io/ key is
 // reported with the closest known one.
@@ -58,6 +60,7 @@ const ANNOTATIONS: Record<string, { field: string; l7: boolean; mapping: boolean
   'sockmesh.io/circuit-breaker': { field: 'circuitBreaker', l7: true, mapping: true },
   'sockmesh.io/outlier-detection': { field: 'outlierDetection', l7: true, mapping: true },
   'sockmesh.io/access-log-sample': { field: 'accessLogSample', l7: true, mapping: false },
+  'sockmesh.io/authz': { field: 'authz', l7: true, mapping: true },
 };
 export const SOCKMESH_ANNOTATIONS: readonly string[] = Object.keys(ANNOTATIONS);
 

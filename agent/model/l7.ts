@@ -122,7 +122,7 @@ export interface OutlierDetection {
 export interface AuthzRule {
   name: string;
   action: 'allow' | 'deny';
-  /** workload names (Model.workloads); absent = any source */
+  /** workload names (Model.workloads) or identities (spiffe://..., the workloads with that identity); absent = any source */
   from?: string[];
   methods?: string[];
   paths?: StringMatch[];

@@ -21,6 +21,7 @@ import {
 } from './fields.js';
 import { workloadMeshFields } from './meshconfig.js';
 import { closest } from './suggest.js';
+import { parseSpiffeId } from './spiffe.js';
 import { linearRegex } from './regex.js';
 import {
   DEFAULT_CIRCUIT_BREAKER,
@@ -565,8 +566,17 @@ function authz(raw: Obj, path: string, shape: ServiceShape, issues: Issues): Aut
       rule.from = [];
       from.forEach((w, j) => {
         const wp = `${join(rp, 'from')}[${j}]`;
-        if (typeof w !== 'string') issues.add(wp, `must be a workload name, got ${describe(w)}`);
-        else if (!shape.workloads?.has(w)) issues.add(wp, `workload '${w}' is not defined (in the top-level workloads list)`);
+        if (typeof w !== 'string') issues.add(wp, `must be a workload name or a spiffe:// identity, got ${describe(w)}`);
+        else if (w.startsWith('spiffe://')) {
+          // An identity names whichever workloads have it (Workload.identity), now or later: a service account with no
+          // pod on this node is no mistake, it matches nobody until one starts.
+          try {
+            parseSpiffeId(w);
+            if (!rule.from!.includes(w)) rule.from!.push(w);
+          } catch (e) {
+            issues.add(wp, (e as Error).message);
+          }
+        } else if (!shape.workloads?.has(w)) issues.add(wp, `workload '${w}' is not defined (in the top-level workloads list)`);
         else if (!rule.from!.includes(w)) rule.from!.push(w);
       });
     }

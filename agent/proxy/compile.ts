@@ -126,7 +126,7 @@ export function compileModel(cx: CompileContext, model: Model): Compiled {
   const out: Compiled = { frontends: new Map(), services: new Map(), groups: new Map(), routeStats: new Map(), alive: new Map() };
   const compiled: [Service, ServiceState][] = [];
   for (const svc of model.services) {
-    if (svc.http) compiled.push([svc, compileService(cx, svc, svc.http, out.routeStats)]);
+    if (svc.http) compiled.push([svc, compileService(cx, svc, svc.http, out.routeStats, model.workloads)]);
   }
   for (const [svc, state] of compiled) {
     out.services.set(svc.name, state);
@@ -143,7 +143,7 @@ export function compileModel(cx: CompileContext, model: Model): Compiled {
   return out;
 }
 
-function compileService(cx: CompileContext, svc: Service, http: HttpPolicy, routeStats: Map<string, RouteStats>): ServiceState {
+function compileService(cx: CompileContext, svc: Service, http: HttpPolicy, routeStats: Map<string, RouteStats>, workloads: Model['workloads']): ServiceState {
   const router = compileRoutes<RouteState>(svc.name, http.routes, (r, match, index) => {
     const id = `${svc.name}\0${r.name}`;
     const stats = cx.prev.routeStats.get(id) ?? cx.newRouteStats(svc.name, r.name);
@@ -167,7 +167,7 @@ function compileService(cx: CompileContext, svc: Service, http: HttpPolicy, rout
     name: svc.name,
     http,
     router,
-    authz: http.authz ? new Authorizer(http.authz, svc.name) : undefined,
+    authz: http.authz ? new Authorizer(http.authz, svc.name, workloads) : undefined,
     early: cx.earlyStats(svc.name),
     groups: [],
   };

@@ -5,7 +5,8 @@
 //   (for its zone) and its own pods, and translates them itself for its node (ClusterTranslator with scope = this
 //   node): for small clusters, where N agents watching every EndpointSlice is no load worth a control plane.
 // - pods (`--xds --kube-pods`): the services come from the control plane over xDS; the agent watches only its own
-//   node's pods (fieldSelector spec.nodeName=<node>), for the fast path's local pods and the workload identities.
+//   node's pods (fieldSelector spec.nodeName=<node>), for the fast path's local pods (the model, workloads included,
+//   comes from the control plane). In direct mode the pods are also the model's workloads (withWorkloads).
 //
 // As the other sources: a batch is translated and handed to the one apply transaction; what the kernel or the proxy
 // refuses is rejected whole and the last good model stays. Objects the translation cannot use are left out one by one
@@ -21,6 +22,8 @@ import type { Model, Service, Workload } from '../model/types.js';
 import type { TranslateIssue, Unserved } from '../../kube/translate.js';
 import { ClusterTranslator } from '../../kube/translate-live.js';
 import { ModelFileWriter } from '../../kube/modelfile.js';
+import { translatePods, type CgroupDriver, type PodsResult } from '../../kube/pods.js';
+export { kubeletCgroups, type CgroupDriver } from '../../kube/pods.js';
 import type { KEndpointSlice, KHTTPRoute, KNode, KPod, KService } from '../../kube/types.js';
 import { ClusterWatch, healthLine, RouteStatusWriter, viewChanges, type ClusterHealth, type KubeAccess, type ReflectorLike, type SyncBatch, type WatchKind } from '../../kube/watch.js';
 
@@ -38,6 +41,8 @@ export interface KubeSourceOptions {
   /** this node's name (--node-id): the pods' spec.nodeName, the scope of Local and PreferClose */
   nodeName: string;
   trustDomain: string;
+  /** where the kubelet puts pod cgroups (kube/pods.ts kubeletCgroups); default systemd under the mount's root */
+  kubelet?: { driver: CgroupDriver; cgroupRoot: string };
   access: KubeAccess;
   log: Logger;
   /** apply a model (direct mode): null when in force, else why not (the last good model stays) */
@@ -140,6 +145,8 @@ export class KubeSource {
   private issues: TranslateIssue[] = [];
   private lastTranslate: KubeSourceStatus['lastTranslate'] = null;
   private lastError: string | null = null;
+  /** this node's pods as workloads (identities, cgroups), as of the last batch that changed pods */
+  private pods: PodsResult = { pods: [], workloads: [], identities: new Map(), issues: [] };
   private fromCache = false;
   private cacheTimer?: NodeJS.Timeout;
   private cacheDue = false;
@@ -214,8 +221,18 @@ export class KubeSource {
 
   private sync(b: SyncBatch): void {
     const { o } = this;
-    if (b.first || b.changed.pods.size > 0) o.onPods?.(localPods(this.watch.store<KPod>('pods').values()));
-    if (o.mode !== 'direct') return;
+    if (b.first || b.changed.pods.size > 0) {
+      const pods = this.watch.store<KPod>('pods');
+      o.onPods?.(localPods(pods.values()));
+      this.pods = translatePods(pods.values(), {
+        trustDomain: o.trustDomain, driver: o.kubelet?.driver ?? 'systemd', cgroupRoot: o.kubelet?.cgroupRoot,
+      });
+      for (const i of this.pods.issues.slice(0, 20)) o.log.warn({ object: i.object, field: i.path || '(object)', reason: i.message }, 'kubernetes: left out');
+    }
+    if (o.mode !== 'direct') {
+      this.issues = this.pods.issues;
+      return;
+    }
     const t0 = performance.now();
     const res = this.translator.translate({
       services: this.watch.store<KService>('services'),
@@ -225,14 +242,18 @@ export class KubeSource {
     }, viewChanges(b));
     const ms = performance.now() - t0;
     this.unserved = res.unserved;
-    this.issues = res.issues;
+    this.issues = [...res.issues, ...this.pods.issues];
     const model: Model = this.withWorkloads(res.model);
     const prev = this.applied;
     // After a failed apply, or over a model of another agent (the cache), everything is looked at again.
     const changed = prev && !this.failed && !this.fromCache ? changedServices(prev.services, model.services) : undefined;
+    const workloadsChanged = !prev || !sameWorkloads(prev, model);
+    // The proxy resolves identities in authz `from` to workloads when it compiles a service: new workloads (a pod
+    // came or went) are a change of every service with authz rules, whatever else changed.
+    if (changed && workloadsChanged) for (const s of model.services) if (s.http?.authz) changed.add(s.name);
     this.lastTranslate = { at: new Date().toISOString(), ms: Math.round(ms * 1000) / 1000, services: model.services.length, changed: changed?.size ?? model.services.length, relist: b.relist };
     for (const i of res.issues.slice(0, 20)) o.log.warn({ object: i.object, field: i.path || '(object)', reason: i.message }, 'kubernetes: left out');
-    if (changed && changed.size === 0 && sameWorkloads(prev!, model)) {
+    if (changed && changed.size === 0 && !workloadsChanged) {
       this.writeRouteStatus(res.routeStatus);
       return;
     }
@@ -251,9 +272,13 @@ export class KubeSource {
     this.writeRouteStatus(res.routeStatus);
   }
 
-  /** The model with this node's pods as workloads: none yet (kube/pods.ts brings identities and cgroups). */
+  /**
+   * The model with this node's pods as workloads: one per service account (kube/pods.ts), named `<ns>--<sa>`, with
+   * its identity (what authz `from` rules name: spiffe://<trust domain>/ns/<ns>/sa/<sa>), its pods' cgroups (who a
+   * client is) and their addresses.
+   */
   private withWorkloads(model: Model): Model {
-    return model;
+    return this.pods.workloads.length > 0 ? { ...model, workloads: this.pods.workloads } : model;
   }
 
   private writeRouteStatus(updates: Parameters<RouteStatusWriter['write']>[0]): void {

@@ -191,6 +191,23 @@ t.test('annotations: fail mode, breakers, outlier detection, health check; bad v
   t.match(l4.issues, [{ message: /apply to L7 services only/ }]);
 });
 
+t.test('sockmesh.io/authz: rules whose from names service accounts\' identities; a workload name or a bad identity named', async (t) => {
+  const r = run([svc('web', '10.96.0.1', {
+    'sockmesh.io/http': 'true',
+    'sockmesh.io/authz': '{default: deny, rules: [{name: shop, action: allow, from: [spiffe://cluster.local/ns/shop/sa/cart], methods: [GET]}]}',
+  })], [slice('web', ['10.0.0.1'])], []);
+  t.same(r.issues, []);
+  t.same(web(r).http!.authz, { defaultAction: 'deny', rules: [{ name: 'shop', action: 'allow', from: ['spiffe://cluster.local/ns/shop/sa/cart'], methods: ['GET'] }] });
+  const bad = run([svc('web', '10.96.0.1', {
+    'sockmesh.io/http': 'true',
+    'sockmesh.io/authz': '{rules: [{name: a, action: allow, from: [frontend, spiffe://cluster.local/ns/Shop/sa/cart]}]}',
+  })], [slice('web', ['10.0.0.1'])], []);
+  const text = bad.issues.map((i) => `${i.object}: ${i.path}: ${i.message}`).join('\n');
+  t.match(text, /metadata\.annotations\["sockmesh\.io\/authz"\] \(model http\.authz\.rules\[0\]\.from\[0\]\): workload 'frontend' is not defined/);
+  t.match(text, /metadata\.annotations\["sockmesh\.io\/authz"\] \(model http\.authz\.rules\[0\]\.from\[1\]\): identity "spiffe:\/\/cluster\.local\/ns\/Shop\/sa\/cart": namespace "Shop" is not a Kubernetes name/);
+  t.equal(web(bad).http, undefined, 'at L4, its L7 part refused');
+});
+
 t.test('a regex the proxy cannot run: the model refuses it, the route says why, the VIP stays served at L4', async (t) => {
   const r = run(base(), baseSlices(), [route('bad', [{ matches: [{ path: { type: 'RegularExpression', value: '/(a)\\1' } }] }])]);
   t.ok(web(r) && web(r).http === undefined);

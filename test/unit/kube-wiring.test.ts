@@ -164,6 +164,49 @@ t.test('agent source: translated for its node, one slice change applies one serv
   t.equal(other.cached(), undefined, 'another node\'s cache is not used');
 });
 
+t.test('agent source: this node\'s pods as workloads per service account (identity in --trust-domain, kubelet cgroups); a pod change re-applies the services with authz', async (t) => {
+  const { r, access } = agentFakes();
+  const uid = (n: number) => `00000000-0000-4000-8000-00000000000${n}`;
+  const pod = (name: string, n: number, sa: string, ip: string): KPod => ({
+    metadata: { namespace: 'shop', name, uid: uid(n) }, spec: { nodeName: 'node-a', serviceAccountName: sa },
+    status: { phase: 'Running', qosClass: 'BestEffort', podIPs: [{ ip }] },
+  });
+  for (const k of [...r.pods.store.keys()]) r.pods.store.delete(k);
+  for (const p of [pod('cart-1', 1, 'cart', '10.1.0.1'), pod('cart-2', 2, 'cart', '10.1.0.2'), pod('front-1', 3, 'front', '10.1.0.3')]) r.pods.store.set(`shop/${p.metadata.name}`, p);
+  const web = service('default', 'web', '10.96.0.10', [{ port: 80, targetPort: 8080 }]);
+  web.metadata.annotations = {
+    'sockmesh.io/http': 'true', 'sockmesh.io/authz': '{default: deny, rules: [{name: cart, action: allow, from: [spiffe://example.org/ns/shop/sa/cart]}]}',
+  };
+  r.services.store.set('default/web', web);
+  const applied: { model: Model; changed?: ReadonlySet<string> }[] = [];
+  const src = new KubeSource({
+    mode: 'direct', nodeName: 'node-a', trustDomain: 'example.org', access: access as never, log,
+    kubelet: { driver: 'cgroupfs', cgroupRoot: '/meshed' },
+    apply: (model, changed) => { applied.push({ model, changed }); return null; },
+  });
+  src.start();
+  t.teardown(() => src.stop());
+  await until('first apply', () => applied.length === 1);
+  t.same(src.report().issues, [], 'nothing left out');
+  t.same(applied[0]!.model.workloads, [
+    { name: 'shop--cart', identity: 'spiffe://example.org/ns/shop/sa/cart', addresses: ['10.1.0.1', '10.1.0.2'],
+      cgroups: [`/meshed/kubepods/besteffort/pod${uid(1)}`, `/meshed/kubepods/besteffort/pod${uid(2)}`] },
+    { name: 'shop--front', identity: 'spiffe://example.org/ns/shop/sa/front', addresses: ['10.1.0.3'], cgroups: [`/meshed/kubepods/besteffort/pod${uid(3)}`] },
+  ], 'one workload per service account, in the trust domain given');
+  t.same(applied[0]!.model.services.find((x) => x.name === 'default--web')!.http!.authz!.rules[0]!.from, ['spiffe://example.org/ns/shop/sa/cart']);
+
+  r.pods.delete('shop/cart-2');
+  await until('a pod change applied', () => applied.length === 2);
+  t.same(applied[1]!.model.workloads![0]!.cgroups, [`/meshed/kubepods/besteffort/pod${uid(1)}`], 'the pod gone, its cgroup too');
+  t.same([...applied[1]!.changed!], ['default--web'], 'only the service with authz is re-applied (the proxy resolves identities then)');
+  r.pods.set(pod('batch-1', 4, 'batch', '10.1.0.9'));
+  await until('a new service account', () => applied.length === 3);
+  t.same(applied[2]!.model.workloads!.map((w) => w.name), ['shop--batch', 'shop--cart', 'shop--front']);
+  r.pods.set({ ...pod('bad', 5, 'x', '10.1.0.10'), metadata: { namespace: 'shop', name: 'bad', uid: 'not-a-uid' } });
+  await sleep(30);
+  t.match(src.report().issues, [{ object: 'Pod shop/bad', path: 'metadata.uid', message: /must be a UUID/ }], 'a pod without a usable UID is named');
+});
+
 t.test('changedServices and localPods', async (t) => {
   const a = { name: 'a', frontends: [] } as never;
   const b = { name: 'b', frontends: [] } as never;

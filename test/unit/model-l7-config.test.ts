@@ -249,6 +249,10 @@ const CASES: Array<[string, string, string[]]> = [
   ['workloads referenced by authz must exist', `    http:\n      authz: {rules: [{name: r, action: allow, from: [frontend]}]}`, [
     "services[0].http.authz.rules[0].from[0]: workload 'frontend' is not defined (in the top-level workloads list)",
   ]],
+  ['identities in authz from: need no workload, but must be spiffe://<td>/ns/<ns>/sa/<sa>', `    http:\n      authz: {rules: [{name: r, action: allow, from: [spiffe://cluster.local/ns/shop/sa/cart, spiffe://cluster.local/shop, 'spiffe://Cluster/ns/a/sa/b']}]}`, [
+    'services[0].http.authz.rules[0].from[1]: identity "spiffe://cluster.local/shop": expected spiffe://<trust domain>/ns/<namespace>/sa/<service account>',
+    'services[0].http.authz.rules[0].from[2]: identity "spiffe://Cluster/ns/a/sa/b": trust domain "Cluster": expected lower-case letters, digits, \'.\', \'-\' or \'_\' (1-255)',
+  ]],
   ['header names and methods', `    http:\n      routes: [{name: a, match: {methods: [get, 'G T'], headers: [{name: 'bad name'}, {name: ':method', exact: GET}]}}]`, [
     "services[0].http.routes[0].match.methods[0]: service 'web', route 'a': must be upper-case (methods are case-sensitive), got 'get' (did you mean 'GET'?)",
     "services[0].http.routes[0].match.methods[1]: service 'web', route 'a': must be an HTTP method like GET, got \"G T\" (a string)",

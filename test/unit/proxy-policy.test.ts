@@ -155,6 +155,41 @@ t.test('authz: deny before allow, then default; from = workload of the client cg
   t.equal(check(2n, head('DELETE', '/x')), 'allowed');
 });
 
+t.test('authz from an identity: the workloads with it when compiled; none with it matches nobody, not everybody', async (t) => {
+  const { p } = policy();
+  const byCgroup = new Map<bigint, string>([[1n, 'shop--cart'], [2n, 'shop--default'], [3n, 'legacy']]);
+  const cart = 'spiffe://cluster.local/ns/shop/sa/cart';
+  const svc = service('web', '127.100.0.1', 80, [backend(8080)], http({
+    authz: { defaultAction: 'deny' as const, rules: [{ name: 'cart', action: 'allow' as const, from: [cart, 'legacy'] }] },
+  }));
+  const check = (cg: bigint): string => {
+    const x = p.begin({ ...DST, cgroupId: cg }, { ...SRC, cgroupId: cg }, head('GET', '/'));
+    if (!isLocal(x)) {
+      x.end(200);
+      return 'allowed';
+    }
+    return String(x.headers['x-sockmesh-denied']);
+  };
+  const workloads = [
+    { name: 'shop--cart', cgroups: ['/kubepods/a'], identity: cart },
+    { name: 'shop--default', cgroups: ['/kubepods/b'], identity: 'spiffe://cluster.local/ns/shop/sa/default' },
+    { name: 'legacy', cgroups: ['/legacy'] },
+  ];
+  p.update({ ...model(svc), workloads }, (id) => byCgroup.get(id));
+  t.equal(check(1n), 'allowed', 'the workload with the identity');
+  t.equal(check(2n), 'default-deny', 'another service account of the namespace');
+  t.equal(check(3n), 'allowed', 'a workload named by name beside the identity');
+  // the cart pods went away: the identity resolves to nobody, and the rule keeps its other source only
+  p.update({ ...model(svc), workloads: workloads.slice(1) }, (id) => byCgroup.get(id));
+  t.equal(check(1n), 'default-deny', 'no workload has the identity any more');
+  t.equal(check(3n), 'allowed');
+  const only = service('web', '127.100.0.1', 80, [backend(8080)], http({
+    authz: { defaultAction: 'allow' as const, rules: [{ name: 'not-cart', action: 'deny' as const, from: [cart] }] },
+  }));
+  p.update({ ...model(only), workloads: workloads.slice(1) }, (id) => byCgroup.get(id));
+  t.equal(check(2n), 'allowed', 'a deny from an identity nobody has denies nobody (an empty from is not "any source")');
+});
+
 t.test('repeated request headers: routes and allow rules read the joined value, deny rules any reading of it', async (t) => {
   const { p } = policy();
   const routes = [
