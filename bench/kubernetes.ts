@@ -10,16 +10,16 @@
 // control plane's). kube-proxy's default minimum sync period is 1 s: the target for a change is 50 ms.
 // Addresses are all in 127.0.0.0/8 and no traffic is sent; the agent is attached to a child cgroup of the bench's
 // own, and everything is undone on the way out (DESIGN.md's rules).
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { availableParallelism, cpus, release, tmpdir } from 'node:os';
+import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { KubeApi, kubeconfigFor } from '../lab/kubeapi.js';
 import { native } from '../agent/datapath/native.js';
 import type { KEndpointSlice, KService } from '../kube/types.js';
 import { cleanupAgent } from './lib/agent.js';
 import { emitResult } from './chart.js';
-import { cgroup2Mount, createChildCgroup, createCgroup, removeCgroup } from './lib/cgroup.js';
+import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { BACKEND_PORT, SERVICE_PORT, loopbackAddress, prng, type ServiceConfig } from './lib/fleet.js';
 import { Background, interrupted, log, onCleanup } from './lib/proc.js';
 import { round } from './lib/report.js';
@@ -234,12 +234,8 @@ const f = (v: number | undefined, unit = '') => (v === undefined ? '-' : `${v >=
 export async function runKubernetes(opts: KubeBenchOptions): Promise<number> {
   if (process.getuid?.() !== 0) throw new Error('the kubernetes bench needs root (cgroups, BPF)');
   native();
-  const id = `sockmesh-bench-kube-${process.pid}`;
-  const cgroup = createCgroup(id);
-  onCleanup(`cgroup ${cgroup}`, () => removeCgroup(cgroup));
+  const { cgroup, workDir } = benchWorkspace();
   const meshCgroup = createChildCgroup(cgroup, 'mesh');
-  const workDir = mkdtempSync(join(tmpdir(), `${id}-`));
-  onCleanup(`dir ${workDir}`, () => rmSync(workDir, { recursive: true, force: true }));
 
   const results: ScenarioResult[] = [];
   for (const s of opts.scenarios) {
