@@ -29,6 +29,8 @@ import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.j
 import { nodeFacts, type NodeFacts } from './observe/node.js';
 import { MonitorHub } from './observe/monitor.js';
 import type { Logger } from './observe/log.js';
+import { localIdentities, startCertManager, type IdentityWiring } from './certwiring.js';
+import type { CertManager } from './identity/certs.js';
 
 export const VERSION: string = (() => {
   try {
@@ -95,6 +97,8 @@ export interface AgentOptions {
    * (default 30 s); what is left then is cut.
    */
   drainTimeoutMs?: number;
+  /** workload certificates from the control plane's CA (--node-token-file); absent = none */
+  identity?: IdentityWiring;
 }
 
 /** What the old agent of a planned restart reports once it drained. */
@@ -132,6 +136,8 @@ export class Agent {
   /** resolves when this agent handed over to a new one and drained (the process should exit 0 then) */
   readonly drained = new Promise<Drained>((r) => { this.drainedResolve = r; });
   private readonly events = new EventRing();
+  /** this node's workload certificates (the tunnel reads them), with --node-token-file */
+  certs?: CertManager;
   /** the live monitor's readers (GET /v1/monitor); set up with the datapath */
   private monitor?: MonitorHub;
   private ringbuf?: RingBufferSubscription;
@@ -221,6 +227,7 @@ export class Agent {
         request: (e) => monitor.publish(e),
       } })
       : undefined;
+    if (opts.identity) this.certs = await startCertManager(opts.identity, this.registry, log);
     this.transaction = new ApplyTransaction({
       state: this.state, kernel, policy, log,
       committed: (m, scope) => {
@@ -228,6 +235,7 @@ export class Agent {
         checker.update(m, scope);
         if (!scope) this.metrics.retain(new Set(m.services.map((s) => s.name)));
         else this.metrics.forgetRemoved(scope, m.services);
+        this.certs?.setIdentities(localIdentities(m, opts.identity!.nodeId, log));
         this.stateFile.write(kernel.namesSnapshot());
       },
     });
@@ -295,6 +303,7 @@ export class Agent {
         kubernetes: () => this.kube?.status() ?? null,
         kubernetesReport: () => this.kube?.report() ?? null,
         metrics: () => this.metricsAddress,
+        certs: () => this.certs?.report() ?? null,
       },
     }), log, adminStreams(monitor));
     await this.admin.start(taken?.adminFd);
@@ -480,6 +489,7 @@ export class Agent {
     this.podWatcher?.stop();
     await this.xds?.stop();
     await this.kube?.stop();
+    this.certs?.stop();
     this.checker?.close();
     this.transaction?.close();
     this.state.close();

@@ -14,6 +14,7 @@ import { cleanup } from './datapath/datapath.js';
 import { requireCgroup2Root, resolveCgroup } from './datapath/cgroup.js';
 import { DEFAULT_BPFFS, runDirFor } from './admin/protocol.js';
 import { DEMO_HTTP_VIP, DEMO_PORT, DEMO_VIP, demoModel, serveDemoBackends, spawnDemoBackends } from './demo.js';
+import { identityWiring } from './certwiring.js';
 import { rmSync, existsSync, rmdirSync } from 'node:fs';
 
 /** --xds and friends into the agent's control-plane settings, with clear errors for bad values. */
@@ -59,6 +60,9 @@ program
   .addOption(new Option('--kube-cgroup-driver <driver>', 'the kubelet\'s cgroup driver, for pods\' cgroups (identities), when --cgroup is not named kubepods.slice (systemd) or kubepods (cgroupfs)').choices(['systemd', 'cgroupfs']).default('systemd'))
   .option('--node-id <id>', 'xDS node id, and with Kubernetes this node\'s name (default: the hostname)')
   .option('--node-cluster <name>', 'xDS node cluster', 'sockmesh')
+  .option('--node-token-file <file>', 'this node\'s credential for the control plane\'s CA: workload certificates are kept for the identities of the workloads on this node (workloads[].node = --node-id)')
+  .option('--ca-address <host:port>', 'the CA API (default: the --xds control plane); TLS as for --xds (--xds-ca)')
+  .option('--cert-ttl <duration>', 'lifetime to ask for workload certificates (default: the CA\'s, 24h)')
   .option('--node-locality <region/zone/subzone>', 'xDS node locality')
   .option('--cgroup <path>', 'cgroup v2 directory whose processes are meshed (absolute, or relative to the cgroup2 mount)', 'sockmesh')
   .option('--bpffs <dir>', 'bpffs directory for this instance\'s pins', DEFAULT_BPFFS)
@@ -97,6 +101,7 @@ program
     proxyPort: number; proxyHeartbeatMs: number; drainTimeout: number; proxyNodeAddress?: ReturnType<typeof parseNodeAddresses>;
     xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
     kubernetes?: boolean; kubePods?: boolean; kubeconfig?: string; trustDomain: string; kubeCgroupDriver: KubeWiring['cgroupDriver'];
+    nodeTokenFile?: string; caAddress?: string; certTtl?: string;
   }) => {
     const log = createLogger();
     const bpffs = resolve(opts.bpffs);
@@ -119,6 +124,7 @@ program
         metricsListen: parseListen(opts.metricsListen),
         proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs, drainTimeoutMs: opts.drainTimeout * 1000,
         ...opts.proxyNodeAddress,
+        identity: identityWiring(opts),
       }, log);
       await agent.start();
       if ('embedded' in config) {

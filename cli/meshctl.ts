@@ -7,6 +7,7 @@ import { Context, type GlobalOptions } from './context.js';
 import { DEFAULT_BPFFS } from '../agent/admin/protocol.js';
 import { CliError, EXIT } from './errors.js';
 import { backends } from './commands/backends.js';
+import { certs, identities } from './commands/certs.js';
 import { doctor } from './commands/doctor.js';
 import { events } from './commands/events.js';
 import { execInMesh } from './commands/exec.js';
@@ -129,6 +130,8 @@ command('monitor', 'live stream until Ctrl-C: balancing decisions, refusals, fas
   .option('--duration <seconds>', 'stop after this long (default: until Ctrl-C)', nonNegative('--duration'))
   .addHelpText('after', '\nEvery filter is applied by the agent. --json prints one object per line (events, and {"type":"summary"} lines:\n' +
     'the kernel\'s sampling rate, its own counts against the events seen, what the rate limit and a slow reader dropped).');
+command('identities', 'the workload identities on this node and their certificates\' state (needs the agent)', (ctx) => identities(ctx));
+command('certs', 'workload certificates: identity, serial, expiry, time left, issuer; the trust bundle (needs the agent)', (ctx) => certs(ctx));
 command('backends', 'backends in or out of service: why (failed health check, ejection) and since when (needs the agent)',
   (ctx, cmd) => backends(ctx, cmd.processedArgs[0] as string | undefined))
   .argument('[service]', 'only this service');

@@ -180,10 +180,8 @@ async function generateGeneration(trustDomain: string, now: number, label: strin
     signingAlgorithm: ECDSA_SHA256,
     extensions: await caExtensions(interKeys.publicKey, rootKeys.publicKey, 0),
   });
-  const keyPem = async (k: CryptoKey): Promise<string> => {
-    const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', k as never));
-    return `-----BEGIN PRIVATE KEY-----\n${der.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n?$/, '\n')}-----END PRIVATE KEY-----\n`;
-  };
+  const keyPem = async (k: CryptoKey): Promise<string> =>
+    createPrivateKey({ key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', k as never)), format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }) as string;
   return {
     files: {
       'root-cert.pem': pem(root),

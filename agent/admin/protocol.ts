@@ -22,6 +22,7 @@ import type { FlowEvent } from '../observe/events.js';
 import type { L7Event, MonitorEvent, MonitorQuery, MonitorSummary } from '../observe/filter.js';
 import type { StateFile } from '../state/statefile.js';
 export type { KubeReport, KubeSourceStatus, Unserved };
+export type { CertReport, CertsReport } from '../identity/certs.js';
 export type { FlowEvent, L7Event, MonitorEvent, MonitorQuery, MonitorSummary, FrontendReport, KernelProxyReport, SocketReport, StateFile, StatsReport };
 
 /** Where the proxy hands its finished requests to the live monitor: `active` is read before an event is built. */

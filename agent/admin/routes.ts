@@ -16,6 +16,7 @@ import type { NodeFacts } from '../observe/node.js';
 import type { XdsStatus } from '../sources/xds/source.js';
 import type { KubeReport, KubeSourceStatus } from '../sources/kube.js';
 import type { LiveState } from '../state/live.js';
+import type { CertsReport } from '../identity/certs.js';
 
 export interface AdminSources {
   state: LiveState;
@@ -45,6 +46,8 @@ export interface StatusSources {
   /** GET /v1/kubernetes: the source's status and what is not served; absent = not configured (404) */
   kubernetesReport?: () => KubeReport | null;
   metrics: () => string | null;
+  /** GET /v1/certs: workload identities and their certificates; absent or null = not configured (404) */
+  certs?: () => CertsReport | null;
 }
 
 export function adminRoutes(src: AdminSources): Record<string, Handler> {
@@ -58,6 +61,11 @@ export function adminRoutes(src: AdminSources): Record<string, Handler> {
     '/v1/events': () => src.events.recent(),
     '/v1/backends': (q) => backends(src, q.get('service') ?? undefined),
     '/v1/routes': (q) => routes(src, q.get('service') ?? undefined),
+    '/v1/certs': () => {
+      const r = src.status.certs?.() ?? null;
+      if (!r) throw new AdminError(404, 'this agent has no workload certificates (--node-token-file)');
+      return r;
+    },
     '/v1/kubernetes': () => {
       const r = src.status.kubernetesReport?.() ?? null;
       if (!r) throw new AdminError(404, 'this agent does not watch Kubernetes (--kubernetes or --kube-pods)');

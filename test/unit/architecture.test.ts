@@ -38,7 +38,7 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   ['agent/state/', 'state', ['model', 'health', 'identity', 'datapath', 'memory', 'log']],
   // the readers
   ['agent/observe/', 'observe', ['model', 'datapath', 'health', 'state', 'log']],
-  ['agent/admin/protocol.ts', 'protocol', ['model', 'datapath', 'sources', 'health', 'observe', 'state']],
+  ['agent/admin/protocol.ts', 'protocol', ['model', 'datapath', 'sources', 'health', 'identity', 'observe', 'state']],
   ['agent/admin/', 'admin', ['protocol', 'model', 'observe', 'datapath', 'health', 'state', 'identity', 'sources', 'proxy', 'log']],
   // composition: agent/agent.ts, main.ts and the small wiring modules beside them
   ['agent/', 'wiring', ['*']],
