@@ -57,12 +57,12 @@ function readToken(file: string): string {
   return text;
 }
 
-/** The identities of workloads on `nodeId` (workloads[].node and .identity, read as optional fields). */
+/** The identities of workloads on `nodeId`: workloads[].identity where .node is this node or absent (= this node). */
 export function localIdentities(model: Model | undefined, nodeId: string, log?: Logger): string[] {
   const out = new Set<string>();
   for (const w of model?.workloads ?? []) {
-    const { node, identity } = w as { node?: unknown; identity?: unknown };
-    if (node !== nodeId || typeof identity !== 'string') continue;
+    const { node, identity } = w;
+    if ((node !== undefined && node !== nodeId) || identity === undefined) continue;
     try {
       parseSpiffeId(identity);
       out.add(identity);

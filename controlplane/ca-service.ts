@@ -71,12 +71,14 @@ export class NodeTokens {
   }
 }
 
-/** node -> identities of its workloads, from a model's workloads[].node and .identity (read as optional fields). */
+/**
+ * node -> identities of its workloads, from a model's workloads[].node and .identity. A workload without a node
+ * (which an agent's own config reads as "this node") is no node's here: the control plane serves many nodes.
+ */
 export function identitiesByNode(model: Model | undefined): Map<string, Set<string>> {
   const out = new Map<string, Set<string>>();
-  for (const w of model?.workloads ?? []) {
-    const { node, identity } = w as { node?: unknown; identity?: unknown };
-    if (typeof node !== 'string' || typeof identity !== 'string') continue;
+  for (const { node, identity } of model?.workloads ?? []) {
+    if (node === undefined || identity === undefined) continue;
     let set = out.get(node);
     if (!set) out.set(node, (set = new Set()));
     set.add(identity);

@@ -56,7 +56,8 @@ t.test('issue, renew at half life, keep a TLS stream across renewals and a bundl
   const certs = new CertManager({ ca: client, log, random: () => 0, bundleRefreshMs: 200, registry });
   t.teardown(() => certs.stop());
   const changes: string[] = [];
-  certs.on('change', (id) => changes.push(id));
+  const changedAt: number[] = [];
+  certs.on('change', (id) => { changes.push(id); if (id === WEB) changedAt.push(Date.now()); });
   certs.setIdentities([WEB, API]);
   await certs.settled();
   const first = certs.get(WEB)!;
@@ -64,8 +65,10 @@ t.test('issue, renew at half life, keep a TLS stream across renewals and a bundl
   t.equal(new X509Certificate(first.chain.split(/(?<=-----END CERTIFICATE-----\n)/)[0]!).subjectAltName, `URI:${WEB}`);
   t.equal(first.chain.match(/BEGIN CERTIFICATE/g)!.length, 2, 'the chain presented is leaf + intermediate (no root)');
   t.same(certs.bundle(), authority.trustBundle().join(''), 'the bundle is the CA\'s');
-  const issuedAt = Date.now();
-  t.ok(Math.abs(first.notAfter.getTime() - issuedAt - 4000) < 1500, '4 s certificate');
+  // X.509 times are whole seconds: the life left at receipt is 3-4 s, and renewal is due at half of it
+  const issuedAt = changedAt[0]!;
+  const lifeAtReceipt = first.notAfter.getTime() - issuedAt;
+  t.ok(lifeAtReceipt > 2800 && lifeAtReceipt <= 4000, `4 s certificate (${lifeAtReceipt} ms left at receipt)`);
 
   // mutual TLS 1.3: the server presents web's material, the client api's; each side checks the other's URI SAN
   const seen: string[] = [];
@@ -96,9 +99,10 @@ t.test('issue, renew at half life, keep a TLS stream across renewals and a bundl
 
   // renewal at half life (random pinned to 0: exactly 0.5 of the 4 s)
   await until('the first renewal', () => certs.get(WEB)?.serial !== first.serial);
-  const renewedAfter = Date.now() - issuedAt;
-  t.ok(renewedAfter >= 1700 && renewedAfter < 3500, `renewed at half life: ${renewedAfter} ms after issue`);
-  t.ok(certs.report().identities.every((i) => i.renewals >= 1 && i.state === 'issued'), 'both identities renewed');
+  // the request leaves at half life; the answer takes a CSR, a signature and a round trip (slow on a loaded machine)
+  const renewedAfter = changedAt[1]! - issuedAt;
+  t.ok(renewedAfter >= lifeAtReceipt / 2 - 50 && renewedAfter < lifeAtReceipt, `renewed at half life: ${renewedAfter} ms after receipt (half: ${lifeAtReceipt / 2})`);
+  await until('api renewed too', () => certs.report().identities.every((i) => i.renewals >= 1 && i.state === 'issued'));
   t.not(certs.get(WEB)!.key, first.key, 'a new key with each renewal');
   t.ok(changes.includes(WEB), '\'change\' fired for web');
 
