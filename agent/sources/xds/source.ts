@@ -58,7 +58,8 @@ export interface XdsSourceOptions {
   apply(model: Model, changed?: ReadonlySet<string>): string | null;
   /** told of every NACK sent (the live monitor) */
   onNack?: (n: { typeUrl: string; version: string; reason: string }) => void;
-  backoff?: { initialMs: number; maxMs: number };
+  /** fastWindowMs: after a healthy stream is lost, redial at initialMs for this long (default 30 s) */
+  backoff?: { initialMs: number; maxMs: number; fastWindowMs?: number };
   /** Responses above these are NACKed unread (defaults: 200,000 resources, 64 MiB of resource bytes). */
   limits?: { maxResources: number; maxBytes: number };
   /** Before the first complete state, apply what resolved after this long (Envoy's initial_fetch_timeout; 15 s). */
@@ -73,6 +74,13 @@ const ORDER = [TYPE.listener, TYPE.route, TYPE.cluster, TYPE.endpoint] as const;
 const INVALID_ARGUMENT = 3;
 /** A stream up this long resets the backoff even if nothing on it was accepted. */
 const STABLE_MS = 30_000;
+/**
+ * After a healthy stream is lost, redial at the initial delay (not growing) for this long: a control plane's restart
+ * is reconnected within the initial delay of its listening again, instead of after a backoff that grew while it was
+ * down (6-24 s in the soak). A longer outage then backs off exponentially, so a dead plane is not redialled at that
+ * rate by every node for ever.
+ */
+const FAST_RECONNECT_WINDOW_MS = 30_000;
 
 /** The name a resource carries inside itself (SotW responses name resources only there). */
 function nameOf(kind: Kind, r: Obj): string {
@@ -116,7 +124,7 @@ interface Incoming {
 
 export class XdsSource {
   private readonly mode: 'sotw' | 'delta';
-  private readonly backoff: { initialMs: number; maxMs: number };
+  private readonly backoff: { initialMs: number; maxMs: number; fastWindowMs?: number };
   private readonly limits: { maxResources: number; maxBytes: number };
   private readonly initialFetchMs: number;
   private initialTimer?: NodeJS.Timeout;
@@ -127,6 +135,12 @@ export class XdsSource {
   private stopped = true;
   private timer?: NodeJS.Timeout;
   private attempt = 0;
+  /** Until when (performance.now()) a lost stream is redialled at the initial delay: set when a healthy one ends. */
+  private fastUntil = 0;
+  /** The current stream had a response accepted. */
+  private healthy = false;
+  /** Makes a channel: one per connection attempt (see connect()). */
+  private newClient?: () => grpc.Client;
   /** When the current stream got its first message (performance.now()). */
   private connectedAt?: number;
 
@@ -180,7 +194,7 @@ export class XdsSource {
     // Beyond 4x the resource limit a response is refused before it is decoded (a memory bomb: ~100 MiB of objects
     // at most); between 1x and 4x it is decoded and NACKed with its size, which tells the operator what happened.
     const Ctor = adsClientConstructor(4 * this.limits.maxResources);
-    this.client = new Ctor(this.opts.address, creds, options);
+    this.newClient = () => new Ctor(this.opts.address, creds, options);
     this.connect();
   }
 
@@ -223,8 +237,13 @@ export class XdsSource {
   // ---- the stream ----
 
   private connect(): void {
-    if (this.stopped || !this.client) return;
+    if (this.stopped || !this.newClient) return;
+    // A fresh channel for every attempt, closed when its stream ends (streamEnded): gRPC's own reconnect backoff
+    // (1 s growing 1.6x to 2 min) would otherwise run beside ours, and a stream started while that channel waits out
+    // its backoff fails at once without dialling, which grew our backoff too: each attempt here dials now.
+    this.client ??= this.newClient();
     const gen = ++this.gen;
+    this.healthy = false;
     this.st.state = 'connecting';
     this.sent.clear();
     this.lastNonce.clear();
@@ -259,17 +278,29 @@ export class XdsSource {
     this.gen++;
     this.call?.cancel();
     this.call = undefined;
+    this.client?.close();
+    this.client = undefined;
     this.st.lastError = reason;
-    // A stream that stayed up long enough was a working one: start the backoff over. A first message alone proves
-    // nothing (a server that answers once and resets would otherwise be redialled at the initial delay forever).
-    if (this.connectedAt !== undefined && performance.now() - this.connectedAt >= STABLE_MS) this.attempt = 0;
+    // A stream that had a response accepted, or stayed up long enough, was a working one: start the backoff over and
+    // redial fast for a while (a restart). A first message alone proves nothing (a server that answers once and resets
+    // would otherwise be redialled at the initial delay forever).
+    const t = performance.now();
+    const connected = this.connectedAt !== undefined;
+    if (this.healthy || (this.connectedAt !== undefined && t - this.connectedAt >= STABLE_MS)) {
+      this.attempt = 0;
+      this.fastUntil = t + (this.backoff.fastWindowMs ?? FAST_RECONNECT_WINDOW_MS);
+    }
+    this.healthy = false;
     this.connectedAt = undefined;
     this.st.state = 'backoff';
     this.st.connectedSince = null;
     const base = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** this.attempt);
     const delay = Math.round(base / 2 + (Math.random() * base) / 2); // "equal jitter": never a thundering herd
-    this.attempt = Math.min(this.attempt + 1, 30);
-    this.opts.log.warn({ server: this.opts.address, reason, retryInMs: delay }, 'xds: stream lost, keeping the last good state');
+    const fast = t < this.fastUntil;
+    if (!fast) this.attempt = Math.min(this.attempt + 1, 30);
+    // A lost stream is worth a warning; each failed redial of the fast window is not (two a second for its 30 s)
+    if (connected || !fast) this.opts.log.warn({ server: this.opts.address, reason, retryInMs: delay }, 'xds: stream lost, keeping the last good state');
+    else this.opts.log.debug({ server: this.opts.address, reason, retryInMs: delay }, 'xds: redial failed');
     this.timer = setTimeout(() => {
       this.st.reconnects++;
       this.connect();
@@ -379,7 +410,7 @@ export class XdsSource {
     if (error !== null) return this.nack(typeUrl, nonce, inc.version, error);
     if (this.mode === 'sotw') this.versions.set(typeUrl, inc.version);
     this.ack(typeUrl, nonce, inc.version);
-    this.attempt = 0; // an accepted response: this server works, the next failure starts the backoff over
+    this.healthy = true; // an accepted response: this server works, the next failure starts the backoff over
     this.st.acked[typeUrl] = { version: inc.version, at: now(), resources: this.state[STATE_KEY[kind]].size };
     // New listeners or clusters may reference more; removed ones less.
     const moved = this.refsChanged;
