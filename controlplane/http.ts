@@ -139,7 +139,8 @@ function route(r: Route, clusterOf: (group: string) => string): Obj {
     // What Envoy's retry policy cannot say: the exact conditions, the budget (Envoy's is per cluster), methods.
     out['metadata'] = meta({
       retryOn: rt.retryOn,
-      budget: { percent: rt.budgetPercent, minRetryConcurrency: rt.minRetryConcurrency },
+      // only a budget of the route's own: it replaces maxRetries, the default does not (RetryPolicy.budgetSet)
+      ...(rt.budgetSet ? { budget: { percent: rt.budgetPercent, minRetryConcurrency: rt.minRetryConcurrency } } : {}),
       nonIdempotent: rt.retryNonIdempotent,
     });
   }

@@ -69,6 +69,11 @@ export interface RetryPolicy {
   /** retry budget: active retries may be at most budgetPercent% of active requests, but at least minRetryConcurrency */
   budgetPercent: number;
   minRetryConcurrency: number;
+  /**
+   * The route gave its own budget: it then replaces the group's maxRetries for this route's retries, as a cluster's
+   * retry_budget overrides its max_retries in Envoy. Without one (the default budget), both limit a retry.
+   */
+  budgetSet?: boolean;
   /** a request body is kept for a retry only up to this many bytes; a larger one is not retried */
   bufferLimitBytes: number;
   /** retry POST/PATCH (and other non-idempotent methods) too */

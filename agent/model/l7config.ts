@@ -792,5 +792,6 @@ function retries(r: Obj, rp: string, issues: Issues): RetryPolicy | undefined {
     minRetryConcurrency,
     bufferLimitBytes,
     retryNonIdempotent: boolField(o, 'nonIdempotent', p, issues) ?? false,
+    ...(bu ? { budgetSet: true } : {}),
   };
 }

@@ -57,8 +57,9 @@ export class GroupBreaker implements UpstreamGroup {
     if (this.requests > 0) this.requests--;
   }
 
-  tryRetry(): boolean {
-    if (this.retries >= this.limits.maxRetries) return this.overflow('max-retries');
+  /** enforce false: counted, never refused (a route whose own retry budget replaces maxRetries) */
+  tryRetry(enforce = true): boolean {
+    if (enforce && this.retries >= this.limits.maxRetries) return this.overflow('max-retries');
     this.retries++;
     return true;
   }

@@ -32,6 +32,8 @@ export interface ExchangeHost {
   recordOutcome(group: GroupState, slot: BackendSlot, v: Verdict): void;
   /** the exchange's end, for the access log */
   logAccess(svc: ServiceState, ex: PolicyExchange, status: number, grpcStatus: number | undefined, durationMs: number): void;
+  /** a retry its rules allowed was refused by a limit: the failed attempt's answer goes to the client */
+  retryRefused(group: GroupState, route: RouteState, limit: 'budget' | 'max-retries', failed: Outcome): void;
 }
 
 /** One attempt: the engine calls finish() once. */
@@ -104,7 +106,7 @@ export class PolicyExchange implements Exchange {
         this.counted = true;
       }
     } else {
-      if (!this.retryReserved && !b.tryRetry()) return this.overflow('max-retries');
+      if (!this.retryReserved && !b.tryRetry(this.retry?.budgetOnly !== true)) return this.overflow('max-retries');
       this.retryReserved = false;
       this.r.stats.retries++;
     }
@@ -159,10 +161,14 @@ export class PolicyExchange implements Exchange {
     const b = this.group.breaker;
     if (!budgetAllows(b.retries, b.requests, retry.budgetPercent, retry.minRetryConcurrency)) {
       this.r.stats.budgetExhausted++;
+      this.p.retryRefused(this.group, this.r, 'budget', outcome);
       return null;
     }
     // the retry holds its place from now, through the backoff, until its attempt has an outcome
-    if (!b.tryRetry()) return null;
+    if (!b.tryRetry(!retry.budgetOnly)) {
+      this.p.retryRefused(this.group, this.r, 'max-retries', outcome);
+      return null;
+    }
     this.retryReserved = true;
     return backoffMs(n, retry.backoffBaseMs, retry.backoffMaxMs, this.p.random);
   }

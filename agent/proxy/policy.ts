@@ -28,13 +28,13 @@ import type { Registry } from 'prom-client';
 import type { BackendStates } from '../health/states.js';
 import type { Model } from '../model/types.js';
 import type { ProxyBackendReport, ProxyRouteReport, RequestTap } from '../admin/protocol.js';
-import type { Exchange, LocalReply, OriginalDst, Policy, RequestHead, Source } from './types.js';
+import type { Exchange, LocalReply, OriginalDst, Outcome, Policy, RequestHead, Source } from './types.js';
 import { matchPath } from './router.js';
 import { countVerdict, tryEject } from './outlier.js';
 import type { Verdict } from './outcome.js';
 import { CLASS_LOCAL, ProxyMetrics, RouteStats, type GroupCounts } from './metrics.js';
 import { AccessLog } from './accesslog.js';
-import { compileModel, hostPort, type BackendSlot, type Compiled, type GroupState, type ServiceState } from './compile.js';
+import { compileModel, hostPort, type BackendSlot, type Compiled, type GroupState, type RouteState, type ServiceState } from './compile.js';
 import { localReply, PolicyExchange, type ExchangeHost, type LocalReason } from './decide.js';
 import { backendsReport, routesReport } from './reports.js';
 
@@ -189,6 +189,29 @@ export class ProxyPolicy implements Policy, ExchangeHost {
       durationMs: Math.round(durationMs * 1000) / 1000,
       reason: ex.localReason,
     });
+  }
+
+  /** per group: when a refused retry was last logged, and how many were refused since */
+  private readonly refusedLog = new WeakMap<GroupState, { at: number; refused: number }>();
+
+  /**
+   * @internal A retry the route's rules allowed was refused by the budget or maxRetries: the client gets the failed
+   * attempt's answer. Logged (at most once a second per group, with the count since) because that answer can be a
+   * failure while a healthy backend existed: the log says which limit decided it.
+   */
+  retryRefused(group: GroupState, route: RouteState, limit: 'budget' | 'max-retries', failed: Outcome): void {
+    const now = this.now();
+    let r = this.refusedLog.get(group);
+    if (!r) this.refusedLog.set(group, (r = { at: -Infinity, refused: 0 }));
+    r.refused++;
+    if (now - r.at < 1000) return;
+    const b = group.breaker;
+    this.log.warn({
+      service: group.service, group: group.name, route: route.name, limit, failed: failed.kind === 'response' ? failed.status : failed.kind,
+      activeRetries: b.retries, activeRequests: b.requests, maxRetries: b.limits.maxRetries, refused: r.refused,
+    }, 'retry refused');
+    r.at = now;
+    r.refused = 0;
   }
 
   /** @internal outlier detection after an attempt's outcome */

@@ -47,6 +47,8 @@ export class RetryRules {
   readonly backoffMaxMs: number;
   readonly budgetPercent: number;
   readonly minRetryConcurrency: number;
+  /** the route's own budget replaces the group's maxRetries (RetryPolicy.budgetSet) */
+  readonly budgetOnly: boolean;
   private readonly on5xx: boolean;
   private readonly onGateway: boolean;
   private readonly onReset: boolean;
@@ -64,6 +66,7 @@ export class RetryRules {
     this.backoffMaxMs = p.backoffMaxMs;
     this.budgetPercent = p.budgetPercent;
     this.minRetryConcurrency = p.minRetryConcurrency;
+    this.budgetOnly = p.budgetSet === true;
     const on = new Set<RetryOn>(p.retryOn);
     this.on5xx = on.has('5xx');
     this.onGateway = on.has('gateway-error');

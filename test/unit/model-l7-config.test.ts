@@ -112,7 +112,7 @@ const EXPECTED: Model = {
             retry: {
               attempts: 2, perTryTimeoutMs: 1000, retryOn: ['5xx', 'reset', 'connect-failure', 'retriable-status-codes'],
               retriableStatusCodes: [409], backoffBaseMs: 10, backoffMaxMs: 100, budgetPercent: 25, minRetryConcurrency: 5,
-              bufferLimitBytes: 65536, retryNonIdempotent: true,
+              bufferLimitBytes: 65536, retryNonIdempotent: true, budgetSet: true,
             },
             requestHeaders: { set: { 'x-from-mesh': '1', 'x-num': '2' }, remove: ['x-debug'] },
             responseHeaders: { set: {}, remove: ['server'] },

@@ -67,6 +67,8 @@ interface Env {
   states: BackendStates;
   registry: Registry;
   backends: TestBackend[];
+  /** the policy's log at warn and above */
+  logLines: Record<string, unknown>[];
   update(h: HttpPolicy, backends?: Backend[]): void;
 }
 
@@ -82,7 +84,7 @@ async function setup(t: Test, handlers: (Handler | [Handler, string])[], h: Http
   }
   const states = new BackendStates();
   const registry = new Registry();
-  const { log } = captureLog('warn');
+  const { log, lines: logLines } = captureLog('warn');
   const policy = new ProxyPolicy({ states, log, registry, random: seeded(17) });
   // the client's source address stands for its cgroup: 127.0.0.N -> cgroup id N
   const cgroupOf = (address: string): bigint => BigInt(address.split('.')[3] ?? 0);
@@ -103,7 +105,7 @@ async function setup(t: Test, handlers: (Handler | [Handler, string])[], h: Http
       await new Promise<void>((r) => b.server.close(() => r()));
     }
   });
-  return { proxyPort, policy, states, registry, backends, update };
+  return { proxyPort, policy, states, registry, backends, logLines, update };
 }
 
 interface Res {
@@ -243,6 +245,28 @@ t.test('the retry budget caps retries when every backend fails', async (t) => {
   t.equal(hits() - capped, 60, 'no budget limit: 10 x 6 attempts');
   const metrics = await env.registry.metrics();
   t.match(metrics, new RegExp(`sockmesh_http_retry_budget_exhausted_total\\{service="web",route="r"\\} ${exhausted}`));
+});
+
+t.test('a route\'s own retry budget replaces maxRetries (as a retry_budget overrides max_retries in Envoy); a refused retry is logged', async (t) => {
+  // The soak's failure: a backend answering 503 while another is healthy, more requests failing on it at once than
+  // maxRetries (concurrent retries of the group): the retries past it were refused and the 503 went to the client.
+  const cb = { maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 1024, maxRetries: 1 };
+  const rules = retry({ attempts: 2, retryOn: ['5xx'], budgetPercent: 100, minRetryConcurrency: 50, backoffBaseMs: 1, backoffMaxMs: 1 });
+  // round robin: half of a burst tries b0 first; its 503s come together after 30 ms, so their retries overlap
+  const env = await setup(t, [reply(503, 30), reply(200)], http({ balancer: 'round-robin', circuitBreaker: cb, routes: [route('r', { retry: rules })] }));
+  const burst = async (): Promise<number[]> => (await Promise.all(Array.from({ length: 12 }, () => get(env.proxyPort)))).map((r) => r.status);
+  // the default budget (none of the route's own): maxRetries still limits, as documented
+  let statuses = await burst();
+  const failed = statuses.filter((s) => s === 503).length;
+  t.ok(failed >= 1 && failed <= 5, `maxRetries 1 without a budget of the route's own: ${failed} of 12 answered 503 (b1 was healthy)`);
+  t.match(env.logLines.find((l) => l['msg'] === 'retry refused'), { limit: 'max-retries', failed: 503, service: 'web', route: 'r', maxRetries: 1 }, 'the refusal is logged with the limit that decided it');
+  // the route's own budget: it alone limits the route's retries (50 concurrent here): every request is retried to b1
+  env.update(http({ balancer: 'round-robin', circuitBreaker: cb, routes: [route('r', { retry: { ...rules, budgetSet: true } })] }));
+  statuses = await burst();
+  t.same(statuses, Array(12).fill(200), 'with a budget of the route\'s own, every 503 of b0 is retried to b1');
+  const g = env.policy.routesReport()[0]!.groups[0]!;
+  t.equal(g.activeRetries, 0, 'the retries were counted and given back (the budget reads them)');
+  t.equal(g.activeRequests, 0);
 });
 
 t.test('circuit breaker overflow: 503 with the limit named', async (t) => {

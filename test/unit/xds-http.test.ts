@@ -239,7 +239,7 @@ t.test('foreign HTTP resources: routes, weighted clusters as groups, retries, br
       timeoutMs: 3000,
       retry: {
         attempts: 2, perTryTimeoutMs: 500, retryOn: ['5xx', 'timeout', 'retriable-status-codes', 'reset'], retriableStatusCodes: [409, 503],
-        backoffBaseMs: 50, backoffMaxMs: 500, budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true,
+        backoffBaseMs: 50, backoffMaxMs: 500, budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true, budgetSet: true,
       },
       requestHeaders: mesh,
       responseHeaders: { set: {}, remove: ['server'] },
@@ -249,7 +249,7 @@ t.test('foreign HTTP resources: routes, weighted clusters as groups, retries, br
       split: [{ group: v1, weight: 1 }], timeoutMs: 15_000,
       retry: {
         attempts: 4, perTryTimeoutMs: 0, retryOn: ['connect-failure'], retriableStatusCodes: [], backoffBaseMs: 25, backoffMaxMs: 250,
-        budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true,
+        budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true, budgetSet: true,
       },
       requestHeaders: mesh, responseHeaders: { set: {}, remove: [] },
     },
@@ -257,7 +257,7 @@ t.test('foreign HTTP resources: routes, weighted clusters as groups, retries, br
       name: 'route-2', match: {}, split: [{ group: v1, weight: 1 }], timeoutMs: 0,
       retry: {
         attempts: 4, perTryTimeoutMs: 0, retryOn: ['connect-failure'], retriableStatusCodes: [], backoffBaseMs: 25, backoffMaxMs: 250,
-        budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true,
+        budgetPercent: 25, minRetryConcurrency: 5, bufferLimitBytes: 1048576, retryNonIdempotent: true, budgetSet: true,
       },
       requestHeaders: mesh, responseHeaders: { set: {}, remove: [] },
     },

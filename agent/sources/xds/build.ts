@@ -116,10 +116,12 @@ function resolveHttp(l: ListenerDigest, h: HcmDigest, routes: HttpRoutes, cluste
   const byName = new Map(clusters.map((c) => [c.cluster.name, c.cluster]));
   obj['routes'] = routes.routes.map((e) => {
     const route: Obj = { ...e.obj, split: e.splits.map((s) => ({ group: groups.get(s.cluster) ?? 'default', weight: s.weight })) };
-    if (route['retries'] && !route['retries'].budget) {
-      // Envoy keeps the retry budget with a cluster's breaker; without one only max_retries limits retries.
+    if (route['retries'] && !route['retries'].budget && !e.defaultBudget) {
+      // Envoy keeps the retry budget with a cluster's breaker, where it overrides max_retries; without one only
+      // max_retries limits retries: a budget of max_retries concurrent retries and no percentage is exactly that (a
+      // route's budget replaces its group's maxRetries).
       const c = byName.get(e.splits[0]!.cluster)!.http;
-      route['retries'] = { ...route['retries'], budget: c.budget ?? { percent: 100, minRetryConcurrency: c.circuitBreaker?.['maxRetries'] ?? 3 } };
+      route['retries'] = { ...route['retries'], budget: c.budget ?? { percent: 0, minRetryConcurrency: c.circuitBreaker?.['maxRetries'] ?? 3 } };
     }
     return route;
   });

@@ -139,6 +139,8 @@ export interface RouteEntry {
   splits: SplitRef[];
   /** where it came from, for NACK messages: "route_configuration 'x': virtual_hosts[0].routes[2]" */
   origin: string;
+  /** sockmesh's own route (its metadata says so) whose retries have no budget of their own: the default applies */
+  defaultBudget?: boolean;
 }
 
 export interface HttpRoutes {
@@ -283,7 +285,8 @@ function routeEntry(what: string, field: string, route: Obj, action: Obj, vhRetr
   if (rp) obj['retries'] = retriesOf(what, `${field}.route.retry_policy`, rp, meta, route, notes);
   obj['requestHeaders'] = rewriteOf(what, `${field}.request_headers`, route.request_headers_to_add, route.request_headers_to_remove, notes, vhReq);
   obj['responseHeaders'] = rewriteOf(what, `${field}.response_headers`, route.response_headers_to_add, route.response_headers_to_remove, notes, vhRes);
-  return { obj, splits, origin: `${what}: ${field}` };
+  const own = rp !== undefined && Array.isArray(meta['retryOn']) && !(meta['budget'] && typeof meta['budget'] === 'object');
+  return { obj, splits, origin: `${what}: ${field}`, ...(own ? { defaultBudget: true } : {}) };
 }
 
 function retriesOf(what: string, field: string, rp: Obj, meta: Obj, route: Obj, notes: string[]): Obj {
