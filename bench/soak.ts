@@ -11,8 +11,10 @@
 // b1 is never drained, removed or made sick in the four stable services, so those always have a good backend:
 // every failure there counts. bench/lib/soakmodel.ts says exactly how a failure is judged.
 //
-// Pass: 0 counted failures (every excluded one is reported by reason); the agent's RSS and open fds flat (the slope of a
-// least-squares line over the phase after its warm-up, against the bounds below); the kernel maps back at the end to
+// Pass: 0 counted failures (every excluded one is reported by reason); the agent's memory flat (the slope of a
+// least-squares line through its RSS and V8 heap after a forced full collection every 10 s, bench/lib/soakgc.ts) and
+// its open fds flat (over the phase after its warm-up, against the bounds below); each xDS reconnection within 2 s of
+// the control plane listening again; the kernel maps back at the end to
 // what the same config held at the start (services, backends, table slots, no affinity entries); bpftool's programs,
 // links and maps the same during the run as after the start, and after cleanup as before. A summary table, PASS/FAIL
 // per criterion, and the result as one JSON line last. Exit 0 = pass, 2 = a criterion failed, 1 = could not run.
@@ -22,7 +24,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect, type AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { AGENT_NODE_FLAGS } from '../agent/runtime.js';
 import { MapReader } from '../agent/datapath/inspect.js';
 import { native } from '../agent/datapath/native.js';
@@ -41,6 +43,7 @@ const DIST = join(ROOT, 'dist');
 const AGENT_JS = join(DIST, 'agent', 'main.js');
 const CP_JS = join(DIST, 'controlplane', 'main.js');
 const SERVER_JS = join(DIST, 'bench', 'lib', 'soakserver.js');
+const GC_JS = join(DIST, 'bench', 'lib', 'soakgc.js');
 const CLIENT_JS = join(DIST, 'bench', 'lib', 'soakclient.js');
 
 const BACKENDS = ['b1', 'b2', 'b3', 'b4'];
@@ -68,6 +71,17 @@ const ERRORS_RECOVERY_MS = SOAK_OUTLIER.maxEjectionMs + 1000;
 const RSS_SAWTOOTH_MIB = 16;
 const FD_SWING = 30;
 const rssBound = (fitMin: number): number => Math.max(1, RSS_SAWTOOTH_MIB / fitMin);
+/**
+ * The V8 heap after two full collections holds only what is kept: its noise is the proxy's pools and the config in
+ * force (a few MiB), read by a fit over T minutes as up to 8/T a minute; the bound is the larger of that and 0.5 MiB a
+ * minute (30 MiB an hour). The RSS after the same collections keeps the sawtooth bound above (V8's young generation
+ * keeps its pages).
+ */
+const heapBound = (fitMin: number): number => Math.max(0.5, 8 / fitMin);
+/** a forced full collection in the agent this often during the measured part (one pause of tens of ms each) */
+const GC_EVERY_MS = 10_000;
+/** the agent's part of an xDS reconnection: from the control plane listening again to the agent connected */
+const RECONNECT_BOUND_MS = 2000;
 const fdBound = (fitMin: number): number => Math.max(0.5, FD_SWING / fitMin);
 const SAMPLE_MS = 250;
 const REST_MS = 15_000;
@@ -88,7 +102,7 @@ interface PhaseResult {
   counted: number;
   excluded: Partial<Record<ExcludeReason, number>>;
   countedByError: Record<string, number>;
-  countedSamples: { key: string; kind: string; t0: number; ms: number; err: string; backend: string; history: string[] }[];
+  countedSamples: { key: string; kind: string; t0: number; ms: number; err: string; backend: string; history: string[]; refusals: string[] }[];
   perTarget: Record<string, { ok: number; failed: number }>;
   configWrites: number;
   configApplied: number;
@@ -97,7 +111,14 @@ interface PhaseResult {
   modeEvents: number;
   cpRestarts: number;
   reconnectMs: number[];
+  /** from the control plane listening again to the agent's reconnection (ms) */
+  redialMs: number[];
+  /** 'retry refused' lines of the agent (at most one a second per group; `refused` counts the rest) by limit */
+  retriesRefused: Record<string, number>;
+  /** the envelope of raw RSS (reported, not judged: it reads garbage between full collections as growth) */
   rssMiB: { start: number; end: number; slopePerMin: number };
+  /** after a forced full collection every 10 s: RSS and V8's heap used (MiB), and the fitted slopes (MiB/min) */
+  gc: { points: number; rssStart: number; rssEnd: number; rssSlopePerMin: number; heapStart: number; heapEnd: number; heapSlopePerMin: number; trace: string[] };
   /** RSS and fds at rest: before the traffic started, and 15 s after it ended */
   rest: { start: { rssMiB: number; fds: number } | null; end: { rssMiB: number; fds: number } | null };
   /** the RSS envelope after the warm-up, every 10 s (MiB) */
@@ -323,17 +344,21 @@ interface AgentRun {
   xdsComplete: number[];
   connected: number[];
   errors: string[];
+  /** the agent's memory after each forced full collection (bench/lib/soakgc.ts) */
+  gcPoints: { t: number; rssMiB: number; heapMiB: number }[];
+  /** its 'retry refused' lines */
+  refusals: { t: number; service: string; limit: string; failed: string; refused: number }[];
 }
 
 async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase, source: string[], lab: Lab, maxMs: number): Promise<AgentRun> {
   const bpffs = `/sys/fs/bpf/${ws.workDir.split('/').pop()}-${phase}`;
   const runDir = join(ws.workDir, `run-${phase}`);
   const argv = [
-    ...AGENT_NODE_FLAGS, AGENT_JS, ...source, '--cgroup', ws.cgroup, '--bpffs', bpffs, '--run-dir', runDir,
+    ...AGENT_NODE_FLAGS, '--expose-gc', '--import', pathToFileURL(GC_JS).href, AGENT_JS, ...source, '--cgroup', ws.cgroup, '--bpffs', bpffs, '--run-dir', runDir,
     '--proxy-port', String(await freePort()), '--metrics-listen', 'off', '--proxy-node-address', lab.nodeV4,
   ];
   const bg = new Background(`agent (${phase})`, process.execPath, argv, maxMs);
-  const a: AgentRun = { bg, bpffs, runDir, applied: [], xdsComplete: [], connected: [], errors: [] };
+  const a: AgentRun = { bg, bpffs, runDir, applied: [], xdsComplete: [], connected: [], errors: [], gcPoints: [], refusals: [] };
   onCleanup(`agent ${bpffs}`, async () => {
     await bg.stop('SIGTERM');
     const r = await run(process.execPath, [AGENT_JS, 'cleanup', '--bpffs', bpffs, '--run-dir', runDir], 20_000);
@@ -342,12 +367,18 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
     if (existsSync(bpffs)) rmSync(bpffs, { recursive: true, force: true });
   });
   bg.onLine((line) => {
-    let l: { msg?: string; level?: number; time?: number; error?: string; warming?: number };
+    let l: {
+      msg?: string; level?: number; time?: number; error?: string; warming?: number; rssKiB?: number; heapUsedKiB?: number;
+      service?: string; limit?: string; failed?: string | number; refused?: number;
+    };
     try { l = JSON.parse(line) as typeof l; } catch { return; }
     const t = typeof l.time === 'number' ? l.time : Date.now();
     if (l.msg === 'config applied') a.applied.push(t);
     else if (l.msg === 'xds: connected') a.connected.push(t);
     else if (l.msg === 'xds: model applied' && l.warming === 0) a.xdsComplete.push(t);
+    else if (l.msg === 'soak: gc' && l.rssKiB !== undefined) a.gcPoints.push({ t, rssMiB: l.rssKiB / 1024, heapMiB: (l.heapUsedKiB ?? 0) / 1024 });
+    else if (l.msg === 'retry refused') a.refusals.push({ t, service: l.service ?? '', limit: l.limit ?? '', failed: String(l.failed ?? ''), refused: l.refused ?? 1 });
+    if (l.msg === 'soak: gc' && l.error && a.errors.length < 50) a.errors.push(`soak: gc: ${l.error}`);
     if ((l.level ?? 0) >= 50 && a.errors.length < 50) a.errors.push(`${l.msg ?? ''}${l.error ? `: ${l.error}` : ''}`);
   });
   await bg.waitForLine((l) => l.includes('"datapath ready"'), 30_000);
@@ -357,6 +388,8 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
 class ControlPlane {
   private bg: Background | null = null;
   restarts = 0;
+  /** when it last started accepting connections (ms since the epoch) */
+  listeningAt = 0;
   /** when each directory read it logged was done (its start's load, then every 'snapshot updated'), ascending */
   readonly reads: number[] = [];
   constructor(private readonly dir: string, readonly port: number, private readonly maxMs: number) {}
@@ -373,8 +406,9 @@ class ControlPlane {
     while (!(await canConnect(this.port))) {
       if (!this.bg.running) throw new Error(`sockmesh-controlplane exited:\n${this.bg.tail()}`);
       if (Date.now() > deadline) throw new Error(`sockmesh-controlplane not listening on ${this.address} after 20 s:\n${this.bg.tail()}`);
-      await sleep(50);
+      await sleep(20);
     }
+    this.listeningAt = Date.now();
   }
 
   /** SIGKILL (a crash, no goodbye on the stream). */
@@ -482,6 +516,8 @@ async function runPhase(
   const tell = (pod: string, line: string) => pods.get(pod)!.stdin!.write(`${line}\n`);
   const modeTimers = new Set<NodeJS.Timeout>();
   const reconnectMs: number[] = [];
+  const redialMs: number[] = [];
+  let nextGc = t0 + o.warmupSeconds * 1000;
   const killEvery = o.minutes < 5 ? 10_000 : 20_000;
   let nextKill = t0 + killEvery;
   let cpDownAt = 0;
@@ -515,6 +551,11 @@ async function runPhase(
         modeTimers.add(timer);
       }
     }
+    if (now >= nextGc) {
+      // memory judged after full collections only: garbage is not a leak (bench/lib/soakgc.ts answers on stdout)
+      process.kill(agentPid, 'SIGUSR2');
+      nextGc = now + GC_EVERY_MS;
+    }
     if (cp && !cpBusy && now >= nextKill) {
       // an xDS outage: SIGKILL, 1 s down, restarted; in force again once the agent says it reconnected
       cpBusy = true;
@@ -530,6 +571,7 @@ async function runPhase(
         while (agent.connected.length === since && Date.now() < deadline) await sleep(20);
         const at = agent.connected[since] ?? Date.now();
         reconnectMs.push(at - cpDownAt);
+        redialMs.push(at - c.listeningAt);
         nextKill = Date.now() + killEvery;
         cpBusy = false;
       })();
@@ -549,11 +591,16 @@ async function runPhase(
   await sleep(Math.max(ERRORS_RECOVERY_MS, UNREADY_RECOVERY_MS) + 2000);
   clearInterval(sampler);
   await Promise.all(clients.map(stopClient));
+  const trafficEnd = Date.now();
   const seconds = (Date.now() - t0) / 1000;
   // the retired tables of the last changes are reaped a second after them; and at rest (no traffic, no change) V8's
   // memory reducer runs a full collection within about 10 s: the RSS then is what the agent keeps
   await sleep(REST_MS);
   const restEnd = procSample(agentPid);
+  // the last memory point: at rest, after full collections
+  const gcBefore = agent.gcPoints.length;
+  process.kill(agentPid, 'SIGUSR2');
+  for (let i = 0; i < 100 && agent.gcPoints.length === gcBefore; i++) await sleep(50);
   const mapsEnd = mapCounts(agent.bpffs);
   const endCounts = await bpfCounts(ws.cgroup, agent.bpffs);
   const agentErrors = [...agent.errors];
@@ -591,6 +638,9 @@ async function runPhase(
       countedByError[`${f.kind} ${e}`] = (countedByError[`${f.kind} ${e}`] ?? 0) + 1;
       if (countedSamples.length < 20) countedSamples.push({
         key: f.key, kind: f.kind, t0: f.t0, ms: f.t1 - f.t0, err: f.err, backend: v.backend, history: world.timeline.history(f.key, f.t0 - 5000, f.t1, f.t0),
+        // the agent's retry refusals around it (logged at most once a second per group): which limit gave up
+        refusals: agent.refusals.filter((r) => r.t >= f.t0 - 1000 && r.t <= f.t1 + 1000)
+          .map((r) => `${r.t - f.t0} ms: ${r.service} ${r.limit} refused a retry of ${r.failed} (${r.refused} since the last line)`),
       });
     } else excluded[v.reason] = (excluded[v.reason] ?? 0) + 1;
   }
@@ -610,6 +660,18 @@ async function runPhase(
   const rss = { start: fit[0]?.rssMiB ?? 0, end: fit[fit.length - 1]?.rssMiB ?? 0, slopePerMin: per((s) => s.rssMiB) };
   const fds = { start: fit[0]?.fds ?? 0, end: fit[fit.length - 1]?.fds ?? 0, slopePerMin: per((s) => s.fds) };
   const rssTrace = fit.filter((_, i) => i % 2 === 0).map((s) => Math.round(s.rssMiB)); // every 10 s
+  // the judged memory: after forced full collections during the measured part (the one at rest after it is reported)
+  const gcFit = agent.gcPoints.filter((p) => p.t >= warm && p.t <= trafficEnd);
+  const gcMin = gcFit.length > 1 ? (gcFit[gcFit.length - 1]!.t - gcFit[0]!.t) / 60_000 : 0;
+  const gcSlope = (f: (p: typeof gcFit[number]) => number) => slope(gcFit.map((p) => [(p.t - t0) / 60_000, f(p)] as const));
+  const atRest = agent.gcPoints.filter((p) => p.t > trafficEnd).pop();
+  const gc: PhaseResult['gc'] = {
+    points: gcFit.length, rssStart: gcFit[0]?.rssMiB ?? 0, rssEnd: gcFit[gcFit.length - 1]?.rssMiB ?? 0, rssSlopePerMin: gcSlope((p) => p.rssMiB),
+    heapStart: gcFit[0]?.heapMiB ?? 0, heapEnd: gcFit[gcFit.length - 1]?.heapMiB ?? 0, heapSlopePerMin: gcSlope((p) => p.heapMiB),
+    trace: [...gcFit, ...(atRest ? [atRest] : [])].map((p) => `${Math.round(p.rssMiB)}/${p.heapMiB.toFixed(1)}`),
+  };
+  const retriesRefused: Record<string, number> = {};
+  for (const r of agent.refusals) retriesRefused[r.limit] = (retriesRefused[r.limit] ?? 0) + r.refused;
 
   const checks: Check[] = [];
   const check = (name: string, pass: boolean, value: string, limit: string) => checks.push({ name: `${phase}: ${name}`, pass, value, limit });
@@ -620,7 +682,10 @@ async function runPhase(
     check(`requests served at ${key}`, (perTarget[key]?.ok ?? 0) >= minOk, String(perTarget[key]?.ok ?? 0), `>= ${minOk}`);
   }
   const fitMin = fit.length > 1 ? (fit[fit.length - 1]!.t - fit[0]!.t) / 60_000 : 0;
-  check(`agent RSS slope (MiB/min, fit over ${fitMin.toFixed(1)} min)`, fitMin > 0 && rss.slopePerMin <= rssBound(fitMin), rss.slopePerMin.toFixed(3), `<= ${rssBound(fitMin).toFixed(2)}`);
+  check(`agent RSS after full GCs, slope (MiB/min, ${gc.points} points over ${gcMin.toFixed(1)} min)`, gcMin > 0 && gc.rssSlopePerMin <= rssBound(gcMin),
+    gc.rssSlopePerMin.toFixed(3), `<= ${rssBound(gcMin).toFixed(2)}`);
+  check(`agent V8 heap after full GCs, slope (MiB/min, ${gc.points} points over ${gcMin.toFixed(1)} min)`, gcMin > 0 && gc.heapSlopePerMin <= heapBound(gcMin),
+    gc.heapSlopePerMin.toFixed(3), `<= ${heapBound(gcMin).toFixed(2)}`);
   check(`agent open fds slope (/min, fit over ${fitMin.toFixed(1)} min)`, fitMin > 0 && fds.slopePerMin <= fdBound(fitMin), fds.slopePerMin.toFixed(3), `<= ${fdBound(fitMin).toFixed(2)}`);
   const mapKeys: (keyof MapCounts)[] = ['services', 'backends', 'tableSlots', 'activeBackends', 'affinity'];
   check('kernel maps at the end = at the start (same config)', mapKeys.every((k) => mapsEnd[k] === mapsStart[k]),
@@ -634,11 +699,15 @@ async function runPhase(
   const had = { progs: [...started.mine.progs, ...endCounts.mine.progs], links: [...started.mine.links, ...endCounts.mine.links], maps: [...started.mine.maps, ...endCounts.mine.maps] };
   const left = (['progs', 'links', 'maps'] as const).flatMap((k) => had[k].filter((id) => after.all[k].includes(id)).map((id) => `${k.slice(0, -1)} ${id}`));
   check('bpftool: nothing of the agent left after cleanup', left.length === 0 && after.cgroupProgs === 0, left.join(', ') || `none, on-cgroup ${after.cgroupProgs}`, 'none, on-cgroup 0');
+  if (cp) {
+    check(`xDS: each reconnection within ${RECONNECT_BOUND_MS} ms of the control plane listening again`, redialMs.length > 0 && redialMs.every((m) => m <= RECONNECT_BOUND_MS),
+      redialMs.length ? `max ${Math.max(...redialMs)} ms of ${redialMs.length}` : 'none', `<= ${RECONNECT_BOUND_MS} ms`);
+  }
   check('agent logged no error', agentErrors.length === 0, String(agentErrors.length), '0');
 
   return {
     phase, seconds, requests: ok + fails.length, ok, failed: fails.length, counted, excluded, countedByError, countedSamples, perTarget,
-    configWrites: world.writes, configApplied, applyLagMs, modeEvents: world.modeEvents, cpRestarts: cp?.restarts ?? 0, reconnectMs,
+    configWrites: world.writes, configApplied, applyLagMs, modeEvents: world.modeEvents, cpRestarts: cp?.restarts ?? 0, reconnectMs, redialMs, retriesRefused, gc,
     rssMiB: rss, rssTrace, rest: { start: restStart, end: restEnd }, fds, maps: { start: mapsStart, end: mapsEnd },
     bpf: { before: strip(before), started: strip(started), end: strip(endCounts), after: strip(after) }, agentErrors, checks,
   };
@@ -684,12 +753,12 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
   const out: string[] = [];
   out.push(`soak — ${o.minutes} min (${Math.round(seconds)} s with setup and checks), seed ${o.seed}; pods cli, ${BACKENDS.join(', ')} on the node lab; host clients in a mesh cgroup`);
   out.push('');
-  out.push('phase  seconds  requests  ok        failed  counted  config writes/applied  sick spells  cp restarts  RSS MiB start->end (slope/min)  fds start->end (slope/min)');
+  out.push('phase  seconds  requests  ok        failed  counted  config writes/applied  sick spells  cp restarts  RSS after GC start->end (slope/min)  fds start->end (slope/min)');
   for (const r of results) {
     out.push([
       r.phase.padEnd(6), String(Math.round(r.seconds)).padEnd(8), String(r.requests).padEnd(9), String(r.ok).padEnd(9), String(r.failed).padEnd(7),
       String(r.counted).padEnd(8), `${r.configWrites}/${r.configApplied}`.padEnd(22), String(r.modeEvents).padEnd(12), String(r.cpRestarts).padEnd(12),
-      `${r.rssMiB.start.toFixed(1)}->${r.rssMiB.end.toFixed(1)} (${r.rssMiB.slopePerMin.toFixed(2)})`.padEnd(31),
+      `${r.gc.rssStart.toFixed(1)}->${r.gc.rssEnd.toFixed(1)} (${r.gc.rssSlopePerMin.toFixed(2)})`.padEnd(34),
       `${r.fds.start}->${r.fds.end} (${r.fds.slopePerMin.toFixed(2)})`,
     ].join(' '));
   }
@@ -701,10 +770,13 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
     for (const s of r.countedSamples.slice(0, 5)) {
       out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend}); the frontend before (ms from the request; @: good from):`);
       for (const h of s.history.slice(-6)) out.push(`      ${h}`);
+      for (const x of s.refusals) out.push(`      agent: ${x}`);
     }
     out.push(`${r.phase}: from a config write to certainly in force (ms): p50 ${r.applyLagMs.p50}, p99 ${r.applyLagMs.p99}, max ${r.applyLagMs.max}`);
-    if (r.reconnectMs.length) out.push(`${r.phase}: xDS outages, kill to the agent's reconnection (ms): ${r.reconnectMs.join(', ')}`);
-    out.push(`${r.phase}: agent RSS after the warm-up, every 10 s (MiB): ${r.rssTrace.join(' ')}`);
+    if (r.reconnectMs.length) out.push(`${r.phase}: xDS outages, kill to the agent's reconnection (ms): ${r.reconnectMs.join(', ')}; the control plane listening again to it: ${r.redialMs.join(', ')}`);
+    out.push(`${r.phase}: retries the agent refused, by limit: ${Object.entries(r.retriesRefused).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`);
+    out.push(`${r.phase}: agent after full GCs every 10 s, RSS/heap MiB (the last at rest): ${r.gc.trace.join(' ')}; slopes RSS ${r.gc.rssSlopePerMin.toFixed(2)}, heap ${r.gc.heapSlopePerMin.toFixed(2)} MiB/min`);
+    out.push(`${r.phase}: agent RSS after the warm-up, lower envelope every 10 s (MiB; not judged, garbage included): ${r.rssTrace.join(' ')}`);
     const rest = (x: { rssMiB: number; fds: number } | null) => (x ? `${x.rssMiB.toFixed(1)} MiB, ${x.fds} fds` : '-');
     out.push(`${r.phase}: agent at rest before the traffic: ${rest(r.rest.start)}; 15 s after it: ${rest(r.rest.end)}`);
     const counts = (Object.keys(r.maps.start) as (keyof MapCounts)[]).filter((k) => k !== 'strayTables');
