@@ -97,6 +97,15 @@ export const cla = (name: string, eps: [string, number, number?][]): Obj => ({
     load_balancing_weight: { value: weight ?? 1 }, health_status: HEALTHY,
   })) }],
 });
+/** Serve one service 'web' (127.77.1.1:80 -> 127.0.0.1:8080) on a new SotW stream, answering each request in order. */
+export async function serveWeb(s: Stream): Promise<void> {
+  await s.next(TYPE.listener);
+  s.send(sotw(TYPE.listener, '1', 'l1', [tcpListener('127.77.1.1', 80, 'web')]));
+  await s.next(TYPE.cluster);
+  s.send(sotw(TYPE.cluster, '1', 'c1', [edsCluster('web')]));
+  await s.next(TYPE.endpoint);
+  s.send(sotw(TYPE.endpoint, '1', 'e1', [cla('web', [['127.0.0.1', 8080, 1]])]));
+}
 export const any = (typeUrl: string, objs: Obj[]) => objs.map((o) => packAny(typeUrl, o));
 export const sotw = (typeUrl: string, version: string, nonce: string, objs: Obj[]) => ({ version_info: version, type_url: typeUrl, nonce, resources: any(typeUrl, objs) });
 export const delta = (typeUrl: string, nonce: string, objs: [string, string, Obj][], removed: string[] = []) => ({

@@ -9,7 +9,7 @@ import type { Model } from '../../agent/model/types.js';
 
 const log = pino({ level: 'silent' });
 
-import { FakeAds, tcpListener, edsCluster, cla, any, sotw, delta, FILTER, TCP } from '../lib/ads.js';
+import { FakeAds, tcpListener, edsCluster, cla, any, sotw, delta, FILTER, TCP, serveWeb } from '../lib/ads.js';
 
 function source(port: number, mode: 'sotw' | 'delta', applied: Model[], extra: Partial<XdsSourceOptions> = {}): XdsSource {
   return new XdsSource({
@@ -264,12 +264,7 @@ async function synced(t: Test, applied: Model[], extra: Partial<XdsSourceOptions
   t.teardown(async () => { await src.stop(); ads.kill(); });
   src.start();
   const s = await ads.stream(0);
-  await s.next(TYPE.listener);
-  s.send(sotw(TYPE.listener, '1', 'l1', [tcpListener('127.77.1.1', 80, 'web')]));
-  await s.next(TYPE.cluster);
-  s.send(sotw(TYPE.cluster, '1', 'c1', [edsCluster('web')]));
-  await s.next(TYPE.endpoint);
-  s.send(sotw(TYPE.endpoint, '1', 'e1', [cla('web', [['127.0.0.1', 8080, 1]])]));
+  await serveWeb(s);
   await wait(() => applied.length === 1);
   await s.quiet(100);
   return { ads, src, s };

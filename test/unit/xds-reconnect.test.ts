@@ -5,7 +5,7 @@
 import t from 'tap';
 import pino from 'pino';
 import { XdsSource, type XdsSourceOptions } from '../../agent/sources/xds/source.js';
-import { FakeAds, tcpListener, edsCluster, cla, sotw, TYPE } from '../lib/ads.js';
+import { FakeAds, serveWeb } from '../lib/ads.js';
 import type { Model } from '../../agent/model/types.js';
 
 const log = pino({ level: 'silent' });
@@ -21,13 +21,7 @@ async function synced(backoff?: XdsSourceOptions['backoff']) {
     apply: (m) => { applied.push(m); return null; }, ...(backoff ? { backoff } : {}),
   });
   src.start();
-  const s = await ads.stream(0);
-  await s.next(TYPE.listener);
-  s.send(sotw(TYPE.listener, '1', 'l1', [tcpListener('127.77.1.1', 80, 'web')]));
-  await s.next(TYPE.cluster);
-  s.send(sotw(TYPE.cluster, '1', 'c1', [edsCluster('web')]));
-  await s.next(TYPE.endpoint);
-  s.send(sotw(TYPE.endpoint, '1', 'e1', [cla('web', [['127.0.0.1', 8080, 1]])]));
+  await serveWeb(await ads.stream(0));
   while (applied.length < 1) await sleep(20);
   return { ads, src, port: ads.port };
 }
