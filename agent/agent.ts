@@ -31,6 +31,9 @@ import { MonitorHub } from './observe/monitor.js';
 import type { Logger } from './observe/log.js';
 import { localIdentities, startCertManager, type IdentityWiring } from './certwiring.js';
 import type { CertManager } from './identity/certs.js';
+import { TunnelHost } from './tunnelhost.js';
+import type { IdentityCerts } from './identity/material.js';
+import type { L4Authorizer } from './tunnel/server.js';
 
 export const VERSION: string = (() => {
   try {
@@ -99,6 +102,11 @@ export interface AgentOptions {
   drainTimeoutMs?: number;
   /** workload certificates from the control plane's CA (--node-token-file); absent = none */
   identity?: IdentityWiring;
+  /**
+   * HBONE (agent/tunnelhost.ts): with workload certificates, the node's server on its node address(es):15008 (the
+   * proxy's node addresses) and the client pool the kernel's cross-node hand-over opens streams on (agent.tunnel).
+   */
+  tunnel?: { certs: IdentityCerts; identity: string; authorize?: L4Authorizer; port?: number };
 }
 
 /** What the old agent of a planned restart reports once it drained. */
@@ -141,6 +149,8 @@ export class Agent {
   /** the live monitor's readers (GET /v1/monitor); set up with the datapath */
   private monitor?: MonitorHub;
   private ringbuf?: RingBufferSubscription;
+  /** the HBONE server and client pool (opts.tunnel), once started */
+  tunnel?: TunnelHost;
   private readonly stateFile: StateFileWriter;
   private readonly startedAt = new Date();
   private metricsAddress: string | null = null;
@@ -293,9 +303,15 @@ export class Agent {
     if ('xds' in opts.config) this.startXds(opts.config.xds, node.hostname);
     this.kube?.start();
 
+    if (opts.tunnel) {
+      const addresses = [opts.proxyNodeV4 ?? found?.v4, opts.proxyNodeV6 ?? found?.v6].filter((a): a is string => !!a);
+      this.tunnel = new TunnelHost({ ...opts.tunnel, addresses, pods: this.pods, registry: this.registry, log });
+      await this.tunnel.start();
+    }
     const proxyReports: ProxyReportSource = policy ? { backends: () => policy.backendsReport(), routes: () => policy.routesReport() } : {};
     this.admin = new AdminServer(join(opts.runDir, 'admin.sock'), adminRoutes({
       state: this.state, reader, names: () => kernel.names(), events: this.events, checker, proxy: proxyReports,
+      ...(this.tunnel ? { tunnels: () => this.tunnel!.report() } : {}),
       status: {
         version: VERSION, startedAt: this.startedAt, configSource: configSource(opts.config),
         cgroup: opts.cgroup, bpffs: opts.bpffs, sockmap: opts.sockmap, features, programs, node,
@@ -498,6 +514,7 @@ export class Agent {
     this.monitor?.close();
     await this.admin?.stop(unlink && !this.handedOver);
     await this.handover?.close(unlink && !this.handedOver);
+    await this.tunnel?.stop();
   }
 }
 

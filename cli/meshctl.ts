@@ -17,6 +17,7 @@ import { routes } from './commands/routes.js';
 import { sockets } from './commands/sockets.js';
 import { stats } from './commands/stats.js';
 import { status } from './commands/status.js';
+import { tunnels } from './commands/tunnels.js';
 
 // The version of the package this file ships in (dist/cli/meshctl.js or cli/meshctl.ts: two levels below it).
 // Read here rather than imported from the agent, which would load the whole agent just to print a number.
@@ -138,6 +139,8 @@ command('backends', 'backends in or out of service: why (failed health check, ej
 command('routes', 'L7 routes with the proxy\'s live numbers (needs the agent)',
   (ctx, cmd) => routes(ctx, cmd.processedArgs[0] as string | undefined))
   .argument('[service]', 'only this service');
+command('tunnels', 'HBONE tunnels to and from other nodes: peer node, identity, connections, handshakes, streams, bytes; refusals (needs the agent)',
+  (ctx) => tunnels(ctx));
 command('doctor', 'check the node, the kernel, the pins and the agent; a verdict and a fix hint each (exit 0 ok, 2 warnings, 1 failures)',
   (ctx, cmd) => doctor(ctx, { cgroup: cmd.opts<{ cgroup?: string }>().cgroup }))
   .option('--cgroup <dir>', 'the meshed cgroup to check (default: what the agent or its state.json says)')

@@ -9,6 +9,8 @@ PKGS="clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make g++ ip
 PKGS="$PKGS debootstrap buildah podman runc"
 # issue 12: the Kubernetes stand-in's fidelity tests (test/unit/kubeapi-fidelity.test.ts) drive it with python3-kubernetes.
 PKGS="$PKGS python3-kubernetes"
+# issue 13: the HBONE interop test (test/kernel/tunnel.test.ts) is python3-h2 over python's ssl, an independent client.
+PKGS="$PKGS python3-h2"
 # Debian's own nodejs package ships its headers (needed by node-gyp, offline) separately.
 if [ "$(command -v node)" = /usr/bin/node ] && [ ! -f /usr/include/node/node.h ] && dpkg-query -W nodejs >/dev/null 2>&1; then
   PKGS="$PKGS libnode-dev"

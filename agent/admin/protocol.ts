@@ -8,6 +8,7 @@
 //   GET /v1/routes    RoutesReport (?service=NAME for one): the L7 routes with the proxy's live numbers
 //   GET /v1/kubernetes KubeReport: the Kubernetes source's watches and the services it does not serve (404 without
 //                     --kubernetes or --kube-pods)
+//   GET /v1/tunnels   TunnelReport: the HBONE tunnels to and from other nodes (404 when the agent runs none)
 //   GET /v1/monitor   a stream, one JSON object per line, until the client closes it: MonitorEvent and, at the start
 //                     and every summaryMs, MonitorSummary. Query (MonitorQuery): service, pod, cgroup, type, verdict
 //                     (repeatable or comma-separated), rate (events/s, 0 = no limit), summaryMs. A reader that falls

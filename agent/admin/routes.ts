@@ -2,7 +2,7 @@
 // kernel maps (MapReader), the flow events (observe/) and the proxy's live reports.
 import type { Handler, StreamHandler } from './server.js';
 import { AdminError } from './server.js';
-import type { BackendsReport, ProgramReport, ProxyReportSource, RoutesReport, StatusReport } from './protocol.js';
+import type { BackendsReport, ProgramReport, ProxyReportSource, RoutesReport, StatusReport, TunnelReport } from './protocol.js';
 import { backendsReport, routesReport } from './backends.js';
 import type { FrontendReport, MapReader } from '../datapath/inspect.js';
 import type { Model } from '../model/types.js';
@@ -26,6 +26,8 @@ export interface AdminSources {
   checker?: HealthChecker;
   proxy: ProxyReportSource;
   status: StatusSources;
+  /** the HBONE tunnels (agent/tunnel/); absent = this agent runs none (GET /v1/tunnels answers 404) */
+  tunnels?: () => TunnelReport;
 }
 
 /** The fixed facts of this agent for /v1/status, and where its changing parts are read. */
@@ -65,6 +67,10 @@ export function adminRoutes(src: AdminSources): Record<string, Handler> {
       const r = src.status.certs?.() ?? null;
       if (!r) throw new AdminError(404, 'this agent has no workload certificates (--node-token-file)');
       return r;
+    },
+    '/v1/tunnels': () => {
+      if (!src.tunnels) throw new AdminError(404, 'this agent runs no HBONE tunnel (no workload certificates)');
+      return src.tunnels();
     },
     '/v1/kubernetes': () => {
       const r = src.status.kubernetesReport?.() ?? null;

@@ -15,7 +15,7 @@ import { secureContextFor, type IdentityCerts } from '../identity/material.js';
 import { parseSpiffeId } from '../model/spiffe.js';
 import type { PeerStats, TunnelMetrics } from './metrics.js';
 import { H2_SETTINGS, SESSION_WINDOW } from './server.js';
-import { splice } from './splice.js';
+import { splice, track } from './splice.js';
 import { HBONE_PORT, TunnelError, type RefusalReason, type TunnelOpener, type TunnelRequest } from './types.js';
 
 export interface TunnelClientOpts {
@@ -76,20 +76,24 @@ export class TunnelClient implements TunnelOpener {
     } catch (e) {
       throw fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} not sent: ${(e as Error).message}`);
     }
+    const stats = this.entryStats(req);
     return new Promise<ClientHttp2Stream>((resolve, reject) => {
-      const timer = setTimeout(() => { stream.close(constants.NGHTTP2_CANCEL); reject(fail('tunnel-failed', `tunnel to ${req.node.name}: no answer to CONNECT ${authority} in ${this.opts.timeoutMs ?? 10_000} ms`)); },
-        this.opts.timeoutMs ?? 10_000);
-      stream.once('response', (h) => {
-        clearTimeout(timer);
+      // settled once: a refusal's stream also closes, and that close is not a second failure
+      let settled = false;
+      const settle = (fn: () => void): void => { if (!settled) { settled = true; clearTimeout(timer); fn(); } };
+      const timer = setTimeout(() => settle(() => {
+        stream.close(constants.NGHTTP2_CANCEL);
+        reject(fail('tunnel-failed', `tunnel to ${req.node.name}: no answer to CONNECT ${authority} in ${this.opts.timeoutMs ?? 10_000} ms`));
+      }), this.opts.timeoutMs ?? 10_000);
+      stream.once('response', (h) => settle(() => {
         const status = Number(h[':status']);
-        if (status === 200) return resolve(stream);
+        if (status === 200) { track(stream, stats); return resolve(stream); }
         stream.close();
         reject(fail(statusReason(status), `tunnel to ${req.node.name}: CONNECT ${authority} refused with ${status}`, status));
-      });
-      stream.once('close', () => {
-        clearTimeout(timer);
+      }));
+      stream.once('close', () => settle(() => {
         reject(fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} reset (code ${stream.rstCode})`));
-      });
+      }));
       stream.on('error', () => { /* 'close' follows */ });
     });
   }

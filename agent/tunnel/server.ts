@@ -23,7 +23,7 @@ import type { Logger } from '../observe/log.js';
 import type { IdentityCerts } from '../identity/material.js';
 import { parseSpiffeId } from '../model/spiffe.js';
 import type { TunnelMetrics, PeerStats } from './metrics.js';
-import { splice } from './splice.js';
+import { splice, track } from './splice.js';
 import { HBONE_PORT, type RefusalReason } from './types.js';
 
 /** A decision on one tunnelled connection (kernel13's authz4 decision fills it once it lands). */
@@ -301,6 +301,7 @@ export class TunnelServer {
       clearTimeout(timer);
       if (stream.closed || stream.destroyed) { sock.destroy(); return; }
       stream.respond({ ':status': 200 });
+      track(stream as Http2Stream, info.stats);
       splice(stream as Http2Stream, sock, info.stats);
     });
   }

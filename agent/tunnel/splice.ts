@@ -9,15 +9,20 @@ import type { PeerStats } from './metrics.js';
 
 const { NGHTTP2_NO_ERROR, NGHTTP2_CONNECT_ERROR } = constants;
 
-/** Splice `stream` and `sock` until both directions ended or either side reset; `done` runs once, at the end. */
-export function splice(stream: Http2Stream, sock: Socket, stats: PeerStats, done?: () => void): void {
+/** Count an accepted stream (200) as open until it closes, and in the total. */
+export function track(stream: Http2Stream, stats: PeerStats): void {
   stats.streamsOpen++;
   stats.streamsTotal++;
+  stats.lastActive = Date.now();
+  stream.once('close', () => { stats.streamsOpen--; stats.lastActive = Date.now(); });
+}
+
+/** Splice `stream` and `sock` until both directions ended or either side reset; `done` runs once, at the end. */
+export function splice(stream: Http2Stream, sock: Socket, stats: PeerStats, done?: () => void): void {
   let finished = false;
   const finish = (): void => {
     if (finished) return;
     finished = true;
-    stats.streamsOpen--;
     stats.lastActive = Date.now();
     done?.();
   };

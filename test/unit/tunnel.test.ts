@@ -15,6 +15,10 @@ import { TunnelMetrics } from '../../agent/tunnel/metrics.js';
 import { parseAuthority, TunnelServer } from '../../agent/tunnel/server.js';
 import { TunnelError, type TunnelRequest } from '../../agent/tunnel/types.js';
 import { StaticCerts, TestCa } from '../lib/certs.js';
+import { Registry } from 'prom-client';
+import { LocalPods } from '../../agent/identity/pods.js';
+import { TunnelHost } from '../../agent/tunnelhost.js';
+import { renderTunnels } from '../../cli/commands/tunnels.js';
 
 const TD = 'cluster.local';
 const NODE_ID = `spiffe://${TD}/ns/sockmesh/sa/node-b`;
@@ -229,4 +233,33 @@ t.test('bad input on the tunnel port: refused with a log line, and the server ke
     t.equal(echoed, 'x[1 bytes]', `a new client ${i + 1}: handshake and CONNECT`);
     fresh.close();
   }
+});
+
+t.test('the agent\'s wiring (TunnelHost): local pods served, Prometheus families, meshctl tunnels', async (t) => {
+  const ca = await TestCa.create();
+  const certs = new StaticCerts([await ca.issue(NODE_ID), await ca.issue(CLIENT_ID)]);
+  const pod = await echoPod(t);
+  const pods = new LocalPods();
+  const registry = new Registry();
+  const port = await freePort();
+  const host = new TunnelHost({ certs, identity: NODE_ID, addresses: ['127.0.0.1'], port, pods, registry, log: memLog().log });
+  await host.start();
+  t.teardown(() => host.stop());
+  const req: TunnelRequest = { source: CLIENT_ID, dst: { address: '127.0.0.1', port: pod }, node: { name: 'node-b', address: '127.0.0.1', port } };
+  await refusedWith(t, host.client.connect(req), 'not-local', 421, 'before the pod is known as local: 421');
+  pods.set('test', [{ addresses: ['127.0.0.1'] } as unknown as Parameters<LocalPods['set']>[1][number]]);
+  const st = await host.client.connect(req);
+  t.equal(await new Promise<string>((res) => { let b = ''; st.on('data', (d: Buffer) => { b += d.toString(); }); st.on('end', () => res(b)); st.end('hi'); }), 'hi[2 bytes]',
+    'once LocalPods has the address, the server connects to it');
+  await new Promise((r) => setTimeout(r, 50));
+  const rep = host.report();
+  t.same(rep.listening, [`127.0.0.1:${port}`], 'the report says where the server listens');
+  t.same(rep.peers.map((p) => [p.direction, p.peer, p.identity]).sort(), [['in', '127.0.0.1', CLIENT_ID], ['out', 'node-b', CLIENT_ID]]);
+  const text = renderTunnels(rep).join('\n');
+  t.match(text, /^listening on 127\.0\.0\.1:\d+/m);
+  t.match(text, /out\s+node-b\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/web\s+1\s+1\s+0\s+1\s/m, 'meshctl tunnels: out row (1 conn, 1 handshake, 0 open, 1 stream: the refused one is not one)');
+  t.match(text, /refused by this node's server: not-local 1/);
+  const prom = await registry.metrics();
+  t.match(prom, /sockmesh_tunnel_handshakes_total\{direction="out",peer="node-b",identity="spiffe:\/\/cluster.local\/ns\/shop\/sa\/web"\} 1/);
+  t.match(prom, /sockmesh_tunnel_refusals_total\{direction="in",reason="not-local"\} 1/);
 });
