@@ -1,6 +1,7 @@
 // The agent: wiring only. It constructs the parts (the kernel, what is in force and its apply transaction, the health
 // checker, the L7 proxy, the sources, the admin API, metrics), starts them in order and stops them in order.
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join, relative } from 'node:path';
 import type { Model } from './model/types.js';
 import { Datapath, type AttachReport } from './datapath/datapath.js';
@@ -9,8 +10,10 @@ import { native, type RingBufferSubscription } from './datapath/native.js';
 import { cgroup2Root, cgroupOf, ownCgroupId } from './datapath/cgroup.js';
 import { KernelReconciler, prepareHost } from './kernel.js';
 import { FileSource } from './sources/file.js';
-import { XdsSource } from './sources/xds/source.js';
-import { KubeSource, kubeletCgroups, type CgroupDriver, type KubeAccess } from './sources/kube.js';
+// The xDS client (gRPC, protobufjs: ~100 ms of CPU to load) and the Kubernetes source are imported only when the
+// config comes from them: a file-configured agent, restarted after a crash, serves sooner without them (issue 14).
+import type { XdsSource } from './sources/xds/source.js';
+import type { KubeSource, CgroupDriver, KubeAccess } from './sources/kube.js';
 import { AdminServer } from './admin/server.js';
 import { adminRoutes, adminStreams } from './admin/routes.js';
 import type { ProxyReportSource } from './admin/protocol.js';
@@ -26,7 +29,7 @@ import { StateFileWriter } from './state/statefile.js';
 import { Registry } from 'prom-client';
 import { AgentMetrics, readKernelCounters } from './observe/metrics.js';
 import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
-import { nodeFacts, type NodeFacts } from './observe/node.js';
+import { nodeFactsOnce } from './observe/node.js';
 import { MonitorHub } from './observe/monitor.js';
 import type { Logger } from './observe/log.js';
 import { localIdentities, startCertManager, type IdentityWiring } from './certwiring.js';
@@ -34,6 +37,7 @@ import type { CertManager } from './identity/certs.js';
 import { TunnelHost } from './tunnelhost.js';
 import type { IdentityCerts } from './identity/material.js';
 import type { L4Authorizer } from './tunnel/server.js';
+import { startPhase } from './starttrace.js';
 
 export const VERSION: string = (() => {
   try {
@@ -170,9 +174,11 @@ export class Agent {
   async start(): Promise<void> {
     const { opts, log } = this;
     const { root, features, l7Missing } = prepareHost(opts);
+    startPhase('host checked, kernel features probed');
     // A planned restart: an agent running on this run directory hands its sockets over (null: none runs). Until the
     // commit below nothing changes for it; if this start fails, it serves on (our end of its socket closes).
     const taken = requestHandover(opts.runDir, { version: VERSION, log });
+    startPhase('handover asked');
     if (taken) log.info({ from: taken.from, listeners: taken.proxy?.listeners.map((l) => `${l.host}:${l.port}`) ?? [] }, 'handover: took the running agent\'s sockets; starting next to it');
     try {
       await this.startWith(taken, root, features, l7Missing);
@@ -201,24 +207,27 @@ export class Agent {
     } else if ('embedded' in opts.config) {
       model = opts.config.embedded;
     } else if ('kubernetes' in opts.config) {
-      this.kube = this.kubeSource('direct', opts.config.kubernetes, root);
+      this.kube = await this.kubeSource('direct', opts.config.kubernetes, root);
       model = this.kube.cached();
     }
     if (opts.kubePods) {
       if (!('xds' in opts.config)) throw new Error('--kube-pods goes with --xds (with --kubernetes the agent watches its pods anyway)');
-      this.kube = this.kubeSource('pods', opts.kubePods, root);
+      this.kube = await this.kubeSource('pods', opts.kubePods, root);
     }
 
+    startPhase('config read');
     if (l7Missing.length) log.warn({ missing: l7Missing }, 'no L7 redirect on this kernel: L7 services are balanced at L4 (fail open) or refused (fail closed)');
     const dp = new Datapath({
       bpffs: opts.bpffs, cgroup: opts.cgroup, sockmap: opts.sockmap, eventSample: opts.eventSample, l7: l7Missing.length === 0,
     });
     dp.load();
+    startPhase('BPF objects loaded');
     dp.configure();
     this.datapath = dp;
     const kernel = (this.kernel = new KernelReconciler(dp, log));
     const adopted = kernel.adopt();
     if (adopted.frontends || adopted.backends) log.info(adopted, 'adopted the datapath state a previous agent left pinned');
+    startPhase('pinned state adopted');
     this.watchPods(kernel, opts.podScanMs ?? POD_SCAN_MS);
     const checker = (this.checker = new HealthChecker(this.state.states, {
       log: log.child({ component: 'health' }),
@@ -257,6 +266,7 @@ export class Agent {
         log.warn({ error: (e as Error).message }, 'kubernetes: the last applied model was refused; waiting for the API server');
       }
     } else if (model) this.transaction.first(model);
+    startPhase('first apply');
     // The proxy counts as down until it listens: L7 services follow their fail mode meanwhile.
     // Clients in pods reach the proxy on a node address: the one given (--proxy-node-address), else the one the pods'
     // routes go to (their gateway or host route, when it is an address of the node: a CNI's host-side veth or bridge
@@ -280,6 +290,7 @@ export class Agent {
     }
     // Programs go in after the maps hold the config, so the first connect() is already balanced.
     const programs: AttachReport[] = dp.attach();
+    startPhase('programs attached');
     const epoch = monotonicEpochMs();
     this.ringbuf = native().ringbufSubscribe(dp.maps.fd('sm_events'), (rec) => {
       const ev = decodeFlowEvent(rec, kernel.names(), epoch);
@@ -288,19 +299,18 @@ export class Agent {
       monitor.flow(ev);
       log.debug({ event: ev }, 'flow');
     });
-    // The proxy first: a restarted agent serves L7 again as soon as it can (nodeFacts spawns tools: ~200 ms under load).
-    const facts = nodeFacts();
-    facts.catch(() => { /* awaited below: not an unhandled rejection meanwhile */ });
+    // The proxy first: a restarted agent serves L7 again as soon as it can.
     await this.proxy?.start();
+    startPhase('L7 proxy listening (serving)');
     if (taken) {
       // We accept and beat now: the old agent stops accepting, beating and serving, and drains.
       const t0 = performance.now();
       const released = taken.commit();
       log.info({ from: taken.from, released, handoverMs: Math.round(performance.now() - t0) }, 'handover: the old agent let go');
     }
-    const node: NodeFacts = await facts;
     if (found) this.followPodNodeAddress();
-    if ('xds' in opts.config) this.startXds(opts.config.xds, node.hostname);
+    // (the host name systeminformation reports is os.hostname() too)
+    if ('xds' in opts.config) await this.startXds(opts.config.xds, hostname());
     this.kube?.start();
 
     if (opts.tunnel) {
@@ -314,7 +324,7 @@ export class Agent {
       ...(this.tunnel ? { tunnels: () => this.tunnel!.report() } : {}),
       status: {
         version: VERSION, startedAt: this.startedAt, configSource: configSource(opts.config),
-        cgroup: opts.cgroup, bpffs: opts.bpffs, sockmap: opts.sockmap, features, programs, node,
+        cgroup: opts.cgroup, bpffs: opts.bpffs, sockmap: opts.sockmap, features, programs, node: nodeFactsOnce(),
         controlPlane: () => this.xds?.status() ?? null,
         kubernetes: () => this.kube?.status() ?? null,
         kubernetesReport: () => this.kube?.report() ?? null,
@@ -341,6 +351,7 @@ export class Agent {
         log.error({ listen: `${opts.metricsListen.host}:${opts.metricsListen.port}`, error: (e as Error).message }, 'the metrics endpoint could not be started; the agent runs without it');
       }
     }
+    startPhase('admin, handover and metrics listening');
     log.info({
       cgroup: opts.cgroup, bpffs: opts.bpffs, admin: this.admin.socketPath,
       programs: programs.map((p) => `${p.program}:${p.how}`).join(' '),
@@ -375,7 +386,8 @@ export class Agent {
     this.podWatcher.start();
   }
 
-  private kubeSource(mode: 'direct' | 'pods', k: KubeWiring, cgroup2: string): KubeSource {
+  private async kubeSource(mode: 'direct' | 'pods', k: KubeWiring, cgroup2: string): Promise<KubeSource> {
+    const { KubeSource, kubeletCgroups } = await import('./sources/kube.js');
     return new KubeSource({
       mode, nodeName: k.nodeName, trustDomain: k.trustDomain, access: k.access,
       kubelet: kubeletCgroups(`/${relative(cgroup2, this.opts.cgroup)}`, k.cgroupDriver),
@@ -387,7 +399,8 @@ export class Agent {
     });
   }
 
-  private startXds(cfg: XdsConfig, hostname: string): void {
+  private async startXds(cfg: XdsConfig, hostname: string): Promise<void> {
+    const { XdsSource } = await import('./sources/xds/source.js');
     this.xds = new XdsSource({
       address: cfg.address,
       tls: cfg.caFile ? { caFile: cfg.caFile, serverName: cfg.serverName } : undefined,

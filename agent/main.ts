@@ -1,12 +1,12 @@
 #!/usr/bin/env -S node --max-semi-space-size=8 --v8-pool-size=1
 // (the flags are agent/runtime.ts AGENT_NODE_FLAGS: a shebang cannot import them)
 // sockmesh-agent: run the node agent, or remove what it installed.
+import { reportStartPhases, startPhase } from './starttrace.js';
 import { Command, Option } from 'commander';
 import { resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { Agent, VERSION, type KubeWiring, type XdsConfig } from './agent.js';
-import { apiAccess } from '../kube/access.js';
 import type { Logger } from './observe/log.js';
 import { createLogger } from './observe/log.js';
 import { parseListen } from './observe/metrics.js';
@@ -16,6 +16,8 @@ import { DEFAULT_BPFFS, runDirFor } from './admin/protocol.js';
 import { DEMO_HTTP_VIP, DEMO_PORT, DEMO_VIP, demoModel, serveDemoBackends, spawnDemoBackends } from './demo.js';
 import { identityWiring } from './certwiring.js';
 import { rmSync, existsSync, rmdirSync } from 'node:fs';
+
+startPhase('modules imported');
 
 /** --xds and friends into the agent's control-plane settings, with clear errors for bad values. */
 function xdsConfig(opts: { xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string }): XdsConfig {
@@ -36,8 +38,12 @@ function parseTrustDomain(v: string): string {
   return v;
 }
 
-/** --kubernetes / --kube-pods: the API client from --kubeconfig (else in-cluster, else $KUBECONFIG, else ~/.kube/config). */
-function kubeWiring(opts: { kubeconfig?: string; trustDomain: string; nodeId?: string; kubeCgroupDriver: KubeWiring['cgroupDriver'] }, log: Logger): KubeWiring {
+/**
+ * --kubernetes / --kube-pods: the API client from --kubeconfig (else in-cluster, else $KUBECONFIG, else ~/.kube/config),
+ * imported only then (a file-configured agent's start does not pay for it).
+ */
+async function kubeWiring(opts: { kubeconfig?: string; trustDomain: string; nodeId?: string; kubeCgroupDriver: KubeWiring['cgroupDriver'] }, log: Logger): Promise<KubeWiring> {
+  const { apiAccess } = await import('../kube/access.js');
   const access = apiAccess({ kubeconfig: opts.kubeconfig ? resolve(opts.kubeconfig) : undefined, log: log.child({ component: 'kubernetes' }) });
   return { access, server: access.server, nodeName: opts.nodeId ?? hostname(), trustDomain: opts.trustDomain, cgroupDriver: opts.kubeCgroupDriver };
 }
@@ -113,13 +119,13 @@ program
       if (opts.kubePods && !opts.xds) throw new Error('--kube-pods goes with --xds (with --kubernetes the agent watches its pods anyway)');
       if (opts.kubeconfig && !opts.kubernetes && !opts.kubePods) throw new Error('--kubeconfig is for --kubernetes or --kube-pods');
       if (opts.kubeconfig && !existsSync(opts.kubeconfig)) throw new Error(`--kubeconfig ${opts.kubeconfig}: no such file`);
-      const config = opts.xds ? { xds: xdsConfig(opts) } : opts.kubernetes ? { kubernetes: kubeWiring(opts, log) }
+      const config = opts.xds ? { xds: xdsConfig(opts) } : opts.kubernetes ? { kubernetes: await kubeWiring(opts, log) }
         : opts.config ? { file: resolve(opts.config) } : { embedded: demoModel(), name: 'demo' };
       const agent = new Agent({
         cgroup, bpffs,
         runDir: opts.runDir ? resolve(opts.runDir) : runDirFor(bpffs),
         config,
-        kubePods: opts.kubePods ? kubeWiring(opts, log) : undefined,
+        kubePods: opts.kubePods ? await kubeWiring(opts, log) : undefined,
         allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
         metricsListen: parseListen(opts.metricsListen),
         proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs, drainTimeoutMs: opts.drainTimeout * 1000,
@@ -127,6 +133,7 @@ program
         identity: identityWiring(opts),
       }, log);
       await agent.start();
+      reportStartPhases(log);
       if ('embedded' in config) {
         demo = spawnDemoBackends(cgroup);
         const bin = 'node dist/cli/meshctl.js';

@@ -41,7 +41,8 @@ export interface StatusSources {
   sockmap: boolean;
   features: Record<string, boolean>;
   programs: ProgramReport[];
-  node: NodeFacts;
+  /** gathered when first asked (systeminformation spawns tools: not on the agent's start) */
+  node: () => Promise<NodeFacts>;
   controlPlane: () => XdsStatus | null;
   /** the Kubernetes source (--kubernetes, --kube-pods); absent or null = none */
   kubernetes?: () => KubeSourceStatus | null;
@@ -55,7 +56,7 @@ export interface StatusSources {
 export function adminRoutes(src: AdminSources): Record<string, Handler> {
   const { reader, names } = src;
   return {
-    '/v1/status': () => statusReport(src),
+    '/v1/status': async () => statusReport(src, await src.status.node()),
     // pods by name (the meshed cgroup tree's, agent/identity/podns.ts) and the fast-path connections per backend
     '/v1/services': () => labelBackends(withUpstream(reader.frontends(names()), src.state.model), sockets(reader), podNamesOf(src.status.cgroup, reader.n)),
     '/v1/stats': () => reader.stats(names()),
@@ -129,7 +130,7 @@ function routes(src: AdminSources, service?: string): RoutesReport {
   return routesReport(model, src.proxy, service);
 }
 
-function statusReport(src: AdminSources): StatusReport {
+function statusReport(src: AdminSources, node: NodeFacts): StatusReport {
   const { state, reader, status: s } = src;
   return {
     agent: {
@@ -139,7 +140,7 @@ function statusReport(src: AdminSources): StatusReport {
       configVersion: state.configVersion, lastConfigError: state.lastConfigError, lastReconcile: state.lastReconcile,
       memory: process.memoryUsage(),
     },
-    node: s.node,
+    node,
     kernel: { cgroup2Root: cgroup2Root() ?? '', cgroup: s.cgroup, bpffs: s.bpffs, sockmap: s.sockmap, features: s.features },
     programs: s.programs,
     maps: reader.fill(),
