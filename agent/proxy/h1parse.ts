@@ -34,8 +34,11 @@ export type ParseError = (typeof ParseError)[keyof typeof ParseError];
 /** Framing of a body; Close (responses only): read until the upstream closes. */
 export const Framing = { None: 0, Length: 1, Chunked: 2, Close: 3 } as const;
 
-/** One field line as read by fieldLine(): a parser keeps one and reuses it (no allocation per line). */
-interface Field { name: string; value: string; error: string }
+/**
+ * One field line as read by fieldLine(): a parser keeps one and reuses it (no allocation per line). tabAfter: the OWS
+ * after the value held an HTAB (see FramingFields.take).
+ */
+interface Field { name: string; value: string; error: string; tabAfter: boolean }
 
 /**
  * field-line = field-name ":" OWS field-value OWS CRLF, starting at i. Returns the index after its CRLF, or -1 with
@@ -57,7 +60,13 @@ function fieldLine(buf: Buffer, i: number, f: Field): number {
   while (VALUE[buf[i]!]) i++;
   if (buf[i] !== CR || buf[i + 1] !== LF) { f.error = `bad character in header ${f.name}`; return -1; }
   let v1 = i;
-  while (v1 > v0 && (buf[v1 - 1] === SP || buf[v1 - 1] === HTAB)) v1--;
+  let tab = false;
+  for (; v1 > v0; v1--) {
+    const c = buf[v1 - 1];
+    if (c === HTAB) tab = true;
+    else if (c !== SP) break;
+  }
+  f.tabAfter = tab;
   f.value = buf.toString('latin1', v0, v1);
   return i + 2;
 }
@@ -111,10 +120,17 @@ class FramingFields {
     conn.names = undefined;
   }
 
-  /** FIELD_TAKEN: one of them; FIELD_OTHER: not; FIELD_BAD: a bad one (error says why) */
-  take(name: string, value: string): number {
+  /**
+   * FIELD_TAKEN: one of them; FIELD_OTHER: not; FIELD_BAD: a bad one (error says why). tabAfter: an HTAB followed the
+   * value. RFC 9110's OWS allows it, but Node's llhttp (and so the backends built on it) refuses a Content-Length or
+   * Transfer-Encoding value followed by one ("chunked\t": 400), while it trims it after any other field: the proxy
+   * refuses them too, so that it never frames a message its peer would reject or read otherwise (fuzz finding,
+   * h1-smuggling).
+   */
+  take(name: string, value: string, tabAfter: boolean): number {
     switch (name) {
       case 'content-length': {
+        if (tabAfter) { this.error = 'tab after the content-length value'; return FIELD_BAD; }
         const n = parseContentLength(value);
         if (n < 0) { this.error = 'bad content-length'; return FIELD_BAD; }
         if (this.contentLength >= 0 && n !== this.contentLength) { this.error = 'differing content-lengths'; return FIELD_BAD; }
@@ -122,6 +138,7 @@ class FramingFields {
         return FIELD_TAKEN;
       }
       case 'transfer-encoding':
+        if (tabAfter) { this.error = 'tab after the transfer-encoding value'; return FIELD_BAD; }
         this.te = this.te === undefined ? value : `${this.te}, ${value}`;
         return FIELD_TAKEN;
       case 'connection':
@@ -162,7 +179,7 @@ export class RequestHeadParse {
   teTrailers = false;
   /** why the last parse failed (for the log) */
   error = '';
-  private readonly field: Field = { name: '', value: '', error: '' };
+  private readonly field: Field = { name: '', value: '', error: '', tabAfter: false };
   private readonly fr = new FramingFields();
 
   reset(): void {
@@ -228,7 +245,7 @@ export class RequestHeadParse {
       if (i < 0) return this.fail(ParseError.Bad, f.error);
       const name = f.name, value = f.value;
       // Hop-by-hop and framing headers are consumed here, never forwarded as they came.
-      const k = fr.take(name, value);
+      const k = fr.take(name, value, f.tabAfter);
       if (k === FIELD_TAKEN) continue;
       if (k === FIELD_BAD) return this.fail(ParseError.Bad, fr.error);
       switch (name) {
@@ -325,7 +342,7 @@ export class ResponseHeadParse {
   /** Connection: upgrade + Upgrade value (for a 101) */
   upgrade: string | undefined;
   error = '';
-  private readonly field: Field = { name: '', value: '', error: '' };
+  private readonly field: Field = { name: '', value: '', error: '', tabAfter: false };
   private readonly fr = new FramingFields();
 
   /**
@@ -366,7 +383,7 @@ export class ResponseHeadParse {
     while (i < endIdx + 2) {
       i = fieldLine(buf, i, f);
       if (i < 0) return this.fail(ParseError.Bad, f.error);
-      const k = fr.take(f.name, f.value);
+      const k = fr.take(f.name, f.value, f.tabAfter);
       if (k === FIELD_TAKEN) continue;
       if (k === FIELD_BAD) return this.fail(ParseError.Bad, fr.error);
       this.names.push(f.name);

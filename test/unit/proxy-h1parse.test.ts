@@ -2,6 +2,7 @@
 // piece size (byte-exact), framing decisions for requests and responses, and what it refuses.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { ChunkedDecoder, Framing, ParseError, RequestHeadParse, ResponseHeadParse, parseContentLength } from '../../agent/proxy/h1parse.js';
 
 t.test('a request head parses the same whatever way it is split', async (t) => {
@@ -155,4 +156,48 @@ t.test('fuzz findings: list elements lose OWS only, not NBSP (0xA0 is obs-text, 
   const r = new ResponseHeadParse();
   t.ok(r.parse(Buffer.from('HTTP/1.1 200 OK\r\ntransfer-encoding: \u00a0chunked\r\n\r\n', 'latin1'), 0, 1024, false) > 0);
   t.equal(r.framing, Framing.Close, 'a response whose last coding is not chunked is read until close');
+});
+
+t.test('fuzz finding (h1-smuggling): a tab after a Content-Length or Transfer-Encoding value is refused, as llhttp refuses it', async (t) => {
+  // node:http's parser, the oracle the smuggling target uses: what a Node backend or client does with the same bytes
+  const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+  const llhttpTakes = (kind: 'REQUEST' | 'RESPONSE', text: string): boolean => {
+    const p = new HTTPParser();
+    p.initialize(HTTPParser[kind], {}, 8192, 0);
+    let done = false;
+    p[HTTPParser.kOnHeadersComplete] = () => 0;
+    p[HTTPParser.kOnMessageComplete] = () => { done = true; };
+    const r = p.execute(Buffer.from(text, 'latin1'));
+    return !(r instanceof Error) && done;
+  };
+  const req = new RequestHeadParse();
+  const res = new ResponseHeadParse();
+  const cases: [field: string, value: string, body: string][] = [
+    ['transfer-encoding', 'chunked\t', '3\r\nabc\r\n0\r\n\r\n'],
+    ['transfer-encoding', 'chunked \t', '3\r\nabc\r\n0\r\n\r\n'],
+    ['transfer-encoding', 'chunked\t ', '3\r\nabc\r\n0\r\n\r\n'],
+    ['transfer-encoding', '\tchunked', '3\r\nabc\r\n0\r\n\r\n'],
+    ['transfer-encoding', 'chunked  ', '3\r\nabc\r\n0\r\n\r\n'],
+    ['content-length', '3\t', 'abc'],
+    ['content-length', '3 \t', 'abc'],
+    ['content-length', '\t3', 'abc'],
+    ['content-length', '3 ', 'abc'],
+  ];
+  for (const [field, value, body] of cases) {
+    const head = `POST / HTTP/1.1\r\nhost: x\r\n${field}: ${value}\r\n\r\n`;
+    const ours = req.parse(Buffer.from(head, 'latin1'), 0, 1024) > 0;
+    const theirs = llhttpTakes('REQUEST', head + body);
+    const tab = /[ \t]*\t[ \t]*$/.test(value);
+    t.equal(ours, !tab, `request ${JSON.stringify(`${field}: ${value}`)}: ${tab ? 'refused' : 'taken'}${tab ? ` (${req.error})` : ''}`);
+    t.ok(!ours || theirs, `  and llhttp takes it too when we do (llhttp: ${theirs ? 'taken' : 'refused'})`);
+    if (tab) t.equal(req.error, `tab after the ${field} value`);
+    const rhead = `HTTP/1.1 200 OK\r\n${field}: ${value}\r\n\r\n`;
+    const rours = res.parse(Buffer.from(rhead, 'latin1'), 0, 1024, false) > 0;
+    t.equal(rours, !tab, `response ${JSON.stringify(`${field}: ${value}`)}: the same`);
+    t.ok(!rours || llhttpTakes('RESPONSE', rhead + body), '  and llhttp takes it too when we do');
+  }
+  // any other field keeps its trailing OWS trimmed, tab or not (RFC 9110 5.5), as llhttp does
+  t.ok(req.parse(Buffer.from('GET / HTTP/1.1\r\nhost: x\r\nx-a: b\t\r\nconnection: close\t\r\n\r\n', 'latin1'), 0, 1024) > 0);
+  t.equal(req.headers['x-a'], 'b');
+  t.ok(req.close, '"close\\t" is close');
 });
