@@ -15,9 +15,12 @@ import { MapReader } from '../../agent/datapath/inspect.js';
 import { kernelSkipReason, startAgent, testCgroup } from '../lib/kernel.js';
 import { sleep } from '../lib/net.js';
 import { connLoad, now, type Attempt } from '../lib/connload.js';
+import type { StartPhase } from '../../agent/starttrace.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
+// The agents this test starts log where their start went ('start phases', agent/starttrace.ts): inherited by them.
+process.env.SOCKMESH_START_TRACE = '1';
 
 async function backend(id: string): Promise<{ port: number; server: Server }> {
   const server = createServer((req, res) => { req.resume(); req.on('end', () => res.end(id)); });
@@ -134,18 +137,29 @@ services:
   const timeline = agent.logs.filter((l) => Number(l.time) >= spawnAt - 50)
     .map((l) => `${String(l.msg)} +${Number(l.time) - Math.round(spawnAt)} ms`);
   t.comment(`restart: first proxied 200 ${fmt(openMs)} ms (open), ${fmt(closedMs)} ms (closed) after spawn; ${timeline.join(', ')}`);
+  const trace = agent.logs.filter((l) => l.msg === 'start phases').at(-1) as { timeOrigin: number; phases: StartPhase[] } | undefined;
+  t.ok(trace, 'the restarted agent logged its start phases (SOCKMESH_START_TRACE)');
+  if (trace) {
+    // ms since spawn: the exec (the shell, then node's binary) is the time before the process's own origin
+    const since = (at: number): string => fmt(trace.timeOrigin + at - spawnAt).padStart(7);
+    t.comment(`the restarted agent's start, ms since spawn (took, CPU so far):\n` +
+      [`exec                                           ${since(0)}`,
+        ...trace.phases.map((p) => `${p.phase.padEnd(46)} ${since(p.atMs)} ${fmt(p.tookMs).padStart(7)} ${p.cpuMs === null ? '' : fmt(p.cpuMs).padStart(7)}`),
+      ].join('\n'));
+  }
   const serveMs = Math.max(openMs, closedMs);
   const load1 = loadavg()[0]!;
   t.comment(`the new agent used ${cpuAtServe} ms of CPU until then; load average ${load1.toFixed(1)} on ${cpus().length} CPUs`);
-  // CPU time inflates too when 2 CPUs run 15 jobs (810 and 1410 ms in two such runs): the 1 s bound on an idle machine,
-  // a bound that only a real regression (seconds of work before the proxy listens) crosses otherwise.
-  // The issue's target is 1 s from start to serving; on a quiet CI run this start took 989 ms of wall time and 1070 ms
-  // of CPU (about 820 ms of it Node's start and the imports before the first log line), so a 1 s bound failed at
-  // random. The bounds here catch a regression (a second of new work before the proxy listens); the figures above
-  // are what the closing note reports against the target, which is not met with margin yet.
-  const cpuBound = overloaded() ? 3000 : 2000;
+  // The issue's target: serving again within 1 s of start. What a start costs before the proxy listens (the phases
+  // above; agent/starttrace.ts): Node's bootstrap, reading and linking ~95 modules, evaluating them, then the kernel
+  // work (the pins reused: tens of ms). gRPC/protobufjs and the Kubernetes client are no longer loaded for a file config,
+  // nor systeminformation before the first request, which took a start from ~1000 to ~400 ms of CPU on a quiet run.
+  // CPU time inflates on a machine running many more jobs than it has CPUs (740-980 ms at load 15 on 2 CPUs), and the
+  // wall time there is mostly the queue for a CPU: judged only when the machine is not overloaded, with a CPU bound
+  // that a real regression (the gRPC stack back on the start path: ~+100 ms quiet, +300 loaded) still crosses.
+  const cpuBound = overloaded() ? 2000 : 1000;
   t.ok(cpuAtServe < cpuBound, `a start costs < ${cpuBound} ms of CPU until L7 is served (${cpuAtServe} ms)`);
-  if (!overloaded()) t.ok(serveMs < 2000, `serving L7 again within 2 s of start (${fmt(serveMs)} ms; the target is 1 s)`);
+  if (!overloaded()) t.ok(serveMs < 1000, `serving L7 again within 1 s of start (${fmt(serveMs)} ms)`);
   else t.comment(`not judging the wall time (${fmt(serveMs)} ms): the machine is overloaded (load ${load1.toFixed(1)} > ${cpus().length} CPUs)`);
   await sleep(500);
   const upAt = now();
