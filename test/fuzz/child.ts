@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
-import { fuzz, inputName, type Finding } from './engine.js';
+import { Coverage, fuzz, inputName, type Finding } from './engine.js';
 import { targetSpec } from './targets.js';
 
 const { values: a } = parseArgs({
@@ -71,6 +71,8 @@ watchdog.unref();
 
 const mod = (await import(`./targets/${spec.name}.ts`)) as { run: (d: Buffer) => void | Promise<void>; dict?: string[]; setup?: () => Promise<void> };
 await mod.setup?.();
+// what setup() ran (a warm-up) is not the first seed's coverage
+new Coverage().clear();
 const seeds = [...readDir(join(here, spec.name)), ...(a.corpus ? readDir(a.corpus) : [])];
 if (a.corpus) mkdirSync(a.corpus, { recursive: true });
 

@@ -1,5 +1,6 @@
 // xDS delta responses (targets/xds.ts).
-import { runMode } from './xds.js';
+import { runMode, warmUp } from './xds.js';
 
-export { dict, setup } from './xds.js';
+export { dict } from './xds.js';
+export const setup = (): Promise<void> => warmUp('delta');
 export const run = (d: Buffer): void => runMode('delta', d);
