@@ -15,6 +15,7 @@ const H2 = ['agent/proxy/h2/'];
 export const TARGETS: readonly TargetSpec[] = [
   { name: 'h1-request', instrument: ['agent/proxy/h1parse.ts'], maxLen: 4096, what: 'HTTP/1.1 request heads, chunked bodies, pipelining (h1parse.ts)' },
   { name: 'h1-response', instrument: ['agent/proxy/h1parse.ts'], maxLen: 4096, what: 'HTTP/1.1 response heads and chunked bodies (h1parse.ts)' },
+  { name: 'http1', instrument: ['agent/proxy/http1.ts', 'agent/proxy/h1pool.ts', 'agent/proxy/exchange.ts'], maxLen: 4096, what: 'HTTP/1.1 engine fed a client\'s and an upstream\'s bytes in turn (http1.ts, h1pool.ts; the policy\'s contract)' },
   { name: 'h1-smuggling', instrument: ['agent/proxy/h1parse.ts'], maxLen: 2048, what: 'request framing vs node:http\'s llhttp (differential)' },
   { name: 'hpack', instrument: ['agent/proxy/h2/hpack.ts', 'agent/proxy/h2/huffman.ts'], maxLen: 4096, what: 'HPACK decoder, table size, encode/decode round trip' },
   { name: 'h2-server', instrument: H2, maxLen: 8192, what: 'HTTP/2 session, server role, fed a client\'s frames' },

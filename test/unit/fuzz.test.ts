@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { runTarget, type TargetRun } from '../fuzz/spawn.js';
 import { TARGETS } from '../fuzz/targets.js';
 
-/** seconds of fuzzing per target after its corpus (12 targets: the whole file stays well under 3 minutes) */
+/** seconds of fuzzing per target after its corpus (13 targets: the whole file stays well under 3 minutes) */
 const SECONDS = Number(process.env.SOCKMESH_FUZZ_SECONDS ?? 4);
 const work = mkdtempSync(join(tmpdir(), 'sockmesh-fuzz-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
