@@ -20,7 +20,7 @@ import type { ProxyReportSource } from './admin/protocol.js';
 import { HealthChecker } from './health/checker.js';
 import { ProxyPolicy } from './proxy/policy.js';
 import { ProxyHost } from './proxyhost.js';
-import { HANDOVER_SOCKET, HandoverServer, requestHandover, type Offer, type TakeOver } from './handover.js';
+import { HANDOVER_SOCKET, HandoverServer, requestHandover, writeHandoverModel, type Offer, type TakeOver } from './handover.js';
 import { discoverPods, podGatewayAddress } from './identity/podns.js';
 import { LocalPods, ProcPodScanner, ProcPodWatcher } from './identity/pods.js';
 import { LiveState } from './state/live.js';
@@ -209,6 +209,10 @@ export class Agent {
     } else if ('kubernetes' in opts.config) {
       this.kube = await this.kubeSource('direct', opts.config.kubernetes, root);
       model = this.kube.cached();
+    } else if (taken?.model) {
+      // a control plane's config: the running agent's, until our first sync (handover.ts)
+      model = taken.model;
+      log.info({ services: model.services.length }, 'handover: starting from the running agent\'s model until the control plane is synced');
     }
     if (opts.kubePods) {
       if (!('xds' in opts.config)) throw new Error('--kube-pods goes with --xds (with --kubernetes the agent watches its pods anyway)');
@@ -258,12 +262,13 @@ export class Agent {
         this.stateFile.write(kernel.namesSnapshot());
       },
     });
-    if (model && 'kubernetes' in opts.config) {
-      // the cache of a previous agent: one the kernel or the proxy refuses is dropped, the first sync brings the state
+    if (model && !('file' in opts.config) && !('embedded' in opts.config)) {
+      // a previous agent's model (the kube cache; the running agent's, handed over): refused, it is dropped, the first sync brings the state
       try {
         this.transaction.first(model);
       } catch (e) {
-        log.warn({ error: (e as Error).message }, 'kubernetes: the last applied model was refused; waiting for the API server');
+        if ('xds' in opts.config) log.warn({ error: (e as Error).message }, 'handover: the running agent\'s model was refused; waiting for the control plane');
+        else log.warn({ error: (e as Error).message }, 'kubernetes: the last applied model was refused; waiting for the API server');
       }
     } else if (model) this.transaction.first(model);
     startPhase('first apply');
@@ -473,6 +478,7 @@ export class Agent {
         type: 'offer', pid: process.pid, version: VERSION,
         proxy: proxy ? { ...(settings as Omit<typeof proxy, 'listeners'>), listeners: listeners.map(({ host, port }) => ({ host, port })) } : null,
         metrics: metrics === undefined ? null : this.metricsAddress,
+        model: this.state.model ? writeHandoverModel(this.opts.runDir, this.state.model) : null,
       },
       fds: [...listeners.map((l) => l.fd), admin, handover, ...(metrics === undefined ? [] : [metrics])],
     };

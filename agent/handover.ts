@@ -6,6 +6,9 @@
 //   new -> old  {"type":"request","pid","version"}
 //   old -> new  {"type":"offer",...} + fds: the proxy's listeners (loopback v4/v6, node addresses), the admin socket,
 //               this handover socket, the metrics socket (when there is one)       or {"type":"refused","error"}
+//               The offer names a file in the run dir with the model in force (JSON): a new agent whose source is a
+//               control plane starts from it, so that it serves the same config from its first request even while the
+//               control plane is down (its first sync replaces it), as a restarted ztunnel or Envoy cannot.
 //   (the new agent loads and adopts the pinned datapath, announces the proxy alive and accepts on the same sockets:
 //    both agents accept meanwhile)
 //   new -> old  {"type":"commit"}
@@ -14,15 +17,18 @@
 // The new agent then serves admin, metrics and handover.sock on the sockets it received (no moment without them).
 // Until the commit nothing changed on the old side: a new agent that fails or dies before it (its end of the socket
 // closes) leaves the old one serving as before. One handover at a time: another agent asking meanwhile is refused.
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { listenUnix } from './admin/server.js';
 import { createServer, type Server, type Socket } from 'node:net';
 import { netioAddon, type NetioAddon } from './proxy/netio.js';
 import type { ProxyHandover } from './proxyhost.js';
 import type { Logger } from './observe/log.js';
+import type { Model } from './model/types.js';
 
 export const HANDOVER_SOCKET = 'handover.sock';
+/** the model in force, written by the running agent for the new one (in the run dir, next to the socket) */
+export const HANDOVER_MODEL = 'handover-model.json';
 /** the new agent's wait for each answer of the old one */
 const ANSWER_TIMEOUT_MS = 10_000;
 /** the old agent's wait for the commit: the new one loads and attaches the datapath meanwhile */
@@ -38,6 +44,8 @@ export interface HandoverOfferMessage {
   proxy: (Omit<ProxyHandover, 'listeners'> & { listeners: { host: string; port: number }[] }) | null;
   /** the metrics endpoint's address (null: none); its fd comes last */
   metrics: string | null;
+  /** the file in the run dir holding the model in force (null: none applied yet) */
+  model?: string | null;
 }
 
 /** What the running agent hands over (its side): the message and the fds, in the order of the protocol above. */
@@ -51,6 +59,8 @@ export interface TakeOver {
   readonly adminFd: number;
   readonly handoverFd: number;
   readonly metricsFd: number | undefined;
+  /** the running agent's model in force (undefined: it had none, or its file could not be read: a warning says why) */
+  readonly model: Model | undefined;
   /** Tell the old agent to let go (we accept and beat now); waits for it. false: it did not answer (gone?). */
   commit(): boolean;
   /** Give up before the commit: every fd received is closed, the old agent serves on. */
@@ -136,9 +146,11 @@ export function requestHandover(runDir: string, o: { version: string; log: Logge
     check(handoverFd, 'the handover socket', 0);
     const metricsFd = offer.metrics !== null ? fds[listeners.length + 2] : undefined;
     if (metricsFd !== undefined) check(metricsFd, `the metrics endpoint ${offer.metrics}`);
+    const model = offer.model ? readModel(join(runDir, offer.model), o.log) : undefined;
     let done = false;
     return {
       from: offer.pid,
+      model,
       proxy: offer.proxy && { ...offer.proxy, listeners: listeners.map((l, i) => ({ ...l, fd: fds[i]! })) },
       adminFd, handoverFd, metricsFd,
       commit: () => {
@@ -168,6 +180,28 @@ export function requestHandover(runDir: string, o: { version: string; log: Logge
     for (const f of received) n.closeFd(f);
     n.closeFd(fd);
     throw e;
+  }
+}
+
+/** The running agent's side: the model in force, written for the new agent; returns the file's name in runDir. */
+export function writeHandoverModel(runDir: string, model: Model): string {
+  const file = join(runDir, HANDOVER_MODEL);
+  writeFileSync(`${file}.tmp`, JSON.stringify({ pid: process.pid, model }));
+  renameSync(`${file}.tmp`, file);
+  return HANDOVER_MODEL;
+}
+
+/** The new agent's side: the model the running agent wrote (the file is removed: it was for this handover only). */
+function readModel(file: string, log: Logger): Model | undefined {
+  try {
+    const data = JSON.parse(readFileSync(file, 'utf8')) as { model?: Model };
+    if (!data.model || !Array.isArray(data.model.services)) throw new Error('no model with a services list in it');
+    return data.model;
+  } catch (e) {
+    log.warn({ file, error: (e as Error).message }, 'handover: the running agent\'s model could not be read; starting without it');
+    return undefined;
+  } finally {
+    try { unlinkSync(file); } catch { /* gone already */ }
   }
 }
 
