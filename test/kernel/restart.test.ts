@@ -10,16 +10,22 @@ import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { connect as netConnect, type Socket } from 'node:net';
 import { randomBytes, createHash } from 'node:crypto';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { request } from 'node:http';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { AGENT_NODE_FLAGS } from '../../agent/runtime.js';
 import { AGENT, freePort, kernelSkipReason, meshctl, startAgent, testCgroup, type AgentHandle } from '../lib/kernel.js';
 import { sleep } from '../lib/net.js';
+import { ControlPlaneProcess } from '../lib/controlplane.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
 
 const VIP_OPEN = '127.88.14.1', VIP_CLOSED = '127.88.14.2', VIP_L4 = '127.88.14.3';
+/** the control-plane test's L7 VIP (fail closed) and the VIP of its churned services */
+const VIP_XDS = '127.88.14.4', VIP_CHURN = '127.88.14.5';
 const RESTARTS = 5;
 /** the load runs this long: every restart happens inside it */
 const LOAD_S = 45;
@@ -62,9 +68,9 @@ async function serve(t: Test, code: string): Promise<number> {
   return new Promise((r) => p.stdout!.once('data', (d: Buffer) => r(Number(d.toString().trim()))));
 }
 
-/** One more agent next to the running one: the same config, pins, run dir and flags (what a rolling update starts). */
-function launch(agent: AgentHandle, cgroup: string, extra: string[]): Proc {
-  const args = [AGENT, '--config', agent.configFile, '--cgroup', agent.cgroup, '--bpffs', agent.bpffs, '--run-dir', agent.runDir, ...extra];
+/** One more agent next to the running one: the same config source, pins, run dir and flags (what a rolling update starts). */
+function launch(agent: AgentHandle, cgroup: string, extra: string[], source = ['--config', agent.configFile]): Proc {
+  const args = [AGENT, ...source, '--cgroup', agent.cgroup, '--bpffs', agent.bpffs, '--run-dir', agent.runDir, ...extra];
   const proc = spawn('/bin/sh', ['-c', `echo $$ > '${cgroup}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...AGENT_NODE_FLAGS, ...args],
     { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
@@ -427,4 +433,105 @@ services:
     await t.rejects(get(VIP_CLOSED, '/x'), 'the closed VIP refuses');
     t.equal(await get(VIP_OPEN, '/x'), 200, 'the open VIP goes to a backend directly');
   });
+});
+
+t.test('planned restarts with a control plane: under config churn, then during an xDS outage', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'restart-xds');
+  const agentCgroup = cg.child('agent');
+  cg.enter('client');
+  const httpPort = await serve(t, BACKEND);
+  const otherPort = await serve(t, BACKEND);
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-test-cp-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // The churn, as the soak's: every 100 ms a service comes or goes, the second backend of the L7 service comes or goes,
+  // weights change. Every backend listed is a live one: a request can only fail through the mesh.
+  let step = 0;
+  const writeConfig = (): void => {
+    const n = step++;
+    const weight = 1 + (n % 7);
+    const second = n % 4 < 2 ? `\n      - { address: 127.0.0.1, port: ${otherPort}, weight: ${weight} }` : '';
+    const extra = n % 2 === 0 ? `
+  - name: churn-${n % 10}
+    vips: [${VIP_CHURN}]
+    ports: [{ port: 80 }]
+    backends: [{ address: 127.0.0.1, port: ${otherPort} }]
+    http: { failMode: open, upstreamProtocol: http1, routes: [{ name: all }] }` : '';
+    writeFileSync(join(dir, '.svc.tmp'), `services:
+  - name: web
+    vips: [${VIP_XDS}]
+    ports: [{ port: 80 }]
+    algorithm: weighted
+    backends:
+      - { address: 127.0.0.1, port: ${httpPort}, weight: ${8 - weight} }${second}
+    http: { failMode: closed, upstreamProtocol: http1, routes: [{ name: all }] }${extra}
+`);
+    renameSync(join(dir, '.svc.tmp'), join(dir, 'svc.yaml'));
+  };
+  writeConfig();
+  const cp = new ControlPlaneProcess(dir, await freePort());
+  await cp.start();
+  t.teardown(() => cp.kill());
+  const proxyPort = await freePort();
+  const extra = ['--proxy-port', String(proxyPort), '--proxy-heartbeat-ms', '200', '--drain-timeout', String(DRAIN_TIMEOUT_S), '--metrics-listen', 'off'];
+  const source = ['--xds', `127.0.0.1:${cp.port}`];
+  const agent = await startAgent(t, cg, { xds: source[1], inCgroup: agentCgroup, extraArgs: extra });
+  await agent.waitLog((l) => l.msg === 'config applied' && l.why === 'xds');
+  const started: Proc[] = [];
+  t.teardown(async () => {
+    for (const p of started) if (p.proc.exitCode === null && p.proc.signalCode === null && p.proc !== agent.proc) p.proc.kill('SIGKILL');
+  });
+  t.teardown(() => {
+    for (const [i, p] of [{ logs: agent.logs }, ...started].entries()) {
+      for (const l of p.logs) if (Number(l.level) >= 40) t.comment(`agent ${i}: ${JSON.stringify(l)}`);
+    }
+  });
+  t.equal(await get(VIP_XDS, '/warm'), 200, 'the L7 VIP answers through the proxy');
+  const churn = setInterval(writeConfig, 100);
+  t.teardown(() => clearInterval(churn));
+
+  const LOAD = 40;
+  const t0 = performance.now();
+  const wrk = run('wrk', ['-t1', '-c4', `-d${LOAD}s`, `http://${VIP_XDS}/xds-keepalive`]);
+  const h2runs: { name: string; path: string; done: Promise<{ out: string; code: number | null }> }[] = [];
+  let old: Proc = { proc: agent.proc, logs: agent.logs, stderr: () => '', exited: new Promise((r) => agent.proc.once('exit', (code) => r({ code, at: performance.now() }))) };
+  const restart = async (i: number, why: string): Promise<void> => {
+    const path = `/xds-h2-${i}`;
+    h2runs.push({ name: `h2load (restart ${i}, ${why})`, path, done: run('h2load', ['-c4', '-m8', '-D', String(Math.max(5, Math.round(LOAD - (performance.now() - t0) / 1000))), `http://${VIP_XDS}${path}`]) });
+    await sleep(1000);
+    const next = launch(agent, agentCgroup, extra, source);
+    started.push(next);
+    await waitLog(next, (l) => l.msg === 'datapath ready');
+    agent.proc = next.proc;
+    const ex = await within(old.exited, (DRAIN_TIMEOUT_S + 5) * 1000, `restart ${i}: the old agent exits`);
+    t.equal(ex.code, 0, `restart ${i} (${why}): the old agent drained and exited 0`);
+    old = next;
+    await sleep(500);
+  };
+  for (let i = 1; i <= 2; i++) await restart(i, 'config churn');
+  // The control plane dies: the agents restarted now have no xDS to ask; the churn goes on in its directory.
+  await cp.kill('SIGKILL');
+  for (let i = 3; i <= 4; i++) await restart(i, 'xDS outage');
+  const connectedBefore = old.logs.filter((l) => l.msg === 'xds: connected').length;
+  await cp.start();
+  const back = await within(waitLog(old, (l) => l.msg === 'xds: connected' && old.logs.filter((x) => x.msg === 'xds: connected').length > connectedBefore, 20000), 21000, 'the agent reconnects');
+  t.ok(back, 'the newest agent reconnected to the control plane once it was back');
+  t.ok(performance.now() - t0 < (LOAD - 1) * 1000, `every restart happened under load (${((performance.now() - t0) / 1000).toFixed(1)} s of ${LOAD})`);
+
+  const w = wrkNumbers((await wrk).out);
+  t.comment(`wrk keep-alive through churn and outage restarts: ${JSON.stringify(w)}`);
+  t.ok(w.requests > 500, `wrk: ${w.requests} requests`);
+  t.equal(w.connect + w.read + w.write + w.timeout, 0, 'wrk: 0 socket errors');
+  t.equal(w.non2xx, 0, 'wrk: 0 non-2xx');
+  for (const r of h2runs) {
+    const { out } = await r.done;
+    const h = h2Numbers(out);
+    t.comment(`${r.name}: ${JSON.stringify(h)}; ${/status codes:.*/.exec(out)?.[0]}`);
+    if (!(h.failed === 0 && h.errored === 0)) t.comment(out.slice(0, 3000));
+    t.ok(h.succeeded > 0, `${r.name}: ${h.succeeded} requests succeeded`);
+    t.equal(h.failed + h.errored + h.timeout, 0, `${r.name}: 0 failed, errored or timed out`);
+    t.equal(out.match(/Process Request Failure/g)?.length ?? 0, 4, `${r.name}: each of its 4 clients got the restart's GOAWAY while loading`);
+    const seen = (await countAt(httpPort, r.path)) + (await countAt(otherPort, r.path));
+    t.equal(seen, h.succeeded, `${r.name}: the backends saw exactly the ${h.succeeded} that succeeded`);
+  }
+  clearInterval(churn);
 });
