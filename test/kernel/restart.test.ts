@@ -194,6 +194,32 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, sleep(ms).then(() => { throw new Error(`${what}: not within ${ms} ms`); })]);
 }
 
+/**
+ * h2load runs, one per restart: 0 failed, errored or timed out; each of the 4 clients got that restart's GOAWAY while
+ * loading (h2load says "Process Request Failure" once per client it stops: it opens no new connection after a GOAWAY,
+ * and cancels that count out in its summary); the backends (ports) saw exactly the requests that succeeded. Returns
+ * how many did.
+ */
+async function judgeH2(t: Test, runs: { name: string; path: string; done: Promise<{ out: string }> }[], ports: number[]): Promise<number> {
+  let total = 0;
+  for (const r of runs) {
+    const { out } = await r.done;
+    const h = h2Numbers(out);
+    total += h.succeeded;
+    t.comment(`${r.name}: ${JSON.stringify(h)}; ${/status codes:.*/.exec(out)?.[0]}`);
+    if (!(h.failed === 0 && h.errored === 0)) t.comment(out.slice(0, 3000));
+    t.ok(h.succeeded > 0, `${r.name}: ${h.succeeded} requests succeeded`);
+    t.equal(h.failed, 0, `${r.name}: 0 failed`);
+    t.equal(h.errored, 0, `${r.name}: 0 errored`);
+    t.equal(h.timeout, 0, `${r.name}: 0 timed out`);
+    t.equal(out.match(/Process Request Failure/g)?.length ?? 0, 4, `${r.name}: each of its 4 clients got the restart's GOAWAY while loading`);
+    let seen = 0;
+    for (const p of ports) seen += await countAt(p, r.path);
+    t.equal(seen, h.succeeded, `${r.name}: the backends saw ${seen} requests, exactly the ${h.succeeded} that succeeded`);
+  }
+  return total;
+}
+
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const pct = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!; };
 
@@ -345,21 +371,7 @@ services:
     }
     // Every h2load run: 0 failed (HTTP/2 drain: H2Session.shutdown), each of its 4 clients got the GOAWAY under load,
     // and the backend saw exactly the requests that succeeded.
-    let h2total = 0;
-    for (const r of h2runs) {
-      const { out } = await r.done;
-      const h = h2Numbers(out);
-      h2total += h.succeeded;
-      t.comment(`${r.name}: ${JSON.stringify(h)}; ${/status codes:.*/.exec(out)?.[0]}`);
-      if (!(h.failed === 0 && h.errored === 0)) t.comment(out.slice(0, 3000));
-      t.ok(h.succeeded > 0, `${r.name}: ${h.succeeded} requests succeeded`);
-      t.equal(h.failed, 0, `${r.name}: 0 failed`);
-      t.equal(h.errored, 0, `${r.name}: 0 errored`);
-      t.equal(h.timeout, 0, `${r.name}: 0 timed out`);
-      t.equal(out.match(/Process Request Failure/g)?.length ?? 0, 4, `${r.name}: each of its 4 clients got the restart's GOAWAY while loading`);
-      const seen = await countAt(httpPort, r.path);
-      t.equal(seen, h.succeeded, `${r.name}: the backend saw ${seen} requests, exactly the ${h.succeeded} that succeeded`);
-    }
+    const h2total = await judgeH2(t, h2runs, [httpPort]);
     t.ok(h2total > 1000, `h2load: ${h2total} requests over ${h2runs.length} runs`);
     t.equal(record.down, 0, `the proxy record was never down (${record.samples} samples, oldest heartbeat ${record.maxAgeMs} ms) ${record.worst}`);
 
@@ -522,16 +534,6 @@ t.test('planned restarts with a control plane: under config churn, then during a
   t.ok(w.requests > 500, `wrk: ${w.requests} requests`);
   t.equal(w.connect + w.read + w.write + w.timeout, 0, 'wrk: 0 socket errors');
   t.equal(w.non2xx, 0, 'wrk: 0 non-2xx');
-  for (const r of h2runs) {
-    const { out } = await r.done;
-    const h = h2Numbers(out);
-    t.comment(`${r.name}: ${JSON.stringify(h)}; ${/status codes:.*/.exec(out)?.[0]}`);
-    if (!(h.failed === 0 && h.errored === 0)) t.comment(out.slice(0, 3000));
-    t.ok(h.succeeded > 0, `${r.name}: ${h.succeeded} requests succeeded`);
-    t.equal(h.failed + h.errored + h.timeout, 0, `${r.name}: 0 failed, errored or timed out`);
-    t.equal(out.match(/Process Request Failure/g)?.length ?? 0, 4, `${r.name}: each of its 4 clients got the restart's GOAWAY while loading`);
-    const seen = (await countAt(httpPort, r.path)) + (await countAt(otherPort, r.path));
-    t.equal(seen, h.succeeded, `${r.name}: the backends saw exactly the ${h.succeeded} that succeeded`);
-  }
+  await judgeH2(t, h2runs, [httpPort, otherPort]);
   clearInterval(churn);
 });
