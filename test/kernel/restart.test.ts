@@ -220,6 +220,19 @@ async function judgeH2(t: Test, runs: { name: string; path: string; done: Promis
   return total;
 }
 
+/** The kernel's proxy record, every few ms until the test ends: never down, never stale (what the test asserts). */
+function sampleRecord(t: Test, reader: MapReader): { samples: number; down: number; maxAgeMs: number; worst: string } {
+  const record = { samples: 0, down: 0, maxAgeMs: 0, worst: '' };
+  const sampler = setInterval(() => {
+    const p = reader.proxy();
+    record.samples++;
+    if (!p || !p.alive) { record.down++; record.worst ||= JSON.stringify(p); }
+    if (p?.heartbeatAgeMs != null && p.heartbeatAgeMs > record.maxAgeMs) record.maxAgeMs = p.heartbeatAgeMs;
+  }, 3);
+  t.teardown(() => clearInterval(sampler));
+  return record;
+}
+
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const pct = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!; };
 
@@ -261,15 +274,7 @@ services:
   t.equal(await get(VIP_OPEN, '/warm'), 200, 'the open VIP answers through the proxy');
   t.equal(await get(VIP_CLOSED, '/warm'), 200, 'the closed VIP answers through the proxy');
 
-  // The kernel's proxy record, every few ms for the whole test: never down, never stale.
-  const record = { samples: 0, down: 0, maxAgeMs: 0, worst: '' };
-  const sampler = setInterval(() => {
-    const p = reader.proxy();
-    record.samples++;
-    if (!p || !p.alive) { record.down++; record.worst ||= JSON.stringify(p); }
-    if (p?.heartbeatAgeMs != null && p.heartbeatAgeMs > record.maxAgeMs) record.maxAgeMs = p.heartbeatAgeMs;
-  }, 3);
-  t.teardown(() => clearInterval(sampler));
+  const record = sampleRecord(t, reader);
   // What went wrong in an agent, when something did: its warnings and errors.
   t.teardown(() => {
     for (const [i, p] of [{ logs: agent.logs }, ...started].entries()) {
@@ -484,7 +489,10 @@ t.test('planned restarts with a control plane: under config churn, then during a
   await cp.start();
   t.teardown(() => cp.kill());
   const proxyPort = await freePort();
-  const extra = ['--proxy-port', String(proxyPort), '--proxy-heartbeat-ms', '200', '--drain-timeout', String(DRAIN_TIMEOUT_S), '--metrics-listen', 'off'];
+  // The default heartbeat (1 s, stale after 3): at the first test's 200 ms (stale after 600), the agent's loop busy
+  // with 10 configs a second under this load on a shared 2-CPU machine left the record 744 ms old in one run, and in
+  // another all 4 connects of an h2load run were refused at once (the fail-closed VIP, as with a stale record).
+  const extra = ['--proxy-port', String(proxyPort), '--drain-timeout', String(DRAIN_TIMEOUT_S), '--metrics-listen', 'off'];
   const source = ['--xds', `127.0.0.1:${cp.port}`];
   const agent = await startAgent(t, cg, { xds: source[1], inCgroup: agentCgroup, extraArgs: extra });
   await agent.waitLog((l) => l.msg === 'config applied' && l.why === 'xds');
@@ -498,6 +506,10 @@ t.test('planned restarts with a control plane: under config churn, then during a
     }
   });
   t.equal(await get(VIP_XDS, '/warm'), 200, 'the L7 VIP answers through the proxy');
+  const reader = MapReader.fromPins(agent.bpffs);
+  t.teardown(() => reader.close());
+  const record = sampleRecord(t, reader);
+  const g0 = reader.stats().global;
   const churn = setInterval(writeConfig, 100);
   t.teardown(() => clearInterval(churn));
 
@@ -535,5 +547,8 @@ t.test('planned restarts with a control plane: under config churn, then during a
   t.equal(w.connect + w.read + w.write + w.timeout, 0, 'wrk: 0 socket errors');
   t.equal(w.non2xx, 0, 'wrk: 0 non-2xx');
   await judgeH2(t, h2runs, [httpPort, otherPort]);
+  const g1 = reader.stats().global;
+  t.equal(record.down, 0, `the proxy record was never down (${record.samples} samples, oldest heartbeat ${record.maxAgeMs} ms) ${record.worst}`);
+  t.equal(g1.l7_fail_closed! - g0.l7_fail_closed!, 0, `no connect refused by the fail-closed mode (proxy gone: ${g1.l7_proxy_gone! - g0.l7_proxy_gone!})`);
   clearInterval(churn);
 });
