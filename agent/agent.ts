@@ -34,7 +34,8 @@ import { MonitorHub } from './observe/monitor.js';
 import type { Logger } from './observe/log.js';
 import { localIdentities, startCertManager, type IdentityWiring } from './certwiring.js';
 import type { CertManager } from './identity/certs.js';
-import { TunnelHost } from './tunnelhost.js';
+// (imported when a tunnel is configured, after the proxy serves: its six files and node:tls are not a start's business)
+import type { TunnelHost } from './tunnelhost.js';
 import type { IdentityCerts } from './identity/material.js';
 import type { L4Authorizer } from './tunnel/server.js';
 import { startPhase } from './starttrace.js';
@@ -319,6 +320,7 @@ export class Agent {
     this.kube?.start();
 
     if (opts.tunnel) {
+      const { TunnelHost } = await import('./tunnelhost.js');
       const addresses = [opts.proxyNodeV4 ?? found?.v4, opts.proxyNodeV6 ?? found?.v6].filter((a): a is string => !!a);
       this.tunnel = new TunnelHost({ ...opts.tunnel, addresses, pods: this.pods, registry: this.registry, log });
       await this.tunnel.start();

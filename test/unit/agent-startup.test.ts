@@ -1,6 +1,7 @@
 // What an agent's start loads and notes (issue 14: a restarted agent serves again within a second of its start).
 // The compiled agent is run with a module-load hook: configured from a file, it must not load the xDS client (gRPC,
-// protobufjs), the Kubernetes client or systeminformation before it serves; the phases it notes come out in order.
+// protobufjs), the Kubernetes client, the HBONE tunnel or systeminformation before it serves; the phases it notes come
+// out in order.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -23,7 +24,7 @@ function loadedBy(t: Test, args: string[]): string[] {
   return r.stderr.split('\n').filter((l) => l.startsWith('LOADED ')).map((l) => l.slice(7));
 }
 
-t.test('a file-configured agent\'s start graph leaves out gRPC, protobufjs, the Kubernetes client and systeminformation', async (t) => {
+t.test('a file-configured agent\'s start graph leaves out gRPC, protobufjs, the Kubernetes client, the tunnel and systeminformation', async (t) => {
   // --version evaluates every module main.ts imports statically (the start path's graph) and nothing else
   const loaded = loadedBy(t, ['--version']);
   const has = (part: string): boolean => loaded.some((u) => u.includes(part));
@@ -31,7 +32,8 @@ t.test('a file-configured agent\'s start graph leaves out gRPC, protobufjs, the 
   for (const part of ['/dist/agent/agent.js', '/dist/agent/proxy/server.js', '/node_modules/pino/', '/node_modules/yaml/', '/node_modules/commander/']) {
     t.ok(has(part), `loaded: ${part}`);
   }
-  for (const part of ['/node_modules/@grpc/', '/node_modules/protobufjs/', '/dist/xds/', '/dist/agent/sources/xds/', '/dist/kube/', '/dist/agent/sources/kube.js', '/node_modules/systeminformation/']) {
+  for (const part of ['/node_modules/@grpc/', '/node_modules/protobufjs/', '/dist/xds/', '/dist/agent/sources/xds/', '/dist/kube/', '/dist/agent/sources/kube.js', '/node_modules/systeminformation/',
+    '/dist/agent/tunnelhost.js', '/dist/agent/tunnel/']) {
     t.notOk(has(part), `not loaded: ${part}`);
   }
 });
