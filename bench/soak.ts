@@ -635,7 +635,11 @@ async function runPhase(
   for (const f of fails) {
     if (/Parse Error|HPE_|Expected HTTP|PROTOCOL_ERROR|ERR_HTTP2_ERROR/.test(f.err)) {
       garbled.count++;
-      if (garbled.samples.length < 5) garbled.samples.push(`${new Date(f.t0).toISOString()} ${f.kind} ${f.key}: ${f.err}`);
+      // with what the VIP was before it (an L4/L7 or upstream-protocol switch is the suspect)
+      if (garbled.samples.length < 5) {
+        garbled.samples.push([`${new Date(f.t0).toISOString()} ${f.kind} ${f.key}: ${f.err}`,
+          ...world.timeline.history(f.key, f.t0 - 5000, f.t1, f.t0).slice(-6).map((h) => `    ${h}`)].join('\n'));
+      }
     }
     const v = world.timeline.judge(f.key, f.t0, f.t1);
     if (v.counts) {
