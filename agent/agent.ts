@@ -138,6 +138,8 @@ export class Agent {
   private nodeTimer?: NodeJS.Timeout;
   private source?: FileSource;
   private xds?: XdsSource;
+  /** the control plane's last model in force, without this node's pods (--kube-pods adds them: reapplyWithPods) */
+  private xdsModel?: Model;
   private kube?: KubeSource;
   private admin?: AdminServer;
   /** serves <runDir>/handover.sock: a new agent takes this one's sockets over there (agent/handover.ts) */
@@ -402,8 +404,19 @@ export class Agent {
       apply: (model, changed) => this.applyModel(model, 'kubernetes', changed),
       // the node's pods from the API server, beside the ones the /proc walk finds (an address is local while either names it)
       onPods: (pods) => this.pods.set('kubernetes', pods),
+      onWorkloads: () => this.reapplyWithPods(),
       cacheFile: join(this.opts.runDir, 'kubernetes-model.json'),
     });
+  }
+
+  /**
+   * --kube-pods: this node's pods as workloads changed: the control plane's model again, with them. The services with
+   * authz are named changed: the proxy resolves identities in their `from` to workloads when it compiles them.
+   */
+  private reapplyWithPods(): void {
+    const m = this.xdsModel;
+    if (!m || !this.kube) return;
+    this.applyModel(this.kube.withPodWorkloads(m), 'kubernetes pods', new Set(m.services.filter((s) => s.http?.authz).map((s) => s.name)));
   }
 
   private async startXds(cfg: XdsConfig, hostname: string): Promise<void> {
@@ -417,7 +430,11 @@ export class Agent {
         metadata: { node_name: hostname, agent_version: VERSION, cgroup: this.opts.cgroup },
       },
       log: this.log.child({ source: 'xds' }),
-      apply: (model: Model, changed?: ReadonlySet<string>) => this.applyModel(model, 'xds', changed),
+      apply: (model: Model, changed?: ReadonlySet<string>) => {
+        const err = this.applyModel(this.kube ? this.kube.withPodWorkloads(model) : model, 'xds', changed);
+        if (err === null) this.xdsModel = model;
+        return err;
+      },
       onNack: (n) => this.monitor?.publish({
         type: 'config', kind: 'nack', verdict: 'nack', time: new Date().toISOString(), error: n.reason, typeUrl: n.typeUrl,
         resourceVersion: n.version,

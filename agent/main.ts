@@ -60,7 +60,7 @@ program
   .option('--xds-server-name <name>', 'TLS server name to verify (default: the host in --xds)')
   .addOption(new Option('--xds-mode <mode>', 'ADS variant').choices(['delta', 'sotw']).default('delta'))
   .option('--kubernetes', 'take the config from the Kubernetes API: Services, EndpointSlices, HTTPRoutes cluster-wide, this node and its pods (small clusters; else a control plane with serve --kubernetes, and --xds --kube-pods)')
-  .option('--kube-pods', 'with --xds: watch this node\'s pods in the Kubernetes API (spec.nodeName = --node-id) for the fast path\'s local pods')
+  .option('--kube-pods', 'with --xds: watch this node\'s pods in the Kubernetes API (spec.nodeName = --node-id): the fast path\'s local pods, and the workloads (service account identities) authz rules name')
   .option('--kubeconfig <file>', 'kubeconfig for --kubernetes/--kube-pods (default: the in-cluster service account, else $KUBECONFIG, else ~/.kube/config)')
   .addOption(new Option('--trust-domain <domain>', 'SPIFFE trust domain of the pods\' identities (spiffe://<domain>/ns/<ns>/sa/<sa>)').default('cluster.local').argParser(parseTrustDomain))
   .addOption(new Option('--kube-cgroup-driver <driver>', 'the kubelet\'s cgroup driver, for pods\' cgroups (identities), when --cgroup is not named kubepods.slice (systemd) or kubepods (cgroupfs)').choices(['systemd', 'cgroupfs']).default('systemd'))

@@ -196,10 +196,13 @@ function rbacFilters(h: HttpPolicy): Obj[] {
   return filters;
 }
 
-/** Workload names an authorization names (their cgroups go with the listener). */
+/**
+ * Workload names an authorization names (their cgroups go with the listener). An identity (spiffe://...) is no
+ * workload name: it goes as the RBAC principal alone, and each agent resolves it to its own workloads with it.
+ */
 export function referencedWorkloads(svc: Service): string[] {
   const out: string[] = [];
-  for (const r of svc.http?.authz?.rules ?? []) for (const w of r.from ?? []) if (!out.includes(w)) out.push(w);
+  for (const r of svc.http?.authz?.rules ?? []) for (const w of r.from ?? []) if (!w.startsWith('spiffe://') && !out.includes(w)) out.push(w);
   return out;
 }
 

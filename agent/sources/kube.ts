@@ -49,6 +49,8 @@ export interface KubeSourceOptions {
   apply?(model: Model, changed?: ReadonlySet<string>): string | null;
   /** this node's pods changed: their addresses (LocalPods) */
   onPods?(pods: KubeLocalPod[]): void;
+  /** pods mode: this node's pods as workloads changed (the agent applies the control plane's model again with them) */
+  onWorkloads?(): void;
   /** where the last applied model is kept (direct mode); absent = nowhere */
   cacheFile?: string;
   debounceMs?: number;
@@ -224,10 +226,12 @@ export class KubeSource {
     if (b.first || b.changed.pods.size > 0) {
       const pods = this.watch.store<KPod>('pods');
       o.onPods?.(localPods(pods.values()));
+      const before = JSON.stringify(this.pods.workloads);
       this.pods = translatePods(pods.values(), {
         trustDomain: o.trustDomain, driver: o.kubelet?.driver ?? 'systemd', cgroupRoot: o.kubelet?.cgroupRoot,
       });
       for (const i of this.pods.issues.slice(0, 20)) o.log.warn({ object: i.object, field: i.path || '(object)', reason: i.message }, 'kubernetes: left out');
+      if (o.mode !== 'direct' && JSON.stringify(this.pods.workloads) !== before) o.onWorkloads?.();
     }
     if (o.mode !== 'direct') {
       this.issues = this.pods.issues;
@@ -243,7 +247,7 @@ export class KubeSource {
     const ms = performance.now() - t0;
     this.unserved = res.unserved;
     this.issues = [...res.issues, ...this.pods.issues];
-    const model: Model = this.withWorkloads(res.model);
+    const model: Model = this.withPodWorkloads(res.model);
     const prev = this.applied;
     // After a failed apply, or over a model of another agent (the cache), everything is looked at again.
     const changed = prev && !this.failed && !this.fromCache ? changedServices(prev.services, model.services) : undefined;
@@ -275,10 +279,17 @@ export class KubeSource {
   /**
    * The model with this node's pods as workloads: one per service account (kube/pods.ts), named `<ns>--<sa>`, with
    * its identity (what authz `from` rules name: spiffe://<trust domain>/ns/<ns>/sa/<sa>), its pods' cgroups (who a
-   * client is) and their addresses.
+   * client is) and their addresses. Beside the model's own workloads (a control plane's, in pods mode): a name or a
+   * cgroup the model has already stays the model's.
    */
-  private withWorkloads(model: Model): Model {
-    return this.pods.workloads.length > 0 ? { ...model, workloads: this.pods.workloads } : model;
+  withPodWorkloads(model: Model): Model {
+    if (this.pods.workloads.length === 0) return model;
+    const own = model.workloads ?? [];
+    if (own.length === 0) return { ...model, workloads: this.pods.workloads };
+    const names = new Set(own.map((w) => w.name));
+    const cgroups = new Set(own.flatMap((w) => w.cgroups));
+    const mine = this.pods.workloads.filter((w) => !names.has(w.name)).map((w) => ({ ...w, cgroups: w.cgroups.filter((c) => !cgroups.has(c)) }));
+    return { ...model, workloads: [...own, ...mine] };
   }
 
   private writeRouteStatus(updates: Parameters<RouteStatusWriter['write']>[0]): void {

@@ -224,9 +224,15 @@ t.test('serve --kubernetes + agent --xds --kube-pods: ClusterIP to pods, slices 
   t.match(st.stdout, /kubernetes: connected since/, 'the agent watches its pods');
 });
 
-t.test('workloads from pods: an authz rule naming a service account lets its pod in, not another (--trust-domain, kubelet cgroups)', { skip: skip ?? false }, async (t) => {
-  const cg = testCgroup(t, 'kubeauthz');
-  const lab = await testLab(t, { meshedCgroup: cg.path, prefix: 'kubeauthz', pods: [{ name: 'cart' }, { name: 'front' }, { name: 's1' }] });
+/**
+ * An authz rule naming a service account lets its pod in and not another: with the agent on --kubernetes (`direct`),
+ * or with the control plane's serve --kubernetes and the agent on --xds --kube-pods (`controlplane`: the rule comes
+ * over xDS as an RBAC principal, the workloads from the agent's own pod watch).
+ */
+async function authzCase(t: Tap, mode: 'direct' | 'controlplane'): Promise<void> {
+  const prefix = mode === 'direct' ? 'kubeauthz' : 'kubeauthzcp';
+  const cg = testCgroup(t, prefix);
+  const lab = await testLab(t, { meshedCgroup: cg.path, prefix, pods: [{ name: 'cart' }, { name: 'front' }, { name: 's1' }] });
   const s1 = lab.pod('s1');
   await startServer(s1);
   // The client pods' processes run where the kubelet (systemd driver, BestEffort) puts a pod: the agent finds them
@@ -256,16 +262,36 @@ t.test('workloads from pods: an authz rule naming a service account lets its pod
   api.load('pods', [pod('cart', cart), pod('front', front)] as never);
   const dir = mkdtempSync(join(tmpdir(), 'sockmesh-kube-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  writeFileSync(join(dir, 'kubeconfig'), kubeconfigFor(api));
-  const agent = await startAgent(t, cg, { source: ['--kubernetes', '--kubeconfig', join(dir, 'kubeconfig'), '--node-id', 'node-a', '--trust-domain', 'example.org', '--kube-cgroup-driver', 'systemd'] });
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, kubeconfigFor(api));
+  const pods = ['--kubeconfig', kubeconfig, '--node-id', 'node-a', '--trust-domain', 'example.org', '--kube-cgroup-driver', 'systemd'];
+  let agent: Awaited<ReturnType<typeof startAgent>>;
+  if (mode === 'direct') {
+    agent = await startAgent(t, cg, { source: ['--kubernetes', ...pods] });
+  } else {
+    const access = apiAccess({ kubeconfig });
+    const cp = await startKubeControlPlane({ access, server: access.server, listen: '127.0.0.1:0', log: pino({ level: 'silent' }) as never });
+    t.teardown(async () => { await cp.close(); access.client.close(); });
+    agent = await startAgent(t, cg, { xds: `127.0.0.1:${cp.port}`, extraArgs: ['--kube-pods', ...pods] });
+  }
   t.teardown(() => { if (!t.passing()) for (const l of agent.logs.slice(-12)) t.comment(JSON.stringify(l).slice(0, 600)); });
-  await agent.waitLog((l) => l.msg === 'config applied' && l.why === 'kubernetes');
-
-  t.same(await ask(cart, 'http', Lab.vip4(5), 80, 4, '/x'), ['s1'], 'the pod of service account cart is let in');
+  await agent.waitLog((l) => l.msg === 'config applied' && (l.why === 'kubernetes' || l.why === 'xds'));
+  // with --kube-pods the pods' workloads join the control plane's model when the pod list is in (at most a moment later)
+  let first: string[] = [];
+  for (let i = 0; i < 50 && (first = await ask(cart, 'http', Lab.vip4(5), 80, 1, '/x')).join() !== 's1'; i++) await new Promise((r) => setTimeout(r, 50));
+  t.same(await ask(cart, 'http', Lab.vip4(5), 80, 4, '/x'), ['s1'], `the pod of service account cart is let in (first answer: ${first.join()})`);
   t.same(await ask(front, 'http', Lab.vip4(5), 80, 4, '/x'), ['error:HTTP Error 403: Forbidden'], 'the pod of service account front is not');
   // the cart pod deleted in the API: its workload goes, the identity names nobody, its (still running) process is out
   api.remove('pods', 'default', 'cart');
   let got: string[] = [];
   for (let i = 0; i < 50 && (got = await ask(cart, 'http', Lab.vip4(5), 80, 2, '/x')).join() !== 'error:HTTP Error 403: Forbidden'; i++) await new Promise((r) => setTimeout(r, 50));
   t.same(got, ['error:HTTP Error 403: Forbidden'], 'its pod deleted, the cart process is denied too');
+}
+
+t.test('workloads from pods: an authz rule naming a service account lets its pod in, not another (--trust-domain, kubelet cgroups)', { skip: skip ?? false }, async (t) => {
+  await authzCase(t, 'direct');
+});
+
+t.test('the same with serve --kubernetes + agent --xds --kube-pods: the rule over xDS, the workloads from the agent\'s pods', { skip: skip ?? false }, async (t) => {
+  await authzCase(t, 'controlplane');
 });

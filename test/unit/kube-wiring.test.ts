@@ -207,6 +207,35 @@ t.test('agent source: this node\'s pods as workloads per service account (identi
   t.match(src.report().issues, [{ object: 'Pod shop/bad', path: 'metadata.uid', message: /must be a UUID/ }], 'a pod without a usable UID is named');
 });
 
+t.test('pods mode: the pods\' workloads join a control plane\'s model (its own names and cgroups kept); a change is told', async (t) => {
+  const { r, access } = agentFakes();
+  const pod = (name: string, n: number, sa: string): KPod => ({
+    metadata: { namespace: 'shop', name, uid: `00000000-0000-4000-8000-00000000000${n}` }, spec: { nodeName: 'node-a', serviceAccountName: sa },
+    status: { phase: 'Running', qosClass: 'Guaranteed', podIPs: [{ ip: `10.1.0.${n}` }] },
+  });
+  for (const k of [...r.pods.store.keys()]) r.pods.store.delete(k);
+  r.pods.store.set('shop/a', pod('a', 1, 'cart'));
+  r.pods.store.set('shop/b', pod('b', 2, 'front'));
+  let told = 0;
+  const src = new KubeSource({ mode: 'pods', nodeName: 'node-a', trustDomain: 'cluster.local', access: access as never, log, onWorkloads: () => told++ });
+  src.start();
+  t.teardown(() => src.stop());
+  await until('the pods listed', () => told === 1);
+  const cp: Model = { services: [], workloads: [{ name: 'shop--front', cgroups: ['/elsewhere'] }, { name: 'legacy', cgroups: ['/kubepods.slice/kubepods-pod00000000_0000_4000_8000_000000000001.slice'] }] };
+  const merged = src.withPodWorkloads(cp);
+  t.same(merged.workloads!.map((w) => [w.name, w.cgroups, w.identity]), [
+    ['shop--front', ['/elsewhere'], undefined],
+    ['legacy', ['/kubepods.slice/kubepods-pod00000000_0000_4000_8000_000000000001.slice'], undefined],
+    ['shop--cart', [], 'spiffe://cluster.local/ns/shop/sa/cart'],
+  ], 'the control plane\'s workloads win a name and a cgroup; the rest of the pods\' are added');
+  t.equal(src.withPodWorkloads({ services: [] }).workloads!.length, 2, 'a model without workloads gets all of them');
+  r.pods.set(pod('c', 3, 'batch'));
+  await until('a new service account told', () => told === 2);
+  r.pods.set({ ...pod('c', 3, 'batch'), metadata: { ...pod('c', 3, 'batch').metadata, labels: { x: 'y' } } });
+  await sleep(30);
+  t.equal(told, 2, 'a pod change that changes no workload is not told');
+});
+
 t.test('changedServices and localPods', async (t) => {
   const a = { name: 'a', frontends: [] } as never;
   const b = { name: 'b', frontends: [] } as never;

@@ -44,7 +44,7 @@ services:
         rules:
           - {name: fe-get, action: allow, from: [frontend, batch], methods: [GET, HEAD], paths: [{prefix: /api}, {regex: '/v[0-9]+/.*'}], headers: [{name: x-env, exact: prod}, {name: x-trace}]}
           - {name: no-admin, action: deny, paths: [{exact: /admin}], headers: [{name: x-bad, prefix: evil, invert: true}]}
-          - {name: all, action: allow, from: [batch]}
+          - {name: all, action: allow, from: [batch, 'spiffe://cluster.local/ns/shop/sa/cart']}   # an identity: an RBAC principal as Istio writes it
           - {name: a-rule-name-of-sixty-three-characters-which-is-the-most-allowed, action: deny, methods: [TRACE]}
       routes:
         - name: api

@@ -541,11 +541,12 @@ function principalsOf(what: string, field: string, list: Obj[], workloads: Set<s
     if (p.or_ids) return (p.or_ids.ids ?? []).map((x: Obj, i: number) => walk(x, `${f}.or_ids.ids[${i}]`)).some(Boolean);
     const exact = p.authenticated?.principal_name?.exact;
     if (typeof exact === 'string') {
-      if (!workloads.has(exact)) fail(what, `${f}.authenticated.principal_name.exact`, `principal '${exact}' is not a workload sockmesh knows (listener metadata sockmesh.workloads)`);
+      // an identity (spiffe://...) names the workloads that have it, whoever knows them (the validation checks its form)
+      if (!exact.startsWith('spiffe://') && !workloads.has(exact)) fail(what, `${f}.authenticated.principal_name.exact`, `principal '${exact}' is not a workload sockmesh knows (listener metadata sockmesh.workloads) nor a spiffe:// identity`);
       if (!names.includes(exact)) names.push(exact);
       return false;
     }
-    fail(what, f, 'only any, or_ids and authenticated.principal_name.exact (a workload name) principals are supported');
+    fail(what, f, 'only any, or_ids and authenticated.principal_name.exact (a workload name or a spiffe:// identity) principals are supported');
   };
   const any = list.map((p, i) => walk(p, `${field}[${i}]`)).some(Boolean);
   return any ? undefined : names;
