@@ -82,7 +82,9 @@ export class KernelReconciler implements KernelTarget {
    */
   syncLocal(pods: ReadonlySet<string>): number {
     this.podAddresses = pods;
-    return this.r.syncLocalAddresses(pods);
+    // Pods come and go between model updates: their cgroups' identities (L4 authorization) are looked up again too.
+    const authz = this.r.authz?.resync();
+    return this.r.syncLocalAddresses(pods) + (authz ? authz.written + authz.deleted : 0);
   }
 
   apply(model: Model, changed?: ReadonlySet<string>): KernelApplyResult {
@@ -151,7 +153,9 @@ export class KernelReconciler implements KernelTarget {
 
   private make(): Reconciler {
     const n = native();
+    const root = cgroup2Root();
     return new Reconciler(this.dp.maps, n, {
+      authz: root ? { meshedCgroup: this.dp.opts.cgroup, cgroup2Root: root } : undefined,
       destroyUdp: (addr, port) => this.destroyUdp(addr, port),
       // Backends removed while a retired table still named them are deleted with it, a grace time after the apply.
       onReap: (r) => {

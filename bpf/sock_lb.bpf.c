@@ -16,6 +16,7 @@
 #include "revnat.h"
 #include "sock_addr.h"
 #include "l7.h"
+#include "authz.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -65,6 +66,8 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 	flow.algo = svc->algo;
 	flow.service_id = svc->service_id;
 	flow.cgroup_id = bpf_get_current_cgroup_id();
+	flow.identity_id = 0;
+	flow.policy_id = 0;
 
 	/* UDP frontends are never L7 (the config validator rejects http on them); the flag is ignored there. */
 	if ((svc->flags & SM_SVC_F_L7) && !udp_send && proto == SM_PROTO_TCP) {
@@ -86,6 +89,14 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 		if (c)
 			c->no_backend++;
 		sm_event_emit(SM_EV_NO_BACKEND, &flow, NULL, 0, 0, 0);
+		return SM_SYSCALL_DENY;
+	}
+
+	/* L4 authorization: TCP only (Istio's L4 policies are about connections), after the pick because the verdict
+	 * depends on the pod port the connection would reach. */
+	if ((svc->flags & SM_SVC_F_AUTHZ) && !udp_send && proto == SM_PROTO_TCP &&
+	    !sm_authz_allowed(svc, &flow, pick.be->port)) {
+		sm_event_emit(SM_EV_AUTHZ_DENY, &flow, pick.be->addr, pick.be->port, pick.backend_id, 0);
 		return SM_SYSCALL_DENY;
 	}
 

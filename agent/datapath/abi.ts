@@ -4,13 +4,18 @@
 import { isIPv6 } from 'node:net';
 import { ipv4Value } from '../model/address.js';
 
-export const ABI_VERSION = 7;
+export const ABI_VERSION = 8;
 
 export const PROTO = { tcp: 6, udp: 17 } as const;
 export const ALGO = { random: 0, weighted: 1, maglev: 2 } as const;
 export const SVC_F_AFFINITY = 1 << 0;
 export const SVC_F_L7 = 1 << 1;
 export const SVC_F_FAIL_OPEN = 1 << 2;
+export const SVC_F_AUTHZ = 1 << 3;
+export const SVC_F_AUTHZ_DENY = 1 << 4;
+export const AUTHZ_DENY = 0;
+export const AUTHZ_ALLOW = 1;
+export const MAX_AUTHZ_POLICIES = 1024;
 export const BE_F_LOCAL = 1 << 0;
 export const SOCK_F_ACTIVE = 1 << 0;
 export const SOCK_F_TCP_ONLY = 1 << 1;
@@ -22,6 +27,7 @@ export const PROXY_F_IN_MESH = 1 << 0;
 
 export const EVENT_KIND: Record<number, string> = {
   1: 'connect', 2: 'no-backend', 3: 'udp-send', 4: 'l7-redirect', 5: 'l7-refused', 6: 'sock-insert', 7: 'redirect-miss',
+  8: 'authz-deny',
 };
 /** sm_flow_event.flags */
 export const EV_F_AFFINITY_HIT = 1 << 0;
@@ -32,7 +38,7 @@ export const GLOBAL_COUNTERS = [
   'lb_connect', 'lb_udp_send', 'lb_no_backend', 'affinity_hit', 'revnat_miss', 'sock_insert', 'sock_insert_fail',
   'redirect', 'redirect_miss', 'tcp_only', 'event_drop',
   'l7_redirect', 'l7_fail_open', 'l7_fail_closed', 'l7_from_proxy', 'l7_handoff', 'bulk_leave', 'bulk_kept',
-  'stale_peer', 'l7_proxy_gone',
+  'stale_peer', 'l7_proxy_gone', 'authz_allow', 'authz_deny',
 ] as const;
 export type GlobalCounter = (typeof GLOBAL_COUNTERS)[number];
 
@@ -74,12 +80,15 @@ export const STRUCTS = {
     ['connections', 'u64', 0], ['udp_messages', 'u64', 8], ['no_backend', 'u64', 16], ['redirects', 'u64', 24],
     ['redirect_bytes', 'u64', 32], ['affinity_hits', 'u64', 40],
   ]),
-  sm_config: def('sm_config', 32, [['flags', 'u32', 0], ['event_sample', 'u32', 4], ['reserved', 'u64', 8]]),
-  sm_flow_event: def('sm_flow_event', 80, [
+  sm_config: def('sm_config', 32, [
+    ['flags', 'u32', 0], ['event_sample', 'u32', 4], ['abi_version', 'u64', 8], ['mesh_level', 'u32', 16], ['pad', 'u32', 20],
+    ['reserved', 'u64', 24],
+  ]),
+  sm_flow_event: def('sm_flow_event', 88, [
     ['ts_ns', 'u64', 0], ['cookie', 'u64', 8], ['netns_cookie', 'u64', 16], ['vip', 'addr', 24],
     ['backend_addr', 'addr', 40], ['vport', 'u16be', 56], ['backend_port', 'u16be', 58], ['service_id', 'u32', 60],
     ['backend_id', 'u32', 64], ['kind', 'u8', 68], ['proto', 'u8', 69], ['algo', 'u8', 70], ['flags', 'u8', 71],
-    ['cgroup_id', 'u64', 72],
+    ['cgroup_id', 'u64', 72], ['identity_id', 'u32', 80], ['policy_id', 'u32', 84],
   ]),
   sm_proxy: def('sm_proxy', 104, [
     ['v4', 'addr', 0], ['v6', 'addr', 16], ['port', 'u16be', 32], ['pad', 'u16', 34], ['flags', 'u32', 36],
@@ -90,6 +99,10 @@ export const STRUCTS = {
     ['vip', 'addr', 0], ['vport', 'u16be', 16], ['pad', 'u16', 18], ['service_id', 'u32', 20], ['cgroup_id', 'u64', 24],
   ]),
   sm_proxy_sock_key: def('sm_proxy_sock_key', 20, [['addr', 'addr', 0], ['port', 'u16be', 16], ['pad', 'u16', 18]]),
+  sm_identity: def('sm_identity', 8, [['identity_id', 'u32', 0], ['pad', 'u32', 4]]),
+  sm_authz_key: def('sm_authz_key', 12, [['service_id', 'u32', 0], ['identity_id', 'u32', 4], ['port', 'u16be', 8], ['pad', 'u16', 10]]),
+  sm_authz_verdict: def('sm_authz_verdict', 8, [['policy_id', 'u32', 0], ['verdict', 'u8', 4], ['pad', 'u8', 5]]),
+  sm_authz_counters: def('sm_authz_counters', 16, [['allowed', 'u64', 0], ['denied', 'u64', 8]]),
   sm_l7_key: def('sm_l7_key', 32, [['netns_cookie', 'u64', 0], ['addr', 'addr', 8], ['port', 'u32', 24], ['pad', 'u32', 28]]),
 } as const;
 

@@ -9,7 +9,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { bpfObjectPath, native, type BpfObject, type MapHandle, type Native } from './native.js';
 import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
 import type { OriginalDst } from '../model/redirect.js';
-import { isMountPoint } from './cgroup.js';
+import { cgroup2Root, isMountPoint } from './cgroup.js';
 import { ipv4Value } from '../model/address.js';
 
 /** Cgroup programs and where they attach. sm_sk_msg attaches to the SOCKHASH instead. */
@@ -32,7 +32,7 @@ export const OBJECTS = ['sock_lb', 'sockmap', 'l7'] as const;
 export const MAP_NAMES = [
   'sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_sockets', 'sm_sock_meta',
   'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_config', 'sm_events',
-  'sm_proxy', 'sm_l7_pending', 'sm_l7_peers', 'sm_proxy_socks',
+  'sm_proxy', 'sm_l7_pending', 'sm_l7_peers', 'sm_proxy_socks', 'sm_identities', 'sm_authz', 'sm_authz_stats',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -90,11 +90,23 @@ export function parseV4Into(text: string, from: number, out: Buffer, at: number)
   return v >>> 24;
 }
 
-/** Where the ABI version of the maps sits in sm_config's value (reserved[0]); 0 = not written yet. */
+/** Where the ABI version of the maps sits in sm_config's value (abi_version, reserved[0] before v8); 0 = not written yet. */
 const CFG_ABI_VERSION_OFFSET = 8;
 /** The ABI version recorded in an sm_config value (configure() writes it; meshctl doctor reads it from the pins). */
 export function abiVersionOf(cfg: Buffer): bigint {
   return cfg.readBigUInt64LE(CFG_ABI_VERSION_OFFSET);
+}
+
+/**
+ * The level of a cgroup (the cgroup2 root is 0): where the kernel starts looking for a caller's workload cgroup among
+ * its ancestors (bpf/lib/authz.h). 0 when the path is not under the cgroup2 mount (the search then starts at the top).
+ */
+export function cgroupLevel(path: string): number {
+  const root = cgroup2Root();
+  if (!root) return 0;
+  const norm = (p: string) => p.replace(/\/+$/, '');
+  const rel = norm(path).startsWith(`${norm(root)}/`) ? norm(path).slice(norm(root).length + 1) : '';
+  return rel === '' ? 0 : rel.split('/').filter((x) => x !== '').length;
 }
 
 export interface AttachReport {
@@ -164,7 +176,9 @@ export class Datapath {
       throw new Error(`the datapath pinned at ${this.opts.bpffs} uses kernel ABI v${pinned}, this agent v${ABI_VERSION}: ` +
         `run 'sockmesh-agent cleanup --bpffs ${this.opts.bpffs}' first (connections are balanced again once the new agent starts)`);
     }
-    const cfg = encode('sm_config', { flags: this.opts.sockmap ? CFG_F_SOCKMAP : 0, event_sample: this.opts.eventSample });
+    const cfg = encode('sm_config', {
+      flags: this.opts.sockmap ? CFG_F_SOCKMAP : 0, event_sample: this.opts.eventSample, mesh_level: cgroupLevel(this.opts.cgroup),
+    });
     cfg.writeBigUInt64LE(BigInt(ABI_VERSION), CFG_ABI_VERSION_OFFSET);
     this.n.mapUpdate(fd, u32(0), cfg);
   }

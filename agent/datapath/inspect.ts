@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  GLOBAL_COUNTERS, PROTO, bytesToAddr, PROXY_F_IN_MESH, STRUCTS, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
+  AUTHZ_ALLOW, GLOBAL_COUNTERS, MAX_AUTHZ_POLICIES, PROTO, bytesToAddr, PROXY_F_IN_MESH, STRUCTS, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
   type Counters,
 } from './abi.js';
 import { native, type Native } from './native.js';
@@ -94,7 +94,7 @@ export class MapReader {
       throw new Error(`no sockmesh datapath pinned at ${bpffs} (is the agent installed there? see --bpffs)`);
     }
     const r = new MapReader({}, n);
-    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy', 'sm_proxy_socks'] as MapName[]) {
+    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy', 'sm_proxy_socks', 'sm_identities', 'sm_authz', 'sm_authz_stats'] as MapName[]) {
       const p = join(bpffs, name);
       if (!existsSync(p)) continue;
       const fd = n.objGet(p);
@@ -232,6 +232,45 @@ export class MapReader {
   }
 
   /** The addresses in sm_local_addrs: the node's and its pods' (a socket whose peer is one of them may pair). */
+  /** sm_identities: the workload cgroups (by id) whose callers have an identity, and its kernel id. */
+  identities(): { cgroupId: bigint; identityId: number }[] {
+    if (this.fds.sm_identities === undefined) return [];
+    const { keys, values } = this.n.mapDump(this.fd('sm_identities'));
+    return keys.map((k, i) => ({ cgroupId: k.readBigUInt64LE(0), identityId: values[i]!.readUInt32LE(0) }))
+      .sort((a, b) => (a.cgroupId < b.cgroupId ? -1 : a.cgroupId > b.cgroupId ? 1 : 0));
+  }
+
+  /** sm_authz: the per-identity verdicts (service id, identity id 0 = none, pod port) -> verdict and deciding policy id. */
+  authzVerdicts(): { serviceId: number; identityId: number; port: number; verdict: 'allow' | 'deny'; policyId: number }[] {
+    if (this.fds.sm_authz === undefined) return [];
+    const { keys, values } = this.n.mapDump(this.fd('sm_authz'));
+    return keys.map((k, i) => {
+      const key = decode('sm_authz_key', k), v = decode('sm_authz_verdict', values[i]!);
+      return {
+        serviceId: Number(key['service_id']), identityId: Number(key['identity_id']), port: Number(key['port']),
+        verdict: v['verdict'] === AUTHZ_ALLOW ? 'allow' as const : 'deny' as const, policyId: Number(v['policy_id']),
+      };
+    }).sort((a, b) => a.serviceId - b.serviceId || a.identityId - b.identityId || a.port - b.port);
+  }
+
+  /** sm_authz_stats summed over CPUs: decisions per policy id (0 = the default), only slots that counted any. */
+  authzStats(): { policyId: number; allowed: number; denied: number }[] {
+    if (this.fds.sm_authz_stats === undefined) return [];
+    const out: { policyId: number; allowed: number; denied: number }[] = [];
+    const size = STRUCTS.sm_authz_counters.size;
+    for (let id = 0; id < MAX_AUTHZ_POLICIES; id++) {
+      const v = this.n.mapLookup(this.fd('sm_authz_stats'), u32(id));
+      if (!v) continue;
+      let allowed = 0, denied = 0;
+      for (let o = 0; o + size <= v.length; o += size) {
+        allowed += Number(v.readBigUInt64LE(o));
+        denied += Number(v.readBigUInt64LE(o + 8));
+      }
+      if (allowed || denied) out.push({ policyId: id, allowed, denied });
+    }
+    return out;
+  }
+
   localAddresses(): string[] {
     return this.n.mapKeys(this.fd('sm_local_addrs')).map((k) => bytesToAddr(k));
   }
@@ -239,7 +278,7 @@ export class MapReader {
   /** Entry counts and capacities of every map we can see. */
   fill(): { map: string; entries: number; maxEntries: number }[] {
     return (Object.entries(this.fds) as [MapName, number][])
-      .filter(([name]) => !['sm_global', 'sm_events', 'sm_config', 'sm_proxy'].includes(name))
+      .filter(([name]) => !['sm_global', 'sm_events', 'sm_config', 'sm_proxy', 'sm_authz_stats'].includes(name))
       .map(([name, fd]) => ({ map: name, entries: this.n.mapKeys(fd).length, maxEntries: this.n.mapInfo(fd).maxEntries }));
   }
 }

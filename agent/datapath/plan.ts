@@ -19,9 +19,10 @@
 // on its timer, and at the end of each apply).
 import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
+import { authzDefault, compileAuthz4, type Authz4 } from '../model/authz4.js';
 import { ipv4Value } from '../model/address.js';
 import {
-  ALGO, BE_F_LOCAL, PROTO, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, type BackendValue, type ServiceKey, type ServiceValue,
+  ALGO, BE_F_LOCAL, PROTO, SVC_F_AFFINITY, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, SVC_F_FAIL_OPEN, SVC_F_L7, type BackendValue, type ServiceKey, type ServiceValue,
 } from './abi.js';
 
 export interface KernelFrontend {
@@ -124,6 +125,17 @@ export const feKey = (vip: string, port: number, proto: number): string => `${vi
 function l7Flags(svc: Service, fe: Frontend): number {
   if (!svc.http || fe.protocol !== 'tcp') return 0;
   return SVC_F_L7 | (svc.http.failMode === 'open' ? SVC_F_FAIL_OPEN : 0);
+}
+
+/**
+ * SM_SVC_F_AUTHZ (+ AUTHZ_DENY) for the TCP frontends of a service an L4 authorization policy applies to. Set by the
+ * plan, with the service entry, so that a new service is never reachable before its default verdict holds (the
+ * per-identity verdicts in sm_authz follow right after the apply: reconcile.ts syncAuthz).
+ */
+function authzFlags(authz: Authz4 | undefined, svc: Service, fe: Frontend): number {
+  if (!authz || fe.protocol !== 'tcp') return 0;
+  const d = authzDefault(authz, svc.name);
+  return d === undefined ? 0 : d === 'deny' ? SVC_F_AUTHZ | SVC_F_AUTHZ_DENY : SVC_F_AUTHZ;
 }
 
 // ---- operations ----
@@ -387,6 +399,7 @@ interface SvcPlan {
 export function planApply(shadow: Shadow, model: Model, changed?: ReadonlySet<string>): KernelPlan {
   const ops: Op[] = [];
   const next: NextIds = { ...shadow.next };
+  const authz = model.authorization?.length ? compileAuthz4(model) : undefined;
 
   // The scope: services to compute, and the service ids whose kernel state may be replaced or removed.
   const services = changed ? model.services.filter((s) => changed.has(s.name)) : model.services;
@@ -500,7 +513,7 @@ export function planApply(shadow: Shadow, model: Model, changed?: ReadonlySet<st
       table_size: table.length,
       affinity_timeout_s: svc.affinityTimeoutSeconds,
       algo: ALGO[svc.algorithm],
-      flags: (svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0) | l7Flags(svc, fe),
+      flags: (svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0) | l7Flags(svc, fe) | authzFlags(authz, svc, fe),
     };
     const sameTable = cur !== undefined && cur.table.length === table.length && cur.table.every((x, i) => x === table[i]);
     if (!sameTable) {

@@ -8,6 +8,7 @@ import type { Maps } from './datapath.js';
 import type { Native } from './native.js';
 import { Shadow, isLoopback, planApply, planReap, type KernelPlan } from './plan.js';
 import { execute, type ExecHooks } from './plan-exec.js';
+import { AuthzTables, type AuthzSyncResult } from './authz.js';
 
 export type { KernelFrontend } from './plan.js';
 export { endpointKey } from './plan.js';
@@ -49,6 +50,11 @@ export interface ReconcilerOptions {
   onReap?: (r: ReapResult) => void;
   /** The clock (default performance.now). With one, no timer is armed: the caller calls reap() (tests). */
   now?: () => number;
+  /**
+   * L4 authorization tables (datapath/authz.ts): the meshed cgroup (whose workloads are this node's clients) and the
+   * cgroup2 mount. Absent: the authorization maps are left alone (service entries still carry the default verdict).
+   */
+  authz?: { meshedCgroup: string; cgroup2Root: string };
 }
 
 /**
@@ -81,11 +87,16 @@ export class Reconciler {
   private closed = false;
   /** the keys of sm_local_addrs as last written (undefined: not known yet, read the map) */
   private localWritten?: Set<string>;
+  /** sm_identities + sm_authz (when options.authz) */
+  readonly authz?: AuthzTables;
+  /** what the last apply's authorization sync did */
+  lastAuthz?: AuthzSyncResult;
 
   constructor(private readonly maps: Maps, private readonly n: Native, private readonly opts: ReconcilerOptions = {}) {
     this.retireMs = opts.retireMs ?? RETIRE_MS;
     this.now = opts.now ?? (() => performance.now());
     this.hooks = { destroyUdp: opts.destroyUdp };
+    if (opts.authz) this.authz = new AuthzTables(maps, n, opts.authz.meshedCgroup, opts.authz.cgroup2Root);
   }
 
   /** Read the kernel's current state (adoption after a restart). Returns how many frontends/backends were found. */
@@ -173,6 +184,8 @@ export class Reconciler {
     if (this.shadow.nextGrave !== grave) this.due.push({ seq: grave, at: this.now() + this.retireMs });
     const reaped = this.reapDue();
     if (reaped.error) this.opts.onReap?.(reaped);
+    // The per-identity verdicts, once the service ids exist (the entries' default verdict came with them).
+    if (this.authz) this.lastAuthz = this.authz.sync(model, this.shadow.serviceIds);
     return {
       backendsWritten: p.backendsWritten, backendsDeleted: p.backendsDeleted + reaped.backendsDeleted,
       backendsRetiring: p.backendsRetiring, frontendsWritten: p.frontendsWritten, frontendsDeleted: p.frontendsDeleted,

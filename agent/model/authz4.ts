@@ -55,8 +55,17 @@ export interface Authz4 {
   readonly governed: (service: string) => boolean;
   /** policy names by index (Model.authorization order) */
   readonly names: readonly string[];
-  /** 'address|port' of every TCP backend -> the services it serves (decideEndpoint) */
+  /** 'address|port' of every TCP backend -> the services it serves (decideEndpoint; built on first use) */
   readonly endpoints: ReadonlyMap<string, readonly string[]>;
+}
+
+/**
+ * What a service's connections get when no policy matches them: undefined = no policy applies (no check at all),
+ * 'deny' = an ALLOW policy applies (a source must match one), 'allow' = only DENY policies apply.
+ */
+export function authzDefault(a: Authz4, service: string): Verdict | undefined {
+  if (!a.governed(service)) return undefined;
+  return (a.allow.get(service)?.length ?? 0) > 0 || a.allowAll.length > 0 ? 'deny' : 'allow';
 }
 
 /** Istio's string match: `*` = any non-empty value, `prefix*`, `*suffix`, else exact. */
@@ -102,8 +111,21 @@ export function compileAuthz4(model: Pick<Model, 'services' | 'authorization'>):
       }
     }
   });
+  const anyAll = denyAll.length > 0 || allowAll.length > 0;
+  let endpoints: Map<string, string[]> | undefined;
+  return {
+    deny, allow, denyAll, allowAll, l7, names,
+    governed: (service) => !l7.has(service) && (anyAll || deny.has(service) || allow.has(service)),
+    // Only the tunnel's server asks by endpoint: a kernel apply of a large model does not pay for the index.
+    get endpoints() {
+      return (endpoints ??= endpointIndex(model.services));
+    },
+  };
+}
+
+function endpointIndex(services: Model['services']): Map<string, string[]> {
   const endpoints = new Map<string, string[]>();
-  for (const svc of model.services) {
+  for (const svc of services) {
     for (const fe of svc.frontends) {
       if (fe.protocol !== 'tcp') continue;
       for (const b of fe.backends) {
@@ -114,11 +136,7 @@ export function compileAuthz4(model: Pick<Model, 'services' | 'authorization'>):
       }
     }
   }
-  const anyAll = denyAll.length > 0 || allowAll.length > 0;
-  return {
-    deny, allow, denyAll, allowAll, l7, names, endpoints,
-    governed: (service) => !l7.has(service) && (anyAll || deny.has(service) || allow.has(service)),
-  };
+  return endpoints;
 }
 
 function sourceMatches(from: CompiledPolicy['from'], principal: string | undefined, namespace: string | undefined): boolean {

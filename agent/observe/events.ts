@@ -13,6 +13,8 @@ export interface FlowEvent {
   /** sock-insert, redirect-miss: the socket's own end and its peer (vip and backend are '-'), and whether it is the
    *  connecting side */
   local?: string; peer?: string; active?: boolean;
+  /** authz-deny: the caller's identity id and the deciding policy (#N in the config's order; 0 = no ALLOW matched) */
+  identityId?: number; policyId?: number;
 }
 
 const ALGO_NAME: Record<number, string> = Object.fromEntries(Object.entries(ALGO).map(([k, v]) => [v, k]));
@@ -37,8 +39,10 @@ export function decodeFlowEvent(buf: Buffer, names: ReadonlyMap<number, string>,
       active: (flags & EV_F_ACTIVE) !== 0,
     };
   }
+  const authz = kind === 8 ? { identityId: Number(e.identity_id), policyId: Number(e.policy_id) } : {};
   return {
     ...base,
+    ...authz,
     vip: hostport(String(e.vip), Number(e.vport)),
     // no-backend and l7-refused have no backend; for l7-redirect the "backend" is the proxy
     backend: kind === 2 || kind === 5 ? '-' : hostport(String(e.backend_addr), Number(e.backend_port)),

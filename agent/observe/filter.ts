@@ -106,14 +106,14 @@ export interface MonitorSummary {
 
 export const MONITOR_TYPES = ['l4', 'fastpath', 'l7', 'health', 'config'] as const;
 export const MONITOR_KINDS = ['connect', 'udp-send', 'no-backend', 'l7-redirect', 'l7-refused', 'sock-insert', 'redirect-miss',
-  'request', 'out', 'in', 'applied', 'rejected', 'nack'] as const;
+  'authz-deny', 'request', 'out', 'in', 'applied', 'rejected', 'nack'] as const;
 export const MONITOR_VERDICTS = ['forwarded', 'redirected', 'refused', 'inserted', 'missed', 'error', 'local', 'out', 'in',
   'applied', 'rejected', 'nack'] as const;
 
 /** The kernel event kinds and the sm_global counter that counts the same thing (what sampling can hide). */
 export const KERNEL_COUNTER_OF: Record<string, string> = {
   'connect': 'lb_connect', 'udp-send': 'lb_udp_send', 'no-backend': 'lb_no_backend', 'l7-redirect': 'l7_redirect',
-  'l7-refused': 'l7_fail_closed', 'sock-insert': 'sock_insert', 'redirect-miss': 'redirect_miss',
+  'l7-refused': 'l7_fail_closed', 'sock-insert': 'sock_insert', 'redirect-miss': 'redirect_miss', 'authz-deny': 'authz_deny',
 };
 
 /** What a reader asked for. Each list matches any of its values; an empty or absent list matches everything. */

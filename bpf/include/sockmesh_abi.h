@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SM_ABI_VERSION 7
+#define SM_ABI_VERSION 8
 
 /* ---- limits ---- */
 #define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
@@ -33,6 +33,10 @@
 #define SM_EVENTS_BYTES      (256 * 1024)
 #define SM_MAX_L7_PENDING    65536   /* connect()ed to the proxy, not yet established */
 #define SM_MAX_L7_PEERS      65536   /* established to the proxy, not yet accepted by it */
+#define SM_MAX_IDENTITY_CGROUPS 65536 /* workload cgroups with an identity (sm_identities) */
+#define SM_MAX_AUTHZ         262144  /* (service, identity, port) verdicts (sm_authz) */
+#define SM_MAX_AUTHZ_POLICIES 1024   /* sm_authz_stats slots: 0 = no policy decided (the default), 1..N = policy */
+#define SM_ID_DEPTH          6       /* cgroup levels below the meshed cgroup searched for a workload's cgroup */
 #define SM_MAX_PROXY_SOCKS   8       /* the proxy's listeners: loopback v4/v6, node v4/v6, room for a node address change */
 
 /* ---- enums ---- */
@@ -51,6 +55,10 @@ enum sm_algo {
 #define SM_SVC_F_AFFINITY   (1u << 0) /* session affinity per client netns */
 #define SM_SVC_F_L7         (1u << 1) /* TCP connect() is redirected to the agent's L7 proxy */
 #define SM_SVC_F_FAIL_OPEN  (1u << 2) /* with SM_SVC_F_L7: proxy down = balance at L4 (else refuse) */
+#define SM_SVC_F_AUTHZ      (1u << 3) /* L4 authorization applies to TCP connect(): sm_authz decides, by the caller's
+                                       * identity (sm_identities) and the chosen backend's port */
+#define SM_SVC_F_AUTHZ_DENY (1u << 4) /* with SM_SVC_F_AUTHZ: no sm_authz entry = deny (an ALLOW policy applies to the
+                                       * service, so a source no ALLOW matches is denied); without it, allow */
 
 /* struct sm_backend.flags */
 #define SM_BE_F_LOCAL       (1u << 0) /* backend address is on this node: sockmap candidate */
@@ -85,6 +93,8 @@ enum sm_event_kind {
 	                        * its peer, service/backend ids from the VIP it was balanced through (0: none) */
 	SM_EV_REDIRECT_MISS = 7, /* sk_msg found no peer in the SOCKHASH: this socket takes TCP from now on; addresses
 	                          * as for SM_EV_SOCK_INSERT */
+	SM_EV_AUTHZ_DENY = 8,  /* connect() refused by L4 authorization (EACCES); backend = the one it would have reached,
+	                        * policy_id = the DENY policy that matched, or 0 when no ALLOW policy matched */
 };
 
 /* sm_flow_event.flags */
@@ -114,6 +124,8 @@ enum sm_global_counter {
 	SM_G_STALE_PEER,         /* sock_ops removed another socket from the new connection's peer key (a gone pod's) */
 	SM_G_L7_PROXY_GONE,      /* connect() to an L7 service while the heartbeat was fresh but the proxy's listener was
 	                          * not in sm_proxy_socks (the agent died, or never listened there): fail mode applied */
+	SM_G_AUTHZ_ALLOW,        /* connect() allowed by L4 authorization (services with SM_SVC_F_AUTHZ only) */
+	SM_G_AUTHZ_DENY,         /* connect() refused by L4 authorization */
 	SM_G__MAX,
 };
 
@@ -150,6 +162,13 @@ enum sm_global_counter {
  *                                 leave this map at once and connect() applies the fail mode from the next call,
  *                                 instead of redirecting to a dead port until the heartbeat is 3 intervals old.
  *                                 No program is attached to it: it is looked up, never redirected through.
+ *  sm_identities    HASH         __u64 cgroup id       -> struct sm_identity: the workloads' cgroups (the pod's, not
+ *                                 each container's: connect() looks up the caller's cgroup and its ancestors up to
+ *                                 SM_ID_DEPTH levels below the meshed cgroup, the deepest hit wins), so a container
+ *                                 started later has its pod's identity without the agent seeing it first.
+ *  sm_authz         HASH         struct sm_authz_key   -> struct sm_authz_verdict, for services with SM_SVC_F_AUTHZ;
+ *                                 a miss means the service's default (SM_SVC_F_AUTHZ_DENY).
+ *  sm_authz_stats   PERCPU_ARRAY __u32 policy id (0..SM_MAX_AUTHZ_POLICIES-1) -> struct sm_authz_counters
  */
 
 struct sm_addr {
@@ -243,7 +262,10 @@ struct sm_counters {
 struct sm_config {
 	__u32 flags;             /* SM_CFG_F_* */
 	__u32 event_sample;      /* emit one flow event in N (0 = none, 1 = all) */
-	__u64 reserved[3];
+	__u64 abi_version;       /* SM_ABI_VERSION of whoever wrote the maps (a pinned map of another layout is refused) */
+	__u32 mesh_level;        /* the meshed cgroup's level (root = 0): where the search for a workload cgroup starts */
+	__u32 pad;
+	__u64 reserved;
 };
 
 struct sm_flow_event {
@@ -261,6 +283,8 @@ struct sm_flow_event {
 	__u8 algo;           /* enum sm_algo of the service (balancing events) */
 	__u8 flags;          /* SM_EV_F_* */
 	__u64 cgroup_id;     /* the calling process's cgroup (sock_addr hooks; 0 in sock_ops and sk_msg) */
+	__u32 identity_id;   /* SM_EV_AUTHZ_DENY: the caller's identity (0 = none) */
+	__u32 policy_id;     /* SM_EV_AUTHZ_DENY: the policy that decided (0 = the default: no ALLOW matched) */
 };
 
 /* The agent's L7 proxy. Addresses as everywhere (v4 mapped); an all-zero address = no listener of that family. */
@@ -306,6 +330,35 @@ struct sm_l7_key {
 	__u32 addr[4];        /* client address */
 	__u32 port;           /* client port, host order */
 	__u32 pad;
+};
+
+/* A workload's identity as the kernel knows it: a small id the agent allocates per SPIFFE id. */
+struct sm_identity {
+	__u32 identity_id;    /* 0 is never used: it means "no identity" in sm_authz_key */
+	__u32 pad;
+};
+
+/* One L4 authorization verdict: a service, the source identity (0 = a caller without one), the destination pod port
+ * (Istio's `to.ports` are the workload's port). */
+struct sm_authz_key {
+	__u32 service_id;
+	__u32 identity_id;
+	__u16 port;           /* the chosen backend's port, network order */
+	__u16 pad;
+};
+
+#define SM_AUTHZ_DENY  0
+#define SM_AUTHZ_ALLOW 1
+
+struct sm_authz_verdict {
+	__u32 policy_id;      /* the policy that decided (sm_authz_stats slot); 0 = none (the default) */
+	__u8 verdict;         /* SM_AUTHZ_ALLOW or SM_AUTHZ_DENY */
+	__u8 pad[3];
+};
+
+struct sm_authz_counters {
+	__u64 allowed;
+	__u64 denied;
 };
 
 #endif /* SOCKMESH_ABI_H */

@@ -18,6 +18,8 @@ struct sm_flow {
 	__u8 algo;          /* enum sm_algo (balancing events) */
 	__u32 service_id;
 	__u64 cgroup_id;    /* the caller's cgroup; 0 where there is no calling process (sock_ops, sk_msg) */
+	__u32 identity_id;  /* SM_EV_AUTHZ_DENY only (else 0) */
+	__u32 policy_id;    /* SM_EV_AUTHZ_DENY only (else 0) */
 };
 
 static __always_inline int sm_event_sampled(void)
@@ -69,6 +71,8 @@ static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f, co
 	ev->algo = f->algo;
 	ev->flags = flags;
 	ev->cgroup_id = f->cgroup_id;
+	ev->identity_id = f->identity_id;
+	ev->policy_id = f->policy_id;
 	bpf_ringbuf_submit(ev, 0);
 }
 

@@ -164,6 +164,34 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_proxy_socks SEC(".maps");
 
+/* L4 authorization (lib/authz.h): written by the agent, read at connect(). No preallocation: an update swaps in a
+ * whole element, so a connect() sees the old verdict or the new one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct sm_identity);
+	__uint(max_entries, SM_MAX_IDENTITY_CGROUPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_identities SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sm_authz_key);
+	__type(value, struct sm_authz_verdict);
+	__uint(max_entries, SM_MAX_AUTHZ);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_authz SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct sm_authz_counters);
+	__uint(max_entries, SM_MAX_AUTHZ_POLICIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_authz_stats SEC(".maps");
+
 static __always_inline const struct sm_config *sm_config_get(void)
 {
 	__u32 zero = 0;

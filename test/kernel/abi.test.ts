@@ -3,7 +3,7 @@
 import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ABI_VERSION, ALGO, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, EV_F_ACTIVE, EV_F_AFFINITY_HIT, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
+import { ABI_VERSION, ALGO, AUTHZ_ALLOW, AUTHZ_DENY, MAX_AUTHZ_POLICIES, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, BE_F_LOCAL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, EV_F_ACTIVE, EV_F_AFFINITY_HIT, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
 import { ROOT } from '../lib/kernel.js';
 
 const built = existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'));
@@ -61,6 +61,14 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_G_BULK_KEPT, GLOBAL_COUNTERS.indexOf('bulk_kept'));
   t.equal(k.SM_G_STALE_PEER, GLOBAL_COUNTERS.indexOf('stale_peer'));
   t.equal(k.SM_G_L7_PROXY_GONE, GLOBAL_COUNTERS.indexOf('l7_proxy_gone'));
+  t.equal(k.SM_G_AUTHZ_ALLOW, GLOBAL_COUNTERS.indexOf('authz_allow'));
+  t.equal(k.SM_G_AUTHZ_DENY, GLOBAL_COUNTERS.indexOf('authz_deny'));
+  t.equal(k.SM_SVC_F_AUTHZ, SVC_F_AUTHZ);
+  t.equal(k.SM_SVC_F_AUTHZ_DENY, SVC_F_AUTHZ_DENY);
+  t.equal(k.SM_AUTHZ_ALLOW, AUTHZ_ALLOW);
+  t.equal(k.SM_AUTHZ_DENY, AUTHZ_DENY);
+  t.equal(k.SM_MAX_AUTHZ_POLICIES, MAX_AUTHZ_POLICIES);
+  t.equal(EVENT_KIND[k.SM_EV_AUTHZ_DENY!], 'authz-deny');
 });
 
 t.test('address codec: v4 as v4-mapped, v6 compressed, round trips', async (t) => {
