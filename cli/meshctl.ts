@@ -6,6 +6,7 @@ import { AgentError } from './client.js';
 import { Context, type GlobalOptions } from './context.js';
 import { DEFAULT_BPFFS } from '../agent/admin/protocol.js';
 import { CliError, EXIT } from './errors.js';
+import { authz } from './commands/authz.js';
 import { backends } from './commands/backends.js';
 import { certs, identities } from './commands/certs.js';
 import { doctor } from './commands/doctor.js';
@@ -104,6 +105,8 @@ command('services', 'frontends (service, VIP:port/proto, algorithm) and their ba
   (ctx) => services(ctx));
 command('stats', 'global datapath counters and per-service counters', (ctx) => stats(ctx));
 command('sockets', 'sockets on the sockmap fast path (the SOCKHASH entries)', (ctx) => sockets(ctx));
+command('authz', 'L4 authorization in the kernel: decisions per policy, workload cgroup -> identity, per-identity verdicts (from the pins)',
+  (ctx, cmd) => authz(ctx, cmd.opts<{ identity?: string }>())).option('--identity <spiffe-id>', 'only this identity\'s cgroups and verdicts');
 command('events', 'recent sampled flow events (needs the agent)', (ctx) => events(ctx));
 const list = (v: string, prev: string[] = []): string[] => [...prev, ...v.split(',').map((x) => x.trim()).filter(Boolean)];
 function nonNegative(name: string) {
