@@ -271,6 +271,9 @@ export class TunnelServer {
   }
 
   private onStream(stream: ServerHttp2Stream, h: IncomingHttpHeaders): void {
+    // a stream reset before it is answered or spliced (the client gave up, REFUSED_STREAM) emits 'error': without a
+    // listener that would end the agent (found by bench/tunnel.ts); its 'close' does the cleaning up
+    stream.on('error', () => {});
     const info = this.sessions.get(stream.session!);
     if (!info) { stream.close(constants.NGHTTP2_REFUSED_STREAM); return; }
     const fields = { peer: stream.session?.socket?.remoteAddress, identity: info.identity, authority: h[':authority'] };
