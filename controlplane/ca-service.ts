@@ -9,11 +9,13 @@
 //    with the pod it was issued to (authentication.kubernetes.io/pod-name and node-name extras since 1.30): the node
 //    name is taken from there, and the token must belong to the agent DaemonSet's service account.
 // Authorization: a node may have only identities of workloads on it: the config's workloads[].node and
-// workloads[].identity (and, with --kubernetes, pods' spec.nodeName + serviceAccountName, once pods are served).
+// workloads[].identity (and, with --kubernetes, pods' spec.nodeName + serviceAccountName, once pods are served), and
+// its own node identity spiffe://<td>/sockmesh/node/<its name> (what its tunnel server presents), no other node's.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { nodeSpiffeId, parseNodeSpiffeId } from '../agent/model/spiffe.js';
 import type { Model } from '../agent/model/types.js';
 import { caServices, type CertificateRequest, type CertificateResponse, type TrustBundleResponse } from '../xds/ca.js';
 import { CaConfigError, CsrError, type CertificateAuthority } from './ca.js';
@@ -142,6 +144,13 @@ export class CaService {
           const ttl = Number(call.request.validity_duration ?? 0);
           const mine = this.opts.identitiesOf(node);
           const issued = await this.opts.ca.sign(csr, ttl, (identity) => {
+            // a node's own identity (its tunnel server's) only to that node: a client checks it reached the node it
+            // dialled by this name, so a node holding another's could answer for it
+            const asNode = parseNodeSpiffeId(identity);
+            if (asNode) {
+              if (asNode.node !== node) throw new Refusal(grpc.status.PERMISSION_DENIED, `node ${node} may not have ${identity}: the identity of node ${asNode.node} (its own is ${nodeSpiffeId(asNode.trustDomain, node!)})`);
+              return;
+            }
             if (!mine.has(identity)) throw new Refusal(grpc.status.PERMISSION_DENIED, `node ${node} may not have ${identity}: no workload with that identity on node ${node}`);
           });
           this.stats.issued++;

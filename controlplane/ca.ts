@@ -23,7 +23,7 @@ import { createPrivateKey, randomBytes, webcrypto, X509Certificate as NodeX509, 
 import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
-import { formatSpiffeId, parseSpiffeId, trustDomainProblem } from '../agent/model/spiffe.js';
+import { formatSpiffeId, parseNodeSpiffeId, parseSpiffeId, trustDomainProblem, type SpiffeId } from '../agent/model/spiffe.js';
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -383,14 +383,17 @@ export class CertificateAuthority {
       throw new CsrError(`csr: subjectAltName has ${names.map((n) => `${n.type}:${n.value}`).join(', ')}; expected exactly one URI spiffe://<trust domain>/ns/<ns>/sa/<sa>`);
     }
     const identity = names[0]!.value;
+    // a workload's identity, or a node agent's own (its tunnel server's: spiffe.ts nodeSpiffeId); `authorize` decides
+    // which node may have which
+    const node = parseNodeSpiffeId(identity);
     let id;
     try {
-      id = parseSpiffeId(identity);
+      id = node ?? parseSpiffeId(identity);
     } catch (e) {
-      throw new CsrError(`csr: ${(e as Error).message}`);
+      throw new CsrError(`csr: ${(e as Error).message} (or spiffe://<trust domain>/sockmesh/node/<node> for a node agent)`);
     }
     if (id.trustDomain !== this.trustDomain) throw new CsrError(`csr: identity ${identity} is not in trust domain ${this.trustDomain}`);
-    authorize(formatSpiffeId(id));
+    authorize(node ? identity : formatSpiffeId(id as SpiffeId));
 
     const now = this.now();
     const gen = this.active(now);

@@ -32,3 +32,31 @@ export function parseSpiffeId(uri: string): SpiffeId {
   if (!SPIFFE_ID.test(`spiffe://a/ns/${parts[2]}/sa/a`)) throw new Error(`identity ${what}: namespace ${JSON.stringify(parts[2])} is not a Kubernetes namespace name (a DNS label)`);
   throw new Error(`identity ${what}: service account ${JSON.stringify(parts[3])} is not a Kubernetes name`);
 }
+
+/**
+ * A node agent's own identity, the certificate its tunnel server (HBONE, 15008) presents:
+ * spiffe://<trust domain>/sockmesh/node/<node name>. One per node, so that a client checks it reached the node it
+ * dialled (a shared "the agents' service account" identity would let any node's agent answer for any other). Its path
+ * is outside /ns/..., so it can never be mistaken for a workload's identity (parseSpiffeId refuses it, an authz
+ * principal pattern over workloads never means a node), and a workload can never be issued one.
+ */
+const NODE_SPIFFE_ID = /^spiffe:\/\/([a-z0-9._-]{1,255})\/sockmesh\/node\/([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)$/;
+
+/** Why `node` cannot name a node identity (a Kubernetes node name: lower-case DNS subdomain), or undefined. */
+export function nodeNameProblem(node: string): string | undefined {
+  if (!/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/.test(node)) return `node name ${JSON.stringify(node)}: expected a Kubernetes node name (lower-case letters, digits, '.' and '-', 1-253, starting and ending alphanumeric)`;
+  return undefined;
+}
+
+/** spiffe://<td>/sockmesh/node/<node>; throws naming the part that is wrong. */
+export function nodeSpiffeId(trustDomain: string, node: string): string {
+  const problem = trustDomainProblem(trustDomain) ?? nodeNameProblem(node);
+  if (problem) throw new Error(problem);
+  return `spiffe://${trustDomain}/sockmesh/node/${node}`;
+}
+
+/** The trust domain and node of a node identity, or undefined when `uri` is not one (a workload's, or garbage). */
+export function parseNodeSpiffeId(uri: string): { trustDomain: string; node: string } | undefined {
+  const m = NODE_SPIFFE_ID.exec(uri);
+  return m ? { trustDomain: m[1]!, node: m[2]! } : undefined;
+}

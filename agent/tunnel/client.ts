@@ -5,14 +5,16 @@
 // each dial, so a renewal applies to the next connection and drops no stream.
 //
 // The server is checked the other way round: its chain must lead to the trust bundle and its certificate must carry
-// one SPIFFE id of our trust domain (the node agent's identity: one pooled connection serves every pod of the node,
-// so it cannot be the destination workload's, which ztunnel checks per connection).
+// exactly one SPIFFE id, the node identity of the node we dialled (spiffe://<td>/sockmesh/node/<req.node.name>, issued
+// by the CA to that node only): another node's agent, or a workload's certificate, cannot answer for it. It is the
+// node's and not the destination workload's (which ztunnel checks) because one pooled connection serves every pod of
+// the node.
 import { connect as h2connect, constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
 import type { Logger } from '../observe/log.js';
 import { secureContextFor, type IdentityCerts } from '../identity/material.js';
-import { parseSpiffeId } from '../model/spiffe.js';
+import { nodeSpiffeId, parseSpiffeId } from '../model/spiffe.js';
 import type { PeerStats, TunnelMetrics } from './metrics.js';
 import { H2_SETTINGS, SESSION_WINDOW } from './server.js';
 import { splice, track } from './splice.js';
@@ -106,7 +108,9 @@ export class TunnelClient implements TunnelOpener {
   }
 
   private key(req: TunnelRequest): string {
-    return `${req.source}\0${req.node.address}\0${req.node.port ?? HBONE_PORT}`;
+    // the node's name too: the server must present that node's identity, so a connection checked for one name never
+    // serves another
+    return `${req.source}\0${req.node.name}\0${req.node.address}\0${req.node.port ?? HBONE_PORT}`;
   }
 
   private entryStats(req: TunnelRequest): PeerStats {
@@ -124,7 +128,13 @@ export class TunnelClient implements TunnelOpener {
       return Promise.reject(new TunnelError('no-certificate', `tunnel to ${req.node.name}: no certificate for ${req.source} (yet)`));
     }
     const port = req.node.port ?? HBONE_PORT;
-    const trustDomain = parseSpiffeId(req.source).trustDomain;
+    let expected: string;
+    try {
+      expected = nodeSpiffeId(parseSpiffeId(req.source).trustDomain, req.node.name);
+    } catch (e) {
+      this.opts.metrics.refusal('out', 'bad-request');
+      return Promise.reject(new TunnelError('bad-request', `tunnel to ${req.node.name}: ${(e as Error).message}`));
+    }
     const stats = this.opts.metrics.peer('out', req.node.name, req.source);
     const log = this.opts.log;
     const session = h2connect(`https://${hostPort(req.node.address, port)}`, {
@@ -133,7 +143,7 @@ export class TunnelClient implements TunnelOpener {
         const sock = tlsConnect({
           host: req.node.address, port, secureContext: secureContextFor(m), ALPNProtocols: ['h2'],
           minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3',
-          checkServerIdentity: (_host: string, cert: PeerCertificate) => serverIdentityProblem(cert, trustDomain),
+          checkServerIdentity: (_host: string, cert: PeerCertificate) => serverIdentityProblem(cert, expected),
         });
         sock.setNoDelay(true);
         sock.once('secureConnect', () => { stats.handshakes++; });
@@ -153,14 +163,19 @@ export class TunnelClient implements TunnelOpener {
         });
         session.once('close', () => {
           clearTimeout(timer);
-          reject(new TunnelError('tunnel-failed', `tunnel to ${req.node.name} (${hostPort(req.node.address, port)}) closed before it was up`));
+          // the dial's own error says why (the server's identity, its chain, a refused connection)
+          const why = failure ? `: ${failure.message}` : '';
+          const reason: RefusalReason = failure instanceof ServerIdentityError || /CERT|UNABLE_TO/.test(failure?.code ?? '') ? 'bad-certificate' : 'tunnel-failed';
+          reject(new TunnelError(reason, `tunnel to ${req.node.name} (${hostPort(req.node.address, port)}) closed before it was up${why}`));
         });
       }),
     };
+    let failure: NodeJS.ErrnoException | undefined;
     // A failed dial is told once, to every open() waiting on it.
-    entry.ready.catch(() => { this.opts.metrics.refusal('out', 'tunnel-failed'); });
+    entry.ready.catch((e: TunnelError) => { this.opts.metrics.refusal('out', e.reason); });
     const leave = (): void => { if (this.pool.get(key) === entry) this.pool.delete(key); };
     session.on('error', (e: NodeJS.ErrnoException) => {
+      failure ??= e;
       log.warn({ node: req.node.name, source: req.source, err: e.message, code: e.code }, 'tunnel: connection failed');
       leave();
     });
@@ -171,14 +186,12 @@ export class TunnelClient implements TunnelOpener {
   }
 }
 
+class ServerIdentityError extends Error {}
+
 /** Why the server's certificate is not acceptable (checkServerIdentity: an Error refuses the handshake), or undefined. */
-function serverIdentityProblem(cert: PeerCertificate, trustDomain: string): Error | undefined {
+function serverIdentityProblem(cert: PeerCertificate, expected: string): Error | undefined {
   const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:spiffe://')).map((s) => s.slice(4));
-  if (uris.length !== 1) return new Error(`tunnel server certificate ${cert.serialNumber}: ${uris.length} SPIFFE URI SANs (want exactly one)`);
-  try {
-    if (parseSpiffeId(uris[0]!).trustDomain !== trustDomain) return new Error(`tunnel server certificate: ${uris[0]} is not of trust domain ${trustDomain}`);
-  } catch (e) {
-    return e as Error;
-  }
+  if (uris.length !== 1) return new ServerIdentityError(`the server's certificate ${cert.serialNumber} has ${uris.length} SPIFFE URI SANs (want exactly one, ${expected})`);
+  if (uris[0] !== expected) return new ServerIdentityError(`the server presented ${uris[0]}, not the identity of the node dialled (${expected})`);
   return undefined;
 }

@@ -21,7 +21,7 @@ import { connect as netConnect, isIP, type Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.js';
 import type { IdentityCerts } from '../identity/material.js';
-import { parseSpiffeId } from '../model/spiffe.js';
+import { parseNodeSpiffeId, parseSpiffeId } from '../model/spiffe.js';
 import type { TunnelMetrics, PeerStats } from './metrics.js';
 import { splice, track } from './splice.js';
 import { HBONE_PORT, type RefusalReason } from './types.js';
@@ -32,7 +32,7 @@ export type L4Authorizer = (q: { source: string; dst: { address: string; port: n
 
 export interface TunnelServerOpts {
   certs: IdentityCerts;
-  /** the identity whose certificate the server presents (the node agent's): one pooled connection serves every pod of the node */
+  /** the identity whose certificate the server presents: the node's (spiffe://<td>/sockmesh/node/<name>), which clients check */
   identity: string;
   /** the node address(es) to listen on */
   addresses: string[];
@@ -62,6 +62,7 @@ export function peerIdentity(cert: X509Certificate | undefined, trustDomain: str
   const uris = (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
   const spiffe = uris.filter((u) => u.startsWith('spiffe://'));
   if (spiffe.length !== 1) throw new Error(`certificate ${cert.serialNumber}: ${spiffe.length} SPIFFE URI SANs (want exactly one)`);
+  if (parseNodeSpiffeId(spiffe[0]!)) throw new Error(`certificate ${cert.serialNumber}: ${spiffe[0]} is a node agent's identity; a tunnel client presents its source workload's`);
   const id = parseSpiffeId(spiffe[0]!);
   if (id.trustDomain !== trustDomain) throw new Error(`certificate ${cert.serialNumber}: ${spiffe[0]} is not of trust domain ${trustDomain}`);
   return spiffe[0]!;
@@ -132,7 +133,9 @@ export class TunnelServer {
 
   constructor(private readonly opts: TunnelServerOpts) {
     this.refusals = new RefusalLog(opts.log);
-    this.trustDomain = parseSpiffeId(opts.identity).trustDomain;
+    const node = parseNodeSpiffeId(opts.identity);
+    if (!node) throw new Error(`tunnel server identity ${opts.identity}: expected a node identity spiffe://<trust domain>/sockmesh/node/<node> (clients check it against the node they dialled)`);
+    this.trustDomain = node.trustDomain;
   }
 
   /** Listen on every address; resolves with the address:port strings once all listen (rejects, closing all, if one cannot). */

@@ -19,7 +19,7 @@ const skip = kernelSkipReason()
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
 
 const TD = 'cluster.local';
-const NODE2 = `spiffe://${TD}/ns/sockmesh/sa/node-n2`;
+const NODE2 = `spiffe://${TD}/sockmesh/node/n2`;
 const WEB = `spiffe://${TD}/ns/shop/sa/web`;
 const INTRUDER = `spiffe://${TD}/ns/shop/sa/intruder`;
 

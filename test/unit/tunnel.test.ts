@@ -21,7 +21,7 @@ import { TunnelHost } from '../../agent/tunnelhost.js';
 import { renderTunnels } from '../../cli/commands/tunnels.js';
 
 const TD = 'cluster.local';
-const NODE_ID = `spiffe://${TD}/ns/sockmesh/sa/node-b`;
+const NODE_ID = `spiffe://${TD}/sockmesh/node/node-b`;
 const CLIENT_ID = `spiffe://${TD}/ns/shop/sa/web`;
 const DENIED_ID = `spiffe://${TD}/ns/shop/sa/intruder`;
 
@@ -172,6 +172,42 @@ t.test('reconnect after the server went away (GOAWAY)', async (t) => {
   t.equal((await roundTrip(s.handover, Buffer.from('two'))).toString(), 'two[3 bytes]', 'the next connection dials a new tunnel');
   t.equal(s.cm.totals('out').handshakes, 2, 'one new handshake');
   t.equal(s.client.connections, 1, 'one pooled connection');
+});
+
+t.test('the client checks it reached the node it dialled: another node\'s identity, a workload\'s, are refused', async (t) => {
+  const s = await setup(t);
+  const other = `spiffe://${TD}/sockmesh/node/node-c`;
+  // node-c's agent (a real node identity from the same CA) answers on the address the client dials for node-b
+  const port = await freePort();
+  const certs = new StaticCerts([await s.ca.issue(other), s.certs.get(CLIENT_ID)!]);
+  const impostor = new TunnelServer({ certs, identity: other, addresses: ['127.0.0.1'], port, metrics: new TunnelMetrics(), log: memLog().log, isLocal: () => true });
+  await impostor.start();
+  t.teardown(() => impostor.stop());
+  const clog = memLog();
+  const client = new TunnelClient({ certs: s.certs, metrics: new TunnelMetrics(), log: clog.log, timeoutMs: 5000 });
+  t.teardown(() => client.close());
+  const req: TunnelRequest = { source: CLIENT_ID, dst: { address: '127.0.0.1', port: s.pod }, node: { name: 'node-b', address: '127.0.0.1', port } };
+  const e = await client.connect(req).then(() => null, (err: unknown) => err as TunnelError);
+  t.equal(e?.reason, 'bad-certificate', 'refused as a bad certificate');
+  t.match(e?.message, /presented spiffe:\/\/cluster\.local\/sockmesh\/node\/node-c, not the identity of the node dialled \(spiffe:\/\/cluster\.local\/sockmesh\/node\/node-b\)/, 'the error names both identities');
+  t.equal(impostor.listening().length, 1);
+  t.equal(client.connections, 0, 'nothing pooled');
+  // the same server is accepted when it is the node dialled
+  const st = await client.connect({ ...req, node: { ...req.node, name: 'node-c' } });
+  t.equal(await new Promise<string>((res) => { let b = ''; st.on('data', (d: Buffer) => { b += d.toString(); }); st.on('end', () => res(b)); st.end('ok'); }), 'ok[2 bytes]', 'dialled as node-c, it is accepted');
+  // a server presenting a workload's identity is no node's
+  t.throws(() => new TunnelServer({ certs, identity: CLIENT_ID, addresses: ['127.0.0.1'], port, metrics: new TunnelMetrics(), log: memLog().log, isLocal: () => true }),
+    /expected a node identity spiffe:\/\/<trust domain>\/sockmesh\/node\/<node>/, 'a server cannot be built on a workload identity');
+  // a node name that cannot be a node identity: refused before dialling
+  const bad = await client.connect({ ...req, node: { ...req.node, name: 'Node_B' } }).then(() => null, (err: unknown) => err as TunnelError);
+  t.same([bad?.reason, /node name "Node_B"/.test(bad?.message ?? '')], ['bad-request', true], 'a bad node name: bad-request, named');
+  // a client presenting a node identity is refused by the server: clients present their source workload's
+  const nm = await s.ca.issue(`spiffe://${TD}/sockmesh/node/node-a`);
+  const sess = h2connect(`https://127.0.0.1:${s.serverPort}`, { key: nm.key, cert: nm.chain, ca: nm.bundle, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+  sess.on('error', () => {});
+  await new Promise((res) => sess.once('close', res));
+  t.ok(s.slog.lines.some((l) => l.reason === 'no-identity' && /node-a is a node agent's identity; a tunnel client presents its source workload's/.test(String(l.msg))),
+    'the server refuses a node identity as a client, and says why');
 });
 
 /** A TLS client of the server with the given options; resolves with how it ended. */
