@@ -24,6 +24,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -385,6 +386,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
       InstanceMethod("pause", &NetLoop::Pause),
       InstanceMethod("resume", &NetLoop::Resume),
       InstanceMethod("shutdown", &NetLoop::Shutdown),
+      InstanceMethod("shutdownIdle", &NetLoop::ShutdownIdle),
       InstanceMethod("close", &NetLoop::Close),
       InstanceMethod("release", &NetLoop::Release),
       InstanceMethod("setNoDelay", &NetLoop::SetNoDelay),
@@ -707,6 +709,29 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
       s->shutPending = true;
       return Napi::Number::New(env, 0);
     }
+    if (shutdown(s->fd, SHUT_WR) && errno != ENOTCONN) return Napi::Number::New(env, -errno);
+    s->shutDone = true;
+    return Napi::Number::New(env, 1);
+  }
+
+  // shutdownIdle(id) -> 1 SHUT_WR done (FIN sent), 0 not done: bytes (or the peer's EOF) wait to be read, or ours to
+  // be written; or -errno. An idle HTTP/1.1 connection closed by the server (keep-alive timeout, a planned restart)
+  // races a request the client sends meanwhile: what reached our socket before the FIN must be read and answered
+  // (RFC 9112 9.6), so the check and the FIN are one call here, with no event-loop turn between them. poll() sees
+  // what a sockmap redirect queued too (tcp_poll asks the psock), where FIONREAD counts only the TCP receive queue.
+  Napi::Value ShutdownIdle(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Sock* s = Find(info, "shutdownIdle");
+    if (!s) return Napi::Number::New(env, -EBADF);
+    if (s->shutDone) return Napi::Number::New(env, 1);
+    if (s->dead) return Napi::Number::New(env, -(s->err ? s->err : EPIPE));
+    if (s->connecting || s->queued() > 0 || s->shutPending || s->readEof) return Napi::Number::New(env, 0);
+    struct pollfd p = {s->fd, POLLIN | POLLRDHUP, 0};
+    int r;
+    do r = poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) return Napi::Number::New(env, -errno);
+    if (r > 0 && (p.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR))) return Napi::Number::New(env, 0);
     if (shutdown(s->fd, SHUT_WR) && errno != ENOTCONN) return Napi::Number::New(env, -errno);
     s->shutDone = true;
     return Napi::Number::New(env, 1);

@@ -16,6 +16,11 @@ export interface Conn {
   resume(): this;
   /** half-close after what is queued is sent; with the peer's end too, 'close' follows */
   end(): this;
+  /**
+   * A server closing a connection it believes idle: half-close now unless bytes of the peer's wait to be read (then
+   * false, nothing done: they come as 'data'). Optional: without it (net.Socket) the caller ends at once.
+   */
+  endIfIdle?(): boolean;
   /** close now, dropping what is queued; 'close' follows (once) */
   destroy(): this;
   setNoDelay(noDelay?: boolean): this;

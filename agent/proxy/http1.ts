@@ -23,8 +23,10 @@ const BODY_NONE = 0, BODY_LENGTH = 1, BODY_CHUNKED = 2;
 const MAX_UNSENT = 256 * 1024;
 /** a connection that sent a bad request or asked to close gets this long to read our answer */
 const LINGER_MS = 5000;
-/** draining (a planned restart): a keep-alive connection between requests gets this long for its last one */
-const DRAIN_IDLE_MS = 1000;
+/** draining (a planned restart): a keep-alive connection between requests gets this long for its last one (default) */
+export const DRAIN_IDLE_MS = 1000;
+/** an idle close that found the client's bytes waiting looks again this much later if they were no request */
+const IDLE_CLOSE_RECHECK_MS = 50;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 const CONTINUE_100 = 'HTTP/1.1 100 Continue\r\n\r\n';
 /** a response head and body bytes up to this size go out in one write */
@@ -97,7 +99,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     this.deadlineTimer = null;
     try {
       const now = performance.now();
-      if (this.idleDeadline !== 0 && now >= this.idleDeadline && !this.busy) { this.socket.destroy(); return; }
+      if (this.idleDeadline !== 0 && now >= this.idleDeadline && !this.busy && this.closeIdle()) return;
       if (this.tryDeadline !== 0 && now >= this.tryDeadline) { this.tryDeadline = 0; this.tryTimedOut(); }
       if (this.routeDeadline !== 0 && now >= this.routeDeadline) { this.routeDeadline = 0; this.routeTimedOut(); }
       if (this.lastBodyAt !== 0 && now >= this.lastBodyAt + this.ctx.clientIdleTimeoutMs) { this.lastBodyAt = 0; this.uploadStalled(); }
@@ -829,14 +831,39 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
 
   /**
    * A planned restart (ctx.draining is set): a request under way is answered with `connection: close`; a connection
-   * between requests gets DRAIN_IDLE_MS for its next one (a busy keep-alive client sends it at once, and it is
-   * answered with `connection: close`), then is closed as idle. A WebSocket/upgraded connection is not an H1Conn's
-   * any more: it lasts until it ends or the drain timeout.
+   * between requests gets idleMs (DRAIN_IDLE_MS) for its next one (a busy keep-alive client sends it at once, and it
+   * is answered with `connection: close`), then is closed as idle (closeIdle). A WebSocket/upgraded connection is
+   * not an H1Conn's any more: it lasts until it ends or the drain timeout.
    */
-  drain(): void {
+  drain(idleMs = DRAIN_IDLE_MS): void {
     if (this.dead || this.busy) return;
-    this.idleDeadline = Math.min(this.idleDeadline === 0 ? Infinity : this.idleDeadline, performance.now() + DRAIN_IDLE_MS);
+    if (idleMs <= 0 && this.closeIdle()) return;
+    this.idleDeadline = Math.min(this.idleDeadline === 0 ? Infinity : this.idleDeadline, performance.now() + Math.max(0, idleMs));
     this.armDeadline();
+  }
+
+  /**
+   * Close a keep-alive connection between requests (its idle timeout, or a drain) so that no request is lost to the
+   * race with a client that sends one at that moment (RFC 9112 9.6): never destroy() (close(2) with a request unread
+   * in the socket answers it with RST, and the request is gone); a request that has started arriving is not idle
+   * (it is answered, draining: with `connection: close`); the FIN goes only if nothing of the client's waits in the
+   * socket, checked in the same native call (NetConn.endIfIdle), and whatever comes after our FIN is read and
+   * ignored until the client closes, so it never sees RST. A request that crosses our FIN on the wire was sent
+   * before the client could know; it gets no answer, was never forwarded, and sees a clean close with nothing
+   * received: the case RFC 9112 9.3.1 lets a client retry. false: not closed (the client's bytes come as 'data').
+   */
+  private closeIdle(): boolean {
+    if (this.buf !== null) { this.idleDeadline = 0; return false; } // a head in pieces: the head timeout's business
+    const sock = this.socket;
+    if (sock.endIfIdle !== undefined ? !sock.endIfIdle() : (sock.end(), false)) {
+      this.idleDeadline = performance.now() + IDLE_CLOSE_RECHECK_MS;
+      return false;
+    }
+    this.dead = true;
+    this.clearTimers();
+    if (this.deadlineTimer !== null) { clearTimeout(this.deadlineTimer); this.deadlineTimer = null; }
+    setTimeout(() => sock.destroy(), LINGER_MS).unref();
+    return true;
   }
 
   /** cut the client's connection (a response could not be completed) */

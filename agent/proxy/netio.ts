@@ -31,6 +31,8 @@ export interface NativeNetLoop {
   resume(id: number): void;
   /** 1 done now, 0 once the queue is flushed (SHUTDOWN event), or -errno */
   shutdown(id: number): number;
+  /** 1 SHUT_WR done now; 0 not done (bytes or the peer's EOF wait to be read, or ours to be written), or -errno */
+  shutdownIdle(id: number): number;
   close(id: number): void;
   release(id: number): number;
   setNoDelay(id: number, on: boolean): void;
@@ -435,6 +437,23 @@ export class NetConn extends EventEmitter implements Conn {
     if (r < 0) { this.failLater(errnoError(-r, 'shutdown')); return this; }
     if (r === 1) { this.writeDone = true; this.maybeClose(); }
     return this;
+  }
+
+  /**
+   * The server closing an idle connection (Conn.endIfIdle): FIN now, unless something of the peer's waits to be read
+   * (held here, or in the kernel: the addon checks and shuts in one call). false: not ended, what waits comes as
+   * 'data' (or 'end').
+   */
+  endIfIdle(): boolean {
+    if (this.destroyed || this.writeEnding) return true;
+    if (this.paused || this.held !== null || this.heldEof || this.corked > 0) return false;
+    const r = this.loop.shutdownIdle(this.id);
+    if (r === 0) return false;
+    this.writeEnding = true;
+    if (r < 0) { this.failLater(errnoError(-r, 'shutdown')); return true; }
+    this.writeDone = true;
+    this.maybeClose();
+    return true;
   }
 
   destroy(): this {

@@ -52,7 +52,9 @@ export class ProxyServer {
   private readonly servers: NetListener[] = [];
   private readonly clients = new Set<NetConn>();
   /** each client connection's protocol side once its first bytes said which (what drain() tells to finish) */
-  private readonly protocols = new Map<NetConn, { drain(): void }>();
+  private readonly protocols = new Map<NetConn, { drain(idleMs?: number): void }>();
+  /** draining: how long an idle HTTP/1.1 connection gets for its last request (H1Conn.drain) */
+  private drainIdleMs: number | undefined;
   private readonly clientIdleTimeoutMs: number;
   private closed = false;
 
@@ -103,13 +105,15 @@ export class ProxyServer {
    * A planned restart, once the new agent accepts on the same sockets: stop accepting, finish what is under way
    * (HTTP/1.1: the answer says `connection: close`; HTTP/2: GOAWAY, open streams finish), keep long-lived tunnels
    * until they end. Resolves when no client connection is left, or after timeoutMs with how many were (close() then
-   * cuts them).
+   * cuts them). idleMs: what an idle HTTP/1.1 keep-alive connection gets for its next request before it is closed
+   * (H1Conn.drain; 0 = closed now).
    */
-  async drain(timeoutMs: number): Promise<{ left: number }> {
+  async drain(timeoutMs: number, idleMs?: number): Promise<{ left: number }> {
     this.ctx.draining = true;
+    this.drainIdleMs = idleMs;
     for (const s of this.servers) s.close();
     this.servers.length = 0;
-    for (const p of this.protocols.values()) p.drain();
+    for (const p of this.protocols.values()) p.drain(idleMs);
     const until = performance.now() + timeoutMs;
     while (this.clients.size > 0 && performance.now() < until) await new Promise((r) => setTimeout(r, 20));
     return { left: this.clients.size };
@@ -158,7 +162,7 @@ export class ProxyServer {
       const p = isH2 ? acceptH2(this.ctx, socket, info, first) : new H1Conn(this.ctx, socket, info, first);
       if (socket.destroyed) return;
       this.protocols.set(socket, p);
-      if (this.ctx.draining === true) p.drain();
+      if (this.ctx.draining === true) p.drain(this.drainIdleMs);
     };
     socket.on('data', sniff);
   }
