@@ -447,6 +447,8 @@ export class NetConn extends EventEmitter implements Conn {
   endIfIdle(): boolean {
     if (this.destroyed || this.writeEnding) return true;
     if (this.paused || this.held !== null || this.heldEof || this.corked > 0) return false;
+    // An addon built before shutdownIdle (a worktree's stale build/): a plain FIN, without the look at the socket.
+    if (typeof this.loop.shutdownIdle !== 'function') { this.end(); return true; }
     const r = this.loop.shutdownIdle(this.id);
     if (r === 0) return false;
     this.writeEnding = true;
