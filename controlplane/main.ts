@@ -10,6 +10,7 @@ import { startControlPlane, type RunningControlPlane } from './server.js';
 import { startKubeControlPlane } from './kube.js';
 import { apiAccess } from '../kube/access.js';
 import { caFromFlags, type CaFlags } from './ca-service.js';
+import { DEFAULT_AGENT_SERVICE_ACCOUNT, DEFAULT_TOKEN_AUDIENCE, kubeCaAuth, parseServiceAccounts } from './ca-kube.js';
 import { parseDuration } from '../agent/model/duration.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -47,11 +48,14 @@ program
   .option('--ca-chain <file>', 'certificates above --ca-cert up to the root (PEM); the root is the trust bundle')
   .option('--cert-ttl <duration>', 'lifetime of workload certificates (default 24h)')
   .option('--node-tokens <file>', 'node credentials for the CA: one \'<token> <node name>\' per line')
+  .option('--ca-token-audience <audience>', `with --kubernetes: the audience of the agents' projected service-account tokens, checked by TokenReview (default ${DEFAULT_TOKEN_AUDIENCE})`)
+  .option('--ca-agent-service-account <namespace/name>', `with --kubernetes: the service account agents run as; only its tokens get certificates (repeatable; default ${DEFAULT_AGENT_SERVICE_ACCOUNT})`, (v: string, prev: string[] = []) => [...prev, v])
   .addHelpText('after', '\nExit codes: 0 stopped by a signal; 1 bad arguments, a config directory that does not load, or cannot listen.')
-  .action(async (opts: CaFlags & { dir?: string; kubernetes?: boolean; kubeconfig?: string; trustDomain: string; statusListen: string; listen: string; tlsCert?: string; tlsKey?: string }) => {
+  .action(async (opts: CaFlags & { dir?: string; kubernetes?: boolean; kubeconfig?: string; trustDomain: string; statusListen: string; listen: string; tlsCert?: string; tlsKey?: string; caTokenAudience?: string; caAgentServiceAccount?: string[] }) => {
     const usage = !!opts.tlsCert !== !!opts.tlsKey ? '--tls-cert and --tls-key go together'
       : !opts.dir === !opts.kubernetes ? 'serve what: --dir <dir> or --kubernetes (one of them)'
-        : opts.kubeconfig && !opts.kubernetes ? '--kubeconfig is for --kubernetes' : null;
+        : opts.kubeconfig && !opts.kubernetes ? '--kubeconfig is for --kubernetes'
+          : (opts.caTokenAudience || opts.caAgentServiceAccount) && !opts.kubernetes ? '--ca-token-audience and --ca-agent-service-account are for --kubernetes (agents\' service-account tokens)' : null;
     if (usage) {
       process.stderr.write(`sockmesh-controlplane: ${usage}\n`);
       process.exit(1);
@@ -60,11 +64,20 @@ program
     let running: RunningControlPlane;
     const tls = opts.tlsCert ? { cert: opts.tlsCert, key: opts.tlsKey! } : undefined;
     try {
-      const ca = await caFromFlags(opts, (v) => parseDuration(v));
-      if (ca) log.info({ trustDomain: opts.trustDomain, certTtlS: ca.authority.certTtlS, bundle: ca.authority.trustBundle().length }, 'serving the certificate-signing API');
-      if (opts.kubernetes) {
-        // The trust domain names identities (spiffe://<td>/ns/<ns>/sa/<sa>); the services served do not depend on it.
-        const access = apiAccess({ kubeconfig: opts.kubeconfig, log: log.child({ component: 'kubernetes' }) });
+      // The trust domain names identities (spiffe://<td>/ns/<ns>/sa/<sa>); the services served do not depend on it.
+      const access = opts.kubernetes ? apiAccess({ kubeconfig: opts.kubeconfig, log: log.child({ component: 'kubernetes' }) }) : undefined;
+      const kubeAuth = access && kubeCaAuth({
+        client: access.client, trustDomain: opts.trustDomain, audience: opts.caTokenAudience,
+        agentServiceAccounts: parseServiceAccounts(opts.caAgentServiceAccount ?? []), log: log.child({ component: 'ca' }),
+      });
+      const ca = await caFromFlags(opts, (v) => parseDuration(v), kubeAuth);
+      if (ca) {
+        log.info({
+          trustDomain: opts.trustDomain, certTtlS: ca.authority.certTtlS, bundle: ca.authority.trustBundle().length, nodeTokens: !!ca.tokens,
+          ...(kubeAuth ? { tokenAudience: kubeAuth.authenticator.audience, agentServiceAccounts: [...kubeAuth.authenticator.agents] } : {}),
+        }, 'serving the certificate-signing API');
+      }
+      if (access) {
         const statusListen = parseStatusListen(opts.statusListen);
         running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen, ca });
         log.info({ server: access.server, trustDomain: opts.trustDomain }, 'serving the Kubernetes cluster');

@@ -15,8 +15,7 @@ import { LayeredView } from './nodeview.js';
 import { SotwStream } from './sotw.js';
 import { shortType, type StreamHost, type StreamStats, type XdsStream } from './stream.js';
 import { DirWatcher, loadConfigDir } from './watch.js';
-import type { CertificateAuthority } from './ca.js';
-import { CaService, identitiesByNode, type NodeTokens } from './ca-service.js';
+import { CaService, identitiesByNode, type CaSetup } from './ca-service.js';
 
 export const DEFAULT_MAX_NAMES = 100_000;
 
@@ -227,7 +226,7 @@ export interface ServeOptions extends ControlPlaneOptions {
   listen?: string;
   tls?: { cert: string; key: string };
   /** serve the CA's certificate-signing API too (ca-service.ts) */
-  ca?: { authority: CertificateAuthority; tokens: NodeTokens };
+  ca?: CaSetup;
 }
 
 export interface RunningControlPlane {
@@ -256,7 +255,7 @@ export async function serve(cp: ControlPlane, opts: ServeOptions, onClose: () =>
     'grpc.keepalive_timeout_ms': 20_000,
   });
   server.addService(adsServiceBufferResponses(), cp.handlers());
-  const ca = opts.ca && new CaService({ ca: opts.ca.authority, tokens: opts.ca.tokens, identitiesOf: (n) => cp.identitiesOf(n), log: cp.log.child({ component: 'ca' }) });
+  const ca = opts.ca && new CaService({ ca: opts.ca.authority, tokens: opts.ca.tokens, kube: opts.ca.kube, identitiesOf: (n) => cp.identitiesOf(n), log: cp.log.child({ component: 'ca' }) });
   ca?.addTo(server);
   const creds = opts.tls
     ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: readFileSync(opts.tls.cert), private_key: readFileSync(opts.tls.key) }], false)

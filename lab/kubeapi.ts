@@ -24,6 +24,8 @@
 //   a namespaced object needs its namespace, and deleting a namespace deletes what is in it;
 // - bearer-token auth, and over HTTPS (a CA, server and client certificate generated with openssl) client
 //   certificates.
+// - authentication.k8s.io/v1 TokenReview of the service-account tokens a test mints (api.tokens, lab/tokenreview.ts):
+//   bound to a pod, with audiences, as the kubelet's projected token volume holds them.
 // Deliberate differences: continued list pages are served from the current state (the real server serves the
 // snapshot at the token's resourceVersion), server-side apply merges the applied configuration without field
 // ownership (a field dropped from the manifest is not removed), no admission, no validation beyond names, no
@@ -45,6 +47,7 @@ import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { pathToFileURL } from 'node:url';
 import { parse as parseYaml } from 'yaml';
+import { ServiceAccountTokens } from './tokenreview.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Obj = Record<string, any>;
@@ -61,6 +64,8 @@ export interface ResourceDef {
   status: boolean;
   /** field selectors this resource supports beyond metadata.name / metadata.namespace */
   fields: string[];
+  /** a resource that is not stored but answered (tokenreviews): only these verbs */
+  verbs?: string[];
 }
 
 export const KUBEAPI_RESOURCES: readonly ResourceDef[] = [
@@ -70,6 +75,8 @@ export const KUBEAPI_RESOURCES: readonly ResourceDef[] = [
   { group: '', version: 'v1', plural: 'services', singular: 'service', kind: 'Service', namespaced: true, shortNames: ['svc'], status: true, fields: ['spec.clusterIP', 'spec.type'] },
   { group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices', singular: 'endpointslice', kind: 'EndpointSlice', namespaced: true, shortNames: [], status: false, fields: ['addressType'] },
   { group: 'gateway.networking.k8s.io', version: 'v1', plural: 'httproutes', singular: 'httproute', kind: 'HTTPRoute', namespaced: true, shortNames: [], status: true, fields: [] },
+  // answered by lab/tokenreview.ts (service-account tokens minted with api.tokens.mint()), never stored
+  { group: 'authentication.k8s.io', version: 'v1', plural: 'tokenreviews', singular: 'tokenreview', kind: 'TokenReview', namespaced: false, shortNames: [], status: false, fields: [], verbs: ['create'] },
 ];
 
 const DEFAULT_NAMESPACES = ['default', 'kube-system', 'kube-public', 'kube-node-lease'];
@@ -365,6 +372,8 @@ export class KubeApi {
   private rv = 1;
   private failWatches: { mode: 'event' | 'http'; count: number } = { mode: 'event', count: 0 };
   readonly requests: Record<Verb, number> & { total: number } = { total: 0, discovery: 0, get: 0, list: 0, watch: 0, create: 0, update: 0, patch: 0, delete: 0 };
+  /** service-account tokens: mint() one bound to a pod, as the kubelet's projected volume holds; TokenReview checks them */
+  readonly tokens = new ServiceAccountTokens((ns, name) => this.get('pods', ns, name));
   /** test hook: called before each list page is served (e.g. to compact the history between pages) */
   beforeList?: (query: URLSearchParams) => void;
   port = 0;
@@ -648,6 +657,12 @@ export class KubeApi {
     if (!r) throw new KubeApiError(404, 'NotFound', 'the server could not find the requested resource');
     const { c, ns, name, sub } = r;
     const method = req.method ?? 'GET';
+    if (c.def.plural === 'tokenreviews') {
+      if (method !== 'POST' || name !== undefined) throw new KubeApiError(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource');
+      this.requests.create++;
+      send(res, 201, this.tokens.review(await readObject(req)));
+      return;
+    }
     const dryRun = q.getAll('dryRun').includes('All');
     if (method === 'GET' && name === undefined) {
       if (queryBool(q, 'watch')) { this.requests.watch++; this.watch(c, ns, q, req, res); return; }
@@ -823,7 +838,7 @@ export class KubeApi {
     const resources: Obj[] = [];
     for (const d of defs) {
       resources.push({
-        name: d.plural, singularName: d.singular, namespaced: d.namespaced, kind: d.kind, verbs,
+        name: d.plural, singularName: d.singular, namespaced: d.namespaced, kind: d.kind, verbs: d.verbs ?? verbs,
         ...(d.shortNames.length ? { shortNames: d.shortNames } : {}),
         ...(d.group === 'gateway.networking.k8s.io' ? { categories: ['gateway-api'] } : {}),
       });

@@ -9,6 +9,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
+import { DEFAULT_TOKEN_AUDIENCE } from '../../controlplane/ca-kube.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const DEPLOY = join(ROOT, 'deploy');
@@ -258,6 +259,11 @@ t.test('what the API server checks beyond the schemas, and references between th
   const mounts = new Map((agent.volumeMounts ?? []).map((m) => [m.mountPath, m]));
   for (const p of ['/sys/fs/bpf', '/sys/fs/cgroup', '/run/sockmesh']) t.ok(mounts.has(p), `agent: ${p} mounted`);
   t.ok(pod.initContainers?.some((c) => c.volumeMounts?.some((m) => m.mountPath === '/sys/fs/bpf' && m.mountPropagation === 'Bidirectional')), '/sys/fs/bpf with Bidirectional propagation (the bpffs mount reaches the host)');
+  // The CA's credential: a projected service-account token with the audience the control plane's CA checks by default.
+  const caToken = (pod.volumes ?? []).find((v) => v.name === 'ca-token') as { projected?: { sources: { serviceAccountToken?: { audience?: string; path: string } }[] } } | undefined;
+  const sat = caToken?.projected?.sources.find((x) => x.serviceAccountToken)?.serviceAccountToken;
+  t.equal(sat?.audience, DEFAULT_TOKEN_AUDIENCE, 'agent: ca-token is a projected service-account token for the CA\'s audience');
+  t.ok([...mounts.values()].some((m) => m.name === 'ca-token' && sat && `${m.mountPath}/${sat.path}` === '/var/run/secrets/sockmesh.io/ca/token'), 'agent: mounted where the daemonset\'s comment says (--node-token-file)');
   // The agent's --xds names the control plane's Service and port.
   const args = agent.args ?? [];
   const xds = args[args.indexOf('--xds') + 1] ?? '';
@@ -300,6 +306,7 @@ t.test('RBAC covers what the code reads and writes', async (t) => {
   for (const v of ['update', 'patch']) t.ok(allows(cp, 'gateway.networking.k8s.io', 'httproutes/status', v), `control plane: ${v} httproutes/status`);
   t.notOk(allows(cp, 'gateway.networking.k8s.io', 'httproutes', 'update'), 'control plane: writes routes only through their status');
   t.notOk(allows(cp, '', 'secrets', 'get'), 'control plane: no secrets');
+  t.ok(allows(cp, 'authentication.k8s.io', 'tokenreviews', 'create'), 'control plane: create tokenreviews (the CA checks agents\' tokens)');
   // Every resource the code's API client knows (kube/client.ts RESOURCES) is read by the control plane: read it all.
   const client = readFileSync(join(ROOT, 'kube', 'client.ts'), 'utf8');
   const block = /export const RESOURCES[^=]*=\s*\{([\s\S]*?)\n\};/.exec(client)?.[1] ?? '';
