@@ -9,6 +9,8 @@ import { podsChart } from './lib/podschart.js';
 import { runDatapath } from './datapath.js';
 import { runL7 } from './l7.js';
 import { runPods } from './pods.js';
+import { runMesh } from './mesh.js';
+import { MESH_LETTERS, MESH_SCENARIOS, type MeshScenario } from './lib/meshreport.js';
 import { POD_LETTERS, POD_SCENARIOS, type PodScenario } from './lib/podsreport.js';
 import { L7_LETTERS, L7_SCENARIOS, type L7Scenario } from './lib/l7report.js';
 import { runXds } from './xds.js';
@@ -85,6 +87,20 @@ pods options:
   --connections N      wrk connections and redis-benchmark clients (default 32)
   --rounds N           interleaved rounds; medians are reported (default 3)
   --only a,b,...       scenarios: direct,sockmesh,iptables,minimal,nosockmap or a,b,c,d,e (default all)
+
+  mesh       across two nodes of the multi-node lab (issue 13): (a) pod IP, no mesh; (b) sockmesh VIP, mTLS tunnel;
+             (c) a haproxy sidecar pair with mTLS; (d) sockmesh VIP, mtls: off; (t) the tunnel alone (agent/tunnel in
+             bench processes, no kernel hand-over; information); iperf3 one stream, sockperf ping-pong 64 B, wrk
+             HTTP/1.1 against nginx; CPU per process group, the mesh's CPU per Gbit/s and RSS, tunnel handshakes
+
+mesh options:
+  --seconds N          sockperf run (default 3)
+  --stream-seconds N   iperf3 run (default 3)
+  --http-seconds N     wrk run (default 3)
+  --connections N      wrk connections (default 32)
+  --rounds N           interleaved rounds; medians are reported (default 3)
+  --quick              1 s runs, 1 round, 1 s warm-up (a smoke run, about 40 s)
+  --only a,b,...       scenarios: direct,sockmesh,sidecars,plain,tunnel or a,b,c,d,t (default all)
 `;
 
 /** The project root, found from this file (dist/bench/ when compiled, bench/ under ts-node). */
@@ -263,7 +279,41 @@ async function pods(argv: string[], chartDir: string | null): Promise<number> {
   return runPods(opts);
 }
 
-const benches: Record<string, (argv: string[], chartDir: string | null) => Promise<number>> = { datapath, l7, xds, kubernetes, pods, chart };
+async function mesh(argv: string[], chartDir: string | null): Promise<number> {
+  const opts = {
+    root: projectRoot(), seconds: 3, streamSeconds: 3, httpSeconds: 3, connections: 32, rounds: 3, warmup: 2,
+    scenarios: [...MESH_SCENARIOS] as MeshScenario[], chartDir,
+  };
+  const byLetter = Object.fromEntries(Object.entries(MESH_LETTERS).map(([n, l]) => [l, n])) as Record<string, MeshScenario>;
+  const given = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!;
+    given.add(flag);
+    if (flag === '--seconds') opts.seconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--stream-seconds') opts.streamSeconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--http-seconds') opts.httpSeconds = positiveInt(flag, argv[++i]);
+    else if (flag === '--connections') opts.connections = count(flag, argv[++i], 1000);
+    else if (flag === '--rounds') opts.rounds = count(flag, argv[++i], 20);
+    else if (flag === '--quick') { /* below, after the explicit flags */ }
+    else if (flag === '--only') {
+      opts.scenarios = (argv[++i] ?? '').split(',').map((s) => {
+        const n = byLetter[s] ?? s;
+        if (!(MESH_SCENARIOS as readonly string[]).includes(n)) throw new Error(`--only: unknown scenario ${s} (${MESH_SCENARIOS.join(', ')} or ${Object.values(MESH_LETTERS).join(',')})`);
+        return n as MeshScenario;
+      });
+    } else throw new Error(`unknown option ${flag}\n\n${USAGE}`);
+  }
+  if (given.has('--quick')) {
+    // a smoke run: what the flags given explicitly say stays
+    for (const [flag, key] of [['--seconds', 'seconds'], ['--stream-seconds', 'streamSeconds'], ['--http-seconds', 'httpSeconds'], ['--rounds', 'rounds']] as const) {
+      if (!given.has(flag)) opts[key] = 1;
+    }
+    opts.warmup = 1;
+  }
+  return runMesh(opts);
+}
+
+const benches: Record<string, (argv: string[], chartDir: string | null) => Promise<number>> = { datapath, l7, xds, kubernetes, pods, mesh, chart };
 
 async function main(): Promise<number> {
   const [name, ...rest] = process.argv.slice(2);

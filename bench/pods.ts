@@ -20,6 +20,7 @@ import { iperf3ClientArgv, parseIperf3 } from './lib/iperf3.js';
 import { parseWrk, wrkArgv } from './lib/loadgen.js';
 import { compileMinimal, MinimalSockmap, minimalUnavailable } from './lib/minimal.js';
 import { waitListening } from './lib/netns.js';
+import { nginxArgv, nginxConfig } from './lib/nginx.js';
 import {
   addCounters, addSample, checkLines, evidenceLines, formatPodTable, LATENCY_METRICS, newResult, parseRedisBenchmark,
   podChecks, podJsonScenarios, POD_LABELS, POD_LETTERS, POD_SCENARIOS, podRatiosToDirect, redisBenchmarkArgv,
@@ -89,18 +90,6 @@ function inPod(pod: LabPod, cpus: string, argv: string[]): [string, string[]] {
   return pod.argv('taskset', ['-c', cpus, ...argv]);
 }
 
-function nginxConfig(dir: string, bind: string, port: number): string {
-  return [
-    'daemon off;', 'master_process off;', 'worker_processes 1;', `pid ${dir}/nginx.pid;`, 'error_log stderr warn;',
-    'events { worker_connections 4096; }',
-    'http {',
-    '  access_log off;',
-    ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${dir}/${t};`),
-    `  server { listen ${bind}:${port}; location / { return 200 "pods bench\\n"; } }`,
-    '}', '',
-  ].join('\n');
-}
-
 /** The server pod's servers, each pinned to the server CPU, alive at most the bench's length. */
 async function startServers(ctx: Ctx, s: Scenario): Promise<void> {
   const lab = s.lab!;
@@ -108,12 +97,12 @@ async function startServers(ctx: Ctx, s: Scenario): Promise<void> {
   const ip = server.v4!;
   const dir = join(ctx.workDir, s.result.name);
   mkdirSync(dir);
-  writeFileSync(join(dir, 'nginx.conf'), nginxConfig(dir, ip, svc('nginx').port));
+  writeFileSync(join(dir, 'nginx.conf'), nginxConfig(dir, [[ip, svc('nginx').port]], 'pods bench'));
   const argvs: Array<[string, string[]]> = [
     ['sockperf', sockperfServerArgv(ip, svc('sockperf').port)],
     // no -1: one server for every round's test, one after the other
     ['iperf3', ['iperf3', '-s', '-B', ip, '-p', String(svc('iperf3').port)]],
-    ['nginx', ['nginx', '-e', 'stderr', '-p', dir, '-c', join(dir, 'nginx.conf')]],
+    ['nginx', nginxArgv(dir, join(dir, 'nginx.conf'))],
     ['redis', ['redis-server', '--bind', ip, '--port', String(svc('redis').port), '--save', '', '--appendonly', 'no',
       '--protected-mode', 'no', '--daemonize', 'no', '--dir', dir]],
   ];

@@ -10,46 +10,33 @@
 // The tls row is the measurement behind node:http2 (agent/tunnel/server.ts): tunnel/tls is what HTTP/2 framing costs
 // on top of TLS in Node; an engine of our own could at best close that gap, and only by handing every decrypted record
 // to JavaScript first.
-import { execFileSync, fork } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { fork } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as netConnect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect, createServer as tlsServer } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import pino from 'pino';
-import type { IdentityCerts, TlsMaterial } from '../agent/identity/material.js';
+import type { TlsMaterial } from '../agent/identity/material.js';
 import { TunnelClient } from '../agent/tunnel/client.js';
 import { TunnelMetrics } from '../agent/tunnel/metrics.js';
 import { TunnelServer } from '../agent/tunnel/server.js';
-import { EventEmitter } from 'node:events';
+import { fixedCerts, makeBenchCerts } from './lib/certs.js';
 
 const TD = 'bench.local';
 const NODE = `spiffe://${TD}/ns/sockmesh/sa/node`;
 const WEB = `spiffe://${TD}/ns/bench/sa/client`;
 
-/** A CA and two leaves with SPIFFE URI SANs, by the openssl CLI (ECDSA P-256, as the CA issues them). */
+/** A root and two leaves with SPIFFE URI SANs (bench/lib/certs.ts: the openssl CLI, ECDSA P-256 as the CA issues them). */
 function makeCerts(): Map<string, TlsMaterial> {
   const dir = mkdtempSync(join(tmpdir(), 'sockmesh-bench-tunnel-'));
-  const ossl = (args: string[]): void => { execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' }); };
   try {
-    ossl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=bench root']);
-    const out = new Map<string, TlsMaterial>();
-    for (const [name, id] of [['node', NODE], ['web', WEB]] as const) {
-      ossl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`]);
-      // the SAN goes in through an extension file (x509 -req has no -addext)
-      execFileSync('sh', ['-c', `printf 'subjectAltName=URI:${id}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > ${name}.ext && openssl x509 -req -in ${name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out ${name}.pem -days 1 -extfile ${name}.ext`], { cwd: dir, stdio: 'ignore' });
-      const f = (n: string): string => readFileSync(join(dir, n), 'utf8');
-      out.set(id, { identity: id, key: f(`${name}.key`), chain: f(`${name}.pem`), bundle: f('ca.pem'), serial: '', notBefore: new Date(), notAfter: new Date(Date.now() + 86400_000) });
-    }
-    return out;
+    return makeBenchCerts(dir, [{ name: 'node', identity: NODE }, { name: 'web', identity: WEB }]).material;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
-
-const fixedCerts = (m: Map<string, TlsMaterial>): IdentityCerts =>
-  Object.assign(new EventEmitter(), { get: (id: string) => m.get(id), bundle: () => [...m.values()][0]?.bundle }) as unknown as IdentityCerts;
 
 const listen = (s: { listen(port: number, host: string, cb: () => void): unknown; address(): unknown }): Promise<number> =>
   new Promise((r) => { s.listen(0, '127.0.0.1', () => r((s.address() as AddressInfo).port)); });
@@ -72,7 +59,7 @@ async function serve(certs: Map<string, TlsMaterial>): Promise<void> {
   });
   const relayPort = await listen(relay);
   const server = new TunnelServer({
-    certs: fixedCerts(certs), identity: NODE, addresses: ['127.0.0.1'], port: 0, metrics: new TunnelMetrics(), log: pino({ level: 'silent' }),
+    certs: fixedCerts(certs.values()), identity: NODE, addresses: ['127.0.0.1'], port: 0, metrics: new TunnelMetrics(), log: pino({ level: 'silent' }),
     isLocal: (a) => a === '127.0.0.1', maxPendingHandshakes: 1024,
   });
   const [hbone] = await server.start();
@@ -135,7 +122,7 @@ async function main(): Promise<void> {
     const ports = await new Promise<{ podPort: number; relayPort: number; hbonePort: number }>((r) => child.once('message', (m) => r(m as never)));
     const web = certs.get(WEB)!;
     const metrics = new TunnelMetrics();
-    const client = new TunnelClient({ certs: fixedCerts(certs), metrics, log: pino({ level: 'silent' }) });
+    const client = new TunnelClient({ certs: fixedCerts(certs.values()), metrics, log: pino({ level: 'silent' }) });
     const req = { source: WEB, dst: { address: '127.0.0.1', port: ports.podPort }, node: { name: 'bench', address: '127.0.0.1', port: ports.hbonePort } };
     const openers: Record<string, Opener> = {
       direct: () => new Promise((r) => { const s: Socket = netConnect({ port: ports.podPort, host: '127.0.0.1', allowHalfOpen: true, noDelay: true }, () => r(s)); }),

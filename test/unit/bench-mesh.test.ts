@@ -1,0 +1,148 @@
+// The mesh bench (bench/mesh.ts, issue 13): its targets as checks (PASS/FAIL at the limits, SKIP with the reason when
+// (b) or a baseline was not measured, a failed workload's figures gone with it), the table and the JSON, where the
+// time went on a miss; and what it hands to other programs checked by those programs: the agents' config by the
+// agent's own parser, the sidecars' config by `haproxy -c`, the certificates by `openssl verify` and a real TLS 1.3
+// mutual handshake in Node.
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, createServer, type TLSSocket } from 'node:tls';
+import type { AddressInfo } from 'node:net';
+import {
+  addMeshSample, checkLines, figure, formatMeshTable, meshChecks, meshJson, newMeshResult, type CpuSplit, type MeshResult,
+  type MeshScenario,
+} from '../../bench/lib/meshreport.js';
+import { meshAgentConfig, sidecarConfig } from '../../bench/mesh.js';
+import { makeBenchCerts } from '../../bench/lib/certs.js';
+import { benchJson, chartOf, renderSvg } from '../../bench/chart.js';
+import { parseConfig } from '../../agent/model/config.js';
+
+const cpu = (src: number): CpuSplit => ({ client: 30, src, dst: src, server: 30, softirq: 20, machine: 180 });
+
+/** Figures per scenario: [Gbit/s, ping p50 µs, wrk req/s, wrk p99 µs]. */
+function results(figs: Partial<Record<MeshScenario, [number, number, number, number]>>, handshakes?: number): MeshResult[] {
+  return Object.entries(figs).map(([name, [g, p, rps, p99]]) => {
+    const r = newMeshResult(name as MeshScenario);
+    // three rounds around the figure: the median is the figure
+    for (const k of [0.9, 1, 1.2]) {
+      addMeshSample(r, 'streamGbps', g * k);
+      addMeshSample(r, 'pingP50', p * k);
+      addMeshSample(r, 'pingP99', p * 3 * k);
+      addMeshSample(r, 'httpRps', rps * k);
+      addMeshSample(r, 'httpP99', p99 * k);
+      for (const w of ['iperf3', 'pingpong', 'wrk'] as const) (r.cpu[w] ??= []).push(cpu(name === 'direct' ? 0 : 40 * k));
+    }
+    r.meshCpuPerGbps.push(0.2);
+    if (name === 'sockmesh' && handshakes !== undefined) r.handshakes = handshakes;
+    return r;
+  });
+}
+
+t.test('the targets: (b) against (c) and (d), each at its limit', async (t) => {
+  type Figs = [number, number, number, number];
+  const base: Partial<Record<MeshScenario, Figs>> = { direct: [10, 30, 30000, 2000], sidecars: [2, 50, 10000, 8000], plain: [10, 30, 28000, 3000] };
+  // (b) exactly at every limit: 1.3x (c) and 0.6x (d) would need 2.6 and 6; take the stricter, 6 Gbit/s
+  const pass = meshChecks(results({ ...base, sockmesh: [6, 35, 15000, 8000] }, 0));
+  t.same(pass.map((c) => [c.name, c.status]), [
+    ['iperf3 Gbit/s (b)/(c) >= 1.3x', 'PASS'], ['iperf3 Gbit/s (b)/(d) >= 0.6x', 'PASS'], ['ping-pong 64 B p50 (b)/(c) <= 0.7x', 'PASS'],
+    ['wrk req/s (b)/(c) >= 1.5x', 'PASS'], ['wrk p99 (b)/(c) <= 1.0x', 'PASS'], ['handshakes during the measured runs (b) = 0', 'PASS'],
+  ]);
+  t.equal(pass[1]!.value, 0.6, 'the limit itself passes');
+  const fail = meshChecks(results({ ...base, sockmesh: [5.9, 35.1, 14999, 8001] }, 1));
+  t.same(fail.map((c) => c.status), ['PASS', 'FAIL', 'FAIL', 'FAIL', 'FAIL', 'FAIL'], 'just past each limit fails; one handshake fails');
+  const lines = checkLines(fail, results({ ...base, sockmesh: [5.9, 35.1, 14999, 8001] }, 1));
+  t.equal(lines.filter((l) => l.includes('where the time goes during wrk')).length, 1, 'the CPU split once per workload');
+  t.match(lines.join('\n'), /where the time goes during iperf3[^\n]*\n\s+\(a\) pod IP, no mesh\s+client 30, src 0, dst 0, server 30, softirq 20, machine 180/);
+  t.match(lines.join('\n'), /\(b\) sockmesh, mTLS tunnel\s+client 30, src 40, dst 40/);
+});
+
+t.test('(b) not available: every target SKIPs with the reason, no figure invented', async (t) => {
+  const rs = results({ direct: [10, 30, 30000, 2000], sidecars: [2, 50, 10000, 8000], plain: [10, 30, 28000, 3000] });
+  const b = newMeshResult('sockmesh');
+  b.skipped = 'the kernel hand-over is not on main';
+  rs.splice(1, 0, b);
+  const checks = meshChecks(rs);
+  t.ok(checks.every((c) => c.status === 'SKIP' && c.value === undefined), 'all SKIP, no value');
+  t.match(checks[0]!.why, /^\(b\) not available: the kernel hand-over is not on main$/);
+  const table = formatMeshTable(rs);
+  t.match(table, /\(b\) sockmesh, mTLS tunnel\s+not available: the kernel hand-over is not on main/);
+  t.match(table, /\(c\) sidecar pair, mTLS\s+2\.00\s+50\.0\s+150\.0\s+10000\s+8000\s+0\.200/);
+  const j = meshJson(rs, checks, []) as { scenarios: Record<string, Record<string, unknown>>; checks: Array<{ status: string; ratio: unknown }> };
+  t.same(j.scenarios.sockmesh, { label: '(b) sockmesh, mTLS tunnel', skipped: 'the kernel hand-over is not on main' });
+  t.equal(j.scenarios.sidecars!.streamGbps, 2);
+  t.same(j.checks.map((c) => c.ratio), [null, null, null, null, null, null]);
+  // the JSON line draws (the generic chart: a panel per figure, the checks)
+  const svg = await renderSvg(chartOf(benchJson({ bench: 'mesh', ...j })));
+  t.match(svg, /<svg/);
+});
+
+t.test('a failed workload takes its figures along; a missing baseline SKIPs naming it', async (t) => {
+  const rs = results({ sockmesh: [6, 30, 15000, 5000], sidecars: [2, 50, 10000, 8000] }, 0);
+  rs[1]!.errors.wrk = 'wrk: timed out';
+  t.equal(figure(rs[1], 'httpRps'), undefined);
+  t.equal(figure(rs[1], 'streamGbps'), 2);
+  const checks = meshChecks(rs);
+  t.same(checks.map((c) => c.status), ['PASS', 'SKIP', 'PASS', 'SKIP', 'SKIP', 'PASS']);
+  t.match(checks[1]!.why, /^\(d\) not run/);
+  t.match(checks[3]!.why, /^\(c\) failed: wrk: timed out/);
+  const noCount = results({ sockmesh: [6, 30, 15000, 5000], sidecars: [2, 50, 10000, 8000] });
+  t.match(meshChecks(noCount)[5], { status: 'SKIP', why: /could not be read/ }, 'no handshake count is no pass');
+});
+
+t.test('the agents\' config is what the agent accepts: (d)\'s services, mtls off, their own ports', async (t) => {
+  const m = parseConfig(meshAgentConfig('198.18.2.1'), 'mesh.yaml');
+  t.same(m.services.map((s) => [s.name, s.mtls, s.frontends.map((f) => `${f.vip}:${f.port} -> ${f.backends.map((b) => `${b.address}:${b.port}`).join(',')}`)]), [
+    ['sockperf-plain', 'off', ['198.19.254.11:11112 -> 198.18.2.1:11112']], ['iperf3-plain', 'off', ['198.19.254.12:5202 -> 198.18.2.1:5202']],
+    ['nginx-plain', 'off', ['198.19.254.13:8081 -> 198.18.2.1:8081']],
+  ]);
+});
+
+t.test('bench certificates: openssl verifies them; Node does a TLS 1.3 mutual handshake with them', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-bench-mesh-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const client = 'spiffe://bench.local/ns/bench/sa/client', server = 'spiffe://bench.local/ns/bench/sa/server';
+  const c = makeBenchCerts(join(dir, 'certs'), [{ name: 'client', identity: client }, { name: 'server', identity: server }]);
+  const v = spawnSync('openssl', ['verify', '-CAfile', c.rootFile, join(c.dir, 'client.pem')], { encoding: 'utf8' });
+  t.equal(v.status, 0, `openssl verify: ${v.stdout.trim()} ${v.stderr.trim()}`);
+  const text = spawnSync('openssl', ['x509', '-in', join(c.dir, 'server.pem'), '-noout', '-text'], { encoding: 'utf8' }).stdout;
+  t.match(text, `URI:${server}`);
+  t.match(text, /ASN1 OID: prime256v1/);
+  t.throws(() => makeBenchCerts(join(dir, 'bad'), [{ name: 'Bad Name', identity: client }]), /bench certificate name "Bad Name"/);
+  t.throws(() => makeBenchCerts(join(dir, 'bad2'), [{ name: 'x', identity: 'http://no' }]), /is not a spiffe:\/\/ URI/);
+
+  const s = c.material.get(server)!, cl = c.material.get(client)!;
+  const srv = createServer({ key: s.key, cert: s.chain, ca: s.bundle, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' }, (sock) => {
+    sock.end(String((sock.getPeerCertificate() as { subjectaltname?: string }).subjectaltname));
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => srv.close());
+  const got = await new Promise<{ peer: string; cipher: string; said: string }>((resolve, reject) => {
+    const sock: TLSSocket = connect({ port: (srv.address() as AddressInfo).port, host: '127.0.0.1', key: cl.key, cert: cl.chain, ca: cl.bundle, checkServerIdentity: () => undefined }, () => {
+      let said = '';
+      sock.on('data', (d: Buffer) => { said += d.toString(); });
+      sock.on('end', () => resolve({ peer: String(sock.getPeerCertificate().subjectaltname), cipher: sock.getCipher().name, said }));
+    });
+    sock.on('error', reject);
+  });
+  t.same(got, { peer: `URI:${server}`, cipher: 'TLS_AES_256_GCM_SHA384', said: `URI:${client}` },
+    'each side sees the other\'s SPIFFE id; the cipher is the one (c)\'s sidecars are held to');
+});
+
+t.test('the sidecars\' config passes haproxy\'s own check, with the files it names', { skip: spawnSync('haproxy', ['-v']).status === 0 ? false : 'haproxy is not installed' }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-bench-mesh-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const c = makeBenchCerts(join(dir, 'certs'), [{ name: 'client', identity: 'spiffe://bench.local/ns/bench/sa/client' }]);
+  for (const side of ['client', 'server'] as const) {
+    const text = sidecarConfig(side, { serverIp: '198.18.2.1', rootFile: c.rootFile, pemFile: c.pemFile('client') });
+    const file = join(dir, `${side}.cfg`);
+    writeFileSync(file, text);
+    const r = spawnSync('haproxy', ['-c', '-f', file], { encoding: 'utf8' });
+    t.equal(r.status, 0, `haproxy -c (${side}): ${(r.stdout + r.stderr).trim().split('\n').slice(-3).join(' | ')}`);
+    t.match(text, /ssl-default-(bind|server)-ciphersuites TLS_AES_256_GCM_SHA384/);
+    t.match(text, side === 'client' ? /server up 198\.18\.2\.1:25201 ssl verify required ca-file/ : /bind 198\.18\.2\.1:28080 ssl crt .* verify required/);
+  }
+  writeFileSync(join(dir, 'broken.cfg'), sidecarConfig('client', { serverIp: '198.18.2.1', rootFile: join(dir, 'missing.pem'), pemFile: c.pemFile('client') }));
+  t.not(spawnSync('haproxy', ['-c', '-f', join(dir, 'broken.cfg')]).status, 0, 'the check can fail: a CA file that does not exist');
+});
