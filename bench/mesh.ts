@@ -22,6 +22,7 @@ import { availableParallelism, cpus, loadavg, release } from 'node:os';
 import { join } from 'node:path';
 import { Cluster, type ClusterNode } from '../lab/cluster.js';
 import { Lab, type LabPod } from '../lab/lab.js';
+import { nodeSpiffeId } from '../agent/model/spiffe.js';
 import { inCgroupNsenter } from '../lab/cgroup.js';
 import { emitResult } from './chart.js';
 import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
@@ -61,7 +62,8 @@ export interface MeshOptions {
 const TD = 'bench.local';
 const CLIENT_ID = `spiffe://${TD}/ns/bench/sa/client`;
 const SERVER_ID = `spiffe://${TD}/ns/bench/sa/server`;
-const NODE_ID = (n: string): string => `spiffe://${TD}/ns/sockmesh/sa/node-${n}`;
+/** the node identity the tunnel's server end presents, and the client checks against the node it dialled */
+const NODE_ID = (n: string): string => nodeSpiffeId(TD, n);
 
 /**
  * The workloads' ports. Each scenario reaches the server pod's `app` port (its own port `plain` for (d)); (c)'s client

@@ -23,9 +23,11 @@ import { TunnelClient } from '../agent/tunnel/client.js';
 import { TunnelMetrics } from '../agent/tunnel/metrics.js';
 import { TunnelServer } from '../agent/tunnel/server.js';
 import { fixedCerts, makeBenchCerts } from './lib/certs.js';
+import { nodeSpiffeId } from '../agent/model/spiffe.js';
 
 const TD = 'bench.local';
-const NODE = `spiffe://${TD}/ns/sockmesh/sa/node`;
+// the server presents the node identity of the node the client dials (req.node.name 'bench' below)
+const NODE = nodeSpiffeId(TD, 'bench');
 const WEB = `spiffe://${TD}/ns/bench/sa/client`;
 
 /** A root and two leaves with SPIFFE URI SANs (bench/lib/certs.ts: the openssl CLI, ECDSA P-256 as the CA issues them). */

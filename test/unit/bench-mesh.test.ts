@@ -4,12 +4,12 @@
 // agent's own parser, the sidecars' config by `haproxy -c`, the certificates by `openssl verify` and a real TLS 1.3
 // mutual handshake in Node.
 import t from 'tap';
-import { spawnSync } from 'node:child_process';
+import { spawn as spawnChild, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, createServer, type TLSSocket } from 'node:tls';
-import type { AddressInfo } from 'node:net';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import {
   addMeshSample, checkLines, figure, formatMeshTable, meshChecks, meshJson, newMeshResult, type CpuSplit, type MeshResult,
   type MeshScenario,
@@ -18,6 +18,14 @@ import { meshAgentConfig, sidecarConfig } from '../../bench/mesh.js';
 import { makeBenchCerts } from '../../bench/lib/certs.js';
 import { benchJson, chartOf, renderSvg } from '../../bench/chart.js';
 import { parseConfig } from '../../agent/model/config.js';
+import { nodeSpiffeId } from '../../agent/model/spiffe.js';
+import type { TunnelEndConfig } from '../../bench/lib/tunnelend.js';
+import { ROOT } from '../lib/kernel.js';
+
+/** A port nothing listens on now (the tunnel ends are told their ports). */
+const freePort = (): Promise<number> => new Promise((resolve) => {
+  const s = createNetServer().listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => resolve(p)); });
+});
 
 const cpu = (src: number): CpuSplit => ({ client: 30, src, dst: src, server: 30, softirq: 20, machine: 180 });
 
@@ -145,4 +153,44 @@ t.test('the sidecars\' config passes haproxy\'s own check, with the files it nam
   }
   writeFileSync(join(dir, 'broken.cfg'), sidecarConfig('client', { serverIp: '198.18.2.1', rootFile: join(dir, 'missing.pem'), pemFile: c.pemFile('client') }));
   t.not(spawnSync('haproxy', ['-c', '-f', join(dir, 'broken.cfg')]).status, 0, 'the check can fail: a CA file that does not exist');
+});
+
+t.test('(t)\'s tunnel ends as the bench runs them: two processes, one pooled mTLS connection, the node identity checked', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-bench-mesh-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const source = 'spiffe://bench.local/ns/bench/sa/client', node = nodeSpiffeId('bench.local', 'n2');
+  const c = makeBenchCerts(join(dir, 'certs'), [{ name: 'client', identity: source }, { name: 'node', identity: node }]);
+  // the "pod": echoes what it reads, upper-cased
+  const pod = createNetServer((s) => s.on('data', (d: Buffer) => s.write(d.toString().toUpperCase())));
+  await new Promise<void>((r) => pod.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => pod.close());
+  const podPort = (pod.address() as AddressInfo).port;
+  const [serverPort, clientPort] = [await freePort(), await freePort()];
+  const entry = join(ROOT, 'dist', 'bench', 'lib', 'tunnelend.js');
+  const start = (name: string, cfg: TunnelEndConfig): Promise<ChildProcess> => {
+    writeFileSync(join(dir, `${name}.json`), JSON.stringify(cfg));
+    const p = spawnChild(process.execPath, [entry, join(dir, `${name}.json`)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    t.teardown(() => { p.kill('SIGKILL'); });
+    return new Promise((resolve, reject) => {
+      p.stdout!.once('data', (d: Buffer) => (d.toString().includes('"ready"') ? resolve(p) : reject(new Error(d.toString()))));
+      p.once('exit', (code) => reject(new Error(`${name} exited ${code}`)));
+    });
+  };
+  await start('server', { role: 'server', identity: node, material: [c.material.get(node)!], address: '127.0.0.1', port: serverPort, local: ['127.0.0.1'] });
+  const client = await start('client', {
+    role: 'client', source, material: [c.material.get(source)!], address: '127.0.0.1',
+    routes: [{ listen: clientPort, dst: { address: '127.0.0.1', port: podPort } }], node: { name: 'n2', address: '127.0.0.1', port: serverPort },
+  });
+  const echo = async (msg: string): Promise<string> => new Promise((resolve, reject) => {
+    const s = netConnect({ port: clientPort, host: '127.0.0.1' }, () => s.write(msg));
+    s.once('data', (d: Buffer) => { resolve(d.toString()); s.destroy(); });
+    s.once('error', reject);
+  });
+  t.equal(await echo('hello'), 'HELLO', 'a connection to the client end reaches the pod through the tunnel');
+  t.equal(await echo('again'), 'AGAIN');
+  const report = new Promise<{ out: { handshakes: number; streamsTotal: number } }>((resolve) => {
+    client.stdout!.on('data', (d: Buffer) => { const l = d.toString().split('\n').find((x) => x.includes('"report"')); if (l) resolve(JSON.parse(l)); });
+  });
+  client.kill('SIGUSR2');
+  t.match((await report).out, { handshakes: 1, streamsTotal: 2 }, 'two streams over one handshake (SIGUSR2 reports the totals)');
 });
