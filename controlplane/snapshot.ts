@@ -405,6 +405,66 @@ function sameData(a: unknown, b: unknown): boolean {
 }
 
 /**
+ * Whether two L4 services differ at most in their backends: then their Clusters, Listeners and RouteConfiguration are
+ * the same bytes (none of them reads a backend; the port entries and cluster names come from the frontends' VIPs,
+ * ports and protocols), and only their ClusterLoadAssignments need encoding. The common change by far: an endpoint
+ * moved, and the full sync of a cluster, whose Services are listed before their EndpointSlices, so each service is
+ * first served without endpoints and then again with them. Not for HTTP services: their backend groups make clusters.
+ */
+function sameButBackends(a: Service, b: Service): boolean {
+  if (a.http || b.http) return false;
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  // The maglev table size follows the number of backends (model/config.ts) and is served only for maglev services
+  // (balancing.ts): with another algorithm it is as much a backend matter as the backends themselves.
+  const ignored = a.algorithm === 'maglev' || b.algorithm === 'maglev' ? 'frontends' : 'maglevTableSize';
+  for (const k of ka) {
+    if (k !== 'frontends' && k !== ignored && !sameData((a as unknown as Record<string, unknown>)[k], (b as unknown as Record<string, unknown>)[k])) return false;
+  }
+  const fa = a.frontends;
+  const fb = b.frontends;
+  if (!Array.isArray(fb) || fa.length !== fb.length) return false;
+  for (let i = 0; i < fa.length; i++) {
+    const x = fa[i] as unknown as Record<string, unknown>;
+    const y = fb[i] as unknown as Record<string, unknown>;
+    const kx = Object.keys(x);
+    if (kx.length !== Object.keys(y).length) return false;
+    for (const k of kx) if (k !== 'backends' && !sameData(x[k], y[k])) return false;
+  }
+  return true;
+}
+
+/**
+ * `before`'s resources with new ClusterLoadAssignments for `svc`, which differs from the service `before` was built
+ * for at most in its backends (sameButBackends): equal to serviceResources(svc), without encoding again what did not
+ * change. Returns the whole list and the assignments alone (only those go through the staging).
+ */
+function withNewAssignments(svc: Service, before: Built): { built: Built; before: Built; after: Built } {
+  const fresh = new Map<string, Resource>();
+  for (const e of portEntries(svc)) fresh.set(e.cluster, framed(TYPE.endpoint, e.cluster, encodeClusterLoadAssignment(e.cluster, e.backends)));
+  const built: Built = [];
+  const old: Built = [];
+  const after: Built = [];
+  for (const pair of before) {
+    const r = pair[0] === TYPE.endpoint ? fresh.get(pair[1].name) : undefined;
+    if (!r) {
+      // every assignment of `before` has a fresh one: same port entries, same cluster names
+      if (pair[0] === TYPE.endpoint) throw new Error(`rebuilding the endpoints of ${svc.name}: no port entry for ${pair[1].name}`);
+      built.push(pair);
+      continue;
+    }
+    if (r.version === pair[1].version) {
+      built.push(pair); // the same bytes: keep the resource served, nothing to stage
+      continue;
+    }
+    old.push(pair);
+    built.push([TYPE.endpoint, r]);
+    after.push([TYPE.endpoint, r]);
+  }
+  return { built, before: old, after };
+}
+
+/**
  * The resources served, updated in place by each model change at a cost that follows the change: the new model's
  * service list is compared with the previous one by object identity, position by position (10,000 pointer
  * comparisons take microseconds), and only services at positions that differ are looked at. A service object seen
@@ -524,8 +584,15 @@ export class Snapshot implements SnapshotView {
       const e = this.byName.get(svc.name);
       // The previous holder of the name still at its unchanged position: the model has the name twice.
       if (e && e.index !== i && cur[e.index] === e.svc) throw new Error(`service ${svc.name} twice in one model`);
-      if (e && (e.svc === svc || sameData(e.svc, svc)) && !this.force.has(svc.name)) {
+      const forced = this.force.has(svc.name);
+      if (e && (e.svc === svc || sameData(e.svc, svc)) && !forced) {
         entries.push([svc.name, { svc, built: e.built, index: i }]);
+        continue;
+      }
+      if (e && !forced && sameButBackends(e.svc, svc)) {
+        const w = withNewAssignments(svc, e.built);
+        rebuilt.push({ name: svc.name, before: w.before, after: w.after });
+        entries.push([svc.name, { svc, built: w.built, index: i }]);
         continue;
       }
       const built = serviceResources(svc, this.workloads);

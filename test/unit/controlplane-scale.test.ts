@@ -181,3 +181,70 @@ t.test('applyServices: replace, add, remove by name; a name twice throws and cha
   // Reordering only: no change at all.
   t.equal(snap.apply({ services: [added3!, changed1!, modelFromObject({ services: [serviceConfig(2)] }, 'small').services[0]!] }).size, 0);
 });
+
+t.test('a change of backends only re-encodes the assignments, and serves exactly what a fresh build serves', async (t) => {
+  // Random models over a few services whose shape changes too (VIPs, ports, protocol, algorithm, affinity), applied
+  // one after another to one snapshot; after each, every resource must be byte for byte the one a snapshot built
+  // from that model alone holds. Seeded: a failure names the step.
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return (seed >>> 16) % n; // the high bits: an LCG's low bits repeat with a short period
+  };
+  // several port numbers: each port entry's targetPort is the backend port (the model's rule)
+  const backends = (i: number, multiPort: boolean) => Array.from({ length: rand(4) }, (_, j) => ({
+    address: rand(3) === 0 ? `2001:db8:1::${j + 1}` : addr(1, i * 8 + rand(8)), ...(multiPort ? {} : { port: 8080 + rand(2) }), weight: 1 + rand(3),
+  })).filter((b, j, all) => all.findIndex((o) => o.address === b.address && o.port === b.port) === j);
+  const svc = (i: number) => {
+    const multiPort = rand(3) === 0;
+    return {
+      name: `svc-${i}`,
+      vips: rand(4) === 0 ? [addr(200, i), `2001:db8::${i + 1}`] : [addr(200 + rand(2), i)],
+      ports: multiPort ? [{ port: 80, protocol: 'tcp', targetPort: 8080 }, { port: 53, protocol: 'udp', targetPort: 5353 }] : [{ port: 80 + rand(2), protocol: 'tcp' }],
+      algorithm: ['random', 'maglev', 'weighted'][rand(3)],
+      ...(rand(4) === 0 ? { affinity: { timeoutSeconds: 30 } } : {}),
+      backends: backends(i, multiPort),
+    };
+  };
+  const snap = Snapshot.empty();
+  let shapes = svc;
+  let cfg = [0, 1, 2, 3, 4].map((i) => shapes(i));
+  let reusedClusters = 0;
+  for (let step = 0; step < 120; step++) {
+    const next = cfg.map((c, i) => {
+      if (rand(3) !== 0) return c;
+      if (rand(2) === 0) return shapes(i); // anything may change
+      return { ...c, backends: backends(i, c.ports.length > 1) }; // backends only
+    });
+    const before = new Map(snap.type(TYPE.cluster)!.resources);
+    snap.apply(modelFromObject({ services: next }, `step ${step}`));
+    const fresh = Snapshot.empty();
+    fresh.apply(modelFromObject({ services: next }, `step ${step}`));
+    for (const url of [TYPE.listener, TYPE.route, TYPE.cluster, TYPE.endpoint]) {
+      const a = snap.type(url)!.resources;
+      const b = fresh.type(url)!.resources;
+      t.same([...a.keys()].sort(), [...b.keys()].sort(), `step ${step}: the names of ${url}`, { diagnostic: false });
+      for (const [name, r] of b) {
+        const got = a.get(name);
+        if (!got || !got.deltaBytes.equals(r.deltaBytes) || got.version !== r.version) t.fail(`step ${step}: ${url} ${name} differs from a fresh build`);
+      }
+    }
+    for (const [name, r] of snap.type(TYPE.cluster)!.resources) if (before.get(name) === r) reusedClusters++;
+    cfg = next;
+    // every other step a shape change keeps the ports (80/tcp), so that only VIPs, algorithm or affinity move
+    shapes = step % 2 === 0 ? svc : (i) => ({ ...svc(i), ports: [{ port: 80, protocol: 'tcp' }], backends: backends(i, false) });
+  }
+  t.ok(reusedClusters > 100, `clusters kept as they were across changes: ${reusedClusters}`);
+  // the common case itself: one backend moved, the cluster, listener and route objects stay, the assignment is new
+  const one = (port: number) => modelFromObject({ services: [serviceConfig(0, 0, port)] }, 'one');
+  const s = Snapshot.empty();
+  s.apply(one(8080));
+  const objects = (url: string) => s.type(url)!.resources.get('svc-0'); // the api listener is named after the service
+  const [c0, l0, r0, e0] = [TYPE.cluster, TYPE.listener, TYPE.route, TYPE.endpoint].map(objects);
+  const changes = s.apply(one(9999));
+  t.same([...changes.keys()], [TYPE.endpoint], 'only the assignment changed');
+  t.equal(objects(TYPE.cluster), c0, 'the cluster is the same object');
+  t.equal(objects(TYPE.listener), l0, 'the api listener is the same object');
+  t.equal(objects(TYPE.route), r0, 'the route is the same object');
+  t.not(objects(TYPE.endpoint), e0, 'the assignment is new');
+});
