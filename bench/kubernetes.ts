@@ -16,6 +16,7 @@ import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { KubeApi, kubeconfigFor } from '../lab/kubeapi.js';
 import { native } from '../agent/datapath/native.js';
+import { CONTROLPLANE_NODE_FLAGS } from '../agent/runtime.js';
 import type { KEndpointSlice, KService } from '../kube/types.js';
 import { cleanupAgent } from './lib/agent.js';
 import { emitResult } from './chart.js';
@@ -115,7 +116,7 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
   if (scenario === 'controlplane') {
     const port = await freePort();
     cp = new Background('sockmesh control plane', process.execPath,
-      [join(opts.root, 'dist', 'controlplane', 'main.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--listen', `127.0.0.1:${port}`, '--status-listen', 'off'],
+      [...CONTROLPLANE_NODE_FLAGS, join(opts.root, 'dist', 'controlplane', 'main.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--listen', `127.0.0.1:${port}`, '--status-listen', 'off'],
       PROC_MAX_MS);
     onCleanup('control plane process', async () => {
       if (cp!.running) await cp!.stop('SIGTERM');

@@ -113,14 +113,14 @@ mkdir -p "$app/build/Release" "$app/build/bpf"
 cp -a "$here/dist" "$here/binding.gyp" "$stage/app/package.json" "$stage/app/node_modules" "$app/"
 cp "$here"/build/Release/sockmesh.node "$here"/build/Release/sockmesh_netio.node "$app/build/Release/"
 cp "$here"/build/bpf/*.bpf.o "$app/build/bpf/"
-# The three programs on PATH, with the agent's V8 flags (agent/runtime.ts AGENT_NODE_FLAGS; dist/'s shebangs use
+# The three programs on PATH, with their V8 flags (agent/runtime.ts AGENT_NODE_FLAGS, CONTROLPLANE_NODE_FLAGS; dist/'s shebangs use
 # `env -S`, which works too, but a wrapper keeps `command:` in the manifests short and independent of that).
 wrapper() {
   printf '#!/bin/sh\nexec node %s /opt/sockmesh/dist/%s "$@"\n' "$2" "$3" >"$root/usr/local/bin/$1"
   chmod 0755 "$root/usr/local/bin/$1"
 }
 wrapper sockmesh-agent '--max-semi-space-size=8 --v8-pool-size=1' agent/main.js
-wrapper sockmesh-controlplane '' controlplane/main.js
+wrapper sockmesh-controlplane '--max-semi-space-size=32' controlplane/main.js
 wrapper meshctl '' cli/meshctl.js
 # The addon must load inside the image (libbpf1 and libelf1 of the suite, the node found above), and each program start.
 chroot "$root" node -e "require('/opt/sockmesh/build/Release/sockmesh.node'); require('/opt/sockmesh/build/Release/sockmesh_netio.node')" \
