@@ -7,7 +7,11 @@
 // applied' line with every service, and the kernel maps holding every frontend and backend; (2) one EndpointSlice
 // change (one endpoint's address) -> the agent's 'config applied' line (logged after the kernel maps are written),
 // many times, p50/p99, the last one read back from the kernel maps; (3) the agent's RSS at rest after each (and the
-// control plane's). kube-proxy's default minimum sync period is 1 s: the target for a change is 50 ms.
+// control plane's). kube-proxy's default minimum sync period is 1 s: the target for a change is 50 ms. The full sync
+// also reports the CPU seconds the agent and the control plane used for it (on a loaded machine wall time alone says
+// little). SOCKMESH_BENCH_CP_ROOT (another build's root: its dist/ and node_modules/) and SOCKMESH_BENCH_CP_FLAGS (node
+// flags, space-separated; default agent/runtime.ts CONTROLPLANE_NODE_FLAGS) run another control plane, for an A/B in
+// one lock hold.
 // Addresses are all in 127.0.0.0/8 and no traffic is sent; the agent is attached to a child cgroup of the bench's
 // own, and everything is undone on the way out (DESIGN.md's rules).
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -19,6 +23,7 @@ import { native } from '../agent/datapath/native.js';
 import { CONTROLPLANE_NODE_FLAGS } from '../agent/runtime.js';
 import type { KEndpointSlice, KService } from '../kube/types.js';
 import { cleanupAgent } from './lib/agent.js';
+import { cpuSeconds } from './lib/cpu.js';
 import { emitResult } from './chart.js';
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { BACKEND_PORT, SERVICE_PORT, loopbackAddress, prng, type ServiceConfig } from './lib/fleet.js';
@@ -47,6 +52,9 @@ export const KUBE_TARGETS = { fullSyncSeconds: 3, changeP99Ms: 50, agentRssMiB: 
 interface ScenarioResult {
   scenario: KubeScenario;
   fullSyncSeconds?: number;
+  /** CPU seconds (all threads) from the objects stored to the full sync: the agent's, and the control plane's */
+  agentCpuSyncSeconds?: number;
+  controlPlaneCpuSyncSeconds?: number;
   changes: { planned: number; completed: number; p50Ms?: number; p99Ms?: number; maxMs?: number; meanMs?: number; reconcileP99Ms?: number; verified?: boolean; detail?: string };
   agentRssAfterSyncMiB?: number;
   agentRssAfterChangesMiB?: number;
@@ -112,16 +120,20 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
   const runDir = join(workDir, `run-${scenario}`);
 
   let cp: Background | undefined;
+  // A/B of the control plane in one lock hold: another build's (its dist/ and node_modules/) and other V8 flags
+  const cpRoot = process.env['SOCKMESH_BENCH_CP_ROOT'] || opts.root;
+  const cpFlags = process.env['SOCKMESH_BENCH_CP_FLAGS'] !== undefined ? process.env['SOCKMESH_BENCH_CP_FLAGS'].split(' ').filter(Boolean) : CONTROLPLANE_NODE_FLAGS;
   const agentArgs = ['--run-dir', runDir, '--event-sample', '0', '--node-id', NODE];
   if (scenario === 'controlplane') {
     const port = await freePort();
     cp = new Background('sockmesh control plane', process.execPath,
-      [...CONTROLPLANE_NODE_FLAGS, join(opts.root, 'dist', 'controlplane', 'main.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--listen', `127.0.0.1:${port}`, '--status-listen', 'off'],
+      [...cpFlags, join(cpRoot, 'dist', 'controlplane', 'main.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--listen', `127.0.0.1:${port}`, '--status-listen', 'off'],
       PROC_MAX_MS);
     onCleanup('control plane process', async () => {
       if (cp!.running) await cp!.stop('SIGTERM');
     });
     agentArgs.push('--xds', `127.0.0.1:${port}`);
+    if (cpRoot !== opts.root || cpFlags !== CONTROLPLANE_NODE_FLAGS) log(`controlplane: ${join(cpRoot, 'dist', 'controlplane', 'main.js')} with node flags [${cpFlags.join(' ')}]`);
   } else agentArgs.push('--kubernetes', '--kubeconfig', kubeconfig);
 
   const { agent, applied, pid } = spawnAgent(opts.root, `sockmesh agent (${scenario})`, bpffs, meshCgroup, agentArgs, PROC_MAX_MS);
@@ -135,6 +147,8 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
     // ---- (1) full sync ----
     const { services, slices } = cluster(opts.services, opts.endpointsPerService);
     applied.drain();
+    const agentCpu0 = cpuSeconds(pid);
+    const cpCpu0 = cp ? cpuSeconds(cp.child.pid!) : undefined;
     const t0 = nowEpochMs();
     api.load('services', services as never[]);
     api.load('endpointslices', slices as never[]);
@@ -148,7 +162,12 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
       const c = maps.counts();
       if (c.services === opts.services && c.backends === endpoints) {
         res.fullSyncSeconds = (ev.time - t0) / 1000;
+        // read now, a few ms after the apply: the control plane is idle by then, the agent just finished
+        const cpuSince = (p: number | undefined, from: number | undefined) => (p === undefined || from === undefined ? undefined : (cpuSeconds(p) ?? from) - from);
+        res.agentCpuSyncSeconds = cpuSince(pid, agentCpu0);
+        res.controlPlaneCpuSyncSeconds = cpuSince(cp?.child.pid, cpCpu0);
         log(`${scenario}: full sync ${res.fullSyncSeconds.toFixed(3)} s (${applies} applies; objects stored in ${loadedMs.toFixed(0)} ms; ` +
+          `CPU agent ${res.agentCpuSyncSeconds?.toFixed(2)} s${cp ? `, control plane ${res.controlPlaneCpuSyncSeconds?.toFixed(2)} s` : ''}; ` +
           `sm_services ${c.services}, sm_backends ${c.backends}; last reconcile ${ev.ms.toFixed(0)} ms)`);
         break;
       }
@@ -246,10 +265,10 @@ export async function runKubernetes(opts: KubeBenchOptions): Promise<number> {
   if (interrupted()) throw new Error(`interrupted by ${interrupted()}: no results`);
 
   const checks = results.flatMap(checksOf);
-  const rows: string[][] = [['scenario', 'full sync', 'slice change p50 / p99 / max', 'agent reconcile p99', 'agent RSS sync / changes', 'control plane RSS sync / changes']];
+  const rows: string[][] = [['scenario', 'full sync', 'sync CPU agent / control plane', 'slice change p50 / p99 / max', 'agent reconcile p99', 'agent RSS sync / changes', 'control plane RSS sync / changes']];
   for (const r of results) {
     const c = r.changes;
-    rows.push([r.scenario, f(r.fullSyncSeconds, ' s'), `${f(c.p50Ms)} / ${f(c.p99Ms)} / ${f(c.maxMs)} ms (${c.completed}/${c.planned})`, f(c.reconcileP99Ms, ' ms'),
+    rows.push([r.scenario, f(r.fullSyncSeconds, ' s'), `${f(r.agentCpuSyncSeconds)} / ${r.scenario === 'controlplane' ? f(r.controlPlaneCpuSyncSeconds) : '-'} s`, `${f(c.p50Ms)} / ${f(c.p99Ms)} / ${f(c.maxMs)} ms (${c.completed}/${c.planned})`, f(c.reconcileP99Ms, ' ms'),
       `${f(r.agentRssAfterSyncMiB)} / ${f(r.agentRssAfterChangesMiB)} MiB`, r.scenario === 'controlplane' ? `${f(r.controlPlaneRssAfterSyncMiB)} / ${f(r.controlPlaneRssAfterChangesMiB)} MiB` : '-']);
   }
   const widths = rows[0]!.map((_, k) => Math.max(...rows.map((r) => r[k]!.length)));
@@ -267,6 +286,7 @@ export async function runKubernetes(opts: KubeBenchOptions): Promise<number> {
     services: opts.services, endpoints: opts.services * opts.endpointsPerService,
     scenarios: Object.fromEntries(results.map((r) => [r.scenario, {
       fullSyncSeconds: o(r.fullSyncSeconds, 3),
+      syncCpuSeconds: { agent: o(r.agentCpuSyncSeconds, 2), ...(r.scenario === 'controlplane' ? { controlPlane: o(r.controlPlaneCpuSyncSeconds, 2) } : {}) },
       change: { p50Ms: o(r.changes.p50Ms, 3), p99Ms: o(r.changes.p99Ms, 3), maxMs: o(r.changes.maxMs, 3), reconcileP99Ms: o(r.changes.reconcileP99Ms, 3), completed: r.changes.completed, planned: r.changes.planned, verified: r.changes.verified ?? null },
       agentRssMiB: { sync: o(r.agentRssAfterSyncMiB, 1), changes: o(r.agentRssAfterChangesMiB, 1) },
       ...(r.scenario === 'controlplane' ? { controlPlaneRssMiB: { sync: o(r.controlPlaneRssAfterSyncMiB, 1), changes: o(r.controlPlaneRssAfterChangesMiB, 1) } } : {}),
