@@ -32,12 +32,10 @@ import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.j
 import { nodeFactsOnce } from './observe/node.js';
 import { MonitorHub } from './observe/monitor.js';
 import type { Logger } from './observe/log.js';
-import { localIdentities, startCertManager, type IdentityWiring } from './certwiring.js';
+import { startCertManager, wantedIdentities, type IdentityWiring } from './certwiring.js';
 import type { CertManager } from './identity/certs.js';
 // (imported when a tunnel is configured, after the proxy serves: its six files and node:tls are not a start's business)
 import type { TunnelHost } from './tunnelhost.js';
-import type { IdentityCerts } from './identity/material.js';
-import type { L4Authorizer } from './tunnel/server.js';
 import { startPhase } from './starttrace.js';
 
 export const VERSION: string = (() => {
@@ -105,13 +103,12 @@ export interface AgentOptions {
    * (default 30 s); what is left then is cut.
    */
   drainTimeoutMs?: number;
-  /** workload certificates from the control plane's CA (--node-token-file); absent = none */
-  identity?: IdentityWiring;
   /**
-   * HBONE (agent/tunnelhost.ts): with workload certificates, the node's server on its node address(es):15008 (the
-   * proxy's node addresses) and the client pool the kernel's cross-node hand-over opens streams on (agent.tunnel).
+   * certificates from the control plane's CA (--node-token-file): the node's own and its workloads'; with them the
+   * HBONE tunnel (agent.tunnel: the server where the model's nodes[] names this node, the client pool the kernel's
+   * cross-node hand-over opens streams on); absent = neither
    */
-  tunnel?: { certs: IdentityCerts; identity: string; authorize?: L4Authorizer; port?: number };
+  identity?: IdentityWiring;
 }
 
 /** What the old agent of a planned restart reports once it drained. */
@@ -156,7 +153,7 @@ export class Agent {
   /** the live monitor's readers (GET /v1/monitor); set up with the datapath */
   private monitor?: MonitorHub;
   private ringbuf?: RingBufferSubscription;
-  /** the HBONE server and client pool (opts.tunnel), once started */
+  /** the HBONE server and client pool (with opts.identity), once started: kernel13's hand-over calls tunnel.client.open() */
   tunnel?: TunnelHost;
   private readonly stateFile: StateFileWriter;
   private readonly startedAt = new Date();
@@ -261,7 +258,8 @@ export class Agent {
         checker.update(m, scope);
         if (!scope) this.metrics.retain(new Set(m.services.map((s) => s.name)));
         else this.metrics.forgetRemoved(scope, m.services);
-        this.certs?.setIdentities(localIdentities(m, opts.identity!.nodeId, log));
+        this.certs?.setIdentities(wantedIdentities(m, opts.identity!, log));
+        this.tunnel?.update(m);
         this.stateFile.write(kernel.namesSnapshot());
       },
     });
@@ -321,10 +319,11 @@ export class Agent {
     if ('xds' in opts.config) await this.startXds(opts.config.xds, hostname());
     this.kube?.start();
 
-    if (opts.tunnel) {
+    if (opts.identity && this.certs) {
+      // HBONE: on wherever the model's nodes[] names this node (tunnelhost.ts), presenting the node's own identity
       const { TunnelHost } = await import('./tunnelhost.js');
-      const addresses = [opts.proxyNodeV4 ?? found?.v4, opts.proxyNodeV6 ?? found?.v6].filter((a): a is string => !!a);
-      this.tunnel = new TunnelHost({ ...opts.tunnel, addresses, pods: this.pods, registry: this.registry, log });
+      this.tunnel = new TunnelHost({ certs: this.certs, identity: opts.identity.nodeIdentity, nodeName: opts.identity.nodeId, pods: this.pods, registry: this.registry, log });
+      if (this.state.model) this.tunnel.update(this.state.model);
       await this.tunnel.start();
     }
     const proxyReports: ProxyReportSource = policy ? { backends: () => policy.backendsReport(), routes: () => policy.routesReport() } : {};

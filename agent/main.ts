@@ -66,7 +66,7 @@ program
   .addOption(new Option('--kube-cgroup-driver <driver>', 'the kubelet\'s cgroup driver, for pods\' cgroups (identities), when --cgroup is not named kubepods.slice (systemd) or kubepods (cgroupfs)').choices(['systemd', 'cgroupfs']).default('systemd'))
   .option('--node-id <id>', 'xDS node id, and with Kubernetes this node\'s name (default: the hostname)')
   .option('--node-cluster <name>', 'xDS node cluster', 'sockmesh')
-  .option('--node-token-file <file>', 'this node\'s credential for the control plane\'s CA: workload certificates are kept for the identities of the workloads on this node (workloads[].node = --node-id)')
+  .option('--node-token-file <file>', 'this node\'s credential for the control plane\'s CA: certificates are kept for this node\'s own identity (spiffe://<--trust-domain>/sockmesh/node/<--node-id>) and those of the workloads on it (workloads[].node = --node-id); the HBONE tunnel then serves on 15008 where the model\'s nodes[] names this node')
   .option('--ca-address <host:port>', 'the CA API (default: the --xds control plane); TLS as for --xds (--xds-ca)')
   .option('--cert-ttl <duration>', 'lifetime to ask for workload certificates (default: the CA\'s, 24h)')
   .option('--node-locality <region/zone/subzone>', 'xDS node locality')

@@ -1,59 +1,184 @@
 // Wiring for the HBONE tunnel (issue 13): the node's server on its address(es):15008 and the client pool the kernel's
 // hand-over opens streams on, over one set of metrics (Prometheus families in the agent's registry, GET /v1/tunnels).
-// The agent builds one when it has workload certificates (AgentOptions.tunnel); the server serves the node's pods
-// (LocalPods: the addresses the fast path knows as this node's) and asks `authorize` (the model's L4 authorization)
-// for each stream.
+// The agent builds one when it has certificates (--node-token-file + --ca-address: certwiring.ts); the server
+// presents this node's identity (spiffe://<td>/sockmesh/node/<--node-id>), serves the node's pods (LocalPods: the
+// addresses the fast path knows as this node's) and asks the model's L4 authorization (authz4 decideEndpoint) for
+// each stream.
+//
+// The server needs two things the agent does not have at start: its certificate (the CA's answer) and where to listen
+// (this node's entry in the model's nodes[], which an xDS or Kubernetes source brings later). Neither blocks the
+// agent's start: the server starts once both are there, moves when the node's addresses or port change, and until
+// then `state` (meshctl tunnels) says what it waits for. Addresses given to the constructor (tests) replace nodes[].
 import type { Registry } from 'prom-client';
 import type { TunnelReport } from './admin/protocol.js';
 import type { IdentityCerts } from './identity/material.js';
 import type { LocalPods } from './identity/pods.js';
+import { canonicalAddress } from './model/address.js';
+import { compileAuthz4, decideEndpoint, type Authz4 } from './model/authz4.js';
+import { DEFAULT_TUNNEL_PORT } from './model/mesh.js';
+import type { Model } from './model/types.js';
 import type { Logger } from './observe/log.js';
 import { TunnelClient } from './tunnel/client.js';
 import { TunnelMetrics } from './tunnel/metrics.js';
 import { TunnelServer, type L4Authorizer } from './tunnel/server.js';
+import type { TunnelRequest } from './tunnel/types.js';
 
 export interface TunnelHostOptions {
   certs: IdentityCerts;
-  /** the identity the server presents (the node agent's SPIFFE id) */
+  /** the identity the server presents: this node's, spiffe://<td>/sockmesh/node/<nodeName> */
   identity: string;
-  /** the node address(es) the server listens on ([] = no server: this node only sends) */
-  addresses: string[];
+  /** this node's name (--node-id): its entry in the model's nodes[] says where the server listens */
+  nodeName?: string;
+  /** fixed addresses to listen on instead of the model's nodes[] entry ([] = no server: this node only sends) */
+  addresses?: string[];
+  /** with `addresses`: the port (default 15008) */
   port?: number;
   pods: LocalPods;
-  /** the L4 authorization decision; absent: every authenticated peer is allowed */
+  /** the L4 authorization decision; absent: the model's policies (update()) */
   authorize?: L4Authorizer;
   registry: Registry;
   log: Logger;
 }
 
+interface Endpoint { addresses: string[]; port: number }
+
 export class TunnelHost {
   readonly metrics = new TunnelMetrics();
   readonly client: TunnelClient;
-  private readonly server?: TunnelServer;
+  private server?: TunnelServer;
   private listening: string[] = [];
+  /** where the server should listen now (undefined: nowhere known yet) and where it does */
+  private want?: Endpoint;
+  private have?: Endpoint;
+  private authz?: Authz4;
+  private model?: Model;
+  private stopped = false;
+  /** server (re)starts, one at a time */
+  private chain: Promise<void> = Promise.resolve();
+  private why = 'not started';
+  private readonly log: Logger;
+  private readonly onChange = (identity: string): void => { if (identity === this.opts.identity) this.reconcile(); };
 
-  constructor(opts: TunnelHostOptions) {
-    const log = opts.log.child({ component: 'tunnel' });
+  constructor(private readonly opts: TunnelHostOptions) {
+    this.log = opts.log.child({ component: 'tunnel' });
     this.metrics.register(opts.registry);
-    this.client = new TunnelClient({ certs: opts.certs, metrics: this.metrics, log });
-    if (opts.addresses.length) {
-      this.server = new TunnelServer({
-        certs: opts.certs, identity: opts.identity, addresses: opts.addresses, port: opts.port, metrics: this.metrics, log,
-        isLocal: (a) => opts.pods.addresses().has(a), authorize: opts.authorize,
-      });
-    }
+    this.client = new TunnelClient({ certs: opts.certs, metrics: this.metrics, log: this.log });
+    if (opts.addresses) this.want = { addresses: opts.addresses, port: opts.port ?? DEFAULT_TUNNEL_PORT };
   }
 
+  /**
+   * Start serving as soon as it can: resolves once the server listens when the certificate and the addresses are
+   * there now, else at once (the server follows when they come). Never fails the agent's start: a server that
+   * cannot listen is logged and `state` says why (the node's pods still reach other nodes).
+   */
   async start(): Promise<void> {
-    if (this.server) this.listening = await this.server.start();
+    this.opts.certs.on('change', this.onChange);
+    this.reconcile();
+    await this.chain;
   }
+
+  /** A model in force: this node's nodes[] entry (where to listen) and the L4 authorization policies. */
+  update(model: Model): void {
+    this.model = model;
+    this.authz = model.authorization?.length ? compileAuthz4(model) : undefined;
+    if (this.opts.addresses) return;
+    const me = this.opts.nodeName === undefined ? undefined : model.nodes?.find((n) => n.name === this.opts.nodeName);
+    if (!me) {
+      const why = !model.nodes?.length
+        ? 'off: the model names no nodes (nodes[]), so no tunnel end is known for this node'
+        : `off: the model's nodes[] has no node named ${this.opts.nodeName} (this agent's --node-id); other nodes cannot tunnel to this node's pods`;
+      // said once per change: a model without nodes[] is a mesh without tunnels; one naming others but not this node is a mistake
+      if (why !== this.why) this.log[model.nodes?.length ? 'error' : 'info']({ node: this.opts.nodeName }, `tunnel server ${why}`);
+      this.want = undefined;
+      this.why = why;
+      this.reconcile();
+      return;
+    }
+    // one address per family: the first of each (mesh.ts MeshNode.addresses)
+    const fam = (f: 4 | 6) => me.addresses.find((a) => canonicalAddress(a)?.family === f);
+    this.want = { addresses: [fam(4), fam(6)].filter((a): a is string => !!a), port: me.tunnelPort ?? DEFAULT_TUNNEL_PORT };
+    this.reconcile();
+  }
+
+  /**
+   * Where another node's tunnel end is (the model's nodes[]), for TunnelRequest.node: the address of `family` (the
+   * family of the destination pod's address), undefined when the model does not name that node or it has no address
+   * of that family.
+   */
+  peer(node: string, family: 4 | 6): TunnelRequest['node'] | undefined {
+    const n = this.model?.nodes?.find((x) => x.name === node);
+    const address = n?.addresses.find((a) => canonicalAddress(a)?.family === family);
+    return n && address ? { name: n.name, address, port: n.tunnelPort ?? DEFAULT_TUNNEL_PORT } : undefined;
+  }
+
+  /** What the server is doing or waiting for (meshctl tunnels). */
+  get state(): string { return this.why; }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    this.opts.certs.off('change', this.onChange);
     this.client.close();
+    await this.chain;
     await this.server?.stop();
+    this.server = undefined;
   }
 
   report(): TunnelReport {
-    return { ...this.metrics.report(), listening: this.listening };
+    const m = this.opts.certs.get(this.opts.identity);
+    return {
+      ...this.metrics.report(), listening: this.listening, state: this.why, identity: this.opts.identity,
+      ...(m ? { certificate: { serial: m.serial, notAfter: m.notAfter.toISOString() } } : {}),
+    };
   }
+
+  /** Bring the server to `want` (queued behind any start or stop in progress). */
+  private reconcile(): void {
+    this.chain = this.chain.then(() => this.step()).catch((e: unknown) => { this.log.error({ err: e }, 'tunnel: server change failed'); });
+  }
+
+  private async step(): Promise<void> {
+    if (this.stopped) return;
+    const want = this.want;
+    if (same(want, this.have)) return;
+    if (this.server) {
+      await this.server.stop();
+      this.server = undefined;
+      this.have = undefined;
+      this.listening = [];
+      this.log.info('tunnel: server stopped (this node\'s tunnel end changed)');
+    }
+    if (!want) return;
+    if (want.addresses.length === 0) { this.why = 'off: this node\'s nodes[] entry has no address'; return; }
+    if (!this.opts.certs.get(this.opts.identity)) {
+      this.why = `waiting for the node certificate (${this.opts.identity}) from the CA`;
+      this.log.info({ identity: this.opts.identity }, `tunnel: ${this.why}`);
+      return;
+    }
+    const server = new TunnelServer({
+      certs: this.opts.certs, identity: this.opts.identity, addresses: want.addresses, port: want.port, metrics: this.metrics, log: this.log,
+      isLocal: (a) => this.opts.pods.addresses().has(a), authorize: this.opts.authorize ?? ((q) => this.authorize(q)),
+    });
+    try {
+      this.listening = await server.start();
+    } catch (e) {
+      this.why = `cannot listen on ${want.addresses.join(', ')} port ${want.port}: ${(e as Error).message}`;
+      this.log.error({ addresses: want.addresses, port: want.port }, `tunnel: ${this.why}`);
+      return;
+    }
+    this.server = server;
+    this.have = want;
+    this.why = 'listening';
+  }
+
+  /** The model's L4 authorization for a tunnelled connection to a pod (no policy: allowed, as in Istio). */
+  private authorize(q: Parameters<L4Authorizer>[0]): ReturnType<L4Authorizer> {
+    if (!this.authz) return { allow: true };
+    const address = canonicalAddress(q.dst.address)?.address ?? q.dst.address;
+    const d = decideEndpoint(this.authz, { principal: q.source }, address, q.dst.port);
+    return { allow: d.verdict === 'allow', policy: d.policy ?? d.reason };
+  }
+}
+
+function same(a: Endpoint | undefined, b: Endpoint | undefined): boolean {
+  return a === b || (!!a && !!b && a.port === b.port && a.addresses.join() === b.addresses.join());
 }

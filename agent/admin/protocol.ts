@@ -227,4 +227,9 @@ export interface TunnelReport {
   refusals: { in: Record<string, number>; out: Record<string, number> };
   /** where the server listens (address:port), [] when it does not */
   listening?: string[];
+  /** 'listening', or what the server waits for / why it is off (agent/tunnelhost.ts) */
+  state?: string;
+  /** the identity the server presents (this node's) and its certificate, once issued */
+  identity?: string;
+  certificate?: { serial: string; notAfter: string };
 }

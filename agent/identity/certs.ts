@@ -108,6 +108,10 @@ export class CertManager extends EventEmitter implements IdentityCerts {
     return m && m.notAfter.getTime() > Date.now() ? m : undefined;
   }
 
+  wanted(identity: string): boolean {
+    return this.entries.has(identity);
+  }
+
   bundle(): string | undefined {
     return this.bundleText;
   }

@@ -21,6 +21,11 @@ export interface TlsMaterial {
 export interface IdentityCerts {
   /** The current material for `identity`, or undefined when none has been issued (yet, or any more). */
   get(identity: string): TlsMaterial | undefined;
+  /**
+   * Whether `identity` is one this node holds or is obtaining a certificate for (the tunnel client then waits for it
+   * rather than refusing at once); absent: only get() counts.
+   */
+  wanted?(identity: string): boolean;
   /** The trust bundle (roots, PEM) peers are verified against; undefined before the first answer of the CA. */
   bundle(): string | undefined;
   /**

@@ -117,6 +117,28 @@ export class TunnelClient implements TunnelOpener {
     return this.pool.get(this.key(req))?.stats ?? this.opts.metrics.peer('out', req.node.name, req.source);
   }
 
+  /** Resolves once req.source has a certificate; rejects (no-certificate) after the timeout or when it is dropped. */
+  private certificate(req: TunnelRequest): Promise<void> {
+    const ms = this.opts.timeoutMs ?? 10_000;
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: TunnelError): void => {
+        clearTimeout(timer);
+        this.opts.certs.off('change', onChange);
+        if (!err) return resolve();
+        this.opts.metrics.refusal('out', 'no-certificate');
+        reject(err);
+      };
+      const onChange = (id: string): void => {
+        if (id !== req.source) return;
+        if (this.opts.certs.get(req.source)) done();
+        else if (!this.opts.certs.wanted?.(req.source)) done(new TunnelError('no-certificate', `tunnel to ${req.node.name}: ${req.source} is no longer a workload of this node`));
+      };
+      const timer = setTimeout(() => done(new TunnelError('no-certificate',
+        `tunnel to ${req.node.name}: no certificate for ${req.source} after ${ms} ms (the CA has not issued it yet: see meshctl certs)`)), ms);
+      this.opts.certs.on('change', onChange);
+    });
+  }
+
   private session(req: TunnelRequest): Promise<ClientHttp2Session> {
     if (this.closed) return Promise.reject(new TunnelError('tunnel-failed', 'tunnel client closed'));
     const key = this.key(req);
@@ -124,8 +146,11 @@ export class TunnelClient implements TunnelOpener {
     if (have && !have.session.closed && !have.session.destroyed) return have.ready;
     const m = this.opts.certs.get(req.source);
     if (!m) {
+      // a local workload's identity whose certificate is on its way (the agent just started, the workload just came):
+      // wait for it, up to the dial's timeout; any other identity is no workload of this node's
+      if (this.opts.certs.wanted?.(req.source)) return this.certificate(req).then(() => this.session(req));
       this.opts.metrics.refusal('out', 'no-certificate');
-      return Promise.reject(new TunnelError('no-certificate', `tunnel to ${req.node.name}: no certificate for ${req.source} (yet)`));
+      return Promise.reject(new TunnelError('no-certificate', `tunnel to ${req.node.name}: no certificate for ${req.source}: not the identity of a workload on this node`));
     }
     const port = req.node.port ?? HBONE_PORT;
     let expected: string;

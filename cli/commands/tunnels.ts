@@ -14,7 +14,9 @@ export async function tunnels(ctx: Context): Promise<void> {
 
 export function renderTunnels(r: TunnelReport): string[] {
   const lines: string[] = [];
-  if (r.listening) lines.push(r.listening.length ? `listening on ${r.listening.join(', ')} (HBONE: HTTP/2 CONNECT over mTLS)` : 'not listening (no tunnel server)');
+  if (r.listening) lines.push(r.listening.length ? `listening on ${r.listening.join(', ')} (HBONE: HTTP/2 CONNECT over mTLS)` : `not listening (${r.state ?? 'no tunnel server'})`);
+  // the node's own certificate: what other nodes' clients check (its identity names this node)
+  if (r.identity) lines.push(`node identity ${r.identity}${r.certificate ? `, certificate ${r.certificate.serial}, expires ${r.certificate.notAfter}` : ': no certificate yet'}`);
   if (r.peers.length === 0) lines.push('no tunnels yet');
   else {
     const cols: Column[] = [

@@ -8,7 +8,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, freePort, kernelSkipReason, meshctl, startAgent, testCgroup } from '../lib/kernel.js';
-import { sleep } from '../lib/net.js';
+import { sleep, until } from '../lib/net.js';
 
 const skip = kernelSkipReason();
 const TD = 'cluster.local';
@@ -25,16 +25,6 @@ workloads:
   - {name: web, cgroups: [/sockmesh-certs-web], identity: "${WEB}", node: node-a}
   - {name: db, cgroups: [/sockmesh-certs-db], identity: "${DB}", node: ${dbNode}}
 `;
-
-async function until<T>(what: string, f: () => T | undefined | false, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 t.test('controlplane CA -> agent certificate manager -> meshctl', { skip: skip ?? false }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sockmesh-certs-'));
@@ -73,7 +63,9 @@ t.test('controlplane CA -> agent certificate manager -> meshctl', { skip: skip ?
   t.match(certs.stdout, new RegExp(`${WEB}\\s+${String(issued.serial)}\\s+\\S+\\s+(59m|1h)`), 'meshctl certs: serial and about an hour left (--cert-ttl 1h)');
   t.match(certs.stdout, /trust bundle: 1 root/);
   const ids = meshctl(agent, ['identities', '--json']);
-  t.same((JSON.parse(ids.stdout) as { identity: string; state: string }[]).map((i) => [i.identity, i.state]), [[WEB, 'issued']], 'db is on node-b: not requested');
+  // and the node's own identity (its tunnel server's), which every node gets
+  t.same((JSON.parse(ids.stdout) as { identity: string; state: string }[]).map((i) => [i.identity, i.state]), [[WEB, 'issued'], [`spiffe://${TD}/sockmesh/node/node-a`, 'issued']],
+    'db is on node-b: not requested');
 
   // the agent is told db is its own; the control plane still places it on node-b: refused, said on both sides
   agent.writeConfig(config('node-a'));
@@ -94,7 +86,7 @@ t.test('controlplane CA -> agent certificate manager -> meshctl', { skip: skip ?
   t.pass('db issued once the control plane agrees');
 
   const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-  t.match(metrics, /sockmesh_certificates_issued_total 2/);
+  t.match(metrics, /sockmesh_certificates_issued_total 3/, 'web, db and the node\'s own');
   t.match(metrics, /sockmesh_certificates_failed_total [1-9]/);
   t.match(metrics, /sockmesh_certificate_expiry_seconds\{identity="spiffe:\/\/cluster\.local\/ns\/shop\/sa\/web"\} 3[0-9]{3}/);
 });

@@ -88,3 +88,14 @@ export function udpAsk(host: string, port: number, payload: string, timeoutMs = 
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The first truthy value of `f`, polled every 50 ms; throws naming `what` after `ms`. */
+export async function until<T>(what: string, f: () => T | undefined | false, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}

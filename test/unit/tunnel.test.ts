@@ -19,6 +19,7 @@ import { Registry } from 'prom-client';
 import { LocalPods } from '../../agent/identity/pods.js';
 import { TunnelHost } from '../../agent/tunnelhost.js';
 import { renderTunnels } from '../../cli/commands/tunnels.js';
+import { modelFromObject } from '../../agent/model/config.js';
 
 const TD = 'cluster.local';
 const NODE_ID = `spiffe://${TD}/sockmesh/node/node-b`;
@@ -298,4 +299,74 @@ t.test('the agent\'s wiring (TunnelHost): local pods served, Prometheus families
   const prom = await registry.metrics();
   t.match(prom, /sockmesh_tunnel_handshakes_total\{direction="out",peer="node-b",identity="spiffe:\/\/cluster.local\/ns\/shop\/sa\/web"\} 1/);
   t.match(prom, /sockmesh_tunnel_refusals_total\{direction="in",reason="not-local"\} 1/);
+});
+
+t.test('TunnelHost from the model: listens where nodes[] names this node once the node certificate comes, moves, authorizes by policy', async (t) => {
+  const ca = await TestCa.create();
+  const certs = new StaticCerts([await ca.issue(CLIENT_ID), await ca.issue(DENIED_ID)]);
+  const pod = await echoPod(t);
+  const pods = new LocalPods();
+  pods.set('test', [{ addresses: ['127.0.0.1'] } as unknown as Parameters<LocalPods['set']>[1][number]]);
+  const { log, lines } = memLog();
+  const host = new TunnelHost({ certs, identity: NODE_ID, nodeName: 'node-b', pods, registry: new Registry(), log });
+  t.teardown(() => host.stop());
+  const [p1, p2] = [await freePort(), await freePort()];
+  // the config as an operator writes it (modelFromObject validates it into the model)
+  const model = (port: number, name = 'node-b') => modelFromObject({
+    services: [{ name: 'echo', vips: ['10.96.0.1'], ports: [{ port: 80, targetPort: pod }], backends: [{ address: '127.0.0.1', port: pod }] }],
+    nodes: [{ name, addresses: ['127.0.0.1', '::1'], tunnelPort: port }],
+    authorization: [{ name: 'no-intruder', action: 'DENY', services: ['echo'], from: [{ principals: ['cluster.local/ns/shop/sa/intruder'] }] }],
+  }, 'test.yaml');
+  host.update(model(p1, 'node-a'));
+  await host.start();
+  t.match(host.state, /off: the model's nodes\[\] has no node named node-b \(this agent's --node-id\)/, 'nodes[] without this node: off, said why');
+  t.ok(lines.some((l) => l.level === 50 && /has no node named node-b/.test(String(l.msg))), 'and logged as an error');
+  host.update(model(p1));
+  await new Promise((r) => setTimeout(r, 50));
+  t.match(host.state, /waiting for the node certificate \(spiffe:\/\/cluster\.local\/sockmesh\/node\/node-b\)/, 'named but no certificate yet: waiting');
+  t.same(host.report().listening, []);
+  t.match(renderTunnels(host.report()).join('\n'), /not listening \(waiting for the node certificate.*\)\nnode identity spiffe:\/\/cluster\.local\/sockmesh\/node\/node-b: no certificate yet/, 'meshctl tunnels says so');
+  const nodeCert = await ca.issue(NODE_ID);
+  certs.set(nodeCert);
+  const until = async (ok: () => boolean): Promise<void> => { const end = Date.now() + 5000; while (!ok() && Date.now() < end) await new Promise((r) => setTimeout(r, 20)); };
+  await until(() => host.state === 'listening');
+  t.same(host.report().listening, [`127.0.0.1:${p1}`, `[::1]:${p1}`], 'the certificate came: listening on the node\'s addresses (one per family) and tunnelPort');
+  t.match(renderTunnels(host.report()).join('\n'), new RegExp(`node identity spiffe://cluster\\.local/sockmesh/node/node-b, certificate ${nodeCert.serial}, expires`), 'meshctl tunnels shows the node certificate');
+  t.same(host.peer('node-b', 6), { name: 'node-b', address: '::1', port: p1 }, 'peer(): a node\'s tunnel end by family, for TunnelRequest.node');
+  t.equal(host.peer('node-x', 4), undefined);
+
+  const req = (port: number, source = CLIENT_ID): TunnelRequest => ({ source, dst: { address: '127.0.0.1', port: pod }, node: { name: 'node-b', address: '127.0.0.1', port } });
+  const st = await host.client.connect(req(p1));
+  t.equal(await new Promise<string>((res) => { let b = ''; st.on('data', (d: Buffer) => { b += d.toString(); }); st.on('end', () => res(b)); st.end('a'); }), 'a[1 bytes]', 'through the tunnel to the pod');
+  await refusedWith(t, host.client.connect(req(p1, DENIED_ID)), 'denied', 403, 'the model\'s DENY policy applies to tunnelled connections');
+
+  host.update(model(p2));
+  await until(() => host.report().listening?.[0] === `127.0.0.1:${p2}`);
+  t.same(host.report().listening, [`127.0.0.1:${p2}`, `[::1]:${p2}`], 'tunnelPort changed: the server moved');
+  const st2 = await host.client.connect(req(p2));
+  t.equal(await new Promise<string>((res) => { let b = ''; st2.on('data', (d: Buffer) => { b += d.toString(); }); st2.on('end', () => res(b)); st2.end('b'); }), 'b[1 bytes]', 'and serves there');
+  host.update(modelFromObject({ services: [] }, 'test.yaml'));
+  await until(() => host.report().listening?.length === 0);
+  t.match(host.state, /off: the model names no nodes/, 'nodes[] gone: the server stops');
+});
+
+t.test('open() waits for a local workload\'s certificate that is on its way, refuses any other identity at once', async (t) => {
+  const s = await setup(t);
+  const LATE = `spiffe://${TD}/ns/shop/sa/late`;
+  class Pending extends StaticCerts { readonly want = new Set<string>(); wanted(id: string): boolean { return this.want.has(id); } }
+  const certs = new Pending([s.certs.get(CLIENT_ID)!]);
+  certs.want.add(LATE);
+  const client = new TunnelClient({ certs, metrics: new TunnelMetrics(), log: memLog().log, timeoutMs: 3000 });
+  t.teardown(() => client.close());
+  const t0 = Date.now();
+  const waiting = client.connect(s.req(undefined, LATE));
+  setTimeout(() => void s.ca.issue(LATE).then((m) => certs.set(m)), 300);
+  const st = await waiting;
+  t.ok(Date.now() - t0 >= 250, `waited for the certificate (${Date.now() - t0} ms), then connected`);
+  t.equal(await new Promise<string>((res) => { let b = ''; st.on('data', (d: Buffer) => { b += d.toString(); }); st.on('end', () => res(b)); st.end('late'); }), 'late[4 bytes]', 'and its stream reached the pod');
+  const other = await client.connect(s.req(undefined, `spiffe://${TD}/ns/shop/sa/stranger`)).then(() => null, (e: unknown) => e as TunnelError);
+  t.same([other?.reason, /not the identity of a workload on this node/.test(other?.message ?? '')], ['no-certificate', true], 'an identity that is no local workload\'s: refused at once, said why');
+  certs.want.add(`spiffe://${TD}/ns/shop/sa/never`);
+  const never = await client.connect(s.req(undefined, `spiffe://${TD}/ns/shop/sa/never`)).then(() => null, (e: unknown) => e as TunnelError);
+  t.match(never?.message, /no certificate for spiffe:\/\/cluster\.local\/ns\/shop\/sa\/never after 3000 ms \(the CA has not issued it yet: see meshctl certs\)/, 'one that never comes: refused after the timeout');
 });
