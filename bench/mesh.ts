@@ -18,14 +18,16 @@
 // node, the server pod) and for the whole machine, so that a missed target shows where the time went. Everything is
 // removed on the way out, also on error or Ctrl-C; every process and every run is bounded in time.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { availableParallelism, cpus, loadavg, release } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { Cluster, type ClusterNode } from '../lab/cluster.js';
 import { Lab, type LabPod } from '../lab/lab.js';
 import { nodeSpiffeId } from '../agent/model/spiffe.js';
 import { inCgroupNsenter } from '../lab/cgroup.js';
 import { emitResult } from './chart.js';
-import { Agent, agentEntry, cleanupAgent } from './lib/agent.js';
+import { Agent, agentEntry, cleanupAgent, globalCounterNames } from './lib/agent.js';
+import type { TunnelReport } from '../agent/admin/protocol.js';
 import { existsSync } from 'node:fs';
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
 import { makeBenchCerts } from './lib/certs.js';
@@ -95,11 +97,13 @@ interface Ctx {
   client: LabPod;
   server: LabPod;
   /** cgroups outside the meshed trees: the unmeshed clients, and the mesh processes of (c) and (t) per node */
-  cg: { client: string; side1: string; side2: string; tun1: string; tun2: string };
+  cg: { client: string; side1: string; side2: string; tun1: string; tun2: string; controlplane: string };
   maxMs: number;
   agents: Partial<Record<'n1' | 'n2', Agent>>;
   /** why the agents did not start ((b) and (d) are then not available) */
   agentsFailed?: string;
+  /** the agent flags that get a node its certificates from the control plane's CA ((b)'s tunnel), when it runs */
+  caFlags?: (node: string) => string[];
 }
 
 interface Scenario {
@@ -168,30 +172,70 @@ function newScenario(ctx: Ctx, name: MeshScenario): Scenario {
   };
 }
 
-/** The agents' config (both nodes, as a control plane would serve it): (d)'s services, `mtls: off`. */
-export function meshAgentConfig(serverIp: string): string {
-  const lines = ['services:'];
+/** What (b)'s part of the agents' config names: the nodes' tunnel addresses, the two pods as workloads. */
+export interface MeshTopology {
+  nodes: Array<{ name: string; address: string }>;
+  /** cgroup: the pod's cgroup path from the cgroup2 root ('/...'), where the agent finds the client's identity */
+  workloads: Array<{ name: string; identity: string; node: string; address: string; cgroup: string }>;
+}
+
+/**
+ * The agents' config (both nodes, as a control plane would serve it): (d)'s services, `mtls: off`; with `mesh`, also
+ * (b)'s: the nodes and workloads and the services at the mesh's default mode (permissive, as in Istio: tunnelled).
+ */
+export function meshAgentConfig(serverIp: string, mesh?: MeshTopology): string {
+  const lines: string[] = [];
+  if (mesh) {
+    lines.push('nodes:', ...mesh.nodes.map((n) => `  - { name: ${n.name}, addresses: [${n.address}] }`));
+    lines.push('workloads:', ...mesh.workloads.map((w) =>
+      `  - { name: ${w.name}, identity: "${w.identity}", node: ${w.node}, addresses: [${w.address}], cgroups: ["${w.cgroup}"] }`));
+  }
+  lines.push('services:');
+  const service = (name: string, vip: number, port: number, mtlsOff: boolean): void => {
+    lines.push(`  - name: ${name}`, `    vips: [${Lab.vip4(vip)}]`, `    ports: [{ port: ${port}, protocol: tcp }]`,
+      `    backends: [{ address: ${serverIp}, port: ${port} }]`, ...(mtlsOff ? ['    mtls: off'] : []));
+  };
   for (const s of SERVICES) {
-    lines.push(
-      `  - name: ${s.name}-plain`,
-      `    vips: [${Lab.vip4(s.plainVip)}]`,
-      `    ports: [{ port: ${s.plain}, protocol: tcp }]`,
-      `    backends: [{ address: ${serverIp}, port: ${s.plain} }]`,
-      '    mtls: off',
-    );
+    if (mesh) service(s.name, s.vip, s.app, false);
+    service(`${s.name}-plain`, s.plainVip, s.plain, true);
   }
   return lines.join('\n') + '\n';
 }
 
+/** The control plane's CA API (in n1's node namespace, reached by both agents over the nodes' link). */
+const CA_PORT = 18000;
+
+/** sockmesh-controlplane with its CA (generated in the bench's directory) and a bootstrap token per node. */
+async function startControlPlane(ctx: Ctx): Promise<void> {
+  const dir = join(ctx.workDir, 'controlplane');
+  mkdirSync(join(dir, 'services'), { recursive: true });
+  const tokens = [ctx.n1, ctx.n2].map((n) => [n.name, randomBytes(16).toString('hex')] as const);
+  writeFileSync(join(dir, 'tokens'), tokens.map(([n, tok]) => `${tok} ${n}\n`).join(''), { mode: 0o600 });
+  for (const [n, tok] of tokens) writeFileSync(join(dir, `${n}.token`), `${tok}\n`, { mode: 0o600 });
+  const argv = [process.execPath, join(ctx.opts.root, 'dist', 'controlplane', 'main.js'), 'serve', '--dir', join(dir, 'services'),
+    '--listen', `${ctx.n1.nodeV4}:${CA_PORT}`, '--ca-dir', join(dir, 'ca'), '--node-tokens', join(dir, 'tokens'), '--trust-domain', TD];
+  await startListening(ctx, 'control plane (CA)', ctx.cg.controlplane, ctx.n1.netns, argv, CA_PORT);
+  ctx.caFlags = (node) => ['--node-token-file', join(dir, `${node}.token`), '--ca-address', `${ctx.n1.nodeV4}:${CA_PORT}`, '--trust-domain', TD];
+  log(`control plane CA on ${ctx.n1.nodeV4}:${CA_PORT} (n1's node namespace), a token per node`);
+}
+
 /** One agent per node, in its node's namespace and agent cgroup, meshing the node's pods cgroup. */
 async function startAgents(ctx: Ctx): Promise<void> {
+  const root = cgroup2Mount();
+  const mesh: MeshTopology | undefined = ctx.caFlags && {
+    nodes: [ctx.n1, ctx.n2].map((n) => ({ name: n.name, address: n.nodeV4 })),
+    workloads: [
+      { name: 'client', identity: CLIENT_ID, node: ctx.n1.name, address: ctx.client.v4!, cgroup: `/${relative(root, ctx.client.cgroup)}` },
+      { name: 'server', identity: SERVER_ID, node: ctx.n2.name, address: ctx.server.v4!, cgroup: `/${relative(root, ctx.server.cgroup)}` },
+    ],
+  };
   for (const node of [ctx.n1, ctx.n2]) {
     // Registered before the start, so that Ctrl-C during start-up still unpins and detaches.
     onCleanup(`agent ${node.name} pins and links`, () => cleanupAgent(ctx.opts.root, node.bpffs, node.meshedCgroup));
     const agent = await Agent.start({
       root: ctx.opts.root, cgroupDir: node.meshedCgroup, bpffsDir: node.bpffs, configPath: join(ctx.workDir, `agent-${node.name}.yaml`),
-      vip: '', port: 0, backend: '', configText: meshAgentConfig(ctx.server.v4!),
-      extraArgs: ['--run-dir', node.runDir, ...node.nodeFlags(), '--metrics-listen', 'off', '--event-sample', '0'],
+      vip: '', port: 0, backend: '', configText: meshAgentConfig(ctx.server.v4!, mesh),
+      extraArgs: ['--run-dir', node.runDir, ...node.nodeFlags(), '--metrics-listen', 'off', '--event-sample', '0', ...(ctx.caFlags?.(node.name) ?? [])],
       launch: (argv) => node.agentArgv(argv),
     });
     onCleanup(`agent ${node.name}`, () => agent.stop());
@@ -201,33 +245,60 @@ async function startAgents(ctx: Ctx): Promise<void> {
   await new Promise((r) => setTimeout(r, DISCOVERY_MS));
 }
 
+/** `meshctl <args> --json` against a node's agent (its admin socket), parsed. */
+async function meshctlJson<T>(ctx: Ctx, node: ClusterNode, args: string[]): Promise<T> {
+  const r = await run(process.execPath, [join(ctx.opts.root, 'dist', 'cli', 'meshctl.js'), '--bpffs', node.bpffs, '--run-dir', node.runDir, ...args, '--json'], 20_000);
+  if (r.code !== 0) throw new Error(`meshctl ${args.join(' ')}: exit ${r.code ?? r.signal}: ${(r.stderr || r.stdout).trim().slice(-300)}`);
+  return JSON.parse(r.stdout) as T;
+}
+
 /** (b) and (d): the client pod (meshed) dials a VIP; the agents are the mesh on each node. */
-function meshedScenario(ctx: Ctx, name: 'sockmesh' | 'plain', unavailable: () => string | undefined): Scenario {
+function meshedScenario(ctx: Ctx, name: 'sockmesh' | 'plain', unavailable: () => Promise<string | undefined>): Scenario {
   const s = newScenario(ctx, name);
   s.clientCgroup = ctx.client.cgroup;
   s.target = name === 'plain' ? (x) => ({ host: Lab.vip4(x.plainVip), port: x.plain }) : (x) => ({ host: Lab.vip4(x.vip), port: x.app });
   s.mesh = { src: ctx.n1.agentCgroup, dst: ctx.n2.agentCgroup };
   s.setup = async () => {
-    const why = unavailable() ?? ctx.agentsFailed;
+    const why = ctx.agentsFailed ?? await unavailable();
     if (why) s.result.skipped = why;
   };
-  // n1's kernel counters that moved during this scenario's runs (the two scenarios share the agents): the VIP's
-  // connects were the agent's to balance (SM_G_LB_CONNECT), not some other path to the pod
+  // n1's kernel counters that moved during this scenario's runs (the two scenarios share the agents): whether the
+  // VIP's connects were balanced (d) or handed to the tunnel (b) by the agent, and not taken some other path
   s.counters = async () => (ctx.agents.n1 ? ctx.agents.n1.counters() : {});
   return s;
 }
 
 /** (d): the client pod's connect() to the VIP is rewritten to the server pod on n2; plaintext. */
-const plainScenario = (ctx: Ctx): Scenario => meshedScenario(ctx, 'plain', () => undefined);
+const plainScenario = (ctx: Ctx): Scenario => meshedScenario(ctx, 'plain', async () => undefined);
 
-/** Why (b) cannot run on this tree, or undefined. */
-function sockmeshUnavailable(): string | undefined {
-  // The pieces (b) needs land in parallel this session (issue 13): until both are on main, no (b) figures.
-  return 'the kernel hand-over of cross-node connections to the tunnel (kernel13) and the agent flags that turn the tunnel on (hbone) are not on main yet';
+/** The kernel's count of connect()s handed to the tunnel (ABI v9, issue 13). */
+const HANDOVER_COUNTER = 'SM_G_TUNNEL_HANDOVER';
+
+/**
+ * (b): the client pod's connect() to the VIP is handed to n1's agent, which tunnels it to n2's. Available when the
+ * kernel can hand over (the ABI's hand-over counter) and n2's agent serves the tunnel (meshctl tunnels: listening).
+ */
+function sockmeshScenario(ctx: Ctx): Scenario {
+  const s = meshedScenario(ctx, 'sockmesh', async () => {
+    const names = globalCounterNames(readFileSync(join(ctx.opts.root, 'bpf', 'include', 'sockmesh_abi.h'), 'utf8'));
+    if (!names.includes(HANDOVER_COUNTER)) return `the kernel hand-over of cross-node connections to the tunnel is not on this tree (no ${HANDOVER_COUNTER} in the ABI)`;
+    if (!ctx.caFlags) return 'the agent has no --node-token-file (workload and node certificates from the CA)';
+    // the certificates come from the CA after the agents' start: give them a moment
+    let rep: TunnelReport & { state?: string } = { peers: [], refusals: { in: {}, out: {} } };
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 250))) {
+      rep = await meshctlJson<typeof rep>(ctx, ctx.n2, ['tunnels']);
+      if (rep.listening?.length) return undefined;
+    }
+    return `n2's agent serves no HBONE tunnel after 15 s (meshctl tunnels: ${rep.state ?? 'listening on nothing'})`;
+  });
+  s.handshakes = async () => {
+    const rep = await meshctlJson<TunnelReport>(ctx, ctx.n1, ['tunnels']);
+    const out = rep.peers.filter((p) => p.direction === 'out');
+    s.result.evidence.tunnelStreams = out.reduce((n, p) => n + p.streamsTotal, 0);
+    return out.reduce((n, p) => n + p.handshakes, 0);
+  };
+  return s;
 }
-
-/** (b): the client pod's connect() to the VIP is handed to n1's agent, which tunnels it to n2's. */
-const sockmeshScenario = (ctx: Ctx): Scenario => meshedScenario(ctx, 'sockmesh', sockmeshUnavailable);
 
 /** haproxy in TCP mode, one thread: (c)'s client sidecar (originates mTLS) or server sidecar (terminates it). */
 export function sidecarConfig(side: 'client' | 'server', o: { serverIp: string; rootFile: string; pemFile: string }): string {
@@ -462,7 +533,7 @@ export async function runMesh(opts: MeshOptions): Promise<number> {
     opts, workDir, cluster, n1, n2, client: n1.lab.pod('client'), server: n2.lab.pod('server'), maxMs, agents: {},
     cg: {
       client: createChildCgroup(plain, 'client'), side1: createChildCgroup(plain, 'sidecar-n1'), side2: createChildCgroup(plain, 'sidecar-n2'),
-      tun1: createChildCgroup(plain, 'tunnel-n1'), tun2: createChildCgroup(plain, 'tunnel-n2'),
+      tun1: createChildCgroup(plain, 'tunnel-n1'), tun2: createChildCgroup(plain, 'tunnel-n2'), controlplane: createChildCgroup(plain, 'controlplane'),
     },
   };
   log(`cgroup ${cgroup}, cluster ${prefix} (n1 ${n1.nodeV4}: client pod ${ctx.client.v4}; n2 ${n2.nodeV4}: server pod ${ctx.server.v4}); ` +
@@ -475,6 +546,10 @@ export async function runMesh(opts: MeshOptions): Promise<number> {
   if (opts.scenarios.some((n) => n === 'sockmesh' || n === 'plain')) {
     try {
       if (!existsSync(agentEntry(opts.root))) throw new Error(`agent not built (${agentEntry(opts.root)} missing)`);
+      // (b)'s certificates: the real CA, the agents authenticated by their node tokens (an agent without the flag
+      // cannot run (b); (d) runs anyway)
+      const help = await run(process.execPath, [agentEntry(opts.root), '--help'], 20_000);
+      if (opts.scenarios.includes('sockmesh') && /--node-token-file\b/.test(help.stdout)) await startControlPlane(ctx);
       await startAgents(ctx);
     } catch (e) {
       ctx.agentsFailed = `the agents did not start: ${(e as Error).message.split('\n').slice(0, 3).join(' | ')}`;
@@ -526,9 +601,12 @@ export async function runMesh(opts: MeshOptions): Promise<number> {
       if (s.mesh) s.result.rssMiB = { src: cgroupRssMiB(s.mesh.src), dst: cgroupRssMiB(s.mesh.dst) };
       // (b) and (d) through the agent or not at all: a VIP whose connects n1's kernel did not balance was reached
       // some other way, and its figures are not the mesh's
-      if (s.counters && !(Number(s.result.evidence['n1.SM_G_LB_CONNECT'] ?? 0) > 0)) {
-        for (const w of MESH_WORKLOADS) s.result.errors[w] ??= 'n1\'s agent balanced no connect() to the VIP during the runs (SM_G_LB_CONNECT did not move)';
-      }
+      const moved = (k: string): number => Number(s.result.evidence[`n1.${k}`] ?? 0);
+      const wrong = s.result.name === 'plain'
+        ? (moved('SM_G_LB_CONNECT') > 0 ? (moved(HANDOVER_COUNTER) > 0 ? `${HANDOVER_COUNTER} moved: (d)'s connects were tunnelled` : undefined)
+          : 'n1\'s agent balanced no connect() to the VIP during the runs (SM_G_LB_CONNECT did not move)')
+        : s.result.name === 'sockmesh' && !(moved(HANDOVER_COUNTER) > 0) ? `n1's kernel handed no connect() to the tunnel during the runs (${HANDOVER_COUNTER} did not move)` : undefined;
+      if (wrong) for (const w of MESH_WORKLOADS) s.result.errors[w] ??= wrong;
     } catch (e) {
       s.result.evidence.error = (e as Error).message.split('\n')[0]!;
     }

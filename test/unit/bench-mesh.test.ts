@@ -105,6 +105,21 @@ t.test('the agents\' config is what the agent accepts: (d)\'s services, mtls off
     ['sockperf-plain', 'off', ['198.19.254.11:11112 -> 198.18.2.1:11112']], ['iperf3-plain', 'off', ['198.19.254.12:5202 -> 198.18.2.1:5202']],
     ['nginx-plain', 'off', ['198.19.254.13:8081 -> 198.18.2.1:8081']],
   ]);
+  // with (b): the nodes, the two pods as workloads, (b)'s services at the mesh's default mode (tunnelled)
+  const client = 'spiffe://bench.local/ns/bench/sa/client', server = 'spiffe://bench.local/ns/bench/sa/server';
+  const b = parseConfig(meshAgentConfig('198.18.2.1', {
+    nodes: [{ name: 'n1', address: '198.19.255.1' }, { name: 'n2', address: '198.19.255.2' }],
+    workloads: [
+      { name: 'client', identity: client, node: 'n1', address: '198.18.1.1', cgroup: '/bench/n1/pods/kubepods/client' },
+      { name: 'server', identity: server, node: 'n2', address: '198.18.2.1', cgroup: '/bench/n2/pods/kubepods/server' },
+    ],
+  }), 'mesh.yaml');
+  t.same(b.nodes?.map((n) => [n.name, n.addresses]), [['n1', ['198.19.255.1']], ['n2', ['198.19.255.2']]]);
+  t.same(b.workloads?.map((w) => [w.name, w.identity, w.node, w.addresses]), [['client', client, 'n1', ['198.18.1.1']], ['server', server, 'n2', ['198.18.2.1']]]);
+  t.same(b.services.map((s) => [s.name, s.mtls ?? 'mesh default', s.frontends[0]!.port]), [
+    ['sockperf', 'mesh default', 11111], ['sockperf-plain', 'off', 11112], ['iperf3', 'mesh default', 5201], ['iperf3-plain', 'off', 5202],
+    ['nginx', 'mesh default', 8080], ['nginx-plain', 'off', 8081],
+  ]);
 });
 
 t.test('bench certificates: openssl verifies them; Node does a TLS 1.3 mutual handshake with them', async (t) => {
