@@ -3,8 +3,8 @@
 // snapshot.ts frames them.
 //
 // Per port entry of an HTTP service: one Cluster (+ ClusterLoadAssignment) per backend group, named
-// `<entry cluster>` for the default group and `<entry cluster>~<group>` for the others (a service name never holds
-// '~'); one Listener per VIP with an HttpConnectionManager carrying the routes inline (no RDS round trip) and the
+// `<entry cluster>~<group>[~<upstream protocol>]` (xds/sockmesh.ts groupCluster: never an L4 entry's name, so that a
+// switch between L4 and L7 or between protocols is applied whole); one Listener per VIP with an HttpConnectionManager carrying the routes inline (no RDS round trip) and the
 // authorization as RBAC filters. What Envoy cannot say travels as filter_metadata.sockmesh (see the agent side).
 import { ENUM as E, FILTER, HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOL_OPTIONS_TYPE } from '../xds/envoy.js';
 import { encodeAny as pack, type AnyMessage } from '../xds/protos.js';

@@ -331,7 +331,7 @@ export function serviceResources(svc: Service, workloads?: ReadonlyMap<string, s
     };
     out.push([TYPE.listener, resource(TYPE.listener, svc.name, { name: svc.name, api_listener: { api_listener: pack(FILTER.httpConnectionManager, hcm) } })]);
     // an HTTP service: the cluster of its first route's first group
-    const target = svc.http ? groupCluster(grpcEntry.cluster, svc.http.routes[0]?.split[0]?.group ?? 'default') : grpcEntry.cluster;
+    const target = svc.http ? groupCluster(grpcEntry.cluster, svc.http.routes[0]?.split[0]?.group ?? 'default', svc.http.upstreamProtocol) : grpcEntry.cluster;
     // maglev: gRPC's ring_hash hashes the channel (see balancing.ts)
     const hashPolicy = grpcRouteHashPolicy(svc);
     const action = hashPolicy ? { cluster: target, hash_policy: hashPolicy } : { cluster: target };
@@ -357,7 +357,7 @@ function httpEntryResources(
     list.push(b);
   }
   const groups = serviceGroups(svc, byGroup.keys());
-  const clusterOf = (g: string) => groupCluster(e.cluster, g);
+  const clusterOf = (g: string) => groupCluster(e.cluster, g, svc.http!.upstreamProtocol);
   for (const g of groups) {
     const name = clusterOf(g);
     const cluster: Record<string, unknown> = {

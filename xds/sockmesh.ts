@@ -36,5 +36,14 @@ export function entryClusterName(service: string, port: number, protocol: 'tcp' 
 }
 export const serviceOfCluster = (cluster: string): string => cluster.replace(/:\d+(\/(tcp|udp))?$/, '');
 
-/** The cluster of a backend group of an HTTP port entry (a service name never holds '~'). */
-export const groupCluster = (entryCluster: string, group: string) => (group === 'default' ? entryCluster : `${entryCluster}~${group}`);
+/**
+ * The cluster of a backend group of an HTTP port entry: `<entry cluster>~<group>`, then `~<upstream protocol>` when the
+ * service sets one (a service name never holds '~', a group name is a DNS label). Never the entry cluster's own name,
+ * which an L4 service's port entry has: a service that switches between L4 and L7, or between upstream protocols, gets
+ * clusters of other names. Its new listener then waits (warms) for them and their endpoints while its old version stays
+ * in force, and the switch is applied at once. With the same names the types arrive one by one (listeners, clusters,
+ * then endpoints) and each is applied as it comes: an L4 frontend pointed for a moment at the h2c port of the L7
+ * service it was (HTTP/2 frames to HTTP/1.1 clients), or the proxy spoke h2 to an HTTP/1.1 backend.
+ */
+export const groupCluster = (entryCluster: string, group: string, upstreamProtocol?: string): string =>
+  `${entryCluster}~${group}${upstreamProtocol ? `~${upstreamProtocol}` : ''}`;

@@ -120,13 +120,13 @@ t.test('file -> control plane -> agent translator gives the model parseConfig gi
   const l = unpackAny<Obj>(snap.types.get(TYPE.listener)!.resources.get('127.100.0.1:80/tcp')!.any);
   const hcm = unpackAny<Obj>(l.filter_chains[0].filters[0].typed_config);
   t.same(hcm.route_config.virtual_hosts[0].routes.map((x: Obj) => x.name), ['api', 'exact--match', 'rest']);
-  t.same(hcm.route_config.virtual_hosts[0].routes[0].route.weighted_clusters.clusters.map((c: Obj) => [c.name, c.weight.value]), [['web', 90], ['web~canary', 10]]);
+  t.same(hcm.route_config.virtual_hosts[0].routes[0].route.weighted_clusters.clusters.map((c: Obj) => [c.name, c.weight.value]), [['web~default~h2', 90], ['web~canary~h2', 10]]);
   t.same(hcm.http_filters.map((f: Obj) => f.typed_config.type_url), [FILTER.httpRbac, FILTER.httpRbac, FILTER.router]);
   t.same(unpackAny<Obj>(hcm.http_filters[0].typed_config).rules.action, 'DENY');
-  const c = unpackAny<Obj>(snap.types.get(TYPE.cluster)!.resources.get('web~canary')!.any);
+  const c = unpackAny<Obj>(snap.types.get(TYPE.cluster)!.resources.get('web~canary~h2')!.any);
   t.equal(c.lb_policy, 'ROUND_ROBIN');
   t.same(c.health_checks[0].http_health_check.expected_statuses, [{ start: '200', end: '201' }, { start: '204', end: '300' }]);
-  t.ok(snap.types.get(TYPE.cluster)!.resources.has('web~spare'), 'a group no route names still has its cluster');
+  t.ok(snap.types.get(TYPE.cluster)!.resources.has('web~spare~h2'), 'a group no route names still has its cluster');
 });
 
 t.test('a changed workload rebuilds the listeners of the services naming it, and only those', async (t) => {
@@ -351,4 +351,39 @@ t.test('a cluster with no endpoints is an empty group (503 from the proxy), not 
   t.same([...second.changed], ['ingress']);
   t.equal(second.model!.services[0]!.frontends[0]!.backends.length, 3);
   t.same(second.model!.workloads, [{ name: 'frontend', cgroups: ['/kubepods/fe'] }]);
+});
+
+t.test('a service switching between L4 and L7, or between upstream protocols, gets clusters of other names', async (t) => {
+  // With the same names the agent applies the new listener with the old cluster, or the new cluster with the old
+  // endpoints (an L4 frontend to an h2c port: HTTP/2 frames to HTTP/1.1 clients); with new ones the new listener warms
+  // until its clusters and endpoints are there, and the switch is applied whole (test/kernel/xds-switch.test.ts).
+  const kinds: Record<string, string> = {
+    l4: '',
+    http1: 'http: {upstreamProtocol: http1, routes: [{name: all}]}',
+    h2: 'http: {upstreamProtocol: h2, routes: [{name: all}]}',
+    unset: 'http: {routes: [{name: all}]}',
+  };
+  const clusters = new Map<string, string[]>();
+  for (const [kind, http] of Object.entries(kinds)) {
+    const model = parseConfig(`services:
+  - name: flip
+    vips: [127.100.9.1]
+    ports: [{port: 80}]
+    backends: [{address: 127.0.0.1, port: 18080}]
+    ${http}
+`, 'flip.yaml');
+    const snap = Snapshot.empty();
+    snap.apply(model);
+    const names = [...snap.types.get(TYPE.cluster)!.resources.keys()].sort();
+    t.same([...snap.types.get(TYPE.endpoint)!.resources.keys()].sort(), names, `${kind}: one assignment per cluster, of its name`);
+    clusters.set(kind, names);
+    // and the agent reads it back as the same service
+    const r = buildModel(stateOf(snap));
+    t.notOk(r.error, String(r.error));
+    t.same(r.model!.services.map((s) => [s.name, s.http?.upstreamProtocol ?? (s.http ? 'unset' : 'l4')]), [['flip', kind]], `${kind}: read back`);
+  }
+  t.same(clusters.get('l4'), ['flip'], 'L4: the service name');
+  t.same(clusters.get('h2'), ['flip~default~h2'], 'h2: group and protocol');
+  const all = [...clusters.values()].flat();
+  t.equal(new Set(all).size, all.length, `no two kinds share a cluster name: ${all.join(', ')}`);
 });

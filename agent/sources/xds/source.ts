@@ -533,7 +533,11 @@ export class XdsSource {
         }
         if (err !== null) return `not applied: ${err}`;
         const services = result.model!.services.length;
-        this.opts.log.info({ services, changed: first ? undefined : result.changed.size, warming: result.warming.length, ms }, 'xds: model applied');
+        // which response (type, version) made the change, and the first services it changed: what a soak or an
+        // operator needs to tell when a given config change came into force
+        const names = first ? undefined : [...result.changed].slice(0, 8);
+        this.opts.log.info({ services, changed: first ? undefined : result.changed.size, names, type: kind, version: inc.version, warming: result.warming.length, ms },
+          'xds: model applied');
       }
       this.st.synced = true;
       this.st.unsupported = result.unsupported;
