@@ -27,6 +27,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { AGENT_NODE_FLAGS } from '../agent/runtime.js';
 import { MapReader } from '../agent/datapath/inspect.js';
+import { decodeBackend, decodeService, decodeServiceKey, SVC_F_L7 } from '../agent/datapath/abi.js';
 import { native } from '../agent/datapath/native.js';
 import { Lab } from '../lab/lab.js';
 import { emitResult } from './chart.js';
@@ -35,7 +36,8 @@ import { prng } from './lib/fleet.js';
 import { Background, installSignalCleanup, log, onCleanup, requireRootAndTools, run, runCleanups } from './lib/proc.js';
 import type { ClientReport, ClientSpec, ClientTarget } from './lib/soakclient.js';
 import {
-  frontendKey, secondAfter, slope, soakConfig, SOAK_HEALTH, SOAK_OUTLIER, Timeline, type ExcludeReason, type FrontendSnap, type SoakService,
+  frontendKey, kernelEntry, KernelTrace, secondAfter, slope, soakConfig, SOAK_HEALTH, SOAK_OUTLIER, Timeline, type ExcludeReason, type FrontendSnap,
+  type SoakService,
 } from './lib/soakmodel.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -80,6 +82,8 @@ const GC_EVERY_MS = 10_000;
 const RECONNECT_BOUND_MS = 2000;
 const fdBound = (fitMin: number): number => Math.max(0.5, FD_SWING / fitMin);
 const SAMPLE_MS = 250;
+/** the kernel's frontends are read this often (xDS: when a write is in force is read there) */
+const KERNEL_SAMPLE_MS = 25;
 const REST_MS = 15_000;
 const ENVELOPE_MS = 5000;
 
@@ -103,7 +107,13 @@ interface PhaseResult {
    */
   garbled: { count: number; samples: string[] };
   countedByError: Record<string, number>;
-  countedSamples: { key: string; kind: string; t0: number; ms: number; err: string; backend: string; history: string[]; refusals: string[] }[];
+  countedSamples: {
+    key: string; kind: string; t0: number; ms: number; err: string; backend: string; history: string[]; refusals: string[]; applies: string[];
+    /** what the kernel held for the frontend when the request started */
+    kernel: string;
+  }[];
+  /** xDS: listings the log-line estimate called in force before the kernel held them (see inForce) */
+  estimateEarly?: { listings: number; count: number; maxMs: number };
   perTarget: Record<string, { ok: number; failed: number }>;
   configWrites: number;
   configApplied: number;
@@ -228,6 +238,31 @@ function procSample(pid: number): { rssMiB: number; fds: number } | null {
   } catch { return null; }
 }
 
+/**
+ * The kernel's frontends now, from the agent's pins: frontend key (vip:port) -> kernelEntry of each backend it lists
+ * (whatever its weight: a listing, not a health verdict). Two map dumps, no table walk: cheap enough every 25 ms.
+ */
+function kernelFrontends(fds: { services: number; backends: number }): Map<string, Set<string>> {
+  const n = native();
+  const bySvc = new Map<number, string[]>();
+  const bd = n.mapDump(fds.backends);
+  for (const v of bd.values) {
+    const b = decodeBackend(v);
+    let list = bySvc.get(b.service_id);
+    if (!list) bySvc.set(b.service_id, (list = []));
+    list.push(`${b.addr}:${b.port}`);
+  }
+  const out = new Map<string, Set<string>>();
+  const sd = n.mapDump(fds.services);
+  sd.keys.forEach((k, i) => {
+    const key = decodeServiceKey(k);
+    const v = decodeService(sd.values[i]!);
+    const kind = v.flags & SVC_F_L7 ? 'l7' : 'l4';
+    out.set(frontendKey(key.addr, key.port), new Set((bySvc.get(v.service_id) ?? []).map((e) => `${kind} ${e}`)));
+  });
+  return out;
+}
+
 /** The churn: the services in the config, the backend pods' modes, and the timeline of both. */
 class World {
   readonly services = new Map<string, SoakService>();
@@ -349,6 +384,8 @@ interface AgentRun {
   gcPoints: { t: number; rssMiB: number; heapMiB: number }[];
   /** its 'retry refused' lines */
   refusals: { t: number; service: string; limit: string; failed: string; refused: number }[];
+  /** its applies as it logged them ('xds: model applied', 'config applied'), one line each: shown with a counted failure */
+  applies: { t: number; line: string }[];
 }
 
 async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase, source: string[], lab: Lab, maxMs: number): Promise<AgentRun> {
@@ -359,7 +396,7 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
     '--proxy-port', String(await freePort()), '--metrics-listen', 'off', '--proxy-node-address', lab.nodeV4,
   ];
   const bg = new Background(`agent (${phase})`, process.execPath, argv, maxMs);
-  const a: AgentRun = { bg, bpffs, runDir, applied: [], xdsComplete: [], connected: [], errors: [], gcPoints: [], refusals: [] };
+  const a: AgentRun = { bg, bpffs, runDir, applied: [], xdsComplete: [], connected: [], errors: [], gcPoints: [], refusals: [], applies: [] };
   onCleanup(`agent ${bpffs}`, async () => {
     await bg.stop('SIGTERM');
     const r = await run(process.execPath, [AGENT_JS, 'cleanup', '--bpffs', bpffs, '--run-dir', runDir], 20_000);
@@ -371,9 +408,16 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
     let l: {
       msg?: string; level?: number; time?: number; error?: string; warming?: number; rssKiB?: number; heapUsedKiB?: number;
       service?: string; limit?: string; failed?: string | number; refused?: number;
+      type?: string; version?: string; names?: string[]; frontendsWritten?: number; frontendsDeleted?: number;
     };
     try { l = JSON.parse(line) as typeof l; } catch { return; }
     const t = typeof l.time === 'number' ? l.time : Date.now();
+    if (l.msg === 'config applied' || l.msg === 'xds: model applied') {
+      const what = l.msg === 'config applied' ? `config applied (frontends +${l.frontendsWritten ?? 0} -${l.frontendsDeleted ?? 0})`
+        : `xds ${l.type ?? '?'} ${l.version ?? ''} applied: ${(l.names ?? []).join(',')} warming ${l.warming ?? '?'}`;
+      a.applies.push({ t, line: what });
+      if (a.applies.length > 200_000) a.applies.splice(0, 100_000); // a long soak: the recent ones are the ones shown
+    }
     if (l.msg === 'config applied') a.applied.push(t);
     else if (l.msg === 'xds: connected') a.connected.push(t);
     else if (l.msg === 'xds: model applied' && l.warming === 0) a.xdsComplete.push(t);
@@ -508,6 +552,18 @@ async function runPhase(
     startClient('pod client', lab.pod('cli').argv(process.execPath, [CLIENT_JS, spec('pod')]), maxMs, sink),
   ];
 
+  // what the kernel holds, from the pins, throughout (the pins are opened once; closed when the phase ends)
+  const kernel = new KernelTrace();
+  const pinFds = { services: native().objGet(join(agent.bpffs, 'sm_services')), backends: native().objGet(join(agent.bpffs, 'sm_backends')) };
+  const kernelSampler = setInterval(() => {
+    try {
+      kernel.record(Date.now(), kernelFrontends(pinFds));
+    } catch (e) {
+      if (agent.errors.length < 50) agent.errors.push(`soak: reading the kernel's frontends: ${(e as Error).message}`);
+    }
+  }, KERNEL_SAMPLE_MS);
+  kernel.record(Date.now(), kernelFrontends(pinFds));
+
   const samples: { t: number; rssMiB: number; fds: number }[] = [];
   const sampler = setInterval(() => {
     const s = procSample(agentPid);
@@ -592,6 +648,9 @@ async function runPhase(
   await sleep(Math.max(ERRORS_RECOVERY_MS, UNREADY_RECOVERY_MS) + 2000);
   clearInterval(sampler);
   await Promise.all(clients.map(stopClient));
+  clearInterval(kernelSampler);
+  native().close(pinFds.services);
+  native().close(pinFds.backends);
   const trafficEnd = Date.now();
   const seconds = (Date.now() - t0) / 1000;
   // the retired tables of the last changes are reaped a second after them; and at rest (no traffic, no change) V8's
@@ -613,15 +672,36 @@ async function runPhase(
   await cp?.stop();
   const after = await bpfCounts(ws.cgroup);
 
-  // From when each write is certainly in force (soakmodel.ts's secondAfter): the agent's file source reads serially;
-  // through xDS the control plane's reads do, and then the agent applies what it pushed: its second complete apply
-  // (nothing warming: an added listener waits for its cluster) after the push that holds the write. An upper bound
-  // for the file source; for xDS it assumes the agent is at most one complete apply behind the control plane's push.
-  const inForce = (w: number): number => {
+  // From when each write is certainly in force. The file source reads serially (soakmodel.ts's secondAfter): the read
+  // the agent logs second after a write holds it. Through xDS a write goes through the control plane's read, its push
+  // of listeners, clusters and endpoints, the agent's subscriptions to what a new listener names, and one apply per
+  // response; from log lines that was estimated as the agent's second complete apply after the push, which assumed
+  // the agent at most one apply behind, and a busy agent is more (one push can be three applies): a VIP re-added was
+  // judged in force while the kernel did not hold it yet, and its refused connects counted. So with xDS the kernel
+  // must hold it too: a listing is in force from the first sample (every 25 ms), at or after that estimate, at which
+  // the kernel holds it (its VIP, L4 or L7 as its kind, the backend's address and port). Not from the write itself:
+  // a service removed and re-added may still be held from before its removal, which the agent has yet to apply.
+  // How often the estimate alone was early is reported.
+  const oldEstimate = (w: number): number => {
+    const pushed = secondAfter(cp?.reads ?? [], w);
+    return pushed === Infinity ? Infinity : secondAfter(agent.xdsComplete, pushed);
+  };
+  const early = { listings: 0, count: 0, maxMs: 0 };
+  const inForce = (w: number, at?: { key: string; kind?: SoakService['kind']; pod: string }): number => {
     if (w === -Infinity) return -Infinity; // the start's config
     if (!cp) return secondAfter(agent.applied, w);
-    const pushed = secondAfter(cp.reads, w);
-    return pushed === Infinity ? Infinity : secondAfter(agent.xdsComplete, pushed);
+    if (!at) return secondAfter(agent.xdsComplete, secondAfter(cp.reads, w)); // a write as a whole (the lag line)
+    const old = oldEstimate(w);
+    if (old === Infinity) return Infinity;
+    const held = kernel.firstHolding(at.key, kernelEntry(at.kind ?? 'l4tcp', addr(at.pod)), old);
+    early.listings++;
+    // later than the sample after the estimate: the kernel did not hold it then. Counted within 5 s: a listing removed
+    // before it was applied is found held only when a later write lists it again, which says nothing of the estimate.
+    if (held - old > 2 * KERNEL_SAMPLE_MS && held - old <= 5000) {
+      early.count++;
+      early.maxMs = Math.max(early.maxMs, held - old);
+    }
+    return held;
   };
   world.timeline.resolve(inForce);
   const lags = world.writeTimes.map((w) => inForce(w) - w).sort((a, b) => a - b);
@@ -648,9 +728,15 @@ async function runPhase(
       countedByError[`${f.kind} ${e}`] = (countedByError[`${f.kind} ${e}`] ?? 0) + 1;
       if (countedSamples.length < 20) countedSamples.push({
         key: f.key, kind: f.kind, t0: f.t0, ms: f.t1 - f.t0, err: f.err, backend: v.backend, history: world.timeline.history(f.key, f.t0 - 5000, f.t1, f.t0),
+        kernel: kernel.at(f.key, f.t0),
         // the agent's retry refusals around it (logged at most once a second per group): which limit gave up
         refusals: agent.refusals.filter((r) => r.t >= f.t0 - 1000 && r.t <= f.t1 + 1000)
           .map((r) => `${r.t - f.t0} ms: ${r.service} ${r.limit} refused a retry of ${r.failed} (${r.refused} since the last line)`),
+        // what the agent applied around it, and (xDS) when the control plane read the config
+        applies: [
+          ...agent.applies.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => ({ t: x.t, line: x.line })),
+          ...(cp ? cp.reads.filter((r) => r >= f.t0 - 2500 && r <= f.t1 + 1000).map((r) => ({ t: r, line: 'control plane read the config' })) : []),
+        ].sort((x, y) => x.t - y.t).map((x) => `${x.t - f.t0} ms: ${x.line}`),
       });
     } else excluded[v.reason] = (excluded[v.reason] ?? 0) + 1;
   }
@@ -722,7 +808,7 @@ async function runPhase(
 
   return {
     phase, seconds, requests: ok + fails.length, ok, failed: fails.length, counted, excluded, garbled, countedByError, countedSamples, perTarget,
-    configWrites: world.writes, configApplied, applyLagMs, modeEvents: world.modeEvents, cpRestarts: cp?.restarts ?? 0, reconnectMs, redialMs, retriesRefused, gc,
+    configWrites: world.writes, configApplied, applyLagMs, ...(cp ? { estimateEarly: early } : {}), modeEvents: world.modeEvents, cpRestarts: cp?.restarts ?? 0, reconnectMs, redialMs, retriesRefused, gc,
     rssMiB: rss, rssTrace, rest: { start: restStart, end: restEnd }, fds, maps: { start: mapsStart, end: mapsEnd },
     bpf: { before: strip(before), started: strip(started), end: strip(endCounts), after: strip(after) }, agentErrors, checks,
   };
@@ -784,11 +870,16 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
     out.push(`${r.phase}: answers a client could not parse (not its protocol): ${r.garbled.count}${r.garbled.samples.map((x) => `\n  ${x}`).join('')}`);
     if (r.counted) out.push(`${r.phase}: counted failures by error: ${Object.entries(r.countedByError).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
     for (const s of r.countedSamples.slice(0, 5)) {
-      out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend}); the frontend before (ms from the request; @: good from):`);
+      out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend}; the kernel held ${s.kernel}); the frontend before (ms from the request; @: good from):`);
       for (const h of s.history.slice(-6)) out.push(`      ${h}`);
       for (const x of s.refusals) out.push(`      agent: ${x}`);
+      if (s === r.countedSamples[0]) for (const x of s.applies) out.push(`      applied: ${x}`);
     }
     out.push(`${r.phase}: from a config write to certainly in force (ms): p50 ${r.applyLagMs.p50}, p99 ${r.applyLagMs.p99}, max ${r.applyLagMs.max}`);
+    if (r.estimateEarly) {
+      out.push(`${r.phase}: listings the log-line estimate (second complete apply after the push) called in force before the kernel held them: ` +
+        `${r.estimateEarly.count} of ${r.estimateEarly.listings} (by up to ${r.estimateEarly.maxMs} ms; in force is read from the kernel)`);
+    }
     if (r.reconnectMs.length) out.push(`${r.phase}: xDS outages, kill to the agent's reconnection (ms): ${r.reconnectMs.join(', ')}; the control plane listening again to it: ${r.redialMs.join(', ')}`);
     out.push(`${r.phase}: retries the agent refused, by limit: ${Object.entries(r.retriesRefused).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`);
     out.push(`${r.phase}: agent after full GCs every 10 s, RSS/heap MiB (the last at rest): ${r.gc.trace.join(' ')}; slopes RSS ${r.gc.rssSlopePerMin.toFixed(2)}, heap ${r.gc.heapSlopePerMin.toFixed(2)} MiB/min`);

@@ -129,17 +129,18 @@ export class Timeline {
   }
 
   /**
-   * Put in the in-force time of every listing once the run is over and the agent's applies are known (inForce(written):
-   * when the write was certainly applied, Infinity if never).
+   * Put in the in-force time of every listing once the run is over and the agent's applies are known (inForce(written,
+   * listing): when the write was certainly applied for this listing, Infinity if never).
    */
-  resolve(inForce: (written: number) => number): void {
-    const memo = new Map<number, number>();
+  resolve(inForce: (written: number, listing: { key: string; kind?: SvcKind; pod: string }) => number): void {
+    const memo = new Map<string, number>();
     for (const snap of this.snaps) {
-      for (const f of snap.frontends.values()) {
+      for (const [key, f] of snap.frontends) {
         if (!f.since) continue;
         for (const [pod, { written, healthyFrom }] of f.since) {
-          let at = memo.get(written);
-          if (at === undefined) memo.set(written, (at = inForce(written)));
+          const id = `${written}|${key}|${f.kind ?? ''}|${pod}`;
+          let at = memo.get(id);
+          if (at === undefined) memo.set(id, (at = inForce(written, { key, kind: f.kind, pod })));
           f.good.set(pod, Math.max(at, healthyFrom));
         }
       }
@@ -195,6 +196,65 @@ export function secondAfter(logs: readonly number[], w: number): number {
     if (logs[mid]! < w) lo = mid + 1; else hi = mid;
   }
   return logs[lo + 1] ?? Infinity;
+}
+
+// ---- what the kernel held ----
+
+/** A listing as the kernel holds it: `l4|l7 address:port` (the port the soak's kind balances to). */
+export function kernelEntry(kind: SvcKind, address: string): string {
+  const port = kind === 'l4tcp' ? SOAK_PORTS.l4http : kind === 'l4udp' ? SOAK_PORTS.udp : kind === 'l7h1' ? SOAK_PORTS.l7h1 : SOAK_PORTS.l7h2;
+  return `${kind === 'l7h1' || kind === 'l7h2' ? 'l7' : 'l4'} ${address}:${port}`;
+}
+
+/**
+ * The kernel's frontends as sampled through the run (bench/soak.ts reads the agent's pins): per frontend key, the
+ * entries (kernelEntry) of its active backends at each sample where they changed. With xDS a write reaches the kernel
+ * through the control plane's read, its push and the agent's applies of each type, so when it is in force is read
+ * here, not estimated from log lines: a listing is good from the first sample at or after its write that holds it.
+ */
+export class KernelTrace {
+  readonly times: number[] = [];
+  private readonly changes = new Map<string, { t: number; has: ReadonlySet<string> }[]>();
+  private readonly sig = new Map<string, string>();
+
+  /** One sample: every frontend key the kernel holds, with its active backends' entries (a key absent: none). */
+  record(t: number, frontends: ReadonlyMap<string, ReadonlySet<string>>): void {
+    const last = this.times[this.times.length - 1];
+    if (last !== undefined && t < last) throw new Error(`kernel trace: sample at ${t} before the last one at ${last}`);
+    this.times.push(t);
+    const keys = new Set([...frontends.keys(), ...this.sig.keys()]);
+    for (const key of keys) {
+      const has = frontends.get(key) ?? new Set<string>();
+      const sig = [...has].sort().join(',');
+      if (this.sig.get(key) === sig) continue;
+      this.sig.set(key, sig);
+      let list = this.changes.get(key);
+      if (!list) this.changes.set(key, (list = []));
+      list.push({ t, has });
+    }
+  }
+
+  /** The first sample at or after `from` at which frontend `key` held `entry` (Infinity: none). */
+  firstHolding(key: string, entry: string, from: number): number {
+    let lo = 0, hi = this.times.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (this.times[mid]! < from) lo = mid + 1; else hi = mid; }
+    const ts = this.times[lo];
+    if (ts === undefined) return Infinity;
+    const list = this.changes.get(key) ?? [];
+    let j = -1;
+    for (let a = 0, b = list.length - 1; a <= b;) { const mid = (a + b) >> 1; if (list[mid]!.t <= ts) { j = mid; a = mid + 1; } else b = mid - 1; }
+    if (j >= 0 && list[j]!.has.has(entry)) return ts;
+    for (let k = j + 1; k < list.length; k++) if (list[k]!.has.has(entry)) return list[k]!.t;
+    return Infinity;
+  }
+
+  /** What the frontend held at time t (the last sample at or before it), for a failure's report. */
+  at(key: string, t: number): string {
+    const list = this.changes.get(key) ?? [];
+    let found: { has: ReadonlySet<string> } | undefined;
+    for (const c of list) { if (c.t <= t) found = c; else break; }
+    return found && found.has.size ? [...found.has].sort().join(', ') : 'nothing';
+  }
 }
 
 // ---- flatness ----

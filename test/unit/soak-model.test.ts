@@ -2,7 +2,7 @@
 // flatness checks. The judgement must count what it should: a failure while a backend stayed good all along.
 import t from 'tap';
 import { parseConfig } from '../../agent/model/config.js';
-import { slope, soakConfig, Timeline, type FrontendSnap, type SoakService } from '../../bench/lib/soakmodel.js';
+import { kernelEntry, KernelTrace, slope, soakConfig, Timeline, type FrontendSnap, type SoakService } from '../../bench/lib/soakmodel.js';
 
 const K = '127.77.0.1:80';
 const snap = (good: [string, number][], listed = good.length, service = 's'): Map<string, FrontendSnap> =>
@@ -58,4 +58,26 @@ t.test('the soak config is one the agent accepts, for every kind of service', as
   t.same(m.services.map((s) => s.name), ['a', 'b', 'c', 'd']);
   t.equal(m.services[3]!.healthCheck?.kind, 'grpc', 'the h2c service is probed over gRPC');
   t.equal(m.services[1]!.healthCheck, undefined, 'the UDP service has no probe');
+});
+
+t.test('kernel trace: a listing is in force from the first sample at or after a time that holds it', async (t) => {
+  const k = new KernelTrace();
+  const l4 = kernelEntry('l4tcp', '198.18.0.2');
+  const l7 = kernelEntry('l7h2', '198.18.0.2');
+  t.equal(l4, 'l4 198.18.0.2:8081');
+  t.equal(l7, 'l7 198.18.0.2:8082');
+  k.record(100, new Map([['127.77.1.1:80', new Set([l4])]]));
+  k.record(125, new Map([['127.77.1.1:80', new Set([l4])]]));
+  k.record(150, new Map()); // removed
+  k.record(175, new Map([['127.77.1.1:80', new Set([l7])]])); // back as L7 h2
+  k.record(200, new Map([['127.77.1.1:80', new Set([l7])]]));
+  t.equal(k.firstHolding('127.77.1.1:80', l4, 90), 100, 'held at the first sample after');
+  t.equal(k.firstHolding('127.77.1.1:80', l4, 110), 125, 'a sample at or after the time, not the one before');
+  t.equal(k.firstHolding('127.77.1.1:80', l4, 130), Infinity, 'removed and never back as L4');
+  t.equal(k.firstHolding('127.77.1.1:80', l7, 100), 175, 'the L7 listing from when the kernel held it');
+  t.equal(k.firstHolding('127.77.1.1:80', l7, 201), Infinity, 'no sample after the last');
+  t.equal(k.firstHolding('127.77.1.2:80', l4, 0), Infinity, 'a frontend never held');
+  t.equal(k.at('127.77.1.1:80', 160), 'nothing');
+  t.equal(k.at('127.77.1.1:80', 180), l7);
+  t.throws(() => k.record(150, new Map()), /before the last one/);
 });
