@@ -20,7 +20,7 @@
 // A generation's times are stored with it, so a restarted control plane resumes a rotation where it was.
 import 'reflect-metadata';
 import { createPrivateKey, randomBytes, webcrypto, X509Certificate as NodeX509, type KeyObject } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, unwatchFile, watchFile, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { formatSpiffeId, parseNodeSpiffeId, parseSpiffeId, trustDomainProblem, type SpiffeId } from '../agent/model/spiffe.js';
@@ -62,6 +62,8 @@ export interface Issued {
 
 /** One signing generation: the certificate that signs, its key, the chain above it and the root that ends it. */
 interface Generation {
+  /** its name: the --ca-dir subdirectory (gen-<n>), or 'files' (--ca-cert) */
+  label: string;
   signer: x509.X509Certificate;
   key: CryptoKey;
   /** certificates above the signer up to and including the root (empty when the signer is the root) */
@@ -69,6 +71,29 @@ interface Generation {
   root: x509.X509Certificate;
   /** issuing under this generation starts at (ms since the epoch; 0 = from the start) */
   issueFrom: number;
+}
+
+/** Where a generation is in its life (status(), the metrics, `sockmesh-controlplane ca status`). */
+export type GenerationState = 'issuing' | 'next' | 'retiring' | 'retired';
+
+export interface CaStatus {
+  /** the generation that signs now */
+  active: string;
+  /** 0: one root in force; 1: a new root is in the bundle, issuing switches to it at its issueFrom; 2: issuing
+   *  under the new root, the old one stays in the bundle until every certificate it signed has expired */
+  rotationStep: 0 | 1 | 2;
+  bundleRoots: number;
+  generations: {
+    generation: string;
+    state: GenerationState;
+    /** when it starts (started) signing; null = from the start */
+    issueFrom: string | null;
+    /** when its root leaves the trust bundle (retiring), or left it (retired) */
+    leavesBundle?: string;
+    root: { subject: string; notAfter: string; fingerprint256: string };
+    /** the certificate that signs workload certificates, when it is not the root itself */
+    intermediate?: { subject: string; notAfter: string };
+  }[];
 }
 
 export interface CaOptions {
@@ -243,16 +268,21 @@ export class CertificateAuthority {
         ? `--ca-chain ${opts.chainFile}: its last certificate (${root.subject}) is not a self-signed root`
         : `--ca-cert ${opts.certFile}: ${signer!.subject} is not self-signed; give the certificates up to the root with --ca-chain`);
     }
-    await ca.checkGeneration({ signer: signer!, key, above, root, issueFrom: 0 }, opts.certFile);
-    ca.generations = [{ signer: signer!, key, above, root, issueFrom: 0 }];
+    const gen = { label: 'files', signer: signer!, key, above, root, issueFrom: 0 };
+    await ca.checkGeneration(gen, opts.certFile);
+    ca.generations = [gen];
     return ca;
   }
 
-  /** From --ca-dir: generated into it on the first start (keys 0600), reused afterwards. */
-  static async fromDir(opts: CaOptions & { dir: string }): Promise<CertificateAuthority> {
+  /**
+   * From --ca-dir: generated into it on the first start (keys 0600), reused afterwards. `create` false (the `ca`
+   * commands): a directory without a CA in it is an error, not a new CA.
+   */
+  static async fromDir(opts: CaOptions & { dir: string; create?: boolean }): Promise<CertificateAuthority> {
     const ca = new CertificateAuthority(opts);
     ca.dir = opts.dir;
     const stateFile = join(opts.dir, 'generations.json');
+    if (!existsSync(stateFile) && opts.create === false) throw new CaConfigError(`--ca-dir ${opts.dir}: no CA there (no generations.json)`);
     if (!existsSync(stateFile)) {
       if (existsSync(opts.dir) && readdirSync(opts.dir).length > 0) {
         throw new CaConfigError(`--ca-dir ${opts.dir}: not empty and has no generations.json; give an empty or new directory (or --ca-cert/--ca-key for existing files)`);
@@ -294,7 +324,7 @@ export class CertificateAuthority {
       const [signer] = readCerts(join(d, 'ca-cert.pem'), 'CA certificate');
       const above = readCerts(join(d, 'cert-chain.pem'), 'CA chain');
       const { key } = await importKey(join(d, 'ca-key.pem'));
-      const gen = { signer: signer!, key, above, root: above[above.length - 1]!, issueFrom: g.issueFrom };
+      const gen = { label: g.dir, signer: signer!, key, above, root: above[above.length - 1]!, issueFrom: g.issueFrom };
       await this.checkGeneration(gen, d);
       gens.push(gen);
     }
@@ -320,6 +350,14 @@ export class CertificateAuthority {
    */
   async rotate(propagationMs: number): Promise<string> {
     if (!this.dir) throw new CaConfigError('rotation needs a CA in a directory (--ca-dir); with --ca-cert/--ca-key replace the files and restart');
+    await this.loadDir(); // another process (the serving control plane, an earlier rotate) may have written since
+    // A second rotation while the first one's root is still propagating would switch issuing past a root agents may
+    // not have yet: step 2 of the previous one must have started.
+    const pending = this.generations.find((g) => g.issueFrom > this.now());
+    if (pending) throw new CaConfigError(`--ca-dir ${this.dir}: ${pending.label} starts issuing at ${new Date(pending.issueFrom).toISOString()}; rotate again after that`);
+    // the roots --ca-dir makes carry the trust domain as O=: a rotation under another one would be a different mesh
+    const td = /(?:^|,\s*)O=([^,]+)/.exec(this.generations[this.generations.length - 1]!.root.subject)?.[1];
+    if (td !== undefined && td !== this.trustDomain) throw new CaConfigError(`--trust-domain ${this.trustDomain}: the CA in ${this.dir} is for trust domain ${td}`);
     const state = this.readState();
     const n = Math.max(...state.generations.map((g) => Number(g.dir.slice(4)))) + 1;
     const g = await generateGeneration(this.trustDomain, this.now(), String(n));
@@ -328,6 +366,42 @@ export class CertificateAuthority {
     this.writeState(state);
     await this.loadDir();
     return g.files['root-cert.pem']!;
+  }
+
+  /**
+   * Re-read the directory whenever generations.json changes (a `ca rotate` from another process); `onReload` is
+   * told the result or the error (the CA then keeps what it had). Returns a function that stops watching.
+   */
+  watchDir(onReload: (err?: Error) => void, intervalMs = 1000): () => void {
+    if (!this.dir) return () => {};
+    const file = join(this.dir, 'generations.json');
+    const changed = (cur: { mtimeMs: number }, prev: { mtimeMs: number }) => {
+      if (cur.mtimeMs === prev.mtimeMs) return;
+      this.loadDir().then(() => onReload(), (e: Error) => onReload(e));
+    };
+    watchFile(file, { interval: intervalMs, persistent: false }, changed);
+    return () => unwatchFile(file, changed);
+  }
+
+  /** Where each generation is, and the rotation's step (metrics, `ca status`). */
+  status(): CaStatus {
+    const now = this.now();
+    const active = this.generations.indexOf(this.active(now));
+    const gens = this.generations.map((g, i) => {
+      const stopped = i < active ? this.generations[i + 1]!.issueFrom : undefined;
+      const leaves = stopped === undefined ? undefined : stopped + this.maxTtlS * 1000;
+      const state: GenerationState = i > active ? 'next' : i === active ? 'issuing' : leaves! > now ? 'retiring' : 'retired';
+      const root = new NodeX509(Buffer.from(g.root.rawData));
+      return {
+        generation: g.label, state,
+        issueFrom: g.issueFrom > 0 ? new Date(g.issueFrom).toISOString() : null,
+        ...(leaves !== undefined ? { leavesBundle: new Date(leaves).toISOString() } : {}),
+        root: { subject: g.root.subject, notAfter: g.root.notAfter.toISOString(), fingerprint256: root.fingerprint256 },
+        ...(g.signer.equal(g.root) ? {} : { intermediate: { subject: g.signer.subject, notAfter: g.signer.notAfter.toISOString() } }),
+      };
+    });
+    const step = gens.some((g) => g.state === 'next') ? 1 : gens.some((g) => g.state === 'retiring') ? 2 : 0;
+    return { active: this.generations[active]!.label, rotationStep: step, bundleRoots: this.trustBundle().length, generations: gens };
   }
 
   /** The generation that signs now: the newest whose issueFrom has come. */

@@ -20,11 +20,9 @@ import {
   ClusterWatch, healthLine, nodeDependentServices, RouteStatusWriter, viewChanges,
   type ClusterHealth, type KubeAccess, type SyncBatch, type WatchKind,
 } from '../kube/watch.js';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { Registry } from 'prom-client';
 import { registerKubeMetrics } from '../kube/metrics.js';
 import { ControlPlane, serve, type RunningControlPlane, type ServeOptions } from './server.js';
+import { controlPlaneRegistry, startStatusServer, type StatusServer } from './status.js';
 
 /** The API server as the control plane uses it (controlplane/main.ts builds it from the kubeconfig). */
 export type ClusterAccess = KubeAccess;
@@ -202,61 +200,26 @@ export interface RunningKubeControlPlane extends RunningControlPlane {
 export async function startKubeControlPlane(opts: KubeServeOptions): Promise<RunningKubeControlPlane> {
   const cp = new ControlPlane(opts);
   const kube = new KubeCluster(cp, { access: opts.access, server: opts.server, log: cp.log, debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs });
-  let status: Server | undefined;
-  let statusAddress: string | null = null;
+  let status: StatusServer | undefined;
+  let running: RunningControlPlane | undefined;
   if (opts.statusListen) {
-    const registry = new Registry();
+    const registry = controlPlaneRegistry(cp, opts.ca && { setup: opts.ca, stats: () => running?.ca?.stats });
     registerKubeMetrics(registry, 'sockmesh_controlplane', {
       health: () => kube.watch.health(), unserved: () => kube.report().unserved.length, routeStatus: () => kube.report().routeStatus,
     });
-    registry.registerMetric({
-      name: 'sockmesh_controlplane_xds_streams', help: 'Open ADS streams', type: 'gauge', aggregator: 'sum',
-      get: () => Promise.resolve({ name: 'sockmesh_controlplane_xds_streams', help: 'Open ADS streams', type: 'gauge', aggregator: 'sum', values: [{ labels: {}, value: cp.streamCount }] }),
-      reset: () => {},
-    } as unknown as Parameters<Registry['registerMetric']>[0]);
-    status = await statusServer(opts.statusListen, registry, () => kube.report());
-    const a = status.address() as AddressInfo;
-    statusAddress = `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
-    cp.log.info({ address: statusAddress }, 'status endpoint listening (GET /metrics, GET /v1/kubernetes)');
+    status = await startStatusServer(opts.statusListen, registry, { '/v1/kubernetes': () => kube.report() });
+    cp.log.info({ address: status.address }, 'status endpoint listening (GET /metrics, GET /v1/kubernetes)');
   }
   kube.start();
   try {
-    const running = await serve(cp, opts, async () => {
+    running = await serve(cp, opts, async () => {
       await kube.stop();
-      if (status) await new Promise<void>((r) => { status!.close(() => r()); status!.closeAllConnections(); });
+      await status?.close();
     }, () => {});
-    return Object.assign(running, { kube, statusAddress });
+    return Object.assign(running, { kube, statusAddress: status?.address ?? null });
   } catch (e) {
     await kube.stop();
-    status?.close();
+    await status?.close();
     throw e;
   }
-}
-
-async function statusServer(listen: { host: string; port: number }, registry: Registry, report: () => ClusterReport): Promise<Server> {
-  const server = createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET' || (path !== '/metrics' && path !== '/v1/kubernetes')) {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found: GET /metrics or GET /v1/kubernetes\n');
-      return;
-    }
-    if (path === '/v1/kubernetes') {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(report()));
-      return;
-    }
-    registry.metrics().then((text) => {
-      res.writeHead(200, { 'content-type': registry.contentType });
-      res.end(text);
-    }, (e: Error) => {
-      res.writeHead(500, { 'content-type': 'text/plain' });
-      res.end(`collecting metrics failed: ${e.message}\n`);
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (e) => reject(new Error(`--status-listen ${listen.host}:${listen.port}: ${e.message}`)));
-    server.listen(listen.port, listen.host, () => resolve());
-  });
-  return server;
 }

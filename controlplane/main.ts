@@ -12,6 +12,8 @@ import { startKubeControlPlane } from './kube.js';
 import { apiAccess } from '../kube/access.js';
 import { caFromFlags, type CaFlags } from './ca-service.js';
 import { DEFAULT_AGENT_SERVICE_ACCOUNT, DEFAULT_TOKEN_AUDIENCE, kubeCaAuth, parseServiceAccounts } from './ca-kube.js';
+import { caCommand } from './ca-command.js';
+import { controlPlaneRegistry, startStatusServer } from './status.js';
 import { parseDuration } from '../agent/model/duration.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -39,7 +41,7 @@ program
   .option('--kubernetes', 'serve the cluster: Services, EndpointSlices, HTTPRoutes (and Nodes, for zones) watched once; Local and PreferClose services per node (the xDS node id is the node name)')
   .option('--kubeconfig <file>', 'kubeconfig for --kubernetes (default: the in-cluster service account, else $KUBECONFIG, else ~/.kube/config)')
   .option('--trust-domain <domain>', 'SPIFFE trust domain of the cluster\'s identities', 'cluster.local')
-  .option('--status-listen <host:port>', "with --kubernetes: GET /metrics (watch health) and GET /v1/kubernetes (what is not served); '' or 'off' = none", '127.0.0.1:18001')
+  .option('--status-listen <host:port>', "GET /metrics (xDS streams, the CA; with --kubernetes the watch health) and with --kubernetes GET /v1/kubernetes (what is not served); '' or 'off' = none; with --dir only when given", '127.0.0.1:18001')
   .option('--listen <host:port>', 'address to listen on', '127.0.0.1:18000')
   .option('--tls-cert <file>', 'serve TLS with this certificate chain (PEM); needs --tls-key')
   .option('--tls-key <file>', 'private key (PEM) for --tls-cert')
@@ -82,7 +84,23 @@ program
         const statusListen = parseStatusListen(opts.statusListen);
         running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen, ca });
         log.info({ server: access.server, trustDomain: opts.trustDomain }, 'serving the Kubernetes cluster');
-      } else running = await startControlPlane({ dir: opts.dir!, listen: opts.listen, tls, log, ca });
+      } else {
+        running = await startControlPlane({ dir: opts.dir!, listen: opts.listen, tls, log, ca });
+        // a config directory's control plane had no status endpoint before the CA's metrics: only when asked for, so
+        // that several on one machine do not collide on the default port
+        const statusListen = program.commands.find((c) => c.name() === 'serve')!.getOptionValueSource('statusListen') === 'default' ? undefined : parseStatusListen(opts.statusListen);
+        if (statusListen) {
+          const served = running;
+          const status = await startStatusServer(statusListen, controlPlaneRegistry(served.controlPlane, ca && { setup: ca, stats: () => served.ca?.stats }));
+          log.info({ address: status.address }, 'status endpoint listening (GET /metrics)');
+        }
+      }
+      // `sockmesh-controlplane ca rotate` writes the directory from another process: its new generation applies here
+      // within a second (its root joins the bundle at once; issuing switches at its issueFrom)
+      ca?.authority.watchDir((err) => {
+        if (err) log.error({ error: err.message }, 'the CA directory changed but does not load: keeping the generations in force');
+        else log.info({ ...ca.authority.status() }, 'CA generations reloaded');
+      });
     } catch (e) {
       if (e instanceof ConfigError) {
         process.stderr.write(`sockmesh-controlplane: the config directory ${opts.dir ?? ''} does not load:\n`);
@@ -98,5 +116,7 @@ program
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGHUP', () => running.reload());
   });
+
+program.addCommand(caCommand((v) => parseDuration(v)));
 
 await program.parseAsync(process.argv);
