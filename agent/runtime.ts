@@ -9,13 +9,10 @@
 export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8', '--v8-pool-size=1'];
 
 // How the control plane's Node.js runs (its shebang, scripts/image.sh's wrapper, the kubernetes bench and
-// test/lib/controlplane.ts pass these).
-//
-// --max-semi-space-size=32: the control plane builds a snapshot of the whole cluster (10k services: ~300 MiB of
-//   model and encoded resources that all survive), so every young-generation collection copies what it finds. V8's
-//   default semi-space (16 MiB on 64-bit) scavenged 37 times for a full sync of 10k services / 100k endpoints; 32 MiB
-//   halves that (19) at the same CPU (2.04 s against 2.15 s, interleaved runs) and 38 % less time in GC pauses
-//   (1.27 s against 2.00 s on a loaded 2-vCPU VM, where each parallel scavenge also waits for its helper threads),
-//   for +34 MiB RSS; 64 MiB saved few pauses more (12) for +88 MiB and more CPU (2.22 s). Not the agent's 8 MiB: the
-//   agent keeps one model, the control plane builds one for every node it serves.
-export const CONTROLPLANE_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=32'];
+// test/lib/controlplane.ts pass these): with V8's defaults, measured. A full sync of 10k services / 100k endpoints
+// builds ~300 MiB of model and encoded resources that nearly all survive, so the young generation's cost is copying
+// survivors, which no semi-space size avoids. Interleaved runs of the control plane's sync (in process, 7 pairs):
+// CPU 2.00-2.15 s with the default 16 MiB semi-space (37 scavenges), 2.04-2.06 s with 32 (19 scavenges, +22-34 MiB
+// RSS), 2.22 s with 64 (12, +88 MiB); in `npm run bench -- kubernetes` (2 pairs, load 9-10) the control plane used
+// 1.77-2.05 s of CPU for the sync with the default and 2.19-2.38 s with 32. Fewer, longer pauses buy nothing here.
+export const CONTROLPLANE_NODE_FLAGS: readonly string[] = [];

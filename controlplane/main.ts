@@ -1,5 +1,5 @@
-#!/usr/bin/env -S node --max-semi-space-size=32
-// (the flags are agent/runtime.ts CONTROLPLANE_NODE_FLAGS: a shebang cannot import them)
+#!/usr/bin/env node
+// (its V8 flags, none measured worth having so far, are agent/runtime.ts CONTROLPLANE_NODE_FLAGS: a shebang cannot import them)
 // sockmesh-controlplane: serve a directory of sockmesh configs as xDS (ADS, state of the world and delta) to many
 // agents and to proxyless gRPC clients. A binary of its own, apart from meshctl: meshctl speaks only the agent's admin
 // protocol, while this needs the model and the Envoy protos.

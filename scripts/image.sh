@@ -120,7 +120,7 @@ wrapper() {
   chmod 0755 "$root/usr/local/bin/$1"
 }
 wrapper sockmesh-agent '--max-semi-space-size=8 --v8-pool-size=1' agent/main.js
-wrapper sockmesh-controlplane '--max-semi-space-size=32' controlplane/main.js
+wrapper sockmesh-controlplane '' controlplane/main.js
 wrapper meshctl '' cli/meshctl.js
 # The addon must load inside the image (libbpf1 and libelf1 of the suite, the node found above), and each program start.
 chroot "$root" node -e "require('/opt/sockmesh/build/Release/sockmesh.node'); require('/opt/sockmesh/build/Release/sockmesh_netio.node')" \
