@@ -68,6 +68,14 @@ export class KernelReconciler implements KernelTarget {
 
   /** the local pods' addresses, as last told (syncLocal) */
   private podAddresses: ReadonlySet<string> = new Set();
+  /** this node's name with the tunnel hand-over on (setNodeId) */
+  private nodeId?: string;
+
+  /** Hand connections to other nodes' workloads to the tunnel from the next apply (agent/tunnelhandover.ts). */
+  setNodeId(nodeId: string | undefined): void {
+    this.nodeId = nodeId;
+    this.r.setNodeId(nodeId);
+  }
 
   /** Take over what a previous agent left pinned, and learn the node's addresses. */
   adopt(): { frontends: number; backends: number } {
@@ -95,6 +103,7 @@ export class KernelReconciler implements KernelTarget {
     const fresh = this.make();
     fresh.adopt();
     fresh.syncLocalAddresses(this.podAddresses);
+    fresh.setNodeId(this.nodeId);
     this.r.close();
     this.r = fresh;
   }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * The second half of the L7 redirect (the first is connect4/6, lib/l7.h): when a client redirected to the proxy
+ * The second half of the L7 redirect and of the tunnel hand-over (the first is connect4/6, lib/l7.h and lib/tunnel.h):
+ * when a client redirected to the proxy (or to the tunnel hand-over)
  * is established, its original destination moves from the socket cookie (all connect() had) to the client's
  * address and port, which is what the proxy sees of the accepted socket. ACTIVE_ESTABLISHED runs on the client
  * as the SYN-ACK arrives, before the client's ACK is sent, so before the proxy can accept() the connection.
@@ -39,7 +40,8 @@ static __always_inline void sm_l7_forget_stale(const struct sm_sock_key *sk)
 	__u32 zero = 0;
 
 	px = bpf_map_lookup_elem(&sm_proxy, &zero);
-	if (!px || sk->remote_port != bpf_ntohs(px->port))
+	/* the proxy's port or the tunnel hand-over's (same addresses, same keys: lib/tunnel.h) */
+	if (!px || (sk->remote_port != bpf_ntohs(px->port) && (!px->tunnel_port || sk->remote_port != bpf_ntohs(px->tunnel_port))))
 		return;
 	if (!sm_addr_eq(sk->remote_ip, px->v4) && !sm_addr_eq(sk->remote_ip, px->v6) &&
 	    !sm_addr_eq(sk->remote_ip, px->node_v4) && !sm_addr_eq(sk->remote_ip, px->node_v6))

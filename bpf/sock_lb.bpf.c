@@ -5,7 +5,8 @@
  * connect()/sendmsg() to a service VIP:port is rewritten to a backend before any packet
  * exists; getpeername()/recvmsg() rewrite the backend back to the VIP so the application
  * only ever sees the address it asked for. A TCP connect() to an L7 service goes to the agent's proxy instead
- * (lib/l7.h).
+ * (lib/l7.h); one to a workload of another node, through a VIP or straight to its pod address, to the agent's tunnel
+ * hand-over (lib/tunnel.h).
  */
 #include "common.h"
 #include "maps.h"
@@ -17,6 +18,7 @@
 #include "sock_addr.h"
 #include "l7.h"
 #include "authz.h"
+#include "tunnel.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -48,6 +50,7 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 	struct sm_counters *c;
 	struct sm_flow flow;
 	struct sm_pick pick;
+	int handed = 0;
 	__u8 proto;
 
 	proto = sm_proto_of(ctx->type);
@@ -56,7 +59,7 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 	sm_dest_key(ctx, v6, proto, &key);
 	svc = bpf_map_lookup_elem(&sm_services, &key);
 	if (!svc)
-		return SM_SYSCALL_ALLOW;
+		return proto == SM_PROTO_TCP && !udp_send ? sm_tunnel_direct(ctx, v6, &key) : SM_SYSCALL_ALLOW;
 
 	flow.cookie = bpf_get_socket_cookie(ctx);
 	flow.netns_cookie = bpf_get_netns_cookie(ctx);
@@ -100,8 +103,19 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 		return SM_SYSCALL_DENY;
 	}
 
-	sm_set_dest(ctx, v6, pick.be->addr, pick.be->port);
-	sm_revnat_record(flow.cookie, pick.be->addr, pick.be->port, pick.backend_id, &key, flow.service_id);
+	/* A workload of another node: to the tunnel hand-over (or, with it down, direct or refused: lib/tunnel.h). */
+	if ((pick.be->flags & SM_BE_F_TUNNEL) && !udp_send && proto == SM_PROTO_TCP) {
+		int verdict = sm_tunnel_connect(ctx, v6, &key, pick.be->addr, pick.be->port, pick.backend_id,
+						pick.be->flags, &flow);
+
+		if (verdict == SM_L7_REFUSE)
+			return SM_SYSCALL_DENY;
+		handed = verdict == SM_L7_DONE;
+	}
+	if (!handed) {
+		sm_set_dest(ctx, v6, pick.be->addr, pick.be->port);
+		sm_revnat_record(flow.cookie, pick.be->addr, pick.be->port, pick.backend_id, &key, flow.service_id);
+	}
 
 	sm_global_inc(udp_send ? SM_G_LB_UDP_SEND : SM_G_LB_CONNECT);
 	if (pick.affinity_hit)
@@ -124,8 +138,9 @@ static __always_inline int sm_balance(struct bpf_sock_addr *ctx, int v6, int udp
 		if (pick.affinity_hit)
 			c->affinity_hits++;
 	}
-	sm_event_emit(udp_send ? SM_EV_UDP_SEND : SM_EV_CONNECT, &flow, pick.be->addr, pick.be->port, pick.backend_id,
-		      pick.affinity_hit ? SM_EV_F_AFFINITY_HIT : 0);
+	if (!handed)
+		sm_event_emit(udp_send ? SM_EV_UDP_SEND : SM_EV_CONNECT, &flow, pick.be->addr, pick.be->port,
+			      pick.backend_id, pick.affinity_hit ? SM_EV_F_AFFINITY_HIT : 0);
 	return SM_SYSCALL_ALLOW;
 }
 

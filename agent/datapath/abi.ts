@@ -4,7 +4,7 @@
 import { isIPv6 } from 'node:net';
 import { ipv4Value } from '../model/address.js';
 
-export const ABI_VERSION = 8;
+export const ABI_VERSION = 9;
 
 export const PROTO = { tcp: 6, udp: 17 } as const;
 export const ALGO = { random: 0, weighted: 1, maglev: 2 } as const;
@@ -17,6 +17,8 @@ export const AUTHZ_DENY = 0;
 export const AUTHZ_ALLOW = 1;
 export const MAX_AUTHZ_POLICIES = 1024;
 export const BE_F_LOCAL = 1 << 0;
+export const BE_F_TUNNEL = 1 << 1;
+export const BE_F_STRICT = 1 << 2;
 export const SOCK_F_ACTIVE = 1 << 0;
 export const SOCK_F_TCP_ONLY = 1 << 1;
 export const SOCK_F_SENT = 1 << 2;
@@ -27,7 +29,7 @@ export const PROXY_F_IN_MESH = 1 << 0;
 
 export const EVENT_KIND: Record<number, string> = {
   1: 'connect', 2: 'no-backend', 3: 'udp-send', 4: 'l7-redirect', 5: 'l7-refused', 6: 'sock-insert', 7: 'redirect-miss',
-  8: 'authz-deny',
+  8: 'authz-deny', 10: 'tunnel', 11: 'tunnel-refused',
 };
 /** sm_flow_event.flags */
 export const EV_F_AFFINITY_HIT = 1 << 0;
@@ -38,7 +40,7 @@ export const GLOBAL_COUNTERS = [
   'lb_connect', 'lb_udp_send', 'lb_no_backend', 'affinity_hit', 'revnat_miss', 'sock_insert', 'sock_insert_fail',
   'redirect', 'redirect_miss', 'tcp_only', 'event_drop',
   'l7_redirect', 'l7_fail_open', 'l7_fail_closed', 'l7_from_proxy', 'l7_handoff', 'bulk_leave', 'bulk_kept',
-  'stale_peer', 'l7_proxy_gone', 'authz_allow', 'authz_deny',
+  'stale_peer', 'l7_proxy_gone', 'authz_allow', 'authz_deny', 'tunnel_handover', 'tunnel_direct', 'tunnel_refused',
 ] as const;
 export type GlobalCounter = (typeof GLOBAL_COUNTERS)[number];
 
@@ -91,12 +93,13 @@ export const STRUCTS = {
     ['cgroup_id', 'u64', 72], ['identity_id', 'u32', 80], ['policy_id', 'u32', 84],
   ]),
   sm_proxy: def('sm_proxy', 104, [
-    ['v4', 'addr', 0], ['v6', 'addr', 16], ['port', 'u16be', 32], ['pad', 'u16', 34], ['flags', 'u32', 36],
+    ['v4', 'addr', 0], ['v6', 'addr', 16], ['port', 'u16be', 32], ['tunnel_port', 'u16be', 34], ['flags', 'u32', 36],
     ['netns_cookie', 'u64', 40], ['cgroup_id', 'u64', 48], ['heartbeat_ns', 'u64', 56], ['timeout_ns', 'u64', 64],
     ['node_v4', 'addr', 72], ['node_v6', 'addr', 88],
   ]),
-  sm_orig_dst: def('sm_orig_dst', 32, [
+  sm_orig_dst: def('sm_orig_dst', 56, [
     ['vip', 'addr', 0], ['vport', 'u16be', 16], ['pad', 'u16', 18], ['service_id', 'u32', 20], ['cgroup_id', 'u64', 24],
+    ['backend', 'addr', 32], ['backend_port', 'u16be', 48], ['pad2', 'u16', 50], ['backend_id', 'u32', 52],
   ]),
   sm_proxy_sock_key: def('sm_proxy_sock_key', 20, [['addr', 'addr', 0], ['port', 'u16be', 16], ['pad', 'u16', 18]]),
   sm_identity: def('sm_identity', 8, [['identity_id', 'u32', 0], ['pad', 'u32', 4]]),
@@ -110,6 +113,8 @@ export const STRUCTS = {
 export const PROXY_HEARTBEAT_OFFSET = 56;
 export const PROXY_NODE_V4_OFFSET = 72;
 export const PROXY_NODE_V6_OFFSET = 88;
+/** sm_proxy.tunnel_port (network order): the tunnel hand-over's port, set once it listens */
+export const PROXY_TUNNEL_PORT_OFFSET = 34;
 
 export type StructName = keyof typeof STRUCTS;
 /** Decoded values: numbers, bigints for u64, textual addresses for 'addr'. */

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statSync } from 
 import { join } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { bpfObjectPath, native, type BpfObject, type MapHandle, type Native } from './native.js';
-import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
+import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_TUNNEL_PORT_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
 import type { OriginalDst } from '../model/redirect.js';
 import { cgroup2Root, isMountPoint } from './cgroup.js';
 import { ipv4Value } from '../model/address.js';
@@ -33,6 +33,7 @@ export const MAP_NAMES = [
   'sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_sockets', 'sm_sock_meta',
   'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_config', 'sm_events',
   'sm_proxy', 'sm_l7_pending', 'sm_l7_peers', 'sm_proxy_socks', 'sm_identities', 'sm_authz', 'sm_authz_stats',
+  'sm_remote_pods',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -73,6 +74,11 @@ export interface ProxySettings {
   nodeV4?: string;
   /** the same for IPv6 VIPs ('' or absent: nodeV4, v4-mapped) */
   nodeV6?: string;
+  /**
+   * The tunnel hand-over's port (agent/tunnelhandover.ts), on the same addresses; absent or 0 = none: connections to
+   * other nodes' workloads go direct (permissive) or are refused (strict) until setTunnelPort() names one.
+   */
+  tunnelPort?: number;
 }
 
 const PROXY_KEY = u32(0);
@@ -263,7 +269,7 @@ export class Datapath {
     if (typeof p.cgroupId !== 'bigint' || p.cgroupId <= 0n) throw new Error(`setProxy: cgroupId ${String(p.cgroupId)} must be a positive bigint`);
     // Unset addresses stay all-zero (what the programs test for), not ::ffff:0.0.0.0.
     const v = encode('sm_proxy', {
-      port: p.port, flags: p.inMesh ? PROXY_F_IN_MESH : 0, netns_cookie: this.ownNetnsCookie(), cgroup_id: p.cgroupId, heartbeat_ns: takeover ? process.hrtime.bigint() : 0n,
+      port: p.port, tunnel_port: p.tunnelPort ?? 0, flags: p.inMesh ? PROXY_F_IN_MESH : 0, netns_cookie: this.ownNetnsCookie(), cgroup_id: p.cgroupId, heartbeat_ns: takeover ? process.hrtime.bigint() : 0n,
       timeout_ns: BigInt(Math.round(p.timeoutMs * 1e6)),
     });
     if (p.v4) addrToBytes(p.v4, v, 0);
@@ -294,6 +300,18 @@ export class Datapath {
     v.fill(0, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET + 16);
     if (nodeV4) addrToBytes(nodeV4, v, PROXY_NODE_V4_OFFSET);
     if (nodeV6) addrToBytes(nodeV6, v, PROXY_NODE_V6_OFFSET);
+    this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
+  }
+
+  /**
+   * The tunnel hand-over listens on `port` (0: no longer): connections to other nodes' workloads go there from the next
+   * connect(), once its listeners are in sm_proxy_socks (proxyListener) and the proxy's heartbeat is fresh.
+   */
+  setTunnelPort(port: number): void {
+    const v = this.proxyValue;
+    if (!v) throw new Error('setTunnelPort: setProxy was not called (the hand-over lives on the L7 proxy\'s addresses and heartbeat)');
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`setTunnelPort: port ${port} is not 0..65535`);
+    v.writeUInt16BE(port, PROXY_TUNNEL_PORT_OFFSET);
     this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
   }
 
@@ -370,7 +388,16 @@ export class Datapath {
     // The VIP as the model writes it: IPv4 dotted (never v4-mapped), IPv6 compressed.
     const vip = v[10] === 0xff && v[11] === 0xff && v.readUInt32LE(0) === 0 && v.readUInt32LE(4) === 0 && v.readUInt16LE(8) === 0
       ? `${v[12]}.${v[13]}.${v[14]}.${v[15]}` : bytesToAddr(v, 0);
-    return { vip, port: v.readUInt16BE(16), cgroupId: v.readBigUInt64LE(24) };
+    const dst: OriginalDst = { vip, port: v.readUInt16BE(16), cgroupId: v.readBigUInt64LE(24) };
+    // the tunnel hand-over's: the pod chosen (the L7 redirect leaves it zero)
+    const bport = v.readUInt16BE(48);
+    if (bport !== 0) {
+      const b = v[42] === 0xff && v[43] === 0xff && v.readUInt32LE(32) === 0 && v.readUInt32LE(36) === 0 && v.readUInt16LE(40) === 0
+        ? `${v[44]}.${v[45]}.${v[46]}.${v[47]}` : bytesToAddr(v, 32);
+      dst.backend = { address: b, port: bport };
+      dst.serviceId = v.readUInt32LE(20);
+    }
+    return dst;
   }
 
   /** Close our fds. Pins and links stay: the datapath keeps running without the agent. */

@@ -94,7 +94,7 @@ export class MapReader {
       throw new Error(`no sockmesh datapath pinned at ${bpffs} (is the agent installed there? see --bpffs)`);
     }
     const r = new MapReader({}, n);
-    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy', 'sm_proxy_socks', 'sm_identities', 'sm_authz', 'sm_authz_stats'] as MapName[]) {
+    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy', 'sm_proxy_socks', 'sm_identities', 'sm_authz', 'sm_authz_stats', 'sm_remote_pods'] as MapName[]) {
       const p = join(bpffs, name);
       if (!existsSync(p)) continue;
       const fd = n.objGet(p);

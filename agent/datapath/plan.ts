@@ -21,8 +21,10 @@ import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
 import { authzDefault, compileAuthz4, type Authz4 } from '../model/authz4.js';
 import { ipv4Value } from '../model/address.js';
+import { mtlsModeFor } from '../model/mtls.js';
+import type { Workload } from '../model/l7.js';
 import {
-  ALGO, BE_F_LOCAL, PROTO, SVC_F_AFFINITY, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, SVC_F_FAIL_OPEN, SVC_F_L7, type BackendValue, type ServiceKey, type ServiceValue,
+  ALGO, BE_F_LOCAL, BE_F_STRICT, BE_F_TUNNEL, PROTO, SVC_F_AFFINITY, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, SVC_F_FAIL_OPEN, SVC_F_L7, type BackendValue, type ServiceKey, type ServiceValue,
 } from './abi.js';
 
 export interface KernelFrontend {
@@ -121,6 +123,44 @@ export function isLoopback(addr: string): boolean {
 
 export const feKey = (vip: string, port: number, proto: number): string => `${vip}|${port}|${proto}`;
 
+/**
+ * What the kernel hands to the tunnel for `nodeId`: workloads of another node (Workload.node set and not this node)
+ * whose mTLS mode (model/mtls.ts) is not off. backend() gives a VIP backend's flags (BE_F_TUNNEL, + BE_F_STRICT for a
+ * strict destination), with the service's own mode and the port's; pods maps each such workload address to its
+ * flags for a direct connect() to it (sm_remote_pods), where only the namespace's or the mesh's mode can apply (the
+ * kernel keys that map by address alone, so a service's port-level mode does not reach a pod dialled directly).
+ * An address that is local (this node's pods) is never handed over, whatever a stale workload entry says.
+ */
+export function tunnelTargets(model: Model, nodeId: string, local: ReadonlySet<string> = new Set()): {
+  backend(svc: Service, address: string, port: number): number; pods: Map<string, number>;
+} {
+  const remote = new Map<string, Workload>();
+  for (const w of model.workloads ?? []) {
+    if (w.node === undefined || w.node === nodeId) continue;
+    for (const a of w.addresses ?? []) if (!local.has(a) && !isLoopback(a)) remote.set(a, w);
+  }
+  const flagsOf = (mode: string): number => (mode === 'off' ? 0 : mode === 'strict' ? BE_F_TUNNEL | BE_F_STRICT : BE_F_TUNNEL);
+  const pods = new Map<string, number>();
+  for (const [a, w] of remote) {
+    const f = flagsOf(mtlsModeFor(model, w, undefined));
+    if (f) pods.set(a, f);
+  }
+  // mtlsModeFor looks at every service for a port's mode: once per (address, port) and apply, not per frontend
+  const byPort = new Map<string, string>();
+  return {
+    pods,
+    backend(svc, address, port) {
+      const w = remote.get(address);
+      if (!w) return 0;
+      if (svc.mtls) return flagsOf(svc.mtls);
+      const k = `${address}|${port}`;
+      let mode = byPort.get(k);
+      if (mode === undefined) byPort.set(k, (mode = mtlsModeFor(model, w, port)));
+      return flagsOf(mode);
+    },
+  };
+}
+
 /** SM_SVC_F_L7 (+ FAIL_OPEN) for the TCP frontends of a service with HTTP rules: connect() goes to the proxy. */
 function l7Flags(svc: Service, fe: Frontend): number {
   if (!svc.http || fe.protocol !== 'tcp') return 0;
@@ -213,6 +253,11 @@ export class Shadow {
   next: NextIds = { service: 1, frontend: 1, backend: 1, table: 1 };
   /** addresses of this node: a backend there is a sockmap candidate */
   local: ReadonlySet<string> = new Set();
+  /**
+   * This node's name (--node-id) when the tunnel hand-over is on: backends that are workloads of another node get
+   * BE_F_TUNNEL (tunnelTargets). Undefined: no backend is handed over (the kernel connects straight to the pod).
+   */
+  nodeId?: string;
   /** counts changes of serviceNames */
   namesChanges = 0;
   /** retired tables and the backends waiting for them, oldest first (see Grave) */
@@ -400,6 +445,7 @@ export function planApply(shadow: Shadow, model: Model, changed?: ReadonlySet<st
   const ops: Op[] = [];
   const next: NextIds = { ...shadow.next };
   const authz = model.authorization?.length ? compileAuthz4(model) : undefined;
+  const tunnel = shadow.nodeId !== undefined ? tunnelTargets(model, shadow.nodeId, shadow.local) : undefined;
 
   // The scope: services to compute, and the service ids whose kernel state may be replaced or removed.
   const services = changed ? model.services.filter((s) => changed.has(s.name)) : model.services;
@@ -458,7 +504,9 @@ export function planApply(shadow: Shadow, model: Model, changed?: ReadonlySet<st
         // A service's backend is shared by all its VIPs of one family: one id per (service, address, port).
         let k = findBackend(p.addrs, p.nums, p.index, b.address, b.port);
         if (k < 0) {
-          const pk = packed(b.port, isLoopback(b.address) || shadow.local.has(b.address) ? BE_F_LOCAL : 0, b.family === 4 ? 2 : 10);
+          const local = isLoopback(b.address) || shadow.local.has(b.address);
+          const flags = local ? BE_F_LOCAL : (tunnel?.backend(svc, b.address, b.port) ?? 0);
+          const pk = packed(b.port, flags, b.family === 4 ? 2 : 10);
           const j = findBackend(oldAddrs, oldNums, oldIndex, b.address, b.port);
           const id = j >= 0 ? oldNums[B * j]! : next.backend++;
           k = p.addrs.length;

@@ -6,7 +6,7 @@ import type { Model } from '../model/types.js';
 import { addrToBytes, decodeBackend, decodeService, decodeServiceKey, tableKey, u32 } from './abi.js';
 import type { Maps } from './datapath.js';
 import type { Native } from './native.js';
-import { Shadow, isLoopback, planApply, planReap, type KernelPlan } from './plan.js';
+import { Shadow, isLoopback, planApply, planReap, tunnelTargets, type KernelPlan } from './plan.js';
 import { execute, type ExecHooks } from './plan-exec.js';
 import { AuthzTables, type AuthzSyncResult } from './authz.js';
 
@@ -85,6 +85,8 @@ export class Reconciler {
   private readonly retireMs: number;
   private readonly now: () => number;
   private closed = false;
+  /** sm_remote_pods as last written, hex key -> flags (undefined: not known yet, read the map) */
+  private remoteWritten?: Map<string, number>;
   /** the keys of sm_local_addrs as last written (undefined: not known yet, read the map) */
   private localWritten?: Set<string>;
   /** sm_identities + sm_authz (when options.authz) */
@@ -162,6 +164,39 @@ export class Reconciler {
   }
 
   /**
+   * Hand connections to other nodes' workloads to the tunnel (plan.ts tunnelTargets): this node's name, before the
+   * first apply; undefined = none (the default: the kernel connects to them directly, and sm_remote_pods is emptied).
+   */
+  setNodeId(nodeId: string | undefined): void {
+    this.shadow.nodeId = nodeId;
+  }
+
+  /**
+   * sm_remote_pods from the model: other nodes' pod addresses whose mode is not off (only with a node id). The first
+   * call reads the map back (a previous agent's entries); later ones write only what changed. Returns the changes.
+   */
+  private syncRemotePods(model: Model): number {
+    const fd = this.maps.fd('sm_remote_pods');
+    const want = new Map<string, [Buffer, number]>();
+    if (this.shadow.nodeId !== undefined) {
+      for (const [a, f] of tunnelTargets(model, this.shadow.nodeId, this.shadow.local).pods) {
+        const k = addrToBytes(a);
+        want.set(k.toString('hex'), [k, f]);
+      }
+    }
+    const have = this.remoteWritten ?? new Map(this.n.mapKeys(fd).map((k) => [k.toString('hex'), this.n.mapLookup(fd, k)?.readUInt32LE(0) ?? 0]));
+    let changed = 0;
+    for (const hex of have.keys()) {
+      if (!want.has(hex)) { this.n.mapDelete(fd, Buffer.from(hex, 'hex')); changed++; }
+    }
+    for (const [hex, [k, f]] of want) {
+      if (have.get(hex) !== f) { this.n.mapUpdate(fd, k, u32(f)); changed++; }
+    }
+    this.remoteWritten = new Map([...want].map(([hex, [, f]]) => [hex, f]));
+    return changed;
+  }
+
+  /**
    * The operations apply(model, changed) would perform, without performing them (see planApply()).
    */
   plan(model: Model, changed?: ReadonlySet<string>): KernelPlan {
@@ -186,6 +221,8 @@ export class Reconciler {
     if (reaped.error) this.opts.onReap?.(reaped);
     // The per-identity verdicts, once the service ids exist (the entries' default verdict came with them).
     if (this.authz) this.lastAuthz = this.authz.sync(model, this.shadow.serviceIds);
+    // Direct connects to other nodes' pods, after their VIP backends (an address handed over one way is the other too).
+    this.syncRemotePods(model);
     return {
       backendsWritten: p.backendsWritten, backendsDeleted: p.backendsDeleted + reaped.backendsDeleted,
       backendsRetiring: p.backendsRetiring, frontendsWritten: p.frontendsWritten, frontendsDeleted: p.frontendsDeleted,

@@ -9,4 +9,8 @@ export interface OriginalDst {
   port: number;
   /** cgroup v2 id of the connecting process (the source workload) */
   cgroupId: bigint;
+  /** the tunnel hand-over only: the pod the kernel chose (a VIP's backend, or the pod dialled directly) */
+  backend?: { address: string; port: number };
+  /** the tunnel hand-over only: the service of the VIP (0 for a direct connect to a pod) */
+  serviceId?: number;
 }

@@ -31,6 +31,7 @@ export interface MonitorSources {
 const VERDICT_OF: Record<string, string> = {
   'connect': 'forwarded', 'udp-send': 'forwarded', 'no-backend': 'refused', 'l7-redirect': 'redirected',
   'l7-refused': 'refused', 'sock-insert': 'inserted', 'redirect-miss': 'missed', 'authz-deny': 'refused',
+  'tunnel': 'redirected', 'tunnel-refused': 'refused',
 };
 
 interface Reader {

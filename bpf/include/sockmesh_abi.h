@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SM_ABI_VERSION 8
+#define SM_ABI_VERSION 9
 
 /* ---- limits ---- */
 #define SM_MAX_SERVICES      65536   /* frontends (VIP:port:proto) */
@@ -37,7 +37,9 @@
 #define SM_MAX_AUTHZ         262144  /* (service, identity, port) verdicts (sm_authz) */
 #define SM_MAX_AUTHZ_POLICIES 1024   /* sm_authz_stats slots: 0 = no policy decided (the default), 1..N = policy */
 #define SM_ID_DEPTH          6       /* cgroup levels below the meshed cgroup searched for a workload's cgroup */
-#define SM_MAX_PROXY_SOCKS   8       /* the proxy's listeners: loopback v4/v6, node v4/v6, room for a node address change */
+#define SM_MAX_PROXY_SOCKS   16      /* the proxy's and the tunnel hand-over's listeners: loopback v4/v6, node v4/v6 each,
+                                      * room for a node address change */
+#define SM_MAX_REMOTE_PODS   65536   /* other nodes' pod addresses a direct connect() is handed to the tunnel for */
 
 /* ---- enums ---- */
 enum sm_proto {
@@ -62,6 +64,10 @@ enum sm_algo {
 
 /* struct sm_backend.flags */
 #define SM_BE_F_LOCAL       (1u << 0) /* backend address is on this node: sockmap candidate */
+#define SM_BE_F_TUNNEL      (1u << 1) /* a workload of another node, mTLS mode != off: TCP connect() is handed to the
+                                       * agent's tunnel hand-over listener (lib/tunnel.h), the pod ip:port kept for it */
+#define SM_BE_F_STRICT      (1u << 2) /* with SM_BE_F_TUNNEL: the destination is strict, so with the hand-over down
+                                       * connect() is refused (ECONNREFUSED) instead of going direct in plaintext */
 
 /* struct sm_sock_meta.flags */
 #define SM_SOCK_F_ACTIVE    (1u << 0) /* the connecting side */
@@ -95,6 +101,9 @@ enum sm_event_kind {
 	                          * as for SM_EV_SOCK_INSERT */
 	SM_EV_AUTHZ_DENY = 8,  /* connect() refused by L4 authorization (EACCES); backend = the one it would have reached,
 	                        * policy_id = the DENY policy that matched, or 0 when no ALLOW policy matched */
+	SM_EV_TUNNEL = 10,     /* connect() to a workload of another node handed to the tunnel; backend = the pod (vip = the
+	                        * VIP, or the pod itself for a direct connect) */
+	SM_EV_TUNNEL_REFUSED = 11, /* connect() to a strict workload of another node refused: the hand-over is down */
 };
 
 /* sm_flow_event.flags */
@@ -126,6 +135,10 @@ enum sm_global_counter {
 	                          * not in sm_proxy_socks (the agent died, or never listened there): fail mode applied */
 	SM_G_AUTHZ_ALLOW,        /* connect() allowed by L4 authorization (services with SM_SVC_F_AUTHZ only) */
 	SM_G_AUTHZ_DENY,         /* connect() refused by L4 authorization */
+	SM_G_TUNNEL_HANDOVER,    /* connect() to another node's workload handed to the tunnel hand-over listener */
+	SM_G_TUNNEL_DIRECT,      /* the hand-over was down (no heartbeat, or its listener not in sm_proxy_socks), the
+	                          * destination permissive: connect() went direct, in plaintext */
+	SM_G_TUNNEL_REFUSED,     /* the hand-over was down, the destination strict: connect() refused (ECONNREFUSED) */
 	SM_G__MAX,
 };
 
@@ -169,6 +182,9 @@ enum sm_global_counter {
  *  sm_authz         HASH         struct sm_authz_key   -> struct sm_authz_verdict, for services with SM_SVC_F_AUTHZ;
  *                                 a miss means the service's default (SM_SVC_F_AUTHZ_DENY).
  *  sm_authz_stats   PERCPU_ARRAY __u32 policy id (0..SM_MAX_AUTHZ_POLICIES-1) -> struct sm_authz_counters
+ *  sm_remote_pods   HASH         struct sm_addr        -> __u32 SM_BE_F_TUNNEL [| SM_BE_F_STRICT]: pod addresses of
+ *                                 other nodes whose mTLS mode is not off; a TCP connect() straight to one (no VIP) is
+ *                                 handed to the tunnel like a VIP's remote backend.
  */
 
 struct sm_addr {
@@ -292,7 +308,8 @@ struct sm_proxy {
 	__u32 v4[4];          /* IPv4 listener (::ffff:a.b.c.d) for AF_INET sockets and v4-mapped VIPs */
 	__u32 v6[4];          /* IPv6 listener for AF_INET6 sockets to IPv6 VIPs (zero: v4-mapped v4 is used) */
 	__u16 port;           /* network order */
-	__u16 pad;
+	__u16 tunnel_port;    /* network order: the tunnel hand-over's listeners (same addresses as the proxy's); 0 = none
+	                       * (remote workloads are then reached directly, or refused when strict) */
 	__u32 flags;          /* SM_PROXY_F_* */
 	__u64 netns_cookie;   /* the proxy's netns: a loopback proxy is only reachable from there */
 	__u64 cgroup_id;      /* connect() from this cgroup is never redirected (the proxy's upstreams, probes) */
@@ -307,11 +324,15 @@ struct sm_proxy {
 
 /* Where a redirected connection was going, and who asked. */
 struct sm_orig_dst {
-	__u32 vip[4];
+	__u32 vip[4];         /* what connect() asked for: the VIP, or the pod address of a direct connect */
 	__u16 vport;          /* network order */
 	__u16 pad;
-	__u32 service_id;
+	__u32 service_id;     /* 0 for a direct connect to a remote pod */
 	__u64 cgroup_id;      /* bpf_get_current_cgroup_id() of the connecting process */
+	__u32 backend[4];     /* tunnel hand-over: the pod chosen (the CONNECT's authority); zero for the L7 redirect */
+	__u16 backend_port;   /* network order; 0 for the L7 redirect */
+	__u16 pad2;
+	__u32 backend_id;     /* tunnel hand-over through a VIP: the chosen backend (0 otherwise) */
 };
 
 /* Where a proxy listener is bound (sm_proxy_socks): the address as in struct sm_proxy (v4 mapped), its port. */

@@ -87,6 +87,20 @@ static __always_inline int sm_proxy_listening(const __u32 *dst, __u16 port)
 	return ok;
 }
 
+/* The proxy's address a caller in netns_cookie can reach for this VIP (the loopback listener from the proxy's netns,
+ * the node address from any other), or NULL. The tunnel hand-over's listeners are on the same addresses. */
+static __always_inline const __u32 *sm_proxy_reach(const struct sm_proxy *px, int v6, const __u32 *vip, __u64 netns_cookie)
+{
+	const __u32 *dst = sm_proxy_pick(px->v4, px->v6, v6, vip);
+
+	/* A loopback listener exists only in the proxy's netns: from another one (a pod) the call would reach whatever
+	 * listens on that port there, or nothing. Such a client goes to the proxy's node address, which its routes
+	 * reach, or (none set) gets the fail mode. */
+	if (dst && sm_addr_is_loopback(dst) && px->netns_cookie != 0 && px->netns_cookie != netns_cookie)
+		dst = sm_proxy_pick(px->node_v4, px->node_v6, v6, vip);
+	return dst;
+}
+
 static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, const struct sm_service_key *key,
 					 const struct sm_service *svc, const struct sm_flow *flow)
 {
@@ -104,12 +118,7 @@ static __always_inline int sm_l7_connect(struct bpf_sock_addr *ctx, int v6, cons
 		return SM_L7_BALANCE;
 	}
 	if (px && sm_proxy_alive(px)) {
-		dst = sm_proxy_pick(px->v4, px->v6, v6, key->addr);
-		/* A loopback listener exists only in the proxy's netns: from another one (a pod) the call would reach
-		 * whatever listens on that port there, or nothing. Such a client goes to the proxy's node address,
-		 * which its routes reach, or (none set) gets the fail mode. */
-		if (dst && sm_addr_is_loopback(dst) && px->netns_cookie != 0 && px->netns_cookie != flow->netns_cookie)
-			dst = sm_proxy_pick(px->node_v4, px->node_v6, v6, key->addr);
+		dst = sm_proxy_reach(px, v6, key->addr, flow->netns_cookie);
 		/* The heartbeat is fresh, but the process may have died since (no beats for up to 3 intervals then). */
 		if (dst && !sm_proxy_listening(dst, px->port)) {
 			sm_global_inc(SM_G_L7_PROXY_GONE);

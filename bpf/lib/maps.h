@@ -192,6 +192,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_authz_stats SEC(".maps");
 
+/* Other nodes' pods a direct connect() is handed to the tunnel for (lib/tunnel.h). Written by the agent from the model's
+ * workloads; no preallocation, as the other maps userland writes while programs read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sm_addr);
+	__type(value, __u32);
+	__uint(max_entries, SM_MAX_REMOTE_PODS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_remote_pods SEC(".maps");
+
 static __always_inline const struct sm_config *sm_config_get(void)
 {
 	__u32 zero = 0;

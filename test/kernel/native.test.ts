@@ -178,6 +178,7 @@ t.test('native addon', { skip: skip ?? false }, async (t) => {
     t.same(Object.keys(layout).sort(), structs.sort(), 'every struct of the header');
     t.equal(layout.sm_sock_key!.size, 48);
     t.equal(layout.sm_flow_event!.size, 88);
+    t.equal(layout.sm_orig_dst!.size, 56, 'v9: the tunnel hand-over\'s pod, port and backend id after the L7 fields');
     t.equal(layout.sm_service_key!.size, 20);
     t.same(layout.sm_service_key!.offsets, { addr: 0, port: 16, proto: 18, pad: 19 });
     for (const [name, l] of Object.entries(layout)) {
@@ -186,7 +187,7 @@ t.test('native addon', { skip: skip ?? false }, async (t) => {
       t.equal(l.size % 4, 0, `${name}: size multiple of 4`);
     }
     const c = n.abiConstants();
-    t.equal(c.SM_ABI_VERSION, 8);
+    t.equal(c.SM_ABI_VERSION, 9);
     t.equal(c.SM_MAX_TABLE_ENTRIES, 1 << 22);
     t.equal(c.SM_EVENTS_BYTES, 256 * 1024);
     t.equal(c.SM_PROTO_UDP, 17);
