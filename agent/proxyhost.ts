@@ -6,6 +6,23 @@ import type { Datapath, ProxySettings } from './datapath/datapath.js';
 import type { ProxyPolicy } from './proxy/policy.js';
 import { ProxyServer } from './proxy/server.js';
 import type { Logger } from './observe/log.js';
+import { PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
+
+/** The GC pauses of the last few seconds (start, duration): what a late heartbeat is compared with. */
+function watchGc(): { since(t: number): number; longest(t: number): number } {
+  const pauses: { at: number; ms: number }[] = [];
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries() as PerformanceEntry[]) pauses.push({ at: e.startTime, ms: e.duration });
+    const old = performance.now() - 10_000;
+    while (pauses.length > 0 && pauses[0]!.at < old) pauses.shift();
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  const within = (t: number) => pauses.filter((p) => p.at >= t);
+  return {
+    since: (t) => within(t).reduce((a, p) => a + p.ms, 0),
+    longest: (t) => within(t).reduce((a, p) => Math.max(a, p.ms), 0),
+  };
+}
 
 export interface ProxyHostOptions {
   /** the listener port (default 15001) */
@@ -169,11 +186,20 @@ export class ProxyHost {
   private startHeartbeat(): void {
     const dp = this.dp;
     if (this.heartbeatTimer) return;
+    const interval = this.o.heartbeatMs ?? 1000;
+    const gc = watchGc();
+    let last = performance.now();
     const beat = (): void => {
+      const now = performance.now();
+      // A beat a whole interval late: the loop was held (an apply, a collection). Said with what the GC took meanwhile,
+      // so a stall can be told from the collector; the kernel applies the fail modes at 3 intervals.
+      const gap = now - last;
+      if (gap > 2 * interval) this.log.warn({ gapMs: Math.round(gap), intervalMs: interval, gcMs: Math.round(gc.since(last)), longestGcMs: Math.round(gc.longest(last)) }, 'proxy heartbeat late: the event loop was held');
+      last = now;
       try { dp.heartbeat(); } catch (e) { this.log.error({ error: (e as Error).message }, 'proxy heartbeat failed'); }
     };
     beat();
-    this.heartbeatTimer = setInterval(beat, this.o.heartbeatMs ?? 1000);
+    this.heartbeatTimer = setInterval(beat, interval);
     this.heartbeatTimer.unref();
   }
 

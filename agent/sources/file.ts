@@ -11,6 +11,7 @@
 // error lists at most
 // MAX_REASON_ERRORS problems in at most MAX_REASON_CHARS (a 50 MiB junk file once made a 130 MB log line).
 import { statSync, watch, type FSWatcher } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import { basename, dirname, resolve } from 'node:path';
 import { parseConfig } from '../model/config.js';
 import { joinErrors } from '../model/reasons.js';
@@ -31,7 +32,7 @@ export interface FileSourceEvents {
 }
 
 /** An error as one bounded message: the first MAX_REASON_ERRORS lines (problems), at most MAX_REASON_CHARS. */
-function bounded(e: Error): Error {
+export function bounded(e: Error): Error {
   const lines = e instanceof ConfigError ? e.issues.map((i) => `${i.file}: ${i.path || '(root)'}: ${i.message}`) : [e.message];
   const out = new Error(joinErrors(lines, '\n'));
   out.name = e.name;
@@ -52,7 +53,86 @@ export function loadConfigFile(path: string): { model: Model; text: string } {
   return { model: parseBounded(text, path), text };
 }
 
+/**
+ * A config text this large is parsed off the event loop (ParserThread): at ~1.3 ms of CPU per KiB measured on a loaded
+ * node, 64 KiB is ~85 ms, under half of the shortest heartbeat interval anyone runs (200 ms). Smaller texts are parsed
+ * in place, where a thread's round trip would cost more than it saves.
+ */
+export const OFF_LOOP_BYTES = 64 * 1024;
+/**
+ * ...and only up to this size: the thread's copy of the text and its own heap add ~65 MiB at the 16 MiB limit, past
+ * the bound unit/file-source-limits holds a junk file to (200 MiB RSS). A text this large blocks the loop as before.
+ */
+export const OFF_LOOP_MAX_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The process's node options a thread takes too: module loaders and hooks (the tests' TypeScript loader), nothing else.
+ * Process-wide V8 flags (the agent's --max-semi-space-size, --v8-pool-size: agent/runtime.ts) make the Worker
+ * constructor throw ERR_WORKER_INVALID_EXEC_ARGV, and an inline script's (-e, --input-type) are not the thread's.
+ */
+export function workerExecArgv(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  const withValue = ['--import', '--require', '-r', '--loader', '--experimental-loader', '--conditions', '-C'];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (withValue.includes(a) && i + 1 < argv.length) { out.push(a, argv[++i]!); continue; }
+    if (withValue.some((w) => w.startsWith('--') && a.startsWith(`${w}=`)) || a === '--enable-source-maps') out.push(a);
+  }
+  return out;
+}
+
+/** The parser's thread, started at the first large text; it does not keep the process alive. */
+export class ParserThread {
+  private readonly worker: Worker;
+  private nextId = 0;
+  private readonly waiting = new Map<number, { resolve(m: Model): void; reject(e: Error): void }>();
+  /** the thread failed or exited: the next text gets a new one */
+  dead = false;
+
+  constructor() {
+    // the same extension as this module: .js when run from dist/, .ts under the tests' TypeScript loader
+    const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+    this.worker = new Worker(new URL(`./parseworker${ext}`, import.meta.url), { execArgv: workerExecArgv(process.execArgv) });
+    this.worker.unref();
+    this.worker.on('message', (m: { id: number; model?: Model; error?: string; name?: string }) => {
+      const w = this.waiting.get(m.id);
+      if (!w) return;
+      this.waiting.delete(m.id);
+      if (m.error !== undefined) {
+        const e = new Error(m.error);
+        e.name = m.name ?? 'Error';
+        w.reject(e);
+      }
+      else w.resolve(m.model!);
+    });
+    this.worker.on('error', (e) => this.failAll(e));
+    this.worker.on('exit', (code) => this.failAll(new Error(`the config parser thread exited (${code})`)));
+  }
+
+  parse(text: string, path: string): Promise<Model> {
+    const id = ++this.nextId;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.worker.postMessage({ id, text, path });
+    });
+  }
+
+  close(): void {
+    void this.worker.terminate();
+  }
+
+  private failAll(e: Error): void {
+    this.dead = true;
+    for (const w of this.waiting.values()) w.reject(e);
+    this.waiting.clear();
+  }
+}
+
 export class FileSource {
+  private parser?: ParserThread;
+  private parsing = false;
+  private nextText?: string;
+  private stopped = false;
   private watcher?: FSWatcher;
   private timer?: NodeJS.Timeout;
   /** the watch's events, debounced with a longest wait */
@@ -141,6 +221,7 @@ export class FileSource {
         return;
       }
       if (file.text === this.lastText) return;
+      if (file.text.length >= OFF_LOOP_BYTES && file.text.length <= OFF_LOOP_MAX_BYTES) { this.parseOffLoop(file.text); return; }
       loaded = { model: parseBounded(file.text, this.path), text: file.text };
     } catch (e) {
       // A file removed for a moment by an editor shows up here too; the next event retries.
@@ -152,7 +233,30 @@ export class FileSource {
     if (this.events.onModel(loaded.model, loaded.text) === null) this.lastText = loaded.text;
   }
 
+  /**
+   * A large file is parsed on the parser's thread (parseworker.ts), one text at a time: a newer one read meanwhile
+   * waits, and only the last one is parsed next. The model (or the error) is handed on as reload() would have.
+   */
+  private parseOffLoop(text: string): void {
+    if (this.parsing) { this.nextText = text; return; }
+    this.parsing = true;
+    if (this.parser?.dead) this.parser = undefined;
+    this.parser ??= new ParserThread();
+    this.parser.parse(text, this.path).then((model) => {
+      if (!this.stopped && this.events.onModel(model, text) === null) this.lastText = text;
+    }, (e: Error) => {
+      if (!this.stopped) this.events.onError(bounded(e));
+    }).finally(() => {
+      this.parsing = false;
+      const next = this.nextText;
+      this.nextText = undefined;
+      if (next !== undefined && !this.stopped && next !== this.lastText) this.parseOffLoop(next);
+    });
+  }
+
   stop(): void {
+    this.stopped = true;
+    this.parser?.close();
     clearTimeout(this.timer);
     this.watchEvents?.cancel();
     this.watcher?.close();
