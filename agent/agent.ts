@@ -1,6 +1,6 @@
 // The agent: wiring only. It constructs the parts (the kernel, what is in force and its apply transaction, the health
 // checker, the L7 proxy, the sources, the admin API, metrics), starts them in order and stops them in order.
-import { readFileSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, relative } from 'node:path';
 import type { Model } from './model/types.js';
@@ -36,6 +36,7 @@ import { startCertManager, wantedIdentities, type IdentityWiring } from './certw
 import type { CertManager } from './identity/certs.js';
 // (imported when a tunnel is configured, after the proxy serves: its six files and node:tls are not a start's business)
 import type { TunnelHost } from './tunnelhost.js';
+import type { TunnelHandover } from './tunnelhandover.js';
 import { startPhase } from './starttrace.js';
 
 export const VERSION: string = (() => {
@@ -155,6 +156,8 @@ export class Agent {
   private ringbuf?: RingBufferSubscription;
   /** the HBONE server and client pool (with opts.identity), once started: kernel13's hand-over calls tunnel.client.open() */
   tunnel?: TunnelHost;
+  /** the kernel's hand-over of cross-node connections to the tunnel (with the tunnel: opts.identity) */
+  private tunnelHandover?: TunnelHandover;
   private readonly stateFile: StateFileWriter;
   private readonly startedAt = new Date();
   private metricsAddress: string | null = null;
@@ -230,6 +233,10 @@ export class Agent {
     this.datapath = dp;
     const kernel = (this.kernel = new KernelReconciler(dp, log));
     const adopted = kernel.adopt();
+    // Before the first apply: other nodes' workloads get their tunnel flag with the backends that name them.
+    // (the tunnel comes with the certificates: opts.identity)
+    const handoverNode = opts.identity?.nodeId;
+    if (handoverNode && dp.l7) kernel.setNodeId(handoverNode);
     if (adopted.frontends || adopted.backends) log.info(adopted, 'adopted the datapath state a previous agent left pinned');
     startPhase('pinned state adopted');
     this.watchPods(kernel, opts.podScanMs ?? POD_SCAN_MS);
@@ -326,10 +333,25 @@ export class Agent {
       if (this.state.model) this.tunnel.update(this.state.model);
       await this.tunnel.start();
     }
+    // The kernel's hand-over of cross-node connections to the tunnel, on the proxy's addresses (agent/tunnelhandover.ts).
+    const proxyListeners = this.proxy?.handover()?.listeners;
+    if (this.tunnel && handoverNode && proxyListeners) {
+      const { TunnelHandover } = await import('./tunnelhandover.js');
+      this.tunnelHandover = new TunnelHandover({
+        dp, opener: this.tunnel.client, hosts: proxyListeners.map((l) => l.host), peer: (n, f) => this.tunnel?.peer(n, f),
+        ...(taken?.tunnelHandover ? { takeover: taken.tunnelHandover.listeners } : {}),
+        identityOf: (id) => { const w = this.state.identities.of(id); return w === undefined ? undefined : this.state.model?.workloads?.find((x) => x.name === w)?.identity; },
+        model: () => this.state.model, registry: this.registry, log: log.child({ component: 'tunnel-handover' }),
+      });
+      await this.tunnelHandover.start();
+    }
+    // the running agent's hand-over listeners, and this agent hands nothing over: closed, or the kernel would keep
+    // sending connections to sockets nobody accepts on (closed, they leave sm_proxy_socks: direct, or refused if strict)
+    if (taken?.tunnelHandover && !this.tunnelHandover) for (const l of taken.tunnelHandover.listeners) closeSync(l.fd);
     const proxyReports: ProxyReportSource = policy ? { backends: () => policy.backendsReport(), routes: () => policy.routesReport() } : {};
     this.admin = new AdminServer(join(opts.runDir, 'admin.sock'), adminRoutes({
       state: this.state, reader, names: () => kernel.names(), events: this.events, checker, proxy: proxyReports,
-      ...(this.tunnel ? { tunnels: () => this.tunnel!.report() } : {}),
+      ...(this.tunnel ? { tunnels: () => ({ ...this.tunnel!.report(), handover: this.tunnelHandover?.report() }) } : {}),
       status: {
         version: VERSION, startedAt: this.startedAt, configSource: configSource(opts.config),
         cgroup: opts.cgroup, bpffs: opts.bpffs, sockmap: opts.sockmap, features, programs, node: nodeFactsOnce(),
@@ -491,14 +513,16 @@ export class Agent {
     const admin = this.admin?.fd(), handover = this.handover?.fd(), metrics = this.metrics.fd();
     if (admin === undefined || handover === undefined) throw new Error('the admin or handover socket is not listening');
     const { listeners, ...settings } = proxy ?? { listeners: [] };
+    const tunnel = this.tunnelHandover?.listeners() ?? [];
     return {
       message: {
         type: 'offer', pid: process.pid, version: VERSION,
         proxy: proxy ? { ...(settings as Omit<typeof proxy, 'listeners'>), listeners: listeners.map(({ host, port }) => ({ host, port })) } : null,
         metrics: metrics === undefined ? null : this.metricsAddress,
         model: this.state.model ? writeHandoverModel(this.opts.runDir, this.state.model) : null,
+        tunnelHandover: tunnel.length ? { port: tunnel[0]!.port, listeners: tunnel.map(({ host, port }) => ({ host, port })) } : null,
       },
-      fds: [...listeners.map((l) => l.fd), admin, handover, ...(metrics === undefined ? [] : [metrics])],
+      fds: [...listeners.map((l) => l.fd), admin, handover, ...(metrics === undefined ? [] : [metrics]), ...tunnel.map((l) => l.fd)],
     };
   }
 
@@ -509,6 +533,9 @@ export class Agent {
   private async release(): Promise<void> {
     this.handedOver = true;
     await this.stopServing(false);
+    // The HBONE server's listeners are not handed over (yet): ours close so that the new agent can listen on 15008;
+    // sessions under way finish (session.close() is graceful both ways), new ones wait for the new agent's listener.
+    await this.tunnel?.stop();
   }
 
   private async drainAfterHandover(): Promise<void> {
@@ -537,6 +564,8 @@ export class Agent {
   private async stopServing(unlink: boolean): Promise<void> {
     if (this.servingStopped) return;
     this.servingStopped = true;
+    // stop accepting hand-overs (handed over: the new agent accepts on the same sockets)
+    this.tunnelHandover?.close();
     clearInterval(this.nodeTimer);
     this.source?.stop();
     this.podWatcher?.stop();

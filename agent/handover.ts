@@ -46,6 +46,11 @@ export interface HandoverOfferMessage {
   metrics: string | null;
   /** the file in the run dir holding the model in force (null: none applied yet) */
   model?: string | null;
+  /**
+   * The tunnel hand-over's listeners (agent/tunnelhandover.ts; absent or null: none): their fds come after the
+   * metrics endpoint's. Absent from an older agent's offer: the new one listens itself.
+   */
+  tunnelHandover?: { port: number; listeners: { host: string; port: number }[] } | null;
 }
 
 /** What the running agent hands over (its side): the message and the fds, in the order of the protocol above. */
@@ -59,6 +64,8 @@ export interface TakeOver {
   readonly adminFd: number;
   readonly handoverFd: number;
   readonly metricsFd: number | undefined;
+  /** the tunnel hand-over's listening sockets (null: the running agent had none) */
+  readonly tunnelHandover: { port: number; listeners: { host: string; port: number; fd: number }[] } | null;
   /** the running agent's model in force (undefined: it had none, or its file could not be read: a warning says why) */
   readonly model: Model | undefined;
   /** Tell the old agent to let go (we accept and beat now); waits for it. false: it did not answer (gone?). */
@@ -131,7 +138,9 @@ export function requestHandover(runDir: string, o: { version: string; log: Logge
     if (msg.type !== 'offer') throw new Error(`handover at ${path}: expected an offer, got ${JSON.stringify(msg).slice(0, 200)}`);
     const offer = msg as unknown as HandoverOfferMessage;
     const listeners = offer.proxy?.listeners ?? [];
-    const want = listeners.length + 2 + (offer.metrics !== null ? 1 : 0);
+    const tunnelListeners = offer.tunnelHandover?.listeners ?? [];
+    const tunnelAt = listeners.length + 2 + (offer.metrics !== null ? 1 : 0);
+    const want = tunnelAt + tunnelListeners.length;
     if (fds.length !== want) throw new Error(`handover at ${path}: the offer names ${want} sockets but ${fds.length} came with it`);
     // Each fd is checked for what the offer says it is before anything accepts on it.
     const check = (f: number, what: string, family?: number): void => {
@@ -146,6 +155,7 @@ export function requestHandover(runDir: string, o: { version: string; log: Logge
     check(handoverFd, 'the handover socket', 0);
     const metricsFd = offer.metrics !== null ? fds[listeners.length + 2] : undefined;
     if (metricsFd !== undefined) check(metricsFd, `the metrics endpoint ${offer.metrics}`);
+    tunnelListeners.forEach((l, i) => check(fds[tunnelAt + i]!, `the tunnel hand-over listener ${l.host}:${l.port}`, l.host.includes(':') ? 6 : 4));
     const model = offer.model ? readModel(join(runDir, offer.model), o.log) : undefined;
     let done = false;
     return {
@@ -153,6 +163,7 @@ export function requestHandover(runDir: string, o: { version: string; log: Logge
       model,
       proxy: offer.proxy && { ...offer.proxy, listeners: listeners.map((l, i) => ({ ...l, fd: fds[i]! })) },
       adminFd, handoverFd, metricsFd,
+      tunnelHandover: offer.tunnelHandover ? { port: offer.tunnelHandover.port, listeners: tunnelListeners.map((l, i) => ({ ...l, fd: fds[tunnelAt + i]! })) } : null,
       commit: () => {
         if (done) throw new Error('handover: committed or aborted already');
         done = true;

@@ -232,4 +232,13 @@ export interface TunnelReport {
   /** the identity the server presents (this node's) and its certificate, once issued */
   identity?: string;
   certificate?: { serial: string; notAfter: string };
+  /** the kernel's hand-over of this node's pods' connections to the tunnel (agent/tunnelhandover.ts); absent = off */
+  handover?: {
+    port: number;
+    listening: string[];
+    accepted: number;
+    tunnelled: number;
+    /** reset, by reason */
+    refused: Record<string, number>;
+  };
 }

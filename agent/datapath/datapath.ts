@@ -276,6 +276,11 @@ export class Datapath {
     if (p.v6) addrToBytes(p.v6, v, 16);
     if (p.nodeV4) addrToBytes(p.nodeV4, v, PROXY_NODE_V4_OFFSET);
     if (p.nodeV6) addrToBytes(p.nodeV6, v, PROXY_NODE_V6_OFFSET);
+    if (takeover && p.tunnelPort === undefined) {
+      // the running agent's tunnel hand-over listeners are being taken over too: its port stays in force meanwhile
+      const cur = this.n.mapLookup(this.maps.fd('sm_proxy'), PROXY_KEY);
+      if (cur && cur.length === v.length) v.writeUInt16BE(cur.readUInt16BE(PROXY_TUNNEL_PORT_OFFSET), PROXY_TUNNEL_PORT_OFFSET);
+    }
     this.proxyValue = v;
     this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
     if (takeover) return;

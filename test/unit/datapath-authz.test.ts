@@ -8,26 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuthzTables, identityId } from '../../agent/datapath/authz.js';
 import { AUTHZ_ALLOW, AUTHZ_DENY, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, decode } from '../../agent/datapath/abi.js';
-import { Maps, MAP_NAMES, type MapName } from '../../agent/datapath/datapath.js';
-import type { Native } from '../../agent/datapath/native.js';
+import { fakeMaps } from '../lib/fakemaps.js';
 import { planApply, Shadow } from '../../agent/datapath/plan.js';
 import { parseConfig } from '../../agent/model/config.js';
 
-function fake() {
-  const fds = Object.fromEntries(MAP_NAMES.map((m, i) => [m, 100 + i])) as Record<MapName, number>;
-  const data = new Map<number, Map<string, Buffer>>(MAP_NAMES.map((_, i) => [100 + i, new Map()]));
-  const trace: string[] = [];
-  const name = (fd: number) => MAP_NAMES[fd - 100]!;
-  const native = {
-    mapUpdate: (fd: number, k: Buffer, v: Buffer) => { trace.push(`${name(fd)} update`); data.get(fd)!.set(k.toString('hex'), Buffer.from(v)); },
-    mapDelete: (fd: number, k: Buffer) => { trace.push(`${name(fd)} delete`); return data.get(fd)!.delete(k.toString('hex')); },
-    mapDump: (fd: number) => {
-      const m = data.get(fd)!;
-      return { keys: [...m.keys()].map((k) => Buffer.from(k, 'hex')), values: [...m.values()] };
-    },
-  };
-  return { maps: new Maps(fds, native as unknown as Native), data: (m: MapName) => data.get(fds[m])!, trace };
-}
+const fake = fakeMaps;
 
 t.test('AuthzTables: identities of this node\'s workloads, verdicts where they differ from the default', async (t) => {
   const root = mkdtempSync(join(tmpdir(), 'sockmesh-authz-'));

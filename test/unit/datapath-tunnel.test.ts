@@ -5,36 +5,12 @@
 // emptied when the hand-over is off (no node id). Without a node id nothing changes from before issue 13.
 import t from 'tap';
 import { BE_F_LOCAL, BE_F_STRICT, BE_F_TUNNEL, bytesToAddr, decodeBackend } from '../../agent/datapath/abi.js';
-import { Maps, MAP_NAMES, type MapName } from '../../agent/datapath/datapath.js';
-import type { Native } from '../../agent/datapath/native.js';
+import { fakeMaps } from '../lib/fakemaps.js';
 import { Reconciler } from '../../agent/datapath/reconcile.js';
 import { tunnelTargets } from '../../agent/datapath/plan.js';
 import { parseConfig } from '../../agent/model/config.js';
 
-function fake() {
-  const fds = Object.fromEntries(MAP_NAMES.map((m, i) => [m, 100 + i])) as Record<MapName, number>;
-  const data = new Map<number, Map<string, Buffer>>(MAP_NAMES.map((_, i) => [100 + i, new Map()]));
-  const trace: string[] = [];
-  const name = (fd: number) => MAP_NAMES[fd - 100]!;
-  const native = {
-    mapUpdate: (fd: number, k: Buffer, v: Buffer) => { trace.push(`${name(fd)} update`); data.get(fd)!.set(k.toString('hex'), Buffer.from(v)); },
-    mapUpdateBatch: (fd: number, keys: Buffer, values: Buffer, count: number) => {
-      const m = data.get(fd)!;
-      const ks = keys.length / count, vs = values.length / count;
-      for (let i = 0; i < count; i++) m.set(keys.subarray(i * ks, (i + 1) * ks).toString('hex'), Buffer.from(values.subarray(i * vs, (i + 1) * vs)));
-      trace.push(`${name(fd)} batch ${count}`);
-      return count;
-    },
-    mapDelete: (fd: number, k: Buffer) => { trace.push(`${name(fd)} delete`); return data.get(fd)!.delete(k.toString('hex')); },
-    mapLookup: (fd: number, k: Buffer) => data.get(fd)!.get(k.toString('hex')) ?? null,
-    mapKeys: (fd: number) => [...data.get(fd)!.keys()].map((k) => Buffer.from(k, 'hex')),
-    mapDump: (fd: number) => {
-      const m = data.get(fd)!;
-      return { keys: [...m.keys()].map((k) => Buffer.from(k, 'hex')), values: [...m.values()] };
-    },
-  };
-  return { maps: new Maps(fds, native as unknown as Native), native: native as unknown as Native, data: (m: MapName) => data.get(fds[m])!, trace };
-}
+const fake = fakeMaps;
 
 const YAML = `
 nodes: [{name: a, addresses: [198.19.255.1]}, {name: b, addresses: [198.19.255.2, "2001:db8:ffff::2"]}]

@@ -1,0 +1,187 @@
+// The accepting end of the kernel's hand-over of cross-node connections to the tunnel (issue 13): connect() of a
+// meshed pod to a workload of another node (a VIP's backend there, or its pod address dialled directly) is sent by
+// the kernel (bpf/lib/tunnel.h) to these listeners, on the L7 proxy's addresses (loopback, the node address for pods
+// in their own network namespace) at the hand-over port, with where it was going and who asked kept in sm_l7_peers
+// (as for the L7 redirect). For each accepted connection: the original destination (the pod ip:port the kernel chose)
+// and the client's cgroup, that cgroup's workload identity, the destination's node from the model (workloads[].node,
+// nodes[].addresses/tunnelPort), then TunnelOpener.open(), which carries the bytes in an HTTP/2 CONNECT stream over
+// mTLS to that node's agent. A connection with no original destination (not handed over by the kernel), no identity,
+// no known node, or one the tunnel refuses (no certificate, denied at the destination, the pod down) is reset: the app
+// sees a refused connection, as from the pod itself. Every outcome is counted (meshctl tunnels, Prometheus).
+//
+// The listeners are node:net servers (TunnelClient.open takes a net.Socket), recorded in sm_proxy_socks like the
+// proxy's, so that a killed agent's hand-over is seen gone at the next connect() (permissive destinations are then
+// reached directly, strict ones refused: bpf/lib/tunnel.h). A planned restart passes their fds to the new agent.
+import { createServer, isIPv6, type Server, type Socket } from 'node:net';
+import { Counter, type Registry } from 'prom-client';
+import type { Datapath } from './datapath/datapath.js';
+import type { Model } from './model/types.js';
+import type { Logger } from './observe/log.js';
+import { TunnelError, type TunnelOpener, type TunnelRequest } from './tunnel/types.js';
+
+/** The hand-over's default port: next to the proxy's 15001 and HBONE's 15008 (ztunnel's outbound capture is 15001). */
+export const HANDOVER_PORT = 15007;
+
+/** Why a handed-over connection was reset before or by the tunnel (a metric label and a log field). */
+export type HandoverRefusal = 'no-original-destination' | 'no-identity' | 'no-node' | 'tunnel-refused';
+
+export interface HandoverReport {
+  port: number;
+  /** host:port of each listener */
+  listening: string[];
+  accepted: number;
+  /** carried: the destination answered the CONNECT */
+  tunnelled: number;
+  /** reset, by reason (tunnel-refused: by the TunnelError's reason, e.g. tunnel-refused:denied) */
+  refused: Record<string, number>;
+}
+
+/** What the hand-over needs of the datapath. */
+export type HandoverKernel = Pick<Datapath, 'originalDst' | 'proxyListener' | 'setTunnelPort'>;
+
+export interface TunnelHandoverOptions {
+  dp: HandoverKernel;
+  opener: TunnelOpener;
+  /** the proxy's listener addresses (loopback v4/v6, node addresses): the kernel sends clients to these */
+  hosts: string[];
+  port?: number;
+  /** a planned restart: the running agent's listening sockets (accepted on instead of listening) */
+  takeover?: { host: string; port: number; fd: number }[];
+  /** the workload identity (SPIFFE id) of a client's cgroup, or undefined */
+  identityOf: (cgroupId: bigint) => string | undefined;
+  /** the model in force (the workloads' nodes) */
+  model: () => Model | undefined;
+  /** a node's tunnel end for a destination of that family (TunnelHost.peer: the model's nodes[]) */
+  peer: (node: string, family: 4 | 6) => TunnelRequest['node'] | undefined;
+  registry?: Registry;
+  log: Logger;
+}
+
+/** The node a pod address runs on (the model's workloads[].node), or undefined. */
+export function nodeOfPod(model: Model | undefined, podAddress: string): string | undefined {
+  return model?.workloads?.find((x) => x.addresses?.includes(podAddress))?.node;
+}
+
+export class TunnelHandover {
+  private readonly servers: { host: string; server: Server }[] = [];
+  private readonly port: number;
+  private accepted = 0;
+  private tunnelled = 0;
+  private readonly refused: Record<string, number> = {};
+  private readonly counter?: Counter<'outcome'>;
+
+  constructor(private readonly o: TunnelHandoverOptions) {
+    this.port = o.takeover?.[0]?.port ?? o.port ?? HANDOVER_PORT;
+    if (o.registry) {
+      this.counter = new Counter({
+        name: 'sockmesh_tunnel_handover_connections_total',
+        help: 'Connections the kernel handed to the tunnel, by outcome (tunnelled, or why they were reset)',
+        labelNames: ['outcome'], registers: [o.registry],
+      });
+    }
+  }
+
+  /** Listen (or adopt the running agent's listeners), record them in the kernel, then name the port to the kernel. */
+  async start(): Promise<void> {
+    const { o } = this;
+    if (o.takeover) {
+      for (const l of o.takeover) {
+        const server = this.server(l.host);
+        await new Promise<void>((res, rej) => { server.once('error', rej); server.listen({ fd: l.fd }, () => { server.off('error', rej); res(); }); });
+        this.servers.push({ host: l.host, server });
+      }
+    } else {
+      for (const host of o.hosts) {
+        const server = this.server(host);
+        try {
+          await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(this.port, host, () => { server.off('error', rej); res(); }); });
+        } catch (e) {
+          // that address's clients then find no listener in the kernel's record: direct (permissive) or refused (strict)
+          o.log.error({ host, port: this.port, error: (e as Error).message }, 'tunnel hand-over cannot listen: clients sent to this address are not tunnelled');
+          continue;
+        }
+        this.servers.push({ host, server });
+      }
+    }
+    for (const l of this.listeners()) {
+      try {
+        o.dp.proxyListener(l.host, l.port, l.fd);
+      } catch (e) {
+        o.log.error({ host: l.host, port: l.port, error: (e as Error).message }, 'the kernel cannot hold the tunnel hand-over\'s listener: its clients are not tunnelled');
+      }
+    }
+    if (this.servers.length) o.dp.setTunnelPort(this.port);
+    o.log.info({ port: this.port, hosts: this.servers.map((s) => s.host), takenOver: !!o.takeover }, 'tunnel hand-over listening: connections to other nodes\' workloads go through the tunnel');
+  }
+
+  private server(host: string): Server {
+    // allowHalfOpen: the app's FIN is passed on through the tunnel and the pod's answer still comes back (Node would
+    // otherwise end our side at the client's FIN); pauseOnConnect: bytes sent before the stream is up wait
+    const server = createServer({ pauseOnConnect: true, allowHalfOpen: true }, (sock) => this.accept(sock));
+    server.on('error', (e) => this.o.log.error({ host, error: e.message }, 'tunnel hand-over listener error'));
+    return server;
+  }
+
+  private count(outcome: string): void {
+    this.counter?.inc({ outcome });
+  }
+
+  private refuse(sock: Socket, reason: HandoverRefusal, detail: Record<string, unknown>, label: string = reason): void {
+    this.refused[label] = (this.refused[label] ?? 0) + 1;
+    this.count(label);
+    this.o.log.warn({ reason, ...detail }, `tunnel hand-over: connection reset (${reason})`);
+    if (!sock.destroyed) sock.resetAndDestroy();
+  }
+
+  private accept(sock: Socket): void {
+    this.accepted++;
+    const peer = { address: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 };
+    sock.on('error', () => { /* a reset from either side ends it; the tunnel counts its own */ });
+    const dst = this.o.dp.originalDst(peer.address, peer.port);
+    if (!dst?.backend) {
+      this.refuse(sock, 'no-original-destination', { peer });
+      return;
+    }
+    const source = this.o.identityOf(dst.cgroupId);
+    if (!source) {
+      this.refuse(sock, 'no-identity', { peer, cgroupId: String(dst.cgroupId), dst: dst.backend });
+      return;
+    }
+    const name = nodeOfPod(this.o.model(), dst.backend.address);
+    const node = name === undefined ? undefined : this.o.peer(name, isIPv6(dst.backend.address) ? 6 : 4);
+    if (!node) {
+      this.refuse(sock, 'no-node', { source, dst: dst.backend });
+      return;
+    }
+    this.o.opener.open({ source, dst: dst.backend, node }, sock).then(() => {
+      this.tunnelled++;
+      this.count('tunnelled');
+    }, (e: unknown) => {
+      const why = e instanceof TunnelError ? e.reason : 'tunnel-failed';
+      // open() reset the client already; counted here by the tunnel's reason
+      this.refuse(sock, 'tunnel-refused', { source, dst: dst.backend, node: node.name, why, error: (e as Error).message }, `tunnel-refused:${why}`);
+    });
+  }
+
+  /** The listening sockets (host, port, fd): what a planned restart hands to the new agent. */
+  listeners(): { host: string; port: number; fd: number }[] {
+    return this.servers.map(({ host, server }) => {
+      const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
+      return { host, port: this.port, fd };
+    }).filter((l) => l.fd >= 0);
+  }
+
+  report(): HandoverReport {
+    return {
+      port: this.port, listening: this.servers.map((s) => (s.host.includes(':') ? `[${s.host}]:${this.port}` : `${s.host}:${this.port}`)),
+      accepted: this.accepted, tunnelled: this.tunnelled, refused: { ...this.refused },
+    };
+  }
+
+  /** Stop accepting (a new agent accepts on the same sockets, or the agent stops); connections under way go on. */
+  close(): void {
+    // server.close()'s callback waits for every connection: the tunnelled ones end on their own
+    for (const { server } of this.servers) server.close();
+    this.servers.length = 0;
+  }
+}

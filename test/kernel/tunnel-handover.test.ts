@@ -1,0 +1,249 @@
+// The kernel's hand-over of cross-node connections to the tunnel (issue 13), on the multi-node lab with the real
+// programs: sockmesh-controlplane's CA in n1's namespace and one agent per node with the flags that turn the tunnel on
+// (--node-token-file, --ca-address, --node-id); n2's config holds the L4 policy. A meshed pod on n1 connects to a VIP whose backend
+// is a pod on n2 and its bytes arrive byte-exact through HBONE (n2's tunnel counts the stream; the pod sees the
+// connection from n2's tunnel end, not from the client pod; one handshake for every connection after the first), over
+// IPv4 and IPv6; a direct connect to the remote pod's address is tunnelled too; a same-node backend stays on the kernel
+// path (no stream); `mtls: off` goes direct in plaintext; an identity the destination denies, and a pod with no
+// identity, get their connection reset; meshctl tunnels shows the hand-over's counts. Then n1's agent is SIGKILLed: new
+// connects go direct to a permissive destination and are refused at once (ECONNREFUSED) for a strict one, never to a
+// dead listener (the kernel's counters say which).
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { ROOT, kernelSkipReason, meshctl, testCgroup } from '../lib/kernel.js';
+import { startNodeAgent, testCluster } from '../lib/cluster.js';
+import { inCgroupNsenter } from '../../lab/cgroup.js';
+import { until } from '../lib/net.js';
+import { Lab, type LabPod } from '../lib/lab.js';
+import { MapReader } from '../../agent/datapath/inspect.js';
+import { cgroup2Root } from '../../agent/datapath/cgroup.js';
+import type { TunnelReport } from '../../agent/admin/protocol.js';
+
+const skip = kernelSkipReason();
+if (skip) t.comment(`kernel tests skipped: ${skip}`);
+const noV6 = skip || Lab.v6PodToPod ? false : 'no per-interface IPv6 forwarding (force_forwarding, 6.17+) on this kernel';
+
+const TD = 'cluster.local';
+const id = (ns: string, sa: string): string => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
+const WEB = id('shop', 'web'), API = id('shop', 'api'), INTRUDER = id('shop', 'intruder'), LOCAL = id('shop', 'local');
+
+// A pod's server (dual-stack, port argv[2]): reads each connection to its FIN, answers "<name> <peer> <length> <sha256>".
+const SERVE = `import hashlib, socket, sys, threading
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('::', int(sys.argv[2]))); s.listen(128)
+def serve(c, a):
+    h = hashlib.sha256(); n = 0
+    while True:
+        d = c.recv(65536)
+        if not d: break
+        h.update(d); n += len(d)
+    p = a[0][7:] if a[0].startswith('::ffff:') else a[0]
+    c.sendall(f'{sys.argv[1]} {p} {n} {h.hexdigest()}'.encode()); c.close()
+print('ready', flush=True)
+while True:
+    c, a = s.accept(); threading.Thread(target=serve, args=(c, a), daemon=True).start()`;
+
+// A client: connects, sends a seeded random payload in many small writes right after connect(), half-closes, prints
+// the answer and the sha256 it sent; or "error <errno name>".
+const CLIENT = `import errno, hashlib, random, socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rnd = random.Random(size); data = bytes(rnd.getrandbits(8) for _ in range(size))
+try:
+    s = socket.create_connection((host, port), timeout=5)
+    peer = s.getpeername()[0]
+    for i in range(0, len(data), 1000): s.sendall(data[i:i + 1000])
+    s.shutdown(socket.SHUT_WR)
+    b = b''
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        b += d
+    print(b.decode() if b else 'error EOF', hashlib.sha256(data).hexdigest(), peer)
+except OSError as e:
+    print('error', errno.errorcode.get(e.errno, str(e)))`;
+
+// Connects over and over for the given seconds (a small payload each, half-close, the answer read): prints
+// {"ok": n, "errors": {errno: n}, "peers": [...]} (the addresses the server saw).
+const LOOP = `import errno, json, socket, sys, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ok, errors, peers, end = 0, {}, set(), time.time() + secs
+while time.time() < end:
+    try:
+        s = socket.create_connection((host, port), timeout=5); s.sendall(b'x' * 100); s.shutdown(socket.SHUT_WR)
+        b = b''
+        while True:
+            d = s.recv(4096)
+            if not d: break
+            b += d
+        s.close()
+        parts = b.decode().split(' ')
+        if len(parts) == 4 and parts[2] == '100': ok += 1; peers.add(parts[1])
+        else: errors['bad answer'] = errors.get('bad answer', 0) + 1
+    except OSError as e:
+        k = errno.errorcode.get(e.errno, str(e)); errors[k] = errors.get(k, 0) + 1
+print(json.dumps({'ok': ok, 'errors': errors, 'peers': sorted(peers)}))`;
+
+async function serve(pod: LabPod, port = 9090): Promise<void> {
+  const p = pod.spawn('python3', ['-c', SERVE, pod.name, String(port)]);
+  await new Promise((res, rej) => { p.stdout!.once('data', res); p.once('exit', (c) => rej(new Error(`server in ${pod.name} exited ${c}`))); });
+}
+interface Answer { error?: string; name?: string; peer?: string; length?: number; exact?: boolean; seenAs?: string }
+async function ask(from: LabPod, host: string, port: number, size = 20_000): Promise<Answer> {
+  const out = (await from.exec('python3', ['-c', CLIENT, host, String(port), String(size)], { timeoutMs: 15_000 })).stdout.trim();
+  if (out.startsWith('error')) return { error: out.slice(6) };
+  const [name, peer, length, sha, sent, seenAs] = out.split(' ');
+  return { name, peer, length: Number(length), exact: sha === sent && Number(length) === size, seenAs };
+}
+
+t.test('a meshed pod\'s connection to another node\'s pod goes through the tunnel', { skip: skip ?? false }, async (t) => {
+  const cg = testCgroup(t, 'handover');
+  const c = await testCluster(t, cg, {
+    prefix: 'handover',
+    nodes: [{ name: 'n1', pods: [{ name: 'a' }, { name: 'x' }, { name: 'anon' }, { name: 'near' }] }, { name: 'n2', pods: [{ name: 'b' }] }],
+  });
+  const n1 = c.node('n1'), n2 = c.node('n2');
+  const a = n1.lab.pod('a'), x = n1.lab.pod('x'), anon = n1.lab.pod('anon'), near = n1.lab.pod('near'), b = n2.lab.pod('b');
+  await serve(b);
+  // the strict and the off service on ports of their own: a service's own mode is the pod port's, for every service
+  // reaching that port (the strictest of them holds: model/mtls.ts), so sharing 9090 would change api's mode too
+  await serve(b, 9091);
+  await serve(b, 9092);
+  await serve(near);
+  const root = cgroup2Root()!;
+  const cgPath = (p: LabPod): string => `/${relative(root, p.cgroup)}`;
+  // One config for both nodes (each agent knows itself by its node id): the workloads, where they run, the services;
+  // n2's adds the policy its tunnel end enforces (n1's kernel would otherwise refuse the intruder itself at connect()).
+  const config = `
+nodes:
+  - {name: n1, addresses: [${n1.nodeV4}, "${n1.nodeV6}"]}
+  - {name: n2, addresses: [${n2.nodeV4}, "${n2.nodeV6}"]}
+workloads:
+  - {name: a, cgroups: [${cgPath(a)}], identity: "${WEB}", node: n1, addresses: [${a.v4}, "${a.v6}"]}
+  - {name: x, cgroups: [${cgPath(x)}], identity: "${INTRUDER}", node: n1, addresses: [${x.v4}, "${x.v6}"]}
+  - {name: near, cgroups: [${cgPath(near)}], identity: "${LOCAL}", node: n1, addresses: [${near.v4}, "${near.v6}"]}
+  - {name: b, cgroups: [${cgPath(b)}], identity: "${API}", node: n2, addresses: [${b.v4}, "${b.v6}"]}
+services:
+  - {name: api, vips: [${Lab.vip4(1)}, "${Lab.vip6(1)}"], ports: [{port: 80, targetPort: 9090}], backends: [{address: ${b.v4}}, {address: "${b.v6}"}]}
+  - {name: near, vips: [${Lab.vip4(2)}], ports: [{port: 80, targetPort: 9090}], backends: [{address: ${near.v4}}]}
+  - {name: plain, mtls: off, vips: [${Lab.vip4(3)}], ports: [{port: 80, targetPort: 9092}], backends: [{address: ${b.v4}}]}
+  - {name: locked, mtls: strict, vips: [${Lab.vip4(4)}], ports: [{port: 80, targetPort: 9091}], backends: [{address: ${b.v4}}]}
+`;
+  const policy = `authorization:
+  - {name: no-intruder, action: DENY, from: [{principals: ["${INTRUDER.slice('spiffe://'.length)}"]}]}
+`;
+  // the control plane and its CA in n1's namespace (as kernel/tunnel), tokens per node
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-handover-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'services'));
+  writeFileSync(join(dir, 'services', 'mesh.yaml'), config);
+  const tokens = { n1: 'n1-handover-token-0123456789abcdef', n2: 'n2-handover-token-0123456789abcdef' };
+  writeFileSync(join(dir, 'tokens'), `${tokens.n1} n1\n${tokens.n2} n2\n`, { mode: 0o600 });
+  chmodSync(join(dir, 'tokens'), 0o600);
+  for (const n of ['n1', 'n2'] as const) writeFileSync(join(dir, `${n}.token`), `${tokens[n]}\n`, { mode: 0o600 });
+  const caAddress = `${n1.nodeV4}:15012`;
+  const [cpCmd, cpArgs] = inCgroupNsenter(n1.agentCgroup, n1.netns, undefined, [process.execPath, join(ROOT, 'dist', 'controlplane', 'main.js'), 'serve',
+    '--dir', join(dir, 'services'), '--listen', caAddress, '--ca-dir', join(dir, 'ca'), '--node-tokens', join(dir, 'tokens'), '--cert-ttl', '1h']);
+  const cp = spawn(cpCmd, cpArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { cp.kill('SIGKILL'); });
+  let cpOut = '';
+  cp.stdout!.on('data', (d: Buffer) => { cpOut += d.toString(); });
+  cp.stderr!.on('data', (d: Buffer) => { cpOut += d.toString(); });
+  await until('the control plane', () => { if (cp.exitCode !== null) throw new Error(`control plane exited: ${cpOut}`); return cpOut.includes('control plane listening'); });
+  const agent = (n: typeof n1, name: 'n1' | 'n2', extra = '') => startNodeAgent(t, n, { config: config + extra, extraArgs: ['--node-token-file', join(dir, `${name}.token`), '--ca-address', caAddress] });
+  const [ag1, ag2] = [await agent(n1, 'n1'), await agent(n2, 'n2', policy)];
+  await ag2.waitLog((l) => l.msg === 'tunnel: HBONE server listening', 30_000);
+  await ag1.waitLog((l) => String(l.msg).startsWith('tunnel hand-over listening'), 30_000);
+  const ids = (ag: typeof ag1) => (JSON.parse(meshctl(ag, ['identities', '--json']).stdout) as { state: string }[]).map((i) => i.state);
+  await until('the workloads\' certificates', () => ids(ag1).length === 4 && [...ids(ag1), ...ids(ag2)].every((st) => st === 'issued'));
+  const report = (ag: typeof ag1): TunnelReport => JSON.parse(meshctl(ag, ['tunnels', '--json']).stdout) as TunnelReport;
+  const inStreams = (): number => report(ag2).peers.filter((p) => p.direction === 'in' && p.identity === WEB).reduce((n, p) => n + p.streamsTotal, 0);
+  const globals = (): Record<string, number> => MapReader.fromPins(n1.bpffs).globals();
+
+  // IPv4 through the VIP
+  const g0 = globals();
+  const first = await ask(a, Lab.vip4(1), 80);
+  t.same([first.name, first.exact, first.length], ['b', true, 20_000], `IPv4 VIP: 20,000 bytes arrived byte-exact at pod b on n2 (${JSON.stringify(first)})`);
+  t.equal(first.peer, n2.nodeV4, 'pod b sees the connection from n2\'s tunnel end, not from pod a');
+  t.equal(first.seenAs, Lab.vip4(1), 'the app still sees the VIP as its peer (getpeername)');
+  t.equal(inStreams(), 1, 'n2\'s tunnel server counted the stream, from pod a\'s identity');
+  t.equal(globals().tunnel_handover! - g0.tunnel_handover!, 1, 'the kernel counted one hand-over');
+  const handshakes = report(ag1).peers.filter((p) => p.direction === 'out').reduce((n, p) => n + p.handshakes, 0);
+  t.equal(handshakes, 1, 'one mTLS handshake for the first connection');
+
+  // more connections, a bigger one among them: the pooled connection carries them
+  const many = await Promise.all([1, 2, 3, 4, 5, 6].map((i) => ask(a, Lab.vip4(1), 80, i === 3 ? 2_000_000 : 5_000 + i)));
+  t.ok(many.every((r) => r.name === 'b' && r.exact), `6 more connections (one of 2 MB) byte-exact (${many.map((r) => r.error ?? r.length).join(',')})`);
+  t.equal(report(ag1).peers.filter((p) => p.direction === 'out').reduce((n, p) => n + p.handshakes, 0), 1, 'still one handshake: no new one after the first');
+
+  // IPv6
+  if (!noV6) {
+    const six = await ask(a, Lab.vip6(1), 80);
+    t.same([six.name, six.exact], ['b', true], `IPv6 VIP: byte-exact at pod b (${JSON.stringify(six)})`);
+    t.equal(six.peer, n2.nodeV6, 'from n2\'s tunnel end over IPv6');
+  }
+
+  // a direct connect to the remote pod's address
+  const direct = await ask(a, b.v4!, 9090);
+  t.same([direct.name, direct.exact, direct.peer, direct.seenAs], ['b', true, n2.nodeV4, b.v4], `a direct connect to pod b's address is tunnelled too (${JSON.stringify(direct)})`);
+
+  // same node: the kernel path, no stream
+  const streams = inStreams();
+  const local = await ask(a, Lab.vip4(2), 80);
+  t.same([local.name, local.exact, local.peer], ['near', true, a.v4], 'a backend on the same node: straight to it (the pod sees pod a), not tunnelled');
+  // mtls off: plaintext, direct
+  const plain = await ask(a, Lab.vip4(3), 80);
+  t.same([plain.name, plain.exact, plain.peer], ['b', true, a.v4], 'mtls: off: direct to pod b in plaintext (it sees pod a\'s own address)');
+  t.equal(inStreams(), streams, 'neither of the two went through the tunnel');
+
+  // refusals: an identity the destination denies; a pod without identity
+  const denied = await ask(x, Lab.vip4(1), 80);
+  t.ok(denied.error !== undefined || denied.name === undefined, `an identity n2 denies: the connection is reset, nothing answered (${JSON.stringify(denied)})`);
+  const nobody = await ask(anon, Lab.vip4(1), 80);
+  t.ok(nobody.error !== undefined, `a pod with no identity: reset (${JSON.stringify(nobody)})`);
+  const rep = report(ag1);
+  t.match(rep.handover, { tunnelled: 9 - (noV6 ? 1 : 0), refused: { 'tunnel-refused:denied': 1, 'no-identity': 1 } }, 'meshctl tunnels: the hand-over\'s counts');
+  const text = meshctl(ag1, ['tunnels']).stdout;
+  t.match(text, /kernel hand-over on .*15007.*handed over, .* tunnelled, reset: /, `meshctl tunnels prints the hand-over line:\n${text}`);
+  t.match(report(ag2).refusals.in, { denied: 1 }, 'n2 counted its denial');
+
+  // what a connection costs through the tunnel against direct (mtls off), one client, sequential: a figure, not a bound
+  const rate = async (vip: string): Promise<number> =>
+    (JSON.parse((await a.exec('python3', ['-c', LOOP, vip, '80', '2'], { timeoutMs: 20_000 })).stdout) as { ok: number }).ok / 2;
+  const [tunnelled, directly] = [await rate(Lab.vip4(1)), await rate(Lab.vip4(3))];
+  t.ok(tunnelled > 0 && directly > 0, 'both paths carried the loop');
+  t.comment(`sequential connect+100 B+answer: ${tunnelled.toFixed(0)}/s through the hand-over and the tunnel, ${directly.toFixed(0)}/s direct (mtls off)`);
+
+  // a planned restart of n1's agent: the new one takes the hand-over's listeners over, nothing is refused meanwhile
+  const looping = a.exec('python3', ['-c', LOOP, Lab.vip4(1), '80', '8'], { timeoutMs: 30_000 });
+  await new Promise((r) => setTimeout(r, 1500));
+  const old = ag1.proc;
+  const seen = ag1.logs.length;
+  await ag1.restart();
+  const took = await ag1.waitLog((l) => ag1.logs.indexOf(l) >= seen && String(l.msg).startsWith('tunnel hand-over listening'), 30_000);
+  t.equal(took?.takenOver, true, 'the new agent accepts on the running agent\'s hand-over listeners');
+  const loop = JSON.parse((await looping).stdout) as { ok: number; errors: Record<string, number>; peers: string[] };
+  t.ok(loop.ok > 20, `connections kept going through the restart: ${loop.ok}`);
+  t.same(loop.errors, {}, 'none refused or reset across the restart');
+  t.same(loop.peers, [n2.nodeV4], 'every one through the tunnel (pod b saw n2\'s tunnel end only)');
+  t.comment(`restart: ${loop.ok} connections in 8 s through the hand-over, 0 errors`);
+
+  // n1's agent dies: nothing goes to its dead listener
+  old.kill('SIGKILL');
+  await ag1.kill('SIGKILL');
+  const k0 = globals();
+  const t0 = performance.now();
+  const after = await ask(a, Lab.vip4(1), 80);
+  t.same([after.name, after.exact, after.peer], ['b', true, a.v4], `agent down, permissive destination: direct in plaintext (${JSON.stringify(after)})`);
+  const locked = await ask(a, Lab.vip4(4), 80);
+  const lockedMs = performance.now() - t0;
+  t.equal(locked.error, 'ECONNREFUSED', `agent down, strict destination: refused at once (${JSON.stringify(locked)})`);
+  const k1 = globals();
+  t.comment(`kernel counters that moved with the agent down: ${JSON.stringify(Object.fromEntries(Object.entries(k1).filter(([k, v]) => v !== k0[k]).map(([k, v]) => [k, v - k0[k]!])))}`);
+  t.equal(k1.tunnel_direct! - k0.tunnel_direct!, 1, 'the kernel counted the direct one');
+  t.equal(k1.tunnel_refused! - k0.tunnel_refused!, 1, 'and the refused one');
+  t.equal(k1.tunnel_handover! - k0.tunnel_handover!, 0, 'no hand-over to the dead listener');
+  t.comment(`two connects with the agent down took ${lockedMs.toFixed(0)} ms (python start included)`);
+});
