@@ -158,7 +158,12 @@ services:
   await ag1.waitLog((l) => String(l.msg).startsWith('tunnel hand-over listening'), 30_000);
   const ids = (ag: typeof ag1) => (JSON.parse(meshctl(ag, ['identities', '--json']).stdout) as { state: string }[]).map((i) => i.state);
   await until('the workloads\' certificates', () => ids(ag1).length === 4 && [...ids(ag1), ...ids(ag2)].every((st) => st === 'issued'));
-  const report = (ag: typeof ag1): TunnelReport => JSON.parse(meshctl(ag, ['tunnels', '--json']).stdout) as TunnelReport;
+  const report = (ag: typeof ag1): TunnelReport => {
+    const r = meshctl(ag, ['tunnels', '--json']);
+    try { return JSON.parse(r.stdout) as TunnelReport; } catch {
+      throw new Error(`meshctl tunnels: exit ${r.code} ${r.stderr}; agent ${ag.proc.exitCode ?? ag.proc.signalCode ?? 'running'}; last lines:\n${ag.logs.slice(-8).map((l) => JSON.stringify(l)).join('\n')}`);
+    }
+  };
   const inStreams = (): number => report(ag2).peers.filter((p) => p.direction === 'in' && p.identity === WEB).reduce((n, p) => n + p.streamsTotal, 0);
   const globals = (): Record<string, number> => MapReader.fromPins(n1.bpffs).globals();
 
