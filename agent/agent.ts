@@ -534,13 +534,16 @@ export class Agent {
     this.handedOver = true;
     await this.stopServing(false);
     // The HBONE server's listeners are not handed over (yet): ours close so that the new agent can listen on 15008;
-    // sessions under way finish (session.close() is graceful both ways), new ones wait for the new agent's listener.
-    await this.tunnel?.stop();
+    // its sessions finish (session.close() is graceful); the client pool stays for the streams this agent carries.
+    await this.tunnel?.stopServer();
   }
 
   private async drainAfterHandover(): Promise<void> {
     const t0 = performance.now();
-    const { left } = (await this.proxy?.drain(this.opts.drainTimeoutMs ?? 30_000)) ?? { left: 0 };
+    const timeoutMs = this.opts.drainTimeoutMs ?? 30_000;
+    // the proxy's connections and the tunnelled ones this agent carries, side by side
+    const [proxied, tunnelled] = await Promise.all([this.proxy?.drain(timeoutMs), this.tunnelHandover?.drain(timeoutMs)]);
+    const left = (proxied?.left ?? 0) + (tunnelled?.left ?? 0);
     this.datapath?.close();
     const drainMs = Math.round(performance.now() - t0);
     this.log.info({ drainMs, left }, left ? 'drain timeout: the connections left were closed' : 'drained: every connection finished');

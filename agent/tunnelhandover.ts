@@ -69,6 +69,8 @@ export class TunnelHandover {
   private tunnelled = 0;
   private readonly refused: Record<string, number> = {};
   private readonly counter?: Counter<'outcome'>;
+  /** accepted connections not closed yet (a planned restart drains them) */
+  private readonly live = new Set<Socket>();
 
   constructor(private readonly o: TunnelHandoverOptions) {
     this.port = o.takeover?.[0]?.port ?? o.port ?? HANDOVER_PORT;
@@ -137,6 +139,8 @@ export class TunnelHandover {
     this.accepted++;
     const peer = { address: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 };
     sock.on('error', () => { /* a reset from either side ends it; the tunnel counts its own */ });
+    this.live.add(sock);
+    sock.once('close', () => this.live.delete(sock));
     const dst = this.o.dp.originalDst(peer.address, peer.port);
     if (!dst?.backend) {
       this.refuse(sock, 'no-original-destination', { peer });
@@ -176,6 +180,15 @@ export class TunnelHandover {
       port: this.port, listening: this.servers.map((s) => (s.host.includes(':') ? `[${s.host}]:${this.port}` : `${s.host}:${this.port}`)),
       accepted: this.accepted, tunnelled: this.tunnelled, refused: { ...this.refused },
     };
+  }
+
+  /** After a planned restart: wait for the connections this agent carries to finish, then cut what is left. */
+  async drain(timeoutMs: number): Promise<{ left: number }> {
+    const end = Date.now() + timeoutMs;
+    while (this.live.size > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    const left = this.live.size;
+    for (const s of this.live) s.destroy();
+    return { left };
   }
 
   /** Stop accepting (a new agent accepts on the same sockets, or the agent stops); connections under way go on. */

@@ -123,6 +123,17 @@ export class TunnelHost {
     this.server = undefined;
   }
 
+  /**
+   * A planned restart (agent.ts release): the server stops (its sessions finish: session.close() is graceful) so that
+   * the new agent can listen on the same port; the client pool stays for the streams the old agent still carries.
+   */
+  async stopServer(): Promise<void> {
+    this.stopped = true;
+    await this.chain;
+    await this.server?.stop();
+    this.server = undefined;
+  }
+
   report(): TunnelReport {
     const m = this.opts.certs.get(this.opts.identity);
     return {
