@@ -6,8 +6,9 @@
 // Per request the order is:
 //   1. service: the frontend vip:port the client connected to. None in the model: 503 (reason
 //      no-service). A service there but without http (it is L4 now; the connection predates the
-//      change): 421 Misdirected Request, which tells the client to retry on a new connection, and a
-//      new connection goes straight to a backend.
+//      change): served for RETIRED_MS more by the L7 service the kernel sent it to (as Envoy drains a replaced
+//      listener's connections with their old filter chain), then 421 Misdirected Request, which tells the client
+//      to retry on a new connection, and a new connection goes straight to a backend.
 //   2. a request-target with a #fragment -> 400 (it would be matched one way here, another way by the backend);
 //      then authorization (authz.ts: deny rules, then allow rules, then the default) -> 403;
 //   3. route: the first in order whose path, methods and headers match -> else 404;
@@ -34,7 +35,7 @@ import { countVerdict, tryEject } from './outlier.js';
 import type { Verdict } from './outcome.js';
 import { CLASS_LOCAL, ProxyMetrics, RouteStats, type GroupCounts } from './metrics.js';
 import { AccessLog } from './accesslog.js';
-import { compileModel, hostPort, type BackendSlot, type Compiled, type GroupState, type RouteState, type ServiceState } from './compile.js';
+import { compileModel, hostPort, type BackendSlot, type Compiled, type FrontendState, type GroupState, type RouteState, type ServiceState } from './compile.js';
 import { localReply, PolicyExchange, type ExchangeHost, type LocalReason } from './decide.js';
 import { backendsReport, routesReport } from './reports.js';
 
@@ -51,6 +52,14 @@ export interface ProxyPolicyOptions {
   tap?: RequestTap;
 }
 
+/** how long a removed L7 frontend still serves the connections redirected to it before (see ProxyPolicy.retired) */
+export const RETIRED_MS = 10_000;
+
+function splitKey(key: string): [string, number] {
+  const i = key.lastIndexOf('|');
+  return [key.slice(0, i), Number(key.slice(i + 1))];
+}
+
 export class ProxyPolicy implements Policy, ExchangeHost {
   readonly states: BackendStates;
   readonly metrics: ProxyMetrics;
@@ -60,6 +69,13 @@ export class ProxyPolicy implements Policy, ExchangeHost {
   readonly now: () => number;
   /** the compiled model in force */
   private c: Compiled = { frontends: new Map(), services: new Map(), groups: new Map(), routeStats: new Map(), alive: new Map() };
+  /**
+   * Frontends an update took away (the service removed, or L4 now), by `vip|port`, kept RETIRED_MS for the
+   * connections the kernel sent to the proxy before the change: a request read from one after it is served as the
+   * kernel meant it when it redirected the connection, not refused (kernel/xds-switch: an L7 -> L4 flip answered
+   * 10-14 requests in 18 flips 421 before).
+   */
+  private readonly retired = new Map<string, { fe: FrontendState; until: number }>();
   private workloadOf: (cgroupId: bigint) => string | undefined = () => undefined;
 
   constructor(o: ProxyPolicyOptions) {
@@ -95,6 +111,7 @@ export class ProxyPolicy implements Policy, ExchangeHost {
       newRouteStats: (service, route) => new RouteStats(service, route),
       earlyStats: (service) => this.metrics.earlyStats(service),
     }, model);
+    this.retire(c);
     this.c = c;
     this.workloadOf = workloadOfCgroup;
     for (const s of c.routeStats.values()) s.retain(c.alive.get(s.service));
@@ -113,8 +130,25 @@ export class ProxyPolicy implements Policy, ExchangeHost {
     return true;
   }
 
+  /** keeps the frontends `next` drops (see retired); forgets those expired or back in `next` */
+  private retire(next: Compiled): void {
+    const now = this.now();
+    for (const [key, r] of this.retired) {
+      const [vip, port] = splitKey(key);
+      if (r.until <= now || next.frontends.get(vip)?.has(port)) this.retired.delete(key);
+    }
+    for (const [vip, ports] of this.c.frontends) {
+      const kept = next.frontends.get(vip);
+      for (const [port, fe] of ports) if (!kept?.has(port)) this.retired.set(`${vip}|${port}`, { fe, until: now + RETIRED_MS });
+    }
+  }
+
   begin(dst: OriginalDst, source: Source, head: RequestHead): Exchange | LocalReply {
-    const fe = this.c.frontends.get(dst.vip)?.get(dst.port);
+    let fe = this.c.frontends.get(dst.vip)?.get(dst.port);
+    if (!fe && this.retired.size !== 0) {
+      const r = this.retired.get(`${dst.vip}|${dst.port}`);
+      if (r !== undefined && r.until > this.now()) fe = r.fe;
+    }
     if (!fe) {
       // The kernel redirected this connection when an L7 service was there; there is none now (removed, or L4 since):
       // 421 tells the client to connect again, which goes wherever the kernel now sends it.

@@ -1,7 +1,7 @@
 // The proxy policy's request decisions: service lookup, authorization order, routing and splits.
 import t from 'tap';
 import { BackendStates } from '../../agent/health/states.js';
-import { ProxyPolicy } from '../../agent/proxy/policy.js';
+import { ProxyPolicy, RETIRED_MS } from '../../agent/proxy/policy.js';
 import { compileStringMatch, matchPath, normalizePath } from '../../agent/proxy/router.js';
 import type { Exchange, LocalReply, OriginalDst, Source } from '../../agent/proxy/types.js';
 import { backend, captureLog, head, http, model, route, seeded, service } from '../lib/l7model.js';
@@ -60,7 +60,8 @@ t.test('matching path: query cut off, tricky spellings normalized', async (t) =>
 });
 
 t.test('service lookup: a destination with no L7 service (unknown, or L4 now) is 421, connect again', async (t) => {
-  const { p } = policy();
+  let clock = 1000;
+  const p = new ProxyPolicy({ states: new BackendStates(), log: captureLog().log, random: seeded(1), now: () => clock });
   p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http()), service('l4', '127.100.0.2', 80, [backend(8081)])), () => undefined);
   const ok = p.begin(DST, SRC, head());
   t.notOk(isLocal(ok), 'known L7 service: an exchange');
@@ -72,7 +73,16 @@ t.test('service lookup: a destination with no L7 service (unknown, or L4 now) is
   }
   // a scoped change that makes web L4 is seen (not skipped as an L4-only change)
   p.update(model(service('web', '127.100.0.1', 80, [backend(8080)]), service('l4', '127.100.0.2', 80, [backend(8081)])), () => undefined, new Set(['web']));
-  t.equal((p.begin(DST, SRC, head()) as LocalReply).status, 421, 'web is L4 now');
+  // A connection the kernel redirected while web was L7 is served by that L7 service for RETIRED_MS more (Envoy drains
+  // a replaced listener's connections on their old filter chain), then gets 421.
+  const late = p.begin(DST, SRC, head());
+  t.notOk(isLocal(late), 'web is L4 now: a request on a connection redirected before is still served by the L7 service it was sent to');
+  if (!isLocal(late)) t.equal(late.route.name, 'all', 'by its old route');
+  clock += RETIRED_MS - 1;
+  t.notOk(isLocal(p.begin(DST, SRC, head())), `still within ${RETIRED_MS} ms`);
+  t.equal((p.begin({ vip: '127.100.0.9', port: 80, cgroupId: 1n }, SRC, head()) as LocalReply).status, 421, 'an unknown destination is not helped by it');
+  clock += 1;
+  t.equal((p.begin(DST, SRC, head()) as LocalReply).status, 421, `web is L4 now: after ${RETIRED_MS} ms, 421`);
   p.update(model(service('web', '127.100.0.1', 80, [backend(8080)], http()), service('l4', '127.100.0.2', 80, [backend(8081)])), () => undefined, new Set(['web']));
   t.notOk(isLocal(p.begin(DST, SRC, head())), 'and L7 again');
 });
