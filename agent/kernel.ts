@@ -4,6 +4,8 @@
 import type { Model } from './model/types.js';
 import type { Datapath } from './datapath/datapath.js';
 import { Reconciler } from './datapath/reconcile.js';
+import { StrictTables } from './datapath/strict.js';
+import { strictEntries } from './model/strict.js';
 import { native } from './datapath/native.js';
 import { encode } from './datapath/abi.js';
 import { discoverPods, podNetnses } from './identity/podns.js';
@@ -62,8 +64,14 @@ export class KernelReconciler implements KernelTarget {
   private r: Reconciler;
   private pods?: { at: number; paths: string[] };
 
+  /** mTLS strict mode's destinations (sm_strict): they follow the model and the local pods alike */
+  private readonly strict: StrictTables;
+  /** the model last applied (the pods' strict entries are computed again from it when pods change) */
+  private model?: Model;
+
   constructor(private readonly dp: Datapath, private readonly log: Logger) {
     this.r = this.make();
+    this.strict = new StrictTables(dp.maps, native());
   }
 
   /** the local pods' addresses, as last told (syncLocal) */
@@ -92,11 +100,22 @@ export class KernelReconciler implements KernelTarget {
     this.podAddresses = pods;
     // Pods come and go between model updates: their cgroups' identities (L4 authorization) are looked up again too.
     const authz = this.r.authz?.resync();
-    return this.r.syncLocalAddresses(pods) + (authz ? authz.written + authz.deleted : 0);
+    const local = this.r.syncLocalAddresses(pods) + (authz ? authz.written + authz.deleted : 0);
+    const strict = this.syncStrict();
+    return local + (strict ? strict.written + strict.deleted : 0);
   }
 
   apply(model: Model, changed?: ReadonlySet<string>): KernelApplyResult {
-    return this.r.apply(model, changed);
+    const res = this.r.apply(model, changed);
+    this.model = model;
+    this.syncStrict();
+    return res;
+  }
+
+  /** Strict mode's entries for the last model and the local pods (after sm_local_addrs: who counts as local). */
+  private syncStrict(): ReturnType<StrictTables['sync']> | undefined {
+    if (!this.model) return undefined;
+    return this.strict.sync(strictEntries(this.model, this.podAddresses), this.podAddresses);
   }
 
   reset(): void {

@@ -21,6 +21,7 @@ static bool CgroupAttachType(const std::string& name, enum bpf_attach_type* out)
     {"cgroup/getpeername4", BPF_CGROUP_INET4_GETPEERNAME},
     {"cgroup/getpeername6", BPF_CGROUP_INET6_GETPEERNAME},
     {"sockops", BPF_CGROUP_SOCK_OPS},
+    {"cgroup_skb/ingress", BPF_CGROUP_INET_INGRESS},
   };
   for (const auto& t : kTypes) {
     if (name == t.name) { *out = t.type; return true; }

@@ -26,10 +26,14 @@ export const SOCK_F_BULK = 1 << 3;
 export const SOCK_F_NOT_BULK = 1 << 4;
 export const CFG_F_SOCKMAP = 1 << 0;
 export const PROXY_F_IN_MESH = 1 << 0;
+/** struct sm_strict.mode (SM_MTLS_*): only strict drops (bpf/strict.bpf.c) */
+export const MTLS_MODE = { off: 0, permissive: 1, strict: 2 } as const;
+/** SM_MAX_STRICT: entries of sm_strict (and destinations counted in sm_strict_stats) */
+export const MAX_STRICT = 16384;
 
 export const EVENT_KIND: Record<number, string> = {
   1: 'connect', 2: 'no-backend', 3: 'udp-send', 4: 'l7-redirect', 5: 'l7-refused', 6: 'sock-insert', 7: 'redirect-miss',
-  8: 'authz-deny', 10: 'tunnel', 11: 'tunnel-refused',
+  8: 'authz-deny', 9: 'strict-drop', 10: 'tunnel', 11: 'tunnel-refused',
 };
 /** sm_flow_event.flags */
 export const EV_F_AFFINITY_HIT = 1 << 0;
@@ -41,6 +45,7 @@ export const GLOBAL_COUNTERS = [
   'redirect', 'redirect_miss', 'tcp_only', 'event_drop',
   'l7_redirect', 'l7_fail_open', 'l7_fail_closed', 'l7_from_proxy', 'l7_handoff', 'bulk_leave', 'bulk_kept',
   'stale_peer', 'l7_proxy_gone', 'authz_allow', 'authz_deny', 'tunnel_handover', 'tunnel_direct', 'tunnel_refused',
+  'strict_drop', 'strict_local',
 ] as const;
 export type GlobalCounter = (typeof GLOBAL_COUNTERS)[number];
 
@@ -106,6 +111,9 @@ export const STRUCTS = {
   sm_authz_key: def('sm_authz_key', 12, [['service_id', 'u32', 0], ['identity_id', 'u32', 4], ['port', 'u16be', 8], ['pad', 'u16', 10]]),
   sm_authz_verdict: def('sm_authz_verdict', 8, [['policy_id', 'u32', 0], ['verdict', 'u8', 4], ['pad', 'u8', 5]]),
   sm_authz_counters: def('sm_authz_counters', 16, [['allowed', 'u64', 0], ['denied', 'u64', 8]]),
+  sm_strict_key: def('sm_strict_key', 20, [['addr', 'addr', 0], ['port', 'u16be', 16], ['pad', 'u16', 18]]),
+  sm_strict: def('sm_strict', 4, [['mode', 'u8', 0], ['pad', 'u8', 1]]),
+  sm_strict_counters: def('sm_strict_counters', 24, [['dropped', 'u64', 0], ['local', 'u64', 8], ['last_event_ns', 'u64', 16]]),
   sm_l7_key: def('sm_l7_key', 32, [['netns_cookie', 'u64', 0], ['addr', 'addr', 8], ['port', 'u32', 24], ['pad', 'u32', 28]]),
 } as const;
 

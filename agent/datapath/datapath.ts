@@ -25,15 +25,17 @@ export const CGROUP_PROGRAMS: Record<string, string> = {
   sm_getpeername4: 'cgroup/getpeername4',
   sm_getpeername6: 'cgroup/getpeername6',
   sm_sockops: 'sockops',
+  // mTLS strict mode (bpf/strict.bpf.c): segments to the pods' listeners; without a strict entry it passes everything
+  sm_strict_ingress: 'cgroup_skb/ingress',
 };
 
-export const OBJECTS = ['sock_lb', 'sockmap', 'l7'] as const;
+export const OBJECTS = ['sock_lb', 'sockmap', 'l7', 'strict'] as const;
 
 export const MAP_NAMES = [
   'sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_sockets', 'sm_sock_meta',
   'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_config', 'sm_events',
   'sm_proxy', 'sm_l7_pending', 'sm_l7_peers', 'sm_proxy_socks', 'sm_identities', 'sm_authz', 'sm_authz_stats',
-  'sm_remote_pods',
+  'sm_remote_pods', 'sm_strict', 'sm_strict_stats',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 

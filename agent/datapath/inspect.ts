@@ -8,6 +8,7 @@ import {
 } from './abi.js';
 import { native, type Native } from './native.js';
 import type { MapName } from './datapath.js';
+import { readStrict, type StrictDestination } from './strict.js';
 
 const ALGO_NAMES = ['random', 'weighted', 'maglev'];
 const PROTO_NAMES: Record<number, string> = { [PROTO.tcp]: 'tcp', [PROTO.udp]: 'udp' };
@@ -94,7 +95,7 @@ export class MapReader {
       throw new Error(`no sockmesh datapath pinned at ${bpffs} (is the agent installed there? see --bpffs)`);
     }
     const r = new MapReader({}, n);
-    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy', 'sm_proxy_socks', 'sm_identities', 'sm_authz', 'sm_authz_stats', 'sm_remote_pods'] as MapName[]) {
+    for (const name of ['sm_services', 'sm_backends', 'sm_tables', 'sm_affinity', 'sm_revnat', 'sm_local_addrs', 'sm_svc_stats', 'sm_backend_stats', 'sm_global', 'sm_sockets', 'sm_sock_meta', 'sm_proxy', 'sm_proxy_socks', 'sm_identities', 'sm_authz', 'sm_authz_stats', 'sm_remote_pods', 'sm_strict', 'sm_strict_stats'] as MapName[]) {
       const p = join(bpffs, name);
       if (!existsSync(p)) continue;
       const fd = n.objGet(p);
@@ -269,6 +270,11 @@ export class MapReader {
       if (allowed || denied) out.push({ policyId: id, allowed, denied });
     }
     return out;
+  }
+
+  /** mTLS strict mode: the destinations in sm_strict and what the ingress program counted per destination. */
+  strict(): StrictDestination[] {
+    return readStrict(this.n, this.fds.sm_strict, this.fds.sm_strict_stats);
   }
 
   localAddresses(): string[] {

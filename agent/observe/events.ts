@@ -15,6 +15,8 @@ export interface FlowEvent {
   local?: string; peer?: string; active?: boolean;
   /** authz-deny: the caller's identity id and the deciding policy (#N in the config's order; 0 = no ALLOW matched) */
   identityId?: number; policyId?: number;
+  /** strict-drop: the dropped connection's source address:port (vip is the pod address:port it was sent to; backend '-') */
+  source?: string;
 }
 
 const ALGO_NAME: Record<number, string> = Object.fromEntries(Object.entries(ALGO).map(([k, v]) => [v, k]));
@@ -37,6 +39,13 @@ export function decodeFlowEvent(buf: Buffer, names: ReadonlyMap<number, string>,
       ...base, vip: '-', backend: '-', cookie: String(e.cookie), netnsCookie: String(e.netns_cookie), cgroupId: '0',
       local: hostport(String(e.vip), Number(e.vport)), peer: hostport(String(e.backend_addr), Number(e.backend_port)),
       active: (flags & EV_F_ACTIVE) !== 0,
+    };
+  }
+  if (kind === 9) {
+    // strict mode's drop (bpf/strict.bpf.c): the pod's address:port and the other node's source, no service
+    return {
+      ...base, vip: hostport(String(e.vip), Number(e.vport)), backend: '-', source: hostport(String(e.backend_addr), Number(e.backend_port)),
+      cookie: String(e.cookie), netnsCookie: String(e.netns_cookie), cgroupId: String(e.cgroup_id),
     };
   }
   const authz = kind === 8 ? { identityId: Number(e.identity_id), policyId: Number(e.policy_id) } : {};

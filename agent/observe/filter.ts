@@ -106,7 +106,7 @@ export interface MonitorSummary {
 
 export const MONITOR_TYPES = ['l4', 'fastpath', 'l7', 'health', 'config'] as const;
 export const MONITOR_KINDS = ['connect', 'udp-send', 'no-backend', 'l7-redirect', 'l7-refused', 'sock-insert', 'redirect-miss',
-  'authz-deny', 'tunnel', 'tunnel-refused', 'request', 'out', 'in', 'applied', 'rejected', 'nack'] as const;
+  'authz-deny', 'tunnel', 'tunnel-refused', 'strict-drop', 'request', 'out', 'in', 'applied', 'rejected', 'nack'] as const;
 export const MONITOR_VERDICTS = ['forwarded', 'redirected', 'refused', 'inserted', 'missed', 'error', 'local', 'out', 'in',
   'applied', 'rejected', 'nack'] as const;
 
@@ -115,6 +115,7 @@ export const KERNEL_COUNTER_OF: Record<string, string> = {
   'connect': 'lb_connect', 'udp-send': 'lb_udp_send', 'no-backend': 'lb_no_backend', 'l7-redirect': 'l7_redirect',
   'l7-refused': 'l7_fail_closed', 'sock-insert': 'sock_insert', 'redirect-miss': 'redirect_miss', 'authz-deny': 'authz_deny',
   'tunnel': 'tunnel_handover', 'tunnel-refused': 'tunnel_refused',
+  'strict-drop': 'strict_drop',
 };
 
 /** What a reader asked for. Each list matches any of its values; an empty or absent list matches everything. */

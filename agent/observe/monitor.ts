@@ -32,6 +32,7 @@ const VERDICT_OF: Record<string, string> = {
   'connect': 'forwarded', 'udp-send': 'forwarded', 'no-backend': 'refused', 'l7-redirect': 'redirected',
   'l7-refused': 'refused', 'sock-insert': 'inserted', 'redirect-miss': 'missed', 'authz-deny': 'refused',
   'tunnel': 'redirected', 'tunnel-refused': 'refused',
+  'strict-drop': 'refused',
 };
 
 interface Reader {

@@ -40,6 +40,8 @@
 #define SM_MAX_PROXY_SOCKS   16      /* the proxy's and the tunnel hand-over's listeners: loopback v4/v6, node v4/v6 each,
                                       * room for a node address change */
 #define SM_MAX_REMOTE_PODS   65536   /* other nodes' pod addresses a direct connect() is handed to the tunnel for */
+#define SM_MAX_STRICT        16384   /* sm_strict: (local pod address, port) mTLS modes; sm_strict_stats: destinations counted */
+#define SM_STRICT_EVENT_NS   1000000000ULL /* at most one SM_EV_STRICT_DROP per destination per CPU in this long */
 
 /* ---- enums ---- */
 enum sm_proto {
@@ -101,6 +103,10 @@ enum sm_event_kind {
 	                          * as for SM_EV_SOCK_INSERT */
 	SM_EV_AUTHZ_DENY = 8,  /* connect() refused by L4 authorization (EACCES); backend = the one it would have reached,
 	                        * policy_id = the DENY policy that matched, or 0 when no ALLOW policy matched */
+	SM_EV_STRICT_DROP = 9, /* a connection from another node straight to a strict pod was dropped (bpf/strict.bpf.c):
+	                        * vip:vport = the pod address:port it was sent to, backend_addr:backend_port = its source,
+	                        * cgroup_id = the listening socket's; at most one per destination per SM_STRICT_EVENT_NS
+	                        * per CPU (a SYN flood must not flood the ring buffer), not sampled */
 	SM_EV_TUNNEL = 10,     /* connect() to a workload of another node handed to the tunnel; backend = the pod (vip = the
 	                        * VIP, or the pod itself for a direct connect) */
 	SM_EV_TUNNEL_REFUSED = 11, /* connect() to a strict workload of another node refused: the hand-over is down */
@@ -139,6 +145,8 @@ enum sm_global_counter {
 	SM_G_TUNNEL_DIRECT,      /* the hand-over was down (no heartbeat, or its listener not in sm_proxy_socks), the
 	                          * destination permissive: connect() went direct, in plaintext */
 	SM_G_TUNNEL_REFUSED,     /* the hand-over was down, the destination strict: connect() refused (ECONNREFUSED) */
+	SM_G_STRICT_DROP,        /* strict mode: a segment from a non-local source to a strict pod's listener dropped */
+	SM_G_STRICT_LOCAL,       /* strict mode: a segment to a strict pod's listener from this node (tunnel, pods, node) passed */
 	SM_G__MAX,
 };
 
@@ -185,6 +193,13 @@ enum sm_global_counter {
  *  sm_remote_pods   HASH         struct sm_addr        -> __u32 SM_BE_F_TUNNEL [| SM_BE_F_STRICT]: pod addresses of
  *                                 other nodes whose mTLS mode is not off; a TCP connect() straight to one (no VIP) is
  *                                 handed to the tunnel like a VIP's remote backend.
+ *  sm_strict        HASH         struct sm_strict_key  -> struct sm_strict: the mTLS mode of a local pod's address:port
+ *                                 (port 0: every port of that address without an entry of its own), read by the
+ *                                 strict-mode ingress program (bpf/strict.bpf.c) on each segment to a listener.
+ *                                 Only what is not permissive/off needs an entry, plus the ports that open a strict
+ *                                 address again.
+ *  sm_strict_stats  PERCPU_HASH  struct sm_strict_key  -> struct sm_strict_counters, per destination address:port
+ *                                 (the real port, never 0), created by the program on the first segment counted.
  */
 
 struct sm_addr {
@@ -380,6 +395,29 @@ struct sm_authz_verdict {
 struct sm_authz_counters {
 	__u64 allowed;
 	__u64 denied;
+};
+
+/* mTLS modes as the kernel holds them (struct sm_strict.mode); the model's strict / permissive / off. */
+#define SM_MTLS_OFF        0
+#define SM_MTLS_PERMISSIVE 1
+#define SM_MTLS_STRICT     2
+
+/* A destination on this node: a local pod's address and the port it listens on. */
+struct sm_strict_key {
+	__u32 addr[4];        /* the pod address (v4 mapped) */
+	__u16 port;           /* network order, as in sm_authz_key; 0 = every port of the address without its own entry */
+	__u16 pad;
+};
+
+struct sm_strict {
+	__u8 mode;            /* SM_MTLS_*: only SM_MTLS_STRICT drops */
+	__u8 pad[3];
+};
+
+struct sm_strict_counters {
+	__u64 dropped;        /* segments from another node dropped (each SYN retransmission counts) */
+	__u64 local;          /* segments from this node let through (the tunnel's connect, local pods, the node) */
+	__u64 last_event_ns;  /* bpf_ktime_get_ns() of this CPU's last SM_EV_STRICT_DROP for the destination */
 };
 
 #endif /* SOCKMESH_ABI_H */

@@ -35,15 +35,20 @@ static __always_inline int sm_event_sampled(void)
 	return every == 1 || bpf_get_prandom_u32() % every == 0;
 }
 
-/* baddr may be NULL (SM_EV_NO_BACKEND, SM_EV_L7_REFUSED): the backend fields stay zero. For SM_EV_L7_REDIRECT
- * the "backend" is the proxy. flags: SM_EV_F_*. */
-static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f, const __u32 *baddr, __u16 bport,
-					  __u32 backend_id, __u8 flags)
+/* Events on (sm_config.event_sample not 0): for events that are rate limited instead of sampled (SM_EV_STRICT_DROP). */
+static __always_inline int sm_events_on(void)
+{
+	const struct sm_config *cfg = sm_config_get();
+
+	return cfg && cfg->event_sample != 0;
+}
+
+/* One event into the ring buffer, unconditionally (sm_event_emit samples first). */
+static __always_inline void sm_event_write(__u8 kind, const struct sm_flow *f, const __u32 *baddr, __u16 bport,
+					   __u32 backend_id, __u8 flags)
 {
 	struct sm_flow_event *ev;
 
-	if (!sm_event_sampled())
-		return;
 	ev = bpf_ringbuf_reserve(&sm_events, sizeof(*ev), 0);
 	if (!ev) {
 		sm_global_inc(SM_G_EVENT_DROP);
@@ -74,6 +79,15 @@ static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f, co
 	ev->identity_id = f->identity_id;
 	ev->policy_id = f->policy_id;
 	bpf_ringbuf_submit(ev, 0);
+}
+
+/* baddr may be NULL (SM_EV_NO_BACKEND, SM_EV_L7_REFUSED): the backend fields stay zero. For SM_EV_L7_REDIRECT
+ * the "backend" is the proxy. flags: SM_EV_F_*. One in sm_config.event_sample. */
+static __always_inline void sm_event_emit(__u8 kind, const struct sm_flow *f, const __u32 *baddr, __u16 bport,
+					  __u32 backend_id, __u8 flags)
+{
+	if (sm_event_sampled())
+		sm_event_write(kind, f, baddr, bport, backend_id, flags);
 }
 
 #endif /* SM_EVENTS_H */

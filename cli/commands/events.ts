@@ -30,7 +30,9 @@ export function renderEvents(list: FlowEvent[], style: Style): string[] {
   if (list.length === 0) return ['no flow events yet (sampling is set by the agent\'s --event-sample)'];
   return renderTable(
     [{ header: 'TIME' }, { header: 'KIND' }, { header: 'PROTO' }, { header: 'SERVICE' }, { header: 'VIP' }, { header: 'BACKEND' }],
-    list.map((e) => [clock(e.time), e.kind === 'no-backend' ? style.red(e.kind) : e.kind, e.protocol, e.service, e.vip, e.backend]),
+    // strict-drop has no backend: its column names the other node's source that was dropped
+    list.map((e) => [clock(e.time), e.kind === 'no-backend' || e.kind === 'strict-drop' ? style.red(e.kind) : e.kind, e.protocol, e.service, e.vip,
+      e.source ? `from ${e.source}` : e.backend]),
     { style },
   );
 }

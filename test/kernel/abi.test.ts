@@ -3,7 +3,7 @@
 import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ABI_VERSION, ALGO, AUTHZ_ALLOW, AUTHZ_DENY, MAX_AUTHZ_POLICIES, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, BE_F_LOCAL, BE_F_STRICT, BE_F_TUNNEL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, EV_F_ACTIVE, EV_F_AFFINITY_HIT, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_TUNNEL_PORT_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
+import { ABI_VERSION, MAX_STRICT, MTLS_MODE, ALGO, AUTHZ_ALLOW, AUTHZ_DENY, MAX_AUTHZ_POLICIES, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, BE_F_LOCAL, BE_F_STRICT, BE_F_TUNNEL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, EV_F_ACTIVE, EV_F_AFFINITY_HIT, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_TUNNEL_PORT_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
 import { ROOT } from '../lib/kernel.js';
 
 const built = existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'));
@@ -77,6 +77,11 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_G_TUNNEL_HANDOVER, GLOBAL_COUNTERS.indexOf('tunnel_handover'));
   t.equal(k.SM_G_TUNNEL_DIRECT, GLOBAL_COUNTERS.indexOf('tunnel_direct'));
   t.equal(k.SM_G_TUNNEL_REFUSED, GLOBAL_COUNTERS.indexOf('tunnel_refused'));
+  t.equal(EVENT_KIND[k.SM_EV_STRICT_DROP!], 'strict-drop');
+  t.equal(k.SM_G_STRICT_DROP, GLOBAL_COUNTERS.indexOf('strict_drop'));
+  t.equal(k.SM_G_STRICT_LOCAL, GLOBAL_COUNTERS.indexOf('strict_local'));
+  t.same([k.SM_MTLS_OFF, k.SM_MTLS_PERMISSIVE, k.SM_MTLS_STRICT], [MTLS_MODE.off, MTLS_MODE.permissive, MTLS_MODE.strict]);
+  t.equal(k.SM_MAX_STRICT, MAX_STRICT);
 });
 
 t.test('address codec: v4 as v4-mapped, v6 compressed, round trips', async (t) => {

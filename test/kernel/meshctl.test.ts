@@ -36,7 +36,7 @@ services:
     t.equal(s.kernel.cgroup, cg.path);
     t.ok(s.node.kernel, 'kernel version from systeminformation');
     t.ok(s.node.cpus >= 1);
-    t.equal(s.programs.length, 11, 'ten cgroup programs (with the L7 hand-over sock_ops) and sk_msg');
+    t.equal(s.programs.length, 12, 'eleven cgroup programs (with the L7 hand-over sock_ops and strict mode\'s cgroup_skb/ingress) and sk_msg');
     const services = s.maps.find((m: { map: string }) => m.map === 'sm_services');
     t.equal(services.entries, 1);
     const text = meshctl(agent, ['status']);
