@@ -76,6 +76,11 @@ export function figure(r: MeshResult | undefined, f: MeshFigure): number | undef
   return xs && xs.length ? median(xs) : undefined;
 }
 
+/** The mesh's CPU per Gbit/s (median over the iperf3 runs); undefined when iperf3 failed or did not run. */
+export function cpuPerGbps(r: MeshResult): number | undefined {
+  return r.skipped || r.errors.iperf3 || !r.meshCpuPerGbps.length ? undefined : median(r.meshCpuPerGbps);
+}
+
 /** The median of each part over a workload's runs. */
 export function medianCpu(r: MeshResult | undefined, w: MeshWorkload): CpuSplit | undefined {
   const runs = r?.cpu[w];
@@ -151,7 +156,7 @@ export function formatMeshTable(results: MeshResult[]): string {
   const rows = results.map((r) => {
     const label = MESH_LABELS[r.name].padEnd(28);
     if (r.skipped) return `${label}not available: ${r.skipped}`;
-    const cpg = r.meshCpuPerGbps.length ? median(r.meshCpuPerGbps) : undefined;
+    const cpg = cpuPerGbps(r);
     const rss = r.rssMiB ? `${r.rssMiB.src.toFixed(0)} / ${r.rssMiB.dst.toFixed(0)}` : '-';
     return label + fmt(figure(r, 'streamGbps'), 2).padStart(8) + fmt(figure(r, 'pingP50'), 1).padStart(9) + fmt(figure(r, 'pingP99'), 1).padStart(9) +
       fmt(figure(r, 'httpRps'), 0).padStart(10) + fmt(figure(r, 'httpP99'), 0).padStart(10) + fmt(cpg, 3).padStart(11) + rss.padStart(14);
@@ -197,7 +202,7 @@ export function meshJson(results: MeshResult[], checks: MeshCheck[], info: MeshC
     const med = Object.fromEntries(MESH_FIGURES.map((f) => [f, figure(r, f) === undefined ? null : round(figure(r, f)!, 3)]));
     scenarios[r.name] = {
       label: MESH_LABELS[r.name], ...med,
-      meshCpuPerGbps: r.meshCpuPerGbps.length ? round(median(r.meshCpuPerGbps), 4) : null,
+      meshCpuPerGbps: cpuPerGbps(r) === undefined ? null : round(cpuPerGbps(r)!, 4),
       ...(r.rssMiB ? { rssMiB: { src: round(r.rssMiB.src, 1), dst: round(r.rssMiB.dst, 1) } } : {}),
       ...(r.handshakes !== undefined ? { handshakes: r.handshakes } : {}),
       cpu: Object.fromEntries(MESH_WORKLOADS.map((w) => [w, medianCpu(r, w) ?? null]).filter(([, v]) => v !== null)

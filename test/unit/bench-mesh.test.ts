@@ -95,6 +95,11 @@ t.test('a failed workload takes its figures along; a missing baseline SKIPs nami
   t.same(checks.map((c) => c.status), ['PASS', 'SKIP', 'PASS', 'SKIP', 'SKIP', 'PASS']);
   t.match(checks[1]!.why, /^\(d\) not run/);
   t.match(checks[3]!.why, /^\(c\) failed: wrk: timed out/);
+  const cut = results({ sockmesh: [6, 30, 15000, 5000] }, 0);
+  cut[0]!.errors.iperf3 = 'iperf3: timed out';
+  const cj = meshJson(cut, [], []) as { scenarios: Record<string, Record<string, unknown>> };
+  t.same([cj.scenarios.sockmesh!.streamGbps, cj.scenarios.sockmesh!.meshCpuPerGbps], [null, null], 'no CPU per Gbit/s without the iperf3 figure');
+  t.match(formatMeshTable(cut), /\(b\) sockmesh, mTLS tunnel\s+-\s+30\.0\s+90\.0\s+15000\s+5000\s+-\s+-$/m);
   const noCount = results({ sockmesh: [6, 30, 15000, 5000], sidecars: [2, 50, 10000, 8000] });
   t.match(meshChecks(noCount)[5], { status: 'SKIP', why: /could not be read/ }, 'no handshake count is no pass');
 });
