@@ -202,6 +202,18 @@ export function meshAgentConfig(serverIp: string, mesh?: MeshTopology): string {
   return lines.join('\n') + '\n';
 }
 
+/** (b)'s mesh: the two nodes at their node addresses, the client pod on n1 and the server pod on n2 as workloads. */
+function meshTopology(ctx: Ctx): MeshTopology {
+  const root = cgroup2Mount();
+  return {
+    nodes: [ctx.n1, ctx.n2].map((n) => ({ name: n.name, address: n.nodeV4 })),
+    workloads: [
+      { name: 'client', identity: CLIENT_ID, node: ctx.n1.name, address: ctx.client.v4!, cgroup: `/${relative(root, ctx.client.cgroup)}` },
+      { name: 'server', identity: SERVER_ID, node: ctx.n2.name, address: ctx.server.v4!, cgroup: `/${relative(root, ctx.server.cgroup)}` },
+    ],
+  };
+}
+
 /** The control plane's CA API (in n1's node namespace, reached by both agents over the nodes' link). */
 const CA_PORT = 18000;
 
@@ -209,6 +221,8 @@ const CA_PORT = 18000;
 async function startControlPlane(ctx: Ctx): Promise<void> {
   const dir = join(ctx.workDir, 'controlplane');
   mkdirSync(join(dir, 'services'), { recursive: true });
+  // the CA issues a node only the identities of the workloads its model places there: the same config as the agents'
+  writeFileSync(join(dir, 'services', 'mesh.yaml'), meshAgentConfig(ctx.server.v4!, meshTopology(ctx)));
   const tokens = [ctx.n1, ctx.n2].map((n) => [n.name, randomBytes(16).toString('hex')] as const);
   writeFileSync(join(dir, 'tokens'), tokens.map(([n, tok]) => `${tok} ${n}\n`).join(''), { mode: 0o600 });
   for (const [n, tok] of tokens) writeFileSync(join(dir, `${n}.token`), `${tok}\n`, { mode: 0o600 });
@@ -221,14 +235,7 @@ async function startControlPlane(ctx: Ctx): Promise<void> {
 
 /** One agent per node, in its node's namespace and agent cgroup, meshing the node's pods cgroup. */
 async function startAgents(ctx: Ctx): Promise<void> {
-  const root = cgroup2Mount();
-  const mesh: MeshTopology | undefined = ctx.caFlags && {
-    nodes: [ctx.n1, ctx.n2].map((n) => ({ name: n.name, address: n.nodeV4 })),
-    workloads: [
-      { name: 'client', identity: CLIENT_ID, node: ctx.n1.name, address: ctx.client.v4!, cgroup: `/${relative(root, ctx.client.cgroup)}` },
-      { name: 'server', identity: SERVER_ID, node: ctx.n2.name, address: ctx.server.v4!, cgroup: `/${relative(root, ctx.server.cgroup)}` },
-    ],
-  };
+  const mesh = ctx.caFlags && meshTopology(ctx);
   for (const node of [ctx.n1, ctx.n2]) {
     // Registered before the start, so that Ctrl-C during start-up still unpins and detaches.
     onCleanup(`agent ${node.name} pins and links`, () => cleanupAgent(ctx.opts.root, node.bpffs, node.meshedCgroup));
@@ -271,6 +278,9 @@ function meshedScenario(ctx: Ctx, name: 'sockmesh' | 'plain', unavailable: () =>
 /** (d): the client pod's connect() to the VIP is rewritten to the server pod on n2; plaintext. */
 const plainScenario = (ctx: Ctx): Scenario => meshedScenario(ctx, 'plain', async () => undefined);
 
+/** meshctl tunnels' report, with the kernel hand-over's part (agent/tunnelhandover.ts) where the agent has it. */
+type HandoverReport = TunnelReport & { handover?: { accepted: number; tunnelled: number; refused: Record<string, number> } };
+
 /** The kernel's count of connect()s handed to the tunnel (ABI v9, issue 13). */
 const HANDOVER_COUNTER = 'SM_G_TUNNEL_HANDOVER';
 
@@ -292,9 +302,16 @@ function sockmeshScenario(ctx: Ctx): Scenario {
     return `n2's agent serves no HBONE tunnel after 15 s (meshctl tunnels: ${rep.state ?? 'listening on nothing'})`;
   });
   s.handshakes = async () => {
-    const rep = await meshctlJson<TunnelReport>(ctx, ctx.n1, ['tunnels']);
+    const rep = await meshctlJson<HandoverReport>(ctx, ctx.n1, ['tunnels']);
     const out = rep.peers.filter((p) => p.direction === 'out');
     s.result.evidence.tunnelStreams = out.reduce((n, p) => n + p.streamsTotal, 0);
+    // what n1's hand-over did with the connections the kernel gave it (a reset names its reason)
+    if (rep.handover) {
+      s.result.evidence['handover.accepted'] = rep.handover.accepted;
+      s.result.evidence['handover.tunnelled'] = rep.handover.tunnelled;
+      for (const [why, n] of Object.entries(rep.handover.refused)) s.result.evidence[`handover.reset.${why}`] = n;
+    }
+    for (const [why, n] of Object.entries(rep.refusals.out)) s.result.evidence[`tunnel.refused.${why}`] = n;
     return out.reduce((n, p) => n + p.handshakes, 0);
   };
   return s;
