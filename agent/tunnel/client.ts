@@ -89,8 +89,12 @@ export class TunnelClient implements TunnelOpener {
       }), this.opts.timeoutMs ?? 10_000);
       stream.once('response', (h) => settle(() => {
         const status = Number(h[':status']);
-        if (status === 200) { track(stream, stats); return resolve(stream); }
-        stream.close();
+        if (status === 200) { track(stream, stats); return resolve(noResetAfterCleanEnd(stream)); }
+        // the server answered with END_STREAM: ours ends the stream both ways. close() would send RST_STREAM
+        // (NO_ERROR), and nghttp2 ends a session after ~1,000 received resets (see noResetAfterCleanEnd): a burst of
+        // denied connections must not take the pooled connection down with it
+        stream.resume();
+        stream.end();
         reject(fail(statusReason(status), `tunnel to ${req.node.name}: CONNECT ${authority} refused with ${status}`, status));
       }));
       stream.once('close', () => settle(() => {
@@ -209,6 +213,33 @@ export class TunnelClient implements TunnelOpener {
     this.pool.set(key, entry);
     return entry.ready;
   }
+}
+
+/** How long a stream that ended both ways may wait for nghttp2's close before destroy() resets it after all. */
+const CLEAN_END_GRACE_MS = 5000;
+
+/**
+ * A caller's destroy() of a stream that ended normally both ways must not reset it. Node's Http2Stream._destroy()
+ * sends RST_STREAM for any stream nghttp2 has not yet reported closed, and 'end' (the peer's END_STREAM) is emitted
+ * before nghttp2 closes the stream, so the natural `s.on('end', () => s.destroy())` (bench/tunnel.ts) reset every
+ * stream with NO_ERROR. nghttp2 >= 1.57 (the CVE-2023-44487 "rapid reset" fix) counts the resets a server receives
+ * (burst 1000, then 33/s) and then ends the session with GOAWAY INTERNAL_ERROR: the pooled connection and the
+ * streams in flight on it died every ~1,000 streams (test/unit/tunnel-many). So when the peer's END_STREAM was read
+ * and ours is written, destroy() without an error leaves the stream to nghttp2, which closes it (our END_STREAM goes
+ * out first if it was still queued) and Node then destroys it itself (onStreamClose), with no frame sent. destroy()
+ * with an error, or of a stream not ended both ways, resets as before: that is a real abort.
+ */
+function noResetAfterCleanEnd(stream: ClientHttp2Stream): ClientHttp2Stream {
+  const destroy = stream.destroy.bind(stream);
+  stream.destroy = (err?: Error): ClientHttp2Stream => {
+    if (err !== undefined || stream.closed || stream.destroyed || stream.session?.destroyed !== false
+      || !stream.readableEnded || !stream.writableFinished) return destroy(err);
+    // nghttp2's close normally follows within the same read; a stream that stays open that long is reset after all
+    const timer = setTimeout(() => { if (!stream.closed) destroy(); }, CLEAN_END_GRACE_MS).unref();
+    stream.once('close', () => clearTimeout(timer));
+    return stream;
+  };
+  return stream;
 }
 
 class ServerIdentityError extends Error {}
