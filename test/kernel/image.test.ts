@@ -78,7 +78,7 @@ function runtime(image: string): { args: string[] } | { why: string } {
 }
 
 interface Mount { name: string; mountPath: string; mountPropagation?: string; readOnly?: boolean }
-interface Volume { name: string; hostPath?: { path: string }; emptyDir?: object }
+interface Volume { name: string; hostPath?: { path: string }; emptyDir?: object; projected?: { sources: { serviceAccountToken?: { path: string } }[] } }
 interface AgentContainer {
   command: string[]; args: string[]; volumeMounts: Mount[];
   securityContext: { privileged?: boolean; readOnlyRootFilesystem?: boolean; capabilities: { drop: string[]; add: string[] } };
@@ -189,7 +189,14 @@ function agentContainer(t: Tap, ds: ReturnType<typeof daemonSet>, runDir: string
   for (const m of a.volumeMounts) {
     const v = ds.volumes.find((x) => x.name === m.name)!;
     if (v.emptyDir) { out.push('--tmpfs', m.mountPath); continue; }
-    const host = m.mountPath === '/run/sockmesh' ? runDir : v.hostPath!.path;
+    let host: string;
+    if (v.projected) {
+      // What the kubelet would project (the CA's service-account token): a file per source in a directory of the test's
+      // own, so the mount is as the manifest has it; the agent here runs without the CA and never reads it.
+      host = join(runDir, '..', `projected-${v.name}`);
+      mkdirSync(host, { recursive: true });
+      for (const src of v.projected.sources) if (src.serviceAccountToken) writeFileSync(join(host, src.serviceAccountToken.path), 'not-a-token\n');
+    } else host = m.mountPath === '/run/sockmesh' ? runDir : v.hostPath!.path;
     const opts = ['rbind', m.mountPropagation === 'HostToContainer' ? 'rslave' : m.mountPropagation === 'Bidirectional' ? 'rshared' : 'rprivate'];
     if (m.readOnly) opts.push('ro');
     out.push('-v', `${host}:${m.mountPath}:${opts.join(',')}`);
