@@ -2,20 +2,19 @@
 // the node, refusals as gRPC statuses with messages. Called by the agent's client (@grpc/grpc-js) and by an
 // independent one: python3 grpcio (Debian's), with the protobuf bytes written by hand from the proto's field numbers.
 import t from 'tap';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import pino from 'pino';
 import type { Model } from '../../agent/model/types.js';
 import { CertificateAuthority } from '../../controlplane/ca.js';
 import { NodeTokens, identitiesByNode } from '../../controlplane/ca-service.js';
 import { startControlPlaneFromModel } from '../../controlplane/server.js';
 import { CaCallError, CaClient } from '../../xds/ca.js';
+import { pythonCa } from '../lib/capython.js';
 
-const run = promisify(execFile);
 const TD = 'cluster.local';
 const WEB = `spiffe://${TD}/ns/shop/sa/web`;
 const DB = `spiffe://${TD}/ns/shop/sa/db`;
@@ -34,47 +33,6 @@ const model = {
 function csr(dir: string, san: string, curve = 'prime256v1'): string {
   return execFileSync('openssl', ['req', '-new', '-nodes', '-newkey', 'ec', '-pkeyopt', `ec_paramgen_curve:${curve}`, '-keyout', join(dir, 'k.pem'), '-subj', '/O=x', '-addext', `subjectAltName=${san}`],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-}
-
-const PY_CLIENT = String.raw`
-import grpc, json, sys
-addr, method, token, csr = sys.argv[1], sys.argv[2], sys.argv[3], sys.stdin.read()
-def varint(n):
-    out = b''
-    while True:
-        b = n & 0x7f; n >>= 7
-        if n: out += bytes([b | 0x80])
-        else: return out + bytes([b])
-def field_str(num, s):
-    b = s.encode(); return varint((num << 3) | 2) + varint(len(b)) + b
-def strings(buf, want):
-    i, out = 0, []
-    while i < len(buf):
-        key = 0; shift = 0
-        while True:
-            c = buf[i]; i += 1; key |= (c & 0x7f) << shift; shift += 7
-            if not c & 0x80: break
-        n = 0; shift = 0
-        while True:
-            c = buf[i]; i += 1; n |= (c & 0x7f) << shift; shift += 7
-            if not c & 0x80: break
-        if key >> 3 == want: out.append(buf[i:i + n].decode())
-        i += n
-    return out
-# IstioCertificateRequest: csr = 1 (string), validity_duration = 3 (int64): 3600
-req = field_str(1, csr) + varint(3 << 3) + varint(3600) if method.endswith('CreateCertificate') else b''
-md = [('authorization', 'Bearer ' + token)] if token else []
-try:
-    res = grpc.insecure_channel(addr).unary_unary(method)(req, metadata=md, timeout=10)
-    print(json.dumps({'ok': True, 'strings': strings(res, 1)}))
-except grpc.RpcError as e:
-    print(json.dumps({'ok': False, 'code': e.code().name, 'details': e.details()}))
-`;
-
-async function python(port: number, method: string, token: string, input = ''): Promise<{ ok: boolean; strings?: string[]; code?: string; details?: string }> {
-  const p = run('/usr/bin/python3', ['-c', PY_CLIENT, `127.0.0.1:${port}`, method, token], { timeout: 20_000 });
-  p.child.stdin!.end(input);
-  return JSON.parse((await p).stdout) as never;
 }
 
 t.test('the CSR API: grpc-js and python3 grpcio clients, node authentication and authorization', async (t) => {
@@ -122,18 +80,18 @@ t.test('the CSR API: grpc-js and python3 grpcio clients, node authentication and
   t.same(cp.ca!.stats.refused, { PERMISSION_DENIED: 1, INVALID_ARGUMENT: 3, UNAUTHENTICATED: 2 });
 
   // an independent client: python3 grpcio, protobuf encoded by hand
-  const py = await python(cp.port, '/istio.v1.auth.IstioCertificateService/CreateCertificate', TOKEN_A, csr(dir, `URI:${WEB}`));
+  const py = await pythonCa(cp.port, '/istio.v1.auth.IstioCertificateService/CreateCertificate', TOKEN_A, csr(dir, `URI:${WEB}`));
   t.equal(py.ok, true, `python grpcio: ${JSON.stringify(py).slice(0, 200)}`);
   t.equal(py.strings?.length, 3, 'python: cert_chain of three');
   const pyLeaf = new X509Certificate(py.strings![0]!);
   t.equal(pyLeaf.subjectAltName, `URI:${WEB}`);
   const life = Date.parse(pyLeaf.validTo) - Date.now();
   t.ok(life > 3500e3 && life <= 3600e3, `python: validity_duration 3600 honoured (${life} ms)`);
-  const pyForeign = await python(cp.port, '/istio.v1.auth.IstioCertificateService/CreateCertificate', TOKEN_A, csr(dir, `URI:${DB}`));
+  const pyForeign = await pythonCa(cp.port, '/istio.v1.auth.IstioCertificateService/CreateCertificate', TOKEN_A, csr(dir, `URI:${DB}`));
   t.same([pyForeign.code, pyForeign.details], ['PERMISSION_DENIED', `node node-a may not have ${DB}: no workload with that identity on node node-a`], 'python: foreign identity refused');
-  const pyBundle = await python(cp.port, '/sockmesh.ca.v1.TrustBundleService/GetTrustBundle', TOKEN_B);
+  const pyBundle = await pythonCa(cp.port, '/sockmesh.ca.v1.TrustBundleService/GetTrustBundle', TOKEN_B);
   t.same(pyBundle.strings, authority.trustBundle(), 'python: the trust bundle');
-  const pyAnon = await python(cp.port, '/sockmesh.ca.v1.TrustBundleService/GetTrustBundle', '');
+  const pyAnon = await pythonCa(cp.port, '/sockmesh.ca.v1.TrustBundleService/GetTrustBundle', '');
   t.equal(pyAnon.code, 'UNAUTHENTICATED');
 
   // workloads move: a model update changes what a node may have, at the next request

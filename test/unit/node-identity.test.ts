@@ -2,12 +2,11 @@
 // to that node only, over the real gRPC API (grpc-js and python3 grpcio as clients); another node's is refused with
 // PERMISSION_DENIED naming both nodes; the agent's certificate manager obtains and renews it like a workload's.
 import t from 'tap';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import pino from 'pino';
 import type { Model } from '../../agent/model/types.js';
 import { nodeSpiffeId, parseNodeSpiffeId, parseSpiffeId } from '../../agent/model/spiffe.js';
@@ -16,6 +15,7 @@ import { CertificateAuthority } from '../../controlplane/ca.js';
 import { NodeTokens } from '../../controlplane/ca-service.js';
 import { startControlPlaneFromModel } from '../../controlplane/server.js';
 import { CaCallError, CaClient } from '../../xds/ca.js';
+import { pythonCa } from '../lib/capython.js';
 
 const TD = 'cluster.local';
 const WEB = `spiffe://${TD}/ns/shop/sa/web`;
@@ -81,30 +81,9 @@ t.test('the CA issues a node its own identity, and refuses another node\'s', asy
   t.ok(logged.some((l) => l.msg === 'certificate request refused' && l.node === 'node-a' && l.code === 'PERMISSION_DENIED' && /node-b/.test(String(l.reason))), 'the refusal is logged with the node');
   t.same(cp.ca!.stats.refused, { PERMISSION_DENIED: 2, INVALID_ARGUMENT: 2 });
 
-  // an independent client: python3 grpcio, the IstioCertificateService request encoded by hand (csr = field 1)
-  const py = String.raw`
-import grpc, json, sys
-csr = sys.stdin.read().encode()
-def varint(n):
-    out = b''
-    while True:
-        b = n & 0x7f; n >>= 7
-        if n: out += bytes([b | 0x80])
-        else: return out + bytes([b])
-req = varint((1 << 3) | 2) + varint(len(csr)) + csr
-try:
-    grpc.insecure_channel(sys.argv[1]).unary_unary('/istio.v1.auth.IstioCertificateService/CreateCertificate')(req, metadata=[('authorization', 'Bearer ' + sys.argv[2])], timeout=10)
-    print(json.dumps({'ok': True}))
-except grpc.RpcError as e:
-    print(json.dumps({'ok': False, 'code': e.code().name, 'details': e.details()}))
-`;
-  const run = promisify(execFile);
-  const call = async (token: string, san: string) => {
-    const p = run('/usr/bin/python3', ['-c', py, `127.0.0.1:${cp.port}`, token], { timeout: 20_000 });
-    p.child.stdin!.end(csr(dir, san));
-    return JSON.parse((await p).stdout) as { ok: boolean; code?: string; details?: string };
-  };
-  t.same(await call(TOKEN_B, `URI:${NODE_B}`), { ok: true }, 'python grpcio: node-b gets its own identity');
+  // an independent client: python3 grpcio, the IstioCertificateService request encoded by hand (test/lib/capython.ts)
+  const call = (token: string, san: string) => pythonCa(cp.port, '/istio.v1.auth.IstioCertificateService/CreateCertificate', token, csr(dir, san));
+  t.same((await call(TOKEN_B, `URI:${NODE_B}`)).ok, true, 'python grpcio: node-b gets its own identity');
   const pyForeign = await call(TOKEN_B, `URI:${NODE_A}`);
   t.same([pyForeign.code, /node node-b may not have .*node-a/.test(pyForeign.details ?? '')], ['PERMISSION_DENIED', true], 'python grpcio: node-b refused node-a\'s');
 });
