@@ -12,6 +12,7 @@ import { EventEmitter } from 'node:events';
 import { constants as osConstants } from 'node:os';
 import { loadAddon } from '../addon.js';
 import type { Conn } from './conn.js';
+import { loopTraceFromEnv, type LoopTrace } from './looptrace.js';
 
 // ---- the face of build/Release/sockmesh_netio.node (native/netio.cc; its own gyp target, no libbpf) ----
 
@@ -143,6 +144,8 @@ export class NetIo {
   readonly conns = new Map<number, NetConn>();
   private readonly listeners = new Map<number, { onConnection: (c: NetConn) => void; onError: ((e: Error) => void) | undefined }>();
   private closed = false;
+  /** @internal SOCKMESH_NETIO_TRACE (looptrace.ts): batch sizes and write delays; null unless asked for */
+  readonly trace: LoopTrace | null = sharedTrace();
 
   constructor() {
     this.loop = new (netioAddon().NetLoop)(this.arena, this.ev, (n) => this.onEvents(n));
@@ -216,6 +219,8 @@ export class NetIo {
 
   private onEvents(n: number): void {
     const ev = this.ev, arena = this.arena, conns = this.conns;
+    const trace = this.trace;
+    if (trace !== null) trace.begin(n, dataEvents(ev, n));
     let thrown: unknown = null;
     for (let i = 0, p = 0; i < n; i++, p += EVENT_INTS) {
       const id = ev[p]!, kind = ev[p + 1]!;
@@ -249,6 +254,7 @@ export class NetIo {
         if (thrown === null) thrown = e;
       }
     }
+    if (trace !== null) trace.end();
     if (thrown !== null) throw thrown;
   }
 
@@ -377,6 +383,7 @@ export class NetConn extends EventEmitter implements Conn {
   }
 
   private written(r: number): boolean {
+    if (this.io.trace !== null) this.io.trace.write();
     if (this.timeoutMs !== 0) this.active();
     if (r === 0) return true;
     if (r < 0) { this.failLater(errnoError(-r, 'write')); return false; }
@@ -553,6 +560,20 @@ export class NetConn extends EventEmitter implements Conn {
     this.closeEmitted = true;
     process.nextTick(emitClose, this, e);
   }
+}
+
+let trace: LoopTrace | null | undefined;
+/** one trace per process (every NetIo appends to the same file), read from the environment once */
+function sharedTrace(): LoopTrace | null {
+  if (trace === undefined) trace = loopTraceFromEnv();
+  return trace;
+}
+
+/** the DATA events of a batch: the sockets read in one wake */
+function dataEvents(ev: Int32Array, n: number): number {
+  let k = 0;
+  for (let i = 0; i < n; i++) if (ev[i * EVENT_INTS + 1] === EV_DATA) k++;
+  return k;
 }
 
 function flushHeld(c: NetConn): void {
