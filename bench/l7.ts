@@ -23,7 +23,7 @@ import { pathToFileURL } from 'node:url';
 import { Agent, agentEntry, benchConfig, cleanupAgent } from './lib/agent.js';
 import { emitResult } from './chart.js';
 import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js';
-import { cpuSeconds } from './lib/cpu.js';
+import { cpuSeconds, schedStats, type SchedStats } from './lib/cpu.js';
 import { backendConfig, haproxyArgv, proxyConfig } from './lib/haproxy.js';
 import {
   formatL7Table, l7Checks, l7Json, L7_LABELS, L7_SCENARIOS, PROTOCOLS, PROTOCOL_TITLES, summarize,
@@ -287,6 +287,19 @@ function sockmeshScenario(ctx: Ctx): Scenario {
   return s;
 }
 
+/** the scheduler's figures summed over pids; undefined when one is gone */
+const schedOf = (pids: number[]): SchedStats | undefined => {
+  const sum: SchedStats = { waitNs: 0, involuntary: 0, voluntary: 0 };
+  for (const p of pids) {
+    const s = schedStats(p);
+    if (s === undefined) return undefined;
+    sum.waitNs += s.waitNs;
+    sum.involuntary += s.involuntary;
+    sum.voluntary += s.voluntary;
+  }
+  return sum;
+};
+
 const cpuOf = (pids: number[]) => {
   let sum = 0;
   for (const p of pids) {
@@ -306,9 +319,9 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
   const argv = proto === 'http1' ? wrkArgv(url, ctx.opts.connections, seconds, ctx.p999Script) : h2loadArgv(url, ctx.opts.connections, seconds, logFile);
   const [cmd, args] = inCgroupNsenter(s.clientCgroup, ctx.ns, ctx.clientCpus, argv);
   s.gc?.(); // what came before this run is not its
-  const p0 = cpuOf(pids), b0 = cpuSeconds(backendPid), t0 = performance.now();
+  const p0 = cpuOf(pids), b0 = cpuSeconds(backendPid), s0 = schedOf(pids), t0 = performance.now();
   const r = await run(cmd, args, seconds * 1000 + CLIENT_SLACK_MS);
-  const t1 = performance.now(), p1 = cpuOf(pids), b1 = cpuSeconds(backendPid);
+  const t1 = performance.now(), p1 = cpuOf(pids), b1 = cpuSeconds(backendPid), s1 = schedOf(pids);
   const gc = s.gc?.();
   const tool = argv[0]!;
   if (r.code !== 0) {
@@ -329,8 +342,13 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
   const pct = (a: number | undefined, b: number | undefined) => (a !== undefined && b !== undefined ? ((b - a) / wall) * 100 : undefined);
   const proxyCpu = pids.length ? pct(p0, p1) : undefined;
   const proxyCpuUs = proxyCpu !== undefined ? (p1! - p0!) * 1e6 : undefined;
+  // The proxy's time runnable but not running, and its preemptions: what the scheduler adds to its requests (issue 15)
+  const sched = pids.length && s0 !== undefined && s1 !== undefined
+    ? { runqUs: (s1.waitNs - s0.waitNs) / 1000, preempted: s1.involuntary - s0.involuntary, switches: s1.voluntary - s0.voluntary }
+    : undefined;
   return {
     ...h, ...(proxyCpu !== undefined ? { proxyCpu, proxyCpuUs } : {}), backendCpu: pct(b0, b1) ?? 0, seconds: wall, ...(gc ? { gc } : {}),
+    ...(sched !== undefined ? { sched } : {}),
   };
 }
 
@@ -363,8 +381,12 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
     const gc = x.gc && x.requests > 0
       ? `; GC ${x.gc.collections} (${x.gc.pauseTotalMs.toFixed(0)} ms, max ${x.gc.pauseMaxMs.toFixed(1)} ms), ${Math.round(x.gc.allocated / x.requests)} B/req`
       : '';
+    const sched = x.sched && x.requests > 0
+      ? `; run queue ${(x.sched.runqUs / x.requests).toFixed(2)} µs/req (${(x.sched.runqUs / 1000 / x.seconds).toFixed(0)} ms/s), ` +
+        `${Math.round(x.sched.preempted / x.seconds)} preemptions/s, ${Math.round(x.sched.switches / x.seconds)} sleeps/s`
+      : '';
     log(`${label(s)} ${PROTOCOL_TITLES[p]}${keep ? '' : ' warm-up'}: ${Math.round(x.rps)} req/s, p50 ${Math.round(x.p50)} µs, ` +
-      `p99 ${Math.round(x.p99)} µs, p99.9 ${x.p999 === undefined ? '-' : Math.round(x.p999)} µs${cpu}, backend CPU ${x.backendCpu.toFixed(0)}%${gc}`);
+      `p99 ${Math.round(x.p99)} µs, p99.9 ${x.p999 === undefined ? '-' : Math.round(x.p999)} µs${cpu}, backend CPU ${x.backendCpu.toFixed(0)}%${gc}${sched}`);
   } catch (e) {
     fail(s, p, e);
   }

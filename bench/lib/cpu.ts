@@ -1,5 +1,6 @@
-// CPU time of a process (all its threads) from /proc/<pid>/stat, for "agent CPU" and its peers.
-import { readFileSync } from 'node:fs';
+// CPU time of a process (all its threads) from /proc/<pid>/stat, for "agent CPU" and its peers, and what the scheduler
+// did to it (run-queue waits, preemptions) from /proc/<pid>/task/*/schedstat and status.
+import { readdirSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 
 /** utime + stime in clock ticks from the text of /proc/<pid>/stat. */
@@ -34,4 +35,35 @@ export function cpuSeconds(pid: number): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** What the scheduler did to a process, summed over its threads (/proc/<pid>/task/<tid>/schedstat and status). */
+export interface SchedStats {
+  /** ns spent runnable but waiting for a CPU (a run queue's delay) */
+  waitNs: number;
+  /** times a thread was switched out while it still wanted to run (preempted) */
+  involuntary: number;
+  /** times a thread gave the CPU up itself (waiting for I/O, a futex) */
+  voluntary: number;
+}
+
+/** The scheduler's figures for every thread of pid; undefined when it is gone. */
+export function schedStats(pid: number): SchedStats | undefined {
+  const s: SchedStats = { waitNs: 0, involuntary: 0, voluntary: 0 };
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        // schedstat: ns on the CPU, ns waiting on a run queue, timeslices
+        s.waitNs += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+        const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+        s.voluntary += Number(/^voluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+        s.involuntary += Number(/^nonvoluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+      } catch {
+        // a thread that ended between the listing and the read: its figures went with it
+      }
+    }
+  } catch {
+    return undefined;
+  }
+  return s;
 }

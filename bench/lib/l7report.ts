@@ -27,6 +27,11 @@ export interface Sample extends HttpRun {
   seconds: number;
   /** the proxy's garbage collections during the run ((b) only) */
   gc?: GcStats;
+  /**
+   * What the scheduler did to the proxy process(es), all threads, over the run: µs runnable but waiting for a CPU,
+   * preemptions (involuntary switches) and sleeps (voluntary ones: an empty epoll, a futex)
+   */
+  sched?: { runqUs: number; preempted: number; switches: number };
 }
 
 /** Medians over the samples of one scenario and protocol. */
@@ -47,6 +52,10 @@ export interface Summary {
   gcPausePct?: number;
   /** (b): the longest GC pause of any run, ms */
   gcPauseMaxMs?: number;
+  /** the proxy's run-queue wait per request, µs (median): the scheduler's share of its latency */
+  runqPerReq?: number;
+  /** the proxy's preemptions per second (median) */
+  preemptPerSec?: number;
 }
 
 export interface L7Result {
@@ -74,6 +83,7 @@ export function summarize(r: L7Result | undefined, p: Protocol): Summary | undef
   const cpu = s.filter((x) => x.proxyCpu !== undefined).map((x) => x.proxyCpu!);
   const p999 = s.filter((x) => x.p999 !== undefined).map((x) => x.p999!);
   const gc = s.filter((x) => x.gc && x.requests > 0);
+  const sched = s.filter((x) => x.sched && x.requests > 0);
   return {
     rps: median(s.map((x) => x.rps)),
     p50: median(s.map((x) => x.p50)),
@@ -83,6 +93,10 @@ export function summarize(r: L7Result | undefined, p: Protocol): Summary | undef
       allocPerReq: median(gc.map((x) => x.gc!.allocated / x.requests)),
       gcPausePct: median(gc.map((x) => (x.gc!.pauseTotalMs / 1000 / x.seconds) * 100)),
       gcPauseMaxMs: Math.max(...gc.map((x) => x.gc!.pauseMaxMs)),
+    } : {}),
+    ...(sched.length ? {
+      runqPerReq: median(sched.map((x) => x.sched!.runqUs / x.requests)),
+      preemptPerSec: median(sched.map((x) => x.sched!.preempted / x.seconds)),
     } : {}),
     ...(cpu.length ? { proxyCpu: median(cpu) } : {}),
     ...(cpu.length ? { cpuPerReq: median(s.filter((x) => x.proxyCpuUs !== undefined && x.requests > 0).map((x) => x.proxyCpuUs! / x.requests)) } : {}),
@@ -210,6 +224,14 @@ export function formatL7Table(results: L7Result[]): string {
       return pad(`${Math.round(s.allocPerReq)} B/req, pauses ${s.gcPausePct!.toFixed(2)}% of the time, max ${s.gcPauseMaxMs!.toFixed(1)} ms`, block);
     }).join(''));
   }
+  const schedRows = results.filter((r) => PROTOCOLS.some((p) => summarize(r, p)?.runqPerReq !== undefined));
+  for (const r of schedRows) {
+    lines.push(pad(`(${L7_LETTERS[r.name]}) sched`, label) + PROTOCOLS.map((p) => {
+      const s = summarize(r, p);
+      if (s?.runqPerReq === undefined) return pad('-', block);
+      return pad(`run queue ${s.runqPerReq.toFixed(2)} µs/req, ${Math.round(s.preemptPerSec!)} preemptions/s`, block);
+    }).join(''));
+  }
   lines.push('');
   lines.push(pad('ratios', label) + PROTOCOLS.map(() => pad(pad('req/s', w) + pad('p50', w) + pad('p99', w) + pad('p99.9', w) + pad('µs/req', w), block)).join(''));
   const rs = ratios(results);
@@ -240,6 +262,7 @@ export function l7Json(results: L7Result[], checks: L7Check[]): Record<string, u
         return [p, {
           rps: o(s.rps, 0), p50Us: o(s.p50, 1), p99Us: o(s.p99, 1), p999Us: o(s.p999, 1),
           ...(s.allocPerReq !== undefined ? { allocBytesPerRequest: o(s.allocPerReq, 0), gcPausePct: o(s.gcPausePct, 3), gcPauseMaxMs: o(s.gcPauseMaxMs, 2) } : {}),
+          ...(s.runqPerReq !== undefined ? { proxyRunqUsPerRequest: o(s.runqPerReq, 3), proxyPreemptionsPerSec: o(s.preemptPerSec, 0) } : {}),
           proxyCpuPct: o(s.proxyCpu, 1), proxyCpuUsPerRequest: o(s.cpuPerReq, 2), backendCpuPct: o(s.backendCpu, 1), samples: s.samples,
           rpsAll: (r.samples[p] ?? []).map((x) => round(x.rps, 0)),
         }];

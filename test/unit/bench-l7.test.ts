@@ -9,7 +9,7 @@ import {
   h2loadArgv, h2loadLogPercentiles, h2Shape, P999_LUA, parseH2load, parseH2loadSummary, parseWrk, wrkArgv, wrkDuration,
 } from '../../bench/lib/loadgen.js';
 import { GcMeter, parseGcLine } from '../../bench/lib/gctrace.js';
-import { statCpuTicks } from '../../bench/lib/cpu.js';
+import { schedStats, statCpuTicks } from '../../bench/lib/cpu.js';
 import { backendConfig, proxyConfig } from '../../bench/lib/haproxy.js';
 import { formatL7Table, l7Checks, l7Json, ratios, summarize, type L7Result, type Sample } from '../../bench/lib/l7report.js';
 import { l7BenchConfig } from '../../bench/l7.js';
@@ -383,6 +383,32 @@ t.test('report: medians, ratios and the three targets per protocol', async (t) =
   const json = l7Json(results, checks) as { scenarios: Record<string, { http1: { rps: number } }> };
   t.equal(json.scenarios.direct!.http1.rps, 100_000);
   t.doesNotThrow(() => JSON.parse(JSON.stringify(json)));
+});
+
+t.test('report: the proxy\'s run-queue wait per request and preemptions per second (issue 15)', async (t) => {
+  // 5 s runs of 40k req/s: 2 s and 4 s runnable-but-waiting over 200k requests, 10k and 30k preemptions
+  const withSched = (runqUs: number, preempted: number): Sample => ({ ...sample(40_000, 300, 900, 95, 1200), sched: { runqUs, preempted, switches: 500 } });
+  const results: L7Result[] = [
+    result('sockmesh', [withSched(2e6, 10_000), withSched(4e6, 30_000), withSched(3e6, 20_000)], [withSched(1e6, 5000)]),
+    result('haproxy', [sample(45_000, 300, 1000, 60)], [sample(70_000, 200, 1000, 60)]),
+  ];
+  const b = summarize(results[0], 'http1')!;
+  t.equal(b.runqPerReq, 15, 'median 3 s over 200k requests');
+  t.equal(b.preemptPerSec, 4000);
+  t.equal(summarize(results[1], 'http1')!.runqPerReq, undefined, 'not measured: absent');
+  t.match(formatL7Table(results), /\(b\) sched\s+run queue 15\.00 µs\/req, 4000 preemptions\/s\s+run queue 5\.00 µs\/req, 1000 preemptions\/s/);
+  const json = l7Json(results, l7Checks(results)) as { scenarios: Record<string, { http1: Record<string, unknown> }> };
+  t.equal(json.scenarios.sockmesh!.http1.proxyRunqUsPerRequest, 15);
+  t.equal(json.scenarios.haproxy!.http1.proxyRunqUsPerRequest, undefined);
+});
+
+t.test('schedStats: a process\'s sleeps are counted, a gone process is undefined', async (t) => {
+  const a = schedStats(process.pid)!;
+  for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 5));
+  const b = schedStats(process.pid)!;
+  t.ok(b.voluntary >= a.voluntary + 5, `voluntary switches ${a.voluntary} -> ${b.voluntary} over 5 sleeps`);
+  t.ok(b.waitNs >= a.waitNs && b.involuntary >= a.involuntary);
+  t.equal(schedStats(0x3fffffff), undefined);
 });
 
 t.test('report: (b) not available is a SKIP with the reason, never a number', async (t) => {
