@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
-import { Coverage, fuzz, inputName, type Finding } from './engine.js';
+import { Coverage, fuzz, inputName, type Finding, type RunOne } from './engine.js';
 import { targetSpec } from './targets.js';
 
 const { values: a } = parseArgs({
@@ -69,16 +69,18 @@ const watchdog = new Worker(`
 `, { eval: true, workerData: { sab, timeoutMs, dir: findingsDir, target: spec.name } });
 watchdog.unref();
 
-const mod = (await import(`./targets/${spec.name}.ts`)) as { run: (d: Buffer) => void | Promise<void>; dict?: string[]; setup?: () => Promise<void> };
+const mod = (await import(`./targets/${spec.name}.ts`)) as { run: RunOne; confirm?: RunOne; dict?: string[]; setup?: () => Promise<void> };
 await mod.setup?.();
 // what setup() ran (a warm-up) is not the first seed's coverage
 new Coverage().clear();
 const seeds = [...readDir(join(here, spec.name)), ...(a.corpus ? readDir(a.corpus) : [])];
 if (a.corpus) mkdirSync(a.corpus, { recursive: true });
 
+// CPU time as well as wall time: on a shared machine at nice 19 the wall clock measures the neighbours
+const cpu0 = process.cpuUsage();
 const stats = await fuzz(mod.run, {
-  seeds, dict: mod.dict ?? [], maxLen: spec.maxLen, seconds: Number(a.seconds), maxExecs: a.execs ? Number(a.execs) : undefined,
-  seed: a.seed ? Number(a.seed) : (Date.now() & 0x7fffffff), guided: !a.blind, stopOnFinding: a['stop-on-finding'],
+  seeds, confirm: mod.confirm, dict: mod.dict ?? [], maxLen: spec.maxLen, seconds: Number(a.seconds), maxExecs: a.execs ? Number(a.execs) : undefined,
+  seed: a.seed ? Number(a.seed) : (Date.now() & 0x7fffffff), guided: !a.blind, stopOnFinding: a['stop-on-finding'], stacks: process.env.FZ_STACKS === '1',
   beforeExec: (d) => { bytes.set(d.subarray(0, bytes.length)); meta[0] = Math.min(d.length, bytes.length); started[0] = Date.now(); },
   onNewInput: a.corpus ? (d) => writeFileSync(join(a.corpus!, inputName(d)), d) : undefined,
   onFinding: (f: Finding) => {
@@ -87,8 +89,11 @@ const stats = await fuzz(mod.run, {
   },
 });
 started[0] = 0;
+const cpu = process.cpuUsage(cpu0);
+const cpuSeconds = (cpu.user + cpu.system) / 1e6;
 const result = {
   target: spec.name, execs: stats.execs, seconds: Math.round(stats.seconds * 10) / 10, execsPerSecond: stats.execsPerSecond,
+  cpuSeconds: Math.round(cpuSeconds * 10) / 10, execsPerCpuSecond: Math.round(stats.execs / Math.max(cpuSeconds, 1e-3)),
   corpus: stats.corpus, seeds: seeds.length, probesHit: stats.probesHit, probesTotal: stats.probesTotal,
   findings: stats.findings.map((f) => ({ kind: f.kind, signature: f.signature, input: f.input.toString('base64') })),
 };

@@ -41,7 +41,7 @@ for (const name of names) {
   });
   appendFileSync(join(work, 'runs.jsonl'), `${JSON.stringify({ at: new Date().toISOString(), ...r, findings: r.findings.map((f) => f.signature) })}\n`);
   found += r.findings.length;
-  process.stdout.write(`${name}: ${r.execs} execs in ${r.seconds} s (${r.execsPerSecond}/s), corpus ${r.corpus}, probes ${r.probesHit}/${r.probesTotal}, `
+  process.stdout.write(`${name}: ${r.execs} execs in ${r.seconds} s (${r.execsPerSecond}/s; ${r.cpuSeconds} CPU s, ${r.execsPerCpuSecond}/CPU s), corpus ${r.corpus}, probes ${r.probesHit}/${r.probesTotal}, `
     + `findings ${r.findings.length}${r.findings.map((f) => `\n  ${f.kind}: ${f.signature}${f.file ? ` (${f.file})` : ''}`).join('')}\n`);
 }
 process.exit(found > 0 ? 1 : 0);

@@ -7,6 +7,9 @@ export interface TargetRun {
   execs: number;
   seconds: number;
   execsPerSecond: number;
+  /** CPU seconds the fuzz loop used (its process, the watchdog thread included), and executions per CPU second */
+  cpuSeconds: number;
+  execsPerCpuSecond: number;
   corpus: number;
   seeds: number;
   probesHit: number;
@@ -56,7 +59,7 @@ export function runTarget(name: string, o: RunOptions): Promise<TargetRun> {
       if (hang) {
         // the watchdog killed the process: the run's figures died with it, the hang is the finding
         const h = JSON.parse(hang.slice(10)) as { file: string | null; input: string; timeoutMs: number };
-        return resolve({ target: name, execs: 0, seconds: 0, execsPerSecond: 0, corpus: 0, seeds: 0, probesHit: 0, probesTotal: 0,
+        return resolve({ target: name, execs: 0, seconds: 0, execsPerSecond: 0, cpuSeconds: 0, execsPerCpuSecond: 0, corpus: 0, seeds: 0, probesHit: 0, probesTotal: 0,
           findings: [{ kind: 'hang', signature: `hang over ${h.timeoutMs} ms`, input: h.input, file: h.file ?? undefined }] });
       }
       reject(new Error(`fuzz target ${name}: the process ended (${signal ?? `exit ${code}`}) without a result\n${err.slice(-3000)}`));
