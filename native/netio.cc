@@ -16,7 +16,20 @@
 //   DRAIN    the write queue was flushed
 //   CONNECT  a non-blocking connect finished
 //   SHUTDOWN the SHUT_WR asked for by shutdown() was done once the queue was flushed
+//   SECURE   the TLS handshake started by startTls() is done (tlsInfo() has the peer's chain and ALPN)
 // Connection ids come from a counter and are never reused; fds are closed only by close().
+//
+// TLS (startTls, TlsContext): TLS 1.3 on a loop socket, the handshake and every record in this loop, no Node stream
+// and no JS per record (the tunnel's node:tls + node:http2 carried 3.15 Gbit/s where haproxy's mTLS pair carries 4.75).
+// OpenSSL is the one the node binary itself runs: node links OpenSSL statically and exports its symbols for addons
+// (nodesource and nodejs.org builds; `nm -D node | grep ' T SSL_'`), node-gyp puts its headers (include/node/openssl)
+// ahead of the system's, and this addon does not link -lssl, so every SSL_* resolves to node's copy when the addon is
+// loaded. Same code, same version as the headers: no second OpenSSL with its own state in the process (a Debian
+// nodejs built against the system libssl3 resolves them to that library, which node then uses too). The CI machine
+// runs the same node (.ci/run and scripts/setup.sh do not install one; they use the machine's), and TlsContext
+// refuses to work when the running OpenSSL's major.minor is not the headers' (an addon built for another node).
+// OpenSSL's error queue is per thread and shared with node's own TLS on this thread: it is cleared before each call
+// here and after its errors are read, so neither side sees the other's errors.
 //
 // Its own addon (build/Release/sockmesh_netio.node, binding.gyp target sockmesh_netio): no libbpf, so the proxy
 // loads without it. The codes below are exported as `constants` and checked by agent/proxy/netio.ts at load.
@@ -30,6 +43,12 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include <uv.h>
+#include <sys/eventfd.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <cerrno>
 #include <cstring>
@@ -42,14 +61,22 @@ namespace sockmesh {
 
 void InitFdpass(Napi::Env env, Napi::Object exports);  // fdpass.cc
 
-enum : int32_t { EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7 };
-enum : int32_t { OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5 };
+enum : int32_t { EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7, EV_SECURE = 8 };
+// OP_TLS: a TLS failure (errno EPROTO); its text (OpenSSL's reason) is tlsError(id)
+enum : int32_t { OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5, OP_TLS = 6 };
 
 static constexpr int kEventInts = 4;
 static constexpr size_t kReadChunk = 64 * 1024;      // one read(2) at most
 static constexpr size_t kReadPerWake = 256 * 1024;   // one socket's share of a wake (level-triggered: the rest next time)
 static constexpr size_t kAcceptRecord = 3 + INET6_ADDRSTRLEN;
 static constexpr int kMaxIov = 64;
+// One SSL_write at most (ENABLE_PARTIAL_WRITE: each call returns after one 16 KiB record is out, so this only
+// bounds what one call looks at; the queue is coalesced into full records).
+static constexpr size_t kTlsWriteChunk = 256 * 1024;
+// OpenSSL's read buffer with read_ahead: one read(2) takes up to this much ciphertext (ztunnel: 256 KiB buffers;
+// records are at most 16 KiB + 22, so it holds many). Records past the arena or the wake's share stay in it:
+// SSL_has_pending, which epoll cannot see (the eventfd below).
+static constexpr size_t kTlsReadBuffer = 256 * 1024;
 
 struct Sock {
   int fd = -1;
@@ -63,7 +90,16 @@ struct Sock {
   bool shutDone = false;
   bool dead = false;  // an error was reported: out of epoll for good
   int err = 0;
-  std::vector<char> q;  // bytes the kernel did not take yet, from qhead
+  // TLS (startTls): OpenSSL reads and writes the fd itself (a socket BIO); q holds plaintext SSL_write did not take
+  SSL* ssl = nullptr;
+  bool tlsHandshaking = false;
+  bool tlsWantWrite = false;   // the last SSL call wants the socket writable (a record is half out, a flight...)
+  bool tlsReadWantsWrite = false;  // SSL_read must write first (a TLS 1.3 KeyUpdate answer): retry it on EPOLLOUT
+  bool tlsWriteWantsRead = false;  // SSL_write must read first: retry it on EPOLLIN, paused or not
+  bool tlsPending = false;     // in LoopState::tlsPending (decrypted or buffered records epoll cannot see)
+  bool tlsClosing = false;     // SSL_shutdown (our close_notify) was started
+  std::string tlsErr;          // OpenSSL's reason for the OP_TLS error
+  std::vector<char> q;  // bytes the kernel (or SSL_write) did not take yet, from qhead
   size_t qhead = 0;
   size_t queued() const { return q.size() - qhead; }
 };
@@ -88,6 +124,11 @@ struct LoopState {
   size_t nEvents = 0;
   size_t used = 0;          // arena bytes used in this wake
   std::vector<char> scratch;  // strings given to write()/writev() (latin1 / utf8)
+  // TLS sockets with records OpenSSL read but not yet handed out (the wake's share or the arena ran out, or bytes
+  // that came with the handshake's last flight): level-triggered epoll says nothing about them, so the eventfd
+  // (in epoll, data.ptr = nullptr) is made readable to wake the loop for them.
+  int evfd = -1;
+  std::vector<int32_t> tlsPending;
   explicit LoopState(Napi::Env e) : env(e) {}
 };
 
@@ -113,9 +154,10 @@ static uint32_t Wanted(const Sock* s) {
   if (s->dead) return 0;
   if (s->listener) return s->paused ? 0u : static_cast<uint32_t>(EPOLLIN);
   if (s->connecting) return EPOLLOUT;
+  if (s->tlsHandshaking) return s->tlsWantWrite ? EPOLLOUT : EPOLLIN;
   uint32_t m = 0;
-  if (!s->paused && !s->readEof) m |= EPOLLIN | EPOLLRDHUP;
-  if (s->queued() > 0) m |= EPOLLOUT;
+  if ((!s->paused && !s->readEof) || s->tlsWriteWantsRead) m |= EPOLLIN | EPOLLRDHUP;
+  if (s->queued() > 0 || s->tlsWantWrite || (s->tlsReadWantsWrite && !s->paused) || (s->ssl && s->shutPending)) m |= EPOLLOUT;
   return m;
 }
 
@@ -155,6 +197,7 @@ static Sock* Add(LoopState* st, int fd, bool listener) {
 
 static void Remove(LoopState* st, Sock* s, bool closeFd) {
   if (s->mask != 0) epoll_ctl(st->epfd, EPOLL_CTL_DEL, s->fd, nullptr);
+  if (s->ssl) SSL_free(s->ssl);  // no close_notify: close() is a destroy (end() sends it)
   if (closeFd) close(s->fd);
   st->socks.erase(s->id);
   delete s;
@@ -256,13 +299,220 @@ static void ReadSome(LoopState* st, Sock* s, uint32_t revents) {
   }
 }
 
+
+// ---- TLS on a loop socket ----
+
+enum TlsStep { TLS_WANT_READ, TLS_WANT_WRITE, TLS_CLOSED, TLS_FAILED };
+
+// OpenSSL's reason for the last error on this thread's queue ("certificate verify failed", "tlsv1 alert unknown ca"),
+// with the verification result when the peer's certificate is why; the queue is left empty.
+static std::string TlsReason(SSL* ssl) {
+  unsigned long e = ERR_peek_last_error();
+  std::string r;
+  const char* why = e ? ERR_reason_error_string(e) : nullptr;
+  if (why) {
+    r = why;
+  } else if (e) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof(buf));
+    r = buf;
+  } else {
+    r = "TLS failure";
+  }
+  long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+  if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED && v != X509_V_OK)
+    r += std::string(" (") + X509_verify_cert_error_string(v) + ")";
+  ERR_clear_error();
+  return r;
+}
+
+// What an SSL call that returned rc <= 0 means; call it right after the call (errno is read). TLS_FAILED sets
+// *err / *op: a socket error (ECONNRESET on read...) keeps its errno and operation, a TLS one is EPROTO + OP_TLS
+// with OpenSSL's reason in s->tlsErr. The caller reports it (Fail in the loop, -errno from a JS call).
+static TlsStep TlsCheck(Sock* s, int rc, int32_t sysOp, int* err, int32_t* op) {
+  int sysErr = errno;
+  switch (SSL_get_error(s->ssl, rc)) {
+    case SSL_ERROR_WANT_READ: return TLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE: return TLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN: return TLS_CLOSED;  // the peer's close_notify
+    case SSL_ERROR_SYSCALL:
+      if (ERR_peek_error() == 0 && sysErr != 0 && sysErr != EAGAIN) {
+        *err = sysErr;
+        *op = sysOp;
+        return TLS_FAILED;
+      }
+      if (ERR_peek_error() == 0) {
+        s->tlsErr = "unexpected eof while reading";  // OpenSSL 3 reports a FIN without close_notify so too
+        *err = EPROTO;
+        *op = OP_TLS;
+        return TLS_FAILED;
+      }
+      break;
+    default: break;
+  }
+  s->tlsErr = TlsReason(s->ssl);
+  *err = EPROTO;
+  *op = OP_TLS;
+  return TLS_FAILED;
+}
+
+static void MarkTlsPending(LoopState* st, Sock* s) {
+  if (s->tlsPending) return;
+  s->tlsPending = true;
+  st->tlsPending.push_back(s->id);
+  uint64_t one = 1;
+  ssize_t w = write(st->evfd, &one, sizeof(one));
+  (void)w;  // a full counter is readable anyway
+}
+
+// SSL_read into the arena until OpenSSL wants the socket (WANT_READ), the wake's share or the arena runs out, the
+// peer's close_notify (EOF) or an error. One DATA event (the reads are contiguous).
+static void TlsRead(LoopState* st, Sock* s) {
+  size_t start = st->used, got = 0;
+  bool more = false;
+  int err = 0;
+  int32_t op = 0;
+  TlsStep r = TLS_WANT_READ;
+  s->tlsReadWantsWrite = false;
+  for (;;) {
+    if (got >= kReadPerWake || st->used >= st->arenaSize) { more = true; break; }
+    size_t want = st->arenaSize - st->used, n = 0;
+    if (want > kReadChunk) want = kReadChunk;
+    ERR_clear_error();
+    int rc = SSL_read_ex(s->ssl, st->arena + st->used, want, &n);
+    if (rc == 1) {
+      st->used += n;
+      got += n;
+      continue;
+    }
+    r = TlsCheck(s, rc, OP_READ, &err, &op);
+    if (r == TLS_WANT_WRITE) s->tlsReadWantsWrite = true;
+    break;
+  }
+  if (got > 0) Push(st, s->id, EV_DATA, static_cast<int32_t>(start), static_cast<int32_t>(got));
+  if (r == TLS_FAILED) { Fail(st, s, err, op); return; }
+  if (r == TLS_CLOSED) {
+    s->readEof = true;
+    Push(st, s->id, EV_EOF, 0, 0);
+  } else if (more && SSL_has_pending(s->ssl)) {
+    MarkTlsPending(st, s);
+  }
+  Rearm(st, s);
+}
+
+// SSL_write of the queue, coalesced into full 16 KiB records; true when it is empty. Errors in *err / *op.
+static bool TlsFlush(Sock* s, int* err, int32_t* op) {
+  s->tlsWriteWantsRead = false;
+  while (s->queued() > 0) {
+    size_t n = s->queued(), w = 0;
+    if (n > kTlsWriteChunk) n = kTlsWriteChunk;
+    ERR_clear_error();
+    // a record OpenSSL could not send is retried with the same bytes at the queue's head (ACCEPT_MOVING_WRITE_BUFFER:
+    // the vector may have moved); they count as written only when a call returns them
+    int rc = SSL_write_ex(s->ssl, s->q.data() + s->qhead, n, &w);
+    if (rc == 1) {
+      s->qhead += w;
+      continue;
+    }
+    TlsStep r = TlsCheck(s, rc, OP_WRITE, err, op);
+    if (r == TLS_WANT_WRITE) s->tlsWantWrite = true;
+    else if (r == TLS_WANT_READ) s->tlsWriteWantsRead = true;
+    else if (r == TLS_CLOSED) { *err = EPIPE; *op = OP_WRITE; }
+    return false;
+  }
+  s->tlsWantWrite = false;
+  s->q.clear();
+  s->qhead = 0;
+  if (s->q.capacity() > 1024 * 1024) s->q.shrink_to_fit();
+  return true;
+}
+
+// Our close_notify (end()): 1 sent, 0 the socket is full (EPOLLOUT armed, shutPending stays), -1 failed (*err/*op).
+// Reading goes on until the peer's close_notify: TLS 1.3 half-closes like TCP.
+static int TlsClose(Sock* s, int* err, int32_t* op) {
+  s->tlsClosing = true;
+  ERR_clear_error();
+  int rc = SSL_shutdown(s->ssl);
+  if (rc >= 0) {  // 0: sent, the peer's not seen yet; 1: both
+    s->tlsWantWrite = false;
+    return 1;
+  }
+  TlsStep r = TlsCheck(s, rc, OP_SHUTDOWN, err, op);
+  if (r == TLS_WANT_WRITE) { s->tlsWantWrite = true; return 0; }
+  if (r == TLS_WANT_READ) { ERR_clear_error(); s->tlsWantWrite = false; return 1; }  // sent; only the peer's is missing
+  if (r == TLS_CLOSED) { *err = EPIPE; *op = OP_SHUTDOWN; }
+  return -1;
+}
+
+static void Writable(LoopState* st, Sock* s);
+
+// One step of the handshake (SSL_do_handshake is non-blocking: it says what it waits for). Done: SECURE, then what
+// was written or end()ed meanwhile goes out, and records that came with the last flight are read (epoll would not
+// tell: they are in OpenSSL's buffer already).
+static void Handshake(LoopState* st, Sock* s) {
+  ERR_clear_error();
+  int rc = SSL_do_handshake(s->ssl);
+  if (rc == 1) {
+    s->tlsHandshaking = false;
+    s->tlsWantWrite = false;
+    Push(st, s->id, EV_SECURE, 0, 0);
+    if (s->queued() > 0 || s->shutPending) Writable(st, s);
+    if (!s->dead && !s->paused && !s->readEof) {
+      if (st->used < st->arenaSize) TlsRead(st, s);
+      else MarkTlsPending(st, s);
+    }
+    if (!s->dead) Rearm(st, s);
+    return;
+  }
+  int err = 0;
+  int32_t op = 0;
+  TlsStep r = TlsCheck(s, rc, OP_READ, &err, &op);
+  if (r == TLS_WANT_READ) s->tlsWantWrite = false;
+  else if (r == TLS_WANT_WRITE) s->tlsWantWrite = true;
+  else {
+    if (r == TLS_CLOSED) { s->tlsErr = "the peer closed the connection during the handshake"; err = EPROTO; op = OP_TLS; }
+    if (op != OP_TLS) {  // a reset mid-handshake: say so in TLS terms too
+      s->tlsErr = std::string("the connection failed during the handshake: ") + ErrnoName(err);
+      err = EPROTO;
+      op = OP_TLS;
+    }
+    Fail(st, s, err, op);
+    return;
+  }
+  Rearm(st, s);
+}
+
+// Every TLS socket with records OpenSSL holds that epoll cannot see (MarkTlsPending), read now.
+static void RunTlsPending(LoopState* st) {
+  uint64_t v;
+  ssize_t r = read(st->evfd, &v, sizeof(v));
+  (void)r;
+  std::vector<int32_t> ids;
+  ids.swap(st->tlsPending);
+  for (size_t i = 0; i < ids.size(); i++) {
+    auto it = st->socks.find(ids[i]);
+    if (it == st->socks.end()) continue;
+    Sock* s = it->second;
+    s->tlsPending = false;
+    if (s->dead || !s->ssl || s->tlsHandshaking || s->paused || s->readEof) continue;  // resume() marks it again
+    if (st->nEvents + 5 > st->maxEvents || st->used >= st->arenaSize) { MarkTlsPending(st, s); continue; }
+    TlsRead(st, s);
+  }
+}
+
 static void Writable(LoopState* st, Sock* s) {
   int err = 0;
-  bool empty = Flush(s, &err);
-  if (err) { Fail(st, s, err, OP_WRITE); return; }
-  if (!empty) return;
+  int32_t op = OP_WRITE;
+  bool empty = s->ssl ? TlsFlush(s, &err, &op) : Flush(s, &err);
+  if (err) { Fail(st, s, err, op); return; }
+  if (!empty) { Rearm(st, s); return; }
   Push(st, s->id, EV_DRAIN, 0, 0);
   if (s->shutPending) {
+    if (s->ssl) {
+      int r = TlsClose(s, &err, &op);
+      if (r < 0) { Fail(st, s, err, op); return; }
+      if (r == 0) { Rearm(st, s); return; }
+    }
     s->shutPending = false;
     if (shutdown(s->fd, SHUT_WR) && errno != ENOTCONN) { Fail(st, s, errno, OP_SHUTDOWN); return; }
     s->shutDone = true;
@@ -278,6 +528,7 @@ static void Connected(LoopState* st, Sock* s) {
   if (soerr) { Fail(st, s, soerr, OP_CONNECT); return; }
   s->connecting = false;
   Push(st, s->id, EV_CONNECT, 0, 0);
+  if (s->ssl) { Handshake(st, s); return; }  // startTls() before the connect was done: the ClientHello goes now
   // what was written while connecting goes out now (a DRAIN follows when it is all out)
   if (s->queued() > 0 || s->shutPending) Writable(st, s);
   if (!s->dead) {
@@ -301,18 +552,27 @@ static bool Batch(LoopState* st) {
     if (st->nEvents + 5 > st->maxEvents) break;  // level-triggered: the rest come on the next wake
     Sock* s = static_cast<Sock*>(evs[i].data.ptr);
     uint32_t re = evs[i].events;
+    if (s == nullptr) { RunTlsPending(st); continue; }  // the eventfd
     if (s->dead) continue;
     if (s->listener) { AcceptAll(st, s); continue; }
     if (s->connecting) { Connected(st, s); continue; }
-    if ((re & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && !s->paused && !s->readEof) {
-      if (st->used < st->arenaSize) ReadSome(st, s, re);
-    } else if ((re & EPOLLERR) && s->queued() == 0) {
+    if (s->tlsHandshaking) { Handshake(st, s); continue; }
+    bool readable = re & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+    if (readable && !s->paused && !s->readEof) {
+      if (st->used < st->arenaSize) {
+        if (s->ssl) TlsRead(st, s);
+        else ReadSome(st, s, re);
+      }
+    } else if (s->tlsReadWantsWrite && (re & EPOLLOUT)) {
+      TlsRead(st, s);
+    } else if (!s->ssl && (re & EPOLLERR) && s->queued() == 0) {
       int soerr = 0;
       socklen_t len = sizeof(soerr);
       getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
       Fail(st, s, soerr ? soerr : EIO, OP_READ);
     }
-    if (!s->dead && (re & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && s->queued() > 0) Writable(st, s);
+    bool canWrite = (re & (EPOLLOUT | EPOLLERR | EPOLLHUP)) || (s->tlsWriteWantsRead && readable);
+    if (!s->dead && canWrite && (s->queued() > 0 || s->tlsWantWrite || (s->ssl && s->shutPending))) Writable(st, s);
   }
   if (st->nEvents == 0) return true;
   Napi::HandleScope scope(st->env);
@@ -335,6 +595,7 @@ static void OnPoll(uv_poll_t* handle, int status, int events) {
 static void CloseLoop(LoopState* st) {
   if (st->closed) return;
   for (auto& kv : st->socks) {
+    if (kv.second->ssl) SSL_free(kv.second->ssl);
     close(kv.second->fd);
     delete kv.second;
   }
@@ -346,6 +607,7 @@ static void CloseLoop(LoopState* st) {
   st->eventsRef.Reset();
   if (st->polling) uv_poll_stop(&st->poll);
   close(st->epfd);
+  if (st->evfd >= 0) close(st->evfd);
   uv_close(reinterpret_cast<uv_handle_t*>(&st->poll), [](uv_handle_t* h) { delete static_cast<LoopState*>(h->data); });
 }
 
@@ -372,6 +634,164 @@ static std::string HostPort(const std::string& host, int port) {
   return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
+
+// ---- TLS contexts ----
+
+// The suites offered and accepted, in order: AES-128-GCM first (AES-NI; ztunnel's choice), and the server's order
+// decides. TLS 1.3 only: the tunnel has no TLS 1.2 peer to serve.
+static const char kTlsSuites[] = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+// Marks a JS object as a TlsContext (startTls refuses anything else instead of reading a wrong pointer).
+static const napi_type_tag kTlsContextTag = {0x736f636b6d657368ULL, 0x746c73637478ULL};
+
+// The ALPN list (wire form) of a context, owned by the SSL_CTX through ex_data: a server's select callback runs in
+// handshakes that may outlive the JS object (rotation: live connections keep their context).
+static int AlpnIndex() {
+  static int idx = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr,
+      [](void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) { delete static_cast<std::string*>(ptr); });
+  return idx;
+}
+
+static int AlpnSelect(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                      unsigned int inlen, void*) {
+  auto* wire = static_cast<std::string*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), AlpnIndex()));
+  if (!wire || wire->empty()) return SSL_TLSEXT_ERR_NOACK;
+  unsigned char* sel = nullptr;
+  if (SSL_select_next_proto(&sel, outlen, reinterpret_cast<const unsigned char*>(wire->data()),
+                            static_cast<unsigned int>(wire->size()), in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_ALERT_FATAL;  // the client offers none of ours: no_application_protocol
+  *out = sel;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+// new TlsContext(role: 'server' | 'client', chain: string (PEM, leaf first), key: string (PEM), bundle: string (PEM
+// roots the peer's chain must lead to), alpn: string[]). One SSL_CTX: TLS 1.3 only, the suites above, the peer's
+// certificate required and verified on both sides (its SPIFFE identity is checked in JS from tlsInfo()), no session
+// tickets or cache, 16 KiB records. Immutable: a rotation makes a new one; connections keep the one they started with.
+class TlsContext : public Napi::ObjectWrap<TlsContext> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "TlsContext", {InstanceMethod("free", &TlsContext::Free)});
+  }
+
+  SSL_CTX* ctx = nullptr;
+  bool server = false;
+
+  explicit TlsContext(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TlsContext>(info) {
+    Napi::Env env = info.Env();
+    std::string role = ArgString(info, 0, "TlsContext", "role");
+    if (role != "server" && role != "client") throw Napi::TypeError::New(env, "TlsContext: role must be 'server' or 'client', not '" + role + "'");
+    server = role == "server";
+    std::string chain = ArgString(info, 1, "TlsContext", "chain");
+    std::string key = ArgString(info, 2, "TlsContext", "key");
+    std::string bundle = ArgString(info, 3, "TlsContext", "bundle");
+    if (info.Length() < 5 || !info[4].IsArray()) throw Napi::TypeError::New(env, "TlsContext: argument 'alpn' must be an array of strings");
+    std::string wire;
+    Napi::Array alpn = info[4].As<Napi::Array>();
+    for (uint32_t i = 0; i < alpn.Length(); i++) {
+      Napi::Value v = alpn.Get(i);
+      std::string p = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+      if (p.empty() || p.size() > 255) throw Napi::TypeError::New(env, "TlsContext: alpn[" + std::to_string(i) + "] must be a protocol name of 1-255 bytes");
+      wire += static_cast<char>(p.size());
+      wire += p;
+    }
+    // Built against these headers, running on node's OpenSSL: the same major.minor or nothing (struct layouts and
+    // macros of another minor version are not this one's).
+    if ((OpenSSL_version_num() >> 20) != (OPENSSL_VERSION_NUMBER >> 20))
+      throw Napi::Error::New(env, std::string("TlsContext: this addon was built against ") + OPENSSL_VERSION_TEXT + " but node runs " +
+                                      OpenSSL_version(OPENSSL_VERSION) + ": rebuild it (npm ci) with this node's headers");
+    std::string where = std::string("netio TLS context (") + role + ")";
+    ERR_clear_error();
+    ctx = SSL_CTX_new(TLS_method());
+    if (!ctx) Fail(env, where + ": SSL_CTX_new");
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+    if (SSL_CTX_set_ciphersuites(ctx, kTlsSuites) != 1) Fail(env, where + ": cipher suites");
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    // PARTIAL_WRITE: SSL_write returns each record as it goes out, so a queue's head is exact; MOVING_WRITE_BUFFER: a
+    // record retried after WANT_WRITE may come from the queue's new storage (same bytes)
+    // NO_AUTO_CHAIN: the chain given is the chain sent (OpenSSL would otherwise complete it from the trust store and
+    // send the root too)
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY | SSL_MODE_NO_AUTO_CHAIN);
+    SSL_CTX_set_max_send_fragment(ctx, 16384);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, kTlsReadBuffer);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+
+    // the chain: the leaf, then its intermediates
+    BIO* b = BIO_new_mem_buf(chain.data(), static_cast<int>(chain.size()));
+    X509* leaf = b ? PEM_read_bio_X509(b, nullptr, nullptr, nullptr) : nullptr;
+    if (!leaf) { BIO_free(b); Fail(env, where + ": the certificate chain has no PEM certificate"); }
+    int ok = SSL_CTX_use_certificate(ctx, leaf);
+    X509_free(leaf);
+    if (ok != 1) { BIO_free(b); Fail(env, where + ": the certificate chain's first certificate"); }
+    int n = 1;
+    while (X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr)) {
+      n++;
+      if (SSL_CTX_add0_chain_cert(ctx, x) != 1) { X509_free(x); BIO_free(b); Fail(env, where + ": certificate " + std::to_string(n) + " of the chain"); }
+    }
+    BIO_free(b);
+    ERR_clear_error();  // the end of the PEM text ("no start line")
+
+    b = BIO_new_mem_buf(key.data(), static_cast<int>(key.size()));
+    EVP_PKEY* pk = b ? PEM_read_bio_PrivateKey(b, nullptr, nullptr, nullptr) : nullptr;
+    BIO_free(b);
+    if (!pk) Fail(env, where + ": the key is not a PEM private key");
+    ok = SSL_CTX_use_PrivateKey(ctx, pk);
+    EVP_PKEY_free(pk);
+    if (ok != 1 || SSL_CTX_check_private_key(ctx) != 1) Fail(env, where + ": the key does not match the chain's first certificate");
+
+    X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+    b = BIO_new_mem_buf(bundle.data(), static_cast<int>(bundle.size()));
+    int roots = 0;
+    while (X509* x = b ? PEM_read_bio_X509(b, nullptr, nullptr, nullptr) : nullptr) {
+      ok = X509_STORE_add_cert(store, x);
+      X509_free(x);
+      if (ok != 1) { BIO_free(b); Fail(env, where + ": certificate " + std::to_string(roots + 1) + " of the trust bundle"); }
+      roots++;
+    }
+    BIO_free(b);
+    ERR_clear_error();
+    if (roots == 0) Fail(env, where + ": the trust bundle has no PEM certificate");
+
+    if (!wire.empty()) {
+      if (server) {
+        SSL_CTX_set_ex_data(ctx, AlpnIndex(), new std::string(wire));
+        SSL_CTX_set_alpn_select_cb(ctx, AlpnSelect, nullptr);
+      } else if (SSL_CTX_set_alpn_protos(ctx, reinterpret_cast<const unsigned char*>(wire.data()), static_cast<unsigned int>(wire.size())) != 0) {
+        Fail(env, where + ": ALPN");
+      }
+    }
+    napi_type_tag_object(env, info.This(), &kTlsContextTag);
+  }
+
+  ~TlsContext() override {
+    if (ctx) SSL_CTX_free(ctx);  // connections made with it hold their own reference
+  }
+
+  // free(): let go of the SSL_CTX now rather than at garbage collection (live connections keep theirs)
+  Napi::Value Free(const Napi::CallbackInfo& info) {
+    if (ctx) SSL_CTX_free(ctx);
+    ctx = nullptr;
+    return info.Env().Undefined();
+  }
+
+  static TlsContext* From(Napi::Env env, Napi::Value v) {
+    bool tagged = false;
+    if (v.IsObject()) napi_check_object_type_tag(env, v, &kTlsContextTag, &tagged);
+    if (!tagged) return nullptr;
+    return Unwrap(v.As<Napi::Object>());
+  }
+
+ private:
+  // throws "<what>: <OpenSSL's reason>"; the context made so far is freed by the destructor
+  [[noreturn]] void Fail(Napi::Env env, const std::string& what) {
+    std::string why = ERR_peek_last_error() ? TlsReason(nullptr) : "";
+    throw Napi::Error::New(env, why.empty() ? what : what + ": " + why);
+  }
+};
+
 class NetLoop : public Napi::ObjectWrap<NetLoop> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -392,6 +812,9 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
       InstanceMethod("setNoDelay", &NetLoop::SetNoDelay),
       InstanceMethod("count", &NetLoop::Count),
       InstanceMethod("closeAll", &NetLoop::CloseAll),
+      InstanceMethod("startTls", &NetLoop::StartTls),
+      InstanceMethod("tlsInfo", &NetLoop::TlsInfo),
+      InstanceMethod("tlsError", &NetLoop::TlsError),
     });
   }
 
@@ -409,11 +832,24 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) ThrowErrno(env, "netio loop (no event loop)", EINVAL);
     int epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) ThrowErrno(env, "netio loop (epoll_create1)", errno);
+    // readable when a TLS socket has records epoll cannot see (RunTlsPending); data.ptr nullptr marks it
+    int evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event eev = {};
+    eev.events = EPOLLIN;
+    eev.data.ptr = nullptr;
+    if (evfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, evfd, &eev)) {
+      int e = errno;
+      if (evfd >= 0) close(evfd);
+      close(epfd);
+      ThrowErrno(env, "netio loop (eventfd)", e);
+    }
     LoopState* st = new LoopState(env);
     st->epfd = epfd;
+    st->evfd = evfd;
     int rc = uv_poll_init(loop, &st->poll, epfd);
     if (rc) {
       close(epfd);
+      close(evfd);
       delete st;
       ThrowErrno(env, "netio loop (uv_poll_init)", -rc);
     }
@@ -591,6 +1027,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
   static int64_t Send(LoopState* st, Sock* s, struct iovec* iov, int cnt, size_t total) {
     if (s->dead) return -(s->err ? s->err : EPIPE);
     if (s->shutDone || s->shutPending || s->listener) return -EPIPE;
+    if (s->ssl) return SendTls(st, s, iov, cnt, total);
     size_t sent = 0;
     if (!s->connecting && s->queued() == 0 && total > 0) {
       struct msghdr mh = {};
@@ -620,6 +1057,51 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     if (!s->connecting) {
       int err = Rearm(st, s);
       if (err) return -err;
+    }
+    return static_cast<int64_t>(s->queued());
+  }
+
+  // A failure found in a call from JS: no event (the batch's array is not being filled), -errno to the caller, which
+  // reads tlsError(id) for an EPROTO.
+  static int64_t FailNow(LoopState* st, Sock* s, int err) {
+    s->dead = true;
+    s->err = err;
+    Rearm(st, s);
+    return -err;
+  }
+
+  // Send() on a TLS socket: SSL_write straight from the caller's one buffer when nothing waits ahead of it (records
+  // of 16 KiB), else queued (a writev is coalesced there, so small chunks do not become small records) and flushed
+  // now if the handshake is done.
+  static int64_t SendTls(LoopState* st, Sock* s, struct iovec* iov, int cnt, size_t total) {
+    int err = 0;
+    int32_t op = 0;
+    bool ready = !s->connecting && !s->tlsHandshaking && !s->tlsWantWrite && !s->tlsWriteWantsRead;
+    if (ready && s->queued() == 0 && cnt == 1 && total > 0) {
+      const char* p = static_cast<const char*>(iov[0].iov_base);
+      size_t off = 0;
+      while (off < total) {
+        size_t n = total - off, w = 0;
+        if (n > kTlsWriteChunk) n = kTlsWriteChunk;
+        ERR_clear_error();
+        int rc = SSL_write_ex(s->ssl, p + off, n, &w);
+        if (rc == 1) { off += w; continue; }
+        TlsStep r = TlsCheck(s, rc, OP_WRITE, &err, &op);
+        if (r == TLS_WANT_WRITE) s->tlsWantWrite = true;
+        else if (r == TLS_WANT_READ) s->tlsWriteWantsRead = true;
+        else return FailNow(st, s, r == TLS_CLOSED ? EPIPE : err);
+        break;
+      }
+      if (off == total) return 0;
+      // the rest, from the first byte no call returned (a record OpenSSL holds half sent is retried from here)
+      Enqueue(s, p + off, total - off);
+    } else {
+      for (int i = 0; i < cnt; i++) Enqueue(s, static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+      if (ready && !TlsFlush(s, &err, &op) && err) return FailNow(st, s, err);
+    }
+    if (!s->connecting) {
+      int e = Rearm(st, s);
+      if (e) return -e;
     }
     return static_cast<int64_t>(s->queued());
   }
@@ -694,6 +1176,8 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     if (s && s->paused != paused) {
       s->paused = paused;
       if (!s->connecting) Rearm(st_, s);
+      // records OpenSSL read before the pause: epoll will not report them
+      if (!paused && s->ssl && !s->tlsHandshaking && !s->dead && SSL_has_pending(s->ssl)) MarkTlsPending(st_, s);
     }
     return info.Env().Undefined();
   }
@@ -705,13 +1189,30 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     if (!s) return Napi::Number::New(env, -EBADF);
     if (s->shutDone) return Napi::Number::New(env, 1);
     if (s->dead) return Napi::Number::New(env, -(s->err ? s->err : EPIPE));
-    if (s->connecting || s->queued() > 0) {
+    if (s->connecting || s->queued() > 0 || s->tlsHandshaking || s->tlsWantWrite) {
       s->shutPending = true;
+      if (s->ssl && !s->connecting) Rearm(st_, s);
       return Napi::Number::New(env, 0);
     }
-    if (shutdown(s->fd, SHUT_WR) && errno != ENOTCONN) return Napi::Number::New(env, -errno);
+    return Napi::Number::New(env, ShutNow(s));
+  }
+
+  // close_notify (TLS) and FIN now: 1 done, 0 close_notify waits for room (SHUTDOWN event later), or -errno
+  int ShutNow(Sock* s) {
+    if (s->ssl) {
+      int err = 0;
+      int32_t op = 0;
+      int r = TlsClose(s, &err, &op);
+      if (r < 0) return static_cast<int>(FailNow(st_, s, err));
+      if (r == 0) {
+        s->shutPending = true;
+        Rearm(st_, s);
+        return 0;
+      }
+    }
+    if (shutdown(s->fd, SHUT_WR) && errno != ENOTCONN) return -errno;
     s->shutDone = true;
-    return Napi::Number::New(env, 1);
+    return 1;
   }
 
   // shutdownIdle(id) -> 1 SHUT_WR done (FIN sent), 0 not done: bytes (or the peer's EOF) wait to be read, or ours to
@@ -725,16 +1226,17 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     if (!s) return Napi::Number::New(env, -EBADF);
     if (s->shutDone) return Napi::Number::New(env, 1);
     if (s->dead) return Napi::Number::New(env, -(s->err ? s->err : EPIPE));
-    if (s->connecting || s->queued() > 0 || s->shutPending || s->readEof) return Napi::Number::New(env, 0);
+    if (s->connecting || s->queued() > 0 || s->shutPending || s->readEof || s->tlsHandshaking || s->tlsWantWrite) return Napi::Number::New(env, 0);
+    if (s->ssl && SSL_has_pending(s->ssl)) return Napi::Number::New(env, 0);  // records read, not yet handed out
     struct pollfd p = {s->fd, POLLIN | POLLRDHUP, 0};
     int r;
     do r = poll(&p, 1, 0);
     while (r < 0 && errno == EINTR);
     if (r < 0) return Napi::Number::New(env, -errno);
     if (r > 0 && (p.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR))) return Napi::Number::New(env, 0);
-    if (shutdown(s->fd, SHUT_WR) && errno != ENOTCONN) return Napi::Number::New(env, -errno);
-    s->shutDone = true;
-    return Napi::Number::New(env, 1);
+    // (TLS: a close_notify that waits for room is sent from the loop; the FIN follows it)
+    int done = ShutNow(s);
+    return Napi::Number::New(env, done < 0 ? done : 1);
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
@@ -750,6 +1252,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     Sock* s = Find(info, "release");
     if (!s) ThrowErrno(env, "netio release", EBADF);
     if (s->queued() > 0) ThrowErrno(env, "netio release (bytes still queued)", EBUSY);
+    if (s->ssl) ThrowErrno(env, "netio release (a TLS connection: its state is in this loop)", EINVAL);
     int fd = s->fd;
     Remove(st_, s, false);
     return Napi::Number::New(env, fd);
@@ -767,6 +1270,85 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
   // sockets and listeners open (for tests and stats)
   Napi::Value Count(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), st_ ? static_cast<double>(st_->socks.size()) : 0);
+  }
+
+  // startTls(id, ctx: TlsContext, servername: string) -> undefined: TLS on a socket (accepted, or connected / still
+  // connecting) before any byte was read or written on it; the handshake runs in the loop, then SECURE (or ERROR with
+  // OP_TLS). A server must call it from its ACCEPT handling, before the next wake reads the socket as plain.
+  Napi::Value StartTls(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Sock* s = Find(info, "startTls");
+    if (!s) ThrowErrno(env, "netio startTls (no such connection)", EBADF);
+    TlsContext* c = info.Length() > 1 ? TlsContext::From(env, info[1]) : nullptr;
+    if (!c) throw Napi::TypeError::New(env, "netio startTls: argument 'ctx' must be a TlsContext");
+    if (!c->ctx) throw Napi::Error::New(env, "netio startTls: the TlsContext was freed");
+    std::string servername = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "";
+    if (s->listener) ThrowErrno(env, "netio startTls (a listener)", EINVAL);
+    if (s->dead) ThrowErrno(env, "netio startTls", s->err ? s->err : EPIPE);
+    if (s->ssl) ThrowErrno(env, "netio startTls (TLS was started already)", EALREADY);
+    if (s->queued() > 0 || s->shutPending || s->shutDone || s->readEof)
+      ThrowErrno(env, "netio startTls (plain bytes were written, or the connection is ending)", EINVAL);
+    ERR_clear_error();
+    SSL* ssl = SSL_new(c->ctx);
+    if (!ssl || SSL_set_fd(ssl, s->fd) != 1 ||
+        (!servername.empty() && SSL_set_tlsext_host_name(ssl, const_cast<char*>(servername.c_str())) != 1)) {
+      std::string why = TlsReason(nullptr);
+      if (ssl) SSL_free(ssl);
+      throw Napi::Error::New(env, "netio startTls: " + why);
+    }
+    if (c->server) SSL_set_accept_state(ssl);
+    else SSL_set_connect_state(ssl);
+    s->ssl = ssl;
+    s->tlsHandshaking = true;
+    s->tlsWantWrite = !c->server;  // a client speaks first: its ClientHello goes at the next wake (or at connect)
+    if (!s->connecting) {
+      int err = Rearm(st_, s);
+      if (err) ThrowErrno(env, "netio startTls (epoll_ctl)", err);
+    }
+    return env.Undefined();
+  }
+
+  // tlsInfo(id) -> { protocol, cipher, alpn, peerCertificates: Buffer[] (DER, the peer's leaf first, then the rest
+  // of the chain it presented) } once SECURE came; undefined before
+  Napi::Value TlsInfo(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Sock* s = Find(info, "tlsInfo");
+    if (!s || !s->ssl || s->tlsHandshaking) return env.Undefined();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("protocol", SSL_get_version(s->ssl));
+    const SSL_CIPHER* cipher = SSL_get_current_cipher(s->ssl);
+    o.Set("cipher", cipher ? SSL_CIPHER_get_name(cipher) : "");
+    const unsigned char* a = nullptr;
+    unsigned int alen = 0;
+    SSL_get0_alpn_selected(s->ssl, &a, &alen);
+    o.Set("alpn", std::string(reinterpret_cast<const char*>(a ? a : reinterpret_cast<const unsigned char*>("")), alen));
+    Napi::Array certs = Napi::Array::New(env);
+    uint32_t k = 0;
+    auto add = [&](X509* x) {
+      int len = i2d_X509(x, nullptr);
+      if (len <= 0) return;
+      Napi::Buffer<uint8_t> der = Napi::Buffer<uint8_t>::New(env, static_cast<size_t>(len));
+      unsigned char* p = der.Data();
+      i2d_X509(x, &p);
+      certs.Set(k++, der);
+    };
+    // a client's SSL_get_peer_cert_chain starts with the leaf, a server's does not
+    X509* leaf = SSL_get0_peer_certificate(s->ssl);
+    if (leaf) add(leaf);
+    STACK_OF(X509)* sk = SSL_get_peer_cert_chain(s->ssl);
+    for (int i = 0; sk && i < sk_X509_num(sk); i++) {
+      X509* x = sk_X509_value(sk, i);
+      if (!leaf || X509_cmp(x, leaf) != 0) add(x);
+    }
+    ERR_clear_error();
+    o.Set("peerCertificates", certs);
+    return o;
+  }
+
+  // tlsError(id) -> OpenSSL's reason for the connection's OP_TLS error ('' if none)
+  Napi::Value TlsError(const Napi::CallbackInfo& info) {
+    Sock* s = Find(info, "tlsError");
+    return Napi::String::New(info.Env(), s ? s->tlsErr : "");
   }
 
   Napi::Value CloseAll(const Napi::CallbackInfo& info) {
@@ -787,11 +1369,13 @@ static Napi::Object Constants(Napi::Env env) {
   SM_NETIO_CONST(EV_DRAIN)
   SM_NETIO_CONST(EV_CONNECT)
   SM_NETIO_CONST(EV_SHUTDOWN)
+  SM_NETIO_CONST(EV_SECURE)
   SM_NETIO_CONST(OP_READ)
   SM_NETIO_CONST(OP_WRITE)
   SM_NETIO_CONST(OP_CONNECT)
   SM_NETIO_CONST(OP_ACCEPT)
   SM_NETIO_CONST(OP_SHUTDOWN)
+  SM_NETIO_CONST(OP_TLS)
   k.Set("EVENT_INTS", Napi::Number::New(env, kEventInts));
 #undef SM_NETIO_CONST
   k.Freeze();
@@ -800,6 +1384,7 @@ static Napi::Object Constants(Napi::Env env) {
 
 static void InitNetio(Napi::Env env, Napi::Object exports) {
   exports.Set("NetLoop", NetLoop::Define(env));
+  exports.Set("TlsContext", TlsContext::Define(env));
   exports.Set("constants", Constants(env));
   InitFdpass(env, exports);
 }

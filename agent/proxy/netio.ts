@@ -8,6 +8,12 @@
 // Errors as Error objects with node's codes, node's default half-close (allowHalfOpen false: the
 // peer's EOF ends our side too), 'close' exactly once and after the call that caused it, and idle
 // timeouts with a lazily re-armed timer instead of one refreshed on every read.
+//
+// TLS (NetTlsContext, NetConn.startTls): TLS 1.3 in the same loop, with the OpenSSL node itself runs (native/netio.cc
+// says why that is safe), so that a TLS connection is a NetConn too: no TLSSocket, no stream per record. The native
+// side verifies the peer's chain against the context's bundle; what the chain means (the SPIFFE identity) is decided
+// by the caller from getPeerX509Certificate(), as with a TLSSocket.
+import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as osConstants } from 'node:os';
 import { loadAddon } from '../addon.js';
@@ -39,11 +45,33 @@ export interface NativeNetLoop {
   setNoDelay(id: number, on: boolean): void;
   count(): number;
   closeAll(): void;
+  /** TLS on a socket before any byte moved on it; SECURE or an OP_TLS ERROR follows */
+  startTls(id: number, ctx: NativeTlsContext, servername: string): void;
+  /** after SECURE: what was negotiated and the peer's chain (DER, leaf first); undefined before */
+  tlsInfo(id: number): NativeTlsInfo | undefined;
+  /** OpenSSL's reason for an OP_TLS error ('' if none) */
+  tlsError(id: number): string;
+}
+
+/** The addon's TlsContext: one SSL_CTX (TLS 1.3, mutual, verified against the bundle). */
+export interface NativeTlsContext {
+  /** let go of the SSL_CTX now (connections made with it keep theirs) */
+  free(): void;
+}
+
+export interface NativeTlsInfo {
+  protocol: string;
+  cipher: string;
+  /** '' when none was negotiated */
+  alpn: string;
+  peerCertificates: Buffer[];
 }
 
 export interface NetioAddon {
   /** one epoll loop: events are written to `events` (EVENT_INTS int32 each) and data to `arena`, then cb(count) */
   NetLoop: new (arena: Buffer, events: Int32Array, cb: (n: number) => void) => NativeNetLoop;
+  /** (role, chain PEM, key PEM, trust bundle PEM, ALPN protocols); throws naming the part that is wrong */
+  TlsContext: new (role: 'server' | 'client', chain: string, key: string, bundle: string, alpn: string[]) => NativeTlsContext;
   /** the event kinds, error operations and event size as native/netio.cc declares them, by their C++ names */
   constants: Readonly<Record<string, number>>;
   // fd passing for the planned restart (native/fdpass.cc; used by agent/handover.ts)
@@ -58,15 +86,15 @@ export interface NetioAddon {
 }
 
 // Plain numbers in the hot loop (onEvents); that they are native/netio.cc's is checked once, at load.
-const EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7;
-const OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5;
+const EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7, EV_SECURE = 8;
+const OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5, OP_TLS = 6;
 /** int32 values per event: id, kind, a, b */
 const EVENT_INTS = 4;
 
 /** Every code above by its C++ name: what the addon must export as `constants`. */
 export const NETIO_CONSTANTS: Readonly<Record<string, number>> = Object.freeze({
-  EV_ACCEPT, EV_DATA, EV_EOF, EV_ERROR, EV_DRAIN, EV_CONNECT, EV_SHUTDOWN,
-  OP_READ, OP_WRITE, OP_CONNECT, OP_ACCEPT, OP_SHUTDOWN,
+  EV_ACCEPT, EV_DATA, EV_EOF, EV_ERROR, EV_DRAIN, EV_CONNECT, EV_SHUTDOWN, EV_SECURE,
+  OP_READ, OP_WRITE, OP_CONNECT, OP_ACCEPT, OP_SHUTDOWN, OP_TLS,
   EVENT_INTS,
 });
 
@@ -77,6 +105,7 @@ OPS[OP_WRITE] = 'write';
 OPS[OP_CONNECT] = 'connect';
 OPS[OP_ACCEPT] = 'accept';
 OPS[OP_SHUTDOWN] = 'shutdown';
+OPS[OP_TLS] = 'tls';
 
 /** Throws unless `native` (the addon's constants) has exactly NETIO_CONSTANTS' names and values. */
 export function checkNetioConstants(native: Readonly<Record<string, number>>): void {
@@ -124,6 +153,74 @@ function errnoError(errno: number, syscall: string, where = ''): NetErrnoError {
   e.errno = -errno; // as node reports it
   e.syscall = syscall;
   return e;
+}
+
+/** what a native TLS failure carries (the addon reports it as EPROTO and keeps OpenSSL's reason as text) */
+const EPROTO = osConstants.errno.EPROTO;
+/** a TLS handshake that takes longer is abandoned (a slow-handshake flood must not hold fds): startTls' default */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+export interface NetTlsError extends Error {
+  /** as node names OpenSSL's reasons: ERR_SSL_CERTIFICATE_VERIFY_FAILED, ERR_SSL_TLSV1_ALERT_UNKNOWN_CA, ... and
+   * ERR_TLS_HANDSHAKE_TIMEOUT, ERR_TLS_NO_APPLICATION_PROTOCOL */
+  code: string;
+  /** OpenSSL's reason as it said it ('certificate verify failed (unable to get local issuer certificate)') */
+  reason: string;
+}
+
+function tlsError(code: string, reason: string, message: string): NetTlsError {
+  const e = new Error(message) as NetTlsError;
+  e.code = code;
+  e.reason = reason;
+  return e;
+}
+
+/** node's code for an OpenSSL reason: 'tlsv13 alert certificate required' -> ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED */
+function sslCode(reason: string): string {
+  const head = reason.replace(/\s*\(.*$/, '').trim();
+  return 'ERR_SSL_' + (head.toUpperCase().replace(/[^A-Z0-9]+/g, '_').replace(/^_|_$/g, '') || 'UNKNOWN');
+}
+
+export interface NetTlsOptions {
+  role: 'server' | 'client';
+  /** PEM: the leaf first, then intermediates */
+  chain: string;
+  /** PEM private key of the leaf */
+  key: string;
+  /** PEM roots the peer's chain must lead to (several during a rotation) */
+  bundle: string;
+  /** offered (client) / accepted (server) in this order; a connection that negotiates none fails. Default ['h2']. */
+  alpn?: string[];
+}
+
+/**
+ * TLS settings for NetConn.startTls: TLS 1.3 only, AES-128-GCM first, the peer's certificate required and verified
+ * against `bundle` on both sides, no session tickets, 16 KiB records. Immutable: a certificate rotation makes a new
+ * one, which new connections use; live ones keep the one they started with. Throws naming what is wrong
+ * ("netio TLS context (server): the key does not match the chain's first certificate: ...").
+ */
+export class NetTlsContext {
+  readonly role: 'server' | 'client';
+  readonly alpn: readonly string[];
+  /** @internal */
+  readonly native: NativeTlsContext;
+
+  constructor(opts: NetTlsOptions) {
+    if (opts.role !== 'server' && opts.role !== 'client') throw new TypeError(`netio TLS context: role must be 'server' or 'client', not ${JSON.stringify(opts.role)}`);
+    for (const k of ['chain', 'key', 'bundle'] as const) {
+      if (typeof opts[k] !== 'string' || opts[k] === '') throw new TypeError(`netio TLS context (${opts.role}): ${k} must be a non-empty PEM string`);
+    }
+    this.role = opts.role;
+    this.alpn = Object.freeze([...(opts.alpn ?? ['h2'])]);
+    this.native = new (netioAddon().TlsContext)(opts.role, opts.chain, opts.key, opts.bundle, [...this.alpn]);
+  }
+}
+
+export interface StartTlsOptions {
+  /** SNI the client sends (the server does not check it); default none */
+  servername?: string;
+  /** the handshake must be done within this many ms, else ERR_TLS_HANDSHAKE_TIMEOUT; 0: no bound. Default 10 s. */
+  handshakeTimeoutMs?: number;
 }
 
 export interface NetListener {
@@ -248,6 +345,7 @@ export class NetIo {
           case EV_DRAIN: c.onDrain(); break;
           case EV_CONNECT: c.onConnect(); break;
           case EV_SHUTDOWN: c.onShutdown(); break;
+          case EV_SECURE: c.onSecure(); break;
         }
       } catch (e) {
         // one listener's exception must not cost the other connections their events
@@ -310,6 +408,8 @@ export class NetConn extends EventEmitter implements Conn {
   private lastActive = 0;
   private timer: NodeJS.Timeout | null = null;
   private readonly onTimer = (): void => this.checkTimeout();
+  /** startTls() was called: its context, and what the handshake gave once 'secure' came */
+  private tls: { ctx: NetTlsContext; timer: NodeJS.Timeout | null; info: NativeTlsInfo | null; x509?: X509Certificate } | null = null;
 
   constructor(
     private readonly io: NetIo, private readonly loop: NativeNetLoop, readonly id: number,
@@ -339,8 +439,26 @@ export class NetConn extends EventEmitter implements Conn {
 
   onError(errno: number, op: number): void {
     const syscall = OPS[op] ?? 'socket';
+    if (op === OP_TLS) { this.fail(this.errorOf(errno, syscall)); return; }
     const where = syscall === 'connect' ? `${this.remoteAddress}:${this.remotePort}` : '';
     this.fail(errnoError(errno, syscall, where));
+  }
+
+  onSecure(): void {
+    const tls = this.tls;
+    if (tls === null || this.destroyed) return;
+    if (tls.timer !== null) { clearTimeout(tls.timer); tls.timer = null; }
+    const info = this.loop.tlsInfo(this.id);
+    if (info === undefined) return; // cannot be: SECURE comes after the handshake
+    if (tls.ctx.alpn.length > 0 && info.alpn === '') {
+      // a server's OpenSSL refuses a client that offers other protocols (no_application_protocol); one that offers
+      // none at all gets through the handshake and is refused here
+      this.fail(tlsError('ERR_TLS_NO_APPLICATION_PROTOCOL', 'no ALPN protocol',
+        `TLS ${this.peerText()}: the peer negotiated no ALPN protocol (${tls.ctx.alpn.join(', ')} required)`));
+      return;
+    }
+    tls.info = info;
+    this.emit('secure');
   }
 
   onDrain(): void {
@@ -365,7 +483,80 @@ export class NetConn extends EventEmitter implements Conn {
     if (this.destroyed) return;
     this.destroyed = true;
     this.clearTimer();
+    if (this.tls?.timer) { clearTimeout(this.tls.timer); this.tls.timer = null; }
     this.scheduleClose(null);
+  }
+
+  // ---- TLS ----
+
+  /**
+   * TLS on this connection, before any byte was read or written on it: right after NetIo.connect() (the handshake
+   * starts once connected), or in the listener's onConnection callback for an accepted one (before it returns: the
+   * next wake would read the ClientHello as plain data). 'secure' follows when the handshake is done (then
+   * alpnProtocol, getPeerCertificates(), getPeerX509Certificate()), or 'error' (OpenSSL's reason, node's code:
+   * ERR_SSL_CERTIFICATE_VERIFY_FAILED, ...) and 'close'. Writes and end() before 'secure' wait for it; 'data' is
+   * decrypted application data only. Throws for a context that is not one, or a connection not fit for it.
+   */
+  startTls(ctx: NetTlsContext, opts: StartTlsOptions = {}): this {
+    if (!(ctx instanceof NetTlsContext)) throw new TypeError('netio startTls: ctx must be a NetTlsContext');
+    if (this.destroyed) throw new Error(`netio startTls: connection ${this.id} is closed`);
+    if (this.tls !== null) throw new Error(`netio startTls: connection ${this.id} is TLS already`);
+    if (this.writeEnding || this.readEnded || this.corked > 0) throw new Error(`netio startTls: connection ${this.id} is ending or corked`);
+    const ms = opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+    if (!Number.isInteger(ms) || ms < 0) throw new TypeError(`netio startTls: handshakeTimeoutMs must be a whole number >= 0, not ${ms}`);
+    this.loop.startTls(this.id, ctx.native, opts.servername ?? '');
+    this.tls = { ctx, timer: null, info: null };
+    if (ms > 0) {
+      this.tls.timer = setTimeout(() => {
+        if (this.tls !== null) this.tls.timer = null;
+        this.fail(tlsError('ERR_TLS_HANDSHAKE_TIMEOUT', 'handshake timeout', `TLS handshake ${this.peerText()} not done in ${ms} ms`));
+      }, ms).unref();
+    }
+    return this;
+  }
+
+  /** startTls() was called (the handshake may still be under way) */
+  get encrypted(): boolean {
+    return this.tls !== null;
+  }
+
+  /** the handshake is done: 'secure' was emitted */
+  get secure(): boolean {
+    return this.tls?.info != null;
+  }
+
+  /** the peer's certificate verified against the context's bundle: always so once secure (else the handshake failed) */
+  get authorized(): boolean {
+    return this.secure;
+  }
+
+  /** the ALPN protocol negotiated ('h2'); false before 'secure' or on a plain connection, as TLSSocket says */
+  get alpnProtocol(): string | false {
+    return this.tls?.info?.alpn || false;
+  }
+
+  /** 'TLSv1.3' once secure, else null */
+  getProtocol(): string | null {
+    return this.tls?.info?.protocol ?? null;
+  }
+
+  /** the cipher suite, e.g. { name: 'TLS_AES_128_GCM_SHA256', version: 'TLSv1.3' }, once secure */
+  getCipher(): { name: string; version: string } | undefined {
+    const i = this.tls?.info;
+    return i ? { name: i.cipher, version: i.protocol } : undefined;
+  }
+
+  /** the chain the peer presented, DER, its leaf first (empty before 'secure') */
+  getPeerCertificates(): Buffer[] {
+    return this.tls?.info?.peerCertificates ?? [];
+  }
+
+  /** the peer's leaf as node:crypto's X509Certificate (as TLSSocket.getPeerX509Certificate), undefined before 'secure' */
+  getPeerX509Certificate(): X509Certificate | undefined {
+    const tls = this.tls;
+    const der = tls?.info?.peerCertificates[0];
+    if (tls === null || der === undefined) return undefined;
+    return (tls.x509 ??= new X509Certificate(der));
   }
 
   // ---- Conn ----
@@ -386,7 +577,7 @@ export class NetConn extends EventEmitter implements Conn {
     if (this.io.trace !== null) this.io.trace.write();
     if (this.timeoutMs !== 0) this.active();
     if (r === 0) return true;
-    if (r < 0) { this.failLater(errnoError(-r, 'write')); return false; }
+    if (r < 0) { this.failLater(this.errorOf(-r, 'write')); return false; }
     if (r < HIGH_WATER) return true;
     this.needDrain = true;
     return false;
@@ -441,7 +632,7 @@ export class NetConn extends EventEmitter implements Conn {
     if (this.destroyed) return this;
     this.writeEnding = true;
     const r = this.loop.shutdown(this.id);
-    if (r < 0) { this.failLater(errnoError(-r, 'shutdown')); return this; }
+    if (r < 0) { this.failLater(this.errorOf(-r, 'shutdown')); return this; }
     if (r === 1) { this.writeDone = true; this.maybeClose(); }
     return this;
   }
@@ -459,7 +650,7 @@ export class NetConn extends EventEmitter implements Conn {
     const r = this.loop.shutdownIdle(this.id);
     if (r === 0) return false;
     this.writeEnding = true;
-    if (r < 0) { this.failLater(errnoError(-r, 'shutdown')); return true; }
+    if (r < 0) { this.failLater(this.errorOf(-r, 'shutdown')); return true; }
     this.writeDone = true;
     this.maybeClose();
     return true;
@@ -504,6 +695,21 @@ export class NetConn extends EventEmitter implements Conn {
 
   // ---- internals ----
 
+  /** 'with 10.0.0.1:15008' (we dialled) or 'from 10.0.0.2:40000' (accepted) */
+  private peerText(): string {
+    const who = `${this.remoteAddress}:${this.remotePort}`;
+    return this.tls?.ctx.role === 'client' ? `with ${who}` : `from ${who}`;
+  }
+
+  /** the Error for a native failure: a TLS one (EPROTO on a TLS connection) with OpenSSL's reason, read while the
+   * connection still exists natively; else errno's */
+  private errorOf(errno: number, syscall: string): Error {
+    if (errno !== EPROTO || this.tls === null) return errnoError(errno, syscall);
+    const reason = this.loop.tlsError(this.id) || 'TLS failure';
+    const what = this.tls.info === null ? 'handshake' : 'connection';
+    return tlsError(sslCode(reason), reason, `TLS ${what} ${this.peerText()} failed: ${reason}`);
+  }
+
   private checkTimeout(): void {
     this.timer = null;
     if (this.destroyed || this.timeoutMs === 0) return;
@@ -528,6 +734,7 @@ export class NetConn extends EventEmitter implements Conn {
   private closeNative(): void {
     this.destroyed = true;
     this.clearTimer();
+    if (this.tls?.timer) { clearTimeout(this.tls.timer); this.tls.timer = null; }
     this.io.forget(this.id);
     if (!this.io.isClosed) this.loop.close(this.id);
   }
