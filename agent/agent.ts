@@ -26,7 +26,7 @@ import { LocalPods, ProcPodScanner, ProcPodWatcher } from './identity/pods.js';
 import { LiveState } from './state/live.js';
 import { ApplyTransaction } from './state/apply.js';
 import { StateFileWriter } from './state/statefile.js';
-import { Registry } from 'prom-client';
+import { Registry } from './observe/prom.js';
 import { AgentMetrics, readKernelCounters } from './observe/metrics.js';
 import { EventRing, decodeFlowEvent, monotonicEpochMs } from './observe/events.js';
 import { nodeFactsOnce } from './observe/node.js';

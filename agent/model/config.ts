@@ -1,7 +1,8 @@
 // Config text -> validated Model. Every problem in a config is collected and reported together,
 // each with the file, the path to the field and what is wrong, so one edit-reload cycle fixes all
 // of them. Unknown fields are errors: a misspelt 'wieght' must not silently mean weight 1.
-import { LineCounter, parseDocument } from 'yaml';
+import { createRequire } from 'node:module';
+import type * as Yaml from 'yaml';
 import { canonicalAddress, formatEndpoint, type CanonicalAddress } from './address.js';
 import { defaultMaglevTableSize, isPrime, MAGLEV_MAX_SIZE, MAGLEV_MIN_SIZE } from './maglev.js';
 import { clipQuoted } from './reasons.js';
@@ -17,6 +18,11 @@ import {
   type Protocol,
   type Service,
 } from './types.js';
+
+// yaml costs 35-37 ms to load: it is loaded when a text is first parsed, not with this module, which an agent fed by
+// xDS or Kubernetes needs at its start for validation only (it never parses YAML).
+let yamlLib: typeof Yaml | undefined;
+const yaml = (): typeof Yaml => (yamlLib ??= createRequire(import.meta.url)('yaml') as typeof Yaml);
 
 export { canonicalAddress } from './address.js';
 
@@ -44,7 +50,7 @@ export function parseConfig(text: string, file: string): Model {
 }
 
 function lineCol(text: string, offset: number): { line: number; col: number } {
-  const lc = new LineCounter();
+  const lc = new (yaml().LineCounter)();
   let start = 0;
   for (;;) {
     lc.addNewLine(start);
@@ -71,8 +77,8 @@ function parseJson(text: string, file: string): unknown {
   }
   // JSON.parse keeps the last of two equal keys without a word; JSON is YAML 1.2, so let the YAML
   // parser find duplicate keys (with their line), and report those only.
-  const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  const lc = new (yaml().LineCounter)();
+  const doc = yaml().parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   const dups = doc.errors.filter((err) => err.code === 'DUPLICATE_KEY');
   if (dups.length > 0) {
     throw new ConfigError(
@@ -96,8 +102,8 @@ function parseYaml(text: string, file: string): unknown {
     const code = bad[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0');
     throw new ConfigError([{ file, path: '', message: `YAML syntax error at line ${line}, column ${col}: control character U+${code} is not allowed (not a text file?)` }]);
   }
-  const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  const lc = new (yaml().LineCounter)();
+  const doc = yaml().parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
       doc.errors.map((err) => {

@@ -5,7 +5,7 @@
 // polls them in between), and health verdicts come from BackendStates and the checker as they are at that moment.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry, collectDefaultMetrics } from './prom.js';
 import { GLOBAL_COUNTERS, decodeBackend, sumCounters, sumU64, u32, type Counters } from '../datapath/abi.js';
 import type { Native } from '../datapath/native.js';
 import type { Model } from '../model/types.js';
@@ -90,10 +90,10 @@ export class AgentMetrics {
   readonly registry: Registry;
   private readonly probes = new Map<string, { success: number; failure: number }>();
   private server?: Server;
+  private defaultsOn = false;
 
   constructor(private readonly src: MetricsSources, registry = new Registry()) {
     this.registry = registry;
-    collectDefaultMetrics({ register: registry });
     const reg = (f: ReturnType<typeof family>): void => registry.registerMetric(f as never);
     // One kernel read per scrape, shared by every kernel family (each family's get() runs in the same scrape).
     let cached: { at: number; k: KernelCounters | undefined } | undefined;
@@ -196,6 +196,12 @@ export class AgentMetrics {
    * this one replaces (a planned restart: the port is never closed), host and port then are only what was asked.
    */
   async listen(host: string, port: number, log?: Logger, fd?: number): Promise<string> {
+    // Node's process metrics join when they can first be scraped: their code (with @opentelemetry/api) is no longer
+    // loaded before the proxy serves (./prom.ts), and nothing reads the registry but this endpoint.
+    if (!this.defaultsOn) {
+      collectDefaultMetrics({ register: this.registry });
+      this.defaultsOn = true;
+    }
     const server = createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
       const read = req.method === 'GET' || req.method === 'HEAD';

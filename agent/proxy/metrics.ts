@@ -4,7 +4,7 @@
 // label set on every inc()/observe(), which is string building per request; instead each family
 // here is a small metric object registered in the prom-client Registry (name, help, type, get()), so
 // the agent's /metrics endpoint, Registry.merge and getMetricsAsJSON all see them as usual.
-import { Registry } from 'prom-client';
+import { Registry } from '../observe/prom.js';
 
 /** Latency buckets in milliseconds: 0.1 ms (sockmap loopback) .. 30 s (a long route timeout). */
 export const LATENCY_BUCKETS_MS: readonly number[] = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];

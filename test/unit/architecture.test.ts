@@ -17,6 +17,7 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   // leaves: small utilities every layer may use
   ['agent/observe/log.ts', 'log', []],
   ['agent/observe/memory.ts', 'memory', []],
+  ['agent/observe/prom.ts', 'prom', []],
   ['agent/runtime.ts', 'runtime', []],
   ['agent/addon.ts', 'addon', []],
   // the model: pure TypeScript, no I/O
@@ -31,13 +32,13 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   ['agent/datapath/', 'datapath', ['model', 'addon', 'log']],
   ['agent/health/', 'health', ['model', 'log']],
   ['agent/identity/', 'identity', ['model', 'log']],
-  ['agent/proxy/', 'proxy', ['model', 'health', 'identity', 'protocol', 'addon', 'log']],
+  ['agent/proxy/', 'proxy', ['model', 'health', 'identity', 'protocol', 'addon', 'log', 'prom']],
   // HBONE between node agents: the identities' certificates, the model's L4 authorization, report types
   ['agent/tunnel/', 'tunnel', ['model', 'identity', 'protocol', 'log']],
   // the centre: what is in force, and the transaction that puts a model into the kernel and the proxy
   ['agent/state/', 'state', ['model', 'health', 'identity', 'datapath', 'memory', 'log']],
   // the readers
-  ['agent/observe/', 'observe', ['model', 'datapath', 'health', 'state', 'log']],
+  ['agent/observe/', 'observe', ['model', 'datapath', 'health', 'state', 'log', 'prom']],
   ['agent/admin/protocol.ts', 'protocol', ['model', 'datapath', 'sources', 'health', 'identity', 'observe', 'state']],
   ['agent/admin/', 'admin', ['protocol', 'model', 'observe', 'datapath', 'health', 'state', 'identity', 'sources', 'proxy', 'log']],
   // composition: agent/agent.ts, main.ts and the small wiring modules beside them
