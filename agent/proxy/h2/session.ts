@@ -280,6 +280,14 @@ export class H2Session {
   /** a frame split across reads: its bytes so far */
   private inBuf: Buffer | null = null;
   private inLen = 0;
+  /**
+   * An unpadded DATA frame whose payload is split across reads is handed on in parts as they come, each a view of
+   * the bytes read (reassembling it copied every byte twice: into inBuf, then out of it). Payload bytes of it still
+   * to come; the stream they go to (null: dropped, the frame's stream is gone or got a stream error); its END_STREAM.
+   */
+  private dataLeft = 0;
+  private dataSt: H2Stream | null = null;
+  private dataEnd = false;
   /** a header block being assembled from CONTINUATION frames */
   private contId = 0;
   private contEnd = false;
@@ -768,6 +776,14 @@ export class H2Session {
       this.prefaceLeft -= n;
       pos = n;
     }
+    if (this.dataLeft > 0) {
+      // the rest (or more) of a DATA frame handed on in parts
+      const n = Math.min(this.dataLeft, end - pos);
+      this.dataLeft -= n;
+      this.dataPart(chunk.subarray(pos, pos + n));
+      pos += n;
+      if (this.dead || this.dataLeft > 0) return;
+    }
     if (this.inLen > 0) {
       // complete the frame that began in an earlier read
       const inb = this.inBuf!;
@@ -792,7 +808,12 @@ export class H2Session {
     while (end - pos >= FRAME_HEADER_SIZE) {
       if (!this.lengthOk(chunk, pos)) return;
       const len = (chunk[pos] << 16) | (chunk[pos + 1] << 8) | chunk[pos + 2];
-      if (end - pos - FRAME_HEADER_SIZE < len) break;
+      if (end - pos - FRAME_HEADER_SIZE < len) {
+        // a DATA frame that goes on in the next reads: its part here now, the rest as it comes
+        if (chunk[pos + 3] !== FRAME.DATA || (chunk[pos + 4] & FLAG.PADDED) !== 0) break;
+        this.dataStart(chunk, pos, len);
+        return;
+      }
       this.frame(chunk, pos, false);
       if (this.dead) return;
       pos += FRAME_HEADER_SIZE + len;
@@ -867,10 +888,43 @@ export class H2Session {
     return false;
   }
 
-  private onDataFrame(b: Buffer, s: number, len: number, flags: number, id: number, copied: boolean): void {
-    if (id === 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, 'DATA on stream 0');
+  /** an unpadded DATA frame at b[p..] whose payload ends beyond b: checked and counted whole now, its payload handed on in parts */
+  private dataStart(b: Buffer, p: number, len: number): void {
+    const flags = b[p + 4];
+    const id = ((b[p + 5] & 0x7f) << 24 | (b[p + 6] << 16) | (b[p + 7] << 8) | b[p + 8]) >>> 0;
+    // (what frame() checks first, for any frame)
+    if (this.contId !== 0) return this.connError(H2_ERROR.PROTOCOL_ERROR, `a frame of type 0 inside the header block of stream ${this.contId}`);
+    if (!this.gotSettings) return this.connError(H2_ERROR.PROTOCOL_ERROR, 'the first frame is of type 0, not SETTINGS');
+    const st = this.dataHead(len, flags, id);
+    if (st === undefined) return;
+    this.dataSt = st;
+    this.dataEnd = (flags & FLAG.END_STREAM) !== 0;
+    const s = p + FRAME_HEADER_SIZE;
+    this.dataLeft = len - (b.length - s);
+    this.dataPart(b.subarray(s));
+  }
+
+  /** a part of the DATA frame under way (the last one when dataLeft is 0) */
+  private dataPart(part: Buffer): void {
+    const st = this.dataSt;
+    const last = this.dataLeft === 0;
+    if (last) this.dataSt = null;
+    if (st === null || st._done) return;
+    const endStream = last && this.dataEnd;
+    if (endStream) st._remoteEnded = true;
+    if (part.length > 0 || endStream) st.handler?.onData(part, endStream);
+    if (endStream) this._maybeDone(st);
+  }
+
+  /**
+   * The checks and the window accounting of a DATA frame of `len` bytes (padding included) whose payload is n bytes:
+   * the stream to hand it to; null when it is to be dropped (a stream error was sent, or the stream was reset lately);
+   * undefined after a connection error.
+   */
+  private dataHead(len: number, flags: number, id: number, n = len): H2Stream | null | undefined {
+    if (id === 0) { this.connError(H2_ERROR.PROTOCOL_ERROR, 'DATA on stream 0'); return undefined; }
     // the whole frame (padding too) counts against the connection window; the session gives it back itself
-    if (len > this.connRecvWindow) return this.connError(H2_ERROR.FLOW_CONTROL_ERROR, `DATA of ${len} bytes beyond the connection window (${this.connRecvWindow})`);
+    if (len > this.connRecvWindow) { this.connError(H2_ERROR.FLOW_CONTROL_ERROR, `DATA of ${len} bytes beyond the connection window (${this.connRecvWindow})`); return undefined; }
     this.connRecvWindow -= len;
     this.connRecvUnacked += len;
     if (this.connRecvUnacked >= this.connWindowSize >>> 1) {
@@ -878,6 +932,29 @@ export class H2Session {
       this.connRecvWindow += this.connRecvUnacked;
       this.connRecvUnacked = 0;
     }
+    const st = this.streams.get(id);
+    if (st === undefined) {
+      if (this.idle(id)) { this.connError(H2_ERROR.PROTOCOL_ERROR, `DATA on idle stream ${id}`); return undefined; }
+      if (!this.recentlyReset(id)) this.streamErrorId(id, H2_ERROR.STREAM_CLOSED);
+      return null;
+    }
+    if (st._remoteEnded) { this.streamError(st, H2_ERROR.STREAM_CLOSED); return null; }
+    if (!st._headReceived) { this.streamError(st, H2_ERROR.PROTOCOL_ERROR); return null; }
+    if (len > st._recvWindow) { this.streamError(st, H2_ERROR.FLOW_CONTROL_ERROR); return null; }
+    st._recvWindow -= len;
+    if (n < len) {
+      // padding is never the owner's to consume: give it back at once
+      st._recvUnacked += len - n;
+      if (st._recvUnacked >= this._updateThreshold) this._windowUpdate(st);
+    }
+    st._dataReceived += n;
+    const endStream = (flags & FLAG.END_STREAM) !== 0;
+    const cl = st._contentLength;
+    if (cl >= 0 && (st._dataReceived > cl || (endStream && st._dataReceived !== cl))) { this.streamError(st, H2_ERROR.PROTOCOL_ERROR); return null; }
+    return this.dead ? undefined : st;
+  }
+
+  private onDataFrame(b: Buffer, s: number, len: number, flags: number, id: number, copied: boolean): void {
     let ds = s;
     let de = s + len;
     if ((flags & FLAG.PADDED) !== 0) {
@@ -887,26 +964,10 @@ export class H2Session {
       if (pad > de - ds) return this.connError(H2_ERROR.PROTOCOL_ERROR, `DATA padding of ${pad} bytes in a ${len}-byte frame`);
       de -= pad;
     }
-    const st = this.streams.get(id);
-    if (st === undefined) {
-      if (this.idle(id)) return this.connError(H2_ERROR.PROTOCOL_ERROR, `DATA on idle stream ${id}`);
-      if (!this.recentlyReset(id)) this.streamErrorId(id, H2_ERROR.STREAM_CLOSED);
-      return;
-    }
-    if (st._remoteEnded) return this.streamError(st, H2_ERROR.STREAM_CLOSED);
-    if (!st._headReceived) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
-    if (len > st._recvWindow) return this.streamError(st, H2_ERROR.FLOW_CONTROL_ERROR);
-    st._recvWindow -= len;
     const n = de - ds;
-    if (n < len) {
-      // padding is never the owner's to consume: give it back at once
-      st._recvUnacked += len - n;
-      if (st._recvUnacked >= this._updateThreshold) this._windowUpdate(st);
-    }
-    st._dataReceived += n;
+    const st = this.dataHead(len, flags, id, n);
+    if (st === null || st === undefined) return;
     const endStream = (flags & FLAG.END_STREAM) !== 0;
-    const cl = st._contentLength;
-    if (cl >= 0 && (st._dataReceived > cl || (endStream && st._dataReceived !== cl))) return this.streamError(st, H2_ERROR.PROTOCOL_ERROR);
     let data: Buffer;
     if (n === 0) data = EMPTY;
     else if (copied) { data = Buffer.allocUnsafe(n); b.copy(data, 0, ds, de); }
