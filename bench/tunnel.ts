@@ -3,13 +3,12 @@
 // receiving end in a child process (its own event loop and CPU, as another node's agent would be):
 //   direct  client -> pod                                     (plain TCP)
 //   tls     client -> TLS relay (mTLS, no HTTP/2) -> pod      (the ceiling of ANY HTTP/2 engine on Node's TLS)
-//   tunnel  pooled client -> HBONE server (node:http2 CONNECT over mTLS) -> pod
+//   tunnel  pooled client -> HBONE server (CONNECT on the proxy's HTTP/2 session, over mTLS) -> pod
 // Throughput: one connection carrying --mib MiB (Gbit/s); connection rate: --conns connections of 64 B each way, 16 at a
 // time (connections/s; the tunnel's are streams on its one pooled connection: handshakes during the run are counted,
 // the target is 0). Rounds interleaved, medians; a table, then the ratios, then one JSON line.
-// The tls row is the measurement behind node:http2 (agent/tunnel/server.ts): tunnel/tls is what HTTP/2 framing costs
-// on top of TLS in Node; an engine of our own could at best close that gap, and only by handing every decrypted record
-// to JavaScript first.
+// The tls row is a bare TLS relay (Node's TLS socket piped to the pod, no HTTP/2): tunnel/tls is what HTTP/2 framing,
+// pooling and the splice cost on top of TLS in Node.
 import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

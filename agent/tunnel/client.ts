@@ -9,26 +9,32 @@
 // by the CA to that node only): another node's agent, or a workload's certificate, cannot answer for it. It is the
 // node's and not the destination workload's (which ztunnel checks) because one pooled connection serves every pod of
 // the node.
-import { connect as h2connect, constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+//
+// HTTP/2 is the proxy's own session (agent/proxy/h2/session.ts) over the TLS socket, not node:http2: nghttp2 under
+// node:http2 made a JS Buffer, an Http2Stream Duplex and stream callbacks per DATA frame and capped the tunnel at
+// 3.2-3.8 Gbit/s on loopback (bench/tunnel.ts); the session frames straight from the bytes read and writes all the
+// frames of one read in one TLS write.
 import type { Socket } from 'node:net';
-import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
+import { Duplex } from 'node:stream';
+import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.js';
 import { secureContextFor, type IdentityCerts } from '../identity/material.js';
 import { nodeSpiffeId, parseSpiffeId } from '../model/spiffe.js';
+import type { HeaderList } from '../proxy/h2/hpack.js';
+import { H2_ERROR, H2Session, h2ErrorName, type H2Stream, type H2StreamHandler } from '../proxy/h2/session.js';
 import type { PeerStats, TunnelMetrics } from './metrics.js';
-import { H2_SETTINGS, SESSION_WINDOW } from './server.js';
-import { splice, track } from './splice.js';
+import { splice, track, TUNNEL_H2 } from './splice.js';
 import { HBONE_PORT, TunnelError, type RefusalReason, type TunnelOpener, type TunnelRequest } from './types.js';
 
 export interface TunnelClientOpts {
   certs: IdentityCerts;
   metrics: TunnelMetrics;
   log: Logger;
-  /** how long a dial (TCP + TLS + the HTTP/2 preface) or a CONNECT's answer may take */
+  /** how long a dial (TCP + TLS + the peer's SETTINGS) or a CONNECT's answer may take */
   timeoutMs?: number;
 }
 
-interface PoolEntry { session: ClientHttp2Session; ready: Promise<ClientHttp2Session>; stats: PeerStats }
+interface PoolEntry { session: H2Session | null; ready: Promise<H2Session>; stats: PeerStats }
 
 /** The server's answer to a CONNECT, as a refusal reason (server.ts's statuses). */
 function statusReason(status: number): RefusalReason {
@@ -36,6 +42,28 @@ function statusReason(status: number): RefusalReason {
 }
 
 const hostPort = (address: string, port: number): string => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
+
+/**
+ * A stream whose CONNECT is waiting for its answer. On 200, `accepted` runs in the same call (DATA may follow in the
+ * same read) and must set the stream's next handler; otherwise `refused` with the status, or `failed`.
+ */
+class Connecting implements H2StreamHandler {
+  constructor(private readonly accepted: (endStream: boolean) => void, private readonly refused: (status: number) => void,
+    private readonly failed: (code: number) => void) {}
+
+  onHeaders(h: HeaderList, endStream: boolean): void {
+    let status = 0;
+    for (let i = 0; i < h.length; i += 2) if (h[i] === ':status') { status = Number(h[i + 1]); break; }
+    if (status < 200) return; // 1xx: the final head follows
+    if (status === 200) this.accepted(endStream);
+    else this.refused(status);
+  }
+
+  onData(): void { /* a refusal's body: nothing reads it */ }
+  onTrailers(): void {}
+  onReset(code: number): void { this.failed(code); }
+  onWritable(): void {}
+}
 
 export class TunnelClient implements TunnelOpener {
   private readonly pool = new Map<string, PoolEntry>();
@@ -48,66 +76,74 @@ export class TunnelClient implements TunnelOpener {
 
   async open(req: TunnelRequest, client: Socket): Promise<void> {
     client.pause(); // what the app sends before the tunnel is up waits in the socket
-    let stream: ClientHttp2Stream;
+    const stats = this.entryStats(req);
     try {
-      stream = await this.connect(req);
+      await this.request(req, (stream, endStream) => {
+        const untrack = track(stats);
+        if (client.destroyed) { stream.reset(H2_ERROR.CANCEL); untrack(); return; }
+        splice(stream, client, stats, untrack, endStream ? { chunks: [], ended: true } : undefined);
+        client.resume();
+      });
     } catch (e) {
       if (!client.destroyed) client.resetAndDestroy();
       throw e;
     }
-    if (client.destroyed) { stream.close(constants.NGHTTP2_CANCEL); return; }
-    splice(stream, client, this.entryStats(req));
-    client.resume();
   }
 
   /**
    * A CONNECT stream to req.dst through the pooled connection, once the destination node answered 200 (a TunnelError
-   * with the reason and status otherwise). The caller owns the stream (bench and tests use it as a Duplex).
+   * with the reason and status otherwise), as a Duplex (bench and tests; the hand-over uses open()).
    */
-  async connect(req: TunnelRequest): Promise<ClientHttp2Stream> {
+  async connect(req: TunnelRequest): Promise<Duplex> {
+    const stats = this.entryStats(req);
+    let duplex: TunnelStream | undefined;
+    await this.request(req, (stream, endStream) => { duplex = new TunnelStream(stream, stats, endStream); });
+    return duplex!;
+  }
+
+  /**
+   * Open a CONNECT stream; `accepted` gets it on the 200, in the same call as the answer (DATA may follow at once), and
+   * must give it a handler. Resolves after that; rejects with a TunnelError on a refusal, a reset or the timeout.
+   */
+  private async request(req: TunnelRequest, accepted: (stream: H2Stream, endStream: boolean) => void): Promise<void> {
     const session = await this.session(req);
     const authority = hostPort(req.dst.address, req.dst.port);
+    const ms = this.opts.timeoutMs ?? 10_000;
     const fail = (reason: RefusalReason, msg: string, status?: number): TunnelError => {
       this.opts.metrics.refusal('out', reason);
       this.opts.log.warn({ reason, source: req.source, node: req.node.name, authority, status }, msg);
       return new TunnelError(reason, msg, status);
     };
-    let stream: ClientHttp2Stream;
-    try {
-      stream = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
-    } catch (e) {
-      throw fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} not sent: ${(e as Error).message}`);
-    }
-    const stats = this.entryStats(req);
-    return new Promise<ClientHttp2Stream>((resolve, reject) => {
-      // settled once: a refusal's stream also closes, and that close is not a second failure
+    return new Promise<void>((resolve, reject) => {
+      let stream: H2Stream | undefined;
       let settled = false;
       const settle = (fn: () => void): void => { if (!settled) { settled = true; clearTimeout(timer); fn(); } };
       const timer = setTimeout(() => settle(() => {
-        stream.close(constants.NGHTTP2_CANCEL);
-        reject(fail('tunnel-failed', `tunnel to ${req.node.name}: no answer to CONNECT ${authority} in ${this.opts.timeoutMs ?? 10_000} ms`));
-      }), this.opts.timeoutMs ?? 10_000);
-      stream.once('response', (h) => settle(() => {
-        const status = Number(h[':status']);
-        if (status === 200) { track(stream, stats); return resolve(noResetAfterCleanEnd(stream)); }
-        // the server answered with END_STREAM: ours ends the stream both ways. close() would send RST_STREAM
-        // (NO_ERROR), and nghttp2 ends a session after ~1,000 received resets (see noResetAfterCleanEnd): a burst of
-        // denied connections must not take the pooled connection down with it
-        stream.resume();
-        stream.end();
-        reject(fail(statusReason(status), `tunnel to ${req.node.name}: CONNECT ${authority} refused with ${status}`, status));
-      }));
-      stream.once('close', () => settle(() => {
-        reject(fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} reset (code ${stream.rstCode})`));
-      }));
-      stream.on('error', () => { /* 'close' follows */ });
+        stream?.reset(H2_ERROR.CANCEL);
+        reject(fail('tunnel-failed', `tunnel to ${req.node.name}: no answer to CONNECT ${authority} in ${ms} ms`));
+      }), ms);
+      const handler = new Connecting(
+        (endStream) => settle(() => { accepted(stream!, endStream); resolve(); }),
+        (status) => settle(() => {
+          // the server answered with END_STREAM: ours ends the stream both ways with no RST_STREAM (nghttp2 peers
+          // end a connection after ~1,000 received resets: a burst of denied connections must not take it down)
+          if (stream!.closed) { /* ended both ways already */ } else stream!.end();
+          reject(fail(statusReason(status), `tunnel to ${req.node.name}: CONNECT ${authority} refused with ${status}`, status));
+        }),
+        (code) => settle(() => reject(fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} reset (${h2ErrorName(code)})`))),
+      );
+      try {
+        stream = session.request([':method', 'CONNECT', ':authority', authority], false, handler);
+      } catch (e) {
+        settle(() => reject(fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} not sent: ${(e as Error).message}`)));
+      }
     });
   }
 
   /** Close every pooled connection (GOAWAY; streams on them finish). */
   close(): void {
     this.closed = true;
-    for (const e of this.pool.values()) e.session.close();
+    for (const e of this.pool.values()) e.session?.goaway();
     this.pool.clear();
   }
 
@@ -143,11 +179,13 @@ export class TunnelClient implements TunnelOpener {
     });
   }
 
-  private session(req: TunnelRequest): Promise<ClientHttp2Session> {
+  private session(req: TunnelRequest): Promise<H2Session> {
     if (this.closed) return Promise.reject(new TunnelError('tunnel-failed', 'tunnel client closed'));
     const key = this.key(req);
     const have = this.pool.get(key);
-    if (have && !have.session.closed && !have.session.destroyed) return have.ready;
+    // a connection at the peer's concurrent-stream limit is left to its streams: the next stream dials another
+    if (have && (have.session === null || have.session.canRequest)) return have.ready;
+    if (have) this.pool.delete(key);
     const m = this.opts.certs.get(req.source);
     if (!m) {
       // a local workload's identity whose certificate is on its way (the agent just started, the workload just came):
@@ -166,81 +204,150 @@ export class TunnelClient implements TunnelOpener {
     }
     const stats = this.opts.metrics.peer('out', req.node.name, req.source);
     const log = this.opts.log;
-    const session = h2connect(`https://${hostPort(req.node.address, port)}`, {
-      settings: H2_SETTINGS,
-      createConnection: () => {
-        const sock = tlsConnect({
-          host: req.node.address, port, secureContext: secureContextFor(m), ALPNProtocols: ['h2'],
-          minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3',
-          checkServerIdentity: (_host: string, cert: PeerCertificate) => serverIdentityProblem(cert, expected),
+    const where = hostPort(req.node.address, port);
+    const ms = this.opts.timeoutMs ?? 10_000;
+    const entry: PoolEntry = { session: null, stats, ready: null as unknown as Promise<H2Session> };
+    const leave = (): void => { if (this.pool.get(key) === entry) this.pool.delete(key); };
+    entry.ready = new Promise<H2Session>((resolve, reject) => {
+      let up = false;
+      let failed = false;
+      const sock: TLSSocket = tlsConnect({
+        host: req.node.address, port, secureContext: secureContextFor(m), ALPNProtocols: ['h2'],
+        minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3',
+        checkServerIdentity: (_host: string, cert: PeerCertificate) => serverIdentityProblem(cert, expected),
+      });
+      sock.setNoDelay(true);
+      const timer = setTimeout(() => sock.destroy(new Error(`no connection in ${ms} ms`)), ms);
+      const dialFailed = (e: NodeJS.ErrnoException): void => {
+        if (failed) return;
+        failed = true;
+        clearTimeout(timer);
+        leave();
+        log.warn({ node: req.node.name, source: req.source, err: e.message, code: e.code }, 'tunnel: connection failed');
+        // the dial's own error says why (the server's identity, its chain, a refused connection)
+        const reason: RefusalReason = e instanceof ServerIdentityError || /CERT|UNABLE_TO/.test(e.code ?? '') ? 'bad-certificate' : 'tunnel-failed';
+        reject(new TunnelError(reason, `tunnel to ${req.node.name} (${where}) closed before it was up: ${e.message}`));
+      };
+      sock.once('error', dialFailed);
+      sock.once('close', () => { if (!up) dialFailed(new Error('the connection closed during the handshake')); });
+      sock.once('secureConnect', () => {
+        stats.handshakes++;
+        if (sock.alpnProtocol !== 'h2') { sock.destroy(new Error(`the server did not negotiate ALPN h2 (${String(sock.alpnProtocol)})`)); return; }
+        sock.off('error', dialFailed);
+        const session = new H2Session(sock, {
+          role: 'client', ...TUNNEL_H2,
+          onSettings: () => {
+            clearTimeout(timer);
+            up = true;
+            stats.connections++;
+            log.info({ node: req.node.name, address: where, source: req.source }, 'tunnel: connected');
+            resolve(session);
+          },
+          onGoaway: (_last, code) => {
+            log.info({ node: req.node.name, code: h2ErrorName(code) }, 'tunnel: GOAWAY; the next stream dials a new connection');
+            leave();
+          },
+          onClose: (err) => {
+            leave();
+            if (up) stats.connections--;
+            else dialFailed(err ?? new Error('the connection closed before the server\'s SETTINGS'));
+            if (err && up) log.warn({ node: req.node.name, source: req.source, err: err.message }, 'tunnel: connection failed');
+          },
         });
-        sock.setNoDelay(true);
-        sock.once('secureConnect', () => { stats.handshakes++; });
-        return sock;
-      },
+        entry.session = session;
+      });
     });
-    const entry: PoolEntry = {
-      session, stats,
-      ready: new Promise<ClientHttp2Session>((resolve, reject) => {
-        const timer = setTimeout(() => session.destroy(new Error(`no connection in ${this.opts.timeoutMs ?? 10_000} ms`)), this.opts.timeoutMs ?? 10_000);
-        session.once('connect', () => {
-          clearTimeout(timer);
-          stats.connections++;
-          session.setLocalWindowSize(SESSION_WINDOW);
-          log.info({ node: req.node.name, address: hostPort(req.node.address, port), source: req.source }, 'tunnel: connected');
-          resolve(session);
-        });
-        session.once('close', () => {
-          clearTimeout(timer);
-          // the dial's own error says why (the server's identity, its chain, a refused connection)
-          const why = failure ? `: ${failure.message}` : '';
-          const reason: RefusalReason = failure instanceof ServerIdentityError || /CERT|UNABLE_TO/.test(failure?.code ?? '') ? 'bad-certificate' : 'tunnel-failed';
-          reject(new TunnelError(reason, `tunnel to ${req.node.name} (${hostPort(req.node.address, port)}) closed before it was up${why}`));
-        });
-      }),
-    };
-    let failure: NodeJS.ErrnoException | undefined;
     // A failed dial is told once, to every open() waiting on it.
     entry.ready.catch((e: TunnelError) => { this.opts.metrics.refusal('out', e.reason); });
-    const leave = (): void => { if (this.pool.get(key) === entry) this.pool.delete(key); };
-    session.on('error', (e: NodeJS.ErrnoException) => {
-      failure ??= e;
-      log.warn({ node: req.node.name, source: req.source, err: e.message, code: e.code }, 'tunnel: connection failed');
-      leave();
-    });
-    session.on('goaway', (code: number) => { log.info({ node: req.node.name, code }, 'tunnel: GOAWAY; the next stream dials a new connection'); leave(); });
-    session.once('close', () => { if (stats.connections > 0 && entry.session === session) stats.connections--; leave(); });
     this.pool.set(key, entry);
     return entry.ready;
   }
 }
 
-/** How long a stream that ended both ways may wait for nghttp2's close before destroy() resets it after all. */
-const CLEAN_END_GRACE_MS = 5000;
-
 /**
- * A caller's destroy() of a stream that ended normally both ways must not reset it. Node's Http2Stream._destroy()
- * sends RST_STREAM for any stream nghttp2 has not yet reported closed, and 'end' (the peer's END_STREAM) is emitted
- * before nghttp2 closes the stream, so the natural `s.on('end', () => s.destroy())` (bench/tunnel.ts) reset every
- * stream with NO_ERROR. nghttp2 >= 1.57 (the CVE-2023-44487 "rapid reset" fix) counts the resets a server receives
- * (burst 1000, then 33/s) and then ends the session with GOAWAY INTERNAL_ERROR: the pooled connection and the
- * streams in flight on it died every ~1,000 streams (test/unit/tunnel-many). So when the peer's END_STREAM was read
- * and ours is written, destroy() without an error leaves the stream to nghttp2, which closes it (our END_STREAM goes
- * out first if it was still queued) and Node then destroys it itself (onStreamClose), with no frame sent. destroy()
- * with an error, or of a stream not ended both ways, resets as before: that is a real abort.
+ * A CONNECT stream as a Duplex (connect(): bench/tunnel.ts and tests). Back-pressure as the splice's: DATA is counted
+ * back to the peer once read out of the Duplex, a write waits while the peer's windows are full. destroy() without an
+ * error after both directions ended sends nothing (the session closes the stream itself); any other destroy() resets it.
  */
-function noResetAfterCleanEnd(stream: ClientHttp2Stream): ClientHttp2Stream {
-  const destroy = stream.destroy.bind(stream);
-  stream.destroy = (err?: Error): ClientHttp2Stream => {
-    if (err !== undefined || stream.closed || stream.destroyed || stream.session?.destroyed !== false
-      || !stream.readableEnded || !stream.writableFinished) return destroy(err);
-    // nghttp2's close normally follows within the same read; a stream that stays open that long is reset after all
-    const timer = setTimeout(() => { if (!stream.closed) destroy(); }, CLEAN_END_GRACE_MS).unref();
-    stream.once('close', () => clearTimeout(timer));
-    return stream;
-  };
-  return stream;
+class TunnelStream extends Duplex implements H2StreamHandler {
+  private remoteEnded = false;
+  private localEnded = false;
+  private over = false;
+  /** DATA pushed while the readable side was full: counted back once read */
+  private owed = 0;
+  private writeCb: ((err?: Error | null) => void) | null = null;
+  private readonly untrack: () => void;
+
+  constructor(private readonly stream: H2Stream, private readonly stats: PeerStats, endStream: boolean) {
+    super({ allowHalfOpen: true });
+    this.untrack = track(stats);
+    stream.handler = this;
+    if (endStream) this.onData(EMPTY, true);
+  }
+
+  onHeaders(): void {}
+  onTrailers(): void { this.onData(EMPTY, true); }
+
+  onData(data: Buffer, endStream: boolean): void {
+    if (data.length > 0) {
+      this.stats.bytesIn += data.length;
+      if (this.push(data)) this.stream.consumed(data.length);
+      else this.owed += data.length;
+    }
+    if (endStream) {
+      this.remoteEnded = true;
+      this.push(null);
+      this.checkOver();
+    }
+  }
+
+  onReset(code: number): void {
+    this.over = true;
+    this.untrack();
+    const cb = this.writeCb;
+    this.writeCb = null;
+    const err = code === H2_ERROR.NO_ERROR ? null : new TunnelError('tunnel-failed', `tunnel stream reset (${h2ErrorName(code)})`);
+    cb?.(err);
+    if (err) this.destroy(err);
+    else if (!this.remoteEnded) { this.remoteEnded = true; this.push(null); }
+  }
+
+  onWritable(): void {
+    const cb = this.writeCb;
+    this.writeCb = null;
+    cb?.();
+  }
+
+  override _read(): void {
+    if (this.owed > 0 && !this.over) { const n = this.owed; this.owed = 0; this.stream.consumed(n); }
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    if (this.over) return cb(new TunnelError('tunnel-failed', 'tunnel stream closed'));
+    this.stats.bytesOut += chunk.length;
+    if (this.stream.sendData(chunk, false)) cb();
+    else this.writeCb = cb;
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    if (!this.over) { this.localEnded = true; this.stream.end(); this.checkOver(); }
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    // ended both ways (our END_STREAM at most queued behind DATA): the session finishes the stream with no frame
+    if (!this.over && !(this.localEnded && this.remoteEnded && !err)) this.stream.reset(H2_ERROR.CANCEL);
+    this.over = true;
+    this.untrack();
+    cb(err);
+  }
+
+  private checkOver(): void {
+    if (this.localEnded && this.remoteEnded) { this.over = true; this.untrack(); }
+  }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 class ServerIdentityError extends Error {}
 

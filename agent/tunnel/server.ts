@@ -5,25 +5,22 @@
 // node can reach), applies L4 authorization by identity (403), connects to the pod (503 when it cannot) and splices
 // the stream to that connection (200).
 //
-// node:http2, not the proxy's own h2 engine (agent/proxy/h2): the engine runs on netio's file descriptors (the C++
-// epoll loop reads the sockets itself), and this kernel has no kTLS, so TLS has to be OpenSSL in Node's TLSWrap.
-// node:http2 consumes a TLSSocket natively (nghttp2 reads the TLSWrap stream in C++), while the engine would need
-// every decrypted record handed to JavaScript first, then framed in JavaScript: the same copies plus a parser.
-// bench/tunnel.ts measures the tunnel against a bare TLS relay (no HTTP/2 at all, the ceiling of any h2 engine on
-// Node's TLS) and against a direct connection: see its results in the README.
+// HTTP/2 is the proxy's own session (agent/proxy/h2/session.ts) over the TLS socket, as on the client (client.ts
+// says why not node:http2); a stream is spliced to the pod's socket by splice.ts.
 //
 // Bad input costs little and is told: a handshake must finish within handshakeTimeoutMs, at most maxPendingHandshakes
 // are in progress at once (more are closed at accept), and every refusal is counted by reason and logged (one line
 // per reason, then a summary per second under a flood, so a flood cannot flood the log).
 import { X509Certificate } from 'node:crypto';
-import { constants, createSecureServer, type Http2SecureServer, type Http2Session, type Http2Stream, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { connect as netConnect, isIP, type Socket } from 'node:net';
-import type { TLSSocket } from 'node:tls';
+import { createServer as tlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.js';
 import type { IdentityCerts } from '../identity/material.js';
 import { parseNodeSpiffeId, parseSpiffeId } from '../model/spiffe.js';
+import type { HeaderList } from '../proxy/h2/hpack.js';
+import { H2_ERROR, H2Session, type H2Stream, type H2StreamHandler } from '../proxy/h2/session.js';
 import type { TunnelMetrics, PeerStats } from './metrics.js';
-import { splice, track } from './splice.js';
+import { splice, track, TUNNEL_H2, type Early } from './splice.js';
 import { HBONE_PORT, type RefusalReason } from './types.js';
 
 /** A decision on one tunnelled connection (kernel13's authz4 decision fills it once it lands). */
@@ -48,10 +45,6 @@ export interface TunnelServerOpts {
   /** how long the connection to the pod may take (then 504) */
   connectTimeoutMs?: number;
 }
-
-/** HTTP/2 settings both ends use: windows large enough that one stream is not held to 64 KiB in flight (ztunnel: 256 KiB+ buffers). */
-export const H2_SETTINGS = { initialWindowSize: 4 * 1024 * 1024, maxFrameSize: 64 * 1024, maxConcurrentStreams: 1000 };
-export const SESSION_WINDOW = 16 * 1024 * 1024;
 
 /**
  * The SPIFFE id in a peer certificate's URI SAN: exactly one, well formed, in `trustDomain`. Throws a message naming
@@ -117,16 +110,34 @@ class RefusalLog {
   close(): void { this.flush(); }
 }
 
-interface SessionInfo { identity: string; stats: PeerStats }
+interface SessionInfo { identity: string; stats: PeerStats; peer: string }
+
+/**
+ * A CONNECT stream whose pod connection is under way: DATA the client sent meanwhile is kept (not counted back, so
+ * its window holds it to 4 MiB) and handed to the splice; a reset cancels the connect.
+ */
+class Dialling implements H2StreamHandler {
+  readonly early: Early = { chunks: [], ended: false };
+  reset = false;
+  constructor(private readonly onCancel: () => void) {}
+  onHeaders(): void {}
+  onData(data: Buffer, endStream: boolean): void {
+    if (data.length > 0) this.early.chunks.push(data);
+    if (endStream) this.early.ended = true;
+  }
+  onTrailers(): void { this.early.ended = true; }
+  onReset(): void { this.reset = true; this.onCancel(); }
+  onWritable(): void {}
+}
+
+/** A stream refused with a status: what the client still sends is read and dropped (its END_STREAM closes it). */
+const DISCARD: H2StreamHandler = { onHeaders() {}, onData(d: Buffer) { void d; }, onTrailers() {}, onReset() {}, onWritable() {} };
 
 export class TunnelServer {
-  private readonly servers: Http2SecureServer[] = [];
-  private readonly sessions = new WeakMap<Http2Session, SessionInfo>();
-  private readonly live = new Set<Http2Session>();
+  private readonly servers: TlsServer[] = [];
+  private readonly live = new Set<H2Session>();
   /** raw sockets whose TLS handshake is in progress, by remote address:port */
   private readonly pending = new Map<string, Socket>();
-  /** TLS connections onSession refused, by remote address:port, closed by the 'secureConnection' listener */
-  private readonly doomed = new Set<string>();
   private readonly refusals: RefusalLog;
   private readonly trustDomain: string;
   private readonly onChange = (identity: string): void => { if (identity === '' || identity === this.opts.identity) this.reloadContext(); };
@@ -143,26 +154,14 @@ export class TunnelServer {
     const tls = this.tlsOptions();
     try {
       for (const address of this.opts.addresses) {
-        const server = createSecureServer({
-          ...tls, allowHTTP1: false, settings: H2_SETTINGS, handshakeTimeout: this.opts.handshakeTimeoutMs ?? 5000,
-          // requested, verified by OpenSSL against the bundle, and checked at 'session' (so that the log says why)
+        const server = tlsServer({
+          ...tls, ALPNProtocols: ['h2'], handshakeTimeout: this.opts.handshakeTimeoutMs ?? 5000,
+          // requested, verified by OpenSSL against the bundle, and checked at 'secureConnection' (so that the log says why)
           requestCert: true, rejectUnauthorized: false,
         });
         server.on('connection', (sock: Socket) => this.onConnection(sock));
-        server.on('secureConnection', (s: TLSSocket) => {
-          const key = `${s.remoteAddress}|${s.remotePort}`;
-          this.pending.delete(key);
-          // onSession (which ran first, from http2's own listener) refused it: a session's socket cannot be closed
-          // through the session, the TLS socket can
-          if (this.doomed.delete(key)) s.destroy();
-        });
+        server.on('secureConnection', (s: TLSSocket) => this.onSecure(s));
         server.on('tlsClientError', (e: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(e, s));
-        server.on('unknownProtocol', (s: TLSSocket) => {
-          this.refuse('bad-handshake', { peer: s.remoteAddress, alpn: s.alpnProtocol || null }, 'tunnel: refused a client that did not negotiate ALPN h2');
-          s.destroy();
-        });
-        server.on('session', (session: Http2Session) => this.onSession(session));
-        server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => this.onStream(stream, headers));
         this.servers.push(server);
         await new Promise<void>((resolve, reject) => {
           server.once('error', reject);
@@ -193,7 +192,7 @@ export class TunnelServer {
   /** Stop listening; open sessions get GOAWAY and their streams finish. */
   async stop(): Promise<void> {
     this.opts.certs.off('change', this.onChange);
-    for (const session of this.live) session.close();
+    for (const session of this.live) session.goaway();
     await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     this.servers.length = 0;
     this.refusals.close();
@@ -241,16 +240,22 @@ export class TunnelServer {
     // OpenSSL's message is '<hex>:error:<hex>:SSL routines:<function>:<what>:<file>:<line>:': keep the what
     const what = /routines:[^:]*:([^:]+)/.exec(e.message)?.[1] ?? e.message.trim();
     this.refuse(reason, { peer: s.remoteAddress, code: e.code }, `tunnel: TLS handshake refused: ${what}${hint}`, e.code);
+    // (a handshake timeout leaves the socket open: node:http2's server closed it, tls.Server does not)
+    s.destroy();
   }
 
-  private onSession(session: Http2Session): void {
-    const sock = session.socket as TLSSocket;
+  /** A finished handshake: ALPN h2, a verified certificate with one SPIFFE id of our trust domain, then the session. */
+  private onSecure(sock: TLSSocket): void {
+    this.pending.delete(`${sock.remoteAddress}|${sock.remotePort}`);
     const peer = sock.remoteAddress ?? '?';
+    sock.on('error', () => { /* the session hears of it at 'close' */ });
     const refuse = (reason: RefusalReason, fields: Record<string, unknown>, msg: string, kind?: string): void => {
       this.refuse(reason, { peer, ...fields }, msg, kind);
-      this.doomed.add(`${sock.remoteAddress}|${sock.remotePort}`);
-      session.destroy();
+      sock.destroy();
     };
+    if (sock.alpnProtocol !== 'h2') {
+      return refuse('bad-handshake', { alpn: sock.alpnProtocol || null }, 'tunnel: refused a client that did not negotiate ALPN h2');
+    }
     if (!sock.authorized) {
       if (!sock.getPeerX509Certificate()) return refuse('no-certificate', {}, 'tunnel: refused a client without a certificate (HBONE is mutual TLS)');
       // Node's verify codes (CERT_HAS_EXPIRED, UNABLE_TO_GET_ISSUER_CERT_LOCALLY, ...) say what is wrong with it
@@ -263,54 +268,61 @@ export class TunnelServer {
     } catch (e) {
       return refuse('no-identity', {}, `tunnel: client certificate refused: ${(e as Error).message}`);
     }
+    sock.setNoDelay(true);
     const stats = this.opts.metrics.peer('in', peer, identity);
     stats.handshakes++;
     stats.connections++;
-    this.sessions.set(session, { identity, stats });
+    const info: SessionInfo = { identity, stats, peer };
+    const session: H2Session = new H2Session(sock, {
+      role: 'server', ...TUNNEL_H2,
+      onStream: (stream, headers, endStream, tooLarge) => this.onStream(info, stream, headers, endStream, tooLarge),
+      onClose: (err) => {
+        stats.connections--;
+        this.live.delete(session);
+        // what ended it is told (a protocol error of the peer's, a transport error)
+        if (err) this.opts.log.warn({ peer, identity, err: err.message }, 'tunnel: session failed');
+      },
+    });
     this.live.add(session);
-    session.setLocalWindowSize(SESSION_WINDOW);
-    // the session's 'close' follows; what ended it is told (a GOAWAY INTERNAL_ERROR under bench/tunnel.ts's default
-    // run is not explained yet, and this was silent)
-    session.on('error', (e: NodeJS.ErrnoException) => this.opts.log.warn({ peer, identity, err: e.message, code: e.code }, 'tunnel: session failed'));
-    session.once('close', () => { stats.connections--; this.live.delete(session); });
   }
 
-  private onStream(stream: ServerHttp2Stream, h: IncomingHttpHeaders): void {
-    // a stream reset before it is answered or spliced (the client gave up, REFUSED_STREAM) emits 'error': without a
-    // listener that would end the agent (found by bench/tunnel.ts); its 'close' does the cleaning up
-    stream.on('error', () => {});
-    const info = this.sessions.get(stream.session!);
-    if (!info) { stream.close(constants.NGHTTP2_REFUSED_STREAM); return; }
-    const fields = { peer: stream.session?.socket?.remoteAddress, identity: info.identity, authority: h[':authority'] };
+  private onStream(info: SessionInfo, stream: H2Stream, h: HeaderList, endStream: boolean, tooLarge: boolean): void {
+    const get = (name: string): string | undefined => { for (let i = 0; i < h.length; i += 2) if (h[i] === name) return h[i + 1]; return undefined; };
+    const method = get(':method'), authority = get(':authority');
+    const fields = { peer: info.peer, identity: info.identity, authority };
     const answer = (status: number, reason: RefusalReason, msg: string, extra: Record<string, unknown> = {}): void => {
       this.refuse(reason, { ...fields, status, ...extra }, msg);
-      if (!stream.closed) stream.respond({ ':status': status }, { endStream: true });
+      stream.handler = DISCARD;
+      stream.sendHeaders([':status', String(status)], true);
     };
-    if (h[':method'] !== 'CONNECT' || h[':scheme'] !== undefined || h[':path'] !== undefined || h[':protocol'] !== undefined) {
-      return answer(400, 'bad-request', `tunnel: refused a request that is not an HBONE CONNECT (${h[':method']} ${h[':path'] ?? ''})`.trim());
-    }
-    const dst = parseAuthority(h[':authority']);
-    if (!dst) return answer(400, 'bad-request', `tunnel: refused CONNECT to ${JSON.stringify(h[':authority'])}: not <ip>:<port>`);
-    if (!this.opts.isLocal(dst.address)) return answer(421, 'not-local', `tunnel: refused CONNECT to ${h[':authority']}: not a workload on this node`);
+    // (the session refused malformed heads already: a CONNECT with :scheme or :path, :protocol not announced)
+    if (tooLarge) return answer(431, 'bad-request', 'tunnel: refused a request head over the size limit');
+    if (method !== 'CONNECT') return answer(400, 'bad-request', `tunnel: refused a request that is not an HBONE CONNECT (${method} ${get(':path') ?? ''})`.trim());
+    const dst = parseAuthority(authority);
+    if (!dst) return answer(400, 'bad-request', `tunnel: refused CONNECT to ${JSON.stringify(authority)}: not <ip>:<port>`);
+    if (!this.opts.isLocal(dst.address)) return answer(421, 'not-local', `tunnel: refused CONNECT to ${authority}: not a workload on this node`);
     const decision = this.opts.authorize?.({ source: info.identity, dst }) ?? { allow: true };
     if (!decision.allow) {
-      return answer(403, 'denied', `tunnel: ${info.identity} denied to ${h[':authority']}`, decision.policy ? { policy: decision.policy } : {});
+      return answer(403, 'denied', `tunnel: ${info.identity} denied to ${authority}`, decision.policy ? { policy: decision.policy } : {});
     }
     const sock = netConnect({ host: dst.address, port: dst.port, allowHalfOpen: true, noDelay: true });
     const timer = setTimeout(() => sock.destroy(new Error('connect timed out')), this.opts.connectTimeoutMs ?? 10_000);
+    // the client gave up (RST_STREAM) before the pod answered
+    const dialling = new Dialling(() => { clearTimeout(timer); sock.destroy(); });
+    if (endStream) dialling.early.ended = true;
+    stream.handler = dialling;
+    let connected = false;
     sock.once('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      if (!sock.connecting && stream.headersSent) return; // after the 200: splice() handles it
-      answer(e.message === 'connect timed out' ? 504 : 503, 'upstream-failed', `tunnel: ${h[':authority']} did not accept: ${e.code ?? e.message}`);
+      if (connected || dialling.reset) return; // after the 200: the splice handles it
+      answer(e.message === 'connect timed out' ? 504 : 503, 'upstream-failed', `tunnel: ${authority} did not accept: ${e.code ?? e.message}`);
     });
-    // the client gave up (RST_STREAM) before the pod answered
-    stream.once('close', () => { if (sock.connecting) { clearTimeout(timer); sock.destroy(); } });
     sock.once('connect', () => {
+      connected = true;
       clearTimeout(timer);
-      if (stream.closed || stream.destroyed) { sock.destroy(); return; }
-      stream.respond({ ':status': 200 });
-      track(stream as Http2Stream, info.stats);
-      splice(stream as Http2Stream, sock, info.stats);
+      if (dialling.reset || stream.closed) { sock.destroy(); return; }
+      stream.sendHeaders([':status', '200'], false);
+      splice(stream, sock, info.stats, track(info.stats), dialling.early);
     });
   }
 }

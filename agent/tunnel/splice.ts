@@ -1,59 +1,164 @@
-// One CONNECT stream spliced to one TCP socket, both ends of the tunnel the same way: bytes both ways with
-// back-pressure (a full socket pauses the stream, whose unread DATA then holds back the peer's flow-control window;
-// a full stream pauses the socket), half-close passed on (a FIN becomes END_STREAM and END_STREAM becomes a FIN, so
-// a client that shuts its write side still reads the whole answer), and a reset passed on as a reset (a TCP RST
-// becomes RST_STREAM CONNECT_ERROR, RFC 9113 8.5, and a reset stream resets the socket).
-import { constants, type Http2Stream } from 'node:http2';
+// One CONNECT stream spliced to one TCP socket, both ends of the tunnel the same way, on the proxy's own HTTP/2
+// session (agent/proxy/h2/session.ts: no Duplex per stream, DATA handed over as views of the bytes read, all frames of
+// one read in one write). What the tests pin:
+//  - back-pressure both ways: DATA is counted back to the peer (stream.consumed, a WINDOW_UPDATE once half the
+//    stream window is used) only once the socket took it, so a full socket holds the peer back by its stream window;
+//    a stream whose peer's windows are full (sendData false) pauses the socket until onWritable;
+//  - half-close: a FIN becomes END_STREAM and END_STREAM becomes a FIN, so a client that shuts its write side still
+//    reads the whole answer;
+//  - a reset stays a reset: a TCP RST (the socket closed with an error) becomes RST_STREAM CONNECT_ERROR (RFC 9113
+//    8.5), and a reset stream resets the socket;
+//  - a stream that ended normally both ways sends no RST_STREAM (nghttp2 peers count received resets and end the
+//    connection after ~1,000: unit/tunnel-many). The session closes such a stream itself, with no frame.
 import type { Socket } from 'node:net';
+import type { H2SessionOptions, H2Stream, H2StreamHandler } from '../proxy/h2/session.js';
+import { H2_ERROR } from '../proxy/h2/session.js';
 import type { PeerStats } from './metrics.js';
 
-const { NGHTTP2_NO_ERROR, NGHTTP2_CONNECT_ERROR } = constants;
+/**
+ * HTTP/2 settings both ends announce, sized for bulk: a 4 MiB stream window (one stream is not held to 64 KiB in
+ * flight: ztunnel uses 256 KiB+ buffers; 4 MiB covers a loopback or LAN bandwidth-delay product at 10+ Gbit/s) and a
+ * 16 MiB connection window, given back as it is used (the stream windows are what hold a slow reader's peer back).
+ * WINDOW_UPDATEs are batched by the session (at half a window). Frames we send are the session's largest (64 KiB,
+ * whatever the peer allows beyond it); we accept 64 KiB too (a frame split across reads is reassembled in a buffer of
+ * that size per connection).
+ */
+export const TUNNEL_H2: Pick<H2SessionOptions, 'settings' | 'connectionWindowSize'> = {
+  settings: { initialWindowSize: 4 * 1024 * 1024, maxFrameSize: 64 * 1024, maxConcurrentStreams: 1000 },
+  connectionWindowSize: 16 * 1024 * 1024,
+};
 
-/** Count an accepted stream (200) as open until it closes, and in the total. */
-export function track(stream: Http2Stream, stats: PeerStats): void {
+/** Count an accepted stream (200) as open (until its splice calls the returned function), and in the total. */
+export function track(stats: PeerStats): () => void {
   stats.streamsOpen++;
   stats.streamsTotal++;
   stats.lastActive = Date.now();
-  stream.once('close', () => { stats.streamsOpen--; stats.lastActive = Date.now(); });
+  let open = true;
+  return () => {
+    if (!open) return;
+    open = false;
+    stats.streamsOpen--;
+    stats.lastActive = Date.now();
+  };
 }
 
-/** Splice `stream` and `sock` until both directions ended or either side reset; `done` runs once, at the end. */
-export function splice(stream: Http2Stream, sock: Socket, stats: PeerStats, done?: () => void): void {
-  let finished = false;
-  const finish = (): void => {
-    if (finished) return;
-    finished = true;
-    stats.lastActive = Date.now();
-    done?.();
-  };
-  stream.on('data', (chunk: Buffer) => {
-    stats.bytesIn += chunk.length;
-    if (!sock.write(chunk)) stream.pause();
-  });
-  sock.on('drain', () => stream.resume());
-  sock.on('data', (chunk: Buffer) => {
-    stats.bytesOut += chunk.length;
-    if (!stream.write(chunk)) sock.pause();
-  });
-  stream.on('drain', () => sock.resume());
-  // half-close, each way
-  stream.on('end', () => { if (!sock.destroyed) sock.end(); });
-  sock.on('end', () => { if (!stream.destroyed) stream.end(); });
-  sock.on('error', () => { /* 'close' follows; the stream is reset there */ });
-  stream.on('error', () => { /* 'close' follows */ });
-  sock.on('close', (hadError) => {
-    // a socket that closed with an error (reset, unreachable) resets the stream; a clean close already ended it
-    if (hadError && !stream.closed) stream.close(NGHTTP2_CONNECT_ERROR);
-    if (stream.closed || stream.destroyed) finish();
-  });
-  stream.on('close', () => {
-    if (stream.rstCode !== undefined && stream.rstCode !== NGHTTP2_NO_ERROR) {
-      if (!sock.destroyed) sock.resetAndDestroy();
-    } else if (!sock.destroyed) {
-      // the stream is over both ways: what the socket still has to write goes out, then it closes
-      sock.destroySoon();
+/** DATA that arrived before the socket was there (the server's pod connect): handed to the splice when it starts. */
+export interface Early { chunks: Buffer[]; ended: boolean }
+
+/**
+ * The handler of a stream spliced to `sock` (set as stream.handler by start()). `done` runs once, when both the
+ * stream and the socket are over.
+ */
+export class Splice implements H2StreamHandler {
+  /** DATA bytes written to the socket that it has not taken yet (counted back at 'drain') */
+  private owed = 0;
+  /** the peer's END_STREAM arrived (the socket was ended) */
+  private remoteEnded = false;
+  /** our END_STREAM is sent or queued (the socket's FIN arrived) */
+  private localEnded = false;
+  private streamOver = false;
+  private sockClosed = false;
+  private finished = false;
+
+  constructor(private readonly stream: H2Stream, private readonly sock: Socket, private readonly stats: PeerStats, private readonly done: () => void) {}
+
+  /** Take over the stream and the socket (resume a paused socket after this). */
+  start(early?: Early): void {
+    const { sock } = this;
+    this.stream.handler = this;
+    sock.on('data', this.onSockData);
+    sock.on('drain', this.onSockDrain);
+    sock.on('end', this.onSockEnd);
+    sock.on('error', () => { /* 'close' follows, with hadError */ });
+    sock.on('close', this.onSockClose);
+    if (early) {
+      for (const c of early.chunks) this.onData(c, false);
+      if (early.ended) this.onData(EMPTY, true);
     }
-    if (sock.destroyed) finish();
-    else sock.once('close', finish);
-  });
+  }
+
+  // ---- the stream (H2StreamHandler)
+
+  onHeaders(): void { /* a second head: the session checks its shape; nothing to do for a tunnel */ }
+  onTrailers(): void { this.onData(EMPTY, true); }
+
+  onData(data: Buffer, endStream: boolean): void {
+    const n = data.length;
+    if (n > 0) {
+      this.stats.bytesIn += n;
+      if (this.sock.destroyed) return; // a reset is on its way (onSockClose)
+      if (this.sock.write(data)) this.stream.consumed(n);
+      else this.owed += n;
+    }
+    if (endStream) {
+      this.remoteEnded = true;
+      if (!this.sock.destroyed) this.sock.end();
+      this.checkStreamOver();
+    }
+  }
+
+  onReset(code: number): void {
+    this.streamOver = true;
+    const { sock } = this;
+    if (!sock.destroyed) {
+      // RST_STREAM NO_ERROR: the peer needs no more of our bytes (RFC 9113 8.1); what it sent is written, then close.
+      // Any other code is an abort: the socket is reset too, so the app sees what the far end saw.
+      if (code === H2_ERROR.NO_ERROR) { sock.end(); sock.destroySoon(); } else sock.resetAndDestroy();
+    }
+    this.maybeFinish();
+  }
+
+  onWritable(): void { if (!this.sock.destroyed) this.sock.resume(); }
+
+  // ---- the socket
+
+  private readonly onSockData = (chunk: Buffer): void => {
+    this.stats.bytesOut += chunk.length;
+    if (this.streamOver || this.localEnded) return;
+    // the session holds the chunk until it is framed (a fresh buffer of the socket's: not reused)
+    if (!this.stream.sendData(chunk, false)) this.sock.pause();
+  };
+
+  private readonly onSockDrain = (): void => {
+    if (this.owed > 0 && !this.streamOver) { const n = this.owed; this.owed = 0; this.stream.consumed(n); }
+  };
+
+  private readonly onSockEnd = (): void => {
+    if (this.streamOver || this.localEnded) return;
+    this.localEnded = true;
+    this.stream.end();
+    this.checkStreamOver();
+  };
+
+  private readonly onSockClose = (hadError: boolean): void => {
+    this.sockClosed = true;
+    if (!this.streamOver && !this.stream.closed) {
+      // a reset or failed socket aborts the stream; a clean close after both FINs leaves it to end normally (our
+      // END_STREAM may still be queued behind DATA: the session sends it and closes the stream with no frame)
+      if (hadError || !(this.localEnded && this.remoteEnded)) this.stream.reset(H2_ERROR.CONNECT_ERROR);
+      this.streamOver = true;
+    }
+    this.maybeFinish();
+  };
+
+  private checkStreamOver(): void {
+    if (this.localEnded && this.remoteEnded) this.streamOver = true;
+    this.maybeFinish();
+  }
+
+  private maybeFinish(): void {
+    if (this.finished || !this.streamOver || !this.sockClosed) return;
+    this.finished = true;
+    this.stats.lastActive = Date.now();
+    this.done();
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** Splice `stream` and `sock` until both directions ended or either side reset; `done` runs once, at the end. */
+export function splice(stream: H2Stream, sock: Socket, stats: PeerStats, done: () => void, early?: Early): Splice {
+  const s = new Splice(stream, sock, stats, done);
+  s.start(early);
+  return s;
 }

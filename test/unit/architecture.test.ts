@@ -33,8 +33,9 @@ const MODULES: [prefix: string, name: string, mayImport: string[]][] = [
   ['agent/health/', 'health', ['model', 'log']],
   ['agent/identity/', 'identity', ['model', 'log']],
   ['agent/proxy/', 'proxy', ['model', 'health', 'identity', 'protocol', 'addon', 'log', 'prom']],
-  // HBONE between node agents: the identities' certificates, the model's L4 authorization, report types
-  ['agent/tunnel/', 'tunnel', ['model', 'identity', 'protocol', 'log']],
+  // HBONE between node agents: the identities' certificates, the model's L4 authorization, report types, and the
+  // proxy's HTTP/2 session and sockets (proxy/h2/, proxy/netio.ts) it runs on
+  ['agent/tunnel/', 'tunnel', ['model', 'identity', 'protocol', 'proxy', 'log']],
   // the centre: what is in force, and the transaction that puts a model into the kernel and the proxy
   ['agent/state/', 'state', ['model', 'health', 'identity', 'datapath', 'memory', 'log']],
   // the readers
