@@ -43,27 +43,47 @@ function save(kind: string, data: Buffer, note: string): string | undefined {
   return file;
 }
 
-// the input in flight: [0] its length; the start time at byte 8 (a Float64); the bytes from 16
+// the input in flight: [0] its length, [1] its sequence number; the start time at byte 8 (a Float64); the bytes from 16
 const sab = new SharedArrayBuffer(16 + spec.maxLen + 16);
 const meta = new Int32Array(sab, 0, 2);
 const started = new Float64Array(sab, 8, 1);
 const bytes = new Uint8Array(sab, 16);
+// A hang is an input that has used more than timeoutMs of the main thread's CPU (/proc/<pid>/task/<pid>/stat, in
+// clock ticks of 10 ms), or that has been running 30 times that long by the wall clock (one that waits for something
+// that never comes uses no CPU). Wall time alone made false hangs at nice 19 on a loaded machine: a config-yaml input
+// that runs in 1.6 ms was starved past the 1 s bound (and ended the run), as earlier xds-delta "hangs" were.
 const watchdog = new Worker(`
   const { workerData: w } = require('node:worker_threads');
   const fs = require('node:fs'), path = require('node:path'), crypto = require('node:crypto');
   const meta = new Int32Array(w.sab, 0, 2), started = new Float64Array(w.sab, 8, 1), bytes = new Uint8Array(w.sab, 16);
+  const statFile = '/proc/' + process.pid + '/task/' + process.pid + '/stat';
+  // the main thread's CPU in ms (utime + stime, fields 14 and 15), or undefined without /proc
+  const cpuMs = () => {
+    try {
+      const f = fs.readFileSync(statFile, 'latin1');
+      const v = f.slice(f.lastIndexOf(')') + 2).split(' ');
+      return (Number(v[11]) + Number(v[12])) * 10;
+    } catch { return undefined; }
+  };
+  let seq = -1, cpuAtStart;
   setInterval(() => {
     const t = started[0];
-    if (t === 0 || Date.now() - t <= w.timeoutMs) return;
+    if (t === 0) return;
+    if (meta[1] !== seq) { seq = meta[1]; cpuAtStart = cpuMs(); return; }
+    const wall = Date.now() - t;
+    if (wall <= w.timeoutMs) return;
+    const cpu = cpuAtStart === undefined ? undefined : cpuMs() - cpuAtStart;
+    if (cpu !== undefined && cpu <= w.timeoutMs && wall <= 30 * w.timeoutMs) return;
+    const what = cpu === undefined || cpu > w.timeoutMs ? 'ran over ' + w.timeoutMs + ' ms' : 'waited over ' + (30 * w.timeoutMs) + ' ms';
     const input = Buffer.from(bytes.subarray(0, meta[0]));
     let file = null;
     if (w.dir) {
       fs.mkdirSync(w.dir, { recursive: true });
       file = path.join(w.dir, 'hang-' + crypto.createHash('sha1').update(input).digest('hex').slice(0, 16));
       fs.writeFileSync(file, input);
-      fs.writeFileSync(file + '.txt', 'ran over ' + w.timeoutMs + ' ms\\n');
+      fs.writeFileSync(file + '.txt', what + ' (CPU ' + cpu + ' ms, wall ' + wall + ' ms)\\n');
     }
-    fs.writeSync(1, '\\nFUZZ-HANG ' + JSON.stringify({ target: w.target, timeoutMs: w.timeoutMs, file, input: input.toString('base64') }) + '\\n');
+    fs.writeSync(1, '\\nFUZZ-HANG ' + JSON.stringify({ target: w.target, timeoutMs: w.timeoutMs, what, file, input: input.toString('base64') }) + '\\n');
     process.kill(process.pid, 'SIGKILL');
   }, Math.min(100, w.timeoutMs / 4)); // (not unref'd: it is all this thread runs; the main thread unrefs the worker)
 `, { eval: true, workerData: { sab, timeoutMs, dir: findingsDir, target: spec.name } });
@@ -81,7 +101,7 @@ const cpu0 = process.cpuUsage();
 const stats = await fuzz(mod.run, {
   seeds, confirm: mod.confirm, dict: mod.dict ?? [], maxLen: spec.maxLen, seconds: Number(a.seconds), maxExecs: a.execs ? Number(a.execs) : undefined,
   seed: a.seed ? Number(a.seed) : (Date.now() & 0x7fffffff), guided: !a.blind, stopOnFinding: a['stop-on-finding'], stacks: process.env.FZ_STACKS === '1',
-  beforeExec: (d) => { bytes.set(d.subarray(0, bytes.length)); meta[0] = Math.min(d.length, bytes.length); started[0] = Date.now(); },
+  beforeExec: (d) => { bytes.set(d.subarray(0, bytes.length)); meta[0] = Math.min(d.length, bytes.length); meta[1]++; started[0] = Date.now(); },
   onNewInput: a.corpus ? (d) => writeFileSync(join(a.corpus!, inputName(d)), d) : undefined,
   onFinding: (f: Finding) => {
     const file = save(f.kind, f.input, `${f.signature}\n\n${f.message}`);

@@ -58,9 +58,9 @@ export function runTarget(name: string, o: RunOptions): Promise<TargetRun> {
       const hang = lines.find((l) => l.startsWith('FUZZ-HANG '));
       if (hang) {
         // the watchdog killed the process: the run's figures died with it, the hang is the finding
-        const h = JSON.parse(hang.slice(10)) as { file: string | null; input: string; timeoutMs: number };
+        const h = JSON.parse(hang.slice(10)) as { file: string | null; input: string; timeoutMs: number; what: string };
         return resolve({ target: name, execs: 0, seconds: 0, execsPerSecond: 0, cpuSeconds: 0, execsPerCpuSecond: 0, corpus: 0, seeds: 0, probesHit: 0, probesTotal: 0,
-          findings: [{ kind: 'hang', signature: `hang over ${h.timeoutMs} ms`, input: h.input, file: h.file ?? undefined }] });
+          findings: [{ kind: 'hang', signature: h.what.startsWith('waited') ? `hang: ${h.what}` : `hang over ${h.timeoutMs} ms`, input: h.input, file: h.file ?? undefined }] });
       }
       reject(new Error(`fuzz target ${name}: the process ended (${signal ?? `exit ${code}`}) without a result\n${err.slice(-3000)}`));
     });

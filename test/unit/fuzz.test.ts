@@ -7,6 +7,7 @@ import t from 'tap';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fuzz } from '../fuzz/engine.js';
 import { runTarget, type TargetRun } from '../fuzz/spawn.js';
 import { TARGETS } from '../fuzz/targets.js';
 
@@ -20,7 +21,8 @@ t.test('the engine is coverage-guided: it finds a planted magic value that blind
   for (const seed of ['7']) {
     const guided = await runTarget('planted', { ...budget, seed });
     t.equal(guided.findings.length, 1, `seed ${seed}: found after ${guided.execs} executions (corpus ${guided.corpus})`);
-    t.match(guided.findings[0]?.signature ?? '', /planted magic value found/);
+    // (inputs run without stacks; the failing one ran again with them: its signature names the throwing frame)
+    t.match(guided.findings[0]?.signature ?? '', /planted magic value found @ test\/fuzz\/targets\/planted\.ts:\d+/);
     t.ok(guided.execs < budget.execs, 'within the budget');
     t.equal(Buffer.from(guided.findings[0]?.input ?? '', 'base64').toString('latin1'), 'sm!zZ\x0f', 'minimised to the six bytes that matter');
     const blind = await runTarget('planted', { ...budget, seed, blind: true });
@@ -30,6 +32,21 @@ t.test('the engine is coverage-guided: it finds a planted magic value that blind
   }
 });
 
+t.test('confirm(): every input the corpus keeps runs again the slower way, and what that throws is a finding', async (t) => {
+  const confirmed: string[] = [];
+  const limit = Error.stackTraceLimit;
+  const stats = await fuzz(() => {}, {
+    seeds: [Buffer.from('ok'), Buffer.from('no')], dict: [], maxLen: 8, seconds: 10, maxExecs: 50, seed: 1,
+    confirm: (d) => { confirmed.push(d.toString()); if (d.toString() === 'no') throw new Error('refused on the real path'); },
+  });
+  t.same(confirmed.slice(0, 3), ['ok', 'no', 'no'], 'each seed confirmed (the failing one again, with stacks, for its signature)');
+  t.equal(stats.findings.length, 1);
+  t.match(stats.findings[0]?.signature ?? '', /^Error: refused on the real path/);
+  t.equal(stats.findings[0]?.input.toString(), 'no');
+  t.equal(stats.execs, 50, 'confirm() runs are not counted as executions');
+  t.equal(Error.stackTraceLimit, limit, 'stacks are back on after the run');
+});
+
 t.test('an input that never returns is a finding (the watchdog), with the input kept', async (t) => {
   const r = await runTarget('planted-hang', { seconds: 30, timeoutMs: 300, findings: join(work, 'planted-hang') });
   t.equal(r.findings.length, 1, 'one finding');
@@ -37,6 +54,14 @@ t.test('an input that never returns is a finding (the watchdog), with the input 
   t.match(r.findings[0]?.signature ?? '', /hang over 300 ms/);
   t.equal(Buffer.from(r.findings[0]?.input ?? '', 'base64')[0], 0x68, 'the input that hung (it starts with "h")');
   t.ok(r.findings[0]?.file && existsSync(r.findings[0].file), 'written to the findings directory');
+});
+
+t.test('an input that waits for nothing, using no CPU, is a finding too (the watchdog\'s wall-clock bound: 30x)', async (t) => {
+  const r = await runTarget('planted-wait', { seconds: 30, timeoutMs: 100, findings: join(work, 'planted-wait') });
+  t.equal(r.findings.length, 1, 'one finding');
+  t.equal(r.findings[0]?.kind, 'hang');
+  t.match(r.findings[0]?.signature ?? '', /hang: waited over 3000 ms/);
+  t.equal(Buffer.from(r.findings[0]?.input ?? '', 'base64')[0], 0x77, 'the input that waited (it starts with "w")');
 });
 
 // Two targets at a time (the machine has two cores; each target's process is single-threaded): the step stays
