@@ -110,6 +110,8 @@ export interface AgentOptions {
    * cross-node hand-over opens streams on); absent = neither
    */
   identity?: IdentityWiring;
+  /** the tunnel hand-over's port (--tunnel-handover-port; default HANDOVER_PORT, 15007), on the proxy's addresses */
+  tunnelHandoverPort?: number;
 }
 
 /** What the old agent of a planned restart reports once it drained. */
@@ -336,9 +338,11 @@ export class Agent {
     // The kernel's hand-over of cross-node connections to the tunnel, on the proxy's addresses (agent/tunnelhandover.ts).
     const proxyListeners = this.proxy?.handover()?.listeners;
     if (this.tunnel && handoverNode && proxyListeners) {
-      const { TunnelHandover } = await import('./tunnelhandover.js');
+      const [{ TunnelHandover }, { listenInMesh }] = await Promise.all([import('./tunnelhandover.js'), import('./datapath/meshsocket.js')]);
       this.tunnelHandover = new TunnelHandover({
         dp, opener: this.tunnel.client, hosts: proxyListeners.map((l) => l.host), peer: (n, f) => this.tunnel?.peer(n, f),
+        listenFd: (host, port) => listenInMesh(opts.cgroup, host, port),
+        port: opts.tunnelHandoverPort,
         ...(taken?.tunnelHandover ? { takeover: taken.tunnelHandover.listeners } : {}),
         identityOf: (id) => { const w = this.state.identities.of(id); return w === undefined ? undefined : this.state.model?.workloads?.find((x) => x.name === w)?.identity; },
         model: () => this.state.model, registry: this.registry, log: log.child({ component: 'tunnel-handover' }),
@@ -479,11 +483,23 @@ export class Agent {
     this.nodeTimer = setInterval(() => {
       if (busy || !this.proxy) return;
       busy = true;
-      this.proxy.followNode(this.podNodeAddress()).catch((e: Error) => this.log.error({ error: e.message }, 'following the pods\' node address failed'))
+      void this.followNode(this.proxy, this.podNodeAddress()).catch((e: Error) => this.log.error({ error: e.message }, 'following the pods\' node address failed'))
         .finally(() => { busy = false; });
     }, 1000);
     this.nodeTimer.unref();
 }
+
+  /**
+   * The proxy to a new node address, the tunnel hand-over with it: the hand-over listens there before the proxy's
+   * record sends clients there, and stops listening on the old one after (its accepted connections go on).
+   */
+  private async followNode(proxy: ProxyHost, node: { v4: string; v6: string }): Promise<void> {
+    const th = this.tunnelHandover;
+    if (th) await th.follow([...th.hosts(), node.v4, node.v6].filter(Boolean));
+    await proxy.followNode(node);
+    const hosts = proxy.handover()?.listeners.map((l) => l.host);
+    if (th && hosts) await th.follow(hosts);
+  }
 
   /** Health and config changes for the live monitor (built only while a reader is attached). */
   private watchForMonitor(monitor: MonitorHub): void {

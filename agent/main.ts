@@ -3,7 +3,7 @@
 // sockmesh-agent: run the node agent, or remove what it installed.
 import { reportStartPhases, startPhase } from './starttrace.js';
 import { Command, Option } from 'commander';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { Agent, VERSION, type KubeWiring, type XdsConfig } from './agent.js';
@@ -12,6 +12,7 @@ import { createLogger } from './observe/log.js';
 import { parseListen } from './observe/metrics.js';
 import { cleanup } from './datapath/datapath.js';
 import { requireCgroup2Root, resolveCgroup } from './datapath/cgroup.js';
+import { MESH_SOCKET_CGROUP, removeMeshSocketCgroup } from './datapath/meshsocket.js';
 import { DEFAULT_BPFFS, runDirFor } from './admin/protocol.js';
 import { DEMO_HTTP_VIP, DEMO_PORT, DEMO_VIP, demoModel, serveDemoBackends, spawnDemoBackends } from './demo.js';
 import { identityWiring } from './certwiring.js';
@@ -29,6 +30,15 @@ function xdsConfig(opts: { xds?: string; xdsCa?: string; xdsServerName?: string;
     address, caFile: opts.xdsCa ? resolve(opts.xdsCa) : undefined, serverName: opts.xdsServerName, mode: opts.xdsMode,
     nodeId: opts.nodeId ?? hostname(), cluster: opts.nodeCluster,
     locality: opts.nodeLocality ? { region: region || undefined, zone: zone || undefined, sub_zone: sub_zone || undefined } : undefined,
+  };
+}
+
+/** A port flag's parser: 1..65535, else an error naming the flag and the value. */
+function portArg(flag: string): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 65535 || v.trim() === '') throw new Error(`${flag}: expected a port 1..65535, got '${v}'`);
+    return n;
   };
 }
 
@@ -81,11 +91,9 @@ program
     if (!Number.isInteger(n) || n < 0) throw new Error(`--event-sample: expected a non-negative integer, got '${v}'`);
     return n;
   }))
-  .addOption(new Option('--proxy-port <port>', 'port of the L7 proxy listener (127.0.0.1 and ::1)').default(15001).argParser((v) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`--proxy-port: expected a port 1..65535, got '${v}'`);
-    return n;
-  }))
+  .addOption(new Option('--proxy-port <port>', 'port of the L7 proxy listener (127.0.0.1 and ::1)').default(15001).argParser(portArg('--proxy-port')))
+  .addOption(new Option('--tunnel-handover-port <port>', 'port of the tunnel hand-over\'s listeners, on the L7 proxy\'s addresses: ' +
+    'the kernel sends meshed connections to other nodes\' workloads there, for the HBONE tunnel').default(15007).argParser(portArg('--tunnel-handover-port')))
   .addOption(new Option('--proxy-node-address <addr[,addr6]>', 'node address(es) the L7 proxy also listens on, for clients in ' +
     'other network namespaces (pods); default: the node address the pods\' routes go to, found and followed (none found: such ' +
     'clients get their service\'s fail mode)').argParser(parseNodeAddresses))
@@ -104,7 +112,7 @@ program
   .action(async (opts: {
     config?: string; cgroup: string; bpffs: string; runDir?: string; allowRootCgroup: boolean; sockmap: boolean; eventSample: number;
     metricsListen: string;
-    proxyPort: number; proxyHeartbeatMs: number; drainTimeout: number; proxyNodeAddress?: ReturnType<typeof parseNodeAddresses>;
+    proxyPort: number; tunnelHandoverPort: number; proxyHeartbeatMs: number; drainTimeout: number; proxyNodeAddress?: ReturnType<typeof parseNodeAddresses>;
     xds?: string; xdsCa?: string; xdsServerName?: string; xdsMode: 'delta' | 'sotw'; nodeId?: string; nodeCluster: string; nodeLocality?: string;
     kubernetes?: boolean; kubePods?: boolean; kubeconfig?: string; trustDomain: string; kubeCgroupDriver: KubeWiring['cgroupDriver'];
     nodeTokenFile?: string; caAddress?: string; certTtl?: string;
@@ -114,6 +122,7 @@ program
     let demo: ReturnType<typeof spawnDemoBackends> | undefined;
     try {
       const cgroup = resolveCgroup(opts.cgroup);
+      if (opts.tunnelHandoverPort === opts.proxyPort) throw new Error(`--tunnel-handover-port ${opts.tunnelHandoverPort}: the same port as --proxy-port (the two listen on the same addresses)`);
       const sources = [opts.config && '--config', opts.xds && '--xds', opts.kubernetes && '--kubernetes'].filter(Boolean);
       if (sources.length > 1) throw new Error(`${sources.join(' and ')} are exclusive: the config comes from one source`);
       if (opts.kubePods && !opts.xds) throw new Error('--kube-pods goes with --xds (with --kubernetes the agent watches its pods anyway)');
@@ -128,7 +137,7 @@ program
         kubePods: opts.kubePods ? await kubeWiring(opts, log) : undefined,
         allowRootCgroup: opts.allowRootCgroup, sockmap: opts.sockmap, eventSample: opts.eventSample,
         metricsListen: parseListen(opts.metricsListen),
-        proxyPort: opts.proxyPort, proxyHeartbeatMs: opts.proxyHeartbeatMs, drainTimeoutMs: opts.drainTimeout * 1000,
+        proxyPort: opts.proxyPort, tunnelHandoverPort: opts.tunnelHandoverPort, proxyHeartbeatMs: opts.proxyHeartbeatMs, drainTimeoutMs: opts.drainTimeout * 1000,
         ...opts.proxyNodeAddress,
         identity: identityWiring(opts),
       }, log);
@@ -188,6 +197,7 @@ program
         requireCgroup2Root();
         const cg = resolveCgroup(opts.cgroup);
         if (existsSync(cg)) {
+          if (removeMeshSocketCgroup(cg)) removed.push(`cgroup ${join(cg, MESH_SOCKET_CGROUP)}`);
           try { rmdirSync(cg); removed.push(`cgroup ${cg}`); } catch (e) {
             process.stderr.write(`sockmesh-agent: cgroup ${cg} not removed: ${(e as NodeJS.ErrnoException).code} (processes still in it?)\n`);
           }

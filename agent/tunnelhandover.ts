@@ -45,6 +45,12 @@ export interface TunnelHandoverOptions {
   /** the proxy's listener addresses (loopback v4/v6, node addresses): the kernel sends clients to these */
   hosts: string[];
   port?: number;
+  /**
+   * Makes a listening socket on host:port and returns its fd (below the meshed cgroup: datapath/meshsocket.ts, so that
+   * the connections it accepts join the sockmap fast path with the app's end); when it throws, or is absent, the
+   * listener is made here as usual and the kernel keeps both ends of the hand-over off the fast path.
+   */
+  listenFd?: (host: string, port: number) => number;
   /** a planned restart: the running agent's listening sockets (accepted on instead of listening) */
   takeover?: { host: string; port: number; fd: number }[];
   /** the workload identity (SPIFFE id) of a client's cgroup, or undefined */
@@ -64,6 +70,8 @@ export function nodeOfPod(model: Model | undefined, podAddress: string): string 
 
 export class TunnelHandover {
   private readonly servers: { host: string; server: Server }[] = [];
+  /** hosts whose listener was made outside the meshed cgroup (o.listenFd absent or failed) */
+  private readonly outsideMesh = new Set<string>();
   private readonly port: number;
   private accepted = 0;
   private tunnelled = 0;
@@ -87,33 +95,95 @@ export class TunnelHandover {
   async start(): Promise<void> {
     const { o } = this;
     if (o.takeover) {
+      if (o.port !== undefined && o.port !== this.port) {
+        o.log.warn({ asked: o.port, port: this.port }, 'handover: the tunnel hand-over keeps the running agent\'s port (a different one would close its listeners)');
+      }
       for (const l of o.takeover) {
         const server = this.server(l.host);
         await new Promise<void>((res, rej) => { server.once('error', rej); server.listen({ fd: l.fd }, () => { server.off('error', rej); res(); }); });
         this.servers.push({ host: l.host, server });
       }
     } else {
-      for (const host of o.hosts) {
-        const server = this.server(host);
-        try {
-          await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(this.port, host, () => { server.off('error', rej); res(); }); });
-        } catch (e) {
-          // that address's clients then find no listener in the kernel's record: direct (permissive) or refused (strict)
-          o.log.error({ host, port: this.port, error: (e as Error).message }, 'tunnel hand-over cannot listen: clients sent to this address are not tunnelled');
-          continue;
-        }
-        this.servers.push({ host, server });
-      }
+      for (const host of o.hosts) await this.listenOn(host);
     }
-    for (const l of this.listeners()) {
-      try {
-        o.dp.proxyListener(l.host, l.port, l.fd);
-      } catch (e) {
-        o.log.error({ host: l.host, port: l.port, error: (e as Error).message }, 'the kernel cannot hold the tunnel hand-over\'s listener: its clients are not tunnelled');
-      }
+    for (const l of this.listeners()) this.record(l);
+    if (this.servers.length) o.dp.setTunnelPort(this.port, this.inMesh());
+    o.log.info({ port: this.port, hosts: this.servers.map((s) => s.host), takenOver: !!o.takeover, inMesh: this.inMesh() ?? 'as before' }, 'tunnel hand-over listening: connections to other nodes\' workloads go through the tunnel');
+  }
+
+  /**
+   * Listen on exactly `hosts` from now on (the proxy's addresses changed: the node address pods route to): new ones
+   * listen and are recorded in the kernel before anything is sent there, the ones no longer wanted stop accepting
+   * (the kernel's record loses them as they close). Connections already accepted go on either way.
+   */
+  async follow(hosts: string[]): Promise<void> {
+    const { o } = this;
+    const want = new Set(hosts);
+    const added: string[] = [];
+    for (const host of want) {
+      if (this.servers.some((s) => s.host === host)) continue;
+      if (await this.listenOn(host)) added.push(host);
     }
-    if (this.servers.length) o.dp.setTunnelPort(this.port);
-    o.log.info({ port: this.port, hosts: this.servers.map((s) => s.host), takenOver: !!o.takeover }, 'tunnel hand-over listening: connections to other nodes\' workloads go through the tunnel');
+    for (const l of this.listeners().filter((x) => added.includes(x.host))) this.record(l);
+    const gone = this.servers.filter((s) => !want.has(s.host));
+    for (const s of gone) {
+      s.server.close();
+      this.servers.splice(this.servers.indexOf(s), 1);
+      this.outsideMesh.delete(s.host);
+    }
+    if (!added.length && !gone.length) return;
+    if (this.servers.length) o.dp.setTunnelPort(this.port, this.inMesh());
+    o.log.info({ port: this.port, added, removed: gone.map((s) => s.host), hosts: this.servers.map((s) => s.host) }, 'tunnel hand-over: listeners follow the proxy\'s addresses');
+  }
+
+  /** The addresses listened on. */
+  hosts(): string[] {
+    return this.servers.map((s) => s.host);
+  }
+
+  /**
+   * What the kernel is told of where the listeners' sockets live (the SOCKHASH may hold both ends of a hand-over only
+   * when every one is in the mesh): false once one is outside; listeners taken over are the running agent's sockets,
+   * whose record stays (undefined).
+   */
+  private inMesh(): boolean | undefined {
+    if (this.outsideMesh.size) return false;
+    return this.o.takeover ? undefined : true;
+  }
+
+  /** Listen on host:port, in the meshed cgroup when o.listenFd can make the socket. Whether it listens. */
+  private async listenOn(host: string): Promise<boolean> {
+    const { o } = this;
+    const server = this.server(host);
+    let fd: number | undefined;
+    try {
+      fd = o.listenFd?.(host, this.port);
+    } catch (e) {
+      o.log.warn({ host, port: this.port, error: (e as Error).message }, 'tunnel hand-over: cannot listen in the meshed cgroup; listening outside it (its connections take TCP, off the sockmap fast path)');
+    }
+    try {
+      await new Promise<void>((res, rej) => {
+        server.once('error', rej);
+        const done = (): void => { server.off('error', rej); res(); };
+        if (fd === undefined) server.listen(this.port, host, done);
+        else server.listen({ fd }, done);
+      });
+    } catch (e) {
+      // that address's clients then find no listener in the kernel's record: direct (permissive) or refused (strict)
+      o.log.error({ host, port: this.port, error: (e as Error).message }, 'tunnel hand-over cannot listen: clients sent to this address are not tunnelled');
+      return false;
+    }
+    if (fd === undefined) this.outsideMesh.add(host);
+    this.servers.push({ host, server });
+    return true;
+  }
+
+  private record(l: { host: string; port: number; fd: number }): void {
+    try {
+      this.o.dp.proxyListener(l.host, l.port, l.fd);
+    } catch (e) {
+      this.o.log.error({ host: l.host, port: l.port, error: (e as Error).message }, 'the kernel cannot hold the tunnel hand-over\'s listener: its clients are not tunnelled');
+    }
   }
 
   private server(host: string): Server {

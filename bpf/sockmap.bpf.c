@@ -39,19 +39,28 @@ static __always_inline int sm_peer_is_local(const struct sm_sock_key *k)
 	return bpf_map_lookup_elem(&sm_local_addrs, &a) != NULL;
 }
 
-/* The L7 proxy, listening outside the meshed cgroup: its accepted sockets never pair with the client's in the map,
- * so the client's would only pay for sk_msg on every send and then take TCP anyway (see SM_PROXY_F_IN_MESH). */
+/* The L7 proxy or the tunnel hand-over, listening outside the meshed cgroup: their accepted sockets get no sock_ops, so
+ * they never pair with the client's in the map, and the client's would only pay for sk_msg on every send and then take
+ * TCP anyway (the ordering guard: SM_G_TCP_ONLY on every send; see SM_PROXY_F_IN_MESH). Each has its own flag: the
+ * hand-over's listeners are made in the mesh even when the agent (and so the proxy) runs outside it. */
 static __always_inline int sm_peer_is_proxy_outside_mesh(const struct sm_sock_key *k)
 {
 	struct sm_proxy *px;
 	__u32 zero = 0;
+	__u32 in_mesh;
 
 	px = bpf_map_lookup_elem(&sm_proxy, &zero);
-	if (!px || k->remote_port != bpf_ntohs(px->port))
+	if (!px)
 		return 0;
-	/* In the mesh, the proxy's accepted socket pairs with the client's, at its loopback address (same netns) as at
-	 * its node address (a pod: keys without the netns, lib/sock_key.h). */
-	if (px->flags & SM_PROXY_F_IN_MESH)
+	if (k->remote_port == bpf_ntohs(px->port))
+		in_mesh = px->flags & SM_PROXY_F_IN_MESH;
+	else if (px->tunnel_port && k->remote_port == bpf_ntohs(px->tunnel_port))
+		in_mesh = px->flags & SM_PROXY_F_HANDOVER_IN_MESH;
+	else
+		return 0;
+	/* In the mesh, the accepted socket pairs with the client's, at its loopback address (same netns) as at its node
+	 * address (a pod: keys without the netns, lib/sock_key.h). */
+	if (in_mesh)
 		return 0;
 	return sm_addr_eq(k->remote_ip, px->v4) || sm_addr_eq(k->remote_ip, px->v6) ||
 	       sm_addr_eq(k->remote_ip, px->node_v4) || sm_addr_eq(k->remote_ip, px->node_v6);

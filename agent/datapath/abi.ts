@@ -26,6 +26,8 @@ export const SOCK_F_BULK = 1 << 3;
 export const SOCK_F_NOT_BULK = 1 << 4;
 export const CFG_F_SOCKMAP = 1 << 0;
 export const PROXY_F_IN_MESH = 1 << 0;
+/** SM_PROXY_F_HANDOVER_IN_MESH: the tunnel hand-over's listeners were made below the meshed cgroup (meshsocket.ts) */
+export const PROXY_F_HANDOVER_IN_MESH = 1 << 1;
 /** struct sm_strict.mode (SM_MTLS_*): only strict drops (bpf/strict.bpf.c) */
 export const MTLS_MODE = { off: 0, permissive: 1, strict: 2 } as const;
 /** SM_MAX_STRICT: entries of sm_strict (and destinations counted in sm_strict_stats) */
@@ -123,6 +125,8 @@ export const PROXY_NODE_V4_OFFSET = 72;
 export const PROXY_NODE_V6_OFFSET = 88;
 /** sm_proxy.tunnel_port (network order): the tunnel hand-over's port, set once it listens */
 export const PROXY_TUNNEL_PORT_OFFSET = 34;
+/** sm_proxy.flags (u32, host order): SM_PROXY_F_* */
+export const PROXY_FLAGS_OFFSET = 36;
 
 export type StructName = keyof typeof STRUCTS;
 /** Decoded values: numbers, bigints for u64, textual addresses for 'addr'. */

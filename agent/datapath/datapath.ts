@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statSync } from 
 import { join } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { bpfObjectPath, native, type BpfObject, type MapHandle, type Native } from './native.js';
-import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_IN_MESH, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_TUNNEL_PORT_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
+import { ABI_VERSION, CFG_F_SOCKMAP, PROXY_F_HANDOVER_IN_MESH, PROXY_F_IN_MESH, PROXY_FLAGS_OFFSET, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_TUNNEL_PORT_OFFSET, STRUCTS, addrToBytes, bytesToAddr, encode, u32 } from './abi.js';
 import type { OriginalDst } from '../model/redirect.js';
 import { cgroup2Root, isMountPoint } from './cgroup.js';
 import { ipv4Value } from '../model/address.js';
@@ -281,7 +281,11 @@ export class Datapath {
     if (takeover && p.tunnelPort === undefined) {
       // the running agent's tunnel hand-over listeners are being taken over too: its port stays in force meanwhile
       const cur = this.n.mapLookup(this.maps.fd('sm_proxy'), PROXY_KEY);
-      if (cur && cur.length === v.length) v.writeUInt16BE(cur.readUInt16BE(PROXY_TUNNEL_PORT_OFFSET), PROXY_TUNNEL_PORT_OFFSET);
+      if (cur && cur.length === v.length) {
+        v.writeUInt16BE(cur.readUInt16BE(PROXY_TUNNEL_PORT_OFFSET), PROXY_TUNNEL_PORT_OFFSET);
+        // and so does where its listeners' sockets live (the same sockets, passed on)
+        v.writeUInt32LE(v.readUInt32LE(PROXY_FLAGS_OFFSET) | (cur.readUInt32LE(PROXY_FLAGS_OFFSET) & PROXY_F_HANDOVER_IN_MESH), PROXY_FLAGS_OFFSET);
+      }
     }
     this.proxyValue = v;
     this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
@@ -313,12 +317,20 @@ export class Datapath {
   /**
    * The tunnel hand-over listens on `port` (0: no longer): connections to other nodes' workloads go there from the next
    * connect(), once its listeners are in sm_proxy_socks (proxyListener) and the proxy's heartbeat is fresh.
+   * `inMesh`: every one of its listening sockets was made below the meshed cgroup (meshsocket.ts), so the sockets it
+   * accepts get sock_ops and both ends of an app's connection to it take the sockmap fast path; false: neither end goes
+   * into the SOCKHASH (an app socket whose peer never does would pay for sk_msg on every send and then take TCP);
+   * undefined: as it was (listeners taken over from a running agent are the same sockets).
    */
-  setTunnelPort(port: number): void {
+  setTunnelPort(port: number, inMesh?: boolean): void {
     const v = this.proxyValue;
     if (!v) throw new Error('setTunnelPort: setProxy was not called (the hand-over lives on the L7 proxy\'s addresses and heartbeat)');
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`setTunnelPort: port ${port} is not 0..65535`);
     v.writeUInt16BE(port, PROXY_TUNNEL_PORT_OFFSET);
+    if (inMesh !== undefined) {
+      const flags = v.readUInt32LE(PROXY_FLAGS_OFFSET) & ~PROXY_F_HANDOVER_IN_MESH;
+      v.writeUInt32LE((flags | (inMesh ? PROXY_F_HANDOVER_IN_MESH : 0)) >>> 0, PROXY_FLAGS_OFFSET);
+    }
     this.n.mapUpdate(this.maps.fd('sm_proxy'), PROXY_KEY, v);
   }
 

@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  AUTHZ_ALLOW, GLOBAL_COUNTERS, MAX_AUTHZ_POLICIES, PROTO, bytesToAddr, PROXY_F_IN_MESH, STRUCTS, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
+  AUTHZ_ALLOW, GLOBAL_COUNTERS, MAX_AUTHZ_POLICIES, PROTO, bytesToAddr, PROXY_F_HANDOVER_IN_MESH, PROXY_F_IN_MESH, STRUCTS, SVC_F_FAIL_OPEN, SVC_F_L7, decode, tableKey, decodeBackend, decodeService, decodeServiceKey, sumCounters, sumU64, u32,
   type Counters,
 } from './abi.js';
 import { native, type Native } from './native.js';
@@ -65,6 +65,8 @@ export interface KernelProxyReport {
   timeoutMs: number;
   /** the proxy listens inside the meshed cgroup: the app-to-proxy leg can take the fast path */
   inMesh: boolean;
+  /** the same for the tunnel hand-over's listeners (made below the meshed cgroup: datapath/meshsocket.ts) */
+  handoverInMesh?: boolean;
 }
 
 export interface SocketReport {
@@ -210,7 +212,7 @@ export class MapReader {
       nodeV4: zero(72) ? null : String(d.node_v4), nodeV6: zero(88) ? null : String(d.node_v6),
       cgroupId: String(d.cgroup_id), alive: age !== null && age >= 0n && age <= timeout && listening, listeners,
       heartbeatAgeMs: age === null ? null : Number(age / 1_000_000n), timeoutMs: Number(timeout / 1_000_000n),
-      inMesh: (Number(d.flags) & PROXY_F_IN_MESH) !== 0,
+      inMesh: (Number(d.flags) & PROXY_F_IN_MESH) !== 0, handoverInMesh: (Number(d.flags) & PROXY_F_HANDOVER_IN_MESH) !== 0,
     };
   }
 

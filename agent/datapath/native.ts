@@ -158,6 +158,11 @@ export interface Native {
    * namespace path (/proc/<pid>/ns/net, /run/netns/<name>), that namespace's (read on a short-lived thread in it).
    */
   netnsCookie(fdOrNetns?: number | string): bigint;
+  /**
+   * A listening TCP socket on host:port made in the cgroup at cgroupDir (a task cloned into it makes the socket), for
+   * net.Server.listen({ fd }): its fd. Throws "listen host:port (bind): EADDRINUSE" and the like.
+   */
+  listenInCgroup(cgroupDir: string, host: string, port: number, backlog: number): number;
 
   /**
    * Destroy UDP sockets (sock_diag SOCK_DESTROY) whose destination is addr:port (addr as text, v4 or v6), in the

@@ -86,6 +86,10 @@ enum sm_algo {
                                        * so the app-to-proxy leg can take the fast path. Without it, client sockets
                                        * to the proxy stay out of the SOCKHASH (every send would pay for sk_msg
                                        * and then take TCP anyway). */
+#define SM_PROXY_F_HANDOVER_IN_MESH (1u << 1) /* the same for the tunnel hand-over's listeners (tunnel_port): their
+                                       * sockets were made in a cgroup below the meshed one (agent/datapath/
+                                       * meshsocket.ts), whatever cgroup the agent runs in, so both ends of an app's
+                                       * connection to the hand-over are in the SOCKHASH. Without it neither is. */
 
 /* struct sm_config.flags */
 #define SM_CFG_F_SOCKMAP    (1u << 0) /* sockmap fast path enabled */

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ABI_VERSION, MAX_STRICT, MTLS_MODE, ALGO, AUTHZ_ALLOW, AUTHZ_DENY, MAX_AUTHZ_POLICIES, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, BE_F_LOCAL, BE_F_STRICT, BE_F_TUNNEL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, EV_F_ACTIVE, EV_F_AFFINITY_HIT, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_TUNNEL_PORT_OFFSET, PROXY_F_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
+import { ABI_VERSION, MAX_STRICT, MTLS_MODE, ALGO, AUTHZ_ALLOW, AUTHZ_DENY, MAX_AUTHZ_POLICIES, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, BE_F_LOCAL, BE_F_STRICT, BE_F_TUNNEL, CFG_F_SOCKMAP, GLOBAL_COUNTERS, PROTO, SOCK_F_ACTIVE, SOCK_F_BULK, SOCK_F_NOT_BULK, SOCK_F_SENT, SOCK_F_TCP_ONLY, STRUCTS, SVC_F_AFFINITY, SVC_F_FAIL_OPEN, SVC_F_L7, EVENT_KIND, EV_F_ACTIVE, EV_F_AFFINITY_HIT, PROXY_HEARTBEAT_OFFSET, PROXY_NODE_V4_OFFSET, PROXY_NODE_V6_OFFSET, PROXY_TUNNEL_PORT_OFFSET, PROXY_FLAGS_OFFSET, PROXY_F_IN_MESH, PROXY_F_HANDOVER_IN_MESH, addrToBytes, bytesToAddr, decode, encode } from '../../agent/datapath/abi.js';
 import { ROOT } from '../lib/kernel.js';
 
 const built = existsSync(join(ROOT, 'build', 'Release', 'sockmesh.node'));
@@ -33,6 +33,7 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_SVC_F_AFFINITY, SVC_F_AFFINITY);
   t.equal(k.SM_SVC_F_L7, SVC_F_L7);
   t.equal(k.SM_PROXY_F_IN_MESH, PROXY_F_IN_MESH);
+  t.equal(k.SM_PROXY_F_HANDOVER_IN_MESH, PROXY_F_HANDOVER_IN_MESH);
   t.equal(k.SM_SVC_F_FAIL_OPEN, SVC_F_FAIL_OPEN);
   t.equal(EVENT_KIND[k.SM_EV_L7_REDIRECT!], 'l7-redirect');
   t.equal(EVENT_KIND[k.SM_EV_L7_REFUSED!], 'l7-refused');
@@ -49,6 +50,7 @@ t.test('constants match the header', { skip: built ? false : 'native addon not b
   t.equal(k.SM_BE_F_TUNNEL, BE_F_TUNNEL);
   t.equal(k.SM_BE_F_STRICT, BE_F_STRICT);
   t.equal(PROXY_TUNNEL_PORT_OFFSET, native().abiLayout().sm_proxy!.offsets.tunnel_port, 'the tunnel hand-over\'s port is written at its offset');
+  t.equal(PROXY_FLAGS_OFFSET, native().abiLayout().sm_proxy!.offsets.flags, 'the proxy\'s flags are written at their offset');
   t.equal(k.SM_SOCK_F_ACTIVE, SOCK_F_ACTIVE);
   t.equal(k.SM_SOCK_F_TCP_ONLY, SOCK_F_TCP_ONLY);
   t.equal(k.SM_SOCK_F_SENT, SOCK_F_SENT);

@@ -10,6 +10,7 @@ import { MapReader } from '../../agent/datapath/inspect.js';
 import { inCgroupNsenter } from '../../bench/lib/netns.js';
 import { freePort, kernelSkipReason, ROOT, startAgent, testCgroup } from '../lib/kernel.js';
 import { Lab, testLab, type LabPod } from '../lib/lab.js';
+import { POD_ECHO } from '../lib/podecho.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
@@ -59,22 +60,6 @@ for i in range(n):
 `;
 
 interface Reply { answer?: string; peer?: string; error?: string }
-
-// An echo server for a pod (dual-stack on ::): each connection gets back what it sent, until it half-closes.
-const ECHO = `
-import socket, sys, threading
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('::', int(sys.argv[1]))); s.listen(128)
-def serve(c):
-    while True:
-        d = c.recv(65536)
-        if not d: break
-        c.sendall(d)
-    c.close()
-print('ready', flush=True)
-while True:
-    c, a = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-`;
 
 // The setup race (DESIGN.md): n connections, each writing many small pieces (one send() each) the moment connect()
 // returns, then half-closing and reading the echo back. One JSON line: connections whose echo was byte-exact.
@@ -201,7 +186,7 @@ async function ask(pod: LabPod, proto: 'tcp' | 'udp', host: string, port: number
 }
 
 async function startEcho(pod: LabPod): Promise<ChildProcess> {
-  const p = pod.spawn('python3', ['-c', ECHO, String(ECHO_PORT)]);
+  const p = pod.spawn('python3', ['-c', POD_ECHO, String(ECHO_PORT)]);
   await lineOf(p, 'ready');
   return p;
 }

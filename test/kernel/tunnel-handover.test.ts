@@ -21,6 +21,7 @@ import { Lab, type LabPod } from '../lib/lab.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 import type { TunnelReport } from '../../agent/admin/protocol.js';
+import { POD_ECHO } from '../lib/podecho.js';
 
 const skip = kernelSkipReason();
 if (skip) t.comment(`kernel tests skipped: ${skip}`);
@@ -86,8 +87,32 @@ while time.time() < end:
         k = errno.errorcode.get(e.errno, str(e)); errors[k] = errors.get(k, 0) + 1
 print(json.dumps({'ok': ok, 'errors': errors, 'peers': sorted(peers)}))`;
 
-async function serve(pod: LabPod, port = 9090): Promise<void> {
-  const p = pod.spawn('python3', ['-c', SERVE, pod.name, String(port)]);
+// Echo client: sends a seeded payload in 1000-byte writes right after connect() while a thread reads, half-closes,
+// reads to EOF: prints "<sent> <received> <exact>"; or "error <errno name>" (the first error, either direction).
+const ECHO_CLIENT = `import errno, hashlib, random, socket, sys, threading
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rnd = random.Random(size); data = bytes(rnd.getrandbits(8) for _ in range(size))
+got, err = [], []
+def reader(s):
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d: break
+            got.append(d)
+    except OSError as e: err.append(e)
+try:
+    s = socket.create_connection((host, port), timeout=10)
+    r = threading.Thread(target=reader, args=(s,)); r.start()
+    for i in range(0, len(data), 1000): s.sendall(data[i:i + 1000])
+    s.shutdown(socket.SHUT_WR); r.join()
+    if err: raise err[0]
+    back = b''.join(got)
+    print(len(data), len(back), back == data)
+except OSError as e:
+    print('error', errno.errorcode.get(e.errno, str(e)))`;
+
+async function serve(pod: LabPod, port = 9090, script = SERVE, args = [pod.name, String(port)]): Promise<void> {
+  const p = pod.spawn('python3', ['-c', script, ...args]);
   await new Promise((res, rej) => { p.stdout!.once('data', res); p.once('exit', (c) => rej(new Error(`server in ${pod.name} exited ${c}`))); });
 }
 interface Answer { error?: string; name?: string; peer?: string; length?: number; exact?: boolean; seenAs?: string }
@@ -96,6 +121,10 @@ async function ask(from: LabPod, host: string, port: number, size = 20_000): Pro
   if (out.startsWith('error')) return { error: out.slice(6) };
   const [name, peer, length, sha, sent, seenAs] = out.split(' ');
   return { name, peer, length: Number(length), exact: sha === sent && Number(length) === size, seenAs };
+}
+
+async function echoAsk(from: LabPod, host: string, port: number, size: number): Promise<string> {
+  return (await from.exec('python3', ['-c', ECHO_CLIENT, host, String(port), String(size)], { timeoutMs: 30_000 })).stdout.trim();
 }
 
 t.test('a meshed pod\'s connection to another node\'s pod goes through the tunnel', { skip: skip ?? false }, async (t) => {
@@ -112,6 +141,7 @@ t.test('a meshed pod\'s connection to another node\'s pod goes through the tunne
   await serve(b, 9091);
   await serve(b, 9092);
   await serve(near);
+  await serve(b, 9093, POD_ECHO, ['9093']);
   const root = cgroup2Root()!;
   const cgPath = (p: LabPod): string => `/${relative(root, p.cgroup)}`;
   // One config for both nodes (each agent knows itself by its node id): the workloads, where they run, the services;
@@ -130,6 +160,7 @@ services:
   - {name: near, vips: [${Lab.vip4(2)}], ports: [{port: 80, targetPort: 9090}], backends: [{address: ${near.v4}}]}
   - {name: plain, mtls: off, vips: [${Lab.vip4(3)}], ports: [{port: 80, targetPort: 9092}], backends: [{address: ${b.v4}}]}
   - {name: locked, mtls: strict, vips: [${Lab.vip4(4)}], ports: [{port: 80, targetPort: 9091}], backends: [{address: ${b.v4}}]}
+  - {name: echo, vips: [${Lab.vip4(5)}], ports: [{port: 80, targetPort: 9093}], backends: [{address: ${b.v4}}]}
 `;
   const policy = `authorization:
   - {name: no-intruder, action: DENY, from: [{principals: ["${INTRUDER.slice('spiffe://'.length)}"]}]}
@@ -183,6 +214,21 @@ services:
   t.ok(many.every((r) => r.name === 'b' && r.exact), `6 more connections (one of 2 MB) byte-exact (${many.map((r) => r.error ?? r.length).join(',')})`);
   t.equal(report(ag1).peers.filter((p) => p.direction === 'out').reduce((n, p) => n + p.handshakes, 0), 1, 'still one handshake: no new one after the first');
 
+  // The app <-> agent leg of the hand-over is on the sockmap fast path: the hand-over's listeners are made below the
+  // meshed cgroup (datapath/meshsocket.ts), so both ends are in the SOCKHASH and sk_msg redirects every send; before,
+  // only the app's end was, and each of its sends missed its peer and took TCP through the ordering guard (tcp_only).
+  t.equal(MapReader.fromPins(n1.bpffs).proxy()?.handoverInMesh, true, 'n1\'s kernel knows the hand-over\'s listeners are in the mesh');
+  const e0 = globals();
+  const echo = await echoAsk(a, Lab.vip4(5), 80, 1_000_000);
+  t.equal(echo, '1000000 1000000 True', 'an echo through the hand-over and the tunnel: 1 MB byte-exact both ways, written in 1000-byte sends right after connect(), half-closed each way');
+  const e1 = globals();
+  const moved = (k: string): number => e1[k]! - e0[k]!;
+  t.comment(`n1's fast-path counters over that connection: ${JSON.stringify(Object.fromEntries(['sock_insert', 'redirect', 'redirect_miss', 'tcp_only'].map((k) => [k, moved(k)])))}`);
+  t.equal(moved('sock_insert'), 2, 'both ends of the app\'s connection to the hand-over went into the SOCKHASH');
+  t.ok(moved('redirect') >= 1000, `the app's 1000 sends were redirected to the agent's socket, and the echo back to the app's (${moved('redirect')} redirects)`);
+  t.ok(moved('tcp_only') <= 2, `no send took the ordering guard's slow path (tcp_only moved by ${moved('tcp_only')}; before: one per send)`);
+  t.ok(moved('redirect_miss') <= 2, `at most the sends racing the close missed their peer (${moved('redirect_miss')})`);
+
   // IPv6
   if (!noV6) {
     const six = await ask(a, Lab.vip6(1), 80);
@@ -203,13 +249,16 @@ services:
   t.same([plain.name, plain.exact, plain.peer], ['b', true, a.v4], 'mtls: off: direct to pod b in plaintext (it sees pod a\'s own address)');
   t.equal(inStreams(), streams, 'neither of the two went through the tunnel');
 
-  // refusals: an identity the destination denies; a pod without identity
+  // refusals: an identity the destination denies; a pod without identity. Both ends of each are in the SOCKHASH: the
+  // agent's reset of its end reaches the app all the same.
+  const r0 = globals();
   const denied = await ask(x, Lab.vip4(1), 80);
   t.ok(denied.error !== undefined || denied.name === undefined, `an identity n2 denies: the connection is reset, nothing answered (${JSON.stringify(denied)})`);
   const nobody = await ask(anon, Lab.vip4(1), 80);
   t.ok(nobody.error !== undefined, `a pod with no identity: reset (${JSON.stringify(nobody)})`);
+  t.equal(globals().sock_insert! - r0.sock_insert!, 4, 'both ends of the two reset connections were on the fast path');
   const rep = report(ag1);
-  t.match(rep.handover, { tunnelled: 9 - (noV6 ? 1 : 0), refused: { 'tunnel-refused:denied': 1, 'no-identity': 1 } }, 'meshctl tunnels: the hand-over\'s counts');
+  t.match(rep.handover, { tunnelled: 10 - (noV6 ? 1 : 0), refused: { 'tunnel-refused:denied': 1, 'no-identity': 1 } }, 'meshctl tunnels: the hand-over\'s counts');
   const text = meshctl(ag1, ['tunnels']).stdout;
   t.match(text, /kernel hand-over on .*15007.*handed over, .* tunnelled, reset: /, `meshctl tunnels prints the hand-over line:\n${text}`);
   t.match(report(ag2).refusals.in, { denied: 1 }, 'n2 counted its denial');
@@ -251,4 +300,14 @@ services:
   t.equal(k1.tunnel_refused! - k0.tunnel_refused!, 1, 'and the refused one');
   t.equal(k1.tunnel_handover! - k0.tunnel_handover!, 0, 'no hand-over to the dead listener');
   t.comment(`two connects with the agent down took ${lockedMs.toFixed(0)} ms (python start included)`);
+  // n2's agent stops on SIGTERM (its tunnel server's sessions from n1's two killed agents are gone), within a bound:
+  // a stuck stop would otherwise hang the teardown
+  const s0 = performance.now();
+  ag2.proc.kill('SIGTERM');
+  const stopped = await Promise.race([new Promise<boolean>((r) => ag2.proc.once('exit', () => r(true))), new Promise<boolean>((r) => setTimeout(() => r(false), 15_000))]);
+  if (!stopped) {
+    t.comment(`n2's agent did not stop; its last lines:\n${ag2.logs.slice(-15).map((l) => JSON.stringify(l)).join('\n')}\n${JSON.stringify(report(ag2))}`);
+    ag2.proc.kill('SIGKILL');
+  }
+  t.ok(stopped, `n2's agent stopped on SIGTERM (${(performance.now() - s0).toFixed(0)} ms)`);
 });

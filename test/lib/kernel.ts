@@ -219,3 +219,16 @@ export function meshctl(agent: Pick<AgentHandle, 'bpffs' | 'runDir'>, args: stri
   const r = spawnSync(process.execPath, [MESHCTL, '--bpffs', agent.bpffs, '--run-dir', agent.runDir, ...args], { encoding: 'utf8', timeout: 20000 });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
+
+/**
+ * Run the real agent binary with a config that does not exist and `args`, as an operator would start it, for a flag it
+ * must refuse before touching the kernel: its exit code and stderr.
+ */
+export function runAgentRefusing(dir: string, args: string[]): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((done) => {
+    const p = spawn(process.execPath, [AGENT, '--config', join(dir, 'none.yaml'), '--bpffs', join(dir, 'bpffs'), '--run-dir', join(dir, 'run'), ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+    p.on('exit', (code) => done({ code, stderr }));
+  });
+}

@@ -1,21 +1,15 @@
 // The agent's certificate flags (--node-token-file, --ca-address, --cert-ttl, --node-id, --trust-domain): refused with the flag named, before
 // the agent touches the kernel (the real agent binary, as an operator starts it).
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AGENT } from '../lib/kernel.js';
+import { runAgentRefusing } from '../lib/kernel.js';
 
 t.test('the agent refuses bad certificate flags before touching the kernel', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sockmesh-certflags-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const run = (args: string[]) => new Promise<{ code: number | null; stderr: string }>((done) => {
-    const p = spawn(process.execPath, [AGENT, '--config', join(dir, 'none.yaml'), '--bpffs', join(dir, 'bpffs'), '--run-dir', join(dir, 'run'), ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    p.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-    p.on('exit', (code) => done({ code, stderr }));
-  });
+  const run = (args: string[]) => runAgentRefusing(dir, args);
   const noFile = await run(['--node-token-file', join(dir, 'missing'), '--ca-address', '127.0.0.1:1']);
   t.equal(noFile.code, 1);
   t.match(noFile.stderr, /--node-token-file .*missing: ENOENT/);
