@@ -143,6 +143,9 @@ export class XdsSource {
   private newClient?: () => grpc.Client;
   /** When the current stream got its first message (performance.now()). */
   private connectedAt?: number;
+  /** Responses received and not yet handled, in order, with their stream's generation (see drain()). */
+  private inbox: { gen: number; msg: Obj }[] = [];
+  private draining = false;
 
   /** Accepted resources (digests) and, for delta, their versions. Changed in place, through a Journal. */
   private readonly state = {
@@ -258,12 +261,10 @@ export class XdsSource {
         this.connectedAt = performance.now();
         this.opts.log.info({ server: this.opts.address, mode: this.mode }, 'xds: connected');
       }
-      try {
-        this.onResponse(msg);
-      } catch (e) {
-        // A bug of ours must not take the agent down with it; the stream is restarted cleanly.
-        this.opts.log.error({ err: e }, 'xds: response handling failed');
-        this.streamEnded(gen, `internal error: ${(e as Error).message}`);
+      this.inbox.push({ gen, msg });
+      if (!this.draining) {
+        this.draining = true;
+        setImmediate(() => this.drain());
       }
     });
     call.on('error', (e: grpc.ServiceError) => this.streamEnded(gen, e.details || e.message));
@@ -271,6 +272,27 @@ export class XdsSource {
     call.on('end', () => this.streamEnded(gen, 'stream closed by the server'));
     // Resubscribe: what we have cached is announced so the server need not resend it.
     for (const typeUrl of ORDER) this.subscribe(typeUrl, true);
+  }
+
+  /**
+   * Handle the oldest response received, then yield to the loop before the next one. gRPC hands over every message of
+   * a read at once: a swap of hundreds of services came as four responses (listeners, routes, clusters, endpoints)
+   * decoded, translated and applied back to back, the proxy and its heartbeat waiting for all of them. A response of
+   * a stream that has ended since is dropped unanswered: the next stream sends it again.
+   */
+  private drain(): void {
+    const next = this.inbox.shift();
+    if (next && next.gen === this.gen && !this.stopped) {
+      try {
+        this.onResponse(next.msg);
+      } catch (e) {
+        // A bug of ours must not take the agent down with it; the stream is restarted cleanly.
+        this.opts.log.error({ err: e }, 'xds: response handling failed');
+        this.streamEnded(next.gen, `internal error: ${(e as Error).message}`);
+      }
+    }
+    if (this.inbox.length > 0) setImmediate(() => this.drain());
+    else this.draining = false;
   }
 
   private streamEnded(gen: number, reason: string): void {
