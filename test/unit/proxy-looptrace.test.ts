@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LogHistogram, loopTraceFromEnv } from '../../agent/proxy/looptrace.js';
+import { LogHistogram, loopTraceFromEnv, readLoopTrace } from '../../agent/proxy/looptrace.js';
 
 // read once, at the first NetIo of the process: set before any is made
 const dir = mkdtempSync(join(tmpdir(), 'sockmesh-looptrace-'));
@@ -50,7 +50,10 @@ t.test('a NetIo echoing over loopback: batches, writes inside them and outside, 
   const trace = io.trace;
   if (trace === null) throw new Error('SOCKMESH_NETIO_TRACE was set: NetIo.trace must exist');
   trace.flush(); // what came before (nothing) is not this test's
-  const l = io.listen('127.0.0.1', 0, (c) => { c.on('data', (d: Buffer) => c.write(d)); });
+  t.equal(trace.writeSample, 8, 'one write in 8 timed by default');
+  trace.writeSample = 1; // every write timed: the counts below are exact
+  // 'd...' is echoed from a microtask (as the h2 session flushes a session other than the one it reads)
+  const l = io.listen('127.0.0.1', 0, (c) => { c.on('data', (d: Buffer) => (d[0] === 100 ? queueMicrotask(() => c.write(d)) : c.write(d))); });
   const s = connect(l.port, '127.0.0.1');
   await new Promise<void>((r) => s.once('connect', () => r()));
   const ROUNDS = 50;
@@ -60,12 +63,16 @@ t.test('a NetIo echoing over loopback: batches, writes inside them and outside, 
     s.write(`m${i}`);
     await got;
   }
+  const deferred = new Promise<void>((r) => s.once('data', () => r()));
+  s.write('d');
+  await deferred;
   trace.flush();
   const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
   t.equal(lines.length, 1, 'one line for the flush with batches');
   const x = lines[0]!;
-  t.ok(x.batches >= ROUNDS + 1, `batches ${x.batches}: the accept and ${ROUNDS} reads`);
-  t.equal(x.writeUs.n, ROUNDS, 'every echo was written inside the batch that read it');
+  t.ok(x.batches >= ROUNDS + 2, `batches ${x.batches}: the accept and ${ROUNDS + 1} reads`);
+  t.equal(x.writeUs.n, ROUNDS + 1, 'every echo was timed from the start of the batch that read it');
+  t.equal(x.writesDeferred, 1, 'the one written from a microtask after the batch');
   t.equal(x.writesOutside, 0);
   t.ok(x.reads.max === 1 && x.events.max >= 1, 'one socket read per wake');
   t.ok(x.writeUs.p50 > 0 && x.writeUs.p50 < 100_000, `write offset p50 ${x.writeUs.p50} µs`);
@@ -81,6 +88,7 @@ t.test('a NetIo echoing over loopback: batches, writes inside them and outside, 
   trace.flush();
   const second = JSON.parse(readFileSync(file, 'utf8').trim().split('\n')[1]!) as Record<string, any>;
   t.equal(second.writesOutside, 1);
+  t.equal(second.writesDeferred, 0);
   t.equal(second.writeUs.n, 0);
 
   // a second with neither batches nor writes writes nothing
@@ -88,4 +96,18 @@ t.test('a NetIo echoing over loopback: batches, writes inside them and outside, 
   t.equal(readFileSync(file, 'utf8').trim().split('\n').length, 2);
   s.destroy();
   t.ok(existsSync(file));
+
+  // a reader (the l7 bench) merges the seconds wholly inside its run (the lines re-dated a second apart: 10 s, 11 s)
+  const [l1, l2] = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { t: number; h: { writeUs: { max: number } } });
+  const text = [{ ...l1!, t: 10_000 }, { ...l2!, t: 11_000 }].map((l) => JSON.stringify(l)).join('\n') + '\n';
+  const both = readLoopTrace(text, 9000, 11_000)!;
+  t.equal(both.seconds, 2);
+  t.equal(both.writeUs.n, ROUNDS + 1, 'the timed writes of both seconds');
+  t.equal(both.writeUs.quantile(1), l1!.h.writeUs.max, 'the max survives the merge');
+  t.equal(both.events.n, x.batches, "the second line had no batch (only the timer's write)");
+  t.equal(readLoopTrace(text, 9001, 11_000)!.seconds, 1, 'a second that began before the window is not the run\'s');
+  t.equal(readLoopTrace(text, 9000, 10_999)!.seconds, 1, 'nor one that ended after it');
+  t.equal(readLoopTrace(text, 11_001, 15_000), null);
+  t.throws(() => readLoopTrace('{"t": 1,\n', 0, 10), /loop trace line 1/);
+  t.throws(() => readLoopTrace(JSON.stringify({ ...l1!, h: { ...l1!.h, events: { b: { 999: 1 }, max: 1 } } }), 0, Infinity), /bucket 999=1 out of range/);
 });
