@@ -26,14 +26,15 @@ import { benchWorkspace, cgroup2Mount, createChildCgroup } from './lib/cgroup.js
 import { cpuSeconds, schedStats, type SchedStats } from './lib/cpu.js';
 import { backendConfig, haproxyArgv, proxyConfig } from './lib/haproxy.js';
 import {
-  formatL7Table, l7Checks, l7Json, L7_LABELS, L7_SCENARIOS, PROTOCOLS, PROTOCOL_TITLES, summarize,
-  type L7Result, type L7Scenario, type Protocol, type Sample,
+  formatL7Table, formatLoop, l7Checks, l7Json, L7_LABELS, L7_SCENARIOS, PROTOCOLS, PROTOCOL_TITLES, summarize,
+  type L7Result, type L7Scenario, type LoopFigures, type Protocol, type Sample,
 } from './lib/l7report.js';
 import { GcMeter, type GcStats } from './lib/gctrace.js';
 import { h2loadArgv, h2Shape, P999_LUA, parseH2load, parseWrk, wrkArgv, type HttpRun } from './lib/loadgen.js';
 import { addNetns, delNetns, inCgroupNsenter, waitListening } from './lib/netns.js';
 import { Background, CLIENT_SLACK_MS, interrupted, log, onCleanup, requireRootAndTools, run } from './lib/proc.js';
 import { sumSamples } from './lib/promtext.js';
+import { readLoopTrace } from '../agent/proxy/looptrace.js';
 
 export interface L7Options {
   root: string;
@@ -111,6 +112,8 @@ interface Scenario {
   gc?: () => GcStats;
   /** toggle the agent's allocation profile (--alloc-profile) */
   profile?: () => void;
+  /** the proxy's netio loop trace (SOCKMESH_NETIO_TRACE, agent/proxy/looptrace.ts): one JSON line per second */
+  traceFile?: string;
   start(): Promise<void>;
   /** why the scenario's processes are no longer usable, or undefined */
   dead(): string | undefined;
@@ -214,8 +217,9 @@ function sockmeshScenario(ctx: Ctx): Scenario {
   const bpffs = join('/sys/fs/bpf', ctx.id);
   let agent: Agent | undefined;
   const meter = new GcMeter();
+  const traceFile = join(ctx.workDir, 'netio-trace.jsonl');
   const s: Scenario = {
-    result: newResult('sockmesh'), clientCgroup: ctx.cg.meshClients, host: VIP, port: VIP_PORT, procs: [],
+    result: newResult('sockmesh'), clientCgroup: ctx.cg.meshClients, host: VIP, port: VIP_PORT, procs: [], traceFile,
     extraPids: () => (agent?.pid ? [agent.pid] : []),
     answered: 0,
     gc: () => meter.take(),
@@ -226,6 +230,10 @@ function sockmeshScenario(ctx: Ctx): Scenario {
         s.result.skipped = why;
         return;
       }
+      // Where the proxy's time goes per batch of its netio loop (batch sizes, each write's delay from its batch's start,
+      // the gaps between batches, its main thread's run-queue wait): issue 15's evidence on the tail, in every run. Its
+      // cost is two clock reads per batch and one per write.
+      process.env.SOCKMESH_NETIO_TRACE = traceFile;
       // Registered before the start, so that Ctrl-C during start-up still unpins and detaches.
       onCleanup('agent pins and links', () => cleanupAgent(ctx.opts.root, bpffs, ctx.cg.mesh));
       try {
@@ -319,9 +327,9 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
   const argv = proto === 'http1' ? wrkArgv(url, ctx.opts.connections, seconds, ctx.p999Script) : h2loadArgv(url, ctx.opts.connections, seconds, logFile);
   const [cmd, args] = inCgroupNsenter(s.clientCgroup, ctx.ns, ctx.clientCpus, argv);
   s.gc?.(); // what came before this run is not its
-  const p0 = cpuOf(pids), b0 = cpuSeconds(backendPid), s0 = schedOf(pids), t0 = performance.now();
+  const p0 = cpuOf(pids), b0 = cpuSeconds(backendPid), s0 = schedOf(pids), t0 = performance.now(), w0 = Date.now();
   const r = await run(cmd, args, seconds * 1000 + CLIENT_SLACK_MS);
-  const t1 = performance.now(), p1 = cpuOf(pids), b1 = cpuSeconds(backendPid), s1 = schedOf(pids);
+  const t1 = performance.now(), p1 = cpuOf(pids), b1 = cpuSeconds(backendPid), s1 = schedOf(pids), w1 = Date.now();
   const gc = s.gc?.();
   const tool = argv[0]!;
   if (r.code !== 0) {
@@ -346,9 +354,24 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
   const sched = pids.length && s0 !== undefined && s1 !== undefined
     ? { runqUs: (s1.waitNs - s0.waitNs) / 1000, preempted: s1.involuntary - s0.involuntary, switches: s1.voluntary - s0.voluntary }
     : undefined;
+  const loop = s.traceFile !== undefined ? loopFigures(s.traceFile, w0, w1) : undefined;
   return {
     ...h, ...(proxyCpu !== undefined ? { proxyCpu, proxyCpuUs } : {}), backendCpu: pct(b0, b1) ?? 0, seconds: wall, ...(gc ? { gc } : {}),
-    ...(sched !== undefined ? { sched } : {}),
+    ...(sched !== undefined ? { sched } : {}), ...(loop !== undefined ? { loop } : {}),
+  };
+}
+
+/** The proxy's netio loop over the whole seconds of a run (the trace's lines inside [from, to]); undefined without any. */
+function loopFigures(file: string, from: number, to: number): LoopFigures | undefined {
+  if (!existsSync(file)) return undefined;
+  const x = readLoopTrace(readFileSync(file, 'utf8'), from, to);
+  if (x === null) return undefined;
+  return {
+    seconds: x.seconds, eventsP50: x.events.quantile(0.5), eventsP99: x.events.quantile(0.99),
+    batchP50Us: x.batchUs.quantile(0.5), batchP99Us: x.batchUs.quantile(0.99),
+    writeP50Us: x.writeUs.quantile(0.5), writeP99Us: x.writeUs.quantile(0.99), writeP999Us: x.writeUs.quantile(0.999),
+    gapP99Us: x.gapUs.quantile(0.99), gapP999Us: x.gapUs.quantile(0.999),
+    cpuMsPerS: x.cpuMs, runqMsPerS: x.runqMs, gcMsPerS: x.gcMs,
   };
 }
 
@@ -386,7 +409,8 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
         `${Math.round(x.sched.preempted / x.seconds)} preemptions/s, ${Math.round(x.sched.switches / x.seconds)} sleeps/s`
       : '';
     log(`${label(s)} ${PROTOCOL_TITLES[p]}${keep ? '' : ' warm-up'}: ${Math.round(x.rps)} req/s, p50 ${Math.round(x.p50)} µs, ` +
-      `p99 ${Math.round(x.p99)} µs, p99.9 ${x.p999 === undefined ? '-' : Math.round(x.p999)} µs${cpu}, backend CPU ${x.backendCpu.toFixed(0)}%${gc}${sched}`);
+      `p99 ${Math.round(x.p99)} µs, p99.9 ${x.p999 === undefined ? '-' : Math.round(x.p999)} µs${cpu}, backend CPU ${x.backendCpu.toFixed(0)}%${gc}${sched}` +
+      (x.loop ? `; loop: ${formatLoop(x.loop)}` : ''));
   } catch (e) {
     fail(s, p, e);
   }

@@ -32,6 +32,37 @@ export interface Sample extends HttpRun {
    * preemptions (involuntary switches) and sleeps (voluntary ones: an empty epoll, a futex)
    */
   sched?: { runqUs: number; preempted: number; switches: number };
+  /** (b): the proxy's netio loop over the run's whole seconds (SOCKMESH_NETIO_TRACE) */
+  loop?: LoopFigures;
+}
+
+/**
+ * Where (b)'s proxy spends a request's time inside its one thread (agent/proxy/looptrace.ts): events per wake of the
+ * netio loop, the JavaScript time of one batch, each write's delay from the start of the batch that caused it (per
+ * leg: the share of the latency that batching adds), the gaps between batches (the loop away: GC, timers, or not
+ * running), and per second its main thread's CPU, run-queue wait and GC pauses, ms.
+ */
+export interface LoopFigures {
+  seconds: number;
+  eventsP50: number;
+  eventsP99: number;
+  batchP50Us: number;
+  batchP99Us: number;
+  writeP50Us: number;
+  writeP99Us: number;
+  writeP999Us: number;
+  gapP99Us: number;
+  gapP999Us: number;
+  cpuMsPerS: number;
+  runqMsPerS: number;
+  gcMsPerS: number;
+}
+
+export function formatLoop(l: LoopFigures): string {
+  const i = (v: number) => Math.round(v).toString();
+  return `${i(l.eventsP50)} events/wake (p99 ${i(l.eventsP99)}), batch ${i(l.batchP50Us)}/${i(l.batchP99Us)} µs, ` +
+    `write +${i(l.writeP50Us)}/${i(l.writeP99Us)}/${i(l.writeP999Us)} µs, gaps p99 ${i(l.gapP99Us)} p99.9 ${i(l.gapP999Us)} µs, ` +
+    `main thread ${l.cpuMsPerS < 0 ? '-' : i(l.cpuMsPerS)} ms/s on CPU, ${l.runqMsPerS < 0 ? '-' : i(l.runqMsPerS)} waiting, ${i(l.gcMsPerS)} in GC`;
 }
 
 /** Medians over the samples of one scenario and protocol. */
@@ -56,6 +87,8 @@ export interface Summary {
   runqPerReq?: number;
   /** the proxy's preemptions per second (median) */
   preemptPerSec?: number;
+  /** (b): the netio loop's figures of the run with the median write p99 */
+  loop?: LoopFigures;
 }
 
 export interface L7Result {
@@ -84,7 +117,9 @@ export function summarize(r: L7Result | undefined, p: Protocol): Summary | undef
   const p999 = s.filter((x) => x.p999 !== undefined).map((x) => x.p999!);
   const gc = s.filter((x) => x.gc && x.requests > 0);
   const sched = s.filter((x) => x.sched && x.requests > 0);
+  const loops = s.filter((x) => x.loop !== undefined).map((x) => x.loop!).sort((a, b) => a.writeP99Us - b.writeP99Us);
   return {
+    ...(loops.length ? { loop: loops[Math.floor((loops.length - 1) / 2)]! } : {}),
     rps: median(s.map((x) => x.rps)),
     p50: median(s.map((x) => x.p50)),
     p99: median(s.map((x) => x.p99)),
@@ -232,6 +267,12 @@ export function formatL7Table(results: L7Result[]): string {
       return pad(`run queue ${s.runqPerReq.toFixed(2)} µs/req, ${Math.round(s.preemptPerSec!)} preemptions/s`, block);
     }).join(''));
   }
+  for (const r of results) {
+    for (const p of PROTOCOLS) {
+      const l = summarize(r, p)?.loop;
+      if (l) lines.push(`(${L7_LETTERS[r.name]}) loop ${PROTOCOL_TITLES[p]}: ${formatLoop(l)}`);
+    }
+  }
   lines.push('');
   lines.push(pad('ratios', label) + PROTOCOLS.map(() => pad(pad('req/s', w) + pad('p50', w) + pad('p99', w) + pad('p99.9', w) + pad('µs/req', w), block)).join(''));
   const rs = ratios(results);
@@ -263,6 +304,7 @@ export function l7Json(results: L7Result[], checks: L7Check[]): Record<string, u
           rps: o(s.rps, 0), p50Us: o(s.p50, 1), p99Us: o(s.p99, 1), p999Us: o(s.p999, 1),
           ...(s.allocPerReq !== undefined ? { allocBytesPerRequest: o(s.allocPerReq, 0), gcPausePct: o(s.gcPausePct, 3), gcPauseMaxMs: o(s.gcPauseMaxMs, 2) } : {}),
           ...(s.runqPerReq !== undefined ? { proxyRunqUsPerRequest: o(s.runqPerReq, 3), proxyPreemptionsPerSec: o(s.preemptPerSec, 0) } : {}),
+          ...(s.loop !== undefined ? { loop: s.loop } : {}),
           proxyCpuPct: o(s.proxyCpu, 1), proxyCpuUsPerRequest: o(s.cpuPerReq, 2), backendCpuPct: o(s.backendCpu, 1), samples: s.samples,
           rpsAll: (r.samples[p] ?? []).map((x) => round(x.rps, 0)),
         }];

@@ -11,7 +11,7 @@ import {
 import { GcMeter, parseGcLine } from '../../bench/lib/gctrace.js';
 import { schedStats, statCpuTicks } from '../../bench/lib/cpu.js';
 import { backendConfig, proxyConfig } from '../../bench/lib/haproxy.js';
-import { formatL7Table, l7Checks, l7Json, ratios, summarize, type L7Result, type Sample } from '../../bench/lib/l7report.js';
+import { formatL7Table, formatLoop, l7Checks, l7Json, ratios, summarize, type L7Result, type LoopFigures, type Sample } from '../../bench/lib/l7report.js';
 import { l7BenchConfig } from '../../bench/l7.js';
 import { sumSamples } from '../../bench/lib/promtext.js';
 import { parseConfig } from '../../agent/model/config.js';
@@ -402,9 +402,28 @@ t.test('report: the proxy\'s run-queue wait per request and preemptions per seco
   t.equal(json.scenarios.haproxy!.http1.proxyRunqUsPerRequest, undefined);
 });
 
+t.test('report: (b)\'s netio loop figures: the run with the median write p99, in the table and the JSON', async (t) => {
+  const loop = (writeP99Us: number): LoopFigures => ({
+    seconds: 4, eventsP50: 27, eventsP99: 32, batchP50Us: 300, batchP99Us: 1200, writeP50Us: 180, writeP99Us, writeP999Us: 4800,
+    gapP99Us: 1200, gapP999Us: 6900, cpuMsPerS: 520, runqMsPerS: 400, gcMsPerS: 8,
+  });
+  const withLoop = (w: number): Sample => ({ ...sample(40_000, 300, 900, 95, 1200), loop: loop(w) });
+  const results: L7Result[] = [result('sockmesh', [withLoop(900), withLoop(500), withLoop(700)], [sample(50_000, 300, 2000, 90, 1900)])];
+  t.equal(summarize(results[0], 'http1')!.loop!.writeP99Us, 700);
+  t.equal(summarize(results[0], 'h2')!.loop, undefined);
+  t.match(formatL7Table(results), /\(b\) loop HTTP\/1\.1 \(wrk\): 27 events\/wake \(p99 32\), batch 300\/1200 µs, write \+180\/700\/4800 µs, gaps p99 1200 p99\.9 6900 µs, main thread 520 ms\/s on CPU, 400 waiting, 8 in GC/);
+  t.notMatch(formatL7Table(results), /loop HTTP\/2/);
+  t.equal(formatLoop({ ...loop(1), cpuMsPerS: -1, runqMsPerS: -1 }).includes('main thread - ms/s on CPU, - waiting'), true);
+  const json = l7Json(results, l7Checks(results)) as { scenarios: Record<string, { http1: { loop?: LoopFigures } }> };
+  t.equal(json.scenarios.sockmesh!.http1.loop!.writeP999Us, 4800);
+});
+
 t.test('schedStats: a process\'s sleeps are counted, a gone process is undefined', async (t) => {
   const a = schedStats(process.pid)!;
-  for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 5));
+  // five futex sleeps of the main thread: each is a voluntary switch, whatever the load (a timer that is already due
+  // when a preempted loop comes back would not sleep at all)
+  const cell = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; i < 5; i++) Atomics.wait(cell, 0, 0, 2);
   const b = schedStats(process.pid)!;
   t.ok(b.voluntary >= a.voluntary + 5, `voluntary switches ${a.voluntary} -> ${b.voluntary} over 5 sleeps`);
   t.ok(b.waitNs >= a.waitNs && b.involuntary >= a.involuntary);
