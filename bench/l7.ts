@@ -364,7 +364,14 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
 /** The proxy's netio loop over the whole seconds of a run (the trace's lines inside [from, to]); undefined without any. */
 function loopFigures(file: string, from: number, to: number): LoopFigures | undefined {
   if (!existsSync(file)) return undefined;
-  const x = readLoopTrace(readFileSync(file, 'utf8'), from, to);
+  let x: ReturnType<typeof readLoopTrace>;
+  try {
+    x = readLoopTrace(readFileSync(file, 'utf8'), from, to);
+  } catch (e) {
+    // evidence, not a measurement: a broken trace costs its figures, never the run
+    log(`(b) netio loop trace ${file}: ${(e as Error).message}`);
+    return undefined;
+  }
   if (x === null) return undefined;
   return {
     seconds: x.seconds, eventsP50: x.events.quantile(0.5), eventsP99: x.events.quantile(0.99),

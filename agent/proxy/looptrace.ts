@@ -214,7 +214,10 @@ export function readLoopTrace(text: string, fromMs: number, toMs: number): {
   const out = { seconds: 0, events: new LogHistogram(), batchUs: new LogHistogram(), writeUs: new LogHistogram(), gapUs: new LogHistogram(), cpuMs: 0, runqMs: 0, gcMs: 0 };
   let sched = 0;
   let lineNo = 0;
-  for (const raw of text.split('\n')) {
+  const lines = text.split('\n');
+  // a last line without its newline is still being written by the agent: not a whole second yet
+  if (!text.endsWith('\n')) lines.pop();
+  for (const raw of lines) {
     lineNo++;
     if (raw.trim() === '') continue;
     let x: LoopTraceLine;

@@ -109,5 +109,6 @@ t.test('a NetIo echoing over loopback: batches, writes inside them and outside, 
   t.equal(readLoopTrace(text, 9000, 10_999)!.seconds, 1, 'nor one that ended after it');
   t.equal(readLoopTrace(text, 11_001, 15_000), null);
   t.throws(() => readLoopTrace('{"t": 1,\n', 0, 10), /loop trace line 1/);
-  t.throws(() => readLoopTrace(JSON.stringify({ ...l1!, h: { ...l1!.h, events: { b: { 999: 1 }, max: 1 } } }), 0, Infinity), /bucket 999=1 out of range/);
+  t.equal(readLoopTrace(text + '{"t": 12000, "batc', 9000, 20_000)!.seconds, 2, 'a line still being written is left for later');
+  t.throws(() => readLoopTrace(JSON.stringify({ ...l1!, h: { ...l1!.h, events: { b: { 999: 1 }, max: 1 } } }) + '\n', 0, Infinity), /bucket 999=1 out of range/);
 });
