@@ -119,6 +119,8 @@ export interface Drained { drainMs: number; left: number }
 
 /** A new pod is on the fast path within this of its first address (and a deleted one's addresses are gone). */
 export const POD_SCAN_MS = 250;
+/** a planned restart's wait for the new HBONE server (its node certificate from the CA) before the running agent lets go */
+const HBONE_TAKEOVER_WAIT_MS = 10_000;
 
 export class Agent {
   /** what is in force: the model, its version, the last error, backend states, panics, workload identities */
@@ -317,7 +319,24 @@ export class Agent {
     // The proxy first: a restarted agent serves L7 again as soon as it can.
     await this.proxy?.start();
     startPhase('L7 proxy listening (serving)');
+    if (opts.identity && this.certs) {
+      // HBONE: on wherever the model's nodes[] names this node (tunnelhost.ts), presenting the node's own identity;
+      // on the running agent's 15008 sockets in a planned restart
+      const { TunnelHost } = await import('./tunnelhost.js');
+      this.tunnel = new TunnelHost({
+        certs: this.certs, identity: opts.identity.nodeIdentity, nodeName: opts.identity.nodeId, pods: this.pods, registry: this.registry, log,
+        ...(taken?.tunnelServer.length ? { takeover: taken.tunnelServer } : {}),
+      });
+      if (this.state.model) this.tunnel.update(this.state.model);
+      await this.tunnel.start();
+    }
+    if (taken?.tunnelServer.length && !this.tunnel) for (const l of taken.tunnelServer) closeSync(l.fd);
     if (taken) {
+      // The running agent serves 15008 until ours does (its certificate may still be on its way): one of the two
+      // accepts throughout. Bounded: past it, SYNs wait in the socket's queue for our server.
+      if (this.tunnel && taken.tunnelServer.length && !(await this.tunnel.whenListening(HBONE_TAKEOVER_WAIT_MS))) {
+        log.warn({ waitedMs: HBONE_TAKEOVER_WAIT_MS, state: this.tunnel.state }, 'handover: our HBONE server is not up yet; taking over anyway (connections to 15008 wait in its queue)');
+      }
       // We accept and beat now: the old agent stops accepting, beating and serving, and drains.
       const t0 = performance.now();
       const released = taken.commit();
@@ -328,13 +347,6 @@ export class Agent {
     if ('xds' in opts.config) await this.startXds(opts.config.xds, hostname());
     this.kube?.start();
 
-    if (opts.identity && this.certs) {
-      // HBONE: on wherever the model's nodes[] names this node (tunnelhost.ts), presenting the node's own identity
-      const { TunnelHost } = await import('./tunnelhost.js');
-      this.tunnel = new TunnelHost({ certs: this.certs, identity: opts.identity.nodeIdentity, nodeName: opts.identity.nodeId, pods: this.pods, registry: this.registry, log });
-      if (this.state.model) this.tunnel.update(this.state.model);
-      await this.tunnel.start();
-    }
     // The kernel's hand-over of cross-node connections to the tunnel, on the proxy's addresses (agent/tunnelhandover.ts).
     const proxyListeners = this.proxy?.handover()?.listeners;
     if (this.tunnel && handoverNode && proxyListeners) {
@@ -530,6 +542,7 @@ export class Agent {
     if (admin === undefined || handover === undefined) throw new Error('the admin or handover socket is not listening');
     const { listeners, ...settings } = proxy ?? { listeners: [] };
     const tunnel = this.tunnelHandover?.listeners() ?? [];
+    const hbone = this.tunnel?.listeners() ?? [];
     return {
       message: {
         type: 'offer', pid: process.pid, version: VERSION,
@@ -537,8 +550,9 @@ export class Agent {
         metrics: metrics === undefined ? null : this.metricsAddress,
         model: this.state.model ? writeHandoverModel(this.opts.runDir, this.state.model) : null,
         tunnelHandover: tunnel.length ? { port: tunnel[0]!.port, listeners: tunnel.map(({ host, port }) => ({ host, port })) } : null,
+        tunnelServer: hbone.length ? { listeners: hbone.map(({ host, port }) => ({ host, port })) } : null,
       },
-      fds: [...listeners.map((l) => l.fd), admin, handover, ...(metrics === undefined ? [] : [metrics]), ...tunnel.map((l) => l.fd)],
+      fds: [...listeners.map((l) => l.fd), admin, handover, ...(metrics === undefined ? [] : [metrics]), ...tunnel.map((l) => l.fd), ...hbone.map((l) => l.fd)],
     };
   }
 
@@ -549,8 +563,8 @@ export class Agent {
   private async release(): Promise<void> {
     this.handedOver = true;
     await this.stopServing(false);
-    // The HBONE server's listeners are not handed over (yet): ours close so that the new agent can listen on 15008;
-    // its sessions finish (session.close() is graceful); the client pool stays for the streams this agent carries.
+    // The HBONE server stops accepting (the new agent accepts on the same 15008 sockets); its sessions get GOAWAY and
+    // their streams finish; the client pool stays for the streams this agent carries.
     await this.tunnel?.stopServer();
   }
 

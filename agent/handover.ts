@@ -5,7 +5,8 @@
 // <runDir>/handover.sock, one JSON line each way, fds attached with SCM_RIGHTS (native/fdpass.cc):
 //   new -> old  {"type":"request","pid","version"}
 //   old -> new  {"type":"offer",...} + fds: the proxy's listeners (loopback v4/v6, node addresses), the admin socket,
-//               this handover socket, the metrics socket (when there is one)       or {"type":"refused","error"}
+//               this handover socket, the metrics socket (when there is one), the tunnel hand-over's listeners,
+//               the HBONE server's listeners (15008; tunnelhost.ts)                  or {"type":"refused","error"}
 //               The offer names a file in the run dir with the model in force (JSON): a new agent whose source is a
 //               control plane starts from it, so that it serves the same config from its first request even while the
 //               control plane is down (its first sync replaces it), as a restarted ztunnel or Envoy cannot.
@@ -51,6 +52,12 @@ export interface HandoverOfferMessage {
    * metrics endpoint's. Absent from an older agent's offer: the new one listens itself.
    */
   tunnelHandover?: { port: number; listeners: { host: string; port: number }[] } | null;
+  /**
+   * The HBONE server's listening sockets (15008 on the node's addresses: agent/tunnelhost.ts; absent or null: none),
+   * their fds last. Passed on so that the listening socket never closes across the restart: an inbound SYN meanwhile
+   * waits in its queue for whichever agent accepts, instead of being refused. Absent from an older agent's offer.
+   */
+  tunnelServer?: { listeners: { host: string; port: number }[] } | null;
 }
 
 /** What the running agent hands over (its side): the message and the fds, in the order of the protocol above. */
@@ -66,6 +73,8 @@ export interface TakeOver {
   readonly metricsFd: number | undefined;
   /** the tunnel hand-over's listening sockets (null: the running agent had none) */
   readonly tunnelHandover: { port: number; listeners: { host: string; port: number; fd: number }[] } | null;
+  /** the HBONE server's listening sockets ([]: the running agent had none) */
+  readonly tunnelServer: { host: string; port: number; fd: number }[];
   /** the running agent's model in force (undefined: it had none, or its file could not be read: a warning says why) */
   readonly model: Model | undefined;
   /** Tell the old agent to let go (we accept and beat now); waits for it. false: it did not answer (gone?). */
@@ -140,7 +149,9 @@ export function requestHandover(runDir: string, o: { version: string; log: Logge
     const listeners = offer.proxy?.listeners ?? [];
     const tunnelListeners = offer.tunnelHandover?.listeners ?? [];
     const tunnelAt = listeners.length + 2 + (offer.metrics !== null ? 1 : 0);
-    const want = tunnelAt + tunnelListeners.length;
+    const hboneListeners = offer.tunnelServer?.listeners ?? [];
+    const hboneAt = tunnelAt + tunnelListeners.length;
+    const want = hboneAt + hboneListeners.length;
     if (fds.length !== want) throw new Error(`handover at ${path}: the offer names ${want} sockets but ${fds.length} came with it`);
     // Each fd is checked for what the offer says it is before anything accepts on it.
     const check = (f: number, what: string, family?: number): void => {
@@ -156,6 +167,7 @@ export function requestHandover(runDir: string, o: { version: string; log: Logge
     const metricsFd = offer.metrics !== null ? fds[listeners.length + 2] : undefined;
     if (metricsFd !== undefined) check(metricsFd, `the metrics endpoint ${offer.metrics}`);
     tunnelListeners.forEach((l, i) => check(fds[tunnelAt + i]!, `the tunnel hand-over listener ${l.host}:${l.port}`, l.host.includes(':') ? 6 : 4));
+    hboneListeners.forEach((l, i) => check(fds[hboneAt + i]!, `the HBONE server's listener ${l.host}:${l.port}`, l.host.includes(':') ? 6 : 4));
     const model = offer.model ? readModel(join(runDir, offer.model), o.log) : undefined;
     let done = false;
     return {
@@ -164,6 +176,7 @@ export function requestHandover(runDir: string, o: { version: string; log: Logge
       proxy: offer.proxy && { ...offer.proxy, listeners: listeners.map((l, i) => ({ ...l, fd: fds[i]! })) },
       adminFd, handoverFd, metricsFd,
       tunnelHandover: offer.tunnelHandover ? { port: offer.tunnelHandover.port, listeners: tunnelListeners.map((l, i) => ({ ...l, fd: fds[tunnelAt + i]! })) } : null,
+      tunnelServer: hboneListeners.map((l, i) => ({ ...l, fd: fds[hboneAt + i]! })),
       commit: () => {
         if (done) throw new Error('handover: committed or aborted already');
         done = true;

@@ -9,6 +9,12 @@
 // (this node's entry in the model's nodes[], which an xDS or Kubernetes source brings later). Neither blocks the
 // agent's start: the server starts once both are there, moves when the node's addresses or port change, and until
 // then `state` (meshctl tunnels) says what it waits for. Addresses given to the constructor (tests) replace nodes[].
+//
+// A planned restart (agent/handover.ts) passes the running agent's 15008 listening sockets to the new one, as it does
+// the proxy's: the new server accepts on them (`takeover`), so the listening socket never closes and no inbound SYN
+// is refused in between (the kernel queues what neither agent accepts yet). A taken-over socket whose address or
+// port this node's entry no longer names is closed once the server starts elsewhere.
+import { closeSync } from 'node:fs';
 import type { Registry } from 'prom-client';
 import type { TunnelReport } from './admin/protocol.js';
 import type { IdentityCerts } from './identity/material.js';
@@ -34,6 +40,8 @@ export interface TunnelHostOptions {
   /** with `addresses`: the port (default 15008) */
   port?: number;
   pods: LocalPods;
+  /** a planned restart: the running agent's HBONE listening sockets (TunnelHost.listeners() of that agent) */
+  takeover?: { host: string; port: number; fd: number }[];
   /** the L4 authorization decision; absent: the model's policies (update()) */
   authorize?: L4Authorizer;
   registry: Registry;
@@ -56,6 +64,10 @@ export class TunnelHost {
   /** server (re)starts, one at a time */
   private chain: Promise<void> = Promise.resolve();
   private why = 'not started';
+  /** the running agent's listening sockets not adopted by a server yet (planned restart) */
+  private takeover: { host: string; port: number; fd: number }[];
+  /** resolved each time the server listens */
+  private listeningWaiters: (() => void)[] = [];
   private readonly log: Logger;
   private readonly onChange = (identity: string): void => { if (identity === this.opts.identity) this.reconcile(); };
 
@@ -63,6 +75,7 @@ export class TunnelHost {
     this.log = opts.log.child({ component: 'tunnel' });
     this.metrics.register(opts.registry);
     this.client = new TunnelClient({ certs: opts.certs, metrics: this.metrics, log: this.log });
+    this.takeover = [...(opts.takeover ?? [])];
     if (opts.addresses) this.want = { addresses: opts.addresses, port: opts.port ?? DEFAULT_TUNNEL_PORT };
   }
 
@@ -111,6 +124,24 @@ export class TunnelHost {
     return n && address ? { name: n.name, address, port: n.tunnelPort ?? DEFAULT_TUNNEL_PORT } : undefined;
   }
 
+  /**
+   * Resolves true once the server listens, false after timeoutMs (a planned restart waits for it before the running
+   * agent lets go, so that one of the two serves 15008 throughout).
+   */
+  whenListening(timeoutMs: number): Promise<boolean> {
+    if (this.server) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => { this.listeningWaiters = this.listeningWaiters.filter((w) => w !== done); resolve(false); }, timeoutMs);
+      const done = (): void => { clearTimeout(timer); resolve(true); };
+      this.listeningWaiters.push(done);
+    });
+  }
+
+  /** The server's listening sockets (host, port, fd): what a planned restart hands to the new agent. */
+  listeners(): { host: string; port: number; fd: number }[] {
+    return (this.server?.listenerFds() ?? []).map((l) => ({ host: l.address, port: l.port, fd: l.fd }));
+  }
+
   /** What the server is doing or waiting for (meshctl tunnels). */
   get state(): string { return this.why; }
 
@@ -121,6 +152,7 @@ export class TunnelHost {
     await this.chain;
     await this.server?.stop();
     this.server = undefined;
+    this.closeTakeover(() => true);
   }
 
   /**
@@ -132,6 +164,7 @@ export class TunnelHost {
     await this.chain;
     await this.server?.stop();
     this.server = undefined;
+    this.closeTakeover(() => true);
   }
 
   report(): TunnelReport {
@@ -165,9 +198,17 @@ export class TunnelHost {
       this.log.info({ identity: this.opts.identity }, `tunnel: ${this.why}`);
       return;
     }
+    // the running agent's sockets for these addresses and this port: accepted on instead of listening anew (the
+    // server owns them from here, whether it starts or fails)
+    const key = (host: string, port: number): string => `${canonicalAddress(host)?.address ?? host}|${port}`;
+    const wanted = new Set(want.addresses.map((a) => key(a, want.port)));
+    const adopt = this.takeover.filter((l) => wanted.has(key(l.host, l.port)));
+    this.takeover = this.takeover.filter((l) => !adopt.includes(l));
+    const fds = adopt.map((l) => ({ address: want.addresses.find((a) => key(a, want.port) === key(l.host, l.port))!, fd: l.fd }));
     const server = new TunnelServer({
       certs: this.opts.certs, identity: this.opts.identity, addresses: want.addresses, port: want.port, metrics: this.metrics, log: this.log,
       isLocal: (a) => this.opts.pods.addresses().has(a), authorize: this.opts.authorize ?? ((q) => this.authorize(q)),
+      ...(fds.length ? { fds } : {}),
     });
     try {
       this.listening = await server.start();
@@ -179,6 +220,18 @@ export class TunnelHost {
     this.server = server;
     this.have = want;
     this.why = 'listening';
+    // sockets of the running agent this node's entry no longer names: closed, or they would queue SYNs nobody accepts
+    this.closeTakeover(() => true);
+    for (const w of this.listeningWaiters.splice(0)) w();
+  }
+
+  private closeTakeover(which: (l: { host: string; port: number }) => boolean): void {
+    const close = this.takeover.filter(which);
+    this.takeover = this.takeover.filter((l) => !close.includes(l));
+    for (const l of close) {
+      try { closeSync(l.fd); } catch { /* closed already */ }
+      this.log.info({ host: l.host, port: l.port }, 'tunnel: a listener taken over from the running agent and not served on (this node\'s tunnel end moved, or the tunnel stopped) was closed');
+    }
   }
 
   /** The model's L4 authorization for a tunnelled connection to a pod (no policy: allowed, as in Istio). */

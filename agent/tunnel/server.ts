@@ -12,6 +12,7 @@
 // are in progress at once (more are closed at accept), and every refusal is counted by reason and logged (one line
 // per reason, then a summary per second under a flood, so a flood cannot flood the log).
 import { X509Certificate } from 'node:crypto';
+import { closeSync } from 'node:fs';
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { createServer as tlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.js';
@@ -33,6 +34,11 @@ export interface TunnelServerOpts {
   identity: string;
   /** the node address(es) to listen on */
   addresses: string[];
+  /**
+   * Listening sockets to accept on instead of listening anew, by address (a planned restart: the running agent's,
+   * received over SCM_RIGHTS; agent/tunnelhost.ts). The server owns each fd it is given.
+   */
+  fds?: { address: string; fd: number }[];
   port?: number;
   /** is `address` a workload on this node: the only destinations the server connects to */
   isLocal(address: string): boolean;
@@ -152,6 +158,8 @@ export class TunnelServer {
   /** Listen on every address; resolves with the address:port strings once all listen (rejects, closing all, if one cannot). */
   async start(): Promise<string[]> {
     const tls = this.tlsOptions();
+    /** fds handed to a listener (closed with it, whatever came of it) */
+    const used = new Set<number>();
     try {
       for (const address of this.opts.addresses) {
         const server = tlsServer({
@@ -163,20 +171,33 @@ export class TunnelServer {
         server.on('secureConnection', (s: TLSSocket) => this.onSecure(s));
         server.on('tlsClientError', (e: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(e, s));
         this.servers.push(server);
+        const fd = this.opts.fds?.find((f) => f.address === address)?.fd;
+        if (fd !== undefined) used.add(fd);
         await new Promise<void>((resolve, reject) => {
           server.once('error', reject);
-          server.listen({ host: address, port: this.opts.port ?? HBONE_PORT }, () => { server.off('error', reject); resolve(); });
+          server.listen(fd !== undefined ? { fd } : { host: address, port: this.opts.port ?? HBONE_PORT }, () => { server.off('error', reject); resolve(); });
         });
         server.on('error', (e) => this.opts.log.error({ err: e, address }, 'tunnel: listener error'));
       }
     } catch (e) {
       await this.stop();
+      // the given sockets no listener took: closed here (they are ours), or they would queue SYNs nobody accepts
+      for (const { fd } of this.opts.fds ?? []) if (!used.has(fd)) { try { closeSync(fd); } catch { /* closed already */ } }
       throw new Error(`tunnel: cannot listen on ${this.opts.addresses.join(', ')} port ${this.opts.port ?? HBONE_PORT}: ${(e as Error).message}`);
     }
     this.opts.certs.on('change', this.onChange);
     const listening = this.listening();
-    this.opts.log.info({ listening, identity: this.opts.identity }, 'tunnel: HBONE server listening');
+    this.opts.log.info({ listening, identity: this.opts.identity, takenOver: !!this.opts.fds?.length }, 'tunnel: HBONE server listening');
     return listening;
+  }
+
+  /** The listening sockets (address as given, port, fd): what a planned restart hands to the new agent. */
+  listenerFds(): { address: string; port: number; fd: number }[] {
+    return this.servers.flatMap((s, i) => {
+      const fd = (s as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+      const a = s.address();
+      return typeof fd === 'number' && fd >= 0 && a && typeof a === 'object' ? [{ address: this.opts.addresses[i]!, port: a.port, fd }] : [];
+    });
   }
 
   /** TLS handshakes in progress now (bounded by maxPendingHandshakes). */

@@ -82,6 +82,91 @@ out.update(greeting=b[:nl].decode(), exact=b[nl + 1:] == data, received=len(b) -
 if failed: out['error'] = failed[0]
 print(json.dumps(out))`;
 
+// Until SIGTERM: one new TCP connection after another to host:port, each sending 1,000 bytes and checking the echo.
+// Prints {"ok", "errors": {kind: n}, "worstMs", "slow": [[seconds since start, ms], ...] (attempts over 500 ms)}.
+const LOOP = `import errno, json, signal, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+payload = bytes(range(250)) * 4
+def one():
+    s = socket.create_connection((host, port), timeout=10); s.sendall(payload); s.shutdown(socket.SHUT_WR)
+    b = b''
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        b += d
+    s.close()
+    nl = b.find(b'\\n')
+    if nl < 0 or b[nl + 1:] != payload: raise ValueError('bad echo: %d bytes' % len(b))
+ok, errors, worst, slow, t00 = 0, {}, 0.0, [], time.monotonic()
+while not stop:
+    t0 = time.monotonic()
+    try:
+        one(); ok += 1
+    except Exception as e:
+        k = type(e).__name__ + (' ' + errno.errorcode.get(e.errno, '') if isinstance(e, OSError) and e.errno else ' ' + str(e)[:60])
+        errors[k] = errors.get(k, 0) + 1
+    ms = (time.monotonic() - t0) * 1000; worst = max(worst, ms)
+    if ms > 500: slow.append([round(t0 - t00, 2), round(ms)])
+print(json.dumps({'ok': ok, 'errors': errors, 'worstMs': round(worst, 1), 'slow': slow}), flush=True)`;
+// The same with each attempt its own new HBONE connection (a Node process, node:http2 over TLS 1.3 with a workload
+// certificate): TCP + TLS + one CONNECT to the authority, 1,000 bytes over the stream, the echo checked. (Not
+// python3-h2: after a GOAWAY its state machine refuses the rest of a stream the GOAWAY let finish.)
+const HLOOP = `const http2 = require('node:http2'), fs = require('node:fs');
+const [host, port, authority, ca, cert, key] = process.argv.slice(1);
+let stop = false;
+process.on('SIGTERM', () => { stop = true; });
+const payload = Buffer.from(Array.from({ length: 1000 }, (_, i) => i % 250));
+const tls = { ca: fs.readFileSync(ca), cert: fs.readFileSync(cert), key: fs.readFileSync(key), minVersion: 'TLSv1.3',
+  checkServerIdentity: () => undefined /* a SPIFFE URI SAN, no host name: the chain is what is checked here */ };
+const one = () => new Promise((resolve, reject) => {
+  const s = http2.connect('https://' + (host.includes(':') ? '[' + host + ']' : host) + ':' + port, tls);
+  const timer = setTimeout(() => { s.destroy(); reject(new Error('timeout')); }, 10000);
+  const fail = (e) => { clearTimeout(timer); s.destroy(); reject(e); };
+  s.on('error', fail);
+  const st = s.request({ ':method': 'CONNECT', ':authority': authority });
+  st.on('error', fail);
+  st.on('response', (h) => { if (h[':status'] !== 200) fail(new Error('status ' + h[':status'])); else st.end(payload); });
+  const chunks = [];
+  st.on('data', (d) => chunks.push(d));
+  st.on('end', () => {
+    clearTimeout(timer);
+    const b = Buffer.concat(chunks), nl = b.indexOf(10);
+    s.close();
+    if (nl < 0 || !b.subarray(nl + 1).equals(payload)) reject(new Error('bad echo: ' + b.length + ' bytes')); else resolve();
+  });
+});
+(async () => {
+  let ok = 0, worst = 0;
+  const errors = {}, slow = [], t00 = performance.now();
+  while (!stop) {
+    const t0 = performance.now();
+    try { await one(); ok++; } catch (e) { const k = e.code || String(e.message).slice(0, 60); errors[k] = (errors[k] || 0) + 1; }
+    const ms = performance.now() - t0;
+    worst = Math.max(worst, ms);
+    if (ms > 500) slow.push([Math.round(t0 - t00) / 1000, Math.round(ms)]);
+  }
+  process.stdout.write(JSON.stringify({ ok, errors, worstMs: Math.round(worst * 10) / 10, slow }) + '\\n');
+})();`;
+
+interface LoopOut { ok: number; errors: Record<string, number>; worstMs: number; slow: [number, number][] }
+/** Start LOOP (a ChildProcess running until stop()); stop() resolves with what it printed. */
+function loop(cmd: string, args: string[]): { stop(): Promise<LoopOut> } {
+  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  p.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  const exited = new Promise<void>((r) => p.once('exit', () => r()));
+  return {
+    stop: async () => {
+      p.kill('SIGTERM');
+      await exited;
+      try { return JSON.parse(out) as LoopOut; } catch { throw new Error(`loop printed ${JSON.stringify(out)}; stderr ${err.slice(-500)}`); }
+    },
+  };
+}
+
 interface Answer { greeting?: string; exact?: boolean; received?: number; seenAs?: string; connectMs?: number; error?: string; ms?: number }
 
 async function run(cmd: string, args: string[]): Promise<string> {
@@ -205,6 +290,37 @@ services:
   t.equal(rep1.peers.filter((p) => p.direction === 'out').reduce((n, p) => n + p.handshakes, 0), families.length,
     `n1: ${families.length} mTLS handshake(s), one per address family of n2's tunnel end, carried every connection`);
   t.match(rep1.handover, { tunnelled: 2 * families.length, refused: {} }, 'n1\'s hand-over: every connection tunnelled, none reset');
+
+  // Planned restarts of n2's agent (the tunnel's server end) under load: new connections all the time, through the
+  // hand-over and n1's pooled tunnel (a pod's connections to the VIP), and each its own new HBONE connection to
+  // n2:15008 (python3-h2 from n1's namespace, with a workload certificate of the same CA): the new agent takes the
+  // 15008 listeners over, so no SYN is refused in between and nothing fails.
+  const [cert, key] = await ca.issue('web', WEB);
+  const pyLoop = (n: number) => Array.from({ length: n }, () => {
+    const [cmd, args] = n1.lab.onNode([process.execPath, '-e', HLOOP, n2.nodeV4, '15008', `${vault.v4}:${PORT}`, ca.bundle, cert, key]);
+    return loop(cmd, args);
+  });
+  const hbone = pyLoop(2);
+  const viaVip = [1, 2].map(() => { const [cmd, args] = a.argv('python3', ['-c', LOOP, Lab.vip4(1), '80']); return loop(cmd, args); });
+  const RESTARTS = 3;
+  const restartMs: number[] = [];
+  await new Promise((r) => setTimeout(r, 1000));
+  for (let i = 0; i < RESTARTS; i++) {
+    const seen = ag2.logs.length;
+    const t0 = performance.now();
+    await ag2.restart();
+    await ag2.waitLog((l) => ag2.logs.indexOf(l) >= seen && l.msg === 'tunnel: HBONE server listening', 30_000);
+    restartMs.push(Math.round(performance.now() - t0));
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  const [h1, h2, v1, v2] = await Promise.all([...hbone, ...viaVip].map((l) => l.stop()));
+  const sumOk = (xs: LoopOut[]): number => xs.reduce((n, x) => n + x.ok, 0);
+  t.comment(`${RESTARTS} restarts of n2's agent (${restartMs.join(', ')} ms to its HBONE server listening); new HBONE connections: ${JSON.stringify([h1, h2])}; through the VIP: ${JSON.stringify([v1, v2])}`);
+  t.same([h1!.errors, h2!.errors], [{}, {}], `a new HBONE connection per attempt across ${RESTARTS} restarts: none refused or failed (${sumOk([h1!, h2!])} ok, worst ${Math.max(h1!.worstMs, h2!.worstMs)} ms)`);
+  t.same([v1!.errors, v2!.errors], [{}, {}], `pod a -> VIP -> tunnel across ${RESTARTS} restarts: none refused or failed (${sumOk([v1!, v2!])} ok, worst ${Math.max(v1!.worstMs, v2!.worstMs)} ms)`);
+  t.ok(sumOk([h1!, h2!]) >= 10 * RESTARTS && sumOk([v1!, v2!]) >= 10 * RESTARTS, 'both loads kept going throughout');
+  const takenOver = ag2.logs.filter((l) => l.msg === 'tunnel: HBONE server listening' && l.takenOver === true).length;
+  t.equal(takenOver, RESTARTS, `each new agent served 15008 on the listeners it took over (${takenOver} of ${RESTARTS})`);
 
   // n1's agent dies: the strict destination is refused at once, the permissive one reached directly
   await ag1.kill('SIGKILL');
