@@ -105,7 +105,7 @@ export class TunnelClient implements TunnelOpener {
    * Open a CONNECT stream; `accepted` gets it on the 200, in the same call as the answer (DATA may follow at once), and
    * must give it a handler. Resolves after that; rejects with a TunnelError on a refusal, a reset or the timeout.
    */
-  private async request(req: TunnelRequest, accepted: (stream: H2Stream, endStream: boolean) => void): Promise<void> {
+  private async request(req: TunnelRequest, accepted: (stream: H2Stream, endStream: boolean) => void, retries = 1): Promise<void> {
     const session = await this.session(req);
     const authority = hostPort(req.dst.address, req.dst.port);
     const ms = this.opts.timeoutMs ?? 10_000;
@@ -130,7 +130,18 @@ export class TunnelClient implements TunnelOpener {
           if (stream!.closed) { /* ended both ways already */ } else stream!.end();
           reject(fail(statusReason(status), `tunnel to ${req.node.name}: CONNECT ${authority} refused with ${status}`, status));
         }),
-        (code) => settle(() => reject(fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} reset (${h2ErrorName(code)})`))),
+        (code) => settle(() => {
+          // REFUSED_STREAM before any answer: the server never processed it (RFC 9113 8.7), so it is safe to send
+          // again. A GOAWAY refuses every stream above its last stream id (a restarting node's old agent stops
+          // while CONNECTs are on their way); the retry waits a microtask, for the GOAWAY's onGoaway to take that
+          // session out of the pool (it runs right after these resets), and then dials anew.
+          if (code === H2_ERROR.REFUSED_STREAM && retries > 0) {
+            this.opts.log.info({ source: req.source, node: req.node.name, authority }, 'tunnel: CONNECT refused unprocessed (GOAWAY); sent again');
+            queueMicrotask(() => { this.request(req, accepted, retries - 1).then(resolve, reject); });
+            return;
+          }
+          reject(fail('tunnel-failed', `tunnel to ${req.node.name}: CONNECT ${authority} reset (${h2ErrorName(code)})`));
+        }),
       );
       try {
         stream = session.request([':method', 'CONNECT', ':authority', authority], false, handler);

@@ -213,7 +213,9 @@ export class TunnelServer {
   /** Stop listening; open sessions get GOAWAY and their streams finish. */
   async stop(): Promise<void> {
     this.opts.certs.off('change', this.onChange);
-    for (const session of this.live) session.goaway();
+    // the three-step shutdown (proxy/h2/session.ts), not a bare GOAWAY: a CONNECT already on its way is served, not
+    // refused (a planned restart stops this server while clients keep opening streams)
+    for (const session of this.live) session.shutdown();
     await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     this.servers.length = 0;
     this.refusals.close();
