@@ -6,7 +6,8 @@
 // once, issuing under it after --propagation (agents re-read the bundle every 60 s, so the default 5m leaves them
 // five chances), the old root out of the bundle once the longest certificate lifetime has passed after that.
 import { Command } from 'commander';
-import { CaConfigError, CertificateAuthority, DEFAULT_CERT_TTL_S } from './ca.js';
+import { join } from 'node:path';
+import { CaConfigError, CertificateAuthority, DEFAULT_CERT_TTL_S, generateCaFiles } from './ca.js';
 
 const DEFAULT_PROPAGATION = '5m';
 
@@ -51,6 +52,20 @@ export function caCommand(parseDuration: (v: string) => number | string): Comman
       process.stdout.write(`${next.generation}: root ${next.root.subject} (SHA-256 ${next.root.fingerprint256}) is in the trust bundle now;\n`
         + `it issues from ${next.issueFrom}; the previous root leaves the bundle the control plane's --cert-ttl after that.\n`
         + `A running control plane on this directory applies it within a second; \`sockmesh-controlplane ca status\` follows it.\n`);
+    }));
+  ca.command('init')
+    .description('make a new root and intermediate as files (--ca-cert/--ca-key/--ca-chain), e.g. for the Kubernetes Secret deploy/ca/ mounts')
+    .requiredOption('--out <dir>', 'a new or empty directory (made 0700, keys 0600)')
+    .option('--trust-domain <domain>', 'the trust domain the CA signs for', 'cluster.local')
+    .option('--namespace <ns>', 'the namespace of the kubectl command printed', 'sockmesh-system')
+    .addHelpText('after', '\nExit codes: 0 written; 1 the directory is not empty, bad arguments.')
+    .action(guarded(async (o: { out: string; trustDomain: string; namespace: string }) => {
+      const files = await generateCaFiles(o.out, o.trustDomain);
+      // the Secret holds what issuing needs: the intermediate, its key and the root; the root's key stays here
+      const secret = ['ca-cert.pem', 'ca-key.pem', 'cert-chain.pem'].map((f) => `--from-file=${join(o.out, f)}`).join(' ');
+      process.stdout.write(`wrote ${files.join(', ')} to ${o.out}\n`
+        + `the Secret the control plane mounts (deploy/ca/): kubectl -n ${o.namespace} create secret generic sockmesh-ca ${secret}\n`
+        + `keep ${join(o.out, 'root-key.pem')} out of the cluster (it is not needed to issue)\n`);
     }));
   ca.command('status')
     .description('the CA\'s generations: which issues, which is next or retiring, root and intermediate expiry')

@@ -230,6 +230,19 @@ function writeGeneration(dir: string, files: Record<string, string>): void {
   }
 }
 
+/**
+ * A new root and intermediate as flat files in `dir` (new or empty; made 0700, keys 0600), for a CA run from files
+ * (--ca-cert ca-cert.pem --ca-key ca-key.pem --ca-chain cert-chain.pem): `sockmesh-controlplane ca init`, whose
+ * output becomes the Kubernetes Secret the control plane mounts (deploy/ca/). root-key.pem is not needed to issue:
+ * it stays with the operator, out of the cluster.
+ */
+export async function generateCaFiles(dir: string, trustDomain: string, now = Date.now()): Promise<string[]> {
+  if (existsSync(dir) && readdirSync(dir).length > 0) throw new CaConfigError(`${dir}: not empty; give a new or empty directory`);
+  const g = await generateGeneration(trustDomain, now, new Date(now).toISOString().slice(0, 10));
+  writeGeneration(dir, g.files);
+  return Object.keys(g.files).sort();
+}
+
 interface DirState {
   /** generations in order, the oldest first: subdirectory names and when each starts issuing */
   generations: { dir: string; issueFrom: number }[];

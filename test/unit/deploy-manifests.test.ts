@@ -5,7 +5,8 @@
 // one the programs define (their --help), and RBAC covering what the code watches.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
@@ -320,4 +321,56 @@ t.test('RBAC covers what the code reads and writes', async (t) => {
     t.ok(all.some((o) => o.kind === 'ClusterRole' && o.metadata.name === b.roleRef.name), `${b.metadata.name}: its ClusterRole exists`);
     for (const s of b.subjects) t.ok(all.some((o) => o.kind === 'ServiceAccount' && o.metadata.name === s.name && o.metadata.namespace === s.namespace), `${b.metadata.name}: subject ${s.namespace}/${s.name} exists`);
   }
+});
+
+t.test('deploy/ca: the CA component (the key from the Secret sockmesh-ca, the agents\' token) on top of deploy/', { skip: KUBECTL ? false : 'kubectl is not installed (Debian: kubernetes-client)' }, async (t) => {
+  // an overlay as the component's comment tells an operator to write (a directory outside deploy/, relative paths)
+  const overlay = mkdtempSync(join(tmpdir(), 'sockmesh-deploy-ca-'));
+  t.teardown(() => rmSync(overlay, { recursive: true, force: true }));
+  const rel = relative(overlay, DEPLOY);
+  writeFileSync(join(overlay, 'kustomization.yaml'), `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [${rel}]\ncomponents: [${rel}/ca]\n`);
+  const r = spawnSync(KUBECTL!, ['kustomize', overlay], { encoding: 'utf8', timeout: 60000 });
+  t.equal(r.status, 0, `kubectl kustomize of deploy/ + deploy/ca builds: ${r.stderr}`);
+  const built = parseObjects(r.stdout, 'deploy/ca');
+  for (const o of built) t.same(await validate(o, 'deploy/ca'), [], `${o.kind} ${o.metadata.name} validates`);
+  // only the two workloads change
+  const base = kustomizeBuild();
+  const key = (o: K8s): string => `${o.kind}/${o.metadata.name}`;
+  const changed = built.filter((o) => JSON.stringify(o) !== JSON.stringify(base.find((b) => key(b) === key(o)))).map(key).sort();
+  t.same(changed, ['DaemonSet/sockmesh-agent', 'Deployment/sockmesh-controlplane'], 'the component changes the control plane and the agents only');
+
+  type CaVolume = { name: string; secret?: { secretName: string; defaultMode?: number }; emptyDir?: { medium?: string } };
+  type CaPod = Omit<PodSpec, 'volumes'> & { securityContext: { runAsUser: number; runAsGroup: number; fsGroup?: number }; volumes: CaVolume[] };
+  const cpPod = find<Workload>(built, 'Deployment', 'sockmesh-controlplane').spec.template.spec as CaPod;
+  const cp = cpPod.containers[0]!;
+  const args = cp.args ?? [];
+  const arg = (f: string): string => args[args.indexOf(f) + 1] ?? '';
+  t.ok(args.includes('--kubernetes') && args.includes('--ca-cert') && args.includes('--ca-key') && args.includes('--ca-chain'),
+    'serve --kubernetes with a CA from files (--ca-cert, --ca-key, --ca-chain): agents are checked by TokenReview');
+  const known = helpFlags([join(ROOT, 'dist', 'controlplane', 'main.js'), 'serve', '--help']);
+  t.same(checkFlags(args.slice(1), known, []).unknown, [], 'every flag of the control plane exists');
+  const mountOf = (c: Container, path: string): { name: string; mountPath: string } | undefined =>
+    (c.volumeMounts ?? []).find((m) => path.startsWith(`${m.mountPath}/`));
+  const volume = (name: string | undefined): CaVolume | undefined => cpPod.volumes.find((v) => v.name === name);
+  const secret = volume(mountOf(cp, arg('--ca-cert'))?.name)?.secret;
+  t.equal(secret?.secretName, 'sockmesh-ca', '--ca-cert is read from the Secret sockmesh-ca');
+  t.equal(volume(mountOf(cp, arg('--ca-chain'))?.name)?.secret?.secretName, 'sockmesh-ca', 'and --ca-chain');
+  t.equal(secret?.defaultMode, 0o400, 'the Secret\'s files are mounted 0400 (the kubelet adds group read for fsGroup)');
+  const keyVol = volume(mountOf(cp, arg('--ca-key'))?.name);
+  t.equal(keyVol?.emptyDir?.medium, 'Memory', '--ca-key is read from a memory-backed emptyDir (the key never on the node\'s disk)');
+  const init = (cpPod.initContainers ?? []).find((c) => (c.volumeMounts ?? []).some((m) => m.name === keyVol?.name));
+  const cmd = init?.command ?? [];
+  t.same(cmd.slice(0, 3), ['install', '-m', '0600'], 'an init container copies the key with mode 0600 (the control plane refuses a group-readable key)');
+  t.equal(cmd.at(-1), `${mountOf(cp, arg('--ca-key'))?.mountPath}/${arg('--ca-key').split('/').pop()}`, 'to the file --ca-key names');
+  t.equal(volume(init ? mountOf(init, cmd.at(-2) ?? '')?.name : undefined)?.secret?.secretName, 'sockmesh-ca', 'from the Secret\'s ca-key.pem');
+  t.equal(cmd.at(-2)?.split('/').pop(), 'ca-key.pem', 'the key the Secret holds under the name `ca init` gives it');
+  t.equal(cpPod.securityContext.fsGroup, cpPod.securityContext.runAsGroup, 'fsGroup = the pod\'s group: the non-root init container can read the Secret\'s 0440 files');
+  t.same(init?.securityContext?.capabilities?.drop, ['ALL'], 'the init container drops every capability');
+
+  const agent = (find<Workload>(built, 'DaemonSet', 'sockmesh-agent').spec.template.spec.containers.find((c) => c.name === 'agent'))!;
+  const aargs = agent.args ?? [];
+  const tokenFile = aargs[aargs.indexOf('--node-token-file') + 1];
+  t.equal(tokenFile, '/var/run/secrets/sockmesh.io/ca/token', 'the agents present the ca-token volume\'s projected token (--node-token-file)');
+  t.same(checkFlags(aargs, helpFlags([join(ROOT, 'dist', 'agent', 'main.js'), '--help']), []).unknown, [], 'every flag of the agent exists');
+  t.notOk(aargs.includes('--ca-address'), 'no --ca-address: the CA API is served next to xDS (the default is --xds)');
 });
