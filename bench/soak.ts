@@ -433,8 +433,9 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
 class ControlPlane {
   private bg: Background | null = null;
   restarts = 0;
-  /** when it last started accepting connections (ms since the epoch) */
+  /** when it last started accepting connections (ms since the epoch): its own 'control plane listening' line */
   listeningAt = 0;
+  private listenedAt = 0;
   /** when each directory read it logged was done (its start's load, then every 'snapshot updated'), ascending */
   readonly reads: number[] = [];
   constructor(private readonly dir: string, readonly port: number, private readonly maxMs: number) {}
@@ -446,14 +447,20 @@ class ControlPlane {
       let l: { msg?: string; time?: number };
       try { l = JSON.parse(line) as typeof l; } catch { return; }
       if ((l.msg === 'snapshot updated' || l.msg === 'control plane listening') && typeof l.time === 'number') this.reads.push(l.time);
+      if (l.msg === 'control plane listening' && typeof l.time === 'number') this.listenedAt = l.time;
     });
+    this.listenedAt = 0;
     const deadline = Date.now() + 20_000;
     while (!(await canConnect(this.port))) {
       if (!this.bg.running) throw new Error(`sockmesh-controlplane exited:\n${this.bg.tail()}`);
       if (Date.now() > deadline) throw new Error(`sockmesh-controlplane not listening on ${this.address} after 20 s:\n${this.bg.tail()}`);
       await sleep(20);
     }
-    this.listeningAt = Date.now();
+    // The poll above sees the port 0-20 ms late and an agent redialling meanwhile may already be connected: the
+    // plane's own line (logged once bound) is the moment; the poll's time only if that line is late on the pipe.
+    const seen = Date.now();
+    while (this.listenedAt === 0 && Date.now() - seen < 500) await sleep(5);
+    this.listeningAt = this.listenedAt || seen;
   }
 
   /** SIGKILL (a crash, no goodbye on the stream). */
@@ -618,12 +625,14 @@ async function runPhase(
       cpBusy = true;
       const c = cp;
       void (async () => {
+        // Counted before the kill: the agent may reconnect while start() still polls for the port, and a count taken
+        // after it then waited for a second connection that never came (60 s in the CI run of 04a6f4e).
+        const since = agent.connected.length;
         cpDownAt = Date.now();
         await c.kill();
         await sleep(1000);
         await c.start();
         c.restarts++;
-        const since = agent.connected.length;
         const deadline = Date.now() + 60_000;
         while (agent.connected.length === since && Date.now() < deadline) await sleep(20);
         const at = agent.connected[since] ?? Date.now();
