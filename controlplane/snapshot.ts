@@ -13,10 +13,11 @@ import { hash } from 'node:crypto';
 import protobuf from 'protobufjs';
 import { ENUM as E, FILTER, TYPE, TYPE_URLS } from '../xds/envoy.js';
 import { encodeAny as pack, protoRoot, typeOf, type AnyMessage } from '../xds/protos.js';
-import { entryClusterName, groupCluster, listenerName, sockmeshMetadata } from '../xds/sockmesh.js';
+import { entryClusterName, groupCluster, listenerName } from '../xds/sockmesh.js';
 import type { Backend, Model, Protocol, Service } from '../agent/model/types.js';
 import { clusterBalancing, grpcRouteHashPolicy } from './balancing.js';
 import { clusterHttpFields, httpListener, referencedWorkloads, serviceGroups } from './http.js';
+import { adsConfigSource, encodeGrpcListener, encodeGrpcRoute, encodeL4Cluster, encodeL4Listener, varintLength, writeVarint } from './l4wire.js';
 
 export interface Resource {
   name: string;
@@ -131,25 +132,6 @@ function protoTypes(): Types {
  */
 export function contentHash(bytes: Uint8Array): string {
   return hash('md5', bytes, 'base64url').slice(0, 12);
-}
-
-/** Bytes of a protobuf varint. */
-function varintLength(n: number): number {
-  let len = 1;
-  while (n >= 0x80) {
-    n = Math.floor(n / 128);
-    len++;
-  }
-  return len;
-}
-
-function writeVarint(buf: Buffer, at: number, n: number): number {
-  while (n >= 0x80) {
-    buf[at++] = (n & 0x7f) | 0x80;
-    n = Math.floor(n / 128);
-  }
-  buf[at++] = n;
-  return at;
 }
 
 /** `0x0a <len> <type URL>`: field 1 of an Any, the same for every resource of a type. */
@@ -269,54 +251,26 @@ export function encodeClusterLoadAssignment(cluster: string, backends: Backend[]
   return buf;
 }
 
-/** The router filter's config (empty, the same for every service): encoded once. */
-let router: AnyMessage | undefined;
-const routerConfig = () => (router ??= pack(FILTER.router, {}));
-
 /**
  * Every resource one service contributes, as [type URL, resource] pairs. `workloads`: the cgroups of the model's
  * workloads, by name (an HTTP service's listeners carry those its authorization names).
  */
 export function serviceResources(svc: Service, workloads?: ReadonlyMap<string, string[]>): Array<[string, Resource]> {
-  const e_ = E();
-  const ads = { ads: {}, resource_api_version: e_['V3'] };
+  const ads = adsConfigSource();
   const out: Array<[string, Resource]> = [];
   const entries = portEntries(svc);
+  // The L4 resources are encoded by hand (l4wire.ts; equal to protobufjs' encoding of l4ClusterObject & co.).
   for (const e of entries) {
     if (svc.http) {
       httpEntryResources(svc, e, ads, workloads, out);
       continue;
     }
-    const cluster: Record<string, unknown> = {
-      name: e.cluster,
-      type: e_['EDS'],
-      eds_cluster_config: { eds_config: ads },
-      ...clusterBalancing(svc),
-    };
-    if (svc.affinityTimeoutSeconds > 0) {
-      // Envoy has no cluster-level source affinity: carried as sockmesh filter metadata (a Struct).
-      cluster['metadata'] = sockmeshMetadata({ affinity_timeout_seconds: svc.affinityTimeoutSeconds });
-    }
-    if (svc.healthCheck) cluster['health_checks'] = clusterHttpFields(svc, undefined)['health_checks'];
-    out.push([TYPE.cluster, resource(TYPE.cluster, e.cluster, cluster)]);
-
+    out.push([TYPE.cluster, framed(TYPE.cluster, e.cluster, encodeL4Cluster(svc, e.cluster))]);
     // Equal to resource(TYPE.endpoint, e.cluster, clusterLoadAssignmentObject(e.cluster, e.backends)), faster.
     out.push([TYPE.endpoint, framed(TYPE.endpoint, e.cluster, encodeClusterLoadAssignment(e.cluster, e.backends))]);
-
     for (const vip of e.vips) {
       const name = listenerName(vip, e.port, e.protocol);
-      const address = { socket_address: { address: vip, port_value: e.port, protocol: e_[e.protocol === 'tcp' ? 'TCP' : 'UDP'] } };
-      const proxy = { stat_prefix: e.cluster, cluster: e.cluster };
-      const listener: Record<string, unknown> =
-        e.protocol === 'tcp'
-          ? { name, address, filter_chains: [{ filters: [{ name: 'envoy.filters.network.tcp_proxy', typed_config: pack(FILTER.tcpProxy, proxy) }] }] }
-          : {
-              name,
-              address,
-              udp_listener_config: {},
-              listener_filters: [{ name: 'envoy.filters.udp_listener.udp_proxy', typed_config: pack(FILTER.udpProxy, proxy) }],
-            };
-      out.push([TYPE.listener, resource(TYPE.listener, name, listener)]);
+      out.push([TYPE.listener, framed(TYPE.listener, name, encodeL4Listener(name, vip, e.port, e.protocol, e.cluster))]);
     }
   }
 
@@ -324,22 +278,11 @@ export function serviceResources(svc: Service, workloads?: ReadonlyMap<string, s
   // TCP port entry's cluster. gRPC runs over TCP only, so a UDP-only service gets neither.
   const grpcEntry = entries.find((e) => e.protocol === 'tcp');
   if (grpcEntry) {
-    const hcm = {
-      stat_prefix: svc.name,
-      rds: { route_config_name: svc.name, config_source: ads },
-      http_filters: [{ name: 'envoy.filters.http.router', typed_config: routerConfig() }],
-    };
-    out.push([TYPE.listener, resource(TYPE.listener, svc.name, { name: svc.name, api_listener: { api_listener: pack(FILTER.httpConnectionManager, hcm) } })]);
+    out.push([TYPE.listener, framed(TYPE.listener, svc.name, encodeGrpcListener(svc.name))]);
     // an HTTP service: the cluster of its first route's first group
     const target = svc.http ? groupCluster(grpcEntry.cluster, svc.http.routes[0]?.split[0]?.group ?? 'default', svc.http.upstreamProtocol) : grpcEntry.cluster;
     // maglev: gRPC's ring_hash hashes the channel (see balancing.ts)
-    const hashPolicy = grpcRouteHashPolicy(svc);
-    const action = hashPolicy ? { cluster: target, hash_policy: hashPolicy } : { cluster: target };
-    const route = {
-      name: svc.name,
-      virtual_hosts: [{ name: svc.name, domains: ['*'], routes: [{ match: { prefix: '' }, route: action }] }],
-    };
-    out.push([TYPE.route, resource(TYPE.route, svc.name, route)]);
+    out.push([TYPE.route, framed(TYPE.route, svc.name, encodeGrpcRoute(svc.name, target, grpcRouteHashPolicy(svc)))]);
   }
   return out;
 }
