@@ -234,6 +234,36 @@ const PING_NOTICE = Buffer.from('sm:going', 'latin1');
 /** our SETTINGS unacknowledged this long: GOAWAY SETTINGS_TIMEOUT (nghttpx's default) */
 export const DEFAULT_SETTINGS_TIMEOUT_MS = 10_000;
 
+
+// The sessions' deferred flushes (a session written to while another one is being read: the proxy's other leg) run
+// together in ONE microtask, queued with a resolved promise's then(). node's queueMicrotask makes an AsyncResource and
+// a bound function per call and runs the callback through runInAsyncScope (measured on node 20, 2M calls: 74-99 ns a
+// call against 33-38 for then(), and a proxied HTTP/2 request defers two flushes: the upstream session's request, the
+// client session's response); several sessions deferred in one batch share the one microtask.
+// Each flush runs even if one before it throws; the first exception is thrown again afterwards (an uncaught error,
+// as from queueMicrotask).
+const flushes: (() => void)[] = [];
+let flushesQueued = false;
+const RESOLVED = Promise.resolve();
+
+function deferFlush(f: () => void): void {
+  flushes.push(f);
+  if (flushesQueued) return;
+  flushesQueued = true;
+  void RESOLVED.then(runFlushes);
+}
+
+function runFlushes(): void {
+  let thrown: unknown = null, failed = false;
+  // (a flush may defer another session's: it is run in this same pass)
+  for (let i = 0; i < flushes.length; i++) {
+    try { flushes[i]!(); } catch (e) { if (!failed) { failed = true; thrown = e; } }
+  }
+  flushes.length = 0;
+  flushesQueued = false;
+  if (failed) queueMicrotask(() => { throw thrown; });
+}
+
 /** the stream a priority (PRIORITY's payload, HEADERS' priority fields) at b[p..] depends on: 31 bits, the E flag off */
 const dependency = (b: Buffer, p: number): number => ((b[p] & 0x7f) << 24 | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0;
 
@@ -710,7 +740,7 @@ export class H2Session {
   private scheduleFlush(): void {
     if (this.reading || this.flushQueued) return;
     this.flushQueued = true;
-    queueMicrotask(this.flushTask);
+    deferFlush(this.flushTask);
   }
 
   private flush(): void {
