@@ -12,6 +12,7 @@ import { ConfigError, type Model, type Service } from '../agent/model/types.js';
 import { DeltaStream } from './delta.js';
 import { Snapshot, type Changes, type SnapshotView } from './snapshot.js';
 import { LayeredView } from './nodeview.js';
+import { isMeshType, MeshSnapshot } from './mesh.js';
 import { SotwStream } from './sotw.js';
 import { shortType, type StreamHost, type StreamStats, type XdsStream } from './stream.js';
 import { DirWatcher, loadConfigDir } from './watch.js';
@@ -53,6 +54,8 @@ export class ControlPlane implements StreamHost {
   private readonly noncePrefix = randomBytes(3).toString('hex');
   /** node -> identities of its workloads, from the last model (the CA's authorization reads it) */
   private nodeIdentities = new Map<string, Set<string>>();
+  /** the model's nodes, workloads, modes and L4 policies (mesh.ts), served beside the Envoy resources */
+  private readonly mesh = new MeshSnapshot();
 
   constructor(opts: ControlPlaneOptions = {}) {
     this.log = opts.log ?? pino({ level: 'silent' });
@@ -63,8 +66,20 @@ export class ControlPlane implements StreamHost {
     return this.current;
   }
 
-  /** What `nodeId` is served: the shared snapshot, with its own services over it when there are per-node services. */
+  /**
+   * What `nodeId` is served: the shared snapshot, with its own services over it when there are per-node services, and
+   * the mesh resources as that node sees them (its own workloads' cgroups).
+   */
   view(nodeId: string): SnapshotView {
+    const inner = this.envoyView(nodeId);
+    const mesh = this.mesh;
+    return {
+      type: (url) => (isMeshType(url) ? mesh.type(url, nodeId) : inner.type(url)),
+      sotwBody: (url) => (isMeshType(url) ? mesh.sotwBody(url, nodeId) : inner.sotwBody(url)),
+    };
+  }
+
+  private envoyView(nodeId: string): SnapshotView {
     if (!this.nodeModel) return this.current;
     let o = this.overlays.get(nodeId);
     if (!o) {
@@ -90,7 +105,7 @@ export class ControlPlane implements StreamHost {
     const started = performance.now();
     this.nodeIdentities = identitiesByNode(base);
     this.nodeModel = perNode;
-    const baseChanges = this.current.apply(base);
+    const baseChanges = withMesh(this.current.apply(base), this.mesh.apply(base));
     const nodeChanges = new Map<string, Changes>();
     for (const [node, o] of this.overlays) {
       const c = o.snapshot.apply(perNode(node));
@@ -136,7 +151,8 @@ export class ControlPlane implements StreamHost {
   setModel(model: Model): Changes {
     const started = performance.now();
     this.nodeIdentities = identitiesByNode(model);
-    return this.pushed(this.current.apply(model), started);
+    const changes = this.current.apply(model);
+    return this.pushed(withMesh(changes, this.mesh.apply(model)), started);
   }
 
   /**
@@ -145,7 +161,8 @@ export class ControlPlane implements StreamHost {
    */
   updateServices(changed: Service[], removed: string[]): Changes {
     const started = performance.now();
-    return this.pushed(this.current.applyServices(changed, removed), started);
+    const changes = this.current.applyServices(changed, removed);
+    return this.pushed(withMesh(changes, this.mesh.applyServices(changed, removed)), started);
   }
 
   private pushed(changes: Changes, started: number): Changes {
@@ -325,6 +342,13 @@ export async function startControlPlane(opts: ServeOptions & { dir: string; debo
     watcher.stop();
     throw e;
   }
+}
+
+/** The Envoy resources' changes with the mesh resources' (other type URLs: no copy when the mesh did not change). */
+function withMesh(envoy: Changes, mesh: Changes): Changes {
+  if (mesh.size === 0) return envoy;
+  for (const [url, names] of mesh) envoy.set(url, names);
+  return envoy;
 }
 
 /** The union of two change sets. */

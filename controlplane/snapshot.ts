@@ -154,7 +154,7 @@ function anyTypeUrlField(typeUrl: string): Buffer {
  * state-of-the-world bytes and the Any's value are views into the same buffer. Framing by hand instead of with three
  * protobufjs writers saves two copies of every value and most of the garbage of a full build.
  */
-function resource(typeUrl: string, name: string, obj: Record<string, unknown>): Resource {
+export function resource(typeUrl: string, name: string, obj: Record<string, unknown>): Resource {
   return framed(typeUrl, name, typeOf(typeUrl).encode(obj).finish());
 }
 

@@ -3,6 +3,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { TYPE, TYPE_URLS } from '../xds/envoy.js';
+import { MESH_TYPE, MESH_TYPE_URLS } from '../xds/mesh.js';
 import { fromStruct } from '../xds/wellknown.js';
 import type { Changes, Snapshot, SnapshotView } from './snapshot.js';
 
@@ -58,12 +59,15 @@ export interface Owed {
   always: boolean;
 }
 
-/** Listeners and clusters have wildcard subscriptions; routes and endpoints are always asked for by name. */
+/** Listeners, clusters and the mesh types (sockmesh.mesh.v1) have wildcard subscriptions; routes and endpoints are asked for by name. */
 export function wildcardType(typeUrl: string): boolean {
-  return typeUrl === TYPE.listener || typeUrl === TYPE.cluster;
+  return typeUrl === TYPE.listener || typeUrl === TYPE.cluster || MESH_TYPE_URLS.includes(typeUrl);
 }
 
-const SHORT: Record<string, string> = { [TYPE.listener]: 'LDS', [TYPE.route]: 'RDS', [TYPE.cluster]: 'CDS', [TYPE.endpoint]: 'EDS' };
+const SHORT: Record<string, string> = {
+  [TYPE.listener]: 'LDS', [TYPE.route]: 'RDS', [TYPE.cluster]: 'CDS', [TYPE.endpoint]: 'EDS',
+  [MESH_TYPE.node]: 'mesh.Node', [MESH_TYPE.workload]: 'mesh.Workload', [MESH_TYPE.mtls]: 'mesh.Mtls', [MESH_TYPE.authorization]: 'mesh.Authorization',
+};
 export const shortType = (typeUrl: string) => SHORT[typeUrl] ?? typeUrl;
 
 /** google.protobuf.Struct (as proto-loader decodes it) -> plain JSON, for logs. */
@@ -104,7 +108,7 @@ export function acceptedType(typeUrl: unknown, log: Logger, warnedUnknown: Set<s
     log.warn('malformed request without type_url: ignored');
     return undefined;
   }
-  if (!TYPE_URLS.includes(typeUrl)) {
+  if (!TYPE_URLS.includes(typeUrl) && !MESH_TYPE_URLS.includes(typeUrl)) {
     if (warnedUnknown.size < 64 && !warnedUnknown.has(typeUrl)) {
       warnedUnknown.add(typeUrl);
       log.warn({ typeUrl: typeUrl.slice(0, 200) }, 'request for a type URL this control plane does not serve: ignored');

@@ -6,7 +6,9 @@ import { readdirSync, watch, type FSWatcher } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseConfig } from '../agent/model/config.js';
 import { BurstDebounce, CONFIG_MAX_WAIT_MS, readConfigText } from '../agent/sources/configtext.js';
-import { ConfigError, type ConfigIssue, type Model, type Service, type Workload } from '../agent/model/types.js';
+import {
+  ConfigError, type AuthorizationPolicy, type ConfigIssue, type MeshNode, type Model, type MtlsPolicy, type Service, type Workload,
+} from '../agent/model/types.js';
 
 const CONFIG_FILE = /^[^.].*\.(ya?ml|json)$/i; // hidden files (editor swap and lock files) are not config
 
@@ -27,6 +29,9 @@ export function loadConfigDir(dir: string): { model: Model; files: string[] } {
   const issues: ConfigIssue[] = [];
   const services: Service[] = [];
   const workloads = new Map<string, { w: Workload; file: string }>();
+  const nodes = new Map<string, { w: MeshNode; file: string }>();
+  const policies = new Map<string, { w: AuthorizationPolicy; file: string }>();
+  let mtls: { m: MtlsPolicy; file: string } | undefined;
   const owners = new Map<string, string>(); // service name -> file
   const frontends = new Map<string, { file: string; service: string }>();
   for (const file of files) {
@@ -42,14 +47,15 @@ export function loadConfigDir(dir: string): { model: Model; files: string[] } {
       }
       continue;
     }
-    // A workload may be defined by several files (each file's authorization names its own), identically.
-    (model.workloads ?? []).forEach((w, i) => {
-      const seen = workloads.get(w.name);
-      if (!seen) workloads.set(w.name, { w, file });
-      else if (JSON.stringify(seen.w.cgroups) !== JSON.stringify(w.cgroups)) {
-        issues.push({ file, path: `workloads[${i}]`, message: `workload '${w.name}' is defined with other cgroups in ${seen.file}` });
-      }
-    });
+    // A workload, a node or a policy may be defined by several files (each file is validated alone: its workloads name
+    // its own nodes, its policies its own services), identically; `mtls` by one file.
+    mergeNamed(model.workloads, 'workloads', 'workload', workloads, file, issues);
+    mergeNamed(model.nodes, 'nodes', 'node', nodes, file, issues);
+    mergeNamed(model.authorization, 'authorization', 'policy', policies, file, issues);
+    if (model.mtls) {
+      if (!mtls) mtls = { m: model.mtls, file };
+      else if (JSON.stringify(mtls.m) !== JSON.stringify(model.mtls)) issues.push({ file, path: 'mtls', message: `the mesh's mtls is also set, otherwise, in ${mtls.file}` });
+    }
     model.services.forEach((svc, i) => {
       // parseConfig keeps services in file order and returns only when all are valid: index i is services[i].
       const other = owners.get(svc.name);
@@ -69,7 +75,26 @@ export function loadConfigDir(dir: string): { model: Model; files: string[] } {
     });
   }
   if (issues.length > 0) throw new ConfigError(issues);
-  return { model: workloads.size > 0 ? { services, workloads: [...workloads.values()].map((x) => x.w) } : { services }, files };
+  const model: Model = workloads.size > 0 ? { services, workloads: [...workloads.values()].map((x) => x.w) } : { services };
+  if (nodes.size > 0) model.nodes = [...nodes.values()].map((x) => x.w);
+  if (mtls) model.mtls = mtls.m;
+  if (policies.size > 0) model.authorization = [...policies.values()].map((x) => x.w);
+  return { model, files };
+}
+
+/** Entries of one list of a file into `into` by name: the same name in two files must be the same entry. */
+function mergeNamed<T extends { name: string }>(
+  list: readonly T[] | undefined, key: string, what: string, into: Map<string, { w: T; file: string }>, file: string, issues: ConfigIssue[],
+): void {
+  (list ?? []).forEach((w, i) => {
+    const seen = into.get(w.name);
+    if (!seen) into.set(w.name, { w, file });
+    else if (JSON.stringify(seen.w) !== JSON.stringify(w)) {
+      const cgroups = (x: T) => JSON.stringify((x as { cgroups?: unknown }).cgroups);
+      const how = cgroups(seen.w) !== cgroups(w) ? 'with other cgroups' : 'otherwise';
+      issues.push({ file, path: `${key}[${i}]`, message: `${what} '${w.name}' is defined ${how} in ${seen.file}` });
+    }
+  });
 }
 
 export interface DirWatcherEvents {

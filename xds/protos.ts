@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
+import { MESH_PROTO } from './meshproto.js';
 
 const require = createRequire(import.meta.url);
 const DEPS = join(dirname(require.resolve('@grpc/grpc-js-xds/package.json')), 'deps');
@@ -75,6 +76,7 @@ export function protoRoot(): protobuf.Root {
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) => findInclude(target);
   root.loadSync(PROTO_FILES, { keepCase: true });
+  protobuf.parse(MESH_PROTO, root, { keepCase: true }); // sockmesh's own resource types (meshproto.ts)
   root.resolveAll();
   rootCache = root;
   return root;

@@ -25,6 +25,8 @@ import {
   type ClusterDigest, type EndpointsDigest, type ListenerDigest, type RouteDigest,
 } from './digest.js';
 import { capReason, joinErrors, XdsResourceError } from './errors.js';
+import { isMeshType, MeshState, type MeshPart } from './mesh.js';
+import { MESH_TYPE_URLS } from '../../../xds/mesh.js';
 
 export interface XdsStatus {
   server: string;
@@ -69,8 +71,12 @@ export interface XdsSourceOptions {
 type Obj = Record<string, any>;
 const KIND_OF: Record<string, Kind> = { [TYPE.listener]: 'listener', [TYPE.route]: 'route', [TYPE.cluster]: 'cluster', [TYPE.endpoint]: 'endpoint' };
 const STATE_KEY = { listener: 'listeners', route: 'routes', cluster: 'clusters', endpoint: 'endpoints' } as const;
-/** Request order on a new stream: listeners first, then what they reference. */
-const ORDER = [TYPE.listener, TYPE.route, TYPE.cluster, TYPE.endpoint] as const;
+/**
+ * Request order on a new stream: the mesh settings (mesh.ts; a server answers in the order asked, so they are in before
+ * the first complete state is applied: no moment without strict mode or policies), then listeners, then what they
+ * reference. A server that does not serve the mesh types ignores those requests.
+ */
+const ORDER = [...MESH_TYPE_URLS, TYPE.listener, TYPE.route, TYPE.cluster, TYPE.endpoint] as const;
 const INVALID_ARGUMENT = 3;
 /** A stream up this long resets the backoff even if nothing on it was accepted. */
 const STABLE_MS = 30_000;
@@ -168,6 +174,10 @@ export class XdsSource {
   private readonly sent = new Map<string, Set<string>>();
 
   private readonly st: XdsStatus;
+  /** The mesh resources (nodes, workloads, modes, L4 policies) accepted, validated. */
+  private readonly mesh = new MeshState();
+  /** What the last applied mesh settings apply to nothing (reported in unsupported). */
+  private meshNotes: string[] = [];
 
   constructor(private readonly opts: XdsSourceOptions) {
     this.mode = opts.mode ?? 'delta';
@@ -207,7 +217,7 @@ export class XdsSource {
     if (this.st.synced || !pending || this.stopped) return;
     let err: string | null;
     try {
-      err = this.opts.apply(pending.model);
+      err = this.opts.apply(this.withMesh(pending.model));
     } catch (e) {
       err = (e as Error).message;
     }
@@ -216,7 +226,7 @@ export class XdsSource {
       return;
     }
     this.st.synced = true;
-    this.st.unsupported = pending.unsupported;
+    this.st.unsupported = [...pending.unsupported, ...this.meshNotes];
     this.pendingFirst = undefined;
     this.opts.log.warn({ services: pending.model.services.length, warming: this.st.warming },
       `xds: nothing complete after ${this.initialFetchMs} ms: applied what resolved; the rest follows when it arrives`);
@@ -348,7 +358,7 @@ export class XdsSource {
 
   /** The names we want per type: LDS is wildcard; the others follow the accepted listeners. */
   private wanted(typeUrl: string): Set<string> | 'wildcard' {
-    if (typeUrl === TYPE.listener) return 'wildcard';
+    if (typeUrl === TYPE.listener || isMeshType(typeUrl)) return 'wildcard';
     const index = typeUrl === TYPE.route ? this.refs.routes : typeUrl === TYPE.cluster ? this.refs.clusters : this.refs.endpoints;
     return new Set(index.keys());
   }
@@ -407,6 +417,7 @@ export class XdsSource {
   private onResponse(msg: Obj): void {
     const typeUrl: string = msg.type_url ?? '';
     const nonce: string = msg.nonce ?? '';
+    if (isMeshType(typeUrl)) return this.onMeshResponse(typeUrl, nonce, msg);
     const kind = KIND_OF[typeUrl];
     if (!kind) {
       // Never subscribed to: answering would read as a subscription. Logged and dropped.
@@ -439,6 +450,65 @@ export class XdsSource {
     if (moved.routes.size > 0) this.subscribe(TYPE.route, false);
     if (moved.clusters.size > 0) this.subscribe(TYPE.cluster, false);
     if (moved.endpoints.size > 0) this.subscribe(TYPE.endpoint, false);
+  }
+
+  /** The listeners' model with the mesh settings (the committed ones, or a candidate's `part`); notes kept for status. */
+  private withMesh(model: Model, part?: MeshPart): Model {
+    const r = this.mesh.compose(model, part);
+    this.meshNotes = r.notes;
+    return r.model;
+  }
+
+  /**
+   * A response of a mesh type (mesh.ts): validated whole, applied with the listeners' model when a complete state is in
+   * force (before that, the first apply takes it), then ACKed; or NACKed with the resource and field, nothing changed.
+   */
+  private onMeshResponse(typeUrl: string, nonce: string, msg: Obj): void {
+    this.lastNonce.set(typeUrl, nonce);
+    const delta = this.mode === 'delta';
+    const version: string = delta ? msg.system_version_info || nonce : (msg.version_info ?? '');
+    const resources: { name?: string; version?: string; any?: AnyMessage }[] = delta
+      ? (msg.resources ?? []).map((r: Obj) => ({ name: r.name, version: r.version, any: r.resource }))
+      : (msg.resources ?? []).map((any: AnyMessage) => ({ any }));
+    const removed: string[] = delta ? (msg.removed_resources ?? []) : [];
+    if (resources.length > this.limits.maxResources) {
+      return this.nack(typeUrl, nonce, version, `response too large: ${resources.length} resources (limit ${this.limits.maxResources})`);
+    }
+    let c: ReturnType<MeshState['prepare']>;
+    try {
+      c = this.mesh.prepare(typeUrl, resources, removed, !delta);
+    } catch (e) {
+      this.opts.log.error({ err: e, typeUrl }, 'xds: translating a mesh response failed');
+      c = `internal error translating the response: ${(e as Error)?.message ?? String(e)}`;
+    }
+    if (typeof c === 'string') return this.nack(typeUrl, nonce, version, c);
+    if (this.st.synced) {
+      const before = this.meshNotes;
+      let err: string | null;
+      try {
+        // a full apply: modes and policies reach every service's kernel state (rare: a node, a pod or a policy changed)
+        err = this.opts.apply(this.withMesh(this.builder.model, c.part));
+      } catch (e) {
+        err = (e as Error).message;
+      }
+      if (err !== null) {
+        this.meshNotes = before;
+        return this.nack(typeUrl, nonce, version, `not applied: ${err}`);
+      }
+      const old = new Set(before);
+      this.st.unsupported = [...this.st.unsupported.filter((n) => !old.has(n)), ...this.meshNotes];
+      this.opts.log.info({ type: typeUrl.slice(typeUrl.lastIndexOf('.') + 1), version, resources: c.resources.size }, 'xds: mesh settings applied');
+    }
+    this.mesh.commit(c);
+    if (delta) {
+      let v = this.resourceVersions.get(typeUrl);
+      if (!v) this.resourceVersions.set(typeUrl, (v = new Map()));
+      for (const r of resources) if (r.name && r.version !== undefined) v.set(r.name, r.version);
+      for (const n of [...v.keys()]) if (!c.resources.has(n)) v.delete(n);
+    } else this.versions.set(typeUrl, version);
+    this.ack(typeUrl, nonce, version);
+    this.healthy = true;
+    this.st.acked[typeUrl] = { version, at: now(), resources: c.resources.size };
   }
 
   /** Check, translate and apply one response. Null when accepted (state moved on), else the NACK reason. */
@@ -549,7 +619,8 @@ export class XdsSource {
       if (first || result.changed.size > 0) {
         let err: string | null;
         try {
-          err = first ? this.opts.apply(result.model!) : this.opts.apply(result.model!, result.changed);
+          const model = this.withMesh(result.model!);
+          err = first ? this.opts.apply(model) : this.opts.apply(model, result.changed);
         } catch (e) {
           err = (e as Error).message;
         }
@@ -562,7 +633,7 @@ export class XdsSource {
           'xds: model applied');
       }
       this.st.synced = true;
-      this.st.unsupported = result.unsupported;
+      this.st.unsupported = [...result.unsupported, ...this.meshNotes];
     } else {
       this.opts.log.info({ warming: result.warming.length, ms }, 'xds: waiting for a complete state before the first apply');
       // Like Envoy's initial_fetch_timeout: a reference that never resolves must not keep a new node empty forever.
