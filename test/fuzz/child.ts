@@ -48,32 +48,46 @@ const sab = new SharedArrayBuffer(16 + spec.maxLen + 16);
 const meta = new Int32Array(sab, 0, 2);
 const started = new Float64Array(sab, 8, 1);
 const bytes = new Uint8Array(sab, 16);
-// A hang is an input that has used more than timeoutMs of the main thread's CPU (/proc/<pid>/task/<pid>/stat, in
-// clock ticks of 10 ms), or that has been running 30 times that long by the wall clock (one that waits for something
-// that never comes uses no CPU). Wall time alone made false hangs at nice 19 on a loaded machine: a config-yaml input
-// that runs in 1.6 ms was starved past the 1 s bound (and ended the run), as earlier xds-delta "hangs" were.
+// A hang is an input that has used more than timeoutMs of the main thread's CPU, or that has slept 30 times that long
+// (one that waits for something that never comes uses no CPU). Sleeping is the wall time neither on a CPU nor waiting
+// for one (/proc/<pid>/task/<pid>/schedstat: both in ns; the kernel adds a wait when it ends, so a thread that is
+// runnable now - state R - is not asleep whatever the sums say): at nice 19 on a loaded machine an input can wait for a
+// CPU far longer than it runs, which is no hang. Wall time alone made false hangs (a config-yaml input that runs in 1.6 ms
+// was starved past the 1 s bound, as earlier xds-delta "hangs" were); wall time minus CPU would still count starvation
+// as sleep (unit/fuzz runs a target starved of its CPU to prove it does not).
+// A hang's report carries the inputs run and the CPU used so far: the run's figures die with the process.
 const watchdog = new Worker(`
   const { workerData: w } = require('node:worker_threads');
   const fs = require('node:fs'), path = require('node:path'), crypto = require('node:crypto');
   const meta = new Int32Array(w.sab, 0, 2), started = new Float64Array(w.sab, 8, 1), bytes = new Uint8Array(w.sab, 16);
-  const statFile = '/proc/' + process.pid + '/task/' + process.pid + '/stat';
-  // the main thread's CPU in ms (utime + stime, fields 14 and 15), or undefined without /proc
-  const cpuMs = () => {
+  const task = '/proc/' + process.pid + '/task/' + process.pid;
+  // the main thread's ms on a CPU and waiting in the run queue, and whether it is runnable now; without schedstat, the
+  // CPU from stat (10 ms ticks)
+  const times = () => {
+    let v;
     try {
-      const f = fs.readFileSync(statFile, 'latin1');
-      const v = f.slice(f.lastIndexOf(')') + 2).split(' ');
-      return (Number(v[11]) + Number(v[12])) * 10;
+      const f = fs.readFileSync(task + '/stat', 'latin1');
+      v = f.slice(f.lastIndexOf(')') + 2).split(' ');
     } catch { return undefined; }
+    try {
+      const q = fs.readFileSync(task + '/schedstat', 'latin1').split(' ');
+      return { cpu: Number(q[0]) / 1e6, queued: Number(q[1]) / 1e6, runnable: v[0] === 'R' };
+    } catch {
+      return { cpu: (Number(v[11]) + Number(v[12])) * 10, queued: 0, runnable: v[0] === 'R' };
+    }
   };
-  let seq = -1, cpuAtStart;
+  let seq = -1, seen, at;
   setInterval(() => {
     const t = started[0];
     if (t === 0) return;
-    if (meta[1] !== seq) { seq = meta[1]; cpuAtStart = cpuMs(); return; }
+    // (the input's CPU and sleep are counted from when this thread first saw it: at most one interval late)
+    if (meta[1] !== seq) { seq = meta[1]; seen = times(); at = Date.now(); return; }
     const wall = Date.now() - t;
     if (wall <= w.timeoutMs) return;
-    const cpu = cpuAtStart === undefined ? undefined : cpuMs() - cpuAtStart;
-    if (cpu !== undefined && cpu <= w.timeoutMs && wall <= 30 * w.timeoutMs) return;
+    const now = seen === undefined ? undefined : times();
+    const cpu = now === undefined ? undefined : now.cpu - seen.cpu;
+    const asleep = now === undefined ? wall : Date.now() - at - cpu - (now.queued - seen.queued);
+    if (cpu !== undefined && cpu <= w.timeoutMs && (asleep <= 30 * w.timeoutMs || now.runnable)) return;
     const what = cpu === undefined || cpu > w.timeoutMs ? 'ran over ' + w.timeoutMs + ' ms' : 'waited over ' + (30 * w.timeoutMs) + ' ms';
     const input = Buffer.from(bytes.subarray(0, meta[0]));
     let file = null;
@@ -81,9 +95,11 @@ const watchdog = new Worker(`
       fs.mkdirSync(w.dir, { recursive: true });
       file = path.join(w.dir, 'hang-' + crypto.createHash('sha1').update(input).digest('hex').slice(0, 16));
       fs.writeFileSync(file, input);
-      fs.writeFileSync(file + '.txt', what + ' (CPU ' + cpu + ' ms, wall ' + wall + ' ms)\\n');
+      fs.writeFileSync(file + '.txt', what + ' (CPU ' + Math.round(cpu) + ' ms, asleep ' + Math.round(asleep) + ' ms, wall ' + wall + ' ms)\\n');
     }
-    fs.writeSync(1, '\\nFUZZ-HANG ' + JSON.stringify({ target: w.target, timeoutMs: w.timeoutMs, what, file, input: input.toString('base64') }) + '\\n');
+    const u = process.cpuUsage(); // (the whole process's, as process.uptime() is its wall time: from its start)
+    fs.writeSync(1, '\\nFUZZ-HANG ' + JSON.stringify({ target: w.target, timeoutMs: w.timeoutMs, what, file, input: input.toString('base64'),
+      execs: meta[1], seconds: process.uptime(), cpuSeconds: (u.user + u.system) / 1e6 }) + '\\n');
     process.kill(process.pid, 'SIGKILL');
   }, Math.min(100, w.timeoutMs / 4)); // (not unref'd: it is all this thread runs; the main thread unrefs the worker)
 `, { eval: true, workerData: { sab, timeoutMs, dir: findingsDir, target: spec.name } });

@@ -57,9 +57,12 @@ export function runTarget(name: string, o: RunOptions): Promise<TargetRun> {
       if (result) return resolve(JSON.parse(result.slice(12)) as TargetRun);
       const hang = lines.find((l) => l.startsWith('FUZZ-HANG '));
       if (hang) {
-        // the watchdog killed the process: the run's figures died with it, the hang is the finding
-        const h = JSON.parse(hang.slice(10)) as { file: string | null; input: string; timeoutMs: number; what: string };
-        return resolve({ target: name, execs: 0, seconds: 0, execsPerSecond: 0, cpuSeconds: 0, execsPerCpuSecond: 0, corpus: 0, seeds: 0, probesHit: 0, probesTotal: 0,
+        // the watchdog killed the process: the hang is the finding; the inputs run and the CPU used until then are from
+        // the watchdog (inputs: every one started, the seeds' and the corpus' re-runs included), the rest died with it
+        const h = JSON.parse(hang.slice(10)) as { file: string | null; input: string; timeoutMs: number; what: string; execs: number; seconds: number; cpuSeconds: number };
+        const seconds = Math.round(h.seconds * 10) / 10, cpuSeconds = Math.round(h.cpuSeconds * 10) / 10;
+        return resolve({ target: name, execs: h.execs, seconds, execsPerSecond: Math.round(h.execs / Math.max(h.seconds, 1e-3)), cpuSeconds,
+          execsPerCpuSecond: Math.round(h.execs / Math.max(h.cpuSeconds, 1e-3)), corpus: 0, seeds: 0, probesHit: 0, probesTotal: 0,
           findings: [{ kind: 'hang', signature: h.what.startsWith('waited') ? `hang: ${h.what}` : `hang over ${h.timeoutMs} ms`, input: h.input, file: h.file ?? undefined }] });
       }
       reject(new Error(`fuzz target ${name}: the process ended (${signal ?? `exit ${code}`}) without a result\n${err.slice(-3000)}`));

@@ -27,6 +27,7 @@ export const TARGETS: readonly TargetSpec[] = [
   { name: 'admin', instrument: ['agent/admin/', 'agent/observe/filter.ts'], maxLen: 1024, what: 'admin API requests on its unix socket (server.ts routing, the monitor query)' },
   { name: 'planted-hang', instrument: ['test/fuzz/targets/planted-hang.ts'], maxLen: 64, what: 'a planted endless loop (proves the hang watchdog)', selftest: true },
   { name: 'planted-wait', instrument: ['test/fuzz/targets/planted-wait.ts'], maxLen: 64, what: 'a planted wait for nothing (proves the watchdog\'s wall-clock bound)', selftest: true },
+  { name: 'planted-starved', instrument: ['test/fuzz/targets/planted-starved.ts'], maxLen: 64, what: 'a planted input starved of its CPU (proves the watchdog does not call that a hang)', selftest: true },
   { name: 'statefile', instrument: ['cli/context.ts'], maxLen: 2048, what: 'state.json as meshctl reads it (cli/context.ts)' },
   { name: 'planted', instrument: ['test/fuzz/targets/planted.ts'], maxLen: 64, what: 'a planted magic value (proves the guidance)', selftest: true },
 ];

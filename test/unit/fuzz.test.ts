@@ -4,7 +4,7 @@
 // the coverage feedback do not find in the same number of executions (and minimises it); and that a hang is caught.
 // Long runs: `npm run fuzz -- TARGET --minutes N` (README, "Fuzzing").
 import t from 'tap';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fuzz } from '../fuzz/engine.js';
@@ -54,6 +54,8 @@ t.test('an input that never returns is a finding (the watchdog), with the input 
   t.match(r.findings[0]?.signature ?? '', /hang over 300 ms/);
   t.equal(Buffer.from(r.findings[0]?.input ?? '', 'base64')[0], 0x68, 'the input that hung (it starts with "h")');
   t.ok(r.findings[0]?.file && existsSync(r.findings[0].file), 'written to the findings directory');
+  // (the engine's loop ran its inputs, then the watchdog killed it: what ran until then still counts)
+  t.ok(r.execs > 1 && r.cpuSeconds > 0 && r.seconds > 0, `the run's figures survive the hang: ${r.execs} inputs, ${r.cpuSeconds} CPU s`);
 });
 
 t.test('an input that waits for nothing, using no CPU, is a finding too (the watchdog\'s wall-clock bound: 30x)', async (t) => {
@@ -62,6 +64,24 @@ t.test('an input that waits for nothing, using no CPU, is a finding too (the wat
   t.equal(r.findings[0]?.kind, 'hang');
   t.match(r.findings[0]?.signature ?? '', /hang: waited over 3000 ms/);
   t.equal(Buffer.from(r.findings[0]?.input ?? '', 'base64')[0], 0x77, 'the input that waited (it starts with "w")');
+});
+
+t.test('an input starved of a CPU is no hang: the watchdog counts the run-queue wait as neither work nor sleep', async (t) => {
+  // planted-starved runs at the idle scheduling class on one CPU next to busy processes for 6 s: an input that needs
+  // 60 ms of CPU takes longer than the wall-clock bound (30 x 100 ms) without using the CPU bound or sleeping. How
+  // little the idle class gets depends on the machine's load: up to three runs, until one input was starved that long
+  // (or the test proves nothing: the previous watchdog, wall time against CPU alone, reported that input as a hang).
+  const out = join(work, 'starved.json');
+  let slowest = { wallMs: 0, cpuMs: 0 };
+  for (let attempt = 1; attempt <= 3 && slowest.wallMs <= 30 * 100; attempt++) {
+    process.env.SOCKMESH_FUZZ_STARVED_OUT = out;
+    const r = await runTarget('planted-starved', { seconds: 60, execs: 5, timeoutMs: 100, findings: join(work, 'planted-starved') })
+      .finally(() => { delete process.env.SOCKMESH_FUZZ_STARVED_OUT; });
+    t.same(r.findings.map((f) => f.signature), [], `run ${attempt}: no hang`);
+    t.equal(r.execs, 5, `run ${attempt}: every input ran to its end`);
+    slowest = JSON.parse(readFileSync(out, 'utf8')) as { wallMs: number; cpuMs: number };
+  }
+  t.ok(slowest.wallMs > 30 * 100 && slowest.cpuMs < 100, `the slowest input: ${slowest.wallMs} ms wall, ${Math.round(slowest.cpuMs)} ms CPU`);
 });
 
 // Two targets at a time (the machine has two cores; each target's process is single-threaded): the step stays
