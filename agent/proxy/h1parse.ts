@@ -341,6 +341,11 @@ export class ResponseHeadParse {
   close = false;
   /** Connection: upgrade + Upgrade value (for a 101) */
   upgrade: string | undefined;
+  /**
+   * The head may be passed on byte for byte (http1.ts): HTTP/1.1, a final status with a body delimited by one
+   * content-length field line, and no other framing or connection-specific field (nothing the proxy drops or rewrites).
+   */
+  verbatim = false;
   error = '';
   private readonly field: Field = { name: '', value: '', error: '', tabAfter: false };
   private readonly fr = new FramingFields();
@@ -380,11 +385,17 @@ export class ResponseHeadParse {
     const fr = this.fr;
     fr.reset();
     const f = this.field;
+    /** field lines taken by FramingFields other than content-length ones, and content-length ones */
+    let takenOther = 0, clLines = 0;
     while (i < endIdx + 2) {
       i = fieldLine(buf, i, f);
       if (i < 0) return this.fail(ParseError.Bad, f.error);
       const k = fr.take(f.name, f.value, f.tabAfter);
-      if (k === FIELD_TAKEN) continue;
+      if (k === FIELD_TAKEN) {
+        if (f.name === 'content-length') clLines++;
+        else takenOther++;
+        continue;
+      }
       if (k === FIELD_BAD) return this.fail(ParseError.Bad, fr.error);
       this.names.push(f.name);
       this.values.push(f.value);
@@ -419,6 +430,7 @@ export class ResponseHeadParse {
       this.framing = Framing.Close;
       this.close = true;
     }
+    this.verbatim = this.minor === 1 && this.framing === Framing.Length && clLines === 1 && takenOther === 0 && st >= 200;
     return headEnd;
   }
 

@@ -146,6 +146,7 @@ export class H1Upstream implements ChunkSink {
     const len = buf.length;
     while (pos < len) {
       if (this.inHead) {
+        const headStart = pos;
         const n = this.res.parse(buf, pos, this.pool.maxHeaderBytes, this.headRequest);
         if (n === 0) { this.buf = pos === 0 ? buf : buf.subarray(pos); return; }
         if (n < 0) { this.fail(`bad response: ${this.res.error}`); return; }
@@ -164,7 +165,9 @@ export class H1Upstream implements ChunkSink {
         else if (fr === Framing.Chunked) this.chunked.reset();
         // bytes after a 101's head (in the same read) are the new protocol's: the user takes them when it detaches
         if (st === 101) this.leftover = pos < len ? buf.subarray(pos) : null;
+        this.rawHead = this.res.verbatim ? buf.subarray(headStart, pos) : null;
         user.upHead(this);
+        this.rawHead = null;
         if (this.user !== user || this.detached) {
           // the user let go (a retry, an abort: the connection is gone) or upgraded (the rest is the new protocol's)
           if (this.detached && pos < len) this.leftover = buf.subarray(pos);
@@ -198,6 +201,8 @@ export class H1Upstream implements ChunkSink {
 
   /** bytes read past a 101 head: they belong to the upgraded stream */
   leftover: Buffer | null = null;
+  /** during upHead(): the response head's bytes as read, when res.verbatim (a view of the read: the user may keep it) */
+  rawHead: Buffer | null = null;
   private trailers = '';
 
   chunkData(data: Buffer): void {

@@ -646,3 +646,79 @@ t.test('an unexpected 101 from the upstream is a 502 and its connection is close
   const next = await Promise.race([get(proxy.port, '/').then((r) => r.status), new Promise<string>((r) => setTimeout(() => r('pending after 3 s'), 3000))]);
   t.equal(next, 502, 'the next request gets a connection (no pending for ever)');
 });
+
+/** Write one request on a raw client socket and collect exactly one content-length response (its raw text). */
+function rawRoundTrip(s: Socket, req: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => { s.off('data', onData); reject(new Error(`timeout; got ${JSON.stringify(buf)}`)); }, 3000);
+    const onData = (d: Buffer): void => {
+      buf += d.toString('latin1');
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const cl = /\r\ncontent-length: *(\d+)/i.exec(buf.slice(0, end + 2));
+      if (cl === null || buf.length < end + 4 + Number(cl[1])) return;
+      clearTimeout(timer);
+      s.off('data', onData);
+      resolve(buf);
+    };
+    s.on('data', onData);
+    s.write(req);
+  });
+}
+
+t.test('a clean HTTP/1.1 response head passes byte for byte; one the proxy must change is made again', async (t) => {
+  // Each response by the request's path; several requests on one connection (keep-alive, the head's bytes are views of
+  // the proxy's reads, which later reads must not disturb).
+  const RESPONSES: Record<string, string[]> = {
+    '/clean': ['HTTP/1.1 200 OK\r\nX-Mixed-Case: a\r\nContent-Length: 5\r\nServer:  b \r\nset-cookie: z=1\r\n\r\nhello'],
+    '/split': ['HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\n', 'world'],
+    '/conn': ['HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nhello'],
+    '/twice': ['HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello'],
+    '/old': ['HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello'],
+  };
+  const b = await rawBackend((s) => {
+    let pending = '';
+    s.on('data', (d: Buffer) => {
+      pending += d.toString('latin1');
+      for (let end = pending.indexOf('\r\n\r\n'); end >= 0; end = pending.indexOf('\r\n\r\n')) {
+        const path = pending.slice(pending.indexOf(' ') + 1, pending.indexOf(' HTTP/'));
+        pending = pending.slice(end + 4);
+        const parts = RESPONSES[path.replace(/\?.*/, '')] ?? ['HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n'];
+        s.write(parts[0]!);
+        if (parts[1] !== undefined) setTimeout(() => s.write(parts[1]!), 30);
+      }
+    });
+  });
+  t.teardown(() => b.close());
+  let rewrite = false;
+  policy.route = () => ({ upstreams: [upstream(b.port, group)], ...(rewrite ? { responseHeaders: { set: { 'x-proxy': 'sockmesh' }, remove: [] } } : {}) });
+  const c = await connectTo(proxy.port);
+  t.teardown(() => c.destroy());
+  const req = (path: string, extra = ''): string => `GET ${path} HTTP/1.1\r\nhost: svc\r\n${extra}\r\n`;
+
+  t.equal(await rawRoundTrip(c, req('/clean')), RESPONSES['/clean']![0], 'as the backend said it: names\' case, order, spaces');
+  t.equal(await rawRoundTrip(c, req('/split')), RESPONSES['/split']!.join(''), 'the body in a later read: the head went out first, as it was');
+  t.equal(await rawRoundTrip(c, req('/clean?again')), RESPONSES['/clean']![0], 'again on the same connections');
+  t.equal(await rawRoundTrip(c, req('/conn')), 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello', 'connection fields dropped: made again');
+  t.equal(await rawRoundTrip(c, req('/twice')), 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello', 'two content-length lines: one');
+  t.equal(await rawRoundTrip(c, req('/old')), 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello', 'an HTTP/1.0 upstream: the status line is ours');
+  rewrite = true;
+  t.equal(await rawRoundTrip(c, req('/clean')),
+    'HTTP/1.1 200 OK\r\nx-mixed-case: a\r\nserver: b\r\nset-cookie: z=1\r\nx-proxy: sockmesh\r\ncontent-length: 5\r\n\r\nhello',
+    'a route that sets a response header: made again');
+  rewrite = false;
+  t.equal(b.accepted, 1, 'one upstream connection for all of them');
+
+  // what the client asked changes the head too
+  const c10 = await connectTo(proxy.port);
+  t.teardown(() => c10.destroy());
+  t.equal(await rawRoundTrip(c10, 'GET /clean HTTP/1.0\r\nhost: svc\r\nconnection: keep-alive\r\n\r\n'),
+    'HTTP/1.1 200 OK\r\nx-mixed-case: a\r\nserver: b\r\nset-cookie: z=1\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\nhello', 'an HTTP/1.0 client: keep-alive said');
+  const cc = await connectTo(proxy.port);
+  t.teardown(() => cc.destroy());
+  const closed = new Promise<void>((r) => cc.once('close', () => r()));
+  t.equal(await rawRoundTrip(cc, req('/clean', 'connection: close\r\n')),
+    'HTTP/1.1 200 OK\r\nx-mixed-case: a\r\nserver: b\r\nset-cookie: z=1\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello', 'a client that closes: connection: close said');
+  await closed;
+});
