@@ -6,6 +6,8 @@
 import t from 'tap';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { join } from 'node:path';
 import { fuzz } from '../fuzz/engine.js';
 import { runTarget, type TargetRun } from '../fuzz/spawn.js';
@@ -82,6 +84,33 @@ t.test('an input starved of a CPU is no hang: the watchdog counts the run-queue 
     slowest = JSON.parse(readFileSync(out, 'utf8')) as { wallMs: number; cpuMs: number };
   }
   t.ok(slowest.wallMs > 30 * 100 && slowest.cpuMs < 100, `the slowest input: ${slowest.wallMs} ms wall, ${Math.round(slowest.cpuMs)} ms CPU`);
+});
+
+t.test('the xDS targets leave no client behind: an input that ends on bytes that do not decode disarms its timer', async (t) => {
+  // (a source's initial-fetch timer kept it and its models alive: a 25-minute xds-delta run grew ~5 MB a second until
+  // a major GC took over the 1 s bound, reported as a hang)
+  const { runMode, warmUp } = await import('../fuzz/targets/xds.js');
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  for (const mode of ['delta', 'sotw'] as const) {
+    await warmUp(mode);
+    const seed = readFileSync(new URL(`../fuzz/xds-${mode}/readme`, import.meta.url));
+    // the listeners alone (the first apply waits for their routes and clusters: the timer is armed), then 3 bytes
+    // that are no DiscoveryResponse (the stream ends)
+    const input = Buffer.concat([seed.subarray(0, 2 + seed.readUInt16BE(0)), Buffer.from([0, 3, 0xff, 0xff, 0xff])]);
+    const sources: WeakRef<object>[] = [];
+    let armed = 0;
+    for (let i = 0; i < 20; i++) {
+      runMode(mode, input, (src) => {
+        sources.push(new WeakRef(src));
+        if ((src as unknown as { initialTimer?: unknown }).initialTimer) armed++;
+      });
+    }
+    t.equal(armed, 20, `${mode}: each input armed the timer (or this proves nothing)`);
+    await new Promise((r) => setImmediate(r)); // (a WeakRef holds its target until the job that made it ends)
+    gc();
+    t.equal(sources.filter((r) => r.deref() !== undefined).length, 0, `${mode}: no source left after a GC`);
+  }
 });
 
 // Two targets at a time (the machine has two cores; each target's process is single-threaded): the step stays
