@@ -3,6 +3,7 @@
 // IPv4/IPv6 VIPs, several VIPs and port entries, TCP and UDP, every algorithm and maglev table size, affinity, health
 // checks, mTLS modes. Equal bytes also mean equal content hashes: delta clients see no version change.
 import t from 'tap';
+import { prng } from '../../bench/lib/fleet.js';
 import { TYPE } from '../../xds/envoy.js';
 import { unpackAny } from '../../xds/protos.js';
 import { modelFromObject } from '../../agent/model/config.js';
@@ -15,13 +16,8 @@ import {
 import { encodeWithProtobufjs, portEntries, serviceResources } from '../../controlplane/snapshot.js';
 import { listenerName } from '../../xds/sockmesh.js';
 
-let seed = 12345; // mulberry32: seeded, so a failure is the same on every run
-function rand(n: number): number {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-  return Math.floor((((x ^ (x >>> 14)) >>> 0) / 4294967296) * n);
-}
+const random = prng(12345); // seeded: a failure is the same on every run
+const rand = (n: number): number => Math.floor(random() * n);
 const pick = <T>(xs: readonly T[]): T => xs[rand(xs.length)]!;
 
 /** A name of 1..~20,000 bytes: short ASCII, around the 127/128 and 16383/16384 varint edges, multi-byte UTF-8. */

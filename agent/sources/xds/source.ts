@@ -20,6 +20,7 @@ import { adsClientConstructor, unpackAny, type AnyMessage } from '../../../xds/p
 import { Journal } from './journal.js';
 import { noRefChanges, References, type Kind, type RefChanges } from './refs.js';
 import { ModelBuilder } from './build.js';
+import { decodeClusterLoadAssignment } from './cla.js';
 import {
   digestCluster, digestEndpoints, digestListener, digestRoute,
   type ClusterDigest, type EndpointsDigest, type ListenerDigest, type RouteDigest,
@@ -538,11 +539,13 @@ export class XdsSource {
         return;
       }
       try {
-        const obj = unpackAny<Obj>(r.any);
-        const name = nameOf(kind, obj) || r.name || '';
+        // Assignments (most of a full state) are read from their bytes by hand (cla.ts), the rest by protobufjs.
+        const cla = kind === 'endpoint' ? decodeClusterLoadAssignment(r.any.value) : undefined;
+        const obj = cla ? undefined : unpackAny<Obj>(r.any);
+        const name = (cla ? cla.clusterName : nameOf(kind, obj!)) || r.name || '';
         if (!name) throw new XdsResourceError(`resources[${i}]: the ${kind} has no name`);
         if (r.name && name !== r.name) throw new XdsResourceError(`resources[${i}] '${r.name}': names itself '${name}'`);
-        incoming.set(name, digest(kind, name, obj));
+        incoming.set(name, cla ? cla.digest(name) : digest(kind, name, obj!));
         if (r.version !== undefined) newVersions.set(name, r.version);
       } catch (e) {
         errors.push(e instanceof XdsResourceError ? e.message : `resources[${i}]${r.name ? ` '${r.name}'` : ''}: ${(e as Error).message}`);
