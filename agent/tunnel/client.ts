@@ -10,20 +10,21 @@
 // node's and not the destination workload's (which ztunnel checks) because one pooled connection serves every pod of
 // the node.
 //
-// HTTP/2 is the proxy's own session (agent/proxy/h2/session.ts) over the TLS socket, not node:http2: nghttp2 under
-// node:http2 made a JS Buffer, an Http2Stream Duplex and stream callbacks per DATA frame and capped the tunnel at
-// 3.2-3.8 Gbit/s on loopback (bench/tunnel.ts); the session frames straight from the bytes read and writes all the
-// frames of one read in one TLS write.
+// HTTP/2 is the proxy's own session (agent/proxy/h2/session.ts), not node:http2: nghttp2 under node:http2 made a JS
+// Buffer, an Http2Stream Duplex and stream callbacks per DATA frame; the session frames straight from the bytes read
+// and writes all the frames of one read in one TLS write. TLS is netio's (agent/proxy/netio.ts: OpenSSL in the
+// addon's epoll loop, a NetConn), not a node:tls TLSSocket (a stream and a JS callback per 16 KiB record).
+import type { X509Certificate } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.js';
-import { secureContextFor, type IdentityCerts } from '../identity/material.js';
+import type { IdentityCerts, TlsMaterial } from '../identity/material.js';
 import { nodeSpiffeId, parseSpiffeId } from '../model/spiffe.js';
 import type { HeaderList } from '../proxy/h2/hpack.js';
 import { H2_ERROR, H2Session, h2ErrorName, type H2Stream, type H2StreamHandler } from '../proxy/h2/session.js';
+import { NetTlsContext, type NetConn } from '../proxy/netio.js';
 import type { PeerStats, TunnelMetrics } from './metrics.js';
-import { splice, track, TUNNEL_H2 } from './splice.js';
+import { splice, track, TUNNEL_H2, tunnelIo } from './splice.js';
 import { HBONE_PORT, TunnelError, type RefusalReason, type TunnelOpener, type TunnelRequest } from './types.js';
 
 export interface TunnelClientOpts {
@@ -222,32 +223,36 @@ export class TunnelClient implements TunnelOpener {
     entry.ready = new Promise<H2Session>((resolve, reject) => {
       let up = false;
       let failed = false;
-      const sock: TLSSocket = tlsConnect({
-        host: req.node.address, port, secureContext: secureContextFor(m), ALPNProtocols: ['h2'],
-        minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3',
-        checkServerIdentity: (_host: string, cert: PeerCertificate) => serverIdentityProblem(cert, expected),
-      });
-      sock.setNoDelay(true);
-      const timer = setTimeout(() => sock.destroy(new Error(`no connection in ${ms} ms`)), ms);
       const dialFailed = (e: NodeJS.ErrnoException): void => {
         if (failed) return;
         failed = true;
         clearTimeout(timer);
         leave();
+        if (!conn.destroyed) conn.destroy();
         log.warn({ node: req.node.name, source: req.source, err: e.message, code: e.code }, 'tunnel: connection failed');
         // the dial's own error says why (the server's identity, its chain, a refused connection)
         const reason: RefusalReason = e instanceof ServerIdentityError || /CERT|UNABLE_TO/.test(e.code ?? '') ? 'bad-certificate' : 'tunnel-failed';
         reject(new TunnelError(reason, `tunnel to ${req.node.name} (${where}) closed before it was up: ${e.message}`));
       };
-      sock.once('error', dialFailed);
-      sock.once('close', () => { if (!up) dialFailed(new Error('the connection closed during the handshake')); });
-      sock.once('secureConnect', () => {
+      const conn: NetConn = tunnelIo().connect({ address: req.node.address, port });
+      const timer = setTimeout(() => dialFailed(new Error(`no connection in ${ms} ms`)), ms);
+      try {
+        conn.startTls(clientContext(m), { handshakeTimeoutMs: ms });
+      } catch (e) {
+        dialFailed(e as Error);
+        return;
+      }
+      conn.once('error', (e: Error) => { if (!up) dialFailed(e); });
+      conn.once('close', () => { if (!up) dialFailed(new Error('the connection closed during the handshake')); });
+      conn.once('secure', () => {
         stats.handshakes++;
-        if (sock.alpnProtocol !== 'h2') { sock.destroy(new Error(`the server did not negotiate ALPN h2 (${String(sock.alpnProtocol)})`)); return; }
-        sock.off('error', dialFailed);
-        const session = new H2Session(sock, {
+        const problem = serverIdentityProblem(conn.getPeerX509Certificate(), expected);
+        if (problem) { dialFailed(problem); return; }
+        conn.setNoDelay(true);
+        const session = new H2Session(conn, {
           role: 'client', ...TUNNEL_H2,
           onSettings: () => {
+            if (failed) return;
             clearTimeout(timer);
             up = true;
             stats.connections++;
@@ -362,9 +367,19 @@ const EMPTY = Buffer.alloc(0);
 
 class ServerIdentityError extends Error {}
 
-/** Why the server's certificate is not acceptable (checkServerIdentity: an Error refuses the handshake), or undefined. */
-function serverIdentityProblem(cert: PeerCertificate, expected: string): Error | undefined {
-  const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:spiffe://')).map((s) => s.slice(4));
+/** netio TLS contexts by the material they present (a renewal is new material: the next dial makes a new context) */
+const contexts = new WeakMap<TlsMaterial, NetTlsContext>();
+
+function clientContext(m: TlsMaterial): NetTlsContext {
+  let c = contexts.get(m);
+  if (c === undefined) contexts.set(m, c = new NetTlsContext({ role: 'client', chain: m.chain, key: m.key, bundle: m.bundle, alpn: ['h2'] }));
+  return c;
+}
+
+/** Why the server's certificate is not acceptable (its chain was verified against the bundle by the handshake), or undefined. */
+function serverIdentityProblem(cert: X509Certificate | undefined, expected: string): Error | undefined {
+  if (!cert) return new ServerIdentityError('the server presented no certificate');
+  const uris = (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:spiffe://')).map((s) => s.slice(4));
   if (uris.length !== 1) return new ServerIdentityError(`the server's certificate ${cert.serialNumber} has ${uris.length} SPIFFE URI SANs (want exactly one, ${expected})`);
   if (uris[0] !== expected) return new ServerIdentityError(`the server presented ${uris[0]}, not the identity of the node dialled (${expected})`);
   return undefined;

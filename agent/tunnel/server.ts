@@ -5,23 +5,25 @@
 // node can reach), applies L4 authorization by identity (403), connects to the pod (503 when it cannot) and splices
 // the stream to that connection (200).
 //
-// HTTP/2 is the proxy's own session (agent/proxy/h2/session.ts) over the TLS socket, as on the client (client.ts
-// says why not node:http2); a stream is spliced to the pod's socket by splice.ts.
+// HTTP/2 is the proxy's own session (agent/proxy/h2/session.ts) over netio's TLS (a NetConn), as on the client
+// (client.ts says why not node:http2 and node:tls); a stream is spliced to the pod's socket by splice.ts. The
+// handshake itself requires a client certificate that chains to the bundle (netio's TLS refuses anything else, with
+// OpenSSL's reason); the SPIFFE id is checked here.
 //
 // Bad input costs little and is told: a handshake must finish within handshakeTimeoutMs, at most maxPendingHandshakes
 // are in progress at once (more are closed at accept), and every refusal is counted by reason and logged (one line
 // per reason, then a summary per second under a flood, so a flood cannot flood the log).
 import { X509Certificate } from 'node:crypto';
 import { closeSync } from 'node:fs';
-import { connect as netConnect, isIP, type Socket } from 'node:net';
-import { createServer as tlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import { connect as netConnect, isIP } from 'node:net';
 import type { Logger } from '../observe/log.js';
 import type { IdentityCerts } from '../identity/material.js';
 import { parseNodeSpiffeId, parseSpiffeId } from '../model/spiffe.js';
 import type { HeaderList } from '../proxy/h2/hpack.js';
-import { H2_ERROR, H2Session, type H2Stream, type H2StreamHandler } from '../proxy/h2/session.js';
+import { H2Session, type H2Stream, type H2StreamHandler } from '../proxy/h2/session.js';
+import { NetTlsContext, type NetConn, type NetListener } from '../proxy/netio.js';
 import type { TunnelMetrics, PeerStats } from './metrics.js';
-import { splice, track, TUNNEL_H2, type Early } from './splice.js';
+import { splice, track, TUNNEL_H2, tunnelIo, type Early } from './splice.js';
 import { HBONE_PORT, type RefusalReason } from './types.js';
 
 /** A decision on one tunnelled connection (kernel13's authz4 decision fills it once it lands). */
@@ -136,16 +138,21 @@ class Dialling implements H2StreamHandler {
   onWritable(): void {}
 }
 
+/** how long stop() waits for sessions to finish their streams after GOAWAY */
+const STOP_WAIT_MS = 5000;
+
 /** A stream refused with a status: what the client still sends is read and dropped (its END_STREAM closes it). */
 const DISCARD: H2StreamHandler = { onHeaders() {}, onData(d: Buffer) { void d; }, onTrailers() {}, onReset() {}, onWritable() {} };
 
 export class TunnelServer {
-  private readonly servers: TlsServer[] = [];
+  private readonly listeners: NetListener[] = [];
   private readonly live = new Set<H2Session>();
-  /** raw sockets whose TLS handshake is in progress, by remote address:port */
-  private readonly pending = new Map<string, Socket>();
+  /** connections whose TLS handshake is in progress, by remote address:port */
+  private readonly pending = new Map<string, NetConn>();
   private readonly refusals: RefusalLog;
   private readonly trustDomain: string;
+  /** what new handshakes present and trust (a renewal or a new bundle makes a new one; live connections keep theirs) */
+  private ctx: NetTlsContext | null = null;
   private readonly onChange = (identity: string): void => { if (identity === '' || identity === this.opts.identity) this.reloadContext(); };
 
   constructor(private readonly opts: TunnelServerOpts) {
@@ -157,33 +164,24 @@ export class TunnelServer {
 
   /** Listen on every address; resolves with the address:port strings once all listen (rejects, closing all, if one cannot). */
   async start(): Promise<string[]> {
-    const tls = this.tlsOptions();
-    /** fds handed to a listener (closed with it, whatever came of it) */
+    const port = this.opts.port ?? HBONE_PORT;
+    /** fds the loop took (it closes them with their listener) */
     const used = new Set<number>();
     try {
+      this.ctx = this.context();
       for (const address of this.opts.addresses) {
-        const server = tlsServer({
-          ...tls, ALPNProtocols: ['h2'], handshakeTimeout: this.opts.handshakeTimeoutMs ?? 5000,
-          // requested, verified by OpenSSL against the bundle, and checked at 'secureConnection' (so that the log says why)
-          requestCert: true, rejectUnauthorized: false,
-        });
-        server.on('connection', (sock: Socket) => this.onConnection(sock));
-        server.on('secureConnection', (s: TLSSocket) => this.onSecure(s));
-        server.on('tlsClientError', (e: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(e, s));
-        this.servers.push(server);
+        const onConn = (c: NetConn): void => this.onConnection(c);
+        const onErr = (e: Error): void => this.opts.log.error({ err: e.message, address }, 'tunnel: accept failed');
         const fd = this.opts.fds?.find((f) => f.address === address)?.fd;
+        // adopt() leaves the fd to us when it throws (not a listening socket): marked as the loop's only once taken
+        this.listeners.push(fd !== undefined ? tunnelIo().adopt(fd, address, onConn, onErr) : tunnelIo().listen(address, port, onConn, onErr));
         if (fd !== undefined) used.add(fd);
-        await new Promise<void>((resolve, reject) => {
-          server.once('error', reject);
-          server.listen(fd !== undefined ? { fd } : { host: address, port: this.opts.port ?? HBONE_PORT }, () => { server.off('error', reject); resolve(); });
-        });
-        server.on('error', (e) => this.opts.log.error({ err: e, address }, 'tunnel: listener error'));
       }
     } catch (e) {
       await this.stop();
       // the given sockets no listener took: closed here (they are ours), or they would queue SYNs nobody accepts
       for (const { fd } of this.opts.fds ?? []) if (!used.has(fd)) { try { closeSync(fd); } catch { /* closed already */ } }
-      throw new Error(`tunnel: cannot listen on ${this.opts.addresses.join(', ')} port ${this.opts.port ?? HBONE_PORT}: ${(e as Error).message}`);
+      throw new Error(`tunnel: cannot listen on ${this.opts.addresses.join(', ')} port ${port}: ${(e as Error).message}`);
     }
     this.opts.certs.on('change', this.onChange);
     const listening = this.listening();
@@ -193,45 +191,44 @@ export class TunnelServer {
 
   /** The listening sockets (address as given, port, fd): what a planned restart hands to the new agent. */
   listenerFds(): { address: string; port: number; fd: number }[] {
-    return this.servers.flatMap((s, i) => {
-      const fd = (s as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-      const a = s.address();
-      return typeof fd === 'number' && fd >= 0 && a && typeof a === 'object' ? [{ address: this.opts.addresses[i]!, port: a.port, fd }] : [];
-    });
+    return this.listeners.map((l) => ({ address: l.host, port: l.port, fd: l.fd() }));
   }
 
   /** TLS handshakes in progress now (bounded by maxPendingHandshakes). */
   get pendingHandshakes(): number { return this.pending.size; }
 
   listening(): string[] {
-    return this.servers.flatMap((s) => {
-      const a = s.address();
-      return a && typeof a === 'object' ? [a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`] : [];
-    });
+    return this.listeners.map((l) => (l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`));
   }
 
-  /** Stop listening; open sessions get GOAWAY and their streams finish. */
+  /**
+   * Stop listening; open sessions get GOAWAY and their streams finish. Resolves once they have closed (those still
+   * open after STOP_WAIT_MS are cut).
+   */
   async stop(): Promise<void> {
     this.opts.certs.off('change', this.onChange);
+    for (const l of this.listeners) l.close();
+    this.listeners.length = 0;
+    for (const c of this.pending.values()) c.destroy();
     // the three-step shutdown (proxy/h2/session.ts), not a bare GOAWAY: a CONNECT already on its way is served, not
     // refused (a planned restart stops this server while clients keep opening streams)
     for (const session of this.live) session.shutdown();
-    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
-    this.servers.length = 0;
+    const end = Date.now() + STOP_WAIT_MS;
+    while (this.live.size > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    for (const session of this.live) session.destroy();
     this.refusals.close();
   }
 
-  private tlsOptions(): { key: string; cert: string; ca: string; minVersion: 'TLSv1.3'; maxVersion: 'TLSv1.3' } {
+  private context(): NetTlsContext {
     const m = this.opts.certs.get(this.opts.identity);
     if (!m) throw new Error(`tunnel: no certificate for ${this.opts.identity} yet`);
-    return { key: m.key, cert: m.chain, ca: m.bundle, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' };
+    return new NetTlsContext({ role: 'server', chain: m.chain, key: m.key, bundle: m.bundle, alpn: ['h2'] });
   }
 
   /** A renewal or a new bundle: new handshakes use it; established sessions keep theirs (no stream dropped). */
   private reloadContext(): void {
     try {
-      const tls = this.tlsOptions();
-      for (const s of this.servers) s.setSecureContext(tls);
+      this.ctx = this.context();
       this.opts.log.info({ identity: this.opts.identity }, 'tunnel: certificate or trust bundle changed; new handshakes use it');
     } catch (e) {
       this.opts.log.error({ err: e }, 'tunnel: the new certificate could not be used; keeping the old one');
@@ -243,60 +240,49 @@ export class TunnelServer {
     this.refusals.refuse(reason, fields, msg, kind);
   }
 
-  private onConnection(sock: Socket): void {
-    const key = `${sock.remoteAddress}|${sock.remotePort}`;
+  private onConnection(c: NetConn): void {
+    const key = `${c.remoteAddress}|${c.remotePort}`;
     const max = this.opts.maxPendingHandshakes ?? 64;
-    if (this.pending.size >= max) {
-      this.refuse('too-many-handshakes', { peer: sock.remoteAddress, pending: this.pending.size },
+    if (this.pending.size >= max || this.ctx === null) {
+      this.refuse('too-many-handshakes', { peer: c.remoteAddress, pending: this.pending.size },
         `tunnel: ${this.pending.size} handshakes in progress (max ${max}): connection closed at accept`);
-      sock.destroy();
+      c.destroy();
       return;
     }
-    this.pending.set(key, sock);
-    sock.once('close', () => { if (this.pending.get(key) === sock) this.pending.delete(key); });
+    this.pending.set(key, c);
+    c.once('close', () => { if (this.pending.get(key) === c) this.pending.delete(key); });
+    // before this returns: the next wake of the loop would read the ClientHello as plain data
+    c.startTls(this.ctx, { handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 5000 });
+    c.once('error', (e: NodeJS.ErrnoException) => { if (!c.secure) this.onTlsError(e, c); });
+    c.once('secure', () => this.onSecure(c));
   }
 
-  private onTlsError(e: NodeJS.ErrnoException, s: TLSSocket): void {
-    this.pending.delete(`${s.remoteAddress}|${s.remotePort}`);
+  private onTlsError(e: NodeJS.ErrnoException & { reason?: string }, c: NetConn): void {
+    this.pending.delete(`${c.remoteAddress}|${c.remotePort}`);
     const reason = handshakeReason(e);
     const hint = reason === 'bad-handshake' ? ' (HBONE is TLS 1.3 only, ALPN h2)' : '';
-    // OpenSSL's message is '<hex>:error:<hex>:SSL routines:<function>:<what>:<file>:<line>:': keep the what
-    const what = /routines:[^:]*:([^:]+)/.exec(e.message)?.[1] ?? e.message.trim();
-    this.refuse(reason, { peer: s.remoteAddress, code: e.code }, `tunnel: TLS handshake refused: ${what}${hint}`, e.code);
-    // (a handshake timeout leaves the socket open: node:http2's server closed it, tls.Server does not)
-    s.destroy();
+    // one line per OpenSSL reason (an expired certificate and an unknown CA are both CERTIFICATE_VERIFY_FAILED)
+    this.refuse(reason, { peer: c.remoteAddress, code: e.code }, `tunnel: TLS handshake refused: ${e.reason ?? e.message}${hint}`, e.reason ?? e.code);
   }
 
-  /** A finished handshake: ALPN h2, a verified certificate with one SPIFFE id of our trust domain, then the session. */
-  private onSecure(sock: TLSSocket): void {
-    this.pending.delete(`${sock.remoteAddress}|${sock.remotePort}`);
-    const peer = sock.remoteAddress ?? '?';
-    sock.on('error', () => { /* the session hears of it at 'close' */ });
-    const refuse = (reason: RefusalReason, fields: Record<string, unknown>, msg: string, kind?: string): void => {
-      this.refuse(reason, { peer, ...fields }, msg, kind);
-      sock.destroy();
-    };
-    if (sock.alpnProtocol !== 'h2') {
-      return refuse('bad-handshake', { alpn: sock.alpnProtocol || null }, 'tunnel: refused a client that did not negotiate ALPN h2');
-    }
-    if (!sock.authorized) {
-      if (!sock.getPeerX509Certificate()) return refuse('no-certificate', {}, 'tunnel: refused a client without a certificate (HBONE is mutual TLS)');
-      // Node's verify codes (CERT_HAS_EXPIRED, UNABLE_TO_GET_ISSUER_CERT_LOCALLY, ...) say what is wrong with it
-      const why = String(sock.authorizationError ?? 'not verified');
-      return refuse('bad-certificate', { error: why }, `tunnel: client certificate refused: ${why}`, why);
-    }
+  /** A finished handshake (ALPN h2, a client certificate verified against the bundle): one SPIFFE id of our trust domain, then the session. */
+  private onSecure(c: NetConn): void {
+    this.pending.delete(`${c.remoteAddress}|${c.remotePort}`);
+    const peer = c.remoteAddress ?? '?';
     let identity: string;
     try {
-      identity = peerIdentity(sock.getPeerX509Certificate(), this.trustDomain);
+      identity = peerIdentity(c.getPeerX509Certificate(), this.trustDomain);
     } catch (e) {
-      return refuse('no-identity', {}, `tunnel: client certificate refused: ${(e as Error).message}`);
+      this.refuse('no-identity', { peer }, `tunnel: client certificate refused: ${(e as Error).message}`);
+      c.destroy();
+      return;
     }
-    sock.setNoDelay(true);
+    c.setNoDelay(true);
     const stats = this.opts.metrics.peer('in', peer, identity);
     stats.handshakes++;
     stats.connections++;
     const info: SessionInfo = { identity, stats, peer };
-    const session: H2Session = new H2Session(sock, {
+    const session: H2Session = new H2Session(c, {
       role: 'server', ...TUNNEL_H2,
       onStream: (stream, headers, endStream, tooLarge) => this.onStream(info, stream, headers, endStream, tooLarge),
       onClose: (err) => {

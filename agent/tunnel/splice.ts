@@ -13,6 +13,7 @@
 import type { Socket } from 'node:net';
 import type { H2SessionOptions, H2Stream, H2StreamHandler } from '../proxy/h2/session.js';
 import { H2_ERROR } from '../proxy/h2/session.js';
+import { NetIo } from '../proxy/netio.js';
 import type { PeerStats } from './metrics.js';
 
 /**
@@ -27,6 +28,16 @@ export const TUNNEL_H2: Pick<H2SessionOptions, 'settings' | 'connectionWindowSiz
   settings: { initialWindowSize: 4 * 1024 * 1024, maxFrameSize: 64 * 1024, maxConcurrentStreams: 1000 },
   connectionWindowSize: 16 * 1024 * 1024,
 };
+
+let io: NetIo | undefined;
+
+/**
+ * The epoll loop (agent/proxy/netio.ts) of the tunnel's TLS connections, both ends, one per process, made at first
+ * use. It keeps the process alive only while a socket of it is open.
+ */
+export function tunnelIo(): NetIo {
+  return (io ??= new NetIo());
+}
 
 /** Count an accepted stream (200) as open (until its splice calls the returned function), and in the total. */
 export function track(stats: PeerStats): () => void {
