@@ -138,6 +138,22 @@ class Dialling implements H2StreamHandler {
   onWritable(): void {}
 }
 
+/** OpenSSL's X509 verify messages by node:tls's names for them (X509_verify_cert_error_string -> authorizationError) */
+const VERIFY_CODES: Record<string, string> = {
+  'certificate has expired': 'CERT_HAS_EXPIRED',
+  'certificate is not yet valid': 'CERT_NOT_YET_VALID',
+  'unable to get local issuer certificate': 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'unable to get issuer certificate': 'UNABLE_TO_GET_ISSUER_CERT',
+  'unable to verify the first certificate': 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'self-signed certificate': 'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'self signed certificate': 'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'self-signed certificate in certificate chain': 'SELF_SIGNED_CERT_IN_CHAIN',
+  'self signed certificate in certificate chain': 'SELF_SIGNED_CERT_IN_CHAIN',
+  'certificate signature failure': 'CERT_SIGNATURE_FAILURE',
+  'certificate revoked': 'CERT_REVOKED',
+  'unsupported certificate purpose': 'INVALID_PURPOSE',
+};
+
 /** how long stop() waits for sessions to finish their streams after GOAWAY */
 const STOP_WAIT_MS = 5000;
 
@@ -260,9 +276,18 @@ export class TunnelServer {
   private onTlsError(e: NodeJS.ErrnoException & { reason?: string }, c: NetConn): void {
     this.pending.delete(`${c.remoteAddress}|${c.remotePort}`);
     const reason = handshakeReason(e);
+    const peer = c.remoteAddress;
+    const what = e.reason ?? e.message;
+    if (reason === 'no-certificate') return this.refuse(reason, { peer, code: e.code }, 'tunnel: refused a client without a certificate (HBONE is mutual TLS)');
+    const verify = /certificate verify failed \((.+)\)/.exec(what)?.[1];
+    if (verify !== undefined) {
+      // named as node:tls names verify errors (CERT_HAS_EXPIRED, ...): what operators and the tests look for; one
+      // line per kind (an expired certificate and an unknown CA are both CERTIFICATE_VERIFY_FAILED to OpenSSL)
+      const code = VERIFY_CODES[verify] ?? verify;
+      return this.refuse('bad-certificate', { peer, error: code }, `tunnel: client certificate refused: ${code} (${verify})`, code);
+    }
     const hint = reason === 'bad-handshake' ? ' (HBONE is TLS 1.3 only, ALPN h2)' : '';
-    // one line per OpenSSL reason (an expired certificate and an unknown CA are both CERTIFICATE_VERIFY_FAILED)
-    this.refuse(reason, { peer: c.remoteAddress, code: e.code }, `tunnel: TLS handshake refused: ${e.reason ?? e.message}${hint}`, e.reason ?? e.code);
+    this.refuse(reason, { peer, code: e.code }, `tunnel: TLS handshake refused: ${what}${hint}`, e.reason ?? e.code);
   }
 
   /** A finished handshake (ALPN h2, a client certificate verified against the bundle): one SPIFFE id of our trust domain, then the session. */
