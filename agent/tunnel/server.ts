@@ -165,6 +165,8 @@ export class TunnelServer {
   private readonly live = new Set<H2Session>();
   /** connections whose TLS handshake is in progress, by remote address:port */
   private readonly pending = new Map<string, NetConn>();
+  /** stop() was called: a handshake that finishes now gets a session that shuts down at once */
+  private stopping = false;
   private readonly refusals: RefusalLog;
   private readonly trustDomain: string;
   /** what new handshakes present and trust (a renewal or a new bundle makes a new one; live connections keep theirs) */
@@ -223,14 +225,16 @@ export class TunnelServer {
    */
   async stop(): Promise<void> {
     this.opts.certs.off('change', this.onChange);
+    this.stopping = true;
     for (const l of this.listeners) l.close();
     this.listeners.length = 0;
-    for (const c of this.pending.values()) c.destroy();
     // the three-step shutdown (proxy/h2/session.ts), not a bare GOAWAY: a CONNECT already on its way is served, not
-    // refused (a planned restart stops this server while clients keep opening streams)
+    // refused (a planned restart stops this server while clients keep opening streams). Handshakes under way finish
+    // and their sessions are shut down the same way (onSecure): their clients connected while we listened.
     for (const session of this.live) session.shutdown();
     const end = Date.now() + STOP_WAIT_MS;
-    while (this.live.size > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    while ((this.live.size > 0 || this.pending.size > 0) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    for (const c of this.pending.values()) c.destroy();
     for (const session of this.live) session.destroy();
     this.refusals.close();
   }
@@ -318,6 +322,7 @@ export class TunnelServer {
       },
     });
     this.live.add(session);
+    if (this.stopping) session.shutdown();
   }
 
   private onStream(info: SessionInfo, stream: H2Stream, h: HeaderList, endStream: boolean, tooLarge: boolean): void {

@@ -175,6 +175,36 @@ t.test('reconnect after the server went away (GOAWAY)', async (t) => {
   t.equal(s.client.connections, 1, 'one pooled connection');
 });
 
+t.test('stop() lets a handshake under way finish and serves its CONNECT: a planned restart cuts no client that connected', async (t) => {
+  const s = await setup(t);
+  const m = s.certs.get(CLIENT_ID)!;
+  // accepted by the server (its handshake is under way there) but no ClientHello yet when stop() is called
+  const raw = netConnect({ host: '127.0.0.1', port: s.serverPort });
+  await new Promise<void>((r) => raw.once('connect', () => r()));
+  await new Promise((r) => setTimeout(r, 100));
+  let stoppedAt = 0;
+  const stopped = s.server.stop().then(() => { stoppedAt = performance.now(); });
+  const session = h2connect(`https://127.0.0.1:${s.serverPort}`, {
+    createConnection: () => tlsConnect({ socket: raw, key: m.key, cert: m.chain, ca: m.bundle, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined }),
+  });
+  session.on('error', () => {});
+  const got = await new Promise<{ status: unknown; body: string }>((resolve, reject) => {
+    const st = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${s.pod}` });
+    let status: unknown;
+    let body = '';
+    st.on('response', (h) => { status = h[':status']; st.end('late'); });
+    st.on('data', (d: Buffer) => { body += d.toString(); });
+    st.on('end', () => resolve({ status, body }));
+    st.on('error', reject);
+    setTimeout(() => reject(new Error('no answer in 5 s')), 5000);
+  }).catch((e: Error) => ({ status: e.message, body: '' }));
+  const endedAt = performance.now();
+  t.same(got, { status: 200, body: 'late[4 bytes]' }, 'the CONNECT of a handshake that began before stop() was served, bytes exact');
+  await stopped;
+  t.ok(stoppedAt >= endedAt, 'stop() resolved only after that session was done');
+  session.destroy();
+});
+
 t.test('the client checks it reached the node it dialled: another node\'s identity, a workload\'s, are refused', async (t) => {
   const s = await setup(t);
   const other = `spiffe://${TD}/sockmesh/node/node-c`;
