@@ -169,12 +169,26 @@ static Napi::Value SocketInfo(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// socketError(fd) -> errno: the error the kernel holds for the socket and has not reported yet (SO_ERROR; reading it
+// clears it), 0 when none. libuv reports EOF without reading again when the kernel says HUP right after a partial
+// read, so a reset (RST) that arrives just behind data reaches Node as a clean end with its ECONNRESET still pending
+// here: agent/tunnel/sockreset.ts asks at each end of stream.
+static Napi::Value SocketError(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "socketError", "fd");
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)) ThrowErrno(env, "socketError fd " + std::to_string(fd), errno);
+  return Napi::Number::New(env, err);
+}
+
 void InitFdpass(Napi::Env env, Napi::Object exports) {
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));
   exports.Set("sendFds", Napi::Function::New(env, SendFds, "sendFds"));
   exports.Set("recvFds", Napi::Function::New(env, RecvFds, "recvFds"));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
   exports.Set("socketInfo", Napi::Function::New(env, SocketInfo, "socketInfo"));
+  exports.Set("socketError", Napi::Function::New(env, SocketError, "socketError"));
 }
 
 }  // namespace sockmesh

@@ -83,6 +83,8 @@ export interface NetioAddon {
   recvFds(fd: number, maxBytes: number, timeoutMs: number): { data: Buffer; fds: number[] };
   closeFd(fd: number): void;
   socketInfo(fd: number): { family: 0 | 4 | 6; stream: boolean; listening: boolean };
+  /** the socket's pending error (SO_ERROR, cleared by asking), 0 when none (agent/tunnel/sockreset.ts) */
+  socketError(fd: number): number;
 }
 
 // Plain numbers in the hot loop (onEvents); that they are native/netio.cc's is checked once, at load.

@@ -6,8 +6,8 @@
 //    a stream whose peer's windows are full (sendData false) pauses the socket until onWritable;
 //  - half-close: a FIN becomes END_STREAM and END_STREAM becomes a FIN, so a client that shuts its write side still
 //    reads the whole answer;
-//  - a reset stays a reset: a TCP RST (the socket closed with an error) becomes RST_STREAM CONNECT_ERROR (RFC 9113
-//    8.5), and a reset stream resets the socket;
+//  - a reset stays a reset: a TCP RST (the socket closed with an error, or an end behind which the kernel holds a
+//    reset: sockreset.ts) becomes RST_STREAM CONNECT_ERROR (RFC 9113 8.5), and a reset stream resets the socket;
 //  - a stream that ended normally both ways sends no RST_STREAM (nghttp2 peers count received resets and end the
 //    connection after ~1,000: unit/tunnel-many). The session closes such a stream itself, with no frame.
 import type { Socket } from 'node:net';
@@ -15,6 +15,7 @@ import type { H2SessionOptions, H2Stream, H2StreamHandler } from '../proxy/h2/se
 import { H2_ERROR } from '../proxy/h2/session.js';
 import { NetIo } from '../proxy/netio.js';
 import type { PeerStats } from './metrics.js';
+import { hiddenReset } from './sockreset.js';
 
 /**
  * HTTP/2 settings both ends announce, sized for bulk: a 4 MiB stream window (one stream is not held to 64 KiB in
@@ -135,6 +136,9 @@ export class Splice implements H2StreamHandler {
   };
 
   private readonly onSockEnd = (): void => {
+    // a reset Node reported as an end (sockreset.ts): the socket fails instead, and onSockClose resets the stream
+    const reset = hiddenReset(this.sock);
+    if (reset) { this.sock.destroy(reset); return; }
     if (this.streamOver || this.localEnded) return;
     this.localEnded = true;
     this.stream.end();
