@@ -58,6 +58,9 @@ async function kubeWiring(opts: { kubeconfig?: string; trustDomain: string; node
   return { access, server: access.server, nodeName: opts.nodeId ?? hostname(), trustDomain: opts.trustDomain, cgroupDriver: opts.kubeCgroupDriver };
 }
 
+/** How long a SIGTERM/SIGINT stop may take before the agent exits anyway (kubelet's grace period is 30 s). */
+const STOP_BOUND_MS = 10_000;
+
 const program = new Command();
 program
   .name('sockmesh-agent')
@@ -161,6 +164,11 @@ program
       const stop = async (sig: string): Promise<void> => {
         log.info({ signal: sig }, 'stopping; the datapath keeps running from its pins');
         demo?.kill('SIGTERM');
+        // bounded: a connection that never finishes (a tunnel stream whose pod or peer stays silent) must not keep the
+        // agent from exiting (a stuck tunnel server held kernel/tunnel-handover's teardown for 10 minutes); the exit
+        // cuts what is left, and the datapath runs on from its pins as after any stop
+        const bound = setTimeout(() => { log.warn({ signal: sig, ms: STOP_BOUND_MS }, 'stop did not finish in time: exiting, open connections cut'); process.exit(0); }, STOP_BOUND_MS);
+        bound.unref();
         await agent.stop();
         process.exit(0);
       };
