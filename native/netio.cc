@@ -17,6 +17,7 @@
 //   CONNECT  a non-blocking connect finished
 //   SHUTDOWN the SHUT_WR asked for by shutdown() was done once the queue was flushed
 //   SECURE   the TLS handshake started by startTls() is done (tlsInfo() has the peer's chain and ALPN)
+//   TLSDATA  a TLS socket's plaintext: a = slab offset, b = length (setSlab: JS keeps it without a copy)
 // Connection ids come from a counter and are never reused; fds are closed only by close().
 //
 // TLS (startTls, TlsContext): TLS 1.3 on a loop socket, the handshake and every record in this loop, no Node stream
@@ -61,7 +62,7 @@ namespace sockmesh {
 
 void InitFdpass(Napi::Env env, Napi::Object exports);  // fdpass.cc
 
-enum : int32_t { EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7, EV_SECURE = 8 };
+enum : int32_t { EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7, EV_SECURE = 8, EV_TLSDATA = 9 };
 // OP_TLS: a TLS failure (errno EPROTO); its text (OpenSSL's reason) is tlsError(id)
 enum : int32_t { OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5, OP_TLS = 6 };
 
@@ -120,6 +121,13 @@ struct LoopState {
   size_t maxEvents = 0;
   size_t nEvents = 0;
   size_t used = 0;          // arena bytes used in this wake
+  // TLS plaintext is SSL_read into the slab (setSlab), not the arena: bytes written there are never written again, so
+  // JS hands views of them to the listener where the arena's must be copied out (the next wake reuses the arena).
+  // JS gives a new slab once the callback reports this one nearly used up; the old one lives on in the views.
+  Napi::Reference<Napi::Value> slabRef;
+  uint8_t* slab = nullptr;
+  size_t slabSize = 0;
+  size_t slabUsed = 0;
   std::vector<char> scratch;  // strings given to write()/writev() (latin1 / utf8)
   // TLS sockets with records OpenSSL read but not yet handed out (the wake's share or the arena ran out, or bytes
   // that came with the handshake's last flight): level-triggered epoll says nothing about them, so the eventfd
@@ -429,29 +437,31 @@ static bool TlsClose(Sock* s, int* err, int32_t* op) {
   return false;
 }
 
-// SSL_read into the arena until OpenSSL wants the socket (WANT_READ), the wake's share or the arena runs out, the
-// peer's close_notify (EOF) or an error. One DATA event (the reads are contiguous).
+static bool SlabRoom(LoopState* st) { return st->slabUsed < st->slabSize; }
+
+// SSL_read into the slab until OpenSSL wants the socket (WANT_READ), the wake's share or the slab runs out, the
+// peer's close_notify (EOF) or an error. One TLSDATA event (the reads are contiguous).
 static void TlsRead(LoopState* st, Sock* s) {
-  size_t start = st->used, got = 0;
+  size_t start = st->slabUsed, got = 0;
   bool more = false;
   int err = 0;
   int32_t op = 0;
   TlsStep r = TLS_WANT_READ;
   for (;;) {
-    if (got >= kReadPerWake || st->used >= st->arenaSize) { more = true; break; }
-    size_t want = st->arenaSize - st->used, n = 0;
+    if (got >= kReadPerWake || st->slabUsed >= st->slabSize) { more = true; break; }
+    size_t want = st->slabSize - st->slabUsed, n = 0;
     if (want > kReadChunk) want = kReadChunk;
     ERR_clear_error();
-    int rc = SSL_read_ex(s->ssl, st->arena + st->used, want, &n);
+    int rc = SSL_read_ex(s->ssl, st->slab + st->slabUsed, want, &n);
     if (rc == 1) {
-      st->used += n;
+      st->slabUsed += n;
       got += n;
       continue;
     }
     r = TlsCheck(s, rc, OP_READ, &err, &op);
     break;
   }
-  if (got > 0) Push(st, s->id, EV_DATA, static_cast<int32_t>(start), static_cast<int32_t>(got));
+  if (got > 0) Push(st, s->id, EV_TLSDATA, static_cast<int32_t>(start), static_cast<int32_t>(got));
   if (r == TLS_FAILED) { TlsFail(st, s, err, op); return; }
   if (r == TLS_CLOSED) {
     s->readEof = true;
@@ -485,7 +495,7 @@ static void Handshake(LoopState* st, Sock* s) {
     }
     Writable(st, s);  // the last flight, what was written meanwhile, end()'s close_notify and FIN
     if (!s->dead && !s->paused && !s->readEof) {
-      if (st->used < st->arenaSize) TlsRead(st, s);
+      if (SlabRoom(st)) TlsRead(st, s);
       else MarkTlsPending(st, s);
     }
     if (!s->dead) Rearm(st, s);
@@ -520,7 +530,7 @@ static void RunTlsPending(LoopState* st) {
     Sock* s = it->second;
     s->tlsPending = false;
     if (s->dead || !s->ssl || s->tlsHandshaking || s->paused || s->readEof) continue;  // resume() marks it again
-    if (st->nEvents + 5 > st->maxEvents || st->used >= st->arenaSize) { MarkTlsPending(st, s); continue; }
+    if (st->nEvents + 5 > st->maxEvents || !SlabRoom(st)) { MarkTlsPending(st, s); continue; }
     TlsRead(st, s);
   }
 }
@@ -586,9 +596,12 @@ static bool Batch(LoopState* st) {
     if (s->connecting) { Connected(st, s); continue; }
     if (s->tlsHandshaking) { Handshake(st, s); continue; }
     if ((re & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && !s->paused && !s->readEof) {
-      if (st->used < st->arenaSize) {
-        if (s->ssl) TlsRead(st, s);
-        else ReadSome(st, s, re);
+      if (s->ssl) {
+        // a full slab: read once JS gave a new one (OpenSSL may hold the records already: epoll would not say)
+        if (SlabRoom(st)) TlsRead(st, s);
+        else MarkTlsPending(st, s);
+      } else if (st->used < st->arenaSize) {
+        ReadSome(st, s, re);
       }
     } else if ((re & EPOLLERR) && s->queued() == 0) {
       int soerr = 0;
@@ -601,7 +614,8 @@ static bool Batch(LoopState* st) {
   if (st->nEvents == 0) return true;
   Napi::HandleScope scope(st->env);
   try {
-    st->callback.MakeCallback(st->resource.Value(), {Napi::Number::New(st->env, static_cast<double>(st->nEvents))});
+    st->callback.MakeCallback(st->resource.Value(), {Napi::Number::New(st->env, static_cast<double>(st->nEvents)),
+                                                      Napi::Number::New(st->env, static_cast<double>(st->slabUsed))});
   } catch (const Napi::Error& e) {
     // Like an exception thrown in an event listener: it goes to process 'uncaughtException'.
     napi_fatal_exception(st->env, e.Value());
@@ -628,6 +642,7 @@ static void CloseLoop(LoopState* st) {
   st->callback.Reset();
   st->resource.Reset();
   st->arenaRef.Reset();
+  st->slabRef.Reset();
   st->eventsRef.Reset();
   if (st->polling) uv_poll_stop(&st->poll);
   close(st->epfd);
@@ -835,12 +850,13 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
       InstanceMethod("count", &NetLoop::Count),
       InstanceMethod("closeAll", &NetLoop::CloseAll),
       InstanceMethod("startTls", &NetLoop::StartTls),
+      InstanceMethod("setSlab", &NetLoop::SetSlab),
       InstanceMethod("tlsInfo", &NetLoop::TlsInfo),
       InstanceMethod("tlsError", &NetLoop::TlsError),
     });
   }
 
-  // new NetLoop(arena: Buffer, events: Int32Array, callback: (n: number) => void)
+  // new NetLoop(arena: Buffer, events: Int32Array, callback: (n: number, slabUsed: number) => void)
   explicit NetLoop(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NetLoop>(info) {
     Napi::Env env = info.Env();
     Napi::Buffer<uint8_t> arena = ArgBuffer(info, 0, "NetLoop", "arena");
@@ -1289,6 +1305,23 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
   // startTls(id, ctx: TlsContext, servername: string) -> undefined: TLS on a socket (accepted, or connected / still
   // connecting) before any byte was read or written on it; the handshake runs in the loop, then SECURE (or ERROR with
   // OP_TLS). A server must call it from its ACCEPT handling, before the next wake reads the socket as plain.
+  // setSlab(slab: Buffer): TLS plaintext goes into it from offset 0 on (TLSDATA events; the callback's second
+  // argument is how much of it is used). The loop lets the previous one go: JS's views keep it alive.
+  Napi::Value SetSlab(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Buffer<uint8_t> b = ArgBuffer(info, 0, "setSlab", "slab");
+    if (b.Length() < kReadChunk) throw Napi::RangeError::New(env, "netio setSlab: the slab must hold at least 64 KiB");
+    if (b.Length() > 0x7fffffff) throw Napi::RangeError::New(env, "netio setSlab: the slab must hold less than 2 GiB (int32 offsets)");
+    LoopState* st = Live(info, "setSlab");
+    if (st->closed) return env.Undefined();
+    st->slabRef.Reset();
+    st->slabRef = Napi::Persistent(info[0]);
+    st->slab = b.Data();
+    st->slabSize = b.Length();
+    st->slabUsed = 0;
+    return env.Undefined();
+  }
+
   Napi::Value StartTls(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Sock* s = Find(info, "startTls");
@@ -1296,6 +1329,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     TlsContext* c = info.Length() > 1 ? TlsContext::From(env, info[1]) : nullptr;
     if (!c) throw Napi::TypeError::New(env, "netio startTls: argument 'ctx' must be a TlsContext");
     if (!c->ctx) throw Napi::Error::New(env, "netio startTls: the TlsContext was freed");
+    if (st_->slab == nullptr) throw Napi::Error::New(env, "netio startTls: the loop has no slab for TLS reads (setSlab first)");
     std::string servername = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "";
     if (s->listener) ThrowErrno(env, "netio startTls (a listener)", EINVAL);
     if (s->dead) ThrowErrno(env, "netio startTls", s->err ? s->err : EPIPE);
@@ -1384,6 +1418,7 @@ static Napi::Object Constants(Napi::Env env) {
 #define SM_NETIO_CONST(c) k.Set(#c, Napi::Number::New(env, c));
   SM_NETIO_CONST(EV_ACCEPT)
   SM_NETIO_CONST(EV_DATA)
+  SM_NETIO_CONST(EV_TLSDATA)
   SM_NETIO_CONST(EV_EOF)
   SM_NETIO_CONST(EV_ERROR)
   SM_NETIO_CONST(EV_DRAIN)

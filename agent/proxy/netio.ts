@@ -12,7 +12,8 @@
 // TLS (NetTlsContext, NetConn.startTls): TLS 1.3 in the same loop, with the OpenSSL node itself runs (native/netio.cc
 // says why that is safe), so that a TLS connection is a NetConn too: no TLSSocket, no stream per record. The native
 // side verifies the peer's chain against the context's bundle; what the chain means (the SPIFFE identity) is decided
-// by the caller from getPeerX509Certificate(), as with a TLSSocket.
+// by the caller from getPeerX509Certificate(), as with a TLSSocket. Its plaintext is read into a slab, not the arena,
+// and handed on without a copy (SLAB_BYTES says how).
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as osConstants } from 'node:os';
@@ -51,6 +52,8 @@ export interface NativeNetLoop {
   tlsInfo(id: number): NativeTlsInfo | undefined;
   /** OpenSSL's reason for an OP_TLS error ('' if none) */
   tlsError(id: number): string;
+  /** TLS plaintext goes into `slab` from offset 0 on (TLSDATA events); the loop lets the previous one go */
+  setSlab(slab: Buffer): void;
 }
 
 /** The addon's TlsContext: one SSL_CTX (TLS 1.3, mutual, verified against the bundle). */
@@ -69,7 +72,7 @@ export interface NativeTlsInfo {
 
 export interface NetioAddon {
   /** one epoll loop: events are written to `events` (EVENT_INTS int32 each) and data to `arena`, then cb(count) */
-  NetLoop: new (arena: Buffer, events: Int32Array, cb: (n: number) => void) => NativeNetLoop;
+  NetLoop: new (arena: Buffer, events: Int32Array, cb: (n: number, slabUsed: number) => void) => NativeNetLoop;
   /** (role, chain PEM, key PEM, trust bundle PEM, ALPN protocols); throws naming the part that is wrong */
   TlsContext: new (role: 'server' | 'client', chain: string, key: string, bundle: string, alpn: string[]) => NativeTlsContext;
   /** the event kinds, error operations and event size as native/netio.cc declares them, by their C++ names */
@@ -88,14 +91,14 @@ export interface NetioAddon {
 }
 
 // Plain numbers in the hot loop (onEvents); that they are native/netio.cc's is checked once, at load.
-const EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7, EV_SECURE = 8;
+const EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7, EV_SECURE = 8, EV_TLSDATA = 9;
 const OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5, OP_TLS = 6;
 /** int32 values per event: id, kind, a, b */
 const EVENT_INTS = 4;
 
 /** Every code above by its C++ name: what the addon must export as `constants`. */
 export const NETIO_CONSTANTS: Readonly<Record<string, number>> = Object.freeze({
-  EV_ACCEPT, EV_DATA, EV_EOF, EV_ERROR, EV_DRAIN, EV_CONNECT, EV_SHUTDOWN, EV_SECURE,
+  EV_ACCEPT, EV_DATA, EV_EOF, EV_ERROR, EV_DRAIN, EV_CONNECT, EV_SHUTDOWN, EV_SECURE, EV_TLSDATA,
   OP_READ, OP_WRITE, OP_CONNECT, OP_ACCEPT, OP_SHUTDOWN, OP_TLS,
   EVENT_INTS,
 });
@@ -132,6 +135,18 @@ export function netioAddon(): NetioAddon {
 // ---- NetIo and NetConn ----
 
 const ARENA_BYTES = 1024 * 1024;
+/**
+ * TLS plaintext is read into a slab (native setSlab) the loop never writes again, so a TLSDATA event is handed on as
+ * a view of it, not copied like the arena's DATA (bench/nettls.ts measures the difference). A new slab once less than
+ * SLAB_LOW is left: one read of a socket is cut at the slab's end and goes on in the next wake.
+ */
+const SLAB_BYTES = 1024 * 1024;
+const SLAB_LOW = 64 * 1024;
+/**
+ * TLSDATA this short is copied all the same (into node's pooled small buffers): a view keeps its whole slab alive, and
+ * a listener that keeps a few bytes (a partial header) must not hold a MiB. Bulk reads are far larger.
+ */
+const SLAB_COPY_MAX = 4096;
 const MAX_EVENTS = 4096;
 /** write() returns false once this much is queued natively (node's default highWaterMark) */
 const HIGH_WATER = 16 * 1024;
@@ -238,6 +253,7 @@ export interface Upstreamish { address: string; port: number; family?: 4 | 6 }
 export class NetIo {
   private readonly loop: NativeNetLoop;
   private readonly arena = Buffer.allocUnsafeSlow(ARENA_BYTES);
+  private slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
   private readonly ev = new Int32Array(MAX_EVENTS * EVENT_INTS);
   /** every open connection by id (listeners in `listeners`) */
   readonly conns = new Map<number, NetConn>();
@@ -247,7 +263,8 @@ export class NetIo {
   readonly trace: LoopTrace | null = sharedTrace();
 
   constructor() {
-    this.loop = new (netioAddon().NetLoop)(this.arena, this.ev, (n) => this.onEvents(n));
+    this.loop = new (netioAddon().NetLoop)(this.arena, this.ev, (n, slabUsed) => this.onEvents(n, slabUsed));
+    this.loop.setSlab(this.slab);
   }
 
   /**
@@ -316,8 +333,8 @@ export class NetIo {
     for (const c of conns) c.loopClosed();
   }
 
-  private onEvents(n: number): void {
-    const ev = this.ev, arena = this.arena, conns = this.conns;
+  private onEvents(n: number, slabUsed: number): void {
+    const ev = this.ev, arena = this.arena, slab = this.slab, conns = this.conns;
     const trace = this.trace;
     if (trace !== null) trace.begin(n, dataEvents(ev, n));
     let thrown: unknown = null;
@@ -342,6 +359,17 @@ export class NetIo {
             c.onData(b);
             break;
           }
+          case EV_TLSDATA: {
+            const off = ev[p + 2]!, len = ev[p + 3]!;
+            if (len > SLAB_COPY_MAX) {
+              c.onData(slab.subarray(off, off + len));
+            } else {
+              const b = Buffer.allocUnsafe(len);
+              slab.copy(b, 0, off, off + len);
+              c.onData(b);
+            }
+            break;
+          }
           case EV_EOF: c.onEof(); break;
           case EV_ERROR: c.onError(ev[p + 2]!, ev[p + 3]!); break;
           case EV_DRAIN: c.onDrain(); break;
@@ -355,6 +383,11 @@ export class NetIo {
       }
     }
     if (trace !== null) trace.end();
+    if (slabUsed > SLAB_BYTES - SLAB_LOW && !this.closed) {
+      // before the next wake: the loop reads nothing into a full slab (its sockets wait, marked, for this one)
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.loop.setSlab(this.slab);
+    }
     if (thrown !== null) throw thrown;
   }
 
@@ -778,10 +811,13 @@ function sharedTrace(): LoopTrace | null {
   return trace;
 }
 
-/** the DATA events of a batch: the sockets read in one wake */
+/** the DATA and TLSDATA events of a batch: the sockets read in one wake */
 function dataEvents(ev: Int32Array, n: number): number {
   let k = 0;
-  for (let i = 0; i < n; i++) if (ev[i * EVENT_INTS + 1] === EV_DATA) k++;
+  for (let i = 0; i < n; i++) {
+    const kind = ev[i * EVENT_INTS + 1];
+    if (kind === EV_DATA || kind === EV_TLSDATA) k++;
+  }
   return k;
 }
 

@@ -152,6 +152,34 @@ t.test('NetConn to NetConn: TLS 1.3, AES-128-GCM, ALPN h2, both chains verified 
   t.equal(io.openCount(), 1, 'both ends closed after the close_notify exchange: only the listener is left');
 });
 
+t.test('TLS reads are handed on without a copy: views of 1 MiB slabs the loop never writes again, small reads copied', async (t) => {
+  // node:tls as the sender (its 16 KiB records, many per wake when the receiver lags): the NetConn receives 8 MiB and
+  // keeps every chunk to the end, so a slab the loop wrote into twice would show as bytes changed under a kept chunk
+  const data = randomBytes(MiB8);
+  // 100 bytes alone first (a read that small is copied), then the rest
+  const srv = tls.createServer({ key: server.key, cert: server.chain, ca: ca.bundle, requestCert: true, ALPNProtocols: ['h2'] }, (s) => {
+    s.write(data.subarray(0, 100));
+    setTimeout(() => s.end(data.subarray(100)), 100);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => srv.close());
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  const c = io.connect({ address: '127.0.0.1', port: (srv.address() as AddressInfo).port }).startTls(clientCtx);
+  const chunks: Buffer[] = [];
+  c.on('data', (d: Buffer) => chunks.push(d));
+  await waitFor(c, 'end', 30_000);
+  t.equal(sha(Buffer.concat(chunks)), sha(data), '8 MiB byte-exact, every chunk kept to the end');
+  const big = chunks.filter((d) => d.length > 4096), small = chunks.filter((d) => d.length <= 4096);
+  t.ok(big.length > 0, `reads over 4 KiB came (${big.length} of ${chunks.length})`);
+  t.equal(big.filter((d) => d.buffer.byteLength === 1024 * 1024).length, big.length, 'every read over 4 KiB is a view of a 1 MiB slab (a copy would be a buffer of its own size)');
+  const slabs = new Set(big.map((d) => d.buffer));
+  t.ok(slabs.size >= 8, `8 MiB went through ${slabs.size} slabs: a used one is replaced, not rewritten`);
+  t.ok(small.length >= 1, `reads of 4 KiB or less came (${small.length})`);
+  t.equal(small.filter((d) => d.buffer.byteLength === 1024 * 1024).length, 0, 'none of them holds a slab');
+  c.destroy();
+});
+
 t.test('NetConn client, node:tls server (requestCert, rejectUnauthorized): 8 MiB each way, the server answers after our close_notify', async (t) => {
   const sent = randomBytes(MiB8), answer = randomBytes(MiB8);
   let peerId: string | undefined;
@@ -530,7 +558,7 @@ t.test('pause/resume on a TLS connection loses nothing (records OpenSSL holds ar
 
 t.test('records OpenSSL read ahead when the shared arena ran out are delivered (epoll cannot see them)', async (t) => {
   // 24 connections whose data all waits in the kernel when they resume together: one wake reads them in turn into
-  // the loop's 1 MiB arena, which runs out part-way; the socket it ran out on has the rest of its bytes in OpenSSL's
+  // the loop's 1 MiB slab (TLS reads go there, not the arena), which runs out part-way; the socket it ran out on has the rest of its bytes in OpenSSL's
   // buffer and none in the kernel, so only the loop's own wake-up (the eventfd) delivers them
   const N = 24, SIZE = 60_000;
   const payload = randomBytes(SIZE);
