@@ -6,7 +6,7 @@
 //  (b) a sockmesh VIP whose backend is the server pod, mTLS: the kernel hands the connection to n1's agent, which
 //      carries it in its pooled HBONE tunnel to n2's agent;
 //  (c) a sidecar pair with mTLS: a haproxy in each pod (the client's originating TLS, the server's terminating it),
-//      TCP mode, TLS 1.3 with the tunnel's cipher (AES-256-GCM, Node's first choice), certificates from one root;
+//      TCP mode, TLS 1.3 with the tunnel's cipher (AES-128-GCM, netio TLS's first choice), certificates from one root;
 //  (d) a sockmesh VIP with `mtls: off`: connect-time balancing to the pod across the nodes, plaintext;
 //  (t) the tunnel alone, as information: agent/tunnel's TunnelClient and TunnelServer in bench processes in n1's and
 //      n2's node namespaces (the agent's place), the client pod dialling n1's node address (no kernel hand-over).
@@ -81,8 +81,12 @@ type Service = (typeof SERVICES)[number];
 const svc = (n: Service['name']): Service => SERVICES.find((s) => s.name === n)!;
 /** (t)'s server end: not 15008, which (b)'s agent on n2 listens on. */
 const TUNNEL_END_PORT = 15108;
-/** (c)'s TLS: 1.3 only, the cipher the tunnel negotiates (Node's first choice), so that both pay for the same cipher. */
-const TLS_CIPHER = 'TLS_AES_256_GCM_SHA384';
+/**
+ * (c)'s TLS: 1.3 only, the cipher the tunnel negotiates, so that both pay for the same cipher. Both tunnel ends are
+ * netio TLS (native/netio.cc), whose first choice is AES-128-GCM (unit/netio-tls checks it); until the tunnel left
+ * node:tls it was AES-256-GCM, Node's first choice, and (c) used that.
+ */
+export const TLS_CIPHER = 'TLS_AES_128_GCM_SHA256';
 
 const LISTEN_TIMEOUT_MS = 10_000;
 /** After the agents are ready: time for them to find the pods of their cgroup trees (pod discovery follows within 1 s). */
@@ -643,7 +647,8 @@ export async function runMesh(opts: MeshOptions): Promise<number> {
     `load average ${load.join(' ')} at the end (the machine's other users show in the CPU splits' "machine")`);
   out.push(`medians of ${opts.rounds} interleaved rounds; nothing pinned; iperf3 one stream ${opts.streamSeconds} s; sockperf ping-pong 64 B ` +
     `${opts.seconds} s, one-way µs (RTT/2); wrk -t1 -c${opts.connections} ${opts.httpSeconds} s against nginx (1 worker), keep-alive`);
-  out.push(`(c): haproxy 1 thread per pod, TCP mode, TLS 1.3 ${TLS_CIPHER}, mutual (verify required, one root); mesh CPU per Gbit/s: ` +
+  out.push(`cipher: TLS 1.3 ${TLS_CIPHER} in (b), (c) and (t); (b), (t): netio TLS at both tunnel ends; ` +
+    '(c): haproxy 1 thread per pod, TCP mode, mutual (verify required, one root); mesh CPU per Gbit/s: ' +
     'CPU-seconds of the mesh\'s processes (agents, sidecars, tunnel ends; both nodes) per Gbit carried during iperf3 (= cores per Gbit/s)');
   if (results.some((r) => r.name === 'tunnel')) {
     out.push('* (t) is information, not a scenario of the issue: agent/tunnel\'s TunnelClient + TunnelServer as bench processes in the ' +
