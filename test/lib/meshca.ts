@@ -6,7 +6,7 @@
 // certificates for an independent client (python3-h2) are signed by the same CA from its directory, on a CSR openssl
 // makes: the client is not an agent and has no token.
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inCgroupNsenter } from '../../lab/cgroup.js';
@@ -26,6 +26,10 @@ export interface MeshCa {
   logs: Record<string, unknown>[];
   /** Start the real agent of `node` with the tunnel on (its token, the CA); `extra` is appended to its config. */
   agent(node: ClusterNode, extra?: string): Promise<AgentHandle>;
+  /** The same agent fed by the control plane over xDS (--xds, a DaemonSet's way) instead of a config file. */
+  agentXds(node: ClusterNode): Promise<AgentHandle>;
+  /** Replace the config the control plane serves (written then renamed: it never reads half a file). */
+  serve(config: string): void;
   /** A certificate for `identity` from the CA's directory: [cert chain file, key file] (the trust bundle: `bundle`). */
   issue(name: string, identity: string): Promise<[string, string]>;
   /** the trust bundle's file */
@@ -62,6 +66,12 @@ export async function startMeshCa(t: Teardown, caNode: ClusterNode, nodes: Clust
   return {
     dir, address, logs, bundle,
     agent: (node, extra = '') => startNodeAgent(t, node, { config: config + extra, extraArgs: ['--node-token-file', join(dir, `${node.name}.token`), '--ca-address', address] }),
+    // the CA API is on the xDS port: --ca-address defaults to --xds
+    agentXds: (node) => startNodeAgent(t, node, { xds: address, extraArgs: ['--node-token-file', join(dir, `${node.name}.token`)] }),
+    serve: (text) => {
+      writeFileSync(join(dir, 'mesh.yaml.tmp'), text);
+      renameSync(join(dir, 'mesh.yaml.tmp'), join(dir, 'services', 'mesh.yaml'));
+    },
     issue: async (name, identity) => {
       authority ??= await CertificateAuthority.fromDir({ dir: join(dir, 'ca'), trustDomain });
       writeFileSync(bundle, authority.trustBundle().join(''));
