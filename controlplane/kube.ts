@@ -12,10 +12,12 @@
 // from what the API server holds. Watch health goes to the log and to the status endpoint (--status-listen:
 // GET /metrics, GET /v1/kubernetes with what is not served).
 import type { Logger } from 'pino';
-import type { Model } from '../agent/model/types.js';
+import type { Model, MtlsMode, Service } from '../agent/model/types.js';
+import { serviceMode, translateMesh, type KNamespace } from '../kube/mesh.js';
+import { DEFAULT_TRUST_DOMAIN } from '../kube/pods.js';
 import type { TranslateIssue, TranslateResult, Unserved } from '../kube/translate.js';
 import { ClusterTranslator } from '../kube/translate-live.js';
-import type { KEndpointSlice, KHTTPRoute, KNode, KService } from '../kube/types.js';
+import type { KEndpointSlice, KHTTPRoute, KNode, KPod, KService } from '../kube/types.js';
 import {
   ClusterWatch, healthLine, nodeDependentServices, RouteStatusWriter, viewChanges,
   type ClusterHealth, type KubeAccess, type SyncBatch, type WatchKind,
@@ -34,6 +36,8 @@ export interface KubeClusterOptions {
   log: Logger;
   debounceMs?: number;
   maxDelayMs?: number;
+  /** the identities of pods: spiffe://<trustDomain>/ns/<ns>/sa/<sa> (default cluster.local) */
+  trustDomain?: string;
 }
 
 /** GET /v1/kubernetes of the control plane. */
@@ -69,11 +73,20 @@ export class KubeCluster {
   private writing: Promise<void> = Promise.resolve();
   /** how many per-node translations were made (tests: a plain endpoint change makes none) */
   nodeTranslations = 0;
+  private mesh?: Pick<Model, 'nodes' | 'workloads' | 'mtls'>;
+  private meshIssues: TranslateIssue[] = [];
+  private serviceModes = new Map<string, MtlsMode>();
+  private modeIssues: TranslateIssue[] = [];
+  private readonly moded = new WeakMap<Service, Service>();
 
   constructor(private readonly cp: ControlPlane, private readonly o: KubeClusterOptions) {
     const r = (kind: WatchKind) => o.access.reflect(kind, {});
     this.watch = new ClusterWatch({
-      reflectors: { services: r('services'), endpointslices: r('endpointslices'), httproutes: r('httproutes'), nodes: r('nodes') },
+      // pods and namespaces for the mesh settings (mesh.ts in kube/): workloads per service account and node, modes
+      reflectors: {
+        services: r('services'), endpointslices: r('endpointslices'), httproutes: r('httproutes'), nodes: r('nodes'),
+        pods: r('pods'), namespaces: r('namespaces'),
+      },
       debounceMs: o.debounceMs, maxDelayMs: o.maxDelayMs,
       onSync: (b) => this.sync(b),
       onHealth: (h) => {
@@ -124,7 +137,8 @@ export class KubeCluster {
     if (b.first || this.touchesNodes(b, dependent)) this.generation++;
     this.dependent = dependent;
     this.last = res;
-    const base = dependent.size === 0 ? res.model : { ...res.model, services: res.model.services.filter((s) => !dependent.has(res.origins.get(s.name) ?? '')) };
+    const services = this.withModes(b, res);
+    const base: Model = { ...this.meshOf(b), services: dependent.size === 0 ? services : services.filter((s) => !dependent.has(res.origins.get(s.name) ?? '')) };
     this.cp.setLayered(base, (node) => this.nodeModel(node));
     for (const node of [...this.perNode.keys()]) if (!this.cp.overlayNodes().includes(node)) this.perNode.delete(node);
     const ms = performance.now() - t0;
@@ -134,6 +148,47 @@ export class KubeCluster {
       const w = this.routeWriter;
       this.writing = this.writing.then(() => w.write(res.routeStatus));
     }
+  }
+
+  /**
+   * The nodes, workloads and namespace modes, translated again only when a batch changed Nodes, Pods or Namespaces:
+   * the same lists otherwise, which the control plane's mesh snapshot takes as "nothing changed" at no cost.
+   */
+  private meshOf(b: SyncBatch): Pick<Model, 'nodes' | 'workloads' | 'mtls'> {
+    if (!this.mesh || b.first || b.changed.nodes.size > 0 || b.changed.pods.size > 0 || b.changed.namespaces.size > 0) {
+      const m = translateMesh({
+        nodes: this.watch.store<KNode>('nodes').values(), pods: this.watch.store<KPod>('pods').values(),
+        namespaces: this.watch.store<KNamespace>('namespaces').values(),
+      }, { trustDomain: this.o.trustDomain ?? DEFAULT_TRUST_DOMAIN });
+      this.meshIssues = m.issues;
+      this.mesh = { nodes: m.nodes, workloads: m.workloads, mtls: m.mtls };
+    }
+    return this.mesh;
+  }
+
+  /** The services with the mode of their Service's annotation (the same object for the same service and mode). */
+  private withModes(b: SyncBatch, res: TranslateResult): Service[] {
+    const store = this.watch.store<KService>('services');
+    if (b.first || b.changed.services.size > 0) {
+      const issues: TranslateIssue[] = [];
+      const modes = new Map<string, MtlsMode>();
+      for (const [key, s] of store) {
+        const m = serviceMode(s, issues);
+        if (m) modes.set(key, m);
+      }
+      this.serviceModes = modes;
+      this.modeIssues = issues;
+    }
+    if (this.serviceModes.size === 0) return res.model.services;
+    return res.model.services.map((s) => {
+      const mode = this.serviceModes.get(res.origins.get(s.name) ?? '');
+      if (!mode) return s;
+      const done = this.moded.get(s);
+      if (done?.mtls === mode) return done;
+      const m = { ...s, mtls: mode };
+      this.moded.set(s, m);
+      return m;
+    });
   }
 
   /** Whether a batch changed what the per-node translations read. */
@@ -173,7 +228,7 @@ export class KubeCluster {
       services: this.last?.model.services.length ?? 0, perNodeServices: this.dependent.size, overlayNodes: this.cp.overlayNodes().length,
       lastTranslate: this.lastTranslate,
       routeStatus: { writes: this.routeWriter?.writes ?? 0, failures: this.routeWriter?.failures ?? 0 },
-      unserved: this.last?.unserved ?? [], issues: (this.last?.issues ?? []).slice(0, MAX_REPORTED_ISSUES),
+      unserved: this.last?.unserved ?? [], issues: [...(this.last?.issues ?? []), ...this.meshIssues, ...this.modeIssues].slice(0, MAX_REPORTED_ISSUES),
     };
   }
 }
@@ -185,6 +240,8 @@ export interface KubeServeOptions extends ServeOptions {
   maxDelayMs?: number;
   /** GET /metrics and GET /v1/kubernetes on this host:port (port 0 picks one); absent = none */
   statusListen?: { host: string; port: number };
+  /** the pods' identities' trust domain (default cluster.local) */
+  trustDomain?: string;
 }
 
 export interface RunningKubeControlPlane extends RunningControlPlane {
@@ -199,7 +256,7 @@ export interface RunningKubeControlPlane extends RunningControlPlane {
  */
 export async function startKubeControlPlane(opts: KubeServeOptions): Promise<RunningKubeControlPlane> {
   const cp = new ControlPlane(opts);
-  const kube = new KubeCluster(cp, { access: opts.access, server: opts.server, log: cp.log, debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs });
+  const kube = new KubeCluster(cp, { access: opts.access, server: opts.server, log: cp.log, debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs, trustDomain: opts.trustDomain });
   let status: StatusServer | undefined;
   let running: RunningControlPlane | undefined;
   if (opts.statusListen) {

@@ -82,7 +82,7 @@ program
       }
       if (access) {
         const statusListen = parseStatusListen(opts.statusListen);
-        running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen, ca });
+        running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen, ca, trustDomain: opts.trustDomain });
         log.info({ server: access.server, trustDomain: opts.trustDomain }, 'serving the Kubernetes cluster');
       } else {
         running = await startControlPlane({ dir: opts.dir!, listen: opts.listen, tls, log, ca });

@@ -29,7 +29,7 @@ export function hash10(text: string): string {
 }
 
 /** `parts` joined with '-' and clipped so that '-<hash>' fits, with no '--' run and no '-' at either end. */
-function hashed(parts: string[], key: string): string {
+export function hashed(parts: string[], key: string): string {
   const h = hash10(key);
   const head = parts
     .join('-')

@@ -12,8 +12,8 @@ import type { RouteStatusUpdate } from './translate.js';
 import type { ViewChanges } from './translate-live.js';
 
 /** The resources a ClusterWatch follows, by the name the reflectors are given under. */
-export type WatchKind = 'services' | 'endpointslices' | 'httproutes' | 'nodes' | 'pods';
-export const WATCH_KINDS: readonly WatchKind[] = ['services', 'endpointslices', 'httproutes', 'nodes', 'pods'];
+export type WatchKind = 'services' | 'endpointslices' | 'httproutes' | 'nodes' | 'pods' | 'namespaces';
+export const WATCH_KINDS: readonly WatchKind[] = ['services', 'endpointslices', 'httproutes', 'nodes', 'pods', 'namespaces'];
 
 /** What a reflector reports of itself: declared once, with the reflector. */
 import type { ReflectorStatus } from './reflector.js';
@@ -102,7 +102,7 @@ export interface ClusterWatchOptions {
 export const DEFAULT_DEBOUNCE_MS = 5;
 export const DEFAULT_MAX_DELAY_MS = 100;
 
-const emptyChanged = (): Changed => ({ services: new Set(), endpointslices: new Set(), httproutes: new Set(), nodes: new Set(), pods: new Set() });
+const emptyChanged = (): Changed => ({ services: new Set(), endpointslices: new Set(), httproutes: new Set(), nodes: new Set(), pods: new Set(), namespaces: new Set() });
 
 /**
  * Reflectors -> debounced batches. Debounced rather than one translation per event: a rollout changes an
