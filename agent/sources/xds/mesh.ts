@@ -134,6 +134,20 @@ export class MeshState {
     return { typeUrl, resources: next, part };
   }
 
+  /**
+   * Whether the candidate leaves its type as it was: a delta reconnect's first answer for a type with nothing new (the
+   * server answers every type asked for once, empty when the versions announced are current), a SotW resend.
+   */
+  unchanged(c: MeshCandidate): boolean {
+    const cur = this.resources.get(c.typeUrl)!;
+    if (cur.size !== c.resources.size) return false;
+    for (const [name, obj] of c.resources) {
+      const was = cur.get(name);
+      if (was === undefined || (was !== obj && JSON.stringify(was) !== JSON.stringify(obj))) return false;
+    }
+    return true;
+  }
+
   commit(c: MeshCandidate): void {
     this.resources.set(c.typeUrl, c.resources);
     this.cur = c.part;

@@ -483,7 +483,8 @@ export class XdsSource {
       c = `internal error translating the response: ${(e as Error)?.message ?? String(e)}`;
     }
     if (typeof c === 'string') return this.nack(typeUrl, nonce, version, c);
-    if (this.st.synced) {
+    // Nothing changed (a reconnect's answers): no full apply, which would rewrite every service's kernel state
+    if (this.st.synced && !this.mesh.unchanged(c)) {
       const before = this.meshNotes;
       let err: string | null;
       try {
