@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { request } from 'node:http';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { AGENT_NODE_FLAGS } from '../../agent/runtime.js';
-import { AGENT, freePort, kernelSkipReason, meshctl, startAgent, testCgroup, type AgentHandle } from '../lib/kernel.js';
+import { AGENT, DIES_WITH_TEST, freePort, kernelSkipReason, meshctl, startAgent, testCgroup, type AgentHandle } from '../lib/kernel.js';
 import { sleep } from '../lib/net.js';
 import { ControlPlaneProcess } from '../lib/controlplane.js';
 
@@ -71,7 +71,7 @@ async function serve(t: Test, code: string): Promise<number> {
 /** One more agent next to the running one: the same config source, pins, run dir and flags (what a rolling update starts). */
 function launch(agent: AgentHandle, cgroup: string, extra: string[], source = ['--config', agent.configFile]): Proc {
   const args = [AGENT, ...source, '--cgroup', agent.cgroup, '--bpffs', agent.bpffs, '--run-dir', agent.runDir, ...extra];
-  const proc = spawn('/bin/sh', ['-c', `echo $$ > '${cgroup}/cgroup.procs' && exec "$@"`, 'sh', process.execPath, ...AGENT_NODE_FLAGS, ...args],
+  const proc = spawn('/bin/sh', ['-c', `echo $$ > '${cgroup}/cgroup.procs' && exec "$@"`, 'sh', ...DIES_WITH_TEST, process.execPath, ...AGENT_NODE_FLAGS, ...args],
     { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   let buf = '', err = '';

@@ -3,7 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { CONTROLPLANE_NODE_FLAGS } from '../../agent/runtime.js';
-import { ROOT } from './kernel.js';
+import { DIES_WITH_TEST, ROOT } from './kernel.js';
 import { sleep } from './net.js';
 
 const CONTROLPLANE = join(ROOT, 'dist', 'controlplane', 'main.js');
@@ -13,7 +13,8 @@ export class ControlPlaneProcess {
   logs: string[] = [];
   constructor(readonly dir: string, readonly port: number) {}
   async start(): Promise<void> {
-    const proc = spawn(process.execPath, [...CONTROLPLANE_NODE_FLAGS, CONTROLPLANE, 'serve', '--dir', this.dir, '--listen', `127.0.0.1:${this.port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, ...pre] = DIES_WITH_TEST;
+    const proc = spawn(cmd, [...pre, process.execPath, ...CONTROLPLANE_NODE_FLAGS, CONTROLPLANE, 'serve', '--dir', this.dir, '--listen', `127.0.0.1:${this.port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
     const from = this.logs.length;
     proc.stdout!.on('data', (d: Buffer) => this.logs.push(...d.toString().split('\n').filter(Boolean)));

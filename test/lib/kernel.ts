@@ -16,6 +16,13 @@ export { killCgroup, removeCgroup };
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const AGENT = join(ROOT, 'dist', 'agent', 'main.js');
 export const MESHCTL = join(ROOT, 'dist', 'cli', 'meshctl.js');
+/**
+ * A prefix for the argv of a daemon a test starts (agent, control plane, tunnel end): the kernel kills it when the
+ * test process dies, also when that death skips the teardown (tap's timeout, a crash, a SIGKILL); an agent left
+ * running keeps its listeners and pins (one was found 23 minutes later). PR_SET_PDEATHSIG survives the exec of
+ * nsenter and node (util-linux's setpriv, in every Debian/Ubuntu base).
+ */
+export const DIES_WITH_TEST = ['setpriv', '--pdeathsig', 'SIGKILL'];
 
 interface Teardown { teardown(fn: () => void | Promise<void>): void }
 
@@ -168,7 +175,7 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
     const source = opts.source ?? (opts.xds ? ['--xds', opts.xds] : ['--config', configFile]);
     const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...extra];
     const netns = opts.netns ? ['nsenter', `--net=/run/netns/${opts.netns}`] : [];
-    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', ...netns, process.execPath, ...AGENT_NODE_FLAGS, ...args],
+    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', ...DIES_WITH_TEST, ...netns, process.execPath, ...AGENT_NODE_FLAGS, ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] });
     h.proc = proc;
     let buf = '';

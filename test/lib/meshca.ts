@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { inCgroupNsenter } from '../../lab/cgroup.js';
 import { CertificateAuthority } from '../../controlplane/ca.js';
 import { startNodeAgent, type ClusterNode } from './cluster.js';
-import { ROOT, type AgentHandle } from './kernel.js';
+import { DIES_WITH_TEST, ROOT, type AgentHandle } from './kernel.js';
 import { until } from './net.js';
 
 interface Teardown { teardown(fn: () => void | Promise<void>): void }
@@ -48,7 +48,7 @@ export async function startMeshCa(t: Teardown, caNode: ClusterNode, nodes: Clust
   for (const n of nodes) writeFileSync(join(dir, `${n.name}.token`), `${token(n)}\n`, { mode: 0o600 });
   const address = `${caNode.nodeV4}:15012`;
   const logs: Record<string, unknown>[] = [];
-  const [cmd, args] = inCgroupNsenter(caNode.agentCgroup, caNode.netns, undefined, [process.execPath, join(ROOT, 'dist', 'controlplane', 'main.js'), 'serve',
+  const [cmd, args] = inCgroupNsenter(caNode.agentCgroup, caNode.netns, undefined, [...DIES_WITH_TEST, process.execPath, join(ROOT, 'dist', 'controlplane', 'main.js'), 'serve',
     '--dir', join(dir, 'services'), '--listen', address, '--ca-dir', join(dir, 'ca'), '--node-tokens', join(dir, 'tokens'), '--cert-ttl', '1h']);
   const cp = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => { cp.kill('SIGKILL'); });

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { TlsMaterial } from '../../agent/identity/material.js';
 import type { ClusterNode } from '../../lab/cluster.js';
 import { inCgroupNsenter } from '../../lab/cgroup.js';
-import { ROOT } from './kernel.js';
+import { DIES_WITH_TEST, ROOT } from './kernel.js';
 
 interface Teardown { teardown(fn: () => void | Promise<void>): void }
 
@@ -46,7 +46,7 @@ export async function startTunnelNode(t: Teardown, node: ClusterNode, opts: { ma
   writeFileSync(join(dir, 'root-cert.pem'), opts.material.bundle);
   const argv = [process.execPath, '--input-type=module', '-e', SERVE, ROOT, dir, opts.material.identity,
     `${node.nodeV4},${node.nodeV6}`, opts.local.join(','), (opts.deny ?? []).join(',')];
-  const [cmd, args] = inCgroupNsenter(node.agentCgroup, node.netns, undefined, argv);
+  const [cmd, args] = inCgroupNsenter(node.agentCgroup, node.netns, undefined, [...DIES_WITH_TEST, ...argv]);
   // run from the repository, so that 'pino' resolves from its node_modules
   const proc = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], cwd: ROOT });
   const h: TunnelNode = {
