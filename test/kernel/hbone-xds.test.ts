@@ -13,6 +13,7 @@ import { testCluster, type ClusterNode } from '../lib/cluster.js';
 import { startMeshCa } from '../lib/meshca.js';
 import { until } from '../lib/net.js';
 import { Lab, type LabPod } from '../lib/lab.js';
+import { startGreeter } from '../lib/podecho.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 import type { TunnelReport } from '../../agent/admin/protocol.js';
@@ -25,21 +26,6 @@ const id = (sa: string): string => `spiffe://${TD}/ns/shop/sa/${sa}`;
 const PORT = 9090;
 
 // A pod's server: "<name> <peer>\n", then every byte back until the client's FIN.
-const SERVE = `import socket, sys, threading
-def one(c, peer):
-    try:
-        c.sendall(('%s %s\\n' % (sys.argv[1], peer.replace('::ffff:', ''))).encode())
-        while True:
-            d = c.recv(65536)
-            if not d: break
-            c.sendall(d)
-    except OSError: pass
-    c.close()
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('::', int(sys.argv[2]))); s.listen(64)
-print('ready', flush=True)
-while True:
-    c, a = s.accept(); threading.Thread(target=one, args=(c, a[0]), daemon=True).start()`;
 
 // A client: connect (timeout argv[4] s), send argv[3] seeded bytes, half-close, read to the end; one JSON line.
 const ASK = `import errno, json, random, socket, sys, time
@@ -102,10 +88,7 @@ async function hbone(from: ClusterNode, node: ClusterNode, pod: LabPod, bundle: 
   try { return JSON.parse(out.split('\n')[0]!) as { status?: number }; } catch { throw new Error(`hbone client printed: ${out}`); }
 }
 
-async function serve(pod: LabPod): Promise<void> {
-  const p = pod.spawn('python3', ['-c', SERVE, pod.name, String(PORT)]);
-  await new Promise((res, rej) => { p.stdout!.once('data', res); p.once('exit', (c) => rej(new Error(`server in ${pod.name} exited ${c}`))); });
-}
+const serve = (pod: LabPod): Promise<void> => startGreeter(pod, PORT);
 
 t.test('agents fed by the control plane over xDS: tunnel, strict mode, L4 deny by identity', { skip: skip ?? false }, async (t) => {
   const cg = testCgroup(t, 'hbonexds');

@@ -15,6 +15,7 @@ import { testCluster, type ClusterNode } from '../lib/cluster.js';
 import { startMeshCa } from '../lib/meshca.js';
 import { until } from '../lib/net.js';
 import { Lab, type LabPod } from '../lib/lab.js';
+import { startGreeter } from '../lib/podecho.js';
 import { MapReader } from '../../agent/datapath/inspect.js';
 import { cgroup2Root } from '../../agent/datapath/cgroup.js';
 import type { TunnelReport } from '../../agent/admin/protocol.js';
@@ -29,24 +30,6 @@ const id = (ns: string, sa: string): string => `spiffe://${TD}/ns/${ns}/sa/${sa}
 const WEB = id('shop', 'web'), VAULT = id('shop', 'vault'), SHELF = id('shop', 'shelf');
 const PORT = 9090;
 
-// A pod's server (dual-stack): greets each connection with "<name> <peer address>\n", then echoes every byte until the
-// client's FIN, then closes.
-const SERVE = `import socket, sys, threading
-def serve(c, a):
-    p = a[0][7:] if a[0].startswith('::ffff:') else a[0]
-    try:
-        c.sendall(f'{sys.argv[1]} {p}\\n'.encode())
-        while True:
-            d = c.recv(65536)
-            if not d: break
-            c.sendall(d)
-    except OSError: pass
-    c.close()
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('::', int(sys.argv[2]))); s.listen(256)
-print('ready', flush=True)
-while True:
-    c, a = s.accept(); threading.Thread(target=serve, args=(c, a), daemon=True).start()`;
 
 // A client: connect (bounded by argv[4] s), send a seeded random payload of argv[3] bytes in 1,000-byte writes from
 // right after connect() while a thread reads, half-close, read to EOF. One JSON line: the greeting, whether the echo
@@ -189,10 +172,7 @@ const fromNode = async (node: ClusterNode, host: string, size: number, timeoutS 
   const [cmd, args] = node.lab.onNode(['python3', '-c', CLIENT, host, String(PORT), String(size), String(timeoutS)]);
   return parse(await run(cmd, args));
 };
-async function serve(pod: LabPod): Promise<void> {
-  const p = pod.spawn('python3', ['-c', SERVE, pod.name, String(PORT)]);
-  await new Promise((res, rej) => { p.stdout!.once('data', res); p.once('exit', (c) => rej(new Error(`server in ${pod.name} exited ${c}`))); });
-}
+const serve = (pod: LabPod): Promise<void> => startGreeter(pod, PORT);
 
 t.test('a meshed pod -> the kernel\'s hand-over -> HBONE -> a strict pod on another node', { skip: skip ?? false }, async (t) => {
   const cg = testCgroup(t, 'hbone');
