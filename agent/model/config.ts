@@ -112,12 +112,37 @@ function parseYaml(text: string, file: string): unknown {
       }),
     );
   }
+  // A list or mapping as a key (`? [a, b]`, `{[a]: 1}`, an alias of one) has no JavaScript form: toJS would make it a
+  // string with a process warning on stderr for each (found by the config-yaml fuzz target). No config field is named
+  // like that: say so with the place, before the model's checks see a key nobody wrote.
+  const key = collectionKey(doc);
+  if (key !== undefined) {
+    const { line, col } = lc.linePos(key);
+    throw new ConfigError([{ file, path: '', message: `YAML error at line ${line}, column ${col}: a key must be a plain value (a name), not a list or a mapping` }]);
+  }
   try {
     return doc.toJS({ maxAliasCount: 1000 });
   } catch (e) {
     // e.g. too many alias expansions (a "billion laughs" file)
     throw new ConfigError([{ file, path: '', message: `YAML error: ${clipQuoted((e as Error).message)}` }]);
   }
+}
+
+/** Where the first mapping key that is a collection (or an alias of one) starts, if any. */
+function collectionKey(doc: Yaml.Document): number | undefined {
+  const y = yaml();
+  let at: number | undefined;
+  y.visit(doc, {
+    Pair(_, pair) {
+      const k = pair.key;
+      if (!y.isNode(k)) return undefined;
+      const node = y.isAlias(k) ? k.resolve(doc) : k;
+      if (!y.isCollection(node)) return undefined;
+      at = k.range?.[0] ?? 0;
+      return y.visit.BREAK;
+    },
+  });
+  return at;
 }
 
 // ---- validation ----

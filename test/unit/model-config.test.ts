@@ -167,6 +167,21 @@ t.test('syntax errors name line and column', async (t) => {
   t.same(typo.issues.map((i) => `${i.path}: ${i.message}`), ["servics: unknown field 'servics' (did you mean 'services'?)", 'services: is required (a list)']);
 });
 
+t.test('a list or a mapping as a key is refused with its place, with no warning on stderr (fuzz finding, config-yaml)', async (t) => {
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => { warnings.push(w.message); };
+  process.on('warning', onWarning);
+  t.teardown(() => { process.off('warning', onWarning); });
+  const msg = (line: number, col: number): string => `YAML error at line ${line}, column ${col}: a key must be a plain value (a name), not a list or a mapping`;
+  expectIssue(t, '? [a, b]\n: 1\n', '', msg(1, 3));
+  expectIssue(t, 'services: []\n{[a]: 1}: 2\n', '', msg(2, 1));
+  expectIssue(t, 'services: []\nx: &k {c: 1}\n*k : 3\n', '', msg(3, 1), 'alias.yaml');
+  expectIssue(t, 'services:\n  - name: web\n    {a: 1}: x\n', '', /^YAML/, 'nested.yaml');
+  t.same(parseConfig('services: []\n', 'plain.yaml'), { services: [] }, 'scalar keys, anchors and aliases of scalars are unaffected');
+  await new Promise((r) => setImmediate(r));
+  t.same(warnings, [], 'no process warning (the yaml package warns when it stringifies a collection key)');
+});
+
 t.test('each error class names the file, the path and the problem', async (t) => {
   expectIssue(t, service('    wieght: 1\n'), 'services[0].wieght', /^unknown field 'wieght'/);
   expectIssue(
