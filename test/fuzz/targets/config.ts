@@ -27,7 +27,20 @@ function check(text: string, file: string): ReturnType<typeof parseConfig> | und
   }
 }
 
+// A library's process warning (the yaml package warns on stderr when it turns a list or mapping key into a string) is a
+// finding: an agent must not print to stderr for a config it refuses or reads. Caught where it is raised (the 'warning'
+// event comes a tick later, after the input is done): this process runs nothing but the target.
+const warned: string[] = [];
+process.emitWarning = ((w: string | Error) => { warned.push(typeof w === 'string' ? w : w.message); }) as typeof process.emitWarning;
+
 export function runFormat(json: boolean, data: Buffer): void {
+  warned.length = 0;
+  try { runOne(json, data); } finally {
+    invariant(warned.length === 0, () => `a process warning: ${warned[0]}`);
+  }
+}
+
+function runOne(json: boolean, data: Buffer): void {
   const text = data.toString('utf8');
   const file = json ? 'config.json' : 'config.yaml';
   const model = check(text, file);
