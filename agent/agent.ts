@@ -37,6 +37,7 @@ import type { CertManager } from './identity/certs.js';
 // (imported when a tunnel is configured, after the proxy serves: its six files and node:tls are not a start's business)
 import type { TunnelHost } from './tunnelhost.js';
 import type { TunnelHandover } from './tunnelhandover.js';
+import type { ProxyTunnel } from './proxytunnel.js';
 import { startPhase } from './starttrace.js';
 
 export const VERSION: string = (() => {
@@ -162,6 +163,8 @@ export class Agent {
   tunnel?: TunnelHost;
   /** the kernel's hand-over of cross-node connections to the tunnel (with the tunnel: opts.identity) */
   private tunnelHandover?: TunnelHandover;
+  /** the L7 proxy's upstreams to other nodes through the tunnel (with the tunnel hand-over's conditions) */
+  private proxyTunnel?: ProxyTunnel;
   private readonly stateFile: StateFileWriter;
   private readonly startedAt = new Date();
   private metricsAddress: string | null = null;
@@ -255,12 +258,18 @@ export class Agent {
       workloadOf: this.state.identities.of,
     }));
     this.watchForMonitor(monitor);
+    // With the tunnel (certificates and a node id), the proxy's upstreams to backends on other nodes go through it, as
+    // the client's identity (proxytunnel.ts), chosen as the kernel chooses the pods' own connections.
+    const proxyTunnel = handoverNode && opts.identity && dp.l7 ? await import('./proxytunnel.js') : undefined;
     const policy = dp.l7
       ? new ProxyPolicy({ states: this.state.states, log: log.child({ component: 'proxy' }), registry: this.registry, tap: {
         get active() { return monitor.active; },
         request: (e) => monitor.publish(e),
-      } })
+      }, ...(proxyTunnel ? { tunnel: proxyTunnel.proxyTunnelDecider(handoverNode!, () => kernel.localSet()) } : {}) })
       : undefined;
+    this.proxyTunnel = proxyTunnel ? new proxyTunnel.ProxyTunnel({
+      client: () => this.tunnel?.client, peer: (n, f) => this.tunnel?.peer(n, f), registry: this.registry, log: log.child({ component: 'proxy' }),
+    }) : undefined;
     if (opts.identity) this.certs = await startCertManager(opts.identity, this.registry, log);
     this.transaction = new ApplyTransaction({
       state: this.state, kernel, policy, log,
@@ -302,6 +311,7 @@ export class Agent {
         heartbeatMs: opts.proxyHeartbeatMs, cgroupId: ownCgroupId(root),
         // Run inside the meshed cgroup (a child of it), the proxy's accepted sockets join the fast path too.
         inMesh: cgroupOf(process.pid, root).startsWith(`${opts.cgroup.replace(/\/+$/, '')}/`),
+        ...(this.proxyTunnel ? { tunnel: this.proxyTunnel.connect } : {}),
       }, log);
       this.proxy.announce();
     }
@@ -367,7 +377,7 @@ export class Agent {
     const proxyReports: ProxyReportSource = policy ? { backends: () => policy.backendsReport(), routes: () => policy.routesReport() } : {};
     this.admin = new AdminServer(join(opts.runDir, 'admin.sock'), adminRoutes({
       state: this.state, reader, names: () => kernel.names(), events: this.events, checker, proxy: proxyReports,
-      ...(this.tunnel ? { tunnels: () => ({ ...this.tunnel!.report(), handover: this.tunnelHandover?.report() }) } : {}),
+      ...(this.tunnel ? { tunnels: () => ({ ...this.tunnel!.report(), handover: this.tunnelHandover?.report(), proxy: this.proxyTunnel?.report() }) } : {}),
       status: {
         version: VERSION, startedAt: this.startedAt, configSource: configSource(opts.config),
         cgroup: opts.cgroup, bpffs: opts.bpffs, sockmap: opts.sockmap, features, programs, node: nodeFactsOnce(),

@@ -80,6 +80,11 @@ export class KernelReconciler implements KernelTarget {
   private nodeId?: string;
 
   /** Hand connections to other nodes' workloads to the tunnel from the next apply (agent/tunnelhandover.ts). */
+  /** this node's own addresses (pods and node) as last synced: never reached through the tunnel */
+  localSet(): ReadonlySet<string> {
+    return this.r.localSet();
+  }
+
   setNodeId(nodeId: string | undefined): void {
     this.nodeId = nodeId;
     this.r.setNodeId(nodeId);

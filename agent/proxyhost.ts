@@ -4,7 +4,7 @@
 // applies the fail modes at the next connect()), and the heartbeat for a proxy that is there but not serving.
 import type { Datapath, ProxySettings } from './datapath/datapath.js';
 import type { ProxyPolicy } from './proxy/policy.js';
-import { ProxyServer } from './proxy/server.js';
+import { ProxyServer, type ProxyOptions } from './proxy/server.js';
 import type { Logger } from './observe/log.js';
 import { PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
 
@@ -45,6 +45,8 @@ export interface ProxyHostOptions {
    * (port and addresses then are the ones they are bound to), and the kernel's record is written alive.
    */
   takeover?: { host: string; fd: number }[];
+  /** the proxy's upstream connections through the HBONE tunnel (proxytunnel.ts), for backends on other nodes */
+  tunnel?: ProxyOptions['tunnel'];
 }
 
 /** What a planned restart hands the new agent of the proxy: where it listens, and the listening sockets. */
@@ -85,6 +87,7 @@ export class ProxyHost {
     const proxy = new ProxyServer({
       policy: this.policy,
       originalDst: (address, port) => dp.originalDst(address, port),
+      ...(this.o.tunnel ? { tunnel: this.o.tunnel } : {}),
       log: log.child({ component: 'proxy' }),
     });
     const port = this.settings.port;

@@ -241,4 +241,11 @@ export interface TunnelReport {
     /** reset, by reason */
     refused: Record<string, number>;
   };
+  /** the L7 proxy's upstream connections to backends on other nodes, through the tunnel (agent/proxytunnel.ts); absent = off */
+  proxy?: {
+    /** streams the destination accepted */
+    tunnelled: number;
+    /** not carried, by reason (denied: the destination's authorization; no-identity: a client that is no workload, to a strict backend) */
+    refused: Record<string, number>;
+  };
 }

@@ -163,6 +163,11 @@ export class Reconciler {
     return changed;
   }
 
+  /** This node's own addresses (its pods' and the node's) as last synced: never handed to the tunnel (plan.ts tunnelTargets). */
+  localSet(): ReadonlySet<string> {
+    return this.shadow.local;
+  }
+
   /**
    * Hand connections to other nodes' workloads to the tunnel (plan.ts tunnelTargets): this node's name, before the
    * first apply; undefined = none (the default: the kernel connects to them directly, and sm_remote_pods is emptied).

@@ -13,12 +13,13 @@ import { GroupBreaker } from './breaker.js';
 import { compileRoutes, type CompiledMatch, type Router } from './router.js';
 import { RetryRules } from './retry.js';
 import type { OutlierCounters } from './outlier.js';
+import { retarget, type TunnelDecider, type TunnelSlot } from './tunnelup.js';
 import type { RouteStats } from './metrics.js';
 
 export const DEFAULT_GROUP = 'default';
 
 /** A backend of a group: the balancer's slot plus the outlier counters. */
-export interface BackendSlot extends Slot, OutlierCounters {
+export interface BackendSlot extends Slot, OutlierCounters, TunnelSlot {
   readonly upstream: Upstream;
   weight: number;
 }
@@ -115,6 +116,8 @@ export interface CompileContext {
   readonly random: () => number;
   newRouteStats(service: string, route: string): RouteStats;
   earlyStats(service: string): RouteStats;
+  /** which backends are reached through the HBONE tunnel (tunnelup.ts); absent: none */
+  readonly tunnelOf?: TunnelDecider;
 }
 
 /**
@@ -134,7 +137,7 @@ export function compileModel(cx: CompileContext, model: Model): Compiled {
     out.alive.set(svc.name, keys);
     for (const f of svc.frontends) {
       if (f.protocol !== 'tcp') continue;
-      const fe = compileFrontend(cx, state, f, out.groups, keys);
+      const fe = compileFrontend(cx, svc, state, f, out.groups, keys);
       let ports = out.frontends.get(f.vip);
       if (!ports) out.frontends.set(f.vip, (ports = new Map()));
       ports.set(f.port, fe);
@@ -173,7 +176,7 @@ function compileService(cx: CompileContext, svc: Service, http: HttpPolicy, rout
   };
 }
 
-function compileFrontend(cx: CompileContext, svc: ServiceState, f: Frontend, groups: Map<string, GroupState>, keys: Set<string>): FrontendState {
+function compileFrontend(cx: CompileContext, def: Service, svc: ServiceState, f: Frontend, groups: Map<string, GroupState>, keys: Set<string>): FrontendState {
   const vipPort = hostPort(f.vip, f.port);
   const byName = new Map<string, GroupState>();
   const next = new Map<GroupState, BackendSlot[]>();
@@ -200,8 +203,10 @@ function compileFrontend(cx: CompileContext, svc: ServiceState, f: Frontend, gro
     const slots = next.get(g)!;
     if (slots.some((s) => s.upstream.key === key)) continue;
     const old = g.slots.find((s) => s.upstream.key === key);
+    const tunnel = cx.tunnelOf?.(def, b.address, b.port);
     if (old) {
       old.weight = b.weight;
+      retarget(old, tunnel);
       slots.push(old);
     } else {
       slots.push({
@@ -210,6 +215,8 @@ function compileFrontend(cx: CompileContext, svc: ServiceState, f: Frontend, gro
         weight: b.weight,
         consecutive5xx: 0,
         consecutiveGatewayErrors: 0,
+        tunnel,
+        viaTunnel: undefined,
       });
     }
   }

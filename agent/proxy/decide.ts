@@ -4,7 +4,8 @@
 // retry_on, method idempotency, body replayability, attempts left, the retry budget, the backoff. What an outcome
 // says about the backend is decided once (outcome.ts) for all of them.
 import type { BackendStates } from '../health/states.js';
-import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Upstream } from './types.js';
+import type { Attempt, Exchange, Headers, LocalReply, Outcome, RequestHead, Source, Upstream } from './types.js';
+import { tunnelledUpstream } from './tunnelup.js';
 import type { Limit } from './breaker.js';
 import type { BackendSlot, GroupState, RouteState, ServiceState } from './compile.js';
 import { RETRY_NONE, RETRY_SAFE, type RetryRules, backoffMs, budgetAllows } from './retry.js';
@@ -34,6 +35,8 @@ export interface ExchangeHost {
   logAccess(svc: ServiceState, ex: PolicyExchange, status: number, grpcStatus: number | undefined, durationMs: number): void;
   /** a retry its rules allowed was refused by a limit: the failed attempt's answer goes to the client */
   retryRefused(group: GroupState, route: RouteState, limit: 'budget' | 'max-retries', failed: Outcome): void;
+  /** the workload identity (SPIFFE id) of a client's cgroup: what a tunnelled upstream is opened as */
+  identityOf(cgroupId: bigint): string | undefined;
 }
 
 /** One attempt: the engine calls finish() once. */
@@ -43,10 +46,9 @@ class PolicyAttempt implements Attempt {
     private readonly ex: PolicyExchange,
     readonly slot: BackendSlot,
     readonly retry: boolean,
+    /** the slot's upstream, or for a backend on another node its upstream through the tunnel as the client */
+    readonly upstream: Upstream,
   ) {}
-  get upstream(): Upstream {
-    return this.slot.upstream;
-  }
   finish(outcome: Outcome): void {
     if (this.finished) return;
     this.finished = true;
@@ -74,8 +76,12 @@ export class PolicyExchange implements Exchange {
   private slot: BackendSlot | undefined;
   private avoid: BackendSlot | undefined;
   private retryReserved = false;
+  /** the last attempt was refused by the destination's authorization */
+  private deniedUpstream = false;
   private retryAttempt: PolicyAttempt | undefined;
   private ended = false;
+  /** the client's identity, asked once (only when a backend is reached through the tunnel) */
+  private identity: string | undefined | null = null;
 
   constructor(
     private readonly p: ExchangeHost,
@@ -83,6 +89,7 @@ export class PolicyExchange implements Exchange {
     private readonly r: RouteState,
     private readonly group: GroupState,
     readonly head: RequestHead,
+    private readonly source?: Source,
   ) {
     this.start = p.now();
     this.route = r;
@@ -124,7 +131,12 @@ export class PolicyExchange implements Exchange {
     slot.active++;
     this.slot = slot;
     this.attempts = n;
-    const a = new PolicyAttempt(this, slot, n > 1);
+    let up = slot.upstream;
+    if (slot.tunnel !== undefined) {
+      if (this.identity === null) this.identity = this.source === undefined ? undefined : this.p.identityOf(this.source.cgroupId);
+      up = tunnelledUpstream(slot, this.identity);
+    }
+    const a = new PolicyAttempt(this, slot, n > 1, up);
     if (n > 1) this.retryAttempt = a;
     return a;
   }
@@ -137,6 +149,9 @@ export class PolicyExchange implements Exchange {
     }
     // the client went away: says nothing about the backend
     if (o.kind === 'cancelled') return;
+    // refused by the destination's authorization (tunnelup.ts): the client's doing, not the backend's
+    this.deniedUpstream = o.kind === 'connect-failure' && a.upstream.tunnel?.denied === true;
+    if (this.deniedUpstream) { this.avoid = undefined; return; }
     if (o.kind === 'overflow') {
       // the engine could not get a connection; the limit was counted by the breaker itself
       this.localReason = (o.limit as Limit) ?? 'max-pending-requests';
@@ -156,6 +171,8 @@ export class PolicyExchange implements Exchange {
   retryDelay(n: number, outcome: Outcome, bodyReplayable: boolean): number | null {
     const retry = this.retry;
     if (!retry || this.ended || n > retry.attempts) return null;
+    // a denial is not retried: another backend's node would deny the same identity (tunnelup.ts)
+    if (this.deniedUpstream && outcome.kind === 'connect-failure') return null;
     if (this.head.hasBody && !bodyReplayable) return null;
     if (!(this.safeOnly ? retry.coversSafe(outcome) : retry.covers(outcome))) return null;
     const b = this.group.breaker;

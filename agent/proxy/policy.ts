@@ -38,6 +38,7 @@ import { AccessLog } from './accesslog.js';
 import { compileModel, hostPort, type BackendSlot, type Compiled, type FrontendState, type GroupState, type RouteState, type ServiceState } from './compile.js';
 import { localReply, PolicyExchange, type ExchangeHost, type LocalReason } from './decide.js';
 import { backendsReport, routesReport } from './reports.js';
+import type { TunnelDecider } from './tunnelup.js';
 
 export { DEFAULT_GROUP } from './compile.js';
 export type { LocalReason } from './decide.js';
@@ -50,6 +51,11 @@ export interface ProxyPolicyOptions {
   now?: () => number;
   /** the live monitor: every finished request while a reader is attached */
   tap?: RequestTap;
+  /**
+   * Which backends of a model are reached through the HBONE tunnel (tunnelup.ts; the kernel hand-over's decision,
+   * datapath/plan.ts tunnelTargets), made once per model; absent: none (the proxy connects to every backend directly).
+   */
+  tunnel?: (model: Model) => TunnelDecider | undefined;
 }
 
 /** how long a removed L7 frontend still serves the connections redirected to it before (see ProxyPolicy.retired) */
@@ -77,12 +83,16 @@ export class ProxyPolicy implements Policy, ExchangeHost {
    */
   private readonly retired = new Map<string, { fe: FrontendState; until: number }>();
   private workloadOf: (cgroupId: bigint) => string | undefined = () => undefined;
+  /** workload name -> identity (SPIFFE id), of the model in force */
+  private identities = new Map<string, string>();
+  private readonly tunnel: ((model: Model) => TunnelDecider | undefined) | undefined;
 
   constructor(o: ProxyPolicyOptions) {
     this.states = o.states;
     this.log = o.log;
     this.random = o.random ?? Math.random;
     this.now = o.now ?? performance.now.bind(performance);
+    this.tunnel = o.tunnel;
     this.metrics = new ProxyMetrics(o.registry);
     this.accessLog = new AccessLog(o.log, this.random, o.tap);
     this.metrics.setGroups(() => this.groupCounts());
@@ -110,7 +120,11 @@ export class ProxyPolicy implements Policy, ExchangeHost {
       random: this.random,
       newRouteStats: (service, route) => new RouteStats(service, route),
       earlyStats: (service) => this.metrics.earlyStats(service),
+      tunnelOf: this.tunnel?.(model),
     }, model);
+    const identities = new Map<string, string>();
+    for (const w of model.workloads ?? []) if (w.identity !== undefined) identities.set(w.name, w.identity);
+    this.identities = identities;
     this.retire(c);
     this.c = c;
     this.workloadOf = workloadOfCgroup;
@@ -197,7 +211,7 @@ export class ProxyPolicy implements Policy, ExchangeHost {
         this.accessLog.write({ service: svc.name, route: route.name, method: head.method, path: head.path, status: 503, backend: '', attempts: 0, durationMs: 0, reason: 'no-healthy-upstream' });
       return localReply(head, 503, 'no healthy upstream', { 'x-sockmesh-reason': 'no-healthy-upstream' });
     }
-    return new PolicyExchange(this, svc, route, group, head);
+    return new PolicyExchange(this, svc, route, group, head, source);
   }
 
   /** counts and logs a local reply made before a route was chosen */
@@ -246,6 +260,12 @@ export class ProxyPolicy implements Policy, ExchangeHost {
     }, 'retry refused');
     r.at = now;
     r.refused = 0;
+  }
+
+  /** @internal the workload identity of a client's cgroup (a tunnelled upstream is opened as it) */
+  identityOf(cgroupId: bigint): string | undefined {
+    const w = this.workloadOf(cgroupId);
+    return w === undefined ? undefined : this.identities.get(w);
   }
 
   /** @internal outlier detection after an attempt's outcome */

@@ -15,7 +15,8 @@ import { H2Pool } from './h2pool.js';
 import { H1Conn } from './http1.js';
 import { NetIo, type NetConn, type NetListener } from './netio.js';
 import { H1Pool } from './h1pool.js';
-import type { OriginalDst, Policy } from './types.js';
+import type { OriginalDst, Policy, Upstream } from './types.js';
+import { TunnelConn } from './tunnelup.js';
 
 export interface ProxyOptions {
   policy: Policy;
@@ -33,6 +34,8 @@ export interface ProxyOptions {
   headTimeoutMs?: number;
   /** an HTTP/2 peer, client or backend, that does not acknowledge our SETTINGS this long gets GOAWAY SETTINGS_TIMEOUT (default 10 s, nghttpx's; 0 = never) */
   h2SettingsTimeoutMs?: number;
+  /** a connection through the HBONE tunnel, for an upstream with `tunnel` set (tunnelup.ts); absent: such an upstream fails to connect */
+  tunnel?: (up: Upstream) => Conn;
   log: Logger;
 }
 
@@ -60,7 +63,11 @@ export class ProxyServer {
 
   constructor(private readonly o: ProxyOptions) {
     const maxHeaderBytes = o.maxHeaderBytes ?? 64 * 1024;
-    const connect = (up: { address: string; port: number; family: 4 | 6 }): Conn => this.io.connect(up);
+    const connect = (up: Upstream): Conn => {
+      if (up.tunnel === undefined) return this.io.connect(up);
+      if (o.tunnel) return o.tunnel(up);
+      return new TunnelConn(up.address, up.port, Promise.reject(new Error(`${up.key}: a backend on another node and no tunnel on this agent`)));
+    };
     const pool = new H1Pool({ log: o.log, maxHeaderBytes, idleTimeoutMs: o.upstreamIdleTimeoutMs, connectTimeoutMs: o.connectTimeoutMs, connect });
     const h2SettingsTimeoutMs = o.h2SettingsTimeoutMs ?? DEFAULT_SETTINGS_TIMEOUT_MS;
     const h2pool = new H2Pool(o.log, o.upstreamIdleTimeoutMs, o.connectTimeoutMs, connect, maxHeaderBytes, h2SettingsTimeoutMs);

@@ -54,12 +54,30 @@ export interface UpstreamGroup {
 }
 
 export interface Upstream {
-  /** 'address:port', '[v6]:port' */
+  /** 'address:port', '[v6]:port'; a tunnelled upstream's adds ' as <source identity>' (the pools' key: tunnelup.ts) */
   key: string;
   address: string;
   family: 4 | 6;
   port: number;
   group: UpstreamGroup;
+  /** set: connect through the HBONE tunnel to the backend's node, as the client's identity (tunnelup.ts) */
+  tunnel?: UpstreamTunnel;
+}
+
+/** How a backend on another node is reached: through its node's tunnel end, as a workload identity. */
+export interface UpstreamTunnel {
+  /** the client's workload identity (SPIFFE id) the stream is opened as; undefined: the client is no workload */
+  readonly source: string | undefined;
+  /** the backend's node (the model's workloads[].node) */
+  readonly node: string;
+  /** the destination's mTLS mode is strict (else permissive) */
+  readonly strict: boolean;
+  /**
+   * The last attempt through it was refused by the destination's authorization (or, with no source, could not be
+   * made): set by the connector, cleared by a connection that was accepted. The policy reads it after a connect
+   * failure: not the backend's fault, not retried (decide.ts).
+   */
+  denied: boolean;
 }
 
 export type Outcome =

@@ -1,7 +1,7 @@
 // meshctl tunnels: this node's HBONE tunnels (issue 13): per peer (out: a destination node this node's pods reach
 // through a pooled mTLS connection; in: a node whose pods reach ours) the identity, connections, handshakes (steady
 // state: no new ones), streams open and total, bytes each way; then the kernel's hand-over (connections of this node's
-// pods sent to the tunnel: tunnelled, or reset and why); then the refusals by reason.
+// pods sent to the tunnel: tunnelled, or reset and why); the L7 proxy's upstreams through it; then the refusals by reason.
 import type { TunnelReport } from '../../agent/admin/protocol.js';
 import type { Context } from '../context.js';
 import { humanBytes, humanCount } from '../format.js';
@@ -34,6 +34,11 @@ export function renderTunnels(r: TunnelReport): string[] {
     const refused = Object.entries(h.refused).filter(([, n]) => n > 0);
     lines.push(`kernel hand-over on ${h.listening.join(', ') || 'nothing (not listening)'}: ${humanCount(h.accepted)} handed over, ${humanCount(h.tunnelled)} tunnelled, `
       + `${refused.length ? `reset: ${refused.map(([k, n]) => `${k} ${n}`).join(', ')}` : '0 reset'}`);
+  }
+  const p = r.proxy;
+  if (p) {
+    const refused = Object.entries(p.refused).filter(([, n]) => n > 0);
+    lines.push(`L7 proxy upstreams to other nodes: ${humanCount(p.tunnelled)} tunnelled, ${refused.length ? `refused: ${refused.map(([k, n]) => `${k} ${n}`).join(', ')}` : '0 refused'}`);
   }
   for (const dir of ['in', 'out'] as const) {
     const refused = Object.entries(r.refusals[dir] ?? {}).filter(([, n]) => n > 0);

@@ -1,0 +1,179 @@
+// The L7 proxy's upstreams through the tunnel (proxy/tunnelup.ts), without a kernel: the policy gives an attempt to a
+// tunnelled backend an upstream per (backend, client identity), and the pools key connections by it, so one client's
+// upstream connection (HTTP/1.1) or session (HTTP/2) is never reused for another identity and is reused for the same
+// one; a denial at the destination is not retried and not held against the backend; TunnelConn carries real bytes,
+// half-close and errors over a real socket standing in for the tunnel stream.
+import t from 'tap';
+import { createServer as h1Server } from 'node:http';
+import { createServer as h2Server } from 'node:http2';
+import { connect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { BackendStates } from '../../agent/health/states.js';
+import { ProxyPolicy } from '../../agent/proxy/policy.js';
+import { H1Pool, ACQ_PENDING, type H1Upstream, type UpstreamUser } from '../../agent/proxy/h1pool.js';
+import { H2Pool, type UpstreamSession } from '../../agent/proxy/h2pool.js';
+import { GroupBreaker } from '../../agent/proxy/breaker.js';
+import { TunnelConn, UpstreamDenied, retarget, tunnelledUpstream, type TunnelSlot } from '../../agent/proxy/tunnelup.js';
+import type { Attempt, Exchange, OriginalDst, Upstream } from '../../agent/proxy/types.js';
+import { backend, captureLog, head, http, model, retry, route, seeded, service } from '../lib/l7model.js';
+
+const A = 'spiffe://cluster.local/ns/shop/sa/web', B = 'spiffe://cluster.local/ns/shop/sa/ops';
+
+function plainSlot(port: number): TunnelSlot {
+  const group = new GroupBreaker({ maxConnections: 100, maxPendingRequests: 100, maxRequests: 100, maxRetries: 3 });
+  return { upstream: { key: `127.0.0.1:${port}`, address: '127.0.0.1', family: 4, port, group }, tunnel: undefined, viaTunnel: undefined };
+}
+
+t.test('an upstream per (backend, identity)', async (t) => {
+  const s = plainSlot(80);
+  t.equal(tunnelledUpstream(s, A), s.upstream, 'not tunnelled: the backend\'s own upstream');
+  retarget(s, { node: 'n2', strict: true });
+  const a1 = tunnelledUpstream(s, A), a2 = tunnelledUpstream(s, A), b = tunnelledUpstream(s, B);
+  t.equal(a1, a2, 'the same identity: the same upstream (the pools reuse its connections)');
+  t.not(a1.key, b.key, 'another identity: another key');
+  t.same([a1.key, a1.tunnel?.source, a1.tunnel?.node], [`127.0.0.1:80 as ${A}`, A, 'n2']);
+  t.equal(a1.group, s.upstream.group, 'the backend group\'s breaker counts them all');
+  const anon = tunnelledUpstream(s, undefined);
+  t.same([anon.tunnel?.source, anon === s.upstream], [undefined, false], 'strict, no identity: an upstream that fails as denied');
+  retarget(s, { node: 'n2', strict: true });
+  t.equal(tunnelledUpstream(s, A), a1, 'the same target again: kept');
+  retarget(s, { node: 'n2', strict: false });
+  t.not(tunnelledUpstream(s, A), a1, 'the target changed: made anew');
+  t.equal(tunnelledUpstream(s, undefined), s.upstream, 'permissive, no identity: the backend directly (plaintext)');
+  retarget(s, undefined);
+  t.equal(tunnelledUpstream(s, A), s.upstream, 'no longer tunnelled');
+});
+
+t.test('the policy: attempts to a tunnelled backend as the client\'s identity; a denial neither retried nor held against it', async (t) => {
+  const states = new BackendStates();
+  t.teardown(() => states.close());
+  const p = new ProxyPolicy({
+    states, log: captureLog().log, random: seeded(3),
+    tunnel: () => (_svc, _address, port) => (port === 8081 ? { node: 'n2', strict: true } : undefined),
+  });
+  const od = { consecutive5xx: 0, consecutiveGatewayErrors: 1, baseEjectionMs: 10_000, maxEjectionMs: 10_000, maxEjectionPercent: 100 };
+  const m = model(service('web', '127.100.0.1', 80, [backend(8081)], http({
+    outlierDetection: od, routes: [route('all', { retry: retry({ retryOn: ['connect-failure'], attempts: 2 }) })],
+  })));
+  m.workloads = [{ name: 'a', identity: A }, { name: 'b', identity: B }, { name: 'x' }] as typeof m.workloads;
+  p.update(m, (cg) => (cg === 1n ? 'a' : cg === 2n ? 'b' : cg === 3n ? 'x' : undefined));
+  const dst: OriginalDst = { vip: '127.100.0.1', port: 80, cgroupId: 0n };
+  const attempt = (cgroupId: bigint): [Exchange, Attempt] => {
+    const x = p.begin(dst, { address: '127.0.0.1', port: 1, cgroupId }, head()) as Exchange;
+    return [x, x.attempt(1) as Attempt];
+  };
+  const [x1, a1] = attempt(1n), [x2, a2] = attempt(1n), [x3, b1] = attempt(2n), [x4, n1] = attempt(3n);
+  t.equal(a1.upstream, a2.upstream, 'two requests of one identity: one upstream');
+  t.same([a1.upstream.tunnel?.source, b1.upstream.tunnel?.source], [A, B], 'each opened as its client\'s identity');
+  t.not(a1.upstream.key, b1.upstream.key, 'keyed apart in the pools');
+  t.same([n1.upstream.tunnel?.source, n1.upstream.tunnel?.strict], [undefined, true], 'a client with no identity to a strict backend');
+  for (const [x, a] of [[x1, a1], [x2, a2], [x4, n1]] as const) { a.finish({ kind: 'response', status: 200 }); x.end(200); }
+
+  // the destination denied B: the connector marks the upstream; the exchange gives up at once, nothing ejected
+  b1.upstream.tunnel!.denied = true;
+  b1.finish({ kind: 'connect-failure' });
+  t.equal(x3.retryDelay(1, { kind: 'connect-failure' }, true), null, 'a denial is not retried');
+  x3.end(503);
+  t.notOk(states.isOut('web', '127.0.0.1:8081'), 'and not held against the backend (one gateway error would eject it)');
+  // an ordinary connect failure still is
+  const [x5, a5] = attempt(1n);
+  a5.finish({ kind: 'connect-failure' });
+  t.not(x5.retryDelay(1, { kind: 'connect-failure' }, true), null, 'an ordinary connect failure is retried');
+  x5.end(503);
+  t.ok(states.isOut('web', '127.0.0.1:8081'), 'and counted by outlier detection');
+});
+
+/** a real socket standing in for the tunnel's stream */
+const viaSocket = (port: number): Promise<Socket> => new Promise((res, rej) => { const s = connect(port, '127.0.0.1'); s.once('connect', () => res(s)); s.once('error', rej); });
+
+async function listening(s: Server): Promise<number> {
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  return (s.address() as AddressInfo).port;
+}
+
+t.test('H1Pool: connections per identity, reused for the same one only', async (t) => {
+  const server = h1Server((req, res) => res.end(`${req.url}`));
+  server.keepAliveTimeout = 30_000;
+  const port = await listening(server);
+  t.teardown(() => { server.closeAllConnections(); server.close(); });
+  const s = plainSlot(port);
+  retarget(s, { node: 'n2', strict: true });
+  const dials: string[] = [];
+  const pool = new H1Pool({ log: captureLog().log, connect: (up) => { dials.push(up.key); return new TunnelConn(up.address, up.port, viaSocket(port)); } });
+  t.teardown(() => pool.close());
+  const get = (up: Upstream, path: string): Promise<{ body: string; conn: H1Upstream }> => new Promise((resolve, reject) => {
+    let body = '';
+    const user: UpstreamUser = {
+      upReady: (c) => { c.begin(user, false); c.socket.write(`GET ${path} HTTP/1.1\r\nhost: x\r\n\r\n`); },
+      upConnectFailed: () => reject(new Error('connect failed')),
+      upHead: () => {},
+      upData: (_c, d) => { body += d.toString(); },
+      upEnd: (c) => { c.release(true); resolve({ body, conn: c }); },
+      upFail: (_c, why) => reject(new Error(why)),
+      upDrain: () => {}, upFlush: () => {}, fatal: reject,
+    };
+    const got = pool.acquire(up, user);
+    if (got !== ACQ_PENDING && typeof got !== 'number') user.upReady(got);
+  });
+  const ua = tunnelledUpstream(s, A), ub = tunnelledUpstream(s, B);
+  const r1 = await get(ua, '/a1');
+  const r2 = await get(ua, '/a2');
+  const r3 = await get(ub, '/b1');
+  const r4 = await get(ub, '/b2');
+  t.same([r1.body, r2.body, r3.body, r4.body], ['/a1', '/a2', '/b1', '/b2'], 'the answers, through TunnelConn over a real socket');
+  t.equal(r1.conn, r2.conn, 'A\'s second request reused A\'s connection');
+  t.not(r3.conn, r1.conn, 'B never got A\'s idle connection');
+  t.equal(r3.conn, r4.conn, 'B reused its own');
+  t.same(dials, [ua.key, ub.key], 'one dial per identity');
+});
+
+t.test('H2Pool: sessions per identity', async (t) => {
+  const server = h2Server((_req, res) => res.end('ok'));
+  const port = await listening(server);
+  t.teardown(() => server.close());
+  const s = plainSlot(port);
+  retarget(s, { node: 'n2', strict: true });
+  const dials: string[] = [];
+  const pool = new H2Pool(captureLog().log, 30_000, 5_000, (up) => { dials.push(up.key); return new TunnelConn(up.address, up.port, viaSocket(port)); });
+  t.teardown(() => pool.close());
+  const w = { sessionReady: () => {} };
+  const ua = tunnelledUpstream(s, A), ub = tunnelledUpstream(s, B);
+  const a1 = pool.acquire(ua, w) as UpstreamSession, a2 = pool.acquire(ua, w) as UpstreamSession, b1 = pool.acquire(ub, w) as UpstreamSession;
+  t.equal(a1, a2, 'the same identity: the same session (its streams multiplexed)');
+  t.not(b1, a1, 'another identity: its own session');
+  t.same(dials, [ua.key, ub.key], 'one dial per identity');
+  await new Promise<void>((res) => { const check = (): void => { if (a1.settled && b1.settled) res(); else setTimeout(check, 10); }; check(); });
+  t.ok(a1.connected && b1.connected, 'both sessions up over TunnelConn (connect emitted, SETTINGS exchanged)');
+});
+
+t.test('TunnelConn: queued writes, half-close, errors', async (t) => {
+  // an echo server that ends after the client's FIN
+  const echo = (await import('node:net')).createServer({ allowHalfOpen: true }, (c) => { c.pipe(c); });
+  const port = await listening(echo);
+  t.teardown(() => echo.close());
+  const conn = new TunnelConn('127.0.0.1', port, viaSocket(port));
+  conn.write('before connect; ');
+  const events: string[] = [];
+  let got = '';
+  conn.on('connect', () => { events.push('connect'); conn.write('after'); conn.end(); });
+  conn.on('data', (d) => { got += d.toString(); });
+  conn.on('end', () => events.push('end'));
+  await new Promise<void>((r) => conn.on('close', () => { events.push('close'); r(); }));
+  t.equal(got, 'before connect; after', 'what was written before the stream was up went first, byte-exact');
+  t.same(events, ['connect', 'end', 'close'], 'half-close passed on, the peer\'s end, then close');
+  t.ok(conn.destroyed);
+
+  const denied = new TunnelConn('127.0.0.1', 1, Promise.reject(new UpstreamDenied('denied by no-legacy')));
+  const seen: string[] = [];
+  denied.on('connect', () => seen.push('connect'));
+  denied.on('error', (e: NodeJS.ErrnoException) => seen.push(`error ${e.code}`));
+  await new Promise<void>((r) => denied.on('close', () => { seen.push('close'); r(); }));
+  t.same(seen, ['error EACCES', 'close'], 'a refusal: error (EACCES for a denial) then close, never connect');
+  t.equal(denied.write('x'), false, 'nothing written after');
+
+  // destroyed before the stream is up: the stream is destroyed when it comes
+  let sock: Socket | undefined;
+  const early = new TunnelConn('127.0.0.1', port, viaSocket(port).then((s) => (sock = s)));
+  early.destroy();
+  await new Promise((r) => setTimeout(r, 100));
+  t.ok(sock?.destroyed, 'destroyed before connect: the stream is closed once it arrives');
+});
