@@ -14,6 +14,7 @@
 import type { Logger } from 'pino';
 import type { Model, MtlsMode, Service } from '../agent/model/types.js';
 import { serviceMode, translateMesh, type KNamespace } from '../kube/mesh.js';
+import { DEFAULT_ROOT_NAMESPACE, policyTargets, translateAuthorization, type AuthzTranslation, type KAuthorizationPolicy } from '../kube/authz.js';
 import { DEFAULT_TRUST_DOMAIN } from '../kube/pods.js';
 import type { TranslateIssue, TranslateResult, Unserved } from '../kube/translate.js';
 import { ClusterTranslator } from '../kube/translate-live.js';
@@ -38,6 +39,10 @@ export interface KubeClusterOptions {
   maxDelayMs?: number;
   /** the identities of pods: spiffe://<trustDomain>/ns/<ns>/sa/<sa> (default cluster.local) */
   trustDomain?: string;
+  /** watch Istio's AuthorizationPolicies (the API server serves them) and translate them (kube/authz.ts) */
+  authorizationPolicies?: boolean;
+  /** Istio's root namespace: a policy there is mesh-wide (default istio-system) */
+  rootNamespace?: string;
 }
 
 /** GET /v1/kubernetes of the control plane. */
@@ -53,6 +58,8 @@ export interface ClusterReport {
   routeStatus: { writes: number; failures: number };
   unserved: Unserved[];
   issues: TranslateIssue[];
+  /** Istio AuthorizationPolicies: watched or not (the CRD not served), and per outcome how many */
+  authorizationPolicies: { watched: boolean; rootNamespace: string; enforced: number; partial: number; notEnforced: number; invalid: number };
 }
 
 const EMPTY: Model = { services: [] };
@@ -78,6 +85,9 @@ export class KubeCluster {
   private serviceModes = new Map<string, MtlsMode>();
   private modeIssues: TranslateIssue[] = [];
   private readonly moded = new WeakMap<Service, Service>();
+  private authz?: AuthzTranslation;
+  /** how many times the policies were translated (tests: an unrelated batch translates none) */
+  authzTranslations = 0;
 
   constructor(private readonly cp: ControlPlane, private readonly o: KubeClusterOptions) {
     const r = (kind: WatchKind) => o.access.reflect(kind, {});
@@ -86,6 +96,7 @@ export class KubeCluster {
       reflectors: {
         services: r('services'), endpointslices: r('endpointslices'), httproutes: r('httproutes'), nodes: r('nodes'),
         pods: r('pods'), namespaces: r('namespaces'),
+        ...(o.authorizationPolicies ? { authorizationpolicies: r('authorizationpolicies') } : {}),
       },
       debounceMs: o.debounceMs, maxDelayMs: o.maxDelayMs,
       onSync: (b) => this.sync(b),
@@ -139,6 +150,8 @@ export class KubeCluster {
     this.last = res;
     const services = this.withModes(b, res);
     const base: Model = { ...this.meshOf(b), services: dependent.size === 0 ? services : services.filter((s) => !dependent.has(res.origins.get(s.name) ?? '')) };
+    const authorization = this.authorizationOf(b, res);
+    if (authorization.length > 0) base.authorization = authorization;
     this.cp.setLayered(base, (node) => this.nodeModel(node));
     for (const node of [...this.perNode.keys()]) if (!this.cp.overlayNodes().includes(node)) this.perNode.delete(node);
     const ms = performance.now() - t0;
@@ -164,6 +177,33 @@ export class KubeCluster {
       this.mesh = { nodes: m.nodes, workloads: m.workloads, mtls: m.mtls };
     }
     return this.mesh;
+  }
+
+  /**
+   * The L4 policies from Istio's AuthorizationPolicies (kube/authz.ts), translated again only when a batch changed
+   * what they read: the policies, pods (labels, addresses), services or, with a selector policy, endpoints. The same
+   * list otherwise (the mesh snapshot compares it by identity first).
+   */
+  private authorizationOf(b: SyncBatch, res: TranslateResult): Model['authorization'] & object {
+    if (!this.o.authorizationPolicies) return [];
+    const policies = this.watch.store<KAuthorizationPolicy>('authorizationpolicies');
+    const selectors = () => [...policies.values()].some((p) => p.spec?.['selector'] !== undefined);
+    const c = b.changed;
+    if (this.authz && !b.first && c.authorizationpolicies.size === 0 && c.pods.size === 0 && c.services.size === 0 && c.httproutes.size === 0
+      && (c.endpointslices.size === 0 || policies.size === 0 || !selectors())) return this.authz.authorization;
+    const t = translateAuthorization(
+      { policies: policies.values(), pods: this.watch.store<KPod>('pods').values(), targets: policies.size === 0 ? [] : policyTargets(res.model.services, res.origins) },
+      { rootNamespace: this.o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE },
+    );
+    this.authzTranslations++;
+    const was = this.authz;
+    if (was && JSON.stringify(was.authorization) === JSON.stringify(t.authorization)) t.authorization = was.authorization;
+    const known = new Set((was?.issues ?? []).map((i) => `${i.object}|${i.path}|${i.message}`));
+    for (const i of t.issues.filter((x) => !known.has(`${x.object}|${x.path}|${x.message}`)).slice(0, 20)) {
+      this.o.log.warn({ object: i.object, field: i.path || '(object)', reason: i.message }, 'kubernetes: authorization policy not enforced as written');
+    }
+    this.authz = t;
+    return t.authorization;
   }
 
   /** The services with the mode of their Service's annotation (the same object for the same service and mode). */
@@ -228,8 +268,16 @@ export class KubeCluster {
       services: this.last?.model.services.length ?? 0, perNodeServices: this.dependent.size, overlayNodes: this.cp.overlayNodes().length,
       lastTranslate: this.lastTranslate,
       routeStatus: { writes: this.routeWriter?.writes ?? 0, failures: this.routeWriter?.failures ?? 0 },
-      unserved: this.last?.unserved ?? [], issues: [...(this.last?.issues ?? []), ...this.meshIssues, ...this.modeIssues].slice(0, MAX_REPORTED_ISSUES),
+      unserved: this.last?.unserved ?? [],
+      issues: [...(this.last?.issues ?? []), ...this.meshIssues, ...this.modeIssues, ...(this.authz?.issues ?? [])].slice(0, MAX_REPORTED_ISSUES),
+      authorizationPolicies: this.authzReport(),
     };
+  }
+
+  authzReport(): ClusterReport['authorizationPolicies'] {
+    const n = { enforced: 0, partial: 0, notEnforced: 0, invalid: 0 };
+    for (const o of this.authz?.outcomes.values() ?? []) n[o === 'not-enforced' ? 'notEnforced' : o]++;
+    return { watched: !!this.o.authorizationPolicies, rootNamespace: this.o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE, ...n };
   }
 }
 
@@ -242,6 +290,8 @@ export interface KubeServeOptions extends ServeOptions {
   statusListen?: { host: string; port: number };
   /** the pods' identities' trust domain (default cluster.local) */
   trustDomain?: string;
+  /** Istio's root namespace (mesh-wide AuthorizationPolicies; default istio-system) */
+  rootNamespace?: string;
 }
 
 export interface RunningKubeControlPlane extends RunningControlPlane {
@@ -256,13 +306,22 @@ export interface RunningKubeControlPlane extends RunningControlPlane {
  */
 export async function startKubeControlPlane(opts: KubeServeOptions): Promise<RunningKubeControlPlane> {
   const cp = new ControlPlane(opts);
-  const kube = new KubeCluster(cp, { access: opts.access, server: opts.server, log: cp.log, debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs, trustDomain: opts.trustDomain });
+  // Istio's AuthorizationPolicy is a CRD: watched when the API server serves it (else the first batch would wait for it)
+  const authorizationPolicies = opts.access.served ? await opts.access.served('authorizationpolicies') : false;
+  if (opts.access.served && !authorizationPolicies) {
+    cp.log.warn({ server: opts.server }, 'kubernetes: security.istio.io/v1 AuthorizationPolicy is not served (the CRD is not installed, or not readable): no L4 policies from the cluster (restart after installing it)');
+  }
+  const kube = new KubeCluster(cp, {
+    access: opts.access, server: opts.server, log: cp.log, debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs, trustDomain: opts.trustDomain,
+    authorizationPolicies, rootNamespace: opts.rootNamespace,
+  });
   let status: StatusServer | undefined;
   let running: RunningControlPlane | undefined;
   if (opts.statusListen) {
     const registry = controlPlaneRegistry(cp, opts.ca && { setup: opts.ca, stats: () => running?.ca?.stats });
     registerKubeMetrics(registry, 'sockmesh_controlplane', {
       health: () => kube.watch.health(), unserved: () => kube.report().unserved.length, routeStatus: () => kube.report().routeStatus,
+      authorizationPolicies: () => kube.authzReport(),
     });
     status = await startStatusServer(opts.statusListen, registry, { '/v1/kubernetes': () => kube.report() });
     cp.log.info({ address: status.address }, 'status endpoint listening (GET /metrics, GET /v1/kubernetes)');

@@ -41,6 +41,7 @@ program
   .option('--kubernetes', 'serve the cluster: Services, EndpointSlices, HTTPRoutes (and Nodes, for zones) watched once; Local and PreferClose services per node (the xDS node id is the node name)')
   .option('--kubeconfig <file>', 'kubeconfig for --kubernetes (default: the in-cluster service account, else $KUBECONFIG, else ~/.kube/config)')
   .option('--trust-domain <domain>', 'SPIFFE trust domain of the cluster\'s identities', 'cluster.local')
+  .option('--root-namespace <namespace>', 'with --kubernetes: Istio\'s root namespace, where an AuthorizationPolicy is mesh-wide', 'istio-system')
   .option('--status-listen <host:port>', "GET /metrics (xDS streams, the CA; with --kubernetes the watch health) and with --kubernetes GET /v1/kubernetes (what is not served); '' or 'off' = none; with --dir only when given", '127.0.0.1:18001')
   .option('--listen <host:port>', 'address to listen on', '127.0.0.1:18000')
   .option('--tls-cert <file>', 'serve TLS with this certificate chain (PEM); needs --tls-key')
@@ -54,7 +55,7 @@ program
   .option('--ca-token-audience <audience>', `with --kubernetes: the audience of the agents' projected service-account tokens, checked by TokenReview (default ${DEFAULT_TOKEN_AUDIENCE})`)
   .option('--ca-agent-service-account <namespace/name>', `with --kubernetes: the service account agents run as; only its tokens get certificates (repeatable; default ${DEFAULT_AGENT_SERVICE_ACCOUNT})`, (v: string, prev: string[] = []) => [...prev, v])
   .addHelpText('after', '\nExit codes: 0 stopped by a signal; 1 bad arguments, a config directory that does not load, or cannot listen.')
-  .action(async (opts: CaFlags & { dir?: string; kubernetes?: boolean; kubeconfig?: string; trustDomain: string; statusListen: string; listen: string; tlsCert?: string; tlsKey?: string; caTokenAudience?: string; caAgentServiceAccount?: string[] }) => {
+  .action(async (opts: CaFlags & { dir?: string; kubernetes?: boolean; kubeconfig?: string; trustDomain: string; rootNamespace: string; statusListen: string; listen: string; tlsCert?: string; tlsKey?: string; caTokenAudience?: string; caAgentServiceAccount?: string[] }) => {
     const usage = !!opts.tlsCert !== !!opts.tlsKey ? '--tls-cert and --tls-key go together'
       : !opts.dir === !opts.kubernetes ? 'serve what: --dir <dir> or --kubernetes (one of them)'
         : opts.kubeconfig && !opts.kubernetes ? '--kubeconfig is for --kubernetes'
@@ -82,7 +83,7 @@ program
       }
       if (access) {
         const statusListen = parseStatusListen(opts.statusListen);
-        running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen, ca, trustDomain: opts.trustDomain });
+        running = await startKubeControlPlane({ access, server: access.server, listen: opts.listen, tls, log, statusListen, ca, trustDomain: opts.trustDomain, rootNamespace: opts.rootNamespace });
         log.info({ server: access.server, trustDomain: opts.trustDomain }, 'serving the Kubernetes cluster');
       } else {
         running = await startControlPlane({ dir: opts.dir!, listen: opts.listen, tls, log, ca });

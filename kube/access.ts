@@ -1,5 +1,5 @@
 // KubeAccess (kube/watch.ts) over the API client: what agent/main.ts and controlplane/main.ts hand to the wiring.
-import { KubeClient, loadKubeConfig, RESOURCES } from './client.js';
+import { KubeApiStatusError, KubeClient, loadKubeConfig, RESOURCES } from './client.js';
 import { Reflector } from './reflector.js';
 import type { KubeAccess } from './watch.js';
 import type { Logger } from '../agent/observe/log.js';
@@ -22,5 +22,14 @@ export function apiAccess(opts: { kubeconfig?: string; log?: Logger }): ApiAcces
     server: connection.server,
     reflect: (kind, o) => new Reflector(client, RESOURCES[kind], { fieldSelector: o.fieldSelector, log: opts.log }),
     patchRouteStatus: (namespace, name, status) => client.patchStatus(RESOURCES.httproutes, namespace, name, status),
+    served: async (kind) => {
+      try {
+        await client.list(RESOURCES[kind], { limit: 1 });
+        return true;
+      } catch (e) {
+        if (e instanceof KubeApiStatusError && (e.code === 404 || e.code === 403)) return false; // no such CRD, or not readable
+        throw e;
+      }
+    },
   };
 }

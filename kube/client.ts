@@ -34,13 +34,16 @@ export interface ResourceRef {
   namespaced: boolean;
 }
 
-export const RESOURCES: Readonly<Record<'services' | 'endpointslices' | 'pods' | 'namespaces' | 'nodes' | 'httproutes', ResourceRef>> = {
+export const RESOURCES: Readonly<Record<'services' | 'endpointslices' | 'pods' | 'namespaces' | 'nodes' | 'httproutes' | 'authorizationpolicies', ResourceRef>> = {
   services: { group: '', version: 'v1', resource: 'services', kind: 'Service', namespaced: true },
   endpointslices: { group: 'discovery.k8s.io', version: 'v1', resource: 'endpointslices', kind: 'EndpointSlice', namespaced: true },
   pods: { group: '', version: 'v1', resource: 'pods', kind: 'Pod', namespaced: true },
   namespaces: { group: '', version: 'v1', resource: 'namespaces', kind: 'Namespace', namespaced: false },
   nodes: { group: '', version: 'v1', resource: 'nodes', kind: 'Node', namespaced: false },
   httproutes: { group: 'gateway.networking.k8s.io', version: 'v1', resource: 'httproutes', kind: 'HTTPRoute', namespaced: true },
+  // Istio's CRD serves v1 (since Istio 1.22) and v1beta1 from one storage: an object written as v1beta1 is read here
+  // as v1 (the same fields)
+  authorizationpolicies: { group: 'security.istio.io', version: 'v1', resource: 'authorizationpolicies', kind: 'AuthorizationPolicy', namespaced: true },
 };
 
 /** The API server's Status object (errors, watch ERROR events). */

@@ -10,6 +10,8 @@ export interface KubeMetricsSource {
   /** services listed as not served (headless, ExternalName, NodePort parts, ...) */
   unserved?(): number;
   routeStatus?(): { writes: number; failures: number };
+  /** Istio AuthorizationPolicies by outcome (serve --kubernetes) */
+  authorizationPolicies?(): { watched: boolean; enforced: number; partial: number; notEnforced: number; invalid: number };
 }
 
 /**
@@ -41,6 +43,14 @@ export function registerKubeMetrics(registry: Registry, prefix: string, src: Kub
     const u = src.unserved;
     fam(`${p}_unserved_services`, 'Services (or parts) with nothing in the datapath: headless, ExternalName, NodePort, LoadBalancer, externalIPs, SCTP', 'gauge',
       () => [{ labels: {}, value: u() }]);
+  }
+  if (src.authorizationPolicies) {
+    const a = src.authorizationPolicies;
+    fam(`${p}_authorization_policies`, 'Istio AuthorizationPolicies by outcome: enforced, partial (a rule or field not checked at L4, never widening), not_enforced (AUDIT, CUSTOM, waypoint-attached), invalid (left out); GET /v1/kubernetes names each', 'gauge', () => {
+      const s = a();
+      if (!s.watched) return [];
+      return [['enforced', s.enforced], ['partial', s.partial], ['not_enforced', s.notEnforced], ['invalid', s.invalid]].map(([k, v]) => ({ labels: { outcome: String(k) }, value: Number(v) }));
+    });
   }
   if (src.routeStatus) {
     const r = src.routeStatus;

@@ -12,8 +12,8 @@ import type { RouteStatusUpdate } from './translate.js';
 import type { ViewChanges } from './translate-live.js';
 
 /** The resources a ClusterWatch follows, by the name the reflectors are given under. */
-export type WatchKind = 'services' | 'endpointslices' | 'httproutes' | 'nodes' | 'pods' | 'namespaces';
-export const WATCH_KINDS: readonly WatchKind[] = ['services', 'endpointslices', 'httproutes', 'nodes', 'pods', 'namespaces'];
+export type WatchKind = 'services' | 'endpointslices' | 'httproutes' | 'nodes' | 'pods' | 'namespaces' | 'authorizationpolicies';
+export const WATCH_KINDS: readonly WatchKind[] = ['services', 'endpointslices', 'httproutes', 'nodes', 'pods', 'namespaces', 'authorizationpolicies'];
 
 /** What a reflector reports of itself: declared once, with the reflector. */
 import type { ReflectorStatus } from './reflector.js';
@@ -43,6 +43,11 @@ export interface KubeAccess {
   reflect(kind: WatchKind, opts: { fieldSelector?: string }): ReflectorLike;
   /** merge-patch an HTTPRoute's /status; absent = route status is not written */
   patchRouteStatus?(namespace: string, name: string, status: unknown): Promise<unknown>;
+  /**
+   * Whether the API server serves this resource (a CRD's, e.g. Istio's AuthorizationPolicy, may not be installed: a
+   * watch of it would never list, and the first batch waits for every list). Absent = not asked, not watched.
+   */
+  served?(kind: WatchKind): Promise<boolean>;
 }
 
 /** One watch as meshctl and the metrics show it. */
@@ -102,7 +107,9 @@ export interface ClusterWatchOptions {
 export const DEFAULT_DEBOUNCE_MS = 5;
 export const DEFAULT_MAX_DELAY_MS = 100;
 
-const emptyChanged = (): Changed => ({ services: new Set(), endpointslices: new Set(), httproutes: new Set(), nodes: new Set(), pods: new Set(), namespaces: new Set() });
+const emptyChanged = (): Changed => ({
+  services: new Set(), endpointslices: new Set(), httproutes: new Set(), nodes: new Set(), pods: new Set(), namespaces: new Set(), authorizationpolicies: new Set(),
+});
 
 /**
  * Reflectors -> debounced batches. Debounced rather than one translation per event: a rollout changes an

@@ -9,7 +9,8 @@
 //   aggregated discovery get plain JSON and fall back, as they do against a 1.25 server); OpenAPI v3 as far as kubectl
 //   reads it, and an OpenAPI v2 document without definitions (kubectl before 1.27, e.g. Debian 12's 1.20, reads it);
 // - core v1 services, pods, namespaces, nodes; discovery.k8s.io/v1 endpointslices; gateway.networking.k8s.io/v1
-//   httproutes (served as a CRD would be: its own group in discovery, merge-patch from kubectl);
+//   httproutes and security.istio.io/v1 authorizationpolicies (served as a CRD would be: its own group in discovery,
+//   merge-patch from kubectl);
 // - list with resourceVersion, limit/continue (the API server's continue token; 410 Expired once the history the
 //   token's resourceVersion needs is compacted), fieldSelector (metadata.name, metadata.namespace, spec.nodeName for
 //   pods) and labelSelector (=, ==, !=, in, notin, exists, !exists);
@@ -75,10 +76,14 @@ export const KUBEAPI_RESOURCES: readonly ResourceDef[] = [
   { group: '', version: 'v1', plural: 'services', singular: 'service', kind: 'Service', namespaced: true, shortNames: ['svc'], status: true, fields: ['spec.clusterIP', 'spec.type'] },
   { group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices', singular: 'endpointslice', kind: 'EndpointSlice', namespaced: true, shortNames: [], status: false, fields: ['addressType'] },
   { group: 'gateway.networking.k8s.io', version: 'v1', plural: 'httproutes', singular: 'httproute', kind: 'HTTPRoute', namespaced: true, shortNames: [], status: true, fields: [] },
+  // Istio's CRD (v1 as its preferred version; kubectl's short name ap)
+  { group: 'security.istio.io', version: 'v1', plural: 'authorizationpolicies', singular: 'authorizationpolicy', kind: 'AuthorizationPolicy', namespaced: true, shortNames: ['ap'], status: true, fields: [] },
   // answered by lab/tokenreview.ts (service-account tokens minted with api.tokens.mint()), never stored
   { group: 'authentication.k8s.io', version: 'v1', plural: 'tokenreviews', singular: 'tokenreview', kind: 'TokenReview', namespaced: false, shortNames: [], status: false, fields: [], verbs: ['create'] },
 ];
 
+/** groups served as CustomResourceDefinitions are (no strategic merge patch) */
+const CRD_GROUPS = ['gateway.networking.k8s.io', 'security.istio.io'];
 const DEFAULT_NAMESPACES = ['default', 'kube-system', 'kube-public', 'kube-node-lease'];
 const MAX_BODY = 16 << 20;
 
@@ -725,7 +730,7 @@ export class KubeApi {
       let merged: Obj;
       if (type === 'application/merge-patch+json' || type === 'application/json') merged = mergePatch(current ?? {}, patch) as Obj;
       else if (type === 'application/strategic-merge-patch+json') {
-        if (c.def.group === 'gateway.networking.k8s.io') throw new KubeApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml`);
+        if (CRD_GROUPS.includes(c.def.group)) throw new KubeApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml`);
         merged = strategicMerge(current ?? {}, patch) as Obj;
       } else if (type === 'application/apply-patch+yaml') {
         if (!current) {
@@ -840,7 +845,7 @@ export class KubeApi {
       resources.push({
         name: d.plural, singularName: d.singular, namespaced: d.namespaced, kind: d.kind, verbs: d.verbs ?? verbs,
         ...(d.shortNames.length ? { shortNames: d.shortNames } : {}),
-        ...(d.group === 'gateway.networking.k8s.io' ? { categories: ['gateway-api'] } : {}),
+        ...(d.group === 'gateway.networking.k8s.io' ? { categories: ['gateway-api'] } : d.group === 'security.istio.io' ? { categories: ['istio-io', 'security-istio-io'] } : {}),
       });
       if (d.status) resources.push({ name: `${d.plural}/status`, singularName: '', namespaced: d.namespaced, kind: d.kind, verbs: ['get', 'patch', 'update'] });
     }

@@ -52,7 +52,11 @@ function workloadObj(w: Workload, cgroups: boolean): Obj {
 function policyObj(p: AuthorizationPolicy, order: number): Obj {
   const o: Obj = { name: p.name, action: p.action.toUpperCase(), order };
   if (p.services) o['services'] = p.services;
-  if (p.from) o['from'] = p.from.map((s) => ({ principals: list(s.principals), namespaces: list(s.namespaces) }));
+  if (p.from) {
+    o['from'] = p.from.map((s) => ({
+      principals: list(s.principals), namespaces: list(s.namespaces), not_principals: list(s.notPrincipals), not_namespaces: list(s.notNamespaces),
+    }));
+  }
   if (p.to) o['to'] = p.to.map((op) => ({ ports: op.ports }));
   return o;
 }
@@ -124,6 +128,8 @@ export function policyFileObj(r: Obj): { obj: Obj; order: number } {
       const src: Obj = {};
       if (s['principals']?.length) src['principals'] = s['principals'];
       if (s['namespaces']?.length) src['namespaces'] = s['namespaces'];
+      if (s['not_principals']?.length) src['notPrincipals'] = s['not_principals'];
+      if (s['not_namespaces']?.length) src['notNamespaces'] = s['not_namespaces'];
       return src;
     });
   }

@@ -55,6 +55,8 @@ message Authorization {
   message Source {
     repeated string principals = 1;
     repeated string namespaces = 2;
+    repeated string not_principals = 3;   // Istio's notPrincipals: none of them (a caller without identity matches)
+    repeated string not_namespaces = 4;   // Istio's notNamespaces
   }
   message Operation {
     repeated uint32 ports = 1;

@@ -36,11 +36,18 @@ interface CompiledPolicy {
   name: string;
   /** index in Model.authorization: a stable small number (the kernel counts per policy) */
   index: number;
-  from?: { principals?: Matcher[]; namespaces?: Matcher[] }[];
+  from?: CompiledSource[];
   ports?: Set<number>;
 }
 
 type Matcher = (value: string) => boolean;
+
+interface CompiledSource {
+  principals?: Matcher[];
+  namespaces?: Matcher[];
+  notPrincipals?: Matcher[];
+  notNamespaces?: Matcher[];
+}
 
 export interface Authz4 {
   /** policies that name a service, by service name, in config order */
@@ -82,10 +89,12 @@ export function patternMatcher(p: Pattern): Matcher {
   return (v) => v === p;
 }
 
-function compileSource(s: AuthzSource): { principals?: Matcher[]; namespaces?: Matcher[] } {
-  const out: { principals?: Matcher[]; namespaces?: Matcher[] } = {};
+function compileSource(s: AuthzSource): CompiledSource {
+  const out: CompiledSource = {};
   if (s.principals) out.principals = s.principals.map(patternMatcher);
   if (s.namespaces) out.namespaces = s.namespaces.map(patternMatcher);
+  if (s.notPrincipals) out.notPrincipals = s.notPrincipals.map(patternMatcher);
+  if (s.notNamespaces) out.notNamespaces = s.notNamespaces.map(patternMatcher);
   return out;
 }
 
@@ -144,6 +153,10 @@ function sourceMatches(from: CompiledPolicy['from'], principal: string | undefin
   return from.some((s) => {
     if (s.principals && (principal === undefined || !s.principals.some((m) => m(principal)))) return false;
     if (s.namespaces && (namespace === undefined || !s.namespaces.some((m) => m(namespace)))) return false;
+    // Istio's not-fields (Envoy's not_id over the authenticated principal): a caller without identity has no value
+    // that could be excluded, so it matches them
+    if (s.notPrincipals && principal !== undefined && s.notPrincipals.some((m) => m(principal))) return false;
+    if (s.notNamespaces && namespace !== undefined && s.notNamespaces.some((m) => m(namespace))) return false;
     return true;
   });
 }

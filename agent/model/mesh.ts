@@ -44,6 +44,10 @@ export interface AuthzSource {
   principals?: Pattern[];
   /** any of them (patterns over the source identity's namespace) */
   namespaces?: Pattern[];
+  /** none of them (Istio's notPrincipals: a caller without identity matches, as in Istio) */
+  notPrincipals?: Pattern[];
+  /** none of them (Istio's notNamespaces; a caller without identity matches) */
+  notNamespaces?: Pattern[];
 }
 
 export interface AuthzOperation {

@@ -18,7 +18,7 @@ export const MTLS_MODES: readonly MtlsMode[] = ['strict', 'permissive', 'off'];
 const NODE_FIELDS = ['name', 'addresses', 'tunnelPort'] as const;
 const MTLS_FIELDS = ['mode', 'namespaces'] as const;
 const POLICY_FIELDS = ['name', 'action', 'services', 'from', 'to'] as const;
-const SOURCE_FIELDS = ['principals', 'namespaces'] as const;
+const SOURCE_FIELDS = ['principals', 'namespaces', 'notPrincipals', 'notNamespaces'] as const;
 const OPERATION_FIELDS = ['ports'] as const;
 /** A node's --node-id: a DNS subdomain, as Kubernetes node names are. */
 const NODE_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
@@ -155,7 +155,7 @@ function patternList(obj: Obj, key: string, path: string, what: string, issues: 
   list.forEach((v, k) => {
     let p = patternValue(v, `${join(path, key)}[${k}]`, what, issues);
     // Istio's principals carry no scheme: written with one, it is the same principal
-    if (p !== undefined && key === 'principals' && p.startsWith('spiffe://')) p = p.slice('spiffe://'.length);
+    if (p !== undefined && (key === 'principals' || key === 'notPrincipals') && p.startsWith('spiffe://')) p = p.slice('spiffe://'.length);
     if (p !== undefined) out.push(p);
   });
   return out;
@@ -209,12 +209,16 @@ export function validateAuthorization(list: readonly unknown[], path: string, is
       checkFields(s, sp, SOURCE_FIELDS, issues);
       const principals = patternList(s, 'principals', sp, 'a principal (<trust domain>/ns/<ns>/sa/<sa>)', issues);
       const namespaces = patternList(s, 'namespaces', sp, 'a namespace', issues);
-      if (s['principals'] === undefined && s['namespaces'] === undefined) {
-        issues.add(sp, "must name principals or namespaces (an empty source would match every client: omit 'from' for that)");
+      const notPrincipals = patternList(s, 'notPrincipals', sp, 'a principal (<trust domain>/ns/<ns>/sa/<sa>)', issues);
+      const notNamespaces = patternList(s, 'notNamespaces', sp, 'a namespace', issues);
+      if (SOURCE_FIELDS.every((f) => s[f] === undefined)) {
+        issues.add(sp, "must name principals or namespaces (or notPrincipals, notNamespaces; an empty source would match every client: omit 'from' for that)");
       }
       const src: AuthzSource = {};
       if (principals) src.principals = principals;
       if (namespaces) src.namespaces = namespaces;
+      if (notPrincipals) src.notPrincipals = notPrincipals;
+      if (notNamespaces) src.notNamespaces = notNamespaces;
       return src;
     });
     const to = optionalList(raw, 'to', pp, "must list at least one operation (omit 'to' for any port)", issues, (o, op): AuthzOperation | undefined => {

@@ -301,7 +301,7 @@ t.test('every flag in the manifests is one the programs define', async (t) => {
 t.test('RBAC covers what the code reads and writes', async (t) => {
   const rules = (name: string): Rule[] => (find(all, 'ClusterRole', name) as K8s & { rules: Rule[] }).rules;
   const cp = rules('sockmesh-controlplane');
-  for (const [group, resources] of [['', ['services', 'pods', 'namespaces', 'nodes']], ['discovery.k8s.io', ['endpointslices']], ['gateway.networking.k8s.io', ['httproutes']]] as const) {
+  for (const [group, resources] of [['', ['services', 'pods', 'namespaces', 'nodes']], ['discovery.k8s.io', ['endpointslices']], ['gateway.networking.k8s.io', ['httproutes']], ['security.istio.io', ['authorizationpolicies']]] as const) {
     for (const r of resources) for (const v of ['get', 'list', 'watch']) t.ok(allows(cp, group, r, v), `control plane: ${v} ${group || 'core'}/${r}`);
   }
   for (const v of ['update', 'patch']) t.ok(allows(cp, 'gateway.networking.k8s.io', 'httproutes/status', v), `control plane: ${v} httproutes/status`);

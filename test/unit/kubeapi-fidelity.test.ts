@@ -314,3 +314,46 @@ t.test('the stand-in at scale: 10,000 services and 10,000 EndpointSlices (100,00
   t.equal(sel.items.length, 1);
   t.ok(performance.now() - t0 < 500, `a label-selected list over 10,000: ${(performance.now() - t0).toFixed(0)} ms`);
 });
+
+t.test('kubectl: Istio\'s AuthorizationPolicy (security.istio.io/v1) applied, listed by name and short name, changed, deleted', { skip: KUBECTL ? false : 'kubectl is not installed' }, async (t) => {
+  const { api, dir, kubectl } = await start(t);
+  const policy = (ports: string) => `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-web
+  namespace: default
+spec:
+  selector:
+    matchLabels: {app: web}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/default/sa/curl]
+    to:
+    - operation:
+        ports: [${ports}]
+`;
+  const file = join(dir, 'ap.yaml');
+  writeFileSync(file, policy('"8080"'));
+  const res = await kubectl(['api-resources', '--api-group', 'security.istio.io', '-o', 'name']);
+  t.equal(res.code, 0, res.err);
+  t.match(res.out, /^authorizationpolicies\.security\.istio\.io$/m, 'discovery names the CRD\'s group');
+  const created = await kubectl(['apply', '-f', file]);
+  t.equal(created.code, 0, created.err);
+  t.match(created.out, /authorizationpolicy\.security\.istio\.io\/allow-web created/);
+  const list = await kubectl(['get', 'authorizationpolicies', '-A', '-o', 'name']);
+  t.equal(list.code, 0, list.err);
+  t.equal(list.out.trim(), 'authorizationpolicy.security.istio.io/allow-web');
+  const short = await kubectl(['get', 'ap', '-n', 'default', '-o', 'json']);
+  t.equal(short.code, 0, short.err);
+  t.same(JSON.parse(short.out).items[0].spec.rules[0].to[0].operation.ports, ['8080'], 'by its short name, as stored');
+  writeFileSync(file, policy('"8080", "9090"'));
+  const changed = await kubectl(['apply', '-f', file]);
+  t.equal(changed.code, 0, changed.err);
+  t.match(changed.out, /authorizationpolicy\.security\.istio\.io\/allow-web configured/);
+  t.same(api.get('authorizationpolicies', 'default', 'allow-web')!.spec.rules[0].to[0].operation.ports, ['8080', '9090'], 'merge-patched, as a CRD');
+  const del = await kubectl(['delete', '-f', file]);
+  t.equal(del.code, 0, del.err);
+  t.equal(api.get('authorizationpolicies', 'default', 'allow-web'), undefined);
+});
