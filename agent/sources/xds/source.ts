@@ -27,6 +27,7 @@ import {
 } from './digest.js';
 import { capReason, joinErrors, XdsResourceError } from './errors.js';
 import { isMeshType, MeshState, type MeshPart } from './mesh.js';
+import { meshChangedServices } from '../../model/meshscope.js';
 import { MESH_TYPE_URLS } from '../../../xds/mesh.js';
 
 export interface XdsStatus {
@@ -486,10 +487,15 @@ export class XdsSource {
     // Nothing changed (a reconnect's answers): no full apply, which would rewrite every service's kernel state
     if (this.st.synced && !this.mesh.unchanged(c)) {
       const before = this.meshNotes;
+      let scope: Set<string> | undefined;
       let err: string | null;
       try {
-        // a full apply: modes and policies reach every service's kernel state (rare: a node, a pod or a policy changed)
-        err = this.opts.apply(this.withMesh(this.builder.model, c.part));
+        // only the services the change reaches (model/meshscope.ts): a pod on another node re-plans the services it
+        // backs; a change of the modes themselves, every service
+        const prev = this.mesh.compose(this.builder.model).model;
+        const next = this.withMesh(this.builder.model, c.part);
+        scope = meshChangedServices(prev, next);
+        err = scope === undefined ? this.opts.apply(next) : this.opts.apply(next, scope);
       } catch (e) {
         err = (e as Error).message;
       }
@@ -499,7 +505,7 @@ export class XdsSource {
       }
       const old = new Set(before);
       this.st.unsupported = [...this.st.unsupported.filter((n) => !old.has(n)), ...this.meshNotes];
-      this.opts.log.info({ type: typeUrl.slice(typeUrl.lastIndexOf('.') + 1), version, resources: c.resources.size }, 'xds: mesh settings applied');
+      this.opts.log.info({ type: typeUrl.slice(typeUrl.lastIndexOf('.') + 1), version, resources: c.resources.size, services: scope ? scope.size : 'all' }, 'xds: mesh settings applied');
     }
     this.mesh.commit(c);
     if (delta) {
