@@ -30,6 +30,9 @@ import type { TranslateIssue } from './translate-types.js';
 import type { KPod } from './types.js';
 
 export const DEFAULT_ROOT_NAMESPACE = 'istio-system';
+/** what the agents' kernel counts (agent/datapath/abi.ts MAX_AUTHZ_POLICIES - 1: slot 0 is the default; kube/ does not
+ * import the datapath, unit/kube-authz checks they agree) */
+export const MAX_KERNEL_POLICIES = 1023;
 
 type Obj = Record<string, unknown>;
 
@@ -174,9 +177,10 @@ export function policyTargets(services: readonly Service[], origins: ReadonlyMap
 
 export function translateAuthorization(
   v: { policies: Iterable<KAuthorizationPolicy>; pods: Iterable<KPod>; targets: readonly PolicyTarget[] },
-  opts: { rootNamespace?: string } = {},
+  opts: { rootNamespace?: string; maxPolicies?: number } = {},
 ): AuthzTranslation {
   const root = opts.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  const maxPolicies = opts.maxPolicies ?? MAX_KERNEL_POLICIES;
   const issues: TranslateIssue[] = [];
   const outcomes: AuthzTranslation['outcomes'] = new Map();
   const out: AuthorizationPolicy[] = [];
@@ -272,6 +276,12 @@ export function translateAuthorization(
       if (check.list.length > 0) {
         const i = check.list[0]!;
         throw new Bad(`spec.${i.path.replace(/^rules\[(\d+)\]/, (_, k: string) => `rules[${made[Number(k)]?.index ?? k}]`)}`, i.message);
+      }
+      if (out.length + policies.length > maxPolicies) {
+        // the agents would refuse the whole list (the kernel counts per policy in a fixed map): this one is left out
+        issue('spec.rules', `${out.length + policies.length} L4 policies (rules) in all: the kernel counts at most ${maxPolicies}: left out (NOT enforced)`);
+        outcomes.set(key, 'invalid');
+        continue;
       }
       for (const pol of policies) {
         if (names.has(pol.name)) {

@@ -9,11 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeApi, kubeconfigFor } from '../../lab/kubeapi.js';
 import { apiAccess } from '../../kube/access.js';
-import { policyName, translateAuthorization, type KAuthorizationPolicy, type PolicyTarget } from '../../kube/authz.js';
+import { MAX_KERNEL_POLICIES, policyName, translateAuthorization, type KAuthorizationPolicy, type PolicyTarget } from '../../kube/authz.js';
 import { startKubeControlPlane } from '../../controlplane/kube.js';
 import { XdsSource } from '../../agent/sources/xds/source.js';
 import { compileAuthz4, decide } from '../../agent/model/authz4.js';
 import type { Model } from '../../agent/model/types.js';
+import { MAX_AUTHZ_POLICIES } from '../../agent/datapath/abi.js';
 import type { KPod } from '../../kube/types.js';
 import { service, slice, until } from '../lib/fakekube.js';
 
@@ -89,6 +90,10 @@ t.test('the translation table', async (t) => {
     { object: 'AuthorizationPolicy shop/custom', path: 'spec.action' },
     { object: 'AuthorizationPolicy shop/waypoint', path: 'spec.targetRefs' },
   ]);
+  r = translateAuthorization({ policies: [ap('shop', 'a', { action: 'DENY', rules: [{}, {}] }), ap('shop', 'b', { action: 'DENY', rules: [{}] }), ap('shop', 'c', { action: 'DENY', rules: [{}] })], pods, targets }, { maxPolicies: 3 });
+  t.same([r.authorization.map((p) => p.name), r.outcomes.get('shop/c')], [['shop--a--0', 'shop--a--1', 'shop--b--0'], 'invalid'], 'beyond what the kernel counts: left out, reported (the agents would refuse them all)');
+  t.match(r.issues.at(-1), { object: 'AuthorizationPolicy shop/c', message: /the kernel counts at most 3/ });
+  t.equal(MAX_KERNEL_POLICIES, MAX_AUTHZ_POLICIES - 1, 'the bound is the kernel\'s');
   r = tr(ap('shop', 'nobody', { selector: { matchLabels: { app: 'none' } }, rules: [{}] }));
   t.same([r.authorization, r.outcomes.get('shop/nobody')], [[], 'enforced'], 'a selector that selects no service\'s pod applies to nothing now');
   t.equal(policyName('a--b', 'c', 0), policyName('a--b', 'c', 0));
