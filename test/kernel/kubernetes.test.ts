@@ -296,3 +296,65 @@ t.test('workloads from pods: an authz rule naming a service account lets its pod
 t.test('the same with serve --kubernetes + agent --xds --kube-pods: the rule over xDS, the workloads from the agent\'s pods', { skip: skip ?? false }, async (t) => {
   await authzCase(t, 'controlplane');
 });
+
+t.test('L4 from an Istio AuthorizationPolicy: serve --kubernetes + agent --xds --kube-pods, connect() denied in the kernel (EACCES), then allowed when the policy changes', { skip: skip ?? false }, async (t) => {
+  const prefix = 'kubeap';
+  const cg = testCgroup(t, prefix);
+  const lab = await testLab(t, { meshedCgroup: cg.path, prefix, pods: [{ name: 'cart' }, { name: 'front' }, { name: 's1' }] });
+  const s1 = lab.pod('s1');
+  await startServer(s1);
+  const uid = { cart: '5e1c2d3e-4b5a-4789-9abc-0123456789ab', front: '6a2b3c4d-5e6f-4a1b-8c2d-3e4f5a6b7c8d' };
+  const asKubelet = (name: 'cart' | 'front'): LabPod => {
+    const dir = join(cg.path, 'kubepods.slice', 'kubepods-besteffort.slice', `kubepods-besteffort-pod${uid[name].replace(/-/g, '_')}.slice`);
+    mkdirSync(dir, { recursive: true });
+    return new LabPod({ ...lab.pod(name), cgroup: dir });
+  };
+  const cart = asKubelet('cart');
+  const front = asKubelet('front');
+  const api = await KubeApi.start({ bookmarkIntervalMs: 100_000 });
+  t.teardown(() => api.close());
+  api.load('services', [service('default', 'vault', Lab.vip4(6), [{ port: 80, targetPort: TCP_PORT }])] as never);
+  api.load('endpointslices', [slice('default', 'vault-1', 'vault', [{ port: TCP_PORT }], [{ address: s1.v4!, nodeName: 'node-a' }])] as never);
+  const pod = (name: 'cart' | 'front', p: LabPod) => ({
+    metadata: { namespace: 'default', name, uid: uid[name] },
+    spec: { nodeName: 'node-a', serviceAccountName: name, containers: [{ name: 'app' }] },
+    status: { phase: 'Running', qosClass: 'BestEffort', podIPs: [{ ip: p.v4 }] },
+  });
+  api.load('pods', [pod('cart', cart), pod('front', front), {
+    metadata: { namespace: 'default', name: 'vault-0', uid: 'uid-vault-0', labels: { app: 'vault' } },
+    spec: { nodeName: 'node-a', serviceAccountName: 'vault', containers: [{ name: 'app' }] }, status: { phase: 'Running', podIPs: [{ ip: s1.v4 }] },
+  }] as never);
+  // only cart, to the pod's port: the selector names the vault pod, the translation its service
+  const policy = (principal: string) => ({
+    apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { namespace: 'default', name: 'vault-from-cart' },
+    spec: { selector: { matchLabels: { app: 'vault' } }, action: 'ALLOW', rules: [{ from: [{ source: { principals: [principal] } }], to: [{ operation: { ports: [String(TCP_PORT)] } }] }] },
+  });
+  api.put('authorizationpolicies', policy('example.org/ns/default/sa/cart') as never);
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-kube-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, kubeconfigFor(api));
+  const access = apiAccess({ kubeconfig });
+  const cp = await startKubeControlPlane({ access, server: access.server, listen: '127.0.0.1:0', log: pino({ level: 'silent' }) as never, trustDomain: 'example.org' });
+  t.teardown(async () => { await cp.close(); access.client.close(); });
+  const agent = await startAgent(t, cg, {
+    xds: `127.0.0.1:${cp.port}`,
+    extraArgs: ['--kube-pods', '--kubeconfig', kubeconfig, '--node-id', 'node-a', '--trust-domain', 'example.org', '--kube-cgroup-driver', 'systemd'],
+  });
+  t.teardown(() => { if (!t.passing()) for (const l of agent.logs.slice(-12)) t.comment(JSON.stringify(l).slice(0, 600)); });
+  await agent.waitLog((l) => l.msg === 'config applied' && l.why === 'xds');
+  let first: string[] = [];
+  for (let i = 0; i < 50 && (first = await ask(cart, 'tcp', Lab.vip4(6), 80, 1)).join() !== 's1'; i++) await new Promise((r) => setTimeout(r, 50));
+  t.same(await ask(cart, 'tcp', Lab.vip4(6), 80, 4), ['s1'], `cart's pod is let in (first answer: ${first.join()})`);
+  t.same(await ask(front, 'tcp', Lab.vip4(6), 80, 4), ['error:Permission denied'], 'front\'s connect() fails at once with EACCES: the kernel\'s verdict from the Kubernetes object');
+  const authz = meshctl(agent, ['authz']);
+  // the one policy (#1, the cluster's rule) allowed cart's connects, the default of an ALLOW-governed service denied front's
+  t.match(authz.stdout, /#0 \(default\)\s+0\s+[1-9]\d*/, `meshctl authz: front's denials by the default (${authz.stdout.trim().split('\n').slice(1, 4).join(' | ')})`);
+  t.match(authz.stdout, /#1\s+[1-9]\d*\s+0\b/, 'and cart\'s connects allowed by the cluster\'s rule (#1)');
+  // the policy changed in the API server: front now, not cart
+  api.put('authorizationpolicies', policy('example.org/ns/default/sa/front') as never);
+  let got: string[] = [];
+  for (let i = 0; i < 100 && (got = await ask(front, 'tcp', Lab.vip4(6), 80, 1)).join() !== 's1'; i++) await new Promise((r) => setTimeout(r, 50));
+  t.same(got, ['s1'], 'front is let in once the changed policy is served');
+  t.same(await ask(cart, 'tcp', Lab.vip4(6), 80, 2), ['error:Permission denied'], 'and cart is not');
+});
