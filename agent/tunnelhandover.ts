@@ -9,14 +9,19 @@
 // no known node, or one the tunnel refuses (no certificate, denied at the destination, the pod down) is reset: the app
 // sees a refused connection, as from the pod itself. Every outcome is counted (meshctl tunnels, Prometheus).
 //
-// The listeners are node:net servers (TunnelClient.open takes a net.Socket), recorded in sm_proxy_socks like the
-// proxy's, so that a killed agent's hand-over is seen gone at the next connect() (permissive destinations are then
-// reached directly, strict ones refused: bpf/lib/tunnel.h). A planned restart passes their fds to the new agent.
-import { createServer, isIPv6, type Server, type Socket } from 'node:net';
+// The listeners are the tunnel's netio loop's (agent/tunnel/splice.ts tunnelIo(): the same epoll loop as the tunnel's
+// TLS connections), so an app's bytes go from its accepted connection to the TLS records with no libuv stream between;
+// they are recorded in sm_proxy_socks like the proxy's, so that a killed agent's hand-over is seen gone at the next
+// connect() (permissive destinations are then reached directly, strict ones refused: bpf/lib/tunnel.h). A planned
+// restart passes their fds to the new agent, which adopts them into its loop.
+import { closeSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import { Counter, type Registry } from 'prom-client';
 import type { Datapath } from './datapath/datapath.js';
 import type { Model } from './model/types.js';
 import type { Logger } from './observe/log.js';
+import type { NetConn, NetListener } from './proxy/netio.js';
+import { tunnelIo } from './tunnel/splice.js';
 import { TunnelError, type TunnelOpener, type TunnelRequest } from './tunnel/types.js';
 
 /** The hand-over's default port: next to the proxy's 15001 and HBONE's 15008 (ztunnel's outbound capture is 15001). */
@@ -69,7 +74,7 @@ export function nodeOfPod(model: Model | undefined, podAddress: string): string 
 }
 
 export class TunnelHandover {
-  private readonly servers: { host: string; server: Server }[] = [];
+  private readonly servers: { host: string; server: NetListener }[] = [];
   /** hosts whose listener was made outside the meshed cgroup (o.listenFd absent or failed) */
   private readonly outsideMesh = new Set<string>();
   private readonly port: number;
@@ -78,7 +83,7 @@ export class TunnelHandover {
   private readonly refused: Record<string, number> = {};
   private readonly counter?: Counter<'outcome'>;
   /** accepted connections not closed yet (a planned restart drains them) */
-  private readonly live = new Set<Socket>();
+  private readonly live = new Set<NetConn>();
 
   constructor(private readonly o: TunnelHandoverOptions) {
     this.port = o.takeover?.[0]?.port ?? o.port ?? HANDOVER_PORT;
@@ -98,11 +103,7 @@ export class TunnelHandover {
       if (o.port !== undefined && o.port !== this.port) {
         o.log.warn({ asked: o.port, port: this.port }, 'handover: the tunnel hand-over keeps the running agent\'s port (a different one would close its listeners)');
       }
-      for (const l of o.takeover) {
-        const server = this.server(l.host);
-        await new Promise<void>((res, rej) => { server.once('error', rej); server.listen({ fd: l.fd }, () => { server.off('error', rej); res(); }); });
-        this.servers.push({ host: l.host, server });
-      }
+      for (const l of o.takeover) this.servers.push({ host: l.host, server: this.adopt(l.host, l.fd) });
     } else {
       for (const host of o.hosts) await this.listenOn(host);
     }
@@ -154,20 +155,24 @@ export class TunnelHandover {
   /** Listen on host:port, in the meshed cgroup when o.listenFd can make the socket. Whether it listens. */
   private async listenOn(host: string): Promise<boolean> {
     const { o } = this;
-    const server = this.server(host);
     let fd: number | undefined;
     try {
       fd = o.listenFd?.(host, this.port);
     } catch (e) {
       o.log.warn({ host, port: this.port, error: (e as Error).message }, 'tunnel hand-over: cannot listen in the meshed cgroup; listening outside it (its connections take TCP, off the sockmap fast path)');
     }
+    let server: NetListener;
     try {
-      await new Promise<void>((res, rej) => {
-        server.once('error', rej);
-        const done = (): void => { server.off('error', rej); res(); };
-        if (fd === undefined) server.listen(this.port, host, done);
-        else server.listen({ fd }, done);
-      });
+      if (fd === undefined) {
+        server = tunnelIo().listen(host, this.port, (c) => this.accept(c), (e) => this.acceptFailed(host, e));
+      } else {
+        try {
+          server = this.adopt(host, fd);
+        } catch (e) {
+          try { closeSync(fd); } catch { /* closed already */ }
+          throw e;
+        }
+      }
     } catch (e) {
       // that address's clients then find no listener in the kernel's record: direct (permissive) or refused (strict)
       o.log.error({ host, port: this.port, error: (e as Error).message }, 'tunnel hand-over cannot listen: clients sent to this address are not tunnelled');
@@ -186,26 +191,33 @@ export class TunnelHandover {
     }
   }
 
-  private server(host: string): Server {
-    // allowHalfOpen: the app's FIN is passed on through the tunnel and the pod's answer still comes back (Node would
-    // otherwise end our side at the client's FIN); pauseOnConnect: bytes sent before the stream is up wait
-    const server = createServer({ pauseOnConnect: true, allowHalfOpen: true }, (sock) => this.accept(sock));
-    server.on('error', (e) => this.o.log.error({ host, error: e.message }, 'tunnel hand-over listener error'));
-    return server;
+  /** Accept on a listening socket made elsewhere (in the meshed cgroup, or the running agent's): the loop owns fd
+   * once this returns; throws (fd still the caller's) when it is not a listening socket. */
+  private adopt(host: string, fd: number): NetListener {
+    return tunnelIo().adopt(fd, host, (c) => this.accept(c), (e) => this.acceptFailed(host, e));
+  }
+
+  private acceptFailed(host: string, e: Error): void {
+    this.o.log.error({ host, error: e.message }, 'tunnel hand-over listener error');
   }
 
   private count(outcome: string): void {
     this.counter?.inc({ outcome });
   }
 
-  private refuse(sock: Socket, reason: HandoverRefusal, detail: Record<string, unknown>, label: string = reason): void {
+  private refuse(sock: NetConn, reason: HandoverRefusal, detail: Record<string, unknown>, label: string = reason): void {
     this.refused[label] = (this.refused[label] ?? 0) + 1;
     this.count(label);
     this.o.log.warn({ reason, ...detail }, `tunnel hand-over: connection reset (${reason})`);
     if (!sock.destroyed) sock.resetAndDestroy();
   }
 
-  private accept(sock: Socket): void {
+  private accept(sock: NetConn): void {
+    // before this returns (the next wake would read): bytes sent before the stream is up wait in the socket
+    // (node's pauseOnConnect), and the app's FIN is passed on through the tunnel while the pod's answer still comes
+    // back (allowHalfOpen)
+    sock.pause();
+    sock.allowHalfOpen = true;
     this.accepted++;
     const peer = { address: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 };
     sock.on('error', () => { /* a reset from either side ends it; the tunnel counts its own */ });
@@ -239,10 +251,11 @@ export class TunnelHandover {
 
   /** The listening sockets (host, port, fd): what a planned restart hands to the new agent. */
   listeners(): { host: string; port: number; fd: number }[] {
-    return this.servers.map(({ host, server }) => {
-      const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
-      return { host, port: this.port, fd };
-    }).filter((l) => l.fd >= 0);
+    const out: { host: string; port: number; fd: number }[] = [];
+    for (const { host, server } of this.servers) {
+      try { out.push({ host, port: this.port, fd: server.fd() }); } catch { /* closed */ }
+    }
+    return out;
   }
 
   report(): HandoverReport {
@@ -263,7 +276,7 @@ export class TunnelHandover {
 
   /** Stop accepting (a new agent accepts on the same sockets, or the agent stops); connections under way go on. */
   close(): void {
-    // server.close()'s callback waits for every connection: the tunnelled ones end on their own
+    // the listeners only: the tunnelled connections end on their own
     for (const { server } of this.servers) server.close();
     this.servers.length = 0;
   }

@@ -845,6 +845,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
       InstanceMethod("shutdown", &NetLoop::Shutdown),
       InstanceMethod("shutdownIdle", &NetLoop::ShutdownIdle),
       InstanceMethod("close", &NetLoop::Close),
+      InstanceMethod("reset", &NetLoop::Reset),
       InstanceMethod("release", &NetLoop::Release),
       InstanceMethod("setNoDelay", &NetLoop::SetNoDelay),
       InstanceMethod("count", &NetLoop::Count),
@@ -1272,6 +1273,20 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Sock* s = Find(info, "close");
     if (s) Remove(st_, s, true);
+    return info.Env().Undefined();
+  }
+
+  // reset(id): close with SO_LINGER 0, so the peer gets a RST, not a FIN (the tunnel passes a reset on as a reset:
+  // agent/tunnel/splice.ts); what is still queued is dropped. A TLS socket sends no close_notify either.
+  Napi::Value Reset(const Napi::CallbackInfo& info) {
+    Sock* s = Find(info, "reset");
+    if (s) {
+      if (!s->listener) {
+        struct linger lg = {1, 0};
+        setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+      }
+      Remove(st_, s, true);
+    }
     return info.Env().Undefined();
   }
 

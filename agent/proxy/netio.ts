@@ -42,6 +42,8 @@ export interface NativeNetLoop {
   /** 1 SHUT_WR done now; 0 not done (bytes or the peer's EOF wait to be read, or ours to be written), or -errno */
   shutdownIdle(id: number): number;
   close(id: number): void;
+  /** close with SO_LINGER 0: the peer gets a RST (absent in an addon built before it) */
+  reset?(id: number): void;
   release(id: number): number;
   setNoDelay(id: number, on: boolean): void;
   count(): number;
@@ -425,6 +427,11 @@ export class NetIo {
 export class NetConn extends EventEmitter implements Conn {
   destroyed = false;
   connecting = false;
+  /**
+   * As node's option of that name: false (the default), the peer's EOF ends our side too; true, 'end' only tells it
+   * and our side stays open until end() (the tunnel's splice passes a half-close on and still writes the answer).
+   */
+  allowHalfOpen = false;
   /** the peer's EOF was seen */
   private readEnded = false;
   /** end() was called */
@@ -432,6 +439,8 @@ export class NetConn extends EventEmitter implements Conn {
   /** our side is shut (SHUT_WR done) */
   private writeDone = false;
   private needDrain = false;
+  /** destroySoon(): closed once our FIN is out, whatever the peer still sends */
+  private closeWhenWritten = false;
   private paused = false;
   /** data (and the EOF after it) that arrived in the batch in which we were paused */
   private held: Buffer[] | null = null;
@@ -468,7 +477,7 @@ export class NetConn extends EventEmitter implements Conn {
     this.emit('end');
     if (this.destroyed) return;
     // node's allowHalfOpen=false: the peer's end ends ours (after what is queued)
-    if (!this.writeEnding) this.end();
+    if (!this.writeEnding) { if (!this.allowHalfOpen) this.end(); }
     else this.maybeClose();
   }
 
@@ -510,7 +519,8 @@ export class NetConn extends EventEmitter implements Conn {
 
   onShutdown(): void {
     this.writeDone = true;
-    this.maybeClose();
+    if (this.closeWhenWritten) this.destroy();
+    else this.maybeClose();
   }
 
   /** the whole loop was closed under us */
@@ -695,6 +705,35 @@ export class NetConn extends EventEmitter implements Conn {
     if (this.destroyed) return this;
     this.closeNative();
     this.scheduleClose(null);
+    return this;
+  }
+
+  /**
+   * Abort: closed with SO_LINGER 0, so the peer reads ECONNRESET, not an end (as node's socket.resetAndDestroy());
+   * what is queued is dropped. 'close' follows. An addon built before reset() closes plainly.
+   */
+  resetAndDestroy(): this {
+    if (this.destroyed) return this;
+    if (typeof this.loop.reset === 'function' && !this.io.isClosed) {
+      const id = this.id;
+      this.destroyed = true;
+      this.clearTimer();
+      if (this.tls?.timer) { clearTimeout(this.tls.timer); this.tls.timer = null; }
+      this.io.forget(id);
+      this.loop.reset(id);
+      this.scheduleClose(null);
+      return this;
+    }
+    return this.destroy();
+  }
+
+  /** end(), then close once what is queued and our FIN are out (node's destroySoon): the peer's bytes are not awaited */
+  destroySoon(): this {
+    if (this.destroyed) return this;
+    this.end();
+    if (this.destroyed) return this;
+    if (this.writeDone) this.destroy();
+    else this.closeWhenWritten = true;
     return this;
   }
 

@@ -24,7 +24,7 @@ import type { HeaderList } from '../proxy/h2/hpack.js';
 import { H2_ERROR, H2Session, h2ErrorName, type H2Stream, type H2StreamHandler } from '../proxy/h2/session.js';
 import { NetTlsContext, type NetConn } from '../proxy/netio.js';
 import type { PeerStats, TunnelMetrics } from './metrics.js';
-import { splice, track, TUNNEL_H2, tunnelIo } from './splice.js';
+import { splice, track, TUNNEL_H2, tunnelIo, type SpliceSocket } from './splice.js';
 import { HBONE_PORT, TunnelError, type RefusalReason, type TunnelOpener, type TunnelRequest } from './types.js';
 
 export interface TunnelClientOpts {
@@ -75,7 +75,7 @@ export class TunnelClient implements TunnelOpener {
   /** Pooled connections now (tests and meshctl). */
   get connections(): number { return this.pool.size; }
 
-  async open(req: TunnelRequest, client: Socket): Promise<void> {
+  async open(req: TunnelRequest, client: SpliceSocket): Promise<void> {
     client.pause(); // what the app sends before the tunnel is up waits in the socket
     const stats = this.entryStats(req);
     try {

@@ -15,7 +15,7 @@
 // per reason, then a summary per second under a flood, so a flood cannot flood the log).
 import { X509Certificate } from 'node:crypto';
 import { closeSync } from 'node:fs';
-import { connect as netConnect, isIP } from 'node:net';
+import { isIP } from 'node:net';
 import type { Logger } from '../observe/log.js';
 import type { IdentityCerts } from '../identity/material.js';
 import { parseNodeSpiffeId, parseSpiffeId } from '../model/spiffe.js';
@@ -344,17 +344,24 @@ export class TunnelServer {
     if (!decision.allow) {
       return answer(403, 'denied', `tunnel: ${info.identity} denied to ${authority}`, decision.policy ? { policy: decision.policy } : {});
     }
-    const sock = netConnect({ host: dst.address, port: dst.port, allowHalfOpen: true, noDelay: true });
-    const timer = setTimeout(() => sock.destroy(new Error('connect timed out')), this.opts.connectTimeoutMs ?? 10_000);
+    // the pod's connection is a NetConn in the tunnel's own loop (TCP_NODELAY set there), as the TLS side is: a
+    // tunnelled byte never crosses a libuv stream
+    const sock = tunnelIo().connect({ address: dst.address, port: dst.port });
+    sock.allowHalfOpen = true;
+    let connected = false;
+    const timer = setTimeout(() => {
+      if (connected || dialling.reset) return;
+      sock.destroy();
+      answer(504, 'upstream-failed', `tunnel: ${authority} did not accept: connect timed out`);
+    }, this.opts.connectTimeoutMs ?? 10_000);
     // the client gave up (RST_STREAM) before the pod answered
     const dialling = new Dialling(() => { clearTimeout(timer); sock.destroy(); });
     if (endStream) dialling.early.ended = true;
     stream.handler = dialling;
-    let connected = false;
     sock.once('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       if (connected || dialling.reset) return; // after the 200: the splice handles it
-      answer(e.message === 'connect timed out' ? 504 : 503, 'upstream-failed', `tunnel: ${authority} did not accept: ${e.code ?? e.message}`);
+      answer(503, 'upstream-failed', `tunnel: ${authority} did not accept: ${e.code ?? e.message}`);
     });
     sock.once('connect', () => {
       connected = true;

@@ -13,7 +13,7 @@
 import type { Socket } from 'node:net';
 import type { H2SessionOptions, H2Stream, H2StreamHandler } from '../proxy/h2/session.js';
 import { H2_ERROR } from '../proxy/h2/session.js';
-import { NetIo } from '../proxy/netio.js';
+import { NetConn, NetIo } from '../proxy/netio.js';
 import type { PeerStats } from './metrics.js';
 import { hiddenReset } from './sockreset.js';
 
@@ -54,6 +54,13 @@ export function track(stats: PeerStats): () => void {
   };
 }
 
+/**
+ * The pod-side socket of a splice: a netio NetConn (the agents' own: the hand-over's accepted connections, the
+ * destination's connections to pods; in the tunnel's loop, no libuv stream) or a node:net Socket (tests, callers of
+ * TunnelClient.open() with one). A NetConn must have allowHalfOpen set (the splice passes half-closes on).
+ */
+export type SpliceSocket = Socket | NetConn;
+
 /** DATA that arrived before the socket was there (the server's pod connect): handed to the splice when it starts. */
 export interface Early { chunks: Buffer[]; ended: boolean }
 
@@ -71,8 +78,10 @@ export class Splice implements H2StreamHandler {
   private streamOver = false;
   private sockClosed = false;
   private finished = false;
+  /** the socket failed ('error'): a NetConn's 'close' does not say so itself */
+  private sockFailed = false;
 
-  constructor(private readonly stream: H2Stream, private readonly sock: Socket, private readonly stats: PeerStats, private readonly done: () => void) {}
+  constructor(private readonly stream: H2Stream, private readonly sock: SpliceSocket, private readonly stats: PeerStats, private readonly done: () => void) {}
 
   /** Take over the stream and the socket (resume a paused socket after this). */
   start(early?: Early): void {
@@ -81,7 +90,7 @@ export class Splice implements H2StreamHandler {
     sock.on('data', this.onSockData);
     sock.on('drain', this.onSockDrain);
     sock.on('end', this.onSockEnd);
-    sock.on('error', () => { /* 'close' follows, with hadError */ });
+    sock.on('error', this.onSockError);
     sock.on('close', this.onSockClose);
     if (early) {
       for (const c of early.chunks) this.onData(c, false);
@@ -115,7 +124,7 @@ export class Splice implements H2StreamHandler {
     if (!sock.destroyed) {
       // RST_STREAM NO_ERROR: the peer needs no more of our bytes (RFC 9113 8.1); what it sent is written, then close.
       // Any other code is an abort: the socket is reset too, so the app sees what the far end saw.
-      if (code === H2_ERROR.NO_ERROR) { sock.end(); sock.destroySoon(); } else sock.resetAndDestroy();
+      if (code === H2_ERROR.NO_ERROR) sock.destroySoon(); else sock.resetAndDestroy();
     }
     this.maybeFinish();
   }
@@ -136,16 +145,22 @@ export class Splice implements H2StreamHandler {
   };
 
   private readonly onSockEnd = (): void => {
-    // a reset Node reported as an end (sockreset.ts): the socket fails instead, and onSockClose resets the stream
-    const reset = hiddenReset(this.sock);
-    if (reset) { this.sock.destroy(reset); return; }
+    // a reset Node reported as an end (sockreset.ts): the socket fails instead, and onSockClose resets the stream.
+    // (A NetConn reads until EAGAIN or the error: its reset comes as 'error', never as 'end'.)
+    if (!(this.sock instanceof NetConn)) {
+      const reset = hiddenReset(this.sock);
+      if (reset) { this.sock.destroy(reset); return; }
+    }
     if (this.streamOver || this.localEnded) return;
     this.localEnded = true;
     this.stream.end();
     this.checkStreamOver();
   };
 
-  private readonly onSockClose = (hadError: boolean): void => {
+  private readonly onSockError = (): void => { this.sockFailed = true; /* 'close' follows */ };
+
+  private readonly onSockClose = (hadErrorArg?: boolean): void => {
+    const hadError = hadErrorArg === true || this.sockFailed;
     this.sockClosed = true;
     if (!this.streamOver && !this.stream.closed) {
       // a reset or failed socket aborts the stream; a clean close after both FINs leaves it to end normally (our
@@ -172,7 +187,7 @@ export class Splice implements H2StreamHandler {
 const EMPTY = Buffer.alloc(0);
 
 /** Splice `stream` and `sock` until both directions ended or either side reset; `done` runs once, at the end. */
-export function splice(stream: H2Stream, sock: Socket, stats: PeerStats, done: () => void, early?: Early): Splice {
+export function splice(stream: H2Stream, sock: SpliceSocket, stats: PeerStats, done: () => void, early?: Early): Splice {
   const s = new Splice(stream, sock, stats, done);
   s.start(early);
   return s;

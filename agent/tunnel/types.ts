@@ -5,6 +5,7 @@
 // agent on 15008 (agent/tunnel/client.ts); that agent's TunnelServer (server.ts) checks the peer's identity, the
 // destination and the L4 authorization, and connects to the pod.
 import type { Socket } from 'node:net';
+import type { NetConn } from '../proxy/netio.js';
 
 /** The HBONE port of every node's agent (ztunnel's). */
 export const HBONE_PORT = 15008;
@@ -33,11 +34,11 @@ export class TunnelError extends Error {
 /** The client side, as the kernel hand-over's wiring uses it. */
 export interface TunnelOpener {
   /**
-   * Carry `client` (an accepted socket the kernel handed over) to req.dst through the pooled mTLS connection to
+   * Carry `client` (an accepted socket the kernel handed over: a netio NetConn with allowHalfOpen, or a node:net Socket) to req.dst through the pooled mTLS connection to
    * req.node for req.source. Takes the socket over: resolves once the destination accepted (the CONNECT's 200) and
    * bytes then flow both ways (half-close passed on) until both sides end; rejects with a TunnelError when the tunnel
    * or the destination refused, after resetting the client socket (the app sees a refused connection, as it would
    * from the pod itself).
    */
-  open(req: TunnelRequest, client: Socket): Promise<void>;
+  open(req: TunnelRequest, client: Socket | NetConn): Promise<void>;
 }
