@@ -261,6 +261,9 @@ export class NetIo {
   readonly conns = new Map<number, NetConn>();
   private readonly listeners = new Map<number, { onConnection: (c: NetConn) => void; onError: ((e: Error) => void) | undefined }>();
   private closed = false;
+  /** onEvents is delivering a batch: writes of coalescing connections wait for its end (corkForBatch) */
+  private batching = false;
+  private readonly batchCorked: NetConn[] = [];
   /** @internal SOCKMESH_NETIO_TRACE (looptrace.ts): batch sizes and write delays; null unless asked for */
   readonly trace: LoopTrace | null = sharedTrace();
 
@@ -340,6 +343,7 @@ export class NetIo {
     const trace = this.trace;
     if (trace !== null) trace.begin(n, dataEvents(ev, n));
     let thrown: unknown = null;
+    this.batching = true;
     for (let i = 0, p = 0; i < n; i++, p += EVENT_INTS) {
       const id = ev[p]!, kind = ev[p + 1]!;
       try {
@@ -384,6 +388,13 @@ export class NetIo {
         if (thrown === null) thrown = e;
       }
     }
+    this.batching = false;
+    // the writes of coalescing connections made while this batch was delivered: one send each, now (same tick)
+    const corked = this.batchCorked;
+    for (let i = 0; i < corked.length; i++) {
+      try { corked[i]!.batchUncork(); } catch (e) { if (thrown === null) thrown = e; }
+    }
+    corked.length = 0;
     if (trace !== null) trace.end();
     if (slabUsed > SLAB_BYTES - SLAB_LOW && !this.closed) {
       // before the next wake: the loop reads nothing into a full slab (its sockets wait, marked, for this one)
@@ -414,6 +425,16 @@ export class NetIo {
     l.onError?.(errnoError(errno, 'accept'));
   }
 
+  /** @internal a batch is being delivered (NetConn.coalesceWrites) */
+  get inBatch(): boolean {
+    return this.batching;
+  }
+
+  /** @internal `c` holds its writes until the batch's end */
+  corkForBatch(c: NetConn): void {
+    this.batchCorked.push(c);
+  }
+
   /** @internal the connection is gone from the native loop */
   forget(id: number): void {
     this.conns.delete(id);
@@ -432,6 +453,13 @@ export class NetConn extends EventEmitter implements Conn {
    * and our side stays open until end() (the tunnel's splice passes a half-close on and still writes the answer).
    */
   allowHalfOpen = false;
+  /**
+   * Writes made while the loop delivers a batch of events (from a listener of 'data' of this or another connection)
+   * are held and sent together at the batch's end, in the same tick: one send(2) for what one wake produced (the
+   * tunnel's splice writes one DATA frame's payload at a time; a read of 256 KiB is 4+ frames). write() still says
+   * false once the bytes held and queued reach the high-water mark, and 'drain' follows.
+   */
+  coalesceWrites = false;
   /** the peer's EOF was seen */
   private readEnded = false;
   /** end() was called */
@@ -447,6 +475,11 @@ export class NetConn extends EventEmitter implements Conn {
   private heldEof = false;
   private corked = 0;
   private corkChunks: (Buffer | Uint8Array | string)[] = [];
+  /** corked by write() for the batch being delivered (coalesceWrites), and the bytes held so */
+  private batchCork = false;
+  private batchBytes = 0;
+  /** bytes the native queue held after the last write (0 after a DRAIN) */
+  private nativeQueued = 0;
   private closeEmitted = false;
   private timeoutMs = 0;
   private lastActive = 0;
@@ -506,6 +539,7 @@ export class NetConn extends EventEmitter implements Conn {
   }
 
   onDrain(): void {
+    this.nativeQueued = 0;
     if (this.needDrain) {
       this.needDrain = false;
       this.emit('drain');
@@ -608,9 +642,20 @@ export class NetConn extends EventEmitter implements Conn {
 
   write(data: Buffer | Uint8Array | string, encoding?: BufferEncoding): boolean {
     if (this.destroyed || this.writeEnding) return false;
+    if (this.coalesceWrites && this.corked === 0 && this.io.inBatch) {
+      this.corked = 1;
+      this.batchCork = true;
+      this.batchBytes = 0;
+      this.io.corkForBatch(this);
+    }
     if (this.corked > 0) {
-      this.corkChunks.push(typeof data === 'string' && !isLatin1(encoding) ? Buffer.from(data, encoding ?? 'utf8') : data);
-      return true;
+      const b = typeof data === 'string' && !isLatin1(encoding) ? Buffer.from(data, encoding ?? 'utf8') : data;
+      this.corkChunks.push(b);
+      if (!this.batchCork) return true;
+      this.batchBytes += b.length;
+      if (this.batchBytes + this.nativeQueued < HIGH_WATER) return true;
+      this.needDrain = true;
+      return false;
     }
     // the addon copies strings as latin1 or utf8 only: other encodings (hex, base64, utf16le) are converted here
     if (typeof data === 'string' && encoding !== undefined && encoding !== 'utf8' && encoding !== 'utf-8' && !isLatin1(encoding)) data = Buffer.from(data, encoding);
@@ -621,6 +666,7 @@ export class NetConn extends EventEmitter implements Conn {
   private written(r: number): boolean {
     if (this.io.trace !== null) this.io.trace.write();
     if (this.timeoutMs !== 0) this.active();
+    if (r >= 0) this.nativeQueued = r;
     if (r === 0) return true;
     if (r < 0) { this.failLater(this.errorOf(-r, 'write')); return false; }
     if (r < HIGH_WATER) return true;
@@ -635,6 +681,20 @@ export class NetConn extends EventEmitter implements Conn {
   uncork(): void {
     if (this.corked === 0 || --this.corked > 0) return;
     this.flushCork();
+  }
+
+  /** @internal the batch is over: what write() held goes out (coalesceWrites); a 'drain' owed with nothing queued now */
+  batchUncork(): void {
+    if (!this.batchCork) return;
+    this.batchCork = false;
+    this.batchBytes = 0;
+    if (this.corked > 1) { this.corked--; return; } // cork() of the user's on top: uncork() sends
+    this.corked = 0;
+    this.flushCork();
+    if (this.needDrain && this.nativeQueued === 0 && !this.destroyed) {
+      this.needDrain = false;
+      this.emit('drain');
+    }
   }
 
   private flushCork(): boolean {

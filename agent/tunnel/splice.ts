@@ -87,6 +87,8 @@ export class Splice implements H2StreamHandler {
   start(early?: Early): void {
     const { sock } = this;
     this.stream.handler = this;
+    // the DATA frames of one read of the tunnel's connection (4+ of a 256 KiB read) go to the socket in one send
+    if (sock instanceof NetConn) sock.coalesceWrites = true;
     sock.on('data', this.onSockData);
     sock.on('drain', this.onSockDrain);
     sock.on('end', this.onSockEnd);

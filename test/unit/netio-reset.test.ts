@@ -115,3 +115,53 @@ t.test('destroySoon(): queued bytes and our FIN go out, then close without the p
   await settle();
   t.ok(closed, 'closed once written, though the peer never sent its FIN');
 });
+
+t.test('coalesceWrites: the writes made while a batch is delivered go out in one native call, in order, with back-pressure', async (t) => {
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  // the native loop's methods bound, write/writev counted for b (connections take the loop they are made with)
+  const native = (io as unknown as { loop: Record<string, (...x: unknown[]) => unknown> }).loop;
+  const calls: string[] = [];
+  let bId = -1;
+  const proto = Object.getPrototypeOf(native) as object;
+  const wrapper: Record<string, unknown> = {};
+  for (const k of Object.getOwnPropertyNames(proto)) if (k !== 'constructor' && typeof native[k] === 'function') wrapper[k] = native[k]!.bind(native);
+  wrapper.write = (id: unknown, ...rest: unknown[]) => { if (id === bId) calls.push('write'); return native.write!(id, ...rest); };
+  wrapper.writev = (id: unknown, ...rest: unknown[]) => { if (id === bId) calls.push(`writev ${(rest[0] as unknown[]).length}`); return native.writev!(id, ...rest); };
+  (io as unknown as { loop: unknown }).loop = wrapper;
+  const conns: NetConn[] = [];
+  let gotTwo!: () => void;
+  const two = new Promise<void>((r) => { gotTwo = r; });
+  const l = io.listen('127.0.0.1', 0, (c) => { c.allowHalfOpen = true; c.on('error', () => {}); conns.push(c); if (conns.length === 2) gotTwo(); });
+  const from = connect({ port: l.port, host: '127.0.0.1' });
+  await new Promise<void>((r) => from.once('connect', () => r()));
+  const to = connect({ port: l.port, host: '127.0.0.1', allowHalfOpen: true });
+  to.on('error', () => {});
+  from.on('error', () => {});
+  t.teardown(() => { from.destroy(); to.destroy(); });
+  await two;
+  const [a, b] = conns as [NetConn, NetConn];
+  b.coalesceWrites = true;
+  bId = b.id;
+  const results: boolean[] = [];
+  let drains = 0;
+  b.on('drain', () => drains++);
+  a.on('data', (d: Buffer) => {
+    // four pieces per read, as the splice writes one DATA frame's payload at a time
+    const q = Math.ceil(d.length / 4);
+    for (let i = 0; i < d.length; i += q) results.push(b.write(d.subarray(i, Math.min(d.length, i + q))));
+    results.push(calls.length === 0); // nothing sent while the batch is delivered
+  });
+  const payload = Buffer.alloc(40_000);
+  for (let i = 0; i < payload.length; i++) payload[i] = i % 251;
+  const seen: Buffer[] = [];
+  to.on('data', (d: Buffer) => seen.push(d));
+  from.write(payload);
+  await settle(300);
+  t.ok(calls.length >= 1, `b's writes were sent (${calls.join(', ')})`);
+  t.ok(calls.every((c) => c === 'writev 4' || /^writev|^write$/.test(c)) && calls.length <= Math.ceil(results.length / 5), `one native call per batch, not one per write (${calls.length} calls for ${results.length} results)`);
+  t.ok(results.filter((_, i) => i % 5 === 4).every(Boolean), 'nothing was sent before the batch ended');
+  t.ok(results.some((r, i) => i % 5 !== 4 && r === false), 'write() said false once the held bytes passed the high-water mark');
+  t.ok(drains >= 1, `'drain' followed (${drains})`);
+  t.equal(Buffer.concat(seen).equals(payload), true, 'the bytes arrived whole and in order');
+});
