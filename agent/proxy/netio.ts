@@ -93,6 +93,8 @@ export interface NetioAddon {
 }
 
 // Plain numbers in the hot loop (onEvents); that they are native/netio.cc's is checked once, at load.
+/** an event already handled in this batch (onEvents' first pass); never sent by the addon */
+const EV_NONE = 0;
 const EV_ACCEPT = 1, EV_DATA = 2, EV_EOF = 3, EV_ERROR = 4, EV_DRAIN = 5, EV_CONNECT = 6, EV_SHUTDOWN = 7, EV_SECURE = 8, EV_TLSDATA = 9;
 const OP_READ = 1, OP_WRITE = 2, OP_CONNECT = 3, OP_ACCEPT = 4, OP_SHUTDOWN = 5, OP_TLS = 6;
 /** int32 values per event: id, kind, a, b */
@@ -264,6 +266,8 @@ export class NetIo {
   /** onEvents is delivering a batch: writes of coalescing connections wait for its end (corkForBatch) */
   private batching = false;
   private readonly batchCorked: NetConn[] = [];
+  /** open connections made by connect() (their plain reads are handled first in a batch: onEvents) */
+  private outbound = 0;
   /** @internal SOCKMESH_NETIO_TRACE (looptrace.ts): batch sizes and write delays; null unless asked for */
   readonly trace: LoopTrace | null = sharedTrace();
 
@@ -318,6 +322,8 @@ export class NetIo {
     }
     const c = new NetConn(this, this.loop, id, up.address, up.port);
     c.connecting = true;
+    c.outbound = true;
+    this.outbound++;
     this.conns.set(id, c);
     return c;
   }
@@ -334,6 +340,7 @@ export class NetIo {
     this.listeners.clear();
     const conns = [...this.conns.values()];
     this.conns.clear();
+    this.outbound = 0;
     this.loop.closeAll();
     for (const c of conns) c.loopClosed();
   }
@@ -344,8 +351,29 @@ export class NetIo {
     if (trace !== null) trace.begin(n, dataEvents(ev, n));
     let thrown: unknown = null;
     this.batching = true;
+    // Responses first: what our own connections (connect(): the proxy's upstreams) read in this wake is handled before
+    // the rest, so that an answer already here is written before the new requests of the batch are parsed, routed and
+    // forwarded (the costlier events: shortest first is what keeps a request's two waits in the batch short). Per
+    // connection the order stays the loop's (its DATA comes before its EOF, ERROR, DRAIN); such an event is handled
+    // here and marked done (EV_NONE) in the shared array, which the loop writes anew each wake.
+    if (this.outbound > 0 && n > 1) {
+      for (let i = 0, p = 0; i < n; i++, p += EVENT_INTS) {
+        const kind = ev[p + 1]!;
+        if (kind !== EV_DATA && kind !== EV_TLSDATA) continue;
+        const c = conns.get(ev[p]!);
+        // (not a TLS one: its SECURE comes in the same wake as the first records, and must be handled before them)
+        if (c === undefined || !c.outbound || c.encrypted) continue;
+        ev[p + 1] = EV_NONE;
+        try {
+          this.dataEvent(c, kind, ev[p + 2]!, ev[p + 3]!, arena, slab);
+        } catch (e) {
+          if (thrown === null) thrown = e;
+        }
+      }
+    }
     for (let i = 0, p = 0; i < n; i++, p += EVENT_INTS) {
       const id = ev[p]!, kind = ev[p + 1]!;
+      if (kind === EV_NONE) continue;
       try {
         if (kind === EV_ACCEPT) {
           this.accepted(id, ev[p + 2]!, ev[p + 3]!);
@@ -357,25 +385,10 @@ export class NetIo {
           continue; // else: a connection closed earlier in this batch
         }
         switch (kind) {
-          case EV_DATA: {
-            const off = ev[p + 2]!, len = ev[p + 3]!;
-            // the listener may keep what it gets: copied out of the arena, which the next wake reuses
-            const b = Buffer.allocUnsafe(len);
-            arena.copy(b, 0, off, off + len);
-            c.onData(b);
+          case EV_DATA:
+          case EV_TLSDATA:
+            this.dataEvent(c, kind, ev[p + 2]!, ev[p + 3]!, arena, slab);
             break;
-          }
-          case EV_TLSDATA: {
-            const off = ev[p + 2]!, len = ev[p + 3]!;
-            if (len > SLAB_COPY_MAX) {
-              c.onData(slab.subarray(off, off + len));
-            } else {
-              const b = Buffer.allocUnsafe(len);
-              slab.copy(b, 0, off, off + len);
-              c.onData(b);
-            }
-            break;
-          }
           case EV_EOF: c.onEof(); break;
           case EV_ERROR: c.onError(ev[p + 2]!, ev[p + 3]!); break;
           case EV_DRAIN: c.onDrain(); break;
@@ -402,6 +415,22 @@ export class NetIo {
       this.loop.setSlab(this.slab);
     }
     if (thrown !== null) throw thrown;
+  }
+
+  /** a DATA (arena) or TLSDATA (slab) event of c: its bytes at off, len */
+  private dataEvent(c: NetConn, kind: number, off: number, len: number, arena: Buffer, slab: Buffer): void {
+    if (kind === EV_DATA) {
+      // the listener may keep what it gets: copied out of the arena, which the next wake reuses
+      const b = Buffer.allocUnsafe(len);
+      arena.copy(b, 0, off, off + len);
+      c.onData(b);
+    } else if (len > SLAB_COPY_MAX) {
+      c.onData(slab.subarray(off, off + len));
+    } else {
+      const b = Buffer.allocUnsafe(len);
+      slab.copy(b, 0, off, off + len);
+      c.onData(b);
+    }
   }
 
   private accepted(listenerId: number, id: number, off: number): void {
@@ -437,7 +466,10 @@ export class NetIo {
 
   /** @internal the connection is gone from the native loop */
   forget(id: number): void {
+    const c = this.conns.get(id);
+    if (c === undefined) return;
     this.conns.delete(id);
+    if (c.outbound) this.outbound--;
   }
 
   get isClosed(): boolean {
@@ -460,6 +492,8 @@ export class NetConn extends EventEmitter implements Conn {
    * false once the bytes held and queued reach the high-water mark, and 'drain' follows.
    */
   coalesceWrites = false;
+  /** made by NetIo.connect() (an upstream of the proxy), not accepted */
+  outbound = false;
   /** the peer's EOF was seen */
   private readEnded = false;
   /** end() was called */

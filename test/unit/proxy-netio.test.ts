@@ -205,6 +205,45 @@ t.test('a connection paused by another one in the same batch gets its data only 
   t.same(got.slice(2), [`${1 - first}:${first === 0 ? 'B' : 'A'}`, `${1 - first}:end`], 'held data then end, after resume');
 });
 
+t.test('in one batch the reads of connections we made (upstreams: responses) come before those of accepted ones', async (t) => {
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  const accepted: NetConn[] = [];
+  const l = io.listen('127.0.0.1', 0, (c) => accepted.push(c));
+  const peers: Socket[] = [];
+  const srv = await nodeServer('127.0.0.1', (s) => peers.push(s));
+  t.teardown(() => srv.close());
+  const up = io.connect({ address: '127.0.0.1', port: srv.port });
+  await onceEvent(up, 'connect');
+  const clients = [connect({ host: '127.0.0.1', port: l.port }), connect({ host: '127.0.0.1', port: l.port })];
+  t.teardown(() => { for (const c of clients) c.destroy(); });
+  await Promise.all(clients.map((c) => onceEvent(c, 'connect')));
+  while (accepted.length < 2 || peers.length < 1) await new Promise((r) => setTimeout(r, 5));
+  const order: string[] = [];
+  up.on('data', (d: Buffer) => order.push(`up:${d}`));
+  accepted.forEach((c, i) => c.on('data', (d: Buffer) => order.push(`in${i}:${d}`)));
+  for (let round = 0; round < 3; round++) {
+    order.length = 0;
+    // all in the kernel before the loop wakes, the accepted ones ready first (epoll reports them first)
+    clients[0]!.write('a');
+    clients[1]!.write('b');
+    peers[0]!.write('r');
+    await new Promise((r) => setTimeout(r, 50));
+    t.equal(order.length, 3, order.join(' '));
+    t.equal(order[0], 'up:r', `round ${round}: the upstream's bytes first (${order.join(' ')})`);
+    t.same(order.slice(1).sort(), ['in0:a', 'in1:b']);
+  }
+  // an upstream that ends in the same wake as it sends: its data, then its end, as ever
+  const ended: string[] = [];
+  up.on('end', () => ended.push('end'));
+  clients[0]!.write('c');
+  peers[0]!.end('last');
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(order[order.length - 1], 'in0:c');
+  t.ok(order.includes('up:last'), 'the last bytes came');
+  t.same(ended, ['end'], 'then the end');
+});
+
 t.test('half-close: our end() with data queued, then the peer answers and ends', async (t) => {
   const io = new NetIo();
   t.teardown(() => io.close());
