@@ -35,16 +35,20 @@ export type ParseError = (typeof ParseError)[keyof typeof ParseError];
 export const Framing = { None: 0, Length: 1, Chunked: 2, Close: 3 } as const;
 
 /**
- * One field line as read by fieldLine(): a parser keeps one and reuses it (no allocation per line). tabAfter: the OWS
- * after the value held an HTAB (see FramingFields.take).
+ * One field line as read by fieldSpan() (where its name and value are in the buffer) and fieldLine() (them as
+ * strings): a parser keeps one and reuses it (no allocation per line). tabAfter: the OWS after the value held an HTAB
+ * (see FramingFields.take).
  */
-interface Field { name: string; value: string; error: string; tabAfter: boolean }
+interface Field { name: string; value: string; error: string; tabAfter: boolean; n0: number; n1: number; v0: number; v1: number }
+
+const newField = (): Field => ({ name: '', value: '', error: '', tabAfter: false, n0: 0, n1: 0, v0: 0, v1: 0 });
 
 /**
- * field-line = field-name ":" OWS field-value OWS CRLF, starting at i. Returns the index after its CRLF, or -1 with
- * f.error set. Both parsers read field lines here, so requests and responses follow the same rules.
+ * field-line = field-name ":" OWS field-value OWS CRLF, starting at i: the name is buf[f.n0..f.n1], the value
+ * buf[f.v0..f.v1] (without its OWS). Returns the index after its CRLF, or -1 with f.error set. Both parsers read field
+ * lines here, so requests and responses follow the same rules.
  */
-function fieldLine(buf: Buffer, i: number, f: Field): number {
+function fieldSpan(buf: Buffer, i: number, f: Field): number {
   const n0 = i;
   while (TOKEN[buf[i]!]) i++;
   if (buf[i] !== COLON) {
@@ -53,12 +57,12 @@ function fieldLine(buf: Buffer, i: number, f: Field): number {
     return -1;
   }
   if (i === n0) { f.error = 'empty header name'; return -1; }
-  f.name = buf.toString('latin1', n0, i).toLowerCase();
+  const n1 = i;
   i++;
   while (buf[i] === SP || buf[i] === HTAB) i++;
   const v0 = i;
   while (VALUE[buf[i]!]) i++;
-  if (buf[i] !== CR || buf[i + 1] !== LF) { f.error = `bad character in header ${f.name}`; return -1; }
+  if (buf[i] !== CR || buf[i + 1] !== LF) { f.error = `bad character in header ${buf.toString('latin1', n0, n1).toLowerCase()}`; return -1; }
   let v1 = i;
   let tab = false;
   for (; v1 > v0; v1--) {
@@ -67,8 +71,40 @@ function fieldLine(buf: Buffer, i: number, f: Field): number {
     else if (c !== SP) break;
   }
   f.tabAfter = tab;
-  f.value = buf.toString('latin1', v0, v1);
+  f.n0 = n0;
+  f.n1 = n1;
+  f.v0 = v0;
+  f.v1 = v1;
   return i + 2;
+}
+
+/** fieldSpan(), and the name (lower-cased) and value as strings in f.name, f.value */
+function fieldLine(buf: Buffer, i: number, f: Field): number {
+  i = fieldSpan(buf, i, f);
+  if (i < 0) return -1;
+  f.name = buf.toString('latin1', f.n0, f.n1).toLowerCase();
+  f.value = buf.toString('latin1', f.v0, f.v1);
+  return i;
+}
+
+/** the names FramingFields takes, by length (all lower case) */
+const FRAMING_NAMES: string[][] = [];
+for (const n of ['content-length', 'transfer-encoding', 'connection', 'proxy-connection', 'keep-alive', 'upgrade']) (FRAMING_NAMES[n.length] ??= []).push(n);
+
+/**
+ * The framing or hop-by-hop name (FramingFields.take's) that buf[n0..n1] is, in any case, or undefined: without making
+ * a string of the name. (A token byte OR 0x20 is a given lower-case letter only when it is that letter in either case,
+ * and is '-' only when it is '-': no other token byte maps onto them.)
+ */
+function framingName(buf: Buffer, n0: number, n1: number): string | undefined {
+  const list = FRAMING_NAMES[n1 - n0];
+  if (list === undefined) return undefined;
+  next: for (let k = 0; k < list.length; k++) {
+    const n = list[k]!;
+    for (let j = 0; j < n.length; j++) if ((buf[n0 + j]! | 0x20) !== n.charCodeAt(j)) continue next;
+    return n;
+  }
+  return undefined;
 }
 
 /**
@@ -179,7 +215,7 @@ export class RequestHeadParse {
   teTrailers = false;
   /** why the last parse failed (for the log) */
   error = '';
-  private readonly field: Field = { name: '', value: '', error: '', tabAfter: false };
+  private readonly field: Field = newField();
   private readonly fr = new FramingFields();
 
   reset(): void {
@@ -326,14 +362,19 @@ export function parseContentLength(v: string): number {
   return n;
 }
 
-/** The head of a response from an upstream, as flat name/value arrays (reused per connection). */
+/**
+ * The head of a response from an upstream, as flat name/value arrays (reused per connection). The names, values and
+ * reason are made as strings only when asked for: a head passed on as it came (verbatim, http1.ts) needs none of
+ * them, and the two arrays and their strings were the largest allocation of a proxied HTTP/1.1 response (~550 B of
+ * ~2.2 kB per request, bench l7). parse() keeps where they are in the buffer it was given (which nothing writes again:
+ * reads are copied out of the loop's arena) until the next parse().
+ */
+/** the most memory a parsed response head keeps alive through its buffer (ResponseHeadParse.src); node's pool is 8 KiB */
+const RETAIN_MAX = 16 * 1024;
+
 export class ResponseHeadParse {
   status = 0;
-  reason = '';
   minor = 1;
-  /** lower-case names, parallel to values; hop-by-hop and framing headers excluded */
-  names: string[] = [];
-  values: string[] = [];
   framing: Framing = Framing.None;
   contentLength = 0;
   /** a content-length header was there (a HEAD or 304 response passes it on) */
@@ -347,21 +388,89 @@ export class ResponseHeadParse {
    */
   verbatim = false;
   error = '';
-  private readonly field: Field = { name: '', value: '', error: '', tabAfter: false };
+  private readonly field: Field = newField();
   private readonly fr = new FramingFields();
+  /** the buffer parse() read, and in it: the reason phrase, and name start/end, value start/end of each field kept */
+  private src: Buffer | null = null;
+  private reason0 = 0;
+  private reason1 = 0;
+  private spans = new Int32Array(64);
+  private kept = 0;
+  /** made from src on first use (null: not yet) */
+  private madeNames: string[] | null = [];
+  private madeValues: string[] = [];
+  private madeReason: string | null = '';
+
+  /** lower-case names, parallel to values; hop-by-hop and framing headers excluded */
+  get names(): string[] {
+    if (this.madeNames === null) this.make();
+    return this.madeNames!;
+  }
+
+  set names(v: string[]) {
+    if (this.madeNames === null) this.make();
+    this.madeNames = v;
+  }
+
+  get values(): string[] {
+    if (this.madeNames === null) this.make();
+    return this.madeValues;
+  }
+
+  set values(v: string[]) {
+    if (this.madeNames === null) this.make();
+    this.madeValues = v;
+  }
+
+  get reason(): string {
+    if (this.madeReason === null) this.madeReason = this.src === null ? '' : this.src.toString('latin1', this.reason0, this.reason1);
+    return this.madeReason;
+  }
+
+  set reason(v: string) {
+    this.madeReason = v;
+  }
+
+  private make(): void {
+    const names: string[] = [], values: string[] = [];
+    const buf = this.src, sp = this.spans;
+    if (buf !== null) {
+      for (let k = 0, p = 0; k < this.kept; k++, p += 4) {
+        names.push(buf.toString('latin1', sp[p]!, sp[p + 1]!).toLowerCase());
+        values.push(buf.toString('latin1', sp[p + 2]!, sp[p + 3]!));
+      }
+    }
+    this.madeNames = names;
+    this.madeValues = values;
+  }
 
   /**
    * Parse one response head from buf[start..]; noBody: the request was HEAD (or the status forbids a
    * body). Returns the offset just past the head, 0 for more, or -ParseError.
    */
   parse(buf: Buffer, start: number, maxBytes: number, headRequest: boolean): number {
+    const r = this.parseHead(buf, start, maxBytes, headRequest);
+    // A large read (a body came with the head) is not kept until the next response (an idle pooled connection would
+    // hold it): its strings are made now.
+    const src = this.src;
+    if (src !== null && src.buffer.byteLength > RETAIN_MAX) {
+      if (this.madeNames === null) this.make();
+      void this.reason;
+      this.src = null;
+    }
+    return r;
+  }
+
+  private parseHead(buf: Buffer, start: number, maxBytes: number, headRequest: boolean): number {
     const endIdx = buf.indexOf('\r\n\r\n', start, 'latin1');
     if (endIdx < 0) return buf.length - start > maxBytes ? this.fail(ParseError.TooLarge, 'response head too large') : 0;
     const headEnd = endIdx + 4;
     if (headEnd - start > maxBytes) return this.fail(ParseError.TooLarge, 'response head too large');
-    // fresh arrays: cheaper than truncating (length = 0 is a runtime call in V8)
-    this.names = [];
-    this.values = [];
+    this.src = buf;
+    this.kept = 0;
+    this.madeNames = null;
+    this.madeReason = null;
+    this.reason0 = this.reason1 = 0;
     this.framing = Framing.None;
     this.contentLength = 0;
     this.upgrade = undefined;
@@ -378,8 +487,9 @@ export class ResponseHeadParse {
     if (buf[i] === SP) {
       const r0 = ++i;
       while (VALUE[buf[i]!]) i++;
-      this.reason = buf.toString('latin1', r0, i);
-    } else this.reason = '';
+      this.reason0 = r0;
+      this.reason1 = i;
+    }
     if (buf[i] !== CR || buf[i + 1] !== LF) return this.fail(ParseError.Bad, 'bad status line');
     i += 2;
     const fr = this.fr;
@@ -388,24 +498,37 @@ export class ResponseHeadParse {
     /** field lines taken by FramingFields other than content-length ones, and content-length ones */
     let takenOther = 0, clLines = 0;
     while (i < endIdx + 2) {
-      i = fieldLine(buf, i, f);
+      i = fieldSpan(buf, i, f);
       if (i < 0) return this.fail(ParseError.Bad, f.error);
-      const k = fr.take(f.name, f.value, f.tabAfter);
-      if (k === FIELD_TAKEN) {
-        if (f.name === 'content-length') clLines++;
-        else takenOther++;
+      const framing = framingName(buf, f.n0, f.n1);
+      if (framing === undefined) {
+        // kept: where it is (made a string only if asked for: names, values)
+        let sp = this.spans;
+        const p = this.kept * 4;
+        if (p + 4 > sp.length) {
+          const grown = new Int32Array(sp.length * 2);
+          grown.set(sp);
+          this.spans = sp = grown;
+        }
+        sp[p] = f.n0;
+        sp[p + 1] = f.n1;
+        sp[p + 2] = f.v0;
+        sp[p + 3] = f.v1;
+        this.kept++;
         continue;
       }
+      const k = fr.take(framing, buf.toString('latin1', f.v0, f.v1), f.tabAfter);
       if (k === FIELD_BAD) return this.fail(ParseError.Bad, fr.error);
-      this.names.push(f.name);
-      this.values.push(f.value);
+      if (framing === 'content-length') clLines++;
+      else takenOther++;
     }
     const te = fr.te, sawCl = fr.contentLength >= 0, conn = fr.conn, upgrade = fr.upgrade;
     if (sawCl) this.contentLength = fr.contentLength;
     const connNames = conn.names as string[] | undefined;
     if (connNames) {
-      for (let k = this.names.length - 1; k >= 0; k--) {
-        if (connNames.includes(this.names[k]!)) { this.names.splice(k, 1); this.values.splice(k, 1); }
+      const names = this.names, values = this.values;
+      for (let k = names.length - 1; k >= 0; k--) {
+        if (connNames.includes(names[k]!)) { names.splice(k, 1); values.splice(k, 1); }
       }
     }
     this.close = this.minor === 0 ? !conn.keepAlive : conn.close;

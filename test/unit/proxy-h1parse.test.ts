@@ -201,3 +201,37 @@ t.test('fuzz finding (h1-smuggling): a tab after a Content-Length or Transfer-En
   t.equal(req.headers['x-a'], 'b');
   t.ok(req.close, '"close\\t" is close');
 });
+
+t.test('a response head\'s names, values and reason are made from its buffer when asked, right after any number of heads', async (t) => {
+  const r = new ResponseHeadParse();
+  const parse = (s: string): number => r.parse(Buffer.from(s, 'latin1'), 0, 64 * 1024, false);
+  // names in any case lower-cased, values without their OWS, framing and the fields Connection lists taken out
+  t.ok(parse('HTTP/1.1 203 Not Quite\r\nContent-Type: text/plain\r\nX-Drop: 1\r\nConnection: X-Drop\r\nX-B:  two \r\nContent-Length: 2\r\n\r\nok') > 0);
+  t.equal(r.reason, 'Not Quite');
+  t.same(r.names, ['content-type', 'x-b']);
+  t.same(r.values, ['text/plain', 'two']);
+  t.notOk(r.verbatim, 'a connection field: not passed as it came');
+  // the same parser, a head with fewer fields and none of the framing ones in lower case: nothing of the last one left
+  t.ok(parse('HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 2\r\nx-only: 1\r\n\r\nok') > 0);
+  t.same([r.reason, r.names, r.values, r.contentLength, r.verbatim], ['OK', ['x-only'], ['1'], 2, true]);
+  t.ok(parse('HTTP/1.1 204\r\n\r\n') > 0);
+  t.same([r.reason, r.names, r.values], ['', [], []], 'no reason, no fields');
+  // more fields than the first span table holds (16)
+  const many = Array.from({ length: 40 }, (_, i) => `X-F${i}: v${i}\r\n`).join('');
+  t.ok(parse(`HTTP/1.1 200 OK\r\n${many}content-length: 0\r\n\r\n`) > 0);
+  t.same(r.names, Array.from({ length: 40 }, (_, i) => `x-f${i}`));
+  t.same(r.values, Array.from({ length: 40 }, (_, i) => `v${i}`));
+  // names and values are what the writer may change (the HTTP/2 translation builds lists from them): kept as set
+  r.names = ['a'];
+  r.values = ['b'];
+  t.same([r.names, r.values], [['a'], ['b']]);
+  // a read larger than what a pooled connection may keep alive: its strings are made at once, the buffer let go
+  // (written over here to show it: the names and reason are still the ones parsed)
+  const big = Buffer.from(`HTTP/1.1 200 Fine\r\nx-a: b\r\ncontent-length: 20000\r\n\r\n${'z'.repeat(20000)}`, 'latin1');
+  t.ok(r.parse(big, 0, 64 * 1024, false) > 0);
+  big.fill(0x41);
+  t.same([r.reason, r.names, r.values], ['Fine', ['x-a'], ['b']]);
+  // a refused head: the error, and the fields before the bad line as before
+  t.equal(parse('HTTP/1.1 200 OK\r\nx-a: 1\r\nbad line\r\n\r\n'), -ParseError.Bad);
+  t.same(r.names, ['x-a']);
+});
