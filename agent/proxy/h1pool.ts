@@ -165,12 +165,25 @@ export class H1Upstream implements ChunkSink {
         else if (fr === Framing.Chunked) this.chunked.reset();
         // bytes after a 101's head (in the same read) are the new protocol's: the user takes them when it detaches
         if (st === 101) this.leftover = pos < len ? buf.subarray(pos) : null;
-        this.rawHead = this.res.verbatim ? buf.subarray(headStart, pos) : null;
+        // The whole response in this one read, its head as it came: the user may pass buf itself on (rawWhole), one
+        // write and no views of it (each Buffer object is ~100 B of the young generation, three per response).
+        const whole = this.res.verbatim && headStart === 0 && fr === Framing.Length && len - pos === this.res.contentLength;
+        this.rawHead = !this.res.verbatim ? null : whole ? buf : buf.subarray(headStart, pos);
+        this.rawWhole = whole;
+        this.rawTaken = false;
         user.upHead(this);
         this.rawHead = null;
+        this.rawWhole = false;
         if (this.user !== user || this.detached) {
           // the user let go (a retry, an abort: the connection is gone) or upgraded (the rest is the new protocol's)
           if (this.detached && pos < len) this.leftover = buf.subarray(pos);
+          return;
+        }
+        if (this.rawTaken) {
+          // the body went with the head
+          this.rawTaken = false;
+          this.remaining = 0;
+          this.complete(buf, len, '');
           return;
         }
         if (fr === Framing.None) { this.complete(buf, pos, ''); return; }
@@ -201,8 +214,14 @@ export class H1Upstream implements ChunkSink {
 
   /** bytes read past a 101 head: they belong to the upgraded stream */
   leftover: Buffer | null = null;
-  /** during upHead(): the response head's bytes as read, when res.verbatim (a view of the read: the user may keep it) */
+  /**
+   * during upHead(): the response head's bytes as read, when res.verbatim (a view of the read: the user may keep it);
+   * when rawWhole, the read is the head and the whole body: a user that passes it all on sets rawTaken, and gets no
+   * upData() for the body, only upEnd()
+   */
   rawHead: Buffer | null = null;
+  rawWhole = false;
+  rawTaken = false;
   private trailers = '';
 
   chunkData(data: Buffer): void {

@@ -554,7 +554,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     }
     // Retried: the rest of this response is not wanted, and the connection cannot be reused mid-body (released).
     if (this.responseHead(status, grpcStatus)) return;
-    this.writeResponseHead(c.res, c.rawHead);
+    if (this.writeResponseHead(c.res, c.rawHead) && c.rawWhole) c.rawTaken = true;
   }
 
   /** a 103 (or other interim head) from the upstream: passed on to an HTTP/1.1 client before the final answer (RFC 9110 15.2) */
@@ -578,9 +578,9 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
    * (ResponseHeadParse.verbatim). If nothing is to be added or rewritten either, it goes out as it came: the same
    * status line, fields and length the head below would say, without building it (a string of ~380 bytes per
    * request and its flattening, the largest allocations of a proxied HTTP/1.1 request), field names in the upstream's
-   * case and order.
+   * case and order. true: raw was taken so (with the body when it holds it: H1Upstream.rawWhole).
    */
-  private writeResponseHead(res: ResponseHead, raw: Buffer | null = null): void {
+  private writeResponseHead(res: ResponseHead, raw: Buffer | null = null): boolean {
     const status = res.status;
     this.resStarted = true;
     this.resStatus = status;
@@ -590,7 +590,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
       this.resChunked = false;
       this.resCloseDelimited = false;
       this.pendingHead = raw;
-      return;
+      return true;
     }
     let s = `HTTP/1.1 ${status} ${res.reason}\r\n`;
     const names = res.names, values = res.values;
@@ -624,6 +624,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     // Not written yet: the body bytes that came with it (upData, upEnd) go out in the same write, and
     // what is still held when the upstream's read is processed is flushed then (upFlush).
     this.pendingHead = s;
+    return false;
   }
 
   upFlush(): void {

@@ -673,6 +673,7 @@ t.test('a clean HTTP/1.1 response head passes byte for byte; one the proxy must 
   const RESPONSES: Record<string, string[]> = {
     '/clean': ['HTTP/1.1 200 OK\r\nX-Mixed-Case: a\r\nContent-Length: 5\r\nServer:  b \r\nset-cookie: z=1\r\n\r\nhello'],
     '/split': ['HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\n', 'world'],
+    '/part': ['HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwo', 'rld'],
     '/conn': ['HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nhello'],
     '/twice': ['HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello'],
     '/old': ['HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello'],
@@ -699,7 +700,8 @@ t.test('a clean HTTP/1.1 response head passes byte for byte; one the proxy must 
 
   t.equal(await rawRoundTrip(c, req('/clean')), RESPONSES['/clean']![0], 'as the backend said it: names\' case, order, spaces');
   t.equal(await rawRoundTrip(c, req('/split')), RESPONSES['/split']!.join(''), 'the body in a later read: the head went out first, as it was');
-  t.equal(await rawRoundTrip(c, req('/clean?again')), RESPONSES['/clean']![0], 'again on the same connections');
+  t.equal(await rawRoundTrip(c, req('/part')), RESPONSES['/part']!.join(''), 'part of the body with the head, the rest later');
+  t.equal(await rawRoundTrip(c, req('/clean?again')), RESPONSES['/clean']![0], 'again on the same connections (the whole response in one read: passed on as read)');
   t.equal(await rawRoundTrip(c, req('/conn')), 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello', 'connection fields dropped: made again');
   t.equal(await rawRoundTrip(c, req('/twice')), 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello', 'two content-length lines: one');
   t.equal(await rawRoundTrip(c, req('/old')), 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello', 'an HTTP/1.0 upstream: the status line is ours');
