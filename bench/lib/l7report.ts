@@ -189,9 +189,11 @@ export interface L7Check {
  * set a little above what the engines allocated when the budget was introduced (README: the l7 bench), so that a
  * change that adds an object or a string copy per request fails the bench and is looked at.
  */
-// HTTP/1.1 was 3072 B against 2,558-2,690 measured; since a clean response head passes as read (http1.ts) it measures
-// 2,169-2,297 B in the bench (load ~13), and the budget follows it down.
-export const ALLOC_BUDGET: Record<Protocol, number> = { http1: 2560, h2: 2560 };
+// HTTP/1.1 was 3072 B against 2,558-2,690 measured; since a clean response head passes as read (http1.ts) it measured
+// 2,169-2,297 B in the bench (load ~13), and the budget followed it down to 2560; since the response head's strings are
+// made only when asked for (h1parse.ts) and a response read whole goes on as that read, 1,396-1,403 B (load 11-13,
+// 26-29k req/s; a run at a few thousand req/s reads higher, the agent's own allocation shared by fewer requests): 2048.
+export const ALLOC_BUDGET: Record<Protocol, number> = { http1: 2048, h2: 2560 };
 
 /**
  * The targets, for each protocol (issue 15): (b) >= 1.2x (c) and >= 1.5x (d) in req/s, (b) p99 <= (c) p99 and
