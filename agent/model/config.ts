@@ -112,13 +112,14 @@ function parseYaml(text: string, file: string): unknown {
       }),
     );
   }
-  // A list or mapping as a key (`? [a, b]`, `{[a]: 1}`, an alias of one) has no JavaScript form: toJS would make it a
+  // A list or mapping as a key (`? [a, b]`, `{[a]: 1}`, an alias of one; a `!!binary` or `!!timestamp` key, which is an
+  // object too) has no JavaScript form: toJS would make it a
   // string with a process warning on stderr for each (found by the config-yaml fuzz target). No config field is named
   // like that: say so with the place, before the model's checks see a key nobody wrote.
   const key = collectionKey(doc);
   if (key !== undefined) {
     const { line, col } = lc.linePos(key);
-    throw new ConfigError([{ file, path: '', message: `YAML error at line ${line}, column ${col}: a key must be a plain value (a name), not a list or a mapping` }]);
+    throw new ConfigError([{ file, path: '', message: `YAML error at line ${line}, column ${col}: a key must be a plain value (a name), not a list, a mapping, !!binary or !!timestamp` }]);
   }
   try {
     return doc.toJS({ maxAliasCount: 1000 });
@@ -128,7 +129,7 @@ function parseYaml(text: string, file: string): unknown {
   }
 }
 
-/** Where the first mapping key that is a collection (or an alias of one) starts, if any. */
+/** Where the first mapping key that is a collection or an object-valued scalar (or an alias of one) starts, if any. */
 function collectionKey(doc: Yaml.Document): number | undefined {
   const y = yaml();
   let at: number | undefined;
@@ -137,7 +138,9 @@ function collectionKey(doc: Yaml.Document): number | undefined {
       const k = pair.key;
       if (!y.isNode(k)) return undefined;
       const node = y.isAlias(k) ? k.resolve(doc) : k;
-      if (!y.isCollection(node)) return undefined;
+      // a scalar can be an object too: `!!binary` is a Uint8Array, `!!timestamp` a Date (the yaml package warns alike)
+      const object = y.isCollection(node) || (y.isScalar(node) && node.value !== null && typeof node.value === 'object');
+      if (!object) return undefined;
       at = k.range?.[0] ?? 0;
       return y.visit.BREAK;
     },

@@ -172,11 +172,16 @@ t.test('a list or a mapping as a key is refused with its place, with no warning 
   const onWarning = (w: Error): void => { warnings.push(w.message); };
   process.on('warning', onWarning);
   t.teardown(() => { process.off('warning', onWarning); });
-  const msg = (line: number, col: number): string => `YAML error at line ${line}, column ${col}: a key must be a plain value (a name), not a list or a mapping`;
+  const msg = (line: number, col: number): string => `YAML error at line ${line}, column ${col}: a key must be a plain value (a name), not a list, a mapping, !!binary or !!timestamp`;
   expectIssue(t, '? [a, b]\n: 1\n', '', msg(1, 3));
   expectIssue(t, 'services: []\n{[a]: 1}: 2\n', '', msg(2, 1));
   expectIssue(t, 'services: []\nx: &k {c: 1}\n*k : 3\n', '', msg(3, 1), 'alias.yaml');
   expectIssue(t, 'services:\n  - name: web\n    {a: 1}: x\n', '', /^YAML/, 'nested.yaml');
+  // found by the fuzzer once collection keys were refused: a tagged scalar whose value is an object (the place is the
+  // scalar's, after its tag)
+  expectIssue(t, '#\n: {t,!!binary}\nk:', '', msg(2, 14), 'binary.yaml');
+  expectIssue(t, 'services: []\n!!timestamp 2001-12-14: x\n', '', msg(2, 13), 'date.yaml');
+  t.match(errorOf(t, () => parseConfig('services: []\n2001-12-14: x\n', 'datekey.yaml')).issues[0]!.message, /^unknown field '2001-12-14'/, 'an untagged date-like key is a plain string (then an unknown field)');
   t.same(parseConfig('services: []\n', 'plain.yaml'), { services: [] }, 'scalar keys, anchors and aliases of scalars are unaffected');
   await new Promise((r) => setImmediate(r));
   t.same(warnings, [], 'no process warning (the yaml package warns when it stringifies a collection key)');
