@@ -2,6 +2,7 @@
 // test names (a child of the meshed one, so its connect() calls meet the programs), runs one loop per target; each
 // iteration is a new TCP connection with one HTTP/1.1 request (Connection: close). Every attempt comes back as a
 // record with its times in epoch ms (performance.timeOrigin + now(): comparable with the test process's `now()`).
+import './childenv.js'; // first: what this starts runs without tap's instrumentation
 import { spawn } from 'node:child_process';
 
 export const now = (): number => performance.timeOrigin + performance.now();

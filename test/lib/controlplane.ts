@@ -1,5 +1,6 @@
 // sockmesh-controlplane as a child process of a kernel test, serving a config directory on a fixed port, so that it
 // can be killed and started again where the agent expects it.
+import './childenv.js'; // first: what this starts runs without tap's instrumentation
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { CONTROLPLANE_NODE_FLAGS } from '../../agent/runtime.js';

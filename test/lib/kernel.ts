@@ -1,5 +1,6 @@
 // Test harness for kernel tests: a private cgroup and bpffs directory per test, the real agent as a child process,
 // and cleanup that runs also when the test fails. Nothing here ever touches the root cgroup.
+import './childenv.js'; // first: what this starts runs without tap's instrumentation
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

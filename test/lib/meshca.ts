@@ -5,6 +5,7 @@
 // gives (--node-token-file, --ca-address; startNodeAgent adds --node-id and the node's directories). Workload
 // certificates for an independent client (python3-h2) are signed by the same CA from its directory, on a CSR openssl
 // makes: the client is not an agent and has no token.
+import './childenv.js'; // first: what this starts runs without tap's instrumentation
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -1,6 +1,7 @@
 // A node's HBONE end for kernel tests (kernel/strict): the compiled TunnelServer (dist/agent/tunnel/), the code the
 // agent serves 15008 with, in a lab node's network namespace and agent cgroup, listening on the node's address:15008
 // with certificates from files, serving the node's pods, denying the identities it is told to. Its log lines (pino JSON) are collected; it is killed at teardown.
+import './childenv.js'; // first: what this starts runs without tap's instrumentation
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

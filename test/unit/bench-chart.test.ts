@@ -3,6 +3,7 @@
 // the SVG's aria-labels), the value labels, the legend of the scenarios, the axis titles and the targets as ticks.
 // The expectations are read from the fixtures and the bench's own label constants, not from the chart module's
 // adapters, so an adapter that drops a series fails here (shown below by charting a fixture with a scenario removed).
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';

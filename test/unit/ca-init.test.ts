@@ -3,6 +3,7 @@
 // of it); the files are a working CA from files (the control plane's --ca-cert/--ca-key/--ca-chain: it signs, openssl
 // verifies the leaf against the root); the same key group-readable (what a Secret volume with fsGroup makes of it:
 // 0440) is refused, which is why deploy/ca/ copies it to 0600 first; a directory that is not empty is refused.
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';

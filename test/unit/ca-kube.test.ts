@@ -2,6 +2,7 @@
 // checks with a TokenReview against the API server (the stand-in, lab/kubeapi.ts, which minted the tokens), and get
 // certificates only for the service accounts of the pods on their node. Called over gRPC with the agent's own client
 // (xds/ca.ts). The stand-in's TokenReview is checked by independent clients: kubectl create -f and python3-kubernetes.
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t, { type Test } from 'tap';
 import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';

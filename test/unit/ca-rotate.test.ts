@@ -3,6 +3,7 @@
 // step), and `sockmesh-controlplane ca rotate` run beside it: the running control plane takes the new root into the
 // bundle within a second and issues under it after --propagation; openssl verifies what it issues against the bundle.
 // Step 3 (the old root leaving after the longest TTL) is test/unit/ca.test.ts's, with a clock of its own.
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';

@@ -3,6 +3,7 @@
 // do not know (a misspelt key is silently accepted by them), rules the API server adds (Bidirectional propagation,
 // allowPrivilegeEscalation), references between the objects, every flag the DaemonSet and the Deployment pass being
 // one the programs define (their --help), and RBAC covering what the code watches.
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';

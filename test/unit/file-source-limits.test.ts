@@ -4,6 +4,7 @@
 //
 // The source runs in a child process (plain node on the compiled dist/, which scripts/test.mjs builds first) so that
 // its RSS is the source's own, not the test runner's.
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';

@@ -1,6 +1,7 @@
 // meshctl backends and routes against a fake agent: a real HTTP server on a real unix socket serving reports made by
 // the agent's own report builders (from a model, a real BackendStates and a fake proxy report), and meshctl run as a
 // child process (stdout, stderr, exit code as a script sees them).
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { execFile, spawnSync } from 'node:child_process';
 import { createServer } from 'node:http';

@@ -1,5 +1,6 @@
 // meshctl identities / certs against the admin API's /v1/certs route served from a real certificate manager, which
 // holds certificates from the real CA over the real gRPC API; meshctl runs as a child process (stdout, exit code).
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';

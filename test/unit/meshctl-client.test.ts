@@ -1,5 +1,6 @@
 // meshctl against a fake agent: a real HTTP server on a real unix socket, and meshctl as a child process so that
 // what is checked is what a script sees (stdout, stderr, exit code).
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { execFile, spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:http';

@@ -3,6 +3,7 @@
 // queue, pause/resume, half-close both ways, resets and refused connects as errors with node's codes,
 // 'close' exactly once, idle timeouts, the fd hand-over to node:net, many connections at once, and that the
 // loop does not hold the process open.
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';

@@ -13,6 +13,7 @@
 // closed never reaches JavaScript (no 'close', no rstCode), but it still drains the bucket. So the run happens in a
 // child process with NODE_DEBUG_NATIVE=HTTP2SESSION, whose per-session lines "Http2Session server (..) complete frame
 // received: type: 3" (3 = RST_STREAM) the parent counts.
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { connect as h2connect, createSecureServer, type Http2SecureServer, type ServerHttp2Stream } from 'node:http2';

@@ -6,6 +6,7 @@
 //
 // The xDS client reads its bootstrap when it is registered, so it runs in a child process with GRPC_XDS_BOOTSTRAP
 // set from the start; it calls once every 100 ms and prints one JSON line per call.
+import '../lib/childenv.js'; // first: what this starts runs without tap's instrumentation
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
