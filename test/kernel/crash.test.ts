@@ -152,12 +152,14 @@ services:
   t.comment(`the new agent used ${cpuAtServe} ms of CPU until then; load average ${load1.toFixed(1)} on ${cpus().length} CPUs`);
   // The issue's target: serving again within 1 s of start. What a start costs before the proxy listens (the phases
   // above; agent/starttrace.ts): Node's bootstrap, reading and linking ~95 modules, evaluating them, then the kernel
-  // work (the pins reused: tens of ms). gRPC/protobufjs and the Kubernetes client are no longer loaded for a file config,
-  // nor systeminformation before the first request, which took a start from ~1000 to ~400 ms of CPU on a quiet run.
-  // CPU time inflates on a machine running many more jobs than it has CPUs (740-980 ms at load 15 on 2 CPUs), and the
-  // wall time there is mostly the queue for a CPU: judged only when the machine is not overloaded, with a CPU bound
-  // that a real regression (the gRPC stack back on the start path: ~+100 ms quiet, +300 loaded) still crosses.
-  const cpuBound = overloaded() ? 2000 : 1000;
+  // work (the pins reused: tens of ms). gRPC/protobufjs and the Kubernetes client are not loaded for a file config, nor
+  // systeminformation before the first request. The agent runs without tap's module-loader instrumentation
+  // (test/lib/childenv.ts): with it, the agent's start measured 987-1,330 ms of CPU here, 840 of them by the end of
+  // "modules read and linked"; without it 530 ms at load 9 on 2 CPUs (243 ms at that phase). CPU time still inflates on
+  // a machine running many more jobs than it has CPUs, and the wall time there is mostly the queue for a CPU: the wall
+  // time is judged only when the machine is not overloaded, and the CPU bound is one that a real regression (the gRPC
+  // stack back on the start path: ~+100 ms quiet, +300 loaded) crosses.
+  const cpuBound = overloaded() ? 1200 : 800;
   t.ok(cpuAtServe < cpuBound, `a start costs < ${cpuBound} ms of CPU until L7 is served (${cpuAtServe} ms)`);
   if (!overloaded()) t.ok(serveMs < 1000, `serving L7 again within 1 s of start (${fmt(serveMs)} ms)`);
   else t.comment(`not judging the wall time (${fmt(serveMs)} ms): the machine is overloaded (load ${load1.toFixed(1)} > ${cpus().length} CPUs)`);
