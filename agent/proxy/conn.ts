@@ -8,6 +8,11 @@ export interface Conn {
   readonly destroyed: boolean;
   /** false when the bytes were queued beyond what the kernel took at once ('drain' follows) */
   write(data: Buffer | Uint8Array | string, encoding?: BufferEncoding): boolean;
+  /**
+   * true while a buffer given to write() may still be read later (corked); false: every write so far was copied out
+   * (the caller may write over its buffers). Optional: without it (net.Socket) a written buffer is never reused.
+   */
+  holdsWrites?(): boolean;
   /** writes until uncork() are sent together */
   cork(): void;
   uncork(): void;

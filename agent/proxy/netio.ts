@@ -152,7 +152,16 @@ const SLAB_LOW = 64 * 1024;
  */
 const SLAB_COPY_MAX = 4096;
 const MAX_EVENTS = 4096;
-/** write() returns false once this much is queued natively (node's default highWaterMark) */
+/**
+ * Pooled reads (NetConn.pooledReads): one wake's reads of one socket (the addon's kReadPerWake, 256 KiB) are copied
+ * into one of these buffers instead of a fresh one, and the buffer is used again once the consumer gives it back
+ * (NetConn.recycle). A fresh 256 KiB ArrayBuffer per read was the tunnel's largest allocation: a bulk stream made
+ * ~4,000 a second, GC was a quarter of the agent's CPU and the source agent's RSS reached 925 MiB (malloc keeps what
+ * the collector frees late). At most POOL_FREE_MAX wait to be used again; a buffer never given back is garbage as before.
+ */
+const POOL_BUF_BYTES = 256 * 1024;
+const POOL_FREE_MAX = 32;
+/** write() returns false once this much is queued natively (node's default highWaterMark; NetConn.highWaterMark) */
 const HIGH_WATER = 16 * 1024;
 const BACKLOG = 511;
 /** a listener whose accept failed (EMFILE...) rests this long: level-triggered, it would spin meanwhile */
@@ -259,6 +268,9 @@ export class NetIo {
   private readonly arena = Buffer.allocUnsafeSlow(ARENA_BYTES);
   private slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
   private readonly ev = new Int32Array(MAX_EVENTS * EVENT_INTS);
+  /** pooled read buffers free to be filled again, and those lent to consumers (only these are taken back) */
+  private readonly poolFree: ArrayBuffer[] = [];
+  private readonly poolLent = new WeakSet<ArrayBuffer>();
   /** every open connection by id (listeners in `listeners`) */
   readonly conns = new Map<number, NetConn>();
   private readonly listeners = new Map<number, { onConnection: (c: NetConn) => void; onError: ((e: Error) => void) | undefined }>();
@@ -421,6 +433,14 @@ export class NetIo {
   private dataEvent(c: NetConn, kind: number, off: number, len: number, arena: Buffer, slab: Buffer): void {
     if (kind === EV_DATA) {
       // the listener may keep what it gets: copied out of the arena, which the next wake reuses
+      if (c.pooledReads && len <= POOL_BUF_BYTES) {
+        const ab = this.poolFree.pop() ?? Buffer.allocUnsafeSlow(POOL_BUF_BYTES).buffer as ArrayBuffer;
+        this.poolLent.add(ab);
+        const b = Buffer.from(ab, 0, len);
+        arena.copy(b, 0, off, off + len);
+        c.onData(b);
+        return;
+      }
       const b = Buffer.allocUnsafe(len);
       arena.copy(b, 0, off, off + len);
       c.onData(b);
@@ -452,6 +472,21 @@ export class NetIo {
     this.loop.pause(listenerId);
     setTimeout(() => { if (this.listeners.has(listenerId) && !this.closed) this.loop.resume(listenerId); }, ACCEPT_RETRY_MS).unref();
     l.onError?.(errnoError(errno, 'accept'));
+  }
+
+  /**
+   * @internal a pooled read (NetConn.pooledReads) is no longer needed by anyone: its buffer is filled again by a later
+   * read. Anything else (a view of another buffer, a pooled one given back already) is ignored.
+   */
+  recycle(b: Uint8Array): void {
+    const ab = b.buffer as ArrayBuffer;
+    if (b.byteOffset !== 0 || !this.poolLent.delete(ab)) return;
+    if (this.poolFree.length < POOL_FREE_MAX) this.poolFree.push(ab);
+  }
+
+  /** @internal pooled read buffers waiting to be used again (tests) */
+  get poolFreeCount(): number {
+    return this.poolFree.length;
   }
 
   /** @internal a batch is being delivered (NetConn.coalesceWrites) */
@@ -494,6 +529,18 @@ export class NetConn extends EventEmitter implements Conn {
   coalesceWrites = false;
   /** made by NetIo.connect() (an upstream of the proxy), not accepted */
   outbound = false;
+  /**
+   * Opt-in (the tunnel's splice): plain 'data' chunks come in buffers of the loop's read pool, and the listener gives
+   * each back with recycle(chunk) once no one holds any of its bytes (a consumer that keeps a chunk, or a slice of
+   * it, must not: the next read is copied over it). A chunk not given back is left to the GC. Not for TLS reads.
+   */
+  pooledReads = false;
+  /**
+   * write() says false once this much is queued natively (16 KiB, node's default). The tunnel's TLS connections take
+   * 256 KiB (ztunnel's buffers): a bulk stream's frames of one read are encrypted and queued, not held back in the
+   * HTTP/2 session's stream queue (which keeps the read's buffer from going back to the pool).
+   */
+  highWaterMark = HIGH_WATER;
   /** the peer's EOF was seen */
   private readEnded = false;
   /** end() was called */
@@ -687,7 +734,7 @@ export class NetConn extends EventEmitter implements Conn {
       this.corkChunks.push(b);
       if (!this.batchCork) return true;
       this.batchBytes += b.length;
-      if (this.batchBytes + this.nativeQueued < HIGH_WATER) return true;
+      if (this.batchBytes + this.nativeQueued < this.highWaterMark) return true;
       this.needDrain = true;
       return false;
     }
@@ -703,13 +750,26 @@ export class NetConn extends EventEmitter implements Conn {
     if (r >= 0) this.nativeQueued = r;
     if (r === 0) return true;
     if (r < 0) { this.failLater(this.errorOf(-r, 'write')); return false; }
-    if (r < HIGH_WATER) return true;
+    if (r < this.highWaterMark) return true;
     this.needDrain = true;
     return false;
   }
 
   cork(): void {
     this.corked++;
+  }
+
+  /**
+   * Conn.holdsWrites: a buffer given to write() is still referenced here (corked: cork(), or coalesceWrites during a
+   * batch) rather than already copied or encrypted by the addon (which a write() not corked always is before it returns).
+   */
+  holdsWrites(): boolean {
+    return this.corkChunks.length > 0;
+  }
+
+  /** give a pooled read back (pooledReads); anything else is ignored */
+  recycle(chunk: Buffer): void {
+    this.io.recycle(chunk);
   }
 
   uncork(): void {

@@ -24,7 +24,7 @@ import type { HeaderList } from '../proxy/h2/hpack.js';
 import { H2_ERROR, H2Session, h2ErrorName, type H2Stream, type H2StreamHandler } from '../proxy/h2/session.js';
 import { NetTlsContext, type NetConn } from '../proxy/netio.js';
 import type { PeerStats, TunnelMetrics } from './metrics.js';
-import { splice, track, TUNNEL_H2, tunnelIo, type SpliceSocket } from './splice.js';
+import { splice, track, TUNNEL_H2, TUNNEL_TLS_HIGH_WATER, tunnelIo, type SpliceSocket } from './splice.js';
 import { HBONE_PORT, TunnelError, type RefusalReason, type TunnelOpener, type TunnelRequest } from './types.js';
 
 export interface TunnelClientOpts {
@@ -249,6 +249,7 @@ export class TunnelClient implements TunnelOpener {
         const problem = serverIdentityProblem(conn.getPeerX509Certificate(), expected);
         if (problem) { dialFailed(problem); return; }
         conn.setNoDelay(true);
+        conn.highWaterMark = TUNNEL_TLS_HIGH_WATER;
         const session = new H2Session(conn, {
           role: 'client', ...TUNNEL_H2,
           onSettings: () => {

@@ -23,7 +23,7 @@ import type { HeaderList } from '../proxy/h2/hpack.js';
 import { H2Session, type H2Stream, type H2StreamHandler } from '../proxy/h2/session.js';
 import { NetTlsContext, type NetConn, type NetListener } from '../proxy/netio.js';
 import type { TunnelMetrics, PeerStats } from './metrics.js';
-import { splice, track, TUNNEL_H2, tunnelIo, type Early } from './splice.js';
+import { splice, track, TUNNEL_H2, TUNNEL_TLS_HIGH_WATER, tunnelIo, type Early } from './splice.js';
 import { HBONE_PORT, type RefusalReason } from './types.js';
 
 /** A decision on one tunnelled connection (kernel13's authz4 decision fills it once it lands). */
@@ -307,6 +307,7 @@ export class TunnelServer {
       return;
     }
     c.setNoDelay(true);
+    c.highWaterMark = TUNNEL_TLS_HIGH_WATER;
     const stats = this.opts.metrics.peer('in', peer, identity);
     stats.handshakes++;
     stats.connections++;

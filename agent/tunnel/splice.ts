@@ -40,6 +40,12 @@ export function tunnelIo(): NetIo {
   return (io ??= new NetIo());
 }
 
+/**
+ * The native queue a tunnel TLS connection may hold before write() says wait (NetConn.highWaterMark): a read's 256 KiB
+ * of frames is encrypted and queued whole, as ztunnel's 256 KiB buffers, rather than held in the session's stream queue.
+ */
+export const TUNNEL_TLS_HIGH_WATER = 256 * 1024;
+
 /** Count an accepted stream (200) as open (until its splice calls the returned function), and in the total. */
 export function track(stats: PeerStats): () => void {
   stats.streamsOpen++;
@@ -88,7 +94,11 @@ export class Splice implements H2StreamHandler {
     const { sock } = this;
     this.stream.handler = this;
     // the DATA frames of one read of the tunnel's connection (4+ of a 256 KiB read) go to the socket in one send
-    if (sock instanceof NetConn) sock.coalesceWrites = true;
+    if (sock instanceof NetConn) {
+      sock.coalesceWrites = true;
+      // its reads come in pooled buffers, given back once framed (onSockData)
+      sock.pooledReads = true;
+    }
     sock.on('data', this.onSockData);
     sock.on('drain', this.onSockDrain);
     sock.on('end', this.onSockEnd);
@@ -137,9 +147,13 @@ export class Splice implements H2StreamHandler {
 
   private readonly onSockData = (chunk: Buffer): void => {
     this.stats.bytesOut += chunk.length;
-    if (this.streamOver || this.localEnded) return;
-    // the session holds the chunk until it is framed (a fresh buffer of the socket's: not reused)
-    if (!this.stream.sendData(chunk, false)) this.sock.pause();
+    const { sock, stream } = this;
+    if (this.streamOver || this.localEnded) { if (sock instanceof NetConn) sock.recycle(chunk); return; }
+    // The session copies what the windows let out into its frames at once and holds the rest (stream.queued grows):
+    // a chunk it framed whole goes back to the socket's read pool; one it holds is left to the GC.
+    const queued = stream.queued;
+    if (!stream.sendData(chunk, false)) sock.pause();
+    if (sock instanceof NetConn && stream.queued === queued) sock.recycle(chunk);
   };
 
   private readonly onSockDrain = (): void => {

@@ -24,6 +24,8 @@ export const MAX_MAX_FRAME_SIZE = 0xffffff;
 export const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 const CHUNK = 64 * 1024;
+/** Output.rewind keeps a buffer up to this size (a 256 KiB read framed: 4 frames, 256 KiB + 36 bytes) */
+const REUSE_MAX = 1024 * 1024;
 
 /**
  * A growing output buffer. Bytes handed to the transport are never overwritten (the transport may hold them
@@ -49,6 +51,17 @@ export class Output {
     this.buf = next;
     this.start = 0;
     this.end = unsent;
+  }
+
+  /**
+   * The transport copied out everything handed over so far (Conn.holdsWrites() false): the buffer is written from
+   * its start again instead of being left to the GC when full (a bulk stream's DATA frames were a fresh 64 KiB+ buffer
+   * per frame). A buffer grown past REUSE_MAX for one large batch is let go.
+   */
+  rewind(): void {
+    if (this.start !== this.end) return;
+    if (this.buf.length > REUSE_MAX) this.buf = Buffer.allocUnsafeSlow(CHUNK);
+    this.start = this.end = 0;
   }
 
   /** the gathered bytes, handed over (null when there are none) */

@@ -764,6 +764,8 @@ export class H2Session {
       }
     }
     if (!this.transport.write(b)) this.blocked = true;
+    // a transport that copied (or encrypted) the bytes already (a NetConn not corked): the output buffer is reused
+    if (this.transport.holdsWrites?.() === false) this.out.rewind();
   }
 
   private drained(): void {
