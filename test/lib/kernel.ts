@@ -131,6 +131,8 @@ export interface AgentOpts {
   /** the instance's bpffs and run directories (a lab node's) instead of fresh ones named by the test */
   bpffs?: string;
   runDir?: string;
+  /** Node flags before the agent's script, after AGENT_NODE_FLAGS (e.g. --expose-gc and bench/lib/soakgc.js's import) */
+  nodeFlags?: string[];
 }
 
 /** Start the real agent (compiled) on a private bpffs dir and config file; torn down (and cleaned) at teardown. */
@@ -176,7 +178,7 @@ export async function startAgent(t: Teardown, cgroup: TestCgroup, opts: AgentOpt
     const source = opts.source ?? (opts.xds ? ['--xds', opts.xds] : ['--config', configFile]);
     const args = [AGENT, ...source, '--cgroup', cgroup.path, '--bpffs', bpffs, '--run-dir', runDir, ...extra];
     const netns = opts.netns ? ['nsenter', `--net=/run/netns/${opts.netns}`] : [];
-    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', ...DIES_WITH_TEST, ...netns, process.execPath, ...AGENT_NODE_FLAGS, ...args],
+    const proc = spawn('/bin/sh', ['-c', `echo $$ > '${opts.inCgroup ?? cgroup.original}/cgroup.procs' && exec "$@"`, 'sh', ...DIES_WITH_TEST, ...netns, process.execPath, ...AGENT_NODE_FLAGS, ...(opts.nodeFlags ?? []), ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] });
     h.proc = proc;
     let buf = '';
