@@ -11,7 +11,10 @@
 // also reports the CPU seconds the agent and the control plane used for it (on a loaded machine wall time alone says
 // little). SOCKMESH_BENCH_CP_ROOT (another build's root: its dist/ and node_modules/) and SOCKMESH_BENCH_CP_FLAGS (node
 // flags, space-separated; default agent/runtime.ts CONTROLPLANE_NODE_FLAGS) run another control plane, for an A/B in
-// one lock hold.
+// one lock hold. SOCKMESH_BENCH_AGENT_ROOTS (`label=root,label=root`: other builds' roots, each with its dist/ and
+// node_modules/) runs each scenario once per agent build, interleaved, SOCKMESH_BENCH_ROUNDS times (default 1): a
+// before/after of the agent in one run, under the same load. SOCKMESH_BENCH_AGENT_FLAGS adds node flags to the agent
+// (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
 // Addresses are all in 127.0.0.0/8 and no traffic is sent; the agent is attached to a child cgroup of the bench's
 // own, and everything is undone on the way out (DESIGN.md's rules).
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -47,10 +50,15 @@ export interface KubeBenchOptions {
   chartDir: string | null;
 }
 
-export const KUBE_TARGETS = { fullSyncSeconds: 3, changeP99Ms: 50, agentRssMiB: 200 } as const;
+// fullSyncApplies: the batches the sync took (kube/watch.ts paces them: 3-5 at load 15; unpaced it was 4-20 depending
+// on how the watch events were spread in time, each costing ~100 ms more at 10,000 services)
+export const KUBE_TARGETS = { fullSyncSeconds: 3, fullSyncApplies: 8, changeP99Ms: 50, agentRssMiB: 200 } as const;
 
 interface ScenarioResult {
   scenario: KubeScenario;
+  /** the agent build (SOCKMESH_BENCH_AGENT_ROOTS' label), absent: this tree's */
+  variant?: string;
+  applies?: number;
   fullSyncSeconds?: number;
   /** CPU seconds (all threads) from the objects stored to the full sync: the agent's, and the control plane's */
   agentCpuSyncSeconds?: number;
@@ -110,14 +118,32 @@ function freePort(): Promise<number> {
   });
 }
 
-async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshCgroup: string, workDir: string): Promise<ScenarioResult> {
-  const res: ScenarioResult = { scenario, changes: { planned: opts.changes, completed: 0 } };
+/** An agent build to run: SOCKMESH_BENCH_AGENT_ROOTS' entries, or this tree's. */
+interface AgentVariant { label?: string; root: string }
+
+function agentVariants(root: string): AgentVariant[] {
+  const env = process.env['SOCKMESH_BENCH_AGENT_ROOTS'];
+  if (!env) return [{ root }];
+  return env.split(',').filter(Boolean).map((e) => {
+    const at = e.indexOf('=');
+    if (at <= 0) throw new Error(`SOCKMESH_BENCH_AGENT_ROOTS: ${e}: expected label=root`);
+    return { label: e.slice(0, at), root: e.slice(at + 1) };
+  });
+}
+
+let runs = 0;
+
+async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshCgroup: string, workDir: string, variant: AgentVariant = { root: opts.root }): Promise<ScenarioResult> {
+  const res: ScenarioResult = { scenario, ...(variant.label !== undefined ? { variant: variant.label } : {}), changes: { planned: opts.changes, completed: 0 } };
+  const tag = variant.label !== undefined ? `${scenario} [${variant.label}]` : scenario;
   const api = await KubeApi.start();
   onCleanup(`kubeapi (${scenario})`, () => api.close());
   const kubeconfig = join(workDir, `${scenario}.kubeconfig`);
   writeFileSync(kubeconfig, kubeconfigFor(api));
   const bpffs = join('/sys/fs/bpf', `sockmesh-bench-kube-${process.pid}-${scenario}`);
-  const runDir = join(workDir, `run-${scenario}`);
+  // a run directory of its own per run: the agent keeps the last model it applied there (kubernetes-model.json) and
+  // would start the next run of an A/B from it
+  const runDir = join(workDir, `run-${scenario}-${++runs}`);
 
   let cp: Background | undefined;
   // A/B of the control plane in one lock hold: another build's (its dist/ and node_modules/) and other V8 flags
@@ -136,13 +162,14 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
     if (cpRoot !== opts.root || cpFlags !== CONTROLPLANE_NODE_FLAGS) log(`controlplane: ${join(cpRoot, 'dist', 'controlplane', 'main.js')} with node flags [${cpFlags.join(' ')}]`);
   } else agentArgs.push('--kubernetes', '--kubeconfig', kubeconfig);
 
-  const { agent, applied, pid } = spawnAgent(opts.root, `sockmesh agent (${scenario})`, bpffs, meshCgroup, agentArgs, PROC_MAX_MS);
+  const agentFlags = (process.env['SOCKMESH_BENCH_AGENT_FLAGS'] ?? '').split(' ').filter(Boolean);
+  const { agent, applied, pid } = spawnAgent(variant.root, `sockmesh agent (${tag})`, bpffs, meshCgroup, agentArgs, PROC_MAX_MS, agentFlags);
   let maps: PinnedMaps | undefined;
   try {
     // ---- the agent syncs to the empty cluster ----
     await firstApply(agent, applied, START_TIMEOUT_MS, 'the empty cluster', cp ? `\ncontrol plane:\n${cp.tail()}` : '');
     maps = new PinnedMaps(bpffs);
-    log(`${scenario}: agent pid ${pid} synced to the empty cluster; RSS ${rssMiB(pid).toFixed(1)} MiB`);
+    log(`${tag}: agent pid ${pid} synced to the empty cluster; RSS ${rssMiB(pid).toFixed(1)} MiB`);
 
     // ---- (1) full sync ----
     const { services, slices } = cluster(opts.services, opts.endpointsPerService);
@@ -162,11 +189,12 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
       const c = maps.counts();
       if (c.services === opts.services && c.backends === endpoints) {
         res.fullSyncSeconds = (ev.time - t0) / 1000;
+        res.applies = applies;
         // read now, a few ms after the apply: the control plane is idle by then, the agent just finished
         const cpuSince = (p: number | undefined, from: number | undefined) => (p === undefined || from === undefined ? undefined : (cpuSeconds(p) ?? from) - from);
         res.agentCpuSyncSeconds = cpuSince(pid, agentCpu0);
         res.controlPlaneCpuSyncSeconds = cpuSince(cp?.child.pid, cpCpu0);
-        log(`${scenario}: full sync ${res.fullSyncSeconds.toFixed(3)} s (${applies} applies; objects stored in ${loadedMs.toFixed(0)} ms; ` +
+        log(`${tag}: full sync ${res.fullSyncSeconds.toFixed(3)} s (${applies} applies; objects stored in ${loadedMs.toFixed(0)} ms; ` +
           `CPU agent ${res.agentCpuSyncSeconds?.toFixed(2)} s${cp ? `, control plane ${res.controlPlaneCpuSyncSeconds?.toFixed(2)} s` : ''}; ` +
           `sm_services ${c.services}, sm_backends ${c.backends}; last reconcile ${ev.ms.toFixed(0)} ms)`);
         break;
@@ -198,7 +226,7 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
       const ev = await applied.next(budgetEnd - ts);
       if (!ev) {
         if (!agent.running) throw new Error(`the agent exited during the changes\n${agent.tail()}`);
-        log(`${scenario}: change ${n} not applied before the ${opts.changeBudgetSeconds} s budget ran out`);
+        log(`${tag}: change ${n} not applied before the ${opts.changeBudgetSeconds} s budget ran out`);
         break;
       }
       latencies.push(ev.at - ts);
@@ -213,16 +241,16 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
       const v = maps.verify(last, false);
       c.verified = v.ok;
       c.detail = v.detail;
-      log(`${scenario}: kernel check of the last change: ${v.ok ? 'ok' : 'FAILED'}: ${v.detail}`);
+      log(`${tag}: kernel check of the last change: ${v.ok ? 'ok' : 'FAILED'}: ${v.detail}`);
     }
-    log(`${scenario}: changes ${c.completed}/${c.planned}, p50 ${c.p50Ms?.toFixed(2)} ms, p99 ${c.p99Ms?.toFixed(2)} ms, max ${c.maxMs?.toFixed(2)} ms`);
+    log(`${tag}: changes ${c.completed}/${c.planned}, p50 ${c.p50Ms?.toFixed(2)} ms, p99 ${c.p99Ms?.toFixed(2)} ms, max ${c.maxMs?.toFixed(2)} ms`);
     await sleep(opts.restSeconds * 1000);
     res.agentRssAfterChangesMiB = rssMiB(pid);
     if (cp) res.controlPlaneRssAfterChangesMiB = rssMiB(cp.child.pid!);
   } catch (e) {
     if (interrupted()) throw e;
     res.error = (e as Error).message;
-    log(`${scenario}: error: ${res.error}`);
+    log(`${tag}: error: ${res.error}`);
   } finally {
     maps?.close();
     if (agent.running) await agent.stop('SIGTERM');
@@ -236,13 +264,15 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
 interface Check { name: string; status: 'PASS' | 'FAIL' | 'SKIP'; value?: number; unit: string; limit: number }
 
 function checksOf(r: ScenarioResult): Check[] {
+  const who = r.variant !== undefined ? `${r.scenario} [${r.variant}]` : r.scenario;
   const le = (name: string, value: number | undefined, limit: number, unit: string): Check =>
-    value === undefined ? { name: `${r.scenario}: ${name}`, status: 'SKIP', unit, limit } : { name: `${r.scenario}: ${name}`, status: value <= limit ? 'PASS' : 'FAIL', value, unit, limit };
+    value === undefined ? { name: `${who}: ${name}`, status: 'SKIP', unit, limit } : { name: `${who}: ${name}`, status: value <= limit ? 'PASS' : 'FAIL', value, unit, limit };
   const change = le('one slice change p99', r.changes.p99Ms, KUBE_TARGETS.changeP99Ms, 'ms');
   // fewer changes than planned, or one the kernel does not hold, is no pass
   if (change.status === 'PASS' && (r.changes.completed < r.changes.planned || r.changes.verified === false)) change.status = 'FAIL';
   return [
     le('full sync', r.fullSyncSeconds, KUBE_TARGETS.fullSyncSeconds, 's'),
+    le('full sync applies', r.applies, KUBE_TARGETS.fullSyncApplies, 'applies'),
     change,
     le('agent RSS after sync', r.agentRssAfterSyncMiB, KUBE_TARGETS.agentRssMiB, 'MiB'),
     le('agent RSS after the changes', r.agentRssAfterChangesMiB, KUBE_TARGETS.agentRssMiB, 'MiB'),
@@ -258,17 +288,24 @@ export async function runKubernetes(opts: KubeBenchOptions): Promise<number> {
   const meshCgroup = createChildCgroup(cgroup, 'mesh');
 
   const results: ScenarioResult[] = [];
-  for (const s of opts.scenarios) {
-    if (interrupted()) break;
-    results.push(await runScenario(s, opts, meshCgroup, workDir));
+  const variants = agentVariants(opts.root);
+  const rounds = Number(process.env['SOCKMESH_BENCH_ROUNDS'] ?? 1);
+  if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 20)) throw new Error(`SOCKMESH_BENCH_ROUNDS: ${process.env['SOCKMESH_BENCH_ROUNDS']}: expected 1-20`);
+  for (let round = 0; round < rounds; round++) {
+    for (const s of opts.scenarios) {
+      for (const v of variants) {
+        if (interrupted()) break;
+        results.push(await runScenario(s, opts, meshCgroup, workDir, v));
+      }
+    }
   }
   if (interrupted()) throw new Error(`interrupted by ${interrupted()}: no results`);
 
   const checks = results.flatMap(checksOf);
-  const rows: string[][] = [['scenario', 'full sync', 'sync CPU agent / control plane', 'slice change p50 / p99 / max', 'agent reconcile p99', 'agent RSS sync / changes', 'control plane RSS sync / changes']];
+  const rows: string[][] = [['scenario', 'full sync (applies)', 'sync CPU agent / control plane', 'slice change p50 / p99 / max', 'agent reconcile p99', 'agent RSS sync / changes', 'control plane RSS sync / changes']];
   for (const r of results) {
     const c = r.changes;
-    rows.push([r.scenario, f(r.fullSyncSeconds, ' s'), `${f(r.agentCpuSyncSeconds)} / ${r.scenario === 'controlplane' ? f(r.controlPlaneCpuSyncSeconds) : '-'} s`, `${f(c.p50Ms)} / ${f(c.p99Ms)} / ${f(c.maxMs)} ms (${c.completed}/${c.planned})`, f(c.reconcileP99Ms, ' ms'),
+    rows.push([r.variant !== undefined ? `${r.scenario} [${r.variant}]` : r.scenario, `${f(r.fullSyncSeconds, ' s')} (${r.applies ?? '-'})`, `${f(r.agentCpuSyncSeconds)} / ${r.scenario === 'controlplane' ? f(r.controlPlaneCpuSyncSeconds) : '-'} s`, `${f(c.p50Ms)} / ${f(c.p99Ms)} / ${f(c.maxMs)} ms (${c.completed}/${c.planned})`, f(c.reconcileP99Ms, ' ms'),
       `${f(r.agentRssAfterSyncMiB)} / ${f(r.agentRssAfterChangesMiB)} MiB`, r.scenario === 'controlplane' ? `${f(r.controlPlaneRssAfterSyncMiB)} / ${f(r.controlPlaneRssAfterChangesMiB)} MiB` : '-']);
   }
   const widths = rows[0]!.map((_, k) => Math.max(...rows.map((r) => r[k]!.length)));
@@ -276,7 +313,7 @@ export async function runKubernetes(opts: KubeBenchOptions): Promise<number> {
     `${opts.services * opts.endpointsPerService} endpoints in lab/kubeapi.ts`, ''];
   for (const r of rows) out.push(r.map((x, k) => x.padEnd(widths[k]!)).join('  ').trimEnd());
   out.push('');
-  for (const r of results) if (r.error) out.push(`ERROR ${r.scenario}: ${r.error.split('\n')[0]}`);
+  for (const r of results) if (r.error) out.push(`ERROR ${r.scenario}${r.variant !== undefined ? ` [${r.variant}]` : ''}: ${r.error.split('\n')[0]}`);
   for (const k of checks) out.push(`${k.status} ${k.name}: ${k.value === undefined ? 'not measured' : `${f(k.value)} ${k.unit} <= ${k.limit} ${k.unit}`}`);
   process.stdout.write(out.join('\n') + '\n');
 
@@ -284,8 +321,10 @@ export async function runKubernetes(opts: KubeBenchOptions): Promise<number> {
   await emitResult({
     bench: 'kubernetes', kernel: release(), cpus: availableParallelism(), cgroup2: cgroup2Mount(), seed: opts.seed,
     services: opts.services, endpoints: opts.services * opts.endpointsPerService,
-    scenarios: Object.fromEntries(results.map((r) => [r.scenario, {
+    // one key per run: the scenario's name alone as before, `scenario [variant] #round` in an A/B or repeated run
+    scenarios: Object.fromEntries(results.map((r, i) => [variants.length === 1 && rounds === 1 ? r.scenario : `${r.scenario}${r.variant !== undefined ? ` [${r.variant}]` : ''} #${Math.floor(i / (variants.length * opts.scenarios.length)) + 1}`, {
       fullSyncSeconds: o(r.fullSyncSeconds, 3),
+      applies: r.applies ?? null,
       syncCpuSeconds: { agent: o(r.agentCpuSyncSeconds, 2), ...(r.scenario === 'controlplane' ? { controlPlane: o(r.controlPlaneCpuSyncSeconds, 2) } : {}) },
       change: { p50Ms: o(r.changes.p50Ms, 3), p99Ms: o(r.changes.p99Ms, 3), maxMs: o(r.changes.maxMs, 3), reconcileP99Ms: o(r.changes.reconcileP99Ms, 3), completed: r.changes.completed, planned: r.changes.planned, verified: r.changes.verified ?? null },
       agentRssMiB: { sync: o(r.agentRssAfterSyncMiB, 1), changes: o(r.agentRssAfterChangesMiB, 1) },

@@ -154,9 +154,9 @@ export class PinnedMaps {
  * pins and links are cleaned up on the way out (registered before the start, so that Ctrl-C during start-up still
  * unpins and detaches), and it is stopped with SIGTERM before that (the global cleanup would only SIGKILL it).
  */
-export function spawnAgent(root: string, what: string, bpffs: string, meshCgroup: string, args: string[], maxMs: number): { agent: Background; applied: AppliedLog; pid: number } {
+export function spawnAgent(root: string, what: string, bpffs: string, meshCgroup: string, args: string[], maxMs: number, nodeFlags: readonly string[] = []): { agent: Background; applied: AppliedLog; pid: number } {
   onCleanup(`${what}: pins and links`, () => cleanupAgent(root, bpffs, meshCgroup));
-  const agent = new Background(what, process.execPath, [...AGENT_NODE_FLAGS, agentEntry(root), '--cgroup', meshCgroup, '--bpffs', bpffs, ...args], maxMs);
+  const agent = new Background(what, process.execPath, [...AGENT_NODE_FLAGS, ...nodeFlags, agentEntry(root), '--cgroup', meshCgroup, '--bpffs', bpffs, ...args], maxMs);
   onCleanup(`${what}: process`, async () => {
     if (agent.running) await agent.stop('SIGTERM');
   });

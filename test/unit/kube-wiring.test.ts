@@ -13,11 +13,49 @@ import { KubeSource, changedServices, localPods } from '../../agent/sources/kube
 import { KubeCluster, startKubeControlPlane } from '../../controlplane/kube.js';
 import { XdsSource } from '../../agent/sources/xds/source.js';
 import type { Model } from '../../agent/model/types.js';
-import type { KPod } from '../../kube/types.js';
+import type { KPod, KService } from '../../kube/types.js';
 import { FakeReflector, httpRoute, service, slice, until } from '../lib/fakekube.js';
 
 const log = pino({ level: 'silent' });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('ClusterWatch: paced: while changes keep coming, handling batches takes at most half the time (a full sync is a few batches, not one per 100 ms)', async (t) => {
+  const services = new FakeReflector<KService>([]);
+  const starts: number[] = [];
+  const busy = (ms: number) => { const end = performance.now() + ms; while (performance.now() < end) { /* the batch's translation and apply */ } };
+  let cost = 40;
+  const w = new ClusterWatch({ reflectors: { services }, debounceMs: 5, maxDelayMs: 20, onSync: () => { starts.push(performance.now()); busy(cost); } });
+  w.start();
+  await until('first batch', () => starts.length === 1);
+  // a stream of changes for 800 ms (a full sync arriving as watch events): unpaced, a batch every ~20 + 40 ms (~13)
+  const t0 = performance.now();
+  let n = 0;
+  const timer = setInterval(() => services.set(service('default', `s${n++}`, '10.0.1.1', [{ port: 80 }])), 2);
+  await sleep(800);
+  clearInterval(timer);
+  const during = starts.filter((s) => s >= t0).length;
+  await until('the last changes', () => [...services.store.keys()].length === n && starts.length > during);
+  await sleep(150);
+  const batches = starts.filter((s) => s >= t0);
+  t.ok(batches.length >= 4 && batches.length <= 11, `${batches.length} batches in 800 ms of changes with 40 ms each (at most one per 80 ms; unpaced: one per ~60 ms)`);
+  for (let i = 1; i < batches.length; i++) t.ok(batches[i]! - batches[i - 1]! >= 2 * 40 - 2, `batch ${i}: ${(batches[i]! - batches[i - 1]!).toFixed(0)} ms after the one before (its handling and as long again)`);
+
+  // after a quiet time a single change goes at the debounce, not the last batch's rest
+  await sleep(100);
+  cost = 1;
+  const before = starts.length;
+  const t1 = performance.now();
+  services.set(service('default', 'one', '10.0.2.1', [{ port: 80 }]));
+  await until('one change', () => starts.length === before + 1);
+  t.ok(starts.at(-1)! - t1 < 40, `one change after a quiet time: a batch ${(starts.at(-1)! - t1).toFixed(0)} ms later`);
+  // and one right after a small batch is held back only by that batch's few ms
+  const t2 = performance.now();
+  services.set(service('default', 'two', '10.0.2.2', [{ port: 80 }]));
+  await until('a second change', () => starts.length === before + 2);
+  t.ok(starts.at(-1)! - t2 < 40, `a change right after a 1 ms batch: ${(starts.at(-1)! - t2).toFixed(0)} ms later`);
+  t.throws(() => new ClusterWatch({ reflectors: { services }, maxBusyShare: 0, onSync: () => {} }), /maxBusyShare 0/);
+  await w.stop();
+});
 
 t.test('ClusterWatch: the first batch waits for every list, later changes are debounced and bounded', async (t) => {
   const services = new FakeReflector([service('default', 'a', '10.0.0.1', [{ port: 80 }])]);
@@ -323,7 +361,9 @@ t.test('control plane: Local services per node over xDS, everything else shared;
   }
   t.same(cp.controlPlane.overlayNodes().sort(), ['node-a', 'node-b']);
 
-  // an ordinary service's endpoint change: no per-node translation
+  // an ordinary service's endpoint change: no per-node translation (counted once the route status written back has
+  // come back as its own batch: paced, kube/watch.ts, it may follow the clients' sync)
+  await until('the route status batch', () => patches.length > 0 && cp.kube.watch.health().batches >= 2);
   const before = cp.kube.nodeTranslations;
   r.endpointslices.set(slice('default', 'web-1', 'web', [{ port: 8080 }], [{ address: '10.1.0.3', nodeName: 'node-a' }]));
   await until('web change everywhere', () => [...clients.keys()].every((k) => backendsOf(k, 'default--web')().join() === '10.1.0.3'));
