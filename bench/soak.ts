@@ -109,6 +109,8 @@ interface PhaseResult {
   countedByError: Record<string, number>;
   countedSamples: {
     key: string; kind: string; t0: number; ms: number; err: string; backend: string; history: string[]; refusals: string[]; applies: string[];
+    /** the agent's warnings from 2.5 s before the request to 1 s after its end */
+    warnings: string[];
     /** what the kernel held for the frontend when the request started */
     kernel: string;
   }[];
@@ -126,6 +128,8 @@ interface PhaseResult {
   redialMs: number[];
   /** 'retry refused' lines of the agent (at most one a second per group; `refused` counts the rest) by limit */
   retriesRefused: Record<string, number>;
+  /** the agent's warnings by message over the phase */
+  warningsByMsg: Record<string, number>;
   /** the envelope of raw RSS (reported, not judged: it reads garbage between full collections as growth) */
   rssMiB: { start: number; end: number; slopePerMin: number };
   /** after a forced full collection every 10 s: RSS and V8's heap used (MiB), and the fitted slopes (MiB/min) */
@@ -386,6 +390,12 @@ interface AgentRun {
   refusals: { t: number; service: string; limit: string; failed: string; refused: number }[];
   /** its applies as it logged them ('xds: model applied', 'config applied'), one line each: shown with a counted failure */
   applies: { t: number; line: string }[];
+  /**
+   * Its warnings (level 40: 'proxy heartbeat late: the event loop was held' with the gap and the GC time in it, ...):
+   * shown beside a counted failure (a stall of the agent explains a request with no answer, a refused connect of a
+   * failMode closed service) and counted per phase.
+   */
+  warnings: { t: number; line: string }[];
 }
 
 async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase, source: string[], lab: Lab, maxMs: number): Promise<AgentRun> {
@@ -396,7 +406,7 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
     '--proxy-port', String(await freePort()), '--metrics-listen', 'off', '--proxy-node-address', lab.nodeV4,
   ];
   const bg = new Background(`agent (${phase})`, process.execPath, argv, maxMs);
-  const a: AgentRun = { bg, bpffs, runDir, applied: [], xdsComplete: [], connected: [], errors: [], gcPoints: [], refusals: [], applies: [] };
+  const a: AgentRun = { bg, bpffs, runDir, applied: [], xdsComplete: [], connected: [], errors: [], gcPoints: [], refusals: [], applies: [], warnings: [] };
   onCleanup(`agent ${bpffs}`, async () => {
     await bg.stop('SIGTERM');
     const r = await run(process.execPath, [AGENT_JS, 'cleanup', '--bpffs', bpffs, '--run-dir', runDir], 20_000);
@@ -424,6 +434,11 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
     else if (l.msg === 'soak: gc' && l.rssKiB !== undefined) a.gcPoints.push({ t, rssMiB: l.rssKiB / 1024, heapMiB: (l.heapUsedKiB ?? 0) / 1024 });
     else if (l.msg === 'retry refused') a.refusals.push({ t, service: l.service ?? '', limit: l.limit ?? '', failed: String(l.failed ?? ''), refused: l.refused ?? 1 });
     if (l.msg === 'soak: gc' && l.error && a.errors.length < 50) a.errors.push(`soak: gc: ${l.error}`);
+    if (l.level === 40) {
+      const { level: _l, time: _t, msg, pid: _p, hostname: _h, ...rest } = l as Record<string, unknown>;
+      a.warnings.push({ t, line: `${String(msg ?? '')} ${JSON.stringify(rest)}` });
+      if (a.warnings.length > 20_000) a.warnings.splice(0, 10_000);
+    }
     if ((l.level ?? 0) >= 50 && a.errors.length < 50) a.errors.push(`${l.msg ?? ''}${l.error ? `: ${l.error}` : ''}`);
   });
   await bg.waitForLine((l) => l.includes('"datapath ready"'), 30_000);
@@ -741,6 +756,7 @@ async function runPhase(
         // the agent's retry refusals around it (logged at most once a second per group): which limit gave up
         refusals: agent.refusals.filter((r) => r.t >= f.t0 - 1000 && r.t <= f.t1 + 1000)
           .map((r) => `${r.t - f.t0} ms: ${r.service} ${r.limit} refused a retry of ${r.failed} (${r.refused} since the last line)`),
+        warnings: agent.warnings.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => `${x.t - f.t0} ms: ${x.line}`),
         // what the agent applied around it, and (xDS) when the control plane read the config
         applies: [
           ...agent.applies.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => ({ t: x.t, line: x.line })),
@@ -777,6 +793,8 @@ async function runPhase(
   };
   const retriesRefused: Record<string, number> = {};
   for (const r of agent.refusals) retriesRefused[r.limit] = (retriesRefused[r.limit] ?? 0) + r.refused;
+  const warningsByMsg: Record<string, number> = {};
+  for (const w of agent.warnings) { const m = w.line.slice(0, w.line.indexOf(' {')); warningsByMsg[m] = (warningsByMsg[m] ?? 0) + 1; }
 
   const checks: Check[] = [];
   const check = (name: string, pass: boolean, value: string, limit: string) => checks.push({ name: `${phase}: ${name}`, pass, value, limit });
@@ -817,7 +835,7 @@ async function runPhase(
 
   return {
     phase, seconds, requests: ok + fails.length, ok, failed: fails.length, counted, excluded, garbled, countedByError, countedSamples, perTarget,
-    configWrites: world.writes, configApplied, applyLagMs, ...(cp ? { estimateEarly: early } : {}), modeEvents: world.modeEvents, cpRestarts: cp?.restarts ?? 0, reconnectMs, redialMs, retriesRefused, gc,
+    configWrites: world.writes, configApplied, applyLagMs, ...(cp ? { estimateEarly: early } : {}), modeEvents: world.modeEvents, cpRestarts: cp?.restarts ?? 0, reconnectMs, redialMs, retriesRefused, warningsByMsg, gc,
     rssMiB: rss, rssTrace, rest: { start: restStart, end: restEnd }, fds, maps: { start: mapsStart, end: mapsEnd },
     bpf: { before: strip(before), started: strip(started), end: strip(endCounts), after: strip(after) }, agentErrors, checks,
   };
@@ -882,6 +900,7 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
       out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend}; the kernel held ${s.kernel}); the frontend before (ms from the request; @: good from):`);
       for (const h of s.history.slice(-6)) out.push(`      ${h}`);
       for (const x of s.refusals) out.push(`      agent: ${x}`);
+      for (const x of s.warnings.slice(0, 8)) out.push(`      agent warned: ${x}`);
       if (s === r.countedSamples[0]) for (const x of s.applies) out.push(`      applied: ${x}`);
     }
     out.push(`${r.phase}: from a config write to certainly in force (ms): p50 ${r.applyLagMs.p50}, p99 ${r.applyLagMs.p99}, max ${r.applyLagMs.max}`);
@@ -891,6 +910,7 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
     }
     if (r.reconnectMs.length) out.push(`${r.phase}: xDS outages, kill to the agent's reconnection (ms): ${r.reconnectMs.join(', ')}; the control plane listening again to it: ${r.redialMs.join(', ')}`);
     out.push(`${r.phase}: retries the agent refused, by limit: ${Object.entries(r.retriesRefused).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`);
+    out.push(`${r.phase}: the agent's warnings, by message: ${Object.entries(r.warningsByMsg).map(([k, v]) => `${k}: ${v}`).join('; ') || 'none'}`);
     out.push(`${r.phase}: agent after full GCs every 10 s, RSS/heap MiB (the last at rest): ${r.gc.trace.join(' ')}; slopes RSS ${r.gc.rssSlopePerMin.toFixed(2)}, heap ${r.gc.heapSlopePerMin.toFixed(2)} MiB/min`);
     out.push(`${r.phase}: agent RSS after the warm-up, lower envelope every 10 s (MiB; not judged, garbage included): ${r.rssTrace.join(' ')}`);
     const rest = (x: { rssMiB: number; fds: number } | null) => (x ? `${x.rssMiB.toFixed(1)} MiB, ${x.fds} fds` : '-');
