@@ -78,6 +78,7 @@ static constexpr int kMaxIov = 64;
 // 34 KiB, where the read(2)s it costs more are cheaper). Records past the arena or the wake's share stay in it:
 // SSL_has_pending, which epoll cannot see (the eventfd below).
 static constexpr size_t kTlsReadBuffer = 34 * 1024;
+static constexpr size_t kTlsFullRecord = 16384;  // the plaintext of a full record (SSL_CTX_set_max_send_fragment)
 
 struct Sock {
   int fd = -1;
@@ -459,6 +460,10 @@ static void TlsRead(LoopState* st, Sock* s) {
     if (rc == 1) {
       st->slabUsed += n;
       got += n;
+      // A record shorter than a full one, and nothing more in OpenSSL's buffer: the sender's write ended there, and
+      // the socket is most likely empty. Not asked again now (that read(2) would say EAGAIN: one syscall per small
+      // message, a ping-pong's every hop); level-triggered epoll wakes us if more came meanwhile.
+      if (got < kTlsFullRecord && n < want && !SSL_has_pending(s->ssl)) break;
       continue;
     }
     r = TlsCheck(s, rc, OP_READ, &err, &op);
