@@ -126,6 +126,9 @@ export class LabPod implements PodState {
       let stdout = '', stderr = '';
       p.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
       p.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+      // A command that exits without reading its input (curl failing at once) closes the pipe first: that EPIPE is no
+      // error of ours, and thrown it would hide the command's own exit code and stderr, which the caller reports.
+      p.stdin!.on('error', () => {});
       p.stdin!.end(opts.input ?? '');
       const timer = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 10_000);
       p.on('error', (e) => { stderr += e.message; });
