@@ -14,7 +14,6 @@ import type { Logger } from './observe/log.js';
 import type { Conn } from './proxy/conn.js';
 import { TunnelConn, UpstreamDenied, type TunnelDecider } from './proxy/tunnelup.js';
 import type { Upstream } from './proxy/types.js';
-import { nodeOfPod } from './tunnelhandover.js';
 import type { TunnelClient } from './tunnel/client.js';
 import { TunnelError, type TunnelRequest } from './tunnel/types.js';
 
@@ -25,10 +24,17 @@ import { TunnelError, type TunnelRequest } from './tunnel/types.js';
 export function proxyTunnelDecider(nodeId: string, local: () => ReadonlySet<string>): (model: Model) => TunnelDecider {
   return (model) => {
     const targets = tunnelTargets(model, nodeId, local());
+    // a backend's node by address, indexed once per model (nodeOfPod walks every workload: per backend, that was
+    // O(L7 backends x workloads) for each compile)
+    let nodes: Map<string, string> | undefined;
     return (svc, address, port) => {
       const f = targets.backend(svc, address, port);
       if ((f & BE_F_TUNNEL) === 0) return undefined;
-      const node = nodeOfPod(model, address);
+      if (nodes === undefined) {
+        nodes = new Map();
+        for (const w of model.workloads ?? []) if (w.node !== undefined) for (const a of w.addresses ?? []) if (!nodes.has(a)) nodes.set(a, w.node);
+      }
+      const node = nodes.get(address);
       return node === undefined ? undefined : { node, strict: (f & BE_F_STRICT) !== 0 };
     };
   };

@@ -27,7 +27,7 @@
 import type { Logger } from '../observe/log.js';
 import type { Registry } from 'prom-client';
 import type { BackendStates } from '../health/states.js';
-import type { Model } from '../model/types.js';
+import type { Model, Service } from '../model/types.js';
 import type { ProxyBackendReport, ProxyRouteReport, RequestTap } from '../admin/protocol.js';
 import type { Exchange, LocalReply, OriginalDst, Outcome, Policy, RequestHead, Source } from './types.js';
 import { matchPath } from './router.js';
@@ -38,7 +38,7 @@ import { AccessLog } from './accesslog.js';
 import { compileModel, hostPort, type BackendSlot, type Compiled, type FrontendState, type GroupState, type RouteState, type ServiceState } from './compile.js';
 import { localReply, PolicyExchange, type ExchangeHost, type LocalReason } from './decide.js';
 import { backendsReport, routesReport } from './reports.js';
-import type { TunnelDecider } from './tunnelup.js';
+import { retarget, type TunnelDecider } from './tunnelup.js';
 
 export { DEFAULT_GROUP } from './compile.js';
 export type { LocalReason } from './decide.js';
@@ -86,6 +86,8 @@ export class ProxyPolicy implements Policy, ExchangeHost {
   /** workload name -> identity (SPIFFE id), of the model in force */
   private identities = new Map<string, string>();
   private readonly tunnel: ((model: Model) => TunnelDecider | undefined) | undefined;
+  /** what the tunnel targets and identities were last decided from (an L4-only update re-decides them when it moved) */
+  private seen: Pick<Model, 'workloads' | 'mtls' | 'nodes'> = {};
 
   constructor(o: ProxyPolicyOptions) {
     this.states = o.states;
@@ -113,6 +115,10 @@ export class ProxyPolicy implements Policy, ExchangeHost {
     // walk that allocates per service: patch the L4 index and keep everything else.
     if (changed && this.onlyL4(model, changed)) {
       this.workloadOf = workloadOfCgroup;
+      // The L7 services' compiled state stays, but which of their backends go through the tunnel, and who the
+      // clients are, follow the workloads (a pod on another node now, a new identity) and the mesh's modes, which an
+      // L4-only change can move: re-decided for the existing slots only (the L7 backends), when those changed.
+      if (model.workloads !== this.seen.workloads || model.mtls !== this.seen.mtls || model.nodes !== this.seen.nodes) this.follow(model);
       return;
     }
     const c = compileModel({
@@ -122,15 +128,33 @@ export class ProxyPolicy implements Policy, ExchangeHost {
       earlyStats: (service) => this.metrics.earlyStats(service),
       tunnelOf: this.tunnel?.(model),
     }, model);
-    const identities = new Map<string, string>();
-    for (const w of model.workloads ?? []) if (w.identity !== undefined) identities.set(w.name, w.identity);
-    this.identities = identities;
+    this.identities = identitiesOf(model);
+    this.seen = { workloads: model.workloads, mtls: model.mtls, nodes: model.nodes };
     this.retire(c);
     this.c = c;
     this.workloadOf = workloadOfCgroup;
     for (const s of c.routeStats.values()) s.retain(c.alive.get(s.service));
     this.metrics.setRoutes([...c.routeStats.values()]);
     this.metrics.forgetBackends(c.alive);
+  }
+
+  /** the tunnel targets of the compiled L7 backends, and the identities, for a model whose workloads or modes moved */
+  private follow(model: Model): void {
+    this.seen = { workloads: model.workloads, mtls: model.mtls, nodes: model.nodes };
+    this.identities = identitiesOf(model);
+    if (!this.tunnel || this.c.groups.size === 0) return;
+    const decide = this.tunnel(model);
+    const defs = new Map<string, Service>();
+    const list = model.services;
+    for (let i = 0; i < list.length; i++) {
+      const svc = list[i]!;
+      if (svc.http !== undefined && this.c.services.has(svc.name)) defs.set(svc.name, svc);
+    }
+    for (const g of this.c.groups.values()) {
+      const def = defs.get(g.service);
+      if (def === undefined) continue;
+      for (const slot of g.slots) retarget(slot, decide?.(def, slot.upstream.address, slot.upstream.port));
+    }
   }
 
   /** true when no service in changed is L7 now or was before (an indexed walk: no allocation per service) */
@@ -303,4 +327,11 @@ export class ProxyPolicy implements Policy, ExchangeHost {
   backendsReport(): ProxyBackendReport[] {
     return backendsReport(this.c.groups.values(), this.states);
   }
+}
+
+/** workload name -> identity (SPIFFE id) */
+function identitiesOf(model: Model): Map<string, string> {
+  const identities = new Map<string, string>();
+  for (const w of model.workloads ?? []) if (w.identity !== undefined) identities.set(w.name, w.identity);
+  return identities;
 }

@@ -177,3 +177,44 @@ t.test('TunnelConn: queued writes, half-close, errors', async (t) => {
   await new Promise((r) => setTimeout(r, 100));
   t.ok(sock?.destroyed, 'destroyed before connect: the stream is closed once it arrives');
 });
+
+t.test('an L4-only change that moves an L7 backend\'s pod to another node: its next attempt goes through the tunnel, without an L7 compile', async (t) => {
+  const { proxyTunnelDecider } = await import('../../agent/proxytunnel.js');
+  const states = new BackendStates();
+  t.teardown(() => states.close());
+  let decided = 0;
+  const decider = proxyTunnelDecider('n1', () => new Set());
+  const p = new ProxyPolicy({ states, log: captureLog().log, random: seeded(5), tunnel: (m) => { decided++; return decider(m); } });
+  const pod = '198.18.7.5';
+  const web = service('web', '127.100.0.2', 80, [backend(8080, undefined, pod)], http({ routes: [route('all')] }));
+  const db = service('db', '127.100.0.3', 5432, [backend(5432, undefined, '198.18.7.9')]);
+  const at = (node: string, extra: Partial<typeof web> = {}) => {
+    const m = model(web, { ...db, ...extra });
+    m.workloads = [{ name: 'a', identity: A, cgroups: [], addresses: [] }, { name: 'api', identity: B, node, cgroups: [], addresses: [pod] }] as typeof m.workloads;
+    return m;
+  };
+  const firstAttempt = () => {
+    const x = p.begin({ vip: '127.100.0.2', port: 80, cgroupId: 0n }, { address: '127.0.0.1', port: 1, cgroupId: 1n }, head()) as Exchange;
+    const a = x.attempt(1) as Attempt;
+    a.finish({ kind: 'response', status: 200 });
+    x.end(200);
+    return a.upstream;
+  };
+  p.update(at('n1'), () => 'a');
+  t.equal(firstAttempt().tunnel, undefined, 'the pod on this node: reached directly');
+  const compiles = decided;
+  // the pod moved to n2 in a batch that changed only db (an L4 service): the L7 state is not compiled again
+  p.update(at('n2', { algorithm: 'maglev' }), () => 'a', new Set(['db']));
+  const up = firstAttempt();
+  t.same([up.tunnel?.node, up.tunnel?.source], ['n2', A], 'on n2 now: through the tunnel as the client\'s identity');
+  t.equal(decided, compiles + 1, 'decided once for the new workloads');
+  // an L4 change that moves no workload decides nothing again (the workloads array is the same)
+  const same = at('n2');
+  p.update(same, () => 'a', new Set(['db']));
+  const n = decided;
+  p.update({ ...same, services: [web, { ...db, algorithm: 'random' }] }, () => 'a', new Set(['db']));
+  t.equal(decided, n, 'same workloads and modes: nothing re-decided');
+  // and back on this node
+  p.update(at('n1'), () => 'a', new Set(['db']));
+  t.equal(firstAttempt().tunnel, undefined, 'back on n1: directly again');
+});
