@@ -29,7 +29,7 @@ import {
   formatL7Table, formatLoop, l7Checks, l7Json, L7_LABELS, L7_SCENARIOS, PROTOCOLS, PROTOCOL_TITLES, summarize,
   type L7Result, type L7Scenario, type LoopFigures, type Protocol, type Sample,
 } from './lib/l7report.js';
-import { GcMeter, type GcStats } from './lib/gctrace.js';
+import { allocPerRequest, GcMeter, type GcStats } from './lib/gctrace.js';
 import { h2loadArgv, h2Shape, P999_LUA, parseH2load, parseWrk, wrkArgv, type HttpRun } from './lib/loadgen.js';
 import { addNetns, delNetns, inCgroupNsenter, waitListening } from './lib/netns.js';
 import { Background, CLIENT_SLACK_MS, interrupted, log, onCleanup, requireRootAndTools, run } from './lib/proc.js';
@@ -60,6 +60,8 @@ export interface L7Options {
   chartDir: string | null;
   /** a directory: (b)'s allocations are profiled during each measured run (lib/allocprof.ts) */
   allocProfile?: string;
+  /** a directory: (b)'s CPU time is profiled during each measured run (lib/allocprof.ts, V8's CPU profiler) */
+  cpuProfile?: string;
 }
 
 const BACKEND_PORT = 8080;
@@ -250,7 +252,7 @@ function sockmeshScenario(ctx: Ctx): Scenario {
           nodeFlags: [
             '--trace-gc-nvp',
             ...(ctx.opts.agentFlags ?? []),
-            ...(ctx.opts.allocProfile ? ['--import', pathToFileURL(join(ctx.opts.root, 'dist', 'bench', 'lib', 'allocprof.js')).href] : []),
+            ...(ctx.opts.allocProfile || ctx.opts.cpuProfile ? ['--import', pathToFileURL(join(ctx.opts.root, 'dist', 'bench', 'lib', 'allocprof.js')).href] : []),
           ],
           launch: (argv) => inCgroupNsenter(ctx.cg.meshAgent, ctx.ns, ctx.serverCpus, argv),
         });
@@ -394,12 +396,13 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
   try {
     const gone = s.dead();
     if (gone) throw new Error(`${gone} is not running`);
-    const profiling = keep && s.profile && ctx.opts.allocProfile;
+    const profileDir = ctx.opts.allocProfile ?? ctx.opts.cpuProfile;
+    const profiling = keep && s.profile && profileDir;
     if (profiling) s.profile!();
     const x = await measure(ctx, s, p, seconds);
     if (profiling) {
       s.profile!();
-      log(`${label(s)} ${PROTOCOL_TITLES[p]}: allocation profile ${join(ctx.opts.allocProfile!, `${++ctx.profiles}.txt`)}`);
+      log(`${label(s)} ${PROTOCOL_TITLES[p]}: ${ctx.opts.allocProfile ? 'allocation' : 'CPU'} profile ${join(profileDir, `${++ctx.profiles}.txt`)}`);
     }
     if (s.result.name === 'sockmesh' && x.rps > 1000 && (x.proxyCpu ?? 0) < MIN_AGENT_CPU_PCT) {
       throw new Error(`the agent used ${(x.proxyCpu ?? 0).toFixed(1)}% CPU for ${Math.round(x.rps)} req/s: ` +
@@ -409,7 +412,7 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
     if (keep) (s.result.samples[p] ??= []).push(x);
     const cpu = x.proxyCpu === undefined ? '' : `, proxy CPU ${x.proxyCpu.toFixed(0)}%`;
     const gc = x.gc && x.requests > 0
-      ? `; GC ${x.gc.collections} (${x.gc.pauseTotalMs.toFixed(0)} ms, max ${x.gc.pauseMaxMs.toFixed(1)} ms), ${Math.round(x.gc.allocated / x.requests)} B/req`
+      ? `; GC ${x.gc.collections} (${x.gc.pauseTotalMs.toFixed(0)} ms, max ${x.gc.pauseMaxMs.toFixed(1)} ms), ${Math.round(allocPerRequest(x.gc, x.requests, x.seconds))} B/req`
       : '';
     const sched = x.sched && x.requests > 0
       ? `; run queue ${(x.sched.runqUs / x.requests).toFixed(2)} µs/req (${(x.sched.runqUs / 1000 / x.seconds).toFixed(0)} ms/s), ` +
@@ -433,6 +436,10 @@ export async function runL7(opts: L7Options): Promise<number> {
     mkdirSync(opts.allocProfile, { recursive: true });
     process.env.SOCKMESH_ALLOC_PROFILE_DIR = opts.allocProfile; // read by the agent's preload (lib/allocprof.ts)
     log(`--alloc-profile: (b) runs with V8's sampling heap profiler; its figures are not comparable to a plain run`);
+  } else if (opts.cpuProfile) {
+    mkdirSync(opts.cpuProfile, { recursive: true });
+    process.env.SOCKMESH_CPU_PROFILE_DIR = opts.cpuProfile; // read by the agent's preload (lib/allocprof.ts)
+    log(`--cpu-profile: (b) runs with V8's CPU profiler (100 µs); its figures are not comparable to a plain run`);
   }
   const { id, cgroup, workDir } = benchWorkspace();
   await addNetns(id);

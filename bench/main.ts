@@ -50,6 +50,8 @@ l7 options:
                        of V8 settings against the same baselines
   --alloc-profile DIR  (b)'s allocations sampled (V8's heap profiler, freed objects included) during each
                        measured run: DIR/<n>.heapprofile + DIR/<n>.txt (top allocating functions); slows (b)
+  --cpu-profile DIR    (b)'s CPU time sampled (V8's CPU profiler, 100 µs) during each measured run:
+                       DIR/<n>.cpuprofile + DIR/<n>.txt (functions by self time); slows (b)
 
   xds        the agent on xDS against the control plane at fleet scale: full sync time, one endpoint
              change to the kernel map (p50/p99 over many), agent RSS at rest
@@ -221,6 +223,7 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
   let duration = 5, connections = 32, repetitions = 3, warmup = 2, pin = false, quick = false;
   let only: L7Scenario[] | undefined;
   let allocProfile: string | undefined;
+  let cpuProfile: string | undefined;
   let agentFlags: string[] = [];
   const byLetter = Object.fromEntries(Object.entries(L7_LETTERS).map(([n, l]) => [l, n])) as Record<string, L7Scenario>;
   for (let i = 0; i < argv.length; i++) {
@@ -233,6 +236,9 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
     else if (flag === '--alloc-profile') {
       if (!argv[i + 1]) throw new Error('--alloc-profile needs a directory');
       allocProfile = resolve(argv[++i]!);
+    } else if (flag === '--cpu-profile') {
+      if (!argv[i + 1]) throw new Error('--cpu-profile needs a directory');
+      cpuProfile = resolve(argv[++i]!);
     } else if (flag === '--agent-flags') {
       agentFlags = (argv[++i] ?? '').split(/\s+/).filter((f) => f !== '');
       const bad = agentFlags.find((f) => !f.startsWith('--'));
@@ -251,7 +257,7 @@ async function l7(argv: string[], chartDir: string | null): Promise<number> {
     warmup = 1;
   }
   const scenarios = only ?? L7_SCENARIOS.filter((n) => !(quick && n === 'haproxy2'));
-  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin, chartDir, allocProfile, agentFlags });
+  return runL7({ root: projectRoot(), duration, connections, repetitions, warmup, scenarios, pin, chartDir, allocProfile, cpuProfile, agentFlags });
 }
 
 async function pods(argv: string[], chartDir: string | null): Promise<number> {

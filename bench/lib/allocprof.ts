@@ -4,6 +4,9 @@
 // allocation is: garbage a moment later). On the toggle that stops it, the profile goes to
 // $SOCKMESH_ALLOC_PROFILE_DIR/<n>.heapprofile (for Chrome DevTools' Memory panel) and, beside it, <n>.txt: the
 // functions that allocated most, by self size. Not used outside the bench: sampling every 512 bytes costs CPU.
+// With $SOCKMESH_CPU_PROFILE_DIR instead (--cpu-profile), the same toggle runs V8's CPU profiler (every 100 µs):
+// <n>.cpuprofile and <n>.txt, the functions by self time. Started by the signal after the agent is up, not with
+// node's --cpu-prof: its SIGPROF ticks interrupt the BPF verifier, whose load then fails with EAGAIN.
 import { Session } from 'node:inspector';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -57,5 +60,53 @@ function install(dir: string): void {
   });
 }
 
+interface CpuNode { id: number; callFrame: CallFrame; hitCount?: number }
+interface CpuProfile { nodes: CpuNode[]; startTime: number; endTime: number; samples?: number[] }
+
+/** Self time per function (name, file:line), biggest first, with each one's share of the samples. */
+export function topFunctions(profile: CpuProfile, n: number): string[] {
+  const bySite = new Map<string, number>();
+  let total = 0;
+  for (const node of profile.nodes) {
+    const hits = node.hitCount ?? 0;
+    if (hits === 0) continue;
+    const f = node.callFrame;
+    const file = f.url.replace(/^file:\/\//, '').replace(/^.*\/(dist|node_modules)\//, '$1/');
+    const key = `${f.functionName || '(anonymous)'} ${file}${file ? `:${f.lineNumber + 1}` : ''}`;
+    bySite.set(key, (bySite.get(key) ?? 0) + hits);
+    total += hits;
+  }
+  const msPerHit = total > 0 ? (profile.endTime - profile.startTime) / 1000 / total : 0;
+  return [...bySite.entries()].sort((a, b) => b[1] - a[1]).slice(0, n)
+    .map(([k, v]) => `${(v * msPerHit).toFixed(0).padStart(8)} ms ${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`);
+}
+
+function installCpu(dir: string): void {
+  const session = new Session();
+  session.connect();
+  let on = false;
+  let n = 0;
+  const post = (method: string, params?: object): Promise<unknown> =>
+    new Promise((resolve, reject) => session.post(method, params ?? {}, (e, r) => (e ? reject(e) : resolve(r))));
+  process.on('SIGUSR2', () => {
+    void (async () => {
+      if (!on) {
+        on = true;
+        await post('Profiler.enable');
+        await post('Profiler.setSamplingInterval', { interval: 100 });
+        await post('Profiler.start');
+        return;
+      }
+      on = false;
+      const { profile } = (await post('Profiler.stop')) as { profile: CpuProfile };
+      n++;
+      writeFileSync(join(dir, `${n}.cpuprofile`), JSON.stringify(profile));
+      writeFileSync(join(dir, `${n}.txt`), topFunctions(profile, 60).join('\n') + '\n');
+    })().catch((e: Error) => process.stderr.write(`cpu profile: ${e.message}\n`));
+  });
+}
+
 const dir = process.env.SOCKMESH_ALLOC_PROFILE_DIR;
+const cpuDir = process.env.SOCKMESH_CPU_PROFILE_DIR;
 if (dir) install(dir);
+else if (cpuDir) installCpu(cpuDir);

@@ -2,7 +2,7 @@
 // reads and the JSON object a machine reads.
 import { round, scenarioLabels, scenarioLetters } from './report.js';
 import type { HttpRun } from './loadgen.js';
-import type { GcStats } from './gctrace.js';
+import { allocPerRequest, type GcStats } from './gctrace.js';
 
 export const L7_SCENARIOS = ['direct', 'sockmesh', 'haproxy', 'chain', 'relay', 'haproxy2'] as const;
 export type L7Scenario = (typeof L7_SCENARIOS)[number];
@@ -125,7 +125,7 @@ export function summarize(r: L7Result | undefined, p: Protocol): Summary | undef
     p99: median(s.map((x) => x.p99)),
     ...(p999.length === s.length ? { p999: median(p999) } : {}),
     ...(gc.length ? {
-      allocPerReq: median(gc.map((x) => x.gc!.allocated / x.requests)),
+      allocPerReq: median(gc.map((x) => allocPerRequest(x.gc!, x.requests, x.seconds))),
       gcPausePct: median(gc.map((x) => (x.gc!.pauseTotalMs / 1000 / x.seconds) * 100)),
       gcPauseMaxMs: Math.max(...gc.map((x) => x.gc!.pauseMaxMs)),
     } : {}),

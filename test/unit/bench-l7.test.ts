@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import {
   h2loadArgv, h2loadLogPercentiles, h2Shape, P999_LUA, parseH2load, parseH2loadSummary, parseWrk, wrkArgv, wrkDuration,
 } from '../../bench/lib/loadgen.js';
-import { GcMeter, parseGcLine } from '../../bench/lib/gctrace.js';
+import { allocPerRequest, GcMeter, parseGcLine } from '../../bench/lib/gctrace.js';
 import { schedStats, statCpuTicks } from '../../bench/lib/cpu.js';
 import { backendConfig, proxyConfig } from '../../bench/lib/haproxy.js';
 import { formatL7Table, formatLoop, l7Checks, l7Json, ratios, summarize, type L7Result, type LoopFigures, type Sample } from '../../bench/lib/l7report.js';
@@ -310,15 +310,32 @@ const GC_LINE = '[18030:0x4230b870]       18 ms: pause=0.5 mutator=0.9 gc=s redu
   'holes_size_after=432896 allocated=882200 promoted=89792 new_space_survived=34000 nodes_died_in_new=0';
 
 t.test('GC trace: pause, collector and bytes allocated from --trace-gc-nvp lines; the agent\'s JSON logs ignored', async (t) => {
-  t.same(parseGcLine(GC_LINE), { pause: 0.5, kind: 's', allocated: 882200 });
+  t.same(parseGcLine(GC_LINE), { pause: 0.5, kind: 's', allocated: 882200, atMs: 18 });
   t.equal(parseGcLine('{"level":30,"msg":"pause=1 gc=s allocated=5"}'), undefined);
   t.equal(parseGcLine('datapath ready'), undefined);
   const m = new GcMeter();
   t.ok(m.feed(GC_LINE));
   t.ok(m.feed(GC_LINE.replace('pause=0.5', 'pause=1.5').replace('gc=s', 'gc=mc').replace('allocated=882200', 'allocated=100')));
   t.notOk(m.feed('{"msg":"x"}'));
-  t.same(m.take(), { collections: 2, scavenges: 1, allocated: 882300, pauseTotalMs: 2, pauseMaxMs: 1.5, pausesOver1ms: 1 });
+  t.same(m.take(), { collections: 2, scavenges: 1, allocated: 882300, pauseTotalMs: 2, pauseMaxMs: 1.5, pausesOver1ms: 1, spanMs: 0, spanAllocated: 100 });
   t.same(m.take(), GcMeter.empty(), 'take() starts a new window');
+});
+
+t.test('GC trace: bytes per request from the rate between the first and last collection, not the sum that straddles the run', async (t) => {
+  const at = (ms: number, allocated: number): string => GC_LINE.replace('      18 ms:', ` ${ms} ms:`).replace('allocated=882200', `allocated=${allocated}`);
+  const m = new GcMeter();
+  // 8 MB before the run's first collection (mostly from before the run), then 4 MB every 100 ms over 1 s
+  m.feed(at(1000, 8_000_000));
+  for (let i = 1; i <= 10; i++) m.feed(at(1000 + i * 100, 4_000_000));
+  const g = m.take();
+  t.equal(g.spanMs, 1000);
+  t.equal(g.spanAllocated, 40_000_000);
+  // a 1 s run of 40,000 requests: 40 MB/s -> 1000 B a request (the plain sum says 1200)
+  t.equal(allocPerRequest(g, 40_000, 1), 1000);
+  t.equal(g.allocated / 40_000, 1200);
+  // fewer than 3 collections, or lines without times: the plain sum
+  t.equal(allocPerRequest({ ...GcMeter.empty(), collections: 2, allocated: 500, spanMs: 10, spanAllocated: 100 }, 1, 1), 500);
+  t.equal(allocPerRequest({ ...GcMeter.empty(), collections: 5, allocated: 500 }, 1, 1), 500);
 });
 
 t.test('Prometheus text: a family summed over the samples with the given labels', async (t) => {
