@@ -62,6 +62,9 @@ function latin1(buf: Buffer, start: number, end: number): string {
   return s;
 }
 
+/** the most entries of a decoder's scratch list kept between blocks */
+const SCRATCH_KEEP = 256;
+
 /** Huffman output lands here before it becomes a string (decoding is synchronous, so one is enough) */
 let huffScratch = Buffer.allocUnsafe(1024);
 
@@ -93,6 +96,8 @@ export class HpackDecoder {
   private end = 0;
   /** where the block starts in buf (error offsets are the block's) */
   private base = 0;
+  /** the list being decoded (decode() returns a copy) */
+  private scratch: string[] = [];
 
   /**
    * maxTableSize: our SETTINGS_HEADER_TABLE_SIZE (the peer's encoder may use at most this much);
@@ -125,7 +130,11 @@ export class HpackDecoder {
     this.p = start;
     this.base = start;
     this.end = end;
-    const out: string[] = [];
+    // Decoded into one array per decoder and copied out at its size: a list pushed into from empty grows to 17 slots
+    // at once (and 41 past that), a copy is as long as the fields; two lists per proxied HTTP/2 request (bench l7).
+    // (Its length is never set back to 0: V8 drops the backing store then.) What lies past n is stale.
+    const out = this.scratch;
+    let n = 0;
     let listSize = 0;
     const maxList = this.maxHeaderListSize;
     let fields = false;
@@ -176,13 +185,18 @@ export class HpackDecoder {
       fields = true;
       listSize += name.length + value.length + ENTRY_OVERHEAD;
       // past the limit only the table is kept in step: the list is refused anyway
-      if (listSize <= maxList) out.push(name, value);
+      if (listSize <= maxList) {
+        out[n++] = name;
+        out[n++] = value;
+      }
     }
     this.buf = EMPTY;
     if (listSize > maxList) {
       throw new HpackError(`hpack: header list of ${listSize} bytes is over the limit of ${maxList}`, 'HEADER_LIST_TOO_LARGE');
     }
-    return out;
+    const list = out.slice(0, n);
+    if (out.length > SCRATCH_KEEP) this.scratch = []; // an unusually long list: its array is not kept per session
+    return list;
   }
 
   /** the dynamic table's size in bytes (RFC 7541 4.1) */
