@@ -6,6 +6,7 @@
 //
 // Bytes are decoded as latin1 everywhere: one byte = one UTF-16 unit, so obs-text in a value survives
 // the round trip to the upstream byte for byte.
+import { HeadersRecord } from './headers.js';
 import type { Headers } from './types.js';
 
 // Character classes, one table lookup per byte.
@@ -35,13 +36,12 @@ export type ParseError = (typeof ParseError)[keyof typeof ParseError];
 export const Framing = { None: 0, Length: 1, Chunked: 2, Close: 3 } as const;
 
 /**
- * One field line as read by fieldSpan() (where its name and value are in the buffer) and fieldLine() (them as
- * strings): a parser keeps one and reuses it (no allocation per line). tabAfter: the OWS after the value held an HTAB
- * (see FramingFields.take).
+ * One field line as read by fieldSpan(): where its name and value are in the buffer. A parser keeps one and reuses it
+ * (no allocation per line). tabAfter: the OWS after the value held an HTAB (see FramingFields.take).
  */
-interface Field { name: string; value: string; error: string; tabAfter: boolean; n0: number; n1: number; v0: number; v1: number }
+interface Field { error: string; tabAfter: boolean; n0: number; n1: number; v0: number; v1: number }
 
-const newField = (): Field => ({ name: '', value: '', error: '', tabAfter: false, n0: 0, n1: 0, v0: 0, v1: 0 });
+const newField = (): Field => ({ error: '', tabAfter: false, n0: 0, n1: 0, v0: 0, v1: 0 });
 
 /**
  * field-line = field-name ":" OWS field-value OWS CRLF, starting at i: the name is buf[f.n0..f.n1], the value
@@ -78,13 +78,49 @@ function fieldSpan(buf: Buffer, i: number, f: Field): number {
   return i + 2;
 }
 
-/** fieldSpan(), and the name (lower-cased) and value as strings in f.name, f.value */
-function fieldLine(buf: Buffer, i: number, f: Field): number {
-  i = fieldSpan(buf, i, f);
-  if (i < 0) return -1;
-  f.name = buf.toString('latin1', f.n0, f.n1).toLowerCase();
-  f.value = buf.toString('latin1', f.v0, f.v1);
-  return i;
+/**
+ * Field names most requests and responses carry, lower case: a name read is one of these strings (fieldName), not two
+ * new ones per field line (the bytes as a string, then lower-cased), ~60 B of the young generation each.
+ */
+const COMMON_NAMES: string[][] = [];
+for (const n of [
+  'host', 'accept', 'accept-encoding', 'accept-language', 'user-agent', 'content-type', 'cookie', 'authorization', 'cache-control',
+  'referer', 'origin', 'pragma', 'date', 'server', 'etag', 'vary', 'location', 'set-cookie', 'last-modified', 'expires',
+  'if-none-match', 'if-modified-since', 'x-request-id', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host',
+  'x-real-ip', 'forwarded', 'traceparent', 'tracestate', 'te', 'expect', 'content-encoding', 'accept-ranges', 'age',
+  'content-length', 'transfer-encoding', 'connection', 'proxy-connection', 'keep-alive', 'upgrade',
+]) (COMMON_NAMES[n.length] ??= []).push(n);
+
+/** the lower-case name of buf[n0..n1] (token bytes): a common one as it is interned, else made */
+function fieldName(buf: Buffer, n0: number, n1: number): string {
+  const list = COMMON_NAMES[n1 - n0];
+  if (list !== undefined) {
+    // (a token byte OR 0x20 is a given lower-case letter only when it is that letter in either case, and is '-' only
+    // when it is '-': the names are letters and '-')
+    next: for (let k = 0; k < list.length; k++) {
+      const n = list[k]!;
+      for (let j = 0; j < n.length; j++) if ((buf[n0 + j]! | 0x20) !== n.charCodeAt(j)) continue next;
+      return n;
+    }
+  }
+  return buf.toString('latin1', n0, n1).toLowerCase();
+}
+
+/** buf[a..b] is s (latin1): a string the parser made before can be used again */
+function sameLatin1(buf: Buffer, a: number, b: number, s: string): boolean {
+  if (b - a !== s.length) return false;
+  for (let i = 0; i < s.length; i++) if (buf[a + i] !== s.charCodeAt(i)) return false;
+  return true;
+}
+
+/** request methods by length, as they are written (methods are case-sensitive) */
+const METHODS: string[][] = [];
+for (const m of ['GET', 'PUT', 'POST', 'HEAD', 'PATCH', 'TRACE', 'DELETE', 'OPTIONS', 'CONNECT']) (METHODS[m.length] ??= []).push(m);
+
+function methodName(buf: Buffer, a: number, b: number): string {
+  const list = METHODS[b - a];
+  if (list !== undefined) for (let k = 0; k < list.length; k++) if (sameLatin1(buf, a, b, list[k]!)) return list[k]!;
+  return buf.toString('latin1', a, b);
 }
 
 /** the names FramingFields takes, by length (all lower case) */
@@ -199,7 +235,7 @@ export class RequestHeadParse {
   /** 0 = HTTP/1.0, 1 = HTTP/1.1 */
   minor = 1;
   host: string | undefined;
-  headers: Headers = Object.create(null) as Headers;
+  headers: Headers = new HeadersRecord();
   framing: Framing = Framing.None;
   contentLength = 0;
   /** a content-length header was there (0 included: passed on, some servers want a length on POST) */
@@ -215,12 +251,23 @@ export class RequestHeadParse {
   teTrailers = false;
   /** why the last parse failed (for the log) */
   error = '';
+  /**
+   * The head may go upstream byte for byte (http1.ts): HTTP/1.1, an origin-form target, no field the proxy takes out or
+   * writes itself (framing but one plain content-length, connection-specific, te, expect, http2-settings). Then
+   * buf[headStart..end] as parsed is the head the proxy would write but for the case and whitespace of its fields.
+   */
+  verbatim = false;
+  /** where the request line started (after an empty line skipped) */
+  headStart = 0;
+  /** the host value of an earlier request */
+  private lastHost = '';
   private readonly field: Field = newField();
   private readonly fr = new FramingFields();
 
   reset(): void {
+    this.verbatim = false;
     this.host = undefined;
-    this.headers = Object.create(null) as Headers;
+    this.headers = new HeadersRecord();
     this.framing = Framing.None;
     this.contentLength = 0;
     this.hasContentLength = false;
@@ -254,15 +301,18 @@ export class RequestHeadParse {
     const headEnd = endIdx + 4;
     if (headEnd - start > maxBytes) return this.fail(ParseError.TooLarge, 'header section too large');
     this.reset();
+    this.headStart = start;
     // request-line = method SP request-target SP HTTP-version CRLF
     let i = start;
     while (TOKEN[buf[i]!]) i++;
     if (i === start || buf[i] !== SP) return this.fail(ParseError.Bad, 'bad method');
-    this.method = buf.toString('latin1', start, i);
+    this.method = methodName(buf, start, i);
     const t0 = ++i;
     while (TARGET[buf[i]!]) i++;
     if (i === t0 || buf[i] !== SP) return this.fail(ParseError.Bad, 'bad request-target');
-    this.target = buf.toString('latin1', t0, i);
+    // a keep-alive client asking the same again (a poll, a health check) gets the same string
+    if (!sameLatin1(buf, t0, i, this.target)) this.target = buf.toString('latin1', t0, i);
+    let clean = buf[t0] === 0x2f; // origin-form
     i++;
     // HTTP-version = "HTTP/" DIGIT "." DIGIT
     if (buf[i] !== 0x48 || buf[i + 1] !== 0x54 || buf[i + 2] !== 0x54 || buf[i + 3] !== 0x50 || buf[i + 4] !== 0x2f
@@ -276,27 +326,37 @@ export class RequestHeadParse {
     fr.reset();
     const headers = this.headers;
     const f = this.field;
+    let clSeen = false;
     while (i < endIdx + 2) {
-      i = fieldLine(buf, i, f);
+      i = fieldSpan(buf, i, f);
       if (i < 0) return this.fail(ParseError.Bad, f.error);
-      const name = f.name, value = f.value;
+      const name = fieldName(buf, f.n0, f.n1);
+      // host is the same on every request of a connection, as a rule: the last one's string is used again
+      const value = name === 'host' && sameLatin1(buf, f.v0, f.v1, this.lastHost) ? this.lastHost : buf.toString('latin1', f.v0, f.v1);
       // Hop-by-hop and framing headers are consumed here, never forwarded as they came.
       const k = fr.take(name, value, f.tabAfter);
-      if (k === FIELD_TAKEN) continue;
+      if (k === FIELD_TAKEN) {
+        // one content-length of digits only is written back as it came; any other taken field is not
+        if (clean && (name !== 'content-length' || clSeen || !digitsOnly(value))) clean = false;
+        clSeen = true;
+        continue;
+      }
       if (k === FIELD_BAD) return this.fail(ParseError.Bad, fr.error);
       switch (name) {
         case 'host':
           if (this.host !== undefined) return this.fail(ParseError.Bad, 'more than one host header');
-          this.host = value;
+          this.host = this.lastHost = value;
           continue;
         case 'http2-settings':
+          clean = false;
           continue;
         case 'te':
           // Only "trailers" means anything end to end (gRPC); codings are between us and the client.
           if (/(^|,)\s*trailers\s*(;|,|$)/i.test(value)) this.teTrailers = true;
+          clean = false;
           continue;
         case 'expect':
-          if (value.toLowerCase() === '100-continue') { this.expectContinue = true; continue; }
+          if (value.toLowerCase() === '100-continue') { this.expectContinue = true; clean = false; continue; }
           break;
         case '__proto__':
           // Headers objects have no prototype, but a policy may copy them into one that has.
@@ -331,6 +391,7 @@ export class RequestHeadParse {
     // Upgrade: h2c is ignored (RFC 9113 3.1 deprecated it; prior knowledge is the cleartext HTTP/2 path):
     // the request is answered in HTTP/1.1 as if no Upgrade had been asked.
     if (conn.upgrade && upgrade !== undefined && this.minor === 1 && !/^\s*h2c\s*$/i.test(upgrade)) this.upgrade = upgrade;
+    this.verbatim = clean && this.minor === 1;
     return headEnd;
   }
 
@@ -338,6 +399,14 @@ export class RequestHeadParse {
     this.error = why;
     return -code;
   }
+}
+
+function digitsOnly(v: string): boolean {
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return v.length > 0;
 }
 
 /** Content-Length: 1*DIGIT, or a list of identical values ("5, 5"); -1 when invalid. */
@@ -436,7 +505,7 @@ export class ResponseHeadParse {
     const buf = this.src, sp = this.spans;
     if (buf !== null) {
       for (let k = 0, p = 0; k < this.kept; k++, p += 4) {
-        names.push(buf.toString('latin1', sp[p]!, sp[p + 1]!).toLowerCase());
+        names.push(fieldName(buf, sp[p]!, sp[p + 1]!));
         values.push(buf.toString('latin1', sp[p + 2]!, sp[p + 3]!));
       }
     }

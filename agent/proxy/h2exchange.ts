@@ -18,6 +18,7 @@
 import { emptyRewrite, grpcStatusForHttp, rewriteHeaders, type ConnInfo, type EngineContext } from './engine.js';
 import { ExchangeDriver } from './exchange.js';
 import { applyForwarded } from './forwarded.js';
+import { HeadersRecord } from './headers.js';
 import type { HeaderList } from './h2/hpack.js';
 import { H2_ERROR, type H2Stream, type H2StreamHandler } from './h2/session.js';
 import { UpLeg, type Leg, type LegOwner, type LegStream } from './h2leg.js';
@@ -32,13 +33,6 @@ const MAX_UNSENT = 256 * 1024;
 const MAX_REDISPATCH = 5;
 /** methods an HTTP/1.1 leg may send again when a reused connection turns out closed (as http1.ts) */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
-
-/**
- * The policy's Headers record: a fast-mode object that inherits nothing (Object.create(null) makes a slow hash
- * table per request), so that 'constructor' or '__proto__' are names like any other.
- */
-const HeadersRecord = function HeadersRecord(): void { /* empty */ } as unknown as { new (): Headers };
-HeadersRecord.prototype = Object.create(null) as object;
 
 /** Who watches the route deadlines of a connection's exchanges (the client session: one timer for all). */
 export interface DeadlineWatch {

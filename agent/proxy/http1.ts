@@ -54,7 +54,11 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
   private h2: H2Link | null = null;
   private upH2: HeaderList | null = null;
   private waitingGroup: Attempt['upstream']['group'] | null = null;
-  private upHeadStr = '';
+  /** the upstream request head: made (requestHeadString), or the client's own bytes when they can go as they came */
+  private upReq: string | Buffer = '';
+  /** the read the request head was parsed from, and where the head ends in it (RequestHeadParse.verbatim) */
+  private reqBuf: Buffer | null = null;
+  private reqEnd = 0;
   private isHeadReq = false;
   private upgradeReq: string | undefined;
   private expectContinue = false;
@@ -187,6 +191,8 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
       }
       if (this.headTimer !== null) { clearTimeout(this.headTimer); this.headTimer = null; }
       if (n < 0) { this.badRequest(-n as ParseError); return; }
+      this.reqBuf = this.buf;
+      this.reqEnd = n;
       this.buf = n < this.buf.length ? this.buf.subarray(n) : null;
       this.startRequest();
     }
@@ -305,8 +311,15 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
       this.upgradeReq = undefined;
     } else {
       this.upH2 = null;
-      this.upHeadStr = this.requestHeadString(head);
+      const rb = this.reqBuf!;
+      // The client's head goes as it came when it says what the one made here would (RequestHeadParse.verbatim) and
+      // nothing rewrites it: no string of ~60-400 bytes built and flattened per request; the whole read itself when
+      // it held just the head (a keep-alive client's GET), no view of it.
+      if (req.verbatim && authority === req.host && ex.route.forwarded === undefined && emptyRewrite(ex.route.requestHeaders)) {
+        this.upReq = req.headStart === 0 && this.reqEnd === rb.length ? rb : rb.subarray(req.headStart, this.reqEnd);
+      } else this.upReq = this.requestHeadString(head);
     }
+    this.reqBuf = null;
     if (!this.bodyDone) { this.lastBodyAt = performance.now(); this.armDeadline(); }
     this.firstAttempt();
   }
@@ -364,11 +377,14 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     this.continue100();
     const us = c.socket;
     const body = this.body;
+    const uh = this.upReq;
     if (body.length === 0 && this.bodyDone && !this.reqChunked) {
-      us.write(this.upHeadStr, 'latin1');
+      if (typeof uh === 'string') us.write(uh, 'latin1');
+      else us.write(uh);
     } else {
       us.cork();
-      us.write(this.upHeadStr, 'latin1');
+      if (typeof uh === 'string') us.write(uh, 'latin1');
+      else us.write(uh);
       for (let i = 0; i < body.length; i++) this.writeBody(us, body[i]!);
       if (this.bodyDone) this.writeBodyEnd(us);
       us.uncork();
@@ -835,6 +851,7 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     this.ex = null;
     this.head = null;
     this.busy = false;
+    this.upReq = '';
     if (this.body.length !== 0) this.body = [];
     if (ex !== null) ex.end(status, this.grpcStatus);
     if (this.dead) return;

@@ -25,7 +25,11 @@ t.test('a request head parses the same whatever way it is split', async (t) => {
   t.ok(p.teTrailers);
   t.same(Object.keys(p.headers).sort(), ['x-multi']);
   t.same(p.headers['x-multi'], ['1', '2']);
-  t.equal(Object.getPrototypeOf(p.headers), null, 'headers have no prototype');
+  // a fast-mode record (headers.ts) that inherits nothing: its prototype is empty and has none itself
+  const proto = Object.getPrototypeOf(p.headers) as object;
+  t.equal(Object.getPrototypeOf(proto), null, 'headers inherit nothing');
+  t.same(Reflect.ownKeys(proto), [], 'their prototype is empty');
+  t.notOk('constructor' in p.headers || 'toString' in p.headers, 'no name is inherited');
 });
 
 t.test('request framing and refusals', async (t) => {
@@ -234,4 +238,60 @@ t.test('a response head\'s names, values and reason are made from its buffer whe
   // a refused head: the error, and the fields before the bad line as before
   t.equal(parse('HTTP/1.1 200 OK\r\nx-a: 1\r\nbad line\r\n\r\n'), -ParseError.Bad);
   t.same(r.names, ['x-a']);
+});
+
+t.test('a request head is verbatim only when the proxy would write the same fields', async (t) => {
+  const p = new RequestHeadParse();
+  const verbatim = (head: string): boolean => {
+    const n = p.parse(Buffer.from(head, 'latin1'), 0, 8192);
+    t.ok(n > 0, `parsed: ${JSON.stringify(head)}`);
+    return p.verbatim;
+  };
+  t.ok(verbatim('GET / HTTP/1.1\r\nHost: a\r\n\r\n'));
+  t.ok(verbatim('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-A:  b \r\n\r\n'), 'one content-length of digits');
+  t.ok(verbatim('GET / HTTP/1.1\r\nHost: a\r\nExpect: something-else\r\n\r\n'), 'an expectation the proxy does not answer passes');
+  t.ok(verbatim('\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n') && p.headStart === 2, 'after an empty line: from the request line');
+  for (const [why, head] of [
+    ['HTTP/1.0', 'GET / HTTP/1.0\r\nHost: a\r\n\r\n'],
+    ['absolute-form', 'GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n'],
+    ['asterisk-form', 'OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n'],
+    ['connection', 'GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n'],
+    ['keep-alive', 'GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n'],
+    ['proxy-connection', 'GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: x\r\n\r\n'],
+    ['upgrade', 'GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n'],
+    ['transfer-encoding', 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n'],
+    ['te', 'GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n'],
+    ['expect 100-continue', 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n'],
+    ['http2-settings', 'GET / HTTP/1.1\r\nHost: a\r\nHTTP2-Settings: x\r\n\r\n'],
+    ['a content-length list', 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n'],
+    ['two content-lengths', 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n'],
+  ] as const) t.notOk(verbatim(head), why);
+  t.ok(verbatim('GET / HTTP/1.1\r\nHost: a\r\n\r\n'), 'reset for the next head');
+});
+
+t.test('names, methods, targets and hosts: the same strings as before whatever the case, made again when they differ', async (t) => {
+  const p = new RequestHeadParse();
+  const parse = (head: string): void => { t.ok(p.parse(Buffer.from(head, 'latin1'), 0, 8192) > 0, head); };
+  parse('GET /a HTTP/1.1\r\nHOST: one\r\nUser-Agent: x\r\nX-Custom-Name: 1\r\nAccept-ENCODING: gzip\r\n\r\n');
+  t.equal(p.method, 'GET');
+  t.equal(p.target, '/a');
+  t.equal(p.host, 'one');
+  t.same(Object.keys(p.headers), ['user-agent', 'x-custom-name', 'accept-encoding'], 'names lower case, common and not');
+  parse('GET /a HTTP/1.1\r\nhost: one\r\n\r\n');
+  t.equal(p.target, '/a');
+  t.equal(p.host, 'one');
+  parse('get /b HTTP/1.1\r\nHost: onE\r\nhostx: 1\r\nhos: 2\r\n\r\n');
+  t.equal(p.method, 'get', 'methods are case-sensitive: not the interned GET');
+  t.equal(p.target, '/b', 'another target: made again');
+  t.equal(p.host, 'onE', 'another host: made again');
+  t.same(Object.keys(p.headers), ['hostx', 'hos'], 'names that only start like a common one');
+  parse('PURGE /b HTTP/1.1\r\nHost: onE\r\n\r\n');
+  t.equal(p.method, 'PURGE');
+  parse('OPTIONS /b HTTP/1.1\r\nHost: onE\r\nContent-Length: 0\r\n\r\n');
+  t.equal(p.method, 'OPTIONS');
+  t.equal(p.hasContentLength, true, 'framing names still taken by the framing rules');
+  const r = new ResponseHeadParse();
+  const res = Buffer.from('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Thing: 1\r\nSET-COOKIE: a\r\nContent-Length: 0\r\n\r\n', 'latin1');
+  t.ok(r.parse(res, 0, 8192, false) > 0);
+  t.same(r.names, ['content-type', 'x-thing', 'set-cookie']);
 });

@@ -724,3 +724,65 @@ t.test('a clean HTTP/1.1 response head passes byte for byte; one the proxy must 
     'HTTP/1.1 200 OK\r\nx-mixed-case: a\r\nserver: b\r\nset-cookie: z=1\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello', 'a client that closes: connection: close said');
   await closed;
 });
+
+t.test('a clean HTTP/1.1 request head goes upstream byte for byte; one the proxy must change is made again', async (t) => {
+  // The backend records each request head (and body) as its bytes came, and answers each with a fixed response.
+  const heads: string[] = [];
+  const b = await rawBackend((s) => {
+    let pending = '';
+    s.on('data', (d: Buffer) => {
+      pending += d.toString('latin1');
+      for (let end = pending.indexOf('\r\n\r\n'); end >= 0; end = pending.indexOf('\r\n\r\n')) {
+        const cl = /\r\ncontent-length: *(\d+)/i.exec(pending.slice(0, end + 2));
+        const len = end + 4 + (cl === null ? 0 : Number(cl[1]));
+        if (pending.length < len) return;
+        heads.push(pending.slice(0, len));
+        pending = pending.slice(len);
+        s.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+      }
+    });
+  });
+  t.teardown(() => b.close());
+  let rewrite = false;
+  policy.route = () => ({ upstreams: [upstream(b.port, group)], ...(rewrite ? { requestHeaders: { set: { 'x-added': 'yes' }, remove: [] } } : {}) });
+  const c = await connectTo(proxy.port);
+  t.teardown(() => c.destroy());
+  const OK = 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok';
+  const through = async (req: string): Promise<string> => {
+    t.equal(await rawRoundTrip(c, req), OK);
+    return heads.at(-1)!;
+  };
+
+  const clean = 'GET /a?b=1 HTTP/1.1\r\nHost: svc\r\nX-Mixed-Case: 1\r\nAccept:  */* \r\nx-dup: 1\r\nX-Dup: 2\r\n\r\n';
+  t.equal(await through(clean), clean, 'as the client said it: names\' case, order, spaces, repeated fields');
+  const post = 'POST /p HTTP/1.1\r\nhost: svc\r\nContent-Length: 5\r\n\r\nhello';
+  t.equal(await through(post), post, 'with one plain content-length and the body in the same read');
+  t.equal(await through('\r\nGET /crlf HTTP/1.1\r\nhost: svc\r\n\r\n'), 'GET /crlf HTTP/1.1\r\nhost: svc\r\n\r\n', 'an empty line before it is not passed on');
+  t.equal(await through('GET /c HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: 5\r\n\r\n'),
+    'GET /c HTTP/1.1\r\nhost: svc\r\n\r\n', 'connection-specific fields: made again without them');
+  t.equal(await through('GET /te HTTP/1.1\r\nHost: svc\r\nTE: trailers, deflate\r\n\r\n'), 'GET /te HTTP/1.1\r\nhost: svc\r\nte: trailers\r\n\r\n', 'te: made again');
+  t.equal(await through('POST /two HTTP/1.1\r\nHost: svc\r\nContent-Length: 2, 2\r\n\r\nhi'),
+    'POST /two HTTP/1.1\r\nhost: svc\r\ncontent-length: 2\r\n\r\nhi', 'a content-length list: one value');
+  t.equal(await through('GET http://svc/abs HTTP/1.1\r\nHost: svc\r\n\r\n'), 'GET /abs HTTP/1.1\r\nhost: svc\r\n\r\n', 'absolute-form: origin-form upstream');
+  rewrite = true;
+  t.equal(await through('GET /rw HTTP/1.1\r\nHost: svc\r\nX-Mixed-Case: 1\r\n\r\n'),
+    'GET /rw HTTP/1.1\r\nhost: svc\r\nx-mixed-case: 1\r\nx-added: yes\r\n\r\n', 'a route that sets a request header: made again');
+  rewrite = false;
+
+  // pipelined in one write: each head is a part of the read, passed on as it came, in order
+  const n0 = heads.length;
+  const pipelined = 'GET /p1 HTTP/1.1\r\nHost: svc\r\n\r\nGET /p2 HTTP/1.1\r\nHost: svc\r\nX-N: 2\r\n\r\n';
+  const both = await new Promise<string>((resolve, reject) => {
+    let got = '';
+    const timer = setTimeout(() => reject(new Error(`timeout; got ${JSON.stringify(got)}`)), 3000);
+    const onData = (d: Buffer): void => {
+      got += d.toString('latin1');
+      if (got.length >= OK.length * 2) { clearTimeout(timer); c.off('data', onData); resolve(got); }
+    };
+    c.on('data', onData);
+    c.write(pipelined);
+  });
+  t.equal(both, OK + OK);
+  t.same(heads.slice(n0), ['GET /p1 HTTP/1.1\r\nHost: svc\r\n\r\n', 'GET /p2 HTTP/1.1\r\nHost: svc\r\nX-N: 2\r\n\r\n'], 'each pipelined head as it came');
+  t.equal(b.accepted, 1, 'one upstream connection for all of them');
+});
