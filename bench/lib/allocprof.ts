@@ -34,29 +34,43 @@ export function topAllocators(profile: SamplingHeapProfile, n: number): string[]
     .map(([k, v]) => `${(v / 1024).toFixed(0).padStart(8)} KiB ${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`);
 }
 
-function install(dir: string): void {
+/**
+ * On each SIGUSR2: start a profiler (inspector calls through `post`), or stop it and write what stop() returned, as
+ * <n>.<ext> and the summary <n>.txt in dir.
+ */
+function onToggle(what: string, dir: string, ext: string, start: (post: Post) => Promise<void>, stop: (post: Post) => Promise<{ json: unknown; summary: string[] }>): void {
   const session = new Session();
   session.connect();
   let on = false;
   let n = 0;
-  const post = (method: string, params?: object): Promise<unknown> =>
+  const post: Post = (method, params) =>
     new Promise((resolve, reject) => session.post(method, params ?? {}, (e, r) => (e ? reject(e) : resolve(r))));
   process.on('SIGUSR2', () => {
     void (async () => {
       if (!on) {
         on = true;
-        await post('HeapProfiler.enable');
-        await post('HeapProfiler.startSampling', {
-          samplingInterval: 512, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true,
-        });
+        await start(post);
         return;
       }
       on = false;
-      const { profile } = (await post('HeapProfiler.stopSampling')) as { profile: SamplingHeapProfile };
+      const { json, summary } = await stop(post);
       n++;
-      writeFileSync(join(dir, `${n}.heapprofile`), JSON.stringify(profile));
-      writeFileSync(join(dir, `${n}.txt`), topAllocators(profile, 40).join('\n') + '\n');
-    })().catch((e: Error) => process.stderr.write(`alloc profile: ${e.message}\n`));
+      writeFileSync(join(dir, `${n}.${ext}`), JSON.stringify(json));
+      writeFileSync(join(dir, `${n}.txt`), summary.join('\n') + '\n');
+    })().catch((e: Error) => process.stderr.write(`${what}: ${e.message}\n`));
+  });
+}
+type Post = (method: string, params?: object) => Promise<unknown>;
+
+function install(dir: string): void {
+  onToggle('alloc profile', dir, 'heapprofile', async (post) => {
+    await post('HeapProfiler.enable');
+    await post('HeapProfiler.startSampling', {
+      samplingInterval: 512, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true,
+    });
+  }, async (post) => {
+    const { profile } = (await post('HeapProfiler.stopSampling')) as { profile: SamplingHeapProfile };
+    return { json: profile, summary: topAllocators(profile, 40) };
   });
 }
 
@@ -82,27 +96,13 @@ export function topFunctions(profile: CpuProfile, n: number): string[] {
 }
 
 function installCpu(dir: string): void {
-  const session = new Session();
-  session.connect();
-  let on = false;
-  let n = 0;
-  const post = (method: string, params?: object): Promise<unknown> =>
-    new Promise((resolve, reject) => session.post(method, params ?? {}, (e, r) => (e ? reject(e) : resolve(r))));
-  process.on('SIGUSR2', () => {
-    void (async () => {
-      if (!on) {
-        on = true;
-        await post('Profiler.enable');
-        await post('Profiler.setSamplingInterval', { interval: 100 });
-        await post('Profiler.start');
-        return;
-      }
-      on = false;
-      const { profile } = (await post('Profiler.stop')) as { profile: CpuProfile };
-      n++;
-      writeFileSync(join(dir, `${n}.cpuprofile`), JSON.stringify(profile));
-      writeFileSync(join(dir, `${n}.txt`), topFunctions(profile, 60).join('\n') + '\n');
-    })().catch((e: Error) => process.stderr.write(`cpu profile: ${e.message}\n`));
+  onToggle('cpu profile', dir, 'cpuprofile', async (post) => {
+    await post('Profiler.enable');
+    await post('Profiler.setSamplingInterval', { interval: 100 });
+    await post('Profiler.start');
+  }, async (post) => {
+    const { profile } = (await post('Profiler.stop')) as { profile: CpuProfile };
+    return { json: profile, summary: topFunctions(profile, 60) };
   });
 }
 
