@@ -694,7 +694,16 @@ async function runPhase(
   const cl = await run(process.execPath, [AGENT_JS, 'cleanup', '--bpffs', agent.bpffs, '--run-dir', agent.runDir], 20_000);
   if (cl.code !== 0) throw new Error(`agent cleanup: ${cl.stderr.trim()}`);
   await cp?.stop();
-  const after = await bpfCounts(ws.cgroup);
+  // The kernel frees a map once its last reference is gone through deferred work after an RCU grace period (an outer
+  // map's inner tables after the outer one): an id of the agent's can outlive its cleanup by a moment (a CI run saw 4
+  // of its maps in the first listing after cleanup). Listed again for up to 10 s until none of its ids is left.
+  const agentIds = { progs: [...started.mine.progs, ...endCounts.mine.progs], links: [...started.mine.links, ...endCounts.mine.links], maps: [...started.mine.maps, ...endCounts.mine.maps] };
+  const lingering = (c: BpfCounts & { all: BpfIds }): boolean => (['progs', 'links', 'maps'] as const).some((k) => agentIds[k].some((id) => c.all[k].includes(id)));
+  let after = await bpfCounts(ws.cgroup);
+  for (const until = Date.now() + 10_000; lingering(after) && Date.now() < until;) {
+    await sleep(200);
+    after = await bpfCounts(ws.cgroup);
+  }
 
   // From when each write is certainly in force. The file source reads serially (soakmodel.ts's secondAfter): the read
   // the agent logs second after a write holds it. Through xDS a write goes through the control plane's read, its push
