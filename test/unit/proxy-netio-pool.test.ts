@@ -27,16 +27,22 @@ function connected(c: NetConn): Promise<void> {
   return new Promise((resolve, reject) => { c.once('connect', resolve); c.once('error', reject); });
 }
 
-t.test('pooled reads: given back, the buffer is filled again; kept, it is never written over', async (t) => {
+/** A NetConn (pooled reads or not) connected to a node:net peer, both torn down with the test. */
+async function netConnToPeer(t: { teardown(fn: () => unknown): void }, pooledReads: boolean): Promise<{ io: NetIo; c: NetConn; peer: Socket }> {
   const io = new NetIo();
   t.teardown(() => io.close());
   let peer!: Socket;
   const srv = await nodeServer((s) => { peer = s; });
   t.teardown(() => srv.close());
   const c = io.connect({ address: '127.0.0.1', port: srv.port });
-  c.pooledReads = true;
+  if (pooledReads) c.pooledReads = true;
   await connected(c);
-  await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 20)); // the peer's accept callback has run
+  return { io, c, peer };
+}
+
+t.test('pooled reads: given back, the buffer is filled again; kept, it is never written over', async (t) => {
+  const { io, c, peer } = await netConnToPeer(t, true);
   const next = (): Promise<Buffer> => new Promise((r) => c.once('data', r));
 
   // 1. a chunk kept (not given back): later reads never land in its buffer
@@ -85,14 +91,7 @@ t.test('pooled reads: given back, the buffer is filled again; kept, it is never 
 });
 
 t.test('a connection that did not opt in gets fresh buffers; recycle() of them is ignored', async (t) => {
-  const io = new NetIo();
-  t.teardown(() => io.close());
-  let peer!: Socket;
-  const srv = await nodeServer((s) => { peer = s; });
-  t.teardown(() => srv.close());
-  const c = io.connect({ address: '127.0.0.1', port: srv.port });
-  await connected(c);
-  await new Promise((r) => setTimeout(r, 20));
+  const { io, c, peer } = await netConnToPeer(t, false);
   peer.write(Buffer.alloc(100_000, 1));
   const a = await new Promise<Buffer>((r) => c.once('data', r));
   c.recycle(a);
