@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The test command: unit tests (in parallel), then kernel tests (serially: they share the kernel), through tap.
-// It ends with one plain line CI reads, `tests: N passed, N failed, N skipped`, and exits non-zero on any failure.
+// It ends with the failed tests, each under its file (CI shows only the tail of the output, so a failure must be named
+// there), then one plain line CI reads, `tests: N passed, N failed, N skipped`, and exits non-zero on any failure.
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,6 +9,7 @@ import { join } from 'node:path';
 const root = new URL('..', import.meta.url).pathname;
 const tap = join(root, 'node_modules', '.bin', 'tap');
 const only = process.argv.slice(2); // optional: run just these files
+const failed = []; // 'file: outer > inner > assertion' for every `not ok` line tap printed
 
 function files(dir) {
   const d = join(root, dir);
@@ -24,12 +26,27 @@ function run(label, list, jobs) {
     });
     let last = '';
     let counts = null;
+    let file = '';
+    const names = []; // the open subtests' names by depth (4 spaces per level)
     child.stdout.on('data', (chunk) => {
       process.stdout.write(chunk);
       const text = last + chunk.toString();
       const lines = text.split('\n');
       last = lines.pop() ?? '';
       for (const l of lines) {
+        const sub = /^((?:    )*)# Subtest: (.*)$/.exec(l);
+        if (sub) {
+          const depth = sub[1].length / 4;
+          if (depth === 0) file = sub[2];
+          names.length = depth;
+          names[depth] = sub[2];
+        }
+        const no = /^((?:    )*)not ok \d+ - (.*?)(?: # time=.*)?$/.exec(l);
+        if (no) {
+          const depth = no[1].length / 4;
+          const path = names.slice(1, depth).filter(Boolean);
+          failed.push(`${depth === 0 ? no[2] : file}: ${[...path, depth === 0 ? '(file)' : no[2]].join(' > ')}`);
+        }
         const m = /^# \{ total: (\d+)(.*)\}/.exec(l);
         if (m) {
           const get = (k) => Number((new RegExp(`${k}: (\\d+)`).exec(m[2]) ?? [0, 0])[1]);
@@ -60,5 +77,10 @@ const a = await run('unit tests', unit, 2);
 const b = await run('kernel tests (serial)', kernel, 1);
 const pass = a.pass + b.pass, fail = a.fail + b.fail, skip = a.skip + b.skip;
 const code = a.code || b.code || (fail > 0 ? 1 : 0);
+if (failed.length) {
+  process.stdout.write(`\nfailed (${failed.length} lines, each assertion before the subtests that hold it):\n`);
+  for (const f of failed.slice(0, 60)) process.stdout.write(`  ${f}\n`);
+  if (failed.length > 60) process.stdout.write(`  ... ${failed.length - 60} more\n`);
+}
 process.stdout.write(`\ntests: ${pass} passed, ${fail} failed, ${skip} skipped\n`);
 process.exit(code);
