@@ -113,6 +113,8 @@ interface PhaseResult {
     warnings: string[];
     /** what the kernel held for the frontend when the request started */
     kernel: string;
+    /** the kernel samples of its frontend around it: the changes within a second, the nearest samples */
+    kernelAround: string[];
   }[];
   /** xDS: listings the log-line estimate called in force before the kernel held them (see inForce) */
   estimateEarly?: { listings: number; count: number; maxMs: number };
@@ -419,11 +421,14 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
       msg?: string; level?: number; time?: number; error?: string; warming?: number; rssKiB?: number; heapUsedKiB?: number;
       service?: string; limit?: string; failed?: string | number; refused?: number;
       type?: string; version?: string; names?: string[]; frontendsWritten?: number; frontendsDeleted?: number;
+      services?: { service: string; out: string[] }[];
     };
     try { l = JSON.parse(line) as typeof l; } catch { return; }
     const t = typeof l.time === 'number' ? l.time : Date.now();
-    if (l.msg === 'config applied' || l.msg === 'xds: model applied') {
-      const what = l.msg === 'config applied' ? `config applied (frontends +${l.frontendsWritten ?? 0} -${l.frontendsDeleted ?? 0})`
+    if (l.msg === 'config applied' || l.msg === 'xds: model applied' || l.msg === 'backend states applied') {
+      const fe = `frontends +${l.frontendsWritten ?? 0} -${l.frontendsDeleted ?? 0}`;
+      const what = l.msg === 'config applied' ? `config applied (${fe}${l.names ? `: ${l.names.join(',')}` : ''})`
+        : l.msg === 'backend states applied' ? `backend states applied (${fe}): ${(l.services ?? []).map((x) => `${x.service} out [${x.out.join(' ')}]`).join('; ')}`
         : `xds ${l.type ?? '?'} ${l.version ?? ''} applied: ${(l.names ?? []).join(',')} warming ${l.warming ?? '?'}`;
       a.applies.push({ t, line: what });
       if (a.applies.length > 200_000) a.applies.splice(0, 100_000); // a long soak: the recent ones are the ones shown
@@ -762,6 +767,7 @@ async function runPhase(
       if (countedSamples.length < 20) countedSamples.push({
         key: f.key, kind: f.kind, t0: f.t0, ms: f.t1 - f.t0, err: f.err, backend: v.backend, history: world.timeline.history(f.key, f.t0 - 5000, f.t1, f.t0),
         kernel: kernel.at(f.key, f.t0),
+        kernelAround: kernel.around(f.key, f.t0, f.t0 - 1000, f.t1 + 1000),
         // the agent's retry refusals around it (logged at most once a second per group): which limit gave up
         refusals: agent.refusals.filter((r) => r.t >= f.t0 - 1000 && r.t <= f.t1 + 1000)
           .map((r) => `${r.t - f.t0} ms: ${r.service} ${r.limit} refused a retry of ${r.failed} (${r.refused} since the last line)`),
@@ -908,6 +914,7 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
     for (const s of r.countedSamples.slice(0, 5)) {
       out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend}; the kernel held ${s.kernel}); the frontend before (ms from the request; @: good from):`);
       for (const h of s.history.slice(-6)) out.push(`      ${h}`);
+      for (const k of s.kernelAround) out.push(`      kernel: ${k}`);
       for (const x of s.refusals) out.push(`      agent: ${x}`);
       for (const x of s.warnings.slice(0, 8)) out.push(`      agent warned: ${x}`);
       if (s === r.countedSamples[0]) for (const x of s.applies) out.push(`      applied: ${x}`);

@@ -16,6 +16,8 @@ const LARGE_CHANGE = 10_000;
 /** Applies since the last compaction after which, once they stop for CHURN_QUIET_MS, the heap is compacted too. */
 const CHURN_APPLIES = 100;
 const CHURN_QUIET_MS = 1000;
+/** 'config applied' names the changed services when there are at most this many */
+const LOGGED_NAMES = 8;
 
 /** What one kernel apply did (the Reconciler's result; a type only: nothing here loads the datapath). */
 export type KernelApplyResult = ReconcileResult;
@@ -126,7 +128,9 @@ export class ApplyTransaction {
     // would have stayed after the last good model was put back.
     if (this.policy) state.identities.follow(model.workloads);
     const version = state.committed(model, res.ms, why);
-    log.info({ why, version, services: model.services.length, changed: scope?.size, ...res }, 'config applied');
+    // The names of a small change (what an operator, or the soak beside a failed request, asks first: which services).
+    const names = scope && scope.size <= LOGGED_NAMES ? [...scope] : undefined;
+    log.info({ why, version, services: model.services.length, changed: scope?.size, ...(names ? { names } : {}), ...res }, 'config applied');
     this.o.committed?.(model, scope);
     // After a large change, give the garbage of the sync back now rather than at the next allocation pressure.
     // Two collections a second apart: the memory V8 grew for the change comes back at the second (measured).

@@ -248,6 +248,27 @@ export class KernelTrace {
     return Infinity;
   }
 
+  /**
+   * What frontend `key` held over [from, to], relative to `t0`, for a failure's report: the sample before `from`, every
+   * change in the window, and the samples nearest t0 on either side (how closely the kernel was watched then).
+   */
+  around(key: string, t0: number, from: number, to: number): string[] {
+    const list = this.changes.get(key) ?? [];
+    const show = (has: ReadonlySet<string>) => (has.size ? [...has].sort().join(', ') : 'nothing');
+    const out: string[] = [];
+    let before: { t: number; has: ReadonlySet<string> } | undefined;
+    for (const c of list) {
+      if (c.t < from) before = c;
+      else if (c.t <= to) out.push(`${c.t - t0} ms: ${show(c.has)}`);
+    }
+    if (before) out.unshift(`${before.t - t0} ms: ${show(before.has)} (the last change before)`);
+    let lo = 0, hi = this.times.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (this.times[mid]! < t0) lo = mid + 1; else hi = mid; }
+    const prev = this.times[lo - 1], next = this.times[lo];
+    out.push(`samples nearest: ${prev === undefined ? 'none' : `${prev - t0} ms`} and ${next === undefined ? 'none' : `+${next - t0} ms`}`);
+    return out;
+  }
+
   /** What the frontend held at time t (the last sample at or before it), for a failure's report. */
   at(key: string, t: number): string {
     const list = this.changes.get(key) ?? [];
