@@ -35,6 +35,7 @@ import { benchWorkspace, createChildCgroup } from './lib/cgroup.js';
 import { prng } from './lib/fleet.js';
 import { Background, installSignalCleanup, log, onCleanup, requireRootAndTools, run, runCleanups } from './lib/proc.js';
 import type { ClientReport, ClientSpec, ClientTarget } from './lib/soakclient.js';
+import { ConnectLog } from './lib/soakconnects.js';
 import {
   frontendKey, kernelEntry, KernelTrace, secondAfter, slope, soakConfig, SOAK_HEALTH, SOAK_OUTLIER, Timeline, type ExcludeReason, type FrontendSnap,
   type SoakService,
@@ -115,6 +116,8 @@ interface PhaseResult {
     kernel: string;
     /** the kernel samples of its frontend around it: the changes within a second, the nearest samples */
     kernelAround: string[];
+    /** the kernel's balancing decisions for its VIP around it (the agent's monitor): was that connect translated? */
+    decisions: string[];
   }[];
   /** xDS: listings the log-line estimate called in force before the kernel held them (see inForce) */
   estimateEarly?: { listings: number; count: number; maxMs: number };
@@ -579,6 +582,10 @@ async function runPhase(
     startClient('pod client', lab.pod('cli').argv(process.execPath, [CLIENT_JS, spec('pod')]), maxMs, sink),
   ];
 
+  // the kernel's balancing decisions for the churned VIPs (shown beside a counted failure)
+  const connects = new ConnectLog(new Set(Array.from({ length: CHURN_SLOTS }, (_, i) => frontendKey(world.churnVip(i), 80))));
+  connects.start(join(agent.runDir, 'admin.sock'));
+
   // what the kernel holds, from the pins, throughout (the pins are opened once; closed when the phase ends)
   const kernel = new KernelTrace();
   const pinFds = { services: native().objGet(join(agent.bpffs, 'sm_services')), backends: native().objGet(join(agent.bpffs, 'sm_backends')) };
@@ -678,6 +685,9 @@ async function runPhase(
   clearInterval(sampler);
   await Promise.all(clients.map(stopClient));
   clearInterval(kernelSampler);
+  await connects.stop();
+  log(`phase ${phase}: ${connects.count} balancing decisions of the churned VIPs recorded, ${connects.missed} events the agent could not hand over`);
+  if (connects.error) agent.errors.push(`soak: the agent's monitor: ${connects.error}`);
   native().close(pinFds.services);
   native().close(pinFds.backends);
   const trafficEnd = Date.now();
@@ -768,6 +778,7 @@ async function runPhase(
         key: f.key, kind: f.kind, t0: f.t0, ms: f.t1 - f.t0, err: f.err, backend: v.backend, history: world.timeline.history(f.key, f.t0 - 5000, f.t1, f.t0),
         kernel: kernel.at(f.key, f.t0),
         kernelAround: kernel.around(f.key, f.t0, f.t0 - 1000, f.t1 + 1000),
+        decisions: connects.around(f.key, f.t0, f.t0 - 50, f.t1 + 50),
         // the agent's retry refusals around it (logged at most once a second per group): which limit gave up
         refusals: agent.refusals.filter((r) => r.t >= f.t0 - 1000 && r.t <= f.t1 + 1000)
           .map((r) => `${r.t - f.t0} ms: ${r.service} ${r.limit} refused a retry of ${r.failed} (${r.refused} since the last line)`),
@@ -915,6 +926,8 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
       out.push(`  e.g. ${new Date(s.t0).toISOString()} ${s.kind} ${s.key} after ${s.ms} ms: ${s.err} (good backend: ${s.backend}; the kernel held ${s.kernel}); the frontend before (ms from the request; @: good from):`);
       for (const h of s.history.slice(-6)) out.push(`      ${h}`);
       for (const k of s.kernelAround) out.push(`      kernel: ${k}`);
+      for (const d of s.decisions) out.push(`      decided: ${d}`);
+      if (!s.decisions.length) out.push('      decided: no balancing decision for it within 50 ms');
       for (const x of s.refusals) out.push(`      agent: ${x}`);
       for (const x of s.warnings.slice(0, 8)) out.push(`      agent warned: ${x}`);
       if (s === r.countedSamples[0]) for (const x of s.applies) out.push(`      applied: ${x}`);
