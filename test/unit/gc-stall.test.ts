@@ -8,7 +8,11 @@
 // quiet in which the compaction runs. Judged: V8's own pauses after the burst (PerformanceObserver 'gc' entries: the
 // time the loop could not run because of a collection), which a busy machine stretches far less than the loop's
 // lateness (that is reported; other processes' load alone makes it tens of ms on a shared 2-vCPU machine), and the
-// memory given back.
+// memory given back. A pause is wall-clock time: at load 15 a 20 ms one was 46 ms. So the bound is also relative to
+// atomic full collections of the same heap, timed in the same process right after (what the compaction was before):
+// the pauses pass at or under 40 ms, or at or under 0.7 of the median atomic one (at load 15: 130 ms against 264;
+// quiet: 2-21 against 92-112); the old gc() compaction, whose longest of three pauses is at least the median of
+// three, fails both.
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
@@ -18,6 +22,8 @@ import { AGENT_NODE_FLAGS } from '../../agent/runtime.js';
 const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
 /** the longest collection pause allowed after the burst: an atomic full collection of this heap takes 2-3 times that */
 const PAUSE_BOUND_MS = 40;
+/** or, on a loaded machine, at most this share of the median atomic full collection timed just after it */
+const PAUSE_SHARE_OF_ATOMIC = 0.7;
 
 interface Burst {
   before: { heapUsedMiB: number; rssMiB: number };
@@ -27,6 +33,7 @@ interface Burst {
   after: { worstMs: number };
   majorGcsAfter: number[];
   incrementalAfter: number[];
+  atomicMs: number[];
 }
 
 function runBurst(): Promise<Burst> {
@@ -55,6 +62,10 @@ t.test('the compaction after a churn burst gives the heap back without a long pa
   const given = r.atBurstEnd.heapUsedMiB - r.atRest.heapUsedMiB;
   t.ok(given >= 8, `the burst's garbage was given back: ${given.toFixed(1)} MiB of heap`);
   const longest = Math.max(...r.majorGcsAfter, ...r.incrementalAfter);
-  t.ok(longest <= PAUSE_BOUND_MS, `the longest collection pause after the burst: ${longest} ms (bound ${PAUSE_BOUND_MS} ms)`);
+  t.equal(r.atomicMs.length, 3, `three atomic full collections timed as the reference: ${r.atomicMs.join(', ')} ms`);
+  const atomic = [...r.atomicMs].sort((a, b) => a - b)[1] ?? 0;
+  const bound = Math.max(PAUSE_BOUND_MS, PAUSE_SHARE_OF_ATOMIC * atomic);
+  t.ok(longest <= bound, `the longest collection pause after the burst: ${longest} ms (bound ${bound.toFixed(1)} ms: ` +
+    `${PAUSE_BOUND_MS} ms, or 0.7 of the median atomic collection, ${atomic} ms)`);
   t.notMatch(r.stderr, /ExperimentalWarning/, 'no warning on stderr from the way the collection is started');
 });
