@@ -76,7 +76,6 @@ export class ProxyTunnel {
       return e;
     };
     if (t.source === undefined) {
-      t.denied = true;
       throw refuse('no-identity', new UpstreamDenied(`${up.key}: the client is no workload (no identity to open the tunnel as), and the destination is strict`));
     }
     const client = this.o.client();
@@ -85,14 +84,12 @@ export class ProxyTunnel {
     if (!node) throw refuse('no-node', new Error(`${up.key}: no tunnel end known for node ${t.node} (the model's nodes[])`));
     try {
       const d = await client.connect({ source: t.source, dst: { address: up.address, port: up.port }, node });
-      t.denied = false;
       this.tunnelled++;
       this.counter?.inc({ outcome: 'tunnelled' });
       return d;
     } catch (e) {
       const reason = e instanceof TunnelError ? e.reason : 'tunnel-failed';
       if (reason === 'denied') {
-        t.denied = true;
         throw refuse(reason, new UpstreamDenied(`${up.key}: ${(e as Error).message}`));
       }
       throw refuse(reason, e as Error);

@@ -149,8 +149,9 @@ export class PolicyExchange implements Exchange {
     }
     // the client went away: says nothing about the backend
     if (o.kind === 'cancelled') return;
-    // refused by the destination's authorization (tunnelup.ts): the client's doing, not the backend's
-    this.deniedUpstream = o.kind === 'connect-failure' && a.upstream.tunnel?.denied === true;
+    // refused by the destination's authorization (tunnelup.ts): the client's doing, not the backend's. Read from this
+    // attempt's outcome (its own connection's error), not from the upstream another request of the identity shares.
+    this.deniedUpstream = o.kind === 'connect-failure' && o.denied === true;
     if (this.deniedUpstream) { this.avoid = undefined; return; }
     if (o.kind === 'overflow') {
       // the engine could not get a connection; the limit was counted by the breaker itself

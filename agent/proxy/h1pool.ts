@@ -11,14 +11,18 @@ import type { Logger } from '../observe/log.js';
 import type { Conn } from './conn.js';
 import { ChunkedDecoder, Framing, ResponseHeadParse, type ChunkSink } from './h1parse.js';
 import { PendingQueues } from './pending.js';
+import { isDenial } from './tunnelup.js';
 import type { Upstream, UpstreamGroup } from './types.js';
 
 /** What the pool and a connection tell the exchange using them. */
 export interface UpstreamUser {
   /** a connection is ready for this user's request (after a wait or a connect) */
   upReady(c: H1Upstream): void;
-  /** the connection this user waited for could not be established */
-  upConnectFailed(): void;
+  /**
+   * the connection this user waited for could not be established; denied: that connection was refused by the
+   * destination's authorization (H1Upstream.denied), undefined when no connection of its own failed (the pool closed)
+   */
+  upConnectFailed(denied?: boolean): void;
   /** the response head was parsed (c.res); return false when the user dropped the connection in the call */
   upHead(c: H1Upstream): void;
   /** an interim head other than 100 and 101 (103 Early Hints) was parsed (c.res); the final head follows */
@@ -88,12 +92,14 @@ export class H1Upstream implements ChunkSink {
         if (user !== null) user.upFlush();
       } catch (e) { this.crashed(e); }
     });
-    socket.on('error', (e: Error) => { this.lastError = e.message; });
+    socket.on('error', (e: Error) => { this.lastError = e.message; if (isDenial(e)) this.denied = true; });
     socket.on('close', () => { try { this.onClose(); } catch (e) { this.crashed(e); } });
     socket.on('drain', () => { try { this.user?.upDrain(); } catch (e) { this.crashed(e); } });
   }
 
   lastError = '';
+  /** the connect failed as refused by the destination's authorization (tunnelup.ts isDenial): this connection's own */
+  denied = false;
 
   get key(): string {
     return this.up.key;
@@ -257,7 +263,7 @@ export class H1Upstream implements ChunkSink {
     if (this.detached) return;
     if (!wasConnected) {
       // the connect failed: whoever this connection was opened for is told
-      if (user) user.upConnectFailed();
+      if (user) user.upConnectFailed(this.denied);
       return;
     }
     if (user === null) return;

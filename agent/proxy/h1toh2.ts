@@ -56,6 +56,8 @@ export class H2Link implements H2PoolWaiter, H2StreamHandler {
   get key(): string { return this.up.key; }
   /** a session to the backend was established */
   get connected(): boolean { return this.entry !== null && this.entry.connected; }
+  /** the session was refused by the destination's authorization (tunnelup.ts) */
+  get denied(): boolean { return this.entry !== null && this.entry.denied; }
 
   /** ask the pool for a stream slot: false when the group's limits refuse (overflow) */
   start(): boolean {

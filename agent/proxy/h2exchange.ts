@@ -25,6 +25,7 @@ import { UpLeg, type Leg, type LegOwner, type LegStream } from './h2leg.js';
 import type { H2PoolWaiter, UpstreamSession } from './h2pool.js';
 import { H1Leg } from './h2toh1.js';
 import { h2RequestToH1, type H1RequestHead } from './translate.js';
+import { connectFailure } from './tunnelup.js';
 import type { Exchange, Headers, LocalReply, RequestHead, Source, Upstream, UpstreamGroup } from './types.js';
 
 /** request body held while no upstream stream is there yet, before the client's stream window is held */
@@ -335,7 +336,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
         this.leg = null;
         leg.ended = true;
         this.ctx.h2pool.streamEnded(e);
-        this.attemptFailed({ kind: e.connected ? 'reset' : 'connect-failure' });
+        this.attemptFailed(e.connected ? { kind: 'reset' } : connectFailure(e.denied));
       }
       return;
     }
@@ -470,7 +471,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     }
     if (this.attempt === null) return;
     this.ctx.log.debug({ upstream: leg.key, code }, 'upstream stream closed before the response head');
-    if (!leg.connected) { this.attemptFailed({ kind: 'connect-failure' }); return; }
+    if (!leg.connected) { this.attemptFailed(connectFailure(leg.denied)); return; }
     // REFUSED_STREAM (also: above a GOAWAY's last stream id) guarantees the application never saw the request:
     // it goes again on another session, as the same attempt. (A burst on a new session, before the peer's
     // SETTINGS told its limit, can be refused in part.)

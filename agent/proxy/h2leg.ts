@@ -44,6 +44,8 @@ export interface Leg {
   readonly key: string;
   /** the transport to the backend was established (else a failure is a connect failure) */
   readonly connected: boolean;
+  /** the connect failed as refused by the destination's authorization (tunnelup.ts): a denied connect failure */
+  readonly denied: boolean;
   /** tell the pool the attempt let go of it (a stream slot; an HTTP/1.1 connection, reused if it can be) */
   release(): void;
 }
@@ -60,6 +62,7 @@ export class UpLeg implements H2StreamHandler, Leg {
   constructor(readonly x: LegOwner, readonly entry: UpstreamSession) {}
   get key(): string { return this.entry.up.key; }
   get connected(): boolean { return this.entry.connected; }
+  get denied(): boolean { return this.entry.denied; }
   release(): void { this.entry.pool.streamEnded(this.entry); }
   onHeaders(headers: HeaderList, endStream: boolean): void {
     try { this.x.upHead(this, headers, endStream); } catch (e) { this.x.fatal(e); }

@@ -7,6 +7,7 @@ import type { Logger } from '../observe/log.js';
 import type { Conn } from './conn.js';
 import { H2Session, type H2SessionOptions, type H2Settings } from './h2/session.js';
 import { PendingQueues } from './pending.js';
+import { isDenial } from './tunnelup.js';
 import type { Upstream, UpstreamGroup } from './types.js';
 
 /** streams assumed allowed on a new session until the peer's SETTINGS say otherwise */
@@ -35,6 +36,8 @@ export class UpstreamSession implements H2SessionOptions {
   connected = false;
   /** the peer's SETTINGS arrived */
   settled = false;
+  /** the connect failed as refused by the destination's authorization (tunnelup.ts isDenial): its streams' attempts say so */
+  denied = false;
   /** retired: takes no new streams; its connection slot was given back */
   retired = false;
   idleSince = performance.now();
@@ -48,6 +51,8 @@ export class UpstreamSession implements H2SessionOptions {
       this.connected = true;
       if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null; }
     });
+    // before the session's own listener: the streams it resets on that error are told after this is set
+    conn.on('error', (e: Error) => { if (!this.connected && isDenial(e)) this.denied = true; });
     this.session = new H2Session(conn, this);
   }
 

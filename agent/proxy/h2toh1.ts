@@ -46,6 +46,8 @@ export class H1Leg implements Leg, LegStream, UpstreamUser {
 
   get key(): string { return this.up.key; }
   get connected(): boolean { return this.hadConnection; }
+  /** the connection the pool opened for it was refused by the destination's authorization */
+  denied = false;
 
   /** ask the pool for a connection: false when the group's limits refuse (overflow) */
   start(): boolean {
@@ -69,10 +71,11 @@ export class H1Leg implements Leg, LegStream, UpstreamUser {
     this.x.upReady(this);
   }
 
-  upConnectFailed(): void {
+  upConnectFailed(denied?: boolean): void {
     this.waiting = null;
     if (this.closed) return;
     this.closed = true;
+    this.denied = denied === true;
     this.x.upReset(this, H2_ERROR.CONNECT_ERROR);
   }
 

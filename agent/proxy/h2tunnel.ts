@@ -16,6 +16,7 @@ import type { HeaderList } from './h2/hpack.js';
 import { H2_ERROR, type H2Stream, type H2StreamHandler } from './h2/session.js';
 import { ACQ_OVERFLOW, ACQ_PENDING, type H1Upstream, type UpstreamUser } from './h1pool.js';
 import type { Attempt, Exchange, Headers, LocalReply, Outcome, Source, UpstreamGroup } from './types.js';
+import { connectFailure } from './tunnelup.js';
 
 /** response fields of the HTTP/1.1 handshake that mean nothing on HTTP/2 (RFC 8441 5: the 200 carries no accept) */
 const NOT_PASSED = new Set(['sec-websocket-accept']);
@@ -110,9 +111,9 @@ class WsTunnel implements H2StreamHandler, UpstreamUser {
     c.socket.write(this.reqHead, 'latin1');
   }
 
-  upConnectFailed(): void {
+  upConnectFailed(denied?: boolean): void {
     this.waitingGroup = null;
-    this.failed({ kind: 'connect-failure' });
+    this.failed(connectFailure(denied));
   }
 
   private static handshakeTimeout(t: WsTunnel): void {

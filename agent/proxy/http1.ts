@@ -16,6 +16,7 @@ import type { HeaderList } from './h2/hpack.js';
 import { H2_ERROR } from './h2/session.js';
 import { H2Link, type H2LinkOwner } from './h1toh2.js';
 import { h1RequestToH2, type ResponseHead } from './translate.js';
+import { connectFailure } from './tunnelup.js';
 import type { Attempt, Exchange, Headers, LocalReply, RequestHead, Source } from './types.js';
 
 const BODY_NONE = 0, BODY_LENGTH = 1, BODY_CHUNKED = 2;
@@ -455,16 +456,16 @@ export class H1Conn extends ExchangeDriver implements UpstreamUser, ChunkSink, H
     if (link !== this.h2) return;
     this.h2 = null;
     if (this.upstreamGone(link.key, code)) return;
-    if (!link.connected) { this.attemptFailed({ kind: 'connect-failure' }); return; }
+    if (!link.connected) { this.attemptFailed(connectFailure(link.denied)); return; }
     // REFUSED_STREAM (or above a GOAWAY's last stream id): the backend never saw it; it goes again elsewhere
     if (code === H2_ERROR.REFUSED_STREAM && this.replayable && this.staleRedispatch++ < 5) { this.acquire(); return; }
     this.attemptFailed({ kind: 'reset' });
   }
 
-  upConnectFailed(): void {
+  upConnectFailed(denied?: boolean): void {
     this.waitingGroup = null;
     if (this.attempt === null) return;
-    this.attemptFailed({ kind: 'connect-failure' });
+    this.attemptFailed(connectFailure(denied));
   }
 
   private continue100(): void {

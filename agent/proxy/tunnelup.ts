@@ -19,14 +19,16 @@
 // a strict one would drop the raw connection, so the attempt fails at once as denied (no 5 s connect timeout).
 //
 // A denial at the destination (the CONNECT answered 403) is a connect failure the policy does not hold against the
-// backend and does not retry (decide.ts): another backend would deny the same identity, and a denied client must not
+// backend and does not retry (decide.ts). The connector fails that connection with UpstreamDenied (code EACCES); the
+// pool's connection or session that saw it says so in its attempt's outcome (connectFailure(true)), so concurrent
+// requests of one identity are judged each by its own connection: another backend would deny the same identity, and a denied client must not
 // get healthy backends ejected for everyone. The client gets 503 (x-sockmesh-error: connect-failure), as a client of
 // an Istio waypoint does when the destination's ztunnel refuses the waypoint's connection.
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import type { Service } from '../model/types.js';
 import type { Conn } from './conn.js';
-import type { Upstream } from './types.js';
+import type { Outcome, Upstream } from './types.js';
 
 /** A backend on another node the proxy reaches through the tunnel. */
 export interface TunnelTarget {
@@ -60,7 +62,7 @@ export function tunnelledUpstream(slot: TunnelSlot, source: string | undefined):
   let up = m.get(k);
   if (up === undefined) {
     const b = slot.upstream;
-    up = { key: `${b.key} as ${source ?? '(no identity)'}`, address: b.address, family: b.family, port: b.port, group: b.group, tunnel: { source, node: t.node, strict: t.strict, denied: false } };
+    up = { key: `${b.key} as ${source ?? '(no identity)'}`, address: b.address, family: b.family, port: b.port, group: b.group, tunnel: { source, node: t.node, strict: t.strict } };
     m.set(k, up);
   }
   return up;
@@ -77,6 +79,23 @@ export function retarget(slot: TunnelSlot, t: TunnelTarget | undefined): void {
 /** An error a connector gives when the destination refused the identity: a Conn error with code EACCES. */
 export class UpstreamDenied extends Error {
   readonly code = 'EACCES';
+}
+
+/** A connection's error says the destination refused the identity (UpstreamDenied, or any Conn error coded EACCES). */
+export function isDenial(e: unknown): boolean {
+  return (e as { code?: unknown } | null)?.code === 'EACCES';
+}
+
+const CONNECT_FAILED: Outcome = Object.freeze({ kind: 'connect-failure' });
+const CONNECT_DENIED: Outcome = Object.freeze({ kind: 'connect-failure', denied: true });
+
+/**
+ * The outcome of an attempt whose connection failed, denied or not: what the engines report (the denial read from that
+ * attempt's own connection, H1Upstream.denied / UpstreamSession.denied, never from state shared by the identity's
+ * other requests, which a concurrent denial would make a plain failure look like).
+ */
+export function connectFailure(denied: boolean | undefined): Outcome {
+  return denied === true ? CONNECT_DENIED : CONNECT_FAILED;
 }
 
 /**

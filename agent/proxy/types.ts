@@ -72,18 +72,17 @@ export interface UpstreamTunnel {
   readonly node: string;
   /** the destination's mTLS mode is strict (else permissive) */
   readonly strict: boolean;
-  /**
-   * The last attempt through it was refused by the destination's authorization (or, with no source, could not be
-   * made): set by the connector, cleared by a connection that was accepted. The policy reads it after a connect
-   * failure: not the backend's fault, not retried (decide.ts).
-   */
-  denied: boolean;
 }
 
 export type Outcome =
   /** a response head arrived (grpcStatus when the head carries grpc-status: a trailers-only response) */
   | { kind: 'response'; status: number; grpcStatus?: number }
-  | { kind: 'connect-failure' }
+  /**
+   * denied (optional, additive): this attempt's connection was refused by the destination's authorization (or, to a
+   * strict destination with no identity, could not be made): the connector's error had code EACCES (tunnelup.ts
+   * isDenial). Carried per attempt, from the connection that failed: not the backend's fault, not retried (decide.ts).
+   */
+  | { kind: 'connect-failure'; denied?: boolean }
   /** the upstream closed or reset before a complete response head */
   | { kind: 'reset' }
   /**

@@ -14,6 +14,12 @@ import { H2Pool, type UpstreamSession } from '../../agent/proxy/h2pool.js';
 import { GroupBreaker } from '../../agent/proxy/breaker.js';
 import { TunnelConn, UpstreamDenied, retarget, tunnelledUpstream, type TunnelSlot } from '../../agent/proxy/tunnelup.js';
 import type { Attempt, Exchange, OriginalDst, Upstream } from '../../agent/proxy/types.js';
+import { ProxyServer } from '../../agent/proxy/server.js';
+import { ProxyTunnel } from '../../agent/proxytunnel.js';
+import type { TunnelClient } from '../../agent/tunnel/client.js';
+import { TunnelError, type TunnelRequest } from '../../agent/tunnel/types.js';
+import { request as httpRequest } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { backend, captureLog, head, http, model, retry, route, seeded, service } from '../lib/l7model.js';
 
 const A = 'spiffe://cluster.local/ns/shop/sa/web', B = 'spiffe://cluster.local/ns/shop/sa/ops';
@@ -68,10 +74,9 @@ t.test('the policy: attempts to a tunnelled backend as the client\'s identity; a
   t.same([n1.upstream.tunnel?.source, n1.upstream.tunnel?.strict], [undefined, true], 'a client with no identity to a strict backend');
   for (const [x, a] of [[x1, a1], [x2, a2], [x4, n1]] as const) { a.finish({ kind: 'response', status: 200 }); x.end(200); }
 
-  // the destination denied B: the connector marks the upstream; the exchange gives up at once, nothing ejected
-  b1.upstream.tunnel!.denied = true;
-  b1.finish({ kind: 'connect-failure' });
-  t.equal(x3.retryDelay(1, { kind: 'connect-failure' }, true), null, 'a denial is not retried');
+  // the destination denied B: the engine says so in the attempt's outcome; the exchange gives up at once, nothing ejected
+  b1.finish({ kind: 'connect-failure', denied: true });
+  t.equal(x3.retryDelay(1, { kind: 'connect-failure', denied: true }, true), null, 'a denial is not retried');
   x3.end(503);
   t.notOk(states.isOut('web', '127.0.0.1:8081'), 'and not held against the backend (one gateway error would eject it)');
   // an ordinary connect failure still is
@@ -217,4 +222,60 @@ t.test('an L4-only change that moves an L7 backend\'s pod to another node: its n
   // and back on this node
   p.update(at('n1'), () => 'a', new Set(['db']));
   t.equal(firstAttempt().tunnel, undefined, 'back on n1: directly again');
+});
+
+t.test('two concurrent requests of one identity, one denied by the destination and one failing otherwise: judged each by its own connection (issue 13)', async (t) => {
+  // a real backend (what the retry reaches), the real proxy (HTTP/1.1 engine, pool) and ProxyTunnel over a tunnel
+  // client that answers each CONNECT when the test says: the denial of the first request comes while the second's
+  // connect is still under way, and the second then fails for another reason
+  const server = h1Server((req, res) => res.end(`ok ${req.url}`));
+  const port = await listening(server);
+  t.teardown(() => { server.closeAllConnections(); server.close(); });
+  const states = new BackendStates();
+  const { log } = captureLog('warn');
+  const policy = new ProxyPolicy({ states, log, random: seeded(9), tunnel: () => (_svc, _address, p) => (p === port ? { node: 'n2', strict: true } : undefined) });
+  const od = { consecutive5xx: 0, consecutiveGatewayErrors: 5, baseEjectionMs: 10_000, maxEjectionMs: 10_000, maxEjectionPercent: 100 };
+  const m = model(service('web', '127.100.0.1', 80, [backend(port)], http({
+    outlierDetection: od, routes: [route('all', { retry: retry({ retryOn: ['connect-failure'], attempts: 2 }) })],
+  })));
+  m.workloads = [{ name: 'a', identity: A }] as typeof m.workloads;
+  policy.update(m, () => 'a');
+  const connects: { req: TunnelRequest; resolve: (d: Duplex) => void; reject: (e: Error) => void }[] = [];
+  const arrived: (() => void)[] = [];
+  const client = {
+    connect: (req: TunnelRequest) => new Promise<Duplex>((resolve, reject) => {
+      connects.push({ req, resolve, reject });
+      arrived.shift()?.();
+    }),
+  } as unknown as TunnelClient;
+  const tunnel = new ProxyTunnel({ client: () => client, peer: (name) => ({ name, address: '127.0.0.1' }), log });
+  const proxy = new ProxyServer({ policy, log, originalDst: () => ({ vip: '127.100.0.1', port: 80, cgroupId: 1n }), connectTimeoutMs: 2000, tunnel: tunnel.connect });
+  await proxy.listen(0, ['127.0.0.1']);
+  t.teardown(async () => { await proxy.close(); states.close(); });
+  const proxyPort = proxy.ports()[0]!;
+  const connectNumber = (n: number) => new Promise<void>((r) => (connects.length >= n ? r() : arrived.push(r)));
+  const get = (path: string) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port: proxyPort, path, agent: false, timeout: 10_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d) => (body += d)).on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('timeout', () => req.destroy(new Error(`${path} timed out`)));
+    req.on('error', reject).end();
+  });
+
+  const first = get('/denied');
+  await connectNumber(1);
+  const second = get('/unlucky');
+  await connectNumber(2);
+  t.same(connects.map((c) => c.req.source), [A, A], 'both opened as the same identity (one upstream, two connections)');
+  connects[0]!.reject(new TunnelError('denied', 'the destination\'s authorization denied it', 403));
+  await new Promise((r) => setTimeout(r, 20));
+  connects[1]!.reject(new TunnelError('upstream-failed', 'the pod did not answer', 503));
+  // the second request's retry, if it is made: a real connection to the backend (judged denied, it is never made)
+  void connectNumber(3).then(async () => connects[2]!.resolve(await viaSocket(port)));
+  const [r1, r2] = await Promise.all([first, second]);
+  t.equal(r1.status, 503, 'the denied request: 503, not retried');
+  t.same([r2.status, r2.body], [200, 'ok /unlucky'], 'the other one: retried (a plain connect failure), and answered');
+  t.equal(connects.length, 3, 'three CONNECTs: the denial was not retried, the other failure was');
+  t.same(tunnel.report().refused, { denied: 1, 'upstream-failed': 1 });
 });
