@@ -21,7 +21,7 @@ import type { Model, Service, Frontend } from '../model/types.js';
 import { tableFor } from '../model/tables.js';
 import { authzDefault, compileAuthz4, type Authz4 } from '../model/authz4.js';
 import { ipv4Value } from '../model/address.js';
-import { mtlsModeFor } from '../model/mtls.js';
+import { MtlsModes } from '../model/mtls.js';
 import type { Workload } from '../model/l7.js';
 import {
   ALGO, BE_F_LOCAL, BE_F_STRICT, BE_F_TUNNEL, PROTO, SVC_F_AFFINITY, SVC_F_AUTHZ, SVC_F_AUTHZ_DENY, SVC_F_FAIL_OPEN, SVC_F_L7, type BackendValue, type ServiceKey, type ServiceValue,
@@ -140,12 +140,14 @@ export function tunnelTargets(model: Model, nodeId: string, local: ReadonlySet<s
     for (const a of w.addresses ?? []) if (!local.has(a) && !isLoopback(a)) remote.set(a, w);
   }
   const flagsOf = (mode: string): number => (mode === 'off' ? 0 : mode === 'strict' ? BE_F_TUNNEL | BE_F_STRICT : BE_F_TUNNEL);
+  // the services' own modes, indexed by backend once per call (on the first port asked), not walked per backend
+  const modes = new MtlsModes(model);
   const pods = new Map<string, number>();
   for (const [a, w] of remote) {
-    const f = flagsOf(mtlsModeFor(model, w, undefined));
+    const f = flagsOf(modes.modeFor(w, undefined));
     if (f) pods.set(a, f);
   }
-  // mtlsModeFor looks at every service for a port's mode: once per (address, port) and apply, not per frontend
+  // once per (address, port) and call, not per frontend
   const byPort = new Map<string, string>();
   return {
     pods,
@@ -155,7 +157,7 @@ export function tunnelTargets(model: Model, nodeId: string, local: ReadonlySet<s
       if (svc.mtls) return flagsOf(svc.mtls);
       const k = `${address}|${port}`;
       let mode = byPort.get(k);
-      if (mode === undefined) byPort.set(k, (mode = mtlsModeFor(model, w, port)));
+      if (mode === undefined) byPort.set(k, (mode = modes.modeFor(w, port)));
       return flagsOf(mode);
     },
   };

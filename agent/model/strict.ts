@@ -6,7 +6,7 @@
 // change something are returned: a strict address, and the ports that open it again, or a strict port of an address
 // that is otherwise open. Permissive and off behave the same on the server side (both accept plaintext), so an open
 // port is written as the mode the model gives it, for meshctl to show.
-import { mtlsModeFor } from './mtls.js';
+import { MtlsModes } from './mtls.js';
 import type { MtlsMode } from './mesh.js';
 import type { Workload } from './l7.js';
 import type { Model } from './types.js';
@@ -44,16 +44,17 @@ export function strictEntries(model: Model, local: Iterable<string>): StrictEntr
     }
   }
   const out: StrictEntry[] = [];
+  const modes = new MtlsModes(model);
   for (const address of [...new Set(local)].sort()) {
     // a pod without a workload is a workload of one address for mtlsModeFor (its services' ports still count)
     const w: Workload = byAddress.get(address) ?? { name: '', cgroups: [], addresses: [address] };
-    const base = mtlsModeFor(model, w, undefined);
+    const base = modes.modeFor(w, undefined);
     if (base === 'strict') out.push({ address, port: 0, mode: base });
     // a service's mode is for its backends' port on every address of the workload (IPv4 and IPv6 alike)
     const own = new Set<number>();
     for (const a of w.addresses ?? [address]) for (const p of ports.get(a) ?? []) own.add(p);
     for (const port of [...own].sort((x, y) => x - y)) {
-      const mode = mtlsModeFor(model, w, port);
+      const mode = modes.modeFor(w, port);
       if ((mode === 'strict') !== (base === 'strict')) out.push({ address, port, mode });
     }
   }

@@ -91,3 +91,55 @@ t.test('the reconciler: backend flags and sm_remote_pods follow the model and th
   t.same(remote(), {}, 'hand-over off: sm_remote_pods emptied');
   t.ok([...backends().values()].every((f) => (f & (BE_F_TUNNEL | BE_F_STRICT)) === 0), 'and every backend is plain again');
 });
+
+t.test('tunnelTargets on a large model: the services\' own modes are indexed once per call, not walked per backend (issue 13)', async (t) => {
+  // 1,000 services of 4 backends on other nodes' pods, every 7th with a mode of its own; pods shared between services
+  const N = 1000, K = 4, PODS = 1000;
+  const pod = (i: number) => `198.18.${Math.floor(i / 250)}.${(i % 250) + 1}`;
+  const cfg = {
+    nodes: [{ name: 'a', addresses: ['198.19.255.1'] }, { name: 'b', addresses: ['198.19.255.2'] }],
+    mtls: { mode: 'permissive', namespaces: { vault: 'strict' } },
+    workloads: Array.from({ length: PODS }, (_, i) => ({ name: `w${i}`, cgroups: [], identity: `spiffe://td/ns/${i % 5 === 0 ? 'vault' : 'shop'}/sa/w${i}`, node: 'b', addresses: [pod(i)] })),
+    services: Array.from({ length: N }, (_, s) => ({
+      name: `s${s}`, vips: [`198.19.${Math.floor(s / 250)}.${(s % 250) + 1}`], ports: [{ port: 80, targetPort: 8080 + (s % 3) }],
+      ...(s % 7 === 0 ? { mtls: s % 14 === 0 ? 'strict' : 'off' } : {}),
+      backends: Array.from({ length: K }, (_, j) => ({ address: pod((s * K + j * 811) % PODS) })),
+    })),
+  };
+  const model = parseConfig(JSON.stringify(cfg), 'big.json');
+  // count the walks over the services (each `for of` is one; the index is built from one)
+  let walks = 0;
+  const services = model.services;
+  model.services = new Proxy(services, { get: (o, k, r) => { if (k === Symbol.iterator) walks++; return Reflect.get(o, k, r) as unknown; } });
+  const tt = tunnelTargets(model, 'a');
+  // the reference: what a backend's mode is, by definition (the strictest own mode of the services sending to that
+  // address and port, else the namespace's, else the mesh's)
+  const rank = { off: 0, permissive: 1, strict: 2 } as const;
+  const expected = (address: string, port: number, w: typeof cfg.workloads[number]): number => {
+    let own: 'off' | 'permissive' | 'strict' | undefined;
+    for (const s of services) {
+      if (s.mtls && s.frontends.some((fe) => fe.backends.some((b) => b.address === address && b.port === port)) && (own === undefined || rank[s.mtls] > rank[own])) own = s.mtls;
+    }
+    const mode = own ?? (w.identity.includes('/ns/vault/') ? 'strict' : 'permissive');
+    return mode === 'off' ? 0 : mode === 'strict' ? BE_F_TUNNEL | BE_F_STRICT : BE_F_TUNNEL;
+  };
+  const byAddress = new Map(cfg.workloads.map((w) => [w.addresses[0]!, w]));
+  let asked = 0, checked = 0, wrong = 0;
+  const seen = new Set<string>();
+  for (const s of services) {
+    for (const fe of s.frontends) {
+      for (const b of fe.backends) {
+        const got = tt.backend(s, b.address, b.port);
+        seen.add(`${b.address}|${b.port}`);
+        // a service's own mode wins for its own backends; the others by the port's mode (the reference, O(services),
+        // on every 17th backend)
+        if (asked++ % 17 !== 0 && !s.mtls) continue;
+        checked++;
+        if (got !== (s.mtls ? (s.mtls === 'off' ? 0 : BE_F_TUNNEL | BE_F_STRICT) : expected(b.address, b.port, byAddress.get(b.address)!))) wrong++;
+      }
+    }
+  }
+  t.equal(asked, N * K);
+  t.equal(wrong, 0, `the flags of ${checked} backends as the definition gives them`);
+  t.ok(walks <= 1, `the services walked ${walks} time(s) for ${seen.size} distinct backends (at most once: an index; per backend it was O(backends x services))`);
+});
