@@ -14,13 +14,17 @@
 // one lock hold. SOCKMESH_BENCH_AGENT_ROOTS (`label=root,label=root`: other builds' roots, each with its dist/ and
 // node_modules/) runs each scenario once per agent build, interleaved, SOCKMESH_BENCH_ROUNDS times (default 1): a
 // before/after of the agent in one run, under the same load. SOCKMESH_BENCH_AGENT_FLAGS adds node flags to the agent
-// (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
+// (e.g. `--inspect`). SOCKMESH_BENCH_CPU_PROFILE=DIR profiles the full sync's CPU in both processes: V8's CPU profiler
+// (lib/allocprof.ts, toggled by SIGUSR2 just before the objects are stored and again at the full sync's apply; not
+// node's --cpu-prof, whose ticks fail the agent's BPF load), DIR/<run>-agent/1.cpuprofile and .txt, <run>-controlplane/.
+// Profiled figures are not comparable to a plain run's.
 // Addresses are all in 127.0.0.0/8 and no traffic is sent; the agent is attached to a child cgroup of the bench's
 // own, and everything is undone on the way out (DESIGN.md's rules).
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { KubeApi, kubeconfigFor } from '../lab/kubeapi.js';
 import { native } from '../agent/datapath/native.js';
 import { CONTROLPLANE_NODE_FLAGS } from '../agent/runtime.js';
@@ -150,10 +154,23 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
   const cpRoot = process.env['SOCKMESH_BENCH_CP_ROOT'] || opts.root;
   const cpFlags = process.env['SOCKMESH_BENCH_CP_FLAGS'] !== undefined ? process.env['SOCKMESH_BENCH_CP_FLAGS'].split(' ').filter(Boolean) : CONTROLPLANE_NODE_FLAGS;
   const agentArgs = ['--run-dir', runDir, '--event-sample', '0', '--node-id', NODE];
+  // the CPU profile of the full sync (see the top): a preload in each process, a directory each
+  const profileDir = process.env['SOCKMESH_BENCH_CPU_PROFILE'];
+  const profiled = (who: string, root: string): string[] => {
+    if (!profileDir) return [];
+    const dir = join(profileDir, `${runs}-${scenario}${variant.label !== undefined ? `-${variant.label}` : ''}-${who}`);
+    mkdirSync(dir, { recursive: true });
+    process.env['SOCKMESH_CPU_PROFILE_DIR'] = dir; // read by the preload of the process spawned next
+    return ['--import', pathToFileURL(join(root, 'dist', 'bench', 'lib', 'allocprof.js')).href];
+  };
+  const toggleProfiles = () => {
+    if (!profileDir) return;
+    for (const p of [pid, cp?.child.pid]) if (p !== undefined) process.kill(p, 'SIGUSR2');
+  };
   if (scenario === 'controlplane') {
     const port = await freePort();
     cp = new Background('sockmesh control plane', process.execPath,
-      [...cpFlags, join(cpRoot, 'dist', 'controlplane', 'main.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--listen', `127.0.0.1:${port}`, '--status-listen', 'off'],
+      [...cpFlags, ...profiled('controlplane', cpRoot), join(cpRoot, 'dist', 'controlplane', 'main.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--listen', `127.0.0.1:${port}`, '--status-listen', 'off'],
       PROC_MAX_MS);
     onCleanup('control plane process', async () => {
       if (cp!.running) await cp!.stop('SIGTERM');
@@ -162,7 +179,7 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
     if (cpRoot !== opts.root || cpFlags !== CONTROLPLANE_NODE_FLAGS) log(`controlplane: ${join(cpRoot, 'dist', 'controlplane', 'main.js')} with node flags [${cpFlags.join(' ')}]`);
   } else agentArgs.push('--kubernetes', '--kubeconfig', kubeconfig);
 
-  const agentFlags = (process.env['SOCKMESH_BENCH_AGENT_FLAGS'] ?? '').split(' ').filter(Boolean);
+  const agentFlags = [...(process.env['SOCKMESH_BENCH_AGENT_FLAGS'] ?? '').split(' ').filter(Boolean), ...profiled('agent', variant.root)];
   const { agent, applied, pid } = spawnAgent(variant.root, `sockmesh agent (${tag})`, bpffs, meshCgroup, agentArgs, PROC_MAX_MS, agentFlags);
   let maps: PinnedMaps | undefined;
   try {
@@ -174,6 +191,8 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
     // ---- (1) full sync ----
     const { services, slices } = cluster(opts.services, opts.endpointsPerService);
     applied.drain();
+    toggleProfiles();
+    if (profileDir) await sleep(200); // the profilers started (an inspector call each)
     const agentCpu0 = cpuSeconds(pid);
     const cpCpu0 = cp ? cpuSeconds(cp.child.pid!) : undefined;
     const t0 = nowEpochMs();
@@ -194,6 +213,7 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
         const cpuSince = (p: number | undefined, from: number | undefined) => (p === undefined || from === undefined ? undefined : (cpuSeconds(p) ?? from) - from);
         res.agentCpuSyncSeconds = cpuSince(pid, agentCpu0);
         res.controlPlaneCpuSyncSeconds = cpuSince(cp?.child.pid, cpCpu0);
+        toggleProfiles();
         log(`${tag}: full sync ${res.fullSyncSeconds.toFixed(3)} s (${applies} applies; objects stored in ${loadedMs.toFixed(0)} ms; ` +
           `CPU agent ${res.agentCpuSyncSeconds?.toFixed(2)} s${cp ? `, control plane ${res.controlPlaneCpuSyncSeconds?.toFixed(2)} s` : ''}; ` +
           `sm_services ${c.services}, sm_backends ${c.backends}; last reconcile ${ev.ms.toFixed(0)} ms)`);
