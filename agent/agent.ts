@@ -1,5 +1,6 @@
 // The agent: wiring only. It constructs the parts (the kernel, what is in force and its apply transaction, the health
 // checker, the L7 proxy, the sources, the admin API, metrics), starts them in order and stops them in order.
+import { createHash } from 'node:crypto';
 import { closeSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, relative } from 'node:path';
@@ -207,7 +208,8 @@ export class Agent {
     if ('file' in opts.config) {
       const file = opts.config.file;
       this.source = new FileSource(file, {
-        onModel: (m) => this.applyModel(m, 'file change'),
+        // the text's digest in the log line: which version of the file is in force (sha256sum of the file, first 12)
+        onModel: (m, text) => this.transaction ? this.transaction.apply(m, 'file change', undefined, { sha256: createHash('sha256').update(text).digest('hex').slice(0, 12) }) : 'the datapath is not loaded',
         onError: (e) => {
           this.state.rejected(e.message);
           log.error({ file, error: e.message }, 'config rejected; the last good config stays in force');

@@ -21,6 +21,7 @@
 // Bounded: a hard timeout of the run's length (warm-ups included) plus 5 minutes cleans up and exits; every process, cgroup, namespace and
 // pin it made is removed on every way out (lab down, agent cleanup, the cgroup tree killed and removed).
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect, type AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -424,13 +425,13 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
       msg?: string; level?: number; time?: number; error?: string; warming?: number; rssKiB?: number; heapUsedKiB?: number;
       service?: string; limit?: string; failed?: string | number; refused?: number;
       type?: string; version?: string; names?: string[]; frontendsWritten?: number; frontendsDeleted?: number;
-      services?: { service: string; out: string[] }[];
+      services?: { service: string; out: string[] }[]; sha256?: string;
     };
     try { l = JSON.parse(line) as typeof l; } catch { return; }
     const t = typeof l.time === 'number' ? l.time : Date.now();
     if (l.msg === 'config applied' || l.msg === 'xds: model applied' || l.msg === 'backend states applied') {
       const fe = `frontends +${l.frontendsWritten ?? 0} -${l.frontendsDeleted ?? 0}`;
-      const what = l.msg === 'config applied' ? `config applied (${fe}${l.names ? `: ${l.names.join(',')}` : ''})`
+      const what = l.msg === 'config applied' ? `config applied (${fe}${l.names ? `: ${l.names.join(',')}` : ''})${l.sha256 ? ` sha256 ${l.sha256}` : ''}`
         : l.msg === 'backend states applied' ? `backend states applied (${fe}): ${(l.services ?? []).map((x) => `${x.service} out [${x.out.join(' ')}]`).join('; ')}`
         : `xds ${l.type ?? '?'} ${l.version ?? ''} applied: ${(l.names ?? []).join(',')} warming ${l.warming ?? '?'}`;
       a.applies.push({ t, line: what });
@@ -574,6 +575,17 @@ async function runPhase(
     for (const [k, n] of Object.entries(r.ok)) (perTarget[k] ??= { ok: 0, failed: 0 }).ok += n;
     for (const f of r.fails) { (perTarget[f.key] ??= { ok: 0, failed: 0 }).failed++; fails.push(f); }
   };
+  // Every config text written, by its digest (what the agent logs with 'config applied'): when, and which churned
+  // VIPs it has. Beside a counted failure, each apply then says which write it put in force and whether that had the VIP.
+  const writes = new Map<string, { t: number; seq: number; vips: Set<string> }>();
+  const noteWrite = (text: string): void => {
+    const sha = createHash('sha256').update(text).digest('hex').slice(0, 12);
+    if (!writes.has(sha)) writes.set(sha, { t: Date.now(), seq: writes.size + 1, vips: new Set([...world.services.values()].map((x) => frontendKey(x.vip, x.port))) });
+  };
+  const resolveApply = (line: string, key: string, t0: number): string => line.replace(/ sha256 ([0-9a-f]{12})$/, (_m, sha: string) => {
+    const w = writes.get(sha);
+    return w ? ` = write #${w.seq} of ${w.t - t0} ms, ${w.vips.has(key) ? 'with' : 'WITHOUT'} ${key}` : ` = no text the soak wrote (sha256 ${sha})`;
+  });
   const t0 = Date.now();
   world.snapshot(t0 - 5000, false); // the start's config, in force since before the clients
   const spec = (name: string): string => JSON.stringify({ name, targets: targets(world), pauseMs: o.pauseMs, deadlineMs: o.warmupSeconds * 1000 + ms + 60_000 } satisfies ClientSpec);
@@ -620,7 +632,9 @@ async function runPhase(
     if (!agent.bg.running) throw new Error(`agent (${phase}) exited during the soak:\n${agent.bg.tail(20)}`);
     const now = Date.now();
     world.mutate();
-    putFile(cfgFile, soakConfig(world.services.values(), addr));
+    const text = soakConfig(world.services.values(), addr);
+    putFile(cfgFile, text);
+    noteWrite(text);
     world.writes++;
     world.writeTimes.push(Date.now());
     world.snapshot(Date.now(), true);
@@ -785,7 +799,7 @@ async function runPhase(
         warnings: agent.warnings.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => `${x.t - f.t0} ms: ${x.line}`),
         // what the agent applied around it, and (xDS) when the control plane read the config
         applies: [
-          ...agent.applies.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => ({ t: x.t, line: x.line })),
+          ...agent.applies.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => ({ t: x.t, line: resolveApply(x.line, f.key, f.t0) })),
           ...(cp ? cp.reads.filter((r) => r >= f.t0 - 2500 && r <= f.t1 + 1000).map((r) => ({ t: r, line: 'control plane read the config' })) : []),
         ].sort((x, y) => x.t - y.t).map((x) => `${x.t - f.t0} ms: ${x.line}`),
       });
@@ -930,7 +944,7 @@ function report(results: PhaseResult[], o: SoakOpts, seconds: number): void {
       if (!s.decisions.length) out.push('      decided: no balancing decision for it within 50 ms');
       for (const x of s.refusals) out.push(`      agent: ${x}`);
       for (const x of s.warnings.slice(0, 8)) out.push(`      agent warned: ${x}`);
-      if (s === r.countedSamples[0]) for (const x of s.applies) out.push(`      applied: ${x}`);
+      for (const x of s.applies) out.push(`      applied: ${x}`);
     }
     out.push(`${r.phase}: from a config write to certainly in force (ms): p50 ${r.applyLagMs.p50}, p99 ${r.applyLagMs.p99}, max ${r.applyLagMs.max}`);
     if (r.estimateEarly) {

@@ -89,11 +89,11 @@ export class ApplyTransaction {
    * Apply a validated model (only the services named in `changed`, when given). On a kernel error the previous model
    * is put back and the error returned: the source rejects the update (an xDS NACK) and the last good config stays.
    */
-  apply(model: Model, why: string, changed?: ReadonlySet<string>): string | null {
-    return this.run(model, why, changed, false);
+  apply(model: Model, why: string, changed?: ReadonlySet<string>, logFields?: Record<string, unknown>): string | null {
+    return this.run(model, why, changed, false, logFields);
   }
 
-  private run(model: Model, why: string, changed: ReadonlySet<string> | undefined, strict: boolean): string | null {
+  private run(model: Model, why: string, changed: ReadonlySet<string> | undefined, strict: boolean, logFields?: Record<string, unknown>): string | null {
     const { state, log } = this;
     // After a failed apply the kernel may hold part of a rejected update: the next one is applied in full.
     const scope = this.needFull ? undefined : changed;
@@ -130,7 +130,7 @@ export class ApplyTransaction {
     const version = state.committed(model, res.ms, why);
     // The names of a small change (what an operator, or the soak beside a failed request, asks first: which services).
     const names = scope && scope.size <= LOGGED_NAMES ? [...scope] : undefined;
-    log.info({ why, version, services: model.services.length, changed: scope?.size, ...(names ? { names } : {}), ...res }, 'config applied');
+    log.info({ why, version, ...logFields, services: model.services.length, changed: scope?.size, ...(names ? { names } : {}), ...res }, 'config applied');
     this.o.committed?.(model, scope);
     // After a large change, give the garbage of the sync back now rather than at the next allocation pressure.
     // Two collections a second apart: the memory V8 grew for the change comes back at the second (measured).

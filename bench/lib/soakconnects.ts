@@ -21,7 +21,7 @@ export class ConnectLog {
 
   start(adminSocket: string): void {
     const client = new AdminClient(adminSocket, 10_000);
-    const q = monitorQueryString({ type: ['connect', 'no-backend'], rate: 0 });
+    const q = monitorQueryString({ type: ['connect', 'no-backend', 'l7-redirect', 'l7-refused'], rate: 0 });
     this.done = client.stream(`/v1/monitor${q}`, (o) => this.take(o as Record<string, unknown>), this.abort.signal)
       .catch((e: Error) => { this.error = e.message; });
   }
