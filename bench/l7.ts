@@ -330,8 +330,10 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
   const [cmd, args] = inCgroupNsenter(s.clientCgroup, ctx.ns, ctx.clientCpus, argv);
   s.gc?.(); // what came before this run is not its
   const p0 = cpuOf(pids), b0 = cpuSeconds(backendPid), s0 = schedOf(pids), t0 = performance.now(), w0 = Date.now();
+  const bs0 = schedOf([backendPid]);
   const r = await run(cmd, args, seconds * 1000 + CLIENT_SLACK_MS);
   const t1 = performance.now(), p1 = cpuOf(pids), b1 = cpuSeconds(backendPid), s1 = schedOf(pids), w1 = Date.now();
+  const bs1 = schedOf([backendPid]);
   const gc = s.gc?.();
   const tool = argv[0]!;
   if (r.code !== 0) {
@@ -357,9 +359,10 @@ async function measure(ctx: Ctx, s: Scenario, proto: Protocol, seconds: number):
     ? { runqUs: (s1.waitNs - s0.waitNs) / 1000, preempted: s1.involuntary - s0.involuntary, switches: s1.voluntary - s0.voluntary }
     : undefined;
   const loop = s.traceFile !== undefined ? loopFigures(s.traceFile, w0, w1) : undefined;
+  const backendSleeps = bs0 !== undefined && bs1 !== undefined ? bs1.voluntary - bs0.voluntary : undefined;
   return {
     ...h, ...(proxyCpu !== undefined ? { proxyCpu, proxyCpuUs } : {}), backendCpu: pct(b0, b1) ?? 0, seconds: wall, ...(gc ? { gc } : {}),
-    ...(sched !== undefined ? { sched } : {}), ...(loop !== undefined ? { loop } : {}),
+    ...(sched !== undefined ? { sched } : {}), ...(loop !== undefined ? { loop } : {}), ...(backendSleeps !== undefined ? { backendSleeps } : {}),
   };
 }
 
@@ -418,8 +421,9 @@ async function measureInto(ctx: Ctx, s: Scenario, p: Protocol, seconds: number, 
       ? `; run queue ${(x.sched.runqUs / x.requests).toFixed(2)} µs/req (${(x.sched.runqUs / 1000 / x.seconds).toFixed(0)} ms/s), ` +
         `${Math.round(x.sched.preempted / x.seconds)} preemptions/s, ${Math.round(x.sched.switches / x.seconds)} sleeps/s`
       : '';
+    const peer = x.backendSleeps !== undefined && x.requests > 0 ? `; backend sleeps ${(x.backendSleeps / x.requests).toFixed(3)}/req` : '';
     log(`${label(s)} ${PROTOCOL_TITLES[p]}${keep ? '' : ' warm-up'}: ${Math.round(x.rps)} req/s, p50 ${Math.round(x.p50)} µs, ` +
-      `p99 ${Math.round(x.p99)} µs, p99.9 ${x.p999 === undefined ? '-' : Math.round(x.p999)} µs${cpu}, backend CPU ${x.backendCpu.toFixed(0)}%${gc}${sched}` +
+      `p99 ${Math.round(x.p99)} µs, p99.9 ${x.p999 === undefined ? '-' : Math.round(x.p999)} µs${cpu}, backend CPU ${x.backendCpu.toFixed(0)}%${gc}${sched}${peer}` +
       (x.loop ? `; loop: ${formatLoop(x.loop)}` : ''));
   } catch (e) {
     fail(s, p, e);

@@ -32,6 +32,11 @@ export interface Sample extends HttpRun {
    * preemptions (involuntary switches) and sleeps (voluntary ones: an empty epoll, a futex)
    */
   sched?: { runqUs: number; preempted: number; switches: number };
+  /**
+   * the backend's voluntary switches over the run: how often it went to sleep, i.e. was woken again by the proxy's
+   * writes; per request, what the proxy's write pattern costs its peer (sends back to back wake it once for several)
+   */
+  backendSleeps?: number;
   /** (b): the proxy's netio loop over the run's whole seconds (SOCKMESH_NETIO_TRACE) */
   loop?: LoopFigures;
 }
