@@ -71,6 +71,8 @@ static constexpr size_t kReadChunk = 64 * 1024;      // one read(2) at most
 static constexpr size_t kReadPerWake = 256 * 1024;   // one socket's share of a wake (level-triggered: the rest next time)
 static constexpr size_t kAcceptRecord = 3 + INET6_ADDRSTRLEN;
 static constexpr int kMaxIov = 64;
+// deferWrites: a larger write (a bulk body) is sent at once, not copied into the queue first
+static constexpr size_t kDeferMax = 16 * 1024;
 // OpenSSL's read buffer with read_ahead: one read(2) takes up to this much ciphertext, two full records (16 KiB + 22
 // each) and then some. Not more: before each record OpenSSL moves what is left in the buffer to its start (ssl3_read_n,
 // for alignment), so a buffer of B bytes moves ~B/32 KiB times every byte it reads. With 256 KiB (ztunnel's buffer
@@ -91,6 +93,7 @@ struct Sock {
   bool shutPending = false;
   bool shutDone = false;
   bool dead = false;  // an error was reported: out of epoll for good
+  bool deferred = false;  // its queue holds writes of the batch being delivered: sent at the batch's end (deferWrites)
   int err = 0;
   // TLS (startTls): OpenSSL reads the fd itself (a socket BIO, read-ahead) and writes its records into q (QueueBio),
   // which goes out like a plain socket's queue: many records per send(2), and no SSL call ever waits for the socket
@@ -139,6 +142,12 @@ struct LoopState {
   int evfd = -1;
   std::vector<int32_t> tlsPending;
   std::vector<char> gather;  // a writev's chunks made one buffer for SSL_write
+  // setDeferWrites(true): a plain socket's writes made while JS handles a batch are queued and sent once the callback
+  // returned (its microtasks included), in the order the sockets were first written to: what a batch produced goes out
+  // back to back, each socket's in one send, instead of one send(2) between every two events the batch handles.
+  bool deferWrites = false;
+  bool inCallback = false;
+  std::vector<int32_t> deferredIds;
   explicit LoopState(Napi::Env e) : env(e) {}
 };
 
@@ -238,6 +247,24 @@ static bool Flush(Sock* s, int* err) {
   s->qhead = 0;
   if (s->q.capacity() > 1024 * 1024) s->q.shrink_to_fit();
   return true;
+}
+
+// A socket's deferred writes go out now (the batch is over, or close/shutdown/release needs its queue sent first).
+// Whatever the kernel did not take, or an error, is left to EPOLLOUT: the next wake's Writable sends the rest (DRAIN)
+// or reports the error (ERROR), as for any queued write.
+static void SendDeferred(LoopState* st, Sock* s) {
+  if (!s->deferred) return;
+  s->deferred = false;
+  int err = 0;
+  if (!s->dead && !Flush(s, &err)) Rearm(st, s);
+}
+
+static void SendAllDeferred(LoopState* st) {
+  for (size_t i = 0; i < st->deferredIds.size(); i++) {
+    auto it = st->socks.find(st->deferredIds[i]);
+    if (it != st->socks.end()) SendDeferred(st, it->second);
+  }
+  st->deferredIds.clear();
 }
 
 static void AcceptAll(LoopState* st, Sock* l) {
@@ -621,6 +648,7 @@ static bool Batch(LoopState* st) {
   }
   if (st->nEvents == 0) return true;
   Napi::HandleScope scope(st->env);
+  st->inCallback = true;
   try {
     st->callback.MakeCallback(st->resource.Value(), {Napi::Number::New(st->env, static_cast<double>(st->nEvents)),
                                                       Napi::Number::New(st->env, static_cast<double>(st->slabUsed))});
@@ -628,6 +656,9 @@ static bool Batch(LoopState* st) {
     // Like an exception thrown in an event listener: it goes to process 'uncaughtException'.
     napi_fatal_exception(st->env, e.Value());
   }
+  st->inCallback = false;
+  if (!st->closed) SendAllDeferred(st);
+  else st->deferredIds.clear();
   return true;
 }
 
@@ -856,6 +887,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
       InstanceMethod("reset", &NetLoop::Reset),
       InstanceMethod("release", &NetLoop::Release),
       InstanceMethod("setNoDelay", &NetLoop::SetNoDelay),
+      InstanceMethod("setDeferWrites", &NetLoop::SetDeferWrites),
       InstanceMethod("count", &NetLoop::Count),
       InstanceMethod("closeAll", &NetLoop::CloseAll),
       InstanceMethod("startTls", &NetLoop::StartTls),
@@ -1075,6 +1107,17 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     if (s->dead) return -(s->err ? s->err : EPIPE);
     if (s->shutDone || s->shutPending || s->listener) return -EPIPE;
     if (s->ssl) return SendTls(st, s, iov, cnt, total);
+    if (s->deferred || (st->deferWrites && st->inCallback && !s->connecting && s->queued() == 0 && total > 0 && total <= kDeferMax)) {
+      // queued without EPOLLOUT: SendAllDeferred sends it when the batch is over. Reported as sent (0): a count would
+      // have JS wait for a DRAIN that only a queue left over by that send brings (then EPOLLOUT is armed, and writes
+      // after it see the queue and its back-pressure as usual); a batch holds back at most what its reads produced.
+      for (int i = 0; i < cnt; i++) Enqueue(s, static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+      if (!s->deferred) {
+        s->deferred = true;
+        st->deferredIds.push_back(s->id);
+      }
+      return 0;
+    }
     size_t sent = 0;
     if (!s->connecting && s->queued() == 0 && total > 0) {
       struct msghdr mh = {};
@@ -1227,6 +1270,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     Napi::Env env = info.Env();
     Sock* s = Find(info, "shutdown");
     if (!s) return Napi::Number::New(env, -EBADF);
+    SendDeferred(st_, s);
     if (s->shutDone) return Napi::Number::New(env, 1);
     if (s->dead) return Napi::Number::New(env, -(s->err ? s->err : EPIPE));
     if (s->connecting || s->queued() > 0 || s->tlsHandshaking) {
@@ -1263,6 +1307,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     Napi::Env env = info.Env();
     Sock* s = Find(info, "shutdownIdle");
     if (!s) return Napi::Number::New(env, -EBADF);
+    SendDeferred(st_, s);
     if (s->shutDone) return Napi::Number::New(env, 1);
     if (s->dead) return Napi::Number::New(env, -(s->err ? s->err : EPIPE));
     if (s->connecting || s->queued() > 0 || s->shutPending || s->readEof || s->tlsHandshaking) return Napi::Number::New(env, 0);
@@ -1280,7 +1325,10 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Sock* s = Find(info, "close");
-    if (s) Remove(st_, s, true);
+    if (s) {
+      SendDeferred(st_, s);  // as a write not deferred would have been sent before the close
+      Remove(st_, s, true);
+    }
     return info.Env().Undefined();
   }
 
@@ -1289,6 +1337,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
   Napi::Value Reset(const Napi::CallbackInfo& info) {
     Sock* s = Find(info, "reset");
     if (s) {
+      SendDeferred(st_, s);
       if (!s->listener) {
         struct linger lg = {1, 0};
         setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -1304,6 +1353,7 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
     Napi::Env env = info.Env();
     Sock* s = Find(info, "release");
     if (!s) ThrowErrno(env, "netio release", EBADF);
+    SendDeferred(st_, s);
     if (s->queued() > 0) ThrowErrno(env, "netio release (bytes still queued)", EBUSY);
     if (s->ssl) ThrowErrno(env, "netio release (a TLS connection: its state is in this loop)", EINVAL);
     int fd = s->fd;
@@ -1317,6 +1367,12 @@ class NetLoop : public Napi::ObjectWrap<NetLoop> {
       int on = info.Length() > 1 && info[1].ToBoolean().Value() ? 1 : 0;
       setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
     }
+    return info.Env().Undefined();
+  }
+
+  // setDeferWrites(on): LoopState::deferWrites
+  Napi::Value SetDeferWrites(const Napi::CallbackInfo& info) {
+    if (st_ && !st_->closed) st_->deferWrites = info.Length() > 0 && info[0].ToBoolean().Value();
     return info.Env().Undefined();
   }
 

@@ -79,7 +79,10 @@ export class LoopTrace {
   readonly reads = new LogHistogram();
   /** µs the JavaScript side of one batch took */
   readonly batchUs = new LogHistogram();
-  /** µs from the batch's start to the writes made while handling it (one in writeSample) */
+  /**
+   * µs from the batch's start to the writes made while handling it (one in writeSample): to the write() call; on a
+   * loop with deferWrites (the proxy's) the send(2)s follow the batch's JavaScript, and their time is in the next gap
+   */
   readonly writeUs = new LogHistogram();
   /** µs between the end of one batch and the start of the next */
   readonly gapUs = new LogHistogram();

@@ -2,7 +2,8 @@
 // Conn (conn.ts) over one of its sockets. Node's stream machinery (a 64 KiB allocation per read,
 // Readable/Writable state, a request object per write, one callback per read) costs several times
 // the proxy's own logic per request; here one wake of the loop reads every ready socket into one
-// shared arena and delivers the whole batch in one call, and a write is one send(2) at once.
+// shared arena and delivers the whole batch in one call, and a write is one send(2) at once (or, on a loop made with
+// deferWrites, the proxy's, once the batch's JavaScript is over: NetIo's constructor).
 //
 // The native side does syscalls, buffering and events only; what they mean is decided here:
 // Errors as Error objects with node's codes, node's default half-close (allowHalfOpen false: the
@@ -46,6 +47,8 @@ export interface NativeNetLoop {
   reset?(id: number): void;
   release(id: number): number;
   setNoDelay(id: number, on: boolean): void;
+  /** plain sockets' writes made during a batch go out when it is over (absent in an addon built before it) */
+  setDeferWrites?(on: boolean): void;
   count(): number;
   closeAll(): void;
   /** TLS on a socket before any byte moved on it; SECURE or an OP_TLS ERROR follows */
@@ -283,9 +286,14 @@ export class NetIo {
   /** @internal SOCKMESH_NETIO_TRACE (looptrace.ts): batch sizes and write delays; null unless asked for */
   readonly trace: LoopTrace | null = sharedTrace();
 
-  constructor() {
+  /**
+   * deferWrites: the plain sockets' writes made while a batch is delivered are sent once it is over (native/netio.cc
+   * LoopState::deferWrites), back to back in the order the sockets were first written to, each socket's in one send.
+   */
+  constructor(opts: { deferWrites?: boolean } = {}) {
     this.loop = new (netioAddon().NetLoop)(this.arena, this.ev, (n, slabUsed) => this.onEvents(n, slabUsed));
     this.loop.setSlab(this.slab);
+    if (opts.deferWrites === true) this.loop.setDeferWrites?.(true);
   }
 
   /**
