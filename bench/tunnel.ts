@@ -4,7 +4,7 @@
 //   direct  client -> pod                                     (plain TCP)
 //   tls     client -> TLS relay (mTLS, no HTTP/2) -> pod      (the ceiling of ANY HTTP/2 engine on Node's TLS)
 //   tunnel  pooled client -> HBONE server (CONNECT on the proxy's HTTP/2 session, over mTLS) -> pod
-// Throughput: one connection carrying --mib MiB (Gbit/s); connection rate: --conns connections of 64 B each way, 16 at a
+// Throughput: one connection carrying --mib MiB (Gbit/s, and the receiving process's CPU-seconds per GiB); connection rate: --conns connections of 64 B each way, 16 at a
 // time (connections/s; the tunnel's are streams on its one pooled connection: handshakes during the run are counted,
 // the target is 0). Rounds interleaved, medians; a table, then the ratios, then one JSON line.
 // The tls row is a bare TLS relay (Node's TLS socket piped to the pod, no HTTP/2): tunnel/tls is what HTTP/2 framing,
@@ -64,6 +64,8 @@ async function serve(certs: Map<string, TlsMaterial>): Promise<void> {
     isLocal: (a) => a === '127.0.0.1', maxPendingHandshakes: 1024,
   });
   const [hbone] = await server.start();
+  // the receiving process's CPU time (user + system, µs) when asked: the parent takes it around each bulk run
+  process.on('message', (m) => { if (m === 'cpu') { const u = process.cpuUsage(); process.send!({ cpuUs: u.user + u.system }); } });
   process.send!({ podPort, relayPort, hbonePort: Number(hbone!.split(':').pop()) });
 }
 
@@ -133,18 +135,28 @@ async function main(): Promise<void> {
       tunnel: () => client.connect(req),
     };
     await rate(openers.tunnel!, 50); // warm: the pooled connection is up before anything is measured
-    const res: Record<string, { gbps: number[]; cps: number[] }> = { direct: { gbps: [], cps: [] }, tls: { gbps: [], cps: [] }, tunnel: { gbps: [], cps: [] } };
+    const childCpu = (): Promise<number> => new Promise((r) => {
+      child.once('message', (m) => r((m as { cpuUs: number }).cpuUs));
+      child.send('cpu');
+    });
+    const res: Record<string, { gbps: number[]; cps: number[]; rxCpuPerGiB: number[] }> = {
+      direct: { gbps: [], cps: [], rxCpuPerGiB: [] }, tls: { gbps: [], cps: [], rxCpuPerGiB: [] }, tunnel: { gbps: [], cps: [], rxCpuPerGiB: [] },
+    };
     const hs0 = metrics.totals('out').handshakes;
     for (let r = 0; r < rounds; r++) {
       for (const name of Object.keys(openers)) {
+        const c0 = await childCpu();
         res[name]!.gbps.push(await bulk(openers[name]!, mib * 1024 * 1024));
+        // the receiving end's CPU-seconds per GiB carried (its pod's reads included): less noisy than Gbit/s on a
+        // loaded machine
+        res[name]!.rxCpuPerGiB.push((await childCpu() - c0) / 1e6 / (mib / 1024));
         res[name]!.cps.push(await rate(openers[name]!, conns));
       }
     }
     const steadyHandshakes = metrics.totals('out').handshakes - hs0;
-    const m = Object.fromEntries(Object.entries(res).map(([k, v]) => [k, { gbps: median(v.gbps), cps: median(v.cps) }])) as Record<string, { gbps: number; cps: number }>;
-    process.stdout.write(`${'case'.padEnd(8)} ${'Gbit/s'.padStart(8)} ${'conn/s'.padStart(9)}\n`);
-    for (const [k, v] of Object.entries(m)) process.stdout.write(`${k.padEnd(8)} ${v.gbps.toFixed(2).padStart(8)} ${v.cps.toFixed(0).padStart(9)}\n`);
+    const m = Object.fromEntries(Object.entries(res).map(([k, v]) => [k, { gbps: median(v.gbps), cps: median(v.cps), rxCpuPerGiB: median(v.rxCpuPerGiB) }])) as Record<string, { gbps: number; cps: number; rxCpuPerGiB: number }>;
+    process.stdout.write(`${'case'.padEnd(8)} ${'Gbit/s'.padStart(8)} ${'conn/s'.padStart(9)} ${'rx CPU-s/GiB'.padStart(13)}\n`);
+    for (const [k, v] of Object.entries(m)) process.stdout.write(`${k.padEnd(8)} ${v.gbps.toFixed(2).padStart(8)} ${v.cps.toFixed(0).padStart(9)} ${v.rxCpuPerGiB.toFixed(3).padStart(13)}\n`);
     const ratios = {
       tunnelVsDirectThroughput: m.tunnel!.gbps / m.direct!.gbps, tunnelVsDirectRate: m.tunnel!.cps / m.direct!.cps,
       tunnelVsTlsThroughput: m.tunnel!.gbps / m.tls!.gbps, tunnelVsTlsRate: m.tunnel!.cps / m.tls!.cps,

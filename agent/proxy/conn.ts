@@ -13,6 +13,11 @@ export interface Conn {
    * (the caller may write over its buffers). Optional: without it (net.Socket) a written buffer is never reused.
    */
   holdsWrites?(): boolean;
+  /**
+   * Give a chunk of 'data' back once nothing holds any of its bytes (NetConn: returnsTlsReads, pooledReads: its memory
+   * is filled again). Optional: without it (net.Socket) chunks are the GC's.
+   */
+  recycle?(chunk: Buffer): void;
   /** writes until uncork() are sent together */
   cork(): void;
   uncork(): void;

@@ -154,6 +154,15 @@ const SLAB_LOW = 64 * 1024;
  * a listener that keeps a few bytes (a partial header) must not hold a MiB. Bulk reads are far larger.
  */
 const SLAB_COPY_MAX = 4096;
+/**
+ * Slabs whose every view was given back (NetConn.returnsTlsReads + recycle) are filled again instead of a fresh MiB:
+ * a fresh slab per MiB read was the destination agent's largest cost under a bulk stream (perf during bench mesh's
+ * iperf3: V8's major GC ~25% of its CPU, driven by the external memory, and page faults on the new memory ~7%).
+ * At most this many wait to be used again.
+ */
+const SLAB_FREE_MAX = 4;
+/** a slab: views lent and not given back, whether one went where it may be kept, whether the loop is done with it */
+interface SlabRec { buf: Buffer; lent: number; kept: boolean; retired: boolean }
 const MAX_EVENTS = 4096;
 /**
  * Pooled reads (NetConn.pooledReads): one wake's reads of one socket (the addon's kReadPerWake, 256 KiB) are copied
@@ -269,7 +278,16 @@ export interface Upstreamish { address: string; port: number; family?: 4 | 6 }
 export class NetIo {
   private readonly loop: NativeNetLoop;
   private readonly arena = Buffer.allocUnsafeSlow(ARENA_BYTES);
-  private slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+  private slab: Buffer = Buffer.allocUnsafeSlow(SLAB_BYTES);
+  /**
+   * The slab being filled and the retired ones with views still lent (returnsTlsReads), by their memory; a slab one of
+   * whose views went to a connection that does not give them back is `kept` and left to the GC.
+   */
+  private slabRec: SlabRec = { buf: this.slab, lent: 0, kept: false, retired: false };
+  private readonly slabs = new Map<ArrayBuffer, SlabRec>([[this.slab.buffer as ArrayBuffer, this.slabRec]]);
+  /** views of slabs lent to returnsTlsReads connections and not given back yet (each is taken back once) */
+  private readonly slabLent = new WeakSet<Buffer>();
+  private readonly slabFree: Buffer[] = [];
   private readonly ev = new Int32Array(MAX_EVENTS * EVENT_INTS);
   /** pooled read buffers free to be filled again, and those lent to consumers (only these are taken back) */
   private readonly poolFree: ArrayBuffer[] = [];
@@ -430,9 +448,16 @@ export class NetIo {
     corked.length = 0;
     if (trace !== null) trace.end();
     if (slabUsed > SLAB_BYTES - SLAB_LOW && !this.closed) {
-      // before the next wake: the loop reads nothing into a full slab (its sockets wait, marked, for this one)
-      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
-      this.loop.setSlab(this.slab);
+      // before the next wake: the loop reads nothing into a full slab (its sockets wait, marked, for this one). After
+      // the batch's end: the coalesced writes above copied what they held of it.
+      const old = this.slabRec;
+      old.retired = true;
+      if (old.lent === 0) this.slabDone(old);
+      const next = this.slabFree.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.slab = next;
+      this.slabRec = { buf: next, lent: 0, kept: false, retired: false };
+      this.slabs.set(next.buffer as ArrayBuffer, this.slabRec);
+      this.loop.setSlab(next);
     }
     if (thrown !== null) throw thrown;
   }
@@ -453,7 +478,14 @@ export class NetIo {
       arena.copy(b, 0, off, off + len);
       c.onData(b);
     } else if (len > SLAB_COPY_MAX) {
-      c.onData(slab.subarray(off, off + len));
+      const view = slab.subarray(off, off + len);
+      if (c.returnsTlsReads) {
+        this.slabRec.lent++;
+        this.slabLent.add(view);
+      } else {
+        this.slabRec.kept = true;
+      }
+      c.onData(view);
     } else {
       const b = Buffer.allocUnsafe(len);
       slab.copy(b, 0, off, off + len);
@@ -488,8 +520,19 @@ export class NetIo {
    */
   recycle(b: Uint8Array): void {
     const ab = b.buffer as ArrayBuffer;
+    if (this.slabLent.delete(b as Buffer)) {
+      const rec = this.slabs.get(ab);
+      if (rec !== undefined && --rec.lent === 0 && rec.retired) this.slabDone(rec);
+      return;
+    }
     if (b.byteOffset !== 0 || !this.poolLent.delete(ab)) return;
     if (this.poolFree.length < POOL_FREE_MAX) this.poolFree.push(ab);
+  }
+
+  /** a retired slab none of whose views is lent any more: filled again, unless a view went where it may be kept */
+  private slabDone(rec: SlabRec): void {
+    this.slabs.delete(rec.buf.buffer as ArrayBuffer);
+    if (!rec.kept && !this.closed && this.slabFree.length < SLAB_FREE_MAX) this.slabFree.push(rec.buf);
   }
 
   /** @internal pooled read buffers waiting to be used again (tests) */
@@ -540,9 +583,17 @@ export class NetConn extends EventEmitter implements Conn {
   /**
    * Opt-in (the tunnel's splice): plain 'data' chunks come in buffers of the loop's read pool, and the listener gives
    * each back with recycle(chunk) once no one holds any of its bytes (a consumer that keeps a chunk, or a slice of
-   * it, must not: the next read is copied over it). A chunk not given back is left to the GC. Not for TLS reads.
+   * it, must not: the next read is copied over it). A chunk not given back is left to the GC. TLS reads: returnsTlsReads.
    */
   pooledReads = false;
+  /**
+   * Opt-in (the tunnel's HTTP/2 sessions): TLS 'data' chunks over 4 KiB are views of the loop's slab, and the listener
+   * gives each back with recycle(chunk) once nothing holds any of its bytes past the current batch (a write to a
+   * coalescing NetConn of the same loop is copied at the batch's end: it counts as given back). A slab all of whose
+   * views came back is filled again; one view not given back (or handed to a connection without this flag) leaves
+   * its slab to the GC, as without it.
+   */
+  returnsTlsReads = false;
   /**
    * write() says false once this much is queued natively (16 KiB, node's default). The tunnel's TLS connections take
    * 256 KiB (ztunnel's buffers): a bulk stream's frames of one read are encrypted and queued, not held back in the
@@ -775,7 +826,7 @@ export class NetConn extends EventEmitter implements Conn {
     return this.corkChunks.length > 0;
   }
 
-  /** give a pooled read back (pooledReads); anything else is ignored */
+  /** give a pooled read (pooledReads) or a TLS read (returnsTlsReads) back; anything else is ignored */
   recycle(chunk: Buffer): void {
     this.io.recycle(chunk);
   }

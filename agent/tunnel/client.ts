@@ -250,6 +250,8 @@ export class TunnelClient implements TunnelOpener {
         if (problem) { dialFailed(problem); return; }
         conn.setNoDelay(true);
         conn.highWaterMark = TUNNEL_TLS_HIGH_WATER;
+        // the session gives each read back once its DATA went to splices (Splice.releasesData): slabs filled again
+        conn.returnsTlsReads = true;
         const session = new H2Session(conn, {
           role: 'client', ...TUNNEL_H2,
           onSettings: () => {

@@ -308,6 +308,8 @@ export class TunnelServer {
     }
     c.setNoDelay(true);
     c.highWaterMark = TUNNEL_TLS_HIGH_WATER;
+    // the session gives each read back once its DATA went to splices (Splice.releasesData): slabs filled again
+    c.returnsTlsReads = true;
     const stats = this.opts.metrics.peer('in', peer, identity);
     stats.handshakes++;
     stats.connections++;

@@ -87,7 +87,15 @@ export class Splice implements H2StreamHandler {
   /** the socket failed ('error'): a NetConn's 'close' does not say so itself */
   private sockFailed = false;
 
-  constructor(private readonly stream: H2Stream, private readonly sock: SpliceSocket, private readonly stats: PeerStats, private readonly done: () => void) {}
+  /**
+   * DATA goes to a NetConn's write(), which copies it before it returns or, coalescing, at the end of the loop's batch
+   * (a node:net Socket may hold a written buffer until libuv sent it): the session may give the TLS read back.
+   */
+  readonly releasesData: boolean;
+
+  constructor(private readonly stream: H2Stream, private readonly sock: SpliceSocket, private readonly stats: PeerStats, private readonly done: () => void) {
+    this.releasesData = sock instanceof NetConn;
+  }
 
   /** Take over the stream and the socket (resume a paused socket after this). */
   start(early?: Early): void {

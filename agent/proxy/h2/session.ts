@@ -43,6 +43,12 @@ export interface H2StreamHandler {
    * The buffer is the owner's (a view of bytes read from the transport, or a copy): it may be kept.
    */
   onData(data: Buffer, endStream: boolean): void;
+  /**
+   * true: onData keeps no view of `data` past the current batch of the transport's loop (it writes it to a coalescing
+   * NetConn, which copies it by the batch's end, or drops it), so the session may give the read it came in back to
+   * the transport (Conn.recycle). Absent: the handler may keep it, and the read is never given back.
+   */
+  readonly releasesData?: boolean;
   /** a HEADERS frame after the head, with END_STREAM */
   onTrailers(headers: HeaderList): void;
   /**
@@ -345,6 +351,8 @@ export class H2Session {
   private contLen = 0;
 
   private reading = false;
+  /** the read being consumed handed a view of itself to a handler without releasesData */
+  private kept = false;
   private flushQueued = false;
   /** the transport's write() said false: no DATA until 'drain' */
   private blocked = false;
@@ -806,12 +814,17 @@ export class H2Session {
   private read(chunk: Buffer): void {
     if (this.dead) return;
     this.reading = true;
+    this.kept = false;
     try {
       this.consume(chunk);
     } catch (e) {
+      this.kept = true;
       this.connError(H2_ERROR.INTERNAL_ERROR, `a stream handler threw: ${(e as Error).message}`, e as Error);
     }
     this.reading = false;
+    // no view of it went to a handler that may keep one (partial frames are copied into inBuf): the transport may
+    // fill its memory again (the tunnel's TLS reads: NetConn.returnsTlsReads)
+    if (!this.kept) this.transport.recycle?.(chunk);
     this.flush();
   }
 
@@ -963,7 +976,9 @@ export class H2Session {
     if (st === null || st._done) return;
     const endStream = last && this.dataEnd;
     if (endStream) st._remoteEnded = true;
-    if (part.length > 0 || endStream) st.handler?.onData(part, endStream);
+    const h = st.handler;
+    if (h !== null && part.length > 0 && h.releasesData !== true) this.kept = true;
+    if (part.length > 0 || endStream) h?.onData(part, endStream);
     if (endStream) this._maybeDone(st);
   }
 
@@ -1024,7 +1039,9 @@ export class H2Session {
     else if (copied) { data = Buffer.allocUnsafe(n); b.copy(data, 0, ds, de); }
     else data = b.subarray(ds, de);
     if (endStream) st._remoteEnded = true;
-    st.handler?.onData(data, endStream);
+    const h = st.handler;
+    if (h !== null && !copied && n > 0 && h.releasesData !== true) this.kept = true;
+    h?.onData(data, endStream);
     if (endStream) this._maybeDone(st);
   }
 
