@@ -221,6 +221,9 @@ export class FileSource {
         return;
       }
       if (file.text === this.lastText) return;
+      // A text read while an older one is on the parser's thread waits behind it, whatever its size: parsed here at
+      // once, a small one would be applied first and the older large one after it, putting a stale config in force.
+      if (this.parsing) { this.nextText = file.text; return; }
       if (file.text.length >= OFF_LOOP_BYTES && file.text.length <= OFF_LOOP_MAX_BYTES) { this.parseOffLoop(file.text); return; }
       loaded = { model: parseBounded(file.text, this.path), text: file.text };
     } catch (e) {

@@ -79,3 +79,26 @@ t.test('the parser thread starts under the agent\'s own node flags (process-wide
   const code = await new Promise<number>((r) => w.on('exit', r));
   t.equal(code, 0, 'a thread with the filtered flags runs');
 });
+
+t.test('a small save read while a large one is on the parser\'s thread is applied after it, never before', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-offloop-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'config.yaml');
+  const put = (text: string): void => { writeFileSync(`${file}.tmp`, text); renameSync(`${file}.tmp`, file); };
+  put(big(2, 20000));
+  const applied: Model[] = [];
+  const src = new FileSource(file, { onModel: (m) => { applied.push(m); return null; }, onError: () => {} }, 20);
+  t.teardown(() => src.stop());
+  src.start();
+  const large = big(800, 21000), small = big(3, 22000);
+  t.ok(large.length >= OFF_LOOP_BYTES && small.length < OFF_LOOP_BYTES, 'one text above the off-loop size, one below');
+  put(large);
+  // the large one is read after the debounce and goes to the parser's thread, which takes hundreds of ms for it
+  await new Promise((r) => setTimeout(r, 80));
+  t.equal(applied.length, 0, 'the large one is still being parsed when the small one is saved');
+  put(small);
+  // both are applied in the end (the large one too: it was a save), in the order they were saved
+  t.ok(await until(() => applied.length >= 2, 20_000), `both applied (${applied.length})`);
+  await new Promise((r) => setTimeout(r, 200));
+  t.same(applied.map((m) => m.services.length), [800, 3], 'the large save, then the small one: the last save is in force');
+});
