@@ -386,6 +386,8 @@ interface AgentRun {
   bpffs: string;
   runDir: string;
   applied: number[];
+  /** the file source's applies with the sha256 of the text each put in force (its 'config applied' lines) */
+  appliedTexts: { t: number; sha: string }[];
   /** 'xds: model applied' with nothing warming: every listener the agent received is in the model it applied */
   xdsComplete: number[];
   connected: number[];
@@ -412,7 +414,7 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
     '--proxy-port', String(await freePort()), '--metrics-listen', 'off', '--proxy-node-address', lab.nodeV4,
   ];
   const bg = new Background(`agent (${phase})`, process.execPath, argv, maxMs);
-  const a: AgentRun = { bg, bpffs, runDir, applied: [], xdsComplete: [], connected: [], errors: [], gcPoints: [], refusals: [], applies: [], warnings: [] };
+  const a: AgentRun = { bg, bpffs, runDir, applied: [], appliedTexts: [], xdsComplete: [], connected: [], errors: [], gcPoints: [], refusals: [], applies: [], warnings: [] };
   onCleanup(`agent ${bpffs}`, async () => {
     await bg.stop('SIGTERM');
     const r = await run(process.execPath, [AGENT_JS, 'cleanup', '--bpffs', bpffs, '--run-dir', runDir], 20_000);
@@ -437,7 +439,7 @@ async function startAgent(ws: { workDir: string; cgroup: string }, phase: Phase,
       a.applies.push({ t, line: what });
       if (a.applies.length > 200_000) a.applies.splice(0, 100_000); // a long soak: the recent ones are the ones shown
     }
-    if (l.msg === 'config applied') a.applied.push(t);
+    if (l.msg === 'config applied') { a.applied.push(t); if (l.sha256) a.appliedTexts.push({ t, sha: l.sha256 }); }
     else if (l.msg === 'xds: connected') a.connected.push(t);
     else if (l.msg === 'xds: model applied' && l.warming === 0) a.xdsComplete.push(t);
     else if (l.msg === 'soak: gc' && l.rssKiB !== undefined) a.gcPoints.push({ t, rssMiB: l.rssKiB / 1024, heapMiB: (l.heapUsedKiB ?? 0) / 1024 });
@@ -577,13 +579,27 @@ async function runPhase(
   };
   // Every config text written, by its digest (what the agent logs with 'config applied'): when, and which churned
   // VIPs it has. Beside a counted failure, each apply then says which write it put in force and whether that had the VIP.
-  const writes = new Map<string, { t: number; seq: number; vips: Set<string> }>();
-  const noteWrite = (text: string): void => {
+  // (a text can be written again: the churn toggles back, the end writes the start's config; each write is its own)
+  const writes = new Map<string, { t: number; seq: number; vips: Set<string> }[]>();
+  /** write time -> its seq */
+  const seqByTime = new Map<number, number>();
+  let seq = 0;
+  const noteWrite = (text: string, at: number): void => {
     const sha = createHash('sha256').update(text).digest('hex').slice(0, 12);
-    if (!writes.has(sha)) writes.set(sha, { t: Date.now(), seq: writes.size + 1, vips: new Set([...world.services.values()].map((x) => frontendKey(x.vip, x.port))) });
+    seq++;
+    seqByTime.set(at, seq);
+    const w = { t: at, seq, vips: new Set([...world.services.values()].map((x) => frontendKey(x.vip, x.port))) };
+    const list = writes.get(sha);
+    if (list) list.push(w); else writes.set(sha, [w]);
   };
-  const resolveApply = (line: string, key: string, t0: number): string => line.replace(/ sha256 ([0-9a-f]{12})$/, (_m, sha: string) => {
-    const w = writes.get(sha);
+  /** the write an apply at `t` of text `sha` put in force: the latest write of that text before it */
+  const writeOf = (sha: string, t: number) => {
+    let found: { t: number; seq: number; vips: Set<string> } | undefined;
+    for (const w of writes.get(sha) ?? []) if (w.t <= t) found = w;
+    return found;
+  };
+  const resolveApply = (line: string, at: number, key: string, t0: number): string => line.replace(/ sha256 ([0-9a-f]{12})$/, (_m, sha: string) => {
+    const w = writeOf(sha, at);
     return w ? ` = write #${w.seq} of ${w.t - t0} ms, ${w.vips.has(key) ? 'with' : 'WITHOUT'} ${key}` : ` = no text the soak wrote (sha256 ${sha})`;
   });
   const t0 = Date.now();
@@ -632,12 +648,17 @@ async function runPhase(
     if (!agent.bg.running) throw new Error(`agent (${phase}) exited during the soak:\n${agent.bg.tail(20)}`);
     const now = Date.now();
     world.mutate();
+    // Stamped before the file is put in place: the agent may apply it before this process runs its next line (the
+    // last soaks saw the stamp up to 2 s late, under load), and a request to a VIP the write removed was then judged
+    // against the service it no longer had. A write is judged from this moment; it is in force from the agent's
+    // apply of its text (inForce below).
+    const writeAt = Date.now();
     const text = soakConfig(world.services.values(), addr);
+    noteWrite(text, writeAt);
     putFile(cfgFile, text);
-    noteWrite(text);
     world.writes++;
-    world.writeTimes.push(Date.now());
-    world.snapshot(Date.now(), true);
+    world.writeTimes.push(writeAt);
+    world.snapshot(writeAt, true);
     // every ~2 s a sick spell for a backend pod that is not already sick that way (never the anchor)
     if (rand() < TICK_MS / 2000) {
       const mode = rand() < 0.5 ? 'unready' as const : 'errors' as const;
@@ -692,9 +713,12 @@ async function runPhase(
     for (const mode of ['unready', 'errors'] as const) if (m[mode]) { tell(pod, `${mode} off`); world.setMode(pod, mode, false, Date.now()); }
   }
   world.reset();
-  putFile(cfgFile, soakConfig(world.services.values(), addr));
+  const resetAt = Date.now();
+  const resetText = soakConfig(world.services.values(), addr);
+  noteWrite(resetText, resetAt);
+  putFile(cfgFile, resetText);
   world.writes++;
-  world.snapshot(Date.now(), true);
+  world.snapshot(resetAt, true);
   await sleep(Math.max(ERRORS_RECOVERY_MS, UNREADY_RECOVERY_MS) + 2000);
   clearInterval(sampler);
   await Promise.all(clients.map(stopClient));
@@ -749,9 +773,18 @@ async function runPhase(
     return pushed === Infinity ? Infinity : secondAfter(agent.xdsComplete, pushed);
   };
   const early = { listings: 0, count: 0, maxMs: 0 };
+  // The file source: in force from the first apply of this write's text or of a later write's (the agent logs each
+  // text's digest). Exact, where 'the second apply after the write' assumed the write's stamp was not late.
+  const appliedSeqs = agent.appliedTexts.map((x) => ({ t: x.t, seq: writeOf(x.sha, x.t)?.seq ?? -1 }));
+  const fileInForce = (w: number): number => {
+    const n = seqByTime.get(w);
+    if (n === undefined || appliedSeqs.length === 0) return secondAfter(agent.applied, w);
+    for (const a of appliedSeqs) if (a.t >= w && a.seq >= n) return a.t;
+    return Infinity;
+  };
   const inForce = (w: number, at?: { key: string; kind?: SoakService['kind']; pod: string }): number => {
     if (w === -Infinity) return -Infinity; // the start's config
-    if (!cp) return secondAfter(agent.applied, w);
+    if (!cp) return fileInForce(w);
     if (!at) return secondAfter(agent.xdsComplete, secondAfter(cp.reads, w)); // a write as a whole (the lag line)
     const old = oldEstimate(w);
     if (old === Infinity) return Infinity;
@@ -799,7 +832,7 @@ async function runPhase(
         warnings: agent.warnings.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => `${x.t - f.t0} ms: ${x.line}`),
         // what the agent applied around it, and (xDS) when the control plane read the config
         applies: [
-          ...agent.applies.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => ({ t: x.t, line: resolveApply(x.line, f.key, f.t0) })),
+          ...agent.applies.filter((x) => x.t >= f.t0 - 2500 && x.t <= f.t1 + 1000).map((x) => ({ t: x.t, line: resolveApply(x.line, x.t, f.key, f.t0) })),
           ...(cp ? cp.reads.filter((r) => r >= f.t0 - 2500 && r <= f.t1 + 1000).map((r) => ({ t: r, line: 'control plane read the config' })) : []),
         ].sort((x, y) => x.t - y.t).map((x) => `${x.t - f.t0} ms: ${x.line}`),
       });
