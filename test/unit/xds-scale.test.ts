@@ -102,5 +102,9 @@ t.test('delta: 10,000 services / 100,000 endpoints, then single-endpoint changes
   clientMs.sort((a, b) => a - b);
   t.comment(`setModel -> apply over ${CHANGES} single-endpoint changes: p50 ${pct(latencies, 50).toFixed(1)} ms, p99 ${pct(latencies, 99).toFixed(1)} ms, max ${latencies.at(-1)!.toFixed(1)} ms`);
   if (clientMs.length) t.comment(`in the client (translate + validate): p50 ${pct(clientMs, 50).toFixed(2)} ms, p99 ${pct(clientMs, 99).toFixed(2)} ms`);
-  t.ok(pct(latencies, 99) < 100, `p99 ${pct(latencies, 99).toFixed(1)} ms < 100 ms (loose bound; the bench checks 20 ms)`);
+  // Loose: the bench checks 20 ms on a quiet machine. What this guards is that a change costs its service, not the
+  // model: 100 ms, or a tenth of this run's full sync (a change that rebuilt everything would cost about a full sync),
+  // since the machine's load stretches both (a fresh-clone run beside a soak, load 8: p99 122.8 ms).
+  const bound = Math.max(100, syncMs / 10);
+  t.ok(pct(latencies, 99) < bound, `p99 ${pct(latencies, 99).toFixed(1)} ms < ${bound.toFixed(0)} ms (100 ms, or a tenth of the ${syncMs.toFixed(0)} ms full sync)`);
 });
