@@ -3,6 +3,7 @@
 // proxy and its heartbeat (test/kernel/heartbeat.test.ts). The model must be the one an in-place parse gives, a bad
 // large file must be refused with the same error, and only the last of several quick saves needs to be applied.
 import t from 'tap';
+import type * as Tap from 'tap';
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,16 +29,22 @@ const until = async (cond: () => boolean, ms = 30_000): Promise<boolean> => {
   return cond();
 };
 
-t.test('a large config change is parsed off the event loop, into the same model', async (t) => {
+/** A config file in a fresh directory (removed at the end), written with `text`, and a FileSource on it (20 ms debounce). */
+function watched(t: Tap.Test, text: string): { file: string; put: (text: string) => void; applied: Model[]; errors: string[]; src: FileSource } {
   const dir = mkdtempSync(join(tmpdir(), 'sockmesh-offloop-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'config.yaml');
-  const put = (text: string): void => { writeFileSync(`${file}.tmp`, text); renameSync(`${file}.tmp`, file); };
-  put(big(800, 20000));
+  const put = (x: string): void => { writeFileSync(`${file}.tmp`, x); renameSync(`${file}.tmp`, file); };
+  put(text);
   const applied: Model[] = [];
   const errors: string[] = [];
   const src = new FileSource(file, { onModel: (m) => { applied.push(m); return null; }, onError: (e) => { errors.push(e.message); } }, 20);
   t.teardown(() => src.stop());
+  return { file, put, applied, errors, src };
+}
+
+t.test('a large config change is parsed off the event loop, into the same model', async (t) => {
+  const { file, put, applied, errors, src } = watched(t, big(800, 20000));
   src.start();
   const text = big(800, 21000);
   t.ok(text.length >= OFF_LOOP_BYTES, `the file (${text.length} bytes) is above ${OFF_LOOP_BYTES}`);
@@ -81,14 +88,7 @@ t.test('the parser thread starts under the agent\'s own node flags (process-wide
 });
 
 t.test('a small save read while a large one is on the parser\'s thread is applied after it, never before', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'sockmesh-offloop-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, 'config.yaml');
-  const put = (text: string): void => { writeFileSync(`${file}.tmp`, text); renameSync(`${file}.tmp`, file); };
-  put(big(2, 20000));
-  const applied: Model[] = [];
-  const src = new FileSource(file, { onModel: (m) => { applied.push(m); return null; }, onError: () => {} }, 20);
-  t.teardown(() => src.stop());
+  const { put, applied, src } = watched(t, big(2, 20000));
   src.start();
   const large = big(800, 21000), small = big(3, 22000);
   t.ok(large.length >= OFF_LOOP_BYTES && small.length < OFF_LOOP_BYTES, 'one text above the off-loop size, one below');
