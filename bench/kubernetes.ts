@@ -17,10 +17,12 @@
 // (e.g. `--inspect`). SOCKMESH_BENCH_CPU_PROFILE=DIR profiles the full sync's CPU in both processes: V8's CPU profiler
 // (lib/allocprof.ts, toggled by SIGUSR2 just before the objects are stored and again at the full sync's apply; not
 // node's --cpu-prof, whose ticks fail the agent's BPF load), DIR/<run>-agent/1.cpuprofile and .txt, <run>-controlplane/.
-// Profiled figures are not comparable to a plain run's.
+// Profiled figures are not comparable to a plain run's. SOCKMESH_BENCH_LOG_DIR=DIR keeps every log line of both
+// processes (DIR/<run>-<scenario>-<who>.log, pino JSON with epoch-ms times) and logs when the objects were stored:
+// the full sync's timeline (the control plane's 'snapshot updated' batches against the agent's applies).
 // Addresses are all in 127.0.0.0/8 and no traffic is sent; the agent is attached to a child cgroup of the bench's
 // own, and everything is undone on the way out (DESIGN.md's rules).
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { availableParallelism, cpus, release } from 'node:os';
 import { join } from 'node:path';
@@ -181,6 +183,19 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
 
   const agentFlags = [...(process.env['SOCKMESH_BENCH_AGENT_FLAGS'] ?? '').split(' ').filter(Boolean), ...profiled('agent', variant.root)];
   const { agent, applied, pid } = spawnAgent(variant.root, `sockmesh agent (${tag})`, bpffs, meshCgroup, agentArgs, PROC_MAX_MS, agentFlags);
+  // SOCKMESH_BENCH_LOG_DIR=DIR: every stdout line of the agent and the control plane, to DIR/<run>-<who>.log (the
+  // timeline of a full sync: which response arrived and was applied when, against the control plane's batches)
+  const logDir = process.env['SOCKMESH_BENCH_LOG_DIR'];
+  if (logDir) {
+    mkdirSync(logDir, { recursive: true });
+    const keep = (who: string, p: Background) => {
+      const file = join(logDir, `${runs}-${scenario}${variant.label !== undefined ? `-${variant.label}` : ''}-${who}.log`);
+      writeFileSync(file, '');
+      p.onLine((line) => appendFileSync(file, line + '\n'));
+    };
+    keep('agent', agent);
+    if (cp) keep('controlplane', cp);
+  }
   let maps: PinnedMaps | undefined;
   try {
     // ---- the agent syncs to the empty cluster ----
@@ -199,6 +214,7 @@ async function runScenario(scenario: KubeScenario, opts: KubeBenchOptions, meshC
     api.load('services', services as never[]);
     api.load('endpointslices', slices as never[]);
     const loadedMs = nowEpochMs() - t0;
+    if (logDir) log(`${tag}: the objects were stored from ${t0.toFixed(0)} (epoch ms) in ${loadedMs.toFixed(0)} ms`);
     const endpoints = opts.services * opts.endpointsPerService;
     const deadline = performance.now() + SYNC_TIMEOUT_MS;
     for (let applies = 1; ; applies++) {
