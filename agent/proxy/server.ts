@@ -54,7 +54,8 @@ export class ProxyServer {
   // deferWrites: the writes a batch of events makes (requests upstream, responses to clients) go out after its
   // JavaScript, back to back, rather than one send(2) between every two events: each send wakes its reader, and on a
   // busy node the woken client or backend took the CPU from the batch in the middle (issue 15; netio.ts)
-  private readonly io = new NetIo({ deferWrites: true });
+  // SOCKMESH_PROXY_DEFER_WRITES=0 turns it off (A/B runs of bench l7)
+  private readonly io = new NetIo({ deferWrites: process.env.SOCKMESH_PROXY_DEFER_WRITES !== '0' });
   private readonly servers: NetListener[] = [];
   private readonly clients = new Set<NetConn>();
   /** each client connection's protocol side once its first bytes said which (what drain() tells to finish) */
