@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=8 --v8-pool-size=1
+#!/usr/bin/env -S node --max-semi-space-size=8 --min-semi-space-size=8 --v8-pool-size=1
 // (the flags are agent/runtime.ts AGENT_NODE_FLAGS: a shebang cannot import them)
 // sockmesh-agent: run the node agent, or remove what it installed.
 import { reportStartPhases, startPhase } from './starttrace.js';

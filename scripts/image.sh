@@ -119,7 +119,7 @@ wrapper() {
   printf '#!/bin/sh\nexec node %s /opt/sockmesh/dist/%s "$@"\n' "$2" "$3" >"$root/usr/local/bin/$1"
   chmod 0755 "$root/usr/local/bin/$1"
 }
-wrapper sockmesh-agent '--max-semi-space-size=8 --v8-pool-size=1' agent/main.js
+wrapper sockmesh-agent '--max-semi-space-size=8 --min-semi-space-size=8 --v8-pool-size=1' agent/main.js
 wrapper sockmesh-controlplane '' controlplane/main.js
 wrapper meshctl '' cli/meshctl.js
 # The addon must load inside the image (libbpf1 and libelf1 of the suite, the node found above), and each program start.
