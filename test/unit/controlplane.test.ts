@@ -384,7 +384,10 @@ t.test('scale: 10,000 services / 100,000 endpoints as one full state', async (t)
   t.comment(`encode full state: ${buildMs.toFixed(0)} ms (cpu ${((cpu1.user + cpu1.system) / 1000).toFixed(0)} ms); ` +
     `full-state responses for a new stream: ${respMs.toFixed(1)} ms, ${(bytes / 1048576).toFixed(1)} MiB`);
   t.equal(snapshot.type(TYPE.endpoint)!.resources.size, 10_000);
-  t.ok(respMs < 500, 'serving a full state to one more stream is cheap');
+  // Cheap = the cached resources are encoded, nothing is built again: a rebuild would cost about buildMs. The fixed
+  // 500 ms alone failed at load 11 on 2 CPUs (926 ms, 89 quiet) although the build was stretched as much, so the
+  // bound is 500 ms or a third of this run's build, whichever is larger (quiet: 88 ms against a 1,095 ms build).
+  t.ok(respMs < Math.max(500, buildMs / 3), `serving a full state to one more stream is cheap (${respMs.toFixed(0)} ms, build ${buildMs.toFixed(0)} ms)`);
 
   // Over the wire, with one endpoint change after.
   const big = await startControlPlaneFromModel(model, { listen: '127.0.0.1:0' });
