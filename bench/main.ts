@@ -93,7 +93,8 @@ pods options:
   mesh       across two nodes of the multi-node lab (issue 13): (a) pod IP, no mesh; (b) sockmesh VIP, mTLS tunnel;
              (c) a haproxy sidecar pair with mTLS; (d) sockmesh VIP, mtls: off; (t) the tunnel alone (agent/tunnel in
              bench processes, no kernel hand-over; information); iperf3 one stream, sockperf ping-pong 64 B, wrk
-             HTTP/1.1 against nginx; CPU per process group, the mesh's CPU per Gbit/s and RSS, tunnel handshakes
+             HTTP/1.1 against nginx; CPU per process group, the mesh's CPU per Gbit/s and RSS, tunnel handshakes;
+             µs of CPU per 64 B round trip per process group, and the mesh's syscalls per round trip (strace -c)
 
 mesh options:
   --seconds N          sockperf run (default 3)
@@ -101,6 +102,8 @@ mesh options:
   --http-seconds N     wrk run (default 3)
   --connections N      wrk connections (default 32)
   --rounds N           interleaved rounds; medians are reported (default 3)
+  --syscall-seconds N  after the rounds, a sockperf run of N s per scenario with strace -c attached to the mesh's
+                       processes: syscalls per round trip, information, not timed (default 2; 0: none)
   --quick              1 s runs, 1 round, 1 s warm-up (a smoke run, about 40 s)
   --only a,b,...       scenarios: direct,sockmesh,sidecars,plain,tunnel or a,b,c,d,t (default all)
 `;
@@ -287,7 +290,7 @@ async function pods(argv: string[], chartDir: string | null): Promise<number> {
 
 async function mesh(argv: string[], chartDir: string | null): Promise<number> {
   const opts = {
-    root: projectRoot(), seconds: 3, streamSeconds: 3, httpSeconds: 3, connections: 32, rounds: 3, warmup: 2,
+    root: projectRoot(), seconds: 3, streamSeconds: 3, httpSeconds: 3, connections: 32, rounds: 3, warmup: 2, syscallSeconds: 2,
     scenarios: [...MESH_SCENARIOS] as MeshScenario[], chartDir,
   };
   const byLetter = Object.fromEntries(Object.entries(MESH_LETTERS).map(([n, l]) => [l, n])) as Record<string, MeshScenario>;
@@ -300,6 +303,7 @@ async function mesh(argv: string[], chartDir: string | null): Promise<number> {
     else if (flag === '--http-seconds') opts.httpSeconds = positiveInt(flag, argv[++i]);
     else if (flag === '--connections') opts.connections = count(flag, argv[++i], 1000);
     else if (flag === '--rounds') opts.rounds = count(flag, argv[++i], 20);
+    else if (flag === '--syscall-seconds') opts.syscallSeconds = count(flag, argv[++i], 60, 0);
     else if (flag === '--quick') { /* below, after the explicit flags */ }
     else if (flag === '--only') {
       opts.scenarios = (argv[++i] ?? '').split(',').map((s) => {

@@ -17,7 +17,7 @@
 // scenario, in an order rotated per round), medians reported; CPU per run is read per cgroup (client, the mesh on each
 // node, the server pod) and for the whole machine, so that a missed target shows where the time went. Everything is
 // removed on the way out, also on error or Ctrl-C; every process and every run is bounded in time.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { availableParallelism, cpus, loadavg, release } from 'node:os';
 import { join, relative } from 'node:path';
@@ -36,7 +36,7 @@ import { iperf3ClientArgv, parseIperf3 } from './lib/iperf3.js';
 import { nginxArgv, nginxConfig } from './lib/nginx.js';
 import { parseWrk, wrkArgv } from './lib/loadgen.js';
 import {
-  addMeshSample, checkLines, formatCpuSplit, formatMeshTable, meshChecks, meshJson, MESH_LABELS, MESH_LETTERS,
+  addMeshSample, checkLines, formatCpuSplit, formatMeshTable, formatPingCpu, meshChecks, meshJson, MESH_LABELS, MESH_LETTERS,
   MESH_SCENARIOS, MESH_WORKLOADS, newMeshResult, type CpuSplit, type MeshResult, type MeshScenario, type MeshWorkload,
 } from './lib/meshreport.js';
 import { Background, CLIENT_SLACK_MS, interrupted, log, onCleanup, requireRootAndTools, run } from './lib/proc.js';
@@ -57,6 +57,8 @@ export interface MeshOptions {
   rounds: number;
   /** seconds of the unmeasured wrk run per scenario before the rounds (pools dialled, JIT warm) */
   warmup: number;
+  /** seconds of the sockperf run under strace -c after the rounds (syscalls per round trip; 0: not counted) */
+  syscallSeconds: number;
   scenarios: MeshScenario[];
   chartDir: string | null;
 }
@@ -460,8 +462,8 @@ function cgroupRssMiB(dir: string): number {
 type ClientRun = (argv: string[], maxMs: number, what: string) => Promise<{ stdout: string; stderr: string }>;
 
 /** One client run in a scenario; its CPU split into the result. Errors mark the workload failed. */
-async function measure(ctx: Ctx, s: Scenario, w: MeshWorkload, keep: boolean, fn: (client: ClientRun) => Promise<number | void>): Promise<void> {
-  if (interrupted() || s.result.skipped || s.result.errors[w]) return;
+async function measure(ctx: Ctx, s: Scenario, w: MeshWorkload, keep: boolean, fn: (client: ClientRun) => Promise<number | void>): Promise<{ cpu: CpuSplit; seconds: number } | undefined> {
+  if (interrupted() || s.result.skipped || s.result.errors[w]) return undefined;
   const groups: Record<string, string> = { client: s.clientCgroup, server: ctx.server.cgroup, ...(s.mesh ?? {}) };
   const client: ClientRun = async (argv, maxMs, what) => {
     const [cmd, args] = inCgroupNsenter(s.clientCgroup, ctx.client.ns, undefined, argv);
@@ -477,7 +479,7 @@ async function measure(ctx: Ctx, s: Scenario, w: MeshWorkload, keep: boolean, fn
     const a = snap(groups);
     const gbps = await fn(client);
     const b = snap(groups);
-    if (!keep) return;
+    if (!keep) return undefined;
     if (k0) {
       for (const [k, v] of Object.entries(await s.counters!())) {
         const d = v - (k0[k] ?? 0);
@@ -487,22 +489,101 @@ async function measure(ctx: Ctx, s: Scenario, w: MeshWorkload, keep: boolean, fn
     const c = split(a, b);
     (s.result.cpu[w] ??= []).push(c);
     if (typeof gbps === 'number' && s.mesh) s.result.meshCpuPerGbps.push((c.src + c.dst) / 100 / gbps);
+    return { cpu: c, seconds: (b.at - a.at) / 1000 };
   } catch (e) {
     s.result.errors[w] = (e as Error).message.split('\n')[0]!;
     if (!interrupted()) log(`${label(s)} ${w} failed: ${(e as Error).message}`);
+    return undefined;
   }
 }
 
 async function pingpong(ctx: Ctx, s: Scenario, r: number): Promise<void> {
   const { opts } = ctx;
   const t = s.target(svc('sockperf'));
-  await measure(ctx, s, 'pingpong', true, async (client) => {
+  let roundTrips = 0;
+  const m = await measure(ctx, s, 'pingpong', true, async (client) => {
     const out = await client(sockperfClientArgv(t.host, t.port, opts.seconds, 64), opts.seconds * 1000 + CLIENT_SLACK_MS, 'sockperf');
     const lat = parseSockperf(out.stdout + '\n' + out.stderr);
+    roundTrips = lat.roundTrips ?? lat.observations;
     addMeshSample(s.result, 'pingP50', lat.p50);
     addMeshSample(s.result, 'pingP99', lat.p99);
     log(`round ${r + 1} ${label(s)} ping-pong 64 B: p50 ${lat.p50} µs, p99 ${lat.p99} µs`);
   });
+  // where a round trip's time goes: each part's CPU over the run divided by the round trips it made (the replies of
+  // sockperf's whole run, its warm-up included); the parts run one after the other, so they add up to most of an RTT
+  if (m && roundTrips > 0) {
+    const perRt = (pct: number): number => (pct / 100) * m.seconds * 1e6 / roundTrips;
+    const c = { client: perRt(m.cpu.client), src: perRt(m.cpu.src), dst: perRt(m.cpu.dst), server: perRt(m.cpu.server), softirq: perRt(m.cpu.softirq) };
+    s.result.pingCpuUs.push(c);
+    if (s.mesh) log(`round ${r + 1} ${label(s)} ping-pong CPU per round trip: mesh src ${c.src.toFixed(1)} µs, dst ${c.dst.toFixed(1)} µs`);
+  }
+}
+
+/** The pids of the processes in a cgroup and its descendants. */
+function cgroupPids(dir: string): number[] {
+  const out: number[] = [];
+  const walk = (d: string): void => {
+    try {
+      for (const l of readFileSync(join(d, 'cgroup.procs'), 'utf8').split('\n')) if (l) out.push(Number(l));
+      for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(join(d, e.name));
+    } catch { /* gone */ }
+  };
+  walk(dir);
+  return out;
+}
+
+/** `strace -c` summary (its table) -> calls and errors per syscall */
+export function parseStraceSummary(text: string): { calls: Record<string, number>; errors: number } {
+  const calls: Record<string, number> = {};
+  let errors = 0;
+  for (const line of text.split('\n')) {
+    // % time     seconds  usecs/call     calls    errors syscall
+    const m = /^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+)?\s*([a-z_0-9]+)\s*$/.exec(line);
+    if (!m || m[3] === 'total') continue;
+    calls[m[3]!] = (calls[m[3]!] ?? 0) + Number(m[1]);
+    errors += Number(m[2] ?? 0);
+  }
+  return { calls, errors };
+}
+
+/**
+ * Information, after the measured rounds: the syscalls of the mesh's processes per 64 B round trip, counted by
+ * `strace -c -f` attached to every process of each node's mesh cgroup during a short sockperf run (strace slows them:
+ * its figures are counts, not times). The futex and other calls of Node's helper threads are counted too.
+ */
+async function pingSyscalls(ctx: Ctx, s: Scenario): Promise<void> {
+  if (!s.mesh || s.result.skipped || s.result.errors.pingpong || interrupted()) return;
+  const seconds = ctx.opts.syscallSeconds;
+  if (seconds <= 0) return;
+  const files = { src: join(ctx.workDir, `strace-${s.result.name}-src.txt`), dst: join(ctx.workDir, `strace-${s.result.name}-dst.txt`) };
+  const tracers: Background[] = [];
+  try {
+    for (const side of ['src', 'dst'] as const) {
+      const pids = cgroupPids(s.mesh[side]);
+      if (pids.length === 0) throw new Error(`no process in ${s.mesh[side]}`);
+      tracers.push(new Background(`strace ${label(s)} ${side}`, 'strace', ['-c', '-f', '-q', '-o', files[side], ...pids.flatMap((p) => ['-p', String(p)])], seconds * 1000 + 60_000));
+    }
+    await new Promise((r) => setTimeout(r, 1000)); // attached
+    const t = s.target(svc('sockperf'));
+    const [cmd, args] = inCgroupNsenter(s.clientCgroup, ctx.client.ns, undefined, sockperfClientArgv(t.host, t.port, seconds, 64));
+    const r = await run(cmd, args, seconds * 1000 + CLIENT_SLACK_MS);
+    if (r.code !== 0) throw new Error(`sockperf: exit ${r.code ?? r.signal}: ${(r.stderr || r.stdout).trim().slice(-200)}`);
+    const lat = parseSockperf(r.stdout + '\n' + r.stderr);
+    const roundTrips = lat.roundTrips ?? lat.observations;
+    for (const tr of tracers.splice(0)) await tr.stop('SIGINT');
+    const per = (f: string) => {
+      const { calls, errors } = parseStraceSummary(readFileSync(f, 'utf8'));
+      const each = Object.fromEntries(Object.entries(calls).map(([k, n]) => [k, Math.round((n / roundTrips) * 100) / 100]));
+      return { total: Object.values(calls).reduce((a, b) => a + b, 0) / roundTrips, errors: errors / roundTrips, calls: each };
+    };
+    s.result.pingSyscalls = { src: per(files.src), dst: per(files.dst), roundTrips };
+    log(`${label(s)} syscalls per 64 B round trip (strace, ${roundTrips} round trips): src ${s.result.pingSyscalls.src.total.toFixed(1)}, dst ${s.result.pingSyscalls.dst.total.toFixed(1)}`);
+  } catch (e) {
+    s.result.evidence['syscalls.error'] = (e as Error).message.split('\n')[0]!;
+    log(`${label(s)} syscall count failed: ${(e as Error).message}`);
+  } finally {
+    for (const tr of tracers) await tr.stop('SIGINT');
+  }
 }
 
 async function stream(ctx: Ctx, s: Scenario, r: number): Promise<void> {
@@ -632,6 +713,8 @@ export async function runMesh(opts: MeshOptions): Promise<number> {
       s.result.evidence.error = (e as Error).message.split('\n')[0]!;
     }
   }
+  // information, not timed: after every measured run and count (strace slows what it traces)
+  for (const s of active()) await pingSyscalls(ctx, s);
   for (const [n, a] of Object.entries(ctx.agents)) if (!a.running) throw new Error(`agent ${n} exited during the run: ${a.tail(3)}`);
   const signal = interrupted();
   if (signal) throw new Error(`interrupted by ${signal}: no results`);
@@ -665,6 +748,8 @@ export async function runMesh(opts: MeshOptions): Promise<number> {
     for (const [w, e] of Object.entries(r.errors)) out.push(`${MESH_LABELS[r.name]} ${w} failed: ${e}`);
   }
   out.push('CPU during iperf3 (median % of one CPU):', ...formatCpuSplit(results, 'iperf3'));
+  out.push('CPU per 64 B round trip during sockperf (median µs of CPU; src/dst: the mesh\'s processes on each node; syscalls: ' +
+    'strace -c of them in a separate run after the rounds):', ...formatPingCpu(results));
   out.push(...checkLines(checks, results));
   out.push(...checkLines(info, results, 'INFO '));
   process.stdout.write(out.join('\n') + '\n');

@@ -4,6 +4,7 @@ import { median as medianOrUndefined } from './podsreport.js';
 import { round } from './report.js';
 
 const median = (xs: number[]): number => medianOrUndefined(xs) ?? NaN;
+const roundAll = <T extends object>(o: T): T => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, round(v as number, 2)])) as T;
 
 export const MESH_SCENARIOS = ['direct', 'sockmesh', 'sidecars', 'plain', 'tunnel'] as const;
 export type MeshScenario = (typeof MESH_SCENARIOS)[number];
@@ -55,11 +56,25 @@ export interface MeshResult {
   handshakes?: number;
   /** resident memory of the mesh's processes per node at the end, MiB */
   rssMiB?: { src: number; dst: number };
+  /** CPU per 64 B round trip during each sockperf run, µs of CPU per part (cgroup CPU over sockperf's observations) */
+  pingCpuUs: PingCpu[];
+  /**
+   * Syscalls per 64 B round trip of the mesh's processes on each node (strace -c during a short sockperf run after the
+   * measured rounds: information, not timed), by syscall; `errors` counts the calls that failed (EAGAIN...)
+   */
+  pingSyscalls?: { src: SyscallCount; dst: SyscallCount; roundTrips: number };
   evidence: Record<string, number | string>;
 }
 
+/** µs of CPU per round trip: the load client, the mesh's processes per node, the server pod, the machine's softirq */
+export interface PingCpu { client: number; src: number; dst: number; server: number; softirq: number }
+export const PING_CPU_PARTS = ['client', 'src', 'dst', 'server', 'softirq'] as const;
+
+/** per round trip: each syscall's calls and the total, and how many of them failed */
+export interface SyscallCount { total: number; errors: number; calls: Record<string, number> }
+
 export function newMeshResult(name: MeshScenario): MeshResult {
-  return { name, errors: {}, samples: {}, cpu: {}, meshCpuPerGbps: [], evidence: {} };
+  return { name, errors: {}, samples: {}, cpu: {}, meshCpuPerGbps: [], pingCpuUs: [], evidence: {} };
 }
 
 export function addMeshSample(r: MeshResult, f: MeshFigure, v: number): void {
@@ -175,6 +190,35 @@ export function formatCpuSplit(results: MeshResult[], w: MeshWorkload): string[]
   return out;
 }
 
+/** The median of each part over the sockperf runs, µs of CPU per round trip. */
+export function medianPingCpu(r: MeshResult | undefined): PingCpu | undefined {
+  const runs = r?.pingCpuUs;
+  if (!runs?.length || r?.errors.pingpong) return undefined;
+  return Object.fromEntries(PING_CPU_PARTS.map((p) => [p, median(runs.map((c) => c[p]))])) as unknown as PingCpu;
+}
+
+/**
+ * Where a 64 B round trip's time goes: per scenario, the median µs of CPU per round trip of each part (on two CPUs a
+ * ping-pong's parts run one after the other, so their sum is most of the round trip), and the mesh's syscalls per round
+ * trip where they were counted.
+ */
+export function formatPingCpu(results: MeshResult[]): string[] {
+  const out: string[] = [];
+  for (const r of results) {
+    const c = medianPingCpu(r);
+    if (!c) continue;
+    const mesh = r.name === 'direct' ? '' : `, mesh ${(c.src + c.dst).toFixed(1)}`;
+    out.push(`  ${MESH_LABELS[r.name].padEnd(28)} ${PING_CPU_PARTS.map((p) => `${p} ${c[p].toFixed(1)}`).join(', ')}${mesh}`);
+    const sc = r.pingSyscalls;
+    if (sc) {
+      const one = (x: SyscallCount): string => `${x.total.toFixed(1)} (${Object.entries(x.calls).sort((a, b) => b[1] - a[1]).filter(([, n]) => n >= 0.05)
+        .map(([k, n]) => `${k} ${n.toFixed(1)}`).join(', ')}${x.errors >= 0.05 ? `; ${x.errors.toFixed(1)} failed` : ''})`;
+      out.push(`  ${''.padEnd(28)} syscalls per round trip: src ${one(sc.src)}; dst ${one(sc.dst)}`);
+    }
+  }
+  return out;
+}
+
 /** The PASS/FAIL/SKIP lines; after the first missed target of a workload, where that workload's CPU went. */
 export function checkLines(checks: MeshCheck[], results: MeshResult[], prefix = ''): string[] {
   const out: string[] = [];
@@ -186,6 +230,10 @@ export function checkLines(checks: MeshCheck[], results: MeshResult[], prefix = 
       told.add(c.workload);
       out.push(`  where the time goes during ${c.workload} (median % of one CPU; src/dst: the mesh's processes on the client's/server's node):`);
       out.push(...formatCpuSplit(results, c.workload).map((l) => `  ${l}`));
+      if (c.workload === 'pingpong') {
+        out.push('  µs of CPU per 64 B round trip (median; src/dst: the mesh\'s processes on each node):');
+        out.push(...formatPingCpu(results).map((l) => `  ${l}`));
+      }
     }
   }
   return out;
@@ -205,6 +253,8 @@ export function meshJson(results: MeshResult[], checks: MeshCheck[], info: MeshC
       meshCpuPerGbps: cpuPerGbps(r) === undefined ? null : round(cpuPerGbps(r)!, 4),
       ...(r.rssMiB ? { rssMiB: { src: round(r.rssMiB.src, 1), dst: round(r.rssMiB.dst, 1) } } : {}),
       ...(r.handshakes !== undefined ? { handshakes: r.handshakes } : {}),
+      ...(medianPingCpu(r) ? { pingCpuUs: roundAll(medianPingCpu(r)!) } : {}),
+      ...(r.pingSyscalls ? { pingSyscalls: r.pingSyscalls } : {}),
       cpu: Object.fromEntries(MESH_WORKLOADS.map((w) => [w, medianCpu(r, w) ?? null]).filter(([, v]) => v !== null)
         .map(([w, v]) => [w, Object.fromEntries(Object.entries(v as CpuSplit).map(([k, x]) => [k, round(x, 1)]))])),
       runs: r.samples,

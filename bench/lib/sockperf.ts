@@ -9,6 +9,11 @@ export interface Latency {
   min: number;
   max: number;
   observations: number;
+  /**
+   * replies received over the whole run (its warm-up included: sockperf's "[Total Run]" line), what the processes' CPU
+   * over the run is divided by; the observations are the "valid duration" part of them only
+   */
+  roundTrips?: number;
 }
 
 export function sockperfServerArgv(bind: string, port: number): string[] {
@@ -40,6 +45,7 @@ export function parseSockperf(output: string): Latency {
   if (dropped + dup + ooo > 0) {
     throw new Error(`sockperf: ${dropped} dropped, ${dup} duplicated, ${ooo} out-of-order messages`);
   }
+  const total = /\[Total Run\][^\n]*ReceivedMessages=(\d+)/.exec(text);
   return {
     p50: num(text, /percentile 50\.000 =\s*([\d.]+)/, 'p50'),
     p99: num(text, /percentile 99\.000 =\s*([\d.]+)/, 'p99'),
@@ -47,5 +53,6 @@ export function parseSockperf(output: string): Latency {
     min: num(text, /<MIN> observation =\s*([\d.]+)/, 'min'),
     max: num(text, /<MAX> observation =\s*([\d.]+)/, 'max'),
     observations: num(text, /Total (\d+) observations/, 'observation count'),
+    ...(total ? { roundTrips: Number(total[1]) } : {}),
   };
 }

@@ -11,10 +11,10 @@ import { join } from 'node:path';
 import { connect, createServer, type TLSSocket } from 'node:tls';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import {
-  addMeshSample, checkLines, figure, formatMeshTable, meshChecks, meshJson, newMeshResult, type CpuSplit, type MeshResult,
+  addMeshSample, checkLines, figure, formatMeshTable, formatPingCpu, meshChecks, meshJson, newMeshResult, type CpuSplit, type MeshResult,
   type MeshScenario,
 } from '../../bench/lib/meshreport.js';
-import { meshAgentConfig, sidecarConfig, TLS_CIPHER } from '../../bench/mesh.js';
+import { meshAgentConfig, parseStraceSummary, sidecarConfig, TLS_CIPHER } from '../../bench/mesh.js';
 import { NetIo, NetTlsContext } from '../../agent/proxy/netio.js';
 import { makeBenchCerts } from '../../bench/lib/certs.js';
 import { benchJson, chartOf, renderSvg } from '../../bench/chart.js';
@@ -65,6 +65,40 @@ t.test('the targets: (b) against (c) and (d), each at its limit', async (t) => {
   t.equal(lines.filter((l) => l.includes('where the time goes during wrk')).length, 1, 'the CPU split once per workload');
   t.match(lines.join('\n'), /where the time goes during iperf3[^\n]*\n\s+\(a\) pod IP, no mesh\s+client 30, src 0, dst 0, server 30, softirq 20, machine 180/);
   t.match(lines.join('\n'), /\(b\) sockmesh, mTLS tunnel\s+client 30, src 40, dst 40/);
+});
+
+t.test('where a round trip goes: µs of CPU per part (medians), the mesh\'s syscalls per round trip, on a ping miss', async (t) => {
+  const base: Partial<Record<MeshScenario, [number, number, number, number]>> = { direct: [10, 16, 30000, 2000], sidecars: [2, 50, 10000, 8000] };
+  const rs = results({ ...base, sockmesh: [6, 70, 15000, 8000] }, 0);
+  const b = rs.find((r) => r.name === 'sockmesh')!;
+  for (const k of [1, 0.5, 2]) b.pingCpuUs.push({ client: 10 * k, src: 42 * k, dst: 41 * k, server: 9 * k, softirq: 3 * k });
+  b.pingSyscalls = { roundTrips: 1000, src: { total: 9.5, errors: 0.01, calls: { sendto: 2, read: 2, epoll_pwait: 3.5, epoll_wait: 2 } },
+    dst: { total: 10, errors: 1, calls: { sendto: 2, read: 3, epoll_pwait: 3, epoll_wait: 2, futex: 0.01 } } };
+  const lines = formatPingCpu(rs);
+  t.equal(lines.length, 2, 'one line per scenario measured, and its syscalls: (a) and (c) have no per-round-trip CPU here');
+  t.match(lines[0], /\(b\) sockmesh, mTLS tunnel\s+client 10\.0, src 42\.0, dst 41\.0, server 9\.0, softirq 3\.0, mesh 83\.0$/, 'the medians, and the mesh\'s sum');
+  t.match(lines[1], /syscalls per round trip: src 9\.5 \(epoll_pwait 3\.5, sendto 2\.0, read 2\.0, epoll_wait 2\.0\); dst 10\.0 \(read 3\.0, epoll_pwait 3\.0, sendto 2\.0, epoll_wait 2\.0; 1\.0 failed\)/,
+    'largest first (ties as counted); rare calls and a few failures left out');
+  const miss = checkLines(meshChecks(rs), rs).join('\n');
+  t.match(miss, /where the time goes during pingpong[\s\S]*µs of CPU per 64 B round trip[^\n]*\n\s+\(b\) sockmesh, mTLS tunnel\s+client 10\.0, src 42\.0/, 'told with the ping\'s miss');
+  const j = meshJson(rs, [], []) as { scenarios: Record<string, Record<string, unknown>> };
+  t.same(j.scenarios.sockmesh!.pingCpuUs, { client: 10, src: 42, dst: 41, server: 9, softirq: 3 });
+  b.errors.pingpong = 'sockperf: timed out';
+  t.equal(formatPingCpu(rs).length, 0, 'a failed ping-pong has no breakdown');
+});
+
+t.test('strace -c\'s summary table, parsed', async (t) => {
+  const text = `% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ------------------
+ 89.87    5.556336        6292       883        46 futex
+  4.44    0.274474          13     20007           sendto
+  2.78    0.172021           5     29687         1 epoll_pwait
+  0.00    0.000000           0         3           restart_syscall
+------ ----------- ----------- --------- --------- ------------------
+100.00    6.182711         106     50580        47 total
+`;
+  t.same(parseStraceSummary(text), { calls: { futex: 883, sendto: 20007, epoll_pwait: 29687, restart_syscall: 3 }, errors: 47 });
+  t.same(parseStraceSummary(''), { calls: {}, errors: 0 });
 });
 
 t.test('(b) not available: every target SKIPs with the reason, no figure invented', async (t) => {

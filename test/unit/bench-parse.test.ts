@@ -238,7 +238,7 @@ const BPFTOOL_RAW = `[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"v
 const BPFTOOL_BTF = `[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x03","0x00","0x00","0x00","0x00","0x00","0x00","0x00"]},{"cpu":1,"value":["0x03","0x00","0x00","0x00","0x00","0x00","0x00","0x00"]}],"formatted":{"key":0,"values":[{"cpu":0,"value":3},{"cpu":1,"value":3}]}},{"key":["0x01","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x00","0x00","0x00","0x00","0x00","0x00","0x00","0x00"]},{"cpu":1,"value":["0x00","0x00","0x00","0x00","0x00","0x00","0x00","0x00"]}],"formatted":{"key":1,"values":[{"cpu":0,"value":0},{"cpu":1,"value":0}]}}]`;
 
 t.test('sockperf 64 B', async (t) => {
-  t.same(parseSockperf(SOCKPERF_64), { p50: 3.329, p99: 5.263, avg: 3.375, min: 3.04, max: 22.494, observations: 228164 });
+  t.same(parseSockperf(SOCKPERF_64), { p50: 3.329, p99: 5.263, avg: 3.375, min: 3.04, max: 22.494, observations: 228164, roundTrips: 282859 });
 });
 
 t.test('sockperf 16 KiB', async (t) => {
