@@ -281,10 +281,13 @@ export class NetIo {
   private slab: Buffer = Buffer.allocUnsafeSlow(SLAB_BYTES);
   /**
    * The slab being filled and the retired ones with views still lent (returnsTlsReads), by their memory; a slab one of
-   * whose views went to a connection that does not give them back is `kept` and left to the GC.
+   * whose views went to a connection that does not give them back is `kept` and left to the GC. Weakly: a view lent
+   * and never given back (the session keeps a read whose DATA went to a handler that may keep it: TunnelClient.connect()'s
+   * streams, the L7 proxy's tunnelled upstreams) leaves its slab's count above 0 for good, and a strong map would hold
+   * that slab (1 MiB) for the loop's lifetime after its views are gone.
    */
   private slabRec: SlabRec = { buf: this.slab, lent: 0, kept: false, retired: false };
-  private readonly slabs = new Map<ArrayBuffer, SlabRec>([[this.slab.buffer as ArrayBuffer, this.slabRec]]);
+  private readonly slabs = new WeakMap<ArrayBuffer, SlabRec>([[this.slab.buffer as ArrayBuffer, this.slabRec]]);
   /** views of slabs lent to returnsTlsReads connections and not given back yet (each is taken back once) */
   private readonly slabLent = new WeakSet<Buffer>();
   private readonly slabFree: Buffer[] = [];
@@ -445,7 +448,8 @@ export class NetIo {
     for (let i = 0; i < corked.length; i++) {
       try { corked[i]!.batchUncork(); } catch (e) { if (thrown === null) thrown = e; }
     }
-    corked.length = 0;
+    // (only when something was corked: V8 shrinks an array's length through a runtime call, every batch otherwise)
+    if (corked.length !== 0) corked.length = 0;
     if (trace !== null) trace.end();
     if (slabUsed > SLAB_BYTES - SLAB_LOW && !this.closed) {
       // before the next wake: the loop reads nothing into a full slab (its sockets wait, marked, for this one). After
@@ -470,12 +474,12 @@ export class NetIo {
         const ab = this.poolFree.pop() ?? Buffer.allocUnsafeSlow(POOL_BUF_BYTES).buffer as ArrayBuffer;
         this.poolLent.add(ab);
         const b = Buffer.from(ab, 0, len);
-        arena.copy(b, 0, off, off + len);
+        copySmall(arena, off, len, b);
         c.onData(b);
         return;
       }
       const b = Buffer.allocUnsafe(len);
-      arena.copy(b, 0, off, off + len);
+      copySmall(arena, off, len, b);
       c.onData(b);
     } else if (len > SLAB_COPY_MAX) {
       const view = slab.subarray(off, off + len);
@@ -488,7 +492,7 @@ export class NetIo {
       c.onData(view);
     } else {
       const b = Buffer.allocUnsafe(len);
-      slab.copy(b, 0, off, off + len);
+      copySmall(slab, off, len, b);
       c.onData(b);
     }
   }
@@ -1071,6 +1075,18 @@ function dataEvents(ev: Int32Array, n: number): number {
     if (kind === EV_DATA || kind === EV_TLSDATA) k++;
   }
   return k;
+}
+
+/**
+ * src[off, off + len) to the start of dst. A short read (a 64 B ping-pong message, a small request) byte by byte:
+ * Buffer#copy makes a Uint8Array view of the source and calls TypedArray#set for every copy, which for a few dozen
+ * bytes costs more than the copy (perf of the tunnel's client end in a 64 B ping-pong: Buffer#copy and the view ~2%
+ * of its CPU); longer ones with it (memcpy).
+ */
+const COPY_LOOP_MAX = 256;
+function copySmall(src: Buffer, off: number, len: number, dst: Buffer): void {
+  if (len > COPY_LOOP_MAX) { src.copy(dst, 0, off, off + len); return; }
+  for (let i = 0; i < len; i++) dst[i] = src[off + i]!;
 }
 
 function flushHeld(c: NetConn): void {

@@ -12,6 +12,8 @@ import { connect as netConnect, createServer as netServer, type AddressInfo, typ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tls from 'node:tls';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { NetConn, NetIo, NetTlsContext, type NetTlsError } from '../../agent/proxy/netio.js';
 import type { TlsMaterial } from '../../agent/identity/material.js';
 import { TestCa } from '../lib/certs.js';
@@ -208,6 +210,37 @@ t.test('returnsTlsReads: slabs whose views all came back are filled again; a vie
   t.ok(slabs.size <= 3, `16 MiB went through ${slabs.size} slabs (without recycle(): 16 or more)`);
   t.ok(kept !== undefined && kept.equals(keptCopy!), 'the chunk kept (not given back) was never written over');
   c.destroy();
+});
+
+t.test('returnsTlsReads: a slab whose views were never given back goes to the GC once they are gone', async (t) => {
+  // a listener that gives no read back and keeps none (the session's reads whose DATA went to a handler that may keep
+  // it: TunnelClient.connect()'s streams): the slabs' counts never come back to 0, and the loop must not hold them
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const data = randomBytes(4 * 1024 * 1024);
+  const srv = tls.createServer({ key: server.key, cert: server.chain, ca: ca.bundle, requestCert: true, ALPNProtocols: ['h2'] }, (s) => s.end(data));
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => srv.close());
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  const c = io.connect({ address: '127.0.0.1', port: (srv.address() as AddressInfo).port }).startTls(clientCtx);
+  c.returnsTlsReads = true;
+  const h = createHash('sha256');
+  let first: WeakRef<ArrayBufferLike> | undefined;
+  c.on('data', (d: Buffer) => {
+    h.update(d);
+    if (d.length > 4096 && first === undefined) first = new WeakRef(d.buffer);
+  });
+  await waitFor(c, 'end', 30_000);
+  t.equal(h.digest('hex'), sha(data), '4 MiB byte-exact');
+  t.ok(first !== undefined, 'reads over 4 KiB came (views of a slab)');
+  c.destroy();
+  for (let i = 0; i < 10 && first!.deref() !== undefined; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    gc();
+  }
+  t.equal(first!.deref(), undefined, 'the first slab (retired, its views gone) was collected while the loop lives on');
+  t.notOk(io.isClosed, 'the loop is still open');
 });
 
 t.test('NetConn client, node:tls server (requestCert, rejectUnauthorized): 8 MiB each way, the server answers after our close_notify', async (t) => {
