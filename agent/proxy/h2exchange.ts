@@ -41,6 +41,42 @@ export interface DeadlineWatch {
   deadline(at: number): void;
 }
 
+/** the upstream list before start() made it (never written to) */
+const NO_HEADERS: HeaderList = [];
+// H2Exchange.f's bits
+const F_GRPC = 1;
+const F_HEAD = 2;
+/** no response header rewrite: the upstream's head goes on as it came */
+const F_PLAIN_RESPONSE = 4;
+/** the upstream stream asked us to wait (sendData false) */
+const F_US_BLOCKED = 8;
+/** the client's stream asked us to wait */
+const F_DS_BLOCKED = 16;
+const F_HEAD_SENT = 32;
+const F_DONE = 64;
+/** counted in info.streams */
+const F_COUNTED = 128;
+
+/**
+ * An exchange's state that most proxied requests (a GET answered at the first try) never use, in an object of its
+ * own made at the first use: the exchange is one object per request, and each field costs 8 bytes of it.
+ */
+class Rare {
+  /** upstreamProtocol http1: the request head translated (h2toh1.ts), made once per request */
+  h1: H1RequestHead | null = null;
+  // the request body: kept whole while it may be replayed (within bufferLimitBytes), else only what is unsent
+  body: Buffer[] = [];
+  bodyBytes = 0;
+  unsent = 0;
+  reqTrailers: HeaderList | null = null;
+  /** client bytes read and not yet counted back to its stream (held while the upstream cannot take more) */
+  dsOwed = 0;
+  tryTimer: NodeJS.Timeout | null = null;
+  /** while the request body is coming: when its last bytes arrived (0: not watched) */
+  lastBodyAt = 0;
+  redispatched = 0;
+}
+
 const HEAD_TOO_LARGE: LocalReply = Object.freeze({
   status: 431, headers: Object.freeze({}) as Headers, body: 'request header section too large\n',
 });
@@ -52,38 +88,18 @@ const HEAD_TOO_LARGE: LocalReply = Object.freeze({
  */
 export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2PoolWaiter, LegOwner {
   private leg: Leg | null = null;
-  /** upstreamProtocol http1: the request head translated (h2toh1.ts), made once per request */
-  private h1: H1RequestHead | null = null;
   private waitingGroup: UpstreamGroup | null = null;
-  private upHeaders: HeaderList = [];
-  private isGrpc = false;
-  private isHead = false;
-  private plainResponse = true;
-  // the request body: kept whole while it may be replayed (within bufferLimitBytes), else only what is unsent
-  private body: Buffer[] = [];
-  private bodyBytes = 0;
-  private unsent = 0;
-  private reqTrailers: HeaderList | null = null;
-  /** client bytes read and not yet counted back to its stream (held while the upstream cannot take more) */
-  private dsOwed = 0;
-  /** the upstream stream asked us to wait (sendData false) */
-  private usBlocked = false;
-  /** the client's stream asked us to wait */
-  private dsBlocked = false;
-  // the response
-  private headSent = false;
-  private done = false;
-  /** counted in info.streams */
-  private counted = false;
-  private tryTimer: NodeJS.Timeout | null = null;
+  /** the request head as it goes upstream (set by start(); the shared empty list before) */
+  private upHeaders: HeaderList = NO_HEADERS;
+  /** F_* bits: one field for the yes/no state (an object per request: each field is 8 bytes of it) */
+  private f = F_PLAIN_RESPONSE;
+  /** what only some requests need (a body, trailers, a per-try timer, an HTTP/1.1 leg, a redispatch): made then */
+  private rare: Rare | null = null;
   /**
    * The exchange's next deadline for the client session's timer (performance.now() ms; Infinity: none, or over): the
    * route's timeout once the request was received whole, before that the watch on a silent upload (lastBodyAt).
    */
   routeDeadline = Infinity;
-  /** while the request body is coming: when its last bytes arrived (0: not watched) */
-  private lastBodyAt = 0;
-  private redispatched = 0;
 
   constructor(
     private readonly ctx: EngineContext,
@@ -95,6 +111,44 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     super();
     this.bodyDone = endStream;
   }
+
+  // ---- the state's accessors: bits of f, fields of rare (setting a rare field to its initial value makes none) ----
+
+  private flag(bit: number, on: boolean): void { this.f = on ? this.f | bit : this.f & ~bit; }
+  private get isGrpc(): boolean { return (this.f & F_GRPC) !== 0; }
+  private set isGrpc(v: boolean) { this.flag(F_GRPC, v); }
+  private get isHead(): boolean { return (this.f & F_HEAD) !== 0; }
+  private set isHead(v: boolean) { this.flag(F_HEAD, v); }
+  private get plainResponse(): boolean { return (this.f & F_PLAIN_RESPONSE) !== 0; }
+  private set plainResponse(v: boolean) { this.flag(F_PLAIN_RESPONSE, v); }
+  private get usBlocked(): boolean { return (this.f & F_US_BLOCKED) !== 0; }
+  private set usBlocked(v: boolean) { this.flag(F_US_BLOCKED, v); }
+  private get dsBlocked(): boolean { return (this.f & F_DS_BLOCKED) !== 0; }
+  private set dsBlocked(v: boolean) { this.flag(F_DS_BLOCKED, v); }
+  private get headSent(): boolean { return (this.f & F_HEAD_SENT) !== 0; }
+  private set headSent(v: boolean) { this.flag(F_HEAD_SENT, v); }
+  private get done(): boolean { return (this.f & F_DONE) !== 0; }
+  private set done(v: boolean) { this.flag(F_DONE, v); }
+  private get counted(): boolean { return (this.f & F_COUNTED) !== 0; }
+  private set counted(v: boolean) { this.flag(F_COUNTED, v); }
+
+  private r(): Rare { return (this.rare ??= new Rare()); }
+  private get h1(): H1RequestHead | null { return this.rare === null ? null : this.rare.h1; }
+  private set h1(v: H1RequestHead | null) { if (this.rare !== null || v !== null) this.r().h1 = v; }
+  private get bodyBytes(): number { return this.rare === null ? 0 : this.rare.bodyBytes; }
+  private set bodyBytes(v: number) { if (this.rare !== null || v !== 0) this.r().bodyBytes = v; }
+  private get unsent(): number { return this.rare === null ? 0 : this.rare.unsent; }
+  private set unsent(v: number) { if (this.rare !== null || v !== 0) this.r().unsent = v; }
+  private get reqTrailers(): HeaderList | null { return this.rare === null ? null : this.rare.reqTrailers; }
+  private set reqTrailers(v: HeaderList | null) { if (this.rare !== null || v !== null) this.r().reqTrailers = v; }
+  private get dsOwed(): number { return this.rare === null ? 0 : this.rare.dsOwed; }
+  private set dsOwed(v: number) { if (this.rare !== null || v !== 0) this.r().dsOwed = v; }
+  private get tryTimer(): NodeJS.Timeout | null { return this.rare === null ? null : this.rare.tryTimer; }
+  private set tryTimer(v: NodeJS.Timeout | null) { if (this.rare !== null || v !== null) this.r().tryTimer = v; }
+  private get lastBodyAt(): number { return this.rare === null ? 0 : this.rare.lastBodyAt; }
+  private set lastBodyAt(v: number) { if (this.rare !== null || v !== 0) this.r().lastBodyAt = v; }
+  private get redispatched(): number { return this.rare === null ? 0 : this.rare.redispatched; }
+  private set redispatched(v: number) { if (this.rare !== null || v !== 0) this.r().redispatched = v; }
 
   /** a bug below (the policy included) threw: this stream is reset, the process lives on */
   fatal(e: unknown): void {
@@ -238,23 +292,24 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   private onBody(d: Buffer): void {
     const ex = this.ex;
     if (ex === null || this.done) { if (!this.ds.closed) this.ds.consumed(d.length); return; } // not wanted
-    this.lastBodyAt = performance.now();
-    this.bodyBytes += d.length;
-    if (this.replayable && this.bodyBytes > ex.bufferLimitBytes) {
+    const r = this.r();
+    r.lastBodyAt = performance.now();
+    r.bodyBytes += d.length;
+    if (this.replayable && r.bodyBytes > ex.bufferLimitBytes) {
       this.replayable = false;
-      if (this.leg !== null) this.body.length = 0; // all of it was sent
+      if (this.leg !== null) r.body.length = 0; // all of it was sent
     }
     const leg = this.leg;
     if (leg !== null && leg.us !== null) {
-      if (this.replayable) this.body.push(d);
+      if (this.replayable) r.body.push(d);
       if (!leg.us.sendData(d, false)) this.usBlocked = true;
-      if (this.usBlocked) this.dsOwed += d.length;
+      if (this.usBlocked) r.dsOwed += d.length;
       else this.ds.consumed(d.length);
     } else {
-      this.body.push(d);
-      this.unsent += d.length;
-      if (this.unsent <= MAX_UNSENT) this.ds.consumed(d.length);
-      else this.dsOwed += d.length;
+      r.body.push(d);
+      r.unsent += d.length;
+      if (r.unsent <= MAX_UNSENT) this.ds.consumed(d.length);
+      else r.dsOwed += d.length;
     }
   }
 
@@ -320,8 +375,8 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   /** the request goes out on session e */
   private send(e: UpstreamSession): void {
     if (this.attempt === null || this.done) return;
-    const body = this.body;
-    const endNow = this.bodyDone && body.length === 0 && this.reqTrailers === null;
+    const rare = this.rare;
+    const endNow = this.bodyDone && (rare === null || (rare.body.length === 0 && rare.reqTrailers === null));
     const leg = new UpLeg(this, e);
     // current before the stream exists: whatever the session says from inside request() is heard
     this.leg = leg;
@@ -363,15 +418,20 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
 
   /** what the client sent so far goes out on the attempt's leg (ended when the client's side is) */
   private flushBody(leg: Leg, us: LegStream): void {
-    const body = this.body;
-    for (let i = 0, last = body.length - 1; i <= last; i++) {
-      const fin = i === last && this.bodyDone && this.reqTrailers === null;
-      if (!us.sendData(body[i]!, fin)) this.usBlocked = true;
-      if (fin) leg.sentEnd = true;
+    const rare = this.rare;
+    if (rare !== null) {
+      const body = rare.body;
+      for (let i = 0, last = body.length - 1; i <= last; i++) {
+        const fin = i === last && this.bodyDone && rare.reqTrailers === null;
+        if (!us.sendData(body[i]!, fin)) this.usBlocked = true;
+        if (fin) leg.sentEnd = true;
+      }
     }
     if (this.bodyDone && !leg.sentEnd) this.endRequest(leg, us);
-    this.unsent = 0;
-    if (!this.replayable) body.length = 0;
+    if (rare !== null) {
+      rare.unsent = 0;
+      if (!this.replayable) rare.body.length = 0;
+    }
     if (!this.usBlocked) this.releaseDs();
   }
 
@@ -567,7 +627,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     this.uncount();
     const ex = this.ex;
     this.ex = null;
-    this.body.length = 0;
+    if (this.rare !== null) this.rare.body.length = 0;
     // the rest of a request body is read and dropped (the client may still be sending it)
     this.releaseDs();
     if (ex !== null) ex.end(this.resStatus, this.grpcStatus);
@@ -590,7 +650,7 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     this.cancelAttempt();
     const ex = this.ex;
     this.ex = null;
-    this.body.length = 0;
+    if (this.rare !== null) this.rare.body.length = 0;
     if (ex !== null) ex.end(this.resStarted ? this.resStatus : 0, this.grpcStatus);
   }
 }
