@@ -56,6 +56,13 @@ class PolicyAttempt implements Attempt {
   }
 }
 
+// PolicyExchange.x's bits
+const X_SAFE_ONLY = 1;
+const X_COUNTED = 2;
+const X_RETRY_RESERVED = 4;
+const X_DENIED_UPSTREAM = 8;
+const X_ENDED = 16;
+
 /**
  * One request's life in the policy. Accounting it holds and gives back exactly once:
  * - the group's active requests (from a successful attempt(1) to end());
@@ -64,42 +71,48 @@ class PolicyAttempt implements Attempt {
  * - a retry slot (from retryDelay's yes, through backoff, until that retry's finish()).
  */
 export class PolicyExchange implements Exchange {
-  readonly route: RouteState;
   readonly bufferLimitBytes: number;
   attempts = 0;
   localReason: LocalReason | undefined;
   private readonly start: number;
   private readonly retry: RetryRules | undefined;
-  /** a gRPC call retried only on connect failures and the gRPC codes of retry_on (retry.mode) */
-  private readonly safeOnly: boolean;
-  private counted = false;
+  /** X_* bits: the yes/no state in one field (an object per request, 8 bytes a field) */
+  private x = 0;
   private slot: BackendSlot | undefined;
   private avoid: BackendSlot | undefined;
-  private retryReserved = false;
-  /** the last attempt was refused by the destination's authorization */
-  private deniedUpstream = false;
   private retryAttempt: PolicyAttempt | undefined;
-  private ended = false;
   /** the client's identity, asked once (only when a backend is reached through the tunnel) */
   private identity: string | undefined | null = null;
 
   constructor(
     private readonly p: ExchangeHost,
     private readonly svc: ServiceState,
-    private readonly r: RouteState,
+    readonly route: RouteState,
     private readonly group: GroupState,
     readonly head: RequestHead,
     private readonly source?: Source,
   ) {
     this.start = p.now();
-    this.route = r;
-    const mode = r.retry ? r.retry.mode(head.method, head.grpc) : RETRY_NONE;
-    const retry = mode !== RETRY_NONE ? r.retry : undefined;
+    const mode = route.retry ? route.retry.mode(head.method, head.grpc) : RETRY_NONE;
+    const retry = mode !== RETRY_NONE ? route.retry : undefined;
     this.retry = retry;
-    this.safeOnly = mode === RETRY_SAFE;
+    if (mode === RETRY_SAFE) this.x = X_SAFE_ONLY;
     // a request that will never be retried need not be buffered
     this.bufferLimitBytes = retry ? retry.bufferLimitBytes : 0;
   }
+
+  private flag(bit: number, on: boolean): void { this.x = on ? this.x | bit : this.x & ~bit; }
+  /** a gRPC call retried only on connect failures and the gRPC codes of retry_on (retry.mode) */
+  private get safeOnly(): boolean { return (this.x & X_SAFE_ONLY) !== 0; }
+  private get counted(): boolean { return (this.x & X_COUNTED) !== 0; }
+  private set counted(v: boolean) { this.flag(X_COUNTED, v); }
+  private get retryReserved(): boolean { return (this.x & X_RETRY_RESERVED) !== 0; }
+  private set retryReserved(v: boolean) { this.flag(X_RETRY_RESERVED, v); }
+  /** the last attempt was refused by the destination's authorization */
+  private get deniedUpstream(): boolean { return (this.x & X_DENIED_UPSTREAM) !== 0; }
+  private set deniedUpstream(v: boolean) { this.flag(X_DENIED_UPSTREAM, v); }
+  private get ended(): boolean { return (this.x & X_ENDED) !== 0; }
+  private set ended(v: boolean) { this.flag(X_ENDED, v); }
 
   lastBackend(): string {
     return this.slot ? this.slot.upstream.key : '';
@@ -115,7 +128,7 @@ export class PolicyExchange implements Exchange {
     } else {
       if (!this.retryReserved && !b.tryRetry(this.retry?.budgetOnly !== true)) return this.overflow('max-retries');
       this.retryReserved = false;
-      this.r.stats.retries++;
+      this.route.stats.retries++;
     }
     if (this.slot) {
       this.slot.active--;
@@ -178,13 +191,13 @@ export class PolicyExchange implements Exchange {
     if (!(this.safeOnly ? retry.coversSafe(outcome) : retry.covers(outcome))) return null;
     const b = this.group.breaker;
     if (!budgetAllows(b.retries, b.requests, retry.budgetPercent, retry.minRetryConcurrency)) {
-      this.r.stats.budgetExhausted++;
-      this.p.retryRefused(this.group, this.r, 'budget', outcome);
+      this.route.stats.budgetExhausted++;
+      this.p.retryRefused(this.group, this.route, 'budget', outcome);
       return null;
     }
     // the retry holds its place from now, through the backoff, until its attempt has an outcome
     if (!b.tryRetry(!retry.budgetOnly)) {
-      this.p.retryRefused(this.group, this.r, 'max-retries', outcome);
+      this.p.retryRefused(this.group, this.route, 'max-retries', outcome);
       return null;
     }
     this.retryReserved = true;
@@ -207,10 +220,10 @@ export class PolicyExchange implements Exchange {
     const slot = this.slot;
     if (slot) slot.active--;
     const ms = this.p.now() - this.start;
-    const stats = this.r.stats.backend(slot ? slot.upstream.key : '');
+    const stats = this.route.stats.backend(slot ? slot.upstream.key : '');
     if (this.localReason !== undefined && status !== 0) {
       stats.classes[CLASS_LOCAL]!++;
-      this.r.stats.localReply(this.localReason);
+      this.route.stats.localReply(this.localReason);
     } else stats.classes[statusClass(status)]!++;
     stats.observe(ms);
     this.p.logAccess(this.svc, this, status, grpcStatus, ms);
