@@ -22,6 +22,13 @@ const UPLOAD_TIMEOUT_REPLY: LocalReply = Object.freeze({
   status: 408, headers: Object.freeze({ 'x-sockmesh-error': 'request-body-timeout' }) as Headers, body: 'request body not received in time\n',
 });
 
+// ExchangeDriver.bits
+const D_REPLAYABLE = 1;
+const D_BODY_DONE = 2;
+const D_RES_STARTED = 4;
+/** the first bit a subclass may use */
+export const D_FREE = 8;
+
 export abstract class ExchangeDriver {
   /** the policy's exchange (null: none under way) */
   protected ex: Exchange | null = null;
@@ -30,12 +37,20 @@ export abstract class ExchangeDriver {
   protected n = 0;
   /** the attempt waiting for its outcome (null between attempts and after the response head) */
   protected attempt: Attempt | null = null;
+  /**
+   * The yes/no state as bits of one field (D_* here; a subclass may use the bits from D_FREE up for its own): an
+   * HTTP/2 exchange is one object per request, and each field is 8 bytes of it.
+   */
+  protected bits = D_REPLAYABLE | D_BODY_DONE;
   /** the request body is kept whole (within the exchange's bufferLimitBytes) and may be sent again */
-  protected replayable = true;
+  protected get replayable(): boolean { return (this.bits & D_REPLAYABLE) !== 0; }
+  protected set replayable(v: boolean) { this.bits = v ? this.bits | D_REPLAYABLE : this.bits & ~D_REPLAYABLE; }
   /** the request body was received whole */
-  protected bodyDone = true;
+  protected get bodyDone(): boolean { return (this.bits & D_BODY_DONE) !== 0; }
+  protected set bodyDone(v: boolean) { this.bits = v ? this.bits | D_BODY_DONE : this.bits & ~D_BODY_DONE; }
   /** a response (passed on or local) was begun: the client can no longer be given another answer */
-  protected resStarted = false;
+  protected get resStarted(): boolean { return (this.bits & D_RES_STARTED) !== 0; }
+  protected set resStarted(v: boolean) { this.bits = v ? this.bits | D_RES_STARTED : this.bits & ~D_RES_STARTED; }
   /** status given to the client */
   protected resStatus = 0;
   protected grpcStatus: number | undefined = undefined;

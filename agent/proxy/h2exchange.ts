@@ -16,7 +16,7 @@
 // content-length passes as sent (the sessions check DATA against it); no date is added to passed-on responses
 // (the origin's is kept).
 import { emptyRewrite, grpcStatusForHttp, rewriteHeaders, type ConnInfo, type EngineContext } from './engine.js';
-import { ExchangeDriver } from './exchange.js';
+import { D_FREE, ExchangeDriver } from './exchange.js';
 import { applyForwarded } from './forwarded.js';
 import { HeadersRecord } from './headers.js';
 import type { HeaderList } from './h2/hpack.js';
@@ -43,19 +43,19 @@ export interface DeadlineWatch {
 
 /** the upstream list before start() made it (never written to) */
 const NO_HEADERS: HeaderList = [];
-// H2Exchange.f's bits
-const F_GRPC = 1;
-const F_HEAD = 2;
+// H2Exchange's bits of ExchangeDriver.bits
+const F_GRPC = D_FREE;
+const F_HEAD = D_FREE << 1;
 /** no response header rewrite: the upstream's head goes on as it came */
-const F_PLAIN_RESPONSE = 4;
+const F_PLAIN_RESPONSE = D_FREE << 2;
 /** the upstream stream asked us to wait (sendData false) */
-const F_US_BLOCKED = 8;
+const F_US_BLOCKED = D_FREE << 3;
 /** the client's stream asked us to wait */
-const F_DS_BLOCKED = 16;
-const F_HEAD_SENT = 32;
-const F_DONE = 64;
+const F_DS_BLOCKED = D_FREE << 4;
+const F_HEAD_SENT = D_FREE << 5;
+const F_DONE = D_FREE << 6;
 /** counted in info.streams */
-const F_COUNTED = 128;
+const F_COUNTED = D_FREE << 7;
 
 /**
  * An exchange's state that most proxied requests (a GET answered at the first try) never use, in an object of its
@@ -75,6 +75,8 @@ class Rare {
   /** while the request body is coming: when its last bytes arrived (0: not watched) */
   lastBodyAt = 0;
   redispatched = 0;
+  /** the pool's queue this exchange waits in for a session */
+  waitingGroup: UpstreamGroup | null = null;
 }
 
 const HEAD_TOO_LARGE: LocalReply = Object.freeze({
@@ -88,11 +90,8 @@ const HEAD_TOO_LARGE: LocalReply = Object.freeze({
  */
 export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2PoolWaiter, LegOwner {
   private leg: Leg | null = null;
-  private waitingGroup: UpstreamGroup | null = null;
   /** the request head as it goes upstream (set by start(); the shared empty list before) */
   private upHeaders: HeaderList = NO_HEADERS;
-  /** F_* bits: one field for the yes/no state (an object per request: each field is 8 bytes of it) */
-  private f = F_PLAIN_RESPONSE;
   /** what only some requests need (a body, trailers, a per-try timer, an HTTP/1.1 leg, a redispatch): made then */
   private rare: Rare | null = null;
   /**
@@ -109,27 +108,28 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
     endStream: boolean,
   ) {
     super();
+    this.bits |= F_PLAIN_RESPONSE;
     this.bodyDone = endStream;
   }
 
-  // ---- the state's accessors: bits of f, fields of rare (setting a rare field to its initial value makes none) ----
+  // ---- the state's accessors: bits of ExchangeDriver.bits, fields of rare (setting a rare field to its initial value makes none) ----
 
-  private flag(bit: number, on: boolean): void { this.f = on ? this.f | bit : this.f & ~bit; }
-  private get isGrpc(): boolean { return (this.f & F_GRPC) !== 0; }
+  private flag(bit: number, on: boolean): void { this.bits = on ? this.bits | bit : this.bits & ~bit; }
+  private get isGrpc(): boolean { return (this.bits & F_GRPC) !== 0; }
   private set isGrpc(v: boolean) { this.flag(F_GRPC, v); }
-  private get isHead(): boolean { return (this.f & F_HEAD) !== 0; }
+  private get isHead(): boolean { return (this.bits & F_HEAD) !== 0; }
   private set isHead(v: boolean) { this.flag(F_HEAD, v); }
-  private get plainResponse(): boolean { return (this.f & F_PLAIN_RESPONSE) !== 0; }
+  private get plainResponse(): boolean { return (this.bits & F_PLAIN_RESPONSE) !== 0; }
   private set plainResponse(v: boolean) { this.flag(F_PLAIN_RESPONSE, v); }
-  private get usBlocked(): boolean { return (this.f & F_US_BLOCKED) !== 0; }
+  private get usBlocked(): boolean { return (this.bits & F_US_BLOCKED) !== 0; }
   private set usBlocked(v: boolean) { this.flag(F_US_BLOCKED, v); }
-  private get dsBlocked(): boolean { return (this.f & F_DS_BLOCKED) !== 0; }
+  private get dsBlocked(): boolean { return (this.bits & F_DS_BLOCKED) !== 0; }
   private set dsBlocked(v: boolean) { this.flag(F_DS_BLOCKED, v); }
-  private get headSent(): boolean { return (this.f & F_HEAD_SENT) !== 0; }
+  private get headSent(): boolean { return (this.bits & F_HEAD_SENT) !== 0; }
   private set headSent(v: boolean) { this.flag(F_HEAD_SENT, v); }
-  private get done(): boolean { return (this.f & F_DONE) !== 0; }
+  private get done(): boolean { return (this.bits & F_DONE) !== 0; }
   private set done(v: boolean) { this.flag(F_DONE, v); }
-  private get counted(): boolean { return (this.f & F_COUNTED) !== 0; }
+  private get counted(): boolean { return (this.bits & F_COUNTED) !== 0; }
   private set counted(v: boolean) { this.flag(F_COUNTED, v); }
 
   private r(): Rare { return (this.rare ??= new Rare()); }
@@ -147,6 +147,8 @@ export class H2Exchange extends ExchangeDriver implements H2StreamHandler, H2Poo
   private set tryTimer(v: NodeJS.Timeout | null) { if (this.rare !== null || v !== null) this.r().tryTimer = v; }
   private get lastBodyAt(): number { return this.rare === null ? 0 : this.rare.lastBodyAt; }
   private set lastBodyAt(v: number) { if (this.rare !== null || v !== 0) this.r().lastBodyAt = v; }
+  private get waitingGroup(): UpstreamGroup | null { return this.rare === null ? null : this.rare.waitingGroup; }
+  private set waitingGroup(v: UpstreamGroup | null) { if (this.rare !== null || v !== null) this.r().waitingGroup = v; }
   private get redispatched(): number { return this.rare === null ? 0 : this.rare.redispatched; }
   private set redispatched(v: number) { if (this.rare !== null || v !== 0) this.r().redispatched = v; }
 
