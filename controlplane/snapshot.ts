@@ -17,17 +17,44 @@ import { entryClusterName, groupCluster, listenerName } from '../xds/sockmesh.js
 import type { Backend, Model, Protocol, Service } from '../agent/model/types.js';
 import { clusterBalancing, grpcRouteHashPolicy } from './balancing.js';
 import { clusterHttpFields, httpListener, referencedWorkloads, serviceGroups } from './http.js';
-import { adsConfigSource, encodeGrpcListener, encodeGrpcRoute, encodeL4Cluster, encodeL4Listener, varintLength, writeVarint } from './l4wire.js';
+import {
+  adsConfigSource, encodeGrpcListener, encodeGrpcRoute, encodeL4Cluster, encodeL4Listener, utf8Length, varintLength, writeUtf8, writeVarint,
+} from './l4wire.js';
 
 export interface Resource {
-  name: string;
+  readonly name: string;
   /** Short content hash: the delta-xDS resource version. */
-  version: string;
-  any: AnyMessage;
+  readonly version: string;
+  readonly any: AnyMessage;
   /** This resource as one `resources` entry of a DiscoveryResponse (field 2, length-delimited Any). */
-  sotwBytes: Buffer;
+  readonly sotwBytes: Buffer;
   /** This resource as one `resources` entry of a DeltaDiscoveryResponse (field 2, a Resource{name, version, Any}). */
-  deltaBytes: Buffer;
+  readonly deltaBytes: Buffer;
+}
+
+/**
+ * A framed resource: its one buffer and where the Any and its value are in it. The views (`any`, `sotwBytes`) are made
+ * when read: a full sync frames 50,000 resources, delta streams read only `deltaBytes`, and three eager views (typed
+ * array objects) per resource were garbage that the young generation copied (they survive with the resource).
+ */
+class Framed implements Resource {
+  constructor(
+    readonly name: string,
+    readonly version: string,
+    readonly deltaBytes: Buffer,
+    private readonly typeUrl: string,
+    private readonly sotwStart: number,
+    private readonly valueStart: number,
+    private readonly sotwEnd: number,
+  ) {}
+
+  get any(): AnyMessage {
+    return { type_url: this.typeUrl, value: this.deltaBytes.subarray(this.valueStart, this.sotwEnd) };
+  }
+
+  get sotwBytes(): Buffer {
+    return this.deltaBytes.subarray(this.sotwStart, this.sotwEnd);
+  }
 }
 
 export interface TypeState {
@@ -167,12 +194,12 @@ function framed(typeUrl: string, name: string, value: Uint8Array): Resource {
   const urlField = anyTypeUrlField(typeUrl);
   const anyLen = urlField.length + 1 + varintLength(value.length) + value.length;
   const sotwLen = 1 + varintLength(anyLen) + anyLen;
-  const nameLen = Buffer.byteLength(name);
+  const nameLen = utf8Length(name);
   const innerLen = 1 + varintLength(version.length) + version.length + sotwLen + 1 + varintLength(nameLen) + nameLen;
   const buf = Buffer.allocUnsafe(1 + varintLength(innerLen) + innerLen);
   let at = writeVarint(buf, writeVarint(buf, 0, 0x12), innerLen);
   at = writeVarint(buf, writeVarint(buf, at, 0x0a), version.length);
-  at += buf.write(version, at, 'latin1');
+  at = writeUtf8(buf, at, version);
   const sotwStart = at;
   at = writeVarint(buf, writeVarint(buf, at, 0x12), anyLen);
   at += urlField.copy(buf, at);
@@ -182,15 +209,9 @@ function framed(typeUrl: string, name: string, value: Uint8Array): Resource {
   at += value.length;
   const sotwEnd = at;
   at = writeVarint(buf, writeVarint(buf, at, 0x1a), nameLen);
-  at += buf.write(name, at, 'utf8');
+  at = writeUtf8(buf, at, name);
   if (at !== buf.length) throw new Error(`framing ${typeUrl} ${name}: wrote ${at} of ${buf.length} bytes`);
-  return {
-    name,
-    version,
-    any: { type_url: typeUrl, value: buf.subarray(valueStart, sotwEnd) },
-    sotwBytes: buf.subarray(sotwStart, sotwEnd),
-    deltaBytes: buf,
-  };
+  return new Framed(name, version, buf, typeUrl, sotwStart, valueStart, sotwEnd);
 }
 
 const lenField = (bytes: number) => 1 + varintLength(bytes) + bytes;
@@ -212,7 +233,7 @@ export function encodeClusterLoadAssignment(cluster: string, backends: Backend[]
   let lbEndpointsLen = 0;
   for (let i = 0; i < n; i++) {
     const b = backends[i]!;
-    addrLen[i] = Buffer.byteLength(b.address);
+    addrLen[i] = utf8Length(b.address);
     const socketAddress = lenField(addrLen[i]!) + 1 + varintLength(b.port);
     const endpoint = lenField(lenField(socketAddress)); // Endpoint { Address { SocketAddress } }
     const weight = b.weight === 0 ? 1 : b.weight;
@@ -221,10 +242,10 @@ export function encodeClusterLoadAssignment(cluster: string, backends: Backend[]
     lbEndpointsLen += lenField(epLen[i]!);
   }
   const localityLen = 2 + lbEndpointsLen + lenField(2);
-  const nameLen = Buffer.byteLength(cluster);
+  const nameLen = utf8Length(cluster);
   const buf = Buffer.allocUnsafe(lenField(nameLen) + (n === 0 ? 0 : lenField(localityLen)));
   let at = writeVarint(buf, writeVarint(buf, 0, 0x0a), nameLen);
-  at += buf.write(cluster, at, 'utf8');
+  at = writeUtf8(buf, at, cluster);
   if (n > 0) {
     at = writeVarint(buf, writeVarint(buf, at, 0x12), localityLen);
     buf[at++] = 0x0a; // locality {}
@@ -240,7 +261,7 @@ export function encodeClusterLoadAssignment(cluster: string, backends: Backend[]
       at = writeVarint(buf, writeVarint(buf, at, 0x0a), address); // address
       at = writeVarint(buf, writeVarint(buf, at, 0x0a), socketAddress); // socket_address
       at = writeVarint(buf, writeVarint(buf, at, 0x12), addrLen[i]!);
-      at += buf.write(b.address, at, 'utf8');
+      at = writeUtf8(buf, at, b.address);
       at = writeVarint(buf, writeVarint(buf, at, 0x18), b.port);
       at = writeVarint(buf, writeVarint(buf, at, 0x10), b.weight === 0 ? e_['DRAINING']! : e_['HEALTHY']!);
       at = writeVarint(buf, writeVarint(buf, at, 0x22), 1 + varintLength(weight));
