@@ -4,7 +4,7 @@
 // keep reading); refusals with OpenSSL's reason as the error (wrong CA, no client certificate, a TLS 1.2-only peer,
 // garbage, no ALPN h2) while the loop keeps serving a connection opened before them; the handshake timeout; rotation
 // (new connections get the new context, a live one keeps the old); bad PEM input named.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -113,6 +113,19 @@ function tlsServer(io: NetIo, ctx: () => NetTlsContext, onSecure: (c: NetConn) =
   };
 }
 
+/**
+ * A node:tls server (our CA's server certificate, client certificates required, ALPN h2) whose connections `send`
+ * writes to, and a NetIo client connected to it with TLS: what the read-path tests receive from. Both go with `t`.
+ */
+async function fromNodeTls(t: Test, send: (s: tls.TLSSocket) => void): Promise<{ io: NetIo; c: NetConn }> {
+  const srv = tls.createServer({ key: server.key, cert: server.chain, ca: ca.bundle, requestCert: true, ALPNProtocols: ['h2'] }, send);
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => srv.close());
+  const io = new NetIo();
+  t.teardown(() => io.close());
+  return { io, c: io.connect({ address: '127.0.0.1', port: (srv.address() as AddressInfo).port }).startTls(clientCtx) };
+}
+
 const echo = (c: NetConn): void => {
   c.on('data', (d: Buffer) => { if (!c.write(d)) { c.pause(); c.once('drain', () => c.resume()); } });
 };
@@ -159,15 +172,10 @@ t.test('TLS reads are handed on without a copy: views of 1 MiB slabs the loop ne
   // keeps every chunk to the end, so a slab the loop wrote into twice would show as bytes changed under a kept chunk
   const data = randomBytes(MiB8);
   // 100 bytes alone first (a read that small is copied), then the rest
-  const srv = tls.createServer({ key: server.key, cert: server.chain, ca: ca.bundle, requestCert: true, ALPNProtocols: ['h2'] }, (s) => {
+  const { c } = await fromNodeTls(t, (s) => {
     s.write(data.subarray(0, 100));
     setTimeout(() => s.end(data.subarray(100)), 100);
   });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => srv.close());
-  const io = new NetIo();
-  t.teardown(() => io.close());
-  const c = io.connect({ address: '127.0.0.1', port: (srv.address() as AddressInfo).port }).startTls(clientCtx);
   const chunks: Buffer[] = [];
   c.on('data', (d: Buffer) => chunks.push(d));
   await waitFor(c, 'end', 30_000);
@@ -186,12 +194,7 @@ t.test('returnsTlsReads: slabs whose views all came back are filled again; a vie
   // 16 MiB: each chunk is hashed and given back at once (the tunnel's HTTP/2 session does so once a read's DATA went
   // to the splices), except one chunk over 4 KiB, kept to the end with a copy of its bytes
   const data = randomBytes(2 * MiB8);
-  const srv = tls.createServer({ key: server.key, cert: server.chain, ca: ca.bundle, requestCert: true, ALPNProtocols: ['h2'] }, (s) => s.end(data));
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => srv.close());
-  const io = new NetIo();
-  t.teardown(() => io.close());
-  const c = io.connect({ address: '127.0.0.1', port: (srv.address() as AddressInfo).port }).startTls(clientCtx);
+  const { io, c } = await fromNodeTls(t, (s) => s.end(data));
   c.returnsTlsReads = true;
   const h = createHash('sha256');
   const slabs = new Set<ArrayBufferLike>();
@@ -218,12 +221,7 @@ t.test('returnsTlsReads: a slab whose views were never given back goes to the GC
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;
   const data = randomBytes(4 * 1024 * 1024);
-  const srv = tls.createServer({ key: server.key, cert: server.chain, ca: ca.bundle, requestCert: true, ALPNProtocols: ['h2'] }, (s) => s.end(data));
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => srv.close());
-  const io = new NetIo();
-  t.teardown(() => io.close());
-  const c = io.connect({ address: '127.0.0.1', port: (srv.address() as AddressInfo).port }).startTls(clientCtx);
+  const { io, c } = await fromNodeTls(t, (s) => s.end(data));
   c.returnsTlsReads = true;
   const h = createHash('sha256');
   let first: WeakRef<ArrayBufferLike> | undefined;
